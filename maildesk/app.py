@@ -1,0 +1,227 @@
+"""Composition: builds the parts from settings, starts them, stops them.
+
+`Services` is everything that needs no event loop (the CLI uses it too);
+`Daemon` adds the listeners and the two workers — the processor, which turns
+stored inbound rows into tickets, and the sender, which drains the outbox —
+each woken as soon as there is work, with a periodic sweep as a safety net
+for rows written by other processes (`maildesk deliver`) or due for retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from maildesk.clock import Clock, SystemClock
+from maildesk.config import Settings
+from maildesk.db import Database
+from maildesk.inbound.imap import ImapPoller
+from maildesk.inbound.smtp import InboundHandler, start_server
+from maildesk.inbound.store import Envelope, InboundStore
+from maildesk.outbound.notify import Notifier
+from maildesk.outbound.outbox import OutboxSender
+from maildesk.outbound.render import Renderer
+from maildesk.outbound.transport import open_transport
+from maildesk.pipeline.process import Processor
+from maildesk.pipeline.threader import Threader
+from maildesk.tickets.tokens import ReplyTokens
+from maildesk.web.server import start_web
+
+log = logging.getLogger("maildesk")
+
+SWEEP_SECONDS = 2.0
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clock: Clock
+    db: Database
+    store: InboundStore
+    renderer: Renderer
+    notifier: Notifier
+    processor: Processor
+
+    def drain_inbound(self) -> int:
+        """Process every due inbound row now; returns how many were processed."""
+        total = 0
+        while (result := self.processor.process_pending()).processed:
+            total += result.processed
+        return total
+
+    def sender(self) -> OutboxSender:
+        transport = open_transport(self.settings.outbound.url, socket.getfqdn())
+        return OutboxSender(self.db, transport, self.clock, self.settings.outbound)
+
+
+def build(settings: Settings, clock: Clock | None = None) -> Services:
+    clock = clock or SystemClock()
+    db = Database(settings.database.url)
+    tokens = ReplyTokens(settings.support.address, settings.secret_key())
+    renderer = Renderer(settings.templates.path, settings.support.language)
+    notifier = Notifier(settings, renderer, tokens, clock)
+    threader = Threader(tokens, settings.support.tag_prefix, settings.agents.addresses)
+    processor = Processor(db, settings, clock, notifier, threader)
+    return Services(settings, clock, db, InboundStore(db, clock), renderer, notifier, processor)
+
+
+@dataclass
+class _Wakeup:
+    """An asyncio event that threads may set too."""
+
+    loop: asyncio.AbstractEventLoop
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def set(self) -> None:
+        self.loop.call_soon_threadsafe(self.event.set)
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self.event.wait(), timeout)
+        except TimeoutError:
+            pass
+        self.event.clear()
+
+
+class Daemon:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        services, settings = self.services, self.settings
+        inbound_ready, outbox_ready = _Wakeup(loop), _Wakeup(loop)
+        if services.db.is_sqlite:
+            services.processor.release_leases()
+        hostname = socket.getfqdn()
+        servers: list[asyncio.AbstractServer] = []
+        if settings.smtp.enabled:
+            handler = InboundHandler(
+                services.store,
+                settings.support.domain,
+                inbound_ready.set,
+                lmtp=settings.smtp.lmtp,
+                max_size=settings.smtp.max_message_size,
+            )
+            server = await start_server(settings.smtp, handler, hostname)
+            servers.append(server)
+            log.info(
+                "listening for %s on %s",
+                "LMTP" if settings.smtp.lmtp else "SMTP",
+                _where(server),
+            )
+        web_runner = None
+        if settings.web.enabled:
+            web_runner, address = await start_web(services)
+            log.info("listening for HTTP on %s", address)
+        imap_stop = threading.Event()
+        imap_thread = self._start_imap(inbound_ready, imap_stop)
+
+        scheduler = AsyncIOScheduler(event_loop=loop)
+        scheduler.add_job(inbound_ready.set, "interval", seconds=SWEEP_SECONDS, id="sweep-inbound")
+        scheduler.add_job(outbox_ready.set, "interval", seconds=SWEEP_SECONDS, id="sweep-outbox")
+        scheduler.start()
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal)
+        workers = [
+            asyncio.create_task(self._process_loop(inbound_ready, outbox_ready)),
+            asyncio.create_task(self._send_loop(outbox_ready)),
+        ]
+        await self._stopping.wait()
+        log.info("stopping")
+        for server in servers:
+            server.close()
+        scheduler.shutdown(wait=False)
+        imap_stop.set()
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        if web_runner is not None:
+            await web_runner.cleanup()
+        if imap_thread is not None:
+            await loop.run_in_executor(None, imap_thread.join, 10)
+        services.db.dispose()
+        log.info("stopped")
+
+    def _on_signal(self) -> None:
+        if self._stopping.is_set():
+            log.warning("second signal: exiting now")
+            raise SystemExit(1)
+        self.stop()
+
+    def _start_imap(self, ready: _Wakeup, stop: threading.Event) -> threading.Thread | None:
+        imap = self.settings.imap
+        if imap is None:
+            return None
+        store = self.services.store
+
+        def put(raw: bytes) -> int:
+            return store.put(raw, Envelope(source="imap"))
+
+        poller = ImapPoller(imap, put, on_stored=ready.set)
+        thread = threading.Thread(target=poller.run, args=(stop,), name="imap", daemon=True)
+        thread.start()
+        log.info("polling IMAP %s@%s:%d/%s", imap.username, imap.host, imap.port, imap.folder)
+        return thread
+
+    async def _process_loop(self, ready: _Wakeup, outbox_ready: _Wakeup) -> None:
+        loop = asyncio.get_running_loop()
+        processor = self.services.processor
+        while True:
+            try:
+                result = await loop.run_in_executor(None, processor.process_pending)
+            except Exception:
+                log.exception("processing batch failed; retrying shortly")
+                await ready.wait(SWEEP_SECONDS)
+                continue
+            if result.queued_outbound:
+                outbox_ready.set()
+            if not result.processed:
+                await ready.wait(SWEEP_SECONDS * 5)
+
+    async def _send_loop(self, ready: _Wakeup) -> None:
+        loop = asyncio.get_running_loop()
+        sender = await loop.run_in_executor(None, self.services.sender)
+
+        def step() -> tuple[int, datetime | None]:
+            handled = sender.send_due()
+            return handled, None if handled else sender.next_due()
+
+        try:
+            while True:
+                try:
+                    handled, due = await loop.run_in_executor(None, step)
+                except Exception:
+                    log.exception("sending failed; retrying shortly")
+                    handled, due = 0, None
+                if not handled:
+                    await ready.wait(self._seconds_until(due))
+        finally:
+            sender.transport.close()
+
+    def _seconds_until(self, due: datetime | None) -> float:
+        """How long the sender may sleep: until the next retry is due, at most a sweep."""
+        if due is None:
+            return SWEEP_SECONDS * 5
+        seconds = (due - self.services.clock.now()).total_seconds()
+        return min(max(seconds, 0.05), SWEEP_SECONDS * 5)
+
+
+def _where(server: asyncio.AbstractServer) -> str:
+    sockets = getattr(server, "sockets", None) or []
+    names = [s.getsockname() for s in sockets]
+    return ", ".join(f"{n[0]}:{n[1]}" for n in names)

@@ -1,0 +1,268 @@
+"""Settings: read once from a TOML file into frozen dataclasses, passed explicitly.
+
+The schema is the dataclasses below. An unknown key or a value of the wrong
+type is a `ConfigError` naming the key, raised at start-up rather than at the
+first message that needs it. Relative paths resolve against the folder of the
+file that holds them, so a config works from whatever directory it is run in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_CONFIG = Path("config/maildesk.toml")
+PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
+LANGUAGES = ("cs", "en")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class SupportSettings:
+    address: str = "support@example.test"
+    name: str = "Support"
+    base_url: str = "http://127.0.0.1:8080"
+    language: str = "cs"
+    # The tag put in subjects: "[#42]". Only the part before the number is configurable.
+    tag_prefix: str = "#"
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2].lower()
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///var/maildesk.db"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8025
+    lmtp: bool = False
+    max_message_size: int = 25 * 1024 * 1024
+    tls_cert: str = ""
+    tls_key: str = ""
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    host: str = "127.0.0.1"
+    port: int = 993
+    ssl: bool = True
+    username: str = ""
+    password: str = ""
+    folder: str = "INBOX"
+    processed_folder: str = "Processed"
+    idle: bool = True
+    poll_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    url: str = "maildir:var/outbox"
+    # Back-off for temporary failures: base * 2**attempt seconds, capped.
+    retry_base_seconds: float = 30.0
+    retry_max_seconds: float = 900.0
+    # A message still undeliverable after this long is marked failed.
+    give_up_hours: float = 48.0
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    secret_key: str = ""
+    secret_key_file: str = ""
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TemplateSettings:
+    path: str = str(PACKAGE_TEMPLATES)
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    reopen_days: int = 14
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Caps checked before any parser sees the bytes (see inbound/guard.py)."""
+
+    max_header_bytes: int = 256 * 1024
+    max_header_line: int = 32 * 1024
+    max_mime_depth: int = 20
+    max_mime_parts: int = 500
+    # RFC 3834 politeness: automatic replies per sender per hour.
+    auto_replies_per_hour: int = 5
+
+
+@dataclass(frozen=True)
+class Settings:
+    support: SupportSettings = field(default_factory=SupportSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    imap: ImapSettings | None = None
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    agents: AgentSettings = field(default_factory=AgentSettings)
+    templates: TemplateSettings = field(default_factory=TemplateSettings)
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    # The folder relative paths were resolved against (the config file's own).
+    base_dir: str = "."
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file when the database is SQLite on disk, else None."""
+        if not self.database.url.startswith("sqlite"):
+            return None
+        path = self.database.url.split("///", 1)[1] if "///" in self.database.url else ""
+        return Path(path) if path and path != ":memory:" else None
+
+    @property
+    def secret_key_path(self) -> Path:
+        if self.web.secret_key_file:
+            return Path(self.web.secret_key_file)
+        db = self.sqlite_path
+        folder = db.parent if db else Path(self.base_dir) / "var"
+        return folder / "secret_key"
+
+    def secret_key(self) -> str:
+        """The signing key: from the config, else from the file `init` wrote."""
+        if self.web.secret_key:
+            return self.web.secret_key
+        try:
+            return self.secret_key_path.read_text().strip()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no [web] secret_key and no key file at {self.secret_key_path}: "
+                "run `maildesk init` first"
+            ) from None
+
+
+# Keys whose values are paths, resolved against the config file's folder.
+_PATH_KEYS = {
+    ("smtp", "tls_cert"),
+    ("smtp", "tls_key"),
+    ("web", "secret_key_file"),
+    ("templates", "path"),
+}
+
+
+def load(path: Path | str) -> Settings:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return from_mapping(raw, base_dir=path.resolve().parent)
+
+
+def from_mapping(raw: dict[str, Any], base_dir: Path) -> Settings:
+    sections: dict[str, Any] = {}
+    hints = typing.get_type_hints(Settings)
+    for name, value in raw.items():
+        if name not in hints or name == "base_dir":
+            raise ConfigError(f"unknown section [{name}]")
+        cls = _section_class(hints[name])
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        sections[name] = _build_section(name, cls, value, base_dir)
+    settings = Settings(**sections, base_dir=str(base_dir))
+    return _finish(settings, base_dir)
+
+
+def _section_class(hint: Any) -> type:
+    if isinstance(hint, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.cast(type, hint)
+
+
+def _build_section(section: str, cls: type, values: dict[str, Any], base_dir: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown key [{section}] {key}")
+        kwargs[key] = _check_type(f"[{section}] {key}", hints[key], value)
+        if (section, key) in _PATH_KEYS and kwargs[key]:
+            kwargs[key] = str((base_dir / kwargs[key]).resolve())
+    return cls(**kwargs)
+
+
+def _check_type(key: str, hint: Any, value: Any) -> Any:
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, not {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, not {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, not {value!r}")
+        return value
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings, not {value!r}")
+        return tuple(value)
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - schema bug
+
+
+def _finish(settings: Settings, base_dir: Path) -> Settings:
+    """Cross-field checks and path resolution inside URLs."""
+    support = settings.support
+    if "@" not in support.address:
+        raise ConfigError(f"[support] address is not an e-mail address: {support.address!r}")
+    if support.language not in LANGUAGES:
+        raise ConfigError(f"[support] language must be one of {', '.join(LANGUAGES)}")
+    url = settings.database.url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        relative = url.removeprefix("sqlite:///")
+        if relative and relative != ":memory:":
+            url = "sqlite:///" + str((base_dir / relative).resolve())
+    outbound = settings.outbound.url
+    if outbound.startswith("maildir:"):
+        folder = Path(outbound.removeprefix("maildir:"))
+        outbound = "maildir:" + str((base_dir / folder).resolve())
+    elif urlsplit(outbound).scheme not in ("smtp", "smtps"):
+        raise ConfigError(f"[outbound] url must be maildir:PATH, smtp:// or smtps://: {outbound!r}")
+    return dataclasses.replace(
+        settings,
+        database=dataclasses.replace(settings.database, url=url),
+        outbound=dataclasses.replace(settings.outbound, url=outbound),
+    )
+
+
+def config_path(explicit: str | None) -> Path:
+    """The config file to read: --config, else $MAILDESK_CONFIG, else the default."""
+    return Path(explicit or os.environ.get("MAILDESK_CONFIG") or DEFAULT_CONFIG)

@@ -1,0 +1,288 @@
+"""The one parsed, immutable view of an inbound message.
+
+This is the only module that imports mail-parser. mail-parser gives us decoded
+bodies in their declared charsets (with fallbacks for mislabelled ones),
+attachments and decoded headers; the stdlib's email package still supplies the
+raw header values where we must check them strictly ourselves (addresses:
+Python 3.11.7's parseaddr misreads `a@x)<b@y>`, CVE-2023-27043).
+"""
+
+from __future__ import annotations
+
+import base64
+import email.errors
+import email.header
+import email.utils
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import Message as EmailMessage
+from html.parser import HTMLParser
+
+import mailparser
+from flufl.bounce import all_failures
+
+log = logging.getLogger("maildesk.message")
+# mail-parser logs every part at DEBUG with f-strings; keep it quiet and cheap.
+logging.getLogger("mailparser").setLevel(logging.WARNING)
+logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
+
+_MSGID = re.compile(r"<([^<>\s]+)>")
+_ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_MAX_REFERENCES = 100
+
+
+class UnparseableMessage(Exception):
+    """The bytes are not a message maildesk can thread; the reason says why."""
+
+
+@dataclass(frozen=True)
+class ParsedAttachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    message_id: str  # without angle brackets; synthesized when the sender gave none
+    from_addr: str  # lower-cased addr-spec
+    from_name: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    subject: str  # decoded, control characters folded to spaces
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    text: str
+    html: str
+    attachments: tuple[ParsedAttachment, ...] = ()
+    date: datetime | None = None
+    language: str | None = None  # from Content-Language, when it says cs or en
+    auto_submitted: str = ""
+    precedence: str = ""
+    list_id: str = ""
+    is_delivery_report: bool = False
+    bounced_recipients: frozenset[str] = frozenset()
+    # Message-IDs quoted inside the body (a bounce names the mail it bounces).
+    quoted_message_ids: tuple[str, ...] = field(default=())
+
+    @property
+    def thread_ids(self) -> tuple[str, ...]:
+        """Every Message-ID this message says it answers, nearest first."""
+        seen: dict[str, None] = {}
+        for mid in (*self.in_reply_to, *reversed(self.references)):
+            seen.setdefault(mid, None)
+        return tuple(seen)
+
+
+def parse(raw: bytes) -> ParsedMessage:
+    try:
+        mail = mailparser.parse_from_bytes(raw)
+    except Exception as exc:  # mail-parser wraps RecursionError and friends
+        raise UnparseableMessage(f"mail-parser failed: {type(exc).__name__}: {exc}") from exc
+    msg: EmailMessage = mail.message
+    from_name, from_addr = _sender(msg)
+    subject = clean_text(_decoded(msg, "Subject"))
+    text = "\n".join(mail.text_plain)
+    html = "\n".join(mail.text_html)
+    if not text and html:
+        text = html_to_text(html)
+    temporary, permanent = _bounces(msg)
+    return ParsedMessage(
+        message_id=_message_id(msg) or _synthetic_id(msg, from_addr, subject, text),
+        from_addr=from_addr,
+        from_name=from_name,
+        to=_addresses(msg, "To"),
+        cc=_addresses(msg, "Cc"),
+        subject=subject,
+        in_reply_to=_ids(msg.get_all("In-Reply-To", [])),
+        references=_ids(msg.get_all("References", []))[-_MAX_REFERENCES:],
+        text=text,
+        html=html,
+        attachments=tuple(_attachments(mail.attachments)),
+        date=_date(msg),
+        language=_language(msg),
+        auto_submitted=_plain(msg, "Auto-Submitted").lower(),
+        precedence=_plain(msg, "Precedence").lower(),
+        list_id=_plain(msg, "List-Id"),
+        is_delivery_report=msg.get_content_type() == "multipart/report",
+        bounced_recipients=permanent | temporary,
+        quoted_message_ids=_quoted_ids(raw),
+    )
+
+
+def clean_text(value: str) -> str:
+    """Fold control characters (CR and LF included) to single spaces."""
+    return _CONTROL.sub(" ", value).strip()
+
+
+def _plain(msg: EmailMessage, name: str) -> str:
+    value = msg.get(name)
+    return clean_text(str(value)) if value is not None else ""
+
+
+def _decoded(msg: EmailMessage, name: str) -> str:
+    value = msg.get(name)
+    if value is None:
+        return ""
+    try:
+        parts = email.header.decode_header(str(value))
+        return str(email.header.make_header(parts))
+    except (UnicodeError, LookupError, email.errors.HeaderParseError):
+        return str(value)
+
+
+def _sender(msg: EmailMessage) -> tuple[str, str]:
+    raw_value = _decoded(msg, "From")
+    if not raw_value:
+        raise UnparseableMessage("no From header")
+    pairs = email.utils.getaddresses([raw_value])
+    if len(pairs) != 1:
+        raise UnparseableMessage(f"From names {len(pairs)} addresses")
+    name, addr = pairs[0]
+    bracketed = re.findall(r"<([^<>]*)>", raw_value)
+    # The CVE-2023-27043 shape: when angle brackets are present, the address
+    # must be the bracketed one, or the header is ambiguous and not trusted.
+    if bracketed and bracketed[-1].strip().lower() != addr.strip().lower():
+        raise UnparseableMessage("ambiguous From header")
+    addr = addr.strip().lower()
+    if not _ADDR_SPEC.match(addr):
+        raise UnparseableMessage("From is not a valid address")
+    return clean_text(name), addr
+
+
+def _addresses(msg: EmailMessage, name: str) -> tuple[str, ...]:
+    values = [_decoded_value(v) for v in msg.get_all(name, [])]
+    found: dict[str, None] = {}
+    for _display, addr in email.utils.getaddresses(values):
+        addr = addr.strip().lower()
+        if _ADDR_SPEC.match(addr):
+            found.setdefault(addr, None)
+    return tuple(found)
+
+
+def _decoded_value(value: object) -> str:
+    try:
+        return str(email.header.make_header(email.header.decode_header(str(value))))
+    except (UnicodeError, LookupError, email.errors.HeaderParseError):
+        return str(value)
+
+
+def _ids(values: list[str]) -> tuple[str, ...]:
+    found: list[str] = []
+    for value in values:
+        found.extend(m for m in _MSGID.findall(str(value)) if len(m) <= 900)
+    return tuple(dict.fromkeys(found))
+
+
+def _message_id(msg: EmailMessage) -> str:
+    ids = _ids(msg.get_all("Message-ID", []))
+    return ids[0] if ids else ""
+
+
+def _synthetic_id(msg: EmailMessage, sender: str, subject: str, text: str) -> str:
+    """A stable id for mail without one, so the same mail from two routes is stored once.
+
+    Built from what survives transit (not the Received lines that differ per route).
+    """
+    digest = hashlib.sha256()
+    for part in (sender, _plain(msg, "To"), _plain(msg, "Date"), subject, text):
+        digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    return f"{digest.hexdigest()[:40]}@no-message-id.maildesk.invalid"
+
+
+def _date(msg: EmailMessage) -> datetime | None:
+    value = msg.get("Date")
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _language(msg: EmailMessage) -> str | None:
+    value = _plain(msg, "Content-Language").lower()
+    for lang in ("cs", "en"):
+        if value.startswith(lang):
+            return lang
+    return None
+
+
+def _attachments(items: list[dict[str, object]]) -> list[ParsedAttachment]:
+    result = []
+    for item in items:
+        payload = item.get("payload") or ""
+        if item.get("binary"):
+            try:
+                data = base64.b64decode(str(payload))
+            except ValueError:
+                data = str(payload).encode("utf-8", "surrogateescape")
+        else:
+            data = str(payload).encode("utf-8", "surrogateescape")
+        filename = clean_text(str(item.get("filename") or "attachment"))[:255]
+        content_type = clean_text(str(item.get("mail_content_type") or "application/octet-stream"))
+        result.append(ParsedAttachment(filename or "attachment", content_type[:255], data))
+    return result
+
+
+def _bounces(msg: EmailMessage) -> tuple[frozenset[str], frozenset[str]]:
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception:  # a detector choking on odd mail must not stop the pipeline
+        log.warning("bounce detection failed", exc_info=True)
+        return frozenset(), frozenset()
+    decode = lambda items: frozenset(  # noqa: E731
+        (i.decode("utf-8", "replace") if isinstance(i, bytes) else str(i)).lower() for i in items
+    )
+    return decode(temporary), decode(permanent)
+
+
+_QUOTED_ID = re.compile(rb"(?im)^message-id:[ \t]*<([^<>\s]{1,900})>")
+
+
+def _quoted_ids(raw: bytes) -> tuple[str, ...]:
+    """Message-IDs in header lines after the top-level header block (quoted originals)."""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        end = raw.find(b"\n\n")
+    if end < 0:
+        return ()
+    found = [m.decode("ascii", "replace") for m in _QUOTED_ID.findall(raw, end)]
+    return tuple(dict.fromkeys(found))[:20]
+
+
+class _TextExtractor(HTMLParser):
+    _BREAKS = {"p", "br", "div", "li", "tr", "h1", "h2", "h3", "h4", "blockquote"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        if tag in ("script", "style", "head"):
+            self._skip += 1
+        elif tag in self._BREAKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """Readable text from an HTML-only message (for the ticket's text view)."""
+    extractor = _TextExtractor()
+    extractor.feed(html)
+    extractor.close()
+    text = "".join(extractor.parts)
+    return re.sub(r"\n\s*\n+", "\n\n", text).strip()

@@ -1,0 +1,218 @@
+"""The database schema: every table maildesk keeps, as SQLAlchemy models.
+
+Migrations in `maildesk/migrations/` are the source of truth for existing
+databases; this module is what the code reads and writes. Message-IDs are
+stored without angle brackets; addresses are stored lower-cased.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Ticket life from the support policy; the Czech names are what customers read.
+STATUSES = ("new", "accepted", "waiting_customer", "resolved", "closed")
+TYPES = ("modification", "bug", "consultation")
+PRIORITIES = ("critical", "normal", "low")
+
+Timestamp = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Inbound(Base):
+    """The spool: raw bytes exactly as received, committed before we say "accepted"."""
+
+    __tablename__ = "inbound"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(Timestamp)
+    source: Mapped[str] = mapped_column(String(16))
+    mail_from: Mapped[str] = mapped_column(String(512), default="")
+    rcpt_to: Mapped[list[str]] = mapped_column(JSON, default=list)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    notify: Mapped[bool] = mapped_column(Boolean, default=True)
+    # pending -> done | duplicate | quarantined
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    processed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+    __table_args__ = (Index("ix_inbound_state_id", "state", "id"),)
+
+
+class Person(Base):
+    __tablename__ = "people"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    language: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+
+    # The id is the ticket number customers see in "[#42]".
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(24), default="new")
+    type: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    requester_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    language: Mapped[str] = mapped_column(String(8), default="cs")
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    closed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    # A closed ticket written to after reopen_days starts a new one pointing here.
+    previous_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), nullable=True)
+
+    requester: Mapped[Person] = relationship(lazy="joined")
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="ticket", order_by="Message.id", lazy="select"
+    )
+
+    __table_args__ = (Index("ix_tickets_status", "status"),)
+
+
+class Participant(Base):
+    """Everyone allowed to write into a ticket: the requester and people in Cc."""
+
+    __tablename__ = "participants"
+
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+
+    person: Mapped[Person] = relationship(lazy="joined")
+
+
+class Message(Base):
+    """One message of a ticket, inbound or outbound."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    direction: Mapped[str] = mapped_column(String(3))
+    # customer | participant | agent | bounce | auto (inbound); acknowledgement... (outbound)
+    kind: Mapped[str] = mapped_column(String(32))
+    from_addr: Mapped[str] = mapped_column(String(320))
+    from_name: Mapped[str] = mapped_column(String(200), default="")
+    to_addrs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    cc_addrs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    body_text: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    # Which rule threaded an inbound message: references|reply_token|subject_tag|new.
+    thread_rule: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound.id"), nullable=True)
+
+    ticket: Mapped[Ticket] = relationship(back_populates="messages")
+    attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id")
+
+
+class MessageRef(Base):
+    """A Message-ID named in a stored message's In-Reply-To or References.
+
+    Indexed by the referenced id so that a message arriving after its reply
+    still finds the ticket the reply opened.
+    """
+
+    __tablename__ = "message_refs"
+
+    message_pk: Mapped[int] = mapped_column(ForeignKey("messages.id"), primary_key=True)
+    ref_id: Mapped[str] = mapped_column(String(998), primary_key=True)
+
+    __table_args__ = (Index("ix_message_refs_ref_id", "ref_id"),)
+
+
+class Blob(Base):
+    """Attachment content, stored once however often it is sent."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_pk: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    blob_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+
+
+class Outbox(Base):
+    """A message to send, written in the same transaction as the change that caused it."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), nullable=True)
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    sender: Mapped[str] = mapped_column(String(320))
+    recipients: Mapped[list[str]] = mapped_column(JSON)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # Automatic replies count against the per-recipient hourly cap (RFC 3834):
+    # auto_to is the recipient of an automatic reply, "" for anything else.
+    auto_to: Mapped[str] = mapped_column(String(320), default="")
+    # pending -> sent | failed; sent -> bounced
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    sent_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+    __table_args__ = (
+        Index("ix_outbox_state_next", "state", "next_attempt_at"),
+        Index("ix_outbox_auto_to", "auto_to", "created_at"),
+    )
+
+
+
+# What customers read for each status, in the support policy's own words.
+STATUS_LABELS = {
+    "cs": {
+        "new": "Nový",
+        "accepted": "Přijatý",
+        "waiting_customer": "Čeká na reakci klienta",
+        "resolved": "Vyřešen, čeká na potvrzení/uzavření",
+        "closed": "Uzavřeno, nasazeno",
+    },
+    "en": {
+        "new": "New",
+        "accepted": "Accepted",
+        "waiting_customer": "Waiting for your reply",
+        "resolved": "Resolved, waiting for confirmation",
+        "closed": "Closed, deployed",
+    },
+}

@@ -1,0 +1,1 @@
+"""The pipeline: from a stored inbound row to a ticket message and its notifications."""

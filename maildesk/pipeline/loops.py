@@ -1,0 +1,42 @@
+"""Loop and bounce safety: which inbound mail may get an automatic reply (RFC 3834).
+
+Mail that is itself automatic, bulk, from a list, from a mail system, or a
+bounce of any format is recorded but never answered; answering it is how
+mail loops start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from maildesk.message import ParsedMessage
+
+_SYSTEM_SENDERS = ("mailer-daemon", "postmaster")
+_BULK = ("bulk", "junk", "list")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    is_bounce: bool
+    # Empty when an automatic reply is allowed, else why not.
+    no_reply_reason: str
+
+    @property
+    def may_reply(self) -> bool:
+        return not self.no_reply_reason
+
+
+def classify(message: ParsedMessage, envelope_sender: str) -> Verdict:
+    local = message.from_addr.partition("@")[0]
+    bounce = message.is_delivery_report or bool(message.bounced_recipients)
+    reasons = [
+        (bounce, "bounce"),
+        # "<>" is the null reverse-path; "" means the route did not say (import).
+        (envelope_sender == "<>", "null envelope sender"),
+        (local in _SYSTEM_SENDERS, f"sender is {local}"),
+        (message.auto_submitted not in ("", "no"), f"Auto-Submitted: {message.auto_submitted}"),
+        (message.precedence in _BULK, f"Precedence: {message.precedence}"),
+        (bool(message.list_id), "List-Id present"),
+    ]
+    reason = next((why for hit, why in reasons if hit), "")
+    return Verdict(is_bounce=bounce, no_reply_reason=reason)

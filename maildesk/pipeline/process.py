@@ -1,0 +1,312 @@
+"""The processor: claims stored inbound rows and runs each through the stages.
+
+    guard → parse → duplicate? → loops/bounce → thread → record → notify
+
+Each row is handled in a savepoint of one batch transaction, and its state
+change (done, duplicate, quarantined) commits together with the ticket rows
+and outbox rows it caused: a crash at any point leaves either all of it or
+none of it, so a restart redoes exactly the unfinished rows. A row is claimed
+(its attempt counted and leased) in a separate short transaction first, so a
+message that crashes the whole process is retried alone and quarantined
+after `MAX_ATTEMPTS`, never blocking the rows behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from maildesk.clock import Clock
+from maildesk.config import Settings
+from maildesk.db import Database
+from maildesk.inbound.guard import HostileInput, Limits, check
+from maildesk.message import ParsedMessage, UnparseableMessage, parse
+from maildesk.models import Inbound, Outbox, Ticket
+from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
+from maildesk.pipeline.loops import Verdict, classify
+from maildesk.pipeline.threader import Threader
+from maildesk.tickets.service import NewMessage, Tickets
+
+log = logging.getLogger("maildesk.pipeline")
+
+MAX_ATTEMPTS = 3
+LEASE = timedelta(seconds=60)
+
+
+class Quarantine(Exception):
+    """This message cannot be processed as it is; hold it for a human."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    processed: int
+    queued_outbound: int
+
+
+class Processor:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        clock: Clock,
+        notifier: Notifier,
+        threader: Threader,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.clock = clock
+        self.notifier = notifier
+        self.threader = threader
+        self.agents = frozenset(a.lower() for a in settings.agents.addresses)
+        limits = settings.limits
+        self.limits = Limits(
+            max_message_size=settings.smtp.max_message_size,
+            max_header_bytes=limits.max_header_bytes,
+            max_header_line=limits.max_header_line,
+            max_mime_depth=limits.max_mime_depth,
+            max_mime_parts=limits.max_mime_parts,
+        )
+
+    # -- claiming -----------------------------------------------------------
+
+    def release_leases(self) -> None:
+        """At start-up of the only instance (SQLite): rows a crash left claimed are due now."""
+        with self.db.transaction() as session:
+            session.execute(
+                update(Inbound).where(Inbound.state == "pending").values(next_attempt_at=None)
+            )
+
+    def _claim(self, limit: int) -> list[int]:
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            rows = session.execute(
+                select(Inbound.id, Inbound.attempts)
+                .where(
+                    Inbound.state == "pending",
+                    or_(Inbound.next_attempt_at.is_(None), Inbound.next_attempt_at <= now),
+                )
+                .order_by(Inbound.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            # A row tried before may be the one that crashed us: try it alone.
+            if rows and rows[0].attempts > 0:
+                rows = rows[:1]
+            else:
+                rows = [r for r in rows if r.attempts == 0]
+            ids = [r.id for r in rows]
+            if ids:
+                session.execute(
+                    update(Inbound)
+                    .where(Inbound.id.in_(ids))
+                    .values(attempts=Inbound.attempts + 1, next_attempt_at=now + LEASE)
+                )
+            return ids
+
+    # -- processing ---------------------------------------------------------
+
+    def process_pending(self, batch: int = 100) -> BatchResult:
+        """Process one batch of due rows; returns counts (0 processed: nothing was due)."""
+        ids = self._claim(batch)
+        if not ids:
+            return BatchResult(0, 0)
+        queued = 0
+        with self.db.transaction() as session:
+            rows = session.scalars(select(Inbound).where(Inbound.id.in_(ids)).order_by(Inbound.id))
+            for row in rows:
+                queued += self._process_row(session, row)
+        return BatchResult(len(ids), queued)
+
+    def _process_row(self, session: Session, row: Inbound) -> int:
+        now = self.clock.now()
+        try:
+            with session.begin_nested():
+                state, queued = self._stages(session, row)
+                row.state = state
+                row.processed_at = now
+                row.next_attempt_at = None
+                return queued
+        except (HostileInput, UnparseableMessage, Quarantine) as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            self._quarantine(row, reason, "")
+        except Exception as exc:
+            trace = traceback.format_exc()
+            if row.attempts >= MAX_ATTEMPTS:
+                self._quarantine(row, f"processing failed: {type(exc).__name__}: {exc}", trace)
+            else:
+                log.warning("inbound %d failed (attempt %d), will retry", row.id, row.attempts)
+                row.error = trace
+                row.next_attempt_at = now + timedelta(seconds=5 * 2**row.attempts)
+        return 0
+
+    def _quarantine(self, row: Inbound, reason: str, trace: str) -> None:
+        log.warning("inbound %d quarantined: %s", row.id, reason)
+        row.state = "quarantined"
+        row.reason = reason[:2000]
+        row.error = trace
+        row.processed_at = self.clock.now()
+        row.next_attempt_at = None
+
+    def _stages(self, session: Session, row: Inbound) -> tuple[str, int]:
+        check(row.raw, self.limits)
+        message = parse(row.raw)
+        tickets = Tickets(session)
+        if tickets.message_exists(message.message_id):
+            log.info("inbound %d is a duplicate of <%s>", row.id, message.message_id)
+            return "duplicate", 0
+        verdict = classify(message, row.mail_from)
+        if verdict.is_bounce:
+            self._record_bounce(session, tickets, row, message)
+            return "done", 0
+        return "done", self._record(session, tickets, row, message, verdict)
+
+    def _record(
+        self,
+        session: Session,
+        tickets: Tickets,
+        row: Inbound,
+        message: ParsedMessage,
+        verdict: Verdict,
+    ) -> int:
+        now = self.clock.now()
+        match = self.threader.match(tickets, message, row.rcpt_to)
+        ticket, rule = match.ticket, match.rule
+        if ticket is not None and ticket.status == "closed":
+            if tickets.closed_too_long(ticket, now, self.settings.lifecycle.reopen_days):
+                ticket = self._open(tickets, message, now, previous=ticket)
+                rule = "new"
+            else:
+                tickets.reopen(ticket, now)
+        opened = ticket is None
+        if ticket is None:
+            ticket = self._open(tickets, message, now)
+        tickets.add_message(
+            ticket,
+            NewMessage(
+                message_id=message.message_id,
+                direction="in",
+                kind=self._kind(tickets, ticket, message, verdict),
+                from_addr=message.from_addr,
+                from_name=message.from_name,
+                subject=message.subject,
+                body_text=message.text,
+                body_html=message.html,
+                created_at=now,
+                to_addrs=message.to,
+                cc_addrs=message.cc,
+                references=message.thread_ids,
+                thread_rule=rule,
+                inbound_id=row.id,
+                attachments=tuple((a.filename, a.content_type, a.data) for a in message.attachments),
+            ),
+        )
+        self._add_participants(tickets, ticket, message, now)
+        log.info("inbound %d -> ticket %d (%s)", row.id, ticket.id, rule)
+        if opened and self._may_acknowledge(session, row, message, verdict):
+            self.notifier.notify(
+                session,
+                ticket,
+                "acknowledgement",
+                Recipient(message.from_addr, message.from_name),
+                language=ticket.language,
+                answering=InReplyTo(message.message_id, message.references),
+            )
+            return 1
+        return 0
+
+    def _open(
+        self,
+        tickets: Tickets,
+        message: ParsedMessage,
+        now: datetime,
+        previous: Ticket | None = None,
+    ) -> Ticket:
+        requester = tickets.person(message.from_addr, message.from_name, now)
+        language = message.language or self.settings.support.language
+        return tickets.open(requester, message.subject, language, now, previous=previous)
+
+    def _kind(
+        self, tickets: Tickets, ticket: Ticket, message: ParsedMessage, verdict: Verdict
+    ) -> str:
+        if message.from_addr in self.agents:
+            return "agent"
+        if not verdict.may_reply:
+            return "auto"
+        return "customer" if ticket.requester.email == message.from_addr else "participant"
+
+    def _add_participants(
+        self, tickets: Tickets, ticket: Ticket, message: ParsedMessage, now: datetime
+    ) -> None:
+        """The sender and the people they copied may write into this ticket from now on."""
+        ourselves = {self.settings.support.address.lower(), *self.agents}
+        people = [(message.from_addr, message.from_name)]
+        people += [(addr, "") for addr in message.cc]
+        wanted = [
+            (addr, name)
+            for addr, name in people
+            if addr not in ourselves and self.threader.tokens.ticket_number(addr) is None
+        ]
+        tickets.add_participants(ticket, wanted, now)
+
+    def _may_acknowledge(
+        self, session: Session, row: Inbound, message: ParsedMessage, verdict: Verdict
+    ) -> bool:
+        if not row.notify or not verdict.may_reply:
+            return False
+        sender = message.from_addr
+        if sender in self.agents or sender == self.settings.support.address.lower():
+            return False
+        cap = self.settings.limits.auto_replies_per_hour
+        if self.notifier.auto_replies_in_last_hour(session, sender) >= cap:
+            log.info("no acknowledgement to %s: %d automatic replies this hour", sender, cap)
+            return False
+        return True
+
+    def _record_bounce(
+        self, session: Session, tickets: Tickets, row: Inbound, message: ParsedMessage
+    ) -> None:
+        """Attach a bounce to the ticket of the mail it bounces, and mark that mail bounced."""
+        candidates = (*message.thread_ids, *message.quoted_message_ids)
+        outbox = None
+        if candidates:
+            outbox = session.scalar(
+                select(Outbox).where(Outbox.message_id.in_(candidates)).order_by(Outbox.id.desc())
+            )
+        if outbox is None and message.bounced_recipients:
+            # A bounce that quotes nothing of ours: the latest mail to a failed address.
+            recent = session.scalars(
+                select(Outbox)
+                .where(Outbox.state == "sent", Outbox.ticket_id.is_not(None))
+                .order_by(Outbox.id.desc())
+                .limit(200)
+            )
+            outbox = next((o for o in recent if set(o.recipients) & message.bounced_recipients), None)
+        if outbox is None or outbox.ticket_id is None:
+            raise Quarantine("bounce for no message maildesk sent")
+        outbox.state = "bounced"
+        outbox.last_error = "bounced: " + ", ".join(sorted(message.bounced_recipients))
+        ticket = tickets.get(outbox.ticket_id)
+        assert ticket is not None
+        tickets.add_message(
+            ticket,
+            NewMessage(
+                message_id=message.message_id,
+                direction="in",
+                kind="bounce",
+                from_addr=message.from_addr,
+                from_name=message.from_name,
+                subject=message.subject,
+                body_text=message.text,
+                created_at=self.clock.now(),
+                to_addrs=message.to,
+                references=message.thread_ids,
+                thread_rule="references",
+                inbound_id=row.id,
+            ),
+        )
+        log.info("inbound %d: bounce for outbox %d (ticket %d)", row.id, outbox.id, ticket.id)

@@ -1,0 +1,1 @@
+"""Tickets: the domain of maildesk. Knows people and conversations, not e-mail syntax."""

@@ -1,0 +1,192 @@
+"""Ticket operations: open, find by thread, add a message, reopen.
+
+Everything here runs inside the caller's transaction (a SQLAlchemy session)
+and takes the time from the injected clock. Nothing here knows MIME.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.clock import as_utc
+from maildesk.models import Attachment, Blob, Message, MessageRef, Participant, Person, Ticket
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """What the domain needs to record one message, inbound or outbound."""
+
+    message_id: str
+    direction: str
+    kind: str
+    from_addr: str
+    from_name: str
+    subject: str
+    body_text: str
+    created_at: datetime
+    to_addrs: tuple[str, ...] = ()
+    cc_addrs: tuple[str, ...] = ()
+    body_html: str = ""
+    references: tuple[str, ...] = ()
+    thread_rule: str | None = None
+    inbound_id: int | None = None
+    attachments: tuple[tuple[str, str, bytes], ...] = ()  # (filename, content type, data)
+
+
+class Tickets:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # -- people -------------------------------------------------------------
+
+    def person(self, email: str, name: str, now: datetime) -> Person:
+        email = email.lower()
+        found = self.session.scalar(select(Person).where(Person.email == email))
+        if found is None:
+            found = Person(email=email, name=name, created_at=now)
+            self.session.add(found)
+            self.session.flush()
+        elif name and not found.name:
+            found.name = name
+        return found
+
+    def is_participant(self, ticket_id: int, email: str) -> bool:
+        query = (
+            select(Participant.person_id)
+            .join(Person, Person.id == Participant.person_id)
+            .where(Participant.ticket_id == ticket_id, Person.email == email.lower())
+        )
+        return self.session.scalar(query) is not None
+
+    def add_participants(
+        self, ticket: Ticket, emails: Iterable[tuple[str, str]], now: datetime
+    ) -> None:
+        """Make people participants (role cc); the requester never changes."""
+        existing = set(
+            self.session.scalars(
+                select(Participant.person_id).where(Participant.ticket_id == ticket.id)
+            )
+        )
+        for email, name in emails:
+            person = self.person(email, name, now)
+            if person.id not in existing:
+                self.session.add(Participant(ticket_id=ticket.id, person_id=person.id, role="cc"))
+                existing.add(person.id)
+
+    # -- lookup -------------------------------------------------------------
+
+    def get(self, number: int) -> Ticket | None:
+        return self.session.get(Ticket, number)
+
+    def message_exists(self, message_id: str) -> bool:
+        return (
+            self.session.scalar(select(Message.id).where(Message.message_id == message_id))
+            is not None
+        )
+
+    def by_message_ids(self, ids: Sequence[str]) -> Ticket | None:
+        """The ticket of the first of `ids` (nearest first) that maildesk has stored."""
+        if not ids:
+            return None
+        rows = dict(
+            self.session.execute(
+                select(Message.message_id, Message.ticket_id).where(Message.message_id.in_(ids))
+            ).tuples()
+        )
+        for mid in ids:
+            if mid in rows:
+                return self.get(rows[mid])
+        return None
+
+    def referencing(self, message_id: str) -> Ticket | None:
+        """The ticket of a stored message that answers `message_id` (it arrived first)."""
+        ticket_id = self.session.scalar(
+            select(Message.ticket_id)
+            .join(MessageRef, MessageRef.message_pk == Message.id)
+            .where(MessageRef.ref_id == message_id)
+            .order_by(Message.id)
+            .limit(1)
+        )
+        return self.get(ticket_id) if ticket_id is not None else None
+
+    # -- changes ------------------------------------------------------------
+
+    def open(
+        self,
+        requester: Person,
+        subject: str,
+        language: str,
+        now: datetime,
+        previous: Ticket | None = None,
+    ) -> Ticket:
+        ticket = Ticket(
+            subject=subject,
+            status="new",
+            priority="normal",
+            requester_id=requester.id,
+            language=language,
+            created_at=now,
+            updated_at=now,
+            previous_id=previous.id if previous else None,
+        )
+        self.session.add(ticket)
+        self.session.flush()
+        self.session.add(Participant(ticket_id=ticket.id, person_id=requester.id, role="requester"))
+        return ticket
+
+    def reopen(self, ticket: Ticket, now: datetime) -> None:
+        ticket.status = "accepted"
+        ticket.closed_at = None
+        ticket.updated_at = now
+
+    def closed_too_long(self, ticket: Ticket, now: datetime, reopen_days: int) -> bool:
+        closed_at = as_utc(ticket.closed_at or ticket.updated_at)
+        return now - closed_at > timedelta(days=reopen_days)
+
+    def add_message(self, ticket: Ticket, new: NewMessage) -> Message:
+        message = Message(
+            ticket_id=ticket.id,
+            message_id=new.message_id,
+            direction=new.direction,
+            kind=new.kind,
+            from_addr=new.from_addr,
+            from_name=new.from_name,
+            to_addrs=list(new.to_addrs),
+            cc_addrs=list(new.cc_addrs),
+            subject=new.subject,
+            body_text=new.body_text,
+            body_html=new.body_html,
+            created_at=new.created_at,
+            thread_rule=new.thread_rule,
+            inbound_id=new.inbound_id,
+        )
+        self.session.add(message)
+        self.session.flush()
+        for ref in dict.fromkeys(new.references):
+            if ref != new.message_id:
+                self.session.add(MessageRef(message_pk=message.id, ref_id=ref))
+        for filename, content_type, data in new.attachments:
+            self.session.add(
+                Attachment(
+                    message_pk=message.id,
+                    blob_sha256=self._blob(data),
+                    filename=filename,
+                    content_type=content_type,
+                    size=len(data),
+                )
+            )
+        ticket.updated_at = new.created_at
+        return message
+
+    def _blob(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        if self.session.get(Blob, sha) is None:
+            self.session.add(Blob(sha256=sha, size=len(data), data=data))
+            self.session.flush()
+        return sha

@@ -1,0 +1,99 @@
+"""Tickets as plain data: the JSON shape of `tickets list/show/export --json`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from maildesk.clock import as_utc
+from maildesk.models import Message, Ticket
+
+
+def iso(moment: datetime | None) -> str | None:
+    return as_utc(moment).isoformat() if moment else None
+
+
+def summary(ticket: Ticket, message_count: int) -> dict[str, Any]:
+    return {
+        "number": ticket.id,
+        "subject": ticket.subject,
+        "status": ticket.status,
+        "type": ticket.type,
+        "priority": ticket.priority,
+        "requester": ticket.requester.email,
+        "requester_name": ticket.requester.name,
+        "language": ticket.language,
+        "previous": ticket.previous_id,
+        "created_at": iso(ticket.created_at),
+        "updated_at": iso(ticket.updated_at),
+        "message_count": message_count,
+    }
+
+
+def message_view(message: Message) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "direction": message.direction,
+        "kind": message.kind,
+        "from": message.from_addr,
+        "from_name": message.from_name,
+        "to": list(message.to_addrs),
+        "cc": list(message.cc_addrs),
+        "subject": message.subject,
+        "body_text": message.body_text,
+        "created_at": iso(message.created_at),
+        "attachments": [
+            {
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "size": a.size,
+                "sha256": a.blob_sha256,
+            }
+            for a in message.attachments
+        ],
+        "thread_rule": message.thread_rule,
+    }
+
+
+def detail(ticket: Ticket) -> dict[str, Any]:
+    messages = list(ticket.messages)
+    return {**summary(ticket, len(messages)), "messages": [message_view(m) for m in messages]}
+
+
+def list_tickets(session: Session, status: str | None = None) -> list[dict[str, Any]]:
+    counts = (
+        select(Message.ticket_id, func.count(Message.id).label("n"))
+        .group_by(Message.ticket_id)
+        .subquery()
+    )
+    query = (
+        select(Ticket, func.coalesce(counts.c.n, 0))
+        .outerjoin(counts, counts.c.ticket_id == Ticket.id)
+        .order_by(Ticket.id)
+    )
+    if status:
+        query = query.where(Ticket.status == status)
+    return [summary(ticket, n) for ticket, n in session.execute(query).tuples()]
+
+
+def export(session: Session, batch: int = 200) -> Iterator[dict[str, Any]]:
+    """Every ticket with its messages, in number order, without loading all at once."""
+    last = 0
+    while True:
+        tickets = session.scalars(
+            select(Ticket)
+            .where(Ticket.id > last)
+            .order_by(Ticket.id)
+            .limit(batch)
+            .options(selectinload(Ticket.messages).selectinload(Message.attachments))
+        ).all()
+        if not tickets:
+            return
+        for ticket in tickets:
+            yield detail(ticket)
+        last = tickets[-1].id
+        session.expunge_all()

@@ -1,0 +1,63 @@
+"""The web listener, on the daemon's own event loop (aiohttp).
+
+aiohttp because it is a mature asyncio server that runs inside our loop
+beside aiosmtpd: one process, one loop, no second server to operate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from sqlalchemy import func, select
+
+from maildesk.models import Inbound, Outbox
+
+if TYPE_CHECKING:
+    from maildesk.app import Services
+
+
+def make_app(services: Services) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app["services"] = services
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness plus the two backlogs ops watch: unprocessed mail and unsent mail."""
+    services: Services = request.app["services"]
+
+    def counts() -> dict[str, int]:
+        with services.db.transaction() as session:
+            return {
+                "inbound_pending": session.scalar(
+                    select(func.count()).where(Inbound.state == "pending")
+                )
+                or 0,
+                "quarantined": session.scalar(
+                    select(func.count()).where(Inbound.state == "quarantined")
+                )
+                or 0,
+                "outbox_pending": session.scalar(
+                    select(func.count()).where(Outbox.state == "pending")
+                )
+                or 0,
+            }
+
+    try:
+        body = await asyncio.get_running_loop().run_in_executor(None, counts)
+    except Exception:
+        return web.json_response({"status": "database unavailable"}, status=503)
+    return web.json_response({"status": "ok", **body})
+
+
+async def start_web(services: Services) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(make_app(services), access_log=None)
+    await runner.setup()
+    settings = services.settings.web
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    names = [s.getsockname() for s in (site._server.sockets if site._server else [])]  # type: ignore[union-attr]
+    return runner, ", ".join(f"{n[0]}:{n[1]}" for n in names)

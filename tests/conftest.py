@@ -1,0 +1,208 @@
+"""Shared fixtures: settings on tmp_path, a real database, a running daemon, the outbox.
+
+The database is SQLite in tmp_path, or, when MAILDESK_TEST_DATABASE_URL is
+set, a fresh schema of that PostgreSQL database for each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import os
+import smtplib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from maildesk import config
+from maildesk.app import Daemon, Services, build
+from maildesk.clock import ManualClock
+from maildesk.schema import upgrade
+
+PG_URL = os.environ.get("MAILDESK_TEST_DATABASE_URL", "")
+DATA = Path(__file__).parent / "data" / "mail"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def eml(name: str) -> bytes:
+    """A real message kept under tests/data/mail/, named by the case it covers."""
+    return (DATA / name).read_bytes()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> Iterator[str]:
+    if not PG_URL:
+        yield f"sqlite:///{tmp_path / 'maildesk.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture
+def config_values(tmp_path: Path, db_url: str) -> dict[str, Any]:
+    """The raw TOML-shaped config of a test; tweak it before `settings` is built."""
+    return {
+        "support": {
+            "address": "support@example.test",
+            "name": "Example Support",
+            "base_url": "http://127.0.0.1:8080",
+            "language": "en",
+        },
+        "database": {"url": db_url},
+        "smtp": {"host": "127.0.0.1", "port": free_port()},
+        "web": {"host": "127.0.0.1", "port": free_port(), "secret_key": "test-secret-key"},
+        "outbound": {"url": f"maildir:{tmp_path / 'outbox'}"},
+        "agents": {"addresses": ["agent@example.test"]},
+    }
+
+
+@pytest.fixture
+def settings(config_values: dict[str, Any], tmp_path: Path) -> config.Settings:
+    return config.from_mapping(config_values, base_dir=tmp_path)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def services(settings: config.Settings, clock: ManualClock) -> Iterator[Services]:
+    built = build(settings, clock)
+    upgrade(built.db)
+    yield built
+    built.db.dispose()
+
+
+@dataclass
+class Outbox:
+    """Reads what maildesk wrote to the test's outbox Maildir."""
+
+    path: Path
+
+    def files(self) -> list[Path]:
+        folder = self.path / "new"
+        return sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns) if folder.exists() else []
+
+    def messages(self) -> list[EmailMessage]:
+        return [
+            email.message_from_bytes(p.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
+            for p in self.files()
+        ]
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
+        wait_for(lambda: len(self.files()) >= count, timeout, f"{count} outbound messages")
+        return self.messages()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    return Outbox(tmp_path / "outbox")
+
+
+class RunningDaemon:
+    """The daemon on its own event loop in a thread, on the test's free ports."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.daemon = Daemon(services)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="daemon", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self.loop.run_until_complete(self.daemon.run())
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+
+    def start(self) -> RunningDaemon:
+        self.thread.start()
+        smtp = self.services.settings.smtp
+        wait_for(lambda: _listening(smtp.host, smtp.port) or self.error, 10, "SMTP listener")
+        if self.error:
+            raise self.error
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.daemon.stop)
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "daemon did not stop"
+        if self.error:
+            raise self.error
+
+    def send(self, raw: bytes, sender: str = "alice@customer.test",
+             recipients: tuple[str, ...] = ("support@example.test",)) -> None:
+        smtp = self.services.settings.smtp
+        with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+            client.sendmail(sender, list(recipients), raw)
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def daemon(services: Services) -> Iterator[RunningDaemon]:
+    running = RunningDaemon(services).start()
+    yield running
+    running.stop()
+
+
+def make_mail(
+    subject: str = "Printer broken",
+    sender: str = "Alice Customer <alice@customer.test>",
+    to: str = "support@example.test",
+    body: str = "The printer on floor 2 prints only blank pages.",
+    message_id: str | None = None,
+    **headers: str,
+) -> bytes:
+    """A plain customer message, as a mail client would send it."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = message_id or f"<{uuid.uuid4().hex}@customer.test>"
+    msg["Date"] = email.utils.format_datetime(email.utils.localtime())
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content(body)
+    return msg.as_bytes(policy=email.policy.SMTP)

@@ -1,0 +1,163 @@
+"""Threading: which ticket a message joins, by which rule, and who may join."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import timedelta
+
+from maildesk.app import Services
+from maildesk.clock import ManualClock
+from maildesk.models import Ticket
+from tests.conftest import make_mail
+from tests.helpers import outbox_rows, receive, ticket, tickets
+
+
+def ack_headers(services: Services, index: int = 0) -> email.message.EmailMessage:
+    raw = outbox_rows(services)[index].raw
+    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def test_new_mail_opens_a_ticket_and_queues_an_acknowledgement(services: Services) -> None:
+    receive(services, make_mail(message_id="<first@customer.test>"))
+
+    [only] = tickets(services)
+    assert only["number"] == 1
+    assert only["status"] == "new"
+    assert only["requester"] == "alice@customer.test"
+    assert only["message_count"] == 2  # the customer's mail and our acknowledgement
+    ack = ack_headers(services)
+    assert ack["To"].addresses[0].addr_spec == "alice@customer.test"
+    assert ack["In-Reply-To"] == "<first@customer.test>"
+    assert "[#1]" in ack["Subject"]
+    assert ack["Auto-Submitted"] == "auto-replied"
+    assert ticket(services, 1)["messages"][0]["thread_rule"] == "new"
+
+
+def test_reply_to_the_acknowledgement_joins_the_ticket(services: Services) -> None:
+    receive(services, make_mail(message_id="<first@customer.test>"))
+    ack = ack_headers(services)
+
+    receive(
+        services,
+        make_mail(
+            subject="Re: " + ack["Subject"],
+            body="It is a LaserJet 4.",
+            In_Reply_To=ack["Message-ID"],
+            References=f"<first@customer.test> {ack['Message-ID']}",
+        ),
+    )
+
+    assert len(tickets(services)) == 1
+    last = ticket(services, 1)["messages"][-1]
+    assert last["body_text"].strip() == "It is a LaserJet 4."
+    assert last["thread_rule"] == "references"
+
+
+def test_reply_token_threads_when_the_client_drops_headers(services: Services) -> None:
+    receive(services, make_mail())
+    reply_to = ack_headers(services)["Reply-To"].addresses[0].addr_spec
+    assert reply_to.startswith("support+t1.")
+
+    receive(services, make_mail(subject="no tag here", to=reply_to), rcpt_to=(reply_to,))
+
+    assert len(tickets(services)) == 1
+    assert ticket(services, 1)["messages"][-1]["thread_rule"] == "reply_token"
+
+
+def test_forged_reply_token_opens_a_new_ticket(services: Services) -> None:
+    receive(services, make_mail())
+    forged = "support+t1.aaaaaaaaaa@example.test"
+
+    receive(services, make_mail(sender="mallory@evil.test", to=forged), rcpt_to=(forged,))
+
+    assert len(tickets(services)) == 2
+
+
+def test_subject_tag_only_from_participants(services: Services) -> None:
+    receive(services, make_mail(cc="Bob <bob@customer.test>"))
+
+    receive(services, make_mail(subject="Re: [#1] more", sender="mallory@evil.test"))
+    receive(services, make_mail(subject="Re: [#1] from bob", sender="bob@customer.test"))
+
+    numbers = {t["number"]: t for t in tickets(services)}
+    assert numbers[2]["requester"] == "mallory@evil.test"
+    last = ticket(services, 1)["messages"][-1]
+    assert (last["from"], last["thread_rule"]) == ("bob@customer.test", "subject_tag")
+    # A participant's reply never makes them the requester.
+    assert numbers[1]["requester"] == "alice@customer.test"
+
+
+def test_agent_may_use_the_subject_tag(services: Services) -> None:
+    receive(services, make_mail())
+    receive(
+        services, make_mail(subject="[#1] note", sender="agent@example.test"),
+        mail_from="agent@example.test",
+    )
+    assert len(tickets(services)) == 1
+    assert ticket(services, 1)["messages"][-1]["kind"] == "agent"
+
+
+def test_reply_that_arrives_before_its_original_joins_the_same_ticket(services: Services) -> None:
+    reply = make_mail(
+        subject="Re: Printer broken",
+        sender="bob@customer.test",
+        message_id="<reply@customer.test>",
+        In_Reply_To="<original@customer.test>",
+        References="<original@customer.test>",
+    )
+    original = make_mail(message_id="<original@customer.test>")
+
+    receive(services, reply)
+    receive(services, original)
+
+    assert len(tickets(services)) == 1
+    messages = [m for m in ticket(services, 1)["messages"] if m["direction"] == "in"]
+    assert [m["message_id"] for m in messages] == ["reply@customer.test", "original@customer.test"]
+    assert messages[1]["thread_rule"] == "references"
+
+
+def test_the_same_message_twice_is_stored_once(services: Services) -> None:
+    raw = make_mail(message_id="<twice@customer.test>")
+    receive(services, raw, source="imap")
+    receive(services, b"Received: from relay\r\n" + raw, source="smtp")
+
+    assert len(tickets(services)) == 1
+    assert ticket(services, 1)["message_count"] == 2  # one inbound, one acknowledgement
+    assert len(outbox_rows(services)) == 1
+
+
+def test_mail_to_a_closed_ticket_reopens_it_within_reopen_days(
+    services: Services, clock: ManualClock
+) -> None:
+    receive(services, make_mail())
+    _close(services, 1)
+    clock.advance(timedelta(days=13))
+
+    receive(services, make_mail(subject="Re: [#1] it broke again"))
+
+    assert len(tickets(services)) == 1
+    assert ticket(services, 1)["status"] == "accepted"
+
+
+def test_mail_to_a_long_closed_ticket_opens_a_linked_new_one(
+    services: Services, clock: ManualClock
+) -> None:
+    receive(services, make_mail())
+    _close(services, 1)
+    clock.advance(timedelta(days=15))
+
+    receive(services, make_mail(subject="Re: [#1] it broke again"))
+
+    new = ticket(services, 2)
+    assert new["previous"] == 1
+    assert new["status"] == "new"
+    assert ticket(services, 1)["status"] == "closed"
+
+
+def _close(services: Services, number: int) -> None:
+    with services.db.transaction() as session:
+        found = session.get(Ticket, number)
+        assert found is not None
+        found.status = "closed"
+        found.closed_at = services.clock.now()
