@@ -199,8 +199,15 @@ def tickets_list(ctx: Context, status: str | None, as_json: bool) -> None:
     _table(
         ["#", "status", "type", "prio", "msgs", "requester", "subject"],
         [
-            [r["number"], r["status"], r["type"] or "-", r["priority"], r["message_count"],
-             r["requester"], r["subject"]]
+            [
+                r["number"],
+                r["status"],
+                r["type"] or "-",
+                r["priority"],
+                r["message_count"],
+                r["requester"],
+                r["subject"],
+            ]
             for r in rows
         ],
     )
@@ -262,7 +269,7 @@ def outbox_list(ctx: Context, as_json: bool, show_all: bool) -> None:
         query = select(Outbox).order_by(Outbox.id)
         if not show_all:
             query = query.where(Outbox.state != "sent")
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "id": o.id,
                 "ticket": o.ticket_id,
@@ -284,8 +291,15 @@ def outbox_list(ctx: Context, as_json: bool, show_all: bool) -> None:
     _table(
         ["id", "ticket", "state", "tries", "to", "kind", "last error"],
         [
-            [r["id"], r["ticket"] or "-", r["state"], r["attempts"], ", ".join(r["recipients"]),
-             r["kind"], r["last_error"]]
+            [
+                r["id"],
+                r["ticket"] or "-",
+                r["state"],
+                r["attempts"],
+                ", ".join(r["recipients"]),
+                r["kind"],
+                r["last_error"],
+            ]
             for r in rows
         ],
     )
@@ -334,8 +348,10 @@ def quarantine_list(ctx: Context, as_json: bool) -> None:
         return
     _table(
         ["id", "received", "source", "from", "size", "reason"],
-        [[r["id"], r["received_at"], r["source"], r["mail_from"], r["size"], r["reason"]]
-         for r in rows],
+        [
+            [r["id"], r["received_at"], r["source"], r["mail_from"], r["size"], r["reason"]]
+            for r in rows
+        ],
     )
 
 

@@ -63,7 +63,7 @@ class ImapSettings:
     port: int = 993
     ssl: bool = True
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     folder: str = "INBOX"
     processed_folder: str = "Processed"
     idle: bool = True
@@ -84,7 +84,7 @@ class OutboundSettings:
 class WebSettings:
     host: str = "127.0.0.1"
     port: int = 8080
-    secret_key: str = ""
+    secret_key: str = field(default="", repr=False)
     secret_key_file: str = ""
     enabled: bool = True
 
@@ -255,7 +255,8 @@ def _finish(settings: Settings, base_dir: Path) -> Settings:
         folder = Path(outbound.removeprefix("maildir:"))
         outbound = "maildir:" + str((base_dir / folder).resolve())
     elif urlsplit(outbound).scheme not in ("smtp", "smtps"):
-        raise ConfigError(f"[outbound] url must be maildir:PATH, smtp:// or smtps://: {outbound!r}")
+        # Not the URL itself: it may hold a relay password.
+        raise ConfigError("[outbound] url must be maildir:PATH, smtp://… or smtps://…")
     return dataclasses.replace(
         settings,
         database=dataclasses.replace(settings.database, url=url),

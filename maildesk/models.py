@@ -198,7 +198,6 @@ class Outbox(Base):
     )
 
 
-
 # What customers read for each status, in the support policy's own words.
 STATUS_LABELS = {
     "cs": {

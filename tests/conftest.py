@@ -116,7 +116,9 @@ class Outbox:
 
     def files(self) -> list[Path]:
         folder = self.path / "new"
-        return sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns) if folder.exists() else []
+        return (
+            sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns) if folder.exists() else []
+        )
 
     def messages(self) -> list[EmailMessage]:
         return [
@@ -165,8 +167,12 @@ class RunningDaemon:
         if self.error:
             raise self.error
 
-    def send(self, raw: bytes, sender: str = "alice@customer.test",
-             recipients: tuple[str, ...] = ("support@example.test",)) -> None:
+    def send(
+        self,
+        raw: bytes,
+        sender: str = "alice@customer.test",
+        recipients: tuple[str, ...] = ("support@example.test",),
+    ) -> None:
         smtp = self.services.settings.smtp
         with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
             client.sendmail(sender, list(recipients), raw)

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from maildesk.config import SmtpSettings
 from maildesk.inbound.store import Envelope, InboundStore
@@ -46,7 +47,12 @@ class InboundHandler:
         self.max_size = max_size
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str, options: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: SmtpEnvelope,
+        address: str,
+        options: list[str],
     ) -> str:
         # Only our own domain: maildesk is an endpoint, never a relay.
         if address.rpartition("@")[2].lower() != self.support_domain:

@@ -71,7 +71,9 @@ class InboundStore:
         with self._db.transaction() as session:
             for start in range(0, len(digests), 500):
                 chunk = list(digests[start : start + 500])
-                found.update(session.scalars(select(Inbound.digest).where(Inbound.digest.in_(chunk))))
+                found.update(
+                    session.scalars(select(Inbound.digest).where(Inbound.digest.in_(chunk)))
+                )
         return found
 
     def requeue(self, inbound_id: int) -> bool:

@@ -17,6 +17,7 @@ from maildesk.clock import Clock, new_token
 from maildesk.config import Settings
 from maildesk.models import STATUS_LABELS, Outbox, Ticket
 from maildesk.outbound.compose import Address, OutgoingMail, compose, thread_index
+from maildesk.outbound.headers import is_valid_msg_id
 from maildesk.outbound.render import Renderer
 from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.tokens import ReplyTokens
@@ -72,7 +73,9 @@ class Notifier:
         """Render `template` for `to` and queue it as part of `ticket`."""
         now = self.clock.now()
         support = self.settings.support
-        rendered = self.renderer.render(template, language, self._context(ticket, to, language, extra))
+        rendered = self.renderer.render(
+            template, language, self._context(ticket, to, language, extra)
+        )
         tag = self.tag(ticket)
         # The tag is what threads a reply whose headers were lost: keep it even
         # if an edited template forgot it.
@@ -80,7 +83,9 @@ class Notifier:
         message_id = f"md.{new_token()}@{support.domain}"
         references: tuple[str, ...] = ()
         if answering:
-            references = (*answering.references, answering.message_id)[-_MAX_REFERENCES:]
+            # A customer's client may write ids we cannot repeat safely: drop those.
+            chain = (*answering.references, answering.message_id)
+            references = tuple(r for r in chain if is_valid_msg_id(r))[-_MAX_REFERENCES:]
         mail = OutgoingMail(
             message_id=message_id,
             sender=Address(support.address, support.name),
@@ -90,7 +95,11 @@ class Notifier:
             html=rendered.html,
             date=now,
             reply_to=Address(self.tokens.address(ticket.id), support.name),
-            in_reply_to=answering.message_id if answering else None,
+            in_reply_to=(
+                answering.message_id
+                if answering and is_valid_msg_id(answering.message_id)
+                else None
+            ),
             references=references,
             auto_submitted="auto-replied" if automatic else None,
             thread_topic=ticket.subject,

@@ -144,4 +144,3 @@ def retry(db: Database, clock: Clock, outbox_id: int) -> bool:
         row.next_attempt_at = clock.now()
         row.last_error = ""
         return True
-

@@ -52,7 +52,9 @@ class Renderer:
                 continue
             html = self._html(lang, name, context)
             subject = " ".join(_block(text_template, "subject", context).split())
-            return Rendered(subject, _block(text_template, "body", context).strip() + "\n", html, lang)
+            return Rendered(
+                subject, _block(text_template, "body", context).strip() + "\n", html, lang
+            )
         raise TemplateNotFound(f"{name}.txt.j2 in any of {self._languages(language)}")
 
     def _html(self, lang: str, name: str, context: dict[str, Any]) -> str | None:

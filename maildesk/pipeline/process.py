@@ -202,7 +202,9 @@ class Processor:
                 references=message.thread_ids,
                 thread_rule=rule,
                 inbound_id=row.id,
-                attachments=tuple((a.filename, a.content_type, a.data) for a in message.attachments),
+                attachments=tuple(
+                    (a.filename, a.content_type, a.data) for a in message.attachments
+                ),
             ),
         )
         self._add_participants(tickets, ticket, message, now)
@@ -285,7 +287,9 @@ class Processor:
                 .order_by(Outbox.id.desc())
                 .limit(200)
             )
-            outbox = next((o for o in recent if set(o.recipients) & message.bounced_recipients), None)
+            outbox = next(
+                (o for o in recent if set(o.recipients) & message.bounced_recipients), None
+            )
         if outbox is None or outbox.ticket_id is None:
             raise Quarantine("bounce for no message maildesk sent")
         outbox.state = "bounced"

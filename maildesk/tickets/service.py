@@ -94,11 +94,8 @@ class Tickets:
         """The ticket of the first of `ids` (nearest first) that maildesk has stored."""
         if not ids:
             return None
-        rows = dict(
-            self.session.execute(
-                select(Message.message_id, Message.ticket_id).where(Message.message_id.in_(ids))
-            ).tuples()
-        )
+        query = select(Message.message_id, Message.ticket_id).where(Message.message_id.in_(ids))
+        rows: dict[str, int] = {mid: tid for mid, tid in self.session.execute(query)}
         for mid in ids:
             if mid in rows:
                 return self.get(rows[mid])

@@ -77,7 +77,7 @@ def list_tickets(session: Session, status: str | None = None) -> list[dict[str, 
     )
     if status:
         query = query.where(Ticket.status == status)
-    return [summary(ticket, n) for ticket, n in session.execute(query).tuples()]
+    return [summary(ticket, n) for ticket, n in session.execute(query)]
 
 
 def export(session: Session, batch: int = 200) -> Iterator[dict[str, Any]]:

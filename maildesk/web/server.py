@@ -59,5 +59,4 @@ async def start_web(services: Services) -> tuple[web.AppRunner, str]:
     settings = services.settings.web
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
-    names = [s.getsockname() for s in (site._server.sockets if site._server else [])]  # type: ignore[union-attr]
-    return runner, ", ".join(f"{n[0]}:{n[1]}" for n in names)
+    return runner, f"{settings.host}:{settings.port}"

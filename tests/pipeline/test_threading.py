@@ -91,7 +91,8 @@ def test_subject_tag_only_from_participants(services: Services) -> None:
 def test_agent_may_use_the_subject_tag(services: Services) -> None:
     receive(services, make_mail())
     receive(
-        services, make_mail(subject="[#1] note", sender="agent@example.test"),
+        services,
+        make_mail(subject="[#1] note", sender="agent@example.test"),
         mail_from="agent@example.test",
     )
     assert len(tickets(services)) == 1

@@ -1,0 +1,277 @@
+"""The pre-parse guard: decides whether raw message bytes are bounded enough to parse.
+
+Python's email parser is quadratic on long encoded-word headers and recurses once per
+MIME nesting level, so sizes, line endings, header lengths and the MIME shape are checked
+here first, on the bytes. Every scan is a bytes method or a compiled regex: Python-level
+loops run once per header block, boundary line or `max_header_line` stride, never per byte
+or per body line, so the cost is linear in the message size.
+
+The MIME walk reads structure the way `email.message_from_bytes` (compat32, which
+mail-parser uses) does, so the parser can never see more nesting or parts than were
+counted here: same header/body split, same boundary parameter quirks (quotes, RFC 2231,
+double unquoting), digest parts defaulting to message/rfc822, repeated boundary lines
+swallowed. Where it cannot be exact it over-counts. `email.policy.default` rewrites
+Content-Type (comments, encoded words) and may read other boundaries: not covered.
+Malformed structure is not refused: real mail is messy, only the caps matter.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import unquote_to_bytes
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_size: int = 25 * 1024 * 1024
+    max_header_bytes: int = 256 * 1024  # whole top-level header block
+    max_header_line: int = 32 * 1024  # one unfolded header field (name + all continuation lines)
+    max_mime_depth: int = 20  # nested multipart/* and message/* containers
+    max_mime_parts: int = 500  # body parts, counted at their boundary lines
+
+
+class HostileInput(Exception):
+    """The message breaks a limit; `reason` names it, e.g. 'header block is 300000 bytes (limit
+    262144)'."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_WS = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.strip() removes from ASCII text
+# email.feedparser.headerRE: the first line that fails it ends the headers (or is blank).
+_HEADER_LINE = re.compile(rb"From |[ \t]|[\x21-\x39\x3b-\x7e]*:")
+_HEADERS_END = re.compile(rb"\n(?!From |[ \t]|[\x21-\x39\x3b-\x7e]*:)")
+_FOLDS = {nl: re.compile(re.escape(nl) + rb"(?=[ \t])") for nl in (b"\n", b"\r\n")}
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,64}(?=:)")
+_CT_FIRST = re.compile(rb"content-type:", re.I)
+_CT_NEXT = re.compile(rb"\ncontent-type:", re.I)
+_FIELD_END = re.compile(rb"\n(?![ \t])")
+# One parameter up to its ';'. Like email.message._parseparam, a '"' after '\' is no quote.
+_PARAM = re.compile(rb'((?:[^;"\\]+|\\"?|"(?:[^"\\]+|\\"?)*"?)*)(?:;|\Z)')
+_RFC2231 = re.compile(rb"boundary\*(?:([0-9]+)\*?)?")
+_NOT_WS = re.compile(rb"[^ \t\n\r\x0b\x0c\x1c-\x1f]")
+_DSN = b"message/delivery-status"
+_PREFIX = 70  # RFC 2046's longest boundary; longer ones are matched by prefix, then compared
+
+
+@lru_cache(maxsize=64)
+def _candidates(prefixes: tuple[bytes, ...], blank: bool) -> re.Pattern[bytes]:
+    """Lines that may end a part: boundary lines (by prefix) and, inside a DSN, blank lines."""
+    alts = [rb"--(?:" + b"|".join(map(re.escape, prefixes)) + rb")"] if prefixes else []
+    return re.compile(rb"\n(?:" + b"|".join(alts + [rb"\r?\n"] if blank else alts) + rb")")
+
+
+@lru_cache(maxsize=64)
+def _repeats(boundary: bytes) -> re.Pattern[bytes]:
+    return re.compile(rb"(?:--" + re.escape(boundary) + rb"(?:--)?[ \t]*\r?(?:\n|\Z))*")
+
+
+def _line_rest(raw: bytes, pos: int) -> tuple[bytes, int]:
+    """The line from pos without its trailing blanks and line break, and the next line's start."""
+    eol = raw.find(b"\n", pos)
+    eol = len(raw) if eol < 0 else eol
+    return raw[pos:eol].rstrip(b"\r").rstrip(b" \t"), min(eol + 1, len(raw))
+
+
+def _split_headers(raw: bytes, pos: int, bound: int, nl: bytes) -> tuple[int, int]:
+    """(end of the header lines, start of the body) of the block at pos, split as the parser
+    splits it: at a blank line or at the first line that is no header, which joins the body."""
+    if pos >= bound or not _HEADER_LINE.match(raw, pos, bound):
+        return pos, pos + len(nl) if raw.startswith(nl, pos, bound) else pos
+    m = _HEADERS_END.search(raw, pos, bound)
+    if m is None:
+        return bound, bound
+    after = m.end()
+    return after - len(nl), after + len(nl) if raw.startswith(nl, after, bound) else after
+
+
+def _check_fields(raw: bytes, start: int, end: int, nl: bytes, cap: int) -> None:
+    if end - start <= cap:
+        return  # no field is longer than the block holding it
+    text = _FOLDS[nl].sub(b"", raw[start:end])  # unfolded: one field per line
+    at = 0
+    # Jump to the last line break within reach: O(len / cap) steps, the scanning done in C.
+    while len(text) - at > cap:
+        brk = text.rfind(nl, at, at + cap + len(nl))
+        if brk < 0:
+            stop = text.find(nl, at)
+            size = (len(text) if stop < 0 else stop) - at
+            name = _FIELD_NAME.match(text, at)
+            what = f"header field {name[0].decode()}" if name else "header line"
+            raise HostileInput(f"{what} is {size} bytes unfolded (limit {cap})")
+        at = brk + len(nl)
+
+
+def _content_type(raw: bytes, start: int, end: int) -> bytes | None:
+    """The first Content-Type value in the header lines raw[start:end], unfolded."""
+    m = _CT_FIRST.match(raw, start, end) or _CT_NEXT.search(raw, start, end)
+    if m is None:
+        return None
+    stop = _FIELD_END.search(raw, m.end(), end)
+    return raw[m.end() : stop.start() if stop else end].replace(b"\r", b"").replace(b"\n", b"")
+
+
+def _unquote(value: bytes) -> bytes:
+    """email.utils.unquote."""
+    if len(value) > 1 and value[:1] == b'"' and value[-1:] == b'"':
+        return value[1:-1].replace(b"\\\\", b"\\").replace(b'\\"', b'"')
+    if len(value) > 1 and value[:1] == b"<" and value[-1:] == b">":
+        return value[1:-1]
+    return value
+
+
+def _boundary(value: bytes) -> bytes | None:
+    """The boundary as compat32's Message.get_boundary() reads it from a Content-Type value."""
+    sections: list[tuple[int, bytes, bool]] = []
+    for param in _PARAM.findall(value)[1:]:
+        name, _, val = param.partition(b"=")
+        name = name.strip(_WS).lower()
+        if name == b"boundary":  # a plain parameter wins over RFC 2231 sections
+            return _unquote(_unquote(val.strip(_WS))).rstrip(_WS)
+        if m := _RFC2231.fullmatch(name):
+            sections.append((int(m[1] or -1), _unquote(val.strip(_WS)), name.endswith(b"*")))
+    if not sections:
+        return None
+    sections.sort()
+    if not any(encoded for *_, encoded in sections):
+        return _unquote(b"".join(v for _, v, _ in sections)).rstrip(_WS)
+    joined = b"".join(unquote_to_bytes(v) if enc else v for _, v, enc in sections)
+    parts = joined.split(b"'", 2)  # charset'language'value
+    return (parts[2] if len(parts) == 3 else joined).rstrip(_WS)
+
+
+class _Walk:
+    def __init__(self, raw: bytes, nl: bytes, limits: Limits) -> None:
+        self.raw, self.nl, self.limits = raw, nl, limits
+        # Open containers, outermost first: (boundary, or None for message/*; content type).
+        self.stack: list[tuple[bytes | None, bytes]] = []
+        self.parts = 0
+
+    def run(self) -> None:
+        pos = self.enter(0, in_digest=False)
+        root = self.stack[0][0] if self.stack else None
+        while event := self.next_event(pos):
+            _, pos, level, close = event
+            boundary, kind = self.stack[level]
+            if close:  # this multipart, and whatever is still open inside it, ends
+                del self.stack[level:]
+                if not self.stack and root is not None:
+                    pos, root = self.epilogue(pos, root), None
+                continue
+            del self.stack[level + 1 :]
+            if kind == _DSN:  # a blank line: the next block, unless the DSN ends here
+                after = self.owner(pos) if pos < len(self.raw) else (0, 0, -1, False)
+                if after and after[2] < level:
+                    continue
+            self.count_part()
+            if boundary is not None:
+                pos = self.skip_repeats(pos, level, boundary)
+            pos = self.enter(pos, in_digest=kind == b"multipart/digest")
+
+    def owner(self, start: int) -> tuple[int, int, int, bool] | None:
+        """Which open level the line at start ends: (start, next line's start, level, close).
+        The outermost matching level wins: the parser tests outer levels first."""
+        rest, after = _line_rest(self.raw, start)
+        for level, (boundary, kind) in enumerate(self.stack):
+            if kind == _DSN and self.raw.startswith(self.nl, start):
+                return start, after, level, False
+            if boundary is not None and rest[2:] in (boundary, boundary + b"--"):
+                if rest[:2] == b"--":
+                    return start, after, level, rest[2:] != boundary
+        return None
+
+    def next_event(self, pos: int) -> tuple[int, int, int, bool] | None:
+        """The first line from pos that ends a part of an open container."""
+        prefixes = tuple(b[:_PREFIX] for b, _ in self.stack if b is not None)
+        blank = any(kind == _DSN for _, kind in self.stack)
+        if not prefixes and not blank:
+            return None
+        pattern, at = _candidates(prefixes, blank), max(pos - 1, 0)
+        while m := pattern.search(self.raw, at):
+            if event := self.owner(m.start() + 1):
+                return event
+            at = m.end()  # only a long boundary's prefix matched
+        return None
+
+    def skip_repeats(self, pos: int, level: int, boundary: bytes) -> int:
+        """The parser swallows this level's boundary lines right after a delimiter, even a
+        close one, but stops at a line of an outer level."""
+        outer = {b for b, _ in self.stack[:level]}
+        if len(boundary) <= _PREFIX and not outer & {boundary, boundary + b"--", boundary[:-2]}:
+            m = _repeats(boundary).match(self.raw, pos)
+            return m.end() if m else pos
+        while self.raw.startswith(b"--", pos):
+            rest, after = _line_rest(self.raw, pos + 2)
+            if rest not in (boundary, boundary + b"--") or {rest, rest[:-2]} & outer:
+                break
+            pos = after
+        return pos
+
+    def enter(self, pos: int, in_digest: bool) -> int:
+        """Read the header block at pos, and those of the message/* bodies it opens; push the
+        containers found and return where the scan for part ends goes on."""
+        raw, nl = self.raw, self.nl
+        default = b"message/rfc822" if in_digest else b"text/plain"
+        event = self.next_event(pos)  # a header block ends where the part does
+        while True:
+            end, body = _split_headers(raw, pos, event[0] if event else len(raw), nl)
+            _check_fields(raw, pos, end, nl, self.limits.max_header_line)
+            value = _content_type(raw, pos, end)
+            ctype = default if value is None else value.partition(b";")[0].strip(_WS).lower()
+            ctype = ctype if ctype.count(b"/") == 1 else b"text/plain"
+            if ctype.startswith(b"multipart/"):
+                boundary = None if value is None else _boundary(value)
+                if boundary is not None:  # without one the parser reads the body as text
+                    self.push(boundary, ctype)
+                return body
+            if not ctype.startswith(b"message/"):
+                return body
+            # The body is a message, or for a DSN blocks of headers each parsed as a message.
+            self.push(None, ctype)
+            pos, default = body, b"text/plain"
+            if ctype == _DSN:
+                self.count_part()
+                event = self.next_event(pos)  # blank lines end its blocks
+
+    def epilogue(self, pos: int, root: bytes) -> int:
+        """mail-parser re-parses the root epilogue after a `--boundary` as a message (when a
+        part lacks its start boundary): walk that too, as a fresh message."""
+        found = self.raw.find(b"--" + root, pos)
+        if found < 0:
+            return pos
+        text = _NOT_WS.search(self.raw, found + 2 + len(root))  # mail-parser strips it
+        return self.enter(text.start() if text else len(self.raw), False)
+
+    def count_part(self) -> None:
+        self.parts += 1
+        if self.parts > self.limits.max_mime_parts:
+            limit = self.limits.max_mime_parts
+            raise HostileInput(f"MIME part count reaches {self.parts} (limit {limit})")
+
+    def push(self, boundary: bytes | None, ctype: bytes) -> None:
+        self.stack.append((boundary, ctype))
+        if len(self.stack) > self.limits.max_mime_depth:
+            limit = self.limits.max_mime_depth
+            raise HostileInput(f"MIME nesting depth reaches {len(self.stack)} (limit {limit})")
+
+
+def check(raw: bytes, limits: Limits) -> None:
+    """Return if `raw` is within `limits`; raise HostileInput naming the first limit broken."""
+    if len(raw) > limits.max_message_size:
+        raise HostileInput(f"message is {len(raw)} bytes (limit {limits.max_message_size})")
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") != crlf:
+        at = re.search(rb"\r(?!\n)", raw)
+        raise HostileInput(f"bare CR (not followed by LF) at byte {at.start() if at else '?'}")
+    bare_lf = raw.count(b"\n") - crlf
+    if crlf and bare_lf:  # the SMTP-smuggling shape: one ending must be used throughout
+        raise HostileInput(f"mixed line endings: {crlf} CRLF and {bare_lf} bare LF")
+    nl = b"\r\n" if crlf else b"\n"
+    end, _ = _split_headers(raw, 0, len(raw), nl)
+    if end > limits.max_header_bytes:
+        raise HostileInput(f"header block is {end} bytes (limit {limits.max_header_bytes})")
+    _Walk(raw, nl, limits).run()

@@ -1,0 +1,241 @@
+"""IMAP intake: when a message on the server counts as accepted, and so may leave the folder.
+
+`ImapPoller` fetches every message in the configured folder by UID, hands the raw
+bytes to the store, and moves a message to the processed folder only after the
+store returned for it. A store that raises means "not stored": the message stays
+where it is and is fetched again on the next poll, while the rest of the batch
+goes ahead. If the connection drops between store and move, the message is
+stored twice; that is the price of never losing one, and the store dedupes.
+
+`run` loops: poll, then IDLE until the server reports a change (or the refresh
+interval passes), or sleep `poll_interval` when IDLE is off or not offered.
+Connection errors reconnect with exponential back-off. The password is never
+logged (nor `ImapSettings`, whose repr holds it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from imapclient import DELETED, IMAPClient
+from imapclient.exceptions import IMAPClientError
+
+from maildesk.config import ImapSettings
+
+log = logging.getLogger(__name__)
+
+FETCH_BATCH = 50
+# Bounds memory when a batch holds big messages; a single larger message still goes alone.
+FETCH_BATCH_BYTES = 32 * 1024 * 1024
+# RFC 2177: servers may drop an IDLE client after 30 minutes, so re-issue well before.
+IDLE_REFRESH_SECONDS = 25 * 60
+# How often an IDLE wait looks at `stop`.
+IDLE_CHECK_SECONDS = 1.0
+SOCKET_TIMEOUT = 120.0
+# imapclient raises IMAPClientError (and its abort subclass) for protocol trouble, OSError for
+# the socket; either way the connection is no longer trusted.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (IMAPClientError, OSError)
+
+
+class ImapPoller:
+    """One IMAP account and folder; `poll_once` for a single pass, `run` for a thread."""
+
+    def __init__(
+        self,
+        settings: ImapSettings,
+        store: Callable[[bytes], object],
+        *,
+        on_stored: Callable[[], None] = lambda: None,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 300.0,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._on_stored = on_stored
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._wait = wait
+        self._client: IMAPClient | None = None
+        # Messages the last poll could not store; they wait no longer than poll_interval.
+        self._left = 0
+
+    def poll_once(self) -> int:
+        """Store and move every message now in the folder; return how many were stored.
+
+        Raises a connection error (after dropping the connection) if the server is unreachable.
+        """
+        try:
+            client = self._connected()
+            # Dovecot shows a selected folder's new mail only after a sync such as NOOP; SEARCH
+            # alone does not. It doubles as the liveness check of a kept-open connection.
+            client.noop()
+            # UNDELETED: a message we copied and flagged but failed to expunge is already processed.
+            uids = sorted(client.search("UNDELETED"))
+            stored = failed = 0
+            for batch in self._batches(client, uids):
+                ok, bad = self._process_batch(client, batch)
+                stored, failed = stored + ok, failed + bad
+        except CONNECTION_ERRORS:
+            self._drop()
+            raise
+        self._left = failed
+        # An empty poll every interval is routine; only polls that found mail are INFO.
+        log.log(
+            logging.INFO if uids else logging.DEBUG,
+            "imap poll %s: %d found, %d stored, %d left for retry",
+            self._settings.folder,
+            len(uids),
+            stored,
+            failed,
+        )
+        return stored
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until `stop` is set, waiting by IDLE or interval, reconnecting with back-off."""
+        wait = self._wait or stop.wait
+        delay = self._backoff_initial
+        try:
+            while not stop.is_set():
+                try:
+                    self.poll_once()
+                    delay = self._backoff_initial
+                    client = self._client
+                    if client is not None and not self._left and self._can_idle(client):
+                        self._idle(client, stop)
+                    elif wait(self._settings.poll_interval):
+                        return
+                except Exception as exc:
+                    # Whatever broke, intake must not die with this thread: drop, back off, retry.
+                    self._drop()
+                    if isinstance(exc, CONNECTION_ERRORS):
+                        log.warning("imap connection error (%s); reconnecting in %.1fs", exc, delay)
+                    else:
+                        log.exception("imap poller failed; reconnecting in %.1fs", delay)
+                    if wait(delay):
+                        return
+                    delay = min(delay * 2, self._backoff_max)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.logout()
+        except Exception:
+            # Logging out of a broken connection can fail in any way; just close the socket.
+            with contextlib.suppress(OSError):
+                client.shutdown()
+
+    def _connected(self) -> IMAPClient:
+        if self._client is not None:
+            return self._client
+        s = self._settings
+        client = IMAPClient(s.host, port=s.port, ssl=s.ssl, use_uid=True, timeout=SOCKET_TIMEOUT)
+        try:
+            client.login(s.username, s.password)
+            if not client.folder_exists(s.processed_folder):
+                client.create_folder(s.processed_folder)
+            client.select_folder(s.folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                client.shutdown()
+            raise
+        self._client = client
+        log.info(
+            "imap connected to %s:%d as %s (tls=%s), folder %s",
+            s.host,
+            s.port,
+            s.username,
+            s.ssl,
+            s.folder,
+        )
+        return client
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(OSError):  # already gone
+                client.shutdown()
+
+    def _batches(self, client: IMAPClient, uids: list[int]) -> Iterator[list[int]]:
+        sizes = client.fetch(uids, ["RFC822.SIZE"]) if uids else {}
+        batch: list[int] = []
+        total = 0
+        for uid in uids:
+            size = int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0))
+            if batch and (len(batch) >= FETCH_BATCH or total + size > FETCH_BATCH_BYTES):
+                yield batch
+                batch, total = [], 0
+            batch.append(uid)
+            total += size
+        if batch:
+            yield batch
+
+    def _process_batch(self, client: IMAPClient, batch: list[int]) -> tuple[int, int]:
+        # PEEK: nothing is marked \Seen on the server before it is stored here.
+        fetched = client.fetch(batch, ["BODY.PEEK[]"])
+        stored: list[int] = []
+        failed = 0
+        for uid in batch:
+            raw = fetched.get(uid, {}).get(b"BODY[]")
+            if raw is None:
+                continue  # expunged by someone else meanwhile
+            try:
+                self._store(raw)
+            except Exception:
+                failed += 1
+                log.exception("imap uid %d not stored; left in %s", uid, self._settings.folder)
+                continue
+            stored.append(uid)
+        if stored:
+            self._notify()
+            self._move(client, stored)
+        return len(stored), failed
+
+    def _move(self, client: IMAPClient, uids: list[int]) -> None:
+        target = self._settings.processed_folder
+        if client.has_capability("MOVE"):
+            client.move(uids, target)
+            return
+        client.copy(uids, target)
+        client.add_flags(uids, [DELETED], silent=True)
+        if client.has_capability("UIDPLUS"):
+            client.uid_expunge(uids)
+        else:
+            # Without UIDPLUS this also expunges what others flagged \Deleted in this folder.
+            client.expunge()
+
+    def _notify(self) -> None:
+        try:
+            self._on_stored()
+        except Exception:
+            # The messages are stored; a failing listener must not stop them being moved.
+            log.exception("imap on_stored callback failed")
+
+    def _can_idle(self, client: IMAPClient) -> bool:
+        return self._settings.idle and client.has_capability("IDLE")
+
+    def _idle(self, client: IMAPClient, stop: threading.Event) -> None:
+        """Return when the folder changes, `stop` is set, or the IDLE needs refreshing."""
+        client.idle()
+        try:
+            refresh_at = time.monotonic() + IDLE_REFRESH_SECONDS
+            while not stop.is_set() and time.monotonic() < refresh_at:
+                started = time.monotonic()
+                responses = client.idle_check(timeout=IDLE_CHECK_SECONDS)
+                # Anything but an "OK still here" keepalive (EXISTS, EXPUNGE, BYE, ...) ends it.
+                if any(response[0] != b"OK" for response in responses):
+                    return
+                if not responses and time.monotonic() - started < IDLE_CHECK_SECONDS / 2:
+                    # Readable yet no line: imapclient swallows EOF here. Leave IDLE so the
+                    # error surfaces in idle_done or the next poll instead of spinning.
+                    return
+        finally:
+            client.idle_done()

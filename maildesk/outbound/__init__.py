@@ -1,0 +1,1 @@
+"""Outgoing mail: building the bytes of the messages maildesk sends."""

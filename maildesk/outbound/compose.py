@@ -1,0 +1,252 @@
+"""Composing outgoing mail: an `OutgoingMail` becomes the exact bytes we send.
+
+This module decides the shape of every message: a text/plain part, wrapped in
+multipart/alternative when there is HTML and in multipart/mixed when there are
+attachments. The stdlib only encodes the text bodies (7bit, quoted-printable or
+base64); every header block, the top one and each part's, is written by `headers`
+and re-read by `verify_header_block`, which insists on exactly the header names we
+meant to write. The output is 7-bit ASCII with CRLF line endings, so it needs
+neither SMTPUTF8 nor 8BITMIME.
+
+It also makes Outlook's Thread-Index (see `thread_index`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.message import MIMEPart
+from email.parser import BytesHeaderParser
+from email.utils import format_datetime
+
+from maildesk.outbound import headers as h
+from maildesk.outbound.headers import HeaderError
+
+
+@dataclass(frozen=True)
+class Address:
+    email: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str  # e.g. "application/pdf"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class OutgoingMail:
+    message_id: str  # without angle brackets, e.g. "md.abc123@example.test"
+    sender: Address  # the From
+    to: tuple[Address, ...]
+    subject: str
+    text: str  # text/plain body, always present
+    date: datetime  # timezone-aware
+    html: str | None = None  # optional text/html alternative
+    reply_to: Address | None = None
+    in_reply_to: str | None = None  # message id without brackets
+    references: tuple[str, ...] = ()  # ids without brackets, oldest first
+    auto_submitted: str | None = None  # e.g. "auto-replied"
+    thread_topic: str = ""  # Outlook's Thread-Topic (subject without Re:/tags)
+    thread_index: str = ""  # Outlook's Thread-Index (base64), see thread_index()
+    attachments: tuple[Attachment, ...] = ()
+
+
+_DATE = re.compile(r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} [+-]\d{4}")
+_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{4,500}={0,2}")
+_MIME_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+_MIME_TYPE = re.compile(rf"{_MIME_NAME}/{_MIME_NAME}")
+_CTE = re.compile(r"7bit|quoted-printable|base64")
+_MIME_VERSION = re.compile(r"1\.0")
+_DISPOSITION = re.compile(r"attachment|inline")
+_HEADER_START = re.compile(rb"([!-9;-~]+):")
+# Only 7-bit transfer encodings, so the message survives any relay unchanged.
+_TEXT_POLICY = policy.SMTP.clone(cte_type="7bit")
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One MIME entity: its Content-* header lines (name, rendered) and its encoded body."""
+
+    fields: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def to_bytes(self) -> bytes:
+        return _header_block(self.fields) + b"\r\n" + self.body
+
+
+def compose(mail: OutgoingMail) -> bytes:
+    """The full RFC 5322 message for `mail`, CRLF line endings; HeaderError if unsafe."""
+    if mail.date.tzinfo is None or mail.date.utcoffset() is None:
+        raise HeaderError("Date: the datetime must be timezone-aware")
+    fields = [
+        ("Date", h.structured("Date", format_datetime(mail.date), _DATE)),
+        ("From", h.address_list("From", [(mail.sender.name, mail.sender.email)])),
+        ("To", h.address_list("To", [(a.name, a.email) for a in mail.to])),
+    ]
+    if mail.reply_to is not None:
+        reply_to = [(mail.reply_to.name, mail.reply_to.email)]
+        fields.append(("Reply-To", h.address_list("Reply-To", reply_to)))
+    fields += [
+        ("Subject", h.unstructured("Subject", mail.subject)),
+        ("Message-ID", h.msg_ids("Message-ID", [mail.message_id])),
+    ]
+    if mail.in_reply_to is not None:
+        fields.append(("In-Reply-To", h.msg_ids("In-Reply-To", [mail.in_reply_to])))
+    if mail.references:
+        fields.append(("References", h.msg_ids("References", mail.references)))
+    fields.append(("MIME-Version", h.structured("MIME-Version", "1.0", _MIME_VERSION)))
+    if mail.auto_submitted is not None:
+        value = h.structured("Auto-Submitted", mail.auto_submitted, _KEYWORD)
+        fields.append(("Auto-Submitted", value))
+    if h.clean_text(mail.thread_topic):
+        fields.append(("Thread-Topic", h.unstructured("Thread-Topic", mail.thread_topic)))
+    if mail.thread_index:
+        fields.append(("Thread-Index", _thread_index_header(mail.thread_index)))
+    content = _text_part(mail.text, "plain")
+    if mail.html is not None:
+        content = _multipart("alternative", [content, _text_part(mail.html, "html")])
+    if mail.attachments:
+        parts = [content, *(_attachment_part(a) for a in mail.attachments)]
+        content = _multipart("mixed", parts)
+    return _header_block((*fields, *content.fields)) + b"\r\n" + content.body
+
+
+def _header_block(fields: Sequence[tuple[str, str]]) -> bytes:
+    # Defense in depth: whatever the writers above did, re-read what we produced.
+    block = "".join(rendered for _, rendered in fields).encode("ascii")
+    verify_header_block(block, [name for name, _ in fields])
+    return block
+
+
+def verify_header_block(block: bytes, expected: Sequence[str]) -> None:
+    """Raise HeaderError unless `block` holds exactly the headers `expected`, in order.
+
+    Checked by our own line grammar and by the stdlib parser, whose decoded values must
+    hold no line break: that is what a downstream re-fold would turn into a header.
+    """
+    want = [name.lower() for name in expected]
+    if not block.endswith(b"\r\n") or not block.isascii():
+        raise HeaderError(f"header block is not CRLF-terminated ASCII (expected {want})")
+    seen = []
+    for line in block[:-2].split(b"\r\n"):
+        if b"\r" in line or b"\n" in line or len(line) > h.MAX_LINE:
+            raise HeaderError(f"header block has a bare CR/LF or an overlong line: {line[:80]!r}")
+        start = _HEADER_START.match(line)
+        if start:
+            seen.append(start.group(1).decode("ascii").lower())
+        elif not (seen and line[:1] in (b" ", b"\t") and line.strip()):
+            raise HeaderError(f"header block has a stray line: {line[:80]!r}")
+    parsed = BytesHeaderParser(policy=policy.default).parsebytes(block + b"\r\n")
+    names = [name.lower() for name in parsed.keys()]
+    if seen != want or names != want or parsed.get_payload():
+        raise HeaderError(f"header block has {names or seen}, expected {want}")
+    for name, value in parsed.items():
+        if any(ch in str(value) for ch in "\r\n\0"):
+            raise HeaderError(f"{name}: decodes to a line break or NUL")
+
+
+def _text_part(text: str, subtype: str) -> _Part:
+    part = MIMEPart(policy=_TEXT_POLICY)
+    part.set_content(text, subtype=subtype, charset="utf-8")
+    cte = str(part["Content-Transfer-Encoding"])
+    payload = part.get_payload()
+    assert isinstance(payload, str)
+    lines = payload.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    ctype = h.structured("Content-Type", f"text/{subtype}", _MIME_TYPE, [("charset", "utf-8")])
+    fields = (
+        ("Content-Type", ctype),
+        ("Content-Transfer-Encoding", h.structured("Content-Transfer-Encoding", cte, _CTE)),
+    )
+    return _Part(fields, "\r\n".join(lines).encode("ascii"))
+
+
+def _attachment_part(attachment: Attachment) -> _Part:
+    ctype = attachment.content_type.lower()
+    # A multipart or message/* body must not be base64-encoded (RFC 2046): refuse it.
+    if ctype.startswith(("multipart/", "message/")):
+        raise HeaderError(f"Content-Type: cannot attach as {attachment.content_type!r}")
+    filename = h.clean_text(attachment.filename) or "attachment"
+    ctype_header = h.structured("Content-Type", ctype, _MIME_TYPE, [("name", filename)])
+    disposition = h.structured(
+        "Content-Disposition", "attachment", _DISPOSITION, [("filename", filename)]
+    )
+    fields = (
+        ("Content-Type", ctype_header),
+        ("Content-Transfer-Encoding", h.structured("Content-Transfer-Encoding", "base64", _CTE)),
+        ("Content-Disposition", disposition),
+    )
+    return _Part(fields, base64.encodebytes(attachment.data).replace(b"\n", b"\r\n"))
+
+
+def _multipart(subtype: str, parts: list[_Part]) -> _Part:
+    chunks = [part.to_bytes() for part in parts]
+    boundary = f"=_md_{secrets.token_hex(12)}"
+    # "=_" cannot occur in quoted-printable or base64 text; check anyway, it is cheap.
+    while any(boundary.encode() in chunk for chunk in chunks):
+        boundary = f"=_md_{secrets.token_hex(12)}"
+    delimiter = b"--" + boundary.encode()
+    body = b"".join(delimiter + b"\r\n" + chunk + b"\r\n" for chunk in chunks)
+    ctype = h.structured(
+        "Content-Type", f"multipart/{subtype}", _MIME_TYPE, [("boundary", boundary)]
+    )
+    return _Part((("Content-Type", ctype),), body + delimiter + b"--\r\n")
+
+
+def _thread_index_header(value: str) -> str:
+    header = h.structured("Thread-Index", value, _BASE64)
+    raw = base64.b64decode(value, validate=True)
+    if len(raw) < 22 or (len(raw) - 22) % 5:
+        raise HeaderError(f"Thread-Index: not 22 bytes plus 5-byte blocks: {value!r}")
+    return header
+
+
+# Thread-Index (MS-OXOMSG PidTagConversationIndex). A 22-byte header block:
+#   6 bytes  the top 6 bytes of the FILETIME (100 ns ticks since 1601-01-01 UTC),
+#            big-endian; for 1829..2057 the first of them is 0x01, the "reserved"
+#            byte Microsoft's description names.
+#   16 bytes a GUID; ours is sha256(ticket_key)[:16], so every mail of a ticket shares it.
+# Each reply adds a 5-byte child block; we add at most one, for `message_time`:
+#   1 bit    DeltaCode: 0 if the difference from the header time is < 2**49 ticks
+#            (about 1.8 years), keeping its bits 48..18; 1 otherwise, keeping bits 53..23.
+#   31 bits  that TimeDelta, big-endian together with the DeltaCode bit.
+#   8 bits   "random"; ours is derived from the key and the delta, so output is reproducible.
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+
+
+def _filetime(moment: datetime) -> int:
+    # Naive datetimes are UTC: that is how maildesk stores them (SQLite drops the zone).
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    delta = moment - _FILETIME_EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
+
+
+def thread_index(
+    ticket_created: datetime, ticket_key: bytes, message_time: datetime | None = None
+) -> str:
+    """Outlook's Thread-Index for a mail of the ticket created at `ticket_created`.
+
+    The first 22 bytes depend only on the ticket; with `message_time`, one child block
+    records how long after the ticket's creation this mail was written.
+    """
+    created = _filetime(ticket_created)
+    block = created.to_bytes(8, "big")[:6] + hashlib.sha256(ticket_key).digest()[:16]
+    if message_time is not None:
+        # The difference is taken from the header time as stored: its low 16 bits are gone.
+        diff = max(_filetime(message_time) - (created >> 16 << 16), 0)
+        if diff < 1 << 49:
+            code_and_delta = diff >> 18
+        else:
+            code_and_delta = 1 << 31 | min(diff >> 23, (1 << 31) - 1)
+        noise = hashlib.sha256(ticket_key + diff.to_bytes(8, "big")).digest()[0]
+        block += code_and_delta.to_bytes(4, "big") + bytes([noise])
+    return base64.b64encode(block).decode("ascii")

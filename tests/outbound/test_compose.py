@@ -1,0 +1,315 @@
+"""compose(): what a mail client sees in the bytes, including hostile customer text."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import email
+import email.header
+import email.policy
+import email.utils
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from email.message import EmailMessage, MIMEPart
+
+import pytest
+
+from maildesk.outbound.compose import (
+    Address,
+    Attachment,
+    HeaderError,
+    OutgoingMail,
+    compose,
+    thread_index,
+    verify_header_block,
+)
+
+CZECH = "Dobrý den, přijali jsme váš požadavek"
+PRAGUE = timezone(timedelta(hours=1))
+CREATED = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+CUSTOMER = "jan.novak@example.org"
+BASE_HEADERS = ["date", "from", "to", "subject", "message-id", "mime-version", "content-type"]
+
+
+def make_mail(**changes: object) -> OutgoingMail:
+    mail = OutgoingMail(
+        message_id="md.abc123@example.test",
+        sender=Address("support@example.test", "Podpora"),
+        to=(Address(CUSTOMER, "Jan Novák"),),
+        subject="[#42] Tiskárna nefunguje",
+        text=CZECH + "\n",
+        date=datetime(2026, 1, 5, 10, 30, tzinfo=PRAGUE),
+    )
+    return dataclasses.replace(mail, **changes)  # type: ignore[arg-type]
+
+
+def parse(data: bytes) -> EmailMessage:
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def header_block(data: bytes) -> bytes:
+    return data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+
+
+def text_of(part: MIMEPart | None) -> str:
+    assert part is not None
+    # Text travels in canonical form: CRLF line breaks.
+    return str(part.get_content()).replace("\r\n", "\n")
+
+
+def test_headers_a_client_shows() -> None:
+    mail = make_mail(
+        to=(Address(CUSTOMER, "Jiří Novák"), Address("eva@example.org", "Novák, Eva")),
+        reply_to=Address("t.k3y@example.test", 'Support "Desk" (Prague)'),
+        in_reply_to="CAF1@mail.example.org",
+        references=("first@example.org", "CAF1@mail.example.org"),
+        auto_submitted="auto-replied",
+        thread_topic="Tiskárna nefunguje",
+        thread_index=thread_index(CREATED, b"42@example.test"),
+    )
+    message = parse(compose(mail))
+    assert [a.addr_spec for a in message["From"].addresses] == ["support@example.test"]
+    assert message["From"].addresses[0].display_name == "Podpora"
+    to = [(a.display_name, a.addr_spec) for a in message["To"].addresses]
+    assert to == [("Jiří Novák", CUSTOMER), ("Novák, Eva", "eva@example.org")]
+    reply_to = message["Reply-To"].addresses
+    assert [(a.display_name, a.addr_spec) for a in reply_to] == [
+        ('Support "Desk" (Prague)', "t.k3y@example.test")
+    ]
+    assert message["Subject"] == "[#42] Tiskárna nefunguje"
+    assert message["Message-ID"] == "<md.abc123@example.test>"
+    assert message["In-Reply-To"] == "<CAF1@mail.example.org>"
+    assert message["References"] == "<first@example.org> <CAF1@mail.example.org>"
+    assert message["Auto-Submitted"] == "auto-replied"
+    assert message["Thread-Topic"] == "Tiskárna nefunguje"
+    assert message["Thread-Index"] == mail.thread_index
+    assert message["Date"].datetime == mail.date
+    assert message["MIME-Version"] == "1.0"
+    assert [k.lower() for k in message.keys()] == [
+        "date", "from", "to", "reply-to", "subject", "message-id", "in-reply-to",
+        "references", "mime-version", "auto-submitted", "thread-topic", "thread-index",
+        "content-type", "content-transfer-encoding",
+    ]  # fmt: skip
+    assert not any(part.defects for part in message.walk())
+
+
+def test_optional_headers_are_left_out() -> None:
+    message = parse(compose(make_mail()))
+    assert [k.lower() for k in message.keys()] == [*BASE_HEADERS, "content-transfer-encoding"]
+
+
+def test_czech_plain_text_body() -> None:
+    message = parse(compose(make_mail()))
+    assert message.get_content_type() == "text/plain"
+    assert message.get_content_charset() == "utf-8"
+    assert text_of(message) == CZECH + "\n"
+
+
+def test_missing_final_line_break_is_added() -> None:
+    assert text_of(parse(compose(make_mail(text=CZECH)))) == CZECH + "\n"
+
+
+def test_html_alternative() -> None:
+    html = f"<p>{CZECH}</p>\n"
+    message = parse(compose(make_mail(text=CZECH + "\n\nS pozdravem\n", html=html)))
+    assert message.get_content_type() == "multipart/alternative"
+    assert text_of(message.get_body(("plain",))) == CZECH + "\n\nS pozdravem\n"
+    assert text_of(message.get_body(("html",))) == html
+    preferred = message.get_body(("html", "plain"))
+    assert preferred is not None and preferred.get_content_type() == "text/html"
+
+
+def test_attachments_come_back_byte_identical() -> None:
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 40
+    attachments = (
+        Attachment("faktura.pdf", "application/pdf", pdf),
+        Attachment("Přehled požadavků – leden 2026.xlsx", "application/vnd.ms-excel", b"\x00x"),
+        Attachment('a "quoted" name; with=?utf-8?q?=0A?=Bcc: x.txt', "text/plain", b"hi\r\n"),
+        Attachment("empty.bin", "application/octet-stream", b""),
+    )
+    mail = make_mail(html="<p>ahoj</p>", attachments=attachments)
+    message = parse(compose(mail))
+    assert message.get_content_type() == "multipart/mixed"
+    assert text_of(message.get_body(("plain",))) == CZECH + "\n"
+    got = [(part.get_filename(), part.get_content_type()) for part in message.iter_attachments()]
+    assert got == [(a.filename, a.content_type) for a in attachments]
+    assert [bytes(part.get_payload(decode=True)) for part in message.iter_attachments()] == [
+        a.data for a in attachments
+    ]
+    content_headers = {"content-type", "content-transfer-encoding", "content-disposition"}
+    for part in list(message.walk())[1:]:
+        assert {k.lower() for k in part.keys()} <= content_headers
+    assert not any(part.defects for part in message.walk())
+
+
+@pytest.mark.parametrize("html", [None, "<p>x</p>"])
+def test_lines_are_crlf_ascii_and_short(html: str | None) -> None:
+    long_line = "Řádek " * 400  # one 2,400-character line in the body
+    attachment = Attachment("data.bin", "application/octet-stream", bytes(5000))
+    data = compose(make_mail(text=long_line, html=html, attachments=(attachment,)))
+    assert data.isascii()
+    assert b"\n" not in data.replace(b"\r\n", b"") and b"\r" not in data.replace(b"\r\n", b"")
+    assert data.endswith(b"\r\n")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    # The header block of an ordinary mail folds within 78.
+    assert max(len(line) for line in header_block(data).split(b"\r\n")) <= 78
+
+
+HOSTILE_SUBJECTS = [
+    "Hi\r\nBcc: evil@x.test",
+    "Hi\nBcc: evil@x.test",
+    "Hi\rBcc: evil@x.test\x00\x1b[31m",
+    "=?UTF-8?Q?=0A?=Bcc: evil@x.test",
+    "=?utf-8?b?DQpCY2M6IGV2aWxAeC50ZXN0?=",
+    "Re: =?utf-8?q?=0D=0ABcc=3A_evil=40x=2Etest?= ahoj",
+    "Žádost\u2028Bcc: evil@x.test\u0085To: evil@x.test",
+    "Příliš žluťoučký kůň úpěl ďábelské ódy " * 52,  # about 2,000 characters
+    "x" * 2000,
+    "word " * 400 + "\r\nBcc: evil@x.test",
+]
+
+
+def cleaned(text: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]", " ", text).strip()
+
+
+@pytest.mark.parametrize("subject", HOSTILE_SUBJECTS)
+def test_hostile_subject_stays_one_header(subject: str) -> None:
+    data = compose(make_mail(subject=subject, thread_topic=subject))
+    message = parse(data)
+    assert "Bcc" not in message
+    raw_names = [line.split(b":")[0].lower() for line in header_block(data).split(b"\r\n")]
+    assert raw_names.count(b"to") == 1 and b"bcc" not in raw_names
+    assert len(message.get_all("To", [])) == 1
+    assert [a.addr_spec for a in message["To"].addresses] == [CUSTOMER]
+    assert message["Subject"] == cleaned(subject)
+    assert message["Thread-Topic"] == cleaned(subject)
+    assert [k.lower() for k in message.keys()] == [
+        *BASE_HEADERS[:-1], "thread-topic", "content-type", "content-transfer-encoding"
+    ]  # fmt: skip
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+
+
+HOSTILE_NAMES = [
+    "Eve\r\nBcc: x@y",
+    "a@b.test)<c@d.test>",
+    "a@b.test>, <c@d.test",
+    '"Eve" <c@d.test>, x',
+    "=?utf-8?q?Eve=0D=0ABcc=3A_x=40y?=",
+    'Eve\\"\r\n\tBcc: x@y',
+    'Jiří Novák (ředitel), "IT" <x@y>',
+    "Ing. Jiří Novák, Ph.D., Technická univerzita v Liberci, Fakulta mechatroniky",
+    'Support (Helpdesk) <help@evil.test>, "Second" <evil@x.test>; group: a@b.test;',
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_display_name_keeps_the_intended_address(name: str) -> None:
+    mail = make_mail(to=(Address(CUSTOMER, name),), sender=Address("support@example.test", name))
+    data = compose(mail)
+    message = parse(data)
+    assert "Bcc" not in message
+    assert len(message.get_all("To", [])) == 1
+    to = message["To"].addresses
+    assert [(a.display_name, a.addr_spec) for a in to] == [(cleaned(name), CUSTOMER)]
+    assert [a.addr_spec for a in message["From"].addresses] == ["support@example.test"]
+    # The legacy parser (the one CVE-2023-27043 is about) must agree on the raw value.
+    raw = email.message_from_bytes(data, policy=email.policy.compat32)
+    assert [addr for _, addr in email.utils.getaddresses(raw.get_all("To", []))] == [CUSTOMER]
+
+
+def test_long_display_name_decodes_per_rfc_2047() -> None:
+    # Too long for one encoded word. RFC 2047 decoders join adjacent encoded words;
+    # Python's policy.default phrase parser puts a space between them instead.
+    name = "Žluťoučký kůň " * 20
+    data = compose(make_mail(to=(Address(CUSTOMER, name),)))
+    raw_to = email.message_from_bytes(data, policy=email.policy.compat32)["To"]
+    decoded = email.header.make_header(email.header.decode_header(raw_to))
+    assert str(decoded) == f"{name.strip()} <{CUSTOMER}>"
+    (address,) = parse(data)["To"].addresses
+    assert address.addr_spec == CUSTOMER
+    assert address.display_name.replace(" ", "") == name.replace(" ", "")
+    assert max(len(line) for line in header_block(data).split(b"\r\n")) <= 78
+
+
+@pytest.mark.parametrize(
+    ("changes", "header"),
+    [
+        ({"to": (Address("evil@x.test\r\nBcc: y@z.test"),)}, "To"),
+        ({"to": (Address("<jan@example.org>"),)}, "To"),
+        ({"to": (Address("jan novak@example.org"),)}, "To"),
+        ({"to": (Address("a@b.test,c@d.test"),)}, "To"),
+        ({"to": (Address('"jan"@example.org'),)}, "To"),
+        ({"to": (Address("a@b.test)<c@d.test>"),)}, "To"),
+        ({"to": (Address("=?utf-8?q?=0A?=@x.test"),)}, "To"),
+        ({"to": ()}, "To"),
+        ({"sender": Address("support@")}, "From"),
+        ({"reply_to": Address("x@y..test")}, "Reply-To"),
+        ({"message_id": "<md.abc@example.test>"}, "Message-ID"),
+        ({"message_id": "no-at-sign"}, "Message-ID"),
+        ({"in_reply_to": "a@b\r\nBcc: x@y"}, "In-Reply-To"),
+        ({"references": ("ok@example.org", "bad id@example.org")}, "References"),
+        ({"auto_submitted": "auto-replied\r\nBcc: x@y"}, "Auto-Submitted"),
+        ({"thread_index": "not base64!"}, "Thread-Index"),
+        ({"thread_index": base64.b64encode(bytes(23)).decode()}, "Thread-Index"),
+        ({"date": datetime(2026, 1, 5, 10, 30)}, "Date"),
+        ({"attachments": (Attachment("x", "text/plain; charset=x", b""),)}, "Content-Type"),
+        ({"attachments": (Attachment("x", "message/rfc822", b""),)}, "Content-Type"),
+    ],
+)
+def test_structural_values_are_refused(changes: dict[str, object], header: str) -> None:
+    with pytest.raises(HeaderError, match=f"^{header}:"):
+        compose(make_mail(**changes))
+
+
+def test_huge_subject_is_cut_not_refused() -> None:
+    data = compose(make_mail(subject="Ž" * 300_000))
+    subject = parse(data)["Subject"]
+    assert subject == "Ž" * 3_999 + "…"
+    assert len(header_block(data)) < 20_000
+
+
+def test_unicode_domain_is_written_as_a_label() -> None:
+    message = parse(compose(make_mail(to=(Address("info@příklad.cz"),))))
+    assert [a.addr_spec for a in message["To"].addresses] == ["info@xn--pklad-zsa96e.cz"]
+
+
+def test_verify_header_block_catches_an_extra_header() -> None:
+    block = b"Subject: hi\r\nBcc: evil@x.test\r\n"
+    verify_header_block(b"Subject: hi\r\n", ["Subject"])
+    with pytest.raises(HeaderError):
+        verify_header_block(block, ["Subject"])
+    with pytest.raises(HeaderError):
+        verify_header_block(b"Subject: hi\r\nstray line\r\n", ["Subject"])
+    with pytest.raises(HeaderError):
+        verify_header_block(b"Subject: =?UTF-8?Q?a=0Ab?=\r\n", ["Subject"])
+
+
+def test_thread_index_groups_a_ticket() -> None:
+    key = b"42@example.test"
+    first = base64.b64decode(thread_index(CREATED, key))
+    later = [
+        base64.b64decode(thread_index(CREATED, key, CREATED + delta))
+        for delta in (timedelta(minutes=5), timedelta(days=3), timedelta(days=900))
+    ]
+    assert len(first) == 22 and all(len(raw) == 27 for raw in later)
+    assert first[0] == 0x01  # the byte Microsoft calls "reserved, 1"
+    assert all(raw[:22] == first for raw in later)
+    assert len({raw[22:] for raw in later}) == 3
+    other = base64.b64decode(thread_index(CREATED, b"43@example.test", CREATED))
+    assert other[:6] == first[:6] and other[6:22] != first[6:22]
+    # Deterministic: the same inputs give the same header.
+    assert thread_index(CREATED, key, CREATED) == thread_index(CREATED, key, CREATED)
+
+
+def test_thread_index_child_block_encodes_the_delay() -> None:
+    created = int((CREATED - datetime(1601, 1, 1, tzinfo=UTC)).total_seconds()) * 10**7
+    for delay, code in ((timedelta(hours=2), 0), (timedelta(days=900), 1)):
+        raw = base64.b64decode(thread_index(CREATED, b"k", CREATED + delay))
+        word = int.from_bytes(raw[22:26], "big")
+        assert word >> 31 == code
+        shift = 23 if code else 18
+        diff = int(delay.total_seconds()) * 10**7 + created % (1 << 16)
+        assert word & 0x7FFFFFFF == diff >> shift

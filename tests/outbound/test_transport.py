@@ -1,0 +1,325 @@
+"""Transports: Maildir delivers once per key; SMTP sends the explicit envelope and
+classifies failures, checked against a real aiosmtpd server on a loopback port."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from maildesk.outbound.transport import (
+    MaildirTransport,
+    PermanentFailure,
+    SmtpTransport,
+    TemporaryFailure,
+    maildir_name,
+    open_transport,
+)
+from tests.smtp_sink import SmtpSink, closed_port
+
+MESSAGE = (
+    b"From: Support <support@example.test>\r\n"
+    b"To: alice@example.org\r\n"
+    b"Bcc: injected@evil.test\r\n"
+    b"Subject: [#42] Hello\r\n"
+    b"Message-ID: <42.abc@example.test>\r\n"
+    b"\r\n"
+    b"Hi Alice,\r\n"
+    b".a line starting with a dot\r\n"
+    b"\r\n"
+)
+
+needs_openssl = pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl")
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as running:
+        yield running
+
+
+def smtp_to(sink: SmtpSink, **kwargs: Any) -> SmtpTransport:
+    return SmtpTransport(
+        "127.0.0.1", sink.port, local_hostname="maildesk.test", timeout=5, **kwargs
+    )
+
+
+# --- Maildir -----------------------------------------------------------------------
+
+
+def test_maildir_writes_the_bytes_unchanged_into_new(tmp_path: Path) -> None:
+    transport = open_transport(f"maildir:{tmp_path / 'outbox'}", "maildesk.test")
+    transport.send("42.md-abc", "support@example.test", ["alice@example.org"], MESSAGE)
+    root = tmp_path / "outbox"
+    files = list((root / "new").iterdir())
+    assert [f.name for f in files] == ["42.md-abc"]
+    assert files[0].read_bytes() == MESSAGE
+    assert not list((root / "tmp").iterdir()) and not list((root / "cur").iterdir())
+
+
+def test_maildir_same_key_twice_leaves_one_file(tmp_path: Path) -> None:
+    transport = MaildirTransport(tmp_path)
+    transport.send("7.md-x", "", ["a@example.org"], MESSAGE)
+    transport.send("7.md-x", "", ["a@example.org"], MESSAGE)
+    assert len(list((tmp_path / "new").iterdir())) == 1
+
+
+def test_maildir_same_key_after_a_reader_moved_it_to_cur(tmp_path: Path) -> None:
+    transport = MaildirTransport(tmp_path)
+    transport.send("7.md-x", "", ["a@example.org"], MESSAGE)
+    (tmp_path / "new" / "7.md-x").rename(tmp_path / "cur" / "7.md-x:2,S")
+    transport.send("7.md-x", "", ["a@example.org"], MESSAGE)
+    assert not list((tmp_path / "new").iterdir())
+    assert [f.name for f in (tmp_path / "cur").iterdir()] == ["7.md-x:2,S"]
+
+
+def test_maildir_names_are_safe_and_distinct(tmp_path: Path) -> None:
+    keys = ["../escape", ".hidden", "a:2,S", "a/b", "a_b", "a=2Fb", "=", "ü", "x" * 300, "x" * 301]
+    names = [maildir_name(k) for k in keys]
+    assert len(set(names)) == len(keys)
+    for name in names:
+        assert "/" not in name and ":" not in name and not name.startswith(".")
+        assert len(name.encode()) <= 255
+    transport = MaildirTransport(tmp_path / "box")
+    for key in keys:
+        transport.send(key, "", ["a@example.org"], MESSAGE)
+    assert sorted(f.name for f in (tmp_path / "box" / "new").iterdir()) == sorted(names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box"]  # nothing escaped
+
+
+def test_maildir_path_must_be_absolute() -> None:
+    with pytest.raises(ValueError, match="absolute"):
+        open_transport("maildir:var/outbox", "maildesk.test")
+
+
+# --- SMTP: what is sent ------------------------------------------------------------
+
+
+def test_smtp_sends_the_explicit_envelope_not_the_headers(sink: SmtpSink) -> None:
+    transport = open_transport(sink.url, "maildesk.test")
+    try:
+        # hidden@ is a Bcc-style recipient absent from the headers; the Bcc: header's
+        # injected@ must not become a recipient.
+        transport.send("1", "bounces@example.test", ["alice@example.org", "hidden@x.test"], MESSAGE)
+    finally:
+        transport.close()
+    [got] = sink.wait_for(1)
+    assert got.mail_from == "bounces@example.test"
+    assert got.rcpt_tos == ("alice@example.org", "hidden@x.test")
+    assert got.content == MESSAGE
+
+
+def test_smtp_null_sender(sink: SmtpSink) -> None:
+    transport = smtp_to(sink)
+    transport.send("1", "", ["alice@example.org"], MESSAGE)
+    transport.close()
+    assert sink.wait_for(1)[0].mail_from == ""
+
+
+def test_smtp_bare_line_feeds_go_out_as_crlf(sink: SmtpSink) -> None:
+    transport = smtp_to(sink)
+    transport.send("1", "", ["alice@example.org"], b"Subject: x\n\nline\n.\nMAIL FROM:<x@y>\r")
+    transport.close()
+    [got] = sink.wait_for(1)
+    assert got.content == b"Subject: x\r\n\r\nline\r\n.\r\nMAIL FROM:<x@y>\r\n"
+
+
+@pytest.mark.parametrize("bad", ["a@b>\r\nRCPT TO:<evil@x.test", "alice@example.org)<bob@x.test>"])
+def test_smtp_refuses_a_malformed_envelope_address(sink: SmtpSink, bad: str) -> None:
+    transport = smtp_to(sink)
+    with pytest.raises(PermanentFailure, match="unusable envelope address"):
+        transport.send("1", "", [bad], MESSAGE)
+    transport.close()
+    assert sink.messages == []
+
+
+# --- SMTP: failures ----------------------------------------------------------------
+
+
+def test_smtp_451_is_temporary_and_the_connection_stays_usable(sink: SmtpSink) -> None:
+    transport = smtp_to(sink)
+    sink.reply = "451 4.3.0 try later"
+    with pytest.raises(TemporaryFailure) as caught:
+        transport.send("1", "", ["alice@example.org"], MESSAGE)
+    assert str(caught.value) == "451 4.3.0 try later"
+    sink.reply = None
+    transport.send("1", "", ["alice@example.org"], MESSAGE)
+    transport.close()
+    assert len(sink.wait_for(1)) == 1 and sink.sessions == 1
+
+
+def test_smtp_550_is_permanent(sink: SmtpSink) -> None:
+    sink.reply = "550 5.7.1 rejected as spam"
+    transport = smtp_to(sink)
+    with pytest.raises(PermanentFailure, match="^550 5.7.1 rejected as spam$"):
+        transport.send("1", "", ["alice@example.org"], MESSAGE)
+    transport.close()
+
+
+def test_smtp_every_recipient_refused_is_permanent(sink: SmtpSink) -> None:
+    sink.rcpt_replies = {"a@x.test": "550 5.1.1 no such user", "b@x.test": "553 5.1.3 bad"}
+    transport = smtp_to(sink)
+    with pytest.raises(PermanentFailure, match="all recipients refused: a@x.test: 550"):
+        transport.send("1", "", ["a@x.test", "b@x.test"], MESSAGE)
+    transport.close()
+    assert sink.messages == []
+
+
+def test_smtp_partly_refused_5xx_delivers_to_the_rest_and_names_the_refused(
+    sink: SmtpSink,
+) -> None:
+    sink.rcpt_replies = {"gone@x.test": "550 5.1.1 no such user"}
+    transport = smtp_to(sink)
+    with pytest.raises(PermanentFailure) as caught:
+        transport.send("1", "", ["alice@example.org", "gone@x.test"], MESSAGE)
+    transport.close()
+    assert "gone@x.test: 550 5.1.1 no such user" in str(caught.value)
+    assert "alice" not in str(caught.value)
+    assert [m.rcpt_tos for m in sink.wait_for(1)] == [("alice@example.org",)]
+
+
+def test_smtp_any_4xx_recipient_is_temporary_and_nobody_gets_a_copy(sink: SmtpSink) -> None:
+    # Otherwise the retry of the whole message would duplicate it for alice.
+    sink.rcpt_replies = {"slow@x.test": "450 4.2.0 greylisted", "gone@x.test": "550 5.1.1 no"}
+    transport = smtp_to(sink)
+    with pytest.raises(TemporaryFailure, match="slow@x.test: 450 4.2.0 greylisted"):
+        transport.send("1", "", ["alice@example.org", "slow@x.test", "gone@x.test"], MESSAGE)
+    transport.close()
+    assert sink.messages == []
+
+
+def test_smtp_connection_refused_is_temporary() -> None:
+    with closed_port() as port:
+        transport = SmtpTransport("127.0.0.1", port, timeout=5)
+        with pytest.raises(TemporaryFailure, match="refused"):
+            transport.send("1", "", ["alice@example.org"], MESSAGE)
+
+
+def test_smtp_silent_server_times_out_as_temporary() -> None:
+    with socket.socket() as listener:  # accepts the TCP handshake, never says a word
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        transport = SmtpTransport("127.0.0.1", listener.getsockname()[1], timeout=0.3)
+        with pytest.raises(TemporaryFailure, match="timed out"):
+            transport.send("1", "", ["alice@example.org"], MESSAGE)
+
+
+# --- SMTP: the connection ----------------------------------------------------------
+
+
+def test_smtp_reuses_one_connection_across_sends(sink: SmtpSink) -> None:
+    transport = smtp_to(sink)
+    transport.send("1", "", ["alice@example.org"], MESSAGE)
+    transport.send("2", "", ["bob@example.org"], MESSAGE)
+    transport.close()
+    first, second = sink.wait_for(2)
+    assert sink.sessions == 1 and first.peer == second.peer
+
+
+def test_smtp_reconnects_once_when_the_server_dropped_the_connection(sink: SmtpSink) -> None:
+    transport = smtp_to(sink)
+    transport.send("1", "", ["alice@example.org"], MESSAGE)
+    sink.drop_connections()
+    transport.send("2", "", ["bob@example.org"], MESSAGE)
+    transport.close()
+    first, second = sink.wait_for(2)
+    assert sink.sessions == 2 and first.peer != second.peer
+
+
+# --- SMTP: AUTH and TLS ------------------------------------------------------------
+
+PASSWORD = "p@ss w%rd/:?"
+
+
+def test_smtp_auth_with_url_encoded_credentials() -> None:
+    with SmtpSink(username="maildesk", password=PASSWORD) as sink:
+        url = f"smtp://maildesk:{quote(PASSWORD, safe='')}@127.0.0.1:{sink.port}"
+        transport = open_transport(url, "maildesk.test")
+        transport.send("1", "", ["alice@example.org"], MESSAGE)
+        transport.close()
+        assert sink.wait_for(1)[0].login == "maildesk"
+
+
+def test_smtp_wrong_password_is_temporary_and_the_reason_hides_it() -> None:
+    with SmtpSink(username="maildesk", password=PASSWORD) as sink:
+        wrong = "hunter2-secret"
+        transport = smtp_to(sink, username="maildesk", password=wrong)
+        with pytest.raises(TemporaryFailure) as caught:
+            transport.send("1", "", ["alice@example.org"], MESSAGE)
+        assert "535" in str(caught.value)
+        assert wrong not in str(caught.value) and PASSWORD not in str(caught.value)
+        assert sink.messages == []
+
+
+def test_smtp_missing_credentials_are_temporary() -> None:
+    with SmtpSink(username="maildesk", password=PASSWORD) as sink:
+        transport = smtp_to(sink)
+        with pytest.raises(TemporaryFailure, match="^530 "):
+            transport.send("1", "", ["alice@example.org"], MESSAGE)
+        transport.close()
+
+
+@needs_openssl
+def test_smtp_starttls_verifies_the_server_certificate() -> None:
+    with SmtpSink(starttls=True, username="u", password=PASSWORD) as sink:
+        trusting = ssl.create_default_context(cafile=sink.cert_path)
+        transport = smtp_to(
+            sink, starttls=True, ssl_context=trusting, username="u", password=PASSWORD
+        )
+        transport.send("1", "", ["alice@example.org"], MESSAGE)
+        transport.close()
+        assert sink.wait_for(1)[0].login == "u"
+        # The default context does not trust a self-signed certificate: retry later.
+        untrusting = smtp_to(sink, starttls=True)
+        with pytest.raises(TemporaryFailure, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusting.send("2", "", ["alice@example.org"], MESSAGE)
+        assert len(sink.messages) == 1
+
+
+@needs_openssl
+def test_smtps_implicit_tls() -> None:
+    with SmtpSink(implicit_tls=True) as sink:
+        trusting = ssl.create_default_context(cafile=sink.cert_path)
+        transport = smtp_to(sink, implicit_tls=True, ssl_context=trusting)
+        transport.send("1", "", ["alice@example.org"], MESSAGE)
+        transport.close()
+        assert sink.wait_for(1)[0].content == MESSAGE
+
+
+# --- URLs --------------------------------------------------------------------------
+
+
+def test_unknown_scheme_is_a_value_error_without_the_password() -> None:
+    with pytest.raises(ValueError, match="'lmtp'") as caught:
+        open_transport("lmtp://user:s3cret@host:24", "maildesk.test")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_url_defaults_and_options() -> None:
+    plain = open_transport("smtp://relay.example.test", "h")
+    implicit = open_transport("smtps://u:p@relay.example.test", "h")
+    starttls = open_transport("smtp://u:p@relay.example.test:587?starttls=true", "h")
+    assert isinstance(plain, SmtpTransport) and plain.port == 25 and not plain.starttls
+    assert isinstance(implicit, SmtpTransport) and implicit.port == 465 and implicit.implicit_tls
+    assert isinstance(starttls, SmtpTransport) and starttls.port == 587 and starttls.starttls
+    assert starttls.username == "u"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "smtp://u:p@relay.example.test",  # password in the clear to a remote host
+        "smtp://relay.example.test?startls=true",  # a typo must not mean plain text
+        "smtps://relay.example.test?starttls=true",
+        "smtp://u@relay.example.test",
+    ],
+)
+def test_unsafe_or_unclear_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        open_transport(url, "h")
