@@ -37,9 +37,9 @@ typecheck: install-test
 
 ## The whole suite on SQLite, then again on PostgreSQL when MAILDESK_TEST_DATABASE_URL is set.
 pytest: install-test
-	$(BIN)/pytest
+	env -u MAILDESK_TEST_DATABASE_URL $(BIN)/pytest
 	@if [ -n "$$MAILDESK_TEST_DATABASE_URL" ]; then \
-		echo "== again on $$MAILDESK_TEST_DATABASE_URL"; \
+		echo "== the suite again on PostgreSQL"; \
 		$(BIN)/pytest; \
 	fi
 
@@ -47,6 +47,7 @@ test: lint typecheck pytest
 
 bench: install-test
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/import_mbox.py
 
 clean:
 	rm -rf $(VENV) var

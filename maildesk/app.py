@@ -23,7 +23,7 @@ from maildesk.clock import Clock, SystemClock
 from maildesk.config import Settings
 from maildesk.db import Database
 from maildesk.inbound.imap import ImapPoller
-from maildesk.inbound.smtp import InboundHandler, start_server
+from maildesk.inbound.smtp import InboundHandler, Listener, start_server
 from maildesk.inbound.store import Envelope, InboundStore
 from maildesk.outbound.notify import Notifier
 from maildesk.outbound.outbox import OutboxSender
@@ -106,7 +106,7 @@ class Daemon:
         if services.db.is_sqlite:
             services.processor.release_leases()
         hostname = socket.getfqdn()
-        servers: list[asyncio.AbstractServer] = []
+        listeners: list[Listener] = []
         if settings.smtp.enabled:
             handler = InboundHandler(
                 services.store,
@@ -115,13 +115,10 @@ class Daemon:
                 lmtp=settings.smtp.lmtp,
                 max_size=settings.smtp.max_message_size,
             )
-            server = await start_server(settings.smtp, handler, hostname)
-            servers.append(server)
-            log.info(
-                "listening for %s on %s",
-                "LMTP" if settings.smtp.lmtp else "SMTP",
-                _where(server),
-            )
+            listener = await start_server(settings.smtp, handler, hostname)
+            listeners.append(listener)
+            kind = "LMTP" if settings.smtp.lmtp else "SMTP"
+            log.info("listening for %s on %s", kind, listener.address)
         web_runner = None
         if settings.web.enabled:
             web_runner, address = await start_web(services)
@@ -143,8 +140,8 @@ class Daemon:
         ]
         await self._stopping.wait()
         log.info("stopping")
-        for server in servers:
-            server.close()
+        for listener in listeners:
+            await listener.close()
         scheduler.shutdown(wait=False)
         imap_stop.set()
         for task in workers:
@@ -219,9 +216,3 @@ class Daemon:
             return SWEEP_SECONDS * 5
         seconds = (due - self.services.clock.now()).total_seconds()
         return min(max(seconds, 0.05), SWEEP_SECONDS * 5)
-
-
-def _where(server: asyncio.AbstractServer) -> str:
-    sockets = getattr(server, "sockets", None) or []
-    names = [s.getsockname() for s in sockets]
-    return ", ".join(f"{n[0]}:{n[1]}" for n in names)

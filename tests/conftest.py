@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -191,6 +192,18 @@ def daemon(services: Services) -> Iterator[RunningDaemon]:
     running = RunningDaemon(services).start()
     yield running
     running.stop()
+
+
+@contextmanager
+def running_daemon(settings: config.Settings, clock: ManualClock) -> Iterator[RunningDaemon]:
+    """A daemon on settings a test changed (the `daemon` fixture uses the defaults)."""
+    built = build(settings, clock)
+    upgrade(built.db)
+    running = RunningDaemon(built).start()
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def make_mail(

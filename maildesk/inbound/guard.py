@@ -59,15 +59,20 @@ _PREFIX = 70  # RFC 2046's longest boundary; longer ones are matched by prefix, 
 
 
 @lru_cache(maxsize=64)
-def _candidates(prefixes: tuple[bytes, ...], blank: bool) -> re.Pattern[bytes]:
-    """Lines that may end a part: boundary lines (by prefix) and, inside a DSN, blank lines."""
-    alts = [rb"--(?:" + b"|".join(map(re.escape, prefixes)) + rb")"] if prefixes else []
-    return re.compile(rb"\n(?:" + b"|".join(alts + [rb"\r?\n"] if blank else alts) + rb")")
+def _candidates(boundaries: tuple[bytes, ...], blank: bool) -> re.Pattern[bytes]:
+    """Lines that may end a part: boundary lines (long boundaries only by a prefix, to keep
+    patterns small) and, inside a DSN, blank lines."""
+    alts = [
+        re.escape(b) + rb"(?:--)?[ \t]*\r?$" if len(b) <= _PREFIX else re.escape(b[:_PREFIX])
+        for b in boundaries
+    ]
+    lines = [rb"--(?:" + b"|".join(alts) + rb")"] if alts else []
+    return re.compile(rb"\n(?:" + b"|".join(lines + [rb"\r?\n"] if blank else lines) + rb")", re.M)
 
 
 @lru_cache(maxsize=64)
 def _repeats(boundary: bytes) -> re.Pattern[bytes]:
-    return re.compile(rb"(?:--" + re.escape(boundary) + rb"(?:--)?[ \t]*\r?(?:\n|\Z))*")
+    return re.compile(rb"(?:--" + re.escape(boundary) + rb"(?:--)?[ \t]*\r?(?:\n|\Z))*+")
 
 
 def _line_rest(raw: bytes, pos: int) -> tuple[bytes, int]:
@@ -186,11 +191,11 @@ class _Walk:
 
     def next_event(self, pos: int) -> tuple[int, int, int, bool] | None:
         """The first line from pos that ends a part of an open container."""
-        prefixes = tuple(b[:_PREFIX] for b, _ in self.stack if b is not None)
+        boundaries = tuple(b for b, _ in self.stack if b is not None)
         blank = any(kind == _DSN for _, kind in self.stack)
-        if not prefixes and not blank:
+        if not boundaries and not blank:
             return None
-        pattern, at = _candidates(prefixes, blank), max(pos - 1, 0)
+        pattern, at = _candidates(boundaries, blank), max(pos - 1, 0)
         while m := pattern.search(self.raw, at):
             if event := self.owner(m.start() + 1):
                 return event
@@ -201,12 +206,16 @@ class _Walk:
         """The parser swallows this level's boundary lines right after a delimiter, even a
         close one, but stops at a line of an outer level."""
         outer = {b for b, _ in self.stack[:level]}
-        if len(boundary) <= _PREFIX and not outer & {boundary, boundary + b"--", boundary[:-2]}:
+
+        def outer_line(rest: bytes) -> bool:  # `--rest` is a line of an outer boundary
+            return rest in outer or (rest.endswith(b"--") and rest[:-2] in outer)
+
+        if len(boundary) <= _PREFIX and not outer_line(boundary) and boundary + b"--" not in outer:
             m = _repeats(boundary).match(self.raw, pos)
             return m.end() if m else pos
         while self.raw.startswith(b"--", pos):
             rest, after = _line_rest(self.raw, pos + 2)
-            if rest not in (boundary, boundary + b"--") or {rest, rest[:-2]} & outer:
+            if rest not in (boundary, boundary + b"--") or outer_line(rest):
                 break
             pos = after
         return pos

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -97,10 +98,33 @@ def tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
     return context
 
 
-async def start_server(
-    settings: SmtpSettings, handler: InboundHandler, hostname: str
-) -> asyncio.AbstractServer:
-    """Listen on the configured address; returns the running server."""
+class Listener:
+    """The listening socket plus its open sessions, so shutdown can end both."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        # Weak: a finished session drops out by itself.
+        self.sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+
+    @property
+    def address(self) -> str:
+        sockets = self.server.sockets if self.server else ()
+        return ", ".join("{}:{}".format(*s.getsockname()[:2]) for s in sockets)
+
+    async def close(self) -> None:
+        """Stop listening and hang up. Nothing is lost: a 250 is sent only after commit."""
+        if self.server is not None:
+            self.server.close()
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
+        # Let the sessions' handler tasks see the cancellation before the loop ends.
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+
+async def start_server(settings: SmtpSettings, handler: InboundHandler, hostname: str) -> Listener:
+    """Listen on the configured address; returns the running listener."""
     protocol: type[SMTP] = LMTP if settings.lmtp else SMTP
     context = tls_context(settings)
     kwargs: dict[str, Any] = {
@@ -111,9 +135,13 @@ async def start_server(
     }
     if context is not None:
         kwargs["tls_context"] = context
+    listener = Listener()
 
     def factory() -> SMTP:
-        return protocol(handler, **kwargs)
+        session = protocol(handler, **kwargs)
+        listener.sessions.add(session)
+        return session
 
     loop = asyncio.get_running_loop()
-    return await loop.create_server(factory, host=settings.host, port=settings.port)
+    listener.server = await loop.create_server(factory, host=settings.host, port=settings.port)
+    return listener

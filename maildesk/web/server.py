@@ -18,16 +18,19 @@ if TYPE_CHECKING:
     from maildesk.app import Services
 
 
+SERVICES: web.AppKey[Services] = web.AppKey("services")
+
+
 def make_app(services: Services) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
-    app["services"] = services
+    app[SERVICES] = services
     app.router.add_get("/healthz", healthz)
     return app
 
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness plus the two backlogs ops watch: unprocessed mail and unsent mail."""
-    services: Services = request.app["services"]
+    services = request.app[SERVICES]
 
     def counts() -> dict[str, int]:
         with services.db.transaction() as session:

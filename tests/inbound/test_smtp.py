@@ -1,0 +1,119 @@
+"""SMTP and LMTP in, end to end: a real socket, the running daemon, the outbox Maildir."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+from typing import Any
+
+import pytest
+
+from maildesk.config import from_mapping
+from tests.conftest import Outbox, RunningDaemon, make_mail, running_daemon, wait_for
+from tests.helpers import ticket, tickets
+
+
+def test_swaks_style_mail_opens_ticket_and_acknowledges(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    daemon.send(make_mail(subject="Printer broken", message_id="<p1@customer.test>"))
+
+    [ack] = outbox.wait(1)
+    assert ack["To"].addresses[0].addr_spec == "alice@customer.test"
+    assert ack["In-Reply-To"] == "<p1@customer.test>"
+    assert ack["Subject"] == "[#1] Printer broken"
+    assert ack["From"].addresses[0].addr_spec == "support@example.test"
+    assert "thank you for contacting Example Support" in ack.get_body(("plain",)).get_content()
+    [only] = tickets(daemon.services)
+    assert (only["number"], only["status"]) == (1, "new")
+
+
+def test_reply_from_a_mail_client_joins_the_ticket(daemon: RunningDaemon, outbox: Outbox) -> None:
+    daemon.send(make_mail(message_id="<p1@customer.test>"))
+    [ack] = outbox.wait(1)
+
+    daemon.send(
+        make_mail(
+            subject=f"Re: {ack['Subject']}",
+            body="Still broken.",
+            In_Reply_To=ack["Message-ID"],
+            References=f"<p1@customer.test> {ack['Message-ID']}",
+        )
+    )
+
+    wait_for(lambda: ticket(daemon.services, 1)["message_count"] == 3, what="the reply")
+    assert len(tickets(daemon.services)) == 1
+    assert len(outbox.files()) == 1  # a reply is not acknowledged again
+
+
+def test_oversized_message_is_refused_with_552(
+    config_values: dict[str, Any], tmp_path: Any, clock: Any
+) -> None:
+    config_values["smtp"]["max_message_size"] = 10_000
+    big = make_mail(body="x" * 20_000)
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        smtp = running.services.settings.smtp
+        with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+            # A client that declares SIZE is refused at MAIL FROM ...
+            with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                client.sendmail("alice@customer.test", ["support@example.test"], big)
+            assert refused.value.smtp_code == 552
+            # ... one that does not is refused after DATA, before anything is stored.
+            client.ehlo()
+            client.mail("alice@customer.test")
+            client.rcpt("support@example.test")
+            code, _ = client.data(big)
+        assert code == 552
+        assert tickets(running.services) == []
+
+
+def test_recipient_outside_our_domain_is_refused(daemon: RunningDaemon) -> None:
+    smtp = daemon.services.settings.smtp
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            client.sendmail("alice@customer.test", ["someone@elsewhere.test"], make_mail())
+    assert refused.value.recipients["someone@elsewhere.test"][0] == 550
+
+
+def test_lmtp_answers_once_per_recipient(
+    config_values: dict[str, Any], tmp_path: Any, clock: Any, outbox: Outbox
+) -> None:
+    config_values["smtp"]["lmtp"] = True
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        smtp = running.services.settings.smtp
+        with socket.create_connection((smtp.host, smtp.port), timeout=10) as sock:
+            stream = sock.makefile("rwb")
+            replies = _lmtp_session(
+                stream,
+                ["support@example.test", "support+extra@example.test"],
+                make_mail(message_id="<lmtp@customer.test>"),
+            )
+        assert replies[-2:] == [b"250", b"250"]
+        outbox.wait(1)
+        assert ticket(running.services, 1)["messages"][0]["message_id"] == "lmtp@customer.test"
+
+
+def _lmtp_session(stream: Any, recipients: list[str], raw: bytes) -> list[bytes]:
+    """Speak LMTP by hand: smtplib.LMTP reads one DATA reply, LMTP sends one per recipient."""
+
+    def reply() -> bytes:
+        while True:
+            line = stream.readline()
+            if line[3:4] != b"-":
+                return bytes(line[:3])
+
+    def command(text: str) -> bytes:
+        stream.write(text.encode() + b"\r\n")
+        stream.flush()
+        return reply()
+
+    assert reply() == b"220"
+    assert command("LHLO test.client") == b"250"
+    assert command("MAIL FROM:<alice@customer.test>") == b"250"
+    for rcpt in recipients:
+        assert command(f"RCPT TO:<{rcpt}>") == b"250"
+    assert command("DATA") == b"354"
+    body = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in raw.split(b"\r\n"))
+    stream.write(body.rstrip(b"\r\n") + b"\r\n.\r\n")
+    stream.flush()
+    return [reply() for _ in recipients]
