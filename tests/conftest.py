@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import os
 import smtplib
 import socket
@@ -94,6 +95,25 @@ def config_values(tmp_path: Path, db_url: str) -> dict[str, Any]:
 @pytest.fixture
 def settings(config_values: dict[str, Any], tmp_path: Path) -> config.Settings:
     return config.from_mapping(config_values, base_dir=tmp_path)
+
+
+def toml(values: dict[str, dict[str, Any]]) -> str:
+    """Enough of a TOML writer for test configs: tables of strings, numbers, bools, lists."""
+    lines = []
+    for section, table in values.items():
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+@pytest.fixture
+def config_file(config_values: dict[str, Any], tmp_path: Path) -> Path:
+    """The test's config written to disk, for the CLI and subprocess daemons."""
+    path = tmp_path / "maildesk.toml"
+    path.write_text(toml(config_values))
+    return path
 
 
 @pytest.fixture

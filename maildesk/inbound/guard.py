@@ -45,13 +45,13 @@ _WS = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.strip() removes from ASCII 
 # email.feedparser.headerRE: the first line that fails it ends the headers (or is blank).
 _HEADER_LINE = re.compile(rb"From |[ \t]|[\x21-\x39\x3b-\x7e]*:")
 _HEADERS_END = re.compile(rb"\n(?!From |[ \t]|[\x21-\x39\x3b-\x7e]*:)")
-_FOLDS = {nl: re.compile(re.escape(nl) + rb"(?=[ \t])") for nl in (b"\n", b"\r\n")}
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,64}(?=:)")
 _CT_FIRST = re.compile(rb"content-type:", re.I)
 _CT_NEXT = re.compile(rb"\ncontent-type:", re.I)
 _FIELD_END = re.compile(rb"\n(?![ \t])")
 # One parameter up to its ';'. Like email.message._parseparam, a '"' after '\' is no quote.
 _PARAM = re.compile(rb'((?:[^;"\\]+|\\"?|"(?:[^"\\]+|\\"?)*"?)*)(?:;|\Z)')
+_BOUNDARY_PARAM = re.compile(rb"[\s\x1c-\x1f]*boundary", re.I)
 _RFC2231 = re.compile(rb"boundary\*(?:([0-9]+)\*?)?")
 _NOT_WS = re.compile(rb"[^ \t\n\r\x0b\x0c\x1c-\x1f]")
 _DSN = b"message/delivery-status"
@@ -97,7 +97,8 @@ def _split_headers(raw: bytes, pos: int, bound: int, nl: bytes) -> tuple[int, in
 def _check_fields(raw: bytes, start: int, end: int, nl: bytes, cap: int) -> None:
     if end - start <= cap:
         return  # no field is longer than the block holding it
-    text = _FOLDS[nl].sub(b"", raw[start:end])  # unfolded: one field per line
+    # Unfolded (a line break before a blank removed): one field per line.
+    text = raw[start:end].replace(nl + b" ", b" ").replace(nl + b"\t", b"\t")
     at = 0
     # Jump to the last line break within reach: O(len / cap) steps, the scanning done in C.
     while len(text) - at > cap:
@@ -132,7 +133,7 @@ def _unquote(value: bytes) -> bytes:
 def _boundary(value: bytes) -> bytes | None:
     """The boundary as compat32's Message.get_boundary() reads it from a Content-Type value."""
     sections: list[tuple[int, bytes, bool]] = []
-    for param in _PARAM.findall(value)[1:]:
+    for param in filter(_BOUNDARY_PARAM.match, _PARAM.findall(value)[1:]):  # in C: may be many
         name, _, val = param.partition(b"=")
         name = name.strip(_WS).lower()
         if name == b"boundary":  # a plain parameter wins over RFC 2231 sections

@@ -113,7 +113,9 @@ def _lmtp_session(stream: Any, recipients: list[str], raw: bytes) -> list[bytes]
     for rcpt in recipients:
         assert command(f"RCPT TO:<{rcpt}>") == b"250"
     assert command("DATA") == b"354"
-    body = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in raw.split(b"\r\n"))
+    body = b"\r\n".join(
+        b"." + line if line.startswith(b".") else line for line in raw.split(b"\r\n")
+    )
     stream.write(body.rstrip(b"\r\n") + b"\r\n.\r\n")
     stream.flush()
     return [reply() for _ in recipients]

@@ -1,0 +1,202 @@
+"""The `maildesk` command as a user runs it: config errors, init, deliver, import, tickets."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+
+from maildesk.cli import EX_TEMPFAIL, main
+from tests.conftest import make_mail, toml
+
+
+def run(config_file: Path, *args: str, stdin: bytes | None = None) -> Result:
+    return CliRunner().invoke(main, ["--config", str(config_file), *args], input=stdin)
+
+
+def init(config_file: Path) -> None:
+    result = run(config_file, "init")
+    assert result.exit_code == 0, result.output
+
+
+def test_unknown_key_is_a_clear_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[smtp]\nprot = 25\n")
+    result = CliRunner().invoke(main, ["--config", str(path), "tickets", "list"])
+    assert result.exit_code != 0
+    assert "unknown key [smtp] prot" in result.output
+
+
+def test_wrong_type_is_a_clear_error_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[smtp]\nport = "25"\n')
+    result = CliRunner().invoke(main, ["--config", str(path), "tickets", "list"])
+    assert result.exit_code != 0
+    assert "[smtp] port must be an integer" in result.output
+
+
+def test_config_from_environment_variable(config_file: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("MAILDESK_CONFIG", str(config_file))
+    assert CliRunner().invoke(main, ["init"]).exit_code == 0
+    result = CliRunner().invoke(main, ["tickets", "list", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output) == []
+
+
+def test_init_is_idempotent_and_writes_a_private_key(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    del config_values["web"]["secret_key"]
+    path = tmp_path / "maildesk.toml"
+    path.write_text(toml(config_values))
+    init(path)
+    init(path)
+    keys = list(tmp_path.rglob("secret_key"))
+    assert len(keys) == 1
+    assert stat.S_IMODE(keys[0].stat().st_mode) == 0o600
+    assert len(keys[0].read_text().strip()) >= 40
+
+
+def test_deliver_stores_and_exits_zero(config_file: Path) -> None:
+    init(config_file)
+    result = run(config_file, "deliver", "--sender", "alice@customer.test", stdin=make_mail())
+    assert result.exit_code == 0, result.output
+    assert "stored as 1" in result.output
+
+
+def test_deliver_exits_75_when_it_cannot_store(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    config_values["database"]["url"] = f"sqlite:///{blocker}/maildesk.db"
+    path = tmp_path / "maildesk.toml"
+    path.write_text(toml(config_values))
+    result = run(path, "deliver", stdin=make_mail())
+    assert result.exit_code == EX_TEMPFAIL
+    assert "could not store" in result.output
+
+
+def _mbox(path: Path, count: int) -> Path:
+    box = mailbox.mbox(str(path))
+    for i in range(count):
+        box.add(make_mail(subject=f"Old issue {i}", message_id=f"<old{i}@customer.test>"))
+    box.flush()
+    box.close()
+    return path
+
+
+def test_import_mbox_is_quiet_and_idempotent(config_file: Path, tmp_path: Path) -> None:
+    init(config_file)
+    mbox = _mbox(tmp_path / "old.mbox", 5)
+
+    first = run(config_file, "import", str(mbox))
+    again = run(config_file, "import", str(mbox))
+
+    assert first.exit_code == 0, first.output
+    assert "5 new" in first.output
+    assert "0 new, 5 already imported" in again.output
+    listed = json.loads(run(config_file, "tickets", "list", "--json").output)
+    assert [t["subject"] for t in listed] == [f"Old issue {i}" for i in range(5)]
+    assert all(t["message_count"] == 1 for t in listed)  # no acknowledgements
+    assert json.loads(run(config_file, "outbox", "list", "--json", "--all").output) == []
+
+
+def test_import_with_notify_acknowledges(config_file: Path, tmp_path: Path) -> None:
+    init(config_file)
+    run(config_file, "import", "--notify", str(_mbox(tmp_path / "old.mbox", 2)))
+    rows = json.loads(run(config_file, "outbox", "list", "--json").output)
+    assert [r["kind"] for r in rows] == ["acknowledgement", "acknowledgement"]
+
+
+def test_import_maildir(config_file: Path, tmp_path: Path) -> None:
+    init(config_file)
+    box = mailbox.Maildir(str(tmp_path / "Maildir"))
+    box.add(make_mail(subject="From a Maildir"))
+    result = run(config_file, "import", str(tmp_path / "Maildir"))
+    assert result.exit_code == 0, result.output
+    listed = json.loads(run(config_file, "tickets", "list", "--json").output)
+    assert listed[0]["subject"] == "From a Maildir"
+
+
+def test_tickets_show_and_export_share_one_shape(config_file: Path, tmp_path: Path) -> None:
+    init(config_file)
+    run(config_file, "import", "--notify", str(_mbox(tmp_path / "old.mbox", 2)))
+
+    shown = json.loads(run(config_file, "tickets", "show", "1", "--json").output)
+    exported = [
+        json.loads(line) for line in run(config_file, "tickets", "export").output.splitlines()
+    ]
+
+    assert exported[0] == shown
+    assert len(exported) == 2
+    assert set(shown) >= {
+        "number",
+        "subject",
+        "status",
+        "type",
+        "priority",
+        "requester",
+        "created_at",
+        "updated_at",
+        "message_count",
+        "messages",
+    }
+    first = shown["messages"][0]
+    assert set(first) >= {
+        "message_id",
+        "direction",
+        "kind",
+        "from",
+        "to",
+        "subject",
+        "body_text",
+        "created_at",
+        "attachments",
+        "thread_rule",
+    }
+    assert (first["message_id"], first["direction"]) == ("old0@customer.test", "in")
+    assert shown["messages"][1]["direction"] == "out"
+    assert shown["message_count"] == 2
+
+
+def test_tickets_list_filters_by_status(config_file: Path, tmp_path: Path) -> None:
+    init(config_file)
+    run(config_file, "import", str(_mbox(tmp_path / "old.mbox", 2)))
+    assert (
+        len(json.loads(run(config_file, "tickets", "list", "--status", "new", "--json").output))
+        == 2
+    )
+    assert (
+        json.loads(run(config_file, "tickets", "list", "--status", "closed", "--json").output) == []
+    )
+    text = run(config_file, "tickets", "list").output
+    assert "Old issue 1" in text
+
+
+def test_show_unknown_ticket_is_an_error(config_file: Path) -> None:
+    init(config_file)
+    result = run(config_file, "tickets", "show", "99")
+    assert result.exit_code == 1
+    assert "no ticket 99" in result.output
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = folder / "maildesk.toml"
+    path.write_text(
+        '[database]\nurl = "sqlite:///data/md.db"\n[web]\nsecret_key = "k"\n'
+        '[outbound]\nurl = "maildir:mail/out"\n'
+    )
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert CliRunner().invoke(main, ["--config", str(path), "init"]).exit_code == 0
+    finally:
+        os.chdir(cwd)
+    assert (folder / "data" / "md.db").exists()
