@@ -1,18 +1,16 @@
-"""The pre-parse guard: decides whether raw message bytes are bounded enough to parse.
+"""The pre-parse guard: decides whether raw message bytes are safe to hand to a parser.
 
-Python's email parser is quadratic on long encoded-word headers and recurses once per
-MIME nesting level, so sizes, line endings, header lengths and the MIME shape are checked
-here first, on the bytes. Every scan is a bytes method or a compiled regex: Python-level
-loops run once per header block, boundary line or `max_header_line` stride, never per byte
-or per body line, so the cost is linear in the message size.
+Python's email parser is quadratic on long encoded-word headers and recurses once per MIME
+level, so size, line endings, header lengths and MIME shape are checked first, on the bytes.
+Scans are bytes methods and compiled regexes; Python loops run per header block, boundary
+line or `max_header_line` stride, never per byte or body line: linear in the message size.
 
-The MIME walk reads structure the way `email.message_from_bytes` (compat32, which
-mail-parser uses) does, so the parser can never see more nesting or parts than were
-counted here: same header/body split, same boundary parameter quirks (quotes, RFC 2231,
-double unquoting), digest parts defaulting to message/rfc822, repeated boundary lines
-swallowed. Where it cannot be exact it over-counts. `email.policy.default` rewrites
-Content-Type (comments, encoded words) and may read other boundaries: not covered.
-Malformed structure is not refused: real mail is messy, only the caps matter.
+The MIME walk finds structure as compat32's parser (`email.message_from_bytes`, used by
+mail-parser) does: its header/body split, boundary quirks, digest defaults, DSN blocks and
+repeated boundary lines. Where it cannot be exact it over-counts, so the parser never sees
+more levels or parts than were counted. `email.policy.default` re-parses Content-Type
+(comments, encoded words) and may find other boundaries: not covered. Malformed structure
+is no refusal: real mail is messy, only the caps matter.
 """
 
 from __future__ import annotations
@@ -33,8 +31,7 @@ class Limits:
 
 
 class HostileInput(Exception):
-    """The message breaks a limit; `reason` names it, e.g. 'header block is 300000 bytes (limit
-    262144)'."""
+    """A limit is broken; `reason` says which: 'header block is 300000 bytes (limit 262144)'."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -97,8 +94,7 @@ def _split_headers(raw: bytes, pos: int, bound: int, nl: bytes) -> tuple[int, in
 def _check_fields(raw: bytes, start: int, end: int, nl: bytes, cap: int) -> None:
     if end - start <= cap:
         return  # no field is longer than the block holding it
-    # Unfolded (a line break before a blank removed): one field per line.
-    text = raw[start:end].replace(nl + b" ", b" ").replace(nl + b"\t", b"\t")
+    text = raw[start:end].replace(nl + b" ", b" ").replace(nl + b"\t", b"\t")  # unfolded
     at = 0
     # Jump to the last line break within reach: O(len / cap) steps, the scanning done in C.
     while len(text) - at > cap:
@@ -121,13 +117,10 @@ def _content_type(raw: bytes, start: int, end: int) -> bytes | None:
     return raw[m.end() : stop.start() if stop else end].replace(b"\r", b"").replace(b"\n", b"")
 
 
-def _unquote(value: bytes) -> bytes:
-    """email.utils.unquote."""
-    if len(value) > 1 and value[:1] == b'"' and value[-1:] == b'"':
+def _unquote(value: bytes) -> bytes:  # email.utils.unquote
+    if len(value) > 1 and value[:1] + value[-1:] == b'""':
         return value[1:-1].replace(b"\\\\", b"\\").replace(b'\\"', b'"')
-    if len(value) > 1 and value[:1] == b"<" and value[-1:] == b">":
-        return value[1:-1]
-    return value
+    return value[1:-1] if len(value) > 1 and value[:1] + value[-1:] == b"<>" else value
 
 
 def _boundary(value: bytes) -> bytes | None:
@@ -169,9 +162,9 @@ class _Walk:
                     pos, root = self.epilogue(pos, root), None
                 continue
             del self.stack[level + 1 :]
-            if kind == _DSN:  # a blank line: the next block, unless the DSN ends here
-                after = self.owner(pos) if pos < len(self.raw) else (0, 0, -1, False)
-                if after and after[2] < level:
+            if kind == _DSN:  # a blank line ends a block; another follows unless the DSN ends
+                nxt = self.owner(pos) if pos < len(self.raw) else (0, 0, -1, False)
+                if nxt and nxt[2] < level:
                     continue
             self.count_part()
             if boundary is not None:
@@ -185,9 +178,12 @@ class _Walk:
         for level, (boundary, kind) in enumerate(self.stack):
             if kind == _DSN and self.raw.startswith(self.nl, start):
                 return start, after, level, False
-            if boundary is not None and rest[2:] in (boundary, boundary + b"--"):
-                if rest[:2] == b"--":
-                    return start, after, level, rest[2:] != boundary
+            if (
+                boundary is not None
+                and rest[:2] == b"--"
+                and rest[2:] in (boundary, boundary + b"--")
+            ):
+                return start, after, level, rest[2:] != boundary
         return None
 
     def next_event(self, pos: int) -> tuple[int, int, int, bool] | None:

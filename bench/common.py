@@ -1,0 +1,276 @@
+"""Shared pieces of the benchmarks in bench/: test mail, temp configs, the maildesk CLI.
+
+Not a benchmark itself; `ingest.py` and `import_mbox.py` import it (they run as
+`python bench/<script>.py`, so this folder is on sys.path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+SUPPORT = "support@example.test"
+DOMAIN = "example.test"
+
+_WORDS = (
+    "the printer on floor two prints only blank pages since the update yesterday and "
+    "nobody can send invoices to customers please check the driver or the toner we "
+    "tried restarting it twice the error code on the display says E42 after about ten "
+    "pages our accounting team needs this fixed before Friday because month end closing "
+    "depends on it tiskárna ve druhém patře tiskne jen prázdné stránky od včerejší "
+    "aktualizace prosím podívejte se na ovladač děkujeme za rychlou odpověď"
+).split()
+
+_NAMES = (
+    ("Alice Nováková", "alice"),
+    ("Bob Dvořák", "bob"),
+    ("Carol Smith", "carol"),
+    ("Dan Černý", "dan"),
+    ("Eva Procházková", "eva"),
+    ("Frank Miller", "frank"),
+    ("Gita Horáková", "gita"),
+    ("Hugo Svoboda", "hugo"),
+)
+
+
+def sender(i: int) -> tuple[str, str]:
+    """(display name, address) of the i-th message's author: a handful of customers."""
+    name, local = _NAMES[i % len(_NAMES)]
+    return name, f"{local}@customer{i % 3}.test"
+
+
+def message_id(i: int, run: str) -> str:
+    return f"{run}.{i:06d}@mail.customer.test"
+
+
+def customer_message(
+    i: int,
+    *,
+    run: str,
+    size: int,
+    date: datetime,
+    subject: str | None = None,
+    reply_to: int | None = None,
+    references: Sequence[int] = (),
+    newline: bytes = b"\r\n",
+) -> bytes:
+    """One plain-text customer message of about `size` bytes with realistic headers.
+
+    `reply_to` (an earlier index) adds In-Reply-To and References, as a mail client
+    answering that message would.
+    """
+    rng = random.Random(f"{run}-{i}")
+    name, addr = sender(i)
+    subject = subject or f"Printer problem no. {i}: " + " ".join(rng.sample(_WORDS[:40], 4))
+    headers = [
+        f"Return-Path: <{addr}>",
+        f"Received: from mail.customer.test (mail.customer.test [192.0.2.{i % 250 + 1}])\n"
+        f"\tby mx.{DOMAIN} (Postfix) with ESMTPS id {i:08X}\n"
+        f"\tfor <{SUPPORT}>; {format_datetime(date)}",
+        f"Received: from [10.0.0.{i % 250 + 1}] (unknown [10.0.0.{i % 250 + 1}])\n"
+        f"\tby mail.customer.test (Postfix) with ESMTPSA id {i * 7919:08X};\n"
+        f"\t{format_datetime(date)}",
+        f"Date: {format_datetime(date)}",
+        f"From: {name} <{addr}>",
+        f"To: Example Support <{SUPPORT}>",
+        f"Subject: {subject}",
+        f"Message-ID: <{message_id(i, run)}>",
+    ]
+    if reply_to is not None:
+        chain = [*references, reply_to]
+        headers.append(f"In-Reply-To: <{message_id(reply_to, run)}>")
+        headers.append(
+            "References: " + "\n ".join(f"<{message_id(r, run)}>" for r in chain[-10:])
+        )
+    headers += [
+        "MIME-Version: 1.0",
+        "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Thunderbird/128.5.0",
+        "Content-Language: en-US",
+        "Content-Type: text/plain; charset=UTF-8; format=flowed",
+        "Content-Transfer-Encoding: 8bit",
+    ]
+    head = "\n".join(headers).encode()
+    lines = [f"Hello,", ""]
+    used = len(head) + 40
+    line: list[str] = []
+    while used < size - 60:
+        word = rng.choice(_WORDS)
+        if sum(len(w) + 1 for w in line) + len(word) > 72:
+            lines.append(" ".join(line))
+            used += len(lines[-1].encode()) + 1
+            line = []
+            if rng.random() < 0.12:
+                lines.append("")
+        line.append(word)
+    lines += [" ".join(line), "", "Best regards,", name]
+    body = "\n".join(lines).encode()
+    return (head + b"\n\n" + body + b"\n").replace(b"\n", newline)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def write_config(folder: Path, smtp_port: int, web_port: int) -> Path:
+    """A self-contained config in `folder`: SQLite, Maildir outbox, no caps in the way."""
+    values: dict[str, dict[str, Any]] = {
+        "support": {
+            "address": SUPPORT,
+            "name": "Example Support",
+            "base_url": f"http://127.0.0.1:{web_port}",
+            "language": "en",
+        },
+        "database": {"url": f"sqlite:///{folder / 'maildesk.db'}"},
+        "smtp": {"host": "127.0.0.1", "port": smtp_port},
+        "web": {"host": "127.0.0.1", "port": web_port, "secret_key": "bench-" + "k" * 40},
+        "outbound": {"url": f"maildir:{folder / 'outbox'}"},
+        # The RFC 3834 cap would stop acknowledging a sender after 5 in an hour;
+        # the benchmark wants one acknowledgement per new ticket.
+        "limits": {"auto_replies_per_hour": 10_000_000},
+    }
+    text = "".join(
+        f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()) + "\n"
+        for section, table in values.items()
+    )
+    path = folder / "maildesk.toml"
+    path.write_text(text)
+    return path
+
+
+def maildesk_command() -> list[str]:
+    """The maildesk console script of the interpreter running the benchmark."""
+    script = Path(sys.executable).parent / "maildesk"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from maildesk.cli import main; sys.exit(main())"]
+
+
+def run_maildesk(config: Path, *args: str, log: Path | None = None) -> float:
+    """Run one maildesk command to completion; returns its wall time in seconds."""
+    out = log.open("ab") if log else subprocess.DEVNULL
+    started = time.perf_counter()
+    try:
+        result = subprocess.run(
+            [*maildesk_command(), "--config", str(config), *args],
+            stdout=out,
+            stderr=out,
+            check=False,
+            timeout=3600,
+        )
+    finally:
+        if log:
+            out.close()  # type: ignore[union-attr]
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:] if log else ""
+        raise RuntimeError(f"maildesk {' '.join(args)} exited {result.returncode}\n{tail}")
+    return elapsed
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds. Only for processes we started."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def db_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return conn.execute(query).fetchall()
+
+
+def timestamp(value: str | None) -> datetime | None:
+    """A datetime column as SQLAlchemy stores it in SQLite (UTC, no offset)."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def seconds(delta: timedelta) -> float:
+    return delta.total_seconds()
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (pct in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def machine(folder: Path) -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    fs = "?"
+    try:
+        fs = subprocess.run(
+            ["df", "--output=fstype", str(folder)], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        pass
+    nproc = len(os.sched_getaffinity(0))
+    return (
+        f"{nproc} CPUs ({cpu}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}, temp dir on {fs}"
+    )
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table (pastes into README.md)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
