@@ -69,6 +69,18 @@ class Person(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
+class Agent(Base):
+    """Someone who answers tickets from their own mail client."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 class Ticket(Base):
     __tablename__ = "tickets"
 
@@ -85,8 +97,15 @@ class Ticket(Base):
     closed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     # A closed ticket written to after reopen_days starts a new one pointing here.
     previous_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), nullable=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    channel: Mapped[str] = mapped_column(String(16), default="email")
+    # Paid modifications: None, or pending -> approved | declined.
+    paid_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    paid_note: Mapped[str] = mapped_column(Text, default="")
 
     requester: Mapped[Person] = relationship(lazy="joined")
+    owner: Mapped[Agent | None] = relationship(lazy="joined")
     messages: Mapped[list[Message]] = relationship(
         back_populates="ticket", order_by="Message.id", lazy="select"
     )
@@ -128,6 +147,10 @@ class Message(Base):
     # Which rule threaded an inbound message: references|reply_token|subject_tag|new.
     thread_rule: Mapped[str | None] = mapped_column(String(16), nullable=True)
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound.id"), nullable=True)
+    # Internal notes and agent notifications: never shown or sent to customers.
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Why a message deserves a second look, e.g. "forged-agent".
+    flag: Mapped[str] = mapped_column(String(32), default="")
 
     ticket: Mapped[Ticket] = relationship(back_populates="messages")
     attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id")
@@ -167,6 +190,31 @@ class Attachment(Base):
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(255))
     size: Mapped[int] = mapped_column(Integer)
+
+
+class Event(Base):
+    """One change of a ticket's status, type, priority, owner or payment: who, when, how."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    at: Mapped[datetime] = mapped_column(Timestamp)
+    actor: Mapped[str] = mapped_column(String(320))  # an address, or "system"
+    field: Mapped[str] = mapped_column(String(16))
+    old: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    new: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    via: Mapped[str] = mapped_column(String(16))  # mail | command | schedule | cli | web
+
+
+class JobRun(Base):
+    """A scheduled job's unit of work that must happen once (e.g. one digest per day)."""
+
+    __tablename__ = "job_runs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    at: Mapped[datetime] = mapped_column(Timestamp)
 
 
 class Outbox(Base):
