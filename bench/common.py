@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
+from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,12 @@ def message_id(i: int, run: str) -> str:
     return f"{run}.{i:06d}@mail.customer.test"
 
 
+def first_subject(i: int, run: str) -> str:
+    """The subject of message i when it starts a conversation."""
+    words = random.Random(f"{run}-{i}-subject").sample(_WORDS[:40], 4)
+    return f"Printer problem no. {i}: " + " ".join(words)
+
+
 def customer_message(
     i: int,
     *,
@@ -66,16 +72,17 @@ def customer_message(
     subject: str | None = None,
     reply_to: int | None = None,
     references: Sequence[int] = (),
+    author: int | None = None,
     newline: bytes = b"\r\n",
 ) -> bytes:
     """One plain-text customer message of about `size` bytes with realistic headers.
 
     `reply_to` (an earlier index) adds In-Reply-To and References, as a mail client
-    answering that message would.
+    answering that message would; `author` (an index) makes that message's sender write.
     """
     rng = random.Random(f"{run}-{i}")
-    name, addr = sender(i)
-    subject = subject or f"Printer problem no. {i}: " + " ".join(rng.sample(_WORDS[:40], 4))
+    name, addr = sender(i if author is None else author)
+    subject = subject or first_subject(i, run)
     headers = [
         f"Return-Path: <{addr}>",
         f"Received: from mail.customer.test (mail.customer.test [192.0.2.{i % 250 + 1}])\n"
@@ -85,7 +92,8 @@ def customer_message(
         f"\tby mail.customer.test (Postfix) with ESMTPSA id {i * 7919:08X};\n"
         f"\t{format_datetime(date)}",
         f"Date: {format_datetime(date)}",
-        f"From: {name} <{addr}>",
+        # Clients send non-ASCII names as RFC 2047 encoded words.
+        f"From: {formataddr((name, addr), charset='utf-8')}",
         f"To: Example Support <{SUPPORT}>",
         f"Subject: {subject}",
         f"Message-ID: <{message_id(i, run)}>",
@@ -93,9 +101,7 @@ def customer_message(
     if reply_to is not None:
         chain = [*references, reply_to]
         headers.append(f"In-Reply-To: <{message_id(reply_to, run)}>")
-        headers.append(
-            "References: " + "\n ".join(f"<{message_id(r, run)}>" for r in chain[-10:])
-        )
+        headers.append("References: " + "\n ".join(f"<{message_id(r, run)}>" for r in chain[-10:]))
     headers += [
         "MIME-Version: 1.0",
         "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Thunderbird/128.5.0",
@@ -104,7 +110,7 @@ def customer_message(
         "Content-Transfer-Encoding: 8bit",
     ]
     head = "\n".join(headers).encode()
-    lines = [f"Hello,", ""]
+    lines = ["Hello,", ""]
     used = len(head) + 40
     line: list[str] = []
     while used < size - 60:
@@ -173,7 +179,13 @@ def write_config(folder: Path, smtp_port: int, web_port: int) -> Path:
 
 
 def maildesk_command() -> list[str]:
-    """The maildesk console script of the interpreter running the benchmark."""
+    """The maildesk console script of the interpreter running the benchmark.
+
+    $MAILDESK_CMD (split on spaces) replaces it, e.g. to run a patched copy for an
+    experiment or the daemon under a profiler.
+    """
+    if override := os.environ.get("MAILDESK_CMD"):
+        return override.split()
     script = Path(sys.executable).parent / "maildesk"
     if script.exists():
         return [str(script)]

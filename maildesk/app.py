@@ -29,9 +29,13 @@ from maildesk.outbound.notify import Notifier
 from maildesk.outbound.outbox import OutboxSender
 from maildesk.outbound.render import Renderer
 from maildesk.outbound.transport import open_transport
+from maildesk.pipeline.notices import Notices
 from maildesk.pipeline.process import Processor
 from maildesk.pipeline.threader import Threader
+from maildesk.schema import upgrade
+from maildesk.tickets.agents import Agents
 from maildesk.tickets.tokens import ReplyTokens
+from maildesk.web.links import PaidLinks
 from maildesk.web.server import start_web
 
 log = logging.getLogger("maildesk")
@@ -47,7 +51,15 @@ class Services:
     store: InboundStore
     renderer: Renderer
     notifier: Notifier
+    notices: Notices
+    links: PaidLinks
     processor: Processor
+
+    def prepare(self) -> None:
+        """Migrate the schema and seed the configured agents (both idempotent)."""
+        upgrade(self.db)
+        with self.db.transaction() as session:
+            Agents(session).seed(self.settings.agents.addresses, self.clock.now())
 
     def drain_inbound(self) -> int:
         """Process every due inbound row now; returns how many were processed."""
@@ -67,9 +79,13 @@ def build(settings: Settings, clock: Clock | None = None) -> Services:
     tokens = ReplyTokens(settings.support.address, settings.secret_key())
     renderer = Renderer(settings.templates.path, settings.support.language)
     notifier = Notifier(settings, renderer, tokens, clock)
-    threader = Threader(tokens, settings.support.tag_prefix, settings.agents.addresses)
-    processor = Processor(db, settings, clock, notifier, threader)
-    return Services(settings, clock, db, InboundStore(db, clock), renderer, notifier, processor)
+    links = PaidLinks(settings.support.base_url, settings.secret_key())
+    notices = Notices(notifier, links, settings.support.language)
+    threader = Threader(tokens, settings.support.tag_prefix)
+    processor = Processor(db, settings, clock, notices, threader)
+    return Services(
+        settings, clock, db, InboundStore(db, clock), renderer, notifier, notices, links, processor
+    )
 
 
 @dataclass
@@ -103,6 +119,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         services, settings = self.services, self.settings
         inbound_ready, outbox_ready = _Wakeup(loop), _Wakeup(loop)
+        await loop.run_in_executor(None, services.prepare)
         if services.db.is_sqlite:
             services.processor.release_leases()
         hostname = socket.getfqdn()

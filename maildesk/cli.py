@@ -25,7 +25,6 @@ from maildesk.inbound import importer
 from maildesk.inbound.store import Envelope, InboundStore
 from maildesk.models import STATUSES, Inbound, Outbox, Ticket
 from maildesk.outbound import outbox as outbox_module
-from maildesk.schema import upgrade
 from maildesk.tickets import views
 
 EX_DATAERR = 65
@@ -89,11 +88,11 @@ def init(ctx: Context) -> None:
     settings = ctx.settings
     if not settings.web.secret_key:
         _ensure_secret_key(settings.secret_key_path)
-    db = Database(settings.database.url)
+    services = ctx.services
     try:
-        upgrade(db)
+        services.prepare()
     finally:
-        db.dispose()
+        services.db.dispose()
     click.echo(f"database ready: {_safe_url(settings.database.url)}", err=True)
 
 

@@ -92,6 +92,11 @@ class WebSettings:
 @dataclass(frozen=True)
 class AgentSettings:
     addresses: tuple[str, ...] = ()
+    # authserv-ids of our own MTA, whose Authentication-Results header we trust
+    # (it must strip copies of that header arriving from outside, as RFC 8601 asks).
+    trusted_authserv_ids: tuple[str, ...] = ()
+    # "HH:MM" (local time of the server) for the daily digest; empty = off.
+    digest_time: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,8 @@ class TemplateSettings:
 @dataclass(frozen=True)
 class LifecycleSettings:
     reopen_days: int = 14
+    # A resolved ticket nobody disputed closes by itself after this many days.
+    autoclose_days: int = 7
 
 
 @dataclass(frozen=True)

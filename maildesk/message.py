@@ -32,6 +32,8 @@ logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# RFC 3834's auto-submitted value: [CFWS] keyword [CFWS] *(";" parameter); comments not nested.
+_KEYWORD = re.compile(r"\s*(?:\([^()]*\)\s*)*([^\s();]*)")
 _MAX_REFERENCES = 100
 
 
@@ -66,6 +68,8 @@ class ParsedMessage:
     list_id: str = ""
     is_delivery_report: bool = False
     bounced_recipients: frozenset[str] = frozenset()
+    # Authentication-Results headers, topmost (added last, by our own MTA) first.
+    authentication_results: tuple[str, ...] = ()
     # Message-IDs quoted inside the body (a bounce names the mail it bounces).
     quoted_message_ids: tuple[str, ...] = field(default=())
 
@@ -91,8 +95,9 @@ def parse(raw: bytes) -> ParsedMessage:
     if not text and html:
         text = html_to_text(html)
     temporary, permanent = _bounces(msg)
+    attachments = tuple(_attachments(mail.attachments))
     return ParsedMessage(
-        message_id=_message_id(msg) or _synthetic_id(msg, from_addr, subject, text),
+        message_id=_message_id(msg) or _synthetic_id(msg, from_addr, subject, text, attachments),
         from_addr=from_addr,
         from_name=from_name,
         to=_addresses(msg, "To"),
@@ -102,15 +107,18 @@ def parse(raw: bytes) -> ParsedMessage:
         references=_ids(msg.get_all("References", []))[-_MAX_REFERENCES:],
         text=text,
         html=html,
-        attachments=tuple(_attachments(mail.attachments)),
+        attachments=attachments,
         date=_date(msg),
         language=_language(msg),
-        auto_submitted=_plain(msg, "Auto-Submitted").lower(),
+        auto_submitted=_keyword(msg, "Auto-Submitted"),
         precedence=_plain(msg, "Precedence").lower(),
         list_id=_plain(msg, "List-Id"),
         is_delivery_report=msg.get_content_type() == "multipart/report",
         bounced_recipients=permanent | temporary,
         quoted_message_ids=_quoted_ids(raw),
+        authentication_results=tuple(
+            clean_text(str(v)) for v in msg.get_all("Authentication-Results", [])
+        ),
     )
 
 
@@ -122,6 +130,17 @@ def clean_text(value: str) -> str:
 def _plain(msg: EmailMessage, name: str) -> str:
     value = msg.get(name)
     return clean_text(str(value)) if value is not None else ""
+
+
+def _keyword(msg: EmailMessage, name: str) -> str:
+    """The lower-cased keyword of a field like Auto-Submitted, without comments or parameters.
+
+    A value we cannot read that way is returned whole, so it never passes for "no".
+    """
+    value = _plain(msg, name)
+    found = _KEYWORD.match(value)
+    keyword = found.group(1) if found else ""
+    return (keyword or value).lower()
 
 
 def _decoded(msg: EmailMessage, name: str) -> str:
@@ -141,6 +160,9 @@ def _sender(msg: EmailMessage) -> tuple[str, str]:
         raise UnparseableMessage("no From header")
     pairs = email.utils.getaddresses([raw_value])
     if len(pairs) != 1:
+        # `a@x)<b@y>` (CVE-2023-27043) splits into pieces of which some are no address.
+        if any(not addr for _name, addr in pairs):
+            raise UnparseableMessage("ambiguous From header")
         raise UnparseableMessage(f"From names {len(pairs)} addresses")
     name, addr = pairs[0]
     bracketed = re.findall(r"<([^<>]*)>", raw_value)
@@ -183,14 +205,26 @@ def _message_id(msg: EmailMessage) -> str:
     return ids[0] if ids else ""
 
 
-def _synthetic_id(msg: EmailMessage, sender: str, subject: str, text: str) -> str:
+def _synthetic_id(
+    msg: EmailMessage,
+    sender: str,
+    subject: str,
+    text: str,
+    attachments: tuple[ParsedAttachment, ...],
+) -> str:
     """A stable id for mail without one, so the same mail from two routes is stored once.
 
     Built from what survives transit (not the Received lines that differ per route).
+    Attachments count too: a scanner mails each page with the same text (and often in
+    the same second), and those are different mails.
     """
     digest = hashlib.sha256()
     for part in (sender, _plain(msg, "To"), _plain(msg, "Date"), subject, text):
         digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    # Content only: mail-parser makes up random names for unnamed parts. Without
+    # attachments the id is the same as before they counted.
+    for attachment in attachments:
+        digest.update(hashlib.sha256(attachment.data).digest())
     return f"{digest.hexdigest()[:40]}@no-message-id.maildesk.invalid"
 
 

@@ -109,6 +109,7 @@ class Ticket(Base):
     messages: Mapped[list[Message]] = relationship(
         back_populates="ticket", order_by="Message.id", lazy="select"
     )
+    events: Mapped[list[Event]] = relationship(order_by="Event.id", lazy="select")
 
     __table_args__ = (Index("ix_tickets_status", "status"),)
 

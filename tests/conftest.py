@@ -29,7 +29,6 @@ from sqlalchemy import create_engine, text
 from maildesk import config
 from maildesk.app import Daemon, Services, build
 from maildesk.clock import ManualClock
-from maildesk.schema import upgrade
 
 PG_URL = os.environ.get("MAILDESK_TEST_DATABASE_URL", "")
 DATA = Path(__file__).parent / "data" / "mail"
@@ -88,7 +87,8 @@ def config_values(tmp_path: Path, db_url: str) -> dict[str, Any]:
         "smtp": {"host": "127.0.0.1", "port": free_port()},
         "web": {"host": "127.0.0.1", "port": free_port(), "secret_key": "test-secret-key"},
         "outbound": {"url": f"maildir:{tmp_path / 'outbox'}"},
-        "agents": {"addresses": ["agent@example.test"]},
+        # No agents by default: tests about agents add them (tests/pipeline/test_agents.py).
+        "agents": {"addresses": []},
     }
 
 
@@ -124,7 +124,7 @@ def clock() -> ManualClock:
 @pytest.fixture
 def services(settings: config.Settings, clock: ManualClock) -> Iterator[Services]:
     built = build(settings, clock)
-    upgrade(built.db)
+    built.prepare()
     yield built
     built.db.dispose()
 
@@ -218,7 +218,7 @@ def daemon(services: Services) -> Iterator[RunningDaemon]:
 def running_daemon(settings: config.Settings, clock: ManualClock) -> Iterator[RunningDaemon]:
     """A daemon on settings a test changed (the `daemon` fixture uses the defaults)."""
     built = build(settings, clock)
-    upgrade(built.db)
+    built.prepare()
     running = RunningDaemon(built).start()
     try:
         yield running

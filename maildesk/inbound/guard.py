@@ -5,12 +5,13 @@ level, so size, line endings, header lengths and MIME shape are checked first, o
 Scans are bytes methods and compiled regexes; Python loops run per header block, boundary
 line or `max_header_line` stride, never per byte or body line: linear in the message size.
 
-The MIME walk finds structure as compat32's parser (`email.message_from_bytes`, used by
-mail-parser) does: its header/body split, boundary quirks, digest defaults, DSN blocks and
-repeated boundary lines. Where it cannot be exact it over-counts, so the parser never sees
-more levels or parts than were counted. `email.policy.default` re-parses Content-Type
-(comments, encoded words) and may find other boundaries: not covered. Malformed structure
-is no refusal: real mail is messy, only the caps matter.
+Header blocks end where the parser ends them: at the first blank line, or at an earlier
+line that is no header (the parser starts the body there). The MIME walk finds structure as
+compat32's parser (`email.message_from_bytes`, used by mail-parser) does: boundary quirks,
+digest defaults, DSN blocks, repeated boundary lines. Where it cannot be exact it
+over-counts, so the parser never builds more levels or parts than were counted here.
+`email.policy.default` re-parses Content-Type (comments, encoded words) and may find other
+boundaries: not covered. Malformed structure is no refusal: real mail is messy.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class HostileInput(Exception):
 _WS = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.strip() removes from ASCII text
 # email.feedparser.headerRE: the first line that fails it ends the headers (or is blank).
 _HEADER_LINE = re.compile(rb"From |[ \t]|[\x21-\x39\x3b-\x7e]*:")
-_HEADERS_END = re.compile(rb"\n(?!From |[ \t]|[\x21-\x39\x3b-\x7e]*:)")
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,64}(?=:)")
 _CT_FIRST = re.compile(rb"content-type:", re.I)
 _CT_NEXT = re.compile(rb"\ncontent-type:", re.I)
@@ -52,19 +52,24 @@ _BOUNDARY_PARAM = re.compile(rb"[\s\x1c-\x1f]*boundary", re.I)
 _RFC2231 = re.compile(rb"boundary\*(?:([0-9]+)\*?)?")
 _NOT_WS = re.compile(rb"[^ \t\n\r\x0b\x0c\x1c-\x1f]")
 _DSN = b"message/delivery-status"
-_PREFIX = 70  # RFC 2046's longest boundary; longer ones are matched by prefix, then compared
+_PREFIX = 70  # RFC 2046's longest boundary
+
+
+def _delimiter(boundary: bytes) -> bytes:
+    """A regex for the boundary's lines; a long one (hostile) only by its prefix, to keep
+    compiled patterns and their caches small: the line is compared in full afterwards."""
+    if len(boundary) > _PREFIX:
+        return re.escape(boundary[:_PREFIX])
+    return re.escape(boundary) + rb"(?:--)?[ \t]*\r?$"
 
 
 @lru_cache(maxsize=64)
-def _candidates(boundaries: tuple[bytes, ...], blank: bool) -> re.Pattern[bytes]:
-    """Lines that may end a part: boundary lines (long boundaries only by a prefix, to keep
-    patterns small) and, inside a DSN, blank lines."""
-    alts = [
-        re.escape(b) + rb"(?:--)?[ \t]*\r?$" if len(b) <= _PREFIX else re.escape(b[:_PREFIX])
-        for b in boundaries
-    ]
-    lines = [rb"--(?:" + b"|".join(alts) + rb")"] if alts else []
-    return re.compile(rb"\n(?:" + b"|".join(lines + [rb"\r?\n"] if blank else lines) + rb")", re.M)
+def _scanner(delimiters: tuple[bytes, ...], blank: bool, headers: bool) -> re.Pattern[bytes]:
+    """Lines that may end a part (boundary lines; in a DSN, blank lines) and, when reading
+    headers, lines that may end the header block (headerRE fails)."""
+    alts = [rb"--(?:" + b"|".join(delimiters) + rb")"] if delimiters else []
+    alts += [rb"\r?\n"] * blank + [rb"(?!From |[ \t]|[\x21-\x39\x3b-\x7e]*:)"] * headers
+    return re.compile(rb"\n(?:" + b"|".join(alts) + rb")", re.M)
 
 
 @lru_cache(maxsize=64)
@@ -77,18 +82,6 @@ def _line_rest(raw: bytes, pos: int) -> tuple[bytes, int]:
     eol = raw.find(b"\n", pos)
     eol = len(raw) if eol < 0 else eol
     return raw[pos:eol].rstrip(b"\r").rstrip(b" \t"), min(eol + 1, len(raw))
-
-
-def _split_headers(raw: bytes, pos: int, bound: int, nl: bytes) -> tuple[int, int]:
-    """(end of the header lines, start of the body) of the block at pos, split as the parser
-    splits it: at a blank line or at the first line that is no header, which joins the body."""
-    if pos >= bound or not _HEADER_LINE.match(raw, pos, bound):
-        return pos, pos + len(nl) if raw.startswith(nl, pos, bound) else pos
-    m = _HEADERS_END.search(raw, pos, bound)
-    if m is None:
-        return bound, bound
-    after = m.end()
-    return after - len(nl), after + len(nl) if raw.startswith(nl, after, bound) else after
 
 
 def _check_fields(raw: bytes, start: int, end: int, nl: bytes, cap: int) -> None:
@@ -148,56 +141,84 @@ class _Walk:
         self.raw, self.nl, self.limits = raw, nl, limits
         # Open containers, outermost first: (boundary, or None for message/*; content type).
         self.stack: list[tuple[bytes | None, bytes]] = []
+        self.index: tuple[dict[bytes, int], int | None] | None = None  # see levels()
         self.parts = 0
 
     def run(self) -> None:
         pos = self.enter(0, in_digest=False)
         root = self.stack[0][0] if self.stack else None
         while event := self.next_event(pos):
-            _, pos, level, close = event
+            pos, level, close = event
             boundary, kind = self.stack[level]
             if close:  # this multipart, and whatever is still open inside it, ends
-                del self.stack[level:]
+                self.pop(level)
                 if not self.stack and root is not None:
                     pos, root = self.epilogue(pos, root), None
                 continue
-            del self.stack[level + 1 :]
+            self.pop(level + 1)
             if kind == _DSN:  # a blank line ends a block; another follows unless the DSN ends
-                nxt = self.owner(pos) if pos < len(self.raw) else (0, 0, -1, False)
-                if nxt and nxt[2] < level:
+                nxt = self.owner(pos) if pos < len(self.raw) else None
+                if pos >= len(self.raw) or (nxt and nxt[1] < level):
                     continue
             self.count_part()
             if boundary is not None:
                 pos = self.skip_repeats(pos, level, boundary)
             pos = self.enter(pos, in_digest=kind == b"multipart/digest")
 
-    def owner(self, start: int) -> tuple[int, int, int, bool] | None:
-        """Which open level the line at start ends: (start, next line's start, level, close).
-        The outermost matching level wins: the parser tests outer levels first."""
-        rest, after = _line_rest(self.raw, start)
-        for level, (boundary, kind) in enumerate(self.stack):
-            if kind == _DSN and self.raw.startswith(self.nl, start):
-                return start, after, level, False
-            if (
-                boundary is not None
-                and rest[:2] == b"--"
-                and rest[2:] in (boundary, boundary + b"--")
-            ):
-                return start, after, level, rest[2:] != boundary
-        return None
+    def levels(self) -> tuple[dict[bytes, int], int | None]:
+        """Each open boundary's outermost level, and the outermost DSN's level."""
+        if self.index is None:
+            bounds = {b: i for i, (b, _) in reversed(list(enumerate(self.stack))) if b is not None}
+            dsn = [i for i, (_, kind) in enumerate(self.stack) if kind == _DSN]
+            self.index = bounds, dsn[0] if dsn else None
+        return self.index
 
-    def next_event(self, pos: int) -> tuple[int, int, int, bool] | None:
-        """The first line from pos that ends a part of an open container."""
-        boundaries = tuple(b for b, _ in self.stack if b is not None)
-        blank = any(kind == _DSN for _, kind in self.stack)
-        if not boundaries and not blank:
+    def owner(self, start: int) -> tuple[int, int, bool] | None:
+        """Whether the line at start ends a part: (next line's start, level, is close). The
+        outermost matching level wins: the parser tests outer levels first."""
+        bounds, dsn = self.levels()
+        if self.raw.startswith(self.nl, start):
+            return None if dsn is None else (start + len(self.nl), dsn, False)
+        line, after = _line_rest(self.raw, start)
+        if line[:2] != b"--":
             return None
-        pattern, at = _candidates(boundaries, blank), max(pos - 1, 0)
-        while m := pattern.search(self.raw, at):
-            if event := self.owner(m.start() + 1):
-                return event
+        rest = line[2:]
+        hits = [(bounds[rest], False)] if rest in bounds else []
+        if rest[-2:] == b"--" and rest[:-2] in bounds:  # a close delimiter
+            hits.append((bounds[rest[:-2]], True))
+        return (after, *min(hits)) if hits else None
+
+    def scan(self, at: int, headers: bool) -> int | None:
+        """The start of the first line after `at` that ends a part or, with `headers`, that
+        ends a header block: a blank line or one that is no header (headerRE fails)."""
+        delimiters = tuple(_delimiter(b) for b, _ in self.stack if b is not None)
+        blank = self.levels()[1] is not None
+        if not (delimiters or blank or headers):
+            return None
+        scanner = _scanner(delimiters, blank, headers)
+        while m := scanner.search(self.raw, at):
+            line = m.start() + 1
+            if self.owner(line) or (headers and not _HEADER_LINE.match(self.raw, line)):
+                return line
             at = m.end()  # only a long boundary's prefix matched
         return None
+
+    def next_event(self, pos: int) -> tuple[int, int, bool] | None:
+        line = self.scan(max(pos - 1, 0), headers=False)  # the line at pos included
+        return None if line is None else self.owner(line)
+
+    def split(self, pos: int) -> tuple[int, int]:
+        """(end of the header lines, start of the body) of the block at pos, as the parser
+        splits it: at a blank line, at a line that is no header (it joins the body), or
+        where the part ends."""
+        raw, nl = self.raw, self.nl
+        line = pos
+        if pos < len(raw) and not self.owner(pos) and _HEADER_LINE.match(raw, pos):
+            found = self.scan(pos, headers=True)
+            line = len(raw) if found is None else found
+        end = line - len(nl) if line > pos and raw.startswith(nl, line - len(nl)) else line
+        blank = raw.startswith(nl, line) and not self.owner(line)  # a separator, not a DSN end
+        return end, line + len(nl) if blank else line
 
     def skip_repeats(self, pos: int, level: int, boundary: bytes) -> int:
         """The parser swallows this level's boundary lines right after a delimiter, even a
@@ -222,9 +243,8 @@ class _Walk:
         containers found and return where the scan for part ends goes on."""
         raw, nl = self.raw, self.nl
         default = b"message/rfc822" if in_digest else b"text/plain"
-        event = self.next_event(pos)  # a header block ends where the part does
         while True:
-            end, body = _split_headers(raw, pos, event[0] if event else len(raw), nl)
+            end, body = self.split(pos)
             _check_fields(raw, pos, end, nl, self.limits.max_header_line)
             value = _content_type(raw, pos, end)
             ctype = default if value is None else value.partition(b";")[0].strip(_WS).lower()
@@ -240,8 +260,7 @@ class _Walk:
             self.push(None, ctype)
             pos, default = body, b"text/plain"
             if ctype == _DSN:
-                self.count_part()
-                event = self.next_event(pos)  # blank lines end its blocks
+                self.count_part()  # its first block
 
     def epilogue(self, pos: int, root: bytes) -> int:
         """mail-parser re-parses the root epilogue after a `--boundary` as a message (when a
@@ -258,8 +277,13 @@ class _Walk:
             limit = self.limits.max_mime_parts
             raise HostileInput(f"MIME part count reaches {self.parts} (limit {limit})")
 
+    def pop(self, level: int) -> None:
+        del self.stack[level:]
+        self.index = None
+
     def push(self, boundary: bytes | None, ctype: bytes) -> None:
         self.stack.append((boundary, ctype))
+        self.index = None
         if len(self.stack) > self.limits.max_mime_depth:
             limit = self.limits.max_mime_depth
             raise HostileInput(f"MIME nesting depth reaches {len(self.stack)} (limit {limit})")
@@ -277,7 +301,8 @@ def check(raw: bytes, limits: Limits) -> None:
     if crlf and bare_lf:  # the SMTP-smuggling shape: one ending must be used throughout
         raise HostileInput(f"mixed line endings: {crlf} CRLF and {bare_lf} bare LF")
     nl = b"\r\n" if crlf else b"\n"
-    end, _ = _split_headers(raw, 0, len(raw), nl)
+    walk = _Walk(raw, nl, limits)
+    end, _ = walk.split(0)
     if end > limits.max_header_bytes:
         raise HostileInput(f"header block is {end} bytes (limit {limits.max_header_bytes})")
-    _Walk(raw, nl, limits).run()
+    walk.run()

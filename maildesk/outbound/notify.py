@@ -2,10 +2,13 @@
 
 Both rows are written in the caller's transaction, so a notification exists
 exactly when the ticket change that caused it does. Nothing is sent here.
+Mail to customers and mail to agents differ in their Reply-To (an agent's is
+bound to that agent) and in visibility (agent mail is internal).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -16,7 +19,7 @@ from sqlalchemy.orm import Session
 from maildesk.clock import Clock, new_token
 from maildesk.config import Settings
 from maildesk.models import STATUS_LABELS, Outbox, Ticket
-from maildesk.outbound.compose import Address, OutgoingMail, compose, thread_index
+from maildesk.outbound.compose import Address, Attachment, OutgoingMail, compose, thread_index
 from maildesk.outbound.headers import is_valid_msg_id
 from maildesk.outbound.render import Renderer
 from maildesk.tickets.service import NewMessage, Tickets
@@ -29,6 +32,7 @@ _MAX_REFERENCES = 20
 class Recipient:
     email: str
     name: str = ""
+    agent_id: int | None = None  # set for agents: their Reply-To proves it was theirs
 
 
 @dataclass(frozen=True)
@@ -63,19 +67,22 @@ class Notifier:
         session: Session,
         ticket: Ticket,
         template: str,
-        to: Recipient,
+        to: Recipient | Sequence[Recipient],
         *,
         language: str,
         answering: InReplyTo | None = None,
         automatic: bool = True,
         extra: dict[str, Any] | None = None,
+        sender_name: str | None = None,
+        attachments: Sequence[Attachment] = (),
     ) -> Outbox:
         """Render `template` for `to` and queue it as part of `ticket`."""
+        recipients = (to,) if isinstance(to, Recipient) else tuple(to)
+        first = recipients[0]
         now = self.clock.now()
         support = self.settings.support
-        rendered = self.renderer.render(
-            template, language, self._context(ticket, to, language, extra)
-        )
+        context = self._context(ticket, first, language, extra)
+        rendered = self.renderer.render(template, language, context)
         tag = self.tag(ticket)
         # The tag is what threads a reply whose headers were lost: keep it even
         # if an edited template forgot it.
@@ -88,13 +95,13 @@ class Notifier:
             references = tuple(r for r in chain if is_valid_msg_id(r))[-_MAX_REFERENCES:]
         mail = OutgoingMail(
             message_id=message_id,
-            sender=Address(support.address, support.name),
-            to=(Address(to.email, to.name),),
+            sender=Address(support.address, sender_name or support.name),
+            to=tuple(Address(r.email, r.name) for r in recipients),
             subject=subject,
             text=rendered.text,
             html=rendered.html,
             date=now,
-            reply_to=Address(self.tokens.address(ticket.id), support.name),
+            reply_to=Address(self.tokens.address(ticket.id, first.agent_id), support.name),
             in_reply_to=(
                 answering.message_id
                 if answering and is_valid_msg_id(answering.message_id)
@@ -106,31 +113,95 @@ class Notifier:
             thread_index=thread_index(
                 ticket.created_at, f"{ticket.id}@{support.domain}".encode(), now
             ),
+            attachments=tuple(attachments),
         )
         raw = compose(mail)
-        Tickets(session).add_message(
-            ticket,
-            NewMessage(
-                message_id=message_id,
-                direction="out",
-                kind=template,
-                from_addr=support.address,
-                from_name=support.name,
-                subject=subject,
-                body_text=rendered.text,
-                created_at=now,
-                to_addrs=(to.email,),
-                references=references,
-            ),
-        )
+        for_agents = first.agent_id is not None
+        # Mail to agents lives in the outbox only: the ticket's messages are the
+        # conversation with the customer, not every copy sent to staff.
+        if not for_agents:
+            Tickets(session).add_message(
+                ticket,
+                NewMessage(
+                    message_id=message_id,
+                    direction="out",
+                    kind=template,
+                    from_addr=support.address,
+                    from_name=sender_name or support.name,
+                    subject=subject,
+                    body_text=rendered.text,
+                    created_at=now,
+                    to_addrs=tuple(r.email for r in recipients),
+                    references=references,
+                    attachments=tuple((a.filename, a.content_type, a.data) for a in attachments),
+                ),
+            )
         row = Outbox(
             ticket_id=ticket.id,
             message_id=message_id,
             kind=template,
             sender=support.address,
+            recipients=[r.email for r in recipients],
+            raw=raw,
+            auto_to=first.email.lower() if automatic and not for_agents else "",
+            state="pending",
+            attempts=0,
+            next_attempt_at=now,
+            last_error="",
+            created_at=now,
+        )
+        session.add(row)
+        return row
+
+    def notify_untied(
+        self,
+        session: Session,
+        ticket: Ticket | None,
+        template: str,
+        to: Recipient,
+        *,
+        language: str,
+        answering: InReplyTo | None,
+        extra: dict[str, Any],
+    ) -> Outbox:
+        """A notification that may belong to no ticket (an agent's mail that answered none)."""
+        if ticket is not None:
+            return self.notify(
+                session, ticket, template, to, language=language, answering=answering, extra=extra
+            )
+        now = self.clock.now()
+        support = self.settings.support
+        context = {
+            "ticket": None,
+            "recipient": {"email": to.email, "name": to.name},
+            "support": {"name": support.name, "address": support.address, "url": support.base_url},
+            **extra,
+        }
+        rendered = self.renderer.render(template, language, context)
+        message_id = f"md.{new_token()}@{support.domain}"
+        valid = answering is not None and is_valid_msg_id(answering.message_id)
+        raw = compose(
+            OutgoingMail(
+                message_id=message_id,
+                sender=Address(support.address, support.name),
+                to=(Address(to.email, to.name),),
+                subject=rendered.subject,
+                text=rendered.text,
+                html=rendered.html,
+                date=now,
+                in_reply_to=answering.message_id if answering and valid else None,
+                references=(answering.message_id,) if answering and valid else (),
+                auto_submitted="auto-replied",
+            )
+        )
+        row = Outbox(
+            ticket_id=None,
+            message_id=message_id,
+            kind=template,
+            sender=support.address,
             recipients=[to.email],
             raw=raw,
-            auto_to=to.email.lower() if automatic else "",
+            auto_to="",
             state="pending",
             attempts=0,
             next_attempt_at=now,
@@ -152,10 +223,17 @@ class Notifier:
                 "subject": ticket.subject,
                 "status": ticket.status,
                 "status_label": labels[ticket.status],
+                "status_labels": {
+                    lang: STATUS_LABELS[lang][ticket.status] for lang in STATUS_LABELS
+                },
                 "type": ticket.type or "",
                 "priority": ticket.priority,
+                "requester": ticket.requester.email,
+                "requester_name": ticket.requester.name,
+                "owner": ticket.owner.email if ticket.owner else "",
             },
-            "customer": {"email": to.email, "name": to.name},
+            "recipient": {"email": to.email, "name": to.name},
+            "customer": {"email": ticket.requester.email, "name": ticket.requester.name},
             "support": {"name": support.name, "address": support.address, "url": support.base_url},
             **(extra or {}),
         }

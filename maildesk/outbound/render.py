@@ -69,4 +69,10 @@ def _block(template: Template, block: str, context: dict[str, Any]) -> str:
     render = template.blocks.get(block)
     if render is None:
         raise TemplateNotFound(f"{template.name} has no {{% block {block} %}}")
-    return "".join(render(template.new_context(context)))
+    # Top-level {% set %} names (e.g. a table of labels) are visible in blocks.
+    exported = {
+        name: value
+        for name, value in vars(template.make_module(context)).items()
+        if not name.startswith("_")
+    }
+    return "".join(render(template.new_context({**context, **exported})))

@@ -27,9 +27,15 @@ from maildesk.db import Database
 from maildesk.inbound.guard import HostileInput, Limits, check
 from maildesk.message import ParsedMessage, UnparseableMessage, parse
 from maildesk.models import Inbound, Outbox, Ticket
-from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
+from maildesk.outbound.notify import InReplyTo
+from maildesk.pipeline.agent_mail import AgentFlow, AgentMail
+from maildesk.pipeline.authenticity import identify
 from maildesk.pipeline.loops import Verdict, classify
-from maildesk.pipeline.threader import Threader
+from maildesk.pipeline.notices import Notices
+from maildesk.pipeline.threader import Match, Threader
+from maildesk.replies import new_text
+from maildesk.tickets.agents import Agents
+from maildesk.tickets.lifecycle import Lifecycle
 from maildesk.tickets.service import NewMessage, Tickets
 
 log = logging.getLogger("maildesk.pipeline")
@@ -54,15 +60,16 @@ class Processor:
         db: Database,
         settings: Settings,
         clock: Clock,
-        notifier: Notifier,
+        notices: Notices,
         threader: Threader,
     ) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
-        self.notifier = notifier
+        self.notices = notices
+        self.notifier = notices.notifier
         self.threader = threader
-        self.agents = frozenset(a.lower() for a in settings.agents.addresses)
+        self.agent_flow = AgentFlow(self.notifier, notices, settings.support.language)
         limits = settings.limits
         self.limits = Limits(
             max_message_size=settings.smtp.max_message_size,
@@ -163,7 +170,21 @@ class Processor:
         if verdict.is_bounce:
             self._record_bounce(session, tickets, row, message)
             return "done", 0
-        return "done", self._record(session, tickets, row, message, verdict)
+        sender = identify(
+            session,
+            message,
+            row.rcpt_to,
+            self.threader.tokens,
+            self.settings.agents.trusted_authserv_ids,
+        )
+        match = self.threader.match(tickets, message, row.rcpt_to, proven_agent=sender.agent)
+        if sender.agent is not None:
+            mail = AgentMail(row, message, sender.agent, match.ticket, match.rule)
+            log.info("inbound %d from agent %s (%s)", row.id, sender.agent.email, sender.proof)
+            return "done", self.agent_flow.handle(session, mail, self.clock.now())
+        if sender.forged:
+            log.warning("inbound %d claims agent %s without proof", row.id, message.from_addr)
+        return "done", self._record(session, tickets, row, message, verdict, match, sender.forged)
 
     def _record(
         self,
@@ -172,25 +193,29 @@ class Processor:
         row: Inbound,
         message: ParsedMessage,
         verdict: Verdict,
+        match: Match,
+        forged: bool,
     ) -> int:
+        """A customer's (or anyone else's) message: record it, move the ticket, notify."""
         now = self.clock.now()
-        match = self.threader.match(tickets, message, row.rcpt_to)
+        lifecycle = Lifecycle(session, now)
         ticket, rule = match.ticket, match.rule
         if ticket is not None and ticket.status == "closed":
             if tickets.closed_too_long(ticket, now, self.settings.lifecycle.reopen_days):
                 ticket = self._open(tickets, message, now, previous=ticket)
                 rule = "new"
             else:
-                tickets.reopen(ticket, now)
+                lifecycle.change(ticket, "status", "accepted", message.from_addr, "mail")
         opened = ticket is None
         if ticket is None:
             ticket = self._open(tickets, message, now)
+        kind = self._kind(ticket, message, verdict)
         tickets.add_message(
             ticket,
             NewMessage(
                 message_id=message.message_id,
                 direction="in",
-                kind=self._kind(tickets, ticket, message, verdict),
+                kind=kind,
                 from_addr=message.from_addr,
                 from_name=message.from_name,
                 subject=message.subject,
@@ -205,21 +230,28 @@ class Processor:
                 attachments=tuple(
                     (a.filename, a.content_type, a.data) for a in message.attachments
                 ),
+                flag="forged-agent" if forged else "",
             ),
         )
         self._add_participants(tickets, ticket, message, now)
         log.info("inbound %d -> ticket %d (%s)", row.id, ticket.id, rule)
-        if opened and self._may_acknowledge(session, row, message, verdict):
-            self.notifier.notify(
-                session,
-                ticket,
-                "acknowledgement",
-                Recipient(message.from_addr, message.from_name),
-                language=ticket.language,
-                answering=InReplyTo(message.message_id, message.references),
-            )
-            return 1
-        return 0
+        queued = 0
+        if opened:
+            if self._may_acknowledge(session, row, message, verdict) and not forged:
+                answering = InReplyTo(message.message_id, message.references)
+                queued += self.notices.acknowledge(session, ticket, answering)
+            if row.notify:
+                queued += self.notices.to_agents(session, ticket, "new_ticket", message)
+            return queued
+        if kind == "auto" or not row.notify:
+            return queued
+        text = new_text(message.text)
+        outcome = (
+            "forged" if forged else lifecycle.customer_replied(ticket, text, message.from_addr)
+        )
+        if outcome == "confirmed":
+            queued += self.notices.status_notice(session, ticket)
+        return queued + self.notices.to_agents(session, ticket, outcome, message, text=text)
 
     def _open(
         self,
@@ -232,11 +264,7 @@ class Processor:
         language = message.language or self.settings.support.language
         return tickets.open(requester, message.subject, language, now, previous=previous)
 
-    def _kind(
-        self, tickets: Tickets, ticket: Ticket, message: ParsedMessage, verdict: Verdict
-    ) -> str:
-        if message.from_addr in self.agents:
-            return "agent"
+    def _kind(self, ticket: Ticket, message: ParsedMessage, verdict: Verdict) -> str:
         if not verdict.may_reply:
             return "auto"
         return "customer" if ticket.requester.email == message.from_addr else "participant"
@@ -245,7 +273,8 @@ class Processor:
         self, tickets: Tickets, ticket: Ticket, message: ParsedMessage, now: datetime
     ) -> None:
         """The sender and the people they copied may write into this ticket from now on."""
-        ourselves = {self.settings.support.address.lower(), *self.agents}
+        ourselves = {self.settings.support.address.lower()}
+        ourselves.update(a.email for a in Agents(tickets.session).active())
         people = [(message.from_addr, message.from_name)]
         people += [(addr, "") for addr in message.cc]
         wanted = [
@@ -261,7 +290,9 @@ class Processor:
         if not row.notify or not verdict.may_reply:
             return False
         sender = message.from_addr
-        if sender in self.agents or sender == self.settings.support.address.lower():
+        if sender == self.settings.support.address.lower():
+            return False
+        if Agents(session).by_email(sender) is not None:
             return False
         cap = self.settings.limits.auto_replies_per_hour
         if self.notifier.auto_replies_in_last_hour(session, sender) >= cap:

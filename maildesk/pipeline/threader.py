@@ -28,12 +28,17 @@ class Match:
 
 
 class Threader:
-    def __init__(self, tokens: ReplyTokens, tag_prefix: str, agents: Iterable[str]) -> None:
+    def __init__(self, tokens: ReplyTokens, tag_prefix: str) -> None:
         self.tokens = tokens
         self.tag = re.compile(rf"\[{re.escape(tag_prefix)}(\d{{1,12}})\]")
-        self.agents = frozenset(a.lower() for a in agents)
 
-    def match(self, tickets: Tickets, message: ParsedMessage, rcpt_to: Iterable[str]) -> Match:
+    def match(
+        self,
+        tickets: Tickets,
+        message: ParsedMessage,
+        rcpt_to: Iterable[str],
+        proven_agent: object | None = None,
+    ) -> Match:
         ticket = tickets.by_message_ids(message.thread_ids) or tickets.referencing(
             message.message_id
         )
@@ -46,8 +51,7 @@ class Threader:
         for found in self.tag.finditer(message.subject):
             ticket = tickets.get(int(found.group(1)))
             if ticket is not None and (
-                message.from_addr in self.agents
-                or tickets.is_participant(ticket.id, message.from_addr)
+                proven_agent is not None or tickets.is_participant(ticket.id, message.from_addr)
             ):
                 return Match(ticket, "subject_tag")
         return Match(None, "new")

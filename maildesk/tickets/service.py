@@ -15,7 +15,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
-from maildesk.models import Attachment, Blob, Message, MessageRef, Participant, Person, Ticket
+from maildesk.models import (
+    Attachment,
+    Blob,
+    Message,
+    MessageRef,
+    Outbox,
+    Participant,
+    Person,
+    Ticket,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,8 @@ class NewMessage:
     thread_rule: str | None = None
     inbound_id: int | None = None
     attachments: tuple[tuple[str, str, bytes], ...] = ()  # (filename, content type, data)
+    internal: bool = False
+    flag: str = ""
 
 
 class Tickets:
@@ -96,6 +107,13 @@ class Tickets:
             return None
         query = select(Message.message_id, Message.ticket_id).where(Message.message_id.in_(ids))
         rows: dict[str, int] = {mid: tid for mid, tid in self.session.execute(query)}
+        # Mail we sent to agents is only in the outbox; replies to it thread too.
+        sent = select(Outbox.message_id, Outbox.ticket_id).where(
+            Outbox.message_id.in_(ids), Outbox.ticket_id.is_not(None)
+        )
+        for mid, tid in self.session.execute(sent):
+            if tid is not None:
+                rows.setdefault(mid, tid)
         for mid in ids:
             if mid in rows:
                 return self.get(rows[mid])
@@ -137,11 +155,6 @@ class Tickets:
         self.session.add(Participant(ticket_id=ticket.id, person_id=requester.id, role="requester"))
         return ticket
 
-    def reopen(self, ticket: Ticket, now: datetime) -> None:
-        ticket.status = "accepted"
-        ticket.closed_at = None
-        ticket.updated_at = now
-
     def closed_too_long(self, ticket: Ticket, now: datetime, reopen_days: int) -> bool:
         closed_at = as_utc(ticket.closed_at or ticket.updated_at)
         return now - closed_at > timedelta(days=reopen_days)
@@ -162,6 +175,8 @@ class Tickets:
             created_at=new.created_at,
             thread_rule=new.thread_rule,
             inbound_id=new.inbound_id,
+            internal=new.internal,
+            flag=new.flag,
         )
         self.session.add(message)
         self.session.flush()

@@ -1,9 +1,11 @@
 """Reply tokens: `support+t42.k3m9qzt7ab@example.test` threads mail to ticket 42.
 
 The address is set as Reply-To on everything maildesk sends, so a reply still
-finds its ticket when a client drops In-Reply-To and References. The token is
-an HMAC of the ticket number: a stranger cannot forge one for someone else's
-ticket. Lower-case base32, because some MTAs lower-case local parts.
+finds its ticket when a client drops In-Reply-To and References. Mail to an
+agent carries `support+t42a3.…`, bound to agent 3 as well: a reply to it is
+proof that agent 3 received that notification. The token is an HMAC, so a
+stranger cannot forge one. Lower-case base32, because some MTAs lower-case
+local parts.
 """
 
 from __future__ import annotations
@@ -12,8 +14,15 @@ import base64
 import hashlib
 import hmac
 import re
+from dataclasses import dataclass
 
 _SIG_LEN = 10
+
+
+@dataclass(frozen=True)
+class Token:
+    ticket: int
+    agent: int | None
 
 
 class ReplyTokens:
@@ -23,20 +32,30 @@ class ReplyTokens:
         self._domain = domain.lower()
         self._secret = secret.encode("utf-8")
         self._pattern = re.compile(
-            rf"^{re.escape(self._local)}\+t(\d{{1,12}})\.([a-z2-7]{{{_SIG_LEN}}})@{re.escape(self._domain)}$"
+            rf"^{re.escape(self._local)}\+t(\d{{1,12}})(?:a(\d{{1,9}}))?\.([a-z2-7]{{{_SIG_LEN}}})"
+            rf"@{re.escape(self._domain)}$"
         )
 
-    def _sign(self, number: int) -> str:
-        mac = hmac.new(self._secret, f"reply-token:ticket:{number}".encode(), hashlib.sha256)
+    def _sign(self, ticket: int, agent: int | None) -> str:
+        subject = f"reply-token:ticket:{ticket}" + (f":agent:{agent}" if agent else "")
+        mac = hmac.new(self._secret, subject.encode(), hashlib.sha256)
         return base64.b32encode(mac.digest()).decode("ascii").lower()[:_SIG_LEN]
 
-    def address(self, number: int) -> str:
-        return f"{self._local}+t{number}.{self._sign(number)}@{self._domain}"
+    def address(self, ticket: int, agent: int | None = None) -> str:
+        who = f"a{agent}" if agent else ""
+        return f"{self._local}+t{ticket}{who}.{self._sign(ticket, agent)}@{self._domain}"
 
-    def ticket_number(self, address: str) -> int | None:
-        """The ticket an address is a valid reply token for, else None."""
+    def parse(self, address: str) -> Token | None:
+        """The ticket (and agent) an address is a valid reply token for, else None."""
         match = self._pattern.match(address.strip().lower())
         if not match:
             return None
-        number = int(match.group(1))
-        return number if hmac.compare_digest(match.group(2), self._sign(number)) else None
+        ticket = int(match.group(1))
+        agent = int(match.group(2)) if match.group(2) else None
+        if not hmac.compare_digest(match.group(3), self._sign(ticket, agent)):
+            return None
+        return Token(ticket, agent)
+
+    def ticket_number(self, address: str) -> int | None:
+        token = self.parse(address)
+        return token.ticket if token else None

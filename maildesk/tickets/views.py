@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from maildesk.clock import as_utc
-from maildesk.models import Message, Ticket
+from maildesk.models import Event, Message, Ticket
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -28,6 +28,9 @@ def summary(ticket: Ticket, message_count: int) -> dict[str, Any]:
         "requester_name": ticket.requester.name,
         "language": ticket.language,
         "previous": ticket.previous_id,
+        "owner": ticket.owner.email if ticket.owner else None,
+        "channel": ticket.channel,
+        "paid": ticket.paid_state,
         "created_at": iso(ticket.created_at),
         "updated_at": iso(ticket.updated_at),
         "message_count": message_count,
@@ -56,12 +59,29 @@ def message_view(message: Message) -> dict[str, Any]:
             for a in message.attachments
         ],
         "thread_rule": message.thread_rule,
+        "internal": message.internal,
+        "flag": message.flag,
+    }
+
+
+def event_view(event: Event) -> dict[str, Any]:
+    return {
+        "at": iso(event.at),
+        "actor": event.actor,
+        "field": event.field,
+        "old": event.old,
+        "new": event.new,
+        "via": event.via,
     }
 
 
 def detail(ticket: Ticket) -> dict[str, Any]:
     messages = list(ticket.messages)
-    return {**summary(ticket, len(messages)), "messages": [message_view(m) for m in messages]}
+    return {
+        **summary(ticket, len(messages)),
+        "messages": [message_view(m) for m in messages],
+        "events": [event_view(e) for e in ticket.events],
+    }
 
 
 def list_tickets(session: Session, status: str | None = None) -> list[dict[str, Any]]:
@@ -89,7 +109,10 @@ def export(session: Session, batch: int = 200) -> Iterator[dict[str, Any]]:
             .where(Ticket.id > last)
             .order_by(Ticket.id)
             .limit(batch)
-            .options(selectinload(Ticket.messages).selectinload(Message.attachments))
+            .options(
+                selectinload(Ticket.messages).selectinload(Message.attachments),
+                selectinload(Ticket.events),
+            )
         ).all()
         if not tickets:
             return

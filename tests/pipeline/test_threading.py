@@ -5,10 +5,14 @@ from __future__ import annotations
 import email
 import email.policy
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
-from maildesk.app import Services
+from maildesk.app import Services, build
 from maildesk.clock import ManualClock
+from maildesk.config import from_mapping
 from maildesk.models import Ticket
+from maildesk.tickets.agents import Agents
 from tests.conftest import make_mail
 from tests.helpers import outbox_rows, receive, ticket, tickets
 
@@ -88,15 +92,36 @@ def test_subject_tag_only_from_participants(services: Services) -> None:
     assert numbers[1]["requester"] == "alice@customer.test"
 
 
-def test_agent_may_use_the_subject_tag(services: Services) -> None:
+def test_proven_agent_may_use_the_subject_tag(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    config_values["agents"] = {
+        "addresses": ["agent@example.test"],
+        "trusted_authserv_ids": ["mx.example.test"],
+    }
+    services = build(from_mapping(config_values, base_dir=tmp_path), clock)
+    services.prepare()
     receive(services, make_mail())
     receive(
         services,
-        make_mail(subject="[#1] note", sender="agent@example.test"),
+        make_mail(
+            subject="[#1] note",
+            sender="agent@example.test",
+            Authentication_Results="mx.example.test; dkim=pass header.d=example.test",
+        ),
         mail_from="agent@example.test",
     )
     assert len(tickets(services)) == 1
-    assert ticket(services, 1)["messages"][-1]["kind"] == "agent"
+    [note] = [m for m in ticket(services, 1)["messages"] if m["from"] == "agent@example.test"]
+    assert note["thread_rule"] == "subject_tag"
+
+
+def test_unproven_agent_address_may_not_use_the_subject_tag(services: Services) -> None:
+    with services.db.transaction() as session:
+        Agents(session).add("agent@example.test", "Agnes", services.clock.now())
+    receive(services, make_mail())
+    receive(services, make_mail(subject="[#1] note", sender="agent@example.test"))
+    assert len(tickets(services)) == 2
 
 
 def test_reply_that_arrives_before_its_original_joins_the_same_ticket(services: Services) -> None:

@@ -1,0 +1,266 @@
+"""`maildesk import`: messages per second for an mbox, and a re-run that imports nothing.
+
+Generates an mbox of `--messages` (default 10,000) ~`--size`-byte customer messages
+with realistic headers, about `--replies` of them answers to earlier ones (In-Reply-To
+and References, "Re:" subject, same author) so that threading is exercised. Then, as
+subprocesses on a temp config (SQLite and everything else in a temp dir):
+
+1. `maildesk --config <tmp> init`;
+2. `maildesk --config <tmp> import <mbox>`, timed (wall time of the whole command,
+   so Python start-up is included; the same command on an empty mbox is timed too and
+   printed as the fixed overhead);
+3. the same import again, timed, with tickets / messages / inbound rows counted before
+   and after to confirm that nothing new was imported.
+
+Run from the project root with the project's virtualenv:
+
+    .venv/bin/python bench/import_mbox.py [--messages 10000] [--size 4096]
+
+`--profile out.txt` runs the first import under py-spy (collapsed stacks; py-spy on
+PATH or in $PY_SPY). Nothing is asserted: the script prints figures and the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import common
+
+TARGET = 500  # messages per second
+
+_FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Generated:
+    path: Path
+    messages: int
+    conversations: int  # messages that start one: each should become a ticket
+    replies: int
+    size: int  # bytes
+
+
+def generate(path: Path, messages: int, size: int, reply_share: float, run: str) -> Generated:
+    """Write the mbox; replies answer the latest message of a recent conversation."""
+    rng = random.Random(run)
+    start = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
+    threads: list[list[int]] = []  # message indices per conversation, oldest first
+    replies = 0
+    with path.open("wb") as out:
+        for i in range(messages):
+            date = start + timedelta(minutes=7 * i)
+            if threads and rng.random() < reply_share:
+                thread = threads[max(0, len(threads) - 1 - int(rng.expovariate(1 / 50)))]
+                raw = common.customer_message(
+                    i,
+                    run=run,
+                    size=size,
+                    date=date,
+                    subject="Re: " + common.first_subject(thread[0], run),
+                    reply_to=thread[-1],
+                    references=thread[:-1],
+                    author=thread[0],
+                    newline=b"\n",
+                )
+                thread.append(i)
+                replies += 1
+            else:
+                raw = common.customer_message(i, run=run, size=size, date=date, newline=b"\n")
+                threads.append([i])
+            head, _, body = raw.partition(b"\n\n")
+            envelope_from = common.sender(i)[1]
+            out.write(f"From {envelope_from} {_mbox_date(date)}\n".encode())
+            out.write(head + b"\n\n" + _FROM_LINE.sub(rb">\1", body))
+            if not body.endswith(b"\n"):
+                out.write(b"\n")
+            out.write(b"\n")
+    return Generated(path, messages, len(threads), replies, path.stat().st_size)
+
+
+def _mbox_date(moment: datetime) -> str:
+    """The asctime form of an mbox "From " line: 'Mon Jan  6 08:00:00 2025'."""
+    return moment.strftime("%a %b ") + f"{moment.day:2d}" + moment.strftime(" %H:%M:%S %Y")
+
+
+@dataclass(frozen=True)
+class Counts:
+    inbound: int
+    tickets: int
+    messages: int
+    by_rule: dict[str, int]
+    states: dict[str, int]
+
+
+def counts(db: Path) -> Counts:
+    def one(query: str) -> int:
+        return int(common.db_rows(db, query)[0][0])
+
+    return Counts(
+        inbound=one("SELECT count(*) FROM inbound"),
+        tickets=one("SELECT count(*) FROM tickets"),
+        messages=one("SELECT count(*) FROM messages"),
+        by_rule=dict(
+            common.db_rows(
+                db,
+                "SELECT coalesce(thread_rule, '-'), count(*) FROM messages "
+                "WHERE direction = 'in' GROUP BY 1",
+            )
+        ),
+        states=dict(common.db_rows(db, "SELECT state, count(*) FROM inbound GROUP BY state")),
+    )
+
+
+def profiled(profile: Path | None) -> None:
+    """Point MAILDESK_CMD at py-spy wrapping the maildesk command, for the next command."""
+    if profile is None:
+        os.environ.pop("MAILDESK_CMD", None)
+        return
+    binary = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if not binary:
+        raise RuntimeError("--profile needs py-spy on PATH or in $PY_SPY")
+    base = " ".join(common.maildesk_command())
+    os.environ["MAILDESK_CMD"] = f"{binary} record --format raw --rate 250 -o {profile} -- {base}"
+
+
+def run(args: argparse.Namespace, workdir: Path) -> None:
+    config = common.write_config(workdir, common.free_port(), common.free_port())
+    log = workdir / "maildesk.log"
+    db = workdir / "maildesk.db"
+    run_id = f"imp{os.getpid()}x{int(time.time())}"
+
+    started = time.perf_counter()
+    mbox = generate(workdir / "customers.mbox", args.messages, args.size, args.replies, run_id)
+    print(
+        f"-- generated {mbox.messages} messages ({mbox.size / 1e6:.1f} MB, "
+        f"{mbox.replies} replies) in {time.perf_counter() - started:.1f}s",
+        file=sys.stderr,
+        flush=True,
+    )
+    empty = workdir / "empty.mbox"
+    empty.write_bytes(b"")
+
+    common.run_maildesk(config, "init", log=log)
+    overhead = min(common.run_maildesk(config, "import", str(empty), log=log) for _ in range(3))
+    before = counts(db)
+
+    print("-- import", file=sys.stderr, flush=True)
+    default_cmd = os.environ.get("MAILDESK_CMD")
+    profiled(args.profile)
+    try:
+        first = common.run_maildesk(config, "import", str(mbox.path), log=log)
+    finally:
+        if default_cmd is None:
+            os.environ.pop("MAILDESK_CMD", None)
+        else:
+            os.environ["MAILDESK_CMD"] = default_cmd
+    after_first = counts(db)
+
+    print("-- import again", file=sys.stderr, flush=True)
+    second = common.run_maildesk(config, "import", str(mbox.path), log=log)
+    after_second = counts(db)
+
+    report(args, workdir, mbox, overhead, first, second, before, after_first, after_second)
+
+
+def report(
+    args: argparse.Namespace,
+    workdir: Path,
+    mbox: Generated,
+    overhead: float,
+    first: float,
+    second: float,
+    before: Counts,
+    after_first: Counts,
+    after_second: Counts,
+) -> None:
+    rate = mbox.messages / first
+    net = mbox.messages / max(first - overhead, 1e-9)
+    unchanged = (after_first.inbound, after_first.tickets, after_first.messages) == (
+        after_second.inbound,
+        after_second.tickets,
+        after_second.messages,
+    )
+    threaded = after_first.by_rule.get("references", 0)
+    print()
+    print(
+        f"maildesk import: mbox of {mbox.messages} messages, {mbox.size / 1e6:.1f} MB "
+        f"(~{args.size} bytes each), {mbox.replies} replies in "
+        f"{mbox.conversations} conversations"
+    )
+    print(f"machine: {common.machine(workdir)}")
+    if args.profile:
+        print(f"(first import ran under py-spy: {args.profile})")
+    print()
+    print(
+        common.table(
+            ["run", "wall s", "msg/s", "new inbound", "tickets", "messages"],
+            [
+                [
+                    "first import",
+                    f"{first:.2f}",
+                    f"{rate:.0f}",
+                    str(after_first.inbound - before.inbound),
+                    str(after_first.tickets - before.tickets),
+                    str(after_first.messages - before.messages),
+                ],
+                [
+                    "re-run (same mbox)",
+                    f"{second:.2f}",
+                    f"{mbox.messages / second:.0f}",
+                    str(after_second.inbound - after_first.inbound),
+                    str(after_second.tickets - after_first.tickets),
+                    str(after_second.messages - after_first.messages),
+                ],
+                ["empty mbox (start-up)", f"{overhead:.2f}", "-", "-", "-", "-"],
+            ],
+        )
+    )
+    print()
+    print(
+        f"inbound states {after_first.states}; threading of inbound messages by rule "
+        f"{after_first.by_rule}: {threaded} of {mbox.replies} replies by references, "
+        f"{after_first.tickets} tickets for {mbox.conversations} conversations"
+    )
+    print(f"without start-up: {net:.0f} msg/s")
+    print()
+    print("targets:")
+    print(f"  import >= {TARGET} msg/s: {rate:.0f} -> {common.verdict(rate >= TARGET)}")
+    print(f"  re-run imports nothing: {'yes' if unchanged else 'NO'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--size", type=int, default=4096, help="approximate bytes per message")
+    parser.add_argument("--replies", type=float, default=0.3, help="share of replies (0..1)")
+    parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the import")
+    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+    if args.profile:
+        args.profile = args.profile.resolve()
+    workdir = Path(tempfile.mkdtemp(prefix="maildesk-import-", dir=args.workdir))
+    try:
+        run(args, workdir)
+    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+        sys.exit(f"import_mbox: {exc}\n(log and data kept in {workdir})")
+    finally:
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,450 @@
+"""SMTP ingest: how fast maildesk says 250, and how soon the acknowledgement is queued.
+
+Three servers run one after the other on free loopback ports, each loaded by the
+same client: `--connections` processes, each one persistent smtplib session that
+sends its share of `--messages` distinct ~`--size`-byte customer messages.
+
+1. bare aiosmtpd whose handler stores nothing (the ceiling for Python SMTP here);
+2. bare aiosmtpd that writes each message to its own file and fsyncs it (in the
+   default executor, as maildesk stores) before the 250;
+3. `maildesk serve` as a subprocess on a temp config (SQLite in a temp dir, Maildir
+   outbox, web on a free port), after `maildesk init`.
+
+Figures:
+- accepted msg/s, client side: N / (first connect .. last 250), for each server;
+- maildesk only, from its database after the run: processed msg/s
+  (N / (first inbound.received_at .. last inbound.processed_at)), and the latency
+  from acceptance to acknowledgement queued, outbox.created_at - inbound.received_at
+  (inbound -> messages.inbound_id -> ticket -> its acknowledgement outbox row).
+  `created_at` is stamped while the row is built; the batch commits a little later,
+  so the latency to the acknowledgement written to the outbox Maildir
+  (outbox.sent_at - received_at) is printed too, as an upper bound.
+
+Run from the project root with the project's virtualenv:
+
+    .venv/bin/python bench/ingest.py [--messages 2000] [--connections 4] [--size 4096]
+
+`--only maildesk` skips the bare servers; `--profile out.txt` records the daemon
+with py-spy (collapsed stacks; py-spy on PATH or in $PY_SPY) for the whole run.
+Nothing is asserted: the script prints figures and how they compare to the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any
+
+import common
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+KINDS = ("null", "fsync", "maildesk")
+LABELS = {
+    "null": "aiosmtpd, handler stores nothing",
+    "fsync": "aiosmtpd, file + fsync per message",
+    "maildesk": "maildesk serve (SQLite WAL, synchronous=FULL)",
+}
+# The same aiosmtpd options maildesk's listener uses (inbound/smtp.py).
+SMTP_OPTIONS: dict[str, Any] = {
+    "data_size_limit": 25 * 1024 * 1024,
+    "enable_SMTPUTF8": True,
+    "hostname": "bench.localhost",
+    "ident": "bench",
+}
+
+# -- the client ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientRun:
+    messages: int
+    seconds: float  # first connect .. last 250
+    started: float  # time.time() of the first connect
+    finished: float  # time.time() of the last 250
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+
+def _client(
+    port: int, indices: list[int], run: str, size: int, barrier: Barrier, results: Any
+) -> None:
+    """One connection: build its messages, wait for the others, send them in one session."""
+    date = datetime.now(UTC)
+    mails = [
+        (common.sender(i)[1], common.customer_message(i, run=run, size=size, date=date))
+        for i in indices
+    ]
+    barrier.wait()
+    started = time.time()
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.localhost", timeout=120) as smtp:
+        for mail_from, raw in mails:
+            refused = smtp.sendmail(mail_from, [common.SUPPORT], raw)
+            if refused:
+                raise RuntimeError(f"refused: {refused}")
+        finished = time.time()
+    results.put((len(mails), started, finished))
+
+
+def load(port: int, messages: int, connections: int, size: int, run: str) -> ClientRun:
+    """Send `messages` over `connections` concurrent sessions; times the whole load."""
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(connections)
+    results = ctx.Queue()
+    shares = [list(range(k, messages, connections)) for k in range(connections)]
+    procs = [
+        ctx.Process(target=_client, args=(port, share, run, size, barrier, results), daemon=True)
+        for share in shares
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        got = []
+        for _ in procs:
+            got.append(results.get(timeout=600))
+        for proc in procs:
+            proc.join(10)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    if any(proc.exitcode != 0 for proc in procs):
+        raise RuntimeError("an SMTP client failed")
+    sent = sum(n for n, _, _ in got)
+    started = min(s for _, s, _ in got)
+    finished = max(f for _, _, f in got)
+    return ClientRun(sent, finished - started, started, finished)
+
+
+# -- the bare servers -----------------------------------------------------------
+
+
+class NullHandler:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "250 2.0.0 Ok"
+
+
+class FsyncHandler:
+    """Each message into its own new file, fsynced before the 250 (no folder fsync)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.count = 0
+
+    def _write(self, name: str, raw: bytes) -> None:
+        fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, raw)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.count += 1
+        name = f"{self.count}.eml"
+        raw = envelope.original_content or b""
+        await asyncio.get_running_loop().run_in_executor(None, self._write, name, raw)
+        return f"250 2.0.0 Ok: queued as {self.count}"
+
+
+def _bare_server(kind: str, port: int, folder: str) -> None:
+    """Runs in a child process until SIGTERM."""
+    handler: Any = NullHandler() if kind == "null" else FsyncHandler(Path(folder))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        server = await loop.create_server(
+            lambda: SMTP(handler, **SMTP_OPTIONS), host="127.0.0.1", port=port
+        )
+        await stop.wait()
+        server.close()
+
+    asyncio.run(main())
+
+
+@contextmanager
+def bare_server(kind: str, port: int, folder: Path) -> Iterator[None]:
+    proc = mp.get_context("fork").Process(target=_bare_server, args=(kind, port, str(folder)))
+    proc.start()
+    try:
+        common.wait_for(lambda: listening_or_dead(port, proc), 10, f"{kind} server")
+        if not proc.is_alive():
+            raise RuntimeError(f"{kind} server died")
+        yield
+    finally:
+        proc.terminate()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def listening_or_dead(port: int, proc: Any) -> bool:
+    return not proc.is_alive() or common.listening(port)
+
+
+# -- maildesk ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaildeskFigures:
+    processed_rate: float
+    processed_after_last_250: float  # seconds
+    ack_median_ms: float
+    ack_p95_ms: float
+    sent_median_ms: float
+    sent_p95_ms: float
+    states: dict[str, int]
+    acknowledgements: int
+
+
+def healthz(web_port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=5) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def healthy(web_port: int, proc: subprocess.Popen[bytes]) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"maildesk serve exited {proc.returncode}")
+    try:
+        return healthz(web_port).get("status") == "ok"
+    except OSError:
+        return False
+
+
+@contextmanager
+def maildesk_daemon(
+    folder: Path, smtp_port: int, web_port: int, log: Path, profile: Path | None
+) -> Iterator[subprocess.Popen[bytes]]:
+    config = common.write_config(folder, smtp_port, web_port)
+    common.run_maildesk(config, "init", log=log)
+    with ExitStack() as stack:
+        out = stack.enter_context(log.open("ab"))
+        proc = subprocess.Popen(
+            [*common.maildesk_command(), "--config", str(config), "serve"],
+            stdout=out,
+            stderr=out,
+        )
+        stack.callback(common.stop_process, proc)
+        try:
+            common.wait_for(lambda: healthy(web_port, proc), 30, "maildesk /healthz")
+            common.wait_for(lambda: common.listening(smtp_port), 10, "maildesk SMTP")
+        except Exception:
+            sys.stderr.write(log.read_text(errors="replace")[-3000:])
+            raise
+        if profile is not None:
+            spy = start_py_spy(proc.pid, profile)
+            stack.callback(stop_py_spy, spy)
+        yield proc
+
+
+def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    binary = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if not binary:
+        raise RuntimeError("--profile needs py-spy on PATH or in $PY_SPY")
+    spy = subprocess.Popen(
+        [binary, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
+        + ["--threads", "--nonblocking", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # let it attach
+    return spy
+
+
+def stop_py_spy(spy: subprocess.Popen[bytes]) -> None:
+    if spy.poll() is None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+
+
+def wait_processed(web_port: int, messages: int, proc: subprocess.Popen[bytes]) -> None:
+    def done() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"maildesk serve exited {proc.returncode}")
+        counts = healthz(web_port)
+        return counts.get("inbound_pending") == 0 and counts.get("outbox_pending") == 0
+
+    common.wait_for(done, 120 + messages / 20, "inbound and outbox to drain", interval=0.05)
+
+
+def maildesk_figures(db: Path, client: ClientRun) -> MaildeskFigures:
+    rows = common.db_rows(
+        db,
+        """
+        SELECT i.received_at, i.processed_at, o.created_at, o.sent_at
+        FROM inbound i
+        LEFT JOIN messages m ON m.inbound_id = i.id
+        LEFT JOIN outbox o ON o.ticket_id = m.ticket_id AND o.kind = 'acknowledgement'
+        ORDER BY i.id
+        """,
+    )
+    states = dict(common.db_rows(db, "SELECT state, count(*) FROM inbound GROUP BY state"))
+    received = [common.timestamp(r[0]) for r in rows]
+    processed = [common.timestamp(r[1]) for r in rows]
+    first = min(t for t in received if t)
+    last = max(t for t in processed if t)
+    queued: list[float] = []
+    sent: list[float] = []
+    for got, _, created, sent_at in rows:
+        got_at, created_at, sent_at_t = map(common.timestamp, (got, created, sent_at))
+        if got_at and created_at:
+            queued.append(common.seconds(created_at - got_at) * 1000)
+        if got_at and sent_at_t:
+            sent.append(common.seconds(sent_at_t - got_at) * 1000)
+    last_250 = datetime.fromtimestamp(client.finished, UTC)
+    return MaildeskFigures(
+        processed_rate=len(rows) / max(common.seconds(last - first), 1e-9),
+        processed_after_last_250=common.seconds(last - last_250),
+        ack_median_ms=common.median(queued) if queued else float("nan"),
+        ack_p95_ms=common.percentile(queued, 95) if queued else float("nan"),
+        sent_median_ms=common.median(sent) if sent else float("nan"),
+        sent_p95_ms=common.percentile(sent, 95) if sent else float("nan"),
+        states=states,
+        acknowledgements=len(queued),
+    )
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, workdir: Path) -> None:
+    kinds = [k for k in KINDS if k in args.only.split(",")]
+    run_id = f"bench{os.getpid()}x{int(time.time())}"
+    accepted: dict[str, ClientRun] = {}
+    figures: MaildeskFigures | None = None
+    for kind in kinds:
+        folder = workdir / kind
+        folder.mkdir()
+        print(f"-- {LABELS[kind]}", file=sys.stderr, flush=True)
+        if kind == "maildesk":
+            smtp_port, web_port = common.free_port(), common.free_port()
+            log = folder / "maildesk.log"
+            with maildesk_daemon(folder, smtp_port, web_port, log, args.profile) as proc:
+                print(f"   daemon pid {proc.pid}, log {log}", file=sys.stderr, flush=True)
+                accepted[kind] = load(smtp_port, args.messages, args.connections, args.size, run_id)
+                wait_processed(web_port, args.messages, proc)
+            figures = maildesk_figures(folder / "maildesk.db", accepted[kind])
+        else:
+            port = common.free_port()
+            with bare_server(kind, port, folder):
+                accepted[kind] = load(port, args.messages, args.connections, args.size, run_id)
+            if kind == "fsync":
+                stored = len(list(folder.glob("*.eml")))
+                if stored != args.messages:
+                    raise RuntimeError(f"fsync server stored {stored} of {args.messages}")
+        print(f"   accepted {accepted[kind].rate:.0f} msg/s", file=sys.stderr, flush=True)
+    report(args, workdir, accepted, figures)
+
+
+def report(
+    args: argparse.Namespace,
+    workdir: Path,
+    accepted: dict[str, ClientRun],
+    figures: MaildeskFigures | None,
+) -> None:
+    bare = accepted.get("null")
+    rows = []
+    for kind, client in accepted.items():
+        ratio = f"{client.rate / bare.rate:.2f}" if bare else "-"
+        row = [LABELS[kind], f"{client.rate:.0f}", ratio, "", "", ""]
+        if kind == "maildesk" and figures:
+            row[3:] = [
+                f"{figures.processed_rate:.0f}",
+                f"{figures.ack_median_ms:.0f} / {figures.ack_p95_ms:.0f}",
+                f"{figures.sent_median_ms:.0f} / {figures.sent_p95_ms:.0f}",
+            ]
+        rows.append(row)
+    print()
+    print(
+        f"SMTP ingest: {args.messages} messages of ~{args.size} bytes, "
+        f"{args.connections} persistent connections"
+    )
+    print(f"machine: {common.machine(workdir)}")
+    print()
+    print(
+        common.table(
+            [
+                "server",
+                "accepted msg/s",
+                "vs bare",
+                "processed msg/s",
+                "ack queued ms (median / p95)",
+                "ack in outbox Maildir ms (median / p95)",
+            ],
+            rows,
+        )
+    )
+    if figures:
+        print()
+        print(
+            f"maildesk: inbound states {figures.states}, {figures.acknowledgements} "
+            f"acknowledgements queued; last row processed "
+            f"{figures.processed_after_last_250 * 1000:.0f} ms after the last 250"
+        )
+    print()
+    print("targets:")
+    md = accepted.get("maildesk")
+    if md and bare:
+        share = md.rate / bare.rate
+        print(f"  accepted >= 60% of bare: {share:.0%} -> {common.verdict(share >= 0.6)}")
+    if figures:
+        ok = figures.processed_rate >= 500
+        print(f"  processed >= 500 msg/s: {figures.processed_rate:.0f} -> {common.verdict(ok)}")
+        ok = figures.ack_median_ms <= 100
+        print(
+            f"  median ack queued <= 100 ms: {figures.ack_median_ms:.0f} ms -> {common.verdict(ok)}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--size", type=int, default=4096, help="approximate bytes per message")
+    parser.add_argument("--only", default=",".join(KINDS), help="comma list of " + ",".join(KINDS))
+    parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the daemon")
+    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+    if args.profile:
+        args.profile = args.profile.resolve()
+    workdir = Path(tempfile.mkdtemp(prefix="maildesk-ingest-", dir=args.workdir))
+    try:
+        run(args, workdir)
+    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+        sys.exit(f"ingest: {exc}\n(logs and data kept in {workdir})")
+    finally:
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

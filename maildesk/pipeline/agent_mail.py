@@ -1,0 +1,216 @@
+"""Mail from a proven agent: commands, the relay to the customer, notes, phone intake.
+
+The agent's own message is kept as an internal record; what the customer gets
+is a separate outbound message from the support address, carrying only the
+agent's new text (quotes, signature and command lines removed). A mail with
+any invalid command changes nothing and sends nothing to the customer: the
+agent gets the errors back instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.message import ParsedMessage
+from maildesk.models import Agent, Inbound, Message, Participant, Person, Ticket
+from maildesk.outbound.compose import Attachment
+from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
+from maildesk.pipeline.notices import Notices
+from maildesk.replies import new_text
+from maildesk.tickets import commands
+from maildesk.tickets.agents import Agents
+from maildesk.tickets.lifecycle import Lifecycle
+from maildesk.tickets.service import NewMessage, Tickets
+
+_CONTENT_LINE = 12  # note lines shorter than this are too common to count as leaks
+
+
+@dataclass(frozen=True)
+class AgentMail:
+    row: Inbound
+    message: ParsedMessage
+    agent: Agent
+    ticket: Ticket | None
+    rule: str
+
+
+class AgentFlow:
+    def __init__(self, notifier: Notifier, notices: Notices, default_language: str) -> None:
+        self.notifier = notifier
+        self.notices = notices
+        self.default_language = default_language
+
+    def handle(self, session: Session, mail: AgentMail, now: datetime) -> int:
+        """Apply one agent mail; returns the number of outbound messages queued."""
+        parsed = commands.parse(new_text(mail.message.text))
+        errors = [*parsed.errors, *self._problems(session, mail, parsed)]
+        if errors:
+            return self.notices.command_errors(
+                session, mail.ticket, mail.message, mail.agent, errors
+            )
+        tickets = Tickets(session)
+        lifecycle = Lifecycle(session, now)
+        queued = 0
+        ticket = mail.ticket
+        intake = parsed.get("customer")
+        if ticket is None:
+            assert intake is not None  # _problems refused the other case
+            ticket = self._open_for_customer(tickets, mail, intake.arg, now)
+        self._record(tickets, ticket, mail, parsed, now)
+        via = "command" if parsed.commands else "mail"
+        lifecycle.agent_acted(ticket, mail.agent, via)
+        old_priority = ticket.priority
+        for name in ("type", "priority", "assign", "status"):
+            command = parsed.get(name)
+            if command is not None:
+                field = "owner" if name == "assign" else name
+                value = mail.agent.email if command.arg == "me" else command.arg
+                lifecycle.change(ticket, field, value, mail.agent.email, "command")
+        if intake is not None:
+            queued += self.notices.acknowledge(session, ticket, answering=None)
+        if ticket.priority == "critical" and old_priority != "critical":
+            queued += self.notices.to_agents(
+                session, ticket, "critical", mail.message, everyone=True
+            )
+        paid = parsed.get("paid")
+        if paid is not None:
+            lifecycle.change(ticket, "paid", "pending", mail.agent.email, "command")
+            ticket.paid_note = paid.arg
+            lifecycle.change(ticket, "status", "waiting_customer", mail.agent.email, "command")
+            return queued + self.notices.paid_notice(session, ticket, mail.agent, parsed.body)
+        if parsed.get("note") is not None or intake is not None:
+            return queued
+        body = _without_internal_lines(session, ticket, parsed.body)
+        if body.strip():
+            if parsed.get("status") is None:
+                lifecycle.agent_replied(ticket, mail.agent, "mail")
+            return queued + self._relay(session, ticket, mail, body)
+        if parsed.get("status") is not None and ticket.status in ("resolved", "closed"):
+            queued += self.notices.status_notice(session, ticket)
+        return queued
+
+    def _problems(self, session: Session, mail: AgentMail, parsed: commands.Commands) -> list[str]:
+        problems = []
+        intake = parsed.get("customer")
+        if mail.ticket is None and intake is None:
+            problems.append(
+                "this mail answers no ticket; to open one for a customer, "
+                "start with #customer EMAIL"
+            )
+        if mail.ticket is not None and intake is not None:
+            problems.append(f"#customer opens a new ticket; this mail answers #{mail.ticket.id}")
+        assign = parsed.get("assign")
+        if assign and assign.arg != "me" and Agents(session).by_email(assign.arg) is None:
+            problems.append(f"#assign {assign.arg}: not an agent")
+        if parsed.get("paid") is not None:
+            type_command = parsed.get("type")
+            ticket_type = type_command.arg if type_command else (mail.ticket and mail.ticket.type)
+            if ticket_type != "modification":
+                problems.append(
+                    "#paid: only a modification can be paid work (add #type modification)"
+                )
+        return problems
+
+    def _open_for_customer(
+        self, tickets: Tickets, mail: AgentMail, email: str, now: datetime
+    ) -> Ticket:
+        customer = tickets.person(email, "", now)
+        subject = re.sub(r"^\s*(fwd?|fw|tr|re)\s*:\s*", "", mail.message.subject, flags=re.I)
+        ticket = tickets.open(customer, subject, customer.language or self.default_language, now)
+        ticket.channel = "phone"
+        return ticket
+
+    def _record(
+        self,
+        tickets: Tickets,
+        ticket: Ticket,
+        mail: AgentMail,
+        parsed: commands.Commands,
+        now: datetime,
+    ) -> None:
+        message = mail.message
+        tickets.add_message(
+            ticket,
+            NewMessage(
+                message_id=message.message_id,
+                direction="in",
+                kind="note" if parsed.get("note") is not None else "agent",
+                from_addr=message.from_addr,
+                from_name=message.from_name,
+                subject=message.subject,
+                body_text=parsed.body,
+                created_at=now,
+                to_addrs=message.to,
+                cc_addrs=message.cc,
+                references=message.thread_ids,
+                thread_rule=mail.rule,
+                inbound_id=mail.row.id,
+                attachments=tuple(
+                    (a.filename, a.content_type, a.data) for a in message.attachments
+                ),
+                internal=True,
+            ),
+        )
+
+    def _relay(self, session: Session, ticket: Ticket, mail: AgentMail, body: str) -> int:
+        people = session.execute(
+            select(Person.email, Person.name, Participant.role)
+            .join(Participant, Participant.person_id == Person.id)
+            .where(Participant.ticket_id == ticket.id)
+            .order_by(Participant.role.desc(), Person.id)  # the requester first
+        ).all()
+        recipients = [Recipient(email, name) for email, name, _role in people]
+        support = self.notifier.settings.support
+        agent_name = mail.agent.name or mail.message.from_name or mail.agent.email.partition("@")[0]
+        self.notifier.notify(
+            session,
+            ticket,
+            "agent_reply",
+            recipients,
+            language=ticket.language,
+            answering=customer_thread(session, ticket),
+            automatic=False,
+            sender_name=f"{agent_name} ({support.name})",
+            extra={"reply": {"text": body, "agent_name": agent_name}},
+            attachments=tuple(
+                Attachment(a.filename, a.content_type, a.data) for a in mail.message.attachments
+            ),
+        )
+        return 1
+
+
+def customer_thread(session: Session, ticket: Ticket) -> InReplyTo | None:
+    """The customer-visible thread, newest last, so a reply keeps the customer's thread."""
+    ids = list(
+        session.scalars(
+            select(Message.message_id)
+            .where(Message.ticket_id == ticket.id, Message.internal.is_(False))
+            .order_by(Message.id)
+        )
+    )
+    return InReplyTo(ids[-1], tuple(ids[:-1])) if ids else None
+
+
+def _normalize(line: str) -> str:
+    return " ".join(line.lstrip("> ").split()).lower()
+
+
+def _without_internal_lines(session: Session, ticket: Ticket, text: str) -> str:
+    """Drop any line that repeats an internal note: a note must not leak, not even quoted."""
+    notes = session.scalars(
+        select(Message.body_text).where(Message.ticket_id == ticket.id, Message.kind == "note")
+    )
+    secret = {
+        _normalize(line)
+        for body in notes
+        for line in body.splitlines()
+        if len(_normalize(line)) >= _CONTENT_LINE
+    }
+    if not secret:
+        return text
+    return "\n".join(line for line in text.splitlines() if _normalize(line) not in secret)

@@ -1,0 +1,150 @@
+"""Which notification goes to whom, for each thing that happens to a ticket.
+
+Customers get: the acknowledgement, the agent's reply, the paid-work notice,
+and the resolved/closed notices. Agents get: new tickets and customer replies
+(the owner, or all agents while nobody owns the ticket), critical alerts (all
+agents), the answer to a paid-work notice, and errors in their commands.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from maildesk.message import ParsedMessage
+from maildesk.models import Agent, Ticket
+from maildesk.outbound.compose import Attachment
+from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
+from maildesk.tickets import commands
+from maildesk.tickets.agents import Agents
+from maildesk.tickets.lifecycle import APPROVE_WORDS, CONFIRM_WORDS, DECLINE_WORDS
+from maildesk.web.links import PaidLinks
+
+
+class Notices:
+    def __init__(self, notifier: Notifier, links: PaidLinks, staff_language: str) -> None:
+        self.notifier = notifier
+        self.links = links
+        self.staff_language = staff_language
+
+    # -- to the customer -----------------------------------------------------
+
+    def acknowledge(self, session: Session, ticket: Ticket, answering: InReplyTo | None) -> int:
+        requester = ticket.requester
+        self.notifier.notify(
+            session,
+            ticket,
+            "acknowledgement",
+            Recipient(requester.email, requester.name),
+            language=ticket.language,
+            answering=answering,
+        )
+        return 1
+
+    def status_notice(self, session: Session, ticket: Ticket) -> int:
+        """Tell the customer their ticket was resolved (confirm or dispute) or closed."""
+        requester = ticket.requester
+        self.notifier.notify(
+            session,
+            ticket,
+            "resolved" if ticket.status == "resolved" else "closed",
+            Recipient(requester.email, requester.name),
+            language=ticket.language,
+            extra={"words": {"confirm": _word(CONFIRM_WORDS, ticket.language)}},
+        )
+        return 1
+
+    def paid_notice(self, session: Session, ticket: Ticket, agent: Agent, body: str) -> int:
+        """Before paid work starts, the reporter is told and asked to approve."""
+        requester = ticket.requester
+        self.notifier.notify(
+            session,
+            ticket,
+            "paid_notice",
+            Recipient(requester.email, requester.name),
+            language=ticket.language,
+            automatic=False,
+            extra={
+                "paid": {
+                    "price": ticket.paid_note,
+                    "text": body,
+                    "approve_url": self.links.url(ticket.id, "approve"),
+                    "decline_url": self.links.url(ticket.id, "decline"),
+                    "approve_word": _word(APPROVE_WORDS, ticket.language),
+                    "decline_word": _word(DECLINE_WORDS, ticket.language),
+                },
+                "agent": {"name": agent.name or agent.email},
+            },
+        )
+        return 1
+
+    # -- to agents -------------------------------------------------------------
+
+    def to_agents(
+        self,
+        session: Session,
+        ticket: Ticket,
+        event: str,
+        message: ParsedMessage | None,
+        *,
+        everyone: bool = False,
+        text: str = "",
+    ) -> int:
+        """Notify the owner (or every agent) about `event`; returns how many mails were queued."""
+        agents = Agents(session).active()
+        if not everyone and ticket.owner is not None and ticket.owner.active:
+            agents = [ticket.owner]
+        attachments: tuple[Attachment, ...] = ()
+        if message is not None:
+            attachments = tuple(
+                Attachment(a.filename, a.content_type, a.data) for a in message.attachments
+            )
+        for agent in agents:
+            self.notifier.notify(
+                session,
+                ticket,
+                "agent_notification",
+                Recipient(agent.email, agent.name, agent_id=agent.id),
+                language=self.staff_language,
+                answering=InReplyTo(message.message_id) if message else None,
+                automatic=True,
+                extra={
+                    "event": event,
+                    "message": {
+                        "from": message.from_addr if message else "",
+                        "from_name": message.from_name if message else "",
+                        "text": text or (message.text if message else ""),
+                    },
+                    "commands_help": commands.HELP,
+                },
+                attachments=attachments,
+            )
+        return len(agents)
+
+    def command_errors(
+        self,
+        session: Session,
+        ticket: Ticket | None,
+        message: ParsedMessage,
+        agent: Agent,
+        errors: list[str],
+    ) -> int:
+        """Tell the agent what was wrong; nothing at all reaches the customer."""
+        self.notifier.notify_untied(
+            session,
+            ticket,
+            "agent_error",
+            Recipient(agent.email, agent.name, agent_id=agent.id),
+            language=self.staff_language,
+            answering=InReplyTo(message.message_id),
+            extra={
+                "errors": errors,
+                "commands_help": commands.HELP,
+                "original_subject": message.subject,
+            },
+        )
+        return 1
+
+
+def _word(words: tuple[str, str], language: str) -> str:
+    """The word the template suggests: Czech first in the tuple, English second."""
+    return words[0] if language == "cs" else words[1]

@@ -1,0 +1,85 @@
+"""Commands by mail: `#status resolved`, `#assign me`, … at the top of an agent's reply.
+
+Parsing only: which commands, with which arguments, and what is wrong with
+them. Applying them is the agent flow's job. Commands are the `#word` lines
+before the first line of ordinary text; they never reach the customer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from maildesk.models import PRIORITIES, STATUSES, TYPES
+
+_LINE = re.compile(r"^#([a-z]+)\b[ \t]*(.*)$", re.IGNORECASE)
+_EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9.-]+$")
+
+HELP = """\
+#status new|accepted|waiting_customer|resolved|closed
+#type modification|bug|consultation
+#priority critical|normal|low
+#assign me|EMAIL
+#paid PRICE TEXT      (modification tickets: the customer approves before work starts)
+#note                 (the whole reply stays internal)
+#customer EMAIL       (first line of a new mail: open a ticket for that customer)"""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    arg: str
+
+
+@dataclass(frozen=True)
+class Commands:
+    commands: tuple[Command, ...]
+    errors: tuple[str, ...]
+    body: str  # the text after the command lines
+
+    def get(self, name: str) -> Command | None:
+        return next((c for c in self.commands if c.name == name), None)
+
+
+def parse(text: str) -> Commands:
+    lines = text.splitlines()
+    commands: list[Command] = []
+    errors: list[str] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index].strip()
+        match = _LINE.match(line)
+        if not line and not commands:
+            index += 1
+            continue
+        if not match:
+            break
+        name, arg = match.group(1).lower(), match.group(2).strip()
+        error = _check(name, arg)
+        if error:
+            errors.append(f"{line}: {error}")
+        else:
+            commands.append(Command(name, arg.lower() if name in _LOWERED else arg))
+        index += 1
+    body = "\n".join(lines[index:]).strip("\n")
+    return Commands(tuple(commands), tuple(errors), body)
+
+
+_LOWERED = {"status", "type", "priority", "assign", "customer"}
+
+
+def _check(name: str, arg: str) -> str:
+    value = arg.lower()
+    choices = {"status": STATUSES, "type": TYPES, "priority": PRIORITIES}
+    if name in choices:
+        allowed = choices[name]
+        return "" if value in allowed else f"must be one of {', '.join(allowed)}"
+    if name == "assign":
+        return "" if value == "me" or _EMAIL.match(value) else "must be 'me' or an address"
+    if name == "customer":
+        return "" if _EMAIL.match(value) else "must be the customer's address"
+    if name == "paid":
+        return "" if arg else "write the price, e.g. #paid 4 hours, 6 000 CZK"
+    if name == "note":
+        return ""
+    return "unknown command"

@@ -1,0 +1,151 @@
+"""The ticket life from the support policy, and the record of every change.
+
+    new → accepted → waiting_customer → resolved → closed
+
+Every change of status, type, priority, owner or payment goes through
+`Lifecycle.change`, which writes an `Event` (who, when, how) in the caller's
+transaction. The rules for what a reply does live here too, so that mail,
+the web and the scheduler all move tickets the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.models import Agent, Event, Ticket
+from maildesk.replies import has_word, is_only_thanks
+
+# Words a customer may reply with; the templates suggest them. Both languages
+# are always understood, whatever the customer's language.
+CONFIRM_WORDS = ("POTVRZUJI", "CONFIRM")
+APPROVE_WORDS = ("SCHVALUJI", "APPROVE")
+DECLINE_WORDS = ("ODMITAM", "DECLINE")
+
+OPEN_STATUSES = ("new", "accepted", "waiting_customer")
+
+
+@dataclass(frozen=True)
+class Change:
+    field: str
+    old: str | None
+    new: str | None
+
+
+class Lifecycle:
+    def __init__(self, session: Session, now: datetime) -> None:
+        self.session = session
+        self.now = now
+
+    def change(
+        self, ticket: Ticket, field: str, new: str | None, actor: str, via: str
+    ) -> Change | None:
+        """Set one field and record the event; None when nothing changed."""
+        old = _field_value(ticket, field)
+        if old == new:
+            return None
+        if field == "status":
+            ticket.status = new or "new"
+            if new == "resolved":
+                ticket.resolved_at = self.now
+            if new == "closed":
+                ticket.closed_at = self.now
+            if new in OPEN_STATUSES:
+                ticket.closed_at = None
+                ticket.resolved_at = None
+        elif field == "type":
+            ticket.type = new
+        elif field == "priority":
+            ticket.priority = new or "normal"
+        elif field == "owner":
+            ticket.owner_id = _agent_id(self.session, new)
+            self.session.flush()
+            self.session.expire(ticket, ["owner"])
+        elif field == "paid":
+            ticket.paid_state = new
+        else:  # pragma: no cover - a programming error, not input
+            raise ValueError(f"unknown ticket field {field}")
+        ticket.updated_at = self.now
+        self.session.add(
+            Event(
+                ticket_id=ticket.id,
+                at=self.now,
+                actor=actor,
+                field=field,
+                old=old,
+                new=new,
+                via=via,
+            )
+        )
+        return Change(field, old, new)
+
+    def agent_acted(self, ticket: Ticket, agent: Agent, via: str) -> None:
+        """The first agent to act on a new ticket accepts it and, if unassigned, owns it."""
+        if ticket.owner_id is None:
+            self.change(ticket, "owner", agent.email, agent.email, via)
+        if ticket.status == "new":
+            self.change(ticket, "status", "accepted", agent.email, via)
+
+    def agent_replied(self, ticket: Ticket, agent: Agent, via: str) -> None:
+        """A reply without #status means the ball is in the customer's court."""
+        if ticket.status in ("new", "accepted"):
+            self.change(ticket, "status", "waiting_customer", agent.email, via)
+
+    def customer_replied(self, ticket: Ticket, text: str, actor: str) -> str:
+        """Move the ticket for a customer's reply; returns what the reply meant.
+
+        "approved"/"declined" answer a paid-work notice; "confirmed" closes a
+        resolved ticket; "disputed" reopens it; "reply" is anything else.
+        """
+        if ticket.paid_state == "pending":
+            if has_word(text, APPROVE_WORDS):
+                self.change(ticket, "paid", "approved", actor, "mail")
+                self.change(ticket, "status", "accepted", actor, "mail")
+                return "approved"
+            if has_word(text, DECLINE_WORDS):
+                self.change(ticket, "paid", "declined", actor, "mail")
+                self.change(ticket, "status", "accepted", actor, "mail")
+                return "declined"
+        if ticket.status == "resolved":
+            if has_word(text, CONFIRM_WORDS) or is_only_thanks(text):
+                self.change(ticket, "status", "closed", actor, "mail")
+                return "confirmed"
+            self.change(ticket, "status", "accepted", actor, "mail")
+            return "disputed"
+        if ticket.status == "waiting_customer" and ticket.paid_state != "pending":
+            self.change(ticket, "status", "accepted", actor, "mail")
+        return "reply"
+
+    def autoclose_candidates(self, days: int, limit: int = 100) -> list[Ticket]:
+        """Resolved tickets nobody disputed for `days`, locked for this transaction."""
+        cutoff = self.now - timedelta(days=days)
+        return list(
+            self.session.scalars(
+                select(Ticket)
+                .where(Ticket.status == "resolved", Ticket.resolved_at <= cutoff)
+                .order_by(Ticket.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+
+
+def _field_value(ticket: Ticket, field: str) -> str | None:
+    if field == "owner":
+        return ticket.owner.email if ticket.owner else None
+    if field == "paid":
+        return ticket.paid_state
+    value = getattr(ticket, field)
+    return str(value) if value is not None else None
+
+
+def _agent_id(session: Session, email: str | None) -> int | None:
+    if email is None:
+        return None
+    agent = session.scalar(select(Agent).where(Agent.email == email.lower()))
+    if agent is None:
+        raise ValueError(f"{email} is not an agent")
+    return agent.id

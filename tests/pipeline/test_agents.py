@@ -1,0 +1,311 @@
+"""Agents by mail: recognizing them safely, relaying replies, commands, the lifecycle."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from maildesk.app import Services
+from maildesk.models import Outbox
+from tests.conftest import make_mail
+from tests.helpers import outbox_rows, receive, ticket
+
+AGENT = "agent@example.test"
+
+
+def parsed(row: Outbox) -> EmailMessage:
+    return email.message_from_bytes(row.raw, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def to_agent(services: Services) -> list[EmailMessage]:
+    return [parsed(r) for r in outbox_rows(services) if r.recipients == [AGENT]]
+
+
+def to_customer(services: Services, address: str = "alice@customer.test") -> list[EmailMessage]:
+    return [parsed(r) for r in outbox_rows(services) if address in r.recipients]
+
+
+def body(msg: EmailMessage) -> str:
+    part = msg.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def agent_reply(services: Services, notification: EmailMessage, text: str, **headers: str) -> int:
+    """The agent answers a notification from their mail client (Reply-To and In-Reply-To kept)."""
+    reply_to = notification["Reply-To"].addresses[0].addr_spec
+    raw = make_mail(
+        subject=f"Re: {notification['Subject']}",
+        sender="Agnes Agent <agent@example.test>",
+        to=reply_to,
+        body=text,
+        In_Reply_To=notification["Message-ID"],
+        References=notification["Message-ID"],
+        **headers,
+    )
+    return receive(services, raw, mail_from=AGENT, rcpt_to=(reply_to,))
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+    config_values["agents"]["addresses"] = [AGENT]
+    return config_values
+
+
+@pytest.fixture
+def opened(services: Services) -> EmailMessage:
+    """Alice opened ticket 1; returns the agent's notification of it."""
+    receive(services, make_mail(message_id="<alice1@customer.test>"))
+    [notification] = to_agent(services)
+    return notification
+
+
+def test_new_ticket_notifies_the_agent_with_the_customers_text(
+    services: Services, opened: EmailMessage
+) -> None:
+    assert "[#1]" in opened["Subject"]
+    assert "prints only blank pages" in body(opened)
+    assert "Status: new" in body(opened)
+    reply_to = opened["Reply-To"].addresses[0].addr_spec
+    assert reply_to.startswith("support+t1a")
+
+
+def test_agent_reply_is_relayed_from_the_support_address(
+    services: Services, opened: EmailMessage
+) -> None:
+    agent_reply(services, opened, "Please restart the printer.\n\n> quoted notification text\n")
+
+    [ack, relay] = to_customer(services)
+    assert relay["From"].addresses[0].addr_spec == "support@example.test"
+    assert relay["From"].addresses[0].display_name == "Agnes Agent (Example Support)"
+    assert AGENT not in relay.as_string()
+    assert "Please restart the printer." in body(relay)
+    assert "quoted notification text" not in body(relay)
+    assert relay["In-Reply-To"] == ack["Message-ID"]
+    state = ticket(services, 1)
+    assert state["status"] == "waiting_customer"  # a reply without #status
+    assert state["owner"] == AGENT  # the first agent to act owns it
+
+
+def test_forged_agent_sender_is_a_customer_message(
+    services: Services, opened: EmailMessage
+) -> None:
+    forged = make_mail(
+        subject="Re: [#1] Printer broken",
+        sender="agent@example.test",
+        body="#status closed\nDone, bye.",
+        In_Reply_To="<alice1@customer.test>",
+    )
+    receive(services, forged, mail_from=AGENT)
+
+    state = ticket(services, 1)
+    assert state["status"] == "new"  # no command ran
+    last = state["messages"][-1]
+    assert (last["kind"], last["flag"]) == ("participant", "forged-agent")
+    assert len(to_customer(services)) == 1  # only the acknowledgement: nothing relayed
+    warning = to_agent(services)[-1]
+    assert "Unverified mail from an agent address" in warning["Subject"]
+
+
+def test_agent_with_dkim_pass_from_trusted_host_is_recognized(
+    config_values: dict[str, Any], tmp_path: Any, clock: Any
+) -> None:
+    from maildesk.app import build
+    from maildesk.config import from_mapping
+
+    config_values["agents"]["trusted_authserv_ids"] = ["mx.example.test"]
+    services = build(from_mapping(config_values, base_dir=tmp_path), clock)
+    services.prepare()
+    receive(services, make_mail(message_id="<alice1@customer.test>"))
+    mail = make_mail(
+        subject="Re: [#1] Printer broken",
+        sender="agent@example.test",
+        body="#status resolved\nFixed the driver.",
+        In_Reply_To="<alice1@customer.test>",
+        Authentication_Results="mx.example.test; dkim=pass header.d=example.test",
+    )
+    receive(services, mail, mail_from=AGENT)
+    assert ticket(services, 1)["status"] == "resolved"
+
+
+def test_authentication_results_from_an_untrusted_host_prove_nothing(
+    services: Services, opened: EmailMessage
+) -> None:
+    mail = make_mail(
+        subject="Re: [#1] Printer broken",
+        sender="agent@example.test",
+        body="#status resolved\nFixed.",
+        In_Reply_To="<alice1@customer.test>",
+        Authentication_Results="evil.test; dkim=pass header.d=example.test",
+    )
+    receive(services, mail, mail_from=AGENT)
+    assert ticket(services, 1)["status"] == "new"
+
+
+@pytest.mark.parametrize(
+    ("command", "field", "value"),
+    [
+        ("#status resolved", "status", "resolved"),
+        ("#type bug", "type", "bug"),
+        ("#priority low", "priority", "low"),
+        ("#assign me", "owner", AGENT),
+    ],
+)
+def test_each_command_changes_the_ticket_and_is_not_relayed(
+    services: Services, opened: EmailMessage, command: str, field: str, value: str
+) -> None:
+    agent_reply(services, opened, f"{command}\nHello Alice, see you.")
+
+    state = ticket(services, 1)
+    assert state[field] == value
+    relay = to_customer(services)[-1]
+    assert "#" not in body(relay).split("Hello Alice")[0]
+    assert command not in body(relay)
+    events = [e for e in state["events"] if e["field"] == field]
+    assert events[-1]["new"] == value
+    assert events[-1]["actor"] == AGENT
+    assert events[-1]["via"] == "command"
+
+
+def test_unknown_command_gets_the_agent_an_error_and_the_customer_nothing(
+    services: Services, opened: EmailMessage
+) -> None:
+    agent_reply(services, opened, "#stauts resolved\nAll fixed.")
+
+    assert len(to_customer(services)) == 1  # the acknowledgement only
+    error = to_agent(services)[-1]
+    assert "Not sent" in error["Subject"]
+    assert "#stauts resolved: unknown command" in body(error)
+    assert ticket(services, 1)["status"] == "new"
+
+
+def test_invalid_value_is_refused(services: Services, opened: EmailMessage) -> None:
+    agent_reply(services, opened, "#priority urgent\nOn it.")
+    assert "must be one of critical, normal, low" in body(to_agent(services)[-1])
+    assert ticket(services, 1)["priority"] == "normal"
+
+
+def test_note_stays_internal_even_when_quoted_later(
+    services: Services, opened: EmailMessage
+) -> None:
+    agent_reply(services, opened, "#note\nCustomer owes us two invoices, be careful.")
+    assert len(to_customer(services)) == 1
+    # Later the agent answers and their client left the note in the text.
+    agent_reply(services, opened, "We are on it.\nCustomer owes us two invoices, be careful.\n")
+    relay = to_customer(services)[-1]
+    assert "We are on it." in body(relay)
+    assert "invoices" not in body(relay)
+
+
+def test_customer_reply_to_waiting_moves_it_to_accepted(
+    services: Services, opened: EmailMessage
+) -> None:
+    agent_reply(services, opened, "Which model is it?")
+    relay = to_customer(services)[-1]
+    receive(
+        services,
+        make_mail(
+            subject=f"Re: {relay['Subject']}", body="A LaserJet 4.", In_Reply_To=relay["Message-ID"]
+        ),
+    )
+    assert ticket(services, 1)["status"] == "accepted"
+    assert "A LaserJet 4." in body(to_agent(services)[-1])  # the owner is told
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        ("Thanks!", "closed"),
+        ("Děkuji", "closed"),
+        ("CONFIRM", "closed"),
+        ("Thanks, but it still prints blank pages.", "accepted"),
+    ],
+)
+def test_customer_answer_to_resolved(
+    services: Services, opened: EmailMessage, answer: str, status: str
+) -> None:
+    agent_reply(services, opened, "#status resolved\nNew driver installed.")
+    relay = to_customer(services)[-1]
+    receive(
+        services,
+        make_mail(subject=f"Re: {relay['Subject']}", body=answer, In_Reply_To=relay["Message-ID"]),
+    )
+    assert ticket(services, 1)["status"] == status
+
+
+def test_paid_modification_waits_for_the_customers_approval(
+    services: Services, opened: EmailMessage
+) -> None:
+    agent_reply(services, opened, "#type modification\n#paid 4 hours, 6 000 CZK\nWe can do it.")
+
+    notice = to_customer(services)[-1]
+    text = body(notice)
+    assert "6 000 CZK" in text and "APPROVE" in text and "/paid?token=" in text
+    assert ticket(services, 1)["status"] == "waiting_customer"
+    assert ticket(services, 1)["paid"] == "pending"
+
+    receive(
+        services,
+        make_mail(
+            subject=f"Re: {notice['Subject']}",
+            body="APPROVE\nGo ahead.",
+            In_Reply_To=notice["Message-ID"],
+        ),
+    )
+    state = ticket(services, 1)
+    assert (state["paid"], state["status"]) == ("approved", "accepted")
+    assert "APPROVED the paid work" in to_agent(services)[-1]["Subject"]
+
+
+def test_paid_on_a_bug_is_refused(services: Services, opened: EmailMessage) -> None:
+    agent_reply(services, opened, "#type bug\n#paid 100 CZK")
+    assert "only a modification can be paid" in body(to_agent(services)[-1])
+    assert ticket(services, 1)["paid"] is None
+
+
+def test_critical_priority_alerts_every_agent(
+    config_values: dict[str, Any], tmp_path: Any, clock: Any
+) -> None:
+    from maildesk.app import build
+    from maildesk.config import from_mapping
+
+    config_values["agents"]["addresses"] = [AGENT, "second@example.test"]
+    services = build(from_mapping(config_values, base_dir=tmp_path), clock)
+    services.prepare()
+    receive(services, make_mail())
+    first = next(m for m in (parsed(r) for r in outbox_rows(services)) if m["To"] == AGENT)
+    agent_reply(services, first, "#priority critical\nLooking at it right now.")
+
+    alerts = [r for r in outbox_rows(services) if "CRITICAL" in parsed(r)["Subject"]]
+    assert sorted(r.recipients[0] for r in alerts) == [AGENT, "second@example.test"]
+
+
+def test_phone_intake_opens_a_ticket_for_the_customer(
+    config_values: dict[str, Any], tmp_path: Any, clock: Any
+) -> None:
+    from maildesk.app import build
+    from maildesk.config import from_mapping
+
+    config_values["agents"]["trusted_authserv_ids"] = ["mx.example.test"]
+    services = build(from_mapping(config_values, base_dir=tmp_path), clock)
+    services.prepare()
+    intake = make_mail(
+        subject="Server down",
+        sender="agent@example.test",
+        body="#customer bob@customer.test\n#priority critical\nBob called: the server is down.",
+        Authentication_Results="mx.example.test; dmarc=pass header.from=example.test",
+    )
+    receive(services, intake, mail_from=AGENT)
+
+    state = ticket(services, 1)
+    assert (state["requester"], state["priority"], state["status"]) == (
+        "bob@customer.test",
+        "critical",
+        "accepted",
+    )
+    [ack] = to_customer(services, "bob@customer.test")
+    assert "[#1] Server down" in ack["Subject"]

@@ -1,0 +1,240 @@
+"""Parsing real mail: odd shapes, Czech charsets, attachments, mail without a Message-ID."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from maildesk.app import Services
+from maildesk.models import Attachment, Blob, Inbound, Message
+from tests.conftest import eml
+from tests.helpers import inbound_row, outbox_rows, receive, ticket, tickets
+
+# CPython's own email test corpus: decades of odd real-world and hand-made shapes.
+CORPUS = Path("/root/.pyenv/versions/3.11.7/lib/python3.11/test/test_email/data")
+
+# The corpus files maildesk cannot turn into a ticket, and why.
+CORPUS_QUARANTINED = {
+    "msg_05.txt": "From is not a valid address",  # From: foo (a DSN from a test rig)
+    "msg_11.txt": "no From header",
+    "msg_16.txt": "bounce for no message maildesk sent",  # a DSN from postmaster@ucla.edu
+    "msg_18.txt": "no From header",
+    "msg_19.txt": "no From header",
+    "msg_25.txt": "bounce for no message maildesk sent",  # a Postfix DSN
+    "msg_37.txt": "no From header",
+    "msg_38.txt": "no From header",
+    "msg_39.txt": "no From header",
+    "msg_40.txt": "no From header",
+    "msg_43.txt": "From is not a valid address",  # From: MAILER DAEMON <> (a virus scanner)
+}
+# Variants of an earlier file with its Message-ID (or, without one, the same sender, date,
+# subject and text): the same message again, stored once.
+CORPUS_DUPLICATES = {
+    "msg_03.txt": "msg_01.txt",
+    "msg_09.txt": "msg_08.txt",
+    "msg_12.txt": "msg_08.txt",
+    "msg_12a.txt": "msg_08.txt",
+    "msg_14.txt": "msg_01.txt",
+    "msg_20.txt": "msg_01.txt",
+    "msg_29.txt": "msg_01.txt",
+    "msg_30.txt": "msg_28.txt",
+    "msg_44.txt": "msg_04.txt",
+}
+
+CZECH = "Dobrý den, tiskárna nefunguje"
+
+
+def stdlib_parts(raw: bytes) -> list[EmailMessage]:
+    """Attachments as the stdlib's strict parser reads them: the reference to compare with."""
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return list(msg.iter_attachments())
+
+
+def count(services: Services, model: type) -> int:
+    with services.db.transaction() as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def blob(services: Services, sha256: str) -> bytes:
+    with services.db.transaction() as session:
+        found = session.get(Blob, sha256)
+        assert found is not None
+        return found.data
+
+
+# -- the CPython corpus --------------------------------------------------------------------------
+
+
+def test_cpython_email_corpus_goes_through_without_an_escaping_exception(
+    services: Services,
+) -> None:
+    files = sorted(CORPUS.glob("msg_*.txt"))
+    assert len(files) == 48
+    spool = {path.name: receive(services, path.read_bytes()) for path in files}
+
+    rows = {name: inbound_row(services, spool_id) for name, spool_id in spool.items()}
+    # No message crashed the pipeline: none is waiting for a retry or carries a traceback.
+    assert {name for name, row in rows.items() if row.state == "pending" or row.error} == set()
+    quarantined = {name: row.reason for name, row in rows.items() if row.state == "quarantined"}
+    assert quarantined == CORPUS_QUARANTINED
+    duplicates = {name for name, row in rows.items() if row.state == "duplicate"}
+    assert duplicates == set(CORPUS_DUPLICATES)
+    done = {name for name, row in rows.items() if row.state == "done"}
+    assert (len(done), len(duplicates), len(quarantined)) == (28, 9, 11)
+
+    with services.db.transaction() as session:
+        filed = dict(
+            session.execute(
+                select(Inbound.id, Message.message_id).join(
+                    Message, Message.inbound_id == Inbound.id
+                )
+            ).all()
+        )
+    # Every processed file is a message in a ticket; every duplicate names one that is.
+    assert {name for name in done if spool[name] in filed} == done
+    assert set(CORPUS_DUPLICATES.values()) <= done
+    with services.db.transaction() as session:
+        inbound = session.scalar(
+            select(func.count()).select_from(Message).where(Message.direction == "in")
+        )
+    assert inbound == len(done)
+
+
+# -- charsets ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["czech-iso-8859-2-8bit.eml", "html-only-windows-1250.eml"])
+def test_czech_mail_in_legacy_charsets_reads_as_czech(services: Services, fixture: str) -> None:
+    receive(services, eml(fixture), mail_from="jiri.stastny@customer.test")
+
+    [only] = tickets(services)
+    assert only["subject"] == "Tiskárna ve 2. patře"
+    assert only["requester_name"] == "Jiří Šťastný"
+    messages = ticket(services, 1)["messages"]
+    [customer] = [m for m in messages if m["direction"] == "in"]
+    assert CZECH in customer["body_text"]
+    assert "Jiří Šťastný" in customer["body_text"]
+    [ack] = [m for m in messages if m["kind"] == "acknowledgement"]
+    assert ack["to"] == ["jiri.stastny@customer.test"]
+
+
+def test_html_only_mail_gets_a_readable_text_body(services: Services) -> None:
+    receive(services, eml("html-only-windows-1250.eml"), mail_from="jiri.stastny@customer.test")
+
+    text = ticket(services, 1)["messages"][0]["body_text"]
+    # One line per paragraph (&nbsp; read as a space), no markup, no style sheet.
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    assert lines == [
+        "Dobrý den, tiskárna nefunguje.",
+        "Po zapnutí hlásí chybu č. 49 a papír zůstane uvnitř.",
+        "S pozdravem",
+        "Jiří Šťastný",
+    ]
+    for markup in ("<", ">", "&nbsp;", "&", "MsoNormal", "Calibri", "margin"):
+        assert markup not in text
+
+
+# -- attachments ---------------------------------------------------------------------------------
+
+ATTACHMENTS = {
+    # Thunderbird: base64 PDF, RFC 2231 filename in two UTF-8 continuations.
+    "attachment-pdf-czech-filename.eml": ("faktura č. 2025-118 říjen.pdf", "application/pdf"),
+    # Outlook: quoted-printable windows-1250 log, RFC 2047 filename.
+    "attachment-text-windows-1250-qp.eml": ("chybový záznam.txt", "text/plain"),
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(ATTACHMENTS))
+def test_attachment_comes_back_byte_identical_with_its_czech_name(
+    services: Services, fixture: str
+) -> None:
+    raw = eml(fixture)
+    [reference] = stdlib_parts(raw)
+    data = reference.get_payload(decode=True)
+    assert isinstance(data, bytes) and len(data) > 100
+    filename, content_type = ATTACHMENTS[fixture]
+    assert reference.get_filename() == filename  # the fixture says what we think it says
+
+    receive(services, raw)
+
+    [attachment] = ticket(services, 1)["messages"][0]["attachments"]
+    assert attachment == {
+        "filename": filename,
+        "content_type": content_type,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    assert blob(services, attachment["sha256"]) == data
+
+
+def test_the_same_attachment_in_two_messages_is_stored_once(services: Services) -> None:
+    first = eml("attachment-pdf-czech-filename.eml")
+    # Alice sends the invoice again a day later, as a new mail.
+    again = first.replace(
+        b"Message-ID: <8a2c4e6f-1b3d-4f5a-9c7e-2d4f6a8b0c1e@customer.test>",
+        b"Message-ID: <3f9e1d7b-5a2c-4e8f-b6d4-0c2a4e6f8b1d@customer.test>",
+    ).replace(b"Date: Mon, 5 Jan 2026 15:30:40 +0100", b"Date: Tue, 6 Jan 2026 09:02:13 +0100")
+    assert again != first
+
+    receive(services, first)
+    receive(services, again)
+
+    assert len(tickets(services)) == 2
+    shas = {ticket(services, n)["messages"][0]["attachments"][0]["sha256"] for n in (1, 2)}
+    assert len(shas) == 1
+    assert count(services, Attachment) == 2
+    assert count(services, Blob) == 1
+
+
+# -- mail without a Message-ID -------------------------------------------------------------------
+
+
+def test_mail_without_message_id_delivered_twice_is_stored_once(services: Services) -> None:
+    raw = eml("no-message-id.eml")
+    first = receive(services, raw, source="imap")
+    # The same mail by a second route: one more Received line on top.
+    second = receive(
+        services,
+        b"Received: from mx2.example.test (mx2.example.test [192.0.2.26])\n"
+        b"\tby mail.example.test (Postfix) with ESMTP id 4dK9C3n1Bz4eH2\n"
+        b"\tfor <support@example.test>; Mon,  5 Jan 2026 13:45:14 +0100 (CET)\n" + raw,
+        mail_from="www-data@web1.customer.test",
+    )
+
+    assert (inbound_row(services, first).state, inbound_row(services, second).state) == (
+        "done",
+        "duplicate",
+    )
+    [only] = tickets(services)
+    assert only["requester"] == "jan.dvorak@customer.test"
+    messages = ticket(services, 1)["messages"]
+    assert [m["direction"] for m in messages].count("in") == 1
+    assert [row.kind for row in outbox_rows(services)].count("acknowledgement") == 1
+
+
+def test_scans_without_message_id_that_differ_only_in_the_attachment_are_both_kept(
+    services: Services,
+) -> None:
+    """A scanner sending one mail per page, same second, same text: two documents."""
+    page1 = receive(services, eml("scan-to-email-no-message-id-page1.eml"))
+    page2 = receive(services, eml("scan-to-email-no-message-id-page2.eml"))
+
+    assert (inbound_row(services, page1).state, inbound_row(services, page2).state) == (
+        "done",
+        "done",
+    )
+    names = [
+        a["filename"]
+        for t in tickets(services)
+        for m in ticket(services, t["number"])["messages"]
+        for a in m["attachments"]
+    ]
+    assert names == ["scan_20260105_154011_001.pdf", "scan_20260105_154011_002.pdf"]
+    assert count(services, Blob) == 2
