@@ -15,10 +15,11 @@ import signal
 import socket
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from maildesk import jobs
 from maildesk.clock import Clock, SystemClock
 from maildesk.config import Settings
 from maildesk.db import Database
@@ -146,6 +147,21 @@ class Daemon:
         scheduler = AsyncIOScheduler(event_loop=loop)
         scheduler.add_job(inbound_ready.set, "interval", seconds=SWEEP_SECONDS, id="sweep-inbound")
         scheduler.add_job(outbox_ready.set, "interval", seconds=SWEEP_SECONDS, id="sweep-outbox")
+        # Jobs keep their state in the database, so re-adding them at start is all
+        # it takes to survive a restart.
+        scheduler.add_job(
+            jobs.autoclose,
+            "interval",
+            minutes=jobs.AUTOCLOSE_EVERY_MINUTES,
+            args=[services],
+            id="autoclose",
+            next_run_time=datetime.now(UTC),
+        )
+        if settings.agents.digest_time:
+            hour, minute = (int(part) for part in settings.agents.digest_time.split(":"))
+            scheduler.add_job(
+                jobs.digest, "cron", hour=hour, minute=minute, args=[services], id="digest"
+            )
         scheduler.start()
 
         if threading.current_thread() is threading.main_thread():

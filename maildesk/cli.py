@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 from collections.abc import Iterable
@@ -23,9 +24,13 @@ from maildesk.config import ConfigError, Settings
 from maildesk.db import Database
 from maildesk.inbound import importer
 from maildesk.inbound.store import Envelope, InboundStore
-from maildesk.models import STATUSES, Inbound, Outbox, Ticket
+from maildesk.intake import create_ticket
+from maildesk.models import PRIORITIES, STATUSES, Inbound, Outbox, Ticket
 from maildesk.outbound import outbox as outbox_module
 from maildesk.tickets import views
+from maildesk.tickets.agents import Agents
+
+_EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
 EX_DATAERR = 65
 EX_TEMPFAIL = 75  # sysexits.h: the MTA keeps the message and retries
@@ -230,6 +235,11 @@ def tickets_show(ctx: Context, number: int, as_json: bool) -> None:
         f"status {data['status']}, type {data['type'] or '-'}, priority {data['priority']}, "
         f"requester {data['requester']}"
     )
+    for event in data["events"]:
+        click.echo(
+            f"  {event['at']} {event['field']}: {event['old'] or '-'} -> {event['new'] or '-'}"
+            f" by {event['actor']} ({event['via']})"
+        )
     for m in data["messages"]:
         click.echo("")
         arrow = "<-" if m["direction"] == "in" else "->"
@@ -242,6 +252,31 @@ def tickets_show(ctx: Context, number: int, as_json: bool) -> None:
             click.echo(f"   {line}")
 
 
+@tickets.command("create")
+@click.option("--for", "customer", required=True, metavar="EMAIL", help="The customer.")
+@click.option("--subject", required=True)
+@click.option("--priority", type=click.Choice(PRIORITIES), default="normal")
+@click.option("--channel", default="phone", show_default=True, help="How the request came in.")
+@click.option("--description", default="", help="What the customer said (kept internal).")
+@pass_context
+def tickets_create(
+    ctx: Context, customer: str, subject: str, priority: str, channel: str, description: str
+) -> None:
+    """Open a ticket on a customer's behalf; they get the acknowledgement."""
+    if not _EMAIL.match(customer):
+        raise click.ClickException(f"not an e-mail address: {customer}")
+    number = create_ticket(
+        ctx.services,
+        customer.lower(),
+        subject,
+        priority=priority,
+        channel=channel,
+        description=description,
+        actor=os.environ.get("USER", "cli"),
+    )
+    click.echo(f"ticket {number} opened for {customer}")
+
+
 @tickets.command("export")
 @pass_context
 def tickets_export(ctx: Context) -> None:
@@ -249,6 +284,53 @@ def tickets_export(ctx: Context) -> None:
     with ctx.services.db.transaction() as session:
         for record in views.export(session):
             click.echo(json.dumps(record, ensure_ascii=False))
+
+
+# -- agents ----------------------------------------------------------------
+
+
+@main.group()
+def agents() -> None:
+    """The people who answer tickets from their mail client."""
+
+
+@agents.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="Shown to customers as 'Name (Support name)'.")
+@pass_context
+def agents_add(ctx: Context, email: str, name: str) -> None:
+    if not _EMAIL.match(email):
+        raise click.ClickException(f"not an e-mail address: {email}")
+    services = ctx.services
+    with services.db.transaction() as session:
+        Agents(session).add(email, name, services.clock.now())
+    click.echo(f"agent {email.lower()} added", err=True)
+
+
+@agents.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def agents_list(ctx: Context, as_json: bool) -> None:
+    with ctx.services.db.transaction() as session:
+        rows = [
+            {"email": a.email, "name": a.name, "since": views.iso(a.created_at)}
+            for a in Agents(session).active()
+        ]
+    if as_json:
+        _print_json(rows)
+        return
+    _table(["email", "name", "since"], [[r["email"], r["name"], r["since"]] for r in rows])
+
+
+@agents.command("remove")
+@click.argument("email")
+@pass_context
+def agents_remove(ctx: Context, email: str) -> None:
+    with ctx.services.db.transaction() as session:
+        removed = Agents(session).remove(email)
+    if not removed:
+        raise click.ClickException(f"no agent {email}")
+    click.echo(f"agent {email.lower()} removed", err=True)
 
 
 # -- outbox ----------------------------------------------------------------

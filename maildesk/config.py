@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -252,6 +253,9 @@ def _finish(settings: Settings, base_dir: Path) -> Settings:
         raise ConfigError(f"[support] address is not an e-mail address: {support.address!r}")
     if support.language not in LANGUAGES:
         raise ConfigError(f"[support] language must be one of {', '.join(LANGUAGES)}")
+    digest = settings.agents.digest_time
+    if digest and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", digest):
+        raise ConfigError(f"[agents] digest_time must be HH:MM, not {digest!r}")
     url = settings.database.url
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         relative = url.removeprefix("sqlite:///")

@@ -28,13 +28,21 @@ class Verdict:
 
 def classify(message: ParsedMessage, envelope_sender: str) -> Verdict:
     local = message.from_addr.partition("@")[0]
-    bounce = message.is_delivery_report or bool(message.bounced_recipients)
+    # "<>" is the null reverse-path; "" means the route did not say (import).
+    null_sender = envelope_sender == "<>"
+    system_sender = local in _SYSTEM_SENDERS
+    automatic = message.auto_submitted not in ("", "no")
+    # A DSN is a bounce by its form. Bounce text the detectors found in a plain message is
+    # one only when a mail system sent it: a person who forwards a bounce they got (quoting
+    # its "could not be delivered" text) is writing to us.
+    bounce = message.is_delivery_report or (
+        bool(message.bounced_recipients) and (null_sender or system_sender or automatic)
+    )
     reasons = [
         (bounce, "bounce"),
-        # "<>" is the null reverse-path; "" means the route did not say (import).
-        (envelope_sender == "<>", "null envelope sender"),
-        (local in _SYSTEM_SENDERS, f"sender is {local}"),
-        (message.auto_submitted not in ("", "no"), f"Auto-Submitted: {message.auto_submitted}"),
+        (null_sender, "null envelope sender"),
+        (system_sender, f"sender is {local}"),
+        (automatic, f"Auto-Submitted: {message.auto_submitted}"),
         (message.precedence in _BULK, f"Precedence: {message.precedence}"),
         (bool(message.list_id), "List-Id present"),
     ]

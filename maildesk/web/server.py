@@ -13,18 +13,19 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from maildesk.models import Inbound, Outbox
+from maildesk.web import paid
+from maildesk.web.keys import SERVICES
 
 if TYPE_CHECKING:
     from maildesk.app import Services
-
-
-SERVICES: web.AppKey[Services] = web.AppKey("services")
 
 
 def make_app(services: Services) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[SERVICES] = services
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/paid", paid.show)
+    app.router.add_post("/paid", paid.answer)
     return app
 
 

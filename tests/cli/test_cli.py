@@ -200,3 +200,47 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
     finally:
         os.chdir(cwd)
     assert (folder / "data" / "md.db").exists()
+
+
+def test_agents_add_list_remove(config_file: Path) -> None:
+    init(config_file)
+    assert run(config_file, "agents", "add", "Agnes@Example.test", "--name", "Agnes").exit_code == 0
+    listed = json.loads(run(config_file, "agents", "list", "--json").output)
+    assert [(a["email"], a["name"]) for a in listed] == [("agnes@example.test", "Agnes")]
+    assert run(config_file, "agents", "remove", "agnes@example.test").exit_code == 0
+    assert json.loads(run(config_file, "agents", "list", "--json").output) == []
+    missing = run(config_file, "agents", "remove", "nobody@example.test")
+    assert missing.exit_code == 1 and "no agent nobody@example.test" in missing.output
+    assert run(config_file, "agents", "add", "not-an-address").exit_code != 0
+
+
+def test_tickets_create_for_a_phone_call(config_file: Path) -> None:
+    init(config_file)
+    result = run(
+        config_file,
+        "tickets",
+        "create",
+        "--for",
+        "bob@customer.test",
+        "--subject",
+        "Server down",
+        "--priority",
+        "critical",
+        "--description",
+        "Bob called at 9:05.",
+    )
+    assert result.exit_code == 0, result.output
+    shown = json.loads(run(config_file, "tickets", "show", "1", "--json").output)
+    assert (shown["requester"], shown["priority"], shown["channel"]) == (
+        "bob@customer.test",
+        "critical",
+        "phone",
+    )
+    [note, ack] = shown["messages"]
+    assert note["internal"] and note["body_text"] == "Bob called at 9:05."
+    assert ack["kind"] == "acknowledgement" and ack["to"] == ["bob@customer.test"]
+    assert [(e["field"], e["new"], e["via"]) for e in shown["events"]] == [
+        ("priority", "critical", "cli")
+    ]
+    text = run(config_file, "tickets", "show", "1").output
+    assert "priority: normal -> critical" in text

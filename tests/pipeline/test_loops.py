@@ -16,7 +16,8 @@ import pytest
 
 from maildesk.app import Services
 from maildesk.clock import ManualClock
-from maildesk.models import Outbox
+from maildesk.models import Outbox, Ticket
+from maildesk.tickets.lifecycle import Lifecycle
 from tests.conftest import eml, make_mail
 from tests.helpers import inbound_row, outbox_rows, receive, ticket, tickets
 
@@ -134,6 +135,35 @@ def test_auto_submitted_no_is_a_person_and_is_acknowledged(services: Services, v
     assert [m["kind"] for m in inbound_messages(services, 1)] == ["customer"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="process.py _record reopens a closed ticket before it looks at the message kind: "
+    "an out-of-office reply to the 'closed' notice reopens the ticket",
+)
+def test_out_of_office_reply_to_the_closed_notice_does_not_reopen_the_ticket(
+    services: Services,
+) -> None:
+    acknowledged(services)
+    with services.db.transaction() as session:
+        closed = session.get(Ticket, 1)
+        assert closed is not None
+        Lifecycle(session, services.clock.now()).change(
+            closed, "status", "closed", "agent@example.test", "web"
+        )
+        services.notices.status_notice(session, closed)
+    [notice] = [row for row in outbox_rows(services) if row.kind == "closed"]
+    raw = eml("out-of-office-auto-submitted.eml").replace(
+        b"{ORIGINAL_ID}", notice.message_id.encode()
+    )
+    queued = len(outbox_rows(services))
+
+    receive(services, raw, mail_from="bob@customer.test")
+
+    assert inbound_messages(services, 1)[-1]["kind"] == "auto"  # filed in the ticket ...
+    assert len(outbox_rows(services)) == queued
+    assert ticket(services, 1)["status"] == "closed"  # ... which stays closed
+
+
 # -- bounces -----------------------------------------------------------------------------------
 
 BOUNCES = [
@@ -202,6 +232,51 @@ def test_bounce_of_mail_maildesk_never_sent_is_quarantined(
     assert row.raw == raw
     assert tickets(services) == []
     assert outbox_rows(services) == []  # not answered, and no agent is bothered by it
+
+
+def test_customer_forwarding_a_bounce_they_got_is_a_customer_not_a_bounce(
+    services: Services,
+) -> None:
+    """Alice's mail to us bounced and she forwards the bounce: she is asking for help."""
+    spool_id = receive(services, eml("forwarded-bounce-from-customer.eml"))
+
+    row = inbound_row(services, spool_id)
+    assert (row.state, row.reason) == ("done", "")
+    [only] = tickets(services)
+    assert only["requester"] == ALICE
+    [message] = inbound_messages(services, 1)
+    assert message["kind"] == "customer"
+    assert "printer on floor 2 prints only blank pages" in message["body_text"]
+    [ack] = acks(services)
+    assert ack.recipients == [ALICE]
+
+
+def test_delay_warning_is_filed_and_never_answered(services: Services) -> None:
+    ack_id = acknowledged(services)
+    raw = eml("bounce-postfix-delayed-dsn.eml").replace(b"{ORIGINAL_ID}", ack_id.encode())
+    before = [row.id for row in outbox_rows(services)]
+
+    spool_id = receive(services, raw, mail_from="<>")
+
+    assert inbound_row(services, spool_id).state == "done"
+    assert "WARNING ONLY" in inbound_messages(services, 1)[-1]["body_text"]
+    assert [row.id for row in outbox_rows(services)] == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="process.py _record_bounce marks the outbox row bounced for a delay warning "
+    "(message.py merges temporary and permanent failures into bounced_recipients)",
+)
+def test_delay_warning_does_not_mark_the_acknowledgement_bounced(services: Services) -> None:
+    """RFC 3464 `Action: delayed`: the MTA is still trying; the mail may yet arrive."""
+    ack_id = acknowledged(services)
+    raw = eml("bounce-postfix-delayed-dsn.eml").replace(b"{ORIGINAL_ID}", ack_id.encode())
+
+    receive(services, raw, mail_from="<>")
+
+    [ack] = acks(services)
+    assert ack.state == "sent"
 
 
 # -- the per-sender cap on automatic replies -----------------------------------------------------

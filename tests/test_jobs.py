@@ -1,0 +1,97 @@
+"""Scheduled jobs: autoclose of undisputed resolved tickets, the agents' daily digest."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from maildesk import jobs
+from maildesk.app import Services, build
+from maildesk.clock import ManualClock
+from maildesk.config import Settings
+from maildesk.models import Ticket
+from maildesk.tickets.agents import Agents
+from maildesk.tickets.lifecycle import Lifecycle
+from tests.conftest import make_mail
+from tests.helpers import outbox_rows, receive, ticket
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+    config_values["agents"]["addresses"] = ["agent@example.test"]
+    return config_values
+
+
+def resolve(services: Services, number: int) -> None:
+    with services.db.transaction() as session:
+        found = session.get(Ticket, number)
+        assert found is not None
+        Lifecycle(session, services.clock.now()).change(
+            found, "status", "resolved", "agent@example.test", "command"
+        )
+
+
+def subjects(services: Services) -> list[str]:
+    return [
+        str(email.message_from_bytes(r.raw, policy=email.policy.default)["Subject"])
+        for r in outbox_rows(services)
+    ]
+
+
+def test_resolved_ticket_closes_after_autoclose_days_across_a_restart(
+    services: Services, settings: Settings, clock: ManualClock
+) -> None:
+    receive(services, make_mail())
+    resolve(services, 1)
+    clock.advance(timedelta(days=6, hours=23))
+    assert jobs.autoclose(services) == 0
+
+    # The daemon restarts: a new set of services over the same database.
+    services.db.dispose()
+    restarted = build(settings, clock)
+    clock.advance(timedelta(hours=2))
+    assert jobs.autoclose(restarted) == 1
+    assert jobs.autoclose(restarted) == 0  # never twice for one ticket
+
+    state = ticket(restarted, 1)
+    assert state["status"] == "closed"
+    [event] = [e for e in state["events"] if e["new"] == "closed"]
+    assert (event["actor"], event["via"]) == ("system", "schedule")
+    assert sum("Closed:" in s for s in subjects(restarted)) == 1
+
+
+def test_a_disputed_resolution_does_not_autoclose(services: Services, clock: ManualClock) -> None:
+    receive(services, make_mail(message_id="<m1@customer.test>"))
+    resolve(services, 1)
+    receive(services, make_mail(body="It is still broken.", In_Reply_To="<m1@customer.test>"))
+    clock.advance(timedelta(days=30))
+    assert jobs.autoclose(services) == 0
+    assert ticket(services, 1)["status"] == "accepted"
+
+
+def test_digest_lists_waiting_tickets_once_a_day(services: Services, clock: ManualClock) -> None:
+    receive(services, make_mail(subject="Printer broken"))
+    receive(services, make_mail(subject="Scanner broken", sender="bob@customer.test"))
+
+    assert jobs.digest(services) == 1
+    assert jobs.digest(services) == 0  # the same day again: nothing
+
+    [digest] = [r for r in outbox_rows(services) if r.kind == "agent_digest"]
+    text = (
+        email.message_from_bytes(digest.raw, policy=email.policy.default)
+        .get_body(("plain",))
+        .get_content()
+    )  # type: ignore[union-attr]
+    assert "[#1]" in text and "Printer broken" in text and "Scanner broken" in text
+    clock.advance(timedelta(days=1))
+    assert jobs.digest(services) == 1
+
+
+def test_digest_skips_agents_with_nothing_waiting(services: Services) -> None:
+    with services.db.transaction() as session:
+        Agents(session).add("idle@example.test", "Idle", services.clock.now())
+    assert jobs.digest(services) == 0
