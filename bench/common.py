@@ -127,6 +127,11 @@ def customer_message(
     return (head + b"\n\n" + body + b"\n").replace(b"\n", newline)
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that `finally` blocks stop what we started."""
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(128 + signal.SIGTERM))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
+    common.exit_on_sigterm()
     if args.profile:
         args.profile = args.profile.resolve()
     workdir = Path(tempfile.mkdtemp(prefix="maildesk-import-", dir=args.workdir))

@@ -348,17 +348,18 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             with maildesk_daemon(folder, smtp_port, web_port, log, args.profile) as proc:
                 print(f"   daemon pid {proc.pid}, log {log}", file=sys.stderr, flush=True)
                 accepted[kind] = load(smtp_port, args.messages, args.connections, args.size, run_id)
+                print(f"   accepted {accepted[kind].rate:.0f} msg/s", file=sys.stderr, flush=True)
                 wait_processed(web_port, args.messages, proc)
             figures = maildesk_figures(folder / "maildesk.db", accepted[kind])
         else:
             port = common.free_port()
             with bare_server(kind, port, folder):
                 accepted[kind] = load(port, args.messages, args.connections, args.size, run_id)
+            print(f"   accepted {accepted[kind].rate:.0f} msg/s", file=sys.stderr, flush=True)
             if kind == "fsync":
                 stored = len(list(folder.glob("*.eml")))
                 if stored != args.messages:
                     raise RuntimeError(f"fsync server stored {stored} of {args.messages}")
-        print(f"   accepted {accepted[kind].rate:.0f} msg/s", file=sys.stderr, flush=True)
     report(args, workdir, accepted, figures)
 
 
@@ -432,6 +433,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
+    common.exit_on_sigterm()
     if args.profile:
         args.profile = args.profile.resolve()
     workdir = Path(tempfile.mkdtemp(prefix="maildesk-ingest-", dir=args.workdir))

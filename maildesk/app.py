@@ -226,6 +226,8 @@ class Daemon:
     async def _send_loop(self, ready: _Wakeup) -> None:
         loop = asyncio.get_running_loop()
         sender = await loop.run_in_executor(None, self.services.sender)
+        if self.services.db.is_sqlite:
+            await loop.run_in_executor(None, sender.release_leases)
 
         def step() -> tuple[int, datetime | None]:
             handled = sender.send_due()

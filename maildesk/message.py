@@ -35,6 +35,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 # RFC 3834's auto-submitted value: [CFWS] keyword [CFWS] *(";" parameter); comments not nested.
 _KEYWORD = re.compile(r"\s*(?:\([^()]*\)\s*)*([^\s();]*)")
 _MAX_REFERENCES = 100
+_LIST_FIELDS = (
+    "List-Unsubscribe",
+    "List-Post",
+    "List-Help",
+    "List-Subscribe",
+    "List-Owner",
+    "List-Archive",
+)
 
 
 class UnparseableMessage(Exception):
@@ -66,8 +74,12 @@ class ParsedMessage:
     auto_submitted: str = ""
     precedence: str = ""
     list_id: str = ""
+    # The RFC 2369 List-* fields present (List-Unsubscribe, List-Post, ...): mailing lists
+    # and bulk senders' newsletters.
+    list_fields: tuple[str, ...] = ()
     is_delivery_report: bool = False
-    bounced_recipients: frozenset[str] = frozenset()
+    bounced_recipients: frozenset[str] = frozenset()  # permanent failures
+    delayed_recipients: frozenset[str] = frozenset()  # "still trying" warnings
     # Authentication-Results headers, topmost (added last, by our own MTA) first.
     authentication_results: tuple[str, ...] = ()
     # Message-IDs quoted inside the body (a bounce names the mail it bounces).
@@ -113,8 +125,10 @@ def parse(raw: bytes) -> ParsedMessage:
         auto_submitted=_keyword(msg, "Auto-Submitted"),
         precedence=_plain(msg, "Precedence").lower(),
         list_id=_plain(msg, "List-Id"),
+        list_fields=tuple(name for name in _LIST_FIELDS if name in msg),
         is_delivery_report=msg.get_content_type() == "multipart/report",
-        bounced_recipients=permanent | temporary,
+        bounced_recipients=permanent,
+        delayed_recipients=temporary,
         quoted_message_ids=_quoted_ids(raw),
         authentication_results=tuple(
             clean_text(str(v)) for v in msg.get_all("Authentication-Results", [])
@@ -155,7 +169,10 @@ def _decoded(msg: EmailMessage, name: str) -> str:
 
 
 def _sender(msg: EmailMessage) -> tuple[str, str]:
-    raw_value = _decoded(msg, "From")
+    # Split the header as written and decode only the display name after:
+    # an encoded "," or "@" in a name must not create a second address.
+    value = msg.get("From")
+    raw_value = clean_text(str(value)) if value is not None else ""
     if not raw_value:
         raise UnparseableMessage("no From header")
     pairs = email.utils.getaddresses([raw_value])
@@ -173,11 +190,11 @@ def _sender(msg: EmailMessage) -> tuple[str, str]:
     addr = addr.strip().lower()
     if not _ADDR_SPEC.match(addr):
         raise UnparseableMessage("From is not a valid address")
-    return clean_text(name), addr
+    return clean_text(_decoded_value(name)), addr
 
 
 def _addresses(msg: EmailMessage, name: str) -> tuple[str, ...]:
-    values = [_decoded_value(v) for v in msg.get_all(name, [])]
+    values = [clean_text(str(v)) for v in msg.get_all(name, [])]
     found: dict[str, None] = {}
     for _display, addr in email.utils.getaddresses(values):
         addr = addr.strip().lower()

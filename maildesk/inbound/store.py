@@ -86,4 +86,5 @@ class InboundStore:
             row.attempts = 0
             row.next_attempt_at = None
             row.reason = ""
+            row.error = ""
             return True

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from maildesk.clock import Clock, as_utc
 from maildesk.config import OutboundSettings
@@ -54,6 +54,21 @@ class OutboxSender:
         for row in claimed:
             self._send(row)
         return len(claimed)
+
+    def release_leases(self) -> None:
+        """At start-up of the only instance (SQLite): rows a crash left claimed are due now.
+
+        Safe because no other process can be sending them, and a row sent twice
+        under its key is written once by the Maildir transport.
+        """
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            session.execute(
+                update(Outbox)
+                .where(Outbox.state == "pending", Outbox.next_attempt_at > now)
+                .where(Outbox.attempts > 0, Outbox.last_error == "")
+                .values(next_attempt_at=now)
+            )
 
     def next_due(self) -> datetime | None:
         with self.db.transaction() as session:

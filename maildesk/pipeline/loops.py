@@ -36,7 +36,8 @@ def classify(message: ParsedMessage, envelope_sender: str) -> Verdict:
     # one only when a mail system sent it: a person who forwards a bounce they got (quoting
     # its "could not be delivered" text) is writing to us.
     bounce = message.is_delivery_report or (
-        bool(message.bounced_recipients) and (null_sender or system_sender or automatic)
+        bool(message.bounced_recipients | message.delayed_recipients)
+        and (null_sender or system_sender or automatic)
     )
     reasons = [
         (bounce, "bounce"),
@@ -45,6 +46,8 @@ def classify(message: ParsedMessage, envelope_sender: str) -> Verdict:
         (automatic, f"Auto-Submitted: {message.auto_submitted}"),
         (message.precedence in _BULK, f"Precedence: {message.precedence}"),
         (bool(message.list_id), "List-Id present"),
+        # As RFC 5230 (Sieve vacation) advises: any RFC 2369 List-* field means a list.
+        (bool(message.list_fields), f"{', '.join(message.list_fields)} present"),
     ]
     reason = next((why for hit, why in reasons if hit), "")
     return Verdict(is_bounce=bounce, no_reply_reason=reason)

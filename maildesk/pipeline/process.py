@@ -200,7 +200,9 @@ class Processor:
         now = self.clock.now()
         lifecycle = Lifecycle(session, now)
         ticket, rule = match.ticket, match.rule
-        if ticket is not None and ticket.status == "closed":
+        # Only a person reopens a ticket: an out-of-office answering our "closed"
+        # notice is filed with the closed ticket.
+        if ticket is not None and ticket.status == "closed" and verdict.may_reply:
             if tickets.closed_too_long(ticket, now, self.settings.lifecycle.reopen_days):
                 ticket = self._open(tickets, message, now, previous=ticket)
                 rule = "new"
@@ -310,7 +312,8 @@ class Processor:
             outbox = session.scalar(
                 select(Outbox).where(Outbox.message_id.in_(candidates)).order_by(Outbox.id.desc())
             )
-        if outbox is None and message.bounced_recipients:
+        failed = message.bounced_recipients | message.delayed_recipients
+        if outbox is None and failed:
             # A bounce that quotes nothing of ours: the latest mail to a failed address.
             recent = session.scalars(
                 select(Outbox)
@@ -318,13 +321,14 @@ class Processor:
                 .order_by(Outbox.id.desc())
                 .limit(200)
             )
-            outbox = next(
-                (o for o in recent if set(o.recipients) & message.bounced_recipients), None
-            )
+            outbox = next((o for o in recent if set(o.recipients) & failed), None)
         if outbox is None or outbox.ticket_id is None:
             raise Quarantine("bounce for no message maildesk sent")
-        outbox.state = "bounced"
-        outbox.last_error = "bounced: " + ", ".join(sorted(message.bounced_recipients))
+        # A delay warning ("Action: delayed") is filed but changes nothing: the
+        # MTA is still trying, and the mail may yet arrive.
+        if message.bounced_recipients:
+            outbox.state = "bounced"
+            outbox.last_error = "bounced: " + ", ".join(sorted(message.bounced_recipients))
         ticket = tickets.get(outbox.ticket_id)
         assert ticket is not None
         tickets.add_message(

@@ -128,7 +128,7 @@ class Lifecycle:
                 .where(Ticket.status == "resolved", Ticket.resolved_at <= cutoff)
                 .order_by(Ticket.id)
                 .limit(limit)
-                .with_for_update(skip_locked=True)
+                .with_for_update(of=Ticket, skip_locked=True)
             )
         )
 

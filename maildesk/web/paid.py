@@ -56,7 +56,7 @@ async def answer(request: web.Request) -> web.Response:
 
     def record() -> bool:
         with services.db.transaction() as session:
-            ticket = session.get(Ticket, answer.ticket, with_for_update=True)
+            ticket = session.get(Ticket, answer.ticket, with_for_update={"of": Ticket})
             if ticket is None or ticket.paid_state != "pending":
                 return False
             lifecycle = Lifecycle(session, services.clock.now())

@@ -309,14 +309,6 @@ def raw_mail(from_header: bytes, subject: bytes, message_id: bytes = b"<m1@c.tes
 
 
 MALLORY = b"Mallory <mallory@customer.test>"
-# message.py decodes RFC 2047 words in From before splitting it into addresses, so a
-# decoded "," "@" or ":" in a display name splits it and the mail is quarantined.
-DECODES_BEFORE_SPLITTING = pytest.mark.xfail(
-    strict=True,
-    reason="maildesk/message.py _sender(): encoded words are decoded before getaddresses(), "
-    "so a display name holding an encoded ',', '@' or ':' quarantines the mail "
-    "('From names 2 addresses')",
-)
 
 
 @pytest.mark.parametrize(
@@ -329,10 +321,14 @@ DECODES_BEFORE_SPLITTING = pytest.mark.xfail(
         pytest.param(MALLORY, b"Help\r\nBcc: evil@x.test", id="subject-raw-crlf"),
         # The display name is echoed into our To header.
         pytest.param(
-            b"=?UTF-8?Q?Mallory=0D=0ABcc:_evil@x.test?= <mallory@customer.test>",
+            b"=?UTF-8?B?TWFsbG9yeQ0KQmNjOiBldmlsQHgudGVzdA==?= <mallory@customer.test>",
             b"Help",
-            id="from-name",
-            marks=DECODES_BEFORE_SPLITTING,
+            id="from-name-b-crlf",
+        ),
+        pytest.param(
+            b"=?UTF-8?Q?Mallory=0D=0ABcc=3A_evil=40x=2Etest?= <mallory@customer.test>",
+            b"Help",
+            id="from-name-q-crlf",
         ),
     ],
 )
@@ -356,11 +352,11 @@ def test_customer_text_cannot_inject_a_bcc_recipient(
     assert str(ack["Message-ID"]) == f"<{queued.message_id}>"
 
 
-@DECODES_BEFORE_SPLITTING
 def test_a_customer_named_surname_comma_given_name_is_acknowledged(
     services: Services, clock: ManualClock, sink: SmtpSink
 ) -> None:
     # "Novák, Jan" as mail clients write it: one encoded word, the comma encoded inside.
+    # (message.py once decoded it before splitting From into addresses: quarantined.)
     raw = raw_mail(b"=?UTF-8?Q?Nov=C3=A1k=2C_Jan?= <jan.novak@customer.test>", b"Invoice")
     receive(services, raw, mail_from="jan.novak@customer.test")
     sender = sender_to(services, clock, sink.url)
