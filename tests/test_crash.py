@@ -9,7 +9,8 @@ On SQLite the restarted daemon, being the only instance, frees the killed proces
 at start-up and finishes everything itself. On PostgreSQL another instance might still hold
 them, so they wait for their leases (one minute for inbound rows, five for outbox rows):
 rather than sleep through that, the test stops the restarted daemon and runs the same
-processor and sender on a clock past the leases, as the daemon would once that time passed. Then every accepted message must be in exactly one ticket,
+processor and sender on a clock past the leases, as the daemon would once that time passed.
+Then every accepted message must be in exactly one ticket,
 and the outbox Maildir must hold exactly one acknowledgement per ticket.
 """
 
