@@ -60,12 +60,32 @@ class Inbound(Base):
 
 
 class Person(Base):
+    """A customer (or anyone who wrote in). An account is optional: a password set."""
+
     __tablename__ = "people"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(200), default="")
     language: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    # argon2id hash; None = no account (the person just keeps replying by mail).
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # sha256 of the nonce inside the only invitation link that still works.
+    invite_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    invited_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    # Bumped when the password changes: older session cookies stop working.
+    session_version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Organization(Base):
+    """People of one e-mail domain who see each other's tickets, once an admin adds it."""
+
+    __tablename__ = "organizations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
