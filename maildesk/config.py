@@ -88,6 +88,10 @@ class WebSettings:
     secret_key: str = field(default="", repr=False)
     secret_key_file: str = ""
     enabled: bool = True
+    # Set-password links in invitations expire after this many days.
+    invitation_days: int = 7
+    # A customer's login lasts this long without a visit.
+    session_days: int = 30
 
 
 @dataclass(frozen=True)

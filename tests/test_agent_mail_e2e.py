@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import email.utils
 import html
 import json
 import textwrap
@@ -152,15 +153,6 @@ def queued_to(config_file: Path, address: str) -> list[dict[str, Any]]:
     return [r for r in rows if address in r["recipients"]]
 
 
-def ticket_now(daemon: RunningDaemon, number: int = 1) -> dict[str, Any]:
-    """The ticket as the daemon's own database session sees it (cheap, for polling)."""
-    from maildesk.models import Ticket
-
-    with daemon.services.db.transaction() as session:
-        found = session.get(Ticket, number)
-        return views.detail(found) if found is not None else {}
-
-
 def processed(daemon: RunningDaemon, count: int) -> None:
     """Wait until `count` inbound messages left the pipeline, or one of them failed."""
 
@@ -235,15 +227,6 @@ def customer_mail(
     return msg.as_bytes(policy=email.policy.SMTP)
 
 
-def open_ticket(daemon: RunningDaemon, outbox: Outbox, language: str = "en") -> Opened:
-    """Alice writes to support; returns her acknowledgement and the agent's notification."""
-    message_id = f"<{uuid.uuid4().hex}@customer.test>"
-    daemon.send(customer_mail(language, message_id=message_id))
-    [notification] = mail_to(outbox, AGENT)
-    [ack] = mail_to(outbox, ALICE)
-    return Opened(message_id.strip("<>"), ack, notification)
-
-
 @dataclass(frozen=True)
 class Opened:
     customer_message_id: str
@@ -254,6 +237,15 @@ class Opened:
     def reply_to(self) -> str:
         """The signed address the notification asks the agent to answer."""
         return str(self.notification.msg["Reply-To"].addresses[0].addr_spec)
+
+
+def open_ticket(daemon: RunningDaemon, outbox: Outbox, language: str = "en") -> Opened:
+    """Alice writes to support; returns her acknowledgement and the agent's notification."""
+    message_id = f"<{uuid.uuid4().hex}@customer.test>"
+    daemon.send(customer_mail(language, message_id=message_id))
+    [notification] = mail_to(outbox, AGENT)
+    [ack] = mail_to(outbox, ALICE)
+    return Opened(message_id.strip("<>"), ack, notification)
 
 
 # -- the agent's mail clients --------------------------------------------------------
@@ -286,6 +278,7 @@ class Quoted:
     text: str
     message_id: str
     references: str
+    thread_index: str
 
     @classmethod
     def of(cls, mail: Sent) -> Quoted:
@@ -299,11 +292,12 @@ class Quoted:
             text=mail.text,
             message_id=str(mail.msg["Message-ID"]),
             references=str(mail.msg.get("References", "")),
+            thread_index=str(mail.msg.get("Thread-Index", "")),
         )
 
 
 def gt_quote(text: str) -> str:
-    """ ">"-quoting as Gmail, Apple Mail and Thunderbird write it: "> line", bare ">"."""
+    """Quoting as Gmail, Apple Mail and Thunderbird write it: "> line", a bare ">" if empty."""
     return "\n".join(f"> {line}" if line else ">" for line in text.rstrip("\n").split("\n"))
 
 
@@ -476,7 +470,7 @@ def attachment_part(headers: list[str], data: bytes) -> MIMEPart:
 
 def parse_part(raw: bytes) -> MIMEPart:
     """A MIME part read from its bytes, so its header lines stay as written."""
-    return BytesParser(MIMEPart, policy=WIRE).parsebytes(raw)
+    return BytesParser(EmailMessage, policy=WIRE).parsebytes(raw)
 
 
 def encoded_word(text: str, q: bool = False) -> str:
@@ -635,7 +629,11 @@ def client_reply(
             ("To", f"{SUPPORT_NAME} <{to}>"),
             ("Subject", subject),
             ("Thread-Topic", q.subject),
-            ("Thread-Index", base64.b64encode(bytes(22 + 5)).decode("ascii")),
+            # Outlook adds a 5-byte child block to the parent's Thread-Index.
+            (
+                "Thread-Index",
+                base64.b64encode(base64.b64decode(q.thread_index) + bytes(5)).decode(),
+            ),
             ("Date", date),
             ("Message-ID", f"<AM0PR07MB{token[:12].upper()}@AM0PR07MB.eurprd07.prod.outlook.com>"),
             *threading,

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature
+
+from maildesk.clock import Clock
+from maildesk.signing import signed_serializer
 
 PAID_LINK_DAYS = 30
 
@@ -22,9 +25,9 @@ class PaidAnswer:
 
 
 class PaidLinks:
-    def __init__(self, base_url: str, secret: str) -> None:
+    def __init__(self, base_url: str, secret: str, clock: Clock) -> None:
         self.base_url = base_url.rstrip("/")
-        self._signer = URLSafeTimedSerializer(secret, salt="maildesk.paid-answer")
+        self._signer = signed_serializer(secret, "maildesk.paid-answer", clock)
 
     def url(self, ticket: int, answer: str) -> str:
         token = self._signer.dumps({"t": ticket, "a": answer})

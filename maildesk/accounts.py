@@ -1,0 +1,158 @@
+"""Customer accounts: invitation links, passwords, organizations. No HTTP here.
+
+An invitation token is signed (itsdangerous), names the person, expires after
+`[web] invitation_days`, and carries a random nonce whose sha256 is the only
+thing stored: issuing a new link or setting a password replaces or clears it,
+so every older link stops working. Passwords are hashed with argon2id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlencode
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from itsdangerous import BadSignature
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.clock import Clock
+from maildesk.models import Organization, Person
+from maildesk.signing import signed_serializer
+
+MIN_PASSWORD_LENGTH = 12
+# Domains of public mail providers: sharing one never makes people colleagues.
+FREE_MAIL_DOMAINS = frozenset(
+    (Path(__file__).parent / "data" / "free-mail-domains.txt").read_text().split()
+)
+COMMON_PASSWORDS = frozenset(
+    line.strip().lower()
+    for line in (Path(__file__).parent / "data" / "common-passwords.txt").read_text().splitlines()
+    if line.strip()
+)
+
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+
+
+@dataclass(frozen=True)
+class Invitation:
+    person_id: int
+    email: str
+
+
+class Accounts:
+    def __init__(self, session: Session, clock: Clock, secret: str, base_url: str,
+                 invitation_days: int) -> None:
+        self.session = session
+        self.clock = clock
+        self.base_url = base_url.rstrip("/")
+        self.invitation_days = invitation_days
+        self._signer = signed_serializer(secret, "maildesk.invitation", clock)
+
+    # -- invitations -----------------------------------------------------------
+
+    def invitation_url(self, person: Person) -> str:
+        """A fresh set-password link for `person`; every older link stops working."""
+        nonce = secrets.token_urlsafe(16)
+        person.invite_hash = _sha256(nonce)
+        person.invited_at = self.clock.now()
+        token = self._sign({"p": person.id, "n": nonce})
+        return f"{self.base_url}/account/set-password?{urlencode({'token': token})}"
+
+    def read_invitation(self, token: str) -> Person | None:
+        """The person a still-valid link is for; None if tampered, expired or used."""
+        data = self._load(token)
+        if data is None:
+            return None
+        person = self.session.get(Person, data.get("p"))
+        nonce = data.get("n")
+        if person is None or not person.invite_hash or not isinstance(nonce, str):
+            return None
+        return person if hmac.compare_digest(person.invite_hash, _sha256(nonce)) else None
+
+    def _sign(self, data: dict[str, object]) -> str:
+        return str(self._signer.dumps(data))
+
+    def _load(self, token: str) -> dict[str, object] | None:
+        try:
+            data = self._signer.loads(token, max_age=self.invitation_days * 86400)
+        except BadSignature:  # tampered, expired, or not ours
+            return None
+        return data if isinstance(data, dict) else None
+
+    # -- passwords -------------------------------------------------------------
+
+    def set_password(self, person: Person, password: str) -> list[str]:
+        """Set the password if it follows the rules; returns what is wrong otherwise."""
+        problems = password_problems(password, person.email)
+        if problems:
+            return problems
+        person.password_hash = _hasher.hash(password)
+        person.invite_hash = None  # the link is used up
+        person.session_version += 1  # other sessions end
+        return []
+
+    def login(self, email: str, password: str) -> Person | None:
+        person = self.session.scalar(select(Person).where(Person.email == email.strip().lower()))
+        if person is None or not person.password_hash:
+            _burn(password)
+            return None
+        try:
+            _hasher.verify(person.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        if _hasher.check_needs_rehash(person.password_hash):
+            person.password_hash = _hasher.hash(password)
+        return person
+
+    # -- organizations ---------------------------------------------------------
+
+    def organization_of(self, person: Person) -> Organization | None:
+        domain = person.email.rpartition("@")[2]
+        if domain in FREE_MAIL_DOMAINS:
+            return None
+        return self.session.scalar(select(Organization).where(Organization.domain == domain))
+
+    def add_organization(self, domain: str, name: str, now: datetime) -> Organization:
+        domain = domain.strip().lower()
+        if domain in FREE_MAIL_DOMAINS:
+            raise ValueError(f"{domain} is a public mail provider: it never groups people")
+        org = self.session.scalar(select(Organization).where(Organization.domain == domain))
+        if org is None:
+            org = Organization(domain=domain, name=name, created_at=now)
+            self.session.add(org)
+        else:
+            org.name = name
+        self.session.flush()
+        return org
+
+
+def password_problems(password: str, email: str = "") -> list[str]:
+    problems = []
+    if len(password) < MIN_PASSWORD_LENGTH:
+        problems.append(f"at least {MIN_PASSWORD_LENGTH} characters")
+    lowered = password.lower()
+    if lowered in COMMON_PASSWORDS or (email and lowered == email.lower()):
+        problems.append("not a common password")
+    return problems
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+_DUMMY_HASH = _hasher.hash("maildesk-dummy-password")
+
+
+def _burn(password: str) -> None:
+    """Spend the time a real check takes, so timing does not reveal unknown addresses."""
+    try:
+        _hasher.verify(_DUMMY_HASH, password)
+    except VerificationError:
+        pass
