@@ -47,8 +47,9 @@ class Invitation:
 
 
 class Accounts:
-    def __init__(self, session: Session, clock: Clock, secret: str, base_url: str,
-                 invitation_days: int) -> None:
+    def __init__(
+        self, session: Session, clock: Clock, secret: str, base_url: str, invitation_days: int
+    ) -> None:
         self.session = session
         self.clock = clock
         self.base_url = base_url.rstrip("/")

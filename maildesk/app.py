@@ -14,12 +14,15 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.orm import Session
 
 from maildesk import jobs
+from maildesk.accounts import Accounts
 from maildesk.clock import Clock, SystemClock
 from maildesk.config import Settings
 from maildesk.db import Database
@@ -55,6 +58,8 @@ class Services:
     notices: Notices
     links: PaidLinks
     processor: Processor
+    # Accounts work inside a caller's transaction: `services.accounts(session)`.
+    accounts: Callable[[Session], Accounts]
 
     def prepare(self) -> None:
         """Migrate the schema and seed the configured agents (both idempotent)."""
@@ -81,11 +86,27 @@ def build(settings: Settings, clock: Clock | None = None) -> Services:
     renderer = Renderer(settings.templates.path, settings.support.language)
     notifier = Notifier(settings, renderer, tokens, clock)
     links = PaidLinks(settings.support.base_url, settings.secret_key(), clock)
-    notices = Notices(notifier, links, settings.support.language)
+    secret = settings.secret_key()
+
+    def accounts(session: Session) -> Accounts:
+        return Accounts(
+            session, clock, secret, settings.support.base_url, settings.web.invitation_days
+        )
+
+    notices = Notices(notifier, links, settings.support.language, accounts)
     threader = Threader(tokens, settings.support.tag_prefix)
     processor = Processor(db, settings, clock, notices, threader)
     return Services(
-        settings, clock, db, InboundStore(db, clock), renderer, notifier, notices, links, processor
+        settings,
+        clock,
+        db,
+        InboundStore(db, clock),
+        renderer,
+        notifier,
+        notices,
+        links,
+        processor,
+        accounts,
     )
 
 

@@ -25,10 +25,11 @@ from maildesk.db import Database
 from maildesk.inbound import importer
 from maildesk.inbound.store import Envelope, InboundStore
 from maildesk.intake import create_ticket
-from maildesk.models import PRIORITIES, STATUSES, Inbound, Outbox, Ticket
+from maildesk.models import PRIORITIES, STATUSES, Inbound, Organization, Outbox, Person, Ticket
 from maildesk.outbound import outbox as outbox_module
 from maildesk.tickets import views
 from maildesk.tickets.agents import Agents
+from maildesk.tickets.service import Tickets
 
 _EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
@@ -331,6 +332,94 @@ def agents_remove(ctx: Context, email: str) -> None:
     if not removed:
         raise click.ClickException(f"no agent {email}")
     click.echo(f"agent {email.lower()} removed", err=True)
+
+
+# -- people and organizations ------------------------------------------------
+
+
+@main.group()
+def people() -> None:
+    """Customers, and their optional web accounts."""
+
+
+@people.command("invite")
+@click.argument("email")
+@pass_context
+def people_invite(ctx: Context, email: str) -> None:
+    """Mail EMAIL a fresh set-password link (older links stop working)."""
+    if not _EMAIL.match(email):
+        raise click.ClickException(f"not an e-mail address: {email}")
+    services = ctx.services
+    with services.db.transaction() as session:
+        person = Tickets(session).person(email, "", services.clock.now())
+        services.notices.invitation(session, person)
+    click.echo(f"invitation queued for {email.lower()}", err=True)
+
+
+@people.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def people_list(ctx: Context, as_json: bool) -> None:
+    services = ctx.services
+    with services.db.transaction() as session:
+        accounts = services.accounts(session)
+        rows = []
+        for person in session.scalars(select(Person).order_by(Person.id)):
+            org = accounts.organization_of(person)
+            rows.append(
+                {
+                    "email": person.email,
+                    "name": person.name,
+                    "language": person.language,
+                    "account": person.password_hash is not None,
+                    "invited_at": views.iso(person.invited_at),
+                    "organization": org.domain if org else None,
+                }
+            )
+    if as_json:
+        _print_json(rows)
+        return
+    _table(
+        ["email", "name", "account", "organization"],
+        [
+            [r["email"], r["name"], "yes" if r["account"] else "no", r["organization"] or "-"]
+            for r in rows
+        ],
+    )
+
+
+@main.group()
+def orgs() -> None:
+    """Organizations: people of one e-mail domain see each other's tickets."""
+
+
+@orgs.command("add")
+@click.argument("domain")
+@click.option("--name", required=True)
+@pass_context
+def orgs_add(ctx: Context, domain: str, name: str) -> None:
+    services = ctx.services
+    try:
+        with services.db.transaction() as session:
+            services.accounts(session).add_organization(domain, name, services.clock.now())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"organization {domain.lower()} added", err=True)
+
+
+@orgs.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def orgs_list(ctx: Context, as_json: bool) -> None:
+    with ctx.services.db.transaction() as session:
+        rows = [
+            {"domain": o.domain, "name": o.name, "created_at": views.iso(o.created_at)}
+            for o in session.scalars(select(Organization).order_by(Organization.domain))
+        ]
+    if as_json:
+        _print_json(rows)
+        return
+    _table(["domain", "name"], [[r["domain"], r["name"]] for r in rows])
 
 
 # -- outbox ----------------------------------------------------------------

@@ -8,10 +8,13 @@ agents), the answer to a paid-work notice, and errors in their commands.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy.orm import Session
 
+from maildesk.accounts import Accounts
 from maildesk.message import ParsedMessage
-from maildesk.models import Agent, Ticket
+from maildesk.models import Agent, Person, Ticket
 from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
 from maildesk.tickets import commands
@@ -21,24 +24,51 @@ from maildesk.web.links import PaidLinks
 
 
 class Notices:
-    def __init__(self, notifier: Notifier, links: PaidLinks, staff_language: str) -> None:
+    def __init__(
+        self,
+        notifier: Notifier,
+        links: PaidLinks,
+        staff_language: str,
+        accounts: Callable[[Session], Accounts],
+    ) -> None:
         self.notifier = notifier
         self.links = links
         self.staff_language = staff_language
+        self.accounts = accounts
 
     # -- to the customer -----------------------------------------------------
 
     def acknowledge(self, session: Session, ticket: Ticket, answering: InReplyTo | None) -> int:
+        """The acknowledgement; a person's first one offers an account."""
         requester = ticket.requester
+        offer = requester.password_hash is None and requester.invited_at is None
         self.notifier.notify(
             session,
             ticket,
             "acknowledgement",
             Recipient(requester.email, requester.name),
-            language=ticket.language,
+            language=requester.language or ticket.language,
             answering=answering,
+            extra={
+                "invitation_url": self.accounts(session).invitation_url(requester) if offer else "",
+                "has_account": requester.password_hash is not None,
+            },
         )
         return 1
+
+    def invitation(self, session: Session, person: Person) -> str:
+        """Mail a fresh set-password link (older links stop working); returns it."""
+        url = self.accounts(session).invitation_url(person)
+        self.notifier.notify_untied(
+            session,
+            None,
+            "invitation",
+            Recipient(person.email, person.name),
+            language=person.language or self.staff_language,
+            answering=None,
+            extra={"invitation_url": url},
+        )
+        return url
 
     def status_notice(self, session: Session, ticket: Ticket) -> int:
         """Tell the customer their ticket was resolved (confirm or dispute) or closed."""
