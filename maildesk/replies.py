@@ -229,14 +229,23 @@ def is_only_thanks(text: str) -> bool:
 _NEGATED = re.compile(r"(?:\bnot|n't|\bnever|\bno|\bne|\bnikoli)\W*$")
 
 
+_GREETING = re.compile(
+    r"^(dobry den|dobre rano|dobry vecer|ahoj|zdravim|hello|hi|hey|dear|good (morning|afternoon|"
+    r"evening))\b[^.!?]{0,40}[,!]?$"
+)
+
+
 def has_word(text: str, words: Iterable[str]) -> bool:
     """Whether the new text's first non-empty line contains one of `words` as a whole word (case-
     and diacritics-insensitive) — used for approval words like "SCHVALUJI"/"APPROVE" and
     confirmation words like "POTVRZUJI"/"CONFIRM". A whole body may be passed: a quoted word never
     counts, and neither does one right after a negation ("do not approve").
     """
-    first = next((x for x in new_text(text).split("\n") if x.strip()), "")
-    line = _fold(first).replace("\u2019", "'")
+    lines = [x for x in new_text(text).split("\n") if x.strip()]
+    # "Dobrý den,\nSCHVALUJI": a greeting line does not hide the answer below it.
+    if len(lines) > 1 and _GREETING.match(_fold(lines[0]).strip()):
+        lines = lines[1:]
+    line = _fold(lines[0] if lines else "").replace("\u2019", "'")
     for word in words:
         folded = _fold(word).strip()
         if not folded:

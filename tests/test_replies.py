@@ -200,7 +200,7 @@ def test_has_word_whole_words_only() -> None:
 
 
 def test_has_word_ignores_later_lines_and_quotes() -> None:
-    assert not has_word("Dobrý den,\nSCHVALUJI", ["SCHVALUJI"])
+    assert not has_word("Ok, I will think about it.\nSCHVALUJI", ["SCHVALUJI"])
     assert not has_word("> Reply APPROVE to approve the price.", ["APPROVE"])
     body = "\nOn Mon, Nov 23, 2026 at 10:00 AM Petra <p@x.test> wrote:\n> Reply APPROVE"
     assert not has_word(body, ["APPROVE"])
@@ -210,3 +210,10 @@ def test_has_word_not_after_a_negation() -> None:
     assert not has_word("I do not approve this price.", ["APPROVE"])
     assert not has_word("Don't APPROVE yet", ["APPROVE"])
     assert not has_word("NE SCHVALUJI", ["SCHVALUJI"])
+
+
+def test_has_word_looks_past_a_greeting_line() -> None:
+    assert has_word("Dobrý den,\nSCHVALUJI\nJan", ["SCHVALUJI"])
+    assert has_word("Hello Agnes,\napprove, thanks", ["APPROVE"])
+    assert not has_word("Dobrý den,\nneschvaluji", ["SCHVALUJI"])
+    assert not has_word("Hello,\nI have a question first.\nApprove", ["APPROVE"])
