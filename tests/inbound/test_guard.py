@@ -282,3 +282,20 @@ def test_mail_parser_epilogue_is_walked_too() -> None:
         f"--R--\n--R\n{hidden}--R--\n"
     ).encode()
     assert refused(raw) == "MIME nesting depth reaches 21 (limit 20)"
+
+
+def test_too_many_content_type_parameters_are_refused() -> None:
+    """email.message._parseparam is quadratic in the ';' of one value."""
+    params = "; ".join(f"a{i}=b" for i in range(150))
+    raw = (
+        "From: a@example.test\r\nContent-Type: multipart/mixed; boundary=x; "
+        f"{params}\r\n\r\n--x\r\n\r\nhi\r\n--x--\r\n"
+    ).encode()
+    with pytest.raises(HostileInput, match=r"Content-Type has 151 parameters \(limit 100\)"):
+        check(raw, Limits())
+    disposition = (
+        "From: a@example.test\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n"
+        f"Content-Disposition: attachment; {params}\r\n\r\nhi\r\n--x--\r\n"
+    ).encode()
+    with pytest.raises(HostileInput, match="Content-Disposition has"):
+        check(disposition, Limits())
