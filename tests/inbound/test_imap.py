@@ -16,7 +16,8 @@ from maildesk.config import ImapSettings
 from maildesk.inbound.imap import ImapPoller
 from tests.dovecot import Dovecot
 
-DEADLINE = 10.0
+# Generous: a loaded CI machine can take seconds to deliver an IDLE notification.
+DEADLINE = 30.0
 
 
 @pytest.fixture
