@@ -29,6 +29,7 @@ from maildesk.db import Database
 from maildesk.inbound.imap import ImapPoller
 from maildesk.inbound.smtp import InboundHandler, Listener, start_server
 from maildesk.inbound.store import Envelope, InboundStore
+from maildesk.outbound.dkim import signer_from_settings
 from maildesk.outbound.notify import Notifier
 from maildesk.outbound.outbox import OutboxSender
 from maildesk.outbound.render import Renderer
@@ -84,7 +85,7 @@ def build(settings: Settings, clock: Clock | None = None) -> Services:
     db = Database(settings.database.url)
     tokens = ReplyTokens(settings.support.address, settings.secret_key())
     renderer = Renderer(settings.templates.path, settings.support.language)
-    notifier = Notifier(settings, renderer, tokens, clock)
+    notifier = Notifier(settings, renderer, tokens, clock, signer_from_settings(settings))
     links = PaidLinks(settings.support.base_url, settings.secret_key(), clock)
     secret = settings.secret_key()
 

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from maildesk import config as config_module
 from maildesk.app import Daemon, Services, build
+from maildesk.cli_templates import templates
 from maildesk.clock import SystemClock
 from maildesk.config import ConfigError, Settings
 from maildesk.db import Database
@@ -550,3 +551,6 @@ def _table(headers: list[str], rows: Iterable[list[Any]]) -> None:
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in rows:
         click.echo("  ".join(c[:w].ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+main.add_command(templates)

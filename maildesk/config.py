@@ -79,6 +79,8 @@ class OutboundSettings:
     retry_max_seconds: float = 900.0
     # A message still undeliverable after this long is marked failed.
     give_up_hours: float = 48.0
+    dkim_selector: str = ""  # DKIM signing when both are set (see outbound/dkim.py)
+    dkim_key: str = ""  # path to the PEM private key
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ _PATH_KEYS = {
     ("smtp", "tls_key"),
     ("web", "secret_key_file"),
     ("templates", "path"),
+    ("outbound", "dkim_key"),
 }
 
 

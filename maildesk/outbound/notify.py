@@ -8,7 +8,8 @@ bound to that agent) and in visibility (agent mail is internal).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -26,6 +27,21 @@ from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.tokens import ReplyTokens
 
 _MAX_REFERENCES = 20
+_MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
+
+
+def sendable(attachment: Attachment) -> Attachment:
+    """An attachment as we can send it: a forwarded message or an odd type goes as a file.
+
+    RFC 2046 forbids base64 for message/* and multipart/*, and we send everything base64.
+    """
+    ctype = attachment.content_type.lower()
+    if _MIME_TYPE.match(ctype) and not ctype.startswith(("multipart/", "message/")):
+        return attachment
+    filename = attachment.filename
+    if ctype.startswith("message/") and not filename.lower().endswith(".eml"):
+        filename = f"{filename or 'message'}.eml"
+    return Attachment(filename, "application/octet-stream", attachment.data)
 
 
 @dataclass(frozen=True)
@@ -45,12 +61,18 @@ class InReplyTo:
 
 class Notifier:
     def __init__(
-        self, settings: Settings, renderer: Renderer, tokens: ReplyTokens, clock: Clock
+        self,
+        settings: Settings,
+        renderer: Renderer,
+        tokens: ReplyTokens,
+        clock: Clock,
+        signer: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.settings = settings
         self.renderer = renderer
         self.tokens = tokens
         self.clock = clock
+        self.signer = signer  # DKIM (outbound/dkim.py): applied to the composed bytes
 
     def tag(self, ticket: Ticket) -> str:
         return f"[{self.settings.support.tag_prefix}{ticket.id}]"
@@ -113,9 +135,11 @@ class Notifier:
             thread_index=thread_index(
                 ticket.created_at, f"{ticket.id}@{support.domain}".encode(), now
             ),
-            attachments=tuple(attachments),
+            attachments=tuple(sendable(a) for a in attachments),
         )
         raw = compose(mail)
+        if self.signer is not None:
+            raw = self.signer(raw)
         for_agents = first.agent_id is not None
         # Mail to agents lives in the outbox only: the ticket's messages are the
         # conversation with the customer, not every copy sent to staff.
@@ -194,6 +218,8 @@ class Notifier:
                 auto_submitted="auto-replied",
             )
         )
+        if self.signer is not None:
+            raw = self.signer(raw)
         row = Outbox(
             ticket_id=None,
             message_id=message_id,

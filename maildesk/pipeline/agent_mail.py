@@ -77,15 +77,21 @@ class AgentFlow:
             queued += self.notices.to_agents(
                 session, ticket, "critical", mail.message, everyone=True
             )
+        if parsed.get("note") is not None or intake is not None:
+            return queued
+        body = _without_internal_lines(session, ticket, parsed.body)
         paid = parsed.get("paid")
         if paid is not None:
             lifecycle.change(ticket, "paid", "pending", mail.agent.email, "command")
             ticket.paid_note = paid.arg
             lifecycle.change(ticket, "status", "waiting_customer", mail.agent.email, "command")
-            return queued + self.notices.paid_notice(session, ticket, mail.agent, parsed.body)
-        if parsed.get("note") is not None or intake is not None:
-            return queued
-        body = _without_internal_lines(session, ticket, parsed.body)
+            return queued + self.notices.paid_notice(
+                session,
+                ticket,
+                agent_name(mail.agent, mail.message),
+                body,
+                attachments_of(mail.message),
+            )
         if body.strip():
             if parsed.get("status") is None:
                 lifecycle.agent_replied(ticket, mail.agent, "mail")
@@ -107,6 +113,8 @@ class AgentFlow:
         assign = parsed.get("assign")
         if assign and assign.arg != "me" and Agents(session).by_email(assign.arg) is None:
             problems.append(f"#assign {assign.arg}: not an agent")
+        if parsed.get("paid") is not None and parsed.get("note") is not None:
+            problems.append("#paid sends the customer a notice; it cannot be part of a #note")
         if parsed.get("paid") is not None:
             type_command = parsed.get("type")
             ticket_type = type_command.arg if type_command else (mail.ticket and mail.ticket.type)
@@ -166,7 +174,7 @@ class AgentFlow:
         ).all()
         recipients = [Recipient(email, name) for email, name, _role in people]
         support = self.notifier.settings.support
-        agent_name = mail.agent.name or mail.message.from_name or mail.agent.email.partition("@")[0]
+        name = agent_name(mail.agent, mail.message)
         self.notifier.notify(
             session,
             ticket,
@@ -175,13 +183,24 @@ class AgentFlow:
             language=ticket.language,
             answering=customer_thread(session, ticket),
             automatic=False,
-            sender_name=f"{agent_name} ({support.name})",
-            extra={"reply": {"text": body, "agent_name": agent_name}},
-            attachments=tuple(
-                Attachment(a.filename, a.content_type, a.data) for a in mail.message.attachments
-            ),
+            sender_name=f"{name} ({support.name})",
+            extra={"reply": {"text": body, "agent_name": name}},
+            attachments=attachments_of(mail.message),
         )
         return 1
+
+
+def agent_name(agent: Agent, message: ParsedMessage) -> str:
+    """How customers see the agent: the configured name, else the mail's display name,
+    else the address's local part. Never an address: that is what we keep from customers."""
+    for candidate in (agent.name, message.from_name):
+        if candidate and "@" not in candidate:
+            return candidate
+    return agent.email.partition("@")[0]
+
+
+def attachments_of(message: ParsedMessage) -> tuple[Attachment, ...]:
+    return tuple(Attachment(a.filename, a.content_type, a.data) for a in message.attachments)
 
 
 def customer_thread(session: Session, ticket: Ticket) -> InReplyTo | None:

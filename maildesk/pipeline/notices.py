@@ -83,7 +83,14 @@ class Notices:
         )
         return 1
 
-    def paid_notice(self, session: Session, ticket: Ticket, agent: Agent, body: str) -> int:
+    def paid_notice(
+        self,
+        session: Session,
+        ticket: Ticket,
+        agent_name: str,
+        body: str,
+        attachments: tuple[Attachment, ...] = (),
+    ) -> int:
         """Before paid work starts, the reporter is told and asked to approve."""
         requester = ticket.requester
         self.notifier.notify(
@@ -102,8 +109,9 @@ class Notices:
                     "approve_word": _word(APPROVE_WORDS, ticket.language),
                     "decline_word": _word(DECLINE_WORDS, ticket.language),
                 },
-                "agent": {"name": agent.name or agent.email},
+                "agent": {"name": agent_name},
             },
+            attachments=attachments,
         )
         return 1
 

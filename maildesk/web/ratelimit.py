@@ -71,13 +71,15 @@ class Guard:
     per_ip: SlidingWindow
     per_account: SlidingWindow
 
-    def blocked(self, ip: str, account: str) -> int:
-        """Seconds to wait (0 = go ahead)."""
-        return max(self.per_ip.retry_after(ip), self.per_account.retry_after(account.lower()))
+    def blocked(self, ip: str, account: str = "") -> int:
+        """Seconds to wait (0 = go ahead); an empty account checks the IP alone."""
+        wait = self.per_ip.retry_after(ip)
+        return max(wait, self.per_account.retry_after(account.lower())) if account else wait
 
-    def hit(self, ip: str, account: str) -> None:
+    def hit(self, ip: str, account: str = "") -> None:
         self.per_ip.hit(ip)
-        self.per_account.hit(account.lower())
+        if account:
+            self.per_account.hit(account.lower())
 
     def forgive(self, account: str) -> None:
         """A right password clears the account's failures (not the IP's)."""

@@ -13,7 +13,7 @@ from aiohttp import web
 from sqlalchemy import func, select
 
 from maildesk.models import Inbound, Outbox
-from maildesk.web import paid
+from maildesk.web import account, paid, portal
 from maildesk.web.keys import SERVICES
 
 if TYPE_CHECKING:
@@ -26,6 +26,20 @@ def make_app(services: Services) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/paid", paid.show)
     app.router.add_post("/paid", paid.answer)
+    app.router.add_get("/", portal.home)
+    app.router.add_get("/account/set-password", account.set_password_form)
+    app.router.add_post("/account/set-password", account.set_password)
+    app.router.add_get("/login", account.login_form)
+    app.router.add_post("/login", account.login)
+    app.router.add_post("/logout", account.logout)
+    app.router.add_get("/account/forgot", account.forgot_form)
+    app.router.add_post("/account/forgot", account.forgot)
+    app.router.add_get("/account/language", account.language_form)
+    app.router.add_post("/account/language", account.set_language)
+    app.router.add_get("/tickets", portal.ticket_list)
+    app.router.add_get("/tickets/{number}", portal.ticket_page)
+    app.router.add_get("/tickets/{number}/attachments/{attachment}", portal.attachment)
+    app.router.add_post("/tickets/{number}/reply", portal.reply)
     return app
 
 

@@ -49,8 +49,8 @@ class Sessions:
         self.lifetime = timedelta(days=days)
         self._signer = signed_serializer(secret, "maildesk.session", clock)
 
-    def value(self, person: Person) -> str:
-        return str(self._signer.dumps({"p": person.id, "v": person.session_version}))
+    def value(self, person_id: int, version: int) -> str:
+        return str(self._signer.dumps({"p": person_id, "v": version}))
 
     def read(self, request: web.Request) -> Claim | None:
         """The claim of the request's cookie, or None if absent, forged or expired."""
@@ -79,9 +79,10 @@ class Sessions:
             and person.session_version == claim.version
         )
 
-    def log_in(self, response: web.StreamResponse, person: Person) -> None:
+    def log_in(self, response: web.StreamResponse, person_id: int, version: int) -> None:
+        """Set (or renew: the lifetime counts from the last visit) the session cookie."""
         options = cookie_options(self.base_url, int(self.lifetime.total_seconds()))
-        response.set_cookie(COOKIE, self.value(person), **options)
+        response.set_cookie(COOKIE, self.value(person_id, version), **options)
 
     def log_out(self, response: web.StreamResponse) -> None:
         options = cookie_options(self.base_url, None)

@@ -1,0 +1,114 @@
+"""`maildesk templates ...`: list, preview, check and send-test the notification templates.
+
+Options are parsed and printed here; the sample data is decided in
+templates_admin.py, and what counts as a problem in outbound/render.py.
+`list`, `check` and `preview` without --ticket need neither the database nor
+the signing key, so an admin can check an edit on any machine that has the
+config and the templates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from maildesk import templates_admin
+from maildesk.models import Ticket
+from maildesk.outbound.render import describe, discover
+
+if TYPE_CHECKING:
+    from maildesk.cli import Context
+
+
+@click.group()
+def templates() -> None:
+    """The notification templates admins edit in place (see templates/README.md)."""
+
+
+@templates.command("list")
+@click.pass_obj
+def templates_list(ctx: Context) -> None:
+    """Every template with its languages and parts (text, html)."""
+    path = ctx.settings.templates.path
+    click.echo(f"templates in {path}", err=True)
+    for info in discover(path):
+        parts = "  ".join(f"{lang}: {'+'.join(p)}" for lang, p in sorted(info.parts.items()))
+        sent_to = templates_admin.SPECS.get(info.name)
+        audience = sent_to.audience if sent_to else "not sent by maildesk"
+        click.echo(f"{info.name:<20} {parts:<32} ({audience})")
+
+
+@templates.command("preview")
+@click.argument("name")
+@click.option("--ticket", "ticket_number", type=int, help="Use ticket N's real data.")
+@click.option("--lang", "language", help="Language (default: the ticket's, else [support]).")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the HTML part to FILE.",
+)
+@click.pass_obj
+def templates_preview(
+    ctx: Context, name: str, ticket_number: int | None, language: str | None, html_file: Path | None
+) -> None:
+    """Render NAME: the subject and text to stdout; with --html, the HTML part to a file."""
+    try:
+        if ticket_number is None:
+            notifier = templates_admin.sample_notifier(ctx.settings)
+            rendered = templates_admin.preview(notifier, name, language, None)
+        else:
+            services = ctx.services
+            with services.db.transaction() as session:
+                ticket = session.get(Ticket, ticket_number)
+                if ticket is None:
+                    raise click.ClickException(f"no ticket {ticket_number}")
+                rendered = templates_admin.preview(services.notifier, name, language, ticket)
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        raise click.ClickException(describe(exc)) from None
+    click.echo(f"Subject: {rendered.subject}")
+    click.echo(f"Language: {rendered.language}")
+    click.echo("")
+    click.echo(rendered.text, nl=False)
+    if html_file is not None:
+        if rendered.html is None:
+            raise click.ClickException(f"{name} has no HTML part in {rendered.language}")
+        html_file.write_text(rendered.html, encoding="utf-8")
+        click.echo(f"HTML part written to {html_file}", err=True)
+
+
+@templates.command("check")
+@click.pass_obj
+def templates_check(ctx: Context) -> None:
+    """Render every template in every language against sample data; exit 1 on any problem."""
+    settings = ctx.settings
+    notifier = templates_admin.sample_notifier(settings)
+    problems = templates_admin.check_all(notifier, settings.templates.path)
+    for problem in problems:
+        click.echo(str(problem))
+    count = len(discover(settings.templates.path))
+    if problems:
+        click.echo(f"{len(problems)} problem(s) in the templates", err=True)
+        raise SystemExit(1)
+    click.echo(f"{count} templates OK", err=True)
+
+
+@templates.command("send-test")
+@click.argument("name")
+@click.option("--to", "to", required=True, metavar="ADDR", help="Who gets the sample.")
+@click.option("--lang", "language", help="Language (default: [support] language).")
+@click.pass_obj
+def templates_send_test(ctx: Context, name: str, to: str, language: str | None) -> None:
+    """Queue NAME rendered with sample data for ADDR; the daemon sends it from the outbox."""
+    if "@" not in to or any(c.isspace() for c in to):
+        raise click.ClickException(f"not an e-mail address: {to}")
+    services = ctx.services
+    try:
+        outbox_id = templates_admin.send_test(services, name, to, language)
+    except Exception as exc:
+        raise click.ClickException(describe(exc)) from None
+    click.echo(f"queued as outbox {outbox_id} for {to}", err=True)

@@ -1,0 +1,283 @@
+"""Templates as an admin sees them: what exists, the sample data, check, preview, send-test.
+
+This module decides the sample data every template is previewed and checked
+with, in one place: `SPECS` says, for each template the code sends, who gets
+it, whether it belongs to a ticket, whether it is automatic, and the extras it
+is passed, mirroring pipeline/notices.py, pipeline/agent_mail.py and jobs.py.
+The base context (`ticket`, `recipient`, `customer`, `support`) is not copied:
+it comes from `Notifier._context` itself, on a ticket that is never saved.
+When the code passes a new variable, add it here; `templates check` then holds
+every template to it.
+
+What counts as broken is decided by `render.check`; this module feeds it the
+sample variants (`contexts`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from maildesk.clock import ManualClock, SystemClock
+from maildesk.config import Settings
+from maildesk.models import STATUSES, Agent, Person, Ticket
+from maildesk.outbound.notify import Notifier, Recipient
+from maildesk.outbound.render import Problem, Rendered, Renderer, check
+from maildesk.pipeline.notices import _word
+from maildesk.tickets import commands
+from maildesk.tickets.lifecycle import APPROVE_WORDS, CONFIRM_WORDS, DECLINE_WORDS
+from maildesk.tickets.tokens import ReplyTokens
+from maildesk.web.links import PaidLinks
+
+if TYPE_CHECKING:
+    from maildesk.app import Services
+
+Extras = Callable[[str, str], list[dict[str, Any]]]  # (language, base_url) -> variants
+
+SAMPLE_TIME = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+# What agent_notification is sent for: process.py (new_ticket, forged, and
+# Lifecycle.customer_replied's outcomes), web/paid.py, intake.py and agent_mail.py.
+AGENT_EVENTS = tuple(
+    "new_ticket reply disputed confirmed approved declined critical forged".split()
+)
+_TEXT = {
+    "cs": {
+        "subject": "Tiskárna ve 2. patře tiskne prázdné stránky",
+        "customer": "Dobrý den, tiskárna ve 2. patře od rána tiskne jen prázdné stránky.",
+        "reply": "Dobrý den,\n\nvyměnili jsme fixační jednotku, tiskárna už tiskne.\n"
+        "Zkuste to prosím a dejte nám vědět.",
+        "paid": "Úprava šablony faktury podle nového loga, asi 4 hodiny práce.",
+        "price": "4 800 Kč bez DPH",
+    },
+    "en": {
+        "subject": "The printer on floor 2 prints blank pages",
+        "customer": "Hello, since this morning the printer on floor 2 prints only blank pages.",
+        "reply": "Hello,\n\nwe replaced the fuser unit and the printer works again.\n"
+        "Please give it a try and let us know.",
+        "paid": "Changing the invoice template to the new logo, about 4 hours of work.",
+        "price": "EUR 190 excluding VAT",
+    },
+}
+
+
+def _text(language: str) -> dict[str, str]:
+    return _TEXT.get(language, _TEXT["en"])
+
+
+@dataclass(frozen=True)
+class Spec:
+    audience: str  # "customer" | "agent"
+    tied: str  # "ticket": sent as part of a ticket; "untied": never; "either"
+    automatic: bool  # notify(automatic=...): Auto-Submitted: auto-replied
+    status: str  # the ticket's status when it is usually sent
+    extras: Extras
+
+
+def _none(language: str, base: str) -> list[dict[str, Any]]:
+    return [{}]
+
+
+def _acknowledgement(language: str, base: str) -> list[dict[str, Any]]:
+    url = f"{base}/account/set-password?token=eyJwIjo3LCJuIjoiczNjcjN0In0.aWQ.sample"
+    return [
+        {"invitation_url": url, "has_account": False},  # a person's first acknowledgement
+        {"invitation_url": "", "has_account": True},
+        {"invitation_url": "", "has_account": False},  # offered before, no account yet
+    ]
+
+
+def _invitation(language: str, base: str) -> list[dict[str, Any]]:
+    return [{"invitation_url": _acknowledgement(language, base)[0]["invitation_url"]}]
+
+
+def _status_words(language: str, base: str) -> list[dict[str, Any]]:
+    return [{"words": {"confirm": _word(CONFIRM_WORDS, language)}}]
+
+
+def _paid(language: str, base: str) -> list[dict[str, Any]]:
+    links = PaidLinks(base, "sample", ManualClock(SAMPLE_TIME))
+    paid = {
+        "price": _text(language)["price"],
+        "text": _text(language)["paid"],
+        "approve_url": links.url(42, "approve"),
+        "decline_url": links.url(42, "decline"),
+        "approve_word": _word(APPROVE_WORDS, language),
+        "decline_word": _word(DECLINE_WORDS, language),
+    }
+    agent = {"name": "Eva Svobodová"}
+    return [{"paid": paid, "agent": agent}, {"paid": {**paid, "text": ""}, "agent": agent}]
+
+
+def _reply(language: str, base: str) -> list[dict[str, Any]]:
+    return [{"reply": {"text": _text(language)["reply"], "agent_name": "Eva Svobodová"}}]
+
+
+def _agent_notification(language: str, base: str) -> list[dict[str, Any]]:
+    message = {
+        "from": "jan.novak@customer.test",
+        "from_name": "Jan Novák",
+        "text": _text(language)["customer"],
+    }
+    silent = {"from": "", "from_name": "", "text": ""}  # web/paid.py passes no message
+    return [
+        {"event": event, "message": msg, "commands_help": commands.HELP}
+        for event in AGENT_EVENTS
+        for msg in (message, silent)
+    ]
+
+
+def _agent_error(language: str, base: str) -> list[dict[str, Any]]:
+    errors = ["#assign bob@example.test: not an agent", "unknown command #staus"]
+    return [
+        {"errors": errors, "commands_help": commands.HELP, "original_subject": "Re: [#42] Tisk"}
+    ]
+
+
+def _digest(language: str, base: str) -> list[dict[str, Any]]:
+    row = {
+        "tag": "[#42]",
+        "subject": _text(language)["subject"],
+        "status": "new",
+        "priority": "critical",
+        "requester": "jan.novak@customer.test",
+        "owner": "",
+    }
+    other = {**row, "tag": "[#43]", "priority": "normal", "owner": "eva@example.test"}
+    return [{"day": SAMPLE_TIME.date().isoformat(), "tickets": [row, other]}]
+
+
+SPECS: dict[str, Spec] = {
+    "acknowledgement": Spec("customer", "ticket", True, "new", _acknowledgement),
+    "invitation": Spec("customer", "untied", True, "new", _invitation),
+    "agent_reply": Spec("customer", "ticket", False, "waiting_customer", _reply),
+    "paid_notice": Spec("customer", "ticket", False, "waiting_customer", _paid),
+    "status_changed": Spec("customer", "ticket", True, "accepted", _none),
+    "waiting_customer": Spec("customer", "ticket", True, "waiting_customer", _none),
+    "resolved": Spec("customer", "ticket", True, "resolved", _status_words),
+    "closed": Spec("customer", "ticket", True, "closed", _status_words),
+    "agent_notification": Spec("agent", "ticket", True, "new", _agent_notification),
+    "agent_error": Spec("agent", "either", True, "accepted", _agent_error),
+    "agent_digest": Spec("agent", "untied", True, "new", _digest),
+}
+# A template the code does not send (an admin's own) gets the base context only.
+_UNKNOWN = Spec("customer", "ticket", True, "accepted", _none)
+
+
+def sample_notifier(settings: Settings) -> Notifier:
+    """A Notifier for building contexts only (it never signs or sends), with no database."""
+    renderer = Renderer(settings.templates.path, settings.support.language, strict=True)
+    tokens = ReplyTokens(settings.support.address, "templates-admin: signs nothing")
+    return Notifier(settings, renderer, tokens, SystemClock())
+
+
+def spec(name: str) -> Spec:
+    return SPECS.get(name, _UNKNOWN)
+
+
+def customer_templates() -> list[str]:
+    return [name for name, s in SPECS.items() if s.audience == "customer"]
+
+
+def sample_ticket(status: str, language: str, named: bool = True) -> Ticket:
+    """Ticket #42, never saved: what Notifier._context reads from a real one."""
+    requester = Person(id=7, email="jan.novak@customer.test", name="Jan Novák" if named else "")
+    owner = Agent(id=3, email="eva@example.test", name="Eva Svobodová", active=True)
+    return Ticket(
+        id=42,
+        subject=_text(language)["subject"],
+        status=status,
+        type="bug",
+        priority="normal",
+        language=language,
+        requester=requester,
+        owner=owner,
+        created_at=SAMPLE_TIME,
+        updated_at=SAMPLE_TIME,
+    )
+
+
+def recipient_for(name: str, ticket: Ticket) -> Recipient:
+    if spec(name).audience == "agent":
+        return Recipient("eva@example.test", "Eva Svobodová", agent_id=3)
+    return Recipient(ticket.requester.email, ticket.requester.name)
+
+
+def untied_context(notifier: Notifier, to: Recipient, extra: dict[str, Any]) -> dict[str, Any]:
+    """What Notifier.notify_untied renders with when there is no ticket."""
+    support = notifier.settings.support
+    return {
+        "ticket": None,
+        "recipient": {"email": to.email, "name": to.name},
+        "support": {"name": support.name, "address": support.address, "url": support.base_url},
+        **extra,
+    }
+
+
+def contexts(notifier: Notifier, name: str, language: str) -> Iterator[dict[str, Any]]:
+    """Every sample variant of `name`'s context; the first is the usual case."""
+    s = spec(name)
+    base = notifier.settings.support.base_url
+    statuses = [s.status, *(st for st in STATUSES if st != s.status)]
+    for extra, status, named in itertools.product(
+        s.extras(language, base), statuses, (True, False)
+    ):
+        ticket = sample_ticket(status, language, named)
+        to = recipient_for(name, ticket)
+        if s.tied != "untied":
+            # The real code path, so the sample cannot drift from what mail gets.
+            yield notifier._context(ticket, to, language, extra)
+        if s.tied != "ticket":
+            yield untied_context(notifier, to, extra)
+
+
+def sample_context(notifier: Notifier, name: str, language: str) -> dict[str, Any]:
+    return next(contexts(notifier, name, language))
+
+
+def check_all(notifier: Notifier, path: Path | str) -> list[Problem]:
+    """`templates check`: every template under `path` against every sample variant."""
+    return check(path, lambda name, language: list(contexts(notifier, name, language)))
+
+
+# -- preview and send-test -----------------------------------------------------
+
+
+def preview(notifier: Notifier, name: str, language: str | None, ticket: Ticket | None) -> Rendered:
+    """`name` rendered strictly (errors raise), with sample data or `ticket`'s real data.
+
+    With a ticket, the base context is that ticket's; the extras stay samples, so a
+    preview never mints a real invitation or paid-work link.
+    """
+    settings = notifier.settings
+    renderer = Renderer(settings.templates.path, settings.support.language, strict=True)
+    if ticket is None:
+        lang = language or settings.support.language
+        return renderer.render(name, lang, sample_context(notifier, name, lang))
+    lang = language or ticket.requester.language or ticket.language
+    extra = spec(name).extras(lang, settings.support.base_url)[0]
+    to = recipient_for(name, ticket)
+    if spec(name).tied == "untied":
+        return renderer.render(name, lang, untied_context(notifier, to, extra))
+    return renderer.render(name, lang, notifier._context(ticket, to, lang, extra))
+
+
+def send_test(services: Services, name: str, to: str, language: str | None) -> int:
+    """Queue `name` rendered with sample data for `to`; returns the outbox id.
+
+    It goes through Notifier.notify_untied, so it is composed, signed and sent
+    exactly like real mail, but belongs to no ticket.
+    """
+    lang = language or services.settings.support.language
+    preview(services.notifier, name, lang, None)  # a broken template raises, not falls back
+    context = sample_context(services.notifier, name, lang)
+    extra = {k: v for k, v in context.items() if k not in ("recipient", "support")}
+    with services.db.transaction() as session:
+        row = services.notifier.notify_untied(
+            session, None, name, Recipient(to), language=lang, answering=None, extra=extra
+        )
+        session.flush()
+        return row.id

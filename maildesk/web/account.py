@@ -1,0 +1,277 @@
+"""Account pages: set a password from a link, log in and out, ask for a new link, language.
+
+A set-password link that is tampered, expired or used gets one page that
+offers to mail a fresh link and says nothing about any address. "Send me a
+new link" answers the same page for every address; only a known one gets
+mail (a fresh invitation, which also ends every older link). Tokens and
+passwords are never logged. All database work runs off the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.accounts import MIN_PASSWORD_LENGTH
+from maildesk.config import LANGUAGES
+from maildesk.models import Person, Ticket
+from maildesk.outbound.notify import Recipient
+from maildesk.web.pages import (
+    Form,
+    Viewer,
+    client_ip,
+    in_db,
+    language,
+    protected,
+    render,
+    see_other,
+    site,
+    viewer,
+)
+
+LANGUAGE_NAMES = {"cs": "Čeština", "en": "English"}
+_MAX_EMAIL = 320
+
+
+@dataclass
+class _Attempt:
+    valid: bool
+    email: str = ""
+    lang: str | None = None
+    person_id: int = 0
+    version: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _rules() -> dict[str, int]:
+    return {"min_length": MIN_PASSWORD_LENGTH}
+
+
+def _problem_codes(problems: list[str]) -> list[str]:
+    """accounts.password_problems speaks English; the page names each rule in its language."""
+    return ["too_short" if "characters" in p else "common" for p in problems]
+
+
+def _too_many(request: web.Request, seconds: int, who: Viewer | None = None) -> web.Response:
+    response = render(request, "ratelimited", {"minutes": -(-seconds // 60)}, who=who, status=429)
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def _link_invalid(request: web.Request) -> web.Response:
+    return render(request, "link_invalid", {}, who=None, status=400)
+
+
+# -- set a password from an invitation link ----------------------------------------
+
+
+async def set_password_form(request: web.Request) -> web.StreamResponse:
+    token = request.query.get("token", "")
+    services = site(request).services
+
+    def read() -> _Attempt:
+        with services.db.transaction() as session:
+            person = services.accounts(session).read_invitation(token)
+            if person is None:
+                return _Attempt(False)
+            return _Attempt(True, person.email, person.language)
+
+    found = await in_db(request, read)
+    if not found.valid:
+        return _link_invalid(request)
+    context = {"token": token, "email": found.email, "rules": _rules(), "problems": []}
+    return render(request, "set_password", context, who=None, lang=language(request, found.lang))
+
+
+@protected
+async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
+    token = str(form.get("token", ""))
+    password, confirm = str(form.get("password", "")), str(form.get("confirm", ""))
+    here = site(request)
+    services, guard, ip = here.services, here.limits.set_password, client_ip(request)
+    if wait := guard.blocked(ip):
+        return _too_many(request, wait)
+
+    def read() -> str | None:
+        with services.db.transaction() as session:
+            person = services.accounts(session).read_invitation(token)
+            return person.email if person else None
+
+    email = await in_db(request, read)
+    if wait := guard.blocked(ip, email or ""):
+        return _too_many(request, wait)
+    guard.hit(ip, email or "")
+    if email is None:
+        return _link_invalid(request)
+
+    def apply() -> _Attempt:
+        with services.db.transaction() as session:
+            accounts = services.accounts(session)
+            person = accounts.read_invitation(token)
+            if person is None:
+                return _Attempt(False)
+            # Lock, then look again: two tabs posting one link must not both win.
+            session.refresh(person, with_for_update=True)
+            if accounts.read_invitation(token) is None:
+                return _Attempt(False)
+            attempt = _Attempt(True, person.email, person.language)
+            if password != confirm:
+                attempt.problems = ["mismatch"]
+            else:
+                attempt.problems = _problem_codes(accounts.set_password(person, password))
+            attempt.person_id, attempt.version = person.id, person.session_version
+            return attempt
+
+    result = await in_db(request, apply)
+    if not result.valid:
+        return _link_invalid(request)
+    if result.problems:
+        context = {
+            "token": token,
+            "email": result.email,
+            "rules": _rules(),
+            "problems": result.problems,
+        }
+        lang = language(request, result.lang)
+        return render(request, "set_password", context, who=None, lang=lang, status=400)
+    response = see_other(request, "/tickets")
+    here.sessions.log_in(response, result.person_id, result.version)
+    return response
+
+
+# -- log in and out ------------------------------------------------------------------
+
+
+def _safe_next(value: str) -> str:
+    """Only our own paths: never an open redirect to another site."""
+    if value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/tickets"
+
+
+async def login_form(request: web.Request) -> web.StreamResponse:
+    target = _safe_next(request.query.get("next", ""))
+    if await viewer(request) is not None:
+        return see_other(request, target)
+    return render(request, "login", {"email": "", "next": target, "failed": False}, who=None)
+
+
+@protected
+async def login(request: web.Request, form: Form) -> web.StreamResponse:
+    email = str(form.get("email", "")).strip().lower()[:_MAX_EMAIL]
+    password = str(form.get("password", ""))
+    target = _safe_next(str(form.get("next", "")))
+    here = site(request)
+    guard, ip, services = here.limits.login, client_ip(request), here.services
+    if wait := guard.blocked(ip, email):
+        return _too_many(request, wait)
+
+    def check() -> tuple[int, int] | None:
+        with services.db.transaction() as session:
+            person = services.accounts(session).login(email, password)
+            return (person.id, person.session_version) if person else None
+
+    found = await in_db(request, check)
+    if found is None:
+        guard.hit(ip, email)
+        context = {"email": email, "next": target, "failed": True}
+        return render(request, "login", context, who=None, status=400)
+    guard.forgive(email)
+    response = see_other(request, target)
+    here.sessions.log_in(response, *found)
+    return response
+
+
+@protected
+async def logout(request: web.Request, form: Form) -> web.StreamResponse:
+    response = see_other(request, "/login")
+    site(request).sessions.log_out(response)
+    return response
+
+
+# -- "send me a new link" -------------------------------------------------------------
+
+
+async def forgot_form(request: web.Request) -> web.StreamResponse:
+    return render(request, "forgot", {}, who=None)
+
+
+def mail_language(session: Session, person: Person, default: str) -> str:
+    """The person's setting, else the language of their latest ticket, else the default."""
+    if person.language in LANGUAGES:
+        return str(person.language)
+    latest = session.scalar(
+        select(Ticket.language)
+        .where(Ticket.requester_id == person.id)
+        .order_by(Ticket.id.desc())
+        .limit(1)
+    )
+    return latest if latest in LANGUAGES else default
+
+
+@protected
+async def forgot(request: web.Request, form: Form) -> web.StreamResponse:
+    email = str(form.get("email", "")).strip().lower()[:_MAX_EMAIL]
+    here = site(request)
+    guard, ip, services = here.limits.forgot, client_ip(request), here.services
+    if wait := guard.blocked(ip, email):
+        return _too_many(request, wait)
+    guard.hit(ip, email)
+
+    def send() -> None:
+        with services.db.transaction() as session:
+            person = session.scalar(select(Person).where(Person.email == email))
+            if person is None:
+                return
+            url = services.accounts(session).invitation_url(person)
+            services.notifier.notify_untied(
+                session,
+                None,
+                "invitation",
+                Recipient(person.email, person.name),
+                language=mail_language(session, person, services.settings.support.language),
+                answering=None,
+                extra={"invitation_url": url},
+            )
+
+    if "@" in email:
+        await in_db(request, send)
+    return render(request, "forgot_sent", {}, who=None)
+
+
+# -- language --------------------------------------------------------------------------
+
+
+async def language_form(request: web.Request) -> web.StreamResponse:
+    who = await viewer(request)
+    if who is None:
+        return see_other(request, "/login?next=/account/language")
+    context = {
+        "current": who.language or "",
+        "choices": list(LANGUAGE_NAMES.items()),
+        "saved": request.query.get("saved") == "1",
+    }
+    return render(request, "language", context, who=who)
+
+
+@protected
+async def set_language(request: web.Request, form: Form) -> web.StreamResponse:
+    who = await viewer(request)
+    if who is None:
+        return see_other(request, "/login?next=/account/language")
+    chosen = str(form.get("language", ""))
+    if chosen not in LANGUAGES:
+        return see_other(request, "/account/language")
+    db = site(request).services.db
+
+    def save() -> None:
+        with db.transaction() as session:
+            person = session.get(Person, who.id)
+            if person is not None:
+                person.language = chosen
+
+    await in_db(request, save)
+    return see_other(request, "/account/language?saved=1")

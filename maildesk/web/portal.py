@@ -1,0 +1,323 @@
+"""The customer portal: which tickets a person sees, which messages, and the web reply.
+
+A person sees the tickets they take part in (as requester or in Cc) and,
+once an admin created the organization of their e-mail domain, every ticket
+a colleague of that domain requested; free-mail domains never group people.
+Anything else is 404, exactly like a number that does not exist. A ticket
+shows only its public messages: never internal notes, agent mail, bounces
+or messages held for a second look.
+
+A web reply is not written to the ticket here: it becomes an RFC 5322
+message from the customer to the support address, answering the ticket's
+last public message, and enters the inbound store like any e-mail. The
+pipeline then threads it, moves the status and notifies agents exactly as
+for mail; the daemon's sweep picks it up within seconds.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased, selectinload
+
+from maildesk.clock import as_utc, new_token
+from maildesk.inbound.store import Envelope
+from maildesk.models import STATUS_LABELS, Attachment, Blob, Message, Participant, Person, Ticket
+from maildesk.web.pages import Form, Viewer, in_db, language, protected, render, see_other, site
+from maildesk.web.pages import viewer as current_viewer
+
+SHOW = {
+    "all": None,
+    "open": ("new", "accepted", "waiting_customer"),
+    "closed": ("resolved", "closed"),
+}
+TYPE_LABELS = {
+    "cs": {"modification": "Úprava", "bug": "Chyba", "consultation": "Konzultace"},
+    "en": {"modification": "Modification", "bug": "Bug", "consultation": "Consultation"},
+}
+MAX_REPLY_CHARS = 100_000
+MAX_LISTED = 500
+# Attachments are always downloaded; only these types keep their own Content-Type.
+_SAFE_TYPES = {"application/pdf", "image/png", "image/jpeg", "image/gif", "text/plain"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+PUBLIC = and_(Message.internal.is_(False), Message.kind != "bounce", Message.flag == "")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose tickets one person may see."""
+
+    person_id: int
+    org_domain: str | None
+
+    def condition(self) -> ColumnElement[bool]:
+        mine = exists().where(
+            Participant.ticket_id == Ticket.id, Participant.person_id == self.person_id
+        )
+        if self.org_domain is None:
+            return mine
+        return or_(mine, Ticket.requester_id.in_(self.colleagues()))
+
+    def colleagues(self) -> Select[Any]:
+        # An alias, so the subquery never correlates with a Person of the outer query.
+        person = aliased(Person)
+        domain = "@" + (self.org_domain or "")
+        return select(person.id).where(person.email.endswith(domain, autoescape=True))
+
+
+def scope_of(session: Session, request: web.Request, who: Viewer) -> Scope:
+    person = session.get(Person, who.id)
+    org = site(request).services.accounts(session).organization_of(person) if person else None
+    return Scope(who.id, org.domain if org else None)
+
+
+def when(moment: datetime | None) -> str:
+    return as_utc(moment).astimezone().strftime("%Y-%m-%d %H:%M") if moment else ""
+
+
+def _clean(text: str) -> str:
+    return _CONTROL.sub(" ", text).strip()
+
+
+async def _login_first(request: web.Request) -> web.Response:
+    return see_other(request, "/login?next=" + quote(request.path_qs, safe=""))
+
+
+def _not_found(request: web.Request, who: Viewer) -> web.Response:
+    return render(request, "not_found", {}, who=who, status=404)
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    return see_other(request, "/tickets")
+
+
+# -- the list ------------------------------------------------------------------------
+
+
+async def ticket_list(request: web.Request) -> web.StreamResponse:
+    who = await current_viewer(request)
+    if who is None:
+        return await _login_first(request)
+    lang = language(request, who.language)
+    show = request.query.get("show", "all")
+    show = show if show in SHOW else "all"
+    creator = request.query.get("creator", "").strip().lower()
+
+    def load() -> dict[str, Any]:
+        with site(request).services.db.transaction() as session:
+            scope = scope_of(session, request, who)
+            creators: list[dict[str, str]] = []
+            if scope.org_domain is not None:
+                people = session.execute(
+                    select(Person.email, Person.name)
+                    .where(Person.id.in_(scope.colleagues()))
+                    .where(Person.id.in_(select(Ticket.requester_id)))
+                    .order_by(Person.email)
+                )
+                creators = [{"email": e, "name": n} for e, n in people]
+            chosen = creator if creator in {c["email"] for c in creators} else ""
+            last = (
+                select(Message.ticket_id, func.max(Message.created_at).label("at"))
+                .where(PUBLIC)
+                .group_by(Message.ticket_id)
+                .subquery()
+            )
+            activity = func.coalesce(last.c.at, Ticket.created_at)
+            query = (
+                select(Ticket, activity)
+                .outerjoin(last, last.c.ticket_id == Ticket.id)
+                .where(scope.condition())
+                .order_by(activity.desc(), Ticket.id.desc())
+                .limit(MAX_LISTED)
+            )
+            if statuses := SHOW[show]:
+                query = query.where(Ticket.status.in_(statuses))
+            if chosen:
+                query = query.join(Person, Person.id == Ticket.requester_id).where(
+                    Person.email == chosen
+                )
+            rows = [
+                {
+                    "number": t.id,
+                    "subject": t.subject,
+                    "type": TYPE_LABELS[lang].get(t.type or "", ""),
+                    "status": t.status,
+                    "status_label": STATUS_LABELS[lang][t.status],
+                    "creator": t.requester.email,
+                    "last_activity": when(at),
+                }
+                for t, at in session.execute(query)
+            ]
+            return {"tickets": rows, "creators": creators, "creator": chosen}
+
+    context = await in_db(request, load)
+    return render(request, "tickets", {**context, "show": show}, who=who, lang=lang)
+
+
+# -- one ticket ----------------------------------------------------------------------
+
+
+def _visible_ticket(session: Session, request: web.Request, who: Viewer) -> Ticket | None:
+    try:
+        number = int(request.match_info["number"])
+    except ValueError:
+        return None
+    scope = scope_of(session, request, who)
+    return session.scalar(select(Ticket).where(Ticket.id == number, scope.condition()))
+
+
+async def ticket_page(request: web.Request) -> web.StreamResponse:
+    who = await current_viewer(request)
+    if who is None:
+        return await _login_first(request)
+    lang = language(request, who.language)
+    support = site(request).services.settings.support
+
+    def load() -> dict[str, Any] | None:
+        with site(request).services.db.transaction() as session:
+            ticket = _visible_ticket(session, request, who)
+            if ticket is None:
+                return None
+            messages = session.scalars(
+                select(Message)
+                .where(Message.ticket_id == ticket.id, PUBLIC)
+                .order_by(Message.id)
+                .options(selectinload(Message.attachments))
+            )
+            thread = [
+                {
+                    "ours": m.direction == "out",
+                    "from": (m.from_name or m.from_addr) if m.direction == "in" else support.name,
+                    "at": when(m.created_at),
+                    "text": m.body_text,
+                    "attachments": [
+                        {"id": a.id, "filename": a.filename, "size": a.size} for a in m.attachments
+                    ],
+                }
+                for m in messages
+            ]
+            return {
+                "ticket": {
+                    "number": ticket.id,
+                    "subject": ticket.subject,
+                    "status_label": STATUS_LABELS[lang][ticket.status],
+                    "type": TYPE_LABELS[lang].get(ticket.type or "", ""),
+                    "creator": ticket.requester.email,
+                },
+                "messages": thread,
+            }
+
+    context = await in_db(request, load)
+    if context is None:
+        return _not_found(request, who)
+    context["sent"] = request.query.get("sent") == "1"
+    context["max_chars"] = MAX_REPLY_CHARS
+    return render(request, "ticket", context, who=who, lang=lang)
+
+
+async def attachment(request: web.Request) -> web.StreamResponse:
+    who = await current_viewer(request)
+    if who is None:
+        return await _login_first(request)
+
+    def load() -> tuple[str, str, bytes] | None:
+        with site(request).services.db.transaction() as session:
+            ticket = _visible_ticket(session, request, who)
+            if ticket is None or not request.match_info["attachment"].isdigit():
+                return None
+            found = session.execute(
+                select(Attachment.filename, Attachment.content_type, Blob.data)
+                .join(Message, Message.id == Attachment.message_pk)
+                .join(Blob, Blob.sha256 == Attachment.blob_sha256)
+                .where(
+                    Attachment.id == int(request.match_info["attachment"]),
+                    Message.ticket_id == ticket.id,
+                    PUBLIC,
+                )
+            ).first()
+            return (found[0], found[1], found[2]) if found else None
+
+    found = await in_db(request, load)
+    if found is None:
+        return _not_found(request, who)
+    filename, content_type, data = found
+    kind = content_type.lower() if content_type.lower() in _SAFE_TYPES else ""
+    return web.Response(
+        body=data,
+        content_type=kind or "application/octet-stream",
+        headers={
+            "Content-Disposition": content_disposition(filename),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox",
+            "Cache-Control": "private, no-store",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with an ASCII fallback name and the exact UTF-8 name (RFC 6266)."""
+    name = _clean(filename) or "attachment"
+    fallback = re.sub(r"[^A-Za-z0-9._ -]", "_", name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+# -- the reply -----------------------------------------------------------------------
+
+
+@protected
+async def reply(request: web.Request, form: Form) -> web.StreamResponse:
+    who = await current_viewer(request)
+    if who is None:
+        return await _login_first(request)
+    text = str(form.get("text", "")).replace("\r\n", "\n").replace("\r", "\n")
+    services = site(request).services
+    support = services.settings.support
+
+    def load() -> tuple[int, str, str | None] | None:
+        with services.db.transaction() as session:
+            ticket = _visible_ticket(session, request, who)
+            if ticket is None:
+                return None
+            last = session.scalar(
+                select(Message.message_id)
+                .where(Message.ticket_id == ticket.id, PUBLIC)
+                .order_by(Message.id.desc())
+                .limit(1)
+            )
+            return ticket.id, ticket.subject, last
+
+    found = await in_db(request, load)
+    if found is None:
+        return _not_found(request, who)
+    number, subject, last = found
+    if not text.strip() or len(text) > MAX_REPLY_CHARS:
+        return see_other(request, f"/tickets/{number}")
+    message = EmailMessage()
+    try:
+        message["From"] = Address(display_name=_clean(who.name), addr_spec=who.email)
+    except (ValueError, IndexError):
+        message["From"] = who.email
+    message["To"] = Address(display_name=_clean(support.name), addr_spec=support.address)
+    message["Subject"] = f"Re: [{support.tag_prefix}{number}] {_clean(subject)}"
+    message["Date"] = email.utils.format_datetime(services.clock.now())
+    message["Message-ID"] = f"<web.{new_token(16)}@{support.domain}>"
+    if last:
+        message["In-Reply-To"] = f"<{last}>"
+        message["References"] = f"<{last}>"
+    message.set_content(text)
+    raw = message.as_bytes(policy=email.policy.SMTP)
+    envelope = Envelope(source="web", mail_from=who.email, rcpt_to=(support.address,))
+    await in_db(request, lambda: services.store.put(raw, envelope))
+    return see_other(request, f"/tickets/{number}?sent=1")
