@@ -26,10 +26,11 @@ from maildesk.config import Settings
 from maildesk.db import Database
 from maildesk.inbound.guard import HostileInput, Limits, check
 from maildesk.message import ParsedMessage, UnparseableMessage, parse
-from maildesk.models import Inbound, Outbox, Ticket
+from maildesk.models import Inbound, Ticket
 from maildesk.outbound.notify import InReplyTo
 from maildesk.pipeline.agent_mail import AgentFlow, AgentMail
 from maildesk.pipeline.authenticity import identify
+from maildesk.pipeline.bounces import record_bounce
 from maildesk.pipeline.loops import Verdict, classify
 from maildesk.pipeline.notices import Notices
 from maildesk.pipeline.threader import Match, Threader
@@ -168,7 +169,8 @@ class Processor:
             return "duplicate", 0
         verdict = classify(message, row.mail_from)
         if verdict.is_bounce:
-            self._record_bounce(session, tickets, row, message)
+            if not record_bounce(session, tickets, row.id, message, self.clock.now()):
+                raise Quarantine("bounce for no message maildesk sent")
             return "done", 0
         sender = identify(
             session,
@@ -301,51 +303,3 @@ class Processor:
             log.info("no acknowledgement to %s: %d automatic replies this hour", sender, cap)
             return False
         return True
-
-    def _record_bounce(
-        self, session: Session, tickets: Tickets, row: Inbound, message: ParsedMessage
-    ) -> None:
-        """Attach a bounce to the ticket of the mail it bounces, and mark that mail bounced."""
-        candidates = (*message.thread_ids, *message.quoted_message_ids)
-        outbox = None
-        if candidates:
-            outbox = session.scalar(
-                select(Outbox).where(Outbox.message_id.in_(candidates)).order_by(Outbox.id.desc())
-            )
-        failed = message.bounced_recipients | message.delayed_recipients
-        if outbox is None and failed:
-            # A bounce that quotes nothing of ours: the latest mail to a failed address.
-            recent = session.scalars(
-                select(Outbox)
-                .where(Outbox.state == "sent", Outbox.ticket_id.is_not(None))
-                .order_by(Outbox.id.desc())
-                .limit(200)
-            )
-            outbox = next((o for o in recent if set(o.recipients) & failed), None)
-        if outbox is None or outbox.ticket_id is None:
-            raise Quarantine("bounce for no message maildesk sent")
-        # A delay warning ("Action: delayed") is filed but changes nothing: the
-        # MTA is still trying, and the mail may yet arrive.
-        if message.bounced_recipients:
-            outbox.state = "bounced"
-            outbox.last_error = "bounced: " + ", ".join(sorted(message.bounced_recipients))
-        ticket = tickets.get(outbox.ticket_id)
-        assert ticket is not None
-        tickets.add_message(
-            ticket,
-            NewMessage(
-                message_id=message.message_id,
-                direction="in",
-                kind="bounce",
-                from_addr=message.from_addr,
-                from_name=message.from_name,
-                subject=message.subject,
-                body_text=message.text,
-                created_at=self.clock.now(),
-                to_addrs=message.to,
-                references=message.thread_ids,
-                thread_rule="references",
-                inbound_id=row.id,
-            ),
-        )
-        log.info("inbound %d: bounce for outbox %d (ticket %d)", row.id, outbox.id, ticket.id)

@@ -1,0 +1,76 @@
+"""Bounces: file a delivery failure with the ticket of the mail it bounces.
+
+The bounced mail is found by the Message-IDs the report quotes or answers,
+else by the failed address among recent mail we sent. A permanent failure
+marks that outbox row `bounced`; a delay warning ("Action: delayed") is filed
+but changes nothing, since the MTA is still trying.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.message import ParsedMessage
+from maildesk.models import Outbox
+from maildesk.tickets.service import NewMessage, Tickets
+
+log = logging.getLogger("maildesk.pipeline")
+
+_RECENT = 200
+
+
+def bounced_mail(session: Session, message: ParsedMessage) -> Outbox | None:
+    candidates = (*message.thread_ids, *message.quoted_message_ids)
+    if candidates:
+        outbox = session.scalar(
+            select(Outbox).where(Outbox.message_id.in_(candidates)).order_by(Outbox.id.desc())
+        )
+        if outbox is not None:
+            return outbox
+    failed = message.bounced_recipients | message.delayed_recipients
+    if not failed:
+        return None
+    # A bounce that quotes nothing of ours: the latest mail to a failed address.
+    recent = session.scalars(
+        select(Outbox)
+        .where(Outbox.state == "sent", Outbox.ticket_id.is_not(None))
+        .order_by(Outbox.id.desc())
+        .limit(_RECENT)
+    )
+    return next((o for o in recent if set(o.recipients) & failed), None)
+
+
+def record_bounce(
+    session: Session, tickets: Tickets, inbound_id: int, message: ParsedMessage, now: datetime
+) -> bool:
+    """File the bounce; False when it bounces nothing maildesk sent."""
+    outbox = bounced_mail(session, message)
+    ticket = tickets.get(outbox.ticket_id) if outbox and outbox.ticket_id else None
+    if outbox is None or ticket is None:
+        return False
+    if message.bounced_recipients:
+        outbox.state = "bounced"
+        outbox.last_error = "bounced: " + ", ".join(sorted(message.bounced_recipients))
+    tickets.add_message(
+        ticket,
+        NewMessage(
+            message_id=message.message_id,
+            direction="in",
+            kind="bounce",
+            from_addr=message.from_addr,
+            from_name=message.from_name,
+            subject=message.subject,
+            body_text=message.text,
+            created_at=now,
+            to_addrs=message.to,
+            references=message.thread_ids,
+            thread_rule="references",
+            inbound_id=inbound_id,
+        ),
+    )
+    log.info("inbound %d: bounce for outbox %d (ticket %d)", inbound_id, outbox.id, ticket.id)
+    return True
