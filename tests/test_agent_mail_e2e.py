@@ -1248,17 +1248,9 @@ def test_paid_modification_waits_for_the_customers_approval(
     ]
 
 
-# -- bugs found on the way (strict xfail: each turns green when fixed) -----------------
+# -- regressions: bugs these tests found, fixed in maildesk/ while they were written ------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "maildesk/pipeline/notices.py Notices.paid_notice signs the notice with `agent.name "
-        "or agent.email`; agents seeded from [agents] addresses have name '', so the customer"
-        " reads 'agent@example.test, Example Support'. Use the relay's name rule."
-    ),
-)
 def test_paid_notice_carries_no_trace_of_the_agents_address(
     daemon: RunningDaemon, outbox: Outbox
 ) -> None:
@@ -1271,14 +1263,6 @@ def test_paid_notice_carries_no_trace_of_the_agents_address(
     assert_no_trace_of_the_agent(notice)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "maildesk/pipeline/agent_mail.py AgentFlow.handle calls Notices.paid_notice without "
-        "the mail's attachments and paid_notice takes none: the offer the customer must "
-        "approve is silently dropped."
-    ),
-)
 def test_paid_notice_carries_the_agents_attachment(daemon: RunningDaemon, outbox: Outbox) -> None:
     opened = open_ticket(daemon, outbox)
     # The agent attaches the offer the customer is asked to approve.
@@ -1290,14 +1274,6 @@ def test_paid_notice_carries_the_agents_attachment(daemon: RunningDaemon, outbox
     assert attachments(notice.msg) == [(PDF_NAME, "application/pdf", PDF)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "maildesk/pipeline/agent_mail.py AgentFlow._relay uses the From display name as the "
-        "agent's name; a display name that is the address itself goes into the customer's "
-        "From and signature. Ignore a display name containing '@'."
-    ),
-)
 def test_agent_whose_client_shows_the_address_as_the_name_is_not_revealed(
     daemon: RunningDaemon, outbox: Outbox
 ) -> None:
@@ -1312,14 +1288,6 @@ def test_agent_whose_client_shows_the_address_as_the_name_is_not_revealed(
     assert_no_trace_of_the_agent(relay)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "maildesk/pipeline/agent_mail.py AgentFlow.handle passes parsed.body to paid_notice "
-        "without _without_internal_lines, which only the relay applies: a note's line reaches"
-        " the customer."
-    ),
-)
 def test_paid_notice_never_repeats_an_internal_note(daemon: RunningDaemon, outbox: Outbox) -> None:
     opened = open_ticket(daemon, outbox)
     note = "Alice's firm is two invoices behind; ask for a deposit first."
@@ -1339,13 +1307,6 @@ def test_paid_notice_never_repeats_an_internal_note(daemon: RunningDaemon, outbo
     assert "invoices" not in notice.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "maildesk/pipeline/agent_mail.py AgentFlow.handle checks #paid before #note: the text"
-        " of a '#note' mail is sent to the customer in the paid-work notice."
-    ),
-)
 def test_note_with_paid_keeps_the_whole_reply_internal(
     daemon: RunningDaemon, outbox: Outbox, config_file: Path
 ) -> None:
@@ -1354,21 +1315,15 @@ def test_note_with_paid_keeps_the_whole_reply_internal(
     top = commands_top("#note", "#type modification", "#paid 4 hours, 6 000 CZK", text=secret)
     raw = client_reply(OUTLOOK_EN, opened.notification, opened.reply_to, top=top)
     agent_sends(daemon, raw, opened.reply_to)
-    processed(daemon, 2)
 
-    # "#note: the whole reply stays internal" (commands.HELP); or the mix is refused.
-    customer = [r["kind"] for r in queued_to(config_file, ALICE)]
-    assert customer == ["acknowledgement"]
+    # "#note: the whole reply stays internal" (commands.HELP): the mix is refused.
+    [_, error] = mail_to(outbox, AGENT, 2)
+    assert error.subject.startswith("[#1] Not sent: ")
+    assert [r["kind"] for r in queued_to(config_file, ALICE)] == ["acknowledgement"]
+    state = show(config_file)
+    assert (state["paid"], state["type"], state["events"]) == (None, None, [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "maildesk/message.py html_to_text drops <blockquote>, so replies.new_text finds an "
-        "attribution with no '>' lines under it and cuts nothing: the whole quoted "
-        "notification (Owner: agent@example.test, commands help) is relayed to the customer."
-    ),
-)
 def test_html_only_reply_from_thunderbird_relays_only_the_new_text(
     daemon: RunningDaemon, outbox: Outbox
 ) -> None:
@@ -1409,14 +1364,6 @@ def eml_attachment(raw: bytes, filename: str) -> MIMEPart:
     return parse_part(("\r\n".join(headers) + "\r\n\r\n").encode("ascii") + raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "maildesk/outbound/compose.py _attachment_part raises HeaderError for message/rfc822,"
-        " which AgentFlow._relay passes on: the agent's mail fails processing, is retried and"
-        " quarantined; nobody is told."
-    ),
-)
 def test_agent_reply_with_a_mail_attached_reaches_the_customer(
     daemon: RunningDaemon, outbox: Outbox
 ) -> None:
@@ -1435,16 +1382,13 @@ def test_agent_reply_with_a_mail_attached_reaches_the_customer(
     assert row.error == "", row.error.strip().splitlines()[-1]
     [_, relay] = mail_to(outbox, ALICE, 2)
     assert relay.text == f"{THUNDERBIRD_EN.expected}\n\n{SIGNATURE}"
+    assert_no_trace_of_the_agent(relay)
+    [pdf, eml] = attachments(relay.msg)
+    assert pdf == (PDF_NAME, "application/pdf", PDF)
+    assert eml[:2] == ("Driver 4.2 released.eml", "application/octet-stream")
+    assert b"Driver 4.2 fixes blank pages on the LaserJet 4." in eml[2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "maildesk/outbound/compose.py _attachment_part raises HeaderError for message/rfc822,"
-        " which Notices.to_agents passes on: a customer's forwarded-as-attachment mail opens "
-        "no ticket, gets no acknowledgement and ends in quarantine."
-    ),
-)
 def test_customer_mail_with_a_mail_attached_reaches_the_agent(
     daemon: RunningDaemon, outbox: Outbox
 ) -> None:
@@ -1466,3 +1410,7 @@ def test_customer_mail_with_a_mail_attached_reaches_the_agent(
     assert row.error == "", row.error.strip().splitlines()[-1]
     [notification] = mail_to(outbox, AGENT)
     assert "Is the attached mail really from you?" in notification.text
+    [(filename, ctype, data)] = attachments(notification.msg)
+    assert filename is not None and filename.endswith(".eml")
+    assert (ctype, b"Subject: Your password expires" in data) == ("application/octet-stream", True)
+    assert len(mail_to(outbox, ALICE)) == 1  # and she is acknowledged

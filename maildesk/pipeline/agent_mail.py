@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Inbound, Message, Participant, Person, Ticket
 from maildesk.outbound.compose import Attachment
-from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
-from maildesk.pipeline.notices import Notices
+from maildesk.outbound.notify import Notifier, Recipient
+from maildesk.pipeline.notices import Notices, customer_thread
 from maildesk.replies import new_text
 from maildesk.tickets import commands
 from maildesk.tickets.agents import Agents
@@ -201,18 +201,6 @@ def agent_name(agent: Agent, message: ParsedMessage) -> str:
 
 def attachments_of(message: ParsedMessage) -> tuple[Attachment, ...]:
     return tuple(Attachment(a.filename, a.content_type, a.data) for a in message.attachments)
-
-
-def customer_thread(session: Session, ticket: Ticket) -> InReplyTo | None:
-    """The customer-visible thread, newest last, so a reply keeps the customer's thread."""
-    ids = list(
-        session.scalars(
-            select(Message.message_id)
-            .where(Message.ticket_id == ticket.id, Message.internal.is_(False))
-            .order_by(Message.id)
-        )
-    )
-    return InReplyTo(ids[-1], tuple(ids[:-1])) if ids else None
 
 
 def _normalize(line: str) -> str:

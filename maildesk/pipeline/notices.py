@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.accounts import Accounts
 from maildesk.message import ParsedMessage
-from maildesk.models import Agent, Person, Ticket
+from maildesk.models import Agent, Message, Person, Ticket
 from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
 from maildesk.tickets import commands
@@ -79,6 +80,7 @@ class Notices:
             "resolved" if ticket.status == "resolved" else "closed",
             Recipient(requester.email, requester.name),
             language=ticket.language,
+            answering=customer_thread(session, ticket),
             extra={"words": {"confirm": _word(CONFIRM_WORDS, ticket.language)}},
         )
         return 1
@@ -99,6 +101,7 @@ class Notices:
             "paid_notice",
             Recipient(requester.email, requester.name),
             language=ticket.language,
+            answering=customer_thread(session, ticket),
             automatic=False,
             extra={
                 "paid": {
@@ -186,3 +189,15 @@ class Notices:
 def _word(words: tuple[str, str], language: str) -> str:
     """The word the template suggests: Czech first in the tuple, English second."""
     return words[0] if language == "cs" else words[1]
+
+
+def customer_thread(session: Session, ticket: Ticket) -> InReplyTo | None:
+    """The customer-visible thread, newest last, so a reply keeps the customer's thread."""
+    ids = list(
+        session.scalars(
+            select(Message.message_id)
+            .where(Message.ticket_id == ticket.id, Message.internal.is_(False))
+            .order_by(Message.id)
+        )
+    )
+    return InReplyTo(ids[-1], tuple(ids[:-1])) if ids else None
