@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -142,6 +143,16 @@ def password_problems(password: str, email: str = "") -> list[str]:
     if lowered in COMMON_PASSWORDS or (email and lowered == email.lower()):
         problems.append("not a common password")
     return problems
+
+
+# A set-password link quoted in a thread (the acknowledgement, or a reply quoting it)
+# would let whoever reads it take over the account: colleagues in the portal, agents.
+_ACCOUNT_LINK = re.compile(r"(/account/set-password\?token=)[^\s<>\"')\]]+")
+
+
+def redact_links(text: str) -> str:
+    """The text with every set-password token replaced by an ellipsis."""
+    return _ACCOUNT_LINK.sub(r"\1…", text)
 
 
 def _sha256(value: str) -> str:

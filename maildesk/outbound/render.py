@@ -188,7 +188,7 @@ def error_location(exc: BaseException) -> tuple[str, int | None]:
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         if frame.filename.endswith(".j2"):
             return frame.filename, frame.lineno
-    return getattr(exc, "name", None) or "?", None
+    return "?", None
 
 
 def describe(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maildesk.accounts import Accounts
+from maildesk.accounts import Accounts, redact_links
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Message, Person, Ticket
 from maildesk.outbound.compose import Attachment
@@ -153,7 +153,7 @@ class Notices:
                     "message": {
                         "from": message.from_addr if message else "",
                         "from_name": message.from_name if message else "",
-                        "text": text or (message.text if message else ""),
+                        "text": redact_links(text or (message.text if message else "")),
                     },
                     "commands_help": commands.HELP,
                 },

@@ -21,7 +21,6 @@ from maildesk.models import Person, Ticket
 from maildesk.outbound.notify import Recipient
 from maildesk.web.pages import (
     Form,
-    Viewer,
     client_ip,
     in_db,
     language,
@@ -55,8 +54,8 @@ def _problem_codes(problems: list[str]) -> list[str]:
     return ["too_short" if "characters" in p else "common" for p in problems]
 
 
-def _too_many(request: web.Request, seconds: int, who: Viewer | None = None) -> web.Response:
-    response = render(request, "ratelimited", {"minutes": -(-seconds // 60)}, who=who, status=429)
+def _too_many(request: web.Request, seconds: int) -> web.Response:
+    response = render(request, "ratelimited", {"minutes": -(-seconds // 60)}, who=None, status=429)
     response.headers["Retry-After"] = str(seconds)
     return response
 
@@ -79,7 +78,7 @@ async def set_password_form(request: web.Request) -> web.StreamResponse:
                 return _Attempt(False)
             return _Attempt(True, person.email, person.language)
 
-    found = await in_db(request, read)
+    found = await in_db(read)
     if not found.valid:
         return _link_invalid(request)
     context = {"token": token, "email": found.email, "rules": _rules(), "problems": []}
@@ -100,7 +99,7 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
             person = services.accounts(session).read_invitation(token)
             return person.email if person else None
 
-    email = await in_db(request, read)
+    email = await in_db(read)
     if wait := guard.blocked(ip, email or ""):
         return _too_many(request, wait)
     guard.hit(ip, email or "")
@@ -125,7 +124,7 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
             attempt.person_id, attempt.version = person.id, person.session_version
             return attempt
 
-    result = await in_db(request, apply)
+    result = await in_db(apply)
     if not result.valid:
         return _link_invalid(request)
     if result.problems:
@@ -174,7 +173,7 @@ async def login(request: web.Request, form: Form) -> web.StreamResponse:
             person = services.accounts(session).login(email, password)
             return (person.id, person.session_version) if person else None
 
-    found = await in_db(request, check)
+    found = await in_db(check)
     if found is None:
         guard.hit(ip, email)
         context = {"email": email, "next": target, "failed": True}
@@ -238,7 +237,7 @@ async def forgot(request: web.Request, form: Form) -> web.StreamResponse:
             )
 
     if "@" in email:
-        await in_db(request, send)
+        await in_db(send)
     return render(request, "forgot_sent", {}, who=None)
 
 
@@ -273,5 +272,5 @@ async def set_language(request: web.Request, form: Form) -> web.StreamResponse:
             if person is not None:
                 person.language = chosen
 
-    await in_db(request, save)
+    await in_db(save)
     return see_other(request, "/account/language?saved=1")

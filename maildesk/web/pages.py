@@ -124,7 +124,7 @@ def site(request: web.Request) -> Site:
     return found
 
 
-async def in_db(request: web.Request, work: Callable[[], T]) -> T:
+async def in_db(work: Callable[[], T]) -> T:
     """Run blocking database work off the event loop."""
     return await asyncio.get_running_loop().run_in_executor(None, work)
 
@@ -144,7 +144,7 @@ async def viewer(request: web.Request) -> Viewer | None:
                 return None
             return Viewer(person.id, person.email, person.name, person.language, claim)
 
-    return await in_db(request, load)
+    return await in_db(load)
 
 
 def browser_language(request: web.Request) -> str | None:

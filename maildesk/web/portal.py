@@ -1,17 +1,17 @@
 """The customer portal: which tickets a person sees, which messages, and the web reply.
 
-A person sees the tickets they take part in (as requester or in Cc) and,
-once an admin created the organization of their e-mail domain, every ticket
-a colleague of that domain requested; free-mail domains never group people.
+A person sees the tickets they take part in (as requester or in Cc) and, once
+an admin created the organization of their e-mail domain, every ticket a
+colleague of that domain requested; free-mail domains never group people.
 Anything else is 404, exactly like a number that does not exist. A ticket
-shows only its public messages: never internal notes, agent mail, bounces
-or messages held for a second look.
+shows only public messages: never internal notes, agent mail, bounces or
+messages held for a second look.
 
-A web reply is not written to the ticket here: it becomes an RFC 5322
-message from the customer to the support address, answering the ticket's
-last public message, and enters the inbound store like any e-mail. The
-pipeline then threads it, moves the status and notifies agents exactly as
-for mail; the daemon's sweep picks it up within seconds.
+A web reply is not written to the ticket here: it becomes an RFC 5322 message
+from the customer to the support address, answering the ticket's last public
+message, and enters the inbound store like any e-mail. The pipeline threads
+it, moves the status and notifies agents exactly as for mail; the daemon's
+sweep picks it up within seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from aiohttp import web
 from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
+from maildesk.accounts import redact_links
 from maildesk.clock import as_utc, new_token
 from maildesk.inbound.store import Envelope
 from maildesk.models import STATUS_LABELS, Attachment, Blob, Message, Participant, Person, Ticket
@@ -161,7 +162,7 @@ async def ticket_list(request: web.Request) -> web.StreamResponse:
             ]
             return {"tickets": rows, "creators": creators, "creator": chosen}
 
-    context = await in_db(request, load)
+    context = await in_db(load)
     return render(request, "tickets", {**context, "show": show}, who=who, lang=lang)
 
 
@@ -200,7 +201,7 @@ async def ticket_page(request: web.Request) -> web.StreamResponse:
                     "ours": m.direction == "out",
                     "from": (m.from_name or m.from_addr) if m.direction == "in" else support.name,
                     "at": when(m.created_at),
-                    "text": m.body_text,
+                    "text": redact_links(m.body_text),
                     "attachments": [
                         {"id": a.id, "filename": a.filename, "size": a.size} for a in m.attachments
                     ],
@@ -218,7 +219,7 @@ async def ticket_page(request: web.Request) -> web.StreamResponse:
                 "messages": thread,
             }
 
-    context = await in_db(request, load)
+    context = await in_db(load)
     if context is None:
         return _not_found(request, who)
     context["sent"] = request.query.get("sent") == "1"
@@ -248,7 +249,7 @@ async def attachment(request: web.Request) -> web.StreamResponse:
             ).first()
             return (found[0], found[1], found[2]) if found else None
 
-    found = await in_db(request, load)
+    found = await in_db(load)
     if found is None:
         return _not_found(request, who)
     filename, content_type, data = found
@@ -298,7 +299,7 @@ async def reply(request: web.Request, form: Form) -> web.StreamResponse:
             )
             return ticket.id, ticket.subject, last
 
-    found = await in_db(request, load)
+    found = await in_db(load)
     if found is None:
         return _not_found(request, who)
     number, subject, last = found
@@ -319,5 +320,5 @@ async def reply(request: web.Request, form: Form) -> web.StreamResponse:
     message.set_content(text)
     raw = message.as_bytes(policy=email.policy.SMTP)
     envelope = Envelope(source="web", mail_from=who.email, rcpt_to=(support.address,))
-    await in_db(request, lambda: services.store.put(raw, envelope))
+    await in_db(lambda: services.store.put(raw, envelope))
     return see_other(request, f"/tickets/{number}?sent=1")

@@ -309,3 +309,21 @@ def test_phone_intake_opens_a_ticket_for_the_customer(
     )
     [ack] = to_customer(services, "bob@customer.test")
     assert "[#1] Server down" in ack["Subject"]
+
+
+def test_a_quoted_set_password_link_never_reaches_the_agents(
+    services: Services, opened: EmailMessage
+) -> None:
+    [ack] = to_customer(services)
+    link = next(line for line in body(ack).splitlines() if "set-password?token=" in line)
+    receive(
+        services,
+        make_mail(
+            subject=f"Re: {ack['Subject']}",
+            body=f"One more thing. Is this link safe? {link}\n",
+            In_Reply_To=ack["Message-ID"],
+        ),
+    )
+    notification = to_agent(services)[-1]
+    assert "One more thing." in body(notification)
+    assert link.split("token=")[1] not in body(notification)

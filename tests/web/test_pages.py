@@ -1,0 +1,68 @@
+"""Page rendering: languages, headers, and templates an admin edits in place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maildesk.config import PACKAGE_TEMPLATES
+from tests.conftest import RunningDaemon
+from tests.web.portal_client import Client, base_url
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    config_values["support"]["base_url"] = f"http://127.0.0.1:{config_values['web']['port']}"
+    templates = tmp_path / "templates"
+    shutil.copytree(PACKAGE_TEMPLATES, templates)
+    config_values["templates"] = {"path": str(templates)}
+    return config_values
+
+
+def edit(path: Path, text: str, age: int) -> None:
+    """Write a template with a distinct mtime, so the reload never depends on timing."""
+    path.write_text(text)
+    stamp = path.stat().st_mtime + age
+    os.utime(path, (stamp, stamp))
+
+
+def test_pages_follow_the_browsers_language_and_send_safe_headers(daemon: RunningDaemon) -> None:
+    client = Client(base_url(daemon))
+    czech = client.get("/login", headers={"Accept-Language": "de-DE, cs;q=0.8, en;q=0.5"})
+    assert "Přihlášení" in czech.text and 'lang="cs"' in czech.text
+    english = client.get("/login", headers={"Accept-Language": "en-GB,en;q=0.9,cs;q=0.3"})
+    assert "Log in" in english.text
+    default = client.get("/login", headers={"Accept-Language": "de"})
+    assert 'lang="en"' in default.text  # the test config's [support] language
+
+    headers = english.headers
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert 'name="viewport"' in english.text
+
+
+def test_an_admins_edit_applies_at_once_and_a_broken_one_falls_back(
+    daemon: RunningDaemon,
+) -> None:
+    web = Path(daemon.services.settings.templates.path) / "en" / "web"
+    client = Client(base_url(daemon))
+    assert "Send me a new link" in client.get("/account/forgot").text
+
+    forgot = (web / "forgot.html.j2").read_text()
+    edit(web / "forgot.html.j2", forgot.replace("Send me a new link", "Mail me a link"), 10)
+    page = client.get("/account/forgot")
+    assert page.status == 200 and "Mail me a link" in page.text  # no restart
+
+    edit(web / "login.html.j2", '{% extends "en/web/base.html.j2" %}{% block content %}{{ x', 10)
+    assert "Log in" in client.get("/login").text  # a syntax error: the shipped page
+    undefined = "{% block content %}{{ no_such_name }}{% endblock %}"
+    edit(web / "login.html.j2", '{% extends "en/web/base.html.j2" %}' + undefined, 20)
+    assert "Log in" in client.get("/login").text  # an undefined name: the shipped page
+    (web / "forgot.html.j2").unlink()
+    assert "Send me a new link" in client.get("/account/forgot").text  # missing: the shipped one

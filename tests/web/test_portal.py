@@ -1,0 +1,233 @@
+"""The portal over real HTTP: whose tickets, which messages, attachments, the web reply."""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import re
+import uuid
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from maildesk.models import Inbound, Ticket
+from tests.conftest import Outbox, RunningDaemon, make_mail, wait_for
+from tests.helpers import outbox_rows, ticket, tickets
+from tests.web.portal_client import Client, base_url, customer, logged_in
+
+AGENT = "agent@example.test"
+ALICE = "alice@customer.test"
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+    config_values["agents"]["addresses"] = [AGENT]
+    config_values["support"]["base_url"] = f"http://127.0.0.1:{config_values['web']['port']}"
+    return config_values
+
+
+def mail_in(daemon: RunningDaemon, sender: str, subject: str, **headers: str) -> int:
+    """`sender` writes to support; returns the new ticket's number."""
+    known = len(tickets(daemon.services))
+    daemon.send(make_mail(subject=subject, sender=sender, **headers), sender=sender)
+    found = wait_for(lambda: tickets(daemon.services)[known:], what=f"ticket {subject!r}")
+    return int(found[0]["number"])
+
+
+def set_status(daemon: RunningDaemon, number: int, status: str) -> None:
+    with daemon.services.db.transaction() as session:
+        found = session.get(Ticket, number)
+        assert found is not None
+        found.status = status
+
+
+def agent_mail(daemon: RunningDaemon, outbox: Outbox, number: int, text: str) -> None:
+    """The agent answers the ticket's notification from their mail client."""
+    notification = wait_for(
+        lambda: next(
+            (
+                m
+                for m in outbox.messages()
+                if AGENT in str(m["To"]) and f"[#{number}]" in m["Subject"]
+            ),
+            None,
+        ),
+        what="the agent's notification",
+    )
+    reply_to = notification["Reply-To"].addresses[0].addr_spec
+    msg = EmailMessage()
+    msg["From"] = f"Agnes Agent <{AGENT}>"
+    msg["To"] = reply_to
+    msg["Subject"] = f"Re: {notification['Subject']}"
+    msg["Date"] = email.utils.format_datetime(email.utils.localtime())
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@example.test>"
+    msg["In-Reply-To"] = notification["Message-ID"]
+    msg.set_content(text)
+    before = len(ticket(daemon.services, number)["messages"])
+    daemon.send(msg.as_bytes(policy=email.policy.SMTP), sender=AGENT, recipients=(reply_to,))
+    wait_for(
+        lambda: len(ticket(daemon.services, number)["messages"]) > before, what="the agent's mail"
+    )
+
+
+def test_the_list_filters_by_state_in_the_customers_language(daemon: RunningDaemon) -> None:
+    first = mail_in(daemon, ALICE, "Printer broken")
+    second = mail_in(daemon, ALICE, "Invoice question")
+    third = mail_in(daemon, ALICE, "Old request")
+    mail_in(daemon, "mallory@other.test", "Mallory's secret")
+    tagged = mail_in(daemon, ALICE, "<script>alert(1)</script> in the subject")
+    set_status(daemon, second, "waiting_customer")
+    set_status(daemon, third, "resolved")
+    customer(daemon.services, ALICE)
+    alice = logged_in(daemon, ALICE)
+
+    page = alice.get("/tickets")
+    assert page.status == 200
+    for number in (first, second, third):
+        assert f'href="/tickets/{number}"' in page.text
+    assert "Mallory" not in page.text
+    assert "Waiting for your reply" in page.text and "Resolved, waiting" in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "<script>" not in page.text
+    assert "<script>" not in alice.get(f"/tickets/{tagged}").text
+
+    open_page = alice.get("/tickets?show=open").text
+    assert f"/tickets/{first}" in open_page and f"/tickets/{second}" in open_page
+    assert f"/tickets/{third}" not in open_page
+    closed_page = alice.get("/tickets?show=closed").text
+    assert f"/tickets/{third}" in closed_page and f"/tickets/{first}" not in closed_page
+
+    alice.get("/account/language")
+    alice.post("/account/language", {"language": "cs"})
+    czech = alice.get("/tickets?show=open").text
+    assert "Čeká na reakci klienta" in czech and "Otevřené nebo čekající" in czech
+
+
+def test_another_customers_ticket_is_not_found(daemon: RunningDaemon) -> None:
+    mine = mail_in(daemon, ALICE, "Printer broken")
+    theirs = mail_in(daemon, "mallory@other.test", "Mallory's secret")
+    customer(daemon.services, ALICE)
+    alice = logged_in(daemon, ALICE)
+
+    assert alice.get(f"/tickets/{mine}").status == 200
+    refused = alice.get(f"/tickets/{theirs}")
+    missing = alice.get("/tickets/9999")
+    assert (refused.status, refused.text) == (missing.status, missing.text)
+    assert refused.status == 404 and "Mallory" not in refused.text
+    assert alice.get("/tickets/not-a-number").status == 404
+
+    alice.get(f"/tickets/{mine}")
+    assert alice.post(f"/tickets/{theirs}/reply", {"text": "let me in"}).status == 404
+    with daemon.services.db.transaction() as session:
+        assert session.scalar(select(Inbound).where(Inbound.source == "web")) is None
+
+
+def test_internal_notes_and_agent_mail_never_show(daemon: RunningDaemon, outbox: Outbox) -> None:
+    number = mail_in(daemon, ALICE, "Printer broken")
+    agent_mail(daemon, outbox, number, "#note\nThe customer's licence expired in 2019.")
+    agent_mail(daemon, outbox, number, "#status waiting_customer\nPlease restart the printer.")
+    customer(daemon.services, ALICE)
+    page = logged_in(daemon, ALICE).get(f"/tickets/{number}")
+
+    assert page.status == 200
+    assert "The printer on floor 2 prints only blank pages." in page.text  # her own mail
+    assert "Please restart the printer." in page.text  # the relayed answer
+    assert "licence expired" not in page.text
+    assert "#status" not in page.text and "#note" not in page.text
+    assert "Waiting for your reply" in page.text
+
+
+def test_attachments_download_only_for_those_who_see_the_ticket(daemon: RunningDaemon) -> None:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = ALICE, "support@example.test", "Screenshot"
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@customer.test>"
+    msg.set_content("See the attached page.")
+    page_html = b"<html><script>alert(1)</script></html>"
+    msg.add_attachment(page_html, maintype="text", subtype="html", filename="výpis <1>.html")
+    daemon.send(msg.as_bytes(policy=email.policy.SMTP))
+    number = int(wait_for(lambda: tickets(daemon.services), what="ticket")[0]["number"])
+    customer(daemon.services, ALICE)
+    customer(daemon.services, "mallory@other.test")
+
+    page = logged_in(daemon, ALICE).get(f"/tickets/{number}")
+    start = page.text.index(f"/tickets/{number}/attachments/")
+    link = page.text[start : page.text.index('"', start)]
+    status, body, headers = logged_in(daemon, ALICE).get_bytes(link)
+    assert (status, body) == (200, page_html)
+    assert headers["Content-Type"].startswith("application/octet-stream")  # never rendered
+    assert headers["Content-Disposition"].startswith("attachment;")
+    assert "filename*=UTF-8''v%C3%BDpis%20%3C1%3E.html" in headers["Content-Disposition"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+    status, body, _ = logged_in(daemon, "mallory@other.test").get_bytes(link)
+    assert status == 404 and page_html not in body
+    assert Client(base_url(daemon)).get(link).status == 303  # to the login page
+
+
+def test_organization_members_see_each_others_tickets(daemon: RunningDaemon) -> None:
+    services = daemon.services
+    with services.db.transaction() as session:
+        services.accounts(session).add_organization("acme.test", "Acme", services.clock.now())
+        with pytest.raises(ValueError):
+            services.accounts(session).add_organization("gmail.com", "Gmail", services.clock.now())
+    bobs = mail_in(daemon, "Bob <bob@acme.test>", "Bob's laptop")
+    carols = mail_in(daemon, "Carol <carol@acme.test>", "Carol's VPN")
+    outsider = mail_in(daemon, "eve@other.test", "Eve's question")
+    gmail_one = mail_in(daemon, "ann@gmail.com", "Ann's request")
+    mail_in(daemon, "ben@gmail.com", "Ben's request")
+    for address in ("bob@acme.test", "ann@gmail.com"):
+        customer(services, address)
+
+    bob = logged_in(daemon, "bob@acme.test")
+    page = bob.get("/tickets").text
+    assert f"/tickets/{bobs}" in page and f"/tickets/{carols}" in page
+    assert f"/tickets/{outsider}" not in page
+    assert 'name="creator"' in page and "carol@acme.test" in page
+    only_carol = bob.get("/tickets?creator=carol@acme.test").text
+    assert f"/tickets/{carols}" in only_carol and f"/tickets/{bobs}" not in only_carol
+    carols_page = bob.get(f"/tickets/{carols}")
+    assert carols_page.status == 200 and "Carol&#39;s VPN" in carols_page.text
+    # Her acknowledgement offered her an account: its link must not reach a colleague.
+    assert "/account/set-password?token=…" in carols_page.text
+    assert not re.search(r"token=[\w.-]{8}", carols_page.text)
+    assert bob.get(f"/tickets/{outsider}").status == 404
+    # Someone outside the organization is no creator to filter by: the filter is ignored.
+    assert f"/tickets/{outsider}" not in bob.get("/tickets?creator=eve@other.test").text
+
+    ann = logged_in(daemon, "ann@gmail.com")
+    page = ann.get("/tickets").text
+    assert f"/tickets/{gmail_one}" in page and "Ben" not in page
+    assert 'name="creator"' not in page
+
+
+def test_a_web_reply_enters_the_mail_pipeline(daemon: RunningDaemon, outbox: Outbox) -> None:
+    number = mail_in(daemon, "Alice Customer <alice@customer.test>", "Printer broken")
+    set_status(daemon, number, "waiting_customer")
+    customer(daemon.services, ALICE)
+    alice = logged_in(daemon, ALICE)
+    alice.get(f"/tickets/{number}")
+    agent_mails = len([r for r in outbox_rows(daemon.services) if AGENT in r.recipients])
+
+    sent = alice.post(f"/tickets/{number}/reply", {"text": "It works again,\r\nthank you!"})
+    assert (sent.status, sent.location) == (303, f"/tickets/{number}?sent=1")
+
+    def replied() -> dict[str, Any] | None:
+        messages = ticket(daemon.services, number)["messages"]
+        return next((m for m in messages if "It works again" in m["body_text"]), None)
+
+    message = wait_for(replied, what="the web reply in the ticket")
+    assert (message["from"], message["kind"], message["thread_rule"]) == (
+        ALICE,
+        "customer",
+        "references",
+    )
+    assert message["subject"] == f"Re: [#{number}] Printer broken"
+    assert ticket(daemon.services, number)["status"] == "accepted"
+    wait_for(
+        lambda: (
+            len([r for r in outbox_rows(daemon.services) if AGENT in r.recipients]) > agent_mails
+        ),
+        what="the agent's notification",
+    )
+    assert "It works again" in alice.get(f"/tickets/{number}").text

@@ -1,0 +1,43 @@
+"""The sliding windows behind the 429s, on a clock the test moves."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from maildesk.clock import ManualClock
+from maildesk.web.ratelimit import Guard, SlidingWindow
+
+
+def test_a_window_slides_hit_by_hit() -> None:
+    clock = ManualClock()
+    window = SlidingWindow(clock, limit=3, window=timedelta(minutes=15))
+    for _ in range(2):
+        window.hit("alice")
+        clock.advance(timedelta(minutes=5))
+    window.hit("alice")  # hits at 0, 5 and 10 minutes
+    assert window.blocked("alice") and not window.blocked("bob")
+    assert window.retry_after("alice") == 5 * 60 + 1
+
+    clock.advance(timedelta(minutes=5))  # the first hit leaves the window
+    assert not window.blocked("alice")
+    window.hit("alice")
+    assert window.blocked("alice")
+
+
+def test_a_guard_limits_the_ip_and_the_account_separately() -> None:
+    clock = ManualClock()
+    minute = timedelta(minutes=1)
+    guard = Guard(SlidingWindow(clock, 4, minute), SlidingWindow(clock, 2, minute))
+    guard.hit("10.0.0.1", "Alice@Customer.test")
+    guard.hit("10.0.0.2", "alice@customer.test")
+    assert guard.blocked("10.0.0.3", "ALICE@customer.test")  # one account, any IP
+    assert not guard.blocked("10.0.0.3", "bob@customer.test")
+    guard.forgive("alice@customer.test")
+    assert not guard.blocked("10.0.0.3", "alice@customer.test")
+
+    for account in ("a@x.test", "b@x.test", "c@x.test", "d@x.test"):
+        guard.hit("10.0.0.9", account)
+    assert guard.blocked("10.0.0.9", "e@x.test")  # one IP, any account
+    assert guard.blocked("10.0.0.9")
+    clock.advance(minute)
+    assert not guard.blocked("10.0.0.9", "a@x.test")
