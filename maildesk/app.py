@@ -29,6 +29,7 @@ from maildesk.db import Database
 from maildesk.inbound.imap import ImapPoller
 from maildesk.inbound.smtp import InboundHandler, Listener, start_server
 from maildesk.inbound.store import Envelope, InboundStore
+from maildesk.outbound import outbox
 from maildesk.outbound.dkim import signer_from_settings
 from maildesk.outbound.notify import Notifier
 from maildesk.outbound.outbox import OutboxSender
@@ -144,7 +145,9 @@ class Daemon:
         inbound_ready, outbox_ready = _Wakeup(loop), _Wakeup(loop)
         await loop.run_in_executor(None, services.prepare)
         if services.db.is_sqlite:
+            # The only instance: whatever a crash left claimed is due now.
             services.processor.release_leases()
+            outbox.release_leases(services.db, services.clock)
         hostname = socket.getfqdn()
         listeners: list[Listener] = []
         if settings.smtp.enabled:
@@ -248,8 +251,6 @@ class Daemon:
     async def _send_loop(self, ready: _Wakeup) -> None:
         loop = asyncio.get_running_loop()
         sender = await loop.run_in_executor(None, self.services.sender)
-        if self.services.db.is_sqlite:
-            await loop.run_in_executor(None, sender.release_leases)
 
         def step() -> tuple[int, datetime | None]:
             handled = sender.send_due()

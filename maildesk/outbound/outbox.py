@@ -55,21 +55,6 @@ class OutboxSender:
             self._send(row)
         return len(claimed)
 
-    def release_leases(self) -> None:
-        """At start-up of the only instance (SQLite): rows a crash left claimed are due now.
-
-        Safe because no other process can be sending them, and a row sent twice
-        under its key is written once by the Maildir transport.
-        """
-        now = self.clock.now()
-        with self.db.transaction() as session:
-            session.execute(
-                update(Outbox)
-                .where(Outbox.state == "pending", Outbox.next_attempt_at > now)
-                .where(Outbox.attempts > 0, Outbox.last_error == "")
-                .values(next_attempt_at=now)
-            )
-
     def next_due(self) -> datetime | None:
         with self.db.transaction() as session:
             moment = session.scalar(
@@ -159,3 +144,20 @@ def retry(db: Database, clock: Clock, outbox_id: int) -> bool:
         row.next_attempt_at = clock.now()
         row.last_error = ""
         return True
+
+
+def release_leases(db: Database, clock: Clock) -> None:
+    """At start-up of the only instance (SQLite): rows a crash left claimed are due now.
+
+    Safe because no other process can be sending them, and a row sent twice
+    under its key is written once by the Maildir transport. Rows deferred after
+    a failure (they carry its reason) keep their back-off.
+    """
+    now = clock.now()
+    with db.transaction() as session:
+        session.execute(
+            update(Outbox)
+            .where(Outbox.state == "pending", Outbox.next_attempt_at > now)
+            .where(Outbox.attempts > 0, Outbox.last_error == "")
+            .values(next_attempt_at=now)
+        )

@@ -102,15 +102,20 @@ class Renderer:
                 parts = self._use(f"{lang}/{name}.txt.j2", text_parts)
                 if parts is None:
                     continue
-                html = self._use(
-                    f"{lang}/{name}.html.j2", lambda t: render_block(t, "body", context)
-                )
             except Exception as exc:
                 if self.strict:
                     raise
                 # A mail in another language beats no mail at all.
                 failures.append(exc)
                 continue
+            try:
+                html = self._use(
+                    f"{lang}/{name}.html.j2", lambda t: render_block(t, "body", context)
+                )
+            except Exception:
+                if self.strict:
+                    raise
+                html = None  # logged by _use; the text part alone is a complete mail
             return Rendered(parts[0], parts[1], html, lang)
         if failures:
             raise failures[0]

@@ -65,12 +65,15 @@ class AgentFlow:
         via = "command" if parsed.commands else "mail"
         lifecycle.agent_acted(ticket, mail.agent, via)
         old_priority = ticket.priority
+        changes = []
         for name in ("type", "priority", "assign", "status"):
             command = parsed.get(name)
             if command is not None:
                 field = "owner" if name == "assign" else name
                 value = mail.agent.email if command.arg == "me" else command.arg
-                lifecycle.change(ticket, field, value, mail.agent.email, "command")
+                change = lifecycle.change(ticket, field, value, mail.agent.email, "command")
+                if change is not None:
+                    changes.append(change)
         if intake is not None:
             queued += self.notices.acknowledge(session, ticket, answering=None)
         if ticket.priority == "critical" and old_priority != "critical":
@@ -96,7 +99,8 @@ class AgentFlow:
             if parsed.get("status") is None:
                 lifecycle.agent_replied(ticket, mail.agent, "mail")
             return queued + self._relay(session, ticket, mail, body)
-        if parsed.get("status") is not None and ticket.status in ("resolved", "closed"):
+        # Commands alone: a status change is still news to the customer.
+        if any(change.field == "status" for change in changes):
             queued += self.notices.status_notice(session, ticket)
         return queued
 

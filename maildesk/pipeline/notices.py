@@ -72,12 +72,21 @@ class Notices:
         return url
 
     def status_notice(self, session: Session, ticket: Ticket) -> int:
-        """Tell the customer their ticket was resolved (confirm or dispute) or closed."""
+        """Tell the customer where their ticket stands now.
+
+        Resolved asks them to confirm or dispute; waiting asks for their reply;
+        closed says goodbye; any other status is a plain status change.
+        """
         requester = ticket.requester
+        template = {
+            "resolved": "resolved",
+            "closed": "closed",
+            "waiting_customer": "waiting_customer",
+        }.get(ticket.status, "status_changed")
         self.notifier.notify(
             session,
             ticket,
-            "resolved" if ticket.status == "resolved" else "closed",
+            template,
             Recipient(requester.email, requester.name),
             language=ticket.language,
             answering=customer_thread(session, ticket),

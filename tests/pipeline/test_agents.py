@@ -327,3 +327,20 @@ def test_a_quoted_set_password_link_never_reaches_the_agents(
     notification = to_agent(services)[-1]
     assert "One more thing." in body(notification)
     assert link.split("token=")[1] not in body(notification)
+
+
+@pytest.mark.parametrize(
+    ("command", "template"),
+    [
+        ("#status waiting_customer", "waiting_customer"),
+        ("#status resolved", "resolved"),
+        ("#status closed", "closed"),
+        ("#status new", "status_changed"),
+    ],
+)
+def test_a_status_command_alone_tells_the_customer(
+    services: Services, opened: EmailMessage, command: str, template: str
+) -> None:
+    agent_reply(services, opened, command)
+    kinds = [r.kind for r in outbox_rows(services) if r.recipients == ["alice@customer.test"]]
+    assert kinds == ["acknowledgement", template]
