@@ -19,7 +19,7 @@ from maildesk.models import Ticket
 from maildesk.outbound.render import describe, discover
 
 if TYPE_CHECKING:
-    from maildesk.cli import Context
+    from maildesk.cli.base import Context
 
 
 @click.group()

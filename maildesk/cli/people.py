@@ -1,0 +1,145 @@
+"""`maildesk agents|people|orgs ...`: who answers, who asks, who belongs together."""
+
+from __future__ import annotations
+
+import click
+from sqlalchemy import select
+
+from maildesk.cli.base import EMAIL, Context, pass_context, print_json, table
+from maildesk.cli.main import main
+from maildesk.models import Organization, Person
+from maildesk.tickets import views
+from maildesk.tickets.agents import Agents
+from maildesk.tickets.service import Tickets
+
+
+@main.group()
+def agents() -> None:
+    """The people who answer tickets from their mail client."""
+
+
+@agents.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="Shown to customers as 'Name (Support name)'.")
+@pass_context
+def agents_add(ctx: Context, email: str, name: str) -> None:
+    if not EMAIL.match(email):
+        raise click.ClickException(f"not an e-mail address: {email}")
+    services = ctx.services
+    with services.db.transaction() as session:
+        Agents(session).add(email, name, services.clock.now())
+    click.echo(f"agent {email.lower()} added", err=True)
+
+
+@agents.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def agents_list(ctx: Context, as_json: bool) -> None:
+    with ctx.services.db.transaction() as session:
+        rows = [
+            {"email": a.email, "name": a.name, "since": views.iso(a.created_at)}
+            for a in Agents(session).active()
+        ]
+    if as_json:
+        print_json(rows)
+        return
+    table(["email", "name", "since"], [[r["email"], r["name"], r["since"]] for r in rows])
+
+
+@agents.command("remove")
+@click.argument("email")
+@pass_context
+def agents_remove(ctx: Context, email: str) -> None:
+    with ctx.services.db.transaction() as session:
+        removed = Agents(session).remove(email)
+    if not removed:
+        raise click.ClickException(f"no agent {email}")
+    click.echo(f"agent {email.lower()} removed", err=True)
+
+
+# -- people and organizations ------------------------------------------------
+
+
+@main.group()
+def people() -> None:
+    """Customers, and their optional web accounts."""
+
+
+@people.command("invite")
+@click.argument("email")
+@pass_context
+def people_invite(ctx: Context, email: str) -> None:
+    """Mail EMAIL a fresh set-password link (older links stop working)."""
+    if not EMAIL.match(email):
+        raise click.ClickException(f"not an e-mail address: {email}")
+    services = ctx.services
+    with services.db.transaction() as session:
+        person = Tickets(session).person(email, "", services.clock.now())
+        services.notices.invitation(session, person)
+    click.echo(f"invitation queued for {email.lower()}", err=True)
+
+
+@people.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def people_list(ctx: Context, as_json: bool) -> None:
+    services = ctx.services
+    with services.db.transaction() as session:
+        accounts = services.accounts(session)
+        rows = []
+        for person in session.scalars(select(Person).order_by(Person.id)):
+            org = accounts.organization_of(person)
+            rows.append(
+                {
+                    "email": person.email,
+                    "name": person.name,
+                    "language": person.language,
+                    "account": person.password_hash is not None,
+                    "invited_at": views.iso(person.invited_at),
+                    "organization": org.domain if org else None,
+                }
+            )
+    if as_json:
+        print_json(rows)
+        return
+    table(
+        ["email", "name", "account", "organization"],
+        [
+            [r["email"], r["name"], "yes" if r["account"] else "no", r["organization"] or "-"]
+            for r in rows
+        ],
+    )
+
+
+@main.group()
+def orgs() -> None:
+    """Organizations: people of one e-mail domain see each other's tickets."""
+
+
+@orgs.command("add")
+@click.argument("domain")
+@click.option("--name", required=True)
+@pass_context
+def orgs_add(ctx: Context, domain: str, name: str) -> None:
+    services = ctx.services
+    try:
+        with services.db.transaction() as session:
+            services.accounts(session).add_organization(domain, name, services.clock.now())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"organization {domain.lower()} added", err=True)
+
+
+@orgs.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def orgs_list(ctx: Context, as_json: bool) -> None:
+    with ctx.services.db.transaction() as session:
+        rows = [
+            {"domain": o.domain, "name": o.name, "created_at": views.iso(o.created_at)}
+            for o in session.scalars(select(Organization).order_by(Organization.domain))
+        ]
+    if as_json:
+        print_json(rows)
+        return
+    table(["domain", "name"], [[r["domain"], r["name"]] for r in rows])

@@ -1,0 +1,124 @@
+"""`maildesk outbox|quarantine ...`: see and replay every place a message can wait."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from sqlalchemy import select
+
+from maildesk.cli.base import Context, pass_context, print_json, table
+from maildesk.cli.main import main
+from maildesk.models import Inbound, Outbox
+from maildesk.outbound import outbox as outbox_module
+from maildesk.tickets import views
+
+
+@main.group()
+def outbox() -> None:
+    """Look at and retry outbound mail."""
+
+
+@outbox.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--all", "show_all", is_flag=True, help="Include sent messages.")
+@pass_context
+def outbox_list(ctx: Context, as_json: bool, show_all: bool) -> None:
+    with ctx.services.db.transaction() as session:
+        query = select(Outbox).order_by(Outbox.id)
+        if not show_all:
+            query = query.where(Outbox.state != "sent")
+        rows: list[dict[str, Any]] = [
+            {
+                "id": o.id,
+                "ticket": o.ticket_id,
+                "kind": o.kind,
+                "state": o.state,
+                "recipients": list(o.recipients),
+                "message_id": o.message_id,
+                "attempts": o.attempts,
+                "next_attempt_at": views.iso(o.next_attempt_at) if o.state == "pending" else None,
+                "last_error": o.last_error,
+                "created_at": views.iso(o.created_at),
+                "sent_at": views.iso(o.sent_at),
+            }
+            for o in session.scalars(query)
+        ]
+    if as_json:
+        print_json(rows)
+        return
+    table(
+        ["id", "ticket", "state", "tries", "to", "kind", "last error"],
+        [
+            [
+                r["id"],
+                r["ticket"] or "-",
+                r["state"],
+                r["attempts"],
+                ", ".join(r["recipients"]),
+                r["kind"],
+                r["last_error"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@outbox.command("retry")
+@click.argument("outbox_id", metavar="ID", type=int)
+@pass_context
+def outbox_retry(ctx: Context, outbox_id: int) -> None:
+    """Send a failed or deferred message again now."""
+    services = ctx.services
+    if not outbox_module.retry(services.db, services.clock, outbox_id):
+        raise click.ClickException(f"no unsent outbox message {outbox_id}")
+    click.echo(f"outbox {outbox_id} queued", err=True)
+
+
+# -- quarantine ------------------------------------------------------------
+
+
+@main.group()
+def quarantine() -> None:
+    """Messages held because they could not be processed."""
+
+
+@quarantine.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def quarantine_list(ctx: Context, as_json: bool) -> None:
+    with ctx.services.db.transaction() as session:
+        rows = [
+            {
+                "id": row.id,
+                "received_at": views.iso(row.received_at),
+                "source": row.source,
+                "mail_from": row.mail_from,
+                "size": row.size,
+                "reason": row.reason,
+                "attempts": row.attempts,
+            }
+            for row in session.scalars(
+                select(Inbound).where(Inbound.state == "quarantined").order_by(Inbound.id)
+            )
+        ]
+    if as_json:
+        print_json(rows)
+        return
+    table(
+        ["id", "received", "source", "from", "size", "reason"],
+        [
+            [r["id"], r["received_at"], r["source"], r["mail_from"], r["size"], r["reason"]]
+            for r in rows
+        ],
+    )
+
+
+@quarantine.command("retry")
+@click.argument("inbound_id", metavar="ID", type=int)
+@pass_context
+def quarantine_retry(ctx: Context, inbound_id: int) -> None:
+    """Put a held message back into the pipeline (after a fix or a config change)."""
+    if not ctx.services.store.requeue(inbound_id):
+        raise click.ClickException(f"no quarantined message {inbound_id}")
+    click.echo(f"message {inbound_id} queued for processing", err=True)

@@ -1,0 +1,115 @@
+"""`maildesk tickets ...`: list, show, create, export."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from maildesk.cli.base import EMAIL, Context, pass_context, print_json, table
+from maildesk.cli.main import main
+from maildesk.intake import create_ticket
+from maildesk.models import PRIORITIES, STATUSES, Ticket
+from maildesk.tickets import views
+
+
+@main.group()
+def tickets() -> None:
+    """Look at tickets."""
+
+
+@tickets.command("list")
+@click.option("--status", type=click.Choice(STATUSES))
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def tickets_list(ctx: Context, status: str | None, as_json: bool) -> None:
+    with ctx.services.db.transaction() as session:
+        rows = views.list_tickets(session, status)
+    if as_json:
+        print_json(rows)
+        return
+    table(
+        ["#", "status", "type", "prio", "msgs", "requester", "subject"],
+        [
+            [
+                r["number"],
+                r["status"],
+                r["type"] or "-",
+                r["priority"],
+                r["message_count"],
+                r["requester"],
+                r["subject"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@tickets.command("show")
+@click.argument("number", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def tickets_show(ctx: Context, number: int, as_json: bool) -> None:
+    with ctx.services.db.transaction() as session:
+        ticket = session.get(Ticket, number)
+        if ticket is None:
+            raise click.ClickException(f"no ticket {number}")
+        data = views.detail(ticket)
+    if as_json:
+        print_json(data)
+        return
+    click.echo(f"Ticket #{data['number']}: {data['subject']}")
+    click.echo(
+        f"status {data['status']}, type {data['type'] or '-'}, priority {data['priority']}, "
+        f"requester {data['requester']}"
+    )
+    for event in data["events"]:
+        click.echo(
+            f"  {event['at']} {event['field']}: {event['old'] or '-'} -> {event['new'] or '-'}"
+            f" by {event['actor']} ({event['via']})"
+        )
+    for m in data["messages"]:
+        click.echo("")
+        arrow = "<-" if m["direction"] == "in" else "->"
+        rule = f" [{m['thread_rule']}]" if m["thread_rule"] else ""
+        click.echo(f"{arrow} {m['created_at']} {m['kind']} from {m['from']}{rule}")
+        click.echo(f"   Subject: {m['subject']}")
+        for a in m["attachments"]:
+            click.echo(f"   Attachment: {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+        for line in m["body_text"].splitlines():
+            click.echo(f"   {line}")
+
+
+@tickets.command("create")
+@click.option("--for", "customer", required=True, metavar="EMAIL", help="The customer.")
+@click.option("--subject", required=True)
+@click.option("--priority", type=click.Choice(PRIORITIES), default="normal")
+@click.option("--channel", default="phone", show_default=True, help="How the request came in.")
+@click.option("--description", default="", help="What the customer said (kept internal).")
+@pass_context
+def tickets_create(
+    ctx: Context, customer: str, subject: str, priority: str, channel: str, description: str
+) -> None:
+    """Open a ticket on a customer's behalf; they get the acknowledgement."""
+    if not EMAIL.match(customer):
+        raise click.ClickException(f"not an e-mail address: {customer}")
+    number = create_ticket(
+        ctx.services,
+        customer.lower(),
+        subject,
+        priority=priority,
+        channel=channel,
+        description=description,
+        actor=os.environ.get("USER", "cli"),
+    )
+    click.echo(f"ticket {number} opened for {customer}")
+
+
+@tickets.command("export")
+@pass_context
+def tickets_export(ctx: Context) -> None:
+    """Every ticket with its messages, one JSON object per line."""
+    with ctx.services.db.transaction() as session:
+        for record in views.export(session):
+            click.echo(json.dumps(record, ensure_ascii=False))
