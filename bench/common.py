@@ -6,10 +6,12 @@ Not a benchmark itself; `ingest.py` and `import_mbox.py` import it (they run as
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import random
+import resource
 import signal
 import socket
 import sqlite3
@@ -280,6 +282,53 @@ def machine(folder: Path) -> str:
         f"{nproc} CPUs ({cpu}), Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}, temp dir on {fs}"
     )
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(all, busy) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields), sum(fields) - idle
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and of the children it has waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class CpuWatch:
+    """How much of the machine other processes used while the benchmark ran."""
+
+    def __init__(self) -> None:
+        self._start = _cpu_jiffies()
+        self._own = _own_cpu()
+
+    def others(self) -> float:
+        """Share of all CPUs busy with other work since start (0..1)."""
+        hz = os.sysconf("SC_CLK_TCK")
+        total, busy = _cpu_jiffies()
+        total -= self._start[0]
+        busy -= self._start[1]
+        own = (_own_cpu() - self._own) * hz
+        return max(busy - own, 0) / max(total, 1)
+
+    def note(self) -> str:
+        share = self.others()
+        note = f"other processes kept {share:.0%} of the CPUs busy during the run"
+        if share > 0.05:
+            note += " -- figures are noisy, run again on a quiet machine"
+        return note
+
+
+def code_fingerprint() -> str:
+    """A short hash of the maildesk sources measured (the tree may have uncommitted changes)."""
+    package = Path(__file__).resolve().parent.parent / "maildesk"
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

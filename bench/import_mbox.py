@@ -199,6 +199,7 @@ def report(
         f"{mbox.conversations} conversations"
     )
     print(f"machine: {common.machine(workdir)}")
+    print(f"{args.cpu_watch.note()}; maildesk sources {common.code_fingerprint()}")
     if args.profile:
         print(f"(first import ran under py-spy: {args.profile})")
     print()
@@ -249,6 +250,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
     common.exit_on_sigterm()
+    args.cpu_watch = common.CpuWatch()
     if args.profile:
         args.profile = args.profile.resolve()
     workdir = Path(tempfile.mkdtemp(prefix="maildesk-import-", dir=args.workdir))

@@ -7,6 +7,9 @@ sends its share of `--messages` distinct ~`--size`-byte customer messages.
 1. bare aiosmtpd whose handler stores nothing (the ceiling for Python SMTP here);
 2. bare aiosmtpd that writes each message to its own file and fsyncs it (in the
    default executor, as maildesk stores) before the 250;
+   (optional, `--only ...,sqlite,...`: bare aiosmtpd that inserts a row per message
+   into SQLite, WAL, synchronous=FULL, stdlib sqlite3 in the default executor: the
+   storage maildesk uses, without SQLAlchemy or the pipeline around it);
 3. `maildesk serve` as a subprocess on a temp config (SQLite in a temp dir, Maildir
    outbox, web on a free port), after `maildesk init`.
 
@@ -24,8 +27,12 @@ Run from the project root with the project's virtualenv:
 
     .venv/bin/python bench/ingest.py [--messages 2000] [--connections 4] [--size 4096]
 
+Unpaced, the processor can only keep up by slowing the 250s down, so the latency
+figure mixes both; `--rate R` paces the client to R msg/s in total, to measure the
+acknowledgement latency at an offered load below capacity.
 `--only maildesk` skips the bare servers; `--profile out.txt` records the daemon
-with py-spy (collapsed stacks; py-spy on PATH or in $PY_SPY) for the whole run.
+with py-spy (collapsed stacks; py-spy on PATH or in $PY_SPY) for the whole run,
+sampling only the thread that holds the GIL: where the daemon's one Python core goes.
 Nothing is asserted: the script prints figures and how they compare to the targets.
 """
 
@@ -33,15 +40,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import multiprocessing as mp
 import os
 import shutil
 import signal
 import smtplib
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -55,10 +65,12 @@ from typing import Any
 import common
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-KINDS = ("null", "fsync", "maildesk")
+KINDS = ("null", "fsync", "sqlite", "maildesk")
+DEFAULT_KINDS = ("null", "fsync", "maildesk")
 LABELS = {
     "null": "aiosmtpd, handler stores nothing",
     "fsync": "aiosmtpd, file + fsync per message",
+    "sqlite": "aiosmtpd, sqlite3 row per message (WAL, FULL)",
     "maildesk": "maildesk serve (SQLite WAL, synchronous=FULL)",
 }
 # The same aiosmtpd options maildesk's listener uses (inbound/smtp.py).
@@ -85,9 +97,18 @@ class ClientRun:
 
 
 def _client(
-    port: int, indices: list[int], run: str, size: int, barrier: Barrier, results: Any
+    port: int,
+    indices: list[int],
+    run: str,
+    size: int,
+    interval: float,
+    barrier: Barrier,
+    results: Any,
 ) -> None:
-    """One connection: build its messages, wait for the others, send them in one session."""
+    """One connection: build its messages, wait for the others, send them in one session.
+
+    With `interval` > 0, message k is sent no earlier than k * interval after the start.
+    """
     date = datetime.now(UTC)
     mails = [
         (common.sender(i)[1], common.customer_message(i, run=run, size=size, date=date))
@@ -96,7 +117,9 @@ def _client(
     barrier.wait()
     started = time.time()
     with smtplib.SMTP("127.0.0.1", port, local_hostname="client.localhost", timeout=120) as smtp:
-        for mail_from, raw in mails:
+        for k, (mail_from, raw) in enumerate(mails):
+            if interval and (delay := started + k * interval - time.time()) > 0:
+                time.sleep(delay)
             refused = smtp.sendmail(mail_from, [common.SUPPORT], raw)
             if refused:
                 raise RuntimeError(f"refused: {refused}")
@@ -104,14 +127,20 @@ def _client(
     results.put((len(mails), started, finished))
 
 
-def load(port: int, messages: int, connections: int, size: int, run: str) -> ClientRun:
-    """Send `messages` over `connections` concurrent sessions; times the whole load."""
+def load(port: int, messages: int, connections: int, size: int, run: str, rate: float) -> ClientRun:
+    """Send `messages` over `connections` concurrent sessions; times the whole load.
+
+    `rate` > 0 paces the client to that many messages per second in total.
+    """
+    interval = connections / rate if rate > 0 else 0.0
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(connections)
     results = ctx.Queue()
     shares = [list(range(k, messages, connections)) for k in range(connections)]
     procs = [
-        ctx.Process(target=_client, args=(port, share, run, size, barrier, results), daemon=True)
+        ctx.Process(
+            target=_client, args=(port, share, run, size, interval, barrier, results), daemon=True
+        )
         for share in shares
     ]
     for proc in procs:
@@ -166,9 +195,60 @@ class FsyncHandler:
         return f"250 2.0.0 Ok: queued as {self.count}"
 
 
+class SqliteHandler:
+    """One row per message in SQLite (WAL, synchronous=FULL), one transaction each, with
+    the stdlib driver and no ORM: the storage maildesk uses, without maildesk around it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "spool.db"
+        self.local = threading.local()
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS inbound (id INTEGER PRIMARY KEY, received_at TEXT,"
+                " mail_from TEXT, rcpt_to TEXT, raw BLOB, size INTEGER, digest TEXT)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    def _insert(self, envelope: Envelope, raw: bytes) -> int:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = conn.execute(
+                "INSERT INTO inbound (received_at, mail_from, rcpt_to, raw, size, digest)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    datetime.now(UTC).isoformat(),
+                    envelope.mail_from,
+                    json.dumps(envelope.rcpt_tos),
+                    raw,
+                    len(raw),
+                    hashlib.sha256(raw).hexdigest(),
+                ),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return int(cursor.lastrowid or 0)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        loop = asyncio.get_running_loop()
+        spool_id = await loop.run_in_executor(None, self._insert, envelope, raw)
+        return f"250 2.0.0 Ok: queued as {spool_id}"
+
+
 def _bare_server(kind: str, port: int, folder: str) -> None:
     """Runs in a child process until SIGTERM."""
-    handler: Any = NullHandler() if kind == "null" else FsyncHandler(Path(folder))
+    handlers = {"null": NullHandler, "fsync": FsyncHandler, "sqlite": SqliteHandler}
+    handler: Any = handlers[kind]() if kind == "null" else handlers[kind](Path(folder))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -265,7 +345,7 @@ def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
         raise RuntimeError("--profile needs py-spy on PATH or in $PY_SPY")
     spy = subprocess.Popen(
         [binary, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
-        + ["--threads", "--nonblocking", "-o", str(out)],
+        + ["--threads", "--gil", "--nonblocking", "-o", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -347,19 +427,27 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             log = folder / "maildesk.log"
             with maildesk_daemon(folder, smtp_port, web_port, log, args.profile) as proc:
                 print(f"   daemon pid {proc.pid}, log {log}", file=sys.stderr, flush=True)
-                accepted[kind] = load(smtp_port, args.messages, args.connections, args.size, run_id)
+                accepted[kind] = load(
+                    smtp_port, args.messages, args.connections, args.size, run_id, args.rate
+                )
                 print(f"   accepted {accepted[kind].rate:.0f} msg/s", file=sys.stderr, flush=True)
                 wait_processed(web_port, args.messages, proc)
             figures = maildesk_figures(folder / "maildesk.db", accepted[kind])
         else:
             port = common.free_port()
             with bare_server(kind, port, folder):
-                accepted[kind] = load(port, args.messages, args.connections, args.size, run_id)
+                accepted[kind] = load(
+                    port, args.messages, args.connections, args.size, run_id, args.rate
+                )
             print(f"   accepted {accepted[kind].rate:.0f} msg/s", file=sys.stderr, flush=True)
-            if kind == "fsync":
-                stored = len(list(folder.glob("*.eml")))
+            if kind in ("fsync", "sqlite"):
+                stored = (
+                    len(list(folder.glob("*.eml")))
+                    if kind == "fsync"
+                    else common.db_rows(folder / "spool.db", "SELECT count(*) FROM inbound")[0][0]
+                )
                 if stored != args.messages:
-                    raise RuntimeError(f"fsync server stored {stored} of {args.messages}")
+                    raise RuntimeError(f"{kind} server stored {stored} of {args.messages}")
     report(args, workdir, accepted, figures)
 
 
@@ -382,11 +470,13 @@ def report(
             ]
         rows.append(row)
     print()
+    paced = f", client paced to {args.rate:g} msg/s" if args.rate else ""
     print(
         f"SMTP ingest: {args.messages} messages of ~{args.size} bytes, "
-        f"{args.connections} persistent connections"
+        f"{args.connections} persistent connections{paced}"
     )
     print(f"machine: {common.machine(workdir)}")
+    print(f"{args.cpu_watch.note()}; maildesk sources {common.code_fingerprint()}")
     print()
     print(
         common.table(
@@ -410,13 +500,16 @@ def report(
         )
     print()
     print("targets:")
+    if args.rate:
+        print(f"  (paced run: accepted and processed are the offered {args.rate:g} msg/s)")
     md = accepted.get("maildesk")
-    if md and bare:
+    if md and bare and not args.rate:
         share = md.rate / bare.rate
         print(f"  accepted >= 60% of bare: {share:.0%} -> {common.verdict(share >= 0.6)}")
-    if figures:
+    if figures and not args.rate:
         ok = figures.processed_rate >= 500
         print(f"  processed >= 500 msg/s: {figures.processed_rate:.0f} -> {common.verdict(ok)}")
+    if figures:
         ok = figures.ack_median_ms <= 100
         print(
             f"  median ack queued <= 100 ms: {figures.ack_median_ms:.0f} ms -> {common.verdict(ok)}"
@@ -428,12 +521,23 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--size", type=int, default=4096, help="approximate bytes per message")
-    parser.add_argument("--only", default=",".join(KINDS), help="comma list of " + ",".join(KINDS))
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offered load in msg/s over all connections (default: as fast as accepted)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(DEFAULT_KINDS),
+        help=f"servers to run, a comma list of {','.join(KINDS)} (default: without sqlite)",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the daemon")
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
     common.exit_on_sigterm()
+    args.cpu_watch = common.CpuWatch()
     if args.profile:
         args.profile = args.profile.resolve()
     workdir = Path(tempfile.mkdtemp(prefix="maildesk-ingest-", dir=args.workdir))
