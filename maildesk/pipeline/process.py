@@ -162,7 +162,7 @@ class Processor:
 
     def _stages(self, session: Session, row: Inbound) -> tuple[str, int]:
         check(row.raw, self.limits)
-        message = parse(row.raw)
+        message = parse(row.raw, null_sender=row.mail_from == "<>")
         tickets = Tickets(session)
         if tickets.message_exists(message.message_id):
             log.info("inbound %d is a duplicate of <%s>", row.id, message.message_id)

@@ -11,20 +11,29 @@ from sqlalchemy.orm import Session
 from maildesk.models import Agent
 
 
+_CACHE = "maildesk.active_agents"
+
+
 class Agents:
+    """Agent lookups, read once per transaction: every message of a batch asks several times."""
+
     def __init__(self, session: Session) -> None:
         self.session = session
 
+    def _by_email(self) -> dict[str, Agent]:
+        cached: dict[str, Agent] | None = self.session.info.get(_CACHE)
+        if cached is None:
+            query = select(Agent).where(Agent.active.is_(True)).order_by(Agent.id)
+            cached = {agent.email: agent for agent in self.session.scalars(query)}
+            self.session.info[_CACHE] = cached
+        return cached
+
     def by_email(self, email: str) -> Agent | None:
         """The active agent with this address, if any."""
-        return self.session.scalar(
-            select(Agent).where(Agent.email == email.lower(), Agent.active.is_(True))
-        )
+        return self._by_email().get(email.lower())
 
     def active(self) -> list[Agent]:
-        return list(
-            self.session.scalars(select(Agent).where(Agent.active.is_(True)).order_by(Agent.id))
-        )
+        return list(self._by_email().values())
 
     def add(self, email: str, name: str, now: datetime) -> Agent:
         """Add (or re-activate and rename) an agent."""
@@ -37,6 +46,7 @@ class Agents:
             agent.active = True
             agent.name = name or agent.name
         self.session.flush()
+        self.session.info.pop(_CACHE, None)
         return agent
 
     def remove(self, email: str) -> bool:
@@ -45,6 +55,7 @@ class Agents:
         if agent is None:
             return False
         agent.active = False
+        self.session.info.pop(_CACHE, None)
         return True
 
     def seed(self, addresses: Iterable[str], now: datetime) -> None:
@@ -53,3 +64,4 @@ class Agents:
             email = address.lower()
             if self.session.scalar(select(Agent.id).where(Agent.email == email)) is None:
                 self.session.add(Agent(email=email, name="", active=True, created_at=now))
+        self.session.info.pop(_CACHE, None)
