@@ -8,6 +8,7 @@ failing when a reader tries to upgrade to a writer.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,33 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+class _WriterQueue:
+    """SQLite has one writer at a time. Queue this process's writers on a lock instead of
+    SQLite's busy handler, which sleeps in steps of up to 100 ms and misses the moment the
+    lock frees; and let a long batch see that someone is waiting, so it can step aside."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._waiting = 0
+        self._count = threading.Lock()
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        with self._count:
+            self._waiting += 1
+        self._lock.acquire()
+        with self._count:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @property
+    def waiting(self) -> bool:
+        return self._waiting > 0
+
+
 class Database:
     """An engine and its session factory; `transaction()` is the unit of work."""
 
@@ -54,6 +82,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url, **kwargs)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writers = _WriterQueue() if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -62,8 +91,16 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work commits on success and rolls back on any error."""
-        with self._sessions() as session, session.begin():
+        if self._writers is None:
+            with self._sessions() as session, session.begin():
+                yield session
+            return
+        with self._writers.turn(), self._sessions() as session, session.begin():
             yield session
+
+    def others_waiting(self) -> bool:
+        """Whether another thread waits to write (SQLite): a long batch should commit soon."""
+        return self._writers is not None and self._writers.waiting
 
     def dispose(self) -> None:
         self.engine.dispose()

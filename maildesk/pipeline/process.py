@@ -123,12 +123,21 @@ class Processor:
         ids = self._claim(batch)
         if not ids:
             return BatchResult(0, 0)
-        queued = 0
+        queued = done = 0
         with self.db.transaction() as session:
-            rows = session.scalars(select(Inbound).where(Inbound.id.in_(ids)).order_by(Inbound.id))
+            rows = session.scalars(
+                select(Inbound).where(Inbound.id.in_(ids)).order_by(Inbound.id)
+            ).all()
             for row in rows:
                 queued += self._process_row(session, row)
-        return BatchResult(len(ids), queued)
+                done += 1
+                # A message waiting for its 250 must not wait for the whole batch.
+                if self.db.others_waiting():
+                    break
+            for row in rows[done:]:  # not started: due again at once, attempt not counted
+                row.attempts -= 1
+                row.next_attempt_at = None
+        return BatchResult(done, queued)
 
     def _process_row(self, session: Session, row: Inbound) -> int:
         now = self.clock.now()

@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session
 
 from maildesk.models import Agent
 
-
 _CACHE = "maildesk.active_agents"
 
 
