@@ -60,8 +60,10 @@ def generate(path: Path, messages: int, size: int, reply_share: float, run: str)
     with path.open("wb") as out:
         for i in range(messages):
             date = start + timedelta(minutes=7 * i)
+            author = i
             if threads and rng.random() < reply_share:
                 thread = threads[max(0, len(threads) - 1 - int(rng.expovariate(1 / 50)))]
+                author = thread[0]
                 raw = common.customer_message(
                     i,
                     run=run,
@@ -70,7 +72,7 @@ def generate(path: Path, messages: int, size: int, reply_share: float, run: str)
                     subject="Re: " + common.first_subject(thread[0], run),
                     reply_to=thread[-1],
                     references=thread[:-1],
-                    author=thread[0],
+                    author=author,
                     newline=b"\n",
                 )
                 thread.append(i)
@@ -79,7 +81,7 @@ def generate(path: Path, messages: int, size: int, reply_share: float, run: str)
                 raw = common.customer_message(i, run=run, size=size, date=date, newline=b"\n")
                 threads.append([i])
             head, _, body = raw.partition(b"\n\n")
-            envelope_from = common.sender(i)[1]
+            envelope_from = common.sender(author)[1]
             out.write(f"From {envelope_from} {_mbox_date(date)}\n".encode())
             out.write(head + b"\n\n" + _FROM_LINE.sub(rb">\1", body))
             if not body.endswith(b"\n"):
@@ -121,11 +123,8 @@ def counts(db: Path) -> Counts:
     )
 
 
-def profiled(profile: Path | None) -> None:
+def profile_under_py_spy(profile: Path) -> None:
     """Point MAILDESK_CMD at py-spy wrapping the maildesk command, for the next command."""
-    if profile is None:
-        os.environ.pop("MAILDESK_CMD", None)
-        return
     binary = os.environ.get("PY_SPY") or shutil.which("py-spy")
     if not binary:
         raise RuntimeError("--profile needs py-spy on PATH or in $PY_SPY")
@@ -156,7 +155,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
 
     print("-- import", file=sys.stderr, flush=True)
     default_cmd = os.environ.get("MAILDESK_CMD")
-    profiled(args.profile)
+    if args.profile:
+        profile_under_py_spy(args.profile)
     try:
         first = common.run_maildesk(config, "import", str(mbox.path), log=log)
     finally:
@@ -257,11 +257,14 @@ def main() -> None:
     try:
         run(args, workdir)
     except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
-        sys.exit(f"import_mbox: {exc}\n(log and data kept in {workdir})")
-    finally:
-        if args.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-    if not args.keep:
+        sys.exit(f"import_mbox: {exc}\n(logs and data kept in {workdir})")
+    except BaseException:  # interrupted: nothing to look at
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    if args.keep:
+        print(f"kept {workdir}", file=sys.stderr)
+    else:
         shutil.rmtree(workdir, ignore_errors=True)
 
 

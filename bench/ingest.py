@@ -545,10 +545,13 @@ def main() -> None:
         run(args, workdir)
     except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
         sys.exit(f"ingest: {exc}\n(logs and data kept in {workdir})")
-    finally:
-        if args.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-    if not args.keep:
+    except BaseException:  # interrupted: nothing to look at
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    if args.keep:
+        print(f"kept {workdir}", file=sys.stderr)
+    else:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
