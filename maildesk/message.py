@@ -263,10 +263,12 @@ def _date(msg: EmailMessage) -> datetime | None:
 
 
 def _language(msg: EmailMessage) -> str | None:
-    value = _plain(msg, "Content-Language").lower()
-    for lang in ("cs", "en"):
-        if value.startswith(lang):
-            return lang
+    """cs or en from Content-Language, else from Accept-Language (Outlook writes both)."""
+    for header in ("Content-Language", "Accept-Language"):
+        value = _plain(msg, header).lower()
+        for lang in ("cs", "en"):
+            if value.startswith(lang):
+                return lang
     return None
 
 

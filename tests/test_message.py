@@ -238,3 +238,17 @@ def test_scans_without_message_id_that_differ_only_in_the_attachment_are_both_ke
     ]
     assert names == ["scan_20260105_154011_001.pdf", "scan_20260105_154011_002.pdf"]
     assert count(services, Blob) == 2
+
+
+def test_language_hints_content_language_then_accept_language() -> None:
+    from maildesk.message import parse
+
+    def mail(headers: str) -> bytes:
+        return (
+            f"From: a@customer.test\r\nTo: support@example.test\r\n{headers}"
+            "Subject: x\r\n\r\nbody\r\n"
+        ).encode()
+
+    assert parse(mail("Content-Language: cs-CZ\r\nAccept-Language: en-US\r\n")).language == "cs"
+    assert parse(mail("Accept-Language: en-US, cs;q=0.8\r\n")).language == "en"
+    assert parse(mail("Content-Language: de\r\n")).language is None
