@@ -6,18 +6,21 @@ Not a benchmark itself; `ingest.py` and `import_mbox.py` import it (they run as
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import platform
 import random
 import resource
+import shutil
 import signal
 import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -340,3 +343,24 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
+
+
+def run_in_workdir(prefix: str, name: str, args: argparse.Namespace, run: Any) -> None:
+    """Run one benchmark in a fresh temp dir: kept (and named) on failure or with --keep."""
+    exit_on_sigterm()
+    args.cpu_watch = CpuWatch()
+    if args.profile:
+        args.profile = args.profile.resolve()
+    workdir = Path(tempfile.mkdtemp(prefix=f"maildesk-{prefix}-", dir=args.workdir))
+    try:
+        run(args, workdir)
+    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+        sys.exit(f"{name}: {exc}\n(logs and data kept in {workdir})")
+    except BaseException:  # interrupted: nothing to look at
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    if args.keep:
+        print(f"kept {workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)

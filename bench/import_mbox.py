@@ -27,9 +27,7 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -249,23 +247,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
-    common.exit_on_sigterm()
-    args.cpu_watch = common.CpuWatch()
-    if args.profile:
-        args.profile = args.profile.resolve()
-    workdir = Path(tempfile.mkdtemp(prefix="maildesk-import-", dir=args.workdir))
-    try:
-        run(args, workdir)
-    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
-        sys.exit(f"import_mbox: {exc}\n(logs and data kept in {workdir})")
-    except BaseException:  # interrupted: nothing to look at
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    if args.keep:
-        print(f"kept {workdir}", file=sys.stderr)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    common.run_in_workdir("import", "import_mbox", args, run)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,6 @@ import smtplib
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -536,23 +535,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
-    common.exit_on_sigterm()
-    args.cpu_watch = common.CpuWatch()
-    if args.profile:
-        args.profile = args.profile.resolve()
-    workdir = Path(tempfile.mkdtemp(prefix="maildesk-ingest-", dir=args.workdir))
-    try:
-        run(args, workdir)
-    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
-        sys.exit(f"ingest: {exc}\n(logs and data kept in {workdir})")
-    except BaseException:  # interrupted: nothing to look at
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    if args.keep:
-        print(f"kept {workdir}", file=sys.stderr)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    common.run_in_workdir("ingest", "ingest", args, run)
 
 
 if __name__ == "__main__":

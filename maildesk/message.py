@@ -165,13 +165,7 @@ def _keyword(msg: EmailMessage, name: str) -> str:
 
 def _decoded(msg: EmailMessage, name: str) -> str:
     value = msg.get(name)
-    if value is None:
-        return ""
-    try:
-        parts = email.header.decode_header(str(value))
-        return str(email.header.make_header(parts))
-    except (UnicodeError, LookupError, email.errors.HeaderParseError):
-        return str(value)
+    return "" if value is None else _decoded_value(value)
 
 
 def _sender(msg: EmailMessage) -> tuple[str, str]:

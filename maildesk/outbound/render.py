@@ -94,8 +94,8 @@ class Renderer:
         failures: list[Exception] = []
 
         def text_parts(template: Template) -> tuple[str, str]:
-            subject = " ".join(render_block(template, "subject", context).split())
-            return subject, render_block(template, "body", context).strip() + "\n"
+            subject, body = render_blocks(template, ("subject", "body"), context)
+            return " ".join(subject.split()), body.strip() + "\n"
 
         for lang in self._languages(language):
             try:
@@ -168,9 +168,19 @@ class Renderer:
 
 def render_block(template: Template, block: str, context: dict[str, Any]) -> str:
     """One block of `template`; errors carry the template's file and line."""
-    render = template.blocks.get(block)
-    if render is None:
-        raise MissingBlock(template.filename, block)
+    return render_blocks(template, (block,), context)[0]
+
+
+def render_blocks(
+    template: Template, blocks: tuple[str, ...], context: dict[str, Any]
+) -> list[str]:
+    """Several blocks of `template`, running its top level once for all of them."""
+    renders = []
+    for block in blocks:
+        render = template.blocks.get(block)
+        if render is None:
+            raise MissingBlock(template.filename, block)
+        renders.append(render)
     try:
         # Top-level {% set %} names (e.g. a table of labels) are visible in blocks.
         exported = {
@@ -178,11 +188,13 @@ def render_block(template: Template, block: str, context: dict[str, Any]) -> str
             for name, value in vars(template.make_module(context)).items()
             if not name.startswith("_")
         }
-        return "".join(render(template.new_context({**context, **exported})))
+        full = {**context, **exported}
+        return ["".join(render(template.new_context(full))) for render in renders]
     except Exception:
         # What Template.render does: rewrite the traceback so its frames carry
         # template file names and line numbers (see error_location).
         template.environment.handle_exception()
+        raise  # handle_exception always raises; this keeps type checkers informed
 
 
 def error_location(exc: BaseException) -> tuple[str, int | None]:

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, aliased, selectinload
 from maildesk.accounts import redact_links
 from maildesk.clock import as_utc, new_token
 from maildesk.inbound.store import Envelope
+from maildesk.message import clean_text
 from maildesk.models import STATUS_LABELS, Attachment, Blob, Message, Participant, Person, Ticket
 from maildesk.web.pages import Form, Viewer, in_db, language, protected, render, see_other, site
 from maildesk.web.pages import viewer as current_viewer
@@ -50,7 +51,6 @@ MAX_REPLY_CHARS = 100_000
 MAX_LISTED = 500
 # Attachments are always downloaded; only these types keep their own Content-Type.
 _SAFE_TYPES = {"application/pdf", "image/png", "image/jpeg", "image/gif", "text/plain"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 PUBLIC = and_(Message.internal.is_(False), Message.kind != "bounce", Message.flag == "")
 
@@ -85,10 +85,6 @@ def scope_of(session: Session, request: web.Request, who: Viewer) -> Scope:
 
 def when(moment: datetime | None) -> str:
     return as_utc(moment).astimezone().strftime("%Y-%m-%d %H:%M") if moment else ""
-
-
-def _clean(text: str) -> str:
-    return _CONTROL.sub(" ", text).strip()
 
 
 async def _login_first(request: web.Request) -> web.Response:
@@ -269,7 +265,7 @@ async def attachment(request: web.Request) -> web.StreamResponse:
 
 def content_disposition(filename: str) -> str:
     """`attachment` with an ASCII fallback name and the exact UTF-8 name (RFC 6266)."""
-    name = _clean(filename) or "attachment"
+    name = clean_text(filename) or "attachment"
     fallback = re.sub(r"[^A-Za-z0-9._ -]", "_", name)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
@@ -307,11 +303,11 @@ async def reply(request: web.Request, form: Form) -> web.StreamResponse:
         return see_other(request, f"/tickets/{number}")
     message = EmailMessage()
     try:
-        message["From"] = Address(display_name=_clean(who.name), addr_spec=who.email)
+        message["From"] = Address(display_name=clean_text(who.name), addr_spec=who.email)
     except (ValueError, IndexError):
         message["From"] = who.email
-    message["To"] = Address(display_name=_clean(support.name), addr_spec=support.address)
-    message["Subject"] = f"Re: [{support.tag_prefix}{number}] {_clean(subject)}"
+    message["To"] = Address(display_name=clean_text(support.name), addr_spec=support.address)
+    message["Subject"] = f"Re: [{support.tag_prefix}{number}] {clean_text(subject)}"
     message["Date"] = email.utils.format_datetime(services.clock.now())
     message["Message-ID"] = f"<web.{new_token(16)}@{support.domain}>"
     if last:
