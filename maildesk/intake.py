@@ -12,7 +12,7 @@ from maildesk.tickets.lifecycle import Lifecycle
 from maildesk.tickets.service import NewMessage, Tickets
 
 if TYPE_CHECKING:
-    from maildesk.app import Services
+    from maildesk.services import Services
 
 
 def create_ticket(

@@ -22,7 +22,7 @@ from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
-    from maildesk.app import Services
+    from maildesk.services import Services
 
 log = logging.getLogger("maildesk.jobs")
 

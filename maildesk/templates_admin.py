@@ -34,7 +34,7 @@ from maildesk.tickets.tokens import ReplyTokens
 from maildesk.web.links import PaidLinks
 
 if TYPE_CHECKING:
-    from maildesk.app import Services
+    from maildesk.services import Services
 
 Extras = Callable[[str, str], list[dict[str, Any]]]  # (language, base_url) -> variants
 

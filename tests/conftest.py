@@ -27,8 +27,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from maildesk import config
-from maildesk.app import Daemon, Services, build
+from maildesk.app import Daemon
 from maildesk.clock import ManualClock
+from maildesk.services import Services, build
 
 PG_URL = os.environ.get("MAILDESK_TEST_DATABASE_URL", "")
 DATA = Path(__file__).parent / "data" / "mail"

@@ -6,9 +6,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from maildesk.app import Services
 from maildesk.inbound.store import Envelope
 from maildesk.models import Inbound, Outbox, Ticket
+from maildesk.services import Services
 from maildesk.tickets import views
 
 

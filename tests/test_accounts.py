@@ -12,10 +12,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from click.testing import CliRunner
 
-from maildesk.app import Services
 from maildesk.cli import main
 from maildesk.clock import ManualClock
 from maildesk.models import Person
+from maildesk.services import Services
 from tests.conftest import make_mail
 from tests.helpers import outbox_rows, receive
 

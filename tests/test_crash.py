@@ -38,12 +38,12 @@ import pytest
 from sqlalchemy import select
 
 from maildesk import config
-from maildesk.app import build
 from maildesk.clock import ManualClock, as_utc
 from maildesk.db import Database
 from maildesk.models import Inbound, Outbox
 from maildesk.outbound import outbox as outbox_module
 from maildesk.pipeline import process
+from maildesk.services import build
 from tests.conftest import make_mail, wait_for
 
 SUPPORT = "support@example.test"

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from maildesk import jobs
-from maildesk.app import Services, build
 from maildesk.clock import ManualClock
 from maildesk.config import Settings
 from maildesk.models import Ticket
+from maildesk.services import Services, build
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle
 from tests.conftest import make_mail

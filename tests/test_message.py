@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from maildesk.app import Services
 from maildesk.models import Attachment, Blob, Inbound, Message
+from maildesk.services import Services
 from tests.conftest import eml
 from tests.helpers import inbound_row, outbox_rows, receive, ticket, tickets
 

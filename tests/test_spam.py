@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from maildesk import templates_admin
-from maildesk.app import Services
+from maildesk.services import Services
 from tests.test_templates import queue_every_notification
 
 SPAMASSASSIN = shutil.which("spamassassin")

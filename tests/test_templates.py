@@ -17,13 +17,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 from maildesk import config, templates_admin
-from maildesk.app import Services
 from maildesk.cli import main
 from maildesk.clock import ManualClock
 from maildesk.config import LANGUAGES, PACKAGE_TEMPLATES
 from maildesk.models import Ticket
 from maildesk.outbound.notify import InReplyTo, Recipient
 from maildesk.outbound.render import Renderer, discover
+from maildesk.services import Services
 from tests.conftest import Outbox, make_mail
 from tests.helpers import outbox_rows, receive
 

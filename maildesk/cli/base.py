@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from maildesk import config as config_module
-from maildesk.app import Services, build
 from maildesk.config import ConfigError, Settings
+from maildesk.services import Services, build
 
 EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 

@@ -40,7 +40,7 @@ from maildesk.web.ratelimit import RateLimits
 from maildesk.web.session import Claim, Sessions
 
 if TYPE_CHECKING:
-    from maildesk.app import Services
+    from maildesk.services import Services
 
 log = logging.getLogger("maildesk.web")
 

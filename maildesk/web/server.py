@@ -17,7 +17,7 @@ from maildesk.web import account, paid, portal
 from maildesk.web.keys import SERVICES
 
 if TYPE_CHECKING:
-    from maildesk.app import Services
+    from maildesk.services import Services
 
 
 def make_app(services: Services) -> web.Application:

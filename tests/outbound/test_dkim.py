@@ -13,10 +13,10 @@ import dkim
 import pytest
 
 from maildesk import config
-from maildesk.app import build
 from maildesk.clock import ManualClock
 from maildesk.config import ConfigError
 from maildesk.outbound.dkim import signer_from_settings
+from maildesk.services import build
 from tests.conftest import make_mail
 from tests.helpers import outbox_rows, receive
 

@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from maildesk.app import Services
 from maildesk.cli import main
 from maildesk.clock import ManualClock, as_utc
 from maildesk.models import Outbox
 from maildesk.outbound.outbox import LEASE, OutboxSender, retry
 from maildesk.outbound.transport import Transport, open_transport
+from maildesk.services import Services
 from tests.conftest import make_mail
 from tests.helpers import outbox_rows, receive
 from tests.smtp_sink import SmtpSink, closed_port

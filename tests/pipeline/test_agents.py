@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from maildesk.app import Services
 from maildesk.models import Outbox
+from maildesk.services import Services
 from tests.conftest import make_mail
 from tests.helpers import outbox_rows, receive, ticket
 
@@ -114,8 +114,8 @@ def test_forged_agent_sender_is_a_customer_message(
 def test_agent_with_dkim_pass_from_trusted_host_is_recognized(
     config_values: dict[str, Any], tmp_path: Any, clock: Any
 ) -> None:
-    from maildesk.app import build
     from maildesk.config import from_mapping
+    from maildesk.services import build
 
     config_values["agents"]["trusted_authserv_ids"] = ["mx.example.test"]
     services = build(from_mapping(config_values, base_dir=tmp_path), clock)
@@ -270,8 +270,8 @@ def test_paid_on_a_bug_is_refused(services: Services, opened: EmailMessage) -> N
 def test_critical_priority_alerts_every_agent(
     config_values: dict[str, Any], tmp_path: Any, clock: Any
 ) -> None:
-    from maildesk.app import build
     from maildesk.config import from_mapping
+    from maildesk.services import build
 
     config_values["agents"]["addresses"] = [AGENT, "second@example.test"]
     services = build(from_mapping(config_values, base_dir=tmp_path), clock)
@@ -287,8 +287,8 @@ def test_critical_priority_alerts_every_agent(
 def test_phone_intake_opens_a_ticket_for_the_customer(
     config_values: dict[str, Any], tmp_path: Any, clock: Any
 ) -> None:
-    from maildesk.app import build
     from maildesk.config import from_mapping
+    from maildesk.services import build
 
     config_values["agents"]["trusted_authserv_ids"] = ["mx.example.test"]
     services = build(from_mapping(config_values, base_dir=tmp_path), clock)

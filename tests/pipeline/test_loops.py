@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from maildesk.app import Services
 from maildesk.clock import ManualClock
 from maildesk.models import Outbox, Ticket
+from maildesk.services import Services
 from maildesk.tickets.lifecycle import Lifecycle
 from tests.conftest import eml, make_mail
 from tests.helpers import inbound_row, outbox_rows, receive, ticket, tickets

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from maildesk.app import Services, build
 from maildesk.cli import main
 from maildesk.config import Settings
 from maildesk.inbound.store import Envelope
+from maildesk.services import Services, build
 from tests.conftest import eml, make_mail
 from tests.helpers import inbound_row, outbox_rows, receive, ticket, tickets
 

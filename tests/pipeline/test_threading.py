@@ -8,10 +8,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from maildesk.app import Services, build
 from maildesk.clock import ManualClock
 from maildesk.config import from_mapping
 from maildesk.models import Ticket
+from maildesk.services import Services, build
 from maildesk.tickets.agents import Agents
 from tests.conftest import make_mail
 from tests.helpers import outbox_rows, receive, ticket, tickets

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
-from maildesk.app import Services
 from maildesk.models import Person
+from maildesk.services import Services
 from maildesk.tickets.service import Tickets
 from tests.conftest import RunningDaemon
 
