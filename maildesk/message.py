@@ -31,7 +31,9 @@ logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 and C1 controls plus U+2028/U+2029: every character str.splitlines() breaks on
+# (\x85 and the two separators included), so no clean value can become two header lines.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 # RFC 3834's auto-submitted value: [CFWS] keyword [CFWS] *(";" parameter); comments not nested.
 _KEYWORD = re.compile(r"\s*(?:\([^()]*\)\s*)*([^\s();]*)")
 _MAX_REFERENCES = 100
@@ -143,7 +145,7 @@ def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
 
 
 def clean_text(value: str) -> str:
-    """Fold control characters (CR and LF included) to single spaces."""
+    """Fold control characters and Unicode line separators to single spaces."""
     return _CONTROL.sub(" ", value).strip()
 
 

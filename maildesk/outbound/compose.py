@@ -151,7 +151,7 @@ def verify_header_block(block: bytes, expected: Sequence[str]) -> None:
     if seen != want or names != want or parsed.get_payload():
         raise HeaderError(f"header block has {names or seen}, expected {want}")
     for name, value in parsed.items():
-        if any(ch in str(value) for ch in "\r\n\0"):
+        if h.breaks_line(str(value)):
             raise HeaderError(f"{name}: decodes to a line break or NUL")
 
 

@@ -64,6 +64,12 @@ def clean_text(value: str) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1].rstrip() + "…"
 
 
+def breaks_line(value: str) -> bool:
+    """Whether `value` holds NUL or anything str.splitlines() breaks on (CR, LF, VT, FF,
+    FS/GS/RS, U+0085, U+2028, U+2029): a header value holding one is refused."""
+    return "\0" in value or len(f"x{value}x".splitlines()) > 1
+
+
 def check_address(header: str, value: str) -> str:
     """A plain addr-spec `local@domain`, ASCII only; a Unicode domain becomes its A-label."""
     local, at, domain = value.rpartition("@")
