@@ -36,6 +36,9 @@ class SupportSettings:
     language: str = "cs"
     # The tag put in subjects: "[#42]". Only the part before the number is configurable.
     tag_prefix: str = "#"
+    # Other addresses SMTP accepts mail for (e.g. "help@example.test", or "postmaster@…"
+    # when maildesk is the domain's MX). Anything else at the domain is refused at RCPT.
+    aliases: tuple[str, ...] = ()
 
     @property
     def domain(self) -> str:
@@ -56,6 +59,13 @@ class SmtpSettings:
     tls_cert: str = ""
     tls_key: str = ""
     enabled: bool = True
+    # Refuse MAIL until the client has said STARTTLS (needs tls_cert).
+    require_tls: bool = False
+    # Concurrent sessions, in all and from one client address; over either: 421.
+    max_sessions: int = 100
+    max_sessions_per_ip: int = 10
+    # Seconds a client may take to send a whole command line or DATA line (slowloris).
+    timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,35 @@ class TemplateSettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    """When /healthz and `maildesk status` say "degraded" (see maildesk/health.py)."""
+
+    min_free_disk_mb: int = 500
+    # A message the relay keeps refusing, or any unsent message, older than this.
+    outbox_failing_minutes: float = 30.0
+    outbox_backlog_minutes: float = 60.0
+    # A received message still unprocessed after this long.
+    inbound_backlog_minutes: float = 15.0
+    # More messages quarantined within the last hour than this.
+    quarantined_per_hour: int = 10
+    # Seconds the database may take to answer the health query.
+    database_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """GET /metrics in the Prometheus text format (see maildesk/metrics.py)."""
+
+    enabled: bool = True
+    # A listener of its own (keep it off the Internet-facing one); port 0 = the web listener.
+    host: str = "127.0.0.1"
+    port: int = 0
+    # When set, a scrape must send "Authorization: Bearer <token>".
+    bearer_token: str = field(default="", repr=False)
+    bearer_token_file: str = ""
+
+
+@dataclass(frozen=True)
 class LifecycleSettings:
     reopen_days: int = 14
     # A resolved ticket nobody disputed closes by itself after this many days.
@@ -142,6 +181,8 @@ class Settings:
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # The folder relative paths were resolved against (the config file's own).
     base_dir: str = "."
 
@@ -181,6 +222,7 @@ _PATH_KEYS = {
     ("web", "secret_key_file"),
     ("templates", "path"),
     ("outbound", "dkim_key"),
+    ("metrics", "bearer_token_file"),
 }
 
 
@@ -260,6 +302,7 @@ def _finish(settings: Settings, base_dir: Path) -> Settings:
         raise ConfigError(f"[support] address is not an e-mail address: {support.address!r}")
     if support.language not in LANGUAGES:
         raise ConfigError(f"[support] language must be one of {', '.join(LANGUAGES)}")
+    _check_ops(settings)
     digest = settings.agents.digest_time
     if digest and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", digest):
         raise ConfigError(f"[agents] digest_time must be HH:MM, not {digest!r}")
@@ -280,6 +323,24 @@ def _finish(settings: Settings, base_dir: Path) -> Settings:
         database=dataclasses.replace(settings.database, url=url),
         outbound=dataclasses.replace(settings.outbound, url=outbound),
     )
+
+
+def _check_ops(settings: Settings) -> None:
+    """SMTP caps, TLS and the metrics listener: refused when the config loads."""
+    smtp = settings.smtp
+    if smtp.require_tls and not smtp.tls_cert:
+        raise ConfigError("[smtp] require_tls needs [smtp] tls_cert (and tls_key)")
+    for key in ("max_sessions", "max_sessions_per_ip"):
+        if getattr(smtp, key) < 1:
+            raise ConfigError(f"[smtp] {key} must be at least 1")
+    if smtp.timeout <= 0:
+        raise ConfigError("[smtp] timeout must be a positive number of seconds")
+    metrics_port = settings.metrics.port
+    if not 0 <= metrics_port < 65536:
+        raise ConfigError(f"[metrics] port must be between 0 and 65535, not {metrics_port}")
+    for alias in settings.support.aliases:
+        if "@" not in alias:
+            raise ConfigError(f"[support] aliases: not an e-mail address: {alias!r}")
 
 
 def config_path(explicit: str | None) -> Path:
