@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 DEFAULT_CONFIG = Path("config/maildesk.toml")
 PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
 LANGUAGES = ("cs", "en")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(Exception):
@@ -138,6 +139,13 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+@dataclass(frozen=True)
+class LogSettings:
+    """What the daemon logs (see maildesk/logs.py): the least severe level written."""
+
+    level: str = "info"
+
+
 class MetricsSettings:
     """GET /metrics in the Prometheus text format (see maildesk/metrics.py)."""
 
@@ -223,6 +231,7 @@ _PATH_KEYS = {
     ("templates", "path"),
     ("outbound", "dkim_key"),
     ("metrics", "bearer_token_file"),
+    log: LogSettings = field(default_factory=LogSettings)
 }
 
 
@@ -342,7 +351,21 @@ def _check_ops(settings: Settings) -> None:
         if "@" not in alias:
             raise ConfigError(f"[support] aliases: not an e-mail address: {alias!r}")
 
+    for section, port in (("smtp", settings.smtp.port), ("web", settings.web.port)):
+        if not 0 < port < 65536:
+            raise ConfigError(f"[{section}] port must be between 1 and 65535, not {port}")
+    if settings.imap is not None and not 0 < settings.imap.port < 65536:
+        raise ConfigError(f"[imap] port must be between 1 and 65535, not {settings.imap.port}")
+    if settings.log.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
 
 def config_path(explicit: str | None) -> Path:
     """The config file to read: --config, else $MAILDESK_CONFIG, else the default."""
     return Path(explicit or os.environ.get("MAILDESK_CONFIG") or DEFAULT_CONFIG)
+    scheme = urlsplit(url).scheme.split("+", 1)[0]
+    if scheme not in ("sqlite", "postgresql"):
+        # Only the scheme: the URL may hold a password.
+        raise ConfigError(
+            f"[database] url: unsupported database {scheme or url!r} "
+            "(use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
+        )

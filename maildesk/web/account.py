@@ -30,6 +30,7 @@ from maildesk.web.pages import (
     site,
     viewer,
 )
+from maildesk.web.redirects import is_local_path
 
 LANGUAGE_NAMES = {"cs": "Čeština", "en": "English"}
 _MAX_EMAIL = 320
@@ -145,10 +146,8 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
 
 
 def _safe_next(value: str) -> str:
-    """Only our own paths: never an open redirect to another site."""
-    if value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return "/tickets"
+    """Only our own paths: never an open redirect to another site; else the ticket list."""
+    return value if is_local_path(value) else "/tickets"
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:
