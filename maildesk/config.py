@@ -139,13 +139,6 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
-@dataclass(frozen=True)
-class LogSettings:
-    """What the daemon logs (see maildesk/logs.py): the least severe level written."""
-
-    level: str = "info"
-
-
 class MetricsSettings:
     """GET /metrics in the Prometheus text format (see maildesk/metrics.py)."""
 
@@ -156,6 +149,13 @@ class MetricsSettings:
     # When set, a scrape must send "Authorization: Bearer <token>".
     bearer_token: str = field(default="", repr=False)
     bearer_token_file: str = ""
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """What the daemon logs (see maildesk/logs.py): the least severe level written."""
+
+    level: str = "info"
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,7 @@ class Settings:
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    log: LogSettings = field(default_factory=LogSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # The folder relative paths were resolved against (the config file's own).
@@ -231,7 +232,6 @@ _PATH_KEYS = {
     ("templates", "path"),
     ("outbound", "dkim_key"),
     ("metrics", "bearer_token_file"),
-    log: LogSettings = field(default_factory=LogSettings)
 }
 
 
@@ -312,10 +312,24 @@ def _finish(settings: Settings, base_dir: Path) -> Settings:
     if support.language not in LANGUAGES:
         raise ConfigError(f"[support] language must be one of {', '.join(LANGUAGES)}")
     _check_ops(settings)
+    for section, port in (("smtp", settings.smtp.port), ("web", settings.web.port)):
+        if not 0 < port < 65536:
+            raise ConfigError(f"[{section}] port must be between 1 and 65535, not {port}")
+    if settings.imap is not None and not 0 < settings.imap.port < 65536:
+        raise ConfigError(f"[imap] port must be between 1 and 65535, not {settings.imap.port}")
+    if settings.log.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
     digest = settings.agents.digest_time
     if digest and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", digest):
         raise ConfigError(f"[agents] digest_time must be HH:MM, not {digest!r}")
     url = settings.database.url
+    scheme = urlsplit(url).scheme.split("+", 1)[0]
+    if scheme not in ("sqlite", "postgresql"):
+        # Only the scheme: the URL may hold a password.
+        raise ConfigError(
+            f"[database] url: unsupported database {scheme or url!r} "
+            "(use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
+        )
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         relative = url.removeprefix("sqlite:///")
         if relative and relative != ":memory:":
@@ -351,21 +365,7 @@ def _check_ops(settings: Settings) -> None:
         if "@" not in alias:
             raise ConfigError(f"[support] aliases: not an e-mail address: {alias!r}")
 
-    for section, port in (("smtp", settings.smtp.port), ("web", settings.web.port)):
-        if not 0 < port < 65536:
-            raise ConfigError(f"[{section}] port must be between 1 and 65535, not {port}")
-    if settings.imap is not None and not 0 < settings.imap.port < 65536:
-        raise ConfigError(f"[imap] port must be between 1 and 65535, not {settings.imap.port}")
-    if settings.log.level.lower() not in LOG_LEVELS:
-        raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
 
 def config_path(explicit: str | None) -> Path:
     """The config file to read: --config, else $MAILDESK_CONFIG, else the default."""
     return Path(explicit or os.environ.get("MAILDESK_CONFIG") or DEFAULT_CONFIG)
-    scheme = urlsplit(url).scheme.split("+", 1)[0]
-    if scheme not in ("sqlite", "postgresql"):
-        # Only the scheme: the URL may hold a password.
-        raise ConfigError(
-            f"[database] url: unsupported database {scheme or url!r} "
-            "(use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
-        )

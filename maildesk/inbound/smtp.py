@@ -20,6 +20,8 @@ from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from maildesk.config import SmtpSettings
+from maildesk.inbound.recipients import Recipients
+from maildesk.inbound.sessions import SessionLimiter, limited
 from maildesk.inbound.store import Envelope, InboundStore
 
 log = logging.getLogger("maildesk.inbound.smtp")
@@ -29,6 +31,17 @@ OK_QUEUED = "250 2.0.0 Ok: queued as {id}"
 NO_SUCH_USER = "550 5.1.1 <{address}>: no such mailbox here"
 TEMPORARY_FAILURE = "451 4.3.0 Temporary local failure, please try again later"
 TOO_BIG = "552 5.3.4 Message size exceeds the limit of {limit} bytes"
+# As Postfix's smtpd_forbid_bare_newline: the SMTP-smuggling shape, refused so the
+# sender learns of it (instead of a 250 and a silent quarantine).
+BARE_NEWLINE = "554 5.6.0 Message refused: bare LF or CR line ending; end every line with CRLF"
+MUST_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first"
+OK = "250 2.0.0 Ok"
+
+
+def _bare_newline(raw: bytes) -> bool:
+    """Any LF not preceded by CR, or CR not followed by LF (linear: three counts)."""
+    crlf = raw.count(b"\r\n")
+    return raw.count(b"\n") != crlf or raw.count(b"\r") != crlf
 
 
 class InboundHandler:
@@ -40,12 +53,34 @@ class InboundHandler:
         *,
         lmtp: bool,
         max_size: int,
+        recipients: Recipients | None = None,
+        require_tls: bool = False,
+        on_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.store = store
         self.support_domain = support_domain.lower()
         self.on_stored = on_stored
         self.lmtp = lmtp
         self.max_size = max_size
+        self.recipients = recipients
+        self.require_tls = require_tls
+        # Told the reason of every refusal (for /metrics).
+        self.on_refused = on_refused
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: SmtpEnvelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        if self.require_tls and session.ssl is None:
+            self.on_refused("tls_required")
+            return MUST_STARTTLS
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return OK
 
     async def handle_RCPT(
         self,
@@ -57,6 +92,10 @@ class InboundHandler:
     ) -> str:
         # Only our own domain: maildesk is an endpoint, never a relay.
         if address.rpartition("@")[2].lower() != self.support_domain:
+            self.on_refused("relay")
+            return NO_SUCH_USER.format(address=address)
+        if self.recipients is not None and not self.recipients.accepts(address):
+            self.on_refused("unknown_recipient")
             return NO_SUCH_USER.format(address=address)
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
@@ -64,7 +103,12 @@ class InboundHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
         raw = envelope.original_content or b""
         if len(raw) > self.max_size:
+            self.on_refused("size")
             return TOO_BIG.format(limit=self.max_size)
+        if _bare_newline(raw):
+            self.on_refused("bare_newline")
+            log.info("refused a message with bare LF/CR from %s", session.peer)
+            return self._reply(BARE_NEWLINE, envelope)
         inbound = Envelope(
             source="lmtp" if self.lmtp else "smtp",
             mail_from=envelope.mail_from or "<>",
@@ -105,6 +149,7 @@ class Listener:
         self.server: asyncio.Server | None = None
         # Weak: a finished session drops out by itself.
         self.sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self.limiter: SessionLimiter | None = None
 
     @property
     def address(self) -> str:
@@ -125,17 +170,19 @@ class Listener:
 
 async def start_server(settings: SmtpSettings, handler: InboundHandler, hostname: str) -> Listener:
     """Listen on the configured address; returns the running listener."""
-    protocol: type[SMTP] = LMTP if settings.lmtp else SMTP
+    listener = Listener()
+    listener.limiter = SessionLimiter(settings.max_sessions, settings.max_sessions_per_ip)
+    protocol = limited(LMTP if settings.lmtp else SMTP, listener.limiter, handler.on_refused)
     context = tls_context(settings)
     kwargs: dict[str, Any] = {
         "data_size_limit": settings.max_message_size,
         "enable_SMTPUTF8": True,
         "hostname": hostname,
         "ident": "maildesk",
+        "timeout": settings.timeout,
     }
     if context is not None:
         kwargs["tls_context"] = context
-    listener = Listener()
 
     def factory() -> SMTP:
         session = protocol(handler, **kwargs)
