@@ -21,10 +21,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from maildesk import jobs
 from maildesk.inbound.imap import ImapPoller
+from maildesk.inbound.recipients import Recipients
 from maildesk.inbound.smtp import InboundHandler, Listener, start_server
 from maildesk.inbound.store import Envelope
+from maildesk.metrics import Metrics
 from maildesk.outbound import outbox
 from maildesk.services import Services, build
+from maildesk.tickets.tokens import ReplyTokens
+from maildesk.web.ops import start_metrics_listener
 from maildesk.web.server import start_web
 
 __all__ = ["Daemon", "Services", "build"]
@@ -57,6 +61,8 @@ class Daemon:
         self.services = services
         self.settings = services.settings
         self._stopping = asyncio.Event()
+        # This process's /metrics registry (the SMTP, IMAP and web parts count into it).
+        self.metrics = Metrics(services.db, services.clock)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -79,15 +85,29 @@ class Daemon:
                 inbound_ready.set,
                 lmtp=settings.smtp.lmtp,
                 max_size=settings.smtp.max_message_size,
+                recipients=Recipients(
+                    settings.support.address,
+                    settings.support.aliases,
+                    ReplyTokens(settings.support.address, settings.secret_key()),
+                ),
+                require_tls=settings.smtp.require_tls,
+                on_refused=self.metrics.refused,
             )
             listener = await start_server(settings.smtp, handler, hostname)
+            limiter = listener.limiter
+            if limiter is not None:
+                self.metrics.watch_sessions(lambda: limiter.active)
             listeners.append(listener)
             kind = "LMTP" if settings.smtp.lmtp else "SMTP"
             log.info("listening for %s on %s", kind, listener.address)
         web_runner = None
         if settings.web.enabled:
-            web_runner, address = await start_web(services)
+            web_runner, address = await start_web(services, self.metrics)
             log.info("listening for HTTP on %s", address)
+        metrics_runner = await start_metrics_listener(services, self.metrics)
+        if metrics_runner is not None:
+            metrics = settings.metrics
+            log.info("listening for /metrics on %s:%d", metrics.host, metrics.port)
         imap_stop = threading.Event()
         imap_thread = self._start_imap(inbound_ready, imap_stop)
 
@@ -129,6 +149,8 @@ class Daemon:
         await asyncio.gather(*workers, return_exceptions=True)
         if web_runner is not None:
             await web_runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         if imap_thread is not None:
             await loop.run_in_executor(None, imap_thread.join, 10)
         services.db.dispose()
@@ -149,7 +171,7 @@ class Daemon:
         def put(raw: bytes) -> int:
             return store.put(raw, Envelope(source="imap"))
 
-        poller = ImapPoller(imap, put, on_stored=ready.set)
+        poller = ImapPoller(imap, put, on_stored=ready.set, on_poll=self.metrics.imap_polled)
         thread = threading.Thread(target=poller.run, args=(stop,), name="imap", daemon=True)
         thread.start()
         log.info("polling IMAP %s@%s:%d/%s", imap.username, imap.host, imap.port, imap.folder)

@@ -78,6 +78,20 @@ class Person(Base):
     session_version: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class WebSession(Base):
+    """A portal login, kept on the server so logout and a new password can end it.
+
+    The cookie holds a random id; only its sha256 is stored here.
+    """
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_seen_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+
+
 class Organization(Base):
     """People of one e-mail domain who see each other's tickets, once an admin adds it."""
 
@@ -123,6 +137,8 @@ class Ticket(Base):
     # Paid modifications: None, or pending -> approved | declined.
     paid_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     paid_note: Mapped[str] = mapped_column(Text, default="")
+    # Each #paid starts a new round; its links and mail answers count for that round only.
+    paid_round: Mapped[int] = mapped_column(Integer, default=0)
 
     requester: Mapped[Person] = relationship(lazy="joined")
     owner: Mapped[Agent | None] = relationship(lazy="joined")

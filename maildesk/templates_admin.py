@@ -103,8 +103,8 @@ def _paid(language: str, base: str) -> list[dict[str, Any]]:
     paid = {
         "price": _text(language)["price"],
         "text": _text(language)["paid"],
-        "approve_url": links.url(42, "approve"),
-        "decline_url": links.url(42, "decline"),
+        "approve_url": links.url(42, 1, "approve"),
+        "decline_url": links.url(42, 1, "decline"),
         "approve_word": _word(APPROVE_WORDS, language),
         "decline_word": _word(DECLINE_WORDS, language),
     }

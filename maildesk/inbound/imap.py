@@ -50,6 +50,7 @@ class ImapPoller:
         store: Callable[[bytes], object],
         *,
         on_stored: Callable[[], None] = lambda: None,
+        on_poll: Callable[[bool], None] = lambda error: None,
         backoff_initial: float = 1.0,
         backoff_max: float = 300.0,
         wait: Callable[[float], bool] | None = None,
@@ -57,6 +58,8 @@ class ImapPoller:
         self._settings = settings
         self._store = store
         self._on_stored = on_stored
+        # Told after every poll whether it failed (for /metrics).
+        self._on_poll = on_poll
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._wait = wait
@@ -81,8 +84,10 @@ class ImapPoller:
                 ok, bad = self._process_batch(client, batch)
                 stored, failed = stored + ok, failed + bad
         except CONNECTION_ERRORS:
+            self._on_poll(True)
             self._drop()
             raise
+        self._on_poll(failed > 0)
         self._left = failed
         # An empty poll every interval is routine; only polls that found mail are INFO.
         log.log(

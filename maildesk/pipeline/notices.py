@@ -116,8 +116,8 @@ class Notices:
                 "paid": {
                     "price": ticket.paid_note,
                     "text": body,
-                    "approve_url": self.links.url(ticket.id, "approve"),
-                    "decline_url": self.links.url(ticket.id, "decline"),
+                    "approve_url": self.links.url(ticket.id, ticket.paid_round, "approve"),
+                    "decline_url": self.links.url(ticket.id, ticket.paid_round, "decline"),
                     "approve_word": _word(APPROVE_WORDS, ticket.language),
                     "decline_word": _word(DECLINE_WORDS, ticket.language),
                 },

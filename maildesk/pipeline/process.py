@@ -260,7 +260,9 @@ class Processor:
             return queued
         text = new_text(message.text)
         outcome = (
-            "forged" if forged else lifecycle.customer_replied(ticket, text, message.from_addr)
+            "forged"
+            if forged
+            else lifecycle.customer_replied(ticket, text, message.from_addr, message.thread_ids)
         )
         if outcome == "confirmed":
             queued += self.notices.status_notice(session, ticket)

@@ -10,13 +10,14 @@ the web and the scheduler all move tickets the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maildesk.models import Agent, Event, Ticket
+from maildesk.models import Agent, Event, Message, Ticket
 from maildesk.replies import has_word, is_only_thanks
 
 # Words a customer may reply with; the templates suggest them. Both languages
@@ -66,6 +67,8 @@ class Lifecycle:
             self.session.expire(ticket, ["owner"])
         elif field == "paid":
             ticket.paid_state = new
+            if new == "pending":  # a new question: older links and answers stop counting
+                ticket.paid_round = (ticket.paid_round or 0) + 1
         else:  # pragma: no cover - a programming error, not input
             raise ValueError(f"unknown ticket field {field}")
         ticket.updated_at = self.now
@@ -94,13 +97,16 @@ class Lifecycle:
         if ticket.status in ("new", "accepted"):
             self.change(ticket, "status", "waiting_customer", agent.email, via)
 
-    def customer_replied(self, ticket: Ticket, text: str, actor: str) -> str:
+    def customer_replied(
+        self, ticket: Ticket, text: str, actor: str, answers: Sequence[str] = ()
+    ) -> str:
         """Move the ticket for a customer's reply; returns what the reply meant.
 
         "approved"/"declined" answer a paid-work notice; "confirmed" closes a
         resolved ticket; "disputed" reopens it; "reply" is anything else.
+        `answers` are the Message-IDs the reply names (In-Reply-To, References).
         """
-        if ticket.paid_state == "pending":
+        if ticket.paid_state == "pending" and self.answers_current_round(ticket, answers):
             if has_word(text, APPROVE_WORDS):
                 self.change(ticket, "paid", "approved", actor, "mail")
                 self.change(ticket, "status", "accepted", actor, "mail")
@@ -118,6 +124,27 @@ class Lifecycle:
         if ticket.status == "waiting_customer" and ticket.paid_state != "pending":
             self.change(ticket, "status", "accepted", actor, "mail")
         return "reply"
+
+    def answers_current_round(self, ticket: Ticket, answers: Sequence[str]) -> bool:
+        """Whether a mail naming `answers` may answer the paid-work question open now.
+
+        A reply to an earlier round's notice (say, a late APPROVE of a declined
+        100 EUR request) never answers a newer one; a mail naming no notice at
+        all can only mean the question open now.
+        """
+        notices = list(
+            self.session.scalars(
+                select(Message.message_id)
+                .where(
+                    Message.ticket_id == ticket.id,
+                    Message.direction == "out",
+                    Message.kind == "paid_notice",
+                )
+                .order_by(Message.id.desc())
+            )
+        )
+        named = set(answers).intersection(notices)
+        return not named or notices[0] in named
 
     def autoclose_candidates(self, days: int, limit: int = 100) -> list[Ticket]:
         """Resolved tickets nobody disputed for `days`, locked for this transaction."""

@@ -1,8 +1,11 @@
 """Signed, expiring links in mail: today the approve/decline answer to paid work.
 
 Built from `[support] base_url`, never from a request's Host header. The
-token names the ticket and the answer and is signed with the site key; it
-stops working when it expires or once the question has been answered.
+token names the ticket, the round of `#paid` it answers (each `#paid` starts
+a new one) and the answer, and is signed with the site key. It stops working
+when it expires, once its round has been answered, and as soon as a newer
+round starts: a link from a declined 100 EUR request never approves a later
+40,000 EUR one.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ PAID_LINK_DAYS = 30
 @dataclass(frozen=True)
 class PaidAnswer:
     ticket: int
+    round: int  # Ticket.paid_round when the notice was sent
     answer: str  # approve | decline
 
 
@@ -29,8 +33,8 @@ class PaidLinks:
         self.base_url = base_url.rstrip("/")
         self._signer = signed_serializer(secret, "maildesk.paid-answer", clock)
 
-    def url(self, ticket: int, answer: str) -> str:
-        token = self._signer.dumps({"t": ticket, "a": answer})
+    def url(self, ticket: int, round: int, answer: str) -> str:
+        token = self._signer.dumps({"t": ticket, "r": round, "a": answer})
         return f"{self.base_url}/paid?{urlencode({'token': token})}"
 
     def read(self, token: str) -> PaidAnswer | None:
@@ -41,5 +45,8 @@ class PaidLinks:
             return None
         if not isinstance(data, dict) or data.get("a") not in ("approve", "decline"):
             return None
-        ticket = data.get("t")
-        return PaidAnswer(ticket, data["a"]) if isinstance(ticket, int) else None
+        # Links sent before rounds existed carry none: they belong to round 0.
+        ticket, round_ = data.get("t"), data.get("r", 0)
+        if not isinstance(ticket, int) or not isinstance(round_, int):
+            return None
+        return PaidAnswer(ticket, round_, data["a"])

@@ -1,20 +1,27 @@
 """The approve/decline page for paid work, reached from a signed link in the notice.
 
-GET only shows the question (mail scanners follow links; they must not
-approve anything); the POST from the page's button records the answer. A
-link works once: after an answer the ticket is no longer pending.
+GET only shows the question, with the price of its round (mail scanners
+follow links; they must not approve anything); the POST from the page's
+button records the answer. A link works once and for its own round only:
+after an answer the ticket is no longer pending, and a newer `#paid` makes
+every older link a dead one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from maildesk.models import Ticket
 from maildesk.tickets.lifecycle import Lifecycle
 from maildesk.web.keys import SERVICES
+from maildesk.web.links import PaidAnswer
+
+if TYPE_CHECKING:
+    from maildesk.services import Services
 
 _HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 _TEXT = {
@@ -33,14 +40,40 @@ def page(title: str, body: str, status: int = 200) -> web.Response:
     return web.Response(text=document, content_type="text/html", status=status, headers=_HEADERS)
 
 
+def _question(services: Services, answer: PaidAnswer) -> tuple[str, str]:
+    """(state, price) of the link's round: open, answered, or superseded by a newer one."""
+    with services.db.transaction() as session:
+        ticket = session.get(Ticket, answer.ticket)
+        if ticket is None or ticket.paid_round != answer.round:
+            return "superseded", ""
+        if ticket.paid_state != "pending":
+            return "answered", ""
+        return "open", ticket.paid_note
+
+
+_INVALID = ("Link not valid", "<p>This link is broken or has expired.</p>", 400)
+_SUPERSEDED = (
+    "Link no longer valid",
+    "<p>This link belongs to an earlier request for paid work. Use the newest mail.</p>",
+    410,
+)
+_ANSWERED = ("Already answered", "<p>This question has already been answered.</p>", 409)
+
+
 async def show(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     token = request.query.get("token", "")
     answer = services.links.read(token)
     if answer is None:
-        return page("Link not valid", "<p>This link is broken or has expired.</p>", 400)
+        return page(*_INVALID)
+    state, price = await asyncio.get_running_loop().run_in_executor(
+        None, _question, services, answer
+    )
+    if state != "open":
+        return page(*(_SUPERSEDED if state == "superseded" else _ANSWERED))
     title, button = _TEXT[answer.answer]
     form = (
+        f"<p>{html.escape(price)}</p>"
         f'<form method="post" action="/paid"><input type="hidden" name="token" '
         f'value="{html.escape(token)}"><button type="submit">{html.escape(button)}</button></form>'
     )
@@ -52,21 +85,25 @@ async def answer(request: web.Request) -> web.Response:
     form = await request.post()
     answer = services.links.read(str(form.get("token", "")))
     if answer is None:
-        return page("Link not valid", "<p>This link is broken or has expired.</p>", 400)
+        return page(*_INVALID)
 
-    def record() -> bool:
+    def record() -> str:
         with services.db.transaction() as session:
             ticket = session.get(Ticket, answer.ticket, with_for_update={"of": Ticket})
-            if ticket is None or ticket.paid_state != "pending":
-                return False
+            # Checked under the row lock: a new round cannot start between check and write.
+            if ticket is None or ticket.paid_round != answer.round:
+                return "superseded"
+            if ticket.paid_state != "pending":
+                return "answered"
             lifecycle = Lifecycle(session, services.clock.now())
             actor = ticket.requester.email
             state = "approved" if answer.answer == "approve" else "declined"
             lifecycle.change(ticket, "paid", state, actor, "web")
             lifecycle.change(ticket, "status", "accepted", actor, "web")
             services.notices.to_agents(session, ticket, state, None)
-            return True
+            return "recorded"
 
-    if not await asyncio.get_running_loop().run_in_executor(None, record):
-        return page("Already answered", "<p>This question has already been answered.</p>", 409)
+    outcome = await asyncio.get_running_loop().run_in_executor(None, record)
+    if outcome != "recorded":
+        return page(*(_SUPERSEDED if outcome == "superseded" else _ANSWERED))
     return page("Thank you", "<p>Your answer was recorded. The team has been told.</p>")
