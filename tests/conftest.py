@@ -90,6 +90,8 @@ def config_values(tmp_path: Path, db_url: str) -> dict[str, Any]:
         "outbound": {"url": f"maildir:{tmp_path / 'outbox'}"},
         # No agents by default: tests about agents add them (tests/pipeline/test_agents.py).
         "agents": {"addresses": []},
+        # No DNS here: tests of sender proof start their own DNS server (tests/dns_server.py).
+        "trust": {"verify_dkim": False},
     }
 
 

@@ -1,9 +1,13 @@
 """Bounces: file a delivery failure with the ticket of the mail it bounces.
 
-The bounced mail is found by the Message-IDs the report quotes or answers,
-else by the failed address among recent mail we sent. A permanent failure
-marks that outbox row `bounced`; a delay warning ("Action: delayed") is filed
-but changes nothing, since the MTA is still trying.
+The bounced mail is found only by a Message-ID maildesk minted that the report
+quotes (its message/rfc822 or text/rfc822-headers part) or answers: only a
+mail system that really received our mail knows one. A report naming a failed
+address and nothing of ours is not filed anywhere (it goes to quarantine), and a
+bounce's own Message-ID and References never become threading keys, so a forged
+report cannot lead anyone into a customer's ticket. A permanent failure marks
+that outbox row `bounced`; a delay warning ("Action: delayed") is filed but
+changes nothing, since the MTA is still trying.
 """
 
 from __future__ import annotations
@@ -20,28 +24,14 @@ from maildesk.tickets.service import NewMessage, Tickets
 
 log = logging.getLogger("maildesk.pipeline")
 
-_RECENT = 200
-
 
 def bounced_mail(session: Session, message: ParsedMessage) -> Outbox | None:
     candidates = (*message.thread_ids, *message.quoted_message_ids)
-    if candidates:
-        outbox = session.scalar(
-            select(Outbox).where(Outbox.message_id.in_(candidates)).order_by(Outbox.id.desc())
-        )
-        if outbox is not None:
-            return outbox
-    failed = message.bounced_recipients | message.delayed_recipients
-    if not failed:
+    if not candidates:
         return None
-    # A bounce that quotes nothing of ours: the latest mail to a failed address.
-    recent = session.scalars(
-        select(Outbox)
-        .where(Outbox.state == "sent", Outbox.ticket_id.is_not(None))
-        .order_by(Outbox.id.desc())
-        .limit(_RECENT)
+    return session.scalar(
+        select(Outbox).where(Outbox.message_id.in_(candidates)).order_by(Outbox.id.desc())
     )
-    return next((o for o in recent if set(o.recipients) & failed), None)
 
 
 def record_bounce(
@@ -67,7 +57,6 @@ def record_bounce(
             body_text=message.text,
             created_at=now,
             to_addrs=message.to,
-            references=message.thread_ids,
             thread_rule="references",
             inbound_id=inbound_id,
         ),

@@ -1,12 +1,17 @@
 """Which ticket a message belongs to, by explicit rules in a fixed order.
 
-1. references  — In-Reply-To/References name a message maildesk stored or sent,
-                 or a stored message names this one (the reply came first);
+1. references  — In-Reply-To/References name a threading key of a ticket (a
+                 Message-ID maildesk minted, or one its proven correspondents sent:
+                 see `Tickets.thread_key`), or such a stored message names this one
+                 (the reply came first);
 2. reply_token — a recipient is a valid signed reply address of a ticket;
 3. subject_tag — "[#N]" in the subject, only from a participant of N or an agent:
                  a guessed number must not let a stranger into someone's ticket;
 4. new         — none of the above.
 The rule that matched is recorded on the message so a wrong merge can be explained.
+`Match.secret` says whether the match rests on something only our correspondents
+hold (a signed reply address or a Message-ID we minted): a From header and a
+subject are words anyone can write.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from maildesk.tickets.tokens import ReplyTokens
 class Match:
     ticket: Ticket | None
     rule: str  # references | reply_token | subject_tag | new
+    secret: bool = False
 
 
 class Threader:
@@ -39,16 +45,22 @@ class Threader:
         rcpt_to: Iterable[str],
         proven_agent: object | None = None,
     ) -> Match:
-        ticket = tickets.by_message_ids(message.thread_ids) or tickets.referencing(
-            message.message_id
-        )
-        if ticket is not None:
-            return Match(ticket, "references")
-        for address in (*rcpt_to, *message.to, *message.cc):
-            number = self.tokens.ticket_number(address)
-            if number is not None and (ticket := tickets.get(number)) is not None:
-                return Match(ticket, "reply_token")
-        for found in self.tag.finditer(message.subject):
+        tokens = [
+            number
+            for address in (*rcpt_to, *message.to, *message.cc)
+            if (number := self.tokens.ticket_number(address)) is not None
+        ]
+        key = tickets.thread_key(message.thread_ids, message.from_addr)
+        if key is not None:
+            secret = key.minted or key.ticket_id in tokens
+            return Match(tickets.get(key.ticket_id), "references", secret)
+        answered = tickets.referencing(message.message_id, message.from_addr)
+        if answered is not None:
+            return Match(tickets.get(answered), "references", answered in tokens)
+        for number in tokens:
+            if (ticket := tickets.get(number)) is not None:
+                return Match(ticket, "reply_token", secret=True)
+        for found in self.tag.finditer(message.subject[:1000]):
             ticket = tickets.get(int(found.group(1)))
             if ticket is not None and (
                 proven_agent is not None or tickets.is_participant(ticket.id, message.from_addr)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
@@ -25,6 +25,14 @@ from maildesk.models import (
     Person,
     Ticket,
 )
+
+
+@dataclass(frozen=True)
+class ThreadKey:
+    """A stored Message-ID that leads to a ticket; `minted`: one maildesk sent."""
+
+    ticket_id: int
+    minted: bool
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,8 @@ class NewMessage:
     attachments: tuple[tuple[str, str, bytes], ...] = ()  # (filename, content type, data)
     internal: bool = False
     flag: str = ""
+    # How the sender was proven (see pipeline/trust.py); "" = not proven.
+    proof: str = ""
 
 
 class Tickets:
@@ -101,34 +111,61 @@ class Tickets:
             is not None
         )
 
-    def by_message_ids(self, ids: Sequence[str]) -> Ticket | None:
-        """The ticket of the first of `ids` (nearest first) that maildesk has stored."""
+    def thread_key(self, ids: Sequence[str], sender: str) -> ThreadKey | None:
+        """The ticket of the first of `ids` (nearest first) that may thread mail.
+
+        Keys are the Message-IDs maildesk minted (only their recipients know them),
+        and those of stored messages whose sender was proven, or who is the same
+        person writing now, or who is the ticket's requester. A bounce's own
+        Message-ID, or a stranger's, is never a key: whoever chose it could
+        otherwise lead mail into someone else's ticket.
+        """
         if not ids:
             return None
-        query = select(Message.message_id, Message.ticket_id).where(Message.message_id.in_(ids))
-        rows: dict[str, int] = {mid: tid for mid, tid in self.session.execute(query)}
+        found: dict[str, ThreadKey] = {}
         # Mail we sent to agents is only in the outbox; replies to it thread too.
-        sent = select(Outbox.message_id, Outbox.ticket_id).where(
+        minted = select(Outbox.message_id, Outbox.ticket_id).where(
             Outbox.message_id.in_(ids), Outbox.ticket_id.is_not(None)
         )
-        for mid, tid in self.session.execute(sent):
+        for mid, tid in self.session.execute(minted):
             if tid is not None:
-                rows.setdefault(mid, tid)
-        for mid in ids:
-            if mid in rows:
-                return self.get(rows[mid])
-        return None
+                found.setdefault(mid, ThreadKey(tid, minted=True))
+        stored = (
+            select(Message.message_id, Message.ticket_id, Message.direction)
+            .join(Ticket, Ticket.id == Message.ticket_id)
+            .join(Person, Person.id == Ticket.requester_id)
+            .where(
+                Message.message_id.in_(ids),
+                Message.kind != "bounce",
+                or_(
+                    Message.direction == "out",
+                    Message.proof != "",
+                    Message.from_addr == sender.lower(),
+                    Message.from_addr == Person.email,
+                ),
+            )
+        )
+        for mid, tid, direction in self.session.execute(stored):
+            found.setdefault(mid, ThreadKey(tid, minted=direction == "out"))
+        return next((found[mid] for mid in ids if mid in found), None)
 
-    def referencing(self, message_id: str) -> Ticket | None:
-        """The ticket of a stored message that answers `message_id` (it arrived first)."""
-        ticket_id = self.session.scalar(
+    def referencing(self, message_id: str, sender: str) -> int | None:
+        """The ticket of a stored message that answers `message_id` (it arrived first).
+
+        Only a message that could itself be a key counts (see `thread_key`), so a
+        stranger cannot lay a trap for a Message-ID they expect to arrive.
+        """
+        return self.session.scalar(
             select(Message.ticket_id)
             .join(MessageRef, MessageRef.message_pk == Message.id)
-            .where(MessageRef.ref_id == message_id)
+            .where(
+                MessageRef.ref_id == message_id,
+                Message.kind != "bounce",
+                or_(Message.proof != "", Message.from_addr == sender.lower()),
+            )
             .order_by(Message.id)
             .limit(1)
         )
-        return self.get(ticket_id) if ticket_id is not None else None
 
     # -- changes ------------------------------------------------------------
 
@@ -177,6 +214,7 @@ class Tickets:
             inbound_id=new.inbound_id,
             internal=new.internal,
             flag=new.flag,
+            proof=new.proof,
         )
         self.session.add(message)
         self.session.flush()

@@ -117,7 +117,7 @@ def test_agent_with_dkim_pass_from_trusted_host_is_recognized(
     from maildesk.config import from_mapping
     from maildesk.services import build
 
-    config_values["agents"]["trusted_authserv_ids"] = ["mx.example.test"]
+    config_values["trust"]["authserv_ids"] = ["mx.example.test"]
     services = build(from_mapping(config_values, base_dir=tmp_path), clock)
     services.prepare()
     receive(services, make_mail(message_id="<alice1@customer.test>"))
@@ -128,7 +128,8 @@ def test_agent_with_dkim_pass_from_trusted_host_is_recognized(
         In_Reply_To="<alice1@customer.test>",
         Authentication_Results="mx.example.test; dkim=pass header.d=example.test",
     )
-    receive(services, mail, mail_from=AGENT)
+    # Piped in by the MTA (`maildesk deliver`): its header is the MTA's own.
+    receive(services, mail, mail_from=AGENT, source="deliver")
     assert ticket(services, 1)["status"] == "resolved"
 
 
@@ -290,7 +291,7 @@ def test_phone_intake_opens_a_ticket_for_the_customer(
     from maildesk.config import from_mapping
     from maildesk.services import build
 
-    config_values["agents"]["trusted_authserv_ids"] = ["mx.example.test"]
+    config_values["trust"]["authserv_ids"] = ["mx.example.test"]
     services = build(from_mapping(config_values, base_dir=tmp_path), clock)
     services.prepare()
     intake = make_mail(
@@ -299,7 +300,7 @@ def test_phone_intake_opens_a_ticket_for_the_customer(
         body="#customer bob@customer.test\n#priority critical\nBob called: the server is down.",
         Authentication_Results="mx.example.test; dmarc=pass header.from=example.test",
     )
-    receive(services, intake, mail_from=AGENT)
+    receive(services, intake, mail_from=AGENT, source="deliver")
 
     state = ticket(services, 1)
     assert (state["requester"], state["priority"], state["status"]) == (

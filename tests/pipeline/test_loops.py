@@ -200,21 +200,27 @@ def test_bounce_of_our_acknowledgement_is_filed_and_never_answered(
     assert send_outbox(services) == 0
 
 
-def test_bounce_that_quotes_no_headers_is_matched_by_the_failed_address(
+def test_bounce_that_quotes_nothing_of_ours_is_not_filed_by_the_failed_address(
     services: Services,
 ) -> None:
-    """Some MTAs return no copy of the message: the failed recipient still finds it."""
+    """Anyone can name a customer's address as "failed": only our Message-ID proves a bounce.
+
+    Filed by address, a forged report marked the customer's mail bounced and put
+    a Message-ID of the forger's choosing into the customer's ticket.
+    """
     ack_id = acknowledged(services)
     dsn = eml("bounce-postfix-dsn.eml")
     cut = dsn.index(b"--4dK7vQ2Wm9z1xyZ.1767603603/mx.customer.test\nContent-Description: Undel")
     raw = dsn[:cut] + b"--4dK7vQ2Wm9z1xyZ.1767603603/mx.customer.test--\n"
     assert b"Message-ID" not in raw.partition(b"\n\n")[2]
 
-    receive(services, raw, mail_from="<>")
+    spool_id = receive(services, raw, mail_from="<>")
 
     [ack] = acks(services)
-    assert (ack.message_id, ack.state) == (ack_id, "bounced")
-    assert inbound_messages(services, 1)[-1]["kind"] == "bounce"
+    assert (ack.message_id, ack.state) == (ack_id, "sent")
+    assert [m["kind"] for m in inbound_messages(services, 1)] == ["customer"]
+    held = inbound_row(services, spool_id)
+    assert (held.state, held.reason) == ("quarantined", "bounce for no message maildesk sent")
 
 
 @pytest.mark.parametrize("fixture", BOUNCES)

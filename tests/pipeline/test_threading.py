@@ -79,7 +79,17 @@ def test_forged_reply_token_opens_a_new_ticket(services: Services) -> None:
 
 
 def test_subject_tag_only_from_participants(services: Services) -> None:
-    receive(services, make_mail(cc="Bob <bob@customer.test>"))
+    receive(services, make_mail())
+    ack = ack_headers(services)
+    # Answering our mail proves Alice, so the colleague she copies becomes a participant.
+    receive(
+        services,
+        make_mail(
+            subject="Re: " + ack["Subject"],
+            cc="Bob <bob@customer.test>",
+            In_Reply_To=ack["Message-ID"],
+        ),
+    )
 
     receive(services, make_mail(subject="Re: [#1] more", sender="mallory@evil.test"))
     receive(services, make_mail(subject="Re: [#1] from bob", sender="bob@customer.test"))
@@ -95,10 +105,8 @@ def test_subject_tag_only_from_participants(services: Services) -> None:
 def test_proven_agent_may_use_the_subject_tag(
     config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
 ) -> None:
-    config_values["agents"] = {
-        "addresses": ["agent@example.test"],
-        "trusted_authserv_ids": ["mx.example.test"],
-    }
+    config_values["agents"] = {"addresses": ["agent@example.test"]}
+    config_values["trust"]["authserv_ids"] = ["mx.example.test"]
     services = build(from_mapping(config_values, base_dir=tmp_path), clock)
     services.prepare()
     receive(services, make_mail())
@@ -110,6 +118,7 @@ def test_proven_agent_may_use_the_subject_tag(
             Authentication_Results="mx.example.test; dkim=pass header.d=example.test",
         ),
         mail_from="agent@example.test",
+        source="deliver",
     )
     assert len(tickets(services)) == 1
     [note] = [m for m in ticket(services, 1)["messages"] if m["from"] == "agent@example.test"]
@@ -124,7 +133,9 @@ def test_unproven_agent_address_may_not_use_the_subject_tag(services: Services) 
     assert len(tickets(services)) == 2
 
 
-def test_reply_that_arrives_before_its_original_joins_the_same_ticket(services: Services) -> None:
+def test_imported_reply_that_comes_before_its_original_joins_the_same_ticket(
+    services: Services,
+) -> None:
     reply = make_mail(
         subject="Re: Printer broken",
         sender="bob@customer.test",
@@ -134,8 +145,8 @@ def test_reply_that_arrives_before_its_original_joins_the_same_ticket(services: 
     )
     original = make_mail(message_id="<original@customer.test>")
 
-    receive(services, reply)
-    receive(services, original)
+    receive(services, reply, source="import", notify=False)
+    receive(services, original, source="import", notify=False)
 
     assert len(tickets(services)) == 1
     messages = [m for m in ticket(services, 1)["messages"] if m["direction"] == "in"]
@@ -160,7 +171,8 @@ def test_mail_to_a_closed_ticket_reopens_it_within_reopen_days(
     _close(services, 1)
     clock.advance(timedelta(days=13))
 
-    receive(services, make_mail(subject="Re: [#1] it broke again"))
+    reply_to = _reply_address(services)
+    receive(services, make_mail(subject="Re: [#1] it broke again", to=reply_to))
 
     assert len(tickets(services)) == 1
     assert ticket(services, 1)["status"] == "accepted"
@@ -173,12 +185,18 @@ def test_mail_to_a_long_closed_ticket_opens_a_linked_new_one(
     _close(services, 1)
     clock.advance(timedelta(days=15))
 
-    receive(services, make_mail(subject="Re: [#1] it broke again"))
+    reply_to = _reply_address(services)
+    receive(services, make_mail(subject="Re: [#1] it broke again", to=reply_to))
 
     new = ticket(services, 2)
     assert new["previous"] == 1
     assert new["status"] == "new"
     assert ticket(services, 1)["status"] == "closed"
+
+
+def _reply_address(services: Services) -> str:
+    """The signed Reply-To of our acknowledgement: what a customer's client answers to."""
+    return str(ack_headers(services)["Reply-To"].addresses[0].addr_spec)
 
 
 def _close(services: Services, number: int) -> None:

@@ -1,0 +1,204 @@
+"""Who really sent a message: the From header is only words until something proves it.
+
+Two things prove the From domain, and nothing else does:
+- maildesk's own check: a DKIM signature (dkimpy) that verifies for a domain aligned
+  with the From domain (DMARC's relaxed alignment: the same organizational domain);
+- an Authentication-Results header (RFC 8601) written by our own MTA. It is believed
+  only when the message reached us through that MTA: relayed to the SMTP/LMTP listener
+  by a `[trust] mta_hosts` peer, or by a route only the MTA feeds (the IMAP mailbox,
+  the `deliver` pipe). Of those headers only the topmost one with a trusted authserv-id
+  counts, and the MTA must strip copies of its id arriving from outside (RFC 8601 §5).
+
+The From domain's DMARC policy tells "failed" (the domain asks receivers to distrust
+unaligned mail: p=quarantine or p=reject) from "merely unproven". maildesk checks no
+SPF itself: a domain whose mail passes DMARC by SPF alone needs an MTA in front that
+stamps its results. DNS answers are cached briefly; a lookup that times out proves
+nothing and fails nothing. Nothing here knows tickets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import dkim
+import dns.exception
+import dns.resolver
+
+from maildesk.config import TrustSettings
+
+log = logging.getLogger("maildesk.mailauth")
+
+# Routes whose mail was delivered by our MTA by construction.
+_MTA_ROUTES = frozenset({"imap", "deliver"})
+# A message with more signatures than this is checked on the first ones only:
+# each one costs a DNS lookup and an RSA verification.
+_MAX_SIGNATURES = 5
+_RESULT = re.compile(r"\b(dkim|dmarc)\s*=\s*([a-z]+)([^;]*)", re.IGNORECASE)
+_PROPERTY = re.compile(r"\bheader\.(d|from)\s*=\s*\"?([^\s;\"]{1,255})", re.IGNORECASE)
+_POLICY = re.compile(r"(?:^|;)\s*p\s*=\s*([a-z]+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """What is proven about the From domain of one message."""
+
+    # How the From domain is proven: dkim | mta-dkim | mta-dmarc; "" when it is not.
+    method: str = ""
+    # The From domain asks receivers to distrust this message (DMARC fail).
+    dmarc_failed: bool = False
+
+    @property
+    def proven(self) -> bool:
+        return bool(self.method)
+
+
+def organizational_domain(domain: str) -> str:
+    """The registrable part of a domain, for DMARC's relaxed alignment.
+
+    Without the Public Suffix List this is the last two labels (three under a
+    two-letter second level such as co.uk): good enough to align `mail.example.cz`
+    with `example.cz`; never wider than the real organizational domain.
+    """
+    labels = domain.lower().rstrip(".").split(".")
+    keep = 3 if len(labels) >= 3 and len(labels[-2]) <= 3 and len(labels[-1]) == 2 else 2
+    return ".".join(labels[-keep:])
+
+
+def aligned(signing_domain: str, from_domain: str) -> bool:
+    return organizational_domain(signing_domain) == organizational_domain(from_domain)
+
+
+class MailAuth:
+    def __init__(self, settings: TrustSettings, legacy_authserv_ids: Iterable[str] = ()) -> None:
+        self._settings = settings
+        self._authserv_ids = {i.lower() for i in (*settings.authserv_ids, *legacy_authserv_ids)}
+        self._mta_networks = [ipaddress.ip_network(h, strict=False) for h in settings.mta_hosts]
+        self._resolver = _resolver(settings)
+
+    def via_our_mta(self, source: str, peer: str) -> bool:
+        """Did this message reach us through the MTA whose results we believe?"""
+        if source in _MTA_ROUTES:
+            return True
+        if source not in ("smtp", "lmtp") or not peer:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self._mta_networks)
+
+    def check(
+        self,
+        raw: bytes,
+        from_addr: str,
+        authentication_results: tuple[str, ...],
+        via_our_mta: bool,
+    ) -> Authentication:
+        from_domain = from_addr.rpartition("@")[2].lower()
+        if not from_domain:
+            return Authentication()
+        if via_our_mta and self._authserv_ids:
+            stamped = self._from_mta(authentication_results, from_domain)
+            if stamped is not None:
+                return stamped
+        if not self._settings.verify_dkim:
+            return Authentication()
+        if any(aligned(d, from_domain) for d in self._verified_dkim_domains(raw)):
+            return Authentication("dkim")
+        policy = self._dmarc_policy(from_domain)
+        return Authentication(dmarc_failed=policy in ("quarantine", "reject"))
+
+    # -- our MTA's verdict --------------------------------------------------
+
+    def _from_mta(self, headers: tuple[str, ...], from_domain: str) -> Authentication | None:
+        """The verdict of the topmost header our MTA wrote; None when it wrote none."""
+        for header in headers:
+            authserv_id, _, results = header.partition(";")
+            words = authserv_id.split()
+            if not words or words[0].lower() not in self._authserv_ids:
+                continue
+            failed = False
+            for method, verdict, props in _RESULT.findall(results):
+                domains = [v.lower().rpartition("@")[2] for _n, v in _PROPERTY.findall(props)]
+                if not any(aligned(d, from_domain) for d in domains):
+                    continue
+                if verdict.lower() == "pass":
+                    return Authentication(f"mta-{method.lower()}")
+                if method.lower() == "dmarc" and verdict.lower() == "fail":
+                    failed = True
+            return Authentication(dmarc_failed=failed)
+        return None
+
+    # -- our own check ------------------------------------------------------
+
+    def _verified_dkim_domains(self, raw: bytes) -> list[str]:
+        count = _count_signatures(raw)
+        if not count:
+            return []
+        try:
+            checker = dkim.DKIM(raw, minkey=1024)
+        except Exception as exc:  # dkimpy raises several types on malformed mail
+            log.info("DKIM: cannot read the message: %s", type(exc).__name__)
+            return []
+        domains = []
+        for index in range(min(count, _MAX_SIGNATURES)):
+            try:
+                if checker.verify(idx=index, dnsfunc=self._txt):
+                    domains.append(checker.domain.decode("ascii", "replace"))
+            except Exception as exc:  # a bad signature is only a signature that failed
+                log.info("DKIM signature %d does not verify: %s", index, type(exc).__name__)
+        return domains
+
+    def _dmarc_policy(self, from_domain: str) -> str:
+        """The DMARC policy (none|quarantine|reject) of the domain or its org domain, or ""."""
+        org = organizational_domain(from_domain)
+        for name in dict.fromkeys((from_domain, org)):
+            record = self._txt(f"_dmarc.{name}.")
+            if record and record.lstrip().lower().startswith(b"v=dmarc1"):
+                found = _POLICY.search(record.decode("ascii", "replace"))
+                return found.group(1).lower() if found else "none"
+        return ""
+
+    def _txt(self, name: bytes | str, timeout: float = 0) -> bytes | None:
+        """One TXT record, its strings joined (dkimpy's `dnsfunc` interface)."""
+        if isinstance(name, bytes):
+            name = name.decode("ascii", "replace")
+        try:
+            answer = self._resolver.resolve(name, "TXT", raise_on_no_answer=False)
+        except (dns.exception.DNSException, ValueError) as exc:
+            log.info("DNS lookup of %s failed: %s", name, type(exc).__name__)
+            return None
+        for rrset in answer.response.answer:
+            for item in rrset:
+                strings = getattr(item, "strings", None)
+                if strings is not None:
+                    return b"".join(strings)
+        return None
+
+
+def _count_signatures(raw: bytes) -> int:
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    return len(re.findall(rb"(?im)^dkim-signature:", head))
+
+
+def _resolver(settings: TrustSettings) -> dns.resolver.Resolver:
+    try:
+        resolver = dns.resolver.Resolver(configure=not settings.dns_servers)
+    except dns.resolver.NoResolverConfiguration:
+        log.warning("no DNS resolver configured: DKIM and DMARC cannot be checked")
+        resolver = dns.resolver.Resolver(configure=False)
+    if settings.dns_servers:
+        resolver.nameservers = []
+        for server in settings.dns_servers:
+            host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
+            resolver.nameservers.append(host)
+            if port:
+                resolver.port = int(port)
+    resolver.lifetime = settings.dns_timeout
+    resolver.timeout = settings.dns_timeout
+    resolver.cache = dns.resolver.LRUCache(1000)
+    return resolver

@@ -1,0 +1,42 @@
+"""What a customer's message may do in the ticket it joins, from what proves its sender.
+
+- A secret — our signed reply address of this ticket, or a Message-ID maildesk
+  minted for it — proves the sender received our mail about this ticket.
+- A proven From (aligned DKIM, or our MTA's verdict: maildesk/mailauth.py) of
+  someone who already takes part in the ticket (its requester or a participant).
+- An archive imported by the operator (`maildesk import`) is vouched for by them.
+A verified message may add its sender and the people it copies as participants,
+approve or decline paid work, confirm, dispute, reopen. An unverified one changes
+nothing and adds no one: its text joins the ticket it names, marked for the agents
+(never dropped, and a customer who only forgot to quote still reaches the agents).
+A new ticket belongs to whoever opened it; only a proven sender's Cc join it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from maildesk.mailauth import Authentication
+from maildesk.pipeline.threader import Match
+
+UNVERIFIED_FLAG = "unverified"
+
+
+@dataclass(frozen=True)
+class Standing:
+    proof: str  # stored on the message; "" = unverified
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.proof)
+
+
+def standing(match: Match, auth: Authentication, source: str, takes_part: bool) -> Standing:
+    """`takes_part`: the sender is the matched ticket's requester or a participant."""
+    if source == "import":
+        return Standing("import")
+    if match.ticket is not None and match.secret:
+        return Standing("reply_token" if match.rule == "reply_token" else "message_id")
+    if auth.proven and (match.ticket is None or takes_part):
+        return Standing(auth.method)
+    return Standing("")
