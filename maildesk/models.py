@@ -52,6 +52,8 @@ class Inbound(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    # The token of the worker's claim that leases this row (maildesk/leases.py).
+    claim: Mapped[str | None] = mapped_column(String(32), nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str] = mapped_column(Text, default="")
     processed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
@@ -76,20 +78,6 @@ class Person(Base):
     invited_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     # Bumped when the password changes: older session cookies stop working.
     session_version: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class WebSession(Base):
-    """A portal login, kept on the server so logout and a new password can end it.
-
-    The cookie holds a random id; only its sha256 is stored here.
-    """
-
-    __tablename__ = "web_sessions"
-
-    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
-    created_at: Mapped[datetime] = mapped_column(Timestamp)
-    last_seen_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
 
 
 class Organization(Base):
@@ -137,8 +125,6 @@ class Ticket(Base):
     # Paid modifications: None, or pending -> approved | declined.
     paid_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     paid_note: Mapped[str] = mapped_column(Text, default="")
-    # Each #paid starts a new round; its links and mail answers count for that round only.
-    paid_round: Mapped[int] = mapped_column(Integer, default=0)
 
     requester: Mapped[Person] = relationship(lazy="joined")
     owner: Mapped[Agent | None] = relationship(lazy="joined")
@@ -273,6 +259,8 @@ class Outbox(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(Timestamp)
+    # The token of the sender's claim that leases this row (maildesk/leases.py).
+    claim: Mapped[str | None] = mapped_column(String(32), nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     sent_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)

@@ -80,12 +80,13 @@ def build(settings: Settings, clock: Clock | None = None) -> Services:
 
     notices = Notices(notifier, links, settings.support.language, accounts)
     threader = Threader(tokens, settings.support.tag_prefix)
-    processor = Processor(db, settings, clock, notices, threader)
+    store = InboundStore(db, clock)
+    processor = Processor(db, settings, clock, notices, threader, store)
     return Services(
         settings,
         clock,
         db,
-        InboundStore(db, clock),
+        store,
         renderer,
         notifier,
         notices,

@@ -1,21 +1,40 @@
-"""The inbound store: raw bytes committed durably before anyone says "accepted".
+"""The inbound spool: raw bytes committed durably before anyone says "accepted",
+and every state a stored row goes through afterwards.
 
 Every route in (SMTP/LMTP, IMAP, `deliver`, `import`) calls `InboundStore.put`
 and only answers 250 / exits 0 / moves the IMAP message once it returned.
-Nothing here parses mail: the pipeline claims rows later and decides.
+The processor then `claim`s due rows (leases from `maildesk/leases.py`),
+loads each one's bytes alone (`raw`), and in its write transaction `lock`s
+the row it still owns and `finish`es, `quarantine`s or `retry_later`s it.
+A row that used up `MAX_ATTEMPTS` claims without finishing (its processing
+crashed, was killed or hung) is quarantined by the next claim. Nothing here
+parses mail.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, defer
 
+from maildesk import leases
 from maildesk.clock import Clock
 from maildesk.db import Database
 from maildesk.models import Inbound
+from maildesk.states import InboundState
+
+log = logging.getLogger("maildesk.spool")
+
+# Claims of one row that may end without finishing it before the next claim
+# quarantines it: a message that kills or hangs the processor is tried this
+# often, and alone after its first failure, never forever.
+MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -53,7 +72,7 @@ class InboundStore:
                 size=len(raw),
                 digest=digest(raw),
                 notify=envelope.notify,
-                state="pending",
+                state=InboundState.PENDING,
                 attempts=0,
                 reason="",
                 error="",
@@ -80,11 +99,121 @@ class InboundStore:
         """Send a quarantined message through the pipeline again, with fresh attempts."""
         with self._db.transaction() as session:
             row = session.get(Inbound, inbound_id)
-            if row is None or row.state != "quarantined":
+            if row is None or row.state != InboundState.QUARANTINED:
                 return False
-            row.state = "pending"
+            row.state = InboundState.PENDING
             row.attempts = 0
             row.next_attempt_at = None
+            row.claim = None
             row.reason = ""
             row.error = ""
             return True
+
+    # -- the processor's side --------------------------------------------------
+
+    def claim(self, limit: int) -> Batch:
+        """Lease up to `limit` due rows; quarantine those whose attempts are used up.
+
+        A row claimed before without finishing may be the one that crashed the
+        last worker, so it is claimed alone.
+        """
+        now = self._clock.now()
+        with self._db.transaction() as session:
+            rows = session.execute(
+                leases.select_due(Inbound, now, limit, Inbound.id, Inbound.attempts, Inbound.size)
+            ).all()
+            spent = [r.id for r in rows if r.attempts >= MAX_ATTEMPTS]
+            for row_id in spent:
+                self._exhausted(session, row_id, now)
+            rows = [r for r in rows if r.attempts < MAX_ATTEMPTS]
+            if rows and rows[0].attempts > 0:
+                rows = rows[:1]
+            else:
+                rows = [r for r in rows if r.attempts == 0]
+            claim = leases.take(session, Inbound, [r.id for r in rows], now)
+            return Batch(claim, tuple(Claimed(r.id, r.size) for r in rows), len(spent))
+
+    def _exhausted(self, session: Session, row_id: int, now: datetime) -> None:
+        row = session.get(Inbound, row_id, options=[defer(Inbound.raw)])
+        assert row is not None
+        reason = (
+            f"processing did not finish in {MAX_ATTEMPTS} attempts "
+            "(the processor crashed, was killed or hung on this message)"
+        )
+        self.quarantine(row, reason, row.error, now)
+
+    def load(self, inbound_id: int) -> Stored:
+        """One message's bytes: the only place a processor reads them, one at a time."""
+        with self._db.reading() as session:
+            found = session.execute(
+                select(Inbound.raw, Inbound.mail_from, Inbound.source).where(
+                    Inbound.id == inbound_id
+                )
+            ).one()
+        return Stored(inbound_id, found.raw, found.mail_from, found.source)
+
+    def lock(self, session: Session, inbound_id: int, token: str) -> Inbound | None:
+        """The row, locked, if it is still pending and leased under `token` (else None)."""
+        return session.scalars(
+            select(Inbound)
+            .where(leases.owned(Inbound, inbound_id, token))
+            .options(defer(Inbound.raw))
+            .with_for_update()
+        ).one_or_none()
+
+    def finish(self, row: Inbound, state: InboundState | str, now: datetime) -> None:
+        row.state = state
+        row.processed_at = now
+        row.next_attempt_at = None
+        row.claim = None
+
+    def quarantine(self, row: Inbound, reason: str, trace: str, now: datetime) -> None:
+        log.warning("inbound %d quarantined: %s", row.id, reason)
+        self.finish(row, InboundState.QUARANTINED, now)
+        row.reason = reason[:2000]
+        row.error = trace
+
+    def retry_later(self, row: Inbound, trace: str, now: datetime) -> None:
+        """A failure that may pass: back off (5 s doubling) and give up the claim."""
+        row.error = trace
+        row.next_attempt_at = now + timedelta(seconds=5 * 2**row.attempts)
+        row.claim = None
+
+    def give_back(self, batch: Batch, ids: Sequence[int]) -> None:
+        """Rows claimed but not started: due again at once, their attempt not counted."""
+        with self._db.transaction() as session:
+            leases.give_back(session, Inbound, list(ids), batch.claim.token, self._clock.now())
+
+    def release(self) -> int:
+        """At start-up of the only instance (SQLite): rows a crash left leased are due now."""
+        with self._db.transaction() as session:
+            return leases.release_all(session, Inbound, self._clock.now())
+
+    def counts(self) -> Counter[str]:
+        """How many rows are in each state (the health check, the CLI)."""
+        with self._db.reading() as session:
+            found = session.execute(select(Inbound.state, func.count()).group_by(Inbound.state))
+            return Counter({str(state): int(n) for state, n in found})
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    raw: bytes
+    mail_from: str
+    source: str  # the route: which mail a stranger could have written (spam check)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one `claim` leased, and how many rows it quarantined as exhausted."""
+
+    claim: leases.Claim
+    rows: tuple[Claimed, ...]
+    exhausted: int

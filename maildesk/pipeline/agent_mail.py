@@ -21,7 +21,6 @@ from maildesk.models import Agent, Inbound, Message, Participant, Person, Ticket
 from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import Notifier, Recipient
 from maildesk.pipeline.notices import Notices, customer_thread
-from maildesk.replies import new_text
 from maildesk.tickets import commands
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle
@@ -37,6 +36,7 @@ class AgentMail:
     agent: Agent
     ticket: Ticket | None
     rule: str
+    text: str  # the new text (replies.new_text), computed before the write transaction
 
 
 class AgentFlow:
@@ -47,7 +47,7 @@ class AgentFlow:
 
     def handle(self, session: Session, mail: AgentMail, now: datetime) -> int:
         """Apply one agent mail; returns the number of outbound messages queued."""
-        parsed = commands.parse(new_text(mail.message.text))
+        parsed = commands.parse(mail.text)
         errors = [*parsed.errors, *self._problems(session, mail, parsed)]
         if errors:
             return self.notices.command_errors(

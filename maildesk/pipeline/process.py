@@ -2,13 +2,18 @@
 
     guard → parse → duplicate? → loops/bounce → thread → record → notify
 
-Each row is handled in a savepoint of one batch transaction, and its state
-change (done, duplicate, quarantined) commits together with the ticket rows
-and outbox rows it caused: a crash at any point leaves either all of it or
-none of it, so a restart redoes exactly the unfinished rows. A row is claimed
-(its attempt counted and leased) in a separate short transaction first, so a
-message that crashes the whole process is retried alone and quarantined
-after `MAX_ATTEMPTS`, never blocking the rows behind it.
+A batch of rows is claimed (attempts counted, leased) in a short transaction
+of the spool (`inbound/store.py`); a row that already used `MAX_ATTEMPTS`
+claims is quarantined there, so a message that crashes, is killed in or hangs
+the processor is tried at most that often and never blocks the rows behind it.
+Each claimed message is then loaded alone and prepared outside any write
+transaction (`prepare.py`: guard, parse, reply text, under a per-message
+deadline). A few prepared messages at a time go through the database stages
+in one short write transaction, each in a savepoint whose state change (done,
+duplicate, quarantined) commits together with the ticket rows and outbox rows
+it caused: a crash at any point leaves either all of it or none of it, so a
+restart redoes exactly the unfinished rows. The write names the claim's token,
+so a processor that lost its lease commits nothing.
 """
 
 from __future__ import annotations
@@ -16,16 +21,17 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from maildesk import leases
 from maildesk.clock import Clock
 from maildesk.config import Settings
 from maildesk.db import Database
-from maildesk.inbound.guard import HostileInput, Limits, check
-from maildesk.message import ParsedMessage, UnparseableMessage, parse
+from maildesk.inbound.guard import HostileInput, Limits
+from maildesk.inbound.store import MAX_ATTEMPTS, Claimed, InboundStore
+from maildesk.message import ParsedMessage, UnparseableMessage
 from maildesk.models import Inbound, Ticket
 from maildesk.outbound.notify import InReplyTo
 from maildesk.pipeline.agent_mail import AgentFlow, AgentMail
@@ -33,16 +39,22 @@ from maildesk.pipeline.authenticity import identify
 from maildesk.pipeline.bounces import record_bounce
 from maildesk.pipeline.loops import Verdict, classify
 from maildesk.pipeline.notices import Notices
+from maildesk.pipeline.prepare import HOLD, Budget, DeadlineExceeded, Prepared, prepare
 from maildesk.pipeline.threader import Match, Threader
-from maildesk.replies import new_text
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle
 from maildesk.tickets.service import NewMessage, Tickets
 
 log = logging.getLogger("maildesk.pipeline")
 
-MAX_ATTEMPTS = 3
-LEASE = timedelta(seconds=60)
+LEASE = leases.LEASE
+# Prepared messages written per transaction: one fsync for several, and a
+# short hold on the write lock. Raw bytes bound the group too, so a large
+# message is written alone and never sits in memory beside many others.
+GROUP = 16
+GROUP_BYTES = 4 * 1024 * 1024
+
+__all__ = ["MAX_ATTEMPTS", "LEASE", "Processor", "BatchResult", "Quarantine"]
 
 
 class Quarantine(Exception):
@@ -55,6 +67,24 @@ class BatchResult:
     queued_outbound: int
 
 
+@dataclass(frozen=True)
+class _Failure:
+    reason: str
+    trace: str
+    permanent: bool  # hostile or unparseable input, or past its deadline: no retry
+
+
+@dataclass(frozen=True)
+class _Work:
+    """One claimed message after its preparation: ready, or failed with a reason."""
+
+    id: int
+    size: int
+    budget: Budget
+    prepared: Prepared | None
+    failure: _Failure | None
+
+
 class Processor:
     def __init__(
         self,
@@ -63,8 +93,10 @@ class Processor:
         clock: Clock,
         notices: Notices,
         threader: Threader,
+        store: InboundStore,
     ) -> None:
         self.db = db
+        self.store = store
         self.settings = settings
         self.clock = clock
         self.notices = notices
@@ -84,94 +116,91 @@ class Processor:
 
     def release_leases(self) -> None:
         """At start-up of the only instance (SQLite): rows a crash left claimed are due now."""
-        with self.db.transaction() as session:
-            session.execute(
-                update(Inbound).where(Inbound.state == "pending").values(next_attempt_at=None)
-            )
-
-    def _claim(self, limit: int) -> list[int]:
-        now = self.clock.now()
-        with self.db.transaction() as session:
-            rows = session.execute(
-                select(Inbound.id, Inbound.attempts)
-                .where(
-                    Inbound.state == "pending",
-                    or_(Inbound.next_attempt_at.is_(None), Inbound.next_attempt_at <= now),
-                )
-                .order_by(Inbound.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
-            # A row tried before may be the one that crashed us: try it alone.
-            if rows and rows[0].attempts > 0:
-                rows = rows[:1]
-            else:
-                rows = [r for r in rows if r.attempts == 0]
-            ids = [r.id for r in rows]
-            if ids:
-                session.execute(
-                    update(Inbound)
-                    .where(Inbound.id.in_(ids))
-                    .values(attempts=Inbound.attempts + 1, next_attempt_at=now + LEASE)
-                )
-            return ids
+        self.store.release()
 
     # -- processing ---------------------------------------------------------
 
     def process_pending(self, batch: int = 100) -> BatchResult:
         """Process one batch of due rows; returns counts (0 processed: nothing was due)."""
-        ids = self._claim(batch)
-        if not ids:
-            return BatchResult(0, 0)
+        claimed = self.store.claim(batch)
+        token = claimed.claim.token
         queued = done = 0
-        with self.db.transaction() as session:
-            rows = session.scalars(
-                select(Inbound).where(Inbound.id.in_(ids)).order_by(Inbound.id)
-            ).all()
-            for row in rows:
-                queued += self._process_row(session, row)
-                done += 1
-                # A message waiting for its 250 must not wait for the whole batch.
-                if self.db.others_waiting():
-                    break
-            for row in rows[done:]:  # not started: due again at once, attempt not counted
-                row.attempts -= 1
-                row.next_attempt_at = None
-        return BatchResult(done, queued)
+        with leases.Keeper(self.db, Inbound, self.clock, token) as keeper:
+            keeper.hold([row.id for row in claimed.rows])
+            group: list[_Work] = []
+            for item in claimed.rows:
+                group.append(self._prepare(item, keeper))
+                if len(group) >= GROUP or sum(w.size for w in group) >= GROUP_BYTES:
+                    queued += self._write(group, token, keeper)
+                    done, group = done + len(group), []
+            if group:
+                queued += self._write(group, token, keeper)
+                done += len(group)
+        return BatchResult(done + claimed.exhausted, queued)
 
-    def _process_row(self, session: Session, row: Inbound) -> int:
+    def _prepare(self, item: Claimed, keeper: leases.Keeper) -> _Work:
+        """Load one message and run the stages that need no database, outside the lock."""
+        budget = Budget(self.clock)
+        keeper.hold([item.id], until=self.clock.now() + HOLD)
+        budget.start()
+        try:
+            stored = self.store.load(item.id)
+            ready = prepare(stored.raw, stored.mail_from, self.limits, budget)
+            return _Work(item.id, item.size, budget, ready, None)
+        except (HostileInput, UnparseableMessage, DeadlineExceeded) as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            return _Work(item.id, item.size, budget, None, _Failure(reason, "", True))
+        except Exception as exc:
+            failure = _Failure(_failed(exc), traceback.format_exc(), False)
+            return _Work(item.id, item.size, budget, None, failure)
+        finally:
+            budget.stop()
+
+    def _write(self, group: list[_Work], token: str, keeper: leases.Keeper) -> int:
+        """The database stages of prepared messages, in one short write transaction."""
+        queued = 0
+        with self.db.transaction() as session:
+            for work in group:
+                row = self.store.lock(session, work.id, token)
+                if row is None:  # our lease ran out and someone else owns it now
+                    log.warning("inbound %d: lost its lease; left to its new owner", work.id)
+                    continue
+                queued += self._process_row(session, row, work)
+        keeper.drop([work.id for work in group])
+        return queued
+
+    def _process_row(self, session: Session, row: Inbound, work: _Work) -> int:
         now = self.clock.now()
+        if work.prepared is None:
+            assert work.failure is not None
+            self._fail(row, work.failure)
+            return 0
+        work.budget.start()
         try:
             with session.begin_nested():
-                state, queued = self._stages(session, row)
-                row.state = state
-                row.processed_at = now
-                row.next_attempt_at = None
+                state, queued = self._stages(session, row, work.prepared)
+                work.budget.check("the database stages")
+                self.store.finish(row, state, now)
                 return queued
-        except (HostileInput, UnparseableMessage, Quarantine) as exc:
+        except (HostileInput, UnparseableMessage, Quarantine, DeadlineExceeded) as exc:
             reason = getattr(exc, "reason", None) or str(exc)
-            self._quarantine(row, reason, "")
+            self.store.quarantine(row, reason, "", now)
         except Exception as exc:
-            trace = traceback.format_exc()
-            if row.attempts >= MAX_ATTEMPTS:
-                self._quarantine(row, f"processing failed: {type(exc).__name__}: {exc}", trace)
-            else:
-                log.warning("inbound %d failed (attempt %d), will retry", row.id, row.attempts)
-                row.error = trace
-                row.next_attempt_at = now + timedelta(seconds=5 * 2**row.attempts)
+            self._fail(row, _Failure(_failed(exc), traceback.format_exc(), False))
+        finally:
+            work.budget.stop()
         return 0
 
-    def _quarantine(self, row: Inbound, reason: str, trace: str) -> None:
-        log.warning("inbound %d quarantined: %s", row.id, reason)
-        row.state = "quarantined"
-        row.reason = reason[:2000]
-        row.error = trace
-        row.processed_at = self.clock.now()
-        row.next_attempt_at = None
+    def _fail(self, row: Inbound, failure: _Failure) -> None:
+        now = self.clock.now()
+        if failure.permanent or row.attempts >= MAX_ATTEMPTS:
+            self.store.quarantine(row, failure.reason, failure.trace, now)
+        else:
+            log.warning("inbound %d failed (attempt %d), will retry", row.id, row.attempts)
+            self.store.retry_later(row, failure.trace, now)
 
-    def _stages(self, session: Session, row: Inbound) -> tuple[str, int]:
-        check(row.raw, self.limits)
-        message = parse(row.raw, null_sender=row.mail_from == "<>")
+    def _stages(self, session: Session, row: Inbound, prepared: Prepared) -> tuple[str, int]:
+        message = prepared.message
         tickets = Tickets(session)
         if tickets.message_exists(message.message_id):
             log.info("inbound %d is a duplicate of <%s>", row.id, message.message_id)
@@ -190,12 +219,14 @@ class Processor:
         )
         match = self.threader.match(tickets, message, row.rcpt_to, proven_agent=sender.agent)
         if sender.agent is not None:
-            mail = AgentMail(row, message, sender.agent, match.ticket, match.rule)
+            mail = AgentMail(row, message, sender.agent, match.ticket, match.rule, prepared.text)
             log.info("inbound %d from agent %s (%s)", row.id, sender.agent.email, sender.proof)
             return "done", self.agent_flow.handle(session, mail, self.clock.now())
         if sender.forged:
             log.warning("inbound %d claims agent %s without proof", row.id, message.from_addr)
-        return "done", self._record(session, tickets, row, message, verdict, match, sender.forged)
+        return "done", self._record(
+            session, tickets, row, message, verdict, match, sender.forged, prepared.text
+        )
 
     def _record(
         self,
@@ -206,6 +237,7 @@ class Processor:
         verdict: Verdict,
         match: Match,
         forged: bool,
+        text: str,
     ) -> int:
         """A customer's (or anyone else's) message: record it, move the ticket, notify."""
         now = self.clock.now()
@@ -258,11 +290,8 @@ class Processor:
             return queued
         if kind == "auto" or not row.notify:
             return queued
-        text = new_text(message.text)
         outcome = (
-            "forged"
-            if forged
-            else lifecycle.customer_replied(ticket, text, message.from_addr, message.thread_ids)
+            "forged" if forged else lifecycle.customer_replied(ticket, text, message.from_addr)
         )
         if outcome == "confirmed":
             queued += self.notices.status_notice(session, ticket)
@@ -314,3 +343,7 @@ class Processor:
             log.info("no acknowledgement to %s: %d automatic replies this hour", sender, cap)
             return False
         return True
+
+
+def _failed(exc: Exception) -> str:
+    return f"processing failed: {type(exc).__name__}: {exc}"

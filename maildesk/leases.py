@@ -1,0 +1,158 @@
+"""Claims with expiring leases: the one way a worker takes a queued row to work on.
+
+Both queues (the inbound spool and the outbox) claim through here, on SQLite
+and PostgreSQL alike. A claim stamps the rows with a fresh random token and
+pushes `next_attempt_at` one short lease ahead; the same select runs
+`FOR UPDATE SKIP LOCKED` on PostgreSQL, so two instances never claim one row.
+While a worker lives it renews its leases (`Keeper`, a thread), so a lease can
+be short: a dead worker's rows are due again within `LEASE`, and whoever claims
+them next gets a new token. Every finishing write names the token it holds
+(`owned`), so a worker that lost its lease (it hung, or the clock jumped) can
+never commit over the new owner's work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from maildesk.clock import Clock, new_token
+from maildesk.db import Database
+from maildesk.models import Inbound, Outbox
+
+log = logging.getLogger("maildesk.leases")
+
+LEASE = timedelta(seconds=30)
+# A live worker renews three times per lease: one missed renewal (a busy writer
+# lock, a slow fsync) does not lose a claim.
+RENEW_EVERY = LEASE / 3
+
+Queue = type[Inbound] | type[Outbox]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Rows one worker claimed together: their ids and the token that proves it."""
+
+    token: str
+    ids: tuple[int, ...]
+
+
+def due(model: Queue, now: datetime) -> ColumnElement[bool]:
+    """Pending, and either never claimed, due for a retry, or its lease ran out."""
+    return and_(
+        model.state == "pending",
+        or_(model.next_attempt_at.is_(None), model.next_attempt_at <= now),
+    )
+
+
+def select_due(model: Queue, now: datetime, limit: int, *columns: Any) -> Any:
+    """The due rows, oldest first, skipping rows another transaction holds (PostgreSQL)."""
+    return (
+        select(*columns)
+        .where(due(model, now))
+        .order_by(model.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def take(session: Session, model: Queue, ids: list[int], now: datetime) -> Claim:
+    """Claim `ids` (already selected FOR UPDATE in `session`): count an attempt, lease them."""
+    token = new_token()
+    if ids:
+        session.execute(
+            update(model)
+            .where(model.id.in_(ids))
+            .values(attempts=model.attempts + 1, next_attempt_at=now + LEASE, claim=token)
+        )
+    return Claim(token, tuple(ids))
+
+
+def owned(model: Queue, row_id: int, token: str) -> ColumnElement[bool]:
+    """The row is still pending and still ours: the guard of every finishing write."""
+    return and_(model.id == row_id, model.state == "pending", model.claim == token)
+
+
+def give_back(session: Session, model: Queue, ids: list[int], token: str, now: datetime) -> None:
+    """Unclaim rows not started: due again at once, the attempt not counted."""
+    if ids:
+        session.execute(
+            update(model)
+            .where(model.id.in_(ids), model.claim == token, model.state == "pending")
+            .values(attempts=model.attempts - 1, next_attempt_at=now, claim=None)
+        )
+
+
+def release_all(session: Session, model: Queue, now: datetime) -> int:
+    """At start-up of the only instance (SQLite): whatever a crash left leased is due now.
+
+    Rows waiting out a back-off after a failure keep it (they carry no claim token).
+    """
+    result = session.execute(
+        update(model)
+        .where(model.state == "pending", model.claim.is_not(None))
+        .values(next_attempt_at=now, claim=None)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+class Keeper:
+    """A thread that renews the leases of the rows a worker holds, while it holds them.
+
+    `hold(ids, until)` renews them until `until` (a processing deadline) at most:
+    a worker stuck past its deadline stops renewing, its lease runs out, and the
+    next claim counts another attempt. `drop(ids)` stops renewing finished rows.
+    """
+
+    def __init__(self, db: Database, model: Queue, clock: Clock, token: str) -> None:
+        self._db, self._model, self._clock, self._token = db, model, clock, token
+        self._held: dict[int, datetime | None] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> Keeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def hold(self, ids: tuple[int, ...] | list[int], until: datetime | None = None) -> None:
+        with self._lock:
+            for row_id in ids:
+                self._held[row_id] = until
+
+    def drop(self, ids: tuple[int, ...] | list[int]) -> None:
+        with self._lock:
+            for row_id in ids:
+                self._held.pop(row_id, None)
+
+    def renew(self) -> None:
+        now = self._clock.now()
+        with self._lock:
+            ids = [i for i, until in self._held.items() if until is None or now < until]
+        if not ids:
+            return
+        model = self._model
+        with self._db.transaction() as session:
+            session.execute(
+                update(model)
+                .where(model.id.in_(ids), model.claim == self._token, model.state == "pending")
+                .values(next_attempt_at=now + LEASE)
+            )
+
+    def _run(self) -> None:
+        while not self._stop.wait(RENEW_EVERY.total_seconds()):
+            try:
+                self.renew()
+            except Exception:  # the next renewal may succeed; the lease has slack
+                log.exception("renewing leases failed")

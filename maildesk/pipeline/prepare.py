@@ -1,0 +1,82 @@
+"""The work on one message that needs no database, done outside any write transaction.
+
+    guard → parse → reply text
+
+These are the stages whose cost grows with what a stranger sent, so they run
+before the processor takes the write lock: a slow message delays only itself.
+Each message has a processing budget (`DEADLINE`), spent here and in the
+database stages that follow; it is checked between stages, and a message past
+it is quarantined. What bounds one stage is the guard's caps (size, header
+block, MIME depth and parts) checked before any parser runs, and linear text
+transforms; a stage that never returns is bounded by its lease instead: the
+lease keeper stops renewing a message past `HOLD`, its lease runs out, and
+the next claim counts an attempt against `MAX_ATTEMPTS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from maildesk.clock import Clock
+from maildesk.inbound.guard import Limits, check
+from maildesk.message import ParsedMessage, parse
+from maildesk.replies import new_text
+
+DEADLINE = timedelta(seconds=20)
+# How long a started message keeps its lease renewed: past this, it is stuck.
+HOLD = DEADLINE * 2
+
+
+class DeadlineExceeded(Exception):
+    """The message used up its processing budget: hold it for a human."""
+
+    def __init__(self, stage: str, limit: timedelta) -> None:
+        self.reason = (
+            f"processing took longer than {limit.total_seconds():.0f} s (stopped after {stage})"
+        )
+        super().__init__(self.reason)
+
+
+class Budget:
+    """Processing time spent on one message, across the steps that run for it."""
+
+    def __init__(self, clock: Clock, limit: timedelta = DEADLINE) -> None:
+        self._clock = clock
+        self.limit = limit
+        self._spent = timedelta()
+        self._since: datetime | None = None
+
+    def start(self) -> None:
+        self._since = self._clock.now()
+
+    def stop(self) -> None:
+        if self._since is not None:
+            self._spent += self._clock.now() - self._since
+            self._since = None
+
+    def check(self, stage: str) -> None:
+        """Raise `DeadlineExceeded` once the budget is spent (call between stages)."""
+        running = self._clock.now() - self._since if self._since is not None else timedelta()
+        if self._spent + running > self.limit:
+            raise DeadlineExceeded(stage, self.limit)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One message ready for the database stages."""
+
+    raw: bytes
+    message: ParsedMessage
+    text: str  # the new text of a reply: quotes and signature removed (replies.new_text)
+
+
+def prepare(raw: bytes, mail_from: str, limits: Limits, budget: Budget) -> Prepared:
+    """Guard, parse and transform one message; raises what the stages raise."""
+    check(raw, limits)
+    budget.check("the guard")
+    message = parse(raw, null_sender=mail_from == "<>")
+    budget.check("parsing")
+    text = new_text(message.text)
+    budget.check("the reply text")
+    return Prepared(raw, message, text)

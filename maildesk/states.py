@@ -1,0 +1,29 @@
+"""The states a queued row can be in, as str-valued enums.
+
+The stored values are the enum values, unchanged from the plain strings used
+before, so no data migrates. A new state (the spam engineer's `held`) is one
+new member here; code that lists "every state" iterates the enum.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class InboundState(StrEnum):
+    """An inbound (spool) row: `pending` until processed, then one final state."""
+
+    PENDING = "pending"  # stored, waiting for (or leased to) a processor
+    DONE = "done"  # its ticket rows and outbox rows are committed
+    DUPLICATE = "duplicate"  # a message with the same Message-ID was already processed
+    QUARANTINED = "quarantined"  # held for a human, with the reason; replayable
+    HELD = "held"  # spam (see pipeline/spam.py and SpamHold); `maildesk spam release`
+
+
+class OutboxState(StrEnum):
+    """An outbox row: `pending` until the relay (or Maildir) took it, or it failed for good."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # permanent failure, or gave up after the retry window
+    BOUNCED = "bounced"  # sent, then a bounce for it came back
