@@ -175,6 +175,27 @@ class LimitSettings:
     max_mime_parts: int = 500
     # RFC 3834 politeness: automatic replies per sender per hour.
     auto_replies_per_hour: int = 5
+    # ... and to everyone together, so forged senders cannot turn us into a backscatter source.
+    auto_replies_per_hour_total: int = 200
+
+
+@dataclass(frozen=True)
+class SpamSettings:
+    """How inbound spam is recognized and held (see maildesk/pipeline/spam.py)."""
+
+    # Hold mail our own MTA marked as spam (X-Spam-Flag/X-Spam-Status, rspamd's
+    # X-Spamd-Result/X-Rspamd-Action). Only when that MTA strips these headers from
+    # mail arriving from outside; they are only ever believed to say "spam".
+    trust_mta_headers: bool = False
+    # SpamAssassin's spamd; an empty host means it is not asked.
+    spamd_host: str = ""
+    spamd_port: int = 783
+    # Seconds for the whole exchange; a spamd that is down or slow leaves mail unscored.
+    spamd_timeout: float = 10.0
+    # Larger messages are not sent to spamd (spamc's own default is 500 KB).
+    spamd_max_size: int = 512 * 1024
+    # spamd's score at or above which a message is held.
+    threshold: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +210,7 @@ class Settings:
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    spam: SpamSettings = field(default_factory=SpamSettings)
     log: LogSettings = field(default_factory=LogSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
@@ -319,6 +341,9 @@ def _finish(settings: Settings, base_dir: Path) -> Settings:
         raise ConfigError(f"[imap] port must be between 1 and 65535, not {settings.imap.port}")
     if settings.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
+    spam = settings.spam
+    if spam.spamd_host and not (0 < spam.spamd_port < 65536 and spam.spamd_timeout > 0):
+        raise ConfigError("[spam] spamd_port must be 1-65535 and spamd_timeout above 0")
     digest = settings.agents.digest_time
     if digest and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", digest):
         raise ConfigError(f"[agents] digest_time must be HH:MM, not {digest!r}")

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -48,7 +49,7 @@ class Inbound(Base):
     size: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(String(64), index=True)
     notify: Mapped[bool] = mapped_column(Boolean, default=True)
-    # pending -> done | duplicate | quarantined
+    # pending -> done | duplicate | quarantined | held (spam, see SpamHold)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
@@ -268,7 +269,28 @@ class Outbox(Base):
     __table_args__ = (
         Index("ix_outbox_state_next", "state", "next_attempt_at"),
         Index("ix_outbox_auto_to", "auto_to", "created_at"),
+        # The global cap on automatic replies counts the last hour's rows.
+        Index("ix_outbox_created_at", "created_at"),
     )
+
+
+class SpamHold(Base):
+    """Why an inbound row is held as spam (state `held`), and whether a human released it."""
+
+    __tablename__ = "spam_holds"
+
+    inbound_id: Mapped[int] = mapped_column(
+        ForeignKey("inbound.id", ondelete="CASCADE"), primary_key=True
+    )
+    # "spamd" or "mta" (the trusted MTA's own verdict headers).
+    verdict_by: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rules: Mapped[str] = mapped_column(Text, default="")  # comma-separated rule names
+    from_addr: Mapped[str] = mapped_column(String(320), default="")
+    subject: Mapped[str] = mapped_column(String(998), default="")
+    held_at: Mapped[datetime] = mapped_column(Timestamp)
+    # Set by `maildesk spam release`: the row is processed again without a spam check.
+    released_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 # What customers read for each status, in the support policy's own words.

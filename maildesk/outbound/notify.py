@@ -84,6 +84,12 @@ class Notifier:
         )
         return session.scalar(query) or 0
 
+    def all_auto_replies_in_last_hour(self, session: Session) -> int:
+        """Automatic replies to anyone at all, for the global cap."""
+        since = self.clock.now() - timedelta(hours=1)
+        query = select(func.count(Outbox.id)).where(Outbox.created_at > since, Outbox.auto_to != "")
+        return session.scalar(query) or 0
+
     def notify(
         self,
         session: Session,

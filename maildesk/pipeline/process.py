@@ -291,7 +291,9 @@ class Processor:
         if kind == "auto" or not row.notify:
             return queued
         outcome = (
-            "forged" if forged else lifecycle.customer_replied(ticket, text, message.from_addr)
+            "forged"
+            if forged
+            else lifecycle.customer_replied(ticket, text, message.from_addr, message.thread_ids)
         )
         if outcome == "confirmed":
             queued += self.notices.status_notice(session, ticket)

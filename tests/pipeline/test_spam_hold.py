@@ -1,0 +1,215 @@
+"""Spam is held, never answered (issue 7, item 14), with a real spamd over real SMTP.
+
+Held mail is stored with its score and rules, gets no acknowledgement, reaches
+no agent and opens no ticket, until `maildesk spam release` lets it through as
+ham. A spamd that is down or silent never holds mail. A global cap bounds the
+automatic replies of an hour, whoever the senders are.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from maildesk import config
+from maildesk.cli import main
+from maildesk.clock import ManualClock
+from maildesk.models import Inbound
+from maildesk.pipeline.spam import mta_verdict
+from maildesk.services import Services
+from tests.conftest import free_port, make_mail, running_daemon, toml, wait_for
+from tests.helpers import outbox_rows, tickets
+from tests.spamd import GTUBE, SPAMD, SpamdServer
+
+AGENT = "agent@example.test"
+ORDINARY = "The printer on floor 2 prints only blank pages since this morning. Thanks, Bob"
+
+
+@pytest.fixture(scope="session")
+def spamd() -> Iterator[SpamdServer]:
+    if SPAMD is None:
+        pytest.skip("spamd is not installed (apt-get install spamd; .ci/run does it)")
+    with SpamdServer() as server:
+        yield server
+
+
+def build_settings(values: dict[str, Any], tmp_path: Path, **spam: Any) -> config.Settings:
+    values["spam"] = spam
+    values["agents"] = {"addresses": [AGENT]}
+    (tmp_path / "maildesk.toml").write_text(toml(values))
+    return config.from_mapping(values, base_dir=tmp_path)
+
+
+def states(services: Services) -> dict[str, str]:
+    """Envelope sender -> state of its inbound row."""
+    with services.db.transaction() as session:
+        rows = session.execute(select(Inbound.mail_from, Inbound.state)).all()
+    return {r.mail_from: r.state for r in rows}
+
+
+def processed(services: Services, sender: str) -> str:
+    found: str = wait_for(
+        lambda: states(services).get(sender, "pending") != "pending" and states(services)[sender],
+        20,
+        f"mail from {sender} processed",
+    )
+    return found
+
+
+def recipients(services: Services) -> list[str]:
+    return [r for row in outbox_rows(services) for r in row.recipients]
+
+
+def cli(tmp_path: Path, *args: str) -> Any:
+    return CliRunner().invoke(main, ["--config", str(tmp_path / "maildesk.toml"), *args])
+
+
+def test_gtube_is_held_listed_and_released_as_a_ticket(
+    spamd: SpamdServer, config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    settings = build_settings(
+        config_values, tmp_path, spamd_host=spamd.host, spamd_port=spamd.port, threshold=5.0
+    )
+    with running_daemon(settings, clock) as daemon:
+        services = daemon.services
+        spam = make_mail(
+            "Cheap watches",
+            sender="Spammer <spammer@spam.test>",
+            body=f"Buy now!\n{GTUBE}\n",
+        )
+        daemon.send(spam, sender="spammer@spam.test")
+        daemon.send(make_mail(sender="Bob <bob@customer.test>", body=ORDINARY), "bob@customer.test")
+
+        assert processed(services, "spammer@spam.test") == "held"
+        assert processed(services, "bob@customer.test") == "done"
+        # Bob is acknowledged and the agent told; the spammer gets nothing, nor does the agent.
+        assert [t["requester"] for t in tickets(services)] == ["bob@customer.test"]
+        assert sorted(recipients(services)) == [AGENT, "bob@customer.test"]
+
+        listed = cli(tmp_path, "spam", "list", "--json")
+        assert listed.exit_code == 0, listed.output
+        held = json.loads(listed.stdout)
+        assert len(held) == 1
+        assert held[0]["from"] == "spammer@spam.test"
+        assert held[0]["subject"] == "Cheap watches"
+        assert held[0]["verdict_by"] == "spamd"
+        assert held[0]["score"] >= 1000
+        assert "GTUBE" in held[0]["rules"]
+
+        released = cli(tmp_path, "spam", "release", str(held[0]["id"]))
+        assert released.exit_code == 0, released.output
+        # The daemon picks it up and processes it as ham, without asking spamd again.
+        wait_for(lambda: len(tickets(services)) == 2, 20, "the released message's ticket")
+        assert processed(services, "spammer@spam.test") == "done"
+        assert json.loads(cli(tmp_path, "spam", "list", "--json").stdout) == []
+        wait_for(lambda: "spammer@spam.test" in recipients(services), 10, "its acknowledgement")
+        again = cli(tmp_path, "spam", "release", str(held[0]["id"]))
+        assert again.exit_code != 0
+        assert "no message" in again.output
+
+
+def test_the_trusted_mta_verdict_holds_mail_only_when_trusted(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    flagged = make_mail(
+        "Re: your invoice",
+        sender="Mallory <mallory@spam.test>",
+        X_Spam_Flag="YES",
+        X_Spam_Status="Yes, score=12.3 required=5.0 tests=BAYES_99,URIBL_BLACK autolearn=no",
+    )
+    trusting = build_settings(dict(config_values), tmp_path, trust_mta_headers=True)
+    with running_daemon(trusting, clock) as daemon:
+        daemon.send(flagged, sender="mallory@spam.test")
+        assert processed(daemon.services, "mallory@spam.test") == "held"
+        held = json.loads(cli(tmp_path, "spam", "list", "--json").stdout)
+        assert [(h["verdict_by"], h["score"], h["rules"]) for h in held] == [
+            ("mta", 12.3, ["BAYES_99", "URIBL_BLACK"])
+        ]
+        assert outbox_rows(daemon.services) == []
+
+
+def test_mta_headers_are_ignored_unless_trusted(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    """Without an MTA that strips them, anyone's filter could have written these headers."""
+    flagged = make_mail(sender="Carol <carol@customer.test>", X_Spam_Flag="YES")
+    with running_daemon(build_settings(config_values, tmp_path), clock) as daemon:
+        daemon.send(flagged, sender="carol@customer.test")
+        assert processed(daemon.services, "carol@customer.test") == "done"
+        wait_for(lambda: "carol@customer.test" in recipients(daemon.services), 10, "the ack")
+
+
+def test_rspamd_and_spamassassin_headers_are_read() -> None:
+    rspamd = (
+        b"X-Rspamd-Action: add header\r\n"
+        b"X-Spamd-Result: default: False [9.40 / 15.00];\r\n"
+        b"\tR_SPF_FAIL(1.00)[-all];\r\n\tABUSE_SURBL(5.50)[evil.test:url]\r\n"
+        b"From: x@spam.test\r\n\r\nbody\r\n"
+    )
+    verdict = mta_verdict(rspamd)
+    assert (verdict.spam, verdict.score, verdict.rules) == (
+        True,
+        9.4,
+        ("R_SPF_FAIL", "ABUSE_SURBL"),
+    )
+    folded = (
+        b"X-Spam-Status: Yes, score=7.0 required=5.0 tests=A_RULE,\r\n"
+        b"\tB_RULE autolearn=no version=4.0.1\r\nFrom: x@spam.test\r\n\r\n"
+    )
+    assert mta_verdict(folded).rules == ("A_RULE", "B_RULE")
+    ham = b"X-Spam-Status: No, score=1.0\r\nX-Rspamd-Action: no action\r\n\r\n"
+    assert not mta_verdict(ham).spam
+    # Only the top-level header block counts: a quoted original's headers do not.
+    quoted = b"From: a@customer.test\r\n\r\nForwarded:\r\nX-Spam-Flag: YES\r\n"
+    assert not mta_verdict(quoted).spam
+
+
+@pytest.mark.parametrize("failure", ["refused", "silent"])
+def test_mail_goes_on_unscored_when_spamd_is_down(
+    failure: str, config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    with socket.socket() as silent:
+        if failure == "silent":  # accepts the connection (backlog), never answers
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            port = silent.getsockname()[1]
+        else:
+            port = free_port()  # nothing listens there
+        settings = build_settings(
+            config_values, tmp_path, spamd_host="127.0.0.1", spamd_port=port, spamd_timeout=0.5
+        )
+        with running_daemon(settings, clock) as daemon:
+            body = f"Hello\n{GTUBE}\n"  # would be held, if spamd could say so
+            daemon.send(make_mail(sender="Dan <dan@customer.test>", body=body), "dan@customer.test")
+            assert processed(daemon.services, "dan@customer.test") == "done"
+            assert [t["requester"] for t in tickets(daemon.services)] == ["dan@customer.test"]
+            assert daemon.services.processor.spam.unscored == 1
+
+
+def test_global_cap_on_automatic_replies(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    config_values["limits"] = {"auto_replies_per_hour_total": 2}
+    settings = build_settings(config_values, tmp_path)
+    with running_daemon(settings, clock) as daemon:
+        services = daemon.services
+        for n in range(3):
+            sender = f"forged{n}@victims.test"
+            daemon.send(make_mail(sender=sender), sender=sender)
+            processed(services, sender)
+        # Every mail is a ticket (and the agent hears of each), but only two got an answer.
+        assert len(tickets(services)) == 3
+        answered = [r for r in recipients(services) if r != AGENT]
+        assert answered == ["forged0@victims.test", "forged1@victims.test"]
+        clock.advance(timedelta(hours=1, seconds=1))
+        daemon.send(make_mail(sender="late@victims.test"), sender="late@victims.test")
+        processed(services, "late@victims.test")
+        assert [r for r in recipients(services) if r != AGENT][-1] == "late@victims.test"
