@@ -20,11 +20,11 @@ from urllib.parse import urlencode
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from maildesk.clock import Clock
-from maildesk.models import Organization, Person
+from maildesk.models import Organization, Person, WebSession
 from maildesk.signing import signed_serializer
 
 MIN_PASSWORD_LENGTH = 12
@@ -97,7 +97,9 @@ class Accounts:
             return problems
         person.password_hash = _hasher.hash(password)
         person.invite_hash = None  # the link is used up
-        person.session_version += 1  # other sessions end
+        person.session_version += 1
+        # Every portal login of this person ends: whoever knew the old password is out.
+        self.session.execute(delete(WebSession).where(WebSession.person_id == person.id))
         return []
 
     def login(self, email: str, password: str) -> Person | None:

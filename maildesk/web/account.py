@@ -41,8 +41,7 @@ class _Attempt:
     valid: bool
     email: str = ""
     lang: str | None = None
-    person_id: int = 0
-    version: int = 0
+    session_id: str = ""
     problems: list[str] = field(default_factory=list)
 
 
@@ -122,7 +121,8 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
                 attempt.problems = ["mismatch"]
             else:
                 attempt.problems = _problem_codes(accounts.set_password(person, password))
-            attempt.person_id, attempt.version = person.id, person.session_version
+            if not attempt.problems:  # set_password ended every older login
+                attempt.session_id = here.sessions.start(session, person.id)
             return attempt
 
     result = await in_db(apply)
@@ -138,7 +138,7 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
         lang = language(request, result.lang)
         return render(request, "set_password", context, who=None, lang=lang, status=400)
     response = see_other(request, "/tickets")
-    here.sessions.log_in(response, result.person_id, result.version)
+    here.sessions.give(response, result.session_id)
     return response
 
 
@@ -167,10 +167,10 @@ async def login(request: web.Request, form: Form) -> web.StreamResponse:
     if wait := guard.blocked(ip, email):
         return _too_many(request, wait)
 
-    def check() -> tuple[int, int] | None:
+    def check() -> str | None:
         with services.db.transaction() as session:
             person = services.accounts(session).login(email, password)
-            return (person.id, person.session_version) if person else None
+            return here.sessions.start(session, person.id) if person else None
 
     found = await in_db(check)
     if found is None:
@@ -179,14 +179,23 @@ async def login(request: web.Request, form: Form) -> web.StreamResponse:
         return render(request, "login", context, who=None, status=400)
     guard.forgive(email)
     response = see_other(request, target)
-    here.sessions.log_in(response, *found)
+    here.sessions.give(response, found)
     return response
 
 
 @protected
 async def logout(request: web.Request, form: Form) -> web.StreamResponse:
+    here = site(request)
+    claim = here.sessions.read(request)
+    if claim is not None:  # the row goes: a copy of this cookie no longer logs anyone in
+
+        def end() -> None:
+            with here.services.db.transaction() as session:
+                here.sessions.end(session, claim)
+
+        await in_db(end)
     response = see_other(request, "/login")
-    site(request).sessions.log_out(response)
+    here.sessions.log_out(response)
     return response
 
 

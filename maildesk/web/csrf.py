@@ -31,7 +31,7 @@ class Csrf:
         self.base_url = base_url
 
     def _sign(self, nonce: str, claim: Claim | None) -> str:
-        who = f"{claim.person_id}.{claim.version}" if claim else "-"
+        who = claim.key if claim else "-"
         return hmac.new(self._key, f"{nonce}|{who}".encode(), hashlib.sha256).hexdigest()
 
     def token(self, request: web.Request, claim: Claim | None) -> tuple[str, str | None]:

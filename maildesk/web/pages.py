@@ -77,7 +77,7 @@ class Site:
         settings = services.settings
         secret, base_url = settings.secret_key(), settings.support.base_url
         self.services = services
-        self.sessions = Sessions(secret, services.clock, base_url, settings.web.session_days)
+        self.sessions = Sessions(services.clock, base_url, settings.web.session_days)
         self.csrf = Csrf(secret, base_url)
         self.limits = RateLimits(services.clock)
         paths = list(dict.fromkeys([settings.templates.path, str(PACKAGE_TEMPLATES)]))
@@ -139,8 +139,9 @@ async def viewer(request: web.Request) -> Viewer | None:
 
     def load() -> Viewer | None:
         with db.transaction() as session:
-            person = session.get(Person, claim.person_id)
-            if person is None or not here.sessions.valid_for(claim, person):
+            person_id = here.sessions.person_of(session, claim)
+            person = session.get(Person, person_id) if person_id is not None else None
+            if person is None or not person.password_hash:
                 return None
             return Viewer(person.id, person.email, person.name, person.language, claim)
 
@@ -204,7 +205,7 @@ def render(
     if minted:
         here.csrf.give(response, minted)
     if who is not None:
-        here.sessions.log_in(response, who.id, who.claim.version)
+        here.sessions.renew(request, response)
     return response
 
 

@@ -181,7 +181,7 @@ def test_secure_cookies_when_the_site_is_https(clock: ManualClock) -> None:
     assert cookie_options("https://help.example.test", 60)["secure"] is True
     assert cookie_options("http://127.0.0.1:8080", 60)["secure"] is False
     response = web.Response()
-    Sessions("key", clock, "https://help.example.test", 30).log_in(response, 1, 0)
+    Sessions(clock, "https://help.example.test", 30).give(response, "s" * 43)
     header = response.cookies[COOKIE].output()
     assert "Secure" in header and "HttpOnly" in header and "SameSite=Lax" in header
     assert f"Max-Age={30 * 86400}" in header
