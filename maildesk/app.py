@@ -72,6 +72,7 @@ class Daemon:
         services, settings = self.services, self.settings
         inbound_ready, outbox_ready = _Wakeup(loop), _Wakeup(loop)
         await loop.run_in_executor(None, services.prepare)
+        await loop.run_in_executor(None, self.metrics.database.start)
         if services.db.is_sqlite:
             # The only instance: whatever a crash left claimed is due now.
             services.processor.release_leases()

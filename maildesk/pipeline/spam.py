@@ -44,7 +44,7 @@ from maildesk.states import InboundState
 
 log = logging.getLogger("maildesk.spam")
 
-CHECKED_SOURCES = frozenset({"smtp", "imap", "deliver"})
+CHECKED_SOURCES = frozenset({"smtp", "lmtp", "imap", "deliver"})
 # rspamd's actions that mean "this is spam" (greylist and soft reject are not verdicts).
 RSPAMD_SPAM_ACTIONS = frozenset({"reject", "add header", "rewrite subject"})
 MAX_RULES = 100
