@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -48,7 +49,7 @@ class Inbound(Base):
     size: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(String(64), index=True)
     notify: Mapped[bool] = mapped_column(Boolean, default=True)
-    # pending -> done | duplicate | quarantined
+    # pending -> done | duplicate | quarantined | held (spam, see SpamHold)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
@@ -78,20 +79,6 @@ class Person(Base):
     invited_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     # Bumped when the password changes: older session cookies stop working.
     session_version: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class WebSession(Base):
-    """A portal login, kept on the server so logout and a new password can end it.
-
-    The cookie holds a random id; only its sha256 is stored here.
-    """
-
-    __tablename__ = "web_sessions"
-
-    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
-    created_at: Mapped[datetime] = mapped_column(Timestamp)
-    last_seen_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
 
 
 class Organization(Base):
@@ -139,8 +126,6 @@ class Ticket(Base):
     # Paid modifications: None, or pending -> approved | declined.
     paid_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     paid_note: Mapped[str] = mapped_column(Text, default="")
-    # Each #paid starts a new round; its links and mail answers count for that round only.
-    paid_round: Mapped[int] = mapped_column(Integer, default=0)
 
     requester: Mapped[Person] = relationship(lazy="joined")
     owner: Mapped[Agent | None] = relationship(lazy="joined")
@@ -284,7 +269,28 @@ class Outbox(Base):
     __table_args__ = (
         Index("ix_outbox_state_next", "state", "next_attempt_at"),
         Index("ix_outbox_auto_to", "auto_to", "created_at"),
+        # The global cap on automatic replies counts the last hour's rows.
+        Index("ix_outbox_created_at", "created_at"),
     )
+
+
+class SpamHold(Base):
+    """Why an inbound row is held as spam (state `held`), and whether a human released it."""
+
+    __tablename__ = "spam_holds"
+
+    inbound_id: Mapped[int] = mapped_column(
+        ForeignKey("inbound.id", ondelete="CASCADE"), primary_key=True
+    )
+    # "spamd" or "mta" (the trusted MTA's own verdict headers).
+    verdict_by: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rules: Mapped[str] = mapped_column(Text, default="")  # comma-separated rule names
+    from_addr: Mapped[str] = mapped_column(String(320), default="")
+    subject: Mapped[str] = mapped_column(String(998), default="")
+    held_at: Mapped[datetime] = mapped_column(Timestamp)
+    # Set by `maildesk spam release`: the row is processed again without a spam check.
+    released_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 # What customers read for each status, in the support policy's own words.

@@ -40,7 +40,9 @@ from maildesk.pipeline.bounces import record_bounce
 from maildesk.pipeline.loops import Verdict, classify
 from maildesk.pipeline.notices import Notices
 from maildesk.pipeline.prepare import HOLD, Budget, DeadlineExceeded, Prepared, prepare
+from maildesk.pipeline.spam import NOT_SCORED, SpamCheck, SpamVerdict
 from maildesk.pipeline.threader import Match, Threader
+from maildesk.states import InboundState
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle
 from maildesk.tickets.service import NewMessage, Tickets
@@ -83,6 +85,7 @@ class _Work:
     budget: Budget
     prepared: Prepared | None
     failure: _Failure | None
+    spam: SpamVerdict = NOT_SCORED
 
 
 class Processor:
@@ -102,6 +105,7 @@ class Processor:
         self.notices = notices
         self.notifier = notices.notifier
         self.threader = threader
+        self.spam = SpamCheck(settings.spam)
         self.agent_flow = AgentFlow(self.notifier, notices, settings.support.language)
         limits = settings.limits
         self.limits = Limits(
@@ -146,7 +150,12 @@ class Processor:
         try:
             stored = self.store.load(item.id)
             ready = prepare(stored.raw, stored.mail_from, self.limits, budget)
-            return _Work(item.id, item.size, budget, ready, None)
+            # spamd's round trip, here: never while holding the write lock. Its wait
+            # is bounded by [spam] spamd_timeout, not by this message's CPU budget.
+            budget.stop()
+            spam = self.spam.score(item.id, stored.source, stored.raw)
+            budget.start()
+            return _Work(item.id, item.size, budget, ready, None, spam)
         except (HostileInput, UnparseableMessage, DeadlineExceeded) as exc:
             reason = getattr(exc, "reason", None) or str(exc)
             return _Work(item.id, item.size, budget, None, _Failure(reason, "", True))
@@ -178,7 +187,7 @@ class Processor:
         work.budget.start()
         try:
             with session.begin_nested():
-                state, queued = self._stages(session, row, work.prepared)
+                state, queued = self._stages(session, row, work.prepared, work.spam)
                 work.budget.check("the database stages")
                 self.store.finish(row, state, now)
                 return queued
@@ -199,7 +208,9 @@ class Processor:
             log.warning("inbound %d failed (attempt %d), will retry", row.id, row.attempts)
             self.store.retry_later(row, failure.trace, now)
 
-    def _stages(self, session: Session, row: Inbound, prepared: Prepared) -> tuple[str, int]:
+    def _stages(
+        self, session: Session, row: Inbound, prepared: Prepared, spam: SpamVerdict
+    ) -> tuple[str, int]:
         message = prepared.message
         tickets = Tickets(session)
         if tickets.message_exists(message.message_id):
@@ -210,6 +221,8 @@ class Processor:
             if not record_bounce(session, tickets, row.id, message, self.clock.now()):
                 raise Quarantine("bounce for no message maildesk sent")
             return "done", 0
+        if self.spam.hold_if_spam(session, row, message, spam, self.clock.now()):
+            return InboundState.HELD, 0
         sender = identify(
             session,
             message,
@@ -343,6 +356,12 @@ class Processor:
         cap = self.settings.limits.auto_replies_per_hour
         if self.notifier.auto_replies_in_last_hour(session, sender) >= cap:
             log.info("no acknowledgement to %s: %d automatic replies this hour", sender, cap)
+            return False
+        total = self.settings.limits.auto_replies_per_hour_total
+        if self.notifier.all_auto_replies_in_last_hour(session) >= total:
+            log.warning(
+                "no acknowledgement to %s: %d automatic replies to all this hour", sender, total
+            )
             return False
         return True
 

@@ -61,6 +61,7 @@ def message_view(message: Message) -> dict[str, Any]:
         "thread_rule": message.thread_rule,
         "internal": message.internal,
         "flag": message.flag,
+        "proof": message.proof,
     }
 
 

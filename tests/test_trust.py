@@ -1,0 +1,352 @@
+"""Trust in e-mail: the attacks of issue 7, over real SMTP, with a real DNS server.
+
+Each test is a stranger trying to read or change a customer's ticket with mail
+whose headers they wrote: a forged bounce, a spoofed From with a subject tag,
+a forged Authentication-Results, an agent's reply token used on another ticket.
+Sender proof by DKIM runs against dnsmasq serving real keys (tests/dns_server.py).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from maildesk.clock import ManualClock
+from maildesk.config import from_mapping
+from maildesk.models import Inbound, Outbox, Participant, Person, Ticket
+from maildesk.services import Services
+from tests.conftest import RunningDaemon, make_mail, running_daemon, wait_for
+from tests.dns_server import DkimKey, dns_server, make_key
+from tests.helpers import outbox_rows, ticket
+
+AGENT = "agent@example.test"
+ALICE = "alice@customer.test"
+MALLORY = "mallory@evil.test"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DkimKey]:
+    folder = tmp_path_factory.mktemp("keys")
+    return {domain: make_key(folder, domain) for domain in ("customer.test", "evil.test")}
+
+
+@pytest.fixture(scope="module")
+def dns(keys: dict[str, DkimKey]) -> Iterator[str]:
+    records = {key.record_name: key.record for key in keys.values()}
+    # customer.test signs but asks nothing of receivers; bank.test rejects what fails.
+    records["_dmarc.customer.test"] = "v=DMARC1; p=none"
+    records["_dmarc.bank.test"] = "v=DMARC1; p=reject"
+    with dns_server(records) as address:
+        yield address
+
+
+@pytest.fixture
+def desk(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock, dns: str
+) -> Iterator[RunningDaemon]:
+    config_values["agents"]["addresses"] = [AGENT]
+    config_values["trust"] = {
+        "verify_dkim": True,
+        "dns_servers": [dns],
+        "authserv_ids": ["mx.example.test"],
+        # Our MTA relays from 127.0.0.1; a stranger connects from elsewhere (127.0.0.2).
+        "mta_hosts": ["127.0.0.1/32"],
+    }
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as daemon:
+        yield daemon
+
+
+def send(
+    desk: RunningDaemon,
+    raw: bytes,
+    mail_from: str = ALICE,
+    rcpt: str = "support@example.test",
+    source_ip: str = "127.0.0.2",
+) -> None:
+    """Deliver over SMTP from `source_ip`, then wait until the desk processed it."""
+    smtp = desk.services.settings.smtp
+    before = _processed(desk.services)
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=10, source_address=(source_ip, 0)) as client:
+        client.sendmail(mail_from, [rcpt], raw)
+    wait_for(lambda: _processed(desk.services) > before, 15, "the message processed")
+
+
+def _processed(services: Services) -> int:
+    with services.db.transaction() as session:
+        rows = session.scalars(select(Inbound.state)).all()
+        return sum(1 for state in rows if state != "pending")
+
+
+def participants(services: Services, number: int) -> set[str]:
+    """Who may write into (and read, in the portal) ticket `number`."""
+    with services.db.transaction() as session:
+        query = (
+            select(Person.email)
+            .join(Participant, Participant.person_id == Person.id)
+            .where(Participant.ticket_id == number)
+        )
+        return set(session.scalars(query))
+
+
+def sent_to(services: Services, address: str) -> list[Outbox]:
+    return [row for row in outbox_rows(services) if address in row.recipients]
+
+
+def inbound_state(services: Services) -> list[tuple[str, str]]:
+    with services.db.transaction() as session:
+        return [(r.state, r.reason) for r in session.scalars(select(Inbound).order_by(Inbound.id))]
+
+
+def alice_opens_a_ticket(desk: RunningDaemon) -> Outbox:
+    """Alice writes (no DKIM); returns our acknowledgement once the relay took it."""
+    send(desk, make_mail(message_id="<alice-1@customer.test>"))
+    wait_for(lambda: [r.state for r in sent_to(desk.services, ALICE)] == ["sent"], 10, "ack")
+    [ack] = sent_to(desk.services, ALICE)
+    return ack
+
+
+def last_inbound(services: Services, number: int) -> dict[str, Any]:
+    return [m for m in ticket(services, number)["messages"] if m["direction"] == "in"][-1]
+
+
+def forged_bounce(failed: str, message_id: str) -> bytes:
+    """A multipart/report naming `failed`, quoting nothing maildesk sent."""
+    return (
+        "From: MAILER-DAEMON@mx.evil.test\r\n"
+        "To: support@example.test\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: <{message_id}>\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n'
+        "\r\n--b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+        "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.evil.test\r\n\r\n"
+        f"Final-Recipient: rfc822; {failed}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "\r\n--b--\r\n"
+    ).encode()
+
+
+# -- 1. a forged bounce ------------------------------------------------------------
+
+
+def test_a_forged_bounce_neither_marks_our_mail_nor_opens_the_ticket(
+    desk: RunningDaemon,
+) -> None:
+    services = desk.services
+    alice_opens_a_ticket(desk)
+
+    send(desk, forged_bounce(ALICE, "trap@evil.test"), mail_from="<>")
+    follow_up = make_mail(
+        subject="Re: Undelivered Mail",
+        sender=MALLORY,
+        body="Please add me.",
+        In_Reply_To="<trap@evil.test>",
+        Cc="other@evil.test",
+    )
+    send(desk, follow_up, mail_from=MALLORY)
+
+    assert sent_to(services, ALICE)[0].state == "sent"
+    assert inbound_state(services)[1] == ("quarantined", "bounce for no message maildesk sent")
+    assert participants(services, 1) == {ALICE}
+    assert [m["from"] for m in ticket(services, 1)["messages"] if m["direction"] == "in"] == [ALICE]
+    assert ticket(services, 2)["requester"] == MALLORY
+
+
+def test_the_message_id_of_a_real_bounce_leads_nowhere(desk: RunningDaemon) -> None:
+    """A bounce quoting our Message-ID is filed, but its own Message-ID is no key."""
+    services = desk.services
+    ack = alice_opens_a_ticket(desk)
+    bounce = forged_bounce(ALICE, "bounce-1@mx.customer.test").replace(
+        b"\r\n--b--",
+        f"\r\n--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: <{ack.message_id}>\r\n\r\n--b--".encode(),
+    )
+    send(desk, bounce, mail_from="<>")
+    assert sent_to(services, ALICE)[0].state == "bounced"
+
+    send(
+        desk,
+        make_mail(sender=MALLORY, In_Reply_To="<bounce-1@mx.customer.test>"),
+        mail_from=MALLORY,
+    )
+
+    assert participants(services, 1) == {ALICE}
+    assert ticket(services, 2)["requester"] == MALLORY
+
+
+# -- 2. a spoofed From with a subject tag -----------------------------------------
+
+
+def test_a_spoofed_customer_can_neither_copy_people_in_nor_close_the_ticket(
+    desk: RunningDaemon,
+) -> None:
+    services = desk.services
+    alice_opens_a_ticket(desk)
+    with services.db.transaction() as session:
+        found = session.get(Ticket, 1)
+        assert found is not None
+        found.status = "resolved"
+
+    spoof = make_mail(
+        subject="Re: [#1] Printer broken",
+        body="Thanks, confirmed, it works now.",
+        Cc=f"Mallory <{MALLORY}>",
+    )
+    send(desk, spoof, mail_from=MALLORY)
+
+    state = ticket(services, 1)
+    assert state["status"] == "resolved"
+    assert participants(services, 1) == {ALICE}
+    last = last_inbound(services, 1)
+    assert (last["from"], last["flag"], last["proof"]) == (ALICE, "unverified", "")
+    # The agents hear of it, marked; Mallory hears nothing.
+    [notice] = sent_to(services, AGENT)[-1:]
+    assert b"Unverified mail in the ticket" in notice.raw
+    assert sent_to(services, MALLORY) == []
+
+
+def test_a_spoofed_customer_cannot_approve_paid_work(desk: RunningDaemon) -> None:
+    services = desk.services
+    alice_opens_a_ticket(desk)
+    with services.db.transaction() as session:
+        found = session.get(Ticket, 1)
+        assert found is not None
+        found.paid_state, found.paid_round = "pending", 1
+
+    send(desk, make_mail(subject="Re: [#1] Printer broken", body="APPROVE"), mail_from=MALLORY)
+
+    assert ticket(services, 1)["paid"] == "pending"
+
+
+def test_a_dkim_proven_customer_copies_a_colleague_in(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    services = desk.services
+    signed = keys["customer.test"].sign(make_mail(cc="Bob <bob@customer.test>"))
+
+    send(desk, signed)
+
+    assert participants(services, 1) == {ALICE, "bob@customer.test"}
+    assert ticket(services, 1)["messages"][0]["proof"] == "dkim"
+
+
+def test_an_altered_signed_mail_proves_nothing(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    services = desk.services
+    signed = keys["customer.test"].sign(make_mail(cc="Bob <bob@customer.test>"))
+
+    send(desk, signed.replace(b"blank pages", b"black pages"))
+
+    assert participants(services, 1) == {ALICE}
+    assert ticket(services, 1)["messages"][0]["proof"] == ""
+    # p=none: an unproven mail from customer.test is still answered.
+    assert len(sent_to(services, ALICE)) == 1
+
+
+def test_mail_failing_dmarc_is_recorded_but_never_answered(desk: RunningDaemon) -> None:
+    services = desk.services
+    spoof = make_mail(sender="Bank <ceo@bank.test>", subject="Urgent invoice")
+
+    send(desk, spoof, mail_from="ceo@bank.test")
+
+    assert ticket(services, 1)["requester"] == "ceo@bank.test"
+    assert sent_to(services, "ceo@bank.test") == []
+
+
+def test_a_customer_who_only_answers_our_mail_needs_no_setup(desk: RunningDaemon) -> None:
+    """No DKIM, no account: replying to our acknowledgement proves enough to resolve."""
+    services = desk.services
+    ack = alice_opens_a_ticket(desk)
+    with services.db.transaction() as session:
+        found = session.get(Ticket, 1)
+        assert found is not None
+        found.status = "resolved"
+    send(
+        desk,
+        make_mail(
+            subject="Re: [#1] Printer broken",
+            body="Thanks, it works.",
+            In_Reply_To=f"<{ack.message_id}>",
+            Cc="Bob <bob@customer.test>",
+        ),
+    )
+
+    state = ticket(services, 1)
+    assert state["status"] == "closed"
+    assert participants(services, 1) == {ALICE, "bob@customer.test"}
+    assert last_inbound(services, 1)["proof"] == "message_id"
+
+
+# -- 3. a forged Authentication-Results --------------------------------------------
+
+
+def agent_command(auth_results: str) -> bytes:
+    return make_mail(
+        subject="Re: [#1] Printer broken",
+        sender=f"Agnes <{AGENT}>",
+        body="#status resolved\nPlease log in at https://evil.test/reset to fix it.",
+        In_Reply_To="<alice-1@customer.test>",
+        Authentication_Results=auth_results,
+    )
+
+
+def test_forged_authentication_results_sent_straight_to_the_listener_prove_nothing(
+    desk: RunningDaemon,
+) -> None:
+    services = desk.services
+    alice_opens_a_ticket(desk)
+
+    forged = agent_command("mx.example.test; dkim=pass header.d=example.test")
+    send(desk, forged, mail_from=AGENT, source_ip="127.0.0.2")
+
+    state = ticket(services, 1)
+    assert state["status"] == "new"
+    assert last_inbound(services, 1)["flag"] == "forged-agent"
+    assert [b"evil.test/reset" in row.raw for row in sent_to(services, ALICE)] == [False]
+
+
+def test_the_same_results_relayed_by_our_mta_prove_the_agent(desk: RunningDaemon) -> None:
+    services = desk.services
+    alice_opens_a_ticket(desk)
+
+    stamped = agent_command("mx.example.test; dkim=pass header.d=example.test")
+    send(desk, stamped, mail_from=AGENT, source_ip="127.0.0.1")
+
+    assert ticket(services, 1)["status"] == "resolved"
+
+
+# -- 7. an agent's reply token on another ticket ----------------------------------
+
+
+def test_an_agent_reply_token_acts_only_on_its_own_ticket(desk: RunningDaemon) -> None:
+    services = desk.services
+    send(desk, make_mail(message_id="<t1@customer.test>", subject="First"))
+    send(desk, make_mail(message_id="<t2@customer.test>", subject="Second"))
+    notice = next(row for row in sent_to(services, AGENT) if b"Second" in row.raw)
+    token_of_2 = next(r for r in _reply_to(notice.raw) if "+t2a" in r)
+
+    attack = make_mail(
+        subject="Re: First",
+        sender=AGENT,
+        to=token_of_2,
+        body="#priority low\n#status closed",
+        In_Reply_To="<t1@customer.test>",
+    )
+    send(desk, attack, mail_from=AGENT, rcpt=token_of_2)
+
+    first = ticket(services, 1)
+    assert (first["status"], first["priority"]) == ("new", "normal")
+    assert last_inbound(services, 1)["flag"] == "forged-agent"
+
+
+def _reply_to(raw: bytes) -> list[str]:
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    return [a.addr_spec for a in parsed["Reply-To"].addresses]  # type: ignore[attr-defined]
