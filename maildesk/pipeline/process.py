@@ -105,7 +105,7 @@ class Processor:
         self.notices = notices
         self.notifier = notices.notifier
         self.threader = threader
-        self.spam = SpamCheck(settings.spam)
+        self.spam = SpamCheck(settings.spam, clock)
         self.agent_flow = AgentFlow(self.notifier, notices, settings.support.language)
         limits = settings.limits
         self.limits = Limits(

@@ -16,7 +16,9 @@ acknowledged, no agent is told and no ticket is opened. `maildesk spam release`
 makes the row pending again, and this stage then lets it through unchecked.
 
 A spamd that is down, slow or garbled never holds mail: the message goes on
-unscored, with a WARNING, and `unscored` counts it. A helpdesk that stopped
+unscored, with a WARNING, and `unscored` counts it. spamd is then left alone
+for `SPAMD_REST`, so a silent one delays the queue by one timeout, not one per
+message. A helpdesk that stopped
 answering its customers whenever a filter broke would fail worse than one that
 briefly lets spam through, and the caps on automatic replies (per sender and in
 total) bound what such a gap can cost.
@@ -30,12 +32,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from sqlalchemy.orm import Session
 
+from maildesk.clock import Clock
 from maildesk.config import SpamSettings
 from maildesk.message import ParsedMessage
 from maildesk.models import Inbound, SpamHold
@@ -48,6 +51,7 @@ CHECKED_SOURCES = frozenset({"smtp", "lmtp", "imap", "deliver"})
 # rspamd's actions that mean "this is spam" (greylist and soft reject are not verdicts).
 RSPAMD_SPAM_ACTIONS = frozenset({"reject", "add header", "rewrite subject"})
 MAX_RULES = 100
+SPAMD_REST = timedelta(seconds=30)
 MAX_RULE_NAME = 64
 
 
@@ -65,8 +69,9 @@ NOT_SCORED = SpamVerdict(False)
 class SpamCheck:
     """Scores raw messages (no database) and holds the spam (in the caller's transaction)."""
 
-    def __init__(self, settings: SpamSettings) -> None:
+    def __init__(self, settings: SpamSettings, clock: Clock) -> None:
         self.settings = settings
+        self.clock = clock
         self.spamd = (
             Spamd(settings.spamd_host, settings.spamd_port, settings.spamd_timeout)
             if settings.spamd_host
@@ -74,6 +79,9 @@ class SpamCheck:
         )
         # Messages that went on unscored because spamd failed, since start-up.
         self.unscored = 0
+        # After a failure spamd rests until then: a silent spamd costs one timeout,
+        # not one per message.
+        self._spamd_resting_until: datetime | None = None
 
     @property
     def enabled(self) -> bool:
@@ -92,12 +100,19 @@ class SpamCheck:
         if len(raw) > self.settings.spamd_max_size:
             log.info("inbound %d not sent to spamd: %d bytes is over the limit", row_id, len(raw))
             return NOT_SCORED
+        now = self.clock.now()
+        if self._spamd_resting_until is not None and now < self._spamd_resting_until:
+            self.unscored += 1
+            log.warning("inbound %d goes on unscored: spamd failed moments ago", row_id)
+            return NOT_SCORED
         try:
             result = self.spamd.symbols(raw)
         except SpamdUnavailable as exc:
             self.unscored += 1
+            self._spamd_resting_until = now + SPAMD_REST
             log.warning("inbound %d goes on unscored: spamd failed: %s", row_id, exc)
             return NOT_SCORED
+        self._spamd_resting_until = None
         spam = result.score >= self.settings.threshold
         return SpamVerdict(spam, "spamd", result.score, _rules(result.rules))
 

@@ -177,7 +177,7 @@ def test_mail_goes_on_unscored_when_spamd_is_down(
     failure: str, config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
 ) -> None:
     with socket.socket() as silent:
-        if failure == "silent":  # accepts the connection (backlog), never answers
+        if failure == "silent":  # accepts connections (in its backlog), never answers
             silent.bind(("127.0.0.1", 0))
             silent.listen(8)
             port = silent.getsockname()[1]
@@ -187,11 +187,38 @@ def test_mail_goes_on_unscored_when_spamd_is_down(
             config_values, tmp_path, spamd_host="127.0.0.1", spamd_port=port, spamd_timeout=0.5
         )
         with running_daemon(settings, clock) as daemon:
-            body = f"Hello\n{GTUBE}\n"  # would be held, if spamd could say so
-            daemon.send(make_mail(sender="Dan <dan@customer.test>", body=body), "dan@customer.test")
-            assert processed(daemon.services, "dan@customer.test") == "done"
-            assert [t["requester"] for t in tickets(daemon.services)] == ["dan@customer.test"]
-            assert daemon.services.processor.spam.unscored == 1
+            services = daemon.services
+            for name in ("dan", "eve"):  # GTUBE: held, if spamd could say so
+                sender = f"{name}@customer.test"
+                daemon.send(make_mail(sender=sender, body=f"Hello\n{GTUBE}\n"), sender)
+                assert processed(services, sender) == "done"
+            assert [t["requester"] for t in tickets(services)] == [
+                "dan@customer.test",
+                "eve@customer.test",
+            ]
+            assert services.processor.spam.unscored == 2
+            # spamd rests after a failure: the second mail did not wait for it again.
+            if failure == "silent":
+                assert connections(silent) == 1
+            clock.advance(timedelta(seconds=31))
+            daemon.send(make_mail(sender="fay@customer.test"), "fay@customer.test")
+            assert processed(services, "fay@customer.test") == "done"
+            assert services.processor.spam.unscored == 3
+            if failure == "silent":
+                assert connections(silent) == 1  # asked again after its rest
+
+
+def connections(listener: socket.socket) -> int:
+    """Connections waiting in the listener's backlog since the last call (then closed)."""
+    listener.setblocking(False)
+    count = 0
+    while True:
+        try:
+            accepted, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        accepted.close()
+        count += 1
 
 
 def test_global_cap_on_automatic_replies(
