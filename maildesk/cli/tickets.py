@@ -107,9 +107,14 @@ def tickets_create(
 
 
 @tickets.command("export")
+@click.option(
+    "--attachments", is_flag=True, help="Include each attachment's content, base64-encoded."
+)
 @pass_context
-def tickets_export(ctx: Context) -> None:
+def tickets_export(ctx: Context, attachments: bool) -> None:
     """Every ticket with its messages, one JSON object per line."""
     with ctx.services.db.transaction() as session:
         for record in views.export(session):
+            if attachments:
+                views.add_attachment_contents(session, record)
             click.echo(json.dumps(record, ensure_ascii=False))
