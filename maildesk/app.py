@@ -16,8 +16,10 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.exc import DBAPIError
 
 from maildesk import jobs
 from maildesk.inbound.imap import ImapPoller
@@ -26,7 +28,10 @@ from maildesk.inbound.smtp import InboundHandler, Listener, start_server
 from maildesk.inbound.store import Envelope
 from maildesk.metrics import Metrics
 from maildesk.outbound import outbox
+from maildesk.sdnotify import Notifier as SdNotifier
 from maildesk.services import Services, build
+from maildesk.startup import bind_failure, database_failure
+from maildesk.supervisor import Supervisor
 from maildesk.tickets.tokens import ReplyTokens
 from maildesk.web.ops import start_metrics_listener
 from maildesk.web.server import start_web
@@ -36,6 +41,9 @@ __all__ = ["Daemon", "Services", "build"]
 log = logging.getLogger("maildesk")
 
 SWEEP_SECONDS = 2.0
+# SIGTERM: how long sessions in a transaction, then the processor, may take to finish
+# (the unit's TimeoutStopSec= is 30 s).
+DRAIN_SECONDS = 20.0
 
 
 @dataclass
@@ -57,10 +65,21 @@ class _Wakeup:
 
 
 class Daemon:
-    def __init__(self, services: Services) -> None:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        config_path: Path | None = None,
+        notifier: SdNotifier | None = None,
+    ) -> None:
         self.services = services
         self.settings = services.settings
         self._stopping = asyncio.Event()
+        # Set once the listeners are closed: no new mail can arrive, so the processor
+        # may stop as soon as nothing is pending.
+        self._drained = asyncio.Event()
+        # Readiness, status, watchdog and reload (SIGHUP) for the service manager.
+        self.supervisor = Supervisor(services, config_path, notifier or SdNotifier())
         # This process's /metrics registry (the SMTP, IMAP and web parts count into it).
         self.metrics = Metrics(services.db, services.clock)
 
@@ -71,7 +90,10 @@ class Daemon:
         loop = asyncio.get_running_loop()
         services, settings = self.services, self.settings
         inbound_ready, outbox_ready = _Wakeup(loop), _Wakeup(loop)
-        await loop.run_in_executor(None, services.prepare)
+        try:
+            await loop.run_in_executor(None, services.prepare)
+        except DBAPIError as exc:
+            raise database_failure(settings.database.url, exc) from exc
         await loop.run_in_executor(None, self.metrics.database.start)
         if services.db.is_sqlite:
             # The only instance: whatever a crash left claimed is due now.
@@ -94,7 +116,10 @@ class Daemon:
                 require_tls=settings.smtp.require_tls,
                 on_refused=self.metrics.refused,
             )
-            listener = await start_server(settings.smtp, handler, hostname)
+            try:
+                listener = await start_server(settings.smtp, handler, hostname)
+            except OSError as exc:
+                raise bind_failure("smtp", settings.smtp.host, settings.smtp.port, exc) from exc
             limiter = listener.limiter
             if limiter is not None:
                 self.metrics.watch_sessions(lambda: limiter.active)
@@ -103,9 +128,16 @@ class Daemon:
             log.info("listening for %s on %s", kind, listener.address)
         web_runner = None
         if settings.web.enabled:
-            web_runner, address = await start_web(services, self.metrics)
+            try:
+                web_runner, address = await start_web(services, self.metrics)
+            except OSError as exc:
+                raise bind_failure("web", settings.web.host, settings.web.port, exc) from exc
             log.info("listening for HTTP on %s", address)
-        metrics_runner = await start_metrics_listener(services, self.metrics)
+        try:
+            metrics_runner = await start_metrics_listener(services, self.metrics)
+        except OSError as exc:
+            metrics = settings.metrics
+            raise bind_failure("metrics", metrics.host, metrics.port, exc) from exc
         if metrics_runner is not None:
             metrics = settings.metrics
             log.info("listening for /metrics on %s:%d", metrics.host, metrics.port)
@@ -135,16 +167,28 @@ class Daemon:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal)
+            loop.add_signal_handler(signal.SIGHUP, self.supervisor.request_reload)
         workers = [
             asyncio.create_task(self._process_loop(inbound_ready, outbox_ready)),
             asyncio.create_task(self._send_loop(outbox_ready)),
         ]
+        # Every listener is bound and the database answered (prepare): READY=1.
+        await self.supervisor.ready()
+        self.supervisor.start()
         await self._stopping.wait()
-        log.info("stopping")
+        log.info("stopping: closing the listeners, finishing the mail in flight")
+        self.supervisor.stopping()
+        deadline = loop.time() + DRAIN_SECONDS
         for listener in listeners:
-            await listener.close()
+            cut = await listener.drain(max(deadline - loop.time(), 0.0))
+            if cut:
+                log.warning("%d SMTP sessions were cut mid-message; their senders retry", cut)
         scheduler.shutdown(wait=False)
         imap_stop.set()
+        # Nothing new arrives now: the processor finishes what was accepted, in time.
+        self._drained.set()
+        inbound_ready.set()
+        await asyncio.wait(workers[:1], timeout=max(deadline - loop.time(), 0.0))
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
@@ -154,6 +198,7 @@ class Daemon:
             await metrics_runner.cleanup()
         if imap_thread is not None:
             await loop.run_in_executor(None, imap_thread.join, 10)
+        await self.supervisor.close()
         services.db.dispose()
         log.info("stopped")
 
@@ -191,6 +236,8 @@ class Daemon:
             if result.queued_outbound:
                 outbox_ready.set()
             if not result.processed:
+                if self._drained.is_set():
+                    return  # stopping, and everything accepted is processed
                 await ready.wait(SWEEP_SECONDS * 5)
 
     async def _send_loop(self, ready: _Wakeup) -> None:

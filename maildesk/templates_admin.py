@@ -22,11 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jinja2 import TemplateSyntaxError
+
 from maildesk.clock import ManualClock, SystemClock
 from maildesk.config import Settings
 from maildesk.models import STATUSES, Agent, Person, Ticket
 from maildesk.outbound.notify import Notifier, Recipient
-from maildesk.outbound.render import Problem, Rendered, Renderer, check
+from maildesk.outbound.render import Problem, Rendered, Renderer, check, make_environment
 from maildesk.pipeline.notices import _word
 from maildesk.tickets import commands
 from maildesk.tickets.lifecycle import APPROVE_WORDS, CONFIRM_WORDS, DECLINE_WORDS
@@ -241,6 +243,48 @@ def sample_context(notifier: Notifier, name: str, language: str) -> dict[str, An
 def check_all(notifier: Notifier, path: Path | str) -> list[Problem]:
     """`templates check`: every template under `path` against every sample variant."""
     return check(path, lambda name, language: list(contexts(notifier, name, language)))
+
+
+def missing(settings: Settings) -> list[Problem]:
+    """Templates maildesk sends that are absent in the default language: that mail would fail.
+
+    (Another language may lack one: the Renderer then falls back to the default language.)
+    """
+    path = Path(settings.templates.path)
+    if not path.is_dir():
+        return [Problem(str(path), None, "no such folder")]
+    language = settings.support.language
+    wanted = [path / language / f"{name}.txt.j2" for name in SPECS]
+    return [
+        Problem(str(file), None, "missing (maildesk sends it)")
+        for file in wanted
+        if not file.is_file()
+    ]
+
+
+def problems(settings: Settings) -> list[Problem]:
+    """Everything `templates check` reports: missing templates, then broken ones."""
+    found = missing(settings)
+    if not Path(settings.templates.path).is_dir():
+        return found
+    return found + check_all(sample_notifier(settings), settings.templates.path)
+
+
+def unusable(settings: Settings) -> list[Problem]:
+    """What stops mail at once, cheap enough for every start and reload: a template
+    maildesk sends is missing, or a template does not compile (`file:line`).
+    (`problems` also renders every sample, which takes seconds.)"""
+    found = missing(settings)
+    path = Path(settings.templates.path)
+    if not path.is_dir():
+        return found
+    env = make_environment(path)
+    for file in sorted(path.glob("*/*.j2")):
+        try:
+            env.get_template(file.relative_to(path).as_posix())
+        except TemplateSyntaxError as exc:
+            found.append(Problem(str(file), exc.lineno, exc.message or "syntax error"))
+    return found
 
 
 # -- preview and send-test -----------------------------------------------------

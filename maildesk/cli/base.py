@@ -1,22 +1,41 @@
-"""What every command shares: the lazily built context, addresses, output helpers."""
+"""What every command shares: the lazily built context, addresses, output helpers.
+
+Nothing heavy is imported here: `maildesk --help` must not pay for SQLAlchemy, and
+`tickets show` must not pay for the daemon. `Context.db` is the database alone (for
+commands that read); `Context.services` builds every part (for commands that act).
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from maildesk import config as config_module
 from maildesk.config import ConfigError, Settings
-from maildesk.services import Services, build
+
+if TYPE_CHECKING:
+    from maildesk.db import Database
+    from maildesk.services import Services
 
 EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
 EX_DATAERR = 65
 EX_TEMPFAIL = 75  # sysexits.h: the MTA keeps the message and retries
+EX_CONFIG = 78  # sysexits.h: the configuration is wrong
+
+
+class ConfigFailure(click.ClickException):
+    """A configuration error: one line on stderr, exit 78 (EX_CONFIG)."""
+
+    exit_code = EX_CONFIG
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"maildesk: {self.format_message()}", err=True)
 
 
 class Context:
@@ -24,6 +43,9 @@ class Context:
         self.path = config_module.config_path(config_path)
         self._settings: Settings | None = None
         self._services: Services | None = None
+        self._db: Database | None = None
+        self.verbose = False  # -v: debug logging
+        self.debug = False  # --debug: tracebacks on start-up failures too
 
     @property
     def settings(self) -> Settings:
@@ -31,23 +53,52 @@ class Context:
             try:
                 self._settings = config_module.load(self.path)
             except ConfigError as exc:
-                raise click.ClickException(str(exc)) from None
+                raise ConfigFailure(str(exc)) from None
         return self._settings
+
+    @property
+    def db(self) -> Database:
+        """The database only: what read-only commands need (no templates, no signing key)."""
+        if self._services is not None:
+            return self._services.db
+        if self._db is None:
+            from maildesk.db import Database
+
+            self._db = Database(self.settings.database.url)
+        return self._db
 
     @property
     def services(self) -> Services:
         if self._services is None:
+            from maildesk.services import build
+
             try:
                 self._services = build(self.settings)
             except ConfigError as exc:
-                raise click.ClickException(str(exc)) from None
+                raise ConfigFailure(str(exc)) from None
         return self._services
 
 
 pass_context = click.make_pass_decorator(Context)
 
 
-pass_context = click.make_pass_decorator(Context)
+class LazyChoice(click.Choice):
+    """A choice whose values live in a heavy module ("module:NAME"), read when first used.
+
+    The `--help` of the whole program lists groups only and never reads them.
+    """
+
+    def __init__(self, where: str, case_sensitive: bool = True) -> None:
+        self._where = where
+        self._loaded: tuple[str, ...] | None = None
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        if self._loaded is None:
+            module, _, name = self._where.partition(":")
+            self._loaded = tuple(getattr(importlib.import_module(module), name))
+        return self._loaded
 
 
 def print_json(data: Any) -> None:

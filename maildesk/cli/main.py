@@ -1,27 +1,75 @@
 """The `maildesk` group and the commands that run or feed the daemon: init, serve, deliver,
-import."""
+import.
+
+The group is lazy: a command group's module is imported only when that command
+runs (or when `--help` lists it), and each module imports what its commands use
+inside the commands. So `maildesk --help` loads click and nothing of the daemon,
+and `tickets show` loads SQLAlchemy and the models, not aiohttp or aiosmtpd.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import importlib
 import os
 import secrets
 import sys
+import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy.engine import make_url
 
-from maildesk.app import Daemon
+from maildesk import __version__, logs
 from maildesk.cli.base import EX_DATAERR, EX_TEMPFAIL, Context, pass_context
-from maildesk.clock import SystemClock
-from maildesk.db import Database
-from maildesk.inbound import importer
-from maildesk.inbound.store import Envelope, InboundStore
+
+if TYPE_CHECKING:
+    from maildesk.startup import StartupError
+
+# Command name -> the module that defines it ("module:attribute" when the module does
+# not register the command on `main` itself), and the line `maildesk --help` shows for
+# it, so that listing the commands imports none of them.
+LAZY_COMMANDS = {
+    "tickets": ("maildesk.cli.tickets", "Look at, open and export tickets."),
+    "agents": ("maildesk.cli.people", "The people who answer tickets from their mail client."),
+    "people": ("maildesk.cli.people", "Customers, and their optional web accounts."),
+    "orgs": (
+        "maildesk.cli.people",
+        "Organizations: one domain's people see each other's tickets.",
+    ),
+    "outbox": ("maildesk.cli.queues", "Look at and retry outbound mail."),
+    "quarantine": ("maildesk.cli.queues", "Messages held because they could not be processed."),
+    "spam": ("maildesk.cli.spam", "Messages held as spam; release one."),
+    "templates": ("maildesk.cli.templates:templates", "List, preview, check and test templates."),
+}
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported when first run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            module_name, _, attribute = LAZY_COMMANDS[cmd_name][0].partition(":")
+            module = importlib.import_module(module_name)
+            if attribute and cmd_name not in self.commands:
+                self.add_command(getattr(module, attribute), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name)
+            if command is not None:
+                rows.append((name, command.get_short_help_str(formatter.width - 16)))
+            else:
+                rows.append((name, LAZY_COMMANDS[name][1]))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -29,40 +77,65 @@ from maildesk.inbound.store import Envelope, InboundStore
     help="Config file (default: $MAILDESK_CONFIG, else config/maildesk.toml).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.option(
+    "--debug", is_flag=True, help="On a start-up failure, print the traceback too (implies -v)."
+)
+@click.version_option(__version__, "-V", "--version", prog_name="maildesk")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
-    """maildesk: an email-first helpdesk daemon."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not verbose:
-        for noisy in ("apscheduler", "mail-parser", "mailparser", "aiosmtpd", "mail.log"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+def main(ctx: click.Context, config_path: str | None, verbose: bool, debug: bool) -> None:
+    """maildesk: an email-first helpdesk daemon. Mail in, tickets out.
+
+    Run `maildesk COMMAND --help` for the options of a command.
+    """
+    logs.configure("debug" if verbose or debug else "info")
     ctx.obj = Context(config_path)
+    ctx.obj.verbose = verbose or debug
+    ctx.obj.debug = debug
+
+
+def fail(ctx: Context, error: StartupError) -> None:
+    """One line naming the setting and the cause, the sysexits code; the traceback on --debug."""
+    if ctx.debug:
+        traceback.print_exception(error)
+    click.echo(f"maildesk: {error}", err=True)
+    sys.exit(error.exit_code)
 
 
 @main.command()
 @pass_context
 def init(ctx: Context) -> None:
-    """Create or migrate the database schema; generate the signing key if needed."""
+    """Create or migrate the database schema; generate the signing key if needed.
+
+    Idempotent: run it after every upgrade (the systemd unit runs it before each start).
+    """
+    from maildesk.startup import StartupError, check_database, check_database_folder
+
     settings = ctx.settings
-    if not settings.web.secret_key:
-        _ensure_secret_key(settings.secret_key_path)
-    services = ctx.services
     try:
-        services.prepare()
-    finally:
-        services.db.dispose()
+        check_database_folder(settings)
+        if not settings.web.secret_key:
+            _ensure_secret_key(settings.secret_key_path)
+        check_database(settings.database.url)
+        services = ctx.services
+        try:
+            services.prepare()
+        finally:
+            services.db.dispose()
+    except StartupError as exc:
+        fail(ctx, exc)
     click.echo(f"database ready: {_safe_url(settings.database.url)}", err=True)
 
 
 def _ensure_secret_key(path: Path) -> None:
+    from maildesk.startup import StartupError
+
     if path.exists():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise StartupError(f"[web] secret_key_file: cannot write {path}: {exc.strerror}") from exc
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_urlsafe(48) + "\n")
     click.echo(f"generated a signing key in {path}", err=True)
@@ -70,19 +143,41 @@ def _ensure_secret_key(path: Path) -> None:
 
 def _safe_url(url: str) -> str:
     """The database URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
     return make_url(url).render_as_string(hide_password=True)
 
 
 @main.command()
 @pass_context
 def serve(ctx: Context) -> None:
-    """Run the daemon: SMTP/LMTP in, IMAP polling, the web listener, the outbox."""
-    services = ctx.services
-    asyncio.run(Daemon(services).run())
+    """Run the daemon: SMTP/LMTP in, IMAP polling, the web listener, the outbox.
+
+    Under systemd (Type=notify) it reports readiness, status and watchdog pings.
+    SIGHUP re-reads the config and the templates; SIGTERM finishes the mail in
+    flight and exits 0. A start-up failure is one line on stderr and exit 78
+    (configuration), 69 (a service is unavailable) or 75 (port in use, retry).
+    """
+    import asyncio
+
+    from maildesk.startup import StartupError, check_all
+
+    settings = ctx.settings
+    if not ctx.verbose:
+        logs.set_level(settings.log.level)
+    try:
+        check_all(settings)
+        from maildesk.app import Daemon
+
+        asyncio.run(Daemon(ctx.services, config_path=ctx.path).run())
+    except StartupError as exc:
+        fail(ctx, exc)
 
 
 @main.command()
-@click.option("--sender", "-f", default=None, help="Envelope sender (e.g. $SENDER); '' = null.")
+@click.option(
+    "--sender", "-f", default=None, help="Envelope sender (e.g. $SENDER); '' = null sender."
+)
 @click.option("--recipient", "-r", multiple=True, help="Envelope recipient (repeatable).")
 @pass_context
 def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> None:
@@ -92,12 +187,15 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
     """
     raw = sys.stdin.buffer.read()
     try:
+        from maildesk.clock import SystemClock
+        from maildesk.inbound.store import Envelope, InboundStore
+
         settings = ctx.settings
         if len(raw) > settings.smtp.max_message_size:
             click.echo(f"message of {len(raw)} bytes exceeds the size limit", err=True)
             sys.exit(EX_DATAERR)
         mail_from = "<>" if sender == "" else (sender or "")
-        store = InboundStore(Database(settings.database.url), SystemClock())
+        store = InboundStore(ctx.db, SystemClock())
         spool_id = store.put(raw, Envelope("deliver", mail_from, recipient))
     except SystemExit:
         raise
@@ -112,7 +210,9 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
 @click.option("--notify", is_flag=True, help="Send acknowledgements (off: old mail stays quiet).")
 @pass_context
 def import_(ctx: Context, path: Path, notify: bool) -> None:
-    """Import an mbox file or a Maildir folder; safe to re-run."""
+    """Import an mbox file or a Maildir folder at PATH; safe to re-run."""
+    from maildesk.inbound import importer
+
     services = ctx.services
     try:
         total = importer.count(path)

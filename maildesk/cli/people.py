@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import click
-from sqlalchemy import select
 
 from maildesk.cli.base import EMAIL, Context, pass_context, print_json, table
 from maildesk.cli.main import main
-from maildesk.models import Organization, Person
-from maildesk.tickets import views
-from maildesk.tickets.agents import Agents
-from maildesk.tickets.service import Tickets
 
 
 @main.group()
@@ -23,6 +18,9 @@ def agents() -> None:
 @click.option("--name", default="", help="Shown to customers as 'Name (Support name)'.")
 @pass_context
 def agents_add(ctx: Context, email: str, name: str) -> None:
+    """Make EMAIL an agent (again, if it was removed)."""
+    from maildesk.tickets.agents import Agents
+
     if not EMAIL.match(email):
         raise click.ClickException(f"not an e-mail address: {email}")
     services = ctx.services
@@ -32,10 +30,14 @@ def agents_add(ctx: Context, email: str, name: str) -> None:
 
 
 @agents.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_context
 def agents_list(ctx: Context, as_json: bool) -> None:
-    with ctx.services.db.transaction() as session:
+    """The active agents and since when."""
+    from maildesk.tickets import views
+    from maildesk.tickets.agents import Agents
+
+    with ctx.db.transaction() as session:
         rows = [
             {"email": a.email, "name": a.name, "since": views.iso(a.created_at)}
             for a in Agents(session).active()
@@ -50,7 +52,10 @@ def agents_list(ctx: Context, as_json: bool) -> None:
 @click.argument("email")
 @pass_context
 def agents_remove(ctx: Context, email: str) -> None:
-    with ctx.services.db.transaction() as session:
+    """Stop treating EMAIL as an agent (their tickets keep their history)."""
+    from maildesk.tickets.agents import Agents
+
+    with ctx.db.transaction() as session:
         removed = Agents(session).remove(email)
     if not removed:
         raise click.ClickException(f"no agent {email}")
@@ -70,6 +75,8 @@ def people() -> None:
 @pass_context
 def people_invite(ctx: Context, email: str) -> None:
     """Mail EMAIL a fresh set-password link (older links stop working)."""
+    from maildesk.tickets.service import Tickets
+
     if not EMAIL.match(email):
         raise click.ClickException(f"not an e-mail address: {email}")
     services = ctx.services
@@ -80,9 +87,15 @@ def people_invite(ctx: Context, email: str) -> None:
 
 
 @people.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_context
 def people_list(ctx: Context, as_json: bool) -> None:
+    """Everyone who wrote in, whether they have an account, and their organization."""
+    from sqlalchemy import select
+
+    from maildesk.models import Person
+    from maildesk.tickets import views
+
     services = ctx.services
     with services.db.transaction() as session:
         accounts = services.accounts(session)
@@ -118,9 +131,10 @@ def orgs() -> None:
 
 @orgs.command("add")
 @click.argument("domain")
-@click.option("--name", required=True)
+@click.option("--name", required=True, help="The organization's name, shown in the portal.")
 @pass_context
 def orgs_add(ctx: Context, domain: str, name: str) -> None:
+    """Group the people of DOMAIN (never a public mail provider's) into one organization."""
     services = ctx.services
     try:
         with services.db.transaction() as session:
@@ -131,10 +145,16 @@ def orgs_add(ctx: Context, domain: str, name: str) -> None:
 
 
 @orgs.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_context
 def orgs_list(ctx: Context, as_json: bool) -> None:
-    with ctx.services.db.transaction() as session:
+    """The organizations and their domains."""
+    from sqlalchemy import select
+
+    from maildesk.models import Organization
+    from maildesk.tickets import views
+
+    with ctx.db.transaction() as session:
         rows = [
             {"domain": o.domain, "name": o.name, "created_at": views.iso(o.created_at)}
             for o in session.scalars(select(Organization).order_by(Organization.domain))

@@ -5,13 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from sqlalchemy import select
 
 from maildesk.cli.base import Context, pass_context, print_json, table
 from maildesk.cli.main import main
-from maildesk.models import Inbound, Outbox
-from maildesk.outbound import outbox as outbox_module
-from maildesk.tickets import views
 
 
 @main.group()
@@ -20,11 +16,17 @@ def outbox() -> None:
 
 
 @outbox.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--all", "show_all", is_flag=True, help="Include sent messages.")
 @pass_context
 def outbox_list(ctx: Context, as_json: bool, show_all: bool) -> None:
-    with ctx.services.db.transaction() as session:
+    """Unsent outbound mail (or all with --all): attempts, next try, last error."""
+    from sqlalchemy import select
+
+    from maildesk.models import Outbox
+    from maildesk.tickets import views
+
+    with ctx.db.transaction() as session:
         query = select(Outbox).order_by(Outbox.id)
         if not show_all:
             query = query.where(Outbox.state != "sent")
@@ -68,9 +70,11 @@ def outbox_list(ctx: Context, as_json: bool, show_all: bool) -> None:
 @click.argument("outbox_id", metavar="ID", type=int)
 @pass_context
 def outbox_retry(ctx: Context, outbox_id: int) -> None:
-    """Send a failed or deferred message again now."""
-    services = ctx.services
-    if not outbox_module.retry(services.db, services.clock, outbox_id):
+    """Send the failed or deferred message ID again now."""
+    from maildesk.clock import SystemClock
+    from maildesk.outbound import outbox as outbox_module
+
+    if not outbox_module.retry(ctx.db, SystemClock(), outbox_id):
         raise click.ClickException(f"no unsent outbox message {outbox_id}")
     click.echo(f"outbox {outbox_id} queued", err=True)
 
@@ -84,10 +88,16 @@ def quarantine() -> None:
 
 
 @quarantine.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_context
 def quarantine_list(ctx: Context, as_json: bool) -> None:
-    with ctx.services.db.transaction() as session:
+    """Held messages with their reasons; `quarantine retry ID` replays one."""
+    from sqlalchemy import select
+
+    from maildesk.models import Inbound
+    from maildesk.tickets import views
+
+    with ctx.db.transaction() as session:
         rows = [
             {
                 "id": row.id,

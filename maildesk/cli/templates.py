@@ -9,14 +9,11 @@ config and the templates.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-
-from maildesk import templates_admin
-from maildesk.models import Ticket
-from maildesk.outbound.render import describe, discover
 
 if TYPE_CHECKING:
     from maildesk.cli.base import Context
@@ -28,10 +25,28 @@ def templates() -> None:
 
 
 @templates.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: name, languages, parts, who.")
 @click.pass_obj
-def templates_list(ctx: Context) -> None:
+def templates_list(ctx: Context, as_json: bool) -> None:
     """Every template with its languages and parts (text, html)."""
+    from maildesk import templates_admin
+    from maildesk.outbound.render import discover
+
     path = ctx.settings.templates.path
+    if as_json:
+        rows = []
+        for info in discover(path):
+            spec = templates_admin.SPECS.get(info.name)
+            rows.append(
+                {
+                    "name": info.name,
+                    "languages": {lang: list(p) for lang, p in sorted(info.parts.items())},
+                    "audience": spec.audience if spec else None,
+                    "sent_by_maildesk": spec is not None,
+                }
+            )
+        click.echo(json.dumps({"path": str(path), "templates": rows}, indent=2))
+        return
     click.echo(f"templates in {path}", err=True)
     for info in discover(path):
         parts = "  ".join(f"{lang}: {'+'.join(p)}" for lang, p in sorted(info.parts.items()))
@@ -55,6 +70,10 @@ def templates_preview(
     ctx: Context, name: str, ticket_number: int | None, language: str | None, html_file: Path | None
 ) -> None:
     """Render NAME: the subject and text to stdout; with --html, the HTML part to a file."""
+    from maildesk import templates_admin
+    from maildesk.models import Ticket
+    from maildesk.outbound.render import describe
+
     try:
         if ticket_number is None:
             notifier = templates_admin.sample_notifier(ctx.settings)
@@ -84,10 +103,13 @@ def templates_preview(
 @templates.command("check")
 @click.pass_obj
 def templates_check(ctx: Context) -> None:
-    """Render every template in every language against sample data; exit 1 on any problem."""
+    """Check every template: the ones maildesk sends exist in the default language, and each
+    renders in every language against sample data. Exit 1 on any problem."""
+    from maildesk import templates_admin
+    from maildesk.outbound.render import discover
+
     settings = ctx.settings
-    notifier = templates_admin.sample_notifier(settings)
-    problems = templates_admin.check_all(notifier, settings.templates.path)
+    problems = templates_admin.problems(settings)
     for problem in problems:
         click.echo(str(problem))
     count = len(discover(settings.templates.path))
@@ -104,6 +126,9 @@ def templates_check(ctx: Context) -> None:
 @click.pass_obj
 def templates_send_test(ctx: Context, name: str, to: str, language: str | None) -> None:
     """Queue NAME rendered with sample data for ADDR; the daemon sends it from the outbox."""
+    from maildesk import templates_admin
+    from maildesk.outbound.render import describe
+
     if "@" not in to or any(c.isspace() for c in to):
         raise click.ClickException(f"not an e-mail address: {to}")
     services = ctx.services

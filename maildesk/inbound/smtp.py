@@ -30,6 +30,7 @@ log = logging.getLogger("maildesk.inbound.smtp")
 OK_QUEUED = "250 2.0.0 Ok: queued as {id}"
 NO_SUCH_USER = "550 5.1.1 <{address}>: no such mailbox here"
 TEMPORARY_FAILURE = "451 4.3.0 Temporary local failure, please try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 TOO_BIG = "552 5.3.4 Message size exceeds the limit of {limit} bytes"
 # As Postfix's smtpd_forbid_bare_newline: the SMTP-smuggling shape, refused so the
 # sender learns of it (instead of a 250 and a silent quarantine).
@@ -166,6 +167,50 @@ class Listener:
         # Let the sessions' handler tasks see the cancellation before the loop ends.
         for _ in range(3):
             await asyncio.sleep(0)
+
+    async def drain(self, seconds: float) -> int:
+        """Stop accepting, let each session finish the message it is receiving, then close.
+
+        A session between messages is told `421` at once (RFC 5321 3.8: the client
+        retries later); one inside a transaction (after MAIL, or in DATA) is left to
+        reach its 250 or its error, for up to `seconds`. Returns how many were still
+        inside a transaction at the deadline and were cut (their senders retry: nothing
+        unanswered was accepted).
+        """
+        if self.server is not None:
+            self.server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        busy: list[SMTP] = []
+        while True:
+            busy = []
+            for session in list(self.sessions):
+                transport = session.transport
+                if transport is None or transport.is_closing():
+                    continue
+                if _in_transaction(session):
+                    busy.append(session)
+                else:
+                    if isinstance(transport, asyncio.WriteTransport):
+                        transport.write(SHUTTING_DOWN.encode("ascii") + b"\r\n")
+                    transport.close()
+            if not busy or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        for session in busy:
+            if session.transport is not None:
+                session.transport.close()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return len(busy)
+
+
+def _in_transaction(session: SMTP) -> bool:
+    """Between MAIL FROM and the reply to DATA (aiosmtpd resets the envelope after it)."""
+    envelope = getattr(session, "envelope", None)
+    return bool(getattr(session, "_md_in_data", False)) or (
+        envelope is not None and envelope.mail_from is not None
+    )
 
 
 async def start_server(settings: SmtpSettings, handler: InboundHandler, hostname: str) -> Listener:

@@ -85,6 +85,14 @@ class Renderer:
         shipped = PACKAGE_TEMPLATES.resolve() != self.path.resolve()
         self._shipped = make_environment(PACKAGE_TEMPLATES) if shipped and not strict else None
 
+    def use_path(self, path: Path | str) -> None:
+        """Render from another folder from now on (a reload changed `[templates] path`)."""
+        self.path = Path(path)
+        self.env = make_environment(self.path)
+        self._good = {}
+        shipped = PACKAGE_TEMPLATES.resolve() != self.path.resolve()
+        self._shipped = make_environment(PACKAGE_TEMPLATES) if shipped and not self.strict else None
+
     def _languages(self, language: str | None) -> list[str]:
         wanted = [language, self.default_language, *LANGUAGES]
         return list(dict.fromkeys(lang for lang in wanted if lang))

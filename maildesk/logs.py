@@ -1,0 +1,211 @@
+"""How the daemon and the CLI log: one line per event, structured, never a secret.
+
+Decides three things:
+- **The shape.** A terminal gets a readable line (`12:00:01 INFO maildesk.outbox:
+  sent … outbox=7`); anything else (journald, a file, a pipe) gets one JSON object
+  per line with `level`, `logger`, `msg` and the context fields. A traceback stays
+  inside its record (`exc`), so a log shipper never splits one event in two.
+- **The time.** Under journald (`JOURNAL_STREAM` names our stderr) the journal stamps
+  each line, so we write no time of our own, and each line starts with the
+  `<N>` syslog priority prefix journald reads as the entry's level
+  (`journalctl -p warning` then works).
+- **What never appears.** A redacting pass over the finished line removes
+  `token=`, `password=`, `secret=`, cookies, `Authorization:` values and URL
+  passwords, whatever logged them (a message, an argument or an exception).
+
+Context: `extra={"ticket": 42}` on one call, or `with log_context(inbound_id=7):`
+around a piece of work (a contextvar, so it follows the asyncio task and does not
+leak into the next one). Known fields: `CONTEXT_FIELDS`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+# The fields a record may carry, in the order they are printed.
+CONTEXT_FIELDS = ("ticket", "message_id", "inbound_id", "outbox_id", "peer", "setting")
+
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "maildesk_log_context", default=None
+)
+
+# Libraries that chatter at INFO about things ops do not act on.
+NOISY = (
+    "apscheduler",
+    "mail-parser",
+    "mailparser",
+    "aiosmtpd",
+    "mail.log",
+    "aiohttp.access",
+    "alembic.runtime",
+)
+
+# syslog priorities (sd-daemon(3) prefixes) for Python's levels.
+_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+_SECRET_WORDS = r"token|password|passwd|pass|secret|secret_key|api_key|session|csrf"  # noqa: S105
+_REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # key=value in query strings, config echoes and reprs: password='x', token=abc
+    (re.compile(rf"(?i)\b({_SECRET_WORDS})(\s*[=:]\s*)(['\"]?)[^\s&'\",;)]+"), r"\1\2\3[redacted]"),
+    (
+        re.compile(r"(?i)(authorization\s*[:=]\s*(?:bearer\s+|basic\s+)?)[^\s\"',]+"),
+        r"\1[redacted]",
+    ),
+    (re.compile(r"(?i)((?:set-)?cookie\s*[:=]\s*)[^\r\n\"']+"), r"\1[redacted]"),
+    # scheme://user:password@host
+    (re.compile(r"(://[^/:@\s]*:)[^@/\s]+@"), r"\1[redacted]@"),
+)
+
+
+def redact(text: str) -> str:
+    """`text` with every token, password, cookie and URL password replaced."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+@contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Add `fields` to every record logged inside the block (this task/thread only)."""
+    merged = {**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    found = dict(_context.get() or {})
+    for name in CONTEXT_FIELDS:
+        value = record.__dict__.get(name)
+        if value is not None:
+            found[name] = value
+    return {name: found[name] for name in CONTEXT_FIELDS if name in found}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `ts` only when nobody else stamps the line."""
+
+    def __init__(self, *, timestamps: bool) -> None:
+        super().__init__()
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {}
+        if self.timestamps:
+            data["ts"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + (
+                f".{int(record.msecs):03d}Z"
+            )
+        data["level"] = record.levelname.lower()
+        data["logger"] = record.name
+        data["msg"] = record.getMessage()
+        data.update(_fields(record))
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            data["exc"] = record.exc_text
+        return redact(json.dumps(data, ensure_ascii=False, default=str))
+
+
+class ReadableFormatter(logging.Formatter):
+    """For a person at a terminal: time, level, logger, message, then `key=value`."""
+
+    def __init__(self, *, timestamps: bool) -> None:
+        super().__init__()
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = ""
+        if self.timestamps:
+            stamp = time.strftime("%H:%M:%S ", time.localtime(record.created))
+        line = f"{stamp}{record.levelname} {record.name}: {record.getMessage()}"
+        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        if extra:
+            line = f"{line}  {extra}"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return redact(line)
+
+
+class _JournalPrefix(logging.Formatter):
+    """Wraps a formatter: `<N>` first, so journald files the line under its priority."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITY.get(record.levelno, 6)
+        # One record may still hold newlines (a readable traceback): journald would
+        # split it, so they are escaped in that case.
+        return f"<{priority}>" + self.inner.format(record).replace("\n", "\\n")
+
+
+def under_journald(stream: TextIO) -> bool:
+    """Whether `stream` is connected to the journal (systemd sets JOURNAL_STREAM=dev:inode)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    if not value:
+        return False
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        stat = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (stat.st_dev, stat.st_ino) == (device, inode)
+
+
+def make_formatter(stream: TextIO, *, json_lines: bool | None = None) -> logging.Formatter:
+    journal = under_journald(stream)
+    if json_lines is None:
+        json_lines = not _isatty(stream)
+    inner: logging.Formatter = (
+        JsonFormatter(timestamps=not journal)
+        if json_lines
+        else ReadableFormatter(timestamps=not journal)
+    )
+    return _JournalPrefix(inner) if journal else inner
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def configure(level: str = "info", stream: TextIO | None = None) -> None:
+    """Send every log record to `stream` (stderr) in the shape above, at `level` and worse."""
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(make_formatter(stream))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """Change the level of a running process (`[log] level` after a reload)."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    logging.getLogger().setLevel(numeric)
+    for name in NOISY:
+        logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)

@@ -1,0 +1,180 @@
+"""The running daemon as its service manager sees it: ready, status, watchdog, reload.
+
+Decides:
+- **When it is ready**: the daemon calls `ready()` once every listener is bound
+  and the database has answered (app.py); systemd then counts the start done.
+- **What status it shows** (`systemctl status`): "12 pending, 0 quarantined,
+  3 to send", refreshed every few seconds from the database, in a worker thread
+  so a slow query never delays a watchdog ping.
+- **That the loop is alive**: `WATCHDOG=1` from a task on the event loop itself, at
+  half of `WatchdogSec=`. A loop that hangs stops pinging, and systemd restarts it.
+- **What a reload changes** (SIGHUP, `systemctl reload`): the config file and the
+  templates are read and checked first; anything invalid is refused in one
+  error line and the running version stays. A valid new config applies
+  `[log] level`, `[templates]` and `[agents] addresses` at once; a change to a
+  section that needs new sockets or a new database (see `RESTART_SECTIONS`)
+  is reported as needing a restart. SMTP sessions are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from maildesk import logs
+from maildesk.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from maildesk.config import Settings
+    from maildesk.services import Services
+
+log = logging.getLogger("maildesk.supervisor")
+
+STATUS_EVERY_SECONDS = 5.0
+# Reloadable at once: read each time they are used, or handed over below.
+RELOAD_SECTIONS = ("log", "templates", "agents")
+
+
+class Supervisor:
+    def __init__(self, services: Services, config_path: Path | None, notifier: Notifier) -> None:
+        self.services = services
+        self.config_path = config_path
+        self.notifier = notifier
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- readiness, status, watchdog ------------------------------------------------
+
+    async def ready(self) -> None:
+        status = await asyncio.get_running_loop().run_in_executor(None, self.status_line)
+        self.notifier.ready(status)
+        log.info("ready: %s", status)
+
+    def status_line(self) -> str:
+        """'12 pending, 0 quarantined, 3 to send', or why there are no counts."""
+        from sqlalchemy import func, select
+
+        from maildesk.models import Inbound, Outbox
+
+        try:
+            with self.services.db.transaction() as session:
+                counts = dict(
+                    session.execute(
+                        select(Inbound.state, func.count())
+                        .where(Inbound.state.in_(("pending", "quarantined")))
+                        .group_by(Inbound.state)
+                    ).all()
+                )
+                unsent = session.scalar(select(func.count()).where(Outbox.state == "pending"))
+        except Exception as exc:
+            return f"database unavailable ({type(exc).__name__})"
+        return (
+            f"{counts.get('pending', 0)} pending, {counts.get('quarantined', 0)} quarantined, "
+            f"{unsent or 0} to send"
+        )
+
+    def start(self) -> None:
+        """Start pinging the watchdog and refreshing the status (both only under systemd)."""
+        if not self.notifier.enabled:
+            return
+        if self.notifier.watchdog_seconds:
+            self._spawn(self._watchdog(self.notifier.watchdog_seconds / 2), "maildesk-watchdog")
+        self._spawn(self._status(), "maildesk-status")
+
+    async def _watchdog(self, every: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(every)
+
+    async def _status(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = ""
+        while True:
+            await asyncio.sleep(STATUS_EVERY_SECONDS)
+            line = await loop.run_in_executor(None, self.status_line)
+            if line != last:
+                self.notifier.status(line)
+                last = line
+
+    def stopping(self) -> None:
+        self.notifier.stopping()
+        for task in list(self._tasks):
+            if task.get_name() == "maildesk-status":
+                task.cancel()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: object, name: str | None = None) -> None:
+        assert asyncio.iscoroutine(coro)
+        task = asyncio.get_running_loop().create_task(coro)
+        if name:
+            task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- reload -----------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload in the background; the event loop keeps serving meanwhile."""
+        self._spawn(self.reload(), "maildesk-reload")
+
+    async def reload(self) -> bool:
+        """Re-read the config and the templates; True when the new ones were applied."""
+        self.notifier.send(
+            RELOADING="1",
+            STATUS="reloading the configuration",
+            MONOTONIC_USEC=str(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000),
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(None, self._load_and_check)
+            if new is not None:
+                await loop.run_in_executor(None, self._apply, new)
+            return new is not None
+        finally:
+            await self.ready()
+
+    def _load_and_check(self) -> Settings | None:
+        from maildesk import config
+        from maildesk.startup import StartupError, check_templates
+
+        current = self.services.settings
+        try:
+            new = config.load(self.config_path) if self.config_path else current
+            check_templates(new)
+        except (config.ConfigError, StartupError) as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return None
+        return new
+
+    def _apply(self, new: Settings) -> None:
+        from maildesk.tickets.agents import Agents
+
+        old = self.services.settings
+        changed = [
+            f.name
+            for f in dataclasses.fields(old)
+            if f.name != "base_dir" and getattr(old, f.name) != getattr(new, f.name)
+        ]
+        needs_restart = [name for name in changed if name not in RELOAD_SECTIONS]
+        logs.set_level(new.log.level)
+        if new.templates != old.templates:
+            self.services.renderer.use_path(new.templates.path)
+        if new.agents.addresses != old.agents.addresses:
+            with self.services.db.transaction() as session:
+                Agents(session).seed(new.agents.addresses, self.services.clock.now())
+        kept = {name: getattr(old, name) for name in needs_restart}
+        self.services.settings = dataclasses.replace(new, **kept)
+        if needs_restart:
+            log.warning(
+                "reloaded; changes to %s need a restart (systemctl restart maildesk)",
+                ", ".join(f"[{name}]" for name in needs_restart),
+            )
+        else:
+            log.info("reloaded the configuration and the templates")
