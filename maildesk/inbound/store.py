@@ -44,6 +44,7 @@ class Envelope:
     rcpt_to: tuple[str, ...] = ()
     # Importing old mail must not write to customers.
     notify: bool = True
+    peer: str = ""  # the SMTP client's IP address
 
 
 def digest(raw: bytes) -> str:
@@ -67,6 +68,7 @@ class InboundStore:
                 received_at=now,
                 source=envelope.source,
                 mail_from=envelope.mail_from,
+                peer=envelope.peer,
                 rcpt_to=list(envelope.rcpt_to),
                 raw=raw,
                 size=len(raw),
@@ -146,11 +148,11 @@ class InboundStore:
         """One message's bytes: the only place a processor reads them, one at a time."""
         with self._db.reading() as session:
             found = session.execute(
-                select(Inbound.raw, Inbound.mail_from, Inbound.source).where(
+                select(Inbound.raw, Inbound.mail_from, Inbound.source, Inbound.peer).where(
                     Inbound.id == inbound_id
                 )
             ).one()
-        return Stored(inbound_id, found.raw, found.mail_from, found.source)
+        return Stored(inbound_id, found.raw, found.mail_from, found.source, found.peer)
 
     def lock(self, session: Session, inbound_id: int, token: str) -> Inbound | None:
         """The row, locked, if it is still pending and leased under `token` (else None)."""
@@ -202,6 +204,7 @@ class Stored:
     raw: bytes
     mail_from: str
     source: str  # the route: which mail a stranger could have written (spam check)
+    peer: str = ""  # the SMTP client: whether our MTA relayed it (sender proof)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ from maildesk.clock import Clock
 from maildesk.config import Settings
 from maildesk.db import Database
 from maildesk.inbound.guard import HostileInput, Limits
-from maildesk.inbound.store import MAX_ATTEMPTS, Claimed, InboundStore
+from maildesk.inbound.store import MAX_ATTEMPTS, Claimed, InboundStore, Stored
+from maildesk.mailauth import Authentication, MailAuth
 from maildesk.message import ParsedMessage, UnparseableMessage
 from maildesk.models import Inbound, Ticket
 from maildesk.outbound.notify import InReplyTo
@@ -42,6 +43,7 @@ from maildesk.pipeline.notices import Notices
 from maildesk.pipeline.prepare import HOLD, Budget, DeadlineExceeded, Prepared, prepare
 from maildesk.pipeline.spam import NOT_SCORED, SpamCheck, SpamVerdict
 from maildesk.pipeline.threader import Match, Threader
+from maildesk.pipeline.trust import UNVERIFIED_FLAG, Standing, standing
 from maildesk.states import InboundState
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle
@@ -86,6 +88,7 @@ class _Work:
     prepared: Prepared | None
     failure: _Failure | None
     spam: SpamVerdict = NOT_SCORED
+    auth: Authentication = Authentication()
 
 
 class Processor:
@@ -105,6 +108,7 @@ class Processor:
         self.notices = notices
         self.notifier = notices.notifier
         self.threader = threader
+        self.mailauth = MailAuth(settings.trust, settings.agents.trusted_authserv_ids)
         self.spam = SpamCheck(settings.spam, clock)
         self.agent_flow = AgentFlow(self.notifier, notices, settings.support.language)
         limits = settings.limits
@@ -154,8 +158,10 @@ class Processor:
             # is bounded by [spam] spamd_timeout, not by this message's CPU budget.
             budget.stop()
             spam = self.spam.score(item.id, stored.source, stored.raw)
+            # DKIM and DMARC lookups likewise wait for DNS, bounded by [trust] dns_timeout.
+            auth = self._authenticate(stored, ready.message)
             budget.start()
-            return _Work(item.id, item.size, budget, ready, None, spam)
+            return _Work(item.id, item.size, budget, ready, None, spam, auth)
         except (HostileInput, UnparseableMessage, DeadlineExceeded) as exc:
             reason = getattr(exc, "reason", None) or str(exc)
             return _Work(item.id, item.size, budget, None, _Failure(reason, "", True))
@@ -187,7 +193,7 @@ class Processor:
         work.budget.start()
         try:
             with session.begin_nested():
-                state, queued = self._stages(session, row, work.prepared, work.spam)
+                state, queued = self._stages(session, row, work)
                 work.budget.check("the database stages")
                 self.store.finish(row, state, now)
                 return queued
@@ -208,9 +214,9 @@ class Processor:
             log.warning("inbound %d failed (attempt %d), will retry", row.id, row.attempts)
             self.store.retry_later(row, failure.trace, now)
 
-    def _stages(
-        self, session: Session, row: Inbound, prepared: Prepared, spam: SpamVerdict
-    ) -> tuple[str, int]:
+    def _stages(self, session: Session, row: Inbound, work: _Work) -> tuple[str, int]:
+        assert work.prepared is not None
+        prepared, spam, auth = work.prepared, work.spam, work.auth
         message = prepared.message
         tickets = Tickets(session)
         if tickets.message_exists(message.message_id):
@@ -223,14 +229,13 @@ class Processor:
             return "done", 0
         if self.spam.hold_if_spam(session, row, message, spam, self.clock.now()):
             return InboundState.HELD, 0
-        sender = identify(
-            session,
-            message,
-            row.rcpt_to,
-            self.threader.tokens,
-            self.settings.agents.trusted_authserv_ids,
-        )
+        sender = identify(session, message, row.rcpt_to, self.threader.tokens, auth)
         match = self.threader.match(tickets, message, row.rcpt_to, proven_agent=sender.agent)
+        if sender.agent is not None and not sender.proves_for(match.ticket):
+            # Proof for another ticket (a reply token of ticket 6 beside a ticket-1
+            # In-Reply-To) proves nothing here.
+            sender = sender.unproven()
+            match = self.threader.match(tickets, message, row.rcpt_to)
         if sender.agent is not None:
             mail = AgentMail(row, message, sender.agent, match.ticket, match.rule, prepared.text)
             log.info("inbound %d from agent %s (%s)", row.id, sender.agent.email, sender.proof)
@@ -238,7 +243,13 @@ class Processor:
         if sender.forged:
             log.warning("inbound %d claims agent %s without proof", row.id, message.from_addr)
         return "done", self._record(
-            session, tickets, row, message, verdict, match, sender.forged, prepared.text
+            session, tickets, row, message, verdict, match, auth, sender.forged, prepared.text
+        )
+
+    def _authenticate(self, stored: Stored, message: ParsedMessage) -> Authentication:
+        via_mta = self.mailauth.via_our_mta(stored.source, stored.peer)
+        return self.mailauth.check(
+            stored.raw, message.from_addr, message.authentication_results, via_mta
         )
 
     def _record(
@@ -249,6 +260,7 @@ class Processor:
         message: ParsedMessage,
         verdict: Verdict,
         match: Match,
+        auth: Authentication,
         forged: bool,
         text: str,
     ) -> int:
@@ -256,9 +268,16 @@ class Processor:
         now = self.clock.now()
         lifecycle = Lifecycle(session, now)
         ticket, rule = match.ticket, match.rule
+        takes_part = ticket is not None and tickets.is_participant(ticket.id, message.from_addr)
+        trust = standing(match, auth, row.source, takes_part)
         # Only a person reopens a ticket: an out-of-office answering our "closed"
-        # notice is filed with the closed ticket.
-        if ticket is not None and ticket.status == "closed" and verdict.may_reply:
+        # notice is filed with the closed ticket, and so is unverified mail.
+        if (
+            ticket is not None
+            and ticket.status == "closed"
+            and verdict.may_reply
+            and trust.verified
+        ):
             if tickets.closed_too_long(ticket, now, self.settings.lifecycle.reopen_days):
                 ticket = self._open(tickets, message, now, previous=ticket)
                 rule = "new"
@@ -288,14 +307,16 @@ class Processor:
                 attachments=tuple(
                     (a.filename, a.content_type, a.data) for a in message.attachments
                 ),
-                flag="forged-agent" if forged else "",
+                flag=self._flag(opened, trust, forged),
+                proof=trust.proof,
             ),
         )
-        self._add_participants(tickets, ticket, message, now)
+        if trust.verified:
+            self._add_participants(tickets, ticket, message, now)
         log.info("inbound %d -> ticket %d (%s)", row.id, ticket.id, rule)
         queued = 0
         if opened:
-            if self._may_acknowledge(session, row, message, verdict) and not forged:
+            if self._may_acknowledge(session, row, message, verdict, auth) and not forged:
                 answering = InReplyTo(message.message_id, message.references)
                 queued += self.notices.acknowledge(session, ticket, answering)
             if row.notify:
@@ -303,14 +324,24 @@ class Processor:
             return queued
         if kind == "auto" or not row.notify:
             return queued
-        outcome = (
-            "forged"
-            if forged
-            else lifecycle.customer_replied(ticket, text, message.from_addr, message.thread_ids)
-        )
+        if forged:
+            outcome = "forged"
+        elif not trust.verified:
+            outcome = "unverified"
+        else:
+            outcome = lifecycle.customer_replied(
+                ticket, text, message.from_addr, message.thread_ids
+            )
         if outcome == "confirmed":
             queued += self.notices.status_notice(session, ticket)
         return queued + self.notices.to_agents(session, ticket, outcome, message, text=text)
+
+    @staticmethod
+    def _flag(opened: bool, trust: Standing, forged: bool) -> str:
+        if forged:
+            return "forged-agent"
+        # A new ticket is its sender's own; in someone's ticket, unproven text is marked.
+        return UNVERIFIED_FLAG if not opened and not trust.verified else ""
 
     def _open(
         self,
@@ -344,9 +375,18 @@ class Processor:
         tickets.add_participants(ticket, wanted, now)
 
     def _may_acknowledge(
-        self, session: Session, row: Inbound, message: ParsedMessage, verdict: Verdict
+        self,
+        session: Session,
+        row: Inbound,
+        message: ParsedMessage,
+        verdict: Verdict,
+        auth: Authentication,
     ) -> bool:
         if not row.notify or not verdict.may_reply:
+            return False
+        if auth.dmarc_failed:
+            # The From domain says this mail is not theirs: an answer would be backscatter.
+            log.info("no acknowledgement to %s: the mail fails DMARC", message.from_addr)
             return False
         sender = message.from_addr
         if sender == self.settings.support.address.lower():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import base64
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -10,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from maildesk.clock import as_utc
-from maildesk.models import Event, Message, Ticket
+from maildesk.models import Blob, Event, Message, Ticket
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -99,6 +101,30 @@ def list_tickets(session: Session, status: str | None = None) -> list[dict[str, 
     if status:
         query = query.where(Ticket.status == status)
     return [summary(ticket, n) for ticket, n in session.execute(query)]
+
+
+def add_attachment_contents(session: Session, record: dict[str, Any]) -> None:
+    """Add `content_base64` to every attachment of an exported ticket (one query)."""
+    wanted = {a["sha256"] for m in record["messages"] for a in m["attachments"]}
+    if not wanted:
+        return
+    blobs = dict(session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(wanted))))
+    for message in record["messages"]:
+        for attachment in message["attachments"]:
+            data = blobs.get(attachment["sha256"], b"")
+            attachment["content_base64"] = base64.b64encode(data).decode("ascii")
+
+
+def add_attachment_contents(session: Session, record: dict[str, Any]) -> None:
+    """Add `content_base64` to every attachment of an exported ticket (one query)."""
+    wanted = {a["sha256"] for m in record["messages"] for a in m["attachments"]}
+    if not wanted:
+        return
+    blobs = dict(session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(wanted))))
+    for message in record["messages"]:
+        for attachment in message["attachments"]:
+            data = blobs.get(attachment["sha256"], b"")
+            attachment["content_base64"] = base64.b64encode(data).decode("ascii")
 
 
 def export(session: Session, batch: int = 200) -> Iterator[dict[str, Any]]:
