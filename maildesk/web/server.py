@@ -6,24 +6,23 @@ beside aiosmtpd: one process, one loop, no second server to operate.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from sqlalchemy import func, select
 
-from maildesk.models import Inbound, Outbox
-from maildesk.web import account, paid, portal
+from maildesk.metrics import Metrics
+from maildesk.web import account, ops, paid, portal
 from maildesk.web.keys import SERVICES
 
 if TYPE_CHECKING:
     from maildesk.services import Services
 
 
-def make_app(services: Services) -> web.Application:
+def make_app(services: Services, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[SERVICES] = services
-    app.router.add_get("/healthz", healthz)
+    # /healthz, /metrics (unless on their own listener) and the access log.
+    ops.install(app, metrics or Metrics(services.db, services.clock))
     app.router.add_get("/paid", paid.show)
     app.router.add_post("/paid", paid.answer)
     app.router.add_get("/", portal.home)
@@ -43,36 +42,10 @@ def make_app(services: Services) -> web.Application:
     return app
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness plus the two backlogs ops watch: unprocessed mail and unsent mail."""
-    services = request.app[SERVICES]
-
-    def counts() -> dict[str, int]:
-        with services.db.transaction() as session:
-            return {
-                "inbound_pending": session.scalar(
-                    select(func.count()).where(Inbound.state == "pending")
-                )
-                or 0,
-                "quarantined": session.scalar(
-                    select(func.count()).where(Inbound.state == "quarantined")
-                )
-                or 0,
-                "outbox_pending": session.scalar(
-                    select(func.count()).where(Outbox.state == "pending")
-                )
-                or 0,
-            }
-
-    try:
-        body = await asyncio.get_running_loop().run_in_executor(None, counts)
-    except Exception:
-        return web.json_response({"status": "database unavailable"}, status=503)
-    return web.json_response({"status": "ok", **body})
-
-
-async def start_web(services: Services) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(make_app(services), access_log=None)
+async def start_web(
+    services: Services, metrics: Metrics | None = None
+) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(make_app(services, metrics), access_log=None)
     await runner.setup()
     settings = services.settings.web
     site = web.TCPSite(runner, settings.host, settings.port)

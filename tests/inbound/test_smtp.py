@@ -79,13 +79,14 @@ def test_lmtp_answers_once_per_recipient(
     config_values: dict[str, Any], tmp_path: Any, clock: Any, outbox: Outbox
 ) -> None:
     config_values["smtp"]["lmtp"] = True
+    config_values["support"]["aliases"] = ["help@example.test"]
     with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
         smtp = running.services.settings.smtp
         with socket.create_connection((smtp.host, smtp.port), timeout=10) as sock:
             stream = sock.makefile("rwb")
             replies = _lmtp_session(
                 stream,
-                ["support@example.test", "support+extra@example.test"],
+                ["support@example.test", "help@example.test"],
                 make_mail(message_id="<lmtp@customer.test>"),
             )
         assert replies[-2:] == [b"250", b"250"]

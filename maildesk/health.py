@@ -1,0 +1,197 @@
+"""Whether maildesk is healthy, and if not, why: one answer for /healthz and `maildesk status`.
+
+"degraded" when any of these holds (thresholds in `[health]`):
+- the database does not answer, or its SQLite file is gone from disk;
+- free space on a disk we write to (the database's, the Maildir outbox's) is
+  below `min_free_disk_mb`: SMTP would soon answer 451 to every message;
+- an outbound message has been failing (the relay refused it or was
+  unreachable) for longer than `outbox_failing_minutes`, or any outbound
+  message is still unsent after `outbox_backlog_minutes`;
+- a received message is still unprocessed after `inbound_backlog_minutes`;
+- more than `quarantined_per_hour` messages were quarantined in the last hour.
+
+Every reason is a short sentence with figures, never an error text (which
+may name addresses or the relay's reply) and never a URL (which may hold a
+password). All times come from the injected clock.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from maildesk.clock import Clock, as_utc
+from maildesk.config import Settings
+from maildesk.db import Database
+from maildesk.models import Inbound, Outbox
+
+OK = "ok"
+DEGRADED = "degraded"
+
+
+@dataclass(frozen=True)
+class Backlog:
+    inbound_pending: int = 0
+    quarantined: int = 0
+    quarantined_last_hour: int = 0
+    outbox_pending: int = 0
+    outbox_deferred: int = 0
+    oldest_inbound_seconds: float = 0.0
+    oldest_outbox_seconds: float = 0.0
+    outbox_failing_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str
+    reasons: tuple[str, ...]
+    database: bool
+    free_disk_mb: dict[str, int] = field(default_factory=dict)
+    backlog: Backlog | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def as_json(self) -> dict[str, Any]:
+        """The /healthz body: status, reasons and the figures behind them."""
+        body: dict[str, Any] = {
+            "status": self.status,
+            "reasons": list(self.reasons),
+            "database": "ok" if self.database else "unreachable",
+            "free_disk_mb": self.free_disk_mb,
+        }
+        if self.backlog is not None:
+            body.update(asdict(self.backlog))
+        return body
+
+
+def check(settings: Settings, db: Database, clock: Clock) -> Health:
+    """Compute health now. Blocking (database and disk): call from a thread in async code."""
+    limits = settings.health
+    reasons: list[str] = []
+    disks = free_disk_mb(settings)
+    for path, free in disks.items():
+        if free < limits.min_free_disk_mb:
+            reasons.append(f"free disk {free} MB at {path} is below {limits.min_free_disk_mb} MB")
+    gone = settings.sqlite_path is not None and not settings.sqlite_path.exists()
+    backlog: Backlog | None = None
+    if gone:
+        reasons.insert(0, "database unreachable: the database file is gone")
+    else:
+        try:
+            backlog = _backlog(db, clock.now())
+        except Exception as exc:
+            reasons.insert(0, f"database unreachable: {type(exc).__name__}")
+    if backlog is not None:
+        reasons.extend(_backlog_reasons(settings, backlog))
+    return Health(
+        status=DEGRADED if reasons else OK,
+        reasons=tuple(reasons),
+        database=backlog is not None,
+        free_disk_mb=disks,
+        backlog=backlog,
+    )
+
+
+def unreachable(why: str) -> Health:
+    """The answer when the check itself could not finish (e.g. the database hangs)."""
+    return Health(DEGRADED, (f"database unreachable: {why}",), database=False)
+
+
+def free_disk_mb(settings: Settings) -> dict[str, int]:
+    """Free megabytes on each folder we write to, keyed by folder."""
+    folders: list[Path] = []
+    if settings.sqlite_path is not None:
+        folders.append(settings.sqlite_path.parent)
+    if settings.outbound.url.startswith("maildir:"):
+        folders.append(Path(settings.outbound.url.removeprefix("maildir:")))
+    result: dict[str, int] = {}
+    for folder in folders:
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None:
+            result[str(folder)] = shutil.disk_usage(existing).free // (1024 * 1024)
+    return result
+
+
+def _backlog(db: Database, now: datetime) -> Backlog:
+    with db.transaction() as session:
+        inbound = dict(
+            session.execute(
+                select(Inbound.state, func.count())
+                .where(Inbound.state.in_(("pending", "quarantined")))
+                .group_by(Inbound.state)
+            ).all()
+        )
+        quarantined_recently = session.scalar(
+            select(func.count()).where(
+                Inbound.state == "quarantined", Inbound.processed_at > now - timedelta(hours=1)
+            )
+        )
+        oldest_inbound = session.scalar(
+            select(func.min(Inbound.received_at)).where(Inbound.state == "pending")
+        )
+        outbox_pending = session.scalar(select(func.count()).where(Outbox.state == "pending"))
+        deferred = session.scalar(
+            select(func.count()).where(Outbox.state == "pending", Outbox.last_error != "")
+        )
+        oldest_outbox = session.scalar(
+            select(func.min(Outbox.created_at)).where(Outbox.state == "pending")
+        )
+        # Failing since the oldest unsent message that has a failure recorded was queued:
+        # it has been retried (and refused) ever since.
+        failing_since = session.scalar(
+            select(func.min(Outbox.created_at)).where(
+                Outbox.state == "pending", Outbox.last_error != ""
+            )
+        )
+
+    def age(moment: datetime | None) -> float:
+        return max((now - as_utc(moment)).total_seconds(), 0.0) if moment else 0.0
+
+    return Backlog(
+        inbound_pending=inbound.get("pending", 0),
+        quarantined=inbound.get("quarantined", 0),
+        quarantined_last_hour=quarantined_recently or 0,
+        outbox_pending=outbox_pending or 0,
+        outbox_deferred=deferred or 0,
+        oldest_inbound_seconds=age(oldest_inbound),
+        oldest_outbox_seconds=age(oldest_outbox),
+        outbox_failing_seconds=age(failing_since),
+    )
+
+
+def _backlog_reasons(settings: Settings, backlog: Backlog) -> list[str]:
+    limits = settings.health
+    reasons = []
+    if backlog.outbox_failing_seconds > limits.outbox_failing_minutes * 60:
+        reasons.append(
+            f"outbox failing for {_minutes(backlog.outbox_failing_seconds)} min "
+            f"({backlog.outbox_deferred} messages waiting to retry; "
+            f"threshold {limits.outbox_failing_minutes:g} min)"
+        )
+    if backlog.oldest_outbox_seconds > limits.outbox_backlog_minutes * 60:
+        reasons.append(
+            f"oldest unsent message is {_minutes(backlog.oldest_outbox_seconds)} min old "
+            f"(threshold {limits.outbox_backlog_minutes:g} min)"
+        )
+    if backlog.oldest_inbound_seconds > limits.inbound_backlog_minutes * 60:
+        reasons.append(
+            f"oldest unprocessed message is {_minutes(backlog.oldest_inbound_seconds)} min old "
+            f"({backlog.inbound_pending} waiting; threshold {limits.inbound_backlog_minutes:g} min)"
+        )
+    if backlog.quarantined_last_hour > limits.quarantined_per_hour:
+        reasons.append(
+            f"quarantine growing: {backlog.quarantined_last_hour} messages in the last hour "
+            f"(threshold {limits.quarantined_per_hour})"
+        )
+    return reasons
+
+
+def _minutes(seconds: float) -> int:
+    return int(seconds // 60)

@@ -1,0 +1,250 @@
+"""What /metrics reports (Prometheus text format), and where each figure comes from.
+
+Two sources, chosen per figure:
+
+- **The database, read at scrape time** (`DatabaseCollector`): everything that
+  is state or leaves a row. Inbound messages by source and by state (accepted,
+  duplicate, quarantined, pending), outbox rows by state (queued, deferred,
+  sent, failed, bounced), tickets by status, the age of the oldest pending
+  inbound and outbox row, and the processing latency (acceptance → ticket,
+  from each row's `received_at` and `processed_at`). Every process that
+  writes mail shares the database: the daemon, `maildesk deliver` and
+  `import`, and the worker processes to come. So one scrape of any instance
+  sees the work of all of them, the figures survive restarts, and no
+  multiprocess mode or push gateway is needed. These series are global: scrape
+  one instance, or take `max` across instances, never `sum`.
+- **This process** (prometheus_client counters): what never reaches the
+  database. SMTP refusals by reason (the message was never stored), SMTP
+  sessions open now, IMAP polls and errors, web requests by route and status.
+  Sum these across instances.
+
+The latency histogram is read incrementally: each scrape looks only at rows
+from the oldest row that was still pending at the last scrape onward, and
+counts each finished row once. So it covers mail finished since this process
+started, whichever process finished it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from maildesk.clock import Clock, as_utc
+from maildesk.db import Database
+from maildesk.models import Inbound, Outbox, Ticket
+
+log = logging.getLogger("maildesk.metrics")
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+# Rows a latency scan may look back over; a row pending for longer is not waited for.
+MAX_SCAN = 50_000
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+
+class Metrics:
+    """The registry of one process: its own counters plus the database collector."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.smtp_refused = Counter(
+            "maildesk_smtp_refused",
+            "SMTP/LMTP commands or messages refused, by reason (never stored).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.smtp_sessions = Gauge(
+            "maildesk_smtp_sessions", "SMTP/LMTP sessions open now.", registry=self.registry
+        )
+        self.imap_polls = Counter(
+            "maildesk_imap_polls", "IMAP polls of the mailbox.", registry=self.registry
+        )
+        self.imap_errors = Counter(
+            "maildesk_imap_errors", "IMAP connection or poll errors.", registry=self.registry
+        )
+        self.http_requests = Counter(
+            "maildesk_http_requests",
+            "Web requests by route (the route pattern, not the path) and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.database = DatabaseCollector(db, clock)
+        self.registry.register(self.database)
+
+    def refused(self, reason: str) -> None:
+        self.smtp_refused.labels(reason).inc()
+
+    def imap_polled(self, error: bool) -> None:
+        self.imap_polls.inc()
+        if error:
+            self.imap_errors.inc()
+
+    def http_request(self, route: str, method: str, status: int) -> None:
+        method = method if method in HTTP_METHODS else "other"
+        self.http_requests.labels(route, method, str(status)).inc()
+
+    def watch_sessions(self, count: Callable[[], int]) -> None:
+        self.smtp_sessions.set_function(lambda: float(count()))
+
+
+class DatabaseCollector(Collector):
+    """Series computed from the database on each scrape (see the module docstring)."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._latency = Histogram(
+            "maildesk_processing_seconds",
+            "From acceptance (the 250) to the message's ticket being written.",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self._floor: int | None = None  # rows below this id are all counted
+        self._counted: set[int] = set()  # finished rows at or above the floor, counted
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("maildesk_database_up", "1 when the database answered the scrape.")
+        with self._lock:
+            try:
+                families = list(self._read())
+            except Exception as exc:  # the scrape still answers, saying the database did not
+                log.warning("metrics: database query failed: %s", type(exc).__name__)
+                up.add_metric([], 0.0)
+                yield up
+                return
+        up.add_metric([], 1.0)
+        yield up
+        yield from families
+        yield from self._latency.collect()
+
+    def _read(self) -> Iterable[Metric]:
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            by_source = session.execute(
+                select(Inbound.source, func.count()).group_by(Inbound.source)
+            ).all()
+            by_state = session.execute(
+                select(Inbound.state, func.count()).group_by(Inbound.state)
+            ).all()
+            outbox = session.execute(
+                select(Outbox.state, Outbox.last_error != "", func.count()).group_by(
+                    Outbox.state, Outbox.last_error != ""
+                )
+            ).all()
+            tickets = session.execute(
+                select(Ticket.status, func.count()).group_by(Ticket.status)
+            ).all()
+            oldest_in = session.scalar(
+                select(func.min(Inbound.received_at)).where(Inbound.state == "pending")
+            )
+            oldest_out = session.scalar(
+                select(func.min(Outbox.created_at)).where(Outbox.state == "pending")
+            )
+            self._scan_latency(session)
+
+        accepted = CounterMetricFamily(
+            "maildesk_inbound_accepted",
+            "Messages accepted (stored durably), by route: smtp, lmtp, imap, deliver, import, web.",
+            labels=["source"],
+        )
+        for source, count in by_source:
+            accepted.add_metric([source], count)
+        yield accepted
+
+        inbound = GaugeMetricFamily(
+            "maildesk_inbound_messages",
+            "Stored messages by state: pending, done, duplicate, quarantined.",
+            labels=["state"],
+        )
+        states = dict.fromkeys(("pending", "done", "duplicate", "quarantined"), 0)
+        states.update({state: count for state, count in by_state})
+        for state, count in states.items():
+            inbound.add_metric([state], count)
+        yield inbound
+
+        out = GaugeMetricFamily(
+            "maildesk_outbox_messages",
+            "Outbound messages by state: queued (never failed), deferred (waiting to retry "
+            "after a temporary failure), sent, failed, bounced.",
+            labels=["state"],
+        )
+        out_states = dict.fromkeys(("queued", "deferred", "sent", "failed", "bounced"), 0)
+        for state, errored, count in outbox:
+            name = ("deferred" if errored else "queued") if state == "pending" else state
+            out_states[name] = out_states.get(name, 0) + count
+        for state, count in out_states.items():
+            out.add_metric([state], count)
+        yield out
+
+        by_status = GaugeMetricFamily("maildesk_tickets", "Tickets by status.", labels=["status"])
+        for status, count in tickets:
+            by_status.add_metric([status], count)
+        yield by_status
+
+        yield _age(
+            "maildesk_inbound_oldest_pending_seconds",
+            "Age of the oldest stored message not yet processed (0: none).",
+            oldest_in,
+            now,
+        )
+        yield _age(
+            "maildesk_outbox_oldest_pending_seconds",
+            "Age of the oldest outbound message not yet sent (0: none).",
+            oldest_out,
+            now,
+        )
+
+    def start(self) -> None:
+        """Count latency from now on: from the oldest pending row, or the next new one.
+
+        Blocking; call once the schema is migrated (a scrape before that starts here too).
+        """
+        with self._lock, self.db.transaction() as session:
+            self._start(session)
+
+    def _start(self, session: Session) -> None:
+        top = session.scalar(select(func.max(Inbound.id))) or 0
+        first_pending = session.scalar(
+            select(func.min(Inbound.id)).where(Inbound.state == "pending")
+        )
+        self._floor = first_pending if first_pending is not None else top + 1
+
+    def _scan_latency(self, session: Session) -> None:
+        """Observe each row finished since the last scrape once (see the module docstring)."""
+        if self._floor is None:
+            self._start(session)
+            return
+        top = session.scalar(select(func.max(Inbound.id))) or 0
+        floor = max(self._floor, top - MAX_SCAN)
+        rows = session.execute(
+            select(Inbound.id, Inbound.state, Inbound.received_at, Inbound.processed_at)
+            .where(Inbound.id >= floor)
+            .order_by(Inbound.id)
+        ).all()
+        next_floor = top + 1
+        for row_id, state, received_at, processed_at in rows:
+            if state == "pending":
+                next_floor = min(next_floor, row_id)
+                continue
+            if row_id in self._counted:
+                continue
+            self._counted.add(row_id)
+            if state == "done" and processed_at is not None:
+                seconds = (as_utc(processed_at) - as_utc(received_at)).total_seconds()
+                self._latency.observe(max(seconds, 0.0))
+        self._floor = next_floor
+        self._counted = {row_id for row_id in self._counted if row_id >= next_floor}
+
+
+def _age(name: str, documentation: str, moment: datetime | None, now: datetime) -> Metric:
+    gauge = GaugeMetricFamily(name, documentation)
+    gauge.add_metric([], max((now - as_utc(moment)).total_seconds(), 0.0) if moment else 0.0)
+    return gauge

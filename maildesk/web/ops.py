@@ -1,0 +1,152 @@
+"""What ops see over HTTP: /healthz, /metrics, and one access-log line per request.
+
+- `/healthz` answers 200 `{"status": "ok", …}` or 503 `{"status": "degraded",
+  "reasons": [...], …}` from `maildesk/health.py` (the same answer as
+  `maildesk status`). A database that does not answer within
+  `[health] database_timeout` seconds is a reason, not a hung probe.
+- `/metrics` is the Prometheus text format from `maildesk/metrics.py`. With
+  `[metrics] bearer_token` (or `bearer_token_file`) set it needs
+  `Authorization: Bearer <token>`. With `[metrics] port` set it is served
+  on a listener of its own (with /healthz), and not on the public one.
+- The access log (logger `maildesk.http`, INFO): method, path, status,
+  duration and client, never the query string (set-password and paid-work
+  links carry their tokens there). The path is cut and escaped, so a
+  crafted URL cannot forge a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from maildesk import health
+from maildesk.config import MetricsSettings
+from maildesk.metrics import Metrics
+from maildesk.web.keys import SERVICES
+
+if TYPE_CHECKING:
+    from maildesk.services import Services
+
+access_log = logging.getLogger("maildesk.http")
+
+METRICS = web.AppKey("metrics", Metrics)
+TOKEN = web.AppKey("metrics_token", str)
+MAX_LOGGED_PATH = 200
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def install(app: web.Application, metrics: Metrics) -> None:
+    """Add the access log and request counting to `app`, and its /healthz and /metrics."""
+    app[METRICS] = metrics
+    app.middlewares.append(observe)
+    app.router.add_get("/healthz", healthz)
+    services = app[SERVICES]
+    if services.settings.metrics.enabled and not services.settings.metrics.port:
+        app[TOKEN] = bearer_token(services.settings.metrics)
+        app.router.add_get("/metrics", metrics_page)
+
+
+async def start_metrics_listener(services: Services, metrics: Metrics) -> web.AppRunner | None:
+    """The separate /metrics + /healthz listener, when `[metrics] port` is set."""
+    settings = services.settings.metrics
+    if not settings.enabled or not settings.port:
+        return None
+    app = web.Application()
+    app[SERVICES] = services
+    app[METRICS] = metrics
+    app[TOKEN] = bearer_token(settings)
+    app.middlewares.append(observe)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    return runner
+
+
+def bearer_token(settings: MetricsSettings) -> str:
+    if settings.bearer_token:
+        return settings.bearer_token
+    if settings.bearer_token_file:
+        return Path(settings.bearer_token_file).read_text().strip()
+    return ""
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        route = _route(request)
+        request.app[METRICS].http_request(route, request.method, status)
+        access_log.info(
+            "%s %s %d %.1fms %s",
+            request.method[:16],
+            _loggable_path(request),
+            status,
+            (time.monotonic() - started) * 1000,
+            request.remote or "-",
+            extra={"peer": request.remote or "-"},
+        )
+
+
+def _route(request: web.Request) -> str:
+    """The route's pattern (`/tickets/{number}`): bounded label values, whatever the path."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _loggable_path(request: web.Request) -> str:
+    # raw_path: still percent-encoded and without the query string.
+    path = request.rel_url.raw_path[:MAX_LOGGED_PATH]
+    return path.encode("ascii", "backslashreplace").decode("ascii").replace(" ", "%20")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    loop = asyncio.get_running_loop()
+    timeout = services.settings.health.database_timeout
+    try:
+        result = await asyncio.wait_for(
+            loop.run_in_executor(
+                None, health.check, services.settings, services.db, services.clock
+            ),
+            timeout,
+        )
+    except TimeoutError:
+        result = health.unreachable(f"no answer within {timeout:g} s")
+    return web.json_response(result.as_json(), status=200 if result.ok else 503)
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    token = request.app[TOKEN]
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return web.Response(
+                status=401,
+                text="a bearer token is required\n",
+                headers={"WWW-Authenticate": 'Bearer realm="maildesk metrics"'},
+            )
+    registry = request.app[METRICS].registry
+    body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+    response = web.Response(body=body)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response

@@ -1,0 +1,202 @@
+"""What the SMTP listener refuses, over a real socket to the running daemon.
+
+Bare LF at DATA, unknown local parts at RCPT, MAIL before STARTTLS when TLS is
+required, sessions over the caps, and a client that trickles a line (slowloris).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+from maildesk.config import from_mapping
+from maildesk.tickets.tokens import ReplyTokens
+from tests.conftest import RunningDaemon, make_mail, running_daemon, wait_for
+from tests.helpers import tickets
+from tests.smtp_sink import self_signed_cert
+
+
+class RawSmtp:
+    """An SMTP client that writes exactly the bytes it is given (smtplib fixes line ends)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.stream = self.sock.makefile("rb")
+
+    def reply(self) -> str:
+        lines = []
+        while True:
+            line = self.stream.readline()
+            if not line:
+                raise ConnectionError("closed by the server")
+            lines.append(line.decode().rstrip("\r\n"))
+            if line[3:4] != b"-":
+                return "\n".join(lines)
+
+    def command(self, text: str) -> str:
+        self.sock.sendall(text.encode() + b"\r\n")
+        return self.reply()
+
+    def closed_by_server(self) -> bool:
+        """Wait (up to the socket timeout) for the server to hang up."""
+        try:
+            return self.sock.recv(1024) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+
+def no_sessions(running: RunningDaemon) -> None:
+    """Wait until the listener has seen every earlier client (e.g. the start-up probe) go.
+
+    One whole session first: connections are accepted in order, so by its 220 every
+    earlier one was counted in.
+    """
+    client = connect(running)
+    client.reply()
+    client.command("QUIT")
+    client.close()
+    registry = running.daemon.metrics.registry
+    wait_for(lambda: registry.get_sample_value("maildesk_smtp_sessions") == 0, what="no sessions")
+
+
+def connect(running: RunningDaemon) -> RawSmtp:
+    smtp = running.services.settings.smtp
+    return RawSmtp(smtp.host, smtp.port)
+
+
+def test_bare_lf_inside_crlf_mail_is_refused_at_data(daemon: RunningDaemon) -> None:
+    client = connect(daemon)
+    try:
+        assert client.reply().startswith("220")
+        assert client.command("EHLO client.test").startswith("250")
+        assert client.command("MAIL FROM:<alice@customer.test>").startswith("250")
+        assert client.command("RCPT TO:<support@example.test>").startswith("250")
+        assert client.command("DATA").startswith("354")
+        smuggled = (
+            b"From: alice@customer.test\r\nTo: support@example.test\r\nSubject: hi\r\n\r\n"
+            b"first line\n.\nMAIL FROM:<ceo@example.test>\r\n"
+        )
+        client.sock.sendall(smuggled + b".\r\n")
+        answer = client.reply()
+        assert answer.startswith("554 5.6.0"), answer
+        assert "bare LF" in answer
+        # The session goes on, and a clean message is still accepted.
+        assert client.command("MAIL FROM:<alice@customer.test>").startswith("250")
+    finally:
+        client.close()
+    assert tickets(daemon.services) == []
+
+
+def test_only_the_support_address_its_reply_addresses_and_aliases_are_accepted(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any
+) -> None:
+    config_values["support"]["aliases"] = ["help@example.test"]
+    settings = from_mapping(config_values, base_dir=tmp_path)
+    signed = ReplyTokens(settings.support.address, settings.secret_key()).address(7)
+    forged = signed[: signed.index(".") + 1] + "a" * 10 + "@example.test"
+    with running_daemon(settings, clock) as running:
+        client = connect(running)
+        try:
+            client.reply()
+            client.command("EHLO client.test")
+            client.command("MAIL FROM:<alice@customer.test>")
+            for refused in ("sales@example.test", "support+anything@example.test", forged):
+                answer = client.command(f"RCPT TO:<{refused}>")
+                assert answer.startswith("550 5.1.1"), (refused, answer)
+            for accepted in ("support@example.test", "HELP@example.test", signed):
+                answer = client.command(f"RCPT TO:<{accepted}>")
+                assert answer.startswith("250"), (accepted, answer)
+        finally:
+            client.close()
+
+
+def test_require_tls_refuses_mail_before_starttls(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any
+) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    config_values["smtp"].update(tls_cert=str(cert), tls_key=str(key), require_tls=True)
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        smtp = running.services.settings.smtp
+        with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+            client.ehlo()
+            code, text = client.mail("alice@customer.test")
+            assert (code, text[:5]) == (530, b"5.7.0")
+            context = ssl.create_default_context(cafile=str(cert))
+            client.starttls(context=context)
+            client.ehlo()
+            client.sendmail("alice@customer.test", ["support@example.test"], make_mail())
+        wait_for(lambda: tickets(running.services), what="the ticket of the TLS mail")
+
+
+def test_sessions_over_the_per_address_cap_get_421_and_a_slot_frees_on_quit(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any
+) -> None:
+    config_values["smtp"].update(max_sessions=10, max_sessions_per_ip=2)
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        no_sessions(running)
+        first, second = connect(running), connect(running)
+        assert first.reply().startswith("220") and second.reply().startswith("220")
+        third = connect(running)
+        answer = third.reply()
+        assert answer.startswith("421 4.7.0"), answer
+        assert third.closed_by_server()
+        third.close()
+        assert first.command("QUIT").startswith("221")
+        first.close()
+
+        def admitted() -> bool:
+            client = connect(running)
+            try:
+                return client.reply().startswith("220")
+            finally:
+                client.close()
+
+        wait_for(admitted, what="a session once a slot is free")
+        second.close()
+
+
+def test_sessions_over_the_total_cap_get_421(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any
+) -> None:
+    config_values["smtp"].update(max_sessions=2, max_sessions_per_ip=5)
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        no_sessions(running)
+        held = [connect(running), connect(running)]
+        assert all(c.reply().startswith("220") for c in held)
+        over = connect(running)
+        assert over.reply().startswith("421 4.7.0 Too many connections,")
+        for client in (*held, over):
+            client.close()
+
+
+def test_a_client_trickling_a_line_is_hung_up_on(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any
+) -> None:
+    config_values["smtp"].update(timeout=0.5)
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        # In the command phase: half a command, and no more.
+        idle = connect(running)
+        idle.reply()
+        idle.sock.sendall(b"EHLO slow")
+        assert idle.closed_by_server()
+        idle.close()
+        # In DATA: lines keep the session alive only if each arrives whole.
+        client = connect(running)
+        client.reply()
+        client.command("EHLO client.test")
+        client.command("MAIL FROM:<alice@customer.test>")
+        client.command("RCPT TO:<support@example.test>")
+        assert client.command("DATA").startswith("354")
+        client.sock.sendall(b"Subject: a header that never ends")
+        assert client.closed_by_server()
+        client.close()
+        # The listener itself keeps serving.
+        running.send(make_mail())
+        wait_for(lambda: tickets(running.services), what="a ticket after the slow clients")
