@@ -1,4 +1,8 @@
-"""`maildesk tickets ...`: list, show, create, export."""
+"""`maildesk tickets ...`: list, show, create, export.
+
+Reading commands open the database only (`ctx.db`); imports sit inside the
+commands, so listing the commands imports nothing of the daemon.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,27 @@ import os
 
 import click
 
-from maildesk.cli.base import EMAIL, Context, pass_context, print_json, table
+from maildesk.cli.base import EMAIL, Context, LazyChoice, pass_context, print_json, table
 from maildesk.cli.main import main
-from maildesk.intake import create_ticket
-from maildesk.models import PRIORITIES, STATUSES, Ticket
-from maildesk.tickets import views
+
+STATUSES = LazyChoice("maildesk.models:STATUSES")
+PRIORITIES = LazyChoice("maildesk.models:PRIORITIES")
 
 
 @main.group()
 def tickets() -> None:
-    """Look at tickets."""
+    """Look at, open and export tickets."""
 
 
 @tickets.command("list")
-@click.option("--status", type=click.Choice(STATUSES))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--status", type=STATUSES, help="Only tickets in this status.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_context
 def tickets_list(ctx: Context, status: str | None, as_json: bool) -> None:
-    with ctx.services.db.transaction() as session:
+    """Every ticket (or those in --status), newest activity last."""
+    from maildesk.tickets import views
+
+    with ctx.db.transaction() as session:
         rows = views.list_tickets(session, status)
     if as_json:
         print_json(rows)
@@ -48,10 +55,14 @@ def tickets_list(ctx: Context, status: str | None, as_json: bool) -> None:
 
 @tickets.command("show")
 @click.argument("number", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the shape of `export`).")
 @pass_context
 def tickets_show(ctx: Context, number: int, as_json: bool) -> None:
-    with ctx.services.db.transaction() as session:
+    """Ticket NUMBER with its events and messages."""
+    from maildesk.models import Ticket
+    from maildesk.tickets import views
+
+    with ctx.db.transaction() as session:
         ticket = session.get(Ticket, number)
         if ticket is None:
             raise click.ClickException(f"no ticket {number}")
@@ -83,8 +94,8 @@ def tickets_show(ctx: Context, number: int, as_json: bool) -> None:
 
 @tickets.command("create")
 @click.option("--for", "customer", required=True, metavar="EMAIL", help="The customer.")
-@click.option("--subject", required=True)
-@click.option("--priority", type=click.Choice(PRIORITIES), default="normal")
+@click.option("--subject", required=True, help="The ticket's subject.")
+@click.option("--priority", type=PRIORITIES, default="normal", show_default=True, help="Priority.")
 @click.option("--channel", default="phone", show_default=True, help="How the request came in.")
 @click.option("--description", default="", help="What the customer said (kept internal).")
 @pass_context
@@ -92,6 +103,8 @@ def tickets_create(
     ctx: Context, customer: str, subject: str, priority: str, channel: str, description: str
 ) -> None:
     """Open a ticket on a customer's behalf; they get the acknowledgement."""
+    from maildesk.intake import create_ticket
+
     if not EMAIL.match(customer):
         raise click.ClickException(f"not an e-mail address: {customer}")
     number = create_ticket(
@@ -113,7 +126,9 @@ def tickets_create(
 @pass_context
 def tickets_export(ctx: Context, attachments: bool) -> None:
     """Every ticket with its messages, one JSON object per line."""
-    with ctx.services.db.transaction() as session:
+    from maildesk.tickets import views
+
+    with ctx.db.transaction() as session:
         for record in views.export(session):
             if attachments:
                 views.add_attachment_contents(session, record)

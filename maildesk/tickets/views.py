@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import base64
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -101,18 +100,6 @@ def list_tickets(session: Session, status: str | None = None) -> list[dict[str, 
     if status:
         query = query.where(Ticket.status == status)
     return [summary(ticket, n) for ticket, n in session.execute(query)]
-
-
-def add_attachment_contents(session: Session, record: dict[str, Any]) -> None:
-    """Add `content_base64` to every attachment of an exported ticket (one query)."""
-    wanted = {a["sha256"] for m in record["messages"] for a in m["attachments"]}
-    if not wanted:
-        return
-    blobs = dict(session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(wanted))))
-    for message in record["messages"]:
-        for attachment in message["attachments"]:
-            data = blobs.get(attachment["sha256"], b"")
-            attachment["content_base64"] = base64.b64encode(data).decode("ascii")
 
 
 def add_attachment_contents(session: Session, record: dict[str, Any]) -> None:
