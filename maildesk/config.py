@@ -105,6 +105,13 @@ class WebSettings:
     invitation_days: int = 7
     # A customer's login lasts this long without a visit.
     session_days: int = 30
+    # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For names the client; the
+    # header of anyone else is ignored, so per-IP limits count real clients.
+    trusted_proxies: tuple[str, ...] = ()
+    # Seconds a connection may take to send a request's headers (and may sit idle).
+    header_timeout: float = 10.0
+    # Open connections at once; more are answered 503 and closed.
+    max_connections: int = 256
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,7 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
         }
         lang = language(request, result.lang)
         return render(request, "set_password", context, who=None, lang=lang, status=400)
+    here.limits.login.forgive(result.email)  # the owner is back in: no wait on the login form
     response = see_other(request, "/tickets")
     here.sessions.give(response, result.session_id)
     return response
@@ -224,8 +225,12 @@ async def forgot(request: web.Request, form: Form) -> web.StreamResponse:
     email = str(form.get("email", "")).strip().lower()[:_MAX_EMAIL]
     here = site(request)
     guard, ip, services = here.limits.forgot, client_ip(request), here.services
-    if wait := guard.blocked(ip, email):
+    if wait := guard.blocked(ip):
         return _too_many(request, wait)
+    if guard.account_blocked(email):
+        # Enough links went to this address this hour; the newest one in its mailbox works.
+        # The same page as always: it neither reveals the address nor blocks its owner.
+        return render(request, "forgot_sent", {}, who=None)
     guard.hit(ip, email)
 
     def send() -> None:

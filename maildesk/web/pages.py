@@ -34,6 +34,7 @@ from multidict import MultiDictProxy
 
 from maildesk.config import LANGUAGES, PACKAGE_TEMPLATES
 from maildesk.models import Person
+from maildesk.web.clientip import ClientAddress
 from maildesk.web.csrf import FIELD, Csrf
 from maildesk.web.keys import SERVICES
 from maildesk.web.ratelimit import RateLimits
@@ -80,6 +81,7 @@ class Site:
         self.sessions = Sessions(services.clock, base_url, settings.web.session_days)
         self.csrf = Csrf(secret, base_url)
         self.limits = RateLimits(services.clock)
+        self.clients = ClientAddress(settings.web.trusted_proxies)
         paths = list(dict.fromkeys([settings.templates.path, str(PACKAGE_TEMPLATES)]))
         self.env = _environment(paths)
         self.shipped = _environment([str(PACKAGE_TEMPLATES)])
@@ -230,5 +232,5 @@ def protected(
 
 
 def client_ip(request: web.Request) -> str:
-    # The peer address, never X-Forwarded-For: a header anyone can write.
-    return request.remote or "unknown"
+    """The client's address: X-Forwarded-For counts only from `[web] trusted_proxies`."""
+    return site(request).clients.of(request)

@@ -1,11 +1,17 @@
 """How often anyone may try a password, a set-password link or a "new link" request.
 
-In memory, per daemon: a sliding window of attempt times per key, where a key
-is an IP address or an account (the e-mail address typed, or the person a
-link names), so neither one IP guessing many accounts nor many IPs guessing
-one account gets far. Keys for unknown addresses count exactly like known ones,
-so a 429 reveals nothing. Time comes from the injected clock (tests move it).
-A restart forgets the counts; that costs an attacker one restart per window.
+In memory, per daemon. Two kinds of limit:
+- per IP, a sliding window of attempt times (the IP is the client's real
+  address: see `clientip.py`, which reads X-Forwarded-For only from
+  `[web] trusted_proxies`);
+- per account for passwords, an exponential back-off: the first few failures
+  cost nothing, then each one doubles the wait before the next try. It slows
+  a guesser to a few tries an hour without ever shutting the owner out for
+  good: a set-password link from "send me a new link" logs the owner in and
+  clears the account's failures.
+Keys for unknown addresses count exactly like known ones, so a 429 reveals
+nothing. Time comes from the injected clock (tests move it). A restart forgets
+the counts; that costs an attacker one restart per window.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from maildesk.clock import Clock
 
@@ -64,17 +71,81 @@ class SlidingWindow:
         return max(1, int((hits[0] + self.window - now).total_seconds()) + 1)
 
 
+class Limit(Protocol):
+    def retry_after(self, key: str) -> int: ...
+    def hit(self, key: str) -> None: ...
+    def reset(self, key: str) -> None: ...
+
+
+@dataclass
+class _Strikes:
+    count: int
+    last: datetime
+    until: datetime
+
+
+class Backoff:
+    """Per key: `free` failures cost nothing; each further one doubles the wait before the
+    next try (`base`, 2·`base`, …, at most `cap`). Failures older than `forget` are forgotten.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        free: int,
+        base: timedelta,
+        cap: timedelta,
+        forget: timedelta = timedelta(hours=24),
+    ) -> None:
+        self.clock, self.free, self.base, self.cap, self.forget = clock, free, base, cap, forget
+        self._strikes: dict[str, _Strikes] = {}
+
+    def _current(self, key: str, now: datetime) -> _Strikes | None:
+        strikes = self._strikes.get(key)
+        if strikes is not None and now - strikes.last >= self.forget:
+            del self._strikes[key]
+            return None
+        return strikes
+
+    def retry_after(self, key: str) -> int:
+        now = self.clock.now()
+        strikes = self._current(key, now)
+        if strikes is None or strikes.until <= now:
+            return 0
+        return max(1, -int(-(strikes.until - now).total_seconds() // 1))
+
+    def hit(self, key: str) -> None:
+        now = self.clock.now()
+        strikes = self._current(key, now)
+        if strikes is None:
+            if len(self._strikes) >= MAX_KEYS:
+                del self._strikes[next(iter(self._strikes))]
+            strikes = self._strikes[key] = _Strikes(0, now, now)
+        strikes.count += 1
+        strikes.last = now
+        over = strikes.count - self.free
+        if over > 0:
+            wait = self.base * (2 ** min(over - 1, 32))
+            strikes.until = now + min(wait, self.cap)
+
+    def reset(self, key: str) -> None:
+        self._strikes.pop(key, None)
+
+
 @dataclass
 class Guard:
     """One kind of POST, limited per IP and per account at once."""
 
-    per_ip: SlidingWindow
-    per_account: SlidingWindow
+    per_ip: Limit
+    per_account: Limit
 
     def blocked(self, ip: str, account: str = "") -> int:
         """Seconds to wait (0 = go ahead); an empty account checks the IP alone."""
         wait = self.per_ip.retry_after(ip)
         return max(wait, self.per_account.retry_after(account.lower())) if account else wait
+
+    def account_blocked(self, account: str) -> int:
+        return self.per_account.retry_after(account.lower())
 
     def hit(self, ip: str, account: str = "") -> None:
         self.per_ip.hit(ip)
@@ -82,13 +153,16 @@ class Guard:
             self.per_account.hit(account.lower())
 
     def forgive(self, account: str) -> None:
-        """A right password clears the account's failures (not the IP's)."""
+        """A right password (or a new one) clears the account's failures (not the IP's)."""
         self.per_account.reset(account.lower())
 
 
-# Failed logins, per IP and per e-mail address typed.
-LOGIN_FAILURES_PER_ACCOUNT = 5
+# Failed logins per IP (a window), and per e-mail address typed (a back-off): the first
+# LOGIN_FREE_FAILURES cost nothing, then waits of 2 s, 4 s, 8 s … up to 15 minutes.
 LOGIN_FAILURES_PER_IP = 20
+LOGIN_FREE_FAILURES = 5
+LOGIN_FIRST_WAIT = timedelta(seconds=2)
+LOGIN_LONGEST_WAIT = timedelta(minutes=15)
 # Set-password attempts (a wrong-password rule or a used link counts too).
 SET_PASSWORD_PER_ACCOUNT = 10
 SET_PASSWORD_PER_IP = 30
@@ -106,7 +180,10 @@ class RateLimits:
 
     def __post_init__(self) -> None:
         quarter, hour = timedelta(minutes=15), timedelta(hours=1)
-        self.login = self._guard(LOGIN_FAILURES_PER_IP, LOGIN_FAILURES_PER_ACCOUNT, quarter)
+        self.login = Guard(
+            SlidingWindow(self.clock, LOGIN_FAILURES_PER_IP, quarter),
+            Backoff(self.clock, LOGIN_FREE_FAILURES, LOGIN_FIRST_WAIT, LOGIN_LONGEST_WAIT),
+        )
         self.set_password = self._guard(SET_PASSWORD_PER_IP, SET_PASSWORD_PER_ACCOUNT, quarter)
         self.forgot = self._guard(FORGOT_PER_IP, FORGOT_PER_ACCOUNT, hour)
 

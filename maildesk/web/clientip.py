@@ -1,0 +1,71 @@
+"""Which address a web request comes from, for per-IP limits.
+
+The TCP peer, unless the peer is one of `[web] trusted_proxies` (addresses or
+CIDRs): then X-Forwarded-For is read from the right, each trusted proxy's
+entry naming the hop before it, and the first hop that is not a trusted proxy
+is the client. Entries further left were written by the client itself and are
+never believed. IPv6 clients are counted by their /64, which one attacker
+usually holds whole.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from aiohttp import web
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_HOPS = 20
+
+
+def parse(text: str) -> Address | None:
+    """An address from a peer or an X-Forwarded-For entry (`[v6]:port` and `v4:port` too)."""
+    text = text.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def key(address: Address) -> str:
+    """The rate-limit key of an address: itself, or its /64 for IPv6."""
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class ClientAddress:
+    def __init__(self, trusted_proxies: Sequence[str]) -> None:
+        self.trusted: list[Network] = [
+            ipaddress.ip_network(entry.strip(), strict=False) for entry in trusted_proxies
+        ]
+
+    def _is_proxy(self, address: Address) -> bool:
+        return any(address in network for network in self.trusted)
+
+    def of(self, request: web.Request) -> str:
+        peer = parse(request.remote or "")
+        if peer is None:
+            return request.remote or "unknown"
+        if not self._is_proxy(peer):
+            return key(peer)
+        headers = request.headers.getall("X-Forwarded-For", [])
+        hops = [hop for value in headers for hop in value.split(",")]
+        client = peer
+        for hop in reversed(hops[-MAX_HOPS:]):
+            address = parse(hop)
+            if address is None:  # a proxy we trust wrote nonsense: stop at what it is
+                break
+            client = address
+            if not self._is_proxy(address):
+                break
+        return key(client)

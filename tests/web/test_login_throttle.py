@@ -1,0 +1,112 @@
+"""Failed logins slow the attacker, never the customers (issue 7, #11).
+
+Behind a reverse proxy every customer used to share the proxy's address, so
+20 failures from 20 different people locked everyone out; and five wrong
+passwords locked a targeted account for 15 minutes. Now the client address
+comes from X-Forwarded-For, believed only from `[web] trusted_proxies`, and
+an account's failures cost exponentially growing waits that its owner ends
+with a set-password link from "send me a new link".
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from maildesk.clock import ManualClock
+from maildesk.web import ratelimit
+from tests.conftest import Outbox, RunningDaemon, wait_for
+from tests.web.portal_client import PASSWORD, Client, base_url, customer
+
+BOB = "bob@customer.test"
+WRONG = "not the right password"
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+    config_values["support"]["base_url"] = f"http://127.0.0.1:{config_values['web']['port']}"
+    return config_values
+
+
+def attempt(client: Client, email: str, password: str, via: str = "") -> int:
+    headers = {"X-Forwarded-For": via} if via else {}
+    client.get("/login", headers=headers)
+    return client.post("/login", {"email": email, "password": password}, headers=headers).status
+
+
+class TestBehindAProxy:
+    @pytest.fixture
+    def config_values(self, config_values: dict[str, Any]) -> dict[str, Any]:
+        config_values["web"]["trusted_proxies"] = ["127.0.0.1", "10.0.0.0/8"]
+        return config_values
+
+    def test_twenty_failures_from_twenty_customers_lock_nobody_out(
+        self, daemon: RunningDaemon
+    ) -> None:
+        customer(daemon.services, BOB)
+        client = Client(base_url(daemon))
+        for n in range(ratelimit.LOGIN_FAILURES_PER_IP):
+            # Each a different customer mistyping; the proxy appends their address.
+            assert attempt(client, f"c{n}@customer.test", WRONG, f"198.51.100.{n + 1}") == 400
+        assert attempt(client, BOB, PASSWORD, "203.0.113.9") == 303
+
+    def test_one_client_is_limited_whatever_it_writes_into_the_header(
+        self, daemon: RunningDaemon
+    ) -> None:
+        customer(daemon.services, BOB)
+        client = Client(base_url(daemon))
+        for n in range(ratelimit.LOGIN_FAILURES_PER_IP):
+            # The attacker invents a new "client" each time; our proxies (10.0.0.7, then
+            # the peer) append the address they really saw: 192.0.2.66.
+            via = f"198.51.100.{n + 1}, 192.0.2.66, 10.0.0.7"
+            assert attempt(client, f"c{n}@customer.test", WRONG, via) == 400
+        assert attempt(client, "x@customer.test", WRONG, "1.2.3.4, 192.0.2.66, 10.0.0.7") == 429
+        assert attempt(client, BOB, PASSWORD, "192.0.2.67, 10.0.0.7") == 303
+
+
+def test_without_trusted_proxies_the_header_is_ignored(daemon: RunningDaemon) -> None:
+    client = Client(base_url(daemon))
+    for n in range(ratelimit.LOGIN_FAILURES_PER_IP):
+        assert attempt(client, f"c{n}@customer.test", WRONG, f"198.51.100.{n + 1}") == 400
+    assert attempt(client, "c99@customer.test", WRONG, "203.0.113.200") == 429
+
+
+def test_failures_cost_growing_waits_and_the_owner_gets_in_by_a_mailed_link(
+    daemon: RunningDaemon, clock: ManualClock, outbox: Outbox
+) -> None:
+    services = daemon.services
+    customer(services, BOB)
+    attacker = Client(base_url(daemon))
+    for _ in range(ratelimit.LOGIN_FREE_FAILURES):
+        assert attempt(attacker, BOB, WRONG) == 400
+    waits = []
+    for _ in range(4):
+        assert attempt(attacker, BOB, WRONG) == 400
+        page = attacker.post("/login", {"email": BOB, "password": WRONG})
+        assert page.status == 429
+        waits.append(int(page.headers["Retry-After"]))
+        clock.advance(timedelta(seconds=waits[-1]))
+    assert waits == [2, 4, 8, 16]  # the attacker slows down; nobody is locked for good
+
+    # Bob, meanwhile, is asked to wait too; a new link from "forgot" lets him in now.
+    assert attempt(attacker, BOB, WRONG) == 400
+    owner = Client(base_url(daemon))
+    assert attempt(owner, BOB, PASSWORD) == 429
+    owner.get("/account/forgot")
+    owner.post("/account/forgot", {"email": BOB})
+    mail = wait_for(
+        lambda: next((m for m in outbox.messages() if BOB in str(m["To"])), None),
+        what="the new link",
+    )
+    body = mail.get_body(("plain",))
+    assert body is not None
+    link = next(w for w in body.get_content().split() if "/account/set-password?token=" in w)
+    token = owner.get(link).field("token")
+    new = "a brand new passphrase"
+    page = owner.post("/account/set-password", {"token": token, "password": new, "confirm": new})
+    assert (page.status, page.location) == (303, "/tickets")
+    assert owner.get("/tickets").status == 200
+    # And on another device, the new password works at once.
+    assert attempt(Client(base_url(daemon)), BOB, new) == 303
