@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from maildesk.metrics import Metrics
-from maildesk.web import account, ops, paid, portal
+from maildesk.web import account, listener, ops, paid, portal
 from maildesk.web.keys import SERVICES
 
 if TYPE_CHECKING:
@@ -45,9 +45,10 @@ def make_app(services: Services, metrics: Metrics | None = None) -> web.Applicat
 async def start_web(
     services: Services, metrics: Metrics | None = None
 ) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(make_app(services, metrics), access_log=None)
-    await runner.setup()
     settings = services.settings.web
-    site = web.TCPSite(runner, settings.host, settings.port)
+    options = listener.handler_options(settings)
+    runner = web.AppRunner(make_app(services, metrics), access_log=None, **options)
+    await runner.setup()
+    site = listener.CappedSite(runner, settings.host, settings.port, settings.max_connections)
     await site.start()
     return runner, f"{settings.host}:{settings.port}"

@@ -1,0 +1,105 @@
+"""How the web listener treats connections: a deadline for headers, a cap on their number.
+
+Slowloris holds a server's connections by sending a request's headers a byte
+at a time. aiohttp closes a connection that has no complete request waiting
+when its keep-alive timer fires, and that timer starts when the connection
+opens and again after each response; so `[web] header_timeout` as that timer
+is a header-read deadline (and the idle limit between requests). Trickled
+bytes do not renew it. Request bodies are bounded by `client_max_size`.
+
+`[web] max_connections` caps open connections: one more is answered 503 and
+closed at once, before any parsing, so a flood cannot exhaust memory or file
+descriptors and the listener stays responsive when they go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from maildesk.config import WebSettings
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+    b"Connection: close\r\nRetry-After: 5\r\n\r\n"
+)
+
+
+def handler_options(settings: WebSettings) -> dict[str, Any]:
+    """Keyword arguments for web.AppRunner (passed on to every connection's handler)."""
+    return {"keepalive_timeout": settings.header_timeout}
+
+
+class _Busy(asyncio.Protocol):
+    """A connection over the cap: told so, and closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(_BUSY)
+        transport.close()
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's handler for one connection, counted until the connection is gone."""
+
+    def __init__(self, inner: asyncio.Protocol, gate: _Gate) -> None:
+        self._inner, self._gate = inner, gate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gate.open -= 1
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _Gate:
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self.server, self.limit, self.open = server, limit, 0
+
+    def __call__(self) -> asyncio.Protocol:
+        # Counted here, when the connection is accepted, not when aiohttp registers it:
+        # a burst of accepts happens before any of them is registered.
+        if self.open >= self.limit:
+            return _Busy()
+        self.open += 1
+        return _Counted(self.server(), self)
+
+
+class CappedSite(web.BaseSite):
+    """A TCP site whose connections pass the gate of `max_connections`."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int) -> None:
+        super().__init__(runner)
+        self._host, self._port, self._max = host, port, max_connections
+        self.gate: _Gate | None = None
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self.gate = _Gate(server, self._max)
+        self._server = await asyncio.get_running_loop().create_server(
+            self.gate, self._host, self._port, backlog=self._backlog, reuse_address=True
+        )
