@@ -107,7 +107,8 @@ def add_attachment_contents(session: Session, record: dict[str, Any]) -> None:
     wanted = {a["sha256"] for m in record["messages"] for a in m["attachments"]}
     if not wanted:
         return
-    blobs = dict(session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(wanted))))
+    query = select(Blob.sha256, Blob.data).where(Blob.sha256.in_(wanted))
+    blobs = {sha: data for sha, data in session.execute(query)}
     for message in record["messages"]:
         for attachment in message["attachments"]:
             data = blobs.get(attachment["sha256"], b"")
