@@ -315,6 +315,9 @@ async def reply(request: web.Request, form: Form) -> web.StreamResponse:
         message["References"] = f"<{last}>"
     message.set_content(text)
     raw = message.as_bytes(policy=email.policy.SMTP)
-    envelope = Envelope(source="web", mail_from=who.email, rcpt_to=(support.address,))
+    # The ticket's signed reply address: the portal already checked this customer may
+    # write here, and the token is what proves it to the pipeline (README "Trust").
+    reply_address = services.notifier.tokens.address(number)
+    envelope = Envelope(source="web", mail_from=who.email, rcpt_to=(reply_address,))
     await in_db(lambda: services.store.put(raw, envelope))
     return see_other(request, f"/tickets/{number}?sent=1")

@@ -231,3 +231,26 @@ def test_a_web_reply_enters_the_mail_pipeline(daemon: RunningDaemon, outbox: Out
         what="the agent's notification",
     )
     assert "It works again" in alice.get(f"/tickets/{number}").text
+
+
+def test_a_colleagues_web_reply_is_proven_by_the_portal(daemon: RunningDaemon) -> None:
+    """Bob sees Carol's ticket through his organization; his web reply counts as verified."""
+    services = daemon.services
+    with services.db.transaction() as session:
+        services.accounts(session).add_organization("acme.test", "Acme", services.clock.now())
+    carols = mail_in(daemon, "Carol <carol@acme.test>", "Carol's VPN")
+    set_status(daemon, carols, "resolved")
+    customer(services, "bob@acme.test")
+
+    bob = logged_in(daemon, "bob@acme.test")
+    bob.get(f"/tickets/{carols}")
+    assert bob.post(f"/tickets/{carols}/reply", {"text": "Thanks, confirmed."}).status == 303
+
+    def replied() -> dict[str, Any] | None:
+        messages = ticket(services, carols)["messages"]
+        return next((m for m in messages if "confirmed" in m["body_text"]), None)
+
+    message = wait_for(replied, what="Bob's web reply in Carol's ticket")
+    assert (message["from"], message["flag"]) == ("bob@acme.test", "")
+    assert message["proof"] in {"reply_token", "message_id"}  # a secret of this ticket
+    assert ticket(services, carols)["status"] == "closed"
