@@ -8,6 +8,7 @@ failing when a reader tries to upgrade to a writer.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     path = url.split("///", 1)[1] if "///" in url else ""
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_file(Path(path))
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -52,6 +54,23 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def private_file(path: Path) -> None:
+    """Create the database file 0600 whatever the umask (it holds raw mail, password hashes
+    and live links), or narrow an existing one that others may read to 0600. SQLite gives
+    its -wal and -shm files the mode of the database file."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        try:
+            mode = file.stat().st_mode & 0o777
+            if mode & 0o037:  # more than 0640: group write or anything for others
+                file.chmod(0o600)
+        except (FileNotFoundError, PermissionError):  # gone, or not ours to change
+            continue
 
 
 class _WriterQueue:

@@ -35,10 +35,22 @@ PG_URL = os.environ.get("MAILDESK_TEST_DATABASE_URL", "")
 DATA = Path(__file__).parent / "data" / "mail"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, never the same one twice in a test run.
+
+    The kernel may hand out a just-closed port again, so a test asking for an
+    SMTP and a web port could otherwise get one number for both.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
