@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.clock import Clock
 from maildesk.models import Organization, Person, WebSession
+from maildesk.redaction import redact_links
 from maildesk.signing import signed_serializer
 
 MIN_PASSWORD_LENGTH = 12
@@ -37,6 +37,8 @@ COMMON_PASSWORDS = frozenset(
     for line in (Path(__file__).parent / "data" / "common-passwords.txt").read_text().splitlines()
     if line.strip()
 )
+
+__all__ = ["Accounts", "password_problems", "redact_links"]
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 
@@ -145,16 +147,6 @@ def password_problems(password: str, email: str = "") -> list[str]:
     if lowered in COMMON_PASSWORDS or (email and lowered == email.lower()):
         problems.append("not a common password")
     return problems
-
-
-# A set-password link quoted in a thread (the acknowledgement, or a reply quoting it)
-# would let whoever reads it take over the account: colleagues in the portal, agents.
-_ACCOUNT_LINK = re.compile(r"(/account/set-password\?token=)[^\s<>\"')\]]+")
-
-
-def redact_links(text: str) -> str:
-    """The text with every set-password token replaced by an ellipsis."""
-    return _ACCOUNT_LINK.sub(r"\1…", text)
 
 
 def _sha256(value: str) -> str:

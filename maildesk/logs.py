@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from maildesk.redaction import redact_links
+
 # The fields a record may carry, in the order they are printed.
 CONTEXT_FIELDS = ("ticket", "message_id", "inbound_id", "outbox_id", "peer", "setting")
 
@@ -58,15 +60,18 @@ _PRIORITY = {
     logging.CRITICAL: 2,
 }
 
-_SECRET_WORDS = r"token|password|passwd|pass|secret|secret_key|api_key|session|csrf"  # noqa: S105
+# Any key that contains one of these words: token=, bearer_token:, maildesk_session=,
+# password='…', secret_key = "…".
+_SECRET_WORDS = r"token|password|passwd|secret|api_?key|session|csrf"  # noqa: S105
+_KEY = rf"[A-Za-z0-9_-]*(?:{_SECRET_WORDS})[A-Za-z0-9_-]*"
+_VALUE = r"""(?:'[^'\n]*'|"[^"\n]*"|[^\s&'",;)}\]]+)"""
 _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # key=value in query strings, config echoes and reprs: password='x', token=abc
-    (re.compile(rf"(?i)\b({_SECRET_WORDS})(\s*[=:]\s*)(['\"]?)[^\s&'\",;)]+"), r"\1\2\3[redacted]"),
+    (re.compile(rf"""(?i)({_KEY}['"]?\s*[=:]\s*){_VALUE}"""), r"\1[redacted]"),
     (
-        re.compile(r"(?i)(authorization\s*[:=]\s*(?:bearer\s+|basic\s+)?)[^\s\"',]+"),
+        re.compile(rf"""(?i)(authorization['"]?\s*[:=]\s*['"]?(?:bearer\s+|basic\s+)?){_VALUE}"""),
         r"\1[redacted]",
     ),
-    (re.compile(r"(?i)((?:set-)?cookie\s*[:=]\s*)[^\r\n\"']+"), r"\1[redacted]"),
+    (re.compile(r"""(?i)((?:set-)?cookie['"]?\s*[:=]\s*)[^\r\n]+"""), r"\1[redacted]"),
     # scheme://user:password@host
     (re.compile(r"(://[^/:@\s]*:)[^@/\s]+@"), r"\1[redacted]@"),
 )
@@ -74,6 +79,7 @@ _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 def redact(text: str) -> str:
     """`text` with every token, password, cookie and URL password replaced."""
+    text = redact_links(text)  # account and paid links, also percent-encoded or QP-wrapped
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
     return text
@@ -114,13 +120,14 @@ class JsonFormatter(logging.Formatter):
             )
         data["level"] = record.levelname.lower()
         data["logger"] = record.name
-        data["msg"] = record.getMessage()
+        data["msg"] = redact(record.getMessage())
         data.update(_fields(record))
         if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
+            data["exc"] = redact(self.formatException(record.exc_info))
         elif record.exc_text:
-            data["exc"] = record.exc_text
-        return redact(json.dumps(data, ensure_ascii=False, default=str))
+            data["exc"] = redact(record.exc_text)
+        # Redacted before encoding: JSON's escaping would hide quotes from the patterns.
+        return json.dumps(data, ensure_ascii=False, default=str)
 
 
 class ReadableFormatter(logging.Formatter):
