@@ -9,7 +9,8 @@
   `Authorization: Bearer <token>`. With `[metrics] port` set it is served
   on a listener of its own (with /healthz), and not on the public one.
 - The access log (logger `maildesk.http`, INFO): method, path, status,
-  duration and client, never the query string (set-password and paid-work
+  duration and client (behind a proxy: the address `[web] trusted_proxies`
+  vouch for), never the query string (set-password and paid-work
   links carry their tokens there). The path is cut and escaped, so a
   crafted URL cannot forge a log line.
 """
@@ -30,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from maildesk import health
 from maildesk.config import MetricsSettings
 from maildesk.metrics import Metrics
+from maildesk.web.clientip import ClientAddress
 from maildesk.web.keys import SERVICES
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ access_log = logging.getLogger("maildesk.http")
 
 METRICS = web.AppKey("metrics", Metrics)
 TOKEN = web.AppKey("metrics_token", str)
+CLIENTS = web.AppKey("access_log_clients", ClientAddress)
 MAX_LOGGED_PATH = 200
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -46,10 +49,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def install(app: web.Application, metrics: Metrics) -> None:
     """Add the access log and request counting to `app`, and its /healthz and /metrics."""
+    services = app[SERVICES]
     app[METRICS] = metrics
+    app[CLIENTS] = ClientAddress(services.settings.web.trusted_proxies)
     app.middlewares.append(observe)
     app.router.add_get("/healthz", healthz)
-    services = app[SERVICES]
     if services.settings.metrics.enabled and not services.settings.metrics.port:
         app[TOKEN] = bearer_token(services.settings.metrics)
         app.router.add_get("/metrics", metrics_page)
@@ -64,6 +68,7 @@ async def start_metrics_listener(services: Services, metrics: Metrics) -> web.Ap
     app[SERVICES] = services
     app[METRICS] = metrics
     app[TOKEN] = bearer_token(settings)
+    app[CLIENTS] = ClientAddress(services.settings.web.trusted_proxies)
     app.middlewares.append(observe)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/healthz", healthz)
@@ -95,14 +100,15 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         route = _route(request)
         request.app[METRICS].http_request(route, request.method, status)
+        client = request.app[CLIENTS].of(request) or "-"
         access_log.info(
             "%s %s %d %.1fms %s",
             request.method[:16],
             _loggable_path(request),
             status,
             (time.monotonic() - started) * 1000,
-            request.remote or "-",
-            extra={"peer": request.remote or "-"},
+            client,
+            extra={"peer": client},
         )
 
 
