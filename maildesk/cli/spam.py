@@ -21,9 +21,10 @@ def spam() -> None:
 
 
 @spam.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_context
 def spam_list(ctx: Context, as_json: bool) -> None:
+    """Messages held as spam, with their scores; `spam release ID` lets one through."""
     with ctx.services.db.transaction() as session:
         found = session.execute(
             select(Inbound.id, Inbound.received_at, Inbound.source, Inbound.mail_from, SpamHold)

@@ -20,12 +20,16 @@ from sqlalchemy import select, update
 from maildesk.clock import Clock, as_utc
 from maildesk.config import OutboundSettings
 from maildesk.db import Database
+from maildesk.logs import log_context
 from maildesk.models import Outbox
 from maildesk.outbound.transport import PermanentFailure, TemporaryFailure, Transport
 
 log = logging.getLogger("maildesk.outbox")
 
 LEASE = timedelta(minutes=5)
+# A message the relay has refused for this long is an ERROR (someone must look), not
+# a WARNING (a relay restarting, a greylisting pause).
+FAILING_IS_AN_ERROR = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,10 @@ class OutboxSender:
             ]
 
     def _send(self, row: Claimed) -> None:
+        with log_context(outbox_id=row.id, message_id=row.message_id):
+            self._send_logged(row)
+
+    def _send_logged(self, row: Claimed) -> None:
         try:
             self.transport.send(f"{row.id}.{row.message_id}", row.sender, row.recipients, row.raw)
         except TemporaryFailure as exc:
@@ -109,14 +117,23 @@ class OutboxSender:
     def _temporary(self, row: Claimed, reason: str) -> None:
         now = self.clock.now()
         if now - row.created_at > timedelta(hours=self.settings.give_up_hours):
-            log.warning("outbox %d gave up after %d attempts: %s", row.id, row.attempts, reason)
+            log.error("outbox %d gave up after %d attempts: %s", row.id, row.attempts, reason)
             self._finish(row.id, "failed", f"gave up: {reason}")
             return
         delay = min(
             self.settings.retry_base_seconds * 2 ** (row.attempts - 1),
             self.settings.retry_max_seconds,
         )
-        log.info("outbox %d deferred %.0fs: %s", row.id, delay, reason)
+        failing = now - row.created_at
+        level = logging.ERROR if failing > FAILING_IS_AN_ERROR else logging.WARNING
+        log.log(
+            level,
+            "outbox %d deferred %.0fs (failing for %.0f min): %s",
+            row.id,
+            delay,
+            failing.total_seconds() / 60,
+            reason,
+        )
         with self.db.transaction() as session:
             outbox = session.get(Outbox, row.id)
             if outbox is not None and outbox.state == "pending":

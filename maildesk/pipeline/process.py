@@ -31,6 +31,7 @@ from maildesk.config import Settings
 from maildesk.db import Database
 from maildesk.inbound.guard import HostileInput, Limits
 from maildesk.inbound.store import MAX_ATTEMPTS, Claimed, InboundStore, Stored
+from maildesk.logs import log_context
 from maildesk.mailauth import Authentication, MailAuth
 from maildesk.message import ParsedMessage, UnparseableMessage
 from maildesk.models import Inbound, Ticket
@@ -180,7 +181,8 @@ class Processor:
                 if row is None:  # our lease ran out and someone else owns it now
                     log.warning("inbound %d: lost its lease; left to its new owner", work.id)
                     continue
-                queued += self._process_row(session, row, work)
+                with log_context(inbound_id=work.id):
+                    queued += self._process_row(session, row, work)
         keeper.drop([work.id for work in group])
         return queued
 
@@ -313,7 +315,13 @@ class Processor:
         )
         if trust.verified:
             self._add_participants(tickets, ticket, message, now)
-        log.info("inbound %d -> ticket %d (%s)", row.id, ticket.id, rule)
+        log.info(
+            "inbound %d -> ticket %d (%s)",
+            row.id,
+            ticket.id,
+            rule,
+            extra={"ticket": ticket.id, "message_id": message.message_id},
+        )
         queued = 0
         if opened:
             if self._may_acknowledge(session, row, message, verdict, auth) and not forged:

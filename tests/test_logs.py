@@ -1,0 +1,104 @@
+"""Logs as ops read them: one structured line per event, context fields, no secrets,
+the journal's own timestamps and priorities under journald."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from maildesk import logs
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_json_lines_off_a_terminal_with_context_and_the_traceback_inside(
+    restore_logging: None,
+) -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    log = logging.getLogger("maildesk.outbox")
+    with logs.log_context(outbox_id=7, message_id="abc@example.test"):
+        log.info("sent", extra={"ticket": 42})
+        try:
+            raise ValueError("relay said no")
+        except ValueError:
+            log.exception("send failed")
+    log.debug("not at info")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2  # the traceback did not add lines; debug was dropped
+    sent, failed = (json.loads(line) for line in lines)
+    assert sent["level"] == "info" and sent["logger"] == "maildesk.outbox"
+    assert (sent["ticket"], sent["outbox_id"], sent["message_id"]) == (42, 7, "abc@example.test")
+    assert "ts" in sent
+    assert failed["level"] == "error"
+    assert "ValueError: relay said no" in failed["exc"]
+    assert failed["exc"].startswith("Traceback")
+
+
+def test_the_context_ends_with_its_block(restore_logging: None) -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    with logs.log_context(inbound_id=3):
+        logging.getLogger("maildesk.pipeline").info("inside")
+    logging.getLogger("maildesk.pipeline").info("outside")
+    inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert inside["inbound_id"] == 3 and "inbound_id" not in outside
+
+
+def test_no_token_password_or_cookie_reaches_the_log(restore_logging: None) -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    log = logging.getLogger("maildesk.web")
+    log.info("GET /account/set-password?token=eyJhbGciOi.secretpart&lang=cs")
+    log.warning("relay smtp://bob:hunter2@relay.example.test:587 refused")
+    log.info("headers %s", {"Cookie": "maildesk_session=abcdef123456"})
+    log.info("Authorization: Bearer s3cr3t-metrics-token")
+    try:
+        raise RuntimeError("login failed for password='correct horse'")
+    except RuntimeError:
+        log.exception("oops")
+    text = stream.getvalue()
+    for secret in ("eyJhbGciOi", "secretpart", "hunter2", "abcdef123456", "s3cr3t", "horse"):
+        assert secret not in text
+    assert "lang=cs" in text and "relay.example.test" in text
+
+
+def test_under_journald_no_timestamp_and_a_priority_prefix(
+    restore_logging: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (tmp_path / "journal").open("w+") as stream:
+        stat = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{stat.st_dev}:{stat.st_ino}")
+        logs.configure("info", stream)
+        logging.getLogger("maildesk.outbox").warning("relay down")
+        logging.getLogger("maildesk").info("listening")
+        stream.flush()
+        stream.seek(0)
+        warning, info = stream.read().splitlines()
+    assert warning.startswith("<4>{") and info.startswith("<6>{")
+    assert "ts" not in json.loads(warning[3:])
+
+
+def test_a_terminal_gets_a_readable_line(restore_logging: None) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    logs.configure("info", stream)
+    logging.getLogger("maildesk.outbox").warning("deferred", extra={"outbox_id": 5})
+    line = stream.getvalue().strip()
+    assert line.endswith("WARNING maildesk.outbox: deferred  outbox_id=5")
