@@ -71,17 +71,20 @@ class Health:
         return body
 
 
-def check(settings: Settings, db: Database, clock: Clock) -> Health:
-    """Compute health now. Blocking (database and disk): call from a thread in async code."""
+def check(settings: Settings, db: Database | None, clock: Clock) -> Health:
+    """Compute health now. Blocking (database and disk): call from a thread in async code.
+
+    `db` None: the caller did not open the database, because its file is gone.
+    """
     limits = settings.health
     reasons: list[str] = []
     disks = free_disk_mb(settings)
     for path, free in disks.items():
         if free < limits.min_free_disk_mb:
             reasons.append(f"free disk {free} MB at {path} is below {limits.min_free_disk_mb} MB")
-    gone = settings.sqlite_path is not None and not settings.sqlite_path.exists()
+    gone = database_gone(settings)
     backlog: Backlog | None = None
-    if gone:
+    if gone or db is None:
         reasons.insert(0, "database unreachable: the database file is gone")
     else:
         try:
@@ -97,6 +100,11 @@ def check(settings: Settings, db: Database, clock: Clock) -> Health:
         free_disk_mb=disks,
         backlog=backlog,
     )
+
+
+def database_gone(settings: Settings) -> bool:
+    """The SQLite file is missing (the daemon may still write into the unlinked one)."""
+    return settings.sqlite_path is not None and not settings.sqlite_path.exists()
 
 
 def unreachable(why: str) -> Health:

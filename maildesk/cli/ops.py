@@ -25,11 +25,13 @@ def status(ctx: Context, as_json: bool) -> None:
     from maildesk.db import Database
 
     settings = ctx.settings
-    db = Database(settings.database.url)
+    # Opening a SQLite URL would create an empty file where the database went missing.
+    db = None if health.database_gone(settings) else Database(settings.database.url)
     try:
         result = health.check(settings, db, SystemClock())
     finally:
-        db.dispose()
+        if db is not None:
+            db.dispose()
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
     else:
