@@ -50,8 +50,10 @@ log = logging.getLogger("maildesk.spam")
 CHECKED_SOURCES = frozenset({"smtp", "lmtp", "imap", "deliver"})
 # rspamd's actions that mean "this is spam" (greylist and soft reject are not verdicts).
 RSPAMD_SPAM_ACTIONS = frozenset({"reject", "add header", "rewrite subject"})
-MAX_RULES = 100
+# How long spamd is left alone after it failed.
 SPAMD_REST = timedelta(seconds=30)
+# Bounds on what a verdict stores: rule names come from headers anyone can write.
+MAX_RULES = 100
 MAX_RULE_NAME = 64
 
 
