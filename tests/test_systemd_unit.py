@@ -74,3 +74,33 @@ def test_the_example_config_keeps_everything_under_var_lib_maildesk() -> None:
     assert settings.outbound.url == "maildir:/var/lib/maildesk/outbox"
     assert str(settings.secret_key_path) == "/var/lib/maildesk/secret_key"
     assert Path(settings.templates.path).resolve() == config.PACKAGE_TEMPLATES.resolve()
+
+
+@pytest.mark.skipif(
+    not (shutil.which("systemd-sysusers") and shutil.which("systemd-tmpfiles")),
+    reason="systemd-sysusers/systemd-tmpfiles are not installed",
+)
+def test_sysusers_and_tmpfiles_make_the_user_and_the_folders(tmp_path: Path) -> None:
+    """What systemd/README.md's steps do, into a scratch root instead of /."""
+    root = tmp_path / "root"
+    for folder in ("etc/sysusers.d", "etc/tmpfiles.d", "var/lib"):
+        (root / folder).mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        (root / "etc" / name).touch()
+    shutil.copy(ROOT / "systemd/sysusers.d/maildesk.conf", root / "etc/sysusers.d/")
+    shutil.copy(ROOT / "systemd/tmpfiles.d/maildesk.conf", root / "etc/tmpfiles.d/")
+    for command in ("systemd-sysusers", "systemd-tmpfiles --create"):
+        result = subprocess.run(
+            [*command.split(), f"--root={root}", "maildesk.conf"], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+    user = next(
+        line.split(":")
+        for line in (root / "etc/passwd").read_text().splitlines()
+        if line.startswith("maildesk:")
+    )
+    uid, gid, home, shell = int(user[2]), int(user[3]), user[5], user[6]
+    assert (home, shell) == ("/var/lib/maildesk", "/usr/sbin/nologin")
+    etc, state = (root / "etc/maildesk").stat(), (root / "var/lib/maildesk").stat()
+    assert (etc.st_uid, etc.st_gid, etc.st_mode & 0o777) == (0, gid, 0o750)
+    assert (state.st_uid, state.st_gid, state.st_mode & 0o777) == (uid, gid, 0o750)
