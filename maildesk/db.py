@@ -31,8 +31,14 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     path = url.split("///", 1)[1] if "///" in url else ""
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        private_file(Path(path))
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+
+    if path and path != ":memory:":
+
+        @event.listens_for(engine, "do_connect")
+        def _private(*_args: Any) -> None:
+            # Right before SQLite would create the file itself (with the umask's mode).
+            private_file(Path(path))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -63,5 +63,8 @@ def test_an_existing_world_readable_database_is_narrowed(tmp_path: Path) -> None
     database = tmp_path / "old.db"
     database.touch()
     database.chmod(0o644)
-    Database(f"sqlite:///{database}").dispose()
+    db = Database(f"sqlite:///{database}")
+    with db.transaction() as session:
+        session.execute(text("SELECT 1"))
+    db.dispose()
     assert mode(database) == 0o600
