@@ -109,13 +109,20 @@ def test_sighup_applies_an_edited_template_to_the_next_mail(
     _send(config_values, "Before the edit")
     assert outbox.wait(1)[0]["Subject"] == "[#1] Before the edit"
 
+    # A session opened before the reload, used after it: a reload never drops one.
+    smtp = config_values["smtp"]
+    session = smtplib.SMTP(smtp["host"], smtp["port"], timeout=30)
+    session.ehlo()
+
     ack = templates / "en" / "acknowledgement.txt.j2"
     ack.write_text(ack.read_text().replace("{{ ticket.tag }} {{", "{{ ticket.tag }} EDITED {{", 1))
     service.signal(signal.SIGHUP)
     notify.wait("RELOADING", "1")
     notify.wait("READY", "1", count=2)
 
-    _send(config_values, "After the edit", sender="bob@customer.test")
+    sender = "bob@customer.test"
+    with session:
+        session.sendmail(sender, [SUPPORT], make_mail(subject="After the edit", sender=sender))
     subjects = [m["Subject"] for m in outbox.wait(2)]
     assert "[#2] EDITED After the edit" in subjects
     assert _error_lines(service.stderr()) == []
@@ -196,3 +203,25 @@ def test_sigterm_during_a_stream_of_mail_every_250_ends_in_a_ticket(
         db.dispose()
     missing = [m for m in accepted if m not in stored]
     assert accepted and missing == []
+
+
+def test_sighup_with_an_invalid_config_keeps_the_running_one(
+    service: ServiceProcess,
+    notify: NotifySocket,
+    config_values: dict[str, Any],
+    service_config: Path,
+    outbox: Outbox,
+) -> None:
+    notify.wait("READY", "1")
+    good = service_config.read_text()
+    service_config.write_text(
+        good.replace(f"port = {config_values['smtp']['port']}", "port = 99999")
+    )
+    service.signal(signal.SIGHUP)
+    notify.wait("READY", "1", count=2)
+    errors = wait_for(lambda: _error_lines(service.stderr()), 10, "the reload's error line")
+    assert len(errors) == 1
+    assert "reload refused" in errors[0]
+    assert "[smtp] port must be between 1 and 65535, not 99999" in errors[0]
+    _send(config_values, "Still here")
+    assert outbox.wait(1)[0]["Subject"] == "[#1] Still here"
