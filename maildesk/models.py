@@ -293,6 +293,51 @@ class SpamHold(Base):
     released_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
+class Watcher(Base):
+    """An agent who gets a ticket's agent notifications beside its owner (`#watch`)."""
+
+    __tablename__ = "watchers"
+
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class ConsoleRequest(Base):
+    """One mail to the agents' console (`#list`, `#show`, …): the rate limit counts these,
+    and a redelivered request (same Message-ID) is answered once."""
+
+    __tablename__ = "console_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"))
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    at: Mapped[datetime] = mapped_column(Timestamp)
+    # How the sender was proven ("" = not proven: answers went to the registered address).
+    proof: Mapped[str] = mapped_column(String(16), default="")
+
+    __table_args__ = (Index("ix_console_requests_agent_at", "agent_id", "at"),)
+
+
+class Confirmation(Base):
+    """State-changing commands from an unproven mail, waiting for the agent's one click.
+
+    Confirmed by a reply to the signed address `support+c<id>.<hmac>@…` or by
+    the POST button of `/confirm`; once only, and not after `expires_at`.
+    """
+
+    __tablename__ = "confirmations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"))
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    commands: Mapped[str] = mapped_column(Text)  # the command lines, as the agent wrote them
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    used_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    used_via: Mapped[str] = mapped_column(String(16), default="")  # mail | web
+
+
 # What customers read for each status, in the support policy's own words.
 STATUS_LABELS = {
     "cs": {

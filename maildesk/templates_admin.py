@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import TemplateSyntaxError
 
 from maildesk.clock import ManualClock, SystemClock
-from maildesk.config import Settings
+from maildesk.config import LANGUAGES, Settings
 from maildesk.models import STATUSES, Agent, Person, Ticket
+from maildesk.outbound import canned
 from maildesk.outbound.notify import Notifier, Recipient
 from maildesk.outbound.render import Problem, Rendered, Renderer, check, make_environment
 from maildesk.pipeline.notices import _word
@@ -152,6 +153,115 @@ def _digest(language: str, base: str) -> list[dict[str, Any]]:
     return [{"day": SAMPLE_TIME.date().isoformat(), "tickets": [row, other]}]
 
 
+def _console_row(language: str, number: int, owner: str, snippet: str) -> dict[str, Any]:
+    return {
+        "number": number,
+        "tag": f"[#{number}]",
+        "status": "accepted",
+        "priority": "normal",
+        "owner": owner,
+        "age": "3d 4h",
+        "last_activity": "45m",
+        "subject": _text(language)["subject"],
+        "snippet": snippet,
+        "show_address": f"support+s{number}a3.abcdefghij@example.test",
+    }
+
+
+def _agent_list(language: str, base: str) -> list[dict[str, Any]]:
+    rows = [
+        _console_row(language, 42, "eva@example.test", ""),
+        _console_row(language, 43, "", ""),
+    ]
+    found = [_console_row(language, 42, "", _text(language)["customer"][:60])]
+    return [
+        {"query": "#list mine", "rows": rows, "more": False},
+        {"query": "#search tiskarna", "rows": found, "more": True},
+        {"query": "#list unassigned", "rows": [], "more": False},
+    ]
+
+
+def _agent_show(language: str, base: str) -> list[dict[str, Any]]:
+    message = {
+        "at": "2026-01-05 09:30",
+        "direction": "in",
+        "kind": "customer",
+        "from": "jan.novak@customer.test",
+        "from_name": "Jan Novák",
+        "internal": False,
+        "flag": "",
+        "text": _text(language)["customer"],
+        "cut": False,
+        "attachments": [{"filename": "photo.jpg", "size": 48213}],
+    }
+    note = {**message, "kind": "note", "from": "eva@example.test", "from_name": "",
+            "internal": True, "flag": "forged-agent", "cut": True, "attachments": []}  # fmt: skip
+    event = {
+        "at": "2026-01-05 09:41",
+        "actor": "eva@example.test",
+        "field": "owner",
+        "old": "",
+        "new": "eva@example.test",
+        "via": "command",
+    }
+    full = {
+        "thread": [message, note],
+        "left_out": 3,
+        "events": [event],
+        "age": "2h",
+        "last_activity": "5m",
+        "watchers": ["petr@example.test"],
+        "commands_help": commands.HELP,
+    }
+    return [full, {**full, "left_out": 0, "events": [], "watchers": []}]
+
+
+def _agent_help(language: str, base: str) -> list[dict[str, Any]]:
+    return [
+        {"topic": topic, "commands_help": commands.HELP, "replies": replies}
+        for topic in ("help", "replies")
+        for replies in (["fixed", "need-details"], [])
+    ]
+
+
+def _agent_confirm(language: str, base: str) -> list[dict[str, Any]]:
+    target = {"tag": "[#42]", "subject": _text(language)["subject"], "status": "accepted"}
+    return [
+        {
+            "commands": ["#assign me", "#watch"],
+            "target": {**target, "owner": owner},
+            "confirm_url": f"{base}/confirm?c=17&s=abcdefghij",
+            "hours": 24,
+            "original_subject": "[#42] take",
+        }
+        for owner in ("eva@example.test", "")
+    ]
+
+
+def _agent_confirmed(language: str, base: str) -> list[dict[str, Any]]:
+    lines = ["#assign me"]
+    return [
+        {"outcome": outcome, "commands": lines, "errors": errors, "hours": 24}
+        for outcome, errors in (
+            ("done", []),
+            ("used", []),
+            ("expired", []),
+            ("failed", ["#assign petr@example.test: not an agent"]),
+        )
+    ]
+
+
+def canned_contexts(language: str, base: str) -> list[dict[str, Any]]:
+    """What canned replies (templates/<language>/replies/) are checked and previewed with."""
+    support = {"name": "Example Support", "address": "support@example.test", "url": base}
+    agent = canned.AgentInfo("Eva Svobodová", "eva@example.test")
+    return [
+        canned.context(sample_ticket(status, language, named), agent, support)
+        for status in STATUSES
+        for named in (True, False)
+    ]
+
+
 SPECS: dict[str, Spec] = {
     "acknowledgement": Spec("customer", "ticket", True, "new", _acknowledgement),
     "invitation": Spec("customer", "untied", True, "new", _invitation),
@@ -164,6 +274,11 @@ SPECS: dict[str, Spec] = {
     "agent_notification": Spec("agent", "ticket", True, "new", _agent_notification),
     "agent_error": Spec("agent", "either", True, "accepted", _agent_error),
     "agent_digest": Spec("agent", "untied", True, "new", _digest),
+    "agent_list": Spec("agent", "untied", True, "accepted", _agent_list),
+    "agent_show": Spec("agent", "ticket", True, "accepted", _agent_show),
+    "agent_help": Spec("agent", "untied", True, "accepted", _agent_help),
+    "agent_confirm": Spec("agent", "untied", True, "accepted", _agent_confirm),
+    "agent_confirmed": Spec("agent", "untied", True, "accepted", _agent_confirmed),
 }
 # A template the code does not send (an admin's own) gets the base context only.
 _UNKNOWN = Spec("customer", "ticket", True, "accepted", _none)
@@ -241,8 +356,12 @@ def sample_context(notifier: Notifier, name: str, language: str) -> dict[str, An
 
 
 def check_all(notifier: Notifier, path: Path | str) -> list[Problem]:
-    """`templates check`: every template under `path` against every sample variant."""
-    return check(path, lambda name, language: list(contexts(notifier, name, language)))
+    """`templates check`: every template under `path` against every sample variant,
+    then every canned reply (`<language>/replies/`)."""
+    found = check(path, lambda name, language: list(contexts(notifier, name, language)))
+    base = notifier.settings.support.base_url
+    samples = [c for lang in LANGUAGES for c in canned_contexts(lang, base)]
+    return found + canned.problems(path, samples)
 
 
 def missing(settings: Settings) -> list[Problem]:
@@ -297,6 +416,8 @@ def preview(notifier: Notifier, name: str, language: str | None, ticket: Ticket 
     preview never mints a real invitation or paid-work link.
     """
     settings = notifier.settings
+    if name.startswith(f"{canned.FOLDER}/"):
+        return preview_canned(notifier, name.partition("/")[2], language, ticket)
     renderer = Renderer(settings.templates.path, settings.support.language, strict=True)
     if ticket is None:
         lang = language or settings.support.language
@@ -307,6 +428,22 @@ def preview(notifier: Notifier, name: str, language: str | None, ticket: Ticket 
     if spec(name).tied == "untied":
         return renderer.render(name, lang, untied_context(notifier, to, extra))
     return renderer.render(name, lang, notifier._context(ticket, to, lang, extra))
+
+
+def preview_canned(
+    notifier: Notifier, name: str, language: str | None, ticket: Ticket | None
+) -> Rendered:
+    """A canned reply (`replies/NAME`) as the customer would read it above the agent's text."""
+    settings = notifier.settings
+    base = settings.support.base_url
+    lang = language or (ticket.language if ticket else settings.support.language)
+    values = canned_contexts(lang, base)[0]
+    if ticket is not None:
+        support = {"name": settings.support.name, "address": settings.support.address, "url": base}
+        values = canned.context(ticket, canned.AgentInfo("Eva Svobodová", "eva@example.test"),
+                                support)  # fmt: skip
+    text = canned.CannedReplies(lambda: settings.templates.path).render(name, lang, values)
+    return Rendered(f"#reply {name}", text + "\n", None, lang)
 
 
 def send_test(services: Services, name: str, to: str, language: str | None) -> int:

@@ -342,9 +342,16 @@ def test_an_agent_reply_token_acts_only_on_its_own_ticket(desk: RunningDaemon) -
     )
     send(desk, attack, mail_from=AGENT, rcpt=token_of_2)
 
+    # Commands only, unproven for ticket 1: a console request (pipeline/console.py). It
+    # changes nothing; the agent's own mailbox is asked to confirm it.
+    confirm = wait_for(
+        lambda: [r for r in sent_to(services, AGENT) if r.kind == "agent_confirm"],
+        what="the confirmation mail",
+    )
+    assert b"#priority low" in confirm[0].raw
     first = ticket(services, 1)
     assert (first["status"], first["priority"]) == ("new", "normal")
-    assert last_inbound(services, 1)["flag"] == "forged-agent"
+    assert first["events"] == []
 
 
 def _reply_to(raw: bytes) -> list[str]:

@@ -30,6 +30,7 @@ def templates() -> None:
 def templates_list(ctx: Context, as_json: bool) -> None:
     """Every template with its languages and parts (text, html)."""
     from maildesk import templates_admin
+    from maildesk.outbound import canned
     from maildesk.outbound.render import discover
 
     path = ctx.settings.templates.path
@@ -45,7 +46,13 @@ def templates_list(ctx: Context, as_json: bool) -> None:
                     "sent_by_maildesk": spec is not None,
                 }
             )
-        click.echo(json.dumps({"path": str(path), "templates": rows}, indent=2))
+        replies = [
+            {"name": f"replies/{name}", "languages": languages}
+            for name, languages in canned.languages_of(path).items()
+        ]
+        click.echo(
+            json.dumps({"path": str(path), "templates": rows, "replies": replies}, indent=2)
+        )
         return
     click.echo(f"templates in {path}", err=True)
     for info in discover(path):
@@ -53,6 +60,8 @@ def templates_list(ctx: Context, as_json: bool) -> None:
         sent_to = templates_admin.SPECS.get(info.name)
         audience = sent_to.audience if sent_to else "not sent by maildesk"
         click.echo(f"{info.name:<20} {parts:<32} ({audience})")
+    for name, languages in canned.languages_of(path).items():
+        click.echo(f"{'replies/' + name:<20} {', '.join(languages):<32} (canned reply: #reply)")
 
 
 @templates.command("preview")

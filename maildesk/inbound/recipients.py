@@ -23,4 +23,4 @@ class Recipients:
         normalized = address.strip().lower()
         if normalized in self._exact:
             return True
-        return self._tokens.parse(normalized) is not None
+        return self._tokens.accepts(normalized)

@@ -193,8 +193,13 @@ class Notifier:
         language: str,
         answering: InReplyTo | None,
         extra: dict[str, Any],
+        reply_to: str | None = None,
     ) -> Outbox:
-        """A notification that may belong to no ticket (an agent's mail that answered none)."""
+        """A notification that may belong to no ticket (an agent's mail that answered none).
+
+        `reply_to` (untied mail only): a signed address of ours that a reply should reach,
+        e.g. a console confirmation's; without it replies go to the support address.
+        """
         if ticket is not None:
             return self.notify(
                 session, ticket, template, to, language=language, answering=answering, extra=extra
@@ -219,6 +224,7 @@ class Notifier:
                 text=rendered.text,
                 html=rendered.html,
                 date=now,
+                reply_to=Address(reply_to, support.name) if reply_to else None,
                 in_reply_to=answering.message_id if answering and valid else None,
                 references=(answering.message_id,) if answering and valid else (),
                 auto_submitted="auto-replied",

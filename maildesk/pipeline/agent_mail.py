@@ -18,13 +18,16 @@ from sqlalchemy.orm import Session
 
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Inbound, Message, Participant, Person, Ticket
+from maildesk.outbound import canned
+from maildesk.outbound.canned import CannedReplies, CannedReplyError
 from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import Notifier, Recipient
 from maildesk.pipeline.notices import Notices, customer_thread
 from maildesk.tickets import commands
 from maildesk.tickets.agents import Agents
-from maildesk.tickets.lifecycle import Lifecycle
+from maildesk.tickets.lifecycle import Change, Lifecycle
 from maildesk.tickets.service import NewMessage, Tickets
+from maildesk.tickets.watchers import Watchers
 
 _CONTENT_LINE = 12  # note lines shorter than this are too common to count as leaks
 
@@ -39,11 +42,22 @@ class AgentMail:
     text: str  # the new text (replies.new_text), computed before the write transaction
 
 
+@dataclass(frozen=True)
+class Applied:
+    changes: tuple[Change, ...]
+    queued: int
+
+
+# Commands that do not count as working on the ticket: watching it does not take it.
+_NOT_ACTING = frozenset({"watch", "unwatch"})
+
+
 class AgentFlow:
     def __init__(self, notifier: Notifier, notices: Notices, default_language: str) -> None:
         self.notifier = notifier
         self.notices = notices
         self.default_language = default_language
+        self.canned = CannedReplies(lambda: notifier.renderer.path)
 
     def handle(self, session: Session, mail: AgentMail, now: datetime) -> int:
         """Apply one agent mail; returns the number of outbound messages queued."""
@@ -63,26 +77,21 @@ class AgentFlow:
             ticket = self._open_for_customer(tickets, mail, intake.arg, now)
         self._record(tickets, ticket, mail, parsed, now)
         via = "command" if parsed.commands else "mail"
-        lifecycle.agent_acted(ticket, mail.agent, via)
-        old_priority = ticket.priority
-        changes = []
-        for name in ("type", "priority", "assign", "status"):
-            command = parsed.get(name)
-            if command is not None:
-                field = "owner" if name == "assign" else name
-                value = mail.agent.email if command.arg == "me" else command.arg
-                change = lifecycle.change(ticket, field, value, mail.agent.email, "command")
-                if change is not None:
-                    changes.append(change)
+        if acting(parsed):
+            lifecycle.agent_acted(ticket, mail.agent, via)
+        applied = self.apply(session, ticket, mail.agent, parsed, now, mail.message)
+        changes, queued = applied.changes, applied.queued
         if intake is not None:
             queued += self.notices.acknowledge(session, ticket, answering=None)
-        if ticket.priority == "critical" and old_priority != "critical":
-            queued += self.notices.to_agents(
-                session, ticket, "critical", mail.message, everyone=True
-            )
         if parsed.get("note") is not None or intake is not None:
             return queued
         body = _without_internal_lines(session, ticket, parsed.body)
+        name = agent_name(mail.agent, mail.message)
+        canned_reply = parsed.get("reply")
+        if canned_reply is not None:
+            # Checked in _problems, so it renders; the agent's own text follows it.
+            reply = self.canned_text(ticket, mail.agent, canned_reply.arg, name)
+            body = f"{reply}\n\n{body}" if body.strip() else reply
         paid = parsed.get("paid")
         if paid is not None:
             lifecycle.change(ticket, "paid", "pending", mail.agent.email, "command")
@@ -98,7 +107,7 @@ class AgentFlow:
         if body.strip():
             if parsed.get("status") is None:
                 lifecycle.agent_replied(ticket, mail.agent, "mail")
-            return queued + self._relay(session, ticket, mail, body)
+            return queued + self.relay(session, ticket, name, body, attachments_of(mail.message))
         # Commands alone: a status change is still news to the customer.
         if any(change.field == "status" for change in changes):
             queued += self.notices.status_notice(session, ticket)
@@ -126,7 +135,81 @@ class AgentFlow:
                 problems.append(
                     "#paid: only a modification can be paid work (add #type modification)"
                 )
+        for command in parsed.read_only:
+            problems.append(
+                f"#{command.name}: write it in a new mail to support, on its own "
+                "(the answer comes to your address)"
+            )
+        if parsed.get("reply") is not None and parsed.get("note") is not None:
+            problems.append("#reply answers the customer; it cannot be part of a #note")
+        if mail.ticket is not None:
+            problems += self.ticket_problems(session, mail.ticket, mail.agent, parsed)
         return problems
+
+    def ticket_problems(
+        self, session: Session, ticket: Ticket, agent: Agent, parsed: commands.Commands
+    ) -> list[str]:
+        """What is wrong with `parsed` on this ticket (canned reply, #cc address)."""
+        problems = []
+        canned = parsed.get("reply")
+        if canned is not None:
+            try:
+                self.canned_text(ticket, agent, canned.arg, agent.name or agent.email)
+            except CannedReplyError as exc:
+                problems.append(str(exc))
+        cc = parsed.get("cc")
+        if cc is not None:
+            support = self.notifier.settings.support.address.lower()
+            tokens = self.notifier.tokens
+            if cc.arg == support or tokens.accepts(cc.arg) or Agents(session).by_email(cc.arg):
+                problems.append(f"#cc {cc.arg}: an address of ours, not a customer's")
+        return problems
+
+    def canned_text(self, ticket: Ticket, agent: Agent, name: str, shown_name: str) -> str:
+        """The canned reply `name` in the ticket's language (raises CannedReplyError)."""
+        support = self.notifier.settings.support
+        values = canned.context(
+            ticket,
+            canned.AgentInfo(shown_name, agent.email),
+            {"name": support.name, "address": support.address, "url": support.base_url},
+        )
+        return self.canned.render(name, ticket.language, values)
+
+    def apply(
+        self,
+        session: Session,
+        ticket: Ticket,
+        agent: Agent,
+        parsed: commands.Commands,
+        now: datetime,
+        message: ParsedMessage | None = None,
+    ) -> Applied:
+        """Run the commands that change a ticket (status, type, priority, owner, watchers,
+        participants) as `agent`; returns the changes and the mails queued (critical alert).
+        Used by a proven reply and by a confirmed console request alike."""
+        lifecycle = Lifecycle(session, now)
+        old_priority = ticket.priority
+        changes = []
+        for name in ("type", "priority", "assign", "status"):
+            command = parsed.get(name)
+            if command is not None:
+                field = "owner" if name == "assign" else name
+                value = agent.email if command.arg == "me" else command.arg
+                change = lifecycle.change(ticket, field, value, agent.email, "command")
+                if change is not None:
+                    changes.append(change)
+        watchers = Watchers(session)
+        if parsed.get("watch") is not None:
+            watchers.watch(ticket, agent, now)
+        if parsed.get("unwatch") is not None:
+            watchers.unwatch(ticket, agent)
+        cc = parsed.get("cc")
+        if cc is not None:
+            Tickets(session).add_participants(ticket, [(cc.arg, "")], now)
+        queued = 0
+        if ticket.priority == "critical" and old_priority != "critical":
+            queued += self.notices.to_agents(session, ticket, "critical", message, everyone=True)
+        return Applied(tuple(changes), queued)
 
     def _open_for_customer(
         self, tickets: Tickets, mail: AgentMail, email: str, now: datetime
@@ -169,7 +252,15 @@ class AgentFlow:
             ),
         )
 
-    def _relay(self, session: Session, ticket: Ticket, mail: AgentMail, body: str) -> int:
+    def relay(
+        self,
+        session: Session,
+        ticket: Ticket,
+        name: str,
+        body: str,
+        attachments: tuple[Attachment, ...] = (),
+    ) -> int:
+        """The agent's answer to every participant, from the support address."""
         people = session.execute(
             select(Person.email, Person.name, Participant.role)
             .join(Participant, Participant.person_id == Person.id)
@@ -178,7 +269,6 @@ class AgentFlow:
         ).all()
         recipients = [Recipient(email, name) for email, name, _role in people]
         support = self.notifier.settings.support
-        name = agent_name(mail.agent, mail.message)
         self.notifier.notify(
             session,
             ticket,
@@ -189,15 +279,21 @@ class AgentFlow:
             automatic=False,
             sender_name=f"{name} ({support.name})",
             extra={"reply": {"text": body, "agent_name": name}},
-            attachments=attachments_of(mail.message),
+            attachments=attachments,
         )
         return 1
 
 
-def agent_name(agent: Agent, message: ParsedMessage) -> str:
+def acting(parsed: commands.Commands) -> bool:
+    """Does this mail work on the ticket (so the first one accepts and owns it)?"""
+    only_watching = parsed.commands and all(c.name in _NOT_ACTING for c in parsed.commands)
+    return not only_watching or bool(parsed.body.strip())
+
+
+def agent_name(agent: Agent, message: ParsedMessage | None = None) -> str:
     """How customers see the agent: the configured name, else the mail's display name,
     else the address's local part. Never an address: that is what we keep from customers."""
-    for candidate in (agent.name, message.from_name):
+    for candidate in (agent.name, message.from_name if message else ""):
         if candidate and "@" not in candidate:
             return candidate
     return agent.email.partition("@")[0]

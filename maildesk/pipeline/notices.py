@@ -2,8 +2,9 @@
 
 Customers get: the acknowledgement, the agent's reply, the paid-work notice,
 and the resolved/closed notices. Agents get: new tickets and customer replies
-(the owner, or all agents while nobody owns the ticket), critical alerts (all
-agents), the answer to a paid-work notice, and errors in their commands.
+(the owner and the ticket's watchers, or all agents while nobody owns the
+ticket), critical alerts (all agents), the answer to a paid-work notice, and
+errors in their commands.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
 from maildesk.tickets import commands
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import APPROVE_WORDS, CONFIRM_WORDS, DECLINE_WORDS
+from maildesk.tickets.watchers import Watchers
 from maildesk.web.links import PaidLinks
 
 
@@ -142,7 +144,9 @@ class Notices:
         """Notify the owner (or every agent) about `event`; returns how many mails were queued."""
         agents = Agents(session).active()
         if not everyone and ticket.owner is not None and ticket.owner.active:
-            agents = [ticket.owner]
+            # The owner, and the colleagues who asked to follow the ticket (#watch).
+            watching = [a for a in Watchers(session).of(ticket) if a.id != ticket.owner.id]
+            agents = [ticket.owner, *watching]
         attachments: tuple[Attachment, ...] = ()
         if message is not None:
             attachments = tuple(

@@ -39,6 +39,7 @@ from maildesk.outbound.notify import InReplyTo
 from maildesk.pipeline.agent_mail import AgentFlow, AgentMail
 from maildesk.pipeline.authenticity import identify
 from maildesk.pipeline.bounces import record_bounce
+from maildesk.pipeline.console import Console
 from maildesk.pipeline.loops import Verdict, classify
 from maildesk.pipeline.notices import Notices
 from maildesk.pipeline.prepare import HOLD, Budget, DeadlineExceeded, Prepared, prepare
@@ -112,6 +113,7 @@ class Processor:
         self.mailauth = MailAuth(settings.trust, settings.agents.trusted_authserv_ids)
         self.spam = SpamCheck(settings.spam, clock)
         self.agent_flow = AgentFlow(self.notifier, notices, settings.support.language)
+        self.console = Console(self.agent_flow, threader.tag, settings.support.language)
         limits = settings.limits
         self.limits = Limits(
             max_message_size=settings.smtp.max_message_size,
@@ -238,6 +240,11 @@ class Processor:
             # In-Reply-To) proves nothing here.
             sender = sender.unproven()
             match = self.threader.match(tickets, message, row.rcpt_to)
+        # `#list`, `#show`, … and commands from an unproven mail: answered to the
+        # agent's registered address only (pipeline/console.py).
+        request = self.console.route(session, row, message, sender, match, prepared.text)
+        if request is not None:
+            return "done", self.console.handle(session, request, self.clock.now())
         if sender.agent is not None:
             mail = AgentMail(row, message, sender.agent, match.ticket, match.rule, prepared.text)
             log.info("inbound %d from agent %s (%s)", row.id, sender.agent.email, sender.proof)

@@ -6,6 +6,12 @@ agent carries `support+t42a3.…`, bound to agent 3 as well: a reply to it is
 proof that agent 3 received that notification. The token is an HMAC, so a
 stranger cannot forge one. Lower-case base32, because some MTAs lower-case
 local parts.
+
+Two more kinds of signed address belong to the agents' console (see
+pipeline/console.py): `support+s42a3.…` ("show me ticket 42", one per row of a
+`#list` answer, bound to agent 3) and `support+c17.…` (the reply address of
+confirmation 17). Each kind signs its own subject, so one never passes for
+another.
 """
 
 from __future__ import annotations
@@ -25,6 +31,13 @@ class Token:
     agent: int | None
 
 
+@dataclass(frozen=True)
+class ConsoleToken:
+    kind: str  # "show": ticket `number` for `agent`; "confirm": confirmation `number`
+    number: int
+    agent: int | None
+
+
 class ReplyTokens:
     def __init__(self, support_address: str, secret: str) -> None:
         local, _, domain = support_address.partition("@")
@@ -33,6 +46,10 @@ class ReplyTokens:
         self._secret = secret.encode("utf-8")
         self._pattern = re.compile(
             rf"^{re.escape(self._local)}\+t(\d{{1,12}})(?:a(\d{{1,9}}))?\.([a-z2-7]{{{_SIG_LEN}}})"
+            rf"@{re.escape(self._domain)}$"
+        )
+        self._console = re.compile(
+            rf"^{re.escape(self._local)}\+([sc])(\d{{1,12}})(?:a(\d{{1,9}}))?\.([a-z2-7]{{{_SIG_LEN}}})"
             rf"@{re.escape(self._domain)}$"
         )
 
@@ -55,6 +72,41 @@ class ReplyTokens:
         if not hmac.compare_digest(match.group(3), self._sign(ticket, agent)):
             return None
         return Token(ticket, agent)
+
+    def _sign_console(self, kind: str, number: int, agent: int | None) -> str:
+        subject = f"console:{kind}:{number}" + (f":agent:{agent}" if agent else "")
+        mac = hmac.new(self._secret, subject.encode(), hashlib.sha256)
+        return base64.b32encode(mac.digest()).decode("ascii").lower()[:_SIG_LEN]
+
+    def show_address(self, ticket: int, agent: int) -> str:
+        """Mail to it asks for `#show ticket`; the answer goes to the agent's own address."""
+        sig = self._sign_console("s", ticket, agent)
+        return f"{self._local}+s{ticket}a{agent}.{sig}@{self._domain}"
+
+    def confirm_address(self, confirmation: int) -> str:
+        sig = self._sign_console("c", confirmation, None)
+        return f"{self._local}+c{confirmation}.{sig}@{self._domain}"
+
+    def confirm_signature(self, confirmation: int) -> str:
+        """The secret part of confirmation links (the same as in its reply address)."""
+        return self._sign_console("c", confirmation, None)
+
+    def console(self, address: str) -> ConsoleToken | None:
+        """The console request a signed address stands for, else None."""
+        match = self._console.match(address.strip().lower())
+        if not match:
+            return None
+        kind, number = match.group(1), int(match.group(2))
+        agent = int(match.group(3)) if match.group(3) else None
+        if (kind == "s") != (agent is not None):
+            return None
+        if not hmac.compare_digest(match.group(4), self._sign_console(kind, number, agent)):
+            return None
+        return ConsoleToken("show" if kind == "s" else "confirm", number, agent)
+
+    def accepts(self, address: str) -> bool:
+        """Any signed address of ours: a reply token or a console address."""
+        return self.parse(address) is not None or self.console(address) is not None
 
     def ticket_number(self, address: str) -> int | None:
         token = self.parse(address)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from maildesk.metrics import Metrics
-from maildesk.web import account, listener, ops, paid, portal
+from maildesk.web import account, confirm, listener, ops, paid, portal
 from maildesk.web.keys import SERVICES
 
 if TYPE_CHECKING:
@@ -25,6 +25,8 @@ def make_app(services: Services, metrics: Metrics | None = None) -> web.Applicat
     ops.install(app, metrics or Metrics(services.db, services.clock))
     app.router.add_get("/paid", paid.show)
     app.router.add_post("/paid", paid.answer)
+    app.router.add_get("/confirm", confirm.show)
+    app.router.add_post("/confirm", confirm.confirm)
     app.router.add_get("/", portal.home)
     app.router.add_get("/account/set-password", account.set_password_form)
     app.router.add_post("/account/set-password", account.set_password)

@@ -1,0 +1,491 @@
+"""The agents' console by mail: look up, search and take over tickets from a mail client.
+
+Which mail is a console request (`Console.route`):
+- mail to a signed console address: `support+s42a3.…` (a row of a `#list`
+  answer: "show me ticket 42") or `support+c17.…` (the reply address of
+  confirmation 17);
+- mail From an agent's registered address whose new text is command lines
+  only (no `#customer`), unless it is a proven reply on its own ticket with
+  only state-changing commands: that stays the agent flow's, recorded in the
+  thread as before.
+
+What a request may do:
+- Read-only commands (`#list`, `#show`, `#search`, `#help`, `#replies`) are
+  answered to the agent's *registered* address, never to one the mail names,
+  so a forged request reads nothing. At most `PER_HOUR` requests per agent
+  per hour are answered; the rest are logged and dropped.
+- State-changing commands (`#assign`, `#take`, `#watch`, `#unwatch`, `#cc`,
+  `#status`, `#type`, `#priority`, `#reply`) act on the ticket the mail names
+  (its thread, or `[#N]` in the subject). They run at once when the mail
+  proves the agent for that ticket. Otherwise the agent gets a confirmation
+  mail: it runs them when the agent replies to it or presses its button,
+  once, within `CONFIRM_HOURS`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from maildesk.clock import as_utc
+from maildesk.message import ParsedMessage
+from maildesk.models import Agent, Confirmation, ConsoleRequest, Inbound, Message, Ticket
+from maildesk.outbound.notify import InReplyTo, Recipient
+from maildesk.pipeline.agent_mail import AgentFlow, acting, agent_name
+from maildesk.pipeline.authenticity import Sender
+from maildesk.pipeline.threader import Match
+from maildesk.redaction import redact_links
+from maildesk.tickets import commands, listing
+from maildesk.tickets.agents import Agents
+from maildesk.tickets.lifecycle import Lifecycle
+from maildesk.tickets.search import search
+from maildesk.tickets.watchers import Watchers
+
+log = logging.getLogger("maildesk.console")
+
+PER_HOUR = 30  # console requests answered per agent per hour
+CONFIRM_HOURS = 24  # how long a confirmation mail's reply address and button work
+MAX_READS = 5  # read-only commands answered from one mail
+MAX_SHOWN = 100  # messages of a #show, the newest ones
+MAX_BODY = 20_000  # characters of one message body in a #show
+# What an unproven mail may ask for, pending confirmation (and a proven one may run here).
+CHANGING = frozenset({"assign", "watch", "unwatch", "cc", "status", "type", "priority", "reply"})
+
+
+@dataclass(frozen=True)
+class ConsoleMail:
+    message_id: str
+    subject: str
+    agent: Agent | None  # None only for a confirmation reply: its agent is on the row
+    proof: str  # how the sender was proven for `ticket`; "" = not proven
+    ticket: Ticket | None  # what state-changing commands act on
+    parsed: commands.Commands
+    confirmation: int | None = None  # a reply to confirmation N
+
+
+class Console:
+    def __init__(self, flow: AgentFlow, tag: re.Pattern[str], staff_language: str) -> None:
+        self.flow = flow
+        self.notifier = flow.notifier
+        self.notices = flow.notices
+        self.tokens = flow.notifier.tokens
+        self.tag = tag
+        self.staff_language = staff_language
+
+    # -- which mail is a console request ---------------------------------------------
+
+    def route(
+        self,
+        session: Session,
+        row: Inbound,
+        message: ParsedMessage,
+        sender: Sender,
+        match: Match,
+        text: str,
+    ) -> ConsoleMail | None:
+        addresses = (*row.rcpt_to, *message.to, *message.cc)
+        found = [t for a in addresses if (t := self.tokens.console(a)) is not None]
+        mid, subject = message.message_id, message.subject
+        confirm = next((t for t in found if t.kind == "confirm"), None)
+        if confirm is not None:
+            # Only the agent received this address: holding it is the proof.
+            empty = commands.Commands((), (), "")
+            return ConsoleMail(mid, subject, None, "", None, empty, confirm.number)
+        agent = Agents(session).by_email(message.from_addr)
+        if agent is None:
+            return None
+        show = next((t for t in found if t.kind == "show" and t.agent == agent.id), None)
+        if show is not None:
+            parsed = commands.Commands((commands.Command("show", str(show.number)),), (), "")
+        else:
+            parsed = commands.parse(text)
+            if parsed.body.strip() or not (parsed.commands or parsed.errors):
+                return None
+            if parsed.get("customer") is not None:
+                return None
+        target = match.ticket or self._tagged(session, message.subject)
+        proven = sender.agent is not None and sender.proves_for(target)
+        if show is None and proven and match.ticket is not None and not parsed.read_only:
+            return None  # a proven reply on its ticket: the agent flow records it there
+        return ConsoleMail(mid, subject, agent, sender.proof if proven else "", target, parsed)
+
+    def _tagged(self, session: Session, subject: str) -> Ticket | None:
+        found = self.tag.search(subject[:1000])
+        return session.get(Ticket, int(found.group(1))) if found else None
+
+    # -- answering ---------------------------------------------------------------
+
+    def handle(self, session: Session, mail: ConsoleMail, now: datetime) -> int:
+        """Answer one console request; returns the number of mails queued."""
+        taken = select(ConsoleRequest.id).where(ConsoleRequest.message_id == mail.message_id)
+        if session.scalar(taken) is not None:
+            return 0  # the same mail delivered twice is answered once
+        if mail.confirmation is not None:
+            return self._confirm_by_mail(session, mail, now)
+        agent = mail.agent
+        assert agent is not None
+        since = now - timedelta(hours=1)
+        recent = session.scalar(
+            select(func.count(ConsoleRequest.id)).where(
+                ConsoleRequest.agent_id == agent.id, ConsoleRequest.at > since
+            )
+        )
+        session.add(
+            ConsoleRequest(agent_id=agent.id, message_id=mail.message_id, at=now, proof=mail.proof)
+        )
+        if (recent or 0) >= PER_HOUR:
+            log.warning("console: %s asked more than %d times this hour", agent.email, PER_HOUR)
+            return 0
+        log.info("console request from %s (%s)", agent.email, mail.proof or "unproven")
+        errors = [*mail.parsed.errors, *self._problems(session, mail, agent)]
+        if errors:
+            return self._errors(session, agent, mail, errors)
+        queued = 0
+        for command in mail.parsed.read_only[:MAX_READS]:
+            queued += self._answer(session, agent, mail, command, now)
+        changing = commands.Commands(mail.parsed.changing, (), "")
+        if changing.commands:
+            assert mail.ticket is not None  # _problems refused the other case
+            if mail.proof:
+                queued += self.run(session, mail.ticket, agent, changing, now)
+            else:
+                queued += self._ask(session, agent, mail, mail.ticket, changing, now)
+        return queued
+
+    def language(self, agent: Agent) -> str:
+        """Everything an agent reads is in their language, else the support language."""
+        return getattr(agent, "language", None) or self.staff_language
+
+    def _problems(self, session: Session, mail: ConsoleMail, agent: Agent) -> list[str]:
+        problems = []
+        changing = mail.parsed.changing
+        for command in changing:
+            if command.name not in CHANGING:
+                problems.append(
+                    f"#{command.name}: only in a reply to the ticket's notification or #show"
+                )
+        if changing and mail.ticket is None:
+            problems.append(
+                f"#{changing[0].name}: which ticket? Put [#N] in the subject, "
+                "or reply to the #show of it"
+            )
+        assign = mail.parsed.get("assign")
+        if assign and assign.arg != "me" and Agents(session).by_email(assign.arg) is None:
+            problems.append(f"#assign {assign.arg}: not an agent")
+        if mail.ticket is not None and changing:
+            problems += self.flow.ticket_problems(session, mail.ticket, agent, mail.parsed)
+        return problems
+
+    def _errors(self, session: Session, agent: Agent, mail: ConsoleMail, errors: list[str]) -> int:
+        self.notifier.notify_untied(
+            session,
+            None,
+            "agent_error",
+            Recipient(agent.email, agent.name),
+            language=self.language(agent),
+            answering=InReplyTo(mail.message_id),
+            extra={
+                "errors": errors,
+                "commands_help": commands.HELP,
+                "original_subject": mail.subject,
+            },
+        )
+        return 1
+
+    def _answer(
+        self,
+        session: Session,
+        agent: Agent,
+        mail: ConsoleMail,
+        command: commands.Command,
+        now: datetime,
+    ) -> int:
+        language = self.language(agent)
+        to = Recipient(agent.email, agent.name)
+        answering = InReplyTo(mail.message_id)
+        if command.name == "show":
+            ticket = session.get(Ticket, int(command.arg.lstrip("#")))
+            if ticket is None:
+                return self._errors(session, agent, mail, [f"#show {command.arg}: no such ticket"])
+            return self.show(session, agent, ticket, now, answering)
+        if command.name in ("help", "replies"):
+            extra: dict[str, Any] = {
+                "topic": command.name,
+                "commands_help": commands.HELP,
+                "replies": self.flow.canned.names(language),
+            }
+            self.notifier.notify_untied(
+                session, None, "agent_help", to, language=language, answering=answering, extra=extra
+            )
+            return 1
+        if command.name == "list":
+            try:
+                rows = listing.tickets_for(session, agent, command.arg, listing.MAX_ROWS + 1)
+            except listing.ListError as exc:
+                return self._errors(session, agent, mail, [str(exc)])
+            snippets = [""] * len(rows)
+            query = f"#list {command.arg}".strip()
+        else:  # search
+            hits = search(session, command.arg, listing.MAX_ROWS + 1)
+            rows = [listing.row(hit.ticket) for hit in hits]
+            snippets = [redact_links(hit.snippet) for hit in hits]
+            query = f"#search {command.arg}"
+        extra = {
+            "query": query,
+            "rows": [
+                self._row(r, snippet, agent, now)
+                for r, snippet in zip(rows[: listing.MAX_ROWS], snippets, strict=False)
+            ],
+            "more": len(rows) > listing.MAX_ROWS,
+        }
+        self.notifier.notify_untied(
+            session, None, "agent_list", to, language=language, answering=answering, extra=extra
+        )
+        return 1
+
+    def _row(self, row: listing.Row, snippet: str, agent: Agent, now: datetime) -> dict[str, Any]:
+        return {
+            "number": row.number,
+            "tag": f"[{self.notifier.settings.support.tag_prefix}{row.number}]",
+            "status": row.status,
+            "priority": row.priority,
+            "owner": row.owner,
+            "age": listing.age(row.created_at, now),
+            "last_activity": listing.age(row.last_activity, now),
+            "subject": row.subject,
+            "snippet": snippet,
+            "show_address": self.tokens.show_address(row.number, agent.id),
+        }
+
+    def show(
+        self,
+        session: Session,
+        agent: Agent,
+        ticket: Ticket,
+        now: datetime,
+        answering: InReplyTo | None,
+    ) -> int:
+        """The whole ticket to `agent`, with a Reply-To signed for that agent and ticket:
+        replying to it is a proven agent reply on the ticket."""
+        total = session.scalar(select(func.count(Message.id)).where(Message.ticket_id == ticket.id))
+        messages = list(
+            session.scalars(
+                select(Message)
+                .where(Message.ticket_id == ticket.id)
+                .order_by(Message.id.desc())
+                .limit(MAX_SHOWN)
+                .options(selectinload(Message.attachments))
+            )
+        )[::-1]
+        thread = [
+            {
+                "at": as_utc(m.created_at).strftime("%Y-%m-%d %H:%M"),
+                "direction": m.direction,
+                "kind": m.kind,
+                "from": m.from_addr,
+                "from_name": m.from_name,
+                "internal": m.internal,
+                "flag": m.flag,
+                "text": redact_links(m.body_text[:MAX_BODY]),
+                "cut": len(m.body_text) > MAX_BODY,
+                "attachments": [{"filename": a.filename, "size": a.size} for a in m.attachments],
+            }
+            for m in messages
+        ]
+        events = [
+            {
+                "at": as_utc(e.at).strftime("%Y-%m-%d %H:%M"),
+                "actor": e.actor,
+                "field": e.field,
+                "old": e.old or "",
+                "new": e.new or "",
+                "via": e.via,
+            }
+            for e in ticket.events
+        ]
+        self.notifier.notify(
+            session,
+            ticket,
+            "agent_show",
+            Recipient(agent.email, agent.name, agent_id=agent.id),
+            language=self.language(agent),
+            answering=answering,
+            automatic=True,
+            extra={
+                "thread": thread,
+                "left_out": (total or 0) - len(thread),
+                "events": events,
+                "age": listing.age(ticket.created_at, now),
+                "last_activity": listing.age(ticket.updated_at, now),
+                "watchers": [a.email for a in Watchers(session).of(ticket)],
+                "commands_help": commands.HELP,
+            },
+        )
+        return 1
+
+    # -- state-changing commands -------------------------------------------------
+
+    def run(
+        self,
+        session: Session,
+        ticket: Ticket,
+        agent: Agent,
+        parsed: commands.Commands,
+        now: datetime,
+    ) -> int:
+        """Apply state-changing commands as `agent` (proven, or confirmed)."""
+        lifecycle = Lifecycle(session, now)
+        if acting(parsed):
+            lifecycle.agent_acted(ticket, agent, "command")
+        applied = self.flow.apply(session, ticket, agent, parsed, now)
+        queued = applied.queued
+        canned = parsed.get("reply")
+        if canned is not None:
+            name = agent_name(agent)
+            text = self.flow.canned_text(ticket, agent, canned.arg, name)
+            if parsed.get("status") is None:
+                lifecycle.agent_replied(ticket, agent, "command")
+            queued += self.flow.relay(session, ticket, name, text)
+        elif any(change.field == "status" for change in applied.changes):
+            queued += self.notices.status_notice(session, ticket)
+        return queued
+
+    def _ask(
+        self,
+        session: Session,
+        agent: Agent,
+        mail: ConsoleMail,
+        ticket: Ticket,
+        parsed: commands.Commands,
+        now: datetime,
+    ) -> int:
+        """Unproven: keep the commands and ask the agent's own mailbox to confirm them."""
+        lines = [f"#{c.name} {c.arg}".strip() for c in parsed.commands]
+        pending = Confirmation(
+            agent_id=agent.id,
+            ticket_id=ticket.id,
+            commands="\n".join(lines),
+            created_at=now,
+            expires_at=now + timedelta(hours=CONFIRM_HOURS),
+            used_via="",
+        )
+        session.add(pending)
+        session.flush()
+        log.info("console: confirmation %d asked of %s for #%d", pending.id, agent.email, ticket.id)
+        self.notifier.notify_untied(
+            session,
+            None,
+            "agent_confirm",
+            Recipient(agent.email, agent.name),
+            language=self.language(agent),
+            answering=InReplyTo(mail.message_id),
+            extra={
+                "commands": lines,
+                "target": self._target(ticket),
+                "confirm_url": self.confirm_url(pending.id),
+                "hours": CONFIRM_HOURS,
+                "original_subject": mail.subject,
+            },
+            reply_to=self.tokens.confirm_address(pending.id),
+        )
+        return 1
+
+    def _target(self, ticket: Ticket) -> dict[str, str]:
+        return {
+            "tag": f"[{self.notifier.settings.support.tag_prefix}{ticket.id}]",
+            "subject": ticket.subject,
+            "status": ticket.status,
+            "owner": ticket.owner.email if ticket.owner else "",
+        }
+
+    def confirm_url(self, confirmation: int) -> str:
+        base = self.notifier.settings.support.base_url.rstrip("/")
+        query = urlencode({"c": confirmation, "s": self.tokens.confirm_signature(confirmation)})
+        return f"{base}/confirm?{query}"
+
+    def check(self, confirmation: int, signature: str) -> bool:
+        """Is `signature` the one of confirmation `confirmation` (a link's)?"""
+        return hmac.compare_digest(signature, self.tokens.confirm_signature(confirmation))
+
+    def pending(self, session: Session, confirmation: int, now: datetime) -> Confirmation | None:
+        """The confirmation if it may still run (not used, not expired)."""
+        row = session.get(Confirmation, confirmation)
+        if row is None or row.used_at is not None or as_utc(row.expires_at) <= now:
+            return None
+        return row
+
+    def confirm(self, session: Session, confirmation: int, now: datetime, via: str) -> Outcome:
+        """Run confirmation `confirmation` once, if it is still valid."""
+        row = session.get(Confirmation, confirmation, with_for_update=True)
+        if row is None:
+            return Outcome("unknown", None, [], 0)
+        agent = session.get(Agent, row.agent_id)
+        lines = row.commands.splitlines()
+        if agent is None or not agent.active:
+            return Outcome("unknown", None, lines, 0)
+        if row.used_at is not None:
+            return Outcome("used", agent, lines, 0)
+        if as_utc(row.expires_at) <= now:
+            return Outcome("expired", agent, lines, 0)
+        row.used_at, row.used_via = now, via
+        ticket = session.get(Ticket, row.ticket_id)
+        assert ticket is not None
+        parsed = commands.parse(row.commands)
+        mail = ConsoleMail("", "", agent, "confirmed", ticket, parsed)
+        # Checked again: an agent may have left, a canned reply may be gone since.
+        errors = [*parsed.errors, *self._problems(session, mail, agent)]
+        if errors:
+            return Outcome("failed", agent, lines, 0, errors)
+        log.info("console: confirmation %d used by %s (%s)", row.id, agent.email, via)
+        return Outcome("done", agent, lines, self.run(session, ticket, agent, parsed, now))
+
+    def _confirm_by_mail(self, session: Session, mail: ConsoleMail, now: datetime) -> int:
+        assert mail.confirmation is not None
+        outcome = self.confirm(session, mail.confirmation, now, "mail")
+        if outcome.agent is None:
+            return 0
+        session.add(
+            ConsoleRequest(
+                agent_id=outcome.agent.id, message_id=mail.message_id, at=now, proof="confirm"
+            )
+        )
+        return outcome.queued + self.tell(session, outcome, InReplyTo(mail.message_id))
+
+    def tell(self, session: Session, outcome: Outcome, answering: InReplyTo | None) -> int:
+        """The agent hears what became of a confirmation (at their registered address)."""
+        agent = outcome.agent
+        assert agent is not None
+        self.notifier.notify_untied(
+            session,
+            None,
+            "agent_confirmed",
+            Recipient(agent.email, agent.name),
+            language=self.language(agent),
+            answering=answering,
+            extra={
+                "outcome": outcome.state,
+                "commands": outcome.lines,
+                "errors": outcome.errors,
+                "hours": CONFIRM_HOURS,
+            },
+        )
+        return 1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a confirmation."""
+
+    state: str  # done | used | expired | failed | unknown
+    agent: Agent | None
+    lines: list[str]
+    queued: int
+    errors: list[str] = field(default_factory=list)

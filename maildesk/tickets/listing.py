@@ -1,0 +1,98 @@
+"""What `#list` shows an agent: which tickets each filter means, as compact rows.
+
+Filters: `mine` (open tickets the agent owns), `unassigned` (open, nobody
+owns them), `open` (the default: new, accepted, waiting for the customer),
+`waiting` (waiting for the customer), `status=S`, `all`, and `overdue`, which
+needs the service levels of `tickets/sla.py`. Rows are newest activity first;
+"last activity" is the ticket's `updated_at` (every message and every change
+moves it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.clock import as_utc
+from maildesk.models import Agent, Ticket
+from maildesk.tickets.lifecycle import OPEN_STATUSES
+
+MAX_ROWS = 50
+
+
+class ListError(Exception):
+    """The filter cannot be answered (e.g. `overdue` without service levels)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    number: int
+    status: str
+    priority: str
+    owner: str  # "" when unassigned
+    created_at: datetime
+    last_activity: datetime
+    subject: str
+
+
+def row(ticket: Ticket) -> Row:
+    return Row(
+        number=ticket.id,
+        status=ticket.status,
+        priority=ticket.priority,
+        owner=ticket.owner.email if ticket.owner else "",
+        created_at=as_utc(ticket.created_at),
+        last_activity=as_utc(ticket.updated_at),
+        subject=ticket.subject,
+    )
+
+
+def tickets_for(session: Session, agent: Agent, wanted: str, limit: int = MAX_ROWS) -> list[Row]:
+    """The rows of `#list wanted` for `agent` (at most `limit`; raises ListError)."""
+    query = select(Ticket)
+    wanted = wanted or "open"
+    if wanted == "mine":
+        query = query.where(Ticket.owner_id == agent.id, Ticket.status.in_(OPEN_STATUSES))
+    elif wanted == "unassigned":
+        query = query.where(Ticket.owner_id.is_(None), Ticket.status.in_(OPEN_STATUSES))
+    elif wanted == "open":
+        query = query.where(Ticket.status.in_(OPEN_STATUSES))
+    elif wanted == "waiting":
+        query = query.where(Ticket.status == "waiting_customer")
+    elif wanted.startswith("status="):
+        query = query.where(Ticket.status == wanted.removeprefix("status="))
+    elif wanted == "overdue":
+        return _overdue(session, limit)
+    elif wanted != "all":
+        raise ListError(f"#list {wanted}: unknown filter")
+    query = query.order_by(Ticket.updated_at.desc(), Ticket.id.desc()).limit(limit)
+    return [row(t) for t in session.scalars(query)]
+
+
+def _overdue(session: Session, limit: int) -> list[Row]:
+    """Breached tickets, from the service levels when they are configured."""
+    try:
+        sla = importlib.import_module("maildesk.tickets.sla")  # issue 10, item 5, in progress
+    except ImportError:
+        raise ListError("#list overdue: service levels ([sla]) are not configured") from None
+    overdue = getattr(sla, "overdue", None)
+    if overdue is None:
+        raise ListError("#list overdue: service levels ([sla]) are not configured")
+    return [row(t) for t in overdue(session)[:limit]]
+
+
+def age(since: datetime, now: datetime) -> str:
+    """A short age for a table cell: `45m`, `5h`, `3d 4h`."""
+    delta = max(now - as_utc(since), timedelta(0))
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 24:
+        return f"{hours}h"
+    days, rest = divmod(hours, 24)
+    return f"{days}d {rest}h" if rest else f"{days}d"
