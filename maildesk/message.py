@@ -19,10 +19,11 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message as EmailMessage
-from html.parser import HTMLParser
 
 import mailparser
 from flufl.bounce import all_failures
+
+from maildesk.html_text import html_to_text
 
 log = logging.getLogger("maildesk.message")
 # mail-parser logs every part at DEBUG with f-strings; keep it quiet and cheap.
@@ -324,71 +325,3 @@ def _quoted_ids(raw: bytes) -> tuple[str, ...]:
         return ()
     found = [m.decode("ascii", "replace") for m in _QUOTED_ID.findall(raw, end)]
     return tuple(dict.fromkeys(found))[:20]
-
-
-class _TextExtractor(HTMLParser):
-    """HTML to text; <blockquote> becomes "> " lines, so quoted history stays recognizable."""
-
-    _BREAKS = {"p", "br", "div", "li", "tr", "h1", "h2", "h3", "h4", "blockquote"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip = 0
-        self._quote = 0
-        self._pre = 0
-        self._line_start = True
-
-    def _emit(self, text: str) -> None:
-        prefix = "> " * self._quote
-        for piece in re.split(r"(\n)", text):
-            if not piece:
-                continue
-            if piece == "\n":
-                self.parts.append("\n")
-                self._line_start = True
-                continue
-            if self._line_start and prefix:
-                piece = prefix + piece.lstrip()
-            self.parts.append(piece)
-            self._line_start = False
-
-    def handle_starttag(self, tag: str, attrs: object) -> None:
-        if tag in ("script", "style", "head"):
-            self._skip += 1
-        elif tag in self._BREAKS:
-            self._emit("\n")
-        if tag == "blockquote":
-            self._quote += 1
-        if tag == "pre":
-            self._pre += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style", "head") and self._skip:
-            self._skip -= 1
-        if tag in ("p", "h1", "h2", "h3", "h4"):  # a paragraph ends with a blank line
-            self._emit("\n\n")
-        if tag == "pre" and self._pre:
-            self._pre -= 1
-        if tag == "blockquote" and self._quote:
-            self._quote -= 1
-            self._emit("\n")
-
-    def handle_data(self, data: str) -> None:
-        if self._skip:
-            return
-        if not self._pre:  # outside <pre>, a line break in the source is just a space
-            data = re.sub(r"\s+", " ", data)
-            if self._line_start:
-                data = data.lstrip()
-        if data:
-            self._emit(data)
-
-
-def html_to_text(html: str) -> str:
-    """Readable text from an HTML-only message (for the ticket's text view)."""
-    extractor = _TextExtractor()
-    extractor.feed(html)
-    extractor.close()
-    text = "\n".join(line.rstrip() for line in "".join(extractor.parts).split("\n"))
-    return re.sub(r"\n\s*\n+", "\n\n", text).strip()
