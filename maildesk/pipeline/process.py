@@ -341,12 +341,12 @@ class Processor:
             return queued
         if forged:
             outcome = "forged"
-        elif not trust.verified:
-            outcome = "unverified"
         else:
             outcome = lifecycle.customer_replied(
-                ticket, text, message.from_addr, message.thread_ids
+                ticket, text, message.from_addr, message.thread_ids, trust.verified
             )
+            if not trust.verified:
+                outcome = "unverified"  # the agents' notice says what it could not do
         if outcome == "confirmed":
             queued += self.notices.status_notice(session, ticket)
         return queued + self.notices.to_agents(session, ticket, outcome, message, text=text)

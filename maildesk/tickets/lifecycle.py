@@ -98,15 +98,23 @@ class Lifecycle:
             self.change(ticket, "status", "waiting_customer", agent.email, via)
 
     def customer_replied(
-        self, ticket: Ticket, text: str, actor: str, answers: Sequence[str] = ()
+        self,
+        ticket: Ticket,
+        text: str,
+        actor: str,
+        answers: Sequence[str] = (),
+        verified: bool = True,
     ) -> str:
         """Move the ticket for a customer's reply; returns what the reply meant.
 
         "approved"/"declined" answer a paid-work notice; "confirmed" closes a
         resolved ticket; "disputed" reopens it; "reply" is anything else.
         `answers` are the Message-IDs the reply names (In-Reply-To, References).
+        Unverified mail (README "Trust") only ever draws the agents back: it may
+        dispute a resolution or end a wait, never approve, decline or confirm.
         """
-        if ticket.paid_state == "pending" and self.answers_current_round(ticket, answers):
+        paid_question = ticket.paid_state == "pending"
+        if verified and paid_question and self.answers_current_round(ticket, answers):
             if has_word(text, APPROVE_WORDS):
                 self.change(ticket, "paid", "approved", actor, "mail")
                 self.change(ticket, "status", "accepted", actor, "mail")
@@ -117,6 +125,8 @@ class Lifecycle:
                 return "declined"
         if ticket.status == "resolved":
             if has_word(text, CONFIRM_WORDS) or is_only_thanks(text):
+                if not verified:
+                    return "reply"
                 self.change(ticket, "status", "closed", actor, "mail")
                 return "confirmed"
             self.change(ticket, "status", "accepted", actor, "mail")
