@@ -102,6 +102,8 @@ class Agent(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+    # What the agent reads: labels, status names, errors; None = `[support] language`.
+    language: Mapped[str | None] = mapped_column(String(8), nullable=True)
 
 
 class Ticket(Base):
@@ -147,6 +149,9 @@ class Participant(Base):
     role: Mapped[str] = mapped_column(String(16))
 
     person: Mapped[Person] = relationship(lazy="joined")
+
+    # Whose tickets a customer sees (the portal, its search) starts from the person.
+    __table_args__ = (Index("ix_participants_person_id", "person_id"),)
 
 
 class Message(Base):

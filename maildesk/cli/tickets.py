@@ -53,6 +53,35 @@ def tickets_list(ctx: Context, status: str | None, as_json: bool) -> None:
     )
 
 
+@tickets.command("search")
+@click.argument("words", nargs=-1, required=True)
+@click.option("--limit", default=20, show_default=True, help="At most this many tickets.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_context
+def tickets_search(ctx: Context, words: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """Tickets whose subject or messages hold every one of WORDS (diacritics optional)."""
+    from maildesk.tickets import views
+    from maildesk.tickets.search import search
+
+    with ctx.db.reading() as session:
+        rows = [
+            {**views.summary(hit.ticket, 0), "snippet": hit.snippet}
+            for hit in search(session, " ".join(words), limit)
+        ]
+    for row in rows:
+        del row["message_count"]
+    if as_json:
+        print_json(rows)
+        return
+    table(
+        ["#", "status", "prio", "requester", "subject", "match"],
+        [
+            [r["number"], r["status"], r["priority"], r["requester"], r["subject"], r["snippet"]]
+            for r in rows
+        ],
+    )
+
+
 @tickets.command("show")
 @click.argument("number", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the shape of `export`).")

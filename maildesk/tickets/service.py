@@ -25,6 +25,7 @@ from maildesk.models import (
     Person,
     Ticket,
 )
+from maildesk.tickets.search import index_message
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,8 @@ class Tickets:
         )
         self.session.add(message)
         self.session.flush()
+        # The search index is written in the same transaction: it never lags the messages.
+        index_message(self.session, message)
         for ref in dict.fromkeys(new.references):
             if ref != new.message_id:
                 self.session.add(MessageRef(message_pk=message.id, ref_id=ref))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import email.policy
 import email.utils
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -27,14 +26,16 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
 
 from maildesk.accounts import redact_links
 from maildesk.clock import as_utc, new_token
 from maildesk.inbound.store import Envelope
 from maildesk.message import clean_text
-from maildesk.models import STATUS_LABELS, Attachment, Blob, Message, Participant, Person, Ticket
+from maildesk.models import STATUS_LABELS, Attachment, Blob, Message, Person, Ticket
+from maildesk.tickets.search import search
+from maildesk.tickets.visibility import PUBLIC, Scope
 from maildesk.web.pages import Form, Viewer, in_db, language, protected, render, see_other, site
 from maildesk.web.pages import viewer as current_viewer
 
@@ -49,33 +50,10 @@ TYPE_LABELS = {
 }
 MAX_REPLY_CHARS = 100_000
 MAX_LISTED = 500
+MAX_FOUND = 50
+MAX_QUERY_CHARS = 200
 # Attachments are always downloaded; only these types keep their own Content-Type.
 _SAFE_TYPES = {"application/pdf", "image/png", "image/jpeg", "image/gif", "text/plain"}
-
-PUBLIC = and_(Message.internal.is_(False), Message.kind != "bounce", Message.flag == "")
-
-
-@dataclass(frozen=True)
-class Scope:
-    """Whose tickets one person may see."""
-
-    person_id: int
-    org_domain: str | None
-
-    def condition(self) -> ColumnElement[bool]:
-        mine = exists().where(
-            Participant.ticket_id == Ticket.id, Participant.person_id == self.person_id
-        )
-        if self.org_domain is None:
-            return mine
-        return or_(mine, Ticket.requester_id.in_(self.colleagues()))
-
-    def colleagues(self) -> Select[Any]:
-        # An alias, so the subquery never correlates with a Person of the outer query.
-        person = aliased(Person)
-        domain = "@" + (self.org_domain or "")
-        return select(person.id).where(person.email.endswith(domain, autoescape=True))
-
 
 def scope_of(session: Session, request: web.Request, who: Viewer) -> Scope:
     person = session.get(Person, who.id)
@@ -110,10 +88,13 @@ async def ticket_list(request: web.Request) -> web.StreamResponse:
     show = request.query.get("show", "all")
     show = show if show in SHOW else "all"
     creator = request.query.get("creator", "").strip().lower()
+    query_text = request.query.get("q", "").strip()[:MAX_QUERY_CHARS]
 
     def load() -> dict[str, Any]:
         with site(request).services.db.transaction() as session:
             scope = scope_of(session, request, who)
+            if query_text:
+                return {"tickets": _found(session, scope, query_text, lang), "creators": []}
             creators: list[dict[str, str]] = []
             if scope.org_domain is not None:
                 people = session.execute(
@@ -159,7 +140,27 @@ async def ticket_list(request: web.Request) -> web.StreamResponse:
             return {"tickets": rows, "creators": creators, "creator": chosen}
 
     context = await in_db(load)
-    return render(request, "tickets", {**context, "show": show}, who=who, lang=lang)
+    context.setdefault("creator", "")
+    return render(
+        request, "tickets", {**context, "show": show, "q": query_text}, who=who, lang=lang
+    )
+
+
+def _found(session: Session, scope: Scope, words: str, lang: str) -> list[dict[str, Any]]:
+    """The search box: this person's tickets whose public messages hold the words."""
+    return [
+        {
+            "number": hit.ticket.id,
+            "subject": hit.ticket.subject,
+            "type": TYPE_LABELS[lang].get(hit.ticket.type or "", ""),
+            "status": hit.ticket.status,
+            "status_label": STATUS_LABELS[lang][hit.ticket.status],
+            "creator": hit.ticket.requester.email,
+            "last_activity": when(hit.ticket.updated_at),
+            "snippet": redact_links(hit.snippet),
+        }
+        for hit in search(session, words, MAX_FOUND, person=scope)
+    ]
 
 
 # -- one ticket ----------------------------------------------------------------------

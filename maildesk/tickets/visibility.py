@@ -1,0 +1,51 @@
+"""Which tickets and messages a customer may see: one rule for every page and search.
+
+A person sees the tickets they take part in (as requester or in Cc) and, once
+an admin created the organization of their e-mail domain, every ticket a
+colleague of that domain requested; free-mail domains never group people
+(`accounts.organization_of` decides the domain). Of a ticket, a customer sees
+only public messages: never internal notes, agent mail, bounces or messages
+held for a second look.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, exists, or_, select, union
+from sqlalchemy.orm import aliased
+
+from maildesk.models import Message, Participant, Person, Ticket
+
+PUBLIC = and_(Message.internal.is_(False), Message.kind != "bounce", Message.flag == "")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose tickets one person may see."""
+
+    person_id: int
+    org_domain: str | None
+
+    def condition(self) -> ColumnElement[bool]:
+        mine = exists().where(
+            Participant.ticket_id == Ticket.id, Participant.person_id == self.person_id
+        )
+        if self.org_domain is None:
+            return mine
+        return or_(mine, Ticket.requester_id.in_(self.colleagues()))
+
+    def ticket_ids(self) -> Select[Any]:
+        """The same rule as `condition`, as a set of ticket ids (starts from the person)."""
+        mine = select(Participant.ticket_id).where(Participant.person_id == self.person_id)
+        if self.org_domain is None:
+            return mine
+        theirs = select(Ticket.id).where(Ticket.requester_id.in_(self.colleagues()))
+        return select(union(mine, theirs).subquery().c[0])
+
+    def colleagues(self) -> Select[Any]:
+        # An alias, so the subquery never correlates with a Person of the outer query.
+        person = aliased(Person)
+        domain = "@" + (self.org_domain or "")
+        return select(person.id).where(person.email.endswith(domain, autoescape=True))

@@ -1,0 +1,176 @@
+"""Full-text search on the database's own engine (SQLite FTS5, PostgreSQL tsvector + GIN).
+
+Runs on SQLite, and on PostgreSQL when MAILDESK_TEST_DATABASE_URL is set.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from click.testing import CliRunner
+from sqlalchemy import select, text
+
+from maildesk.cli import main
+from maildesk.db import Database
+from maildesk.models import Message, Person, Ticket
+from maildesk.schema import alembic_config
+from maildesk.services import Services
+from maildesk.tickets.search import fold, search
+from maildesk.tickets.service import NewMessage, Tickets
+from maildesk.tickets.visibility import Scope
+from tests.conftest import make_mail
+from tests.helpers import receive
+
+
+def numbers(services: Services, words: str, scope: Scope | None = None) -> list[int]:
+    with services.db.reading() as session:
+        return [hit.ticket.id for hit in search(session, words, 20, person=scope)]
+
+
+def test_fold_drops_czech_diacritics_and_case() -> None:
+    assert fold("Příliš žluťoučký kůň ÚPĚL ďábelské ódy") == (
+        "prilis zlutoucky kun upel dabelske ody"
+    )
+
+
+def test_a_body_word_is_found_with_and_without_diacritics(services: Services) -> None:
+    receive(
+        services, make_mail("Tiskárna", body="Práce na faktuře se zastavila, tiskárna hlásí chybu.")
+    )
+    receive(services, make_mail("Printer", body="The printer on floor 2 prints blank pages."))
+
+    assert numbers(services, "práce") == [1]
+    assert numbers(services, "prace") == [1]
+    assert numbers(services, "PRACE") == [1]
+    # Every word must match; a word of three letters or more also matches as a prefix
+    # (Czech inflects: "faktur" finds "faktuře").
+    assert numbers(services, "faktur chybu") == [1]
+    assert numbers(services, "faktur printer") == []
+    assert numbers(services, "blank") == [2]
+    assert numbers(services, "tiskarna") == [1]  # the subject counts too
+    assert numbers(services, "  ,;  ") == []
+
+
+def test_newest_match_first_and_an_agent_reply_is_found(services: Services) -> None:
+    receive(services, make_mail("First", body="heslo nefunguje"))
+    receive(services, make_mail("Second", body="zase heslo", sender="bob@other.test"))
+    assert numbers(services, "heslo") == [2, 1]
+    with services.db.reading() as session:
+        hit = search(session, "nefunguje", 5)[0]
+        assert "heslo nefunguje" in hit.snippet
+
+
+def test_the_acknowledgement_template_is_not_indexed(services: Services) -> None:
+    """Our own automatic mail says the same words on every ticket; they would match all."""
+    receive(services, make_mail("Printer", body="blank pages"))
+    with services.db.reading() as session:
+        ours = session.scalars(select(Message).where(Message.direction == "out")).all()
+    assert ours, "an acknowledgement was recorded"
+    word = next(w for w in ours[0].body_text.split() if w.isalpha() and len(w) > 4)
+    assert word.lower() not in "blank pages printer"
+    assert numbers(services, word) == []
+
+
+def test_a_customers_scope_sees_only_public_messages_of_their_tickets(services: Services) -> None:
+    receive(services, make_mail("Mine", body="tajný kód je ve skříni"))
+    receive(
+        services,
+        make_mail("Theirs", body="tajný plán", sender="mallory@other.test"),
+        mail_from="mallory@other.test",
+    )
+    with services.db.transaction() as session:
+        alice = session.scalar(select(Person).where(Person.email == "alice@customer.test"))
+        assert alice is not None
+        ticket = session.get(Ticket, 1)
+        assert ticket is not None
+        Tickets(session).add_message(
+            ticket,
+            NewMessage(
+                message_id="note-1@example.test",
+                direction="in",
+                kind="note",
+                from_addr="agent@example.test",
+                from_name="",
+                subject="",
+                body_text="interní poznámka: zákazník dluží",
+                created_at=services.clock.now(),
+                internal=True,
+            ),
+        )
+        scope = Scope(alice.id, None)
+    assert numbers(services, "tajny") == [2, 1]
+    assert numbers(services, "tajny", scope) == [1]
+    assert numbers(services, "dluzi") == [1]  # agents find their notes
+    assert numbers(services, "dluzi", scope) == []
+
+
+def test_an_organizations_scope_adds_colleagues_tickets(services: Services) -> None:
+    receive(services, make_mail("Alice's", body="sklad hlásí chybu"))
+    colleague = "Bob <bob@customer.test>"
+    receive(
+        services, make_mail("Bob's", body="sklad je prázdný", sender=colleague), "bob@customer.test"
+    )
+    receive(services, make_mail("Other", body="sklad", sender="eve@other.test"), "eve@other.test")
+    with services.db.reading() as session:
+        alice = session.scalar(select(Person.id).where(Person.email == "alice@customer.test"))
+    assert alice is not None
+    assert numbers(services, "sklad", Scope(alice, None)) == [1]
+    assert numbers(services, "sklad", Scope(alice, "customer.test")) == [2, 1]
+
+
+def test_the_migration_indexes_messages_stored_before_it(tmp_path: Path, db_url: str) -> None:
+    db = Database(db_url)
+    config = alembic_config(db)
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0009")
+    now = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    with db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO people (id, email, name, created_at, session_version) "
+                "VALUES (1, 'old@customer.test', '', :now, 0)"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO tickets (id, subject, status, priority, requester_id, language, "
+                "created_at, updated_at, channel, paid_note, paid_round) "
+                "VALUES (1, 'Stará žádost', 'new', 'normal', 1, 'cs', :now, :now, 'email', '', 0)"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO messages (id, ticket_id, message_id, direction, kind, from_addr, "
+                "from_name, to_addrs, cc_addrs, subject, body_text, body_html, created_at, "
+                "internal, flag, proof) VALUES (1, 1, 'old@x', 'in', 'customer', "
+                "'old@customer.test', '', '[]', '[]', 'Stará žádost', 'Účetní uzávěrka', '', "
+                ":now, false, '', '')"
+            ),
+            {"now": now},
+        )
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    with db.reading() as session:
+        assert [h.ticket.id for h in search(session, "uzaverka", 5)] == [1]
+        assert [h.ticket.id for h in search(session, "stara zadost", 5)] == [1]
+    db.dispose()
+
+
+def test_cli_search_prints_json(services: Services, config_file: Path) -> None:
+    receive(services, make_mail("Faktura", body="Prosím o opravu faktury č. 2041."))
+    result = CliRunner().invoke(
+        main, ["--config", str(config_file), "tickets", "search", "faktury", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [(r["number"], r["subject"]) for r in rows] == [(1, "Faktura")]
+    assert "faktury" in rows[0]["snippet"]
+    table = CliRunner().invoke(main, ["--config", str(config_file), "tickets", "search", "oprav"])
+    assert table.exit_code == 0 and "Faktura" in table.output

@@ -1,0 +1,94 @@
+"""The portal's search box over real HTTP: this customer's own tickets, public messages only."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from maildesk.models import Ticket
+from maildesk.tickets.service import NewMessage, Tickets
+from tests.conftest import RunningDaemon, make_mail, wait_for
+from tests.helpers import tickets
+from tests.web.portal_client import customer, logged_in
+
+ALICE = "alice@customer.test"
+MALLORY = "mallory@other.test"
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+    config_values["support"]["base_url"] = f"http://127.0.0.1:{config_values['web']['port']}"
+    return config_values
+
+
+def mail_in(daemon: RunningDaemon, sender: str, subject: str, body: str) -> int:
+    known = len(tickets(daemon.services))
+    daemon.send(make_mail(subject=subject, sender=sender, body=body), sender=sender)
+    found = wait_for(lambda: tickets(daemon.services)[known:], what=f"ticket {subject!r}")
+    return int(found[0]["number"])
+
+
+def note(daemon: RunningDaemon, number: int, text: str) -> None:
+    with daemon.services.db.transaction() as session:
+        ticket = session.get(Ticket, number)
+        assert ticket is not None
+        Tickets(session).add_message(
+            ticket,
+            NewMessage(
+                message_id=f"note-{number}@example.test",
+                direction="in",
+                kind="note",
+                from_addr="agent@example.test",
+                from_name="",
+                subject="",
+                body_text=text,
+                created_at=daemon.services.clock.now(),
+                internal=True,
+            ),
+        )
+
+
+def search(client: Any, words: str) -> str:
+    page = client.get("/tickets?q=" + quote(words))
+    assert page.status == 200
+    return str(page.text)
+
+
+def test_the_search_box_finds_only_this_customers_tickets(daemon: RunningDaemon) -> None:
+    mine = mail_in(daemon, ALICE, "Účetnictví", "Uzávěrka měsíce neprošla, práce stojí.")
+    other = mail_in(daemon, ALICE, "Tiskárna", "Tiskne prázdné stránky.")
+    theirs = mail_in(daemon, MALLORY, "Mallory", "Moje práce na uzávěrce je tajná.")
+    note(daemon, mine, "interní: zákazník neplatí")
+    customer(daemon.services, ALICE)
+    alice = logged_in(daemon, ALICE)
+
+    found = search(alice, "prace uzaverk")
+    assert f'href="/tickets/{mine}"' in found
+    assert f'href="/tickets/{other}"' not in found
+    # Mallory's ticket holds the same words, and is never shown to Alice.
+    assert (
+        f'href="/tickets/{theirs}"' not in found and "Mallory" not in found and "tajn" not in found
+    )
+    assert "práce stojí" in found  # the snippet, with the customer's own diacritics
+    assert f'href="/tickets/{mine}"' in search(alice, "PRÁCE")
+
+    # An internal note is searchable by agents, never by the customer.
+    hidden = search(alice, "neplati")
+    assert f'href="/tickets/{mine}"' not in hidden, hidden
+    assert "neplatí" not in hidden
+
+    # Mallory sees her own ticket and not Alice's.
+    customer(daemon.services, MALLORY)
+    mallory = logged_in(daemon, MALLORY)
+    hers = search(mallory, "prace")
+    assert f'href="/tickets/{theirs}"' in hers and f'href="/tickets/{mine}"' not in hers
+
+
+def test_the_search_box_escapes_what_it_echoes(daemon: RunningDaemon) -> None:
+    mail_in(daemon, ALICE, "Printer", "blank pages")
+    customer(daemon.services, ALICE)
+    alice = logged_in(daemon, ALICE)
+    page = search(alice, '<script>alert(1)</script> "blank')
+    assert "<script>alert" not in page and "&lt;script&gt;" in page
