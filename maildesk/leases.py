@@ -111,8 +111,17 @@ class Keeper:
     next claim counts another attempt. `drop(ids)` stops renewing finished rows.
     """
 
-    def __init__(self, db: Database, model: Queue, clock: Clock, token: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        model: Queue,
+        clock: Clock,
+        token: str,
+        every: float = RENEW_EVERY.total_seconds(),
+    ) -> None:
         self._db, self._model, self._clock, self._token = db, model, clock, token
+        # Seconds between renewals (tests renew often to watch it on a manual clock).
+        self._every = every
         self._held: dict[int, datetime | None] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -151,7 +160,7 @@ class Keeper:
             )
 
     def _run(self) -> None:
-        while not self._stop.wait(RENEW_EVERY.total_seconds()):
+        while not self._stop.wait(self._every):
             try:
                 self.renew()
             except Exception:  # the next renewal may succeed; the lease has slack

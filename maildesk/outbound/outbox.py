@@ -1,12 +1,19 @@
-"""The outbox sender: drains queued rows to the transport, each exactly once.
+"""The outbox sender: drains queued rows to the transport, each sent once in practice.
 
-A row is claimed by pushing its `next_attempt_at` forward by a lease in a
-short transaction, then sent outside any transaction (an SMTP conversation must
-not hold SQLite's write lock), then marked sent. A crash between sending and
-marking leaves the lease to expire and the row is sent again under the same
-key and Message-ID: the Maildir transport writes it once; over SMTP the
-receiver sees the same Message-ID twice at worst, the one window no sender can
-close without the relay's help.
+Rows are claimed with the same claim/lease code as the inbound spool
+(`maildesk/leases.py`): a short transaction stamps them with a claim token and
+a 30-second lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so two instances
+never claim one row). Each row is then sent outside any transaction (an SMTP
+conversation must not hold SQLite's write lock) while a `Keeper` thread renews
+the leases of the rows still held, and is marked sent by a write that names the
+token. A sender that dies stops renewing: another instance (or this one,
+restarted) claims its rows again within one lease.
+
+Sending is at-least-once only in SMTP's own window: killed between the relay's
+250 and our commit, the row is sent again under the same key and Message-ID.
+The Maildir transport writes it once; over SMTP the receiver sees the same
+Message-ID twice at worst, the one window no sender can close without the
+relay's help.
 """
 
 from __future__ import annotations
@@ -17,16 +24,18 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
+from maildesk import leases
 from maildesk.clock import Clock, as_utc
 from maildesk.config import OutboundSettings
 from maildesk.db import Database
 from maildesk.logs import log_context
 from maildesk.models import Outbox
 from maildesk.outbound.transport import PermanentFailure, TemporaryFailure, Transport
+from maildesk.states import OutboxState
 
 log = logging.getLogger("maildesk.outbox")
 
-LEASE = timedelta(minutes=5)
+LEASE = leases.LEASE
 # A message the relay has refused for this long is an ERROR (someone must look), not
 # a WARNING (a relay restarting, a greylisting pause).
 FAILING_IS_AN_ERROR = timedelta(hours=1)
@@ -38,87 +47,105 @@ class Claimed:
     message_id: str
     sender: str
     recipients: tuple[str, ...]
-    raw: bytes
     attempts: int
     created_at: datetime
 
 
 class OutboxSender:
     def __init__(
-        self, db: Database, transport: Transport, clock: Clock, settings: OutboundSettings
+        self,
+        db: Database,
+        transport: Transport,
+        clock: Clock,
+        settings: OutboundSettings,
+        renew_every: float = leases.RENEW_EVERY.total_seconds(),
     ) -> None:
         self.db = db
         self.transport = transport
         self.clock = clock
         self.settings = settings
+        self.renew_every = renew_every
 
     def send_due(self, limit: int = 100) -> int:
         """Send every row that is due (up to `limit`); returns how many were handled."""
-        claimed = self._claim(limit)
-        for row in claimed:
-            self._send(row)
+        token, claimed = self.claim(limit)
+        with leases.Keeper(self.db, Outbox, self.clock, token, self.renew_every) as keeper:
+            keeper.hold([row.id for row in claimed])
+            for row in claimed:
+                self._send(row, token)
+                keeper.drop([row.id])
         return len(claimed)
 
     def next_due(self) -> datetime | None:
-        with self.db.transaction() as session:
+        with self.db.reading() as session:
             moment = session.scalar(
                 select(Outbox.next_attempt_at)
-                .where(Outbox.state == "pending")
+                .where(Outbox.state == OutboxState.PENDING)
                 .order_by(Outbox.next_attempt_at)
                 .limit(1)
             )
         return as_utc(moment) if moment else None
 
-    def _claim(self, limit: int) -> list[Claimed]:
+    def claim(self, limit: int) -> tuple[str, list[Claimed]]:
+        """Lease up to `limit` due rows under a fresh token (their bytes are loaded one by one)."""
         now = self.clock.now()
         with self.db.transaction() as session:
-            rows = session.scalars(
-                select(Outbox)
-                .where(Outbox.state == "pending", Outbox.next_attempt_at <= now)
-                .order_by(Outbox.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
-            for row in rows:
-                row.next_attempt_at = now + LEASE
-                row.attempts += 1
-            return [
-                Claimed(
-                    row.id,
-                    row.message_id,
-                    row.sender,
-                    tuple(row.recipients),
-                    row.raw,
-                    row.attempts,
-                    as_utc(row.created_at),
+            rows = session.execute(
+                leases.select_due(
+                    Outbox,
+                    now,
+                    limit,
+                    Outbox.id,
+                    Outbox.message_id,
+                    Outbox.sender,
+                    Outbox.recipients,
+                    Outbox.attempts,
+                    Outbox.created_at,
                 )
-                for row in rows
-            ]
+            ).all()
+            claim = leases.take(session, Outbox, [r.id for r in rows], now)
+        found = [
+            Claimed(
+                r.id,
+                r.message_id,
+                r.sender,
+                tuple(r.recipients),
+                r.attempts + 1,
+                as_utc(r.created_at),
+            )
+            for r in rows
+        ]
+        return claim.token, found
 
-    def _send(self, row: Claimed) -> None:
+    def _raw(self, outbox_id: int) -> bytes:
+        with self.db.reading() as session:
+            return session.execute(select(Outbox.raw).where(Outbox.id == outbox_id)).scalar_one()
+
+    def _send(self, row: Claimed, token: str) -> None:
         with log_context(outbox_id=row.id, message_id=row.message_id):
-            self._send_logged(row)
+            self._send_logged(row, token)
 
-    def _send_logged(self, row: Claimed) -> None:
+    def _send_logged(self, row: Claimed, token: str) -> None:
         try:
-            self.transport.send(f"{row.id}.{row.message_id}", row.sender, row.recipients, row.raw)
+            raw = self._raw(row.id)
+            self.transport.send(f"{row.id}.{row.message_id}", row.sender, row.recipients, raw)
         except TemporaryFailure as exc:
-            self._temporary(row, str(exc))
+            self._temporary(row, token, str(exc))
         except PermanentFailure as exc:
             log.warning("outbox %d failed permanently: %s", row.id, exc)
-            self._finish(row.id, "failed", str(exc))
+            self._finish(row.id, token, OutboxState.FAILED, str(exc))
         except Exception as exc:  # a transport bug: retry like a temporary failure
             log.exception("outbox %d: unexpected error", row.id)
-            self._temporary(row, f"{type(exc).__name__}: {exc}")
+            self._temporary(row, token, f"{type(exc).__name__}: {exc}")
         else:
             log.info("outbox %d sent %s to %s", row.id, row.message_id, ", ".join(row.recipients))
-            self._finish(row.id, "sent", "")
+            self._finish(row.id, token, OutboxState.SENT, "")
 
-    def _temporary(self, row: Claimed, reason: str) -> None:
+    def _temporary(self, row: Claimed, token: str, reason: str) -> None:
         now = self.clock.now()
         if now - row.created_at > timedelta(hours=self.settings.give_up_hours):
             log.error("outbox %d gave up after %d attempts: %s", row.id, row.attempts, reason)
-            self._finish(row.id, "failed", f"gave up: {reason}")
+            self._finish(row.id, token, OutboxState.FAILED, f"gave up: {reason}")
             return
         delay = min(
             self.settings.retry_base_seconds * 2 ** (row.attempts - 1),
@@ -135,46 +162,49 @@ class OutboxSender:
             reason,
         )
         with self.db.transaction() as session:
-            outbox = session.get(Outbox, row.id)
-            if outbox is not None and outbox.state == "pending":
-                outbox.next_attempt_at = now + timedelta(seconds=delay)
-                outbox.last_error = reason
+            # Give up the claim: the back-off is a due time, not a lease.
+            session.execute(
+                update(Outbox)
+                .where(leases.owned(Outbox, row.id, token))
+                .values(
+                    next_attempt_at=now + timedelta(seconds=delay), last_error=reason, claim=None
+                )
+            )
 
-    def _finish(self, outbox_id: int, state: str, reason: str) -> None:
+    def _finish(self, outbox_id: int, token: str, state: OutboxState, reason: str) -> None:
+        sent_at = self.clock.now() if state == OutboxState.SENT else None
         with self.db.transaction() as session:
-            outbox = session.get(Outbox, outbox_id)
-            if outbox is None:
-                return
-            outbox.state = state
-            outbox.last_error = reason
-            if state == "sent":
-                outbox.sent_at = self.clock.now()
+            done = session.execute(
+                update(Outbox)
+                .where(leases.owned(Outbox, outbox_id, token))
+                .values(state=state, last_error=reason, claim=None, sent_at=sent_at)
+            )
+        if not getattr(done, "rowcount", 1):
+            # Our lease ran out mid-send (a relay slower than a lease with renewals failing):
+            # the new owner sends it again under the same key and Message-ID.
+            log.warning("outbox %d: lost its lease while sending; left to its new owner", outbox_id)
 
 
 def retry(db: Database, clock: Clock, outbox_id: int) -> bool:
     """Queue a failed (or deferred) row to go out now. False when there is no such row."""
     with db.transaction() as session:
         row = session.get(Outbox, outbox_id)
-        if row is None or row.state == "sent":
+        if row is None or row.state == OutboxState.SENT:
             return False
-        row.state = "pending"
+        row.state = OutboxState.PENDING
         row.next_attempt_at = clock.now()
+        row.claim = None
         row.last_error = ""
         return True
 
 
-def release_leases(db: Database, clock: Clock) -> None:
+def release_leases(db: Database, clock: Clock) -> int:
     """At start-up of the only instance (SQLite): rows a crash left claimed are due now.
 
     Safe because no other process can be sending them, and a row sent twice
     under its key is written once by the Maildir transport. Rows deferred after
-    a failure (they carry its reason) keep their back-off.
+    a failure carry no claim and keep their back-off. (On PostgreSQL another
+    instance may be sending them: their leases run out within `LEASE` instead.)
     """
-    now = clock.now()
     with db.transaction() as session:
-        session.execute(
-            update(Outbox)
-            .where(Outbox.state == "pending", Outbox.next_attempt_at > now)
-            .where(Outbox.attempts > 0, Outbox.last_error == "")
-            .values(next_attempt_at=now)
-        )
+        return leases.release_all(session, Outbox, clock.now())

@@ -226,7 +226,8 @@ def test_crash_after_claiming_sends_once_the_lease_is_over(
 ) -> None:
     [queued] = queue_acknowledgements(services, 1)
     crashed = sender_to(services, clock, maildir_url(services))
-    assert [c.id for c in crashed._claim(100)] == [queued.id]  # ... and the process dies
+    _token, claimed = crashed.claim(100)
+    assert [c.id for c in claimed] == [queued.id]  # ... and the process dies
 
     restarted = sender_to(services, clock, maildir_url(services))
     clock.advance(LEASE - timedelta(seconds=1))
