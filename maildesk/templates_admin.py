@@ -211,9 +211,13 @@ def _agent_show(language: str, base: str) -> list[dict[str, Any]]:
         "age": "2h",
         "last_activity": "5m",
         "watchers": ["petr@example.test"],
+        "sla": [
+            {"name": "first_response", "state": "met", "due": "", "used": 40},
+            {"name": "resolution", "state": "running", "due": "2026-01-09 15:00", "used": 12},
+        ],
         "commands_help": commands.HELP,
     }
-    return [full, {**full, "left_out": 0, "events": [], "watchers": []}]
+    return [full, {**full, "left_out": 0, "events": [], "watchers": [], "sla": []}]
 
 
 def _agent_help(language: str, base: str) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ from maildesk.pipeline.agent_mail import AgentFlow, acting, agent_name
 from maildesk.pipeline.authenticity import Sender
 from maildesk.pipeline.threader import Match
 from maildesk.redaction import redact_links
-from maildesk.tickets import commands, listing
+from maildesk.tickets import commands, listing, sla
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle
 from maildesk.tickets.search import search
@@ -228,7 +228,13 @@ class Console:
             return 1
         if command.name == "list":
             try:
-                rows = listing.tickets_for(session, agent, command.arg, listing.MAX_ROWS + 1)
+                rows = listing.tickets_for(
+                    session,
+                    agent,
+                    command.arg,
+                    listing.MAX_ROWS + 1,
+                    sla_enabled=self.notifier.settings.sla.enabled,
+                )
             except listing.ListError as exc:
                 return self._errors(session, agent, mail, [str(exc)])
             snippets = [""] * len(rows)
@@ -326,10 +332,30 @@ class Console:
                 "age": listing.age(ticket.created_at, now),
                 "last_activity": listing.age(ticket.updated_at, now),
                 "watchers": [a.email for a in Watchers(session).of(ticket)],
+                "sla": self._sla(session, ticket, now),
                 "commands_help": commands.HELP,
             },
         )
         return 1
+
+    def _sla(self, session: Session, ticket: Ticket, now: datetime) -> list[dict[str, Any]]:
+        """Both service-level clocks of the ticket, or none when `[sla]` is off."""
+        settings = self.notifier.settings.sla
+        if not settings.enabled:
+            return []
+        state = sla.states(session, sla.policy_from(settings), now, [ticket])[ticket.id]
+        clocks = []
+        for clock in state.clocks:
+            if clock.met_at is not None:
+                where = "met"
+            elif clock.breached:
+                where = "breached"
+            else:
+                where = "running" if clock.running else "paused"
+            due = as_utc(clock.due).strftime("%Y-%m-%d %H:%M") if clock.due else ""
+            used = round(clock.share * 100)
+            clocks.append({"name": clock.name, "state": where, "due": due, "used": used})
+        return clocks
 
     # -- state-changing commands -------------------------------------------------
 

@@ -2,15 +2,14 @@
 
 Filters: `mine` (open tickets the agent owns), `unassigned` (open, nobody
 owns them), `open` (the default: new, accepted, waiting for the customer),
-`waiting` (waiting for the customer), `status=S`, `all`, and `overdue`, which
-needs the service levels of `tickets/sla.py`. Rows are newest activity first;
-"last activity" is the ticket's `updated_at` (every message and every change
-moves it).
+`waiting` (waiting for the customer), `status=S`, `all`, and `overdue`
+(breached service levels, `tickets/sla.py`; an error while `[sla]` is off).
+Rows are newest activity first; "last activity" is the ticket's `updated_at`
+(every message and every change moves it).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
 from maildesk.models import Agent, Ticket
+from maildesk.tickets import sla
 from maildesk.tickets.lifecycle import OPEN_STATUSES
 
 MAX_ROWS = 50
@@ -51,7 +51,9 @@ def row(ticket: Ticket) -> Row:
     )
 
 
-def tickets_for(session: Session, agent: Agent, wanted: str, limit: int = MAX_ROWS) -> list[Row]:
+def tickets_for(
+    session: Session, agent: Agent, wanted: str, limit: int = MAX_ROWS, *, sla_enabled: bool
+) -> list[Row]:
     """The rows of `#list wanted` for `agent` (at most `limit`; raises ListError)."""
     query = select(Ticket)
     wanted = wanted or "open"
@@ -66,23 +68,13 @@ def tickets_for(session: Session, agent: Agent, wanted: str, limit: int = MAX_RO
     elif wanted.startswith("status="):
         query = query.where(Ticket.status == wanted.removeprefix("status="))
     elif wanted == "overdue":
-        return _overdue(session, limit)
+        if not sla_enabled:
+            raise ListError("#list overdue: service levels ([sla]) are not configured")
+        return [row(t) for t in sla.overdue(session)[:limit]]
     elif wanted != "all":
         raise ListError(f"#list {wanted}: unknown filter")
     query = query.order_by(Ticket.updated_at.desc(), Ticket.id.desc()).limit(limit)
     return [row(t) for t in session.scalars(query)]
-
-
-def _overdue(session: Session, limit: int) -> list[Row]:
-    """Breached tickets, from the service levels when they are configured."""
-    try:
-        sla = importlib.import_module("maildesk.tickets.sla")  # issue 10, item 5, in progress
-    except ImportError:
-        raise ListError("#list overdue: service levels ([sla]) are not configured") from None
-    overdue = getattr(sla, "overdue", None)
-    if overdue is None:
-        raise ListError("#list overdue: service levels ([sla]) are not configured")
-    return [row(t) for t in overdue(session)[:limit]]
 
 
 def age(since: datetime, now: datetime) -> str:

@@ -1,0 +1,314 @@
+"""The agents' console by mail, end to end over real SMTP (pipeline/console.py).
+
+Two agents share the desk. Agnes owns the ticket; Bob reads, searches and takes it
+over with his mail client alone. Forged requests (From: an agent, sent by a stranger,
+with nothing that proves it) read nothing and change nothing until the real agent's
+mailbox confirms. Canned replies in Czech and English; watchers hear of replies.
+
+Waits are deadlines on the outbox or the database, never sleeps; expiry moves the
+ManualClock.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from datetime import timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maildesk.clock import ManualClock
+from tests.conftest import Outbox, RunningDaemon, wait_for
+from tests.test_agent_mail_e2e import (
+    AGENT,
+    ALICE,
+    SUPPORT,
+    Sent,
+    customer_mail,
+    mail_to,
+    open_ticket,
+    processed,
+    queued_to,
+    sent,
+    show,
+)
+
+BOB = "bob@example.test"
+STRANGER = "mallory@stranger.test"
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+    config_values["agents"]["addresses"] = [AGENT, BOB]
+    config_values["support"]["base_url"] = f"http://127.0.0.1:{config_values['web']['port']}"
+    return config_values
+
+
+def mail(
+    sender: str,
+    body: str,
+    *,
+    subject: str = "console",
+    to: str = SUPPORT,
+    answering: Sent | None = None,
+    extra: dict[str, str] | None = None,
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.format_datetime(email.utils.localtime())
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@{sender.partition('@')[2]}>"
+    if answering is not None:
+        msg["In-Reply-To"] = str(answering.msg["Message-ID"])
+        msg["References"] = str(answering.msg["Message-ID"])
+    for name, value in (extra or {}).items():
+        msg[name] = value
+    msg.set_content(body)
+    return msg.as_bytes(policy=email.policy.SMTP)
+
+
+def agent_writes(
+    daemon: RunningDaemon, sender: str, body: str, *, envelope: str = "", **kw: Any
+) -> None:
+    to = kw.get("to", SUPPORT)
+    daemon.send(mail(sender, body, **kw), sender=envelope or sender, recipients=(to,))
+
+
+def mails_to(outbox: Outbox, address: str, subject: str, count: int = 1) -> list[Sent]:
+    """Wait for `count` mails to `address` whose subject starts with `subject`."""
+
+    def found() -> list[Sent]:
+        mails = [s for s in sent(outbox) if address in s.to and s.subject.startswith(subject)]
+        return mails if len(mails) >= count else []
+
+    result: list[Sent] = wait_for(found, 10, f"{count} mails to {address}: {subject}")
+    return result
+
+
+def reply_to(sent_mail: Sent) -> str:
+    return str(sent_mail.msg["Reply-To"].addresses[0].addr_spec)
+
+
+def alice_replies(daemon: RunningDaemon, outbox: Outbox, text: str) -> None:
+    """Alice answers her acknowledgement (its signed Reply-To)."""
+    ack = mail_to(outbox, ALICE)[0]
+    message_id = f"<{uuid.uuid4().hex}@customer.test>"
+    raw = customer_mail("en", message_id=message_id, subject="Re: [#1] Printer broken",
+                        body=text, to=reply_to(ack))  # fmt: skip
+    daemon.send(raw, recipients=(reply_to(ack),))
+
+
+def owned_by_agnes(daemon: RunningDaemon, outbox: Outbox) -> None:
+    """Alice opens ticket 1; Agnes takes it with a proven reply (commands only)."""
+    opened = open_ticket(daemon, outbox)
+    agent_writes(daemon, AGENT, "#assign me", to=opened.reply_to, answering=opened.notification)
+    processed(daemon, 2)
+
+
+def test_a_second_agent_reads_searches_and_takes_over_by_mail_only(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    owned_by_agnes(daemon, outbox)
+    assert show(config_file)["owner"] == AGENT
+
+    agent_writes(daemon, BOB, "#list open")
+    [listed] = mails_to(outbox, BOB, "#list")
+    assert listed.subject == "#list open: 1 ticket"
+    row = next(line for line in listed.text.splitlines() if line.startswith("[#1]"))
+    assert row.split()[:4] == ["[#1]", "accepted", "normal", AGENT]
+    assert row.endswith("Printer broken")
+    show_address = next(line.split()[1] for line in listed.text.splitlines() if "+s1a2." in line)
+
+    agent_writes(daemon, BOB, "#search BLANK pages")
+    [found] = mails_to(outbox, BOB, "#search")
+    assert found.subject == "#search BLANK pages: 1 ticket"
+    assert "prints only blank pages" in found.text
+
+    # Any mail to the row's signed address is "#show 1" to Bob's own address.
+    agent_writes(daemon, BOB, "thanks", to=show_address)
+    [shown] = mails_to(outbox, BOB, "[#1] Printer broken")
+    assert "The printer on floor 2 prints only blank pages." in shown.text
+    assert f"owner: - -> {AGENT}" in shown.text
+    assert reply_to(shown).startswith("support+t1a2.")  # signed for Bob and ticket 1
+
+    # Bob answers the #show with #take: a proven reply on ticket 1.
+    agent_writes(daemon, BOB, "#take", to=reply_to(shown), answering=shown)
+    processed(daemon, 6)
+    state = show(config_file)
+    assert state["owner"] == BOB
+    assert state["events"][-1]["actor"] == BOB
+    # Alice writes again: the new owner is told, Agnes no longer.
+    before = len(mail_to(outbox, AGENT))
+    alice_replies(daemon, outbox, "Still blank.\n")
+    [told] = mails_to(outbox, BOB, "[#1] Customer replied")
+    assert "Still blank." in told.text
+    assert len([s for s in sent(outbox) if AGENT in s.to]) == before
+
+
+@pytest.mark.parametrize("command", ["#show 1", "#list all", "#search printer"])
+def test_a_forged_read_is_answered_only_to_the_real_agents_address(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path, command: str
+) -> None:
+    open_ticket(daemon, outbox)
+    # From: Agnes, but sent by a stranger who names himself everywhere he can.
+    agent_writes(
+        daemon,
+        AGENT,
+        command,
+        envelope=STRANGER,
+        extra={"Reply-To": STRANGER, "Cc": STRANGER, "Return-Path": STRANGER},
+    )
+    wanted = {"#show 1": "[#1] Printer broken", "#list all": "#list", "#search printer": "#sea"}
+    [answer] = mails_to(outbox, AGENT, wanted[command])
+    assert answer.to == [AGENT]
+    assert "Printer broken" in answer.text
+    everything = [r for r in sent(outbox)]
+    assert all(STRANGER not in s.to for s in everything)
+    assert queued_to(config_file, STRANGER) == []
+    assert len(show(config_file)["messages"]) == 2  # nothing joined the ticket
+
+
+def confirmation_for_bob(daemon: RunningDaemon, outbox: Outbox, config_file: Path) -> Sent:
+    """A forged `#assign me` as Bob on ticket 1: only a confirmation mail to Bob."""
+    owned_by_agnes(daemon, outbox)
+    agent_writes(
+        daemon, BOB, "#assign me", envelope=STRANGER, subject="[#1] mine now",
+        extra={"Reply-To": STRANGER},
+    )  # fmt: skip
+    [confirm] = mails_to(outbox, BOB, "Confirm: #assign me on [#1]")
+    assert reply_to(confirm).startswith("support+c")
+    state = show(config_file)
+    assert state["owner"] == AGENT  # nothing yet
+    assert queued_to(config_file, STRANGER) == []
+    return confirm
+
+
+def test_a_forged_assign_does_nothing_until_the_real_mailbox_confirms(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    confirm = confirmation_for_bob(daemon, outbox, config_file)
+    events_before = len(show(config_file)["events"])
+
+    agent_writes(daemon, BOB, "yes", to=reply_to(confirm), answering=confirm)
+    mails_to(outbox, BOB, "Done: #assign me")
+    state = show(config_file)
+    assert state["owner"] == BOB
+    assert len(state["events"]) == events_before + 1
+
+    # The same confirmation again (a second reply): nothing more happens.
+    agent_writes(daemon, BOB, "yes again", to=reply_to(confirm), answering=confirm)
+    mails_to(outbox, BOB, "Already confirmed: #assign me")
+    assert len(show(config_file)["events"]) == events_before + 1
+
+
+def test_a_confirmation_expires(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path, clock: ManualClock
+) -> None:
+    confirm = confirmation_for_bob(daemon, outbox, config_file)
+    clock.advance(timedelta(hours=25))
+    agent_writes(daemon, BOB, "yes", to=reply_to(confirm), answering=confirm)
+    mails_to(outbox, BOB, "Expired: #assign me")
+    assert show(config_file)["owner"] == AGENT
+
+
+def _post(url: str, data: dict[str, str]) -> tuple[int, str]:
+    body = urllib.parse.urlencode(data).encode()
+    try:
+        with urllib.request.urlopen(url, data=body, timeout=10) as response:  # noqa: S310
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_the_confirm_button_works_once(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    confirm = confirmation_for_bob(daemon, outbox, config_file)
+    url = next(w for w in confirm.text.split() if "/confirm?" in w)
+    # GET only shows the question (mail scanners follow links).
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
+        assert "#assign me" in response.read().decode()
+    assert show(config_file)["owner"] == AGENT
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    target = url.split("?")[0]
+    assert _post(target, query)[0] == 200
+    assert show(config_file)["owner"] == BOB
+    assert _post(target, query)[0] == 409
+    tampered = {**query, "s": "a" * len(query["s"])}
+    assert _post(target, tampered)[0] == 400
+
+
+@pytest.mark.parametrize(
+    ("language", "expected"),
+    [
+        ("en", "the problem is fixed. Please try it again"),
+        ("cs", "problém je opravený. Zkuste to prosím znovu"),
+    ],
+)
+def test_a_canned_reply_reaches_the_customer_in_the_tickets_language(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path, language: str, expected: str
+) -> None:
+    opened = open_ticket(daemon, outbox, language)
+    agent_writes(
+        daemon, AGENT, "#reply fixed\nOne more thing: restart it once.",
+        to=opened.reply_to, answering=opened.notification,
+    )  # fmt: skip
+    [_, relay] = mail_to(outbox, ALICE, 2)
+    assert expected in relay.text
+    assert relay.text.index(expected) < relay.text.index("One more thing: restart it once.")
+    assert AGENT not in relay.text
+
+
+def test_an_unknown_canned_reply_is_an_error_back_to_the_agent(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    opened = open_ticket(daemon, outbox)
+    agent_writes(
+        daemon, AGENT, "#reply nope\nHello", to=opened.reply_to, answering=opened.notification
+    )
+    [error] = mails_to(outbox, AGENT, "[#1] Not sent")
+    assert "#reply nope: no such canned reply (known: fixed, need-details)" in error.text
+    assert [r["kind"] for r in queued_to(config_file, ALICE)] == ["acknowledgement"]
+
+    agent_writes(daemon, AGENT, "#replies")
+    [listing] = mails_to(outbox, AGENT, "Canned replies")
+    assert "  fixed\n" in listing.text and "  need-details\n" in listing.text
+
+
+def test_a_watcher_hears_of_the_customers_replies(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    owned_by_agnes(daemon, outbox)
+    agent_writes(daemon, BOB, "#show 1")
+    [shown] = mails_to(outbox, BOB, "[#1] Printer broken")
+    agent_writes(daemon, BOB, "#watch", to=reply_to(shown), answering=shown)
+    processed(daemon, 4)
+    assert show(config_file)["owner"] == AGENT  # watching is not taking
+
+    alice_replies(daemon, outbox, "It is still blank.\n")
+    [to_bob] = mails_to(outbox, BOB, "[#1] Customer replied")
+    [to_agnes] = mails_to(outbox, AGENT, "[#1] Customer replied")
+    assert "It is still blank." in to_bob.text and "It is still blank." in to_agnes.text
+
+    agent_writes(daemon, BOB, "#unwatch", to=reply_to(shown), answering=shown)
+    processed(daemon, 6)
+    alice_replies(daemon, outbox, "Now it works.\n")
+    [*_, last] = mails_to(outbox, AGENT, "[#1] Customer replied", 2)
+    assert "Now it works." in last.text
+    assert not any("Now it works." in s.text for s in sent(outbox) if BOB in s.to)
+
+
+def test_list_overdue_lists_breached_tickets_only(daemon: RunningDaemon, outbox: Outbox) -> None:
+    open_ticket(daemon, outbox)  # new, far from any target
+    agent_writes(daemon, AGENT, "#list overdue")
+    [answer] = mails_to(outbox, AGENT, "#list overdue")
+    assert answer.subject == "#list overdue: 0 tickets"
+    assert "No tickets." in answer.text
