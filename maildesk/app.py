@@ -157,6 +157,10 @@ class Daemon:
             id="autoclose",
             next_run_time=datetime.now(UTC),
         )
+        if settings.sla.enabled:
+            scheduler.add_job(
+                jobs.sla, "interval", minutes=jobs.SLA_EVERY_MINUTES, args=[services], id="sla"
+            )
         if settings.agents.digest_time:
             hour, minute = (int(part) for part in settings.agents.digest_time.split(":"))
             scheduler.add_job(

@@ -173,6 +173,22 @@ class LifecycleSettings:
 
 
 @dataclass(frozen=True)
+class SlaSettings:
+    """Service levels (maildesk/tickets/sla.py): targets in working time, per priority."""
+
+    enabled: bool = True
+    # One working window a day, Monday to Friday, in `timezone`.
+    hours: str = "08:00-17:00"
+    timezone: str = "Europe/Prague"
+    # ISO dates with no working hours.
+    holidays: tuple[str, ...] = ()
+    # (first response, resolution): "90m", "8h" or "5d" (working days).
+    critical: tuple[str, ...] = ("1h", "1d")
+    normal: tuple[str, ...] = ("8h", "5d")
+    low: tuple[str, ...] = ("2d", "10d")
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     """Caps checked before any parser sees the bytes (see inbound/guard.py)."""
 
@@ -218,6 +234,7 @@ class Settings:
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     spam: SpamSettings = field(default_factory=SpamSettings)
+    sla: SlaSettings = field(default_factory=SlaSettings)
     log: LogSettings = field(default_factory=LogSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
@@ -341,6 +358,7 @@ def _finish(settings: Settings, base_dir: Path) -> Settings:
     if support.language not in LANGUAGES:
         raise ConfigError(f"[support] language must be one of {', '.join(LANGUAGES)}")
     _check_ops(settings)
+    _check_sla(settings.sla)
     for section, port in (("smtp", settings.smtp.port), ("web", settings.web.port)):
         if not 0 < port < 65536:
             raise ConfigError(f"[{section}] port must be between 1 and 65535, not {port}")
@@ -396,6 +414,15 @@ def _check_ops(settings: Settings) -> None:
     for alias in settings.support.aliases:
         if "@" not in alias:
             raise ConfigError(f"[support] aliases: not an e-mail address: {alias!r}")
+
+
+def _check_sla(sla: SlaSettings) -> None:
+    from maildesk.tickets.sla import policy_from  # the rules live there; parse them once here
+
+    try:
+        policy_from(sla)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"[sla] {exc}") from None
 
 
 def config_path(explicit: str | None) -> Path:

@@ -4,20 +4,24 @@ Jobs keep their state in the database, not in the scheduler: a restart loses
 nothing, and running a job twice does nothing twice. Autoclose moves a ticket
 only while it is still `resolved` (rows locked, SKIP LOCKED on PostgreSQL);
 the digest records the day it was sent in `job_runs` in the same transaction
-as its mail.
+as its mail. So does the SLA job, for each reminder and breach notice (one per
+ticket, priority, target and kind), and a breach is also a ticket event.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import date
+from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from maildesk.models import JobRun, Ticket
+from maildesk.clock import as_utc
+from maildesk.models import Agent, Event, JobRun, Ticket
 from maildesk.outbound.notify import Recipient
+from maildesk.tickets import sla as service_levels
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle
 
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("maildesk.jobs")
 
 AUTOCLOSE_EVERY_MINUTES = 10
+SLA_EVERY_MINUTES = 1
 
 
 def autoclose(services: Services) -> int:
@@ -82,6 +87,7 @@ def digest(services: Services, day: date | None = None) -> int:
                                 "priority": t.priority,
                                 "requester": t.requester.email,
                                 "owner": t.owner.email if t.owner else "",
+                                "age": age(t.created_at, services.clock.now()),
                             }
                             for t in waiting
                         ],
@@ -92,3 +98,102 @@ def digest(services: Services, day: date | None = None) -> int:
         log.info("digest for %s was already sent", day)
         return 0
     return sent
+
+
+def sla(services: Services) -> int:
+    """Remind at 75 % of a service-level target and tell every agent of a breach, once each.
+
+    The reminder goes to the ticket's owner, or to every active agent while nobody
+    owns it; a breach notice goes to every active agent and is recorded as an
+    event (`sla`: `first_response breached`, `resolution breached`). What was sent
+    is a `job_runs` row written with the mail, so a restart or a second instance
+    sends nothing twice (on PostgreSQL a concurrent run fails on the key and
+    rolls back). Returns how many notices were queued.
+    """
+    settings = services.settings
+    if not settings.sla.enabled:
+        return 0
+    policy = service_levels.policy_from(settings.sla)
+    now = services.clock.now()
+    try:
+        with services.db.transaction() as session:
+            tickets = list(
+                session.scalars(select(Ticket).where(Ticket.status.in_(service_levels.RUNNING)))
+            )
+            states = service_levels.states(session, policy, now, tickets)
+            agents = Agents(session).active()
+            queued = 0
+            for ticket in tickets:
+                for clock in states[ticket.id].clocks:
+                    queued += _sla_notice(services, session, ticket, clock, agents, policy)
+    except IntegrityError:
+        log.info("another run sent these SLA notices")
+        return 0
+    if queued:
+        log.info("queued %d service-level notices", queued)
+    return queued
+
+
+def _sla_notice(
+    services: Services,
+    session: Session,
+    ticket: Ticket,
+    clock: service_levels.Clock,
+    agents: list[Agent],
+    policy: service_levels.Policy,
+) -> int:
+    if clock.met_at is not None:
+        return 0
+    if clock.breached:
+        kind, audience = "breach", agents
+    elif clock.share >= service_levels.REMIND_AT:
+        owner = [a for a in agents if a.id == ticket.owner_id]
+        kind, audience = "reminder", owner or agents
+    else:
+        return 0
+    now = services.clock.now()
+    key = f"{ticket.id}:{ticket.priority}:{clock.name}"
+    if session.get(JobRun, ("sla", f"{key}:{kind}")) is not None:
+        return 0
+    session.add(JobRun(name="sla", key=f"{key}:{kind}", at=now))
+    if kind == "breach":
+        # Both thresholds may have passed since the last run: the breach says it all.
+        if session.get(JobRun, ("sla", f"{key}:reminder")) is None:
+            session.add(JobRun(name="sla", key=f"{key}:reminder", at=now))
+        new = f"{clock.name} {service_levels.BREACH}"
+        session.add(
+            Event(ticket_id=ticket.id, at=now, actor="system", field="sla", new=new, via="schedule")
+        )
+    session.flush()
+    due = clock.due.astimezone(policy.calendar.zone).strftime("%Y-%m-%d %H:%M") if clock.due else ""
+    extra = {
+        "sla": {
+            "kind": kind,
+            "target": clock.name,
+            "due": due,
+            "used_percent": int(clock.share * 100),
+            "age": age(ticket.created_at, now),
+        }
+    }
+    for agent in audience:
+        services.notifier.notify(
+            session,
+            ticket,
+            "agent_sla",
+            Recipient(agent.email, agent.name, agent_id=agent.id),
+            language=agent.language or services.settings.support.language,
+            extra=extra,
+        )
+    return len(audience)
+
+
+def age(since: datetime, now: datetime) -> str:
+    """A short age for mail: `45m`, `5h`, `3d 4h` (calendar time since `since`)."""
+    minutes = max(int((now - as_utc(since)).total_seconds() // 60), 0)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 24:
+        return f"{hours}h"
+    days, rest = divmod(hours, 24)
+    return f"{days}d {rest}h" if rest else f"{days}d"

@@ -148,9 +148,26 @@ def _digest(language: str, base: str) -> list[dict[str, Any]]:
         "priority": "critical",
         "requester": "jan.novak@customer.test",
         "owner": "",
+        "age": "2h",
     }
     other = {**row, "tag": "[#43]", "priority": "normal", "owner": "eva@example.test"}
     return [{"day": SAMPLE_TIME.date().isoformat(), "tickets": [row, other]}]
+
+
+def _sla(language: str, base: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "sla": {
+                "kind": kind,
+                "target": target,
+                "due": "2026-01-05 10:00" if kind == "reminder" else "",
+                "used_percent": 75 if kind == "reminder" else 100,
+                "age": "3d 4h",
+            }
+        }
+        for kind in ("reminder", "breach")
+        for target in ("first_response", "resolution")
+    ]
 
 
 def _console_row(language: str, number: int, owner: str, snippet: str) -> dict[str, Any]:
@@ -278,6 +295,7 @@ SPECS: dict[str, Spec] = {
     "agent_notification": Spec("agent", "ticket", True, "new", _agent_notification),
     "agent_error": Spec("agent", "either", True, "accepted", _agent_error),
     "agent_digest": Spec("agent", "untied", True, "new", _digest),
+    "agent_sla": Spec("agent", "ticket", True, "accepted", _sla),
     "agent_list": Spec("agent", "untied", True, "accepted", _agent_list),
     "agent_show": Spec("agent", "ticket", True, "accepted", _agent_show),
     "agent_help": Spec("agent", "untied", True, "accepted", _agent_help),

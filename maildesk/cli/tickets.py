@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import click
 
@@ -33,6 +34,8 @@ def tickets_list(ctx: Context, status: str | None, as_json: bool) -> None:
 
     with ctx.db.transaction() as session:
         rows = views.list_tickets(session, status)
+        if as_json and ctx.settings.sla.enabled:
+            _add_sla(ctx, session, rows)
     if as_json:
         print_json(rows)
         return
@@ -51,6 +54,24 @@ def tickets_list(ctx: Context, status: str | None, as_json: bool) -> None:
             for r in rows
         ],
     )
+
+
+def _add_sla(ctx: Context, session: Any, rows: list[dict[str, Any]]) -> None:
+    """Each row gets `sla`: due times, breached flags, share used, paused (tickets/sla.py)."""
+    from sqlalchemy import select
+
+    from maildesk.clock import SystemClock
+    from maildesk.models import Ticket
+    from maildesk.tickets import sla
+
+    policy = sla.policy_from(ctx.settings.sla)
+    now = SystemClock().now()
+    for first in range(0, len(rows), 500):
+        chunk = rows[first : first + 500]
+        query = select(Ticket).where(Ticket.id.in_([r["number"] for r in chunk]))
+        states = sla.states(session, policy, now, list(session.scalars(query)))
+        for row in chunk:
+            row["sla"] = states[row["number"]].as_json()
 
 
 @tickets.command("search")

@@ -1,0 +1,168 @@
+"""Service levels on a ManualClock: working hours across a weekend, the pause while the
+ticket waits for the customer, reminders at 75 %, breach notices and events, once each."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from maildesk import jobs
+from maildesk.clock import ManualClock
+from maildesk.config import Settings, SlaSettings
+from maildesk.models import Event, Ticket
+from maildesk.services import Services, build
+from maildesk.tickets import sla
+from maildesk.tickets.lifecycle import Lifecycle
+from tests.conftest import make_mail
+from tests.helpers import outbox_rows, receive
+
+# Friday 9 January 2026, 15:00 in Prague (UTC+1 in winter).
+FRIDAY_3PM = datetime(2026, 1, 9, 14, 0, tzinfo=UTC)
+AGENTS = ["ann@example.test", "ben@example.test"]
+
+
+def prague(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 1, day, hour - 1, minute, tzinfo=UTC)
+
+
+POLICY = sla.policy_from(SlaSettings(holidays=("2026-01-12",)))
+
+
+def test_a_working_day_target_skips_the_weekend_and_holidays() -> None:
+    cal = sla.policy_from(SlaSettings()).calendar
+    # Friday 15:00 + 8 working hours: 2 h on Friday, 6 h on Monday -> Monday 14:00.
+    assert cal.add(FRIDAY_3PM, timedelta(hours=8)) == prague(12, 14)
+    # With Monday a holiday, Tuesday 14:00.
+    assert POLICY.calendar.add(FRIDAY_3PM, timedelta(hours=8)) == prague(13, 14)
+    assert cal.working(FRIDAY_3PM, prague(12, 9)) == timedelta(hours=3)
+
+
+def test_the_clock_pauses_while_waiting_for_the_customer() -> None:
+    policy = sla.policy_from(SlaSettings())
+    waiting = [
+        sla.StatusChange(prague(9, 16), "waiting_customer"),
+        sla.StatusChange(prague(13, 10), "accepted"),  # the customer answered Tuesday 10:00
+    ]
+    # The first response came when the agent asked the customer (Friday 16:00).
+    state = sla.state(
+        policy, "normal", FRIDAY_3PM, waiting, prague(9, 16), prague(13, 12), "accepted"
+    )
+    assert state.first_response.met_at == prague(9, 16) and not state.first_response.breached
+    # Resolution: 1 h on Friday, paused over Monday, 2 h on Tuesday = 3 h of 5 days.
+    assert state.resolution.used == timedelta(hours=3)
+    assert state.resolution.running and not state.resolution.breached
+    # 45 h - 3 h = 42 h from Tuesday 12:00: 5 h that day, then Wed, Thu, Fri and Monday
+    # (36 h), and 1 h on Tuesday 20 January -> 09:00.
+    assert state.resolution.due == prague(20, 9)
+    paused = sla.state(
+        policy, "normal", FRIDAY_3PM, waiting[:1], prague(9, 16), prague(13, 12), "waiting_customer"
+    )
+    assert not paused.resolution.running and paused.resolution.due is None
+    assert paused.as_json()["paused"] is True
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+    config_values["agents"]["addresses"] = AGENTS
+    config_values["sla"] = {"hours": "08:00-17:00", "timezone": "Europe/Prague"}
+    return config_values
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(FRIDAY_3PM)
+
+
+def sla_mail(services: Services) -> list[tuple[str, list[str]]]:
+    out = []
+    for row in outbox_rows(services):
+        if row.kind == "agent_sla":
+            message = email.message_from_bytes(row.raw, policy=email.policy.default)
+            out.append((str(message["Subject"]), row.recipients))
+    return out
+
+
+def set_status(services: Services, number: int, status: str, actor: str) -> None:
+    with services.db.transaction() as session:
+        found = session.get(Ticket, number)
+        assert found is not None
+        Lifecycle(session, services.clock.now()).change(found, "status", status, actor, "command")
+
+
+def test_reminder_then_breach_across_a_weekend_once_each(
+    services: Services, clock: ManualClock, settings: Settings
+) -> None:
+    receive(
+        services, make_mail("Invoices do not print")
+    )  # Friday 15:00, normal: 8 h first response
+    assert jobs.sla(services) == 0
+
+    # 75 % of 8 h is 6 h: 2 h on Friday, 4 h on Monday -> Monday 12:00. The weekend is free.
+    clock.advance(prague(12, 11, 59) - clock.now())
+    assert jobs.sla(services) == 0
+    clock.advance(timedelta(minutes=1))
+    assert jobs.sla(services) == 2  # nobody owns it: both agents are reminded
+    [(subject, to_ann), (_, to_ben)] = sla_mail(services)
+    assert "SLA reminder (first response)" in subject and "[#1]" in subject
+    assert {to_ann[0], to_ben[0]} == set(AGENTS)
+    assert jobs.sla(services) == 0  # once
+
+    # Monday 14:00 is the due time; a minute later every agent hears of the breach.
+    clock.advance(prague(12, 14, 1) - clock.now())
+    assert jobs.sla(services) == 2
+    breaches = [s for s, _ in sla_mail(services) if "BREACHED" in s]
+    assert len(breaches) == 2 and "first response" in breaches[0]
+    with services.db.reading() as session:
+        events = session.scalars(select(Event).where(Event.field == "sla")).all()
+        assert [(e.new, e.via) for e in events] == [("first_response breached", "schedule")]
+        assert [t.id for t in sla.overdue(session)] == [1]
+
+    # A restarted daemon (new services on the same database) sends nothing again.
+    again = build(settings, clock)
+    assert jobs.sla(again) == 0
+    again.db.dispose()
+
+
+def test_waiting_for_the_customer_pauses_reminders(services: Services, clock: ManualClock) -> None:
+    receive(services, make_mail("Export fails"))  # Friday 15:00
+    with services.db.transaction() as session:
+        ticket = session.get(Ticket, 1)
+        assert ticket is not None
+        ticket.owner_id = 1  # ann owns it: only she is reminded
+    clock.advance(timedelta(minutes=30))
+    set_status(services, 1, "waiting_customer", AGENTS[0])  # the first response, 15:30
+    # The resolution clock used 30 min; it stays paused over the weekend and Monday.
+    clock.advance(prague(13, 9) - clock.now())
+    assert jobs.sla(services) == 0
+    set_status(services, 1, "accepted", "alice@customer.test")  # the customer answers Tuesday 9:00
+    # Resolution target 5 days = 45 h; 75 % = 33 h 45 min; 33 h 15 min left from Tuesday 9:00:
+    # Tue 8 h, Wed 9 h, Thu 9 h (26 h), Fri 7 h 15 min -> Friday 16 January 15:15.
+    clock.advance(prague(16, 15, 14) - clock.now())
+    assert jobs.sla(services) == 0
+    clock.advance(timedelta(minutes=1))
+    assert jobs.sla(services) == 1
+    [(subject, recipients)] = sla_mail(services)
+    assert "SLA reminder (resolution)" in subject and recipients == [AGENTS[0]]
+    with services.db.reading() as session:
+        assert sla.overdue(session) == []
+
+
+def test_tickets_list_json_has_the_sla_object(services: Services, config_file: Any) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from maildesk.cli import main
+
+    receive(services, make_mail("Old request"))  # January 2026: long past due by the real clock
+    result = CliRunner().invoke(main, ["--config", str(config_file), "tickets", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)
+    assert row["sla"]["first_response_breached"] is True
+    assert row["sla"]["first_response_due"] == prague(12, 14).isoformat()
+    assert row["sla"]["resolution_breached"] is True and row["sla"]["paused"] is False
