@@ -8,7 +8,10 @@ line in new text), and talon also drags in scikit-learn and has had no release s
 
 from __future__ import annotations
 
+import bisect
+import functools
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable
 
@@ -19,16 +22,19 @@ _SPACES = str.maketrans({"\u00a0": " ", "\u202f": " ", "\u2007": " ", "\ufeff": 
 _ATTRIBUTIONS = [
     # Gmail, Apple Mail and Thunderbird, en: "On Mon, Nov 23, 2026 at 10:00 AM Alice <a@x> wrote:",
     # "On 23. 11. 2026, at 10:00, Alice <a@x> wrote:", "On 23.11.26 10:00, Alice wrote:"
-    re.compile(r"^On\b.*\d.*\bwrote:$"),
+    # Each pattern takes the leftmost digit and the leftmost "odesílatel" (possessive and atomic:
+    # a later one can only leave less room), so a line is read in one pass, not n² or n³.
+    re.compile(r"On\b\D*+\d.*\bwrote:$"),
     # Gmail, cs: "po 23. 11. 2026 v 10:00 odesílatel Alice <a@x> napsal:"
-    re.compile(r"^.*\d.*\bodesílatel\b.+\bnapsal(?:a|\(a\))?:$"),
+    re.compile(r"\D*+\d(?>.*?\bodesílatel\b).+\bnapsal(?:a|\(a\))?:$"),
     # Thunderbird, cs: "Dne 23. 11. 26 v 10:00 Alice napsal(a):"
-    re.compile(r"^Dne\b.*\d.*\bnapsal(?:a|\(a\))?:$"),
+    re.compile(r"Dne\b\D*+\d.*\bnapsal(?:a|\(a\))?:$"),
     # Apple Mail, cs: "23. 11. 2026 v 10:00, Alice <a@x>:"
     re.compile(r"^\d{1,2}\. ?\d{1,2}\. ?\d{2,4},? v \d{1,2}:\d{2}, .+:$"),
-    # mutt with a custom attribution: "* Alice <a@x> [2026-11-23 10:00]:"
-    re.compile(r"^\* .+ \[\d{4}-\d{2}-\d{2}[^\]]*\]:$"),
+    # mutt with a custom attribution, "* Alice <a@x> [2026-11-23 10:00]:", is _mutt below.
 ]
+# The date of mutt's attribution; `_mutt` looks for it after the line's last "]" but one.
+_MUTT_DATE = re.compile(r" \[\d{4}-\d{2}-\d{2}")
 # Outlook "-----Original Message-----" / "-----Původní zpráva-----"; Thunderbird's "-------- …".
 _SEPARATOR = re.compile(r"^-{3,} ?(?:Original Message|Původní zpráva) ?-{3,}$", re.I)
 # Outlook (desktop, web, new) header block: "From:"/"Od:" then "Sent:"/"Odesláno:", "To:"/"Komu:"…
@@ -38,6 +44,10 @@ _HEADER = re.compile(r"^\*?(?:Sent|Date|To|Cc|Subject|Odesláno|Datum|Komu|Kopie
 # The rule Outlook (web, new, Mac) draws above that block.
 _RULE = re.compile(r"^_{10,}$")
 # Signature delimiter "-- " (RFC 3676, Thunderbird, mutt, Gmail); editors often drop the space.
+# A reply's new text is looked for in its first MAX_TEXT characters. People write a few KB;
+# the reading costs up to ~1 µs per short line, so the cap bounds it to well under a second.
+MAX_TEXT = 1 << 20
+TRUNCATED = "[…]"
 _SIG_DASHES = re.compile(r"^-- ?$")
 # Mobile clients' footers: iOS Mail, Outlook mobile, Android, Windows Mail, in en and cs.
 _MOBILE = re.compile(
@@ -59,8 +69,28 @@ _THANKS_CLOSING = re.compile(r"^(?:thanks|thank you|many thanks|děkuji|děkujem
 
 def _fold(text: str) -> str:
     """Lower case without diacritics: "Děkuji" -> "dekuji"."""
-    decomposed = unicodedata.normalize("NFKD", text.translate(_SPACES))
+    # The marks go before NFKD too: Python's normalization sorts a run of combining marks in
+    # quadratic time (80,000 marks took 10 s), and they would be dropped after it anyway.
+    bare = _combining_marks().sub("", text.translate(_SPACES))
+    decomposed = unicodedata.normalize("NFKD", bare)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+@functools.cache
+def _combining_marks() -> re.Pattern[str]:
+    """Runs of characters with a combining class, and the five whose decomposition is only
+    such marks (U+0F73, U+0F75, U+0F81, U+FF9E, U+FF9F): with them gone, every run of marks
+    that NFKD makes comes from one character and is short."""
+    marks = [cp for cp in range(sys.maxunicode + 1) if unicodedata.combining(chr(cp))]
+    marks += [0x0F73, 0x0F75, 0x0F81, 0xFF9E, 0xFF9F]
+    ranges: list[list[int]] = []
+    for cp in sorted(marks):
+        if ranges and cp == ranges[-1][1] + 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
+    klass = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
+    return re.compile(f"[{klass}]+")
 
 
 def _is_quoted(line: str) -> bool:
@@ -69,9 +99,9 @@ def _is_quoted(line: str) -> bool:
 
 def _next_is_quoted(lines: list[str], start: int) -> bool:
     """Whether the first non-blank line from `start` on is a ">" quote."""
-    for line in lines[start:]:
-        if line.strip():
-            return _is_quoted(line)
+    for i in range(start, len(lines)):  # by index: a slice would copy the rest per call
+        if lines[i].strip():
+            return _is_quoted(lines[i])
     return False
 
 
@@ -79,8 +109,15 @@ def _quote_start(lines: list[str]) -> int:
     """Index of the first line of quoted history (a header or separator), or len(lines)."""
     for i, line in enumerate(lines):
         text = line.strip()
-        if not text or _is_quoted(line):
+        if not text or text[0] == ">":
             continue
+        if not (
+            text[0] in _HEADER_STARTS
+            or text[0].isdecimal()
+            or _SENDER_CS in text
+            or (i + 1 < len(lines) and _SENDER_CS in lines[i + 1])
+        ):
+            continue  # no pattern below can match: skip the dozen regexes (most lines)
         if _SEPARATOR.match(text):
             return i
         if (
@@ -99,27 +136,50 @@ def _quote_start(lines: list[str]) -> int:
 
 
 def _attribution(line: str) -> bool:
-    return any(pattern.match(line) for pattern in _ATTRIBUTIONS)
+    return any(pattern.match(line) for pattern in _ATTRIBUTIONS) or _mutt(line)
 
 
-def _drop_trailing_quote(lines: list[str]) -> list[str]:
+def _mutt(line: str) -> bool:
+    """mutt's "* Alice <a@x> [2026-11-23 10:00]:": a date bracket that runs to the final "]"."""
+    if not (line.startswith("* ") and line.endswith("]:")):
+        return False
+    last = line.rfind("]", 0, len(line) - 2)  # the bracket must open after any earlier "]"
+    return _MUTT_DATE.search(line, max(3, last + 1), len(line) - 2) is not None
+
+
+# What a separator, an Outlook header block or an attribution (alone, or joined with the line
+# below it) starts with, or contains: the cheap test before the regexes.
+_HEADER_STARTS = frozenset("-*FfOoD")
+_SENDER_CS = "odesílatel"
+
+
+# The functions below work on lines[:end] and return a new end, so dropping lines one at a
+# time never copies the list (a slice per line made 10^5 blank lines quadratic).
+
+
+def _drop_trailing_quote(lines: list[str], end: int) -> int:
     """Cut the ">" block that runs to the end; a ">" line with new text below it stays."""
-    end = len(lines)
     while end and (not lines[end - 1].strip() or _is_quoted(lines[end - 1])):
         end -= 1
-    return lines[:end]
+    return end
 
 
-def _trim(lines: list[str]) -> list[str]:
-    while lines and not lines[-1].strip():
-        lines = lines[:-1]
-    return lines
+def _trim(lines: list[str], end: int) -> int:
+    while end and not lines[end - 1].strip():
+        end -= 1
+    return end
 
 
-def _drop_closing(lines: list[str]) -> list[str]:
-    """Drop a closing salutation and the short name block under it, when text remains above."""
-    tail = [i for i, line in enumerate(lines) if line.strip()][-6:]
-    for i in tail:
+def _drop_closing(lines: list[str], end: int, first: int) -> int:
+    """Drop a closing salutation and the short name block under it, when text remains above
+    (`first` is the first non-blank line)."""
+    tail: list[int] = []
+    i = end
+    while i > first and len(tail) < 6:
+        i -= 1
+        if lines[i].strip():
+            tail.append(i)
+    for i in reversed(tail):
         match = _CLOSING.match(lines[i].strip())
         if not match:
             continue
@@ -128,39 +188,48 @@ def _drop_closing(lines: list[str]) -> list[str]:
             continue  # "Regards to your team", "Thank you for your patience": a sentence
         if _THANKS_CLOSING.match(match.group(0)) and not (match["punct"] == "," or name):
             continue  # "Thanks!" ends a sentence; only "Thanks,\nPetra" is a sign-off
-        block = [x.strip() for x in lines[i + 1 :] if x.strip()]
+        block = [lines[j].strip() for j in tail if j > i]
         short = all(len(x) <= 60 and not x.endswith("?") for x in block)
         if short and len(block) <= 5 and not any(x.lower().startswith("p.s") for x in block):
-            above = _trim(lines[:i])
-            if any(x.strip() for x in above):
+            above = _trim(lines, i)
+            if above > first:
                 return above
-    return lines
+    return end
 
 
 def new_text(body: str) -> str:
     """The text the writer added: quoted history and signature removed, trailing whitespace
-    trimmed."""
+    trimmed. Only the first MAX_TEXT characters are read; a longer text is cut there and ends
+    in TRUNCATED, unless its quoted history starts before."""
+    truncated = len(body) > MAX_TEXT
+    if truncated:
+        line_end = body.rfind("\n", 0, MAX_TEXT + 1)  # cut at a line's end if there is one
+        body = body[: line_end if line_end > 0 else MAX_TEXT]
     lines = body.translate(_SPACES).replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    cut = _quote_start(lines)
-    found_header = cut < len(lines)
-    lines = lines[:cut]
-    for i, line in enumerate(lines):
-        if _SIG_DASHES.match(line):
-            lines = lines[:i]
+    end = _quote_start(lines)
+    found_header = end < len(lines)
+    for i in range(end):
+        if _SIG_DASHES.match(lines[i]):
+            end = i
+            truncated = False  # the new text ends above the signature, inside what was read
             break
+    first = 0
+    while first < end and not lines[first].strip():
+        first += 1
+    if truncated and not found_header:
+        # The end of the text is past the cut: its quote block, sign-off or footer is unseen.
+        return "\n".join(lines[first:end]).rstrip() + "\n\n" + TRUNCATED
     if not found_header:  # above a header every line is new text, even one starting with ">"
-        lines = _drop_trailing_quote(lines)
-    lines = _trim(lines)
+        end = _drop_trailing_quote(lines, end)
+    end = _trim(lines, end)
     while True:
-        before = len(lines)
-        if lines and _MOBILE.match(lines[-1].strip()):
-            lines = _trim(lines[:-1])
-        lines = _drop_closing(lines)
-        if len(lines) == before:
+        before = end
+        if end > first and _MOBILE.match(lines[end - 1].strip()):
+            end = _trim(lines, end - 1)
+        end = _drop_closing(lines, end, first)
+        if end == before:
             break
-    while lines and not lines[0].strip():
-        lines = lines[1:]
-    return "\n".join(lines).rstrip()
+    return "\n".join(lines[first:end]).rstrip()
 
 
 # Anything that also asks or reports something: a question, a contrast, a negation, a problem.
@@ -187,21 +256,23 @@ _ALLOWED = set(
     regards best kind s pozdravem hezky prijemny mejte se have nice day weekend vikend opravdu
     fakt really truly""".split()
 )
-_NAME_LINE = re.compile(r"^(?:[^\W\d_][\w.-]*\s*){1,3}$")
-_VOCATIVE = re.compile(r",\s*(?:[^\W\d_][\w-]*\s*){1,2}[!.]*$")  # "Díky, Petro!"
+# Words are separated by at least one space: "(word\s*){1,3}" could split "aaaa!" in n³ ways.
+_NAME_LINE = re.compile(r"[^\W\d_][\w.-]*+(?:\s++[^\W\d_][\w.-]*+){0,2}\s*+$")
+_VOCATIVE = re.compile(r",\s*+[^\W\d_][\w-]*+(?:\s++[^\W\d_][\w-]*+)?\s*+[!.]*+$")  # "Díky, Petro!"
 
 
 def _without_names(text: str) -> str:
     """Drop a signed name: a last line of 1-3 capitalised words, or ", Name!" ending a line."""
     lines = [x.strip() for x in text.split("\n") if x.strip()]
+    end = len(lines)
     while (
-        len(lines) > 1
-        and _NAME_LINE.match(lines[-1])
-        and all(w[0].isupper() for w in lines[-1].split())
+        end > 1
+        and _NAME_LINE.match(lines[end - 1])
+        and all(w[0].isupper() for w in lines[end - 1].split())
     ):
-        lines = lines[:-1]
+        end -= 1
     kept = []
-    for line in lines:
+    for line in lines[:end]:
         match = _VOCATIVE.search(line)
         if match and all(w[0].isupper() for w in match.group(0).strip(",!. ").split()):
             line = line[: match.start()]
@@ -226,7 +297,10 @@ def is_only_thanks(text: str) -> bool:
 
 
 # A negation right before the word: "I do not approve", "don't APPROVE", "NE SCHVALUJI".
-_NEGATED = re.compile(r"(?:\bnot|n't|\bnever|\bno|\bne|\bnikoli)\W*$")
+# It is the last word before the match ("n't": the word "t" after "n'"), found among the words
+# of the line by bisection: searching the text before every match made "ne X " * n quadratic.
+_NEGATIONS = frozenset({"not", "never", "no", "ne", "nikoli"})
+_WORD = re.compile(r"\w+")
 
 
 _GREETING = re.compile(
@@ -246,11 +320,28 @@ def has_word(text: str, words: Iterable[str]) -> bool:
     if len(lines) > 1 and _GREETING.match(_fold(lines[0]).strip()):
         lines = lines[1:]
     line = _fold(lines[0] if lines else "").replace("\u2019", "'")
+    ends: list[int] = []
+    starts: list[int] = []
     for word in words:
         folded = _fold(word).strip()
         if not folded:
             continue
         for match in re.finditer(rf"(?<!\w){re.escape(folded)}(?!\w)", line):
-            if not _NEGATED.search(line[: match.start()]):
+            if not ends:  # the words of the line, once
+                for found in _WORD.finditer(line):
+                    starts.append(found.start())
+                    ends.append(found.end())
+            if not _negated(line, match.start(), starts, ends):
                 return True
     return False
+
+
+def _negated(line: str, at: int, starts: list[int], ends: list[int]) -> bool:
+    """Whether the last word before `at` (only non-word characters between) is a negation."""
+    k = bisect.bisect_right(ends, at) - 1
+    if k < 0:
+        return False
+    start, end = starts[k], ends[k]
+    return line[start:end] in _NEGATIONS or (
+        line[start:end] == "t" and line[start - 2 : start] == "n'"
+    )
