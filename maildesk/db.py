@@ -82,28 +82,70 @@ def private_file(path: Path) -> None:
 class _WriterQueue:
     """SQLite has one writer at a time. Queue this process's writers on a lock instead of
     SQLite's busy handler, which sleeps in steps of up to 100 ms and misses the moment the
-    lock frees; and let a long batch see that someone is waiting, so it can step aside."""
+    lock frees; and let a long batch see that someone is waiting, so it can step aside.
+
+    Acceptance is urgent: when the lock frees and both an urgent writer (the group commit
+    behind waiting 250s) and a normal one (a processing batch, a claim) wait, the urgent
+    one goes first, unless the previous turn was urgent too. So a 250 waits for at most
+    one (short, bounded) processing transaction, and processing still gets every other
+    turn under a flood. Re-entrant for the thread that holds it.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._waiting = 0
-        self._count = threading.Lock()
+        self._cond = threading.Condition()
+        self._owner: int | None = None
+        self._depth = 0
+        self._urgent = 0
+        self._normal = 0
+        self._last_urgent = False
 
     @contextmanager
-    def turn(self) -> Iterator[None]:
-        with self._count:
-            self._waiting += 1
-        self._lock.acquire()
-        with self._count:
-            self._waiting -= 1
+    def turn(self, urgent: bool = False) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+            else:
+                self._wait(me, urgent)
         try:
             yield
         finally:
-            self._lock.release()
+            with self._cond:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._owner = None
+                    self._cond.notify_all()
+
+    def _wait(self, me: int, urgent: bool) -> None:
+        if urgent:
+            self._urgent += 1
+        else:
+            self._normal += 1
+        try:
+            while not self._eligible(urgent):
+                self._cond.wait()
+        finally:
+            if urgent:
+                self._urgent -= 1
+            else:
+                self._normal -= 1
+        self._owner, self._depth, self._last_urgent = me, 1, urgent
+
+    def _eligible(self, urgent: bool) -> bool:
+        if self._owner is not None:
+            return False
+        if urgent:
+            return not (self._normal and self._last_urgent)
+        return not self._urgent or self._last_urgent
 
     @property
     def waiting(self) -> bool:
-        return self._waiting > 0
+        return self._urgent + self._normal > 0
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(urgent, normal) writers waiting for their turn now."""
+        return self._urgent, self._normal
 
 
 class Database:
@@ -123,13 +165,17 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """A session whose work commits on success and rolls back on any error."""
+    def transaction(self, urgent: bool = False) -> Iterator[Session]:
+        """A session whose work commits on success and rolls back on any error.
+
+        `urgent`: a commit someone waits on at the door (a 250): on SQLite it takes the
+        write lock ahead of processing work (`_WriterQueue`).
+        """
         if self._writers is None:
             with self._sessions() as session, session.begin():
                 yield session
             return
-        with self._writers.turn(), self._sessions() as session, session.begin():
+        with self._writers.turn(urgent), self._sessions() as session, session.begin():
             yield session
 
     @contextmanager
@@ -141,6 +187,10 @@ class Database:
     def others_waiting(self) -> bool:
         """Whether another thread waits to write (SQLite): a long batch should commit soon."""
         return self._writers is not None and self._writers.waiting
+
+    def writers_waiting(self) -> tuple[int, int]:
+        """(urgent, normal) threads of this process waiting to write (SQLite; else zeros)."""
+        return self._writers.counts if self._writers is not None else (0, 0)
 
     def dispose(self) -> None:
         self.engine.dispose()

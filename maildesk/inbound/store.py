@@ -1,8 +1,12 @@
 """The inbound spool: raw bytes committed durably before anyone says "accepted",
 and every state a stored row goes through afterwards.
 
-Every route in (SMTP/LMTP, IMAP, `deliver`, `import`) calls `InboundStore.put`
-and only answers 250 / exits 0 / moves the IMAP message once it returned.
+Every route in (SMTP/LMTP, IMAP, `deliver`, portal replies) calls
+`InboundStore.put` (or `put_async` on the event loop) and only answers 250 /
+exits 0 / moves the IMAP message once it returned. Concurrent puts are
+group-committed (`groupcommit.py`): whatever waits is written in one
+transaction that takes SQLite's write lock ahead of processing work, and each
+put returns after that commit. `import` writes its own batches (`put_many`).
 The processor then `claim`s due rows (leases from `maildesk/leases.py`),
 loads each one's bytes alone (`raw`), and in its write transaction `lock`s
 the row it still owns and `finish`es, `quarantine`s or `retry_later`s it.
@@ -13,10 +17,11 @@ parses mail.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,6 +31,7 @@ from sqlalchemy.orm import Session, defer
 from maildesk import leases
 from maildesk.clock import Clock
 from maildesk.db import Database
+from maildesk.inbound.groupcommit import GroupCommit, Waiting
 from maildesk.models import Inbound
 from maildesk.states import InboundState
 
@@ -55,36 +61,67 @@ class InboundStore:
     def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
         self._clock = clock
+        self._door: GroupCommit[tuple[bytes, Envelope]] = GroupCommit(self._commit_waiting)
+
+    @property
+    def commits(self) -> int:
+        """Group commits so far in this process (each one fsync for all its messages)."""
+        return self._door.commits
+
+    @property
+    def waiting(self) -> int:
+        """Messages waiting for the next group commit."""
+        return self._door.waiting
 
     def put(self, raw: bytes, envelope: Envelope) -> int:
         """Commit the bytes; returns the spool id. Raises if they are not stored."""
-        return self.put_many([raw], envelope)[0]
+        return self._door.submit((raw, envelope), len(raw)).result()
+
+    async def put_async(self, raw: bytes, envelope: Envelope) -> int:
+        """`put` for the event loop: waits for the group commit without holding a thread."""
+        return await asyncio.wrap_future(self._door.submit((raw, envelope), len(raw)))
+
+    def _commit_waiting(
+        self, take: Callable[[], list[Waiting[tuple[bytes, Envelope]]]]
+    ) -> list[int]:
+        # Urgent: someone is waiting for a 250. The batch is taken once the lock is ours,
+        # so what arrived while we waited joins this commit.
+        with self._db.transaction(urgent=True) as session:
+            now = self._clock.now()
+            rows = [self._row(raw, envelope, now) for raw, envelope in (w.item for w in take())]
+            session.add_all(rows)
+            session.flush()
+            return [row.id for row in rows]
 
     def put_many(self, raws: Sequence[bytes], envelope: Envelope) -> list[int]:
-        """Commit several messages in one transaction (one fsync) and return their ids."""
+        """Commit several messages in one transaction (one fsync) and return their ids.
+
+        Bulk work (`import`): it queues for the write lock like processing does.
+        """
         now = self._clock.now()
-        rows = [
-            Inbound(
-                received_at=now,
-                source=envelope.source,
-                mail_from=envelope.mail_from,
-                peer=envelope.peer,
-                rcpt_to=list(envelope.rcpt_to),
-                raw=raw,
-                size=len(raw),
-                digest=digest(raw),
-                notify=envelope.notify,
-                state=InboundState.PENDING,
-                attempts=0,
-                reason="",
-                error="",
-            )
-            for raw in raws
-        ]
+        rows = [self._row(raw, envelope, now) for raw in raws]
         with self._db.transaction() as session:
             session.add_all(rows)
             session.flush()
             return [row.id for row in rows]
+
+    @staticmethod
+    def _row(raw: bytes, envelope: Envelope, now: datetime) -> Inbound:
+        return Inbound(
+            received_at=now,
+            source=envelope.source,
+            mail_from=envelope.mail_from,
+            peer=envelope.peer,
+            rcpt_to=list(envelope.rcpt_to),
+            raw=raw,
+            size=len(raw),
+            digest=digest(raw),
+            notify=envelope.notify,
+            state=InboundState.PENDING,
+            attempts=0,
+            reason="",
+            error="",
+        )
 
     def known_digests(self, digests: Sequence[str]) -> set[str]:
         """Which of these exact byte strings are already stored (for idempotent import)."""
