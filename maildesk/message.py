@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import email.errors
 import email.header
+import email.parser
+import email.policy
 import email.utils
 import hashlib
 import logging
@@ -95,6 +97,31 @@ class ParsedMessage:
         for mid in (*self.in_reply_to, *reversed(self.references)):
             seen.setdefault(mid, None)
         return tuple(seen)
+
+
+@dataclass(frozen=True)
+class ThreadHeaders:
+    """What threading reads, taken from the header block alone (cheap: no MIME parse)."""
+
+    message_id: str  # "" when the sender gave none (nobody can answer it by id then)
+    answers: tuple[str, ...]  # the Message-IDs it says it answers, nearest first
+    date: datetime | None
+
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def thread_headers(raw: bytes) -> ThreadHeaders:
+    """The ids and date of `raw`, read as `parse` reads them (import orders an archive)."""
+    end = _HEADER_END.search(raw)
+    head = raw[: end.start()] if end else raw
+    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+    seen: dict[str, None] = {}
+    in_reply_to = _ids(msg.get_all("In-Reply-To", []))
+    references = _ids(msg.get_all("References", []))[-_MAX_REFERENCES:]
+    for mid in (*in_reply_to, *reversed(references)):
+        seen.setdefault(mid, None)
+    return ThreadHeaders(_message_id(msg), tuple(seen), _date(msg))
 
 
 def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:

@@ -1,7 +1,18 @@
 """`maildesk import`: old mail from an mbox file or a Maildir folder.
 
 Messages are stored in batches through the same inbound store as live mail
-and processed by the same pipeline. Exact byte strings already stored are
+and processed by the same pipeline, in thread order: an archive is in no
+particular order, and a reply processed before its parent would open a ticket
+of its own while the parent joins an older one (a split thread). So the
+archive is read twice. The first pass reads only each message's ids and date
+and sorts the whole batch as a graph (`thread_order`): every message comes
+after each message of the archive it answers, and otherwise by date, then by
+place in the file. The second pass stores and processes the messages in that
+order, so each reply finds its parent's ticket by References. (Imported rows
+have proof "import", so their Message-IDs are threading keys.)
+One case stays split: a message that answers two conversations already in
+different tickets joins the one its nearest reference names (we never merge
+tickets on an import's word). Exact byte strings already stored are
 skipped, and the pipeline ignores Message-IDs it has, so a re-run imports
 nothing twice. Notifications are off unless asked for: importing old mail
 must not write to customers.
@@ -9,11 +20,14 @@ must not write to customers.
 
 from __future__ import annotations
 
+import heapq
 import mailbox
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from maildesk.inbound.store import Envelope, InboundStore, digest
+from maildesk.message import ThreadHeaders, thread_headers
 
 BATCH = 200
 
@@ -23,12 +37,64 @@ def count(path: Path) -> int:
 
 
 def read_messages(path: Path) -> Iterator[bytes]:
+    """The archive's messages, parents before their replies (two passes, one in memory)."""
     box = _open(path)
     try:
-        for key in box.iterkeys():
-            yield box.get_bytes(key)
+        keys = list(box.iterkeys())
+        headers = [thread_headers(box.get_bytes(key)) for key in keys]
+        for index in thread_order(headers):
+            yield box.get_bytes(keys[index])
     finally:
         box.close()
+
+
+_NO_DATE = datetime.max.replace(tzinfo=UTC)
+
+
+def thread_order(headers: Sequence[ThreadHeaders]) -> list[int]:
+    """Indices of `headers`, each after every message of the batch it answers.
+
+    Among messages free to go, the earliest date first, then file order. A
+    cycle (two messages that claim to answer each other) is broken the same way.
+    Linear in messages and references, plus a log factor for the date order.
+    """
+    first: dict[str, int] = {}
+    for index, found in enumerate(headers):
+        if found.message_id:
+            first.setdefault(found.message_id, index)
+    replies: list[list[int]] = [[] for _ in headers]
+    waiting_on = [0] * len(headers)
+    for index, found in enumerate(headers):
+        parents = {first[mid] for mid in found.answers if mid in first} - {index}
+        for parent in parents:
+            replies[parent].append(index)
+        waiting_on[index] = len(parents)
+
+    def key(index: int) -> tuple[datetime, int]:
+        return (headers[index].date or _NO_DATE, index)
+
+    ready = [key(i) for i, n in enumerate(waiting_on) if n == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    placed = [False] * len(headers)
+    pending = sorted(range(len(headers)), key=key)  # to break cycles, oldest first
+    cursor = 0
+    while len(order) < len(headers):
+        if not ready:  # only cycles are left: release the oldest message still waiting
+            while placed[pending[cursor]]:
+                cursor += 1
+            waiting_on[pending[cursor]] = 0
+            heapq.heappush(ready, key(pending[cursor]))
+        _date, index = heapq.heappop(ready)
+        if placed[index]:
+            continue
+        placed[index] = True
+        order.append(index)
+        for reply in replies[index]:
+            waiting_on[reply] -= 1
+            if waiting_on[reply] == 0:
+                heapq.heappush(ready, key(reply))
+    return order
 
 
 def _open(path: Path) -> mailbox.Mailbox:

@@ -1,0 +1,142 @@
+"""`maildesk import` keeps threads whole, whatever order the archive is in.
+
+An mbox is in no particular order: replies come before their parents, some clients
+write only In-Reply-To (no References), and Date headers lie. Every reply link
+between two messages of the archive must end inside one ticket, and each
+conversation must be one ticket.
+"""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import random
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+from maildesk.cli import main
+from tests.conftest import make_mail
+
+
+def run(config_file: Path, *args: str) -> Result:
+    return CliRunner().invoke(main, ["--config", str(config_file), *args])
+
+
+@dataclass(frozen=True)
+class Mail:
+    message_id: str
+    parent: str | None  # the message it answers, inside the archive
+    raw: bytes
+
+
+def conversation(number: int, length: int, start: datetime, rng: random.Random) -> list[Mail]:
+    """A customer's request and its replies, each answering the one before."""
+    mails: list[Mail] = []
+    chain: list[str] = []
+    for step in range(length):
+        mid = f"c{number}.m{step}@archive.test"
+        headers: dict[str, str] = {}
+        if chain:
+            headers["In_Reply_To"] = f"<{chain[-1]}>"
+            if rng.random() < 0.5:  # half the clients also write References
+                headers["References"] = " ".join(f"<{m}>" for m in chain)
+        # Every fifth reply is dated before the message it answers (a wrong clock).
+        shift = -90 if chain and rng.random() < 0.2 else 0
+        raw = make_mail(
+            subject=("Re: " if chain else "") + f"Question {number}",
+            sender=f"Person {step % 2} <p{number}.{step % 2}@customer.test>",
+            message_id=f"<{mid}>",
+            body=f"Step {step} of conversation {number}.",
+            **headers,
+        )
+        date = format_datetime(start + timedelta(minutes=10 * step + shift))
+        raw = raw.replace(b"Date: ", b"X-Old-Date: ", 1).replace(
+            b"\r\n\r\n", f"\r\nDate: {date}\r\n\r\n".encode(), 1
+        )
+        mails.append(Mail(mid, chain[-1] if chain else None, raw))
+        chain.append(mid)
+    return mails
+
+
+def split_prone_thread() -> list[Mail]:
+    """The issue's case: R answers P (In-Reply-To only) and comes first in the file;
+    P answers O by References; O is first of all."""
+    o = make_mail(subject="Invoice", message_id="<o@archive.test>")
+    p = make_mail(
+        subject="Re: Invoice",
+        message_id="<p@archive.test>",
+        In_Reply_To="<o@archive.test>",
+        References="<o@archive.test>",
+    )
+    r = make_mail(
+        subject="Re: Invoice", message_id="<r@archive.test>", In_Reply_To="<p@archive.test>"
+    )
+    return [
+        Mail("o@archive.test", None, o),
+        Mail("r@archive.test", "p@archive.test", r),
+        Mail("p@archive.test", "o@archive.test", p),
+    ]
+
+
+def write_mbox(path: Path, mails: list[Mail]) -> Path:
+    box = mailbox.mbox(str(path))
+    for mail in mails:
+        box.add(mail.raw)
+    box.flush()
+    box.close()
+    return path
+
+
+def ticket_of(config_file: Path) -> dict[str, int]:
+    exported = run(config_file, "tickets", "export")
+    assert exported.exit_code == 0, exported.output
+    found: dict[str, int] = {}
+    for line in exported.stdout.splitlines():
+        ticket = json.loads(line)
+        for message in ticket["messages"]:
+            if message["direction"] == "in":
+                found[message["message_id"]] = ticket["number"]
+    return found
+
+
+def test_a_reply_earlier_in_the_file_than_its_parent_does_not_split_the_thread(
+    config_file: Path, tmp_path: Path
+) -> None:
+    assert run(config_file, "init").exit_code == 0
+    mails = split_prone_thread()
+    result = run(config_file, "import", str(write_mbox(tmp_path / "a.mbox", mails)))
+    assert result.exit_code == 0, result.output
+
+    tickets = ticket_of(config_file)
+    assert set(tickets) == {m.message_id for m in mails}
+    assert len(set(tickets.values())) == 1, tickets
+
+
+def test_a_shuffled_archive_imports_each_conversation_as_one_ticket(
+    config_file: Path, tmp_path: Path
+) -> None:
+    assert run(config_file, "init").exit_code == 0
+    rng = random.Random(9)
+    start = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)
+    conversations = [
+        conversation(n, rng.randint(1, 6), start + timedelta(hours=n), rng) for n in range(40)
+    ]
+    mails = [mail for conv in conversations for mail in conv]
+    rng.shuffle(mails)
+    result = run(config_file, "import", str(write_mbox(tmp_path / "archive.mbox", mails)))
+    assert result.exit_code == 0, result.output
+
+    tickets = ticket_of(config_file)
+    assert set(tickets) == {m.message_id for m in mails}
+    links = [(m.message_id, m.parent) for m in mails if m.parent is not None]
+    split = [(child, parent) for child, parent in links if tickets[child] != tickets[parent]]
+    assert not split, f"{len(split)} of {len(links)} reply links split: {split[:5]}"
+    # One ticket per conversation, and each ticket holds exactly one conversation.
+    per_ticket = Counter(tickets.values())
+    assert len(per_ticket) == len(conversations)
+    assert sorted(per_ticket.values()) == sorted(len(c) for c in conversations)
