@@ -1,7 +1,8 @@
 """Which envelope recipients the SMTP/LMTP listener accepts.
 
-Only the support address, its signed reply addresses (`support+t42.<hmac>@…`,
-checked by `ReplyTokens.parse`) and the configured `[support] aliases`. Every
+Only the support address, its signed reply addresses (`support+t42.<hmac>@…`)
+and console addresses (`support+s42a3.…`, `support+c17.…`), all checked by
+`ReplyTokens.accepts`, and the configured `[support] aliases`. Every
 other local part at our domain is refused at RCPT with 550 5.1.1, so a sender
 learns at once that the address does not exist (no backscatter later), and a
 dictionary attack on local parts gets nothing stored.
