@@ -1,0 +1,282 @@
+"""Every text transformation on customer input grows linearly with the input (issue 7, item 4).
+
+Each hostile shape is run at size n and 4n: a linear stage takes about 4x as long, a quadratic
+one 16x, a cubic one 64x; the bound is 8x. CPU time (process_time), the best of a few runs, so
+a busy machine does not fail it; no absolute time is asserted. Each shape is also checked on a
+small sample for the result a reader expects. The end-to-end test over SMTP compares a hostile
+mail with an ordinary mail of the same size in the same run.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import time
+from collections.abc import Callable
+from email.message import EmailMessage
+
+import pytest
+
+from maildesk.html_text import html_to_text
+from maildesk.message import parse
+from maildesk.replies import MAX_TEXT, TRUNCATED, has_word, is_only_thanks, new_text
+from tests.conftest import RunningDaemon, make_mail, wait_for
+from tests.helpers import ticket, tickets
+
+GROWTH_BOUND = 8.0  # time(4n) / time(n)
+REPEATS = 5
+MIN_SAMPLE = 0.02  # seconds of CPU per measurement; small inputs are run several times
+
+Shape = Callable[[int], str]
+
+HTML_SHAPES: dict[str, Shape] = {
+    "unfinished tags <a<a<a": lambda n: "<a" * (n // 2),
+    "bare <<<<": lambda n: "<" * n,
+    "nested <div>": lambda n: "<div>" * (n // 5) + "x",
+    "deep nesting, then stray end tags": lambda n: "<div>" * (n // 12) + "</span>" * (n // 14),
+    "unclosed <b id=i><p>": lambda n: "".join(f"<b id={i}><p>x" for i in range(n // 16)),
+    "huge attribute value": lambda n: '<a href="' + "x" * n + '">y</a>',
+    "many attributes": lambda n: "<a " + "".join(f"x{i}=1 " for i in range(n // 8)) + ">y</a>",
+    "unclosed quotes": lambda n: "<a " + 'x="' * (n // 3),
+    "unclosed comments": lambda n: "<!--" * (n // 4),
+    "huge character reference": lambda n: "&#" + "1" * n + ";",
+    "deep <blockquote> with many lines": lambda n: "<blockquote>" * (n // 24) + "<br>x" * (n // 10),
+    "unfinished </script": lambda n: "<script>" + "</scr" * (n // 5),
+    "many blank lines": lambda n: "<p>x</p>" + "\n" * n + "<p>y</p>",
+}
+
+TEXT_SHAPES: dict[str, Shape] = {
+    "'1 odesílatel ' on one line": lambda n: "1 odesílatel " * (n // 13),
+    "'a' * n + '!'": lambda n: "a" * n + "!",
+    "capitalised words": lambda n: "Ab " * (n // 3) + "!",
+    "a line of quote markers": lambda n: ">" * n,
+    "quoted lines": lambda n: "x\n" + "> q\n" * (n // 4),
+    "blank lines": lambda n: "x" + "\n" * n + "y",
+    "leading blank lines": lambda n: "\n" * n + "x",
+    "spaces": lambda n: " " * n + "x",
+    "punctuation": lambda n: "!." * (n // 2),
+    "'On 1 ' digits": lambda n: "On " + "1 " * (n // 2),
+    "attribution lines": lambda n: "On 1 wrote:\n" * (n // 12),
+    "mutt brackets": lambda n: "* " + " [2026-11-23" * (n // 12) + ":",
+    "closing lines": lambda n: "x\n" + "Best regards\n" * (n // 13),
+    "name lines": lambda n: "Thanks\n" + "Jan\n" * (n // 4),
+    "commas before words": lambda n: ",a" * (n // 2) + "?",
+    "negated approvals": lambda n: "ne APPROVE " * (n // 11),
+    "combining marks": lambda n: "a" + "\u0301\u0316" * (n // 4),
+    "Tibetan vowel signs": lambda n: "\u0f73" * (n // 3),
+    "dashes": lambda n: "-" * n,
+    "Outlook header lines": lambda n: "From: x\nTo: y\n" * (n // 14),
+}
+
+TEXT_STAGES: dict[str, Callable[[str], object]] = {
+    "new_text": new_text,
+    "is_only_thanks": is_only_thanks,
+    "has_word": lambda text: has_word(text, ["SCHVALUJI", "APPROVE"]),
+}
+
+
+def _cpu(stage: Callable[[str], object], text: str, loops: int) -> float:
+    started = time.process_time()
+    for _ in range(loops):
+        stage(text)
+    return time.process_time() - started
+
+
+def growth(stage: Callable[[str], object], shape: Shape, n: int) -> float:
+    """time(4n) / time(n), each the best of REPEATS; stops early once the ratio is in bound."""
+    small, large = shape(n), shape(4 * n)
+    once = _cpu(stage, small, 1)
+    loops = max(1, min(1000, int(MIN_SAMPLE / max(once, 1e-6))))
+    base = min(_cpu(stage, small, loops) for _ in range(REPEATS))
+    best = float("inf")
+    for _ in range(REPEATS):
+        best = min(best, _cpu(stage, large, loops))
+        if best / base < GROWTH_BOUND:
+            break
+    return best / max(base, 1e-9)
+
+
+# -- HTML to text ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2_000, 64_000])
+@pytest.mark.parametrize("name", sorted(HTML_SHAPES))
+def test_html_to_text_grows_linearly(name: str, n: int) -> None:
+    ratio = growth(html_to_text, HTML_SHAPES[name], n)
+    assert ratio < GROWTH_BOUND, f"{name}: time(4n)/time(n) = {ratio:.1f} at n={n}"
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        ("<a<a<a", "<a<a<a"),  # a tag that never ends is text, as before
+        ("<div>" * 3 + "x", "x"),
+        ("<div>" * 3 + "x" + "</span>" * 3 + "y", "xy"),
+        ("<b id=1><p>x<b id=2><p>y", "x\ny"),
+        ('<a href="' + "x" * 100 + '">link</a> text', "link text"),
+        ("<!--<!--", ""),
+        ("&#" + "1" * 5000 + ";ok", "\ufffdok"),  # the stdlib's unescape raised ValueError
+        ("<blockquote>" * 30 + "x<br>y", "> " * 20 + "x\n" + "> " * 20 + "y"),
+        ("<script>if (a<b) x()</scr</script>ok", "ok"),
+        ("a < b &amp; c", "a < b & c"),
+        ("<p>x</p>" + "\n" * 50 + "<p>y</p>", "x\n\ny"),
+        ('<a title="x>y">z</a>', "z"),
+    ],
+)
+def test_html_to_text_of_hostile_shapes(html: str, text: str) -> None:
+    assert html_to_text(html) == text
+
+
+def test_html_to_text_keeps_quotes_paragraphs_and_drops_markup() -> None:
+    html = (
+        "<html><head><style>p {margin:0}</style><title>t</title></head><body>"
+        "<p>Dobr&yacute;&nbsp;den,</p><div>tisk&aacute;rna <b>nefunguje</b>.</div>"
+        "<blockquote><p>P&#367;vodn&iacute; zpr&aacute;va</p></blockquote>"
+        "<pre>  a\n  b</pre><script>alert(1)</script></body></html>"
+    )
+    assert html_to_text(html) == (
+        "Dobrý den,\n\ntiskárna nefunguje.\n\n> Původní zpráva\n\n  a\n  b"
+    )
+
+
+def test_html_past_the_tag_budget_is_still_read_as_text() -> None:
+    html = "<br>" * 150_000 + "<p>Tail &amp; end</p>"
+    assert html_to_text(html).endswith("Tail & end")
+
+
+# -- reply text, thanks and approval words -----------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1_000, 64_000])
+@pytest.mark.parametrize("stage", sorted(TEXT_STAGES))
+@pytest.mark.parametrize("name", sorted(TEXT_SHAPES))
+def test_reply_text_stages_grow_linearly(name: str, stage: str, n: int) -> None:
+    ratio = growth(TEXT_STAGES[stage], TEXT_SHAPES[name], n)
+    assert ratio < GROWTH_BOUND, f"{stage} on {name}: time(4n)/time(n) = {ratio:.1f} at n={n}"
+
+
+def test_reply_text_past_the_cap_is_cut_and_marked() -> None:
+    # Above MAX_TEXT only the first MiB is read; the work stays flat as the input grows.
+    ratio = growth(new_text, TEXT_SHAPES["name lines"], 2 * MAX_TEXT)
+    assert ratio < GROWTH_BOUND
+    long_text = "Dobrý den,\n" + "řádek logu 42\n" * (2 * MAX_TEXT // 14)
+    cut = new_text(long_text)
+    assert cut.startswith("Dobrý den,\nřádek logu 42\n")
+    assert cut.endswith("\n\n" + TRUNCATED)
+    assert len(cut) <= MAX_TEXT + 10
+    # A quote header inside the first MiB still ends the new text, with no mark.
+    quoted = (
+        "Díky.\n\nOn Mon, Nov 23, 2026 at 10:00 AM Petra <p@x.test> wrote:\n" + "> q\n" * MAX_TEXT
+    )
+    assert new_text(quoted) == "Díky."
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1 odesílatel " * 100, ("1 odesílatel " * 100).strip()),
+        (
+            "Díky!\n\npo 23. 11. 2026 v 10:00 odesílatel Alice <a@x.test> napsal:\n> Funguje to?",
+            "Díky!",
+        ),
+        ("Ok.\n\n* Alice <a@x.test> [2026-11-23 10:00]:\n> Is it?", "Ok."),
+        ("Ok.\n\n* Alice ] [2026-11-23 10:00]:\n> Is it?", "Ok."),
+        ("\n" * 1000 + "x" + "\n" * 1000, "x"),
+        ("x\n" + "Best regards\n" * 50, "x"),
+        ("Thanks\n" + "Jan\n" * 50, "Thanks\n" + "Jan\n" * 49 + "Jan"),
+    ],
+)
+def test_new_text_of_hostile_shapes(text: str, expected: str) -> None:
+    assert new_text(text) == expected
+
+
+def test_thanks_and_approval_words_on_hostile_shapes() -> None:
+    assert not is_only_thanks("a" * 2000 + "!")
+    assert is_only_thanks("Děkuji" + "\u0301" * 5000 + "!")  # the marks fold away
+    assert is_only_thanks("Díky, " + "Petro" + "!")
+    assert not has_word("ne APPROVE " * 1000, ["APPROVE"])
+    assert has_word("ne APPROVE " * 1000 + "APPROVE", ["APPROVE"])
+    assert not has_word("I don't approve" + " " * 10_000 + "approve?", ["NOPE"])
+    assert not has_word("don't" + " " * 10_000 + "APPROVE", ["APPROVE"])
+
+
+# -- subject clean-up and parsing --------------------------------------------------------------
+
+
+def _mail(subject: str) -> str:
+    msg = EmailMessage()
+    msg["From"] = "alice@customer.test"
+    msg["To"] = "support@example.test"
+    msg["Subject"] = "x"
+    msg.set_content("Hello")
+    return msg.as_string().replace("Subject: x", "Subject: " + subject)
+
+
+SUBJECT_SHAPES: dict[str, Shape] = {
+    "encoded words": lambda n: _mail("=?utf-8?q?a?= " * (n // 14)),
+    "encoded words without spaces": lambda n: _mail("=?utf-8?b?YQ==?=" * (n // 16)),
+    "unfinished encoded words": lambda n: _mail("=?" * (n // 2)),
+    "control characters": lambda n: _mail("a\x01" * (n // 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SUBJECT_SHAPES))
+def test_subject_clean_up_grows_linearly(name: str) -> None:
+    # The guard caps one header at 32 KB; up to there the work grows linearly.
+    ratio = growth(lambda raw: parse(raw.encode()), SUBJECT_SHAPES[name], 7_000)
+    assert ratio < GROWTH_BOUND, f"{name}: time(4n)/time(n) = {ratio:.1f}"
+
+
+def test_subject_of_encoded_words_reads_as_text() -> None:
+    parsed = parse(_mail("=?utf-8?q?Tisk=C3=A1rna?= =?utf-8?q?_nefunguje?=").encode())
+    assert parsed.subject == "Tiskárna nefunguje"
+    assert parse(_mail("a\x01\x1fb").encode()).subject == "a b"
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+def _html_mail(html: str, subject: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Mallory <mallory@customer.test>"
+    msg["To"] = "support@example.test"
+    msg["Subject"] = subject
+    msg.set_content(html, subtype="html", cte="base64")
+    return msg.as_bytes(policy=email.policy.SMTP)
+
+
+def test_hostile_html_mail_does_not_stall_the_mail_behind_it(daemon: RunningDaemon) -> None:
+    """1 MB of HTML built from the shapes that were quadratic or cubic, then an ordinary
+    mail: both become tickets in about the time an ordinary 1 MB mail takes in this run."""
+    size = 1 << 20
+    services = daemon.services
+    log = "".join(f"line {i} of the printer log: paper jam in tray 2\n" for i in range(size // 45))
+    started = time.monotonic()
+    daemon.send(make_mail(subject="Printer log", body=log))
+    wait_for(lambda: len(tickets(services)) == 1, 120, "the ordinary 1 MB mail's ticket")
+    ordinary = time.monotonic() - started
+
+    part = size // 4
+    hostile = (
+        "<p>"
+        + "1 odesílatel " * (part // 13)
+        + "</p>"  # the cubic reply regex
+        + "<div>" * (part // 5)  # the stack searches of HTML5 parsers
+        + "<p>"
+        + "a" * (part // 2)
+        + "!</p>"  # the cubic name regex
+        + "<a" * (part // 2)  # the stdlib HTMLParser's re-scan
+    )
+    started = time.monotonic()
+    daemon.send(_html_mail(hostile, "Mallory's mail"), sender="mallory@customer.test")
+    daemon.send(make_mail(subject="Printer broken", body="The printer prints blank pages."))
+    # Deadline relative to the ordinary mail: the old code needed over an hour here.
+    wait_for(lambda: len(tickets(services)) == 3, max(60, 30 * ordinary), "both tickets")
+    both = time.monotonic() - started
+
+    subjects = {t["subject"]: t["number"] for t in tickets(services)}
+    assert set(subjects) == {"Printer log", "Mallory's mail", "Printer broken"}
+    text = ticket(services, subjects["Mallory's mail"])["messages"][0]["body_text"]
+    assert text.startswith("1 odesílatel 1 odesílatel")
+    assert "<div>" not in text
+    # Two mails, one of them as big as the ordinary one: a few times its time, not hours.
+    assert both < 6 * ordinary, f"hostile + next: {both:.2f} s, ordinary 1 MB: {ordinary:.2f} s"
