@@ -14,6 +14,7 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.exc import DBAPIError
 
 from maildesk import jobs
+from maildesk.exclusive import singly, while_holding
 from maildesk.inbound.imap import ImapPoller
 from maildesk.inbound.recipients import Recipients
 from maildesk.inbound.smtp import InboundHandler, Listener, start_server
@@ -62,6 +64,15 @@ class _Wakeup:
         except TimeoutError:
             pass
         self.event.clear()
+
+
+def _one_instance(name: str, job: Callable[[Services], object]) -> Callable[[Services], None]:
+    """A scheduled job that runs on one instance at a time (`maildesk/exclusive.py`)."""
+
+    def run(services: Services) -> None:
+        singly(services.db, f"maildesk:job:{name}", lambda: job(services))
+
+    return run
 
 
 class Daemon:
@@ -150,7 +161,7 @@ class Daemon:
         # Jobs keep their state in the database, so re-adding them at start is all
         # it takes to survive a restart.
         scheduler.add_job(
-            jobs.autoclose,
+            _one_instance("autoclose", jobs.autoclose),
             "interval",
             minutes=jobs.AUTOCLOSE_EVERY_MINUTES,
             args=[services],
@@ -159,12 +170,21 @@ class Daemon:
         )
         if settings.sla.enabled:
             scheduler.add_job(
-                jobs.sla, "interval", minutes=jobs.SLA_EVERY_MINUTES, args=[services], id="sla"
+                _one_instance("sla", jobs.sla),
+                "interval",
+                minutes=jobs.SLA_EVERY_MINUTES,
+                args=[services],
+                id="sla",
             )
         if settings.agents.digest_time:
             hour, minute = (int(part) for part in settings.agents.digest_time.split(":"))
             scheduler.add_job(
-                jobs.digest, "cron", hour=hour, minute=minute, args=[services], id="digest"
+                _one_instance("digest", jobs.digest),
+                "cron",
+                hour=hour,
+                minute=minute,
+                args=[services],
+                id="digest",
             )
         scheduler.start()
 
@@ -222,7 +242,13 @@ class Daemon:
             return store.put(raw, Envelope(source="imap"))
 
         poller = ImapPoller(imap, put, on_stored=ready.set, on_poll=self.metrics.imap_polled)
-        thread = threading.Thread(target=poller.run, args=(stop,), name="imap", daemon=True)
+        # One instance polls a mailbox at a time (several instances on one PostgreSQL).
+        mailbox = f"maildesk:imap:{imap.username}@{imap.host}:{imap.port}/{imap.folder}"
+
+        def poll() -> None:
+            while_holding(self.services.db, mailbox, stop, lambda: poller.run(stop))
+
+        thread = threading.Thread(target=poll, name="imap", daemon=True)
         thread.start()
         log.info("polling IMAP %s@%s:%d/%s", imap.username, imap.host, imap.port, imap.folder)
         return thread

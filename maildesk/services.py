@@ -17,6 +17,7 @@ from maildesk.accounts import Accounts
 from maildesk.clock import Clock, SystemClock
 from maildesk.config import Settings
 from maildesk.db import Database
+from maildesk.exclusive import exclusive
 from maildesk.inbound.store import InboundStore
 from maildesk.outbound.dkim import signer_from_settings
 from maildesk.outbound.notify import Notifier
@@ -47,10 +48,15 @@ class Services:
     accounts: Callable[[Session], Accounts]
 
     def prepare(self) -> None:
-        """Migrate the schema and seed the configured agents (both idempotent)."""
-        upgrade(self.db)
-        with self.db.transaction() as session:
-            Agents(session).seed(self.settings.agents.addresses, self.clock.now())
+        """Migrate the schema and seed the configured agents (both idempotent).
+
+        Instances starting at once on one PostgreSQL take turns (`exclusive`): the
+        second finds the schema migrated and the agents seeded.
+        """
+        with exclusive(self.db, "maildesk:schema", wait=True):
+            upgrade(self.db)
+            with self.db.transaction() as session:
+                Agents(session).seed(self.settings.agents.addresses, self.clock.now())
 
     def drain_inbound(self) -> int:
         """Process every due inbound row now; returns how many were processed."""

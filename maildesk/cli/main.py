@@ -137,6 +137,8 @@ def _ensure_secret_key(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # another `init` started at the same moment wrote it
     except OSError as exc:
         raise StartupError(f"[web] secret_key_file: cannot write {path}: {exc.strerror}") from exc
     with os.fdopen(fd, "w") as fh:

@@ -1,0 +1,236 @@
+"""Two instances on one PostgreSQL: each message in one ticket, each acknowledgement once.
+
+Two `maildesk serve` subprocesses share the test's PostgreSQL schema and one relay
+(a real SMTP sink). Both run `maildesk init` at the same moment first. Clients stream
+customer mail spread over both SMTP ports; halfway through, instance A is SIGKILLed
+(its clients fail over to B, as an MTA tries the next MX) and started again. Once the
+queues are empty, every message that got a 250 must be in exactly one ticket, and the
+relay must have received one acknowledgement per ticket: a second copy is allowed only
+in SMTP's own window (killed between the relay's 250 and our commit), and then with the
+same Message-ID. A reply sent to B for a ticket A opened joins that ticket.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import smtplib
+import subprocess
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from maildesk import config, leases
+from maildesk.db import Database
+from maildesk.models import Inbound
+from tests.conftest import PG_URL, free_port, make_mail, toml, wait_for
+from tests.smtp_sink import SmtpSink
+from tests.test_crash import MAILDESK, DaemonProcess
+
+pytestmark = pytest.mark.skipif(not PG_URL, reason="several instances need PostgreSQL")
+
+SUPPORT = "support@example.test"
+CLIENTS = 4
+PER_CLIENT = 75
+
+
+def message_id(client: int, n: int) -> str:
+    return f"multi-{client}-{n}@customer.test"
+
+
+@dataclass
+class Instance:
+    name: str
+    config_path: Path
+    settings: config.Settings
+    daemon: DaemonProcess
+
+
+def instance(name: str, values: dict[str, Any], tmp_path: Path) -> Instance:
+    values = json.loads(json.dumps(values))  # a deep copy
+    values["smtp"]["port"] = free_port()
+    values["web"]["port"] = free_port()
+    folder = tmp_path / name
+    folder.mkdir()
+    path = folder / "maildesk.toml"
+    path.write_text(toml(values))
+    settings = config.from_mapping(values, base_dir=folder)
+    return Instance(name, path, settings, DaemonProcess(path, folder / "daemon.log", settings))
+
+
+@pytest.fixture
+def relay() -> Iterator[SmtpSink]:
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def pair(
+    config_values: dict[str, Any], tmp_path: Path, relay: SmtpSink
+) -> Iterator[list[Instance]]:
+    config_values["outbound"]["url"] = relay.url
+    config_values["smtp"]["max_sessions_per_ip"] = 50
+    # Every message comes from its own customer: lift the global cap on automatic replies.
+    config_values["limits"] = {"auto_replies_per_hour_total": 10_000}
+    both = [instance("a", config_values, tmp_path), instance("b", config_values, tmp_path)]
+    yield both
+    for each in both:
+        each.daemon.kill()
+
+
+@dataclass
+class Client:
+    """Sends its messages to its instance; when that one dies, to the other (next MX)."""
+
+    number: int
+    ports: list[int]
+    attempted: list[str] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)
+    failovers: int = 0
+
+    def run(self, progress: threading.Semaphore) -> None:
+        n = 0
+        while n < PER_CLIENT:
+            port = self.ports[self.failovers % len(self.ports)]
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+                    while n < PER_CLIENT:
+                        mid = message_id(self.number, n)
+                        customer = f"c{self.number}.{n}@customer.test"
+                        raw = make_mail(
+                            subject=f"Request {self.number}.{n}",
+                            sender=f"Customer <{customer}>",
+                            message_id=f"<{mid}>",
+                        )
+                        self.attempted.append(mid)
+                        smtp.sendmail(customer, [SUPPORT], raw)
+                        self.accepted.append(mid)
+                        progress.release()
+                        n += 1
+            except (smtplib.SMTPException, OSError):
+                self.failovers += 1  # the message in flight is sent again to the other
+
+
+def run_init_at_once(instances: list[Instance]) -> None:
+    procs = [
+        subprocess.Popen(
+            [*MAILDESK, "--config", str(i.config_path), "init"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=i.config_path.parent,
+        )
+        for i in instances
+    ]
+    for proc in procs:
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode(errors="replace")
+
+
+def parse(raw: bytes) -> EmailMessage:
+    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+
+
+def idle(instances: list[Instance]) -> bool:
+    for each in instances:
+        health = each.daemon.health()
+        if health is None or health["inbound_pending"] or health["outbox_pending"]:
+            return False
+    return True
+
+
+def export(each: Instance) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [*MAILDESK, "--config", str(each.config_path), "tickets", "export"],
+        capture_output=True,
+        timeout=120,
+        cwd=each.config_path.parent,
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return [json.loads(line) for line in result.stdout.decode().splitlines()]
+
+
+def test_two_instances_one_killed_and_restarted_every_250_in_one_ticket_one_ack_each(
+    pair: list[Instance], relay: SmtpSink
+) -> None:
+    a, b = pair
+    run_init_at_once(pair)
+    a.daemon.start()
+    b.daemon.start()
+    ports = [a.settings.smtp.port, b.settings.smtp.port]
+    progress = threading.Semaphore(0)
+    clients = [Client(i, ports if i % 2 == 0 else ports[::-1]) for i in range(CLIENTS)]
+    threads = [threading.Thread(target=c.run, args=(progress,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for _ in range(CLIENTS * PER_CLIENT // 2):
+        assert progress.acquire(timeout=60), "the clients stalled"
+    a.daemon.kill()  # halfway, mid-stream, with claims held
+    a.daemon.start()
+    for thread in threads:
+        thread.join(300)
+    assert not any(t.is_alive() for t in threads)
+    assert any(c.failovers for c in clients), "no client was cut off by the kill"
+
+    wait_for(lambda: idle(pair), 120 + leases.LEASE.total_seconds(), "both queues to empty")
+
+    # A reply to B for a ticket opened at A (by the acknowledgement's minted Message-ID).
+    first = message_id(0, 0)  # client 0 started at A
+    [ack] = [m for m in relay.messages if first in str(parse(m.content)["In-Reply-To"])]
+    reply = make_mail(
+        subject="Re: thanks",
+        sender="Customer <c0.0@customer.test>",
+        message_id="<multi-reply@customer.test>",
+        In_Reply_To=str(parse(ack.content)["Message-ID"]),
+    )
+    with smtplib.SMTP("127.0.0.1", b.settings.smtp.port, timeout=30) as smtp:
+        smtp.sendmail("c0.0@customer.test", [SUPPORT], reply)
+    wait_for(lambda: idle(pair), 60, "the reply to be processed")
+
+    tickets = export(b)
+    accepted = {mid for c in clients for mid in c.accepted}
+    attempted = {mid for c in clients for mid in c.attempted}
+    assert len(accepted) == CLIENTS * PER_CLIENT
+    where: dict[str, list[int]] = defaultdict(list)
+    for t in tickets:
+        for m in t["messages"]:
+            if m["direction"] == "in":
+                where[m["message_id"]].append(t["number"])
+    twice = {mid: n for mid, n in where.items() if len(n) > 1}
+    assert not twice, f"in more than one ticket: {list(twice.items())[:5]}"
+    missing = accepted - set(where)
+    assert not missing, f"250 but in no ticket: {sorted(missing)[:5]}"
+    assert set(where) <= attempted | {"multi-reply@customer.test"}
+    assert where["multi-reply@customer.test"] == where[first]
+
+    db = Database(a.settings.database.url)
+    try:
+        with db.reading() as session:
+            states = Counter(session.scalars(select(Inbound.state)))
+    finally:
+        db.dispose()
+    # A message stored by A just before the kill and sent again to B is a duplicate.
+    assert set(states) <= {"done", "duplicate"}, states
+
+    opened = [t for t in tickets if t["messages"][0]["message_id"] in attempted]
+    acks = [parse(m.content) for m in relay.messages]
+    answered: dict[str, Counter[str]] = defaultdict(Counter)
+    for ack in acks:
+        replied = str(ack["In-Reply-To"]).strip("<>")
+        if replied in attempted:
+            answered[replied][str(ack["Message-ID"])] += 1
+    assert set(answered) == {t["messages"][0]["message_id"] for t in opened}
+    # One acknowledgement per ticket: never two different ones, and a repeat of the
+    # same one only in SMTP's window (one message in flight at the killed sender).
+    assert all(len(ids) == 1 for ids in answered.values()), answered
+    repeats = sum(n - 1 for ids in answered.values() for n in ids.values())
+    assert repeats <= 1, repeats
+    # Ticket numbers are unique: one per conversation.
+    assert len({t["number"] for t in tickets}) == len(tickets) == len(opened)
