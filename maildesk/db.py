@@ -188,6 +188,10 @@ class Database:
         """Whether another thread waits to write (SQLite): a long batch should commit soon."""
         return self._writers is not None and self._writers.waiting
 
+    def urgent_waiting(self) -> bool:
+        """Whether a group commit waits for the write lock (SQLite): step aside soon."""
+        return self._writers is not None and self._writers.counts[0] > 0
+
     def writers_waiting(self) -> tuple[int, int]:
         """(urgent, normal) threads of this process waiting to write (SQLite; else zeros)."""
         return self._writers.counts if self._writers is not None else (0, 0)

@@ -175,16 +175,26 @@ class Processor:
             budget.stop()
 
     def _write(self, group: list[_Work], token: str, keeper: leases.Keeper) -> int:
-        """The database stages of prepared messages, in one short write transaction."""
+        """The database stages of prepared messages, in one short write transaction.
+
+        When a group commit (sessions waiting for their 250) queues for SQLite's write
+        lock, the transaction ends after the current message and the rest go on in
+        the next one: a 250 waits for one message's database stages, not sixteen.
+        """
         queued = 0
-        with self.db.transaction() as session:
-            for work in group:
-                row = self.store.lock(session, work.id, token)
-                if row is None:  # our lease ran out and someone else owns it now
-                    log.warning("inbound %d: lost its lease; left to its new owner", work.id)
-                    continue
-                with log_context(inbound_id=work.id):
-                    queued += self._process_row(session, row, work)
+        left = list(group)
+        while left:
+            with self.db.transaction() as session:
+                while left:
+                    work = left.pop(0)
+                    row = self.store.lock(session, work.id, token)
+                    if row is None:  # our lease ran out and someone else owns it now
+                        log.warning("inbound %d: lost its lease; left to its new owner", work.id)
+                        continue
+                    with log_context(inbound_id=work.id):
+                        queued += self._process_row(session, row, work)
+                    if self.db.urgent_waiting():
+                        break
         keeper.drop([work.id for work in group])
         return queued
 
