@@ -165,6 +165,10 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     began = time.perf_counter()
     fill(db, args.messages, rng, words)
     filled = time.perf_counter() - began
+    # What autovacuum (PostgreSQL) would have done by now; the planner needs the statistics.
+    with db.engine.connect() as connection:
+        connection.exec_driver_sql("ANALYZE")
+        connection.commit()
     counts = frequency(db, words, rng)
     ranked = sorted(counts, key=counts.get)  # type: ignore[arg-type]
     rare = [w for w in ranked if counts[w] <= 3][: args.queries] or ranked[: args.queries]
