@@ -190,11 +190,18 @@ class RunningDaemon:
 
     def start(self) -> RunningDaemon:
         self.thread.start()
-        smtp = self.services.settings.smtp
-        wait_for(lambda: _listening(smtp.host, smtp.port) or self.error, 10, "SMTP listener")
+        settings = self.services.settings
+        listeners = [("SMTP", settings.smtp.host, settings.smtp.port)]
+        if settings.web.enabled:  # the web listener binds after SMTP: wait for both
+            listeners.append(("web", settings.web.host, settings.web.port))
+        for name, host, port in listeners:
+            self._wait_listening(name, host, port)
+        return self
+
+    def _wait_listening(self, name: str, host: str, port: int) -> None:
+        wait_for(lambda: _listening(host, port) or self.error, 10, f"{name} listener")
         if self.error:
             raise self.error
-        return self
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.daemon.stop)
