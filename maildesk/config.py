@@ -125,8 +125,32 @@ class AgentSettings:
 
 
 @dataclass(frozen=True)
+class TrustSettings:
+    """What proves who sent a mail (see maildesk/mailauth.py and README "Trust")."""
+
+    # authserv-ids of our own MTA, whose Authentication-Results we believe (RFC 8601).
+    authserv_ids: tuple[str, ...] = ()
+    # Peers (IP addresses or CIDR networks) that are that MTA: only mail relayed by
+    # them to the SMTP/LMTP listener carries results we believe. Mail fetched by IMAP
+    # or piped to `maildesk deliver` passed the MTA by construction.
+    mta_hosts: tuple[str, ...] = ()
+    # maildesk's own DKIM/DMARC check of each message.
+    verify_dkim: bool = True
+    # "host" or "host:port" of DNS servers for that check; empty: the system's resolver.
+    dns_servers: tuple[str, ...] = ()
+    dns_timeout: float = 3.0
+
+
+@dataclass(frozen=True)
 class TemplateSettings:
     path: str = str(PACKAGE_TEMPLATES)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """What the daemon logs (see maildesk/logs.py): the least severe level written."""
+
+    level: str = "info"
 
 
 @dataclass(frozen=True)
@@ -156,13 +180,6 @@ class MetricsSettings:
     # When set, a scrape must send "Authorization: Bearer <token>".
     bearer_token: str = field(default="", repr=False)
     bearer_token_file: str = ""
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    """What the daemon logs (see maildesk/logs.py): the least severe level written."""
-
-    level: str = "info"
 
 
 @dataclass(frozen=True)
@@ -232,12 +249,13 @@ class Settings:
     agents: AgentSettings = field(default_factory=AgentSettings)
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    trust: TrustSettings = field(default_factory=TrustSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     spam: SpamSettings = field(default_factory=SpamSettings)
     sla: SlaSettings = field(default_factory=SlaSettings)
-    log: LogSettings = field(default_factory=LogSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
     # The folder relative paths were resolved against (the config file's own).
     base_dir: str = "."
 
@@ -357,8 +375,6 @@ def _finish(settings: Settings, base_dir: Path) -> Settings:
         raise ConfigError(f"[support] address is not an e-mail address: {support.address!r}")
     if support.language not in LANGUAGES:
         raise ConfigError(f"[support] language must be one of {', '.join(LANGUAGES)}")
-    _check_ops(settings)
-    _check_sla(settings.sla)
     for section, port in (("smtp", settings.smtp.port), ("web", settings.web.port)):
         if not 0 < port < 65536:
             raise ConfigError(f"[{section}] port must be between 1 and 65535, not {port}")
@@ -366,6 +382,8 @@ def _finish(settings: Settings, base_dir: Path) -> Settings:
         raise ConfigError(f"[imap] port must be between 1 and 65535, not {settings.imap.port}")
     if settings.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
+    _check_ops(settings)
+    _check_sla(settings.sla)
     spam = settings.spam
     if spam.spamd_host and not (0 < spam.spamd_port < 65536 and spam.spamd_timeout > 0):
         raise ConfigError("[spam] spamd_port must be 1-65535 and spamd_timeout above 0")

@@ -44,6 +44,8 @@ class Inbound(Base):
     received_at: Mapped[datetime] = mapped_column(Timestamp)
     source: Mapped[str] = mapped_column(String(16))
     mail_from: Mapped[str] = mapped_column(String(512), default="")
+    # The SMTP client's IP address: only our own MTA's Authentication-Results count.
+    peer: Mapped[str] = mapped_column(String(64), default="")
     rcpt_to: Mapped[list[str]] = mapped_column(JSON, default=list)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
@@ -79,6 +81,20 @@ class Person(Base):
     invited_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     # Bumped when the password changes: older session cookies stop working.
     session_version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class WebSession(Base):
+    """A portal login, kept on the server so logout and a new password can end it.
+
+    The cookie holds a random id; only its sha256 is stored here.
+    """
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_seen_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
 
 
 class Organization(Base):
@@ -128,6 +144,8 @@ class Ticket(Base):
     # Paid modifications: None, or pending -> approved | declined.
     paid_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     paid_note: Mapped[str] = mapped_column(Text, default="")
+    # Each #paid starts a new round; its links and mail answers count for that round only.
+    paid_round: Mapped[int] = mapped_column(Integer, default=0)
 
     requester: Mapped[Person] = relationship(lazy="joined")
     owner: Mapped[Agent | None] = relationship(lazy="joined")
@@ -180,6 +198,9 @@ class Message(Base):
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
     # Why a message deserves a second look, e.g. "forged-agent".
     flag: Mapped[str] = mapped_column(String(32), default="")
+    # How the sender of an inbound message was proven: reply_token | message_id |
+    # dkim | mta-dkim | mta-dmarc | agent | import | legacy; "" = not proven.
+    proof: Mapped[str] = mapped_column(String(16), default="")
 
     ticket: Mapped[Ticket] = relationship(back_populates="messages")
     attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id")

@@ -114,6 +114,7 @@ class InboundHandler:
             source="lmtp" if self.lmtp else "smtp",
             mail_from=envelope.mail_from or "<>",
             rcpt_to=tuple(envelope.rcpt_tos),
+            peer=_peer_address(session.peer),
         )
         try:
             # Group-committed with every other message waiting (inbound/groupcommit.py):
@@ -134,6 +135,11 @@ class InboundHandler:
             return line
         # aiosmtpd pushes our string as-is plus CRLF: one line per recipient.
         return "\r\n".join([line] * max(1, len(envelope.rcpt_tos)))
+
+
+def _peer_address(peer: object) -> str:
+    """The client's IP address (aiosmtpd gives a (host, port, …) tuple for TCP)."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
 def tls_context(settings: SmtpSettings) -> ssl.SSLContext | None:
