@@ -1,6 +1,6 @@
 """The work on one message that needs no database, done outside any write transaction.
 
-    guard → parse → reply text
+    guard → parse → reply text → language
 
 These are the stages whose cost grows with what a stranger sent, so they run
 before the processor takes the write lock: a slow message delays only itself.
@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 from maildesk.clock import Clock
 from maildesk.inbound.guard import Limits, check
+from maildesk.language import Detector
 from maildesk.message import ParsedMessage, parse
 from maildesk.replies import new_text
 
@@ -69,9 +70,18 @@ class Prepared:
     raw: bytes
     message: ParsedMessage
     text: str  # the new text of a reply: quotes and signature removed (replies.new_text)
+    # Content-Language when it says cs or en, else guessed from `text`; None: too
+    # short to tell (a new ticket then takes `[support] language`).
+    language: str | None = None
 
 
-def prepare(raw: bytes, mail_from: str, limits: Limits, budget: Budget) -> Prepared:
+def prepare(
+    raw: bytes,
+    mail_from: str,
+    limits: Limits,
+    budget: Budget,
+    detector: Detector | None = None,
+) -> Prepared:
     """Guard, parse and transform one message; raises what the stages raise."""
     check(raw, limits)
     budget.check("the guard")
@@ -79,4 +89,9 @@ def prepare(raw: bytes, mail_from: str, limits: Limits, budget: Budget) -> Prepa
     budget.check("parsing")
     text = new_text(message.text)
     budget.check("the reply text")
-    return Prepared(raw, message, text)
+    language = message.language
+    if language is None and detector is not None:
+        # The customer's own words only: a quoted answer of ours is in the ticket's language.
+        language = detector.detect(text)
+        budget.check("language detection")
+    return Prepared(raw, message, text, language)

@@ -31,6 +31,7 @@ from maildesk.config import Settings
 from maildesk.db import Database
 from maildesk.inbound.guard import HostileInput, Limits
 from maildesk.inbound.store import MAX_ATTEMPTS, Claimed, InboundStore, Stored
+from maildesk.language import Detector
 from maildesk.logs import log_context
 from maildesk.mailauth import Authentication, MailAuth
 from maildesk.message import ParsedMessage, UnparseableMessage
@@ -114,6 +115,7 @@ class Processor:
         self.spam = SpamCheck(settings.spam, clock)
         self.agent_flow = AgentFlow(self.notifier, notices, settings.support.language)
         self.console = Console(self.agent_flow, threader.tag, settings.support.language)
+        self.detector = Detector()
         limits = settings.limits
         self.limits = Limits(
             max_message_size=settings.smtp.max_message_size,
@@ -156,7 +158,7 @@ class Processor:
         budget.start()
         try:
             stored = self.store.load(item.id)
-            ready = prepare(stored.raw, stored.mail_from, self.limits, budget)
+            ready = prepare(stored.raw, stored.mail_from, self.limits, budget, self.detector)
             # spamd's round trip, here: never while holding the write lock. Its wait
             # is bounded by [spam] spamd_timeout, not by this message's CPU budget.
             budget.stop()
@@ -262,7 +264,16 @@ class Processor:
         if sender.forged:
             log.warning("inbound %d claims agent %s without proof", row.id, message.from_addr)
         return "done", self._record(
-            session, tickets, row, message, verdict, match, auth, sender.forged, prepared.text
+            session,
+            tickets,
+            row,
+            message,
+            verdict,
+            match,
+            auth,
+            sender.forged,
+            prepared.text,
+            prepared.language,
         )
 
     def _authenticate(self, stored: Stored, message: ParsedMessage) -> Authentication:
@@ -282,6 +293,7 @@ class Processor:
         auth: Authentication,
         forged: bool,
         text: str,
+        language: str | None,
     ) -> int:
         """A customer's (or anyone else's) message: record it, move the ticket, notify."""
         now = self.clock.now()
@@ -298,13 +310,13 @@ class Processor:
             and trust.verified
         ):
             if tickets.closed_too_long(ticket, now, self.settings.lifecycle.reopen_days):
-                ticket = self._open(tickets, message, now, previous=ticket)
+                ticket = self._open(tickets, message, language, now, previous=ticket)
                 rule = "new"
             else:
                 lifecycle.change(ticket, "status", "accepted", message.from_addr, "mail")
         opened = ticket is None
         if ticket is None:
-            ticket = self._open(tickets, message, now)
+            ticket = self._open(tickets, message, language, now)
         kind = self._kind(ticket, message, verdict)
         tickets.add_message(
             ticket,
@@ -372,12 +384,14 @@ class Processor:
         self,
         tickets: Tickets,
         message: ParsedMessage,
+        language: str | None,
         now: datetime,
         previous: Ticket | None = None,
     ) -> Ticket:
+        """A new ticket in the language its first mail said or was written in (prepare.py)."""
         requester = tickets.person(message.from_addr, message.from_name, now)
-        language = message.language or self.settings.support.language
-        return tickets.open(requester, message.subject, language, now, previous=previous)
+        chosen = language or self.settings.support.language
+        return tickets.open(requester, message.subject, chosen, now, previous=previous)
 
     def _kind(self, ticket: Ticket, message: ParsedMessage, verdict: Verdict) -> str:
         if not verdict.may_reply:
