@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from maildesk.language import MAX_CHARS, Detector
-from tests.conftest import Outbox, RunningDaemon, make_mail
+from tests.conftest import Outbox, RunningDaemon, make_mail, wait_for
 from tests.helpers import ticket
+
+AGENT = "agent@example.test"
 
 ENGLISH = "Hello, the printer on the second floor prints only blank pages since this morning."
 CZECH = "Dobrý den, tiskárna ve druhém patře od rána tiskne jen prázdné stránky."
@@ -24,6 +26,7 @@ CZECH_PLAIN = "Dobry den, tiskarna ve druhem patre od rana tiskne jen prazdne st
 def config_values(config_values: dict[str, Any], request: pytest.FixtureRequest) -> dict[str, Any]:
     """`[support] language` is cs unless a test asks for en (indirect parametrization)."""
     config_values["support"]["language"] = getattr(request, "param", "cs")
+    config_values["agents"]["addresses"] = [AGENT]
     return config_values
 
 
@@ -33,9 +36,18 @@ def text_of(msg: EmailMessage) -> str:
     return str(part.get_content())
 
 
+def mail_to(outbox: Outbox, address: str, count: int = 1) -> list[EmailMessage]:
+    """The first `count` messages to `address`, waiting for them."""
+
+    def found() -> list[EmailMessage]:
+        return [m for m in outbox.messages() if m["To"].addresses[0].addr_spec == address]
+
+    return wait_for(lambda: len(found()) >= count and found(), what=f"{count} to {address}")[:count]
+
+
 def acknowledgement(daemon: RunningDaemon, outbox: Outbox, body: str, **headers: str) -> str:
     daemon.send(make_mail(body=body, **headers))
-    [ack] = outbox.wait(1)
+    [ack] = mail_to(outbox, "alice@customer.test")
     return text_of(ack)
 
 
@@ -72,7 +84,7 @@ def test_content_language_beats_the_text(daemon: RunningDaemon, outbox: Outbox) 
     make = make_mail(body=ENGLISH)
     raw = make.replace(b"\r\nContent-Type:", b"\r\nContent-Language: cs\r\nContent-Type:", 1)
     daemon.send(raw)
-    [ack] = outbox.wait(1)
+    [ack] = mail_to(outbox, "alice@customer.test")
     assert text_of(ack).startswith("Dobrý den"), text_of(ack)
 
 
@@ -82,3 +94,38 @@ def test_only_the_head_of_a_long_text_is_read() -> None:
     head = (CZECH + " ") * (MAX_CHARS // len(CZECH) + 1)
     assert detector.detect(head + ENGLISH * 20_000) == "cs"
     assert detector.detect("x" * 10 + ENGLISH * 20_000) == "en"
+
+
+def agent_answers(daemon: RunningDaemon, notification: EmailMessage, text: str) -> None:
+    """The agent replies to their notification from their mail client (proven by Reply-To)."""
+    reply_to = notification["Reply-To"].addresses[0].addr_spec
+    raw = make_mail(
+        subject=f"Re: {notification['Subject']}",
+        sender=f"Agnes Agent <{AGENT}>",
+        to=reply_to,
+        body=text,
+        In_Reply_To=notification["Message-ID"],
+        References=notification["Message-ID"],
+    )
+    daemon.send(raw, sender=AGENT, recipients=(reply_to,))
+
+
+def test_lang_command_switches_the_ticket_language(daemon: RunningDaemon, outbox: Outbox) -> None:
+    acknowledgement(daemon, outbox, CZECH)  # detected: cs
+    [notification] = mail_to(outbox, AGENT)
+    agent_answers(daemon, notification, "#lang en\n#status resolved")
+    [_, resolved] = mail_to(outbox, "alice@customer.test", 2)
+    assert resolved["Subject"].startswith("[#1] Resolved:"), resolved["Subject"]
+    assert "Dobrý den" not in text_of(resolved)
+    assert ticket(daemon.services, 1)["language"] == "en"
+
+
+def test_lang_with_another_value_is_an_error_back_to_the_agent(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    acknowledgement(daemon, outbox, ENGLISH)
+    [notification] = mail_to(outbox, AGENT)
+    agent_answers(daemon, notification, "#lang de\n\nHallo!")
+    [_, error] = mail_to(outbox, AGENT, 2)
+    assert "#lang de: must be one of cs, en" in text_of(error)
+    assert ticket(daemon.services, 1)["language"] == "en"

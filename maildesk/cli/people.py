@@ -6,6 +6,7 @@ import click
 
 from maildesk.cli.base import EMAIL, Context, pass_context, print_json, table
 from maildesk.cli.main import main
+from maildesk.config import LANGUAGES
 
 
 @main.group()
@@ -16,8 +17,14 @@ def agents() -> None:
 @agents.command("add")
 @click.argument("email")
 @click.option("--name", default="", help="Shown to customers as 'Name (Support name)'.")
+@click.option(
+    "--language",
+    type=click.Choice(LANGUAGES),
+    default=None,
+    help="What the agent reads: labels, status names, errors (default: [support] language).",
+)
 @pass_context
-def agents_add(ctx: Context, email: str, name: str) -> None:
+def agents_add(ctx: Context, email: str, name: str, language: str | None) -> None:
     """Make EMAIL an agent (again, if it was removed)."""
     from maildesk.tickets.agents import Agents
 
@@ -25,8 +32,23 @@ def agents_add(ctx: Context, email: str, name: str) -> None:
         raise click.ClickException(f"not an e-mail address: {email}")
     services = ctx.services
     with services.db.transaction() as session:
-        Agents(session).add(email, name, services.clock.now())
+        Agents(session).add(email, name, services.clock.now(), language)
     click.echo(f"agent {email.lower()} added", err=True)
+
+
+@agents.command("language")
+@click.argument("email")
+@click.argument("language", type=click.Choice([*LANGUAGES, "default"]))
+@pass_context
+def agents_language(ctx: Context, email: str, language: str) -> None:
+    """Set the language EMAIL reads maildesk's mail in ('default': [support] language)."""
+    from maildesk.tickets.agents import Agents
+
+    with ctx.db.transaction() as session:
+        found = Agents(session).set_language(email, None if language == "default" else language)
+    if not found:
+        raise click.ClickException(f"no agent {email}")
+    click.echo(f"agent {email.lower()} reads {language}", err=True)
 
 
 @agents.command("list")
@@ -39,13 +61,21 @@ def agents_list(ctx: Context, as_json: bool) -> None:
 
     with ctx.db.transaction() as session:
         rows = [
-            {"email": a.email, "name": a.name, "since": views.iso(a.created_at)}
+            {
+                "email": a.email,
+                "name": a.name,
+                "language": a.language,
+                "since": views.iso(a.created_at),
+            }
             for a in Agents(session).active()
         ]
     if as_json:
         print_json(rows)
         return
-    table(["email", "name", "since"], [[r["email"], r["name"], r["since"]] for r in rows])
+    table(
+        ["email", "name", "language", "since"],
+        [[r["email"], r["name"], r["language"] or "-", r["since"]] for r in rows],
+    )
 
 
 @agents.command("remove")

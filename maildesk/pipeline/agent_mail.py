@@ -49,7 +49,7 @@ class Applied:
 
 
 # Commands that do not count as working on the ticket: watching it does not take it.
-_NOT_ACTING = frozenset({"watch", "unwatch"})
+_NOT_ACTING = frozenset({"watch", "unwatch", "lang"})
 
 
 class AgentFlow:
@@ -190,10 +190,10 @@ class AgentFlow:
         lifecycle = Lifecycle(session, now)
         old_priority = ticket.priority
         changes = []
-        for name in ("type", "priority", "assign", "status"):
+        for name in ("type", "priority", "lang", "assign", "status"):
             command = parsed.get(name)
             if command is not None:
-                field = "owner" if name == "assign" else name
+                field = {"assign": "owner", "lang": "language"}.get(name, name)
                 value = agent.email if command.arg == "me" else command.arg
                 change = lifecycle.change(ticket, field, value, agent.email, "command")
                 if change is not None:

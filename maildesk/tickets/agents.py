@@ -34,19 +34,28 @@ class Agents:
     def active(self) -> list[Agent]:
         return list(self._by_email().values())
 
-    def add(self, email: str, name: str, now: datetime) -> Agent:
-        """Add (or re-activate and rename) an agent."""
+    def add(self, email: str, name: str, now: datetime, language: str | None = None) -> Agent:
+        """Add (or re-activate and rename) an agent; `language` None keeps theirs."""
         email = email.lower()
         agent = self.session.scalar(select(Agent).where(Agent.email == email))
         if agent is None:
-            agent = Agent(email=email, name=name, active=True, created_at=now)
+            agent = Agent(email=email, name=name, active=True, created_at=now, language=language)
             self.session.add(agent)
         else:
             agent.active = True
             agent.name = name or agent.name
+            agent.language = language or agent.language
         self.session.flush()
         self.session.info.pop(_CACHE, None)
         return agent
+
+    def set_language(self, email: str, language: str | None) -> bool:
+        """What the agent reads (labels, status names, errors); None: `[support] language`."""
+        agent = self.by_email(email)
+        if agent is None:
+            return False
+        agent.language = language
+        return True
 
     def remove(self, email: str) -> bool:
         """Deactivate: the agent's past events keep their name."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from maildesk.config import LANGUAGES
 from maildesk.models import PRIORITIES, STATUSES, TYPES
 
 _LINE = re.compile(r"^#([a-z]+)\b[ \t]*(.*)$", re.IGNORECASE)
@@ -20,6 +21,7 @@ In a reply to a ticket:
 #status new|accepted|waiting_customer|resolved|closed
 #type modification|bug|consultation
 #priority critical|normal|low
+#lang cs|en           (the language the customer gets our mail in)
 #assign me|EMAIL      (#take: the same as #assign me)
 #watch / #unwatch     (get this ticket's notifications too, or no longer)
 #cc EMAIL             (a customer-side participant: gets the replies, may write in)
@@ -91,13 +93,13 @@ def parse(text: str) -> Commands:
     return Commands(tuple(commands), tuple(errors), body)
 
 
-_LOWERED = {"status", "type", "priority", "assign", "customer", "cc", "reply", "list"}
+_LOWERED = {"status", "type", "priority", "lang", "assign", "customer", "cc", "reply", "list"}
 _NO_ARGUMENT = {"note", "take", "watch", "unwatch", "help", "replies"}
 
 
 def _check(name: str, arg: str) -> str:
     value = arg.lower()
-    choices = {"status": STATUSES, "type": TYPES, "priority": PRIORITIES}
+    choices = {"status": STATUSES, "type": TYPES, "priority": PRIORITIES, "lang": LANGUAGES}
     if name in choices:
         allowed = choices[name]
         return "" if value in allowed else f"must be one of {', '.join(allowed)}"

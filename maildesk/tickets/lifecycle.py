@@ -61,6 +61,8 @@ class Lifecycle:
             ticket.type = new
         elif field == "priority":
             ticket.priority = new or "normal"
+        elif field == "language":  # #lang: what the customer reads from now on
+            ticket.language = new or ticket.language
         elif field == "owner":
             ticket.owner_id = _agent_id(self.session, new)
             self.session.flush()

@@ -214,6 +214,25 @@ def test_agents_add_list_remove(config_file: Path) -> None:
     assert run(config_file, "agents", "add", "not-an-address").exit_code != 0
 
 
+def test_agents_have_a_language(config_file: Path) -> None:
+    init(config_file)
+    added = run(config_file, "agents", "add", "agnes@example.test", "--language", "en")
+    assert added.exit_code == 0
+    assert run(config_file, "agents", "add", "bob@example.test").exit_code == 0
+    listed = json.loads(run(config_file, "agents", "list", "--json").output)
+    assert [(a["email"], a["language"]) for a in listed] == [
+        ("agnes@example.test", "en"),
+        ("bob@example.test", None),
+    ]
+    assert run(config_file, "agents", "language", "bob@example.test", "cs").exit_code == 0
+    assert run(config_file, "agents", "language", "agnes@example.test", "default").exit_code == 0
+    listed = json.loads(run(config_file, "agents", "list", "--json").output)
+    assert [a["language"] for a in listed] == [None, "cs"]
+    assert run(config_file, "agents", "add", "carl@example.test", "--language", "de").exit_code
+    missing = run(config_file, "agents", "language", "nobody@example.test", "en")
+    assert missing.exit_code == 1 and "no agent nobody@example.test" in missing.output
+
+
 def test_tickets_create_for_a_phone_call(config_file: Path) -> None:
     init(config_file)
     result = run(
