@@ -19,6 +19,7 @@ import pytest
 from maildesk.html_text import html_to_text
 from maildesk.message import parse
 from maildesk.replies import MAX_TEXT, TRUNCATED, has_word, is_only_thanks, new_text
+from maildesk.tickets import search
 from tests.conftest import RunningDaemon, make_mail, wait_for
 from tests.helpers import ticket, tickets
 
@@ -71,6 +72,8 @@ TEXT_STAGES: dict[str, Callable[[str], object]] = {
     "new_text": new_text,
     "is_only_thanks": is_only_thanks,
     "has_word": lambda text: has_word(text, ["SCHVALUJI", "APPROVE"]),
+    # What the search index stores for each message body (maildesk/tickets/search.py).
+    "search document": lambda text: search.document("", text),
 }
 
 

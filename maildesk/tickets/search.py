@@ -40,7 +40,6 @@ newest `MAX_VISIBLE` public messages.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +56,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from maildesk.folding import fold
 from maildesk.models import Message, Ticket
 from maildesk.tickets.visibility import PUBLIC, Scope
 
@@ -85,15 +85,6 @@ class Hit:
     ticket: Ticket
     message_pk: int
     snippet: str
-
-
-def fold(value: str) -> str:
-    """Lower-case and without diacritics: `Příliš žluťoučký` → `prilis zlutoucky`."""
-    if value.isascii():
-        return value.lower()
-    decomposed = unicodedata.normalize("NFKD", value)
-    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return bare.casefold()
 
 
 def words(value: str) -> list[str]:
