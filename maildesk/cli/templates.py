@@ -50,9 +50,7 @@ def templates_list(ctx: Context, as_json: bool) -> None:
             {"name": f"replies/{name}", "languages": languages}
             for name, languages in canned.languages_of(path).items()
         ]
-        click.echo(
-            json.dumps({"path": str(path), "templates": rows, "replies": replies}, indent=2)
-        )
+        click.echo(json.dumps({"path": str(path), "templates": rows, "replies": replies}, indent=2))
         return
     click.echo(f"templates in {path}", err=True)
     for info in discover(path):

@@ -55,6 +55,7 @@ MAX_QUERY_CHARS = 200
 # Attachments are always downloaded; only these types keep their own Content-Type.
 _SAFE_TYPES = {"application/pdf", "image/png", "image/jpeg", "image/gif", "text/plain"}
 
+
 def scope_of(session: Session, request: web.Request, who: Viewer) -> Scope:
     person = session.get(Person, who.id)
     org = site(request).services.accounts(session).organization_of(person) if person else None
