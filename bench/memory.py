@@ -1,0 +1,77 @@
+"""Peak RSS of the processor with large messages in the spool (issue 7 #10, issue 9).
+
+Run by hand: `.venv/bin/python bench/memory.py --messages 5 --size-mb 15.8`.
+The messages are stored by one process; a fresh process then processes them
+and reports its own peak RSS, so the figure is the processor's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from email.message import EmailMessage
+from pathlib import Path
+
+from maildesk import config
+from maildesk.inbound.store import Envelope
+from maildesk.services import Services, build
+
+
+def services(folder: Path) -> Services:
+    settings = config.from_mapping(
+        {
+            "support": {"address": "support@example.test", "language": "en"},
+            "database": {"url": f"sqlite:///{folder / 'maildesk.db'}"},
+            "web": {"secret_key": "bench"},
+            "outbound": {"url": f"maildir:{folder / 'outbox'}"},
+            "trust": {"verify_dkim": False},
+        },
+        base_dir=folder,
+    )
+    built = build(settings)
+    built.prepare()
+    return built
+
+
+def big_mail(number: int, size_mb: float) -> bytes:
+    mail = EmailMessage()
+    mail["From"] = f"customer{number}@customer.test"
+    mail["To"] = "support@example.test"
+    mail["Subject"] = f"Logs {number}"
+    mail["Message-ID"] = f"<big{number}@customer.test>"
+    mail.set_content("The logs are attached.")
+    data = os.urandom(int(size_mb * 1024 * 1024 * 3 / 4))  # base64 makes it size_mb
+    mail.add_attachment(data, maintype="application", subtype="octet-stream", filename="logs.bin")
+    return mail.as_bytes()
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5)
+    parser.add_argument("--size-mb", type=float, default=15.8)
+    parser.add_argument("--process", metavar="FOLDER", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.process:
+        processed = services(Path(args.process)).drain_inbound()
+        print(f"processor: {processed} processed, peak RSS {peak_mb():.0f} MB")
+        return
+    folder = Path(tempfile.mkdtemp(prefix="maildesk-memory-"))
+    desk = services(folder)
+    for number in range(args.messages):
+        mail = big_mail(number, args.size_mb)
+        desk.store.put(mail, Envelope("smtp", "c@customer.test", ("support@example.test",)))
+    desk.db.dispose()
+    print(f"{args.messages} messages of {args.size_mb} MB stored in {folder}")
+    subprocess.run([sys.executable, __file__, "--process", str(folder)], check=True)
+
+
+if __name__ == "__main__":
+    main()
