@@ -1350,7 +1350,7 @@ def test_html_only_reply_from_thunderbird_relays_only_the_new_text(
     agent_sends(daemon, raw, opened.reply_to)
 
     [*_, relay] = mail_to(outbox, ALICE, 3)
-    assert "Status: accepted | Type:" not in relay.text  # the quoted notification
+    assert "Status: Accepted | Type:" not in relay.text  # the quoted notification
     assert_no_trace_of_the_agent(relay)
     assert relay.text == f"{THUNDERBIRD_EN.expected}\n\n{SIGNATURE}"
 

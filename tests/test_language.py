@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from maildesk.language import MAX_CHARS, Detector
+from maildesk.tickets.agents import Agents
 from tests.conftest import Outbox, RunningDaemon, make_mail, wait_for
 from tests.helpers import ticket
 
 AGENT = "agent@example.test"
+AGENT_CS = "kolega@example.test"
 
 ENGLISH = "Hello, the printer on the second floor prints only blank pages since this morning."
 CZECH = "Dobrý den, tiskárna ve druhém patře od rána tiskne jen prázdné stránky."
@@ -26,7 +28,7 @@ CZECH_PLAIN = "Dobry den, tiskarna ve druhem patre od rana tiskne jen prazdne st
 def config_values(config_values: dict[str, Any], request: pytest.FixtureRequest) -> dict[str, Any]:
     """`[support] language` is cs unless a test asks for en (indirect parametrization)."""
     config_values["support"]["language"] = getattr(request, "param", "cs")
-    config_values["agents"]["addresses"] = [AGENT]
+    config_values["agents"]["addresses"] = [AGENT, AGENT_CS]
     return config_values
 
 
@@ -129,3 +131,37 @@ def test_lang_with_another_value_is_an_error_back_to_the_agent(
     [_, error] = mail_to(outbox, AGENT, 2)
     assert "#lang de: must be one of cs, en" in text_of(error)
     assert ticket(daemon.services, 1)["language"] == "en"
+
+
+def status_line(msg: EmailMessage) -> str:
+    return next(line for line in text_of(msg).splitlines() if "|" in line)
+
+
+def test_each_agent_reads_names_in_their_own_language(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    with daemon.services.db.transaction() as session:
+        Agents(session).set_language(AGENT, "en")
+        Agents(session).set_language(AGENT_CS, "cs")
+    daemon.send(make_mail(body=CZECH))
+    [english] = mail_to(outbox, AGENT)
+    [czech] = mail_to(outbox, AGENT_CS)
+    assert status_line(english) == "Status: New | Type: - | Priority: normal | Owner: nobody"
+    assert status_line(czech) == "Stav: Nový | Typ: - | Priorita: normální | Řeší: nikdo"
+    for label in ("Nový", "normální", "Stav", "Priorita", "Nový požadavek"):
+        assert label not in text_of(english)
+    assert english["Subject"].startswith("[#1] New ticket:")
+    assert czech["Subject"].startswith("[#1] Nový požadavek:")
+
+
+def test_the_catalogue_names_every_status_type_and_priority() -> None:
+    from maildesk.config import LANGUAGES
+    from maildesk.i18n import CATALOGUE
+    from maildesk.models import PRIORITIES, STATUSES, TYPES
+
+    for language in LANGUAGES:
+        names = CATALOGUE[language]
+        assert set(names.status) == set(STATUSES)
+        assert set(names.type) == set(TYPES)
+        assert set(names.priority) == set(PRIORITIES)
+    assert CATALOGUE["cs"].status["new"] != "new" and CATALOGUE["cs"].priority["low"] != "low"

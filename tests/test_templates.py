@@ -192,8 +192,8 @@ def test_check_holds_an_html_part_to_the_same_data(own_templates: Path, config_f
     result = run(config_file, "templates", "check")
     assert result.exit_code == 1
     assert result.stdout == f"{html}:3: 'ticket.stav' is undefined (ticket has: " + (
-        "number, owner, priority, requester, requester_name, status, status_label, "
-        "status_labels, subject, tag, type)\n"
+        "number, owner, priority, priority_name, requester, requester_name, status, "
+        "status_label, status_labels, status_name, subject, tag, type, type_name)\n"
     )
 
 

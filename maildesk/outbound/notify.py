@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.clock import Clock, new_token
 from maildesk.config import Settings
+from maildesk.i18n import names
 from maildesk.models import STATUS_LABELS, Outbox, Ticket
 from maildesk.outbound.compose import Address, Attachment, OutgoingMail, compose, thread_index
 from maildesk.outbound.headers import is_valid_msg_id
@@ -253,6 +254,7 @@ class Notifier:
         self, ticket: Ticket, to: Recipient, language: str, extra: dict[str, Any] | None
     ) -> dict[str, Any]:
         labels = STATUS_LABELS.get(language, STATUS_LABELS["en"])
+        named = names(language)  # what agents read (i18n.py); customers read `labels`
         support = self.settings.support
         return {
             "ticket": {
@@ -266,6 +268,9 @@ class Notifier:
                 },
                 "type": ticket.type or "",
                 "priority": ticket.priority,
+                "status_name": named.of("status", ticket.status),
+                "type_name": named.of("type", ticket.type),
+                "priority_name": named.of("priority", ticket.priority),
                 "requester": ticket.requester.email,
                 "requester_name": ticket.requester.name,
                 "owner": ticket.owner.email if ticket.owner else "",

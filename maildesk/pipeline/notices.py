@@ -158,7 +158,7 @@ class Notices:
                 ticket,
                 "agent_notification",
                 Recipient(agent.email, agent.name, agent_id=agent.id),
-                language=self.staff_language,
+                language=agent.language or self.staff_language,
                 answering=InReplyTo(message.message_id) if message else None,
                 automatic=True,
                 extra={
@@ -188,7 +188,7 @@ class Notices:
             ticket,
             "agent_error",
             Recipient(agent.email, agent.name, agent_id=agent.id),
-            language=self.staff_language,
+            language=agent.language or self.staff_language,
             answering=InReplyTo(message.message_id),
             extra={
                 "errors": errors,

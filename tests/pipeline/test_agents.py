@@ -69,7 +69,7 @@ def test_new_ticket_notifies_the_agent_with_the_customers_text(
 ) -> None:
     assert "[#1]" in opened["Subject"]
     assert "prints only blank pages" in body(opened)
-    assert "Status: new" in body(opened)
+    assert "Status: New | Type: - | Priority: normal" in body(opened)
     reply_to = opened["Reply-To"].addresses[0].addr_spec
     assert reply_to.startswith("support+t1a")
 
