@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
+from maildesk.i18n import names
 from maildesk.models import Agent, Event, JobRun, Ticket
 from maildesk.outbound.notify import Recipient
 from maildesk.tickets import sla as service_levels
@@ -70,12 +71,14 @@ def digest(services: Services, day: date | None = None) -> int:
                 )
                 if not waiting:
                     continue
+                language = agent.language or services.settings.support.language
+                named = names(language)
                 services.notifier.notify_untied(
                     session,
                     None,
                     "agent_digest",
                     Recipient(agent.email, agent.name, agent_id=agent.id),
-                    language=services.settings.support.language,
+                    language=language,
                     answering=None,
                     extra={
                         "day": day.isoformat(),
@@ -84,7 +87,9 @@ def digest(services: Services, day: date | None = None) -> int:
                                 "tag": services.notifier.tag(t),
                                 "subject": t.subject,
                                 "status": t.status,
+                                "status_name": named.of("status", t.status),
                                 "priority": t.priority,
+                                "priority_name": named.of("priority", t.priority),
                                 "requester": t.requester.email,
                                 "owner": t.owner.email if t.owner else "",
                                 "age": age(t.created_at, services.clock.now()),

@@ -26,6 +26,7 @@ from jinja2 import TemplateSyntaxError
 
 from maildesk.clock import ManualClock, SystemClock
 from maildesk.config import LANGUAGES, Settings
+from maildesk.i18n import names
 from maildesk.models import STATUSES, Agent, Person, Ticket
 from maildesk.outbound import canned
 from maildesk.outbound.notify import Notifier, Recipient
@@ -145,12 +146,20 @@ def _digest(language: str, base: str) -> list[dict[str, Any]]:
         "tag": "[#42]",
         "subject": _text(language)["subject"],
         "status": "new",
+        "status_name": names(language).of("status", "new"),
         "priority": "critical",
+        "priority_name": names(language).of("priority", "critical"),
         "requester": "jan.novak@customer.test",
         "owner": "",
         "age": "2h",
     }
-    other = {**row, "tag": "[#43]", "priority": "normal", "owner": "eva@example.test"}
+    other = {
+        **row,
+        "tag": "[#43]",
+        "priority": "normal",
+        "priority_name": names(language).of("priority", "normal"),
+        "owner": "eva@example.test",
+    }
     return [{"day": SAMPLE_TIME.date().isoformat(), "tickets": [row, other]}]
 
 
@@ -175,7 +184,9 @@ def _console_row(language: str, number: int, owner: str, snippet: str) -> dict[s
         "number": number,
         "tag": f"[#{number}]",
         "status": "accepted",
+        "status_name": names(language).of("status", "accepted"),
         "priority": "normal",
+        "priority_name": names(language).of("priority", "normal"),
         "owner": owner,
         "age": "3d 4h",
         "last_activity": "45m",
@@ -246,7 +257,12 @@ def _agent_help(language: str, base: str) -> list[dict[str, Any]]:
 
 
 def _agent_confirm(language: str, base: str) -> list[dict[str, Any]]:
-    target = {"tag": "[#42]", "subject": _text(language)["subject"], "status": "accepted"}
+    target = {
+        "tag": "[#42]",
+        "subject": _text(language)["subject"],
+        "status": "accepted",
+        "status_name": names(language).of("status", "accepted"),
+    }
     return [
         {
             "commands": ["#assign me", "#watch"],

@@ -123,7 +123,7 @@ def test_a_second_agent_reads_searches_and_takes_over_by_mail_only(
     [listed] = mails_to(outbox, BOB, "#list")
     assert listed.subject == "#list open: 1 ticket"
     row = next(line for line in listed.text.splitlines() if line.startswith("[#1]"))
-    assert row.split()[:4] == ["[#1]", "accepted", "normal", AGENT]
+    assert row.split()[:4] == ["[#1]", "Accepted", "normal", AGENT]
     assert row.endswith("Printer broken")
     show_address = next(line.split()[1] for line in listed.text.splitlines() if "+s1a2." in line)
 

@@ -36,6 +36,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from maildesk.clock import as_utc
+from maildesk.i18n import Names, names
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Confirmation, ConsoleRequest, Inbound, Message, Ticket
 from maildesk.outbound.notify import InReplyTo, Recipient
@@ -247,7 +248,7 @@ class Console:
         extra = {
             "query": query,
             "rows": [
-                self._row(r, snippet, agent, now)
+                self._row(r, snippet, agent, now, names(language))
                 for r, snippet in zip(rows[: listing.MAX_ROWS], snippets, strict=False)
             ],
             "more": len(rows) > listing.MAX_ROWS,
@@ -257,12 +258,16 @@ class Console:
         )
         return 1
 
-    def _row(self, row: listing.Row, snippet: str, agent: Agent, now: datetime) -> dict[str, Any]:
+    def _row(
+        self, row: listing.Row, snippet: str, agent: Agent, now: datetime, named: Names
+    ) -> dict[str, Any]:
         return {
             "number": row.number,
             "tag": f"[{self.notifier.settings.support.tag_prefix}{row.number}]",
             "status": row.status,
+            "status_name": named.of("status", row.status),
             "priority": row.priority,
+            "priority_name": named.of("priority", row.priority),
             "owner": row.owner,
             "age": listing.age(row.created_at, now),
             "last_activity": listing.age(row.last_activity, now),
@@ -415,7 +420,7 @@ class Console:
             answering=InReplyTo(mail.message_id),
             extra={
                 "commands": lines,
-                "target": self._target(ticket),
+                "target": self._target(ticket, self.language(agent)),
                 "confirm_url": self.confirm_url(pending.id),
                 "hours": CONFIRM_HOURS,
                 "original_subject": mail.subject,
@@ -424,11 +429,12 @@ class Console:
         )
         return 1
 
-    def _target(self, ticket: Ticket) -> dict[str, str]:
+    def _target(self, ticket: Ticket, language: str) -> dict[str, str]:
         return {
             "tag": f"[{self.notifier.settings.support.tag_prefix}{ticket.id}]",
             "subject": ticket.subject,
             "status": ticket.status,
+            "status_name": names(language).of("status", ticket.status),
             "owner": ticket.owner.email if ticket.owner else "",
         }
 

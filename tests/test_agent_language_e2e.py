@@ -1,0 +1,98 @@
+"""Everything an agent receives is in that agent's language (issue 10, item 6).
+
+Over real SMTP: Agnes reads Czech, Bob reads English, `[support] language` is
+English. Their digests, `#list` answers, confirmation mails and the errors of a
+refused command are read from the Maildir outbox as their mail clients show them:
+the Czech ones carry Czech names and sentences and no raw status value, the
+English ones no Czech word.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maildesk import jobs
+from maildesk.tickets.agents import Agents
+from tests.conftest import Outbox, RunningDaemon
+from tests.test_agent_console_e2e import BOB, STRANGER, agent_writes, mails_to
+from tests.test_agent_mail_e2e import AGENT, Sent, open_ticket
+
+# The raw values agents must never read in Czech mail (whole words: `normální` is fine).
+RAW_VALUES = re.compile(r"\b(new|accepted|waiting_customer|resolved|closed|critical|normal|low)\b")
+CZECH_WORDS = ("Nový", "normální", "stav", "priorita", "řešitel", "stáří", "Požadavky",
+               "Potvrďte", "musí", "tiket")  # fmt: skip
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+    config_values["agents"]["addresses"] = [AGENT, BOB]
+    config_values["support"]["language"] = "en"
+    config_values["support"]["base_url"] = f"http://127.0.0.1:{config_values['web']['port']}"
+    return config_values
+
+
+@pytest.fixture
+def agnes_reads_czech(daemon: RunningDaemon) -> None:
+    with daemon.services.db.transaction() as session:
+        Agents(session).set_language(AGENT, "cs")
+        Agents(session).set_language(BOB, "en")
+
+
+def body(mail: Sent) -> str:
+    part = mail.msg.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def assert_czech(mail: Sent, *expected: str) -> None:
+    text = f"{mail.subject}\n{body(mail)}"
+    for word in expected:
+        assert word in text, text
+    assert not RAW_VALUES.search(text), text
+
+
+def assert_english(mail: Sent, *expected: str) -> None:
+    text = f"{mail.subject}\n{body(mail)}"
+    for word in expected:
+        assert word in text, text
+    for word in CZECH_WORDS:
+        assert word not in text, (word, text)
+
+
+@pytest.mark.usefixtures("agnes_reads_czech")
+def test_each_agents_digest_is_in_their_language(daemon: RunningDaemon, outbox: Outbox) -> None:
+    open_ticket(daemon, outbox)
+    assert jobs.digest(daemon.services) == 2
+    [czech] = mails_to(outbox, AGENT, "Požadavky čekající na vás")
+    [english] = mails_to(outbox, BOB, "Tickets waiting on you")
+    assert_czech(czech, "[normální] Nový")
+    assert_english(english, "[normal] New")
+
+
+@pytest.mark.usefixtures("agnes_reads_czech")
+def test_each_agents_list_is_in_their_language(daemon: RunningDaemon, outbox: Outbox) -> None:
+    open_ticket(daemon, outbox)
+    agent_writes(daemon, AGENT, "#list all")
+    agent_writes(daemon, BOB, "#list all")
+    [czech] = mails_to(outbox, AGENT, "#list all")
+    [english] = mails_to(outbox, BOB, "#list all")
+    assert_czech(czech, "stav", "Nový", "normální")
+    assert_english(english, "status", "New", "normal")
+
+
+@pytest.mark.usefixtures("agnes_reads_czech")
+def test_each_agents_confirmation_is_in_their_language(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    open_ticket(daemon, outbox)
+    for agent in (AGENT, BOB):
+        agent_writes(daemon, agent, "#watch", envelope=STRANGER, subject="[#1] forged",
+                     extra={"Reply-To": STRANGER})  # fmt: skip
+    [czech] = mails_to(outbox, AGENT, "Potvrďte: #watch u [#1]")
+    [english] = mails_to(outbox, BOB, "Confirm: #watch on [#1]")
+    assert_czech(czech, "stav Nový")
+    assert_english(english, "status New")
