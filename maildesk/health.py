@@ -79,9 +79,11 @@ def check(settings: Settings, db: Database | None, clock: Clock) -> Health:
     limits = settings.health
     reasons: list[str] = []
     disks = free_disk_mb(settings)
-    for path, free in disks.items():
+    for role, free in disks.items():
         if free < limits.min_free_disk_mb:
-            reasons.append(f"free disk {free} MB at {path} is below {limits.min_free_disk_mb} MB")
+            reasons.append(
+                f"free disk {free} MB for the {role} is below {limits.min_free_disk_mb} MB"
+            )
     gone = database_gone(settings)
     backlog: Backlog | None = None
     if gone or db is None:
@@ -113,17 +115,21 @@ def unreachable(why: str) -> Health:
 
 
 def free_disk_mb(settings: Settings) -> dict[str, int]:
-    """Free megabytes on each folder we write to, keyed by folder."""
-    folders: list[Path] = []
+    """Free megabytes on each folder we write to, keyed by what it holds.
+
+    Keyed by role, not by path: /healthz is public, and the layout of the
+    server's disks is nobody's business there.
+    """
+    folders: dict[str, Path] = {}
     if settings.sqlite_path is not None:
-        folders.append(settings.sqlite_path.parent)
+        folders["database"] = settings.sqlite_path.parent
     if settings.outbound.url.startswith("maildir:"):
-        folders.append(Path(settings.outbound.url.removeprefix("maildir:")))
+        folders["outbox"] = Path(settings.outbound.url.removeprefix("maildir:"))
     result: dict[str, int] = {}
-    for folder in folders:
+    for role, folder in folders.items():
         existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
         if existing is not None:
-            result[str(folder)] = shutil.disk_usage(existing).free // (1024 * 1024)
+            result[role] = shutil.disk_usage(existing).free // (1024 * 1024)
     return result
 
 

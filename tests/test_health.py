@@ -127,6 +127,9 @@ def test_free_disk_below_the_threshold_degrades_health(
         status, body = get_health(running)
     assert status == 503
     assert any(r.startswith("free disk") for r in body["reasons"])
+    # /healthz is public: it names what a disk holds, never where the files are.
+    assert set(body["free_disk_mb"]) <= {"database", "outbox"}
+    assert str(tmp_path) not in json.dumps(body)
 
 
 def test_status_prints_ok_on_a_fresh_install(tmp_path: Path, config_values: dict[str, Any]) -> None:

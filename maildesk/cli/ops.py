@@ -44,8 +44,8 @@ def status(ctx: Context, as_json: bool) -> None:
                 f"inbound: {backlog.inbound_pending} pending, {backlog.quarantined} quarantined; "
                 f"outbox: {backlog.outbox_pending} unsent ({backlog.outbox_deferred} deferred)"
             )
-        for folder, free in result.free_disk_mb.items():
-            click.echo(f"free disk: {free} MB at {folder}")
+        for role, free in result.free_disk_mb.items():
+            click.echo(f"free disk for the {role}: {free} MB")
     if not result.ok:
         raise SystemExit(1)
 
