@@ -33,6 +33,7 @@ from maildesk.outbound.notify import Notifier, Recipient
 from maildesk.outbound.render import Problem, Rendered, Renderer, check, make_environment
 from maildesk.pipeline.notices import _word
 from maildesk.tickets import commands
+from maildesk.tickets.command_errors import Code, error, texts
 from maildesk.tickets.lifecycle import APPROVE_WORDS, CONFIRM_WORDS, DECLINE_WORDS
 from maildesk.tickets.tokens import ReplyTokens
 from maildesk.web.links import PaidLinks
@@ -128,16 +129,27 @@ def _agent_notification(language: str, base: str) -> list[dict[str, Any]]:
     }
     silent = {"from": "", "from_name": "", "text": ""}  # web/paid.py passes no message
     return [
-        {"event": event, "message": msg, "commands_help": commands.HELP}
+        {"event": event, "message": msg, "commands_help": commands.help_text(language)}
         for event in AGENT_EVENTS
         for msg in (message, silent)
     ]
 
 
 def _agent_error(language: str, base: str) -> list[dict[str, Any]]:
-    errors = ["#assign bob@example.test: not an agent", "unknown command #staus"]
+    errors = texts(
+        [
+            error(Code.NOT_AN_AGENT, "#assign bob@example.test"),
+            error(Code.UNKNOWN_COMMAND, "#staus"),
+            error(Code.ONE_OF, "#lang de", choices=", ".join(LANGUAGES)),
+        ],
+        language,
+    )
     return [
-        {"errors": errors, "commands_help": commands.HELP, "original_subject": "Re: [#42] Tisk"}
+        {
+            "errors": errors,
+            "commands_help": commands.help_text(language),
+            "original_subject": "Re: [#42] Tisk",
+        }
     ]
 
 
@@ -243,14 +255,14 @@ def _agent_show(language: str, base: str) -> list[dict[str, Any]]:
             {"name": "first_response", "state": "met", "due": "", "used": 40},
             {"name": "resolution", "state": "running", "due": "2026-01-09 15:00", "used": 12},
         ],
-        "commands_help": commands.HELP,
+        "commands_help": commands.help_text(language),
     }
     return [full, {**full, "left_out": 0, "events": [], "watchers": [], "sla": []}]
 
 
 def _agent_help(language: str, base: str) -> list[dict[str, Any]]:
     return [
-        {"topic": topic, "commands_help": commands.HELP, "replies": replies}
+        {"topic": topic, "commands_help": commands.help_text(language), "replies": replies}
         for topic in ("help", "replies")
         for replies in (["fixed", "need-details"], [])
     ]
@@ -283,7 +295,7 @@ def _agent_confirmed(language: str, base: str) -> list[dict[str, Any]]:
             ("done", []),
             ("used", []),
             ("expired", []),
-            ("failed", ["#assign petr@example.test: not an agent"]),
+            ("failed", texts([error(Code.NOT_AN_AGENT, "#assign petr@example.test")], language)),
         )
     ]
 

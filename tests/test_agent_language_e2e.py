@@ -96,3 +96,48 @@ def test_each_agents_confirmation_is_in_their_language(
     [english] = mails_to(outbox, BOB, "Confirm: #watch on [#1]")
     assert_czech(czech, "stav Nový")
     assert_english(english, "status New")
+
+
+def error_lines(mail: Sent) -> list[str]:
+    return [line.strip()[2:] for line in body(mail).splitlines() if line.startswith("  - ")]
+
+
+@pytest.mark.usefixtures("agnes_reads_czech")
+def test_a_refused_command_is_explained_in_the_agents_language(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    opened = open_ticket(daemon, outbox)
+    # A reply to the notification (the agent flow) with two bad lines.
+    agent_writes(daemon, AGENT, "#lang de\n#assign nobody@else.test\n\nHallo",
+                 to=opened.reply_to, answering=opened.notification)  # fmt: skip
+    [czech] = mails_to(outbox, AGENT, "[#1] Neodesláno")
+    assert error_lines(czech) == ["#lang de: musí být jedno z: cs, en",
+                                  "#assign nobody@else.test: není řešitel"]  # fmt: skip
+    assert "V odpovědi k tiketu:" in body(czech)  # the command summary in Czech too
+    assert "In a reply to a ticket" not in body(czech)
+
+    # A console request with a bad filter, from each agent.
+    for agent in (AGENT, BOB):
+        agent_writes(daemon, agent, "#list bogus", subject="list")
+    [czech_list] = mails_to(outbox, AGENT, "Neodesláno: list")
+    [english_list] = mails_to(outbox, BOB, "Not sent: list")
+    [line] = error_lines(czech_list)
+    assert line.startswith("#list bogus: musí být jedno z: mine, unassigned"), line
+    assert line.endswith("nebo status=STAV"), line
+    assert error_lines(english_list) == [
+        "#list bogus: must be one of mine, unassigned, open, waiting, overdue, all or status=STATUS"
+    ]
+    assert_english(english_list, "In a reply to a ticket")
+
+
+def test_every_command_error_has_a_sentence_in_every_language() -> None:
+    from maildesk.config import LANGUAGES
+    from maildesk.tickets.command_errors import SENTENCES, Code
+
+    fields = {code: re.findall(r"{(\w+)}", SENTENCES["en"][code]) for code in Code}
+    for language in LANGUAGES:
+        assert set(SENTENCES[language]) == set(Code)
+        for code in Code:
+            assert sorted(re.findall(r"{(\w+)}", SENTENCES[language][code])) == sorted(
+                fields[code]
+            ), (language, code)

@@ -129,7 +129,7 @@ def test_lang_with_another_value_is_an_error_back_to_the_agent(
     [notification] = mail_to(outbox, AGENT)
     agent_answers(daemon, notification, "#lang de\n\nHallo!")
     [_, error] = mail_to(outbox, AGENT, 2)
-    assert "#lang de: must be one of cs, en" in text_of(error)
+    assert "#lang de: musí být jedno z: cs, en" in text_of(error)
     assert ticket(daemon.services, 1)["language"] == "en"
 
 

@@ -26,6 +26,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from maildesk.models import STATUS_LABELS, Ticket
 from maildesk.outbound.render import Problem, describe, error_location, make_environment
+from maildesk.tickets.command_errors import Code, CommandError, error
 
 FOLDER = "replies"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -33,7 +34,11 @@ _SUFFIX = ".txt.j2"
 
 
 class CannedReplyError(Exception):
-    """Why `#reply NAME` cannot be used; the message goes back to the agent."""
+    """Why `#reply NAME` cannot be used; the error goes back to the agent, in their language."""
+
+    def __init__(self, problem: CommandError) -> None:
+        super().__init__(str(problem))
+        self.error = problem
 
 
 @dataclass(frozen=True)
@@ -100,22 +105,25 @@ class CannedReplies:
     def render(self, name: str, language: str, values: dict[str, Any]) -> str:
         name = name.lower()
         if not NAME.match(name):
-            raise CannedReplyError(f"#reply {name}: not a canned reply name")
+            raise CannedReplyError(error(Code.CANNED_NOT_NAME, f"#reply {name}"))
         try:
             template = self._env().get_template(f"{language}/{FOLDER}/{name}{_SUFFIX}")
             return template.render(values).strip()
         except TemplateNotFound:
             elsewhere = languages_of(self._path()).get(name)
             if elsewhere:
-                raise CannedReplyError(
-                    f"#reply {name}: no {language} version (exists in {', '.join(elsewhere)})"
-                ) from None
-            known = ", ".join(self.names(language)) or "none"
-            message = f"#reply {name}: no such canned reply (known: {known})"
-            raise CannedReplyError(message) from None
+                problem = error(Code.CANNED_NO_LANGUAGE, f"#reply {name}", language=language,
+                                languages=", ".join(elsewhere))  # fmt: skip
+                raise CannedReplyError(problem) from None
+            known = ", ".join(self.names(language))
+            if known:
+                problem = error(Code.CANNED_UNKNOWN, f"#reply {name}", known=known)
+            else:
+                problem = error(Code.CANNED_NONE, f"#reply {name}")
+            raise CannedReplyError(problem) from None
         except Exception as exc:
-            message = f"#reply {name}: the template is broken: {describe(exc)}"
-            raise CannedReplyError(message) from exc
+            problem = error(Code.CANNED_BROKEN, f"#reply {name}", problem=describe(exc))
+            raise CannedReplyError(problem) from exc
 
 
 def problems(path: Path | str, samples: Iterable[dict[str, Any]]) -> list[Problem]:

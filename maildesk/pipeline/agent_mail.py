@@ -25,6 +25,7 @@ from maildesk.outbound.notify import Notifier, Recipient
 from maildesk.pipeline.notices import Notices, customer_thread
 from maildesk.tickets import commands
 from maildesk.tickets.agents import Agents
+from maildesk.tickets.command_errors import Code, CommandError, error
 from maildesk.tickets.lifecycle import Change, Lifecycle
 from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.watchers import Watchers
@@ -113,42 +114,36 @@ class AgentFlow:
             queued += self.notices.status_notice(session, ticket)
         return queued
 
-    def _problems(self, session: Session, mail: AgentMail, parsed: commands.Commands) -> list[str]:
+    def _problems(
+        self, session: Session, mail: AgentMail, parsed: commands.Commands
+    ) -> list[CommandError]:
         problems = []
         intake = parsed.get("customer")
         if mail.ticket is None and intake is None:
-            problems.append(
-                "this mail answers no ticket; to open one for a customer, "
-                "start with #customer EMAIL"
-            )
+            problems.append(error(Code.NO_TICKET))
         if mail.ticket is not None and intake is not None:
-            problems.append(f"#customer opens a new ticket; this mail answers #{mail.ticket.id}")
+            problems.append(error(Code.CUSTOMER_IN_REPLY, "#customer", ticket=str(mail.ticket.id)))
         assign = parsed.get("assign")
         if assign and assign.arg != "me" and Agents(session).by_email(assign.arg) is None:
-            problems.append(f"#assign {assign.arg}: not an agent")
+            problems.append(error(Code.NOT_AN_AGENT, f"#assign {assign.arg}"))
         if parsed.get("paid") is not None and parsed.get("note") is not None:
-            problems.append("#paid sends the customer a notice; it cannot be part of a #note")
+            problems.append(error(Code.PAID_IN_NOTE, "#paid"))
         if parsed.get("paid") is not None:
             type_command = parsed.get("type")
             ticket_type = type_command.arg if type_command else (mail.ticket and mail.ticket.type)
             if ticket_type != "modification":
-                problems.append(
-                    "#paid: only a modification can be paid work (add #type modification)"
-                )
+                problems.append(error(Code.PAID_NOT_MODIFICATION, "#paid"))
         for command in parsed.read_only:
-            problems.append(
-                f"#{command.name}: write it in a new mail to support, on its own "
-                "(the answer comes to your address)"
-            )
+            problems.append(error(Code.READ_ONLY_IN_REPLY, f"#{command.name}"))
         if parsed.get("reply") is not None and parsed.get("note") is not None:
-            problems.append("#reply answers the customer; it cannot be part of a #note")
+            problems.append(error(Code.REPLY_IN_NOTE, "#reply"))
         if mail.ticket is not None:
             problems += self.ticket_problems(session, mail.ticket, mail.agent, parsed)
         return problems
 
     def ticket_problems(
         self, session: Session, ticket: Ticket, agent: Agent, parsed: commands.Commands
-    ) -> list[str]:
+    ) -> list[CommandError]:
         """What is wrong with `parsed` on this ticket (canned reply, #cc address)."""
         problems = []
         canned = parsed.get("reply")
@@ -156,13 +151,13 @@ class AgentFlow:
             try:
                 self.canned_text(ticket, agent, canned.arg, agent.name or agent.email)
             except CannedReplyError as exc:
-                problems.append(str(exc))
+                problems.append(exc.error)
         cc = parsed.get("cc")
         if cc is not None:
             support = self.notifier.settings.support.address.lower()
             tokens = self.notifier.tokens
             if cc.arg == support or tokens.accepts(cc.arg) or Agents(session).by_email(cc.arg):
-                problems.append(f"#cc {cc.arg}: an address of ours, not a customer's")
+                problems.append(error(Code.CC_OURS, f"#cc {cc.arg}"))
         return problems
 
     def canned_text(self, ticket: Ticket, agent: Agent, name: str, shown_name: str) -> str:

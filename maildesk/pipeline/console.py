@@ -46,6 +46,7 @@ from maildesk.pipeline.threader import Match
 from maildesk.redaction import redact_links
 from maildesk.tickets import commands, listing, sla
 from maildesk.tickets.agents import Agents
+from maildesk.tickets.command_errors import Code, CommandError, error, texts
 from maildesk.tickets.lifecycle import Lifecycle
 from maildesk.tickets.search import search
 from maildesk.tickets.watchers import Watchers
@@ -165,37 +166,35 @@ class Console:
         """Everything an agent reads is in their language, else the support language."""
         return getattr(agent, "language", None) or self.staff_language
 
-    def _problems(self, session: Session, mail: ConsoleMail, agent: Agent) -> list[str]:
+    def _problems(self, session: Session, mail: ConsoleMail, agent: Agent) -> list[CommandError]:
         problems = []
         changing = mail.parsed.changing
         for command in changing:
             if command.name not in CHANGING:
-                problems.append(
-                    f"#{command.name}: only in a reply to the ticket's notification or #show"
-                )
+                problems.append(error(Code.ONLY_IN_REPLY, f"#{command.name}"))
         if changing and mail.ticket is None:
-            problems.append(
-                f"#{changing[0].name}: which ticket? Put [#N] in the subject, "
-                "or reply to the #show of it"
-            )
+            problems.append(error(Code.WHICH_TICKET, f"#{changing[0].name}"))
         assign = mail.parsed.get("assign")
         if assign and assign.arg != "me" and Agents(session).by_email(assign.arg) is None:
-            problems.append(f"#assign {assign.arg}: not an agent")
+            problems.append(error(Code.NOT_AN_AGENT, f"#assign {assign.arg}"))
         if mail.ticket is not None and changing:
             problems += self.flow.ticket_problems(session, mail.ticket, agent, mail.parsed)
         return problems
 
-    def _errors(self, session: Session, agent: Agent, mail: ConsoleMail, errors: list[str]) -> int:
+    def _errors(
+        self, session: Session, agent: Agent, mail: ConsoleMail, errors: list[CommandError]
+    ) -> int:
+        language = self.language(agent)
         self.notifier.notify_untied(
             session,
             None,
             "agent_error",
             Recipient(agent.email, agent.name),
-            language=self.language(agent),
+            language=language,
             answering=InReplyTo(mail.message_id),
             extra={
-                "errors": errors,
-                "commands_help": commands.HELP,
+                "errors": texts(errors, language),
+                "commands_help": commands.help_text(language),
                 "original_subject": mail.subject,
             },
         )
@@ -215,12 +214,14 @@ class Console:
         if command.name == "show":
             ticket = session.get(Ticket, int(command.arg.lstrip("#")))
             if ticket is None:
-                return self._errors(session, agent, mail, [f"#show {command.arg}: no such ticket"])
+                return self._errors(
+                    session, agent, mail, [error(Code.NO_SUCH_TICKET, f"#show {command.arg}")]
+                )
             return self.show(session, agent, ticket, now, answering)
         if command.name in ("help", "replies"):
             extra: dict[str, Any] = {
                 "topic": command.name,
-                "commands_help": commands.HELP,
+                "commands_help": commands.help_text(language),
                 "replies": self.flow.canned.names(language),
             }
             self.notifier.notify_untied(
@@ -237,7 +238,7 @@ class Console:
                     sla_enabled=self.notifier.settings.sla.enabled,
                 )
             except listing.ListError as exc:
-                return self._errors(session, agent, mail, [str(exc)])
+                return self._errors(session, agent, mail, [exc.error])
             snippets = [""] * len(rows)
             query = f"#list {command.arg}".strip()
         else:  # search
@@ -338,7 +339,7 @@ class Console:
                 "last_activity": listing.age(ticket.updated_at, now),
                 "watchers": [a.email for a in Watchers(session).of(ticket)],
                 "sla": self._sla(session, ticket, now),
-                "commands_help": commands.HELP,
+                "commands_help": commands.help_text(self.language(agent)),
             },
         )
         return 1
@@ -505,7 +506,7 @@ class Console:
             extra={
                 "outcome": outcome.state,
                 "commands": outcome.lines,
-                "errors": outcome.errors,
+                "errors": texts(outcome.errors, self.language(agent)),
                 "hours": CONFIRM_HOURS,
             },
         )
@@ -520,4 +521,4 @@ class Outcome:
     agent: Agent | None
     lines: list[str]
     queued: int
-    errors: list[str] = field(default_factory=list)
+    errors: list[CommandError] = field(default_factory=list)

@@ -21,6 +21,7 @@ from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
 from maildesk.tickets import commands
 from maildesk.tickets.agents import Agents
+from maildesk.tickets.command_errors import CommandError, texts
 from maildesk.tickets.lifecycle import APPROVE_WORDS, CONFIRM_WORDS, DECLINE_WORDS
 from maildesk.tickets.watchers import Watchers
 from maildesk.web.links import PaidLinks
@@ -168,7 +169,7 @@ class Notices:
                         "from_name": message.from_name if message else "",
                         "text": redact_links(text or (message.text if message else "")),
                     },
-                    "commands_help": commands.HELP,
+                    "commands_help": commands.help_text(agent.language or self.staff_language),
                 },
                 attachments=attachments,
             )
@@ -180,19 +181,20 @@ class Notices:
         ticket: Ticket | None,
         message: ParsedMessage,
         agent: Agent,
-        errors: list[str],
+        errors: list[CommandError],
     ) -> int:
-        """Tell the agent what was wrong; nothing at all reaches the customer."""
+        """Tell the agent what was wrong, in their language; nothing reaches the customer."""
+        language = agent.language or self.staff_language
         self.notifier.notify_untied(
             session,
             ticket,
             "agent_error",
             Recipient(agent.email, agent.name, agent_id=agent.id),
-            language=agent.language or self.staff_language,
+            language=language,
             answering=InReplyTo(message.message_id),
             extra={
-                "errors": errors,
-                "commands_help": commands.HELP,
+                "errors": texts(errors, language),
+                "commands_help": commands.help_text(language),
                 "original_subject": message.subject,
             },
         )

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from maildesk.config import LANGUAGES
 from maildesk.models import PRIORITIES, STATUSES, TYPES
+from maildesk.tickets.command_errors import Code, CommandError, error
 
 _LINE = re.compile(r"^#([a-z]+)\b[ \t]*(.*)$", re.IGNORECASE)
 _EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9.-]+$")
 
-HELP = """\
+_HELP_EN = """\
 In a reply to a ticket:
 #status new|accepted|waiting_customer|resolved|closed
 #type modification|bug|consultation
@@ -37,6 +38,33 @@ In a new mail to support (answered to your own address only):
 #replies
 #help"""
 
+_HELP_CS = """\
+V odpovědi k tiketu:
+#status new|accepted|waiting_customer|resolved|closed
+#type modification|bug|consultation
+#priority critical|normal|low
+#lang cs|en           (jazyk, ve kterém zákazník dostává naše e-maily)
+#assign me|E-MAIL     (#take: totéž co #assign me)
+#watch / #unwatch     (dostávat upozornění k tiketu také, nebo už ne)
+#cc E-MAIL            (účastník na straně zákazníka: dostává odpovědi, smí psát)
+#reply NÁZEV          (připravená odpověď nad vaším textem; #replies je vypíše)
+#paid CENA TEXT       (úpravy: zákazník schválí, než se začne pracovat)
+#note                 (celá odpověď zůstane interní)
+#customer E-MAIL      (první řádek nového e-mailu: založí tiket pro zákazníka)
+
+V novém e-mailu na podporu (odpověď přijde jen na vaši adresu):
+#list [mine|unassigned|open|waiting|overdue|all|status=STAV]
+#show N
+#search SLOVA
+#replies
+#help"""
+
+
+def help_text(language: str) -> str:
+    """The command summary agents get, in their language (English for any other)."""
+    return _HELP_CS if language == "cs" else _HELP_EN
+
+
 # Commands that only read: answered to the agent's registered address, whoever sent them.
 READ_ONLY = frozenset({"list", "show", "search", "help", "replies"})
 LIST_FILTERS = ("mine", "unassigned", "open", "waiting", "overdue", "all")
@@ -52,7 +80,7 @@ class Command:
 @dataclass(frozen=True)
 class Commands:
     commands: tuple[Command, ...]
-    errors: tuple[str, ...]
+    errors: tuple[CommandError, ...]
     body: str  # the text after the command lines
 
     def get(self, name: str) -> Command | None:
@@ -70,7 +98,7 @@ class Commands:
 def parse(text: str) -> Commands:
     lines = text.splitlines()
     commands: list[Command] = []
-    errors: list[str] = []
+    errors: list[CommandError] = []
     index = 0
     while index < len(lines):
         line = lines[index].strip()
@@ -81,9 +109,9 @@ def parse(text: str) -> Commands:
         if not match:
             break
         name, arg = match.group(1).lower(), match.group(2).strip()
-        error = _check(name, arg)
-        if error:
-            errors.append(f"{line}: {error}")
+        problem = _check(name, arg)
+        if problem is not None:
+            errors.append(CommandError(problem.code, line, problem.args))
         elif name == "take":  # an alias, so the flow knows one command
             commands.append(Command("assign", "me"))
         else:
@@ -97,33 +125,35 @@ _LOWERED = {"status", "type", "priority", "lang", "assign", "customer", "cc", "r
 _NO_ARGUMENT = {"note", "take", "watch", "unwatch", "help", "replies"}
 
 
-def _check(name: str, arg: str) -> str:
+def _check(name: str, arg: str) -> CommandError | None:
+    """What is wrong with `#name arg` (its line is filled in by `parse`), or None."""
     value = arg.lower()
     choices = {"status": STATUSES, "type": TYPES, "priority": PRIORITIES, "lang": LANGUAGES}
     if name in choices:
         allowed = choices[name]
-        return "" if value in allowed else f"must be one of {', '.join(allowed)}"
+        return None if value in allowed else error(Code.ONE_OF, choices=", ".join(allowed))
     if name == "assign":
-        return "" if value == "me" or _EMAIL.match(value) else "must be 'me' or an address"
+        return None if value == "me" or _EMAIL.match(value) else error(Code.ASSIGN_WHO)
     if name == "customer":
-        return "" if _EMAIL.match(value) else "must be the customer's address"
+        return None if _EMAIL.match(value) else error(Code.CUSTOMER_ADDRESS)
     if name == "paid":
-        return "" if arg else "write the price, e.g. #paid 4 hours, 6 000 CZK"
+        return None if arg else error(Code.PAID_PRICE)
     if name in _NO_ARGUMENT:
-        return "" if name == "note" or not arg else "takes no argument"
+        return None if name == "note" or not arg else error(Code.NO_ARGUMENT)
     if name == "cc":
-        return "" if _EMAIL.match(value) else "must be an address"
+        return None if _EMAIL.match(value) else error(Code.CC_ADDRESS)
     if name == "reply":
-        return "" if _REPLY_NAME.match(value) else "write the canned reply's name (see #replies)"
+        return None if _REPLY_NAME.match(value) else error(Code.REPLY_NAME)
     if name == "show":
-        return "" if value.lstrip("#").isdigit() and len(value) < 13 else "write a ticket number"
+        number = value.lstrip("#").isdigit() and len(value) < 13
+        return None if number else error(Code.SHOW_NUMBER)
     if name == "search":
-        return "" if arg else "write the words to look for"
+        return None if arg else error(Code.SEARCH_WORDS)
     if name == "list":
         if not value or value in LIST_FILTERS:
-            return ""
+            return None
         status = value.removeprefix("status=")
         if value.startswith("status=") and status in STATUSES:
-            return ""
-        return f"must be one of {', '.join(LIST_FILTERS)} or status=STATUS"
-    return "unknown command"
+            return None
+        return error(Code.LIST_FILTER, filters=", ".join(LIST_FILTERS))
+    return error(Code.UNKNOWN_COMMAND)

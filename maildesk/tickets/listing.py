@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from maildesk.clock import as_utc
 from maildesk.models import Agent, Ticket
 from maildesk.tickets import sla
+from maildesk.tickets.command_errors import Code, CommandError, error
 from maildesk.tickets.lifecycle import OPEN_STATUSES
 
 MAX_ROWS = 50
@@ -26,6 +27,10 @@ MAX_ROWS = 50
 
 class ListError(Exception):
     """The filter cannot be answered (e.g. `overdue` without service levels)."""
+
+    def __init__(self, problem: CommandError) -> None:
+        super().__init__(str(problem))
+        self.error = problem
 
 
 @dataclass(frozen=True)
@@ -69,10 +74,10 @@ def tickets_for(
         query = query.where(Ticket.status == wanted.removeprefix("status="))
     elif wanted == "overdue":
         if not sla_enabled:
-            raise ListError("#list overdue: service levels ([sla]) are not configured")
+            raise ListError(error(Code.OVERDUE_WITHOUT_SLA, "#list overdue"))
         return [row(t) for t in sla.overdue(session)[:limit]]
     elif wanted != "all":
-        raise ListError(f"#list {wanted}: unknown filter")
+        raise ListError(error(Code.UNKNOWN_FILTER, f"#list {wanted}"))
     query = query.order_by(Ticket.updated_at.desc(), Ticket.id.desc()).limit(limit)
     return [row(t) for t in session.scalars(query)]
 
