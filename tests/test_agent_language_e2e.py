@@ -10,16 +10,19 @@ English ones no Czech word.
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from maildesk import jobs
+from maildesk.cli import main
 from maildesk.tickets.agents import Agents
 from tests.conftest import Outbox, RunningDaemon
 from tests.test_agent_console_e2e import BOB, STRANGER, agent_writes, mails_to
-from tests.test_agent_mail_e2e import AGENT, Sent, open_ticket
+from tests.test_agent_mail_e2e import AGENT, ALICE, Sent, customer_mail, open_ticket
 
 # The raw values agents must never read in Czech mail (whole words: `normální` is fine).
 RAW_VALUES = re.compile(r"\b(new|accepted|waiting_customer|resolved|closed|critical|normal|low)\b")
@@ -141,3 +144,27 @@ def test_every_command_error_has_a_sentence_in_every_language() -> None:
             assert sorted(re.findall(r"{(\w+)}", SENTENCES[language][code])) == sorted(
                 fields[code]
             ), (language, code)
+
+
+def test_people_language_sets_the_language_a_customer_gets_mail_in(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    open_ticket(daemon, outbox)  # Alice writes English: English mail
+
+    def people(*args: str) -> str:
+        result = CliRunner().invoke(main, ["--config", str(config_file), "people", *args])
+        assert result.exit_code == 0, result.output
+        return str(result.output)
+
+    people("language", ALICE.upper(), "cs")
+    assert "cs" in next(line for line in people("list").splitlines() if ALICE in line)
+    daemon.send(customer_mail("en", message_id=f"<{uuid.uuid4().hex}@customer.test>",
+                              subject="Another one"))  # fmt: skip
+    [_, second] = mails_to(outbox, ALICE, "[#", 2)
+    assert "Dobrý den" in body(second), body(second)
+
+    people("language", ALICE, "default")
+    assert " - " in next(line for line in people("list").splitlines() if ALICE in line)
+    bad = CliRunner().invoke(main, ["--config", str(config_file), "people", "language",
+                                    "nobody@else.test", "cs"])  # fmt: skip
+    assert bad.exit_code != 0 and "no person nobody@else.test" in bad.output

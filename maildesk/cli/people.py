@@ -116,6 +116,26 @@ def people_invite(ctx: Context, email: str) -> None:
     click.echo(f"invitation queued for {email.lower()}", err=True)
 
 
+@people.command("language")
+@click.argument("email")
+@click.argument("language", type=click.Choice([*LANGUAGES, "default"]))
+@pass_context
+def people_language(ctx: Context, email: str, language: str) -> None:
+    """Set the language EMAIL gets our mail in ('default': detected per ticket), as the portal's
+    language page does."""
+    from sqlalchemy import select
+
+    from maildesk.models import Person
+
+    with ctx.db.transaction() as session:
+        person = session.scalar(select(Person).where(Person.email == email.lower()))
+        if person is not None:
+            person.language = None if language == "default" else language
+    if person is None:
+        raise click.ClickException(f"no person {email}")
+    click.echo(f"{email.lower()} gets mail in {language}", err=True)
+
+
 @people.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_context
@@ -146,9 +166,15 @@ def people_list(ctx: Context, as_json: bool) -> None:
         print_json(rows)
         return
     table(
-        ["email", "name", "account", "organization"],
+        ["email", "name", "language", "account", "organization"],
         [
-            [r["email"], r["name"], "yes" if r["account"] else "no", r["organization"] or "-"]
+            [
+                r["email"],
+                r["name"],
+                r["language"] or "-",
+                "yes" if r["account"] else "no",
+                r["organization"] or "-",
+            ]
             for r in rows
         ],
     )
