@@ -134,10 +134,11 @@ class DatabaseCollector(Collector):
             by_state = session.execute(
                 select(Inbound.state, func.count()).group_by(Inbound.state)
             ).all()
+            # One labelled expression: PostgreSQL would see two different ones (each
+            # with its own bound "") in the select list and in GROUP BY.
+            failing = (Outbox.last_error != "").label("failing")
             outbox = session.execute(
-                select(Outbox.state, Outbox.last_error != "", func.count()).group_by(
-                    Outbox.state, Outbox.last_error != ""
-                )
+                select(Outbox.state, failing, func.count()).group_by(Outbox.state, failing)
             ).all()
             tickets = session.execute(
                 select(Ticket.status, func.count()).group_by(Ticket.status)
