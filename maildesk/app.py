@@ -260,6 +260,11 @@ class Daemon:
             try:
                 result = await loop.run_in_executor(None, processor.process_pending)
             except Exception:
+                if self._drained.is_set():
+                    # Stopping, and the database fails: what is accepted stays stored
+                    # for the next start, so waiting out the drain time gains nothing.
+                    log.exception("processing failed while stopping; the rest waits for a restart")
+                    return
                 log.exception("processing batch failed; retrying shortly")
                 await ready.wait(SWEEP_SECONDS)
                 continue
