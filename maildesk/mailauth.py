@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -107,9 +108,12 @@ class MailAuth:
                 return stamped
         if not self._settings.verify_dkim:
             return Authentication()
-        if any(aligned(d, from_domain) for d in self._verified_dkim_domains(raw)):
+        # All lookups of one message share one `dns_timeout`: a sender's slow DNS
+        # server (or five signatures pointing at it) delays its own mail that long, once.
+        lookup = _Lookup(self._resolver, time.monotonic() + self._settings.dns_timeout)
+        if any(aligned(d, from_domain) for d in self._verified_dkim_domains(raw, lookup)):
             return Authentication("dkim")
-        policy = self._dmarc_policy(from_domain)
+        policy = self._dmarc_policy(from_domain, lookup)
         return Authentication(dmarc_failed=policy in ("quarantine", "reject"))
 
     # -- our MTA's verdict --------------------------------------------------
@@ -135,7 +139,7 @@ class MailAuth:
 
     # -- our own check ------------------------------------------------------
 
-    def _verified_dkim_domains(self, raw: bytes) -> list[str]:
+    def _verified_dkim_domains(self, raw: bytes, lookup: _Lookup) -> list[str]:
         count = _count_signatures(raw)
         if not count:
             return []
@@ -147,28 +151,40 @@ class MailAuth:
         domains = []
         for index in range(min(count, _MAX_SIGNATURES)):
             try:
-                if checker.verify(idx=index, dnsfunc=self._txt):
+                if checker.verify(idx=index, dnsfunc=lookup.txt):
                     domains.append(checker.domain.decode("ascii", "replace"))
             except Exception as exc:  # a bad signature is only a signature that failed
                 log.info("DKIM signature %d does not verify: %s", index, type(exc).__name__)
         return domains
 
-    def _dmarc_policy(self, from_domain: str) -> str:
+    def _dmarc_policy(self, from_domain: str, lookup: _Lookup) -> str:
         """The DMARC policy (none|quarantine|reject) of the domain or its org domain, or ""."""
         org = organizational_domain(from_domain)
         for name in dict.fromkeys((from_domain, org)):
-            record = self._txt(f"_dmarc.{name}.")
+            record = lookup.txt(f"_dmarc.{name}.")
             if record and record.lstrip().lower().startswith(b"v=dmarc1"):
                 found = _POLICY.search(record.decode("ascii", "replace"))
                 return found.group(1).lower() if found else "none"
         return ""
 
-    def _txt(self, name: bytes | str, timeout: float = 0) -> bytes | None:
-        """One TXT record, its strings joined (dkimpy's `dnsfunc` interface)."""
+
+@dataclass
+class _Lookup:
+    """TXT lookups for one message, all within one deadline (dkimpy's `dnsfunc`)."""
+
+    resolver: dns.resolver.Resolver
+    deadline: float
+
+    def txt(self, name: bytes | str, timeout: float = 0) -> bytes | None:
+        """One TXT record, its strings joined; None when there is none or no time left."""
         if isinstance(name, bytes):
             name = name.decode("ascii", "replace")
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            log.info("DNS lookup of %s skipped: this message's DNS time is spent", name)
+            return None
         try:
-            answer = self._resolver.resolve(name, "TXT", raise_on_no_answer=False)
+            answer = self.resolver.resolve(name, "TXT", raise_on_no_answer=False, lifetime=left)
         except (dns.exception.DNSException, ValueError) as exc:
             log.info("DNS lookup of %s failed: %s", name, type(exc).__name__)
             return None

@@ -8,6 +8,7 @@ Sender proof by DKIM runs against dnsmasq serving real keys (tests/dns_server.py
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import smtplib
@@ -357,3 +358,47 @@ def test_an_agent_reply_token_acts_only_on_its_own_ticket(desk: RunningDaemon) -
 def _reply_to(raw: bytes) -> list[str]:
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     return [a.addr_spec for a in parsed["Reply-To"].addresses]  # type: ignore[attr-defined]
+
+
+# -- a sender's slow DNS -----------------------------------------------------------
+
+
+def test_a_silent_dns_server_costs_one_timeout_per_message_not_one_per_lookup(
+    keys: dict[str, DkimKey],
+) -> None:
+    """Five signatures whose keys sit behind a DNS that never answers: one deadline for all."""
+    import socket
+    import threading
+
+    import dns.message
+
+    from maildesk.config import TrustSettings
+    from maildesk.mailauth import MailAuth
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    asked: list[str] = []
+
+    def swallow() -> None:  # reads every query and answers none
+        while True:
+            try:
+                wire, _ = silent.recvfrom(4096)
+            except OSError:
+                return
+            asked.append(str(dns.message.from_wire(wire).question[0].name))
+
+    threading.Thread(target=swallow, daemon=True).start()
+    raw = make_mail()
+    for selector in ("s0", "s1", "s2", "s3", "s4"):  # five real signatures, five key names
+        raw = dataclasses.replace(keys["customer.test"], selector=selector).sign(raw)
+    port = silent.getsockname()[1]
+    auth = MailAuth(TrustSettings(dns_servers=(f"127.0.0.1:{port}",), dns_timeout=0.5))
+    try:
+        result = auth.check(raw, ALICE, (), via_our_mta=False)
+    finally:
+        silent.close()
+
+    assert not result.proven and not result.dmarc_failed
+    # One name was asked (perhaps more than once); the other lookups had no time left.
+    assert len(set(asked)) == 1, asked
+    assert asked[0].endswith("._domainkey.customer.test.")
