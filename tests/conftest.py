@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from maildesk import config
-from maildesk.app import Daemon
+from maildesk.app import DRAIN_SECONDS, Daemon
 from maildesk.clock import ManualClock
 from maildesk.services import Services, build
 
@@ -205,7 +205,8 @@ class RunningDaemon:
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.daemon.stop)
-        self.thread.join(15)
+        # The daemon may take its whole drain time to finish accepted mail, then stop.
+        self.thread.join(DRAIN_SECONDS + 10)
         assert not self.thread.is_alive(), "daemon did not stop"
         if self.error:
             raise self.error
