@@ -29,6 +29,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,43 +50,59 @@ class Generated:
     size: int  # bytes
 
 
-def generate(path: Path, messages: int, size: int, reply_share: float, run: str) -> Generated:
-    """Write the mbox; replies answer the latest message of a recent conversation."""
+@dataclass(frozen=True)
+class Item:
+    """One generated message: its bytes (LF newlines), envelope sender and date."""
+
+    raw: bytes
+    envelope_from: str
+    date: datetime
+    is_reply: bool
+
+
+def conversations(messages: int, size: int, reply_share: float, run: str) -> Iterator[Item]:
+    """Customer messages by date; a reply answers the latest message of a recent conversation."""
     rng = random.Random(run)
     start = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
     threads: list[list[int]] = []  # message indices per conversation, oldest first
+    for i in range(messages):
+        date = start + timedelta(minutes=7 * i)
+        author = i
+        if threads and rng.random() < reply_share:
+            thread = threads[max(0, len(threads) - 1 - int(rng.expovariate(1 / 50)))]
+            author = thread[0]
+            raw = common.customer_message(
+                i,
+                run=run,
+                size=size,
+                date=date,
+                subject="Re: " + common.first_subject(thread[0], run),
+                reply_to=thread[-1],
+                references=thread[:-1],
+                author=author,
+                newline=b"\n",
+            )
+            thread.append(i)
+            yield Item(raw, common.sender(author)[1], date, True)
+        else:
+            raw = common.customer_message(i, run=run, size=size, date=date, newline=b"\n")
+            threads.append([i])
+            yield Item(raw, common.sender(author)[1], date, False)
+
+
+def generate(path: Path, messages: int, size: int, reply_share: float, run: str) -> Generated:
+    """Write the mbox of `conversations`."""
     replies = 0
     with path.open("wb") as out:
-        for i in range(messages):
-            date = start + timedelta(minutes=7 * i)
-            author = i
-            if threads and rng.random() < reply_share:
-                thread = threads[max(0, len(threads) - 1 - int(rng.expovariate(1 / 50)))]
-                author = thread[0]
-                raw = common.customer_message(
-                    i,
-                    run=run,
-                    size=size,
-                    date=date,
-                    subject="Re: " + common.first_subject(thread[0], run),
-                    reply_to=thread[-1],
-                    references=thread[:-1],
-                    author=author,
-                    newline=b"\n",
-                )
-                thread.append(i)
-                replies += 1
-            else:
-                raw = common.customer_message(i, run=run, size=size, date=date, newline=b"\n")
-                threads.append([i])
-            head, _, body = raw.partition(b"\n\n")
-            envelope_from = common.sender(author)[1]
-            out.write(f"From {envelope_from} {_mbox_date(date)}\n".encode())
+        for item in conversations(messages, size, reply_share, run):
+            replies += item.is_reply
+            head, _, body = item.raw.partition(b"\n\n")
+            out.write(f"From {item.envelope_from} {_mbox_date(item.date)}\n".encode())
             out.write(head + b"\n\n" + _FROM_LINE.sub(rb">\1", body))
             if not body.endswith(b"\n"):
                 out.write(b"\n")
             out.write(b"\n")
-    return Generated(path, messages, len(threads), replies, path.stat().st_size)
+    return Generated(path, messages, messages - replies, replies, path.stat().st_size)
 
 
 def _mbox_date(moment: datetime) -> str:

@@ -1,0 +1,194 @@
+"""The processor alone: CPU milliseconds per message and messages per second.
+
+Stores `--messages` generated customer messages (the generator of
+`import_mbox.py`: ~`--size` bytes, `--replies` of them answers to earlier ones)
+in a fresh spool as live SMTP mail (acknowledgements and agent notifications on,
+two agents), then calls `Processor.process_pending()` in this process until
+nothing is due, and prints the CPU time of this process per processed message
+(`time.process_time`) and the wall rate. No SMTP, no sending: what is measured is
+claim, parse, thread, record and the outbox rows queued.
+
+    .venv/bin/python bench/processing.py [--messages 2000] [--database-url URL]
+        [--profile out.prof]
+
+`--database-url postgresql+psycopg://…` runs on PostgreSQL, in a schema of its own
+that is dropped afterwards (default: SQLite in a temp dir). `--profile` writes a
+cProfile of the processing (not of the storing) and prints its top entries.
+Nothing is asserted: the script prints figures and the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import common
+from import_mbox import conversations
+from sqlalchemy import create_engine, text
+
+from maildesk import config
+from maildesk.inbound.store import Envelope
+from maildesk.services import Services, build
+
+TARGET_MS = 2.0  # CPU per message (issue 9)
+AGENTS = ("agent1@example.test", "agent2@example.test")
+STORE_BATCH = 500
+
+
+@contextmanager
+def database(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
+    """The URL of an empty database: SQLite in `workdir`, or a fresh PostgreSQL schema."""
+    if not args.database_url:
+        yield f"sqlite:///{workdir / 'maildesk.db'}"
+        return
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(args.database_url)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in args.database_url else "?"
+    try:
+        yield f"{args.database_url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def settings(url: str, workdir: Path) -> config.Settings:
+    return config.from_mapping(
+        {
+            "support": {
+                "address": common.SUPPORT,
+                "name": "Example Support",
+                "base_url": "http://127.0.0.1:8080",
+                "language": "en",
+            },
+            "database": {"url": url},
+            "web": {"secret_key": "bench-" + "k" * 40},
+            "outbound": {"url": f"maildir:{workdir / 'outbox'}"},
+            "agents": {"addresses": list(AGENTS)},
+            # No DNS: what is measured is our own work, not a resolver's answers.
+            "trust": {"verify_dkim": False},
+            # Every new ticket acknowledged: the RFC 3834 caps would stop that early.
+            "limits": {
+                "auto_replies_per_hour": 10_000_000,
+                "auto_replies_per_hour_total": 10_000_000,
+            },
+        },
+        base_dir=workdir,
+    )
+
+
+def store(services: Services, args: argparse.Namespace) -> int:
+    run_id = f"proc{os.getpid()}x{int(time.time())}"
+    batch: list[bytes] = []
+    stored = 0
+    # One envelope sender for all: the generated authors are only a handful anyway.
+    envelope = Envelope("smtp", "customer@customer0.test", (common.SUPPORT,), peer="192.0.2.1")
+    for item in conversations(args.messages, args.size, args.replies, run_id):
+        batch.append(item.raw.replace(b"\n", b"\r\n"))
+        if len(batch) >= STORE_BATCH:
+            stored += len(services.store.put_many(batch, envelope))
+            batch = []
+    if batch:
+        stored += len(services.store.put_many(batch, envelope))
+    return stored
+
+
+def count(services: Services, query: str) -> list[tuple[object, ...]]:
+    with services.db.transaction() as session:
+        return [tuple(row) for row in session.execute(text(query))]
+
+
+def run(args: argparse.Namespace, workdir: Path) -> None:
+    with database(args, workdir) as url:
+        services = build(settings(url, workdir))
+        services.prepare()
+        stored = store(services, args)
+        print(f"-- stored {stored} messages; processing", file=sys.stderr, flush=True)
+        profiler = cProfile.Profile() if args.profile else None
+        processed = batches = 0
+        cpu, wall = time.process_time(), time.perf_counter()
+        if profiler:
+            profiler.enable()
+        while result := services.processor.process_pending().processed:
+            processed += result
+            batches += 1
+        if profiler:
+            profiler.disable()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        states = dict(count(services, "SELECT state, count(*) FROM inbound GROUP BY state"))
+        tickets = count(services, "SELECT count(*) FROM tickets")[0][0]
+        messages = count(services, "SELECT count(*) FROM messages")[0][0]
+        outbox = dict(count(services, "SELECT kind, count(*) FROM outbox GROUP BY kind"))
+        services.db.engine.dispose()
+    report(args, workdir, url, processed, cpu, wall, states, tickets, messages, outbox)
+    if profiler:
+        profiler.dump_stats(args.profile)
+        print(f"\nprofile written to {args.profile}; top by cumulative and own time:")
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("cumulative").print_stats(35)
+        stats.sort_stats("tottime").print_stats(25)
+
+
+def report(
+    args: argparse.Namespace,
+    workdir: Path,
+    url: str,
+    processed: int,
+    cpu: float,
+    wall: float,
+    states: dict[object, object],
+    tickets: object,
+    messages: object,
+    outbox: dict[object, object],
+) -> None:
+    per_message = cpu * 1000 / max(processed, 1)
+    backend = url.split(":", 1)[0]
+    print()
+    print(
+        f"processing {processed} messages (~{args.size} bytes, {args.replies:.0%} replies) "
+        f"on {backend}"
+    )
+    print(f"machine: {common.machine(workdir)}")
+    print(f"{args.cpu_watch.note()}; maildesk sources {common.code_fingerprint()}")
+    if args.profile:
+        print("(under cProfile: figures are inflated)")
+    print()
+    print(
+        common.table(
+            ["CPU ms/msg", "wall msg/s", "CPU s", "wall s"],
+            [[f"{per_message:.2f}", f"{processed / wall:.0f}", f"{cpu:.2f}", f"{wall:.2f}"]],
+        )
+    )
+    print()
+    print(f"inbound states {states}; {tickets} tickets, {messages} messages, outbox {outbox}")
+    print(
+        f"target: <= {TARGET_MS} ms CPU per message: {per_message:.2f} -> "
+        f"{common.verdict(per_message <= TARGET_MS)}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=4096, help="approximate bytes per message")
+    parser.add_argument("--replies", type=float, default=0.3, help="share of replies (0..1)")
+    parser.add_argument("--database-url", default="", help="PostgreSQL URL (default: SQLite)")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the processing here")
+    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+    common.run_in_workdir("processing", "processing", args, run)
+
+
+if __name__ == "__main__":
+    main()
