@@ -14,7 +14,6 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.exc import DBAPIError
 
 from maildesk import jobs
-from maildesk.exclusive import singly, while_holding
+from maildesk.exclusive import while_holding
 from maildesk.inbound.imap import ImapPoller
 from maildesk.inbound.recipients import Recipients
 from maildesk.inbound.smtp import InboundHandler, Listener, start_server
@@ -64,15 +63,6 @@ class _Wakeup:
         except TimeoutError:
             pass
         self.event.clear()
-
-
-def _one_instance(name: str, job: Callable[[Services], object]) -> Callable[[Services], None]:
-    """A scheduled job that runs on one instance at a time (`maildesk/exclusive.py`)."""
-
-    def run(services: Services) -> None:
-        singly(services.db, f"maildesk:job:{name}", lambda: job(services))
-
-    return run
 
 
 class Daemon:
@@ -161,7 +151,7 @@ class Daemon:
         # Jobs keep their state in the database, so re-adding them at start is all
         # it takes to survive a restart.
         scheduler.add_job(
-            _one_instance("autoclose", jobs.autoclose),
+            jobs.one_instance("autoclose", jobs.autoclose),
             "interval",
             minutes=jobs.AUTOCLOSE_EVERY_MINUTES,
             args=[services],
@@ -170,7 +160,7 @@ class Daemon:
         )
         if settings.sla.enabled:
             scheduler.add_job(
-                _one_instance("sla", jobs.sla),
+                jobs.one_instance("sla", jobs.sla),
                 "interval",
                 minutes=jobs.SLA_EVERY_MINUTES,
                 args=[services],
@@ -179,7 +169,7 @@ class Daemon:
         if settings.agents.digest_time:
             hour, minute = (int(part) for part in settings.agents.digest_time.split(":"))
             scheduler.add_job(
-                _one_instance("digest", jobs.digest),
+                jobs.one_instance("digest", jobs.digest),
                 "cron",
                 hour=hour,
                 minute=minute,

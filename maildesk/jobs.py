@@ -6,11 +6,15 @@ only while it is still `resolved` (rows locked, SKIP LOCKED on PostgreSQL);
 the digest records the day it was sent in `job_runs` in the same transaction
 as its mail. So does the SLA job, for each reminder and breach notice (one per
 ticket, priority, target and kind), and a breach is also a ticket event.
+`one_instance` wraps a job so that, when several instances share PostgreSQL,
+one of them runs it at a time (`maildesk/exclusive.py`); the daemon schedules
+the wrapped jobs.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
@@ -19,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
+from maildesk.exclusive import singly
 from maildesk.i18n import names
 from maildesk.models import Agent, Event, JobRun, Ticket
 from maildesk.outbound.notify import Recipient
@@ -33,6 +38,15 @@ log = logging.getLogger("maildesk.jobs")
 
 AUTOCLOSE_EVERY_MINUTES = 10
 SLA_EVERY_MINUTES = 1
+
+
+def one_instance(name: str, job: Callable[[Services], object]) -> Callable[[Services], None]:
+    """`job`, run on one instance at a time: skipped here while another instance runs it."""
+
+    def run(services: Services) -> None:
+        singly(services.db, f"maildesk:job:{name}", lambda: job(services))
+
+    return run
 
 
 def autoclose(services: Services) -> int:
