@@ -11,99 +11,40 @@ ManualClock.
 
 from __future__ import annotations
 
-import email.policy
-import email.utils
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from datetime import timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from maildesk.clock import ManualClock
-from tests.conftest import Outbox, RunningDaemon, wait_for
-from tests.test_agent_mail_e2e import (
+from tests.conftest import Outbox, RunningDaemon
+from tests.mailclient import (
     AGENT,
     ALICE,
-    SUPPORT,
+    BOB,
+    STRANGER,
     Sent,
-    customer_mail,
+    agent_writes,
+    alice_replies,
+    desk_config,
     mail_to,
+    mails_to,
     open_ticket,
     processed,
     queued_to,
+    reply_to,
     sent,
     show,
 )
 
-BOB = "bob@example.test"
-STRANGER = "mallory@stranger.test"
-
 
 @pytest.fixture
 def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
-    config_values["agents"]["addresses"] = [AGENT, BOB]
-    config_values["support"]["base_url"] = f"http://127.0.0.1:{config_values['web']['port']}"
-    return config_values
-
-
-def mail(
-    sender: str,
-    body: str,
-    *,
-    subject: str = "console",
-    to: str = SUPPORT,
-    answering: Sent | None = None,
-    extra: dict[str, str] | None = None,
-) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Date"] = email.utils.format_datetime(email.utils.localtime())
-    msg["Message-ID"] = f"<{uuid.uuid4().hex}@{sender.partition('@')[2]}>"
-    if answering is not None:
-        msg["In-Reply-To"] = str(answering.msg["Message-ID"])
-        msg["References"] = str(answering.msg["Message-ID"])
-    for name, value in (extra or {}).items():
-        msg[name] = value
-    msg.set_content(body)
-    return msg.as_bytes(policy=email.policy.SMTP)
-
-
-def agent_writes(
-    daemon: RunningDaemon, sender: str, body: str, *, envelope: str = "", **kw: Any
-) -> None:
-    to = kw.get("to", SUPPORT)
-    daemon.send(mail(sender, body, **kw), sender=envelope or sender, recipients=(to,))
-
-
-def mails_to(outbox: Outbox, address: str, subject: str, count: int = 1) -> list[Sent]:
-    """Wait for `count` mails to `address` whose subject starts with `subject`."""
-
-    def found() -> list[Sent]:
-        mails = [s for s in sent(outbox) if address in s.to and s.subject.startswith(subject)]
-        return mails if len(mails) >= count else []
-
-    result: list[Sent] = wait_for(found, 10, f"{count} mails to {address}: {subject}")
-    return result
-
-
-def reply_to(sent_mail: Sent) -> str:
-    return str(sent_mail.msg["Reply-To"].addresses[0].addr_spec)
-
-
-def alice_replies(daemon: RunningDaemon, outbox: Outbox, text: str) -> None:
-    """Alice answers her acknowledgement (its signed Reply-To)."""
-    ack = mail_to(outbox, ALICE)[0]
-    message_id = f"<{uuid.uuid4().hex}@customer.test>"
-    raw = customer_mail("en", message_id=message_id, subject="Re: [#1] Printer broken",
-                        body=text, to=reply_to(ack))  # fmt: skip
-    daemon.send(raw, recipients=(reply_to(ack),))
+    return desk_config(config_values, AGENT, BOB)
 
 
 def owned_by_agnes(daemon: RunningDaemon, outbox: Outbox) -> None:

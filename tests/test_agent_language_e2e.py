@@ -21,8 +21,18 @@ from maildesk import jobs
 from maildesk.cli import main
 from maildesk.tickets.agents import Agents
 from tests.conftest import Outbox, RunningDaemon
-from tests.test_agent_console_e2e import BOB, STRANGER, agent_writes, mails_to
-from tests.test_agent_mail_e2e import AGENT, ALICE, Sent, customer_mail, open_ticket
+from tests.mailclient import (
+    AGENT,
+    ALICE,
+    BOB,
+    STRANGER,
+    Sent,
+    agent_writes,
+    customer_mail,
+    desk_config,
+    mails_to,
+    open_ticket,
+)
 
 # The raw values agents must never read in Czech mail (whole words: `normální` is fine).
 RAW_VALUES = re.compile(r"\b(new|accepted|waiting_customer|resolved|closed|critical|normal|low)\b")
@@ -32,10 +42,8 @@ CZECH_WORDS = ("Nový", "normální", "stav", "priorita", "řešitel", "stáří
 
 @pytest.fixture
 def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
-    config_values["agents"]["addresses"] = [AGENT, BOB]
     config_values["support"]["language"] = "en"
-    config_values["support"]["base_url"] = f"http://127.0.0.1:{config_values['web']['port']}"
-    return config_values
+    return desk_config(config_values, AGENT, BOB)
 
 
 @pytest.fixture
