@@ -203,6 +203,9 @@ class SlaSettings:
     critical: tuple[str, ...] = ("1h", "1d")
     normal: tuple[str, ...] = ("8h", "5d")
     low: tuple[str, ...] = ("2d", "10d")
+    # Priorities whose first response counts every hour of every day (nights, weekends,
+    # holidays): the support policy makes a critical bug worth a phone call.
+    first_response_around_the_clock: tuple[str, ...] = ("critical",)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,33 @@ def test_the_clock_pauses_while_waiting_for_the_customer() -> None:
     assert paused.as_json()["paused"] is True
 
 
+# Friday 9 January 2026, 18:00 in Prague: after working hours, before a weekend.
+FRIDAY_6PM = prague(9, 18)
+
+
+def test_a_critical_first_response_counts_around_the_clock_its_resolution_working_days() -> None:
+    policy = sla.policy_from(SlaSettings())  # shipped: critical 1 h / 1 working day
+    state = sla.state(policy, "critical", FRIDAY_6PM, [], None, prague(9, 18, 30), "new")
+    # 1 h from Friday 18:00, nights and weekends counted: Friday 19:00, half used by 18:30.
+    assert state.first_response.due == prague(9, 19)
+    assert state.first_response.share == 0.5
+    # One working day (08:00-17:00) from Monday 08:00: Monday 17:00, nothing used yet.
+    assert state.resolution.due == prague(12, 17)
+    assert state.resolution.used == timedelta()
+    # Normal priority keeps working hours for both: 8 h from Monday 08:00.
+    normal = sla.state(policy, "normal", FRIDAY_6PM, [], None, prague(9, 18, 30), "new")
+    assert normal.first_response.due == prague(12, 16)
+    # With the setting emptied, a critical first response waits for Monday 09:00.
+    working = sla.policy_from(SlaSettings(first_response_around_the_clock=()))
+    late = sla.state(working, "critical", FRIDAY_6PM, [], None, prague(9, 18, 30), "new")
+    assert late.first_response.due == prague(12, 9)
+
+
+def test_first_response_around_the_clock_names_priorities_only() -> None:
+    with pytest.raises(ValueError, match="not a priority: urgent"):
+        sla.policy_from(SlaSettings(first_response_around_the_clock=("critical", "urgent")))
+
+
 @pytest.fixture
 def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
     config_values["agents"]["addresses"] = AGENTS
@@ -166,3 +193,41 @@ def test_tickets_list_json_has_the_sla_object(services: Services, config_file: A
     assert row["sla"]["first_response_breached"] is True
     assert row["sla"]["first_response_due"] == prague(12, 14).isoformat()
     assert row["sla"]["resolution_breached"] is True and row["sla"]["paused"] is False
+
+
+def set_priority(services: Services, number: int, priority: str) -> None:
+    with services.db.transaction() as session:
+        found = session.get(Ticket, number)
+        assert found is not None
+        Lifecycle(session, services.clock.now()).change(
+            found, "priority", priority, AGENTS[0], "cli"
+        )
+
+
+def test_a_critical_bug_mailed_on_friday_evening_is_chased_that_evening(
+    services: Services, clock: ManualClock
+) -> None:
+    clock.advance(FRIDAY_6PM - clock.now())
+    receive(services, make_mail("Production is down"))
+    set_priority(services, 1, "critical")
+
+    # 75 % of 1 h, counted around the clock: Friday 18:45, not Monday morning.
+    clock.advance(timedelta(minutes=44))
+    assert jobs.sla(services) == 0
+    clock.advance(timedelta(minutes=1))
+    assert jobs.sla(services) == 2  # nobody owns it: both agents
+    assert all("SLA reminder (first response)" in s for s, _ in sla_mail(services))
+    clock.advance(prague(9, 19, 1) - clock.now())
+    assert jobs.sla(services) == 2
+    assert ["BREACHED (first response)" in s for s, _ in sla_mail(services)][2:] == [True, True]
+    with services.db.reading() as session:
+        assert [t.id for t in sla.overdue(session)] == [1]
+
+    # The resolution target is one working day: the weekend is quiet, and Monday's
+    # reminder comes at 75 % of 9 working hours, 14:45.
+    clock.advance(prague(12, 14, 44) - clock.now())
+    assert jobs.sla(services) == 0
+    clock.advance(timedelta(minutes=1))
+    assert jobs.sla(services) == 2
+    [*_, (subject, _)] = sla_mail(services)
+    assert "SLA reminder (resolution)" in subject

@@ -9,6 +9,10 @@ end only read what the computation needs from the database.
 The rules, from the support policy:
 - Targets are working time (`[sla] hours`, Monday to Friday, in `[sla]
   timezone`, without `[sla] holidays`). A working day is one `hours` window.
+  The first-response target of the priorities in `[sla]
+  first_response_around_the_clock` (shipped: critical) counts every hour of
+  every day instead: a critical bug mailed on Friday evening is due that
+  evening, not on Monday. Resolution targets stay in working time.
 - The clocks run while the ticket is `new` or `accepted`. They stop while it
   waits for the customer (`waiting_customer`) and while it is `resolved` or
   `closed`; a reopened ticket's clocks go on from where they stopped.
@@ -110,8 +114,27 @@ class Calendar:
         raise ValueError("target too far in working time")
 
 
-def span(value: str, calendar: Calendar) -> timedelta:
-    """`"90m"`, `"8h"` or `"5d"` (working days) as working time."""
+@dataclass(frozen=True)
+class AroundTheClock:
+    """Every hour of every day counts (a critical first response)."""
+
+    @property
+    def day(self) -> timedelta:
+        return timedelta(days=1)
+
+    def working(self, since: datetime, until: datetime) -> timedelta:
+        return max(until - since, timedelta())
+
+    def add(self, since: datetime, amount: timedelta) -> datetime:
+        return since + amount
+
+
+AROUND_THE_CLOCK = AroundTheClock()
+Hours = Calendar | AroundTheClock  # what a target's time is counted in
+
+
+def span(value: str, calendar: Hours) -> timedelta:
+    """`"90m"`, `"8h"` or `"5d"` (days of `calendar`: working days, or whole days)."""
     match = _SPAN.match(value)
     if not match:
         raise ValueError(f"a target looks like 90m, 8h or 5d, not {value!r}")
@@ -129,10 +152,18 @@ class Policy:
 
     calendar: Calendar
     targets: dict[str, tuple[timedelta, timedelta]]
+    # Priorities whose first-response target counts around the clock.
+    around_the_clock: frozenset[str] = frozenset()
 
     def target(self, priority: str, which: str) -> timedelta:
         first, resolution = self.targets.get(priority, self.targets["normal"])
         return first if which == "first_response" else resolution
+
+    def hours(self, priority: str, which: str) -> Hours:
+        """What the target's time is counted in: working hours, or every hour."""
+        if which == "first_response" and priority in self.around_the_clock:
+            return AROUND_THE_CLOCK
+        return self.calendar
 
 
 @dataclass(frozen=True)
@@ -210,7 +241,7 @@ def state(
     """Both clocks of one ticket at `now`. `changes` are its status events."""
     initial = "new"  # every ticket starts new; its events say the rest
     first = _clock(
-        policy,
+        policy.hours(priority, "first_response"),
         "first_response",
         policy.target(priority, "first_response"),
         running_intervals(created, initial, changes, min(first_response or now, now)),
@@ -221,7 +252,7 @@ def state(
     if status in DONE:
         resolved_at = max((c.at for c in changes if c.status in DONE), default=now)
     resolution = _clock(
-        policy,
+        policy.hours(priority, "resolution"),
         "resolution",
         policy.target(priority, "resolution"),
         running_intervals(created, initial, changes, now),
@@ -232,14 +263,13 @@ def state(
 
 
 def _clock(
-    policy: Policy,
+    cal: Hours,
     name: str,
     target: timedelta,
     intervals: list[tuple[datetime, datetime]],
     met_at: datetime | None,
     now: datetime,
 ) -> Clock:
-    cal = policy.calendar
     used = timedelta()
     breached_at: datetime | None = None
     for since, until in intervals:
@@ -258,13 +288,19 @@ def _clock(
 def policy_from(settings: SlaSettings) -> Policy:
     """The policy `[sla]` describes; raises ValueError naming what is wrong."""
     calendar = Calendar.parse(settings.hours, settings.timezone, settings.holidays)
+    priorities = ("critical", "normal", "low")
+    around = frozenset(settings.first_response_around_the_clock)
+    if not around <= set(priorities):
+        unknown = ", ".join(sorted(around - set(priorities)))
+        raise ValueError(f"first_response_around_the_clock: not a priority: {unknown}")
     targets = {}
-    for priority in ("critical", "normal", "low"):
+    for priority in priorities:
         pair = getattr(settings, priority)
         if len(pair) != 2:
             raise ValueError(f'{priority} must be [first response, resolution], e.g. ["8h", "5d"]')
-        targets[priority] = (span(pair[0], calendar), span(pair[1], calendar))
-    return Policy(calendar, targets)
+        first = AROUND_THE_CLOCK if priority in around else calendar
+        targets[priority] = (span(pair[0], first), span(pair[1], calendar))
+    return Policy(calendar, targets, around)
 
 
 # -- reading the database ----------------------------------------------------------------
