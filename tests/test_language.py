@@ -165,3 +165,24 @@ def test_the_catalogue_names_every_status_type_and_priority() -> None:
         assert set(names.type) == set(TYPES)
         assert set(names.priority) == set(PRIORITIES)
     assert CATALOGUE["cs"].status["new"] != "new" and CATALOGUE["cs"].priority["low"] != "low"
+
+
+def test_every_language_names_what_the_english_catalogue_names() -> None:
+    from dataclasses import fields
+
+    from maildesk.config import LANGUAGES
+    from maildesk.i18n import CATALOGUE
+
+    for language in LANGUAGES:
+        for table in fields(CATALOGUE["en"]):
+            if table.type == "dict[str, str]":
+                english = getattr(CATALOGUE["en"], table.name)
+                assert set(getattr(CATALOGUE[language], table.name)) == set(english), table.name
+    czech = CATALOGUE["cs"]
+    event = {"field": "sla", "old": None, "new": "first_response breached", "actor": "system",
+             "via": "schedule"}  # fmt: skip
+    assert czech.event(event) == {**event, "field_name": "SLA", "old_name": "",
+                                  "new_name": "první reakce PŘEKROČENO", "actor_name": "systém",
+                                  "via_name": "automaticky"}  # fmt: skip
+    assert czech.value("status", "waiting_customer") == "Čeká na zákazníka"
+    assert czech.value("owner", "eva@example.test") == "eva@example.test"
