@@ -8,6 +8,7 @@ so every older link stops working. Passwords are hashed with argon2id.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -153,12 +154,16 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-_DUMMY_HASH = _hasher.hash("maildesk-dummy-password")
+@functools.cache
+def _dummy_hash() -> str:
+    # Made on first use, not at import: argon2id takes 64 MB while it hashes, and
+    # every process imports this module (a worker never checks a password).
+    return _hasher.hash("maildesk-dummy-password")
 
 
 def _burn(password: str) -> None:
     """Spend the time a real check takes, so timing does not reveal unknown addresses."""
     try:
-        _hasher.verify(_DUMMY_HASH, password)
+        _hasher.verify(_dummy_hash(), password)
     except VerificationError:
         pass
