@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
 from maildesk.exclusive import singly
-from maildesk.i18n import names
 from maildesk.models import Agent, Event, JobRun, Ticket
+from maildesk.outbound.catalogue import AgentDigest, AgentSla, DigestRow, SlaState
 from maildesk.outbound.notify import Recipient
 from maildesk.tickets import sla as service_levels
 from maildesk.tickets.agents import Agents
@@ -85,33 +85,20 @@ def digest(services: Services, day: date | None = None) -> int:
                 )
                 if not waiting:
                     continue
-                language = agent.language or services.settings.support.language
-                named = names(language)
-                services.notifier.notify_untied(
-                    session,
-                    None,
-                    "agent_digest",
-                    Recipient(agent.email, agent.name, agent_id=agent.id),
-                    language=language,
-                    answering=None,
-                    extra={
-                        "day": day.isoformat(),
-                        "tickets": [
-                            {
-                                "tag": services.notifier.tag(t),
-                                "subject": t.subject,
-                                "status": t.status,
-                                "status_name": named.of("status", t.status),
-                                "priority": t.priority,
-                                "priority_name": named.of("priority", t.priority),
-                                "requester": t.requester.email,
-                                "owner": t.owner.email if t.owner else "",
-                                "age": age(t.created_at, services.clock.now()),
-                            }
-                            for t in waiting
-                        ],
-                    },
+                rows = tuple(
+                    DigestRow(
+                        tag=services.notifier.tag(t),
+                        subject=t.subject,
+                        status=t.status,
+                        priority=t.priority,
+                        requester=t.requester.email,
+                        owner=t.owner.email if t.owner else "",
+                        age=age(t.created_at, services.clock.now()),
+                    )
+                    for t in waiting
                 )
+                note = AgentDigest(day.isoformat(), rows)
+                services.notifier.notify(session, note, Recipient.of_agent(agent))
                 sent += 1
     except IntegrityError:
         log.info("digest for %s was already sent", day)
@@ -185,24 +172,17 @@ def _sla_notice(
         )
     session.flush()
     due = clock.due.astimezone(policy.calendar.zone).strftime("%Y-%m-%d %H:%M") if clock.due else ""
-    extra = {
-        "sla": {
-            "kind": kind,
-            "target": clock.name,
-            "due": due,
-            "used_percent": int(clock.share * 100),
-            "age": age(ticket.created_at, now),
-        }
-    }
-    for agent in audience:
-        services.notifier.notify(
-            session,
-            ticket,
-            "agent_sla",
-            Recipient(agent.email, agent.name, agent_id=agent.id),
-            language=agent.language or services.settings.support.language,
-            extra=extra,
+    note = AgentSla(
+        SlaState(
+            kind=kind,
+            target=clock.name,
+            due=due,
+            used_percent=int(clock.share * 100),
+            age=age(ticket.created_at, now),
         )
+    )
+    for agent in audience:
+        services.notifier.notify(session, note, Recipient.of_agent(agent), ticket=ticket)
     return len(audience)
 
 

@@ -8,6 +8,7 @@ import email.policy
 import logging
 import os
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -21,6 +22,7 @@ from maildesk.cli import main
 from maildesk.clock import ManualClock
 from maildesk.config import LANGUAGES, PACKAGE_TEMPLATES
 from maildesk.models import Ticket
+from maildesk.outbound.catalogue import KINDS, Tie
 from maildesk.outbound.notify import InReplyTo, Recipient
 from maildesk.outbound.render import Renderer, discover
 from maildesk.services import Services
@@ -245,7 +247,7 @@ def test_readme_documents_every_template() -> None:
     text = README.read_text()
     for info in discover(PACKAGE_TEMPLATES):
         assert f"`{info.name}`" in text, info.name
-        assert info.name in templates_admin.SPECS, f"{info.name}: no sample data"
+        assert info.name in KINDS, f"{info.name}: not in the notification catalogue"
 
 
 # -- good citizens ---------------------------------------------------------------
@@ -257,29 +259,21 @@ def queue_every_notification(services: Services, names: list[str]) -> list[tuple
     base = services.settings.support.base_url
     queued = []
     for name in names:
-        spec = templates_admin.spec(name)
+        kind = KINDS[name]
         for lang in LANGUAGES:
-            extra = spec.extras(lang, base)[0]
             with services.db.transaction() as session:
                 ticket = session.get(Ticket, 1)
                 assert ticket is not None
-                ticket.status = spec.status
-                to = templates_admin.recipient_for(name, ticket)
-                if spec.tied == "untied":
-                    row = services.notifier.notify_untied(
-                        session, None, name, to, language=lang, answering=None, extra=extra
-                    )
-                else:
-                    row = services.notifier.notify(
-                        session,
-                        ticket,
-                        name,
-                        to,
-                        language=lang,
-                        answering=InReplyTo("m1@customer.test"),
-                        automatic=spec.automatic,
-                        extra=extra,
-                    )
+                ticket.status, ticket.language = kind.usual_status, lang
+                to = replace(templates_admin.recipient_for(name, ticket), language=lang)
+                tied = kind.tie is not Tie.UNTIED
+                row = services.notifier.notify(
+                    session,
+                    kind.sample(lang, base),
+                    to,
+                    ticket=ticket if tied else None,
+                    answering=InReplyTo("m1@customer.test") if tied else None,
+                )
                 session.flush()
                 queued.append((name, lang, row.raw))
     return queued
@@ -288,7 +282,7 @@ def queue_every_notification(services: Services, names: list[str]) -> list[tuple
 def test_every_notification_is_well_formed_mail_of_the_support_domain(
     services: Services,
 ) -> None:
-    for name, lang, raw in queue_every_notification(services, list(templates_admin.SPECS)):
+    for name, lang, raw in queue_every_notification(services, list(KINDS)):
         where = f"{name} ({lang})"
         bare = raw.replace(b"\r\n", b"")
         assert raw.isascii() and b"\n" not in bare and b"\r" not in bare, where
@@ -301,7 +295,7 @@ def test_every_notification_is_well_formed_mail_of_the_support_domain(
             assert not message[field].defects, (where, field, message[field].defects)
         assert message["Message-ID"].endswith("@example.test>"), where
         assert message["From"].addresses[0].addr_spec == "support@example.test", where
-        automatic = templates_admin.spec(name).automatic
+        automatic = KINDS[name].automatic
         assert message["Auto-Submitted"] == ("auto-replied" if automatic else None), where
         assert message.get_body(("plain",)) is not None, where
 

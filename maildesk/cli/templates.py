@@ -37,13 +37,15 @@ def templates_list(ctx: Context, as_json: bool) -> None:
     if as_json:
         rows = []
         for info in discover(path):
-            spec = templates_admin.SPECS.get(info.name)
+            kind = templates_admin.kind(info.name)
             rows.append(
                 {
                     "name": info.name,
                     "languages": {lang: list(p) for lang, p in sorted(info.parts.items())},
-                    "audience": spec.audience if spec else None,
-                    "sent_by_maildesk": spec is not None,
+                    "audience": str(kind.audience) if kind else None,
+                    "language": str(kind.language_rule) if kind else None,
+                    "automatic": kind.automatic if kind else None,
+                    "sent_by_maildesk": kind is not None,
                 }
             )
         replies = [
@@ -55,8 +57,8 @@ def templates_list(ctx: Context, as_json: bool) -> None:
     click.echo(f"templates in {path}", err=True)
     for info in discover(path):
         parts = "  ".join(f"{lang}: {'+'.join(p)}" for lang, p in sorted(info.parts.items()))
-        sent_to = templates_admin.SPECS.get(info.name)
-        audience = sent_to.audience if sent_to else "not sent by maildesk"
+        kind = templates_admin.kind(info.name)
+        audience = kind.audience if kind else "not sent by maildesk"
         click.echo(f"{info.name:<20} {parts:<32} ({audience})")
     for name, languages in canned.languages_of(path).items():
         click.echo(f"{'replies/' + name:<20} {', '.join(languages):<32} (canned reply: #reply)")

@@ -1,9 +1,12 @@
-"""Notifications: a rendered template becomes an outbound message and an outbox row.
+"""Notifications: a kind from the catalogue becomes an outbound message and an outbox row.
 
-Both rows are written in the caller's transaction, so a notification exists
-exactly when the ticket change that caused it does. Nothing is sent here.
-Mail to customers and mail to agents differ in their Reply-To (an agent's is
-bound to that agent) and in visibility (agent mail is internal).
+`Notifier.notify` is the one way in: it picks the language by the kind's rule,
+renders its template and queues the mail. The rows are written in the caller's
+transaction, so a notification exists exactly when the ticket change that
+caused it does. Nothing is sent here. Mail to customers and mail to agents
+differ in their Reply-To (an agent's is bound to that agent) and in visibility
+(agent mail lives in the outbox only); mail that belongs to no ticket has no
+tag, no ticket Reply-To and no ticket message.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from sqlalchemy.orm import Session
 from maildesk.clock import Clock, new_token
 from maildesk.config import Settings
 from maildesk.i18n import names
-from maildesk.models import STATUS_LABELS, Outbox, Ticket
+from maildesk.models import STATUS_LABELS, Agent, Outbox, Person, Ticket
+from maildesk.outbound.catalogue import Audience, LanguageRule, Notification, Tie
 from maildesk.outbound.compose import Address, Attachment, OutgoingMail, compose, thread_index
 from maildesk.outbound.headers import is_valid_msg_id
-from maildesk.outbound.render import Renderer
+from maildesk.outbound.render import Rendered, Renderer
 from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.tokens import ReplyTokens
 
@@ -50,6 +54,16 @@ class Recipient:
     email: str
     name: str = ""
     agent_id: int | None = None  # set for agents: their Reply-To proves it was theirs
+    language: str | None = None  # their own setting; the kind's LanguageRule decides
+
+    @classmethod
+    def of_agent(cls, agent: Agent) -> Recipient:
+        return cls(agent.email, agent.name, agent_id=agent.id, language=agent.language)
+
+    @classmethod
+    def of_person(cls, person: Person, language: str | None = None) -> Recipient:
+        """A customer; `language` overrides their own setting (e.g. their tickets')."""
+        return cls(person.email, person.name, language=language or person.language)
 
 
 @dataclass(frozen=True)
@@ -91,37 +105,88 @@ class Notifier:
         query = select(func.count(Outbox.id)).where(Outbox.created_at > since, Outbox.auto_to != "")
         return session.scalar(query) or 0
 
+    def language(self, note: Notification, to: Recipient, ticket: Ticket | None) -> str:
+        """The language `note` is written in for `to`, by the kind's rule."""
+        default = self.settings.support.language
+        if note.language_rule is LanguageRule.AGENT:
+            return to.language or default
+        if note.language_rule is LanguageRule.CUSTOMER and to.language:
+            return to.language
+        return ticket.language if ticket is not None else default
+
     def notify(
         self,
         session: Session,
-        ticket: Ticket,
-        template: str,
+        note: Notification,
         to: Recipient | Sequence[Recipient],
         *,
-        language: str,
+        ticket: Ticket | None = None,
         answering: InReplyTo | None = None,
-        automatic: bool = True,
-        extra: dict[str, Any] | None = None,
         sender_name: str | None = None,
         attachments: Sequence[Attachment] = (),
+        reply_to: str | None = None,
     ) -> Outbox:
-        """Render `template` for `to` and queue it as part of `ticket`."""
+        """Render `note` for `to` and queue it, as part of `ticket` when there is one.
+
+        `reply_to` (mail that belongs to no ticket only): a signed address of ours
+        that a reply should reach, e.g. a console confirmation's; without it replies
+        go to the support address.
+        """
+        if (ticket is None) != (note.tie is Tie.UNTIED) and note.tie is not Tie.EITHER:
+            raise ValueError(f"{note.template} is sent {note.tie}, ticket={ticket}")
         recipients = (to,) if isinstance(to, Recipient) else tuple(to)
+        language = self.language(note, recipients[0], ticket)
+        context = self.context(note, ticket, recipients[0], language)
+        rendered = self.renderer.render(note.template, language, context)
+        return self.queue(
+            session,
+            note.template,
+            rendered,
+            recipients,
+            ticket=ticket,
+            automatic=note.automatic,
+            for_agents=note.audience is Audience.AGENT,
+            answering=answering,
+            sender_name=sender_name,
+            attachments=attachments,
+            reply_to=reply_to,
+        )
+
+    def queue(
+        self,
+        session: Session,
+        kind: str,
+        rendered: Rendered,
+        recipients: Sequence[Recipient],
+        *,
+        ticket: Ticket | None,
+        automatic: bool,
+        for_agents: bool,
+        answering: InReplyTo | None = None,
+        sender_name: str | None = None,
+        attachments: Sequence[Attachment] = (),
+        reply_to: str | None = None,
+    ) -> Outbox:
+        """Compose `rendered` as mail from the support address and write its outbox row
+        (and, for a customer's ticket, its message), all in the caller's transaction."""
         first = recipients[0]
         now = self.clock.now()
         support = self.settings.support
-        context = self._context(ticket, first, language, extra)
-        rendered = self.renderer.render(template, language, context)
-        tag = self.tag(ticket)
-        # The tag is what threads a reply whose headers were lost: keep it even
-        # if an edited template forgot it.
-        subject = rendered.subject if tag in rendered.subject else f"{tag} {rendered.subject}"
+        subject = rendered.subject
+        if ticket is not None and (tag := self.tag(ticket)) not in subject:
+            # The tag is what threads a reply whose headers were lost: keep it even
+            # if an edited template forgot it.
+            subject = f"{tag} {subject}"
         message_id = f"md.{new_token()}@{support.domain}"
         references: tuple[str, ...] = ()
         if answering:
             # A customer's client may write ids we cannot repeat safely: drop those.
             chain = (*answering.references, answering.message_id)
             references = tuple(r for r in chain if is_valid_msg_id(r))[-_MAX_REFERENCES:]
+        if ticket is not None:
+            reply_address: str | None = self.tokens.address(ticket.id, first.agent_id)
+        else:
+            reply_address = reply_to
         mail = OutgoingMail(
             message_id=message_id,
             sender=Address(support.address, sender_name or support.name),
@@ -130,7 +195,7 @@ class Notifier:
             text=rendered.text,
             html=rendered.html,
             date=now,
-            reply_to=Address(self.tokens.address(ticket.id, first.agent_id), support.name),
+            reply_to=Address(reply_address, support.name) if reply_address else None,
             in_reply_to=(
                 answering.message_id
                 if answering and is_valid_msg_id(answering.message_id)
@@ -138,25 +203,26 @@ class Notifier:
             ),
             references=references,
             auto_submitted="auto-replied" if automatic else None,
-            thread_topic=ticket.subject,
-            thread_index=thread_index(
-                ticket.created_at, f"{ticket.id}@{support.domain}".encode(), now
+            thread_topic=ticket.subject if ticket is not None else "",
+            thread_index=(
+                thread_index(ticket.created_at, f"{ticket.id}@{support.domain}".encode(), now)
+                if ticket is not None
+                else ""
             ),
             attachments=tuple(sendable(a) for a in attachments),
         )
         raw = compose(mail)
         if self.signer is not None:
             raw = self.signer(raw)
-        for_agents = first.agent_id is not None
         # Mail to agents lives in the outbox only: the ticket's messages are the
         # conversation with the customer, not every copy sent to staff.
-        if not for_agents:
+        if ticket is not None and not for_agents:
             Tickets(session).add_message(
                 ticket,
                 NewMessage(
                     message_id=message_id,
                     direction="out",
-                    kind=template,
+                    kind=kind,
                     from_addr=support.address,
                     from_name=sender_name or support.name,
                     subject=subject,
@@ -167,14 +233,16 @@ class Notifier:
                     attachments=tuple((a.filename, a.content_type, a.data) for a in attachments),
                 ),
             )
+        # Only a customer's automatic mail about a ticket counts against the caps.
+        counted = automatic and not for_agents and ticket is not None
         row = Outbox(
-            ticket_id=ticket.id,
+            ticket_id=ticket.id if ticket is not None else None,
             message_id=message_id,
-            kind=template,
+            kind=kind,
             sender=support.address,
             recipients=[r.email for r in recipients],
             raw=raw,
-            auto_to=first.email.lower() if automatic and not for_agents else "",
+            auto_to=first.email.lower() if counted else "",
             state="pending",
             attempts=0,
             next_attempt_at=now,
@@ -184,99 +252,39 @@ class Notifier:
         session.add(row)
         return row
 
-    def notify_untied(
-        self,
-        session: Session,
-        ticket: Ticket | None,
-        template: str,
-        to: Recipient,
-        *,
-        language: str,
-        answering: InReplyTo | None,
-        extra: dict[str, Any],
-        reply_to: str | None = None,
-    ) -> Outbox:
-        """A notification that may belong to no ticket (an agent's mail that answered none).
+    def context(
+        self, note: Notification | None, ticket: Ticket | None, to: Recipient, language: str
+    ) -> dict[str, Any]:
+        """What a template renders with: the base context, then `note`'s own variables.
 
-        `reply_to` (untied mail only): a signed address of ours that a reply should reach,
-        e.g. a console confirmation's; without it replies go to the support address.
-        """
-        if ticket is not None:
-            return self.notify(
-                session, ticket, template, to, language=language, answering=answering, extra=extra
-            )
-        now = self.clock.now()
+        Without a ticket, `ticket` is None and there is no `customer`."""
         support = self.settings.support
-        context = {
+        base: dict[str, Any] = {
             "ticket": None,
             "recipient": {"email": to.email, "name": to.name},
             "support": {"name": support.name, "address": support.address, "url": support.base_url},
-            **extra,
         }
-        rendered = self.renderer.render(template, language, context)
-        message_id = f"md.{new_token()}@{support.domain}"
-        valid = answering is not None and is_valid_msg_id(answering.message_id)
-        raw = compose(
-            OutgoingMail(
-                message_id=message_id,
-                sender=Address(support.address, support.name),
-                to=(Address(to.email, to.name),),
-                subject=rendered.subject,
-                text=rendered.text,
-                html=rendered.html,
-                date=now,
-                reply_to=Address(reply_to, support.name) if reply_to else None,
-                in_reply_to=answering.message_id if answering and valid else None,
-                references=(answering.message_id,) if answering and valid else (),
-                auto_submitted="auto-replied",
-            )
-        )
-        if self.signer is not None:
-            raw = self.signer(raw)
-        row = Outbox(
-            ticket_id=None,
-            message_id=message_id,
-            kind=template,
-            sender=support.address,
-            recipients=[to.email],
-            raw=raw,
-            auto_to="",
-            state="pending",
-            attempts=0,
-            next_attempt_at=now,
-            last_error="",
-            created_at=now,
-        )
-        session.add(row)
-        return row
+        if ticket is not None:
+            base["ticket"] = self._ticket(ticket, language)
+            base["customer"] = {"email": ticket.requester.email, "name": ticket.requester.name}
+        return {**base, **(note.variables(language) if note is not None else {})}
 
-    def _context(
-        self, ticket: Ticket, to: Recipient, language: str, extra: dict[str, Any] | None
-    ) -> dict[str, Any]:
+    def _ticket(self, ticket: Ticket, language: str) -> dict[str, Any]:
         labels = STATUS_LABELS.get(language, STATUS_LABELS["en"])
         named = names(language)  # what agents read (i18n.py); customers read `labels`
-        support = self.settings.support
         return {
-            "ticket": {
-                "number": ticket.id,
-                "tag": self.tag(ticket),
-                "subject": ticket.subject,
-                "status": ticket.status,
-                "status_label": labels[ticket.status],
-                "status_labels": {
-                    lang: STATUS_LABELS[lang][ticket.status] for lang in STATUS_LABELS
-                },
-                "type": ticket.type or "",
-                "priority": ticket.priority,
-                "status_name": named.of("status", ticket.status),
-                "type_name": named.of("type", ticket.type),
-                "priority_name": named.of("priority", ticket.priority),
-                "requester": ticket.requester.email,
-                "requester_name": ticket.requester.name,
-                "owner": ticket.owner.email if ticket.owner else "",
-            },
-            "recipient": {"email": to.email, "name": to.name},
-            "customer": {"email": ticket.requester.email, "name": ticket.requester.name},
-            "support": {"name": support.name, "address": support.address, "url": support.base_url},
-            **(extra or {}),
+            "number": ticket.id,
+            "tag": self.tag(ticket),
+            "subject": ticket.subject,
+            "status": ticket.status,
+            "status_label": labels[ticket.status],
+            "status_labels": {lang: STATUS_LABELS[lang][ticket.status] for lang in STATUS_LABELS},
+            "type": ticket.type or "",
+            "priority": ticket.priority,
+            "status_name": named.of("status", ticket.status),
+            "type_name": named.of("type", ticket.type),
+            "priority_name": named.of("priority", ticket.priority),
+            "requester": ticket.requester.email,
+            "requester_name": ticket.requester.name,
+            "owner": ticket.owner.email if ticket.owner else "",
         }

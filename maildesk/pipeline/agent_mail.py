@@ -20,6 +20,7 @@ from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Inbound, Message, Participant, Person, Ticket
 from maildesk.outbound import canned
 from maildesk.outbound.canned import CannedReplies, CannedReplyError
+from maildesk.outbound.catalogue import AgentReply
 from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import Notifier, Recipient
 from maildesk.pipeline.notices import Notices, customer_thread
@@ -266,14 +267,11 @@ class AgentFlow:
         support = self.notifier.settings.support
         self.notifier.notify(
             session,
-            ticket,
-            "agent_reply",
+            AgentReply({"text": body, "agent_name": name}),
             recipients,
-            language=ticket.language,
+            ticket=ticket,
             answering=customer_thread(session, ticket),
-            automatic=False,
             sender_name=f"{name} ({support.name})",
-            extra={"reply": {"text": body, "agent_name": name}},
             attachments=attachments,
         )
         return 1

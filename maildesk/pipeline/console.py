@@ -29,16 +29,27 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from maildesk.clock import as_utc
-from maildesk.i18n import Names, names
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Confirmation, ConsoleRequest, Inbound, Message, Ticket
+from maildesk.outbound.catalogue import (
+    AgentConfirm,
+    AgentConfirmed,
+    AgentError,
+    AgentHelp,
+    AgentList,
+    AgentShow,
+    ListRow,
+    ShownEvent,
+    ShownMessage,
+    SlaClock,
+    Target,
+)
 from maildesk.outbound.notify import InReplyTo, Recipient
 from maildesk.pipeline.agent_mail import AgentFlow, acting, agent_name
 from maildesk.pipeline.authenticity import Sender
@@ -46,7 +57,7 @@ from maildesk.pipeline.threader import Match
 from maildesk.redaction import redact_links
 from maildesk.tickets import commands, listing, sla
 from maildesk.tickets.agents import Agents
-from maildesk.tickets.command_errors import Code, CommandError, error, texts
+from maildesk.tickets.command_errors import Code, CommandError, error
 from maildesk.tickets.lifecycle import Lifecycle
 from maildesk.tickets.search import search
 from maildesk.tickets.watchers import Watchers
@@ -184,20 +195,9 @@ class Console:
     def _errors(
         self, session: Session, agent: Agent, mail: ConsoleMail, errors: list[CommandError]
     ) -> int:
-        language = self.language(agent)
-        self.notifier.notify_untied(
-            session,
-            None,
-            "agent_error",
-            Recipient(agent.email, agent.name),
-            language=language,
-            answering=InReplyTo(mail.message_id),
-            extra={
-                "errors": texts(errors, language),
-                "commands_help": commands.help_text(language),
-                "original_subject": mail.subject,
-            },
-        )
+        note = AgentError(tuple(errors), mail.subject)
+        to, answering = Recipient.of_agent(agent), InReplyTo(mail.message_id)
+        self.notifier.notify(session, note, to, answering=answering)
         return 1
 
     def _answer(
@@ -209,7 +209,7 @@ class Console:
         now: datetime,
     ) -> int:
         language = self.language(agent)
-        to = Recipient(agent.email, agent.name)
+        to = Recipient.of_agent(agent)
         answering = InReplyTo(mail.message_id)
         if command.name == "show":
             ticket = session.get(Ticket, int(command.arg.lstrip("#")))
@@ -219,14 +219,8 @@ class Console:
                 )
             return self.show(session, agent, ticket, now, answering)
         if command.name in ("help", "replies"):
-            extra: dict[str, Any] = {
-                "topic": command.name,
-                "commands_help": commands.help_text(language),
-                "replies": self.flow.canned.names(language),
-            }
-            self.notifier.notify_untied(
-                session, None, "agent_help", to, language=language, answering=answering, extra=extra
-            )
+            note = AgentHelp(command.name, tuple(self.flow.canned.names(language)))
+            self.notifier.notify(session, note, to, answering=answering)
             return 1
         if command.name == "list":
             try:
@@ -246,29 +240,20 @@ class Console:
             rows = [listing.row(hit.ticket) for hit in hits]
             snippets = [redact_links(hit.snippet) for hit in hits]
             query = f"#search {command.arg}"
-        extra = {
-            "query": query,
-            "rows": [
-                self._row(r, snippet, agent, now, names(language))
-                for r, snippet in zip(rows[: listing.MAX_ROWS], snippets, strict=False)
-            ],
-            "more": len(rows) > listing.MAX_ROWS,
-        }
-        self.notifier.notify_untied(
-            session, None, "agent_list", to, language=language, answering=answering, extra=extra
+        shown = tuple(
+            self._row(r, snippet, agent, now)
+            for r, snippet in zip(rows[: listing.MAX_ROWS], snippets, strict=False)
         )
+        listed = AgentList(query, shown, more=len(rows) > listing.MAX_ROWS)
+        self.notifier.notify(session, listed, to, answering=answering)
         return 1
 
-    def _row(
-        self, row: listing.Row, snippet: str, agent: Agent, now: datetime, named: Names
-    ) -> dict[str, Any]:
+    def _row(self, row: listing.Row, snippet: str, agent: Agent, now: datetime) -> ListRow:
         return {
             "number": row.number,
             "tag": f"[{self.notifier.settings.support.tag_prefix}{row.number}]",
             "status": row.status,
-            "status_name": named.of("status", row.status),
             "priority": row.priority,
-            "priority_name": named.of("priority", row.priority),
             "owner": row.owner,
             "age": listing.age(row.created_at, now),
             "last_activity": listing.age(row.last_activity, now),
@@ -297,7 +282,7 @@ class Console:
                 .options(selectinload(Message.attachments))
             )
         )[::-1]
-        thread = [
+        thread: list[ShownMessage] = [
             {
                 "at": as_utc(m.created_at).strftime("%Y-%m-%d %H:%M"),
                 "direction": m.direction,
@@ -312,7 +297,7 @@ class Console:
             }
             for m in messages
         ]
-        events = [
+        events: list[ShownEvent] = [
             {
                 "at": as_utc(e.at).strftime("%Y-%m-%d %H:%M"),
                 "actor": e.actor,
@@ -323,34 +308,26 @@ class Console:
             }
             for e in ticket.events
         ]
-        self.notifier.notify(
-            session,
-            ticket,
-            "agent_show",
-            Recipient(agent.email, agent.name, agent_id=agent.id),
-            language=self.language(agent),
-            answering=answering,
-            automatic=True,
-            extra={
-                "thread": thread,
-                "left_out": (total or 0) - len(thread),
-                "events": events,
-                "age": listing.age(ticket.created_at, now),
-                "last_activity": listing.age(ticket.updated_at, now),
-                "watchers": [a.email for a in Watchers(session).of(ticket)],
-                "sla": self._sla(session, ticket, now),
-                "commands_help": commands.help_text(self.language(agent)),
-            },
+        note = AgentShow(
+            thread=tuple(thread),
+            left_out=(total or 0) - len(thread),
+            events=tuple(events),
+            age=listing.age(ticket.created_at, now),
+            last_activity=listing.age(ticket.updated_at, now),
+            watchers=tuple(a.email for a in Watchers(session).of(ticket)),
+            sla=tuple(self._sla(session, ticket, now)),
         )
+        to = Recipient.of_agent(agent)
+        self.notifier.notify(session, note, to, ticket=ticket, answering=answering)
         return 1
 
-    def _sla(self, session: Session, ticket: Ticket, now: datetime) -> list[dict[str, Any]]:
+    def _sla(self, session: Session, ticket: Ticket, now: datetime) -> list[SlaClock]:
         """Both service-level clocks of the ticket, or none when `[sla]` is off."""
         settings = self.notifier.settings.sla
         if not settings.enabled:
             return []
         state = sla.states(session, sla.policy_from(settings), now, [ticket])[ticket.id]
-        clocks = []
+        clocks: list[SlaClock] = []
         for clock in state.clocks:
             if clock.met_at is not None:
                 where = "met"
@@ -412,32 +389,23 @@ class Console:
         session.add(pending)
         session.flush()
         log.info("console: confirmation %d asked of %s for #%d", pending.id, agent.email, ticket.id)
-        self.notifier.notify_untied(
-            session,
-            None,
-            "agent_confirm",
-            Recipient(agent.email, agent.name),
-            language=self.language(agent),
-            answering=InReplyTo(mail.message_id),
-            extra={
-                "commands": lines,
-                "target": self._target(ticket, self.language(agent)),
-                "confirm_url": self.confirm_url(pending.id),
-                "hours": CONFIRM_HOURS,
-                "original_subject": mail.subject,
-            },
-            reply_to=self.tokens.confirm_address(pending.id),
-        )
-        return 1
-
-    def _target(self, ticket: Ticket, language: str) -> dict[str, str]:
-        return {
+        target: Target = {
             "tag": f"[{self.notifier.settings.support.tag_prefix}{ticket.id}]",
             "subject": ticket.subject,
             "status": ticket.status,
-            "status_name": names(language).of("status", ticket.status),
             "owner": ticket.owner.email if ticket.owner else "",
         }
+        note = AgentConfirm(
+            tuple(lines), target, self.confirm_url(pending.id), CONFIRM_HOURS, mail.subject
+        )
+        self.notifier.notify(
+            session,
+            note,
+            Recipient.of_agent(agent),
+            answering=InReplyTo(mail.message_id),
+            reply_to=self.tokens.confirm_address(pending.id),
+        )
+        return 1
 
     def confirm_url(self, confirmation: int) -> str:
         base = self.notifier.settings.support.base_url.rstrip("/")
@@ -496,20 +464,10 @@ class Console:
         """The agent hears what became of a confirmation (at their registered address)."""
         agent = outcome.agent
         assert agent is not None
-        self.notifier.notify_untied(
-            session,
-            None,
-            "agent_confirmed",
-            Recipient(agent.email, agent.name),
-            language=self.language(agent),
-            answering=answering,
-            extra={
-                "outcome": outcome.state,
-                "commands": outcome.lines,
-                "errors": texts(outcome.errors, self.language(agent)),
-                "hours": CONFIRM_HOURS,
-            },
+        note = AgentConfirmed(
+            outcome.state, tuple(outcome.lines), tuple(outcome.errors), CONFIRM_HOURS
         )
+        self.notifier.notify(session, note, Recipient.of_agent(agent), answering=answering)
         return 1
 
 

@@ -15,14 +15,22 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.accounts import Accounts, redact_links
+from maildesk.config import LANGUAGES
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Message, Person, Ticket
+from maildesk.outbound.catalogue import (
+    Acknowledgement,
+    AgentError,
+    AgentNotification,
+    Invitation,
+    PaidNotice,
+    Quoted,
+    StatusNotice,
+)
 from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
-from maildesk.tickets import commands
 from maildesk.tickets.agents import Agents
-from maildesk.tickets.command_errors import CommandError, texts
-from maildesk.tickets.lifecycle import APPROVE_WORDS, CONFIRM_WORDS, DECLINE_WORDS
+from maildesk.tickets.command_errors import CommandError
 from maildesk.tickets.watchers import Watchers
 from maildesk.web.links import PaidLinks
 
@@ -46,32 +54,21 @@ class Notices:
         """The acknowledgement; a person's first one offers an account."""
         requester = ticket.requester
         offer = requester.password_hash is None and requester.invited_at is None
-        self.notifier.notify(
-            session,
-            ticket,
-            "acknowledgement",
-            Recipient(requester.email, requester.name),
-            language=requester.language or ticket.language,
-            answering=answering,
-            extra={
-                "invitation_url": self.accounts(session).invitation_url(requester) if offer else "",
-                "has_account": requester.password_hash is not None,
-            },
+        note = Acknowledgement(
+            invitation_url=self.accounts(session).invitation_url(requester) if offer else "",
+            has_account=requester.password_hash is not None,
         )
+        to = Recipient.of_person(requester)
+        self.notifier.notify(session, note, to, ticket=ticket, answering=answering)
         return 1
 
     def invitation(self, session: Session, person: Person) -> str:
-        """Mail a fresh set-password link (older links stop working); returns it."""
+        """Mail a fresh set-password link (older links stop working); returns it.
+
+        In the person's language, else their latest ticket's, else the support language."""
         url = self.accounts(session).invitation_url(person)
-        self.notifier.notify_untied(
-            session,
-            None,
-            "invitation",
-            Recipient(person.email, person.name),
-            language=person.language or self.staff_language,
-            answering=None,
-            extra={"invitation_url": url},
-        )
+        to = Recipient.of_person(person, mail_language(session, person))
+        self.notifier.notify(session, Invitation(url), to)
         return url
 
     def status_notice(self, session: Session, ticket: Ticket) -> int:
@@ -80,20 +77,12 @@ class Notices:
         Resolved asks them to confirm or dispute; waiting asks for their reply;
         closed says goodbye; any other status is a plain status change.
         """
-        requester = ticket.requester
-        template = {
-            "resolved": "resolved",
-            "closed": "closed",
-            "waiting_customer": "waiting_customer",
-        }.get(ticket.status, "status_changed")
         self.notifier.notify(
             session,
-            ticket,
-            template,
-            Recipient(requester.email, requester.name),
-            language=ticket.language,
+            StatusNotice.for_status(ticket.status),
+            Recipient.of_person(ticket.requester),
+            ticket=ticket,
             answering=customer_thread(session, ticket),
-            extra={"words": {"confirm": _word(CONFIRM_WORDS, ticket.language)}},
         )
         return 1
 
@@ -106,26 +95,21 @@ class Notices:
         attachments: tuple[Attachment, ...] = (),
     ) -> int:
         """Before paid work starts, the reporter is told and asked to approve."""
-        requester = ticket.requester
+        note = PaidNotice(
+            paid={
+                "price": ticket.paid_note,
+                "text": body,
+                "approve_url": self.links.url(ticket.id, ticket.paid_round, "approve"),
+                "decline_url": self.links.url(ticket.id, ticket.paid_round, "decline"),
+            },
+            agent={"name": agent_name},
+        )
         self.notifier.notify(
             session,
-            ticket,
-            "paid_notice",
-            Recipient(requester.email, requester.name),
-            language=ticket.language,
+            note,
+            Recipient.of_person(ticket.requester),
+            ticket=ticket,
             answering=customer_thread(session, ticket),
-            automatic=False,
-            extra={
-                "paid": {
-                    "price": ticket.paid_note,
-                    "text": body,
-                    "approve_url": self.links.url(ticket.id, ticket.paid_round, "approve"),
-                    "decline_url": self.links.url(ticket.id, ticket.paid_round, "decline"),
-                    "approve_word": _word(APPROVE_WORDS, ticket.language),
-                    "decline_word": _word(DECLINE_WORDS, ticket.language),
-                },
-                "agent": {"name": agent_name},
-            },
             attachments=attachments,
         )
         return 1
@@ -153,24 +137,19 @@ class Notices:
             attachments = tuple(
                 Attachment(a.filename, a.content_type, a.data) for a in message.attachments
             )
+        quoted: Quoted = {
+            "from": message.from_addr if message else "",
+            "from_name": message.from_name if message else "",
+            "text": redact_links(text or (message.text if message else "")),
+        }
+        note = AgentNotification(event, quoted)
         for agent in agents:
             self.notifier.notify(
                 session,
-                ticket,
-                "agent_notification",
-                Recipient(agent.email, agent.name, agent_id=agent.id),
-                language=agent.language or self.staff_language,
+                note,
+                Recipient.of_agent(agent),
+                ticket=ticket,
                 answering=InReplyTo(message.message_id) if message else None,
-                automatic=True,
-                extra={
-                    "event": event,
-                    "message": {
-                        "from": message.from_addr if message else "",
-                        "from_name": message.from_name if message else "",
-                        "text": redact_links(text or (message.text if message else "")),
-                    },
-                    "commands_help": commands.help_text(agent.language or self.staff_language),
-                },
                 attachments=attachments,
             )
         return len(agents)
@@ -184,26 +163,27 @@ class Notices:
         errors: list[CommandError],
     ) -> int:
         """Tell the agent what was wrong, in their language; nothing reaches the customer."""
-        language = agent.language or self.staff_language
-        self.notifier.notify_untied(
+        self.notifier.notify(
             session,
-            ticket,
-            "agent_error",
-            Recipient(agent.email, agent.name, agent_id=agent.id),
-            language=language,
+            AgentError(tuple(errors), message.subject),
+            Recipient.of_agent(agent),
+            ticket=ticket,
             answering=InReplyTo(message.message_id),
-            extra={
-                "errors": texts(errors, language),
-                "commands_help": commands.help_text(language),
-                "original_subject": message.subject,
-            },
         )
         return 1
 
 
-def _word(words: tuple[str, str], language: str) -> str:
-    """The word the template suggests: Czech first in the tuple, English second."""
-    return words[0] if language == "cs" else words[1]
+def mail_language(session: Session, person: Person) -> str | None:
+    """The person's own setting, else the language of their latest ticket (None: neither)."""
+    if person.language in LANGUAGES:
+        return str(person.language)
+    latest = session.scalar(
+        select(Ticket.language)
+        .where(Ticket.requester_id == person.id)
+        .order_by(Ticket.id.desc())
+        .limit(1)
+    )
+    return latest if latest in LANGUAGES else None
 
 
 def customer_thread(session: Session, ticket: Ticket) -> InReplyTo | None:

@@ -29,6 +29,19 @@ DECLINE_WORDS = ("ODMITAM", "DECLINE")
 OPEN_STATUSES = ("new", "accepted", "waiting_customer")
 
 
+def paid_question(ticket: Ticket, round: int) -> str:
+    """Where the paid-work question of `round` stands: "open" (it may be answered),
+    "answered", or "superseded" (a newer #paid made it a dead one)."""
+    if ticket.paid_round != round:
+        return "superseded"
+    return "open" if ticket.paid_state == "pending" else "answered"
+
+
+def suggested_word(words: tuple[str, str], language: str) -> str:
+    """The word a template suggests: Czech first in the tuple, English second."""
+    return words[0] if language == "cs" else words[1]
+
+
 @dataclass(frozen=True)
 class Change:
     field: str
@@ -118,13 +131,9 @@ class Lifecycle:
         paid_question = ticket.paid_state == "pending"
         if verified and paid_question and self.answers_current_round(ticket, answers):
             if has_word(text, APPROVE_WORDS):
-                self.change(ticket, "paid", "approved", actor, "mail")
-                self.change(ticket, "status", "accepted", actor, "mail")
-                return "approved"
+                return self.answer_paid(ticket, True, actor, "mail")
             if has_word(text, DECLINE_WORDS):
-                self.change(ticket, "paid", "declined", actor, "mail")
-                self.change(ticket, "status", "accepted", actor, "mail")
-                return "declined"
+                return self.answer_paid(ticket, False, actor, "mail")
         if ticket.status == "resolved":
             if has_word(text, CONFIRM_WORDS) or is_only_thanks(text):
                 if not verified:
@@ -136,6 +145,14 @@ class Lifecycle:
         if ticket.status == "waiting_customer" and ticket.paid_state != "pending":
             self.change(ticket, "status", "accepted", actor, "mail")
         return "reply"
+
+    def answer_paid(self, ticket: Ticket, approve: bool, actor: str, via: str) -> str:
+        """The customer answers the open paid-work question (by mail or the web link):
+        record it and put the ticket back to work. Returns "approved" or "declined"."""
+        state = "approved" if approve else "declined"
+        self.change(ticket, "paid", state, actor, via)
+        self.change(ticket, "status", "accepted", actor, via)
+        return state
 
     def answers_current_round(self, ticket: Ticket, answers: Sequence[str]) -> bool:
         """Whether a mail naming `answers` may answer the paid-work question open now.

@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from maildesk.accounts import MIN_PASSWORD_LENGTH
 from maildesk.config import LANGUAGES
-from maildesk.models import Person, Ticket
-from maildesk.outbound.notify import Recipient
+from maildesk.models import Person
 from maildesk.web.pages import (
     Form,
     client_ip,
@@ -207,19 +205,6 @@ async def forgot_form(request: web.Request) -> web.StreamResponse:
     return render(request, "forgot", {}, who=None)
 
 
-def mail_language(session: Session, person: Person, default: str) -> str:
-    """The person's setting, else the language of their latest ticket, else the default."""
-    if person.language in LANGUAGES:
-        return str(person.language)
-    latest = session.scalar(
-        select(Ticket.language)
-        .where(Ticket.requester_id == person.id)
-        .order_by(Ticket.id.desc())
-        .limit(1)
-    )
-    return latest if latest in LANGUAGES else default
-
-
 @protected
 async def forgot(request: web.Request, form: Form) -> web.StreamResponse:
     email = str(form.get("email", "")).strip().lower()[:_MAX_EMAIL]
@@ -236,18 +221,8 @@ async def forgot(request: web.Request, form: Form) -> web.StreamResponse:
     def send() -> None:
         with services.db.transaction() as session:
             person = session.scalar(select(Person).where(Person.email == email))
-            if person is None:
-                return
-            url = services.accounts(session).invitation_url(person)
-            services.notifier.notify_untied(
-                session,
-                None,
-                "invitation",
-                Recipient(person.email, person.name),
-                language=mail_language(session, person, services.settings.support.language),
-                answering=None,
-                extra={"invitation_url": url},
-            )
+            if person is not None:
+                services.notices.invitation(session, person)
 
     if "@" in email:
         await in_db(send)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from maildesk.models import Ticket
-from maildesk.tickets.lifecycle import Lifecycle
+from maildesk.tickets.lifecycle import Lifecycle, paid_question
 from maildesk.web.keys import SERVICES
 from maildesk.web.links import PaidAnswer
 
@@ -44,11 +44,10 @@ def _question(services: Services, answer: PaidAnswer) -> tuple[str, str]:
     """(state, price) of the link's round: open, answered, or superseded by a newer one."""
     with services.db.transaction() as session:
         ticket = session.get(Ticket, answer.ticket)
-        if ticket is None or ticket.paid_round != answer.round:
+        if ticket is None:
             return "superseded", ""
-        if ticket.paid_state != "pending":
-            return "answered", ""
-        return "open", ticket.paid_note
+        state = paid_question(ticket, answer.round)
+        return state, ticket.paid_note if state == "open" else ""
 
 
 _INVALID = ("Link not valid", "<p>This link is broken or has expired.</p>", 400)
@@ -91,15 +90,13 @@ async def answer(request: web.Request) -> web.Response:
         with services.db.transaction() as session:
             ticket = session.get(Ticket, answer.ticket, with_for_update={"of": Ticket})
             # Checked under the row lock: a new round cannot start between check and write.
-            if ticket is None or ticket.paid_round != answer.round:
+            if ticket is None:
                 return "superseded"
-            if ticket.paid_state != "pending":
-                return "answered"
+            if (question := paid_question(ticket, answer.round)) != "open":
+                return question
             lifecycle = Lifecycle(session, services.clock.now())
-            actor = ticket.requester.email
-            state = "approved" if answer.answer == "approve" else "declined"
-            lifecycle.change(ticket, "paid", state, actor, "web")
-            lifecycle.change(ticket, "status", "accepted", actor, "web")
+            approve = answer.answer == "approve"
+            state = lifecycle.answer_paid(ticket, approve, ticket.requester.email, "web")
             services.notices.to_agents(session, ticket, state, None)
             return "recorded"
 

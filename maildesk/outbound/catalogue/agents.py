@@ -1,0 +1,182 @@
+"""The mail agents get about tickets: notifications, command errors, the digest, SLA notices.
+
+Everything here is read in the agent's language (`LanguageRule.AGENT`): the
+command summary, error sentences and status and priority names are derived
+from that language in `variables`, never passed in by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Self, TypedDict
+
+from maildesk.config import LANGUAGES
+from maildesk.i18n import names
+from maildesk.outbound.catalogue.base import (
+    SAMPLE_CUSTOMER,
+    SAMPLE_TIME,
+    Audience,
+    LanguageRule,
+    Notification,
+    Tie,
+    sample_text,
+)
+from maildesk.tickets import commands
+from maildesk.tickets.command_errors import Code, CommandError, error, texts
+
+# What agent_notification is sent for: process.py (new_ticket, forged, unverified and
+# Lifecycle.customer_replied's outcomes), web/paid.py, intake.py and agent_mail.py.
+AGENT_EVENTS = tuple(
+    "new_ticket reply disputed confirmed approved declined critical forged unverified".split()
+)
+
+# The mail that caused a notification; "from" is a keyword, hence this spelling.
+Quoted = TypedDict("Quoted", {"from": str, "from_name": str, "text": str})
+NO_MAIL: Quoted = {"from": "", "from_name": "", "text": ""}  # e.g. a web answer
+
+
+@dataclass(frozen=True)
+class AgentNotification(Notification):
+    """Something happened to a ticket: the owner and watchers (or every agent) hear of it."""
+
+    template = "agent_notification"
+    audience = Audience.AGENT
+    language_rule = LanguageRule.AGENT
+    usual_status = "new"
+
+    event: str  # one of AGENT_EVENTS
+    message: Quoted
+
+    def variables(self, language: str) -> dict[str, Any]:
+        help_text = commands.help_text(language)
+        return {"event": self.event, "message": self.message, "commands_help": help_text}
+
+    @classmethod
+    def samples(cls, language: str, base_url: str) -> list[Self]:
+        name, address = SAMPLE_CUSTOMER
+        mail: Quoted = {
+            "from": address,
+            "from_name": name,
+            "text": sample_text(language)["customer"],
+        }
+        return [cls(event, quoted) for event in AGENT_EVENTS for quoted in (mail, NO_MAIL)]
+
+
+@dataclass(frozen=True)
+class AgentError(Notification):
+    """What was wrong in an agent's commands; nothing reached the customer."""
+
+    template = "agent_error"
+    audience = Audience.AGENT
+    language_rule = LanguageRule.AGENT
+    tie = Tie.EITHER
+
+    errors: tuple[CommandError, ...]
+    original_subject: str
+
+    def variables(self, language: str) -> dict[str, Any]:
+        return {
+            "errors": texts(self.errors, language),
+            "commands_help": commands.help_text(language),
+            "original_subject": self.original_subject,
+        }
+
+    @classmethod
+    def samples(cls, language: str, base_url: str) -> list[Self]:
+        errors = (
+            error(Code.NOT_AN_AGENT, "#assign bob@example.test"),
+            error(Code.UNKNOWN_COMMAND, "#staus"),
+            error(Code.ONE_OF, "#lang de", choices=", ".join(LANGUAGES)),
+        )
+        return [cls(errors, "Re: [#42] Tisk")]
+
+
+class DigestRow(TypedDict):
+    tag: str
+    subject: str
+    status: str
+    priority: str
+    requester: str
+    owner: str
+    age: str
+
+
+@dataclass(frozen=True)
+class AgentDigest(Notification):
+    """Once a day: the tickets waiting on an agent, with their ages."""
+
+    template = "agent_digest"
+    audience = Audience.AGENT
+    language_rule = LanguageRule.AGENT
+    tie = Tie.UNTIED
+    usual_status = "new"
+
+    day: str  # ISO date
+    tickets: tuple[DigestRow, ...]
+
+    def variables(self, language: str) -> dict[str, Any]:
+        return {"day": self.day, "tickets": [named(row, language) for row in self.tickets]}
+
+    @classmethod
+    def samples(cls, language: str, base_url: str) -> list[Self]:
+        row: DigestRow = {
+            "tag": "[#42]",
+            "subject": sample_text(language)["subject"],
+            "status": "new",
+            "priority": "critical",
+            "requester": SAMPLE_CUSTOMER[1],
+            "owner": "",
+            "age": "2h",
+        }
+        other: DigestRow = {
+            **row,
+            "tag": "[#43]",
+            "priority": "normal",
+            "owner": "eva@example.test",
+        }
+        return [cls(SAMPLE_TIME.date().isoformat(), (row, other))]
+
+
+class SlaState(TypedDict):
+    kind: str  # reminder | breach
+    target: str  # first_response | resolution
+    due: str  # local time, "" for a breach
+    used_percent: int
+    age: str
+
+
+@dataclass(frozen=True)
+class AgentSla(Notification):
+    """A service-level reminder (75 % of a target) or breach notice."""
+
+    template = "agent_sla"
+    audience = Audience.AGENT
+    language_rule = LanguageRule.AGENT
+
+    sla: SlaState
+
+    @classmethod
+    def samples(cls, language: str, base_url: str) -> list[Self]:
+        return [
+            cls(
+                {
+                    "kind": kind,
+                    "target": target,
+                    "due": "2026-01-05 10:00" if kind == "reminder" else "",
+                    "used_percent": 75 if kind == "reminder" else 100,
+                    "age": "3d 4h",
+                }
+            )
+            for kind in ("reminder", "breach")
+            for target in ("first_response", "resolution")
+        ]
+
+
+def named(row: Any, language: str) -> dict[str, Any]:
+    """`row` with the names of its status and priority (when it has them) in `language`."""
+    catalogue = names(language)
+    extra = {}
+    for kind in ("status", "priority"):
+        if kind in row:
+            extra[f"{kind}_name"] = catalogue.of(kind, row[kind])
+    return {**row, **extra}
