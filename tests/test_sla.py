@@ -88,6 +88,14 @@ def test_a_critical_first_response_counts_around_the_clock_its_resolution_workin
     assert late.first_response.due == prague(12, 9)
 
 
+def test_a_ticket_opened_this_very_moment_has_running_clocks() -> None:
+    # #show right after the ticket opened said "paused": no time had run yet.
+    state = sla.state(sla.policy_from(SlaSettings()), "normal", FRIDAY_3PM, [], None,
+                      FRIDAY_3PM, "new")  # fmt: skip
+    assert state.first_response.running and state.first_response.due == prague(12, 14)
+    assert state.as_json()["paused"] is False
+
+
 def test_first_response_around_the_clock_names_priorities_only() -> None:
     with pytest.raises(ValueError, match="not a priority: urgent"):
         sla.policy_from(SlaSettings(first_response_around_the_clock=("critical", "urgent")))

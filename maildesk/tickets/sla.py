@@ -224,7 +224,7 @@ def running_intervals(
         if status in RUNNING and change.at > since:
             out.append((since, change.at))
         status, since = change.status, change.at
-    if status in RUNNING and until > since:
+    if status in RUNNING and until >= since:  # running now, even if it just started
         out.append((since, until))
     return out
 
