@@ -26,13 +26,14 @@ import pstats
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import common
 from import_mbox import conversations
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
 from maildesk import config
 from maildesk.inbound.store import Envelope
@@ -103,6 +104,13 @@ def store(services: Services, args: argparse.Namespace) -> int:
     return stored
 
 
+def _counter(statements: Counter[str]) -> Callable[..., None]:
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements[" ".join(statement.split())[:110]] += 1
+
+    return count
+
+
 def count(services: Services, query: str) -> list[tuple[object, ...]]:
     with services.db.transaction() as session:
         return [tuple(row) for row in session.execute(text(query))]
@@ -115,6 +123,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         stored = store(services, args)
         print(f"-- stored {stored} messages; processing", file=sys.stderr, flush=True)
         profiler = cProfile.Profile() if args.profile else None
+        statements: Counter[str] = Counter()
+        if args.statements:
+            event.listen(services.db.engine, "before_cursor_execute", _counter(statements))
         processed = batches = 0
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
@@ -131,6 +142,11 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         outbox = dict(count(services, "SELECT kind, count(*) FROM outbox GROUP BY kind"))
         services.db.engine.dispose()
     report(args, workdir, url, processed, cpu, wall, states, tickets, messages, outbox)
+    if args.statements:
+        total = sum(statements.values())
+        print(f"\n{total / max(processed, 1):.1f} SQL statements per message; the most frequent:")
+        for statement, n in statements.most_common(25):
+            print(f"{n / max(processed, 1):6.2f}  {statement}")
     if profiler:
         profiler.dump_stats(args.profile)
         print(f"\nprofile written to {args.profile}; top by cumulative and own time:")
@@ -184,6 +200,9 @@ def main() -> None:
     parser.add_argument("--replies", type=float, default=0.3, help="share of replies (0..1)")
     parser.add_argument("--database-url", default="", help="PostgreSQL URL (default: SQLite)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the processing here")
+    parser.add_argument(
+        "--statements", action="store_true", help="count the SQL statements of the processing"
+    )
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,7 @@ from maildesk.logs import log_context
 from maildesk.mailauth import Authentication, MailAuth
 from maildesk.message import ParsedMessage, UnparseableMessage
 from maildesk.models import Inbound, Ticket
+from maildesk.outbound.caps import sender_cap_reached, total_cap_reached
 from maildesk.outbound.notify import InReplyTo
 from maildesk.pipeline.agent_mail import AgentFlow, AgentMail
 from maildesk.pipeline.authenticity import identify
@@ -433,11 +434,12 @@ class Processor:
         if Agents(session).by_email(sender) is not None:
             return False
         cap = self.settings.limits.auto_replies_per_hour
-        if self.notifier.auto_replies_in_last_hour(session, sender) >= cap:
+        hour_ago = self.clock.now() - timedelta(hours=1)
+        if sender_cap_reached(session, sender, cap, hour_ago):
             log.info("no acknowledgement to %s: %d automatic replies this hour", sender, cap)
             return False
         total = self.settings.limits.auto_replies_per_hour_total
-        if self.notifier.all_auto_replies_in_last_hour(session) >= total:
+        if total_cap_reached(session, total, hour_ago):
             log.warning(
                 "no acknowledgement to %s: %d automatic replies to all this hour", sender, total
             )
