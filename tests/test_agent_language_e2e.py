@@ -32,6 +32,7 @@ from tests.mailclient import (
     desk_config,
     mails_to,
     open_ticket,
+    processed,
 )
 
 # The raw values agents must never read in Czech mail (whole words: `normální` is fine).
@@ -107,6 +108,56 @@ def test_each_agents_confirmation_is_in_their_language(
     [english] = mails_to(outbox, BOB, "Confirm: #watch on [#1]")
     assert_czech(czech, "stav Nový")
     assert_english(english, "status New")
+
+
+def labels(mail: Sent) -> str:
+    """What maildesk itself wrote in a #show: its subject, header, SLA, message and event
+    lines, without the messages' own text, the addresses, or the command summary (whose
+    values are what an agent types)."""
+    kept, in_message = [], False
+    for line in body(mail).replace("\r\n", "\n").split("\n-- \n")[0].splitlines():
+        if line.startswith("=== "):
+            in_message = line[4:5].isdigit()  # "=== 2026-01-09 14:00 IN ..." opens a message
+            kept.append(line)
+        elif not in_message:
+            kept.append(line)
+    return re.sub(r"<?\S+@\S+", "", "\n".join([mail.subject, *kept]))
+
+
+# Raw values and field names a Czech #show must not show (addresses are left out first).
+RAW_IN_SHOW = re.compile(
+    r"\b(new|accepted|waiting_customer|critical|normal|bug|status|owner|priority|type|"
+    r"language|command|customer|acknowledgement|first_response|running|en|cs|system)\b"
+)
+
+
+@pytest.mark.usefixtures("agnes_reads_czech")
+def test_each_agents_show_names_everything_in_their_language(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    opened = open_ticket(daemon, outbox)
+    # Agnes takes the ticket and changes all she can: events of every kind of value.
+    agent_writes(daemon, AGENT, "#assign me\n#type bug\n#priority critical\n#lang cs",
+                 to=opened.reply_to, answering=opened.notification)  # fmt: skip
+    processed(daemon, 2)
+    for agent in (AGENT, BOB):
+        agent_writes(daemon, agent, "#show 1")
+    [czech] = mails_to(outbox, AGENT, "[#1] Printer broken")
+    [english] = mails_to(outbox, BOB, "[#1] Printer broken")
+
+    czech_labels, english_labels = labels(czech), labels(english)
+    for line in ("stav: Nový -> Přijatý —  příkazem", "priorita: normální -> kritická",
+                 "typ: - -> chyba", "jazyk: angličtina -> čeština", "SLA první reakce: běží",
+                 "PŘIŠLO zákazník", "ODEŠLO potvrzení přijetí"):  # fmt: skip
+        assert line in czech_labels, czech_labels
+    assert not RAW_IN_SHOW.search(czech_labels), RAW_IN_SHOW.search(czech_labels)
+    for line in ("status: New -> Accepted —  by command", "priority: normal -> critical",
+                 "type: - -> bug", "language: English -> Czech", "SLA first response: running",
+                 "IN customer", "OUT acknowledgement"):  # fmt: skip
+        assert line in english_labels, english_labels
+    assert_english(english)
+    for word in ("stav", "řešitel", "příkazem", "čeština", "běží", "zákazník", "PŘIŠLO"):
+        assert word not in english_labels, word
 
 
 def error_lines(mail: Sent) -> list[str]:
