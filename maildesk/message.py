@@ -9,7 +9,7 @@ Python 3.11.7's parseaddr misreads `a@x)<b@y>`, CVE-2023-27043).
 
 from __future__ import annotations
 
-import base64
+import binascii
 import email.errors
 import email.feedparser
 import email.header
@@ -317,7 +317,8 @@ def _attachments(items: list[dict[str, object]]) -> list[ParsedAttachment]:
         payload = item.get("payload") or ""
         if item.get("binary"):
             try:
-                data = base64.b64decode(str(payload))
+                # binascii reads an ASCII str in place; b64decode would copy it to bytes first.
+                data = binascii.a2b_base64(str(payload))
             except ValueError:
                 data = str(payload).encode("utf-8", "surrogateescape")
         else:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from maildesk import __version__, logs
+from maildesk import __version__, heap, logs
 from maildesk.cli.base import EX_DATAERR, EX_TEMPFAIL, Context, pass_context
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ def main(ctx: click.Context, config_path: str | None, verbose: bool, debug: bool
     Run `maildesk COMMAND --help` for the options of a command.
     """
     logs.configure("debug" if verbose or debug else "info")
+    heap.give_back_large_buffers()  # a large message's memory is freed with it
     ctx.obj = Context(config_path)
     ctx.obj.verbose = verbose or debug
     ctx.obj.debug = debug
