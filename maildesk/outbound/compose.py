@@ -21,8 +21,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import policy
-from email.message import MIMEPart
+from email import policy, quoprimime
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 
@@ -71,8 +70,7 @@ _MIME_VERSION = re.compile(r"1\.0")
 _DISPOSITION = re.compile(r"attachment|inline")
 _HEADER_START = re.compile(rb"([!-9;-~]+):")
 _PLAIN_VALUE = re.compile(r"(?:[\t -$&-<>-~]|=(?!\?))*")  # printable, no "=?" and no "%"
-# Only 7-bit transfer encodings, so the message survives any relay unchanged.
-_TEXT_POLICY = policy.SMTP.clone(cte_type="7bit")
+_QP_LINE = 76  # RFC 2045's longest quoted-printable line
 
 
 @dataclass(frozen=True)
@@ -169,18 +167,36 @@ def _verify_parsed(block: bytes, want: tuple[str, ...], seen: tuple[str, ...]) -
 
 
 def _text_part(text: str, subtype: str) -> _Part:
-    part = MIMEPart(policy=_TEXT_POLICY)
-    part.set_content(text, subtype=subtype, charset="utf-8")
-    cte = str(part["Content-Transfer-Encoding"])
-    payload = part.get_payload()
-    assert isinstance(payload, str)
-    lines = payload.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    cte, body = _encoded_text(text)
     ctype = h.structured("Content-Type", f"text/{subtype}", _MIME_TYPE, [("charset", "utf-8")])
     fields = (
         ("Content-Type", ctype),
         ("Content-Transfer-Encoding", h.structured("Content-Transfer-Encoding", cte, _CTE)),
     )
-    return _Part(fields, "\r\n".join(lines).encode("ascii"))
+    return _Part(fields, body)
+
+
+def _encoded_text(text: str) -> tuple[str, bytes]:
+    """`text` in UTF-8 and a 7-bit transfer encoding, CRLF lines: (the encoding, the body).
+
+    As is when it is ASCII in short lines; else quoted-printable (readable for Latin
+    scripts) unless base64 is shorter on the first lines. The stdlib's MIMEPart would
+    choose alike, but builds and re-parses headers we throw away.
+    """
+    lines = text.encode("utf-8").splitlines()
+    if all(len(line) <= h.FOLD_AT and line.isascii() for line in lines):
+        return "7bit", b"\r\n".join(lines) + b"\r\n"
+    sample = b"\r\n".join(lines[:10]) + b"\r\n"
+    if len(base64.encodebytes(sample)) < len(_quoted_printable(sample)):
+        # Text is encoded in its canonical form, CRLF lines (RFC 2045 6.8).
+        data = b"\r\n".join(lines) + b"\r\n"
+        return "base64", base64.encodebytes(data).replace(b"\n", b"\r\n")
+    return "quoted-printable", _quoted_printable(b"\r\n".join(lines) + b"\r\n")
+
+
+def _quoted_printable(data: bytes) -> bytes:
+    # `data` ends in CRLF, and so does the encoding.
+    return quoprimime.body_encode(data.decode("latin-1"), _QP_LINE, eol="\r\n").encode("ascii")
 
 
 def _attachment_part(attachment: Attachment) -> _Part:
