@@ -43,7 +43,7 @@ from typing import Any
 
 import common
 import pgschema
-from sqlalchemy import insert
+from sqlalchemy import event, insert
 
 from maildesk.db import Database
 from maildesk.models import Message, MessageRef, Outbox, Person, Ticket
@@ -181,7 +181,32 @@ def timed(db: Database, cases: list[Lookup]) -> tuple[list[float], int]:
     return out, found
 
 
-def measure(db: Database, sizes: list[int], count: int, backend: str) -> list[list[str]]:
+def explain(db: Database, case: Lookup) -> list[str]:
+    """The plans of the statements one lookup runs (captured as they execute)."""
+    captured: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        captured.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        timed(db, [case])
+    finally:
+        event.remove(db.engine, "before_cursor_execute", capture)
+    prefix = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
+    plans = []
+    with db.engine.connect() as connection:
+        for statement, parameters in captured:
+            if not statement.lstrip().upper().startswith("SELECT"):
+                continue
+            rows = connection.exec_driver_sql(prefix + statement, parameters).all()
+            plans.append("\n".join(" ".join(str(v) for v in row) for row in rows))
+    return plans
+
+
+def measure(
+    db: Database, sizes: list[int], count: int, backend: str, show_plans: bool
+) -> list[list[str]]:
     rows: list[list[str]] = []
     rng = random.Random(9)
     stored = 0
@@ -207,6 +232,10 @@ def measure(db: Database, sizes: list[int], count: int, backend: str) -> list[li
                 ]
             )
         print(f"  filled in {filled:.0f} s", file=sys.stderr)
+        if show_plans and size == sizes[-1]:
+            for kind in ("reply", "stray reply"):
+                for plan in explain(db, cases[kind][0]):
+                    print(f"{backend}, {size:,} messages, {kind}:\n{plan}\n")
     return rows
 
 
@@ -224,7 +253,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             db = Database(url)
             stack.callback(db.dispose)
             upgrade(db)
-            rows += measure(db, sizes, args.lookups, backend)
+            rows += measure(db, sizes, args.lookups, backend, args.explain)
     print(common.machine(workdir))
     print(args.cpu_watch.note())
     headers = ["backend", "stored messages", "message", "p50 ms", "p99 ms", "found a ticket"]
@@ -237,6 +266,9 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--pg-url", default=pgschema.DEFAULT_URL)
     parser.add_argument("--lookups", type=int, default=2000, help="per kind and size")
+    parser.add_argument(
+        "--explain", action="store_true", help="print the plans at the largest size"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     args: Any = parser.parse_args()
