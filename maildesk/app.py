@@ -1,10 +1,12 @@
 """Composition: builds the parts from settings, starts them, stops them.
 
 `Services` (in `services.py`) is everything that needs no event loop;
-`Daemon` adds the listeners and the two workers — the processor, which turns
-stored inbound rows into tickets, and the sender, which drains the outbox —
-each woken as soon as there is work, with a periodic sweep as a safety net
-for rows written by other processes (`maildesk deliver`) or due for retry.
+`Daemon` adds the listeners (SMTP/LMTP, web, metrics), IMAP polling and the
+scheduled jobs, and the work behind them: processing stored mail into tickets
+and sending the outbox. With `[workers] count` ≥ 1 that work runs in worker
+processes (`workerpool.py` starts, wakes, restarts and drains them); with 0 it
+runs as a `Worker`'s two threads inside this process (`worker.py`, the same
+loops). Either way whatever stores mail here wakes the workers at once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import signal
 import socket
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,33 +38,16 @@ from maildesk.supervisor import Supervisor
 from maildesk.tickets.tokens import ReplyTokens
 from maildesk.web.ops import start_metrics_listener
 from maildesk.web.server import start_web
+from maildesk.worker import Worker
+from maildesk.workerpool import WorkerPool, worker_command
 
 __all__ = ["Daemon", "Services", "build"]
 
 log = logging.getLogger("maildesk")
 
-SWEEP_SECONDS = 2.0
-# SIGTERM: how long sessions in a transaction, then the processor, may take to finish
+# SIGTERM: how long sessions in a transaction, then the workers, may take to finish
 # (the unit's TimeoutStopSec= is 30 s).
 DRAIN_SECONDS = 20.0
-
-
-@dataclass
-class _Wakeup:
-    """An asyncio event that threads may set too."""
-
-    loop: asyncio.AbstractEventLoop
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def set(self) -> None:
-        self.loop.call_soon_threadsafe(self.event.set)
-
-    async def wait(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self.event.wait(), timeout)
-        except TimeoutError:
-            pass
-        self.event.clear()
 
 
 class Daemon:
@@ -72,17 +57,26 @@ class Daemon:
         *,
         config_path: Path | None = None,
         notifier: SdNotifier | None = None,
+        verbose: bool = False,
     ) -> None:
         self.services = services
         self.settings = services.settings
         self._stopping = asyncio.Event()
-        # Set once the listeners are closed: no new mail can arrive, so the processor
-        # may stop as soon as nothing is pending.
-        self._drained = asyncio.Event()
         # Readiness, status, watchdog and reload (SIGHUP) for the service manager.
         self.supervisor = Supervisor(services, config_path, notifier or SdNotifier())
         # This process's /metrics registry (the SMTP, IMAP and web parts count into it).
         self.metrics = Metrics(services.db, services.clock)
+        self.config_path = config_path
+        self.verbose = verbose
+        # Who processes and sends: worker processes, or (count 0, or no config file to
+        # hand them) one Worker's threads in this process.
+        count = self.settings.workers.count
+        self.pool: WorkerPool | None = None
+        self.worker: Worker | None = None
+        if count and config_path is not None:
+            self.pool = WorkerPool(count, worker_command(config_path, verbose))
+        else:
+            self.worker = Worker(services)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -90,7 +84,7 @@ class Daemon:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         services, settings = self.services, self.settings
-        inbound_ready, outbox_ready = _Wakeup(loop), _Wakeup(loop)
+        wake = self._wake
         try:
             await loop.run_in_executor(None, services.prepare)
         except DBAPIError as exc:
@@ -106,7 +100,7 @@ class Daemon:
             handler = InboundHandler(
                 services.store,
                 settings.support.domain,
-                inbound_ready.set,
+                wake,
                 lmtp=settings.smtp.lmtp,
                 max_size=settings.smtp.max_message_size,
                 recipients=Recipients(
@@ -143,11 +137,9 @@ class Daemon:
             metrics = settings.metrics
             log.info("listening for /metrics on %s:%d", metrics.host, metrics.port)
         imap_stop = threading.Event()
-        imap_thread = self._start_imap(inbound_ready, imap_stop)
+        imap_thread = self._start_imap(wake, imap_stop)
 
         scheduler = AsyncIOScheduler(event_loop=loop)
-        scheduler.add_job(inbound_ready.set, "interval", seconds=SWEEP_SECONDS, id="sweep-inbound")
-        scheduler.add_job(outbox_ready.set, "interval", seconds=SWEEP_SECONDS, id="sweep-outbox")
         # Jobs keep their state in the database, so re-adding them at start is all
         # it takes to survive a restart.
         scheduler.add_job(
@@ -181,17 +173,20 @@ class Daemon:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal)
-            loop.add_signal_handler(signal.SIGHUP, self.supervisor.request_reload)
-        workers = [
-            asyncio.create_task(self._process_loop(inbound_ready, outbox_ready)),
-            asyncio.create_task(self._send_loop(outbox_ready)),
-        ]
+            loop.add_signal_handler(signal.SIGHUP, self._on_reload)
+        if self.pool is not None:
+            await self.pool.start()
+        else:
+            assert self.worker is not None
+            self.worker.start()
         # Every listener is bound and the database answered (prepare): READY=1.
         await self.supervisor.ready()
         self.supervisor.start()
         await self._stopping.wait()
         log.info("stopping: closing the listeners, finishing the mail in flight")
         self.supervisor.stopping()
+        if self.pool is not None:
+            self.pool.stop_restarting()
         deadline = loop.time() + DRAIN_SECONDS
         for listener in listeners:
             cut = await listener.drain(max(deadline - loop.time(), 0.0))
@@ -199,13 +194,8 @@ class Daemon:
                 log.warning("%d SMTP sessions were cut mid-message; their senders retry", cut)
         scheduler.shutdown(wait=False)
         imap_stop.set()
-        # Nothing new arrives now: the processor finishes what was accepted, in time.
-        self._drained.set()
-        inbound_ready.set()
-        await asyncio.wait(workers[:1], timeout=max(deadline - loop.time(), 0.0))
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        # Nothing new arrives now: the workers finish what was accepted, in time.
+        await self._drain_workers(max(deadline - loop.time(), 0.0))
         if web_runner is not None:
             await web_runner.cleanup()
         if metrics_runner is not None:
@@ -216,13 +206,36 @@ class Daemon:
         services.db.dispose()
         log.info("stopped")
 
+    def _wake(self) -> None:
+        """Mail is stored: the workers claim it now (any thread)."""
+        if self.pool is not None:
+            self.pool.wake()
+        elif self.worker is not None:
+            self.worker.wake()
+
+    def _on_reload(self) -> None:
+        self.supervisor.request_reload(self.pool.reload if self.pool is not None else None)
+
+    async def _drain_workers(self, timeout: float) -> None:
+        if self.pool is not None:
+            await self.pool.drain(timeout)
+            return
+        worker = self.worker
+        assert worker is not None
+        worker.stop(empty_queue=True)
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, worker.join, timeout):
+            log.warning("processing did not finish in time; the rest waits for the next start")
+
     def _on_signal(self) -> None:
         if self._stopping.is_set():
             log.warning("second signal: exiting now")
             raise SystemExit(1)
         self.stop()
 
-    def _start_imap(self, ready: _Wakeup, stop: threading.Event) -> threading.Thread | None:
+    def _start_imap(
+        self, wake: Callable[[], None], stop: threading.Event
+    ) -> threading.Thread | None:
         imap = self.settings.imap
         if imap is None:
             return None
@@ -231,7 +244,7 @@ class Daemon:
         def put(raw: bytes) -> int:
             return store.put(raw, Envelope(source="imap"))
 
-        poller = ImapPoller(imap, put, on_stored=ready.set, on_poll=self.metrics.imap_polled)
+        poller = ImapPoller(imap, put, on_stored=wake, on_poll=self.metrics.imap_polled)
         # One instance polls a mailbox at a time (several instances on one PostgreSQL).
         mailbox = f"maildesk:imap:{imap.username}@{imap.host}:{imap.port}/{imap.folder}"
 
@@ -242,52 +255,3 @@ class Daemon:
         thread.start()
         log.info("polling IMAP %s@%s:%d/%s", imap.username, imap.host, imap.port, imap.folder)
         return thread
-
-    async def _process_loop(self, ready: _Wakeup, outbox_ready: _Wakeup) -> None:
-        loop = asyncio.get_running_loop()
-        processor = self.services.processor
-        while True:
-            try:
-                result = await loop.run_in_executor(None, processor.process_pending)
-            except Exception:
-                if self._drained.is_set():
-                    # Stopping, and the database fails: what is accepted stays stored
-                    # for the next start, so waiting out the drain time gains nothing.
-                    log.exception("processing failed while stopping; the rest waits for a restart")
-                    return
-                log.exception("processing batch failed; retrying shortly")
-                await ready.wait(SWEEP_SECONDS)
-                continue
-            if result.queued_outbound:
-                outbox_ready.set()
-            if not result.processed:
-                if self._drained.is_set():
-                    return  # stopping, and everything accepted is processed
-                await ready.wait(SWEEP_SECONDS * 5)
-
-    async def _send_loop(self, ready: _Wakeup) -> None:
-        loop = asyncio.get_running_loop()
-        sender = await loop.run_in_executor(None, self.services.sender)
-
-        def step() -> tuple[int, datetime | None]:
-            handled = sender.send_due()
-            return handled, None if handled else sender.next_due()
-
-        try:
-            while True:
-                try:
-                    handled, due = await loop.run_in_executor(None, step)
-                except Exception:
-                    log.exception("sending failed; retrying shortly")
-                    handled, due = 0, None
-                if not handled:
-                    await ready.wait(self._seconds_until(due))
-        finally:
-            sender.transport.close()
-
-    def _seconds_until(self, due: datetime | None) -> float:
-        """How long the sender may sleep: until the next retry is due, at most a sweep."""
-        if due is None:
-            return SWEEP_SECONDS * 5
-        seconds = (due - self.services.clock.now()).total_seconds()
-        return min(max(seconds, 0.05), SWEEP_SECONDS * 5)

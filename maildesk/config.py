@@ -241,6 +241,22 @@ class SpamSettings:
     threshold: float = 5.0
 
 
+def _cores() -> int:
+    return max(os.cpu_count() or 1, 1)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Who processes stored mail and sends the outbox (see maildesk/worker.py)."""
+
+    # Worker processes `serve` starts: by default one per core. 0 = processing and
+    # sending run as threads inside `serve` itself (tiny installs, tests).
+    count: int = field(default_factory=_cores)
+    # Seconds a claim (an inbound row being processed, an outbox row being sent) lasts
+    # without renewal: a live worker renews it, a dead one's claims are due again after it.
+    lease_seconds: float = 30.0
+
+
 @dataclass(frozen=True)
 class Settings:
     support: SupportSettings = field(default_factory=SupportSettings)
@@ -259,6 +275,7 @@ class Settings:
     health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
     # The folder relative paths were resolved against (the config file's own).
     base_dir: str = "."
 
@@ -432,6 +449,12 @@ def _check_ops(settings: Settings) -> None:
     metrics_port = settings.metrics.port
     if not 0 <= metrics_port < 65536:
         raise ConfigError(f"[metrics] port must be between 0 and 65535, not {metrics_port}")
+    workers = settings.workers
+    if workers.count < 0:
+        raise ConfigError(f"[workers] count must be 0 or more, not {workers.count}")
+    if workers.lease_seconds < 3:
+        # Renewed three times per lease: shorter, and a busy fsync loses a live claim.
+        raise ConfigError("[workers] lease_seconds must be at least 3")
     for alias in settings.support.aliases:
         if "@" not in alias:
             raise ConfigError(f"[support] aliases: not an e-mail address: {alias!r}")

@@ -25,13 +25,31 @@ from sqlalchemy.orm import Session
 from maildesk.clock import Clock, new_token
 from maildesk.db import Database
 from maildesk.models import Inbound, Outbox
+from maildesk.states import PENDING
 
 log = logging.getLogger("maildesk.leases")
 
+# The default length of a claim; `[workers] lease_seconds` sets this process's
+# (`use_length`, called once by the composition root). One length per process,
+# not per call: every claim and renewal of the process must agree, and every
+# process sharing the database reads it from the same config.
 LEASE = timedelta(seconds=30)
 # A live worker renews three times per lease: one missed renewal (a busy writer
 # lock, a slow fsync) does not lose a claim.
 RENEW_EVERY = LEASE / 3
+_length = LEASE
+
+
+def use_length(length: timedelta) -> None:
+    """Claims of this process last `length` (from `[workers] lease_seconds`)."""
+    global _length
+    _length = length
+
+
+def length() -> timedelta:
+    """How long a claim of this process lasts without renewal."""
+    return _length
+
 
 Queue = type[Inbound] | type[Outbox]
 
@@ -47,7 +65,7 @@ class Claim:
 def due(model: Queue, now: datetime) -> ColumnElement[bool]:
     """Pending, and either never claimed, due for a retry, or its lease ran out."""
     return and_(
-        model.state == "pending",
+        model.state == PENDING,
         or_(model.next_attempt_at.is_(None), model.next_attempt_at <= now),
     )
 
@@ -70,14 +88,14 @@ def take(session: Session, model: Queue, ids: list[int], now: datetime) -> Claim
         session.execute(
             update(model)
             .where(model.id.in_(ids))
-            .values(attempts=model.attempts + 1, next_attempt_at=now + LEASE, claim=token)
+            .values(attempts=model.attempts + 1, next_attempt_at=now + _length, claim=token)
         )
     return Claim(token, tuple(ids))
 
 
 def owned(model: Queue, row_id: int, token: str) -> ColumnElement[bool]:
     """The row is still pending and still ours: the guard of every finishing write."""
-    return and_(model.id == row_id, model.state == "pending", model.claim == token)
+    return and_(model.id == row_id, model.state == PENDING, model.claim == token)
 
 
 def give_back(session: Session, model: Queue, ids: list[int], token: str, now: datetime) -> None:
@@ -85,7 +103,7 @@ def give_back(session: Session, model: Queue, ids: list[int], token: str, now: d
     if ids:
         session.execute(
             update(model)
-            .where(model.id.in_(ids), model.claim == token, model.state == "pending")
+            .where(model.id.in_(ids), model.claim == token, model.state == PENDING)
             .values(attempts=model.attempts - 1, next_attempt_at=now, claim=None)
         )
 
@@ -97,7 +115,7 @@ def release_all(session: Session, model: Queue, now: datetime) -> int:
     """
     result = session.execute(
         update(model)
-        .where(model.state == "pending", model.claim.is_not(None))
+        .where(model.state == PENDING, model.claim.is_not(None))
         .values(next_attempt_at=now, claim=None)
     )
     return int(getattr(result, "rowcount", 0) or 0)
@@ -117,11 +135,12 @@ class Keeper:
         model: Queue,
         clock: Clock,
         token: str,
-        every: float = RENEW_EVERY.total_seconds(),
+        every: float | None = None,
     ) -> None:
         self._db, self._model, self._clock, self._token = db, model, clock, token
-        # Seconds between renewals (tests renew often to watch it on a manual clock).
-        self._every = every
+        # Seconds between renewals: three per lease (tests renew often to watch it on a
+        # manual clock).
+        self._every = every if every is not None else (_length / 3).total_seconds()
         self._held: dict[int, datetime | None] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -155,8 +174,8 @@ class Keeper:
         with self._db.transaction() as session:
             session.execute(
                 update(model)
-                .where(model.id.in_(ids), model.claim == self._token, model.state == "pending")
-                .values(next_attempt_at=now + LEASE)
+                .where(model.id.in_(ids), model.claim == self._token, model.state == PENDING)
+                .values(next_attempt_at=now + _length)
             )
 
     def _run(self) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
+from maildesk import leases
 from maildesk.accounts import Accounts
 from maildesk.clock import Clock, SystemClock
 from maildesk.config import Settings
@@ -72,6 +74,7 @@ class Services:
 
 def build(settings: Settings, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
+    leases.use_length(timedelta(seconds=settings.workers.lease_seconds))
     db = Database(settings.database.url)
     tokens = ReplyTokens(settings.support.address, settings.secret_key())
     renderer = Renderer(settings.templates.path, settings.support.language)

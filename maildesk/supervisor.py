@@ -4,8 +4,10 @@ Decides:
 - **When it is ready**: the daemon calls `ready()` once every listener is bound
   and the database has answered (app.py); systemd then counts the start done.
 - **What status it shows** (`systemctl status`): "12 pending, 0 quarantined,
-  3 to send", refreshed every few seconds from the database, in a worker thread
-  so a slow query never delays a watchdog ping.
+  3 to send", refreshed every few seconds from the database (a deferred read,
+  never the write lock), in a thread so a slow query never delays a watchdog
+  ping. The counts come from the database, not from this process, so they stay
+  true when processing and sending run in worker processes (or other instances).
 - **That the loop is alive**: `WATCHDOG=1` from a task on the event loop itself, at
   half of `WatchdogSec=`. A loop that hangs stops pinging, and systemd restarts it.
 - **What a reload changes** (SIGHUP, `systemctl reload`): the config file and the
@@ -22,6 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,25 +58,18 @@ class Supervisor:
 
     def status_line(self) -> str:
         """'12 pending, 0 quarantined, 3 to send', or why there are no counts."""
-        from sqlalchemy import func, select
-
-        from maildesk.models import Inbound, Outbox
+        from maildesk.inbound import store
+        from maildesk.outbound import outbox
+        from maildesk.states import InboundState, OutboxState
 
         try:
-            with self.services.db.transaction() as session:
-                counts = dict(
-                    session.execute(
-                        select(Inbound.state, func.count())
-                        .where(Inbound.state.in_(("pending", "quarantined")))
-                        .group_by(Inbound.state)
-                    ).all()
-                )
-                unsent = session.scalar(select(func.count()).where(Outbox.state == "pending"))
+            with self.services.db.reading() as session:
+                spool, unsent = store.counts(session), outbox.counts(session)
         except Exception as exc:
             return f"database unavailable ({type(exc).__name__})"
         return (
-            f"{counts.get('pending', 0)} pending, {counts.get('quarantined', 0)} quarantined, "
-            f"{unsent or 0} to send"
+            f"{spool[InboundState.PENDING]} pending, {spool[InboundState.QUARANTINED]} "
+            f"quarantined, {unsent[OutboxState.PENDING]} to send"
         )
 
     def start(self) -> None:
@@ -120,9 +116,17 @@ class Supervisor:
 
     # -- reload -----------------------------------------------------------------
 
-    def request_reload(self) -> None:
-        """SIGHUP: reload in the background; the event loop keeps serving meanwhile."""
-        self._spawn(self.reload(), "maildesk-reload")
+    def request_reload(self, applied: Callable[[], None] | None = None) -> None:
+        """SIGHUP: reload in the background; the event loop keeps serving meanwhile.
+
+        `applied` runs once a valid new config is in force (serve then tells its
+        worker processes to read it too, so only serve reports an invalid one).
+        """
+        self._spawn(self._reload_then(applied), "maildesk-reload")
+
+    async def _reload_then(self, applied: Callable[[], None] | None) -> None:
+        if await self.reload() and applied is not None:
+            applied()
 
     async def reload(self) -> bool:
         """Re-read the config and the templates; True when the new ones were applied."""
@@ -139,6 +143,13 @@ class Supervisor:
             return new is not None
         finally:
             await self.ready()
+
+    def reload_now(self) -> bool:
+        """`reload` for a process without an event loop (a worker, on SIGHUP)."""
+        new = self._load_and_check()
+        if new is not None:
+            self._apply(new)
+        return new is not None
 
     def _load_and_check(self) -> Settings | None:
         from maildesk import config

@@ -109,7 +109,11 @@ def config_values(tmp_path: Path, db_url: str) -> dict[str, Any]:
 
 @pytest.fixture
 def settings(config_values: dict[str, Any], tmp_path: Path) -> config.Settings:
-    return config.from_mapping(config_values, base_dir=tmp_path)
+    """The test's settings. In-process daemons (`daemon`, `running_daemon`) process and
+    send in their own threads (`[workers] count = 0`), on the test's ManualClock;
+    subprocess daemons read `config_file`, which keeps the default (worker processes)."""
+    values = {**config_values, "workers": {"count": 0, **config_values.get("workers", {})}}
+    return config.from_mapping(values, base_dir=tmp_path)
 
 
 def toml(values: dict[str, dict[str, Any]]) -> str:

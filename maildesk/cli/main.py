@@ -1,4 +1,4 @@
-"""The `maildesk` group and the commands that run or feed the daemon: init, serve, deliver,
+"""The `maildesk` group and the commands that run or feed the daemon: init, serve, worker, deliver,
 import.
 
 The group is lazy: a command group's module is imported only when that command
@@ -159,7 +159,9 @@ def _safe_url(url: str) -> str:
 def serve(ctx: Context) -> None:
     """Run the daemon: SMTP/LMTP in, IMAP polling, the web listener, the outbox.
 
-    Under systemd (Type=notify) it reports readiness, status and watchdog pings.
+    Processing and sending run in `[workers] count` worker processes that serve
+    starts, wakes and restarts (0: threads inside serve). Under systemd
+    (Type=notify) it reports readiness, status and watchdog pings.
     SIGHUP re-reads the config and the templates; SIGTERM finishes the mail in
     flight and exits 0. A start-up failure is one line on stderr and exit 78
     (configuration), 69 (a service is unavailable) or 75 (port in use, retry).
@@ -175,9 +177,41 @@ def serve(ctx: Context) -> None:
         check_all(settings)
         from maildesk.app import Daemon
 
-        asyncio.run(Daemon(ctx.services, config_path=ctx.path).run())
+        asyncio.run(Daemon(ctx.services, config_path=ctx.path, verbose=ctx.verbose).run())
     except StartupError as exc:
         fail(ctx, exc)
+
+
+@main.command()
+@click.option("--under-serve", is_flag=True, hidden=True, help="Started by serve (stdin: orders).")
+@pass_context
+def worker(ctx: Context, under_serve: bool) -> None:
+    """Process stored mail into tickets and send the outbox, until SIGTERM.
+
+    `serve` starts `[workers] count` of these itself; run this for workers as
+    units of their own (set `[workers] count = 0` then, or keep both: they share
+    the queues through leases). SIGTERM finishes the messages it holds and exits 0;
+    SIGHUP re-reads the config and the templates.
+    """
+    from maildesk.sdnotify import Notifier
+    from maildesk.startup import StartupError, check_database
+    from maildesk.supervisor import Supervisor
+    from maildesk.worker import run_process
+
+    settings = ctx.settings
+    if not ctx.verbose:
+        logs.set_level(settings.log.level)
+    try:
+        check_database(settings.database.url)
+    except StartupError as exc:
+        fail(ctx, exc)
+    services = ctx.services
+    # Reload as serve does (templates, log level, agents), without a service manager.
+    supervisor = Supervisor(services, ctx.path, Notifier({}))
+    try:
+        run_process(services, under_serve=under_serve, reload=supervisor.reload_now)
+    finally:
+        services.db.dispose()
 
 
 @main.command()

@@ -19,10 +19,12 @@ relay's help.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from maildesk import leases
 from maildesk.clock import Clock, as_utc
@@ -58,7 +60,7 @@ class OutboxSender:
         transport: Transport,
         clock: Clock,
         settings: OutboundSettings,
-        renew_every: float = leases.RENEW_EVERY.total_seconds(),
+        renew_every: float | None = None,  # None: three renewals per lease
     ) -> None:
         self.db = db
         self.transport = transport
@@ -183,6 +185,47 @@ class OutboxSender:
             # Our lease ran out mid-send (a relay slower than a lease with renewals failing):
             # the new owner sends it again under the same key and Message-ID.
             log.warning("outbox %d: lost its lease while sending; left to its new owner", outbox_id)
+
+
+@dataclass(frozen=True)
+class OutboxCounts:
+    """The outbox at one moment: what status lines, /healthz and /metrics show."""
+
+    by_state: Counter[str]  # every OutboxState, zeros included
+    deferred: int  # pending rows that failed at least once and wait to retry
+    oldest_pending: datetime | None  # when the oldest unsent row was queued
+    # When the oldest unsent row that has failed was queued: failing ever since.
+    failing_since: datetime | None
+
+    def __getitem__(self, state: OutboxState) -> int:
+        return self.by_state[state]
+
+
+def counts(session: Session) -> OutboxCounts:
+    """The outbox's counts, read in `session` (callers that read more in one transaction)."""
+    # One labelled expression: PostgreSQL would see two different ones (each with its
+    # own bound "") in the select list and in GROUP BY.
+    failing = (Outbox.last_error != "").label("failing")
+    found = session.execute(
+        select(Outbox.state, failing, func.count()).group_by(Outbox.state, failing)
+    ).all()
+    by_state = Counter(dict.fromkeys(map(str, OutboxState), 0))
+    deferred = 0
+    for state, failed, n in found:
+        by_state[str(state)] += int(n)
+        if state == OutboxState.PENDING and failed:
+            deferred += int(n)
+    pending = Outbox.state == OutboxState.PENDING
+    oldest = session.scalar(select(func.min(Outbox.created_at)).where(pending))
+    failing_since = session.scalar(
+        select(func.min(Outbox.created_at)).where(pending, Outbox.last_error != "")
+    )
+    return OutboxCounts(
+        by_state,
+        deferred,
+        as_utc(oldest) if oldest else None,
+        as_utc(failing_since) if failing_since else None,
+    )
 
 
 def retry(db: Database, clock: Clock, outbox_id: int) -> bool:

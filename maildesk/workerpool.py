@@ -1,0 +1,220 @@
+"""Serve's worker processes: start `[workers] count` of them, wake them, restart, drain.
+
+Each worker is `maildesk --config PATH worker --under-serve`, a child of serve
+(`worker.py` says what it does). Serve keeps a pipe to each child's stdin:
+
+- **Wake**: when serve stores mail it writes one byte (`WAKE`) to every child,
+  coalesced to one write per event-loop turn, so the next claim starts within
+  a millisecond of the 250 instead of at the next sweep. We chose the pipe over
+  PostgreSQL's LISTEN/NOTIFY because it works the same on SQLite, costs no
+  database round trip per message and needs no connection per worker; mail
+  stored by other processes (`maildesk deliver`, another instance) is found by
+  the workers' 2-second sweep. A standalone `maildesk worker` (a unit of its
+  own) has no pipe and relies on that sweep alone.
+- **Restart**: a child that exits while serve runs is started again after a
+  back-off (1 s, doubling up to 30 s while it keeps dying within a minute),
+  and the log says so. Its claims are due again after one lease
+  (`[workers] lease_seconds`), whoever claims them next.
+- **Reload**: once serve has applied a new config (SIGHUP), it writes `RELOAD`
+  and each child re-reads the config and the templates.
+- **Drain**: at SIGTERM serve first closes its listeners, then writes `DRAIN`:
+  each child processes what is due, sends what it holds and exits. What is left
+  when the drain time runs out is SIGKILLed and waits, stored, for the next start.
+- **Parent death**: a child exits when its stdin reaches end of file, and on
+  Linux the kernel kills it when serve dies (`worker._die_with_parent`), so a
+  SIGKILLed serve leaves no orphan working beside its successor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from maildesk.worker import DRAIN, READY, RELOAD, WAKE
+
+log = logging.getLogger("maildesk.workers")
+
+FIRST_BACKOFF_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 30.0
+# How long serve waits at start for its workers to say they run (imports, config).
+START_SECONDS = 60.0
+# A child that lived this long before dying starts the back-off afresh.
+STABLE_SECONDS = 60.0
+# Environment a child must not inherit: it is not the service systemd watches.
+_NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID")
+
+
+def worker_command(config_path: Path, verbose: bool) -> list[str]:
+    """The command line of one child: this interpreter, this config."""
+    command = [sys.executable, "-m", "maildesk", "--config", str(config_path.resolve())]
+    if verbose:
+        command.append("-v")
+    return [*command, "worker", "--under-serve"]
+
+
+class _Child:
+    """One slot of the pool: the process now in it and its restart state."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started = 0.0
+        self.backoff = FIRST_BACKOFF_SECONDS
+        self.restarts = 0
+
+
+class WorkerPool:
+    def __init__(self, count: int, command: list[str]) -> None:
+        self.command = command
+        self._children = [_Child(slot) for slot in range(count)]
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._wake_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def running(self) -> int:
+        """Children alive now (for the status line and the log)."""
+        return sum(1 for c in self._children if c.proc is not None and c.proc.returncode is None)
+
+    @property
+    def restarts(self) -> int:
+        return sum(c.restarts for c in self._children)
+
+    def pids(self) -> list[int]:
+        return [c.proc.pid for c in self._children if c.proc and c.proc.returncode is None]
+
+    async def start(self) -> None:
+        """Start every child and wait until each says it runs (or died: then it is
+        restarted like any other). Serve reports ready only after this, so a child
+        has read the config file before anyone may edit it for a reload."""
+        self._loop = asyncio.get_running_loop()
+        for child in self._children:
+            await self._spawn(child)
+        await asyncio.wait(
+            [asyncio.create_task(self._ready(c)) for c in self._children], timeout=START_SECONDS
+        )
+        for child in self._children:
+            self._watchers.append(asyncio.create_task(self._watch(child)))
+        log.info("started %d worker processes: %s", len(self._children), self.pids())
+
+    @staticmethod
+    async def _ready(child: _Child) -> None:
+        assert child.proc is not None and child.proc.stdout is not None
+        await child.proc.stdout.read(len(READY))  # READY, or b"" when it died first
+
+    async def _spawn(self, child: _Child) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+        env["MAILDESK_SERVE_PID"] = str(os.getpid())
+        # Spawned from the event loop's thread: PR_SET_PDEATHSIG in the child fires when
+        # the thread that forked it ends, and this one lives as long as serve.
+        child.proc = await asyncio.create_subprocess_exec(
+            *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
+        )
+        child.started = self._now()
+
+    async def _watch(self, child: _Child) -> None:
+        while True:
+            assert child.proc is not None
+            code = await child.proc.wait()
+            if self._stopping:
+                return
+            lived = self._now() - child.started
+            if lived >= STABLE_SECONDS:
+                child.backoff = FIRST_BACKOFF_SECONDS
+            log.error(
+                "worker %d (pid %d) exited with %s after %.0f s; restarting in %.0f s "
+                "(its claims are due again after one lease)",
+                child.slot,
+                child.proc.pid,
+                _describe(code),
+                lived,
+                child.backoff,
+            )
+            await asyncio.sleep(child.backoff)
+            child.backoff = min(child.backoff * 2, MAX_BACKOFF_SECONDS)
+            if self._stopping:
+                return
+            try:
+                await self._spawn(child)
+            except OSError:
+                log.exception("worker %d could not be started; trying again", child.slot)
+                continue
+            child.restarts += 1
+            log.info("worker %d restarted as pid %d", child.slot, child.proc.pid)
+
+    def stop_restarting(self) -> None:
+        """Serve is stopping: a child that exits now stays down."""
+        self._stopping = True
+
+    def wake(self) -> None:
+        """Tell every child that mail is stored; callable from any thread."""
+        loop = self._loop
+        if loop is None or self._wake_scheduled:
+            return
+        self._wake_scheduled = True  # one write per loop turn, however many messages
+        loop.call_soon_threadsafe(self._send_wake)
+
+    def _send_wake(self) -> None:
+        self._wake_scheduled = False
+        self._write(WAKE)
+
+    def _write(self, order: bytes) -> None:
+        for child in self._children:
+            proc = child.proc
+            if proc is None or proc.returncode is not None or proc.stdin is None:
+                continue
+            transport = proc.stdin.transport
+            # A child that does not read (stuck) gets no more wakes than a page of them.
+            if transport.is_closing() or transport.get_write_buffer_size() > 4096:
+                continue
+            try:
+                proc.stdin.write(order)
+            except (BrokenPipeError, ConnectionResetError):
+                continue  # it is dying; its watcher restarts it
+
+    def reload(self) -> None:
+        """Serve applied a new config: each child re-reads it and the templates.
+
+        Through the pipe, not SIGHUP: a child still starting up has no handler yet,
+        and SIGHUP would kill it; a byte waits in the pipe until it reads.
+        """
+        self._write(RELOAD)
+
+    async def drain(self, timeout: float) -> None:
+        """Tell the children to finish what is due and exit; kill what is left at `timeout`."""
+        self._stopping = True
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        self._write(DRAIN)
+        procs = [c.proc for c in self._children if c.proc and c.proc.returncode is None]
+        if not procs:
+            return
+        await asyncio.wait(
+            [asyncio.create_task(p.wait()) for p in procs], timeout=max(timeout, 0.0)
+        )
+        late = [p for p in procs if p.returncode is None]
+        for proc in late:
+            log.warning("worker pid %d did not finish in time; killed (its mail stays)", proc.pid)
+            proc.kill()
+        for proc in late:
+            await proc.wait()
+        log.info("worker processes stopped")
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"

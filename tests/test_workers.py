@@ -1,0 +1,186 @@
+"""Worker processes: one SIGKILLed mid-stream is restarted, and nothing it held is lost or
+done twice.
+
+`maildesk serve` runs as a subprocess on SQLite with two worker processes
+(`[workers] count = 2`) and a real relay (an SMTP sink). Several clients stream
+customer mail over SMTP, each message from its own customer; once a third of it got
+its 250, one worker process is SIGKILLed. Serve starts a new one; the dead one's
+claims are due again after its lease (`[workers] lease_seconds`, short here). Once
+the queues are empty: every message that got a 250 is in exactly one ticket, the
+relay got exactly one acknowledgement (one Message-ID) per ticket, a second copy of
+it only in SMTP's own window (killed between the relay's 250 and our commit), and
+nothing is quarantined.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import signal
+import smtplib
+import subprocess
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maildesk import config
+from tests.conftest import PG_URL, make_mail, toml, wait_for
+from tests.smtp_sink import SmtpSink
+from tests.test_crash import MAILDESK, DaemonProcess
+
+pytestmark = pytest.mark.skipif(bool(PG_URL), reason="the SQLite writer order across processes")
+
+SUPPORT = "support@example.test"
+CLIENTS = 4
+PER_CLIENT = 75
+LEASE_SECONDS = 5
+
+
+def message_id(client: int, n: int) -> str:
+    return f"worker-{client}-{n}@customer.test"
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (serve's workers), from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+@dataclass
+class Client:
+    number: int
+    port: int
+    attempted: list[str] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)
+    error: BaseException | None = None
+
+    def run(self, progress: threading.Semaphore) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=60) as smtp:
+                for n in range(PER_CLIENT):
+                    mid = message_id(self.number, n)
+                    customer = f"c{self.number}.{n}@customer.test"
+                    raw = make_mail(
+                        subject=f"Request {self.number}.{n}",
+                        sender=f"Customer <{customer}>",
+                        message_id=f"<{mid}>",
+                    )
+                    self.attempted.append(mid)
+                    smtp.sendmail(customer, [SUPPORT], raw)
+                    self.accepted.append(mid)
+                    progress.release()
+        except BaseException as exc:  # surfaced by the test: serve must not refuse
+            self.error = exc
+
+
+@pytest.fixture
+def relay() -> Iterator[SmtpSink]:
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def serve(
+    config_values: dict[str, Any], tmp_path: Path, relay: SmtpSink
+) -> Iterator[DaemonProcess]:
+    values = json.loads(json.dumps(config_values))
+    values["outbound"]["url"] = relay.url
+    values["smtp"]["max_sessions_per_ip"] = 50
+    # Every message comes from its own customer: lift the global cap on automatic replies.
+    values["limits"] = {"auto_replies_per_hour_total": 10_000}
+    values["workers"] = {"count": 2, "lease_seconds": LEASE_SECONDS}
+    path = tmp_path / "maildesk.toml"
+    path.write_text(toml(values))
+    settings = config.from_mapping(values, base_dir=tmp_path)
+    init = subprocess.run(
+        [*MAILDESK, "--config", str(path), "init"], capture_output=True, timeout=60, cwd=tmp_path
+    )
+    assert init.returncode == 0, init.stderr.decode(errors="replace")
+    daemon = DaemonProcess(path, tmp_path / "serve.log", settings)
+    yield daemon
+    daemon.kill()
+
+
+def test_a_worker_killed_mid_stream_is_restarted_and_nothing_is_lost_or_doubled(
+    serve: DaemonProcess, relay: SmtpSink
+) -> None:
+    serve.start()
+    assert serve.proc is not None
+    pid = serve.proc.pid
+    first = wait_for(lambda: len(children(pid)) == 2 and children(pid), 60)
+
+    progress = threading.Semaphore(0)
+    clients = [Client(i, serve.settings.smtp.port) for i in range(CLIENTS)]
+    threads = [
+        threading.Thread(target=c.run, args=(progress,), name=f"client-{c.number}") for c in clients
+    ]
+    for thread in threads:
+        thread.start()
+    for _ in range(CLIENTS * PER_CLIENT // 3):
+        assert progress.acquire(timeout=60), "the clients stalled"
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)  # while the clients are still streaming
+    wait_for(lambda: len(children(pid) - first) == 1, 60, "serve to start a new worker")
+    for thread in threads:
+        thread.join(120)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    assert [c.error for c in clients] == [None] * CLIENTS
+
+    def idle() -> bool:
+        health = serve.health()
+        return health is not None and health["inbound_pending"] == health["outbox_pending"] == 0
+
+    wait_for(idle, 120 + LEASE_SECONDS, "the queues to empty")
+    health = serve.health()
+    assert health is not None and health["quarantined"] == 0, health
+    assert "restarting" in serve.log_path.read_text()
+    assert serve.terminate() == 0, serve.log()
+
+    export = subprocess.run(
+        [*MAILDESK, "--config", str(serve.config_path), "tickets", "export"],
+        capture_output=True,
+        timeout=60,
+        cwd=serve.config_path.parent,
+    )
+    assert export.returncode == 0, export.stderr.decode(errors="replace")
+    tickets = [json.loads(line) for line in export.stdout.decode().splitlines()]
+    ticket_of: dict[str, list[int]] = defaultdict(list)
+    for ticket in tickets:
+        for message in ticket["messages"]:
+            if message["direction"] == "in":
+                ticket_of[message["message_id"]].append(ticket["number"])
+    accepted = [mid for c in clients for mid in c.accepted]
+    assert len(accepted) == CLIENTS * PER_CLIENT
+    # Every 250 in exactly one ticket, each opened by its own message.
+    assert {mid: len(ticket_of[mid]) for mid in accepted} == {mid: 1 for mid in accepted}
+    assert len(tickets) == len(accepted)
+
+    # One acknowledgement per ticket: one Message-ID each. A second copy of the same
+    # Message-ID only for the one message the killed worker may have been handing over.
+    acks = [
+        email.message_from_bytes(m.content, policy=email.policy.default) for m in relay.messages
+    ]
+    ids_per_ticket: dict[str, set[str]] = defaultdict(set)
+    for ack in acks:
+        ids_per_ticket[str(ack["In-Reply-To"]).strip("<>")].add(str(ack["Message-ID"]))
+    assert set(ids_per_ticket) == set(accepted)
+    assert all(len(ids) == 1 for ids in ids_per_ticket.values())
+    copies = Counter(str(ack["Message-ID"]) for ack in acks)
+    assert sum(n - 1 for n in copies.values()) <= 1, copies.most_common(3)
