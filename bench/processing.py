@@ -104,6 +104,23 @@ def store(services: Services, args: argparse.Namespace) -> int:
     return stored
 
 
+def reference_ms() -> float:
+    """CPU ms of a fixed pure-Python workload: a yardstick for a busy machine's slowdown.
+
+    Taken just before processing; the smallest of five, since other processes only
+    ever make it slower.
+    """
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        table: dict[str, int] = {}
+        for i in range(200_000):
+            key = f"k{i % 977}"
+            table[key] = table.get(key, 0) + i
+        best = min(best, time.process_time() - started)
+    return best * 1000
+
+
 def _counter(statements: Counter[str]) -> Callable[..., None]:
     def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         statements[" ".join(statement.split())[:110]] += 1
@@ -127,6 +144,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         if args.statements:
             event.listen(services.db.engine, "before_cursor_execute", _counter(statements))
         processed = batches = 0
+        yardstick = reference_ms()
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()
@@ -141,7 +159,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         messages = count(services, "SELECT count(*) FROM messages")[0][0]
         outbox = dict(count(services, "SELECT kind, count(*) FROM outbox GROUP BY kind"))
         services.db.engine.dispose()
-    report(args, workdir, url, processed, cpu, wall, states, tickets, messages, outbox)
+    report(args, workdir, url, processed, cpu, wall, states, tickets, messages, outbox, yardstick)
     if args.statements:
         total = sum(statements.values())
         print(f"\n{total / max(processed, 1):.1f} SQL statements per message; the most frequent:")
@@ -166,6 +184,7 @@ def report(
     tickets: object,
     messages: object,
     outbox: dict[object, object],
+    yardstick: float,
 ) -> None:
     per_message = cpu * 1000 / max(processed, 1)
     backend = url.split(":", 1)[0]
@@ -184,6 +203,10 @@ def report(
             ["CPU ms/msg", "wall msg/s", "CPU s", "wall s"],
             [[f"{per_message:.2f}", f"{processed / wall:.0f}", f"{cpu:.2f}", f"{wall:.2f}"]],
         )
+    )
+    print(
+        f"yardstick (a fixed pure-Python loop, CPU): {yardstick:.0f} ms; "
+        f"CPU per message in yardsticks: {per_message / yardstick * 1000:.1f} per mille"
     )
     print()
     print(f"inbound states {states}; {tickets} tickets, {messages} messages, outbox {outbox}")
