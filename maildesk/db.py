@@ -15,14 +15,18 @@ order is kept in two layers:
   writer takes `<db>.writer` for its transaction. A normal writer (processing,
   a claim, a lease renewal) first passes `<db>.gate` (a shared lock taken and
   dropped at once); the urgent group commit holds the gate exclusively while it
-  waits for `<db>.writer` and writes. So once a 250 waits, no new processing
-  transaction starts anywhere: the 250 waits for the ones already inside, and
+  waits for `<db>.writer`. So once a 250 waits, no new processing transaction
+  queues anywhere: the 250 waits for the ones already queued (at most one per
+  process, `_WriterQueue` lets one thread at a time to the files), and
   `urgent_waiting()` (the gate is held) tells each of them to commit after the
-  message it is on. flock was chosen over SQLite's busy handler alone (which polls
-  in sleeps of up to 100 ms and has no notion of priority) and over a dedicated
-  writer process (one more hop and copy for every write): two small files give
-  the priority, waiters see a freed lock within about 2 ms, and the kernel
-  drops the locks of a process that dies.
+  message it is on. The gate is let go once the commit has the writer lock, so
+  processing queues behind it and races the next group commit: a flood of
+  250s does not starve processing.
+flock was chosen over SQLite's busy handler alone (which polls in sleeps of up
+to 100 ms and has no notion of priority) and over a dedicated writer process
+(one more hop and copy for every write): two small files give the priority,
+waiters see a freed lock within about 2 ms, and the kernel drops the locks of
+a process that dies.
 PostgreSQL needs none of this: it locks rows, not the database.
 """
 
@@ -120,7 +124,6 @@ class _FileGate:
         self._gate = self._open(Path(f"{database}.gate"))
         self._writer = self._open(Path(f"{database}.writer"))
         self._probe = self._open(Path(f"{database}.gate"))
-        self._urgent = False
 
     @staticmethod
     def _open(path: Path) -> int:
@@ -129,28 +132,25 @@ class _FileGate:
     def enter(self, urgent: bool) -> None:
         deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
         if urgent:
-            # Held while waiting and writing: no normal writer starts meanwhile.
+            # Held while waiting: no normal writer starts queueing meanwhile.
             _flock(self._gate, fcntl.LOCK_EX, deadline)
+            try:
+                _flock(self._writer, fcntl.LOCK_EX, deadline)
+            finally:
+                # Not held while writing: processing queues behind this commit and
+                # races the next one, so a flood of 250s never starves it.
+                fcntl.flock(self._gate, fcntl.LOCK_UN)
         else:
-            # Wait out an urgent commit that waits or writes, then queue for the writer.
+            # Wait out an urgent commit that waits, then queue for the writer.
             _flock(self._gate, fcntl.LOCK_SH, deadline)
             fcntl.flock(self._gate, fcntl.LOCK_UN)
-        try:
             _flock(self._writer, fcntl.LOCK_EX, deadline)
-        except BaseException:
-            if urgent:
-                fcntl.flock(self._gate, fcntl.LOCK_UN)
-            raise
-        self._urgent = urgent
 
     def leave(self) -> None:
         fcntl.flock(self._writer, fcntl.LOCK_UN)
-        if self._urgent:
-            fcntl.flock(self._gate, fcntl.LOCK_UN)
-            self._urgent = False
 
     def urgent_waiting(self) -> bool:
-        """Whether some process's group commit holds the gate (waits for the lock or writes)."""
+        """Whether some process's group commit holds the gate: it waits for the writer."""
         try:
             fcntl.flock(self._probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -19,14 +19,15 @@ from maildesk import config
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "maildesk.service"
+WORKER_UNIT = ROOT / "systemd" / "maildesk-worker@.service"
 ANALYZE = shutil.which("systemd-analyze")
 pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 
 
-def _local_copy(tmp_path: Path) -> Path:
+def _local_copy(tmp_path: Path, unit: Path = UNIT, name: str = "maildesk.service") -> Path:
     maildesk = Path(sys.executable).parent / "maildesk"
-    text = UNIT.read_text().replace("/opt/maildesk/.venv/bin/maildesk", str(maildesk))
-    copy = tmp_path / "maildesk.service"
+    text = unit.read_text().replace("/opt/maildesk/.venv/bin/maildesk", str(maildesk))
+    copy = tmp_path / name
     copy.write_text(text)
     return copy
 
@@ -64,8 +65,28 @@ def test_the_unit_asks_for_what_the_daemon_does() -> None:
         "CapabilityBoundingSet=\n",
         "SystemCallFilter=@system-service",
         "RestartPreventExitStatus=78",
+        "KillMode=mixed",
     ):
         assert line in text
+
+
+def test_the_worker_unit_verifies_and_rates_2_5_or_better(tmp_path: Path) -> None:
+    """systemd/maildesk-worker@.service, as instance 1, beside the main unit it is part of."""
+    assert ANALYZE is not None
+    _local_copy(tmp_path)
+    worker = _local_copy(tmp_path, WORKER_UNIT, "maildesk-worker@1.service")
+    verify = subprocess.run([ANALYZE, "verify", str(worker)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stderr.strip() == ""
+    security = subprocess.run(
+        [ANALYZE, "security", "--offline=yes", str(worker)], capture_output=True, text=True
+    )
+    found = re.search(
+        r"Overall exposure level for maildesk-worker@1.service: ([\d.]+)", security.stdout
+    )
+    assert found, security.stdout + security.stderr
+    assert float(found.group(1)) <= 2.5
+    assert "PartOf=maildesk.service" in WORKER_UNIT.read_text()
 
 
 def test_the_example_config_keeps_everything_under_var_lib_maildesk() -> None:

@@ -1,0 +1,66 @@
+"""SQLite's one writer across processes: a 250 waiting for the write lock goes ahead of
+processing that starts queueing after it (`maildesk/db.py`, `_FileGate`).
+
+Each `Database` object opens the lock files on its own descriptors, and flock
+conflicts between descriptors as between processes, so three `Database`s on one
+file stand for serve and two worker processes here, without sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from maildesk.db import Database
+from tests.conftest import PG_URL, wait_for
+
+pytestmark = pytest.mark.skipif(bool(PG_URL), reason="SQLite's single writer")
+
+
+@pytest.fixture
+def databases(tmp_path: Path) -> Iterator[list[Database]]:
+    url = f"sqlite:///{tmp_path / 'maildesk.db'}"
+    opened = [Database(url) for _ in range(3)]
+    yield opened
+    for db in opened:
+        db.dispose()
+
+
+def test_a_waiting_250_of_one_process_goes_ahead_of_another_process_queueing_later(
+    databases: list[Database],
+) -> None:
+    worker, serve, other_worker = databases
+    order: list[str] = []
+    release = threading.Event()
+    holding = threading.Event()
+
+    def processing_batch() -> None:
+        with worker.transaction():
+            holding.set()
+            release.wait(30)
+
+    def write(db: Database, urgent: bool, name: str) -> threading.Thread:
+        def run() -> None:
+            with db.transaction(urgent=urgent):
+                order.append(name)
+
+        thread = threading.Thread(target=run, name=name)
+        thread.start()
+        return thread
+
+    holder = threading.Thread(target=processing_batch)
+    holder.start()
+    assert holding.wait(30)
+    assert not worker.urgent_waiting()
+    group_commit = write(serve, True, "250")
+    # The worker, mid-batch, sees the waiting 250 of another process: it commits soon.
+    wait_for(worker.urgent_waiting, 10, "the worker to see the waiting group commit")
+    later = write(other_worker, False, "processing")
+    release.set()
+    for thread in (holder, group_commit, later):
+        thread.join(30)
+    assert order == ["250", "processing"]
+    assert not worker.urgent_waiting()
