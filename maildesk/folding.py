@@ -18,16 +18,26 @@ def fold(text: str) -> str:
     # quadratic time (80,000 marks took 10 s), and they would be dropped after it anyway.
     if text.isascii():  # nothing to decompose; the common case, and a fast one
         return text.casefold()
-    marks = _combining_marks()
-    decomposed = unicodedata.normalize("NFKD", marks.sub("", text))
-    return marks.sub("", decomposed).casefold()  # NFKD never yields the five extra ones
+    decomposed = unicodedata.normalize("NFKD", _without_marks(text))
+    return _without_marks(decomposed).casefold()  # NFKD never yields the five extra ones
+
+
+def _without_marks(text: str) -> str:
+    # Two patterns, because a character class reaching past U+FFFF is matched by a
+    # linear walk over its ranges (ten times slower), and such characters are rare.
+    bmp, astral = _combining_marks()
+    text = bmp.sub("", text)
+    return astral.sub("", text) if _ASTRAL.search(text) else text
+
+
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
 @functools.cache
-def _combining_marks() -> re.Pattern[str]:
+def _combining_marks() -> tuple[re.Pattern[str], re.Pattern[str]]:
     """Runs of characters with a combining class, and the five whose decomposition is only
     such marks (U+0F73, U+0F75, U+0F81, U+FF9E, U+FF9F): with them gone, every run of marks
-    that NFKD makes comes from one character and is short."""
+    that NFKD makes comes from one character and is short. Those up to U+FFFF, and beyond."""
     marks = [cp for cp in range(sys.maxunicode + 1) if unicodedata.combining(chr(cp))]
     marks += [0x0F73, 0x0F75, 0x0F81, 0xFF9E, 0xFF9F]
     ranges: list[list[int]] = []
@@ -36,5 +46,12 @@ def _combining_marks() -> re.Pattern[str]:
             ranges[-1][1] = cp
         else:
             ranges.append([cp, cp])
+    bmp = [(a, b) for a, b in ranges if a <= 0xFFFF]
+    astral = [(a, b) for a, b in ranges if a > 0xFFFF]
+    assert all(b <= 0xFFFF for _, b in bmp)  # no range straddles U+FFFF
+    return _runs_of(bmp), _runs_of(astral)
+
+
+def _runs_of(ranges: list[tuple[int, int]]) -> re.Pattern[str]:
     klass = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
     return re.compile(f"[{klass}]+")
