@@ -11,16 +11,21 @@ ManualClock.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from datetime import timedelta
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from maildesk.clock import ManualClock
+from maildesk.pipeline import console
 from tests.conftest import Outbox, RunningDaemon
 from tests.mailclient import (
     AGENT,
@@ -30,6 +35,9 @@ from tests.mailclient import (
     Sent,
     agent_writes,
     alice_replies,
+    attachments,
+    cli,
+    customer_mail,
     desk_config,
     mail_to,
     mails_to,
@@ -253,3 +261,38 @@ def test_list_overdue_lists_breached_tickets_only(daemon: RunningDaemon, outbox:
     [answer] = mails_to(outbox, AGENT, "#list overdue")
     assert answer.subject == "#list overdue: 0 tickets"
     assert "No tickets." in answer.text
+
+
+def test_a_request_in_the_subject_or_above_a_signature_is_answered_not_opened(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    open_ticket(daemon, outbox)
+    # The command typed as the subject, the body left empty.
+    agent_writes(daemon, AGENT, "", subject="#list all")
+    [listed] = mails_to(outbox, AGENT, "#list all")
+    assert listed.subject == "#list all: 1 ticket"
+    # The phone adds its signature below the command, with no "-- " line.
+    agent_writes(daemon, BOB, "#search printer\n\nBob Builder\nSent from my iPhone\n")
+    [found] = mails_to(outbox, BOB, "#search printer")
+    assert "Printer broken" in found.text
+    processed(daemon, 3)
+    assert [t["number"] for t in cli(config_file, "tickets", "list")] == [1]  # no new ticket
+
+
+def test_show_carries_the_tickets_files_up_to_its_limit(
+    daemon: RunningDaemon, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console, "SHOW_ATTACHED_BYTES", 1000)
+    raw = customer_mail("en", message_id=f"<{uuid.uuid4().hex}@customer.test>")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    msg.add_attachment(b"E" * 600, maintype="text", subtype="plain", filename="error.log")
+    msg.add_attachment(b"P" * 800, maintype="image", subtype="png", filename="screen.png")
+    daemon.send(msg.as_bytes(policy=email.policy.SMTP))
+    mail_to(outbox, ALICE)
+
+    agent_writes(daemon, BOB, "#show 1")
+    [shown] = mails_to(outbox, BOB, "[#1] Printer broken")
+    assert attachments(shown.msg) == [("error.log", "text/plain", b"E" * 600)]
+    assert "attachment: error.log (600 bytes)\n" in shown.text
+    assert "attachment: screen.png (800 bytes), not attached: a #show carries" in shown.text

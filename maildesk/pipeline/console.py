@@ -7,7 +7,10 @@ Which mail is a console request (`Console.route`):
 - mail From an agent's registered address whose new text is command lines
   only (no `#customer`), unless it is a proven reply on its own ticket with
   only state-changing commands: that stays the agent flow's, recorded in the
-  thread as before.
+  thread as before. An empty text takes its command from the subject
+  (`Subject: #list mine`); in a new mail that only reads (`#list`, `#show`,
+  ...), the text below the commands is the client's signature ("Sent from my
+  iPhone") and is ignored.
 
 What a request may do:
 - Read-only commands (`#list`, `#show`, `#search`, `#help`, `#replies`) are
@@ -36,7 +39,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from maildesk.clock import as_utc
 from maildesk.message import ParsedMessage
-from maildesk.models import Agent, Confirmation, ConsoleRequest, Inbound, Message, Ticket
+from maildesk.models import Agent, Blob, Confirmation, ConsoleRequest, Inbound, Message, Ticket
 from maildesk.outbound.catalogue import (
     AgentConfirm,
     AgentConfirmed,
@@ -50,6 +53,8 @@ from maildesk.outbound.catalogue import (
     SlaClock,
     Target,
 )
+from maildesk.outbound.catalogue.console import SHOW_ATTACHED_BYTES
+from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import InReplyTo, Recipient
 from maildesk.pipeline.agent_mail import AgentFlow, acting, agent_name
 from maildesk.pipeline.authenticity import Sender
@@ -119,11 +124,12 @@ class Console:
         if show is not None:
             parsed = commands.Commands((commands.Command("show", str(show.number)),), (), "")
         else:
-            parsed = commands.parse(text)
-            if parsed.body.strip() or not (parsed.commands or parsed.errors):
+            parsed = commands.parse(text if text.strip() else _subject_commands(subject))
+            if not (parsed.commands or parsed.errors) or parsed.get("customer") is not None:
                 return None
-            if parsed.get("customer") is not None:
-                return None
+            only_reads = parsed.read_only and not parsed.changing and not parsed.errors
+            if parsed.body.strip() and (match.ticket is not None or not only_reads):
+                return None  # text for a ticket: a reply, or a new ticket's first mail
         target = match.ticket or self._tagged(session, message.subject)
         proven = sender.agent is not None and sender.proves_for(target)
         if show is None and proven and match.ticket is not None and not parsed.read_only:
@@ -282,6 +288,7 @@ class Console:
                 .options(selectinload(Message.attachments))
             )
         )[::-1]
+        files, attached = self._files(session, messages)
         thread: list[ShownMessage] = [
             {
                 "at": as_utc(m.created_at).strftime("%Y-%m-%d %H:%M"),
@@ -293,7 +300,10 @@ class Console:
                 "flag": m.flag,
                 "text": redact_links(m.body_text[:MAX_BODY]),
                 "cut": len(m.body_text) > MAX_BODY,
-                "attachments": [{"filename": a.filename, "size": a.size} for a in m.attachments],
+                "attachments": [
+                    {"filename": a.filename, "size": a.size, "attached": a.id in attached}
+                    for a in m.attachments
+                ],
             }
             for m in messages
         ]
@@ -318,8 +328,27 @@ class Console:
             sla=tuple(self._sla(session, ticket, now)),
         )
         to = Recipient.of_agent(agent)
-        self.notifier.notify(session, note, to, ticket=ticket, answering=answering)
+        self.notifier.notify(
+            session, note, to, ticket=ticket, answering=answering, attachments=files
+        )
         return 1
+
+    @staticmethod
+    def _files(session: Session, messages: list[Message]) -> tuple[list[Attachment], set[int]]:
+        """The files a #show carries, the newest messages' first, up to SHOW_ATTACHED_BYTES
+        in all; and the ids of the attachments they are."""
+        chosen, left = [], SHOW_ATTACHED_BYTES
+        for message in reversed(messages):
+            for attachment in message.attachments:
+                if attachment.size <= left:
+                    chosen.append(attachment)
+                    left -= attachment.size
+        chosen.reverse()  # in the order of the thread
+        wanted = {a.blob_sha256 for a in chosen}
+        rows = session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(wanted)))
+        data = {sha256: content for sha256, content in rows}
+        files = [Attachment(a.filename, a.content_type, data[a.blob_sha256]) for a in chosen]
+        return files, {a.id for a in chosen}
 
     def _sla(self, session: Session, ticket: Ticket, now: datetime) -> list[SlaClock]:
         """Both service-level clocks of the ticket, or none when `[sla]` is off."""
@@ -469,6 +498,12 @@ class Console:
         )
         self.notifier.notify(session, note, Recipient.of_agent(agent), answering=answering)
         return 1
+
+
+def _subject_commands(subject: str) -> str:
+    """A subject that is a command line (`#list mine`, `#show 12`), else ""."""
+    stripped = subject.strip()
+    return stripped if stripped.startswith("#") else ""
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,14 @@ class AgentList(Notification):
         ]
 
 
+# The files one #show carries at most, newest first; the rest are only named.
+SHOW_ATTACHED_BYTES = 10 * 1024 * 1024
+
+
 class Attached(TypedDict):
     filename: str
     size: int
+    attached: bool  # the file is in the #show mail (SHOW_ATTACHED_BYTES in all)
 
 
 # One message of a #show; `from` is a keyword, hence this spelling.
@@ -138,6 +143,7 @@ class AgentShow(Notification):
             "thread": [catalogue.message(m) for m in self.thread],
             "events": [catalogue.event(e) for e in self.events],
             "sla": [catalogue.sla_clock(c) for c in self.sla],
+            "attach_limit": f"{SHOW_ATTACHED_BYTES // (1024 * 1024)} MB",
             "commands_help": commands.help_text(language),
         }
 
@@ -154,7 +160,10 @@ class AgentShow(Notification):
             "flag": "",
             "text": sample_text(language)["customer"],
             "cut": False,
-            "attachments": [{"filename": "photo.jpg", "size": 48213}],
+            "attachments": [
+                {"filename": "photo.jpg", "size": 48213, "attached": True},
+                {"filename": "scan.pdf", "size": 31457280, "attached": False},
+            ],
         }
         note: ShownMessage = {**message, "kind": "note", "from": SAMPLE_AGENT[1], "from_name": "",
                               "internal": True, "flag": "forged-agent", "cut": True,
