@@ -27,6 +27,7 @@ from maildesk.exclusive import singly
 from maildesk.models import Agent, Event, JobRun, Ticket
 from maildesk.outbound.catalogue import AgentDigest, AgentSla, DigestRow, SlaState
 from maildesk.outbound.notify import Recipient
+from maildesk.states import TicketStatus
 from maildesk.tickets import sla as service_levels
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle
@@ -56,7 +57,7 @@ def autoclose(services: Services) -> int:
     with services.db.transaction() as session:
         lifecycle = Lifecycle(session, services.clock.now())
         for ticket in lifecycle.autoclose_candidates(days):
-            lifecycle.change(ticket, "status", "closed", "system", "schedule")
+            lifecycle.change(ticket, "status", TicketStatus.CLOSED, "system", "schedule")
             services.notices.status_notice(session, ticket)
             closed += 1
     if closed:
@@ -77,7 +78,7 @@ def digest(services: Services, day: date | None = None) -> int:
                     session.scalars(
                         select(Ticket)
                         .where(
-                            Ticket.status.in_(("new", "accepted")),
+                            Ticket.status.in_((TicketStatus.NEW, TicketStatus.ACCEPTED)),
                             or_(Ticket.owner_id == agent.id, Ticket.owner_id.is_(None)),
                         )
                         .order_by(Ticket.priority != "critical", Ticket.id)

@@ -23,8 +23,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from maildesk.states import InboundState, OutboxState, TicketStatus
+
 # Ticket life from the support policy; the Czech names are what customers read.
-STATUSES = ("new", "accepted", "waiting_customer", "resolved", "closed")
+# Plain strings for the CLI's and the commands' choices (states.py has the enum).
+STATUSES = tuple(status.value for status in TicketStatus)
 TYPES = ("modification", "bug", "consultation")
 PRIORITIES = ("critical", "normal", "low")
 
@@ -52,7 +55,7 @@ class Inbound(Base):
     digest: Mapped[str] = mapped_column(String(64), index=True)
     notify: Mapped[bool] = mapped_column(Boolean, default=True)
     # pending -> done | duplicate | quarantined | held (spam, see SpamHold)
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(16), default=InboundState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     # The token of the worker's claim that leases this row (maildesk/leases.py).
@@ -128,7 +131,7 @@ class Ticket(Base):
     # The id is the ticket number customers see in "[#42]".
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subject: Mapped[str] = mapped_column(Text, default="")
-    status: Mapped[str] = mapped_column(String(24), default="new")
+    status: Mapped[str] = mapped_column(String(24), default=TicketStatus.NEW)
     type: Mapped[str | None] = mapped_column(String(24), nullable=True)
     priority: Mapped[str] = mapped_column(String(16), default="normal")
     requester_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
@@ -283,7 +286,7 @@ class Outbox(Base):
     # auto_to is the recipient of an automatic reply, "" for anything else.
     auto_to: Mapped[str] = mapped_column(String(320), default="")
     # pending -> sent | failed; sent -> bounced
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(Timestamp)
     # The token of the sender's claim that leases this row (maildesk/leases.py).
@@ -366,19 +369,19 @@ class Confirmation(Base):
 
 
 # What customers read for each status, in the support policy's own words.
-STATUS_LABELS = {
+STATUS_LABELS: dict[str, dict[str, str]] = {
     "cs": {
-        "new": "Nový",
-        "accepted": "Přijatý",
-        "waiting_customer": "Čeká na reakci klienta",
-        "resolved": "Vyřešen, čeká na potvrzení/uzavření",
-        "closed": "Uzavřeno, nasazeno",
+        TicketStatus.NEW: "Nový",
+        TicketStatus.ACCEPTED: "Přijatý",
+        TicketStatus.WAITING_CUSTOMER: "Čeká na reakci klienta",
+        TicketStatus.RESOLVED: "Vyřešen, čeká na potvrzení/uzavření",
+        TicketStatus.CLOSED: "Uzavřeno, nasazeno",
     },
     "en": {
-        "new": "New",
-        "accepted": "Accepted",
-        "waiting_customer": "Waiting for your reply",
-        "resolved": "Resolved, waiting for confirmation",
-        "closed": "Closed, deployed",
+        TicketStatus.NEW: "New",
+        TicketStatus.ACCEPTED: "Accepted",
+        TicketStatus.WAITING_CUSTOMER: "Waiting for your reply",
+        TicketStatus.RESOLVED: "Resolved, waiting for confirmation",
+        TicketStatus.CLOSED: "Closed, deployed",
     },
 }

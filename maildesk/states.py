@@ -1,8 +1,9 @@
-"""The states a queued row can be in, as str-valued enums.
+"""The states a queued row can be in, and a ticket's statuses, as str-valued enums.
 
 The stored values are the enum values, unchanged from the plain strings used
 before, so no data migrates. A new state (the spam engineer's `held`) is one
-new member here; code that lists "every state" iterates the enum.
+new member here; code that lists "every state" iterates the enum. Being
+`StrEnum`s, members compare equal to the stored strings and format as them.
 """
 
 from __future__ import annotations
@@ -27,3 +28,19 @@ class OutboxState(StrEnum):
     SENT = "sent"
     FAILED = "failed"  # permanent failure, or gave up after the retry window
     BOUNCED = "bounced"  # sent, then a bounce for it came back
+
+
+# Both queues wait in a state of this one value, so the claim code (`leases.py`)
+# serves either queue with one condition.
+assert InboundState.PENDING == OutboxState.PENDING
+PENDING = InboundState.PENDING
+
+
+class TicketStatus(StrEnum):
+    """A ticket's status, in the order of the support policy (tickets/lifecycle.py moves it)."""
+
+    NEW = "new"
+    ACCEPTED = "accepted"  # an agent took it on
+    WAITING_CUSTOMER = "waiting_customer"  # we answered or asked; the customer's turn
+    RESOLVED = "resolved"  # waiting for the customer's confirmation, then autoclose
+    CLOSED = "closed"

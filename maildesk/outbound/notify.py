@@ -28,6 +28,7 @@ from maildesk.outbound.catalogue import Audience, LanguageRule, Notification, Ti
 from maildesk.outbound.compose import Address, Attachment, OutgoingMail, compose, thread_index
 from maildesk.outbound.headers import is_valid_msg_id
 from maildesk.outbound.render import Rendered, Renderer
+from maildesk.states import OutboxState
 from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.tokens import ReplyTokens
 
@@ -243,7 +244,7 @@ class Notifier:
             recipients=[r.email for r in recipients],
             raw=raw,
             auto_to=first.email.lower() if counted else "",
-            state="pending",
+            state=OutboxState.PENDING,
             attempts=0,
             next_attempt_at=now,
             last_error="",

@@ -24,6 +24,7 @@ from maildesk.outbound.catalogue import AgentReply
 from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import Notifier, Recipient
 from maildesk.pipeline.notices import Notices, customer_thread
+from maildesk.states import TicketStatus
 from maildesk.tickets import commands
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.command_errors import Code, CommandError, error
@@ -98,7 +99,9 @@ class AgentFlow:
         if paid is not None:
             lifecycle.change(ticket, "paid", "pending", mail.agent.email, "command")
             ticket.paid_note = paid.arg
-            lifecycle.change(ticket, "status", "waiting_customer", mail.agent.email, "command")
+            lifecycle.change(
+                ticket, "status", TicketStatus.WAITING_CUSTOMER, mail.agent.email, "command"
+            )
             return queued + self.notices.paid_notice(
                 session,
                 ticket,

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.message import ParsedMessage
 from maildesk.models import Outbox
+from maildesk.states import OutboxState
 from maildesk.tickets.service import NewMessage, Tickets
 
 log = logging.getLogger("maildesk.pipeline")
@@ -43,7 +44,7 @@ def record_bounce(
     if outbox is None or ticket is None:
         return False
     if message.bounced_recipients:
-        outbox.state = "bounced"
+        outbox.state = OutboxState.BOUNCED
         outbox.last_error = "bounced: " + ", ".join(sorted(message.bounced_recipients))
     tickets.add_message(
         ticket,

@@ -48,7 +48,7 @@ from maildesk.pipeline.prepare import HOLD, Budget, DeadlineExceeded, Prepared, 
 from maildesk.pipeline.spam import NOT_SCORED, SpamCheck, SpamVerdict
 from maildesk.pipeline.threader import Match, Threader
 from maildesk.pipeline.trust import UNVERIFIED_FLAG, Standing, standing
-from maildesk.states import InboundState
+from maildesk.states import InboundState, TicketStatus
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle
 from maildesk.tickets.service import NewMessage, Tickets
@@ -231,19 +231,19 @@ class Processor:
             log.warning("inbound %d failed (attempt %d), will retry", row.id, row.attempts)
             self.store.retry_later(row, failure.trace, now)
 
-    def _stages(self, session: Session, row: Inbound, work: _Work) -> tuple[str, int]:
+    def _stages(self, session: Session, row: Inbound, work: _Work) -> tuple[InboundState, int]:
         assert work.prepared is not None
         prepared, spam, auth = work.prepared, work.spam, work.auth
         message = prepared.message
         tickets = Tickets(session)
         if tickets.message_exists(message.message_id):
             log.info("inbound %d is a duplicate of <%s>", row.id, message.message_id)
-            return "duplicate", 0
+            return InboundState.DUPLICATE, 0
         verdict = classify(message, row.mail_from)
         if verdict.is_bounce:
             if not record_bounce(session, tickets, row.id, message, self.clock.now()):
                 raise Quarantine("bounce for no message maildesk sent")
-            return "done", 0
+            return InboundState.DONE, 0
         if self.spam.hold_if_spam(session, row, message, spam, self.clock.now()):
             return InboundState.HELD, 0
         sender = identify(session, message, row.rcpt_to, self.threader.tokens, auth)
@@ -257,14 +257,14 @@ class Processor:
         # agent's registered address only (pipeline/console.py).
         request = self.console.route(session, row, message, sender, match, prepared.text)
         if request is not None:
-            return "done", self.console.handle(session, request, self.clock.now())
+            return InboundState.DONE, self.console.handle(session, request, self.clock.now())
         if sender.agent is not None:
             mail = AgentMail(row, message, sender.agent, match.ticket, match.rule, prepared.text)
             log.info("inbound %d from agent %s (%s)", row.id, sender.agent.email, sender.proof)
-            return "done", self.agent_flow.handle(session, mail, self.clock.now())
+            return InboundState.DONE, self.agent_flow.handle(session, mail, self.clock.now())
         if sender.forged:
             log.warning("inbound %d claims agent %s without proof", row.id, message.from_addr)
-        return "done", self._record(
+        return InboundState.DONE, self._record(
             session,
             tickets,
             row,
@@ -306,7 +306,7 @@ class Processor:
         # notice is filed with the closed ticket, and so is unverified mail.
         if (
             ticket is not None
-            and ticket.status == "closed"
+            and ticket.status == TicketStatus.CLOSED
             and verdict.may_reply
             and trust.verified
         ):
@@ -314,7 +314,7 @@ class Processor:
                 ticket = self._open(tickets, message, language, now, previous=ticket)
                 rule = "new"
             else:
-                lifecycle.change(ticket, "status", "accepted", message.from_addr, "mail")
+                lifecycle.change(ticket, "status", TicketStatus.ACCEPTED, message.from_addr, "mail")
         opened = ticket is None
         if ticket is None:
             ticket = self._open(tickets, message, language, now)

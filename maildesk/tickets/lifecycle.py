@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.models import Agent, Event, Message, Ticket
 from maildesk.replies import has_word, is_only_thanks
+from maildesk.states import TicketStatus
 
 # Words a customer may reply with; the templates suggest them. Both languages
 # are always understood, whatever the customer's language.
@@ -26,7 +27,7 @@ CONFIRM_WORDS = ("POTVRZUJI", "CONFIRM")
 APPROVE_WORDS = ("SCHVALUJI", "APPROVE")
 DECLINE_WORDS = ("ODMITAM", "DECLINE")
 
-OPEN_STATUSES = ("new", "accepted", "waiting_customer")
+OPEN_STATUSES = (TicketStatus.NEW, TicketStatus.ACCEPTED, TicketStatus.WAITING_CUSTOMER)
 
 
 def paid_question(ticket: Ticket, round: int) -> str:
@@ -62,10 +63,10 @@ class Lifecycle:
         if old == new:
             return None
         if field == "status":
-            ticket.status = new or "new"
-            if new == "resolved":
+            ticket.status = new or TicketStatus.NEW
+            if new == TicketStatus.RESOLVED:
                 ticket.resolved_at = self.now
-            if new == "closed":
+            if new == TicketStatus.CLOSED:
                 ticket.closed_at = self.now
             if new in OPEN_STATUSES:
                 ticket.closed_at = None
@@ -104,13 +105,13 @@ class Lifecycle:
         """The first agent to act on a new ticket accepts it and, if unassigned, owns it."""
         if ticket.owner_id is None:
             self.change(ticket, "owner", agent.email, agent.email, via)
-        if ticket.status == "new":
-            self.change(ticket, "status", "accepted", agent.email, via)
+        if ticket.status == TicketStatus.NEW:
+            self.change(ticket, "status", TicketStatus.ACCEPTED, agent.email, via)
 
     def agent_replied(self, ticket: Ticket, agent: Agent, via: str) -> None:
         """A reply without #status means the ball is in the customer's court."""
-        if ticket.status in ("new", "accepted"):
-            self.change(ticket, "status", "waiting_customer", agent.email, via)
+        if ticket.status in (TicketStatus.NEW, TicketStatus.ACCEPTED):
+            self.change(ticket, "status", TicketStatus.WAITING_CUSTOMER, agent.email, via)
 
     def customer_replied(
         self,
@@ -134,16 +135,16 @@ class Lifecycle:
                 return self.answer_paid(ticket, True, actor, "mail")
             if has_word(text, DECLINE_WORDS):
                 return self.answer_paid(ticket, False, actor, "mail")
-        if ticket.status == "resolved":
+        if ticket.status == TicketStatus.RESOLVED:
             if has_word(text, CONFIRM_WORDS) or is_only_thanks(text):
                 if not verified:
                     return "reply"
-                self.change(ticket, "status", "closed", actor, "mail")
+                self.change(ticket, "status", TicketStatus.CLOSED, actor, "mail")
                 return "confirmed"
-            self.change(ticket, "status", "accepted", actor, "mail")
+            self.change(ticket, "status", TicketStatus.ACCEPTED, actor, "mail")
             return "disputed"
-        if ticket.status == "waiting_customer" and ticket.paid_state != "pending":
-            self.change(ticket, "status", "accepted", actor, "mail")
+        if ticket.status == TicketStatus.WAITING_CUSTOMER and ticket.paid_state != "pending":
+            self.change(ticket, "status", TicketStatus.ACCEPTED, actor, "mail")
         return "reply"
 
     def answer_paid(self, ticket: Ticket, approve: bool, actor: str, via: str) -> str:
@@ -151,7 +152,7 @@ class Lifecycle:
         record it and put the ticket back to work. Returns "approved" or "declined"."""
         state = "approved" if approve else "declined"
         self.change(ticket, "paid", state, actor, via)
-        self.change(ticket, "status", "accepted", actor, via)
+        self.change(ticket, "status", TicketStatus.ACCEPTED, actor, via)
         return state
 
     def answers_current_round(self, ticket: Ticket, answers: Sequence[str]) -> bool:
@@ -181,7 +182,7 @@ class Lifecycle:
         return list(
             self.session.scalars(
                 select(Ticket)
-                .where(Ticket.status == "resolved", Ticket.resolved_at <= cutoff)
+                .where(Ticket.status == TicketStatus.RESOLVED, Ticket.resolved_at <= cutoff)
                 .order_by(Ticket.id)
                 .limit(limit)
                 .with_for_update(of=Ticket, skip_locked=True)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
 from maildesk.models import Agent, Ticket
+from maildesk.states import TicketStatus
 from maildesk.tickets import sla
 from maildesk.tickets.command_errors import Code, CommandError, error
 from maildesk.tickets.lifecycle import OPEN_STATUSES
@@ -69,7 +70,7 @@ def tickets_for(
     elif wanted == "open":
         query = query.where(Ticket.status.in_(OPEN_STATUSES))
     elif wanted == "waiting":
-        query = query.where(Ticket.status == "waiting_customer")
+        query = query.where(Ticket.status == TicketStatus.WAITING_CUSTOMER)
     elif wanted.startswith("status="):
         query = query.where(Ticket.status == wanted.removeprefix("status="))
     elif wanted == "overdue":

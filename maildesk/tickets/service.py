@@ -25,6 +25,7 @@ from maildesk.models import (
     Person,
     Ticket,
 )
+from maildesk.states import TicketStatus
 from maildesk.tickets.search import index_message
 
 
@@ -180,7 +181,7 @@ class Tickets:
     ) -> Ticket:
         ticket = Ticket(
             subject=subject,
-            status="new",
+            status=TicketStatus.NEW,
             priority="normal",
             requester_id=requester.id,
             language=language,

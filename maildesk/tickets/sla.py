@@ -36,12 +36,13 @@ from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
 from maildesk.models import Event, Message, Ticket
+from maildesk.states import TicketStatus
 
 if TYPE_CHECKING:
     from maildesk.config import SlaSettings
 
-RUNNING = frozenset({"new", "accepted"})
-DONE = frozenset({"resolved", "closed"})
+RUNNING = frozenset({TicketStatus.NEW, TicketStatus.ACCEPTED})
+DONE = frozenset({TicketStatus.RESOLVED, TicketStatus.CLOSED})
 TARGETS = ("first_response", "resolution")
 REMIND_AT = 0.75
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|h|d)\s*$")
@@ -239,7 +240,7 @@ def state(
     status: str,
 ) -> State:
     """Both clocks of one ticket at `now`. `changes` are its status events."""
-    initial = "new"  # every ticket starts new; its events say the rest
+    initial: str = TicketStatus.NEW  # every ticket starts new; its events say the rest
     first = _clock(
         policy.hours(priority, "first_response"),
         "first_response",
@@ -307,7 +308,7 @@ def policy_from(settings: SlaSettings) -> Policy:
 
 # Mail that answered the customer: the first of these meets the first response.
 ANSWERS = ("agent_reply", "paid_notice")
-ANSWERED_STATUSES = ("waiting_customer", "resolved", "closed")
+ANSWERED_STATUSES = (TicketStatus.WAITING_CUSTOMER, TicketStatus.RESOLVED, TicketStatus.CLOSED)
 BREACH = "breached"
 
 

@@ -34,6 +34,8 @@ from maildesk.clock import as_utc, new_token
 from maildesk.inbound.store import Envelope
 from maildesk.message import clean_text
 from maildesk.models import STATUS_LABELS, Attachment, Blob, Message, Person, Ticket
+from maildesk.states import TicketStatus
+from maildesk.tickets.lifecycle import OPEN_STATUSES
 from maildesk.tickets.search import search
 from maildesk.tickets.visibility import PUBLIC, Scope
 from maildesk.web.pages import Form, Viewer, in_db, language, protected, render, see_other, site
@@ -41,8 +43,8 @@ from maildesk.web.pages import viewer as current_viewer
 
 SHOW = {
     "all": None,
-    "open": ("new", "accepted", "waiting_customer"),
-    "closed": ("resolved", "closed"),
+    "open": OPEN_STATUSES,
+    "closed": (TicketStatus.RESOLVED, TicketStatus.CLOSED),
 }
 TYPE_LABELS = {
     "cs": {"modification": "Úprava", "bug": "Chyba", "consultation": "Konzultace"},
