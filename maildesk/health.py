@@ -23,12 +23,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-
-from maildesk.clock import Clock, as_utc
+from maildesk.clock import Clock
 from maildesk.config import Settings
 from maildesk.db import Database
-from maildesk.models import Inbound, Outbox
+from maildesk.inbound import store
+from maildesk.outbound import outbox
+from maildesk.states import InboundState, OutboxState
 
 OK = "ok"
 DEGRADED = "degraded"
@@ -134,49 +134,23 @@ def free_disk_mb(settings: Settings) -> dict[str, int]:
 
 
 def _backlog(db: Database, now: datetime) -> Backlog:
-    with db.transaction() as session:
-        inbound = dict(
-            session.execute(
-                select(Inbound.state, func.count())
-                .where(Inbound.state.in_(("pending", "quarantined")))
-                .group_by(Inbound.state)
-            ).all()
-        )
-        quarantined_recently = session.scalar(
-            select(func.count()).where(
-                Inbound.state == "quarantined", Inbound.processed_at > now - timedelta(hours=1)
-            )
-        )
-        oldest_inbound = session.scalar(
-            select(func.min(Inbound.received_at)).where(Inbound.state == "pending")
-        )
-        outbox_pending = session.scalar(select(func.count()).where(Outbox.state == "pending"))
-        deferred = session.scalar(
-            select(func.count()).where(Outbox.state == "pending", Outbox.last_error != "")
-        )
-        oldest_outbox = session.scalar(
-            select(func.min(Outbox.created_at)).where(Outbox.state == "pending")
-        )
-        # Failing since the oldest unsent message that has a failure recorded was queued:
-        # it has been retried (and refused) ever since.
-        failing_since = session.scalar(
-            select(func.min(Outbox.created_at)).where(
-                Outbox.state == "pending", Outbox.last_error != ""
-            )
-        )
+    with db.reading() as session:
+        spool = store.counts(session, quarantined_since=now - timedelta(hours=1))
+        unsent = outbox.counts(session)
 
     def age(moment: datetime | None) -> float:
-        return max((now - as_utc(moment)).total_seconds(), 0.0) if moment else 0.0
+        return max((now - moment).total_seconds(), 0.0) if moment else 0.0
 
     return Backlog(
-        inbound_pending=inbound.get("pending", 0),
-        quarantined=inbound.get("quarantined", 0),
-        quarantined_last_hour=quarantined_recently or 0,
-        outbox_pending=outbox_pending or 0,
-        outbox_deferred=deferred or 0,
-        oldest_inbound_seconds=age(oldest_inbound),
-        oldest_outbox_seconds=age(oldest_outbox),
-        outbox_failing_seconds=age(failing_since),
+        inbound_pending=spool[InboundState.PENDING],
+        quarantined=spool[InboundState.QUARANTINED],
+        quarantined_last_hour=spool.quarantined_since,
+        outbox_pending=unsent[OutboxState.PENDING],
+        outbox_deferred=unsent.deferred,
+        oldest_inbound_seconds=age(spool.oldest_pending),
+        oldest_outbox_seconds=age(unsent.oldest_pending),
+        # Retried (and refused) ever since the oldest unsent row that failed was queued.
+        outbox_failing_seconds=age(unsent.failing_since),
     )
 
 

@@ -39,7 +39,10 @@ from sqlalchemy.orm import Session
 
 from maildesk.clock import Clock, as_utc
 from maildesk.db import Database
-from maildesk.models import Inbound, Outbox, Ticket
+from maildesk.inbound import store
+from maildesk.models import Inbound, Ticket
+from maildesk.outbound import outbox
+from maildesk.states import InboundState, OutboxState
 
 log = logging.getLogger("maildesk.metrics")
 
@@ -131,24 +134,11 @@ class DatabaseCollector(Collector):
             by_source = session.execute(
                 select(Inbound.source, func.count()).group_by(Inbound.source)
             ).all()
-            by_state = session.execute(
-                select(Inbound.state, func.count()).group_by(Inbound.state)
-            ).all()
-            # One labelled expression: PostgreSQL would see two different ones (each
-            # with its own bound "") in the select list and in GROUP BY.
-            failing = (Outbox.last_error != "").label("failing")
-            outbox = session.execute(
-                select(Outbox.state, failing, func.count()).group_by(Outbox.state, failing)
-            ).all()
+            spool = store.counts(session)
+            unsent = outbox.counts(session)
             tickets = session.execute(
                 select(Ticket.status, func.count()).group_by(Ticket.status)
             ).all()
-            oldest_in = session.scalar(
-                select(func.min(Inbound.received_at)).where(Inbound.state == "pending")
-            )
-            oldest_out = session.scalar(
-                select(func.min(Outbox.created_at)).where(Outbox.state == "pending")
-            )
             self._scan_latency(session)
 
         accepted = CounterMetricFamily(
@@ -162,12 +152,10 @@ class DatabaseCollector(Collector):
 
         inbound = GaugeMetricFamily(
             "maildesk_inbound_messages",
-            "Stored messages by state: pending, done, duplicate, quarantined.",
+            "Stored messages by state: pending, done, duplicate, quarantined, held (spam).",
             labels=["state"],
         )
-        states = dict.fromkeys(("pending", "done", "duplicate", "quarantined"), 0)
-        states.update({state: count for state, count in by_state})
-        for state, count in states.items():
+        for state, count in spool.by_state.items():
             inbound.add_metric([state], count)
         yield inbound
 
@@ -177,12 +165,11 @@ class DatabaseCollector(Collector):
             "after a temporary failure), sent, failed, bounced.",
             labels=["state"],
         )
-        out_states = dict.fromkeys(("queued", "deferred", "sent", "failed", "bounced"), 0)
-        for state, errored, count in outbox:
-            name = ("deferred" if errored else "queued") if state == "pending" else state
-            out_states[name] = out_states.get(name, 0) + count
-        for state, count in out_states.items():
-            out.add_metric([state], count)
+        out.add_metric(["queued"], unsent[OutboxState.PENDING] - unsent.deferred)
+        out.add_metric(["deferred"], unsent.deferred)
+        for state, count in unsent.by_state.items():
+            if state != OutboxState.PENDING:
+                out.add_metric([state], count)
         yield out
 
         by_status = GaugeMetricFamily("maildesk_tickets", "Tickets by status.", labels=["status"])
@@ -193,13 +180,13 @@ class DatabaseCollector(Collector):
         yield _age(
             "maildesk_inbound_oldest_pending_seconds",
             "Age of the oldest stored message not yet processed (0: none).",
-            oldest_in,
+            spool.oldest_pending,
             now,
         )
         yield _age(
             "maildesk_outbox_oldest_pending_seconds",
             "Age of the oldest outbound message not yet sent (0: none).",
-            oldest_out,
+            unsent.oldest_pending,
             now,
         )
 
@@ -214,7 +201,7 @@ class DatabaseCollector(Collector):
     def _start(self, session: Session) -> None:
         top = session.scalar(select(func.max(Inbound.id))) or 0
         first_pending = session.scalar(
-            select(func.min(Inbound.id)).where(Inbound.state == "pending")
+            select(func.min(Inbound.id)).where(Inbound.state == InboundState.PENDING)
         )
         self._floor = first_pending if first_pending is not None else top + 1
 
@@ -232,13 +219,13 @@ class DatabaseCollector(Collector):
         ).all()
         next_floor = top + 1
         for row_id, state, received_at, processed_at in rows:
-            if state == "pending":
+            if state == InboundState.PENDING:
                 next_floor = min(next_floor, row_id)
                 continue
             if row_id in self._counted:
                 continue
             self._counted.add(row_id)
-            if state == "done" and processed_at is not None:
+            if state == InboundState.DONE and processed_at is not None:
                 seconds = (as_utc(processed_at) - as_utc(received_at)).total_seconds()
                 self._latency.observe(max(seconds, 0.0))
         self._floor = next_floor

@@ -22,14 +22,17 @@ def outbox() -> None:
 def outbox_list(ctx: Context, as_json: bool, show_all: bool) -> None:
     """Unsent outbound mail (or all with --all): attempts, next try, last error."""
     from sqlalchemy import select
+    from sqlalchemy.orm import defer
 
     from maildesk.models import Outbox
+    from maildesk.states import OutboxState
     from maildesk.tickets import views
 
-    with ctx.db.transaction() as session:
-        query = select(Outbox).order_by(Outbox.id)
+    with ctx.db.reading() as session:
+        # The rows' text, not their bytes: a list must not load every queued message.
+        query = select(Outbox).options(defer(Outbox.raw)).order_by(Outbox.id)
         if not show_all:
-            query = query.where(Outbox.state != "sent")
+            query = query.where(Outbox.state != OutboxState.SENT)
         rows: list[dict[str, Any]] = [
             {
                 "id": o.id,
@@ -39,7 +42,9 @@ def outbox_list(ctx: Context, as_json: bool, show_all: bool) -> None:
                 "recipients": list(o.recipients),
                 "message_id": o.message_id,
                 "attempts": o.attempts,
-                "next_attempt_at": views.iso(o.next_attempt_at) if o.state == "pending" else None,
+                "next_attempt_at": (
+                    views.iso(o.next_attempt_at) if o.state == OutboxState.PENDING else None
+                ),
                 "last_error": o.last_error,
                 "created_at": views.iso(o.created_at),
                 "sent_at": views.iso(o.sent_at),
@@ -93,11 +98,13 @@ def quarantine() -> None:
 def quarantine_list(ctx: Context, as_json: bool) -> None:
     """Held messages with their reasons; `quarantine retry ID` replays one."""
     from sqlalchemy import select
+    from sqlalchemy.orm import defer
 
     from maildesk.models import Inbound
+    from maildesk.states import InboundState
     from maildesk.tickets import views
 
-    with ctx.db.transaction() as session:
+    with ctx.db.reading() as session:
         rows = [
             {
                 "id": row.id,
@@ -109,7 +116,10 @@ def quarantine_list(ctx: Context, as_json: bool) -> None:
                 "attempts": row.attempts,
             }
             for row in session.scalars(
-                select(Inbound).where(Inbound.state == "quarantined").order_by(Inbound.id)
+                select(Inbound)
+                .options(defer(Inbound.raw))
+                .where(Inbound.state == InboundState.QUARANTINED)
+                .order_by(Inbound.id)
             )
         ]
     if as_json:

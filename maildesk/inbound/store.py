@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
 from maildesk import leases
-from maildesk.clock import Clock
+from maildesk.clock import Clock, as_utc
 from maildesk.db import Database
 from maildesk.inbound.groupcommit import GroupCommit, Waiting
 from maildesk.models import Inbound
@@ -137,7 +137,7 @@ class InboundStore:
     def requeue(self, inbound_id: int) -> bool:
         """Send a quarantined message through the pipeline again, with fresh attempts."""
         with self._db.transaction() as session:
-            row = session.get(Inbound, inbound_id)
+            row = session.get(Inbound, inbound_id, options=[defer(Inbound.raw)])
             if row is None or row.state != InboundState.QUARANTINED:
                 return False
             row.state = InboundState.PENDING
@@ -200,7 +200,7 @@ class InboundStore:
             .with_for_update()
         ).one_or_none()
 
-    def finish(self, row: Inbound, state: InboundState | str, now: datetime) -> None:
+    def finish(self, row: Inbound, state: InboundState, now: datetime) -> None:
         row.state = state
         row.processed_at = now
         row.next_attempt_at = None
@@ -228,11 +228,41 @@ class InboundStore:
         with self._db.transaction() as session:
             return leases.release_all(session, Inbound, self._clock.now())
 
-    def counts(self) -> Counter[str]:
-        """How many rows are in each state (the health check, the CLI)."""
+    def counts(self, quarantined_since: datetime | None = None) -> SpoolCounts:
+        """How many rows are in each state, and how old the backlog is (a deferred read)."""
         with self._db.reading() as session:
-            found = session.execute(select(Inbound.state, func.count()).group_by(Inbound.state))
-            return Counter({str(state): int(n) for state, n in found})
+            return counts(session, quarantined_since)
+
+
+@dataclass(frozen=True)
+class SpoolCounts:
+    """The spool at one moment: what status lines, /healthz and /metrics show."""
+
+    by_state: Counter[str]  # every InboundState, zeros included
+    oldest_pending: datetime | None  # when the oldest unprocessed message was received
+    quarantined_since: int = 0  # quarantined after the moment `counts` was asked about
+
+    def __getitem__(self, state: InboundState) -> int:
+        return self.by_state[state]
+
+
+def counts(session: Session, quarantined_since: datetime | None = None) -> SpoolCounts:
+    """The spool's counts, read in `session` (callers that read more in one transaction)."""
+    found = session.execute(select(Inbound.state, func.count()).group_by(Inbound.state))
+    by_state = Counter(dict.fromkeys(map(str, InboundState), 0))
+    by_state.update({str(state): int(n) for state, n in found})
+    oldest = session.scalar(
+        select(func.min(Inbound.received_at)).where(Inbound.state == InboundState.PENDING)
+    )
+    recent: int | None = 0
+    if quarantined_since is not None:
+        recent = session.scalar(
+            select(func.count()).where(
+                Inbound.state == InboundState.QUARANTINED,
+                Inbound.processed_at > quarantined_since,
+            )
+        )
+    return SpoolCounts(by_state, as_utc(oldest) if oldest else None, int(recent or 0))
 
 
 @dataclass(frozen=True)
