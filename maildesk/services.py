@@ -87,7 +87,7 @@ def build(settings: Settings, clock: Clock | None = None) -> Services:
             session, clock, secret, settings.support.base_url, settings.web.invitation_days
         )
 
-    notices = Notices(notifier, links, settings.support.language, accounts)
+    notices = Notices(notifier, links, accounts)
     threader = Threader(tokens, settings.support.tag_prefix)
     store = InboundStore(db, clock)
     processor = Processor(db, settings, clock, notices, threader, store)

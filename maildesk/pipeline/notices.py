@@ -40,12 +40,10 @@ class Notices:
         self,
         notifier: Notifier,
         links: PaidLinks,
-        staff_language: str,
         accounts: Callable[[Session], Accounts],
     ) -> None:
         self.notifier = notifier
         self.links = links
-        self.staff_language = staff_language
         self.accounts = accounts
 
     # -- to the customer -----------------------------------------------------
