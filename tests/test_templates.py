@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import logging
 import os
 import shutil
@@ -162,6 +163,22 @@ def test_list_names_every_template_with_languages_and_parts(config_file: Path) -
         assert "cs:" in lines[name] and "en:" in lines[name]
     assert "text+html" in lines["acknowledgement"]
     assert "(agent)" in lines["agent_digest"] and "(customer)" in lines["closed"]
+
+
+def test_list_json_says_how_each_kind_is_sent(config_file: Path) -> None:
+    result = run(config_file, "templates", "list", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)["templates"]}
+    assert rows["agent_reply"] | {"languages": None} == {
+        "name": "agent_reply",
+        "languages": None,
+        "audience": "customer",
+        "language": "ticket",
+        "automatic": False,
+        "sent_by_maildesk": True,
+    }
+    assert rows["agent_sla"]["language"] == "agent" and rows["agent_sla"]["automatic"]
+    assert rows["acknowledgement"]["language"] == "customer"
 
 
 def test_check_passes_on_the_shipped_templates(config_file: Path) -> None:
