@@ -5,7 +5,9 @@ the `--pg-url` database, writes one config per instance (that schema, its own SM
 and web port, one shared relay: an SMTP sink in this process), runs `maildesk
 init` for all of them at once, starts them, and sends the same `--messages`
 ~`--size`-byte customer messages (each opens a ticket) over `--connections`
-persistent SMTP sessions, connection k to instance k mod N, unpaced. It waits
+persistent SMTP sessions, connection k to instance k mod N, unpaced; they come
+from 24 customers, as `bench/ingest.py`'s do, or with `--distinct-senders` each
+from a customer of its own (no two workers then create one person). It waits
 until every instance reports empty queues on /healthz and reads from the database:
 
 - accepted msg/s: N / (first connect .. last 250), client side;
@@ -60,7 +62,7 @@ import common
 import pgschema
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from ingest import ClientRun, _client
+from ingest import ClientRun
 from sqlalchemy import create_engine, event, text
 
 from maildesk import config
@@ -246,6 +248,39 @@ class ConnectionWatch:
         self._thread.join()
 
 
+def mail(i: int, run: str, size: int, distinct: bool) -> tuple[str, bytes]:
+    """(envelope sender, message) of the i-th message: from one of the 24 customers of
+    `common.sender`, or with `distinct` from a customer of its own."""
+    address = common.sender(i)[1]
+    raw = common.customer_message(i, run=run, size=size, date=datetime.now(UTC))
+    if distinct:
+        own = f"m{i}.{address}"
+        raw = raw.replace(f"<{address}>".encode(), f"<{own}>".encode())
+        address = own
+    return address, raw
+
+
+def _client(
+    port: int,
+    indices: list[int],
+    run: str,
+    size: int,
+    distinct: bool,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """One persistent SMTP session: build its messages, wait for the others, send them."""
+    mails = [mail(i, run, size, distinct) for i in indices]
+    barrier.wait()
+    started = time.time()
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.localhost", timeout=120) as smtp:
+        for mail_from, raw in mails:
+            if refused := smtp.sendmail(mail_from, [common.SUPPORT], raw):
+                raise RuntimeError(f"refused: {refused}")
+        finished = time.time()
+    results.put((len(mails), started, finished))
+
+
 def send_spread(ports: list[int], args: argparse.Namespace, run: str) -> ClientRun:
     """`--connections` persistent sessions, connection k to ports[k mod N], unpaced."""
     ctx = mp.get_context("fork")
@@ -259,7 +294,7 @@ def send_spread(ports: list[int], args: argparse.Namespace, run: str) -> ClientR
                 list(range(k, args.messages, args.connections)),
                 run,
                 args.size,
-                0.0,
+                args.distinct_senders,
                 barrier,
                 results,
             ),
@@ -402,7 +437,15 @@ class Tally:
         return self.statements + self.begins + self.ends + self.checkouts
 
 
-def count_round_trips(args: argparse.Namespace, workdir: Path, run: str) -> dict[str, Tally]:
+@dataclass(frozen=True)
+class Volume:
+    stored: int  # bytes of the schema's tables, indexes and TOAST after the run
+    wal: int  # bytes of WAL the cluster wrote meanwhile (anyone's: an upper bound)
+
+
+def count_round_trips(
+    args: argparse.Namespace, workdir: Path, run: str
+) -> tuple[dict[str, Tally], Volume]:
     """What storing, processing and sending `--count` messages cost, per message."""
     folder = workdir / "count"
     folder.mkdir()
@@ -440,6 +483,9 @@ def count_round_trips(args: argparse.Namespace, workdir: Path, run: str) -> dict
             (common.sender(i)[1], common.customer_message(i, run=run, size=args.size, date=date))
             for i in range(args.count)
         ]
+        with engine.connect() as conn:
+            wal_before = conn.exec_driver_sql("SELECT pg_current_wal_lsn()").scalar()
+            stored_before = conn.exec_driver_sql(STORED).scalar()
         current[0] = phases["accept"]
         for mail_from, raw in mails:
             services.store.put(raw, InboundEnvelope("smtp", mail_from, (common.SUPPORT,)))
@@ -450,10 +496,25 @@ def count_round_trips(args: argparse.Namespace, workdir: Path, run: str) -> dict
         while sender.send_due():
             pass
         sender.transport.close()
+        current[0] = Tally()
+        with engine.connect() as conn:
+            wal = conn.exec_driver_sql(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %(before)s::pg_lsn)",
+                {"before": str(wal_before)},
+            ).scalar()
+            stored = conn.exec_driver_sql(STORED).scalar()
         services.db.dispose()
         if processed != args.count:
             raise RuntimeError(f"processed {processed} of {args.count}")
-    return phases
+    return phases, Volume(int(stored or 0) - int(stored_before or 0), int(wal or 0))
+
+
+# The size of every table of the schema in use, with its indexes and TOAST.
+STORED = (
+    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+    " JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+)
 
 
 # -- main ---------------------------------------------------------------------------
@@ -466,11 +527,12 @@ def ms(values_: list[float], pct: float) -> str:
 def run(args: argparse.Namespace, workdir: Path) -> None:
     run_id = f"scale{os.getpid()}x{int(time.time())}"
     results = [run_instances(int(n), args, workdir, run_id) for n in args.instances.split(",") if n]
-    phases = count_round_trips(args, workdir, run_id) if args.count else {}
+    phases, volume = count_round_trips(args, workdir, run_id) if args.count else ({}, None)
     print()
     print(
         f"scale-out on PostgreSQL: {args.messages} messages of ~{args.size} bytes, "
-        f"{args.connections} persistent SMTP connections spread over the instances, unpaced"
+        f"{args.connections} persistent SMTP connections spread over the instances, unpaced, "
+        + ("each from its own customer" if args.distinct_senders else "from 24 customers")
     )
     print(f"machine: {common.machine(workdir)}")
     print(f"{args.cpu_watch.note()}; maildesk sources {common.code_fingerprint()}")
@@ -532,6 +594,12 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                 ["phase", "statements", "transactions (commits)", "round trips"], tally_rows
             )
         )
+    if volume:
+        print(
+            f"stored per message (tables, indexes, TOAST): {volume.stored / args.count / 1024:.1f}"
+            f" KiB; WAL written per message: {volume.wal / args.count / 1024:.1f} KiB"
+            " (the whole cluster's WAL over the run, other clients' writes included)"
+        )
 
 
 def main() -> None:
@@ -540,6 +608,11 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1500)
     parser.add_argument("--connections", type=int, default=6)
     parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument(
+        "--distinct-senders",
+        action="store_true",
+        help="each message from its own customer (default: 24 customers write them all)",
+    )
     parser.add_argument("--count", type=int, default=300, help="messages to count statements of")
     parser.add_argument("--pg-url", default=pgschema.DEFAULT_URL)
     parser.add_argument("--workdir", type=Path, default=None)
