@@ -33,6 +33,7 @@ from tests.client_replies import (
 from tests.conftest import Outbox, RunningDaemon
 from tests.mailclient import (
     AGENT,
+    AGENT_NAME,
     ALICE,
     CUSTOMER_TEXT,
     SUPPORT_NAME,
@@ -224,3 +225,35 @@ def test_unknown_command_sends_the_agent_an_error_and_the_customer_nothing(
     assert (state["status"], state["owner"], state["priority"]) == ("new", None, "normal")
     assert state["events"] == []
     assert [m["kind"] for m in state["messages"]] == ["customer", "acknowledgement"]
+
+
+# Outlook's and a phone's signature: no "-- " line above it, the agent's name first.
+OUTLOOK_SIGNATURE = f"{AGENT_NAME}\nExample Support s.r.o.\nTel. +420 777 000 000\n"
+
+
+def test_commands_above_the_agents_signature_send_the_customer_nothing(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    opened = open_ticket(daemon, outbox)
+    top = f"#assign me\n#priority critical\n\n{OUTLOOK_SIGNATURE}\n"
+    raw = client_reply(OUTLOOK_EN, opened.notification, opened.reply_to, top=top)
+    agent_sends(daemon, raw, opened.reply_to)
+    [_, alert] = mail_to(outbox, AGENT, 2)  # the critical alert: the mail was processed
+    assert alert.subject == "[#1] CRITICAL: Printer broken"
+
+    assert [r["kind"] for r in queued_to(config_file, ALICE)] == ["acknowledgement"]
+    state = show(config_file)
+    # Not answered: the first response is still due, the customer still waited on.
+    assert (state["owner"], state["status"], state["priority"]) == (AGENT, "accepted", "critical")
+
+
+def test_the_agents_signature_is_not_relayed_below_the_text(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    opened = open_ticket(daemon, outbox)
+    top = f"{GREETING}\n\n{OUTLOOK_SIGNATURE}\n"
+    raw = client_reply(OUTLOOK_EN, opened.notification, opened.reply_to, top=top)
+    agent_sends(daemon, raw, opened.reply_to)
+
+    [_, relay] = mail_to(outbox, ALICE, 2)
+    assert relay.text == f"{GREETING}\n\n{SIGNATURE}"

@@ -275,7 +275,11 @@ def test_a_request_in_the_subject_or_above_a_signature_is_answered_not_opened(
     agent_writes(daemon, BOB, "#search printer\n\nBob Builder\nSent from my iPhone\n")
     [found] = mails_to(outbox, BOB, "#search printer")
     assert "Printer broken" in found.text
-    processed(daemon, 3)
+    # A typo above the signature is explained, not opened as a ticket.
+    agent_writes(daemon, AGENT, "#lsit mine\n\nAgnes Agent\nExample Support\n", subject="list")
+    [error] = mails_to(outbox, AGENT, "Not sent: list")
+    assert "#lsit mine: unknown command" in error.text
+    processed(daemon, 4)
     assert [t["number"] for t in cli(config_file, "tickets", "list")] == [1]  # no new ticket
 
 

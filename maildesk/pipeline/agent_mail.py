@@ -89,6 +89,7 @@ class AgentFlow:
         if parsed.get("note") is not None or intake is not None:
             return queued
         body = _without_internal_lines(session, ticket, parsed.body)
+        body = _without_own_signature(body, (mail.agent.name, mail.message.from_name))
         name = agent_name(mail.agent, mail.message)
         canned_reply = parsed.get("reply")
         if canned_reply is not None:
@@ -301,6 +302,22 @@ def attachments_of(message: ParsedMessage) -> tuple[Attachment, ...]:
 
 def _normalize(line: str) -> str:
     return " ".join(line.lstrip("> ").split()).lower()
+
+
+# How far from the end an agent's own signature block may start (name, firm, phone...).
+_SIGNATURE_LINES = 6
+
+
+def _without_own_signature(text: str, names: tuple[str, ...]) -> str:
+    """Drop the agent's signature block: from a line that is just the agent's name, near
+    the end. Outlook and phones add it with no "-- " line; the relay signs for the agent,
+    and "#take" above a signature must not mail the customer a signature alone."""
+    wanted = {_normalize(n) for n in names if n and "@" not in n}
+    lines = text.rstrip().splitlines()
+    for i in range(max(len(lines) - _SIGNATURE_LINES, 0), len(lines)):
+        if _normalize(lines[i]) in wanted:
+            return "\n".join(lines[:i]).rstrip()
+    return text
 
 
 def _without_internal_lines(session: Session, ticket: Ticket, text: str) -> str:

@@ -10,7 +10,8 @@ Which mail is a console request (`Console.route`):
   thread as before. An empty text takes its command from the subject
   (`Subject: #list mine`); in a new mail that only reads (`#list`, `#show`,
   ...), the text below the commands is the client's signature ("Sent from my
-  iPhone") and is ignored.
+  iPhone") and is ignored, and a mistyped command (`#lsit`) is an error back
+  to the agent rather than a new ticket.
 
 What a request may do:
 - Read-only commands (`#list`, `#show`, `#search`, `#help`, `#replies`) are
@@ -33,6 +34,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
@@ -127,7 +129,9 @@ class Console:
             parsed = commands.parse(text if text.strip() else _subject_commands(subject))
             if not (parsed.commands or parsed.errors) or parsed.get("customer") is not None:
                 return None
-            only_reads = parsed.read_only and not parsed.changing and not parsed.errors
+            # Reading commands (or mistyped ones) in a new mail: the text below is a
+            # signature; a typo is answered with an error, not opened as a ticket.
+            only_reads = not parsed.changing
             if parsed.body.strip() and (match.ticket is not None or not only_reads):
                 return None  # text for a ticket: a reply, or a new ticket's first mail
         target = match.ticket or self._tagged(session, message.subject)
@@ -291,7 +295,7 @@ class Console:
         files, attached = self._files(session, messages)
         thread: list[ShownMessage] = [
             {
-                "at": as_utc(m.created_at).strftime("%Y-%m-%d %H:%M"),
+                "at": self._local(m.created_at),
                 "direction": m.direction,
                 "kind": m.kind,
                 "from": m.from_addr,
@@ -309,7 +313,7 @@ class Console:
         ]
         events: list[ShownEvent] = [
             {
-                "at": as_utc(e.at).strftime("%Y-%m-%d %H:%M"),
+                "at": self._local(e.at),
                 "actor": e.actor,
                 "field": e.field,
                 "old": e.old or "",
@@ -350,6 +354,11 @@ class Console:
         files = [Attachment(a.filename, a.content_type, data[a.blob_sha256]) for a in chosen]
         return files, {a.id for a in chosen}
 
+    def _local(self, moment: datetime) -> str:
+        """A moment as the desk reads it: in its working-hours zone (`[sla] timezone`)."""
+        zone = ZoneInfo(self.notifier.settings.sla.timezone)
+        return as_utc(moment).astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+
     def _sla(self, session: Session, ticket: Ticket, now: datetime) -> list[SlaClock]:
         """Both service-level clocks of the ticket, or none when `[sla]` is off."""
         settings = self.notifier.settings.sla
@@ -364,7 +373,7 @@ class Console:
                 where = "breached"
             else:
                 where = "running" if clock.running else "paused"
-            due = as_utc(clock.due).strftime("%Y-%m-%d %H:%M") if clock.due else ""
+            due = self._local(clock.due) if clock.due else ""
             used = round(clock.share * 100)
             clocks.append({"name": clock.name, "state": where, "due": due, "used": used})
         return clocks

@@ -151,7 +151,7 @@ class AgentShow(Notification):
     def samples(cls, language: str, base_url: str) -> list[Self]:
         name, address = SAMPLE_CUSTOMER
         message: ShownMessage = {
-            "at": "2026-01-05 09:30",
+            "at": "2026-01-05 10:30 CET",
             "direction": "in",
             "kind": "customer",
             "from": address,
@@ -169,7 +169,7 @@ class AgentShow(Notification):
                               "internal": True, "flag": "forged-agent", "cut": True,
                               "attachments": []}  # fmt: skip
         event: ShownEvent = {
-            "at": "2026-01-05 09:41",
+            "at": "2026-01-05 10:41 CET",
             "actor": SAMPLE_AGENT[1],
             "field": "owner",
             "old": "",
@@ -178,7 +178,7 @@ class AgentShow(Notification):
         }
         clocks: tuple[SlaClock, ...] = (
             {"name": "first_response", "state": "met", "due": "", "used": 40},
-            {"name": "resolution", "state": "running", "due": "2026-01-09 15:00", "used": 12},
+            {"name": "resolution", "state": "running", "due": "2026-01-09 16:00 CET", "used": 12},
         )
         return [
             cls((message, note), 3, (event,), "2h", "5m", ("petr@example.test",), clocks),
