@@ -300,3 +300,16 @@ def test_show_carries_the_tickets_files_up_to_its_limit(
     assert attachments(shown.msg) == [("error.log", "text/plain", b"E" * 600)]
     assert "attachment: error.log (600 bytes)\n" in shown.text
     assert "attachment: screen.png (800 bytes), not attached: a #show carries" in shown.text
+
+
+def test_lang_in_a_console_mail_waits_for_confirmation_like_any_change(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    open_ticket(daemon, outbox)  # Alice writes English
+    # A new mail naming the ticket proves nothing: the agent's mailbox confirms.
+    agent_writes(daemon, AGENT, "#lang cs", subject="[#1] she prefers Czech")
+    [confirm] = mails_to(outbox, AGENT, "Confirm: #lang cs on [#1]")
+    assert show(config_file)["language"] == "en"
+    agent_writes(daemon, AGENT, "yes", to=reply_to(confirm), answering=confirm)
+    mails_to(outbox, AGENT, "Done: #lang cs")
+    assert show(config_file)["language"] == "cs"

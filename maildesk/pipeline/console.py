@@ -19,7 +19,7 @@ What a request may do:
   so a forged request reads nothing. At most `PER_HOUR` requests per agent
   per hour are answered; the rest are logged and dropped.
 - State-changing commands (`#assign`, `#take`, `#watch`, `#unwatch`, `#cc`,
-  `#status`, `#type`, `#priority`, `#reply`) act on the ticket the mail names
+  `#status`, `#type`, `#priority`, `#lang`, `#reply`) act on the ticket the mail names
   (its thread, or `[#N]` in the subject). They run at once when the mail
   proves the agent for that ticket. Otherwise the agent gets a confirmation
   mail: it runs them when the agent replies to it or presses its button,
@@ -77,7 +77,9 @@ MAX_READS = 5  # read-only commands answered from one mail
 MAX_SHOWN = 100  # messages of a #show, the newest ones
 MAX_BODY = 20_000  # characters of one message body in a #show
 # What an unproven mail may ask for, pending confirmation (and a proven one may run here).
-CHANGING = frozenset({"assign", "watch", "unwatch", "cc", "status", "type", "priority", "reply"})
+CHANGING = frozenset(
+    {"assign", "watch", "unwatch", "cc", "status", "type", "priority", "lang", "reply"}
+)
 
 
 @dataclass(frozen=True)
