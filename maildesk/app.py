@@ -74,7 +74,8 @@ class Daemon:
         self.pool: WorkerPool | None = None
         self.worker: Worker | None = None
         if count and config_path is not None:
-            self.pool = WorkerPool(count, worker_command(config_path, verbose))
+            command = worker_command(config_path, verbose)
+            self.pool = WorkerPool(count, command, lambda: self.services.settings)
         else:
             self.worker = Worker(services)
 

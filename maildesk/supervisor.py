@@ -139,7 +139,7 @@ class Supervisor:
         try:
             new = await loop.run_in_executor(None, self._load_and_check)
             if new is not None:
-                await loop.run_in_executor(None, self._apply, new)
+                await loop.run_in_executor(None, self.apply, new)
             return new is not None
         finally:
             await self.ready()
@@ -148,7 +148,7 @@ class Supervisor:
         """`reload` for a process without an event loop (a worker, on SIGHUP)."""
         new = self._load_and_check()
         if new is not None:
-            self._apply(new)
+            self.apply(new)
         return new is not None
 
     def _load_and_check(self) -> Settings | None:
@@ -164,7 +164,8 @@ class Supervisor:
             return None
         return new
 
-    def _apply(self, new: Settings) -> None:
+    def apply(self, new: Settings) -> None:
+        """Put checked settings in force: what can change at once does, the rest waits."""
         from maildesk.tickets.agents import Agents
 
         old = self.services.settings

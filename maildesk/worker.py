@@ -19,15 +19,20 @@ are closed) processes until nothing is due first.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
+from typing import NoReturn
 
+from maildesk import config
+from maildesk.config import Settings
 from maildesk.services import Services
 
 log = logging.getLogger("maildesk.worker")
@@ -39,12 +44,80 @@ SWEEP_SECONDS = 2.0
 # little next to processing.
 CLAIM_BATCH = 32
 
-# What serve writes on a worker's stdin (`workerpool.py`).
+# What serve writes on a worker's stdin (`workerpool.py`): first the settings it runs
+# with (a frame), then one byte per order.
 WAKE = b"w"  # new mail is stored: claim now
 DRAIN = b"d"  # the listeners are closed: process what is due, then exit
-RELOAD = b"r"  # serve applied a new config: read it and the templates too
-# What a worker under serve writes on its stdout once it has read the config and runs.
-READY = b"R"
+RELOAD = b"r"  # followed by a frame: the settings serve applied at a reload
+_LENGTH = 8  # bytes of a frame's length prefix
+
+
+def frame(settings: Settings) -> bytes:
+    """Settings as serve hands them to a worker: a length, then the sections as JSON.
+
+    The settings themselves, not the config file's path: a worker (re)started after
+    someone edited the file, and before serve accepted the edit with a reload, must
+    run what serve runs. JSON read back through `config.from_mapping`, so the worker
+    checks them as if read from a file (paths in them are already absolute).
+    """
+    sections = {
+        name: value
+        for name, value in dataclasses.asdict(settings).items()
+        if name != "base_dir" and value is not None
+    }
+    data = json.dumps({"base_dir": settings.base_dir, "sections": sections}).encode()
+    return len(data).to_bytes(_LENGTH, "big") + data
+
+
+class OrderPipe:
+    """Serve's end of the bargain, read on a worker's stdin: frames and order bytes.
+
+    Reads the file descriptor directly (no read-ahead buffer of its own to lose a
+    frame in); end of file means serve is gone, and the process exits at once.
+    """
+
+    def __init__(self, fd: int = 0) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+
+    def settings(self) -> Settings:
+        """The next frame: the settings serve runs with."""
+        length = int.from_bytes(self._exactly(_LENGTH), "big")
+        data = json.loads(self._exactly(length))
+        return config.from_mapping(data["sections"], base_dir=Path(data["base_dir"]))
+
+    def orders(self) -> bytes:
+        """The order bytes that arrived (at least one); a RELOAD ends them, its frame next."""
+        if not self._buffer:
+            self._fill()
+        end = self._buffer.find(RELOAD)
+        end = len(self._buffer) if end < 0 else end + 1
+        orders = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        return orders
+
+    def _exactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            self._fill()
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    def _fill(self) -> None:
+        try:
+            data = os.read(self._fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            _parent_gone()
+        self._buffer += data
+
+
+def _parent_gone() -> NoReturn:
+    # serve died without telling us (SIGKILL): whatever we hold is released by the
+    # next serve or runs out with its lease; finishing it could race them.
+    log.warning("worker %d: serve is gone; exiting now", os.getpid())
+    os._exit(1)
 
 
 class Worker:
@@ -146,15 +219,23 @@ class Worker:
 # -- one worker process (`maildesk worker`) ------------------------------------------------
 
 
-def run_process(services: Services, *, under_serve: bool, reload: Callable[[], object]) -> None:
+def run_process(
+    services: Services,
+    *,
+    pipe: OrderPipe | None,
+    reload: Callable[[], object],
+    apply: Callable[[Settings], object],
+) -> None:
     """Run one worker until SIGTERM/SIGINT (finish what is held) and return.
 
-    `under_serve`: stdin is a pipe from the `serve` that started this process. Each
-    byte is an order: `WAKE`, `DRAIN` or `RELOAD`; end of file means serve is gone
-    (killed), and this process exits at once: its claims run out after one lease,
-    and on SQLite the restarted serve frees them at start. `reload` re-reads the
-    config and the templates, on SIGHUP (a worker of its own) or serve's `RELOAD`.
+    `pipe`: stdin is a pipe from the `serve` that started this process (its
+    settings frame already read). Each byte is an order: `WAKE`, `DRAIN` or
+    `RELOAD` (then `apply` the settings that follow); end of file means serve is
+    gone (killed), and this process exits at once: its claims run out after one
+    lease, and on SQLite the restarted serve frees them at start. A worker of its
+    own re-reads the config and the templates on SIGHUP (`reload`).
     """
+    under_serve = pipe is not None
     if under_serve:
         _die_with_parent()
         # Ctrl-C reaches the whole process group: serve orders the drain, not the key.
@@ -167,13 +248,11 @@ def run_process(services: Services, *, under_serve: bool, reload: Callable[[], o
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # serve says RELOAD once it applied one
     else:
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload).start())
-    if under_serve:
-        orders = threading.Thread(target=_read_orders, args=(worker, reload), name="orders")
+    if pipe is not None:
+        orders = threading.Thread(target=_read_orders, args=(worker, pipe, apply), name="orders")
         orders.daemon = True
         orders.start()
     log.info("worker %d ready: processing and sending", os.getpid())
-    if under_serve:
-        os.write(sys.stdout.fileno(), READY)
     # join() in short steps: the main thread must come back to Python for the
     # signal handlers to run.
     while not worker.join(0.5):
@@ -181,27 +260,19 @@ def run_process(services: Services, *, under_serve: bool, reload: Callable[[], o
     log.info("worker %d stopped", os.getpid())
 
 
-def _read_orders(worker: Worker, reload: Callable[[], object]) -> None:
-    stdin = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
+def _read_orders(worker: Worker, pipe: OrderPipe, apply: Callable[[Settings], object]) -> None:
     while True:
-        try:
-            chunk = stdin.read(4096)
-        except OSError:
-            chunk = b""
-        if not chunk:
-            # serve died without telling us (SIGKILL): whatever we hold is released by
-            # the next serve or runs out with its lease; finishing it could race them.
-            log.warning("worker %d: serve is gone; exiting now", os.getpid())
-            os._exit(1)
-        if DRAIN in chunk:
+        orders = pipe.orders()
+        if DRAIN in orders:
             worker.stop(empty_queue=True)
-        if WAKE in chunk:
+        if WAKE in orders:
             worker.wake()
-        if RELOAD in chunk:
+        if RELOAD in orders:
+            settings = pipe.settings()
             try:
-                reload()
+                apply(settings)
             except Exception:
-                log.exception("reloading the configuration failed; the running one stays")
+                log.exception("applying the reloaded configuration failed; the running one stays")
 
 
 def _die_with_parent() -> None:

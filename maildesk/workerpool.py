@@ -15,8 +15,12 @@ Each worker is `maildesk --config PATH worker --under-serve`, a child of serve
   back-off (1 s, doubling up to 30 s while it keeps dying within a minute),
   and the log says so. Its claims are due again after one lease
   (`[workers] lease_seconds`), whoever claims them next.
+- **Settings**: a child gets the settings serve runs with through the pipe,
+  first thing, not from the config file: one restarted after someone edited
+  the file, before serve accepted the edit, runs what serve runs.
 - **Reload**: once serve has applied a new config (SIGHUP), it writes `RELOAD`
-  and each child re-reads the config and the templates.
+  and the settings now in force; each child applies them and re-reads the
+  templates.
 - **Drain**: at SIGTERM serve first closes its listeners, then writes `DRAIN`:
   each child processes what is due, sends what it holds and exits. What is left
   when the drain time runs out is SIGKILLed and waits, stored, for the next start.
@@ -32,16 +36,16 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from maildesk.worker import DRAIN, READY, RELOAD, WAKE
+from maildesk.config import Settings
+from maildesk.worker import DRAIN, RELOAD, WAKE, frame
 
 log = logging.getLogger("maildesk.workers")
 
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
-# How long serve waits at start for its workers to say they run (imports, config).
-START_SECONDS = 60.0
 # A child that lived this long before dying starts the back-off afresh.
 STABLE_SECONDS = 60.0
 # Environment a child must not inherit: it is not the service systemd watches.
@@ -68,8 +72,9 @@ class _Child:
 
 
 class WorkerPool:
-    def __init__(self, count: int, command: list[str]) -> None:
+    def __init__(self, count: int, command: list[str], settings: Callable[[], Settings]) -> None:
         self.command = command
+        self.settings = settings  # the settings in force now (they change at a reload)
         self._children = [_Child(slot) for slot in range(count)]
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -89,23 +94,11 @@ class WorkerPool:
         return [c.proc.pid for c in self._children if c.proc and c.proc.returncode is None]
 
     async def start(self) -> None:
-        """Start every child and wait until each says it runs (or died: then it is
-        restarted like any other). Serve reports ready only after this, so a child
-        has read the config file before anyone may edit it for a reload."""
         self._loop = asyncio.get_running_loop()
         for child in self._children:
             await self._spawn(child)
-        await asyncio.wait(
-            [asyncio.create_task(self._ready(c)) for c in self._children], timeout=START_SECONDS
-        )
-        for child in self._children:
             self._watchers.append(asyncio.create_task(self._watch(child)))
         log.info("started %d worker processes: %s", len(self._children), self.pids())
-
-    @staticmethod
-    async def _ready(child: _Child) -> None:
-        assert child.proc is not None and child.proc.stdout is not None
-        await child.proc.stdout.read(len(READY))  # READY, or b"" when it died first
 
     async def _spawn(self, child: _Child) -> None:
         env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
@@ -113,9 +106,12 @@ class WorkerPool:
         # Spawned from the event loop's thread: PR_SET_PDEATHSIG in the child fires when
         # the thread that forked it ends, and this one lives as long as serve.
         child.proc = await asyncio.create_subprocess_exec(
-            *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
+            *self.command, stdin=asyncio.subprocess.PIPE, env=env
         )
         child.started = self._now()
+        # The settings in force, not the file: it may hold an edit serve has not accepted.
+        assert child.proc.stdin is not None
+        child.proc.stdin.write(frame(self.settings()))
 
     async def _watch(self, child: _Child) -> None:
         while True:
@@ -163,14 +159,16 @@ class WorkerPool:
         self._wake_scheduled = False
         self._write(WAKE)
 
-    def _write(self, order: bytes) -> None:
+    def _write(self, order: bytes, always: bool = False) -> None:
         for child in self._children:
             proc = child.proc
             if proc is None or proc.returncode is not None or proc.stdin is None:
                 continue
             transport = proc.stdin.transport
             # A child that does not read (stuck) gets no more wakes than a page of them.
-            if transport.is_closing() or transport.get_write_buffer_size() > 4096:
+            if transport.is_closing():
+                continue
+            if not always and transport.get_write_buffer_size() > 4096:
                 continue
             try:
                 proc.stdin.write(order)
@@ -178,12 +176,12 @@ class WorkerPool:
                 continue  # it is dying; its watcher restarts it
 
     def reload(self) -> None:
-        """Serve applied a new config: each child re-reads it and the templates.
+        """Serve applied a new config: each child gets it and re-reads the templates.
 
         Through the pipe, not SIGHUP: a child still starting up has no handler yet,
-        and SIGHUP would kill it; a byte waits in the pipe until it reads.
+        and SIGHUP would kill it; what is written waits in the pipe until it reads.
         """
-        self._write(RELOAD)
+        self._write(RELOAD + frame(self.settings()), always=True)
 
     async def drain(self, timeout: float) -> None:
         """Tell the children to finish what is due and exit; kill what is left at `timeout`."""

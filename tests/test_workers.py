@@ -9,7 +9,8 @@ claims are due again after its lease (`[workers] lease_seconds`, short here). On
 the queues are empty: every message that got a 250 is in exactly one ticket, the
 relay got exactly one acknowledgement (one Message-ID) per ticket, a second copy of
 it only in SMTP's own window (killed between the relay's 250 and our commit), and
-nothing is quarantined.
+nothing is quarantined. And a reload (SIGHUP to serve) reaches the workers: the
+acknowledgements they write use the new templates.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import email
 import email.policy
 import json
 import os
+import shutil
 import signal
 import smtplib
 import subprocess
@@ -31,7 +33,7 @@ from typing import Any
 import pytest
 
 from maildesk import config
-from tests.conftest import PG_URL, make_mail, toml, wait_for
+from tests.conftest import PG_URL, Outbox, make_mail, toml, wait_for
 from tests.smtp_sink import SmtpSink
 from tests.test_crash import MAILDESK, DaemonProcess
 
@@ -184,3 +186,43 @@ def test_a_worker_killed_mid_stream_is_restarted_and_nothing_is_lost_or_doubled(
     assert all(len(ids) == 1 for ids in ids_per_ticket.values())
     copies = Counter(str(ack["Message-ID"]) for ack in acks)
     assert sum(n - 1 for n in copies.values()) <= 1, copies.most_common(3)
+
+
+def test_a_reload_reaches_the_worker_processes(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    """SIGHUP to serve: the acknowledgements its workers write use the new templates."""
+    values = json.loads(json.dumps(config_values))
+    values["workers"] = {"count": 2}
+    path = tmp_path / "maildesk.toml"
+    path.write_text(toml(values))
+    settings = config.from_mapping(values, base_dir=tmp_path)
+    init = subprocess.run(
+        [*MAILDESK, "--config", str(path), "init"], capture_output=True, timeout=60, cwd=tmp_path
+    )
+    assert init.returncode == 0, init.stderr.decode(errors="replace")
+    edited = tmp_path / "edited-templates"
+    shutil.copytree(config.PACKAGE_TEMPLATES, edited)
+    ack = edited / "en" / "acknowledgement.txt.j2"
+    ack.write_text(ack.read_text().replace("{{ ticket.tag }} {{", "{{ ticket.tag }} NEW {{", 1))
+    outbox = Outbox(tmp_path / "outbox")
+    serve = DaemonProcess(path, tmp_path / "serve.log", settings).start()
+    try:
+        send(settings, "Before")
+        assert outbox.wait(1)[0]["Subject"] == "[#1] Before"
+        values["templates"] = {"path": str(edited)}
+        path.write_text(toml(values))
+        assert serve.proc is not None
+        os.kill(serve.proc.pid, signal.SIGHUP)
+        # serve applies it, then each worker: three "reloaded" lines.
+        wait_for(lambda: serve.log_path.read_text().count("reloaded the configuration") == 3)
+        send(settings, "After", sender="bob@customer.test")
+        assert outbox.wait(2)[1]["Subject"] == "[#2] NEW After"
+        assert serve.terminate() == 0, serve.log()
+    finally:
+        serve.kill()
+
+
+def send(settings: config.Settings, subject: str, sender: str = "alice@customer.test") -> None:
+    with smtplib.SMTP(settings.smtp.host, settings.smtp.port, timeout=30) as client:
+        client.sendmail(sender, [SUPPORT], make_mail(subject=subject, sender=sender))

@@ -194,22 +194,25 @@ def worker(ctx: Context, under_serve: bool) -> None:
     SIGHUP re-reads the config and the templates.
     """
     from maildesk.sdnotify import Notifier
+    from maildesk.services import build
     from maildesk.startup import StartupError, check_database
     from maildesk.supervisor import Supervisor
-    from maildesk.worker import run_process
+    from maildesk.worker import OrderPipe, run_process
 
-    settings = ctx.settings
+    # Under serve: the settings serve runs with come first on stdin, not from the file.
+    pipe = OrderPipe() if under_serve else None
+    settings = pipe.settings() if pipe is not None else ctx.settings
     if not ctx.verbose:
         logs.set_level(settings.log.level)
     try:
         check_database(settings.database.url)
     except StartupError as exc:
         fail(ctx, exc)
-    services = ctx.services
+    services = build(settings)
     # Reload as serve does (templates, log level, agents), without a service manager.
     supervisor = Supervisor(services, ctx.path, Notifier({}))
     try:
-        run_process(services, under_serve=under_serve, reload=supervisor.reload_now)
+        run_process(services, pipe=pipe, reload=supervisor.reload_now, apply=supervisor.apply)
     finally:
         services.db.dispose()
 
