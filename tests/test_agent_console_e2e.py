@@ -313,3 +313,21 @@ def test_lang_in_a_console_mail_waits_for_confirmation_like_any_change(
     agent_writes(daemon, AGENT, "yes", to=reply_to(confirm), answering=confirm)
     mails_to(outbox, AGENT, "Done: #lang cs")
     assert show(config_file)["language"] == "cs"
+
+
+def test_a_colleague_given_the_ticket_hears_of_it_and_can_answer(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    owned_by_agnes(daemon, outbox)
+    notification = mail_to(outbox, AGENT)[0]
+    agent_writes(daemon, AGENT, f"#assign {BOB}", to=reply_to(notification),
+                 answering=notification)  # fmt: skip
+    [given] = mails_to(outbox, BOB, "[#1] Assigned to you: Printer broken")
+    assert "The printer on floor 2 prints only blank pages." in given.text  # her newest mail
+    assert reply_to(given).startswith("support+t1a2.")  # a reply is Bob's proven reply
+    assert show(config_file)["owner"] == BOB
+    # Taking a ticket oneself tells no one.
+    agent_writes(daemon, AGENT, "#take", to=reply_to(notification), answering=notification)
+    processed(daemon, 4)
+    assert show(config_file)["owner"] == AGENT
+    assert not [s for s in sent(outbox) if AGENT in s.to and "Assigned to you" in s.subject]

@@ -209,6 +209,9 @@ class AgentFlow:
         queued = 0
         if ticket.priority == "critical" and old_priority != "critical":
             queued += self.notices.to_agents(session, ticket, "critical", message, everyone=True)
+        handed = any(change.field == "owner" for change in changes)
+        if handed and ticket.owner is not None and ticket.owner.id != agent.id:
+            queued += self.notices.assigned(session, ticket)  # a colleague gave it to them
         return Applied(tuple(changes), queued)
 
     def _open_for_customer(

@@ -3,8 +3,8 @@
 Customers get: the acknowledgement, the agent's reply, the paid-work notice,
 and the resolved/closed notices. Agents get: new tickets and customer replies
 (the owner and the ticket's watchers, or all agents while nobody owns the
-ticket), critical alerts (all agents), the answer to a paid-work notice, and
-errors in their commands.
+ticket), critical alerts (all agents), a ticket a colleague gave them (its new
+owner), the answer to a paid-work notice, and errors in their commands.
 """
 
 from __future__ import annotations
@@ -151,6 +151,31 @@ class Notices:
                 attachments=attachments,
             )
         return len(agents)
+
+    def assigned(self, session: Session, ticket: Ticket) -> int:
+        """A colleague gave `ticket` to its owner (`#assign EMAIL`): the owner hears of it,
+        with the customer's newest mail, and can answer by replying."""
+        owner = ticket.owner
+        if owner is None or not owner.active:
+            return 0
+        newest = session.scalars(
+            select(Message)
+            .where(
+                Message.ticket_id == ticket.id,
+                Message.direction == "in",
+                Message.kind.in_(("customer", "participant")),
+            )
+            .order_by(Message.id.desc())
+            .limit(1)
+        ).first()
+        quoted: Quoted = {
+            "from": newest.from_addr if newest else "",
+            "from_name": newest.from_name if newest else "",
+            "text": redact_links(newest.body_text) if newest else "",
+        }
+        note = AgentNotification("assigned", quoted)
+        self.notifier.notify(session, note, Recipient.of_agent(owner), ticket=ticket)
+        return 1
 
     def command_errors(
         self,
