@@ -39,7 +39,11 @@ class Base(DeclarativeBase):
 
 
 class Inbound(Base):
-    """The spool: raw bytes exactly as received, committed before we say "accepted"."""
+    """The spool: one row per message received, committed before we say "accepted".
+
+    The bytes are in `InboundRaw`, not here: SQLite rewrites a whole row on every
+    update, and this row is updated at each claim, lease renewal and finish.
+    """
 
     __tablename__ = "inbound"
 
@@ -50,7 +54,6 @@ class Inbound(Base):
     # The SMTP client's IP address: only our own MTA's Authentication-Results count.
     peer: Mapped[str] = mapped_column(String(64), default="")
     rcpt_to: Mapped[list[str]] = mapped_column(JSON, default=list)
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(String(64), index=True)
     notify: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -65,6 +68,17 @@ class Inbound(Base):
     processed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
     __table_args__ = (Index("ix_inbound_state_id", "state", "id"),)
+
+
+class InboundRaw(Base):
+    """A received message's bytes exactly as received, written once with its `Inbound` row."""
+
+    __tablename__ = "inbound_raw"
+
+    inbound_id: Mapped[int] = mapped_column(
+        ForeignKey("inbound.id", ondelete="CASCADE"), primary_key=True
+    )
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Person(Base):

@@ -98,7 +98,6 @@ def quarantine() -> None:
 def quarantine_list(ctx: Context, as_json: bool) -> None:
     """Held messages with their reasons; `quarantine retry ID` replays one."""
     from sqlalchemy import select
-    from sqlalchemy.orm import defer
 
     from maildesk.models import Inbound
     from maildesk.states import InboundState
@@ -117,7 +116,6 @@ def quarantine_list(ctx: Context, as_json: bool) -> None:
             }
             for row in session.scalars(
                 select(Inbound)
-                .options(defer(Inbound.raw))
                 .where(Inbound.state == InboundState.QUARANTINED)
                 .order_by(Inbound.id)
             )

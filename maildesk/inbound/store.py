@@ -8,7 +8,8 @@ group-committed (`groupcommit.py`): whatever waits is written in one
 transaction that takes SQLite's write lock ahead of processing work, and each
 put returns after that commit. `import` writes its own batches (`put_many`).
 The processor then `claim`s due rows (leases from `maildesk/leases.py`),
-loads each one's bytes alone (`raw`), and in its write transaction `lock`s
+`load`s each one's bytes alone (from `inbound_raw`, written once: the row
+itself is updated at every claim and finish), and in its write transaction `lock`s
 the row it still owns and `finish`es, `quarantine`s or `retry_later`s it.
 A row that used up `MAX_ATTEMPTS` claims without finishing (its processing
 crashed, was killed or hung) is quarantined by the next claim. Nothing here
@@ -25,14 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, defer
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
 
 from maildesk import leases
 from maildesk.clock import Clock, as_utc
 from maildesk.db import Database
 from maildesk.inbound.groupcommit import GroupCommit, Waiting
-from maildesk.models import Inbound
+from maildesk.models import Inbound, InboundRaw
 from maildesk.states import InboundState
 
 log = logging.getLogger("maildesk.spool")
@@ -88,22 +89,29 @@ class InboundStore:
         # so what arrived while we waited joins this commit.
         with self._db.transaction(urgent=True) as session:
             now = self._clock.now()
-            rows = [self._row(raw, envelope, now) for raw, envelope in (w.item for w in take())]
-            session.add_all(rows)
-            session.flush()
-            return [row.id for row in rows]
+            return self._insert(session, [w.item for w in take()], now)
 
     def put_many(self, raws: Sequence[bytes], envelope: Envelope) -> list[int]:
         """Commit several messages in one transaction (one fsync) and return their ids.
 
         Bulk work (`import`): it queues for the write lock like processing does.
         """
-        now = self._clock.now()
-        rows = [self._row(raw, envelope, now) for raw in raws]
         with self._db.transaction() as session:
-            session.add_all(rows)
-            session.flush()
-            return [row.id for row in rows]
+            now = self._clock.now()
+            return self._insert(session, [(raw, envelope) for raw in raws], now)
+
+    def _insert(
+        self, session: Session, items: Sequence[tuple[bytes, Envelope]], now: datetime
+    ) -> list[int]:
+        """The rows, then their bytes in a table of their own (written once, never updated)."""
+        rows = [self._row(raw, envelope, now) for raw, envelope in items]
+        if not rows:
+            return []
+        session.add_all(rows)
+        session.flush()
+        bodies = zip(rows, items, strict=True)
+        session.execute(insert(InboundRaw), [{"inbound_id": r.id, "raw": i[0]} for r, i in bodies])
+        return [row.id for row in rows]
 
     @staticmethod
     def _row(raw: bytes, envelope: Envelope, now: datetime) -> Inbound:
@@ -113,7 +121,6 @@ class InboundStore:
             mail_from=envelope.mail_from,
             peer=envelope.peer,
             rcpt_to=list(envelope.rcpt_to),
-            raw=raw,
             size=len(raw),
             digest=digest(raw),
             notify=envelope.notify,
@@ -137,7 +144,7 @@ class InboundStore:
     def requeue(self, inbound_id: int) -> bool:
         """Send a quarantined message through the pipeline again, with fresh attempts."""
         with self._db.transaction() as session:
-            row = session.get(Inbound, inbound_id, options=[defer(Inbound.raw)])
+            row = session.get(Inbound, inbound_id)
             if row is None or row.state != InboundState.QUARANTINED:
                 return False
             row.state = InboundState.PENDING
@@ -173,7 +180,7 @@ class InboundStore:
             return Batch(claim, tuple(Claimed(r.id, r.size) for r in rows), len(spent))
 
     def _exhausted(self, session: Session, row_id: int, now: datetime) -> None:
-        row = session.get(Inbound, row_id, options=[defer(Inbound.raw)])
+        row = session.get(Inbound, row_id)
         assert row is not None
         reason = (
             f"processing did not finish in {MAX_ATTEMPTS} attempts "
@@ -185,19 +192,16 @@ class InboundStore:
         """One message's bytes: the only place a processor reads them, one at a time."""
         with self._db.reading() as session:
             found = session.execute(
-                select(Inbound.raw, Inbound.mail_from, Inbound.source, Inbound.peer).where(
-                    Inbound.id == inbound_id
-                )
+                select(InboundRaw.raw, Inbound.mail_from, Inbound.source, Inbound.peer)
+                .join(InboundRaw, InboundRaw.inbound_id == Inbound.id)
+                .where(Inbound.id == inbound_id)
             ).one()
         return Stored(inbound_id, found.raw, found.mail_from, found.source, found.peer)
 
     def lock(self, session: Session, inbound_id: int, token: str) -> Inbound | None:
         """The row, locked, if it is still pending and leased under `token` (else None)."""
         return session.scalars(
-            select(Inbound)
-            .where(leases.owned(Inbound, inbound_id, token))
-            .options(defer(Inbound.raw))
-            .with_for_update()
+            select(Inbound).where(leases.owned(Inbound, inbound_id, token)).with_for_update()
         ).one_or_none()
 
     def finish(self, row: Inbound, state: InboundState, now: datetime) -> None:

@@ -65,9 +65,9 @@ class Budget:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One message ready for the database stages."""
+    """One message ready for the database stages. Not its bytes: a large message
+    waiting for the write transaction would hold them for nothing."""
 
-    raw: bytes
     message: ParsedMessage
     text: str  # the new text of a reply: quotes and signature removed (replies.new_text)
     # Content-Language when it says cs or en, else guessed from `text`; None: too
@@ -94,4 +94,4 @@ def prepare(
         # The customer's own words only: a quoted answer of ours is in the ticket's language.
         language = detector.detect(text)
         budget.check("language detection")
-    return Prepared(raw, message, text, language)
+    return Prepared(message, text, language)

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.db import Database
-from maildesk.models import Inbound
+from maildesk.models import InboundRaw
 from maildesk.services import Services
 from tests.conftest import RunningDaemon, make_mail, wait_for
 
@@ -77,7 +77,8 @@ def run_clients(daemon: RunningDaemon, clients: list[Client]) -> list[threading.
 
 def stored(services: Services) -> dict[int, bytes]:
     with services.db.reading() as session:
-        return dict(session.execute(select(Inbound.id, Inbound.raw)).all())  # type: ignore[arg-type]
+        found = session.execute(select(InboundRaw.inbound_id, InboundRaw.raw)).all()
+        return dict(found)  # type: ignore[arg-type]
 
 
 def assert_every_250_is_stored(services: Services, clients: list[Client]) -> None:
