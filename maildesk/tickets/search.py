@@ -101,11 +101,13 @@ def indexed(direction: str, kind: str) -> bool:
     return direction == "in" or kind in INDEXED_OUTBOUND
 
 
-def index_message(session: Session, message: Message) -> None:
-    """Add one stored message to the index, in the caller's transaction."""
-    if not indexed(message.direction, message.kind):
-        return
-    index_rows(session, [(message.id, document(message.subject, message.body_text))])
+def index_message(
+    session: Session, pk: int, direction: str, kind: str, subject: str, body: str
+) -> None:
+    """Add one stored message (its primary key and columns) to the index, in the
+    caller's transaction."""
+    if indexed(direction, kind):
+        index_rows(session, [(pk, document(subject, body))])
 
 
 def index_rows(db: Session | Connection, rows: Iterable[tuple[int, str]]) -> None:

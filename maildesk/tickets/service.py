@@ -10,8 +10,9 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import or_, select
+from sqlalchemy import Table, insert, or_, select
 from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
@@ -27,6 +28,10 @@ from maildesk.models import (
 )
 from maildesk.states import TicketStatus
 from maildesk.tickets.search import index_message
+
+_INSERT_MESSAGE = insert(cast(Table, Message.__table__)).returning(Message.__table__.c.id)
+_INSERT_REF = insert(cast(Table, MessageRef.__table__))
+_INSERT_PARTICIPANT = insert(cast(Table, Participant.__table__))
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,10 @@ class Tickets:
         for email, name in emails:
             person = self.person(email, name, now)
             if person.id not in existing:
-                self.session.add(Participant(ticket_id=ticket.id, person_id=person.id, role="cc"))
+                self.session.execute(
+                    _INSERT_PARTICIPANT,
+                    {"ticket_id": ticket.id, "person_id": person.id, "role": "cc"},
+                )
                 existing.add(person.id)
 
     # -- lookup -------------------------------------------------------------
@@ -189,46 +197,55 @@ class Tickets:
             updated_at=now,
             previous_id=previous.id if previous else None,
         )
+        ticket.requester = requester  # known: reading it later needs no query
         self.session.add(ticket)
         self.session.flush()
-        self.session.add(Participant(ticket_id=ticket.id, person_id=requester.id, role="requester"))
+        self.session.execute(
+            _INSERT_PARTICIPANT,
+            {"ticket_id": ticket.id, "person_id": requester.id, "role": "requester"},
+        )
         return ticket
 
     def closed_too_long(self, ticket: Ticket, now: datetime, reopen_days: int) -> bool:
         closed_at = as_utc(ticket.closed_at or ticket.updated_at)
         return now - closed_at > timedelta(days=reopen_days)
 
-    def add_message(self, ticket: Ticket, new: NewMessage) -> Message:
-        message = Message(
-            ticket_id=ticket.id,
-            message_id=new.message_id,
-            direction=new.direction,
-            kind=new.kind,
-            from_addr=new.from_addr,
-            from_name=new.from_name,
-            to_addrs=list(new.to_addrs),
-            cc_addrs=list(new.cc_addrs),
-            subject=new.subject,
-            body_text=new.body_text,
-            body_html=new.body_html,
-            created_at=new.created_at,
-            thread_rule=new.thread_rule,
-            inbound_id=new.inbound_id,
-            internal=new.internal,
-            flag=new.flag,
-            proof=new.proof,
-        )
-        self.session.add(message)
-        self.session.flush()
+    def add_message(self, ticket: Ticket, new: NewMessage) -> int:
+        """Store one message of `ticket`; returns its primary key.
+
+        Core inserts, not ORM objects: this runs for every message in and out, and
+        the unit of work cost more than the statements. Nothing reads a `Message`
+        of this transaction through the ORM afterwards.
+        """
+        values = {
+            "ticket_id": ticket.id,
+            "message_id": new.message_id,
+            "direction": new.direction,
+            "kind": new.kind,
+            "from_addr": new.from_addr,
+            "from_name": new.from_name,
+            "to_addrs": list(new.to_addrs),
+            "cc_addrs": list(new.cc_addrs),
+            "subject": new.subject,
+            "body_text": new.body_text,
+            "body_html": new.body_html,
+            "created_at": new.created_at,
+            "thread_rule": new.thread_rule,
+            "inbound_id": new.inbound_id,
+            "internal": new.internal,
+            "flag": new.flag,
+            "proof": new.proof,
+        }
+        pk = int(self.session.execute(_INSERT_MESSAGE, values).scalar_one())
         # The search index is written in the same transaction: it never lags the messages.
-        index_message(self.session, message)
-        for ref in dict.fromkeys(new.references):
-            if ref != new.message_id:
-                self.session.add(MessageRef(message_pk=message.id, ref_id=ref))
+        index_message(self.session, pk, new.direction, new.kind, new.subject, new.body_text)
+        refs = [ref for ref in dict.fromkeys(new.references) if ref != new.message_id]
+        if refs:
+            self.session.execute(_INSERT_REF, [{"message_pk": pk, "ref_id": ref} for ref in refs])
         for filename, content_type, data in new.attachments:
             self.session.add(
                 Attachment(
-                    message_pk=message.id,
+                    message_pk=pk,
                     blob_sha256=self._blob(data),
                     filename=filename,
                     content_type=content_type,
@@ -236,7 +253,7 @@ class Tickets:
                 )
             )
         ticket.updated_at = new.created_at
-        return message
+        return pk
 
     def _blob(self, data: bytes) -> str:
         sha = hashlib.sha256(data).hexdigest()
