@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from maildesk.folding import fold
+
 # Event fields whose values are names from a table of the same name.
 _NAMED_VALUES = ("status", "type", "priority", "paid", "language")
 
@@ -190,3 +192,14 @@ CATALOGUE: dict[str, Names] = {
 
 def names(language: str) -> Names:
     return CATALOGUE.get(language, CATALOGUE["en"])
+
+
+def value_named(kind: str, text: str) -> str | None:
+    """The status, type or priority (`kind`) whose name in any of our languages is `text`,
+    case and diacritics aside: agents may write `#priority kriticka` as they read it."""
+    wanted = " ".join(fold(text).replace("_", " ").split())
+    for catalogue in CATALOGUE.values():
+        for value, name in getattr(catalogue, kind).items():
+            if wanted in (fold(name), value.replace("_", " ")):
+                return str(value)
+    return None

@@ -186,3 +186,16 @@ def test_every_language_names_what_the_english_catalogue_names() -> None:
                                   "via_name": "automaticky"}  # fmt: skip
     assert czech.value("status", "waiting_customer") == "Čeká na zákazníka"
     assert czech.value("owner", "eva@example.test") == "eva@example.test"
+
+
+def test_agents_may_write_values_by_their_names_in_any_language() -> None:
+    from maildesk.tickets import commands
+
+    parsed = commands.parse("#priority Kritická\n#status ceka na zakaznika\n#type Bug\nHello")
+    assert [(c.name, c.arg) for c in parsed.commands] == [
+        ("priority", "critical"),
+        ("status", "waiting_customer"),
+        ("type", "bug"),
+    ]
+    [bad] = commands.parse("#priority urgentní").errors
+    assert bad.line == "#priority urgentní"

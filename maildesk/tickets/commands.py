@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from maildesk.config import LANGUAGES
+from maildesk.i18n import value_named
 from maildesk.models import PRIORITIES, STATUSES, TYPES
 from maildesk.tickets.command_errors import Code, CommandError, error
 
@@ -43,6 +44,7 @@ V odpovědi k tiketu:
 #status new|accepted|waiting_customer|resolved|closed
 #type modification|bug|consultation
 #priority critical|normal|low
+                      (stav, typ a prioritu lze psát i česky: #priority kritická)
 #lang cs|en           (jazyk, ve kterém zákazník dostává naše e-maily)
 #assign me|E-MAIL     (#take: totéž co #assign me)
 #watch / #unwatch     (dostávat upozornění k tiketu také, nebo už ne)
@@ -109,6 +111,8 @@ def parse(text: str) -> Commands:
         if not match:
             break
         name, arg = match.group(1).lower(), match.group(2).strip()
+        if name in _NAMED:  # the agent's language's name of a value will do
+            arg = value_named(name, arg) or arg
         problem = _check(name, arg)
         if problem is not None:
             errors.append(CommandError(problem.code, line, problem.args))
@@ -121,6 +125,7 @@ def parse(text: str) -> Commands:
     return Commands(tuple(commands), tuple(errors), body)
 
 
+_NAMED = ("status", "type", "priority")
 _LOWERED = {"status", "type", "priority", "lang", "assign", "customer", "cc", "reply", "list"}
 _NO_ARGUMENT = {"note", "take", "watch", "unwatch", "help", "replies"}
 
