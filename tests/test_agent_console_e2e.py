@@ -315,7 +315,7 @@ def test_lang_in_a_console_mail_waits_for_confirmation_like_any_change(
     assert show(config_file)["language"] == "cs"
 
 
-def test_a_colleague_given_the_ticket_hears_of_it_and_can_answer(
+def test_a_colleague_given_or_relieved_of_the_ticket_hears_of_it(
     daemon: RunningDaemon, outbox: Outbox, config_file: Path
 ) -> None:
     owned_by_agnes(daemon, outbox)
@@ -326,8 +326,9 @@ def test_a_colleague_given_the_ticket_hears_of_it_and_can_answer(
     assert "The printer on floor 2 prints only blank pages." in given.text  # her newest mail
     assert reply_to(given).startswith("support+t1a2.")  # a reply is Bob's proven reply
     assert show(config_file)["owner"] == BOB
-    # Taking a ticket oneself tells no one.
+    # Agnes takes it back: Bob hears he no longer owns it; Agnes is told nothing.
     agent_writes(daemon, AGENT, "#take", to=reply_to(notification), answering=notification)
-    processed(daemon, 4)
+    mails_to(outbox, BOB, "[#1] Taken over by a colleague: Printer broken")
     assert show(config_file)["owner"] == AGENT
     assert not [s for s in sent(outbox) if AGENT in s.to and "Assigned to you" in s.subject]
+    assert not [s for s in sent(outbox) if AGENT in s.to and "Taken over" in s.subject]

@@ -209,9 +209,13 @@ class AgentFlow:
         queued = 0
         if ticket.priority == "critical" and old_priority != "critical":
             queued += self.notices.to_agents(session, ticket, "critical", message, everyone=True)
-        handed = any(change.field == "owner" for change in changes)
-        if handed and ticket.owner is not None and ticket.owner.id != agent.id:
-            queued += self.notices.assigned(session, ticket)  # a colleague gave it to them
+        handed = next((change for change in changes if change.field == "owner"), None)
+        if handed is not None:
+            if ticket.owner is not None and ticket.owner.id != agent.id:
+                queued += self.notices.assigned(session, ticket)  # a colleague gave it to them
+            former = Agents(session).by_email(handed.old) if handed.old else None
+            if former is not None and former.id != agent.id:
+                queued += self.notices.taken(session, ticket, former)  # no parallel answers
         return Applied(tuple(changes), queued)
 
     def _open_for_customer(

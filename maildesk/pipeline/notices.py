@@ -3,8 +3,8 @@
 Customers get: the acknowledgement, the agent's reply, the paid-work notice,
 and the resolved/closed notices. Agents get: new tickets and customer replies
 (the owner and the ticket's watchers, or all agents while nobody owns the
-ticket), critical alerts (all agents), a ticket a colleague gave them (its new
-owner), the answer to a paid-work notice, and errors in their commands.
+ticket), critical alerts (all agents), a ticket a colleague gave them or took
+from them, the answer to a paid-work notice, and errors in their commands.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from maildesk.config import LANGUAGES
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Message, Person, Ticket
 from maildesk.outbound.catalogue import (
+    NO_MAIL,
     Acknowledgement,
     AgentError,
     AgentNotification,
@@ -175,6 +176,15 @@ class Notices:
         }
         note = AgentNotification("assigned", quoted)
         self.notifier.notify(session, note, Recipient.of_agent(owner), ticket=ticket)
+        return 1
+
+    def taken(self, session: Session, ticket: Ticket, former: Agent) -> int:
+        """A colleague took `ticket` from its owner: the former owner hears of it, so two
+        agents do not answer the customer side by side."""
+        if not former.active:
+            return 0
+        note = AgentNotification("taken", NO_MAIL)
+        self.notifier.notify(session, note, Recipient.of_agent(former), ticket=ticket)
         return 1
 
     def command_errors(

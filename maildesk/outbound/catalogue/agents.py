@@ -28,7 +28,7 @@ from maildesk.tickets.command_errors import Code, CommandError, error, texts
 # Lifecycle.customer_replied's outcomes), web/paid.py, intake.py and agent_mail.py.
 AGENT_EVENTS = tuple(
     "new_ticket reply disputed confirmed approved declined critical forged unverified".split()
-) + ("assigned",)  # agent_mail.py: a colleague's #assign EMAIL
+) + ("assigned", "taken")  # agent_mail.py: a colleague's #assign or #take
 
 # The mail that caused a notification; "from" is a keyword, hence this spelling.
 Quoted = TypedDict("Quoted", {"from": str, "from_name": str, "text": str})
