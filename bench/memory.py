@@ -4,6 +4,9 @@ Run by hand: `.venv/bin/python bench/memory.py --messages 5 --size-mb 15.8`.
 The messages are stored by one process; a fresh process then processes them
 as a worker does (the heap set up as `maildesk` sets it, no migration run) and
 reports its own peak RSS, so the figure is the worker's alone.
+
+`--serve` instead runs `maildesk serve` with one worker process, sends the
+messages over SMTP and reports the peak RSS of serve and of its worker.
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import smtplib
+import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -65,8 +72,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5)
     parser.add_argument("--size-mb", type=float, default=15.8)
+    parser.add_argument("--serve", action="store_true", help="through maildesk serve and SMTP")
     parser.add_argument("--process", metavar="FOLDER", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        through_serve(args.messages, args.size_mb)
+        return
     if args.process:
         heap.give_back_large_buffers()
         desk = services(Path(args.process), migrate=False)
@@ -85,6 +96,82 @@ def main() -> None:
     desk.db.dispose()
     print(f"{args.messages} messages of {args.size_mb} MB stored in {folder}")
     subprocess.run([sys.executable, __file__, "--process", str(folder)], check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def hwm_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def through_serve(messages: int, size_mb: float) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="maildesk-memory-serve-"))
+    smtp_port = free_port()
+    (folder / "maildesk.toml").write_text(
+        f"""
+[support]
+address = "support@example.test"
+language = "en"
+[database]
+url = "sqlite:///{folder / "maildesk.db"}"
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+max_message_size = {int((size_mb + 2) * 1024 * 1024)}
+[web]
+host = "127.0.0.1"
+port = {free_port()}
+secret_key = "bench-memory-{os.urandom(16).hex()}"
+[outbound]
+url = "maildir:{folder / "outbox"}"
+[templates]
+path = "{Path(__file__).resolve().parents[1] / "templates"}"
+[trust]
+verify_dkim = false
+[workers]
+count = 1
+"""
+    )
+    command = [sys.executable, "-m", "maildesk", "--config", str(folder / "maildesk.toml")]
+    subprocess.run([*command, "init"], check=True, capture_output=True)
+    with open(folder / "serve.log", "wb") as log:
+        serve = subprocess.Popen([*command, "serve"], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", smtp_port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        children = Path(f"/proc/{serve.pid}/task/{serve.pid}/children").read_text().split()
+        idle = hwm_mb(serve.pid)
+        for number in range(messages):
+            mail = big_mail(number, size_mb).replace(b"\n", b"\r\n")
+            with smtplib.SMTP("127.0.0.1", smtp_port) as client:
+                client.sendmail("c@customer.test", ["support@example.test"], mail)
+        deadline = time.monotonic() + 300
+        with sqlite3.connect(folder / "maildesk.db") as db:
+            while db.execute("SELECT count(*) FROM inbound WHERE state = 'pending'").fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise SystemExit("messages still pending after 300 s")
+                time.sleep(0.5)
+        workers = ", ".join(f"{hwm_mb(int(pid)):.0f} MB" for pid in children)
+        print(
+            f"{messages} messages of {size_mb} MB over SMTP: peak RSS of serve "
+            f"{hwm_mb(serve.pid):.0f} MB ({idle:.0f} MB before), of its worker {workers}"
+        )
+    finally:
+        serve.terminate()
+        serve.wait(60)
 
 
 if __name__ == "__main__":
