@@ -177,6 +177,8 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         if self.pool is not None:
             await self.pool.start()
+            pool = self.pool
+            self.metrics.watch_workers(lambda: pool.running, lambda: pool.restarts)
         else:
             assert self.worker is not None
             self.worker.start()

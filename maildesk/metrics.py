@@ -9,14 +9,15 @@ Two sources, chosen per figure:
   inbound and outbox row, and the processing latency (acceptance → ticket,
   from each row's `received_at` and `processed_at`). Every process that
   writes mail shares the database: the daemon, `maildesk deliver` and
-  `import`, and the worker processes to come. So one scrape of any instance
+  `import`, and the worker processes that process and send. So one scrape of any instance
   sees the work of all of them, the figures survive restarts, and no
   multiprocess mode or push gateway is needed. These series are global: scrape
   one instance, or take `max` across instances, never `sum`.
 - **This process** (prometheus_client counters): what never reaches the
   database. SMTP refusals by reason (the message was never stored), SMTP
-  sessions open now, IMAP polls and errors, web requests by route and status.
-  Sum these across instances.
+  sessions open now, IMAP polls and errors, web requests by route and status,
+  serve's worker processes alive now and restarted so far. Sum these across
+  instances.
 
 The latency histogram is read incrementally: each scrape looks only at rows
 from the oldest row that was still pending at the last scrape onward, and
@@ -78,6 +79,16 @@ class Metrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
+        self.workers = Gauge(
+            "maildesk_worker_processes",
+            "Worker processes of this serve alive now ([workers] count when all is well).",
+            registry=self.registry,
+        )
+        self.worker_restarts = Gauge(
+            "maildesk_worker_restarts",
+            "Worker processes this serve restarted after they died, since it started.",
+            registry=self.registry,
+        )
         self.database = DatabaseCollector(db, clock)
         self.registry.register(self.database)
 
@@ -95,6 +106,10 @@ class Metrics:
 
     def watch_sessions(self, count: Callable[[], int]) -> None:
         self.smtp_sessions.set_function(lambda: float(count()))
+
+    def watch_workers(self, running: Callable[[], int], restarts: Callable[[], int]) -> None:
+        self.workers.set_function(lambda: float(running()))
+        self.worker_restarts.set_function(lambda: float(restarts()))
 
 
 class DatabaseCollector(Collector):

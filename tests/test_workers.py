@@ -24,6 +24,7 @@ import signal
 import smtplib
 import subprocess
 import threading
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -153,6 +154,10 @@ def test_a_worker_killed_mid_stream_is_restarted_and_nothing_is_lost_or_doubled(
     health = serve.health()
     assert health is not None and health["quarantined"] == 0, health
     assert "restarting" in serve.log_path.read_text()
+    # /metrics says so too: both workers alive, one restarted.
+    metrics = scrape(serve)
+    assert "maildesk_worker_processes 2.0" in metrics
+    assert "maildesk_worker_restarts 1.0" in metrics
     assert serve.terminate() == 0, serve.log()
 
     export = subprocess.run(
@@ -221,6 +226,12 @@ def test_a_reload_reaches_the_worker_processes(
         assert serve.terminate() == 0, serve.log()
     finally:
         serve.kill()
+
+
+def scrape(serve: DaemonProcess) -> str:
+    web = serve.settings.web
+    with urllib.request.urlopen(f"http://{web.host}:{web.port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
 
 
 def send(settings: config.Settings, subject: str, sender: str = "alice@customer.test") -> None:
