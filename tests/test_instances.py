@@ -1,13 +1,15 @@
-"""Two instances on one PostgreSQL: each message in one ticket, each acknowledgement once.
+"""Several instances on one PostgreSQL: each message in one ticket, each acknowledgement once.
 
-Two `maildesk serve` subprocesses share the test's PostgreSQL schema and one relay
-(a real SMTP sink). Both run `maildesk init` at the same moment first. Clients stream
-customer mail spread over both SMTP ports; halfway through, instance A is SIGKILLed
-(its clients fail over to B, as an MTA tries the next MX) and started again. Once the
-queues are empty, every message that got a 250 must be in exactly one ticket, and the
-relay must have received one acknowledgement per ticket: a second copy is allowed only
-in SMTP's own window (killed between the relay's 250 and our commit), and then with the
-same Message-ID. A reply sent to B for a ticket A opened joins that ticket.
+Two, then three `maildesk serve` subprocesses, each with its worker processes (the
+default: one per core), share the test's PostgreSQL schema and one relay (a real SMTP
+sink). All run `maildesk init` at the same moment first. Six clients stream 1,500
+customer messages spread over their SMTP ports; halfway through, instance A is
+SIGKILLed with its workers (its clients fail over to the next, as an MTA tries the
+next MX) and started again. Once the queues are empty, every message that got a 250
+must be in exactly one ticket, nothing is quarantined, and the relay must have
+received one acknowledgement per ticket: a second copy is allowed only in SMTP's own
+window (killed between the relay's 250 and our commit), and then with the same
+Message-ID. A reply sent to B for a ticket A opened joins that ticket.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from tests.test_crash import MAILDESK, DaemonProcess
 pytestmark = pytest.mark.skipif(not PG_URL, reason="several instances need PostgreSQL")
 
 SUPPORT = "support@example.test"
-CLIENTS = 4
-PER_CLIENT = 75
+# 1,500 messages, as issue 9 asks: on the 2-core machine, with other suites running,
+# the two variants took 57 s and 93 s (2026-11-29), most of it processing.
+CLIENTS = 6
+PER_CLIENT = 250
 
 
 def message_id(client: int, n: int) -> str:
@@ -72,17 +76,17 @@ def relay() -> Iterator[SmtpSink]:
         yield sink
 
 
-@pytest.fixture
-def pair(
-    config_values: dict[str, Any], tmp_path: Path, relay: SmtpSink
+@pytest.fixture(params=[2, 3], ids=["two", "three"])
+def instances(
+    request: pytest.FixtureRequest, config_values: dict[str, Any], tmp_path: Path, relay: SmtpSink
 ) -> Iterator[list[Instance]]:
     config_values["outbound"]["url"] = relay.url
     config_values["smtp"]["max_sessions_per_ip"] = 50
     # Every message comes from its own customer: lift the global cap on automatic replies.
     config_values["limits"] = {"auto_replies_per_hour_total": 10_000}
-    both = [instance("a", config_values, tmp_path), instance("b", config_values, tmp_path)]
-    yield both
-    for each in both:
+    started = [instance(name, config_values, tmp_path) for name in "abc"[: request.param]]
+    yield started
+    for each in started:
         each.daemon.kill()
 
 
@@ -157,16 +161,19 @@ def export(each: Instance) -> list[dict[str, Any]]:
     return [json.loads(line) for line in result.stdout.decode().splitlines()]
 
 
-def test_two_instances_one_killed_and_restarted_every_250_in_one_ticket_one_ack_each(
-    pair: list[Instance], relay: SmtpSink
+def test_instances_one_killed_and_restarted_every_250_in_one_ticket_one_ack_each(
+    instances: list[Instance], relay: SmtpSink
 ) -> None:
-    a, b = pair
-    run_init_at_once(pair)
-    a.daemon.start()
-    b.daemon.start()
-    ports = [a.settings.smtp.port, b.settings.smtp.port]
+    a, b = instances[:2]
+    run_init_at_once(instances)
+    for each in instances:
+        each.daemon.start()
+    for each in instances:  # each serve processes in its own worker processes
+        wait_for(each.daemon.workers, 60, f"{each.name}'s worker processes")
+    ports = [each.settings.smtp.port for each in instances]
     progress = threading.Semaphore(0)
-    clients = [Client(i, ports if i % 2 == 0 else ports[::-1]) for i in range(CLIENTS)]
+    # Client i starts at instance i mod N and fails over to the next one in turn.
+    clients = [Client(i, ports[i % len(ports) :] + ports[: i % len(ports)]) for i in range(CLIENTS)]
     threads = [threading.Thread(target=c.run, args=(progress,)) for c in clients]
     for thread in threads:
         thread.start()
@@ -175,11 +182,11 @@ def test_two_instances_one_killed_and_restarted_every_250_in_one_ticket_one_ack_
     a.daemon.kill()  # halfway, mid-stream, with claims held
     a.daemon.start()
     for thread in threads:
-        thread.join(300)
+        thread.join(600)
     assert not any(t.is_alive() for t in threads)
     assert any(c.failovers for c in clients), "no client was cut off by the kill"
 
-    wait_for(lambda: idle(pair), 120 + leases.LEASE.total_seconds(), "both queues to empty")
+    wait_for(lambda: idle(instances), 300 + leases.LEASE.total_seconds(), "the queues to empty")
 
     # A reply to B for a ticket opened at A (by the acknowledgement's minted Message-ID).
     first = message_id(0, 0)  # client 0 started at A
@@ -192,7 +199,7 @@ def test_two_instances_one_killed_and_restarted_every_250_in_one_ticket_one_ack_
     )
     with smtplib.SMTP("127.0.0.1", b.settings.smtp.port, timeout=30) as smtp:
         smtp.sendmail("c0.0@customer.test", [SUPPORT], reply)
-    wait_for(lambda: idle(pair), 60, "the reply to be processed")
+    wait_for(lambda: idle(instances), 60, "the reply to be processed")
 
     tickets = export(b)
     accepted = {mid for c in clients for mid in c.accepted}
