@@ -14,10 +14,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
 from maildesk.clock import Clock, new_token
@@ -33,6 +32,7 @@ from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.tokens import ReplyTokens
 
 _MAX_REFERENCES = 20
+_INSERT_OUTBOX = insert(cast(Table, Outbox.__table__)).returning(Outbox.__table__.c.id)
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 
 
@@ -92,19 +92,6 @@ class Notifier:
 
     def tag(self, ticket: Ticket) -> str:
         return f"[{self.settings.support.tag_prefix}{ticket.id}]"
-
-    def auto_replies_in_last_hour(self, session: Session, recipient: str) -> int:
-        since = self.clock.now() - timedelta(hours=1)
-        query = select(func.count(Outbox.id)).where(
-            Outbox.auto_to == recipient.lower(), Outbox.created_at > since
-        )
-        return session.scalar(query) or 0
-
-    def all_auto_replies_in_last_hour(self, session: Session) -> int:
-        """Automatic replies to anyone at all, for the global cap."""
-        since = self.clock.now() - timedelta(hours=1)
-        query = select(func.count(Outbox.id)).where(Outbox.created_at > since, Outbox.auto_to != "")
-        return session.scalar(query) or 0
 
     def language(self, note: Notification, to: Recipient, ticket: Ticket | None) -> str:
         """The language `note` is written in for `to`, by the kind's rule."""
@@ -169,7 +156,10 @@ class Notifier:
         reply_to: str | None = None,
     ) -> Outbox:
         """Compose `rendered` as mail from the support address and write its outbox row
-        (and, for a customer's ticket, its message), all in the caller's transaction."""
+        (and, for a customer's ticket, its message), all in the caller's transaction.
+
+        Returns the row as written: a copy outside the session, changes to it are not saved.
+        """
         first = recipients[0]
         now = self.clock.now()
         support = self.settings.support
@@ -236,22 +226,23 @@ class Notifier:
             )
         # Only a customer's automatic mail about a ticket counts against the caps.
         counted = automatic and not for_agents and ticket is not None
-        row = Outbox(
-            ticket_id=ticket.id if ticket is not None else None,
-            message_id=message_id,
-            kind=kind,
-            sender=support.address,
-            recipients=[r.email for r in recipients],
-            raw=raw,
-            auto_to=first.email.lower() if counted else "",
-            state=OutboxState.PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            last_error="",
-            created_at=now,
-        )
-        session.add(row)
-        return row
+        values: dict[str, Any] = {
+            "ticket_id": ticket.id if ticket is not None else None,
+            "message_id": message_id,
+            "kind": kind,
+            "sender": support.address,
+            "recipients": [r.email for r in recipients],
+            "raw": raw,
+            "auto_to": first.email.lower() if counted else "",
+            "state": OutboxState.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "last_error": "",
+            "created_at": now,
+        }
+        # A Core insert: an ORM object per queued mail cost more than composing it.
+        pk = session.execute(_INSERT_OUTBOX, values).scalar_one()
+        return Outbox(id=pk, **values)
 
     def context(
         self, note: Notification | None, ticket: Ticket | None, to: Recipient, language: str
