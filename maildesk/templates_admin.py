@@ -35,13 +35,14 @@ from maildesk.outbound.catalogue import (
 )
 from maildesk.outbound.notify import Notifier, Recipient
 from maildesk.outbound.render import Problem, Rendered, Renderer, check, make_environment
+from maildesk.states import TicketStatus
 from maildesk.tickets.tokens import ReplyTokens
 
 if TYPE_CHECKING:
     from maildesk.services import Services
 
 # A template the code does not send (an admin's own) gets the base context only.
-UNKNOWN_STATUS = "accepted"
+UNKNOWN_STATUS = TicketStatus.ACCEPTED
 
 
 def canned_contexts(language: str, base: str) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from maildesk.outbound.catalogue.base import (
     Tie,
     sample_text,
 )
+from maildesk.states import TicketStatus
 from maildesk.tickets import commands
 from maildesk.tickets.command_errors import Code, CommandError, error, texts
 
@@ -42,7 +43,7 @@ class AgentNotification(Notification):
     template = "agent_notification"
     audience = Audience.AGENT
     language_rule = LanguageRule.AGENT
-    usual_status = "new"
+    usual_status = TicketStatus.NEW
 
     event: str  # one of AGENT_EVENTS
     message: Quoted
@@ -109,7 +110,7 @@ class AgentDigest(Notification):
     audience = Audience.AGENT
     language_rule = LanguageRule.AGENT
     tie = Tie.UNTIED
-    usual_status = "new"
+    usual_status = TicketStatus.NEW
 
     day: str  # ISO date
     tickets: tuple[DigestRow, ...]
@@ -122,7 +123,7 @@ class AgentDigest(Notification):
         row: DigestRow = {
             "tag": "[#42]",
             "subject": sample_text(language)["subject"],
-            "status": "new",
+            "status": TicketStatus.NEW,
             "priority": "critical",
             "requester": SAMPLE_CUSTOMER[1],
             "owner": "",

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Self
 
+from maildesk.states import TicketStatus
+
 # Names the Notifier puts in every context; a kind's fields must not shadow them.
 BASE_NAMES = frozenset({"ticket", "recipient", "customer", "support"})
 
@@ -45,7 +47,7 @@ class Notification:
     # also counts against the auto-reply caps ([loops]).
     automatic: ClassVar[bool] = True
     tie: ClassVar[Tie] = Tie.TICKET
-    usual_status: ClassVar[str] = "accepted"  # the sample ticket's status in previews
+    usual_status: ClassVar[str] = TicketStatus.ACCEPTED  # the sample ticket's status in previews
 
     def variables(self, language: str) -> dict[str, Any]:
         """The template's own variables for a reader of `language`."""

@@ -18,6 +18,7 @@ from maildesk.outbound.catalogue.base import (
     Tie,
     sample_text,
 )
+from maildesk.states import TicketStatus
 from maildesk.tickets import commands
 from maildesk.tickets.command_errors import Code, CommandError, error, texts
 
@@ -58,7 +59,7 @@ class AgentList(Notification):
             return {
                 "number": number,
                 "tag": f"[#{number}]",
-                "status": "accepted",
+                "status": TicketStatus.ACCEPTED,
                 "priority": "normal",
                 "owner": owner,
                 "age": "3d 4h",
@@ -244,7 +245,7 @@ class AgentConfirm(Notification):
                 {
                     "tag": "[#42]",
                     "subject": sample_text(language)["subject"],
-                    "status": "accepted",
+                    "status": TicketStatus.ACCEPTED,
                     "owner": owner,
                 },
                 url,

@@ -13,6 +13,7 @@ from maildesk.outbound.catalogue.base import (
     Tie,
     sample_text,
 )
+from maildesk.states import TicketStatus
 from maildesk.tickets.lifecycle import APPROVE_WORDS, CONFIRM_WORDS, DECLINE_WORDS, suggested_word
 
 
@@ -27,7 +28,7 @@ class Acknowledgement(Notification):
     template = "acknowledgement"
     audience = Audience.CUSTOMER
     language_rule = LanguageRule.CUSTOMER
-    usual_status = "new"
+    usual_status = TicketStatus.NEW
 
     invitation_url: str  # "" unless this acknowledgement offers an account
     has_account: bool
@@ -49,7 +50,7 @@ class Invitation(Notification):
     audience = Audience.CUSTOMER
     language_rule = LanguageRule.CUSTOMER
     tie = Tie.UNTIED
-    usual_status = "new"
+    usual_status = TicketStatus.NEW
 
     invitation_url: str
 
@@ -71,7 +72,7 @@ class AgentReply(Notification):
     audience = Audience.CUSTOMER
     language_rule = LanguageRule.TICKET
     automatic = False
-    usual_status = "waiting_customer"
+    usual_status = TicketStatus.WAITING_CUSTOMER
 
     reply: ReplyText
 
@@ -99,7 +100,7 @@ class PaidNotice(Notification):
     audience = Audience.CUSTOMER
     language_rule = LanguageRule.TICKET
     automatic = False
-    usual_status = "waiting_customer"
+    usual_status = TicketStatus.WAITING_CUSTOMER
 
     paid: PaidOffer
     agent: AgentName
@@ -142,9 +143,9 @@ class StatusNotice(Notification):
         """Resolved asks to confirm or dispute; waiting asks for a reply; closed says
         goodbye; any other status is a plain status change."""
         kinds: dict[str, type[StatusNotice]] = {
-            "resolved": Resolved,
-            "closed": Closed,
-            "waiting_customer": WaitingCustomer,
+            TicketStatus.RESOLVED: Resolved,
+            TicketStatus.CLOSED: Closed,
+            TicketStatus.WAITING_CUSTOMER: WaitingCustomer,
         }
         return kinds.get(status, StatusChanged)()
 
@@ -157,16 +158,16 @@ class StatusChanged(StatusNotice):
 @dataclass(frozen=True)
 class WaitingCustomer(StatusNotice):
     template = "waiting_customer"
-    usual_status = "waiting_customer"
+    usual_status = TicketStatus.WAITING_CUSTOMER
 
 
 @dataclass(frozen=True)
 class Resolved(StatusNotice):
     template = "resolved"
-    usual_status = "resolved"
+    usual_status = TicketStatus.RESOLVED
 
 
 @dataclass(frozen=True)
 class Closed(StatusNotice):
     template = "closed"
-    usual_status = "closed"
+    usual_status = TicketStatus.CLOSED
