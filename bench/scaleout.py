@@ -114,8 +114,10 @@ class Relay:
 # -- the instances ---------------------------------------------------------------
 
 
-def values(url: str, relay: str, folder: Path, smtp_port: int, web_port: int) -> dict[str, Any]:
-    return {
+def values(
+    url: str, relay: str, folder: Path, smtp_port: int, web_port: int, workers: int | None = None
+) -> dict[str, Any]:
+    table: dict[str, Any] = {
         "support": {
             "address": common.SUPPORT,
             "name": "Example Support",
@@ -130,6 +132,9 @@ def values(url: str, relay: str, folder: Path, smtp_port: int, web_port: int) ->
         "limits": {"auto_replies_per_hour": 10_000_000, "auto_replies_per_hour_total": 10_000_000},
         "trust": {"verify_dkim": False},
     }
+    if workers is not None:  # else serve's default: one worker process per core
+        table["workers"] = {"count": workers}
+    return table
 
 
 def write_config(folder: Path, table: dict[str, Any]) -> Path:
@@ -329,7 +334,9 @@ class Figures:
     acknowledgements: int
     repeated: int
     states: dict[str, int]
-    retried: int  # inbound rows processed on a second or later attempt
+    # Inbound rows claimed more than once: a failure retried (see first_error), or a
+    # lease that ran out before the work was done (a worker starved of CPU).
+    retried: int
     first_error: str  # the last line of one retried row's traceback
     connections: int
 
@@ -404,7 +411,7 @@ def run_instances(n: int, args: argparse.Namespace, workdir: Path, run: str) -> 
             sub = folder / chr(ord("a") + k)
             sub.mkdir()
             smtp_port, web_port = common.free_port(), common.free_port()
-            table = values(url, relay.url, sub, smtp_port, web_port)
+            table = values(url, relay.url, sub, smtp_port, web_port, args.workers)
             instances.append(Instance(sub, write_config(sub, table), smtp_port, web_port))
         init_at_once(instances)
         with serving(instances):
@@ -539,7 +546,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     print()
     rows = [
         [
-            str(f.instances),
+            str(f.instances) + (f" × {args.workers} worker(s)" if args.workers is not None else ""),
             f"{f.accepted:.0f}",
             f"{f.processed:.0f}",
             f"{ms(f.queued_ms, 50)} / {ms(f.queued_ms, 99)}",
@@ -559,7 +566,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         "250 → ack at relay ms p50 / p99",
         "acks at relay",
         "inbound states",
-        "retried",
+        "claimed again",
         "PG connections (most)",
     ]
     print(common.table(headers, rows))
@@ -612,6 +619,12 @@ def main() -> None:
         "--distinct-senders",
         action="store_true",
         help="each message from its own customer (default: 24 customers write them all)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="[workers] count of each instance (default: cores)",
     )
     parser.add_argument("--count", type=int, default=300, help="messages to count statements of")
     parser.add_argument("--pg-url", default=pgschema.DEFAULT_URL)
