@@ -5,8 +5,9 @@ and PostgreSQL alike. A claim stamps the rows with a fresh random token and
 pushes `next_attempt_at` one short lease ahead; the same select runs
 `FOR UPDATE SKIP LOCKED` on PostgreSQL, so two instances never claim one row.
 While a worker lives it renews its leases (`Keeper`, a thread), so a lease can
-be short: a dead worker's rows are due again within `LEASE`, and whoever claims
-them next gets a new token. Every finishing write names the token it holds
+be short: a dead worker's rows are due again within one lease (`[workers]
+lease_seconds`, 30 s by default), and whoever claims them next gets a new
+token. Every finishing write names the token it holds
 (`owned`), so a worker that lost its lease (it hung, or the clock jumped) can
 never commit over the new owner's work.
 """

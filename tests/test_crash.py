@@ -1,9 +1,11 @@
 """kill -9 in the middle of a stream of mail: nothing accepted is lost, nothing is sent twice.
 
-The real daemon runs as a subprocess (`maildesk serve`) on the test's database and ports.
+The real daemon runs as a subprocess (`maildesk serve`, with its worker processes, the
+default count) on the test's database and ports.
 A client thread streams customer mail over SMTP, each message from its own customer so
 each opens its own ticket, and records which ones got a 250. Once enough were accepted the
-daemon is SIGKILLed while the client is still sending, then started again.
+daemon is SIGKILLed while the client is still sending (its workers die with it), then
+started again.
 
 On SQLite the restarted daemon, being the only instance, frees the killed process's claims
 at start-up. On PostgreSQL another instance might still hold them, so they wait out their
@@ -96,6 +98,12 @@ class DaemonProcess:
         except OSError:
             return None
 
+    def workers(self) -> set[int]:
+        """The worker processes serve started: its children, read from /proc."""
+        if self.proc is None:
+            return set()
+        return children(self.proc.pid)
+
     def kill(self) -> None:
         """SIGKILL: no handler runs, nothing is flushed or closed."""
         if self.proc is not None and self.proc.poll() is None:
@@ -107,6 +115,30 @@ class DaemonProcess:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGTERM)
         return self.proc.wait(30)
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is `pid`, from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; its parent (init) reaps it
 
 
 @pytest.fixture
@@ -181,6 +213,7 @@ def test_kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(
     )
     assert init.returncode == 0, init.stderr.decode(errors="replace")
     first = start_daemon(daemons, config_file, settings, tmp_path)
+    workers = wait_for(first.workers, 60, "serve's worker processes")
 
     stream = Stream(kill_after)
     client = threading.Thread(
@@ -189,6 +222,8 @@ def test_kill_9_mid_stream_loses_nothing_and_sends_nothing_twice(
     client.start()
     assert stream.enough.wait(60), "the client never got enough messages accepted"
     first.kill()  # while the client is still streaming
+    # Its workers die with it (the kernel kills them): none works beside the next serve.
+    wait_for(lambda: not any(alive(pid) for pid in workers), 30, "the workers to die with serve")
     client.join(30)
     assert not client.is_alive(), "the client hung on a dead daemon"
     assert len(stream.accepted) >= kill_after, f"stream ended early: {stream.stopped_by!r}"

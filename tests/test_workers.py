@@ -36,7 +36,7 @@ import pytest
 from maildesk import config
 from tests.conftest import PG_URL, Outbox, make_mail, toml, wait_for
 from tests.smtp_sink import SmtpSink
-from tests.test_crash import MAILDESK, DaemonProcess
+from tests.test_crash import MAILDESK, DaemonProcess, children
 
 pytestmark = pytest.mark.skipif(bool(PG_URL), reason="the SQLite writer order across processes")
 
@@ -48,22 +48,6 @@ LEASE_SECONDS = 5
 
 def message_id(client: int, n: int) -> str:
     return f"worker-{client}-{n}@customer.test"
-
-
-def children(pid: int) -> set[int]:
-    """The processes whose parent is `pid` (serve's workers), from /proc."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.add(int(entry.name))
-    return found
 
 
 @dataclass
