@@ -10,7 +10,8 @@ the queues are empty: every message that got a 250 is in exactly one ticket, the
 relay got exactly one acknowledgement (one Message-ID) per ticket, a second copy of
 it only in SMTP's own window (killed between the relay's 250 and our commit), and
 nothing is quarantined. And a reload (SIGHUP to serve) reaches the workers: the
-acknowledgements they write use the new templates.
+acknowledgements they write use the new templates; `maildesk worker` run on its own
+finds stored mail by its sweep, and SIGTERM stops it with exit 0.
 """
 
 from __future__ import annotations
@@ -221,3 +222,37 @@ def scrape(serve: DaemonProcess) -> str:
 def send(settings: config.Settings, subject: str, sender: str = "alice@customer.test") -> None:
     with smtplib.SMTP(settings.smtp.host, settings.smtp.port, timeout=30) as client:
         client.sendmail(sender, [SUPPORT], make_mail(subject=subject, sender=sender))
+
+
+def test_maildesk_worker_on_its_own_processes_and_sends_then_stops_on_sigterm(
+    config_file: Path, settings: config.Settings, tmp_path: Path
+) -> None:
+    """A worker run as a unit of its own: no serve, mail stored by `maildesk deliver`."""
+    for command in (["init"], ["deliver", "-f", "alice@customer.test", "-r", SUPPORT]):
+        done = subprocess.run(
+            [*MAILDESK, "--config", str(config_file), *command],
+            input=make_mail(subject="Stored by the MTA"),
+            capture_output=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [*MAILDESK, "--config", str(config_file), "worker"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        # Found by its sweep (nothing wakes a worker of its own), processed and sent.
+        [ack] = Outbox(tmp_path / "outbox").wait(1, timeout=60)
+        assert ack["Subject"] == "[#1] Stored by the MTA"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, log.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
