@@ -14,6 +14,7 @@ It also makes Outlook's Thread-Index (see `thread_index`).
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import re
@@ -21,7 +22,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import policy, quoprimime
+from email import policy
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 
@@ -70,7 +71,6 @@ _MIME_VERSION = re.compile(r"1\.0")
 _DISPOSITION = re.compile(r"attachment|inline")
 _HEADER_START = re.compile(rb"([!-9;-~]+):")
 _PLAIN_VALUE = re.compile(r"(?:[\t -$&-<>-~]|=(?!\?))*")  # printable, no "=?" and no "%"
-_QP_LINE = 76  # RFC 2045's longest quoted-printable line
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,8 @@ def _encoded_text(text: str) -> tuple[str, bytes]:
 
 
 def _quoted_printable(data: bytes) -> bytes:
-    # `data` ends in CRLF, and so does the encoding.
-    return quoprimime.body_encode(data.decode("latin-1"), _QP_LINE, eol="\r\n").encode("ascii")
+    # `data` is CRLF lines, and so is the encoding (lines of at most 76 characters).
+    return binascii.b2a_qp(data, istext=True)
 
 
 def _attachment_part(attachment: Attachment) -> _Part:
