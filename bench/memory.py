@@ -7,6 +7,8 @@ reports its own peak RSS, so the figure is the worker's alone.
 
 `--serve` instead runs `maildesk serve` with one worker process, sends the
 messages over SMTP and reports the peak RSS of serve and of its worker.
+`--dkim` signs each message (as most large mail from a real provider is) and
+serves the key from dnsmasq, so the worker verifies the signature.
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ from maildesk.inbound.store import Envelope
 from maildesk.services import Services, build
 
 
-def services(folder: Path, migrate: bool = True) -> Services:
+def services(folder: Path, migrate: bool = True, dns: str = "") -> Services:
+    trust = {"verify_dkim": True, "dns_servers": [dns]} if dns else {"verify_dkim": False}
     settings = config.from_mapping(
         {
             "support": {"address": "support@example.test", "language": "en"},
             "database": {"url": f"sqlite:///{folder / 'maildesk.db'}"},
             "web": {"secret_key": "bench"},
             "outbound": {"url": f"maildir:{folder / 'outbox'}"},
-            "trust": {"verify_dkim": False},
+            "trust": trust,
         },
         base_dir=folder,
     )
@@ -73,14 +76,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5)
     parser.add_argument("--size-mb", type=float, default=15.8)
     parser.add_argument("--serve", action="store_true", help="through maildesk serve and SMTP")
+    parser.add_argument("--dkim", action="store_true", help="DKIM-signed, verified by the worker")
     parser.add_argument("--process", metavar="FOLDER", help=argparse.SUPPRESS)
+    parser.add_argument("--dns", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         through_serve(args.messages, args.size_mb)
         return
     if args.process:
         heap.give_back_large_buffers()
-        desk = services(Path(args.process), migrate=False)
+        desk = services(Path(args.process), migrate=False, dns=args.dns)
         ready = peak_mb()
         processed = desk.drain_inbound()
         print(
@@ -89,13 +94,28 @@ def main() -> None:
         )
         return
     folder = Path(tempfile.mkdtemp(prefix="maildesk-memory-"))
+    key = None
+    if args.dkim:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.dns_server import make_key
+
+        key = make_key(folder, "customer.test")
     desk = services(folder)
     for number in range(args.messages):
-        mail = big_mail(number, args.size_mb)
+        mail = big_mail(number, args.size_mb).replace(b"\n", b"\r\n")
+        if key is not None:
+            mail = key.sign(mail)
         desk.store.put(mail, Envelope("smtp", "c@customer.test", ("support@example.test",)))
     desk.db.dispose()
     print(f"{args.messages} messages of {args.size_mb} MB stored in {folder}")
-    subprocess.run([sys.executable, __file__, "--process", str(folder)], check=True)
+    worker = [sys.executable, __file__, "--process", str(folder)]
+    if key is None:
+        subprocess.run(worker, check=True)
+        return
+    from tests.dns_server import dns_server
+
+    with dns_server({key.record_name: key.record}) as address:
+        subprocess.run([*worker, "--dns", address], check=True)
 
 
 def free_port() -> int:
