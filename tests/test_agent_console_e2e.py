@@ -229,7 +229,9 @@ def test_an_unknown_canned_reply_is_an_error_back_to_the_agent(
 
     agent_writes(daemon, AGENT, "#replies")
     [listing] = mails_to(outbox, AGENT, "Canned replies")
-    assert "  fixed\n" in listing.text and "  need-details\n" in listing.text
+    # Each with its first words, so the agent knows which one to use.
+    assert "  fixed: Hello, the problem is fixed. Please try it again" in listing.text
+    assert "  need-details: Hello, thank you for your message" in listing.text
 
 
 def test_a_watcher_hears_of_the_customers_replies(

@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, selectinload
 from maildesk.clock import as_utc
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Blob, Confirmation, ConsoleRequest, Inbound, Message, Ticket
+from maildesk.outbound.canned import CannedReplyError
 from maildesk.outbound.catalogue import (
     AgentConfirm,
     AgentConfirmed,
@@ -76,6 +77,7 @@ CONFIRM_HOURS = 24  # how long a confirmation mail's reply address and button wo
 MAX_READS = 5  # read-only commands answered from one mail
 MAX_SHOWN = 100  # messages of a #show, the newest ones
 MAX_BODY = 20_000  # characters of one message body in a #show
+PREVIEW = 90  # characters of each canned reply `#replies` shows
 # What an unproven mail may ask for, pending confirmation (and a proven one may run here).
 CHANGING = frozenset(
     {"assign", "watch", "unwatch", "cc", "status", "type", "priority", "lang", "reply"}
@@ -231,7 +233,9 @@ class Console:
                 )
             return self.show(session, agent, ticket, now, answering)
         if command.name in ("help", "replies"):
-            note = AgentHelp(command.name, tuple(self.flow.canned.names(language)))
+            replies = tuple(self.flow.canned.names(language))
+            previews = tuple(self._preview(name, language, agent) for name in replies)
+            note = AgentHelp(command.name, replies, previews)
             self.notifier.notify(session, note, to, answering=answering)
             return 1
         if command.name == "list":
@@ -259,6 +263,23 @@ class Console:
         listed = AgentList(query, shown, more=len(rows) > listing.MAX_ROWS)
         self.notifier.notify(session, listed, to, answering=answering)
         return 1
+
+    def _preview(self, name: str, language: str, agent: Agent) -> str:
+        """A canned reply's first words, rendered for no customer in particular."""
+        support = self.notifier.settings.support
+        values = {
+            "ticket": {"number": 0, "subject": "…", "status": "accepted", "status_label": "",
+                       "type": "", "priority": "normal"},
+            "customer": {"email": "", "name": ""},
+            "agent": {"name": agent_name(agent), "email": agent.email},
+            "support": {"name": support.name, "address": support.address,
+                        "url": support.base_url},
+        }  # fmt: skip
+        try:
+            words = " ".join(self.flow.canned.render(name, language, values).split())
+        except CannedReplyError:
+            return ""  # a broken reply: `templates check` names it; #reply NAME says why
+        return words if len(words) <= PREVIEW else words[: PREVIEW - 1].rstrip() + "…"
 
     def _row(self, row: listing.Row, snippet: str, agent: Agent, now: datetime) -> ListRow:
         return {

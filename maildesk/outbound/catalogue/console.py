@@ -198,14 +198,17 @@ class AgentHelp(Notification):
 
     topic: str  # help | replies
     replies: tuple[str, ...]
+    # Each reply's first words as the customer would read them, in the order of `replies`.
+    previews: tuple[str, ...] = ()
 
     def variables(self, language: str) -> dict[str, Any]:
         return {**super().variables(language), "commands_help": commands.help_text(language)}
 
     @classmethod
     def samples(cls, language: str, base_url: str) -> list[Self]:
+        previews = ("Hello, the problem is fixed. Please try it again…", "Hello, to find…")
         return [
-            cls(topic, replies)
+            cls(topic, replies, previews if replies else ())
             for topic in ("help", "replies")
             for replies in (("fixed", "need-details"), ())
         ]
