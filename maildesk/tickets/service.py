@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, insert, or_, select
+from sqlalchemy import Table, bindparam, insert, or_, select
 from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
@@ -32,6 +32,11 @@ from maildesk.tickets.search import index_message
 _INSERT_MESSAGE = insert(cast(Table, Message.__table__)).returning(Message.__table__.c.id)
 _INSERT_REF = insert(cast(Table, MessageRef.__table__))
 _INSERT_PARTICIPANT = insert(cast(Table, Participant.__table__))
+_PARTICIPANTS = (
+    select(Participant.person_id, Person.email, Person.name)
+    .join(Person, Person.id == Participant.person_id)
+    .where(Participant.ticket_id == bindparam("ticket_id"))
+)
 
 
 @dataclass(frozen=True)
@@ -96,12 +101,15 @@ class Tickets:
         self, ticket: Ticket, emails: Iterable[tuple[str, str]], now: datetime
     ) -> None:
         """Make people participants (role cc); the requester never changes."""
-        existing = set(
-            self.session.scalars(
-                select(Participant.person_id).where(Participant.ticket_id == ticket.id)
-            )
-        )
+        rows = self.session.execute(_PARTICIPANTS, {"ticket_id": ticket.id}).all()
+        existing = {person_id for person_id, _email, _name in rows}
+        taking_part = {email: bool(name) for _person_id, email, name in rows}
         for email, name in emails:
+            email = email.lower()
+            # Most mail is from people taking part already: nothing to look up, unless
+            # it brings a name we lack (what `person` would record).
+            if email in taking_part and (taking_part[email] or not name):
+                continue
             person = self.person(email, name, now)
             if person.id not in existing:
                 self.session.execute(
