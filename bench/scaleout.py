@@ -5,7 +5,8 @@ the `--pg-url` database, writes one config per instance (that schema, its own SM
 and web port, one shared relay: an SMTP sink in this process), runs `maildesk
 init` for all of them at once, starts them, and sends the same `--messages`
 ~`--size`-byte customer messages (each opens a ticket) over `--connections`
-persistent SMTP sessions, connection k to instance k mod N, unpaced; they come
+persistent SMTP sessions, connection k to instance k mod N, unpaced (or paced to
+`--rate` msg/s in total, for latency below capacity); they come
 from 24 customers, as `bench/ingest.py`'s do, or with `--distinct-senders` each
 from a customer of its own (no two workers then create one person). It waits
 until every instance reports empty queues on /healthz and reads from the database:
@@ -271,15 +272,19 @@ def _client(
     run: str,
     size: int,
     distinct: bool,
+    interval: float,
     barrier: Any,
     results: Any,
 ) -> None:
-    """One persistent SMTP session: build its messages, wait for the others, send them."""
+    """One persistent SMTP session: build its messages, wait for the others, send them
+    (message k no earlier than k * `interval` after the start, when pacing)."""
     mails = [mail(i, run, size, distinct) for i in indices]
     barrier.wait()
     started = time.time()
     with smtplib.SMTP("127.0.0.1", port, local_hostname="client.localhost", timeout=120) as smtp:
-        for mail_from, raw in mails:
+        for k, (mail_from, raw) in enumerate(mails):
+            if interval and (delay := started + k * interval - time.time()) > 0:
+                time.sleep(delay)
             if refused := smtp.sendmail(mail_from, [common.SUPPORT], raw):
                 raise RuntimeError(f"refused: {refused}")
         finished = time.time()
@@ -287,7 +292,9 @@ def _client(
 
 
 def send_spread(ports: list[int], args: argparse.Namespace, run: str) -> ClientRun:
-    """`--connections` persistent sessions, connection k to ports[k mod N], unpaced."""
+    """`--connections` persistent sessions, connection k to ports[k mod N]; `--rate` paces
+    them to that many messages per second in total."""
+    interval = args.connections / args.rate if args.rate > 0 else 0.0
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(args.connections)
     results = ctx.Queue()
@@ -300,6 +307,7 @@ def send_spread(ports: list[int], args: argparse.Namespace, run: str) -> ClientR
                 run,
                 args.size,
                 args.distinct_senders,
+                interval,
                 barrier,
                 results,
             ),
@@ -538,7 +546,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     print()
     print(
         f"scale-out on PostgreSQL: {args.messages} messages of ~{args.size} bytes, "
-        f"{args.connections} persistent SMTP connections spread over the instances, unpaced, "
+        f"{args.connections} persistent SMTP connections spread over the instances, "
+        + (f"paced to {args.rate:g} msg/s, " if args.rate else "unpaced, ")
         + ("each from its own customer" if args.distinct_senders else "from 24 customers")
     )
     print(f"machine: {common.machine(workdir)}")
@@ -615,6 +624,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1500)
     parser.add_argument("--connections", type=int, default=6)
     parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="offered msg/s in total (default: unpaced)"
+    )
     parser.add_argument(
         "--distinct-senders",
         action="store_true",
