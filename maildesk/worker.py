@@ -43,6 +43,10 @@ SWEEP_SECONDS = 2.0
 # (a claim of 100 would give one worker all of it), big enough that claiming costs
 # little next to processing.
 CLAIM_BATCH = 32
+# A drain claims new batches for at most this long, then finishes what it holds: under
+# serve's drain time (20 s, partly spent on SMTP sessions) even while other instances
+# keep storing mail, so a worker exits on its own instead of being killed mid-batch.
+DRAIN_CLAIM_SECONDS = 10.0
 
 # What serve writes on a worker's stdin (`workerpool.py`): first the settings it runs
 # with (a frame), then one byte per order.
@@ -128,6 +132,7 @@ class Worker:
         self._outbox = threading.Event()
         self._stop = threading.Event()
         self._empty_queue = False
+        self._claim_until = 0.0  # monotonic; while draining, no new claim after it
         self._threads = [
             threading.Thread(target=self._process_loop, name="processing", daemon=True),
             threading.Thread(target=self._send_loop, name="sending", daemon=True),
@@ -146,8 +151,11 @@ class Worker:
         self._outbox.set()
 
     def stop(self, *, empty_queue: bool = False) -> None:
-        """Finish what is held and exit; with `empty_queue`, process everything due first."""
-        self._empty_queue = self._empty_queue or empty_queue
+        """Finish what is held and exit; with `empty_queue`, process what is due first
+        (for `DRAIN_CLAIM_SECONDS` at most)."""
+        if empty_queue and not self._stop.is_set():
+            self._empty_queue = True
+            self._claim_until = time.monotonic() + DRAIN_CLAIM_SECONDS
         self._stop.set()
         self._inbound.set()
         self._outbox.set()
@@ -168,7 +176,9 @@ class Worker:
         processor = self.services.processor
         while True:
             self._inbound.clear()  # a wake from now on is seen by the wait below
-            if self._stop.is_set() and not self._empty_queue:
+            if self._stop.is_set() and not (
+                self._empty_queue and time.monotonic() < self._claim_until
+            ):
                 return
             try:
                 result = processor.process_pending(self.claim_batch)
@@ -235,23 +245,21 @@ def run_process(
     lease, and on SQLite the restarted serve frees them at start. A worker of its
     own re-reads the config and the templates on SIGHUP (`reload`).
     """
-    under_serve = pipe is not None
-    if under_serve:
+    if pipe is not None:
         _die_with_parent()
-        # Ctrl-C reaches the whole process group: serve orders the drain, not the key.
+        # Ctrl-C reaches the whole process group, and a reload is serve's to check:
+        # serve orders the drain, and passes a reload on (RELOAD) once it applied one.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     worker = Worker(services).start()
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-    if not under_serve:
-        signal.signal(signal.SIGINT, lambda *_: worker.stop())
-    if under_serve:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # serve says RELOAD once it applied one
-    else:
-        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload).start())
     if pipe is not None:
         orders = threading.Thread(target=_read_orders, args=(worker, pipe, apply), name="orders")
         orders.daemon = True
         orders.start()
+    else:
+        signal.signal(signal.SIGINT, lambda *_: worker.stop())
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload).start())
     log.info("worker %d ready: processing and sending", os.getpid())
     # join() in short steps: the main thread must come back to Python for the
     # signal handlers to run.
