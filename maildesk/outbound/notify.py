@@ -241,7 +241,7 @@ class Notifier:
             "created_at": now,
         }
         # A Core insert: an ORM object per queued mail cost more than composing it.
-        pk = session.execute(_INSERT_OUTBOX, values).scalar_one()
+        pk = session.connection().execute(_INSERT_OUTBOX, values).scalar_one()
         return Outbox(id=pk, **values)
 
     def context(

@@ -102,12 +102,12 @@ def indexed(direction: str, kind: str) -> bool:
 
 
 def index_message(
-    session: Session, pk: int, direction: str, kind: str, subject: str, body: str
+    db: Session | Connection, pk: int, direction: str, kind: str, subject: str, body: str
 ) -> None:
     """Add one stored message (its primary key and columns) to the index, in the
     caller's transaction."""
     if indexed(direction, kind):
-        index_rows(session, [(pk, document(subject, body))])
+        index_rows(db, [(pk, document(subject, body))])
 
 
 def index_rows(db: Session | Connection, rows: Iterable[tuple[int, str]]) -> None:

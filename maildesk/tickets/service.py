@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, bindparam, insert, or_, select
+from sqlalchemy import Connection, Table, bindparam, insert, or_, select
 from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
@@ -76,6 +76,13 @@ class Tickets:
     def __init__(self, session: Session) -> None:
         self.session = session
 
+    @property
+    def _rows(self) -> Connection:
+        """The session's connection, for Core inserts of rows no ORM object stands for:
+        they need none of the ORM's execution machinery (nor a flush before them, as
+        what they refer to is written already)."""
+        return self.session.connection()
+
     # -- people -------------------------------------------------------------
 
     def person(self, email: str, name: str, now: datetime) -> Person:
@@ -112,7 +119,7 @@ class Tickets:
                 continue
             person = self.person(email, name, now)
             if person.id not in existing:
-                self.session.execute(
+                self._rows.execute(
                     _INSERT_PARTICIPANT,
                     {"ticket_id": ticket.id, "person_id": person.id, "role": "cc"},
                 )
@@ -208,7 +215,7 @@ class Tickets:
         ticket.requester = requester  # known: reading it later needs no query
         self.session.add(ticket)
         self.session.flush()
-        self.session.execute(
+        self._rows.execute(
             _INSERT_PARTICIPANT,
             {"ticket_id": ticket.id, "person_id": requester.id, "role": "requester"},
         )
@@ -244,12 +251,12 @@ class Tickets:
             "flag": new.flag,
             "proof": new.proof,
         }
-        pk = int(self.session.execute(_INSERT_MESSAGE, values).scalar_one())
+        pk = int(self._rows.execute(_INSERT_MESSAGE, values).scalar_one())
         # The search index is written in the same transaction: it never lags the messages.
-        index_message(self.session, pk, new.direction, new.kind, new.subject, new.body_text)
+        index_message(self._rows, pk, new.direction, new.kind, new.subject, new.body_text)
         refs = [ref for ref in dict.fromkeys(new.references) if ref != new.message_id]
         if refs:
-            self.session.execute(_INSERT_REF, [{"message_pk": pk, "ref_id": ref} for ref in refs])
+            self._rows.execute(_INSERT_REF, [{"message_pk": pk, "ref_id": ref} for ref in refs])
         for filename, content_type, data in new.attachments:
             self.session.add(
                 Attachment(
