@@ -180,6 +180,9 @@ def _sla_notice(
             due=due,
             used_percent=int(clock.share * 100),
             age=age(ticket.created_at, now),
+            around_the_clock=(
+                policy.hours(ticket.priority, clock.name) is service_levels.AROUND_THE_CLOCK
+            ),
         )
     )
     for agent in audience:

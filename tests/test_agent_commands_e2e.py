@@ -98,6 +98,9 @@ def test_each_command_changes_the_ticket_and_only_the_text_reaches_the_customer(
     if command == "#priority critical":  # every agent hears of it at once
         [_, alert] = mail_to(outbox, AGENT, 2)
         assert alert.subject == "[#1] CRITICAL: Printer broken"
+        # What is critical is the customer's mail, not the agent's own command mail.
+        assert CUSTOMER_TEXT["en"][1].splitlines()[0] in alert.text
+        assert GREETING.splitlines()[-1] not in alert.text
 
     state = show(config_file)
     assert state[field] == value

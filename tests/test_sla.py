@@ -4,6 +4,7 @@ ticket waits for the customer, reminders at 75 %, breach notices and events, onc
 from __future__ import annotations
 
 import email
+import email.message
 import email.policy
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -122,6 +123,19 @@ def sla_mail(services: Services) -> list[tuple[str, list[str]]]:
     return out
 
 
+def sla_texts(services: Services) -> list[str]:
+    """The plain text of each SLA mail, in the order queued."""
+    out = []
+    for row in outbox_rows(services):
+        if row.kind == "agent_sla":
+            message = email.message_from_bytes(row.raw, policy=email.policy.default)
+            assert isinstance(message, email.message.EmailMessage)
+            part = message.get_body(("plain",))
+            assert part is not None
+            out.append(str(part.get_content()))
+    return out
+
+
 def set_status(services: Services, number: int, status: str, actor: str) -> None:
     with services.db.transaction() as session:
         found = session.get(Ticket, number)
@@ -225,6 +239,8 @@ def test_a_critical_bug_mailed_on_friday_evening_is_chased_that_evening(
     clock.advance(timedelta(minutes=1))
     assert jobs.sla(services) == 2  # nobody owns it: both agents
     assert all("SLA reminder (first response)" in s for s, _ in sla_mail(services))
+    # The reminder says why it comes on a Friday evening.
+    assert all("counts every hour, nights, weekends" in t for t in sla_texts(services))
     clock.advance(prague(9, 19, 1) - clock.now())
     assert jobs.sla(services) == 2
     assert ["BREACHED (first response)" in s for s, _ in sla_mail(services)][2:] == [True, True]
@@ -239,3 +255,4 @@ def test_a_critical_bug_mailed_on_friday_evening_is_chased_that_evening(
     assert jobs.sla(services) == 2
     [*_, (subject, _)] = sla_mail(services)
     assert "SLA reminder (resolution)" in subject
+    assert "This target counts working hours only." in sla_texts(services)[-1]

@@ -82,7 +82,7 @@ class AgentFlow:
         via = "command" if parsed.commands else "mail"
         if acting(parsed):
             lifecycle.agent_acted(ticket, mail.agent, via)
-        applied = self.apply(session, ticket, mail.agent, parsed, now, mail.message)
+        applied = self.apply(session, ticket, mail.agent, parsed, now)
         changes, queued = applied.changes, applied.queued
         if intake is not None:
             queued += self.notices.acknowledge(session, ticket, answering=None)
@@ -182,7 +182,6 @@ class AgentFlow:
         agent: Agent,
         parsed: commands.Commands,
         now: datetime,
-        message: ParsedMessage | None = None,
     ) -> Applied:
         """Run the commands that change a ticket (status, type, priority, owner, watchers,
         participants) as `agent`; returns the changes and the mails queued (critical alert).
@@ -208,7 +207,7 @@ class AgentFlow:
             Tickets(session).add_participants(ticket, [(cc.arg, "")], now)
         queued = 0
         if ticket.priority == "critical" and old_priority != "critical":
-            queued += self.notices.to_agents(session, ticket, "critical", message, everyone=True)
+            queued += self.notices.critical(session, ticket)
         handed = next((change for change in changes if change.field == "owner"), None)
         if handed is not None:
             if ticket.owner is not None and ticket.owner.id != agent.id:

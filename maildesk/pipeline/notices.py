@@ -159,24 +159,18 @@ class Notices:
         owner = ticket.owner
         if owner is None or not owner.active:
             return 0
-        newest = session.scalars(
-            select(Message)
-            .where(
-                Message.ticket_id == ticket.id,
-                Message.direction == "in",
-                Message.kind.in_(("customer", "participant")),
-            )
-            .order_by(Message.id.desc())
-            .limit(1)
-        ).first()
-        quoted: Quoted = {
-            "from": newest.from_addr if newest else "",
-            "from_name": newest.from_name if newest else "",
-            "text": redact_links(newest.body_text) if newest else "",
-        }
-        note = AgentNotification("assigned", quoted)
+        note = AgentNotification("assigned", customers_newest(session, ticket))
         self.notifier.notify(session, note, Recipient.of_agent(owner), ticket=ticket)
         return 1
+
+    def critical(self, session: Session, ticket: Ticket) -> int:
+        """An agent made `ticket` critical: every agent hears of it, with the customer's
+        newest mail (what is critical), not the agent's command."""
+        note = AgentNotification("critical", customers_newest(session, ticket))
+        agents = Agents(session).active()
+        for agent in agents:
+            self.notifier.notify(session, note, Recipient.of_agent(agent), ticket=ticket)
+        return len(agents)
 
     def taken(self, session: Session, ticket: Ticket, former: Agent) -> int:
         """A colleague took `ticket` from its owner: the former owner hears of it, so two
@@ -217,6 +211,23 @@ def mail_language(session: Session, person: Person) -> str | None:
         .limit(1)
     )
     return latest if latest in LANGUAGES else None
+
+
+def customers_newest(session: Session, ticket: Ticket) -> Quoted:
+    """The newest mail of the customer side on `ticket`, quoted for agents; on a ticket
+    the customer has not written to (taken by phone), the agent's intake text."""
+    customers = Message.kind.in_(("customer", "participant"))
+    ours = select(Message).where(Message.ticket_id == ticket.id, Message.direction == "in")
+    newest = session.scalars(ours.where(customers).order_by(Message.id.desc()).limit(1)).first()
+    if newest is None:
+        newest = session.scalars(ours.order_by(Message.id).limit(1)).first()
+    if newest is None:
+        return NO_MAIL
+    return {
+        "from": newest.from_addr,
+        "from_name": newest.from_name,
+        "text": redact_links(newest.body_text),
+    }
 
 
 def customer_thread(session: Session, ticket: Ticket) -> InReplyTo | None:

@@ -144,6 +144,7 @@ class SlaState(TypedDict):
     due: str  # local time, "" for a breach
     used_percent: int
     age: str
+    around_the_clock: bool  # the target counts every hour, not working hours only
 
 
 @dataclass(frozen=True)
@@ -166,10 +167,12 @@ class AgentSla(Notification):
                     "due": "2026-01-05 10:00" if kind == "reminder" else "",
                     "used_percent": 75 if kind == "reminder" else 100,
                     "age": "3d 4h",
+                    "around_the_clock": around,
                 }
             )
             for kind in ("reminder", "breach")
             for target in ("first_response", "resolution")
+            for around in ((False, True) if target == "first_response" else (False,))
         ]
 
 
