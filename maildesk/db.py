@@ -38,6 +38,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -204,7 +205,8 @@ class _WriterQueue:
     behind waiting 250s) and a normal one (a processing batch, a claim) wait, the urgent
     one goes first, unless the previous turn was urgent too. So a 250 waits for at most
     one (short, bounded) processing transaction, and processing still gets every other
-    turn under a flood. Re-entrant for the thread that holds it.
+    turn under a flood. Normal writers take their turns in arrival order. Re-entrant for
+    the thread that holds it.
     """
 
     def __init__(self, gate: _FileGate | None = None) -> None:
@@ -213,7 +215,8 @@ class _WriterQueue:
         self._owner: int | None = None
         self._depth = 0
         self._urgent = 0
-        self._normal = 0
+        self._tickets: deque[int] = deque()  # normal writers waiting, oldest first
+        self._next_ticket = 0
         self._last_urgent = False
 
     @contextmanager
@@ -248,26 +251,36 @@ class _WriterQueue:
                 self._cond.notify_all()
 
     def _wait(self, me: int, urgent: bool) -> None:
+        ticket = 0
         if urgent:
             self._urgent += 1
         else:
-            self._normal += 1
+            # Normal writers go in arrival order: a processing thread that loops back
+            # for its next transaction must not overtake the sender's "sent" write
+            # waiting since before (notify_all wakes them in no particular order).
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._tickets.append(ticket)
         try:
-            while not self._eligible(urgent):
+            while not self._eligible(urgent, ticket):
                 self._cond.wait()
         finally:
             if urgent:
                 self._urgent -= 1
             else:
-                self._normal -= 1
+                self._tickets.remove(ticket)
         self._owner, self._depth, self._last_urgent = me, 1, urgent
 
-    def _eligible(self, urgent: bool) -> bool:
+    @property
+    def _normal(self) -> int:
+        return len(self._tickets)
+
+    def _eligible(self, urgent: bool, ticket: int) -> bool:
         if self._owner is not None:
             return False
         if urgent:
             return not (self._normal and self._last_urgent)
-        return not self._urgent or self._last_urgent
+        return (not self._urgent or self._last_urgent) and self._tickets[0] == ticket
 
     @property
     def waiting(self) -> bool:

@@ -43,6 +43,10 @@ SWEEP_SECONDS = 2.0
 # (a claim of 100 would give one worker all of it), big enough that claiming costs
 # little next to processing.
 CLAIM_BATCH = 32
+# Outbox rows one claim takes: each is sent one after the other (a Maildir file and
+# its fsyncs, or an SMTP transaction), so a small claim lets every worker's sender
+# share a burst of acknowledgements instead of one sender holding a hundred.
+SEND_BATCH = 10
 # A drain claims new batches for at most this long, then finishes what it holds: under
 # serve's drain time (20 s, partly spent on SMTP sessions) even while other instances
 # keep storing mail, so a worker exits on its own instead of being killed mid-batch.
@@ -208,7 +212,7 @@ class Worker:
             while not self._stop.is_set():
                 self._outbox.clear()
                 try:
-                    handled = sender.send_due()
+                    handled = sender.send_due(SEND_BATCH)
                     due = None if handled else sender.next_due()
                 except Exception:
                     log.exception("sending failed; retrying shortly")
