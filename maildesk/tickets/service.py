@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Connection, Table, bindparam, insert, or_, select
+from sqlalchemy import Connection, Table, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk.clock import as_utc
 from maildesk.models import (
@@ -32,6 +33,11 @@ from maildesk.tickets.search import index_message
 _INSERT_MESSAGE = insert(cast(Table, Message.__table__)).returning(Message.__table__.c.id)
 _INSERT_REF = insert(cast(Table, MessageRef.__table__))
 _INSERT_PARTICIPANT = insert(cast(Table, Participant.__table__))
+_TOUCH_TICKET = (
+    update(cast(Table, Ticket.__table__))
+    .where(Ticket.__table__.c.id == bindparam("ticket_id"))
+    .values(updated_at=bindparam("at"))
+)
 _PARTICIPANTS = (
     select(Participant.person_id, Person.email, Person.name)
     .join(Person, Person.id == Participant.person_id)
@@ -267,7 +273,11 @@ class Tickets:
                     size=len(data),
                 )
             )
-        ticket.updated_at = new.created_at
+        if ticket.updated_at != new.created_at:
+            # Core too, and the loaded ticket told it as already saved: an ORM change
+            # here made every message's savepoint run a unit of work for one column.
+            self._rows.execute(_TOUCH_TICKET, {"ticket_id": ticket.id, "at": new.created_at})
+            set_committed_value(ticket, "updated_at", new.created_at)
         return pk
 
     def _blob(self, data: bytes) -> str:
