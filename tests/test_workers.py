@@ -20,6 +20,7 @@ import email
 import email.policy
 import json
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -256,3 +257,17 @@ def test_maildesk_worker_on_its_own_processes_and_sends_then_stops_on_sigterm(
         if worker.poll() is None:
             worker.kill()
             worker.wait(30)
+
+
+def test_workers_default_to_the_cores_and_a_bad_count_is_refused_naming_the_key(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    values = {k: v for k, v in config_values.items() if k != "workers"}
+    assert config.from_mapping(values, tmp_path).workers.count == max(os.cpu_count() or 1, 1)
+    for workers, error in (
+        ({"count": -1}, "[workers] count must be 0 or more"),
+        ({"count": "two"}, "[workers] count must be an integer"),
+        ({"lease_seconds": 1}, "[workers] lease_seconds must be at least 3"),
+    ):
+        with pytest.raises(config.ConfigError, match=re.escape(error)):
+            config.from_mapping({**values, "workers": workers}, tmp_path)
