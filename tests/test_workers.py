@@ -11,7 +11,8 @@ relay got exactly one acknowledgement (one Message-ID) per ticket, a second copy
 it only in SMTP's own window (killed between the relay's 250 and our commit), and
 nothing is quarantined. And a reload (SIGHUP to serve) reaches the workers: the
 acknowledgements they write use the new templates; `maildesk worker` run on its own
-finds stored mail by its sweep, and SIGTERM stops it with exit 0.
+finds stored mail by its sweep, and SIGTERM stops it with exit 0; mail serve fetches
+by IMAP (from a real Dovecot) is answered by its workers.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import pytest
 
 from maildesk import config
 from tests.conftest import PG_URL, Outbox, make_mail, toml, wait_for
+from tests.dovecot import Dovecot
 from tests.smtp_sink import SmtpSink
 from tests.test_crash import MAILDESK, DaemonProcess, children
 
@@ -271,3 +273,41 @@ def test_workers_default_to_the_cores_and_a_bad_count_is_refused_naming_the_key(
     ):
         with pytest.raises(config.ConfigError, match=re.escape(error)):
             config.from_mapping({**values, "workers": workers}, tmp_path)
+
+
+def test_mail_serve_fetches_by_imap_is_answered_by_its_workers(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    """IMAP polling stays in serve; what it stores wakes the worker processes."""
+    with Dovecot() as dovecot:
+        values = json.loads(json.dumps(config_values))
+        imap = dovecot.settings()
+        values["imap"] = {
+            "host": imap.host,
+            "port": imap.port,
+            "ssl": False,
+            "username": imap.username,
+            "password": imap.password,
+        }
+        values["workers"] = {"count": 2}
+        path = tmp_path / "maildesk.toml"
+        path.write_text(toml(values))
+        settings = config.from_mapping(values, base_dir=tmp_path)
+        init = subprocess.run(
+            [*MAILDESK, "--config", str(path), "init"], capture_output=True, timeout=60
+        )
+        assert init.returncode == 0, init.stderr.decode(errors="replace")
+        serve = DaemonProcess(path, tmp_path / "serve.log", settings).start()
+        try:
+            for n in range(3):
+                sender = f"imap{n}@customer.test"
+                dovecot.append("INBOX", make_mail(subject=f"By IMAP {n}", sender=sender))
+            acks = Outbox(tmp_path / "outbox").wait(3, timeout=60)
+            # Each message opened its own ticket and got its acknowledgement.
+            subjects = sorted(str(a["Subject"]).partition("] ")[2] for a in acks)
+            assert subjects == ["By IMAP 0", "By IMAP 1", "By IMAP 2"]
+            wait_for(lambda: len(dovecot.messages("Processed")) == 3, 30, "the moves")
+            assert dovecot.messages("INBOX") == []
+            assert serve.terminate() == 0, serve.log()
+        finally:
+            serve.kill()
