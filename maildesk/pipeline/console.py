@@ -17,13 +17,17 @@ What a request may do:
 - Read-only commands (`#list`, `#show`, `#search`, `#help`, `#replies`) are
   answered to the agent's *registered* address, never to one the mail names,
   so a forged request reads nothing. At most `PER_HOUR` requests per agent
-  per hour are answered; the rest are logged and dropped.
+  per hour are answered; the rest are logged and dropped. Unproven requests
+  and proven ones (DKIM/DMARC, a signed address) are counted apart, so a
+  stranger forging the agent's From uses up only the unproven allowance.
 - State-changing commands (`#assign`, `#take`, `#watch`, `#unwatch`, `#cc`,
   `#status`, `#type`, `#priority`, `#lang`, `#reply`) act on the ticket the mail names
   (its thread, or `[#N]` in the subject). They run at once when the mail
   proves the agent for that ticket. Otherwise the agent gets a confirmation
   mail: it runs them when the agent replies to it or presses its button,
-  once, within `CONFIRM_HOURS`.
+  once, within `CONFIRM_HOURS`. A reply counts only From the agent's own
+  address and only when it is not automatic: an out-of-office answer to the
+  confirmation mail confirms nothing.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import InReplyTo, Recipient
 from maildesk.pipeline.agent_mail import AgentFlow, acting, agent_name
 from maildesk.pipeline.authenticity import Sender
+from maildesk.pipeline.loops import classify
 from maildesk.pipeline.threader import Match
 from maildesk.redaction import redact_links
 from maildesk.tickets import commands, listing, sla
@@ -93,6 +98,8 @@ class ConsoleMail:
     ticket: Ticket | None  # what state-changing commands act on
     parsed: commands.Commands
     confirmation: int | None = None  # a reply to confirmation N
+    from_addr: str = ""  # a confirmation reply's From: it must be the agent's
+    automatic: bool = False  # an auto-reply, a bounce, list mail: it confirms nothing
 
 
 class Console:
@@ -122,7 +129,10 @@ class Console:
         if confirm is not None:
             # Only the agent received this address: holding it is the proof.
             empty = commands.Commands((), (), "")
-            return ConsoleMail(mid, subject, None, "", None, empty, confirm.number)
+            automatic = not classify(message, row.mail_from).may_reply
+            return ConsoleMail(
+                mid, subject, None, "", None, empty, confirm.number, message.from_addr, automatic
+            )
         agent = Agents(session).by_email(message.from_addr)
         if agent is None:
             return None
@@ -160,16 +170,23 @@ class Console:
         agent = mail.agent
         assert agent is not None
         since = now - timedelta(hours=1)
+        # Proven and unproven requests have an allowance each: forgeries cannot use up
+        # the agent's proven one.
+        alike = ConsoleRequest.proof != "" if mail.proof else ConsoleRequest.proof == ""
         recent = session.scalar(
             select(func.count(ConsoleRequest.id)).where(
-                ConsoleRequest.agent_id == agent.id, ConsoleRequest.at > since
+                ConsoleRequest.agent_id == agent.id, ConsoleRequest.at > since, alike
             )
         )
         session.add(
             ConsoleRequest(agent_id=agent.id, message_id=mail.message_id, at=now, proof=mail.proof)
         )
         if (recent or 0) >= PER_HOUR:
-            log.warning("console: %s asked more than %d times this hour", agent.email, PER_HOUR)
+            kind = "proven" if mail.proof else "unproven"
+            log.warning(
+                "console: %s sent more than %d %s requests this hour; dropped",
+                agent.email, PER_HOUR, kind,
+            )  # fmt: skip
             return 0
         log.info("console request from %s (%s)", agent.email, mail.proof or "unproven")
         errors = [*mail.parsed.errors, *self._problems(session, mail, agent)]
@@ -511,6 +528,14 @@ class Console:
 
     def _confirm_by_mail(self, session: Session, mail: ConsoleMail, now: datetime) -> int:
         assert mail.confirmation is not None
+        row = session.get(Confirmation, mail.confirmation)
+        agent = session.get(Agent, row.agent_id) if row is not None else None
+        if mail.automatic or agent is None or mail.from_addr != agent.email.lower():
+            # Holding the address is the proof only in the agent's own, typed reply: not
+            # in their vacation responder's, not in a colleague's they forwarded it to.
+            why = "an automatic reply" if mail.automatic else f"From {mail.from_addr}"
+            log.warning("console: confirmation %d not used: %s", mail.confirmation, why)
+            return 0
         outcome = self.confirm(session, mail.confirmation, now, "mail")
         if outcome.agent is None:
             return 0

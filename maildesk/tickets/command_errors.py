@@ -43,6 +43,8 @@ class Code(StrEnum):
     NO_SUCH_TICKET = "no_such_ticket"
     OVERDUE_WITHOUT_SLA = "overdue_without_sla"
     UNKNOWN_FILTER = "unknown_filter"
+    TOO_LONG = "too_long"
+    TOO_MANY = "too_many"
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ SENTENCES: dict[str, dict[Code, str]] = {
         Code.NO_SUCH_TICKET: "no such ticket",
         Code.OVERDUE_WITHOUT_SLA: "service levels ([sla]) are not configured",
         Code.UNKNOWN_FILTER: "unknown filter",
+        Code.TOO_LONG: "a command line is at most {limit} characters",
+        Code.TOO_MANY: "at most {limit} command lines in one mail; nothing was done",
     },
     "cs": {
         Code.ONE_OF: "musí být jedno z: {choices}",
@@ -142,5 +146,7 @@ SENTENCES: dict[str, dict[Code, str]] = {
         Code.NO_SUCH_TICKET: "takový tiket není",
         Code.OVERDUE_WITHOUT_SLA: "lhůty ([sla]) nejsou nastavené",
         Code.UNKNOWN_FILTER: "neznámý filtr",
+        Code.TOO_LONG: "řádek příkazu má nejvýš {limit} znaků",
+        Code.TOO_MANY: "nejvýš {limit} řádků příkazů v jednom e-mailu; nic se neprovedlo",
     },
 }

@@ -16,7 +16,18 @@ from maildesk.models import PRIORITIES, STATUSES, TYPES
 from maildesk.tickets.command_errors import Code, CommandError, error
 
 _LINE = re.compile(r"^#([a-z]+)\b[ \t]*(.*)$", re.IGNORECASE)
-_EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9.-]+$")
+# One address: no controls, spaces, commas or brackets (it goes into a header as is),
+# a domain of dot-separated labels.
+_EMAIL = re.compile(
+    r"[^\s\x00-\x1f\x7f-\x9f@<>(),;:\"\[\]\\]+"
+    r"@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+",
+    re.IGNORECASE,
+)
+# Bounds on what one mail asks for: the answer to a mail of a million `#` lines
+# (or one line of megabytes) would otherwise be as big, and as slow to make.
+MAX_COMMANDS = 20
+MAX_LINE = 1000
+_SHOWN = 80  # characters of a refused line the error repeats
 
 _HELP_EN = """\
 In a reply to a ticket:
@@ -110,6 +121,14 @@ def parse(text: str) -> Commands:
             continue
         if not match:
             break
+        if len(commands) + len(errors) == MAX_COMMANDS:
+            errors.append(error(Code.TOO_MANY, limit=str(MAX_COMMANDS)))
+            break
+        if len(line) > MAX_LINE:
+            shown = line[:_SHOWN] + "…"
+            errors.append(error(Code.TOO_LONG, shown, limit=str(MAX_LINE)))
+            index += 1
+            continue
         name, arg = match.group(1).lower(), match.group(2).strip()
         if name in _NAMED:  # the agent's language's name of a value will do
             arg = value_named(name, arg) or arg
@@ -138,15 +157,15 @@ def _check(name: str, arg: str) -> CommandError | None:
         allowed = choices[name]
         return None if value in allowed else error(Code.ONE_OF, choices=", ".join(allowed))
     if name == "assign":
-        return None if value == "me" or _EMAIL.match(value) else error(Code.ASSIGN_WHO)
+        return None if value == "me" or _EMAIL.fullmatch(value) else error(Code.ASSIGN_WHO)
     if name == "customer":
-        return None if _EMAIL.match(value) else error(Code.CUSTOMER_ADDRESS)
+        return None if _EMAIL.fullmatch(value) else error(Code.CUSTOMER_ADDRESS)
     if name == "paid":
         return None if arg else error(Code.PAID_PRICE)
     if name in _NO_ARGUMENT:
         return None if name == "note" or not arg else error(Code.NO_ARGUMENT)
     if name == "cc":
-        return None if _EMAIL.match(value) else error(Code.CC_ADDRESS)
+        return None if _EMAIL.fullmatch(value) else error(Code.CC_ADDRESS)
     if name == "reply":
         return None if _REPLY_NAME.match(value) else error(Code.REPLY_NAME)
     if name == "show":

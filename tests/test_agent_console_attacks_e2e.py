@@ -1,0 +1,221 @@
+"""The agents' console attacked by a stranger, end to end over real SMTP.
+
+Mallory knows the agents' addresses and the ticket numbers, and can put anything in
+From, Reply-To, the subject and the body. What she tries: using up an agent's
+console allowance, getting a confirmation run by a vacation responder or by the
+wrong person, adding recipients or headers with `#cc`, search operators, path
+names as canned replies, and mail big or deep enough to stall the processor.
+
+Waits are deadlines on the outbox or the database, never sleeps.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from maildesk.models import Participant, Person
+from maildesk.pipeline import console
+from maildesk.tickets import commands
+from tests.conftest import Outbox, RunningDaemon
+from tests.mailclient import (
+    AGENT,
+    ALICE,
+    BOB,
+    STRANGER,
+    SUPPORT,
+    Sent,
+    agent_writes,
+    desk_config,
+    mail_to,
+    mails_to,
+    open_ticket,
+    processed,
+    processed_or_failed,
+    reply_to,
+    sent,
+    show,
+)
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+    return desk_config(config_values, AGENT, BOB)
+
+
+def forged(daemon: RunningDaemon, agent: str, body: str, **kw: Any) -> None:
+    """Mallory's mail From `agent`, naming herself wherever a reply could go."""
+    extra = {"Reply-To": STRANGER, **kw.pop("extra", {})}
+    agent_writes(daemon, agent, body, envelope=STRANGER, extra=extra, **kw)
+
+
+def participants(daemon: RunningDaemon, number: int = 1) -> list[str]:
+    with daemon.services.db.reading() as session:
+        query = (
+            select(Person.email)
+            .join(Participant, Participant.person_id == Person.id)
+            .where(Participant.ticket_id == number)
+            .order_by(Person.email)
+        )
+        return list(session.scalars(query))
+
+
+def confirmation_for_bob(daemon: RunningDaemon, outbox: Outbox) -> Sent:
+    """Ticket 1 owned by Agnes; a forged `#assign me` as Bob asks Bob to confirm."""
+    opened = open_ticket(daemon, outbox)
+    agent_writes(daemon, AGENT, "#assign me", to=opened.reply_to, answering=opened.notification)
+    forged(daemon, BOB, "#assign me", subject="[#1] mine now")
+    [confirm] = mails_to(outbox, BOB, "Confirm: #assign me on [#1]")
+    return confirm
+
+
+def test_forgeries_use_up_only_the_unproven_allowance(
+    daemon: RunningDaemon, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console, "PER_HOUR", 2)
+    opened = open_ticket(daemon, outbox)
+    for _ in range(3):
+        forged(daemon, AGENT, "#list all")
+    processed(daemon, 4)
+    # Two answered (to Agnes, never to Mallory), the third dropped.
+    assert len(mails_to(outbox, AGENT, "#list all", 2)) == 2
+    # Agnes's own request, proven by her signed reply address, is still answered.
+    agent_writes(daemon, AGENT, "#show 1", to=opened.reply_to, answering=opened.notification)
+    [shown] = mails_to(outbox, AGENT, "[#1] Printer broken")
+    assert shown.to == [AGENT]
+    processed(daemon, 5)
+    assert len([s for s in sent(outbox) if s.subject.startswith("#list all")]) == 2
+    assert all(STRANGER not in s.to for s in sent(outbox))
+
+
+def test_a_confirmation_runs_only_on_the_agents_own_typed_reply(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    confirm = confirmation_for_bob(daemon, outbox)
+    address = reply_to(confirm)
+    # Bob's vacation responder answers the confirmation mail (RFC 3834 marks it).
+    agent_writes(
+        daemon, BOB, "I am away until Monday.", to=address, answering=confirm,
+        subject="Automatic reply: Confirm", extra={"Auto-Submitted": "auto-replied"},
+    )  # fmt: skip
+    # Bob forwarded the confirmation to Agnes; she replies to it.
+    agent_writes(daemon, AGENT, "yes", to=address, answering=confirm)
+    # Mallory saw the address somewhere and replies From herself, then From Bob with a
+    # null envelope sender, as a bounce would come.
+    agent_writes(daemon, STRANGER, "yes", to=address, answering=confirm)
+    agent_writes(daemon, BOB, "yes", to=address, answering=confirm, envelope="<>")
+    processed(daemon, 7)
+    assert show(config_file)["owner"] == AGENT
+    assert not [s for s in sent(outbox) if s.subject.startswith("Done:")]
+
+    # Bob's own reply runs it, once.
+    agent_writes(daemon, BOB, "yes", to=address, answering=confirm)
+    mails_to(outbox, BOB, "Done: #assign me")
+    assert show(config_file)["owner"] == BOB
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "#cc carol@partner.test, dave@partner.test",  # two recipients
+        "#cc carol@partner.test dave@partner.test",
+        "#cc Carol <carol@partner.test>",
+        "#cc carol\x01@partner.test",  # a control character
+        "#cc carol@partner",  # no domain to send to
+        "#cc carol@-partner.test",
+    ],
+)
+def test_cc_adds_one_plain_address_or_nothing(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path, line: str
+) -> None:
+    opened = open_ticket(daemon, outbox)
+    agent_writes(daemon, AGENT, f"{line}\nHello Alice.", to=opened.reply_to,
+                 answering=opened.notification)  # fmt: skip
+    [error] = mails_to(outbox, AGENT, "[#1] Not sent")
+    assert "must be an address" in error.text
+    assert participants(daemon) == [ALICE]
+    assert len(mail_to(outbox, ALICE)) == 1  # only the acknowledgement
+
+
+def test_cc_cannot_write_a_header(daemon: RunningDaemon, outbox: Outbox, config_file: Path) -> None:
+    opened = open_ticket(daemon, outbox)
+    # A line break ends the command line: what follows is text for Alice, not a header.
+    agent_writes(daemon, AGENT, "#cc carol@partner.test\r\nBcc: mallory@stranger.test\r\n",
+                 to=opened.reply_to, answering=opened.notification)  # fmt: skip
+    [_, relay] = mail_to(outbox, ALICE, 2)
+    assert relay.msg["Bcc"] is None
+    assert sorted(relay.to) == [ALICE, "carol@partner.test"]
+    assert participants(daemon) == [ALICE, "carol@partner.test"]
+    assert all(STRANGER not in s.to for s in sent(outbox))
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "{{ 7*7 }}", "fixed/../../x", "FIXED.txt"])
+def test_a_canned_reply_name_is_a_name_not_a_path(
+    daemon: RunningDaemon, outbox: Outbox, name: str
+) -> None:
+    opened = open_ticket(daemon, outbox)
+    agent_writes(daemon, AGENT, f"#reply {name}\nHello", to=opened.reply_to,
+                 answering=opened.notification)  # fmt: skip
+    [error] = mails_to(outbox, AGENT, "[#1] Not sent")
+    assert "canned reply's name" in error.text
+    assert "root:" not in error.text and "49" not in error.text
+    assert len(mail_to(outbox, ALICE)) == 1
+
+
+def test_search_operators_are_words(daemon: RunningDaemon, outbox: Outbox) -> None:
+    open_ticket(daemon, outbox)
+    # FTS5 and tsquery syntax: quotes, a star, a column filter, NEAR, ^, unbalanced
+    # parentheses. Every query word must be in the mail; none of it is syntax.
+    forged(daemon, AGENT, '#search "printer" blank*')
+    [found] = mails_to(outbox, AGENT, '#search "printer" blank*')
+    assert found.subject.endswith(": 1 ticket")
+    forged(daemon, AGENT, "#search document:printer OR NEAR(blank ^pages) ) ' \\ &|!:*")
+    [none] = mails_to(outbox, AGENT, "#search document:printer")
+    assert none.subject.endswith(": 0 tickets")
+
+
+def test_a_huge_command_mail_gets_one_short_answer(daemon: RunningDaemon, outbox: Outbox) -> None:
+    open_ticket(daemon, outbox)
+    forged(daemon, AGENT, "#lsit\n" * 50_000)
+    [many] = mails_to(outbox, AGENT, "Not sent")
+    assert f"at most {commands.MAX_COMMANDS} command lines" in many.text
+    assert len(many.raw) < 10_000
+    forged(daemon, AGENT, "#search " + "printer " * 100_000, subject="long")
+    [long] = mails_to(outbox, AGENT, "Not sent: long")
+    assert f"at most {commands.MAX_LINE} characters" in long.text
+    assert len(long.raw) < 10_000
+    forged(daemon, AGENT, "#list all")
+    mails_to(outbox, AGENT, "#list all")
+
+
+def nested(depth: int, text: str) -> bytes:
+    """A command mail `depth` multiparts deep."""
+    body = f"Content-Type: text/plain\r\n\r\n{text}\r\n".encode()
+    for level in range(depth):
+        b = f"b{level}".encode()
+        body = (
+            b'Content-Type: multipart/mixed; boundary="' + b + b'"\r\n\r\n'
+            b"--" + b + b"\r\n" + body + b"\r\n--" + b + b"--\r\n"
+        )
+    date = email.utils.format_datetime(email.utils.localtime()).encode()
+    head = (
+        f"From: {AGENT}\r\nTo: {SUPPORT}\r\nSubject: deep\r\n"
+        f"Message-ID: <deep@stranger.test>\r\nMIME-Version: 1.0\r\n"
+    ).encode()
+    return head + b"Date: " + date + b"\r\n" + body
+
+
+def test_a_deeply_nested_mail_does_not_stall_the_processor(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    open_ticket(daemon, outbox)
+    daemon.send(nested(3000, "#list all"), sender=STRANGER)
+    rows = processed_or_failed(daemon, 2)
+    assert rows[-1].error or rows[-1].state != "pending"
+    forged(daemon, AGENT, "#list all", subject="after")
+    [listed] = mails_to(outbox, AGENT, "#list all")
+    assert listed.to == [AGENT]
