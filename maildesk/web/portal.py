@@ -169,10 +169,15 @@ def _found(session: Session, scope: Scope, words: str, lang: str) -> list[dict[s
 # -- one ticket ----------------------------------------------------------------------
 
 
+def _row_id(text: str) -> int | None:
+    """A ticket or attachment number from a path: ASCII digits that fit the database's
+    integer (a longer one is a server error on SQLite, not a 404)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 12 else None
+
+
 def _visible_ticket(session: Session, request: web.Request, who: Viewer) -> Ticket | None:
-    try:
-        number = int(request.match_info["number"])
-    except ValueError:
+    number = _row_id(request.match_info["number"])
+    if number is None:
         return None
     scope = scope_of(session, request, who)
     return session.scalar(select(Ticket).where(Ticket.id == number, scope.condition()))
@@ -235,14 +240,15 @@ async def attachment(request: web.Request) -> web.StreamResponse:
     def load() -> tuple[str, str, bytes] | None:
         with site(request).services.db.transaction() as session:
             ticket = _visible_ticket(session, request, who)
-            if ticket is None or not request.match_info["attachment"].isdigit():
+            attachment = _row_id(request.match_info["attachment"])
+            if ticket is None or attachment is None:
                 return None
             found = session.execute(
                 select(Attachment.filename, Attachment.content_type, Blob.data)
                 .join(Message, Message.id == Attachment.message_pk)
                 .join(Blob, Blob.sha256 == Attachment.blob_sha256)
                 .where(
-                    Attachment.id == int(request.match_info["attachment"]),
+                    Attachment.id == attachment,
                     Message.ticket_id == ticket.id,
                     PUBLIC,
                 )

@@ -92,3 +92,20 @@ def test_the_search_box_escapes_what_it_echoes(daemon: RunningDaemon) -> None:
     alice = logged_in(daemon, ALICE)
     page = search(alice, '<script>alert(1)</script> "blank')
     assert "<script>alert" not in page and "&lt;script&gt;" in page
+
+
+def test_search_syntax_and_odd_numbers_reach_no_other_customer(daemon: RunningDaemon) -> None:
+    """FTS5/tsquery operators are words; a ticket number too big for the database is a
+    404 like any other ticket that is not hers, not a server error."""
+    mine = mail_in(daemon, ALICE, "Printer", "blank pages on floor 2")
+    theirs = mail_in(daemon, MALLORY, "Secret", "blank pages on floor 3, salary list")
+    customer(daemon.services, ALICE)
+    alice = logged_in(daemon, ALICE)
+    for words in ('blank OR salary', 'salary*', '"salary" NOT x', "document:salary",
+                  "NEAR(blank salary)", "salary:* | blank", "') OR 1=1 --"):  # fmt: skip
+        page = search(alice, words)
+        assert f'href="/tickets/{theirs}"' not in page and "salary list" not in page, words
+    assert f'href="/tickets/{mine}"' in search(alice, "blank* floor")
+    for number in (str(theirs), "99999999999999999999999", "-1", "1_0", "%D9%A1"):
+        assert alice.get(f"/tickets/{number}").status == 404, number
+        assert alice.get(f"/tickets/{mine}/attachments/{number}").status == 404, number
