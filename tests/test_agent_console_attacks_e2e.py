@@ -166,6 +166,14 @@ def test_a_canned_reply_name_is_a_name_not_a_path(
     assert len(mail_to(outbox, ALICE)) == 1
 
 
+def test_a_ticket_number_is_ascii_digits(daemon: RunningDaemon, outbox: Outbox) -> None:
+    open_ticket(daemon, outbox)
+    forged(daemon, AGENT, "#show \u00b2", subject="superscript")  # isdigit(), but no int
+    [error] = mails_to(outbox, AGENT, "Not sent: superscript")
+    assert "write a ticket number" in error.text
+    processed(daemon, 2)
+
+
 def test_search_operators_are_words(daemon: RunningDaemon, outbox: Outbox) -> None:
     open_ticket(daemon, outbox)
     # FTS5 and tsquery syntax: quotes, a star, a column filter, NEAR, ^, unbalanced

@@ -193,6 +193,8 @@ def test_the_confirm_button_works_once(
     assert _post(target, query)[0] == 409
     tampered = {**query, "s": "a" * len(query["s"])}
     assert _post(target, tampered)[0] == 400
+    for number in ("\u00b2", "9" * 30, "-1"):  # not a number, too long: refused, no error
+        assert _post(target, {**query, "c": number})[0] == 400
 
 
 @pytest.mark.parametrize(

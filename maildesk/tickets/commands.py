@@ -169,7 +169,8 @@ def _check(name: str, arg: str) -> CommandError | None:
     if name == "reply":
         return None if _REPLY_NAME.match(value) else error(Code.REPLY_NAME)
     if name == "show":
-        number = value.lstrip("#").isdigit() and len(value) < 13
+        digits = value.lstrip("#")  # ASCII only: int() refuses "²", which isdigit() allows
+        number = digits.isascii() and digits.isdigit() and len(value) < 13
         return None if number else error(Code.SHOW_NUMBER)
     if name == "search":
         return None if arg else error(Code.SEARCH_WORDS)

@@ -32,7 +32,7 @@ _OUTCOMES = {
 
 def _read(request_values: dict[str, str], services: Services) -> int | None:
     number, signature = request_values.get("c", ""), request_values.get("s", "")
-    if not number.isdigit() or len(number) > 12:
+    if not (number.isascii() and number.isdigit()) or len(number) > 12:
         return None
     confirmation = int(number)
     return confirmation if services.processor.console.check(confirmation, signature) else None
