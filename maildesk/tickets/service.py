@@ -10,9 +10,10 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -95,9 +96,15 @@ class Tickets:
         email = email.lower()
         found = self.session.scalar(select(Person).where(Person.email == email))
         if found is None:
-            found = Person(email=email, name=name, created_at=now)
-            self.session.add(found)
-            self.session.flush()
+            # Two workers may meet a new sender at once: the later insert does nothing
+            # (on PostgreSQL it waits for the earlier one's commit) and reads that row,
+            # instead of failing on the unique email and retrying the whole message.
+            self._rows.execute(
+                _insert_ignoring_duplicate(self.session, Person, "email"),
+                {"email": email, "name": name, "created_at": now},
+            )
+            found = self.session.scalar(select(Person).where(Person.email == email))
+            assert found is not None
         elif name and not found.name:
             found.name = name
         return found
@@ -286,3 +293,12 @@ class Tickets:
             self.session.add(Blob(sha256=sha, size=len(data), data=data))
             self.session.flush()
         return sha
+
+
+def _insert_ignoring_duplicate(session: Session, model: type[Person], unique: str) -> Any:
+    """INSERT … ON CONFLICT (unique) DO NOTHING in the session's SQL dialect."""
+    table = cast(Table, model.__table__)
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[unique])
+    return sqlite.insert(table).on_conflict_do_nothing(index_elements=[unique])
