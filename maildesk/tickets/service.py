@@ -34,6 +34,38 @@ from maildesk.tickets.search import index_message
 _INSERT_MESSAGE = insert(cast(Table, Message.__table__)).returning(Message.__table__.c.id)
 _INSERT_REF = insert(cast(Table, MessageRef.__table__))
 _INSERT_PARTICIPANT = insert(cast(Table, Participant.__table__))
+# The lookups every processed message makes, built once; they read rows written with
+# Core on the same connection (messages and outbox rows are never ORM objects).
+_MESSAGE_EXISTS = select(Message.id).where(Message.message_id == bindparam("mid")).limit(1)
+_MINTED = select(Outbox.message_id, Outbox.ticket_id).where(
+    Outbox.message_id.in_(bindparam("ids", expanding=True)), Outbox.ticket_id.is_not(None)
+)
+_STORED = (
+    select(Message.message_id, Message.ticket_id, Message.direction)
+    .join(Ticket, Ticket.id == Message.ticket_id)
+    .join(Person, Person.id == Ticket.requester_id)
+    .where(
+        Message.message_id.in_(bindparam("ids", expanding=True)),
+        Message.kind != "bounce",
+        or_(
+            Message.direction == "out",
+            Message.proof != "",
+            Message.from_addr == bindparam("sender"),
+            Message.from_addr == Person.email,
+        ),
+    )
+)
+_REFERENCING = (
+    select(Message.ticket_id)
+    .join(MessageRef, MessageRef.message_pk == Message.id)
+    .where(
+        MessageRef.ref_id == bindparam("mid"),
+        Message.kind != "bounce",
+        or_(Message.proof != "", Message.from_addr == bindparam("sender")),
+    )
+    .order_by(Message.id)
+    .limit(1)
+)
 _TOUCH_TICKET = (
     update(cast(Table, Ticket.__table__))
     .where(Ticket.__table__.c.id == bindparam("ticket_id"))
@@ -144,10 +176,7 @@ class Tickets:
         return self.session.get(Ticket, number)
 
     def message_exists(self, message_id: str) -> bool:
-        return (
-            self.session.scalar(select(Message.id).where(Message.message_id == message_id))
-            is not None
-        )
+        return self._rows.execute(_MESSAGE_EXISTS, {"mid": message_id}).first() is not None
 
     def thread_key(self, ids: Sequence[str], sender: str) -> ThreadKey | None:
         """The ticket of the first of `ids` (nearest first) that may thread mail.
@@ -162,28 +191,11 @@ class Tickets:
             return None
         found: dict[str, ThreadKey] = {}
         # Mail we sent to agents is only in the outbox; replies to it thread too.
-        minted = select(Outbox.message_id, Outbox.ticket_id).where(
-            Outbox.message_id.in_(ids), Outbox.ticket_id.is_not(None)
-        )
-        for mid, tid in self.session.execute(minted):
+        for mid, tid in self._rows.execute(_MINTED, {"ids": list(ids)}):
             if tid is not None:
                 found.setdefault(mid, ThreadKey(tid, minted=True))
-        stored = (
-            select(Message.message_id, Message.ticket_id, Message.direction)
-            .join(Ticket, Ticket.id == Message.ticket_id)
-            .join(Person, Person.id == Ticket.requester_id)
-            .where(
-                Message.message_id.in_(ids),
-                Message.kind != "bounce",
-                or_(
-                    Message.direction == "out",
-                    Message.proof != "",
-                    Message.from_addr == sender.lower(),
-                    Message.from_addr == Person.email,
-                ),
-            )
-        )
-        for mid, tid, direction in self.session.execute(stored):
+        values = {"ids": list(ids), "sender": sender.lower()}
+        for mid, tid, direction in self._rows.execute(_STORED, values):
             found.setdefault(mid, ThreadKey(tid, minted=direction == "out"))
         return next((found[mid] for mid in ids if mid in found), None)
 
@@ -193,17 +205,9 @@ class Tickets:
         Only a message that could itself be a key counts (see `thread_key`), so a
         stranger cannot lay a trap for a Message-ID they expect to arrive.
         """
-        return self.session.scalar(
-            select(Message.ticket_id)
-            .join(MessageRef, MessageRef.message_pk == Message.id)
-            .where(
-                MessageRef.ref_id == message_id,
-                Message.kind != "bounce",
-                or_(Message.proof != "", Message.from_addr == sender.lower()),
-            )
-            .order_by(Message.id)
-            .limit(1)
-        )
+        values = {"mid": message_id, "sender": sender.lower()}
+        found: int | None = self._rows.execute(_REFERENCING, values).scalar()
+        return found
 
     # -- changes ------------------------------------------------------------
 
