@@ -12,12 +12,17 @@ Waits are deadlines on the outbox or the database, never sleeps.
 from __future__ import annotations
 
 import email.utils
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from maildesk.clock import ManualClock
 from maildesk.models import Participant, Person
 from maildesk.pipeline import console
 from maildesk.tickets import commands
@@ -116,6 +121,46 @@ def test_a_confirmation_runs_only_on_the_agents_own_typed_reply(
     agent_writes(daemon, BOB, "yes", to=address, answering=confirm)
     mails_to(outbox, BOB, "Done: #assign me")
     assert show(config_file)["owner"] == BOB
+
+
+def test_a_row_address_asks_for_a_show_and_proves_nothing(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    open_ticket(daemon, outbox)
+    agent_writes(daemon, BOB, "#list all")
+    [listed] = mails_to(outbox, BOB, "#list all")
+    row = next(w for w in listed.text.split() if w.startswith("support+s1a2."))
+    # Bob's row address in Mallory's hands: From Bob, with commands that change things.
+    forged(daemon, BOB, "#status closed\n#assign me\n#cc mallory@stranger.test", to=row)
+    [shown] = mails_to(outbox, BOB, "[#1] Printer broken")
+    assert shown.to == [BOB]
+    # From Agnes, Bob's row address is nobody's: her commands name no ticket.
+    forged(daemon, AGENT, "#status closed", to=row)
+    [error] = mails_to(outbox, AGENT, "Not sent")
+    assert "which ticket?" in error.text
+    processed(daemon, 4)
+    state = show(config_file)
+    assert (state["status"], state["owner"], state["events"]) == ("new", None, [])
+    assert participants(daemon) == [ALICE]
+    assert all(STRANGER not in s.to for s in sent(outbox))
+
+
+def test_an_expired_confirm_button_does_nothing(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path, clock: ManualClock
+) -> None:
+    confirm = confirmation_for_bob(daemon, outbox)
+    url = next(w for w in confirm.text.split() if "/confirm?" in w)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    clock.advance(timedelta(hours=console.CONFIRM_HOURS, seconds=1))
+    with pytest.raises(urllib.error.HTTPError) as shown:
+        urllib.request.urlopen(url, timeout=10)  # noqa: S310
+    assert shown.value.code == 400  # the page offers nothing to confirm
+    assert "#assign me" not in shown.value.read().decode()
+    request = urllib.request.Request(url.split("?")[0], urllib.parse.urlencode(query).encode())
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)  # noqa: S310
+    assert refused.value.code == 410
+    assert show(config_file)["owner"] == AGENT
 
 
 @pytest.mark.parametrize(
