@@ -11,11 +11,13 @@ Waits are deadlines on the outbox or the database, never sleeps.
 
 from __future__ import annotations
 
+import email.policy
 import email.utils
 import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import timedelta
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +219,27 @@ def test_a_ticket_number_is_ascii_digits(daemon: RunningDaemon, outbox: Outbox) 
     [error] = mails_to(outbox, AGENT, "Not sent: superscript")
     assert "write a ticket number" in error.text
     processed(daemon, 2)
+
+
+def test_a_canned_reply_renders_the_customers_words_as_text(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    msg = EmailMessage()
+    msg["From"] = f'"{{{{ 7*7 }}}}" <{ALICE}>'
+    msg["To"] = SUPPORT
+    msg["Subject"] = "{{ 6*7 }} {% for x in ().__class__.__mro__ %}{{ x }}{% endfor %}"
+    msg["Message-ID"] = "<template@customer.test>"
+    msg["Date"] = email.utils.format_datetime(email.utils.localtime())
+    msg.set_content("{{ ''.__class__ }}")
+    msg["Content-Language"] = "en"
+    daemon.send(msg.as_bytes(policy=email.policy.SMTP))
+    [notification] = mail_to(outbox, AGENT)
+    agent_writes(daemon, AGENT, "#reply need-details", to=reply_to(notification),
+                 answering=notification)  # fmt: skip
+    [_, relay] = mail_to(outbox, ALICE, 2)
+    assert relay.text.startswith("Hello {{ 7*7 }},")
+    assert '"{{ 6*7 }} {% for x in ().__class__.__mro__ %}{{ x }}{% endfor %}"' in relay.text
+    assert "49" not in relay.text and "42" not in relay.text and "object" not in relay.text
 
 
 def test_search_operators_are_words(daemon: RunningDaemon, outbox: Outbox) -> None:
