@@ -8,7 +8,9 @@ reports its own peak RSS, so the figure is the worker's alone.
 `--serve` instead runs `maildesk serve` with one worker process, sends the
 messages over SMTP and reports the peak RSS of serve and of its worker.
 `--dkim` signs each message (as most large mail from a real provider is) and
-serves the key from dnsmasq, so the worker verifies the signature.
+serves the key from dnsmasq, so the worker verifies the signature. `--agents N`
+configures N agents: each is notified of a new ticket with the customer's
+attachments. The worker then sends what it queued (to a Maildir), as a worker does.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from maildesk.inbound.store import Envelope
 from maildesk.services import Services, build
 
 
-def services(folder: Path, migrate: bool = True, dns: str = "") -> Services:
+def services(folder: Path, migrate: bool = True, dns: str = "", agents: int = 0) -> Services:
     trust = {"verify_dkim": True, "dns_servers": [dns]} if dns else {"verify_dkim": False}
     settings = config.from_mapping(
         {
@@ -40,6 +42,7 @@ def services(folder: Path, migrate: bool = True, dns: str = "") -> Services:
             "web": {"secret_key": "bench"},
             "outbound": {"url": f"maildir:{folder / 'outbox'}"},
             "trust": trust,
+            "agents": {"addresses": [f"agent{n}@example.test" for n in range(agents)]},
         },
         base_dir=folder,
     )
@@ -77,6 +80,7 @@ def main() -> None:
     parser.add_argument("--size-mb", type=float, default=15.8)
     parser.add_argument("--serve", action="store_true", help="through maildesk serve and SMTP")
     parser.add_argument("--dkim", action="store_true", help="DKIM-signed, verified by the worker")
+    parser.add_argument("--agents", type=int, default=0, help="agents notified with attachments")
     parser.add_argument("--process", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--dns", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -85,12 +89,13 @@ def main() -> None:
         return
     if args.process:
         heap.give_back_large_buffers()
-        desk = services(Path(args.process), migrate=False, dns=args.dns)
+        desk = services(Path(args.process), migrate=False, dns=args.dns, agents=args.agents)
         ready = peak_mb()
         processed = desk.drain_inbound()
+        sent = desk.sender().send_due()
         print(
             f"worker: peak RSS {ready:.0f} MB before the first message, "
-            f"{peak_mb():.0f} MB after processing {processed}"
+            f"{peak_mb():.0f} MB after processing {processed} and sending {sent}"
         )
         return
     folder = Path(tempfile.mkdtemp(prefix="maildesk-memory-"))
@@ -100,7 +105,7 @@ def main() -> None:
         from tests.dns_server import make_key
 
         key = make_key(folder, "customer.test")
-    desk = services(folder)
+    desk = services(folder, agents=args.agents)
     for number in range(args.messages):
         mail = big_mail(number, args.size_mb).replace(b"\n", b"\r\n")
         if key is not None:
@@ -108,7 +113,7 @@ def main() -> None:
         desk.store.put(mail, Envelope("smtp", "c@customer.test", ("support@example.test",)))
     desk.db.dispose()
     print(f"{args.messages} messages of {args.size_mb} MB stored in {folder}")
-    worker = [sys.executable, __file__, "--process", str(folder)]
+    worker = [sys.executable, __file__, "--process", str(folder), "--agents", str(args.agents)]
     if key is None:
         subprocess.run(worker, check=True)
         return
