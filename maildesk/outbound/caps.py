@@ -40,4 +40,6 @@ def total_cap_reached(session: Session, cap: int, since: datetime) -> bool:
 
 
 def _count(session: Session, query: Select[Any], cap: int, since: datetime, **values: str) -> int:
-    return session.scalar(query, {"cap": cap, "since": since, **values}) or 0
+    # Outbox rows are written with Core (notify.py): nothing to flush before counting.
+    found = session.connection().execute(query, {"cap": cap, "since": since, **values})
+    return found.scalar() or 0

@@ -66,6 +66,11 @@ _REFERENCING = (
     .order_by(Message.id)
     .limit(1)
 )
+_IS_PARTICIPANT = (
+    select(Participant.person_id)
+    .join(Person, Person.id == Participant.person_id)
+    .where(Participant.ticket_id == bindparam("ticket_id"), Person.email == bindparam("email"))
+)
 _TOUCH_TICKET = (
     update(cast(Table, Ticket.__table__))
     .where(Ticket.__table__.c.id == bindparam("ticket_id"))
@@ -142,12 +147,8 @@ class Tickets:
         return found
 
     def is_participant(self, ticket_id: int, email: str) -> bool:
-        query = (
-            select(Participant.person_id)
-            .join(Person, Person.id == Participant.person_id)
-            .where(Participant.ticket_id == ticket_id, Person.email == email.lower())
-        )
-        return self.session.scalar(query) is not None
+        values = {"ticket_id": ticket_id, "email": email.lower()}
+        return self._rows.execute(_IS_PARTICIPANT, values).first() is not None
 
     def add_participants(
         self, ticket: Ticket, emails: Iterable[tuple[str, str]], now: datetime
