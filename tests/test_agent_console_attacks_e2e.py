@@ -200,6 +200,22 @@ def test_cc_cannot_write_a_header(daemon: RunningDaemon, outbox: Outbox, config_
     assert all(STRANGER not in s.to for s in sent(outbox))
 
 
+def test_each_cc_line_adds_one_and_a_repeated_command_is_an_error(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    opened = open_ticket(daemon, outbox)
+    agent_writes(daemon, AGENT, "#status resolved\n#status closed\nBye.", to=opened.reply_to,
+                 answering=opened.notification)  # fmt: skip
+    [error] = mails_to(outbox, AGENT, "[#1] Not sent")
+    assert "#status closed: given twice; write it once" in error.text
+    assert show(config_file)["status"] == "new"
+    agent_writes(daemon, AGENT, "#cc carol@partner.test\n#cc dave@partner.test\nHello all.",
+                 to=opened.reply_to, answering=opened.notification)  # fmt: skip
+    [_, relay] = mail_to(outbox, ALICE, 2)
+    assert sorted(relay.to) == [ALICE, "carol@partner.test", "dave@partner.test"]
+    assert participants(daemon) == [ALICE, "carol@partner.test", "dave@partner.test"]
+
+
 @pytest.mark.parametrize("name", ["../../etc/passwd", "{{ 7*7 }}", "fixed/../../x", "FIXED.txt"])
 def test_a_canned_reply_name_is_a_name_not_a_path(
     daemon: RunningDaemon, outbox: Outbox, name: str

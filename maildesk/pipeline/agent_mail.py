@@ -157,10 +157,9 @@ class AgentFlow:
                 self.canned_text(ticket, agent, canned.arg, agent.name or agent.email)
             except CannedReplyError as exc:
                 problems.append(exc.error)
-        cc = parsed.get("cc")
-        if cc is not None:
-            support = self.notifier.settings.support.address.lower()
-            tokens = self.notifier.tokens
+        support = self.notifier.settings.support.address.lower()
+        tokens = self.notifier.tokens
+        for cc in parsed.all("cc"):
             if cc.arg == support or tokens.accepts(cc.arg) or Agents(session).by_email(cc.arg):
                 problems.append(error(Code.CC_OURS, f"#cc {cc.arg}"))
         return problems
@@ -202,9 +201,9 @@ class AgentFlow:
             watchers.watch(ticket, agent, now)
         if parsed.get("unwatch") is not None:
             watchers.unwatch(ticket, agent)
-        cc = parsed.get("cc")
-        if cc is not None:
-            Tickets(session).add_participants(ticket, [(cc.arg, "")], now)
+        added = [(cc.arg, "") for cc in parsed.all("cc")]
+        if added:
+            Tickets(session).add_participants(ticket, added, now)
         queued = 0
         if ticket.priority == "critical" and old_priority != "critical":
             queued += self.notices.critical(session, ticket)

@@ -45,6 +45,7 @@ class Code(StrEnum):
     UNKNOWN_FILTER = "unknown_filter"
     TOO_LONG = "too_long"
     TOO_MANY = "too_many"
+    REPEATED = "repeated"
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ SENTENCES: dict[str, dict[Code, str]] = {
         Code.UNKNOWN_FILTER: "unknown filter",
         Code.TOO_LONG: "a command line is at most {limit} characters",
         Code.TOO_MANY: "at most {limit} command lines in one mail; nothing was done",
+        Code.REPEATED: "given twice; write it once",
     },
     "cs": {
         Code.ONE_OF: "musí být jedno z: {choices}",
@@ -148,5 +150,6 @@ SENTENCES: dict[str, dict[Code, str]] = {
         Code.UNKNOWN_FILTER: "neznámý filtr",
         Code.TOO_LONG: "řádek příkazu má nejvýš {limit} znaků",
         Code.TOO_MANY: "nejvýš {limit} řádků příkazů v jednom e-mailu; nic se neprovedlo",
+        Code.REPEATED: "je tu dvakrát; napište ho jednou",
     },
 }

@@ -99,6 +99,10 @@ class Commands:
     def get(self, name: str) -> Command | None:
         return next((c for c in self.commands if c.name == name), None)
 
+    def all(self, name: str) -> tuple[Command, ...]:
+        """Every `#name` line (`#cc` may come more than once; the others, once)."""
+        return tuple(c for c in self.commands if c.name == name)
+
     @property
     def read_only(self) -> tuple[Command, ...]:
         return tuple(c for c in self.commands if c.name in READ_ONLY)
@@ -135,6 +139,10 @@ def parse(text: str) -> Commands:
         problem = _check(name, arg)
         if problem is not None:
             errors.append(CommandError(problem.code, line, problem.args))
+        elif name not in REPEATABLE and CANONICAL.get(name, name) in {c.name for c in commands}:
+            # Two answers to one question (`#status resolved`, `#status closed`): which one
+            # the agent meant is theirs to say; taking the first would drop one unsaid.
+            errors.append(error(Code.REPEATED, line))
         elif name == "take":  # an alias, so the flow knows one command
             commands.append(Command("assign", "me"))
         else:
@@ -145,6 +153,8 @@ def parse(text: str) -> Commands:
 
 
 _NAMED = ("status", "type", "priority")
+CANONICAL = {"take": "assign"}
+REPEATABLE = READ_ONLY | {"cc"}  # `#show 1` `#show 2`; one participant per `#cc` line
 _LOWERED = {"status", "type", "priority", "lang", "assign", "customer", "cc", "reply", "list"}
 _NO_ARGUMENT = {"note", "take", "watch", "unwatch", "help", "replies"}
 
