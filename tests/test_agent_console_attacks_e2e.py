@@ -80,6 +80,26 @@ def confirmation_for_bob(daemon: RunningDaemon, outbox: Outbox) -> Sent:
     return confirm
 
 
+def test_a_forged_read_goes_to_the_registered_address_whatever_the_headers_say(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    open_ticket(daemon, outbox)
+    everywhere = {
+        "Sender": STRANGER,
+        "Cc": STRANGER,
+        "Mail-Followup-To": STRANGER,
+        "Mail-Reply-To": STRANGER,
+        "Errors-To": STRANGER,
+        "Disposition-Notification-To": STRANGER,
+        "Return-Receipt-To": STRANGER,
+    }
+    forged(daemon, "Agnes <AGENT@EXAMPLE.TEST>", "#show 1", extra=everywhere)
+    [shown] = mails_to(outbox, AGENT, "[#1] Printer broken")
+    assert shown.to == [AGENT]
+    processed(daemon, 2)
+    assert all(STRANGER.encode() not in s.raw.lower() for s in sent(outbox))
+
+
 def test_forgeries_use_up_only_the_unproven_allowance(
     daemon: RunningDaemon, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
