@@ -68,6 +68,15 @@ class Recipient:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """One mail written to the outbox: its row's id, its Message-ID and its bytes."""
+
+    id: int
+    message_id: str
+    raw: bytes
+
+
+@dataclass(frozen=True)
 class InReplyTo:
     """The message a notification answers, for the recipient's threading."""
 
@@ -113,7 +122,7 @@ class Notifier:
         sender_name: str | None = None,
         attachments: Sequence[Attachment] = (),
         reply_to: str | None = None,
-    ) -> Outbox:
+    ) -> Queued:
         """Render `note` for `to` and queue it, as part of `ticket` when there is one.
 
         `reply_to` (mail that belongs to no ticket only): a signed address of ours
@@ -154,11 +163,11 @@ class Notifier:
         sender_name: str | None = None,
         attachments: Sequence[Attachment] = (),
         reply_to: str | None = None,
-    ) -> Outbox:
+    ) -> Queued:
         """Compose `rendered` as mail from the support address and write its outbox row
         (and, for a customer's ticket, its message), all in the caller's transaction.
 
-        Returns the row as written: a copy outside the session, changes to it are not saved.
+        Returns what identifies the queued mail.
         """
         first = recipients[0]
         now = self.clock.now()
@@ -242,7 +251,7 @@ class Notifier:
         }
         # A Core insert: an ORM object per queued mail cost more than composing it.
         pk = session.connection().execute(_INSERT_OUTBOX, values).scalar_one()
-        return Outbox(id=pk, **values)
+        return Queued(pk, message_id, raw)
 
     def context(
         self, note: Notification | None, ticket: Ticket | None, to: Recipient, language: str
