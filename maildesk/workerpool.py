@@ -83,7 +83,7 @@ class WorkerPool:
 
     @property
     def running(self) -> int:
-        """Children alive now (for the status line and the log)."""
+        """Children alive now (/metrics: maildesk_worker_processes)."""
         return sum(1 for c in self._children if c.proc is not None and c.proc.returncode is None)
 
     @property
@@ -165,9 +165,9 @@ class WorkerPool:
             if proc is None or proc.returncode is not None or proc.stdin is None:
                 continue
             transport = proc.stdin.transport
-            # A child that does not read (stuck) gets no more wakes than a page of them.
             if transport.is_closing():
                 continue
+            # A child that does not read (stuck) gets no more wakes than a page of them.
             if not always and transport.get_write_buffer_size() > 4096:
                 continue
             try:
@@ -189,7 +189,7 @@ class WorkerPool:
         for task in self._watchers:
             task.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
-        self._write(DRAIN)
+        self._write(DRAIN, always=True)
         procs = [c.proc for c in self._children if c.proc and c.proc.returncode is None]
         if not procs:
             return
