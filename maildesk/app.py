@@ -86,6 +86,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         services, settings = self.services, self.settings
         wake = self._wake
+        # Every commit of new mail wakes the workers, portal replies included (SMTP and
+        # IMAP also wake on their own; the pool sends one wake per loop turn anyway).
+        services.store.on_stored(wake)
         try:
             await loop.run_in_executor(None, services.prepare)
         except DBAPIError as exc:

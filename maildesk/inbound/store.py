@@ -63,6 +63,16 @@ class InboundStore:
         self._db = db
         self._clock = clock
         self._door: GroupCommit[tuple[bytes, Envelope]] = GroupCommit(self._commit_waiting)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_stored(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (from the committing thread) after each commit of new mail:
+        the daemon wakes its workers, whichever route (SMTP, IMAP, a portal reply) stored it."""
+        self._listeners.append(listener)
+
+    def _announce(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     @property
     def commits(self) -> int:
@@ -89,7 +99,9 @@ class InboundStore:
         # so what arrived while we waited joins this commit.
         with self._db.transaction(urgent=True) as session:
             now = self._clock.now()
-            return self._insert(session, [w.item for w in take()], now)
+            ids = self._insert(session, [w.item for w in take()], now)
+        self._announce()
+        return ids
 
     def put_many(self, raws: Sequence[bytes], envelope: Envelope) -> list[int]:
         """Commit several messages in one transaction (one fsync) and return their ids.
@@ -98,7 +110,9 @@ class InboundStore:
         """
         with self._db.transaction() as session:
             now = self._clock.now()
-            return self._insert(session, [(raw, envelope) for raw in raws], now)
+            ids = self._insert(session, [(raw, envelope) for raw in raws], now)
+        self._announce()
+        return ids
 
     def _insert(
         self, session: Session, items: Sequence[tuple[bytes, Envelope]], now: datetime

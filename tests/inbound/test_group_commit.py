@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.db import Database
+from maildesk.inbound.store import Envelope
 from maildesk.models import InboundRaw
 from maildesk.services import Services
 from tests.conftest import RunningDaemon, make_mail, wait_for
@@ -194,3 +195,24 @@ def test_processing_still_gets_every_other_turn_under_a_flood(services: Services
     threads = queue_up(db, order, ("batch", False), ("another 250", True))
     drain(threads, release, holder)
     assert order == ["batch", "another 250"]
+
+
+def test_the_store_wakes_its_listeners_only_once_the_mail_is_committed(
+    services: Services,
+) -> None:
+    """The daemon wakes its workers from here, for every route in (a portal reply too):
+    a worker woken before the commit would find nothing and sleep until the next sweep."""
+    seen_by_others: list[int] = []
+    other = Database(services.settings.database.url)
+
+    def on_stored() -> None:
+        with other.reading() as session:
+            seen_by_others.append(len(session.scalars(select(InboundRaw.inbound_id)).all()))
+
+    services.store.on_stored(on_stored)
+    try:
+        services.store.put(make_mail(message_id="woken@customer.test"), Envelope(source="web"))
+        services.store.put_many([make_mail(message_id="bulk@customer.test")], Envelope("import"))
+    finally:
+        other.dispose()
+    assert seen_by_others == [1, 2]
