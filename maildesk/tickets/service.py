@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk.clock import as_utc
@@ -32,6 +32,7 @@ from maildesk.states import TicketStatus
 from maildesk.tickets.search import index_message
 
 _INSERT_MESSAGE = insert(cast(Table, Message.__table__)).returning(Message.__table__.c.id)
+_INSERT_TICKET = insert(cast(Table, Ticket.__table__)).returning(Ticket.__table__.c.id)
 _INSERT_REF = insert(cast(Table, MessageRef.__table__))
 _INSERT_PARTICIPANT = insert(cast(Table, Participant.__table__))
 # The lookups every processed message makes, built once; they read rows written with
@@ -220,19 +221,32 @@ class Tickets:
         now: datetime,
         previous: Ticket | None = None,
     ) -> Ticket:
-        ticket = Ticket(
-            subject=subject,
-            status=TicketStatus.NEW,
-            priority="normal",
-            requester_id=requester.id,
-            language=language,
-            created_at=now,
-            updated_at=now,
-            previous_id=previous.id if previous else None,
-        )
-        ticket.requester = requester  # known: reading it later needs no query
+        values: dict[str, Any] = {
+            "subject": subject,
+            "status": TicketStatus.NEW,
+            "type": None,
+            "priority": "normal",
+            "requester_id": requester.id,
+            "language": language,
+            "created_at": now,
+            "updated_at": now,
+            "closed_at": None,
+            "previous_id": previous.id if previous else None,
+            "owner_id": None,
+            "resolved_at": None,
+            "channel": "email",
+            "paid_state": None,
+            "paid_note": "",
+            "paid_round": 0,
+        }
+        # A Core insert, then the ORM is handed the row as if it had loaded it: a new
+        # ticket per message through the unit of work cost more than the statement.
+        # (A column missing from `values` would be read back when first used.)
+        pk = self._rows.execute(_INSERT_TICKET, values).scalar_one()
+        ticket = Ticket(id=pk, **values)
+        ticket.requester, ticket.owner = requester, None
+        make_transient_to_detached(ticket)
         self.session.add(ticket)
-        self.session.flush()
         self._rows.execute(
             _INSERT_PARTICIPANT,
             {"ticket_id": ticket.id, "person_id": requester.id, "role": "requester"},
