@@ -119,6 +119,37 @@ def test_forgeries_use_up_only_the_unproven_allowance(
     assert all(STRANGER not in s.to for s in sent(outbox))
 
 
+@pytest.mark.parametrize("to", ["signed reply address", "support address"])
+def test_an_agents_out_of_office_answer_is_not_relayed(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path, to: str
+) -> None:
+    opened = open_ticket(daemon, outbox)
+    # Exchange and Sieve vacation answer a notification, marked as RFC 3834 says, to
+    # its Reply-To or to the envelope sender; either proves the agent's mailbox.
+    address = opened.reply_to if to == "signed reply address" else SUPPORT
+    agent_writes(
+        daemon, AGENT, "#status closed\nI am out of the office until Monday.", to=address,
+        answering=opened.notification, subject="Automatic reply: [#1] New ticket",
+        extra={"Auto-Submitted": "auto-replied"},
+    )  # fmt: skip
+    processed(daemon, 2)
+    state = show(config_file)
+    assert (state["status"], state["owner"], state["events"]) == ("new", None, [])
+    assert len(mail_to(outbox, ALICE)) == 1  # the acknowledgement only
+    assert not [s for s in sent(outbox) if s.subject.startswith("[#1] Not sent")]
+
+
+def test_an_automatic_console_request_is_not_answered(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    open_ticket(daemon, outbox)
+    agent_writes(daemon, AGENT, "#list all", extra={"Auto-Submitted": "auto-replied"})
+    processed(daemon, 2)
+    agent_writes(daemon, AGENT, "#list open")
+    mails_to(outbox, AGENT, "#list open")
+    assert not [s for s in sent(outbox) if s.subject.startswith("#list all")]
+
+
 def test_a_confirmation_runs_only_on_the_agents_own_typed_reply(
     daemon: RunningDaemon, outbox: Outbox, config_file: Path
 ) -> None:

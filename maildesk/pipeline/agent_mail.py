@@ -4,11 +4,13 @@ The agent's own message is kept as an internal record; what the customer gets
 is a separate outbound message from the support address, carrying only the
 agent's new text (quotes, signature and command lines removed). A mail with
 any invalid command changes nothing and sends nothing to the customer: the
-agent gets the errors back instead.
+agent gets the errors back instead. Automatic mail from the agent's mailbox
+(an out-of-office answer to a notification) changes and sends nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +25,7 @@ from maildesk.outbound.canned import CannedReplies, CannedReplyError
 from maildesk.outbound.catalogue import AgentReply
 from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import Notifier, Recipient
+from maildesk.pipeline.loops import classify
 from maildesk.pipeline.notices import Notices, customer_thread
 from maildesk.states import TicketStatus
 from maildesk.tickets import commands
@@ -31,6 +34,8 @@ from maildesk.tickets.command_errors import Code, CommandError, error
 from maildesk.tickets.lifecycle import Change, Lifecycle
 from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.watchers import Watchers
+
+log = logging.getLogger("maildesk.agents")
 
 _CONTENT_LINE = 12  # note lines shorter than this are too common to count as leaks
 
@@ -64,6 +69,13 @@ class AgentFlow:
 
     def handle(self, session: Session, mail: AgentMail, now: datetime) -> int:
         """Apply one agent mail; returns the number of outbound messages queued."""
+        if not classify(mail.message, mail.row.mail_from).may_reply:
+            # The agent's mailbox answering by itself (out of office, RFC 3834): it proves
+            # the mailbox, but nobody wrote it. Nothing runs, nothing reaches the customer,
+            # and it gets no answer (answering automatic mail is how loops start).
+            log.info("inbound %d: automatic mail from agent %s ignored", mail.row.id,
+                     mail.agent.email)  # fmt: skip
+            return 0
         parsed = commands.parse(mail.text)
         errors = [*parsed.errors, *self._problems(session, mail, parsed)]
         if errors:

@@ -126,16 +126,16 @@ class Console:
         found = [t for a in addresses if (t := self.tokens.console(a)) is not None]
         mid, subject = message.message_id, message.subject
         confirm = next((t for t in found if t.kind == "confirm"), None)
+        automatic = not classify(message, row.mail_from).may_reply
         if confirm is not None:
             # Only the agent received this address: holding it is the proof.
             empty = commands.Commands((), (), "")
-            automatic = not classify(message, row.mail_from).may_reply
             return ConsoleMail(
                 mid, subject, None, "", None, empty, confirm.number, message.from_addr, automatic
             )
         agent = Agents(session).by_email(message.from_addr)
-        if agent is None:
-            return None
+        if agent is None or automatic:
+            return None  # automatic mail asks nothing, and is never answered
         show = next((t for t in found if t.kind == "show" and t.agent == agent.id), None)
         if show is not None:
             parsed = commands.Commands((commands.Command("show", str(show.number)),), (), "")
