@@ -37,6 +37,7 @@ from tests.mailclient import (
     SUPPORT,
     Sent,
     agent_writes,
+    cli,
     desk_config,
     mail_to,
     mails_to,
@@ -169,6 +170,10 @@ def test_a_confirmation_runs_only_on_the_agents_own_typed_reply(
     processed(daemon, 7)
     assert show(config_file)["owner"] == AGENT
     assert not [s for s in sent(outbox) if s.subject.startswith("Done:")]
+    # Not a confirmation, Mallory's mail is what any mail of hers is: a ticket of her own.
+    [hers] = [t for t in cli(config_file, "tickets", "list") if t["number"] != 1
+              and show(config_file, t["number"])["messages"][0]["from"] == STRANGER]  # fmt: skip
+    assert show(config_file, hers["number"])["messages"][0]["body_text"].startswith("yes")
 
     # Bob's own reply runs it, once.
     agent_writes(daemon, BOB, "yes", to=address, answering=confirm)

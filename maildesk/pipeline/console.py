@@ -127,7 +127,7 @@ class Console:
         mid, subject = message.message_id, message.subject
         confirm = next((t for t in found if t.kind == "confirm"), None)
         automatic = not classify(message, row.mail_from).may_reply
-        if confirm is not None:
+        if confirm is not None and (automatic or self._for(session, confirm.number, message)):
             # Only the agent received this address: holding it is the proof.
             empty = commands.Commands((), (), "")
             return ConsoleMail(
@@ -153,6 +153,22 @@ class Console:
         if show is None and proven and match.ticket is not None and not parsed.read_only:
             return None  # a proven reply on its ticket: the agent flow records it there
         return ConsoleMail(mid, subject, agent, sender.proof if proven else "", target, parsed)
+
+    @staticmethod
+    def _for(session: Session, confirmation: int, message: ParsedMessage) -> bool:
+        """Is `message` From the agent confirmation `confirmation` was asked of? Anyone
+        else's mail to its address (a colleague it was forwarded to, a customer answering
+        all) is not a confirmation: it takes the way any mail takes, and nothing is lost."""
+        asked = session.scalar(
+            select(Agent.email)
+            .join(Confirmation, Confirmation.agent_id == Agent.id)
+            .where(Confirmation.id == confirmation)
+        )
+        if asked is not None and asked.lower() == message.from_addr:
+            return True
+        log.warning("console: mail From %s to confirmation %d is no confirmation",
+                    message.from_addr, confirmation)  # fmt: skip
+        return False
 
     def _tagged(self, session: Session, subject: str) -> Ticket | None:
         found = self.tag.search(subject[:1000])
