@@ -94,6 +94,8 @@ def test_a_second_agent_reads_searches_and_takes_over_by_mail_only(
     state = show(config_file)
     assert state["owner"] == BOB
     assert state["events"][-1]["actor"] == BOB
+    # Agnes hears she no longer owns it (waited for: it is sent after the #take).
+    mails_to(outbox, AGENT, "[#1] Taken over by a colleague")
     # Alice writes again: the new owner is told, Agnes no longer.
     before = len(mail_to(outbox, AGENT))
     alice_replies(daemon, outbox, "Still blank.\n")
