@@ -127,7 +127,9 @@ class Console:
         mid, subject = message.message_id, message.subject
         confirm = next((t for t in found if t.kind == "confirm"), None)
         automatic = not classify(message, row.mail_from).may_reply
-        if confirm is not None and (automatic or self._for(session, confirm.number, message)):
+        if confirm is not None and (
+            automatic or self._from_its_agent(session, confirm.number, message)
+        ):
             # Only the agent received this address: holding it is the proof.
             empty = commands.Commands((), (), "")
             return ConsoleMail(
@@ -155,7 +157,7 @@ class Console:
         return ConsoleMail(mid, subject, agent, sender.proof if proven else "", target, parsed)
 
     @staticmethod
-    def _for(session: Session, confirmation: int, message: ParsedMessage) -> bool:
+    def _from_its_agent(session: Session, confirmation: int, message: ParsedMessage) -> bool:
         """Is `message` From the agent confirmation `confirmation` was asked of? Anyone
         else's mail to its address (a colleague it was forwarded to, a customer answering
         all) is not a confirmation: it takes the way any mail takes, and nothing is lost."""
