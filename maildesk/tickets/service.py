@@ -67,6 +67,7 @@ _REFERENCING = (
     .order_by(Message.id)
     .limit(1)
 )
+_PERSON = select(Person).where(Person.email == bindparam("email"))
 _IS_PARTICIPANT = (
     select(Participant.person_id)
     .join(Person, Person.id == Participant.person_id)
@@ -132,7 +133,7 @@ class Tickets:
 
     def person(self, email: str, name: str, now: datetime) -> Person:
         email = email.lower()
-        found = self.session.scalar(select(Person).where(Person.email == email))
+        found = self.session.scalar(_PERSON, {"email": email})
         if found is None:
             # Two workers may meet a new sender at once: the later insert does nothing
             # (on PostgreSQL it waits for the earlier one's commit) and reads that row,
@@ -141,7 +142,7 @@ class Tickets:
                 _insert_ignoring_duplicate(self.session, Person, "email"),
                 {"email": email, "name": name, "created_at": now},
             )
-            found = self.session.scalar(select(Person).where(Person.email == email))
+            found = self.session.scalar(_PERSON, {"email": email})
             assert found is not None
         elif name and not found.name:
             found.name = name
