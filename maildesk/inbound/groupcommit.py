@@ -77,6 +77,7 @@ class GroupCommit(Generic[T]):
                         return
                 continue
             self._commit(first)
+            del first  # its bytes go with the 250, not a second later with the next get
 
     def _commit(self, first: Waiting[T]) -> None:
         taken: list[Waiting[T]] = []

@@ -22,6 +22,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from maildesk.config import SmtpSettings
 from maildesk.inbound.recipients import Recipients
 from maildesk.inbound.sessions import SessionLimiter, limited
+from maildesk.inbound.smtpdata import one_buffer
 from maildesk.inbound.store import Envelope, InboundStore
 
 log = logging.getLogger("maildesk.inbound.smtp")
@@ -224,7 +225,10 @@ async def start_server(settings: SmtpSettings, handler: InboundHandler, hostname
     """Listen on the configured address; returns the running listener."""
     listener = Listener()
     listener.limiter = SessionLimiter(settings.max_sessions, settings.max_sessions_per_ip)
-    protocol = limited(LMTP if settings.lmtp else SMTP, listener.limiter, handler.on_refused)
+    # DATA read into one buffer (smtpdata.py): a large message costs its size, not 4x.
+    protocol = limited(
+        one_buffer(LMTP if settings.lmtp else SMTP), listener.limiter, handler.on_refused
+    )
     context = tls_context(settings)
     kwargs: dict[str, Any] = {
         "data_size_limit": settings.max_message_size,

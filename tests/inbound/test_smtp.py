@@ -120,3 +120,42 @@ def _lmtp_session(stream: Any, recipients: list[str], raw: bytes) -> list[bytes]
     stream.write(body.rstrip(b"\r\n") + b"\r\n.\r\n")
     stream.flush()
     return [reply() for _ in recipients]
+
+
+def _queued_id(reply: bytes) -> int:
+    return int(reply.rsplit(b" ", 1)[1])
+
+
+def test_a_large_message_is_stored_exactly_as_sent(daemon: RunningDaemon) -> None:
+    # Lines of the longest length SMTP allows, lines a client dot-stuffs (a lone ".", "..",
+    # ".x"), 3.5 MB in all: the stored bytes are the sent ones, dots and all.
+    header = make_mail(subject="Logs", body="").split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    lines = [bytes([48 + n % 10]) * 998 for n in range(3500)]
+    for n in range(0, len(lines), 7):
+        lines[n] = [b".", b"..", b".x" + lines[n][2:], b". "][n % 4]
+    raw = header + b"\r\n".join(lines) + b"\r\n"
+    smtp = daemon.services.settings.smtp
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=30) as client:
+        client.ehlo()
+        client.mail("alice@customer.test")
+        client.rcpt("support@example.test")
+        code, reply = client.data(raw)
+    assert code == 250
+    assert daemon.services.store.load(_queued_id(reply)).raw == raw
+
+
+def test_a_line_over_the_smtp_limit_is_refused_and_the_session_goes_on(
+    daemon: RunningDaemon,
+) -> None:
+    smtp = daemon.services.settings.smtp
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+        client.ehlo()
+        client.mail("alice@customer.test")
+        client.rcpt("support@example.test")
+        code, _ = client.data(make_mail(body="").rstrip(b"\r\n") + b"\r\n" + b"x" * 1200)
+        assert code == 500  # RFC 5321 4.5.3.1.6: 1000 bytes a line, CRLF included
+        client.mail("alice@customer.test")
+        client.rcpt("support@example.test")
+        code, reply = client.data(make_mail(body="fine"))
+        assert code == 250
+    assert b"fine" in daemon.services.store.load(_queued_id(reply)).raw
