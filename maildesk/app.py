@@ -154,6 +154,13 @@ class Daemon:
             id="autoclose",
             next_run_time=datetime.now(UTC),
         )
+        scheduler.add_job(
+            jobs.one_instance("purge", jobs.purge),
+            "interval",
+            minutes=jobs.PURGE_EVERY_MINUTES,
+            args=[services],
+            id="purge",
+        )
         if settings.sla.enabled:
             scheduler.add_job(
                 jobs.one_instance("sla", jobs.sla),

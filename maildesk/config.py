@@ -241,6 +241,24 @@ class SpamSettings:
     threshold: float = 5.0
 
 
+@dataclass(frozen=True)
+class RetentionSettings:
+    """What `maildesk purge` and the daemon's hourly purge forget (see maildesk/retention.py)."""
+
+    # Days a processed message's raw bytes are kept (its ticket keeps text and attachments).
+    inbound_raw_days: int = 30
+    # Days the body of a sent outbox mail is kept (the row, its Message-ID and ticket stay).
+    outbox_body_days: int = 30
+    # Days spam waits for `maildesk spam release` before it is deleted.
+    spam_days: int = 30
+    # Days the agents' console requests are kept (the rate limit counts one hour).
+    console_days: int = 7
+    # Days a used or expired confirmation is kept (its link answers "used"/"expired").
+    confirmation_days: int = 7
+    # Rows per transaction: SQLite's one writer is never held long.
+    batch: int = 1000
+
+
 def _cores() -> int:
     return max(os.cpu_count() or 1, 1)
 
@@ -276,6 +294,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     # The folder relative paths were resolved against (the config file's own).
     base_dir: str = "."
 
@@ -455,6 +474,14 @@ def _check_ops(settings: Settings) -> None:
     if workers.lease_seconds < 3:
         # Renewed three times per lease: shorter, and a busy fsync loses a live claim.
         raise ConfigError("[workers] lease_seconds must be at least 3")
+    retention = settings.retention
+    for key in ("inbound_raw_days", "outbox_body_days", "spam_days", "console_days"):
+        if getattr(retention, key) < 1:
+            raise ConfigError(f"[retention] {key} must be at least 1")
+    if retention.confirmation_days < 0:
+        raise ConfigError("[retention] confirmation_days must be 0 or more")
+    if not 1 <= retention.batch <= 10_000:
+        raise ConfigError("[retention] batch must be between 1 and 10000")
     for alias in settings.support.aliases:
         if "@" not in alias:
             raise ConfigError(f"[support] aliases: not an e-mail address: {alias!r}")

@@ -39,6 +39,7 @@ log = logging.getLogger("maildesk.jobs")
 
 AUTOCLOSE_EVERY_MINUTES = 10
 SLA_EVERY_MINUTES = 1
+PURGE_EVERY_MINUTES = 60
 
 
 def one_instance(name: str, job: Callable[[Services], object]) -> Callable[[Services], None]:
@@ -63,6 +64,13 @@ def autoclose(services: Services) -> int:
     if closed:
         log.info("closed %d resolved tickets after %d days", closed, days)
     return closed
+
+
+def purge(services: Services) -> int:
+    """Forget what `[retention]` says is old enough (maildesk/retention.py); returns rows."""
+    from maildesk import retention
+
+    return retention.purge(services.db, services.settings, services.clock.now()).total
 
 
 def digest(services: Services, day: date | None = None) -> int:

@@ -315,6 +315,8 @@ class Outbox(Base):
         # The global cap on automatic replies counts the last hour's rows from the
         # index alone (outbound/caps.py): auto_to is in it, so no row is read.
         Index("ix_outbox_created_auto", "created_at", "auto_to"),
+        # The purge empties the bodies of rows sent before its cutoff (retention.py).
+        Index("ix_outbox_sent_at", "sent_at"),
     )
 
 

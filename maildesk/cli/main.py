@@ -40,6 +40,7 @@ LAZY_COMMANDS = {
     "quarantine": ("maildesk.cli.queues", "Messages held because they could not be processed."),
     "spam": ("maildesk.cli.spam", "Messages held as spam; release one."),
     "templates": ("maildesk.cli.templates:templates", "List, preview, check and test templates."),
+    "purge": ("maildesk.cli.retention", "Forget old mail bytes, sessions and logs ([retention])."),
     "status": ("maildesk.cli.ops", "Say whether maildesk is healthy (as /healthz), and why not."),
     "backup": ("maildesk.cli.ops", "Copy the database, keys and config while the daemon runs."),
     "restore": ("maildesk.cli.ops", "Put a backup's database and keys in place."),
