@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -160,6 +160,8 @@ class Daemon:
             minutes=jobs.PURGE_EVERY_MINUTES,
             args=[services],
             id="purge",
+            # Soon after a start (not at once: starting is busy enough), then hourly.
+            next_run_time=datetime.now(UTC) + timedelta(minutes=5),
         )
         if settings.sla.enabled:
             scheduler.add_job(

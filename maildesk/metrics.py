@@ -6,7 +6,8 @@ Two sources, chosen per figure:
   is state or leaves a row. Inbound messages by source and by state (accepted,
   duplicate, quarantined, pending), outbox rows by state (queued, deferred,
   sent, failed, bounced), tickets by status, the age of the oldest pending
-  inbound and outbox row, and the processing latency (acceptance → ticket,
+  inbound and outbox row, the time since the last retention purge finished,
+  and the processing latency (acceptance → ticket,
   from each row's `received_at` and `processed_at`). Every process that
   writes mail shares the database: the daemon, `maildesk deliver` and
   `import`, and the worker processes that process and send. So one scrape of any instance
@@ -38,6 +39,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from maildesk import retention
 from maildesk.clock import Clock, as_utc
 from maildesk.db import Database
 from maildesk.inbound import store
@@ -155,6 +157,7 @@ class DatabaseCollector(Collector):
                 select(Ticket.status, func.count()).group_by(Ticket.status)
             ).all()
             self._scan_latency(session)
+            purged_at = retention.last_finished(session)
 
         accepted = CounterMetricFamily(
             "maildesk_inbound_accepted",
@@ -202,6 +205,13 @@ class DatabaseCollector(Collector):
             "maildesk_outbox_oldest_pending_seconds",
             "Age of the oldest outbound message not yet sent (0: none).",
             unsent.oldest_pending,
+            now,
+        )
+        yield _age(
+            "maildesk_retention_last_purge_seconds",
+            "Seconds since a retention purge last finished on any instance (0: never yet). "
+            "It runs hourly: much more means it fails.",
+            purged_at,
             now,
         )
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import generate_latest
 from sqlalchemy import func, select
 
 from maildesk import jobs, retention
@@ -23,6 +24,7 @@ from maildesk.cli import main
 from maildesk.clock import ManualClock
 from maildesk.config import Settings
 from maildesk.db import Database
+from maildesk.metrics import Metrics
 from maildesk.models import (
     Agent,
     Confirmation,
@@ -273,6 +275,10 @@ def test_the_daemon_job_runs_on_one_instance_and_the_cli_prints_counts(
     clock.advance(31 * DAY)
     jobs.one_instance("purge", jobs.purge)(services)
     assert bodies(services)[ack_of(services, 1).message_id] == 0
+    # /metrics tells how long ago a purge last finished: a failing purge shows.
+    clock.advance(timedelta(hours=3))
+    scraped = generate_latest(Metrics(services.db, clock).registry).decode()
+    assert "maildesk_retention_last_purge_seconds 10800.0" in scraped.splitlines()
 
     runner = CliRunner()
     shown = runner.invoke(main, ["--config", str(config_file), "purge", "--dry-run", "--json"])
