@@ -152,6 +152,10 @@ class InboundStore:
             session.execute(
                 insert(InboundRaw), [{"inbound_id": i, "raw": raw} for i, raw in bodies]
             )
+            if sum(len(raw) for _, raw in bodies) > BLOB_SLICE:
+                # libpq keeps its send buffer at the largest size it ever sent for as long as
+                # the connection lives: this one is closed after the commit, not pooled.
+                session.connection().detach()
         return [row.id for row in rows]
 
     @staticmethod
