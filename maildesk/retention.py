@@ -71,6 +71,9 @@ DONE_KEY = "finished"
 OUTBOX_KEY = "outbox_sent_before"
 # Sent rows are looked at from the last pass's cutoff less this (instances' clocks differ).
 OUTBOX_OVERLAP = timedelta(days=1)
+# A batch also stops at this many bytes of mail: SQLite here is built with secure_delete,
+# so a purge writes as many bytes (zeros, through the WAL) as it frees.
+BATCH_BYTES = 16 * 1024 * 1024
 PROCESSED = (InboundState.DONE, InboundState.DUPLICATE)
 SENT = (OutboxState.SENT, OutboxState.BOUNCED)
 
@@ -139,7 +142,13 @@ class _Purger:
         while True:
             with self.db.reading() as session:
                 rows = session.execute(
-                    select(Inbound.id, Inbound.state, Inbound.received_at, Inbound.processed_at)
+                    select(
+                        Inbound.id,
+                        Inbound.state,
+                        Inbound.size,
+                        Inbound.received_at,
+                        Inbound.processed_at,
+                    )
                     .join(InboundRaw, InboundRaw.inbound_id == Inbound.id)
                     .where(InboundRaw.inbound_id > after)
                     .order_by(InboundRaw.inbound_id)
@@ -149,12 +158,15 @@ class _Purger:
                 return total
             after = rows[-1].id
             young = any(as_utc(r.received_at) >= before for r in rows)
-            ids = [
-                r.id
+            old = [
+                (r.id, r.size)
                 for r in rows
                 if r.state in PROCESSED and as_utc(r.processed_at or r.received_at) < before
             ]
-            total += self._delete_raw(ids)
+            while old:
+                ids = _within(old)
+                total += self._delete_raw(ids)
+                old = old[len(ids) :]
             if young or len(rows) < self.batch:
                 return total
 
@@ -176,7 +188,7 @@ class _Purger:
                 select(JobRun.at).where(JobRun.name == JOB, JobRun.key == OUTBOX_KEY)
             )
         since = as_utc(last) - OUTBOX_OVERLAP if last is not None else None
-        pick = select(Outbox.id).where(
+        pick = select(Outbox.id, func.length(Outbox.raw)).where(
             Outbox.state.in_(SENT), Outbox.sent_at < before, func.length(Outbox.raw) > 0
         )
         if since is not None:
@@ -191,6 +203,7 @@ class _Purger:
                     .execution_options(synchronize_session=False)
                 )
             ),
+            sized=True,
         )
         if not self.dry_run:
             _record(self.db, OUTBOX_KEY, before)
@@ -244,20 +257,38 @@ class _Purger:
             lambda session, ids: _count(session.execute(delete(model).where(model.id.in_(ids)))),
         )
 
-    def _batches(self, pick: Select[Any], remove: Callable[[Session, list[Any]], int]) -> int:
-        """Run `remove` on `pick`'s rows, `batch` at a time, one transaction each."""
+    def _batches(
+        self, pick: Select[Any], remove: Callable[[Session, list[Any]], int], sized: bool = False
+    ) -> int:
+        """Run `remove` on `pick`'s rows, `batch` at a time, one transaction each.
+
+        `sized`: `pick` gives (key, bytes), and a batch also stops at `BATCH_BYTES`.
+        """
         if self.dry_run:
             with self.db.reading() as session:
                 return session.scalar(select(func.count()).select_from(pick.subquery())) or 0
         total = 0
         while True:
             with self.db.transaction() as session:
-                keys = list(session.scalars(pick.limit(self.batch)))
+                rows = [tuple(row) for row in session.execute(pick.limit(self.batch))]
+                keys = _within(rows) if sized else [row[0] for row in rows]
                 removed = remove(session, keys) if keys else 0
             total += removed
             # Nothing removed of what was picked: another instance took it; done for now.
-            if len(keys) < self.batch or not removed:
+            if (len(rows) < self.batch and len(keys) == len(rows)) or not removed:
                 return total
+
+
+def _within(rows: list[tuple[Any, ...]]) -> list[Any]:
+    """The keys of the first (key, bytes) rows that fit in `BATCH_BYTES` (at least one)."""
+    keys: list[Any] = []
+    size = 0
+    for key, length in rows:
+        size += int(length or 0)
+        if keys and size > BATCH_BYTES:
+            break
+        keys.append(key)
+    return keys
 
 
 def _count(result: Any) -> int:

@@ -230,7 +230,7 @@ def test_console_requests_sessions_and_confirmations_go_when_spent(
 
 
 def test_two_instances_purging_at_once_remove_each_row_once(
-    services: Services, settings: Settings, clock: ManualClock
+    services: Services, settings: Settings, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for n in range(12):
         receive(services, make_mail(sender=f"c{n}@customer.test"))
@@ -241,6 +241,8 @@ def test_two_instances_purging_at_once_remove_each_row_once(
     assert expected["inbound_raw"] == 12
 
     small = retention_settings(settings, batch=3)
+    # Batches of 3 rows, cut to one mail by bytes (each is over 300): many turns each.
+    monkeypatch.setattr(retention, "BATCH_BYTES", 300)
     start = threading.Barrier(2)
     results: list[dict[str, int]] = []
     errors: list[BaseException] = []
