@@ -179,6 +179,8 @@ def test_instances_one_killed_and_restarted_every_250_in_one_ticket_one_ack_each
         thread.start()
     for _ in range(CLIENTS * PER_CLIENT // 2):
         assert progress.acquire(timeout=60), "the clients stalled"
+    # Each worker process sends on its own, so each may be caught in SMTP's window.
+    senders_killed = len(a.daemon.workers())
     a.daemon.kill()  # halfway, mid-stream, with claims held
     a.daemon.start()
     for thread in threads:
@@ -235,9 +237,9 @@ def test_instances_one_killed_and_restarted_every_250_in_one_ticket_one_ack_each
             answered[replied][str(ack["Message-ID"])] += 1
     assert set(answered) == {t["messages"][0]["message_id"] for t in opened}
     # One acknowledgement per ticket: never two different ones, and a repeat of the
-    # same one only in SMTP's window (one message in flight at the killed sender).
+    # same one only in SMTP's window (one message in flight at each killed sender).
     assert all(len(ids) == 1 for ids in answered.values()), answered
     repeats = sum(n - 1 for ids in answered.values() for n in ids.values())
-    assert repeats <= 1, repeats
+    assert repeats <= senders_killed, (repeats, senders_killed)
     # Ticket numbers are unique: one per conversation.
     assert len({t["number"] for t in tickets}) == len(tickets) == len(opened)
