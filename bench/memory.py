@@ -6,7 +6,9 @@ as a worker does (the heap set up as `maildesk` sets it, no migration run) and
 reports its own peak RSS, so the figure is the worker's alone.
 
 `--serve` instead runs `maildesk serve` with one worker process, sends the
-messages over SMTP and reports the peak RSS of serve and of its worker.
+messages over SMTP and reports the peak RSS of serve and of its worker;
+`--database URL` points it at an empty database instead of a new SQLite file
+(`postgresql+psycopg://postgres@127.0.0.1:5432/empty`).
 `--dkim` signs each message (as most large mail from a real provider is) and
 serves the key from dnsmasq, so the worker verifies the signature. `--agents N`
 configures N agents: each is notified of a new ticket with the customer's
@@ -20,13 +22,15 @@ import os
 import resource
 import smtplib
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from email.message import EmailMessage
 from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from maildesk import config, heap
 from maildesk.inbound.store import Envelope
@@ -79,13 +83,14 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5)
     parser.add_argument("--size-mb", type=float, default=15.8)
     parser.add_argument("--serve", action="store_true", help="through maildesk serve and SMTP")
+    parser.add_argument("--database", default="", help="with --serve: an empty database's URL")
     parser.add_argument("--dkim", action="store_true", help="DKIM-signed, verified by the worker")
     parser.add_argument("--agents", type=int, default=0, help="agents notified with attachments")
     parser.add_argument("--process", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--dns", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        through_serve(args.messages, args.size_mb)
+        through_serve(args.messages, args.size_mb, args.database)
         return
     if args.process:
         heap.give_back_large_buffers()
@@ -137,8 +142,9 @@ def hwm_mb(pid: int) -> float:
     return 0.0
 
 
-def through_serve(messages: int, size_mb: float) -> None:
+def through_serve(messages: int, size_mb: float, database: str = "") -> None:
     folder = Path(tempfile.mkdtemp(prefix="maildesk-memory-serve-"))
+    database = database or f"sqlite:///{folder / 'maildesk.db'}"
     smtp_port = free_port()
     (folder / "maildesk.toml").write_text(
         f"""
@@ -146,7 +152,7 @@ def through_serve(messages: int, size_mb: float) -> None:
 address = "support@example.test"
 language = "en"
 [database]
-url = "sqlite:///{folder / "maildesk.db"}"
+url = "{database}"
 [smtp]
 host = "127.0.0.1"
 port = {smtp_port}
@@ -184,11 +190,15 @@ count = 1
             with smtplib.SMTP("127.0.0.1", smtp_port) as client:
                 client.sendmail("c@customer.test", ["support@example.test"], mail)
         deadline = time.monotonic() + 300
-        with sqlite3.connect(folder / "maildesk.db") as db:
-            while db.execute("SELECT count(*) FROM inbound WHERE state = 'pending'").fetchone()[0]:
-                if time.monotonic() > deadline:
-                    raise SystemExit("messages still pending after 300 s")
-                time.sleep(0.5)
+        pending = text("SELECT count(*) FROM inbound WHERE state = 'pending'")
+        engine = create_engine(database, poolclass=NullPool)
+        while True:
+            with engine.connect() as db:
+                if not db.execute(pending).scalar():
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit("messages still pending after 300 s")
+            time.sleep(0.5)
         workers = ", ".join(f"{hwm_mb(int(pid)):.0f} MB" for pid in children)
         print(
             f"{messages} messages of {size_mb} MB over SMTP: peak RSS of serve "

@@ -10,7 +10,9 @@ that bytearray as `envelope.original_content` and `envelope.content`
 (`decode_data` stays off); it is not changed after the handler returns.
 
 Unlike aiosmtpd, a session whose connection is gone before the final dot never
-calls the handler: only a message ended by its dot is stored.
+calls the handler: only a message ended by its dot is stored. Written against
+aiosmtpd 1.4.6 (it uses its `_reader`, `_writer`, `_call_handler_hook` and
+`_set_post_data_state`): tests/inbound/test_smtp*.py cover it on an upgrade.
 """
 
 from __future__ import annotations

@@ -26,12 +26,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from maildesk import leases
 from maildesk.clock import Clock, as_utc
 from maildesk.db import Database
+from maildesk.inbound import rawbytes
 from maildesk.inbound.groupcommit import GroupCommit, Waiting
 from maildesk.models import Inbound, InboundRaw
 from maildesk.states import InboundState
@@ -56,28 +57,6 @@ class Envelope:
 
 def digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
-
-
-# SQLite copies a bound blob (and keeps that copy in the cached statement until the next
-# insert), then copies it again to build the row: a 24 MB message cost 50 MB more while
-# stored and kept 25 MB after. A zero-filled blob of the right size written through
-# SQLite's incremental blob I/O, a slice at a time, costs one slice.
-BLOB_SLICE = 1 << 20
-_ZEROED_RAW = insert(InboundRaw).values(raw=func.zeroblob(bindparam("size")))
-
-
-def _write_sqlite_blobs(session: Session, bodies: Sequence[tuple[int, bytes]]) -> None:
-    """Store each (inbound id, bytes) in `inbound_raw` inside the session's transaction."""
-    connection = session.connection()
-    driver = connection.connection.driver_connection
-    assert driver is not None
-    for inbound_id, raw in bodies:
-        size = len(raw)
-        rowid = connection.execute(_ZEROED_RAW, {"inbound_id": inbound_id, "size": size}).lastrowid
-        view = memoryview(raw)
-        with driver.blobopen("inbound_raw", "raw", rowid) as blob:
-            for start in range(0, size, BLOB_SLICE):
-                blob.write(view[start : start + BLOB_SLICE])
 
 
 class InboundStore:
@@ -139,23 +118,14 @@ class InboundStore:
     def _insert(
         self, session: Session, items: Sequence[tuple[bytes, Envelope]], now: datetime
     ) -> list[int]:
-        """The rows, then their bytes in a table of their own (written once, never updated)."""
+        """The rows, then their bytes in a table of their own (written once, never updated;
+        `rawbytes` streams them in slices)."""
         rows = [self._row(raw, envelope, now) for raw, envelope in items]
         if not rows:
             return []
         session.add_all(rows)
         session.flush()
-        bodies = [(row.id, raw) for row, (raw, _) in zip(rows, items, strict=True)]
-        if self._db.is_sqlite:
-            _write_sqlite_blobs(session, bodies)
-        else:
-            session.execute(
-                insert(InboundRaw), [{"inbound_id": i, "raw": raw} for i, raw in bodies]
-            )
-            if sum(len(raw) for _, raw in bodies) > BLOB_SLICE:
-                # libpq keeps its send buffer at the largest size it ever sent for as long as
-                # the connection lives: this one is closed after the commit, not pooled.
-                session.connection().detach()
+        rawbytes.write(session, [(row.id, raw) for row, (raw, _) in zip(rows, items, strict=True)])
         return [row.id for row in rows]
 
     @staticmethod

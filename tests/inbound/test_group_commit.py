@@ -216,3 +216,15 @@ def test_the_store_wakes_its_listeners_only_once_the_mail_is_committed(
     finally:
         other.dispose()
     assert seen_by_others == [1, 2]
+
+
+def test_messages_stored_together_keep_their_own_bytes_exactly(services: Services) -> None:
+    # One transaction, sizes around the 1 MiB slice the bytes are written in.
+    raws = [
+        make_mail(body="first").replace(b"first", b"first\r\n" + b"\x00\xff.\r\n" * 262_144),
+        b"",
+        make_mail(body="x" * 2_000_000),
+        make_mail(body="last"),
+    ]
+    ids = services.store.put_many(raws, Envelope(source="import"))
+    assert [services.store.load(i).raw for i in ids] == raws
