@@ -9,6 +9,7 @@ filed; two instances purging at once remove each row once.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from click.testing import CliRunner
 from prometheus_client import generate_latest
 from sqlalchemy import func, select
 
-from maildesk import jobs, retention
+from maildesk import config, jobs, retention
 from maildesk.cli import main
 from maildesk.clock import ManualClock
 from maildesk.config import Settings
@@ -297,3 +298,18 @@ def retention_settings(settings: Settings, **values: Any) -> Settings:
     return dataclasses.replace(
         settings, retention=dataclasses.replace(settings.retention, **values)
     )
+
+
+def test_the_shipped_config_purges_and_a_bad_value_is_refused_naming_the_key(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    shipped = config.load(Path(__file__).parent.parent / "config" / "maildesk.toml")
+    assert shipped.retention == config.RetentionSettings()
+    for values, error in (
+        ({"inbound_raw_days": 0}, "[retention] inbound_raw_days must be at least 1"),
+        ({"spam_days": "30"}, "[retention] spam_days must be an integer"),
+        ({"batch": 0}, "[retention] batch must be between 1 and 10000"),
+        ({"keep_forever": True}, "unknown key [retention] keep_forever"),
+    ):
+        with pytest.raises(config.ConfigError, match=re.escape(error)):
+            config.from_mapping({**config_values, "retention": values}, tmp_path)
