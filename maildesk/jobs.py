@@ -6,6 +6,8 @@ only while it is still `resolved` (rows locked, SKIP LOCKED on PostgreSQL);
 the digest records the day it was sent in `job_runs` in the same transaction
 as its mail. So does the SLA job, for each reminder and breach notice (one per
 ticket, priority, target and kind), and a breach is also a ticket event.
+The purge (`retention.py`) deletes in short batches and counts what it removed,
+so two runs at once remove each row once.
 `one_instance` wraps a job so that, when several instances share PostgreSQL,
 one of them runs it at a time (`maildesk/exclusive.py`); the daemon schedules
 the wrapped jobs.
