@@ -170,7 +170,8 @@ class DatabaseCollector(Collector):
 
         inbound = GaugeMetricFamily(
             "maildesk_inbound_messages",
-            "Stored messages by state: pending, done, duplicate, quarantined, held (spam).",
+            "Stored messages by state: pending, done, duplicate, quarantined, held (spam), "
+            "expired (held spam purged unreleased).",
             labels=["state"],
         )
         for state, count in spool.by_state.items():

@@ -57,7 +57,7 @@ class Inbound(Base):
     size: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(String(64), index=True)
     notify: Mapped[bool] = mapped_column(Boolean, default=True)
-    # pending -> done | duplicate | quarantined | held (spam, see SpamHold)
+    # pending -> done | duplicate | quarantined | held (spam, see SpamHold) -> expired
     state: Mapped[str] = mapped_column(String(16), default=InboundState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)

@@ -14,13 +14,13 @@ What goes, and what stays on purpose:
   Message-ID, ticket and state: replies to the mail we minted thread by them
   (`Tickets.thread_key`) and a bounce is filed by them (`pipeline/bounces.py`).
   Failed rows keep their body for `maildesk outbox retry`;
-- spam held and never released: the inbound row, its bytes and its hold;
+- spam held and never released: its bytes and its hold (the row stays, `expired`);
 - console requests (the agents' rate limit counts the last hour; the same
   Message-ID delivered again within the window is still answered once);
 - expired portal logins; used or expired confirmations.
 
 Rows keyed by a number that a signed link carries (confirmations) or that logs
-name (inbound, console requests) are never deleted at the highest id: SQLite
+name (console requests) are never deleted at the highest id: SQLite
 hands out max(id)+1, so deleting the newest row would give its number to the
 next one, and an old confirmation link would then be valid for new commands.
 Two instances purging at once delete each row once (a delete or update of a
@@ -210,8 +210,11 @@ class _Purger:
         return total
 
     def held_spam(self, before: datetime) -> int:
-        """Spam held since before `before` and never released: row, bytes and hold."""
-        newest = select(func.max(Inbound.id)).scalar_subquery()
+        """Spam held since before `before` and never released: its bytes and its hold.
+
+        The row stays, `expired`, as the audit line of a message that was received
+        (and so /metrics' count of accepted mail never goes down).
+        """
         pick = (
             select(Inbound.id)
             .join(SpamHold, SpamHold.inbound_id == Inbound.id)
@@ -219,7 +222,6 @@ class _Purger:
                 Inbound.state == InboundState.HELD,
                 SpamHold.held_at < before,
                 SpamHold.released_at.is_(None),
-                Inbound.id < newest,
             )
             .order_by(Inbound.id)
         )
@@ -231,7 +233,14 @@ class _Purger:
                 return 0
             session.execute(delete(InboundRaw).where(InboundRaw.inbound_id.in_(ids)))
             session.execute(delete(SpamHold).where(SpamHold.inbound_id.in_(ids)))
-            return _count(session.execute(delete(Inbound).where(Inbound.id.in_(ids))))
+            expire = update(Inbound).where(Inbound.id.in_(ids), Inbound.state == InboundState.HELD)
+            return _count(
+                session.execute(
+                    expire.values(state=InboundState.EXPIRED).execution_options(
+                        synchronize_session=False
+                    )
+                )
+            )
 
         return self._batches(pick, remove)
 

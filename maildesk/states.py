@@ -19,6 +19,7 @@ class InboundState(StrEnum):
     DUPLICATE = "duplicate"  # a message with the same Message-ID was already processed
     QUARANTINED = "quarantined"  # held for a human, with the reason; replayable
     HELD = "held"  # spam (see pipeline/spam.py and SpamHold); `maildesk spam release`
+    EXPIRED = "expired"  # held spam nobody released in [retention] spam_days: bytes purged
 
 
 class OutboxState(StrEnum):

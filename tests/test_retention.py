@@ -30,10 +30,10 @@ from maildesk.models import (
     Agent,
     Confirmation,
     ConsoleRequest,
-    Inbound,
     InboundRaw,
     Outbox,
     Person,
+    SpamHold,
     WebSession,
 )
 from maildesk.services import Services
@@ -174,8 +174,10 @@ def test_held_spam_goes_after_its_days_unless_released(
 
     assert purge(services)["held_spam"] == 1
 
+    assert inbound_row(services, old).state == "expired"  # the audit line stays
+    assert not has_raw(services, old)
     with services.db.reading() as session:
-        assert session.get(Inbound, old) is None
+        assert session.get(SpamHold, old) is None  # so `spam list` no longer shows it
     assert inbound_row(services, young).state == "held"
     assert services.store.load(young).raw.startswith(b"From: trudy@spam.test")
 

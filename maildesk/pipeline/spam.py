@@ -14,6 +14,7 @@ Held mail keeps its raw bytes: the inbound row's state becomes `held` and a
 `SpamHold` row records who judged it, the score and the rules. Nothing is
 acknowledged, no agent is told and no ticket is opened. `maildesk spam release`
 makes the row pending again, and this stage then lets it through unchecked.
+Held mail nobody releases is purged after `[retention] spam_days` (retention.py).
 
 A spamd that is down, slow or garbled never holds mail: the message goes on
 unscored, with a WARNING, and `unscored` counts it. spamd is then left alone
