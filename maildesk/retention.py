@@ -1,8 +1,10 @@
 """Retention: what maildesk forgets, and when (`[retention]`, `maildesk purge`).
 
-Each kind is purged in batches of `[retention] batch` rows, one transaction per
-batch, so a purge never holds SQLite's single writer for long: between two
-batches the group commit behind waiting 250s goes first (`db.py`).
+Each kind is purged in batches of `[retention] batch` rows and at most
+`BATCH_BYTES` of mail, one transaction per batch, so a purge never holds
+SQLite's single writer for long: between two batches the group commit behind
+waiting 250s goes first (`db.py`). Sent outbox rows are looked at from where
+the last pass ended (a `job_runs` row), not from the first row ever sent.
 
 What goes, and what stays on purpose:
 - the raw bytes of processed inbound mail (`done`, `duplicate`). The `inbound`
