@@ -56,6 +56,9 @@ class OutgoingMail:
     in_reply_to: str | None = None  # message id without brackets
     references: tuple[str, ...] = ()  # ids without brackets, oldest first
     auto_submitted: str | None = None  # e.g. "auto-replied"
+    # Ask Exchange/Outlook not to answer with an out-of-office or auto-reply (they
+    # ignore Auto-Submitted): for our automatic mail and everything sent to agents.
+    suppress_auto_replies: bool = False
     thread_topic: str = ""  # Outlook's Thread-Topic (subject without Re:/tags)
     thread_index: str = ""  # Outlook's Thread-Index (base64), see thread_index()
     attachments: tuple[Attachment, ...] = ()
@@ -69,6 +72,7 @@ _MIME_TYPE = re.compile(rf"{_MIME_NAME}/{_MIME_NAME}")
 _CTE = re.compile(r"7bit|quoted-printable|base64")
 _MIME_VERSION = re.compile(r"1\.0")
 _DISPOSITION = re.compile(r"attachment|inline")
+_SUPPRESS = "OOF, AutoReply"
 _HEADER_START = re.compile(rb"([!-9;-~]+):")
 _PLAIN_VALUE = re.compile(r"(?:[\t -$&-<>-~]|=(?!\?))*")  # printable, no "=?" and no "%"
 
@@ -105,6 +109,9 @@ def compose(mail: OutgoingMail) -> bytes:
     if mail.auto_submitted is not None:
         value = h.structured("Auto-Submitted", mail.auto_submitted, _KEYWORD)
         fields.append(("Auto-Submitted", value))
+    if mail.suppress_auto_replies:
+        suppress = h.structured("X-Auto-Response-Suppress", _SUPPRESS, re.compile(_SUPPRESS))
+        fields.append(("X-Auto-Response-Suppress", suppress))
     if h.clean_text(mail.thread_topic):
         fields.append(("Thread-Topic", h.unstructured("Thread-Topic", mail.thread_topic)))
     if mail.thread_index:

@@ -203,6 +203,7 @@ class Notifier:
             ),
             references=references,
             auto_submitted="auto-replied" if automatic else None,
+            suppress_auto_replies=automatic or for_agents,
             thread_topic=ticket.subject if ticket is not None else "",
             thread_index=(
                 thread_index(ticket.created_at, f"{ticket.id}@{support.domain}".encode(), now)

@@ -66,6 +66,7 @@ def test_headers_a_client_shows() -> None:
         in_reply_to="CAF1@mail.example.org",
         references=("first@example.org", "CAF1@mail.example.org"),
         auto_submitted="auto-replied",
+        suppress_auto_replies=True,
         thread_topic="Tiskárna nefunguje",
         thread_index=thread_index(CREATED, b"42@example.test"),
     )
@@ -83,13 +84,15 @@ def test_headers_a_client_shows() -> None:
     assert message["In-Reply-To"] == "<CAF1@mail.example.org>"
     assert message["References"] == "<first@example.org> <CAF1@mail.example.org>"
     assert message["Auto-Submitted"] == "auto-replied"
+    assert message["X-Auto-Response-Suppress"] == "OOF, AutoReply"
     assert message["Thread-Topic"] == "Tiskárna nefunguje"
     assert message["Thread-Index"] == mail.thread_index
     assert message["Date"].datetime == mail.date
     assert message["MIME-Version"] == "1.0"
     assert [k.lower() for k in message.keys()] == [
         "date", "from", "to", "reply-to", "subject", "message-id", "in-reply-to",
-        "references", "mime-version", "auto-submitted", "thread-topic", "thread-index",
+        "references", "mime-version", "auto-submitted", "x-auto-response-suppress",
+        "thread-topic", "thread-index",
         "content-type", "content-transfer-encoding",
     ]  # fmt: skip
     assert not any(part.defects for part in message.walk())

@@ -35,6 +35,7 @@ def test_new_mail_opens_a_ticket_and_queues_an_acknowledgement(services: Service
     assert ack["In-Reply-To"] == "<first@customer.test>"
     assert "[#1]" in ack["Subject"]
     assert ack["Auto-Submitted"] == "auto-replied"
+    assert ack["X-Auto-Response-Suppress"] == "OOF, AutoReply"
     assert ticket(services, 1)["messages"][0]["thread_rule"] == "new"
 
 
