@@ -200,3 +200,19 @@ def test_a_client_trickling_a_line_is_hung_up_on(
         # The listener itself keeps serving.
         running.send(make_mail())
         wait_for(lambda: tickets(running.services), what="a ticket after the slow clients")
+
+
+def test_a_message_cut_off_before_its_final_dot_is_not_stored(daemon: RunningDaemon) -> None:
+    client = connect(daemon)
+    client.reply()
+    client.command("EHLO client.test")
+    client.command("MAIL FROM:<alice@customer.test>")
+    client.command("RCPT TO:<support@example.test>")
+    assert client.command("DATA").startswith("354")
+    client.sock.sendall(make_mail(subject="Cut off"))  # whole lines, but no final dot
+    client.close()
+    no_sessions(daemon)  # the listener saw it hang up
+
+    daemon.send(make_mail(subject="Whole"))
+    wait_for(lambda: tickets(daemon.services), what="the whole message's ticket")
+    assert sum(daemon.services.store.counts().by_state.values()) == 1
