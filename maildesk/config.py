@@ -220,6 +220,9 @@ class LimitSettings:
     auto_replies_per_hour: int = 5
     # ... and to everyone together, so forged senders cannot turn us into a backscatter source.
     auto_replies_per_hour_total: int = 200
+    # People a customer's Cc may make participants of one ticket (each gets every answer):
+    # past it, further Cc'd addresses are left out. Agents' #cc is not capped.
+    participants_per_ticket: int = 20
 
 
 @dataclass(frozen=True)

@@ -412,7 +412,15 @@ class Processor:
             for addr, name in people
             if addr not in ourselves and self.threader.tokens.ticket_number(addr) is None
         ]
-        tickets.add_participants(ticket, wanted, now)
+        limit = self.settings.limits.participants_per_ticket
+        left_out = tickets.add_participants(ticket, wanted, now, limit=limit)
+        if left_out:
+            log.warning(
+                "ticket %d has %d participants: %d more Cc'd addresses were not added",
+                ticket.id,
+                limit,
+                len(left_out),
+            )
 
     def _may_acknowledge(
         self,

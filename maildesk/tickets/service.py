@@ -153,17 +153,29 @@ class Tickets:
         return self._rows.execute(_IS_PARTICIPANT, values).first() is not None
 
     def add_participants(
-        self, ticket: Ticket, emails: Iterable[tuple[str, str]], now: datetime
-    ) -> None:
-        """Make people participants (role cc); the requester never changes."""
+        self,
+        ticket: Ticket,
+        emails: Iterable[tuple[str, str]],
+        now: datetime,
+        limit: int | None = None,
+    ) -> list[str]:
+        """Make people participants (role cc); the requester never changes.
+
+        With `limit`, nobody new joins a ticket that has that many participants: the
+        addresses left out are returned.
+        """
         rows = self.session.execute(_PARTICIPANTS, {"ticket_id": ticket.id}).all()
         existing = {person_id for person_id, _email, _name in rows}
         taking_part = {email: bool(name) for _person_id, email, name in rows}
+        left_out: list[str] = []
         for email, name in emails:
             email = email.lower()
             # Most mail is from people taking part already: nothing to look up, unless
             # it brings a name we lack (what `person` would record).
             if email in taking_part and (taking_part[email] or not name):
+                continue
+            if email not in taking_part and limit is not None and len(existing) >= limit:
+                left_out.append(email)
                 continue
             person = self.person(email, name, now)
             if person.id not in existing:
@@ -172,6 +184,7 @@ class Tickets:
                     {"ticket_id": ticket.id, "person_id": person.id, "role": "cc"},
                 )
                 existing.add(person.id)
+        return left_out
 
     # -- lookup -------------------------------------------------------------
 

@@ -8,9 +8,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from maildesk.clock import ManualClock
 from maildesk.config import from_mapping
-from maildesk.models import Ticket
+from maildesk.models import Participant, Person, Ticket
 from maildesk.services import Services, build
 from maildesk.tickets.agents import Agents
 from tests.conftest import make_mail
@@ -206,3 +208,35 @@ def _close(services: Services, number: int) -> None:
         assert found is not None
         found.status = "closed"
         found.closed_at = services.clock.now()
+
+
+def test_a_customers_cc_makes_at_most_the_capped_number_of_participants(
+    services: Services,
+) -> None:
+    """A proven customer who copies hundreds of addresses would make every one of them
+    a recipient of every answer (and a person row each): the cap stops that."""
+    receive(services, make_mail())
+    ack = ack_headers(services)
+    copied = [f"c{n}@customer.test" for n in range(30)]
+    receive(
+        services,
+        make_mail(
+            subject="Re: " + ack["Subject"],
+            cc=", ".join(copied),
+            In_Reply_To=ack["Message-ID"],
+        ),
+    )
+    limit = services.settings.limits.participants_per_ticket
+    with services.db.reading() as session:
+        joined = set(
+            session.scalars(
+                select(Person.email)
+                .join(Participant, Participant.person_id == Person.id)
+                .where(Participant.ticket_id == 1)
+            )
+        )
+    assert len(joined) == limit == 20
+    assert joined == {"alice@customer.test", *copied[: limit - 1]}
+    # One left out is a stranger to the ticket: the subject tag does not let them in.
+    receive(services, make_mail(subject="Re: [#1] me too", sender=copied[-1]))
+    assert ticket(services, 1)["messages"][-1]["from"] != copied[-1]
