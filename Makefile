@@ -48,6 +48,7 @@ test: lint typecheck pytest
 bench: install-test
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/import_mbox.py
+	$(BIN)/python bench/processing.py
 
 clean:
 	rm -rf $(VENV) var
