@@ -34,7 +34,7 @@ from maildesk.clock import Clock, as_utc
 from maildesk.db import Database
 from maildesk.inbound import rawbytes
 from maildesk.inbound.groupcommit import GroupCommit, Waiting
-from maildesk.models import Inbound, InboundRaw
+from maildesk.models import Inbound
 from maildesk.states import InboundState
 
 log = logging.getLogger("maildesk.spool")
@@ -207,11 +207,14 @@ class InboundStore:
         """One message's bytes: the only place a processor reads them, one at a time."""
         with self._db.reading() as session:
             found = session.execute(
-                select(InboundRaw.raw, Inbound.mail_from, Inbound.source, Inbound.peer)
-                .join(InboundRaw, InboundRaw.inbound_id == Inbound.id)
-                .where(Inbound.id == inbound_id)
+                select(Inbound.mail_from, Inbound.source, Inbound.peer).where(
+                    Inbound.id == inbound_id
+                )
             ).one()
-        return Stored(inbound_id, found.raw, found.mail_from, found.source, found.peer)
+            raw = rawbytes.read(session, inbound_id)
+        if raw is None:
+            raise LookupError(f"inbound {inbound_id} has no stored bytes")
+        return Stored(inbound_id, raw, found.mail_from, found.source, found.peer)
 
     def lock(self, session: Session, inbound_id: int, token: str) -> Inbound | None:
         """The row, locked, if it is still pending and leased under `token` (else None)."""
