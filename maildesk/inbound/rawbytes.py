@@ -25,7 +25,7 @@ import io
 import struct
 from collections.abc import Iterator, Sequence
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, func, insert, literal_column, select
 from sqlalchemy.orm import Session
 
 from maildesk.models import InboundRaw
@@ -38,7 +38,7 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\0" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
 # Per row: 2 fields; inbound_id an int4 (migration 0012's Integer), then raw's length.
 _COPY_ROW = struct.Struct("!hiii")
-_SQLITE_SIZE = select(func.length(InboundRaw.raw))
+_SQLITE_ROW = select(literal_column("rowid"), func.length(InboundRaw.raw))
 _PG_SIZE = "SELECT octet_length(raw) FROM inbound_raw WHERE inbound_id = %s"
 _PG_SLICE = "SELECT substring(raw FROM %s FOR %s) FROM inbound_raw WHERE inbound_id = %s"
 
@@ -104,18 +104,15 @@ def _assemble(size: int, pieces: Iterator[bytes]) -> bytes:
 
 def _read_sqlite(session: Session, inbound_id: int) -> bytes | None:
     connection = session.connection()
-    found = connection.execute(
-        _SQLITE_SIZE.where(InboundRaw.inbound_id == inbound_id)
-    ).one_or_none()
+    found = connection.execute(_SQLITE_ROW.where(InboundRaw.inbound_id == inbound_id)).one_or_none()
     if found is None:
         return None
-    size = int(found[0] or 0)
-    # inbound_id is an INTEGER PRIMARY KEY: it is the rowid blob I/O opens.
+    rowid, size = int(found[0]), int(found[1] or 0)
     driver = connection.connection.driver_connection
     assert driver is not None
 
     def pieces() -> Iterator[bytes]:
-        with driver.blobopen("inbound_raw", "raw", inbound_id, readonly=True) as blob:
+        with driver.blobopen("inbound_raw", "raw", rowid, readonly=True) as blob:
             while piece := blob.read(SLICE):
                 yield piece
 
@@ -134,7 +131,9 @@ def _read_postgresql(session: Session, inbound_id: int) -> bytes | None:
 
         def pieces() -> Iterator[bytes]:
             for start in range(0, size, SLICE):
-                (piece,) = cursor.execute(_PG_SLICE, (start + 1, SLICE, inbound_id)).fetchone()
-                yield bytes(piece)
+                found = cursor.execute(_PG_SLICE, (start + 1, SLICE, inbound_id)).fetchone()
+                if found is None:  # READ COMMITTED: each slice is a statement of its own
+                    raise LookupError(f"inbound {inbound_id}'s bytes went while being read")
+                yield bytes(found[0])
 
         return _assemble(size, pieces()) if size else b""
