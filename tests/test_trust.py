@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from maildesk.clock import ManualClock
 from maildesk.config import from_mapping
+from maildesk.inbound.store import Envelope
 from maildesk.models import Inbound, Outbox, Participant, Person, Ticket
 from maildesk.services import Services
 from tests.conftest import RunningDaemon, make_mail, running_daemon, wait_for
@@ -260,6 +261,23 @@ def test_mail_failing_dmarc_is_recorded_but_never_answered(desk: RunningDaemon) 
 
     assert ticket(services, 1)["requester"] == "ceo@bank.test"
     assert sent_to(services, "ceo@bank.test") == []
+
+
+def test_an_import_with_notify_still_never_answers_mail_failing_dmarc(
+    desk: RunningDaemon,
+) -> None:
+    """Imports skip the DNS checks only where the operator's word is all that counts."""
+    services = desk.services
+    spoof = make_mail(sender="Bank <ceo@bank.test>", message_id="<spoof@bank.test>")
+    honest = make_mail(message_id="<honest@customer.test>")
+
+    for raw, sender in ((spoof, "ceo@bank.test"), (honest, ALICE)):
+        services.store.put(raw, Envelope("import", sender, ("support@example.test",), True))
+    wait_for(lambda: _processed(services) == 2, 15, "both imported messages processed")
+
+    assert ticket(services, 1)["messages"][0]["proof"] == "import"
+    assert sent_to(services, "ceo@bank.test") == []
+    wait_for(lambda: len(sent_to(services, ALICE)) == 1, 10, "the honest mail's acknowledgement")
 
 
 def test_a_customer_who_only_answers_our_mail_needs_no_setup(desk: RunningDaemon) -> None:

@@ -23,6 +23,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk import leases
@@ -95,6 +96,24 @@ class _Work:
     auth: Authentication = Authentication()
 
 
+@dataclass(frozen=True)
+class _VouchedImports:
+    """Imported rows whose DKIM/DMARC check (DNS lookups) would change nothing.
+
+    An import's proof is the operator who imported it (pipeline/trust.py). The
+    check still matters for mail from an agent's address (is it the agent?) and
+    for an import with --notify (a DMARC failure is not acknowledged), so those
+    rows keep it. An agent added after the batch started is checked as a
+    customer: their imported mail is then recorded unproven, never trusted more.
+    """
+
+    rows: frozenset[int]  # source "import", notify off
+    agents: frozenset[str]  # active agents' addresses, lower case
+
+    def covers(self, row_id: int, from_addr: str) -> bool:
+        return row_id in self.rows and from_addr.lower() not in self.agents
+
+
 class Processor:
     def __init__(
         self,
@@ -139,11 +158,12 @@ class Processor:
         claimed = self.store.claim(batch)
         token = claimed.claim.token
         queued = done = 0
+        vouched = self._vouched_imports([row.id for row in claimed.rows])
         with leases.Keeper(self.db, Inbound, self.clock, token) as keeper:
             keeper.hold([row.id for row in claimed.rows])
             group: list[_Work] = []
             for item in claimed.rows:
-                group.append(self._prepare(item, keeper))
+                group.append(self._prepare(item, keeper, vouched))
                 if len(group) >= GROUP or sum(w.size for w in group) >= GROUP_BYTES:
                     queued += self._write(group, token, keeper)
                     done, group = done + len(group), []
@@ -152,7 +172,20 @@ class Processor:
                 done += len(group)
         return BatchResult(done + claimed.exhausted, queued)
 
-    def _prepare(self, item: Claimed, keeper: leases.Keeper) -> _Work:
+    def _vouched_imports(self, ids: list[int]) -> _VouchedImports:
+        """Which of these rows are imports whose sender proof could change nothing."""
+        if not ids:
+            return _VouchedImports(frozenset(), frozenset())
+        with self.db.transaction() as session:
+            quiet = session.scalars(
+                select(Inbound.id).where(
+                    Inbound.id.in_(ids), Inbound.source == "import", Inbound.notify.is_(False)
+                )
+            ).all()
+            agents = [agent.email.lower() for agent in Agents(session).active()] if quiet else []
+        return _VouchedImports(frozenset(quiet), frozenset(agents))
+
+    def _prepare(self, item: Claimed, keeper: leases.Keeper, vouched: _VouchedImports) -> _Work:
         """Load one message and run the stages that need no database, outside the lock."""
         budget = Budget(self.clock)
         keeper.hold([item.id], until=self.clock.now() + HOLD)
@@ -165,7 +198,10 @@ class Processor:
             budget.stop()
             spam = self.spam.score(item.id, stored.source, stored.raw)
             # DKIM and DMARC lookups likewise wait for DNS, bounded by [trust] dns_timeout.
-            auth = self._authenticate(stored, ready.message)
+            if vouched.covers(item.id, ready.message.from_addr):
+                auth = Authentication()
+            else:
+                auth = self._authenticate(stored, ready.message)
             budget.start()
             return _Work(item.id, item.size, budget, ready, None, spam, auth)
         except (HostileInput, UnparseableMessage, DeadlineExceeded) as exc:
