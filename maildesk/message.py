@@ -10,6 +10,7 @@ Python 3.11.7's parseaddr misreads `a@x)<b@y>`, CVE-2023-27043).
 from __future__ import annotations
 
 import binascii
+import copy
 import email.errors
 import email.feedparser
 import email.header
@@ -128,10 +129,10 @@ def thread_headers(raw: bytes) -> ThreadHeaders:
 def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
     """Parse `raw`; `null_sender` says the envelope sender was `<>` (a bounce's mark)."""
     try:
-        mail = mailparser.MailParser(_message(raw))
+        msg = _message(raw)
+        mail = mailparser.MailParser(_mime_view(msg))
     except Exception as exc:  # RecursionError (deep MIME nesting) and friends
         raise UnparseableMessage(f"mail-parser failed: {type(exc).__name__}: {exc}") from exc
-    msg: EmailMessage = mail.message
     from_name, from_addr = _sender(msg)
     subject = clean_text(_decoded(msg, "Subject"))
     text = "\n".join(mail.text_plain)
@@ -185,6 +186,25 @@ def _message(raw: bytes) -> EmailMessage:
     for start in range(0, len(raw), _FEED):
         parser.feed(raw[start : start + _FEED])
     return parser.close()
+
+
+def _mime_view(msg: EmailMessage) -> EmailMessage:
+    """`msg` with only the top header block's MIME headers, for mail-parser.
+
+    mail-parser reads bodies and attachments through Content-* headers alone, but
+    it also parses every address, date and Received header of the top block, and
+    copies all headers into two dicts: work maildesk never uses (it reads headers
+    from `msg`). The parts below the top block are shared, not copied.
+    """
+    view = copy.copy(msg)
+    # The stdlib keeps a message's headers in this list, in order; deleting the
+    # others one name at a time would cost (distinct names x headers).
+    view._headers = [  # type: ignore[attr-defined]
+        (name, value)
+        for name, value in msg.raw_items()
+        if name.lower().startswith("content-") or name.lower() == "mime-version"
+    ]
+    return view
 
 
 def clean_text(value: str) -> str:
