@@ -176,7 +176,7 @@ class Processor:
         """Which of these rows are imports whose sender proof could change nothing."""
         if not ids:
             return _VouchedImports(frozenset(), frozenset())
-        with self.db.transaction() as session:
+        with self.db.reading() as session:  # reads only: no write lock on SQLite
             quiet = session.scalars(
                 select(Inbound.id).where(
                     Inbound.id.in_(ids), Inbound.source == "import", Inbound.notify.is_(False)
