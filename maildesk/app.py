@@ -16,7 +16,6 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -85,10 +84,8 @@ class Daemon:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         services, settings = self.services, self.settings
-        wake = self._wake
-        # Every commit of new mail wakes the workers, portal replies included (SMTP and
-        # IMAP also wake on their own; the pool sends one wake per loop turn anyway).
-        services.store.on_stored(wake)
+        # Every commit of new mail wakes the workers, whichever route stored it.
+        services.store.on_stored(self._wake)
         try:
             await loop.run_in_executor(None, services.prepare)
         except DBAPIError as exc:
@@ -104,7 +101,6 @@ class Daemon:
             handler = InboundHandler(
                 services.store,
                 settings.support.domain,
-                wake,
                 lmtp=settings.smtp.lmtp,
                 max_size=settings.smtp.max_message_size,
                 recipients=Recipients(
@@ -141,7 +137,7 @@ class Daemon:
             metrics = settings.metrics
             log.info("listening for /metrics on %s:%d", metrics.host, metrics.port)
         imap_stop = threading.Event()
-        imap_thread = self._start_imap(wake, imap_stop)
+        imap_thread = self._start_imap(imap_stop)
 
         scheduler = AsyncIOScheduler(event_loop=loop)
         # Jobs keep their state in the database, so re-adding them at start is all
@@ -248,9 +244,7 @@ class Daemon:
             raise SystemExit(1)
         self.stop()
 
-    def _start_imap(
-        self, wake: Callable[[], None], stop: threading.Event
-    ) -> threading.Thread | None:
+    def _start_imap(self, stop: threading.Event) -> threading.Thread | None:
         imap = self.settings.imap
         if imap is None:
             return None
@@ -259,7 +253,7 @@ class Daemon:
         def put(raw: bytes) -> int:
             return store.put(raw, Envelope(source="imap"))
 
-        poller = ImapPoller(imap, put, on_stored=wake, on_poll=self.metrics.imap_polled)
+        poller = ImapPoller(imap, put, on_poll=self.metrics.imap_polled)
         # One instance polls a mailbox at a time (several instances on one PostgreSQL).
         mailbox = f"maildesk:imap:{imap.username}@{imap.host}:{imap.port}/{imap.folder}"
 

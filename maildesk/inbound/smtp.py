@@ -51,7 +51,6 @@ class InboundHandler:
         self,
         store: InboundStore,
         support_domain: str,
-        on_stored: Callable[[], None],
         *,
         lmtp: bool,
         max_size: int,
@@ -61,7 +60,6 @@ class InboundHandler:
     ) -> None:
         self.store = store
         self.support_domain = support_domain.lower()
-        self.on_stored = on_stored
         self.lmtp = lmtp
         self.max_size = max_size
         self.recipients = recipients
@@ -124,7 +122,7 @@ class InboundHandler:
         except Exception:
             log.exception("could not store a message from %s", session.peer)
             return self._reply(TEMPORARY_FAILURE, envelope)
-        self.on_stored()
+        # The store's own listeners (InboundStore.on_stored) wake the workers.
         return self._reply(OK_QUEUED.format(id=spool_id), envelope)
 
     async def handle_exception(self, error: Exception) -> str:
