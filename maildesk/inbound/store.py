@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, String, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from maildesk import leases
@@ -199,9 +199,7 @@ class InboundStore:
         """
         now = self._clock.now()
         with self._db.transaction() as session:
-            rows = session.execute(
-                leases.select_due(Inbound, now, limit, Inbound.id, Inbound.attempts, Inbound.size)
-            ).all()
+            rows = session.execute(leases.select_due(Inbound, now, limit, *_CLAIMED_COLUMNS)).all()
             spent = [r.id for r in rows if r.attempts >= MAX_ATTEMPTS]
             for row_id in spent:
                 self._exhausted(session, row_id, now)
@@ -211,7 +209,8 @@ class InboundStore:
             else:
                 rows = [r for r in rows if r.attempts == 0]
             claim = leases.take(session, Inbound, [r.id for r in rows], now)
-            return Batch(claim, tuple(Claimed(r.id, r.size) for r in rows), len(spent))
+            claimed = tuple(Claimed(r.id, r.size, r.mail_from, r.source, r.peer) for r in rows)
+            return Batch(claim, claimed, len(spent))
 
     def _exhausted(self, session: Session, row_id: int, now: datetime) -> None:
         row = session.get(Inbound, row_id)
@@ -222,24 +221,23 @@ class InboundStore:
         )
         self.quarantine(row, reason, row.error, now)
 
-    def load(self, inbound_id: int) -> Stored:
-        """One message's bytes: the only place a processor reads them, one at a time."""
+    def load(self, row: int | Claimed) -> Stored:
+        """One message's bytes: the only place a processor reads them, one at a time.
+
+        A claimed row already carries its envelope (the claim read it): only the bytes
+        are read then."""
         with self._db.reading() as session:
-            found = session.execute(
-                select(Inbound.mail_from, Inbound.source, Inbound.peer).where(
-                    Inbound.id == inbound_id
-                )
-            ).one()
-            raw = rawbytes.read(session, inbound_id)
+            if isinstance(row, int):
+                found = session.execute(_ENVELOPE, {"id": row}).one()
+                row = Claimed(row, 0, found.mail_from, found.source, found.peer)
+            raw = rawbytes.read(session, row.id)
         if raw is None:
-            raise LookupError(f"inbound {inbound_id} has no stored bytes")
-        return Stored(inbound_id, raw, found.mail_from, found.source, found.peer)
+            raise LookupError(f"inbound {row.id} has no stored bytes")
+        return Stored(row.id, raw, row.mail_from, row.source, row.peer)
 
     def lock(self, session: Session, inbound_id: int, token: str) -> Inbound | None:
         """The row, locked, if it is still pending and leased under `token` (else None)."""
-        return session.scalars(
-            select(Inbound).where(leases.owned(Inbound, inbound_id, token)).with_for_update()
-        ).one_or_none()
+        return session.scalars(_LOCK, {"id": inbound_id, "token": token}).one_or_none()
 
     def finish(self, row: Inbound, state: InboundState, now: datetime) -> None:
         row.state = state
@@ -317,8 +315,33 @@ class Stored:
 
 @dataclass(frozen=True)
 class Claimed:
+    """A row as its claim read it: enough to load its bytes without another query."""
+
     id: int
     size: int
+    mail_from: str = ""
+    source: str = ""
+    peer: str = ""
+
+
+_CLAIMED_COLUMNS = (
+    Inbound.id,
+    Inbound.attempts,
+    Inbound.size,
+    Inbound.mail_from,
+    Inbound.source,
+    Inbound.peer,
+)
+_ENVELOPE = select(Inbound.mail_from, Inbound.source, Inbound.peer).where(
+    Inbound.id == bindparam("id")
+)
+# Built once: this runs for every message, and building the clause cost more than
+# executing it.
+_LOCK = (
+    select(Inbound)
+    .where(leases.owned(Inbound, bindparam("id", type_=Integer), bindparam("token", type_=String)))
+    .with_for_update()
+)
 
 
 @dataclass(frozen=True)

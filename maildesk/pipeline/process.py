@@ -191,7 +191,7 @@ class Processor:
         keeper.hold([item.id], until=self.clock.now() + HOLD)
         budget.start()
         try:
-            stored = self.store.load(item.id)
+            stored = self.store.load(item)
             ready = prepare(stored.raw, stored.mail_from, self.limits, budget, self.detector)
             # spamd's round trip, here: never while holding the write lock. Its wait
             # is bounded by [spam] spamd_timeout, not by this message's CPU budget.
