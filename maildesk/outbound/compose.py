@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
-from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 
 from maildesk.outbound import headers as h
@@ -132,42 +131,48 @@ def _header_block(fields: Sequence[tuple[str, str]]) -> bytes:
 
 
 def verify_header_block(block: bytes, expected: Sequence[str]) -> None:
-    """Raise HeaderError unless `block` holds exactly the headers `expected`, in order.
+    """Raise HeaderError unless `block` holds exactly the headers `expected`, in order,
+    and no value decodes to a line break (what a downstream re-fold would turn into a
+    header).
 
-    Checked by our own line grammar and by the stdlib parser, whose decoded values must
-    hold no line break: that is what a downstream re-fold would turn into a header.
+    The lines are split by the grammar of the stdlib's feed parser (the same characters
+    start a header name), only stricter: a line it would take as the body's start, a
+    blank continuation or a bare CR/LF is refused here. So the header names are the
+    ones the stdlib would see, without paying for its parse of every block we write.
     """
     want = [name.lower() for name in expected]
     if not block.endswith(b"\r\n") or not block.isascii():
         raise HeaderError(f"header block is not CRLF-terminated ASCII (expected {want})")
-    seen = []
+    fields: list[tuple[str, list[str]]] = []
     for line in block[:-2].split(b"\r\n"):
         if b"\r" in line or b"\n" in line or len(line) > h.MAX_LINE:
             raise HeaderError(f"header block has a bare CR/LF or an overlong line: {line[:80]!r}")
         start = _HEADER_START.match(line)
         if start:
-            seen.append(start.group(1).decode("ascii").lower())
-        elif not (seen and line[:1] in (b" ", b"\t") and line.strip()):
+            name = start.group(1).decode("ascii")
+            fields.append((name, [line[start.end() :].decode("ascii").lstrip(" \t")]))
+        elif fields and line[:1] in (b" ", b"\t") and line.strip():
+            fields[-1][1].append(line.decode("ascii"))
+        else:
             raise HeaderError(f"header block has a stray line: {line[:80]!r}")
-    _verify_parsed(block, tuple(want), tuple(seen))
-
-
-@functools.lru_cache(maxsize=64)
-def _verify_parsed(block: bytes, want: tuple[str, ...], seen: tuple[str, ...]) -> None:
-    """The stdlib parser's view of `block`; cached, since most part headers repeat."""
-    # compat32 splits headers as policy.default does, without parsing Content-Type.
-    parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(block + b"\r\n")
-    names = tuple(name.lower() for name in parsed.keys())
-    if seen != want or names != want or parsed.get_payload():
-        raise HeaderError(f"header block has {list(names or seen)}, expected {list(want)}")
-    for name, raw in parsed.raw_items():
+    names = [name.lower() for name, _ in fields]
+    if names != want:
+        raise HeaderError(f"header block has {names}, expected {want}")
+    for name, lines in fields:
         # Printable ASCII without "=?" and "%" decodes to its own characters: only an
         # encoded word or an RFC 2231 %XX can turn into a break. Decoding every value
         # would cost more than composing the whole message.
-        if _PLAIN_VALUE.fullmatch(raw.replace("\r\n", "")):
-            continue
-        if h.breaks_line(str(policy.default.header_fetch_parse(name, raw))):
+        if not _PLAIN_VALUE.fullmatch("".join(lines)) and _decodes_to_break(
+            name, "\r\n".join(lines)
+        ):
             raise HeaderError(f"{name}: decodes to a line break or NUL")
+
+
+@functools.lru_cache(maxsize=256)
+def _decodes_to_break(name: str, raw: str) -> bool:
+    """The stdlib's decoded view of one raw value (as its parser would hand it over);
+    cached, since most part headers repeat."""
+    return h.breaks_line(str(policy.default.header_fetch_parse(name, raw)))
 
 
 def _text_part(text: str, subtype: str) -> _Part:

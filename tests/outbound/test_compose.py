@@ -290,6 +290,64 @@ def test_verify_header_block_catches_an_extra_header() -> None:
         verify_header_block(b"Subject: =?UTF-8?Q?a=0Ab?=\r\n", ["Subject"])
 
 
+# Blocks built to make a line parser and the stdlib's disagree about where a header
+# starts: continuations, odd names, a mbox "From " line, blank and whitespace lines.
+_TRICKY_BLOCKS = [
+    b"Subject: hi\r\n",
+    b"Subject: hi\r\n there\r\n",
+    b"Subject: hi\r\n\tthere\r\n",
+    b"Subject:\r\n hi\r\n",
+    b"Subject: hi\r\n \r\n",
+    b"Subject: hi\r\n\r\nBcc: evil@x.test\r\n",
+    b"Subject: hi\r\nFrom evil@x.test\r\n",
+    b"From evil@x.test\r\nSubject: hi\r\n",
+    b"Subject: hi\r\n: empty name\r\n",
+    b"Subject : hi\r\n",
+    b"Subject: hi\r\nX-A~b!: c\r\n",
+    b"Subject: hi\rBcc: evil@x.test\r\n",
+    b"Subject: hi\nBcc: evil@x.test\r\n",
+    b"Subject: hi\r\n  Bcc: evil@x.test\r\n",
+    b"Subject: =?UTF-8?B?YQpiYw==?=\r\n",
+    b"Subject: =?UTF-8?Q?a=E2=80=A8b?=\r\n",
+    b"Subject: a =?UTF-8?Q?b?=\r\n",
+    "Subject: hí\r\n".encode(),
+]
+
+
+@pytest.mark.parametrize("block", _TRICKY_BLOCKS)
+def test_verified_block_is_read_alike_by_the_stdlib(block: bytes) -> None:
+    """A block our verifier passes has, for the stdlib parser, exactly the expected
+    headers, no body, and no value that decodes to a line break."""
+    try:
+        verify_header_block(block, ["Subject"])
+    except HeaderError:
+        return
+    parsed = email.message_from_bytes(block + b"\r\n", policy=email.policy.compat32)
+    assert [name.lower() for name in parsed.keys()] == ["subject"]
+    assert not parsed.get_payload()
+    decoded = str(email.policy.default.header_fetch_parse("Subject", parsed["Subject"]))
+    assert len(f"x{decoded}x".splitlines()) == 1
+
+
+def test_verifier_passes_the_plain_tricky_blocks() -> None:
+    """The differential test above is not vacuous: ordinary shapes pass."""
+    passed = []
+    for block in _TRICKY_BLOCKS:
+        try:
+            verify_header_block(block, ["Subject"])
+        except HeaderError:
+            continue
+        passed.append(block)
+    assert passed == [
+        b"Subject: hi\r\n",
+        b"Subject: hi\r\n there\r\n",
+        b"Subject: hi\r\n\tthere\r\n",
+        b"Subject:\r\n hi\r\n",
+        b"Subject: hi\r\n  Bcc: evil@x.test\r\n",  # a folded Subject, for both parsers
+        b"Subject: a =?UTF-8?Q?b?=\r\n",
+    ]
+
+
 def test_thread_index_groups_a_ticket() -> None:
     key = b"42@example.test"
     first = base64.b64decode(thread_index(CREATED, key))
