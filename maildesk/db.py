@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger("maildesk.db")
@@ -310,9 +310,8 @@ class Database:
         self.url = url
         self.engine = make_engine(url, **kwargs)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._readers = sessionmaker(
-            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
-        )
+        self._read_only = self.engine.execution_options(**{READ_ONLY: True})
+        self._readers = sessionmaker(self._read_only, expire_on_commit=False)
         self._writers = _WriterQueue(_file_gate(url)) if self.is_sqlite else None
 
     @property
@@ -338,6 +337,12 @@ class Database:
         """A session for reads only: on SQLite it neither takes nor waits for the write lock."""
         with self._readers() as session, session.begin():
             yield session
+
+    @contextmanager
+    def reading_connection(self) -> Iterator[Connection]:
+        """`reading()` without an ORM session, for a hot path's Core statements."""
+        with self._read_only.connect() as connection, connection.begin():
+            yield connection
 
     def others_waiting(self) -> bool:
         """Whether another thread waits to write (SQLite): a long batch should commit soon."""

@@ -22,10 +22,11 @@ the message once, plus a slice.
 from __future__ import annotations
 
 import io
+import sqlite3
 import struct
 from collections.abc import Iterator, Sequence
 
-from sqlalchemy import bindparam, func, insert, literal_column, select
+from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from maildesk.models import InboundRaw
@@ -38,7 +39,7 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\0" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
 # Per row: 2 fields; inbound_id an int4 (migration 0012's Integer), then raw's length.
 _COPY_ROW = struct.Struct("!hiii")
-_SQLITE_ROW = select(literal_column("rowid"), func.length(InboundRaw.raw))
+_SQLITE_ROW = select(InboundRaw.inbound_id).where(InboundRaw.inbound_id == bindparam("id"))
 _PG_SIZE = "SELECT octet_length(raw) FROM inbound_raw WHERE inbound_id = %s"
 _PG_SLICE = "SELECT substring(raw FROM %s FOR %s) FROM inbound_raw WHERE inbound_id = %s"
 
@@ -80,11 +81,11 @@ def _copy_postgresql(session: Session, bodies: Sequence[tuple[int, bytes]]) -> N
         copy.write(_COPY_TRAILER)
 
 
-def read(session: Session, inbound_id: int) -> bytes | None:
+def read(connection: Connection, inbound_id: int) -> bytes | None:
     """The bytes stored for `inbound_id` (None: no row), read a slice at a time."""
-    if session.get_bind().dialect.name == "sqlite":
-        return _read_sqlite(session, inbound_id)
-    return _read_postgresql(session, inbound_id)
+    if connection.dialect.name == "sqlite":
+        return _read_sqlite(connection, inbound_id)
+    return _read_postgresql(connection, inbound_id)
 
 
 def _assemble(size: int, pieces: Iterator[bytes]) -> bytes:
@@ -102,25 +103,29 @@ def _assemble(size: int, pieces: Iterator[bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def _read_sqlite(session: Session, inbound_id: int) -> bytes | None:
-    connection = session.connection()
-    found = connection.execute(_SQLITE_ROW.where(InboundRaw.inbound_id == inbound_id)).one_or_none()
-    if found is None:
-        return None
-    rowid, size = int(found[0]), int(found[1] or 0)
+def _read_sqlite(connection: Connection, inbound_id: int) -> bytes | None:
     driver = connection.connection.driver_connection
     assert driver is not None
+    # `inbound_id`, the table's INTEGER PRIMARY KEY, is SQLite's rowid: the blob opens
+    # by it, without a query first (that query cost more than reading 4 KB).
+    try:
+        blob = driver.blobopen("inbound_raw", "raw", inbound_id, readonly=True)
+    except sqlite3.OperationalError:
+        if connection.execute(_SQLITE_ROW, {"id": inbound_id}).first() is None:
+            return None
+        raise
+    with blob:
+        size = len(blob)
 
-    def pieces() -> Iterator[bytes]:
-        with driver.blobopen("inbound_raw", "raw", rowid, readonly=True) as blob:
+        def pieces() -> Iterator[bytes]:
             while piece := blob.read(SLICE):
                 yield piece
 
-    return _assemble(size, pieces()) if size else b""
+        return _assemble(size, pieces()) if size else b""
 
 
-def _read_postgresql(session: Session, inbound_id: int) -> bytes | None:
-    driver = session.connection().connection.driver_connection
+def _read_postgresql(connection: Connection, inbound_id: int) -> bytes | None:
+    driver = connection.connection.driver_connection
     assert driver is not None
     # binary=True: bytea comes as its bytes, not as hex text twice their size.
     with driver.cursor(binary=True) as cursor:

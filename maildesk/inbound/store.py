@@ -226,11 +226,11 @@ class InboundStore:
 
         A claimed row already carries its envelope (the claim read it): only the bytes
         are read then."""
-        with self._db.reading() as session:
+        with self._db.reading_connection() as connection:
             if isinstance(row, int):
-                found = session.execute(_ENVELOPE, {"id": row}).one()
+                found = connection.execute(_ENVELOPE, {"id": row}).one()
                 row = Claimed(row, 0, found.mail_from, found.source, found.peer)
-            raw = rawbytes.read(session, row.id)
+            raw = rawbytes.read(connection, row.id)
         if raw is None:
             raise LookupError(f"inbound {row.id} has no stored bytes")
         return Stored(row.id, raw, row.mail_from, row.source, row.peer)
