@@ -26,8 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Integer, String, bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Integer, String, bindparam, func, select, update
+from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk import leases
 from maildesk.clock import Clock, as_utc
@@ -240,10 +241,15 @@ class InboundStore:
         return session.scalars(_LOCK, {"id": inbound_id, "token": token}).one_or_none()
 
     def finish(self, row: Inbound, state: InboundState, now: datetime) -> None:
-        row.state = state
-        row.processed_at = now
-        row.next_attempt_at = None
-        row.claim = None
+        """The row's last state. A Core update (the row is locked and ours), and the loaded
+        row told it as saved: through the unit of work, this one change made every
+        message's savepoint run a flush."""
+        session = object_session(row)
+        assert session is not None
+        session.connection().execute(_FINISH, {"row_id": row.id, "to_state": state, "at": now})
+        values = {"state": state, "processed_at": now, "next_attempt_at": None, "claim": None}
+        for name, value in values.items():
+            set_committed_value(row, name, value)
 
     def quarantine(self, row: Inbound, reason: str, trace: str, now: datetime) -> None:
         log.warning("inbound %d quarantined: %s", row.id, reason)
@@ -334,6 +340,16 @@ _CLAIMED_COLUMNS = (
 )
 _ENVELOPE = select(Inbound.mail_from, Inbound.source, Inbound.peer).where(
     Inbound.id == bindparam("id")
+)
+_FINISH = (
+    update(Inbound)
+    .where(Inbound.id == bindparam("row_id", type_=Integer))
+    .values(
+        state=bindparam("to_state"),
+        processed_at=bindparam("at"),
+        next_attempt_at=None,
+        claim=None,
+    )
 )
 # Built once: this runs for every message, and building the clause cost more than
 # executing it.
