@@ -22,6 +22,12 @@ def fold(text: str) -> str:
     return _without_marks(decomposed).casefold()  # NFKD never yields the five extra ones
 
 
+def warm() -> None:
+    """Build the tables now (about 0.3 s of CPU, once per process): a worker calls this
+    as it starts, so its first non-ASCII message does not pay for them."""
+    _combining_marks()
+
+
 def _without_marks(text: str) -> str:
     # Two patterns, because a character class reaching past U+FFFF is matched by a
     # linear walk over its ranges (ten times slower), and such characters are rare.
