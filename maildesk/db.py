@@ -340,8 +340,11 @@ class Database:
 
     @contextmanager
     def reading_connection(self) -> Iterator[Connection]:
-        """`reading()` without an ORM session, for a hot path's Core statements."""
-        with self._read_only.connect() as connection, connection.begin():
+        """`reading()` without an ORM session, for a hot path's reads. Its deferred
+        transaction begins with the first statement run through it and is rolled back
+        at the end; work done on the driver connection alone (SQLite's blob reads)
+        needs none and costs no BEGIN."""
+        with self._read_only.connect() as connection:
             yield connection
 
     def others_waiting(self) -> bool:

@@ -32,7 +32,10 @@ from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.tokens import ReplyTokens
 
 _MAX_REFERENCES = 20
-_INSERT_OUTBOX = insert(cast(Table, Outbox.__table__)).returning(Outbox.__table__.c.id)
+# Ids come back in the order the rows were given, however many go in one statement.
+_INSERT_OUTBOX = insert(cast(Table, Outbox.__table__)).returning(
+    Outbox.__table__.c.id, sort_by_parameter_order=True
+)
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 
 
@@ -129,12 +132,8 @@ class Notifier:
         that a reply should reach, e.g. a console confirmation's; without it replies
         go to the support address.
         """
-        if (ticket is None) != (note.tie is Tie.UNTIED) and note.tie is not Tie.EITHER:
-            raise ValueError(f"{note.template} is sent {note.tie}, ticket={ticket}")
         recipients = (to,) if isinstance(to, Recipient) else tuple(to)
-        language = self.language(note, recipients[0], ticket)
-        context = self.context(note, ticket, recipients[0], language)
-        rendered = self.renderer.render(note.template, language, context)
+        rendered = self._render(note, recipients[0], ticket)
         return self.queue(
             session,
             note.template,
@@ -148,6 +147,43 @@ class Notifier:
             attachments=attachments,
             reply_to=reply_to,
         )
+
+    def _render(self, note: Notification, to: Recipient, ticket: Ticket | None) -> Rendered:
+        """`note` for `to` in the language its rule picks."""
+        if (ticket is None) != (note.tie is Tie.UNTIED) and note.tie is not Tie.EITHER:
+            raise ValueError(f"{note.template} is sent {note.tie}, ticket={ticket}")
+        language = self.language(note, to, ticket)
+        context = self.context(note, ticket, to, language)
+        return self.renderer.render(note.template, language, context)
+
+    def notify_each(
+        self,
+        session: Session,
+        note: Notification,
+        recipients: Sequence[Recipient],
+        *,
+        ticket: Ticket | None = None,
+        answering: InReplyTo | None = None,
+        attachments: Sequence[Attachment] = (),
+    ) -> list[Queued]:
+        """`notify` each of `recipients` with a mail of their own (an agent's Reply-To
+        is theirs alone), the outbox rows written in one statement."""
+        rows = []
+        for to in recipients:
+            rows.append(
+                self._outbox_row(
+                    session,
+                    note.template,
+                    self._render(note, to, ticket),
+                    (to,),
+                    ticket=ticket,
+                    automatic=note.automatic,
+                    for_agents=note.audience is Audience.AGENT,
+                    answering=answering,
+                    attachments=attachments,
+                )
+            )
+        return _write_outbox(session, rows)
 
     def queue(
         self,
@@ -169,6 +205,39 @@ class Notifier:
 
         Returns what identifies the queued mail.
         """
+        values = self._outbox_row(
+            session,
+            kind,
+            rendered,
+            recipients,
+            ticket=ticket,
+            automatic=automatic,
+            for_agents=for_agents,
+            answering=answering,
+            sender_name=sender_name,
+            attachments=attachments,
+            reply_to=reply_to,
+        )
+        [queued] = _write_outbox(session, [values])
+        return queued
+
+    def _outbox_row(
+        self,
+        session: Session,
+        kind: str,
+        rendered: Rendered,
+        recipients: Sequence[Recipient],
+        *,
+        ticket: Ticket | None,
+        automatic: bool,
+        for_agents: bool,
+        answering: InReplyTo | None = None,
+        sender_name: str | None = None,
+        attachments: Sequence[Attachment] = (),
+        reply_to: str | None = None,
+    ) -> dict[str, Any]:
+        """The composed mail as its outbox row's values (its ticket message, if any, is
+        written now)."""
         first = recipients[0]
         now = self.clock.now()
         support = self.settings.support
@@ -250,9 +319,7 @@ class Notifier:
             "last_error": "",
             "created_at": now,
         }
-        # A Core insert: an ORM object per queued mail cost more than composing it.
-        pk = session.connection().execute(_INSERT_OUTBOX, values).scalar_one()
-        return Queued(pk, message_id, raw)
+        return values
 
     def context(
         self, note: Notification | None, ticket: Ticket | None, to: Recipient, language: str
@@ -290,3 +357,12 @@ class Notifier:
             "requester_name": ticket.requester.name,
             "owner": ticket.owner.email if ticket.owner else "",
         }
+
+
+def _write_outbox(session: Session, rows: Sequence[dict[str, Any]]) -> list[Queued]:
+    """Insert the outbox rows; a Core insert, as an ORM object per queued mail cost
+    more than composing it."""
+    if not rows:
+        return []
+    ids = session.connection().execute(_INSERT_OUTBOX, list(rows)).scalars().all()
+    return [Queued(pk, row["message_id"], row["raw"]) for pk, row in zip(ids, rows, strict=True)]

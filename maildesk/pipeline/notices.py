@@ -142,16 +142,15 @@ class Notices:
             "text": redact_links(text or (message.text if message else "")),
         }
         note = AgentNotification(event, quoted)
-        for agent in agents:
-            self.notifier.notify(
-                session,
-                note,
-                Recipient.of_agent(agent),
-                ticket=ticket,
-                answering=InReplyTo(message.message_id) if message else None,
-                attachments=attachments,
-            )
-        return len(agents)
+        queued = self.notifier.notify_each(
+            session,
+            note,
+            [Recipient.of_agent(agent) for agent in agents],
+            ticket=ticket,
+            answering=InReplyTo(message.message_id) if message else None,
+            attachments=attachments,
+        )
+        return len(queued)
 
     def assigned(self, session: Session, ticket: Ticket) -> int:
         """A colleague gave `ticket` to its owner (`#assign EMAIL`): the owner hears of it,
@@ -167,10 +166,8 @@ class Notices:
         """An agent made `ticket` critical: every agent hears of it, with the customer's
         newest mail (what is critical), not the agent's command."""
         note = AgentNotification("critical", customers_newest(session, ticket))
-        agents = Agents(session).active()
-        for agent in agents:
-            self.notifier.notify(session, note, Recipient.of_agent(agent), ticket=ticket)
-        return len(agents)
+        agents = [Recipient.of_agent(agent) for agent in Agents(session).active()]
+        return len(self.notifier.notify_each(session, note, agents, ticket=ticket))
 
     def taken(self, session: Session, ticket: Ticket, former: Agent) -> int:
         """A colleague took `ticket` from its owner: the former owner hears of it, so two
