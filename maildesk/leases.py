@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from maildesk.clock import Clock, new_token
@@ -94,12 +94,14 @@ def take(session: Session, model: Queue, ids: list[int], now: datetime) -> Claim
     return Claim(token, tuple(ids))
 
 
-def owned(
-    model: Queue, row_id: int | BindParameter[int], token: str | BindParameter[str]
-) -> ColumnElement[bool]:
-    """The row is still pending and still ours: the guard of every finishing write
-    (values, or bind parameters for a statement built once)."""
+def owned(model: Queue, row_id: int, token: str) -> ColumnElement[bool]:
+    """The row is still pending and still ours: the guard of every finishing write."""
     return and_(model.id == row_id, model.state == PENDING, model.claim == token)
+
+
+def owned_of(model: Queue, ids: Any, token: Any) -> ColumnElement[bool]:
+    """`owned` for several rows at once (`ids` a list, or an expanding bind parameter)."""
+    return and_(model.id.in_(ids), model.state == PENDING, model.claim == token)
 
 
 def give_back(session: Session, model: Queue, ids: list[int], token: str, now: datetime) -> None:

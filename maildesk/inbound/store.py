@@ -236,9 +236,11 @@ class InboundStore:
             raise LookupError(f"inbound {row.id} has no stored bytes")
         return Stored(row.id, raw, row.mail_from, row.source, row.peer)
 
-    def lock(self, session: Session, inbound_id: int, token: str) -> Inbound | None:
-        """The row, locked, if it is still pending and leased under `token` (else None)."""
-        return session.scalars(_LOCK, {"id": inbound_id, "token": token}).one_or_none()
+    def lock(self, session: Session, ids: Sequence[int], token: str) -> dict[int, Inbound]:
+        """Those of the rows still pending and leased under `token`, locked, by id (one
+        statement for a transaction's rows, not one per row)."""
+        found = session.scalars(_LOCK, {"ids": list(ids), "token": token})
+        return {row.id: row for row in found}
 
     def finish(self, row: Inbound, state: InboundState, now: datetime) -> None:
         """The row's last state. A Core update (the row is locked and ours), and the loaded
@@ -355,7 +357,9 @@ _FINISH = (
 # executing it.
 _LOCK = (
     select(Inbound)
-    .where(leases.owned(Inbound, bindparam("id", type_=Integer), bindparam("token", type_=String)))
+    .where(
+        leases.owned_of(Inbound, bindparam("ids", expanding=True), bindparam("token", type_=String))
+    )
     .with_for_update()
 )
 

@@ -224,9 +224,10 @@ class Processor:
         left = list(group)
         while left:
             with self.db.transaction() as session:
+                owned = self.store.lock(session, [work.id for work in left], token)
                 while left:
                     work = left.pop(0)
-                    row = self.store.lock(session, work.id, token)
+                    row = owned.get(work.id)
                     if row is None:  # our lease ran out and someone else owns it now
                         log.warning("inbound %d: lost its lease; left to its new owner", work.id)
                         continue
