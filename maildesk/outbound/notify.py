@@ -32,10 +32,10 @@ from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.tokens import ReplyTokens
 
 _MAX_REFERENCES = 20
-# Ids come back in the order the rows were given, however many go in one statement.
-_INSERT_OUTBOX = insert(cast(Table, Outbox.__table__)).returning(
-    Outbox.__table__.c.id, sort_by_parameter_order=True
-)
+_OUTBOX = cast(Table, Outbox.__table__)
+_INSERT_OUTBOX = insert(_OUTBOX).returning(_OUTBOX.c.id)
+# Several rows whose ids nobody needs: one executemany, no RETURNING.
+_INSERT_OUTBOX_ROWS = insert(_OUTBOX)
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 
 
@@ -165,9 +165,9 @@ class Notifier:
         ticket: Ticket | None = None,
         answering: InReplyTo | None = None,
         attachments: Sequence[Attachment] = (),
-    ) -> list[Queued]:
+    ) -> int:
         """`notify` each of `recipients` with a mail of their own (an agent's Reply-To
-        is theirs alone), the outbox rows written in one statement."""
+        is theirs alone), the outbox rows written in one statement; returns how many."""
         rows = []
         for to in recipients:
             rows.append(
@@ -183,7 +183,10 @@ class Notifier:
                     attachments=attachments,
                 )
             )
-        return _write_outbox(session, rows)
+        if rows:
+            # A Core insert, as in `queue`.
+            session.connection().execute(_INSERT_OUTBOX_ROWS, rows)
+        return len(rows)
 
     def queue(
         self,
@@ -218,8 +221,9 @@ class Notifier:
             attachments=attachments,
             reply_to=reply_to,
         )
-        [queued] = _write_outbox(session, [values])
-        return queued
+        # A Core insert: an ORM object per queued mail cost more than composing it.
+        pk = session.connection().execute(_INSERT_OUTBOX, values).scalar_one()
+        return Queued(pk, values["message_id"], values["raw"])
 
     def _outbox_row(
         self,
@@ -357,12 +361,3 @@ class Notifier:
             "requester_name": ticket.requester.name,
             "owner": ticket.owner.email if ticket.owner else "",
         }
-
-
-def _write_outbox(session: Session, rows: Sequence[dict[str, Any]]) -> list[Queued]:
-    """Insert the outbox rows; a Core insert, as an ORM object per queued mail cost
-    more than composing it."""
-    if not rows:
-        return []
-    ids = session.connection().execute(_INSERT_OUTBOX, list(rows)).scalars().all()
-    return [Queued(pk, row["message_id"], row["raw"]) for pk, row in zip(ids, rows, strict=True)]

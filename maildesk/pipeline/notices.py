@@ -142,7 +142,7 @@ class Notices:
             "text": redact_links(text or (message.text if message else "")),
         }
         note = AgentNotification(event, quoted)
-        queued = self.notifier.notify_each(
+        return self.notifier.notify_each(
             session,
             note,
             [Recipient.of_agent(agent) for agent in agents],
@@ -150,7 +150,6 @@ class Notices:
             answering=InReplyTo(message.message_id) if message else None,
             attachments=attachments,
         )
-        return len(queued)
 
     def assigned(self, session: Session, ticket: Ticket) -> int:
         """A colleague gave `ticket` to its owner (`#assign EMAIL`): the owner hears of it,
@@ -167,7 +166,7 @@ class Notices:
         newest mail (what is critical), not the agent's command."""
         note = AgentNotification("critical", customers_newest(session, ticket))
         agents = [Recipient.of_agent(agent) for agent in Agents(session).active()]
-        return len(self.notifier.notify_each(session, note, agents, ticket=ticket))
+        return self.notifier.notify_each(session, note, agents, ticket=ticket)
 
     def taken(self, session: Session, ticket: Ticket, former: Agent) -> int:
         """A colleague took `ticket` from its owner: the former owner hears of it, so two
