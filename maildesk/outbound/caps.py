@@ -2,44 +2,69 @@
 
 A cap needs only "are there `cap` rows yet", so the count stops there: a busy
 hour costs at most `cap` index entries per question, never all of the hour's
-rows. Both questions are answered from an index alone (`ix_outbox_auto_to`,
-`ix_outbox_created_auto`), without reading the stored mails. The statements are
-built once: building them cost more than running them.
+rows. Both questions are asked in one statement, each answered from an index
+alone (`ix_outbox_auto_to`, `ix_outbox_created_auto`), without reading the
+stored mails. The statement is built once: building it cost more than running it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, literal_column, select
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Select,
+    bindparam,
+    func,
+    literal_column,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from maildesk.models import Outbox
 
 
-def _count_up_to_cap(*where: ColumnElement[bool]) -> Select[Any]:
-    rows: Select[Any] = select(literal_column("1")).where(*where).limit(bindparam("cap"))
-    return select(func.count()).select_from(rows.subquery())
+def _count_up_to_cap(cap: str, *where: ColumnElement[bool]) -> ScalarSelect[Any]:
+    rows: Select[Any] = select(literal_column("1")).where(*where).limit(bindparam(cap))
+    return select(func.count()).select_from(rows.subquery()).scalar_subquery()
 
 
-_SENDER = _count_up_to_cap(
-    Outbox.auto_to == bindparam("recipient"), Outbox.created_at > bindparam("since")
+# Both questions in one statement: each new ticket asks them before its acknowledgement.
+_COUNTS = select(
+    _count_up_to_cap(
+        "sender_cap",
+        Outbox.auto_to == bindparam("recipient"),
+        Outbox.created_at > bindparam("since"),
+    ),
+    _count_up_to_cap("total_cap", Outbox.created_at > bindparam("since"), Outbox.auto_to != ""),
 )
-_TOTAL = _count_up_to_cap(Outbox.created_at > bindparam("since"), Outbox.auto_to != "")
 
 
-def sender_cap_reached(session: Session, recipient: str, cap: int, since: datetime) -> bool:
-    """`cap` automatic replies to `recipient` were queued after `since`."""
-    return cap <= 0 or _count(session, _SENDER, cap, since, recipient=recipient.lower()) >= cap
+@dataclass(frozen=True)
+class Caps:
+    """Which hourly caps on automatic replies are reached for one recipient."""
+
+    sender: bool  # `auto_replies_per_hour` to this recipient
+    total: bool  # `auto_replies_per_hour_total` to anyone at all
 
 
-def total_cap_reached(session: Session, cap: int, since: datetime) -> bool:
-    """`cap` automatic replies to anyone at all were queued after `since`."""
-    return cap <= 0 or _count(session, _TOTAL, cap, since) >= cap
-
-
-def _count(session: Session, query: Select[Any], cap: int, since: datetime, **values: str) -> int:
+def caps_reached(
+    session: Session, recipient: str, sender_cap: int, total_cap: int, since: datetime
+) -> Caps:
+    """Whether `sender_cap` automatic replies to `recipient`, and `total_cap` to anyone,
+    were queued after `since` (a cap of 0 or less is always reached)."""
+    values = {
+        "recipient": recipient.lower(),
+        "since": since,
+        "sender_cap": max(sender_cap, 0),
+        "total_cap": max(total_cap, 0),
+    }
     # Outbox rows are written with Core (notify.py): nothing to flush before counting.
-    found = session.connection().execute(query, {"cap": cap, "since": since, **values})
-    return found.scalar() or 0
+    to_sender, to_all = session.connection().execute(_COUNTS, values).one()
+    return Caps(
+        sender=sender_cap <= 0 or (to_sender or 0) >= sender_cap,
+        total=total_cap <= 0 or (to_all or 0) >= total_cap,
+    )

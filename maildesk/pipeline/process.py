@@ -37,7 +37,7 @@ from maildesk.logs import log_context
 from maildesk.mailauth import Authentication, MailAuth
 from maildesk.message import ParsedMessage, UnparseableMessage
 from maildesk.models import Inbound, Ticket
-from maildesk.outbound.caps import sender_cap_reached, total_cap_reached
+from maildesk.outbound.caps import caps_reached
 from maildesk.outbound.notify import InReplyTo
 from maildesk.pipeline.agent_mail import AgentFlow, AgentMail
 from maildesk.pipeline.authenticity import identify
@@ -479,12 +479,13 @@ class Processor:
         if Agents(session).by_email(sender) is not None:
             return False
         cap = self.settings.limits.auto_replies_per_hour
+        total = self.settings.limits.auto_replies_per_hour_total
         hour_ago = self.clock.now() - timedelta(hours=1)
-        if sender_cap_reached(session, sender, cap, hour_ago):
+        reached = caps_reached(session, sender, cap, total, hour_ago)
+        if reached.sender:
             log.info("no acknowledgement to %s: %d automatic replies this hour", sender, cap)
             return False
-        total = self.settings.limits.auto_replies_per_hour_total
-        if total_cap_reached(session, total, hour_ago):
+        if reached.total:
             log.warning(
                 "no acknowledgement to %s: %d automatic replies to all this hour", sender, total
             )
