@@ -107,8 +107,13 @@ class ImapPoller:
         try:
             while not stop.is_set():
                 try:
-                    self.poll_once()
+                    stored = self.poll_once()
                     delay = self._backoff_initial
+                    if stored:
+                        # Mail that came while this poll fetched and moved was announced
+                        # in those commands' responses, and IDLE does not announce it
+                        # again: it would wait for the next refresh (25 min). Look first.
+                        continue
                     client = self._client
                     if client is not None and not self._left and self._can_idle(client):
                         self._idle(client, stop)

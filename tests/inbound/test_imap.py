@@ -195,6 +195,31 @@ def test_run_idles_until_mail_arrives_and_stops_promptly(dovecot: Dovecot) -> No
     assert dovecot.messages("Processed") == [message(1), message(2)]
 
 
+def test_mail_that_comes_while_a_poll_moves_mail_does_not_wait_for_idle_refresh(
+    dovecot: Dovecot,
+) -> None:
+    """A message delivered between a poll's SEARCH and its MOVE is announced in the
+    MOVE's responses, which IDLE never repeats: the poller must look again first."""
+    dovecot.append("INBOX", message(1))
+    store = Recorder()
+
+    def store_while_more_arrives(raw: bytes) -> object:
+        stored = store(raw)
+        if raw == message(1):
+            dovecot.append("INBOX", message(2))  # lands before message 1 is moved
+        return stored
+
+    stop = threading.Event()
+    poller = ImapPoller(dovecot.settings(poll_interval=3600.0), store_while_more_arrives)
+    thread = start(poller, stop)
+    try:
+        assert store.wait_for(2) == [message(1), message(2)]
+    finally:
+        stop.set()
+    joined(thread)
+    assert dovecot.messages("Processed") == [message(1), message(2)]
+
+
 def test_run_without_idle_waits_poll_interval(dovecot: Dovecot) -> None:
     dovecot.append("INBOX", message(1))
     store = Recorder()
