@@ -84,8 +84,31 @@ class _Part:
     body: bytes
 
 
-def compose(mail: OutgoingMail) -> bytes:
-    """The full RFC 5322 message for `mail`, CRLF line endings; HeaderError if unsafe."""
+@dataclass(frozen=True)
+class Body:
+    """A mail's content, composed: what several mails with the same text, HTML and
+    attachments can share (each agent's copy of a notification differs only in its
+    top header block)."""
+
+    part: _Part
+    source: tuple[str, str | None, tuple[Attachment, ...]]  # what it was composed from
+
+
+def compose_body(mail: OutgoingMail) -> Body:
+    """The content of `mail`, for `compose(…, body=)` of mails with the same content."""
+    content = _text_part(mail.text, "plain")
+    if mail.html is not None:
+        content = _multipart("alternative", [content, _text_part(mail.html, "html")])
+    if mail.attachments:
+        content = _multipart("mixed", [content, *map(_attachment_part, mail.attachments)])
+    return Body(content, (mail.text, mail.html, mail.attachments))
+
+
+def compose(mail: OutgoingMail, body: Body | None = None) -> bytes:
+    """The full RFC 5322 message for `mail`, CRLF line endings; HeaderError if unsafe.
+
+    `body`: its content composed already (`compose_body` of a mail with the same text,
+    HTML and attachments)."""
     if mail.date.tzinfo is None or mail.date.utcoffset() is None:
         raise HeaderError("Date: the datetime must be timezone-aware")
     fields = [
@@ -115,11 +138,11 @@ def compose(mail: OutgoingMail) -> bytes:
         fields.append(("Thread-Topic", h.unstructured("Thread-Topic", mail.thread_topic)))
     if mail.thread_index:
         fields.append(("Thread-Index", _thread_index_header(mail.thread_index)))
-    content = _text_part(mail.text, "plain")
-    if mail.html is not None:
-        content = _multipart("alternative", [content, _text_part(mail.html, "html")])
-    if mail.attachments:
-        content = _multipart("mixed", [content, *map(_attachment_part, mail.attachments)])
+    if body is None:
+        body = compose_body(mail)
+    elif body.source != (mail.text, mail.html, mail.attachments):
+        raise ValueError("compose: the body was composed from another mail's content")
+    content = body.part
     return b"".join((_header_block((*fields, *content.fields)), b"\r\n", content.body))
 
 

@@ -24,7 +24,15 @@ from maildesk.config import Settings
 from maildesk.i18n import names
 from maildesk.models import STATUS_LABELS, Agent, Outbox, Person, Ticket
 from maildesk.outbound.catalogue import Audience, LanguageRule, Notification, Tie
-from maildesk.outbound.compose import Address, Attachment, OutgoingMail, compose, thread_index
+from maildesk.outbound.compose import (
+    Address,
+    Attachment,
+    Body,
+    OutgoingMail,
+    compose,
+    compose_body,
+    thread_index,
+)
 from maildesk.outbound.headers import is_valid_msg_id
 from maildesk.outbound.render import Rendered, Renderer
 from maildesk.states import OutboxState
@@ -148,11 +156,13 @@ class Notifier:
             reply_to=reply_to,
         )
 
-    def _render(self, note: Notification, to: Recipient, ticket: Ticket | None) -> Rendered:
-        """`note` for `to` in the language its rule picks."""
+    def _render(
+        self, note: Notification, to: Recipient, ticket: Ticket | None, language: str | None = None
+    ) -> Rendered:
+        """`note` for `to` in `language`, else the language its rule picks."""
         if (ticket is None) != (note.tie is Tie.UNTIED) and note.tie is not Tie.EITHER:
             raise ValueError(f"{note.template} is sent {note.tie}, ticket={ticket}")
-        language = self.language(note, to, ticket)
+        language = language or self.language(note, to, ticket)
         context = self.context(note, ticket, to, language)
         return self.renderer.render(note.template, language, context)
 
@@ -167,20 +177,32 @@ class Notifier:
         attachments: Sequence[Attachment] = (),
     ) -> int:
         """`notify` each of `recipients` with a mail of their own (an agent's Reply-To
-        is theirs alone), the outbox rows written in one statement; returns how many."""
+        is theirs alone), the outbox rows written in one statement; returns how many.
+
+        A render that looked up no `recipient` is the same for everyone who reads its
+        language: it is rendered, and its content composed, once for all of them.
+        """
         rows = []
+        attachments = tuple(sendable(a) for a in attachments)
+        shared: dict[str, Rendered] = {}  # by language
+        bodies: dict[Rendered, Body] = {}
         for to in recipients:
+            language = self.language(note, to, ticket)
+            rendered = shared.get(language) or self._render(note, to, ticket, language)
+            if "recipient" not in rendered.reads:
+                shared[language] = rendered
             rows.append(
                 self._outbox_row(
                     session,
                     note.template,
-                    self._render(note, to, ticket),
+                    rendered,
                     (to,),
                     ticket=ticket,
                     automatic=note.automatic,
                     for_agents=note.audience is Audience.AGENT,
                     answering=answering,
                     attachments=attachments,
+                    bodies=bodies,
                 )
             )
         if rows:
@@ -239,9 +261,10 @@ class Notifier:
         sender_name: str | None = None,
         attachments: Sequence[Attachment] = (),
         reply_to: str | None = None,
+        bodies: dict[Rendered, Body] | None = None,
     ) -> dict[str, Any]:
         """The composed mail as its outbox row's values (its ticket message, if any, is
-        written now)."""
+        written now). `bodies`: content composed for earlier mails, by their render."""
         first = recipients[0]
         now = self.clock.now()
         support = self.settings.support
@@ -285,7 +308,12 @@ class Notifier:
             ),
             attachments=tuple(sendable(a) for a in attachments),
         )
-        raw = compose(mail)
+        body = bodies.get(rendered) if bodies is not None else None
+        if body is None:
+            body = compose_body(mail)
+            if bodies is not None:
+                bodies[rendered] = body
+        raw = compose(mail, body)
         if self.signer is not None:
             raw = self.signer(raw)
         # Mail to agents lives in the outbox only: the ticket's messages are the

@@ -36,6 +36,7 @@ from jinja2 import (
     meta,
     nodes,
 )
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from maildesk.config import LANGUAGES, PACKAGE_TEMPLATES
@@ -51,6 +52,30 @@ class Rendered:
     text: str
     html: str | None
     language: str
+    # The context names the templates looked up while rendering this: a render that
+    # read no `recipient` is the same for every recipient (Notifier.notify_each).
+    reads: frozenset[str] = frozenset()
+
+
+# The context key of a render's set of looked-up names: not an identifier, so no
+# template can name it.
+_READS = "maildesk:reads"
+
+
+class _NotingContext(Context):
+    """A context that notes each name its template looks up. Every lookup of a
+    template (its own, an include's, a pass_context function's) goes through
+    `resolve_or_missing`, the method Jinja offers for custom lookups."""
+
+    def resolve_or_missing(self, key: str) -> Any:
+        reads = self.parent.get(_READS)
+        if reads is not None:
+            reads.add(key)
+        return super().resolve_or_missing(key)
+
+
+class _Environment(SandboxedEnvironment):
+    context_class = _NotingContext
 
 
 class MissingBlock(TemplateRuntimeError):
@@ -64,7 +89,7 @@ class MissingBlock(TemplateRuntimeError):
 
 def make_environment(path: Path | str) -> SandboxedEnvironment:
     """The one Jinja2 setup for notifications, shared by the daemon and the admin commands."""
-    return SandboxedEnvironment(
+    return _Environment(
         loader=FileSystemLoader(str(path)),
         undefined=StrictUndefined,
         autoescape=lambda name: bool(name and name.endswith(".html.j2")),
@@ -100,6 +125,8 @@ class Renderer:
     def render(self, name: str, language: str | None, context: dict[str, Any]) -> Rendered:
         """Render in `language`, falling back to the default language, then any shipped one."""
         failures: list[Exception] = []
+        reads: set[str] = set()
+        context = {**context, _READS: reads}
 
         def text_parts(template: Template) -> tuple[str, str]:
             subject, body = render_blocks(template, ("subject", "body"), context)
@@ -124,7 +151,7 @@ class Renderer:
                 if self.strict:
                     raise
                 html = None  # logged by _use; the text part alone is a complete mail
-            return Rendered(parts[0], parts[1], html, lang)
+            return Rendered(parts[0], parts[1], html, lang, frozenset(reads))
         if failures:
             raise failures[0]
         raise TemplateNotFound(f"{name}.txt.j2 in any of {self._languages(language)}")
