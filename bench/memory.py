@@ -204,7 +204,6 @@ count = 1
                 break
             except OSError:
                 time.sleep(0.2)
-        children = Path(f"/proc/{serve.pid}/task/{serve.pid}/children").read_text().split()
         idle = hwm_mb(serve.pid)
         for number in range(messages):
             mail = big_mail(number, size_mb).replace(b"\n", b"\r\n")
@@ -220,6 +219,8 @@ count = 1
             if time.monotonic() > deadline:
                 raise SystemExit("messages still pending after 300 s")
             time.sleep(0.5)
+        # Read at the end: the workers may start after the listener does.
+        children = Path(f"/proc/{serve.pid}/task/{serve.pid}/children").read_text().split()
         workers = ", ".join(f"{hwm_mb(int(pid)):.0f} MB" for pid in children)
         print(
             f"{messages} messages of {size_mb} MB over SMTP: peak RSS of serve "
