@@ -21,7 +21,7 @@ from __future__ import annotations
 import binascii
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.feedparser import BytesFeedParser
 from email.message import Message
 
@@ -50,10 +50,7 @@ class Runs:
         raw = self._raw
         position = 0
         if len(raw) >= MIN_RUN:
-            for found in _RUN.finditer(raw):
-                start, end = found.span()
-                if end - start < MIN_RUN:
-                    continue
+            for start, end in long_runs(raw):
                 _feed(parser, raw[position:start])
                 ending = b"\r\n" if raw[end - 2 : end] == b"\r\n" else b"\n"
                 parser.feed(f"{self._prefix}{len(self._spans)}".encode("ascii") + ending)
@@ -122,6 +119,13 @@ class Runs:
         """The run a body consists of (only a marker and whitespace), or None."""
         found = self._marker.fullmatch(payload.strip())
         return int(found.group(1)) if found else None
+
+
+def long_runs(raw: bytes | memoryview) -> Iterator[tuple[int, int]]:
+    """Where the runs of whole base64-alphabet lines of at least `MIN_RUN` bytes are."""
+    for found in _RUN.finditer(raw):
+        if found.end() - found.start() >= MIN_RUN:
+            yield found.span()
 
 
 def _feed(parser: BytesFeedParser, data: memoryview) -> None:
