@@ -7,8 +7,9 @@ reports its own peak RSS, so the figure is the worker's alone.
 
 `--serve` instead runs `maildesk serve` with one worker process, sends the
 messages over SMTP and reports the peak RSS of serve and of its worker;
-`--database URL` points it at an empty database instead of a new SQLite file
-(`postgresql+psycopg://postgres@127.0.0.1:5432/empty`).
+`--database URL` points either mode at an empty database instead of a new SQLite
+file (`postgresql+psycopg://postgres@127.0.0.1:5432/empty`; `--pg` makes an empty
+schema in the test database, as `bench/pgschema.py` does, and drops it after).
 `--dkim` signs each message (as most large mail from a real provider is) and
 serves the key from dnsmasq, so the worker verifies the signature. `--agents N`
 configures N agents: each is notified of a new ticket with the customer's
@@ -29,6 +30,7 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
+import pgschema
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -37,12 +39,14 @@ from maildesk.inbound.store import Envelope
 from maildesk.services import Services, build
 
 
-def services(folder: Path, migrate: bool = True, dns: str = "", agents: int = 0) -> Services:
+def services(
+    folder: Path, migrate: bool = True, dns: str = "", agents: int = 0, database: str = ""
+) -> Services:
     trust = {"verify_dkim": True, "dns_servers": [dns]} if dns else {"verify_dkim": False}
     settings = config.from_mapping(
         {
             "support": {"address": "support@example.test", "language": "en"},
-            "database": {"url": f"sqlite:///{folder / 'maildesk.db'}"},
+            "database": {"url": database or f"sqlite:///{folder / 'maildesk.db'}"},
             "web": {"secret_key": "bench"},
             "outbound": {"url": f"maildir:{folder / 'outbox'}"},
             "trust": trust,
@@ -83,18 +87,34 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5)
     parser.add_argument("--size-mb", type=float, default=15.8)
     parser.add_argument("--serve", action="store_true", help="through maildesk serve and SMTP")
-    parser.add_argument("--database", default="", help="with --serve: an empty database's URL")
+    parser.add_argument("--database", default="", help="an empty database's URL (else SQLite)")
+    parser.add_argument("--pg", action="store_true", help="in a fresh schema of the test database")
     parser.add_argument("--dkim", action="store_true", help="DKIM-signed, verified by the worker")
     parser.add_argument("--agents", type=int, default=0, help="agents notified with attachments")
     parser.add_argument("--process", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--dns", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pg:
+        with pgschema.fresh_schema(pgschema.DEFAULT_URL, "memory") as url:
+            args.database = url
+            run(args)
+    else:
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     if args.serve:
         through_serve(args.messages, args.size_mb, args.database)
         return
     if args.process:
         heap.give_back_large_buffers()
-        desk = services(Path(args.process), migrate=False, dns=args.dns, agents=args.agents)
+        desk = services(
+            Path(args.process),
+            migrate=False,
+            dns=args.dns,
+            agents=args.agents,
+            database=args.database,
+        )
         ready = peak_mb()
         processed = desk.drain_inbound()
         sent = desk.sender().send_due()
@@ -110,7 +130,7 @@ def main() -> None:
         from tests.dns_server import make_key
 
         key = make_key(folder, "customer.test")
-    desk = services(folder, agents=args.agents)
+    desk = services(folder, agents=args.agents, database=args.database)
     for number in range(args.messages):
         mail = big_mail(number, args.size_mb).replace(b"\n", b"\r\n")
         if key is not None:
@@ -119,6 +139,7 @@ def main() -> None:
     desk.db.dispose()
     print(f"{args.messages} messages of {args.size_mb} MB stored in {folder}")
     worker = [sys.executable, __file__, "--process", str(folder), "--agents", str(args.agents)]
+    worker += ["--database", args.database] if args.database else []
     if key is None:
         subprocess.run(worker, check=True)
         return
@@ -183,7 +204,6 @@ count = 1
                 break
             except OSError:
                 time.sleep(0.2)
-        children = Path(f"/proc/{serve.pid}/task/{serve.pid}/children").read_text().split()
         idle = hwm_mb(serve.pid)
         for number in range(messages):
             mail = big_mail(number, size_mb).replace(b"\n", b"\r\n")
@@ -199,6 +219,8 @@ count = 1
             if time.monotonic() > deadline:
                 raise SystemExit("messages still pending after 300 s")
             time.sleep(0.5)
+        # Read at the end: the workers may start after the listener does.
+        children = Path(f"/proc/{serve.pid}/task/{serve.pid}/children").read_text().split()
         workers = ", ".join(f"{hwm_mb(int(pid)):.0f} MB" for pid in children)
         print(
             f"{messages} messages of {size_mb} MB over SMTP: peak RSS of serve "

@@ -26,7 +26,9 @@ from email.message import Message as EmailMessage
 
 import mailparser
 from flufl.bounce import all_failures
+from mailparser.utils import mime_header_view
 
+from maildesk.base64runs import Runs
 from maildesk.html_text import html_to_text
 
 log = logging.getLogger("maildesk.message")
@@ -129,7 +131,7 @@ def thread_headers(raw: bytes) -> ThreadHeaders:
 def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
     """Parse `raw`; `null_sender` says the envelope sender was `<>` (a bounce's mark)."""
     try:
-        msg = _message(raw)
+        msg, runs = _message(raw)
         mail = mailparser.MailParser(_mime_view(msg))
     except Exception as exc:  # RecursionError (deep MIME nesting) and friends
         raise UnparseableMessage(f"mail-parser failed: {type(exc).__name__}: {exc}") from exc
@@ -142,10 +144,11 @@ def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
     # Bounce detection runs a dozen heuristic detectors over the whole message: a third
     # of the processing time. Only mail a mail system could have sent gets it.
     if null_sender or _may_be_bounce(msg, from_addr):
+        runs.restore_tree(msg, keep=lambda part: False)  # the detectors read any part
         temporary, permanent = _bounces(msg)
     else:
         temporary = permanent = frozenset()
-    attachments = tuple(_attachments(mail.attachments))
+    attachments = tuple(_attachments(mail.attachments, runs))
     return ParsedMessage(
         message_id=_message_id(msg) or _synthetic_id(msg, from_addr, subject, text, attachments),
         from_addr=from_addr,
@@ -174,18 +177,36 @@ def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
     )
 
 
-# Bytes fed to the stdlib parser at a time. `message_from_bytes` decodes the whole
-# message to one str and wraps it in a StringIO (4 bytes per character): a 25 MB
-# message cost 125 MB more at its peak. Fed in slices it costs only the slice.
-_FEED = 1 << 16
-
-
-def _message(raw: bytes) -> EmailMessage:
-    """The stdlib's compat32 parse of `raw` (what `email.message_from_bytes` returns)."""
+def _message(raw: bytes) -> tuple[EmailMessage, Runs]:
+    """The stdlib's compat32 parse of `raw` (what `email.message_from_bytes` returns),
+    but for the long base64 bodies of attachments: those stay markers in the parsed
+    tree until `_attachments` decodes them from `raw` (see `base64runs.py`)."""
     parser = email.feedparser.BytesFeedParser()
-    for start in range(0, len(raw), _FEED):
-        parser.feed(raw[start : start + _FEED])
-    return parser.close()
+    runs = Runs(raw)
+    runs.feed(parser)
+    msg = parser.close()
+    runs.restore_tree(msg, keep=_attachment_body)
+    return msg, runs
+
+
+def _attachment_body(part: EmailMessage) -> bool:
+    """May this part's long base64 body stay a marker until `_attachments`?
+
+    Only when mail-parser takes it as base64 text and never reads it any other
+    way: not a text body (only text/plain and text/html become body text), the
+    transfer encoding base64 in mail-parser's own view of the headers and in the
+    part's (stdlib's `get_payload` reads that one), and not inside a container
+    mail-parser flattens to text as an attachment of its own.
+    """
+    view, _defects = mime_header_view(part)
+    if part.is_multipart():
+        return str(view.get_content_disposition() or "").lower() != "attachment"
+    if part.get_content_subtype() in ("plain", "html"):
+        return False
+    return all(
+        str(headers.get("content-transfer-encoding", "")).strip().lower() == "base64"
+        for headers in (part, view)
+    )
 
 
 def _mime_view(msg: EmailMessage) -> EmailMessage:
@@ -331,18 +352,20 @@ def _language(msg: EmailMessage) -> str | None:
     return None
 
 
-def _attachments(items: list[dict[str, object]]) -> list[ParsedAttachment]:
+def _attachments(items: list[dict[str, object]], runs: Runs) -> list[ParsedAttachment]:
     result = []
     for item in items:
-        payload = item.get("payload") or ""
+        payload = str(item.get("payload") or "")
         if item.get("binary"):
             try:
-                # binascii reads an ASCII str in place; b64decode would copy it to bytes first.
-                data = binascii.a2b_base64(str(payload))
+                # A long body is decoded from the raw bytes (it was never a str);
+                # binascii reads an ASCII str in place, b64decode would copy it first.
+                found = runs.decode(payload)
+                data = binascii.a2b_base64(payload) if found is None else found
             except ValueError:
-                data = str(payload).encode("utf-8", "surrogateescape")
+                data = runs.restore(payload).encode("utf-8", "surrogateescape")
         else:
-            data = str(payload).encode("utf-8", "surrogateescape")
+            data = runs.restore(payload).encode("utf-8", "surrogateescape")
         filename = clean_text(str(item.get("filename") or "attachment"))[:255]
         content_type = clean_text(str(item.get("mail_content_type") or "application/octet-stream"))
         result.append(ParsedAttachment(filename or "attachment", content_type[:255], data))

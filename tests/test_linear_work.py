@@ -16,6 +16,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from maildesk.base64runs import long_runs
 from maildesk.html_text import html_to_text
 from maildesk.message import parse
 from maildesk.replies import MAX_TEXT, TRUNCATED, has_word, is_only_thanks, new_text
@@ -226,6 +227,21 @@ SUBJECT_SHAPES: dict[str, Shape] = {
 def test_subject_clean_up_grows_linearly(name: str) -> None:
     # The guard caps one header at 32 KB; up to there the work grows linearly.
     ratio = growth(lambda raw: parse(raw.encode()), SUBJECT_SHAPES[name], 7_000)
+    assert ratio < GROWTH_BOUND, f"{name}: time(4n)/time(n) = {ratio:.1f}"
+
+
+# Runs of base64 lines: looked for in every message over 1 MiB (maildesk/base64runs.py).
+BASE64_SHAPES: dict[str, Shape] = {
+    "short lines between dashes": lambda n: "QUJD\n-\n" * (n // 7),
+    "one long line that is almost base64": lambda n: "Q" * n + " \n",
+    "lines ending in a lone CR": lambda n: "QUJD\r" * (n // 5),
+    "long runs of short lines": lambda n: ("QQ==\n" * 1000 + "\n") * (n // 5001),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BASE64_SHAPES))
+def test_the_base64_run_scan_grows_linearly(name: str) -> None:
+    ratio = growth(lambda text: list(long_runs(text.encode())), BASE64_SHAPES[name], 256_000)
     assert ratio < GROWTH_BOUND, f"{name}: time(4n)/time(n) = {ratio:.1f}"
 
 

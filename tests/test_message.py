@@ -5,14 +5,18 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from maildesk import config
+from maildesk.clock import ManualClock
 from maildesk.models import Attachment, Blob, Inbound, Message
-from maildesk.services import Services
+from maildesk.services import Services, build
 from tests.conftest import eml
 from tests.helpers import inbound_row, outbox_rows, receive, ticket, tickets
 
@@ -252,3 +256,102 @@ def test_language_hints_content_language_then_accept_language() -> None:
     assert parse(mail("Content-Language: cs-CZ\r\nAccept-Language: en-US\r\n")).language == "cs"
     assert parse(mail("Accept-Language: en-US, cs;q=0.8\r\n")).language == "en"
     assert parse(mail("Content-Language: de\r\n")).language is None
+
+
+# -- large messages ------------------------------------------------------------------------------
+# A long base64 body reaches the stdlib parser as one marker line and is decoded from the raw
+# bytes (maildesk/base64runs.py, bench/memory.py): what a reader gets must not change.
+
+LOG_LINE = "2026-01-05 15:30:40 tiskárna nefunguje, chyba 0x1f na řádku {}\n"
+
+
+def large_mail(data: bytes, forwarded: bool = False) -> bytes:
+    mail = EmailMessage()
+    mail["From"] = "alice@customer.test"
+    mail["To"] = "support@example.test"
+    mail["Subject"] = "Logy z tiskárny"
+    mail["Message-ID"] = "<large-logs@customer.test>"
+    mail.set_content("Dobrý den, posílám logy z tiskárny.")
+    if forwarded:
+        inner = EmailMessage()
+        inner["From"] = "printer@customer.test"
+        inner["Subject"] = "Nightly logs"
+        inner.set_content("Attached.")
+        inner.add_attachment(data, "application", "octet-stream", filename="logs.bin")
+        mail.add_attachment(inner)
+    else:
+        mail.add_attachment(data, "application", "octet-stream", filename="logs.bin")
+    return mail.as_bytes().replace(b"\n", b"\r\n")
+
+
+AGENT = "agent@example.test"
+
+
+@pytest.fixture
+def with_agent(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> Iterator[Services]:
+    """`services` with one agent, who is notified of new tickets with their attachments."""
+    values = {**config_values, "agents": {"addresses": [AGENT]}, "workers": {"count": 0}}
+    built = build(config.from_mapping(values, base_dir=tmp_path), clock)
+    built.prepare()
+    yield built
+    built.db.dispose()
+
+
+def test_a_large_attachment_arrives_byte_identical_and_reaches_the_agent(
+    with_agent: Services,
+) -> None:
+    services = with_agent
+    # Random bytes do not compress: 4 MB of base64, four times the length at which
+    # the body is decoded from the raw bytes.
+    data = hashlib.shake_256(b"printer logs").digest(3 * 1024 * 1024)
+    receive(services, large_mail(data))
+
+    [message] = [m for m in ticket(services, 1)["messages"] if m["direction"] == "in"]
+    assert message["body_text"].startswith("Dobrý den, posílám logy")
+    [attachment] = message["attachments"]
+    assert attachment == {
+        "filename": "logs.bin",
+        "content_type": "application/octet-stream",
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    assert blob(services, attachment["sha256"]) == data
+    [notice] = [row for row in outbox_rows(services) if row.recipients == [AGENT]]
+    [forwarded] = stdlib_parts(notice.raw)
+    assert forwarded.get_filename() == "logs.bin"
+    assert forwarded.get_payload(decode=True) == data
+
+
+def test_a_large_text_body_in_base64_reads_as_text() -> None:
+    from maildesk.message import parse
+
+    text = "".join(LOG_LINE.format(n) for n in range(30_000))  # 2 MB, 2.7 MB as base64
+    mail = EmailMessage()
+    mail["From"] = "alice@customer.test"
+    mail["Subject"] = "Logy"
+    mail.set_content(text, cte="base64")
+
+    parsed = parse(mail.as_bytes().replace(b"\n", b"\r\n"))
+
+    assert parsed.text == text
+    assert parsed.attachments == ()
+
+
+def test_a_forwarded_mail_with_a_large_attachment_keeps_both() -> None:
+    """The forwarded mail is an attachment itself (flattened to text), and so is its file."""
+    from maildesk.message import parse
+
+    data = hashlib.shake_256(b"nightly logs").digest(2 * 1024 * 1024)
+    raw = large_mail(data, forwarded=True)
+    [reference] = stdlib_parts(raw)
+
+    parsed = parse(raw)
+
+    rfc822, logs = parsed.attachments
+    assert rfc822.content_type == "message/rfc822"
+    # The flattened mail carries the base64 text as it came (compat32 writes \n line ends).
+    inner = reference.get_content().as_bytes().replace(b"\r\n", b"\n")
+    assert inner.split(b"\n\n", 1)[1] in rfc822.data.replace(b"\r\n", b"\n")
+    assert (logs.filename, logs.data) == ("logs.bin", data)

@@ -25,8 +25,9 @@ import io
 import sqlite3
 import struct
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, func, insert, select
+from sqlalchemy import Connection, bindparam, func, insert, text
 from sqlalchemy.orm import Session
 
 from maildesk.models import InboundRaw
@@ -39,9 +40,21 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\0" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
 # Per row: 2 fields; inbound_id an int4 (migration 0012's Integer), then raw's length.
 _COPY_ROW = struct.Struct("!hiii")
-_SQLITE_ROW = select(InboundRaw.inbound_id).where(InboundRaw.inbound_id == bindparam("id"))
-_PG_SIZE = "SELECT octet_length(raw) FROM inbound_raw WHERE inbound_id = %s"
-_PG_SLICE = "SELECT substring(raw FROM %s FOR %s) FROM inbound_raw WHERE inbound_id = %s"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where a `raw` column to read lives: its table and its INTEGER PRIMARY KEY
+    (SQLite's rowid, by which the blob opens)."""
+
+    table: str
+    key: str
+
+
+INBOUND = Stored("inbound_raw", "inbound_id")
+# The outbox's composed mail (written whole by its insert; read here, as sending
+# reads it, because PostgreSQL's hex text of a 25 MB bytea cost 144 MB more).
+OUTBOX = Stored("outbox", "id")
 
 
 def write(session: Session, bodies: Sequence[tuple[int, bytes]]) -> None:
@@ -81,11 +94,11 @@ def _copy_postgresql(session: Session, bodies: Sequence[tuple[int, bytes]]) -> N
         copy.write(_COPY_TRAILER)
 
 
-def read(connection: Connection, inbound_id: int) -> bytes | None:
-    """The bytes stored for `inbound_id` (None: no row), read a slice at a time."""
+def read(connection: Connection, row_id: int, where: Stored = INBOUND) -> bytes | None:
+    """The bytes stored for `row_id` (None: no row), read a slice at a time."""
     if connection.dialect.name == "sqlite":
-        return _read_sqlite(connection, inbound_id)
-    return _read_postgresql(connection, inbound_id)
+        return _read_sqlite(connection, row_id, where)
+    return _read_postgresql(connection, row_id, where)
 
 
 def _assemble(size: int, pieces: Iterator[bytes]) -> bytes:
@@ -103,15 +116,16 @@ def _assemble(size: int, pieces: Iterator[bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def _read_sqlite(connection: Connection, inbound_id: int) -> bytes | None:
+def _read_sqlite(connection: Connection, row_id: int, where: Stored) -> bytes | None:
     driver = connection.connection.driver_connection
     assert driver is not None
-    # `inbound_id`, the table's INTEGER PRIMARY KEY, is SQLite's rowid: the blob opens
+    # The key, the table's INTEGER PRIMARY KEY, is SQLite's rowid: the blob opens
     # by it, without a query first (that query cost more than reading 4 KB).
     try:
-        blob = driver.blobopen("inbound_raw", "raw", inbound_id, readonly=True)
+        blob = driver.blobopen(where.table, "raw", row_id, readonly=True)
     except sqlite3.OperationalError:
-        if connection.execute(_SQLITE_ROW, {"id": inbound_id}).first() is None:
+        exists = text(f"SELECT 1 FROM {where.table} WHERE {where.key} = :id")
+        if connection.execute(exists, {"id": row_id}).first() is None:
             return None
         raise
     with blob:
@@ -124,21 +138,23 @@ def _read_sqlite(connection: Connection, inbound_id: int) -> bytes | None:
         return _assemble(size, pieces()) if size else b""
 
 
-def _read_postgresql(connection: Connection, inbound_id: int) -> bytes | None:
+def _read_postgresql(connection: Connection, row_id: int, where: Stored) -> bytes | None:
     driver = connection.connection.driver_connection
     assert driver is not None
+    size_query = f"SELECT octet_length(raw) FROM {where.table} WHERE {where.key} = %s"
+    slice_query = f"SELECT substring(raw FROM %s FOR %s) FROM {where.table} WHERE {where.key} = %s"
     # binary=True: bytea comes as its bytes, not as hex text twice their size.
     with driver.cursor(binary=True) as cursor:
-        found = cursor.execute(_PG_SIZE, (inbound_id,)).fetchone()
+        found = cursor.execute(size_query, (row_id,)).fetchone()
         if found is None:
             return None
         size = int(found[0] or 0)
 
         def pieces() -> Iterator[bytes]:
             for start in range(0, size, SLICE):
-                found = cursor.execute(_PG_SLICE, (start + 1, SLICE, inbound_id)).fetchone()
+                found = cursor.execute(slice_query, (start + 1, SLICE, row_id)).fetchone()
                 if found is None:  # READ COMMITTED: each slice is a statement of its own
-                    raise LookupError(f"inbound {inbound_id}'s bytes went while being read")
+                    raise LookupError(f"{where.table} {row_id}'s bytes went while being read")
                 yield bytes(found[0])
 
         return _assemble(size, pieces()) if size else b""

@@ -30,6 +30,7 @@ from maildesk import leases
 from maildesk.clock import Clock, as_utc
 from maildesk.config import OutboundSettings
 from maildesk.db import Database
+from maildesk.inbound import rawbytes
 from maildesk.logs import log_context
 from maildesk.models import Outbox
 from maildesk.outbound.transport import PermanentFailure, TemporaryFailure, Transport
@@ -120,8 +121,11 @@ class OutboxSender:
         return claim.token, found
 
     def _raw(self, outbox_id: int) -> bytes:
-        with self.db.reading() as session:
-            return session.execute(select(Outbox.raw).where(Outbox.id == outbox_id)).scalar_one()
+        with self.db.reading_connection() as connection:
+            raw = rawbytes.read(connection, outbox_id, rawbytes.OUTBOX)
+        if raw is None:
+            raise LookupError(f"outbox {outbox_id} is gone")
+        return raw
 
     def _send(self, row: Claimed, token: str) -> None:
         with log_context(outbox_id=row.id, message_id=row.message_id):

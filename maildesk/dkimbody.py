@@ -1,0 +1,88 @@
+"""The body hash of a DKIM signature (RFC 6376 §3.4, §3.7), computed a slice at a time.
+
+dkimpy splits the whole message into one bytes object per line, joins the body
+again and canonicalizes it with whole-body substitutions: a 24 MB body cost
+about 90 MB more while it ran. `mailauth.py` hands dkimpy the header block alone
+and checks the body hash here, reading the body as dkimpy would: bare LF line
+ends become CRLF, "relaxed" drops whitespace before a line end and folds the
+rest to one space, and both forms end in exactly one CRLF (an empty body is
+"" when relaxed, CRLF when simple). `l=` hashes that many canonical bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# Slices of the body canonicalized at a time; each ends just after a LF, so no line
+# end and no run of whitespace before one is ever cut in two.
+SLICE = 1 << 20
+_HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
+_LINE_END = re.compile(rb"\r?\n")
+_SPACE_AT_LINE_END = re.compile(rb"[\t ]+\r\n")
+_SPACES = re.compile(rb"[\t ]+")
+_CRLF = b"\r\n"
+_PAIRS = re.compile(rb"(?:\n\r)*")  # CRLFs, read backwards
+
+
+def split(raw: bytes) -> tuple[bytes, int]:
+    """The header block (up to and with the empty line) and where the body starts,
+    as dkimpy reads a message: the body starts after the first empty line."""
+    found = _HEADER_END.search(raw)
+    if found is None:
+        return raw, len(raw)
+    return raw[: found.end()], found.end()
+
+
+def body_hash(
+    raw: bytes,
+    start: int,
+    relaxed: bool,
+    hasher: Callable[[], Any],
+    length: int | None = None,
+    size: int = SLICE,
+) -> bytes:
+    """The digest of the canonical body `raw[start:]`, the first `length` bytes of it
+    when the signature has an `l=` tag."""
+    digest = hasher()
+    left = length
+    for piece in _canonical(raw, start, relaxed, size):
+        if left is not None:
+            if left <= 0:
+                break
+            piece = piece[:left]
+            left -= len(piece)
+        digest.update(piece)
+    return bytes(digest.digest())
+
+
+def _canonical(raw: bytes, start: int, relaxed: bool, size: int) -> Iterator[bytes]:
+    """The canonical body in pieces. Empty lines are held back until a line with
+    something on it follows: the canonical form drops them at the end."""
+    held = 0  # CRLFs at the end of what was read, not yet written
+    wrote = False
+    for piece in _slices(raw, start, size):
+        piece = _LINE_END.sub(_CRLF, piece)
+        if relaxed:
+            piece = _SPACES.sub(b" ", _SPACE_AT_LINE_END.sub(_CRLF, piece))
+        # Every LF now follows a CR; a CR of its own belongs to its line's text.
+        tail = piece[len(piece.rstrip(b"\r\n")) :]
+        ending = len(_PAIRS.match(tail[::-1]).group())  # type: ignore[union-attr]
+        text = piece[: len(piece) - ending]
+        if not text:
+            held += ending // 2
+            continue
+        yield _CRLF * held + text
+        held, wrote = ending // 2, True
+    if wrote or not relaxed:
+        yield _CRLF
+
+
+def _slices(raw: bytes, start: int, size: int) -> Iterator[bytes]:
+    position = start
+    while position < len(raw):
+        newline = raw.find(b"\n", position + size)
+        end = len(raw) if newline < 0 else newline + 1
+        yield raw[position:end]
+        position = end
