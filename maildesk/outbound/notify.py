@@ -42,8 +42,10 @@ from maildesk.tickets.tokens import ReplyTokens
 _MAX_REFERENCES = 20
 _OUTBOX = cast(Table, Outbox.__table__)
 _INSERT_OUTBOX = insert(_OUTBOX).returning(_OUTBOX.c.id)
-# Several rows whose ids nobody needs: one executemany, no RETURNING.
+# Several rows whose ids nobody needs: one executemany, no RETURNING, up to this many
+# bytes of mail at a time (each agent's copy of a 25 MB attachment is 25 MB more).
 _INSERT_OUTBOX_ROWS = insert(_OUTBOX)
+_ROWS_BYTES = 1 << 20
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 
 
@@ -182,7 +184,8 @@ class Notifier:
         A render that looked up no `recipient` is the same for everyone who reads its
         language: it is rendered, and its content composed, once for all of them.
         """
-        rows = []
+        rows: list[dict[str, Any]] = []
+        written = 0
         attachments = tuple(sendable(a) for a in attachments)
         shared: dict[str, Rendered] = {}  # by language
         bodies: dict[Rendered, Body] = {}
@@ -205,10 +208,9 @@ class Notifier:
                     bodies=bodies,
                 )
             )
-        if rows:
-            # A Core insert, as in `queue`.
-            session.connection().execute(_INSERT_OUTBOX_ROWS, rows)
-        return len(rows)
+            if sum(len(row["raw"]) for row in rows) >= _ROWS_BYTES:
+                written += _insert_rows(session, rows)
+        return written + _insert_rows(session, rows)
 
     def queue(
         self,
@@ -389,3 +391,12 @@ class Notifier:
             "requester_name": ticket.requester.name,
             "owner": ticket.owner.email if ticket.owner else "",
         }
+
+
+def _insert_rows(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Write and forget `rows` (a Core insert, as in `Notifier.queue`); how many."""
+    count = len(rows)
+    if rows:
+        session.connection().execute(_INSERT_OUTBOX_ROWS, rows)
+        rows.clear()
+    return count
