@@ -162,8 +162,11 @@ def wait_for(
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def write_config(folder: Path, smtp_port: int, web_port: int) -> Path:
-    """A self-contained config in `folder`: SQLite, Maildir outbox, no caps in the way."""
+def write_config(
+    folder: Path, smtp_port: int, web_port: int, workers: dict[str, Any] | None = None
+) -> Path:
+    """A self-contained config in `folder`: SQLite, Maildir outbox, no caps in the way;
+    `workers`, the `[workers]` keys to set (e.g. `nice`)."""
     values: dict[str, dict[str, Any]] = {
         "support": {
             "address": SUPPORT,
@@ -179,6 +182,8 @@ def write_config(folder: Path, smtp_port: int, web_port: int) -> Path:
         # the benchmark wants one acknowledgement per new ticket.
         "limits": {"auto_replies_per_hour": 10_000_000},
     }
+    if workers:
+        values["workers"] = dict(workers)
     text = "".join(
         f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()) + "\n"
         for section, table in values.items()

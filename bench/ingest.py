@@ -314,9 +314,14 @@ def healthy(web_port: int, proc: subprocess.Popen[bytes]) -> bool:
 
 @contextmanager
 def maildesk_daemon(
-    folder: Path, smtp_port: int, web_port: int, log: Path, profile: Path | None
+    folder: Path,
+    smtp_port: int,
+    web_port: int,
+    log: Path,
+    profile: Path | None,
+    workers: dict[str, Any] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    config = common.write_config(folder, smtp_port, web_port)
+    config = common.write_config(folder, smtp_port, web_port, workers)
     common.run_maildesk(config, "init", log=log)
     with ExitStack() as stack:
         out = stack.enter_context(log.open("ab"))
@@ -424,7 +429,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         if kind == "maildesk":
             smtp_port, web_port = common.free_port(), common.free_port()
             log = folder / "maildesk.log"
-            with maildesk_daemon(folder, smtp_port, web_port, log, args.profile) as proc:
+            workers = {} if args.workers_nice is None else {"nice": args.workers_nice}
+            with maildesk_daemon(folder, smtp_port, web_port, log, args.profile, workers) as proc:
                 print(f"   daemon pid {proc.pid}, log {log}", file=sys.stderr, flush=True)
                 accepted[kind] = load(
                     smtp_port, args.messages, args.connections, args.size, run_id, args.rate
@@ -470,6 +476,8 @@ def report(
         rows.append(row)
     print()
     paced = f", client paced to {args.rate:g} msg/s" if args.rate else ""
+    if args.workers_nice is not None:
+        paced += f", [workers] nice = {args.workers_nice}"
     print(
         f"SMTP ingest: {args.messages} messages of ~{args.size} bytes, "
         f"{args.connections} persistent connections{paced}"
@@ -532,6 +540,9 @@ def main() -> None:
         help=f"servers to run, a comma list of {','.join(KINDS)} (default: without sqlite)",
     )
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the daemon")
+    parser.add_argument(
+        "--workers-nice", type=int, help="[workers] nice of the daemon (default: its default)"
+    )
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()

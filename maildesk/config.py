@@ -276,6 +276,10 @@ class WorkerSettings:
     # Seconds a claim (an inbound row being processed, an outbox row being sent) lasts
     # without renewal: a live worker renews it, a dead one's claims are due again after it.
     lease_seconds: float = 30.0
+    # The nice value worker processes run at (0-19, read at their start). Above serve's
+    # 0, so that when processing keeps every core busy, the kernel still gives the
+    # process that answers SMTP the CPU first (README, "Serve and its workers").
+    nice: int = 10
 
 
 @dataclass(frozen=True)
@@ -477,6 +481,8 @@ def _check_ops(settings: Settings) -> None:
     if workers.lease_seconds < 3:
         # Renewed three times per lease: shorter, and a busy fsync loses a live claim.
         raise ConfigError("[workers] lease_seconds must be at least 3")
+    if not 0 <= workers.nice <= 19:
+        raise ConfigError(f"[workers] nice must be between 0 and 19, not {workers.nice}")
     retention = settings.retention
     for key in ("inbound_raw_days", "outbox_body_days", "spam_days", "console_days"):
         if getattr(retention, key) < 1:

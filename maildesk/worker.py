@@ -288,6 +288,35 @@ def _read_orders(worker: Worker, pipe: OrderPipe, apply: Callable[[Settings], ob
                 log.exception("applying the reloaded configuration failed; the running one stays")
 
 
+def run_at_niceness(nice: int) -> None:
+    """Lower this process's CPU priority to `nice` (`[workers] nice`); never raise it.
+
+    Linux keeps the nice value per thread and a new thread inherits its creator's,
+    so every thread alive now is set, and the ones started later follow. Already
+    nicer (a unit's `Nice=`, `nice maildesk worker`): left as it is. Refused (a
+    seccomp filter without setpriority): the worker runs anyway and the log says so.
+    """
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]  # no /proc: the calling thread, before any other starts
+    for tid in threads:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except ProcessLookupError:
+            continue  # that thread ended meanwhile
+        except OSError as exc:
+            log.warning(
+                "worker %d cannot lower its priority to nice %d (%s): it competes with "
+                "serve's SMTP for the CPU as an equal",
+                os.getpid(),
+                nice,
+                exc.strerror,
+            )
+            return
+
+
 def _die_with_parent() -> None:
     """On Linux, ask the kernel to SIGKILL this process when serve dies (PR_SET_PDEATHSIG).
 

@@ -216,6 +216,46 @@ def test_a_reload_reaches_the_worker_processes(
         serve.kill()
 
 
+def niceness(pid: int) -> set[int]:
+    """The nice values of a process's threads (Linux keeps one per thread), from /proc."""
+    values = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        # pid (comm) state ... : the nice value is the 19th field, the 17th after ')'.
+        values.add(int((task / "stat").read_text().rpartition(")")[2].split()[16]))
+    return values
+
+
+def test_worker_processes_run_at_the_configured_niceness_and_serve_does_not(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    """`[workers] nice`: when processing keeps the cores busy, SMTP gets the CPU first."""
+    values = json.loads(json.dumps(config_values))
+    values["workers"] = {"count": 2, "nice": 7}
+    path = tmp_path / "maildesk.toml"
+    path.write_text(toml(values))
+    settings = config.from_mapping(values, base_dir=tmp_path)
+    init = subprocess.run(
+        [*MAILDESK, "--config", str(path), "init"], capture_output=True, timeout=60, cwd=tmp_path
+    )
+    assert init.returncode == 0, init.stderr.decode(errors="replace")
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    serve = DaemonProcess(path, tmp_path / "serve.log", settings).start()
+    try:
+        assert serve.proc is not None
+        wait_for(lambda: serve.log_path.read_text().count("ready: processing and sending") == 2)
+        workers = children(serve.proc.pid)
+        assert len(workers) == 2
+        for pid in workers:
+            # Every thread: the processing and sending threads too, not only the main one.
+            assert niceness(pid) == {max(ours, 7)}
+        assert niceness(serve.proc.pid) == {ours}
+        send(settings, "Processed at nice 7")
+        assert Outbox(tmp_path / "outbox").wait(1)[0]["Subject"] == "[#1] Processed at nice 7"
+        assert serve.terminate() == 0, serve.log()
+    finally:
+        serve.kill()
+
+
 def scrape(serve: DaemonProcess) -> str:
     web = serve.settings.web
     with urllib.request.urlopen(f"http://{web.host}:{web.port}/metrics", timeout=10) as response:
@@ -253,6 +293,8 @@ def test_maildesk_worker_on_its_own_processes_and_sends_then_stops_on_sigterm(
         # Found by its sweep (nothing wakes a worker of its own), processed and sent.
         [ack] = Outbox(tmp_path / "outbox").wait(1, timeout=60)
         assert ack["Subject"] == "[#1] Stored by the MTA"
+        # At `[workers] nice`'s default, as under serve.
+        assert niceness(worker.pid) == {max(os.getpriority(os.PRIO_PROCESS, 0), 10)}
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, log.read_text()
     finally:
@@ -270,6 +312,8 @@ def test_workers_default_to_the_cores_and_a_bad_count_is_refused_naming_the_key(
         ({"count": -1}, "[workers] count must be 0 or more"),
         ({"count": "two"}, "[workers] count must be an integer"),
         ({"lease_seconds": 1}, "[workers] lease_seconds must be at least 3"),
+        ({"nice": 20}, "[workers] nice must be between 0 and 19, not 20"),
+        ({"nice": -5}, "[workers] nice must be between 0 and 19, not -5"),
     ):
         with pytest.raises(config.ConfigError, match=re.escape(error)):
             config.from_mapping({**values, "workers": workers}, tmp_path)

@@ -198,13 +198,15 @@ def worker(ctx: Context, under_serve: bool) -> None:
     from maildesk.services import build
     from maildesk.startup import StartupError, check_database
     from maildesk.supervisor import Supervisor
-    from maildesk.worker import OrderPipe, run_process
+    from maildesk.worker import OrderPipe, run_at_niceness, run_process
 
     # Under serve: the settings serve runs with come first on stdin, not from the file.
     pipe = OrderPipe() if under_serve else None
     settings = pipe.settings() if pipe is not None else ctx.settings
     if not ctx.verbose:
         logs.set_level(settings.log.level)
+    # Before the threads start, so that they inherit it (a reload leaves it as it is).
+    run_at_niceness(settings.workers.nice)
     try:
         check_database(settings.database.url)
     except StartupError as exc:
