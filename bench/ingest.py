@@ -31,8 +31,9 @@ Unpaced, the processor can only keep up by slowing the 250s down, so the latency
 figure mixes both; `--rate R` paces the client to R msg/s in total, to measure the
 acknowledgement latency at an offered load below capacity.
 `--only maildesk` skips the bare servers; `--profile out.txt` records the daemon
-with py-spy (collapsed stacks; py-spy on PATH or in $PY_SPY) for the whole run,
-sampling only the thread that holds the GIL: where the daemon's one Python core goes.
+with py-spy (collapsed stacks; py-spy on PATH or in $PY_SPY) from the first
+connection to the last 250, sampling only the thread that holds the GIL: where
+serve's one Python core goes while it accepts (not its workers).
 Nothing is asserted: the script prints figures and how they compare to the targets.
 """
 
@@ -318,7 +319,6 @@ def maildesk_daemon(
     smtp_port: int,
     web_port: int,
     log: Path,
-    profile: Path | None,
     workers: dict[str, Any] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     config = common.write_config(folder, smtp_port, web_port, workers)
@@ -337,19 +337,17 @@ def maildesk_daemon(
         except Exception:
             sys.stderr.write(log.read_text(errors="replace")[-3000:])
             raise
-        if profile is not None:
-            spy = start_py_spy(proc.pid, profile)
-            stack.callback(stop_py_spy, spy)
         yield proc
 
 
-def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+def start_py_spy(pid: int, out: Path, idle: bool = False) -> subprocess.Popen[bytes]:
+    """py-spy on serve: the thread holding the GIL, or (`idle`) every thread, waits too."""
     binary = os.environ.get("PY_SPY") or shutil.which("py-spy")
     if not binary:
         raise RuntimeError("--profile needs py-spy on PATH or in $PY_SPY")
     spy = subprocess.Popen(
         [binary, "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
-        + ["--threads", "--gil", "--nonblocking", "-o", str(out)],
+        + ["--threads", "--idle" if idle else "--gil", "--nonblocking", "-o", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -430,11 +428,20 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             smtp_port, web_port = common.free_port(), common.free_port()
             log = folder / "maildesk.log"
             workers = {} if args.workers_nice is None else {"nice": args.workers_nice}
-            with maildesk_daemon(folder, smtp_port, web_port, log, args.profile, workers) as proc:
+            with maildesk_daemon(folder, smtp_port, web_port, log, workers) as proc:
                 print(f"   daemon pid {proc.pid}, log {log}", file=sys.stderr, flush=True)
-                accepted[kind] = load(
-                    smtp_port, args.messages, args.connections, args.size, run_id, args.rate
-                )
+                # Profiled while SMTP is loaded only: the drain after it would add
+                # serve's idle polling of /healthz by this script.
+                spy = None
+                if args.profile:
+                    spy = start_py_spy(proc.pid, args.profile, args.profile_idle)
+                try:
+                    accepted[kind] = load(
+                        smtp_port, args.messages, args.connections, args.size, run_id, args.rate
+                    )
+                finally:
+                    if spy is not None:
+                        stop_py_spy(spy)
                 print(f"   accepted {accepted[kind].rate:.0f} msg/s", file=sys.stderr, flush=True)
                 wait_processed(web_port, args.messages, proc)
             figures = maildesk_figures(folder / "maildesk.db", accepted[kind])
@@ -540,6 +547,11 @@ def main() -> None:
         help=f"servers to run, a comma list of {','.join(KINDS)} (default: without sqlite)",
     )
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the daemon")
+    parser.add_argument(
+        "--profile-idle",
+        action="store_true",
+        help="with --profile: sample every thread of serve, waiting ones too (where a 250 waits)",
+    )
     parser.add_argument(
         "--workers-nice", type=int, help="[workers] nice of the daemon (default: its default)"
     )
