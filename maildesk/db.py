@@ -19,9 +19,11 @@ order is kept in two layers:
   queues anywhere: the 250 waits for the ones already queued (at most one per
   process, `_WriterQueue` lets one thread at a time to the files), and
   `urgent_waiting()` (the gate is held) tells each of them to commit after the
-  message it is on. The gate is let go once the commit has the writer lock, so
-  processing queues behind it and races the next group commit: a flood of
-  250s does not starve processing.
+  message it is on. One that gets the writer lock while the gate is held hands
+  it over (once per turn), so a 250 waits for the one transaction under way.
+  The gate is let go once the commit has the writer lock, so processing queues
+  behind it and races the next group commit: a flood of 250s does not starve
+  processing.
 flock was chosen over SQLite's busy handler alone (which polls in sleeps of up
 to 100 ms and has no notion of priority) and over a dedicated writer process
 (one more hop and copy for every write): two small files give the priority,
@@ -136,16 +138,27 @@ class _FileGate:
             # Held while waiting: no normal writer starts queueing meanwhile.
             _flock(self._gate, fcntl.LOCK_EX, deadline)
             try:
-                _flock(self._writer, fcntl.LOCK_EX, deadline)
+                # Polled more often: the whole group waits for this one.
+                _flock(self._writer, fcntl.LOCK_EX, deadline, URGENT_PAUSE)
             finally:
                 # Not held while writing: processing queues behind this commit and
                 # races the next one, so a flood of 250s never starves it.
                 fcntl.flock(self._gate, fcntl.LOCK_UN)
         else:
-            # Wait out an urgent commit that waits, then queue for the writer.
-            _flock(self._gate, fcntl.LOCK_SH, deadline)
-            fcntl.flock(self._gate, fcntl.LOCK_UN)
-            _flock(self._writer, fcntl.LOCK_EX, deadline)
+            yielded = False
+            while True:
+                # Wait out an urgent commit that waits, then queue for the writer.
+                _flock(self._gate, fcntl.LOCK_SH, deadline)
+                fcntl.flock(self._gate, fcntl.LOCK_UN)
+                _flock(self._writer, fcntl.LOCK_EX, deadline)
+                if yielded or not self.urgent_waiting():
+                    return
+                # A group commit began waiting while we queued: it goes first, so a
+                # 250 waits for the one transaction under way, not also for every
+                # process that queued before it. Once per turn: processing still
+                # gets the lock between two commits under a flood.
+                fcntl.flock(self._writer, fcntl.LOCK_UN)
+                yielded = True
 
     def leave(self) -> None:
         fcntl.flock(self._writer, fcntl.LOCK_UN)
@@ -164,13 +177,20 @@ class _FileGate:
             os.close(fd)
 
 
-def _flock(fd: int, kind: int, deadline: float) -> None:
+# Longest pause between two tries of a lock (`_flock`): a normal writer's, and the
+# group commit's, which a whole batch of 250s waits on.
+PAUSE = 0.002
+URGENT_PAUSE = 0.0005
+
+
+def _flock(fd: int, kind: int, deadline: float, longest: float = PAUSE) -> None:
     """`flock` with a deadline, as SQLite's busy timeout has one: a writer that hangs
     while holding the lock turns into errors (a 451) after 30 s, not a silent stall.
 
     A blocking flock cannot time out in a thread, so this polls; the pause starts at
-    0.2 ms and grows to 2 ms, so a waiter gets the lock within about 2 ms of its release
-    (SQLite's own busy handler sleeps up to 100 ms).
+    0.2 ms and grows to `longest` (2 ms; 0.5 ms for the group commit), so a waiter gets
+    the lock within that long of its release (SQLite's own busy handler sleeps up to
+    100 ms).
     """
     pause = 0.0002
     while True:
@@ -181,7 +201,7 @@ def _flock(fd: int, kind: int, deadline: float) -> None:
             if time.monotonic() > deadline:
                 raise sqlite3.OperationalError("database is locked (writer order)") from None
             time.sleep(pause)
-            pause = min(pause * 2, 0.002)
+            pause = min(pause * 2, longest)
 
 
 def _file_gate(url: str) -> _FileGate | None:

@@ -8,6 +8,8 @@ file stand for serve and two worker processes here, without sleeps.
 
 from __future__ import annotations
 
+import fcntl
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,3 +66,50 @@ def test_a_waiting_250_of_one_process_goes_ahead_of_another_process_queueing_lat
         thread.join(30)
     assert order == ["250", "processing"]
     assert not worker.urgent_waiting()
+
+
+def polling_the_writer_lock(thread: threading.Thread) -> bool:
+    """Whether `thread` is past the gate, trying `<db>.writer` (its exclusive `_flock`)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "_flock" and frame.f_locals.get("kind") == fcntl.LOCK_EX:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_250_goes_ahead_of_a_process_that_queued_for_the_writer_before_it(
+    databases: list[Database],
+) -> None:
+    """Two workers: one writes, the other already waits for the writer lock when a 250
+    comes. The 250 waits for the transaction under way only, not for the queued one."""
+    worker, serve, other_worker = databases
+    order: list[str] = []
+    release = threading.Event()
+    holding = threading.Event()
+
+    def processing_batch() -> None:
+        with worker.transaction():
+            holding.set()
+            release.wait(30)
+
+    def write(db: Database, urgent: bool, name: str) -> threading.Thread:
+        def run() -> None:
+            with db.transaction(urgent=urgent):
+                order.append(name)
+
+        thread = threading.Thread(target=run, name=name)
+        thread.start()
+        return thread
+
+    holder = threading.Thread(target=processing_batch)
+    holder.start()
+    assert holding.wait(30)
+    queued = write(other_worker, False, "processing")
+    wait_for(lambda: polling_the_writer_lock(queued), 10, "the other worker to queue")
+    group_commit = write(serve, True, "250")
+    wait_for(worker.urgent_waiting, 10, "the group commit to wait")
+    release.set()
+    for thread in (holder, group_commit, queued):
+        thread.join(30)
+    assert order == ["250", "processing"]
