@@ -297,6 +297,7 @@ class MaildeskFigures:
     sent_p95_ms: float
     states: dict[str, int]
     acknowledgements: int
+    serve_cpu_ms: float  # serve's own CPU per message while SMTP was loaded (not its workers)
 
 
 def healthz(web_port: int) -> dict[str, Any]:
@@ -375,7 +376,13 @@ def wait_processed(web_port: int, messages: int, proc: subprocess.Popen[bytes]) 
     common.wait_for(done, 120 + messages / 20, "inbound and outbox to drain", interval=0.05)
 
 
-def maildesk_figures(db: Path, client: ClientRun) -> MaildeskFigures:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process used so far, its children not included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def maildesk_figures(db: Path, client: ClientRun, serve_cpu_ms: float) -> MaildeskFigures:
     rows = common.db_rows(
         db,
         """
@@ -409,6 +416,7 @@ def maildesk_figures(db: Path, client: ClientRun) -> MaildeskFigures:
         sent_p95_ms=common.percentile(sent, 95) if sent else float("nan"),
         states=states,
         acknowledgements=len(queued),
+        serve_cpu_ms=serve_cpu_ms,
     )
 
 
@@ -435,6 +443,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                 spy = None
                 if args.profile:
                     spy = start_py_spy(proc.pid, args.profile, args.profile_idle)
+                cpu = cpu_seconds(proc.pid)
                 try:
                     accepted[kind] = load(
                         smtp_port, args.messages, args.connections, args.size, run_id, args.rate
@@ -442,9 +451,10 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                 finally:
                     if spy is not None:
                         stop_py_spy(spy)
+                serve_cpu_ms = (cpu_seconds(proc.pid) - cpu) * 1000 / args.messages
                 print(f"   accepted {accepted[kind].rate:.0f} msg/s", file=sys.stderr, flush=True)
                 wait_processed(web_port, args.messages, proc)
-            figures = maildesk_figures(folder / "maildesk.db", accepted[kind])
+            figures = maildesk_figures(folder / "maildesk.db", accepted[kind], serve_cpu_ms)
         else:
             port = common.free_port()
             with bare_server(kind, port, folder):
@@ -510,7 +520,9 @@ def report(
         print(
             f"maildesk: inbound states {figures.states}, {figures.acknowledgements} "
             f"acknowledgements queued; last row processed "
-            f"{figures.processed_after_last_250 * 1000:.0f} ms after the last 250"
+            f"{figures.processed_after_last_250 * 1000:.0f} ms after the last 250; "
+            f"serve used {figures.serve_cpu_ms:.2f} ms of CPU per accepted message "
+            "(its workers not included)"
         )
     print()
     print("targets:")
