@@ -293,6 +293,7 @@ class MaildeskFigures:
     processed_after_last_250: float  # seconds
     ack_median_ms: float
     ack_p95_ms: float
+    ack_p99_ms: float
     sent_median_ms: float
     sent_p95_ms: float
     states: dict[str, int]
@@ -335,10 +336,19 @@ def maildesk_daemon(
         try:
             common.wait_for(lambda: healthy(web_port, proc), 30, "maildesk /healthz")
             common.wait_for(lambda: common.listening(smtp_port), 10, "maildesk SMTP")
+            # Serve answers before its workers have started (a second or two): mail sent
+            # meanwhile waits for them, which is start-up, not the steady state measured.
+            count = (workers or {}).get("count", os.cpu_count() or 1)
+            common.wait_for(lambda: workers_ready(log) >= count, 60, "maildesk's workers")
         except Exception:
             sys.stderr.write(log.read_text(errors="replace")[-3000:])
             raise
         yield proc
+
+
+def workers_ready(log: Path) -> int:
+    """Worker processes that logged that they are ready."""
+    return log.read_text(errors="replace").count("ready: processing and sending")
 
 
 def start_py_spy(pid: int, out: Path, idle: bool = False) -> subprocess.Popen[bytes]:
@@ -412,6 +422,7 @@ def maildesk_figures(db: Path, client: ClientRun, serve_cpu_ms: float) -> Mailde
         processed_after_last_250=common.seconds(last - last_250),
         ack_median_ms=common.median(queued) if queued else float("nan"),
         ack_p95_ms=common.percentile(queued, 95) if queued else float("nan"),
+        ack_p99_ms=common.percentile(queued, 99) if queued else float("nan"),
         sent_median_ms=common.median(sent) if sent else float("nan"),
         sent_p95_ms=common.percentile(sent, 95) if sent else float("nan"),
         states=states,
@@ -540,6 +551,8 @@ def report(
         print(
             f"  median ack queued <= 100 ms: {figures.ack_median_ms:.0f} ms -> {common.verdict(ok)}"
         )
+        ok = figures.ack_p99_ms < 1000
+        print(f"  p99 ack queued < 1 s: {figures.ack_p99_ms:.0f} ms -> {common.verdict(ok)}")
 
 
 def main() -> None:
