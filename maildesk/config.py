@@ -276,10 +276,11 @@ class WorkerSettings:
     # Seconds a claim (an inbound row being processed, an outbox row being sent) lasts
     # without renewal: a live worker renews it, a dead one's claims are due again after it.
     lease_seconds: float = 30.0
-    # The nice value worker processes run at (0-19, read at their start). Above serve's
-    # 0, so that when processing keeps every core busy, the kernel still gives the
-    # process that answers SMTP the CPU first (README, "Serve and its workers").
-    nice: int = 10
+    # The nice value worker processes lower themselves to at start (0-19). Above serve's,
+    # the kernel gives the process that answers SMTP the CPU first when processing keeps
+    # every core busy; 0 by default, as on SQLite a 250 waits for the writer lock, not
+    # for the CPU, and niced workers lose to every other process (README, Benchmarks).
+    nice: int = 0
 
 
 @dataclass(frozen=True)

@@ -295,7 +295,10 @@ def run_at_niceness(nice: int) -> None:
     so every thread alive now is set, and the ones started later follow. Already
     nicer (a unit's `Nice=`, `nice maildesk worker`): left as it is. Refused (a
     seccomp filter without setpriority): the worker runs anyway and the log says so.
+    0 (the default) leaves the priority it was started with.
     """
+    if nice <= 0:
+        return
     try:
         threads = [int(tid) for tid in os.listdir("/proc/self/task")]
     except OSError:
