@@ -33,12 +33,12 @@ BATCH = 200
 
 
 def count(path: Path) -> int:
-    return len(_open(path))
+    return len(open_archive(path))
 
 
 def read_messages(path: Path) -> Iterator[bytes]:
     """The archive's messages, parents before their replies (two passes, one in memory)."""
-    box = _open(path)
+    box = open_archive(path)
     try:
         keys = list(box.iterkeys())
         headers = [thread_headers(box.get_bytes(key)) for key in keys]
@@ -97,7 +97,7 @@ def thread_order(headers: Sequence[ThreadHeaders]) -> list[int]:
     return order
 
 
-def _open(path: Path) -> mailbox.Mailbox:
+def open_archive(path: Path) -> mailbox.Mailbox:
     if path.is_dir():
         if not (path / "cur").is_dir() and not (path / "new").is_dir():
             raise ValueError(f"{path} is a folder but not a Maildir (no cur/ or new/)")
