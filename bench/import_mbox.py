@@ -33,6 +33,7 @@ import argparse
 import os
 import random
 import re
+import resource
 import shutil
 import sys
 import time
@@ -212,6 +213,12 @@ def counts(db: Path) -> Counts:
     )
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes (and theirs)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def profile_under_py_spy(profile: Path) -> None:
     """Point MAILDESK_CMD at py-spy wrapping the maildesk command, for the next command."""
     binary = os.environ.get("PY_SPY") or shutil.which("py-spy")
@@ -232,6 +239,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     empty = workdir / "empty.mbox"
     empty.write_bytes(b"")
 
+    extra = ["--processes", str(args.processes)] if args.processes > 1 else []
     common.run_maildesk(config, "init", log=log)
     overhead = min(common.run_maildesk(config, "import", str(empty), log=log) for _ in range(3))
     before = counts(db)
@@ -241,7 +249,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     if args.profile:
         profile_under_py_spy(args.profile)
     try:
-        first = common.run_maildesk(config, "import", str(mbox.path), log=log)
+        cpu_before = children_cpu()
+        first = common.run_maildesk(config, "import", *extra, str(mbox.path), log=log)
+        first_cpu = children_cpu() - cpu_before
     finally:
         if default_cmd is None:
             os.environ.pop("MAILDESK_CMD", None)
@@ -250,11 +260,15 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     after_first = counts(db)
 
     print("-- import again", file=sys.stderr, flush=True)
-    second = common.run_maildesk(config, "import", str(mbox.path), log=log)
+    second = common.run_maildesk(config, "import", *extra, str(mbox.path), log=log)
     after_second = counts(db)
 
     linked, split = split_links(db, links)
     report(args, workdir, mbox, overhead, first, second, before, after_first, after_second)
+    print(
+        f"  CPU of the first import (all its processes): {first_cpu:.1f} s, "
+        f"{first_cpu / mbox.messages * 1000:.2f} ms per message"
+    )
     print(
         f"  every reply link inside the archive in one ticket: {len(links)} links, "
         f"{linked} with both ends in a ticket, {split} split -> {common.verdict(split == 0)}"
@@ -280,7 +294,8 @@ def report(
         after_second.messages,
     )
     print()
-    print(f"maildesk import: {mbox.label}, {mbox.size / 1e6:.1f} MB")
+    how = f" with --processes {args.processes}" if args.processes > 1 else ""
+    print(f"maildesk import{how}: {mbox.label}, {mbox.size / 1e6:.1f} MB")
     print(f"machine: {common.machine(workdir)}")
     print(f"{args.cpu_watch.note()}; maildesk sources {common.code_fingerprint()}")
     if args.profile:
@@ -334,6 +349,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=4096, help="approximate bytes per message")
     parser.add_argument("--replies", type=float, default=0.3, help="share of replies (0..1)")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="maildesk import --processes N (default 1)"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--mbox", type=Path, help="import this mbox instead of generated mail")
     source.add_argument("--maildir", type=Path, help="import this Maildir instead")

@@ -14,6 +14,7 @@ import os
 import secrets
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -254,32 +255,84 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
 @main.command("import")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--notify", is_flag=True, help="Send acknowledgements (off: old mail stays quiet).")
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes that process the mail (more use more cores; threads stay whole).",
+)
 @pass_context
-def import_(ctx: Context, path: Path, notify: bool) -> None:
+def import_(ctx: Context, path: Path, notify: bool, processes: int) -> None:
     """Import an mbox file or a Maildir folder at PATH; safe to re-run."""
     from maildesk.inbound import importer
 
-    services = ctx.services
     try:
         total = importer.count(path)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    stored = processed = 0
-    batch: list[bytes] = []
     with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
-        for raw in importer.read_messages(path):
-            batch.append(raw)
-            if len(batch) >= importer.BATCH:
-                stored += importer.store_batch(services.store, batch, notify)
-                processed += services.drain_inbound()
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            stored += importer.store_batch(services.store, batch, notify)
-            processed += services.drain_inbound()
-            bar.update(len(batch))
+        if processes > 1:
+            stored, processed = _import_in_waves(ctx, path, notify, processes, bar.update)
+        else:
+            stored, processed = _import_in_order(ctx, path, notify, bar.update)
     click.echo(
         f"{total} messages read, {stored} new, {total - stored} already imported, "
         f"{processed} processed",
         err=True,
     )
+
+
+def _import_in_order(
+    ctx: Context, path: Path, notify: bool, progress: Callable[[int], None]
+) -> tuple[int, int]:
+    """Store and process the archive in thread order, here, a batch at a time."""
+    from maildesk.inbound import importer
+
+    services = ctx.services
+    stored = processed = 0
+    batch: list[bytes] = []
+    for raw in importer.read_messages(path):
+        batch.append(raw)
+        if len(batch) >= importer.BATCH:
+            stored += importer.store_batch(services.store, batch, notify)
+            processed += services.drain_inbound()
+            progress(len(batch))
+            batch = []
+    if batch:
+        stored += importer.store_batch(services.store, batch, notify)
+        processed += services.drain_inbound()
+        progress(len(batch))
+    return stored, processed
+
+
+def _import_in_waves(
+    ctx: Context, path: Path, notify: bool, processes: int, progress: Callable[[int], None]
+) -> tuple[int, int]:
+    """Store the archive wave by wave (`importer.waves`) while `processes` others
+    process it: each wave is processed before the next is stored."""
+    from maildesk.inbound import importer
+    from maildesk.inbound.import_pool import DrainPool, ImportFailed
+
+    store = ctx.services.store
+    stored = 0
+    batch: list[bytes] = []
+    current = 0
+    try:
+        with DrainPool(ctx.settings, processes) as pool:
+            for wave, raw in importer.read_waves(path):
+                if wave != current or len(batch) >= importer.BATCH:
+                    stored += importer.store_batch(store, batch, notify)
+                    pool.start()
+                    progress(len(batch))
+                    batch = []
+                    if wave != current:
+                        pool.wait()
+                        current = wave
+                batch.append(raw)
+            stored += importer.store_batch(store, batch, notify)
+            progress(len(batch))
+            pool.wait()
+            return stored, pool.processed
+    except ImportFailed as exc:
+        raise click.ClickException(f"import stopped: {exc}") from None

@@ -16,6 +16,12 @@ tickets on an import's word). Exact byte strings already stored are
 skipped, and the pipeline ignores Message-IDs it has, so a re-run imports
 nothing twice. Notifications are off unless asked for: importing old mail
 must not write to customers.
+
+Several processes (`import --processes N`) process the archive in waves
+(`waves`): a message's wave is one more than the wave of every message of the
+archive it answers, or of an earlier copy of its Message-ID. Messages of one
+wave answer none of each other, so any number of processes may take them in
+any order; the next wave is stored once the last one is processed.
 """
 
 from __future__ import annotations
@@ -38,14 +44,48 @@ def count(path: Path) -> int:
 
 def read_messages(path: Path) -> Iterator[bytes]:
     """The archive's messages, parents before their replies (two passes, one in memory)."""
+    for _wave, raw in read_waves(path, by_wave=False):
+        yield raw
+
+
+def read_waves(path: Path, by_wave: bool = True) -> Iterator[tuple[int, bytes]]:
+    """(wave, message) of each message of the archive, wave by wave (`waves`).
+
+    Within a wave, and with `by_wave` off throughout, in `thread_order`.
+    """
     box = open_archive(path)
     try:
         keys = list(box.iterkeys())
         headers = [thread_headers(box.get_bytes(key)) for key in keys]
-        for index in thread_order(headers):
-            yield box.get_bytes(keys[index])
+        order = thread_order(headers)
+        wave = waves(headers, order)
+        if by_wave:
+            order.sort(key=wave.__getitem__)  # stable: thread order within a wave
+        for index in order:
+            yield wave[index], box.get_bytes(keys[index])
     finally:
         box.close()
+
+
+def waves(headers: Sequence[ThreadHeaders], order: Sequence[int]) -> list[int]:
+    """The wave of each message, given a `thread_order` of them.
+
+    0 for a message that answers no message of the batch; otherwise one more than
+    the highest wave of the messages it answers that come before it in `order`
+    (a broken cycle's later answer) and of earlier copies of its Message-ID (the
+    duplicate check must see the first copy stored).
+    """
+    wave = [0] * len(headers)
+    placed: dict[str, int] = {}  # Message-ID -> highest wave of a placed copy
+    for index in order:
+        found = headers[index]
+        before = [placed[mid] for mid in found.answers if mid in placed]
+        if found.message_id in placed:
+            before.append(placed[found.message_id])
+        wave[index] = max(before) + 1 if before else 0
+        if found.message_id:
+            placed[found.message_id] = max(wave[index], placed.get(found.message_id, 0))
+    return wave
 
 
 _NO_DATE = datetime.max.replace(tzinfo=UTC)
@@ -109,6 +149,8 @@ def open_archive(path: Path) -> mailbox.Mailbox:
 
 def store_batch(store: InboundStore, raws: list[bytes], notify: bool) -> int:
     """Store the messages not stored before; returns how many were new."""
+    if not raws:
+        return 0
     known = store.known_digests([digest(raw) for raw in raws])
     fresh = list({digest(raw): raw for raw in raws if digest(raw) not in known}.values())
     if fresh:

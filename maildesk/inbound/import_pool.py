@@ -1,0 +1,122 @@
+"""Processes that process imported mail beside `maildesk import` (`--processes N`).
+
+Each is a fresh interpreter (multiprocessing's spawn: no database connection or
+lock crosses a fork) that builds its own services from the import's settings,
+then waits for orders on a pipe. `DrainPool.start` asks every idle process to
+process what is due; `DrainPool.wait` returns once every process found nothing
+more due. The importer stores one wave at a time and waits between waves
+(`importer.waves`), so the processes never hold a reply whose parent another
+process has not committed yet.
+
+Claims are short (`CLAIM`) so that the processes finish a wave together; they
+are the spool's ordinary claims with leases, so a process that dies leaves its
+rows due again for whoever processes next.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+from maildesk.config import Settings
+
+CLAIM = 16
+
+_STOP = "stop"
+_DRAIN = "drain"
+
+
+class ImportFailed(Exception):
+    """A processing process failed or died; what it said is the message."""
+
+
+def _serve(settings: Settings, orders: Connection) -> None:
+    from maildesk.services import build
+
+    services = build(settings)
+    try:
+        while orders.recv() == _DRAIN:
+            done = 0
+            try:
+                while (result := services.processor.process_pending(batch=CLAIM)).processed:
+                    done += result.processed
+            except Exception as exc:  # told to the importer, which stops
+                orders.send(f"{type(exc).__name__}: {exc}")
+                return
+            orders.send(done)
+    finally:
+        services.db.dispose()
+
+
+class DrainPool:
+    def __init__(self, settings: Settings, count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipes: list[Connection] = []
+        self._procs: list[BaseProcess] = []
+        self._busy: list[bool] = []
+        for _ in range(count):
+            ours, theirs = context.Pipe()
+            proc = context.Process(target=_serve, args=(settings, theirs), daemon=True)
+            proc.start()
+            theirs.close()
+            self._pipes.append(ours)
+            self._procs.append(proc)
+            self._busy.append(False)
+        self.processed = 0
+
+    def start(self) -> None:
+        """Ask each process that is not processing already to process what is due."""
+        for slot, pipe in enumerate(self._pipes):
+            if self._busy[slot] and pipe.poll():
+                self._answer(slot)
+            if not self._busy[slot]:
+                pipe.send(_DRAIN)
+                self._busy[slot] = True
+
+    def wait(self) -> None:
+        """Return once nothing stored before this call is left due.
+
+        A process that answered before the last rows were stored may have missed
+        them: a second round finds them (and costs one empty claim when none are).
+        """
+        for _round in range(2):
+            self.start()
+            for slot in range(len(self._pipes)):
+                self._answer(slot)
+
+    def _answer(self, slot: int) -> None:
+        if not self._busy[slot]:
+            return
+        try:
+            answer = self._pipes[slot].recv()
+        except EOFError:
+            raise ImportFailed(
+                f"processing process {self._procs[slot].pid} died "
+                f"(exit code {self._procs[slot].exitcode})"
+            ) from None
+        self._busy[slot] = False
+        if isinstance(answer, str):
+            raise ImportFailed(answer)
+        self.processed += answer
+
+    def close(self) -> None:
+        for slot, pipe in enumerate(self._pipes):
+            try:
+                if self._busy[slot]:
+                    self._answer(slot)
+                pipe.send(_STOP)
+            except (OSError, EOFError, ImportFailed):
+                pass  # it is gone already
+            pipe.close()
+        for proc in self._procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+    def __enter__(self) -> DrainPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
