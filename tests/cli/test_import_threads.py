@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 
 from maildesk.cli import main
@@ -117,19 +118,28 @@ def test_a_reply_earlier_in_the_file_than_its_parent_does_not_split_the_thread(
     assert len(set(tickets.values())) == 1, tickets
 
 
-def test_a_shuffled_archive_imports_each_conversation_as_one_ticket(
-    config_file: Path, tmp_path: Path
-) -> None:
-    assert run(config_file, "init").exit_code == 0
-    rng = random.Random(9)
+def shuffled_archive(seed: int) -> tuple[list[list[Mail]], list[Mail]]:
+    """40 conversations of 1 to 6 messages, their messages in random order."""
+    rng = random.Random(seed)
     start = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)
     conversations = [
         conversation(n, rng.randint(1, 6), start + timedelta(hours=n), rng) for n in range(40)
     ]
     mails = [mail for conv in conversations for mail in conv]
     rng.shuffle(mails)
-    result = run(config_file, "import", str(write_mbox(tmp_path / "archive.mbox", mails)))
+    return conversations, mails
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_a_shuffled_archive_imports_each_conversation_as_one_ticket(
+    config_file: Path, tmp_path: Path, processes: int
+) -> None:
+    assert run(config_file, "init").exit_code == 0
+    conversations, mails = shuffled_archive(9)
+    archive = write_mbox(tmp_path / "archive.mbox", mails)
+    result = run(config_file, "import", "--processes", str(processes), str(archive))
     assert result.exit_code == 0, result.output
+    assert f"{len(mails)} new, 0 already imported, {len(mails)} processed" in result.output
 
     tickets = ticket_of(config_file)
     assert set(tickets) == {m.message_id for m in mails}
@@ -140,3 +150,29 @@ def test_a_shuffled_archive_imports_each_conversation_as_one_ticket(
     per_ticket = Counter(tickets.values())
     assert len(per_ticket) == len(conversations)
     assert sorted(per_ticket.values()) == sorted(len(c) for c in conversations)
+
+    again = run(config_file, "import", "--processes", str(processes), str(archive))
+    assert again.exit_code == 0, again.output
+    assert f"0 new, {len(mails)} already imported, 0 processed" in again.output
+    assert ticket_of(config_file) == tickets
+
+
+def test_copies_of_one_message_id_in_an_archive_make_one_message_with_processes(
+    config_file: Path, tmp_path: Path
+) -> None:
+    """A list archive holds the same message twice (two deliveries, other Received
+    headers): processed side by side, both copies would race for one Message-ID."""
+    assert run(config_file, "init").exit_code == 0
+    mails = split_prone_thread()
+    copies = [
+        Mail(m.message_id, m.parent, b"Received: by relay%d.test\r\n" % n + m.raw)
+        for n, m in enumerate(mails)
+    ]
+    archive = write_mbox(tmp_path / "list.mbox", [*mails, *copies])
+    result = run(config_file, "import", "--processes", "2", str(archive))
+    assert result.exit_code == 0, result.output
+    assert "6 new, 0 already imported, 6 processed" in result.output
+
+    tickets = ticket_of(config_file)
+    assert set(tickets) == {m.message_id for m in mails}
+    assert len(set(tickets.values())) == 1, tickets
