@@ -295,12 +295,12 @@ def _import_in_order(
     for raw in importer.read_messages(path):
         batch.append(raw)
         if len(batch) >= importer.BATCH:
-            stored += importer.store_batch(services.store, batch, notify, keep=True)
+            stored += importer.store_batch(services.store, batch, notify)
             processed += services.drain_inbound()
             progress(len(batch))
             batch = []
     if batch:
-        stored += importer.store_batch(services.store, batch, notify, keep=True)
+        stored += importer.store_batch(services.store, batch, notify)
         processed += services.drain_inbound()
         progress(len(batch))
     return stored, processed

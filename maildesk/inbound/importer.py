@@ -147,15 +147,12 @@ def open_archive(path: Path) -> mailbox.Mailbox:
     return mailbox.mbox(str(path), factory=None, create=False)
 
 
-def store_batch(store: InboundStore, raws: list[bytes], notify: bool, keep: bool = False) -> int:
-    """Store the messages not stored before; returns how many were new.
-
-    `keep`: this process processes them next, from the bytes it holds (`put_many`).
-    """
+def store_batch(store: InboundStore, raws: list[bytes], notify: bool) -> int:
+    """Store the messages not stored before; returns how many were new."""
     if not raws:
         return 0
     known = store.known_digests([digest(raw) for raw in raws])
     fresh = list({digest(raw): raw for raw in raws if digest(raw) not in known}.values())
     if fresh:
-        store.put_many(fresh, Envelope(source="import", notify=notify), keep=keep)
+        store.put_many(fresh, Envelope(source="import", notify=notify))
     return len(fresh)

@@ -84,8 +84,6 @@ class InboundStore:
         self._clock = clock
         self._door: GroupCommit[_Incoming] = GroupCommit(self._commit_waiting)
         self._listeners: list[Callable[[], None]] = []
-        # The last `put_many(keep=True)` batch, until this process loads each row.
-        self._kept: dict[int, Stored] = {}
 
     def on_stored(self, listener: Callable[[], None]) -> None:
         """Call `listener` (from the committing thread) after each commit of new mail:
@@ -129,23 +127,15 @@ class InboundStore:
         self._announce()
         return ids
 
-    def put_many(self, raws: Sequence[bytes], envelope: Envelope, keep: bool = False) -> list[int]:
+    def put_many(self, raws: Sequence[bytes], envelope: Envelope) -> list[int]:
         """Commit several messages in one transaction (one fsync) and return their ids.
 
         Bulk work (`import`): it queues for the write lock like processing does.
-        With `keep`, this process will process them next: `load` answers from memory
-        (the batch's bytes) instead of reading them back, until the next `put_many`.
         """
         items = [_Incoming(raw, envelope, digest(raw)) for raw in raws]
         with self._db.transaction() as session:
             now = self._clock.now()
             ids = self._insert(session, items, now)
-        self._kept = {}
-        if keep:
-            self._kept = {
-                row_id: Stored(row_id, item.raw, envelope.mail_from, envelope.source, envelope.peer)
-                for row_id, item in zip(ids, items, strict=True)
-            }
         self._announce()
         return ids
 
@@ -243,9 +233,7 @@ class InboundStore:
         """One message's bytes: the only place a processor reads them, one at a time.
 
         A claimed row already carries its envelope (the claim read it): only the bytes
-        are read then, and not even they when this process stored them (`put_many`'s keep)."""
-        if (kept := self._kept.pop(row if isinstance(row, int) else row.id, None)) is not None:
-            return kept
+        are read then."""
         with self._db.reading_connection() as connection:
             if isinstance(row, int):
                 found = connection.execute(_ENVELOPE, {"id": row}).one()
