@@ -315,6 +315,9 @@ def _import_in_waves(
     from maildesk.inbound.import_pool import DrainPool, ImportFailed
 
     store = ctx.services.store
+    # Rows an interrupted import left stored but unprocessed go first, here and in
+    # id order (thread order), before any process takes rows side by side.
+    earlier = ctx.services.drain_inbound()
     stored = 0
     batch: list[bytes] = []
     current = 0
@@ -322,17 +325,22 @@ def _import_in_waves(
         with DrainPool(ctx.settings, processes) as pool:
             for wave, raw in importer.read_waves(path):
                 if wave != current or len(batch) >= importer.BATCH:
-                    stored += importer.store_batch(store, batch, notify)
-                    pool.start()
+                    new = importer.store_batch(store, batch, notify)
+                    if new:
+                        stored += new
+                        pool.start()
                     progress(len(batch))
                     batch = []
                     if wave != current:
                         pool.wait()
                         current = wave
                 batch.append(raw)
-            stored += importer.store_batch(store, batch, notify)
+            new = importer.store_batch(store, batch, notify)
             progress(len(batch))
+            if new:
+                stored += new
+                pool.start()
             pool.wait()
-            return stored, pool.processed
+            return stored, earlier + pool.processed
     except ImportFailed as exc:
         raise click.ClickException(f"import stopped: {exc}") from None

@@ -51,22 +51,34 @@ def _serve(settings: Settings, orders: Connection) -> None:
 
 class DrainPool:
     def __init__(self, settings: Settings, count: int) -> None:
-        context = multiprocessing.get_context("spawn")
+        self._settings = settings
+        self._count = count
         self._pipes: list[Connection] = []
         self._procs: list[BaseProcess] = []
         self._busy: list[bool] = []
-        for _ in range(count):
+        self.processed = 0
+
+    @property
+    def started(self) -> bool:
+        return bool(self._procs)
+
+    def _spawn(self) -> None:
+        """The processes, at the first mail to process: a re-run that stores nothing
+        starts none (each costs an interpreter and its imports)."""
+        context = multiprocessing.get_context("spawn")
+        for _ in range(self._count):
             ours, theirs = context.Pipe()
-            proc = context.Process(target=_serve, args=(settings, theirs), daemon=True)
+            proc = context.Process(target=_serve, args=(self._settings, theirs), daemon=True)
             proc.start()
             theirs.close()
             self._pipes.append(ours)
             self._procs.append(proc)
             self._busy.append(False)
-        self.processed = 0
 
     def start(self) -> None:
         """Ask each process that is not processing already to process what is due."""
+        if not self.started:
+            self._spawn()
         for slot, pipe in enumerate(self._pipes):
             if self._busy[slot] and pipe.poll():
                 self._answer(slot)
@@ -79,7 +91,10 @@ class DrainPool:
 
         A process that answered before the last rows were stored may have missed
         them: a second round finds them (and costs one empty claim when none are).
+        Before the first `start` there is nothing of ours to wait for.
         """
+        if not self.started:
+            return
         for _round in range(2):
             self.start()
             for slot in range(len(self._pipes)):

@@ -20,7 +20,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from maildesk import config
 from maildesk.cli import main
+from maildesk.inbound import importer
+from maildesk.services import build
 from tests.conftest import make_mail
 
 
@@ -176,3 +179,29 @@ def test_copies_of_one_message_id_in_an_archive_make_one_message_with_processes(
     tickets = ticket_of(config_file)
     assert set(tickets) == {m.message_id for m in mails}
     assert len(set(tickets.values())) == 1, tickets
+
+
+def test_a_re_run_with_processes_finishes_what_an_interrupted_import_stored(
+    config_file: Path, tmp_path: Path
+) -> None:
+    """An import killed after storing a batch, before processing it: the re-run
+    stores nothing new and processes those rows, threads whole."""
+    assert run(config_file, "init").exit_code == 0
+    conversations, mails = shuffled_archive(4)
+    archive = write_mbox(tmp_path / "archive.mbox", mails)
+    services = build(config.load(config_file))
+    try:
+        stored = importer.store_batch(
+            services.store, list(importer.read_messages(archive)), notify=False
+        )
+    finally:
+        services.db.dispose()
+    assert stored == len(mails)
+
+    result = run(config_file, "import", "--processes", "2", str(archive))
+    assert result.exit_code == 0, result.output
+    assert f"0 new, {len(mails)} already imported, {len(mails)} processed" in result.output
+    tickets = ticket_of(config_file)
+    assert set(tickets) == {m.message_id for m in mails}
+    assert len(set(tickets.values())) == len(conversations)
+    assert not [m for m in mails if m.parent and tickets[m.message_id] != tickets[m.parent]]
