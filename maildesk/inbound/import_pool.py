@@ -15,6 +15,7 @@ rows due again for whoever processes next.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -31,9 +32,11 @@ class ImportFailed(Exception):
     """A processing process failed or died; what it said is the message."""
 
 
-def _serve(settings: Settings, orders: Connection) -> None:
+def _serve(settings: Settings, log_level: str, orders: Connection) -> None:
+    from maildesk import logs
     from maildesk.services import build
 
+    logs.configure(log_level)  # a spawned interpreter has no handler: log as the import does
     services = build(settings)
     try:
         while orders.recv() == _DRAIN:
@@ -66,9 +69,12 @@ class DrainPool:
         """The processes, at the first mail to process: a re-run that stores nothing
         starts none (each costs an interpreter and its imports)."""
         context = multiprocessing.get_context("spawn")
+        log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
         for _ in range(self._count):
             ours, theirs = context.Pipe()
-            proc = context.Process(target=_serve, args=(self._settings, theirs), daemon=True)
+            proc = context.Process(
+                target=_serve, args=(self._settings, log_level, theirs), daemon=True
+            )
             proc.start()
             theirs.close()
             self._pipes.append(ours)
