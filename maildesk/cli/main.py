@@ -309,10 +309,12 @@ def _import_in_order(
 def _import_in_waves(
     ctx: Context, path: Path, notify: bool, processes: int, progress: Callable[[int], None]
 ) -> tuple[int, int]:
-    """Store the archive wave by wave (`importer.waves`) while `processes` others
-    process it: each wave is processed before the next is stored."""
+    """Store the archive wave by wave (`importer.waves`) and process it in `processes`
+    processes, this one included: each wave is processed before the next is stored."""
+    from functools import partial
+
     from maildesk.inbound import importer
-    from maildesk.inbound.import_pool import DrainPool, ImportFailed
+    from maildesk.inbound.import_pool import DrainPool, ImportFailed, drain
 
     store = ctx.services.store
     # Rows an interrupted import left stored but unprocessed go first, here and in
@@ -322,7 +324,9 @@ def _import_in_waves(
     batch: list[bytes] = []
     current = 0
     try:
-        with DrainPool(ctx.settings, processes) as pool:
+        processor = ctx.services.processor
+        here = partial(drain, lambda n: processor.process_pending(batch=n).processed)
+        with DrainPool(ctx.settings, processes, here) as pool:
             for wave, raw in importer.read_waves(path):
                 if wave != current or len(batch) >= importer.BATCH:
                     new = importer.store_batch(store, batch, notify)

@@ -11,12 +11,17 @@ process has not committed yet.
 Claims are short (`CLAIM`) so that the processes finish a wave together; they
 are the spool's ordinary claims with leases, so a process that dies leaves its
 rows due again for whoever processes next.
+
+The import's own process is one of the N: while a wave is processed it has
+nothing else to do, so at each wait it processes beside the others
+(`here`), and one interpreter fewer is started.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -32,6 +37,14 @@ class ImportFailed(Exception):
     """A processing process failed or died; what it said is the message."""
 
 
+def drain(process_pending: Callable[[int], int]) -> int:
+    """Claim and process `CLAIM` rows at a time until none is due; how many were."""
+    done = 0
+    while processed := process_pending(CLAIM):
+        done += processed
+    return done
+
+
 def _serve(settings: Settings, log_level: str, orders: Connection) -> None:
     from maildesk import logs
     from maildesk.services import build
@@ -40,10 +53,8 @@ def _serve(settings: Settings, log_level: str, orders: Connection) -> None:
     services = build(settings)
     try:
         while orders.recv() == _DRAIN:
-            done = 0
             try:
-                while (result := services.processor.process_pending(batch=CLAIM)).processed:
-                    done += result.processed
+                done = drain(lambda n: services.processor.process_pending(batch=n).processed)
             except Exception as exc:  # told to the importer, which stops
                 orders.send(f"{type(exc).__name__}: {exc}")
                 return
@@ -53,9 +64,12 @@ def _serve(settings: Settings, log_level: str, orders: Connection) -> None:
 
 
 class DrainPool:
-    def __init__(self, settings: Settings, count: int) -> None:
+    def __init__(self, settings: Settings, count: int, here: Callable[[], int]) -> None:
+        """`count` processes in all, this one included: `here` processes in this one."""
         self._settings = settings
-        self._count = count
+        self._count = count - 1
+        self._here = here
+        self._started = False
         self._pipes: list[Connection] = []
         self._procs: list[BaseProcess] = []
         self._busy: list[bool] = []
@@ -63,11 +77,12 @@ class DrainPool:
 
     @property
     def started(self) -> bool:
-        return bool(self._procs)
+        return self._started
 
     def _spawn(self) -> None:
         """The processes, at the first mail to process: a re-run that stores nothing
         starts none (each costs an interpreter and its imports)."""
+        self._started = True
         context = multiprocessing.get_context("spawn")
         log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
         for _ in range(self._count):
@@ -103,6 +118,7 @@ class DrainPool:
             return
         for _round in range(2):
             self.start()
+            self.processed += self._here()
             for slot in range(len(self._pipes)):
                 self._answer(slot)
 
