@@ -35,7 +35,7 @@ import common
 from import_mbox import conversations
 from sqlalchemy import create_engine, event, text
 
-from maildesk import config, folding
+from maildesk import config
 from maildesk.inbound.store import Envelope
 from maildesk.services import Services, build
 
@@ -145,7 +145,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             event.listen(services.db.engine, "before_cursor_execute", _counter(statements))
         processed = batches = 0
         yardstick = reference_ms()
-        folding.warm()  # as a worker does when it starts: a cost per process, not per message
+        # As a worker does when it starts: a cost per process, not per message.
+        services.processor.warm_up()
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()

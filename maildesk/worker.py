@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
-from maildesk import config, folding
+from maildesk import config
 from maildesk.config import Settings
 from maildesk.services import Services
 
@@ -178,7 +178,7 @@ class Worker:
 
     def _process_loop(self) -> None:
         processor = self.services.processor
-        folding.warm()
+        processor.warm_up()
         while True:
             self._inbound.clear()  # a wake from now on is seen by the wait below
             if self._stop.is_set() and not (

@@ -199,3 +199,27 @@ def test_agents_may_write_values_by_their_names_in_any_language() -> None:
     ]
     [bad] = commands.parse("#priority urgentní").errors
     assert bad.line == "#priority urgentní"
+
+
+def test_our_two_language_model_guesses_as_py3langid_does() -> None:
+    """`language._model` loads py3langid's file itself (our two languages' weights only,
+    its automaton shared rather than copied): every guess and confidence must be the
+    library's own."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    from maildesk.language import _model
+
+    reference = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    reference.set_languages(["cs", "en"])
+    texts = [
+        CZECH,
+        CZECH_PLAIN,
+        ENGLISH,
+        "OK díky",
+        "ahoj hello jak se máš how are you",
+        "Dobrý den, the invoice 2026/114 is wrong, prosím opravte ji.",
+        "1234 5678 ++ -- ::",
+        "Ďábelské ódy úpějí: příliš žluťoučký kůň.",
+    ]
+    ours = _model()
+    assert [ours.classify(text) for text in texts] == [reference.classify(t) for t in texts]

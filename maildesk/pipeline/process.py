@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maildesk import leases
+from maildesk import folding, language, leases
 from maildesk.clock import Clock
 from maildesk.config import Settings
 from maildesk.db import Database
@@ -144,6 +144,13 @@ class Processor:
             max_mime_depth=limits.max_mime_depth,
             max_mime_parts=limits.max_mime_parts,
         )
+
+    def warm_up(self) -> None:
+        """Build what every process builds once (the folding tables, the language
+        model: about 0.8 s of CPU) before the first message, which would otherwise
+        wait for it and, if large, hold its memory on top of the model's load."""
+        folding.warm()
+        language.warm()
 
     # -- claiming -----------------------------------------------------------
 
