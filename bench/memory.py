@@ -67,7 +67,8 @@ def big_mail(number: int, size_mb: float) -> bytes:
     mail["Subject"] = f"Logs {number}"
     mail["Message-ID"] = f"<big{number}@customer.test>"
     mail.set_content(
-        "Dobrý den, v příloze posílám logy z tiskárny, která od včerejška tiskne jen prázdné stránky."
+        "Dobrý den, v příloze posílám logy z tiskárny,"
+        " která od včerejška tiskne jen prázdné stránky."
     )
     data = os.urandom(int(size_mb * 1024 * 1024 * 3 / 4))  # base64 makes it size_mb
     mail.add_attachment(data, maintype="application", subtype="octet-stream", filename="logs.bin")
