@@ -1,4 +1,6 @@
-"""How a message's bytes go into `inbound_raw`: a slice at a time, never copied whole.
+"""How a message's bytes go into `inbound_raw` and `outbox_raw`: a slice at a time,
+never copied whole. Both tables are written once, with their row, and never
+updated: SQLite writes a whole row again on every update.
 
 Binding the bytes as a parameter copies them whole in the driver, and keeps copies:
 - SQLite copied a bound blob (keeping that copy in the cached statement until the
@@ -27,42 +29,46 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, func, insert, text
+from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
-from maildesk.models import InboundRaw
-
 SLICE = 1 << 20
-_ZEROED_ROW = insert(InboundRaw).values(raw=func.zeroblob(bindparam("size")))
-_COPY = "COPY inbound_raw (inbound_id, raw) FROM STDIN (FORMAT BINARY)"
 # PostgreSQL's binary COPY: signature, flags, header extension length; -1 fields ends it.
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\0" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
-# Per row: 2 fields; inbound_id an int4 (migration 0012's Integer), then raw's length.
+# Per row: 2 fields; the key an int4 (migrations 0012 and 0014: Integer), then raw's length.
 _COPY_ROW = struct.Struct("!hiii")
 
 
 @dataclass(frozen=True)
 class Stored:
-    """Where a `raw` column to read lives: its table and its INTEGER PRIMARY KEY
-    (SQLite's rowid, by which the blob opens)."""
+    """A table of bytes: its `raw` column and its key, an INTEGER PRIMARY KEY (SQLite's
+    rowid, by which the blob opens) that is the id of the row the bytes belong to."""
 
     table: str
     key: str
 
+    @property
+    def zeroed_row(self) -> str:
+        return f"INSERT INTO {self.table} ({self.key}, raw) VALUES (:id, zeroblob(:size))"
+
+    @property
+    def copy(self) -> str:
+        return f"COPY {self.table} ({self.key}, raw) FROM STDIN (FORMAT BINARY)"
+
 
 INBOUND = Stored("inbound_raw", "inbound_id")
-# The outbox's composed mail (written whole by its insert; read here, as sending
-# reads it, because PostgreSQL's hex text of a 25 MB bytea cost 144 MB more).
-OUTBOX = Stored("outbox", "id")
+OUTBOX = Stored("outbox_raw", "outbox_id")
 
 
-def write(session: Session, bodies: Sequence[tuple[int, bytes]]) -> None:
-    """Store each (inbound id, bytes) in `inbound_raw`, in the session's transaction."""
+def write(session: Session, bodies: Sequence[tuple[int, bytes]], where: Stored = INBOUND) -> None:
+    """Store each (row id, bytes) in `where`, in the session's transaction."""
+    if not bodies:
+        return
     if session.get_bind().dialect.name == "sqlite":
-        _write_sqlite(session, bodies)
+        _write_sqlite(session, bodies, where)
     else:
-        _copy_postgresql(session, bodies)
+        _copy_postgresql(session, bodies, where)
 
 
 def _slices(raw: bytes) -> list[memoryview]:
@@ -70,25 +76,25 @@ def _slices(raw: bytes) -> list[memoryview]:
     return [view[start : start + SLICE] for start in range(0, len(view), SLICE)]
 
 
-def _write_sqlite(session: Session, bodies: Sequence[tuple[int, bytes]]) -> None:
+def _write_sqlite(session: Session, bodies: Sequence[tuple[int, bytes]], where: Stored) -> None:
     connection = session.connection()
     driver = connection.connection.driver_connection
     assert driver is not None
-    for inbound_id, raw in bodies:
-        size = {"inbound_id": inbound_id, "size": len(raw)}
-        rowid = connection.execute(_ZEROED_ROW, size).lastrowid
-        with driver.blobopen("inbound_raw", "raw", rowid) as blob:
+    zeroed_row = text(where.zeroed_row)
+    for row_id, raw in bodies:
+        connection.execute(zeroed_row, {"id": row_id, "size": len(raw)})
+        with driver.blobopen(where.table, "raw", row_id) as blob:
             for piece in _slices(raw):
                 blob.write(piece)
 
 
-def _copy_postgresql(session: Session, bodies: Sequence[tuple[int, bytes]]) -> None:
+def _copy_postgresql(session: Session, bodies: Sequence[tuple[int, bytes]], where: Stored) -> None:
     driver = session.connection().connection.driver_connection
     assert driver is not None
-    with driver.cursor() as cursor, cursor.copy(_COPY) as copy:
+    with driver.cursor() as cursor, cursor.copy(where.copy) as copy:
         copy.write(_COPY_HEADER)
-        for inbound_id, raw in bodies:
-            copy.write(_COPY_ROW.pack(2, 4, inbound_id, len(raw)))
+        for row_id, raw in bodies:
+            copy.write(_COPY_ROW.pack(2, 4, row_id, len(raw)))
             for piece in _slices(raw):
                 copy.write(piece)
         copy.write(_COPY_TRAILER)
