@@ -43,8 +43,9 @@ from maildesk.tickets.tokens import ReplyTokens
 _MAX_REFERENCES = 20
 _OUTBOX = cast(Table, Outbox.__table__)
 _INSERT_OUTBOX = insert(_OUTBOX).returning(_OUTBOX.c.id)
-# Several rows in one statement; their ids, in order, say where each one's bytes go.
-_INSERT_OUTBOX_ROWS = insert(_OUTBOX).returning(_OUTBOX.c.id, sort_by_parameter_order=True)
+# Several rows whose ids nobody needs: one executemany, no RETURNING (their bytes
+# find their row by its Message-ID).
+_INSERT_OUTBOX_ROWS = insert(_OUTBOX)
 # Rows are written once this many bytes of mail wait (each agent's copy of a 25 MB
 # attachment is 25 MB more to hold).
 _ROWS_BYTES = 1 << 20
@@ -400,10 +401,8 @@ def _insert_rows(session: Session, rows: list[tuple[dict[str, Any], bytes]]) -> 
     """Write and forget `rows`, (values, bytes) each (as `Notifier.queue` does); how many."""
     count = len(rows)
     if rows:
-        found = session.connection().execute(_INSERT_OUTBOX_ROWS, [values for values, _ in rows])
-        ids = found.scalars().all()
-        rawbytes.write(
-            session, list(zip(ids, (raw for _, raw in rows), strict=True)), rawbytes.OUTBOX
-        )
+        session.connection().execute(_INSERT_OUTBOX_ROWS, [values for values, _ in rows])
+        named = [(values["message_id"], raw) for values, raw in rows]
+        rawbytes.write_named(session, named, rawbytes.OUTBOX)
         rows.clear()
     return count
