@@ -34,6 +34,9 @@ from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 SLICE = 1 << 20
+# A message as one bytes object, or as pieces to store one after the other (a composed
+# mail's header block and the content it shares with other mails: never joined here).
+Raw = bytes | tuple[bytes, ...]
 # PostgreSQL's binary COPY: signature, flags, header extension length; -1 fields ends it.
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\0" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
@@ -70,17 +73,17 @@ INBOUND = Stored("inbound_raw", "inbound_id", "inbound")
 OUTBOX = Stored("outbox_raw", "outbox_id", "outbox", named="message_id")
 
 
-def write(session: Session, bodies: Sequence[tuple[int, bytes]], where: Stored = INBOUND) -> None:
+def write(session: Session, bodies: Sequence[tuple[int, Raw]], where: Stored = INBOUND) -> None:
     """Store each (row id, bytes) in `where`, in the session's transaction.
 
     Bytes that fit in one slice are bound as parameters, all in one statement: their
     copy costs no more memory than a slice, and a stream per row cost more CPU than
     the rest of queueing a notification."""
     connection = session.connection()
-    small = [(row_id, raw) for row_id, raw in bodies if len(raw) <= SLICE]
+    small = [(row_id, _whole(raw)) for row_id, raw in bodies if size(raw) <= SLICE]
     if small:
         _executemany(connection, where.bound_rows, small)
-    large = [(row_id, raw) for row_id, raw in bodies if len(raw) > SLICE]
+    large = [(row_id, raw) for row_id, raw in bodies if size(raw) > SLICE]
     if not large:
         return
     if connection.dialect.name == "sqlite":
@@ -89,19 +92,19 @@ def write(session: Session, bodies: Sequence[tuple[int, bytes]], where: Stored =
         _copy_postgresql(session, large, where)
 
 
-def write_named(session: Session, bodies: Sequence[tuple[str, bytes]], where: Stored) -> None:
+def write_named(session: Session, bodies: Sequence[tuple[str, Raw]], where: Stored) -> None:
     """`write` for rows named by `where.named` (the outbox's Message-ID) instead of their
     id: an executemany that returned the ids of the rows it inserted cost more CPU than
     the insert itself, and these inserts find the id on their own."""
     connection = session.connection()
-    small = [(raw, name) for name, raw in bodies if len(raw) <= SLICE]
+    small = [(_whole(raw), name) for name, raw in bodies if size(raw) <= SLICE]
     if small and _executemany(connection, where.named_rows, small) != len(small):
         raise LookupError(f"{where.table}: a row named for bytes is missing")
     found = connection.execute
     large = [
         (found(where.id_named, {"named": name}).scalar_one(), raw)
         for name, raw in bodies
-        if len(raw) > SLICE
+        if size(raw) > SLICE
     ]
     write(session, large, where)
 
@@ -118,29 +121,37 @@ def _executemany(connection: Connection, sql: dict[str, str], rows: list[Any]) -
         cursor.close()
 
 
-def _slices(raw: bytes) -> list[memoryview]:
-    view = memoryview(raw)
-    return [view[start : start + SLICE] for start in range(0, len(view), SLICE)]
+def size(raw: Raw) -> int:
+    return len(raw) if isinstance(raw, bytes) else sum(map(len, raw))
 
 
-def _write_sqlite(session: Session, bodies: Sequence[tuple[int, bytes]], where: Stored) -> None:
+def _whole(raw: Raw) -> bytes:
+    return raw if isinstance(raw, bytes) else b"".join(raw)
+
+
+def _slices(raw: Raw) -> list[memoryview]:
+    views = [memoryview(raw)] if isinstance(raw, bytes) else [memoryview(p) for p in raw]
+    return [view[at : at + SLICE] for view in views for at in range(0, len(view), SLICE)]
+
+
+def _write_sqlite(session: Session, bodies: Sequence[tuple[int, Raw]], where: Stored) -> None:
     connection = session.connection()
     driver = connection.connection.driver_connection
     assert driver is not None
     for row_id, raw in bodies:
-        connection.execute(where.zeroed_row, {"id": row_id, "size": len(raw)})
+        connection.execute(where.zeroed_row, {"id": row_id, "size": size(raw)})
         with driver.blobopen(where.table, "raw", row_id) as blob:
             for piece in _slices(raw):
                 blob.write(piece)
 
 
-def _copy_postgresql(session: Session, bodies: Sequence[tuple[int, bytes]], where: Stored) -> None:
+def _copy_postgresql(session: Session, bodies: Sequence[tuple[int, Raw]], where: Stored) -> None:
     driver = session.connection().connection.driver_connection
     assert driver is not None
     with driver.cursor() as cursor, cursor.copy(where.copy) as copy:
         copy.write(_COPY_HEADER)
         for row_id, raw in bodies:
-            copy.write(_COPY_ROW.pack(2, 4, row_id, len(raw)))
+            copy.write(_COPY_ROW.pack(2, 4, row_id, size(raw)))
             for piece in _slices(raw):
                 copy.write(piece)
         copy.write(_COPY_TRAILER)

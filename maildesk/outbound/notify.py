@@ -30,8 +30,8 @@ from maildesk.outbound.compose import (
     Attachment,
     Body,
     OutgoingMail,
-    compose,
     compose_body,
+    compose_pieces,
     thread_index,
 )
 from maildesk.outbound.headers import is_valid_msg_id
@@ -187,7 +187,7 @@ class Notifier:
         A render that looked up no `recipient` is the same for everyone who reads its
         language: it is rendered, and its content composed, once for all of them.
         """
-        rows: list[tuple[dict[str, Any], bytes]] = []
+        rows: list[tuple[dict[str, Any], rawbytes.Raw]] = []
         written = 0
         attachments = tuple(sendable(a) for a in attachments)
         shared: dict[str, Rendered] = {}  # by language
@@ -211,7 +211,7 @@ class Notifier:
                     bodies=bodies,
                 )
             )
-            if sum(len(raw) for _, raw in rows) >= _ROWS_BYTES:
+            if sum(rawbytes.size(raw) for _, raw in rows) >= _ROWS_BYTES:
                 written += _insert_rows(session, rows)
         return written + _insert_rows(session, rows)
 
@@ -235,7 +235,7 @@ class Notifier:
 
         Returns what identifies the queued mail.
         """
-        values, raw = self._outbox_row(
+        values, pieces = self._outbox_row(
             session,
             kind,
             rendered,
@@ -250,6 +250,7 @@ class Notifier:
         )
         # A Core insert: an ORM object per queued mail cost more than composing it.
         pk = session.connection().execute(_INSERT_OUTBOX, values).scalar_one()
+        raw = b"".join(pieces)  # what the caller gets (joined, as compose() does)
         rawbytes.write(session, [(pk, raw)], rawbytes.OUTBOX)
         return Queued(pk, values["message_id"], raw)
 
@@ -268,10 +269,10 @@ class Notifier:
         attachments: Sequence[Attachment] = (),
         reply_to: str | None = None,
         bodies: dict[Rendered, Body] | None = None,
-    ) -> tuple[dict[str, Any], bytes]:
-        """The composed mail: its outbox row's values and its bytes (its ticket message,
-        if any, is written now). `bodies`: content composed for earlier mails, by their
-        render."""
+    ) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+        """The composed mail: its outbox row's values and its bytes, in pieces (its ticket
+        message, if any, is written now). `bodies`: content composed for earlier mails,
+        by their render, whose bytes the pieces share."""
         first = recipients[0]
         now = self.clock.now()
         support = self.settings.support
@@ -320,9 +321,9 @@ class Notifier:
             body = compose_body(mail)
             if bodies is not None:
                 bodies[rendered] = body
-        raw = compose(mail, body)
+        pieces: tuple[bytes, ...] = compose_pieces(mail, body)
         if self.signer is not None:
-            raw = self.signer(raw)
+            pieces = (self.signer(b"".join(pieces)),)
         # Mail to agents lives in the outbox only: the ticket's messages are the
         # conversation with the customer, not every copy sent to staff.
         if ticket is not None and not for_agents:
@@ -357,7 +358,7 @@ class Notifier:
             "last_error": "",
             "created_at": now,
         }
-        return values, raw
+        return values, pieces
 
     def context(
         self, note: Notification | None, ticket: Ticket | None, to: Recipient, language: str
@@ -397,7 +398,7 @@ class Notifier:
         }
 
 
-def _insert_rows(session: Session, rows: list[tuple[dict[str, Any], bytes]]) -> int:
+def _insert_rows(session: Session, rows: list[tuple[dict[str, Any], rawbytes.Raw]]) -> int:
     """Write and forget `rows`, (values, bytes) each (as `Notifier.queue` does); how many."""
     count = len(rows)
     if rows:
