@@ -121,16 +121,18 @@ def _executemany(connection: Connection, sql: dict[str, str], rows: list[Any]) -
         cursor.close()
 
 
+# A received message may be a bytearray (serve's DATA buffer, stored as it is): only a
+# tuple is pieces.
 def size(raw: Raw) -> int:
-    return len(raw) if isinstance(raw, bytes) else sum(map(len, raw))
+    return sum(map(len, raw)) if isinstance(raw, tuple) else len(raw)
 
 
 def _whole(raw: Raw) -> bytes:
-    return raw if isinstance(raw, bytes) else b"".join(raw)
+    return b"".join(raw) if isinstance(raw, tuple) else raw
 
 
 def _slices(raw: Raw) -> list[memoryview]:
-    views = [memoryview(raw)] if isinstance(raw, bytes) else [memoryview(p) for p in raw]
+    views = [memoryview(p) for p in raw] if isinstance(raw, tuple) else [memoryview(raw)]
     return [view[at : at + SLICE] for view in views for at in range(0, len(view), SLICE)]
 
 
