@@ -100,13 +100,9 @@ def write_named(session: Session, bodies: Sequence[tuple[str, Raw]], where: Stor
     small = [(_whole(raw), name) for name, raw in bodies if size(raw) <= SLICE]
     if small and _executemany(connection, where.named_rows, small) != len(small):
         raise LookupError(f"{where.table}: a row named for bytes is missing")
-    found = connection.execute
-    large = [
-        (found(where.id_named, {"named": name}).scalar_one(), raw)
-        for name, raw in bodies
-        if size(raw) > SLICE
-    ]
-    write(session, large, where)
+    large = [(name, raw) for name, raw in bodies if size(raw) > SLICE]
+    ids = [connection.execute(where.id_named, {"named": name}).scalar_one() for name, _ in large]
+    write(session, list(zip(ids, (raw for _, raw in large), strict=True)), where)
 
 
 def _executemany(connection: Connection, sql: dict[str, str], rows: list[Any]) -> int:
