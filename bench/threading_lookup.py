@@ -125,7 +125,6 @@ def fill(db: Database, first: int, last: int) -> None:
                     "kind": "acknowledgement",
                     "sender": "support@example.test",
                     "recipients": [customer(person)],
-                    "raw": b"Subject: ack\r\n\r\nok\r\n",
                     "state": "sent",
                     "next_attempt_at": at,
                     "created_at": at,

@@ -295,7 +295,6 @@ class Outbox(Base):
     kind: Mapped[str] = mapped_column(String(32))
     sender: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[list[str]] = mapped_column(JSON)
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
     # Automatic replies count against the per-recipient hourly cap (RFC 3834):
     # auto_to is the recipient of an automatic reply, "" for anything else.
     auto_to: Mapped[str] = mapped_column(String(320), default="")
@@ -315,9 +314,30 @@ class Outbox(Base):
         # The global cap on automatic replies counts the last hour's rows from the
         # index alone (outbound/caps.py): auto_to is in it, so no row is read.
         Index("ix_outbox_created_auto", "created_at", "auto_to"),
-        # The purge empties the bodies of rows sent before its cutoff (retention.py).
+        # The purge forgets the bodies of rows sent before its cutoff (retention.py).
         Index("ix_outbox_sent_at", "sent_at"),
     )
+
+    # The bytes are read and written by `maildesk.inbound.rawbytes`, a slice at a
+    # time; loading them whole is for tests and tools that ask for it explicitly
+    # (`options(selectinload(Outbox.body))`): anything else raises.
+    body: Mapped[OutboxRaw | None] = relationship(lazy="raise", viewonly=True)
+
+    @property
+    def raw(self) -> bytes:
+        """The composed mail (b"" once the purge forgot it); needs `body` loaded."""
+        return self.body.raw if self.body is not None else b""
+
+
+class OutboxRaw(Base):
+    """An outbox row's composed mail, written once with it and deleted by the purge."""
+
+    __tablename__ = "outbox_raw"
+
+    outbox_id: Mapped[int] = mapped_column(
+        ForeignKey("outbox.id", ondelete="CASCADE"), primary_key=True
+    )
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class SpamHold(Base):

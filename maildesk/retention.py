@@ -52,6 +52,7 @@ from maildesk.models import (
     InboundRaw,
     JobRun,
     Outbox,
+    OutboxRaw,
     SpamHold,
     WebSession,
 )
@@ -184,25 +185,30 @@ class _Purger:
             return _count(result)
 
     def outbox_bodies(self, before: datetime) -> int:
-        """Empty the body of rows sent before `before`, from where the last pass ended."""
+        """Forget the body of rows sent before `before` (their `outbox_raw` row), from where
+        the last pass ended."""
         with self.db.reading() as session:
             last = session.scalar(
                 select(JobRun.at).where(JobRun.name == JOB, JobRun.key == OUTBOX_KEY)
             )
         since = as_utc(last) - OUTBOX_OVERLAP if last is not None else None
-        pick = select(Outbox.id, func.length(Outbox.raw)).where(
-            Outbox.state.in_(SENT), Outbox.sent_at < before, func.length(Outbox.raw) > 0
+        pick = (
+            select(Outbox.id, func.length(OutboxRaw.raw))
+            .join(OutboxRaw, OutboxRaw.outbox_id == Outbox.id)
+            .where(Outbox.state.in_(SENT), Outbox.sent_at < before)
         )
         if since is not None:
             pick = pick.where(Outbox.sent_at >= since)
+        # The state is checked again: a row may have been queued again since it was read.
         total = self._batches(
             pick.order_by(Outbox.sent_at),
             lambda session, ids: _count(
                 session.execute(
-                    update(Outbox)
-                    .where(Outbox.id.in_(ids), func.length(Outbox.raw) > 0)
-                    .values(raw=b"")
-                    .execution_options(synchronize_session=False)
+                    delete(OutboxRaw).where(
+                        OutboxRaw.outbox_id.in_(
+                            select(Outbox.id).where(Outbox.id.in_(ids), Outbox.state.in_(SENT))
+                        )
+                    )
                 )
             ),
             sized=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from maildesk.inbound.store import Envelope
 from maildesk.models import Inbound, Outbox, Ticket
@@ -40,7 +41,9 @@ def tickets(services: Services) -> list[dict[str, Any]]:
 
 def outbox_rows(services: Services) -> list[Outbox]:
     with services.db.transaction() as session:
-        return list(session.scalars(select(Outbox).order_by(Outbox.id)))
+        # The bytes too (`Outbox.raw`), which the daemon itself only reads in slices.
+        query = select(Outbox).options(selectinload(Outbox.body)).order_by(Outbox.id)
+        return list(session.scalars(query))
 
 
 def inbound_row(services: Services, spool_id: int) -> Inbound:

@@ -32,6 +32,7 @@ from maildesk.models import (
     ConsoleRequest,
     InboundRaw,
     Outbox,
+    OutboxRaw,
     Person,
     SpamHold,
     WebSession,
@@ -68,8 +69,10 @@ def has_raw(services: Services, spool_id: int) -> bool:
 def bodies(services: Services) -> dict[str, int]:
     """Message-ID -> length of the stored body of each outbox row."""
     with services.db.reading() as session:
-        rows = session.execute(select(Outbox.message_id, func.length(Outbox.raw))).all()
-    return {mid: int(size) for mid, size in rows}
+        rows = session.execute(
+            select(Outbox.message_id, func.length(OutboxRaw.raw)).outerjoin(OutboxRaw)
+        ).all()
+    return {mid: int(size or 0) for mid, size in rows}
 
 
 def ack_of(services: Services, number: int) -> Outbox:

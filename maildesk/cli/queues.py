@@ -22,7 +22,6 @@ def outbox() -> None:
 def outbox_list(ctx: Context, as_json: bool, show_all: bool) -> None:
     """Unsent outbound mail (or all with --all): attempts, next try, last error."""
     from sqlalchemy import select
-    from sqlalchemy.orm import defer
 
     from maildesk.models import Outbox
     from maildesk.states import OutboxState
@@ -30,7 +29,7 @@ def outbox_list(ctx: Context, as_json: bool, show_all: bool) -> None:
 
     with ctx.db.reading() as session:
         # The rows' text, not their bytes: a list must not load every queued message.
-        query = select(Outbox).options(defer(Outbox.raw)).order_by(Outbox.id)
+        query = select(Outbox).order_by(Outbox.id)
         if not show_all:
             query = query.where(Outbox.state != OutboxState.SENT)
         rows: list[dict[str, Any]] = [

@@ -1,4 +1,6 @@
-"""How a message's bytes go into `inbound_raw`: a slice at a time, never copied whole.
+"""How a message's bytes go into `inbound_raw` and `outbox_raw`: a slice at a time,
+never copied whole. Both tables are written once, with their row, and never
+updated: SQLite writes a whole row again on every update.
 
 Binding the bytes as a parameter copies them whole in the driver, and keeps copies:
 - SQLite copied a bound blob (keeping that copy in the cached statement until the
@@ -9,7 +11,8 @@ Binding the bytes as a parameter copies them whole in the driver, and keeps copi
   that once carried a 24 MB message kept 25 MB.
 So SQLite gets a zero-filled blob of the right size, filled through its incremental
 blob I/O; PostgreSQL gets the rows by `COPY … FROM STDIN (FORMAT BINARY)`. Both
-run inside the caller's transaction and cost one slice of memory.
+run inside the caller's transaction and cost one slice of memory. Bytes no longer
+than a slice are simply bound: the copy is a slice at most.
 
 Reading back is the same in reverse (`read`). Fetching the value whole cost
 PostgreSQL 144 MB more at the peak for a 24 MB message (bytea comes as hex
@@ -25,70 +28,128 @@ import io
 import sqlite3
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, text
+from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
-from maildesk.models import InboundRaw
-
 SLICE = 1 << 20
-_ZEROED_ROW = insert(InboundRaw).values(raw=func.zeroblob(bindparam("size")))
-_COPY = "COPY inbound_raw (inbound_id, raw) FROM STDIN (FORMAT BINARY)"
+# A message as one bytes object, or as pieces to store one after the other (a composed
+# mail's header block and the content it shares with other mails: never joined here).
+Raw = bytes | tuple[bytes, ...]
 # PostgreSQL's binary COPY: signature, flags, header extension length; -1 fields ends it.
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\0" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
-# Per row: 2 fields; inbound_id an int4 (migration 0012's Integer), then raw's length.
+# Per row: 2 fields; the key an int4 (migrations 0012 and 0014: Integer), then raw's length.
 _COPY_ROW = struct.Struct("!hiii")
 
 
-@dataclass(frozen=True)
 class Stored:
-    """Where a `raw` column to read lives: its table and its INTEGER PRIMARY KEY
-    (SQLite's rowid, by which the blob opens)."""
+    """A table of bytes: its `raw` column and its key, an INTEGER PRIMARY KEY (SQLite's
+    rowid, by which the blob opens) that is the `id` of the row in `owner` the bytes
+    belong to, which `named` (a unique column) also identifies."""
 
-    table: str
-    key: str
+    def __init__(self, table: str, key: str, owner: str, named: str = "") -> None:
+        self.table, self.key = table, key
+        # Run on the driver's cursor, in its own parameter style: through SQLAlchemy
+        # these inserts cost twice as much CPU.
+        self.bound_rows = {
+            "sqlite": f"INSERT INTO {table} ({key}, raw) VALUES (?, ?)",
+            "postgresql": f"INSERT INTO {table} ({key}, raw) VALUES (%s, %s)",
+        }
+        by_name = (
+            f"INSERT INTO {table} ({key}, raw) SELECT id, {{}} FROM {owner} WHERE {named} = {{}}"
+        )
+        self.named_rows = {
+            "sqlite": by_name.format("?", "?"),
+            "postgresql": by_name.format("%s", "%s"),
+        }
+        self.id_named = text(f"SELECT id FROM {owner} WHERE {named} = :named")
+        self.zeroed_row = text(f"INSERT INTO {table} ({key}, raw) VALUES (:id, zeroblob(:size))")
+        self.copy = f"COPY {table} ({key}, raw) FROM STDIN (FORMAT BINARY)"
 
 
-INBOUND = Stored("inbound_raw", "inbound_id")
-# The outbox's composed mail (written whole by its insert; read here, as sending
-# reads it, because PostgreSQL's hex text of a 25 MB bytea cost 144 MB more).
-OUTBOX = Stored("outbox", "id")
+INBOUND = Stored("inbound_raw", "inbound_id", "inbound")
+OUTBOX = Stored("outbox_raw", "outbox_id", "outbox", named="message_id")
 
 
-def write(session: Session, bodies: Sequence[tuple[int, bytes]]) -> None:
-    """Store each (inbound id, bytes) in `inbound_raw`, in the session's transaction."""
-    if session.get_bind().dialect.name == "sqlite":
-        _write_sqlite(session, bodies)
+def write(session: Session, bodies: Sequence[tuple[int, Raw]], where: Stored = INBOUND) -> None:
+    """Store each (row id, bytes) in `where`, in the session's transaction.
+
+    Bytes that fit in one slice are bound as parameters, all in one statement: their
+    copy costs no more memory than a slice, and a stream per row cost more CPU than
+    the rest of queueing a notification."""
+    connection = session.connection()
+    small = [(row_id, _whole(raw)) for row_id, raw in bodies if size(raw) <= SLICE]
+    if small:
+        _executemany(connection, where.bound_rows, small)
+    large = [(row_id, raw) for row_id, raw in bodies if size(raw) > SLICE]
+    if not large:
+        return
+    if connection.dialect.name == "sqlite":
+        _write_sqlite(session, large, where)
     else:
-        _copy_postgresql(session, bodies)
+        _copy_postgresql(session, large, where)
 
 
-def _slices(raw: bytes) -> list[memoryview]:
-    view = memoryview(raw)
-    return [view[start : start + SLICE] for start in range(0, len(view), SLICE)]
+def write_named(session: Session, bodies: Sequence[tuple[str, Raw]], where: Stored) -> None:
+    """`write` for rows named by `where.named` (the outbox's Message-ID) instead of their
+    id: an executemany that returned the ids of the rows it inserted cost more CPU than
+    the insert itself, and these inserts find the id on their own."""
+    connection = session.connection()
+    small = [(_whole(raw), name) for name, raw in bodies if size(raw) <= SLICE]
+    if small and _executemany(connection, where.named_rows, small) != len(small):
+        raise LookupError(f"{where.table}: a row named for bytes is missing")
+    large = [(name, raw) for name, raw in bodies if size(raw) > SLICE]
+    ids = [connection.execute(where.id_named, {"named": name}).scalar_one() for name, _ in large]
+    write(session, list(zip(ids, (raw for _, raw in large), strict=True)), where)
 
 
-def _write_sqlite(session: Session, bodies: Sequence[tuple[int, bytes]]) -> None:
+def _executemany(connection: Connection, sql: dict[str, str], rows: list[Any]) -> int:
+    """Run `sql` (by dialect) for each of `rows` on the driver's cursor; rows inserted."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    cursor = driver.cursor()
+    try:
+        cursor.executemany(sql[connection.dialect.name], rows)
+        return int(cursor.rowcount)
+    finally:
+        cursor.close()
+
+
+# A received message may be a bytearray (serve's DATA buffer, stored as it is): only a
+# tuple is pieces.
+def size(raw: Raw) -> int:
+    return sum(map(len, raw)) if isinstance(raw, tuple) else len(raw)
+
+
+def _whole(raw: Raw) -> bytes:
+    return b"".join(raw) if isinstance(raw, tuple) else raw
+
+
+def _slices(raw: Raw) -> list[memoryview]:
+    views = [memoryview(p) for p in raw] if isinstance(raw, tuple) else [memoryview(raw)]
+    return [view[at : at + SLICE] for view in views for at in range(0, len(view), SLICE)]
+
+
+def _write_sqlite(session: Session, bodies: Sequence[tuple[int, Raw]], where: Stored) -> None:
     connection = session.connection()
     driver = connection.connection.driver_connection
     assert driver is not None
-    for inbound_id, raw in bodies:
-        size = {"inbound_id": inbound_id, "size": len(raw)}
-        rowid = connection.execute(_ZEROED_ROW, size).lastrowid
-        with driver.blobopen("inbound_raw", "raw", rowid) as blob:
+    for row_id, raw in bodies:
+        connection.execute(where.zeroed_row, {"id": row_id, "size": size(raw)})
+        with driver.blobopen(where.table, "raw", row_id) as blob:
             for piece in _slices(raw):
                 blob.write(piece)
 
 
-def _copy_postgresql(session: Session, bodies: Sequence[tuple[int, bytes]]) -> None:
+def _copy_postgresql(session: Session, bodies: Sequence[tuple[int, Raw]], where: Stored) -> None:
     driver = session.connection().connection.driver_connection
     assert driver is not None
-    with driver.cursor() as cursor, cursor.copy(_COPY) as copy:
+    with driver.cursor() as cursor, cursor.copy(where.copy) as copy:
         copy.write(_COPY_HEADER)
-        for inbound_id, raw in bodies:
-            copy.write(_COPY_ROW.pack(2, 4, inbound_id, len(raw)))
+        for row_id, raw in bodies:
+            copy.write(_COPY_ROW.pack(2, 4, row_id, size(raw)))
             for piece in _slices(raw):
                 copy.write(piece)
         copy.write(_COPY_TRAILER)

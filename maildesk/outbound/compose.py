@@ -78,10 +78,12 @@ _PLAIN_VALUE = re.compile(r"(?:[\t -$&-<>-~]|=(?!\?))*")  # printable, no "=?" a
 
 @dataclass(frozen=True)
 class _Part:
-    """One MIME entity: its Content-* header lines (name, rendered) and its encoded body."""
+    """One MIME entity: its Content-* header lines (name, rendered) and its encoded body,
+    in pieces that each end a line (never joined here: a 25 MB attachment's base64
+    would be held twice while joining)."""
 
     fields: tuple[tuple[str, str], ...]
-    body: bytes
+    body: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,12 @@ def compose(mail: OutgoingMail, body: Body | None = None) -> bytes:
 
     `body`: its content composed already (`compose_body` of a mail with the same text,
     HTML and attachments)."""
+    return b"".join(compose_pieces(mail, body))
+
+
+def compose_pieces(mail: OutgoingMail, body: Body | None = None) -> tuple[bytes, ...]:
+    """`compose`'s message in pieces, its header block then its content, the content
+    being `body`'s own pieces: mails that share a body are not each copied whole."""
     if mail.date.tzinfo is None or mail.date.utcoffset() is None:
         raise HeaderError("Date: the datetime must be timezone-aware")
     fields = [
@@ -143,7 +151,7 @@ def compose(mail: OutgoingMail, body: Body | None = None) -> bytes:
     elif body.source != (mail.text, mail.html, mail.attachments):
         raise ValueError("compose: the body was composed from another mail's content")
     content = body.part
-    return b"".join((_header_block((*fields, *content.fields)), b"\r\n", content.body))
+    return (_header_block((*fields, *content.fields)) + b"\r\n", *content.body)
 
 
 def _header_block(fields: Sequence[tuple[str, str]]) -> bytes:
@@ -205,7 +213,7 @@ def _text_part(text: str, subtype: str) -> _Part:
         ("Content-Type", ctype),
         ("Content-Transfer-Encoding", h.structured("Content-Transfer-Encoding", cte, _CTE)),
     )
-    return _Part(fields, body)
+    return _Part(fields, (body,))
 
 
 def _encoded_text(text: str) -> tuple[str, bytes]:
@@ -253,33 +261,34 @@ def _attachment_part(attachment: Attachment) -> _Part:
 _BASE64_BLOCK = 57 * 1024
 
 
-def _base64_lines(data: bytes) -> bytes:
+def _base64_lines(data: bytes) -> tuple[bytes, ...]:
     """`data` in base64 lines ending in CRLF, encoded a block at a time: encodebytes on
     the whole of a 18 MB attachment made one object per line (87 MB at its peak)."""
     view = memoryview(data)
-    return b"".join(
+    return tuple(
         base64.encodebytes(view[start : start + _BASE64_BLOCK]).replace(b"\n", b"\r\n")
         for start in range(0, len(data), _BASE64_BLOCK)
     )
 
 
 def _multipart(subtype: str, parts: list[_Part]) -> _Part:
-    # The pieces are joined once: each concatenation copied a 25 MB attachment again.
+    # The pieces stay pieces: each concatenation copied a 25 MB attachment again.
     heads = [_header_block(part.fields) for part in parts]
     boundary = f"=_md_{secrets.token_hex(12)}"
     # "=_" cannot occur in quoted-printable or base64 text; check anyway, it is cheap.
-    # (It holds no CR or LF, so it cannot straddle a header block and its body.)
-    while any(boundary.encode() in chunk for chunk in (*heads, *(p.body for p in parts))):
+    # (It holds no CR or LF, so it cannot straddle pieces that each end a line.)
+    chunks = (*heads, *(piece for part in parts for piece in part.body))
+    while any(boundary.encode() in chunk for chunk in chunks):
         boundary = f"=_md_{secrets.token_hex(12)}"
     delimiter = b"--" + boundary.encode()
     pieces: list[bytes] = []
     for head, part in zip(heads, parts, strict=True):
-        pieces += (delimiter, b"\r\n", head, b"\r\n", part.body, b"\r\n")
+        pieces += (delimiter, b"\r\n", head, b"\r\n", *part.body, b"\r\n")
     pieces += (delimiter, b"--\r\n")
     ctype = h.structured(
         "Content-Type", f"multipart/{subtype}", _MIME_TYPE, [("boundary", boundary)]
     )
-    return _Part((("Content-Type", ctype),), b"".join(pieces))
+    return _Part((("Content-Type", ctype),), tuple(pieces))
 
 
 def _thread_index_header(value: str) -> str:

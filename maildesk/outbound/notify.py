@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from maildesk.clock import Clock, new_token
 from maildesk.config import Settings
 from maildesk.i18n import names
+from maildesk.inbound import rawbytes
 from maildesk.models import STATUS_LABELS, Agent, Outbox, Person, Ticket
 from maildesk.outbound.catalogue import Audience, LanguageRule, Notification, Tie
 from maildesk.outbound.compose import (
@@ -29,8 +30,8 @@ from maildesk.outbound.compose import (
     Attachment,
     Body,
     OutgoingMail,
-    compose,
     compose_body,
+    compose_pieces,
     thread_index,
 )
 from maildesk.outbound.headers import is_valid_msg_id
@@ -42,9 +43,11 @@ from maildesk.tickets.tokens import ReplyTokens
 _MAX_REFERENCES = 20
 _OUTBOX = cast(Table, Outbox.__table__)
 _INSERT_OUTBOX = insert(_OUTBOX).returning(_OUTBOX.c.id)
-# Several rows whose ids nobody needs: one executemany, no RETURNING, up to this many
-# bytes of mail at a time (each agent's copy of a 25 MB attachment is 25 MB more).
+# Several rows whose ids nobody needs: one executemany, no RETURNING (their bytes
+# find their row by its Message-ID).
 _INSERT_OUTBOX_ROWS = insert(_OUTBOX)
+# Rows are written once this many bytes of mail wait (each agent's copy of a 25 MB
+# attachment is 25 MB more to hold).
 _ROWS_BYTES = 1 << 20
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 
@@ -184,7 +187,7 @@ class Notifier:
         A render that looked up no `recipient` is the same for everyone who reads its
         language: it is rendered, and its content composed, once for all of them.
         """
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[dict[str, Any], rawbytes.Raw]] = []
         written = 0
         attachments = tuple(sendable(a) for a in attachments)
         shared: dict[str, Rendered] = {}  # by language
@@ -208,7 +211,7 @@ class Notifier:
                     bodies=bodies,
                 )
             )
-            if sum(len(row["raw"]) for row in rows) >= _ROWS_BYTES:
+            if sum(rawbytes.size(raw) for _, raw in rows) >= _ROWS_BYTES:
                 written += _insert_rows(session, rows)
         return written + _insert_rows(session, rows)
 
@@ -232,7 +235,7 @@ class Notifier:
 
         Returns what identifies the queued mail.
         """
-        values = self._outbox_row(
+        values, pieces = self._outbox_row(
             session,
             kind,
             rendered,
@@ -247,7 +250,9 @@ class Notifier:
         )
         # A Core insert: an ORM object per queued mail cost more than composing it.
         pk = session.connection().execute(_INSERT_OUTBOX, values).scalar_one()
-        return Queued(pk, values["message_id"], values["raw"])
+        raw = b"".join(pieces)  # what the caller gets (joined, as compose() does)
+        rawbytes.write(session, [(pk, raw)], rawbytes.OUTBOX)
+        return Queued(pk, values["message_id"], raw)
 
     def _outbox_row(
         self,
@@ -264,9 +269,10 @@ class Notifier:
         attachments: Sequence[Attachment] = (),
         reply_to: str | None = None,
         bodies: dict[Rendered, Body] | None = None,
-    ) -> dict[str, Any]:
-        """The composed mail as its outbox row's values (its ticket message, if any, is
-        written now). `bodies`: content composed for earlier mails, by their render."""
+    ) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+        """The composed mail: its outbox row's values and its bytes, in pieces (its ticket
+        message, if any, is written now). `bodies`: content composed for earlier mails,
+        by their render, whose bytes the pieces share."""
         first = recipients[0]
         now = self.clock.now()
         support = self.settings.support
@@ -315,9 +321,9 @@ class Notifier:
             body = compose_body(mail)
             if bodies is not None:
                 bodies[rendered] = body
-        raw = compose(mail, body)
+        pieces: tuple[bytes, ...] = compose_pieces(mail, body)
         if self.signer is not None:
-            raw = self.signer(raw)
+            pieces = (self.signer(b"".join(pieces)),)
         # Mail to agents lives in the outbox only: the ticket's messages are the
         # conversation with the customer, not every copy sent to staff.
         if ticket is not None and not for_agents:
@@ -345,7 +351,6 @@ class Notifier:
             "kind": kind,
             "sender": support.address,
             "recipients": [r.email for r in recipients],
-            "raw": raw,
             "auto_to": first.email.lower() if counted else "",
             "state": OutboxState.PENDING,
             "attempts": 0,
@@ -353,7 +358,7 @@ class Notifier:
             "last_error": "",
             "created_at": now,
         }
-        return values
+        return values, pieces
 
     def context(
         self, note: Notification | None, ticket: Ticket | None, to: Recipient, language: str
@@ -393,10 +398,12 @@ class Notifier:
         }
 
 
-def _insert_rows(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Write and forget `rows` (a Core insert, as in `Notifier.queue`); how many."""
+def _insert_rows(session: Session, rows: list[tuple[dict[str, Any], rawbytes.Raw]]) -> int:
+    """Write and forget `rows`, (values, bytes) each (as `Notifier.queue` does); how many."""
     count = len(rows)
     if rows:
-        session.connection().execute(_INSERT_OUTBOX_ROWS, rows)
+        session.connection().execute(_INSERT_OUTBOX_ROWS, [values for values, _ in rows])
+        named = [(values["message_id"], raw) for values, raw in rows]
+        rawbytes.write_named(session, named, rawbytes.OUTBOX)
         rows.clear()
     return count

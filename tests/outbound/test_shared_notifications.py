@@ -17,9 +17,11 @@ from maildesk.clock import ManualClock
 from maildesk.config import PACKAGE_TEMPLATES
 from maildesk.services import Services
 from maildesk.tickets.agents import Agents
-from tests.conftest import make_mail
+from tests.conftest import Outbox, make_mail
 from tests.helpers import outbox_rows, receive
+from tests.mailclient import sent
 
+POLICY = email.policy.SMTP
 AGENTS = ["anna@example.test", "boris@example.test", "cyril@example.test"]
 
 
@@ -110,3 +112,23 @@ def test_an_included_template_that_reads_the_recipient_counts_too(
     sent = notifications(services)
     assert text(sent["anna@example.test"]).startswith("Dear anna@example.test")
     assert text(sent["boris@example.test"]).startswith("Dear boris@example.test")
+
+
+def test_a_large_attachment_reaches_every_agent_byte_for_byte(
+    services: Services, outbox: Outbox
+) -> None:
+    # Over the 1 MiB slice: each agent's copy is stored and read back in slices.
+    data = bytes(range(256)) * (3 << 12)
+    message = email.message_from_bytes(make_mail("Scan of the contract"), policy=POLICY)
+    assert isinstance(message, EmailMessage)
+    message.add_attachment(data, "application", "pdf", filename="contract.pdf")
+    receive(services, message.as_bytes(policy=POLICY))
+
+    assert services.sender().send_due() == 1 + len(AGENTS)  # the acknowledgement too
+    rows = {row.message_id: row.raw for row in outbox_rows(services)}
+    for mail in sent(outbox):
+        assert rows[mail.msg["Message-ID"].strip("<>")] == mail.raw
+        if mail.msg["To"].addresses[0].addr_spec in AGENTS:
+            [attached] = mail.msg.iter_attachments()
+            assert attached.get_content() == data  # type: ignore[attr-defined]
+    assert len([m for m in sent(outbox) if m.msg["To"].addresses[0].addr_spec in AGENTS]) == 3
