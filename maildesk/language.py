@@ -86,8 +86,8 @@ def _two_languages(path: Path, identifier: Any) -> _Model:
 
 
 def warm() -> None:
-    """Load the model now (0.6 s of CPU and its peak, once per process): a worker calls
-    this as it starts, so the load neither delays nor stacks on a customer's message."""
+    """Load the model now (0.5 s of CPU, once per process): for benchmarks that time
+    the steady state."""
     _model()
 
 

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maildesk import folding, language, leases
+from maildesk import folding, leases
 from maildesk.clock import Clock
 from maildesk.config import Settings
 from maildesk.db import Database
@@ -146,11 +146,11 @@ class Processor:
         )
 
     def warm_up(self) -> None:
-        """Build what every process builds once (the folding tables, the language
-        model: about 0.8 s of CPU) before the first message, which would otherwise
-        wait for it and, if large, hold its memory on top of the model's load."""
+        """Build what every processing process needs (the folding tables, 0.3 s of CPU)
+        before the first message, which would otherwise wait for it. The language
+        model (57 MB) stays lazy: a worker whose mail all says its language, or is
+        too short to judge, never needs it."""
         folding.warm()
-        language.warm()
 
     # -- claiming -----------------------------------------------------------
 
