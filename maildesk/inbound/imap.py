@@ -35,6 +35,8 @@ FETCH_BATCH_BYTES = 32 * 1024 * 1024
 IDLE_REFRESH_SECONDS = 25 * 60
 # How often an IDLE wait looks at `stop`.
 IDLE_CHECK_SECONDS = 1.0
+# Polls in a row, each storing mail, before the poller waits (IDLE or the interval).
+MAX_REPOLLS = 20
 SOCKET_TIMEOUT = 120.0
 # imapclient raises IMAPClientError (and its abort subclass) for protocol trouble, OSError for
 # the socket; either way the connection is no longer trusted.
@@ -104,16 +106,21 @@ class ImapPoller:
         """Poll until `stop` is set, waiting by IDLE or interval, reconnecting with back-off."""
         wait = self._wait or stop.wait
         delay = self._backoff_initial
+        repolls = 0
         try:
             while not stop.is_set():
                 try:
                     stored = self.poll_once()
                     delay = self._backoff_initial
-                    if stored:
+                    if stored and repolls < MAX_REPOLLS:
                         # Mail that came while this poll fetched and moved was announced
                         # in those commands' responses, and IDLE does not announce it
                         # again: it would wait for the next refresh (25 min). Look first.
+                        # (Bounded: a server whose MOVE silently fails must not make us
+                        # store the same mail in a tight loop.)
+                        repolls += 1
                         continue
+                    repolls = 0
                     client = self._client
                     if client is not None and not self._left and self._can_idle(client):
                         self._idle(client, stop)
