@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,40 +31,60 @@ def databases(tmp_path: Path) -> Iterator[list[Database]]:
         db.dispose()
 
 
+class Writers:
+    """Write transactions in threads, noting the order in which they got the lock; the
+    first, `hold`, keeps its transaction open until `release`."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.threads: list[threading.Thread] = []
+        self._holding = threading.Event()
+        self._release = threading.Event()
+
+    def hold(self, db: Database) -> None:
+        """A processing batch under way in `db`: returns once it has the lock."""
+
+        def batch() -> None:
+            with db.transaction():
+                self._holding.set()
+                self._release.wait(30)
+
+        self._start(batch, "batch")
+        assert self._holding.wait(30)
+
+    def write(self, db: Database, urgent: bool, name: str) -> threading.Thread:
+        def run() -> None:
+            with db.transaction(urgent=urgent):
+                self.order.append(name)
+
+        return self._start(run, name)
+
+    def finish(self) -> list[str]:
+        """Let the held batch commit; the order in which the others wrote."""
+        self._release.set()
+        for thread in self.threads:
+            thread.join(30)
+        return self.order
+
+    def _start(self, target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name)
+        thread.start()
+        self.threads.append(thread)
+        return thread
+
+
 def test_a_waiting_250_of_one_process_goes_ahead_of_another_process_queueing_later(
     databases: list[Database],
 ) -> None:
     worker, serve, other_worker = databases
-    order: list[str] = []
-    release = threading.Event()
-    holding = threading.Event()
-
-    def processing_batch() -> None:
-        with worker.transaction():
-            holding.set()
-            release.wait(30)
-
-    def write(db: Database, urgent: bool, name: str) -> threading.Thread:
-        def run() -> None:
-            with db.transaction(urgent=urgent):
-                order.append(name)
-
-        thread = threading.Thread(target=run, name=name)
-        thread.start()
-        return thread
-
-    holder = threading.Thread(target=processing_batch)
-    holder.start()
-    assert holding.wait(30)
+    writers = Writers()
+    writers.hold(worker)
     assert not worker.urgent_waiting()
-    group_commit = write(serve, True, "250")
+    writers.write(serve, True, "250")
     # The worker, mid-batch, sees the waiting 250 of another process: it commits soon.
     wait_for(worker.urgent_waiting, 10, "the worker to see the waiting group commit")
-    later = write(other_worker, False, "processing")
-    release.set()
-    for thread in (holder, group_commit, later):
-        thread.join(30)
-    assert order == ["250", "processing"]
+    writers.write(other_worker, False, "processing")
+    assert writers.finish() == ["250", "processing"]
     assert not worker.urgent_waiting()
 
 
@@ -84,32 +104,10 @@ def test_a_250_goes_ahead_of_a_process_that_queued_for_the_writer_before_it(
     """Two workers: one writes, the other already waits for the writer lock when a 250
     comes. The 250 waits for the transaction under way only, not for the queued one."""
     worker, serve, other_worker = databases
-    order: list[str] = []
-    release = threading.Event()
-    holding = threading.Event()
-
-    def processing_batch() -> None:
-        with worker.transaction():
-            holding.set()
-            release.wait(30)
-
-    def write(db: Database, urgent: bool, name: str) -> threading.Thread:
-        def run() -> None:
-            with db.transaction(urgent=urgent):
-                order.append(name)
-
-        thread = threading.Thread(target=run, name=name)
-        thread.start()
-        return thread
-
-    holder = threading.Thread(target=processing_batch)
-    holder.start()
-    assert holding.wait(30)
-    queued = write(other_worker, False, "processing")
+    writers = Writers()
+    writers.hold(worker)
+    queued = writers.write(other_worker, False, "processing")
     wait_for(lambda: polling_the_writer_lock(queued), 10, "the other worker to queue")
-    group_commit = write(serve, True, "250")
+    writers.write(serve, True, "250")
     wait_for(worker.urgent_waiting, 10, "the group commit to wait")
-    release.set()
-    for thread in (holder, group_commit, queued):
-        thread.join(30)
-    assert order == ["250", "processing"]
+    assert writers.finish() == ["250", "processing"]
