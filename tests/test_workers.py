@@ -81,6 +81,17 @@ class Client:
             self.error = exc
 
 
+def initialized(values: dict[str, Any], tmp_path: Path) -> tuple[Path, config.Settings]:
+    """`values` written as the config file, and `maildesk init` run on it."""
+    path = tmp_path / "maildesk.toml"
+    path.write_text(toml(values))
+    init = subprocess.run(
+        [*MAILDESK, "--config", str(path), "init"], capture_output=True, timeout=60, cwd=tmp_path
+    )
+    assert init.returncode == 0, init.stderr.decode(errors="replace")
+    return path, config.from_mapping(values, base_dir=tmp_path)
+
+
 @pytest.fixture
 def relay() -> Iterator[SmtpSink]:
     with SmtpSink() as sink:
@@ -97,13 +108,7 @@ def serve(
     # Every message comes from its own customer: lift the global cap on automatic replies.
     values["limits"] = {"auto_replies_per_hour_total": 10_000}
     values["workers"] = {"count": 2, "lease_seconds": LEASE_SECONDS}
-    path = tmp_path / "maildesk.toml"
-    path.write_text(toml(values))
-    settings = config.from_mapping(values, base_dir=tmp_path)
-    init = subprocess.run(
-        [*MAILDESK, "--config", str(path), "init"], capture_output=True, timeout=60, cwd=tmp_path
-    )
-    assert init.returncode == 0, init.stderr.decode(errors="replace")
+    path, settings = initialized(values, tmp_path)
     daemon = DaemonProcess(path, tmp_path / "serve.log", settings)
     yield daemon
     daemon.kill()
@@ -187,13 +192,7 @@ def test_a_reload_reaches_the_worker_processes(
     """SIGHUP to serve: the acknowledgements its workers write use the new templates."""
     values = json.loads(json.dumps(config_values))
     values["workers"] = {"count": 2}
-    path = tmp_path / "maildesk.toml"
-    path.write_text(toml(values))
-    settings = config.from_mapping(values, base_dir=tmp_path)
-    init = subprocess.run(
-        [*MAILDESK, "--config", str(path), "init"], capture_output=True, timeout=60, cwd=tmp_path
-    )
-    assert init.returncode == 0, init.stderr.decode(errors="replace")
+    path, settings = initialized(values, tmp_path)
     edited = tmp_path / "edited-templates"
     shutil.copytree(config.PACKAGE_TEMPLATES, edited)
     ack = edited / "en" / "acknowledgement.txt.j2"
@@ -231,13 +230,7 @@ def test_worker_processes_run_at_the_configured_niceness_and_serve_does_not(
     """`[workers] nice`: when processing keeps the cores busy, SMTP gets the CPU first."""
     values = json.loads(json.dumps(config_values))
     values["workers"] = {"count": 2, "nice": 7}
-    path = tmp_path / "maildesk.toml"
-    path.write_text(toml(values))
-    settings = config.from_mapping(values, base_dir=tmp_path)
-    init = subprocess.run(
-        [*MAILDESK, "--config", str(path), "init"], capture_output=True, timeout=60, cwd=tmp_path
-    )
-    assert init.returncode == 0, init.stderr.decode(errors="replace")
+    path, settings = initialized(values, tmp_path)
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     serve = DaemonProcess(path, tmp_path / "serve.log", settings).start()
     try:
@@ -334,13 +327,7 @@ def test_mail_serve_fetches_by_imap_is_answered_by_its_workers(
             "password": imap.password,
         }
         values["workers"] = {"count": 2}
-        path = tmp_path / "maildesk.toml"
-        path.write_text(toml(values))
-        settings = config.from_mapping(values, base_dir=tmp_path)
-        init = subprocess.run(
-            [*MAILDESK, "--config", str(path), "init"], capture_output=True, timeout=60
-        )
-        assert init.returncode == 0, init.stderr.decode(errors="replace")
+        path, settings = initialized(values, tmp_path)
         serve = DaemonProcess(path, tmp_path / "serve.log", settings).start()
         try:
             for n in range(3):

@@ -52,6 +52,15 @@ def notifications(services: Services) -> dict[str, EmailMessage]:
     return found  # type: ignore[return-value]
 
 
+def begin_body(tmp_path: Path, language: str, start: str) -> None:
+    """The admin's edit: the agent notification's body in `language` begins with `start`."""
+    template = tmp_path / "templates" / language / "agent_notification.txt.j2"
+    source = template.read_text(encoding="utf-8")
+    template.write_text(
+        source.replace("{% block body %}", "{% block body %}" + start, 1), encoding="utf-8"
+    )
+
+
 def text(message: EmailMessage) -> str:
     part = message.get_body(("plain",))
     assert part is not None
@@ -82,12 +91,7 @@ def test_a_template_that_greets_its_reader_is_rendered_for_each(
 ) -> None:
     name_the_agents(services, clock)
     for language in ("en", "cs"):
-        template = tmp_path / "templates" / language / "agent_notification.txt.j2"
-        source = template.read_text(encoding="utf-8")
-        template.write_text(
-            source.replace("{% block body %}", "{% block body %}Hi {{ recipient.name }},\n", 1),
-            encoding="utf-8",
-        )
+        begin_body(tmp_path, language, "Hi {{ recipient.name }},\n")
     receive(services, make_mail(body="The printer is on fire.\n"))
     sent = notifications(services)
     assert text(sent["anna@example.test"]).startswith("Hi Anna,")
@@ -102,12 +106,7 @@ def test_an_included_template_that_reads_the_recipient_counts_too(
     (tmp_path / "templates" / "en" / "greeting.txt.j2").write_text(
         "Dear {{ recipient['email'] }}\n", encoding="utf-8"
     )
-    template = tmp_path / "templates" / "en" / "agent_notification.txt.j2"
-    source = template.read_text(encoding="utf-8")
-    template.write_text(
-        source.replace("{% block body %}", '{% block body %}{% include "en/greeting.txt.j2" %}', 1),
-        encoding="utf-8",
-    )
+    begin_body(tmp_path, "en", '{% include "en/greeting.txt.j2" %}')
     receive(services, make_mail(body="The printer is on fire.\n"))
     sent = notifications(services)
     assert text(sent["anna@example.test"]).startswith("Dear anna@example.test")
