@@ -61,7 +61,8 @@ def services(
 
 
 # A customer's sentence with no Content-Language: the worker guesses its language,
-# as it would for most real mail, and so loads the language model (57 MB).
+# as it would for most real mail, and so loads the language model (about 58 MB of RSS,
+# 18 MB of it private).
 SENTENCE = (
     "Dobrý den, v příloze posílám logy z tiskárny, která od včerejška tiskne jen prázdné stránky."
 )
@@ -89,6 +90,17 @@ def peak_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def resident_kinds() -> str:
+    """RSS now, split: private memory, and pages of mapped files (libraries, the language
+    model's automaton), which the kernel can drop and read again."""
+    values = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            values[name] = int(value.split()[0]) / 1024 if name.startswith("Rss") else 0
+    return f"{values['RssAnon']:.0f} MB private, {values['RssFile']:.0f} MB of mapped files"
 
 
 def main() -> None:
@@ -133,7 +145,8 @@ def run(args: argparse.Namespace) -> None:
         sent = desk.sender().send_due()
         print(
             f"worker: peak RSS {ready:.0f} MB before the first message, "
-            f"{peak_mb():.0f} MB after processing {processed} and sending {sent}"
+            f"{peak_mb():.0f} MB after processing {processed} and sending {sent}; "
+            f"resident at the end: {resident_kinds()}"
         )
         return
     folder = Path(tempfile.mkdtemp(prefix="maildesk-memory-"))
