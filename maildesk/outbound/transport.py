@@ -32,7 +32,14 @@ class PermanentFailure(Exception):
 
 
 class Transport(Protocol):
+    # True when sending a key again after a crash delivers nothing twice: the outbox
+    # may then send several rows before one commit marks them all sent.
+    idempotent: bool
+
     def send(self, key: str, sender: str, recipients: Sequence[str], data: bytes) -> None: ...
+    def flush(self) -> None:
+        """Make every send so far durable (the outbox calls it before marking rows sent)."""
+
     def close(self) -> None: ...
 
 
@@ -96,12 +103,19 @@ def maildir_name(key: str) -> str:
 
 
 class MaildirTransport:
-    """Delivers into a Maildir's new/, once per key, durably (fsync file and folder)."""
+    """Delivers into a Maildir's new/, once per key, durably (fsync file and folder).
+
+    Each file is fsynced as it is written; the folder once per `flush`, for all the
+    renames since the last one.
+    """
+
+    idempotent = True  # a key already in new/ or cur/ is not written again
 
     def __init__(self, root: Path) -> None:
         if not root.is_absolute():
             raise ValueError("maildir: path must be absolute")
         self.root = root
+        self._renamed = False  # renames into new/ that no folder fsync covers yet
         for sub in ("tmp", "new", "cur"):
             (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         _fsync_dir(root)
@@ -123,10 +137,18 @@ class MaildirTransport:
                 out.flush()
                 os.fsync(out.fileno())
             os.rename(tmp, self.root / "new" / name)
-            _fsync_dir(self.root / "new")
+            self._renamed = True
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise TemporaryFailure(f"maildir write failed: {exc.strerror or exc}") from exc
+
+    def flush(self) -> None:
+        if self._renamed:
+            try:
+                _fsync_dir(self.root / "new")
+            except OSError as exc:
+                raise TemporaryFailure(f"maildir fsync failed: {exc.strerror or exc}") from exc
+            self._renamed = False
 
     def _delivered(self, name: str) -> bool:
         if (self.root / "new" / name).exists():
@@ -135,7 +157,7 @@ class MaildirTransport:
             return any(e.name == name or e.name.startswith(name + ":") for e in entries)
 
     def close(self) -> None:
-        pass
+        self.flush()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -163,6 +185,10 @@ class SmtpTransport:
     Not thread-safe: one outbox worker owns one transport. `timeout` (seconds) bounds
     the connect and every reply; `ssl_context` defaults to the system's verifying one.
     """
+
+    # Another conversation after a crash delivers the message again: the outbox marks
+    # each row sent as soon as the relay took it.
+    idempotent = False
 
     host: str
     port: int
@@ -306,6 +332,9 @@ class SmtpTransport:
         if self.password:
             text = text.replace(self.password, "***")
         return text[:300]
+
+    def flush(self) -> None:
+        pass  # the relay's 250 made each message its responsibility
 
     def close(self) -> None:
         if self._smtp is not None:

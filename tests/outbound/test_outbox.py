@@ -209,13 +209,27 @@ class Killed(BaseException):
 
 @dataclass
 class DiesAfterSending:
-    """A real transport in a process killed right after the transport's send returned."""
+    """A real transport in a process killed right after the transport's `sends`-th send
+    returned, or (`in_flush`) when it is asked to make what it sent durable."""
 
     transport: Transport
+    sends: int = 1
+    in_flush: bool = False
 
     def send(self, key: str, sender: str, recipients: Sequence[str], data: bytes) -> None:
         self.transport.send(key, sender, recipients, data)
-        raise Killed
+        self.sends -= 1
+        if self.sends == 0 and not self.in_flush:
+            raise Killed
+
+    @property
+    def idempotent(self) -> bool:
+        return self.transport.idempotent
+
+    def flush(self) -> None:
+        if self.in_flush:
+            raise Killed
+        self.transport.flush()
 
     def close(self) -> None:
         self.transport.close()
@@ -264,6 +278,62 @@ def test_crash_between_sending_and_marking_sent_leaves_one_file_in_the_maildir(
     assert maildir_files(services) == [first]
     assert str(parse(first.read_bytes())["Message-ID"]) == f"<{queued.message_id}>"
     assert row(services, queued.id).state == "sent"
+
+
+def test_a_maildir_batch_marked_sent_in_one_commit_survives_a_crash_before_it(
+    services: Services, clock: ManualClock
+) -> None:
+    # Over the Maildir, a claimed batch is written, then marked sent by one commit:
+    # killed in between, the restarted sender finds every file there and writes none again.
+    queued = queue_acknowledgements(services, 3)
+    crashed = OutboxSender(
+        services.db,
+        DiesAfterSending(open_transport(maildir_url(services), HOSTNAME), in_flush=True),
+        clock,
+        services.settings.outbound,
+    )
+    with pytest.raises(Killed):
+        crashed.send_due()
+    delivered = maildir_files(services)
+    assert len(delivered) == 3
+    assert [r.state for r in outbox_rows(services)] == ["pending"] * 3
+
+    restarted = sender_to(services, clock, maildir_url(services))
+    clock.advance(LEASE)
+    assert restarted.send_due() == 3
+
+    assert maildir_files(services) == delivered
+    assert message_ids([f.read_bytes() for f in delivered]) == Counter(
+        {q.message_id: 1 for q in queued}
+    )
+    assert [r.state for r in outbox_rows(services)] == ["sent"] * 3
+
+
+def test_over_smtp_each_row_is_marked_sent_as_the_relay_takes_it(
+    services: Services, clock: ManualClock, sink: SmtpSink
+) -> None:
+    # A relay cannot tell a resend from a new message: killed after the second of three
+    # conversations, only that second message goes out again, never the first.
+    first, second, third = queue_acknowledgements(services, 3)
+    crashed = OutboxSender(
+        services.db,
+        DiesAfterSending(open_transport(sink.url, HOSTNAME), sends=2),
+        clock,
+        services.settings.outbound,
+    )
+    with pytest.raises(Killed):
+        crashed.send_due()
+    crashed.transport.close()
+    assert [r.state for r in outbox_rows(services)] == ["sent", "pending", "pending"]
+
+    restarted = sender_to(services, clock, sink.url)
+    clock.advance(LEASE)
+    assert restarted.send_due() == 2
+    restarted.transport.close()
+
+    assert message_ids([m.content for m in sink.messages]) == Counter(
+        {first.message_id: 1, second.message_id: 2, third.message_id: 1}
+    )
 
 
 def test_crash_between_sending_and_marking_sent_over_smtp_repeats_the_message_id(

@@ -90,6 +90,13 @@ class SlowRelay:
         held = [r for r in outbox_rows(self.services) if r.state == "pending" and r.claim]
         return bool(held) and all(as_utc(r.next_attempt_at) > now for r in held)
 
+    @property
+    def idempotent(self) -> bool:
+        return self.transport.idempotent
+
+    def flush(self) -> None:
+        self.transport.flush()
+
     def close(self) -> None:
         self.transport.close()
 
@@ -98,8 +105,13 @@ class SlowRelay:
 class DiesWhileSending:
     """A sender process SIGKILLed in the middle of its first conversation with the relay."""
 
+    idempotent = False
+
     def send(self, key: str, sender: str, recipients: Sequence[str], data: bytes) -> None:
         raise Killed
+
+    def flush(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -162,7 +174,8 @@ def test_a_sender_that_lost_its_lease_does_not_mark_the_new_owners_row(
     sink.reply = "451 4.3.0 try later"
     assert fresh.send_due() == 1  # deferred by the new owner, claim given up
     sink.reply = None
-    stale._send(claimed, token)  # the hung sender wakes up and sends after all
+    assert stale._send(claimed, token)  # the hung sender wakes up and sends after all,
+    stale._mark_sent([claimed.id], token)  # then marks the row it no longer owns
     stale.transport.close()
     fresh.transport.close()
 
