@@ -40,15 +40,23 @@ from maildesk.services import Services, build
 
 
 def services(
-    folder: Path, migrate: bool = True, dns: str = "", agents: int = 0, database: str = ""
+    folder: Path,
+    migrate: bool = True,
+    dns: str = "",
+    agents: int = 0,
+    database: str = "",
+    sign: bool = False,
 ) -> Services:
     trust = {"verify_dkim": True, "dns_servers": [dns]} if dns else {"verify_dkim": False}
+    outbound = {"url": f"maildir:{folder / 'outbox'}"}
+    if sign:  # our own mail DKIM-signed, as a production desk's is
+        outbound |= {"dkim_selector": "desk", "dkim_key": str(signing_key(folder))}
     settings = config.from_mapping(
         {
             "support": {"address": "support@example.test", "language": "en"},
             "database": {"url": database or f"sqlite:///{folder / 'maildesk.db'}"},
             "web": {"secret_key": "bench"},
-            "outbound": {"url": f"maildir:{folder / 'outbox'}"},
+            "outbound": outbound,
             "trust": trust,
             "agents": {"addresses": [f"agent{n}@example.test" for n in range(agents)]},
         },
@@ -58,6 +66,16 @@ def services(
     if migrate:
         built.prepare()
     return built
+
+
+def signing_key(folder: Path) -> Path:
+    """The desk's DKIM private key (made once per folder)."""
+    key = folder / "desk-dkim.pem"
+    if not key.exists():
+        subprocess.run(
+            ["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True
+        )
+    return key
 
 
 # A customer's sentence with no Content-Language: the worker guesses its language,
@@ -112,6 +130,7 @@ def main() -> None:
     parser.add_argument("--pg", action="store_true", help="in a fresh schema of the test database")
     parser.add_argument("--dkim", action="store_true", help="DKIM-signed, verified by the worker")
     parser.add_argument("--agents", type=int, default=0, help="agents notified with attachments")
+    parser.add_argument("--sign", action="store_true", help="our own mail DKIM-signed")
     parser.add_argument(
         "--short", action="store_true", help="a body too short to guess its language from"
     )
@@ -138,6 +157,7 @@ def run(args: argparse.Namespace) -> None:
             dns=args.dns,
             agents=args.agents,
             database=args.database,
+            sign=args.sign,
         )
         desk.processor.warm_up()  # as a worker does when it starts
         ready = peak_mb()
@@ -166,6 +186,7 @@ def run(args: argparse.Namespace) -> None:
     desk.db.dispose()
     print(f"{args.messages} messages of {args.size_mb} MB stored in {folder}")
     worker = [sys.executable, __file__, "--process", str(folder), "--agents", str(args.agents)]
+    worker += ["--sign"] if args.sign else []
     worker += ["--database", args.database] if args.database else []
     if key is None:
         subprocess.run(worker, check=True)

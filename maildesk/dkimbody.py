@@ -12,7 +12,7 @@ rest to one space, and both forms end in exactly one CRLF (an empty body is
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 # Slices of the body canonicalized at a time; each ends just after a LF, so no line
@@ -47,7 +47,7 @@ def body_hash(
     when the signature has an `l=` tag."""
     digest = hasher()
     left = length
-    for piece in _canonical(raw, start, relaxed, size):
+    for piece in _canonical(_slices(raw, start, size), relaxed):
         if left is not None:
             if left <= 0:
                 break
@@ -57,12 +57,24 @@ def body_hash(
     return bytes(digest.digest())
 
 
-def _canonical(raw: bytes, start: int, relaxed: bool, size: int) -> Iterator[bytes]:
-    """The canonical body in pieces. Empty lines are held back until a line with
-    something on it follows: the canonical form drops them at the end."""
+def pieces_hash(
+    pieces: Iterable[bytes], relaxed: bool, hasher: Callable[[], Any], size: int = SLICE
+) -> bytes:
+    """`body_hash` of the body that `pieces` make when joined, without joining them
+    (a composed mail's shared base64 blocks: signing it must not copy a 25 MB body)."""
+    digest = hasher()
+    for piece in _canonical(_whole_lines(pieces, size), relaxed):
+        digest.update(piece)
+    return bytes(digest.digest())
+
+
+def _canonical(slices: Iterable[bytes], relaxed: bool) -> Iterator[bytes]:
+    """The canonical body in pieces, from slices that each end just after a LF (the
+    last may end anywhere). Empty lines are held back until a line with something
+    on it follows: the canonical form drops them at the end."""
     held = 0  # CRLFs at the end of what was read, not yet written
     wrote = False
-    for piece in _slices(raw, start, size):
+    for piece in slices:
         piece = _LINE_END.sub(_CRLF, piece)
         if relaxed:
             piece = _SPACES.sub(b" ", _SPACE_AT_LINE_END.sub(_CRLF, piece))
@@ -79,10 +91,25 @@ def _canonical(raw: bytes, start: int, relaxed: bool, size: int) -> Iterator[byt
         yield _CRLF
 
 
-def _slices(raw: bytes, start: int, size: int) -> Iterator[bytes]:
+def _whole_lines(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """`pieces` cut again so that each slice ends just after a LF (the last one
+    anywhere): a line, or a CR LF pair, split between two pieces is made whole."""
+    partial = b""  # the unfinished line at the end of what was read
+    for piece in pieces:
+        data = partial + piece if partial else piece
+        cut = data.rfind(b"\n") + 1
+        yield from _slices(data, 0, size, end=cut)
+        partial = data[cut:]
+    if partial:
+        yield partial
+
+
+def _slices(raw: bytes, start: int, size: int, end: int | None = None) -> Iterator[bytes]:
+    """`raw[start:end]` in slices of about `size` bytes, each ending just after a LF."""
+    stop = len(raw) if end is None else end
     position = start
-    while position < len(raw):
-        newline = raw.find(b"\n", position + size)
-        end = len(raw) if newline < 0 else newline + 1
-        yield raw[position:end]
-        position = end
+    while position < stop:
+        newline = raw.find(b"\n", position + size, stop)
+        cut = stop if newline < 0 else newline + 1
+        yield raw[position:cut]
+        position = cut

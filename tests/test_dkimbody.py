@@ -14,7 +14,7 @@ import dkim
 import pytest
 from dkim.canonicalization import Relaxed, Simple
 
-from maildesk.dkimbody import body_hash, split
+from maildesk.dkimbody import body_hash, pieces_hash, split
 
 BODIES = [
     b"",
@@ -53,3 +53,21 @@ def test_the_body_hash_in_slices_is_dkimpys(head: bytes, body: bytes, relaxed: b
         assert body_hash(message, start, relaxed, hashlib.sha256, length, size) == (
             dkimpy_hash(message, relaxed, length)
         ), (size, length)
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("relaxed", [False, True])
+def test_the_body_hash_of_pieces_is_dkimpys_wherever_the_pieces_are_cut(
+    body: bytes, relaxed: bool
+) -> None:
+    # A composed mail's body comes in pieces (outbound DKIM signs it so): the hash must
+    # not depend on where they are cut, even inside a CR LF pair or a run of blanks.
+    expected = dkimpy_hash(HEADERS[0] + body, relaxed, None)
+    singles = [(cut,) for cut in range(1, len(body))]
+    pairs = itertools.combinations(range(1, min(len(body), 24)), 2)  # the short bodies' all
+    for cuts in [(), *singles, *pairs]:
+        bounds = [0, *cuts, len(body)]
+        pieces = [body[a:b] for a, b in itertools.pairwise(bounds)]
+        for size in (1, 3, 1 << 20):
+            assert pieces_hash(pieces, relaxed, hashlib.sha256, size) == expected, (cuts, size)
+    assert pieces_hash([], relaxed, hashlib.sha256) == dkimpy_hash(HEADERS[0], relaxed, None)

@@ -12,7 +12,7 @@ tag, no ticket Reply-To and no ticket message.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -34,6 +34,7 @@ from maildesk.outbound.compose import (
     compose_pieces,
     thread_index,
 )
+from maildesk.outbound.dkim import Signer
 from maildesk.outbound.headers import is_valid_msg_id
 from maildesk.outbound.render import Rendered, Renderer
 from maildesk.states import OutboxState
@@ -107,7 +108,7 @@ class Notifier:
         renderer: Renderer,
         tokens: ReplyTokens,
         clock: Clock,
-        signer: Callable[[bytes], bytes] | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.settings = settings
         self.renderer = renderer
@@ -323,7 +324,7 @@ class Notifier:
                 bodies[rendered] = body
         pieces: tuple[bytes, ...] = compose_pieces(mail, body)
         if self.signer is not None:
-            pieces = (self.signer(b"".join(pieces)),)
+            pieces = self.signer(pieces)
         # Mail to agents lives in the outbox only: the ticket's messages are the
         # conversation with the customer, not every copy sent to staff.
         if ticket is not None and not for_agents:

@@ -15,7 +15,7 @@ import pytest
 from maildesk import config
 from maildesk.clock import ManualClock
 from maildesk.config import ConfigError
-from maildesk.outbound.dkim import signer_from_settings
+from maildesk.outbound.dkim import DkimSigner, signer_from_settings
 from maildesk.services import build
 from tests.conftest import make_mail
 from tests.helpers import outbox_rows, receive
@@ -91,3 +91,60 @@ def test_half_a_configuration_or_a_bad_key_fails_at_start(
     with pytest.raises(ConfigError, match="not a usable private key"):
         signer_from_settings(with_outbound(dkim_selector="s", dkim_key=str(junk)))
     assert signer_from_settings(with_outbound(dkim_selector="s", dkim_key=str(key_pair[0])))
+
+
+# --- signing a composed mail in pieces, as dkim.sign signs it whole -------------------
+
+# Bodies whose canonical form has something to do: trailing blank lines, whitespace
+# runs and line ends, a line or a CR LF pair split between two pieces, a last line
+# without its line end, an empty body.
+PIECES = [
+    (b"Hello\r\n",),
+    (b"Hello  \r\n\tworld\t \r\n", b" \r\n\r\n\r\n"),
+    (b"split li", b"ne\r", b"\nand \t", b" more\r\n\r\n"),
+    (b"no final line end  \t",),
+    (b"",),
+    (),
+    (b"\r\n\r\n", b"\r\n"),
+    (b"QUJD" * 19 + b"\r\n") * 3000 + b"\r\n",  # a base64 block (one piece of 230 KB)
+]
+
+
+def composed(body: tuple[bytes, ...] | bytes) -> tuple[bytes, ...]:
+    head = (
+        b"Date: Mon, 30 Nov 2026 10:00:00 +0000\r\nFrom: Support <support@example.test>\r\n"
+        b"To: alice@customer.test\r\nSubject: [#7] =?utf-8?q?Tisk=C3=A1rna?=\r\n"
+        b"Message-ID: <md.x@example.test>\r\nMIME-Version: 1.0\r\n\r\n"
+    )
+    return (head, *((body,) if isinstance(body, bytes) else body))
+
+
+@pytest.mark.parametrize("body", PIECES, ids=range(len(PIECES)))
+def test_a_mail_signed_in_pieces_is_what_dkimpy_signs_whole(
+    body: tuple[bytes, ...] | bytes, key_pair: tuple[Path, bytes]
+) -> None:
+    key, record = key_pair
+    pieces = composed(body)
+    whole = b"".join(pieces)
+    moment = 1_796_000_000  # the same t= for both
+    ours = DkimSigner("mail2026", "example.test", key.read_bytes(), now=lambda: moment)(pieces)
+
+    theirs = dkim.DKIM(whole)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dkim.time, "time", lambda: moment)
+        signature = theirs.sign(
+            b"mail2026", b"example.test", key.read_bytes(), canonicalize=(b"relaxed", b"relaxed")
+        )
+    assert ours[1:] == pieces  # the mail's own bytes are not copied or changed
+    assert ours[0] == signature
+    assert dkim.verify(b"".join(ours), dnsfunc=dns(record))
+
+
+def test_the_signature_covers_every_piece_of_the_body(key_pair: tuple[Path, bytes]) -> None:
+    key, record = key_pair
+    signer = DkimSigner("mail2026", "example.test", key.read_bytes())
+    pieces = composed((b"first block\r\n", b"second block\r\n", b"third block\r\n"))
+    signed = signer(pieces)
+    assert dkim.verify(b"".join(signed), dnsfunc=dns(record))
+    changed = (*signed[:3], b"second blocK\r\n", *signed[4:])
+    assert not dkim.verify(b"".join(changed), dnsfunc=dns(record))
