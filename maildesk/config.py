@@ -315,12 +315,17 @@ class Settings:
         return Path(path) if path and path != ":memory:" else None
 
     @property
+    def state_folder(self) -> Path:
+        """Where maildesk keeps its own files: the SQLite database's folder, else `var`
+        beside the config file (the secret key, the unpacked language model)."""
+        db = self.sqlite_path
+        return db.parent if db else Path(self.base_dir) / "var"
+
+    @property
     def secret_key_path(self) -> Path:
         if self.web.secret_key_file:
             return Path(self.web.secret_key_file)
-        db = self.sqlite_path
-        folder = db.parent if db else Path(self.base_dir) / "var"
-        return folder / "secret_key"
+        return self.state_folder / "secret_key"
 
     def secret_key(self) -> str:
         """The signing key: from the config, else from the file `init` wrote."""

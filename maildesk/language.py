@@ -14,16 +14,24 @@ text that needs it, not at start-up: most mail says its language in
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
+import lzma
+import os
 import re
+import shutil
 import struct
+import tempfile
 import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 from maildesk.config import LANGUAGES
+
+log = logging.getLogger("maildesk.language")
 
 MAX_CHARS = 4096
 MIN_WORDS = 4
@@ -40,36 +48,78 @@ class _Model(Protocol):
 
 
 @cache
-def _model() -> _Model:
-    # One immutable model per process, shared by every detector: loading it
-    # twice would only cost time and memory.
+def _model(folder: Path | None = None) -> _Model:
+    """The model, its unpacked file kept in `folder` (see `_unpacked`). One immutable
+    model per process, shared by every detector: loading it twice would only cost
+    time and memory."""
     from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
 
     try:
-        return _two_languages(Path(MODEL_DIR) / MODEL_FILE, LanguageIdentifier)
+        return _two_languages(Path(MODEL_DIR) / MODEL_FILE, LanguageIdentifier, folder)
     except KeyError:  # another file layout than py3langid 0.4's: its own loader
         model = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         model.set_languages(list(LANGUAGES))
         return model
 
 
-def _two_languages(path: Path, identifier: Any) -> _Model:
+def _unpacked(packed: Path, folder: Path | None) -> BinaryIO:
+    """py3langid's model file unpacked (68 MB), open for reading.
+
+    Kept in `folder` (the state folder) under a name its packed bytes decide, so
+    that every worker maps the one copy, on disk: the page cache holds it once for
+    all of them. Without a folder, or when it cannot be written there, in an
+    unlinked temporary file of this process's own (which a tmpfs /tmp holds in
+    memory).
+    """
+    if folder is not None:
+        name = folder / f"py3langid-{hashlib.sha256(packed.read_bytes()).hexdigest()[:16]}.npz"
+        try:
+            return open(name, "rb")  # noqa: SIM115 (the caller closes it)
+        except FileNotFoundError:
+            pass
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".py3langid-") as fresh:
+                _unpack(packed, fresh)
+                os.fsync(fresh.fileno())  # renamed whole or not at all, even after a crash
+                os.link(fresh.name, name)  # two workers at once: the first link wins
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            log.warning("language model: cannot keep it in %s (%s): a private copy", folder, exc)
+            return _private_copy(packed)
+        for stale in folder.glob("py3langid-*.npz"):  # an older py3langid's
+            if stale != name:
+                stale.unlink(missing_ok=True)
+        return open(name, "rb")  # noqa: SIM115
+    return _private_copy(packed)
+
+
+def _private_copy(packed: Path) -> BinaryIO:
+    copy = tempfile.TemporaryFile(suffix=".npz")  # noqa: SIM115 (the caller closes it)
+    _unpack(packed, copy)
+    return copy
+
+
+def _unpack(packed: Path, out: IO[bytes]) -> None:
+    with lzma.open(packed) as source:
+        shutil.copyfileobj(source, out, length=1 << 20)
+    out.flush()
+
+
+def _two_languages(path: Path, identifier: Any, folder: Path | None = None) -> _Model:
     """py3langid's model with our languages' weights only, its automaton left in a file.
 
     The file is npz inside xz (py3langid's modelio), its arrays stored uncompressed.
-    It is unpacked into an unlinked temporary file (68 MB of disk while the process
-    lives) and the 39 MB automaton is read through a read-only mapping of it: page
-    cache the kernel can drop and read again, not private memory (a process that
-    classified two texts held 64 MB of private memory, now 30). Its RSS does not shrink: that counts
+    It is unpacked once (`_unpacked`) and the 39 MB automaton is read through a
+    read-only mapping of it: page cache the kernel can drop and read again, shared
+    by the workers, not private memory (a process that classified two texts held
+    64 MB of private memory, now 30). Its RSS does not shrink: that counts
     mapped pages, and ext4's large folios map several MB per touched row (a sentence
     maps 27 MB). The two columns of weights we keep are read in slices, never the
     whole 28 MB table. Another layout than 0.4's raises KeyError, and the caller
     falls back to py3langid's own loader.
     """
-    import lzma
     import mmap
-    import shutil
-    import tempfile
     import zipfile
 
     import numpy as np
@@ -78,10 +128,7 @@ def _two_languages(path: Path, identifier: Any) -> _Model:
         (1, 0): np.lib.format.read_array_header_1_0,
         (2, 0): np.lib.format.read_array_header_2_0,
     }
-    with tempfile.TemporaryFile(suffix=".npz") as unpacked:
-        with lzma.open(path) as packed:
-            shutil.copyfileobj(packed, unpacked, length=1 << 20)
-        unpacked.flush()
+    with _unpacked(path, folder) as unpacked:
         # The mapping outlives the file object: the kernel keeps the unlinked file.
         mapped = mmap.mmap(unpacked.fileno(), 0, access=mmap.ACCESS_READ)
         mapped.madvise(mmap.MADV_RANDOM)
@@ -134,10 +181,10 @@ def _two_languages(path: Path, identifier: Any) -> _Model:
     return model
 
 
-def warm() -> None:
+def warm(folder: Path | None = None) -> None:
     """Load the model now (0.5 s of CPU, once per process): for benchmarks that time
     the steady state."""
-    _model()
+    _model(folder)
 
 
 @dataclass(frozen=True)
@@ -153,17 +200,20 @@ def judgeable(text: str) -> bool:
 
 
 class Detector:
-    """Guesses cs or en from a customer's own text; thread-safe, loads the model lazily."""
+    """Guesses cs or en from a customer's own text; thread-safe, loads the model lazily.
 
-    def __init__(self) -> None:
+    `folder`: where the unpacked model is kept for every process (`_unpacked`)."""
+
+    def __init__(self, folder: Path | None = None) -> None:
         self._lock = threading.Lock()
+        self._folder = folder
 
     def guess(self, text: str) -> Guess:
         head = text[:MAX_CHARS]
         if not judgeable(head):
             return Guess(None)
         with self._lock:
-            model = _model()
+            model = _model(self._folder)
         language, confidence = model.classify(head)
         if language not in LANGUAGES or confidence < MIN_CONFIDENCE:
             return Guess(None, confidence)

@@ -7,6 +7,7 @@ in the Maildir outbox is read as the customer would read it.
 from __future__ import annotations
 
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -223,3 +224,32 @@ def test_our_two_language_model_guesses_as_py3langid_does() -> None:
     ]
     ours = _model()
     assert [ours.classify(text) for text in texts] == [reference.classify(t) for t in texts]
+
+
+def test_every_worker_maps_one_unpacked_model_kept_in_the_state_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The model is unpacked once into the state folder (on disk, not a tmpfs /tmp),
+    and the next process maps that file instead of unpacking its own copy; a copy an
+    older py3langid left there goes."""
+    from maildesk.language import _model
+
+    older = tmp_path / "py3langid-0123456789abcdef.npz"
+    older.write_bytes(b"an older model")
+    _model.cache_clear()  # as a worker process starts
+    guessed = Detector(tmp_path).guess(ENGLISH)
+    [kept] = tmp_path.glob("py3langid-*.npz")
+    assert kept != older and not older.exists()
+    made = kept.stat()
+
+    _model.cache_clear()  # the next worker process
+    assert Detector(tmp_path).guess(ENGLISH) == guessed
+    assert guessed.language == "en"
+    assert [p.name for p in tmp_path.iterdir()] == [kept.name]  # no temporary leftovers
+    assert (kept.stat().st_ino, kept.stat().st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
+
+    # A folder it cannot write to: a private copy, and the guess all the same.
+    _model.cache_clear()
+    assert Detector(tmp_path / "gone").guess(ENGLISH) == guessed
+    assert "cannot keep it in" in caplog.text
+    _model.cache_clear()

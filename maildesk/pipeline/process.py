@@ -135,7 +135,9 @@ class Processor:
         self.spam = SpamCheck(settings.spam, clock)
         self.agent_flow = AgentFlow(self.notifier, notices, settings.support.language)
         self.console = Console(self.agent_flow, threader.tag, settings.support.language)
-        self.detector = Detector()
+        # Every worker maps one unpacked copy of the language model kept there.
+        state = settings.state_folder
+        self.detector = Detector(state if state.is_dir() else None)
         limits = settings.limits
         self.limits = Limits(
             max_message_size=settings.smtp.max_message_size,
