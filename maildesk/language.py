@@ -24,6 +24,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import zipfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -54,8 +55,20 @@ def _model(folder: Path | None = None) -> _Model:
     time and memory."""
     from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
 
+    packed = Path(MODEL_DIR) / MODEL_FILE
     try:
-        return _two_languages(Path(MODEL_DIR) / MODEL_FILE, LanguageIdentifier, folder)
+        try:
+            return _two_languages(packed, LanguageIdentifier, folder)
+        except (zipfile.BadZipFile, ValueError, struct.error) as exc:
+            if folder is None:
+                raise
+            # A kept copy cut short (a full disk, a crash of the disk's own): made again.
+            log.warning(
+                "language model: the copy in %s is unusable (%s): unpacked again", folder, exc
+            )
+            for damaged in folder.glob("py3langid-*.npz"):
+                damaged.unlink(missing_ok=True)
+            return _two_languages(packed, LanguageIdentifier, folder)
     except KeyError:  # another file layout than py3langid 0.4's: its own loader
         model = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         model.set_languages(list(LANGUAGES))
@@ -77,6 +90,9 @@ def _unpacked(packed: Path, folder: Path | None) -> BinaryIO:
             return open(name, "rb")  # noqa: SIM115 (the caller closes it)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            log.warning("language model: cannot read it in %s (%s): a private copy", folder, exc)
+            return _private_copy(packed)
         try:
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".py3langid-") as fresh:
                 _unpack(packed, fresh)
@@ -120,7 +136,6 @@ def _two_languages(path: Path, identifier: Any, folder: Path | None = None) -> _
     falls back to py3langid's own loader.
     """
     import mmap
-    import zipfile
 
     import numpy as np
 
@@ -207,13 +222,23 @@ class Detector:
     def __init__(self, folder: Path | None = None) -> None:
         self._lock = threading.Lock()
         self._folder = folder
+        self._unavailable = False  # it failed to load once: not tried for every mail
 
     def guess(self, text: str) -> Guess:
         head = text[:MAX_CHARS]
         if not judgeable(head):
             return Guess(None)
-        with self._lock:
-            model = _model(self._folder)
+        if self._unavailable:
+            return Guess(None)
+        try:
+            with self._lock:
+                model = _model(self._folder)
+        except Exception:
+            # A guess is a nicety: without the model the desk's language is used, and
+            # the mail is processed all the same (never held for this).
+            log.exception("language model unavailable: no guesses until a restart")
+            self._unavailable = True
+            return Guess(None)
         language, confidence = model.classify(head)
         if language not in LANGUAGES or confidence < MIN_CONFIDENCE:
             return Guess(None, confidence)

@@ -253,3 +253,37 @@ def test_every_worker_maps_one_unpacked_model_kept_in_the_state_folder(
     assert Detector(tmp_path / "gone").guess(ENGLISH) == guessed
     assert "cannot keep it in" in caplog.text
     _model.cache_clear()
+
+
+def test_a_kept_model_cut_short_is_unpacked_again(tmp_path: Path) -> None:
+    from maildesk.language import _model
+
+    _model.cache_clear()
+    guessed = Detector(tmp_path).guess(CZECH)
+    [kept] = tmp_path.glob("py3langid-*.npz")
+    with kept.open("r+b") as file:
+        file.truncate(kept.stat().st_size // 2)  # a full disk, a crash
+
+    _model.cache_clear()  # the next worker
+    assert Detector(tmp_path).guess(CZECH) == guessed
+    assert guessed.language == "cs"
+    _model.cache_clear()
+
+
+def test_without_its_model_the_detector_guesses_nothing_and_mail_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import py3langid.langid
+
+    from maildesk.language import _model
+
+    # py3langid's own model file missing (a broken install): no guess, no exception,
+    # so the message takes the desk's language instead of failing.
+    monkeypatch.setattr(py3langid.langid, "MODEL_DIR", tmp_path / "nowhere")
+    _model.cache_clear()
+    detector = Detector(tmp_path)
+    assert detector.guess(CZECH).language is None
+    assert detector.guess(ENGLISH).language is None
+    assert caplog.text.count("language model unavailable") == 1
+    monkeypatch.undo()
+    _model.cache_clear()
