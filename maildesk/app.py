@@ -16,13 +16,10 @@ import logging
 import signal
 import socket
 import threading
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.exc import DBAPIError
 
-from maildesk import jobs
 from maildesk.exclusive import while_holding
 from maildesk.inbound.imap import ImapPoller
 from maildesk.inbound.recipients import Recipients
@@ -30,6 +27,7 @@ from maildesk.inbound.smtp import InboundHandler, Listener, start_server
 from maildesk.inbound.store import Envelope
 from maildesk.metrics import Metrics
 from maildesk.outbound import outbox
+from maildesk.schedule import Schedule
 from maildesk.sdnotify import Notifier as SdNotifier
 from maildesk.services import Services, build
 from maildesk.startup import bind_failure, database_failure
@@ -139,45 +137,8 @@ class Daemon:
         imap_stop = threading.Event()
         imap_thread = self._start_imap(imap_stop)
 
-        scheduler = AsyncIOScheduler(event_loop=loop)
-        # Jobs keep their state in the database, so re-adding them at start is all
-        # it takes to survive a restart.
-        scheduler.add_job(
-            jobs.one_instance("autoclose", jobs.autoclose),
-            "interval",
-            minutes=jobs.AUTOCLOSE_EVERY_MINUTES,
-            args=[services],
-            id="autoclose",
-            next_run_time=datetime.now(UTC),
-        )
-        scheduler.add_job(
-            jobs.one_instance("purge", jobs.purge),
-            "interval",
-            minutes=jobs.PURGE_EVERY_MINUTES,
-            args=[services],
-            id="purge",
-            # Soon after a start (not at once: starting is busy enough), then hourly.
-            next_run_time=datetime.now(UTC) + timedelta(minutes=5),
-        )
-        if settings.sla.enabled:
-            scheduler.add_job(
-                jobs.one_instance("sla", jobs.sla),
-                "interval",
-                minutes=jobs.SLA_EVERY_MINUTES,
-                args=[services],
-                id="sla",
-            )
-        if settings.agents.digest_time:
-            hour, minute = (int(part) for part in settings.agents.digest_time.split(":"))
-            scheduler.add_job(
-                jobs.one_instance("digest", jobs.digest),
-                "cron",
-                hour=hour,
-                minute=minute,
-                args=[services],
-                id="digest",
-            )
-        scheduler.start()
+        schedule = Schedule(services)
+        schedule.start(loop)
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -203,8 +164,9 @@ class Daemon:
             cut = await listener.drain(max(deadline - loop.time(), 0.0))
             if cut:
                 log.warning("%d SMTP sessions were cut mid-message; their senders retry", cut)
-        scheduler.shutdown(wait=False)
         imap_stop.set()
+        # Before the workers drain: the mail a job queues is sent with the rest.
+        await schedule.stop()
         # Nothing new arrives now: the workers finish what was accepted, in time.
         await self._drain_workers(max(deadline - loop.time(), 0.0))
         if web_runner is not None:
