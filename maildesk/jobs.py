@@ -68,11 +68,13 @@ def autoclose(services: Services) -> int:
     return closed
 
 
-def purge(services: Services) -> int:
-    """Forget what `[retention]` says is old enough (maildesk/retention.py); returns rows."""
+def purge(services: Services, stopping: Callable[[], bool] = lambda: False) -> int:
+    """Forget what `[retention]` says is old enough (maildesk/retention.py); returns rows.
+    `stopping`: serve is shutting down (the purge returns between two batches)."""
     from maildesk import retention
 
-    return retention.purge(services.db, services.settings, services.clock.now()).total
+    clock = services.clock
+    return retention.purge(services.db, services.settings, clock.now(), stopping=stopping).total
 
 
 def digest(services: Services, day: date | None = None) -> int:

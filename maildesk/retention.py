@@ -92,11 +92,23 @@ class Purged:
         return sum(self.counts.values())
 
 
-def purge(db: Database, settings: Settings, now: datetime, dry_run: bool = False) -> Purged:
-    """Purge every kind once; `dry_run` only counts."""
+def _never() -> bool:
+    return False
+
+
+def purge(
+    db: Database,
+    settings: Settings,
+    now: datetime,
+    dry_run: bool = False,
+    stopping: Callable[[], bool] = _never,
+) -> Purged:
+    """Purge every kind once; `dry_run` only counts. Once `stopping()` says so (serve is
+    shutting down), it returns after the batch under way: the first purge of a large
+    desk can take minutes, and a stop must not wait for it. The next run goes on."""
     keep = settings.retention
     purged = Purged()
-    purger = _Purger(db, keep.batch, dry_run)
+    purger = _Purger(db, keep.batch, dry_run, stopping)
     purged.counts["inbound_raw"] = purger.inbound_raw(now - timedelta(days=keep.inbound_raw_days))
     purged.counts["outbox_bodies"] = purger.outbox_bodies(
         now - timedelta(days=keep.outbox_body_days)
@@ -114,7 +126,9 @@ def purge(db: Database, settings: Settings, now: datetime, dry_run: bool = False
         (Confirmation.expires_at < confirmations_before)
         | (Confirmation.used_at < confirmations_before),
     )
-    if not dry_run:
+    if stopping():
+        log.info("purge stopped for the shutdown; the rest goes at the next run")
+    elif not dry_run:
         _record(db, DONE_KEY, now)
     if purged.total:
         verb = "would purge" if dry_run else "purged"
@@ -129,10 +143,13 @@ def last_finished(session: Session) -> datetime | None:
 
 
 class _Purger:
-    def __init__(self, db: Database, batch: int, dry_run: bool) -> None:
+    def __init__(
+        self, db: Database, batch: int, dry_run: bool, stopping: Callable[[], bool]
+    ) -> None:
         self.db = db
         self.batch = batch
         self.dry_run = dry_run
+        self.stopping = stopping
 
     def inbound_raw(self, before: datetime) -> int:
         """Bytes of mail processed before `before`.
@@ -166,11 +183,11 @@ class _Purger:
                 for r in rows
                 if r.state in PROCESSED and as_utc(r.processed_at or r.received_at) < before
             ]
-            while old:
+            while old and not self.stopping():
                 ids = _within(old)
                 total += self._delete_raw(ids)
                 old = old[len(ids) :]
-            if young or len(rows) < self.batch:
+            if young or len(rows) < self.batch or self.stopping():
                 return total
 
     def _delete_raw(self, ids: list[int]) -> int:
@@ -285,7 +302,7 @@ class _Purger:
             with self.db.reading() as session:
                 return session.scalar(select(func.count()).select_from(pick.subquery())) or 0
         total = 0
-        while True:
+        while not self.stopping():
             with self.db.transaction() as session:
                 rows = [tuple(row) for row in session.execute(pick.limit(self.batch))]
                 keys = _within(rows) if sized else [row[0] for row in rows]
@@ -294,6 +311,7 @@ class _Purger:
             # Nothing removed of what was picked: another instance took it; done for now.
             if (len(rows) < self.batch and len(keys) == len(rows)) or not removed:
                 return total
+        return total
 
 
 def _within(rows: list[tuple[Any, ...]]) -> list[Any]:

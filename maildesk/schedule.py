@@ -12,7 +12,9 @@ a coroutine that runs the function in a thread and is counted while it runs;
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,7 @@ class Schedule:
         self._scheduler: AsyncIOScheduler | None = None
         self._running: dict[asyncio.Task[None], str] = {}
         self._stopped = False
+        self._halt = threading.Event()  # for a job that can stop between batches (purge)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         settings = self.services.settings
@@ -50,7 +53,7 @@ class Schedule:
         self._add(
             scheduler,
             "purge",
-            jobs.purge,
+            functools.partial(jobs.purge, stopping=self._halt.is_set),
             "interval",
             minutes=jobs.PURGE_EVERY_MINUTES,
             # Soon after a start (not at once: starting is busy enough), then hourly.
@@ -67,10 +70,12 @@ class Schedule:
     async def stop(self) -> None:
         """Start no job any more; return once the running ones have finished.
 
-        Not bounded by the drain time: a job is one transaction (the purge, short
-        batches), and cutting it would leave its thread running all the same.
+        Not bounded by the drain time: a job is one transaction, or (the purge) short
+        batches that stop at the next one; cutting a job would leave its thread
+        running all the same.
         """
         self._stopped = True
+        self._halt.set()
         if self._running:
             names = ", ".join(sorted(set(self._running.values())))
             log.info("stopping: waiting for the scheduled jobs running now (%s)", names)

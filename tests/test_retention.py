@@ -275,6 +275,31 @@ def test_two_instances_purging_at_once_remove_each_row_once(
     assert purge(services) == dict.fromkeys(retention.KINDS, 0)
 
 
+def test_a_purge_asked_to_stop_returns_between_batches_and_the_next_run_goes_on(
+    services: Services, settings: Settings, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first purge of a large desk can take minutes; serve stopping must not wait
+    # for all of it (schedule.py asks it to stop, it ends after the batch under way).
+    spooled = [receive(services, make_mail(sender=f"c{n}@customer.test")) for n in range(6)]
+    send_outbox(services)
+    clock.advance(31 * DAY)
+    monkeypatch.setattr(retention, "BATCH_BYTES", 300)  # one mail per batch
+
+    def left() -> int:
+        return sum(has_raw(services, spool_id) for spool_id in spooled)
+
+    stopped = jobs.purge(services, stopping=lambda: left() <= 4)
+
+    assert stopped == 2 and left() == 4  # two batches, then it stopped
+    assert all(size > 0 for size in bodies(services).values())  # the next kinds not begun
+    with services.db.reading() as session:
+        assert retention.last_finished(session) is None  # /metrics: not a finished purge
+    assert jobs.purge(services) > 4
+    assert left() == 0 and not any(bodies(services).values())
+    with services.db.reading() as session:
+        assert retention.last_finished(session) == clock.now()
+
+
 def test_the_daemon_job_runs_on_one_instance_and_the_cli_prints_counts(
     services: Services, clock: ManualClock, config_file: Path, tmp_path: Path
 ) -> None:
