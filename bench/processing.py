@@ -63,9 +63,14 @@ def database(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def settings(url: str, workdir: Path) -> config.Settings:
+def settings(
+    url: str, workdir: Path, spamd: tuple[str, int] | None = None, ahead: int = 4
+) -> config.Settings:
+    spam = {"spamd_host": spamd[0], "spamd_port": spamd[1]} if spamd else {}
     return config.from_mapping(
         {
+            "spam": spam,
+            "workers": {"prepare_ahead": ahead},
             "support": {
                 "address": common.SUPPORT,
                 "name": "Example Support",
@@ -147,8 +152,19 @@ def count(services: Services, query: str) -> list[tuple[object, ...]]:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
+    if not args.spamd:
+        measure(args, workdir)
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.spamd import SpamdServer
+
+    with SpamdServer() as spamd:
+        measure(args, workdir, (spamd.host, spamd.port))
+
+
+def measure(args: argparse.Namespace, workdir: Path, spamd: tuple[str, int] | None = None) -> None:
     with database(args, workdir) as url:
-        services = build(settings(url, workdir))
+        services = build(settings(url, workdir, spamd, args.prepare_ahead))
         services.prepare()
         stored = store(services, args)
         print(f"-- stored {stored} messages; processing", file=sys.stderr, flush=True)
@@ -248,6 +264,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--send", action="store_true", help="then send the outbox to a Maildir, timed apart"
+    )
+    parser.add_argument(
+        "--spamd", action="store_true", help="score each message with a spamd of its own"
+    )
+    parser.add_argument(
+        "--prepare-ahead", type=int, default=4, help="[workers] prepare_ahead (1: one at a time)"
     )
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")

@@ -281,6 +281,10 @@ class WorkerSettings:
     # every core busy; 0 by default, as on SQLite a 250 waits for the writer lock, not
     # for the CPU, and niced workers lose to every other process (README, Benchmarks).
     nice: int = 0
+    # Messages a worker prepares at once, in threads (parse, spamd, DKIM/DMARC lookups),
+    # ahead of the one it writes, when spamd or DKIM verification is on: their network
+    # round trips overlap. 1 = one at a time.
+    prepare_ahead: int = 4
 
 
 @dataclass(frozen=True)
@@ -489,6 +493,10 @@ def _check_ops(settings: Settings) -> None:
         raise ConfigError("[workers] lease_seconds must be at least 3")
     if not 0 <= workers.nice <= 19:
         raise ConfigError(f"[workers] nice must be between 0 and 19, not {workers.nice}")
+    if not 1 <= workers.prepare_ahead <= 32:
+        raise ConfigError(
+            f"[workers] prepare_ahead must be between 1 and 32, not {workers.prepare_ahead}"
+        )
     retention = settings.retention
     for key in ("inbound_raw_days", "outbox_body_days", "spam_days", "console_days"):
         if getattr(retention, key) < 1:

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -62,6 +65,9 @@ LEASE = leases.LEASE
 # message is written alone and never sits in memory beside many others.
 GROUP = 16
 GROUP_BYTES = 4 * 1024 * 1024
+# Raw bytes of the messages prepared ahead at once (`[workers] prepare_ahead` of them
+# at most): one large message is prepared alone, never beside others.
+AHEAD_BYTES = 4 * 1024 * 1024
 
 __all__ = ["MAX_ATTEMPTS", "LEASE", "Processor", "BatchResult", "Quarantine"]
 
@@ -138,6 +144,10 @@ class Processor:
         # Every worker maps one unpacked copy of the language model kept there.
         state = settings.state_folder
         self.detector = Detector(state if state.is_dir() else None)
+        self._preparers: ThreadPoolExecutor | None = None  # made at the first batch
+        # Only a step that waits on the network gains from threads: without one they
+        # only contend for the GIL (5-8 % more CPU per message, measured).
+        self._prepare_waits = bool(settings.spam.spamd_host) or settings.trust.verify_dkim
         limits = settings.limits
         self.limits = Limits(
             max_message_size=settings.smtp.max_message_size,
@@ -171,8 +181,8 @@ class Processor:
         with leases.Keeper(self.db, Inbound, self.clock, token) as keeper:
             keeper.hold([row.id for row in claimed.rows])
             group: list[_Work] = []
-            for item in claimed.rows:
-                group.append(self._prepare(item, keeper, vouched))
+            for work in self._prepared(claimed.rows, keeper, vouched):
+                group.append(work)
                 if len(group) >= GROUP or sum(w.size for w in group) >= GROUP_BYTES:
                     queued += self._write(group, token, keeper)
                     done, group = done + len(group), []
@@ -193,6 +203,47 @@ class Processor:
             ).all()
             agents = [agent.email.lower() for agent in Agents(session).active()] if quiet else []
         return _VouchedImports(frozenset(quiet), frozenset(agents))
+
+    def _prepared(
+        self, items: Sequence[Claimed], keeper: leases.Keeper, vouched: _VouchedImports
+    ) -> Iterator[_Work]:
+        """Each of `items` prepared, in their order.
+
+        When a step waits on the network (spamd, DKIM/DMARC lookups), up to `[workers]
+        prepare_ahead` of them are prepared at once in threads, within
+        `AHEAD_BYTES`: a spamd round trip (tens of milliseconds of spamd's work) and
+        DKIM/DMARC lookups no longer run one message after the other, and parsing the
+        next messages goes on while this thread waits for the write transaction's
+        commit. The write stays in this thread and in this order.
+        """
+        ahead = self.settings.workers.prepare_ahead if self._prepare_waits else 1
+        if ahead <= 1 or len(items) <= 1:
+            for item in items:
+                yield self._prepare(item, keeper, vouched)
+            return
+        if self._preparers is None:
+            self._preparers = ThreadPoolExecutor(ahead, thread_name_prefix="prepare")
+        waiting = deque(items)
+        running: deque[tuple[Claimed, Future[_Work]]] = deque()
+        held = 0  # raw bytes of the messages in `running`
+        try:
+            while waiting or running:
+                while (
+                    waiting
+                    and len(running) < ahead
+                    and (not running or held + waiting[0].size <= AHEAD_BYTES)
+                ):
+                    item = waiting.popleft()
+                    running.append(
+                        (item, self._preparers.submit(self._prepare, item, keeper, vouched))
+                    )
+                    held += item.size
+                item, future = running.popleft()
+                held -= item.size
+                yield future.result()
+        finally:
+            for _item, future in running:  # the caller stopped early: nothing more starts
+                future.cancel()
 
     def _prepare(self, item: Claimed, keeper: leases.Keeper, vouched: _VouchedImports) -> _Work:
         """Load one message and run the stages that need no database, outside the lock."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
@@ -82,6 +83,7 @@ class SpamCheck:
         )
         # Messages that went on unscored because spamd failed, since start-up.
         self.unscored = 0
+        self._counting = threading.Lock()  # a worker prepares several messages at once
         # After a failure spamd rests until then: a silent spamd costs one timeout,
         # not one per message.
         self._spamd_resting_until: datetime | None = None
@@ -105,19 +107,23 @@ class SpamCheck:
             return NOT_SCORED
         now = self.clock.now()
         if self._spamd_resting_until is not None and now < self._spamd_resting_until:
-            self.unscored += 1
+            self._count_unscored()
             log.warning("inbound %d goes on unscored: spamd failed moments ago", row_id)
             return NOT_SCORED
         try:
             result = self.spamd.symbols(raw)
         except SpamdUnavailable as exc:
-            self.unscored += 1
+            self._count_unscored()
             self._spamd_resting_until = now + SPAMD_REST
             log.warning("inbound %d goes on unscored: spamd failed: %s", row_id, exc)
             return NOT_SCORED
         self._spamd_resting_until = None
         spam = result.score >= self.settings.threshold
         return SpamVerdict(spam, "spamd", result.score, _rules(result.rules))
+
+    def _count_unscored(self) -> None:
+        with self._counting:
+            self.unscored += 1
 
     def hold_if_spam(
         self,

@@ -22,9 +22,10 @@ from sqlalchemy import select
 from maildesk import config
 from maildesk.cli import main
 from maildesk.clock import ManualClock
+from maildesk.inbound.store import Envelope
 from maildesk.models import Inbound
 from maildesk.pipeline.spam import mta_verdict
-from maildesk.services import Services
+from maildesk.services import Services, build
 from tests.conftest import free_port, make_mail, running_daemon, toml, wait_for
 from tests.helpers import outbox_rows, tickets
 from tests.spamd import GTUBE, SPAMD, SpamdServer
@@ -240,3 +241,34 @@ def test_global_cap_on_automatic_replies(
         daemon.send(make_mail(sender="late@victims.test"), sender="late@victims.test")
         processed(services, "late@victims.test")
         assert [r for r in recipients(services) if r != AGENT][-1] == "late@victims.test"
+
+
+def test_messages_scored_side_by_side_keep_their_own_verdicts_and_order(
+    spamd: SpamdServer, config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    # A worker prepares several claimed messages at once ([workers] prepare_ahead): each
+    # spamd verdict must stay with its own message, and tickets open in arrival order.
+    config_values["workers"] = {"count": 0, "prepare_ahead": 4}
+    settings = build_settings(config_values, tmp_path, spamd_host=spamd.host, spamd_port=spamd.port)
+    services = build(settings, clock)
+    services.prepare()
+    try:
+        senders = [f"{'spammer' if n % 3 == 1 else 'customer'}{n}@mail.test" for n in range(9)]
+        for n, sender in enumerate(senders):
+            body = f"Buy now!\n{GTUBE}\n" if sender.startswith("spammer") else ORDINARY
+            mail = make_mail(
+                f"Message {n}", sender=sender, message_id=f"<side{n}@mail.test>", body=body
+            )
+            services.store.put(mail, Envelope("smtp", sender, ("support@example.test",)))
+        assert services.drain_inbound() == 9
+
+        assert states(services) == {
+            s: "held" if s.startswith("spammer") else "done" for s in senders
+        }
+        customers = [s for s in senders if s.startswith("customer")]
+        assert [t["requester"] for t in tickets(services)] == customers
+        assert [t["subject"] for t in tickets(services)] == [
+            f"Message {senders.index(c)}" for c in customers
+        ]
+    finally:
+        services.db.dispose()
