@@ -144,15 +144,17 @@ def test_a_large_message_is_stored_exactly_as_sent(daemon: RunningDaemon) -> Non
     assert daemon.services.store.load(_queued_id(reply)).raw == raw
 
 
+# Over the line limit, and over what the reader buffers during DATA (smtpdata.py).
+@pytest.mark.parametrize("length", [1200, 200_000])
 def test_a_line_over_the_smtp_limit_is_refused_and_the_session_goes_on(
-    daemon: RunningDaemon,
+    daemon: RunningDaemon, length: int
 ) -> None:
     smtp = daemon.services.settings.smtp
     with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
         client.ehlo()
         client.mail("alice@customer.test")
         client.rcpt("support@example.test")
-        code, _ = client.data(make_mail(body="").rstrip(b"\r\n") + b"\r\n" + b"x" * 1200)
+        code, _ = client.data(make_mail(body="").rstrip(b"\r\n") + b"\r\n" + b"x" * length)
         assert code == 500  # RFC 5321 4.5.3.1.6: 1000 bytes a line, CRLF included
         client.mail("alice@customer.test")
         client.rcpt("support@example.test")
