@@ -116,7 +116,7 @@ class InboundStore:
         else:
             hashed = digest(raw)
         incoming = _Incoming(raw, envelope, hashed)
-        return await asyncio.wrap_future(self._door.submit(incoming, len(raw)))
+        return await self._door.submit_async(incoming, len(raw))
 
     def _commit_waiting(self, take: Callable[[], list[Waiting[_Incoming]]]) -> list[int]:
         # Urgent: someone is waiting for a 250. The batch is taken once the lock is ours,
