@@ -15,6 +15,8 @@ sends its share of `--messages` distinct ~`--size`-byte customer messages.
 
 Figures:
 - accepted msg/s, client side: N / (first connect .. last 250), for each server;
+- each server's own CPU (user and system, from /proc) per accepted message while
+  the client ran: for maildesk, serve's alone (not its workers);
 - maildesk only, from its database after the run: processed msg/s
   (N / (first inbound.received_at .. last inbound.processed_at)), and the latency
   from acceptance to acknowledgement queued, outbox.created_at - inbound.received_at
@@ -264,14 +266,16 @@ def _bare_server(kind: str, port: int, folder: str) -> None:
 
 
 @contextmanager
-def bare_server(kind: str, port: int, folder: Path) -> Iterator[None]:
+def bare_server(kind: str, port: int, folder: Path) -> Iterator[int]:
+    """The server running in a child process; yields its pid."""
     proc = mp.get_context("fork").Process(target=_bare_server, args=(kind, port, str(folder)))
     proc.start()
     try:
         common.wait_for(lambda: listening_or_dead(port, proc), 10, f"{kind} server")
         if not proc.is_alive():
             raise RuntimeError(f"{kind} server died")
-        yield
+        assert proc.pid is not None
+        yield proc.pid
     finally:
         proc.terminate()
         proc.join(10)
@@ -298,7 +302,7 @@ class MaildeskFigures:
     sent_p95_ms: float
     states: dict[str, int]
     acknowledgements: int
-    serve_cpu_ms: float  # serve's own CPU per message while SMTP was loaded (not its workers)
+    serve_cpu: ServerCpu  # serve's own, while SMTP was loaded (not its workers)
 
 
 def healthz(web_port: int) -> dict[str, Any]:
@@ -386,13 +390,40 @@ def wait_processed(web_port: int, messages: int, proc: subprocess.Popen[bytes]) 
     common.wait_for(done, 120 + messages / 20, "inbound and outbox to drain", interval=0.05)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process used so far, its children not included."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user, system) a process used so far, its children not included."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    hz = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / hz, int(fields[12]) / hz
 
 
-def maildesk_figures(db: Path, client: ClientRun, serve_cpu_ms: float) -> MaildeskFigures:
+@dataclass(frozen=True)
+class ServerCpu:
+    """A server's own CPU per accepted message while the client ran, in ms."""
+
+    user_ms: float
+    system_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.user_ms + self.system_ms
+
+    def __str__(self) -> str:
+        return f"{self.total_ms:.2f} ms ({self.user_ms:.2f} user, {self.system_ms:.2f} system)"
+
+
+@contextmanager
+def cpu_used(pid: int, messages: int) -> Iterator[list[ServerCpu]]:
+    """Measures `pid`'s CPU over the block; the figure is in the list after it."""
+    found: list[ServerCpu] = []
+    user, system = cpu_seconds(pid)
+    yield found
+    user_after, system_after = cpu_seconds(pid)
+    per = 1000 / messages
+    found.append(ServerCpu((user_after - user) * per, (system_after - system) * per))
+
+
+def maildesk_figures(db: Path, client: ClientRun, serve_cpu: ServerCpu) -> MaildeskFigures:
     rows = common.db_rows(
         db,
         """
@@ -427,7 +458,7 @@ def maildesk_figures(db: Path, client: ClientRun, serve_cpu_ms: float) -> Mailde
         sent_p95_ms=common.percentile(sent, 95) if sent else float("nan"),
         states=states,
         acknowledgements=len(queued),
-        serve_cpu_ms=serve_cpu_ms,
+        serve_cpu=serve_cpu,
     )
 
 
@@ -438,6 +469,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     kinds = [k for k in KINDS if k in args.only.split(",")]
     run_id = f"bench{os.getpid()}x{int(time.time())}"
     accepted: dict[str, ClientRun] = {}
+    cpu: dict[str, ServerCpu] = {}
     figures: MaildeskFigures | None = None
     for kind in kinds:
         folder = workdir / kind
@@ -454,24 +486,25 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                 spy = None
                 if args.profile:
                     spy = start_py_spy(proc.pid, args.profile, args.profile_idle)
-                cpu = cpu_seconds(proc.pid)
                 try:
-                    accepted[kind] = load(
-                        smtp_port, args.messages, args.connections, args.size, run_id, args.rate
-                    )
+                    with cpu_used(proc.pid, args.messages) as measured:
+                        accepted[kind] = load(
+                            smtp_port, args.messages, args.connections, args.size, run_id, args.rate
+                        )
                 finally:
                     if spy is not None:
                         stop_py_spy(spy)
-                serve_cpu_ms = (cpu_seconds(proc.pid) - cpu) * 1000 / args.messages
+                cpu[kind] = measured[0]
                 print(f"   accepted {accepted[kind].rate:.0f} msg/s", file=sys.stderr, flush=True)
                 wait_processed(web_port, args.messages, proc)
-            figures = maildesk_figures(folder / "maildesk.db", accepted[kind], serve_cpu_ms)
+            figures = maildesk_figures(folder / "maildesk.db", accepted[kind], cpu[kind])
         else:
             port = common.free_port()
-            with bare_server(kind, port, folder):
+            with bare_server(kind, port, folder) as pid, cpu_used(pid, args.messages) as measured:
                 accepted[kind] = load(
                     port, args.messages, args.connections, args.size, run_id, args.rate
                 )
+            cpu[kind] = measured[0]
             print(f"   accepted {accepted[kind].rate:.0f} msg/s", file=sys.stderr, flush=True)
             if kind in ("fsync", "sqlite"):
                 stored = (
@@ -481,22 +514,23 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                 )
                 if stored != args.messages:
                     raise RuntimeError(f"{kind} server stored {stored} of {args.messages}")
-    report(args, workdir, accepted, figures)
+    report(args, workdir, accepted, cpu, figures)
 
 
 def report(
     args: argparse.Namespace,
     workdir: Path,
     accepted: dict[str, ClientRun],
+    cpu: dict[str, ServerCpu],
     figures: MaildeskFigures | None,
 ) -> None:
     bare = accepted.get("null")
     rows = []
     for kind, client in accepted.items():
         ratio = f"{client.rate / bare.rate:.2f}" if bare else "-"
-        row = [LABELS[kind], f"{client.rate:.0f}", ratio, "", "", ""]
+        row = [LABELS[kind], f"{client.rate:.0f}", ratio, str(cpu[kind]), "", "", ""]
         if kind == "maildesk" and figures:
-            row[3:] = [
+            row[4:] = [
                 f"{figures.processed_rate:.0f}",
                 f"{figures.ack_median_ms:.0f} / {figures.ack_p95_ms:.0f}",
                 f"{figures.sent_median_ms:.0f} / {figures.sent_p95_ms:.0f}",
@@ -519,6 +553,7 @@ def report(
                 "server",
                 "accepted msg/s",
                 "vs bare",
+                "server CPU per accepted message",
                 "processed msg/s",
                 "ack queued ms (median / p95)",
                 "ack in outbox Maildir ms (median / p95)",
@@ -532,7 +567,7 @@ def report(
             f"maildesk: inbound states {figures.states}, {figures.acknowledgements} "
             f"acknowledgements queued; last row processed "
             f"{figures.processed_after_last_250 * 1000:.0f} ms after the last 250; "
-            f"serve used {figures.serve_cpu_ms:.2f} ms of CPU per accepted message "
+            f"serve used {figures.serve_cpu} of CPU per accepted message "
             "(its workers not included)"
         )
     print()

@@ -353,6 +353,18 @@ class Database:
             yield session
 
     @contextmanager
+    def writing(self, urgent: bool = False) -> Iterator[Connection]:
+        """`transaction()` without an ORM session, for a hot path's writes (the group
+        commit): the session's unit of work and state machine cost more CPU than the
+        statements of a commit of a few messages. Same order, same BEGIN IMMEDIATE."""
+        if self._writers is None:
+            with self.engine.begin() as connection:
+                yield connection
+            return
+        with self._writers.turn(urgent), self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
     def reading(self) -> Iterator[Session]:
         """A session for reads only: on SQLite it neither takes nor waits for the write lock."""
         with self._readers() as session, session.begin():

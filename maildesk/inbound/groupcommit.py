@@ -1,13 +1,19 @@
 """Group commit: concurrent stores waiting at the door share one transaction (one fsync).
 
-Every route hands its raw bytes to `GroupCommit.submit` and waits on the future
-it returns (`InboundStore.put` from a thread, `put_async` from the event loop,
-where no executor thread is held). One writer thread takes whatever is waiting,
-asks `write` to commit all of it in one transaction, and only then resolves
-each future: a session gets its 250 after the commit that holds its bytes,
-never before. `write` gathers the batch once it holds the write lock (`take`),
-so what arrived while it waited for the lock or for the previous fsync goes
-into the same commit. If the commit fails, every message in it fails (451).
+Every route hands its raw bytes to `GroupCommit.submit` (a thread:
+`InboundStore.put`) or `submit_async` (the event loop: `put_async`, no executor
+thread held) and waits on the future it returns. One writer thread takes
+whatever is waiting, asks `write` to commit all of it in one transaction, and
+only then resolves each future: a session gets its 250 after the commit that
+holds its bytes, never before. The futures of one event loop are resolved by
+one callback on that loop per commit: a cross-thread future per message cost a
+wake-up of the loop (a write to its self-pipe) for every message. `write`
+gathers the batch once it holds the write lock (`take`), so what arrived while
+it waited for the lock or for the previous fsync goes into the same commit.
+If the commit fails, every message in it fails (451). A waiter that went away
+meanwhile (its session hung up and its task was cancelled) is skipped: its
+bytes are stored all the same, and the sender, who saw no 250, may send them
+again.
 
 The thread starts with the first message and ends after a second without any,
 so a CLI process that stores one message keeps no thread behind.
@@ -15,11 +21,12 @@ so a CLI process that stores one message keeps no thread behind.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -35,11 +42,17 @@ IDLE_SECONDS = 1.0
 
 @dataclass
 class Waiting(Generic[T]):
-    """One message at the door: what to store, and the future its session waits on."""
+    """One message at the door: what to store, and the future its sender waits on:
+    a thread's (`loop` None) or one of `loop`'s, resolved on that loop."""
 
     item: T
     size: int
-    future: Future[int] = field(default_factory=Future)
+    future: Future[int] | asyncio.Future[int] = field(default_factory=Future)
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+# What a commit gives each of its messages: the ids in order, or the error.
+Outcome = Sequence[int] | BaseException
 
 
 class GroupCommit(Generic[T]):
@@ -58,13 +71,24 @@ class GroupCommit(Generic[T]):
         return self._queue.qsize()
 
     def submit(self, item: T, size: int) -> Future[int]:
-        waiting: Waiting[T] = Waiting(item, size)
+        """Queue `item` for the next commit; for a thread, which waits on the future."""
+        future: Future[int] = Future()
+        self._enqueue(Waiting(item, size, future))
+        return future
+
+    def submit_async(self, item: T, size: int) -> asyncio.Future[int]:
+        """`submit` from a coroutine: the future is the running loop's."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._enqueue(Waiting(item, size, future, loop))
+        return future
+
+    def _enqueue(self, waiting: Waiting[T]) -> None:
         with self._lock:
             self._queue.put(waiting)
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._run, name="group-commit", daemon=True).start()
-        return waiting.future
 
     def _run(self) -> None:
         while True:
@@ -94,13 +118,48 @@ class GroupCommit(Generic[T]):
                 size += more.size
             return list(taken)
 
+        outcome: Outcome
         try:
-            ids = self._write(take)
+            outcome = self._write(take)
         except BaseException as exc:  # nothing of this batch is stored: each session says 451
             log.exception("storing %d messages failed", max(len(taken), 1))
-            for waiting in taken or [first]:
-                waiting.future.set_exception(exc)
-            return
-        self.commits += 1
-        for waiting, row_id in zip(taken, ids, strict=True):
-            waiting.future.set_result(row_id)
+            outcome = exc
+        else:
+            self.commits += 1
+            if len(outcome) != len(taken):
+                outcome = RuntimeError(f"{len(outcome)} ids for {len(taken)} messages")
+        _answer(taken or [first], outcome)
+
+
+def _answer(taken: Sequence[Waiting[T]], outcome: Outcome) -> None:
+    """Resolve each waiter's future: a thread's here, a loop's in one callback on it."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[int, asyncio.Future[int]]]] = {}
+    for index, waiting in enumerate(taken):
+        if waiting.loop is None:
+            _settle(index, waiting.future, outcome)
+        else:
+            future = waiting.future
+            assert isinstance(future, asyncio.Future)
+            by_loop.setdefault(waiting.loop, []).append((index, future))
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, futures, outcome)
+        except RuntimeError:  # that loop is closed: nobody waits on it any more
+            continue
+
+
+def _settle_all(futures: list[tuple[int, asyncio.Future[int]]], outcome: Outcome) -> None:
+    for index, future in futures:
+        _settle(index, future, outcome)
+
+
+def _settle(index: int, future: Future[int] | asyncio.Future[int], outcome: Outcome) -> None:
+    if future.done():  # cancelled: the session went away before its answer
+        return
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome[index])
+    except (InvalidStateError, asyncio.InvalidStateError):  # cancelled just now, by its thread
+        return

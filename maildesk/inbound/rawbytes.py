@@ -73,13 +73,15 @@ INBOUND = Stored("inbound_raw", "inbound_id", "inbound")
 OUTBOX = Stored("outbox_raw", "outbox_id", "outbox", named="message_id")
 
 
-def write(session: Session, bodies: Sequence[tuple[int, Raw]], where: Stored = INBOUND) -> None:
-    """Store each (row id, bytes) in `where`, in the session's transaction.
+def write(
+    session: Session | Connection, bodies: Sequence[tuple[int, Raw]], where: Stored = INBOUND
+) -> None:
+    """Store each (row id, bytes) in `where`, in the session's (or connection's) transaction.
 
     Bytes that fit in one slice are bound as parameters, all in one statement: their
     copy costs no more memory than a slice, and a stream per row cost more CPU than
     the rest of queueing a notification."""
-    connection = session.connection()
+    connection = session.connection() if isinstance(session, Session) else session
     small = [(row_id, _whole(raw)) for row_id, raw in bodies if size(raw) <= SLICE]
     if small:
         _executemany(connection, where.bound_rows, small)
@@ -87,9 +89,9 @@ def write(session: Session, bodies: Sequence[tuple[int, Raw]], where: Stored = I
     if not large:
         return
     if connection.dialect.name == "sqlite":
-        _write_sqlite(session, large, where)
+        _write_sqlite(connection, large, where)
     else:
-        _copy_postgresql(session, large, where)
+        _copy_postgresql(connection, large, where)
 
 
 def write_named(session: Session, bodies: Sequence[tuple[str, Raw]], where: Stored) -> None:
@@ -132,8 +134,7 @@ def _slices(raw: Raw) -> list[memoryview]:
     return [view[at : at + SLICE] for view in views for at in range(0, len(view), SLICE)]
 
 
-def _write_sqlite(session: Session, bodies: Sequence[tuple[int, Raw]], where: Stored) -> None:
-    connection = session.connection()
+def _write_sqlite(connection: Connection, bodies: Sequence[tuple[int, Raw]], where: Stored) -> None:
     driver = connection.connection.driver_connection
     assert driver is not None
     for row_id, raw in bodies:
@@ -143,8 +144,10 @@ def _write_sqlite(session: Session, bodies: Sequence[tuple[int, Raw]], where: St
                 blob.write(piece)
 
 
-def _copy_postgresql(session: Session, bodies: Sequence[tuple[int, Raw]], where: Stored) -> None:
-    driver = session.connection().connection.driver_connection
+def _copy_postgresql(
+    connection: Connection, bodies: Sequence[tuple[int, Raw]], where: Stored
+) -> None:
+    driver = connection.connection.driver_connection
     assert driver is not None
     with driver.cursor() as cursor, cursor.copy(where.copy) as copy:
         copy.write(_COPY_HEADER)

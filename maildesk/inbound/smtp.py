@@ -22,6 +22,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from maildesk.config import SmtpSettings
 from maildesk.inbound.recipients import Recipients
 from maildesk.inbound.sessions import SessionLimiter, limited
+from maildesk.inbound.smtpaddress import parsed_once
 from maildesk.inbound.smtpdata import one_buffer
 from maildesk.inbound.store import Envelope, InboundStore
 
@@ -224,8 +225,11 @@ async def start_server(settings: SmtpSettings, handler: InboundHandler, hostname
     listener = Listener()
     listener.limiter = SessionLimiter(settings.max_sessions, settings.max_sessions_per_ip)
     # DATA read into one buffer (smtpdata.py): a large message costs its size, not 4x.
+    # Addresses parsed without a class per command (smtpaddress.py).
     protocol = limited(
-        one_buffer(LMTP if settings.lmtp else SMTP), listener.limiter, handler.on_refused
+        one_buffer(parsed_once(LMTP if settings.lmtp else SMTP)),
+        listener.limiter,
+        handler.on_refused,
     )
     context = tls_context(settings)
     kwargs: dict[str, Any] = {

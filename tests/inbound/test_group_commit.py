@@ -7,7 +7,9 @@ a 250 must always end in a stored row holding exactly the bytes that were sent.
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -228,3 +230,43 @@ def test_messages_stored_together_keep_their_own_bytes_exactly(services: Service
     ]
     ids = services.store.put_many(raws, Envelope(source="import"))
     assert [services.store.load(i).raw for i in ids] == raws
+
+
+def test_a_client_that_hangs_up_while_its_commit_waits_does_not_stop_acceptance(
+    daemon: RunningDaemon,
+) -> None:
+    """Its session is cancelled while the group commit waits for the lock; the commit must
+    still answer everyone else, and the next client must still get its 250."""
+    services = daemon.services
+    if not services.db.is_sqlite:
+        pytest.skip("SQLite's single writer: the commit waits for the lock only there")
+    smtp = services.settings.smtp
+    gone = make_mail(message_id="<gone@customer.test>")
+    with services.db.transaction():  # a processing batch holds the write lock
+        client = socket.create_connection((smtp.host, smtp.port), timeout=10)
+        with client, client.makefile("rb") as replies:
+            replies.readline()  # 220
+            for command in (b"HELO customer.test", b"MAIL FROM:<c@customer.test>"):
+                client.sendall(command + b"\r\n")
+                replies.readline()
+            client.sendall(f"RCPT TO:<{SUPPORT}>\r\nDATA\r\n".encode())
+            replies.readline()
+            assert replies.readline().startswith(b"354")
+            client.sendall(gone + b"\r\n.\r\n")
+            wait_for(
+                lambda: services.db.writers_waiting()[0] == 1, 30, "the commit to wait for the lock"
+            )
+        sessions = daemon.daemon.metrics.registry
+        wait_for(
+            lambda: sessions.get_sample_value("maildesk_smtp_sessions") == 0,
+            30,
+            "the daemon to see the client hang up",
+        )
+        # Its callbacks (the cancelled session) run before this round trip's.
+        for _ in range(2):
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), daemon.loop).result(10)
+
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as next_client:
+        refused = next_client.sendmail("d@customer.test", [SUPPORT], make_mail())
+    assert refused == {}
+    assert any(b"<gone@customer.test>" in raw for raw in stored(services).values())

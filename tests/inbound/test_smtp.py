@@ -144,18 +144,62 @@ def test_a_large_message_is_stored_exactly_as_sent(daemon: RunningDaemon) -> Non
     assert daemon.services.store.load(_queued_id(reply)).raw == raw
 
 
+# Over the line limit, and over what the reader buffers during DATA (smtpdata.py).
+@pytest.mark.parametrize("length", [1200, 200_000])
 def test_a_line_over_the_smtp_limit_is_refused_and_the_session_goes_on(
-    daemon: RunningDaemon,
+    daemon: RunningDaemon, length: int
 ) -> None:
     smtp = daemon.services.settings.smtp
     with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
         client.ehlo()
         client.mail("alice@customer.test")
         client.rcpt("support@example.test")
-        code, _ = client.data(make_mail(body="").rstrip(b"\r\n") + b"\r\n" + b"x" * 1200)
+        code, _ = client.data(make_mail(body="").rstrip(b"\r\n") + b"\r\n" + b"x" * length)
         assert code == 500  # RFC 5321 4.5.3.1.6: 1000 bytes a line, CRLF included
         client.mail("alice@customer.test")
         client.rcpt("support@example.test")
         code, reply = client.data(make_mail(body="fine"))
         assert code == 250
     assert b"fine" in daemon.services.store.load(_queued_id(reply)).raw
+
+
+def _unstuffed(wire: bytes) -> bytes:
+    """RFC 5321 4.5.2, one line at a time: what a message sent as `wire` (its dot line
+    excluded) stores."""
+    lines = wire.split(b"\r\n")
+    return b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
+
+
+# Dot lines where a reader could miss them: first, second, after lines that end in a
+# dot, split across TCP sends, and a message over the reader's 64 KiB buffer.
+WIRES = [
+    b"",
+    b"Subject: empty body\r\n",
+    b"Subject: dots\r\n\r\nHello.\r\n..\r\n..x\r\n...\r\nBye.\r\n",
+    b"Subject: big\r\n\r\n" + b"".join(b"%05d " % n + b"y" * 70 + b".\r\n" for n in range(1500)),
+    b"Subject: big, no dot\r\n\r\n" + b"z" * 998 + b"\r\n" + (b"w" * 77 + b"\r\n") * 2000,
+]
+
+
+@pytest.mark.parametrize("wire", WIRES, ids=["empty", "one line", "dots", "big", "no dot"])
+def test_data_ends_at_its_dot_line_however_it_arrives(daemon: RunningDaemon, wire: bytes) -> None:
+    smtp = daemon.services.settings.smtp
+    sent = wire + b".\r\n"
+    with socket.create_connection((smtp.host, smtp.port), timeout=10) as client:
+        replies = client.makefile("rb")
+        replies.readline()
+        client.sendall(b"HELO customer.test\r\nMAIL FROM:<a@customer.test>\r\n")
+        replies.readline(), replies.readline()
+        client.sendall(b"RCPT TO:<support@example.test>\r\nDATA\r\n")
+        replies.readline()
+        assert replies.readline().startswith(b"354")
+        # In pieces of 1 to 7 bytes at first, cutting ".\r\n" and CRLFs anywhere.
+        at = 0
+        for step in [1, 2, 3, 5, 7] * 8:
+            client.sendall(sent[at : at + step])
+            at += step
+        client.sendall(sent[at:])
+        reply = replies.readline()
+        assert reply.startswith(b"250"), reply
+        client.sendall(b"QUIT\r\n")
+    assert daemon.services.store.load(_queued_id(reply.rstrip())).raw == _unstuffed(wire)
