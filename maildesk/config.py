@@ -279,7 +279,7 @@ class WorkerSettings:
     # The nice value worker processes lower themselves to at start (0-19). Above serve's,
     # the kernel gives the process that answers SMTP the CPU first when processing keeps
     # every core busy; 0 by default, as on SQLite a 250 waits for the writer lock, not
-    # for the CPU, and niced workers lose to every other process (README, Benchmarks).
+    # for the CPU, and niced workers lose to every other process (bench/HISTORY.md).
     nice: int = 0
     # Messages a worker prepares at once, in threads (parse, spamd, DKIM/DMARC lookups),
     # ahead of the one it writes, when spamd or DKIM verification is on: their network
