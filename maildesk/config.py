@@ -320,10 +320,15 @@ class Settings:
 
     @property
     def state_folder(self) -> Path:
-        """Where maildesk keeps its own files: the SQLite database's folder, else `var`
-        beside the config file (the secret key, the unpacked language model)."""
+        """Where maildesk keeps its own files (the secret key, the unpacked language
+        model): the SQLite database's folder; on PostgreSQL, the secret key file's
+        when one is set (the service's state directory); else `var` beside the config."""
         db = self.sqlite_path
-        return db.parent if db else Path(self.base_dir) / "var"
+        if db:
+            return db.parent
+        if self.web.secret_key_file:
+            return Path(self.web.secret_key_file).parent
+        return Path(self.base_dir) / "var"
 
     @property
     def secret_key_path(self) -> Path:
