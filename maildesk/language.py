@@ -7,9 +7,10 @@ None, and the caller falls back to `[support] language`; so does a guess
 below `MIN_CONFIDENCE`. Only the first `MAX_CHARS` characters are read, so
 the work per message is capped whatever a stranger sends.
 
-The model (about 1.6 s to decompress) is read once per process, on the first
-text that needs it, not at start-up: most mail says its language in
-`Content-Language` or is too short to judge.
+The model is read once per process, on the first text that needs it, not at
+start-up: most mail says its language in `Content-Language` or is too short to
+judge. Its unpacked file is kept in the state folder for every process
+(`_unpacked`); without it no language is guessed, and mail goes on.
 """
 
 from __future__ import annotations
@@ -139,14 +140,14 @@ def _two_languages(path: Path, identifier: Any, folder: Path | None = None) -> _
 
     import numpy as np
 
-    _NPY_HEADERS = {
+    npy_headers = {
         (1, 0): np.lib.format.read_array_header_1_0,
         (2, 0): np.lib.format.read_array_header_2_0,
     }
     with _unpacked(path, folder) as unpacked:
         # The mapping outlives the file object: the kernel keeps the unlinked file.
         mapped = mmap.mmap(unpacked.fileno(), 0, access=mmap.ACCESS_READ)
-        mapped.madvise(mmap.MADV_RANDOM)
+        mapped.madvise(mmap.MADV_RANDOM)  # rows are visited at random: read no more ahead
         with zipfile.ZipFile(unpacked) as archive:
             members = {info.filename: info for info in archive.infolist()}
 
@@ -158,7 +159,7 @@ def _two_languages(path: Path, identifier: Any, folder: Path | None = None) -> _
             name_length, extra_length = struct.unpack_from("<HH", mapped, info.header_offset + 26)
             start = info.header_offset + 30 + name_length + extra_length
             header = io.BytesIO(mapped[start : start + 4096])
-            read_header = _NPY_HEADERS.get(np.lib.format.read_magic(header))
+            read_header = npy_headers.get(np.lib.format.read_magic(header))
             if read_header is None:
                 raise KeyError(name)
             shape, fortran, dtype = read_header(header)
