@@ -5,6 +5,8 @@ What a backup holds (each file 0600, the folder 0700):
   in one step. Under WAL that reads one consistent snapshot without stopping
   writers, so mail keeps flowing. Raw mail, tickets, attachments (the `blobs`
   table), accounts, the outbox and the quarantine are all in it.
+- `maildesk.db.landing`: accepted mail not yet moved into the database
+  (`inbound/landing.py`), copied the same way, before the database.
   For PostgreSQL there is no file: `pg_dump` is the tool (the manifest says the
   command), and the backup holds the rest.
 - `secret_key`: the key that signs reply addresses, links and sessions.
@@ -33,8 +35,10 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from maildesk.config import Settings
+from maildesk.inbound import landing
 
 DATABASE = "maildesk.db"
+LANDING = "maildesk.db.landing"
 SECRET_KEY = "secret_key"  # noqa: S105 - a file name
 DKIM_KEY = "dkim.key"
 CONFIG = "maildesk.toml"
@@ -67,6 +71,12 @@ def backup(
     if database is not None:
         if not database.exists():
             raise BackupError(f"no database at {database}")
+        landed = landing.path_of(database)
+        if landed.exists():
+            # First: a row moved between the two copies is then in both (the move
+            # skips it), never in neither.
+            _sqlite_backup(landed, folder / LANDING)
+            files[LANDING] = _sha256(folder / LANDING)
         _sqlite_backup(database, folder / DATABASE)
         files[DATABASE] = _sha256(folder / DATABASE)
     else:
@@ -104,10 +114,17 @@ def restore(settings: Settings, folder: Path, *, force: bool = False) -> list[Pa
         if target.exists() and not force:
             raise BackupError(f"{target} exists: stop the daemon and pass --force to replace it")
         target.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in ("-wal", "-shm"):  # they belong to the database being replaced
-            Path(f"{target}{suffix}").unlink(missing_ok=True)
+        landed = landing.path_of(target)
+        for file in (target, landed):
+            for suffix in ("-wal", "-shm"):  # they belong to the database being replaced
+                Path(f"{file}{suffix}").unlink(missing_ok=True)
         _copy_private(folder / DATABASE, target)
         written.append(target)
+        if (folder / LANDING).exists():
+            _copy_private(folder / LANDING, landed)
+            written.append(landed)
+        else:
+            landed.unlink(missing_ok=True)
     if (folder / SECRET_KEY).exists() and not settings.web.secret_key:
         _copy_private(folder / SECRET_KEY, settings.secret_key_path)
         written.append(settings.secret_key_path)

@@ -41,7 +41,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -333,6 +333,7 @@ class Database:
         self._read_only = self.engine.execution_options(**{READ_ONLY: True})
         self._readers = sessionmaker(self._read_only, expire_on_commit=False)
         self._writers = _WriterQueue(_file_gate(url)) if self.is_sqlite else None
+        self._on_dispose: list[Callable[[], None]] = []
 
     @property
     def is_sqlite(self) -> bool:
@@ -392,7 +393,14 @@ class Database:
         """(urgent, normal) threads of this process waiting to write (SQLite; else zeros)."""
         return self._writers.counts if self._writers is not None else (0, 0)
 
+    def on_dispose(self, close: Callable[[], None]) -> None:
+        """Call `close` when this database is disposed of (what lives beside its file,
+        as the landing of accepted mail does, ends with it)."""
+        self._on_dispose.append(close)
+
     def dispose(self) -> None:
+        while self._on_dispose:
+            self._on_dispose.pop()()
         self.engine.dispose()
         if self._writers is not None:
             self._writers.close()

@@ -158,6 +158,29 @@ def _copy_postgresql(
         copy.write(_COPY_TRAILER)
 
 
+def copy_sqlite(
+    source: Connection, target: Connection, ids: Sequence[tuple[int, int]], where: Stored = INBOUND
+) -> None:
+    """Copy the bytes of rows from one SQLite database's `where` table to another's, as
+    (source id, target id) pairs, inside the target's transaction: a slice at a time,
+    as `write` stores them (the landing's move, `inbound/landing.py`)."""
+    reader, writer = source.connection.driver_connection, target.connection.driver_connection
+    assert reader is not None and writer is not None
+    small: list[tuple[int, bytes]] = []
+    for from_id, to_id in ids:
+        with reader.blobopen(where.table, "raw", from_id, readonly=True) as blob:
+            length = len(blob)
+            if length <= SLICE:
+                small.append((to_id, blob.read()))
+                continue
+            target.execute(where.zeroed_row, {"id": to_id, "size": length})
+            with writer.blobopen(where.table, "raw", to_id) as copy:
+                while piece := blob.read(SLICE):
+                    copy.write(piece)
+    if small:
+        _executemany(target, where.bound_rows, small)
+
+
 def read(connection: Connection, row_id: int, where: Stored = INBOUND) -> bytes | None:
     """The bytes stored for `row_id` (None: no row), read a slice at a time."""
     if connection.dialect.name == "sqlite":

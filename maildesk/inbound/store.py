@@ -23,6 +23,7 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -35,7 +36,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from maildesk import leases
 from maildesk.clock import Clock, as_utc
 from maildesk.db import Database
-from maildesk.inbound import rawbytes
+from maildesk.inbound import landing, rawbytes
 from maildesk.inbound.groupcommit import GroupCommit, Waiting
 from maildesk.models import Inbound
 from maildesk.states import InboundState
@@ -106,6 +107,11 @@ class InboundStore:
         self._clock = clock
         self._door: GroupCommit[_Incoming] = GroupCommit(self._commit_waiting)
         self._listeners: list[Callable[[], None]] = []
+        # On SQLite, accepted mail lands in a file of its own (`landing.py`).
+        file = landing.sqlite_file(db.url)
+        self._landing = landing.Landing(db, landing.path_of(file)) if file else None
+        if self._landing is not None:
+            db.on_dispose(self._landing.close)
 
     def on_stored(self, listener: Callable[[], None]) -> None:
         """Call `listener` (from the committing thread) after each commit of new mail:
@@ -143,11 +149,26 @@ class InboundStore:
     def _commit_waiting(self, take: Callable[[], list[Waiting[_Incoming]]]) -> list[int]:
         # Urgent: someone is waiting for a 250. The batch is taken once the lock is ours,
         # so what arrived while we waited joins this commit.
-        with self._db.writing(urgent=True) as connection:
+        with self._door_writing(urgent=True) as connection:
             now = self._clock.now()
             ids = self._insert(connection, [w.item for w in take()], now)
         self._announce()
         return ids
+
+    @property
+    def door(self) -> Database:
+        """The database a 250 waits on: the landing's on SQLite (`landing.py`), else the
+        spool's own."""
+        if self._landing is None:
+            return self._db
+        self._landing.ready()
+        return self._landing.db
+
+    def _door_writing(self, urgent: bool = False) -> AbstractContextManager[Connection]:
+        """Where accepted mail is committed: the landing on SQLite, else the spool."""
+        if self._landing is not None:
+            return self._landing.writing(urgent)
+        return self._db.writing(urgent)
 
     def put_many(self, raws: Sequence[bytes], envelope: Envelope) -> list[int]:
         """Commit several messages in one transaction (one fsync) and return their ids.
@@ -155,7 +176,7 @@ class InboundStore:
         Bulk work (`import`): it queues for the write lock like processing does.
         """
         items = [_Incoming(raw, envelope, digest(raw)) for raw in raws]
-        with self._db.writing() as connection:
+        with self._door_writing() as connection:
             now = self._clock.now()
             ids = self._insert(connection, items, now)
         self._announce()
@@ -205,6 +226,8 @@ class InboundStore:
                 found.update(
                     session.scalars(select(Inbound.digest).where(Inbound.digest.in_(chunk)))
                 )
+        if self._landing is not None:
+            found |= self._landing.known_digests(digests)
         return found
 
     def requeue(self, inbound_id: int) -> bool:
@@ -230,7 +253,9 @@ class InboundStore:
         last worker, so it is claimed alone.
         """
         now = self._clock.now()
-        with self._db.transaction() as session:
+        with self._moving() as move, self._db.transaction() as session:
+            if move is not None:
+                move.into(session.connection())
             rows = session.execute(leases.select_due(Inbound, now, limit, *_CLAIMED_COLUMNS)).all()
             spent = [r.id for r in rows if r.attempts >= MAX_ATTEMPTS]
             for row_id in spent:
@@ -243,6 +268,18 @@ class InboundStore:
             claim = leases.take(session, Inbound, [r.id for r in rows], now)
             claimed = tuple(Claimed(r.id, r.size, r.mail_from, r.source, r.peer) for r in rows)
             return Batch(claim, claimed, len(spent))
+
+    def _moving(self) -> AbstractContextManager[landing.Move | None]:
+        """The landing's mover, when this process has its turn (SQLite): a claim first
+        moves what landed into the spool, in its own transaction."""
+        if self._landing is None:
+            return nullcontext()
+        return self._landing.moving()
+
+    def move_landed(self) -> int:
+        """Move whatever waits in the landing into the spool now (SQLite; a backup
+        first does this); returns how many messages moved."""
+        return self._landing.drain() if self._landing is not None else 0
 
     def _exhausted(self, session: Session, row_id: int, now: datetime) -> None:
         row = session.get(Inbound, row_id)
@@ -258,14 +295,28 @@ class InboundStore:
 
         A claimed row already carries its envelope (the claim read it): only the bytes
         are read then."""
+        if isinstance(row, int):
+            return self._load_anywhere(row)
         with self._db.reading_connection() as connection:
-            if isinstance(row, int):
-                found = connection.execute(_ENVELOPE, {"id": row}).one()
-                row = Claimed(row, 0, found.mail_from, found.source, found.peer)
             raw = rawbytes.read(connection, row.id)
         if raw is None:
             raise LookupError(f"inbound {row.id} has no stored bytes")
         return Stored(row.id, raw, row.mail_from, row.source, row.peer)
+
+    def _load_anywhere(self, spool_id: int) -> Stored:
+        """A message by its spool id, still in the landing or moved into the spool
+        (looked for in that order: a row only ever moves that way)."""
+        databases = [self._db]
+        if self._landing is not None:
+            self._landing.ready()
+            databases.insert(0, self._landing.db)
+        for database in databases:
+            with database.reading_connection() as connection:
+                found = connection.execute(_ENVELOPE, {"id": spool_id}).first()
+                raw = rawbytes.read(connection, spool_id) if found is not None else None
+            if found is not None and raw is not None:
+                return Stored(spool_id, raw, found.mail_from, found.source, found.peer)
+        raise LookupError(f"inbound {spool_id} has no stored bytes")
 
     def lock(self, session: Session, ids: Sequence[int], token: str) -> dict[int, Inbound]:
         """Those of the rows still pending and leased under `token`, locked, by id (one
@@ -359,6 +410,12 @@ def counts(session: Session, quarantined_since: datetime | None = None) -> Spool
     oldest = session.scalar(
         select(func.min(Inbound.received_at)).where(Inbound.state == InboundState.PENDING)
     )
+    if (file := landing.sqlite_file(str(session.get_bind().engine.url))) is not None:
+        # Accepted, not yet moved into the spool: pending all the same.
+        landed = landing.waiting(landing.path_of(file))
+        by_state[str(InboundState.PENDING)] += landed.count
+        if landed.oldest is not None and (oldest is None or landed.oldest < as_utc(oldest)):
+            oldest = landed.oldest
     recent: int | None = 0
     if quarantined_since is not None:
         recent = session.scalar(

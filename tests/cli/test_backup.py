@@ -118,3 +118,31 @@ def test_restore_refuses_to_overwrite_a_database(
     # A backup never lands in a folder that already holds something.
     again = CliRunner().invoke(main, ["--config", str(source), "backup", str(tmp_path / "backup")])
     assert again.exit_code != 0 and "not empty" in again.output
+
+
+def test_mail_accepted_but_not_yet_processed_is_in_the_backup(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    """The MTA hands a message to `maildesk deliver` while no worker runs: it waits where
+    accepted mail waits (on SQLite, the landing beside the database), and a backup
+    taken then restores it, to become a ticket once processing runs."""
+    source = write_config(config_values, tmp_path / "live")
+    run(source, "init")
+    delivered = CliRunner().invoke(
+        main,
+        ["--config", str(source), "deliver", "--sender", "late@customer.test"],
+        input=mail_with_attachment(7),
+    )
+    assert delivered.exit_code == 0, delivered.output
+    run(source, "backup", str(tmp_path / "backup"))
+
+    fresh = write_config(config_values, tmp_path / "fresh")
+    run(fresh, "restore", str(tmp_path / "backup"))
+    run(fresh, "init")
+    restored = build(load(fresh))
+    try:
+        assert restored.drain_inbound() == 1
+        [ticket] = tickets(restored)
+        assert ticket["subject"] == "Invoice 7"
+    finally:
+        restored.db.dispose()

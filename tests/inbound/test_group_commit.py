@@ -19,9 +19,12 @@ from sqlalchemy import select
 
 from maildesk.db import Database
 from maildesk.inbound.store import Envelope
+from maildesk.inbound.store import counts as spool_counts
 from maildesk.models import InboundRaw
 from maildesk.services import Services
+from maildesk.states import InboundState
 from tests.conftest import RunningDaemon, make_mail, wait_for
+from tests.mailclient import processed_or_failed
 
 SUPPORT = "support@example.test"
 
@@ -79,6 +82,7 @@ def run_clients(daemon: RunningDaemon, clients: list[Client]) -> list[threading.
 
 
 def stored(services: Services) -> dict[int, bytes]:
+    services.store.move_landed()  # what still waits in the landing (SQLite) keeps its id
     with services.db.reading() as session:
         found = session.execute(select(InboundRaw.inbound_id, InboundRaw.raw)).all()
         return dict(found)  # type: ignore[arg-type]
@@ -112,11 +116,12 @@ def test_sessions_waiting_for_the_write_lock_share_one_commit(daemon: RunningDae
         pytest.skip("SQLite's single writer: PostgreSQL commits concurrent inserts in parallel")
     clients = [Client(i, 1) for i in range(20)]
     before = services.store.commits
-    # A processing-sized write holds the lock while twenty sessions reach DATA.
-    with services.db.transaction():
+    door = services.store.door
+    # Someone holds the lock while twenty sessions reach DATA.
+    with door.transaction():
         threads = run_clients(daemon, clients)
         wait_for(
-            lambda: services.store.waiting == 19 and services.db.writers_waiting()[0] == 1,
+            lambda: services.store.waiting == 19 and door.writers_waiting()[0] == 1,
             30,
             "one group commit waiting for the lock with the other 19 queued behind it",
         )
@@ -126,6 +131,22 @@ def test_sessions_waiting_for_the_write_lock_share_one_commit(daemon: RunningDae
 
     assert_every_250_is_stored(services, clients)
     assert services.store.commits - before == 1  # twenty 250s, one fsync
+
+
+def test_a_transaction_on_the_spool_does_not_hold_a_250_back(daemon: RunningDaemon) -> None:
+    """On SQLite, accepted mail lands in a file of its own (`inbound/landing.py`): a
+    processing transaction holding the spool's write lock no longer delays any 250."""
+    services = daemon.services
+    if not services.db.is_sqlite:
+        pytest.skip("SQLite's single writer: PostgreSQL locks rows")
+    clients = [Client(i, 3) for i in range(5)]
+    with services.db.transaction():  # as a processing batch does, for as long as it likes
+        for thread in run_clients(daemon, clients):
+            thread.join(60)
+        assert all(len(c.accepted) == 3 for c in clients), [c.error for c in clients]
+    # And the workers move them into the spool and process them, each under its id.
+    processed_or_failed(daemon, 15)
+    assert_every_250_is_stored(services, clients)
 
 
 # --- who gets SQLite's write lock next ----------------------------------------------------
@@ -209,7 +230,7 @@ def test_the_store_wakes_its_listeners_only_once_the_mail_is_committed(
 
     def on_stored() -> None:
         with other.reading() as session:
-            seen_by_others.append(len(session.scalars(select(InboundRaw.inbound_id)).all()))
+            seen_by_others.append(spool_counts(session)[InboundState.PENDING])
 
     services.store.on_stored(on_stored)
     try:
@@ -242,7 +263,8 @@ def test_a_client_that_hangs_up_while_its_commit_waits_does_not_stop_acceptance(
         pytest.skip("SQLite's single writer: the commit waits for the lock only there")
     smtp = services.settings.smtp
     gone = make_mail(message_id="<gone@customer.test>")
-    with services.db.transaction():  # a processing batch holds the write lock
+    door = services.store.door
+    with door.transaction():  # someone else holds the write lock
         client = socket.create_connection((smtp.host, smtp.port), timeout=10)
         with client, client.makefile("rb") as replies:
             replies.readline()  # 220
@@ -253,9 +275,7 @@ def test_a_client_that_hangs_up_while_its_commit_waits_does_not_stop_acceptance(
             replies.readline()
             assert replies.readline().startswith(b"354")
             client.sendall(gone + b"\r\n.\r\n")
-            wait_for(
-                lambda: services.db.writers_waiting()[0] == 1, 30, "the commit to wait for the lock"
-            )
+            wait_for(lambda: door.writers_waiting()[0] == 1, 30, "the commit to wait for the lock")
         sessions = daemon.daemon.metrics.registry
         wait_for(
             lambda: sessions.get_sample_value("maildesk_smtp_sessions") == 0,

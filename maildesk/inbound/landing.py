@@ -1,0 +1,335 @@
+"""The landing: on SQLite, accepted mail is committed to a database file of its own.
+
+SQLite has one writer per file. With accepted mail in the main database, every
+250 waited for the processing transaction under way to commit (a flood was
+accepted at 0.2-0.3 of bare aiosmtpd's rate). In `<database>.landing` the group
+commit's only other writer is the mover's short delete, so a 250 waits for its
+own fsync and little else.
+
+The mover runs in the workers' claim (`InboundStore.claim`): in the claim's
+transaction on the main database it copies what landed into `inbound` and
+`inbound_raw`, then, once that committed, deletes it here. One process moves at
+a time (`<landing>.mover`, an flock; the others just claim).
+
+Spool ids are handed out here and kept for good: the landing's `inbound` table is
+AUTOINCREMENT, its sequence never below the main spool's highest id (`_floor`),
+and the mover inserts each row under its landed id. So "250 queued as N" names
+row N of the spool before and after the move, and a move repeated after a crash
+(between the main commit and the delete here) finds the id already there, with
+the same digest, and only deletes. A row whose id the main spool holds with
+other bytes (a database restored from an older backup beside a newer landing)
+is moved under a new id, and the log says so: it is never dropped.
+
+PostgreSQL has no such landing: it locks rows, and the group commit writes to
+`inbound` directly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, MetaData, func, inspect, select, text
+
+from maildesk.clock import as_utc
+from maildesk.db import Database
+from maildesk.inbound import rawbytes
+from maildesk.models import Inbound, InboundRaw
+
+log = logging.getLogger("maildesk.spool")
+
+# One move copies at most this much: it runs in a claim's transaction, which holds
+# the main database's write lock. A larger message moves alone.
+MOVE_ROWS = 500
+MOVE_BYTES = 8 * 1024 * 1024
+
+_SCHEMA = MetaData()
+# The main spool's two tables, without their indexes (nothing here is looked up but
+# by id, and an index is one more write under the lock a 250 waits for), and with
+# AUTOINCREMENT: an id is never handed out twice, even after its row moved away.
+LANDED = Inbound.__table__.to_metadata(_SCHEMA)  # type: ignore[attr-defined]
+LANDED.indexes.clear()
+for _column in LANDED.columns:
+    _column.index = None
+LANDED.dialect_kwargs["sqlite_autoincrement"] = True
+LANDED_RAW = InboundRaw.__table__.to_metadata(_SCHEMA)  # type: ignore[attr-defined]
+_COLUMNS = [column.name for column in LANDED.columns]
+
+
+def path_of(database: Path) -> Path:
+    return Path(f"{database}.landing")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL on disk; None for `:memory:` or another database."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return Path(path)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What the landing holds now (for the spool's counts)."""
+
+    count: int
+    oldest: datetime | None
+
+
+class Landing:
+    """`<database>.landing` beside an SQLite database `main`: where accepted mail lands."""
+
+    def __init__(self, main: Database, path: Path) -> None:
+        self.path = path
+        self._main = main
+        self.db = Database(f"sqlite:///{path}")
+        self._ready = False
+        self._mover_fd: int | None = None
+
+    # -- the door's side ------------------------------------------------------
+
+    @contextmanager
+    def writing(self, urgent: bool = False) -> Iterator[Connection]:
+        """A write transaction on the landing (`urgent`: a 250 waits on it)."""
+        self.ready()
+        with self.db.writing(urgent) as connection:
+            yield connection
+
+    def ready(self) -> None:
+        """Create the tables, or make them this version's, once per process; lift the id
+        sequence to the main spool's ids.
+
+        A landing written by another version of maildesk (whose spool had other columns)
+        is moved into the spool with the columns both know, then made again: the door
+        writes every column of this version's."""
+        while not self._ready:
+            older = False
+            with self.db.writing() as connection:
+                _SCHEMA.create_all(connection)
+                if _columns(connection) != set(_COLUMNS):
+                    older = connection.scalar(select(LANDED.c.id).limit(1)) is not None
+                    if not older:
+                        _SCHEMA.drop_all(connection)
+                        _SCHEMA.create_all(connection)
+                if not older:
+                    _raise_sequence(connection, _main_top(self._main))
+                    self._ready = True
+            if older:
+                self._drain_with(self._moving_as_is)
+
+    def known_digests(self, digests: Sequence[str]) -> set[str]:
+        if not self.path.exists():
+            return set()
+        found: set[str] = set()
+        self.ready()
+        with self.db.reading_connection() as connection:
+            for start in range(0, len(digests), 500):
+                chunk = list(digests[start : start + 500])
+                found.update(
+                    connection.scalars(select(LANDED.c.digest).where(LANDED.c.digest.in_(chunk)))
+                )
+        return found
+
+    # -- the mover's side -----------------------------------------------------
+
+    @contextmanager
+    def moving(self) -> Iterator[Move | None]:
+        """The mover's turn, or None when another process has it (or nothing landed).
+
+        Use: `move.into(connection)` in the main transaction; after it committed,
+        the `with` block's end deletes what moved."""
+        if not self.path.exists():
+            yield None
+            return
+        self.ready()
+        with self._moving_as_is(wait=False) as move:
+            yield move
+
+    @contextmanager
+    def _moving_as_is(self, wait: bool = True) -> Iterator[Move | None]:
+        """The mover's turn on the landing as it is (`ready` moves an older one this way)."""
+        fd = self._mover()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield None
+            return
+        try:
+            move = Move(self)
+            yield move
+            if move.moved:
+                self._forget(move.moved, move.raise_to)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def drain(self) -> int:
+        """Move everything that landed into the main spool now (a backup's first step);
+        returns how many rows moved."""
+        if not self.path.exists():
+            return 0
+        self.ready()
+        return self._drain_with(self._moving_as_is)
+
+    def _drain_with(self, moving: Callable[[], AbstractContextManager[Move | None]]) -> int:
+        total = 0
+        while True:
+            with moving() as move:
+                if move is None:
+                    return total
+                with self._main.writing() as connection:
+                    n = move.into(connection)
+            if not n:
+                return total
+            total += n
+
+    def _mover(self) -> int:
+        if self._mover_fd is None:
+            self._mover_fd = os.open(
+                f"{self.path}.mover", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        return self._mover_fd
+
+    def _forget(self, ids: list[int], raise_to: int) -> None:
+        # Not urgent: it is short, and a 250 waiting goes first.
+        with self.db.writing() as connection:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                connection.execute(LANDED_RAW.delete().where(LANDED_RAW.c.inbound_id.in_(chunk)))
+                connection.execute(LANDED.delete().where(LANDED.c.id.in_(chunk)))
+            if raise_to:
+                _raise_sequence(connection, raise_to)
+
+    def waiting(self) -> Waiting:
+        return waiting(self.path)
+
+    def close(self) -> None:
+        self.db.dispose()
+        if self._mover_fd is not None:
+            os.close(self._mover_fd)
+            self._mover_fd = None
+
+
+class Move:
+    """One turn of the mover: what it copied, to delete once the copy committed."""
+
+    def __init__(self, landing: Landing) -> None:
+        self._landing = landing
+        self.moved: list[int] = []
+        self.raise_to = 0  # a new id was given out in the main spool: lift the sequence
+
+    def into(self, main: Connection) -> int:
+        """Copy the oldest landed rows (up to `MOVE_ROWS` / `MOVE_BYTES`) into `main`'s
+        spool, in its transaction; returns how many were taken."""
+        with self._landing.db.reading_connection() as landed:
+            columns = _shared_columns(landed)
+            rows = landed.execute(
+                select(*(LANDED.c[name] for name in columns)).order_by(LANDED.c.id).limit(MOVE_ROWS)
+            ).all()
+            rows = _within_bytes(rows)
+            if not rows:
+                return 0
+            ids = [row.id for row in rows]
+            found = main.execute(select(Inbound.id, Inbound.digest).where(Inbound.id.in_(ids)))
+            present = {row_id: digest for row_id, digest in found}
+            copies: list[tuple[int, int]] = []  # (landed id, spool id)
+            fresh: list[dict[str, Any]] = []
+            renumbered: list[dict[str, Any]] = []
+            for row in rows:
+                values = dict(row._mapping)
+                digest = present.get(row.id)
+                if digest is None:
+                    fresh.append(values)
+                    copies.append((row.id, row.id))
+                elif digest != row.digest:
+                    renumbered.append(values)
+            if fresh:
+                main.execute(Inbound.__table__.insert(), fresh)  # type: ignore[attr-defined]
+            for values in renumbered:
+                landed_id = values.pop("id")
+                new_id = main.execute(
+                    Inbound.__table__.insert().returning(Inbound.id),  # type: ignore[attr-defined]
+                    values,
+                ).scalar_one()
+                log.warning(
+                    "landed message %d moved to the spool as %d: the spool already held "
+                    "another message %d (a database restored beside a newer landing?)",
+                    landed_id,
+                    new_id,
+                    landed_id,
+                )
+                copies.append((landed_id, new_id))
+                self.raise_to = max(self.raise_to, new_id)
+            rawbytes.copy_sqlite(landed, main, copies)
+        self.moved.extend(ids)
+        return len(ids)
+
+
+def _within_bytes(rows: Sequence[Any]) -> list[Any]:
+    taken: list[Any] = []
+    size = 0
+    for row in rows:
+        if taken and size + row.size > MOVE_BYTES:
+            break
+        taken.append(row)
+        size += row.size
+    return taken
+
+
+def _columns(landed: Connection) -> set[str]:
+    return {column["name"] for column in inspect(landed).get_columns(LANDED.name)}
+
+
+def _shared_columns(landed: Connection) -> list[str]:
+    """The columns of the landing's table that the spool has too: a landing written by
+    another version of maildesk moves with what both know (the rest take defaults)."""
+    have = _columns(landed)
+    return [name for name in _COLUMNS if name in have]
+
+
+def _main_top(main: Database) -> int:
+    with main.reading_connection() as connection:
+        return int(connection.scalar(select(func.max(Inbound.id))) or 0)
+
+
+def _raise_sequence(connection: Connection, top: int) -> None:
+    """Never hand out an id at or below `top` (SQLite keeps AUTOINCREMENT's high-water
+    mark in `sqlite_sequence`, an ordinary table)."""
+    updated = connection.execute(
+        text("UPDATE sqlite_sequence SET seq = max(seq, :top) WHERE name = :name"),
+        {"top": top, "name": LANDED.name},
+    )
+    if not updated.rowcount:
+        connection.execute(
+            text("INSERT INTO sqlite_sequence (name, seq) VALUES (:name, :top)"),
+            {"top": top, "name": LANDED.name},
+        )
+
+
+def waiting(path: Path) -> Waiting:
+    """How many messages wait in the landing at `path`, and since when (a read that
+    takes no lock; no file: nothing waits)."""
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    except sqlite3.OperationalError:
+        return Waiting(0, None)
+    try:
+        count, oldest = connection.execute(
+            f"SELECT count(*), min(received_at) FROM {LANDED.name}"
+        ).fetchone()
+    except sqlite3.OperationalError:  # created, tables not yet
+        return Waiting(0, None)
+    finally:
+        connection.close()
+    if oldest is None:
+        return Waiting(int(count), None)
+    return Waiting(int(count), as_utc(datetime.fromisoformat(oldest)))
