@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, MetaData, func, inspect, select, text
+from sqlalchemy.exc import NoSuchTableError
 
 from maildesk.clock import as_utc
 from maildesk.db import Database
@@ -112,6 +113,8 @@ class Landing:
         A landing written by another version of maildesk (whose spool had other columns)
         is moved into the spool with the columns both know, then made again: the door
         writes every column of this version's."""
+        if not self._ready and self._current():
+            self._ready = True
         while not self._ready:
             older = False
             with self.db.writing() as connection:
@@ -126,6 +129,19 @@ class Landing:
                     self._ready = True
             if older:
                 self._drain_with(self._moving_as_is)
+
+    def _current(self) -> bool:
+        """Whether the landing is already this version's and ahead of the spool's ids,
+        read without a write (`maildesk deliver` runs once per message)."""
+        if not self.path.exists():
+            return False
+        with self.db.reading_connection() as connection:
+            if _columns(connection) != set(_COLUMNS):
+                return False
+            seq = connection.scalar(
+                text("SELECT seq FROM sqlite_sequence WHERE name = :name"), {"name": LANDED.name}
+            )
+        return seq is not None and int(seq) >= _main_top(self._main)
 
     def known_digests(self, digests: Sequence[str]) -> set[str]:
         if not self.path.exists():
@@ -286,7 +302,10 @@ def _within_bytes(rows: Sequence[Any]) -> list[Any]:
 
 
 def _columns(landed: Connection) -> set[str]:
-    return {column["name"] for column in inspect(landed).get_columns(LANDED.name)}
+    try:
+        return {column["name"] for column in inspect(landed).get_columns(LANDED.name)}
+    except NoSuchTableError:
+        return set()
 
 
 def _shared_columns(landed: Connection) -> list[str]:

@@ -16,6 +16,7 @@ import os
 import re
 import smtplib
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
@@ -116,6 +117,7 @@ class MaildirTransport:
             raise ValueError("maildir: path must be absolute")
         self.root = root
         self._renamed = False  # renames into new/ that no folder fsync covers yet
+        self._cur: tuple[int, int, frozenset[str]] | None = None  # (mtime, listed at, names)
         for sub in ("tmp", "new", "cur"):
             (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         _fsync_dir(root)
@@ -153,11 +155,33 @@ class MaildirTransport:
     def _delivered(self, name: str) -> bool:
         if (self.root / "new" / name).exists():
             return True
-        with os.scandir(self.root / "cur") as entries:
-            return any(e.name == name or e.name.startswith(name + ":") for e in entries)
+        return name in self._read_names()
+
+    def _read_names(self) -> frozenset[str]:
+        """The keys in cur/ (a file there is `NAME:2,FLAGS`), listed again only when
+        the folder changed: a scan per send cost as much as the Maildir holds.
+
+        A listing is trusted while the folder's mtime is the one seen before and
+        older than the listing by more than the filesystem's timestamp tick (ext4
+        stamps with a coarse clock): a rename in the same tick as the listing
+        would leave the mtime as it was."""
+        cur = self.root / "cur"
+        mtime = os.stat(cur).st_mtime_ns
+        cached = self._cur
+        if cached is not None and cached[0] == mtime and cached[1] - mtime > _TICK_NS:
+            return cached[2]
+        listed_at = time.time_ns()
+        with os.scandir(cur) as entries:
+            names = frozenset(entry.name.split(":", 1)[0] for entry in entries)
+        self._cur = (mtime, listed_at, names)
+        return names
 
     def close(self) -> None:
         self.flush()
+
+
+# Longer than any filesystem's timestamp granularity (ext4's coarse clock: a jiffy).
+_TICK_NS = 1_000_000_000
 
 
 def _fsync_dir(path: Path) -> None:

@@ -3,9 +3,11 @@ classifies failures, checked against a real aiosmtpd server on a loopback port."
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,20 @@ def test_maildir_same_key_after_a_reader_moved_it_to_cur(tmp_path: Path) -> None
     transport.send("7.md-x", "", ["a@example.org"], MESSAGE)
     assert not list((tmp_path / "new").iterdir())
     assert [f.name for f in (tmp_path / "cur").iterdir()] == ["7.md-x:2,S"]
+
+
+def test_maildir_sees_a_move_to_cur_after_it_listed_cur(tmp_path: Path) -> None:
+    """cur/ is listed once and listed again only when it changed: a message a reader
+    moved there after the listing is still found, not written a second time."""
+    transport = MaildirTransport(tmp_path)
+    past = time.time() - 3600
+    os.utime(tmp_path / "cur", (past, past))  # a folder nobody touched for an hour
+    transport.send("1.md-x", "", ["a@example.org"], MESSAGE)
+    transport.send("2.md-x", "", ["a@example.org"], MESSAGE)  # cur/ as listed before
+    (tmp_path / "new" / "2.md-x").rename(tmp_path / "cur" / "2.md-x:2,S")
+    transport.send("2.md-x", "", ["a@example.org"], MESSAGE)
+    assert [f.name for f in (tmp_path / "new").iterdir()] == ["1.md-x"]
+    assert [f.name for f in (tmp_path / "cur").iterdir()] == ["2.md-x:2,S"]
 
 
 def test_maildir_names_are_safe_and_distinct(tmp_path: Path) -> None:
