@@ -42,7 +42,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -364,6 +364,11 @@ class Database:
             return
         with self._writers.turn(urgent), self.engine.begin() as connection:
             yield connection
+
+    def turn(self, urgent: bool = False) -> AbstractContextManager[None]:
+        """This process's turn to write (SQLite's writer order, as `transaction()` takes
+        it), for a writer that runs its transaction on a connection of its own."""
+        return self._writers.turn(urgent) if self._writers is not None else nullcontext()
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

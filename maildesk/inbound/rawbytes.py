@@ -65,7 +65,7 @@ class Stored:
             "postgresql": by_name.format("%s", "%s"),
         }
         self.id_named = text(f"SELECT id FROM {owner} WHERE {named} = :named")
-        self.zeroed_row = text(f"INSERT INTO {table} ({key}, raw) VALUES (:id, zeroblob(:size))")
+        self.zeroed_sqlite = f"INSERT INTO {table} ({key}, raw) VALUES (?, zeroblob(?))"
         self.copy = f"COPY {table} ({key}, raw) FROM STDIN (FORMAT BINARY)"
 
 
@@ -89,9 +89,19 @@ def write(
     if not large:
         return
     if connection.dialect.name == "sqlite":
-        _write_sqlite(connection, large, where)
+        _write_large_sqlite(connection.connection.driver_connection, large, where)
     else:
         _copy_postgresql(connection, large, where)
+
+
+def write_sqlite(
+    driver: sqlite3.Connection, bodies: Sequence[tuple[int, Raw]], where: Stored = INBOUND
+) -> None:
+    """`write` on an SQLite driver connection of the caller's (in its transaction)."""
+    small = [(row_id, _whole(raw)) for row_id, raw in bodies if size(raw) <= SLICE]
+    if small:
+        driver.executemany(where.bound_rows["sqlite"], small)
+    _write_large_sqlite(driver, [(i, raw) for i, raw in bodies if size(raw) > SLICE], where)
 
 
 def write_named(session: Session, bodies: Sequence[tuple[str, Raw]], where: Stored) -> None:
@@ -134,11 +144,9 @@ def _slices(raw: Raw) -> list[memoryview]:
     return [view[at : at + SLICE] for view in views for at in range(0, len(view), SLICE)]
 
 
-def _write_sqlite(connection: Connection, bodies: Sequence[tuple[int, Raw]], where: Stored) -> None:
-    driver = connection.connection.driver_connection
-    assert driver is not None
+def _write_large_sqlite(driver: Any, bodies: Sequence[tuple[int, Raw]], where: Stored) -> None:
     for row_id, raw in bodies:
-        connection.execute(where.zeroed_row, {"id": row_id, "size": size(raw)})
+        driver.execute(where.zeroed_sqlite, (row_id, size(raw)))
         with driver.blobopen(where.table, "raw", row_id) as blob:
             for piece in _slices(raw):
                 blob.write(piece)
@@ -173,7 +181,7 @@ def copy_sqlite(
             if length <= SLICE:
                 small.append((to_id, blob.read()))
                 continue
-            target.execute(where.zeroed_row, {"id": to_id, "size": length})
+            writer.execute(where.zeroed_sqlite, (to_id, length))
             with writer.blobopen(where.table, "raw", to_id) as copy:
                 while piece := blob.read(SLICE):
                     copy.write(piece)

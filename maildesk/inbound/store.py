@@ -149,11 +149,22 @@ class InboundStore:
     def _commit_waiting(self, take: Callable[[], list[Waiting[_Incoming]]]) -> list[int]:
         # Urgent: someone is waiting for a 250. The batch is taken once the lock is ours,
         # so what arrived while we waited joins this commit.
-        with self._door_writing(urgent=True) as connection:
-            now = self._clock.now()
-            ids = self._insert(connection, [w.item for w in take()], now)
+        ids = self._store(lambda: [w.item for w in take()], urgent=True)
         self._announce()
         return ids
+
+    def _store(self, take: Callable[[], Sequence[_Incoming]], urgent: bool) -> list[int]:
+        """Commit what `take()` gives once the write lock is ours: into the landing on
+        SQLite, else the spool."""
+        if self._landing is None:
+            with self._db.writing(urgent) as connection:
+                return self._insert(connection, take(), self._clock.now())
+        with self._landing.door(urgent) as driver:
+            items = take()
+            now = self._clock.now()
+            ids = _insert_sqlite(driver, self._landing.dialect, [self._row(i, now) for i in items])
+            rawbytes.write_sqlite(driver, list(zip(ids, (i.raw for i in items), strict=True)))
+            return ids
 
     @property
     def door(self) -> Database:
@@ -164,21 +175,13 @@ class InboundStore:
         self._landing.ready()
         return self._landing.db
 
-    def _door_writing(self, urgent: bool = False) -> AbstractContextManager[Connection]:
-        """Where accepted mail is committed: the landing on SQLite, else the spool."""
-        if self._landing is not None:
-            return self._landing.writing(urgent)
-        return self._db.writing(urgent)
-
     def put_many(self, raws: Sequence[bytes], envelope: Envelope) -> list[int]:
         """Commit several messages in one transaction (one fsync) and return their ids.
 
         Bulk work (`import`): it queues for the write lock like processing does.
         """
         items = [_Incoming(raw, envelope, digest(raw)) for raw in raws]
-        with self._door_writing() as connection:
-            now = self._clock.now()
-            ids = self._insert(connection, items, now)
+        ids = self._store(lambda: items, urgent=False)
         self._announce()
         return ids
 
@@ -192,8 +195,9 @@ class InboundStore:
         # Not ORM objects: this runs under the write lock a 250 waits for, and the ORM's
         # unit of work cost more than the rest of the commit but the fsync.
         rows = [self._row(item, now) for item in items]
-        if connection.dialect.name == "sqlite":
-            ids = _insert_sqlite(connection, rows)
+        if connection.dialect.name == "sqlite":  # a spool without its landing (`:memory:`)
+            driver = connection.connection.driver_connection
+            ids = _insert_sqlite(driver, connection.dialect, rows)
         else:
             ids = list(connection.execute(_INSERT, rows).scalars())
         rawbytes.write(connection, list(zip(ids, (item.raw for item in items), strict=True)))
@@ -363,11 +367,10 @@ class InboundStore:
             return counts(session, quarantined_since)
 
 
-def _insert_sqlite(connection: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """`_INSERT_SQLITE` for each row, its values converted as SQLAlchemy would bind them."""
-    processors = _bind_processors(connection.dialect)
-    driver = connection.connection.driver_connection
-    assert driver is not None
+def _insert_sqlite(driver: Any, dialect: Dialect, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """`_INSERT_SQLITE` for each row on the driver's connection, its values converted as
+    SQLAlchemy would bind them; the ids (rowids) in order."""
+    processors = _bind_processors(dialect)
     cursor = driver.cursor()
     try:
         ids = []
