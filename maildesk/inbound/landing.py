@@ -11,14 +11,15 @@ transaction on the main database it copies what landed into `inbound` and
 `inbound_raw`, then, once that committed, deletes it here. One process moves at
 a time (`<landing>.mover`, an flock; the others just claim).
 
-Spool ids are handed out here and kept for good: the landing's `inbound` table is
-AUTOINCREMENT, its sequence never below the main spool's highest id (`_floor`),
-and the mover inserts each row under its landed id. So "250 queued as N" names
-row N of the spool before and after the move, and a move repeated after a crash
-(between the main commit and the delete here) finds the id already there, with
-the same digest, and only deletes. A row whose id the main spool holds with
-other bytes (a database restored from an older backup beside a newer landing)
-is moved under a new id, and the log says so: it is never dropped.
+Spool ids are handed out here and kept for good: the landing's `inbound` table
+is AUTOINCREMENT, its sequence lifted to the main spool's highest id whenever a
+process finds it below (`ready`), and the mover inserts each row under its
+landed id. So "250 queued as N" names row N of the spool before and after the
+move, and a move repeated after a crash (between the main commit and the delete
+here) finds the id already there, with the same digest, and only deletes. A row
+whose id the main spool holds with other bytes (a database restored from an
+older backup beside a newer landing) moves under a new id, and the log says so:
+it is never dropped.
 
 PostgreSQL has no such landing: it locks rows, and the group commit writes to
 `inbound` directly.
