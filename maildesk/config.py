@@ -278,9 +278,9 @@ class WorkerSettings:
     lease_seconds: float = 30.0
     # The nice value worker processes lower themselves to at start (0-19). Above serve's,
     # the kernel gives the process that answers SMTP the CPU first when processing keeps
-    # every core busy; 0 by default, as on SQLite a 250 waits for the writer lock, not
-    # for the CPU, and niced workers lose to every other process (bench/HISTORY.md).
-    nice: int = 0
+    # every core busy: with accepted mail in a file of its own (SQLite's landing), a 250
+    # waits for the CPU, no longer for the spool's write lock (bench/HISTORY.md).
+    nice: int = 10
     # Messages a worker prepares at once, in threads (parse, spamd, DKIM/DMARC lookups),
     # ahead of the one it writes, when spamd or DKIM verification is on: their network
     # round trips overlap. 1 = one at a time.
