@@ -175,9 +175,10 @@ def measure(args: argparse.Namespace, workdir: Path, spamd: tuple[str, int] | No
         processed = batches = 0
         yardstick = reference_ms()
         # Costs per process, not per message: what a worker builds as it starts, and
-        # the language model, which it loads for its first message that needs it.
+        # the language model, which it loads for its first message that needs it
+        # (from the state folder, as the processor's detector does).
         services.processor.warm_up()
-        language.warm()
+        language.warm(services.settings.state_folder)
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()

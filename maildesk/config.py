@@ -320,7 +320,7 @@ class Settings:
 
     @property
     def state_folder(self) -> Path:
-        """Where maildesk keeps its own files (the secret key, the unpacked language
+        """Where maildesk keeps its own files (the secret key, the small language
         model): the SQLite database's folder; on PostgreSQL, the secret key file's
         when one is set (the service's state directory); else `var` beside the config."""
         db = self.sqlite_path

@@ -6,13 +6,17 @@ in the Maildir outbox is read as the customer would read it.
 
 from __future__ import annotations
 
+import io
+import lzma
+import random
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from maildesk.language import MAX_CHARS, Detector
+from maildesk.language import MAX_CHARS, Detector, _derived_here, _model
 from maildesk.tickets.agents import Agents
 from tests.conftest import Outbox, RunningDaemon, make_mail, wait_for
 from tests.helpers import ticket
@@ -202,88 +206,139 @@ def test_agents_may_write_values_by_their_names_in_any_language() -> None:
     assert bad.line == "#priority urgentní"
 
 
-def test_our_two_language_model_guesses_as_py3langid_does() -> None:
-    """`language._model` loads py3langid's file itself (our two languages' weights only,
-    its automaton shared rather than copied): every guess and confidence must be the
-    library's own."""
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+def new_process() -> None:
+    """Forget the model, as a process that starts does."""
+    _model.cache_clear()
+    _derived_here.clear()
 
-    from maildesk.language import _model
 
-    reference = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    reference.set_languages(["cs", "en"])
+def corpus() -> list[str]:
+    """Texts of every kind a customer may send, and some no one would."""
+    czech_words = CZECH.split() + CZECH_PLAIN.split() + ["Ďábelské", "ódy", "úpějí", "žluťoučký"]
+    english_words = ENGLISH.split() + ["invoice", "password", "Thanks", "regards"]
+    letters = "abcdefghijklmnopqrstuvwxyz áčďéěíňóřšťúůýž ÁČŘŽ äöüß ѐжя 日本 😀🎉 \n\t<>&;/.,!?0123"
+    rng = random.Random(9)
     texts = [
         CZECH,
         CZECH_PLAIN,
         ENGLISH,
+        CZECH.upper(),  # py3langid reads an all-capitals text in lower case
         "OK díky",
         "ahoj hello jak se máš how are you",
         "Dobrý den, the invoice 2026/114 is wrong, prosím opravte ji.",
+        "Guten Tag, der Drucker im zweiten Stock druckt seit heute Morgen nur leere Seiten.",
+        "Добрый день, принтер печатает только пустые страницы.",
+        "プリンターが白紙しか印刷しません。",
+        "<html><body><p>Dobr&yacute; den,<br>tisk&aacute;rna nefunguje.</p></body></html>",
+        "Díky moc 😀🎉👍🏽 thanks a lot 🇨🇿",
         "1234 5678 ++ -- ::",
         "Ďábelské ódy úpějí: příliš žluťoučký kůň.",
+        "Ste\u0301le rozlozˇeny\u0301 text",  # decomposed accents: NFC joins them
+        "a\x00b\udcc3\udca1 broken bytes kept as surrogates",
+        "",
+        " ",
+        "x",
+        (CZECH + " ") * 300,  # far longer than MAX_CHARS
+        (ENGLISH + " " + CZECH_PLAIN + " ") * 100,
     ]
+    for _ in range(60):
+        words = rng.choice([czech_words, english_words, czech_words + english_words])
+        texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(1, 80))))
+    for _ in range(60):
+        texts.append("".join(rng.choice(letters) for _ in range(rng.randint(1, 300))))
+    return texts
+
+
+def test_our_small_model_guesses_exactly_as_py3langid_does() -> None:
+    """The model a worker loads (derived from py3langid's, `language_derive`) must give
+    py3langid's own guess and confidence, to the last bit, for any text."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    reference = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    reference.set_languages(["cs", "en"])
     ours = _model()
-    assert [ours.classify(text) for text in texts] == [reference.classify(t) for t in texts]
+    for text in corpus():
+        assert ours.classify(text) == reference.classify(text), text
+    assert ours.classify(CZECH)[0] == "cs" and ours.classify(ENGLISH)[0] == "en"
 
 
-def test_every_worker_maps_one_unpacked_model_kept_in_the_state_folder(
+def test_the_model_is_derived_once_into_the_state_folder(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The model is unpacked once into the state folder (on disk, not a tmpfs /tmp),
-    and the next process maps that file instead of unpacking its own copy; a copy an
-    older py3langid left there goes."""
-    from maildesk.language import _model
-
-    older = tmp_path / "py3langid-0123456789abcdef.npz"
-    older.write_bytes(b"an older model")
-    _model.cache_clear()  # as a worker process starts
+    """The small model is derived once into the state folder, and the next process
+    reads that file instead of deriving its own; what older versions kept there (the
+    whole model unpacked, a model of another py3langid) goes."""
+    older = [
+        tmp_path / "py3langid-0123456789abcdef.npz",
+        tmp_path / "language-0123456789abcdef.npz",
+    ]
+    for path in older:
+        path.write_bytes(b"an older model")
+    new_process()  # as a worker process starts
     guessed = Detector(tmp_path).guess(ENGLISH)
-    [kept] = tmp_path.glob("py3langid-*.npz")
-    assert kept != older and not older.exists()
+    [kept] = tmp_path.glob("language-*.npz")
+    assert kept not in older and not any(path.exists() for path in older)
     made = kept.stat()
 
-    _model.cache_clear()  # the next worker process
+    new_process()  # the next worker process
     assert Detector(tmp_path).guess(ENGLISH) == guessed
     assert guessed.language == "en"
     assert [p.name for p in tmp_path.iterdir()] == [kept.name]  # no temporary leftovers
     assert (kept.stat().st_ino, kept.stat().st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
 
     # A folder it cannot write to: a private copy, and the guess all the same.
-    _model.cache_clear()
+    new_process()
     assert Detector(tmp_path / "gone").guess(ENGLISH) == guessed
     assert "cannot keep it in" in caplog.text
-    _model.cache_clear()
+    new_process()
 
 
-def test_a_kept_model_cut_short_is_unpacked_again(tmp_path: Path) -> None:
-    from maildesk.language import _model
-
-    _model.cache_clear()
+def test_a_kept_model_cut_short_is_derived_again(tmp_path: Path) -> None:
+    new_process()
     guessed = Detector(tmp_path).guess(CZECH)
-    [kept] = tmp_path.glob("py3langid-*.npz")
+    [kept] = tmp_path.glob("language-*.npz")
     with kept.open("r+b") as file:
         file.truncate(kept.stat().st_size // 2)  # a full disk, a crash
 
-    _model.cache_clear()  # the next worker
+    new_process()  # the next worker
     assert Detector(tmp_path).guess(CZECH) == guessed
     assert guessed.language == "cs"
-    _model.cache_clear()
+    new_process()
 
 
+def counting_otherwise() -> bytes:
+    """py3langid's model with one state counting no feature where it counted one:
+    a model another py3langid might ship, which our derivation does not describe."""
+    from py3langid.langid import MODEL_DIR, MODEL_FILE
+
+    with np.load(io.BytesIO(lzma.decompress((MODEL_DIR / MODEL_FILE).read_bytes()))) as model:
+        arrays = {name: model[name] for name in model.files}
+    arrays["out_feat"][np.flatnonzero(arrays["out_feat"] >= 0)[-1]] = -1
+    changed = io.BytesIO()
+    np.savez(changed, **arrays)
+    return lzma.compress(changed.getvalue(), preset=0)
+
+
+@pytest.mark.parametrize("broken", ["missing", "not-a-model", "counting-otherwise"])
 def test_without_its_model_the_detector_guesses_nothing_and_mail_goes_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, broken: str
 ) -> None:
+    """py3langid's own model file missing, unreadable (a broken install) or counting
+    otherwise than we derive: no guess, and no exception, so the message takes the
+    desk's language instead of failing."""
     import py3langid.langid
 
-    from maildesk.language import _model
-
-    # py3langid's own model file missing (a broken install): no guess, no exception,
-    # so the message takes the desk's language instead of failing.
-    monkeypatch.setattr(py3langid.langid, "MODEL_DIR", tmp_path / "nowhere")
-    _model.cache_clear()
-    detector = Detector(tmp_path)
+    if broken != "missing":
+        (tmp_path / "data").mkdir()
+        packed = b"not a model" if broken == "not-a-model" else counting_otherwise()
+        (tmp_path / "data" / "model.npz.xz").write_bytes(packed)
+    monkeypatch.setattr(py3langid.langid, "MODEL_DIR", tmp_path)
+    new_process()
+    (tmp_path / "state").mkdir()
+    detector = Detector(tmp_path / "state")
     assert detector.guess(CZECH).language is None
     assert detector.guess(ENGLISH).language is None
     assert caplog.text.count("language model unavailable") == 1
+    assert list((tmp_path / "state").iterdir()) == []  # nothing kept
     monkeypatch.undo()
-    _model.cache_clear()
+    new_process()

@@ -96,7 +96,7 @@ def test_the_example_config_keeps_everything_under_var_lib_maildesk() -> None:
     assert settings.outbound.url == "maildir:/var/lib/maildesk/outbox"
     assert str(settings.secret_key_path) == "/var/lib/maildesk/secret_key"
     assert Path(settings.templates.path).resolve() == config.PACKAGE_TEMPLATES.resolve()
-    assert settings.state_folder == Path("/var/lib/maildesk")  # the unpacked language model
+    assert settings.state_folder == Path("/var/lib/maildesk")  # the kept language model
     # On PostgreSQL (the example's comment), the state directory is still the one the
     # service may write: the secret key file's folder, not `var/` beside /etc/maildesk.
     on_postgresql = dataclasses.replace(
