@@ -214,8 +214,8 @@ class Landing:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
     def drain(self) -> int:
-        """Move everything that landed into the main spool now (a backup's first step);
-        returns how many rows moved."""
+        """Move everything that landed into the main spool now; returns how many rows
+        moved."""
         if not self.path.exists():
             return 0
         self.ready()

@@ -5,8 +5,10 @@ Every route in (SMTP/LMTP, IMAP, `deliver`, portal replies) calls
 `InboundStore.put` (or `put_async` on the event loop) and only answers 250 /
 exits 0 / moves the IMAP message once it returned. Concurrent puts are
 group-committed (`groupcommit.py`): whatever waits is written in one
-transaction that takes SQLite's write lock ahead of processing work, and each
-put returns after that commit. `import` writes its own batches (`put_many`).
+transaction, and each put returns after that commit. On SQLite that
+transaction is in the landing (`landing.py`), a file no processing writes to,
+and a claim first moves what landed into the spool; on PostgreSQL it is the
+spool itself. `import` writes its own batches (`put_many`).
 The processor then `claim`s due rows (leases from `maildesk/leases.py`),
 `load`s each one's bytes alone (from `inbound_raw`, written once: the row
 itself is updated at every claim and finish), and in its write transaction `lock`s
@@ -178,7 +180,7 @@ class InboundStore:
     def put_many(self, raws: Sequence[bytes], envelope: Envelope) -> list[int]:
         """Commit several messages in one transaction (one fsync) and return their ids.
 
-        Bulk work (`import`): it queues for the write lock like processing does.
+        Bulk work (`import`): not urgent, so the 250s waiting for the same lock go first.
         """
         items = [_Incoming(raw, envelope, digest(raw)) for raw in raws]
         ids = self._store(lambda: items, urgent=False)
@@ -281,8 +283,8 @@ class InboundStore:
         return self._landing.moving()
 
     def move_landed(self) -> int:
-        """Move whatever waits in the landing into the spool now (SQLite; a backup
-        first does this); returns how many messages moved."""
+        """Move whatever waits in the landing into the spool now, as a claim does
+        first (SQLite); returns how many messages moved."""
         return self._landing.drain() if self._landing is not None else 0
 
     def _exhausted(self, session: Session, row_id: int, now: datetime) -> None:
