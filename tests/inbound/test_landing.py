@@ -5,6 +5,7 @@ restored beside a newer landing), every accepted message becomes one ticket."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
@@ -33,6 +34,20 @@ def landing_file(services: Services) -> sqlite3.Connection:
     return sqlite3.connect(landing.path_of(file), isolation_level=None)
 
 
+def landing_of(services: Services) -> landing.Landing:
+    file = landing.sqlite_file(services.db.url)
+    assert file is not None
+    return landing.Landing(services.db, landing.path_of(file))
+
+
+def move_once(services: Services, mover: landing.Landing) -> int:
+    """One turn of the mover, as a claim takes it; how many messages it moved."""
+    with mover.moving() as move:
+        assert move is not None
+        with services.db.writing() as connection:
+            return move.into(connection)
+
+
 def put(services: Services, n: int) -> int:
     raw = make_mail(message_id=f"<landed{n}@customer.test>", sender=f"c{n}@customer.test")
     return services.store.put(raw, Envelope("smtp", f"c{n}@customer.test", ("support@x.test",)))
@@ -58,7 +73,7 @@ def test_a_move_whose_landing_delete_was_lost_is_not_moved_twice(spool: Services
     """Killed after the spool's commit, before the landing forgot the rows: the next
     claim finds their ids in the spool with the same bytes and only deletes them."""
     ids = [put(spool, n) for n in range(3)]
-    mover = landing.Landing(spool.db, landing.path_of(landing.sqlite_file(spool.db.url)))  # type: ignore[arg-type]
+    mover = landing_of(spool)
     with pytest.raises(RuntimeError), mover.moving() as move:
         assert move is not None
         with spool.db.writing() as connection:
@@ -135,3 +150,19 @@ def test_a_landing_left_by_another_version_is_moved_then_made_again(
         ]
     finally:
         again.db.dispose()
+
+
+def test_mail_larger_than_a_move_moves_alone_and_intact(spool: Services) -> None:
+    """A move copies at most `MOVE_BYTES` under the spool's write lock, a slice at a
+    time; a message larger than that moves alone, and every byte arrives."""
+    sizes = [landing.MOVE_BYTES // 3, landing.MOVE_BYTES + 5, 1000, landing.MOVE_BYTES // 2]
+    raws = [os.urandom(n) for n in sizes]
+    ids = [spool.store.put(raw, Envelope("smtp", "c@customer.test")) for raw in raws]
+    mover = landing_of(spool)
+    moved = []
+    while n := move_once(spool, mover):
+        moved.append(n)
+    mover.close()
+    # The first alone (with the next it would pass the cap), the large one alone, the rest.
+    assert moved == [1, 1, 2]
+    assert [spool.store.load(i).raw for i in ids] == raws
