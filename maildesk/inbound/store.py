@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -351,6 +352,15 @@ class InboundStore:
         """A failure that may pass: back off (5 s doubling) and give up the claim."""
         row.error = trace
         row.next_attempt_at = now + timedelta(seconds=5 * 2**row.attempts)
+        row.claim = None
+
+    def retry_soon(self, row: Inbound, trace: str, now: datetime) -> None:
+        """The row's transaction gave way to another one (a deadlock): due again within
+        a second, at a random moment so that the two do not meet the same way again, and
+        the attempt given back, as the message was not at fault."""
+        row.error = trace
+        row.attempts = max(0, row.attempts - 1)
+        row.next_attempt_at = now + timedelta(seconds=random.random())  # noqa: S311 (jitter)
         row.claim = None
 
     def give_back(self, batch: Batch, ids: Sequence[int]) -> None:

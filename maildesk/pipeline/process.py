@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from maildesk import folding, leases
@@ -322,7 +323,11 @@ class Processor:
             reason = getattr(exc, "reason", None) or str(exc)
             self.store.quarantine(row, reason, "", now)
         except Exception as exc:
-            self._fail(row, _Failure(_failed(exc), traceback.format_exc(), False))
+            if _lost_to_another_transaction(exc):
+                log.info("inbound %d: lost a deadlock to another transaction; due again", row.id)
+                self.store.retry_soon(row, traceback.format_exc(), now)
+            else:
+                self._fail(row, _Failure(_failed(exc), traceback.format_exc(), False))
         finally:
             work.budget.stop()
         return 0
@@ -558,6 +563,15 @@ class Processor:
             )
             return False
         return True
+
+
+# PostgreSQL's deadlock_detected and serialization_failure: two workers' transactions
+# met, and one was chosen to give way. Nothing about the message itself.
+_CONFLICTS = frozenset({"40P01", "40001"})
+
+
+def _lost_to_another_transaction(exc: Exception) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _CONFLICTS
 
 
 def _failed(exc: Exception) -> str:
