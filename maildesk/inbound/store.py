@@ -262,7 +262,7 @@ class InboundStore:
         now = self._clock.now()
         with self._moving() as move, self._db.transaction() as session:
             if move is not None:
-                move.into(session.connection())
+                self._move(session, move)
             rows = session.execute(leases.select_due(Inbound, now, limit, *_CLAIMED_COLUMNS)).all()
             spent = [r.id for r in rows if r.attempts >= MAX_ATTEMPTS]
             for row_id in spent:
@@ -275,6 +275,17 @@ class InboundStore:
             claim = leases.take(session, Inbound, [r.id for r in rows], now)
             claimed = tuple(Claimed(r.id, r.size, r.mail_from, r.source, r.peer) for r in rows)
             return Batch(claim, claimed, len(spent))
+
+    @staticmethod
+    def _move(session: Session, move: landing.Move) -> None:
+        """Move what landed, in a savepoint: a landing that cannot be read (a damaged
+        file, a full disk) must not also stop the processing of mail already moved."""
+        try:
+            with session.begin_nested():
+                move.into(session.connection())
+        except Exception:
+            log.exception("could not move accepted mail from the landing; it stays there")
+            move.moved.clear()  # nothing moved: nothing to delete
 
     def _moving(self) -> AbstractContextManager[landing.Move | None]:
         """The landing's mover, when this process has its turn (SQLite): a claim first

@@ -166,3 +166,24 @@ def test_mail_larger_than_a_move_moves_alone_and_intact(spool: Services) -> None
     # The first alone (with the next it would pass the cap), the large one alone, the rest.
     assert moved == [1, 1, 2]
     assert [spool.store.load(i).raw for i in ids] == raws
+
+
+def test_a_landing_that_cannot_be_read_does_not_stop_the_spool(
+    spool: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mail already moved is processed even while the landing fails (here a landed row
+    lost its bytes, as a damaged file would): the failing mail stays where it is."""
+    moved = put(spool, 1)
+    mover = landing_of(spool)
+    assert move_once(spool, mover) == 1
+    mover.close()
+    stuck = put(spool, 2)
+    with landing_file(spool) as file:
+        file.execute("DELETE FROM inbound_raw WHERE inbound_id = ?", (stuck,))
+
+    assert spool.drain_inbound() == 1
+    assert [t["requester"] for t in tickets(spool)] == ["c1@customer.test"]
+    assert inbound_row(spool, moved).state == InboundState.DONE
+    assert "could not move accepted mail from the landing" in caplog.text
+    with landing_file(spool) as file:
+        assert file.execute("SELECT id FROM inbound").fetchall() == [(stuck,)]
