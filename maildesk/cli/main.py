@@ -130,6 +130,20 @@ def init(ctx: Context) -> None:
     except StartupError as exc:
         fail(ctx, exc)
     click.echo(f"database ready: {_safe_url(settings.database.url)}", err=True)
+    _prepare_language_model(settings.state_folder)
+
+
+def _prepare_language_model(folder: Path) -> None:
+    """Derive the cs/en language model into the state folder now (about a second, once
+    per install; `language.py`), so the first mail whose language is guessed does not
+    wait for it in a worker. Not fatal: the workers try again, and mail never waits for
+    a guess."""
+    from maildesk import language
+
+    try:
+        language.warm(folder)
+    except Exception as exc:
+        click.echo(f"language model not prepared ({exc}): a worker will try again", err=True)
 
 
 def _ensure_secret_key(path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from maildesk.cli import EX_TEMPFAIL, main
+from maildesk.config import Settings
 from tests.conftest import make_mail, toml
 
 
@@ -59,6 +60,15 @@ def test_init_is_idempotent_and_writes_a_private_key(
     assert len(keys) == 1
     assert stat.S_IMODE(keys[0].stat().st_mode) == 0o600
     assert len(keys[0].read_text().strip()) >= 40
+
+
+def test_init_prepares_the_language_model_in_the_state_folder(
+    config_file: Path, settings: Settings
+) -> None:
+    """Derived once per install by `init` (which the unit runs before each start), so
+    that the first mail whose language is guessed does not wait for it."""
+    init(config_file)
+    assert list(settings.state_folder.glob("language-*.npz"))
 
 
 def test_deliver_stores_and_exits_zero(config_file: Path) -> None:
