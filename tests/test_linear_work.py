@@ -1,8 +1,10 @@
 """Every text transformation on customer input grows linearly with the input (issue 7, item 4).
 
-Each hostile shape is run at size n and 4n: a linear stage takes about 4x as long, a quadratic
-one 16x, a cubic one 64x; the bound is 8x. CPU time (process_time), the best of a few runs, so
-a busy machine does not fail it; no absolute time is asserted. Each shape is also checked on a
+Each hostile shape is run at size n and 8n: a linear stage takes about 8x as long, a quadratic
+one 64x, a cubic one 512x; the bound is 24x. CPU time (process_time), the best of a few runs,
+and a bound three times the linear ratio, so a busy machine does not fail it (at 4n against a
+bound of 8x, another process thrashing the caches made a linear stage measure 8.1x and 10.5x);
+no absolute time is asserted. Each shape is also checked on a
 small sample for the result a reader expects. The end-to-end test over SMTP compares a hostile
 mail with an ordinary mail of the same size in the same run.
 """
@@ -24,7 +26,8 @@ from maildesk.tickets import search
 from tests.conftest import RunningDaemon, make_mail, wait_for
 from tests.helpers import ticket, tickets
 
-GROWTH_BOUND = 8.0  # time(4n) / time(n)
+FACTOR = 8  # the large input is FACTOR times the small one
+GROWTH_BOUND = 24.0  # time(FACTOR n) / time(n)
 REPEATS = 5
 MIN_SAMPLE = 0.02  # seconds of CPU per measurement; small inputs are run several times
 
@@ -86,8 +89,8 @@ def _cpu(stage: Callable[[str], object], text: str, loops: int) -> float:
 
 
 def growth(stage: Callable[[str], object], shape: Shape, n: int) -> float:
-    """time(4n) / time(n), each the best of REPEATS; stops early once the ratio is in bound."""
-    small, large = shape(n), shape(4 * n)
+    """time(8n) / time(n), each the best of REPEATS; stops early once the ratio is in bound."""
+    small, large = shape(n), shape(FACTOR * n)
     once = _cpu(stage, small, 1)
     loops = max(1, min(1000, int(MIN_SAMPLE / max(once, 1e-6))))
     base = min(_cpu(stage, small, loops) for _ in range(REPEATS))
@@ -106,7 +109,7 @@ def growth(stage: Callable[[str], object], shape: Shape, n: int) -> float:
 @pytest.mark.parametrize("name", sorted(HTML_SHAPES))
 def test_html_to_text_grows_linearly(name: str, n: int) -> None:
     ratio = growth(html_to_text, HTML_SHAPES[name], n)
-    assert ratio < GROWTH_BOUND, f"{name}: time(4n)/time(n) = {ratio:.1f} at n={n}"
+    assert ratio < GROWTH_BOUND, f"{name}: time(8n)/time(n) = {ratio:.1f} at n={n}"
 
 
 @pytest.mark.parametrize(
@@ -155,7 +158,7 @@ def test_html_past_the_tag_budget_is_still_read_as_text() -> None:
 @pytest.mark.parametrize("name", sorted(TEXT_SHAPES))
 def test_reply_text_stages_grow_linearly(name: str, stage: str, n: int) -> None:
     ratio = growth(TEXT_STAGES[stage], TEXT_SHAPES[name], n)
-    assert ratio < GROWTH_BOUND, f"{stage} on {name}: time(4n)/time(n) = {ratio:.1f} at n={n}"
+    assert ratio < GROWTH_BOUND, f"{stage} on {name}: time(8n)/time(n) = {ratio:.1f} at n={n}"
 
 
 def test_reply_text_past_the_cap_is_cut_and_marked() -> None:
@@ -226,8 +229,8 @@ SUBJECT_SHAPES: dict[str, Shape] = {
 @pytest.mark.parametrize("name", sorted(SUBJECT_SHAPES))
 def test_subject_clean_up_grows_linearly(name: str) -> None:
     # The guard caps one header at 32 KB; up to there the work grows linearly.
-    ratio = growth(lambda raw: parse(raw.encode()), SUBJECT_SHAPES[name], 7_000)
-    assert ratio < GROWTH_BOUND, f"{name}: time(4n)/time(n) = {ratio:.1f}"
+    ratio = growth(lambda raw: parse(raw.encode()), SUBJECT_SHAPES[name], 3_500)
+    assert ratio < GROWTH_BOUND, f"{name}: time(8n)/time(n) = {ratio:.1f}"
 
 
 # Runs of base64 lines: looked for in every message over 1 MiB (maildesk/base64runs.py).
@@ -242,7 +245,7 @@ BASE64_SHAPES: dict[str, Shape] = {
 @pytest.mark.parametrize("name", sorted(BASE64_SHAPES))
 def test_the_base64_run_scan_grows_linearly(name: str) -> None:
     ratio = growth(lambda text: list(long_runs(text.encode())), BASE64_SHAPES[name], 256_000)
-    assert ratio < GROWTH_BOUND, f"{name}: time(4n)/time(n) = {ratio:.1f}"
+    assert ratio < GROWTH_BOUND, f"{name}: time(8n)/time(n) = {ratio:.1f}"
 
 
 def test_subject_of_encoded_words_reads_as_text() -> None:
