@@ -185,7 +185,7 @@ class Landing:
 
     @contextmanager
     def moving(self) -> Iterator[Move | None]:
-        """The mover's turn, or None when another process has it (or nothing landed).
+        """The mover's turn, or None when another process has it (or there is no landing).
 
         Use: `move.into(connection)` in the main transaction; after it committed,
         the `with` block's end deletes what moved."""
