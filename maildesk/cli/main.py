@@ -141,6 +141,7 @@ def _prepare_language_model(folder: Path) -> None:
     from maildesk import language
 
     try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # on PostgreSQL maybe new
         language.warm(folder)
     except Exception as exc:
         click.echo(f"language model not prepared ({exc}): a worker will try again", err=True)
