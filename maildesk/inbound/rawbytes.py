@@ -168,15 +168,25 @@ def _copy_postgresql(
 
 def copy_sqlite(
     source: Connection, target: Connection, ids: Sequence[tuple[int, int]], where: Stored = INBOUND
-) -> None:
+) -> list[int]:
     """Copy the bytes of rows from one SQLite database's `where` table to another's, as
     (source id, target id) pairs, inside the target's transaction: a slice at a time,
-    as `write` stores them (the landing's move, `inbound/landing.py`)."""
+    as `write` stores them (the landing's move, `inbound/landing.py`). Returns the
+    source ids that have no bytes row (none are copied for them)."""
     reader, writer = source.connection.driver_connection, target.connection.driver_connection
     assert reader is not None and writer is not None
     small: list[tuple[int, bytes]] = []
+    missing: list[int] = []
+    exists = text(f"SELECT 1 FROM {where.table} WHERE {where.key} = :id")
     for from_id, to_id in ids:
-        with reader.blobopen(where.table, "raw", from_id, readonly=True) as blob:
+        try:
+            opened = reader.blobopen(where.table, "raw", from_id, readonly=True)
+        except sqlite3.OperationalError:
+            if source.execute(exists, {"id": from_id}).first() is None:
+                missing.append(from_id)
+                continue
+            raise
+        with opened as blob:
             length = len(blob)
             if length <= SLICE:
                 small.append((to_id, blob.read()))
@@ -187,6 +197,7 @@ def copy_sqlite(
                     copy.write(piece)
     if small:
         _executemany(target, where.bound_rows, small)
+    return missing
 
 
 def read(connection: Connection, row_id: int, where: Stored = INBOUND) -> bytes | None:

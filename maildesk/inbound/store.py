@@ -26,7 +26,6 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -259,10 +258,9 @@ class InboundStore:
         A row claimed before without finishing may be the one that crashed the
         last worker, so it is claimed alone.
         """
+        self._move_landed()
         now = self._clock.now()
-        with self._moving() as move, self._db.transaction() as session:
-            if move is not None:
-                self._move(session, move)
+        with self._db.transaction() as session:
             rows = session.execute(leases.select_due(Inbound, now, limit, *_CLAIMED_COLUMNS)).all()
             spent = [r.id for r in rows if r.attempts >= MAX_ATTEMPTS]
             for row_id in spent:
@@ -276,23 +274,21 @@ class InboundStore:
             claimed = tuple(Claimed(r.id, r.size, r.mail_from, r.source, r.peer) for r in rows)
             return Batch(claim, claimed, len(spent))
 
-    @staticmethod
-    def _move(session: Session, move: landing.Move) -> None:
-        """Move what landed, in a savepoint: a landing that cannot be read (a damaged
-        file, a full disk) must not also stop the processing of mail already moved."""
+    def _move_landed(self) -> None:
+        """What landed, into the spool (SQLite), in a transaction of its own ahead of the
+        claim's. A landing that cannot be read (a damaged file, a full disk) leaves its
+        mail where it is and is logged: the mail already in the spool is still claimed."""
+        if self._landing is None:
+            return
         try:
-            with session.begin_nested():
-                move.into(session.connection())
+            if self._landing.empty():
+                return
+            with self._landing.moving() as move:
+                if move is not None:
+                    with self._db.writing() as connection:
+                        move.into(connection)
         except Exception:
             log.exception("could not move accepted mail from the landing; it stays there")
-            move.moved.clear()  # nothing moved: nothing to delete
-
-    def _moving(self) -> AbstractContextManager[landing.Move | None]:
-        """The landing's mover, when this process has its turn (SQLite): a claim first
-        moves what landed into the spool, in its own transaction."""
-        if self._landing is None:
-            return nullcontext()
-        return self._landing.moving()
 
     def move_landed(self) -> int:
         """Move whatever waits in the landing into the spool now, as a claim does

@@ -9,6 +9,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -171,19 +172,44 @@ def test_mail_larger_than_a_move_moves_alone_and_intact(spool: Services) -> None
 def test_a_landing_that_cannot_be_read_does_not_stop_the_spool(
     spool: Services, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Mail already moved is processed even while the landing fails (here a landed row
-    lost its bytes, as a damaged file would): the failing mail stays where it is."""
+    """Mail already moved is processed even while the landing cannot be read (its file
+    damaged): the claim logs it and goes on."""
     moved = put(spool, 1)
     mover = landing_of(spool)
     assert move_once(spool, mover) == 1
     mover.close()
-    stuck = put(spool, 2)
-    with landing_file(spool) as file:
-        file.execute("DELETE FROM inbound_raw WHERE inbound_id = ?", (stuck,))
+    spool.db.dispose()  # nothing holds the landing open while it is damaged
+    file = landing.path_of(landing.sqlite_file(spool.db.url))  # type: ignore[arg-type]
+    for part in (file, Path(f"{file}-wal"), Path(f"{file}-shm")):
+        part.unlink(missing_ok=True)
+    file.write_bytes(b"not a database" * 100)
 
     assert spool.drain_inbound() == 1
     assert [t["requester"] for t in tickets(spool)] == ["c1@customer.test"]
     assert inbound_row(spool, moved).state == InboundState.DONE
     assert "could not move accepted mail from the landing" in caplog.text
+
+
+def test_a_landed_message_without_its_bytes_is_quarantined_and_the_rest_moves_on(
+    spool: Services, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A landed row that lost its bytes (only a damaged file does that) must not hold
+    back the mail behind it: it moves without them and its processing quarantines it,
+    where `maildesk quarantine list` shows it."""
+    first, lost, last = put(spool, 1), put(spool, 2), put(spool, 3)
     with landing_file(spool) as file:
-        assert file.execute("SELECT id FROM inbound").fetchall() == [(stuck,)]
+        file.execute("DELETE FROM inbound_raw WHERE inbound_id = ?", (lost,))
+
+    spool.drain_inbound()
+    assert sorted(t["requester"] for t in tickets(spool)) == [
+        "c1@customer.test",
+        "c3@customer.test",
+    ]
+    assert f"landed message {lost} has no bytes" in caplog.text
+    for _ in range(3):  # its retries, each after its back-off
+        clock.advance(timedelta(minutes=5))
+        spool.drain_inbound()
+    row = inbound_row(spool, lost)
+    assert row.state == InboundState.QUARANTINED
+    assert "no stored bytes" in row.reason
+    assert {inbound_row(spool, i).state for i in (first, last)} == {InboundState.DONE}
