@@ -6,10 +6,10 @@ accepted at 0.2-0.3 of bare aiosmtpd's rate). In `<database>.landing` the group
 commit's only other writer is the mover's short delete, so a 250 waits for its
 own fsync and little else.
 
-The mover runs in the workers' claim (`InboundStore.claim`): in the claim's
-transaction on the main database it copies what landed into `inbound` and
-`inbound_raw`, then, once that committed, deletes it here. One process moves at
-a time (`<landing>.mover`, an flock; the others just claim).
+The mover runs ahead of each worker's claim (`InboundStore.claim`): in a
+transaction of its own on the main database it copies what landed into
+`inbound` and `inbound_raw`, then, once that committed, deletes it here. One
+process moves at a time (`<landing>.mover`, an flock; the others just claim).
 
 Spool ids are handed out here and kept for good: the landing's `inbound` table
 is AUTOINCREMENT, its sequence lifted to the main spool's highest id whenever a
@@ -48,8 +48,8 @@ from maildesk.models import Inbound, InboundRaw
 
 log = logging.getLogger("maildesk.spool")
 
-# One move copies at most this much: it runs in a claim's transaction, which holds
-# the main database's write lock. A larger message moves alone.
+# One move copies at most this much: its transaction holds the main database's write
+# lock. A larger message moves alone.
 MOVE_ROWS = 500
 MOVE_BYTES = 8 * 1024 * 1024
 
