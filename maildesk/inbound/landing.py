@@ -258,9 +258,6 @@ class Landing:
             if raise_to:
                 _raise_sequence(connection, raise_to)
 
-    def waiting(self) -> Waiting:
-        return waiting(self.path)
-
     def close(self) -> None:
         if self._driver is not None:
             self._driver.close()

@@ -82,15 +82,16 @@ def write(
     copy costs no more memory than a slice, and a stream per row cost more CPU than
     the rest of queueing a notification."""
     connection = session.connection() if isinstance(session, Session) else session
+    if connection.dialect.name == "sqlite":
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        write_sqlite(driver, bodies, where)
+        return
     small = [(row_id, _whole(raw)) for row_id, raw in bodies if size(raw) <= SLICE]
     if small:
         _executemany(connection, where.bound_rows, small)
     large = [(row_id, raw) for row_id, raw in bodies if size(raw) > SLICE]
-    if not large:
-        return
-    if connection.dialect.name == "sqlite":
-        _write_large_sqlite(connection.connection.driver_connection, large, where)
-    else:
+    if large:
         _copy_postgresql(connection, large, where)
 
 
