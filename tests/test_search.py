@@ -54,6 +54,18 @@ def test_a_body_word_is_found_with_and_without_diacritics(services: Services) ->
     assert numbers(services, "  ,;  ") == []
 
 
+def test_the_whole_stored_text_is_found_not_only_the_new_words(services: Services) -> None:
+    """The index holds what the ticket shows: the quote and signature too (the worker
+    folds it before its write transaction, from the same parsed text it stores)."""
+    body = "Díky, zkusím to.\n\nOn Mon, Bob wrote:\n> Restartujte směrovač.\n\n-- \nAlice"
+    receive(services, make_mail("Síť padá", body=body))
+
+    assert numbers(services, "zkusim") == [1]
+    assert numbers(services, "smerovac") == [1]  # quoted
+    assert numbers(services, "alice") == [1]  # signature
+    assert numbers(services, "sit pada") == [1]  # subject
+
+
 def test_newest_match_first_and_an_agent_reply_is_found(services: Services) -> None:
     receive(services, make_mail("First", body="heslo nefunguje"))
     receive(services, make_mail("Second", body="zase heslo", sender="bob@other.test"))

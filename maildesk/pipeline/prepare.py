@@ -23,6 +23,7 @@ from maildesk.inbound.guard import Limits, check
 from maildesk.language import Detector
 from maildesk.message import ParsedMessage, parse
 from maildesk.replies import new_text
+from maildesk.tickets.search import document
 
 DEADLINE = timedelta(seconds=20)
 # How long a started message keeps its lease renewed: past this, it is stuck.
@@ -73,6 +74,9 @@ class Prepared:
     # Content-Language when it says cs or en, else guessed from `text`; None: too
     # short to tell (a new ticket then takes `[support] language`).
     language: str | None = None
+    # What the search index holds for the message's subject and text, folded here,
+    # outside the write transaction that stores it (tickets/search.py).
+    search_document: str | None = None
 
 
 def prepare(
@@ -94,4 +98,6 @@ def prepare(
         # The customer's own words only: a quoted answer of ours is in the ticket's language.
         language = detector.detect(text)
         budget.check("language detection")
-    return Prepared(message, text, language)
+    searched = document(message.subject, message.text)
+    budget.check("the search words")
+    return Prepared(message, text, language, searched)

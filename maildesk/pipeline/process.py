@@ -382,8 +382,7 @@ class Processor:
             match,
             auth,
             sender.forged,
-            prepared.text,
-            prepared.language,
+            prepared,
         )
 
     def _authenticate(self, stored: Stored, message: ParsedMessage) -> Authentication:
@@ -402,10 +401,10 @@ class Processor:
         match: Match,
         auth: Authentication,
         forged: bool,
-        text: str,
-        language: str | None,
+        prepared: Prepared,
     ) -> int:
         """A customer's (or anyone else's) message: record it, move the ticket, notify."""
+        text, language = prepared.text, prepared.language
         now = self.clock.now()
         lifecycle = Lifecycle(session, now)
         ticket, rule = match.ticket, match.rule
@@ -450,6 +449,7 @@ class Processor:
                 ),
                 flag=self._flag(opened, trust, forged),
                 proof=trust.proof,
+                search_document=prepared.search_document,
             ),
         )
         if trust.verified:

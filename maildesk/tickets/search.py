@@ -102,12 +102,18 @@ def indexed(direction: str, kind: str) -> bool:
 
 
 def index_message(
-    db: Session | Connection, pk: int, direction: str, kind: str, subject: str, body: str
+    db: Session | Connection,
+    pk: int,
+    direction: str,
+    kind: str,
+    subject: str,
+    body: str,
+    folded: str | None = None,
 ) -> None:
     """Add one stored message (its primary key and columns) to the index, in the
-    caller's transaction."""
+    caller's transaction. `folded`: `document(subject, body)`, when made ahead."""
     if indexed(direction, kind):
-        index_rows(db, [(pk, document(subject, body))])
+        index_rows(db, [(pk, document(subject, body) if folded is None else folded)])
 
 
 def index_rows(db: Session | Connection, rows: Iterable[tuple[int, str]]) -> None:

@@ -116,6 +116,9 @@ class NewMessage:
     flag: str = ""
     # How the sender was proven (see pipeline/trust.py); "" = not proven.
     proof: str = ""
+    # search.document(subject, body_text), when it was made ahead, outside the
+    # write transaction (pipeline/prepare.py); None: made here.
+    search_document: str | None = None
 
 
 class Tickets:
@@ -299,7 +302,15 @@ class Tickets:
         }
         pk = int(self._rows.execute(_INSERT_MESSAGE, values).scalar_one())
         # The search index is written in the same transaction: it never lags the messages.
-        index_message(self._rows, pk, new.direction, new.kind, new.subject, new.body_text)
+        index_message(
+            self._rows,
+            pk,
+            new.direction,
+            new.kind,
+            new.subject,
+            new.body_text,
+            new.search_document,
+        )
         refs = [ref for ref in dict.fromkeys(new.references) if ref != new.message_id]
         if refs:
             self._rows.execute(_INSERT_REF, [{"message_pk": pk, "ref_id": ref} for ref in refs])
