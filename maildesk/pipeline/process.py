@@ -292,6 +292,10 @@ class Processor:
         left = list(group)
         while left:
             with self.db.transaction() as session:
+                # Senders first, before any ticket or person row: see lock_new_people.
+                Tickets(session).lock_new_people(
+                    work.prepared.message.from_addr for work in left if work.prepared
+                )
                 owned = self.store.lock(session, [work.id for work in left], token)
                 while left:
                     work = left.pop(0)
