@@ -56,12 +56,18 @@ def clean_text(value: str) -> str:
     U+2028/U+2029 count as controls (splitlines() breaks on them); lone surrogates,
     which cannot be encoded, become U+FFFD. Past MAX_TEXT characters it ends in "…".
     """
-    out = []
-    for ch in value[: MAX_TEXT + 1]:
-        category = unicodedata.category(ch)
-        out.append(" " if category in _BREAKING else "\ufffd" if category == "Cs" else ch)
-    text = "".join(out).strip()
+    head = value[: MAX_TEXT + 1]
+    # A printable string holds no control, no separator but the space and no surrogate:
+    # the common case, checked in C. Only other strings are read character by character.
+    if not head.isprintable():
+        head = "".join(_header_char(ch) for ch in head)
+    text = head.strip()
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1].rstrip() + "…"
+
+
+def _header_char(ch: str) -> str:
+    category = unicodedata.category(ch)
+    return " " if category in _BREAKING else "\ufffd" if category == "Cs" else ch
 
 
 def breaks_line(value: str) -> bool:

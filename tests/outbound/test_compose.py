@@ -8,12 +8,15 @@ import email
 import email.header
 import email.policy
 import email.utils
+import random
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage, MIMEPart
 
 import pytest
 
+from maildesk.outbound import headers
 from maildesk.outbound.compose import (
     Address,
     Attachment,
@@ -193,6 +196,27 @@ def test_hostile_subject_stays_one_header(subject: str) -> None:
         *BASE_HEADERS[:-1], "thread-topic", "content-type", "content-transfer-encoding"
     ]  # fmt: skip
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
+
+
+def test_clean_text_changes_only_breaks_and_surrogates() -> None:
+    """Header text is checked in C when printable, character by character otherwise:
+    both must agree with the rule, on strings mixing both kinds around the length cap."""
+
+    def by_rule(value: str) -> str:
+        kept = "".join(
+            " " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else
+            "\ufffd" if unicodedata.category(ch) == "Cs" else ch
+            for ch in value[: headers.MAX_TEXT + 1]
+        ).strip()  # fmt: skip
+        cap = headers.MAX_TEXT
+        return kept if len(kept) <= cap else kept[: cap - 1].rstrip() + "…"
+
+    alphabet = "aZ ž\t\r\n\x00\x7f\x85\xa0\u2028\u2029\u200b\ufeff\ud800\U0010ffff"
+    rng = random.Random(9)
+    for _ in range(3000):
+        size = rng.choice([0, 1, 3, 40, headers.MAX_TEXT - 1, headers.MAX_TEXT + 2])
+        value = "".join(rng.choice(alphabet) for _ in range(size))
+        assert headers.clean_text(value) == by_rule(value)
 
 
 HOSTILE_NAMES = [
