@@ -370,3 +370,13 @@ def run_in_workdir(prefix: str, name: str, args: argparse.Namespace, run: Any) -
         print(f"kept {workdir}", file=sys.stderr)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def signing_key(folder: Path) -> Path:
+    """A DKIM private key for the desk's own mail (made once per folder)."""
+    key = folder / "desk-dkim.pem"
+    if not key.exists():
+        subprocess.run(
+            ["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True
+        )
+    return key

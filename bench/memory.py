@@ -30,6 +30,7 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
+import common
 import pgschema
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -50,7 +51,7 @@ def services(
     trust = {"verify_dkim": True, "dns_servers": [dns]} if dns else {"verify_dkim": False}
     outbound = {"url": f"maildir:{folder / 'outbox'}"}
     if sign:  # our own mail DKIM-signed, as a production desk's is
-        outbound |= {"dkim_selector": "desk", "dkim_key": str(signing_key(folder))}
+        outbound |= {"dkim_selector": "desk", "dkim_key": str(common.signing_key(folder))}
     settings = config.from_mapping(
         {
             "support": {"address": "support@example.test", "language": "en"},
@@ -66,16 +67,6 @@ def services(
     if migrate:
         built.prepare()
     return built
-
-
-def signing_key(folder: Path) -> Path:
-    """The desk's DKIM private key (made once per folder)."""
-    key = folder / "desk-dkim.pem"
-    if not key.exists():
-        subprocess.run(
-            ["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True
-        )
-    return key
 
 
 # A customer's sentence with no Content-Language: the worker guesses its language,
@@ -162,10 +153,12 @@ def run(args: argparse.Namespace) -> None:
         desk.processor.warm_up()  # as a worker does when it starts
         ready = peak_mb()
         processed = desk.drain_inbound()
+        after_processing = peak_mb()
         sent = desk.sender().send_due()
         print(
             f"worker: peak RSS {ready:.0f} MB before the first message, "
-            f"{peak_mb():.0f} MB after processing {processed} and sending {sent}; "
+            f"{after_processing:.0f} MB after processing {processed}, "
+            f"{peak_mb():.0f} MB after sending {sent}; "
             f"resident at the end: {resident_kinds()}"
         )
         return

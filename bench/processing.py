@@ -12,8 +12,9 @@ claim, parse, thread, record and the outbox rows queued.
         [--profile out.prof]
 
 `--database-url postgresql+psycopg://…` runs on PostgreSQL, in a schema of its own
-that is dropped afterwards (default: SQLite in a temp dir). `--profile` writes a
-cProfile of the processing (not of the storing) and prints its top entries.
+that is dropped afterwards (default: SQLite in a temp dir). `--sign` DKIM-signs the
+mail queued, as a production desk does. `--profile` writes a cProfile of the
+processing (not of the storing) and prints its top entries.
 Nothing is asserted: the script prints figures and the target.
 """
 
@@ -68,9 +69,16 @@ def database(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
 
 
 def settings(
-    url: str, workdir: Path, spamd: tuple[str, int] | None = None, ahead: int = 4
+    url: str,
+    workdir: Path,
+    spamd: tuple[str, int] | None = None,
+    ahead: int = 4,
+    sign: bool = False,
 ) -> config.Settings:
     spam = {"spamd_host": spamd[0], "spamd_port": spamd[1]} if spamd else {}
+    outbound = {"url": f"maildir:{workdir / 'outbox'}"}
+    if sign:  # our own mail DKIM-signed, as a production desk's is
+        outbound |= {"dkim_selector": "desk", "dkim_key": str(common.signing_key(workdir))}
     return config.from_mapping(
         {
             "spam": spam,
@@ -83,7 +91,7 @@ def settings(
             },
             "database": {"url": url},
             "web": {"secret_key": "bench-" + "k" * 40},
-            "outbound": {"url": f"maildir:{workdir / 'outbox'}"},
+            "outbound": outbound,
             "agents": {"addresses": list(AGENTS)},
             # No DNS: what is measured is our own work, not a resolver's answers.
             "trust": {"verify_dkim": False},
@@ -202,7 +210,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
 
 def measure(args: argparse.Namespace, workdir: Path, spamd: tuple[str, int] | None = None) -> None:
     with database(args, workdir) as url:
-        services = build(settings(url, workdir, spamd, args.prepare_ahead))
+        services = build(settings(url, workdir, spamd, args.prepare_ahead, args.sign))
         services.prepare()
         stored = store(services, args)
         print(f"-- stored {stored} messages; processing", file=sys.stderr, flush=True)
@@ -324,6 +332,7 @@ def main() -> None:
     parser.add_argument(
         "--spamd", action="store_true", help="score each message with a spamd of its own"
     )
+    parser.add_argument("--sign", action="store_true", help="our own mail DKIM-signed")
     parser.add_argument(
         "--prepare-ahead", type=int, default=4, help="[workers] prepare_ahead (1: one at a time)"
     )

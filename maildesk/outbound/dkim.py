@@ -6,6 +6,11 @@ signature aligns with From for DMARC. A message is signed once, when it is
 composed and queued: the outbox sends the stored bytes unchanged, so a retry
 carries the same valid signature. Canonicalization is relaxed/relaxed, which
 survives relays that re-fold headers or adjust whitespace.
+
+dkimpy reads and canonicalizes the header block; the RSA signature itself is
+OpenSSL's, through `cryptography`. dkimpy computes it in pure Python: 7 ms of
+CPU per mail against 0.25 ms, and a new ticket queues three mails inside its
+write transaction.
 """
 
 from __future__ import annotations
@@ -15,13 +20,16 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy
-from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 
 from maildesk import dkimbody
 from maildesk.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 # A composed mail in pieces (its header block with the empty line, then its body's
 # blocks) -> the same pieces with a DKIM-Signature field in front.
@@ -32,6 +40,7 @@ Signer = Callable[[Sequence[bytes]], tuple[bytes, ...]]
 _CANONICALIZE = (b"relaxed", b"relaxed")
 _POLICY = CanonicalizationPolicy.from_c_value(b"/".join(_CANONICALIZE))
 _PROBE = (b"From: a@example.test\r\nSubject: probe\r\n\r\n", b"probe\r\n")
+_FIELD = b"DKIM-Signature"
 
 
 class DkimSigner:
@@ -40,18 +49,28 @@ class DkimSigner:
     one bytes object, then copy its body line by line and canonicalize it whole
     (two agents notified of a 24 MB attachment peaked at 241 MB signed, 126 unsigned).
     The body hash is ours (`dkimbody`, a slice at a time); dkimpy signs the header
-    block. `tests/outbound/test_dkim.py` holds the result to `dkim.sign`'s, byte for
-    byte."""
+    block as `DKIM.gen_header` does, and OpenSSL signs its hash (RSASSA-PKCS1-v1_5 is
+    deterministic: the same bytes as dkimpy's own arithmetic). `tests/outbound/
+    test_dkim.py` holds the result to `dkim.sign`'s, byte for byte."""
 
     def __init__(
         self, selector: str, domain: str, key: bytes, now: Callable[[], float] = time.time
     ) -> None:
         self.selector = selector.encode("ascii")
         self.domain = domain.encode("ascii")
+        # Imported here: OpenSSL's bindings cost a process 9 MB of RSS, for signing only.
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
         try:
-            self._key = parse_pem_private_key(key)
-        except UnparsableKeyError as exc:  # not a DKIMException: made one, as dkim.sign does
+            private = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError) as exc:  # not a DKIMException: made one, as dkim.sign does
             raise dkim.KeyFormatError(str(exc)) from None
+        if not isinstance(private, rsa.RSAPrivateKey):
+            raise dkim.KeyFormatError(f"not an RSA key: {type(private).__name__}")
+        self._key: RSAPrivateKey = private
+        self._padding = padding.PKCS1v15()
+        self._prehashed = utils.Prehashed(hashes.SHA256())  # dkimpy hashed the headers
         self._now = now
 
     def __call__(self, pieces: Sequence[bytes]) -> tuple[bytes, ...]:
@@ -75,8 +94,21 @@ class DkimSigner:
             (b"bh", base64.b64encode(body_hash)),
             (b"b", b"0" * 60),  # as dkim.sign: b= folds onto a line of its own
         ]
-        value = headers.gen_header(fields, signed, _POLICY, b"DKIM-Signature", self._key)
-        return (b"DKIM-Signature: " + bytes(value), *pieces)
+        return (_FIELD + b": " + self._value(headers, signed, fields), *pieces)
+
+    def _value(
+        self, headers: dkim.DKIM, signed: tuple[bytes, ...], fields: list[tuple[bytes, bytes]]
+    ) -> bytes:
+        """The field's value, signed: what `DKIM.gen_header` makes, with OpenSSL's RSA."""
+        unsigned = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(_FIELD))
+        unsigned = dkim.RE_BTAG.sub(b"\\1", unsigned)
+        digest = hashlib.sha256()
+        canonical = _POLICY.canonicalize_headers(headers.headers)
+        dkim.hash_headers(digest, _POLICY, canonical, signed, (_FIELD, b" " + unsigned), {})
+        signature = self._key.sign(digest.digest(), self._padding, self._prehashed)
+        fields = [*fields[:-1], (b"b", base64.b64encode(signature))]
+        value = b"; ".join(b"=".join(f) for f in fields) + b"\r\n"
+        return bytes(dkim.fold(value, namelen=len(_FIELD)))
 
 
 def signer_from_settings(settings: Settings) -> Signer | None:
