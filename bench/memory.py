@@ -35,7 +35,7 @@ import pgschema
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from maildesk import config, heap
+from maildesk import config, heap, language
 from maildesk.inbound.store import Envelope
 from maildesk.services import Services, build
 
@@ -64,8 +64,10 @@ def services(
         base_dir=folder,
     )
     built = build(settings)
-    if migrate:
+    if migrate:  # what `maildesk init` does: the schema, and the language model kept
         built.prepare()
+        settings.state_folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        language.warm(settings.state_folder)
     return built
 
 

@@ -14,6 +14,11 @@ blob I/O; PostgreSQL gets the rows by `COPY … FROM STDIN (FORMAT BINARY)`. Bot
 run inside the caller's transaction and cost one slice of memory. Bytes no longer
 than a slice are simply bound: the copy is a slice at most.
 
+Attachments' content (`blobs`, keyed by its SHA-256) is written the same way
+(`write_blob`): through the ORM, a 17 MB attachment cost a worker the bound copy
+and SQLite's record, about 12 MB more at its peak, and the copy stayed in the
+cached statement.
+
 Reading back is the same in reverse (`read`). Fetching the value whole cost
 PostgreSQL 144 MB more at the peak for a 24 MB message (bytea comes as hex
 text), and libpq's receive buffer kept 49 MB in the pooled connection after.
@@ -199,6 +204,35 @@ def copy_sqlite(
     if small:
         _executemany(target, where.bound_rows, small)
     return missing
+
+
+_BLOB_SMALL = text("INSERT INTO blobs (sha256, size, data) VALUES (:sha256, :size, :data)")
+_BLOB_ZEROED = "INSERT INTO blobs (sha256, size, data) VALUES (?, ?, zeroblob(?))"
+_BLOB_COPY = "COPY blobs (sha256, size, data) FROM STDIN (FORMAT BINARY)"
+
+
+def write_blob(connection: Connection, sha256: str, data: bytes) -> None:
+    """Store one attachment's content under its hash, in the connection's transaction,
+    a slice at a time when it is larger than one (as `write` stores mail)."""
+    if len(data) <= SLICE:
+        connection.execute(_BLOB_SMALL, {"sha256": sha256, "size": len(data), "data": data})
+        return
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    if connection.dialect.name == "sqlite":
+        rowid = driver.execute(_BLOB_ZEROED, (sha256, len(data), len(data))).lastrowid
+        with driver.blobopen("blobs", "data", rowid) as blob:
+            for piece in _slices(data):
+                blob.write(piece)
+        return
+    key = sha256.encode("ascii")
+    with driver.cursor() as cursor, cursor.copy(_BLOB_COPY) as copy:
+        copy.write(_COPY_HEADER)
+        # Three fields: the hash as text, the size as int4, then the content's length.
+        copy.write(struct.pack(f"!hi{len(key)}siii", 3, len(key), key, 4, len(data), len(data)))
+        for piece in _slices(data):
+            copy.write(piece)
+        copy.write(_COPY_TRAILER)
 
 
 def read(connection: Connection, row_id: int, where: Stored = INBOUND) -> bytes | None:

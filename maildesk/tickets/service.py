@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk.clock import as_utc
+from maildesk.inbound import rawbytes
 from maildesk.models import (
     Attachment,
     Blob,
@@ -68,6 +69,7 @@ _REFERENCING = (
     .limit(1)
 )
 _PERSON = select(Person).where(Person.email == bindparam("email"))
+_BLOB_EXISTS = select(Blob.sha256).where(Blob.sha256 == bindparam("sha"))
 # PostgreSQL advisory locks of addresses about to become people (`lock_new_people`):
 # the two-key form, whose first key is a class of our own, apart from exclusive.py's.
 _NEW_PERSON_CLASS = 0x6D64
@@ -359,10 +361,11 @@ class Tickets:
         return pk
 
     def _blob(self, data: bytes) -> str:
+        """Store `data` once, however often it is attached; returns its key."""
         sha = hashlib.sha256(data).hexdigest()
-        if self.session.get(Blob, sha) is None:
-            self.session.add(Blob(sha256=sha, size=len(data), data=data))
-            self.session.flush()
+        # The key alone: a stored copy is not read back to learn that it exists.
+        if self._rows.execute(_BLOB_EXISTS, {"sha": sha}).first() is None:
+            rawbytes.write_blob(self._rows, sha, data)
         return sha
 
 
