@@ -90,6 +90,23 @@ def test_half_a_configuration_or_a_bad_key_fails_at_start(
     junk.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
     with pytest.raises(ConfigError, match="not a usable private key"):
         signer_from_settings(with_outbound(dkim_selector="s", dkim_key=str(junk)))
+    # A valid key of another kind: rsa-sha256 is what we sign with.
+    other = tmp_path / "ed25519.pem"
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(other)],
+        check=True,
+        capture_output=True,
+    )
+    with pytest.raises(ConfigError, match="not a usable private key: not an RSA key"):
+        signer_from_settings(with_outbound(dkim_selector="s", dkim_key=str(other)))
+    locked = tmp_path / "locked.pem"
+    subprocess.run(
+        ["openssl", "genrsa", "-aes256", "-passout", "pass:secret", "-out", str(locked), "2048"],
+        check=True,
+        capture_output=True,
+    )
+    with pytest.raises(ConfigError, match="not a usable private key"):
+        signer_from_settings(with_outbound(dkim_selector="s", dkim_key=str(locked)))
     assert signer_from_settings(with_outbound(dkim_selector="s", dkim_key=str(key_pair[0])))
 
 
