@@ -163,10 +163,14 @@ def wait_for(
 
 
 def write_config(
-    folder: Path, smtp_port: int, web_port: int, workers: dict[str, Any] | None = None
+    folder: Path,
+    smtp_port: int,
+    web_port: int,
+    workers: dict[str, Any] | None = None,
+    sign: bool = False,
 ) -> Path:
     """A self-contained config in `folder`: SQLite, Maildir outbox, no caps in the way;
-    `workers`, the `[workers]` keys to set (e.g. `nice`)."""
+    `workers`, the `[workers]` keys to set (e.g. `nice`); `sign`: our mail DKIM-signed."""
     values: dict[str, dict[str, Any]] = {
         "support": {
             "address": SUPPORT,
@@ -185,6 +189,9 @@ def write_config(
     }
     if workers:
         values["workers"] = dict(workers)
+    if sign:  # as a production desk's mail is
+        key = str(signing_key(folder))
+        values["outbound"] |= {"dkim_selector": "desk", "dkim_key": key}
     text = "".join(
         f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()) + "\n"
         for section, table in values.items()

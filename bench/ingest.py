@@ -31,7 +31,8 @@ Run from the project root with the project's virtualenv:
 
 Unpaced, the processor can only keep up by slowing the 250s down, so the latency
 figure mixes both; `--rate R` paces the client to R msg/s in total, to measure the
-acknowledgement latency at an offered load below capacity.
+acknowledgement latency at an offered load below capacity. `--sign` DKIM-signs
+maildesk's mail, as a production desk's is.
 `--only maildesk` skips the bare servers; `--profile out.txt` records the daemon
 with py-spy (collapsed stacks; py-spy on PATH or in $PY_SPY) from the first
 connection to the last 250, sampling only the thread that holds the GIL: where
@@ -326,8 +327,9 @@ def maildesk_daemon(
     web_port: int,
     log: Path,
     workers: dict[str, Any] | None = None,
+    sign: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    config = common.write_config(folder, smtp_port, web_port, workers)
+    config = common.write_config(folder, smtp_port, web_port, workers, sign)
     common.run_maildesk(config, "init", log=log)
     with ExitStack() as stack:
         out = stack.enter_context(log.open("ab"))
@@ -479,7 +481,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             smtp_port, web_port = common.free_port(), common.free_port()
             log = folder / "maildesk.log"
             workers = {} if args.workers_nice is None else {"nice": args.workers_nice}
-            with maildesk_daemon(folder, smtp_port, web_port, log, workers) as proc:
+            with maildesk_daemon(folder, smtp_port, web_port, log, workers, args.sign) as proc:
                 print(f"   daemon pid {proc.pid}, log {log}", file=sys.stderr, flush=True)
                 # Profiled while SMTP is loaded only: the drain after it would add
                 # serve's idle polling of /healthz by this script.
@@ -540,6 +542,8 @@ def report(
     paced = f", client paced to {args.rate:g} msg/s" if args.rate else ""
     if args.workers_nice is not None:
         paced += f", [workers] nice = {args.workers_nice}"
+    if args.sign:
+        paced += ", maildesk's mail DKIM-signed"
     print(
         f"SMTP ingest: {args.messages} messages of ~{args.size} bytes, "
         f"{args.connections} persistent connections{paced}"
@@ -615,6 +619,7 @@ def main() -> None:
     parser.add_argument(
         "--workers-nice", type=int, help="[workers] nice of the daemon (default: its default)"
     )
+    parser.add_argument("--sign", action="store_true", help="maildesk's mail DKIM-signed")
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
