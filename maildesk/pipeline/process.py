@@ -293,9 +293,7 @@ class Processor:
         while left:
             with self.db.transaction() as session:
                 # Senders first, before any ticket or person row: see lock_new_people.
-                Tickets(session).lock_new_people(
-                    work.prepared.message.from_addr for work in left if work.prepared
-                )
+                Tickets(session).lock_new_people(self._people_in(left))
                 owned = self.store.lock(session, [work.id for work in left], token)
                 while left:
                     work = left.pop(0)
@@ -309,6 +307,16 @@ class Processor:
                         break
         keeper.drop([work.id for work in group])
         return queued
+
+    def _people_in(self, group: list[_Work]) -> Iterator[str]:
+        """Whom the group's messages may make people: each sender, and those they copied
+        as far as a ticket takes participants (`_add_participants`). A longer Cc list
+        is not locked for: a hostile one would fill PostgreSQL's lock table."""
+        limit = self.settings.limits.participants_per_ticket
+        for work in group:
+            if work.prepared is not None:
+                yield work.prepared.message.from_addr
+                yield from work.prepared.message.cc[:limit]
 
     def _process_row(self, session: Session, row: Inbound, work: _Work) -> int:
         now = self.clock.now()

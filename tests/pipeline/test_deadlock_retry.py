@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.clock import ManualClock
 from maildesk.inbound.store import Envelope
-from maildesk.models import Inbound, Message, Ticket
+from maildesk.models import Inbound, Message, Participant, Person, Ticket
 from maildesk.services import Services
 from maildesk.states import InboundState
 from maildesk.tickets.service import Tickets
@@ -109,6 +109,45 @@ def test_two_workers_meeting_new_senders_in_opposite_orders_do_not_deadlock(
     ]
     with services.db.reading() as session:
         assert session.scalar(select(func.count()).select_from(Ticket)) == 2
+
+
+def test_two_workers_meeting_new_people_in_cc_in_opposite_orders_do_not_deadlock(
+    services: Services, clock: ManualClock
+) -> None:
+    """As above, for the colleagues a proven sender copied: they become people
+    (participants) in the processor's transaction too. An imported archive is proven by
+    the operator, and `maildesk import --processes N` on PostgreSQL is where workers
+    meet the same colleagues at once."""
+    first, second = "x@colleague.test", "y@colleague.test"
+    mail = make_mail(sender="carol@newcomer.test", cc=f"{second}, {first}")
+    envelope = Envelope("import", "carol@newcomer.test", ("support@example.test",), notify=False)
+    spool_id = services.store.put(mail, envelope)
+
+    other = Session(services.db.engine)
+    other.execute(text("SET deadlock_timeout = '20s'"))
+    theirs = Tickets(other)
+    theirs.lock_new_people([first, second])
+    theirs.person(first, "", clock.now())
+    processing = threading.Thread(target=services.processor.process_pending)
+    processing.start()
+    try:
+        wait_for(lambda: _waiting_on_a_lock(services), 10, "the processor to wait for people")
+        theirs.person(second, "", clock.now())
+        other.commit()
+    finally:
+        other.close()
+        processing.join(30)
+
+    row = _inbound(services, spool_id)
+    assert (row.state, row.attempts, row.error) == (InboundState.DONE, 1, "")
+    with services.db.reading() as session:
+        copied = session.scalars(
+            select(Person.email)
+            .join(Participant, Participant.person_id == Person.id)
+            .where(Participant.ticket_id == 1, Participant.role == "cc")
+            .order_by(Person.email)
+        )
+        assert list(copied) == [first, second]
 
 
 def _inbound(services: Services, spool_id: int) -> Inbound:
