@@ -13,7 +13,9 @@ schema in the test database, as `bench/pgschema.py` does, and drops it after).
 `--dkim` signs each message (as most large mail from a real provider is) and
 serves the key from dnsmasq, so the worker verifies the signature. `--agents N`
 configures N agents: each is notified of a new ticket with the customer's
-attachments. The worker then sends what it queued (to a Maildir), as a worker does.
+attachments. The worker then sends what it queued (to a Maildir), as a worker does;
+`--relay` sends it over SMTP instead, to aiosmtpd's Sink in a process of its own (the
+transport production uses). `--sign` DKIM-signs our own mail.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -47,9 +51,10 @@ def services(
     agents: int = 0,
     database: str = "",
     sign: bool = False,
+    relay: str = "",
 ) -> Services:
     trust = {"verify_dkim": True, "dns_servers": [dns]} if dns else {"verify_dkim": False}
-    outbound = {"url": f"maildir:{folder / 'outbox'}"}
+    outbound = {"url": relay or f"maildir:{folder / 'outbox'}"}
     if sign:  # our own mail DKIM-signed, as a production desk's is
         outbound |= {"dkim_selector": "desk", "dkim_key": str(common.signing_key(folder))}
     settings = config.from_mapping(
@@ -125,6 +130,10 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=0, help="agents notified with attachments")
     parser.add_argument("--sign", action="store_true", help="our own mail DKIM-signed")
     parser.add_argument(
+        "--relay", action="store_true", help="send over SMTP to a sink of its own, not a Maildir"
+    )
+    parser.add_argument("--relay-url", default="", help=argparse.SUPPRESS)
+    parser.add_argument(
         "--short", action="store_true", help="a body too short to guess its language from"
     )
     parser.add_argument("--process", metavar="FOLDER", help=argparse.SUPPRESS)
@@ -151,6 +160,7 @@ def run(args: argparse.Namespace) -> None:
             agents=args.agents,
             database=args.database,
             sign=args.sign,
+            relay=args.relay_url,
         )
         desk.processor.warm_up()  # as a worker does when it starts
         ready = peak_mb()
@@ -183,13 +193,38 @@ def run(args: argparse.Namespace) -> None:
     worker = [sys.executable, __file__, "--process", str(folder), "--agents", str(args.agents)]
     worker += ["--sign"] if args.sign else []
     worker += ["--database", args.database] if args.database else []
-    if key is None:
-        subprocess.run(worker, check=True)
-        return
-    from tests.dns_server import dns_server
+    with ExitStack() as stack:
+        if args.relay:
+            worker += ["--relay-url", f"smtp://127.0.0.1:{stack.enter_context(smtp_sink())}"]
+        if key is not None:
+            from tests.dns_server import dns_server
 
-    with dns_server({key.record_name: key.record}) as address:
-        subprocess.run([*worker, "--dns", address], check=True)
+            address = stack.enter_context(dns_server({key.record_name: key.record}))
+            worker += ["--dns", address]
+        subprocess.run(worker, check=True)
+
+
+@contextmanager
+def smtp_sink() -> Iterator[int]:
+    """aiosmtpd's own Sink handler (it keeps nothing) in a process of its own, on a free
+    port: the relay a worker sends to, as in production."""
+    port = free_port()
+    sink = [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink"]
+    relay = subprocess.Popen([*sink, "-s", str(1 << 30), "-l", f"127.0.0.1:{port}"])
+    try:
+        common.wait_for(lambda: listening(port), 10, "the SMTP sink")
+        yield port
+    finally:
+        relay.terminate()
+        relay.wait(10)
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def free_port() -> int:

@@ -4,6 +4,8 @@ classifies failures, checked against a real aiosmtpd server on a loopback port."
 from __future__ import annotations
 
 import os
+import random
+import re
 import shutil
 import socket
 import ssl
@@ -16,10 +18,12 @@ from urllib.parse import quote
 import pytest
 
 from maildesk.outbound.transport import (
+    DATA_SLICE,
     MaildirTransport,
     PermanentFailure,
     SmtpTransport,
     TemporaryFailure,
+    data_lines,
     maildir_name,
     open_transport,
 )
@@ -144,6 +148,37 @@ def test_smtp_bare_line_feeds_go_out_as_crlf(sink: SmtpSink) -> None:
     transport.close()
     [got] = sink.wait_for(1)
     assert got.content == b"Subject: x\r\n\r\nline\r\n.\r\nMAIL FROM:<x@y>\r\n"
+
+
+def test_smtp_sends_a_large_message_whole_in_slices(sink: SmtpSink) -> None:
+    """DATA goes out a slice at a time: the relay still gets every line, dots and
+    line ends as they should be, across the slices' edges."""
+    rng = random.Random(7)
+    lines = [b"." * rng.randrange(0, 3) + bytes(rng.choices(b"ab .", k=70)) for _ in range(60_000)]
+    body = b"\n".join(lines)  # bare LFs: they go out as CRLF
+    raw = b"Subject: big\r\n\r\n" + body
+    transport = smtp_to(sink)
+    transport.send("1", "", ["alice@example.org"], raw)
+    transport.close()
+    [got] = sink.wait_for(1)
+    assert len(raw) > 4 * DATA_SLICE
+    assert got.content == b"Subject: big\r\n\r\n" + b"\r\n".join(lines) + b"\r\n"
+
+
+def test_data_lines_is_smtps_data_transform_in_any_slices() -> None:
+    def whole(data: bytes) -> bytes:  # RFC 5321 4.5.2, over line ends made CRLF
+        lines = re.split(rb"\r\n|\r|\n", data)
+        if lines[-1] == b"":
+            lines.pop()
+        return b"".join(
+            (b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines
+        )
+
+    rng = random.Random(3)
+    for _ in range(5000):
+        data = b"".join(rng.choices([b"a", b".", b"\r", b"\n", b"\r\n", b" "], k=rng.randrange(40)))
+        size = rng.choice([1, 2, 3, 5, 8, DATA_SLICE])
+        assert b"".join(data_lines(data, size)) == (whole(data) or b"\r\n"), (data, size)
 
 
 @pytest.mark.parametrize("bad", ["a@b>\r\nRCPT TO:<evil@x.test", "alice@example.org)<bob@x.test>"])
