@@ -15,7 +15,8 @@ serves the key from dnsmasq, so the worker verifies the signature. `--agents N`
 configures N agents: each is notified of a new ticket with the customer's
 attachments. The worker then sends what it queued (to a Maildir), as a worker does;
 `--relay` sends it over SMTP instead, to aiosmtpd's Sink in a process of its own (the
-transport production uses). `--sign` DKIM-signs our own mail.
+transport production uses). `--sign` DKIM-signs our own mail. `--imap` instead
+measures the IMAP poller alone, fetching the messages from a real Dovecot.
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ def main() -> None:
     )
     parser.add_argument("--relay-url", default="", help=argparse.SUPPRESS)
     parser.add_argument(
+        "--imap", action="store_true", help="the IMAP poller alone, fetching from a Dovecot"
+    )
+    parser.add_argument(
         "--short", action="store_true", help="a body too short to guess its language from"
     )
     parser.add_argument("--process", metavar="FOLDER", help=argparse.SUPPRESS)
@@ -148,6 +152,9 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.imap:
+        through_imap(args.messages, args.size_mb)
+        return
     if args.serve:
         through_serve(args.messages, args.size_mb, args.database)
         return
@@ -202,6 +209,39 @@ def run(args: argparse.Namespace) -> None:
             address = stack.enter_context(dns_server({key.record_name: key.record}))
             worker += ["--dns", address]
         subprocess.run(worker, check=True)
+
+
+_POLLER = """
+import pickle, sys
+from maildesk import heap
+from maildesk.inbound.imap import ImapPoller
+heap.give_back_large_buffers()
+settings = pickle.loads(sys.stdin.buffer.read())
+def peak():
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) / 1024 for l in status if l.startswith("VmHWM"))
+before, sizes = peak(), []
+poller = ImapPoller(settings, lambda raw: sizes.append(len(raw)))
+poller.poll_once()
+poller.close()
+print(f"IMAP poller: peak RSS {before:.0f} MB before, {peak():.0f} MB after fetching "
+      f"{len(sizes)} messages of {sum(sizes) / 1e6:.1f} MB in all (nothing stored)")
+"""
+
+
+def through_imap(messages: int, size_mb: float) -> None:
+    """The poller (a thread of serve) in a process of its own, fetching from a real
+    Dovecot (tests/dovecot.py) into a store that keeps nothing."""
+    import pickle
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.dovecot import Dovecot
+
+    with Dovecot() as server:
+        for number in range(messages):
+            server.append("INBOX", big_mail(number, size_mb).replace(b"\n", b"\r\n"))
+        settings = pickle.dumps(server.settings(idle=False))
+        subprocess.run([sys.executable, "-c", _POLLER], input=settings, check=True)
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 from imapclient import SEEN, IMAPClient
 
 from maildesk.config import ImapSettings
-from maildesk.inbound.imap import ImapPoller
+from maildesk.inbound.imap import FETCH_SLICE, ImapPoller
 from tests.dovecot import Dovecot
 
 # Generous: a loaded CI machine can take seconds to deliver an IDLE notification.
@@ -118,6 +119,28 @@ def test_bare_lf_message_arrives_with_crlf(dovecot: Dovecot) -> None:
     finally:
         poller.close()
     assert store.stored == [raw.replace(b"\n", b"\r\n")]
+
+
+def test_a_large_message_is_fetched_in_slices_byte_for_byte(dovecot: Dovecot) -> None:
+    """Over `FETCH_SLICE` a message is fetched alone by partial FETCHes into one buffer;
+    small ones around it still come in one FETCH. Sizes at a slice's edge included."""
+    rng = random.Random(11)
+    lines = b"\r\n".join(bytes(rng.choices(b"abcdef ", k=76)) for _ in range(45_000))
+    large = message(9).replace(b"message 9.", lines)
+    edge = message(8) + b"x" * (2 * FETCH_SLICE - len(message(8)) - 2) + b"\r\n"
+    sent = [message(1), large, edge, message(2)]
+    for raw in sent:
+        dovecot.append("INBOX", raw)
+    store = Recorder()
+    poller = ImapPoller(dovecot.settings(), store)
+    try:
+        assert poller.poll_once() == 4
+    finally:
+        poller.close()
+    assert len(large) > 3 * FETCH_SLICE and len(edge) == 2 * FETCH_SLICE
+    assert [len(raw) for raw in store.stored] == [len(raw) for raw in sent]
+    assert store.stored == sent
+    assert dovecot.messages("INBOX") == []
 
 
 def test_failed_store_leaves_only_that_message(
