@@ -79,29 +79,7 @@ def test_two_workers_meeting_new_senders_in_opposite_orders_do_not_deadlock(
     envelope = Envelope("smtp", "bounces@newcomer.test", ("support@example.test",))
     ids = [services.store.put(make_mail(sender=address), envelope) for address in (second, first)]
 
-    # Another worker's transaction meets the two senders the other way round: it has
-    # inserted `first` and will insert `second` once the processor is in the middle of
-    # its group. It waits out a deadlock longer than the processor, whose backend would
-    # be the one to find it.
-    other = Session(services.db.engine)
-    other.execute(text("SET deadlock_timeout = '20s'"))
-    theirs = Tickets(other)
-    theirs.lock_new_people([first, second])
-    theirs.person(first, "", clock.now())
-    passes: list[int] = []
-    processing = threading.Thread(
-        target=lambda: passes.append(services.processor.process_pending().processed)
-    )
-    processing.start()
-    try:
-        wait_for(lambda: _waiting_on_a_lock(services), 10, "the processor to wait for people")
-        theirs.person(second, "", clock.now())  # would close a cycle before the fix
-        other.commit()
-    finally:
-        other.close()
-        processing.join(30)
-
-    assert passes == [2]
+    assert _process_beside_another_worker(services, clock, first, second) == 2
     rows = [_inbound(services, spool_id) for spool_id in ids]
     assert [(row.state, row.attempts, row.error) for row in rows] == [
         (InboundState.DONE, 1, ""),
@@ -123,21 +101,7 @@ def test_two_workers_meeting_new_people_in_cc_in_opposite_orders_do_not_deadlock
     envelope = Envelope("import", "carol@newcomer.test", ("support@example.test",), notify=False)
     spool_id = services.store.put(mail, envelope)
 
-    other = Session(services.db.engine)
-    other.execute(text("SET deadlock_timeout = '20s'"))
-    theirs = Tickets(other)
-    theirs.lock_new_people([first, second])
-    theirs.person(first, "", clock.now())
-    processing = threading.Thread(target=services.processor.process_pending)
-    processing.start()
-    try:
-        wait_for(lambda: _waiting_on_a_lock(services), 10, "the processor to wait for people")
-        theirs.person(second, "", clock.now())
-        other.commit()
-    finally:
-        other.close()
-        processing.join(30)
-
+    assert _process_beside_another_worker(services, clock, first, second) == 1
     row = _inbound(services, spool_id)
     assert (row.state, row.attempts, row.error) == (InboundState.DONE, 1, "")
     with services.db.reading() as session:
@@ -148,6 +112,34 @@ def test_two_workers_meeting_new_people_in_cc_in_opposite_orders_do_not_deadlock
             .order_by(Person.email)
         )
         assert list(copied) == [first, second]
+
+
+def _process_beside_another_worker(
+    services: Services, clock: ManualClock, first: str, second: str
+) -> int:
+    """Process what is due while another worker's transaction meets the two new people
+    the other way round: it has inserted `first` and inserts `second` once the processor
+    waits in the middle of its group. It waits out a deadlock longer than the processor,
+    whose backend would be the one to find it. Returns how many rows were processed."""
+    other = Session(services.db.engine)
+    other.execute(text("SET deadlock_timeout = '20s'"))
+    theirs = Tickets(other)
+    theirs.lock_new_people([first, second])
+    theirs.person(first, "", clock.now())
+    passes: list[int] = []
+    processing = threading.Thread(
+        target=lambda: passes.append(services.processor.process_pending().processed)
+    )
+    processing.start()
+    try:
+        wait_for(lambda: _waiting_on_a_lock(services), 10, "the processor to wait for people")
+        theirs.person(second, "", clock.now())  # would close a cycle without the locks
+        other.commit()
+    finally:
+        other.close()
+        processing.join(30)
+    [processed] = passes
+    return processed
 
 
 def _inbound(services: Services, spool_id: int) -> Inbound:
