@@ -34,6 +34,9 @@ _FEED = 1 << 16
 # Whole lines of the base64 alphabet. Possessive: a line that turns out not to be
 # one is given up without backtracking, so the scan stays linear.
 _RUN = re.compile(rb"(?m)^(?:[A-Za-z0-9+/=]++\r?\n)++")
+# A marker: its parse's nonce, then the run's index. One pattern for every parse (compiling
+# one per message cost a tenth of parsing it); a match counts only with this parse's nonce.
+_MARKER = re.compile(r"MaildeskRun([0-9a-f]{32})N(\d+)")
 
 
 class Runs:
@@ -41,8 +44,8 @@ class Runs:
 
     def __init__(self, raw: bytes) -> None:
         self._raw = memoryview(raw)
-        self._prefix = f"MaildeskRun{secrets.token_hex(16)}N"
-        self._marker = re.compile(re.escape(self._prefix) + r"(\d+)")
+        self._nonce = secrets.token_hex(16)
+        self._prefix = f"MaildeskRun{self._nonce}N"
         self._spans: list[tuple[int, int]] = []  # start, end of each run in `raw`
 
     def feed(self, parser: BytesFeedParser) -> None:
@@ -86,8 +89,10 @@ class Runs:
             return text
         pieces: list[str] = []
         position = 0
-        for found in self._marker.finditer(text):
-            start, end = self._spans[int(found.group(1))]
+        for found in _MARKER.finditer(text):
+            if found.group(1) != self._nonce:
+                continue  # the sender's text, not a marker of ours
+            start, end = self._spans[int(found.group(2))]
             if found.start() > position:
                 pieces.append(text[position : found.start()])
             ending = "\r\n" if self._raw[end - 2 : end] == b"\r\n" else "\n"
@@ -117,8 +122,8 @@ class Runs:
 
     def _run_of(self, payload: str) -> int | None:
         """The run a body consists of (only a marker and whitespace), or None."""
-        found = self._marker.fullmatch(payload.strip())
-        return int(found.group(1)) if found else None
+        found = _MARKER.fullmatch(payload.strip())
+        return int(found.group(2)) if found and found.group(1) == self._nonce else None
 
 
 def long_runs(raw: bytes | memoryview) -> Iterator[tuple[int, int]]:

@@ -355,3 +355,23 @@ def test_a_forwarded_mail_with_a_large_attachment_keeps_both() -> None:
     inner = reference.get_content().as_bytes().replace(b"\r\n", b"\n")
     assert inner.split(b"\n\n", 1)[1] in rfc822.data.replace(b"\r\n", b"\n")
     assert (logs.filename, logs.data) == ("logs.bin", data)
+
+
+def test_a_marker_written_by_the_sender_stays_their_text() -> None:
+    """Markers stand for long base64 runs only with the parse's own random nonce: a
+    sender who writes one (any nonce, index 0) gets their text back, not a run."""
+    from maildesk.message import parse
+
+    data = hashlib.shake_256(b"forged marker").digest(2 * 1024 * 1024)
+    forged = f"MaildeskRun{'0' * 32}N0"
+    mail = EmailMessage()
+    mail["From"] = "alice@customer.test"
+    mail["Subject"] = "Logs"
+    mail.set_content(f"The logs.\n{forged}\n", cte="7bit")
+    mail.add_attachment(data, "application", "octet-stream", filename="logs.bin")
+
+    parsed = parse(mail.as_bytes().replace(b"\n", b"\r\n"))
+
+    assert parsed.text.split() == ["The", "logs.", forged]
+    [attachment] = parsed.attachments
+    assert attachment.data == data

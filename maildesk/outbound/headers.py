@@ -98,11 +98,16 @@ def is_valid_msg_id(value: str) -> bool:
 
 def fold(name: str, tokens: Sequence[str]) -> str:
     """`Name: tok tok ...` with CRLF; a fold may replace any single space between tokens."""
+    # The last guard: whatever built the tokens, only printable ASCII goes out (checked
+    # on all of them at once: the space that joins them is printable too).
+    if not _PRINTABLE.fullmatch("".join(tokens)):
+        bad = next(token for token in tokens if not _PRINTABLE.fullmatch(token))
+        raise HeaderError(f"{name}: unprintable character in {bad!r}")
+    single = f"{name}: {' '.join(tokens)}" if tokens else f"{name}:"
+    if len(single) <= FOLD_AT:  # most fields: no token would start a new line
+        return single + "\r\n"
     lines, line = [], f"{name}:"
     for i, token in enumerate(tokens):
-        # The last guard: whatever built the tokens, only printable ASCII goes out.
-        if not _PRINTABLE.fullmatch(token):
-            raise HeaderError(f"{name}: unprintable character in {token!r}")
         if i and len(line) + 1 + len(token) > FOLD_AT:
             lines.append(line)
             line = ""

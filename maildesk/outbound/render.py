@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -217,19 +217,25 @@ def render_blocks(
             raise MissingBlock(template.filename, block)
         renders.append(render)
     try:
-        # Top-level {% set %} names (e.g. a table of labels) are visible in blocks.
-        exported = {
-            name: value
-            for name, value in vars(template.make_module(context)).items()
-            if not name.startswith("_")
-        }
-        full = {**context, **exported}
-        return ["".join(render(template.new_context(full))) for render in renders]
+        # Top-level {% set %} names (e.g. a table of labels) are visible in blocks, as when
+        # Jinja renders the whole template: the top level runs first, in the context the
+        # blocks then render in, but with its blocks left out (`make_module` would have
+        # rendered each of them there, then again here).
+        shared = template.new_context(context)
+        own, shared.blocks = shared.blocks, {name: [_no_block] for name in shared.blocks}
+        for _ in template.root_render_func(shared):
+            pass
+        shared.blocks = own
+        return ["".join(render(shared)) for render in renders]
     except Exception:
         # What Template.render does: rewrite the traceback so its frames carry
         # template file names and line numbers (see error_location).
         template.environment.handle_exception()
         raise  # handle_exception always raises; this keeps type checkers informed
+
+
+def _no_block(_context: Context) -> Iterator[str]:
+    return iter(())
 
 
 def error_location(exc: BaseException) -> tuple[str, int | None]:

@@ -22,6 +22,8 @@ from maildesk.outbound.compose import (
     Attachment,
     HeaderError,
     OutgoingMail,
+    _plain_and_named,
+    _verify_each_line,
     compose,
     thread_index,
     verify_header_block,
@@ -370,6 +372,45 @@ def test_verifier_passes_the_plain_tricky_blocks() -> None:
         b"Subject: hi\r\n  Bcc: evil@x.test\r\n",  # a folded Subject, for both parsers
         b"Subject: a =?UTF-8?Q?b?=\r\n",
     ]
+
+
+def test_one_pass_check_passes_only_what_each_line_check_passes() -> None:
+    """verify_header_block first tries one pass over the whole block (`_plain_and_named`)
+    and reads it line by line only when that fails: the one pass must never accept a
+    block the line by line reading refuses, over random blocks of the pieces that
+    matter (name characters, colons, blanks, controls, CR, LF, "=?", "%", 8-bit)."""
+    pieces = [b"Subject", b"Bcc", b"X", b":", b": ", b"a", b" ", b"\t", b"\x0b", b"\r", b"\n"]
+    pieces += [b"\r\n", b"\r\n ", b"\r\n\t", b"=", b"?", b"=?", b"%0A", b"\xc3\xad", b"\x00"]
+    rng = random.Random(11)
+    passed = 0
+    for _ in range(20_000):
+        weights = [
+            8 if piece.isalpha() or piece in (b" ", b": ", b"\r\n ") else 1 for piece in pieces
+        ]
+        block = b"".join(rng.choices(pieces, weights, k=rng.randrange(1, 16)))
+        block = rng.choice([b"Subject: ", b""]) + block + rng.choice([b"\r\n", b""])
+        want = rng.choice([["subject"], ["subject", "bcc"], ["subject", "x"]])
+        if _plain_and_named(block, want):
+            passed += 1
+            _verify_each_line(block, want)  # raises HeaderError if it disagrees
+    assert passed > 400  # the one pass is exercised, not only refused
+
+
+def test_fold_breaks_only_where_a_line_would_grow_past_78() -> None:
+    """Unfolded, a field is its tokens joined by single spaces; a line is broken before
+    a token only when that token would take it past 78 characters."""
+    rng = random.Random(5)
+    for _ in range(5000):
+        tokens = ["x" * rng.choice([1, 2, 5, 20, 40, 77, 90]) for _ in range(rng.randrange(0, 8))]
+        name = rng.choice(["To", "Subject", "X-Long-Header-Name"])
+        folded = headers.fold(name, tokens)
+        lines = folded.removesuffix("\r\n").split("\r\n")
+        assert "".join(lines) == " ".join([f"{name}:", *tokens])
+        for line, after in zip(lines, lines[1:], strict=False):
+            assert len(line) + 1 + len(after.split(" ")[1]) > 78  # its next token did not fit
+        for line in lines:
+            words = line.split(" ")[1:]
+            assert len(line) <= 78 or len(words) == 1  # only a token alone may be longer
 
 
 def test_thread_index_groups_a_ticket() -> None:
