@@ -6,6 +6,9 @@ Runs on SQLite, and on PostgreSQL when MAILDESK_TEST_DATABASE_URL is set.
 from __future__ import annotations
 
 import json
+import random
+import re
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,12 +16,13 @@ from alembic import command
 from click.testing import CliRunner
 from sqlalchemy import select, text
 
+from maildesk import folding
 from maildesk.cli import main
 from maildesk.db import Database
 from maildesk.models import Message, Person, Ticket
 from maildesk.schema import alembic_config
 from maildesk.services import Services
-from maildesk.tickets.search import fold, search
+from maildesk.tickets.search import MAX_WORD_CHARS, fold, search, words
 from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.visibility import Scope
 from tests.conftest import make_mail
@@ -34,6 +38,36 @@ def test_fold_drops_czech_diacritics_and_case() -> None:
     assert fold("Příliš žluťoučký kůň ÚPĚL ďábelské ódy") == (
         "prilis zlutoucky kun upel dabelske ody"
     )
+
+
+def test_fold_by_runs_is_fold_of_the_whole() -> None:
+    """Mostly ASCII text is folded a run of other characters at a time: the result is
+    the whole text's (NFKD without marks, case-folded), whatever the neighbours, over
+    random text of ASCII, accented letters, loose marks, ligatures, other scripts and
+    the characters whose decomposition is only marks."""
+    others = ["é", "Č", "ů", "\u0301", "\u0327\u0301", "ß", "İ", "ﬁ", "½", "Σ", "ς", "ж", "가"]
+    others += ["\u0f73", "\uff9e", "\U0001d400", "\U0001d165", "\u034f", "ǅ", "ﾞ", "Å"]
+    rng = random.Random(17)
+    for _ in range(20_000):
+        ascii_weight = rng.choice([1, 30])  # mostly other characters, or mostly ASCII
+        weights = [ascii_weight] * 5 + [1] * len(others)
+        pieces = rng.choices(["a", "B", " ", "7", "-", *others], weights, k=rng.randrange(1, 60))
+        text = "".join(pieces)
+        whole = unicodedata.normalize("NFKD", folding._without_marks(text))
+        assert fold(text) == folding._without_marks(whole).casefold(), ascii(text)
+
+
+def test_words_are_the_runs_of_letters_and_digits_whatever_the_path() -> None:
+    """ASCII text (most text, once folded) is split by a translation table, other text
+    by the pattern: both give the pattern's words, longer ones than the index takes
+    dropped, over random text of letters, digits, marks, punctuation and separators."""
+    alphabet = ["a", "Z", "7", "_", " ", "-", ".", "\t", "\n", "\x1c", "\x00", "é", "ß", "Č"]
+    alphabet += ["\u0301", "\u00a0", "\u2028", "٣", "ж", "x" * 70]
+    rng = random.Random(13)
+    for _ in range(5000):
+        value = "".join(rng.choices(alphabet, k=rng.randrange(0, 30)))
+        expected = [w for w in re.findall(r"[^\W_]+", fold(value)) if len(w) <= MAX_WORD_CHARS]
+        assert words(value) == expected, value
 
 
 def test_a_body_word_is_found_with_and_without_diacritics(services: Services) -> None:

@@ -38,6 +38,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from maildesk import leases
 from maildesk.clock import Clock, as_utc
 from maildesk.db import Database
+from maildesk.hotsql import Hot
 from maildesk.inbound import landing, rawbytes
 from maildesk.inbound.groupcommit import GroupCommit, Waiting
 from maildesk.models import Inbound
@@ -344,7 +345,7 @@ class InboundStore:
         message's savepoint run a flush."""
         session = object_session(row)
         assert session is not None
-        session.connection().execute(_FINISH, {"row_id": row.id, "to_state": state, "at": now})
+        _FINISH.run(session.connection(), {"row_id": row.id, "to_state": state, "at": now})
         values = {"state": state, "processed_at": now, "next_attempt_at": None, "claim": None}
         for name, value in values.items():
             set_committed_value(row, name, value)
@@ -480,7 +481,7 @@ _CLAIMED_COLUMNS = (
 _ENVELOPE = select(Inbound.mail_from, Inbound.source, Inbound.peer).where(
     Inbound.id == bindparam("id")
 )
-_FINISH = (
+_FINISH = Hot(  # every processed message's last statement (hotsql.py)
     update(Inbound)
     .where(Inbound.id == bindparam("row_id", type_=Integer))
     .values(

@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from maildesk.hotsql import Hot
 from maildesk.models import Outbox
 
 
@@ -32,14 +33,17 @@ def _count_up_to_cap(cap: str, *where: ColumnElement[bool]) -> ScalarSelect[Any]
     return select(func.count()).select_from(rows.subquery()).scalar_subquery()
 
 
-# Both questions in one statement: each new ticket asks them before its acknowledgement.
-_COUNTS = select(
-    _count_up_to_cap(
-        "sender_cap",
-        Outbox.auto_to == bindparam("recipient"),
-        Outbox.created_at > bindparam("since"),
-    ),
-    _count_up_to_cap("total_cap", Outbox.created_at > bindparam("since"), Outbox.auto_to != ""),
+# Both questions in one statement: each new ticket asks them before its acknowledgement
+# (on the driver's cursor: hotsql.py).
+_COUNTS = Hot(
+    select(
+        _count_up_to_cap(
+            "sender_cap",
+            Outbox.auto_to == bindparam("recipient"),
+            Outbox.created_at > bindparam("since"),
+        ),
+        _count_up_to_cap("total_cap", Outbox.created_at > bindparam("since"), Outbox.auto_to != ""),
+    )
 )
 
 
@@ -63,7 +67,9 @@ def caps_reached(
         "total_cap": max(total_cap, 0),
     }
     # Outbox rows are written with Core (notify.py): nothing to flush before counting.
-    to_sender, to_all = session.connection().execute(_COUNTS, values).one()
+    row = _COUNTS.first(session.connection(), values)
+    assert row is not None  # a select of two counts has one row
+    to_sender, to_all = row
     return Caps(
         sender=sender_cap <= 0 or (to_sender or 0) >= sender_cap,
         total=total_cap <= 0 or (to_all or 0) >= total_cap,

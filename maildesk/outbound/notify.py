@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.clock import Clock, new_token
 from maildesk.config import Settings
+from maildesk.hotsql import Hot
 from maildesk.i18n import names
 from maildesk.inbound import rawbytes
 from maildesk.models import STATUS_LABELS, Agent, Outbox, Person, Ticket
@@ -43,10 +44,10 @@ from maildesk.tickets.tokens import ReplyTokens
 
 _MAX_REFERENCES = 20
 _OUTBOX = cast(Table, Outbox.__table__)
-_INSERT_OUTBOX = insert(_OUTBOX).returning(_OUTBOX.c.id)
+_INSERT_OUTBOX = Hot(insert(_OUTBOX).returning(_OUTBOX.c.id))
 # Several rows whose ids nobody needs: one executemany, no RETURNING (their bytes
 # find their row by its Message-ID).
-_INSERT_OUTBOX_ROWS = insert(_OUTBOX)
+_INSERT_OUTBOX_ROWS = Hot(insert(_OUTBOX))
 # Rows are written once this many bytes of mail wait (each agent's copy of a 25 MB
 # attachment is 25 MB more to hold).
 _ROWS_BYTES = 1 << 20
@@ -250,7 +251,7 @@ class Notifier:
             reply_to=reply_to,
         )
         # A Core insert: an ORM object per queued mail cost more than composing it.
-        pk = session.connection().execute(_INSERT_OUTBOX, values).scalar_one()
+        pk = _INSERT_OUTBOX.scalar(session.connection(), values)
         raw = b"".join(pieces)  # what the caller gets (joined, as compose() does)
         rawbytes.write(session, [(pk, raw)], rawbytes.OUTBOX)
         return Queued(pk, values["message_id"], raw)
@@ -403,7 +404,7 @@ def _insert_rows(session: Session, rows: list[tuple[dict[str, Any], rawbytes.Raw
     """Write and forget `rows`, (values, bytes) each (as `Notifier.queue` does); how many."""
     count = len(rows)
     if rows:
-        session.connection().execute(_INSERT_OUTBOX_ROWS, [values for values, _ in rows])
+        _INSERT_OUTBOX_ROWS.run_many(session.connection(), [values for values, _ in rows])
         named = [(values["message_id"], raw) for values, raw in rows]
         rawbytes.write_named(session, named, rawbytes.OUTBOX)
         rows.clear()

@@ -57,6 +57,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from maildesk.folding import fold
+from maildesk.hotsql import Hot
 from maildesk.models import Message, Ticket
 from maildesk.tickets.visibility import PUBLIC, Scope
 
@@ -75,6 +76,7 @@ SNIPPET_SCAN = 4000  # a word further into a long message is not looked for
 INDEXED_OUTBOUND = frozenset({"agent_reply"})
 
 _WORD = re.compile(r"[^\W_]+")
+_ASCII_SEPARATORS = str.maketrans({c: " " for c in map(chr, range(128)) if not c.isalnum()})
 _INDEX = table("message_search", column("message_pk", Integer), column("document"))
 
 
@@ -89,7 +91,16 @@ class Hit:
 
 def words(value: str) -> list[str]:
     """The folded words of a text, as both engines index them."""
-    return [w for w in _WORD.findall(fold(value)) if len(w) <= MAX_WORD_CHARS]
+    folded = fold(value)
+    if folded.isascii():
+        # The words `_WORD` finds (on ASCII, [^\W_] is [A-Za-z0-9]), split in C: the
+        # pattern cost a twentieth of processing a message.
+        found = folded.translate(_ASCII_SEPARATORS).split()
+    else:
+        found = _WORD.findall(folded)
+    if max(map(len, found), default=0) <= MAX_WORD_CHARS:
+        return found
+    return [w for w in found if len(w) <= MAX_WORD_CHARS]
 
 
 def document(subject: str, body: str) -> str:
@@ -116,20 +127,25 @@ def index_message(
         index_rows(db, [(pk, document(subject, body) if folded is None else folded)])
 
 
+# Every processed message runs one of these (hotsql.py).
+_INSERT_SQLITE = Hot(text("INSERT INTO message_search (rowid, document) VALUES (:pk, :doc)"))
+_INSERT_POSTGRESQL = Hot(
+    text(
+        "INSERT INTO message_search (message_pk, document) "
+        "VALUES (:pk, strip(to_tsvector('simple', :doc))) "
+        "ON CONFLICT (message_pk) DO NOTHING"
+    )
+)
+
+
 def index_rows(db: Session | Connection, rows: Iterable[tuple[int, str]]) -> None:
     """Write (message id, document) pairs: used by `index_message` and the backfill."""
     params = [{"pk": pk, "doc": doc} for pk, doc in rows]
     if not params:
         return
-    if _dialect(db) == "sqlite":
-        statement = "INSERT INTO message_search (rowid, document) VALUES (:pk, :doc)"
-    else:
-        statement = (
-            "INSERT INTO message_search (message_pk, document) "
-            "VALUES (:pk, strip(to_tsvector('simple', :doc))) "
-            "ON CONFLICT (message_pk) DO NOTHING"
-        )
-    db.execute(text(statement), params)
+    connection = db if isinstance(db, Connection) else db.connection()
+    insert = _INSERT_SQLITE if connection.dialect.name == "sqlite" else _INSERT_POSTGRESQL
+    insert.run_many(connection, params)
 
 
 def _dialect(db: Session | Connection) -> str:

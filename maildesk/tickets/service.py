@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk.clock import as_utc
+from maildesk.hotsql import Hot
 from maildesk.inbound import rawbytes
 from maildesk.models import (
     Attachment,
@@ -32,13 +33,14 @@ from maildesk.models import (
 from maildesk.states import TicketStatus
 from maildesk.tickets.search import index_message
 
-_INSERT_MESSAGE = insert(cast(Table, Message.__table__)).returning(Message.__table__.c.id)
-_INSERT_TICKET = insert(cast(Table, Ticket.__table__)).returning(Ticket.__table__.c.id)
-_INSERT_REF = insert(cast(Table, MessageRef.__table__))
-_INSERT_PARTICIPANT = insert(cast(Table, Participant.__table__))
+# Run on the driver's cursor (hotsql.py): every processed message runs these.
+_INSERT_MESSAGE = Hot(insert(cast(Table, Message.__table__)).returning(Message.__table__.c.id))
+_INSERT_TICKET = Hot(insert(cast(Table, Ticket.__table__)).returning(Ticket.__table__.c.id))
+_INSERT_REF = Hot(insert(cast(Table, MessageRef.__table__)))
+_INSERT_PARTICIPANT = Hot(insert(cast(Table, Participant.__table__)))
 # The lookups every processed message makes, built once; they read rows written with
 # Core on the same connection (messages and outbox rows are never ORM objects).
-_MESSAGE_EXISTS = select(Message.id).where(Message.message_id == bindparam("mid")).limit(1)
+_MESSAGE_EXISTS = Hot(select(Message.id).where(Message.message_id == bindparam("mid")).limit(1))
 _MINTED = select(Outbox.message_id, Outbox.ticket_id).where(
     Outbox.message_id.in_(bindparam("ids", expanding=True)), Outbox.ticket_id.is_not(None)
 )
@@ -79,12 +81,12 @@ _LOCK_NEW_PEOPLE = text(
     " WHERE NOT EXISTS (SELECT 1 FROM people WHERE people.email = address)"
     " ORDER BY key) AS new"
 )
-_IS_PARTICIPANT = (
+_IS_PARTICIPANT = Hot(
     select(Participant.person_id)
     .join(Person, Person.id == Participant.person_id)
     .where(Participant.ticket_id == bindparam("ticket_id"), Person.email == bindparam("email"))
 )
-_TOUCH_TICKET = (
+_TOUCH_TICKET = Hot(
     update(cast(Table, Ticket.__table__))
     .where(Ticket.__table__.c.id == bindparam("ticket_id"))
     .values(updated_at=bindparam("at"))
@@ -182,7 +184,7 @@ class Tickets:
 
     def is_participant(self, ticket_id: int, email: str) -> bool:
         values = {"ticket_id": ticket_id, "email": email.lower()}
-        return self._rows.execute(_IS_PARTICIPANT, values).first() is not None
+        return _IS_PARTICIPANT.first(self._rows, values) is not None
 
     def add_participants(
         self,
@@ -211,9 +213,8 @@ class Tickets:
                 continue
             person = self.person(email, name, now)
             if person.id not in existing:
-                self._rows.execute(
-                    _INSERT_PARTICIPANT,
-                    {"ticket_id": ticket.id, "person_id": person.id, "role": "cc"},
+                _INSERT_PARTICIPANT.run(
+                    self._rows, {"ticket_id": ticket.id, "person_id": person.id, "role": "cc"}
                 )
                 existing.add(person.id)
         return left_out
@@ -224,7 +225,7 @@ class Tickets:
         return self.session.get(Ticket, number)
 
     def message_exists(self, message_id: str) -> bool:
-        return self._rows.execute(_MESSAGE_EXISTS, {"mid": message_id}).first() is not None
+        return _MESSAGE_EXISTS.first(self._rows, {"mid": message_id}) is not None
 
     def thread_key(self, ids: Sequence[str], sender: str) -> ThreadKey | None:
         """The ticket of the first of `ids` (nearest first) that may thread mail.
@@ -288,14 +289,13 @@ class Tickets:
         # A Core insert, then the ORM is handed the row as if it had loaded it: a new
         # ticket per message through the unit of work cost more than the statement.
         # (A column missing from `values` would be read back when first used.)
-        pk = self._rows.execute(_INSERT_TICKET, values).scalar_one()
+        pk = _INSERT_TICKET.scalar(self._rows, values)
         ticket = Ticket(id=pk, **values)
         ticket.requester, ticket.owner = requester, None
         make_transient_to_detached(ticket)
         self.session.add(ticket)
-        self._rows.execute(
-            _INSERT_PARTICIPANT,
-            {"ticket_id": ticket.id, "person_id": requester.id, "role": "requester"},
+        _INSERT_PARTICIPANT.run(
+            self._rows, {"ticket_id": ticket.id, "person_id": requester.id, "role": "requester"}
         )
         return ticket
 
@@ -329,7 +329,7 @@ class Tickets:
             "flag": new.flag,
             "proof": new.proof,
         }
-        pk = int(self._rows.execute(_INSERT_MESSAGE, values).scalar_one())
+        pk = int(_INSERT_MESSAGE.scalar(self._rows, values))
         # The search index is written in the same transaction: it never lags the messages.
         index_message(
             self._rows,
@@ -342,7 +342,7 @@ class Tickets:
         )
         refs = [ref for ref in dict.fromkeys(new.references) if ref != new.message_id]
         if refs:
-            self._rows.execute(_INSERT_REF, [{"message_pk": pk, "ref_id": ref} for ref in refs])
+            _INSERT_REF.run_many(self._rows, [{"message_pk": pk, "ref_id": ref} for ref in refs])
         for filename, content_type, data in new.attachments:
             self.session.add(
                 Attachment(
@@ -356,7 +356,7 @@ class Tickets:
         if ticket.updated_at != new.created_at:
             # Core too, and the loaded ticket told it as already saved: an ORM change
             # here made every message's savepoint run a unit of work for one column.
-            self._rows.execute(_TOUCH_TICKET, {"ticket_id": ticket.id, "at": new.created_at})
+            _TOUCH_TICKET.run(self._rows, {"ticket_id": ticket.id, "at": new.created_at})
             set_committed_value(ticket, "updated_at", new.created_at)
         return pk
 

@@ -1,0 +1,101 @@
+"""Hot statements (maildesk/hotsql.py) write and read what SQLAlchemy's own execution
+would, on SQLite and PostgreSQL, and refuse what they cannot do the same way."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from maildesk.hotsql import Hot
+from maildesk.models import Outbox, Person
+from maildesk.services import Services
+from maildesk.states import OutboxState
+
+OUTBOX = cast(Table, Outbox.__table__)
+WHEN = datetime(2026, 11, 30, 9, 15, 42, 123456, tzinfo=UTC)
+
+
+def outbox_values(message_id: str) -> dict[str, Any]:
+    return {
+        "ticket_id": None,
+        "message_id": message_id,
+        "kind": "acknowledgement",
+        "sender": "support@example.test",
+        "recipients": ["alice@customer.test", "bob@customer.test"],
+        "auto_to": "alice@customer.test",
+        "state": OutboxState.PENDING,
+        "attempts": 0,
+        "next_attempt_at": WHEN,
+        "last_error": "",
+        "created_at": WHEN + timedelta(seconds=1),
+    }
+
+
+def test_a_hot_insert_stores_what_sqlalchemy_stores(services: Services) -> None:
+    """Dates, JSON lists and enum states come back through the ORM alike, and the
+    compared columns hold the same values as a row SQLAlchemy inserted itself."""
+    hot = Hot(insert(OUTBOX).returning(OUTBOX.c.id))
+    with services.db.transaction() as session:
+        pk = hot.scalar(session.connection(), outbox_values("hot@example.test"))
+        session.connection().execute(insert(OUTBOX), outbox_values("core@example.test"))
+    with services.db.transaction() as session:
+        rows = {row.message_id: row for row in session.scalars(select(Outbox))}
+        hot_row, core_row = rows["hot@example.test"], rows["core@example.test"]
+        assert hot_row.id == pk
+        for column in ("recipients", "auto_to", "state", "attempts", "kind", "ticket_id"):
+            assert getattr(hot_row, column) == getattr(core_row, column), column
+        assert hot_row.recipients == ["alice@customer.test", "bob@customer.test"]
+        assert hot_row.state == OutboxState.PENDING
+        for column in ("next_attempt_at", "created_at"):
+            hot_value, core_value = getattr(hot_row, column), getattr(core_row, column)
+            assert hot_value == core_value, column
+            assert hot_value.replace(tzinfo=UTC) == outbox_values("x")[column].replace(tzinfo=UTC)
+
+
+def test_a_hot_select_binds_the_statements_own_values(services: Services) -> None:
+    """A LIMIT written into the statement goes with it; the caller's values bind by name."""
+    hot = Hot(insert(OUTBOX))
+    due = Hot(
+        select(Outbox.message_id)
+        .where(Outbox.next_attempt_at <= WHEN + timedelta(hours=1), Outbox.auto_to == "x")
+        .order_by(Outbox.id)
+        .limit(1)
+    )
+    with services.db.transaction() as session:
+        rows = [{**outbox_values(f"m{n}@example.test"), "auto_to": "x"} for n in range(3)]
+        hot.run_many(session.connection(), rows)
+        assert due.first(session.connection(), {}) == ("m0@example.test",)
+
+
+def test_a_column_left_to_its_default_is_refused_not_written_null(services: Services) -> None:
+    """`Hot` runs no Python-side default: a row without `attempts` would have stored NULL."""
+    hot = Hot(insert(OUTBOX))
+    values = outbox_values("no-attempts@example.test")
+    del values["attempts"]
+    with services.db.transaction() as session:
+        with pytest.raises(ValueError, match="attempts"):
+            hot.run(session.connection(), values)
+
+
+def test_a_missing_parameter_is_named(services: Services) -> None:
+    by_email = Hot(select(Person.id).where(Person.email == bindparam("email")))
+    with services.db.transaction() as session:
+        assert by_email.first(session.connection(), {"email": "alice@customer.test"}) is None
+        with pytest.raises(ValueError, match="email"):
+            by_email.first(session.connection(), {"mail": "alice@customer.test"})
+
+
+def test_a_driver_error_is_raised_as_sqlalchemys(services: Services) -> None:
+    """Callers catch SQLAlchemy's errors (a duplicate key, PostgreSQL's deadlock sqlstate):
+    a hot statement's driver error is raised as the same class, with the driver's inside."""
+    hot = Hot(insert(OUTBOX))
+    with services.db.transaction() as session:
+        hot.run(session.connection(), outbox_values("twice@example.test"))
+        with pytest.raises(IntegrityError) as raised:
+            hot.run(session.connection(), outbox_values("twice@example.test"))
+        assert raised.value.orig is not None
+        session.rollback()
