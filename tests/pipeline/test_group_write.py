@@ -1,0 +1,55 @@
+"""Messages written together: one that fails in the database stages costs the others
+nothing. The group is written without a savepoint per message and, when one fails,
+rolled back and written again, each in a savepoint (`Processor._write`): nothing the
+first try wrote may survive twice, and nothing of the good messages may be lost."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from maildesk.inbound.store import Envelope
+from maildesk.models import Message
+from maildesk.services import Services
+from maildesk.tickets.search import search
+from tests.conftest import eml, make_mail
+from tests.helpers import inbound_row, outbox_rows, tickets
+
+SUPPORT = ("support@example.test",)
+
+
+def test_a_failure_between_good_messages_leaves_each_good_one_stored_once(
+    services: Services,
+) -> None:
+    before = services.store.put(
+        make_mail(sender="alice@customer.test", subject="Printer jams", message_id="<a@c.test>"),
+        Envelope("smtp", "alice@customer.test", SUPPORT),
+    )
+    # A report of a failed delivery of mail we never sent: quarantined in the database
+    # stages, after the message before it was written in the same transaction.
+    bounce = eml("bounce-postfix-dsn.eml").replace(b"{ORIGINAL_ID}", b"never.sent@example.test")
+    failing = services.store.put(bounce, Envelope("smtp", "<>", SUPPORT))
+    after = services.store.put(
+        make_mail(sender="bob@customer.test", subject="Scanner smokes", message_id="<b@c.test>"),
+        Envelope("smtp", "bob@customer.test", SUPPORT),
+    )
+
+    assert services.processor.process_pending().processed == 3
+
+    held = inbound_row(services, failing)
+    assert (held.state, held.reason) == ("quarantined", "bounce for no message maildesk sent")
+    assert [inbound_row(services, i).state for i in (before, after)] == ["done", "done"]
+    assert sorted(t["subject"] for t in tickets(services)) == ["Printer jams", "Scanner smokes"]
+    acks = sorted(
+        row.recipients[0] for row in outbox_rows(services) if row.kind == "acknowledgement"
+    )
+    assert acks == ["alice@customer.test", "bob@customer.test"]
+    with services.db.reading() as session:
+        stored = session.execute(
+            select(Message.inbound_id, func.count())
+            .where(Message.direction == "in")
+            .group_by(Message.inbound_id)
+        ).all()
+        assert sorted(stored) == [(before, 1), (after, 1)]
+        # The search index holds each good message once, and nothing of the failed try.
+        assert [hit.ticket.subject for hit in search(session, "jams")] == ["Printer jams"]
+        assert [hit.ticket.subject for hit in search(session, "smokes")] == ["Scanner smokes"]
