@@ -156,6 +156,10 @@ class Processor:
         state = settings.state_folder
         self.detector = Detector(state if state.is_dir() else None)
         self._preparers: ThreadPoolExecutor | None = None  # made at the first batch
+        # Groups are written without a savepoint per message unless one failed lately
+        # (`_write`); messages that failed in the database stages, counted.
+        self._careful = False
+        self._stage_failures = 0
 
         limits = settings.limits
         self.limits = Limits(
@@ -309,9 +313,11 @@ class Processor:
         left = list(group)
         failed: _FailedInGroup | None = None
         while left:
+            careful = failed is not None or self._careful
+            failures = self._stage_failures
             try:
                 with self.db.transaction() as session:
-                    written, queued_now = self._write_some(session, left, token, failed)
+                    written, queued_now = self._write_some(session, left, token, careful, failed)
             except _FailedInGroup as failure:
                 log.info(
                     "inbound %d failed among %d messages in one transaction; "
@@ -321,16 +327,25 @@ class Processor:
                 )
                 failed = failure
                 continue
+            # After a failure the next messages go in savepoints until some pass without
+            # one: a flood of failing mail (a backscatter storm) is not written twice.
+            self._careful = careful and (failed is not None or self._stage_failures > failures)
             queued += queued_now
             left, failed = left[written:], None
         keeper.drop([work.id for work in group])
         return queued
 
     def _write_some(
-        self, session: Session, group: list[_Work], token: str, failed: _FailedInGroup | None
+        self,
+        session: Session,
+        group: list[_Work],
+        token: str,
+        careful: bool,
+        failed: _FailedInGroup | None,
     ) -> tuple[int, int]:
-        """Write the first messages of `group`: (how many, outbox rows queued). With
-        `failed` (the failure that rolled back the last try), each in a savepoint."""
+        """Write the first messages of `group`: (how many, outbox rows queued); when
+        `careful`, each in a savepoint. `failed`: the failure that rolled back the
+        last try of these messages."""
         # Senders first, before any ticket or person row: see lock_new_people.
         Tickets(session).lock_new_people(self._people_in(group))
         owned = self.store.lock(session, [work.id for work in group], token)
@@ -342,9 +357,9 @@ class Processor:
                 log.warning("inbound %d: lost its lease; left to its new owner", work.id)
                 continue
             with log_context(inbound_id=work.id):
-                if failed is None:
+                if not careful:
                     queued += self._process_row_unguarded(session, row, work)
-                elif failed.inbound_id == work.id and failed.lost_to_another_transaction:
+                elif failed and failed.inbound_id == work.id and failed.lost_to_another_transaction:
                     # Not tried again now: the other transaction may still hold the row.
                     log.info(
                         "inbound %d: lost a deadlock to another transaction; due again", row.id
@@ -399,9 +414,11 @@ class Processor:
                 self.store.finish(row, state, now)
                 return queued
         except (HostileInput, UnparseableMessage, Quarantine, DeadlineExceeded) as exc:
+            self._stage_failures += 1
             reason = getattr(exc, "reason", None) or str(exc)
             self.store.quarantine(row, reason, "", now)
         except Exception as exc:
+            self._stage_failures += 1
             if _lost_to_another_transaction(exc):
                 self._lost_deadlock(row, traceback.format_exc())
             else:

@@ -5,6 +5,9 @@ first try wrote may survive twice, and nothing of the good messages may be lost.
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from sqlalchemy import func, select
 
 from maildesk.inbound.store import Envelope
@@ -53,3 +56,27 @@ def test_a_failure_between_good_messages_leaves_each_good_one_stored_once(
         # The search index holds each good message once, and nothing of the failed try.
         assert [hit.ticket.subject for hit in search(session, "jams")] == ["Printer jams"]
         assert [hit.ticket.subject for hit in search(session, "smokes")] == ["Scanner smokes"]
+
+
+def test_a_flood_of_failing_mail_is_not_written_twice(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Backscatter: bounces of mail we never sent, dozens in a row. After the first
+    failure the processor writes each message in its savepoint until some pass without
+    one, so only the first group is tried twice, not every group of the storm."""
+    storm = [
+        eml("bounce-postfix-dsn.eml").replace(b"{ORIGINAL_ID}", b"forged.%d@example.test" % n)
+        for n in range(40)
+    ]
+    ids = [services.store.put(raw, Envelope("smtp", "<>", SUPPORT)) for raw in storm]
+    good = services.store.put(
+        make_mail(subject="Still here"), Envelope("smtp", "alice@customer.test", SUPPORT)
+    )
+
+    with caplog.at_level(logging.INFO, logger="maildesk.pipeline"):
+        assert services.processor.process_pending().processed == 41
+
+    assert {inbound_row(services, i).state for i in ids} == {"quarantined"}
+    assert inbound_row(services, good).state == "done"
+    rewrites = [r for r in caplog.records if "writing them again" in r.getMessage()]
+    assert len(rewrites) == 1  # 40 bounces span three groups of 16
