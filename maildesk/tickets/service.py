@@ -59,7 +59,7 @@ _STORED = (
         ),
     )
 )
-_REFERENCING = (
+_REFERENCING = Hot(
     select(Message.ticket_id)
     .join(MessageRef, MessageRef.message_pk == Message.id)
     .where(
@@ -255,7 +255,7 @@ class Tickets:
         stranger cannot lay a trap for a Message-ID they expect to arrive.
         """
         values = {"mid": message_id, "sender": sender.lower()}
-        found: int | None = self._rows.execute(_REFERENCING, values).scalar()
+        found: int | None = _REFERENCING.scalar(self._rows, values)
         return found
 
     # -- changes ------------------------------------------------------------
