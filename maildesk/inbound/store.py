@@ -24,8 +24,10 @@ import asyncio
 import hashlib
 import logging
 import random
+import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -257,39 +259,68 @@ class InboundStore:
         """Lease up to `limit` due rows; quarantine those whose attempts are used up.
 
         A row claimed before without finishing may be the one that crashed the
-        last worker, so it is claimed alone.
+        last worker, so it is claimed alone. What landed moves into the spool first,
+        in the same transaction: one turn of SQLite's write lock, not two.
         """
-        self._move_landed()
-        now = self._clock.now()
-        with self._db.transaction() as session:
-            rows = session.execute(leases.select_due(Inbound, now, limit, *_CLAIMED_COLUMNS)).all()
-            spent = [r.id for r in rows if r.attempts >= MAX_ATTEMPTS]
-            for row_id in spent:
-                self._exhausted(session, row_id, now)
-            rows = [r for r in rows if r.attempts < MAX_ATTEMPTS]
-            if rows and rows[0].attempts > 0:
-                rows = rows[:1]
-            else:
-                rows = [r for r in rows if r.attempts == 0]
-            claim = leases.take(session, Inbound, [r.id for r in rows], now)
-            claimed = tuple(Claimed(r.id, r.size, r.mail_from, r.source, r.peer) for r in rows)
-            return Batch(claim, claimed, len(spent))
-
-    def _move_landed(self) -> None:
-        """What landed, into the spool (SQLite), in a transaction of its own ahead of the
-        claim's. A landing that cannot be read (a damaged file, a full disk) leaves its
-        mail where it is and is logged: the mail already in the spool is still claimed."""
-        if self._landing is None:
-            return
-        try:
-            if self._landing.empty():
-                return
-            with self._landing.moving() as move:
+        with self._landed() as move:
+            now = self._clock.now()
+            with self._db.transaction() as session:
                 if move is not None:
-                    with self._db.writing() as connection:
-                        move.into(connection)
+                    self._move_landed(session, move)
+                rows = session.execute(
+                    leases.select_due(Inbound, now, limit, *_CLAIMED_COLUMNS)
+                ).all()
+                spent = [r.id for r in rows if r.attempts >= MAX_ATTEMPTS]
+                for row_id in spent:
+                    self._exhausted(session, row_id, now)
+                rows = [r for r in rows if r.attempts < MAX_ATTEMPTS]
+                if rows and rows[0].attempts > 0:
+                    rows = rows[:1]
+                else:
+                    rows = [r for r in rows if r.attempts == 0]
+                claim = leases.take(session, Inbound, [r.id for r in rows], now)
+                claimed = tuple(Claimed(r.id, r.size, r.mail_from, r.source, r.peer) for r in rows)
+        return Batch(claim, claimed, len(spent))
+
+    @contextmanager
+    def _landed(self) -> Iterator[landing.Move | None]:
+        """The landing's mover turn when mail waits there (SQLite), else None. Once the
+        claim's transaction committed, the end of the `with` deletes what moved. A
+        landing that cannot be read (a damaged file, a full disk) is logged and left as
+        it is: the mail already in the spool is still claimed."""
+        turn: AbstractContextManager[landing.Move | None] | None = None
+        move = None
+        try:
+            if self._landing is not None and not self._landing.empty():
+                turn = self._landing.moving()
+                move = turn.__enter__()
         except Exception:
             log.exception("could not move accepted mail from the landing; it stays there")
+            turn = move = None
+        if turn is None:
+            yield move
+            return
+        try:
+            yield move
+        except BaseException:
+            turn.__exit__(*sys.exc_info())  # nothing is deleted: the copy did not commit
+            raise
+        try:
+            turn.__exit__(None, None, None)
+        except Exception:
+            # The spool has the copies, the landing still too: the next move finds them
+            # there by digest and only deletes them.
+            log.exception("could not delete moved mail from the landing")
+
+    def _move_landed(self, session: Session, move: landing.Move) -> None:
+        """Copy what landed into the spool, in the claim's transaction but in a savepoint:
+        a copy that fails is logged and undone, and the claim goes on."""
+        try:
+            with session.begin_nested():
+                move.into(session.connection())
+        except Exception:
+            log.exception("could not move accepted mail from the landing; it stays there")
+            move.moved.clear()
 
     def move_landed(self) -> int:
         """Move whatever waits in the landing into the spool now, as a claim does

@@ -12,10 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from maildesk.clock import ManualClock
 from maildesk.inbound import landing
 from maildesk.inbound.store import Envelope
+from maildesk.models import Inbound
 from maildesk.services import Services
 from maildesk.states import InboundState
 from tests.conftest import make_mail
@@ -213,3 +215,37 @@ def test_a_landed_message_without_its_bytes_is_quarantined_and_the_rest_moves_on
     assert row.state == InboundState.QUARANTINED
     assert "no stored bytes" in row.reason
     assert {inbound_row(spool, i).state for i in (first, last)} == {InboundState.DONE}
+
+
+def test_a_move_that_fails_halfway_is_undone_and_the_claim_goes_on(
+    spool: Services, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The move runs in the claim's transaction (one turn of the write lock), in a
+    savepoint: a copy that fails after writing part of it (a full disk, say; injected
+    here) is undone, the landing keeps the mail, and the mail already in the spool is
+    claimed all the same. The next claim moves the rest, each message once."""
+    moved = put(spool, 1)
+    mover = landing_of(spool)
+    assert move_once(spool, mover) == 1
+    mover.close()
+    waiting = put(spool, 2)
+    real_into = landing.Move.into
+
+    def fails_after_copying(move: landing.Move, main: object) -> int:
+        real_into(move, main)  # type: ignore[arg-type]
+        raise OSError("database or disk is full")
+
+    monkeypatch.setattr(landing.Move, "into", fails_after_copying)
+    batch = spool.store.claim(10)
+    assert [row.id for row in batch.rows] == [moved]
+    assert "could not move accepted mail from the landing" in caplog.text
+    with landing_file(spool) as file:
+        assert [row[0] for row in file.execute("SELECT id FROM inbound")] == [waiting]
+
+    monkeypatch.setattr(landing.Move, "into", real_into)
+    assert [row.id for row in spool.store.claim(10).rows] == [waiting]
+    with landing_file(spool) as file:
+        assert list(file.execute("SELECT id FROM inbound")) == []
+    with spool.db.reading() as session:
+        ids = session.scalars(select(Inbound.id).order_by(Inbound.id)).all()
+        assert ids == [moved, waiting]
