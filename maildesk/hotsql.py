@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-Processor = Callable[[Any], Any] | None
+BindProcessor = Callable[[Any], Any] | None  # SQLAlchemy's, per type and dialect
 
 
 class Hot:
@@ -107,7 +107,7 @@ class _Form:
         self.positional = compiled.positional
         binds = {name: bind for bind, name in compiled.bind_names.items()}  # as rendered
         self.names = list(compiled.positiontup or ()) if compiled.positional else list(binds)
-        self.processors: list[tuple[str, Processor]] = [
+        self.processors: list[tuple[str, BindProcessor]] = [
             (name, binds[name].type.dialect_impl(dialect).bind_processor(dialect))
             for name in self.names
         ]

@@ -23,6 +23,7 @@ import traceback
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -357,38 +358,14 @@ class Processor:
                 log.warning("inbound %d: lost its lease; left to its new owner", work.id)
                 continue
             with log_context(inbound_id=work.id):
-                if not careful:
-                    queued += self._process_row_unguarded(session, row, work)
-                elif failed and failed.inbound_id == work.id and failed.lost_to_another_transaction:
+                if failed and failed.inbound_id == work.id and failed.lost_to_another_transaction:
                     # Not tried again now: the other transaction may still hold the row.
-                    log.info(
-                        "inbound %d: lost a deadlock to another transaction; due again", row.id
-                    )
-                    self.store.retry_soon(row, failed.trace, self.clock.now())
+                    self._lost_deadlock(row, failed.trace)
                 else:
-                    queued += self._process_row(session, row, work)
+                    queued += self._process_row(session, row, work, savepoint=careful)
             if self.db.urgent_waiting():
                 break
         return written, queued
-
-    def _process_row_unguarded(self, session: Session, row: Inbound, work: _Work) -> int:
-        """`_process_row` without a savepoint: any failure rolls back the transaction."""
-        if work.prepared is None:
-            assert work.failure is not None
-            self._fail(row, work.failure)
-            return 0
-        now = self.clock.now()
-        work.budget.start()
-        try:
-            state, queued = self._stages(session, row, work)
-            work.budget.check("the database stages")
-            self.store.finish(row, state, now)
-            return queued
-        except Exception as exc:
-            lost = _lost_to_another_transaction(exc)
-            raise _FailedInGroup(row.id, traceback.format_exc(), lost) from exc
-        finally:
-            work.budget.stop()
 
     def _people_in(self, group: list[_Work]) -> Iterator[str]:
         """Whom the group's messages may make people: each sender, and those they copied
@@ -400,7 +377,12 @@ class Processor:
                 yield work.prepared.message.from_addr
                 yield from work.prepared.message.cc[:limit]
 
-    def _process_row(self, session: Session, row: Inbound, work: _Work) -> int:
+    def _process_row(
+        self, session: Session, row: Inbound, work: _Work, *, savepoint: bool = True
+    ) -> int:
+        """The database stages of one message. In its savepoint, a failure is recorded
+        on the row and the transaction goes on; without one (`_write`'s first try),
+        it is raised as `_FailedInGroup`, to roll the transaction back."""
         now = self.clock.now()
         if work.prepared is None:
             assert work.failure is not None
@@ -408,21 +390,23 @@ class Processor:
             return 0
         work.budget.start()
         try:
-            with session.begin_nested():
+            with session.begin_nested() if savepoint else nullcontext():
                 state, queued = self._stages(session, row, work)
                 work.budget.check("the database stages")
                 self.store.finish(row, state, now)
                 return queued
-        except (HostileInput, UnparseableMessage, Quarantine, DeadlineExceeded) as exc:
-            self._stage_failures += 1
-            reason = getattr(exc, "reason", None) or str(exc)
-            self.store.quarantine(row, reason, "", now)
         except Exception as exc:
+            trace = traceback.format_exc()
+            if not savepoint:
+                raise _FailedInGroup(row.id, trace, _lost_to_another_transaction(exc)) from exc
             self._stage_failures += 1
-            if _lost_to_another_transaction(exc):
-                self._lost_deadlock(row, traceback.format_exc())
+            if isinstance(exc, (HostileInput, UnparseableMessage, Quarantine, DeadlineExceeded)):
+                reason = getattr(exc, "reason", None) or str(exc)
+                self.store.quarantine(row, reason, "", now)
+            elif _lost_to_another_transaction(exc):
+                self._lost_deadlock(row, trace)
             else:
-                self._fail(row, _Failure(_failed(exc), traceback.format_exc(), False))
+                self._fail(row, _Failure(_failed(exc), trace, False))
         finally:
             work.budget.stop()
         return 0
