@@ -80,7 +80,7 @@ class ReplyTokens:
     def _signature(self, subject: str) -> str:
         mac = self._keyed.copy()
         mac.update(subject.encode())
-        # 10 base32 characters are the first 50 bits: 7 bytes of the digest are enough.
+        # The 10 base32 characters kept are the first 50 bits: the first 10 bytes give 16.
         return base64.b32encode(mac.digest()[:10]).decode("ascii").lower()[:_SIG_LEN]
 
     def show_address(self, ticket: int, agent: int) -> str:
