@@ -25,7 +25,7 @@ until every instance reports empty queues on /healthz and reads from the databas
 Then, in this process on another fresh schema, it counts what one message costs
 the database: `--count` messages stored one by one (acceptance), processed
 (`Services.drain_inbound`) and their mail sent to the sink (`OutboxSender`),
-with SQLAlchemy's cursor events: statements, transactions (each a WAL flush on
+at the driver (psycopg's cursor): statements, transactions (each a WAL flush on
 commit), and round trips (statements + BEGIN + COMMIT/ROLLBACK + the pool's
 pre-ping at each checkout).
 
@@ -61,6 +61,7 @@ from typing import Any
 
 import common
 import pgschema
+import psycopg
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from ingest import ClientRun
@@ -442,14 +443,15 @@ def run_instances(n: int, args: argparse.Namespace, workdir: Path, run: str) -> 
 
 @dataclass
 class Tally:
-    statements: int = 0
+    statements: int = 0  # an executemany counts once per row
+    pipelined: int = 0  # rows of an executemany after its first: no round trip of their own
     begins: int = 0
     ends: int = 0  # commits and rollbacks
-    checkouts: int = 0  # each pings the server first (pool_pre_ping)
+    pings: int = 0  # the pool's pre-ping at a checkout (pool_pre_ping)
 
     @property
     def round_trips(self) -> int:
-        return self.statements + self.begins + self.ends + self.checkouts
+        return self.statements - self.pipelined + self.begins + self.ends + self.pings
 
 
 @dataclass(frozen=True)
@@ -473,9 +475,33 @@ def count_round_trips(
         phases = {name: Tally() for name in ("accept", "process", "send")}
         current: list[Tally] = [Tally()]
 
-        @event.listens_for(engine, "before_cursor_execute")
-        def statement(*_: Any) -> None:
-            current[0].statements += 1
+        # Counted at the driver: statements SQLAlchemy runs, hot statements
+        # (maildesk/hotsql.py) and the raw bytes' inserts, reads and COPYs alike. The
+        # pool's pre-ping (SELECT 1 at a checkout) is a round trip, not our statement.
+        class Counting(psycopg.Cursor):  # type: ignore[type-arg]
+            def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+                if query == engine.dialect._dialect_specific_select_one:
+                    current[0].pings += 1
+                else:
+                    current[0].statements += 1
+                return super().execute(query, *args, **kwargs)
+
+            def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+                params_seq = list(params_seq)
+                # One statement per row; psycopg sends them in one pipeline: one trip.
+                current[0].statements += len(params_seq)
+                current[0].pipelined += max(len(params_seq) - 1, 0)
+                return super().executemany(query, params_seq, **kwargs)
+
+            def copy(self, *args: Any, **kwargs: Any) -> Any:
+                current[0].statements += 1
+                return super().copy(*args, **kwargs)
+
+        engine.dispose()  # every connection from now on is made, and counted, here
+
+        @event.listens_for(engine, "connect")
+        def counting(dbapi_connection: Any, *_: Any) -> None:
+            dbapi_connection.cursor_factory = Counting
 
         @event.listens_for(engine, "begin")
         def begin(*_: Any) -> None:
@@ -488,10 +514,6 @@ def count_round_trips(
         @event.listens_for(engine, "rollback")
         def rollback(*_: Any) -> None:
             current[0].ends += 1
-
-        @event.listens_for(engine.pool, "checkout")
-        def checkout(*_: Any) -> None:
-            current[0].checkouts += 1
 
         date = datetime.now(UTC)
         mails = [
@@ -610,6 +632,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                 ["phase", "statements", "transactions (commits)", "round trips"], tally_rows
             )
         )
+        pings = total.pings / args.count
+        print(f"of the round trips, the pool's pre-pings: {pings:.1f} per message")
     if volume:
         print(
             f"stored per message (tables, indexes, TOAST): {volume.stored / args.count / 1024:.1f}"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import Table, bindparam, event, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from maildesk.hotsql import Hot
@@ -99,3 +99,29 @@ def test_a_driver_error_is_raised_as_sqlalchemys(services: Services) -> None:
             hot.run(session.connection(), outbox_values("twice@example.test"))
         assert raised.value.orig is not None
         session.rollback()
+
+
+def test_the_engines_cursor_listeners_see_hot_statements(services: Services) -> None:
+    """A benchmark counting statements (bench/scaleout.py) or explaining them
+    (bench/threading_lookup.py) listens on the engine: hot statements must not slip past
+    it, one by one and as an executemany alike."""
+    seen: list[tuple[str, bool]] = []
+
+    def listener(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        seen.append((sql, many))
+
+    hot = Hot(insert(OUTBOX))
+    by_email = Hot(select(Person.id).where(Person.email == bindparam("email")))
+    event.listen(services.db.engine, "before_cursor_execute", listener)
+    try:
+        with services.db.transaction() as session:
+            hot.run(session.connection(), outbox_values("one@example.test"))
+            hot.run_many(
+                session.connection(),
+                [outbox_values("two@example.test"), outbox_values("three@example.test")],
+            )
+            assert by_email.first(session.connection(), {"email": "x@customer.test"}) is None
+    finally:
+        event.remove(services.db.engine, "before_cursor_execute", listener)
+    ours = [(sql.split()[0], many) for sql, many in seen if "outbox" in sql or "people" in sql]
+    assert ours == [("INSERT", False), ("INSERT", True), ("SELECT", False)]
