@@ -58,7 +58,10 @@ def body_hash(
 
 
 def pieces_hash(
-    pieces: Iterable[bytes], relaxed: bool, hasher: Callable[[], Any], size: int = SLICE
+    pieces: Iterable[bytes | memoryview],
+    relaxed: bool,
+    hasher: Callable[[], Any],
+    size: int = SLICE,
 ) -> bytes:
     """`body_hash` of the body that `pieces` make when joined, without joining them
     (a composed mail's shared base64 blocks: signing it must not copy a 25 MB body)."""
@@ -91,12 +94,13 @@ def _canonical(slices: Iterable[bytes], relaxed: bool) -> Iterator[bytes]:
         yield _CRLF
 
 
-def _whole_lines(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+def _whole_lines(pieces: Iterable[bytes | memoryview], size: int) -> Iterator[bytes]:
     """`pieces` cut again so that each slice ends just after a LF (the last one
     anywhere): a line, or a CR LF pair, split between two pieces is made whole."""
     partial = b""  # the unfinished line at the end of what was read
     for piece in pieces:
-        data = partial + piece if partial else piece
+        # A memoryview slice of a stored mail is copied here, one piece at a time.
+        data = partial + piece if partial else bytes(piece)
         cut = data.rfind(b"\n") + 1
         yield from _slices(data, 0, size, end=cut)
         partial = data[cut:]

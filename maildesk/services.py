@@ -21,7 +21,7 @@ from maildesk.config import Settings
 from maildesk.db import Database
 from maildesk.exclusive import exclusive
 from maildesk.inbound.store import InboundStore
-from maildesk.outbound.dkim import signer_from_settings
+from maildesk.outbound.dkim import Signer, signer_from_settings
 from maildesk.outbound.notify import Notifier
 from maildesk.outbound.outbox import OutboxSender
 from maildesk.outbound.render import Renderer
@@ -48,6 +48,8 @@ class Services:
     processor: Processor
     # Accounts work inside a caller's transaction: `services.accounts(session)`.
     accounts: Callable[[Session], Accounts]
+    # DKIM for what the senders send; built (and its key checked) once, at start.
+    signer: Signer | None = None
 
     def prepare(self) -> None:
         """Migrate the schema and seed the configured agents (both idempotent).
@@ -69,7 +71,9 @@ class Services:
 
     def sender(self) -> OutboxSender:
         transport = open_transport(self.settings.outbound.url, socket.getfqdn())
-        return OutboxSender(self.db, transport, self.clock, self.settings.outbound)
+        return OutboxSender(
+            self.db, transport, self.clock, self.settings.outbound, signer=self.signer
+        )
 
 
 def build(settings: Settings, clock: Clock | None = None) -> Services:
@@ -78,7 +82,8 @@ def build(settings: Settings, clock: Clock | None = None) -> Services:
     db = Database(settings.database.url)
     tokens = ReplyTokens(settings.support.address, settings.secret_key())
     renderer = Renderer(settings.templates.path, settings.support.language)
-    notifier = Notifier(settings, renderer, tokens, clock, signer_from_settings(settings))
+    signer = signer_from_settings(settings)
+    notifier = Notifier(settings, renderer, tokens, clock)
     links = PaidLinks(settings.support.base_url, settings.secret_key(), clock)
     secret = settings.secret_key()
 
@@ -102,4 +107,5 @@ def build(settings: Settings, clock: Clock | None = None) -> Services:
         links,
         processor,
         accounts,
+        signer,
     )

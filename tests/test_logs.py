@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import os
+import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +76,40 @@ def test_no_token_password_or_cookie_reaches_the_log(restore_logging: None) -> N
     for secret in ("eyJhbGciOi", "secretpart", "hunter2", "abcdef123456", "s3cr3t", "horse"):
         assert secret not in text
     assert "lang=cs" in text and "relay.example.test" in text
+
+
+# The pattern `logs` used for secret keys until 2026-11-30: the reference for what is
+# redacted. It backtracked quadratically over long runs of key characters.
+_OLD_KEY = r"[A-Za-z0-9_-]*(?:token|password|passwd|secret|api_?key|session|csrf)[A-Za-z0-9_-]*"
+_OLD_VALUE = r"""(?:'[^'\n]*'|"[^"\n]*"|[^\s&'",;)}\]]+)"""
+_OLD_KEYED = re.compile(rf"""(?i)({_OLD_KEY}['"]?\s*[=:]\s*){_OLD_VALUE}""")
+
+
+def test_secret_keys_are_redacted_as_the_old_pattern_did() -> None:
+    """20,000 random lines of keys, secret words, separators, quotes and values: the
+    linear redaction of keyed secrets leaves what the old pattern left."""
+    rng = random.Random(1130)
+    parts = [
+        "token", "TOKEN", "password", "passwd", "secret", "apikey", "api_key", "session",
+        "csrf", "my", "x", "-", "_", "9", "=", ":", " ", "'", '"', "&", ";", ")", "]",
+        "}", ",", "\n", ".", "ž", "abc", "=token=", "tokens", "@",
+    ]  # fmt: skip
+    for _ in range(20_000):
+        text = "".join(rng.choice(parts) for _ in range(rng.randrange(1, 14)))
+        assert logs._redact_keyed(text) == _OLD_KEYED.sub(r"\1[redacted]", text), text
+
+
+def test_a_long_address_in_a_log_line_costs_no_more_than_its_length() -> None:
+    """A stranger's 20 KB address (a From the parser accepts) lands in log lines: the
+    redaction of such a line grew with the square of its length (12 s for 16 KB)."""
+    from tests.test_linear_work import GROWTH_BOUND, growth
+
+    for shape in (
+        lambda n: "outbox 7 sent <x@y> to " + "a" * n + "@customer.test",
+        lambda n: "tokenx" * (n // 6) + " end",
+        lambda n: "a-" * (n // 2) + "=",
+    ):
+        assert growth(logs.redact, shape, 2_000) < GROWTH_BOUND
 
 
 def test_under_journald_no_timestamp_and_a_priority_prefix(

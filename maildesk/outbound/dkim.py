@@ -2,15 +2,17 @@
 
 Signing is on when `[outbound] dkim_selector` and `dkim_key` (a PEM RSA private
 key) are both set. The signing domain is the support address's domain, so the
-signature aligns with From for DMARC. A message is signed once, when it is
-composed and queued: the outbox sends the stored bytes unchanged, so a retry
-carries the same valid signature. Canonicalization is relaxed/relaxed, which
-survives relays that re-fold headers or adjust whitespace.
+signature aligns with From for DMARC. The outbox stores a mail as composed and
+the sender signs it at each attempt, in front of the stored bytes
+(`OutboxSender._signature`): signing at queueing ran inside the processor's
+write transaction, and held SQLite's one write lock for about half of its
+time (a new ticket queues three mails). A retry carries a fresh signature.
+Canonicalization is relaxed/relaxed, which survives relays that re-fold
+headers or adjust whitespace.
 
 dkimpy reads and canonicalizes the header block; the RSA signature itself is
 OpenSSL's, through `cryptography`. dkimpy computes it in pure Python: 7 ms of
-CPU per mail against 0.25 ms, and a new ticket queues three mails inside its
-write transaction.
+CPU per mail against 0.25 ms.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from maildesk.config import ConfigError, Settings
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-# A composed mail in pieces (its header block with the empty line, then its body's
-# blocks) -> the same pieces with a DKIM-Signature field in front.
-Signer = Callable[[Sequence[bytes]], tuple[bytes, ...]]
+# A mail in pieces (its header block with the empty line, then its body's blocks, as
+# composed or as slices of the stored bytes) -> the same pieces with a DKIM-Signature
+# field in front.
+Piece = bytes | memoryview
+Signer = Callable[[Sequence[Piece]], tuple[Piece, ...]]
 
 # Headers signed when present (dkimpy's defaults cover the RFC 6376 list); From is
 # signed once more than it occurs, so no From can be added without breaking it.
@@ -73,8 +77,8 @@ class DkimSigner:
         self._prehashed = utils.Prehashed(hashes.SHA256())  # dkimpy hashed the headers
         self._now = now
 
-    def __call__(self, pieces: Sequence[bytes]) -> tuple[bytes, ...]:
-        head = pieces[0]
+    def __call__(self, pieces: Sequence[Piece]) -> tuple[Piece, ...]:
+        head = bytes(pieces[0])
         if not head.endswith(b"\r\n\r\n"):
             raise ValueError("DKIM: the first piece must be the whole header block")
         headers = dkim.DKIM(head)  # what dkim.sign reads of the header block

@@ -35,7 +35,6 @@ from maildesk.outbound.compose import (
     compose_pieces,
     thread_index,
 )
-from maildesk.outbound.dkim import Signer
 from maildesk.outbound.headers import is_valid_msg_id
 from maildesk.outbound.render import Rendered, Renderer
 from maildesk.states import OutboxState
@@ -109,13 +108,11 @@ class Notifier:
         renderer: Renderer,
         tokens: ReplyTokens,
         clock: Clock,
-        signer: Signer | None = None,
     ) -> None:
         self.settings = settings
         self.renderer = renderer
         self.tokens = tokens
         self.clock = clock
-        self.signer = signer  # DKIM (outbound/dkim.py): applied to the composed bytes
 
     def tag(self, ticket: Ticket) -> str:
         return f"[{self.settings.support.tag_prefix}{ticket.id}]"
@@ -323,9 +320,8 @@ class Notifier:
             body = compose_body(mail)
             if bodies is not None:
                 bodies[rendered] = body
+        # Unsigned: DKIM signs at sending (outbound/outbox.py), outside the write lock.
         pieces: tuple[bytes, ...] = compose_pieces(mail, body)
-        if self.signer is not None:
-            pieces = self.signer(pieces)
         # Mail to agents lives in the outbox only: the ticket's messages are the
         # conversation with the customer, not every copy sent to staff.
         if ticket is not None and not for_agents:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import smtplib
@@ -37,7 +38,12 @@ class Transport(Protocol):
     # may then send several rows before one commit marks them all sent.
     idempotent: bool
 
-    def send(self, key: str, sender: str, recipients: Sequence[str], data: bytes) -> None: ...
+    def send(
+        self, key: str, sender: str, recipients: Sequence[str], data: bytes, head: bytes = b""
+    ) -> None:
+        """Deliver `head` then `data` as one message (`head`: header fields added at
+        sending, a DKIM signature: the stored bytes are not copied to put it in front)."""
+
     def flush(self) -> None:
         """Make every send so far durable (the outbox calls it before marking rows sent)."""
 
@@ -122,7 +128,9 @@ class MaildirTransport:
             (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         _fsync_dir(root)
 
-    def send(self, key: str, sender: str, recipients: Sequence[str], data: bytes) -> None:
+    def send(
+        self, key: str, sender: str, recipients: Sequence[str], data: bytes, head: bytes = b""
+    ) -> None:
         name = maildir_name(key)
         # A retry after a crash between rename and the caller's commit must not make a
         # second copy, wherever a reader has moved the first (cur/NAME:2,FLAGS).
@@ -135,6 +143,7 @@ class MaildirTransport:
             # Truncate: a tmp/ leftover of an interrupted attempt is simply rewritten.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with open(fd, "wb") as out:
+                out.write(head)
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
@@ -256,7 +265,9 @@ class SmtpTransport:
     ssl_context: ssl.SSLContext | None = None
     _smtp: smtplib.SMTP | None = field(default=None, init=False, repr=False)
 
-    def send(self, key: str, sender: str, recipients: Sequence[str], data: bytes) -> None:
+    def send(
+        self, key: str, sender: str, recipients: Sequence[str], data: bytes, head: bytes = b""
+    ) -> None:
         bad = [a for a in [sender, *recipients] if a and not _ADDRESS.fullmatch(a)]
         if bad or not recipients:
             raise PermanentFailure(
@@ -265,7 +276,7 @@ class SmtpTransport:
         for attempt in (1, 2):
             smtp = self._connection()
             try:
-                self._transaction(smtp, sender, recipients, data)
+                self._transaction(smtp, sender, recipients, data, head)
                 return
             except _Disconnected as exc:
                 # Typically an idle connection the server timed out: reconnect once.
@@ -279,10 +290,10 @@ class SmtpTransport:
                 raise TemporaryFailure(self._redact(f"connection error: {exc}")) from None
 
     def _transaction(
-        self, smtp: smtplib.SMTP, sender: str, recipients: Sequence[str], data: bytes
+        self, smtp: smtplib.SMTP, sender: str, recipients: Sequence[str], data: bytes, head: bytes
     ) -> None:
-        options = [f"SIZE={len(data)}"] if smtp.has_extn("size") else []
-        if not data.isascii() and smtp.has_extn("8bitmime"):
+        options = [f"SIZE={len(head) + len(data)}"] if smtp.has_extn("size") else []
+        if not (head.isascii() and data.isascii()) and smtp.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
         if not all(a.isascii() for a in [sender, *recipients]):
             if not smtp.has_extn("smtputf8"):
@@ -317,7 +328,8 @@ class SmtpTransport:
         code, reply = smtp.docmd("DATA")
         if code != 354:
             raise self._fail(smtp, code, reply)
-        for piece in data_lines(data):
+        # A head is whole header fields (ending in CRLF): its lines are data's lines.
+        for piece in itertools.chain(data_lines(head) if head else (), data_lines(data)):
             smtp.send(piece)
         smtp.send(b".\r\n")
         code, reply = smtp.getreply()

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import shutil
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,14 @@ import pytest
 from maildesk import config
 from maildesk.clock import ManualClock
 from maildesk.config import ConfigError
+from maildesk.inbound import rawbytes
 from maildesk.outbound.dkim import DkimSigner, signer_from_settings
+from maildesk.outbound.outbox import OutboxSender
+from maildesk.outbound.transport import open_transport
 from maildesk.services import build
 from tests.conftest import make_mail
 from tests.helpers import outbox_rows, receive
+from tests.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -44,9 +49,12 @@ def dns(record: bytes) -> Any:
     return lookup
 
 
-def test_notifications_are_signed_and_verify(
+def test_notifications_are_signed_as_they_are_sent_and_verify(
     config_values: dict[str, Any], tmp_path: Path, clock: ManualClock, key_pair: tuple[Path, bytes]
 ) -> None:
+    """Signed by the sender, at each attempt: the outbox keeps the composed bytes, and
+    what the relay gets is those bytes under a signature that verifies, also when it
+    took a second attempt."""
     key, record = key_pair
     shutil.copy(key, tmp_path / "dkim.pem")
     # A relative path resolves against the config file's folder (here tmp_path).
@@ -58,16 +66,58 @@ def test_notifications_are_signed_and_verify(
     try:
         receive(services, make_mail(subject="Tiskárna nefunguje"))
         [row] = outbox_rows(services)
+        assert not row.raw.startswith(b"DKIM-Signature:")  # queued as composed
+        with SmtpSink() as sink:
+            services.settings = dataclasses.replace(
+                settings, outbound=dataclasses.replace(settings.outbound, url=sink.url)
+            )
+            sender = services.sender()
+            sink.reply = "451 4.3.0 try again later"
+            sender.send_due()
+            sink.reply = None
+            clock.advance(timedelta(minutes=5))
+            sender.send_due()
+            sender.transport.close()
+            [received] = sink.wait_for(1)
+        [after] = outbox_rows(services)
     finally:
         services.db.dispose()
-    assert row.raw.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;")
-    assert b" d=example.test;" in row.raw and b" s=mail2026;" in row.raw
-    assert dkim.verify(row.raw, dnsfunc=dns(record))
-    head, body = row.raw.split(b"\r\n\r\n", 1)
+    assert (after.state, after.attempts) == ("sent", 2)
+    sent = received.content
+    assert sent.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;")
+    assert b" d=example.test;" in sent and b" s=mail2026;" in sent
+    assert sent.endswith(row.raw)  # the signature in front of the stored bytes, unchanged
+    assert dkim.verify(sent, dnsfunc=dns(record))
+    head, body = sent.split(b"\r\n\r\n", 1)
     forged_subject = head.replace(b"\r\nSubject: ", b"\r\nSubject: Re: ") + b"\r\n\r\n" + body
     forged_body = head + b"\r\n\r\n" + body.replace(b"Example Support", b"Exemplary Support")
     for forged in (forged_subject, forged_body):
-        assert forged != row.raw and not dkim.verify(forged, dnsfunc=dns(record))
+        assert forged != sent and not dkim.verify(forged, dnsfunc=dns(record))
+
+
+def test_a_large_stored_mail_is_signed_over_all_its_slices(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock, key_pair: tuple[Path, bytes]
+) -> None:
+    """The sender hashes a stored mail's body a slice at a time: a body of several
+    slices, with a line cut at each slice's end, verifies, and a change in its last
+    slice breaks the signature."""
+    key, record = key_pair
+    config_values["outbound"].update(dkim_selector="mail2026", dkim_key=str(key))
+    services = build(config.from_mapping(config_values, base_dir=tmp_path), clock)
+    assert services.signer is not None
+    sender = OutboxSender(
+        services.db, open_transport("maildir:" + str(tmp_path / "out"), "test.host"), clock,
+        services.settings.outbound, signer=services.signer,
+    )  # fmt: skip
+    line = b"x" * 997 + b"\r\n"  # 999 bytes: no slice of 1 MiB ends at a line's end
+    raw = b"".join(composed(line * 3200))
+    assert len(raw) > 3 * rawbytes.SLICE
+    signature = sender._signature(raw)
+    assert signature.startswith(b"DKIM-Signature: ") and signature.endswith(b"\r\n")
+    assert dkim.verify(signature + raw, dnsfunc=dns(record))
+    changed = raw[:-10] + b"y" + raw[-9:]
+    assert not dkim.verify(signature + changed, dnsfunc=dns(record))
+    assert sender._signature(b"") == b""  # a purged body goes out as it is, unsigned
 
 
 def test_without_the_keys_nothing_is_signed(settings: config.Settings) -> None:

@@ -216,7 +216,9 @@ class DiesAfterSending:
     sends: int = 1
     in_flush: bool = False
 
-    def send(self, key: str, sender: str, recipients: Sequence[str], data: bytes) -> None:
+    def send(
+        self, key: str, sender: str, recipients: Sequence[str], data: bytes, head: bytes = b""
+    ) -> None:
         self.transport.send(key, sender, recipients, data)
         self.sends -= 1
         if self.sends == 0 and not self.in_flush:

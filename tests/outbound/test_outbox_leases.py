@@ -77,7 +77,9 @@ class SlowRelay:
     steps: int = 3
     rival_took: list[int] = field(default_factory=list)
 
-    def send(self, key: str, sender: str, recipients: Sequence[str], data: bytes) -> None:
+    def send(
+        self, key: str, sender: str, recipients: Sequence[str], data: bytes, head: bytes = b""
+    ) -> None:
         for _ in range(self.steps):
             self.clock.advance(timedelta(seconds=20))
             wait_for(self._renewed, 10, "the live sender to renew its leases")
@@ -107,7 +109,9 @@ class DiesWhileSending:
 
     idempotent = False
 
-    def send(self, key: str, sender: str, recipients: Sequence[str], data: bytes) -> None:
+    def send(
+        self, key: str, sender: str, recipients: Sequence[str], data: bytes, head: bytes = b""
+    ) -> None:
         raise Killed
 
     def flush(self) -> None:

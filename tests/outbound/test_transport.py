@@ -69,6 +69,24 @@ def test_maildir_writes_the_bytes_unchanged_into_new(tmp_path: Path) -> None:
     assert not list((root / "tmp").iterdir()) and not list((root / "cur").iterdir())
 
 
+HEAD = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.test;\r\n b=c2lnbmVk\r\n"
+
+
+def test_both_transports_put_a_head_in_front_of_the_stored_bytes(
+    tmp_path: Path, sink: SmtpSink
+) -> None:
+    """A signature added at sending goes first, the stored bytes after it, as one mail
+    (and SIZE counts both)."""
+    maildir = open_transport(f"maildir:{tmp_path / 'outbox'}", "maildesk.test")
+    maildir.send("7.md-x", "support@example.test", ["alice@example.org"], MESSAGE, head=HEAD)
+    assert (tmp_path / "outbox" / "new" / "7.md-x").read_bytes() == HEAD + MESSAGE
+    smtp = smtp_to(sink)
+    smtp.send("7.md-x", "support@example.test", ["alice@example.org"], b".dot\r\n", head=HEAD)
+    smtp.close()
+    [got] = sink.wait_for(1)
+    assert got.content == HEAD + b".dot\r\n"
+
+
 def test_maildir_same_key_twice_leaves_one_file(tmp_path: Path) -> None:
     transport = MaildirTransport(tmp_path)
     transport.send("7.md-x", "", ["a@example.org"], MESSAGE)
