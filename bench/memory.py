@@ -17,12 +17,19 @@ attachments. The worker then sends what it queued (to a Maildir), as a worker do
 `--relay` sends it over SMTP instead, to aiosmtpd's Sink in a process of its own (the
 transport production uses). `--sign` DKIM-signs our own mail. `--imap` instead
 measures the IMAP poller alone, fetching the messages from a real Dovecot.
+`--serve --logins N` has N clients fail a portal login at once (each password check
+is argon2id's 64 MiB); `--serve --downloads N` then logs the customer in to the portal
+and has N clients download the first message's attachment at once, each reading about
+6 MB/s. Serve's RSS is sampled while they run.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
+import http.cookiejar
 import os
+import re
 import resource
 import smtplib
 import socket
@@ -30,7 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from email.message import EmailMessage
 from pathlib import Path
@@ -125,6 +135,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5)
     parser.add_argument("--size-mb", type=float, default=15.8)
     parser.add_argument("--serve", action="store_true", help="through maildesk serve and SMTP")
+    parser.add_argument(
+        "--downloads", type=int, default=0, help="with --serve: portal downloads at once"
+    )
+    parser.add_argument(
+        "--logins", type=int, default=0, help="with --serve: failed portal logins at once"
+    )
     parser.add_argument("--database", default="", help="an empty database's URL (else SQLite)")
     parser.add_argument("--pg", action="store_true", help="in a fresh schema of the test database")
     parser.add_argument("--dkim", action="store_true", help="DKIM-signed, verified by the worker")
@@ -156,7 +172,7 @@ def run(args: argparse.Namespace) -> None:
         through_imap(args.messages, args.size_mb)
         return
     if args.serve:
-        through_serve(args.messages, args.size_mb, args.database)
+        through_serve(args.messages, args.size_mb, args.database, args.downloads, args.logins)
         return
     if args.process:
         heap.give_back_large_buffers()
@@ -281,10 +297,12 @@ def hwm_mb(pid: int) -> float:
     return 0.0
 
 
-def through_serve(messages: int, size_mb: float, database: str = "") -> None:
+def through_serve(
+    messages: int, size_mb: float, database: str = "", downloads: int = 0, logins: int = 0
+) -> None:
     folder = Path(tempfile.mkdtemp(prefix="maildesk-memory-serve-"))
     database = database or f"sqlite:///{folder / 'maildesk.db'}"
-    smtp_port = free_port()
+    smtp_port, web_port = free_port(), free_port()
     (folder / "maildesk.toml").write_text(
         f"""
 [support]
@@ -298,7 +316,7 @@ port = {smtp_port}
 max_message_size = {int((size_mb + 2) * 1024 * 1024)}
 [web]
 host = "127.0.0.1"
-port = {free_port()}
+port = {web_port}
 secret_key = "bench-memory-{os.urandom(16).hex()}"
 [outbound]
 url = "maildir:{folder / "outbox"}"
@@ -346,9 +364,130 @@ count = 1
             f"{messages} messages of {size_mb} MB over SMTP: peak RSS of serve "
             f"{hwm_mb(serve.pid):.0f} MB ({idle:.0f} MB before), of its worker {workers}"
         )
+        if logins:
+            refused = while_sampling(serve.pid, lambda: failed_logins_at_once(web_port, logins))
+            print(f"{logins} failed portal logins at once ({refused[0]} refused): {refused[1]}")
+        if downloads:
+            # The login's password check (argon2id, 64 MiB, freed after) is a peak of its
+            # own: serve's RSS is sampled while the downloads run instead.
+            fetch = logged_in(folder / "maildesk.toml", web_port)
+            got = while_sampling(serve.pid, lambda: download_at_once(fetch, downloads))
+            print(
+                f"{downloads} portal downloads of the attachment at once "
+                f"({got[0] / 1e6:.1f} MB each): {got[1]}"
+            )
     finally:
         serve.terminate()
         serve.wait(60)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@contextmanager
+def sampling_rss(pid: int) -> Iterator[list[float]]:
+    """The most RSS `pid` had while the block ran, sampled every 5 ms ([0] after it)."""
+    import threading
+
+    most = [rss_mb(pid)]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            most[0] = max(most[0], rss_mb(pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        yield most
+    finally:
+        done.set()
+        sampler.join()
+
+
+def while_sampling(pid: int, work: Callable[[], int]) -> tuple[int, str]:
+    """What `work` returns, and the RSS `pid` had at most while it ran (and before)."""
+    before = rss_mb(pid)
+    with sampling_rss(pid) as most:
+        result = work()
+    return result, f"serve's RSS at most {most[0]:.0f} MB while they ran ({before:.0f} MB before)"
+
+
+def portal_login(web_port: int, email: str, password: str) -> urllib.request.OpenerDirector:
+    """A browser (cookies kept) that posted the portal's login form; urllib's HTTPError
+    if the portal refused it (400: wrong)."""
+    base = f"http://127.0.0.1:{web_port}"
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    page = opener.open(base + "/login").read().decode()
+    token = re.search(r'name="csrf_token" value="([^"]*)"', page)
+    assert token is not None, "no login form"
+    form = {"csrf_token": html.unescape(token.group(1)), "email": email, "password": password}
+    opener.open(base + "/login", urllib.parse.urlencode(form).encode()).read()
+    return opener
+
+
+def logged_in(config_path: Path, web_port: int) -> Callable[[], int]:
+    """Log the first message's sender in to the portal; returns a download of ticket 1's
+    attachment (the bytes it read)."""
+    from maildesk.tickets.service import Tickets
+
+    email, password = "customer0@customer.test", "correct horse battery staple"
+    desk = build(config.load(config_path))
+    with desk.db.transaction() as session:
+        person = Tickets(session).person(email, "", desk.clock.now())
+        desk.accounts(session).set_password(person, password)
+    desk.db.dispose()
+    opener = portal_login(web_port, email, password)
+    base = f"http://127.0.0.1:{web_port}"
+    ticket = opener.open(base + "/tickets/1").read().decode()
+    link = re.search(r'"(/tickets/1/attachments/[^"]+)"', ticket)
+    assert link is not None, "no attachment link on ticket 1"
+    url = base + link.group(1)
+
+    def download() -> int:
+        # At about 6 MB/s, as a client on a real network reads: what serve holds for a
+        # download is what it has not sent yet.
+        total = 0
+        with opener.open(url, timeout=300) as response:
+            while piece := response.read(1 << 16):
+                total += len(piece)
+                time.sleep(0.01)
+        return total
+
+    return download
+
+
+def failed_logins_at_once(web_port: int, clients: int) -> int:
+    """`clients` logins with a wrong password at once, each for an address of its own
+    (as a guesser spreads them); returns how many were refused as wrong."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(number: int) -> int:
+        try:
+            portal_login(web_port, f"guess{number}@customer.test", "not the password")
+        except urllib.error.HTTPError as refused:
+            return int(refused.code == 400)
+        return 0
+
+    with ThreadPoolExecutor(clients) as pool:
+        return sum(pool.map(attempt, range(clients)))
+
+
+def download_at_once(download: Callable[[], int], clients: int) -> int:
+    """`download` by `clients` threads at once; the bytes of one (all read as many)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(clients) as pool:
+        sizes = set(pool.map(lambda _: download(), range(clients)))
+    assert len(sizes) == 1, f"downloads of different lengths: {sizes}"
+    return sizes.pop()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from maildesk.clock import Clock
+from maildesk.db import Database
 from maildesk.models import Organization, Person, WebSession
 from maildesk.redaction import redact_links
 from maildesk.signing import signed_serializer
@@ -39,7 +40,14 @@ COMMON_PASSWORDS = frozenset(
     if line.strip()
 )
 
-__all__ = ["Accounts", "password_problems", "redact_links"]
+__all__ = [
+    "Accounts",
+    "Login",
+    "check_login",
+    "hash_password",
+    "password_problems",
+    "redact_links",
+]
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 
@@ -93,12 +101,14 @@ class Accounts:
 
     # -- passwords -------------------------------------------------------------
 
-    def set_password(self, person: Person, password: str) -> list[str]:
-        """Set the password if it follows the rules; returns what is wrong otherwise."""
+    def set_password(self, person: Person, password: str, hashed: str | None = None) -> list[str]:
+        """Set the password if it follows the rules; returns what is wrong otherwise.
+        `hashed`: `hash_password(password)`, made before the transaction (argon2id is
+        tens of milliseconds that no write transaction should hold its lock for)."""
         problems = password_problems(password, person.email)
         if problems:
             return problems
-        person.password_hash = _hasher.hash(password)
+        person.password_hash = hashed or _hasher.hash(password)
         person.invite_hash = None  # the link is used up
         person.session_version += 1
         # Every portal login of this person ends: whoever knew the old password is out.
@@ -106,15 +116,13 @@ class Accounts:
         return []
 
     def login(self, email: str, password: str) -> Person | None:
+        """The person `email` and `password` log in, in this session's transaction (the web
+        checks the password outside any transaction: `check_login`)."""
         person = self.session.scalar(select(Person).where(Person.email == email.strip().lower()))
-        if person is None or not person.password_hash:
-            _burn(password)
+        stored = person.password_hash if person is not None else None
+        if person is None or not password_matches(stored, password):
             return None
-        try:
-            _hasher.verify(person.password_hash, password)
-        except (VerificationError, InvalidHashError):
-            return None
-        if _hasher.check_needs_rehash(person.password_hash):
+        if stored and _hasher.check_needs_rehash(stored):
             person.password_hash = _hasher.hash(password)
         return person
 
@@ -159,6 +167,57 @@ def _dummy_hash() -> str:
     # Made on first use, not at import: argon2id takes 64 MB while it hashes, and
     # every process imports this module (a worker never checks a password).
     return _hasher.hash("maildesk-dummy-password")
+
+
+def hash_password(password: str) -> str:
+    """The argon2id hash `Accounts.set_password` stores for `password`."""
+    return str(_hasher.hash(password))
+
+
+def password_matches(stored: str | None, password: str) -> bool:
+    """Whether `password` is the one `stored` hashes; None or "" (no account) takes as
+    long to find out, so timing does not reveal who has an account."""
+    if not stored:
+        _burn(password)
+        return False
+    try:
+        return bool(_hasher.verify(stored, password))
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+@dataclass(frozen=True)
+class Login:
+    """Who logged in, and the password hash that was checked (their row must still hold
+    it when the login is recorded: a password changed meanwhile ends the attempt)."""
+
+    person_id: int
+    checked_hash: str
+
+
+def check_login(db: Database, email: str, password: str) -> Login | None:
+    """The login `email` and `password` make, None for a wrong one: read in a read
+    transaction, checked outside any. argon2id takes 64 MiB and tens of milliseconds;
+    checked inside a write transaction, every guess (from anyone, for any address) held
+    SQLite's one write lock that long, and the processing of mail waited for it. A hash
+    made with older parameters is made again, in a write transaction of its own."""
+    email = email.strip().lower()
+    with db.reading() as session:
+        found = session.execute(
+            select(Person.id, Person.password_hash).where(Person.email == email)
+        ).first()
+    stored = found.password_hash if found is not None else None
+    if not password_matches(stored, password):  # burns the time when there is no account
+        return None
+    assert found is not None and stored
+    if _hasher.check_needs_rehash(stored):
+        fresh = _hasher.hash(password)
+        with db.transaction() as session:
+            person = session.get(Person, found.id)
+            if person is None or person.password_hash != stored:
+                return None
+            person.password_hash = stored = fresh
+    return Login(found.id, stored)
 
 
 def _burn(password: str) -> None:

@@ -235,6 +235,29 @@ def write_blob(connection: Connection, sha256: str, data: bytes) -> None:
         copy.write(_COPY_TRAILER)
 
 
+def read_blob_slice(connection: Connection, sha256: str, start: int, length: int) -> bytes | None:
+    """`length` bytes of the attachment content stored under `sha256` from `start` (fewer
+    at its end); None when nothing is stored under it. Content is stored once under its
+    hash and never changed, so slices read in separate transactions make one whole: a
+    download reads one per turn and never holds the whole content (nor a transaction
+    open while the client is slow)."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    if connection.dialect.name == "sqlite":
+        found = driver.execute("SELECT rowid FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
+        if found is None:
+            return None
+        with driver.blobopen("blobs", "data", found[0], readonly=True) as blob:
+            blob.seek(min(start, len(blob)))
+            return bytes(blob.read(length))
+    with driver.cursor(binary=True) as cursor:
+        found = cursor.execute(
+            "SELECT substring(data FROM %s FOR %s) FROM blobs WHERE sha256 = %s",
+            (start + 1, length, sha256),
+        ).fetchone()
+    return None if found is None else bytes(found[0])
+
+
 def read(connection: Connection, row_id: int, where: Stored = INBOUND) -> bytes | None:
     """The bytes stored for `row_id` (None: no row), read a slice at a time."""
     if connection.dialect.name == "sqlite":

@@ -14,13 +14,19 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from sqlalchemy import select
 
-from maildesk.accounts import MIN_PASSWORD_LENGTH
+from maildesk.accounts import (
+    MIN_PASSWORD_LENGTH,
+    check_login,
+    hash_password,
+    password_problems,
+)
 from maildesk.config import LANGUAGES
 from maildesk.models import Person
 from maildesk.web.pages import (
     Form,
     client_ip,
     in_db,
+    in_password_work,
     language,
     protected,
     render,
@@ -105,6 +111,9 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
         return _link_invalid(request)
 
     def apply() -> _Attempt:
+        # Hashed before the transaction: it must not hold the write lock that long.
+        acceptable = password == confirm and not password_problems(password, email)
+        hashed = hash_password(password) if acceptable else None
         with services.db.transaction() as session:
             accounts = services.accounts(session)
             person = accounts.read_invitation(token)
@@ -118,12 +127,13 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
             if password != confirm:
                 attempt.problems = ["mismatch"]
             else:
-                attempt.problems = _problem_codes(accounts.set_password(person, password))
+                problems = accounts.set_password(person, password, hashed=hashed)
+                attempt.problems = _problem_codes(problems)
             if not attempt.problems:  # set_password ended every older login
                 attempt.session_id = here.sessions.start(session, person.id)
             return attempt
 
-    result = await in_db(apply)
+    result = await in_password_work(apply)
     if not result.valid:
         return _link_invalid(request)
     if result.problems:
@@ -167,11 +177,16 @@ async def login(request: web.Request, form: Form) -> web.StreamResponse:
         return _too_many(request, wait)
 
     def check() -> str | None:
+        login = check_login(services.db, email, password)
+        if login is None:
+            return None
         with services.db.transaction() as session:
-            person = services.accounts(session).login(email, password)
-            return here.sessions.start(session, person.id) if person else None
+            person = session.get(Person, login.person_id)
+            if person is None or person.password_hash != login.checked_hash:
+                return None  # the password changed while this one was checked
+            return here.sessions.start(session, person.id)
 
-    found = await in_db(check)
+    found = await in_password_work(check)
     if found is None:
         guard.hit(ip, email)
         context = {"email": email, "next": target, "failed": True}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import logging
 import re
 from datetime import datetime
 from email.headerregistry import Address
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from maildesk.accounts import redact_links
 from maildesk.clock import as_utc, new_token
+from maildesk.inbound import rawbytes
 from maildesk.inbound.store import Envelope
 from maildesk.message import clean_text
 from maildesk.models import STATUS_LABELS, Attachment, Blob, Message, Person, Ticket
@@ -40,6 +42,8 @@ from maildesk.tickets.search import search
 from maildesk.tickets.visibility import PUBLIC, Scope
 from maildesk.web.pages import Form, Viewer, in_db, language, protected, render, see_other, site
 from maildesk.web.pages import viewer as current_viewer
+
+log = logging.getLogger("maildesk.web")
 
 SHOW = {
     "all": None,
@@ -236,15 +240,16 @@ async def attachment(request: web.Request) -> web.StreamResponse:
     who = await current_viewer(request)
     if who is None:
         return await _login_first(request)
+    db = site(request).services.db
 
-    def load() -> tuple[str, str, bytes] | None:
-        with site(request).services.db.transaction() as session:
+    def load() -> tuple[str, str, str, int] | None:
+        with db.reading() as session:
             ticket = _visible_ticket(session, request, who)
             attachment = _row_id(request.match_info["attachment"])
             if ticket is None or attachment is None:
                 return None
             found = session.execute(
-                select(Attachment.filename, Attachment.content_type, Blob.data)
+                select(Attachment.filename, Attachment.content_type, Blob.sha256, Blob.size)
                 .join(Message, Message.id == Attachment.message_pk)
                 .join(Blob, Blob.sha256 == Attachment.blob_sha256)
                 .where(
@@ -253,16 +258,14 @@ async def attachment(request: web.Request) -> web.StreamResponse:
                     PUBLIC,
                 )
             ).first()
-            return (found[0], found[1], found[2]) if found else None
+            return (found[0], found[1], found[2], found[3]) if found else None
 
     found = await in_db(load)
     if found is None:
         return _not_found(request, who)
-    filename, content_type, data = found
+    filename, content_type, sha256, size = found
     kind = content_type.lower() if content_type.lower() in _SAFE_TYPES else ""
-    return web.Response(
-        body=data,
-        content_type=kind or "application/octet-stream",
+    response = web.StreamResponse(
         headers={
             "Content-Disposition": content_disposition(filename),
             "X-Content-Type-Options": "nosniff",
@@ -271,6 +274,28 @@ async def attachment(request: web.Request) -> web.StreamResponse:
             "Referrer-Policy": "no-referrer",
         },
     )
+    response.content_type = kind or "application/octet-stream"
+    response.content_length = size
+    await response.prepare(request)
+    # A slice at a time, each read in a short transaction of its own, each written
+    # before the next is read: serve, which also takes the mail, holds one slice per
+    # download, however large the attachment and however many download it at once.
+    for start in range(0, size, rawbytes.SLICE):
+
+        def piece(start: int = start) -> bytes | None:
+            with db.reading_connection() as connection:
+                return rawbytes.read_blob_slice(connection, sha256, start, rawbytes.SLICE)
+
+        data = await in_db(piece)
+        if not data or len(data) != min(rawbytes.SLICE, size - start):
+            # Purged meanwhile: the client sees a download cut short, never other bytes.
+            log.warning("attachment %s went while being downloaded", sha256[:12])
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write(data)
+    await response.write_eof()
+    return response
 
 
 def content_disposition(filename: str) -> str:

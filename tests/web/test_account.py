@@ -187,6 +187,22 @@ def test_secure_cookies_when_the_site_is_https(clock: ManualClock) -> None:
     assert f"Max-Age={30 * 86400}" in header
 
 
+def test_a_wrong_password_is_refused_without_the_write_lock(daemon: RunningDaemon) -> None:
+    """A guess, for an account or for an address that has none, is checked (argon2id:
+    64 MiB, tens of milliseconds) outside any write transaction: with SQLite's one write
+    lock held elsewhere (processing a batch of mail), guesses are still answered, and
+    none of them makes the mail wait."""
+    customer(daemon.services, "bob@customer.test")
+    client = Client(base_url(daemon))
+    client.get("/login")
+    with daemon.services.db.transaction():  # holds the write lock (SQLite) meanwhile
+        for email in ("bob@customer.test", "nobody@customer.test"):
+            wrong = client.post("/login", {"email": email, "password": "a wrong guess here"})
+            assert wrong.status == 400 and "not right" in wrong.text
+    right = client.post("/login", {"email": "bob@customer.test", "password": PASSWORD})
+    assert right.status == 303 and client.cookie(COOKIE) is not None
+
+
 def test_failed_logins_are_rate_limited(daemon: RunningDaemon, clock: ManualClock) -> None:
     customer(daemon.services, "bob@customer.test")
     client = Client(base_url(daemon))

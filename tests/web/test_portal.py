@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import hashlib
+import random
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from maildesk.inbound import rawbytes
 from maildesk.models import Inbound, Ticket
 from tests.conftest import Outbox, RunningDaemon, make_mail, wait_for
 from tests.helpers import outbox_rows, ticket, tickets
@@ -163,6 +167,35 @@ def test_attachments_download_only_for_those_who_see_the_ticket(daemon: RunningD
     status, body, _ = logged_in(daemon, "mallory@other.test").get_bytes(link)
     assert status == 404 and page_html not in body
     assert Client(base_url(daemon)).get(link).status == 303  # to the login page
+
+
+def test_a_large_attachment_downloads_whole_a_slice_at_a_time(daemon: RunningDaemon) -> None:
+    """Served in slices, each read on its own: several downloads at once of content
+    that is no whole number of slices all arrive byte for byte, with its length."""
+    content = random.Random(3).randbytes(2 * rawbytes.SLICE + 12_345)
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = ALICE, "support@example.test", "Log files"
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@customer.test>"
+    msg.set_content("The logs are attached.")
+    msg.add_attachment(content, maintype="application", subtype="gzip", filename="logs.gz")
+    daemon.send(msg.as_bytes(policy=email.policy.SMTP))
+    number = int(wait_for(lambda: tickets(daemon.services), what="ticket")[0]["number"])
+    customer(daemon.services, ALICE)
+    alice = logged_in(daemon, ALICE)
+    page = alice.get(f"/tickets/{number}").text
+    start = page.index(f"/tickets/{number}/attachments/")
+    link = page[start : page.index('"', start)]
+
+    with ThreadPoolExecutor(4) as pool:
+        downloads = list(pool.map(lambda _: alice.get_bytes(link), range(4)))
+    for status, body, headers in downloads:
+        assert status == 200 and body == content
+        assert headers["Content-Length"] == str(len(content))
+        assert headers["Content-Type"] == "application/octet-stream"
+    with daemon.services.db.reading_connection() as connection:
+        sha = hashlib.sha256(content).hexdigest()
+        assert rawbytes.read_blob_slice(connection, sha, len(content) - 5, 100) == content[-5:]
+        assert rawbytes.read_blob_slice(connection, "0" * 64, 0, 100) is None
 
 
 def test_organization_members_see_each_others_tickets(daemon: RunningDaemon) -> None:
