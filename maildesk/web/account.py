@@ -76,7 +76,7 @@ async def set_password_form(request: web.Request) -> web.StreamResponse:
     services = site(request).services
 
     def read() -> _Attempt:
-        with services.db.transaction() as session:
+        with services.db.reading() as session:
             person = services.accounts(session).read_invitation(token)
             if person is None:
                 return _Attempt(False)
@@ -99,7 +99,7 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
         return _too_many(request, wait)
 
     def read() -> str | None:
-        with services.db.transaction() as session:
+        with services.db.reading() as session:
             person = services.accounts(session).read_invitation(token)
             return person.email if person else None
 

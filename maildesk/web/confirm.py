@@ -46,7 +46,7 @@ async def show(request: web.Request) -> web.Response:
         return page(*_INVALID)
 
     def lines() -> list[str] | None:
-        with services.db.transaction() as session:
+        with services.db.reading() as session:
             row = services.processor.console.pending(session, confirmation, services.clock.now())
             return row.commands.splitlines() if row is not None else None
 

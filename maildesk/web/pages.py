@@ -42,6 +42,8 @@ from maildesk.web.ratelimit import RateLimits
 from maildesk.web.session import Claim, Sessions
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from maildesk.services import Services
 
 log = logging.getLogger("maildesk.web")
@@ -152,13 +154,21 @@ async def viewer(request: web.Request) -> Viewer | None:
         return None
     db = here.services.db
 
+    def of(session: Session, person_id: int | None) -> Viewer | None:
+        person = session.get(Person, person_id) if person_id is not None else None
+        if person is None or not person.password_hash:
+            return None
+        return Viewer(person.id, person.email, person.name, person.language, claim)
+
     def load() -> Viewer | None:
+        # Every page a customer opens asks this: a read, so it never waits for (nor
+        # holds) SQLite's write lock; the renewal it is due every few minutes writes.
+        with db.reading() as session:
+            person_id, renew = here.sessions.looked_up(session, claim)
+            if not renew:
+                return of(session, person_id)
         with db.transaction() as session:
-            person_id = here.sessions.person_of(session, claim)
-            person = session.get(Person, person_id) if person_id is not None else None
-            if person is None or not person.password_hash:
-                return None
-            return Viewer(person.id, person.email, person.name, person.language, claim)
+            return of(session, here.sessions.person_of(session, claim))
 
     return await in_db(load)
 

@@ -42,7 +42,7 @@ def page(title: str, body: str, status: int = 200) -> web.Response:
 
 def _question(services: Services, answer: PaidAnswer) -> tuple[str, str]:
     """(state, price) of the link's round: open, answered, or superseded by a newer one."""
-    with services.db.transaction() as session:
+    with services.db.reading() as session:
         ticket = session.get(Ticket, answer.ticket)
         if ticket is None:
             return "superseded", ""

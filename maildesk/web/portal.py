@@ -98,7 +98,7 @@ async def ticket_list(request: web.Request) -> web.StreamResponse:
     query_text = request.query.get("q", "").strip()[:MAX_QUERY_CHARS]
 
     def load() -> dict[str, Any]:
-        with site(request).services.db.transaction() as session:
+        with site(request).services.db.reading() as session:
             scope = scope_of(session, request, who)
             if query_text:
                 return {"tickets": _found(session, scope, query_text, lang), "creators": []}
@@ -195,7 +195,7 @@ async def ticket_page(request: web.Request) -> web.StreamResponse:
     support = site(request).services.settings.support
 
     def load() -> dict[str, Any] | None:
-        with site(request).services.db.transaction() as session:
+        with site(request).services.db.reading() as session:
             ticket = _visible_ticket(session, request, who)
             if ticket is None:
                 return None

@@ -106,6 +106,17 @@ class Sessions:
             row.last_seen_at = now
         return row.person_id
 
+    def looked_up(self, session: Session, claim: Claim) -> tuple[int | None, bool]:
+        """`person_of` without changing anything (for a read transaction): the person,
+        and whether `person_of` would write (renew the row, or delete it as ended), once
+        in `TOUCH_EVERY` per login at most."""
+        row = session.get(WebSession, claim.key)
+        if row is None:
+            return None, False
+        seen = as_utc(row.last_seen_at)
+        now = self.clock.now()
+        return row.person_id, seen + self.lifetime <= now or now - seen >= TOUCH_EVERY
+
     @staticmethod
     def end(session: Session, claim: Claim) -> None:
         session.execute(delete(WebSession).where(WebSession.id_hash == claim.key))

@@ -19,7 +19,7 @@ from maildesk.inbound import rawbytes
 from maildesk.models import Inbound, Ticket
 from tests.conftest import Outbox, RunningDaemon, make_mail, wait_for
 from tests.helpers import outbox_rows, ticket, tickets
-from tests.web.portal_client import Client, base_url, customer, logged_in
+from tests.web.portal_client import Client, base_url, customer, invitation, logged_in
 
 AGENT = "agent@example.test"
 ALICE = "alice@customer.test"
@@ -196,6 +196,23 @@ def test_a_large_attachment_downloads_whole_a_slice_at_a_time(daemon: RunningDae
         sha = hashlib.sha256(content).hexdigest()
         assert rawbytes.read_blob_slice(connection, sha, len(content) - 5, 100) == content[-5:]
         assert rawbytes.read_blob_slice(connection, "0" * 64, 0, 100) is None
+
+
+def test_portal_pages_are_read_without_the_write_lock(daemon: RunningDaemon) -> None:
+    """Pages are reads: with SQLite's one write lock held elsewhere (the processor
+    writing a batch of mail), the list, a ticket, a search and a set-password form
+    still answer, and no page view makes the mail wait."""
+    number = mail_in(daemon, ALICE, "Printer on fire")
+    customer(daemon.services, ALICE)
+    alice = logged_in(daemon, ALICE)
+    link = invitation(daemon.services, "bob@customer.test").removeprefix(base_url(daemon))
+    with daemon.services.db.transaction():  # holds the write lock (SQLite) meanwhile
+        assert f"/tickets/{number}" in alice.get("/tickets").text
+        page = alice.get(f"/tickets/{number}")
+        assert page.status == 200 and "Printer on fire" in page.text
+        assert f"/tickets/{number}" in alice.get("/tickets?q=fire").text
+        form = Client(base_url(daemon)).get(link)
+        assert form.status == 200 and 'name="password"' in form.text
 
 
 def test_organization_members_see_each_others_tickets(daemon: RunningDaemon) -> None:
