@@ -147,7 +147,8 @@ class DatabaseCollector(Collector):
 
     def _read(self) -> Iterable[Metric]:
         now = self.clock.now()
-        with self.db.transaction() as session:
+        # Reads: a scrape must never wait for, nor hold, SQLite's write lock.
+        with self.db.reading() as session:
             by_source = session.execute(
                 select(Inbound.source, func.count()).group_by(Inbound.source)
             ).all()
@@ -221,7 +222,7 @@ class DatabaseCollector(Collector):
 
         Blocking; call once the schema is migrated (a scrape before that starts here too).
         """
-        with self._lock, self.db.transaction() as session:
+        with self._lock, self.db.reading() as session:
             self._start(session)
 
     def _start(self, session: Session) -> None:

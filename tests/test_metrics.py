@@ -120,6 +120,18 @@ def test_metrics_after_real_traffic(daemon: RunningDaemon, outbox: Outbox) -> No
     assert value(samples, "maildesk_smtp_sessions") >= 0
 
 
+def test_a_scrape_reads_without_the_write_lock(daemon: RunningDaemon) -> None:
+    """A scrape counts every table: with SQLite's write lock held meanwhile (the
+    processor writing mail), it still answers from the database, and never holds the
+    lock itself while it counts."""
+    daemon.send(make_mail())
+    wait_for(lambda: tickets(daemon.services), what="a ticket")
+    with daemon.services.db.transaction():  # holds the write lock (SQLite) meanwhile
+        samples = scrape(web_url(daemon, "/metrics"))
+    assert value(samples, "maildesk_database_up") == 1
+    assert value(samples, "maildesk_tickets", status="new") == 1
+
+
 def test_metrics_on_their_own_listener_with_a_bearer_token(
     config_values: dict[str, Any], tmp_path: Path, clock: Any
 ) -> None:

@@ -147,7 +147,7 @@ def people_list(ctx: Context, as_json: bool) -> None:
     from maildesk.tickets import views
 
     services = ctx.services
-    with services.db.transaction() as session:
+    with services.db.reading() as session:
         accounts = services.accounts(session)
         rows = []
         for person in session.scalars(select(Person).order_by(Person.id)):
@@ -210,7 +210,7 @@ def orgs_list(ctx: Context, as_json: bool) -> None:
     from maildesk.models import Organization
     from maildesk.tickets import views
 
-    with ctx.db.transaction() as session:
+    with ctx.db.reading() as session:
         rows = [
             {"domain": o.domain, "name": o.name, "created_at": views.iso(o.created_at)}
             for o in session.scalars(select(Organization).order_by(Organization.domain))

@@ -25,7 +25,7 @@ def spam() -> None:
 @pass_context
 def spam_list(ctx: Context, as_json: bool) -> None:
     """Messages held as spam, with their scores; `spam release ID` lets one through."""
-    with ctx.services.db.transaction() as session:
+    with ctx.services.db.reading() as session:
         found = session.execute(
             select(Inbound.id, Inbound.received_at, Inbound.source, Inbound.mail_from, SpamHold)
             .join(SpamHold, SpamHold.inbound_id == Inbound.id)

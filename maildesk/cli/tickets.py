@@ -32,7 +32,7 @@ def tickets_list(ctx: Context, status: str | None, as_json: bool) -> None:
     """Every ticket (or those in --status), newest activity last."""
     from maildesk.tickets import views
 
-    with ctx.db.transaction() as session:
+    with ctx.db.reading() as session:
         rows = views.list_tickets(session, status)
         if as_json and ctx.settings.sla.enabled:
             _add_sla(ctx, session, rows)
@@ -112,7 +112,7 @@ def tickets_show(ctx: Context, number: int, as_json: bool) -> None:
     from maildesk.models import Ticket
     from maildesk.tickets import views
 
-    with ctx.db.transaction() as session:
+    with ctx.db.reading() as session:
         ticket = session.get(Ticket, number)
         if ticket is None:
             raise click.ClickException(f"no ticket {number}")
@@ -178,7 +178,8 @@ def tickets_export(ctx: Context, attachments: bool) -> None:
     """Every ticket with its messages, one JSON object per line."""
     from maildesk.tickets import views
 
-    with ctx.db.transaction() as session:
+    # A read: an export of every ticket takes minutes, and must not hold the write lock.
+    with ctx.db.reading() as session:
         for record in views.export(session):
             if attachments:
                 views.add_attachment_contents(session, record)

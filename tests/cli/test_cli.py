@@ -11,8 +11,10 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
+from maildesk import config
 from maildesk.cli import EX_TEMPFAIL, main
 from maildesk.config import Settings
+from maildesk.db import Database
 from tests.conftest import make_mail, toml
 
 
@@ -172,6 +174,30 @@ def test_tickets_show_and_export_share_one_shape(config_file: Path, tmp_path: Pa
     assert (first["message_id"], first["direction"]) == ("old0@customer.test", "in")
     assert shown["messages"][1]["direction"] == "out"
     assert shown["message_count"] == 2
+
+
+def test_listing_commands_read_without_the_write_lock(config_file: Path, tmp_path: Path) -> None:
+    """What ops run to look (lists, a ticket, an export of everything) reads in deferred
+    transactions: with SQLite's write lock held meanwhile (the daemon writing a batch of
+    mail), each answers at once, and an export that takes minutes never stalls the mail."""
+    init(config_file)
+    run(config_file, "import", str(_mbox(tmp_path / "old.mbox", 2)))
+    db = Database(config.load(config_file).database.url)
+    try:
+        with db.transaction():  # holds the write lock (SQLite) meanwhile
+            for command in (
+                ("tickets", "list", "--json"),
+                ("tickets", "show", "2", "--json"),
+                ("tickets", "export"),
+                ("people", "list", "--json"),
+                ("orgs", "list", "--json"),
+                ("spam", "list", "--json"),
+            ):
+                result = run(config_file, *command)
+                assert result.exit_code == 0, (command, result.output)
+            assert len(run(config_file, "tickets", "export").output.splitlines()) == 2
+    finally:
+        db.dispose()
 
 
 def test_tickets_list_filters_by_status(config_file: Path, tmp_path: Path) -> None:
