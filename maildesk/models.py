@@ -284,6 +284,17 @@ class JobRun(Base):
     at: Mapped[datetime] = mapped_column(Timestamp)
 
 
+class AutoReplyMinute(Base):
+    """Automatic replies queued in one minute (unix minutes) by one process (`shard`, its
+    pid: no two processes update one row), written with them (outbound/caps.py)."""
+
+    __tablename__ = "auto_reply_minutes"
+
+    minute: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(Integer)
+
+
 class Outbox(Base):
     """A message to send, written in the same transaction as the change that caused it."""
 

@@ -25,6 +25,7 @@ from maildesk.hotsql import Hot
 from maildesk.i18n import names
 from maildesk.inbound import rawbytes
 from maildesk.models import STATUS_LABELS, Agent, Outbox, Person, Ticket
+from maildesk.outbound import caps
 from maildesk.outbound.catalogue import Audience, LanguageRule, Notification, Tie
 from maildesk.outbound.compose import (
     Address,
@@ -249,6 +250,7 @@ class Notifier:
         )
         # A Core insert: an ORM object per queued mail cost more than composing it.
         pk = _INSERT_OUTBOX.scalar(session.connection(), values)
+        _count_automatic(session, (values,))
         raw = b"".join(pieces)  # what the caller gets (joined, as compose() does)
         rawbytes.write(session, [(pk, raw)], rawbytes.OUTBOX)
         return Queued(pk, values["message_id"], raw)
@@ -401,7 +403,16 @@ def _insert_rows(session: Session, rows: list[tuple[dict[str, Any], rawbytes.Raw
     count = len(rows)
     if rows:
         _INSERT_OUTBOX_ROWS.run_many(session.connection(), [values for values, _ in rows])
+        _count_automatic(session, [values for values, _ in rows])
         named = [(values["message_id"], raw) for values, raw in rows]
         rawbytes.write_named(session, named, rawbytes.OUTBOX)
         rows.clear()
     return count
+
+
+def _count_automatic(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """The automatic replies among outbox rows just written count towards the hourly
+    total cap (`caps.count_automatic`), in the same transaction."""
+    for values in rows:
+        if values["auto_to"]:
+            caps.count_automatic(session.connection(), values["created_at"])

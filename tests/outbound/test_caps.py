@@ -1,0 +1,72 @@
+"""The hourly caps on automatic replies (RFC 3834) count to the second, from any process,
+and the total cap's check reads minutes, not every reply of the hour."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+from sqlalchemy import Table, func, insert, select
+
+from maildesk.models import AutoReplyMinute, Outbox
+from maildesk.outbound import caps
+from maildesk.services import Services
+from maildesk.states import OutboxState
+
+OUTBOX = cast(Table, Outbox.__table__)
+SINCE = datetime(2026, 11, 30, 10, 0, 30, tzinfo=UTC)  # half a minute into 10:00
+
+
+def queue_automatic(services: Services, at: datetime, recipient: str) -> None:
+    """An automatic reply's outbox row, counted as the notifier counts it."""
+    with services.db.transaction() as session:
+        connection = session.connection()
+        connection.execute(
+            insert(OUTBOX),
+            {
+                "ticket_id": None,
+                "message_id": f"md.{at.timestamp()}.{recipient}",
+                "kind": "acknowledgement",
+                "sender": "support@example.test",
+                "recipients": [recipient],
+                "auto_to": recipient,
+                "state": OutboxState.PENDING,
+                "attempts": 0,
+                "next_attempt_at": at,
+                "last_error": "",
+                "created_at": at,
+            },
+        )
+        caps.count_automatic(connection, at)
+
+
+def total_reached(services: Services, cap: int) -> bool:
+    with services.db.reading() as session:
+        return caps.caps_reached(session, "someone@customer.test", 100, cap, SINCE).total
+
+
+def test_the_total_cap_counts_the_hour_to_the_second_and_every_process(
+    services: Services,
+) -> None:
+    queue_automatic(services, SINCE - timedelta(seconds=1), "early@customer.test")  # before
+    queue_automatic(services, SINCE + timedelta(seconds=1), "a@customer.test")  # 10:00:31
+    queue_automatic(services, SINCE + timedelta(seconds=30), "b@customer.test")  # 10:01:00
+    queue_automatic(services, SINCE + timedelta(minutes=59), "c@customer.test")
+    # Another worker process's two replies at 10:20: its own row of that minute.
+    with services.db.transaction() as session:
+        minute = caps.minute_of(SINCE + timedelta(minutes=20))
+        session.add(AutoReplyMinute(minute=minute, shard=1, count=2))
+    assert total_reached(services, 5)
+    assert not total_reached(services, 6)
+    # The minute rows sum what the outbox holds, however the minutes were counted.
+    with services.db.reading() as session:
+        counted = session.scalar(select(func.sum(AutoReplyMinute.count)))
+    assert counted == 4 + 2
+
+
+def test_a_processs_old_minutes_are_forgotten_as_it_counts(services: Services) -> None:
+    queue_automatic(services, SINCE, "old@customer.test")
+    queue_automatic(services, SINCE + timedelta(hours=3), "new@customer.test")
+    with services.db.reading() as session:
+        minutes = session.scalars(select(AutoReplyMinute.minute)).all()
+    assert minutes == [caps.minute_of(SINCE + timedelta(hours=3))]
