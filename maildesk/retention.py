@@ -46,6 +46,7 @@ from maildesk.clock import as_utc
 from maildesk.config import Settings
 from maildesk.db import Database
 from maildesk.models import (
+    AutoReplyMinute,
     Confirmation,
     ConsoleRequest,
     Inbound,
@@ -56,6 +57,7 @@ from maildesk.models import (
     SpamHold,
     WebSession,
 )
+from maildesk.outbound import caps
 from maildesk.states import InboundState, OutboxState
 
 log = logging.getLogger("maildesk.retention")
@@ -67,6 +69,7 @@ KINDS = (
     "console_requests",
     "web_sessions",
     "confirmations",
+    "reply_minutes",
 )
 # `job_runs` rows of the purge: when it last finished, and how far the outbox pass got.
 JOB = "retention"
@@ -126,6 +129,9 @@ def purge(
         (Confirmation.expires_at < confirmations_before)
         | (Confirmation.used_at < confirmations_before),
     )
+    # Three hours: a live process forgets its own minutes after two (outbound/caps.py),
+    # so these are only those of processes that ended, and no row is deleted twice.
+    purged.counts["reply_minutes"] = purger.reply_minutes(caps.minute_of(now) - 180)
     if stopping():
         log.info("purge stopped for the shutdown; the rest goes at the next run")
     elif not dry_run:
@@ -281,6 +287,17 @@ class _Purger:
                 )
             ),
         )
+
+    def reply_minutes(self, before: int) -> int:
+        """Automatic replies counted per minute (for the hourly cap) before `before`."""
+        old = AutoReplyMinute.minute < before
+        if self.stopping():
+            return 0
+        if self.dry_run:
+            with self.db.reading() as session:
+                return int(session.scalar(select(func.count()).where(old)) or 0)
+        with self.db.transaction() as session:
+            return _count(session.execute(delete(AutoReplyMinute).where(old)))
 
     def by_id(self, model: type[ConsoleRequest] | type[Confirmation], old: Any) -> int:
         """Rows of `model` matching `old`, except the one with the highest id (see above)."""

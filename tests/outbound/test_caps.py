@@ -8,6 +8,7 @@ from typing import cast
 
 from sqlalchemy import Table, func, insert, select
 
+from maildesk import retention
 from maildesk.models import AutoReplyMinute, Outbox
 from maildesk.outbound import caps
 from maildesk.services import Services
@@ -70,3 +71,18 @@ def test_a_processs_old_minutes_are_forgotten_as_it_counts(services: Services) -
     with services.db.reading() as session:
         minutes = session.scalars(select(AutoReplyMinute.minute)).all()
     assert minutes == [caps.minute_of(SINCE + timedelta(hours=3))]
+
+
+def test_the_purge_forgets_the_minutes_of_processes_that_ended(services: Services) -> None:
+    """A process forgets its own old minutes as it counts; those of a process that ended
+    go at the hourly purge, three hours on, and the last hour's stay."""
+    now = SINCE + timedelta(hours=5)
+    with services.db.transaction() as session:
+        for hours_ago, shard in ((4, 7), (1, 7), (0, 8)):
+            minute = caps.minute_of(now - timedelta(hours=hours_ago))
+            session.add(AutoReplyMinute(minute=minute, shard=shard, count=1))
+    purged = retention.purge(services.db, services.settings, now)
+    assert purged.counts["reply_minutes"] == 1
+    with services.db.reading() as session:
+        left = session.scalars(select(AutoReplyMinute.minute).order_by(AutoReplyMinute.minute))
+        assert list(left) == [caps.minute_of(now - timedelta(hours=1)), caps.minute_of(now)]
