@@ -120,7 +120,8 @@ class Accounts:
         checks the password outside any transaction: `check_login`)."""
         person = self.session.scalar(select(Person).where(Person.email == email.strip().lower()))
         stored = person.password_hash if person is not None else None
-        if person is None or not password_matches(stored, password):
+        matches = password_matches(stored, password)  # as long without an account
+        if person is None or not matches:
             return None
         if stored and _hasher.check_needs_rehash(stored):
             person.password_hash = _hasher.hash(password)

@@ -285,8 +285,9 @@ class JobRun(Base):
 
 
 class AutoReplyMinute(Base):
-    """Automatic replies queued in one minute (unix minutes) by one process (`shard`, its
-    pid: no two processes update one row), written with them (outbound/caps.py)."""
+    """Automatic replies queued in one minute (unix minutes) by one thread (`shard`, a
+    random number of its own: no two threads update one row), written with them
+    (outbound/caps.py)."""
 
     __tablename__ = "auto_reply_minutes"
 

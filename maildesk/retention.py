@@ -129,8 +129,8 @@ def purge(
         (Confirmation.expires_at < confirmations_before)
         | (Confirmation.used_at < confirmations_before),
     )
-    # Three hours: a live process forgets its own minutes after two (outbound/caps.py),
-    # so these are only those of processes that ended, and no row is deleted twice.
+    # Three hours: a live thread forgets its own minutes after two (outbound/caps.py),
+    # so these are only those of threads that ended, and no row is deleted twice.
     purged.counts["reply_minutes"] = purger.reply_minutes(caps.minute_of(now) - 180)
     if stopping():
         log.info("purge stopped for the shutdown; the rest goes at the next run")

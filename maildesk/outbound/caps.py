@@ -3,9 +3,9 @@
 To one recipient: their rows of the last hour are counted from an index alone
 (`ix_outbox_auto_to`), and the count stops at the cap. To anyone: every queued
 automatic reply also counts in its minute's row of `auto_reply_minutes` (one
-row per minute and process, written in the same transaction), and the check
-sums the whole minutes of the hour, plus the outbox rows of its first, partial
-minute (`ix_outbox_created_auto`). So the total cap's check reads at most an
+row per minute and counting thread, written in the same transaction), and the
+check sums the whole minutes of the hour, plus the outbox rows of its first,
+partial minute (`ix_outbox_created_auto`). So the total cap's check reads at most an
 hour of minutes and one minute of rows, however high the cap: counting the
 hour's rows up to the cap cost 1.2 ms per new ticket inside the write
 transaction after 10,000 replies in the hour, and grew with them. Both counts
@@ -14,7 +14,8 @@ are one statement on the driver's cursor (`hotsql.py`), built once.
 
 from __future__ import annotations
 
-import os
+import secrets
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -69,9 +70,21 @@ _COUNT_ONE = Hot(
         " ON CONFLICT (minute, shard) DO UPDATE SET count = auto_reply_minutes.count + :n"
     )
 )
-# A process's minutes older than the window (two hours: clocks of instances drift).
+# A counter's minutes older than the window (two hours: clocks of instances drift).
 _FORGET = Hot(text("DELETE FROM auto_reply_minutes WHERE shard = :shard AND minute < :before"))
-_last_minute = 0  # the minute this process last counted in (forgets once per minute)
+
+
+class _Counter(threading.local):
+    """Each thread counts in rows of its own (a random shard), so no two transactions,
+    in this process or another instance's, ever wait for one row: a thread's rows are
+    updated by its own transactions, one after the other."""
+
+    def __init__(self) -> None:
+        self.shard = secrets.randbelow(2**31 - 1) + 1
+        self.last_minute = 0  # the minute last counted in: forgets once per minute
+
+
+_counter = _Counter()
 
 
 def minute_of(moment: datetime) -> int:
@@ -82,11 +95,10 @@ def minute_of(moment: datetime) -> int:
 def count_automatic(connection: Connection, at: datetime, replies: int = 1) -> None:
     """Count `replies` automatic replies queued at `at`, in the caller's transaction (the
     one that writes their outbox rows)."""
-    global _last_minute
-    minute, shard = minute_of(at), os.getpid()
+    minute, shard = minute_of(at), _counter.shard
     _COUNT_ONE.run(connection, {"minute": minute, "shard": shard, "n": replies})
-    if minute != _last_minute:
-        _last_minute = minute
+    if minute != _counter.last_minute:
+        _counter.last_minute = minute
         _FORGET.run(connection, {"shard": shard, "before": minute - 120})
 
 

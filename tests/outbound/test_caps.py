@@ -53,7 +53,7 @@ def test_the_total_cap_counts_the_hour_to_the_second_and_every_process(
     queue_automatic(services, SINCE + timedelta(seconds=1), "a@customer.test")  # 10:00:31
     queue_automatic(services, SINCE + timedelta(seconds=30), "b@customer.test")  # 10:01:00
     queue_automatic(services, SINCE + timedelta(minutes=59), "c@customer.test")
-    # Another worker process's two replies at 10:20: its own row of that minute.
+    # Another worker's two replies at 10:20: a row of its own for that minute.
     with services.db.transaction() as session:
         minute = caps.minute_of(SINCE + timedelta(minutes=20))
         session.add(AutoReplyMinute(minute=minute, shard=1, count=2))
@@ -65,7 +65,7 @@ def test_the_total_cap_counts_the_hour_to_the_second_and_every_process(
     assert counted == 4 + 2
 
 
-def test_a_processs_old_minutes_are_forgotten_as_it_counts(services: Services) -> None:
+def test_a_counters_old_minutes_are_forgotten_as_it_counts(services: Services) -> None:
     queue_automatic(services, SINCE, "old@customer.test")
     queue_automatic(services, SINCE + timedelta(hours=3), "new@customer.test")
     with services.db.reading() as session:
@@ -73,8 +73,8 @@ def test_a_processs_old_minutes_are_forgotten_as_it_counts(services: Services) -
     assert minutes == [caps.minute_of(SINCE + timedelta(hours=3))]
 
 
-def test_the_purge_forgets_the_minutes_of_processes_that_ended(services: Services) -> None:
-    """A process forgets its own old minutes as it counts; those of a process that ended
+def test_the_purge_forgets_the_minutes_of_threads_that_ended(services: Services) -> None:
+    """A thread forgets its own old minutes as it counts; those of a thread that ended
     go at the hourly purge, three hours on, and the last hour's stay."""
     now = SINCE + timedelta(hours=5)
     with services.db.transaction() as session:
