@@ -135,8 +135,9 @@ async def in_db(work: Callable[[], T]) -> T:
 
 
 # A password check or a new password's hash (argon2id) takes 64 MiB and tens of
-# milliseconds of CPU. On the default executor six ran at once: a burst of logins, from
-# anyone, put 384 MiB in serve, the process that takes the mail, and kept its threads.
+# milliseconds of CPU. On the default executor six run at once: 12 guesses at once,
+# from anyone, put serve (the process that takes the mail) at 475 MB and kept its
+# threads (`bench/memory.py --serve --logins 12`; one at a time: 155 MB).
 _PASSWORD_WORK = ThreadPoolExecutor(1, thread_name_prefix="password")
 
 
