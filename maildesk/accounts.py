@@ -115,18 +115,6 @@ class Accounts:
         self.session.execute(delete(WebSession).where(WebSession.person_id == person.id))
         return []
 
-    def login(self, email: str, password: str) -> Person | None:
-        """The person `email` and `password` log in, in this session's transaction (the web
-        checks the password outside any transaction: `check_login`)."""
-        person = self.session.scalar(select(Person).where(Person.email == email.strip().lower()))
-        stored = person.password_hash if person is not None else None
-        matches = password_matches(stored, password)  # as long without an account
-        if person is None or not matches:
-            return None
-        if stored and _hasher.check_needs_rehash(stored):
-            person.password_hash = _hasher.hash(password)
-        return person
-
     # -- organizations ---------------------------------------------------------
 
     def organization_of(self, person: Person) -> Organization | None:
