@@ -53,8 +53,12 @@ _NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS"
 
 
 def worker_command(config_path: Path, verbose: bool) -> list[str]:
-    """The command line of one child: this interpreter, this config."""
-    command = [sys.executable, "-m", "maildesk", "--config", str(config_path.resolve())]
+    """The command line of one child: this interpreter, this config, this code.
+
+    `-P`: `python -m` would put serve's working directory first on the module path,
+    so a `maildesk` folder there (a checkout, or anything written to the service's
+    directory) would be what the workers run, not what serve runs."""
+    command = [sys.executable, "-P", "-m", "maildesk", "--config", str(config_path.resolve())]
     if verbose:
         command.append("-v")
     return [*command, "worker", "--under-serve"]

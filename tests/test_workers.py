@@ -249,6 +249,34 @@ def test_worker_processes_run_at_the_configured_niceness_and_serve_does_not(
         serve.kill()
 
 
+def test_a_restarted_worker_runs_the_code_serve_runs_whatever_lies_in_its_directory(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    """`python -m` puts the working directory first on the module path: a `maildesk`
+    package written there while serve runs would have been what a restarted worker
+    ran (here it would only exit, and the mail would wait for good)."""
+    values = json.loads(json.dumps(config_values))
+    values["workers"] = {"count": 1}
+    path, settings = initialized(values, tmp_path)
+    serve = DaemonProcess(path, tmp_path / "serve.log", settings).start()
+    try:
+        assert serve.proc is not None and serve.config_path.parent == tmp_path  # its cwd
+        wait_for(lambda: "ready: processing and sending" in serve.log_path.read_text())
+        planted = tmp_path / "maildesk"
+        planted.mkdir()
+        (planted / "__init__.py").write_text("open(__file__ + '.ran', 'w').close()\n")
+        (planted / "__main__.py").write_text("")
+        (first,) = children(serve.proc.pid)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: children(serve.proc.pid) - {first}, timeout=30)
+        send(settings, "Answered by the restarted worker")
+        subject = Outbox(tmp_path / "outbox").wait(1)[0]["Subject"]
+        assert subject == "[#1] Answered by the restarted worker"
+        assert not (planted / "__init__.py.ran").exists()
+    finally:
+        serve.kill()
+
+
 def scrape(serve: DaemonProcess) -> str:
     web = serve.settings.web
     with urllib.request.urlopen(f"http://{web.host}:{web.port}/metrics", timeout=10) as response:
