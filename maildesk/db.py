@@ -42,12 +42,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from maildesk import logs
 
 log = logging.getLogger("maildesk.db")
 
@@ -350,8 +352,10 @@ class Database:
             with self._sessions() as session, session.begin():
                 yield session
             return
-        with self._writers.turn(urgent), self._sessions() as session, session.begin():
-            yield session
+        # Log lines are written once the lock is let go (logs.held).
+        with logs.held(), self._writers.turn(urgent), self._sessions() as session:
+            with session.begin():
+                yield session
 
     @contextmanager
     def writing(self, urgent: bool = False) -> Iterator[Connection]:
@@ -362,13 +366,18 @@ class Database:
             with self.engine.begin() as connection:
                 yield connection
             return
-        with self._writers.turn(urgent), self.engine.begin() as connection:
+        with logs.held(), self._writers.turn(urgent), self.engine.begin() as connection:
             yield connection
 
-    def turn(self, urgent: bool = False) -> AbstractContextManager[None]:
+    @contextmanager
+    def turn(self, urgent: bool = False) -> Iterator[None]:
         """This process's turn to write (SQLite's writer order, as `transaction()` takes
         it), for a writer that runs its transaction on a connection of its own."""
-        return self._writers.turn(urgent) if self._writers is not None else nullcontext()
+        if self._writers is None:
+            yield
+            return
+        with logs.held(), self._writers.turn(urgent):
+            yield
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

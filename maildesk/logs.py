@@ -16,6 +16,13 @@ Decides three things:
 Context: `extra={"ticket": 42}` on one call, or `with log_context(inbound_id=7):`
 around a piece of work (a contextvar, so it follows the asyncio task and does not
 leak into the next one). Known fields: `CONTEXT_FIELDS`.
+
+When: a thread inside `held()` (a write transaction on SQLite, `db.py`) keeps its
+records until the block ends, then writes them in order. Redacting, encoding and
+writing a line cost a tenth of a processing transaction, all of it while SQLite's
+one write lock was held, and a stream that blocks (a journal that pushes back)
+stalled every writer. The price: a process killed inside the block loses the lines
+of a transaction that did not commit either.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -219,6 +227,65 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
+# Records one `held()` block keeps at most: then they are written, in order, and it
+# keeps the next ones. A transaction that logs without end holds no more memory.
+MOST_HELD = 1000
+
+_holding = threading.local()
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """This thread's records are written when the block ends (however it ends), not
+    while it runs. Nested blocks: the outermost one writes."""
+    if getattr(_holding, "records", None) is not None:
+        yield
+        return
+    records: list[tuple[logging.Handler, logging.LogRecord]] = []
+    _holding.records = records
+    try:
+        yield
+    finally:
+        _holding.records = None
+        _write(records)
+
+
+def _write(records: list[tuple[logging.Handler, logging.LogRecord]]) -> None:
+    for handler, record in records:
+        handler.handle(record)
+    records.clear()
+
+
+class _HoldingHandler(logging.Handler):
+    """Writes through `inner`, unless this thread is in a `held()` block. A record kept
+    for later is finished now: its message formatted (its arguments may change or
+    belong to a closed session by then) and the context of the moment copied in."""
+
+    def __init__(self, inner: logging.Handler) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        records: list[tuple[logging.Handler, logging.LogRecord]] | None = getattr(
+            _holding, "records", None
+        )
+        if records is None:
+            return bool(self.inner.handle(record))
+        if len(records) >= MOST_HELD:
+            _write(records)
+        record.msg, record.args = record.getMessage(), None
+        for name, value in (_context.get() or {}).items():
+            record.__dict__.setdefault(name, value)
+        records.append((self.inner, record))
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.inner.emit(record)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
     """Send every log record to `stream` (stderr) in the shape above, at `level` and worse."""
     stream = stream or sys.stderr
@@ -227,7 +294,7 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+    root.addHandler(_HoldingHandler(handler))
     set_level(level)
 
 

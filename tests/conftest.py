@@ -10,6 +10,7 @@ import asyncio
 import email
 import email.policy
 import json
+import logging
 import os
 import smtplib
 import socket
@@ -279,3 +280,13 @@ def make_mail(
         msg[name.replace("_", "-")] = value
     msg.set_content(body)
     return msg.as_bytes(policy=email.policy.SMTP)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The root logger's handlers and level as they were (for tests that `logs.configure`)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

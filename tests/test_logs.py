@@ -9,21 +9,11 @@ import logging
 import os
 import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from maildesk import logs
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_json_lines_off_a_terminal_with_context_and_the_traceback_inside(
@@ -138,3 +128,40 @@ def test_a_terminal_gets_a_readable_line(restore_logging: None) -> None:
     logging.getLogger("maildesk.outbox").warning("deferred", extra={"outbox_id": 5})
     line = stream.getvalue().strip()
     assert line.endswith("WARNING maildesk.outbox: deferred  outbox_id=5")
+
+
+def test_lines_held_in_a_block_come_out_at_its_end_in_order_with_their_context(
+    restore_logging: None,
+) -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    log = logging.getLogger("maildesk.pipeline")
+    count = [1]
+    with pytest.raises(RuntimeError), logs.held():
+        for inbound in (1, 2):
+            with logs.log_context(inbound_id=inbound):
+                log.info("message %d of %s", inbound, count)
+        count[0] = 99  # the line says what held when it was logged
+        with logs.held():  # nested: the outer block writes
+            log.warning("inner")
+        assert stream.getvalue() == ""
+        raise RuntimeError("the transaction failed")  # its lines are written all the same
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["msg"], line.get("inbound_id")) for line in lines] == [
+        ("message 1 of [1]", 1),
+        ("message 2 of [1]", 2),
+        ("inner", None),
+    ]
+
+
+def test_a_block_that_logs_without_end_holds_a_bounded_number_of_lines(
+    restore_logging: None,
+) -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    with logs.held():
+        for n in range(logs.MOST_HELD + 5):
+            logging.getLogger("maildesk.test").info("line %d", n)
+        assert len(stream.getvalue().splitlines()) == logs.MOST_HELD  # written at the cap
+    lines = [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
+    assert lines == [f"line {n}" for n in range(logs.MOST_HELD + 5)]

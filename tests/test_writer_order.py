@@ -9,13 +9,18 @@ file stand for serve and two worker processes here, without sleeps.
 from __future__ import annotations
 
 import fcntl
+import io
+import json
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from maildesk import logs
 from maildesk.db import Database
 from tests.conftest import PG_URL, wait_for
 
@@ -111,3 +116,55 @@ def test_a_250_goes_ahead_of_a_process_that_queued_for_the_writer_before_it(
     writers.write(serve, True, "250")
     wait_for(worker.urgent_waiting, 10, "the group commit to wait")
     assert writers.finish() == ["250", "processing"]
+
+
+class StuckStream(io.StringIO):
+    """A log stream that blocks its writer until `release` (a journal pushing back)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = threading.Event()
+        self.released = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.writing.set()
+        self.released.wait(30)
+        return super().write(text)
+
+
+def test_a_log_stream_that_blocks_does_not_hold_the_write_lock(
+    databases: list[Database], restore_logging: None
+) -> None:
+    """A writer logs inside its transaction; its line goes out after the commit, so a
+    stuck stream holds that thread, not the other writers."""
+    first, second, _ = databases
+    stream = StuckStream()
+    logs.configure("info", stream)
+    with first.transaction() as session:
+        session.execute(text("CREATE TABLE notes (n INTEGER)"))
+
+    def logging_writer() -> None:
+        with logs.log_context(inbound_id=7), first.transaction() as session:
+            session.execute(text("INSERT INTO notes VALUES (1)"))
+            logging.getLogger("maildesk.pipeline").info("inbound %d -> ticket %d", 7, 1)
+
+    stuck = threading.Thread(target=logging_writer)
+    stuck.start()
+    assert stream.writing.wait(10)  # its line is being written, and blocks
+    try:
+        other = threading.Thread(target=lambda: _insert(second, 2))
+        other.start()
+        other.join(10)
+        assert not other.is_alive()  # got the lock while the stream was stuck
+        with second.reading() as session:
+            assert session.scalars(text("SELECT n FROM notes ORDER BY n")).all() == [1, 2]
+    finally:
+        stream.released.set()
+        stuck.join(10)
+    line = json.loads(stream.getvalue())
+    assert (line["msg"], line["inbound_id"]) == ("inbound 7 -> ticket 1", 7)
+
+
+def _insert(db: Database, n: int) -> None:
+    with db.transaction() as session:
+        session.execute(text("INSERT INTO notes VALUES (:n)"), {"n": n})
