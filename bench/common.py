@@ -343,7 +343,9 @@ class CpuWatch:
 
 def code_fingerprint() -> str:
     """A short hash of the maildesk sources measured (the tree may have uncommitted changes)."""
-    package = Path(__file__).resolve().parent.parent / "maildesk"
+    import maildesk  # the package measured: PYTHONPATH may name another tree than this one
+
+    package = Path(maildesk.__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())

@@ -67,6 +67,7 @@ from typing import Any
 
 import common
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from locktrace import sitecustomize as locktrace
 
 KINDS = ("null", "fsync", "sqlite", "maildesk")
 DEFAULT_KINDS = ("null", "fsync", "maildesk")
@@ -328,15 +329,23 @@ def maildesk_daemon(
     log: Path,
     workers: dict[str, Any] | None = None,
     sign: bool = False,
+    lock_trace: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     config = common.write_config(folder, smtp_port, web_port, workers, sign)
     common.run_maildesk(config, "init", log=log)
+    env = dict(os.environ)
+    if lock_trace is not None:  # serve and its workers load bench/locktrace/sitecustomize.py
+        lock_trace.mkdir()
+        tracer = str(Path(__file__).resolve().parent / "locktrace")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (tracer, env.get("PYTHONPATH"))))
+        env["MAILDESK_LOCK_TRACE"] = str(lock_trace)
     with ExitStack() as stack:
         out = stack.enter_context(log.open("ab"))
         proc = subprocess.Popen(
             [*common.maildesk_command(), "--config", str(config), "serve"],
             stdout=out,
             stderr=out,
+            env=env,
         )
         stack.callback(common.stop_process, proc)
         try:
@@ -473,6 +482,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     accepted: dict[str, ClientRun] = {}
     cpu: dict[str, ServerCpu] = {}
     figures: MaildeskFigures | None = None
+    locks: str | None = None
     for kind in kinds:
         folder = workdir / kind
         folder.mkdir()
@@ -481,7 +491,10 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
             smtp_port, web_port = common.free_port(), common.free_port()
             log = folder / "maildesk.log"
             workers = {} if args.workers_nice is None else {"nice": args.workers_nice}
-            with maildesk_daemon(folder, smtp_port, web_port, log, workers, args.sign) as proc:
+            trace = folder / "locktrace" if args.lock_trace else None
+            with maildesk_daemon(
+                folder, smtp_port, web_port, log, workers, args.sign, trace
+            ) as proc:
                 print(f"   daemon pid {proc.pid}, log {log}", file=sys.stderr, flush=True)
                 # Profiled while SMTP is loaded only: the drain after it would add
                 # serve's idle polling of /healthz by this script.
@@ -500,6 +513,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                 print(f"   accepted {accepted[kind].rate:.0f} msg/s", file=sys.stderr, flush=True)
                 wait_processed(web_port, args.messages, proc)
             figures = maildesk_figures(folder / "maildesk.db", accepted[kind], cpu[kind])
+            if trace is not None:  # written by serve and its workers as they stopped
+                locks = locktrace.summarize(trace, args.messages)
         else:
             port = common.free_port()
             with bare_server(kind, port, folder) as pid, cpu_used(pid, args.messages) as measured:
@@ -516,7 +531,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                 )
                 if stored != args.messages:
                     raise RuntimeError(f"{kind} server stored {stored} of {args.messages}")
-    report(args, workdir, accepted, cpu, figures)
+    report(args, workdir, accepted, cpu, figures, locks)
 
 
 def report(
@@ -525,6 +540,7 @@ def report(
     accepted: dict[str, ClientRun],
     cpu: dict[str, ServerCpu],
     figures: MaildeskFigures | None,
+    locks: str | None = None,
 ) -> None:
     bare = accepted.get("null")
     rows = []
@@ -574,6 +590,10 @@ def report(
             f"serve used {figures.serve_cpu} of CPU per accepted message "
             "(its workers not included)"
         )
+    if locks:
+        print()
+        print("SQLite's write locks (each file has one), per message; held - CPU: waits inside")
+        print(locks)
     print()
     print("targets:")
     if args.rate:
@@ -620,6 +640,11 @@ def main() -> None:
         "--workers-nice", type=int, help="[workers] nice of the daemon (default: its default)"
     )
     parser.add_argument("--sign", action="store_true", help="maildesk's mail DKIM-signed")
+    parser.add_argument(
+        "--lock-trace",
+        action="store_true",
+        help="who held SQLite's write lock, per message (bench/locktrace/sitecustomize.py)",
+    )
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
