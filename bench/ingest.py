@@ -490,7 +490,11 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         if kind == "maildesk":
             smtp_port, web_port = common.free_port(), common.free_port()
             log = folder / "maildesk.log"
-            workers = {} if args.workers_nice is None else {"nice": args.workers_nice}
+            workers: dict[str, Any] = {}
+            if args.workers_nice is not None:
+                workers["nice"] = args.workers_nice
+            if args.workers is not None:
+                workers["count"] = args.workers
             trace = folder / "locktrace" if args.lock_trace else None
             with maildesk_daemon(
                 folder, smtp_port, web_port, log, workers, args.sign, trace
@@ -558,6 +562,8 @@ def report(
     paced = f", client paced to {args.rate:g} msg/s" if args.rate else ""
     if args.workers_nice is not None:
         paced += f", [workers] nice = {args.workers_nice}"
+    if args.workers is not None:
+        paced += f", [workers] count = {args.workers}"
     if args.sign:
         paced += ", maildesk's mail DKIM-signed"
     print(
@@ -638,6 +644,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--workers-nice", type=int, help="[workers] nice of the daemon (default: its default)"
+    )
+    parser.add_argument(
+        "--workers", type=int, help="[workers] count of the daemon (default: the cores)"
     )
     parser.add_argument("--sign", action="store_true", help="maildesk's mail DKIM-signed")
     parser.add_argument(

@@ -27,12 +27,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NoReturn
 
 from maildesk import config
 from maildesk.config import Settings
+from maildesk.outbound.outbox import Handoff
 from maildesk.services import Services
 
 log = logging.getLogger("maildesk.worker")
@@ -47,6 +48,10 @@ CLAIM_BATCH = 32
 # its fsyncs, or an SMTP transaction), so a small claim lets every worker's sender
 # share a burst of acknowledgements instead of one sender holding a hundred.
 SEND_BATCH = 10
+# Outbox rows one processing transaction claims for this process's sender
+# (outbound/outbox.py, `Handoff`): what a transaction of 16 messages queues for a
+# desk of a few agents, so the sender keeps up without a claim of its own.
+HANDOFF_BATCH = 64
 # A drain claims new batches for at most this long, then finishes what it holds: under
 # serve's drain time (20 s, partly spent on SMTP sessions) even while other instances
 # keep storing mail, so a worker exits on its own instead of being killed mid-batch.
@@ -137,6 +142,8 @@ class Worker:
         self._stop = threading.Event()
         self._empty_queue = False
         self._claim_until = 0.0  # monotonic; while draining, no new claim after it
+        # The processing thread's transactions claim mail for the sender.
+        self._handoff = Handoff(services.clock, HANDOFF_BATCH, self._outbox.set)
         self._threads = [
             threading.Thread(target=self._process_loop, name="processing", daemon=True),
             threading.Thread(target=self._send_loop, name="sending", daemon=True),
@@ -209,18 +216,32 @@ class Worker:
         except Exception:
             log.exception("cannot open the outbound transport; nothing is sent by this worker")
             return
+        handoff = sender.handoff = self._handoff
+        self.services.processor.handoff = handoff
+        feeding = timedelta(seconds=SWEEP_SECONDS)
         try:
             while not self._stop.is_set():
                 self._outbox.clear()
+                # While processing hands mail over, what is due comes that way: wait
+                # for the next batch (woken by it) rather than claim.
+                fed = handoff.feeding(feeding)
                 try:
-                    handled = sender.send_due(SEND_BATCH)
-                    due = None if handled else sender.next_due()
+                    handled = sender.send_due(SEND_BATCH, claim=not fed)
+                    due = None if handled or fed else sender.next_due()
                 except Exception:
                     log.exception("sending failed; retrying shortly")
                     handled, due = 0, None
                 if not handled:
-                    self._outbox.wait(self._seconds_until(due))
+                    self._outbox.wait(SWEEP_SECONDS if fed else self._seconds_until(due))
         finally:
+            # Batches handed over and not sent are due again at once (one whose claim
+            # was under way as this ran runs out with its lease).
+            handoff.close()
+            while (left := handoff.take()) is not None:
+                try:
+                    sender.give_back(left)
+                except Exception:
+                    log.exception("giving back %d outbox rows failed", len(left.rows))
             sender.transport.close()
 
     def _seconds_until(self, due: datetime | None) -> float:

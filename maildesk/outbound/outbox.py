@@ -16,12 +16,18 @@ the same Message-ID twice at worst, for one message: the one window no sender
 can close without the relay's help. The Maildir transport never writes a key
 twice, so there a claimed batch is written, its folder fsynced once, and its
 rows marked in one commit (three fsyncs per message became about one).
+
+Mail the processor queues usually needs no claim of the sender's own: when this
+process's sender waits for work, the processing transaction that queued the mail
+claims it in the same commit and hands it over (`Handoff`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, cast
@@ -73,6 +79,105 @@ class Claimed:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Rows claimed together under one token, and when."""
+
+    token: str
+    rows: tuple[Claimed, ...]
+    at: datetime
+
+
+class Handoff:
+    """Outbox rows the processing transaction claims for this process's sender.
+
+    The sender's own claim is a write transaction, and on SQLite it queued for the
+    one write lock behind processing: 1.5-1.7 ms of that lock per processed message
+    (`bench/ingest.py --lock-trace`), a sixth of it. So while processing queues mail,
+    the transaction that queues it also claims due rows (`claim`, in the caller's
+    session; any due rows, not only its own) and, once committed, hands them over
+    (`put`); the sender then sends what it is handed and claims for itself only
+    when nothing was handed over for a while (`feeding`).
+
+    At most `WAITING` batches wait; while they do, processing claims no more, and
+    the sender, once it is through them, claims for itself as before (a relay that is
+    down makes it slow). A batch it reaches too late to be sure of its lease is given
+    back (`OutboxSender.send_due`), never sent on a lease that may be lost.
+    """
+
+    WAITING = 4
+
+    def __init__(self, clock: Clock, limit: int, wake: Callable[[], None]) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._batches: deque[Batch] = deque()
+        self._last: datetime | None = None  # when the last batch was handed over
+        self._closed = False
+
+    def claim(self, session: Session) -> Batch | None:
+        """In the processing transaction: due rows for the sender, unless enough batches
+        wait for it already or it stopped (None then). Handed over by `put` after the
+        commit."""
+        with self._lock:
+            if self._closed or len(self._batches) >= self.WAITING:
+                return None
+        batch = claim_due(session, self._clock.now(), self._limit)
+        return batch if batch.rows else None
+
+    def put(self, batch: Batch | None) -> None:
+        """After the commit that claimed `batch`: the sender's to send."""
+        if batch is None:
+            return
+        with self._lock:
+            self._batches.append(batch)
+            self._last = batch.at
+        self._wake()
+
+    def close(self) -> None:
+        """The sender stops: no more claims for it (`take` what was handed over)."""
+        with self._lock:
+            self._closed = True
+
+    def take(self) -> Batch | None:
+        """The oldest batch handed over and not taken yet."""
+        with self._lock:
+            return self._batches.popleft() if self._batches else None
+
+    def feeding(self, within: timedelta) -> bool:
+        """Whether a batch was handed over in the last `within`: the sender then waits
+        for the next one rather than claiming rows the processor is about to claim."""
+        with self._lock:
+            last = self._last
+        return last is not None and self._clock.now() - last < within
+
+
+def claim_due(session: Session, now: datetime, limit: int) -> Batch:
+    """Lease up to `limit` due rows under a fresh token, in `session`'s transaction."""
+    rows = session.execute(
+        leases.select_due(
+            Outbox,
+            now,
+            limit,
+            Outbox.id,
+            Outbox.message_id,
+            Outbox.sender,
+            Outbox.recipients,
+            Outbox.attempts,
+            Outbox.created_at,
+        )
+    ).all()
+    claim = leases.take(session, Outbox, [r.id for r in rows], now)
+    found = tuple(
+        Claimed(
+            r.id, r.message_id, r.sender, tuple(r.recipients), r.attempts + 1, as_utc(r.created_at)
+        )
+        for r in rows
+    )
+    return Batch(claim.token, found, now)
+
+
 class OutboxSender:
     def __init__(
         self,
@@ -89,15 +194,27 @@ class OutboxSender:
         self.settings = settings
         self.renew_every = renew_every
         self.signer = signer  # DKIM (outbound/dkim.py), applied to each attempt's bytes
+        self.handoff: Handoff | None = None  # set by a worker whose processor hands over
 
-    def send_due(self, limit: int = 100) -> int:
-        """Send every row that is due (up to `limit`); returns how many were handled.
+    def send_due(self, limit: int = 100, *, claim: bool = True) -> int:
+        """Send the batch the processor handed over, else every row that is due (up to
+        `limit`; not without `claim`); returns how many were handled.
 
         Over a transport that never delivers a key twice (the Maildir), the rows sent
         are marked in one commit at the end, after one `flush`; over SMTP, each as
         soon as the relay took it, so that a crash resends at most one message.
         """
-        token, claimed = self.claim(limit)
+        handed = self.handoff.take() if self.handoff is not None else None
+        if handed is not None and self.clock.now() - handed.at > leases.length() / 3:
+            # As old as a renewal's interval: another sender may hold these rows by now.
+            self.give_back(handed)
+            handed = None
+        if handed is not None:
+            token, claimed = handed.token, list(handed.rows)
+        elif claim:
+            token, claimed = self.claim(limit)
+        else:
+            return 0
         with leases.Keeper(self.db, Outbox, self.clock, token, self.renew_every) as keeper:
             keeper.hold([row.id for row in claimed])
             delivered: list[int] = []  # sent, not yet marked: still held
@@ -127,34 +244,15 @@ class OutboxSender:
 
     def claim(self, limit: int) -> tuple[str, list[Claimed]]:
         """Lease up to `limit` due rows under a fresh token (their bytes are loaded one by one)."""
-        now = self.clock.now()
         with self.db.transaction() as session:
-            rows = session.execute(
-                leases.select_due(
-                    Outbox,
-                    now,
-                    limit,
-                    Outbox.id,
-                    Outbox.message_id,
-                    Outbox.sender,
-                    Outbox.recipients,
-                    Outbox.attempts,
-                    Outbox.created_at,
-                )
-            ).all()
-            claim = leases.take(session, Outbox, [r.id for r in rows], now)
-        found = [
-            Claimed(
-                r.id,
-                r.message_id,
-                r.sender,
-                tuple(r.recipients),
-                r.attempts + 1,
-                as_utc(r.created_at),
-            )
-            for r in rows
-        ]
-        return claim.token, found
+            batch = claim_due(session, self.clock.now(), limit)
+        return batch.token, list(batch.rows)
+
+    def give_back(self, batch: Batch) -> None:
+        """Unclaim a batch not started (those of its rows still ours): due again now."""
+        with self.db.transaction() as session:
+            ids = [row.id for row in batch.rows]
+            leases.give_back(session, Outbox, ids, batch.token, self.clock.now())
 
     def _raw(self, outbox_id: int) -> bytes:
         with self.db.reading_connection() as connection:

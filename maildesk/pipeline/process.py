@@ -44,6 +44,7 @@ from maildesk.message import ParsedMessage, UnparseableMessage
 from maildesk.models import Inbound, Ticket
 from maildesk.outbound.caps import caps_reached
 from maildesk.outbound.notify import InReplyTo
+from maildesk.outbound.outbox import Handoff
 from maildesk.pipeline.agent_mail import AgentFlow, AgentMail
 from maildesk.pipeline.authenticity import identify
 from maildesk.pipeline.bounces import record_bounce
@@ -161,6 +162,9 @@ class Processor:
         # (`_write`); messages that failed in the database stages, counted.
         self._careful = False
         self._stage_failures = 0
+        # This process's sender, when a worker runs both: the transaction that queues
+        # mail also claims due mail for it (outbound/outbox.py, `Handoff`).
+        self.handoff: Handoff | None = None
 
         limits = settings.limits
         self.limits = Limits(
@@ -319,6 +323,8 @@ class Processor:
             try:
                 with self.db.transaction() as session:
                     written, queued_now = self._write_some(session, left, token, careful, failed)
+                    handoff = self.handoff
+                    handed = handoff.claim(session) if handoff and queued_now else None
             except _FailedInGroup as failure:
                 log.info(
                     "inbound %d failed among %d messages in one transaction; "
@@ -331,6 +337,8 @@ class Processor:
             # After a failure the next messages go in savepoints until some pass without
             # one: a flood of failing mail (a backscatter storm) is not written twice.
             self._careful = careful and (failed is not None or self._stage_failures > failures)
+            if handoff is not None:
+                handoff.put(handed)
             queued += queued_now
             left, failed = left[written:], None
         keeper.drop([work.id for work in group])

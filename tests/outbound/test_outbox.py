@@ -11,6 +11,7 @@ import email
 import email.policy
 import json
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,14 +21,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from maildesk.cli import main
 from maildesk.clock import ManualClock, as_utc
+from maildesk.db import Database
 from maildesk.models import Outbox
-from maildesk.outbound.outbox import LEASE, OutboxSender, retry
+from maildesk.outbound.outbox import LEASE, Handoff, OutboxSender, retry
 from maildesk.outbound.transport import Transport, open_transport
 from maildesk.services import Services
-from tests.conftest import make_mail
+from tests.conftest import PG_URL, make_mail, wait_for
 from tests.helpers import outbox_rows, receive
 from tests.smtp_sink import SmtpSink, closed_port
 
@@ -439,3 +442,76 @@ def test_a_customer_named_surname_comma_given_name_is_acknowledged(
     [got] = sink.messages
     assert got.rcpt_tos == ("jan.novak@customer.test",)
     assert parse(got.content)["To"].addresses[0].display_name == "Novák, Jan"
+
+
+# --- mail handed over by the processing transaction ------------------------------------
+
+
+def handing_over(services: Services, clock: ManualClock, url: str) -> tuple[OutboxSender, Handoff]:
+    """A sender and the processor of `services` joined as a worker joins them."""
+    sender = sender_to(services, clock, url)
+    handoff = Handoff(clock, 64, wake=lambda: None)
+    sender.handoff = services.processor.handoff = handoff
+    return sender, handoff
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="SQLite's one write lock")
+def test_an_acknowledgement_goes_out_while_another_writer_holds_the_database(
+    services: Services, clock: ManualClock
+) -> None:
+    """The processing transaction claimed it: sending it needs no write of the sender's
+    own, only marking it sent does (after the other writer let go)."""
+    sender, handoff = handing_over(services, clock, maildir_url(services))
+    [queued] = queue_acknowledgements(services, 1)
+    other = Database(services.db.url)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with other.transaction():
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        sending = threading.Thread(target=sender.send_due, kwargs={"claim": False})
+        sending.start()
+        [delivered] = wait_for(lambda: maildir_files(services), what="the acknowledgement")
+        assert str(parse(delivered.read_bytes())["Message-ID"]) == f"<{queued.message_id}>"
+        with services.db.reading() as session:  # a read: it does not wait for the lock
+            state = session.scalar(select(Outbox.state).where(Outbox.id == queued.id))
+        assert state == "pending"  # its mark waits for the other writer
+    finally:
+        release.set()
+        holder.join(10)
+        other.dispose()
+    sending.join(10)
+    assert row(services, queued.id).state == "sent"
+    assert handoff.take() is None
+
+
+def test_a_handed_over_batch_reached_after_its_lease_is_not_sent_again(
+    services: Services, clock: ManualClock, sink: SmtpSink
+) -> None:
+    """The sender was busy for a lease: another sender claimed the rows and sent them."""
+    late, _handoff = handing_over(services, clock, sink.url)
+    [queued] = queue_acknowledgements(services, 1)  # claimed for `late`, in that commit
+    clock.advance(LEASE)
+    other = sender_to(services, clock, sink.url)
+    assert other.send_due() == 1
+    assert late.send_due() == 0  # given back, and nothing is due
+    assert message_ids([m.content for m in sink.messages]) == {queued.message_id: 1}
+    assert row(services, queued.id).state == "sent"
+
+
+def test_a_handed_over_batch_past_a_renewal_is_given_back_and_sent_once(
+    services: Services, clock: ManualClock, sink: SmtpSink
+) -> None:
+    late, _handoff = handing_over(services, clock, sink.url)
+    [queued] = queue_acknowledgements(services, 1)
+    clock.advance(LEASE / 3 + timedelta(seconds=1))
+    assert late.send_due(claim=False) == 0  # not sent on a lease it may have lost
+    assert row(services, queued.id).attempts == 0  # given back: the claim did not count
+    assert late.send_due() == 1
+    assert message_ids([m.content for m in sink.messages]) == {queued.message_id: 1}
