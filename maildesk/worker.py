@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -218,13 +218,13 @@ class Worker:
             return
         handoff = sender.handoff = self._handoff
         self.services.processor.handoff = handoff
-        feeding = timedelta(seconds=SWEEP_SECONDS)
         try:
             while not self._stop.is_set():
                 self._outbox.clear()
                 # While processing hands mail over, what is due comes that way: wait
-                # for the next batch (woken by it) rather than claim.
-                fed = handoff.feeding(feeding)
+                # for the next batch (woken by it) rather than claim, for a sweep's
+                # time after the last one at most.
+                fed = handoff.feeding(SWEEP_SECONDS)
                 try:
                     handled = sender.send_due(SEND_BATCH, claim=not fed)
                     due = None if handled or fed else sender.next_due()
@@ -232,7 +232,7 @@ class Worker:
                     log.exception("sending failed; retrying shortly")
                     handled, due = 0, None
                 if not handled:
-                    self._outbox.wait(SWEEP_SECONDS if fed else self._seconds_until(due))
+                    self._outbox.wait(fed or self._seconds_until(due))
         finally:
             # Batches handed over and not sent are due again at once (one whose claim
             # was under way as this ran runs out with its lease).

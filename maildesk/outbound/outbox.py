@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,7 +114,9 @@ class Handoff:
         self._wake = wake
         self._lock = threading.Lock()
         self._batches: deque[Batch] = deque()
-        self._last: datetime | None = None  # when the last batch was handed over
+        # When the last batch was handed over, in the process's own time (monotonic):
+        # how long the sender waits is the scheduler's business, not the desk's clock.
+        self._last: float | None = None
         self._closed = False
 
     def claim(self, session: Session) -> Batch | None:
@@ -132,7 +135,7 @@ class Handoff:
             return
         with self._lock:
             self._batches.append(batch)
-            self._last = batch.at
+            self._last = time.monotonic()
         self._wake()
 
     def close(self) -> None:
@@ -145,12 +148,13 @@ class Handoff:
         with self._lock:
             return self._batches.popleft() if self._batches else None
 
-    def feeding(self, within: timedelta) -> bool:
-        """Whether a batch was handed over in the last `within`: the sender then waits
-        for the next one rather than claiming rows the processor is about to claim."""
+    def feeding(self, within: float) -> float:
+        """Seconds left until `within` seconds have passed since the last batch was
+        handed over (0: none lately). Meanwhile the sender waits for the next batch
+        rather than claim rows the processor is about to claim."""
         with self._lock:
             last = self._last
-        return last is not None and self._clock.now() - last < within
+        return 0.0 if last is None else max(last + within - time.monotonic(), 0.0)
 
 
 def claim_due(session: Session, now: datetime, limit: int) -> Batch:
