@@ -17,9 +17,9 @@ can close without the relay's help. The Maildir transport never writes a key
 twice, so there a claimed batch is written, its folder fsynced once, and its
 rows marked in one commit (three fsyncs per message became about one).
 
-Mail the processor queues usually needs no claim of the sender's own: when this
-process's sender waits for work, the processing transaction that queued the mail
-claims it in the same commit and hands it over (`Handoff`).
+Mail the processor queues usually needs no claim of the sender's own: the
+processing transaction that queues it also claims due rows, in the same commit,
+and hands them to its process's sender (`Handoff`).
 """
 
 from __future__ import annotations
