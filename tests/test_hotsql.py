@@ -125,3 +125,37 @@ def test_the_engines_cursor_listeners_see_hot_statements(services: Services) -> 
         event.remove(services.db.engine, "before_cursor_execute", listener)
     ours = [(sql.split()[0], many) for sql, many in seen if "outbox" in sql or "people" in sql]
     assert ours == [("INSERT", False), ("INSERT", True), ("SELECT", False)]
+
+
+def test_a_known_sender_is_looked_up_without_the_orm_and_acts_as_loaded(
+    services: Services,
+) -> None:
+    """`Tickets.person` reads a known person on the driver's cursor (every processed
+    message looks up its sender), yet what it returns is the session's Person: its
+    dates load when read, a change is saved, and one lookup in a transaction is the
+    object a second one returns."""
+    from sqlalchemy.orm import Session
+
+    from maildesk.tickets.service import Tickets
+
+    with services.db.transaction() as session:
+        Tickets(session).person("Alice@Customer.test", "", WHEN).language = "cs"
+    orm_statements: list[str] = []
+
+    def note(state: Any) -> None:
+        orm_statements.append(str(state.statement))
+
+    event.listen(Session, "do_orm_execute", note)
+    try:
+        with services.db.transaction() as session:
+            tickets = Tickets(session)
+            alice = tickets.person("alice@customer.test", "Alice Nováková", WHEN)
+            assert orm_statements == []
+            assert (alice.email, alice.language) == ("alice@customer.test", "cs")
+            assert alice.created_at.replace(tzinfo=UTC) == WHEN  # loaded when read
+            assert tickets.person("ALICE@customer.test", "", WHEN) is alice
+    finally:
+        event.remove(Session, "do_orm_execute", note)
+    with services.db.transaction() as session:
+        stored = session.scalars(select(Person).where(Person.email == "alice@customer.test"))
+        assert [(p.name, p.language) for p in stored] == [("Alice Nováková", "cs")]
