@@ -9,11 +9,13 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import Table, bindparam, event, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from maildesk.hotsql import Hot
 from maildesk.models import Outbox, Person
 from maildesk.services import Services
 from maildesk.states import OutboxState
+from maildesk.tickets.service import Tickets
 
 OUTBOX = cast(Table, Outbox.__table__)
 WHEN = datetime(2026, 11, 30, 9, 15, 42, 123456, tzinfo=UTC)
@@ -134,10 +136,6 @@ def test_a_known_sender_is_looked_up_without_the_orm_and_acts_as_loaded(
     message looks up its sender), yet what it returns is the session's Person: its
     dates load when read, a change is saved, and one lookup in a transaction is the
     object a second one returns."""
-    from sqlalchemy.orm import Session
-
-    from maildesk.tickets.service import Tickets
-
     with services.db.transaction() as session:
         Tickets(session).person("Alice@Customer.test", "", WHEN).language = "cs"
     orm_statements: list[str] = []
