@@ -14,11 +14,11 @@ The engine's `before_cursor_execute` listeners still see each statement (a
 benchmark counting statements, `bench/threading_lookup.py` explaining them),
 with no execution context; without a listener that costs one attribute test.
 
-What such a statement may be: no expanding IN, no result columns that need
-processing (dates, JSON): a select reads integers and strings, an insert
-returns its key. A parameter the statement needs and the caller left out is
-an error here, never a default filled in: `Hot` does not run Python-side
-column defaults.
+What such a statement may be: no expanding IN. Result columns pass through
+the result processors SQLAlchemy would apply (SQLite's text to dates); a row
+of integers and strings costs no more than the driver's. A parameter the
+statement needs and the caller left out is an error here, never a default
+filled in: `Hot` does not run Python-side column defaults.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Hot:
         """The first row the statement returns, None if none."""
         form = self._form(connection, tuple(params))
         row = _execute(connection, form.sql, form.parameters(params), fetch=True)
-        return None if row is None else tuple(row)
+        return None if row is None else form.result(row)
 
     def scalar(self, connection: Connection, params: Mapping[str, Any]) -> Any:
         """The first column of the first row the statement returns; None without a row."""
@@ -118,12 +118,25 @@ class _Form:
             (name, binds[name].type.dialect_impl(dialect).bind_processor(dialect))
             for name in self.names
         ]
+        results = [
+            entry.type.dialect_impl(dialect).result_processor(dialect, None)
+            for entry in compiled._result_columns
+        ]
+        self.results = results if any(results) else None
         # The statement's own values (a LIMIT 1, a literal in a WHERE clause).
         self.fixed = {
             name: bind.value
             for name, bind in binds.items()
             if name not in keys and not bind.required
         }
+
+    def result(self, row: Sequence[Any]) -> tuple[Any, ...]:
+        if self.results is None:
+            return tuple(row)
+        return tuple(
+            value if process is None or value is None else process(value)
+            for process, value in zip(self.results, row, strict=True)
+        )
 
     def parameters(self, given: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
         values = {**self.fixed, **given} if self.fixed else given

@@ -129,15 +129,36 @@ def test_the_engines_cursor_listeners_see_hot_statements(services: Services) -> 
     assert ours == [("INSERT", False), ("INSERT", True), ("SELECT", False)]
 
 
+def test_a_hot_select_reads_what_sqlalchemy_reads(services: Services) -> None:
+    """Dates, JSON lists and enum states read on the driver's cursor come back as the
+    ORM's own select returns them, a NULL stays None."""
+    columns = (OUTBOX.c.next_attempt_at, OUTBOX.c.created_at, OUTBOX.c.recipients)
+    columns += (OUTBOX.c.state, OUTBOX.c.ticket_id, OUTBOX.c.message_id)
+    hot = Hot(select(*columns).where(OUTBOX.c.message_id == bindparam("mid")))
+    with services.db.transaction() as session:
+        session.connection().execute(insert(OUTBOX), outbox_values("core@example.test"))
+    with services.db.transaction() as session:
+        read = hot.first(session.connection(), {"mid": "core@example.test"})
+        expected = session.execute(select(*columns)).one()
+    assert read == tuple(expected)
+    assert read is not None
+    assert read[0].replace(tzinfo=UTC) == WHEN
+    assert read[2] == ["alice@customer.test", "bob@customer.test"]
+    assert (read[3], read[4]) == (OutboxState.PENDING, None)
+
+
 def test_a_known_sender_is_looked_up_without_the_orm_and_acts_as_loaded(
     services: Services,
 ) -> None:
     """`Tickets.person` reads a known person on the driver's cursor (every processed
     message looks up its sender), yet what it returns is the session's Person: its
-    dates load when read, a change is saved, and one lookup in a transaction is the
-    object a second one returns."""
+    creation date loads when read, a change is saved, and one lookup in a transaction
+    is the object a second one returns. What an acknowledgement reads (has the person
+    an account, an invitation?) is loaded with it, dates converted as the ORM would."""
     with services.db.transaction() as session:
-        Tickets(session).person("Alice@Customer.test", "", WHEN).language = "cs"
+        alice = Tickets(session).person("Alice@Customer.test", "", WHEN)
+        alice.language = "cs"
+        alice.invited_at = WHEN + timedelta(minutes=5)
     orm_statements: list[str] = []
 
     def note(state: Any) -> None:
@@ -150,6 +171,10 @@ def test_a_known_sender_is_looked_up_without_the_orm_and_acts_as_loaded(
             alice = tickets.person("alice@customer.test", "Alice Nováková", WHEN)
             assert orm_statements == []
             assert (alice.email, alice.language) == ("alice@customer.test", "cs")
+            assert alice.password_hash is None
+            assert alice.invited_at is not None
+            assert alice.invited_at.replace(tzinfo=UTC) == WHEN + timedelta(minutes=5)
+            assert orm_statements == []  # no reload of the row for those
             assert alice.created_at.replace(tzinfo=UTC) == WHEN  # loaded when read
             assert tickets.person("ALICE@customer.test", "", WHEN) is alice
     finally:

@@ -71,9 +71,17 @@ _REFERENCING = Hot(
     .order_by(Message.id)
     .limit(1)
 )
-# A person's columns but its dates, which the driver's cursor would return unconverted
-# (hotsql.py): those are loaded if something reads them (`_loaded_person`).
-_PERSON_COLUMNS = ("id", "name", "language", "password_hash", "invite_hash", "session_version")
+# The person's columns a processed message reads; `created_at` loads if something
+# reads it (`_loaded_person`).
+_PERSON_COLUMNS = (
+    "id",
+    "name",
+    "language",
+    "password_hash",
+    "invite_hash",
+    "invited_at",  # the acknowledgement reads it: left out, it cost a reload of the row
+    "session_version",
+)
 _PERSON = Hot(
     select(*(getattr(Person, column) for column in _PERSON_COLUMNS)).where(
         Person.email == bindparam("email")
@@ -185,7 +193,7 @@ class Tickets:
         if held is not None:
             return cast(Person, held)
         person = Person(email=email, **dict(zip(_PERSON_COLUMNS, row, strict=True)))
-        make_transient_to_detached(person)  # the dates left out load when first read
+        make_transient_to_detached(person)  # `created_at` loads when first read
         self.session.add(person)
         return person
 
