@@ -12,9 +12,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maildesk.hotsql import Hot
-from maildesk.models import Outbox, Person
+from maildesk.models import Outbox, Person, Ticket
 from maildesk.services import Services
-from maildesk.states import OutboxState
+from maildesk.states import OutboxState, TicketStatus
+from maildesk.tickets.agents import Agents
 from maildesk.tickets.service import Tickets
 
 OUTBOX = cast(Table, Outbox.__table__)
@@ -182,3 +183,67 @@ def test_a_known_sender_is_looked_up_without_the_orm_and_acts_as_loaded(
     with services.db.transaction() as session:
         stored = session.scalars(select(Person).where(Person.email == "alice@customer.test"))
         assert [(p.name, p.language) for p in stored] == [("Alice Nováková", "cs")]
+
+
+def test_a_ticket_is_looked_up_without_the_orm_and_acts_as_loaded(services: Services) -> None:
+    """`Tickets.get` (every reply threaded by its references) reads the ticket and its
+    requester on the driver's cursor; what it returns is the session's Ticket, as
+    `session.get` returned it: every column converted, its requester and an owner the
+    session holds without a statement, an owner it does not hold loaded when read,
+    one object per ticket in a transaction, and changes saved."""
+    with services.db.transaction() as session:
+        tickets = Tickets(session)
+        alice = tickets.person("alice@customer.test", "Alice", WHEN)
+        owned, unowned = (
+            tickets.open(alice, "Owned", "cs", WHEN),
+            tickets.open(alice, "", "en", WHEN),
+        )
+        agent = Agents(session).add("agent@example.test", "Agent", WHEN)
+        owned.owner_id, owned.paid_note, owned.closed_at = agent.id, "500 CZK", WHEN
+        numbers = owned.id, unowned.id
+    with services.db.transaction() as session:
+        expected = {n: session.get(Ticket, n) for n in numbers}
+        columns = [c.key for c in Ticket.__table__.columns]
+        expected_values = {n: [getattr(t, c) for c in columns] for n, t in expected.items()}
+        expected_owner = expected[numbers[0]].owner
+        assert expected_owner is not None
+        owner_email = expected_owner.email
+    orm_statements: list[str] = []
+
+    def note(state: Any) -> None:
+        orm_statements.append(str(state.statement))
+
+    event.listen(Session, "do_orm_execute", note)
+    try:
+        with services.db.transaction() as session:
+            tickets = Tickets(session)
+            found = {n: tickets.get(n) for n in numbers}
+            unowned_ticket = found[numbers[1]]
+            assert unowned_ticket is not None
+            assert unowned_ticket.owner is None
+            assert unowned_ticket.requester.email == "alice@customer.test"
+            assert unowned_ticket.requester.invited_at is None
+            assert orm_statements == []
+            for number, ticket in found.items():
+                assert ticket is not None
+                assert [getattr(ticket, c) for c in columns] == expected_values[number]
+            owned_ticket = found[numbers[0]]
+            assert owned_ticket is not None
+            assert owned_ticket.requester is unowned_ticket.requester
+            assert orm_statements == []
+            assert owned_ticket.owner is not None
+            assert owned_ticket.owner.email == owner_email  # loaded when read
+            assert tickets.get(numbers[0]) is owned_ticket
+            assert tickets.get(10_000) is None
+            owned_ticket.status = TicketStatus.ACCEPTED
+        with services.db.transaction() as session:
+            held = Agents(session).by_email(owner_email)
+            orm_statements.clear()
+            ticket = Tickets(session).get(numbers[0])
+            assert ticket is not None and held is not None
+            assert ticket.owner is held
+            assert orm_statements == []
+    finally:
+        event.remove(Session, "do_orm_execute", note)
+    with services.db.transaction() as session:
+        assert session.get(Ticket, numbers[0]).status == TicketStatus.ACCEPTED  # type: ignore[union-attr]
