@@ -198,7 +198,9 @@ def explain(db: Database, case: Lookup) -> list[str]:
         for statement, parameters in captured:
             if not statement.lstrip().upper().startswith("SELECT"):
                 continue
-            rows = connection.exec_driver_sql(prefix + statement, parameters).all()
+            # Hot statements (hotsql.py) hand SQLite's driver a list of parameters.
+            given = tuple(parameters) if isinstance(parameters, list) else parameters
+            rows = connection.exec_driver_sql(prefix + statement, given).all()
             plans.append("\n".join(" ".join(str(v) for v in row) for row in rows))
     return plans
 

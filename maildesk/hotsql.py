@@ -48,6 +48,12 @@ class Hot:
         row = _execute(connection, form.sql, form.parameters(params), fetch=True)
         return None if row is None else form.result(row)
 
+    def all(self, connection: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row the statement returns."""
+        form = self._form(connection, tuple(params))
+        rows = _execute(connection, form.sql, form.parameters(params), fetch_all=True)
+        return [form.result(row) for row in rows]
+
     def scalar(self, connection: Connection, params: Mapping[str, Any]) -> Any:
         """The first column of the first row the statement returns; None without a row."""
         row = self.first(connection, params)
@@ -72,12 +78,18 @@ class Hot:
 
 
 def _execute(
-    connection: Connection, sql: str, parameters: Any, *, many: bool = False, fetch: bool = False
+    connection: Connection,
+    sql: str,
+    parameters: Any,
+    *,
+    many: bool = False,
+    fetch: bool = False,
+    fetch_all: bool = False,
 ) -> Any:
     """Run `sql` on a cursor of the connection's DB-API connection, in its transaction;
-    the first row with `fetch`. A driver's error is raised as SQLAlchemy raises it (an
-    IntegrityError, a DBAPIError carrying PostgreSQL's sqlstate), so callers handle
-    one kind of error whichever way their statement ran."""
+    the first row with `fetch`, every row with `fetch_all`. A driver's error is raised
+    as SQLAlchemy raises it (an IntegrityError, a DBAPIError carrying PostgreSQL's
+    sqlstate), so callers handle one kind of error whichever way their statement ran."""
     cursor = connection.connection.cursor()
     try:
         if connection._has_events or connection.engine._has_events:
@@ -87,6 +99,8 @@ def _execute(
             cursor.executemany(sql, parameters)
         else:
             cursor.execute(sql, parameters)
+        if fetch_all:
+            return cursor.fetchall()
         return cursor.fetchone() if fetch else None
     except connection.dialect.loaded_dbapi.Error as exc:
         raise DBAPIError.instance(

@@ -6,6 +6,7 @@ and takes the time from the injected clock. Nothing here knows MIME.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
+from sqlalchemy.sql.elements import BindParameter
 
 from maildesk.clock import as_utc
 from maildesk.hotsql import Hot
@@ -43,24 +45,6 @@ _INSERT_PARTICIPANT = Hot(insert(cast(Table, Participant.__table__)))
 # The lookups every processed message makes, built once; they read rows written with
 # Core on the same connection (messages and outbox rows are never ORM objects).
 _MESSAGE_EXISTS = Hot(select(Message.id).where(Message.message_id == bindparam("mid")).limit(1))
-_MINTED = select(Outbox.message_id, Outbox.ticket_id).where(
-    Outbox.message_id.in_(bindparam("ids", expanding=True)), Outbox.ticket_id.is_not(None)
-)
-_STORED = (
-    select(Message.message_id, Message.ticket_id, Message.direction)
-    .join(Ticket, Ticket.id == Message.ticket_id)
-    .join(Person, Person.id == Ticket.requester_id)
-    .where(
-        Message.message_id.in_(bindparam("ids", expanding=True)),
-        Message.kind != "bounce",
-        or_(
-            Message.direction == "out",
-            Message.proof != "",
-            Message.from_addr == bindparam("sender"),
-            Message.from_addr == Person.email,
-        ),
-    )
-)
 _REFERENCING = Hot(
     select(Message.ticket_id)
     .join(MessageRef, MessageRef.message_pk == Message.id)
@@ -121,6 +105,32 @@ _PARTICIPANTS = (
     .join(Person, Person.id == Participant.person_id)
     .where(Participant.ticket_id == bindparam("ticket_id"))
 )
+
+
+@functools.lru_cache(maxsize=256)
+def _thread_keys(count: int) -> tuple[Hot, Hot]:
+    """The two lookups of `Tickets.thread_key` for `count` ids (`id0` …), hot: an
+    expanding IN would be compiled anew for each message."""
+    ids: list[BindParameter[str]] = [bindparam(f"id{i}") for i in range(count)]
+    minted = select(Outbox.message_id, Outbox.ticket_id).where(
+        Outbox.message_id.in_(ids), Outbox.ticket_id.is_not(None)
+    )
+    stored = (
+        select(Message.message_id, Message.ticket_id, Message.direction)
+        .join(Ticket, Ticket.id == Message.ticket_id)
+        .join(Person, Person.id == Ticket.requester_id)
+        .where(
+            Message.message_id.in_(ids),
+            Message.kind != "bounce",
+            or_(
+                Message.direction == "out",
+                Message.proof != "",
+                Message.from_addr == bindparam("sender"),
+                Message.from_addr == Person.email,
+            ),
+        )
+    )
+    return Hot(minted), Hot(stored)
 
 
 @dataclass(frozen=True)
@@ -308,12 +318,13 @@ class Tickets:
         if not ids:
             return None
         found: dict[str, ThreadKey] = {}
+        minted, stored = _thread_keys(len(ids))
+        values = {f"id{i}": mid for i, mid in enumerate(ids)}
         # Mail we sent to agents is only in the outbox; replies to it thread too.
-        for mid, tid in self._rows.execute(_MINTED, {"ids": list(ids)}):
+        for mid, tid in minted.all(self._rows, values):
             if tid is not None:
                 found.setdefault(mid, ThreadKey(tid, minted=True))
-        values = {"ids": list(ids), "sender": sender.lower()}
-        for mid, tid, direction in self._rows.execute(_STORED, values):
+        for mid, tid, direction in stored.all(self._rows, {**values, "sender": sender.lower()}):
             found.setdefault(mid, ThreadKey(tid, minted=direction == "out"))
         return next((found[mid] for mid in ids if mid in found), None)
 
