@@ -67,6 +67,10 @@ LEASE = leases.LEASE
 # short hold on the write lock. Raw bytes bound the group too, so a large
 # message is written alone and never sits in memory beside many others.
 GROUP = 16
+# A claim of quiet imports (no --notify) is written in one transaction: their mail
+# queues nothing, so nobody waits on that commit, and each commit (its fsync, the
+# search index's flush) cost an import a tenth of its time in groups of 16.
+QUIET_GROUP = 100
 GROUP_BYTES = 4 * 1024 * 1024
 # Raw bytes of the messages prepared ahead at once (`[workers] prepare_ahead` of them
 # at most): one large message is prepared alone, never beside others.
@@ -196,12 +200,14 @@ class Processor:
         token = claimed.claim.token
         queued = done = 0
         vouched = self._vouched_imports([row.id for row in claimed.rows])
+        quiet = all(row.id in vouched.rows for row in claimed.rows)
+        most = QUIET_GROUP if quiet else GROUP
         with leases.Keeper(self.db, Inbound, self.clock, token) as keeper:
             keeper.hold([row.id for row in claimed.rows])
             group: list[_Work] = []
             for work in self._prepared(claimed.rows, keeper, vouched):
                 group.append(work)
-                if len(group) >= GROUP or sum(w.size for w in group) >= GROUP_BYTES:
+                if len(group) >= most or sum(w.size for w in group) >= GROUP_BYTES:
                     queued += self._write(group, token, keeper)
                     done, group = done + len(group), []
             if group:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from maildesk.inbound.store import Envelope
 from maildesk.models import Message
@@ -80,3 +80,43 @@ def test_a_flood_of_failing_mail_is_not_written_twice(
     assert inbound_row(services, good).state == "done"
     rewrites = [r for r in caplog.records if "writing them again" in r.getMessage()]
     assert len(rewrites) == 1  # 40 bounces span three groups of 16
+
+
+def messages_per_write(services: Services, source: str, notify: bool, count: int) -> list[int]:
+    """Store `count` messages from `source` and process them: how many messages each
+    committed transaction wrote, in order (each message's last statement marks its row
+    processed; seen at the driver, as the statements run)."""
+    for n in range(count):
+        raw = make_mail(sender=f"c{n}@customer.test", subject=f"Case {n}", message_id=f"<{n}@c.t>")
+        services.store.put(raw, Envelope(source, f"c{n}@customer.test", SUPPORT, notify=notify))
+    written: list[int] = [0]
+
+    def statement(_conn: object, _cursor: object, sql: str, *_: object) -> None:
+        if sql.startswith("UPDATE inbound SET") and "processed_at" in sql:
+            written[-1] += 1
+
+    def commit(_conn: object) -> None:
+        if written[-1]:
+            written.append(0)
+
+    engine = services.db.engine
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "commit", commit)
+    try:
+        while services.processor.process_pending().processed:
+            pass
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+        event.remove(engine, "commit", commit)
+    return written[:-1]
+
+
+def test_live_mail_is_written_in_short_groups_and_a_quiet_import_in_one(
+    services: Services,
+) -> None:
+    """Live mail commits every few messages: its acknowledgements go out after that
+    commit, and a 250 waiting for the write lock gets it soon. An import without
+    --notify queues no mail: a claim of it is written in one transaction."""
+    assert messages_per_write(services, "smtp", True, 40) == [16, 16, 8]
+    assert messages_per_write(services, "import", False, 40) == [40]
+    assert messages_per_write(services, "import", True, 20) == [16, 4]  # acknowledged
