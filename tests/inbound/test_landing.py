@@ -143,10 +143,15 @@ def test_a_landing_left_by_another_version_is_moved_then_made_again(
 
     again = build(spool.settings, spool.clock)
     try:
-        newer = put(again, 8)
+        raw = make_mail(message_id="<landed8@customer.test>", sender="c8@customer.test")
+        envelope = Envelope("smtp", "c8@customer.test", ("support@x.test",), peer="192.0.2.8")
+        newer = again.store.put(raw, envelope)
         assert newer > 7
         assert again.drain_inbound() == 2
         assert inbound_row(again, 7).peer == ""
+        # The mover read the older landing by its columns; the landing made again moves
+        # with all of this version's.
+        assert inbound_row(again, newer).peer == "192.0.2.8"
         assert sorted(t["requester"] for t in tickets(again)) == [
             "c8@customer.test",
             "old@customer.test",
