@@ -267,9 +267,7 @@ class InboundStore:
             with self._db.transaction() as session:
                 if move is not None:
                     self._move_landed(session, move)
-                rows = session.execute(
-                    leases.select_due(Inbound, now, limit, *_CLAIMED_COLUMNS)
-                ).all()
+                rows = leases.select_due(session, Inbound, now, limit, *_CLAIMED_COLUMNS)
                 spent = [r.id for r in rows if r.attempts >= MAX_ATTEMPTS]
                 for row_id in spent:
                     self._exhausted(session, row_id, now)

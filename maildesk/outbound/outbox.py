@@ -157,21 +157,19 @@ class Handoff:
         return 0.0 if last is None else max(last + within - time.monotonic(), 0.0)
 
 
+_CLAIMED_COLUMNS = (
+    Outbox.id,
+    Outbox.message_id,
+    Outbox.sender,
+    Outbox.recipients,
+    Outbox.attempts,
+    Outbox.created_at,
+)
+
+
 def claim_due(session: Session, now: datetime, limit: int) -> Batch:
     """Lease up to `limit` due rows under a fresh token, in `session`'s transaction."""
-    rows = session.execute(
-        leases.select_due(
-            Outbox,
-            now,
-            limit,
-            Outbox.id,
-            Outbox.message_id,
-            Outbox.sender,
-            Outbox.recipients,
-            Outbox.attempts,
-            Outbox.created_at,
-        )
-    ).all()
+    rows = leases.select_due(session, Outbox, now, limit, *_CLAIMED_COLUMNS)
     claim = leases.take(session, Outbox, [r.id for r in rows], now)
     found = tuple(
         Claimed(
