@@ -3,6 +3,8 @@ would, on SQLite and PostgreSQL, and refuse what they cannot do the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -148,6 +150,21 @@ def test_a_hot_select_reads_what_sqlalchemy_reads(services: Services) -> None:
     assert (read[3], read[4]) == (OutboxState.PENDING, None)
 
 
+@contextmanager
+def orm_statements() -> Iterator[list[str]]:
+    """The statements the ORM runs meanwhile (loads and reloads included)."""
+    seen: list[str] = []
+
+    def note(state: Any) -> None:
+        seen.append(str(state.statement))
+
+    event.listen(Session, "do_orm_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(Session, "do_orm_execute", note)
+
+
 def test_a_known_sender_is_looked_up_without_the_orm_and_acts_as_loaded(
     services: Services,
 ) -> None:
@@ -160,26 +177,18 @@ def test_a_known_sender_is_looked_up_without_the_orm_and_acts_as_loaded(
         alice = Tickets(session).person("Alice@Customer.test", "", WHEN)
         alice.language = "cs"
         alice.invited_at = WHEN + timedelta(minutes=5)
-    orm_statements: list[str] = []
-
-    def note(state: Any) -> None:
-        orm_statements.append(str(state.statement))
-
-    event.listen(Session, "do_orm_execute", note)
-    try:
+    with orm_statements() as statements:
         with services.db.transaction() as session:
             tickets = Tickets(session)
             alice = tickets.person("alice@customer.test", "Alice Nováková", WHEN)
-            assert orm_statements == []
+            assert statements == []
             assert (alice.email, alice.language) == ("alice@customer.test", "cs")
             assert alice.password_hash is None
             assert alice.invited_at is not None
             assert alice.invited_at.replace(tzinfo=UTC) == WHEN + timedelta(minutes=5)
-            assert orm_statements == []  # no reload of the row for those
+            assert statements == []  # no reload of the row for those
             assert alice.created_at.replace(tzinfo=UTC) == WHEN  # loaded when read
             assert tickets.person("ALICE@customer.test", "", WHEN) is alice
-    finally:
-        event.remove(Session, "do_orm_execute", note)
     with services.db.transaction() as session:
         stored = session.scalars(select(Person).where(Person.email == "alice@customer.test"))
         assert [(p.name, p.language) for p in stored] == [("Alice Nováková", "cs")]
@@ -208,13 +217,7 @@ def test_a_ticket_is_looked_up_without_the_orm_and_acts_as_loaded(services: Serv
         expected_owner = expected[numbers[0]].owner
         assert expected_owner is not None
         owner_email = expected_owner.email
-    orm_statements: list[str] = []
-
-    def note(state: Any) -> None:
-        orm_statements.append(str(state.statement))
-
-    event.listen(Session, "do_orm_execute", note)
-    try:
+    with orm_statements() as statements:
         with services.db.transaction() as session:
             tickets = Tickets(session)
             found = {n: tickets.get(n) for n in numbers}
@@ -223,14 +226,14 @@ def test_a_ticket_is_looked_up_without_the_orm_and_acts_as_loaded(services: Serv
             assert unowned_ticket.owner is None
             assert unowned_ticket.requester.email == "alice@customer.test"
             assert unowned_ticket.requester.invited_at is None
-            assert orm_statements == []
+            assert statements == []
             for number, ticket in found.items():
                 assert ticket is not None
                 assert [getattr(ticket, c) for c in columns] == expected_values[number]
             owned_ticket = found[numbers[0]]
             assert owned_ticket is not None
             assert owned_ticket.requester is unowned_ticket.requester
-            assert orm_statements == []
+            assert statements == []
             assert owned_ticket.owner is not None
             assert owned_ticket.owner.email == owner_email  # loaded when read
             assert tickets.get(numbers[0]) is owned_ticket
@@ -238,12 +241,10 @@ def test_a_ticket_is_looked_up_without_the_orm_and_acts_as_loaded(services: Serv
             owned_ticket.status = TicketStatus.ACCEPTED
         with services.db.transaction() as session:
             held = Agents(session).by_email(owner_email)
-            orm_statements.clear()
+            statements.clear()
             ticket = Tickets(session).get(numbers[0])
             assert ticket is not None and held is not None
             assert ticket.owner is held
-            assert orm_statements == []
-    finally:
-        event.remove(Session, "do_orm_execute", note)
+            assert statements == []
     with services.db.transaction() as session:
         assert session.get(Ticket, numbers[0]).status == TicketStatus.ACCEPTED  # type: ignore[union-attr]
