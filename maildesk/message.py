@@ -44,6 +44,10 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 # RFC 3834's auto-submitted value: [CFWS] keyword [CFWS] *(";" parameter); comments not nested.
 _KEYWORD = re.compile(r"\s*(?:\([^()]*\)\s*)*([^\s();]*)")
 _MAX_REFERENCES = 100
+# RFC 5322 names one parent; a few allow for clients that list more. The 256 KB header
+# block would otherwise hold some 30,000 ids, and every one is a threading lookup's
+# bound parameter (and, per count, a compiled statement: tickets/service.py).
+_MAX_IN_REPLY_TO = 10
 _LIST_FIELDS = (
     "List-Unsubscribe",
     "List-Post",
@@ -121,7 +125,7 @@ def thread_headers(raw: bytes) -> ThreadHeaders:
     head = raw[: end.start()] if end else raw
     msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
     seen: dict[str, None] = {}
-    in_reply_to = _ids(msg.get_all("In-Reply-To", []))
+    in_reply_to = _ids(msg.get_all("In-Reply-To", []))[:_MAX_IN_REPLY_TO]
     references = _ids(msg.get_all("References", []))[-_MAX_REFERENCES:]
     for mid in (*in_reply_to, *reversed(references)):
         seen.setdefault(mid, None)
@@ -156,7 +160,7 @@ def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
         to=_addresses(msg, "To"),
         cc=_addresses(msg, "Cc"),
         subject=subject,
-        in_reply_to=_ids(msg.get_all("In-Reply-To", [])),
+        in_reply_to=_ids(msg.get_all("In-Reply-To", []))[:_MAX_IN_REPLY_TO],
         references=_ids(msg.get_all("References", []))[-_MAX_REFERENCES:],
         text=text,
         html=html,

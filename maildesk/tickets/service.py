@@ -110,7 +110,8 @@ _PARTICIPANTS = (
 @functools.lru_cache(maxsize=256)
 def _thread_keys(count: int) -> tuple[Hot, Hot]:
     """The two lookups of `Tickets.thread_key` for `count` ids (`id0` …), hot: an
-    expanding IN would be compiled anew for each message."""
+    expanding IN would be compiled anew for each message. A message names at most
+    110 ids (message.py caps In-Reply-To and References), so at most 110 are kept."""
     ids: list[BindParameter[str]] = [bindparam(f"id{i}") for i in range(count)]
     minted = select(Outbox.message_id, Outbox.ticket_id).where(
         Outbox.message_id.in_(ids), Outbox.ticket_id.is_not(None)

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from maildesk.clock import ManualClock
 from maildesk.config import from_mapping
+from maildesk.message import parse
 from maildesk.models import Participant, Person, Ticket
 from maildesk.services import Services, build
 from maildesk.tickets.agents import Agents
@@ -240,3 +241,32 @@ def test_a_customers_cc_makes_at_most_the_capped_number_of_participants(
     # One left out is a stranger to the ticket: the subject tag does not let them in.
     receive(services, make_mail(subject="Re: [#1] me too", sender=copied[-1]))
     assert ticket(services, 1)["messages"][-1]["from"] != copied[-1]
+
+
+def test_a_reply_naming_thousands_of_parents_threads_by_its_first_few(
+    services: Services,
+) -> None:
+    """A stranger fills eight In-Reply-To fields with 9,600 Message-IDs (the guard's
+    caps allow about that many of these, three times as many shorter ones): each would
+    be a bound parameter of the threading lookups, and each count a statement compiled
+    and kept. Only the first ten are read; the parent
+    named first still threads the reply."""
+    receive(services, make_mail(message_id="<parent@customer.test>"))
+    fields = b"".join(
+        b"In-Reply-To: "
+        + b"\r\n ".join(b"<s%d.%d@stranger.test>" % (field, n) for n in range(1200))
+        + b"\r\n"
+        for field in range(8)
+    )
+    raw = make_mail(subject="Re: Printer broken", message_id="<reply@customer.test>")
+    raw = raw.replace(
+        b"Subject:", b"In-Reply-To: <parent@customer.test>\r\n" + fields + b"Subject:", 1
+    )
+    parsed = parse(raw)
+    assert len(parsed.thread_ids) == 10
+    assert parsed.thread_ids[0] == "parent@customer.test"
+
+    receive(services, raw)
+
+    [only] = tickets(services)
+    assert only["message_count"] == 3  # the mail, our acknowledgement, the reply
