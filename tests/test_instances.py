@@ -190,14 +190,25 @@ def test_instances_one_killed_and_restarted_every_250_in_one_ticket_one_ack_each
 
     wait_for(lambda: idle(instances), 300 + leases.LEASE.total_seconds(), "the queues to empty")
 
+    # Acknowledgements by the customer message they answer, before the reply below:
+    # one Message-ID each, repeated only in SMTP's window (checked at the end).
+    attempted = {mid for c in clients for mid in c.attempted}
+    answered: dict[str, Counter[str]] = defaultdict(Counter)
+    for received in relay.messages:
+        ack = parse(received.content)
+        replied = str(ack["In-Reply-To"]).strip("<>")
+        if replied in attempted:
+            answered[replied][str(ack["Message-ID"])] += 1
+
     # A reply to B for a ticket opened at A (by the acknowledgement's minted Message-ID).
     first = message_id(0, 0)  # client 0 started at A
-    [ack] = [m for m in relay.messages if first in str(parse(m.content)["In-Reply-To"])]
+    assert len(answered[first]) == 1, answered[first]
+    [first_ack] = answered[first]
     reply = make_mail(
         subject="Re: thanks",
         sender="Customer <c0.0@customer.test>",
         message_id="<multi-reply@customer.test>",
-        In_Reply_To=str(parse(ack.content)["Message-ID"]),
+        In_Reply_To=first_ack,
     )
     with smtplib.SMTP("127.0.0.1", b.settings.smtp.port, timeout=30) as smtp:
         smtp.sendmail("c0.0@customer.test", [SUPPORT], reply)
@@ -205,7 +216,6 @@ def test_instances_one_killed_and_restarted_every_250_in_one_ticket_one_ack_each
 
     tickets = export(b)
     accepted = {mid for c in clients for mid in c.accepted}
-    attempted = {mid for c in clients for mid in c.attempted}
     assert len(accepted) == CLIENTS * PER_CLIENT
     where: dict[str, list[int]] = defaultdict(list)
     for t in tickets:
@@ -229,12 +239,6 @@ def test_instances_one_killed_and_restarted_every_250_in_one_ticket_one_ack_each
     assert set(states) <= {"done", "duplicate"}, states
 
     opened = [t for t in tickets if t["messages"][0]["message_id"] in attempted]
-    acks = [parse(m.content) for m in relay.messages]
-    answered: dict[str, Counter[str]] = defaultdict(Counter)
-    for ack in acks:
-        replied = str(ack["In-Reply-To"]).strip("<>")
-        if replied in attempted:
-            answered[replied][str(ack["Message-ID"])] += 1
     assert set(answered) == {t["messages"][0]["message_id"] for t in opened}
     # One acknowledgement per ticket: never two different ones, and a repeat of the
     # same one only in SMTP's window (one message in flight at each killed sender).
