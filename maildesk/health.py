@@ -134,9 +134,11 @@ def free_disk_mb(settings: Settings) -> dict[str, int]:
 
 
 def _backlog(db: Database, now: datetime) -> Backlog:
+    """What waits, and since when: only the rows still waiting are read (a search of
+    each state index), never the history every processed and sent row leaves."""
     with db.reading() as session:
-        spool = store.counts(session, quarantined_since=now - timedelta(hours=1))
-        unsent = outbox.counts(session)
+        spool = store.counts(session, now - timedelta(hours=1), store.WAITING)
+        unsent = outbox.counts(session, outbox.WAITING)
 
     def age(moment: datetime | None) -> float:
         return max((now - moment).total_seconds(), 0.0) if moment else 0.0

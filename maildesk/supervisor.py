@@ -63,8 +63,9 @@ class Supervisor:
         from maildesk.states import InboundState, OutboxState
 
         try:
-            with self.services.db.reading() as session:
-                spool, unsent = store.counts(session), outbox.counts(session)
+            with self.services.db.reading() as session:  # every 5 s: the waiting rows only
+                spool = store.counts(session, states=store.WAITING)
+                unsent = outbox.counts(session, outbox.WAITING)
         except Exception as exc:
             return f"database unavailable ({type(exc).__name__})"
         return (

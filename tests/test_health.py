@@ -6,21 +6,30 @@ The "gone" database is a deleted SQLite file, or a dropped PostgreSQL schema.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import urllib.error
 import urllib.request
-from datetime import timedelta
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, event, insert, select, text
 
+from maildesk import health
 from maildesk.cli import main
 from maildesk.clock import ManualClock
 from maildesk.config import from_mapping
-from maildesk.models import Outbox
+from maildesk.models import Inbound, Outbox
+from maildesk.sdnotify import Notifier
+from maildesk.services import Services
+from maildesk.supervisor import Supervisor
+from maildesk.web.ops import SharedCheck
 from tests.conftest import (
     PG_URL,
     RunningDaemon,
@@ -139,3 +148,129 @@ def test_status_prints_ok_on_a_fresh_install(tmp_path: Path, config_values: dict
     result = CliRunner().invoke(main, ["--config", str(path), "status", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["status"] == "ok"
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="reads SQLite's query plans")
+def test_health_and_the_status_line_read_the_waiting_rows_never_the_history(
+    services: Services, clock: ManualClock
+) -> None:
+    """Every processed inbound row and every sent outbox row stays (the audit line, the
+    Message-IDs replies thread by), so a read of all of them grows without end: at
+    300,000 kept messages one /healthz cost 0.9-1.4 s of CPU, and the systemd status
+    line, every 5 s, as much (`bench/health.py`). Each statement of both must be a
+    search of a state index, whatever the planner's statistics say about the history."""
+    now = clock.now()
+    history = 3000
+    with services.db.transaction() as session:
+        session.execute(insert(Inbound), [_inbound(i, "done", now) for i in range(1, history)])
+        session.execute(insert(Inbound), [_inbound(history + i, "pending", now) for i in range(3)])
+        session.execute(
+            insert(Outbox),
+            [_outbox(i, "sent", now - timedelta(days=1)) for i in range(3 * history)]
+            + [_outbox(3 * history + i, "pending", now) for i in range(3)],
+        )
+        session.execute(text("ANALYZE"))  # statistics that know the history is large
+
+    statements: list[tuple[str, Any]] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(services.db.engine, "before_cursor_execute", note)
+    try:
+        result = health.check(services.settings, services.db, clock)
+        line = Supervisor(services, None, Notifier({})).status_line()
+    finally:
+        event.remove(services.db.engine, "before_cursor_execute", note)
+
+    assert (result.backlog.inbound_pending, result.backlog.outbox_pending) == (3, 3)
+    assert line == "3 pending, 0 quarantined, 3 to send"
+    plans = []
+    with services.db.engine.connect() as conn:
+        for statement, parameters in statements:
+            if "inbound" in statement or "outbox" in statement:
+                cursor = conn.connection.cursor()
+                found = cursor.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
+                plans += [row[-1] for row in found]
+    assert plans, statements
+    by_state = re.compile(
+        r"SEARCH (inbound|outbox) USING (COVERING )?INDEX ix_\w+_state_\w+ \(state=\?\)"
+    )
+    assert all(by_state.fullmatch(plan) for plan in plans if "TEMP B-TREE" not in plan), plans
+
+
+def _inbound(i: int, state: str, now: datetime) -> dict[str, Any]:
+    return {
+        "id": i,
+        "received_at": now,
+        "source": "smtp",
+        "mail_from": f"c{i}@customer.test",
+        "rcpt_to": ["support@example.test"],
+        "size": 100,
+        "digest": f"{i:064x}",
+        "state": state,
+        "processed_at": now if state != "pending" else None,
+    }
+
+
+def _outbox(i: int, state: str, created: datetime) -> dict[str, Any]:
+    return {
+        "message_id": f"md.{i}@example.test",
+        "kind": "acknowledgement",
+        "sender": "support@example.test",
+        "recipients": [f"c{i}@customer.test"],
+        "state": state,
+        "next_attempt_at": created,
+        "created_at": created,
+    }
+
+
+@pytest.mark.skipif(not PG_URL, reason="holds a PostgreSQL table lock to hang the check")
+def test_a_flood_of_healthz_on_a_hung_database_runs_one_check_not_one_per_request(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    """/healthz is public. Each request used to start its own check in the loop's
+    default executor (the portal's and the scheduled jobs' threads too): on a hung
+    database every thread of the pool ended up waiting there. Requests that arrive
+    while a check runs now share it, and each still answers within the timeout."""
+    config_values["health"] = {"database_timeout": 1}
+    settings = from_mapping(config_values, base_dir=tmp_path)
+    with running_daemon(settings, clock) as running:
+        assert get_health(running)[0] == 200
+        hang = create_engine(settings.database.url)
+        with hang.connect() as conn:
+            conn.execute(text("LOCK TABLE inbound IN ACCESS EXCLUSIVE MODE"))  # reads wait
+            with ThreadPoolExecutor(20) as pool:
+                answers = list(pool.map(lambda _: get_health(running), range(20)))
+            assert {(status, body["database"]) for status, body in answers} == {
+                (503, "unreachable")
+            }
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND query ILIKE '%FROM inbound%'"
+                )
+            ).scalar()
+            assert waiting == 1
+            conn.rollback()  # the database answers again
+        hang.dispose()
+        wait_for(lambda: get_health(running)[0] == 200, what="a healthy answer again")
+
+
+def test_requests_during_a_check_share_it_and_the_next_request_starts_a_fresh_one() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        started: list[asyncio.Future[health.Health]] = []
+
+        def start() -> asyncio.Future[health.Health]:
+            started.append(loop.create_future())
+            return started[-1]
+
+        shared = SharedCheck()
+        first, second = shared.join(start), shared.join(start)
+        assert first is second and len(started) == 1
+        first.set_result(health.Health(health.OK, (), database=True))
+        assert (await second).ok
+        assert shared.join(start) is not first and len(started) == 2
+
+    asyncio.run(scenario())

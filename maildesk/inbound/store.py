@@ -25,7 +25,6 @@ import hashlib
 import logging
 import random
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -410,10 +409,15 @@ class InboundStore:
         with self._db.transaction() as session:
             return leases.release_all(session, Inbound, self._clock.now())
 
-    def counts(self, quarantined_since: datetime | None = None) -> SpoolCounts:
-        """How many rows are in each state, and how old the backlog is (a deferred read)."""
+    def counts(
+        self,
+        quarantined_since: datetime | None = None,
+        states: Sequence[InboundState] = tuple(InboundState),
+    ) -> SpoolCounts:
+        """How many rows are in each of `states`, and how old the backlog is (a deferred
+        read)."""
         with self._db.reading() as session:
-            return counts(session, quarantined_since)
+            return counts(session, quarantined_since, states)
 
 
 def _insert_sqlite(driver: Any, dialect: Dialect, rows: Sequence[dict[str, Any]]) -> list[int]:
@@ -442,11 +446,18 @@ def _bind_processors(dialect: Dialect) -> tuple[tuple[str, Callable[[Any], Any] 
     )
 
 
+# The states of rows that wait for someone: the processor, or ops (`maildesk
+# quarantine`). Every row ever stored stays (as the audit line, retention.py), so
+# counting all states reads the whole history; these few are a search of the state
+# index. /healthz and the status line count these alone.
+WAITING = (InboundState.PENDING, InboundState.QUARANTINED)
+
+
 @dataclass(frozen=True)
 class SpoolCounts:
     """The spool at one moment: what status lines, /healthz and /metrics show."""
 
-    by_state: Counter[str]  # every InboundState, zeros included
+    by_state: dict[str, int]  # each state counted, zeros included (KeyError: not counted)
     oldest_pending: datetime | None  # when the oldest unprocessed message was received
     quarantined_since: int = 0  # quarantined after the moment `counts` was asked about
 
@@ -454,20 +465,36 @@ class SpoolCounts:
         return self.by_state[state]
 
 
-def counts(session: Session, quarantined_since: datetime | None = None) -> SpoolCounts:
-    """The spool's counts, read in `session` (callers that read more in one transaction)."""
-    found = session.execute(select(Inbound.state, func.count()).group_by(Inbound.state))
-    by_state = Counter(dict.fromkeys(map(str, InboundState), 0))
-    by_state.update({str(state): int(n) for state, n in found})
-    oldest = session.scalar(
-        select(func.min(Inbound.received_at)).where(Inbound.state == InboundState.PENDING)
-    )
-    if (file := landing.sqlite_file(str(session.get_bind().engine.url))) is not None:
+def counts(
+    session: Session,
+    quarantined_since: datetime | None = None,
+    states: Sequence[InboundState] = tuple(InboundState),
+) -> SpoolCounts:
+    """The spool's counts of `states` (default all: a read of every row ever stored;
+    `WAITING`: of the rows still waiting), read in `session` (callers that read more
+    in one transaction)."""
+    pending, oldest = session.execute(
+        select(func.count(), func.min(Inbound.received_at)).where(
+            Inbound.state == InboundState.PENDING
+        )
+    ).one()
+    file = landing.sqlite_file(str(session.get_bind().engine.url))
+    if file is not None:
         # Accepted, not yet moved into the spool: pending all the same.
         landed = landing.waiting(landing.path_of(file))
-        by_state[str(InboundState.PENDING)] += landed.count
+        pending += landed.count
         if landed.oldest is not None and (oldest is None or landed.oldest < as_utc(oldest)):
             oldest = landed.oldest
+    by_state = dict.fromkeys(map(str, states), 0)
+    if InboundState.PENDING in states:
+        by_state[InboundState.PENDING] = int(pending)
+    if rest := [state for state in states if state != InboundState.PENDING]:
+        found = session.execute(
+            select(Inbound.state, func.count())
+            .where(Inbound.state.in_(rest))
+            .group_by(Inbound.state)
+        )
+        by_state.update({str(state): int(n) for state, n in found})
     recent: int | None = 0
     if quarantined_since is not None:
         recent = session.scalar(

@@ -27,13 +27,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from maildesk import leases
@@ -365,7 +365,7 @@ class OutboxSender:
 class OutboxCounts:
     """The outbox at one moment: what status lines, /healthz and /metrics show."""
 
-    by_state: Counter[str]  # every OutboxState, zeros included
+    by_state: dict[str, int]  # each state counted, zeros included (KeyError: not counted)
     deferred: int  # pending rows that failed at least once and wait to retry
     oldest_pending: datetime | None  # when the oldest unsent row was queued
     # When the oldest unsent row that has failed was queued: failing ever since.
@@ -375,28 +375,38 @@ class OutboxCounts:
         return self.by_state[state]
 
 
-def counts(session: Session) -> OutboxCounts:
-    """The outbox's counts, read in `session` (callers that read more in one transaction)."""
-    # One labelled expression: PostgreSQL would see two different ones (each with its
-    # own bound "") in the select list and in GROUP BY.
-    failing = (Outbox.last_error != "").label("failing")
-    found = session.execute(
-        select(Outbox.state, failing, func.count()).group_by(Outbox.state, failing)
-    ).all()
-    by_state = Counter(dict.fromkeys(map(str, OutboxState), 0))
-    deferred = 0
-    for state, failed, n in found:
-        by_state[str(state)] += int(n)
-        if state == OutboxState.PENDING and failed:
-            deferred += int(n)
-    pending = Outbox.state == OutboxState.PENDING
-    oldest = session.scalar(select(func.min(Outbox.created_at)).where(pending))
-    failing_since = session.scalar(
-        select(func.min(Outbox.created_at)).where(pending, Outbox.last_error != "")
-    )
+# The rows that wait to be sent. Sent rows stay (their Message-IDs thread replies,
+# retention.py), so counting all states reads the whole history; the pending ones are
+# a search of the state index. /healthz and the status line count these alone.
+WAITING = (OutboxState.PENDING,)
+
+
+def counts(session: Session, states: Sequence[OutboxState] = tuple(OutboxState)) -> OutboxCounts:
+    """The outbox's counts of `states` (default all: a read of every row ever queued;
+    `WAITING`: of the rows still to send), read in `session` (callers that read more in
+    one transaction)."""
+    # One statement over the pending rows alone: a lone min(created_at) would walk the
+    # created_at index from the oldest row ever queued up to the first one pending.
+    failing = Outbox.last_error != ""
+    pending, deferred, oldest, failing_since = session.execute(
+        select(
+            func.count(),
+            func.count(case((failing, 1))),
+            func.min(Outbox.created_at),
+            func.min(case((failing, Outbox.created_at))),
+        ).where(Outbox.state == OutboxState.PENDING)
+    ).one()
+    by_state = dict.fromkeys(map(str, states), 0)
+    if OutboxState.PENDING in states:
+        by_state[OutboxState.PENDING] = int(pending)
+    if rest := [state for state in states if state != OutboxState.PENDING]:
+        found = session.execute(
+            select(Outbox.state, func.count()).where(Outbox.state.in_(rest)).group_by(Outbox.state)
+        )
+        by_state.update({str(state): int(n) for state, n in found})
     return OutboxCounts(
         by_state,
-        deferred,
+        int(deferred),
         as_utc(oldest) if oldest else None,
         as_utc(failing_since) if failing_since else None,
     )

@@ -53,6 +53,7 @@ def install(app: web.Application, metrics: Metrics) -> None:
     app[METRICS] = metrics
     app[CLIENTS] = ClientAddress(services.settings.web.trusted_proxies)
     app.middlewares.append(observe)
+    app[HEALTH_CHECK] = SharedCheck()
     app.router.add_get("/healthz", healthz)
     if services.settings.metrics.enabled and not services.settings.metrics.port:
         app[TOKEN] = bearer_token(services.settings.metrics)
@@ -71,6 +72,7 @@ async def start_metrics_listener(services: Services, metrics: Metrics) -> web.Ap
     app[CLIENTS] = ClientAddress(services.settings.web.trusted_proxies)
     app.middlewares.append(observe)
     app.router.add_get("/metrics", metrics_page)
+    app[HEALTH_CHECK] = SharedCheck()
     app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -124,17 +126,45 @@ def _loggable_path(request: web.Request) -> str:
     return path.encode("ascii", "backslashreplace").decode("ascii").replace(" ", "%20")
 
 
+class SharedCheck:
+    """One health check at a time, its answer shared by every request that came meanwhile.
+
+    /healthz is public and each check is database work done in a thread of the
+    loop's default executor, which the portal's pages and the scheduled jobs use too.
+    Requests that arrive while a check runs wait for that one, so a flood of them
+    keeps at most one thread busy, never the pool; and a check stuck on a hung
+    database is not started again beside itself: each request still answers within
+    `[health] database_timeout` ("unreachable"), and the next check starts once the
+    stuck one returned.
+    """
+
+    def __init__(self) -> None:
+        self._running: asyncio.Future[health.Health] | None = None
+
+    def join(
+        self, start: Callable[[], asyncio.Future[health.Health]]
+    ) -> asyncio.Future[health.Health]:
+        """The check in flight, or a new one from `start()` when none is."""
+        if self._running is None or self._running.done():
+            self._running = start()
+        return self._running
+
+
+HEALTH_CHECK = web.AppKey("health_check", SharedCheck)
+
+
 async def healthz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     loop = asyncio.get_running_loop()
     timeout = services.settings.health.database_timeout
-    try:
-        result = await asyncio.wait_for(
-            loop.run_in_executor(
-                None, health.check, services.settings, services.db, services.clock
-            ),
-            timeout,
+    running = request.app[HEALTH_CHECK].join(
+        lambda: loop.run_in_executor(
+            None, health.check, services.settings, services.db, services.clock
         )
+    )
+    try:
+        # Shielded: a request that times out or goes away leaves the check to the others.
+        result = await asyncio.wait_for(asyncio.shield(running), timeout)
     except TimeoutError:
         result = health.unreachable(f"no answer within {timeout:g} s")
     return web.json_response(result.as_json(), status=200 if result.ok else 503)
