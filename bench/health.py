@@ -5,9 +5,10 @@ Makes a database (`maildesk init` on a temp config, SQLite by default) holding
 `--history` processed inbound messages and three sent outbox rows for each (an
 acknowledgement and two agents' copies), plus `--pending` messages waiting in each
 queue, as a desk has after months of mail and during a flood. Then it times, in
-this process, `health.check` (what /healthz and `maildesk status` compute) and the
-status line `serve` sends systemd every 5 seconds, and prints the median and p95
-CPU milliseconds of each over `--repeat` calls, for each history size.
+this process, `health.check` (what /healthz and `maildesk status` compute), the
+status line `serve` sends systemd every 5 seconds and the database read of a
+/metrics scrape, and prints the median and p95 CPU milliseconds of each over
+`--repeat` calls (a quarter as many scrapes), for each history size.
 
     .venv/bin/python bench/health.py [--history 10000,100000,1000000] [--pending 1000]
         [--repeat 20] [--database-url postgresql+psycopg://…]
@@ -34,6 +35,7 @@ from sqlalchemy import create_engine, insert, text
 from maildesk import config, health
 from maildesk.clock import SystemClock
 from maildesk.db import Database
+from maildesk.metrics import DatabaseCollector
 from maildesk.models import Inbound, Outbox
 from maildesk.schema import upgrade
 from maildesk.states import InboundState, OutboxState
@@ -128,6 +130,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         stored = 0
         status = Supervisor.__new__(Supervisor)  # only its status line: no daemon around it
         status.services = type("S", (), {"db": db})()  # type: ignore[assignment]
+        metrics = DatabaseCollector(db, clock)
         for size in sizes:
             fill(db, args.pending + 1 + stored, size - stored, InboundState.DONE, now)
             stored = size
@@ -135,13 +138,15 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                 session.execute(text("ANALYZE") if db.is_sqlite else text("ANALYZE inbound"))
             check = timed(lambda: health.check(settings, db, clock), args.repeat)
             line = timed(status.status_line, args.repeat)
+            scrape = timed(lambda: list(metrics.collect()), max(args.repeat // 4, 1))
             rows.append(
                 [
                     f"{size:,}",
                     f"{args.pending:,}",
                     f"{check[0]:.1f} / {check[1]:.1f}",
                     f"{line[0]:.1f} / {line[1]:.1f}",
-                ]  # fmt: skip
+                    f"{scrape[0]:.1f} / {scrape[1]:.1f}",
+                ]
             )
         print(f"health reads on {'PostgreSQL' if args.database_url else 'SQLite'}")
         print(common.machine(workdir))
@@ -153,6 +158,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                     "waiting in each queue",
                     "health.check CPU ms (median / p95)",
                     "status line CPU ms (median / p95)",
+                    "/metrics database read CPU ms (median / p95)",
                 ],
                 rows,
             )  # fmt: skip
