@@ -19,7 +19,7 @@ import functools
 import hashlib
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
@@ -128,30 +128,30 @@ def compose_pieces(mail: OutgoingMail, body: Body | None = None) -> tuple[bytes,
     if mail.date.tzinfo is None or mail.date.utcoffset() is None:
         raise HeaderError("Date: the datetime must be timezone-aware")
     fields = [
-        ("Date", _date(mail.date.replace(microsecond=0))),
-        ("From", _addresses("From", ((mail.sender.name, mail.sender.email),))),
-        ("To", _addresses("To", tuple((a.name, a.email) for a in mail.to))),
+        ("Date", h.structured("Date", format_datetime(mail.date), _DATE)),
+        ("From", h.address_list("From", [(mail.sender.name, mail.sender.email)])),
+        ("To", h.address_list("To", [(a.name, a.email) for a in mail.to])),
     ]
     if mail.reply_to is not None:
-        reply_to = ((mail.reply_to.name, mail.reply_to.email),)
-        fields.append(("Reply-To", _addresses("Reply-To", reply_to)))
+        reply_to = [(mail.reply_to.name, mail.reply_to.email)]
+        fields.append(("Reply-To", h.address_list("Reply-To", reply_to)))
     fields += [
-        ("Subject", _unstructured("Subject", mail.subject)),
+        ("Subject", h.unstructured("Subject", mail.subject)),
         ("Message-ID", h.msg_ids("Message-ID", [mail.message_id])),
     ]
     if mail.in_reply_to is not None:
-        fields.append(("In-Reply-To", _ids("In-Reply-To", (mail.in_reply_to,))))
+        fields.append(("In-Reply-To", h.msg_ids("In-Reply-To", [mail.in_reply_to])))
     if mail.references:
-        fields.append(("References", _ids("References", mail.references)))
-    fields.append(("MIME-Version", _structured("MIME-Version", "1.0", _MIME_VERSION)))
+        fields.append(("References", h.msg_ids("References", mail.references)))
+    fields.append(("MIME-Version", h.structured("MIME-Version", "1.0", _MIME_VERSION)))
     if mail.auto_submitted is not None:
-        value = _structured("Auto-Submitted", mail.auto_submitted, _KEYWORD)
+        value = h.structured("Auto-Submitted", mail.auto_submitted, _KEYWORD)
         fields.append(("Auto-Submitted", value))
     if mail.suppress_auto_replies:
-        suppress = _structured("X-Auto-Response-Suppress", _SUPPRESS, _SUPPRESS_VALUE)
+        suppress = h.structured("X-Auto-Response-Suppress", _SUPPRESS, re.compile(_SUPPRESS))
         fields.append(("X-Auto-Response-Suppress", suppress))
     if h.clean_text(mail.thread_topic):
-        fields.append(("Thread-Topic", _unstructured("Thread-Topic", mail.thread_topic)))
+        fields.append(("Thread-Topic", h.unstructured("Thread-Topic", mail.thread_topic)))
     if mail.thread_index:
         fields.append(("Thread-Index", _thread_index_header(mail.thread_index)))
     if body is None:
@@ -162,70 +162,11 @@ def compose_pieces(mail: OutgoingMail, body: Body | None = None) -> tuple[bytes,
     return (_header_block((*fields, *content.fields)) + b"\r\n", *content.body)
 
 
-# The fields of a header block, written and checked once for all the mails that share
-# them: a notification's copies to each agent differ only in To, Reply-To and
-# Message-ID; every mail of a ticket repeats its References and Thread-Topic, every
-# mail of a second its Date. Each cache keeps the latest `_FIELDS` values of up to
-# `_CACHED_CHARS` characters (longer ones are written each time), so a stranger's
-# subjects and Message-IDs can push older entries out but hold at most a few MB.
-_FIELDS = 256
-_CACHED_CHARS = 1000
-_SUPPRESS_VALUE = re.compile(_SUPPRESS)
-
-
-def _chars(value: object) -> int:
-    if isinstance(value, str):
-        return len(value)
-    return sum(map(_chars, value)) if isinstance(value, tuple) else 0
-
-
-def _short_cached(function: Callable[..., str]) -> Callable[..., str]:
-    cached = functools.lru_cache(maxsize=_FIELDS)(function)
-
-    @functools.wraps(function)
-    def call(*args: object) -> str:
-        return cached(*args) if _chars(args) <= _CACHED_CHARS else function(*args)
-
-    return call
-
-
-@functools.lru_cache(maxsize=8)
-def _date(moment: datetime) -> str:
-    return h.structured("Date", format_datetime(moment), _DATE)
-
-
-@_short_cached
-def _addresses(name: str, mailboxes: tuple[tuple[str, str], ...]) -> str:
-    return h.address_list(name, mailboxes)
-
-
-@_short_cached
-def _unstructured(name: str, text: str) -> str:
-    return h.unstructured(name, text)
-
-
-@_short_cached
-def _ids(name: str, ids: tuple[str, ...]) -> str:
-    return h.msg_ids(name, ids)
-
-
-@_short_cached
-def _structured(name: str, value: str, grammar: re.Pattern[str]) -> str:
-    return h.structured(name, value, grammar)
-
-
 def _header_block(fields: Sequence[tuple[str, str]]) -> bytes:
-    # Defense in depth: whatever the writers above did, re-read what we produced. A
-    # block of fields that each hold exactly their own header, ending in CRLF, holds
-    # exactly those headers in that order: so each field is checked alone, once.
-    return "".join(_checked(name, rendered) for name, rendered in fields).encode("ascii")
-
-
-@_short_cached
-def _checked(name: str, rendered: str) -> str:
-    """`rendered`, once `verify_header_block` found it to be exactly one `name` field."""
-    verify_header_block(rendered.encode("ascii"), [name])
-    return rendered
+    # Defense in depth: whatever the writers above did, re-read what we produced.
+    block = "".join(rendered for _, rendered in fields).encode("ascii")
+    verify_header_block(block, [name for name, _ in fields])
+    return block
 
 
 def verify_header_block(block: bytes, expected: Sequence[str]) -> None:
