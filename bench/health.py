@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import common
-from sqlalchemy import create_engine, insert, text
+from processing import database  # an empty database: SQLite, or a PostgreSQL schema
+from sqlalchemy import insert, text
 
 from maildesk import config, health
 from maildesk.clock import SystemClock
@@ -42,24 +40,6 @@ from maildesk.states import InboundState, OutboxState
 from maildesk.supervisor import Supervisor
 
 CHUNK = 20_000
-
-
-@contextmanager
-def database(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
-    """The URL of an empty database: SQLite in `workdir`, or a fresh PostgreSQL schema."""
-    if not args.database_url:
-        yield f"sqlite:///{workdir / 'maildesk.db'}"
-        return
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(args.database_url)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{args.database_url}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def fill(db: Database, first: int, count: int, state: str, now: datetime) -> None:
