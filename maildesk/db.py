@@ -380,9 +380,15 @@ class Database:
             yield
 
     @contextmanager
-    def reading(self) -> Iterator[Session]:
-        """A session for reads only: on SQLite it neither takes nor waits for the write lock."""
+    def reading(self, snapshot: bool = False) -> Iterator[Session]:
+        """A session for reads only: on SQLite it neither takes nor waits for the write lock.
+
+        `snapshot`: every statement sees the same moment, as SQLite's reads always do;
+        PostgreSQL's default gives each statement its own (REPEATABLE READ instead).
+        """
         with self._readers() as session, session.begin():
+            if snapshot and not self.is_sqlite:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             yield session
 
     @contextmanager

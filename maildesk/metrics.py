@@ -20,10 +20,14 @@ Two sources, chosen per figure:
   serve's worker processes alive now and restarted so far. Sum these across
   instances.
 
-The latency histogram is read incrementally: each scrape looks only at rows
-from the oldest row that was still pending at the last scrape onward, and
-counts each finished row once. So it covers mail finished since this process
-started, whichever process finished it.
+Both are read incrementally, since the tables only grow. The totals (rows by
+route, outbox rows, tickets) count only the ids above those counted at earlier
+scrapes (`growing.py`); the states other than each table's final bulk (done,
+sent, closed) are few rows, counted through the state indexes, and the bulk is
+the total less them. The latency histogram looks only at rows from the oldest
+row that was still pending at the last scrape onward, and counts each finished
+row once. So it covers mail finished since this process started, whichever
+process finished it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -42,10 +46,11 @@ from sqlalchemy.orm import Session
 from maildesk import retention
 from maildesk.clock import Clock, as_utc
 from maildesk.db import Database
+from maildesk.growing import SETTLE, GrowingCount
 from maildesk.inbound import store
-from maildesk.models import Inbound, Ticket
+from maildesk.models import Inbound, Outbox, Ticket
 from maildesk.outbound import outbox
-from maildesk.states import InboundState, OutboxState
+from maildesk.states import InboundState, OutboxState, TicketStatus
 
 log = logging.getLogger("maildesk.metrics")
 
@@ -127,6 +132,11 @@ class DatabaseCollector(Collector):
             buckets=LATENCY_BUCKETS,
             registry=None,
         )
+        # Rows are never deleted: totals are counted incrementally, and each table's
+        # bulk state (done, sent, closed) is its total less the other states.
+        self._inbound = GrowingCount(Inbound.id, by=Inbound.source, settle=_settle(db))
+        self._outbox = GrowingCount(Outbox.id, settle=_settle(db))
+        self._tickets = GrowingCount(Ticket.id, settle=_settle(db))
         self._floor: int | None = None  # rows below this id are all counted
         self._counted: set[int] = set()  # finished rows at or above the floor, counted
 
@@ -147,25 +157,37 @@ class DatabaseCollector(Collector):
 
     def _read(self) -> Iterable[Metric]:
         now = self.clock.now()
-        # Reads: a scrape must never wait for, nor hold, SQLite's write lock.
-        with self.db.reading() as session:
-            by_source = session.execute(
-                select(Inbound.source, func.count()).group_by(Inbound.source)
-            ).all()
-            spool = store.counts(session)
-            unsent = outbox.counts(session)
-            tickets = session.execute(
-                select(Ticket.status, func.count()).group_by(Ticket.status)
-            ).all()
+        # Reads: a scrape must never wait for, nor hold, SQLite's write lock. One
+        # snapshot: each bulk state is a total less the other states' counts.
+        with self.db.reading(snapshot=True) as session:
+            by_source = self._inbound.read(session, now)
+            spool = store.counts(session, states=_INBOUND_COUNTED)
+            unsent = outbox.counts(session, states=_OUTBOX_COUNTED)
+            outbox_rows = self._outbox.read(session, now).get(None, 0)
+            tickets = dict(
+                session.execute(
+                    select(Ticket.status, func.count())
+                    .where(Ticket.status.in_(_TICKETS_COUNTED))
+                    .group_by(Ticket.status)
+                ).all()
+            )
+            ticket_rows = self._tickets.read(session, now).get(None, 0)
             self._scan_latency(session)
             purged_at = retention.last_finished(session)
+        spool_rows = sum(spool.by_state.values()) - spool.landed  # landed: not in the table yet
+        inbound_states = {**spool.by_state, InboundState.DONE: sum(by_source.values()) - spool_rows}
+        outbox_states = {
+            **unsent.by_state,
+            OutboxState.SENT: outbox_rows - sum(unsent.by_state.values()),
+        }
+        tickets[TicketStatus.CLOSED] = ticket_rows - sum(tickets.values())
 
         accepted = CounterMetricFamily(
             "maildesk_inbound_accepted",
             "Messages accepted (stored durably), by route: smtp, lmtp, imap, deliver, import, web.",
             labels=["source"],
         )
-        for source, count in by_source:
+        for source, count in sorted(by_source.items()):
             accepted.add_metric([source], count)
         yield accepted
 
@@ -175,8 +197,8 @@ class DatabaseCollector(Collector):
             "expired (held spam purged unreleased).",
             labels=["state"],
         )
-        for state, count in spool.by_state.items():
-            inbound.add_metric([state], count)
+        for state in InboundState:
+            inbound.add_metric([state], inbound_states[state])
         yield inbound
 
         out = GaugeMetricFamily(
@@ -187,14 +209,14 @@ class DatabaseCollector(Collector):
         )
         out.add_metric(["queued"], unsent[OutboxState.PENDING] - unsent.deferred)
         out.add_metric(["deferred"], unsent.deferred)
-        for state, count in unsent.by_state.items():
-            if state != OutboxState.PENDING:
-                out.add_metric([state], count)
+        for sent_state in OutboxState:
+            if sent_state != OutboxState.PENDING:
+                out.add_metric([sent_state], outbox_states[sent_state])
         yield out
 
         by_status = GaugeMetricFamily("maildesk_tickets", "Tickets by status.", labels=["status"])
-        for status, count in tickets:
-            by_status.add_metric([status], count)
+        for status in TicketStatus:
+            by_status.add_metric([status], tickets.get(status, 0))
         yield by_status
 
         yield _age(
@@ -257,6 +279,17 @@ class DatabaseCollector(Collector):
                 self._latency.observe(max(seconds, 0.0))
         self._floor = next_floor
         self._counted = {row_id for row_id in self._counted if row_id >= next_floor}
+
+
+# The states counted through the state index: all but the bulk of a long history.
+_INBOUND_COUNTED = tuple(state for state in InboundState if state != InboundState.DONE)
+_OUTBOX_COUNTED = tuple(state for state in OutboxState if state != OutboxState.SENT)
+_TICKETS_COUNTED = tuple(status for status in TicketStatus if status != TicketStatus.CLOSED)
+
+
+def _settle(db: Database) -> timedelta:
+    """How long an id seen may still be passed by a later commit (`growing.py`)."""
+    return timedelta(0) if db.is_sqlite else SETTLE
 
 
 def _age(name: str, documentation: str, moment: datetime | None, now: datetime) -> Metric:

@@ -460,6 +460,7 @@ class SpoolCounts:
     by_state: dict[str, int]  # each state counted, zeros included (KeyError: not counted)
     oldest_pending: datetime | None  # when the oldest unprocessed message was received
     quarantined_since: int = 0  # quarantined after the moment `counts` was asked about
+    landed: int = 0  # of the pending: accepted, not yet moved into the spool's table
 
     def __getitem__(self, state: InboundState) -> int:
         return self.by_state[state]
@@ -478,11 +479,13 @@ def counts(
             Inbound.state == InboundState.PENDING
         )
     ).one()
+    landed_count = 0
     file = landing.sqlite_file(str(session.get_bind().engine.url))
     if file is not None:
         # Accepted, not yet moved into the spool: pending all the same.
         landed = landing.waiting(landing.path_of(file))
         pending += landed.count
+        landed_count = landed.count
         if landed.oldest is not None and (oldest is None or landed.oldest < as_utc(oldest)):
             oldest = landed.oldest
     by_state = dict.fromkeys(map(str, states), 0)
@@ -503,7 +506,7 @@ def counts(
                 Inbound.processed_at > quarantined_since,
             )
         )
-    return SpoolCounts(by_state, as_utc(oldest) if oldest else None, int(recent or 0))
+    return SpoolCounts(by_state, as_utc(oldest) if oldest else None, int(recent or 0), landed_count)
 
 
 @dataclass(frozen=True)
