@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 
 from maildesk import retention
 from maildesk.clock import Clock, as_utc
-from maildesk.db import Database
+from maildesk.db import Database, rare
 from maildesk.growing import SETTLE, GrowingCount
 from maildesk.inbound import store
 from maildesk.models import Inbound, Outbox, Ticket
@@ -167,7 +167,7 @@ class DatabaseCollector(Collector):
             tickets = dict(
                 session.execute(
                     select(Ticket.status, func.count())
-                    .where(Ticket.status.in_(_TICKETS_COUNTED))
+                    .where(rare(Ticket.status.in_(_TICKETS_COUNTED)))
                     .group_by(Ticket.status)
                 ).all()
             )
@@ -250,7 +250,7 @@ class DatabaseCollector(Collector):
     def _start(self, session: Session) -> None:
         top = session.scalar(select(func.max(Inbound.id))) or 0
         first_pending = session.scalar(
-            select(func.min(Inbound.id)).where(Inbound.state == InboundState.PENDING)
+            select(func.min(Inbound.id)).where(rare(Inbound.state == InboundState.PENDING))
         )
         self._floor = first_pending if first_pending is not None else top + 1
 

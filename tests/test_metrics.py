@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import event, func, insert, select, text, update
+from sqlalchemy import event, func, insert, select, update
 
 from maildesk.clock import ManualClock
 from maildesk.config import from_mapping
@@ -40,7 +40,7 @@ from tests.conftest import (
 from tests.conftest import Outbox as OutboxSink
 from tests.helpers import inbound_row, receive, tickets
 from tests.inbound.test_smtp_limits import connect
-from tests.test_health import _inbound, _outbox
+from tests.test_health import _inbound, history_with_waiting_rows
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -268,17 +268,8 @@ def test_a_later_scrape_reads_what_arrived_since_never_the_history(
     process's first scrape, each statement of a scrape is a search: of the ids above
     what it counted already, or of a state index for the few rows not in their
     table's final state."""
-    now = clock.now()
     history = 3000
-    with services.db.transaction() as session:
-        session.execute(insert(Inbound), [_inbound(i, "done", now) for i in range(1, history)])
-        session.execute(insert(Inbound), [_inbound(history + i, "pending", now) for i in range(3)])
-        session.execute(
-            insert(Outbox),
-            [_outbox(i, "sent", now) for i in range(3 * history)]
-            + [_outbox(3 * history + i, "pending", now) for i in range(3)],
-        )
-        session.execute(text("ANALYZE"))  # statistics that know the history is large
+    history_with_waiting_rows(services, clock.now(), history)  # analysed while all were done
     collector = DatabaseCollector(services.db, clock)
     collector.start()
     collected(collector)  # the first: counts every row once

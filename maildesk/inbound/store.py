@@ -38,7 +38,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk import leases
 from maildesk.clock import Clock, as_utc
-from maildesk.db import Database
+from maildesk.db import Database, rare
 from maildesk.hotsql import Hot
 from maildesk.inbound import landing, rawbytes
 from maildesk.inbound.groupcommit import GroupCommit, Waiting
@@ -476,7 +476,7 @@ def counts(
     in one transaction)."""
     pending, oldest = session.execute(
         select(func.count(), func.min(Inbound.received_at)).where(
-            Inbound.state == InboundState.PENDING
+            rare(Inbound.state == InboundState.PENDING)
         )
     ).one()
     landed_count = 0
@@ -494,7 +494,7 @@ def counts(
     if rest := [state for state in states if state != InboundState.PENDING]:
         found = session.execute(
             select(Inbound.state, func.count())
-            .where(Inbound.state.in_(rest))
+            .where(rare(Inbound.state.in_(rest)))
             .group_by(Inbound.state)
         )
         by_state.update({str(state): int(n) for state, n in found})
@@ -502,7 +502,7 @@ def counts(
     if quarantined_since is not None:
         recent = session.scalar(
             select(func.count()).where(
-                Inbound.state == InboundState.QUARANTINED,
+                rare(Inbound.state == InboundState.QUARANTINED),
                 Inbound.processed_at > quarantined_since,
             )
         )

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from maildesk import leases
 from maildesk.clock import Clock, as_utc
 from maildesk.config import OutboundSettings
-from maildesk.db import Database
+from maildesk.db import Database, rare
 from maildesk.inbound import rawbytes
 from maildesk.logs import log_context
 from maildesk.models import Outbox
@@ -394,14 +394,16 @@ def counts(session: Session, states: Sequence[OutboxState] = tuple(OutboxState))
             func.count(case((failing, 1))),
             func.min(Outbox.created_at),
             func.min(case((failing, Outbox.created_at))),
-        ).where(Outbox.state == OutboxState.PENDING)
+        ).where(rare(Outbox.state == OutboxState.PENDING))
     ).one()
     by_state = dict.fromkeys(map(str, states), 0)
     if OutboxState.PENDING in states:
         by_state[OutboxState.PENDING] = int(pending)
     if rest := [state for state in states if state != OutboxState.PENDING]:
         found = session.execute(
-            select(Outbox.state, func.count()).where(Outbox.state.in_(rest)).group_by(Outbox.state)
+            select(Outbox.state, func.count())
+            .where(rare(Outbox.state.in_(rest)))
+            .group_by(Outbox.state)
         )
         by_state.update({str(state): int(n) for state, n in found})
     return OutboxCounts(
