@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import selectinload
 
 from maildesk.inbound.store import Envelope
@@ -51,3 +53,27 @@ def inbound_row(services: Services, spool_id: int) -> Inbound:
         row = session.get(Inbound, spool_id)
         assert row is not None
         return row
+
+
+def sqlite_plans(services: Services, call: Callable[[], Any], tables: str) -> list[tuple[str, str]]:
+    """(plan line, statement) of each statement `call` ran that names one of `tables`
+    (a regex alternation), as SQLite's EXPLAIN QUERY PLAN gives them."""
+    statements: list[tuple[str, Any]] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(services.db.engine, "before_cursor_execute", note)
+    try:
+        call()
+    finally:
+        event.remove(services.db.engine, "before_cursor_execute", note)
+    plans = []
+    with services.db.engine.connect() as conn:
+        for statement, parameters in statements:
+            if re.search(rf"\b({tables})\b", statement):
+                cursor = conn.connection.cursor()
+                found = cursor.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
+                plans += [(row[-1], statement) for row in found]
+    assert plans, statements
+    return plans

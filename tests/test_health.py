@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, event, insert, select, text
+from sqlalchemy import create_engine, insert, select, text
 
 from maildesk import health
 from maildesk.cli import main
@@ -39,6 +39,7 @@ from tests.conftest import (
     toml,
     wait_for,
 )
+from tests.helpers import sqlite_plans
 from tests.smtp_sink import closed_port
 
 
@@ -163,32 +164,20 @@ def test_health_and_the_status_line_read_the_waiting_rows_never_the_history(
     narrows nothing (`db.rare`)."""
     history_with_waiting_rows(services, clock.now())
 
-    statements: list[tuple[str, Any]] = []
+    answers: dict[str, Any] = {}
 
-    def note(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        statements.append((statement, parameters))
+    def answer() -> None:
+        answers["check"] = health.check(services.settings, services.db, clock)
+        answers["line"] = Supervisor(services, None, Notifier({})).status_line()
 
-    event.listen(services.db.engine, "before_cursor_execute", note)
-    try:
-        result = health.check(services.settings, services.db, clock)
-        line = Supervisor(services, None, Notifier({})).status_line()
-    finally:
-        event.remove(services.db.engine, "before_cursor_execute", note)
-
-    assert (result.backlog.inbound_pending, result.backlog.outbox_pending) == (3, 3)
-    assert line == "3 pending, 0 quarantined, 3 to send"
-    plans = []
-    with services.db.engine.connect() as conn:
-        for statement, parameters in statements:
-            if "inbound" in statement or "outbox" in statement:
-                cursor = conn.connection.cursor()
-                found = cursor.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
-                plans += [row[-1] for row in found]
-    assert plans, statements
+    plans = sqlite_plans(services, answer, "inbound|outbox")
+    backlog = answers["check"].backlog
+    assert (backlog.inbound_pending, backlog.outbox_pending) == (3, 3)
+    assert answers["line"] == "3 pending, 0 quarantined, 3 to send"
     by_state = re.compile(
         r"SEARCH (inbound|outbox) USING (COVERING )?INDEX ix_\w+_state_\w+ \(state=\?\)"
     )
-    assert all(by_state.fullmatch(plan) for plan in plans if "TEMP B-TREE" not in plan), plans
+    assert all(by_state.fullmatch(plan) for plan, _ in plans if "TEMP B-TREE" not in plan), plans
 
 
 def history_with_waiting_rows(services: Services, now: datetime, history: int = 3000) -> None:

@@ -8,7 +8,6 @@ guard (stored by `deliver`, as an MTA pipe would), and web requests.
 from __future__ import annotations
 
 import logging
-import re
 import smtplib
 import urllib.error
 import urllib.request
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from maildesk.clock import ManualClock
 from maildesk.config import from_mapping
@@ -38,7 +37,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.conftest import Outbox as OutboxSink
-from tests.helpers import inbound_row, receive, tickets
+from tests.helpers import inbound_row, receive, sqlite_plans, tickets
 from tests.inbound.test_smtp_limits import connect
 from tests.test_health import _inbound, history_with_waiting_rows
 
@@ -275,29 +274,14 @@ def test_a_later_scrape_reads_what_arrived_since_never_the_history(
     collected(collector)  # the first: counts every row once
     receive(services, make_mail())
 
-    statements: list[tuple[str, Any]] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        statements.append((statement, parameters))
-
-    event.listen(services.db.engine, "before_cursor_execute", note)
-    try:
-        scraped = collected(collector)
-    finally:
-        event.remove(services.db.engine, "before_cursor_execute", note)
+    scraped: Samples = {}
+    plans = sqlite_plans(
+        services, lambda: scraped.update(collected(collector)), "inbound|outbox|tickets"
+    )
     assert value(scraped, "maildesk_inbound_messages", state="done") == history
     assert value(scraped, "maildesk_inbound_messages", state="pending") == 3
     assert value(scraped, "maildesk_outbox_messages", state="sent") == 3 * history
     assert value(scraped, "maildesk_tickets", status="new") == 1
-
-    plans = []
-    with services.db.engine.connect() as conn:
-        for statement, parameters in statements:
-            if re.search(r"\b(inbound|outbox|tickets)\b", statement):
-                cursor = conn.connection.cursor()
-                found = cursor.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
-                plans += [(row[-1], statement) for row in found]
-    assert plans, statements
     assert not [(plan, statement) for plan, statement in plans if plan.startswith("SCAN")]
 
 

@@ -5,10 +5,17 @@ claim."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from maildesk import leases
 from maildesk.clock import ManualClock
 from maildesk.inbound.store import Envelope
 from maildesk.services import Services
+from tests.conftest import PG_URL
+from tests.helpers import sqlite_plans
+from tests.test_health import history_with_waiting_rows
 
 
 def test_a_worker_that_lost_its_lease_locks_only_what_nobody_claimed_since(
@@ -42,3 +49,26 @@ def test_a_claimed_row_loads_with_the_envelope_it_was_stored_with(services: Serv
         "192.0.2.7",
     )
     assert services.store.load(stored) == loaded  # by id alone: the envelope is read
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="reads SQLite's query plans")
+def test_claims_of_either_queue_find_the_waiting_rows_by_index_on_a_quiet_desks_statistics(
+    services: Services, clock: ManualClock
+) -> None:
+    """`ANALYZE` run while every row was processed and sent says the state index
+    narrows nothing; SQLite then claimed outbox rows by walking the whole history in id
+    order, on every claim, to find the few pending at its end. Both queues' claims (and
+    the sender's look for its next due row) must search the state index."""
+    history_with_waiting_rows(services, clock.now())
+    sender = services.sender()
+    found: dict[str, Any] = {}
+
+    def claim() -> None:
+        found["inbound"] = services.store.claim(16).rows
+        found["outbox"] = sender.claim(16)[1]
+        found["next"] = sender.next_due()
+
+    plans = sqlite_plans(services, claim, "inbound|outbox")
+    assert (len(found["inbound"]), len(found["outbox"])) == (3, 3)
+    assert found["next"] is not None
+    assert not [(plan, statement) for plan, statement in plans if plan.startswith("SCAN")]
