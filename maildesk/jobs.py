@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
+from maildesk.db import rare
 from maildesk.exclusive import singly
 from maildesk.models import Agent, Event, JobRun, Ticket
 from maildesk.outbound.catalogue import AgentDigest, AgentSla, DigestRow, SlaState
@@ -90,7 +91,7 @@ def digest(services: Services, day: date | None = None) -> int:
                     session.scalars(
                         select(Ticket)
                         .where(
-                            Ticket.status.in_((TicketStatus.NEW, TicketStatus.ACCEPTED)),
+                            rare(Ticket.status.in_((TicketStatus.NEW, TicketStatus.ACCEPTED))),
                             or_(Ticket.owner_id == agent.id, Ticket.owner_id.is_(None)),
                         )
                         .order_by(Ticket.priority != "critical", Ticket.id)
@@ -137,7 +138,9 @@ def sla(services: Services) -> int:
     try:
         with services.db.transaction() as session:
             tickets = list(
-                session.scalars(select(Ticket).where(Ticket.status.in_(service_levels.RUNNING)))
+                session.scalars(
+                    select(Ticket).where(rare(Ticket.status.in_(service_levels.RUNNING)))
+                )
             )
             states = service_levels.states(session, policy, now, tickets)
             agents = Agents(session).active()

@@ -145,7 +145,7 @@ def release_all(session: Session, model: Queue, now: datetime) -> int:
     """
     result = session.execute(
         update(model)
-        .where(model.state == PENDING, model.claim.is_not(None))
+        .where(rare(model.state == PENDING), model.claim.is_not(None))
         .values(next_attempt_at=now, claim=None)
     )
     return int(getattr(result, "rowcount", 0) or 0)

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
 from maildesk.config import Settings
-from maildesk.db import Database
+from maildesk.db import Database, rare
 from maildesk.models import (
     AutoReplyMinute,
     Confirmation,
@@ -250,7 +250,7 @@ class _Purger:
             select(Inbound.id)
             .join(SpamHold, SpamHold.inbound_id == Inbound.id)
             .where(
-                Inbound.state == InboundState.HELD,
+                rare(Inbound.state == InboundState.HELD),
                 SpamHold.held_at < before,
                 SpamHold.released_at.is_(None),
             )

@@ -5,19 +5,21 @@ from __future__ import annotations
 import email
 import email.policy
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import insert, text, update
 
 from maildesk import jobs
 from maildesk.clock import ManualClock
-from maildesk.config import Settings
+from maildesk.config import Settings, from_mapping
 from maildesk.models import Ticket
 from maildesk.services import Services, build
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle
-from tests.conftest import make_mail
-from tests.helpers import outbox_rows, receive, ticket
+from tests.conftest import PG_URL, make_mail
+from tests.helpers import outbox_rows, receive, sqlite_plans, ticket
 
 
 @pytest.fixture
@@ -95,3 +97,39 @@ def test_digest_skips_agents_with_nothing_waiting(services: Services) -> None:
     with services.db.transaction() as session:
         Agents(session).add("idle@example.test", "Idle", services.clock.now())
     assert jobs.digest(services) == 0
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="reads SQLite's query plans")
+def test_jobs_find_open_tickets_by_index_on_a_quiet_desks_statistics(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    """`ANALYZE` run when every ticket was closed says the status index narrows
+    nothing. Autoclose, the service-level check and the digest (every few minutes,
+    daily per agent) then read every ticket ever opened to find the few still open."""
+    config_values["sla"] = {"enabled": True}
+    services = build(from_mapping(config_values, base_dir=tmp_path), clock)
+    services.prepare()
+    receive(services, make_mail())
+    now = clock.now()
+    with services.db.transaction() as session:
+        requester = session.get(Ticket, 1).requester_id  # type: ignore[union-attr]
+        closed = {"status": "closed", "requester_id": requester, "created_at": now}
+        session.execute(insert(Ticket), [{**closed, "updated_at": now}] * 3000)
+        session.execute(update(Ticket).values(status="closed"))
+        session.execute(text("ANALYZE"))  # a quiet desk's statistics: every ticket closed
+        session.execute(update(Ticket).where(Ticket.id == 1).values(status="new"))
+    resolve(services, 2)
+    clock.advance(timedelta(days=8))
+
+    closed_now: list[int] = []
+
+    def run_jobs() -> None:
+        closed_now.append(jobs.autoclose(services))
+        jobs.sla(services)
+        jobs.digest(services)
+
+    plans = sqlite_plans(services, run_jobs, "tickets")
+    assert closed_now == [1]
+    assert "[#1]" in " ".join(subjects(services))  # the digest and the breach name it
+    assert not [(plan, statement) for plan, statement in plans if plan.startswith("SCAN tickets")]
+    services.db.dispose()

@@ -8,6 +8,7 @@ import click
 
 from maildesk.cli.base import Context, pass_context, print_json, table
 from maildesk.cli.main import main
+from maildesk.db import rare
 
 
 @main.group()
@@ -115,7 +116,7 @@ def quarantine_list(ctx: Context, as_json: bool) -> None:
             }
             for row in session.scalars(
                 select(Inbound)
-                .where(Inbound.state == InboundState.QUARANTINED)
+                .where(rare(Inbound.state == InboundState.QUARANTINED))
                 .order_by(Inbound.id)
             )
         ]

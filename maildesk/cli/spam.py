@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from maildesk.cli.base import Context, pass_context, print_json, table
 from maildesk.cli.main import main
+from maildesk.db import rare
 from maildesk.models import Inbound, SpamHold
 from maildesk.pipeline import spam as spam_stage
 from maildesk.states import InboundState
@@ -29,7 +30,7 @@ def spam_list(ctx: Context, as_json: bool) -> None:
         found = session.execute(
             select(Inbound.id, Inbound.received_at, Inbound.source, Inbound.mail_from, SpamHold)
             .join(SpamHold, SpamHold.inbound_id == Inbound.id)
-            .where(Inbound.state == InboundState.HELD)
+            .where(rare(Inbound.state == InboundState.HELD))
             .order_by(Inbound.id)
         ).all()
         rows: list[dict[str, Any]] = [

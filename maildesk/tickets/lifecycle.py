@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from maildesk.db import rare
 from maildesk.models import Agent, Event, Message, Ticket
 from maildesk.replies import has_word, is_only_thanks
 from maildesk.states import TicketStatus
@@ -182,7 +183,7 @@ class Lifecycle:
         return list(
             self.session.scalars(
                 select(Ticket)
-                .where(Ticket.status == TicketStatus.RESOLVED, Ticket.resolved_at <= cutoff)
+                .where(rare(Ticket.status == TicketStatus.RESOLVED), Ticket.resolved_at <= cutoff)
                 .order_by(Ticket.id)
                 .limit(limit)
                 .with_for_update(of=Ticket, skip_locked=True)
