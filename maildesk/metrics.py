@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -64,40 +64,55 @@ class Metrics:
     """The registry of one process: its own counters plus the database collector."""
 
     def __init__(self, db: Database, clock: Clock) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
+        # This process's own series; `registry` adds the database's to them.
+        self.own = CollectorRegistry(auto_describe=False)
         self.smtp_refused = Counter(
             "maildesk_smtp_refused",
             "SMTP/LMTP commands or messages refused, by reason (never stored).",
             ["reason"],
-            registry=self.registry,
+            registry=self.own,
         )
         self.smtp_sessions = Gauge(
-            "maildesk_smtp_sessions", "SMTP/LMTP sessions open now.", registry=self.registry
+            "maildesk_smtp_sessions", "SMTP/LMTP sessions open now.", registry=self.own
         )
         self.imap_polls = Counter(
-            "maildesk_imap_polls", "IMAP polls of the mailbox.", registry=self.registry
+            "maildesk_imap_polls", "IMAP polls of the mailbox.", registry=self.own
         )
         self.imap_errors = Counter(
-            "maildesk_imap_errors", "IMAP connection or poll errors.", registry=self.registry
+            "maildesk_imap_errors", "IMAP connection or poll errors.", registry=self.own
         )
         self.http_requests = Counter(
             "maildesk_http_requests",
             "Web requests by route (the route pattern, not the path) and status.",
             ["route", "method", "status"],
-            registry=self.registry,
+            registry=self.own,
         )
         self.workers = Gauge(
             "maildesk_worker_processes",
             "Worker processes of this serve alive now ([workers] count when all is well).",
-            registry=self.registry,
+            registry=self.own,
         )
         self.worker_restarts = Gauge(
             "maildesk_worker_restarts",
             "Worker processes this serve restarted after they died, since it started.",
-            registry=self.registry,
+            registry=self.own,
         )
         self.database = DatabaseCollector(db, clock)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.own)
         self.registry.register(self.database)
+        self._unanswered = CollectorRegistry(auto_describe=False)
+        self._unanswered.register(self.own)
+        self._unanswered.register(_DatabaseDown())
+
+    def scrape(self) -> bytes:
+        """Every series, in the text format (blocking: reads the database)."""
+        return generate_latest(self.registry)
+
+    def without_database(self) -> bytes:
+        """This process's own series and `maildesk_database_up 0`: a scrape's answer
+        when the database did not answer in time."""
+        return generate_latest(self._unanswered)
 
     def refused(self, reason: str) -> None:
         self.smtp_refused.labels(reason).inc()
@@ -117,6 +132,17 @@ class Metrics:
     def watch_workers(self, running: Callable[[], int], restarts: Callable[[], int]) -> None:
         self.workers.set_function(lambda: float(running()))
         self.worker_restarts.set_function(lambda: float(restarts()))
+
+
+class _DatabaseDown(Collector):
+    def collect(self) -> Iterator[Metric]:
+        yield _database_up(0.0)
+
+
+def _database_up(value: float) -> Metric:
+    up = GaugeMetricFamily("maildesk_database_up", "1 when the database answered the scrape.")
+    up.add_metric([], value)
+    return up
 
 
 class DatabaseCollector(Collector):
@@ -141,17 +167,14 @@ class DatabaseCollector(Collector):
         self._counted: set[int] = set()  # finished rows at or above the floor, counted
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("maildesk_database_up", "1 when the database answered the scrape.")
         with self._lock:
             try:
                 families = list(self._read())
             except Exception as exc:  # the scrape still answers, saying the database did not
                 log.warning("metrics: database query failed: %s", type(exc).__name__)
-                up.add_metric([], 0.0)
-                yield up
+                yield _database_up(0.0)
                 return
-        up.add_metric([], 1.0)
-        yield up
+        yield _database_up(1.0)
         yield from families
         yield from self._latency.collect()
 

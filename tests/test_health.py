@@ -29,7 +29,7 @@ from maildesk.models import Inbound, Outbox
 from maildesk.sdnotify import Notifier
 from maildesk.services import Services
 from maildesk.supervisor import Supervisor
-from maildesk.web.ops import SharedCheck
+from maildesk.web.ops import Shared
 from tests.conftest import (
     PG_URL,
     RunningDaemon,
@@ -264,7 +264,7 @@ def test_requests_during_a_check_share_it_and_the_next_request_starts_a_fresh_on
             started.append(loop.create_future())
             return started[-1]
 
-        shared = SharedCheck()
+        shared: Shared[health.Health] = Shared()
         first, second = shared.join(start), shared.join(start)
         assert first is second and len(started) == 1
         first.set_result(health.Health(health.OK, (), database=True))

@@ -11,13 +11,14 @@ import logging
 import smtplib
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import create_engine, func, insert, select, text, update
 
 from maildesk.clock import ManualClock
 from maildesk.config import from_mapping
@@ -326,3 +327,41 @@ def test_a_row_committed_after_a_higher_id_is_counted_on_postgresql(
         assert value(collected(collector), "maildesk_inbound_accepted_total", source="smtp") == 2
         clock.advance(SETTLE * 2)
         assert value(collected(collector), "maildesk_inbound_accepted_total", source="smtp") == 2
+
+
+@pytest.mark.skipif(not PG_URL, reason="holds a PostgreSQL table lock to hang the scrape")
+def test_scrapes_of_a_hung_database_answer_in_time_and_share_one_read(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    """Each scrape read the database in a thread of the loop's default executor,
+    however long it took: with the database hung, every scrape (Prometheus's every
+    15 s, or a stranger's flood of a public /metrics) held one more thread, until the
+    portal's pages and the health checks had none left. Scrapes now share the read
+    in flight, and each answers within `[health] database_timeout` with what this
+    process counted itself and `maildesk_database_up 0`."""
+    config_values["health"] = {"database_timeout": 1}
+    settings = from_mapping(config_values, base_dir=tmp_path)
+    with running_daemon(settings, clock) as running:
+        url = web_url(running, "/metrics")
+        assert value(scrape(url), "maildesk_database_up") == 1
+        hang = create_engine(settings.database.url)
+        with hang.connect() as conn:
+            conn.execute(text("LOCK TABLE inbound IN ACCESS EXCLUSIVE MODE"))  # reads wait
+            with ThreadPoolExecutor(20) as pool:
+                answers = list(pool.map(lambda _: scrape(url), range(20)))
+            assert {value(samples, "maildesk_database_up") for samples in answers} == {0}
+            requests = "maildesk_http_requests_total"
+            assert all(
+                value(samples, requests, route="/metrics", method="GET", status="200") >= 1
+                for samples in answers
+            )
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND query ILIKE '%FROM inbound%'"
+                )
+            ).scalar()
+            assert waiting == 1
+            conn.rollback()  # the database answers again
+        hang.dispose()
+        wait_for(lambda: value(scrape(url), "maildesk_database_up") == 1, what="the database")

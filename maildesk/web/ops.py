@@ -7,7 +7,9 @@
 - `/metrics` is the Prometheus text format from `maildesk/metrics.py`. With
   `[metrics] bearer_token` (or `bearer_token_file`) set it needs
   `Authorization: Bearer <token>`. With `[metrics] port` set it is served
-  on a listener of its own (with /healthz), and not on the public one.
+  on a listener of its own (with /healthz), and not on the public one. A
+  database that does not answer within `[health] database_timeout` gets this
+  process's own series and `maildesk_database_up 0`.
 - The access log (logger `maildesk.http`, INFO): method, path, status,
   duration and client (behind a proxy: the address `[web] trusted_proxies`
   vouch for), never the query string (set-password and paid-work
@@ -23,10 +25,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from maildesk import health
 from maildesk.config import MetricsSettings
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from maildesk.services import Services
 
 access_log = logging.getLogger("maildesk.http")
+T = TypeVar("T")
 
 METRICS = web.AppKey("metrics", Metrics)
 TOKEN = web.AppKey("metrics_token", str)
@@ -53,7 +56,8 @@ def install(app: web.Application, metrics: Metrics) -> None:
     app[METRICS] = metrics
     app[CLIENTS] = ClientAddress(services.settings.web.trusted_proxies)
     app.middlewares.append(observe)
-    app[HEALTH_CHECK] = SharedCheck()
+    app[HEALTH_CHECK] = Shared()
+    app[SCRAPE] = Shared()
     app.router.add_get("/healthz", healthz)
     if services.settings.metrics.enabled and not services.settings.metrics.port:
         app[TOKEN] = bearer_token(services.settings.metrics)
@@ -72,7 +76,8 @@ async def start_metrics_listener(services: Services, metrics: Metrics) -> web.Ap
     app[CLIENTS] = ClientAddress(services.settings.web.trusted_proxies)
     app.middlewares.append(observe)
     app.router.add_get("/metrics", metrics_page)
-    app[HEALTH_CHECK] = SharedCheck()
+    app[SCRAPE] = Shared()
+    app[HEALTH_CHECK] = Shared()
     app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -126,46 +131,51 @@ def _loggable_path(request: web.Request) -> str:
     return path.encode("ascii", "backslashreplace").decode("ascii").replace(" ", "%20")
 
 
-class SharedCheck:
-    """One health check at a time, its answer shared by every request that came meanwhile.
+class Shared(Generic[T]):
+    """One blocking call at a time, its answer shared by every request that came meanwhile.
 
-    /healthz is public and each check is database work done in a thread of the
-    loop's default executor, which the portal's pages and the scheduled jobs use too.
-    Requests that arrive while a check runs wait for that one, so a flood of them
-    keeps at most one thread busy, never the pool; and a check stuck on a hung
-    database is not started again beside itself: each request still answers within
-    `[health] database_timeout` ("unreachable"), and the next check starts once the
-    stuck one returned.
+    /healthz is public, and /metrics may be; each answer is database work done in a
+    thread of the loop's default executor, which the portal's pages and the scheduled
+    jobs use too. Requests that arrive while a call runs wait for that one, so a
+    flood of them keeps at most one thread busy, never the pool; and a call stuck on
+    a hung database is not started again beside itself: each request still answers
+    within `[health] database_timeout` (its caller says how), and the next call
+    starts once the stuck one returned.
     """
 
     def __init__(self) -> None:
-        self._running: asyncio.Future[health.Health] | None = None
+        self._running: asyncio.Future[T] | None = None
 
-    def join(
-        self, start: Callable[[], asyncio.Future[health.Health]]
-    ) -> asyncio.Future[health.Health]:
-        """The check in flight, or a new one from `start()` when none is."""
+    def join(self, start: Callable[[], asyncio.Future[T]]) -> asyncio.Future[T]:
+        """The call in flight, or a new one from `start()` when none is."""
         if self._running is None or self._running.done():
             self._running = start()
         return self._running
 
+    async def answer(self, start: Callable[[], asyncio.Future[T]], timeout: float) -> T | None:
+        """The answer of the call in flight (or a new one), or None after `timeout` s."""
+        # Shielded: a request that times out or goes away leaves the call to the others.
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.join(start)), timeout)
+        except TimeoutError:
+            return None
 
-HEALTH_CHECK = web.AppKey("health_check", SharedCheck)
+
+HEALTH_CHECK = web.AppKey("health_check", Shared[health.Health])
+SCRAPE = web.AppKey("metrics_scrape", Shared[bytes])
 
 
 async def healthz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     loop = asyncio.get_running_loop()
     timeout = services.settings.health.database_timeout
-    running = request.app[HEALTH_CHECK].join(
+    result = await request.app[HEALTH_CHECK].answer(
         lambda: loop.run_in_executor(
             None, health.check, services.settings, services.db, services.clock
-        )
+        ),
+        timeout,
     )
-    try:
-        # Shielded: a request that times out or goes away leaves the check to the others.
-        result = await asyncio.wait_for(asyncio.shield(running), timeout)
-    except TimeoutError:
+    if result is None:
         result = health.unreachable(f"no answer within {timeout:g} s")
     return web.json_response(result.as_json(), status=200 if result.ok else 503)
 
@@ -180,8 +190,14 @@ async def metrics_page(request: web.Request) -> web.Response:
                 text="a bearer token is required\n",
                 headers={"WWW-Authenticate": 'Bearer realm="maildesk metrics"'},
             )
-    registry = request.app[METRICS].registry
-    body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+    metrics = request.app[METRICS]
+    loop = asyncio.get_running_loop()
+    timeout = request.app[SERVICES].settings.health.database_timeout
+    body = await request.app[SCRAPE].answer(
+        lambda: loop.run_in_executor(None, metrics.scrape), timeout
+    )
+    if body is None:  # a hung database: what this process knows, and that it did not answer
+        body = metrics.without_database()
     response = web.Response(body=body)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"
