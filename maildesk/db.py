@@ -434,11 +434,11 @@ class rare(FunctionElement[bool]):  # noqa: N801 (used as a SQL function)
 
     SQLite plans from `ANALYZE`'s statistics when it has them, which only give the
     average number of rows per value: run on a quiet desk, where every row is
-    `done`, they say that `state = 'pending'` matches the whole table, and the
-    counts of waiting rows (/healthz, the status line, /metrics) became scans of
-    the whole history. `likelihood(…, 0.001)` says otherwise, and leaves the index
-    usable. Other databases get the condition unchanged (PostgreSQL's statistics
-    know skew).
+    `done`, they say that `state = 'pending'` matches the whole table. The counts
+    of waiting rows (/healthz, the status line, /metrics), the outbox's claims and
+    the jobs' reads of open tickets then scanned the whole history. `likelihood(…,
+    0.001)` says otherwise, and leaves the index usable. Other databases get the
+    condition unchanged (PostgreSQL's statistics know skew).
     """
 
     # Untyped: a Boolean would be compared with 1 on SQLite, hiding the hint.

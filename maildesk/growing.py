@@ -39,8 +39,9 @@ RECOUNT = timedelta(hours=1)
 
 
 class GrowingCount:
-    """How many rows `id` column's table holds, by `by` (one column that never changes;
-    None: in all), read in time proportional to the rows added since the last read.
+    """How many rows the table of `id` holds, by `by` (a column whose value never
+    changes; None: in all), read in time proportional to the rows added since the
+    last read.
 
     Not thread-safe: the caller reads under its own lock. Each read must run in one
     snapshot (`Database.reading(snapshot=True)`), so that the highest id and the
@@ -65,13 +66,8 @@ class GrowingCount:
 
     def read(self, session: Session, now: datetime) -> dict[Any, int]:
         """Rows by `by` (the key None when `by` is None), as of `session`'s snapshot."""
-        if (
-            self._counted_at is None
-            or now - self._counted_at >= self._recount
-            or (
-                self._seen and now < self._seen[-1][0]  # the clock went back: start over
-            )
-        ):
+        due = self._counted_at is None or now - self._counted_at >= self._recount
+        if due or (self._seen and now < self._seen[-1][0]):  # or the clock went back
             self._floor, self._below, self._seen = 0, Counter(), []
             self._counted_at = now
         top = session.scalar(select(func.max(self._id))) or 0

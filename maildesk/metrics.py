@@ -232,9 +232,9 @@ class DatabaseCollector(Collector):
         )
         out.add_metric(["queued"], unsent[OutboxState.PENDING] - unsent.deferred)
         out.add_metric(["deferred"], unsent.deferred)
-        for sent_state in OutboxState:
-            if sent_state != OutboxState.PENDING:
-                out.add_metric([sent_state], outbox_states[sent_state])
+        for outbox_state in OutboxState:
+            if outbox_state != OutboxState.PENDING:
+                out.add_metric([outbox_state], outbox_states[outbox_state])
         yield out
 
         by_status = GaugeMetricFamily("maildesk_tickets", "Tickets by status.", labels=["status"])
