@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.orm import selectinload
 
 from maildesk.inbound.store import Envelope
@@ -77,3 +78,52 @@ def sqlite_plans(services: Services, call: Callable[[], Any], tables: str) -> li
                 plans += [(row[-1], statement) for row in found]
     assert plans, statements
     return plans
+
+
+def history_with_waiting_rows(services: Services, now: datetime, history: int = 3000) -> None:
+    """`history` processed messages with three sent mails each, analysed by SQLite
+    while nothing waited; then three messages and three mails waiting."""
+    with services.db.transaction() as session:
+        session.execute(
+            insert(Inbound), [inbound_values(i, "done", now) for i in range(1, history)]
+        )
+        session.execute(
+            insert(Outbox),
+            [outbox_values(i, "sent", now - timedelta(days=1)) for i in range(3 * history)],
+        )
+        session.execute(text("ANALYZE"))  # a quiet desk's statistics: one state each
+    with services.db.transaction() as session:
+        session.execute(
+            insert(Inbound), [inbound_values(history + i, "pending", now) for i in range(3)]
+        )
+        session.execute(
+            insert(Outbox), [outbox_values(3 * history + i, "pending", now) for i in range(3)]
+        )
+
+
+def inbound_values(i: int, state: str, now: datetime) -> dict[str, Any]:
+    """Inbound row `i` in `state`, for a bulk insert (no bytes: never processed)."""
+    return {
+        "id": i,
+        "received_at": now,
+        "source": "smtp",
+        "mail_from": f"c{i}@customer.test",
+        "rcpt_to": ["support@example.test"],
+        "size": 100,
+        "digest": f"{i:064x}",
+        "state": state,
+        "processed_at": now if state != "pending" else None,
+    }
+
+
+def outbox_values(i: int, state: str, created: datetime) -> dict[str, Any]:
+    """An acknowledgement's outbox row in `state`, for a bulk insert (no bytes)."""
+    return {
+        "message_id": f"md.{i}@example.test",
+        "kind": "acknowledgement",
+        "sender": "support@example.test",
+        "recipients": [f"c{i}@customer.test"],
+        "state": state,
+        "next_attempt_at": created,
+        "created_at": created,
+    }

@@ -13,19 +13,19 @@ import re
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import create_engine, select, text
 
 from maildesk import health
 from maildesk.cli import main
 from maildesk.clock import ManualClock
 from maildesk.config import from_mapping
-from maildesk.models import Inbound, Outbox
+from maildesk.models import Outbox
 from maildesk.sdnotify import Notifier
 from maildesk.services import Services
 from maildesk.supervisor import Supervisor
@@ -39,7 +39,7 @@ from tests.conftest import (
     toml,
     wait_for,
 )
-from tests.helpers import sqlite_plans
+from tests.helpers import history_with_waiting_rows, sqlite_plans
 from tests.smtp_sink import closed_port
 
 
@@ -178,49 +178,6 @@ def test_health_and_the_status_line_read_the_waiting_rows_never_the_history(
         r"SEARCH (inbound|outbox) USING (COVERING )?INDEX ix_\w+_state_\w+ \(state=\?\)"
     )
     assert all(by_state.fullmatch(plan) for plan, _ in plans if "TEMP B-TREE" not in plan), plans
-
-
-def history_with_waiting_rows(services: Services, now: datetime, history: int = 3000) -> None:
-    """`history` processed messages with three sent mails each, analysed by SQLite
-    while nothing waited; then three messages and three mails waiting."""
-    with services.db.transaction() as session:
-        session.execute(insert(Inbound), [_inbound(i, "done", now) for i in range(1, history)])
-        session.execute(
-            insert(Outbox),
-            [_outbox(i, "sent", now - timedelta(days=1)) for i in range(3 * history)],
-        )
-        session.execute(text("ANALYZE"))  # a quiet desk's statistics: one state each
-    with services.db.transaction() as session:
-        session.execute(insert(Inbound), [_inbound(history + i, "pending", now) for i in range(3)])
-        session.execute(
-            insert(Outbox), [_outbox(3 * history + i, "pending", now) for i in range(3)]
-        )
-
-
-def _inbound(i: int, state: str, now: datetime) -> dict[str, Any]:
-    return {
-        "id": i,
-        "received_at": now,
-        "source": "smtp",
-        "mail_from": f"c{i}@customer.test",
-        "rcpt_to": ["support@example.test"],
-        "size": 100,
-        "digest": f"{i:064x}",
-        "state": state,
-        "processed_at": now if state != "pending" else None,
-    }
-
-
-def _outbox(i: int, state: str, created: datetime) -> dict[str, Any]:
-    return {
-        "message_id": f"md.{i}@example.test",
-        "kind": "acknowledgement",
-        "sender": "support@example.test",
-        "recipients": [f"c{i}@customer.test"],
-        "state": state,
-        "next_attempt_at": created,
-        "created_at": created,
-    }
 
 
 @pytest.mark.skipif(not PG_URL, reason="holds a PostgreSQL table lock to hang the check")

@@ -38,9 +38,15 @@ from tests.conftest import (
     wait_for,
 )
 from tests.conftest import Outbox as OutboxSink
-from tests.helpers import inbound_row, receive, sqlite_plans, tickets
+from tests.helpers import (
+    history_with_waiting_rows,
+    inbound_row,
+    inbound_values,
+    receive,
+    sqlite_plans,
+    tickets,
+)
 from tests.inbound.test_smtp_limits import connect
-from tests.test_health import _inbound, history_with_waiting_rows
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -294,11 +300,11 @@ def test_a_row_counted_nowhere_is_found_by_the_hourly_full_count(
     under a running daemon, a commit later than PostgreSQL's settling) is missed by the
     scrapes that count from there, until the full count an hour after the last."""
     with services.db.transaction() as session:
-        session.execute(insert(Inbound), [_inbound(10, "done", clock.now())])
+        session.execute(insert(Inbound), [inbound_values(10, "done", clock.now())])
     collector = DatabaseCollector(services.db, clock)
     collected(collector)
     with services.db.transaction() as session:  # below the ids counted, as a restore might
-        session.execute(insert(Inbound), [_inbound(5, "done", clock.now())])
+        session.execute(insert(Inbound), [inbound_values(5, "done", clock.now())])
     receive(services, make_mail())
     assert value(collected(collector), "maildesk_inbound_accepted_total", source="smtp") == 2
     clock.advance(RECOUNT)
@@ -316,7 +322,7 @@ def test_a_row_committed_after_a_higher_id_is_counted_on_postgresql(
     collector = DatabaseCollector(services.db, clock)
     with services.db.engine.connect() as late:
         with late.begin():
-            row = {k: v for k, v in _inbound(0, "done", clock.now()).items() if k != "id"}
+            row = {k: v for k, v in inbound_values(0, "done", clock.now()).items() if k != "id"}
             late.execute(insert(Inbound), [row])  # its id comes from the sequence
             receive(services, make_mail(message_id="<early@customer.test>"))
             assert_counts(collector, services)

@@ -14,8 +14,7 @@ from maildesk.clock import ManualClock
 from maildesk.inbound.store import Envelope
 from maildesk.services import Services
 from tests.conftest import PG_URL
-from tests.helpers import sqlite_plans
-from tests.test_health import history_with_waiting_rows
+from tests.helpers import history_with_waiting_rows, sqlite_plans
 
 
 def test_a_worker_that_lost_its_lease_locks_only_what_nobody_claimed_since(
