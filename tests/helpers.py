@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, insert, select, text
+from sqlalchemy import create_engine, event, insert, select, text
 from sqlalchemy.orm import selectinload
 
 from maildesk.inbound.store import Envelope
@@ -127,3 +128,21 @@ def outbox_values(i: int, state: str, created: datetime) -> dict[str, Any]:
         "next_attempt_at": created,
         "created_at": created,
     }
+
+
+@contextmanager
+def inbound_table_locked(url: str) -> Iterator[Callable[[], int]]:
+    """PostgreSQL's inbound table locked against reads, as a hung database looks to its
+    readers, until the block ends; yields how many queries of it wait now."""
+    hang = create_engine(url)
+    try:
+        with hang.connect() as conn:
+            conn.execute(text("LOCK TABLE inbound IN ACCESS EXCLUSIVE MODE"))
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND query ILIKE '%FROM inbound%'"
+            )
+            yield lambda: int(conn.execute(waiting).scalar() or 0)
+            conn.rollback()  # the database answers again
+    finally:
+        hang.dispose()

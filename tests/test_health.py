@@ -39,7 +39,7 @@ from tests.conftest import (
     toml,
     wait_for,
 )
-from tests.helpers import history_with_waiting_rows, sqlite_plans
+from tests.helpers import history_with_waiting_rows, inbound_table_locked, sqlite_plans
 from tests.smtp_sink import closed_port
 
 
@@ -192,23 +192,13 @@ def test_a_flood_of_healthz_on_a_hung_database_runs_one_check_not_one_per_reques
     settings = from_mapping(config_values, base_dir=tmp_path)
     with running_daemon(settings, clock) as running:
         assert get_health(running)[0] == 200
-        hang = create_engine(settings.database.url)
-        with hang.connect() as conn:
-            conn.execute(text("LOCK TABLE inbound IN ACCESS EXCLUSIVE MODE"))  # reads wait
+        with inbound_table_locked(settings.database.url) as waiting:
             with ThreadPoolExecutor(20) as pool:
                 answers = list(pool.map(lambda _: get_health(running), range(20)))
             assert {(status, body["database"]) for status, body in answers} == {
                 (503, "unreachable")
             }
-            waiting = conn.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE wait_event_type = 'Lock' AND query ILIKE '%FROM inbound%'"
-                )
-            ).scalar()
-            assert waiting == 1
-            conn.rollback()  # the database answers again
-        hang.dispose()
+            assert waiting() == 1
         wait_for(lambda: get_health(running)[0] == 200, what="a healthy answer again")
 
 

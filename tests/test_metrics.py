@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, func, insert, select, text, update
+from sqlalchemy import func, insert, select, update
 
 from maildesk.clock import ManualClock
 from maildesk.config import from_mapping
@@ -41,6 +41,7 @@ from tests.conftest import Outbox as OutboxSink
 from tests.helpers import (
     history_with_waiting_rows,
     inbound_row,
+    inbound_table_locked,
     inbound_values,
     receive,
     sqlite_plans,
@@ -350,9 +351,7 @@ def test_scrapes_of_a_hung_database_answer_in_time_and_share_one_read(
     with running_daemon(settings, clock) as running:
         url = web_url(running, "/metrics")
         assert value(scrape(url), "maildesk_database_up") == 1
-        hang = create_engine(settings.database.url)
-        with hang.connect() as conn:
-            conn.execute(text("LOCK TABLE inbound IN ACCESS EXCLUSIVE MODE"))  # reads wait
+        with inbound_table_locked(settings.database.url) as waiting:
             with ThreadPoolExecutor(20) as pool:
                 answers = list(pool.map(lambda _: scrape(url), range(20)))
             assert {value(samples, "maildesk_database_up") for samples in answers} == {0}
@@ -361,13 +360,5 @@ def test_scrapes_of_a_hung_database_answer_in_time_and_share_one_read(
                 value(samples, requests, route="/metrics", method="GET", status="200") >= 1
                 for samples in answers
             )
-            waiting = conn.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE wait_event_type = 'Lock' AND query ILIKE '%FROM inbound%'"
-                )
-            ).scalar()
-            assert waiting == 1
-            conn.rollback()  # the database answers again
-        hang.dispose()
+            assert waiting() == 1
         wait_for(lambda: value(scrape(url), "maildesk_database_up") == 1, what="the database")
