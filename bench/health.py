@@ -88,22 +88,22 @@ def fill(db: Database, first: int, count: int, state: str, now: datetime) -> Non
 
 # On SQLite the reads run in this process: its CPU time. On PostgreSQL they run in
 # the server: the wall time (nothing else runs meanwhile).
-clock = time.process_time
+timer = time.process_time
 
 
 def timed(call: Any, repeat: int) -> tuple[float, float]:
-    """Median and p95 milliseconds (`clock`) of `call()` over `repeat` calls."""
+    """Median and p95 milliseconds (`timer`) of `call()` over `repeat` calls."""
     spent = []
     for _ in range(repeat):
-        start = clock()
+        start = timer()
         call()
-        spent.append((clock() - start) * 1000)
+        spent.append((timer() - start) * 1000)
     return common.median(spent), common.percentile(spent, 95)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
-    global clock
-    clock = time.perf_counter if args.database_url else time.process_time
+    global timer
+    timer = time.perf_counter if args.database_url else time.process_time
     unit = "wall ms" if args.database_url else "CPU ms"
     sizes = [int(n) for n in args.history.split(",")]
     rows = []
