@@ -9,10 +9,11 @@ this process, `health.check` (what /healthz and `maildesk status` compute), the
 status line `serve` sends systemd every 5 seconds and the database read of a
 /metrics scrape, and prints the median and p95 CPU milliseconds of each over
 `--repeat` calls (a quarter as many scrapes), for each history size; on
-PostgreSQL, where the server does the work, the wall milliseconds instead. A process's
-first scrape counts every row (`maildesk/growing.py`), and so does one an hour:
-it is timed apart from the later ones (`scrapes`); no mail arrives between them. No ticket rows are
-made: the tickets' count follows the same path as the outbox's.
+PostgreSQL, where the server does the work, the wall milliseconds instead. A
+process's first scrape counts every row (`maildesk/growing.py`), and so does one
+an hour: it is timed apart from the later ones (`scrapes`); no mail arrives
+between them. No ticket rows are made: the tickets' count follows the same path
+as the outbox's.
 
     .venv/bin/python bench/health.py [--history 10000,100000,1000000] [--pending 1000]
         [--repeat 20] [--database-url postgresql+psycopg://…]

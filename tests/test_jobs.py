@@ -113,8 +113,13 @@ def test_jobs_find_open_tickets_by_index_on_a_quiet_desks_statistics(
     now = clock.now()
     with services.db.transaction() as session:
         requester = session.get(Ticket, 1).requester_id  # type: ignore[union-attr]
-        closed = {"status": "closed", "requester_id": requester, "created_at": now}
-        session.execute(insert(Ticket), [{**closed, "updated_at": now}] * 3000)
+        closed = {
+            "status": "closed",
+            "requester_id": requester,
+            "created_at": now,
+            "updated_at": now,
+        }
+        session.execute(insert(Ticket), [closed] * 3000)
         session.execute(update(Ticket).values(status="closed"))
         session.execute(text("ANALYZE"))  # a quiet desk's statistics: every ticket closed
         session.execute(update(Ticket).where(Ticket.id == 1).values(status="new"))
