@@ -9,6 +9,7 @@ and `tickets show` loads SQLAlchemy and the models, not aiohttp or aiosmtpd.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import secrets
@@ -24,6 +25,8 @@ from maildesk import __version__, heap, logs
 from maildesk.cli.base import EX_DATAERR, EX_TEMPFAIL, Context, pass_context
 
 if TYPE_CHECKING:
+    import mailbox
+
     from maildesk.startup import StartupError
 
 # Command name -> the module that defines it ("module:attribute" when the module does
@@ -283,14 +286,16 @@ def import_(ctx: Context, path: Path, notify: bool, processes: int) -> None:
     from maildesk.inbound import importer
 
     try:
-        total = importer.count(path)
+        box = importer.open_archive(path)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
-        if processes > 1:
-            stored, processed = _import_in_waves(ctx, path, notify, processes, bar.update)
-        else:
-            stored, processed = _import_in_order(ctx, path, notify, bar.update)
+    with contextlib.closing(box):
+        total = len(box)
+        with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
+            if processes > 1:
+                stored, processed = _import_in_waves(ctx, box, notify, processes, bar.update)
+            else:
+                stored, processed = _import_in_order(ctx, box, notify, bar.update)
     click.echo(
         f"{total} messages read, {stored} new, {total - stored} already imported, "
         f"{processed} processed",
@@ -299,7 +304,7 @@ def import_(ctx: Context, path: Path, notify: bool, processes: int) -> None:
 
 
 def _import_in_order(
-    ctx: Context, path: Path, notify: bool, progress: Callable[[int], None]
+    ctx: Context, box: mailbox.Mailbox, notify: bool, progress: Callable[[int], None]
 ) -> tuple[int, int]:
     """Store and process the archive in thread order, here, a batch at a time."""
     from maildesk.inbound import importer
@@ -307,7 +312,7 @@ def _import_in_order(
     services = ctx.services
     stored = processed = 0
     batch: list[bytes] = []
-    for raw in importer.read_messages(path):
+    for raw in importer.read_messages(box):
         batch.append(raw)
         if len(batch) >= importer.BATCH:
             stored += importer.store_batch(services.store, batch, notify)
@@ -322,7 +327,11 @@ def _import_in_order(
 
 
 def _import_in_waves(
-    ctx: Context, path: Path, notify: bool, processes: int, progress: Callable[[int], None]
+    ctx: Context,
+    box: mailbox.Mailbox,
+    notify: bool,
+    processes: int,
+    progress: Callable[[int], None],
 ) -> tuple[int, int]:
     """Store the archive wave by wave (`importer.waves`) and process it in `processes`
     processes, this one included: each wave is processed before the next is stored."""
@@ -342,7 +351,7 @@ def _import_in_waves(
         processor = ctx.services.processor
         here = partial(drain, lambda n: processor.process_pending(batch=n).processed)
         with DrainPool(ctx.settings, processes, here) as pool:
-            for wave, raw in importer.read_waves(path):
+            for wave, raw in importer.read_waves(box):
                 if wave != current or len(batch) >= importer.BATCH:
                     new = importer.store_batch(store, batch, notify)
                     if new:

@@ -26,6 +26,7 @@ any order; the next wave is stored once the last one is processed.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import mailbox
 from collections.abc import Iterator, Sequence
@@ -39,32 +40,31 @@ BATCH = 200
 
 
 def count(path: Path) -> int:
-    return len(open_archive(path))
+    with contextlib.closing(open_archive(path)) as box:
+        return len(box)
 
 
-def read_messages(path: Path) -> Iterator[bytes]:
+def read_messages(box: mailbox.Mailbox) -> Iterator[bytes]:
     """The archive's messages, parents before their replies (two passes, one in memory)."""
-    for _wave, raw in read_waves(path, by_wave=False):
+    for _wave, raw in read_waves(box, by_wave=False):
         yield raw
 
 
-def read_waves(path: Path, by_wave: bool = True) -> Iterator[tuple[int, bytes]]:
+def read_waves(box: mailbox.Mailbox, by_wave: bool = True) -> Iterator[tuple[int, bytes]]:
     """(wave, message) of each message of the archive, wave by wave (`waves`).
 
-    Within a wave, and with `by_wave` off throughout, in `thread_order`.
+    Within a wave, and with `by_wave` off throughout, in `thread_order`. `box` comes
+    from `open_archive`: its table of contents (for an mbox, a read of the whole
+    file) is made once, here or by a `len` before.
     """
-    box = open_archive(path)
-    try:
-        keys = list(box.iterkeys())
-        headers = [thread_headers(box.get_bytes(key)) for key in keys]
-        order = thread_order(headers)
-        wave = waves(headers, order)
-        if by_wave:
-            order.sort(key=wave.__getitem__)  # stable: thread order within a wave
-        for index in order:
-            yield wave[index], box.get_bytes(keys[index])
-    finally:
-        box.close()
+    keys = list(box.iterkeys())
+    headers = [thread_headers(box.get_bytes(key)) for key in keys]
+    order = thread_order(headers)
+    wave = waves(headers, order)
+    if by_wave:
+        order.sort(key=wave.__getitem__)  # stable: thread order within a wave
+    for index in order:
+        yield wave[index], box.get_bytes(keys[index])
 
 
 def waves(headers: Sequence[ThreadHeaders], order: Sequence[int]) -> list[int]:

@@ -8,6 +8,7 @@ conversation must be one ticket.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mailbox
 import random
@@ -191,9 +192,9 @@ def test_a_re_run_with_processes_finishes_what_an_interrupted_import_stored(
     archive = write_mbox(tmp_path / "archive.mbox", mails)
     services = build(config.load(config_file))
     try:
-        stored = importer.store_batch(
-            services.store, list(importer.read_messages(archive)), notify=False
-        )
+        with contextlib.closing(importer.open_archive(archive)) as box:
+            raws = list(importer.read_messages(box))
+        stored = importer.store_batch(services.store, raws, notify=False)
     finally:
         services.db.dispose()
     assert stored == len(mails)
