@@ -44,6 +44,7 @@ from pathlib import Path
 
 import common
 import corpus
+import instructions
 
 from maildesk.inbound import importer
 from maildesk.message import thread_headers
@@ -265,6 +266,14 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
 
     linked, split = split_links(db, links)
     report(args, workdir, mbox, overhead, first, second, before, after_first, after_second)
+    if args.instructions:
+        print("-- the import again, its instructions counted", file=sys.stderr, flush=True)
+        per_message = count_instructions(mbox, extra, workdir)
+        print(
+            f"  instructions of a first import (valgrind's callgrind, hash seed 0, all its "
+            f"processes, an empty import's taken out): {per_message / 1e6:.2f} million "
+            "per message"
+        )
     print(
         f"  CPU of the first import (all its processes): {first_cpu:.1f} s, "
         f"{first_cpu / mbox.messages * 1000:.2f} ms per message"
@@ -273,6 +282,28 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         f"  every reply link inside the archive in one ticket: {len(links)} links, "
         f"{linked} with both ends in a ticket, {split} split -> {common.verdict(split == 0)}"
     )
+
+
+def count_instructions(mbox: Archive, extra: list[str], workdir: Path) -> float:
+    """Instructions per message of a first import of `mbox` into a desk of its own,
+    less those of an empty import."""
+    folder = workdir / "counted"
+    folder.mkdir()
+    config = common.write_config(folder, common.free_port(), common.free_port())
+    log = folder / "maildesk.log"
+    empty = folder / "empty.mbox"
+    empty.write_bytes(b"")
+    common.run_maildesk(config, "init", log=log)
+    base = common.maildesk_command()
+    with instructions.commands(folder / "callgrind-empty", base):
+        common.run_maildesk(config, "import", str(empty), log=log)
+    with instructions.commands(folder / "callgrind-import", base):
+        common.run_maildesk(config, "import", *extra, str(mbox.path), log=log)
+    stored = counts(folder / "maildesk.db").inbound
+    if stored != mbox.messages:
+        raise RuntimeError(f"the counted import stored {stored} of {mbox.messages} messages")
+    empty_count = instructions.counted_all(folder / "callgrind-empty")
+    return (instructions.counted_all(folder / "callgrind-import") - empty_count) / mbox.messages
 
 
 def report(
@@ -357,6 +388,11 @@ def main() -> None:
     source.add_argument("--maildir", type=Path, help="import this Maildir instead")
     source.add_argument("--corpus", choices=corpus.NAMES, help="import a public corpus instead")
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the import")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="then count a first import's instructions under valgrind (no drift; 50x slower)",
+    )
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()

@@ -26,6 +26,7 @@ import os
 import pstats
 import re
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import common
+import instructions
 from import_mbox import conversations
 from sqlalchemy import Engine, create_engine, event, text
 
@@ -250,11 +252,13 @@ def measure(args: argparse.Namespace, workdir: Path, spamd: tuple[str, int] | No
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()
-        while result := services.processor.process_pending().processed:
-            processed += result
-            batches += 1
+        with instructions.counting():
+            while result := services.processor.process_pending().processed:
+                processed += result
+                batches += 1
         if profiler:
             profiler.disable()
+        instructions.record(processed)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         states = dict(count(services, "SELECT state, count(*) FROM inbound GROUP BY state"))
         tickets = count(services, "SELECT count(*) FROM tickets")[0][0]
@@ -306,6 +310,8 @@ def report(
     print(f"{args.cpu_watch.note()}; maildesk sources {common.code_fingerprint()}")
     if args.profile:
         print("(under cProfile: figures are inflated)")
+    if instructions.inside():
+        print("(under valgrind: time figures are inflated about 50 times)")
     print()
     print(
         common.table(
@@ -363,8 +369,26 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count the processing's instructions under valgrind (no drift; 50x slower)",
+    )
     args = parser.parse_args()
+    if args.instructions and not instructions.inside():
+        count_instructions()
+        return
     common.run_in_workdir("processing", "processing", args, run)
+
+
+def count_instructions() -> None:
+    with tempfile.TemporaryDirectory(prefix="maildesk-callgrind-") as folder:
+        counted, processed = instructions.rerun(Path(folder) / "callgrind.out")
+    print(
+        f"\ninstructions (valgrind's callgrind, hash seed 0): {counted / processed / 1e6:.2f} "
+        f"million per processed message ({counted:,} for {processed}); the CPU figures "
+        "above ran under valgrind"
+    )
 
 
 if __name__ == "__main__":
