@@ -23,7 +23,22 @@ def fold(text: str) -> str:
     # side by side, and the marks all go; casefold maps each character alone.
     if len(text.encode("ascii", "ignore")) < len(text) * 7 // 8:
         return _decomposed(text).casefold()  # another script: all of it at once, in C
-    return _NON_ASCII.sub(_fold_run, text).casefold()
+    # Cut at spaces, in C: the ASCII words are kept without a look, and the others are
+    # few and repeat, so a short one is folded once per process. A regular expression
+    # looking for the runs took as long as all the rest (on a 3 KB Czech mail: 80 µs
+    # of 200, and a Python call per run).
+    return " ".join([w if w.isascii() else _fold_word(w) for w in text.split(" ")]).casefold()
+
+
+def _fold_word(word: str) -> str:
+    if len(word) <= _CACHED_WORD:
+        return _fold_short_word(word)
+    return _NON_ASCII.sub(_fold_run, word)
+
+
+@functools.lru_cache(maxsize=8192)
+def _fold_short_word(word: str) -> str:
+    return _NON_ASCII.sub(_fold_run, word)
 
 
 def _fold_run(found: re.Match[str]) -> str:
@@ -63,6 +78,8 @@ _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 _NON_ASCII = re.compile("[^\x00-\x7f]+")
 # Runs up to this long are folded a character at a time, from a cache; longer ones whole.
 _SHORT_RUN = 8
+# Words up to this long are kept folded (at most 8192 of them: a few MB at worst).
+_CACHED_WORD = 40
 
 
 @functools.cache
