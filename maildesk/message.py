@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message as EmailMessage
+from typing import Any
 
 import mailparser
 from flufl.bounce import all_failures
@@ -124,12 +125,13 @@ def thread_headers(raw: bytes) -> ThreadHeaders:
     end = _HEADER_END.search(raw)
     head = raw[: end.start()] if end else raw
     msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+    fields = Fields(msg)
     seen: dict[str, None] = {}
-    in_reply_to = _ids(msg.get_all("In-Reply-To", []))[:_MAX_IN_REPLY_TO]
-    references = _ids(msg.get_all("References", []))[-_MAX_REFERENCES:]
+    in_reply_to = _ids(fields.get_all("In-Reply-To", []))[:_MAX_IN_REPLY_TO]
+    references = _ids(fields.get_all("References", []))[-_MAX_REFERENCES:]
     for mid in (*in_reply_to, *reversed(references)):
         seen.setdefault(mid, None)
-    return ThreadHeaders(_message_id(msg), tuple(seen), _date(msg))
+    return ThreadHeaders(_message_id(fields), tuple(seen), _date(fields))
 
 
 def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
@@ -139,46 +141,71 @@ def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
         mail = mailparser.MailParser(_mime_view(msg))
     except Exception as exc:  # RecursionError (deep MIME nesting) and friends
         raise UnparseableMessage(f"mail-parser failed: {type(exc).__name__}: {exc}") from exc
-    from_name, from_addr = _sender(msg)
-    subject = clean_text(_decoded(msg, "Subject"))
+    fields = Fields(msg)
+    from_name, from_addr = _sender(fields)
+    subject = clean_text(_decoded(fields, "Subject"))
     text = "\n".join(mail.text_plain)
     html = "\n".join(mail.text_html)
     if not text and html:
         text = html_to_text(html)
     # Bounce detection runs a dozen heuristic detectors over the whole message: a third
     # of the processing time. Only mail a mail system could have sent gets it.
-    if null_sender or _may_be_bounce(msg, from_addr):
+    if null_sender or _may_be_bounce(msg, fields, from_addr):
         runs.restore_tree(msg, keep=lambda part: False)  # the detectors read any part
         temporary, permanent = _bounces(msg)
     else:
         temporary = permanent = frozenset()
     attachments = tuple(_attachments(mail.attachments, runs))
     return ParsedMessage(
-        message_id=_message_id(msg) or _synthetic_id(msg, from_addr, subject, text, attachments),
+        message_id=_message_id(fields)
+        or _synthetic_id(fields, from_addr, subject, text, attachments),
         from_addr=from_addr,
         from_name=from_name,
-        to=_addresses(msg, "To"),
-        cc=_addresses(msg, "Cc"),
+        to=_addresses(fields, "To"),
+        cc=_addresses(fields, "Cc"),
         subject=subject,
-        in_reply_to=_ids(msg.get_all("In-Reply-To", []))[:_MAX_IN_REPLY_TO],
-        references=_ids(msg.get_all("References", []))[-_MAX_REFERENCES:],
+        in_reply_to=_ids(fields.get_all("In-Reply-To", []))[:_MAX_IN_REPLY_TO],
+        references=_ids(fields.get_all("References", []))[-_MAX_REFERENCES:],
         text=text,
         html=html,
         attachments=attachments,
-        date=_date(msg),
-        language=_language(msg),
-        auto_submitted=_keyword(msg, "Auto-Submitted"),
-        precedence=_plain(msg, "Precedence").lower(),
-        list_id=_plain(msg, "List-Id"),
-        list_fields=tuple(name for name in _LIST_FIELDS if name in msg),
+        date=_date(fields),
+        language=_language(fields),
+        auto_submitted=_keyword(fields, "Auto-Submitted"),
+        precedence=_plain(fields, "Precedence").lower(),
+        list_id=_plain(fields, "List-Id"),
+        list_fields=tuple(name for name in _LIST_FIELDS if name in fields),
         is_delivery_report=msg.get_content_type() == "multipart/report",
         bounced_recipients=permanent,
         delayed_recipients=temporary,
         quoted_message_ids=_quoted_ids(raw),
         authentication_results=tuple(
-            clean_text(str(v)) for v in msg.get_all("Authentication-Results", [])
+            clean_text(str(v)) for v in fields.get_all("Authentication-Results", [])
         ),
     )
+
+
+class Fields:
+    """The top header block of a parsed message, read as `Message.get`, `get_all` and
+    `in` read it, from an index by lower-case name made once. The stdlib walks every
+    field, lower-casing its name, at each lookup, and a parse makes about 25 of them."""
+
+    def __init__(self, msg: EmailMessage) -> None:
+        self._fetch = msg.policy.header_fetch_parse
+        self._index: dict[str, list[tuple[str, Any]]] = {}
+        for name, value in msg.raw_items():
+            self._index.setdefault(name.lower(), []).append((name, value))
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        found = self._index.get(name.lower())
+        return self._fetch(*found[0]) if found else failobj
+
+    def get_all(self, name: str, failobj: Any = None) -> Any:
+        found = self._index.get(name.lower())
+        return [self._fetch(*field) for field in found] if found else failobj
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._index
 
 
 def _message(raw: bytes) -> tuple[EmailMessage, Runs]:
@@ -237,31 +264,31 @@ def clean_text(value: str) -> str:
     return _CONTROL.sub(" ", value).strip()
 
 
-def _plain(msg: EmailMessage, name: str) -> str:
-    value = msg.get(name)
+def _plain(fields: Fields, name: str) -> str:
+    value = fields.get(name)
     return clean_text(str(value)) if value is not None else ""
 
 
-def _keyword(msg: EmailMessage, name: str) -> str:
+def _keyword(fields: Fields, name: str) -> str:
     """The lower-cased keyword of a field like Auto-Submitted, without comments or parameters.
 
     A value we cannot read that way is returned whole, so it never passes for "no".
     """
-    value = _plain(msg, name)
+    value = _plain(fields, name)
     found = _KEYWORD.match(value)
     keyword = found.group(1) if found else ""
     return (keyword or value).lower()
 
 
-def _decoded(msg: EmailMessage, name: str) -> str:
-    value = msg.get(name)
+def _decoded(fields: Fields, name: str) -> str:
+    value = fields.get(name)
     return "" if value is None else _decoded_value(value)
 
 
-def _sender(msg: EmailMessage) -> tuple[str, str]:
+def _sender(fields: Fields) -> tuple[str, str]:
     # Split the header as written and decode only the display name after:
     # an encoded "," or "@" in a name must not create a second address.
-    value = msg.get("From")
+    value = fields.get("From")
     raw_value = clean_text(str(value)) if value is not None else ""
     if not raw_value:
         raise UnparseableMessage("no From header")
@@ -283,8 +310,8 @@ def _sender(msg: EmailMessage) -> tuple[str, str]:
     return clean_text(_decoded_value(name)), addr
 
 
-def _addresses(msg: EmailMessage, name: str) -> tuple[str, ...]:
-    values = [clean_text(str(v)) for v in msg.get_all(name, [])]
+def _addresses(fields: Fields, name: str) -> tuple[str, ...]:
+    values = [clean_text(str(v)) for v in fields.get_all(name, [])]
     found: dict[str, None] = {}
     for _display, addr in email.utils.getaddresses(values):
         addr = addr.strip().lower()
@@ -307,13 +334,13 @@ def _ids(values: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _message_id(msg: EmailMessage) -> str:
-    ids = _ids(msg.get_all("Message-ID", []))
+def _message_id(fields: Fields) -> str:
+    ids = _ids(fields.get_all("Message-ID", []))
     return ids[0] if ids else ""
 
 
 def _synthetic_id(
-    msg: EmailMessage,
+    fields: Fields,
     sender: str,
     subject: str,
     text: str,
@@ -326,7 +353,7 @@ def _synthetic_id(
     the same second), and those are different mails.
     """
     digest = hashlib.sha256()
-    for part in (sender, _plain(msg, "To"), _plain(msg, "Date"), subject, text):
+    for part in (sender, _plain(fields, "To"), _plain(fields, "Date"), subject, text):
         digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
     # Content only: mail-parser makes up random names for unnamed parts. Without
     # attachments the id is the same as before they counted.
@@ -335,8 +362,8 @@ def _synthetic_id(
     return f"{digest.hexdigest()[:40]}@no-message-id.maildesk.invalid"
 
 
-def _date(msg: EmailMessage) -> datetime | None:
-    value = msg.get("Date")
+def _date(fields: Fields) -> datetime | None:
+    value = fields.get("Date")
     if not value:
         return None
     try:
@@ -346,10 +373,10 @@ def _date(msg: EmailMessage) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _language(msg: EmailMessage) -> str | None:
+def _language(fields: Fields) -> str | None:
     """cs or en from Content-Language, else from Accept-Language (Outlook writes both)."""
     for header in ("Content-Language", "Accept-Language"):
-        value = _plain(msg, header).lower()
+        value = _plain(fields, header).lower()
         for lang in ("cs", "en"):
             if value.startswith(lang):
                 return lang
@@ -379,15 +406,15 @@ def _attachments(items: list[dict[str, object]], runs: Runs) -> list[ParsedAttac
 _SYSTEM_LOCAL_PARTS = ("mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon")
 
 
-def _may_be_bounce(msg: EmailMessage, from_addr: str) -> bool:
+def _may_be_bounce(msg: EmailMessage, fields: Fields, from_addr: str) -> bool:
     """Cheap signs that a mail system, not a person, wrote this message."""
     local = from_addr.partition("@")[0]
     return (
         msg.get_content_type() == "multipart/report"
         or local in _SYSTEM_LOCAL_PARTS
         or local.startswith("microsoftexchange")
-        or _plain(msg, "Return-Path") == "<>"
-        or _keyword(msg, "Auto-Submitted") not in ("", "no")
+        or _plain(fields, "Return-Path") == "<>"
+        or _keyword(fields, "Auto-Submitted") not in ("", "no")
     )
 
 
