@@ -138,7 +138,7 @@ def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
     """Parse `raw`; `null_sender` says the envelope sender was `<>` (a bounce's mark)."""
     try:
         msg, runs = _message(raw)
-        mail = mailparser.MailParser(_mime_view(msg))
+        mail = _BodiesOnly(_mime_view(msg))
     except Exception as exc:  # RecursionError (deep MIME nesting) and friends
         raise UnparseableMessage(f"mail-parser failed: {type(exc).__name__}: {exc}") from exc
     fields = Fields(msg)
@@ -183,6 +183,15 @@ def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
             clean_text(str(v)) for v in fields.get_all("Authentication-Results", [])
         ),
     )
+
+
+class _BodiesOnly(mailparser.MailParser):
+    """mail-parser for what maildesk reads of it: the text and HTML bodies and the
+    attachments. Its parse ends by building two dicts of every header and part (its
+    `mail` and `mail_partial`), which maildesk never reads."""
+
+    def _make_mail(self, complete: bool = True) -> dict[str, Any]:
+        return {}
 
 
 class Fields:

@@ -10,6 +10,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import mailparser
 import pytest
 from sqlalchemy import func, select
 
@@ -17,7 +18,7 @@ from maildesk import config
 from maildesk.clock import ManualClock
 from maildesk.models import Attachment, Blob, Inbound, Message
 from maildesk.services import Services, build
-from tests.conftest import eml
+from tests.conftest import DATA, eml
 from tests.helpers import inbound_row, outbox_rows, receive, ticket, tickets
 
 # CPython's own email test corpus: decades of odd real-world and hand-made shapes.
@@ -375,3 +376,27 @@ def test_a_marker_written_by_the_sender_stays_their_text() -> None:
     assert parsed.text.split() == ["The", "logs.", forged]
     [attachment] = parsed.attachments
     assert attachment.data == data
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in DATA.glob("*.eml")))
+def test_mail_parser_reads_the_same_bodies_without_its_summary(name: str) -> None:
+    """maildesk lets mail-parser skip the summary of every header and part it builds
+    at the end of a parse (`_BodiesOnly`), which maildesk never reads: the bodies and
+    attachments must be mail-parser's own, and the summary must really be skipped (a
+    mail-parser that renamed the step would build it again, unnoticed otherwise)."""
+    from maildesk import message
+
+    msg, _runs = message._message(eml(name))
+    ours = message._BodiesOnly(message._mime_view(msg))
+    theirs = mailparser.MailParser(message._mime_view(msg))
+
+    assert (ours.text_plain, ours.text_html) == (theirs.text_plain, theirs.text_html)
+    # mail-parser names an unnamed part at random: compare all but that name.
+    assert [_without_name(a) for a in ours.attachments] == [
+        _without_name(a) for a in theirs.attachments
+    ]
+    assert ours.mail == {} and theirs.mail
+
+
+def _without_name(attachment: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in attachment.items() if k not in ("filename", "safe_filename")}
