@@ -24,7 +24,10 @@ or References names another message of the archive) and counts the links whose t
 ends landed in different tickets: the aim is none.
 
 `--profile out.txt` runs the first import under py-spy (collapsed stacks; py-spy on
-PATH or in $PY_SPY). Nothing is asserted: the script prints figures and the target.
+PATH or in $PY_SPY). `--instructions` then imports the archive once more, into a desk
+of its own, under valgrind's callgrind, and prints the instructions per message less
+an empty import's (`instructions.py`). Nothing is asserted: the script prints
+figures and the target.
 """
 
 from __future__ import annotations
