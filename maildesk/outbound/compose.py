@@ -130,8 +130,8 @@ def compose_pieces(mail: OutgoingMail, body: Body | None = None) -> tuple[bytes,
         raise HeaderError("Date: the datetime must be timezone-aware")
     fields = [
         ("Date", h.structured("Date", format_datetime(mail.date), _DATE)),
-        ("From", h.address_list("From", [(mail.sender.name, mail.sender.email)])),
-        ("To", h.address_list("To", [(a.name, a.email) for a in mail.to])),
+        ("From", _address_list("From", ((mail.sender.name, mail.sender.email),))),
+        ("To", _address_list("To", tuple((a.name, a.email) for a in mail.to))),
     ]
     if mail.reply_to is not None:
         reply_to = [(mail.reply_to.name, mail.reply_to.email)]
@@ -161,6 +161,11 @@ def compose_pieces(mail: OutgoingMail, body: Body | None = None) -> tuple[bytes,
         raise ValueError("compose: the body was composed from another mail's content")
     content = body.part
     return (_header_block((*fields, *content.fields)) + b"\r\n", *content.body)
+
+
+# The same few senders and recipients come back in every mail: the support address in
+# each From, the agents in the To of their copies.
+_address_list = functools.lru_cache(maxsize=1024)(h.address_list)
 
 
 def _header_block(fields: Sequence[tuple[str, str]]) -> bytes:
