@@ -3,10 +3,11 @@
 CPU time on these virtual machines drifts by up to 2x within minutes, so a change
 worth a few per cent of a message shows only as alternating pairs, and often not
 even then. Callgrind counts the instructions a program runs instead: the same
-code on the same input gives the same count within a few tenths of a per cent,
-whatever else the machine is doing. It is no clock (a cache miss or an fsync
-costs time and no instructions, and the kernel's work is not counted), so the
-aims stay in milliseconds; the count says whether a change made less work.
+code on the same input gives the same count within about 1 % (the generated mail
+differs a little from run to run), whatever else the machine is doing. It is no
+clock (a cache miss or an fsync costs time and no instructions, and the kernel's
+work is not counted), so the aims stay in milliseconds; the count says whether a
+change made less work.
 
 A benchmark calls `rerun` to run itself again, with the same arguments, under
 callgrind with counting off, and wraps what it measures in `counting()`; or it

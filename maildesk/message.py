@@ -150,7 +150,8 @@ def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
         text = html_to_text(html)
     # Bounce detection runs a dozen heuristic detectors over the whole message: a third
     # of the processing time. Only mail a mail system could have sent gets it.
-    if null_sender or _may_be_bounce(msg, fields, from_addr):
+    content_type = msg.get_content_type()
+    if null_sender or _may_be_bounce(content_type, fields, from_addr):
         runs.restore_tree(msg, keep=lambda part: False)  # the detectors read any part
         temporary, permanent = _bounces(msg)
     else:
@@ -175,7 +176,7 @@ def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
         precedence=_plain(fields, "Precedence").lower(),
         list_id=_plain(fields, "List-Id"),
         list_fields=tuple(name for name in _LIST_FIELDS if name in fields),
-        is_delivery_report=msg.get_content_type() == "multipart/report",
+        is_delivery_report=content_type == "multipart/report",
         bounced_recipients=permanent,
         delayed_recipients=temporary,
         quoted_message_ids=_quoted_ids(raw),
@@ -415,11 +416,11 @@ def _attachments(items: list[dict[str, object]], runs: Runs) -> list[ParsedAttac
 _SYSTEM_LOCAL_PARTS = ("mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon")
 
 
-def _may_be_bounce(msg: EmailMessage, fields: Fields, from_addr: str) -> bool:
+def _may_be_bounce(content_type: str, fields: Fields, from_addr: str) -> bool:
     """Cheap signs that a mail system, not a person, wrote this message."""
     local = from_addr.partition("@")[0]
     return (
-        msg.get_content_type() == "multipart/report"
+        content_type == "multipart/report"
         or local in _SYSTEM_LOCAL_PARTS
         or local.startswith("microsoftexchange")
         or _plain(fields, "Return-Path") == "<>"
