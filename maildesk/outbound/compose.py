@@ -21,7 +21,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.utils import format_datetime
 
@@ -129,7 +129,7 @@ def compose_pieces(mail: OutgoingMail, body: Body | None = None) -> tuple[bytes,
     if mail.date.tzinfo is None or mail.date.utcoffset() is None:
         raise HeaderError("Date: the datetime must be timezone-aware")
     fields = [
-        ("Date", h.structured("Date", format_datetime(mail.date), _DATE)),
+        ("Date", _date_field(mail.date.replace(microsecond=0), mail.date.utcoffset())),
         ("From", _address_list("From", ((mail.sender.name, mail.sender.email),))),
         ("To", _address_list("To", tuple((a.name, a.email) for a in mail.to))),
     ]
@@ -137,7 +137,7 @@ def compose_pieces(mail: OutgoingMail, body: Body | None = None) -> tuple[bytes,
         reply_to = [(mail.reply_to.name, mail.reply_to.email)]
         fields.append(("Reply-To", h.address_list("Reply-To", reply_to)))
     fields += [
-        ("Subject", h.unstructured("Subject", mail.subject)),
+        ("Subject", _unstructured("Subject", mail.subject)),
         ("Message-ID", h.msg_ids("Message-ID", [mail.message_id])),
     ]
     if mail.in_reply_to is not None:
@@ -149,10 +149,9 @@ def compose_pieces(mail: OutgoingMail, body: Body | None = None) -> tuple[bytes,
         value = h.structured("Auto-Submitted", mail.auto_submitted, _KEYWORD)
         fields.append(("Auto-Submitted", value))
     if mail.suppress_auto_replies:
-        suppress = h.structured("X-Auto-Response-Suppress", _SUPPRESS, re.compile(_SUPPRESS))
-        fields.append(("X-Auto-Response-Suppress", suppress))
+        fields.append(("X-Auto-Response-Suppress", _SUPPRESS_FIELD))
     if h.clean_text(mail.thread_topic):
-        fields.append(("Thread-Topic", h.unstructured("Thread-Topic", mail.thread_topic)))
+        fields.append(("Thread-Topic", _unstructured("Thread-Topic", mail.thread_topic)))
     if mail.thread_index:
         fields.append(("Thread-Index", _thread_index_header(mail.thread_index)))
     if body is None:
@@ -166,6 +165,25 @@ def compose_pieces(mail: OutgoingMail, body: Body | None = None) -> tuple[bytes,
 # The same few senders and recipients come back in every mail: the support address in
 # each From, the agents in the To of their copies.
 _address_list = functools.lru_cache(maxsize=1024)(h.address_list)
+# A ticket's mails share their Thread-Topic, a notification's copies their Subject, and
+# a backlog's mails their second: each field is written once. Bounded by entries and,
+# for free text, by length: a stranger's long subjects are written, not kept.
+_CACHED_TEXT_CHARS = 1000
+_unstructured_cached = functools.lru_cache(maxsize=256)(h.unstructured)
+_SUPPRESS_FIELD = h.structured("X-Auto-Response-Suppress", _SUPPRESS, re.compile(_SUPPRESS))
+
+
+def _unstructured(name: str, text: str) -> str:
+    if len(text) > _CACHED_TEXT_CHARS:
+        return h.unstructured(name, text)
+    return _unstructured_cached(name, text)
+
+
+@functools.lru_cache(maxsize=16)
+def _date_field(second: datetime, offset: timedelta | None) -> str:
+    """The Date field of `second`. `offset` is in the key because aware datetimes of
+    one instant in different zones are equal, and the field shows the zone."""
+    return h.structured("Date", format_datetime(second), _DATE)
 
 
 def _header_block(fields: Sequence[tuple[str, str]]) -> bytes:

@@ -105,6 +105,19 @@ def test_headers_a_client_shows() -> None:
     assert not any(part.defects for part in message.walk())
 
 
+def test_mails_of_one_second_each_show_their_own_zone() -> None:
+    """One instant in two zones is one datetime key; each mail still shows its zone."""
+    utc = datetime(2026, 1, 5, 9, 30, 0, 250_000, tzinfo=UTC)
+    moments = (utc, utc.astimezone(PRAGUE), utc + timedelta(seconds=1), utc)
+    dates = [parse(compose(make_mail(date=moment)))["Date"] for moment in moments]
+    assert dates == [
+        "Mon, 05 Jan 2026 09:30:00 +0000",
+        "Mon, 05 Jan 2026 10:30:00 +0100",
+        "Mon, 05 Jan 2026 09:30:01 +0000",
+        "Mon, 05 Jan 2026 09:30:00 +0000",
+    ]
+
+
 def test_optional_headers_are_left_out() -> None:
     message = parse(compose(make_mail()))
     assert [k.lower() for k in message.keys()] == [*BASE_HEADERS, "content-transfer-encoding"]
