@@ -276,14 +276,18 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
 @click.option(
     "--processes",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Processes that process the mail (more use more cores; threads stay whole).",
+    default=None,
+    help="Processes that process the mail, this one included (default: [workers] count, "
+    "at least 1; threads stay whole).",
 )
 @pass_context
-def import_(ctx: Context, path: Path, notify: bool, processes: int) -> None:
+def import_(ctx: Context, path: Path, notify: bool, processes: int | None) -> None:
     """Import an mbox file or a Maildir folder at PATH; safe to re-run."""
     from maildesk.inbound import importer
+
+    # The cores the daemon's workers are given, as they would be: the usual reason to
+    # import is a large archive, and its threads stay whole either way.
+    processes = processes or max(ctx.settings.workers.count, 1)
 
     try:
         box = importer.open_archive(path)
@@ -298,7 +302,7 @@ def import_(ctx: Context, path: Path, notify: bool, processes: int) -> None:
                 stored, processed = _import_in_order(ctx, box, notify, bar.update)
     click.echo(
         f"{total} messages read, {stored} new, {total - stored} already imported, "
-        f"{processed} processed",
+        f"{processed} processed, in {processes} process{'es' if processes > 1 else ''}",
         err=True,
     )
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -25,7 +26,7 @@ from maildesk import config
 from maildesk.cli import main
 from maildesk.inbound import importer
 from maildesk.services import build
-from tests.conftest import make_mail
+from tests.conftest import make_mail, toml
 
 
 def run(config_file: Path, *args: str) -> Result:
@@ -159,6 +160,26 @@ def test_a_shuffled_archive_imports_each_conversation_as_one_ticket(
     assert again.exit_code == 0, again.output
     assert f"0 new, {len(mails)} already imported, 0 processed" in again.output
     assert ticket_of(config_file) == tickets
+
+
+@pytest.mark.parametrize(("count", "used"), [(2, "in 2 processes"), (0, "in 1 process")])
+def test_import_uses_the_cores_the_workers_are_given(
+    config_values: dict[str, Any], tmp_path: Path, count: int, used: str
+) -> None:
+    """Without --processes, an import runs as many processes as `[workers] count`
+    (0, the daemon's in-process workers, still means one), threads whole."""
+    config_file = tmp_path / "workers.toml"
+    config_file.write_text(toml({**config_values, "workers": {"count": count}}))
+    assert run(config_file, "init").exit_code == 0
+    conversations, mails = shuffled_archive(5)
+    result = run(config_file, "import", str(write_mbox(tmp_path / "archive.mbox", mails)))
+    assert result.exit_code == 0, result.output
+    assert f"{len(mails)} new, 0 already imported, {len(mails)} processed, {used}" in (
+        result.output
+    )
+    tickets = ticket_of(config_file)
+    assert len(set(tickets.values())) == len(conversations)
+    assert not [m for m in mails if m.parent and tickets[m.message_id] != tickets[m.parent]]
 
 
 def test_copies_of_one_message_id_in_an_archive_make_one_message_with_processes(
