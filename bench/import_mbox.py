@@ -243,7 +243,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     empty = workdir / "empty.mbox"
     empty.write_bytes(b"")
 
-    extra = ["--processes", str(args.processes)] if args.processes > 1 else []
+    extra = ["--processes", str(args.processes)] if args.processes else []
     common.run_maildesk(config, "init", log=log)
     overhead = min(common.run_maildesk(config, "import", str(empty), log=log) for _ in range(3))
     before = counts(db)
@@ -328,7 +328,11 @@ def report(
         after_second.messages,
     )
     print()
-    how = f" with --processes {args.processes}" if args.processes > 1 else ""
+    how = (
+        f" --processes {args.processes}"
+        if args.processes
+        else " (its default processes: [workers] count)"
+    )
     print(f"maildesk import{how}: {mbox.label}, {mbox.size / 1e6:.1f} MB")
     print(f"machine: {common.machine(workdir)}")
     print(f"{args.cpu_watch.note()}; maildesk sources {common.code_fingerprint()}")
@@ -384,7 +388,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096, help="approximate bytes per message")
     parser.add_argument("--replies", type=float, default=0.3, help="share of replies (0..1)")
     parser.add_argument(
-        "--processes", type=int, default=1, help="maildesk import --processes N (default 1)"
+        "--processes",
+        type=int,
+        default=0,
+        help="maildesk import --processes N (default: not given, so [workers] count, the cores)",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--mbox", type=Path, help="import this mbox instead of generated mail")
