@@ -16,8 +16,8 @@ that is dropped afterwards (default: SQLite in a temp dir). `--sign` DKIM-signs 
 mail queued, as a production desk does. `--profile` writes a cProfile of the
 processing (not of the storing) and prints its top entries. `--instructions` runs
 the whole script again under valgrind's callgrind and prints the instructions of the
-processing per message: a figure the machine's drifting speed does not move
-(`instructions.py`).
+processing per message (`--count sending`: of the sending of its outbox, per
+row): a figure the machine's drifting speed does not move (`instructions.py`).
 Nothing is asserted: the script prints figures and the target.
 """
 
@@ -34,7 +34,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -205,12 +205,16 @@ INSIDE = "(run by SQLite inside the statements above: FTS5's own tables)"
 _LITERALS = re.compile(r"'(?:[^']|'')*'|\bX'[0-9A-F]*'|(?<![\w.])-?\d+(?:\.\d+)?\b")
 
 
-def send(services: Services) -> str:
-    """Drain the outbox into the Maildir as one worker's sender does, 10 rows a claim."""
+def send(services: Services, counted: bool) -> str:
+    """Drain the outbox into the Maildir as one worker's sender does, 10 rows a claim
+    (`counted`: its instructions are what `--instructions` counts)."""
     sender = services.sender()
     sent, cpu, wall = 0, time.process_time(), time.perf_counter()
-    while handled := sender.send_due(10):
-        sent += handled
+    with instructions.counting() if counted else nullcontext():
+        while handled := sender.send_due(10):
+            sent += handled
+    if counted:
+        instructions.record(sent)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     return (
         f"\nsending: {sent} outbox rows to the Maildir in {wall:.2f} s, "
@@ -255,19 +259,21 @@ def measure(args: argparse.Namespace, workdir: Path, spamd: tuple[str, int] | No
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()
-        with instructions.counting():
+        counting_sending = args.count == "sending"
+        with nullcontext() if counting_sending else instructions.counting():
             while result := services.processor.process_pending().processed:
                 processed += result
                 batches += 1
         if profiler:
             profiler.disable()
-        instructions.record(processed)
+        if not counting_sending:
+            instructions.record(processed)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         states = dict(count(services, "SELECT state, count(*) FROM inbound GROUP BY state"))
         tickets = count(services, "SELECT count(*) FROM tickets")[0][0]
         messages = count(services, "SELECT count(*) FROM messages")[0][0]
         outbox = dict(count(services, "SELECT kind, count(*) FROM outbox GROUP BY kind"))
-        sending = send(services) if args.send else ""
+        sending = send(services, counting_sending) if args.send or counting_sending else ""
         services.db.engine.dispose()
     counts = Counts(states, tickets, messages, outbox)
     report(args, workdir, url, processed, cpu, wall, writes.seconds, counts, yardstick)
@@ -370,6 +376,13 @@ def main() -> None:
     parser.add_argument(
         "--prepare-ahead", type=int, default=4, help="[workers] prepare_ahead (1: one at a time)"
     )
+    parser.add_argument(
+        "--count",
+        choices=("processing", "sending"),
+        default="processing",
+        help="what --instructions counts: the processing, or the sending of its outbox "
+        "(per row; implies --send)",
+    )
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument(
@@ -379,18 +392,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.instructions and not instructions.inside():
-        count_instructions()
+        count_instructions(args)
         return
     common.run_in_workdir("processing", "processing", args, run)
 
 
-def count_instructions() -> None:
+def count_instructions(args: argparse.Namespace) -> None:
     # Kept: `callgrind_annotate FILE` says which C functions ran the instructions.
     out = Path(tempfile.mkdtemp(prefix="maildesk-callgrind-")) / "callgrind.out"
-    counted, processed = instructions.rerun(out)
+    counted, units = instructions.rerun(out)
+    unit = "processed message" if args.count == "processing" else "sent outbox row"
     print(
-        f"\ninstructions (valgrind's callgrind, hash seed 0): {counted / processed / 1e6:.2f} "
-        f"million per processed message ({counted:,} for {processed}); the CPU figures "
+        f"\ninstructions (valgrind's callgrind, hash seed 0): {counted / units / 1e6:.2f} "
+        f"million per {unit} ({counted:,} for {units}); the CPU figures "
         f"above ran under valgrind; counts by C function: callgrind_annotate {out}"
     )
 

@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -83,6 +83,9 @@ class SmtpSink:
         # Set these before sending; the server thread only reads them.
         self.reply: str | None = None  # DATA's answer; None accepts with "250 OK"
         self.rcpt_replies: dict[str, str] = {}  # address -> refusal, e.g. "550 5.1.1 no"
+        # Called in the server's thread at each DATA, before it is answered: what a
+        # test looks at while the client waits for the relay.
+        self.on_data: Callable[[], None] | None = None
         self.cert_path: Path | None = None  # trust this (cafile=) to verify the sink
         self._cond = threading.Condition()
         self._messages: list[Received] = []
@@ -216,6 +219,8 @@ class SmtpSink:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.on_data is not None:
+            self.on_data()
         if self.reply is not None:
             return self.reply
         sender = envelope.mail_from or ""

@@ -265,6 +265,19 @@ def read(connection: Connection, row_id: int, where: Stored = INBOUND) -> bytes 
     return _read_postgresql(connection, row_id, where)
 
 
+def end_reads(connection: Connection) -> None:
+    """End what `read` may have begun on `connection`, which stays checked out: a
+    statement run through it (SQLite's check for a missing row) and the driver's own
+    transaction (PostgreSQL's reads run on the driver's cursor). SQLite's blob reads
+    begin none."""
+    if connection.in_transaction():
+        connection.rollback()
+    if connection.dialect.name != "sqlite":
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        driver.rollback()
+
+
 def _assemble(size: int, pieces: Iterator[bytes]) -> bytes:
     """Write the pieces into one buffer of `size` bytes and hand that buffer out as bytes.
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import Table, bindparam, case, func, select, update
+from sqlalchemy import Connection, Table, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from maildesk import leases
@@ -217,11 +217,14 @@ class OutboxSender:
             token, claimed = self.claim(limit)
         else:
             return 0
-        with leases.Keeper(self.db, Outbox, self.clock, token, self.renew_every) as keeper:
+        with (
+            leases.Keeper(self.db, Outbox, self.clock, token, self.renew_every) as keeper,
+            self.db.reading_connection() as reader,  # one for the batch's bytes
+        ):
             keeper.hold([row.id for row in claimed])
             delivered: list[int] = []  # sent, not yet marked: still held
             for row in claimed:
-                if self._send(row, token):
+                if self._send(reader, row, token):
                     delivered.append(row.id)
                 else:
                     keeper.drop([row.id])
@@ -256,9 +259,13 @@ class OutboxSender:
             ids = [row.id for row in batch.rows]
             leases.give_back(session, Outbox, ids, batch.token, self.clock.now())
 
-    def _raw(self, outbox_id: int) -> bytes:
-        with self.db.reading_connection() as connection:
-            raw = rawbytes.read(connection, outbox_id, rawbytes.OUTBOX)
+    def _raw(self, reader: Connection, outbox_id: int) -> bytes:
+        try:
+            raw = rawbytes.read(reader, outbox_id, rawbytes.OUTBOX)
+        finally:
+            # Nothing held while the transport works: a slow relay must not keep a
+            # PostgreSQL transaction idle, nor SQLite's old pages from a checkpoint.
+            rawbytes.end_reads(reader)
         # No bytes: the purge forgot a sent row's body, and someone queued it again
         # (`maildesk outbox retry` of a bounced row): sent empty, as ever.
         return raw if raw is not None else b""
@@ -282,14 +289,15 @@ class OutboxSender:
         ]
         return bytes(self.signer((raw[:end], *body))[0])
 
-    def _send(self, row: Claimed, token: str) -> bool:
-        """Hand `row` to the transport; True if it took it (the row is not marked yet)."""
+    def _send(self, reader: Connection, row: Claimed, token: str) -> bool:
+        """Hand `row` to the transport, its bytes read through `reader`; True if it took
+        it (the row is not marked yet)."""
         with log_context(outbox_id=row.id, message_id=row.message_id):
-            return self._send_logged(row, token)
+            return self._send_logged(reader, row, token)
 
-    def _send_logged(self, row: Claimed, token: str) -> bool:
+    def _send_logged(self, reader: Connection, row: Claimed, token: str) -> bool:
         try:
-            raw = self._raw(row.id)
+            raw = self._raw(reader, row.id)
             key = f"{row.id}.{row.message_id}"
             self.transport.send(key, row.sender, row.recipients, raw, head=self._signature(raw))
         except TemporaryFailure as exc:

@@ -7,10 +7,12 @@ pipeline); time moves on the test's ManualClock, never by sleeping.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
 import re
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from maildesk.cli import main
 from maildesk.clock import ManualClock, as_utc
@@ -339,6 +341,41 @@ def test_over_smtp_each_row_is_marked_sent_as_the_relay_takes_it(
     assert message_ids([m.content for m in sink.messages]) == Counter(
         {first.message_id: 1, second.message_id: 2, third.message_id: 1}
     )
+
+
+def held_reads(db: Database) -> int:
+    """Reads of the outbox's bytes still open on the database: PostgreSQL transactions
+    left idle after one, or (SQLite) a snapshot that keeps a checkpoint from emptying
+    the write-ahead log (then 1)."""
+    if db.is_sqlite:
+        path = db.engine.url.database
+        assert path is not None
+        with contextlib.closing(sqlite3.connect(path, timeout=0.2)) as other:
+            busy, _log, _done = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return int(busy)
+    with db.engine.connect() as conn:
+        idle = conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state = 'idle in transaction' AND query ILIKE '%FROM outbox_raw%'"
+            )
+        )
+    return int(idle or 0)
+
+
+def test_nothing_is_held_on_the_database_while_the_relay_takes_a_message(
+    services: Services, clock: ManualClock, sink: SmtpSink
+) -> None:
+    """A batch's bytes are read message by message, and the read ends before the relay
+    is asked: a slow relay keeps no transaction idle and stops no checkpoint."""
+    queue_acknowledgements(services, 3)
+    seen: list[int] = []
+    sink.on_data = lambda: seen.append(held_reads(services.db))
+    sender = sender_to(services, clock, sink.url)
+    assert sender.send_due() == 3
+    sender.transport.close()
+    assert len(sink.messages) == 3
+    assert seen == [0, 0, 0]
 
 
 def test_crash_between_sending_and_marking_sent_over_smtp_repeats_the_message_id(

@@ -178,7 +178,8 @@ def test_a_sender_that_lost_its_lease_does_not_mark_the_new_owners_row(
     sink.reply = "451 4.3.0 try later"
     assert fresh.send_due() == 1  # deferred by the new owner, claim given up
     sink.reply = None
-    assert stale._send(claimed, token)  # the hung sender wakes up and sends after all,
+    with services.db.reading_connection() as reader:
+        assert stale._send(reader, claimed, token)  # the hung sender wakes up and sends,
     stale._mark_sent([claimed.id], token)  # then marks the row it no longer owns
     stale.transport.close()
     fresh.transport.close()
