@@ -88,7 +88,12 @@ def open_transport(url: str, hostname: str) -> Transport:
     )
 
 
-_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+# Bytes outside these ("=" among them) are written "=XX".
+_UNSAFE = re.compile(rb"[^A-Za-z0-9_.-]")
+
+
+def _escaped(found: re.Match[bytes]) -> bytes:
+    return b"=%02X" % found[0][0]
 
 
 def maildir_name(key: str) -> str:
@@ -101,7 +106,7 @@ def maildir_name(key: str) -> str:
     """
     if not key:
         raise ValueError("empty outbox key")
-    name = "".join(chr(b) if b in _SAFE else f"={b:02X}" for b in key.encode("utf-8"))
+    name = _UNSAFE.sub(_escaped, key.encode("utf-8")).decode("ascii")
     if name.startswith("."):
         name = "=2E" + name[1:]
     if len(name) > 200:
@@ -122,23 +127,25 @@ class MaildirTransport:
         if not root.is_absolute():
             raise ValueError("maildir: path must be absolute")
         self.root = root
+        # Paths as strings: joining Path objects cost a tenth of sending a row.
+        self._tmp, self._new, self._cur_dir = (os.fspath(root / sub) for sub in _FOLDERS)
         self._renamed = False  # renames into new/ that no folder fsync covers yet
         self._cur: tuple[int, int, frozenset[str]] | None = None  # (mtime, listed at, names)
-        for sub in ("tmp", "new", "cur"):
+        for sub in _FOLDERS:
             (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         _fsync_dir(root)
 
     def send(
         self, key: str, sender: str, recipients: Sequence[str], data: bytes, head: bytes = b""
     ) -> None:
-        name = maildir_name(key)
+        name = maildir_name(key)  # no "/" in it: the joins below are safe
         # A retry after a crash between rename and the caller's commit must not make a
         # second copy, wherever a reader has moved the first (cur/NAME:2,FLAGS).
         # This check-then-rename is not atomic; the outbox never sends one key twice
         # at the same time, and only a repeat of a finished send needs catching.
         if self._delivered(name):
             return
-        tmp = self.root / "tmp" / name
+        tmp = f"{self._tmp}/{name}"
         try:
             # Truncate: a tmp/ leftover of an interrupted attempt is simply rewritten.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -147,22 +154,24 @@ class MaildirTransport:
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
-            os.rename(tmp, self.root / "new" / name)
+            os.rename(tmp, f"{self._new}/{name}")
             self._renamed = True
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise TemporaryFailure(f"maildir write failed: {exc.strerror or exc}") from exc
 
     def flush(self) -> None:
         if self._renamed:
             try:
-                _fsync_dir(self.root / "new")
+                _fsync_dir(self._new)
             except OSError as exc:
                 raise TemporaryFailure(f"maildir fsync failed: {exc.strerror or exc}") from exc
             self._renamed = False
 
     def _delivered(self, name: str) -> bool:
-        if (self.root / "new" / name).exists():
+        # access() answers a missing file without raising, as exists() does inside.
+        if os.access(f"{self._new}/{name}", os.F_OK):
             return True
         return name in self._read_names()
 
@@ -174,7 +183,7 @@ class MaildirTransport:
         older than the listing by more than the filesystem's timestamp tick (ext4
         stamps with a coarse clock): a rename in the same tick as the listing
         would leave the mtime as it was."""
-        cur = self.root / "cur"
+        cur = self._cur_dir
         mtime = os.stat(cur).st_mtime_ns
         cached = self._cur
         if cached is not None and cached[0] == mtime and cached[1] - mtime > _TICK_NS:
@@ -193,7 +202,10 @@ class MaildirTransport:
 _TICK_NS = 1_000_000_000
 
 
-def _fsync_dir(path: Path) -> None:
+_FOLDERS = ("tmp", "new", "cur")
+
+
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
