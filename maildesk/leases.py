@@ -66,11 +66,12 @@ class Claim:
 
 
 def due(model: Queue, now: datetime | BindParameter[datetime]) -> ColumnElement[bool]:
-    """Pending, and either never claimed, due for a retry, or its lease ran out."""
-    return and_(
-        rare(model.state == PENDING),  # else a quiet desk's statistics walk the history
-        or_(model.next_attempt_at.is_(None), model.next_attempt_at <= now),
-    )
+    """Pending, and either never claimed (inbound), due for a retry, or its lease ran out."""
+    when: ColumnElement[bool] = model.next_attempt_at <= now
+    if cast(Table, model.__table__).c.next_attempt_at.nullable:
+        when = or_(model.next_attempt_at.is_(None), when)
+    # rare(): else a quiet desk's statistics walk the history.
+    return and_(rare(model.state == PENDING), when)
 
 
 def select_due(session: Session, model: Queue, now: datetime, limit: int, *columns: Any) -> Any:
@@ -98,10 +99,20 @@ def _select_due(model: Queue, columns: tuple[Any, ...]) -> Any:
     return (
         select(*columns)
         .where(due(model, bindparam("now", type_=model.next_attempt_at.type)))
-        .order_by(model.id)
+        .order_by(*_claim_order(model))
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)
     )
+
+
+def _claim_order(model: Queue) -> tuple[Any, ...]:
+    """Inbound mail in arrival order: a reply is threaded after what it answers. Outbound
+    mail due longest first, the order of its state index (`ix_outbox_state_next`): in id
+    order, every claim sorted all the mail waiting (a relay outage's backlog) while it
+    held the write lock."""
+    if model is Inbound:
+        return (model.id,)
+    return (model.next_attempt_at, model.id)
 
 
 @functools.cache

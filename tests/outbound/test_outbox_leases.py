@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import insert
 
 from maildesk.clock import ManualClock, as_utc
 from maildesk.leases import LEASE
+from maildesk.models import Outbox
 from maildesk.outbound.outbox import OutboxSender
 from maildesk.outbound.transport import Transport, open_transport
 from maildesk.services import Services
-from tests.conftest import make_mail, wait_for
-from tests.helpers import outbox_rows, receive
+from tests.conftest import PG_URL, make_mail, wait_for
+from tests.helpers import outbox_rows, outbox_values, receive, sqlite_plans
 from tests.smtp_sink import SmtpSink
 
 HOSTNAME = "test.host"
@@ -187,3 +190,52 @@ def test_a_sender_that_lost_its_lease_does_not_mark_the_new_owners_row(
     [row] = outbox_rows(services)
     assert (row.state, row.last_error) == ("pending", "451 4.3.0 try later")
     assert sent_ids(sink) == Counter({queued: 1})
+
+
+# --- a backlog: which rows a claim takes, and what it reads ---------------------------
+
+
+def queue_due_at(services: Services, moments: Sequence[datetime]) -> list[int]:
+    """Outbox rows, in this order, each due at its moment; their ids."""
+    with services.db.transaction() as session:
+        rows = [
+            {**outbox_values(i, "pending", moment), "created_at": moment}
+            for i, moment in enumerate(moments)
+        ]
+        session.execute(insert(Outbox), rows)
+    return [row.id for row in outbox_rows(services)]
+
+
+def test_a_claim_takes_the_mail_due_longest_first(services: Services, clock: ManualClock) -> None:
+    """A deferred row waits for its retry, whatever its id; a row whose retry came due
+    before newer mail went out goes first; rows due at one moment go in queue order."""
+    now = clock.now()
+    deferred, fresh, retried, fresh_too = queue_due_at(
+        services, [now + timedelta(minutes=5), now, now - timedelta(minutes=1), now]
+    )
+    token, claimed = services.sender().claim(10)
+    assert [row.id for row in claimed] == [retried, fresh, fresh_too]
+    assert deferred not in [row.id for row in claimed]
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="reads SQLite's query plans")
+def test_a_claim_reads_no_more_of_a_backlog_than_it_takes(
+    services: Services, clock: ManualClock
+) -> None:
+    """After a relay outage thousands of rows wait. Claimed in id order, every claim of
+    ten read and sorted all of them, holding the write lock that accepting mail waits
+    for. The claim walks the state index in due order and stops after the ten."""
+    now = clock.now()
+    ids = queue_due_at(services, [now - timedelta(seconds=3000 - i) for i in range(3000)])
+    taken: list[list[int]] = []
+    sender = services.sender()
+    plans = sqlite_plans(
+        services, lambda: taken.append([r.id for r in sender.claim(10)[1]]), "outbox"
+    )
+    assert taken == [ids[:10]]
+    due_order = re.compile(
+        r"SEARCH outbox USING (COVERING )?INDEX ix_outbox_state_next "
+        r"\(state=\? AND next_attempt_at<\?\)"
+    )
+    claim = [plan for plan, statement in plans if statement.lstrip().startswith("SELECT")]
+    assert claim and all(due_order.fullmatch(plan) for plan in claim), plans
