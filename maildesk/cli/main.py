@@ -278,7 +278,7 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
     type=click.IntRange(min=1),
     default=None,
     help="Processes that process the mail, this one included (default: [workers] count, "
-    "at least 1; threads stay whole).",
+    "from 1 to 4; threads stay whole).",
 )
 @pass_context
 def import_(ctx: Context, path: Path, notify: bool, processes: int | None) -> None:
@@ -286,8 +286,10 @@ def import_(ctx: Context, path: Path, notify: bool, processes: int | None) -> No
     from maildesk.inbound import importer
 
     # The cores the daemon's workers are given, as they would be: the usual reason to
-    # import is a large archive, and its threads stay whole either way.
-    processes = processes or max(ctx.settings.workers.count, 1)
+    # import is a large archive, and its threads stay whole either way. At most four:
+    # the processes take turns at one writer (three did no better than two here), and
+    # each holds its own copy of the parsing and the models.
+    processes = processes or min(max(ctx.settings.workers.count, 1), _IMPORT_PROCESSES)
 
     try:
         box = importer.open_archive(path)
@@ -305,6 +307,9 @@ def import_(ctx: Context, path: Path, notify: bool, processes: int | None) -> No
         f"{processed} processed, in {processes} process{'es' if processes > 1 else ''}",
         err=True,
     )
+
+
+_IMPORT_PROCESSES = 4  # the most `import` runs unless told (--processes)
 
 
 def _import_in_order(

@@ -162,12 +162,15 @@ def test_a_shuffled_archive_imports_each_conversation_as_one_ticket(
     assert ticket_of(config_file) == tickets
 
 
-@pytest.mark.parametrize(("count", "used"), [(2, "in 2 processes"), (0, "in 1 process")])
+@pytest.mark.parametrize(
+    ("count", "used"), [(2, "in 2 processes"), (0, "in 1 process"), (64, "in 4 processes")]
+)
 def test_import_uses_the_cores_the_workers_are_given(
     config_values: dict[str, Any], tmp_path: Path, count: int, used: str
 ) -> None:
     """Without --processes, an import runs as many processes as `[workers] count`
-    (0, the daemon's in-process workers, still means one), threads whole."""
+    (0, the daemon's in-process workers, still means one; a big machine's count, four),
+    threads whole."""
     config_file = tmp_path / "workers.toml"
     config_file.write_text(toml({**config_values, "workers": {"count": count}}))
     assert run(config_file, "init").exit_code == 0
