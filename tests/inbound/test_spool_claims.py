@@ -71,3 +71,5 @@ def test_claims_of_either_queue_find_the_waiting_rows_by_index_on_a_quiet_desks_
     assert (len(found["inbound"]), len(found["outbox"])) == (3, 3)
     assert found["next"] is not None
     assert not [(plan, statement) for plan, statement in plans if plan.startswith("SCAN")]
+    # Nor sort what waits: the outbox is taken in its state index's own order.
+    assert not [(plan, statement) for plan, statement in plans if "TEMP B-TREE" in plan]
