@@ -130,8 +130,8 @@ def compose_pieces(mail: OutgoingMail, body: Body | None = None) -> tuple[bytes,
         raise HeaderError("Date: the datetime must be timezone-aware")
     fields = [
         ("Date", _date_field(mail.date.replace(microsecond=0), mail.date.utcoffset())),
-        ("From", _address_list("From", ((mail.sender.name, mail.sender.email),))),
-        ("To", _address_list("To", tuple((a.name, a.email) for a in mail.to))),
+        ("From", _addresses("From", ((mail.sender.name, mail.sender.email),))),
+        ("To", _addresses("To", tuple((a.name, a.email) for a in mail.to))),
     ]
     if mail.reply_to is not None:
         reply_to = [(mail.reply_to.name, mail.reply_to.email)]
@@ -162,15 +162,21 @@ def compose_pieces(mail: OutgoingMail, body: Body | None = None) -> tuple[bytes,
     return (_header_block((*fields, *content.fields)) + b"\r\n", *content.body)
 
 
-# The same few senders and recipients come back in every mail: the support address in
-# each From, the agents in the To of their copies.
-_address_list = functools.lru_cache(maxsize=1024)(h.address_list)
-# A ticket's mails share their Thread-Topic, a notification's copies their Subject, and
-# a backlog's mails their second: each field is written once. Bounded by entries and,
-# for free text, by length: a stranger's long subjects are written, not kept.
+# The same few senders and recipients come back in every mail (the support address in
+# each From, the agents in the To of their copies), a ticket's mails share their
+# Thread-Topic, a notification's copies their Subject, and a backlog's mails their
+# second: each field is written once. Bounded by entries and by length: a stranger's
+# long subject or display name (a header line may hold 32 KB) is written, not kept.
 _CACHED_TEXT_CHARS = 1000
+_address_list_cached = functools.lru_cache(maxsize=1024)(h.address_list)
 _unstructured_cached = functools.lru_cache(maxsize=256)(h.unstructured)
 _SUPPRESS_FIELD = h.structured("X-Auto-Response-Suppress", _SUPPRESS, re.compile(_SUPPRESS))
+
+
+def _addresses(name: str, mailboxes: tuple[tuple[str, str], ...]) -> str:
+    if sum(len(display) + len(address) for display, address in mailboxes) > _CACHED_TEXT_CHARS:
+        return h.address_list(name, mailboxes)
+    return _address_list_cached(name, mailboxes)
 
 
 def _unstructured(name: str, text: str) -> str:
