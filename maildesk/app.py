@@ -215,7 +215,7 @@ class Daemon:
         def put(raw: bytes) -> int:
             return store.put(raw, Envelope(source="imap"))
 
-        poller = ImapPoller(imap, put, on_poll=self.metrics.imap_polled)
+        poller = ImapPoller(imap, put, on_poll=self.metrics.imap_polled, fits=store.fits)
         # One instance polls a mailbox at a time (several instances on one PostgreSQL).
         mailbox = f"maildesk:imap:{imap.username}@{imap.host}:{imap.port}/{imap.folder}"
 

@@ -223,6 +223,9 @@ class LimitSettings:
     # People a customer's Cc may make participants of one ticket (each gets every answer):
     # past it, further Cc'd addresses are left out. Agents' #cc is not capped.
     participants_per_ticket: int = 20
+    # New mail is refused for now (SMTP 452) while it would leave less free space than
+    # this on the SQLite database's disk: room kept for processing and sending (0: off).
+    accept_min_free_mb: int = 200
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 "degraded" when any of these holds (thresholds in `[health]`):
 - the database does not answer, or its SQLite file is gone from disk;
 - free space on a disk we write to (the database's, the Maildir outbox's) is
-  below `min_free_disk_mb`: SMTP would soon answer 451 to every message;
+  below `min_free_disk_mb`: next comes `[limits] accept_min_free_mb`, below which
+  new mail is refused for now (SMTP 452, `inbound/room.py`);
 - an outbound message has been failing (the relay refused it or was
   unreachable) for longer than `outbox_failing_minutes`, or any outbound
   message is still unsent after `outbox_backlog_minutes`;

@@ -253,6 +253,7 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
     raw = sys.stdin.buffer.read()
     try:
         from maildesk.clock import SystemClock
+        from maildesk.inbound.room import for_database
         from maildesk.inbound.store import Envelope, InboundStore
 
         settings = ctx.settings
@@ -260,7 +261,8 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
             click.echo(f"message of {len(raw)} bytes exceeds the size limit", err=True)
             sys.exit(EX_DATAERR)
         mail_from = "<>" if sender == "" else (sender or "")
-        store = InboundStore(ctx.db, SystemClock())
+        room = for_database(settings.sqlite_path, settings.limits.accept_min_free_mb)
+        store = InboundStore(ctx.db, SystemClock(), room)
         spool_id = store.put(raw, Envelope("deliver", mail_from, recipient))
     except SystemExit:
         raise
@@ -284,6 +286,7 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
 def import_(ctx: Context, path: Path, notify: bool, processes: int | None) -> None:
     """Import an mbox file or a Maildir folder at PATH; safe to re-run."""
     from maildesk.inbound import importer
+    from maildesk.inbound.room import NoRoom
 
     # The cores the daemon's workers are given, as they would be: the usual reason to
     # import is a large archive, and its threads stay whole either way. At most four:
@@ -297,11 +300,17 @@ def import_(ctx: Context, path: Path, notify: bool, processes: int | None) -> No
         raise click.ClickException(str(exc)) from None
     with contextlib.closing(box):
         total = len(box)
-        with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
-            if processes > 1:
-                stored, processed = _import_in_waves(ctx, box, notify, processes, bar.update)
-            else:
-                stored, processed = _import_in_order(ctx, box, notify, bar.update)
+        try:
+            with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
+                if processes > 1:
+                    stored, processed = _import_in_waves(ctx, box, notify, processes, bar.update)
+                else:
+                    stored, processed = _import_in_order(ctx, box, notify, bar.update)
+        except NoRoom as exc:
+            raise click.ClickException(
+                f"stopped: {exc}. Free some space and run the same command again:"
+                " it imports only what is missing."
+            ) from None
     click.echo(
         f"{total} messages read, {stored} new, {total - stored} already imported, "
         f"{processed} processed, in {processes} process{'es' if processes > 1 else ''}",

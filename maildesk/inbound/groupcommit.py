@@ -63,12 +63,20 @@ class GroupCommit(Generic[T]):
         self._queue: queue.SimpleQueue[Waiting[T]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running = False
+        self._pending = 0  # bytes submitted and not yet committed (or failed)
         self.commits = 0  # transactions committed (fewer than messages under load)
 
     @property
     def waiting(self) -> int:
         """Messages queued for the next commit (not counting one being committed)."""
         return self._queue.qsize()
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes at the door: queued, or in the commit under way. What they will take on
+        disk counts against the room for the next message (`room.py`)."""
+        with self._lock:
+            return self._pending
 
     def submit(self, item: T, size: int) -> Future[int]:
         """Queue `item` for the next commit; for a thread, which waits on the future."""
@@ -86,6 +94,7 @@ class GroupCommit(Generic[T]):
     def _enqueue(self, waiting: Waiting[T]) -> None:
         with self._lock:
             self._queue.put(waiting)
+            self._pending += waiting.size
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._run, name="group-commit", daemon=True).start()
@@ -128,6 +137,8 @@ class GroupCommit(Generic[T]):
             self.commits += 1
             if len(outcome) != len(taken):
                 outcome = RuntimeError(f"{len(outcome)} ids for {len(taken)} messages")
+        with self._lock:
+            self._pending -= sum(waiting.size for waiting in taken or [first])
         _answer(taken or [first], outcome)
 
 

@@ -26,6 +26,7 @@ from imapclient import DELETED, IMAPClient
 from imapclient.exceptions import IMAPClientError
 
 from maildesk.config import ImapSettings
+from maildesk.inbound.room import NoRoom
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,14 @@ class ImapPoller:
         backoff_initial: float = 1.0,
         backoff_max: float = 300.0,
         wait: Callable[[float], bool] | None = None,
+        fits: Callable[[int], bool] = lambda size: True,
     ) -> None:
         self._settings = settings
         self._store = store
+        # Whether a message of this size leaves the disk's reserve (inbound/room.py): one
+        # that does not is left on the server, not even fetched.
+        self._fits = fits
+        self._no_room = 0
         self._on_stored = on_stored
         # Told after every poll whether it failed (for /metrics).
         self._on_poll = on_poll
@@ -88,9 +94,11 @@ class ImapPoller:
             # UNDELETED: a message we copied and flagged but failed to expunge is already processed.
             uids = sorted(client.search("UNDELETED"))
             stored = failed = 0
+            self._no_room = 0
             for batch in self._batches(client, uids):
                 ok, bad = self._process_batch(client, batch)
                 stored, failed = stored + ok, failed + bad
+            failed += self._no_room
         except CONNECTION_ERRORS:
             self._on_poll(True)
             self._drop()
@@ -100,11 +108,12 @@ class ImapPoller:
         # An empty poll every interval is routine; only polls that found mail are INFO.
         log.log(
             logging.INFO if uids else logging.DEBUG,
-            "imap poll %s: %d found, %d stored, %d left for retry",
+            "imap poll %s: %d found, %d stored, %d left for retry%s",
             self._settings.folder,
             len(uids),
             stored,
             failed,
+            f" ({self._no_room} for want of disk room)" if self._no_room else "",
         )
         return stored
 
@@ -194,6 +203,9 @@ class ImapPoller:
         total = 0
         for uid in uids:
             size = int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0))
+            if not self._fits(total + size):
+                self._no_room += 1
+                continue
             if batch and (
                 len(batch) >= FETCH_BATCH or total + size > FETCH_BATCH_BYTES or size > FETCH_SLICE
             ):
@@ -237,6 +249,10 @@ class ImapPoller:
                 continue  # expunged by someone else meanwhile
             try:
                 self._store(raw)
+            except NoRoom as exc:
+                failed += 1
+                log.warning("imap uid %d left in %s: %s", uid, self._settings.folder, exc)
+                continue
             except Exception:
                 failed += 1
                 log.exception("imap uid %d not stored; left in %s", uid, self._settings.folder)

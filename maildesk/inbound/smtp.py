@@ -21,6 +21,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from maildesk.config import SmtpSettings
 from maildesk.inbound.recipients import Recipients
+from maildesk.inbound.room import NoRoom
 from maildesk.inbound.sessions import SessionLimiter, limited
 from maildesk.inbound.smtpaddress import parsed_once
 from maildesk.inbound.smtpdata import one_buffer
@@ -38,6 +39,8 @@ TOO_BIG = "552 5.3.4 Message size exceeds the limit of {limit} bytes"
 # sender learns of it (instead of a 250 and a silent quarantine).
 BARE_NEWLINE = "554 5.6.0 Message refused: bare LF or CR line ending; end every line with CRLF"
 MUST_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first"
+# RFC 5321 4.2.3 and RFC 1870: a temporary "no room now"; the client retries (room.py).
+NO_ROOM = "452 4.3.1 Insufficient system storage, please try again later"
 OK = "250 2.0.0 Ok"
 
 
@@ -79,6 +82,11 @@ class InboundHandler:
         if self.require_tls and session.ssl is None:
             self.on_refused("tls_required")
             return MUST_STARTTLS
+        # The size the client announces (RFC 1870), refused before a byte of it is sent;
+        # without one, DATA is checked with the bytes it brought.
+        if not self.store.fits(_declared_size(options)):
+            self.on_refused("disk_full")
+            return NO_ROOM
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return OK
@@ -120,6 +128,10 @@ class InboundHandler:
             # Group-committed with every other message waiting (inbound/groupcommit.py):
             # the 250 goes out after the commit that holds these bytes.
             spool_id = await self.store.put_async(raw, inbound)
+        except NoRoom as exc:
+            self.on_refused("disk_full")
+            log.warning("refused a message of %d bytes from %s: %s", len(raw), session.peer, exc)
+            return self._reply(NO_ROOM, envelope)
         except Exception:
             log.exception("could not store a message from %s", session.peer)
             return self._reply(TEMPORARY_FAILURE, envelope)
@@ -135,6 +147,15 @@ class InboundHandler:
             return line
         # aiosmtpd pushes our string as-is plus CRLF: one line per recipient.
         return "\r\n".join([line] * max(1, len(envelope.rcpt_tos)))
+
+
+def _declared_size(options: list[str]) -> int:
+    """MAIL's SIZE=n, else 0 (aiosmtpd has already refused one above the size limit)."""
+    for option in options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
 
 
 def _peer_address(peer: object) -> str:

@@ -42,6 +42,7 @@ from maildesk.db import Database, rare
 from maildesk.hotsql import Hot
 from maildesk.inbound import landing, rawbytes
 from maildesk.inbound.groupcommit import GroupCommit, Waiting
+from maildesk.inbound.room import Room
 from maildesk.models import Inbound
 from maildesk.states import InboundState
 
@@ -106,9 +107,11 @@ class _Incoming:
 
 
 class InboundStore:
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, room: Room | None = None) -> None:
         self._db = db
         self._clock = clock
+        # Below its reserve, every route's new mail is refused for now (`room.py`).
+        self.room = room
         self._door: GroupCommit[_Incoming] = GroupCommit(self._commit_waiting)
         self._listeners: list[Callable[[], None]] = []
         # On SQLite, accepted mail lands in a file of its own (`landing.py`).
@@ -136,13 +139,25 @@ class InboundStore:
         """Messages waiting for the next group commit."""
         return self._door.waiting
 
+    def fits(self, size: int) -> bool:
+        """Whether a message of `size` bytes leaves the disk's reserve free (`room.py`),
+        with what waits at the door for its commit counted as written."""
+        return self.room is None or self.room.fits(size + self._door.pending_bytes)
+
+    def _check_room(self, size: int) -> None:
+        if self.room is not None:
+            self.room.check(size + self._door.pending_bytes)
+
     def put(self, raw: bytes, envelope: Envelope) -> int:
-        """Commit the bytes; returns the spool id. Raises if they are not stored."""
+        """Commit the bytes; returns the spool id. Raises if they are not stored
+        (`NoRoom` when the disk is down to its reserve)."""
+        self._check_room(len(raw))
         incoming = _Incoming(raw, envelope, digest(raw))
         return self._door.submit(incoming, len(raw)).result()
 
     async def put_async(self, raw: bytes, envelope: Envelope) -> int:
         """`put` for the event loop: waits for the group commit without holding a thread."""
+        self._check_room(len(raw))
         if len(raw) > HASH_OFF_LOOP:
             hashed = await asyncio.to_thread(digest, raw)
         else:
@@ -184,6 +199,7 @@ class InboundStore:
 
         Bulk work (`import`): not urgent, so the 250s waiting for the same lock go first.
         """
+        self._check_room(sum(map(len, raws)))
         items = [_Incoming(raw, envelope, digest(raw)) for raw in raws]
         ids = self._store(lambda: items, urgent=False)
         self._announce()

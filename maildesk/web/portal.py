@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, selectinload
 from maildesk.accounts import redact_links
 from maildesk.clock import as_utc, new_token
 from maildesk.inbound import rawbytes
+from maildesk.inbound.room import NoRoom
 from maildesk.inbound.store import Envelope
 from maildesk.message import clean_text
 from maildesk.models import STATUS_LABELS, Attachment, Blob, Message, Person, Ticket
@@ -191,6 +192,13 @@ async def ticket_page(request: web.Request) -> web.StreamResponse:
     who = await current_viewer(request)
     if who is None:
         return await _login_first(request)
+    return await _ticket_view(request, who, {"sent": request.query.get("sent") == "1"})
+
+
+async def _ticket_view(
+    request: web.Request, who: Viewer, extra: dict[str, Any], status: int = 200
+) -> web.StreamResponse:
+    """The ticket's page, with `extra` in its context (a notice, a reply kept)."""
     lang = language(request, who.language)
     support = site(request).services.settings.support
 
@@ -231,9 +239,9 @@ async def ticket_page(request: web.Request) -> web.StreamResponse:
     context = await in_db(load)
     if context is None:
         return _not_found(request, who)
-    context["sent"] = request.query.get("sent") == "1"
     context["max_chars"] = MAX_REPLY_CHARS
-    return render(request, "ticket", context, who=who, lang=lang)
+    context["sent"] = False
+    return render(request, "ticket", {**context, **extra}, who=who, lang=lang, status=status)
 
 
 async def attachment(request: web.Request) -> web.StreamResponse:
@@ -354,5 +362,11 @@ async def reply(request: web.Request, form: Form) -> web.StreamResponse:
     # write here, and the token is what proves it to the pipeline (README "Trust").
     reply_address = services.notifier.tokens.address(number)
     envelope = Envelope(source="web", mail_from=who.email, rcpt_to=(reply_address,))
-    await in_db(lambda: services.store.put(raw, envelope))
+    try:
+        await in_db(lambda: services.store.put(raw, envelope))
+    except NoRoom as exc:
+        # The disk is down to its reserve (inbound/room.py): nothing is stored, and the
+        # customer gets their text back to send again later.
+        log.warning("a portal reply to ticket %d was not stored: %s", number, exc)
+        return await _ticket_view(request, who, {"unsent": text}, status=503)
     return see_other(request, f"/tickets/{number}?sent=1")

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.inbound import rawbytes
+from maildesk.inbound.room import Room
 from maildesk.models import Inbound, Ticket
 from tests.conftest import Outbox, RunningDaemon, make_mail, wait_for
 from tests.helpers import outbox_rows, ticket, tickets
@@ -281,6 +282,38 @@ def test_a_web_reply_enters_the_mail_pipeline(daemon: RunningDaemon, outbox: Out
         what="the agent's notification",
     )
     assert "It works again" in alice.get(f"/tickets/{number}").text
+
+
+def test_a_web_reply_without_disk_room_is_given_back_and_taken_later(
+    daemon: RunningDaemon, tmp_path: Any
+) -> None:
+    """Below the reserve for new mail (inbound/room.py) the reply is not stored: the
+    customer gets their page back with the text in the box, escaped, to send again."""
+    number = mail_in(daemon, "Alice Customer <alice@customer.test>", "Printer broken")
+    customer(daemon.services, ALICE)
+    alice = logged_in(daemon, ALICE)
+    alice.get(f"/tickets/{number}")
+    text = "Still broken <script>alert(1)</script> & worse"
+    daemon.services.store.room = Room(tmp_path, 10**9)  # the disk is down to its reserve
+
+    refused = alice.post(f"/tickets/{number}/reply", {"text": text})
+    assert refused.status == 503
+    assert "could not be saved just now" in refused.text
+    assert "Still broken &lt;script&gt;alert(1)&lt;/script&gt; &amp; worse</textarea>" in (
+        refused.text
+    )
+    assert "<script>alert(1)" not in refused.text
+    assert len(ticket(daemon.services, number)["messages"]) == 2  # the mail and our ack
+
+    daemon.services.store.room = None  # room again: the same form goes through
+    sent = alice.post(f"/tickets/{number}/reply", {"text": text})
+    assert (sent.status, sent.location) == (303, f"/tickets/{number}?sent=1")
+    wait_for(
+        lambda: any(
+            "Still broken" in m["body_text"] for m in ticket(daemon.services, number)["messages"]
+        ),
+        what="the reply in the ticket",
+    )
 
 
 def test_a_colleagues_web_reply_is_proven_by_the_portal(daemon: RunningDaemon) -> None:
