@@ -70,7 +70,8 @@ class ImapPoller:
         # Whether a message of this size leaves the disk's reserve (inbound/room.py): one
         # that does not is left on the server, not even fetched.
         self._fits = fits
-        self._no_room = 0
+        self._skipped = 0  # this poll's: left on the server unfetched, for want of room
+        self._no_room = 0  # ... and those, with the ones fetched and then refused for it
         self._on_stored = on_stored
         # Told after every poll whether it failed (for /metrics).
         self._on_poll = on_poll
@@ -94,11 +95,11 @@ class ImapPoller:
             # UNDELETED: a message we copied and flagged but failed to expunge is already processed.
             uids = sorted(client.search("UNDELETED"))
             stored = failed = 0
-            self._no_room = 0
+            self._skipped = self._no_room = 0
             for batch in self._batches(client, uids):
                 ok, bad = self._process_batch(client, batch)
                 stored, failed = stored + ok, failed + bad
-            failed += self._no_room
+            failed += self._skipped
         except CONNECTION_ERRORS:
             self._on_poll(True)
             self._drop()
@@ -204,6 +205,7 @@ class ImapPoller:
         for uid in uids:
             size = int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0))
             if not self._fits(total + size):
+                self._skipped += 1
                 self._no_room += 1
                 continue
             if batch and (
@@ -249,9 +251,9 @@ class ImapPoller:
                 continue  # expunged by someone else meanwhile
             try:
                 self._store(raw)
-            except NoRoom as exc:
+            except NoRoom:  # counted in the poll's line; the room logs when refusing starts
                 failed += 1
-                log.warning("imap uid %d left in %s: %s", uid, self._settings.folder, exc)
+                self._no_room += 1
                 continue
             except Exception:
                 failed += 1

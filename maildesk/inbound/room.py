@@ -18,8 +18,11 @@ database. A PostgreSQL server's disk is its administrator's to watch.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger("maildesk.inbound.room")
 
 MB = 1024 * 1024
 
@@ -34,6 +37,9 @@ class Room:
     def __init__(self, folder: Path, reserve_mb: int) -> None:
         self.folder = folder
         self.reserve_mb = reserve_mb
+        # Logged when refusing starts and when it ends, not per message: under a flood a
+        # line per refusal would itself fill the disk.
+        self._refusing = False
 
     def free_bytes(self) -> int:
         # The folder itself may not exist yet (before `init`): its nearest parent that
@@ -45,7 +51,23 @@ class Room:
     def fits(self, size: int) -> bool:
         """Whether `size` more bytes leave at least the reserve free (one statvfs call,
         under 2 µs here, so every message is checked against the disk as it is now)."""
-        return self.reserve_mb <= 0 or self.free_bytes() - max(size, 0) >= self.reserve_mb * MB
+        if self.reserve_mb <= 0:
+            return True
+        reserve = self.reserve_mb * MB
+        free = self.free_bytes()
+        fits = free - max(size, 0) >= reserve
+        if not fits and not self._refusing and free < reserve:  # full, not just too big
+            self._refusing = True
+            log.warning(
+                "free disk %d MB is below the reserve of %d MB ([limits] accept_min_free_mb):"
+                " new mail is refused for now",
+                free // MB,
+                self.reserve_mb,
+            )
+        elif fits and self._refusing:
+            self._refusing = False
+            log.info("free disk %d MB is above the reserve again: new mail is taken", free // MB)
+        return fits
 
     def check(self, size: int) -> None:
         """Raise `NoRoom` unless `fits(size)`."""

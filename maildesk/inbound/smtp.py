@@ -128,9 +128,8 @@ class InboundHandler:
             # Group-committed with every other message waiting (inbound/groupcommit.py):
             # the 250 goes out after the commit that holds these bytes.
             spool_id = await self.store.put_async(raw, inbound)
-        except NoRoom as exc:
+        except NoRoom:  # logged by the room when refusing starts, not per message
             self.on_refused("disk_full")
-            log.warning("refused a message of %d bytes from %s: %s", len(raw), session.peer, exc)
             return self._reply(NO_ROOM, envelope)
         except Exception:
             log.exception("could not store a message from %s", session.peer)

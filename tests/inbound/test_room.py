@@ -9,6 +9,7 @@ a margin of megabytes for whatever else writes meanwhile).
 
 from __future__ import annotations
 
+import logging
 import os
 import smtplib
 import subprocess
@@ -238,3 +239,18 @@ def test_mail_waiting_for_its_commit_counts_against_the_room(
     assert [t.is_alive() for t in putters] == [False, False]
     left = room.free_bytes() - room.reserve_mb * MB
     assert left > 4 * MB and store.fits(left - 2 * MB)
+
+
+def test_refusing_is_logged_when_it_starts_and_ends_not_per_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    room = Room(tmp_path, FAR_ABOVE)
+    with caplog.at_level(logging.INFO, logger="maildesk.inbound.room"):
+        assert not any(room.fits(0) for _ in range(100))  # a flood meets a full disk
+        room.reserve_mb = max(free_mb(tmp_path) - 100, 1)
+        assert not room.fits(200 * MB)  # too big for the room left, yet not full: no line
+        assert all(room.fits(MB) for _ in range(100))
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0][0] == "WARNING" and "new mail is refused for now" in lines[0][1]
+    assert lines[1][0] == "INFO" and "above the reserve again" in lines[1][1]
