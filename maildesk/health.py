@@ -3,8 +3,8 @@
 "degraded" when any of these holds (thresholds in `[health]`):
 - the database does not answer, or its SQLite file is gone from disk;
 - free space on a disk we write to (the database's, the Maildir outbox's) is
-  below `min_free_disk_mb`: next comes `[limits] accept_min_free_mb`, below which
-  new mail is refused for now (SMTP 452, `inbound/room.py`);
+  below `min_free_disk_mb`; or the database's is below `[limits]
+  accept_min_free_mb`, and new mail is refused for now (SMTP 452, `inbound/room.py`);
 - an outbound message has been failing (the relay refused it or was
   unreachable) for longer than `outbox_failing_minutes`, or any outbound
   message is still unsent after `outbox_backlog_minutes`;
@@ -85,6 +85,10 @@ def check(settings: Settings, db: Database | None, clock: Clock) -> Health:
             reasons.append(
                 f"free disk {free} MB for the {role} is below {limits.min_free_disk_mb} MB"
             )
+    reserve = settings.limits.accept_min_free_mb
+    if reserve > 0 and disks.get("database", reserve) < reserve:
+        # Said on its own: the reserve may be set above min_free_disk_mb.
+        reasons.append(f"new mail is refused: free disk for the database is below {reserve} MB")
     gone = database_gone(settings)
     backlog: Backlog | None = None
     if gone or db is None:

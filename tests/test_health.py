@@ -142,6 +142,22 @@ def test_free_disk_below_the_threshold_degrades_health(
     assert str(tmp_path) not in json.dumps(body)
 
 
+@pytest.mark.skipif(bool(PG_URL), reason="the reserve for new mail watches SQLite's disk")
+def test_health_says_when_new_mail_is_refused_for_want_of_disk(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    free_mb = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize // (1024 * 1024)
+    # Above the free space, while min_free_disk_mb (500) is not: the reserve is named.
+    config_values["limits"] = {"accept_min_free_mb": free_mb + 10_000_000}
+    config_values["health"] = {"min_free_disk_mb": 1}
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        status, body = get_health(running)
+    assert status == 503
+    assert body["reasons"] == [
+        f"new mail is refused: free disk for the database is below {free_mb + 10_000_000} MB"
+    ]
+
+
 def test_status_prints_ok_on_a_fresh_install(tmp_path: Path, config_values: dict[str, Any]) -> None:
     path = tmp_path / "maildesk.toml"
     path.write_text(toml(config_values))
