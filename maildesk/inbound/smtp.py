@@ -152,7 +152,7 @@ def _declared_size(options: list[str]) -> int:
     """MAIL's SIZE=n, else 0 (aiosmtpd has already refused one above the size limit)."""
     for option in options:
         name, _, value = option.partition("=")
-        if name.upper() == "SIZE" and value.isdigit():
+        if name.upper() == "SIZE" and value.isascii() and value.isdigit():
             return int(value)
     return 0
 
