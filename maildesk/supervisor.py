@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from maildesk import logs
+from maildesk.inbound.room import for_database
 from maildesk.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -175,14 +176,28 @@ class Supervisor:
             for f in dataclasses.fields(old)
             if f.name != "base_dir" and getattr(old, f.name) != getattr(new, f.name)
         ]
-        needs_restart = [name for name in changed if name not in RELOAD_SECTIONS]
+        # The reserve for new mail applies at once (inbound/room.py): an operator lowers
+        # it to take mail again while freeing space, with no restart to drain sessions.
+        old_with_reserve = dataclasses.replace(
+            old.limits, accept_min_free_mb=new.limits.accept_min_free_mb
+        )
+        needs_restart = [
+            name
+            for name in changed
+            if name not in RELOAD_SECTIONS and (name != "limits" or old_with_reserve != new.limits)
+        ]
         logs.set_level(new.log.level)
+        if old_with_reserve != old.limits:
+            room = for_database(new.sqlite_path, new.limits.accept_min_free_mb)
+            self.services.store.room = room
         if new.templates != old.templates:
             self.services.renderer.use_path(new.templates.path)
         if new.agents.addresses != old.agents.addresses:
             with self.services.db.transaction() as session:
                 Agents(session).seed(new.agents.addresses, self.services.clock.now())
         kept = {name: getattr(old, name) for name in needs_restart}
+        if "limits" in kept:  # the other caps wait for the restart; the reserve did not
+            kept["limits"] = old_with_reserve
         self.services.settings = dataclasses.replace(new, **kept)
         if needs_restart:
             log.warning(

@@ -17,7 +17,7 @@ from maildesk.config import PACKAGE_TEMPLATES
 from maildesk.sdnotify import Notifier
 from maildesk.services import Services
 from maildesk.supervisor import Supervisor
-from tests.conftest import make_mail, toml
+from tests.conftest import PG_URL, make_mail, toml
 from tests.helpers import outbox_rows, receive
 
 
@@ -72,3 +72,33 @@ def test_reload_refuses_a_missing_template_folder(
     before = services.renderer.path
     assert asyncio.run(Supervisor(services, path, Notifier({})).reload()) is False
     assert services.renderer.path == before
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="the reserve for new mail watches SQLite's disk")
+def test_reload_applies_the_reserve_for_new_mail_at_once(
+    services: Services,
+    config_values: dict[str, Any],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator short of disk raises the reserve, or lowers it to take mail again
+    while freeing space: no restart, which would drain every SMTP session."""
+    assert services.store.room is None and services.store.fits(10**15)  # off in tests
+    path = tmp_path / "maildesk.toml"
+    supervisor = Supervisor(services, path, Notifier({}))
+
+    def reload_with(limits: dict[str, int]) -> None:
+        path.write_text(toml({**config_values, "workers": {"count": 0}, "limits": limits}))
+        assert asyncio.run(supervisor.reload()) is True
+
+    with caplog.at_level(logging.INFO, logger="maildesk.supervisor"):
+        reload_with({"accept_min_free_mb": 10**9})
+        assert not services.store.fits(0)
+        assert services.settings.limits.accept_min_free_mb == 10**9
+        assert not any("restart" in r.getMessage() for r in caplog.records)
+        # With another cap changed too, that one waits for the restart; the reserve does not.
+        reload_with({"accept_min_free_mb": 0, "participants_per_ticket": 3})
+        assert services.store.fits(10**15)
+        assert services.settings.limits.accept_min_free_mb == 0
+        assert services.settings.limits.participants_per_ticket == 20
+    assert any("[limits]" in r.getMessage() and "restart" in r.getMessage() for r in caplog.records)
