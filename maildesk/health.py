@@ -18,7 +18,6 @@ password). All times come from the injected clock.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from maildesk.clock import Clock
 from maildesk.config import Settings
 from maildesk.db import Database
 from maildesk.inbound import store
+from maildesk.inbound.room import free_bytes
 from maildesk.outbound import outbox
 from maildesk.states import InboundState, OutboxState
 
@@ -130,12 +130,7 @@ def free_disk_mb(settings: Settings) -> dict[str, int]:
         folders["database"] = settings.sqlite_path.parent
     if settings.outbound.url.startswith("maildir:"):
         folders["outbox"] = Path(settings.outbound.url.removeprefix("maildir:"))
-    result: dict[str, int] = {}
-    for role, folder in folders.items():
-        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-        if existing is not None:
-            result[role] = shutil.disk_usage(existing).free // (1024 * 1024)
-    return result
+    return {role: free_bytes(folder) // (1024 * 1024) for role, folder in folders.items()}
 
 
 def _backlog(db: Database, now: datetime) -> Backlog:

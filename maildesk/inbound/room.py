@@ -42,11 +42,7 @@ class Room:
         self._refusing = False
 
     def free_bytes(self) -> int:
-        # The folder itself may not exist yet (before `init`): its nearest parent that
-        # does is on the same disk as it will be.
-        existing = next((p for p in (self.folder, *self.folder.parents) if p.exists()), Path("/"))
-        stat = os.statvfs(existing)
-        return stat.f_bavail * stat.f_frsize  # what an unprivileged writer may use
+        return free_bytes(self.folder)
 
     def fits(self, size: int) -> bool:
         """Whether `size` more bytes leave at least the reserve free (one statvfs call,
@@ -77,6 +73,19 @@ class Room:
                 f"free disk {free} MB less {max(size, 0) // MB} MB of mail would be below"
                 f" the reserve of {self.reserve_mb} MB ([limits] accept_min_free_mb)"
             )
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes an unprivileged writer may use on the disk holding `folder`. A folder
+    not made yet (before `init`) is measured at its nearest parent that exists, on
+    the disk it will be on."""
+    for candidate in (folder, *folder.parents):
+        try:
+            stat = os.statvfs(candidate)
+        except FileNotFoundError:
+            continue
+        return stat.f_bavail * stat.f_frsize
+    return 0
 
 
 def for_database(sqlite_path: Path | None, reserve_mb: int) -> Room | None:
