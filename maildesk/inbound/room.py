@@ -6,8 +6,8 @@ disk, and then nothing works: no ticket is recorded, no mail is sent, and
 SQLite cannot even checkpoint its WAL. So when the free space on the
 database's disk, less the message, would fall below `[limits]
 accept_min_free_mb`, new mail is refused as a temporary failure, as Postfix's
-`queue_minfree` does: SMTP and LMTP answer 452 4.3.1 (at MAIL when its SIZE
-does not fit, else at the end of DATA), `deliver` exits 75, the IMAP poller
+`queue_minfree` does: SMTP and LMTP answer 452 4.3.1 (at MAIL when nothing or
+its SIZE does not fit, else at the end of DATA), `deliver` exits 75, the IMAP poller
 leaves the mail on the server unread, an import stops where it was, and a
 portal reply is not taken. Senders retry later; meanwhile processing and
 sending work in the room the reserve keeps.
