@@ -20,7 +20,7 @@ from maildesk.clock import Clock, SystemClock
 from maildesk.config import Settings
 from maildesk.db import Database
 from maildesk.exclusive import exclusive
-from maildesk.inbound.room import for_database
+from maildesk.inbound.room import for_settings
 from maildesk.inbound.store import InboundStore
 from maildesk.outbound.dkim import Signer, signer_from_settings
 from maildesk.outbound.notify import Notifier
@@ -95,7 +95,7 @@ def build(settings: Settings, clock: Clock | None = None) -> Services:
 
     notices = Notices(notifier, links, accounts)
     threader = Threader(tokens, settings.support.tag_prefix)
-    room = for_database(settings.sqlite_path, settings.limits.accept_min_free_mb)
+    room = for_settings(settings)
     store = InboundStore(db, clock, room)
     processor = Processor(db, settings, clock, notices, threader, store)
     return Services(

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from maildesk import logs
-from maildesk.inbound.room import for_database
+from maildesk.inbound.room import for_settings
 from maildesk.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ class Supervisor:
         ]
         logs.set_level(new.log.level)
         if old_with_reserve != old.limits:
-            room = for_database(new.sqlite_path, new.limits.accept_min_free_mb)
+            room = for_settings(new)
             self.services.store.room = room
         if new.templates != old.templates:
             self.services.renderer.use_path(new.templates.path)

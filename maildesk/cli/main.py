@@ -253,7 +253,7 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
     raw = sys.stdin.buffer.read()
     try:
         from maildesk.clock import SystemClock
-        from maildesk.inbound.room import for_database
+        from maildesk.inbound.room import for_settings
         from maildesk.inbound.store import Envelope, InboundStore
 
         settings = ctx.settings
@@ -261,7 +261,7 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
             click.echo(f"message of {len(raw)} bytes exceeds the size limit", err=True)
             sys.exit(EX_DATAERR)
         mail_from = "<>" if sender == "" else (sender or "")
-        room = for_database(settings.sqlite_path, settings.limits.accept_min_free_mb)
+        room = for_settings(settings)
         store = InboundStore(ctx.db, SystemClock(), room)
         spool_id = store.put(raw, Envelope("deliver", mail_from, recipient))
     except SystemExit:

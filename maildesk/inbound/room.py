@@ -21,6 +21,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from maildesk.config import Settings
 
 log = logging.getLogger("maildesk.inbound.room")
 
@@ -88,8 +92,10 @@ def free_bytes(folder: Path) -> int:
     return 0
 
 
-def for_database(sqlite_path: Path | None, reserve_mb: int) -> Room | None:
-    """The room to watch for a database: its folder's disk on SQLite, none elsewhere."""
-    if sqlite_path is None or reserve_mb <= 0:
+def for_settings(settings: Settings) -> Room | None:
+    """The room to watch for the configured database: its folder's disk on SQLite, none
+    elsewhere, and none when the reserve is off."""
+    path, reserve_mb = settings.sqlite_path, settings.limits.accept_min_free_mb
+    if path is None or reserve_mb <= 0:
         return None
-    return Room(sqlite_path.parent, reserve_mb)
+    return Room(path.parent, reserve_mb)
