@@ -106,12 +106,13 @@ def _select_due(model: Queue, columns: tuple[Any, ...]) -> Any:
 
 
 def _claim_order(model: Queue) -> tuple[Any, ...]:
-    """Inbound mail in arrival order: a reply is threaded after what it answers. Outbound
-    mail due longest first, the order of its state index (`ix_outbox_state_next`): in id
-    order, every claim sorted all the mail waiting (a relay outage's backlog) while it
-    held the write lock."""
+    """Inbound mail by fair turns, each sender's in arrival order (a reply is threaded
+    after what it answers; `inbound/lanes.py`), in the order of the state index
+    `ix_inbound_state_turn_id`. Outbound mail due longest first, the order of its state
+    index (`ix_outbox_state_next`): in id order, every claim sorted all the mail waiting
+    (a relay outage's backlog) while it held the write lock."""
     if model is Inbound:
-        return (model.id,)
+        return (model.turn, model.id)
     return (model.next_attempt_at, model.id)
 
 

@@ -66,8 +66,16 @@ class Inbound(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str] = mapped_column(Text, default="")
     processed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    # Fair turns (inbound/lanes.py): the sender's lane, and the message's turn in it.
+    # Workers claim in (turn, id) order.
+    lane: Mapped[str] = mapped_column(String(512), default="", server_default="")
+    turn: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
-    __table_args__ = (Index("ix_inbound_state_id", "state", "id"),)
+    __table_args__ = (
+        Index("ix_inbound_state_id", "state", "id"),
+        Index("ix_inbound_state_turn_id", "state", "turn", "id"),
+        Index("ix_inbound_state_lane_turn", "state", "lane", "turn"),
+    )
 
 
 class InboundRaw(Base):

@@ -73,6 +73,8 @@ def sqlite_plans(services: Services, call: Callable[[], Any], tables: str) -> li
     plans = []
     with services.db.engine.connect() as conn:
         for statement, parameters in statements:
+            if isinstance(parameters, list):  # an executemany: an INSERT's rows, no plan
+                continue
             if re.search(rf"\b({tables})\b", statement):
                 cursor = conn.connection.cursor()
                 found = cursor.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()

@@ -43,7 +43,7 @@ from sqlalchemy.exc import NoSuchTableError
 
 from maildesk.clock import as_utc
 from maildesk.db import Database
-from maildesk.inbound import rawbytes
+from maildesk.inbound import lanes, rawbytes
 from maildesk.models import Inbound, InboundRaw
 
 log = logging.getLogger("maildesk.spool")
@@ -314,6 +314,9 @@ class Move:
                     copies.append((row.id, row.id))
                 elif digest != row.digest:
                     renumbered.append(values)
+            # Turns are the spool's to give: they depend on what waits there.
+            entering = sorted(fresh + renumbered, key=lambda values: values["id"])
+            lanes.assign(main, entering)
             if fresh:
                 main.execute(Inbound.__table__.insert(), fresh)  # type: ignore[attr-defined]
             for values in renumbered:

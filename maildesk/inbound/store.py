@@ -40,7 +40,7 @@ from maildesk import leases
 from maildesk.clock import Clock, as_utc
 from maildesk.db import Database, rare
 from maildesk.hotsql import Hot
-from maildesk.inbound import landing, rawbytes
+from maildesk.inbound import landing, lanes, rawbytes
 from maildesk.inbound.groupcommit import GroupCommit, Waiting
 from maildesk.inbound.room import Room
 from maildesk.models import Inbound
@@ -86,6 +86,8 @@ _COLUMNS = (
     "attempts",
     "reason",
     "error",
+    "lane",
+    "turn",
 )
 _INSERT_SQLITE = "INSERT INTO inbound ({}) VALUES ({})".format(
     ", ".join(_COLUMNS), ", ".join("?" for _ in _COLUMNS)
@@ -215,6 +217,7 @@ class InboundStore:
         # Not ORM objects: this runs under the write lock a 250 waits for, and the ORM's
         # unit of work cost more than the rest of the commit but the fsync.
         rows = [self._row(item, now) for item in items]
+        lanes.assign(connection, rows)
         if connection.dialect.name == "sqlite":  # a spool without its landing (`:memory:`)
             driver = connection.connection.driver_connection
             ids = _insert_sqlite(driver, connection.dialect, rows)
@@ -239,6 +242,9 @@ class InboundStore:
             attempts=0,
             reason="",
             error="",
+            # The turn is given as the row enters the spool (`lanes.assign`).
+            lane=lanes.lane_of(envelope.source, envelope.mail_from),
+            turn=0,
         )
 
     def known_digests(self, digests: Sequence[str]) -> set[str]:
