@@ -12,14 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from alembic import command
+from sqlalchemy import select, text
 
+from maildesk import config
 from maildesk.clock import ManualClock
+from maildesk.db import Database
 from maildesk.inbound import importer
 from maildesk.inbound.lanes import IMPORTS
 from maildesk.inbound.store import Envelope
 from maildesk.models import Inbound, Ticket
-from maildesk.services import Services
+from maildesk.schema import alembic_config
+from maildesk.services import Services, build
 from tests.conftest import PG_URL, make_mail
 from tests.helpers import history_with_waiting_rows, sqlite_plans
 
@@ -140,22 +144,39 @@ def test_a_sender_is_one_lane_however_its_address_is_written(services: Services)
 
 
 def test_mail_stored_before_the_upgrade_goes_first_in_its_order(
-    services: Services, clock: ManualClock
+    settings: config.Settings, clock: ManualClock
 ) -> None:
-    """Rows from before turns existed hold turn 0 and the lane '': claimed first, by id."""
-    old = [put(services, f"old{n}@customer.test", f"old {n}") for n in range(3)]
-    services.store.claim(0)  # moves what landed (SQLite) into the spool
-    with services.db.transaction() as session:
-        session.execute(
-            Inbound.__table__.update()  # type: ignore[attr-defined]
-            .where(Inbound.id.in_(old))
-            .values(lane="", turn=0)
-        )
-    put(services, "new@customer.test", "new 0")
+    """Rows waiting at the upgrade (migration 0016) hold turn 0: taken first, by id."""
+    db = Database(settings.database.url)
+    migrations = alembic_config(db)
+    with db.engine.begin() as connection:
+        migrations.attributes["connection"] = connection
+        command.upgrade(migrations, "0015")
+        for n in range(3):
+            raw = make_mail(subject=f"old {n}", sender="old@customer.test")
+            connection.execute(
+                text(
+                    "INSERT INTO inbound (id, received_at, source, mail_from, peer, rcpt_to, "
+                    "size, digest, notify, state, attempts, reason, error) VALUES (:id, :now, "
+                    "'smtp', 'old@customer.test', '', '[]', :size, :digest, true, 'pending', 0, "
+                    "'', '')"
+                ),
+                {"id": n + 1, "now": clock.now(), "size": len(raw), "digest": f"{n:064x}"},
+            )
+            connection.execute(
+                text("INSERT INTO inbound_raw (inbound_id, raw) VALUES (:id, :raw)"),
+                {"id": n + 1, "raw": raw},
+            )
+    db.dispose()
 
-    claimed = [row.id for row in services.store.claim(10).rows]
-
-    assert claimed[:3] == old
+    services = build(settings, clock)
+    services.prepare()  # `maildesk init` after installing the new version
+    try:
+        put(services, "new@customer.test", "new 0")
+        services.drain_inbound()
+        assert opened(services) == ["old 0", "old 1", "old 2", "new 0"]
+    finally:
+        services.db.dispose()
 
 
 @pytest.mark.skipif(bool(PG_URL), reason="reads SQLite's query plans")
