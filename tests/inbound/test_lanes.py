@@ -154,18 +154,18 @@ def test_mail_stored_before_the_upgrade_goes_first_in_its_order(
         command.upgrade(migrations, "0015")
         for n in range(3):
             raw = make_mail(subject=f"old {n}", sender="old@customer.test")
-            connection.execute(
+            spool_id = connection.execute(
                 text(
-                    "INSERT INTO inbound (id, received_at, source, mail_from, peer, rcpt_to, "
-                    "size, digest, notify, state, attempts, reason, error) VALUES (:id, :now, "
-                    "'smtp', 'old@customer.test', '', '[]', :size, :digest, true, 'pending', 0, "
-                    "'', '')"
+                    "INSERT INTO inbound (received_at, source, mail_from, peer, rcpt_to, size, "
+                    "digest, notify, state, attempts, reason, error) VALUES (:now, 'smtp', "
+                    "'old@customer.test', '', '[]', :size, :digest, true, 'pending', 0, '', '') "
+                    "RETURNING id"
                 ),
-                {"id": n + 1, "now": clock.now(), "size": len(raw), "digest": f"{n:064x}"},
-            )
+                {"now": clock.now(), "size": len(raw), "digest": f"{n:064x}"},
+            ).scalar_one()
             connection.execute(
                 text("INSERT INTO inbound_raw (inbound_id, raw) VALUES (:id, :raw)"),
-                {"id": n + 1, "raw": raw},
+                {"id": spool_id, "raw": raw},
             )
     db.dispose()
 
