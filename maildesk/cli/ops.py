@@ -23,17 +23,25 @@ def status(ctx: Context, as_json: bool) -> None:
     from maildesk import health
     from maildesk.clock import SystemClock
     from maildesk.db import Database
+    from maildesk.inbound.store import busiest_senders
+    from maildesk.message import clean_text
 
     settings = ctx.settings
     # Opening a SQLite URL would create an empty file where the database went missing.
     db = None if health.database_gone(settings) else Database(settings.database.url)
+    busiest: list[tuple[str, int]] = []
     try:
         result = health.check(settings, db, SystemClock())
+        if db is not None and result.backlog is not None and result.backlog.inbound_pending:
+            with db.reading() as session:
+                busiest = busiest_senders(session)
     finally:
         if db is not None:
             db.dispose()
     if as_json:
-        click.echo(json.dumps(result.as_json(), indent=2))
+        body = result.as_json()
+        body["busiest_senders"] = [{"sender": lane, "waiting": n} for lane, n in busiest]
+        click.echo(json.dumps(body, indent=2))
     else:
         click.echo(result.status)
         for reason in result.reasons:
@@ -44,6 +52,10 @@ def status(ctx: Context, as_json: bool) -> None:
                 f"inbound: {backlog.inbound_pending} pending, {backlog.quarantined} quarantined; "
                 f"outbox: {backlog.outbox_pending} unsent ({backlog.outbox_deferred} deferred)"
             )
+        if busiest:
+            # Lanes are envelope senders, which strangers write: no control characters.
+            named = (f"{clean_text(lane) or '<>'} {n}" for lane, n in busiest)
+            click.echo(f"busiest senders waiting: {', '.join(named)}")
         for role, free in result.free_disk_mb.items():
             click.echo(f"free disk for the {role}: {free} MB")
     if not result.ok:

@@ -405,3 +405,21 @@ def waiting(path: Path) -> Waiting:
     if oldest is None:
         return Waiting(int(count), None)
     return Waiting(int(count), as_utc(datetime.fromisoformat(oldest)))
+
+
+def waiting_by_lane(path: Path) -> dict[str, int]:
+    """How many messages of each lane (`lanes.py`) wait in the landing at `path` (a
+    read that takes no lock; no file, or one written before lanes: none)."""
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    except sqlite3.OperationalError:
+        return {}
+    try:
+        rows = connection.execute(
+            f"SELECT lane, count(*) FROM {LANDED.name} GROUP BY lane"
+        ).fetchall()
+    except sqlite3.OperationalError:  # created, tables not yet; or no lane column
+        return {}
+    finally:
+        connection.close()
+    return {lane: int(count) for lane, count in rows}

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import random
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -486,6 +487,22 @@ class SpoolCounts:
 
     def __getitem__(self, state: InboundState) -> int:
         return self.by_state[state]
+
+
+def busiest_senders(session: Session, limit: int = 3) -> list[tuple[str, int]]:
+    """The lanes (`lanes.py`) with the most mail waiting, most first: who a flood
+    comes from. A read of every waiting row (the lane index, and on SQLite the
+    landing): for `status`, not for /healthz."""
+    rows = session.execute(
+        select(Inbound.lane, func.count())
+        .where(rare(Inbound.state == InboundState.PENDING))
+        .group_by(Inbound.lane)
+    )
+    waiting = Counter({lane: int(count) for lane, count in rows})
+    file = landing.sqlite_file(str(session.get_bind().engine.url))
+    if file is not None:
+        waiting.update(landing.waiting_by_lane(landing.path_of(file)))
+    return sorted(waiting.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
 
 def counts(

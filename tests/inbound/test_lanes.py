@@ -9,13 +9,17 @@ their numbers show the order the desk took the mail in.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
+from click.testing import CliRunner
 from sqlalchemy import select, text
 
 from maildesk import config
+from maildesk.cli import main
 from maildesk.clock import ManualClock
 from maildesk.db import Database
 from maildesk.inbound import importer
@@ -197,3 +201,31 @@ def test_turns_are_given_and_claimed_by_index_on_a_long_history(
     assert len(found["claimed"]) == 5
     assert not [(plan, statement) for plan, statement in plans if plan.startswith("SCAN")]
     assert not [(plan, statement) for plan, statement in plans if "TEMP B-TREE" in plan]
+
+
+def test_status_names_the_busiest_senders_waiting(services: Services, config_file: Path) -> None:
+    """Ops under a flood want to know who it comes from (to block them at the MTA).
+    Envelope senders are a stranger's to write: no control character reaches the
+    terminal."""
+    for n in range(5):
+        put(services, "loop@customer.test", f"loop {n}")
+    hostile = "evil\x1b[2J\x1b[31m@x.test"
+    for n in range(3):
+        services.store.put(make_mail(subject=f"e {n}"), Envelope("smtp", mail_from=hostile))
+    services.store.claim(0)  # some waits in the spool, some still where it landed
+    services.store.put(make_mail(subject="bounce"), Envelope("smtp", mail_from=""))
+    services.store.put(make_mail(subject="bounce 2"), Envelope("smtp", mail_from=""))
+    put(services, "bob@other.test", "Invoice question")
+
+    result = CliRunner().invoke(main, ["--config", str(config_file), "status"])
+
+    # Degraded (exit 1): the test clock's mail looks months old to the real one.
+    assert result.exit_code in (0, 1), result.output
+    lines = result.stdout.splitlines()
+    assert "busiest senders waiting: loop@customer.test 5, evil [2j [31m@x.test 3, <> 2" in lines
+    assert "\x1b" not in result.stdout
+    as_json = CliRunner().invoke(main, ["--config", str(config_file), "status", "--json"])
+    assert json.loads(as_json.stdout)["busiest_senders"][0] == {
+        "sender": "loop@customer.test",
+        "waiting": 5,
+    }
