@@ -54,7 +54,7 @@ def status(ctx: Context, as_json: bool) -> None:
             )
         if busiest:
             # Lanes are envelope senders, which strangers write: no control characters.
-            named = (f"{clean_text(lane) or '<>'} {n}" for lane, n in busiest)
+            named = (f"{clean_text(lane) or '(no sender)'} {n}" for lane, n in busiest)
             click.echo(f"busiest senders waiting: {', '.join(named)}")
         for role, free in result.free_disk_mb.items():
             click.echo(f"free disk for the {role}: {free} MB")

@@ -244,7 +244,7 @@ class InboundStore:
             reason="",
             error="",
             # The turn is given as the row enters the spool (`lanes.assign`).
-            lane=lanes.lane_of(envelope.source, envelope.mail_from),
+            lane=lanes.lane_of(envelope.source, envelope.mail_from, item.raw),
             turn=0,
         )
 

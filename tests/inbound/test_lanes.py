@@ -23,12 +23,14 @@ from maildesk.cli import main
 from maildesk.clock import ManualClock
 from maildesk.db import Database
 from maildesk.inbound import importer
-from maildesk.inbound.lanes import IMPORTS
+from maildesk.inbound.imap import ImapPoller
+from maildesk.inbound.lanes import IMPORTS, lane_of
 from maildesk.inbound.store import Envelope
 from maildesk.models import Inbound, Ticket
 from maildesk.schema import alembic_config
 from maildesk.services import Services, build
 from tests.conftest import PG_URL, make_mail
+from tests.dovecot import Dovecot
 from tests.helpers import history_with_waiting_rows, sqlite_plans
 
 
@@ -93,7 +95,7 @@ def test_a_bounce_storm_is_one_lane(services: Services) -> None:
             make_mail(
                 subject=f"Undelivered Mail Returned to Sender {n}", sender="MAILER-DAEMON@mx.test"
             ),
-            Envelope("smtp", mail_from=""),
+            Envelope("smtp", mail_from="<>"),  # as the SMTP door stores MAIL FROM:<>
         )
         for n in range(8)
     ]
@@ -213,8 +215,8 @@ def test_status_names_the_busiest_senders_waiting(services: Services, config_fil
     for n in range(3):
         services.store.put(make_mail(subject=f"e {n}"), Envelope("smtp", mail_from=hostile))
     services.store.claim(0)  # some waits in the spool, some still where it landed
-    services.store.put(make_mail(subject="bounce"), Envelope("smtp", mail_from=""))
-    services.store.put(make_mail(subject="bounce 2"), Envelope("smtp", mail_from=""))
+    services.store.put(make_mail(subject="bounce"), Envelope("smtp", mail_from="<>"))
+    services.store.put(make_mail(subject="bounce 2"), Envelope("smtp", mail_from="<>"))
     put(services, "bob@other.test", "Invoice question")
 
     result = CliRunner().invoke(main, ["--config", str(config_file), "status"])
@@ -229,3 +231,46 @@ def test_status_names_the_busiest_senders_waiting(services: Services, config_fil
         "sender": "loop@customer.test",
         "waiting": 5,
     }
+
+
+def test_mail_polled_from_a_mailbox_takes_the_lane_of_its_return_path(
+    services: Services,
+) -> None:
+    """IMAP mail comes with no envelope of ours: the Return-Path its mailbox's delivery
+    agent wrote at the top names the sender (a real Dovecot, the poller as serve runs
+    it). A Return-Path in the body or below the header block names nobody."""
+
+    def delivered(return_path: str, subject: str, sender: str) -> bytes:
+        mail = make_mail(subject=subject, sender=sender, body="Return-Path: <bob@other.test>")
+        return f"Return-Path: <{return_path}>\r\n".encode() + mail
+
+    with Dovecot() as dovecot:
+        for n in range(4):
+            dovecot.append(
+                "INBOX", delivered("Loop@Customer.test", f"loop {n}", "loop@customer.test")
+            )
+        dovecot.append("INBOX", delivered("bob@other.test", "Invoice question", "bob@other.test"))
+        poller = ImapPoller(
+            dovecot.settings(), lambda raw: services.store.put(raw, Envelope(source="imap"))
+        )
+        try:
+            assert poller.poll_once() == 5
+        finally:
+            poller.close()
+
+    services.drain_inbound()
+
+    assert opened(services)[:3] == ["loop 0", "Invoice question", "loop 1"]
+    with services.db.transaction() as session:
+        lanes = set(session.scalars(select(Inbound.lane)))
+    assert lanes == {"loop@customer.test", "bob@other.test"}
+
+
+def test_a_return_path_is_read_only_at_the_top_of_the_header_block() -> None:
+    body_only = make_mail(subject="x", body="Return-Path: <bob@other.test>")
+    assert lane_of("imap", "", body_only) == ""
+    assert lane_of("imap", "", b"Return-Path: <>\r\n" + body_only) == "<>"
+    # From the SMTP door the envelope decides, whatever the message says.
+    assert lane_of("smtp", "alice@customer.test", b"Return-Path: <x@y.test>\r\n") == (
+        "alice@customer.test"
+    )
