@@ -15,6 +15,7 @@ import random
 import resource
 import shutil
 import signal
+import smtplib
 import socket
 import sqlite3
 import statistics
@@ -135,6 +136,23 @@ def customer_message(
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit so that `finally` blocks stop what we started."""
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(128 + signal.SIGTERM))
+
+
+def send_session(
+    port: int, mails: Sequence[tuple[str, bytes]], interval: float = 0.0, timeout: float = 120
+) -> tuple[float, float]:
+    """Send `mails` ((envelope sender, bytes) each) to the support address in one
+    persistent SMTP session, message k no earlier than k * `interval` after the start
+    when pacing; returns when it started and when the last 250 came (`time.time()`)."""
+    started = time.time()
+    client = smtplib.SMTP("127.0.0.1", port, local_hostname="client.localhost", timeout=timeout)
+    with client as smtp:
+        for k, (mail_from, raw) in enumerate(mails):
+            if interval and (delay := started + k * interval - time.time()) > 0:
+                time.sleep(delay)
+            if refused := smtp.sendmail(mail_from, [SUPPORT], raw):
+                raise RuntimeError(f"refused: {refused}")
+        return started, time.time()
 
 
 def free_port() -> int:

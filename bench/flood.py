@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import smtplib
 import sys
 import time
 from datetime import UTC, datetime
@@ -39,13 +38,7 @@ FLOOD_SENDER = "loop@customer0.test"
 
 def _send(port: int, mails: list[tuple[str, bytes]], interval: float, barrier: Any) -> None:
     barrier.wait()
-    started = time.time()
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.localhost", timeout=300) as smtp:
-        for k, (mail_from, raw) in enumerate(mails):
-            if interval and (delay := started + k * interval - time.time()) > 0:
-                time.sleep(delay)
-            if smtp.sendmail(mail_from, [common.SUPPORT], raw):
-                raise RuntimeError("refused")
+    common.send_session(port, mails, interval, timeout=300)
 
 
 def load(args: argparse.Namespace, port: int, run: str) -> None:

@@ -50,7 +50,6 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
-import smtplib
 import sqlite3
 import subprocess
 import sys
@@ -119,15 +118,7 @@ def _client(
         for i in indices
     ]
     barrier.wait()
-    started = time.time()
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.localhost", timeout=120) as smtp:
-        for k, (mail_from, raw) in enumerate(mails):
-            if interval and (delay := started + k * interval - time.time()) > 0:
-                time.sleep(delay)
-            refused = smtp.sendmail(mail_from, [common.SUPPORT], raw)
-            if refused:
-                raise RuntimeError(f"refused: {refused}")
-        finished = time.time()
+    started, finished = common.send_session(port, mails, interval)
     results.put((len(mails), started, finished))
 
 

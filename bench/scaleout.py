@@ -281,14 +281,7 @@ def _client(
     (message k no earlier than k * `interval` after the start, when pacing)."""
     mails = [mail(i, run, size, distinct) for i in indices]
     barrier.wait()
-    started = time.time()
-    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.localhost", timeout=120) as smtp:
-        for k, (mail_from, raw) in enumerate(mails):
-            if interval and (delay := started + k * interval - time.time()) > 0:
-                time.sleep(delay)
-            if refused := smtp.sendmail(mail_from, [common.SUPPORT], raw):
-                raise RuntimeError(f"refused: {refused}")
-        finished = time.time()
+    started, finished = common.send_session(port, mails, interval)
     results.put((len(mails), started, finished))
 
 
