@@ -76,6 +76,8 @@ def services(
             "outbound": outbound,
             "trust": trust,
             "agents": {"addresses": [f"agent{n}@example.test" for n in range(agents)]},
+            # Each agent told of every new ticket, however many one sender opens.
+            "limits": common.every_notice(),
         },
         base_dir=folder,
     )

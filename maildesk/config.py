@@ -223,6 +223,9 @@ class LimitSettings:
     # People a customer's Cc may make participants of one ticket (each gets every answer):
     # past it, further Cc'd addresses are left out. Agents' #cc is not capped.
     participants_per_ticket: int = 20
+    # New tickets from one sender in an hour that agents are told of one by one; past it,
+    # one notice says the rest are filed quietly (pipeline/quiet.py). 0: every one.
+    new_ticket_notices_per_hour: int = 10
     # New mail is refused for now (SMTP 452) while it would leave less free space than
     # this on the SQLite database's disk: room kept for processing and sending (0: off).
     accept_min_free_mb: int = 200
@@ -505,6 +508,8 @@ def _check_ops(settings: Settings) -> None:
         raise ConfigError(
             f"[workers] prepare_ahead must be between 1 and 32, not {workers.prepare_ahead}"
         )
+    if settings.limits.new_ticket_notices_per_hour < 0:
+        raise ConfigError("[limits] new_ticket_notices_per_hour must be 0 (no cap) or more")
     retention = settings.retention
     for key in ("inbound_raw_days", "outbox_body_days", "spam_days", "console_days"):
         if getattr(retention, key) < 1:

@@ -106,6 +106,9 @@ class Person(Base):
     invited_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     # Bumped when the password changes: older session cookies stop working.
     session_version: Mapped[int] = mapped_column(Integer, default=0)
+    # When agents were last told that this person's new tickets are filed quietly, for
+    # an hour, instead of one notice each (`[limits] new_ticket_notices_per_hour`).
+    quiet_since: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True, index=True)
 
 
 class WebSession(Base):
@@ -179,7 +182,11 @@ class Ticket(Base):
     )
     events: Mapped[list[Event]] = relationship(order_by="Event.id", lazy="select")
 
-    __table_args__ = (Index("ix_tickets_status", "status"),)
+    __table_args__ = (
+        Index("ix_tickets_status", "status"),
+        # A sender's tickets of the last hour, counted for each new one (pipeline/quiet.py).
+        Index("ix_tickets_requester_created", "requester_id", "created_at"),
+    )
 
 
 class Participant(Base):

@@ -39,6 +39,7 @@ from tests.mailclient import (
     cli,
     customer_mail,
     desk_config,
+    mail,
     mail_to,
     mails_to,
     open_ticket,
@@ -338,3 +339,34 @@ def test_a_colleague_given_or_relieved_of_the_ticket_hears_of_it(
     assert show(config_file)["owner"] == AGENT
     assert not [s for s in sent(outbox) if AGENT in s.to and "Assigned to you" in s.subject]
     assert not [s for s in sent(outbox) if AGENT in s.to and "Taken over" in s.subject]
+
+
+def test_a_senders_flood_of_new_tickets_is_one_notice_and_a_list_away(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    """A monitor opens 12 tickets in a minute (pipeline/quiet.py): Agnes hears of the first
+    ten one by one and of the rest once, answers that notice like any other, and lists the
+    monitor's tickets with `#list from=`."""
+    monitor = "alerts@monitor.test"
+    for n in range(1, 13):
+        daemon.send(mail(monitor, f"alert {n}", subject=f"Disk full on host{n}"), sender=monitor)
+    processed(daemon, 12)
+    [summary] = mails_to(outbox, AGENT, "[#11] Filed quietly")
+    assert f'"#list from={monitor}"' in summary.text
+    notified = [s for s in sent(outbox) if AGENT in s.to]
+    assert [s.subject.split()[0] for s in notified] == [f"[#{n}]" for n in range(1, 12)]
+
+    agent_writes(daemon, AGENT, f"#list from={monitor.upper()}")
+    [listed] = mails_to(outbox, AGENT, "#list from=")
+    assert listed.subject == f"#list from={monitor}: 12 tickets"
+    # A row per ticket, and under the table a signed address per ticket.
+    numbers = {line.split()[0] for line in listed.text.splitlines() if line.startswith("[#")}
+    assert numbers == {f"[#{n}]" for n in range(1, 13)}
+
+    # The notice's Reply-To is Agnes's for ticket 11: she closes it by replying.
+    agent_writes(daemon, AGENT, "#status closed", to=reply_to(summary), answering=summary)
+    processed(daemon, 14)
+    assert show(config_file, 11)["status"] == "closed"
+    # Alice, another sender, still reaches Agnes one by one.
+    daemon.send(customer_mail("en", message_id=f"<{uuid.uuid4().hex}@customer.test>"))
+    mails_to(outbox, AGENT, "[#13] New ticket: Printer broken")

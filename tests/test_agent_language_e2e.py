@@ -185,9 +185,10 @@ def test_a_refused_command_is_explained_in_the_agents_language(
     [english_list] = mails_to(outbox, BOB, "Not sent: list")
     [line] = error_lines(czech_list)
     assert line.startswith("#list bogus: musí být jedno z: mine, unassigned"), line
-    assert line.endswith("nebo status=STAV"), line
+    assert line.endswith("status=STAV nebo from=E-MAIL"), line
     assert error_lines(english_list) == [
-        "#list bogus: must be one of mine, unassigned, open, waiting, overdue, all or status=STATUS"
+        "#list bogus: must be one of mine, unassigned, open, waiting, overdue, all,"
+        " status=STATUS or from=EMAIL"
     ]
     assert_english(english_list, "In a reply to a ticket")
 

@@ -7,6 +7,7 @@ exits 1 when degraded, so a cron job or a monitoring check can act on it.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -25,22 +26,30 @@ def status(ctx: Context, as_json: bool) -> None:
     from maildesk.db import Database
     from maildesk.inbound.store import busiest_senders
     from maildesk.message import clean_text
+    from maildesk.pipeline.quiet import quiet_senders
 
     settings = ctx.settings
+    clock = SystemClock()
     # Opening a SQLite URL would create an empty file where the database went missing.
     db = None if health.database_gone(settings) else Database(settings.database.url)
     busiest: list[tuple[str, int]] = []
+    quiet: list[tuple[str, datetime]] = []
     try:
-        result = health.check(settings, db, SystemClock())
-        if db is not None and result.backlog is not None and result.backlog.inbound_pending:
+        result = health.check(settings, db, clock)
+        if db is not None and result.backlog is not None:  # the database answered
             with db.reading() as session:
-                busiest = busiest_senders(session)
+                if result.backlog.inbound_pending:
+                    busiest = busiest_senders(session)
+                quiet = quiet_senders(session, clock.now())
     finally:
         if db is not None:
             db.dispose()
     if as_json:
         body = result.as_json()
         body["busiest_senders"] = [{"sender": lane, "waiting": n} for lane, n in busiest]
+        body["quiet_senders"] = [
+            {"sender": sender, "since": since.isoformat()} for sender, since in quiet
+        ]
         click.echo(json.dumps(body, indent=2))
     else:
         click.echo(result.status)
@@ -56,6 +65,9 @@ def status(ctx: Context, as_json: bool) -> None:
             # Lanes are envelope senders, which strangers write: no control characters.
             named = (f"{clean_text(lane) or '(no sender)'} {n}" for lane, n in busiest)
             click.echo(f"busiest senders waiting: {', '.join(named)}")
+        if quiet:
+            told = (f"{clean_text(sender)} (since {since:%H:%M} UTC)" for sender, since in quiet)
+            click.echo(f"new tickets filed quietly, agents told once: {', '.join(told)}")
         for role, free in result.free_disk_mb.items():
             click.echo(f"free disk for the {role}: {free} MB")
     if not result.ok:

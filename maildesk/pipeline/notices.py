@@ -9,7 +9,9 @@ from them, the answer to a paid-work notice, and errors in their commands.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,6 +25,7 @@ from maildesk.outbound.catalogue import (
     Acknowledgement,
     AgentError,
     AgentNotification,
+    AgentQuiet,
     Invitation,
     PaidNotice,
     Quoted,
@@ -30,10 +33,14 @@ from maildesk.outbound.catalogue import (
 )
 from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
+from maildesk.pipeline import quiet
+from maildesk.pipeline.quiet import Notice
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.command_errors import CommandError
 from maildesk.tickets.watchers import Watchers
 from maildesk.web.links import PaidLinks
+
+log = logging.getLogger("maildesk.notices")
 
 
 class Notices:
@@ -115,6 +122,34 @@ class Notices:
 
     # -- to agents -------------------------------------------------------------
 
+    def new_ticket(self, session: Session, ticket: Ticket, message: ParsedMessage) -> int:
+        """A ticket opened by mail: the agents hear of it, unless its sender has opened more
+        than `[limits] new_ticket_notices_per_hour` this hour (`quiet.py`)."""
+        settings, now = self.notifier.settings, self.notifier.clock.now()
+        cap = settings.limits.new_ticket_notices_per_hour
+        decision = quiet.decide(session, ticket.requester_id, cap, now)
+        if decision.notice is Notice.EACH:
+            return self.to_agents(session, ticket, "new_ticket", message)
+        if decision.notice is Notice.NONE:
+            return 0
+        log.warning(
+            "more than %d new tickets from %s within an hour: agents are told once,"
+            " and the sender's further new tickets are filed quietly for an hour",
+            cap,
+            message.from_addr,
+            extra={"ticket": ticket.id},
+        )
+        previous = ""
+        if decision.previous is not None:
+            zone = ZoneInfo(settings.sla.timezone)
+            previous = decision.previous.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+        note = AgentQuiet(
+            message.from_addr, cap, previous, decision.tickets_since_previous, quoted(message)
+        )
+        agents = [Recipient.of_agent(agent) for agent in Agents(session).active()]
+        answering = InReplyTo(message.message_id)
+        return self.notifier.notify_each(session, note, agents, ticket=ticket, answering=answering)
+
     def to_agents(
         self,
         session: Session,
@@ -136,12 +171,7 @@ class Notices:
             attachments = tuple(
                 Attachment(a.filename, a.content_type, a.data) for a in message.attachments
             )
-        quoted: Quoted = {
-            "from": message.from_addr if message else "",
-            "from_name": message.from_name if message else "",
-            "text": redact_links(text or (message.text if message else "")),
-        }
-        note = AgentNotification(event, quoted)
+        note = AgentNotification(event, quoted(message, text))
         return self.notifier.notify_each(
             session,
             note,
@@ -194,6 +224,16 @@ class Notices:
             answering=InReplyTo(message.message_id),
         )
         return 1
+
+
+def quoted(message: ParsedMessage | None, text: str = "") -> Quoted:
+    """What an agent's notice quotes of `message` (or `text` instead of its own), with the
+    links that could act for the customer taken out."""
+    return {
+        "from": message.from_addr if message else "",
+        "from_name": message.from_name if message else "",
+        "text": redact_links(text or (message.text if message else "")),
+    }
 
 
 def mail_language(session: Session, person: Person) -> str | None:

@@ -564,7 +564,7 @@ class Processor:
                 answering = InReplyTo(message.message_id, message.references)
                 queued += self.notices.acknowledge(session, ticket, answering)
             if row.notify:
-                queued += self.notices.to_agents(session, ticket, "new_ticket", message)
+                queued += self.notices.new_ticket(session, ticket, message)
             return queued
         if kind == "auto" or not row.notify:
             return queued

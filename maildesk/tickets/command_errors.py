@@ -83,7 +83,7 @@ SENTENCES: dict[str, dict[Code, str]] = {
         Code.REPLY_NAME: "write the canned reply's name (see #replies)",
         Code.SHOW_NUMBER: "write a ticket number",
         Code.SEARCH_WORDS: "write the words to look for",
-        Code.LIST_FILTER: "must be one of {filters} or status=STATUS",
+        Code.LIST_FILTER: "must be one of {filters}, status=STATUS or from=EMAIL",
         Code.UNKNOWN_COMMAND: "unknown command",
         Code.NO_TICKET: (
             "this mail answers no ticket; to open one for a customer, start with #customer EMAIL"
@@ -121,7 +121,7 @@ SENTENCES: dict[str, dict[Code, str]] = {
         Code.REPLY_NAME: "napište název připravené odpovědi (viz #replies)",
         Code.SHOW_NUMBER: "napište číslo tiketu",
         Code.SEARCH_WORDS: "napište hledaná slova",
-        Code.LIST_FILTER: "musí být jedno z: {filters} nebo status=STAV",
+        Code.LIST_FILTER: "musí být jedno z: {filters}, status=STAV nebo from=E-MAIL",
         Code.UNKNOWN_COMMAND: "neznámý příkaz",
         Code.NO_TICKET: (
             "tento e-mail neodpovídá na žádný tiket; tiket pro zákazníka založíte "

@@ -44,7 +44,7 @@ In a reply to a ticket:
 #customer EMAIL       (first line of a new mail: open a ticket for that customer)
 
 In a new mail to support (answered to your own address only):
-#list [mine|unassigned|open|waiting|overdue|all|status=STATUS]
+#list [mine|unassigned|open|waiting|overdue|all|status=STATUS|from=EMAIL]
 #show N
 #search WORDS
 #replies
@@ -66,7 +66,7 @@ V odpovědi k tiketu:
 #customer E-MAIL      (první řádek nového e-mailu: založí tiket pro zákazníka)
 
 V novém e-mailu na podporu (odpověď přijde jen na vaši adresu):
-#list [mine|unassigned|open|waiting|overdue|all|status=STAV]
+#list [mine|unassigned|open|waiting|overdue|all|status=STAV|from=E-MAIL]
 #show N
 #search SLOVA
 #replies
@@ -189,6 +189,8 @@ def _check(name: str, arg: str) -> CommandError | None:
             return None
         status = value.removeprefix("status=")
         if value.startswith("status=") and status in STATUSES:
+            return None
+        if value.startswith("from=") and _EMAIL.fullmatch(value.removeprefix("from=")):
             return None
         return error(Code.LIST_FILTER, filters=", ".join(LIST_FILTERS))
     return error(Code.UNKNOWN_COMMAND)

@@ -2,7 +2,9 @@
 
 Filters: `mine` (open tickets the agent owns), `unassigned` (open, nobody
 owns them), `open` (the default: new, accepted, waiting for the customer),
-`waiting` (waiting for the customer), `status=S`, `all`, and `overdue`
+`waiting` (waiting for the customer), `status=S`, `from=EMAIL` (open tickets that
+address opened: a sender whose new tickets are filed quietly, `pipeline/quiet.py`),
+`all`, and `overdue`
 (breached service levels, `tickets/sla.py`; an error while `[sla]` is off).
 Rows are newest activity first; "last activity" is the ticket's `updated_at`
 (every message and every change moves it).
@@ -17,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.clock import as_utc
-from maildesk.models import Agent, Ticket
+from maildesk.models import Agent, Person, Ticket
 from maildesk.states import TicketStatus
 from maildesk.tickets import sla
 from maildesk.tickets.command_errors import Code, CommandError, error
@@ -73,6 +75,12 @@ def tickets_for(
         query = query.where(Ticket.status == TicketStatus.WAITING_CUSTOMER)
     elif wanted.startswith("status="):
         query = query.where(Ticket.status == wanted.removeprefix("status="))
+    elif wanted.startswith("from="):
+        address = wanted.removeprefix("from=").lower()
+        requester = select(Person.id).where(Person.email == address)
+        query = query.where(
+            Ticket.requester_id == requester.scalar_subquery(), Ticket.status.in_(OPEN_STATUSES)
+        )
     elif wanted == "overdue":
         if not sla_enabled:
             raise ListError(error(Code.OVERDUE_WITHOUT_SLA, "#list overdue"))

@@ -64,6 +64,37 @@ class AgentNotification(Notification):
 
 
 @dataclass(frozen=True)
+class AgentQuiet(Notification):
+    """A sender opened more new tickets within an hour than agents are told of one by one:
+    this one, and the rest of the hour's are filed quietly (pipeline/quiet.py)."""
+
+    template = "agent_quiet"
+    audience = Audience.AGENT
+    language_rule = LanguageRule.AGENT
+    usual_status = TicketStatus.NEW
+
+    sender: str  # the requester's address
+    cap: int  # `[limits] new_ticket_notices_per_hour`
+    previous: str  # when the last such notice went (desk's time), "" for the first
+    tickets_since_previous: int  # tickets the sender opened since then, this one aside
+    message: Quoted  # this ticket's mail
+
+    def variables(self, language: str) -> dict[str, Any]:
+        return {**super().variables(language), "commands_help": commands.help_text(language)}
+
+    @classmethod
+    def samples(cls, language: str, base_url: str) -> list[Self]:
+        name, address = SAMPLE_CUSTOMER
+        text = sample_text(language)["customer"]
+        mail: Quoted = {"from": address, "from_name": name, "text": text}
+        return [
+            cls(address, 10, "", 0, mail),
+            cls(address, 10, "2026-01-05 08:30 CET", 2990, mail),
+            cls(address, 10, "", 0, NO_MAIL),
+        ]
+
+
+@dataclass(frozen=True)
 class AgentError(Notification):
     """What was wrong in an agent's commands; nothing reached the customer."""
 

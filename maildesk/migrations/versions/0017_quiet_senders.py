@@ -1,0 +1,39 @@
+"""quiet senders: agents hear of a sender's first new tickets of an hour, then of the rest once
+
+A sender who opens ticket after ticket (a monitoring system, a customer's mail
+loop) used to cost every agent one notice per ticket. Past `[limits]
+new_ticket_notices_per_hour`, agents get one notice that the sender's further
+new tickets are filed quietly (`pipeline/quiet.py`). The index counts a
+sender's tickets of the last hour; `people.quiet_since` says when agents were
+last told, so they are told at most once an hour per sender.
+
+Revision ID: 0017
+Revises: 0016
+Create Date: 2026-12-01
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0017"
+down_revision = "0016"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("people", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("quiet_since", sa.DateTime(timezone=True), nullable=True))
+        batch_op.create_index("ix_people_quiet_since", ["quiet_since"], unique=False)
+    with op.batch_alter_table("tickets", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_tickets_requester_created", ["requester_id", "created_at"], unique=False
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("tickets", schema=None) as batch_op:
+        batch_op.drop_index("ix_tickets_requester_created")
+    with op.batch_alter_table("people", schema=None) as batch_op:
+        batch_op.drop_index("ix_people_quiet_since")
+        batch_op.drop_column("quiet_since")

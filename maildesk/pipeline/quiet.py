@@ -1,0 +1,114 @@
+"""A sender who opens ticket after ticket: agents hear of the first ones, then once of the rest.
+
+A monitoring system that opens a ticket per alert, or a customer's mail loop with
+a new subject each time, used to cost every agent one mail per ticket: 3,000
+mails each for a 3,000-message loop, with the real customers' tickets among
+them. Now agents are told of a sender's first `[limits]
+new_ticket_notices_per_hour` new tickets of an hour one by one, as before. The
+next one comes as one "filed quietly" notice (with that ticket's text, so they
+see what the flood is, and its Reply-To, so they can answer or close it), and
+the sender's further new tickets of the hour reach no agent's inbox. Nothing
+else changes: every ticket is opened and threaded, acknowledged within the RFC
+3834 caps, listed by `#list from=ADDRESS` and in the daily digest. A flood that
+outlasts the hour gets one more notice an hour, which says how many tickets came
+since the last one.
+
+Counted: the tickets the sender opened in the last hour, this one included, by
+the index `ix_tickets_requester_created`, and never past the cap + 1.
+Told once: `people.quiet_since` moves by a conditional UPDATE, so workers or
+instances that cross the cap at the same moment tell the agents once (on
+PostgreSQL the second UPDATE waits for the first and then matches no row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import cast
+
+from sqlalchemy import Table, bindparam, func, literal_column, or_, select, update
+from sqlalchemy.orm import Session
+
+from maildesk.clock import as_utc
+from maildesk.hotsql import Hot
+from maildesk.models import Person, Ticket
+
+WINDOW = timedelta(hours=1)
+# Tickets counted for "how many came since the last notice": a bound on its work.
+MAX_COUNTED = 1_000_000
+
+_PEOPLE = cast(Table, Person.__table__)
+
+
+def _tickets_since(limit: str) -> Hot:
+    """How many tickets the requester opened after `since` (up to `limit`)."""
+    rows = (
+        select(literal_column("1"))
+        .where(Ticket.requester_id == bindparam("person"), Ticket.created_at > bindparam("since"))
+        .limit(bindparam(limit))
+        .subquery()
+    )
+    return Hot(select(func.count()).select_from(rows))
+
+
+_COUNT = _tickets_since("cap")
+
+
+class Notice(StrEnum):
+    EACH = "each"  # within the cap: the agents' usual notice of this ticket
+    QUIET = "quiet"  # the first past it this hour: one notice that the rest are filed quietly
+    NONE = "none"  # past it, and the agents were told within the hour
+
+
+@dataclass(frozen=True)
+class Decision:
+    notice: Notice
+    # For QUIET after an earlier notice: when that one went, and how many tickets the
+    # sender opened since (this one not counted).
+    previous: datetime | None = None
+    tickets_since_previous: int = 0
+
+
+def decide(session: Session, requester_id: int, cap: int, now: datetime) -> Decision:
+    """What the agents get for the ticket `requester_id` just opened (it is flushed).
+
+    A cap of 0 tells agents of every ticket."""
+    if cap <= 0:
+        return Decision(Notice.EACH)
+    connection = session.connection()
+    hour_ago = now - WINDOW
+    opened = _COUNT.scalar(connection, {"person": requester_id, "since": hour_ago, "cap": cap + 1})
+    if (opened or 0) <= cap:
+        return Decision(Notice.EACH)
+    # Past the cap (a flood, not the usual path): plain Core statements.
+    previous = connection.scalar(select(_PEOPLE.c.quiet_since).where(_PEOPLE.c.id == requester_id))
+    # Moves only when no notice went out within the hour: the one writer that matches tells.
+    told = connection.execute(
+        update(_PEOPLE)
+        .where(
+            _PEOPLE.c.id == requester_id,
+            or_(_PEOPLE.c.quiet_since.is_(None), _PEOPLE.c.quiet_since <= hour_ago),
+        )
+        .values(quiet_since=now)
+    )
+    if told.rowcount != 1:
+        return Decision(Notice.NONE)
+    if previous is None:
+        return Decision(Notice.QUIET)
+    since = _COUNT.scalar(
+        connection, {"person": requester_id, "since": previous, "cap": MAX_COUNTED}
+    )
+    return Decision(Notice.QUIET, as_utc(previous), max(int(since or 0) - 1, 0))
+
+
+def quiet_senders(session: Session, now: datetime, limit: int = 10) -> list[tuple[str, datetime]]:
+    """Senders whose new tickets are filed quietly now (told within the hour), newest first:
+    (address, since)."""
+    rows = session.execute(
+        select(Person.email, Person.quiet_since)
+        .where(Person.quiet_since > now - WINDOW)
+        .order_by(Person.quiet_since.desc())
+        .limit(limit)
+    )
+    return [(email, as_utc(since)) for email, since in rows if since is not None]
