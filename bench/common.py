@@ -80,14 +80,16 @@ def customer_message(
     references: Sequence[int] = (),
     author: int | None = None,
     newline: bytes = b"\r\n",
+    writer: tuple[str, str] | None = None,
 ) -> bytes:
     """One plain-text customer message of about `size` bytes with realistic headers.
 
     `reply_to` (an earlier index) adds In-Reply-To and References, as a mail client
-    answering that message would; `author` (an index) makes that message's sender write.
+    answering that message would; `author` (an index) makes that message's sender write;
+    `writer` (display name, address) is who writes instead of them.
     """
     rng = random.Random(f"{run}-{i}")
-    name, addr = sender(i if author is None else author)
+    name, addr = writer or sender(i if author is None else author)
     subject = subject or first_subject(i, run)
     headers = [
         f"Return-Path: <{addr}>",
@@ -186,9 +188,11 @@ def write_config(
     web_port: int,
     workers: dict[str, Any] | None = None,
     sign: bool = False,
+    extra: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """A self-contained config in `folder`: SQLite, Maildir outbox, no caps in the way;
-    `workers`, the `[workers]` keys to set (e.g. `nice`); `sign`: our mail DKIM-signed."""
+    `workers`, the `[workers]` keys to set (e.g. `nice`); `sign`: our mail DKIM-signed;
+    `extra`: more keys by section (e.g. agents), over the ones here."""
     values: dict[str, dict[str, Any]] = {
         "support": {
             "address": SUPPORT,
@@ -210,6 +214,8 @@ def write_config(
     }
     if workers:
         values["workers"] = dict(workers)
+    for section, keys in (extra or {}).items():
+        values[section] = values.get(section, {}) | keys
     if sign:  # as a production desk's mail is
         key = str(signing_key(folder))
         values["outbound"] |= {"dkim_selector": "desk", "dkim_key": key}

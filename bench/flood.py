@@ -3,17 +3,22 @@
 Starts `maildesk serve` as `ingest.py` does (SQLite, its workers, the outbox to a
 Maildir), then sends at once:
 
-- `--flood` messages (default 3000) with one envelope sender, over `--connections`
-  (4) persistent sessions, as fast as serve takes them: a customer's mail loop;
+- `--flood` messages (default 3000) from one sender (envelope and From), over
+  `--connections` (4) persistent sessions, as fast as serve takes them: a customer's
+  mail loop, a monitor mailing each alert;
 - `--others` messages (default 100), each from a sender of its own, over one session
   paced at `--rate` (20) a second: the other customers writing meanwhile.
 
 It waits until everything is processed and sent, then prints for each group when its
-acknowledgements were queued after the 250 (median, p95, max), and how fast the
-flood was processed. Every message opens a ticket of its own, so each gets one
-acknowledgement. Nothing is asserted: the script prints figures.
+acknowledgements were queued after the 250 (median, p95, max), how fast the flood
+was processed, and how many mails the agents got. Every message opens a ticket of
+its own, so each gets one acknowledgement. `--agents N` configures N agents, each
+told of new tickets within `[limits] new_ticket_notices_per_hour` (the tree's
+default; `--notices-per-hour 0` tells them of every one, as before that cap).
+Nothing is asserted: the script prints figures.
 
     .venv/bin/python bench/flood.py [--flood 3000] [--others 100] [--rate 20]
+        [--agents 2] [--notices-per-hour 0]
 
 To measure another tree (such as the commit before fair turns), run it from a
 neutral directory with `PYTHONPATH` naming that tree (README, "Benchmarks").
@@ -43,17 +48,21 @@ def _send(port: int, mails: list[tuple[str, bytes]], interval: float, barrier: A
 
 def load(args: argparse.Namespace, port: int, run: str) -> None:
     date = datetime.now(UTC)
+    flooder = ("Loop", FLOOD_SENDER)
     flood = [
-        (FLOOD_SENDER, common.customer_message(i, run=run, size=args.size, date=date))
+        (
+            FLOOD_SENDER,
+            common.customer_message(i, run=run, size=args.size, date=date, writer=flooder),
+        )
         for i in range(args.flood)
     ]
-    others = [
-        (
-            f"other{k}@elsewhere.test",
-            common.customer_message(args.flood + k, run=run, size=args.size, date=date),
+    others = []
+    for k in range(args.others):
+        other = (f"Other {k}", f"other{k}@elsewhere.test")
+        raw = common.customer_message(
+            args.flood + k, run=run, size=args.size, date=date, writer=other
         )
-        for k in range(args.others)
-    ]
+        others.append((other[1], raw))
     ctx = mp.get_context("fork")
     shares = [flood[k :: args.connections] for k in range(args.connections)]
     barrier = ctx.Barrier(len(shares) + 1)
@@ -100,7 +109,12 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     run_id = f"flood{os.getpid()}x{int(time.time())}"
     smtp_port, web_port = common.free_port(), common.free_port()
     log = workdir / "maildesk.log"
-    with maildesk_daemon(workdir, smtp_port, web_port, log) as proc:
+    extra: dict[str, dict[str, Any]] = {
+        "agents": {"addresses": [f"agent{n}@example.test" for n in range(args.agents)]}
+    }
+    if args.notices_per_hour is not None:
+        extra["limits"] = {"new_ticket_notices_per_hour": args.notices_per_hour}
+    with maildesk_daemon(workdir, smtp_port, web_port, log, extra=extra) as proc:
         print(f"-- maildesk serve, pid {proc.pid}, log {log}", file=sys.stderr, flush=True)
         load(args, smtp_port, run_id)
         wait_processed(web_port, args.flood + args.others, proc)
@@ -130,6 +144,11 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         )
     )
     print(f"\nprocessed {processed_rate(workdir / 'maildesk.db'):.0f} msg/s in all")
+    ((to_agents,),) = common.db_rows(
+        workdir / "maildesk.db",
+        "SELECT count(*) FROM outbox WHERE kind IN ('agent_notification', 'agent_quiet')",
+    )
+    print(f"mails to the {args.agents} agents: {to_agents}")
 
 
 def main() -> None:
@@ -139,6 +158,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="the others' messages a second")
     parser.add_argument("--connections", type=int, default=4, help="the flood's sessions")
     parser.add_argument("--size", type=int, default=4096, help="approximate bytes per message")
+    parser.add_argument("--agents", type=int, default=0, help="agents told of new tickets")
+    parser.add_argument(
+        "--notices-per-hour", type=int, help="[limits] new_ticket_notices_per_hour (0: no cap)"
+    )
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.set_defaults(profile=None)

@@ -321,8 +321,9 @@ def maildesk_daemon(
     workers: dict[str, Any] | None = None,
     sign: bool = False,
     lock_trace: Path | None = None,
+    extra: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    config = common.write_config(folder, smtp_port, web_port, workers, sign)
+    config = common.write_config(folder, smtp_port, web_port, workers, sign, extra)
     common.run_maildesk(config, "init", log=log)
     env = dict(os.environ)
     if lock_trace is not None:  # serve and its workers load bench/locktrace/sitecustomize.py

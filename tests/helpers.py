@@ -62,8 +62,11 @@ def sqlite_plans(services: Services, call: Callable[[], Any], tables: str) -> li
     (a regex alternation), as SQLite's EXPLAIN QUERY PLAN gives them."""
     statements: list[tuple[str, Any]] = []
 
-    def note(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        statements.append((statement, parameters))
+    def note(
+        _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, many: bool
+    ) -> None:
+        if not many:  # an executemany is an INSERT's rows: no plan to read
+            statements.append((statement, parameters))
 
     event.listen(services.db.engine, "before_cursor_execute", note)
     try:
@@ -73,8 +76,6 @@ def sqlite_plans(services: Services, call: Callable[[], Any], tables: str) -> li
     plans = []
     with services.db.engine.connect() as conn:
         for statement, parameters in statements:
-            if isinstance(parameters, list):  # an executemany: an INSERT's rows, no plan
-                continue
             if re.search(rf"\b({tables})\b", statement):
                 cursor = conn.connection.cursor()
                 found = cursor.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()

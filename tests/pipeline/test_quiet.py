@@ -12,6 +12,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -20,19 +21,19 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import inspect, select, text
+from sqlalchemy import insert, inspect, select, text
 
 from maildesk import schema
 from maildesk.cli import main
 from maildesk.clock import ManualClock
-from maildesk.models import Outbox, Person
+from maildesk.models import Outbox, Person, Ticket
 from maildesk.pipeline import quiet
 from maildesk.pipeline.quiet import Notice
 from maildesk.services import Services
 from maildesk.tickets import commands
 from maildesk.tickets.service import Tickets
 from tests.conftest import PG_URL, make_mail, wait_for
-from tests.helpers import outbox_rows, receive, ticket, tickets
+from tests.helpers import outbox_rows, receive, sqlite_plans, ticket, tickets
 
 AGNES = "agnes@example.test"
 BOB = "bob@example.test"
@@ -285,3 +286,50 @@ def test_list_from_takes_one_plain_address(line: str, accepted: bool) -> None:
     assert (not parsed_commands.errors) is accepted
     if accepted:
         assert parsed_commands.commands[0].arg == "from=alerts@monitor.test"
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="reads SQLite's query plans")
+def test_counting_a_senders_tickets_is_an_index_search_on_a_long_history(
+    services: Services, clock: ManualClock
+) -> None:
+    """Every new ticket asks how many its sender opened this hour: a flood must not make
+    that question walk the history, nor status's question walk the people."""
+    now = clock.now()
+    with services.db.transaction() as session:
+        session.execute(
+            insert(Person),
+            [{"email": f"c{n}@customer.test", "created_at": now} for n in range(300)],
+        )
+        people = session.scalars(select(Person.id)).all()
+        session.execute(
+            insert(Ticket),
+            [
+                {
+                    "subject": f"t{n}",
+                    "requester_id": people[n % len(people)],
+                    "created_at": now - timedelta(minutes=n % 600),
+                    "updated_at": now,
+                }
+                for n in range(6000)
+            ],
+        )
+        session.execute(text("ANALYZE"))
+    for n in range(1, 12):
+        alert(services, n)
+    found: dict[str, Any] = {}
+
+    def decide_and_list() -> None:
+        with services.db.transaction() as session:
+            person = session.scalars(select(Person.id).where(Person.email == ALERTS)).one()
+            found["notice"] = quiet.decide(session, person, 10, now + timedelta(hours=2)).notice
+        with services.db.reading() as session:
+            found["quiet"] = quiet.quiet_senders(session, now)
+
+    plans = sqlite_plans(services, decide_and_list, "tickets|people")
+
+    assert found["notice"] is Notice.EACH  # two hours on, the 11 are out of the hour
+    assert [sender for sender, _ in found["quiet"]] == [ALERTS]
+    scans = [(plan, sql) for plan, sql in plans if re.match(r"SCAN (tickets|people)\b", plan)]
+    assert not scans
+    assert any("ix_tickets_requester_created" in plan for plan, _ in plans), plans
+    assert any("ix_people_quiet_since" in plan for plan, _ in plans), plans
