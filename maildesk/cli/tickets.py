@@ -1,4 +1,4 @@
-"""`maildesk tickets ...`: list, show, create, export.
+"""`maildesk tickets ...`: list, show, create, close, export.
 
 Reading commands open the database only (`ctx.db`); imports sit inside the
 commands, so listing the commands imports nothing of the daemon.
@@ -167,6 +167,37 @@ def tickets_create(
         actor=os.environ.get("USER", "cli"),
     )
     click.echo(f"ticket {number} opened for {customer}")
+
+
+@tickets.command("close")
+@click.option("--from", "requester", required=True, metavar="EMAIL", help="Whose tickets to close.")
+@click.option("--dry-run", is_flag=True, help="List the tickets; close nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def tickets_close(ctx: Context, requester: str, dry_run: bool, as_json: bool) -> None:
+    """Close every ticket EMAIL opened that is not closed yet, mailing no one: the clean-up
+    after a flood (a monitor's alerts, a mail loop). Each gets a status event by $USER."""
+    from maildesk.clock import SystemClock
+    from maildesk.tickets import cleanup
+
+    if not EMAIL.match(requester):
+        raise click.ClickException(f"not an e-mail address: {requester}")
+    if dry_run:
+        with ctx.db.reading() as session:
+            numbers = [t.id for t in cleanup.open_tickets_of(session, requester)]
+    else:
+        actor = os.environ.get("USER", "cli")
+        numbers = cleanup.close_all_from(ctx.db, requester, SystemClock().now(), actor)
+    if as_json:
+        print_json(
+            {"closed": [] if dry_run else numbers, "would_close": numbers if dry_run else []}
+        )
+        return
+    verb = "would close" if dry_run else "closed"
+    listed = " ".join(f"#{n}" for n in numbers[:20]) + (" …" if len(numbers) > 20 else "")
+    click.echo(
+        f"{verb} {len(numbers)} tickets of {requester.lower()}{': ' if numbers else ''}{listed}"
+    )
 
 
 @tickets.command("export")

@@ -30,7 +30,7 @@ from maildesk.models import Outbox, Person, Ticket
 from maildesk.pipeline import quiet
 from maildesk.pipeline.quiet import Notice
 from maildesk.services import Services
-from maildesk.tickets import commands
+from maildesk.tickets import cleanup, commands
 from maildesk.tickets.service import Tickets
 from tests.conftest import PG_URL, make_mail, wait_for
 from tests.helpers import outbox_rows, receive, sqlite_plans, ticket, tickets
@@ -333,3 +333,43 @@ def test_counting_a_senders_tickets_is_an_index_search_on_a_long_history(
     assert not scans
     assert any("ix_tickets_requester_created" in plan for plan, _ in plans), plans
     assert any("ix_people_quiet_since" in plan for plan, _ in plans), plans
+
+
+def test_ops_close_what_a_flood_opened_and_nobody_is_mailed(
+    services: Services, config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(1, 14):
+        alert(services, n)
+    receive(services, make_mail(subject="Printer broken"))  # Alice's, ticket 14
+    queued = len(outbox_rows(services))
+    monkeypatch.setattr(cleanup, "BATCH", 5)  # three transactions
+    monkeypatch.setenv("USER", "ops-anna")
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(main, ["--config", str(config_file), "tickets", "close", *args])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    dry = run("--from", ALERTS, "--dry-run")
+    assert dry.startswith(f"would close 13 tickets of {ALERTS}: #1 #2 #3")
+    assert {t["status"] for t in tickets(services) if t["number"] <= 13} == {"new"}
+
+    assert run("--from", ALERTS.upper()).startswith(f"closed 13 tickets of {ALERTS}: #1 #2")
+
+    states = {t["number"]: t["status"] for t in tickets(services)}
+    assert states == {**dict.fromkeys(range(1, 14), "closed"), 14: "new"}
+    assert ticket(services, 7)["events"][-1] | {"at": None} == {
+        "at": None,
+        "actor": "ops-anna",
+        "field": "status",
+        "old": "new",
+        "new": "closed",
+        "via": "cli",
+    }
+    assert len(outbox_rows(services)) == queued  # no "closed" notice feeds the loop
+    assert run("--from", ALERTS) == f"closed 0 tickets of {ALERTS}\n"
+    refused = CliRunner().invoke(
+        main, ["--config", str(config_file), "tickets", "close", "--from", "x@y.test\n#1"]
+    )
+    assert refused.exit_code != 0
+    assert "not an e-mail address" in refused.output
