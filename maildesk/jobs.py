@@ -28,11 +28,12 @@ from maildesk.clock import as_utc
 from maildesk.db import rare
 from maildesk.exclusive import singly
 from maildesk.models import Agent, Event, JobRun, Ticket
-from maildesk.outbound.catalogue import AgentDigest, AgentSla, DigestRow, SlaState
+from maildesk.outbound.catalogue import AgentDigest, AgentSla, DigestGroup, DigestRow, SlaState
 from maildesk.outbound.notify import Recipient
 from maildesk.states import TicketStatus
 from maildesk.tickets import sla as service_levels
 from maildesk.tickets.agents import Agents
+from maildesk.tickets.digest import summarize
 from maildesk.tickets.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ def digest(services: Services, day: date | None = None) -> int:
             session.add(JobRun(name="digest", key=day.isoformat(), at=services.clock.now()))
             session.flush()
             sent = 0
+            tag_prefix = services.settings.support.tag_prefix
             for agent in Agents(session).active():
                 waiting = list(
                     session.scalars(
@@ -99,6 +101,7 @@ def digest(services: Services, day: date | None = None) -> int:
                 )
                 if not waiting:
                     continue
+                summary = summarize(waiting)
                 rows = tuple(
                     DigestRow(
                         tag=services.notifier.tag(t),
@@ -109,9 +112,18 @@ def digest(services: Services, day: date | None = None) -> int:
                         owner=t.owner.email if t.owner else "",
                         age=age(t.created_at, services.clock.now()),
                     )
-                    for t in waiting
+                    for t in summary.listed
                 )
-                note = AgentDigest(day.isoformat(), rows)
+                groups = tuple(
+                    DigestGroup(
+                        requester=g.requester,
+                        count=g.count,
+                        first=f"[{tag_prefix}{g.first}]",
+                        last=f"[{tag_prefix}{g.last}]",
+                    )
+                    for g in summary.groups
+                )
+                note = AgentDigest(day.isoformat(), rows, len(waiting), groups, summary.unlisted)
                 services.notifier.notify(session, note, Recipient.of_agent(agent))
                 sent += 1
     except IntegrityError:

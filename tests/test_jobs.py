@@ -16,6 +16,7 @@ from maildesk.clock import ManualClock
 from maildesk.config import Settings, from_mapping
 from maildesk.models import Ticket
 from maildesk.services import Services, build
+from maildesk.tickets import digest as digest_limits
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle
 from tests.conftest import PG_URL, make_mail
@@ -138,3 +139,43 @@ def test_jobs_find_open_tickets_by_index_on_a_quiet_desks_statistics(
     assert "[#1]" in " ".join(subjects(services))  # the digest and the breach name it
     assert not [(plan, statement) for plan, statement in plans if plan.startswith("SCAN tickets")]
     services.db.dispose()
+
+
+def test_a_flood_is_one_line_of_the_digest_and_the_digest_has_an_end(
+    services: Services, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A monitor's 13 tickets are one line with their range; its critical one and the
+    customers' tickets are rows; past the digest's limit, the rest are counted."""
+    for n in range(1, 14):
+        receive(services, make_mail(subject=f"Disk full {n}", sender="alerts@monitor.test"))
+    with services.db.transaction() as session:
+        found = session.get(Ticket, 4)
+        assert found is not None
+        Lifecycle(session, clock.now()).change(found, "priority", "critical", "agent", "mail")
+    for n in range(3):
+        receive(services, make_mail(subject=f"Printer {n}", sender=f"c{n}@customer.test"))
+
+    assert jobs.digest(services) == 1
+
+    text = digest_text(services)
+    assert "Tickets waiting on you (16):" in text
+    assert "alerts@monitor.test: 12 tickets, [#1] to [#13]" in text
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("[#")]
+    assert listed == ["[#4]", "[#14]", "[#15]", "[#16]"]  # critical first
+
+    monkeypatch.setattr(digest_limits, "MAX_ROWS", 2)
+    clock.advance(timedelta(days=1))
+    assert jobs.digest(services) == 1
+    text = digest_text(services)
+    assert [line.split()[0] for line in text.splitlines() if line.startswith("[#")] == [
+        "[#4]",
+        "[#14]",
+    ]
+    assert "… and 2 more tickets." in text
+
+
+def digest_text(services: Services) -> str:
+    *_, digest = [r for r in outbox_rows(services) if r.kind == "agent_digest"]
+    part = email.message_from_bytes(digest.raw, policy=email.policy.default).get_body(("plain",))  # type: ignore[attr-defined]
+    assert part is not None
+    return str(part.get_content())

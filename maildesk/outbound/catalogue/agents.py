@@ -133,9 +133,19 @@ class DigestRow(TypedDict):
     age: str
 
 
+class DigestGroup(TypedDict):
+    """A sender with many tickets waiting, in one line (tickets/digest.py)."""
+
+    requester: str
+    count: int
+    first: str  # the tag of their lowest ticket number, "[#11]"
+    last: str  # and of the highest
+
+
 @dataclass(frozen=True)
 class AgentDigest(Notification):
-    """Once a day: the tickets waiting on an agent, with their ages."""
+    """Once a day: the tickets waiting on an agent, with their ages; a sender's many in
+    one line; at most a hundred rows."""
 
     template = "agent_digest"
     audience = Audience.AGENT
@@ -144,10 +154,17 @@ class AgentDigest(Notification):
     usual_status = TicketStatus.NEW
 
     day: str  # ISO date
-    tickets: tuple[DigestRow, ...]
+    tickets: tuple[DigestRow, ...]  # the rows listed
+    total: int  # every ticket waiting: the rows, the groups' and the unlisted
+    groups: tuple[DigestGroup, ...] = ()
+    unlisted: int = 0  # rows past the digest's limit
 
     def variables(self, language: str) -> dict[str, Any]:
-        return {"day": self.day, "tickets": [named(row, language) for row in self.tickets]}
+        return {
+            **super().variables(language),
+            "tickets": [named(row, language) for row in self.tickets],
+            "groups": list(self.groups),
+        }
 
     @classmethod
     def samples(cls, language: str, base_url: str) -> list[Self]:
@@ -166,7 +183,14 @@ class AgentDigest(Notification):
             "priority": "normal",
             "owner": "eva@example.test",
         }
-        return [cls(SAMPLE_TIME.date().isoformat(), (row, other))]
+        day = SAMPLE_TIME.date().isoformat()
+        flood: DigestGroup = {
+            "requester": "alerts@monitor.test",
+            "count": 2990,
+            "first": "[#44]",
+            "last": "[#3033]",
+        }
+        return [cls(day, (row, other), 2), cls(day, (row, other), 3092, (flood,), 100)]
 
 
 class SlaState(TypedDict):
