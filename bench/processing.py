@@ -13,7 +13,9 @@ claim, parse, thread, record and the outbox rows queued.
 
 `--database-url postgresql+psycopg://…` runs on PostgreSQL, in a schema of its own
 that is dropped afterwards (default: SQLite in a temp dir). `--sign` DKIM-signs the
-mail queued, as a production desk does. `--profile` writes a cProfile of the
+mail queued, as a production desk does. `--notices-per-hour N` caps the agents'
+notices of a sender's new tickets (the generated mail has 24 senders; default: no
+cap). `--profile` writes a cProfile of the
 processing (not of the storing) and prints its top entries. `--instructions` runs
 the whole script again under valgrind's callgrind and prints the instructions of the
 processing per message (`--count sending`: of the sending of its outbox, per
@@ -80,6 +82,7 @@ def settings(
     spamd: tuple[str, int] | None = None,
     ahead: int = 4,
     sign: bool = False,
+    notices_per_hour: int = 0,
 ) -> config.Settings:
     spam = {"spamd_host": spamd[0], "spamd_port": spamd[1]} if spamd else {}
     outbound = {"url": f"maildir:{workdir / 'outbox'}"}
@@ -103,7 +106,8 @@ def settings(
             "trust": {"verify_dkim": False},
             # Every new ticket acknowledged, and each agent told of it: the RFC 3834 caps,
             # and the agents' cap on a sender's new tickets, would stop that early.
-            "limits": common.every_notice(),
+            "limits": common.every_notice()
+            | ({"new_ticket_notices_per_hour": notices_per_hour} if notices_per_hour else {}),
         },
         base_dir=workdir,
     )
@@ -238,7 +242,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
 
 def measure(args: argparse.Namespace, workdir: Path, spamd: tuple[str, int] | None = None) -> None:
     with database(args, workdir) as url:
-        services = build(settings(url, workdir, spamd, args.prepare_ahead, args.sign))
+        services = build(
+            settings(url, workdir, spamd, args.prepare_ahead, args.sign, args.notices_per_hour)
+        )
         services.prepare()
         stored = store(services, args)
         print(f"-- stored {stored} messages; processing", file=sys.stderr, flush=True)
@@ -371,6 +377,12 @@ def main() -> None:
         "--spamd", action="store_true", help="score each message with a spamd of its own"
     )
     parser.add_argument("--sign", action="store_true", help="our own mail DKIM-signed")
+    parser.add_argument(
+        "--notices-per-hour",
+        type=int,
+        default=0,
+        help="[limits] new_ticket_notices_per_hour (default 0: agents hear of every ticket)",
+    )
     parser.add_argument(
         "--prepare-ahead", type=int, default=4, help="[workers] prepare_ahead (1: one at a time)"
     )
