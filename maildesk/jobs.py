@@ -137,7 +137,9 @@ def sla(services: Services) -> int:
 
     The reminder goes to the ticket's owner, or to every active agent while nobody
     owns it; a breach notice goes to every active agent and is recorded as an
-    event (`sla`: `first_response breached`, `resolution breached`). What was sent
+    event (`sla`: `first_response breached`, `resolution breached`). A ticket filed
+    quietly (one of a flood, `pipeline/quiet.py`) that nobody owns is recorded alike
+    but mailed to no one. What was sent
     is a `job_runs` row written with the mail, so a restart or a second instance
     sends nothing twice (on PostgreSQL a concurrent run fails on the key and
     rolls back). Returns how many notices were queued.
@@ -185,6 +187,10 @@ def _sla_notice(
         kind, audience = "reminder", owner or agents
     else:
         return 0
+    if ticket.filed_quietly and ticket.owner_id is None:
+        # One of a flood the agents were told of once (pipeline/quiet.py): a notice per
+        # ticket would be the flood again, hours later. Recorded, not mailed.
+        audience = []
     now = services.clock.now()
     key = f"{ticket.id}:{ticket.priority}:{clock.name}"
     if session.get(JobRun, ("sla", f"{key}:{kind}")) is not None:

@@ -169,6 +169,10 @@ class Ticket(Base):
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), nullable=True)
     resolved_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     channel: Mapped[str] = mapped_column(String(16), default="email")
+    # Opened past its sender's hourly cap of agents' notices, mailed to no agent
+    # (pipeline/quiet.py): its service-level notices are not mailed either, until
+    # someone owns it.
+    filed_quietly: Mapped[bool] = mapped_column(Boolean, default=False)
     # Paid modifications: None, or pending -> approved | declined.
     paid_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     paid_note: Mapped[str] = mapped_column(Text, default="")

@@ -131,6 +131,7 @@ class Notices:
         if decision.notice is Notice.EACH:
             return self.to_agents(session, ticket, "new_ticket", message)
         if decision.notice is Notice.NONE:
+            ticket.filed_quietly = True  # its service-level notices are not mailed either
             return 0
         log.warning(
             "more than %d new tickets from %s within an hour: agents are told once,"

@@ -7,11 +7,14 @@ them. Now agents are told of a sender's first `[limits]
 new_ticket_notices_per_hour` new tickets of an hour one by one, as before. The
 next one comes as one "filed quietly" notice (with that ticket's text, so they
 see what the flood is, and its Reply-To, so they can answer or close it), and
-the sender's further new tickets of the hour reach no agent's inbox. Nothing
-else changes: every ticket is opened and threaded, acknowledged within the RFC
-3834 caps, listed by `#list from=ADDRESS` and in the daily digest. A flood that
-outlasts the hour gets one more notice an hour, which says how many tickets came
-since the last one.
+the sender's further new tickets of the hour reach no agent's inbox: they are
+marked `filed_quietly`, and their service-level reminders and breaches are not
+mailed either while nobody owns them (else the flood would come back hours
+later, one notice per ticket). Nothing else changes: every ticket is opened and
+threaded, acknowledged within the RFC 3834 caps, listed by `#list
+from=ADDRESS` and in the daily digest (`tickets/digest.py`, where a sender's
+many tickets are one line). A flood that outlasts the hour gets one more notice
+an hour, which says how many tickets came since the last one.
 
 Counted: the tickets the sender opened in the last hour, this one included, by
 the index `ix_tickets_requester_created`, and never past the cap + 1.

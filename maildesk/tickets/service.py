@@ -368,6 +368,7 @@ class Tickets:
             "paid_state": None,
             "paid_note": "",
             "paid_round": 0,
+            "filed_quietly": False,
         }
         # A Core insert, then the ORM is handed the row as if it had loaded it: a new
         # ticket per message through the unit of work cost more than the statement.

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import insert, inspect, select, text
 
-from maildesk import schema
+from maildesk import jobs, schema
 from maildesk.cli import main
 from maildesk.clock import ManualClock
 from maildesk.models import Outbox, Person, Ticket
@@ -31,6 +31,7 @@ from maildesk.pipeline import quiet
 from maildesk.pipeline.quiet import Notice
 from maildesk.services import Services
 from maildesk.tickets import cleanup, commands
+from maildesk.tickets.lifecycle import Lifecycle
 from maildesk.tickets.service import Tickets
 from tests.conftest import PG_URL, make_mail, wait_for
 from tests.helpers import outbox_rows, receive, sqlite_plans, ticket, tickets
@@ -373,3 +374,25 @@ def test_ops_close_what_a_flood_opened_and_nobody_is_mailed(
     )
     assert refused.exit_code != 0
     assert "not an e-mail address" in refused.output
+
+
+def test_a_floods_tickets_do_not_come_back_as_service_level_notices(
+    services: Services, clock: ManualClock
+) -> None:
+    """Hours later, the tickets filed quietly would each breach their first-response
+    target: their breaches are recorded, not mailed, until someone owns the ticket."""
+    for n in range(1, 14):
+        alert(services, n)  # 1-10 told one by one, 11 the summary, 12 and 13 quietly
+    with services.db.transaction() as session:
+        taken = session.get(Ticket, 13)
+        assert taken is not None
+        Lifecycle(session, clock.now()).change(taken, "owner", AGNES, AGNES, "mail")
+    before = len(outbox_rows(services))
+    clock.advance(timedelta(days=1))  # past the 8 working hours of a normal first response
+
+    jobs.sla(services)
+
+    breaches = [row for row in outbox_rows(services)[before:] if row.kind == "agent_sla"]
+    assert sorted({row.ticket_id for row in breaches}) == [*range(1, 12), 13]
+    assert len(breaches) == 2 * 12  # each to both agents
+    assert ticket(services, 12)["events"][-1]["new"] == "first_response breached"

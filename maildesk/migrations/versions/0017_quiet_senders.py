@@ -5,7 +5,9 @@ loop) used to cost every agent one notice per ticket. Past `[limits]
 new_ticket_notices_per_hour`, agents get one notice that the sender's further
 new tickets are filed quietly (`pipeline/quiet.py`). The index counts a
 sender's tickets of the last hour; `people.quiet_since` says when agents were
-last told, so they are told at most once an hour per sender.
+last told, so they are told at most once an hour per sender;
+`tickets.filed_quietly` marks the tickets no agent was told of, whose
+service-level notices are not mailed either while nobody owns them.
 
 Revision ID: 0017
 Revises: 0016
@@ -26,6 +28,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("quiet_since", sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index("ix_people_quiet_since", ["quiet_since"], unique=False)
     with op.batch_alter_table("tickets", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("filed_quietly", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
         batch_op.create_index(
             "ix_tickets_requester_created", ["requester_id", "created_at"], unique=False
         )
@@ -34,6 +39,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("tickets", schema=None) as batch_op:
         batch_op.drop_index("ix_tickets_requester_created")
+        batch_op.drop_column("filed_quietly")
     with op.batch_alter_table("people", schema=None) as batch_op:
         batch_op.drop_index("ix_people_quiet_since")
         batch_op.drop_column("quiet_since")
