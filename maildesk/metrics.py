@@ -48,8 +48,9 @@ from maildesk.clock import Clock, as_utc
 from maildesk.db import Database, rare
 from maildesk.growing import SETTLE, GrowingCount
 from maildesk.inbound import store
-from maildesk.models import Inbound, Outbox, Ticket
+from maildesk.models import Inbound, Outbox, Person, Ticket
 from maildesk.outbound import outbox
+from maildesk.pipeline import quiet
 from maildesk.states import InboundState, OutboxState, TicketStatus
 
 log = logging.getLogger("maildesk.metrics")
@@ -195,6 +196,9 @@ class DatabaseCollector(Collector):
                 ).all()
             )
             ticket_rows = self._tickets.read(session, now).get(None, 0)
+            quiet_senders = session.scalar(
+                select(func.count()).where(Person.quiet_since > now - quiet.WINDOW)
+            )
             self._scan_latency(session)
             purged_at = retention.last_finished(session)
         spool_rows = sum(spool.by_state.values()) - spool.landed  # landed: not in the table yet
@@ -241,6 +245,13 @@ class DatabaseCollector(Collector):
         for status in TicketStatus:
             by_status.add_metric([status], tickets.get(status, 0))
         yield by_status
+
+        yield GaugeMetricFamily(
+            "maildesk_senders_filed_quietly",
+            "Senders whose new tickets are filed quietly now: more than [limits] "
+            "new_ticket_notices_per_hour of them within the hour (a flood).",
+            value=quiet_senders or 0,
+        )
 
         yield _age(
             "maildesk_inbound_oldest_pending_seconds",

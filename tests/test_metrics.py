@@ -362,3 +362,18 @@ def test_scrapes_of_a_hung_database_answer_in_time_and_share_one_read(
             )
             assert waiting() == 1
         wait_for(lambda: value(scrape(url), "maildesk_database_up") == 1, what="the database")
+
+
+def test_a_flood_of_new_tickets_shows_as_a_sender_filed_quietly(
+    services: Services, clock: ManualClock
+) -> None:
+    """Ops alert on a flood (pipeline/quiet.py) from the scrape: the gauge counts the
+    senders whose new tickets are filed quietly now, for the hour after it began."""
+    collector = DatabaseCollector(services.db, clock)
+    for n in range(10):
+        receive(services, make_mail(subject=f"Alert {n}", sender="alerts@monitor.test"))
+    assert value(collected(collector), "maildesk_senders_filed_quietly") == 0  # ten: no flood
+    receive(services, make_mail(subject="Alert 10", sender="alerts@monitor.test"))
+    assert value(collected(collector), "maildesk_senders_filed_quietly") == 1
+    clock.advance(timedelta(minutes=61))
+    assert value(collected(collector), "maildesk_senders_filed_quietly") == 0

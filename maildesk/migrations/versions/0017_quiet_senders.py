@@ -28,8 +28,10 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("quiet_since", sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index("ix_people_quiet_since", ["quiet_since"], unique=False)
     with op.batch_alter_table("tickets", schema=None) as batch_op:
+        # A default of plain text: with an expression (sa.false()) Alembic would copy the
+        # whole table on SQLite instead of adding the column.
         batch_op.add_column(
-            sa.Column("filed_quietly", sa.Boolean(), nullable=False, server_default=sa.false())
+            sa.Column("filed_quietly", sa.Boolean(), nullable=False, server_default="0")
         )
         batch_op.create_index(
             "ix_tickets_requester_created", ["requester_id", "created_at"], unique=False
