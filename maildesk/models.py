@@ -173,6 +173,10 @@ class Ticket(Base):
     # (pipeline/quiet.py): its service-level notices are not mailed either, until
     # someone owns it.
     filed_quietly: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Whether the mail that opened it proved its From (DKIM/DMARC), or our own side opened
+    # it: a forger's flood in a customer's name is counted apart from the customer's own
+    # proven mail (pipeline/quiet.py).
+    sender_proven: Mapped[bool] = mapped_column(Boolean, default=False)
     # Paid modifications: None, or pending -> approved | declined.
     paid_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     paid_note: Mapped[str] = mapped_column(Text, default="")
@@ -189,7 +193,7 @@ class Ticket(Base):
     __table_args__ = (
         Index("ix_tickets_status", "status"),
         # A sender's tickets of the last hour, counted for each new one (pipeline/quiet.py).
-        Index("ix_tickets_requester_created", "requester_id", "created_at"),
+        Index("ix_tickets_requester_proof_created", "requester_id", "sender_proven", "created_at"),
     )
 
 

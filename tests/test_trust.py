@@ -461,3 +461,23 @@ def test_a_silent_dns_server_costs_one_timeout_per_message_not_one_per_lookup(
     # One name was asked (perhaps more than once); the other lookups had no time left.
     assert len(set(asked)) == 1, asked
     assert asked[0].endswith("._domainkey.customer.test.")
+
+
+def test_a_forged_flood_in_a_customers_name_does_not_quiet_her_signed_mail(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """Past 10 new tickets in an hour a sender's are filed quietly (pipeline/quiet.py).
+    Mallory sends 11 unsigned mails From Alice: the agents are told once. Alice's own
+    mail, signed by customer.test, is counted apart and still reaches the agents."""
+    services = desk.services
+    for n in range(1, 12):
+        send(desk, make_mail(subject=f"Urgent {n}"), mail_from=MALLORY)
+    to_agent = [(row.kind, row.ticket_id) for row in sent_to(services, AGENT)]
+    assert to_agent == [("agent_notification", n) for n in range(1, 11)] + [("agent_quiet", 11)]
+
+    send(desk, keys["customer.test"].sign(make_mail(subject="Printer broken")))
+    send(desk, make_mail(subject="Urgent 12"), mail_from=MALLORY)
+
+    to_agent = [(row.kind, row.ticket_id) for row in sent_to(services, AGENT)]
+    assert to_agent[11:] == [("agent_notification", 12)]  # Alice's; not Mallory's 13th
+    assert ticket(services, 12)["messages"][0]["proof"] == "dkim"

@@ -127,7 +127,7 @@ class Notices:
         than `[limits] new_ticket_notices_per_hour` this hour (`quiet.py`)."""
         settings, now = self.notifier.settings, self.notifier.clock.now()
         cap = settings.limits.new_ticket_notices_per_hour
-        decision = quiet.decide(session, ticket.requester_id, cap, now)
+        decision = quiet.decide(session, ticket, cap, now)
         if decision.notice is Notice.EACH:
             return self.to_agents(session, ticket, "new_ticket", message)
         if decision.notice is Notice.NONE:

@@ -516,13 +516,13 @@ class Processor:
             and trust.verified
         ):
             if tickets.closed_too_long(ticket, now, self.settings.lifecycle.reopen_days):
-                ticket = self._open(tickets, message, language, now, previous=ticket)
+                ticket = self._open(tickets, message, language, now, auth, previous=ticket)
                 rule = "new"
             else:
                 lifecycle.change(ticket, "status", TicketStatus.ACCEPTED, message.from_addr, "mail")
         opened = ticket is None
         if ticket is None:
-            ticket = self._open(tickets, message, language, now)
+            ticket = self._open(tickets, message, language, now, auth)
         kind = self._kind(ticket, message, verdict)
         tickets.add_message(
             ticket,
@@ -593,12 +593,15 @@ class Processor:
         message: ParsedMessage,
         language: str | None,
         now: datetime,
+        auth: Authentication,
         previous: Ticket | None = None,
     ) -> Ticket:
         """A new ticket in the language its first mail said or was written in (prepare.py)."""
         requester = tickets.person(message.from_addr, message.from_name, now)
         chosen = language or self.settings.support.language
-        return tickets.open(requester, message.subject, chosen, now, previous=previous)
+        return tickets.open(
+            requester, message.subject, chosen, now, previous, sender_proven=auth.proven
+        )
 
     def _kind(self, ticket: Ticket, message: ParsedMessage, verdict: Verdict) -> str:
         if not verdict.may_reply:

@@ -17,7 +17,11 @@ many tickets are one line). A flood that outlasts the hour gets one more notice
 an hour, which says how many tickets came since the last one.
 
 Counted: the tickets the sender opened in the last hour, this one included, by
-the index `ix_tickets_requester_created`, and never past the cap + 1.
+the index `ix_tickets_requester_proof_created`, and never past the cap + 1. Mail
+that proved its From (DKIM/DMARC, `mailauth.py`) and mail that did not are
+counted apart: the From is anyone's to write, and a stranger's flood in a
+customer's name must not quiet the customer's own signed mail. (A customer whose
+domain signs nothing shares the unproven count with whoever forges them.)
 Told once: `people.quiet_since` moves by a conditional UPDATE, so workers or
 instances that cross the cap at the same moment tell the agents once (on
 PostgreSQL the second UPDATE waits for the first and then matches no row).
@@ -45,10 +49,14 @@ _PEOPLE = cast(Table, Person.__table__)
 
 
 def _tickets_since(limit: str) -> Hot:
-    """How many tickets the requester opened after `since` (up to `limit`)."""
+    """How many tickets the requester opened after `since` with this proof (up to `limit`)."""
     rows = (
         select(literal_column("1"))
-        .where(Ticket.requester_id == bindparam("person"), Ticket.created_at > bindparam("since"))
+        .where(
+            Ticket.requester_id == bindparam("person"),
+            Ticket.sender_proven == bindparam("proven"),
+            Ticket.created_at > bindparam("since"),
+        )
         .limit(bindparam(limit))
         .subquery()
     )
@@ -73,15 +81,17 @@ class Decision:
     tickets_since_previous: int = 0
 
 
-def decide(session: Session, requester_id: int, cap: int, now: datetime) -> Decision:
-    """What the agents get for the ticket `requester_id` just opened (it is flushed).
+def decide(session: Session, ticket: Ticket, cap: int, now: datetime) -> Decision:
+    """What the agents get for `ticket`, just opened (and flushed).
 
     A cap of 0 tells agents of every ticket."""
     if cap <= 0:
         return Decision(Notice.EACH)
     connection = session.connection()
     hour_ago = now - WINDOW
-    opened = _COUNT.scalar(connection, {"person": requester_id, "since": hour_ago, "cap": cap + 1})
+    requester_id, proven = ticket.requester_id, ticket.sender_proven
+    counted = {"person": requester_id, "proven": proven}
+    opened = _COUNT.scalar(connection, {**counted, "since": hour_ago, "cap": cap + 1})
     if (opened or 0) <= cap:
         return Decision(Notice.EACH)
     # Past the cap (a flood, not the usual path): plain Core statements.
@@ -99,9 +109,7 @@ def decide(session: Session, requester_id: int, cap: int, now: datetime) -> Deci
         return Decision(Notice.NONE)
     if previous is None:
         return Decision(Notice.QUIET)
-    since = _COUNT.scalar(
-        connection, {"person": requester_id, "since": previous, "cap": MAX_COUNTED}
-    )
+    since = _COUNT.scalar(connection, {**counted, "since": previous, "cap": MAX_COUNTED})
     return Decision(Notice.QUIET, as_utc(previous), max(int(since or 0) - 1, 0))
 
 

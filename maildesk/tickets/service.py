@@ -350,7 +350,11 @@ class Tickets:
         language: str,
         now: datetime,
         previous: Ticket | None = None,
+        *,
+        sender_proven: bool = True,
     ) -> Ticket:
+        """A new ticket. `sender_proven`: False for one opened by mail that did not prove
+        its From (anyone may have written it); our own side's tickets are proven."""
         values: dict[str, Any] = {
             "subject": subject,
             "status": TicketStatus.NEW,
@@ -369,6 +373,7 @@ class Tickets:
             "paid_note": "",
             "paid_round": 0,
             "filed_quietly": False,
+            "sender_proven": sender_proven,
         }
         # A Core insert, then the ORM is handed the row as if it had loaded it: a new
         # ticket per message through the unit of work cost more than the statement.

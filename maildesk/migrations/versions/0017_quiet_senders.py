@@ -6,6 +6,9 @@ new_ticket_notices_per_hour`, agents get one notice that the sender's further
 new tickets are filed quietly (`pipeline/quiet.py`). The index counts a
 sender's tickets of the last hour; `people.quiet_since` says when agents were
 last told, so they are told at most once an hour per sender;
+`tickets.sender_proven` counts mail that proved its From apart from mail that
+did not, so a forger's flood in a customer's name quiets only unproven mail
+(tickets from before the upgrade count as unproven: nothing recorded their proof);
 `tickets.filed_quietly` marks the tickets no agent was told of, whose
 service-level notices are not mailed either while nobody owns them.
 
@@ -33,14 +36,20 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("filed_quietly", sa.Boolean(), nullable=False, server_default="0")
         )
+        batch_op.add_column(
+            sa.Column("sender_proven", sa.Boolean(), nullable=False, server_default="0")
+        )
         batch_op.create_index(
-            "ix_tickets_requester_created", ["requester_id", "created_at"], unique=False
+            "ix_tickets_requester_proof_created",
+            ["requester_id", "sender_proven", "created_at"],
+            unique=False,
         )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("tickets", schema=None) as batch_op:
-        batch_op.drop_index("ix_tickets_requester_created")
+        batch_op.drop_index("ix_tickets_requester_proof_created")
+        batch_op.drop_column("sender_proven")
         batch_op.drop_column("filed_quietly")
     with op.batch_alter_table("people", schema=None) as batch_op:
         batch_op.drop_index("ix_people_quiet_since")
