@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -88,17 +88,16 @@ def digest(services: Services, day: date | None = None) -> int:
             session.flush()
             sent = 0
             tag_prefix = services.settings.support.tag_prefix
-            for agent in Agents(session).active():
-                waiting = list(
-                    session.scalars(
-                        select(Ticket)
-                        .where(
-                            rare(Ticket.status.in_((TicketStatus.NEW, TicketStatus.ACCEPTED))),
-                            or_(Ticket.owner_id == agent.id, Ticket.owner_id.is_(None)),
-                        )
-                        .order_by(Ticket.priority != "critical", Ticket.id)
-                    )
+            # Read once for every agent: after a flood, thousands wait unassigned.
+            open_now = list(
+                session.scalars(
+                    select(Ticket)
+                    .where(rare(Ticket.status.in_((TicketStatus.NEW, TicketStatus.ACCEPTED))))
+                    .order_by(Ticket.priority != "critical", Ticket.id)
                 )
+            )
+            for agent in Agents(session).active():
+                waiting = [t for t in open_now if t.owner_id in (None, agent.id)]
                 if not waiting:
                     continue
                 summary = summarize(waiting)
