@@ -6,6 +6,7 @@ import secrets
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
 
 class Clock(Protocol):
@@ -43,4 +44,9 @@ def as_utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-__all__ = ["Clock", "SystemClock", "ManualClock", "new_token", "as_utc", "timedelta"]
+def desk_time(moment: datetime, timezone: str) -> str:
+    """`moment` as the desk reads it in mail to agents: in `timezone` (`[sla] timezone`)."""
+    return as_utc(moment).astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+__all__ = ["Clock", "SystemClock", "ManualClock", "new_token", "as_utc", "desk_time", "timedelta"]

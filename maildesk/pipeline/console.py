@@ -38,12 +38,11 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from maildesk.clock import as_utc
+from maildesk.clock import as_utc, desk_time
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Blob, Confirmation, ConsoleRequest, Inbound, Message, Ticket
 from maildesk.outbound.canned import CannedReplyError
@@ -414,8 +413,7 @@ class Console:
 
     def _local(self, moment: datetime) -> str:
         """A moment as the desk reads it: in its working-hours zone (`[sla] timezone`)."""
-        zone = ZoneInfo(self.notifier.settings.sla.timezone)
-        return as_utc(moment).astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+        return desk_time(moment, self.notifier.settings.sla.timezone)
 
     def _sla(self, session: Session, ticket: Ticket, now: datetime) -> list[SlaClock]:
         """Both service-level clocks of the ticket, or none when `[sla]` is off."""

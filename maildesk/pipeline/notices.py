@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.accounts import Accounts, redact_links
+from maildesk.clock import desk_time
 from maildesk.config import LANGUAGES
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Message, Person, Ticket
@@ -142,8 +142,7 @@ class Notices:
         )
         previous = ""
         if decision.previous is not None:
-            zone = ZoneInfo(settings.sla.timezone)
-            previous = decision.previous.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+            previous = desk_time(decision.previous, settings.sla.timezone)
         note = AgentQuiet(
             message.from_addr, cap, previous, decision.tickets_since_previous, quoted(message)
         )
