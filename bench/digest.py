@@ -26,23 +26,20 @@ from sqlalchemy.orm import Session, selectinload
 from maildesk import config, jobs
 from maildesk.clock import ManualClock
 from maildesk.models import Outbox, Person, Ticket
-from maildesk.services import build
+from maildesk.services import Services, build
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tickets", type=int, default=3000)
-    parser.add_argument("--agents", type=int, default=5)
-    args = parser.parse_args()
-    logging.disable(logging.WARNING)
-    folder = Path(tempfile.mkdtemp(prefix="maildesk-digest-"))
+def flooded_desk(tickets: int, agents: int) -> tuple[Services, ManualClock]:
+    """A desk on SQLite in a temp dir with `tickets` new unassigned tickets, one in 50
+    from a customer of its own and the rest from one monitor (alerts@monitor.test)."""
+    folder = Path(tempfile.mkdtemp(prefix="maildesk-flooded-"))
     settings = config.from_mapping(
         {
             "support": {"address": "support@example.test", "language": "en"},
             "database": {"url": f"sqlite:///{folder / 'maildesk.db'}"},
             "web": {"secret_key": "bench"},
             "outbound": {"url": f"maildir:{folder / 'outbox'}"},
-            "agents": {"addresses": [f"agent{n}@example.test" for n in range(args.agents)]},
+            "agents": {"addresses": [f"agent{n}@example.test" for n in range(agents)]},
         },
         base_dir=folder,
     )
@@ -51,7 +48,7 @@ def main() -> None:
     services.prepare()
     now = clock.now()
     with services.db.transaction() as session:
-        addresses = ["alerts@monitor.test"] + [f"c{n}@x.test" for n in range(args.tickets // 50)]
+        addresses = ["alerts@monitor.test"] + [f"c{n}@x.test" for n in range(tickets // 50)]
         session.execute(insert(Person), [{"email": e, "created_at": now} for e in addresses])
         monitor, *customers = session.scalars(select(Person.id).order_by(Person.id)).all()
         rows = [
@@ -61,9 +58,19 @@ def main() -> None:
                 "created_at": now,
                 "updated_at": now,
             }
-            for n in range(args.tickets)
+            for n in range(tickets)
         ]
         session.execute(insert(Ticket), rows)
+    return services, clock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tickets", type=int, default=3000)
+    parser.add_argument("--agents", type=int, default=5)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    services, _clock = flooded_desk(args.tickets, args.agents)
 
     held: list[float] = []
     transaction = services.db.transaction

@@ -116,7 +116,11 @@ class Notifier:
         self.clock = clock
 
     def tag(self, ticket: Ticket) -> str:
-        return f"[{self.settings.support.tag_prefix}{ticket.id}]"
+        return self.tag_of(ticket.id)
+
+    def tag_of(self, number: int) -> str:
+        """How mail names ticket `number` in a subject: `[#42]`."""
+        return f"[{self.settings.support.tag_prefix}{number}]"
 
     def language(self, note: Notification, to: Recipient, ticket: Ticket | None) -> str:
         """The language `note` is written in for `to`, by the kind's rule."""

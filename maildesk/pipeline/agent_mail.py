@@ -28,7 +28,7 @@ from maildesk.outbound.notify import Notifier, Recipient
 from maildesk.pipeline.loops import classify
 from maildesk.pipeline.notices import Notices, customer_thread
 from maildesk.states import TicketStatus
-from maildesk.tickets import commands
+from maildesk.tickets import cleanup, commands
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.command_errors import Code, CommandError, error
 from maildesk.tickets.lifecycle import Change, Lifecycle
@@ -98,7 +98,7 @@ class AgentFlow:
         changes, queued = applied.changes, applied.queued
         if intake is not None:
             queued += self.notices.acknowledge(session, ticket, answering=None)
-        if parsed.get("note") is not None or intake is not None:
+        if internal(parsed) or intake is not None:
             return queued
         body = _without_internal_lines(session, ticket, parsed.body)
         body = _without_own_signature(body, (mail.agent.name, mail.message.from_name))
@@ -161,8 +161,11 @@ class AgentFlow:
     def ticket_problems(
         self, session: Session, ticket: Ticket, agent: Agent, parsed: commands.Commands
     ) -> list[CommandError]:
-        """What is wrong with `parsed` on this ticket (canned reply, #cc address)."""
+        """What is wrong with `parsed` on this ticket (canned reply, #cc address, a
+        #closeall among other commands)."""
         problems = []
+        if parsed.get("closeall") is not None and len(parsed.commands) > 1:
+            problems.append(error(Code.CLOSEALL_ALONE, "#closeall"))
         canned = parsed.get("reply")
         if canned is not None:
             try:
@@ -197,6 +200,11 @@ class AgentFlow:
         """Run the commands that change a ticket (status, type, priority, owner, watchers,
         participants) as `agent`; returns the changes and the mails queued (critical alert).
         Used by a proven reply and by a confirmed console request alike."""
+        if parsed.get("closeall") is not None:  # alone (ticket_problems)
+            flood = cleanup.close_flood(session, ticket, now, agent.email)
+            log.info("#closeall by %s on #%d: %d tickets from %s closed", agent.email,
+                     ticket.id, len(flood.closed), flood.sender)  # fmt: skip
+            return Applied((), self.notices.closed_all(session, ticket, agent, flood))
         lifecycle = Lifecycle(session, now)
         old_priority = ticket.priority
         changes = []
@@ -251,7 +259,7 @@ class AgentFlow:
             NewMessage(
                 message_id=message.message_id,
                 direction="in",
-                kind="note" if parsed.get("note") is not None else "agent",
+                kind="note" if internal(parsed) else "agent",
                 from_addr=message.from_addr,
                 from_name=message.from_name,
                 subject=message.subject,
@@ -299,9 +307,18 @@ class AgentFlow:
 
 
 def acting(parsed: commands.Commands) -> bool:
-    """Does this mail work on the ticket (so the first one accepts and owns it)?"""
+    """Does this mail work on the ticket (so the first one accepts and owns it)?
+    A #closeall closes it, among others, and takes none of them."""
+    if parsed.get("closeall") is not None:
+        return False
     only_watching = parsed.commands and all(c.name in _NOT_ACTING for c in parsed.commands)
     return not only_watching or bool(parsed.body.strip())
+
+
+def internal(parsed: commands.Commands) -> bool:
+    """Does this mail stay an internal note, its text relayed to no one? A #closeall's
+    does too: its text is about the flood, not an answer to one of its senders."""
+    return parsed.get("note") is not None or parsed.get("closeall") is not None
 
 
 def agent_name(agent: Agent, message: ParsedMessage | None = None) -> str:

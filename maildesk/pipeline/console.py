@@ -84,7 +84,7 @@ MAX_BODY = 20_000  # characters of one message body in a #show
 PREVIEW = 90  # characters of each canned reply `#replies` shows
 # What an unproven mail may ask for, pending confirmation (and a proven one may run here).
 CHANGING = frozenset(
-    {"assign", "watch", "unwatch", "cc", "status", "type", "priority", "lang", "reply"}
+    {"assign", "watch", "unwatch", "cc", "status", "type", "priority", "lang", "reply", "closeall"}
 )
 
 

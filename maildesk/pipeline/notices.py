@@ -23,6 +23,7 @@ from maildesk.models import Agent, Message, Person, Ticket
 from maildesk.outbound.catalogue import (
     NO_MAIL,
     Acknowledgement,
+    AgentClosedAll,
     AgentError,
     AgentNotification,
     AgentQuiet,
@@ -36,6 +37,7 @@ from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
 from maildesk.pipeline import quiet
 from maildesk.pipeline.quiet import Notice
 from maildesk.tickets.agents import Agents
+from maildesk.tickets.cleanup import Flood
 from maildesk.tickets.command_errors import CommandError
 from maildesk.tickets.watchers import Watchers
 from maildesk.web.links import PaidLinks
@@ -189,6 +191,23 @@ class Notices:
             return 0
         note = AgentNotification("assigned", customers_newest(session, ticket))
         self.notifier.notify(session, note, Recipient.of_agent(owner), ticket=ticket)
+        return 1
+
+    def closed_all(self, session: Session, ticket: Ticket, agent: Agent, flood: Flood) -> int:
+        """The agent who wrote `#closeall` hears what it closed and what it kept open."""
+        tags = [self.notifier.tag_of(number) for number in flood.closed[:1] + flood.closed[-1:]]
+        first, last = (tags[0], tags[-1]) if tags else ("", "")
+        note = AgentClosedAll(
+            flood.sender,
+            flood.proven,
+            len(flood.closed),
+            first,
+            last,
+            flood.remaining,
+            flood.owned,
+            flood.other_proof,
+        )
+        self.notifier.notify(session, note, Recipient.of_agent(agent), ticket=ticket)
         return 1
 
     def critical(self, session: Session, ticket: Ticket) -> int:

@@ -46,6 +46,7 @@ class Code(StrEnum):
     TOO_LONG = "too_long"
     TOO_MANY = "too_many"
     REPEATED = "repeated"
+    CLOSEALL_ALONE = "closeall_alone"
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ SENTENCES: dict[str, dict[Code, str]] = {
         Code.TOO_LONG: "a command line is at most {limit} characters",
         Code.TOO_MANY: "at most {limit} command lines in one mail; nothing was done",
         Code.REPEATED: "given twice; write it once",
+        Code.CLOSEALL_ALONE: "closes many tickets; write it alone, with no other command",
     },
     "cs": {
         Code.ONE_OF: "musí být jedno z: {choices}",
@@ -151,5 +153,6 @@ SENTENCES: dict[str, dict[Code, str]] = {
         Code.TOO_LONG: "řádek příkazu má nejvýš {limit} znaků",
         Code.TOO_MANY: "nejvýš {limit} řádků příkazů v jednom e-mailu; nic se neprovedlo",
         Code.REPEATED: "je tu dvakrát; napište ho jednou",
+        Code.CLOSEALL_ALONE: "uzavírá mnoho tiketů; napište ho samotný, bez dalších příkazů",
     },
 }

@@ -41,6 +41,8 @@ In a reply to a ticket:
 #reply NAME           (a canned reply above your text; #replies lists them)
 #paid PRICE TEXT      (modification tickets: the customer approves before work starts)
 #note                 (the whole reply stays internal)
+#closeall             (alone: close every open ticket this ticket's sender opened that
+                       nobody owns, mailing no one; for a flood)
 #customer EMAIL       (first line of a new mail: open a ticket for that customer)
 
 In a new mail to support (answered to your own address only):
@@ -63,6 +65,8 @@ V odpovědi k tiketu:
 #reply NÁZEV          (připravená odpověď nad vaším textem; #replies je vypíše)
 #paid CENA TEXT       (úpravy: zákazník schválí, než se začne pracovat)
 #note                 (celá odpověď zůstane interní)
+#closeall             (samotný: uzavře všechny otevřené tikety od odesílatele tohoto
+                       tiketu, které nikdo neřeší, a nikomu nepíše; pro záplavu)
 #customer E-MAIL      (první řádek nového e-mailu: založí tiket pro zákazníka)
 
 V novém e-mailu na podporu (odpověď přijde jen na vaši adresu):
@@ -156,7 +160,7 @@ _NAMED = ("status", "type", "priority")
 CANONICAL = {"take": "assign"}
 REPEATABLE = READ_ONLY | {"cc"}  # `#show 1` `#show 2`; one participant per `#cc` line
 _LOWERED = {"status", "type", "priority", "lang", "assign", "customer", "cc", "reply", "list"}
-_NO_ARGUMENT = {"note", "take", "watch", "unwatch", "help", "replies"}
+_NO_ARGUMENT = {"note", "take", "watch", "unwatch", "help", "replies", "closeall"}
 
 
 def _check(name: str, arg: str) -> CommandError | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from maildesk.outbound.catalogue.agents import (
     AGENT_EVENTS,
     NO_MAIL,
+    AgentClosedAll,
     AgentDigest,
     AgentError,
     AgentNotification,
@@ -68,6 +69,7 @@ KINDS: dict[str, type[Notification]] = {
         Closed,
         AgentNotification,
         AgentQuiet,
+        AgentClosedAll,
         AgentError,
         AgentDigest,
         AgentSla,
@@ -86,6 +88,7 @@ __all__ = [
     "NO_MAIL",
     "SAMPLE_TIME",
     "Acknowledgement",
+    "AgentClosedAll",
     "AgentConfirm",
     "AgentConfirmed",
     "AgentDigest",

@@ -95,6 +95,34 @@ class AgentQuiet(Notification):
 
 
 @dataclass(frozen=True)
+class AgentClosedAll(Notification):
+    """What an agent's `#closeall` closed, and what it kept open (tickets/cleanup.py)."""
+
+    template = "agent_closed_all"
+    audience = Audience.AGENT
+    language_rule = LanguageRule.AGENT
+    usual_status = TicketStatus.CLOSED
+
+    sender: str  # the requester's address
+    proven: bool  # whether the closed tickets' mail proved its From
+    closed: int
+    first: str  # the tags of the lowest and highest ticket closed ("[#12]"; "" when none)
+    last: str
+    remaining: int  # more of them, past what one #closeall closes
+    owned: int  # open tickets of the sender (same proof) that an agent owns: kept
+    other_proof: int  # open tickets of the address with the other proof: kept
+
+    @classmethod
+    def samples(cls, language: str, base_url: str) -> list[Self]:
+        _name, address = SAMPLE_CUSTOMER
+        return [
+            cls(address, False, 1990, "[#12]", "[#2011]", 0, 0, 0),
+            cls(address, True, 2000, "[#12]", "[#2013]", 1017, 2, 5),
+            cls(address, False, 0, "", "", 0, 1, 0),
+        ]
+
+
+@dataclass(frozen=True)
 class AgentError(Notification):
     """What was wrong in an agent's commands; nothing reached the customer."""
 

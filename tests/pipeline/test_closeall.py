@@ -1,0 +1,197 @@
+"""`#closeall`: an agent closes what a flood opened by replying to one of its tickets.
+
+A monitor mailing each alert (or a customer's mail loop) opens ticket after ticket;
+agents hear of the first ten and get one "Filed quietly" notice (`test_quiet.py`).
+Replying `#closeall` to it closes every open ticket of that sender that nobody owns,
+mailing no one but the agent, who learns what was closed and what was kept. A mail
+that does not prove the agent closes nothing until the agent's mailbox confirms.
+The clock is the test's ManualClock; the database is SQLite or PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from maildesk.clock import ManualClock
+from maildesk.models import Outbox, Ticket
+from maildesk.services import Services
+from maildesk.tickets import cleanup
+from tests.conftest import make_mail
+from tests.helpers import outbox_rows, receive, ticket, tickets
+
+AGNES = "agnes@example.test"
+BOB = "bob@example.test"
+ALERTS = "alerts@monitor.test"
+ALICE = "alice@customer.test"
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+    config_values["agents"]["addresses"] = [AGNES, BOB]
+    return config_values
+
+
+def parsed(row: Outbox) -> EmailMessage:
+    msg = email.message_from_bytes(row.raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def body(row: Outbox) -> str:
+    part = parsed(row).get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def to(services: Services, address: str, kind: str | None = None) -> list[Outbox]:
+    rows = [row for row in outbox_rows(services) if row.recipients == [address]]
+    return [row for row in rows if kind is None or row.kind == kind]
+
+
+def flood(services: Services, clock: ManualClock, count: int) -> None:
+    for n in range(1, count + 1):
+        alert = make_mail(subject=f"Disk full on host{n}", sender=f"Monitoring <{ALERTS}>",
+                          body=f"alert {n}")  # fmt: skip
+        receive(services, alert)
+        clock.advance(timedelta(seconds=20))
+
+
+def reply(services: Services, agent: str, to_mail: Outbox, text: str) -> None:
+    """`agent` answers `to_mail` from their mail client (its signed Reply-To: proven)."""
+    notice = parsed(to_mail)
+    address = notice["Reply-To"].addresses[0].addr_spec
+    raw = make_mail(subject=f"Re: {notice['Subject']}", sender=agent, to=address, body=text,
+                    In_Reply_To=notice["Message-ID"], References=notice["Message-ID"])  # fmt: skip
+    receive(services, raw, mail_from=agent, rcpt_to=(address,))
+
+
+def statuses(services: Services) -> dict[int, str]:
+    return {t["number"]: t["status"] for t in tickets(services)}
+
+
+def test_closeall_in_a_reply_to_the_quiet_notice_closes_the_flood_and_mails_only_the_agent(
+    services: Services, clock: ManualClock
+) -> None:
+    flood(services, clock, 12)
+    receive(services, make_mail(subject="Printer broken"))  # a customer, ticket 13
+    flood_mail = len(to(services, ALERTS))
+    [quiet] = to(services, AGNES, "agent_quiet")
+    assert '"#closeall"' in body(quiet)  # the notice says how
+    bob_before = len(to(services, BOB))
+
+    reply(services, AGNES, quiet, "#closeall\n\nAgnes")
+
+    assert statuses(services) == {**dict.fromkeys(range(1, 13), "closed"), 13: "new"}
+    assert len(to(services, ALERTS)) == flood_mail  # no "closed" notice feeds a loop
+    assert len(to(services, BOB)) == bob_before
+    assert to(services, ALICE, "closed") == []
+    [answer] = to(services, AGNES, "agent_closed_all")
+    assert str(parsed(answer)["Subject"]) == (f"[#11] #closeall: 12 tickets from {ALERTS} closed")
+    text = body(answer)
+    assert f"Closed 12 tickets from {ALERTS} ([#1] to [#12])" in text
+    assert "did not prove its sender" in text
+    assert "kept open" not in text
+    # Each ticket's history says who closed it and how; none of them was taken.
+    first = ticket(services, 1)
+    assert first["owner"] is None
+    [event] = [e for e in first["events"] if e["new"] == "closed"]
+    assert (event["old"], event["actor"], event["via"]) == ("new", AGNES, "command")
+    # Agnes's mail is kept on the ticket she answered, as an internal note.
+    last = ticket(services, 11)["messages"][-1]
+    assert (last["kind"], last["direction"]) == ("note", "in")
+
+
+def test_tickets_an_agent_owns_and_mail_of_the_other_proof_stay_open(
+    services: Services, clock: ManualClock
+) -> None:
+    flood(services, clock, 12)
+    [note_3] = [row for row in to(services, BOB) if row.ticket_id == 3]
+    reply(services, BOB, note_3, "#take")
+    # Tickets 1 and 2 came with a DKIM signature of the monitor's domain.
+    with services.db.transaction() as session:
+        session.execute(update(Ticket).where(Ticket.id <= 2).values(sender_proven=True))
+    [quiet] = to(services, AGNES, "agent_quiet")
+
+    reply(services, AGNES, quiet, "#closeall")
+
+    assert statuses(services) == {
+        **dict.fromkeys(range(1, 13), "closed"), 1: "new", 2: "new", 3: "accepted",
+    }  # fmt: skip
+    text = body(to(services, AGNES, "agent_closed_all")[0])
+    assert f"Closed 9 tickets from {ALERTS} ([#4] to [#12])" in text
+    assert f"1 open tickets from {ALERTS} have an owner and were kept open." in text
+    assert f"2 open tickets from {ALERTS} proved their sender and were kept open" in text
+    assert f'"#list from={ALERTS}"' in text
+
+
+def test_one_closeall_closes_at_most_its_share_and_says_how_many_are_left(
+    services: Services, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cleanup, "MAX_BY_MAIL", 5)
+    flood(services, clock, 12)
+    [quiet] = to(services, AGNES, "agent_quiet")
+
+    reply(services, AGNES, quiet, "#closeall")
+    assert list(statuses(services).values()).count("closed") == 5
+    assert "7 more are still open" in body(to(services, AGNES, "agent_closed_all")[0])
+
+    reply(services, AGNES, quiet, "#closeall")
+    reply(services, AGNES, quiet, "#closeall")
+    assert set(statuses(services).values()) == {"closed"}
+    answers = to(services, AGNES, "agent_closed_all")
+    assert "Closed 2 tickets" in body(answers[2])
+
+
+def test_closeall_goes_alone(services: Services, clock: ManualClock) -> None:
+    flood(services, clock, 12)
+    [quiet] = to(services, AGNES, "agent_quiet")
+
+    reply(services, AGNES, quiet, "#closeall\n#priority low")
+
+    assert "closed" not in statuses(services).values()
+    [refused] = to(services, AGNES, "agent_error")
+    assert "#closeall: closes many tickets; write it alone" in body(refused)
+
+
+def test_a_forged_closeall_closes_nothing_until_the_agents_mailbox_confirms(
+    services: Services, clock: ManualClock
+) -> None:
+    flood(services, clock, 12)
+    forged = make_mail(subject="[#11] clean up", sender=AGNES, body="#closeall")
+    receive(services, forged, mail_from="mallory@stranger.test")
+
+    assert "closed" not in statuses(services).values()
+    [ask] = to(services, AGNES, "agent_confirm")
+    assert "#closeall" in body(ask)
+    address = parsed(ask)["Reply-To"].addresses[0].addr_spec
+    assert address.startswith("support+c")
+
+    yes = make_mail(subject="Re: confirm", sender=AGNES, to=address, body="yes",
+                    In_Reply_To=parsed(ask)["Message-ID"])  # fmt: skip
+    receive(services, yes, mail_from=AGNES, rcpt_to=(address,))
+
+    assert set(statuses(services).values()) == {"closed"}
+    assert [row.kind for row in to(services, AGNES)][-2:] == ["agent_closed_all", "agent_confirmed"]
+
+
+def test_a_customer_writing_closeall_closes_nothing(services: Services, clock: ManualClock) -> None:
+    receive(services, make_mail(subject="Printer broken"))  # Alice's ticket 1
+    flood(services, clock, 3)
+    [ack] = to(services, ALICE, "acknowledgement")
+    address = parsed(ack)["Reply-To"].addresses[0].addr_spec
+    raw = make_mail(subject="Re: [#1] Printer broken", to=address, body="#closeall")
+    receive(services, raw, rcpt_to=(address,))
+    # The monitor itself, in its own ticket.
+    receive(services, make_mail(subject="Re: [#2] Disk full on host1", sender=ALERTS,
+                                body="#closeall"))  # fmt: skip
+
+    assert "closed" not in statuses(services).values()
+    assert ticket(services, 1)["messages"][-1]["body_text"].startswith("#closeall")
+    assert to(services, AGNES, "agent_closed_all") == []
