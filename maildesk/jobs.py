@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from maildesk.clock import as_utc
 from maildesk.db import rare
@@ -80,55 +80,74 @@ def purge(services: Services, stopping: Callable[[], bool] = lambda: False) -> i
 
 
 def digest(services: Services, day: date | None = None) -> int:
-    """Mail each agent the tickets waiting on them, once per day."""
+    """Mail each agent the tickets waiting on them, once per day.
+
+    The tickets are read before the write transaction, outside SQLite's write lock:
+    after a flood thousands wait, and reading them inside held the desk's writers
+    (a 250 at the door among them) for as long as it took."""
     day = day or services.clock.now().date()
+    with services.db.reading() as session:
+        digests = _digests(services, session, services.clock.now())
     try:
         with services.db.transaction() as session:
             session.add(JobRun(name="digest", key=day.isoformat(), at=services.clock.now()))
             session.flush()
-            sent = 0
-            tag_prefix = services.settings.support.tag_prefix
-            # Read once for every agent: after a flood, thousands wait unassigned.
-            open_now = list(
-                session.scalars(
-                    select(Ticket)
-                    .where(rare(Ticket.status.in_((TicketStatus.NEW, TicketStatus.ACCEPTED))))
-                    .order_by(Ticket.priority != "critical", Ticket.id)
-                )
-            )
-            for agent in Agents(session).active():
-                waiting = [t for t in open_now if t.owner_id in (None, agent.id)]
-                if not waiting:
-                    continue
-                summary = summarize(waiting)
-                rows = tuple(
-                    DigestRow(
-                        tag=services.notifier.tag(t),
-                        subject=t.subject,
-                        status=t.status,
-                        priority=t.priority,
-                        requester=t.requester.email,
-                        owner=t.owner.email if t.owner else "",
-                        age=age(t.created_at, services.clock.now()),
-                    )
-                    for t in summary.listed
-                )
-                groups = tuple(
-                    DigestGroup(
-                        requester=g.requester,
-                        count=g.count,
-                        first=f"[{tag_prefix}{g.first}]",
-                        last=f"[{tag_prefix}{g.last}]",
-                    )
-                    for g in summary.groups
-                )
-                note = AgentDigest(day.isoformat(), rows, len(waiting), groups, summary.unlisted)
-                services.notifier.notify(session, note, Recipient.of_agent(agent))
-                sent += 1
+            for to, (rows, total, groups, unlisted) in digests:
+                note = AgentDigest(day.isoformat(), rows, total, groups, unlisted)
+                services.notifier.notify(session, note, to)
     except IntegrityError:
         log.info("digest for %s was already sent", day)
         return 0
-    return sent
+    return len(digests)
+
+
+_Digest = tuple[tuple[DigestRow, ...], int, tuple[DigestGroup, ...], int]
+
+
+def _digests(
+    services: Services, session: Session, now: datetime
+) -> list[tuple[Recipient, _Digest]]:
+    """Each agent with tickets waiting, and what their digest lists (rows, how many wait,
+    the senders shown as one line, the rows left out)."""
+    # Read once for every agent: after a flood, thousands wait unassigned.
+    open_now = list(
+        session.scalars(
+            select(Ticket)
+            .where(rare(Ticket.status.in_((TicketStatus.NEW, TicketStatus.ACCEPTED))))
+            .order_by(Ticket.priority != "critical", Ticket.id)
+            .options(selectinload(Ticket.requester), selectinload(Ticket.owner))
+        )
+    )
+    digests = []
+    for agent in Agents(session).active():
+        waiting = [t for t in open_now if t.owner_id in (None, agent.id)]
+        if not waiting:
+            continue
+        summary = summarize(waiting)
+        rows = tuple(
+            DigestRow(
+                tag=services.notifier.tag(t),
+                subject=t.subject,
+                status=t.status,
+                priority=t.priority,
+                requester=t.requester.email,
+                owner=t.owner.email if t.owner else "",
+                age=age(t.created_at, now),
+            )
+            for t in summary.listed
+        )
+        groups = tuple(
+            DigestGroup(
+                requester=g.requester,
+                count=g.count,
+                first=services.notifier.tag_of(g.first),
+                last=services.notifier.tag_of(g.last),
+            )
+            for g in summary.groups
+        )
+        digest = (rows, len(waiting), groups, summary.unlisted)
+        digests.append((Recipient.of_agent(agent), digest))
+    return digests
 
 
 def sla(services: Services) -> int:
