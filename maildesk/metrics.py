@@ -48,7 +48,7 @@ from maildesk.clock import Clock, as_utc
 from maildesk.db import Database, rare
 from maildesk.growing import SETTLE, GrowingCount
 from maildesk.inbound import store
-from maildesk.models import Inbound, Outbox, Person, Ticket
+from maildesk.models import Inbound, Outbox, Ticket
 from maildesk.outbound import outbox
 from maildesk.pipeline import quiet
 from maildesk.states import InboundState, OutboxState, TicketStatus
@@ -196,9 +196,7 @@ class DatabaseCollector(Collector):
                 ).all()
             )
             ticket_rows = self._tickets.read(session, now).get(None, 0)
-            quiet_senders = session.scalar(
-                select(func.count()).where(Person.quiet_since > now - quiet.WINDOW)
-            )
+            quiet_senders = quiet.quiet_count(session, now)
             self._scan_latency(session)
             purged_at = retention.last_finished(session)
         spool_rows = sum(spool.by_state.values()) - spool.landed  # landed: not in the table yet

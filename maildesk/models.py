@@ -107,8 +107,12 @@ class Person(Base):
     # Bumped when the password changes: older session cookies stop working.
     session_version: Mapped[int] = mapped_column(Integer, default=0)
     # When agents were last told that this person's new tickets are filed quietly, for
-    # an hour, instead of one notice each (`[limits] new_ticket_notices_per_hour`).
+    # an hour, instead of one notice each (`[limits] new_ticket_notices_per_hour`): of
+    # mail that did not prove its From, and of mail that did (counted apart, quiet.py).
     quiet_since: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True, index=True)
+    quiet_proven_since: Mapped[datetime | None] = mapped_column(
+        Timestamp, nullable=True, index=True
+    )
 
 
 class WebSession(Base):

@@ -103,6 +103,14 @@ def sent_to(services: Services, address: str) -> list[Outbox]:
     return [row for row in outbox_rows(services) if address in row.recipients]
 
 
+def body_text(row: Outbox) -> str:
+    msg = email.message_from_bytes(row.raw, policy=email.policy.default)
+    assert isinstance(msg, email.message.EmailMessage)
+    part = msg.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
 def inbound_state(services: Services) -> list[tuple[str, str]]:
     with services.db.transaction() as session:
         return [(r.state, r.reason) for r in session.scalars(select(Inbound).order_by(Inbound.id))]
@@ -481,3 +489,22 @@ def test_a_forged_flood_in_a_customers_name_does_not_quiet_her_signed_mail(
     to_agent = [(row.kind, row.ticket_id) for row in sent_to(services, AGENT)]
     assert to_agent[11:] == [("agent_notification", 12)]  # Alice's; not Mallory's 13th
     assert ticket(services, 12)["messages"][0]["proof"] == "dkim"
+
+
+def test_her_own_signed_flood_after_a_forged_one_is_still_told_to_the_agents(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """The agents are told once an hour per sender *and proof*: after Mallory's unsigned
+    flood From Alice was told (ticket 11), a loop of Alice's own signed mail gets its own
+    "Filed quietly" notice, saying it proved its sender, and is not filed unsaid."""
+    services = desk.services
+    for n in range(1, 12):
+        send(desk, make_mail(subject=f"Urgent {n}"), mail_from=MALLORY)
+    for n in range(1, 12):
+        send(desk, keys["customer.test"].sign(make_mail(subject=f"Out of office {n}")))
+
+    quiet = [row for row in sent_to(services, AGENT) if row.kind == "agent_quiet"]
+    assert [row.ticket_id for row in quiet] == [11, 22]
+    texts = [body_text(row) for row in quiet]
+    assert "Their mail did not prove its sender" in texts[0]
+    assert "Their mail proved its sender (DKIM/DMARC passed)." in texts[1]

@@ -7,7 +7,6 @@ exits 1 when degraded, so a cron job or a monitoring check can act on it.
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 
 import click
@@ -26,14 +25,14 @@ def status(ctx: Context, as_json: bool) -> None:
     from maildesk.db import Database
     from maildesk.inbound.store import busiest_senders
     from maildesk.message import clean_text
-    from maildesk.pipeline.quiet import quiet_senders
+    from maildesk.pipeline.quiet import Quiet, quiet_senders
 
     settings = ctx.settings
     clock = SystemClock()
     # Opening a SQLite URL would create an empty file where the database went missing.
     db = None if health.database_gone(settings) else Database(settings.database.url)
     busiest: list[tuple[str, int]] = []
-    quiet: list[tuple[str, datetime]] = []
+    quiet: list[Quiet] = []
     try:
         result = health.check(settings, db, clock)
         if db is not None and result.backlog is not None:  # the database answered
@@ -48,7 +47,7 @@ def status(ctx: Context, as_json: bool) -> None:
         body = result.as_json()
         body["busiest_senders"] = [{"sender": lane, "waiting": n} for lane, n in busiest]
         body["quiet_senders"] = [
-            {"sender": sender, "since": since.isoformat()} for sender, since in quiet
+            {"sender": q.sender, "since": q.since.isoformat(), "proven": q.proven} for q in quiet
         ]
         click.echo(json.dumps(body, indent=2))
     else:
@@ -66,7 +65,11 @@ def status(ctx: Context, as_json: bool) -> None:
             named = (f"{clean_text(lane) or '(no sender)'} {n}" for lane, n in busiest)
             click.echo(f"busiest senders waiting: {', '.join(named)}")
         if quiet:
-            told = (f"{clean_text(sender)} (since {since:%H:%M} UTC)" for sender, since in quiet)
+            told = (
+                f"{clean_text(q.sender)} ({'proven' if q.proven else 'unproven'} mail,"
+                f" since {q.since:%H:%M} UTC)"
+                for q in quiet
+            )
             click.echo(f"new tickets filed quietly, agents told once: {', '.join(told)}")
         for role, free in result.free_disk_mb.items():
             click.echo(f"free disk for the {role}: {free} MB")

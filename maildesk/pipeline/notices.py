@@ -146,7 +146,12 @@ class Notices:
         if decision.previous is not None:
             previous = desk_time(decision.previous, settings.sla.timezone)
         note = AgentQuiet(
-            message.from_addr, cap, previous, decision.tickets_since_previous, quoted(message)
+            message.from_addr,
+            cap,
+            previous,
+            decision.tickets_since_previous,
+            quoted(message),
+            proven=ticket.sender_proven,
         )
         agents = [Recipient.of_agent(agent) for agent in Agents(session).active()]
         answering = InReplyTo(message.message_id)

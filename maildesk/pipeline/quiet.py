@@ -22,9 +22,12 @@ that proved its From (DKIM/DMARC, `mailauth.py`) and mail that did not are
 counted apart: the From is anyone's to write, and a stranger's flood in a
 customer's name must not quiet the customer's own signed mail. (A customer whose
 domain signs nothing shares the unproven count with whoever forges them.)
-Told once: `people.quiet_since` moves by a conditional UPDATE, so workers or
+Told once per proof: `people.quiet_since` (unproven mail) or
+`people.quiet_proven_since` moves by a conditional UPDATE, so workers or
 instances that cross the cap at the same moment tell the agents once (on
-PostgreSQL the second UPDATE waits for the first and then matches no row).
+PostgreSQL the second UPDATE waits for the first and then matches no row). The
+marks are apart as the counts are: after a forger's flood in a customer's name,
+the customer's own signed flood is still told, not filed quietly unsaid.
 """
 
 from __future__ import annotations
@@ -95,15 +98,13 @@ def decide(session: Session, ticket: Ticket, cap: int, now: datetime) -> Decisio
     if (opened or 0) <= cap:
         return Decision(Notice.EACH)
     # Past the cap (a flood, not the usual path): plain Core statements.
-    previous = connection.scalar(select(_PEOPLE.c.quiet_since).where(_PEOPLE.c.id == requester_id))
+    mark = _PEOPLE.c.quiet_proven_since if proven else _PEOPLE.c.quiet_since
+    previous = connection.scalar(select(mark).where(_PEOPLE.c.id == requester_id))
     # Moves only when no notice went out within the hour: the one writer that matches tells.
     told = connection.execute(
         update(_PEOPLE)
-        .where(
-            _PEOPLE.c.id == requester_id,
-            or_(_PEOPLE.c.quiet_since.is_(None), _PEOPLE.c.quiet_since <= hour_ago),
-        )
-        .values(quiet_since=now)
+        .where(_PEOPLE.c.id == requester_id, or_(mark.is_(None), mark <= hour_ago))
+        .values({mark: now})
     )
     if told.rowcount != 1:
         return Decision(Notice.NONE)
@@ -113,13 +114,29 @@ def decide(session: Session, ticket: Ticket, cap: int, now: datetime) -> Decisio
     return Decision(Notice.QUIET, as_utc(previous), max(int(since or 0) - 1, 0))
 
 
-def quiet_senders(session: Session, now: datetime, limit: int = 10) -> list[tuple[str, datetime]]:
-    """Senders whose new tickets are filed quietly now (told within the hour), newest first:
-    (address, since)."""
-    rows = session.execute(
-        select(Person.email, Person.quiet_since)
-        .where(Person.quiet_since > now - WINDOW)
-        .order_by(Person.quiet_since.desc())
-        .limit(limit)
-    )
-    return [(email, as_utc(since)) for email, since in rows if since is not None]
+@dataclass(frozen=True)
+class Quiet:
+    """A sender whose new tickets of one proof are filed quietly now."""
+
+    sender: str
+    since: datetime  # when the agents were told
+    proven: bool  # of mail that proved its From (DKIM/DMARC)
+
+
+def quiet_senders(session: Session, now: datetime, limit: int = 10) -> list[Quiet]:
+    """Senders whose new tickets are filed quietly now (told within the hour), newest
+    first; a sender quiet for both proofs is there twice."""
+    found: list[Quiet] = []
+    for proven, mark in ((False, Person.quiet_since), (True, Person.quiet_proven_since)):
+        rows = session.execute(
+            select(Person.email, mark).where(mark > now - WINDOW).order_by(mark.desc()).limit(limit)
+        )
+        found += [Quiet(email, as_utc(since), proven) for email, since in rows if since is not None]
+    return sorted(found, key=lambda quiet: quiet.since, reverse=True)[:limit]
+
+
+def quiet_count(session: Session, now: datetime) -> int:
+    """How many senders' new tickets are filed quietly now (of either proof)."""
+    hour_ago = now - WINDOW
+    either = or_(Person.quiet_since > hour_ago, Person.quiet_proven_since > hour_ago)
+    return int(session.scalar(select(func.count()).where(either)) or 0)

@@ -260,11 +260,11 @@ def test_status_names_the_senders_whose_new_tickets_are_filed_quietly(
     result = CliRunner().invoke(main, ["--config", str(config_file), "status"])
 
     assert result.exit_code in (0, 1), result.output
-    told = f"{ALERTS} (since {clock.now():%H:%M} UTC)"
+    told = f"{ALERTS} (unproven mail, since {clock.now():%H:%M} UTC)"
     assert f"new tickets filed quietly, agents told once: {told}" in result.stdout.splitlines()
     as_json = CliRunner().invoke(main, ["--config", str(config_file), "status", "--json"])
     assert json.loads(as_json.stdout)["quiet_senders"] == [
-        {"sender": ALERTS, "since": clock.now().isoformat()}
+        {"sender": ALERTS, "since": clock.now().isoformat(), "proven": False}
     ]
 
 
@@ -328,7 +328,7 @@ def test_counting_a_senders_tickets_is_an_index_search_on_a_long_history(
     plans = sqlite_plans(services, decide_and_list, "tickets|people")
 
     assert found["notice"] is Notice.EACH  # two hours on, the 11 are out of the hour
-    assert [sender for sender, _ in found["quiet"]] == [ALERTS]
+    assert [quiet.sender for quiet in found["quiet"]] == [ALERTS]
     # (An INSERT … RETURNING's plan reads "SCAN tickets": it walks only the new row.)
     reads = [(plan, sql) for plan, sql in plans if not sql.lstrip().startswith("INSERT")]
     scans = [(plan, sql) for plan, sql in reads if re.match(r"SCAN (tickets|people)\b", plan)]

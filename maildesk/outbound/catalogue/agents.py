@@ -78,6 +78,8 @@ class AgentQuiet(Notification):
     previous: str  # when the last such notice went (desk's time), "" for the first
     tickets_since_previous: int  # tickets the sender opened since then, this one aside
     message: Quoted  # this ticket's mail
+    # Whether the flood's mail proved its From (DKIM/DMARC): counted, and told, apart.
+    proven: bool = False
 
     def variables(self, language: str) -> dict[str, Any]:
         return {**super().variables(language), "commands_help": commands.help_text(language)}
@@ -91,6 +93,7 @@ class AgentQuiet(Notification):
             cls(address, 10, "", 0, mail),
             cls(address, 10, "2026-01-05 08:30 CET", 2990, mail),
             cls(address, 10, "", 0, NO_MAIL),
+            cls(address, 10, "", 0, mail, proven=True),
         ]
 
 
