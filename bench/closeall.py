@@ -15,36 +15,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
-from digest import flooded_desk
+from digest import flooded_desk, timed_transactions
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from maildesk.models import Ticket
 from maildesk.services import Services
 from maildesk.tickets import cleanup
 
 MONITOR = "alerts@monitor.test"
-
-
-def timed_transactions(services: Services) -> list[float]:
-    """The time of each `services.db.transaction` from now on, in ms, as they end."""
-    held: list[float] = []
-    transaction = services.db.transaction
-
-    @contextmanager
-    def timed(*given: Any, **named: Any) -> Iterator[Session]:
-        start = time.perf_counter()
-        with transaction(*given, **named) as session:
-            yield session
-        held.append((time.perf_counter() - start) * 1000)
-
-    services.db.transaction = timed  # type: ignore[method-assign]
-    return held
 
 
 def still_open(services: Services) -> int:

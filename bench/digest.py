@@ -64,14 +64,8 @@ def flooded_desk(tickets: int, agents: int) -> tuple[Services, ManualClock]:
     return services, clock
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tickets", type=int, default=3000)
-    parser.add_argument("--agents", type=int, default=5)
-    args = parser.parse_args()
-    logging.disable(logging.WARNING)
-    services, _clock = flooded_desk(args.tickets, args.agents)
-
+def timed_transactions(services: Services) -> list[float]:
+    """The time of each `services.db.transaction` from now on, in ms, as they end."""
     held: list[float] = []
     transaction = services.db.transaction
 
@@ -80,9 +74,22 @@ def main() -> None:
         start = time.perf_counter()
         with transaction(*given, **named) as session:
             yield session
-        held.append(time.perf_counter() - start)
+        held.append((time.perf_counter() - start) * 1000)
 
     services.db.transaction = timed  # type: ignore[method-assign]
+    return held
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tickets", type=int, default=3000)
+    parser.add_argument("--agents", type=int, default=5)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    services, _clock = flooded_desk(args.tickets, args.agents)
+
+    transaction = services.db.transaction
+    held = timed_transactions(services)
     start = time.perf_counter()
     sent = jobs.digest(services)
     took = time.perf_counter() - start
@@ -94,7 +101,7 @@ def main() -> None:
     print(
         f"{args.tickets} tickets waiting, {args.agents} agents: {sent} digests in "
         f"{took * 1000:.0f} ms, the write transaction held "
-        f"{', '.join(f'{h * 1000:.0f}' for h in held)} ms; one digest {size} bytes"
+        f"{', '.join(f'{h:.0f}' for h in held)} ms; one digest {size} bytes"
     )
     services.db.dispose()
 

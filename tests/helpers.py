@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from email.message import EmailMessage
 from typing import Any
 
 from sqlalchemy import create_engine, event, insert, select, text
@@ -48,6 +51,20 @@ def outbox_rows(services: Services) -> list[Outbox]:
         # The bytes too (`Outbox.raw`), which the daemon itself only reads in slices.
         query = select(Outbox).options(selectinload(Outbox.body)).order_by(Outbox.id)
         return list(session.scalars(query))
+
+
+def outbox_mail(row: Outbox) -> EmailMessage:
+    """An outbox row's mail, parsed as a mail client would."""
+    msg = email.message_from_bytes(row.raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def outbox_text(row: Outbox) -> str:
+    """An outbox row's plain-text body."""
+    part = outbox_mail(row).get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
 
 
 def inbound_row(services: Services, spool_id: int) -> Inbound:

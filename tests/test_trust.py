@@ -28,7 +28,7 @@ from maildesk.models import Inbound, Outbox, Participant, Person, Ticket
 from maildesk.services import Services
 from tests.conftest import RunningDaemon, make_mail, running_daemon, wait_for
 from tests.dns_server import DkimKey, dns_server, make_key
-from tests.helpers import outbox_rows, ticket
+from tests.helpers import outbox_rows, outbox_text, ticket
 
 AGENT = "agent@example.test"
 ALICE = "alice@customer.test"
@@ -101,14 +101,6 @@ def participants(services: Services, number: int) -> set[str]:
 
 def sent_to(services: Services, address: str) -> list[Outbox]:
     return [row for row in outbox_rows(services) if address in row.recipients]
-
-
-def body_text(row: Outbox) -> str:
-    msg = email.message_from_bytes(row.raw, policy=email.policy.default)
-    assert isinstance(msg, email.message.EmailMessage)
-    part = msg.get_body(("plain",))
-    assert part is not None
-    return str(part.get_content())
 
 
 def inbound_state(services: Services) -> list[tuple[str, str]]:
@@ -505,6 +497,6 @@ def test_her_own_signed_flood_after_a_forged_one_is_still_told_to_the_agents(
 
     quiet = [row for row in sent_to(services, AGENT) if row.kind == "agent_quiet"]
     assert [row.ticket_id for row in quiet] == [11, 22]
-    texts = [body_text(row) for row in quiet]
+    texts = [outbox_text(row) for row in quiet]
     assert "Their mail did not prove its sender" in texts[0]
     assert "Their mail proved its sender (DKIM/DMARC passed)." in texts[1]

@@ -10,10 +10,7 @@ The clock is the test's ManualClock; the database is SQLite or PostgreSQL.
 
 from __future__ import annotations
 
-import email
-import email.policy
 from datetime import timedelta
-from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -24,7 +21,7 @@ from maildesk.models import Outbox, Ticket
 from maildesk.services import Services
 from maildesk.tickets import cleanup
 from tests.conftest import make_mail
-from tests.helpers import outbox_rows, receive, ticket, tickets
+from tests.helpers import outbox_mail, outbox_rows, outbox_text, receive, ticket, tickets
 
 AGNES = "agnes@example.test"
 BOB = "bob@example.test"
@@ -36,18 +33,6 @@ ALICE = "alice@customer.test"
 def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
     config_values["agents"]["addresses"] = [AGNES, BOB]
     return config_values
-
-
-def parsed(row: Outbox) -> EmailMessage:
-    msg = email.message_from_bytes(row.raw, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def body(row: Outbox) -> str:
-    part = parsed(row).get_body(("plain",))
-    assert part is not None
-    return str(part.get_content())
 
 
 def to(services: Services, address: str, kind: str | None = None) -> list[Outbox]:
@@ -65,7 +50,7 @@ def flood(services: Services, clock: ManualClock, count: int) -> None:
 
 def reply(services: Services, agent: str, to_mail: Outbox, text: str) -> None:
     """`agent` answers `to_mail` from their mail client (its signed Reply-To: proven)."""
-    notice = parsed(to_mail)
+    notice = outbox_mail(to_mail)
     address = notice["Reply-To"].addresses[0].addr_spec
     raw = make_mail(subject=f"Re: {notice['Subject']}", sender=agent, to=address, body=text,
                     In_Reply_To=notice["Message-ID"], References=notice["Message-ID"])  # fmt: skip
@@ -83,7 +68,7 @@ def test_closeall_in_a_reply_to_the_quiet_notice_closes_the_flood_and_mails_only
     receive(services, make_mail(subject="Printer broken"))  # a customer, ticket 13
     flood_mail = len(to(services, ALERTS))
     [quiet] = to(services, AGNES, "agent_quiet")
-    assert '"#closeall"' in body(quiet)  # the notice says how
+    assert '"#closeall"' in outbox_text(quiet)  # the notice says how
     bob_before = len(to(services, BOB))
 
     reply(services, AGNES, quiet, "#closeall\n\nAgnes")
@@ -93,8 +78,10 @@ def test_closeall_in_a_reply_to_the_quiet_notice_closes_the_flood_and_mails_only
     assert len(to(services, BOB)) == bob_before
     assert to(services, ALICE, "closed") == []
     [answer] = to(services, AGNES, "agent_closed_all")
-    assert str(parsed(answer)["Subject"]) == (f"[#11] #closeall: 12 tickets from {ALERTS} closed")
-    text = body(answer)
+    assert str(outbox_mail(answer)["Subject"]) == (
+        f"[#11] #closeall: 12 tickets from {ALERTS} closed"
+    )
+    text = outbox_text(answer)
     assert f"Closed 12 tickets from {ALERTS} ([#1] to [#12])" in text
     assert "did not prove its sender" in text
     assert "kept open" not in text
@@ -124,7 +111,7 @@ def test_tickets_an_agent_owns_and_mail_of_the_other_proof_stay_open(
     assert statuses(services) == {
         **dict.fromkeys(range(1, 13), "closed"), 1: "new", 2: "new", 3: "accepted",
     }  # fmt: skip
-    text = body(to(services, AGNES, "agent_closed_all")[0])
+    text = outbox_text(to(services, AGNES, "agent_closed_all")[0])
     assert f"Closed 9 tickets from {ALERTS} ([#4] to [#12])" in text
     assert f"1 open tickets from {ALERTS} have an owner and were kept open." in text
     assert f"2 open tickets from {ALERTS} proved their sender and were kept open" in text
@@ -140,13 +127,13 @@ def test_one_closeall_closes_at_most_its_share_and_says_how_many_are_left(
 
     reply(services, AGNES, quiet, "#closeall")
     assert list(statuses(services).values()).count("closed") == 5
-    assert "7 more are still open" in body(to(services, AGNES, "agent_closed_all")[0])
+    assert "7 more are still open" in outbox_text(to(services, AGNES, "agent_closed_all")[0])
 
     reply(services, AGNES, quiet, "#closeall")
     reply(services, AGNES, quiet, "#closeall")
     assert set(statuses(services).values()) == {"closed"}
     answers = to(services, AGNES, "agent_closed_all")
-    assert "Closed 2 tickets" in body(answers[2])
+    assert "Closed 2 tickets" in outbox_text(answers[2])
 
 
 def test_closeall_goes_alone(services: Services, clock: ManualClock) -> None:
@@ -157,7 +144,7 @@ def test_closeall_goes_alone(services: Services, clock: ManualClock) -> None:
 
     assert "closed" not in statuses(services).values()
     [refused] = to(services, AGNES, "agent_error")
-    assert "#closeall: closes many tickets; write it alone" in body(refused)
+    assert "#closeall: closes many tickets; write it alone" in outbox_text(refused)
 
 
 def test_a_forged_closeall_closes_nothing_until_the_agents_mailbox_confirms(
@@ -169,12 +156,12 @@ def test_a_forged_closeall_closes_nothing_until_the_agents_mailbox_confirms(
 
     assert "closed" not in statuses(services).values()
     [ask] = to(services, AGNES, "agent_confirm")
-    assert "#closeall" in body(ask)
-    address = parsed(ask)["Reply-To"].addresses[0].addr_spec
+    assert "#closeall" in outbox_text(ask)
+    address = outbox_mail(ask)["Reply-To"].addresses[0].addr_spec
     assert address.startswith("support+c")
 
     yes = make_mail(subject="Re: confirm", sender=AGNES, to=address, body="yes",
-                    In_Reply_To=parsed(ask)["Message-ID"])  # fmt: skip
+                    In_Reply_To=outbox_mail(ask)["Message-ID"])  # fmt: skip
     receive(services, yes, mail_from=AGNES, rcpt_to=(address,))
 
     assert set(statuses(services).values()) == {"closed"}
@@ -185,7 +172,7 @@ def test_a_customer_writing_closeall_closes_nothing(services: Services, clock: M
     receive(services, make_mail(subject="Printer broken"))  # Alice's ticket 1
     flood(services, clock, 3)
     [ack] = to(services, ALICE, "acknowledgement")
-    address = parsed(ack)["Reply-To"].addresses[0].addr_spec
+    address = outbox_mail(ack)["Reply-To"].addresses[0].addr_spec
     raw = make_mail(subject="Re: [#1] Printer broken", to=address, body="#closeall")
     receive(services, raw, rcpt_to=(address,))
     # The monitor itself, in its own ticket.

@@ -9,13 +9,10 @@ else's mail still reaches the agents. The clock is the test's ManualClock.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import re
 import threading
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +31,15 @@ from maildesk.tickets import cleanup, commands
 from maildesk.tickets.lifecycle import Lifecycle
 from maildesk.tickets.service import Tickets
 from tests.conftest import PG_URL, make_mail, wait_for
-from tests.helpers import outbox_rows, receive, sqlite_plans, ticket, tickets
+from tests.helpers import (
+    outbox_mail,
+    outbox_rows,
+    outbox_text,
+    receive,
+    sqlite_plans,
+    ticket,
+    tickets,
+)
 
 AGNES = "agnes@example.test"
 BOB = "bob@example.test"
@@ -48,18 +53,6 @@ def config_values(config_values: dict[str, Any], request: pytest.FixtureRequest)
     if hasattr(request, "param"):  # the cap, for a test that sets one
         config_values["limits"]["new_ticket_notices_per_hour"] = request.param
     return config_values
-
-
-def parsed(row: Outbox) -> EmailMessage:
-    msg = email.message_from_bytes(row.raw, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def body(row: Outbox) -> str:
-    part = parsed(row).get_body(("plain",))
-    assert part is not None
-    return str(part.get_content())
 
 
 def to_agent(services: Services, agent: str = AGNES) -> list[Outbox]:
@@ -88,15 +81,15 @@ def test_a_flood_of_new_tickets_reaches_agents_as_ten_notices_and_one_summary(
         # The monitor's first ten, then the summary on its 11th ticket, then the customer.
         assert [row.ticket_id for row in mail] == [*range(1, 12), 16]
     [summary] = [row for row in to_agent(services) if row.kind == "agent_quiet"]
-    subject = str(parsed(summary)["Subject"])
+    subject = str(outbox_mail(summary)["Subject"])
     assert subject == f"[#11] Filed quietly: more than 10 new tickets from {ALERTS} in an hour"
-    text = body(summary)
+    text = outbox_text(summary)
     assert "For the next hour, their new tickets are opened" in text
     assert '"#list from=alerts@monitor.test"' in text
     assert "alert 11" in text  # what the flood looks like
     assert "Since the last notice" not in text  # the first one
     # Its Reply-To is Agnes's own for ticket 11: a reply answers that ticket.
-    assert parsed(summary)["Reply-To"].addresses[0].addr_spec.startswith("support+t11a")
+    assert outbox_mail(summary)["Reply-To"].addresses[0].addr_spec.startswith("support+t11a")
 
 
 def test_a_flood_that_outlasts_the_hour_gets_one_more_summary_with_its_count(
@@ -113,8 +106,8 @@ def test_a_flood_that_outlasts_the_hour_gets_one_more_summary_with_its_count(
     summaries = [row for row in to_agent(services) if row.kind == "agent_quiet"]
     assert [row.ticket_id for row in summaries] == [11, 71]
     # Tickets 12-70 came between the two summaries.
-    assert "Since the last notice like this one (" in body(summaries[1])
-    assert "), 59 more new tickets came from them." in body(summaries[1])
+    assert "Since the last notice like this one (" in outbox_text(summaries[1])
+    assert "), 59 more new tickets came from them." in outbox_text(summaries[1])
     assert len(to_agent(services)) == 12
 
 
@@ -130,7 +123,7 @@ def test_a_sender_who_slows_down_is_heard_of_one_by_one_again(
 
     last = to_agent(services)[-1]
     assert (last.kind, last.ticket_id) == ("agent_notification", 14)
-    assert "alert 14" in body(last)
+    assert "alert 14" in outbox_text(last)
 
 
 def test_replies_in_the_senders_open_tickets_still_reach_the_agents(
@@ -139,7 +132,7 @@ def test_replies_in_the_senders_open_tickets_still_reach_the_agents(
     for n in range(1, 14):
         alert(services, n)
     first_ack = next(row for row in outbox_rows(services) if row.kind == "acknowledgement")
-    reply_to = parsed(first_ack)["Reply-To"].addresses[0].addr_spec
+    reply_to = outbox_mail(first_ack)["Reply-To"].addresses[0].addr_spec
 
     receive(
         services,
@@ -155,7 +148,7 @@ def test_replies_in_the_senders_open_tickets_still_reach_the_agents(
 
     last = to_agent(services)[-1]
     assert (last.kind, last.ticket_id) == ("agent_notification", 1)
-    assert "Resolved on host1 itself." in body(last)
+    assert "Resolved on host1 itself." in outbox_text(last)
     assert len(ticket(services, 1)["messages"]) == 3  # the alert, the ack, the reply
 
 
@@ -179,7 +172,7 @@ def test_the_cap_is_the_admins(services: Services, clock: ManualClock) -> None:
         assert kinds == ["agent_notification"] * 15
     else:
         assert kinds == ["agent_notification"] * 3 + ["agent_quiet"]
-        assert "more than 3 new tickets" in str(parsed(to_agent(services)[-1])["Subject"])
+        assert "more than 3 new tickets" in str(outbox_mail(to_agent(services)[-1])["Subject"])
 
 
 def test_two_writers_past_the_cap_at_once_tell_the_agents_once(
