@@ -127,7 +127,7 @@ def test_one_closeall_closes_at_most_its_share_and_says_how_many_are_left(
 
     reply(services, AGNES, quiet, "#closeall")
     assert list(statuses(services).values()).count("closed") == 5
-    assert "7 more are still open" in outbox_text(to(services, AGNES, "agent_closed_all")[0])
+    assert "7 more of them are still open" in outbox_text(to(services, AGNES, "agent_closed_all")[0])
 
     reply(services, AGNES, quiet, "#closeall")
     reply(services, AGNES, quiet, "#closeall")
