@@ -95,6 +95,20 @@ def test_closeall_in_a_reply_to_the_quiet_notice_closes_the_flood_and_mails_only
     assert (last["kind"], last["direction"]) == ("note", "in")
 
 
+def test_a_ticket_closed_by_mistake_is_reopened_with_a_status_command(
+    services: Services, clock: ManualClock
+) -> None:
+    flood(services, clock, 12)
+    [quiet] = to(services, AGNES, "agent_quiet")
+    reply(services, AGNES, quiet, "#closeall")
+    [note_5] = [row for row in to(services, BOB) if row.ticket_id == 5]
+
+    reply(services, BOB, note_5, "#status accepted")
+
+    assert statuses(services)[5] == "accepted"
+    assert ticket(services, 5)["events"][-1]["actor"] == BOB
+
+
 def test_tickets_an_agent_owns_and_mail_of_the_other_proof_stay_open(
     services: Services, clock: ManualClock
 ) -> None:
@@ -127,7 +141,8 @@ def test_one_closeall_closes_at_most_its_share_and_says_how_many_are_left(
 
     reply(services, AGNES, quiet, "#closeall")
     assert list(statuses(services).values()).count("closed") == 5
-    assert "7 more of them are still open" in outbox_text(to(services, AGNES, "agent_closed_all")[0])
+    [answer] = to(services, AGNES, "agent_closed_all")
+    assert "7 more of them are still open" in outbox_text(answer)
 
     reply(services, AGNES, quiet, "#closeall")
     reply(services, AGNES, quiet, "#closeall")
