@@ -129,11 +129,14 @@ def _close(
     status event, in three statements; their numbers. Tickets loaded in `session` are
     refreshed from the database when next read."""
     session.flush()  # the ORM's pending changes first: Core writes below it
+    # Locked as read (PostgreSQL): a second clean-up at the same moment waits here, then
+    # finds them closed, instead of closing them again with a second, stale event.
     found = session.execute(
         select(Ticket.id, Ticket.status)
         .where(Ticket.status != TicketStatus.CLOSED, *where)
         .order_by(Ticket.id)
         .limit(limit)
+        .with_for_update()
     ).all()
     if not found:
         return []

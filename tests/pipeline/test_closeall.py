@@ -10,17 +10,19 @@ The clock is the test's ManualClock; the database is SQLite or PostgreSQL.
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
+from sqlalchemy.orm import Session
 
 from maildesk.clock import ManualClock
 from maildesk.models import Outbox, Ticket
 from maildesk.services import Services
 from maildesk.tickets import cleanup
-from tests.conftest import make_mail
+from tests.conftest import PG_URL, make_mail, wait_for
 from tests.helpers import outbox_mail, outbox_rows, outbox_text, receive, ticket, tickets
 
 AGNES = "agnes@example.test"
@@ -197,3 +199,44 @@ def test_a_customer_writing_closeall_closes_nothing(services: Services, clock: M
     assert "closed" not in statuses(services).values()
     assert ticket(services, 1)["messages"][-1]["body_text"].startswith("#closeall")
     assert to(services, AGNES, "agent_closed_all") == []
+
+
+def test_two_agents_closing_the_same_flood_at_once_close_each_ticket_once(
+    services: Services, clock: ManualClock
+) -> None:
+    """On PostgreSQL two workers (or instances) may run two agents' #closeall at the same
+    moment: the later one waits for the first one's row locks, then finds the tickets
+    closed, and writes no second status event for them. (On SQLite the write lock
+    orders the two whole; the test runs there too.)"""
+    flood(services, clock, 12)
+    now = clock.now()
+    later: dict[str, cleanup.Flood] = {}
+
+    def close(session: Session, actor: str) -> cleanup.Flood:
+        first = session.get(Ticket, 1)
+        assert first is not None
+        return cleanup.close_flood(session, first, now, actor)
+
+    def later_agent() -> None:
+        with services.db.transaction() as session:
+            later["flood"] = close(session, BOB)
+
+    with services.db.transaction() as session:
+        earlier = close(session, AGNES)
+        thread = threading.Thread(target=later_agent)
+        thread.start()
+        if PG_URL:  # it reached its reads and waits for the first one's row locks
+            wait_for(lambda: waiting_for_a_lock(services), 10, "the second #closeall to wait")
+    thread.join(10)
+
+    assert len(earlier.closed) == 12
+    assert later["flood"].closed == ()
+    for number in range(1, 13):
+        closing = [e for e in ticket(services, number)["events"] if e["new"] == "closed"]
+        assert [(e["old"], e["actor"]) for e in closing] == [("new", AGNES)]
+
+
+def waiting_for_a_lock(services: Services) -> bool:
+    with services.db.engine.connect() as connection:
+        query = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        return bool(connection.scalar(query))
