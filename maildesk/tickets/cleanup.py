@@ -38,20 +38,19 @@ _TICKETS = cast(Table, Ticket.__table__)
 _EVENTS = cast(Table, Event.__table__)
 
 
-def open_tickets_of(
-    session: Session, email: str, after: int = 0, limit: int | None = None
-) -> list[Ticket]:
-    """The tickets `email` opened that are not closed, oldest first (after ticket `after`)."""
+def _opened_by(email: str) -> ColumnElement[bool]:
+    """Tickets the address `email` opened (whatever their status)."""
+    requester = select(Person.id).where(Person.email == email.lower())
+    return Ticket.requester_id.in_(requester.scalar_subquery())
+
+
+def open_tickets_of(session: Session, email: str) -> list[Ticket]:
+    """The tickets `email` opened that are not closed, oldest first: what
+    `close_all_from` closes (`tickets close --from --dry-run` lists them)."""
     query = (
         select(Ticket)
-        .join(Person, Ticket.requester_id == Person.id)
-        .where(
-            Person.email == email.lower(),
-            Ticket.status != TicketStatus.CLOSED,
-            Ticket.id > after,
-        )
+        .where(_opened_by(email), Ticket.status != TicketStatus.CLOSED)
         .order_by(Ticket.id)
-        .limit(limit)
     )
     return list(session.scalars(query))
 
@@ -61,15 +60,9 @@ def close_all_from(db: Database, email: str, now: datetime, actor: str) -> list[
     closed: list[int] = []
     while True:
         with db.transaction() as session:
-            requester = select(Person.id).where(Person.email == email.lower())
             after = closed[-1] if closed else 0
             batch = _close(
-                session,
-                [Ticket.requester_id.in_(requester.scalar_subquery()), Ticket.id > after],
-                BATCH,
-                now,
-                actor,
-                "cli",
+                session, [_opened_by(email), Ticket.id > after], BATCH, now, actor, "cli"
             )
         closed += batch
         if len(batch) < BATCH:

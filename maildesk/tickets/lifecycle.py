@@ -59,7 +59,10 @@ class Lifecycle:
     def change(
         self, ticket: Ticket, field: str, new: str | None, actor: str, via: str
     ) -> Change | None:
-        """Set one field and record the event; None when nothing changed."""
+        """Set one field and record the event; None when nothing changed.
+
+        Closing many tickets at once (`cleanup._close`) does what this does for a
+        status of closed, in set-based statements: a change here belongs there too."""
         old = _field_value(ticket, field)
         if old == new:
             return None
