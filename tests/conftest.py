@@ -152,6 +152,15 @@ def services(settings: config.Settings, clock: ManualClock) -> Iterator[Services
     built.db.dispose()
 
 
+@pytest.fixture
+def second(settings: config.Settings, clock: ManualClock, services: Services) -> Iterator[Services]:
+    """Another instance (or worker) on the same database and clock as `services`."""
+    other = build(settings, clock)
+    other.prepare()
+    yield other
+    other.db.dispose()
+
+
 @dataclass
 class Outbox:
     """Reads what maildesk wrote to the test's outbox Maildir."""

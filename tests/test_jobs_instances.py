@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -24,9 +24,8 @@ from sqlalchemy import select
 
 from maildesk import jobs
 from maildesk.clock import ManualClock, as_utc
-from maildesk.config import Settings
 from maildesk.models import Event, Outbox, Ticket
-from maildesk.services import Services, build
+from maildesk.services import Services
 from maildesk.tickets.lifecycle import Lifecycle
 from tests.conftest import make_mail
 from tests.helpers import receive
@@ -46,15 +45,6 @@ def bare(name: str, job: Job) -> Job:
 def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
     config_values["agents"]["addresses"] = AGENTS
     return config_values
-
-
-@pytest.fixture
-def second(settings: Settings, clock: ManualClock, services: Services) -> Iterator[Services]:
-    """Another instance on the same database and clock (`services` is the first)."""
-    other = build(settings, clock)
-    other.prepare()
-    yield other
-    other.db.dispose()
 
 
 def open_tickets(services: Services) -> None:

@@ -173,7 +173,10 @@ class Console:
 
     def _tagged(self, session: Session, subject: str) -> Ticket | None:
         found = self.tag.search(subject[:1000])
-        return session.get(Ticket, int(found.group(1))) if found else None
+        if found is None:
+            return None
+        # Locked as the threader's tickets are (`Tickets.get`): the request may change it.
+        return session.get(Ticket, int(found.group(1)), with_for_update={"of": Ticket})
 
     # -- answering ---------------------------------------------------------------
 
@@ -531,7 +534,7 @@ class Console:
         if as_utc(row.expires_at) <= now:
             return Outcome("expired", agent, lines, 0)
         row.used_at, row.used_via = now, via
-        ticket = session.get(Ticket, row.ticket_id)
+        ticket = session.get(Ticket, row.ticket_id, with_for_update={"of": Ticket})
         assert ticket is not None
         parsed = commands.parse(row.commands)
         mail = ConsoleMail("", "", agent, "confirmed", ticket, parsed)

@@ -57,7 +57,7 @@ from maildesk.pipeline.threader import Match, Threader
 from maildesk.pipeline.trust import UNVERIFIED_FLAG, Standing, standing
 from maildesk.states import InboundState, TicketStatus
 from maildesk.tickets.agents import Agents
-from maildesk.tickets.lifecycle import Lifecycle
+from maildesk.tickets.lifecycle import Lifecycle, only_agrees
 from maildesk.tickets.service import NewMessage, Tickets
 
 log = logging.getLogger("maildesk.pipeline")
@@ -507,13 +507,15 @@ class Processor:
         ticket, rule = match.ticket, match.rule
         takes_part = ticket is not None and tickets.is_participant(ticket.id, message.from_addr)
         trust = standing(match, auth, row.source, takes_part)
-        # Only a person reopens a ticket: an out-of-office answering our "closed"
-        # notice is filed with the closed ticket, and so is unverified mail.
+        # Only a person with something to say reopens a ticket: an out-of-office
+        # answering our "closed" notice is filed with the closed ticket, and so are
+        # unverified mail and a "Thanks!" (which opened a new ticket after reopen_days).
         if (
             ticket is not None
             and ticket.status == TicketStatus.CLOSED
             and verdict.may_reply
             and trust.verified
+            and not only_agrees(text)
         ):
             if tickets.closed_too_long(ticket, now, self.settings.lifecycle.reopen_days):
                 ticket = self._open(tickets, message, language, now, auth, previous=ticket)

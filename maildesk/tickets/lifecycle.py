@@ -39,6 +39,12 @@ def paid_question(ticket: Ticket, round: int) -> str:
     return "open" if ticket.paid_state == "pending" else "answered"
 
 
+def only_agrees(text: str) -> bool:
+    """Whether a customer's new text says nothing but thanks or CONFIRM: it closes a
+    resolved ticket, and it reopens no closed one ("Thanks!" to the closed notice)."""
+    return has_word(text, CONFIRM_WORDS) or is_only_thanks(text)
+
+
 def suggested_word(words: tuple[str, str], language: str) -> str:
     """The word a template suggests: Czech first in the tuple, English second."""
     return words[0] if language == "cs" else words[1]
@@ -140,7 +146,7 @@ class Lifecycle:
             if has_word(text, DECLINE_WORDS):
                 return self.answer_paid(ticket, False, actor, "mail")
         if ticket.status == TicketStatus.RESOLVED:
-            if has_word(text, CONFIRM_WORDS) or is_only_thanks(text):
+            if only_agrees(text):
                 if not verified:
                     return "reply"
                 self.change(ticket, "status", TicketStatus.CLOSED, actor, "mail")

@@ -75,10 +75,16 @@ _PERSON = Hot(
 _TICKET_TABLE = cast(Table, Ticket.__table__)
 _TICKET_COLUMNS = tuple(column.key for column in _TICKET_TABLE.columns)
 # A ticket with its requester: each reply threaded by its references reads both.
+# Locked for the rest of the write (PostgreSQL; SQLite's one writer needs nothing):
+# a change decided on what was read must not be decided on what another worker
+# is changing at that moment (two agents' #status, an agent closing while the
+# customer reopens), or the ticket's history records a stale old value and columns
+# from both changes mix (closed_at on a reopened ticket).
 _TICKET = Hot(
     select(*_TICKET_TABLE.columns, Person.email, *(getattr(Person, c) for c in _PERSON_COLUMNS))
     .join_from(_TICKET_TABLE, Person, _TICKET_TABLE.c.requester_id == Person.id)
     .where(_TICKET_TABLE.c.id == bindparam("number"))
+    .with_for_update(of=_TICKET_TABLE)
 )
 _BLOB_EXISTS = select(Blob.sha256).where(Blob.sha256 == bindparam("sha"))
 # PostgreSQL advisory locks of addresses about to become people (`lock_new_people`):
@@ -277,7 +283,8 @@ class Tickets:
     # -- lookup -------------------------------------------------------------
 
     def get(self, number: int) -> Ticket | None:
-        """The session's ticket `number`, as `session.get` would return it.
+        """The session's ticket `number`, as `session.get` would return it, locked
+        for the rest of the transaction on PostgreSQL (see `_TICKET`).
 
         Read with its requester on the driver's cursor and handed to the session as
         if the ORM had loaded them (as `open` and `person` do): `session.get` cost a

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from maildesk.clock import ManualClock
@@ -196,6 +197,41 @@ def test_mail_to_a_long_closed_ticket_opens_a_linked_new_one(
     assert new["previous"] == 1
     assert new["status"] == "new"
     assert ticket(services, 1)["status"] == "closed"
+
+
+@pytest.mark.parametrize("days", [1, 30])
+@pytest.mark.parametrize("answer", ["Thanks!", "Děkuji, funguje to.", "CONFIRM"])
+def test_thanks_to_a_closed_ticket_is_filed_with_it_and_reopens_nothing(
+    services: Services, clock: ManualClock, days: int, answer: str
+) -> None:
+    """Customers answer the "closed" notice with thanks: that is no new problem. It
+    reopened the ticket (or, after reopen_days, opened a new one) for an agent to
+    close again."""
+    receive(services, make_mail())
+    _close(services, 1)
+    clock.advance(timedelta(days=days))
+
+    reply_to = _reply_address(services)
+    receive(services, make_mail(subject="Re: [#1] closed", to=reply_to, body=answer))
+
+    assert len(tickets(services)) == 1
+    closed = ticket(services, 1)
+    assert closed["status"] == "closed"
+    assert closed["messages"][-1]["body_text"].startswith(answer)
+
+
+def test_thanks_with_a_new_problem_reopens_the_closed_ticket(
+    services: Services, clock: ManualClock
+) -> None:
+    receive(services, make_mail())
+    _close(services, 1)
+    clock.advance(timedelta(days=2))
+
+    reply_to = _reply_address(services)
+    body = "Thanks, but it still prints blank pages."
+    receive(services, make_mail(subject="Re: [#1] closed", to=reply_to, body=body))
+
+    assert ticket(services, 1)["status"] == "accepted"
 
 
 def _reply_address(services: Services) -> str:
