@@ -32,6 +32,11 @@ BODIES = [
     b"\r\n  \r\n\t\r\nlast\r\n",
     b"a  b\t\tc \t d\r\n" * 50,
     b"\n\r\n\n",
+    b"x"
+    + b" \t" * 300
+    + b"y  \r\n"
+    + b" " * 500
+    + b"\r\n\t\tz\r\n",  # long runs, inside and at ends
 ]
 HEADERS = [b"From: a@customer.test\r\nSubject: x\r\n\r\n", b"From: a@customer.test\n\n", b"\r\n"]
 

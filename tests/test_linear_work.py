@@ -12,6 +12,7 @@ compares a hostile mail with an ordinary mail of the same size in the same run.
 from __future__ import annotations
 
 import email.policy
+import hashlib
 import re
 import time
 from collections.abc import Callable
@@ -19,8 +20,11 @@ from email.message import EmailMessage
 
 import pytest
 
+from maildesk import dkimbody
 from maildesk.base64runs import long_runs
+from maildesk.config import TrustSettings
 from maildesk.html_text import html_to_text
+from maildesk.mailauth import MailAuth
 from maildesk.message import parse
 from maildesk.replies import MAX_TEXT, TRUNCATED, has_word, is_only_thanks, new_text
 from maildesk.tickets import search
@@ -273,6 +277,47 @@ BASE64_SHAPES: dict[str, Shape] = {
 def test_the_base64_run_scan_grows_linearly(name: str) -> None:
     ratio = growth(lambda text: list(long_runs(text.encode())), BASE64_SHAPES[name], 256_000)
     assert ratio < GROWTH_BOUND, f"{name}: time(8n)/time(n) = {ratio:.1f}"
+
+
+# A signed mail's body, canonicalized for its DKIM body hash before any DNS lookup
+# (maildesk/dkimbody.py): a stranger chooses the body and may add any signature.
+DKIM_BODY_SHAPES: dict[str, Shape] = {
+    "one line of spaces": lambda n: " " * n + "x\r\n",
+    "tabs and spaces": lambda n: " \t" * (n // 2) + "x\r\n",
+    "short lines of spaces": lambda n: ("  " * 400 + "x\r\n") * (n // 803),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DKIM_BODY_SHAPES))
+def test_the_dkim_body_hash_grows_linearly(name: str) -> None:
+    def relaxed_hash(body: str) -> bytes:
+        return dkimbody.body_hash(body.encode(), 0, True, hashlib.sha256)
+
+    ratio = growth(relaxed_hash, DKIM_BODY_SHAPES[name], 16_000)
+    assert ratio < GROWTH_BOUND, f"{name}: time(8n)/time(n) = {ratio:.1f}"
+
+
+def _signed(folding: int) -> str:
+    """A mail whose DKIM-Signature has `folding` bytes of folded whitespace in b=."""
+    return (
+        "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=evil.test; s=s1;\r\n"
+        " h=from:subject; bh=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=; b=A"
+        + "\r\n " * (folding // 3)
+        + "!\r\nFrom: x@evil.test\r\nSubject: hi\r\n\r\nbody\r\n"
+    )
+
+
+def test_reading_a_dkim_signature_grows_linearly() -> None:
+    """dkimpy's tag regular expressions are quadratic in a field's whitespace: a field
+    that long is no signature maildesk checks (`mailauth.MAX_SIGNATURE_FIELD`)."""
+    auth = MailAuth(TrustSettings(dns_servers=("127.0.0.1:9",), dns_timeout=0.1))
+
+    def check(raw: str) -> object:
+        return auth.check(raw.encode(), "x@evil.test", (), False)
+
+    ratio = growth(check, _signed, 3_000)
+    assert ratio < GROWTH_BOUND, f"time(8n)/time(n) = {ratio:.1f}"
+    assert not check(_signed(30_000)).proven
 
 
 def test_subject_of_encoded_words_reads_as_text() -> None:
