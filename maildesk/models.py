@@ -440,7 +440,7 @@ class Confirmation(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     expires_at: Mapped[datetime] = mapped_column(Timestamp)
     used_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
-    used_via: Mapped[str] = mapped_column(String(16), default="")  # mail | web
+    used_via: Mapped[str] = mapped_column(String(16), default="")  # mail | web | cancelled
 
 
 # What customers read for each status, in the support policy's own words.

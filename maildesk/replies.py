@@ -9,6 +9,7 @@ line in new text), and talon also drags in scikit-learn and has had no release s
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Iterable
 
@@ -320,6 +321,34 @@ def has_word(text: str, words: Iterable[str]) -> bool:
             if not _negated(line, match.start(), starts, ends):
                 return True
     return False
+
+
+# What an agent's answer to a confirmation mail begins with to run its commands.
+_AGREEING = frozenset({"yes", "ano", "ok", "confirm", "potvrzuji"})
+
+
+def agrees(text: str) -> bool:
+    """Whether the new text's first line begins with a plain yes ("Yes", "ano.",
+    "CONFIRM") and says nothing against it there: no question, no negation. "No. I did
+    not send this!" and "yes? I never asked for that" do not agree. Quoted lines and
+    their attribution are skipped: the answer may sit below the quoted mail."""
+    own = (
+        x
+        for x in text[:MAX_TEXT].split("\n")
+        if x.strip() and not _is_quoted(x) and not _attribution(x.strip())
+    )
+    lines = list(itertools.islice(own, 2))  # a greeting, and the line below it
+    if len(lines) > 1 and _GREETING.match(_fold(lines[0]).strip()):
+        lines = lines[1:]
+    line = _fold(lines[0] if lines else "").replace("\u2019", "'")
+    words = _WORD.findall(line)
+    return (
+        bool(words)
+        and words[0] in _AGREEING
+        and "?" not in line
+        and "n't" not in line
+        and _NEGATIONS.isdisjoint(words)
+    )
 
 
 def _negated(line: str, at: int, starts: list[int], ends: list[int]) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from maildesk import replies
 from maildesk.clock import ManualClock
 from maildesk.models import Participant, Person
 from maildesk.pipeline import console
@@ -179,6 +180,58 @@ def test_a_confirmation_runs_only_on_the_agents_own_typed_reply(
     agent_writes(daemon, BOB, "yes", to=address, answering=confirm)
     mails_to(outbox, BOB, "Done: #assign me")
     assert show(config_file)["owner"] == BOB
+
+
+def test_an_agents_no_to_a_forged_request_cancels_it_for_good(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    """Mallory, as Bob, asks for `#assign me`; Bob answers the confirmation mail "No":
+    that was taken for a yes (any reply ran the commands). It cancels them now, and
+    neither a later yes nor the button runs them."""
+    confirm = confirmation_for_bob(daemon, outbox)
+    address = reply_to(confirm)
+    assert "reply YES" in confirm.text
+    agent_writes(daemon, BOB, "No. I did not send this, do not do anything!", to=address,
+                 answering=confirm)  # fmt: skip
+    [cancelled] = mails_to(outbox, BOB, "Cancelled: #assign me")
+    assert "nothing was done" in cancelled.text
+    assert show(config_file)["owner"] == AGENT
+
+    agent_writes(daemon, BOB, "yes", to=address, answering=confirm)
+    assert len(mails_to(outbox, BOB, "Cancelled: #assign me", count=2)) == 2
+    url = next(w for w in confirm.text.split() if "/confirm?" in w)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    request = urllib.request.Request(url.split("?")[0], urllib.parse.urlencode(query).encode())
+    with pytest.raises(urllib.error.HTTPError) as pressed:
+        urllib.request.urlopen(request, timeout=10)  # noqa: S310
+    assert pressed.value.code == 409
+    assert "cancelled" in pressed.value.read().decode()
+    assert show(config_file)["owner"] == AGENT
+    assert not [s for s in sent(outbox) if s.subject.startswith("Done:")]
+
+
+@pytest.mark.parametrize(
+    ("answer", "agrees"),
+    [
+        ("yes", True),
+        ("Yes, please.", True),
+        ("ANO", True),
+        ("Dobrý den,\nano", True),
+        ("CONFIRM\n\n-- \nBob", True),
+        ("ok", True),
+        ("No. I did not send this!", False),
+        ("yes? I never asked for that", False),
+        ("Yes, but not now", False),
+        ("I don't know what this is", False),
+        ("Ne, to jsem neposlal.", False),
+        ("", False),
+        ("> yes\nwho sent this?", False),
+        ("On Mon, Nov 23, 2026 at 10:00 AM Bob wrote:\n> reply YES\n\nyes", True),
+        ("> reply YES to this mail\n\nNo way!", False),
+    ],
+)
+def test_what_answers_a_confirmation_with_yes(answer: str, agrees: bool) -> None:
+    assert replies.agrees(answer) is agrees
 
 
 def test_a_row_address_asks_for_a_show_and_proves_nothing(

@@ -67,6 +67,7 @@ from maildesk.pipeline.authenticity import Sender
 from maildesk.pipeline.loops import classify
 from maildesk.pipeline.threader import Match
 from maildesk.redaction import redact_links
+from maildesk.replies import agrees
 from maildesk.tickets import commands, listing, sla
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.command_errors import Code, CommandError, error
@@ -99,6 +100,7 @@ class ConsoleMail:
     confirmation: int | None = None  # a reply to confirmation N
     from_addr: str = ""  # a confirmation reply's From: it must be the agent's
     automatic: bool = False  # an auto-reply, a bounce, list mail: it confirms nothing
+    agrees: bool = False  # a confirmation reply that says yes (`replies.agrees`)
 
 
 class Console:
@@ -131,9 +133,8 @@ class Console:
         ):
             # Only the agent received this address: holding it is the proof.
             empty = commands.Commands((), (), "")
-            return ConsoleMail(
-                mid, subject, None, "", None, empty, confirm.number, message.from_addr, automatic
-            )
+            return ConsoleMail(mid, subject, None, "", None, empty, confirm.number,
+                               message.from_addr, automatic, agrees(text))  # fmt: skip
         agent = Agents(session).by_email(message.from_addr)
         if agent is None or automatic:
             return None  # automatic mail asks nothing, and is never answered
@@ -522,17 +523,11 @@ class Console:
 
     def confirm(self, session: Session, confirmation: int, now: datetime, via: str) -> Outcome:
         """Run confirmation `confirmation` once, if it is still valid."""
-        row = session.get(Confirmation, confirmation, with_for_update=True)
+        row, standing = self._usable(session, confirmation, now)
         if row is None:
-            return Outcome("unknown", None, [], 0)
-        agent = session.get(Agent, row.agent_id)
-        lines = row.commands.splitlines()
-        if agent is None or not agent.active:
-            return Outcome("unknown", None, lines, 0)
-        if row.used_at is not None:
-            return Outcome("used", agent, lines, 0)
-        if as_utc(row.expires_at) <= now:
-            return Outcome("expired", agent, lines, 0)
+            return standing
+        agent, lines = standing.agent, standing.lines
+        assert agent is not None  # a usable confirmation's agent is an active one
         row.used_at, row.used_via = now, via
         ticket = session.get(Ticket, row.ticket_id, with_for_update={"of": Ticket})
         assert ticket is not None
@@ -545,6 +540,35 @@ class Console:
         log.info("console: confirmation %d used by %s (%s)", row.id, agent.email, via)
         return Outcome("done", agent, lines, self.run(session, ticket, agent, parsed, now))
 
+    def cancel(self, session: Session, confirmation: int, now: datetime) -> Outcome:
+        """The agent answered confirmation `confirmation` with anything but a yes: it
+        runs nothing, now or later (its button stops working too)."""
+        row, standing = self._usable(session, confirmation, now)
+        if row is None:
+            return standing
+        row.used_at, row.used_via = now, "cancelled"
+        log.info("console: confirmation %d cancelled by its agent's answer", row.id)
+        return Outcome("cancelled", standing.agent, standing.lines, 0)
+
+    def _usable(
+        self, session: Session, confirmation: int, now: datetime
+    ) -> tuple[Confirmation | None, Outcome]:
+        """The confirmation, locked, while it may still be used; else None and why not
+        (`Outcome.agent` and `lines` are filled in either way, when known)."""
+        row = session.get(Confirmation, confirmation, with_for_update=True)
+        if row is None:
+            return None, Outcome("unknown", None, [], 0)
+        agent = session.get(Agent, row.agent_id)
+        lines = row.commands.splitlines()
+        if agent is None or not agent.active:
+            return None, Outcome("unknown", None, lines, 0)
+        if row.used_at is not None:
+            state = "cancelled" if row.used_via == "cancelled" else "used"
+            return None, Outcome(state, agent, lines, 0)
+        if as_utc(row.expires_at) <= now:
+            return None, Outcome("expired", agent, lines, 0)
+        return row, Outcome("usable", agent, lines, 0)
+
     def _confirm_by_mail(self, session: Session, mail: ConsoleMail, now: datetime) -> int:
         assert mail.confirmation is not None
         row = session.get(Confirmation, mail.confirmation)
@@ -555,7 +579,10 @@ class Console:
             why = "an automatic reply" if mail.automatic else f"From {mail.from_addr}"
             log.warning("console: confirmation %d not used: %s", mail.confirmation, why)
             return 0
-        outcome = self.confirm(session, mail.confirmation, now, "mail")
+        if mail.agrees:
+            outcome = self.confirm(session, mail.confirmation, now, "mail")
+        else:  # "No, I did not send this": any answer but a yes cancels
+            outcome = self.cancel(session, mail.confirmation, now)
         if outcome.agent is None:
             return 0
         session.add(
@@ -586,7 +613,7 @@ def _subject_commands(subject: str) -> str:
 class Outcome:
     """What became of a confirmation."""
 
-    state: str  # done | used | expired | failed | unknown
+    state: str  # done | cancelled | used | expired | failed | unknown
     agent: Agent | None
     lines: list[str]
     queued: int

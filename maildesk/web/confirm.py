@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 _INVALID = ("Link not valid", "<p>This link is broken, used or expired. Nothing was done.</p>", 400)
 _OUTCOMES = {
     "done": ("Done", "<p>Confirmed: the commands ran. You will also get a mail.</p>", 200),
+    "cancelled": (
+        "Cancelled",
+        "<p>You cancelled this by answering its mail. Nothing was done.</p>",
+        409,
+    ),
     "used": ("Already used", "<p>This confirmation was already used. Nothing was done.</p>", 409),
     "expired": ("Expired", "<p>This confirmation expired. Nothing was done.</p>", 410),
     "failed": ("Not done", "<p>The commands could not run; you got a mail saying why.</p>", 409),

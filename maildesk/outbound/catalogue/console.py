@@ -261,14 +261,14 @@ class AgentConfirm(Notification):
 
 @dataclass(frozen=True)
 class AgentConfirmed(Notification):
-    """What became of a confirmation: done, already used, expired or failed."""
+    """What became of a confirmation: done, cancelled, already used, expired or failed."""
 
     template = "agent_confirmed"
     audience = Audience.AGENT
     language_rule = LanguageRule.AGENT
     tie = Tie.UNTIED
 
-    outcome: str  # done | used | expired | failed
+    outcome: str  # done | cancelled | used | expired | failed
     commands: tuple[str, ...]
     errors: tuple[CommandError, ...]
     hours: int
@@ -281,5 +281,11 @@ class AgentConfirmed(Notification):
         failed = (error(Code.NOT_AN_AGENT, "#assign petr@example.test"),)
         return [
             cls(outcome, ("#assign me",), errors, 24)
-            for outcome, errors in (("done", ()), ("used", ()), ("expired", ()), ("failed", failed))
+            for outcome, errors in (
+                ("done", ()),
+                ("cancelled", ()),
+                ("used", ()),
+                ("expired", ()),
+                ("failed", failed),
+            )
         ]
