@@ -45,21 +45,25 @@ class Threader:
         rcpt_to: Iterable[str],
         proven_agent: object | None = None,
     ) -> Match:
-        tokens = [
-            number
+        signed = [
+            token
             for address in (*rcpt_to, *message.to, *message.cc)
-            if (number := self.tokens.ticket_number(address)) is not None
+            if (token := self.tokens.parse(address)) is not None
         ]
+        # An agent's token (`t42a3`) threads, but proves only that agent (authenticity.py):
+        # as a customer's secret it would let a former agent, or whoever an agent
+        # forwarded a notification to, write into the ticket and copy people in.
+        secrets = {token.ticket for token in signed if token.agent is None}
         key = tickets.thread_key(message.thread_ids, message.from_addr)
         if key is not None:
-            secret = key.minted or key.ticket_id in tokens
+            secret = key.minted or key.ticket_id in secrets
             return Match(tickets.get(key.ticket_id), "references", secret)
         answered = tickets.referencing(message.message_id, message.from_addr)
         if answered is not None:
-            return Match(tickets.get(answered), "references", answered in tokens)
-        for number in tokens:
-            if (ticket := tickets.get(number)) is not None:
-                return Match(ticket, "reply_token", secret=True)
+            return Match(tickets.get(answered), "references", answered in secrets)
+        for token in signed:
+            if (ticket := tickets.get(token.ticket)) is not None:
+                return Match(ticket, "reply_token", secret=token.ticket in secrets)
         for found in self.tag.finditer(message.subject[:1000]):
             ticket = tickets.get(int(found.group(1)))
             if ticket is not None and (

@@ -144,7 +144,10 @@ def _thread_keys(count: int) -> tuple[Hot, Hot]:
 
 @dataclass(frozen=True)
 class ThreadKey:
-    """A stored Message-ID that leads to a ticket; `minted`: one maildesk sent."""
+    """A stored Message-ID that leads to a ticket. `minted`: one maildesk sent to the
+    ticket's customer side, which only its recipients know: a secret. One it sent to
+    agents only is a key, not that secret: a former agent (or whoever an agent
+    forwarded the notification to) holds it too."""
 
     ticket_id: int
     minted: bool
@@ -330,12 +333,12 @@ class Tickets:
         found: dict[str, ThreadKey] = {}
         minted, stored = _thread_keys(len(ids))
         values = {f"id{i}": mid for i, mid in enumerate(ids)}
+        for mid, tid, direction in stored.all(self._rows, {**values, "sender": sender.lower()}):
+            found.setdefault(mid, ThreadKey(tid, minted=direction == "out"))
         # Mail we sent to agents is only in the outbox; replies to it thread too.
         for mid, tid in minted.all(self._rows, values):
             if tid is not None:
-                found.setdefault(mid, ThreadKey(tid, minted=True))
-        for mid, tid, direction in stored.all(self._rows, {**values, "sender": sender.lower()}):
-            found.setdefault(mid, ThreadKey(tid, minted=direction == "out"))
+                found.setdefault(mid, ThreadKey(tid, minted=False))
         return next((found[mid] for mid in ids if mid in found), None)
 
     def referencing(self, message_id: str, sender: str) -> int | None:

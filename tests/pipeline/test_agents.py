@@ -11,6 +11,7 @@ import pytest
 
 from maildesk.models import Outbox
 from maildesk.services import Services
+from maildesk.tickets.agents import Agents
 from tests.conftest import make_mail
 from tests.helpers import outbox_rows, receive, ticket
 
@@ -347,3 +348,45 @@ def test_a_status_command_alone_tells_the_customer(
     agent_reply(services, opened, command)
     kinds = [r.kind for r in outbox_rows(services) if r.recipients == ["alice@customer.test"]]
     assert kinds == ["acknowledgement", template]
+
+
+def former_agent_reply(services: Services, notification: EmailMessage, **headers: str) -> None:
+    """Someone who holds an agent's notification, but is no agent now, answers it."""
+    reply_to = notification["Reply-To"].addresses[0].addr_spec
+    raw = make_mail(subject=f"Re: {notification['Subject']}", sender="Agnes <agent@example.test>",
+                    to=reply_to, body="Please also send the answers to my friend.",
+                    In_Reply_To=notification["Message-ID"], **headers)  # fmt: skip
+    receive(services, raw, mail_from=AGENT, rcpt_to=(reply_to,))
+
+
+@pytest.mark.parametrize("kept", ["reply_token", "message_id"])
+def test_an_agents_notification_proves_nothing_once_its_agent_is_gone(
+    services: Services, opened: EmailMessage, kept: str
+) -> None:
+    """A removed agent (or a friend an agent forwarded a notification to) still holds
+    its signed Reply-To and Message-ID. Both were taken for a customer's secret: the
+    mail counted as verified and its Cc became a participant, who got every answer."""
+    with services.db.transaction() as session:
+        assert Agents(session).remove(AGENT)
+    if kept == "message_id":  # the client kept only the threading headers
+        del opened["Reply-To"]
+        opened["Reply-To"] = "support@example.test"
+
+    former_agent_reply(services, opened, Cc="friend@evil.test")
+
+    found = ticket(services, 1)
+    assert found["messages"][-1]["flag"] == "unverified"
+    with services.db.transaction() as session:
+        Agents(session).add("bob@example.test", "Bob", services.clock.now())
+    receive(services, make_mail(subject="Re: Printer broken", body="Any news?",
+                                In_Reply_To="<alice1@customer.test>"))  # fmt: skip
+    told = [parsed(r) for r in outbox_rows(services) if r.recipients == ["bob@example.test"]]
+    reply_to = told[-1]["Reply-To"].addresses[0].addr_spec
+    answer = make_mail(subject=f"Re: {told[-1]['Subject']}", sender="bob@example.test",
+                       to=reply_to, body="A new driver is on its way.",
+                       In_Reply_To=told[-1]["Message-ID"])  # fmt: skip
+    receive(services, answer, mail_from="bob@example.test", rcpt_to=(reply_to,))
+
+    relayed = outbox_rows(services)[-1]
+    assert "A new driver" in body(parsed(relayed))
+    assert relayed.recipients == ["alice@customer.test"]
