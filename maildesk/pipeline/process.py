@@ -18,6 +18,8 @@ so a processor that lost its lease commits nothing.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import traceback
 from collections import deque
@@ -440,10 +442,10 @@ class Processor:
     def _stages(self, session: Session, row: Inbound, work: _Work) -> tuple[InboundState, int]:
         assert work.prepared is not None
         prepared, spam, auth = work.prepared, work.spam, work.auth
-        message = prepared.message
         tickets = Tickets(session)
-        if tickets.message_exists(message.message_id):
-            log.info("inbound %d is a duplicate of <%s>", row.id, message.message_id)
+        message = _own_id(tickets, row, prepared.message)
+        if message is None:
+            log.info("inbound %d is a duplicate of <%s>", row.id, prepared.message.message_id)
             return InboundState.DUPLICATE, 0
         verdict = classify(message, row.mail_from)
         if verdict.is_bounce:
@@ -674,6 +676,30 @@ _CONFLICTS = frozenset({"40P01", "40001"})
 
 def _lost_to_another_transaction(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _CONFLICTS
+
+
+def _own_id(tickets: Tickets, row: Inbound, message: ParsedMessage) -> ParsedMessage | None:
+    """`message`, or None when it is stored already: the same mail by a second route,
+    an MTA's retry, our own mail coming back.
+
+    A Message-ID is the sender's word. Another sender's mail that came first with it
+    (anyone Cc'd can send one ahead, and flood to delay the real one) does not make
+    this one a duplicate, which would drop it unseen: it is stored under an id of its
+    own, derived from the one it gave.
+    """
+    stored = tickets.stored_as(message.message_id)
+    if stored is None:
+        return message
+    direction, sender = stored
+    if direction == "out" or sender == message.from_addr:
+        return None
+    digest = hashlib.sha256(f"{message.from_addr}\0{message.message_id}".encode()).hexdigest()
+    own = dataclasses.replace(message, message_id=f"{digest[:40]}@taken-id.maildesk.invalid")
+    if tickets.message_exists(own.message_id):
+        return None  # this sender's mail with the taken id, again
+    log.warning("inbound %d: <%s> was first used by %s; stored as <%s>",
+                row.id, message.message_id, sender, own.message_id)  # fmt: skip
+    return own
 
 
 def _failed(exc: Exception) -> str:

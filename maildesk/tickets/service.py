@@ -45,6 +45,9 @@ _INSERT_PARTICIPANT = Hot(insert(cast(Table, Participant.__table__)))
 # The lookups every processed message makes, built once; they read rows written with
 # Core on the same connection (messages and outbox rows are never ORM objects).
 _MESSAGE_EXISTS = Hot(select(Message.id).where(Message.message_id == bindparam("mid")).limit(1))
+_STORED_AS = Hot(
+    select(Message.direction, Message.from_addr).where(Message.message_id == bindparam("mid"))
+)
 _REFERENCING = Hot(
     select(Message.ticket_id)
     .join(MessageRef, MessageRef.message_pk == Message.id)
@@ -318,6 +321,11 @@ class Tickets:
 
     def message_exists(self, message_id: str) -> bool:
         return _MESSAGE_EXISTS.first(self._rows, {"mid": message_id}) is not None
+
+    def stored_as(self, message_id: str) -> tuple[str, str] | None:
+        """(direction, sender) of the stored message with this Message-ID, if any."""
+        row = _STORED_AS.first(self._rows, {"mid": message_id})
+        return None if row is None else (row[0], row[1])
 
     def thread_key(self, ids: Sequence[str], sender: str) -> ThreadKey | None:
         """The ticket of the first of `ids` (nearest first) that may thread mail.

@@ -169,6 +169,27 @@ def test_the_same_message_twice_is_stored_once(services: Services) -> None:
     assert len(outbox_rows(services)) == 1
 
 
+def test_a_message_id_sent_ahead_by_someone_else_does_not_drop_the_real_mail(
+    services: Services,
+) -> None:
+    """Eve, Cc'd on Alice's mail, sends one of her own with its Message-ID before
+    Alice's reaches us (a flood in Alice's name delays it). Taken for a duplicate,
+    Alice's mail was dropped unseen: no ticket, no acknowledgement."""
+    eve = make_mail(sender="Eve <eve@evil.test>", body="eve's text",
+                    message_id="<alice-1@customer.test>")  # fmt: skip
+    receive(services, eve, mail_from="eve@evil.test")
+    alice = make_mail(body="The real problem.", message_id="<alice-1@customer.test>")
+    receive(services, alice)
+    receive(services, alice, source="imap")  # the same mail of Alice's by a second route
+
+    mine = [t for t in tickets(services) if t["requester"] == "alice@customer.test"]
+    assert len(mine) == 1
+    [message] = ticket(services, mine[0]["number"])["messages"][:1]
+    assert message["body_text"].startswith("The real problem.")
+    assert any(row.recipients == ["alice@customer.test"] for row in outbox_rows(services))
+    assert len(tickets(services)) == 2
+
+
 def test_mail_to_a_closed_ticket_reopens_it_within_reopen_days(
     services: Services, clock: ManualClock
 ) -> None:
