@@ -34,6 +34,7 @@ from maildesk.web.pages import (
     site,
     viewer,
 )
+from maildesk.web.ratelimit import PASSWORD_QUEUE_RETRY_SECONDS
 from maildesk.web.redirects import is_local_path
 
 LANGUAGE_NAMES = {"cs": "Čeština", "en": "English"}
@@ -106,6 +107,9 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
     email = await in_db(read)
     if wait := guard.blocked(ip, email or ""):
         return _too_many(request, wait)
+    queue = here.limits.password_queue
+    if queue.full(ip):
+        return _too_many(request, PASSWORD_QUEUE_RETRY_SECONDS)
     guard.hit(ip, email or "")
     if email is None:
         return _link_invalid(request)
@@ -133,7 +137,8 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
                 attempt.session_id = here.sessions.start(session, person.id)
             return attempt
 
-    result = await in_password_work(apply)
+    with queue.place(ip):
+        result = await in_password_work(apply)
     if not result.valid:
         return _link_invalid(request)
     if result.problems:
@@ -175,6 +180,11 @@ async def login(request: web.Request, form: Form) -> web.StreamResponse:
     guard, ip, services = here.limits.login, client_ip(request), here.services
     if wait := guard.blocked(ip, email):
         return _too_many(request, wait)
+    queue = here.limits.password_queue
+    if queue.full(ip):
+        return _too_many(request, PASSWORD_QUEUE_RETRY_SECONDS)
+    # Counted before the check, which waits its turn: a burst must meet the limits too.
+    guard.hit(ip, email)
 
     def check() -> str | None:
         login = check_login(services.db, email, password)
@@ -186,12 +196,12 @@ async def login(request: web.Request, form: Form) -> web.StreamResponse:
                 return None  # the password changed while this one was checked
             return here.sessions.start(session, person.id)
 
-    found = await in_password_work(check)
+    with queue.place(ip):
+        found = await in_password_work(check)
     if found is None:
-        guard.hit(ip, email)
         context = {"email": email, "next": target, "failed": True}
         return render(request, "login", context, who=None, status=400)
-    guard.forgive(email)
+    guard.succeeded(ip, email)
     response = see_other(request, target)
     here.sessions.give(response, found)
     return response

@@ -137,14 +137,15 @@ async def in_db(work: Callable[[], T]) -> T:
 # A password check or a new password's hash (argon2id) takes 64 MiB and tens of
 # milliseconds of CPU. On the default executor six run at once: 12 guesses at once,
 # from anyone, put serve (the process that takes the mail) at 475 MB and kept its
-# threads (`bench/memory.py --serve --logins 12`; one at a time: 155 MB).
-_PASSWORD_WORK = ThreadPoolExecutor(1, thread_name_prefix="password")
+# threads (`bench/memory.py --serve --logins 12`; one at a time: 155 MB). How many may
+# wait for it: `RateLimits.password_queue`.
+PASSWORD_WORK = ThreadPoolExecutor(1, thread_name_prefix="password")
 
 
 async def in_password_work(work: Callable[[], T]) -> T:
     """`in_db` for work that checks or hashes a password: one at a time in this process,
     on a thread of its own; the others wait their turn."""
-    return await asyncio.get_running_loop().run_in_executor(_PASSWORD_WORK, work)
+    return await asyncio.get_running_loop().run_in_executor(PASSWORD_WORK, work)
 
 
 async def viewer(request: web.Request) -> Viewer | None:

@@ -12,11 +12,18 @@ In memory, per daemon. Two kinds of limit:
 Keys for unknown addresses count exactly like known ones, so a 429 reveals
 nothing. Time comes from the injected clock (tests move it). A restart forgets
 the counts; that costs an attacker one restart per window.
+
+An attempt is counted when it is let through, before its password is checked
+(a right one is given back): checks wait their turn on one thread, so counting
+after the check let a burst sent at once pass every limit. The line for that
+thread is short too (`PasswordQueue`); beyond it a check is refused, not queued.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -61,6 +68,12 @@ class SlidingWindow:
 
     def reset(self, key: str) -> None:
         self._hits.pop(key, None)
+
+    def refund(self, key: str) -> None:
+        """Takes back the newest hit (one counted in advance that turned out not to count)."""
+        hits = self._hits.get(key)
+        if hits:
+            hits.pop()
 
     def retry_after(self, key: str) -> int:
         """Seconds until the oldest counted hit leaves the window."""
@@ -136,7 +149,7 @@ class Backoff:
 class Guard:
     """One kind of POST, limited per IP and per account at once."""
 
-    per_ip: Limit
+    per_ip: SlidingWindow
     per_account: Limit
 
     def blocked(self, ip: str, account: str = "") -> int:
@@ -156,6 +169,38 @@ class Guard:
         """A right password (or a new one) clears the account's failures (not the IP's)."""
         self.per_account.reset(account.lower())
 
+    def succeeded(self, ip: str, account: str) -> None:
+        """The attempt `hit` counted in advance was a right password: not a failure."""
+        self.per_ip.refund(ip)
+        self.forgive(account)
+
+
+class PasswordQueue:
+    """Password checks waiting for (or on) the password thread: at most `per_ip` of one
+    client and `total` in all. One more is refused at once: queued, a burst kept every
+    login behind its argon2 work for as long as it took."""
+
+    def __init__(self, per_ip: int, total: int) -> None:
+        self.per_ip, self.total = per_ip, total
+        self._held: Counter[str] = Counter()
+        self._in_all = 0
+
+    def full(self, ip: str) -> bool:
+        return self._held[ip] >= self.per_ip or self._in_all >= self.total
+
+    @contextmanager
+    def place(self, ip: str) -> Iterator[None]:
+        """Holds one of `ip`'s places while its check waits and runs (ask `full` first)."""
+        self._held[ip] += 1
+        self._in_all += 1
+        try:
+            yield
+        finally:
+            self._in_all -= 1
+            self._held[ip] -= 1
+            if not self._held[ip]:
+                del self._held[ip]
+
 
 # Failed logins per IP (a window), and per e-mail address typed (a back-off): the first
 # LOGIN_FREE_FAILURES cost nothing, then waits of 2 s, 4 s, 8 s … up to 15 minutes.
@@ -169,6 +214,12 @@ SET_PASSWORD_PER_IP = 30
 # "Send me a new link": each may send mail, so fewer.
 FORGOT_PER_ACCOUNT = 3
 FORGOT_PER_IP = 10
+# Password checks (login, set-password) in line for the password thread, per client and
+# in all; more get 429 and this Retry-After. Each takes tens to hundreds of milliseconds,
+# so the last in a full line waits seconds, not minutes.
+PASSWORD_QUEUE_PER_IP = 4
+PASSWORD_QUEUE_TOTAL = 32
+PASSWORD_QUEUE_RETRY_SECONDS = 5
 
 
 @dataclass
@@ -177,6 +228,7 @@ class RateLimits:
     login: Guard = field(init=False)
     set_password: Guard = field(init=False)
     forgot: Guard = field(init=False)
+    password_queue: PasswordQueue = field(init=False)
 
     def __post_init__(self) -> None:
         quarter, hour = timedelta(minutes=15), timedelta(hours=1)
@@ -186,6 +238,7 @@ class RateLimits:
         )
         self.set_password = self._guard(SET_PASSWORD_PER_IP, SET_PASSWORD_PER_ACCOUNT, quarter)
         self.forgot = self._guard(FORGOT_PER_IP, FORGOT_PER_ACCOUNT, hour)
+        self.password_queue = PasswordQueue(PASSWORD_QUEUE_PER_IP, PASSWORD_QUEUE_TOTAL)
 
     def _guard(self, per_ip: int, per_account: int, window: timedelta) -> Guard:
         return Guard(

@@ -10,18 +10,24 @@ with a set-password link from "send me a new link".
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from maildesk.clock import ManualClock
-from maildesk.web import ratelimit
+from maildesk.web import pages, ratelimit
 from tests.conftest import Outbox, RunningDaemon, wait_for
 from tests.web.portal_client import PASSWORD, Client, base_url, customer
 
 BOB = "bob@customer.test"
+ALICE = "alice@customer.test"
 WRONG = "not the right password"
+ATTACKER, OWNER = "192.0.2.66", "203.0.113.9"
 
 
 @pytest.fixture
@@ -34,6 +40,79 @@ def attempt(client: Client, email: str, password: str, via: str = "") -> int:
     headers = {"X-Forwarded-For": via} if via else {}
     client.get("/login", headers=headers)
     return client.post("/login", {"email": email, "password": password}, headers=headers).status
+
+
+@contextmanager
+def password_thread_busy() -> Iterator[None]:
+    """Holds serve's one password thread, as a long run of argon2 work would: whatever
+    is admitted meanwhile waits in line, so the test sees who was let in."""
+    release = threading.Event()
+    holding = pages.PASSWORD_WORK.submit(release.wait)
+    try:
+        yield
+    finally:
+        release.set()
+        holding.result(timeout=10)
+
+
+def burst(
+    pool: ThreadPoolExecutor, client: Client, logins: list[tuple[str, str]]
+) -> list[Future[int]]:
+    """Wrong passwords for these (address, client IP) pairs, all sent at once."""
+    client.get("/login")  # one CSRF cookie for all, before they race
+    return [pool.submit(attempt, client, email, WRONG, ip) for email, ip in logins]
+
+
+def refused(sent: list[Future[int]]) -> int:
+    return sum(1 for f in sent if f.done() and f.result() == 429)
+
+
+class TestABurstAtOnce:
+    """Guesses sent at once were all checked (60 × 400): the limits were read before the
+    queued password check but counted after it, and the line for that check had no end."""
+
+    @pytest.fixture
+    def config_values(self, config_values: dict[str, Any]) -> dict[str, Any]:
+        config_values["web"]["trusted_proxies"] = ["127.0.0.1"]
+        return config_values
+
+    def test_a_burst_at_one_account_is_checked_no_more_often_than_one_by_one(
+        self, daemon: RunningDaemon
+    ) -> None:
+        customer(daemon.services, BOB)
+        customer(daemon.services, ALICE)
+        attacker = Client(base_url(daemon))
+        with ThreadPoolExecutor(60) as pool:
+            statuses = [f.result() for f in burst(pool, attacker, [(BOB, ATTACKER)] * 60)]
+        checked = statuses.count(400)
+        assert 1 <= checked <= ratelimit.LOGIN_FREE_FAILURES + 1  # as many as one by one
+        assert statuses.count(429) == 60 - checked
+        assert attempt(Client(base_url(daemon)), ALICE, PASSWORD, OWNER) == 303
+
+    def test_one_client_gets_only_a_few_places_in_the_line(self, daemon: RunningDaemon) -> None:
+        customer(daemon.services, ALICE)
+        attacker, owner = Client(base_url(daemon)), Client(base_url(daemon))
+        places = ratelimit.PASSWORD_QUEUE_PER_IP
+        guesses = [(f"c{n}@customer.test", ATTACKER) for n in range(40)]
+        with ThreadPoolExecutor(41) as pool:
+            with password_thread_busy():
+                sent = burst(pool, attacker, guesses)
+                wait_for(lambda: refused(sent) == len(guesses) - places, what="the 429s")
+                login = pool.submit(attempt, owner, ALICE, PASSWORD, OWNER)
+            assert [f.result() for f in sent].count(400) == places
+            assert login.result() == 303  # behind `places` guesses at most, not 40
+
+    def test_the_line_as_a_whole_is_short(self, daemon: RunningDaemon) -> None:
+        customer(daemon.services, ALICE)
+        total = ratelimit.PASSWORD_QUEUE_TOTAL
+        guesses = [(f"c{n}@customer.test", f"198.51.100.{n + 1}") for n in range(total + 10)]
+        attacker = Client(base_url(daemon))
+        with ThreadPoolExecutor(len(guesses)) as pool:
+            with password_thread_busy():
+                sent = burst(pool, attacker, guesses)
+                wait_for(lambda: refused(sent) == 10, what="the 429s")
+            assert [f.result() for f in sent].count(400) == total
+        assert attempt(Client(base_url(daemon)), ALICE, PASSWORD, OWNER) == 303
 
 
 class TestBehindAProxy:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from maildesk.clock import ManualClock
-from maildesk.web.ratelimit import Guard, SlidingWindow
+from maildesk.web.ratelimit import Guard, PasswordQueue, SlidingWindow
 
 
 def test_a_window_slides_hit_by_hit() -> None:
@@ -41,3 +41,23 @@ def test_a_guard_limits_the_ip_and_the_account_separately() -> None:
     assert guard.blocked("10.0.0.9")
     clock.advance(minute)
     assert not guard.blocked("10.0.0.9", "a@x.test")
+
+
+def test_a_right_password_gives_back_the_attempt_counted_before_it() -> None:
+    clock = ManualClock()
+    minute = timedelta(minutes=1)
+    guard = Guard(SlidingWindow(clock, 2, minute), SlidingWindow(clock, 2, minute))
+    guard.hit("10.0.0.1", "alice@customer.test")
+    guard.hit("10.0.0.1", "alice@customer.test")
+    assert guard.blocked("10.0.0.1", "bob@customer.test")
+    guard.succeeded("10.0.0.1", "alice@customer.test")
+    assert not guard.blocked("10.0.0.1", "alice@customer.test")
+
+
+def test_the_password_queue_holds_a_few_per_client_and_no_more_in_all() -> None:
+    queue = PasswordQueue(per_ip=2, total=3)
+    with queue.place("10.0.0.1"), queue.place("10.0.0.1"):
+        assert queue.full("10.0.0.1") and not queue.full("10.0.0.2")
+        with queue.place("10.0.0.2"):
+            assert queue.full("10.0.0.3")
+    assert not queue.full("10.0.0.1") and not queue.full("10.0.0.3")
