@@ -110,6 +110,8 @@ class WebSettings:
     trusted_proxies: tuple[str, ...] = ()
     # Seconds a connection may take to send a request's headers (and may sit idle).
     header_timeout: float = 10.0
+    # Seconds a POST may take to send its whole body, after its headers; then 408 and closed.
+    body_timeout: float = 30.0
     # Open connections at once; more are answered 503 and closed.
     max_connections: int = 256
 
@@ -493,6 +495,8 @@ def _check_ops(settings: Settings) -> None:
             raise ConfigError(f"[smtp] {key} must be at least 1")
     if smtp.timeout <= 0:
         raise ConfigError("[smtp] timeout must be a positive number of seconds")
+    if settings.web.body_timeout <= 0:
+        raise ConfigError("[web] body_timeout must be a positive number of seconds")
     metrics_port = settings.metrics.port
     if not 0 <= metrics_port < 65536:
         raise ConfigError(f"[metrics] port must be between 0 and 65535, not {metrics_port}")

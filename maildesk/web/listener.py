@@ -1,11 +1,19 @@
-"""How the web listener treats connections: a deadline for headers, a cap on their number.
+"""How the web listener treats connections: deadlines for headers and bodies, a cap on
+their number.
 
 Slowloris holds a server's connections by sending a request's headers a byte
 at a time. aiohttp closes a connection that has no complete request waiting
 when its keep-alive timer fires, and that timer starts when the connection
 opens and again after each response; so `[web] header_timeout` as that timer
 is a header-read deadline (and the idle limit between requests). Trickled
-bytes do not renew it. Request bodies are bounded by `client_max_size`.
+bytes do not renew it.
+
+A body is bounded in size by `client_max_size`, and in time by
+`[web] body_timeout`: nothing in aiohttp limits how long a handler waits for
+the body it reads, so a POST promising 100 kB and sending none held its
+connection for good. Its form is read before the handler runs, against that
+deadline (trickled bytes do not renew it either); one too slow is answered
+408 and its connection closed at once.
 
 `[web] max_connections` caps open connections: one more is answered 503 and
 closed at once, before any parsing, so a flood cannot exhaust memory or file
@@ -18,6 +26,7 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from maildesk.config import WebSettings
 
@@ -30,6 +39,31 @@ _BUSY = (
 def handler_options(settings: WebSettings) -> dict[str, Any]:
     """Keyword arguments for web.AppRunner (passed on to every connection's handler)."""
     return {"keepalive_timeout": settings.header_timeout}
+
+
+def body_deadline(seconds: float) -> Middleware:
+    """A POST's form, read whole within `seconds` of its headers, or 408."""
+
+    @web.middleware
+    async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "POST" and request.body_exists:
+            try:
+                async with asyncio.timeout(seconds):
+                    await request.post()  # kept: the handler's own post() returns it
+            except TimeoutError:
+                return await _too_slow(request)
+        return await handler(request)
+
+    return deadline
+
+
+async def _too_slow(request: web.Request) -> web.StreamResponse:
+    response = web.Response(status=408, headers={"Connection": "close"})
+    await response.prepare(request)
+    await response.write_eof()
+    # Now: aiohttp would otherwise linger, reading the rest of the body for 10 s more.
+    request.protocol.force_close()
+    return response
 
 
 class _Busy(asyncio.Protocol):

@@ -23,6 +23,8 @@ def make_app(services: Services, metrics: Metrics | None = None) -> web.Applicat
     app[SERVICES] = services
     # /healthz, /metrics (unless on their own listener) and the access log.
     ops.install(app, metrics or Metrics(services.db, services.clock))
+    # Inside ops' middleware, so a 408 is logged and counted like any answer.
+    app.middlewares.append(listener.body_deadline(services.settings.web.body_timeout))
     app.router.add_get("/paid", paid.show)
     app.router.add_post("/paid", paid.answer)
     app.router.add_get("/confirm", confirm.show)

@@ -1,8 +1,9 @@
 """The web listener against slowloris and connection floods (issue 7, #12).
 
-Raw sockets, as an attacker would use them: a request whose headers trickle
-in must be closed, and connections beyond `[web] max_connections` refused,
-without the listener stopping to serve everyone else.
+Raw sockets, as an attacker would use them: a request whose headers or body
+trickle in (or never come) must be closed, and connections beyond
+`[web] max_connections` refused, without the listener stopping to serve
+everyone else.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ import pytest
 from tests.conftest import RunningDaemon, wait_for
 
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+# A login form promising 100 kB, of which only its first field comes.
+SLOW_POST = (
+    b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\nemail="
+)
 
 
 def connect(daemon: RunningDaemon) -> socket.socket:
@@ -34,6 +40,15 @@ def hung_up(sock: socket.socket, within: float) -> bool:
         return sock.recv(4096) == b""
     except ConnectionResetError:
         return True
+
+
+def answer(sock: socket.socket, within: float) -> bytes:
+    """All the server sends before it hangs up; fails if it is still talking after `within` s."""
+    sock.settimeout(within)
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
 
 
 def status_of(daemon: RunningDaemon) -> bytes:
@@ -86,3 +101,37 @@ class TestConnectionCap:
         assert status_of(daemon) == b"HTTP/1.1 503 Service Unavailable"
         idle.pop().close()
         wait_for(lambda: status_of(daemon) == b"HTTP/1.1 200 OK", what="a free slot")
+
+
+class TestSlowBodies:
+    @pytest.fixture
+    def config_values(self, config_values: dict[str, Any]) -> dict[str, Any]:
+        config_values["web"]["body_timeout"] = 1.0
+        config_values["web"]["header_timeout"] = 120.0  # only the body's deadline ends these
+        config_values["web"]["max_connections"] = 4
+        return config_values
+
+    def test_bodies_that_never_come_are_answered_408_and_closed(
+        self, daemon: RunningDaemon
+    ) -> None:
+        with ExitStack() as stack:
+            every_slot = [stack.enter_context(connect(daemon)) for _ in range(4)]
+            for sock in every_slot:
+                sock.sendall(SLOW_POST)
+            for sock in every_slot:
+                assert answer(sock, within=30).startswith(b"HTTP/1.1 408 ")
+        wait_for(lambda: status_of(daemon) == b"HTTP/1.1 200 OK", what="the slots back")
+
+    def test_a_body_that_trickles_in_is_answered_408_and_closed(
+        self, daemon: RunningDaemon
+    ) -> None:
+        with connect(daemon) as sock:
+            sock.sendall(SLOW_POST)
+            for _ in range(150):  # 30 s at a byte per 0.2 s: far beyond the 1 s allowed
+                readable, _, _ = select.select([sock], [], [], 0.2)  # the trickle's pace
+                if readable:
+                    break
+                sock.sendall(b"a")
+            else:
+                pytest.fail("the server kept a trickling body open for 30 s")
+            assert answer(sock, within=30).startswith(b"HTTP/1.1 408 ")
