@@ -512,7 +512,9 @@ class Console:
 
     def check(self, confirmation: int, signature: str) -> bool:
         """Is `signature` the one of confirmation `confirmation` (a link's)?"""
-        return hmac.compare_digest(signature, self.tokens.confirm_signature(confirmation))
+        # compare_digest raises TypeError on a str outside ASCII; ours never is, so it is wrong.
+        expected = self.tokens.confirm_signature(confirmation)
+        return signature.isascii() and hmac.compare_digest(signature, expected)
 
     def pending(self, session: Session, confirmation: int, now: datetime) -> Confirmation | None:
         """The confirmation if it may still run (not used, not expired)."""

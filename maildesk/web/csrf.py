@@ -48,6 +48,7 @@ class Csrf:
 
     def valid(self, request: web.Request, sent: str, claim: Claim | None) -> bool:
         nonce = request.cookies.get(COOKIE)
-        if not nonce or not sent:
+        # compare_digest raises TypeError on a str outside ASCII; ours never is, so it is wrong.
+        if not nonce or not sent or not sent.isascii():
             return False
         return hmac.compare_digest(self._sign(nonce, claim), sent)
