@@ -38,7 +38,8 @@ MALLORY = "mallory@evil.test"
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DkimKey]:
     folder = tmp_path_factory.mktemp("keys")
-    return {domain: make_key(folder, domain) for domain in ("customer.test", "evil.test")}
+    domains = ("customer.test", "evil.test", "evil.uk.com")
+    return {domain: make_key(folder, domain) for domain in domains}
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +254,31 @@ def test_an_altered_signed_mail_proves_nothing(
     assert ticket(services, 1)["messages"][0]["proof"] == ""
     # p=none: an unproven mail from customer.test is still answered.
     assert len(sent_to(services, ALICE)) == 1
+
+
+def test_a_neighbours_signature_does_not_prove_a_customer(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """Mallory bought evil.uk.com, beside Bob's firm.uk.com (CentralNic sells names under
+    uk.com), and signs as Bob with it: maildesk's own check proves evil.uk.com only."""
+    services = desk.services
+    bob, mallory = "bob@firm.uk.com", "mallory@evil.uk.com"
+    send(desk, make_mail(sender=bob, message_id="<bob-1@firm.uk.com>"), mail_from=bob)
+
+    forged = keys["evil.uk.com"].sign(
+        make_mail(
+            subject="Re: [#1] Printer broken",
+            sender=bob,
+            body="Please copy in my colleague.",
+            Cc=f"Mallory <{mallory}>",
+        )
+    )
+    send(desk, forged, mail_from=mallory)
+
+    assert participants(services, 1) == {bob}
+    last = last_inbound(services, 1)
+    assert (last["from"], last["flag"], last["proof"]) == (bob, "unverified", "")
+    assert sent_to(services, mallory) == []
 
 
 @pytest.mark.parametrize("body_canonicalization", [b"simple", b"relaxed"])

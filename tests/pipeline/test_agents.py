@@ -12,6 +12,7 @@ import pytest
 from maildesk.models import Outbox
 from maildesk.services import Services
 from maildesk.tickets.agents import Agents
+from maildesk.tickets.service import Tickets
 from tests.conftest import make_mail
 from tests.helpers import outbox_rows, receive, ticket
 
@@ -148,6 +149,68 @@ def test_authentication_results_from_an_untrusted_host_prove_nothing(
     )
     receive(services, mail, mail_from=AGENT)
     assert ticket(services, 1)["status"] == "new"
+
+
+def behind_our_mta(
+    config_values: dict[str, Any], tmp_path: Any, clock: Any, agent: str = AGENT
+) -> Services:
+    """A desk that believes the Authentication-Results of mx.example.test, with ticket 1."""
+    from maildesk.config import from_mapping
+    from maildesk.services import build
+
+    config_values["agents"]["addresses"] = [agent]
+    config_values["trust"]["authserv_ids"] = ["mx.example.test"]
+    services = build(from_mapping(config_values, base_dir=tmp_path), clock)
+    services.prepare()
+    receive(services, make_mail(message_id="<alice1@customer.test>"))
+    return services
+
+
+def test_a_neighbours_signature_stamped_by_our_mta_does_not_prove_an_agent(
+    config_values: dict[str, Any], tmp_path: Any, clock: Any
+) -> None:
+    """Mallory owns evil.uk.com, beside the agent's firm.uk.com (CentralNic sells names
+    under uk.com). Our MTA truthfully stamps her signature and the failed DMARC."""
+    services = behind_our_mta(config_values, tmp_path, clock, agent="agnes@firm.uk.com")
+    forged = make_mail(
+        subject="Re: [#1] Printer broken",
+        sender="agnes@firm.uk.com",
+        body="#status closed\nDone.",
+        In_Reply_To="<alice1@customer.test>",
+        Authentication_Results=(
+            "mx.example.test; dkim=pass header.d=evil.uk.com header.s=s1; "
+            "dmarc=fail (p=reject dis=none) header.from=firm.uk.com"
+        ),
+    )
+    receive(services, forged, mail_from="mallory@evil.uk.com", source="deliver")
+
+    state = ticket(services, 1)
+    assert state["status"] == "new"
+    last = state["messages"][-1]
+    assert (last["flag"], last["proof"]) == ("forged-agent", "")
+
+
+def test_a_neighbours_signature_stamped_by_our_mta_does_not_prove_a_customer(
+    config_values: dict[str, Any], tmp_path: Any, clock: Any
+) -> None:
+    """Bob's ticket; Mallory (evil.uk.com) writes as Bob and copies herself in."""
+    services = behind_our_mta(config_values, tmp_path, clock)
+    bob = "bob@firm.uk.com"
+    receive(services, make_mail(sender=bob, subject="VPN down"), mail_from=bob)
+    forged = make_mail(
+        subject="Re: [#2] VPN down",
+        sender=bob,
+        Cc="mallory@evil.uk.com",
+        body="Please also copy my colleague.",
+        Authentication_Results="mx.example.test; dkim=pass header.d=evil.uk.com",
+    )
+    receive(services, forged, mail_from="mallory@evil.uk.com", source="deliver")
+
+    last = ticket(services, 2)["messages"][-1]
+    assert (last["from"], last["flag"], last["proof"]) == (bob, "unverified", "")
+    with services.db.transaction() as session:
+        assert not Tickets(session).is_participant(2, "mallory@evil.uk.com")
+    assert [r for r in outbox_rows(services) if "mallory@evil.uk.com" in r.recipients] == []
 
 
 @pytest.mark.parametrize(
