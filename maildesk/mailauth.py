@@ -9,6 +9,8 @@ Two things prove the From domain, and nothing else does:
   by a `[trust] mta_hosts` peer, or by a route only the MTA feeds (the IMAP mailbox,
   the `deliver` pipe). Of those headers only the topmost one with a trusted authserv-id
   counts, and the MTA must strip copies of its id arriving from outside (RFC 8601 §5).
+  It is read by its grammar: text the MTA quotes from the sender (an address in a
+  comment or a quoted string) is never a result.
 
 The From domain's DMARC policy tells "failed" (the domain asks receivers to distrust
 unaligned mail: p=quarantine or p=reject) from "merely unproven". maildesk checks no
@@ -24,9 +26,10 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 import dkim
 import dns.exception
@@ -48,8 +51,17 @@ _MAX_SIGNATURES = 5
 # regular expressions that are quadratic in a run of whitespace (31 KB of folding
 # in each of five fields cost 12 s of CPU, before any DNS lookup).
 MAX_SIGNATURE_FIELD = 4096
-_RESULT = re.compile(r"\b(dkim|dmarc)\s*=\s*([a-z]+)([^;]*)", re.IGNORECASE)
-_PROPERTY = re.compile(r"\bheader\.(d|from)\s*=\s*\"?([^\s;\"]{1,255})", re.IGNORECASE)
+# The property naming the domain each method's result is about (RFC 8601 §2.7).
+_RESULT_DOMAIN = {"dkim": "header.d", "dmarc": "header.from"}
+# Authentication-Results outside a comment: white space, a comment's start, a quoted
+# string, ";" or "=", a word, or a stray character. A quote never closed is no value.
+_TOKEN = re.compile(
+    r'(?P<space>\s+)|(?P<comment>\()|"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<special>[;=])'
+    r'|(?P<word>[^\s()";=\\]+)|(?P<stray>[\\)]|".*)',
+    re.DOTALL,
+)
+# Inside a comment (RFC 5322 ccontent): a quote is only text, a pair is escaped.
+_COMMENT_TOKEN = re.compile(r"[^()\\]+|\\.?|[()]", re.DOTALL)
 _POLICY = re.compile(r"(?:^|;)\s*p\s*=\s*([a-z]+)", re.IGNORECASE)
 # A domain name we align: ASCII labels (RFC 8616: DKIM's d= holds A-labels, and a From
 # address we parse has an ASCII domain), `_` for the odd signing domain.
@@ -145,19 +157,22 @@ class MailAuth:
     def _from_mta(self, headers: tuple[str, ...], from_domain: str) -> Authentication | None:
         """The verdict of the topmost header our MTA wrote; None when it wrote none."""
         for header in headers:
-            authserv_id, _, results = header.partition(";")
-            words = authserv_id.split()
-            if not words or words[0].lower() not in self._authserv_ids:
+            # Only the header our MTA wrote is read whole: the others may be 256 KB of
+            # anyone's text, and reading takes about 1 µs a character.
+            if authserv_id(header).lower() not in self._authserv_ids:
                 continue
+            _, results = parse_authentication_results(header)
             proof, failed = "", False
-            for method, verdict, props in _RESULT.findall(results):
-                domains = [v.lower().rpartition("@")[2] for _n, v in _PROPERTY.findall(props)]
+            for result in results:
+                name = _RESULT_DOMAIN.get(result.method)
+                domains = [v.rpartition("@")[2] for n, v in result.properties if n == name]
                 if not any(aligned(d, from_domain) for d in domains):
                     continue
-                if method.lower() == "dmarc" and verdict.lower() == "fail":
+                if result.method == "dmarc" and result.result == "fail":
                     failed = True
-                elif verdict.lower() == "pass":
-                    proof = proof or f"mta-{method.lower()}"
+                # A pass names one domain: a result that names two proves neither.
+                elif result.result == "pass" and len(domains) == 1:
+                    proof = proof or f"mta-{result.method}"
             # The MTA's DMARC verdict on the From domain outweighs a DKIM pass we call
             # aligned: its suffix list and ours may differ, and it saw the whole message.
             return Authentication(dmarc_failed=True) if failed else Authentication(proof)
@@ -254,6 +269,107 @@ def _verify(checker: dkim.DKIM, index: int, raw: bytes, body_start: int, lookup:
     # is the DKIM-Signature field as written, bh= included).
     header_only = {tag: value for tag, value in sig.items() if tag != b"bh"}
     return bool(checker.verify_sig(header_only, include_headers, signatures[index], lookup.txt))
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """One resinfo of an Authentication-Results header: `dkim=pass header.d=example.com`."""
+
+    method: str  # lower case, without a version: dkim, dmarc, spf...
+    result: str  # lower case: pass, fail, none...
+    # (lower-cased "ptype.property", value) as written, a quoted part unquoted.
+    properties: tuple[tuple[str, str], ...] = ()
+
+
+def parse_authentication_results(header: str) -> tuple[str, tuple[MethodResult, ...]]:
+    """The authserv-id and the results of one Authentication-Results header (RFC 8601).
+
+    Our MTA copies text the sender chose into it: the MAIL FROM address, an SPF
+    explanation, in comments or quoted strings, where `;` and `dkim=pass` are only
+    text. Comments (nested, with escapes) are dropped and a quoted string is one
+    value; a result is read only at the start of a resinfo, its properties only in
+    that resinfo. A resinfo that does not read so (a character out of place, a comment
+    or quote never closed) is skipped, never guessed at.
+    Linear in the header's length, and never recursive.
+    """
+    blocks: list[list[_Token]] = [[]]
+    for token in _tokens(header):
+        if token.kind == ";":
+            blocks.append([])
+        else:
+            blocks[-1].append(token)
+    results = (_resinfo(block) for block in blocks[1:])
+    return authserv_id(header), tuple(r for r in results if r is not None)
+
+
+def authserv_id(header: str) -> str:
+    """Who wrote an Authentication-Results header (its first word), read without the rest."""
+    first = next(_tokens(header), None)
+    return first.text if first is not None and first.kind in ("word", "quoted") else ""
+
+
+class _Token(NamedTuple):
+    kind: str  # word | quoted | ; | = | stray (out of place, or a comment or quote never closed)
+    text: str
+    spaced: bool  # white space or a comment comes before it
+
+
+def _tokens(header: str) -> Iterator[_Token]:
+    position, spaced = 0, True
+    while position < len(header):
+        match = _TOKEN.match(header, position)
+        assert match is not None  # one alternative matches any character
+        position = match.end()
+        kind = match.lastgroup or ""
+        if kind == "comment":
+            position, closed = _comment_end(header, position)
+            kind = "space" if closed else "stray"
+        if kind == "space":
+            spaced = True
+            continue
+        if kind == "quoted":
+            text = re.sub(r"\\(.)", r"\1", match["quoted"], flags=re.DOTALL)
+        else:
+            text = match.group()
+        yield _Token(text if kind == "special" else kind, text, spaced)
+        spaced = False
+
+
+def _comment_end(header: str, position: int) -> tuple[int, bool]:
+    """Where the comment opened just before `position` ends, and whether it is closed."""
+    depth = 1
+    while depth and position < len(header):
+        match = _COMMENT_TOKEN.match(header, position)
+        assert match is not None
+        position = match.end()
+        if match.group() == "(":
+            depth += 1
+        elif match.group() == ")":
+            depth -= 1
+    return position, depth == 0
+
+
+def _resinfo(block: list[_Token]) -> MethodResult | None:
+    """`method=result` and its properties `ptype.property=value`, or None."""
+    kinds = [token.kind for token in block]
+    if kinds[:3] != ["word", "=", "word"] or "stray" in kinds:
+        return None
+    properties = []
+    index = 3
+    while index + 1 < len(block):
+        name, equals = block[index], block[index + 1]
+        index += 1
+        if name.kind != "word" or equals.kind != "=":
+            continue
+        # The value: the pieces written together after "=" (`"a b"@example.com`, `ab==`).
+        index += 1
+        pieces: list[str] = []
+        while index < len(block) and (not pieces or not block[index].spaced):
+            pieces.append(block[index].text)
+            index += 1
+        properties.append((name.text.lower(), "".join(pieces)))
+    method = block[0].text.partition("/")[0].lower()
+    return MethodResult(method, block[2].text.lower(), tuple(properties))
 
 
 def _count_signatures(head: bytes) -> int:

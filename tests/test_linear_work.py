@@ -24,7 +24,7 @@ from maildesk import dkimbody
 from maildesk.base64runs import long_runs
 from maildesk.config import TrustSettings
 from maildesk.html_text import html_to_text
-from maildesk.mailauth import MailAuth
+from maildesk.mailauth import MailAuth, parse_authentication_results
 from maildesk.message import parse
 from maildesk.replies import MAX_TEXT, TRUNCATED, has_word, is_only_thanks, new_text
 from maildesk.tickets import search
@@ -348,6 +348,25 @@ def test_hostile_lines_in_a_bounce_cost_little_more_than_in_a_persons_mail() -> 
 
     ratio = cpu(b"MAILER-DAEMON@mx.customer.test") / cpu(b"alice@customer.test")
     assert ratio < 16, f"the bounce cost {ratio:.1f} times the same mail from a person"
+
+
+# Our MTA's Authentication-Results, with text the sender chose in it (mailauth.py).
+AUTHENTICATION_RESULTS_SHAPES: dict[str, Shape] = {
+    "nested comments": lambda n: "mx.example.test; dkim=pass " + "(" * n,
+    "closed nested comments": lambda n: "mx; dkim=pass " + "(" * (n // 2) + ")" * (n // 2),
+    "escapes in a comment": lambda n: "mx; dkim=pass (" + "\\(" * (n // 2),
+    "unclosed quotes": lambda n: "mx; dkim=pass header.d=" + '"a' * (n // 2),
+    "escapes in a quote": lambda n: 'mx; dkim=pass header.d="' + '\\"' * (n // 2),
+    "many results": lambda n: "mx;" + " dkim=pass header.d=x.test;" * (n // 27),
+    "many properties": lambda n: "mx; dkim=pass" + " header.d=x.test" * (n // 16),
+    "one value of many pieces": lambda n: "mx; dkim=pass header.d=" + '"a"=' * (n // 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUTHENTICATION_RESULTS_SHAPES))
+def test_reading_authentication_results_grows_linearly(name: str) -> None:
+    ratio = growth(parse_authentication_results, AUTHENTICATION_RESULTS_SHAPES[name], 4_000)
+    assert ratio < GROWTH_BOUND, f"{name}: time(8n)/time(n) = {ratio:.1f}"
 
 
 def test_subject_of_encoded_words_reads_as_text() -> None:

@@ -7,10 +7,19 @@ Authentication-Results header: neither may prove the victim's From domain.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from maildesk.config import TrustSettings
-from maildesk.mailauth import Authentication, MailAuth, aligned, organizational_domain
+from maildesk.mailauth import (
+    Authentication,
+    MailAuth,
+    MethodResult,
+    aligned,
+    organizational_domain,
+    parse_authentication_results,
+)
 
 FIRM = "agnes@firm.uk.com"
 
@@ -127,3 +136,111 @@ def test_our_mtas_dmarc_fail_outweighs_a_signature_we_call_aligned() -> None:
         "dkim=pass header.d=firm.uk.com",
     ):
         assert mta_verdict(header) == Authentication(dmarc_failed=True)
+
+
+# -- text the sender chose, copied by our MTA into its header ---------------------------------
+
+AGENT = "agent@example.test"
+
+INJECTED = {
+    # rspamd-like SPF comment naming the sender's quoted envelope address.
+    "in an SPF comment": "mx.example.test; dkim=none; spf=pass (mx.example.test: domain of "
+    '"dkim=pass header.d=example.test"@evil.test designates 192.0.2.1 as permitted sender) '
+    "smtp.mailfrom=evil.test",
+    "after a ';' in a comment": "mx.example.test; spf=none (sender said: x; "
+    "dkim=pass header.d=example.test as sent) smtp.mailfrom=evil.test",
+    "after a nested comment": "mx.example.test; spf=none (a (b) ; "
+    "dkim=pass header.d=example.test as sent) smtp.mailfrom=evil.test",
+    "after an escaped parenthesis": "mx.example.test; spf=none (a \\) ; "
+    "dkim=pass header.d=example.test as sent) smtp.mailfrom=evil.test",
+    "in a quoted MAIL FROM": "mx.example.test; spf=pass "
+    'smtp.mailfrom="dkim=pass header.d=example.test"@evil.test',
+    "after a ';' in a quoted MAIL FROM": "mx.example.test; spf=pass "
+    'smtp.mailfrom="x;dkim=pass header.d=example.test"@evil.test',
+    "after an escaped quote": "mx.example.test; spf=pass "
+    'smtp.mailfrom="x\\";dkim=pass header.d=example.test"@evil.test',
+    "in a quoted reason": 'mx.example.test; dkim=fail reason="x; dkim=pass header.d=example.test" '
+    "header.d=evil.test",
+    "inside another resinfo": "mx.example.test; spf=pass smtp.mailfrom=evil.test "
+    "dkim=pass header.d=example.test",
+    "as a second domain of one result": "mx.example.test; dkim=pass header.d=evil.test "
+    "header.d=example.test",
+    "as a property of the next result": "mx.example.test; dkim=pass header.d=evil.test; "
+    "dmarc=none header.from=example.test",
+}
+
+
+@pytest.mark.parametrize("where", sorted(INJECTED))
+def test_a_pass_written_by_the_sender_proves_nothing(where: str) -> None:
+    assert mta_verdict(INJECTED[where], AGENT) == Authentication()
+
+
+@pytest.mark.parametrize(
+    ("header", "method"),
+    [
+        # OpenDKIM: a ';' in a comment before the domain.
+        (
+            "mx.example.test; dkim=pass (2048-bit key; unprotected) header.d=example.test "
+            'header.i=@example.test header.b="AbC+/=2"',
+            "mta-dkim",
+        ),
+        # rspamd, with an SPF comment naming the (honest) sender.
+        (
+            "mx.example.test; dkim=pass header.d=example.test header.s=dkim header.b=AbC=; "
+            "dmarc=pass (policy=reject) header.from=example.test; spf=pass (mx.example.test: "
+            "domain of agent@example.test designates 192.0.2.1 as permitted sender) "
+            "smtp.mailfrom=agent@example.test",
+            "mta-dkim",
+        ),
+        # Gmail-like: a DKIM result naming only header.i; DMARC proves it.
+        (
+            "mx.example.test; dkim=pass header.i=@example.test header.s=20230601 "
+            "header.b=AbCd; dmarc=pass (p=NONE sp=NONE dis=NONE) header.from=example.test",
+            "mta-dmarc",
+        ),
+        # A version, folding, white space around "=", a comment first, upper case.
+        (
+            "(ours)\r\n MX.Example.Test 1 ;\r\n\tDKIM = Pass Header.D = Example.TEST",
+            "mta-dkim",
+        ),
+        ('"mx.example.test"; dmarc=pass header.from="example.test"', "mta-dmarc"),
+    ],
+)
+def test_our_mtas_pass_as_mtas_write_it(header: str, method: str) -> None:
+    assert mta_verdict(header, AGENT).method == method
+
+
+def test_the_results_of_a_header() -> None:
+    header = (
+        "mx.example.test; dkim/1=pass (good (really)) header.d=example.test; "
+        'spf=pass smtp.mailfrom="a b;c"@evil.test; none; =pass; dmarc=fail header.from='
+    )
+    assert parse_authentication_results(header) == (
+        "mx.example.test",
+        (
+            MethodResult("dkim", "pass", (("header.d", "example.test"),)),
+            MethodResult("spf", "pass", (("smtp.mailfrom", "a b;c@evil.test"),)),
+            MethodResult("dmarc", "fail", (("header.from", ""),)),
+        ),
+    )
+
+
+def test_garbage_parses_to_nothing_without_an_error() -> None:
+    for header in (
+        "",
+        ";;;",
+        "(" * 100_000,
+        "(" * 50_000 + ")" * 50_000,
+        '"' * 100_001,
+        "\\" * 100_000,
+        "mx.example.test; dkim=pass header.d=(example.test",
+        'mx.example.test; dkim=pass header.d="example.test',
+        "mx.example.test; dkim=pass header.d=\\example.test",
+    ):
+        _authserv_id, results = parse_authentication_results(header)
+        assert all(r.properties in ((), (("header.d", ""),)) for r in results), header
+    alphabet = '();="\\ ;.@a=dkimpasheder'
+    rng = random.Random(7)
+    for _ in range(2_000):
+        header = "".join(rng.choice(alphabet) for _ in range(rng.randrange(60)))
+        parse_authentication_results(header)  # never raises

@@ -214,6 +214,38 @@ def test_a_neighbours_signature_stamped_by_our_mta_does_not_prove_a_customer(
 
 
 @pytest.mark.parametrize(
+    "results",
+    [
+        # rspamd-like: the SPF comment names the sender's quoted envelope address.
+        'spf=pass (mx.example.test: domain of "dkim=pass header.d=example.test"@evil.test '
+        "designates 192.0.2.1 as permitted sender) smtp.mailfrom=evil.test",
+        # The same address as the property's value, with a ';' inside its quotes.
+        'spf=pass smtp.mailfrom="x;dkim=pass header.d=example.test"@evil.test',
+    ],
+)
+def test_a_pass_the_sender_wrote_into_our_mtas_header_does_not_prove_an_agent(
+    config_values: dict[str, Any], tmp_path: Any, clock: Any, results: str
+) -> None:
+    """Our MTA copies the MAIL FROM a stranger chose into its header; it is no result."""
+    services = behind_our_mta(config_values, tmp_path, clock)
+    forged = make_mail(
+        subject="Re: [#1] Printer broken",
+        sender=AGENT,
+        body="#status closed\nDone.",
+        In_Reply_To="<alice1@customer.test>",
+        Authentication_Results=f"mx.example.test; dkim=none; {results}",
+    )
+    receive(
+        services, forged, mail_from='"dkim=pass header.d=example.test"@evil.test', source="deliver"
+    )
+
+    state = ticket(services, 1)
+    assert state["status"] == "new"
+    last = state["messages"][-1]
+    assert (last["flag"], last["proof"]) == ("forged-agent", "")
+
+
+@pytest.mark.parametrize(
     ("command", "field", "value"),
     [
         ("#status resolved", "status", "resolved"),
