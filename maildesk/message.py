@@ -301,7 +301,10 @@ def _sender(fields: Fields) -> tuple[str, str]:
     raw_value = clean_text(str(value)) if value is not None else ""
     if not raw_value:
         raise UnparseableMessage("no From header")
-    pairs = email.utils.getaddresses([raw_value])
+    try:
+        pairs = email.utils.getaddresses([raw_value])
+    except RecursionError:  # the stdlib recurses per nested "(": thousands of them
+        raise UnparseableMessage("From header nested too deep") from None
     if len(pairs) != 1:
         # `a@x)<b@y>` (CVE-2023-27043) splits into pieces of which some are no address.
         if any(not addr for _name, addr in pairs):
@@ -322,7 +325,12 @@ def _sender(fields: Fields) -> tuple[str, str]:
 def _addresses(fields: Fields, name: str) -> tuple[str, ...]:
     values = [clean_text(str(v)) for v in fields.get_all(name, [])]
     found: dict[str, None] = {}
-    for _display, addr in email.utils.getaddresses(values):
+    try:
+        pairs = email.utils.getaddresses(values)
+    except RecursionError:  # the stdlib recurses per nested "(": thousands of them
+        log.warning("%s header nested too deep to read: left out", name)
+        return ()
+    for _display, addr in pairs:
         addr = addr.strip().lower()
         if _ADDR_SPEC.match(addr):
             found.setdefault(addr, None)

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from maildesk import config
 from maildesk.clock import ManualClock
+from maildesk.message import UnparseableMessage, parse
 from maildesk.models import Attachment, Blob, Inbound, Message
 from maildesk.services import Services, build
 from tests.conftest import DATA, eml
@@ -400,3 +401,20 @@ def test_mail_parser_reads_the_same_bodies_without_its_summary(name: str) -> Non
 
 def _without_name(attachment: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attachment.items() if k not in ("filename", "safe_filename")}
+
+
+def test_an_address_header_of_thousands_of_parentheses_is_read_at_once() -> None:
+    """The stdlib parses comments recursively: a Cc of 7,000 "(" raised RecursionError,
+    so the message was retried three times before its quarantine. The Cc is left out
+    now; a From like that is unparseable at once (quarantined on the first attempt)."""
+    nested = "(" * 7000 + "x@customer.test"
+
+    def mail(sender: str, cc: str) -> bytes:
+        return (f"From: {sender}\r\nTo: support@example.test\r\nCc: {cc}\r\n"
+                "Subject: hi\r\n\r\nStill readable.\r\n").encode()  # fmt: skip
+
+    parsed = parse(mail("alice@customer.test", nested))
+    assert parsed.cc == ()
+    assert parsed.text.startswith("Still readable.")
+    with pytest.raises(UnparseableMessage, match="nested too deep"):
+        parse(mail(nested, "bob@customer.test"))
