@@ -114,6 +114,8 @@ class WebSettings:
     body_timeout: float = 30.0
     # Open connections at once; more are answered 503 and closed.
     max_connections: int = 256
+    # Of those, from one address (an IPv6 /64) at once; trusted_proxies are not counted.
+    max_connections_per_ip: int = 64
 
 
 @dataclass(frozen=True)
@@ -495,6 +497,9 @@ def _check_ops(settings: Settings) -> None:
             raise ConfigError(f"[smtp] {key} must be at least 1")
     if smtp.timeout <= 0:
         raise ConfigError("[smtp] timeout must be a positive number of seconds")
+    for key in ("max_connections", "max_connections_per_ip"):
+        if getattr(settings.web, key) < 1:
+            raise ConfigError(f"[web] {key} must be at least 1")
     if settings.web.body_timeout <= 0:
         raise ConfigError("[web] body_timeout must be a positive number of seconds")
     metrics_port = settings.metrics.port

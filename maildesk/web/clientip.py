@@ -49,14 +49,14 @@ class ClientAddress:
             ipaddress.ip_network(entry.strip(), strict=False) for entry in trusted_proxies
         ]
 
-    def _is_proxy(self, address: Address) -> bool:
+    def is_proxy(self, address: Address) -> bool:
         return any(address in network for network in self.trusted)
 
     def of(self, request: web.Request) -> str:
         peer = parse(request.remote or "")
         if peer is None:
             return request.remote or "unknown"
-        if not self._is_proxy(peer):
+        if not self.is_proxy(peer):
             return key(peer)
         headers = request.headers.getall("X-Forwarded-For", [])
         hops = [hop for value in headers for hop in value.split(",")]
@@ -66,6 +66,6 @@ class ClientAddress:
             if address is None:  # a proxy we trust wrote nonsense: stop at what it is
                 break
             client = address
-            if not self._is_proxy(address):
+            if not self.is_proxy(address):
                 break
         return key(client)

@@ -17,7 +17,12 @@ deadline (trickled bytes do not renew it either); one too slow is answered
 
 `[web] max_connections` caps open connections: one more is answered 503 and
 closed at once, before any parsing, so a flood cannot exhaust memory or file
-descriptors and the listener stays responsive when they go.
+descriptors and the listener stays responsive when they go. So does
+`[web] max_connections_per_ip` for one client address (an IPv6 /64): without
+it one client's sockets, each held until its deadline and opened again, took
+every connection and /healthz answered 503 to everyone. A reverse proxy in
+`[web] trusted_proxies` is every client at once: its connections are not
+counted per address (the client it speaks for is only known from its headers).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from maildesk.config import WebSettings
+from maildesk.web.clientip import ClientAddress, key, parse
 
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
@@ -80,19 +86,30 @@ class _Counted(asyncio.Protocol):
 
     def __init__(self, inner: asyncio.Protocol, gate: _Gate) -> None:
         self._inner, self._gate = inner, gate
+        self._client: str | None = None  # counted per address; None: refused, or a proxy
+        self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The peer is known only now, after the gate let the connection in.
+        peer = transport.get_extra_info("peername")
+        admitted, self._client = self._gate.admit(peer[0] if peer else "")
+        if not admitted:
+            self._refused = True
+            _Busy().connection_made(transport)
+            return
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._gate.open -= 1
-        self._inner.connection_lost(exc)
+        self._gate.leave(self._client)
+        if not self._refused:
+            self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+        if not self._refused:
+            self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        return None if self._refused else self._inner.eof_received()
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()
@@ -105,8 +122,11 @@ class _Counted(asyncio.Protocol):
 
 
 class _Gate:
-    def __init__(self, server: web.Server, limit: int) -> None:
-        self.server, self.limit, self.open = server, limit, 0
+    def __init__(self, server: web.Server, settings: WebSettings) -> None:
+        self.server, self.limit, self.open = server, settings.max_connections, 0
+        self.per_client = settings.max_connections_per_ip
+        self.proxies = ClientAddress(settings.trusted_proxies)
+        self.clients: dict[str, int] = {}
 
     def __call__(self) -> asyncio.Protocol:
         # Counted here, when the connection is accepted, not when aiohttp registers it:
@@ -116,13 +136,33 @@ class _Gate:
         self.open += 1
         return _Counted(self.server(), self)
 
+    def admit(self, peer: str) -> tuple[bool, str | None]:
+        """Whether a connection from `peer` may stay, and the address it counts for."""
+        address = parse(peer)
+        if address is None or self.proxies.is_proxy(address):
+            return True, None
+        client = key(address)
+        if self.clients.get(client, 0) >= self.per_client:
+            return False, None
+        self.clients[client] = self.clients.get(client, 0) + 1
+        return True, client
+
+    def leave(self, client: str | None) -> None:
+        self.open -= 1
+        if client is not None:
+            left = self.clients[client] - 1
+            if left:
+                self.clients[client] = left
+            else:
+                del self.clients[client]
+
 
 class CappedSite(web.BaseSite):
-    """A TCP site whose connections pass the gate of `max_connections`."""
+    """A TCP site whose connections pass the gate of `max_connections` (and per address)."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, max_connections: int) -> None:
+    def __init__(self, runner: web.BaseRunner, settings: WebSettings) -> None:
         super().__init__(runner)
-        self._host, self._port, self._max = host, port, max_connections
+        self._host, self._port, self._settings = settings.host, settings.port, settings
         self.gate: _Gate | None = None
 
     @property
@@ -133,7 +173,7 @@ class CappedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        self.gate = _Gate(server, self._max)
+        self.gate = _Gate(server, self._settings)
         self._server = await asyncio.get_running_loop().create_server(
             self.gate, self._host, self._port, backlog=self._backlog, reuse_address=True
         )

@@ -53,6 +53,6 @@ async def start_web(
     options = listener.handler_options(settings)
     runner = web.AppRunner(make_app(services, metrics), access_log=None, **options)
     await runner.setup()
-    site = listener.CappedSite(runner, settings.host, settings.port, settings.max_connections)
+    site = listener.CappedSite(runner, settings)
     await site.start()
     return runner, f"{settings.host}:{settings.port}"

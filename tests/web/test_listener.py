@@ -103,6 +103,49 @@ class TestConnectionCap:
         wait_for(lambda: status_of(daemon) == b"HTTP/1.1 200 OK", what="a free slot")
 
 
+def connect_from(daemon: RunningDaemon, source: str) -> socket.socket:
+    """A connection from another loopback address (Linux routes all of 127/8 to lo)."""
+    web = daemon.services.settings.web
+    return socket.create_connection((web.host, web.port), timeout=10, source_address=(source, 0))
+
+
+def status_from(daemon: RunningDaemon, source: str) -> bytes:
+    with connect_from(daemon, source) as sock:
+        sock.sendall(REQUEST)
+        return sock.recv(64).split(b"\r\n")[0]
+
+
+class TestConnectionsPerAddress:
+    """One client's sockets, each held until its deadline and opened again, took every
+    connection: the portal and /healthz answered 503 to everyone else."""
+
+    @pytest.fixture
+    def config_values(self, config_values: dict[str, Any]) -> dict[str, Any]:
+        config_values["web"].update(
+            max_connections=10,
+            max_connections_per_ip=3,
+            header_timeout=120.0,
+            trusted_proxies=["127.0.0.3"],
+        )
+        return config_values
+
+    def test_one_address_gets_its_share_and_everyone_else_is_served(
+        self, daemon: RunningDaemon
+    ) -> None:
+        with ExitStack() as stack:
+            for _ in range(3):
+                stack.enter_context(connect_from(daemon, "127.0.0.2"))
+            assert status_from(daemon, "127.0.0.2") == b"HTTP/1.1 503 Service Unavailable"
+            assert status_from(daemon, "127.0.0.1") == b"HTTP/1.1 200 OK"
+        wait_for(lambda: status_from(daemon, "127.0.0.2") == b"HTTP/1.1 200 OK", what="a slot")
+
+    def test_a_trusted_proxy_speaks_for_many_clients(self, daemon: RunningDaemon) -> None:
+        with ExitStack() as stack:
+            for _ in range(5):
+                stack.enter_context(connect_from(daemon, "127.0.0.3"))
+            assert status_from(daemon, "127.0.0.3") == b"HTTP/1.1 200 OK"
+
+
 class TestSlowBodies:
     @pytest.fixture
     def config_values(self, config_values: dict[str, Any]) -> dict[str, Any]:
