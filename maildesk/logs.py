@@ -109,7 +109,7 @@ _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 def redact(text: str) -> str:
     """`text` with every token, password, cookie and URL password replaced."""
-    text = redact_links(text)  # account and paid links, also percent-encoded or QP-wrapped
+    text = redact_links(text)  # account and paid tokens, in whatever shape a link took
     text = _redact_keyed(text)
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)

@@ -26,6 +26,7 @@ from maildesk.config import TrustSettings
 from maildesk.html_text import html_to_text
 from maildesk.mailauth import MailAuth, parse_authentication_results
 from maildesk.message import parse
+from maildesk.redaction import redact_links
 from maildesk.replies import MAX_TEXT, TRUNCATED, has_word, is_only_thanks, new_text
 from maildesk.tickets import search
 from tests.conftest import RunningDaemon, eml, make_mail, wait_for
@@ -373,6 +374,54 @@ def test_subject_of_encoded_words_reads_as_text() -> None:
     parsed = parse(_mail("=?utf-8?q?Tisk=C3=A1rna?= =?utf-8?q?_nefunguje?=").encode())
     assert parsed.subject == "Tiskárna nefunguje"
     assert parse(_mail("a\x01\x1fb").encode()).subject == "a b"
+
+
+# -- link redaction --------------------------------------------------------------------------
+
+# Every step of maildesk/redaction.py: the quick checks, the line joins, the decoders, the
+# token pattern at each "eyJ", and base64 runs decoded from four places each.
+_TAIL = ".aVt9kA." + "b" * 27  # a token's timestamp and signature
+REDACTION_SHAPES: dict[str, Shape] = {
+    "eyJ eyJ eyJ": lambda n: "eyJ" * (n // 3),
+    "eyJ and dots": lambda n: "eyJa." * (n // 5),
+    "tokens one character short": lambda n: ("eyJ" + "a" * 40 + _TAIL[:-1] + " ") * (n // 80),
+    "a long payload": lambda n: "eyJ" + "a" * n + _TAIL,
+    "token starts cut by line breaks": lambda n: "ey\n> J" * (n // 6),
+    "J at every line's start": lambda n: "e\n>J" * (n // 4),
+    "soft breaks": lambda n: "eyJ" + "=\n" * (n // 2),
+    "a line of quote markers": lambda n: "eyJ\n" + ">" * n,
+    "line breaks and markers": lambda n: "eyJ" + "\r\n> " * (n // 4),
+    "percent escapes": lambda n: "eyJ " + "%25" * (n // 3) + "2F",
+    "quoted-printable escapes": lambda n: "eyJ " + "=3D" * (n // 3),
+    "proofpoint v2 prefixes": lambda n: "eyJ " + "urldefense.proofpoint.com/v2/url?u=" * (n // 35),
+    "proofpoint v3 prefixes": lambda n: "eyJ " + "urldefense.com/v3/__" * (n // 20),
+    "proofpoint v3 stars": lambda n: (
+        "urldefense.com/v3/__" + "**A" * (n // 7) + "__;" + "JSUl" * (n // 7)
+    ),
+    "one base64 run": lambda n: "A" * n,
+    "base64 runs": lambda n: ("QUJD" * 12 + " ") * (n // 49),
+    "base64 of eyJ": lambda n: "ZXlK" * (n // 4),
+    "links with tokens": lambda n: (
+        ("https://h.test/account/set-password?token=eyJ" + "a" * 40 + _TAIL + " ") * (n // 120)
+    ),
+}
+
+
+@pytest.mark.parametrize("n", [2_000, 32_000])
+@pytest.mark.parametrize("name", sorted(REDACTION_SHAPES))
+def test_link_redaction_grows_linearly(name: str, n: int) -> None:
+    ratio = growth(redact_links, REDACTION_SHAPES[name], n)
+    assert ratio < GROWTH_BOUND, f"{name}: time(8n)/time(n) = {ratio:.1f} at n={n}"
+
+
+def test_link_redaction_of_hostile_shapes() -> None:
+    token = "eyJ" + "a" * 40 + _TAIL
+    assert redact_links("eyJ" * 10 + token) == "…"  # from the run's first "eyJ"
+    assert "b" * 27 not in redact_links("eyJ" * 1000 + token)  # from one 256 before the dot
+    assert redact_links(token[:-1]) == token[:-1]
+    assert redact_links("eyJ" + "a" * 300 + _TAIL) == "eyJ" + "a" * 300 + _TAIL  # not ours
+    assert redact_links("x ey\n> J" + token[3:] + " y") == "x … y"
+    assert redact_links("A" * 5000) == "A" * 5000
 
 
 # -- end to end ------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ from maildesk.pipeline.agent_mail import AgentFlow, acting, agent_name
 from maildesk.pipeline.authenticity import Sender
 from maildesk.pipeline.loops import classify
 from maildesk.pipeline.threader import Match
-from maildesk.redaction import redact_links
+from maildesk.redaction import redact_head, redact_links
 from maildesk.replies import agrees
 from maildesk.tickets import commands, listing, sla
 from maildesk.tickets.agents import Agents
@@ -363,7 +363,7 @@ class Console:
                 "from_name": m.from_name,
                 "internal": m.internal,
                 "flag": m.flag,
-                "text": redact_links(m.body_text[:MAX_BODY]),
+                "text": redact_head(m.body_text, MAX_BODY),
                 "cut": len(m.body_text) > MAX_BODY,
                 "attachments": [
                     {"filename": a.filename, "size": a.size, "attached": a.id in attached}

@@ -59,6 +59,7 @@ from sqlalchemy.orm import Session
 from maildesk.folding import fold
 from maildesk.hotsql import Hot
 from maildesk.models import Message, Ticket
+from maildesk.redaction import redact_head, redact_links
 from maildesk.tickets.visibility import PUBLIC, Scope
 
 MAX_WORDS = 8
@@ -104,8 +105,10 @@ def words(value: str) -> list[str]:
 
 
 def document(subject: str, body: str) -> str:
-    """The folded, tokenized text the index holds for one message."""
-    return " ".join(words(f"{subject}\n{body[:MAX_INDEXED_CHARS]}"))
+    """The folded, tokenized text the index holds for one message. Never a link's token:
+    prefix searches (`eyjw`, `eyjwi`, …) would read its words back, case aside, to anyone
+    who may search the ticket."""
+    return " ".join(words(f"{redact_links(subject)}\n{redact_head(body, MAX_INDEXED_CHARS)}"))
 
 
 def indexed(direction: str, kind: str) -> bool:
@@ -260,8 +263,9 @@ def _index(
 
 
 def snippet(body: str, terms: list[str]) -> str:
-    """About `SNIPPET_CHARS` of `body` around the first query word found in it."""
-    flat = " ".join(body[:SNIPPET_SCAN].split())
+    """About `SNIPPET_CHARS` of `body` around the first query word found in it, its link
+    tokens redacted before its lines are joined (a token wrapped onto two is found only then)."""
+    flat = " ".join(redact_head(body, SNIPPET_SCAN).split())
     folded = fold(flat)
     # Folding keeps one character per character for Latin scripts; otherwise start at 0.
     at = -1
