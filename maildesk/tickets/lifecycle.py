@@ -137,10 +137,13 @@ class Lifecycle:
         resolved ticket; "disputed" reopens it; "reply" is anything else.
         `answers` are the Message-IDs the reply names (In-Reply-To, References).
         Unverified mail (README "Trust") only ever draws the agents back: it may
-        dispute a resolution or end a wait, never approve, decline or confirm.
+        dispute a resolution or end a wait, never approve, decline or confirm. Paid
+        work is the requester's to approve or decline: the notice went to them alone,
+        and a participant's (or an organization colleague's) APPROVE is only a reply.
         """
         paid_question = ticket.paid_state == "pending"
-        if verified and paid_question and self.answers_current_round(ticket, answers):
+        theirs = actor.lower() == ticket.requester.email.lower()
+        if verified and theirs and paid_question and self.answers_current_round(ticket, answers):
             if has_word(text, APPROVE_WORDS):
                 return self.answer_paid(ticket, True, actor, "mail")
             if has_word(text, DECLINE_WORDS):

@@ -360,6 +360,25 @@ def test_paid_modification_waits_for_the_customers_approval(
     assert "APPROVED the paid work" in to_agent(services)[-1]["Subject"]
 
 
+def test_only_the_requester_approves_paid_work(services: Services, opened: EmailMessage) -> None:
+    """Mallory, copied in by the agent, answers an earlier mail of the ticket with APPROVE:
+    that approved 40,000 EUR she was never asked about (the notice went to Alice)."""
+    agent_reply(services, opened, "#cc mallory@elsewhere.test\nI copied in our partner.")
+    relayed = [m for m in to_customer(services, "mallory@elsewhere.test")][-1]
+    agent_reply(services, to_agent(services)[0], "#type modification\n#paid 40,000 EUR")
+    assert ticket(services, 1)["paid"] == "pending"
+
+    approval = make_mail(subject=f"Re: {relayed['Subject']}", sender="mallory@elsewhere.test",
+                         to=relayed["Reply-To"].addresses[0].addr_spec, body="APPROVE",
+                         In_Reply_To=relayed["Message-ID"])  # fmt: skip
+    receive(services, approval, mail_from="mallory@elsewhere.test")
+
+    state = ticket(services, 1)
+    assert (state["paid"], state["status"]) == ("pending", "waiting_customer")
+    assert state["messages"][-1]["flag"] == ""  # her reply is in the ticket, verified
+    assert "Customer replied" in to_agent(services)[-1]["Subject"]
+
+
 def test_paid_on_a_bug_is_refused(services: Services, opened: EmailMessage) -> None:
     agent_reply(services, opened, "#type bug\n#paid 100 CZK")
     assert "only a modification can be paid" in body(to_agent(services)[-1])
