@@ -153,13 +153,15 @@ def test_a_customers_scope_sees_only_public_messages_of_their_tickets(services: 
     assert numbers(services, "dluzi", scope) == []
 
 
-def test_an_organizations_scope_adds_colleagues_tickets(services: Services) -> None:
+def test_an_organizations_scope_adds_colleagues_proven_tickets(services: Services) -> None:
     receive(services, make_mail("Alice's", body="sklad hlásí chybu"))
     colleague = "Bob <bob@customer.test>"
-    receive(
-        services, make_mail("Bob's", body="sklad je prázdný", sender=colleague), "bob@customer.test"
-    )
+    bobs = make_mail("Bob's", body="sklad je prázdný", sender=colleague)
+    receive(services, bobs, "bob@customer.test", source="import")  # vouched for by ops
     receive(services, make_mail("Other", body="sklad", sender="eve@other.test"), "eve@other.test")
+    # Anyone can write Carol's From: her unproven ticket is hers alone (visibility.py).
+    carols = make_mail("Carol's?", body="sklad hoří", sender="carol@customer.test")
+    receive(services, carols, "carol@customer.test")
     with services.db.reading() as session:
         alice = session.scalar(select(Person.id).where(Person.email == "alice@customer.test"))
     assert alice is not None

@@ -2,8 +2,12 @@
 
 A person sees the tickets they take part in (as requester or in Cc) and, once
 an admin created the organization of their e-mail domain, every ticket a
-colleague of that domain requested; free-mail domains never group people
-(`accounts.organization_of` decides the domain). Of a ticket, a customer sees
+colleague of that domain requested and proved: its first mail proved its From
+(DKIM, our MTA), or the requester has written in it with proof since (answered
+our mail, signed, or wrote from the portal). A stranger writes any colleague's
+From: their unproven ticket is no text for the whole organization to trust.
+Free-mail domains never group people (`accounts.organization_of` decides the
+domain). Of a ticket, a customer sees
 only public messages: never internal notes, agent mail, bounces or messages
 held for a second look.
 """
@@ -34,14 +38,14 @@ class Scope:
         )
         if self.org_domain is None:
             return mine
-        return or_(mine, Ticket.requester_id.in_(self.colleagues()))
+        return or_(mine, and_(Ticket.requester_id.in_(self.colleagues()), _proven()))
 
     def ticket_ids(self) -> Select[Any]:
         """The same rule as `condition`, as a set of ticket ids (starts from the person)."""
         mine = select(Participant.ticket_id).where(Participant.person_id == self.person_id)
         if self.org_domain is None:
             return mine
-        theirs = select(Ticket.id).where(Ticket.requester_id.in_(self.colleagues()))
+        theirs = select(Ticket.id).where(Ticket.requester_id.in_(self.colleagues()), _proven())
         return select(union(mine, theirs).subquery().c[0])
 
     def colleagues(self) -> Select[Any]:
@@ -49,3 +53,14 @@ class Scope:
         person = aliased(Person)
         domain = "@" + (self.org_domain or "")
         return select(person.id).where(person.email.endswith(domain, autoescape=True))
+
+
+def _proven() -> ColumnElement[bool]:
+    """The ticket's requester proved it theirs: its first mail, or one of theirs since."""
+    theirs = exists().where(
+        Message.ticket_id == Ticket.id,
+        Message.kind == "customer",
+        Message.direction == "in",
+        Message.proof != "",
+    )
+    return or_(Ticket.sender_proven.is_(True), theirs)

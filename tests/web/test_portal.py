@@ -19,7 +19,7 @@ from maildesk.inbound import rawbytes
 from maildesk.inbound.room import Room
 from maildesk.models import Inbound, Ticket
 from tests.conftest import Outbox, RunningDaemon, make_mail, wait_for
-from tests.helpers import outbox_rows, ticket, tickets
+from tests.helpers import outbox_mail, outbox_rows, ticket, tickets
 from tests.web.portal_client import Client, base_url, customer, invitation, logged_in
 
 AGENT = "agent@example.test"
@@ -39,6 +39,20 @@ def mail_in(daemon: RunningDaemon, sender: str, subject: str, **headers: str) ->
     daemon.send(make_mail(subject=subject, sender=sender, **headers), sender=sender)
     found = wait_for(lambda: tickets(daemon.services)[known:], what=f"ticket {subject!r}")
     return int(found[0]["number"])
+
+
+def answers_our_mail(daemon: RunningDaemon, sender: str, number: int) -> None:
+    """`sender` replies to our acknowledgement of ticket `number`: that proves the ticket
+    theirs (only they received it), and colleagues of their organization see it."""
+    ack = next(r for r in outbox_rows(daemon.services) if r.ticket_id == number)
+    mail = outbox_mail(ack)
+    address = mail["Reply-To"].addresses[0].addr_spec
+    reply = make_mail(subject=f"Re: {mail['Subject']}", sender=sender, to=address,
+                      body="Any news?", In_Reply_To=mail["Message-ID"])  # fmt: skip
+    daemon.send(reply, sender=sender, recipients=(address,))
+    wait_for(lambda: any(m["body_text"].startswith("Any news?")
+                         for m in ticket(daemon.services, number)["messages"]),
+             what="the reply in the ticket")  # fmt: skip
 
 
 def set_status(daemon: RunningDaemon, number: int, status: str) -> None:
@@ -224,6 +238,7 @@ def test_organization_members_see_each_others_tickets(daemon: RunningDaemon) -> 
             services.accounts(session).add_organization("gmail.com", "Gmail", services.clock.now())
     bobs = mail_in(daemon, "Bob <bob@acme.test>", "Bob's laptop")
     carols = mail_in(daemon, "Carol <carol@acme.test>", "Carol's VPN")
+    answers_our_mail(daemon, "carol@acme.test", carols)
     outsider = mail_in(daemon, "eve@other.test", "Eve's question")
     gmail_one = mail_in(daemon, "ann@gmail.com", "Ann's request")
     mail_in(daemon, "ben@gmail.com", "Ben's request")
@@ -250,6 +265,29 @@ def test_organization_members_see_each_others_tickets(daemon: RunningDaemon) -> 
     page = ann.get("/tickets").text
     assert f"/tickets/{gmail_one}" in page and "Ben" not in page
     assert 'name="creator"' not in page
+
+
+def test_a_forged_colleagues_ticket_is_shown_to_nobody_else_until_proven(
+    daemon: RunningDaemon,
+) -> None:
+    """A stranger mails From "CEO <ceo@acme.test>", unsigned, with a link to click. The
+    ticket opened in the CEO's name was shown, unmarked, to every colleague at Acme
+    (and their web replies to it counted as verified). It is the CEO's alone until
+    the CEO proves it theirs, by answering our mail."""
+    services = daemon.services
+    with services.db.transaction() as session:
+        services.accounts(session).add_organization("acme.test", "Acme", services.clock.now())
+    phishing = mail_in(daemon, "CEO <ceo@acme.test>", "Urgent: new payroll portal",
+                       body="Log in at https://evil.example/acme today.")  # fmt: skip
+    customer(services, "bob@acme.test")
+    bob = logged_in(daemon, "bob@acme.test")
+
+    assert f"/tickets/{phishing}" not in bob.get("/tickets").text
+    assert bob.get(f"/tickets/{phishing}").status == 404
+    assert "evil.example" not in bob.get("/tickets?q=payroll").text
+
+    answers_our_mail(daemon, "ceo@acme.test", phishing)  # the real CEO, from their mailbox
+    assert f"/tickets/{phishing}" in bob.get("/tickets").text
 
 
 def test_a_web_reply_enters_the_mail_pipeline(daemon: RunningDaemon, outbox: Outbox) -> None:
@@ -322,6 +360,7 @@ def test_a_colleagues_web_reply_is_proven_by_the_portal(daemon: RunningDaemon) -
     with services.db.transaction() as session:
         services.accounts(session).add_organization("acme.test", "Acme", services.clock.now())
     carols = mail_in(daemon, "Carol <carol@acme.test>", "Carol's VPN")
+    answers_our_mail(daemon, "carol@acme.test", carols)
     set_status(daemon, carols, "resolved")
     customer(services, "bob@acme.test")
 
