@@ -31,6 +31,7 @@ from mailparser.utils import mime_header_view
 
 from maildesk.base64runs import Runs
 from maildesk.html_text import html_to_text
+from maildesk.outbound.headers import writable
 
 log = logging.getLogger("maildesk.message")
 # mail-parser logs every part at DEBUG with f-strings; keep it quiet and cheap.
@@ -319,7 +320,10 @@ def _sender(fields: Fields) -> tuple[str, str]:
     addr = addr.strip().lower()
     if not _ADDR_SPEC.match(addr):
         raise UnparseableMessage("From is not a valid address")
-    return clean_text(_decoded_value(name)), addr
+    written = writable(addr)
+    if written is None:  # e.g. a non-ASCII local part: no answer could ever reach it
+        raise UnparseableMessage(f"From {addr!r} is no address maildesk can write to")
+    return clean_text(_decoded_value(name)), written
 
 
 def _addresses(fields: Fields, name: str) -> tuple[str, ...]:
@@ -332,8 +336,9 @@ def _addresses(fields: Fields, name: str) -> tuple[str, ...]:
         return ()
     for _display, addr in pairs:
         addr = addr.strip().lower()
-        if _ADDR_SPEC.match(addr):
-            found.setdefault(addr, None)
+        # Only what we can write to: a Cc becomes a participant who gets every answer.
+        if _ADDR_SPEC.match(addr) and (written := writable(addr)) is not None:
+            found.setdefault(written, None)
     return tuple(found)
 
 

@@ -91,6 +91,16 @@ def check_address(header: str, value: str) -> str:
     return address
 
 
+def writable(value: str) -> str | None:
+    """`value` as `check_address` writes it, or None when it cannot be written: the
+    gate for an address from mail to become someone we write to, so that no stored
+    participant or requester makes every later mail of their ticket fail."""
+    try:
+        return check_address("address", value)
+    except HeaderError:
+        return None
+
+
 def is_valid_msg_id(value: str) -> bool:
     """Whether `value` (without angle brackets) is a message id we are willing to write."""
     return len(value) <= MAX_MSG_ID and "=?" not in value and bool(_MSG_ID.fullmatch(value))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from maildesk.config import LANGUAGES
 from maildesk.i18n import value_named
 from maildesk.models import PRIORITIES, STATUSES, TYPES
+from maildesk.outbound.headers import writable
 from maildesk.tickets.command_errors import Code, CommandError, error
 
 _LINE = re.compile(r"^#([a-z]+)\b[ \t]*(.*)$", re.IGNORECASE)
@@ -163,6 +164,11 @@ _LOWERED = {"status", "type", "priority", "lang", "assign", "customer", "cc", "r
 _NO_ARGUMENT = {"note", "take", "watch", "unwatch", "help", "replies", "closeall"}
 
 
+def _sendable(value: str) -> bool:
+    """An address a customer-side command may name: one we can write to (`writable`)."""
+    return bool(_EMAIL.fullmatch(value)) and writable(value) == value
+
+
 def _check(name: str, arg: str) -> CommandError | None:
     """What is wrong with `#name arg` (its line is filled in by `parse`), or None."""
     value = arg.lower()
@@ -173,13 +179,13 @@ def _check(name: str, arg: str) -> CommandError | None:
     if name == "assign":
         return None if value == "me" or _EMAIL.fullmatch(value) else error(Code.ASSIGN_WHO)
     if name == "customer":
-        return None if _EMAIL.fullmatch(value) else error(Code.CUSTOMER_ADDRESS)
+        return None if _sendable(value) else error(Code.CUSTOMER_ADDRESS)
     if name == "paid":
         return None if arg else error(Code.PAID_PRICE)
     if name in _NO_ARGUMENT:
         return None if name == "note" or not arg else error(Code.NO_ARGUMENT)
     if name == "cc":
-        return None if _EMAIL.fullmatch(value) else error(Code.CC_ADDRESS)
+        return None if _sendable(value) else error(Code.CC_ADDRESS)
     if name == "reply":
         return None if _REPLY_NAME.match(value) else error(Code.REPLY_NAME)
     if name == "show":

@@ -14,7 +14,7 @@ from maildesk.services import Services
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.service import Tickets
 from tests.conftest import make_mail
-from tests.helpers import outbox_rows, receive, ticket
+from tests.helpers import inbound_row, outbox_rows, receive, ticket
 
 AGENT = "agent@example.test"
 
@@ -280,6 +280,49 @@ def test_unknown_command_gets_the_agent_an_error_and_the_customer_nothing(
     assert "Not sent" in error["Subject"]
     assert "#stauts resolved: unknown command" in body(error)
     assert ticket(services, 1)["status"] == "new"
+
+
+@pytest.mark.parametrize("copied", ["bob@cust..test", "jörg@customer.test"])
+def test_an_address_we_cannot_write_to_joins_no_ticket(
+    services: Services, opened: EmailMessage, copied: str
+) -> None:
+    """Alice's verified reply Cc'd an address the inbound parser took and the outbound
+    composer refuses: as a participant it failed every later answer of the ticket
+    (the agent's reply quarantined after three tries, Alice never answered)."""
+    ack = to_customer(services)[0]
+    reply_to = ack["Reply-To"].addresses[0].addr_spec
+    raw = (f"From: alice@customer.test\r\nTo: {reply_to}\r\nCc: {copied}\r\n"
+           f"Subject: Re: {ack['Subject']}\r\nIn-Reply-To: {ack['Message-ID']}\r\n"
+           "Message-ID: <cc@customer.test>\r\n\r\nMy colleague should know.\r\n")  # fmt: skip
+    receive(services, raw.encode(), rcpt_to=(reply_to,))
+    agent_reply(services, to_agent(services)[-1], "We are on it.")
+
+    relayed = [r for r in outbox_rows(services) if r.kind == "agent_reply"]
+    assert [r.recipients for r in relayed] == [["alice@customer.test"]]
+    assert "We are on it." in body(parsed(relayed[0]))
+
+
+def test_cc_of_an_address_we_cannot_write_to_is_an_error(
+    services: Services, opened: EmailMessage
+) -> None:
+    agent_reply(services, opened, "#cc jörg@customer.test\nCopying Jörg in.")
+    error = to_agent(services)[-1]
+    assert "Not sent" in error["Subject"]
+    assert "#cc jörg@customer.test" in body(error)
+    assert len(to_customer(services)) == 1  # the acknowledgement only
+
+
+def test_mail_from_an_address_we_cannot_write_to_is_quarantined_at_once(
+    services: Services,
+) -> None:
+    raw = (
+        "From: Jörg <jörg@customer.test>\r\nTo: support@example.test\r\n"
+        "Subject: hi\r\n\r\nHello\r\n"
+    ).encode()
+    spool_id = receive(services, raw, mail_from="jörg@customer.test")
+    row = inbound_row(services, spool_id)
+    assert (row.state, row.attempts) == ("quarantined", 1)
+    assert "no address maildesk can write to" in (row.reason or "")
 
 
 def test_invalid_value_is_refused(services: Services, opened: EmailMessage) -> None:
