@@ -153,7 +153,8 @@ def outbox_values(i: int, state: str, created: datetime) -> dict[str, Any]:
 @contextmanager
 def inbound_table_locked(url: str) -> Iterator[Callable[[], int]]:
     """PostgreSQL's inbound table locked against reads, as a hung database looks to its
-    readers, until the block ends; yields how many queries of it wait now."""
+    readers, until the block ends; yields how many reads of it wait now (a claim of
+    the daemon's own processor, `FOR UPDATE`, may wait beside them: it is no read)."""
     hang = create_engine(url)
     try:
         with hang.connect() as conn:
@@ -161,6 +162,7 @@ def inbound_table_locked(url: str) -> Iterator[Callable[[], int]]:
             waiting = text(
                 "SELECT count(*) FROM pg_stat_activity "
                 "WHERE wait_event_type = 'Lock' AND query ILIKE '%FROM inbound%'"
+                " AND query NOT ILIKE '%FOR UPDATE%'"
             )
             yield lambda: int(conn.execute(waiting).scalar() or 0)
             conn.rollback()  # the database answers again
