@@ -101,6 +101,7 @@ class Daemon:
                 settings.support.domain,
                 lmtp=settings.smtp.lmtp,
                 max_size=settings.smtp.max_message_size,
+                max_recipients=settings.smtp.max_recipients,
                 recipients=Recipients(
                     settings.support.address,
                     settings.support.aliases,

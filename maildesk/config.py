@@ -65,6 +65,8 @@ class SmtpSettings:
     # Concurrent sessions, in all and from one client address; over either: 421.
     max_sessions: int = 100
     max_sessions_per_ip: int = 10
+    # Recipients of one transaction (RFC 5321 asks for at least 100); more: 452.
+    max_recipients: int = 100
     # Seconds a client may take to send a whole command line or DATA line (slowloris).
     timeout: float = 60.0
 
@@ -492,7 +494,7 @@ def _check_ops(settings: Settings) -> None:
     smtp = settings.smtp
     if smtp.require_tls and not smtp.tls_cert:
         raise ConfigError("[smtp] require_tls needs [smtp] tls_cert (and tls_key)")
-    for key in ("max_sessions", "max_sessions_per_ip"):
+    for key in ("max_sessions", "max_sessions_per_ip", "max_recipients"):
         if getattr(smtp, key) < 1:
             raise ConfigError(f"[smtp] {key} must be at least 1")
     if smtp.timeout <= 0:

@@ -216,3 +216,30 @@ def test_a_message_cut_off_before_its_final_dot_is_not_stored(daemon: RunningDae
     daemon.send(make_mail(subject="Whole"))
     wait_for(lambda: tickets(daemon.services), what="the whole message's ticket")
     assert sum(daemon.services.store.counts().by_state.values()) == 1
+
+
+def test_recipients_over_the_cap_get_452_and_the_mail_is_taken_for_the_rest(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any
+) -> None:
+    """A million RCPTs pipelined in one session were all kept until DATA (serve grew
+    by 90 MB) and stored as a 21 MB recipient list. Past `[smtp] max_recipients`,
+    452 4.5.3: a client sends the rest in another transaction, as RFC 5321 says."""
+    config_values["smtp"]["max_recipients"] = 3
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        client = connect(running)
+        client.reply()
+        client.command("EHLO client.test")
+        client.command("MAIL FROM:<alice@customer.test>")
+        case_variants = ["support", "SUPPORT", "Support", "sUpport", "suPport"]
+        answers = [client.command(f"RCPT TO:<{v}@example.test>") for v in case_variants]
+        assert [a[:3] for a in answers] == ["250", "250", "250", "452", "452"]
+        assert answers[3].startswith("452 4.5.3")
+        assert client.command("DATA").startswith("354")
+        client.sock.sendall(make_mail().replace(b"\r\n.", b"\r\n..") + b".\r\n")
+        assert client.reply().startswith("250")
+        client.command("QUIT")
+        client.close()
+        [found] = wait_for(lambda: tickets(running.services), what="the ticket")
+        registry = running.daemon.metrics.registry
+        refused = {"reason": "too_many_recipients"}
+        assert registry.get_sample_value("maildesk_smtp_refused_total", refused) == 2
