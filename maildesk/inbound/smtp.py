@@ -122,7 +122,7 @@ class InboundHandler:
         raw = envelope.original_content or b""
         if len(raw) > self.max_size:
             self.on_refused("size")
-            return TOO_BIG.format(limit=self.max_size)
+            return self._reply(TOO_BIG.format(limit=self.max_size), envelope)
         if _bare_newline(raw):
             self.on_refused("bare_newline")
             log.info("refused a message with bare LF/CR from %s", session.peer)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP
 
 log = logging.getLogger("maildesk.inbound.smtp")
@@ -47,6 +48,8 @@ DATA_BUFFER = 64 * 1024
 
 def one_buffer(protocol: type[SMTP]) -> type[SMTP]:
     """`protocol` (SMTP or LMTP) reading DATA into one bytearray."""
+
+    lmtp = issubclass(protocol, LMTP)
 
     class OneBuffer(protocol):  # type: ignore[valid-type,misc]
         # The message being read: bytes on the wire so far, and the refusal it earned.
@@ -74,7 +77,10 @@ def one_buffer(protocol: type[SMTP]) -> type[SMTP]:
             if content is None:  # the connection went away before the final dot
                 return
             if isinstance(content, str):  # refused: every byte was read, nothing kept
-                await self.push(content)
+                # LMTP answers DATA once per recipient (RFC 2033), a refusal too: a
+                # client such as Postfix waits for the rest until its timeout.
+                for _ in self.envelope.rcpt_tos if lmtp else (None,):
+                    await self.push(content)
                 self._set_post_data_state()
                 return
             self.envelope.content = self.envelope.original_content = content

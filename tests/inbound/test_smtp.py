@@ -94,6 +94,41 @@ def test_lmtp_answers_once_per_recipient(
         assert ticket(running.services, 1)["messages"][0]["message_id"] == "lmtp@customer.test"
 
 
+def test_lmtp_refuses_data_once_per_recipient(
+    config_values: dict[str, Any], tmp_path: Any, clock: Any
+) -> None:
+    """A refused DATA (a line over the limit) was answered once, not once per recipient:
+    Postfix waits for the other answers until its timeout (600 s), then defers and
+    tries again, and a client that pipelined RSET read its 250 in their place."""
+    config_values["smtp"]["lmtp"] = True
+    config_values["support"]["aliases"] = ["help@example.test", "info@example.test"]
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        smtp = running.services.settings.smtp
+        with socket.create_connection((smtp.host, smtp.port), timeout=10) as sock:
+            stream = sock.makefile("rwb")
+
+            def send(data: bytes) -> None:
+                stream.write(data)
+                stream.flush()
+
+            def reply() -> bytes:
+                while (line := stream.readline())[3:4] == b"-":
+                    pass
+                return bytes(line)
+
+            reply()
+            for line in (b"LHLO client.test", b"MAIL FROM:<alice@customer.test>",
+                         b"RCPT TO:<support@example.test>", b"RCPT TO:<help@example.test>",
+                         b"RCPT TO:<info@example.test>"):  # fmt: skip
+                send(line + b"\r\n")
+                assert reply()[:3] == b"250"
+            send(b"DATA\r\n")
+            assert reply()[:3] == b"354"
+            send(b"Subject: long\r\n\r\n" + b"x" * 2000 + b"\r\n.\r\nRSET\r\n")
+            assert [reply()[:3] for _ in range(3)] == [b"500"] * 3
+            assert reply().startswith(b"250")  # RSET's own answer, in its place
+
+
 def _lmtp_session(stream: Any, recipients: list[str], raw: bytes) -> list[bytes]:
     """Speak LMTP by hand: smtplib.LMTP reads one DATA reply, LMTP sends one per recipient."""
 
