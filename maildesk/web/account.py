@@ -9,6 +9,9 @@ passwords are never logged. All database work runs off the event loop.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -36,6 +39,8 @@ from maildesk.web.pages import (
 )
 from maildesk.web.ratelimit import PASSWORD_QUEUE_RETRY_SECONDS
 from maildesk.web.redirects import is_local_path
+
+log = logging.getLogger("maildesk.web")
 
 LANGUAGE_NAMES = {"cs": "Čeština", "en": "English"}
 _MAX_EMAIL = 320
@@ -250,8 +255,21 @@ async def forgot(request: web.Request, form: Form) -> web.StreamResponse:
                 services.notices.invitation(session, person)
 
     if "@" in email:
-        await in_db(send)
+        # Queued after the answer, not before it: a known address (a link to make and
+        # mail) was answered a few milliseconds later than an unknown one, which told
+        # anyone who is a customer here.
+        _in_background(send, "queuing a set-password link")
     return render(request, "forgot_sent", {}, who=None)
+
+
+def _in_background(work: Callable[[], None], what: str) -> None:
+    """Run blocking database work off the event loop, without waiting for it."""
+
+    def failed(future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            log.error("%s failed", what, exc_info=exc)
+
+    asyncio.get_running_loop().run_in_executor(None, work).add_done_callback(failed)
 
 
 # -- language --------------------------------------------------------------------------
