@@ -297,6 +297,11 @@ class WorkerSettings:
     # ahead of the one it writes, when spamd or DKIM verification is on: their network
     # round trips overlap. 1 = one at a time.
     prepare_ahead: int = 4
+    # Seconds of processing one message may take (parsing, threading, composing; not
+    # spamd's or DNS's waits): past it the message is quarantined. A stage still running
+    # at twice this (plus those waits) is stuck: its worker process ends itself and
+    # serve starts a new one (maildesk/watchdog.py).
+    message_seconds: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -515,6 +520,10 @@ def _check_ops(settings: Settings) -> None:
         raise ConfigError("[workers] lease_seconds must be at least 3")
     if not 0 <= workers.nice <= 19:
         raise ConfigError(f"[workers] nice must be between 0 and 19, not {workers.nice}")
+    if not 1 <= workers.message_seconds <= 3600:
+        raise ConfigError(
+            f"[workers] message_seconds must be between 1 and 3600, not {workers.message_seconds}"
+        )
     if not 1 <= workers.prepare_ahead <= 32:
         raise ConfigError(
             f"[workers] prepare_ahead must be between 1 and 32, not {workers.prepare_ahead}"

@@ -277,6 +277,9 @@ def run_process(
         # serve orders the drain, and passes a reload on (RELOAD) once it applied one.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A stage stuck on one message (in C code, the whole process) ends this process,
+    # and whoever started it starts another: serve, or the unit's Restart=.
+    services.processor.watchdog.start()
     worker = Worker(services).start()
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     if pipe is not None:

@@ -11,7 +11,8 @@ Each worker is `maildesk --config PATH worker --under-serve`, a child of serve
   stored by other processes (`maildesk deliver`, another instance) is found by
   the workers' 2-second sweep. A standalone `maildesk worker` (a unit of its
   own) has no pipe and relies on that sweep alone.
-- **Restart**: a child that exits while serve runs is started again after a
+- **Restart**: a child that exits while serve runs (one that ended itself as
+  stuck on a message included: `watchdog.py`) is started again after a
   back-off (1 s, doubling up to 30 s while it keeps dying within a minute),
   and the log says so. Its claims are due again after one lease
   (`[workers] lease_seconds`), whoever claims them next.
@@ -40,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from maildesk.config import Settings
+from maildesk.watchdog import STUCK_EXIT
 from maildesk.worker import DRAIN, RELOAD, WAKE, frame
 
 log = logging.getLogger("maildesk.workers")
@@ -214,6 +216,10 @@ class WorkerPool:
 
 
 def _describe(code: int) -> str:
+    if code == -signal.SIGPROF:
+        return "signal SIGPROF (its watchdog: it spun in C code, no Python running, too long)"
+    if code == STUCK_EXIT:
+        return f"status {code} (its watchdog: a stage on one message ran too long)"
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"

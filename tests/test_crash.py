@@ -60,10 +60,17 @@ def message_id(i: int) -> str:
 class DaemonProcess:
     """`maildesk serve` in a subprocess, its output in a log file under tmp_path."""
 
-    def __init__(self, config_path: Path, log_path: Path, settings: config.Settings) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        log_path: Path,
+        settings: config.Settings,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config_path = config_path
         self.log_path = log_path
         self.settings = settings
+        self.env = env  # added to this process's environment, for serve and its workers
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:
@@ -74,6 +81,7 @@ class DaemonProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.config_path.parent,
+                env={**os.environ, **self.env} if self.env else None,
             )
         wait_for(lambda: self._exited() or self.health(), 30, "the daemon's /healthz")
         self._exited()

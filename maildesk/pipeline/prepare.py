@@ -4,13 +4,15 @@
 
 These are the stages whose cost grows with what a stranger sent, so they run
 before the processor takes the write lock: a slow message delays only itself.
-Each message has a processing budget (`DEADLINE`), spent here and in the
-database stages that follow; it is checked between stages, and a message past
-it is quarantined. What bounds one stage is the guard's caps (size, header
-block, MIME depth and parts) checked before any parser runs, and linear text
-transforms; a stage that never returns is bounded by its lease instead: the
-lease keeper stops renewing a message past `HOLD`, its lease runs out, and
-the next claim counts an attempt against `MAX_ATTEMPTS`.
+Each message has a processing budget (`[workers] message_seconds`, 20 s), spent
+here and in the database stages that follow; it is checked between stages, and a
+message past it is quarantined. What bounds one stage is the guard's caps (size,
+header block, MIME depth and parts) checked before any parser runs, and linear
+text transforms. A stage that never returns is bounded by its hold (`hold_for`):
+the lease keeper stops renewing a message past it, its lease runs out, and the
+next claim counts an attempt against `MAX_ATTEMPTS`; a worker process also ends
+itself then (`maildesk/watchdog.py`), as the stuck stage would otherwise keep
+its core, and in C code the whole process, for good.
 """
 
 from __future__ import annotations
@@ -19,15 +21,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from maildesk.clock import Clock
+from maildesk.config import Settings
 from maildesk.inbound.guard import Limits, check
 from maildesk.language import Detector
 from maildesk.message import ParsedMessage, parse
 from maildesk.replies import new_text
 from maildesk.tickets.search import document
 
-DEADLINE = timedelta(seconds=20)
-# How long a started message keeps its lease renewed: past this, it is stuck.
-HOLD = DEADLINE * 2
+DEADLINE = timedelta(seconds=20)  # the default of [workers] message_seconds
+
+
+def hold_for(deadline: timedelta, settings: Settings) -> timedelta:
+    """How long a started message keeps its lease renewed: past this, it is stuck.
+
+    Its budget twice over, plus the waits the budget does not count when they are on
+    (spamd's round trip, the DKIM/DMARC lookups): 43 s by default, 53 s with spamd."""
+    waits = settings.spam.spamd_timeout if settings.spam.spamd_host else 0.0
+    if settings.trust.verify_dkim:
+        waits += settings.trust.dns_timeout
+    return deadline * 2 + timedelta(seconds=waits)
 
 
 class DeadlineExceeded(Exception):

@@ -53,7 +53,7 @@ from maildesk.pipeline.bounces import record_bounce
 from maildesk.pipeline.console import Console
 from maildesk.pipeline.loops import Verdict, classify
 from maildesk.pipeline.notices import Notices
-from maildesk.pipeline.prepare import HOLD, Budget, DeadlineExceeded, Prepared, prepare
+from maildesk.pipeline.prepare import Budget, DeadlineExceeded, Prepared, hold_for, prepare
 from maildesk.pipeline.spam import CHECKED_SOURCES, NOT_SCORED, SpamCheck, SpamVerdict
 from maildesk.pipeline.threader import Match, Threader
 from maildesk.pipeline.trust import UNVERIFIED_FLAG, Standing, standing
@@ -61,6 +61,7 @@ from maildesk.states import InboundState, TicketStatus
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle, only_agrees
 from maildesk.tickets.service import NewMessage, Tickets
+from maildesk.watchdog import Watchdog
 
 log = logging.getLogger("maildesk.pipeline")
 
@@ -163,6 +164,11 @@ class Processor:
         # Every worker reads the one small language model kept there.
         state = settings.state_folder
         self.detector = Detector(state if state.is_dir() else None)
+        # One message's processing budget, and how long its stages may run before it
+        # counts as stuck (its lease is no longer renewed; a worker process ends itself).
+        self.deadline = timedelta(seconds=settings.workers.message_seconds)
+        self.hold = hold_for(self.deadline, settings)
+        self.watchdog = Watchdog(self.hold.total_seconds())  # started by worker processes
         self._preparers: ThreadPoolExecutor | None = None  # made at the first batch
         # Groups are written without a savepoint per message unless one failed lately
         # (`_write`); messages that failed in the database stages, counted.
@@ -282,8 +288,14 @@ class Processor:
 
     def _prepare(self, item: Claimed, keeper: leases.Keeper, vouched: _VouchedImports) -> _Work:
         """Load one message and run the stages that need no database, outside the lock."""
-        budget = Budget(self.clock)
-        keeper.hold([item.id], until=self.clock.now() + HOLD)
+        with self.watchdog.stage(f"preparing inbound {item.id}"):
+            return self._prepare_watched(item, keeper, vouched)
+
+    def _prepare_watched(
+        self, item: Claimed, keeper: leases.Keeper, vouched: _VouchedImports
+    ) -> _Work:
+        budget = Budget(self.clock, self.deadline)
+        keeper.hold([item.id], until=self.clock.now() + self.hold)
         budget.start()
         try:
             stored = self.store.load(item)

@@ -1,0 +1,117 @@
+"""A worker process's hard stop: it ends itself when one message's work will not end.
+
+The per-message budget (`pipeline/prepare.py`) is checked between stages, and the
+lease keeper stops renewing a message past its hold, so another worker takes it
+over and its attempts run out. Neither stops the stage itself: the stuck thread
+keeps its core busy for good, and a regular expression or a `str` method runs in
+C holding the GIL, so no other thread of the process runs either (not its
+sender, not its lease keeper). Each such mail would take one worker, and
+`MAX_ATTEMPTS` of them every worker of a small desk.
+
+So a worker process watches itself in two ways, from one thread:
+
+- **From Python**: each watched stage (`stage`) is noted with its start; one that
+  runs longer than `limit` ends the process with a log line naming it.
+- **From the kernel**: each time the thread runs it re-arms a timer of the
+  process's CPU time (`ITIMER_PROF`; SIGPROF, left at its default action, which
+  ends the process). It fires only when the process spent more than `limit`
+  seconds of CPU with no Python running: spinning in C. CPU time, not wall
+  time, so a live worker starved of the CPU by a busy machine is never ended.
+
+Serve restarts a worker that ended (`workerpool.py`), the row's lease runs out,
+and its next claim counts an attempt: such a message is claimed alone and, after
+`MAX_ATTEMPTS`, quarantined. Not used by serve itself (`[workers] count = 0`):
+ending serve would end its listeners too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+log = logging.getLogger("maildesk.watchdog")
+
+# How a worker ends itself when a stage is past its limit (EX_SOFTWARE): serve's log
+# tells it from a crash by this code, and from a process spinning in C by SIGPROF.
+STUCK_EXIT = 70
+# Times per limit the watching thread wakes: a stage is seen stuck at most a quarter
+# of a limit late, and the timer is re-armed four times before it could fire.
+_CHECKS_PER_LIMIT = 4
+
+
+def _end(status: int) -> NoReturn:
+    os._exit(status)
+
+
+class Watchdog:
+    def __init__(self, limit: float, end: Callable[[int], object] = _end) -> None:
+        self.limit = limit
+        self._end = end
+        self._stages: dict[int, tuple[float, str]] = {}
+        self._next_key = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Watchdog:
+        """Watch from now on (call from the main thread: it sets SIGPROF's action)."""
+        signal.signal(signal.SIGPROF, signal.SIG_DFL)
+        self._arm()
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    @contextmanager
+    def stage(self, what: str) -> Iterator[None]:
+        """Watch the enclosed work: past `limit`, a started watchdog ends the process.
+
+        `what` names it in the log line ("preparing inbound 42"). Cheap enough for every
+        message; an unstarted watchdog only notes it."""
+        with self._lock:
+            key = self._next_key
+            self._next_key += 1
+            self._stages[key] = (time.monotonic(), what)
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._stages[key]
+
+    def overdue(self) -> tuple[float, str] | None:
+        """The longest-running stage past `limit` (seconds it ran, its name), if any."""
+        now = time.monotonic()
+        with self._lock:
+            started = list(self._stages.values())
+        late = [(now - since, what) for since, what in started if now - since > self.limit]
+        return max(late, default=None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.limit / _CHECKS_PER_LIMIT)
+            self._arm()
+            late = self.overdue()
+            if late is not None:
+                seconds, what = late
+                log.error(
+                    "worker %d: %s has run for %.0f s (the limit is %.0f s, twice [workers] "
+                    "message_seconds); ending this worker so that it stops, and the message "
+                    "is tried again alone, then quarantined",
+                    os.getpid(),
+                    what,
+                    seconds,
+                    self.limit,
+                )
+                self._end(STUCK_EXIT)
+                return
+
+    def _arm(self) -> None:
+        # The limit past the next check: only CPU spent while this thread could not run
+        # for at least `limit` makes it fire. (The process's threads together may spend
+        # CPU faster than the wall clock runs: two busy threads, twice as fast, which
+        # a quarter of the limit between checks leaves room for.)
+        signal.setitimer(signal.ITIMER_PROF, self.limit + self.limit / _CHECKS_PER_LIMIT)
