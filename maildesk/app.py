@@ -148,7 +148,9 @@ class Daemon:
         if self.pool is not None:
             await self.pool.start()
             pool = self.pool
-            self.metrics.watch_workers(lambda: pool.running, lambda: pool.restarts)
+            self.metrics.watch_workers(
+                lambda: pool.running, lambda: pool.restarts, lambda: pool.stuck
+            )
         else:
             assert self.worker is not None
             self.worker.start()

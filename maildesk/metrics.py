@@ -98,6 +98,12 @@ class Metrics:
             "Worker processes this serve restarted after they died, since it started.",
             registry=self.own,
         )
+        self.workers_stuck = Gauge(
+            "maildesk_worker_stuck",
+            "Worker processes of this serve that ended themselves since it started: a stage "
+            "on one message ran past its hold (watchdog.py).",
+            registry=self.own,
+        )
         self.database = DatabaseCollector(db, clock)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.own)
@@ -130,9 +136,12 @@ class Metrics:
     def watch_sessions(self, count: Callable[[], int]) -> None:
         self.smtp_sessions.set_function(lambda: float(count()))
 
-    def watch_workers(self, running: Callable[[], int], restarts: Callable[[], int]) -> None:
+    def watch_workers(
+        self, running: Callable[[], int], restarts: Callable[[], int], stuck: Callable[[], int]
+    ) -> None:
         self.workers.set_function(lambda: float(running()))
         self.worker_restarts.set_function(lambda: float(restarts()))
+        self.workers_stuck.set_function(lambda: float(stuck()))
 
 
 class _DatabaseDown(Collector):

@@ -57,11 +57,20 @@ class Watchdog:
         self._next_key = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._timer = True  # the kernel's timer is armed at each check
 
     def start(self) -> Watchdog:
         """Watch from now on (call from the main thread: it sets SIGPROF's action)."""
         signal.signal(signal.SIGPROF, signal.SIG_DFL)
-        self._arm()
+        try:
+            self._arm()
+        except OSError as exc:  # a seccomp filter without setitimer: watch from Python alone
+            log.warning(
+                "worker %d cannot set a CPU timer (%s): a stage stuck in C code will not end it",
+                os.getpid(),
+                exc,
+            )
+            self._timer = False
         self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
         self._thread.start()
         return self
@@ -93,7 +102,8 @@ class Watchdog:
     def _run(self) -> None:
         while True:
             time.sleep(self.limit / _CHECKS_PER_LIMIT)
-            self._arm()
+            if self._timer:
+                self._arm()
             late = self.overdue()
             if late is not None:
                 seconds, what = late

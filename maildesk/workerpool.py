@@ -75,6 +75,7 @@ class _Child:
         self.started = 0.0
         self.backoff = FIRST_BACKOFF_SECONDS
         self.restarts = 0
+        self.stuck = 0  # times its process ended itself, stuck on a message (watchdog.py)
 
 
 class WorkerPool:
@@ -95,6 +96,11 @@ class WorkerPool:
     @property
     def restarts(self) -> int:
         return sum(c.restarts for c in self._children)
+
+    @property
+    def stuck(self) -> int:
+        """Children that ended themselves, stuck on a message (/metrics)."""
+        return sum(c.stuck for c in self._children)
 
     def pids(self) -> list[int]:
         return [c.proc.pid for c in self._children if c.proc and c.proc.returncode is None]
@@ -126,6 +132,8 @@ class WorkerPool:
             if self._stopping:
                 return
             lived = self._now() - child.started
+            if code in (-signal.SIGPROF, STUCK_EXIT):
+                child.stuck += 1
             if lived >= STABLE_SECONDS:
                 child.backoff = FIRST_BACKOFF_SECONDS
             log.error(

@@ -32,7 +32,7 @@ from maildesk.models import Inbound
 from maildesk.watchdog import STUCK_EXIT
 from tests.conftest import PG_URL, make_mail, wait_for
 from tests.test_crash import DaemonProcess, acknowledgements
-from tests.test_workers import initialized
+from tests.test_workers import initialized, scrape
 
 SUPPORT = "support@example.test"
 
@@ -173,4 +173,7 @@ def test_a_message_that_sticks_its_worker_is_quarantined_and_the_mail_behind_it_
         assert "preparing inbound 1 has run for" in log
     health = serve.health()
     assert health is not None and health["quarantined"] == 1
+    metrics = scrape(serve)
+    assert f"maildesk_worker_stuck {MAX_ATTEMPTS}.0" in metrics
+    assert "maildesk_worker_processes 1.0" in metrics
     assert serve.terminate() == 0, serve.log()
