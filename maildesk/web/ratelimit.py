@@ -26,13 +26,54 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from maildesk.clock import Clock
 
-# The most keys one window remembers; beyond it the stalest keys are dropped
-# first, so a flood of random addresses cannot grow memory without bound.
+# The most keys one limit remembers, so a flood of random addresses cannot grow memory
+# without bound. Which go first when it is full: see `Remembered`.
 MAX_KEYS = 50_000
+
+V = TypeVar("V")
+
+
+class Remembered(Generic[V]):
+    """A limit's state per key, at most `MAX_KEYS` keys, in two tiers.
+
+    A key is *held* once its limit holds it back (a window at its limit, an account past
+    its free failures) and *free* before. When the table is full, the stalest free key is
+    forgotten first: that gives its owner back at most what the limit still allowed. A
+    held key is forgotten only when every key is held. Forgetting the stalest key of one
+    tier, as this did, let anyone who sent 50,000 requests for random addresses wipe a
+    victim's count: their reset-mail limit, their password back-off. Now that flood only
+    pushes out other free keys; to push out a held one, each of 50,000 keys must be
+    driven to its limit first.
+    """
+
+    def __init__(self) -> None:
+        # Oldest first (dicts keep insertion order): a key moves to the end of its tier
+        # when it changes tier.
+        self._free: dict[str, V] = {}
+        self._held: dict[str, V] = {}
+
+    def __len__(self) -> int:
+        return len(self._free) + len(self._held)
+
+    def get(self, key: str) -> V | None:
+        value = self._free.get(key)
+        return self._held.get(key) if value is None else value
+
+    def put(self, key: str, value: V, *, held: bool) -> None:
+        """Remember `value` for `key` in its tier, forgetting another key if full."""
+        here, there = (self._held, self._free) if held else (self._free, self._held)
+        if there.pop(key, None) is None and key not in here and len(self) >= MAX_KEYS:
+            victims = self._free or self._held
+            del victims[next(iter(victims))]
+        here[key] = value
+
+    def pop(self, key: str) -> V | None:
+        value = self._free.pop(key, None)
+        return self._held.pop(key, None) if value is None else value
 
 
 class SlidingWindow:
@@ -42,16 +83,19 @@ class SlidingWindow:
         self.clock = clock
         self.limit = limit
         self.window = window
-        self._hits: dict[str, deque[datetime]] = {}
+        self._hits: Remembered[deque[datetime]] = Remembered()
 
     def _recent(self, key: str, now: datetime) -> deque[datetime]:
         hits = self._hits.get(key)
         if hits is None:
             return deque()
+        held = len(hits) >= self.limit
         while hits and now - hits[0] >= self.window:
             hits.popleft()
         if not hits:
-            del self._hits[key]
+            self._hits.pop(key)
+        elif held and len(hits) < self.limit:
+            self._hits.put(key, hits, held=False)
         return hits
 
     def blocked(self, key: str) -> bool:
@@ -60,20 +104,18 @@ class SlidingWindow:
     def hit(self, key: str) -> None:
         now = self.clock.now()
         hits = self._recent(key, now)
-        if key not in self._hits:
-            if len(self._hits) >= MAX_KEYS:
-                del self._hits[next(iter(self._hits))]  # dicts keep insertion order
-            self._hits[key] = hits
         hits.append(now)
+        self._hits.put(key, hits, held=len(hits) >= self.limit)
 
     def reset(self, key: str) -> None:
-        self._hits.pop(key, None)
+        self._hits.pop(key)
 
     def refund(self, key: str) -> None:
         """Takes back the newest hit (one counted in advance that turned out not to count)."""
         hits = self._hits.get(key)
         if hits:
             hits.pop()
+            self._hits.put(key, hits, held=len(hits) >= self.limit)
 
     def retry_after(self, key: str) -> int:
         """Seconds until the oldest counted hit leaves the window."""
@@ -111,12 +153,12 @@ class Backoff:
         forget: timedelta = timedelta(hours=24),
     ) -> None:
         self.clock, self.free, self.base, self.cap, self.forget = clock, free, base, cap, forget
-        self._strikes: dict[str, _Strikes] = {}
+        self._strikes: Remembered[_Strikes] = Remembered()
 
     def _current(self, key: str, now: datetime) -> _Strikes | None:
         strikes = self._strikes.get(key)
         if strikes is not None and now - strikes.last >= self.forget:
-            del self._strikes[key]
+            self._strikes.pop(key)
             return None
         return strikes
 
@@ -129,20 +171,17 @@ class Backoff:
 
     def hit(self, key: str) -> None:
         now = self.clock.now()
-        strikes = self._current(key, now)
-        if strikes is None:
-            if len(self._strikes) >= MAX_KEYS:
-                del self._strikes[next(iter(self._strikes))]
-            strikes = self._strikes[key] = _Strikes(0, now, now)
+        strikes = self._current(key, now) or _Strikes(0, now, now)
         strikes.count += 1
         strikes.last = now
         over = strikes.count - self.free
         if over > 0:
             wait = self.base * (2 ** min(over - 1, 32))
             strikes.until = now + min(wait, self.cap)
+        self._strikes.put(key, strikes, held=over > 0)
 
     def reset(self, key: str) -> None:
-        self._strikes.pop(key, None)
+        self._strikes.pop(key)
 
 
 @dataclass

@@ -189,3 +189,26 @@ def test_failures_cost_growing_waits_and_the_owner_gets_in_by_a_mailed_link(
     assert owner.get("/tickets").status == 200
     # And on another device, the new password works at once.
     assert attempt(Client(base_url(daemon)), BOB, new) == 303
+
+
+class TestAFloodOfAccounts:
+    @pytest.fixture
+    def config_values(self, config_values: dict[str, Any]) -> dict[str, Any]:
+        config_values["web"]["trusted_proxies"] = ["127.0.0.1"]
+        return config_values
+
+    def test_wrong_passwords_for_many_accounts_never_wipe_one_accounts_back_off(
+        self, daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An attacker with many addresses guesses at other accounts until the limiter is
+        full (50,000 in production, 40 here): Bob's back-off used to be forgotten as the
+        stalest entry, and guessing at him started again for free."""
+        monkeypatch.setattr(ratelimit, "MAX_KEYS", 40)
+        customer(daemon.services, BOB)
+        attacker = Client(base_url(daemon))
+        for _ in range(ratelimit.LOGIN_FREE_FAILURES + 1):
+            assert attempt(attacker, BOB, WRONG, ATTACKER) == 400
+        assert attempt(attacker, BOB, WRONG, ATTACKER) == 429
+        for n in range(40):
+            assert attempt(attacker, f"c{n}@customer.test", WRONG, f"198.51.100.{n + 1}") == 400
+        assert attempt(attacker, BOB, WRONG, "203.0.113.77") == 429

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from maildesk.clock import ManualClock
-from maildesk.web.ratelimit import Guard, PasswordQueue, SlidingWindow
+from maildesk.web import ratelimit
+from maildesk.web.ratelimit import Backoff, Guard, PasswordQueue, SlidingWindow
 
 
 def test_a_window_slides_hit_by_hit() -> None:
@@ -61,3 +64,46 @@ def test_the_password_queue_holds_a_few_per_client_and_no_more_in_all() -> None:
         with queue.place("10.0.0.2"):
             assert queue.full("10.0.0.3")
     assert not queue.full("10.0.0.1") and not queue.full("10.0.0.3")
+
+
+def test_a_flood_of_new_keys_never_wipes_a_key_at_its_limit() -> None:
+    """ "Send me a new link" for Bob three times, then for 50,000 random addresses: Bob's
+    count used to be pushed out as the stalest key, and he got three more mails."""
+    clock = ManualClock()
+    window = SlidingWindow(clock, limit=3, window=timedelta(hours=1))
+    for _ in range(3):
+        window.hit("bob@customer.test")
+    window.hit("alice@customer.test")  # below her limit: hers may go
+    for n in range(ratelimit.MAX_KEYS):
+        window.hit(f"junk{n}@example.test")
+    assert window.blocked("bob@customer.test")
+    assert len(window._hits) == ratelimit.MAX_KEYS  # memory stays bounded
+
+    # A key that fell back below its limit is an ordinary one again.
+    clock.advance(timedelta(hours=1))
+    window.hit("bob@customer.test")
+    assert not window.blocked("bob@customer.test")
+
+
+def test_when_every_key_is_at_its_limit_the_stalest_goes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ratelimit, "MAX_KEYS", 10)
+    window = SlidingWindow(ManualClock(), limit=1, window=timedelta(hours=1))
+    for n in range(11):
+        window.hit(f"c{n}@customer.test")
+    assert len(window._hits) == 10
+    assert not window.blocked("c0@customer.test")
+    assert window.blocked("c1@customer.test") and window.blocked("c10@customer.test")
+
+
+def test_a_flood_of_new_accounts_never_wipes_a_back_off() -> None:
+    clock = ManualClock()
+    backoff = Backoff(clock, free=5, base=timedelta(seconds=2), cap=timedelta(minutes=15))
+    for _ in range(9):
+        backoff.hit("bob@customer.test")
+        clock.advance(timedelta(seconds=backoff.retry_after("bob@customer.test")))
+    backoff.hit("bob@customer.test")
+    wait = backoff.retry_after("bob@customer.test")
+    assert wait == 32
+    for n in range(ratelimit.MAX_KEYS):
+        backoff.hit(f"junk{n}@example.test")
+    assert backoff.retry_after("bob@customer.test") == wait
