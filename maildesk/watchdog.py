@@ -10,8 +10,10 @@ sender, not its lease keeper). Each such mail would take one worker, and
 
 So a worker process watches itself in two ways, from one thread:
 
-- **From Python**: each watched stage (`stage`) is noted with its start; one that
-  runs longer than `limit` ends the process with a log line naming it.
+- **From Python**: each watched stage (`stage`: the processor watches the preparing
+  of each message, where a stranger's bytes meet the parsers) is noted with its
+  start; one that runs longer than `limit` ends the process with a log line
+  naming it.
 - **From the kernel**: each time the thread runs it re-arms a timer of the
   process's CPU time (`ITIMER_PROF`; SIGPROF, left at its default action, which
   ends the process). It fires only when the process spent more than `limit`
