@@ -298,8 +298,8 @@ class WorkerSettings:
     # round trips overlap. 1 = one at a time.
     prepare_ahead: int = 4
     # Seconds of processing one message may take (parsing, threading, composing; not
-    # spamd's or DNS's waits): past it the message is quarantined. A stage still running
-    # at twice this (plus those waits) is stuck: its worker process ends itself and
+    # spamd's or DNS's waits): past it the message is quarantined. Preparing that spends
+    # twice this (plus those waits) in CPU is stuck: its worker process ends itself and
     # serve starts a new one (maildesk/watchdog.py).
     message_seconds: float = 20.0
 

@@ -12,8 +12,12 @@ So a worker process watches itself in two ways, from one thread:
 
 - **From Python**: each watched stage (`stage`: the processor watches the preparing
   of each message, where a stranger's bytes meet the parsers) is noted with its
-  start; one that runs longer than `limit` ends the process with a log line
-  naming it.
+  thread's CPU time at its start; one whose thread spent more than `limit`
+  seconds of CPU in it ends the process with a log line naming it. CPU time,
+  not wall time: a stage waiting for spamd or DNS spends none, and neither
+  does a worker starved of the CPU by a busy machine (on a saturated machine
+  a niced worker gets a few per cent of a core, and wall time ended healthy
+  workers in a test).
 - **From the kernel**: each time the thread runs it re-arms a timer of the
   process's CPU time (`ITIMER_PROF`; SIGPROF, left at its default action, which
   ends the process). It fires only when the process spent more than `limit`
@@ -51,11 +55,19 @@ def _end(status: int) -> NoReturn:
     os._exit(status)
 
 
+def _thread_clock() -> int:
+    """The calling thread's CPU-time clock; the process's where there is none per thread."""
+    if hasattr(time, "pthread_getcpuclockid"):
+        return time.pthread_getcpuclockid(threading.get_ident())
+    return time.CLOCK_PROCESS_CPUTIME_ID
+
+
 class Watchdog:
     def __init__(self, limit: float, end: Callable[[int], object] = _end) -> None:
         self.limit = limit
         self._end = end
-        self._stages: dict[int, tuple[float, str]] = {}
+        # Each stage under way: its thread's CPU clock, that clock at its start, its name.
+        self._stages: dict[int, tuple[int, float, str]] = {}
         self._next_key = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -83,10 +95,12 @@ class Watchdog:
 
         `what` names it in the log line ("preparing inbound 42"). Cheap enough for every
         message; an unstarted watchdog only notes it."""
+        clock = _thread_clock()
+        started = time.clock_gettime(clock)
         with self._lock:
             key = self._next_key
             self._next_key += 1
-            self._stages[key] = (time.monotonic(), what)
+            self._stages[key] = (clock, started, what)
         try:
             yield
         finally:
@@ -94,11 +108,17 @@ class Watchdog:
                 del self._stages[key]
 
     def overdue(self) -> tuple[float, str] | None:
-        """The longest-running stage past `limit` (seconds it ran, its name), if any."""
-        now = time.monotonic()
+        """The stage that spent the most CPU past `limit` (seconds, its name), if any."""
         with self._lock:
-            started = list(self._stages.values())
-        late = [(now - since, what) for since, what in started if now - since > self.limit]
+            stages = list(self._stages.values())
+        late = []
+        for clock, started, what in stages:
+            try:
+                spent = time.clock_gettime(clock) - started
+            except OSError:  # its thread ended since: so did the stage
+                continue
+            if spent > self.limit:
+                late.append((spent, what))
         return max(late, default=None)
 
     def _run(self) -> None:
@@ -110,9 +130,9 @@ class Watchdog:
             if late is not None:
                 seconds, what = late
                 log.error(
-                    "worker %d: %s has run for %.0f s (the limit is %.0f s, twice [workers] "
-                    "message_seconds); ending this worker so that it stops, and the message "
-                    "is tried again alone, then quarantined",
+                    "worker %d: %s has used %.0f s of CPU (the limit is %.0f s, twice "
+                    "[workers] message_seconds and the waits); ending this worker so that it "
+                    "stops, and the message is tried again alone, then quarantined",
                     os.getpid(),
                     what,
                     seconds,
