@@ -13,6 +13,8 @@ timer and signals.
 from __future__ import annotations
 
 import json
+import mailbox
+import os
 import signal
 import smtplib
 import subprocess
@@ -28,10 +30,10 @@ from sqlalchemy import select
 
 from maildesk.db import Database
 from maildesk.inbound.store import MAX_ATTEMPTS
-from maildesk.models import Inbound
+from maildesk.models import Inbound, Ticket
 from maildesk.watchdog import STUCK_EXIT
 from tests.conftest import PG_URL, make_mail, wait_for
-from tests.test_crash import DaemonProcess, acknowledgements
+from tests.test_crash import MAILDESK, DaemonProcess, acknowledgements
 from tests.test_workers import initialized, scrape
 
 SUPPORT = "support@example.test"
@@ -193,3 +195,42 @@ def test_a_message_that_sticks_its_worker_is_quarantined_and_the_mail_behind_it_
     assert f"maildesk_worker_stuck {MAX_ATTEMPTS}.0" in metrics
     assert "maildesk_worker_processes 1.0" in metrics
     assert serve.terminate() == 0, serve.log()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_import_goes_on_past_a_message_that_sticks_its_process(
+    config_values: dict[str, Any], tmp_path: Path, processes: int
+) -> None:
+    """An archive is a stranger's mail too. The import's processing ran in the import's
+    own process (and beside it): a message that stuck a parser hung the import for good."""
+    (tmp_path / "fault").mkdir()
+    (tmp_path / "fault" / "sitecustomize.py").write_text(FAULT)
+    values = json.loads(json.dumps(config_values))
+    values["workers"] = {"lease_seconds": 3, "message_seconds": 1, "nice": 0}
+    path, settings = initialized(values, tmp_path)
+    box = mailbox.mbox(str(tmp_path / "archive.mbox"))
+    box.add(make_mail(subject="Stuck", sender="mallory@example.net", **{"X-Test-Freeze": "c"}))
+    for n in range(5):
+        box.add(make_mail(subject=f"Old issue {n}", message_id=f"<old{n}@customer.test>"))
+    box.flush()
+    box.close()
+
+    done = subprocess.run(
+        [*MAILDESK, "--config", str(path), "import", "--processes", str(processes),
+         str(tmp_path / "archive.mbox")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "fault")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "6 new" in done.stderr and "6 processed" in done.stderr  # the quarantined one too
+    assert f"{MAX_ATTEMPTS} processing processes ended themselves" in done.stderr
+
+    db = Database(settings.database.url)
+    try:
+        with db.reading() as session:
+            states = sorted(session.scalars(select(Inbound.state)))
+            subjects = set(session.scalars(select(Ticket.subject)))
+    finally:
+        db.dispose()
+    assert subjects == {f"Old issue {n}" for n in range(5)}
+    assert states == ["done"] * 5 + ["quarantined"]

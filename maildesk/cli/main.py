@@ -27,6 +27,8 @@ from maildesk.cli.base import EX_DATAERR, EX_TEMPFAIL, Context, pass_context
 if TYPE_CHECKING:
     import mailbox
 
+    from maildesk.inbound.import_pool import DrainPool
+    from maildesk.inbound.store import InboundStore
     from maildesk.startup import StartupError
 
 # Command name -> the module that defines it ("module:attribute" when the module does
@@ -286,6 +288,7 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
 def import_(ctx: Context, path: Path, notify: bool, processes: int | None) -> None:
     """Import an mbox file or a Maildir folder at PATH; safe to re-run."""
     from maildesk.inbound import importer
+    from maildesk.inbound.import_pool import ImportFailed
     from maildesk.inbound.room import NoRoom
 
     # The cores the daemon's workers are given, as they would be: the usual reason to
@@ -303,45 +306,81 @@ def import_(ctx: Context, path: Path, notify: bool, processes: int | None) -> No
         try:
             with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
                 if processes > 1:
-                    stored, processed = _import_in_waves(ctx, box, notify, processes, bar.update)
+                    done = _import_in_waves(ctx, box, notify, processes, bar.update)
                 else:
-                    stored, processed = _import_in_order(ctx, box, notify, bar.update)
+                    done = _import_in_order(ctx, box, notify, bar.update)
         except NoRoom as exc:
             raise click.ClickException(
                 f"stopped: {exc}. Free some space and run the same command again:"
                 " it imports only what is missing."
             ) from None
+        except ImportFailed as exc:
+            raise click.ClickException(f"import stopped: {exc}") from None
+    stored, processed, stuck = done
     click.echo(
         f"{total} messages read, {stored} new, {total - stored} already imported, "
         f"{processed} processed, in {processes} process{'es' if processes > 1 else ''}",
         err=True,
     )
+    if stuck:
+        click.echo(
+            f"{stuck} processing processes ended themselves, stuck on a message: such a "
+            "message is quarantined after its attempts (maildesk quarantine list)",
+            err=True,
+        )
 
 
 _IMPORT_PROCESSES = 4  # the most `import` runs unless told (--processes)
 
 
+def _leftovers_first(ctx: Context, pool: DrainPool) -> None:
+    """Rows an interrupted import left stored but unprocessed go first, in one process
+    and in id order (thread order), before any process takes rows side by side. None
+    left (a re-run that stores nothing): no process is started for them."""
+    from maildesk.states import InboundState
+
+    pending = InboundState.PENDING
+    if ctx.services.store.counts(states=(pending,))[pending]:
+        pool.start(alone=True)
+        pool.wait(alone=True)
+
+
 def _import_in_order(
     ctx: Context, box: mailbox.Mailbox, notify: bool, progress: Callable[[int], None]
-) -> tuple[int, int]:
-    """Store and process the archive in thread order, here, a batch at a time."""
+) -> tuple[int, int, int]:
+    """Store the archive in thread order, a batch at a time, each processed by one
+    process before the next is stored. (stored, processed, processes that got stuck)"""
+    from maildesk.inbound import importer
+    from maildesk.inbound.import_pool import DrainPool
+
+    store = ctx.services.store
+    stored = 0
+    batch: list[bytes] = []
+    with DrainPool(ctx.settings, 1) as pool:
+        _leftovers_first(ctx, pool)
+        for raw in importer.read_messages(box):
+            batch.append(raw)
+            if len(batch) >= importer.BATCH:
+                stored += _store_and_process(store, batch, notify, pool)
+                progress(len(batch))
+                batch = []
+        if batch:
+            stored += _store_and_process(store, batch, notify, pool)
+            progress(len(batch))
+        return stored, pool.processed, pool.stuck
+
+
+def _store_and_process(
+    store: InboundStore, batch: list[bytes], notify: bool, pool: DrainPool
+) -> int:
+    """Store a batch and wait until it is processed; how many of it were new."""
     from maildesk.inbound import importer
 
-    services = ctx.services
-    stored = processed = 0
-    batch: list[bytes] = []
-    for raw in importer.read_messages(box):
-        batch.append(raw)
-        if len(batch) >= importer.BATCH:
-            stored += importer.store_batch(services.store, batch, notify)
-            processed += services.drain_inbound()
-            progress(len(batch))
-            batch = []
-    if batch:
-        stored += importer.store_batch(services.store, batch, notify)
-        processed += services.drain_inbound()
-        progress(len(batch))
-    return stored, processed
+    new = importer.store_batch(store, batch, notify)
+    if new:
+        pool.start()
+    pool.wait()
+    return new
 
 
 def _import_in_waves(
@@ -350,43 +389,34 @@ def _import_in_waves(
     notify: bool,
     processes: int,
     progress: Callable[[int], None],
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Store the archive wave by wave (`importer.waves`) and process it in `processes`
-    processes, this one included: each wave is processed before the next is stored."""
-    from functools import partial
-
+    processes: each wave is processed before the next is stored."""
     from maildesk.inbound import importer
-    from maildesk.inbound.import_pool import DrainPool, ImportFailed, drain
+    from maildesk.inbound.import_pool import DrainPool
 
     store = ctx.services.store
-    # Rows an interrupted import left stored but unprocessed go first, here and in
-    # id order (thread order), before any process takes rows side by side.
-    earlier = ctx.services.drain_inbound()
     stored = 0
     batch: list[bytes] = []
     current = 0
-    try:
-        processor = ctx.services.processor
-        here = partial(drain, lambda n: processor.process_pending(batch=n).processed)
-        with DrainPool(ctx.settings, processes, here) as pool:
-            for wave, raw in importer.read_waves(box):
-                if wave != current or len(batch) >= importer.BATCH:
-                    new = importer.store_batch(store, batch, notify)
-                    if new:
-                        stored += new
-                        pool.start()
-                    progress(len(batch))
-                    batch = []
-                    if wave != current:
-                        pool.wait()
-                        current = wave
-                batch.append(raw)
-            new = importer.store_batch(store, batch, notify)
-            progress(len(batch))
-            if new:
-                stored += new
-                pool.start()
-            pool.wait()
-            return stored, earlier + pool.processed
-    except ImportFailed as exc:
-        raise click.ClickException(f"import stopped: {exc}") from None
+    with DrainPool(ctx.settings, processes) as pool:
+        _leftovers_first(ctx, pool)
+        for wave, raw in importer.read_waves(box):
+            if wave != current or len(batch) >= importer.BATCH:
+                new = importer.store_batch(store, batch, notify)
+                if new:
+                    stored += new
+                    pool.start()
+                progress(len(batch))
+                batch = []
+                if wave != current:
+                    pool.wait()
+                    current = wave
+            batch.append(raw)
+        new = importer.store_batch(store, batch, notify)
+        progress(len(batch))
+        if new:
+            stored += new
+            pool.start()
+        pool.wait()
+        return stored, pool.processed, pool.stuck

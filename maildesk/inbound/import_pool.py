@@ -1,4 +1,4 @@
-"""Processes that process imported mail beside `maildesk import` (`--processes N`).
+"""Processes that process imported mail for `maildesk import` (`--processes N`).
 
 Each is a fresh interpreter (multiprocessing's spawn: no database connection or
 lock crosses a fork) that builds its own services from the import's settings,
@@ -12,20 +12,27 @@ Claims are short (`CLAIM`) so that the processes finish a wave together; they
 are the spool's ordinary claims with leases, so a process that dies leaves its
 rows due again for whoever processes next.
 
-The import's own process is one of the N: while a wave is processed it has
-nothing else to do, so at each wait it processes beside the others
-(`here`), and one interpreter fewer is started.
+The import's own process processes nothing: an archive is a stranger's mail, and
+a message that sticks a parser (in C code, a whole process) must end a process
+the import can replace, as serve replaces its workers. Each process watches
+itself (`maildesk/watchdog.py`); one that ended itself is replaced, and once
+its claims' lease ran out what it held is processed again, each row alone: the
+stuck message is quarantined after its attempts, the rest is processed.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from maildesk.config import Settings
+
+log = logging.getLogger("maildesk.import")
 
 CLAIM = 16
 
@@ -35,6 +42,12 @@ _DRAIN = "drain"
 
 class ImportFailed(Exception):
     """A processing process failed or died; what it said is the message."""
+
+
+def _ended_stuck(code: int | None) -> bool:
+    from maildesk.watchdog import STUCK_EXIT
+
+    return code in (STUCK_EXIT, -signal.SIGPROF)
 
 
 def drain(process_pending: Callable[[int], int]) -> int:
@@ -51,6 +64,7 @@ def _serve(settings: Settings, log_level: str, orders: Connection) -> None:
 
     logs.configure(log_level)  # a spawned interpreter has no handler: log as the import does
     services = build(settings)
+    services.processor.watchdog.start()  # the target runs in this process's main thread
     try:
         while orders.recv() == _DRAIN:
             try:
@@ -64,16 +78,16 @@ def _serve(settings: Settings, log_level: str, orders: Connection) -> None:
 
 
 class DrainPool:
-    def __init__(self, settings: Settings, count: int, here: Callable[[], int]) -> None:
-        """`count` processes in all, this one included: `here` processes in this one."""
+    def __init__(self, settings: Settings, count: int) -> None:
+        """`count` processes, started at the first `start`."""
         self._settings = settings
-        self._count = count - 1
-        self._here = here
+        self._count = count
         self._started = False
         self._pipes: list[Connection] = []
         self._procs: list[BaseProcess] = []
         self._busy: list[bool] = []
         self.processed = 0
+        self.stuck = 0  # processes that ended themselves, stuck on a message
 
     @property
     def started(self) -> bool:
@@ -83,31 +97,34 @@ class DrainPool:
         """The processes, at the first mail to process: a re-run that stores nothing
         starts none (each costs an interpreter and its imports)."""
         self._started = True
-        context = multiprocessing.get_context("spawn")
-        log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
         for _ in range(self._count):
-            ours, theirs = context.Pipe()
-            proc = context.Process(
-                target=_serve, args=(self._settings, log_level, theirs), daemon=True
-            )
-            proc.start()
-            theirs.close()
-            self._pipes.append(ours)
+            pipe, proc = self._process()
+            self._pipes.append(pipe)
             self._procs.append(proc)
             self._busy.append(False)
 
-    def start(self) -> None:
-        """Ask each process that is not processing already to process what is due."""
+    def _process(self) -> tuple[Connection, BaseProcess]:
+        context = multiprocessing.get_context("spawn")
+        log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+        ours, theirs = context.Pipe()
+        proc = context.Process(target=_serve, args=(self._settings, log_level, theirs), daemon=True)
+        proc.start()
+        theirs.close()
+        return ours, proc
+
+    def start(self, alone: bool = False) -> None:
+        """Ask each process that is not processing already to process what is due;
+        `alone`: only the first one (rows that must go in their order)."""
         if not self.started:
             self._spawn()
-        for slot, pipe in enumerate(self._pipes):
+        for slot, pipe in enumerate(self._pipes[:1] if alone else self._pipes):
             if self._busy[slot] and pipe.poll():
                 self._answer(slot)
             if not self._busy[slot]:
-                pipe.send(_DRAIN)
+                self._pipes[slot].send(_DRAIN)
                 self._busy[slot] = True
 
-    def wait(self) -> None:
+    def wait(self, alone: bool = False) -> None:
         """Return once nothing stored before this call is left due.
 
         A process that answered before the last rows were stored may have missed
@@ -116,32 +133,56 @@ class DrainPool:
         """
         if not self.started:
             return
-        for _round in range(2):
-            self.start()
-            self.processed += self._here()
-            for slot in range(len(self._pipes)):
-                self._answer(slot)
+        while True:
+            stuck = self.stuck
+            for _round in range(2):
+                self.start(alone)
+                for slot in range(len(self._pipes)):
+                    self._answer(slot)
+            if self.stuck == stuck:
+                return
+            # A process ended itself, stuck: what it had claimed (the stuck message and
+            # the rest of its claim) is due again once its lease runs out. Processed then,
+            # each alone, so the stuck one is quarantined after its attempts and the rest
+            # of the archive is not left to the daemon.
+            time.sleep(self._settings.workers.lease_seconds)
 
-    def _answer(self, slot: int) -> None:
+    def _answer(self, slot: int, replace: bool = True) -> None:
         if not self._busy[slot]:
             return
         try:
             answer = self._pipes[slot].recv()
         except EOFError:
-            raise ImportFailed(
-                f"processing process {self._procs[slot].pid} died "
-                f"(exit code {self._procs[slot].exitcode})"
-            ) from None
+            proc = self._procs[slot]
+            proc.join()
+            if not (replace and _ended_stuck(proc.exitcode)):
+                raise ImportFailed(
+                    f"processing process {proc.pid} died (exit code {proc.exitcode})"
+                ) from None
+            self._replace(slot)
+            return
         self._busy[slot] = False
         if isinstance(answer, str):
             raise ImportFailed(answer)
         self.processed += answer
 
+    def _replace(self, slot: int) -> None:
+        """A process ended itself, stuck on a message: another takes its place."""
+        self.stuck += 1
+        log.warning(
+            "processing process %d ended itself, stuck on a message; what it held is "
+            "processed again after its lease, the stuck message alone, then quarantined",
+            self._procs[slot].pid,
+        )
+        self._pipes[slot].close()
+        self._pipes[slot], self._procs[slot] = self._process()
+        self._busy[slot] = False
+
     def close(self) -> None:
         for slot, pipe in enumerate(self._pipes):
             try:
                 if self._busy[slot]:
-                    self._answer(slot)
+                    self._answer(slot, replace=False)
                 pipe.send(_STOP)
             except (OSError, EOFError, ImportFailed):
                 pass  # it is gone already
