@@ -532,13 +532,15 @@ class Processor:
             and not only_agrees(text)
         ):
             if tickets.closed_too_long(ticket, now, self.settings.lifecycle.reopen_days):
-                ticket = self._open(tickets, message, language, now, auth, previous=ticket)
+                ticket = self._open(
+                    tickets, message, language, now, auth, trust.verified, previous=ticket
+                )
                 rule = "new"
             else:
                 lifecycle.change(ticket, "status", TicketStatus.ACCEPTED, message.from_addr, "mail")
         opened = ticket is None
         if ticket is None:
-            ticket = self._open(tickets, message, language, now, auth)
+            ticket = self._open(tickets, message, language, now, auth, trust.verified)
         kind = self._kind(ticket, message, verdict)
         tickets.add_message(
             ticket,
@@ -610,10 +612,14 @@ class Processor:
         language: str | None,
         now: datetime,
         auth: Authentication,
+        verified: bool,
         previous: Ticket | None = None,
     ) -> Ticket:
-        """A new ticket in the language its first mail said or was written in (prepare.py)."""
-        requester = tickets.person(message.from_addr, message.from_name, now)
+        """A new ticket in the language its first mail said or was written in (prepare.py).
+
+        `verified`: the mail proves its sender (trust.py). Anyone can write a From, so
+        unproven mail names only a requester we did not know (see `Tickets.person`)."""
+        requester = tickets.person(message.from_addr, message.from_name, now, proven=verified)
         chosen = language or self.settings.support.language
         return tickets.open(
             requester, message.subject, chosen, now, previous, sender_proven=auth.proven

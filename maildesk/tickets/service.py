@@ -197,7 +197,11 @@ class Tickets:
 
     # -- people -------------------------------------------------------------
 
-    def person(self, email: str, name: str, now: datetime) -> Person:
+    def person(self, email: str, name: str, now: datetime, *, proven: bool = True) -> Person:
+        """The person of `email`, made when new (named `name`). `proven`: False when
+        `name` comes from mail that proves nothing: it names a person we did not know,
+        but never fills in the missing name of one we do, since every later mail to
+        them (acknowledgements, relayed answers) would greet them with a forger's text."""
         email = email.lower()
         row = _PERSON.first(self._rows, {"email": email})
         if row is None:
@@ -211,7 +215,7 @@ class Tickets:
             row = _PERSON.first(self._rows, {"email": email})
             assert row is not None
         found = self._loaded_person(email, row)
-        if name and not found.name:
+        if name and not found.name and proven:
             found.name = name
         return found
 
