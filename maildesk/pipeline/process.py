@@ -42,7 +42,7 @@ from maildesk.inbound.store import MAX_ATTEMPTS, Claimed, InboundStore, Stored
 from maildesk.language import Detector
 from maildesk.logs import log_context
 from maildesk.mailauth import Authentication, MailAuth
-from maildesk.message import ParsedMessage, UnparseableMessage
+from maildesk.message import ParsedMessage, UnparseableMessage, parse
 from maildesk.models import Inbound, Ticket
 from maildesk.outbound.caps import caps_reached
 from maildesk.outbound.notify import InReplyTo
@@ -439,6 +439,52 @@ class Processor:
             work.budget.stop()
         return 0
 
+    def _own_id(
+        self, tickets: Tickets, row: Inbound, message: ParsedMessage
+    ) -> ParsedMessage | None:
+        """`message`, or None when it is stored already: the same mail by a second route,
+        an MTA's retry, our own mail coming back.
+
+        A Message-ID is the sender's word, and so is a From. Mail that came first with
+        this id does not make this one a duplicate unless it is the same mail: from the
+        same sender, with the same text. Anyone Cc'd on a customer's mail could send
+        one ahead with its id (and flood to delay the real one); with her From forged
+        too, her real mail was dropped unseen and his text stood in the ticket in her
+        place. Such mail is stored under an id of its own, derived from the one it
+        gave and from its text.
+        """
+        stored = tickets.stored_as(message.message_id)
+        if stored is None:
+            return message
+        if stored.direction == "out":
+            return None
+        if stored.sender == message.from_addr and self._same_text(stored.inbound_id, message):
+            return None
+        key = f"{message.from_addr}\0{message.message_id}\0{message.text}"
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        own = dataclasses.replace(message, message_id=f"{digest[:40]}@taken-id.maildesk.invalid")
+        if tickets.message_exists(own.message_id):
+            return None  # this mail with the taken id, again
+        log.warning("inbound %d: <%s> was first used by %s, with another text; stored as <%s>",
+                    row.id, message.message_id, stored.sender, own.message_id)  # fmt: skip
+        return own
+
+    def _same_text(self, inbound_id: int | None, message: ParsedMessage) -> bool:
+        """Whether the mail stored from spool row `inbound_id` has `message`'s text.
+        Rare (a Message-ID seen before, from the same sender), so its bytes are read
+        and parsed again here. Bytes purged since, or never stored: taken as the same,
+        as a Message-ID and a sender were before."""
+        if inbound_id is None:
+            return True
+        try:
+            raw = self.store.load(inbound_id).raw
+        except LookupError:
+            return True
+        try:
+            return parse(raw).text == message.text
+        except (HostileInput, UnparseableMessage):
+            return False
+
     def _lost_deadlock(self, row: Inbound, trace: str) -> None:
         log.info("inbound %d: lost a deadlock to another transaction; due again", row.id)
         self.store.retry_soon(row, trace, self.clock.now())
@@ -455,7 +501,7 @@ class Processor:
         assert work.prepared is not None
         prepared, spam, auth = work.prepared, work.spam, work.auth
         tickets = Tickets(session)
-        message = _own_id(tickets, row, prepared.message)
+        message = self._own_id(tickets, row, prepared.message)
         if message is None:
             log.info("inbound %d is a duplicate of <%s>", row.id, prepared.message.message_id)
             return InboundState.DUPLICATE, 0
@@ -694,30 +740,6 @@ _CONFLICTS = frozenset({"40P01", "40001"})
 
 def _lost_to_another_transaction(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _CONFLICTS
-
-
-def _own_id(tickets: Tickets, row: Inbound, message: ParsedMessage) -> ParsedMessage | None:
-    """`message`, or None when it is stored already: the same mail by a second route,
-    an MTA's retry, our own mail coming back.
-
-    A Message-ID is the sender's word. Another sender's mail that came first with it
-    (anyone Cc'd can send one ahead, and flood to delay the real one) does not make
-    this one a duplicate, which would drop it unseen: it is stored under an id of its
-    own, derived from the one it gave.
-    """
-    stored = tickets.stored_as(message.message_id)
-    if stored is None:
-        return message
-    direction, sender = stored
-    if direction == "out" or sender == message.from_addr:
-        return None
-    digest = hashlib.sha256(f"{message.from_addr}\0{message.message_id}".encode()).hexdigest()
-    own = dataclasses.replace(message, message_id=f"{digest[:40]}@taken-id.maildesk.invalid")
-    if tickets.message_exists(own.message_id):
-        return None  # this sender's mail with the taken id, again
-    log.warning("inbound %d: <%s> was first used by %s; stored as <%s>",
-                row.id, message.message_id, sender, own.message_id)  # fmt: skip
-    return own
 
 
 def _failed(exc: Exception) -> str:

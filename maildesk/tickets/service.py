@@ -46,7 +46,9 @@ _INSERT_PARTICIPANT = Hot(insert(cast(Table, Participant.__table__)))
 # Core on the same connection (messages and outbox rows are never ORM objects).
 _MESSAGE_EXISTS = Hot(select(Message.id).where(Message.message_id == bindparam("mid")).limit(1))
 _STORED_AS = Hot(
-    select(Message.direction, Message.from_addr).where(Message.message_id == bindparam("mid"))
+    select(Message.direction, Message.from_addr, Message.inbound_id).where(
+        Message.message_id == bindparam("mid")
+    )
 )
 _REFERENCING = Hot(
     select(Message.ticket_id)
@@ -182,6 +184,15 @@ class NewMessage:
     # search.document(subject, body_text), when it was made ahead, outside the
     # write transaction (pipeline/prepare.py); None: made here.
     search_document: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredAs:
+    """Who a stored Message-ID belongs to (`Tickets.stored_as`)."""
+
+    direction: str
+    sender: str
+    inbound_id: int | None  # the spool row it came from (None: not from mail)
 
 
 class Tickets:
@@ -326,10 +337,10 @@ class Tickets:
     def message_exists(self, message_id: str) -> bool:
         return _MESSAGE_EXISTS.first(self._rows, {"mid": message_id}) is not None
 
-    def stored_as(self, message_id: str) -> tuple[str, str] | None:
-        """(direction, sender) of the stored message with this Message-ID, if any."""
+    def stored_as(self, message_id: str) -> StoredAs | None:
+        """The stored message with this Message-ID, if any."""
         row = _STORED_AS.first(self._rows, {"mid": message_id})
-        return None if row is None else (row[0], row[1])
+        return None if row is None else StoredAs(row[0], row[1], row[2])
 
     def thread_key(self, ids: Sequence[str], sender: str) -> ThreadKey | None:
         """The ticket of the first of `ids` (nearest first) that may thread mail.

@@ -190,6 +190,30 @@ def test_a_message_id_sent_ahead_by_someone_else_does_not_drop_the_real_mail(
     assert len(tickets(services)) == 2
 
 
+def test_a_message_id_sent_ahead_in_the_senders_name_does_not_drop_the_real_mail(
+    services: Services,
+) -> None:
+    """Eve, Cc'd on Alice's mail, sends one with its Message-ID and Alice's From before
+    Alice's reaches us. Same id, same sender: Alice's real mail was dropped as a
+    duplicate, and Eve's text stood in the ticket in her name."""
+    eve = make_mail(body="Please send the refund to IBAN XX00 0000.",
+                    message_id="<alice-2@customer.test>")  # fmt: skip
+    receive(services, eve, mail_from="eve@evil.test")
+    alice = make_mail(body="The real problem.", message_id="<alice-2@customer.test>")
+    receive(services, alice)
+    receive(services, alice, source="imap")  # the same mail of Alice's by a second route
+
+    texts = [
+        m["body_text"]
+        for t in tickets(services)
+        for m in ticket(services, t["number"])["messages"]
+        if m["direction"] == "in"
+    ]
+    assert sum(text.startswith("The real problem.") for text in texts) == 1
+    assert sum(text.startswith("Please send the refund") for text in texts) == 1
+    assert len(texts) == 2
+
+
 def test_mail_to_a_closed_ticket_reopens_it_within_reopen_days(
     services: Services, clock: ManualClock
 ) -> None:
