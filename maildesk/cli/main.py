@@ -357,6 +357,8 @@ def _import_in_order(
     stored = 0
     batch: list[bytes] = []
     with DrainPool(ctx.settings, 1) as pool:
+        if len(box):
+            pool.spawn()  # its start-up beside the first pass over the archive
         _leftovers_first(ctx, pool)
         for raw in importer.read_messages(box):
             batch.append(raw)
@@ -400,6 +402,8 @@ def _import_in_waves(
     batch: list[bytes] = []
     current = 0
     with DrainPool(ctx.settings, processes) as pool:
+        if len(box):
+            pool.spawn()  # their start-up beside the first pass over the archive
         _leftovers_first(ctx, pool)
         for wave, raw in importer.read_waves(box):
             if wave != current or len(batch) >= importer.BATCH:

@@ -93,9 +93,14 @@ class DrainPool:
     def started(self) -> bool:
         return self._started
 
+    def spawn(self) -> None:
+        """Start the processes now (else at the first `start`): each takes about a
+        second of its own to import and build, which the importer's first pass over
+        the archive can hide."""
+        if not self._started:
+            self._spawn()
+
     def _spawn(self) -> None:
-        """The processes, at the first mail to process: a re-run that stores nothing
-        starts none (each costs an interpreter and its imports)."""
         self._started = True
         for _ in range(self._count):
             pipe, proc = self._process()
