@@ -28,13 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import logging
 import mailbox
+import os
+import stat
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from maildesk.inbound.store import Envelope, InboundStore, digest
 from maildesk.message import ThreadHeaders, thread_headers
+
+log = logging.getLogger(__name__)
 
 BATCH = 200
 
@@ -141,10 +146,35 @@ def open_archive(path: Path) -> mailbox.Mailbox:
     if path.is_dir():
         if not (path / "cur").is_dir() and not (path / "new").is_dir():
             raise ValueError(f"{path} is a folder but not a Maildir (no cur/ or new/)")
-        return mailbox.Maildir(str(path), factory=None, create=False)
+        return _OwnFiles(str(path), factory=None, create=False)
     if not path.exists():
         raise ValueError(f"{path} does not exist")
     return mailbox.mbox(str(path), factory=None, create=False)
+
+
+class _OwnFiles(mailbox.Maildir):
+    """A Maildir whose messages are its own regular files. `mailbox.Maildir` reads any
+    entry of cur/ and new/ but a folder: a symlink in an archive imported another file
+    of ours as a message (anything this user may read), one to /dev/zero grew the
+    import until it ran out of memory, and a FIFO held it for good. Such an entry is
+    skipped, and the log names it."""
+
+    def _refresh(self) -> None:
+        super()._refresh()  # type: ignore[misc]
+        toc: dict[str, str] = self._toc  # type: ignore[attr-defined]
+        for key, subpath in list(toc.items()):
+            if not self._own_file(subpath):
+                del toc[key]
+
+    def _own_file(self, subpath: str) -> bool:
+        try:
+            mode = os.lstat(os.path.join(self._path, subpath)).st_mode
+        except FileNotFoundError:  # moved since the listing: reading it looks it up again
+            return True
+        if not stat.S_ISREG(mode):
+            log.warning("skipped %s: not a regular file of the Maildir", subpath)
+            return False
+        return True
 
 
 def store_batch(store: InboundStore, raws: list[bytes], notify: bool) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mailbox
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +301,44 @@ def test_tickets_create_for_a_phone_call(config_file: Path) -> None:
     ]
     text = run(config_file, "tickets", "show", "1").output
     assert "priority: normal -> critical" in text
+
+
+def test_import_reads_only_the_maildirs_own_files(config_file: Path, tmp_path: Path) -> None:
+    """A hostile archive: a symlink to another file of ours and a FIFO. Each was read as
+    a message: the file outside the archive became a ticket, and a FIFO nobody writes
+    held the import for good (a symlink to /dev/zero, a message that never ends, grew it
+    until it ran out of memory). Only the archive's own message is imported."""
+    init(config_file)
+    outside = tmp_path / "private.txt"
+    outside.write_bytes(make_mail(subject="Not in the archive"))
+    box = mailbox.Maildir(str(tmp_path / "Maildir"))
+    box.add(make_mail(subject="From a Maildir"))
+    new = tmp_path / "Maildir" / "new"
+    (new / "1.outside").symlink_to(outside)
+    fifo = new / "2.fifo"
+    os.mkfifo(fifo)
+    # A writer, so that each reader of the FIFO gets a message and its end instead of
+    # hanging the test; it waits for a reader that should never come.
+    done = threading.Event()
+
+    def write() -> None:
+        while not done.is_set():
+            with contextlib.suppress(BrokenPipeError):  # the reader let go at once
+                fifo.write_bytes(make_mail(subject="From a FIFO"))
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        result = run(config_file, "import", str(tmp_path / "Maildir"))
+    finally:
+        # Let the writer go: a reader that leaves at once.
+        done.set()
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(5)
+
+    assert result.exit_code == 0, result.output
+    assert "1 messages read, 1 new" in result.output
+    listed = json.loads(run(config_file, "tickets", "list", "--json").output)
+    assert [t["subject"] for t in listed] == ["From a Maildir"]
+    for name in ("1.outside", "2.fifo"):
+        assert f"skipped new/{name}: not a regular file" in result.output
