@@ -252,15 +252,20 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
 
     Exit 0 once stored; 75 (EX_TEMPFAIL) when it could not be stored, so the MTA retries.
     """
-    raw = sys.stdin.buffer.read()
     try:
         from maildesk.clock import SystemClock
         from maildesk.inbound.room import for_settings
         from maildesk.inbound.store import Envelope, InboundStore
 
         settings = ctx.settings
+        # One byte past the limit tells enough: read whole, a pipe that never ends grew
+        # this process until it ran out of memory (exit 1, and the MTA tried again).
+        raw = sys.stdin.buffer.read(settings.smtp.max_message_size + 1)
         if len(raw) > settings.smtp.max_message_size:
-            click.echo(f"message of {len(raw)} bytes exceeds the size limit", err=True)
+            click.echo(
+                f"message of over {settings.smtp.max_message_size} bytes exceeds the size limit",
+                err=True,
+            )
             sys.exit(EX_DATAERR)
         mail_from = "<>" if sender == "" else (sender or "")
         room = for_settings(settings)

@@ -6,7 +6,10 @@ import contextlib
 import json
 import mailbox
 import os
+import resource
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from maildesk import config
-from maildesk.cli import EX_TEMPFAIL, main
+from maildesk.cli import EX_DATAERR, EX_TEMPFAIL, main
 from maildesk.config import Settings
 from maildesk.db import Database
 from tests.conftest import make_mail, toml
@@ -342,3 +345,30 @@ def test_import_reads_only_the_maildirs_own_files(config_file: Path, tmp_path: P
     assert [t["subject"] for t in listed] == ["From a Maildir"]
     for name in ("1.outside", "2.fifo"):
         assert f"skipped new/{name}: not a regular file" in result.output
+
+
+def test_deliver_refuses_a_message_that_never_ends_without_reading_it_all(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    """An MTA pipe that never ends (here /dev/zero): `deliver` read all of stdin before
+    it compared the size with the limit, so it grew until it ran out of memory and
+    exited 1 (the MTA retried it later, to the same end). It reads one byte past the
+    limit and refuses with EX_DATAERR. (Memory capped at 1 GB, so the old way fails fast.)"""
+    config_values["smtp"]["max_message_size"] = 1024 * 1024
+    path = tmp_path / "maildesk.toml"
+    path.write_text(toml(config_values))
+    init(path)
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    with open("/dev/zero", "rb") as endless:
+        done = subprocess.run(
+            [sys.executable, "-m", "maildesk", "--config", str(path), "deliver"],
+            stdin=endless,
+            capture_output=True,
+            preexec_fn=cap_memory,
+            timeout=120,
+        )
+    assert done.returncode == EX_DATAERR, done.stderr.decode()[-500:]
+    assert b"exceeds the size limit" in done.stderr
