@@ -83,7 +83,7 @@ def _free_port() -> int:
 class Dovecot:
     """A private Dovecot: `.host .port .username .password`, `append`, `messages`."""
 
-    def __init__(self, username: str = "support") -> None:
+    def __init__(self, username: str = "support", max_line_length: int | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = 0
         self.username = username
@@ -92,6 +92,7 @@ class Dovecot:
         self._binary = _dovecot_binary()
         self._base: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._max_line = max_line_length
 
     def __enter__(self) -> Dovecot:
         if self._binary is None:
@@ -130,6 +131,9 @@ class Dovecot:
             f"{self.username}:{{PLAIN}}{self.password}:"
             f"{mail_user.pw_uid}:{mail_user.pw_gid}::{home}::\n"
         )
+        # Dovecot's limit on one command (64 KB by default), lowered by tests that need
+        # a command over it without thousands of messages.
+        limit = "" if self._max_line is None else f"imap_max_line_length = {self._max_line}\n"
         (self._base / "dovecot.conf").write_text(
             _CONFIG.format(
                 base=self._base,
@@ -138,6 +142,7 @@ class Dovecot:
                 internal_user=internal_user,
                 internal_group=internal_group,
             )
+            + limit
         )
 
     def start(self) -> None:
