@@ -286,8 +286,8 @@ def deliver(ctx: Context, sender: str | None, recipient: tuple[str, ...]) -> Non
     "--processes",
     type=click.IntRange(min=1),
     default=None,
-    help="Processes that process the mail, this one included (default: [workers] count, "
-    "from 1 to 4; threads stay whole).",
+    help="Processes that process the mail, beside this one, which stores it (default: "
+    "[workers] count, from 1 to 4; threads stay whole).",
 )
 @pass_context
 def import_(ctx: Context, path: Path, notify: bool, processes: int | None) -> None:
