@@ -55,8 +55,11 @@ MAX_SIGNATURE_FIELD = 4096
 _RESULT_DOMAIN = {"dkim": "header.d", "dmarc": "header.from"}
 # Authentication-Results outside a comment: white space, a comment's start, a quoted
 # string, ";" or "=", a word, or a stray character. A quote never closed is no value.
+# The quoted string's repeat is possessive (`*+`): backing off a pair or a character
+# can never expose the closing quote, so `re` need not keep a way back per character
+# (for a quote never closed, 32 KB of pairs measured 25 times 4 KB inside the suite).
 _TOKEN = re.compile(
-    r'(?P<space>\s+)|(?P<comment>\()|"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<special>[;=])'
+    r'(?P<space>\s+)|(?P<comment>\()|"(?P<quoted>(?:[^"\\]|\\.)*+)"|(?P<special>[;=])'
     r'|(?P<word>[^\s()";=\\]+)|(?P<stray>[\\)]|".*)',
     re.DOTALL,
 )

@@ -24,10 +24,11 @@ So a worker process watches itself in two ways, from one thread:
   seconds of CPU with no Python running: spinning in C. CPU time, not wall
   time, so a live worker starved of the CPU by a busy machine is never ended.
 
-Serve restarts a worker that ended (`workerpool.py`), the row's lease runs out,
-and its next claim counts an attempt: such a message is claimed alone and, after
-`MAX_ATTEMPTS`, quarantined. Not used by serve itself (`[workers] count = 0`):
-ending serve would end its listeners too.
+Serve restarts a worker that ended (`workerpool.py`), as `maildesk import`
+replaces its processing processes (`inbound/import_pool.py`); the row's lease
+runs out, and its next claim counts an attempt: such a message is claimed alone
+and, after `MAX_ATTEMPTS`, quarantined. Not used by serve itself (`[workers]
+count = 0`): ending serve would end its listeners too.
 """
 
 from __future__ import annotations
@@ -37,9 +38,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
 
 log = logging.getLogger("maildesk.watchdog")
 
@@ -51,10 +51,6 @@ STUCK_EXIT = 70
 _CHECKS_PER_LIMIT = 4
 
 
-def _end(status: int) -> NoReturn:
-    os._exit(status)
-
-
 def _thread_clock() -> int:
     """The calling thread's CPU-time clock; the process's where there is none per thread."""
     if hasattr(time, "pthread_getcpuclockid"):
@@ -63,9 +59,8 @@ def _thread_clock() -> int:
 
 
 class Watchdog:
-    def __init__(self, limit: float, end: Callable[[int], object] = _end) -> None:
+    def __init__(self, limit: float) -> None:
         self.limit = limit
-        self._end = end
         # Each stage under way: its thread's CPU clock, that clock at its start, its name.
         self._stages: dict[int, tuple[int, float, str]] = {}
         self._next_key = 0
@@ -138,8 +133,7 @@ class Watchdog:
                     seconds,
                     self.limit,
                 )
-                self._end(STUCK_EXIT)
-                return
+                os._exit(STUCK_EXIT)
 
     def _arm(self) -> None:
         # The limit past the next check: only CPU spent while this thread could not run
