@@ -338,12 +338,15 @@ def import_(ctx: Context, path: Path, notify: bool, processes: int | None) -> No
 _IMPORT_PROCESSES = 4  # the most `import` runs unless told (--processes)
 
 
-def _leftovers_first(ctx: Context, pool: DrainPool) -> None:
-    """Rows an interrupted import left stored but unprocessed go first, in one process
-    and in id order (thread order), before any process takes rows side by side. None
-    left (a re-run that stores nothing): no process is started for them."""
+def _begin(ctx: Context, box: mailbox.Mailbox, pool: DrainPool) -> None:
+    """Start the processes, so that their start-up runs beside the first pass over the
+    archive, and process first what an interrupted import left stored but unprocessed:
+    in one process and in id order (thread order), before any process takes rows
+    side by side."""
     from maildesk.states import InboundState
 
+    if len(box):
+        pool.spawn()
     pending = InboundState.PENDING
     if ctx.services.store.counts(states=(pending,))[pending]:
         pool.start(alone=True)
@@ -362,9 +365,7 @@ def _import_in_order(
     stored = 0
     batch: list[bytes] = []
     with DrainPool(ctx.settings, 1) as pool:
-        if len(box):
-            pool.spawn()  # its start-up beside the first pass over the archive
-        _leftovers_first(ctx, pool)
+        _begin(ctx, box, pool)
         for raw in importer.read_messages(box):
             batch.append(raw)
             if len(batch) >= importer.BATCH:
@@ -407,9 +408,7 @@ def _import_in_waves(
     batch: list[bytes] = []
     current = 0
     with DrainPool(ctx.settings, processes) as pool:
-        if len(box):
-            pool.spawn()  # their start-up beside the first pass over the archive
-        _leftovers_first(ctx, pool)
+        _begin(ctx, box, pool)
         for wave, raw in importer.read_waves(box):
             if wave != current or len(batch) >= importer.BATCH:
                 new = importer.store_batch(store, batch, notify)

@@ -46,7 +46,7 @@ _INSERT_PARTICIPANT = Hot(insert(cast(Table, Participant.__table__)))
 # Core on the same connection (messages and outbox rows are never ORM objects).
 _MESSAGE_EXISTS = Hot(select(Message.id).where(Message.message_id == bindparam("mid")).limit(1))
 _STORED_AS = Hot(
-    select(Message.direction, Message.from_addr, Message.inbound_id).where(
+    select(Message.direction, Message.from_addr, Message.kind).where(
         Message.message_id == bindparam("mid")
     )
 )
@@ -192,7 +192,7 @@ class StoredAs:
 
     direction: str
     sender: str
-    inbound_id: int | None  # the spool row it came from (None: not from mail)
+    kind: str
 
 
 class Tickets:
@@ -341,6 +341,13 @@ class Tickets:
         """The stored message with this Message-ID, if any."""
         row = _STORED_AS.first(self._rows, {"mid": message_id})
         return None if row is None else StoredAs(row[0], row[1], row[2])
+
+    def stored_text(self, message_id: str) -> str:
+        """The text stored for the message with this Message-ID ("" if none)."""
+        text = self.session.scalar(
+            select(Message.body_text).where(Message.message_id == message_id).limit(1)
+        )
+        return text or ""
 
     def thread_key(self, ids: Sequence[str], sender: str) -> ThreadKey | None:
         """The ticket of the first of `ids` (nearest first) that may thread mail.
