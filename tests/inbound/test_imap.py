@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import imaplib
 import logging
 import random
 import socket
@@ -14,6 +15,7 @@ import pytest
 from imapclient import SEEN, IMAPClient
 
 from maildesk.config import ImapSettings
+from maildesk.inbound import imap
 from maildesk.inbound.imap import FETCH_SLICE, ImapPoller
 from tests.dovecot import Dovecot
 
@@ -299,16 +301,16 @@ def test_failed_store_is_retried_after_poll_interval_not_idle(dovecot: Dovecot) 
 def test_unexpected_error_backs_off_instead_of_ending_run(
     dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real_noop = IMAPClient.noop
+    real_search = IMAPClient.search
     calls: list[int] = []
 
-    def noop(self: IMAPClient) -> Any:
+    def search(self: IMAPClient, *args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 1:
             raise ValueError("a bug")
-        return real_noop(self)
+        return real_search(self, *args, **kwargs)
 
-    monkeypatch.setattr(IMAPClient, "noop", noop)
+    monkeypatch.setattr(IMAPClient, "search", search)
     dovecot.append("INBOX", message(1))
     store = Recorder()
     stop = threading.Event()
@@ -488,3 +490,27 @@ def test_a_folder_of_thousands_is_polled_whole() -> None:
             client.select_folder("INBOX", readonly=True)
             assert client.search("ALL") == []
     assert sorted(store.stored) == sorted(sent)
+
+
+def test_a_folder_of_many_thousands_is_searched_in_windows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """About 160,000 waiting messages: one SEARCH answered with a line of their UIDs
+    over imaplib's 1 MB limit, so every poll failed and none was ever stored. The same
+    with 2,500 messages under a limit of 8 KB, searched 500 message numbers at a time."""
+    monkeypatch.setattr(imaplib, "_MAXLINE", 8192)
+    monkeypatch.setattr(imap, "SEARCH_WINDOW", 500)
+    sent = [
+        b"Subject: s%d\r\nMessage-ID: <s%d@example.org>\r\n\r\nbody\r\n" % (n, n)
+        for n in range(2_500)
+    ]
+    store = Recorder()
+    with Dovecot() as dovecot:
+        dovecot.deliver_many(sent)
+        poller = ImapPoller(dovecot.settings(), store)
+        try:
+            assert poller.poll_once() == len(sent)
+        finally:
+            poller.close()
+        assert dovecot.messages("INBOX") == []
+    assert store.stored == sent  # in the order they came
