@@ -46,6 +46,13 @@ log = logging.getLogger("maildesk.watchdog")
 # How a worker ends itself when a stage is past its limit (EX_SOFTWARE): serve's log
 # tells it from a crash by this code, and from a process spinning in C by SIGPROF.
 STUCK_EXIT = 70
+
+
+def ended_itself(returncode: int | None) -> bool:
+    """Whether a process with this return code was ended by its own watchdog."""
+    return returncode in (STUCK_EXIT, -signal.SIGPROF)
+
+
 # Times per limit the watching thread wakes: a stage is seen stuck at most a quarter
 # of a limit late, and the timer is re-armed four times before it could fire.
 _CHECKS_PER_LIMIT = 4

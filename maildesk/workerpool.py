@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from maildesk.config import Settings
-from maildesk.watchdog import STUCK_EXIT
+from maildesk.watchdog import STUCK_EXIT, ended_itself
 from maildesk.worker import DRAIN, RELOAD, WAKE, frame
 
 log = logging.getLogger("maildesk.workers")
@@ -132,7 +132,7 @@ class WorkerPool:
             if self._stopping:
                 return
             lived = self._now() - child.started
-            if code in (-signal.SIGPROF, STUCK_EXIT):
+            if ended_itself(code):
                 child.stuck += 1
             if lived >= STABLE_SECONDS:
                 child.backoff = FIRST_BACKOFF_SECONDS

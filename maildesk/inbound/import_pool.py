@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import signal
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from maildesk.config import Settings
+from maildesk.watchdog import ended_itself
 
 log = logging.getLogger("maildesk.import")
 
@@ -38,16 +38,13 @@ CLAIM = 16
 
 _STOP = "stop"
 _DRAIN = "drain"
+# A process's answer to a drain: the count of each batch as it is processed (so what
+# a process processed before it stuck on a message is counted), then this.
+_DRAINED = "drained"
 
 
 class ImportFailed(Exception):
     """A processing process failed or died; what it said is the message."""
-
-
-def _ended_stuck(code: int | None) -> bool:
-    from maildesk.watchdog import STUCK_EXIT
-
-    return code in (STUCK_EXIT, -signal.SIGPROF)
 
 
 def drain(process_pending: Callable[[int], int]) -> int:
@@ -65,14 +62,21 @@ def _serve(settings: Settings, log_level: str, orders: Connection) -> None:
     logs.configure(log_level)  # a spawned interpreter has no handler: log as the import does
     services = build(settings)
     services.processor.watchdog.start()  # the target runs in this process's main thread
+
+    def process_pending(claim: int) -> int:
+        processed = services.processor.process_pending(batch=claim).processed
+        if processed:
+            orders.send(processed)
+        return processed
+
     try:
         while orders.recv() == _DRAIN:
             try:
-                done = drain(lambda n: services.processor.process_pending(batch=n).processed)
+                drain(process_pending)
             except Exception as exc:  # told to the importer, which stops
                 orders.send(f"{type(exc).__name__}: {exc}")
                 return
-            orders.send(done)
+            orders.send(_DRAINED)
     finally:
         services.db.dispose()
 
@@ -122,9 +126,8 @@ class DrainPool:
         `alone`: only the first one (rows that must go in their order)."""
         if not self.started:
             self._spawn()
-        for slot, pipe in enumerate(self._pipes[:1] if alone else self._pipes):
-            if self._busy[slot] and pipe.poll():
-                self._answer(slot)
+        for slot, _pipe in enumerate(self._pipes[:1] if alone else self._pipes):
+            self._answer(slot, block=False)
             if not self._busy[slot]:
                 self._pipes[slot].send(_DRAIN)
                 self._busy[slot] = True
@@ -152,24 +155,29 @@ class DrainPool:
             # of the archive is not left to the daemon.
             time.sleep(self._settings.workers.lease_seconds)
 
-    def _answer(self, slot: int, replace: bool = True) -> None:
-        if not self._busy[slot]:
-            return
-        try:
-            answer = self._pipes[slot].recv()
-        except EOFError:
-            proc = self._procs[slot]
-            proc.join()
-            if not (replace and _ended_stuck(proc.exitcode)):
-                raise ImportFailed(
-                    f"processing process {proc.pid} died (exit code {proc.exitcode})"
-                ) from None
-            self._replace(slot)
-            return
-        self._busy[slot] = False
-        if isinstance(answer, str):
-            raise ImportFailed(answer)
-        self.processed += answer
+    def _answer(self, slot: int, replace: bool = True, block: bool = True) -> None:
+        """Count what the process in `slot` told, until the end of its drain (`block`)
+        or of what it told so far."""
+        pipe = self._pipes[slot]
+        while self._busy[slot] and (block or pipe.poll()):
+            try:
+                answer = pipe.recv()
+            except EOFError:
+                proc = self._procs[slot]
+                proc.join()
+                if not (replace and ended_itself(proc.exitcode)):
+                    raise ImportFailed(
+                        f"processing process {proc.pid} died (exit code {proc.exitcode})"
+                    ) from None
+                self._replace(slot)
+                return
+            if isinstance(answer, int):
+                self.processed += answer
+            elif answer == _DRAINED:
+                self._busy[slot] = False
+            else:
+                self._busy[slot] = False
+                raise ImportFailed(answer)
 
     def _replace(self, slot: int) -> None:
         """A process ended itself, stuck on a message: another takes its place."""
