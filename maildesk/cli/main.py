@@ -363,16 +363,9 @@ def _import_in_order(
 
     store = ctx.services.store
     stored = 0
-    batch: list[bytes] = []
     with DrainPool(ctx.settings, 1) as pool:
         _begin(ctx, box, pool)
-        for raw in importer.read_messages(box):
-            batch.append(raw)
-            if len(batch) >= importer.BATCH:
-                stored += _store_and_process(store, batch, notify, pool)
-                progress(len(batch))
-                batch = []
-        if batch:
+        for _wave, batch in importer.read_batches(box, by_wave=False):
             stored += _store_and_process(store, batch, notify, pool)
             progress(len(batch))
         return stored, pool.processed, pool.stuck
@@ -405,26 +398,17 @@ def _import_in_waves(
 
     store = ctx.services.store
     stored = 0
-    batch: list[bytes] = []
     current = 0
     with DrainPool(ctx.settings, processes) as pool:
         _begin(ctx, box, pool)
-        for wave, raw in importer.read_waves(box):
-            if wave != current or len(batch) >= importer.BATCH:
-                new = importer.store_batch(store, batch, notify)
-                if new:
-                    stored += new
-                    pool.start()
-                progress(len(batch))
-                batch = []
-                if wave != current:
-                    pool.wait()
-                    current = wave
-            batch.append(raw)
-        new = importer.store_batch(store, batch, notify)
-        progress(len(batch))
-        if new:
-            stored += new
-            pool.start()
+        for wave, batch in importer.read_batches(box):
+            if wave != current:
+                pool.wait()
+                current = wave
+            new = importer.store_batch(store, batch, notify)
+            if new:
+                stored += new
+                pool.start()
+            progress(len(batch))
         pool.wait()
         return stored, pool.processed, pool.stuck

@@ -22,6 +22,13 @@ Several processes (`import --processes N`) process the archive in waves
 archive it answers, or of an earlier copy of its Message-ID. Messages of one
 wave answer none of each other, so any number of processes may take them in
 any order; the next wave is stored once the last one is processed.
+
+The import holds a batch's bytes until it is stored, so a batch (`read_batches`)
+ends at `BATCH` messages or before it would pass `BATCH_BYTES` of mail, a larger
+message alone: 40 messages of 5 MB, one batch by count, took it to 272 MB. Where
+a batch ends splits no thread: batches are cut from the one thread-ordered
+stream, and each is processed before the next is stored (with processes, a batch
+holds one wave, and each wave is processed before the next is stored).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from maildesk.message import ThreadHeaders, thread_headers
 log = logging.getLogger(__name__)
 
 BATCH = 200
+BATCH_BYTES = 16 * 1024 * 1024
 
 
 def count(path: Path) -> int:
@@ -70,6 +78,26 @@ def read_waves(box: mailbox.Mailbox, by_wave: bool = True) -> Iterator[tuple[int
         order.sort(key=wave.__getitem__)  # stable: thread order within a wave
     for index in order:
         yield wave[index], box.get_bytes(keys[index])
+
+
+def read_batches(box: mailbox.Mailbox, by_wave: bool = True) -> Iterator[tuple[int, list[bytes]]]:
+    """(wave, messages) to store at once, in `read_waves`'s order; with `by_wave`, each
+    batch of one wave. Holds one batch and the message that begins the next: a batch's
+    list is emptied when the next is asked for, so a caller's name for it keeps no bytes."""
+    batch: list[bytes] = []
+    size = 0
+    current = 0
+    for wave, raw in read_waves(box, by_wave):
+        ends = len(batch) >= BATCH or size + len(raw) > BATCH_BYTES or (by_wave and wave != current)
+        if batch and ends:
+            yield current, batch
+            batch.clear()
+            size = 0
+        batch.append(raw)
+        size += len(raw)
+        current = wave
+    if batch:
+        yield current, batch
 
 
 def waves(headers: Sequence[ThreadHeaders], order: Sequence[int]) -> list[int]:

@@ -162,6 +162,27 @@ def test_a_shuffled_archive_imports_each_conversation_as_one_ticket(
     assert ticket_of(config_file) == tickets
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_batches_ended_by_their_bytes_keep_each_conversation_one_ticket(
+    config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: int
+) -> None:
+    """A batch that ends at `importer.BATCH_BYTES` ends inside threads, as one of
+    `BATCH` messages does in a large archive: batches are cut from the thread-ordered
+    stream, and each is processed before the next (wave) is stored."""
+    monkeypatch.setattr(importer, "BATCH_BYTES", 4096)  # about ten messages a batch
+    assert run(config_file, "init").exit_code == 0
+    conversations, mails = shuffled_archive(9)
+    archive = write_mbox(tmp_path / "archive.mbox", mails)
+    result = run(config_file, "import", "--processes", str(processes), str(archive))
+    assert result.exit_code == 0, result.output
+    assert f"{len(mails)} new, 0 already imported, {len(mails)} processed" in result.output
+
+    tickets = ticket_of(config_file)
+    assert set(tickets) == {m.message_id for m in mails}
+    assert not [m for m in mails if m.parent and tickets[m.message_id] != tickets[m.parent]]
+    assert len(set(tickets.values())) == len(conversations)
+
+
 @pytest.mark.parametrize(
     ("count", "used"), [(2, "in 2 processes"), (0, "in 1 process"), (64, "in 4 processes")]
 )
