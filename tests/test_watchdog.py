@@ -226,7 +226,9 @@ def test_an_import_goes_on_past_a_message_that_sticks_its_process(
         env={**os.environ, "PYTHONPATH": str(tmp_path / "fault")},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "6 new, 0 already imported, 6 processed" in done.stderr, done.stderr  # with the stuck one
+    assert "6 new, 0 already imported, 6 processed" in done.stderr, (
+        done.stderr
+    )  # with the stuck one
     assert f"{MAX_ATTEMPTS} processing processes ended themselves" in done.stderr
 
     db = Database(settings.database.url)

@@ -57,12 +57,6 @@ def count(path: Path) -> int:
         return len(box)
 
 
-def read_messages(box: mailbox.Mailbox) -> Iterator[bytes]:
-    """The archive's messages, parents before their replies (two passes, one in memory)."""
-    for _wave, raw in read_waves(box, by_wave=False):
-        yield raw
-
-
 def read_waves(box: mailbox.Mailbox, by_wave: bool = True) -> Iterator[tuple[int, bytes]]:
     """(wave, message) of each message of the archive, wave by wave (`waves`).
 
