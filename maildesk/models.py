@@ -23,11 +23,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from maildesk.states import InboundState, OutboxState, TicketStatus
+from maildesk.states import InboundState, NameSource, OutboxState, TicketStatus
 
 # Ticket life from the support policy; the Czech names are what customers read.
 # Plain strings for the CLI's and the commands' choices (states.py has the enum).
 STATUSES = tuple(status.value for status in TicketStatus)
+NAME_LENGTH = 200  # a person's name (`Person.name`)
 TYPES = ("modification", "bug", "consultation")
 PRIORITIES = ("critical", "normal", "low")
 
@@ -96,7 +97,9 @@ class Person(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
-    name: Mapped[str] = mapped_column(String(200), default="")
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
+    # What may replace `name`: every mail of ours greets them by it (states.NameSource).
+    name_source: Mapped[str] = mapped_column(String(8), default=NameSource.UNPROVEN)
     language: Mapped[str | None] = mapped_column(String(8), nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     # argon2id hash; None = no account (the person just keeps replying by mail).

@@ -1,4 +1,5 @@
-"""The states a queued row can be in, and a ticket's statuses, as str-valued enums.
+"""The states a queued row can be in, a ticket's statuses, and where a person's name
+came from, as str-valued enums.
 
 The stored values are the enum values, unchanged from the plain strings used
 before, so no data migrates. A new state (the spam engineer's `held`) is one
@@ -45,3 +46,12 @@ class TicketStatus(StrEnum):
     WAITING_CUSTOMER = "waiting_customer"  # we answered or asked; the customer's turn
     RESOLVED = "resolved"  # waiting for the customer's confirmation, then autoclose
     CLOSED = "closed"
+
+
+class NameSource(StrEnum):
+    """Where a person's name came from (`Person.name_source`), which says what may
+    replace it (`Tickets.person`). Anyone can write a From's display name."""
+
+    UNPROVEN = "unproven"  # mail that proved nothing, or nobody said: proven mail replaces it
+    PROVEN = "proven"  # the From of mail that proved its sender: mail only fills it if empty
+    SET = "set"  # typed by the person (portal) or an admin (CLI): mail never changes it

@@ -180,7 +180,7 @@ def test_a_known_sender_is_looked_up_without_the_orm_and_acts_as_loaded(
     with orm_statements() as statements:
         with services.db.transaction() as session:
             tickets = Tickets(session)
-            alice = tickets.person("alice@customer.test", "Alice Nováková", WHEN)
+            alice = tickets.person("alice@customer.test", "Alice Nováková", WHEN, proven=True)
             assert statements == []
             assert (alice.email, alice.language) == ("alice@customer.test", "cs")
             assert alice.password_hash is None

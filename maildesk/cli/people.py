@@ -136,6 +136,27 @@ def people_language(ctx: Context, email: str, language: str) -> None:
     click.echo(f"{email.lower()} gets mail in {language}", err=True)
 
 
+@people.command("name")
+@click.argument("email")
+@click.argument("name")
+@pass_context
+def people_name(ctx: Context, email: str, name: str) -> None:
+    """Set the name our mail greets EMAIL by ('' for none), as the portal's name page does.
+    No mail changes it afterwards, not even their own."""
+    from sqlalchemy import select
+
+    from maildesk.models import Person
+    from maildesk.tickets.service import Tickets
+
+    with ctx.db.transaction() as session:
+        person = session.scalar(select(Person).where(Person.email == email.lower()))
+        if person is not None:
+            name = Tickets(session).set_name(person, name)
+    if person is None:
+        raise click.ClickException(f"no person {email}")
+    click.echo(f"{email.lower()} is named {name!r}", err=True)
+
+
 @people.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_context
@@ -156,6 +177,7 @@ def people_list(ctx: Context, as_json: bool) -> None:
                 {
                     "email": person.email,
                     "name": person.name,
+                    "name_source": person.name_source,
                     "language": person.language,
                     "account": person.password_hash is not None,
                     "invited_at": views.iso(person.invited_at),

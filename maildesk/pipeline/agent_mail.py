@@ -221,7 +221,7 @@ class AgentFlow:
             watchers.watch(ticket, agent, now)
         if parsed.get("unwatch") is not None:
             watchers.unwatch(ticket, agent)
-        added = [(cc.arg, "") for cc in parsed.all("cc")]
+        added: list[tuple[str, str | None]] = [(cc.arg, None) for cc in parsed.all("cc")]
         if added:
             Tickets(session).add_participants(ticket, added, now)
         queued = 0

@@ -658,7 +658,8 @@ class Processor:
         """A new ticket in the language its first mail said or was written in (prepare.py).
 
         `verified`: the mail proves its sender (trust.py). Anyone can write a From, so
-        unproven mail names only a requester we did not know (see `Tickets.person`)."""
+        unproven mail names only a requester we did not know, and proven mail replaces
+        the name such mail gave (see `Tickets.person`)."""
         requester = tickets.person(message.from_addr, message.from_name, now, proven=verified)
         chosen = language or self.settings.support.language
         return tickets.open(
@@ -676,8 +677,9 @@ class Processor:
         """The sender and the people they copied may write into this ticket from now on."""
         ourselves = {self.settings.support.address.lower()}
         ourselves.update(a.email for a in Agents(tickets.session).active())
-        people = [(message.from_addr, message.from_name)]
-        people += [(addr, "") for addr in message.cc]
+        # The sender's name is their own word (verified): it may rename them; a Cc's is not.
+        people: list[tuple[str, str | None]] = [(message.from_addr, message.from_name)]
+        people += [(addr, None) for addr in message.cc]
         wanted = [
             (addr, name)
             for addr, name in people

@@ -24,6 +24,7 @@ from maildesk.clock import as_utc
 from maildesk.hotsql import Hot
 from maildesk.inbound import rawbytes
 from maildesk.models import (
+    NAME_LENGTH,
     Agent,
     Attachment,
     Blob,
@@ -34,7 +35,8 @@ from maildesk.models import (
     Person,
     Ticket,
 )
-from maildesk.states import TicketStatus
+from maildesk.outbound.headers import clean_text
+from maildesk.states import NameSource, TicketStatus
 from maildesk.tickets.search import index_message
 
 # Run on the driver's cursor (hotsql.py): every processed message runs these.
@@ -66,6 +68,7 @@ _REFERENCING = Hot(
 _PERSON_COLUMNS = (
     "id",
     "name",
+    "name_source",
     "language",
     "password_hash",
     "invite_hash",
@@ -112,9 +115,9 @@ _TOUCH_TICKET = Hot(
     .values(updated_at=bindparam("at"))
 )
 # Read as stored: a name this session gave someone and has not flushed yet reads as
-# none, which costs a second look at that person (`person`) and changes nothing.
+# the one before, which costs a second look at that person (`person`), changing nothing.
 _PARTICIPANTS = Hot(
-    select(Participant.person_id, Person.email, Person.name)
+    select(Participant.person_id, Person.email, Person.name, Person.name_source)
     .join(Person, Person.id == Participant.person_id)
     .where(Participant.ticket_id == bindparam("ticket_id"))
 )
@@ -208,27 +211,37 @@ class Tickets:
 
     # -- people -------------------------------------------------------------
 
-    def person(self, email: str, name: str, now: datetime, *, proven: bool = True) -> Person:
-        """The person of `email`, made when new (named `name`). `proven`: False when
-        `name` comes from mail that proves nothing: it names a person we did not know,
-        but never fills in the missing name of one we do, since every later mail to
-        them (acknowledgements, relayed answers) would greet them with a forger's text."""
+    def person(self, email: str, name: str, now: datetime, *, proven: bool | None = None) -> Person:
+        """The person of `email`, made when new (named `name`).
+
+        `proven`: None when `name` is not their own word (an address copied in, a
+        phone intake, an invitation): it names only a new person. True or False when
+        it is the display name of their own mail, which proved its sender or not; a
+        new person's name then records that, and `_renamed` says what it may replace."""
         email = email.lower()
         row = _PERSON.first(self._rows, {"email": email})
         if row is None:
             # Two workers may meet a new sender at once: the later insert does nothing
             # (on PostgreSQL it waits for the earlier one's commit) and reads that row,
             # instead of failing on the unique email and retrying the whole message.
+            source = NameSource.PROVEN if proven else NameSource.UNPROVEN
             self._rows.execute(
                 _insert_ignoring_duplicate(self.session, Person, "email"),
-                {"email": email, "name": name, "created_at": now},
+                {"email": email, "name": name, "name_source": source.value, "created_at": now},
             )
             row = _PERSON.first(self._rows, {"email": email})
             assert row is not None
         found = self._loaded_person(email, row)
-        if name and not found.name and proven:
-            found.name = name
+        if proven is not None and _renamed(found.name, found.name_source, name, proven=proven):
+            found.name, found.name_source = name, NameSource.PROVEN.value
         return found
+
+    def set_name(self, person: Person, name: str) -> str:
+        """The name `person` or an admin typed (portal, `maildesk people name`), made fit
+        for a header; no mail replaces it. Returns it as stored."""
+        cleaned = clean_text(name)[:NAME_LENGTH].strip()
+        person.name, person.name_source = cleaned, NameSource.SET.value
+        return cleaned
 
     def _loaded_person(self, email: str, row: tuple[Any, ...]) -> Person:
         """The session's `Person` for `row`, made as if the ORM had loaded it.
@@ -271,29 +284,34 @@ class Tickets:
     def add_participants(
         self,
         ticket: Ticket,
-        emails: Iterable[tuple[str, str]],
+        emails: Iterable[tuple[str, str | None]],
         now: datetime,
         limit: int | None = None,
     ) -> list[str]:
         """Make people participants (role cc); the requester never changes.
 
-        With `limit`, nobody new joins a ticket that has that many participants: the
-        addresses left out are returned.
+        Each name is the display name of that person's own mail, which proved its
+        sender (only verified mail adds anyone), or None: an address someone else gave
+        (a Cc, an agent's `#cc`). With `limit`, nobody new joins a ticket that has that
+        many participants: the addresses left out are returned.
         """
         rows = _PARTICIPANTS.all(self._rows, {"ticket_id": ticket.id})
-        existing = {person_id for person_id, _email, _name in rows}
-        taking_part = {email: bool(name) for _person_id, email, name in rows}
+        existing = {person_id for person_id, _email, _name, _source in rows}
+        taking_part = {email: (name, source) for _person_id, email, name, source in rows}
         left_out: list[str] = []
         for email, name in emails:
             email = email.lower()
             # Most mail is from people taking part already: nothing to look up, unless
-            # it brings a name we lack (what `person` would record).
-            if email in taking_part and (taking_part[email] or not name):
-                continue
+            # it changes their name (what `person` would record).
+            if email in taking_part:
+                stored, source = taking_part[email]
+                if name is None or not _renamed(stored, source, name, proven=True):
+                    continue
             if email not in taking_part and limit is not None and len(existing) >= limit:
                 left_out.append(email)
                 continue
-            person = self.person(email, name, now)
+            proven = None if name is None else True
+            person = self.person(email, name or "", now, proven=proven)
             if person.id not in existing:
                 _INSERT_PARTICIPANT.run(
                     self._rows, {"ticket_id": ticket.id, "person_id": person.id, "role": "cc"}
@@ -496,6 +514,21 @@ class Tickets:
         if self._rows.execute(_BLOB_EXISTS, {"sha": sha}).first() is None:
             rawbytes.write_blob(self._rows, sha, data)
         return sha
+
+
+def _renamed(stored: str, source: str, said: str, *, proven: bool) -> bool:
+    """Does mail From a known person, whose display name is `said`, replace their name
+    `stored` (from `source`)? Unproven mail never does: anyone can write a From. Proven
+    mail replaces a name from unproven mail, even with none (a forger's first mail
+    named them, and their own client sends no name), and fills in an empty one from
+    proven mail; it never replaces one from proven mail (which the holder of a ticket's
+    secret, say a colleague in Cc, could otherwise rename), nor one typed by the person
+    or an admin. A portal reply carries the stored name: it vouches for nothing."""
+    if not proven or said == stored:
+        return False
+    if source == NameSource.UNPROVEN:
+        return True
+    return source == NameSource.PROVEN and not stored
 
 
 def _insert_ignoring_duplicate(session: Session, model: type[Person], unique: str) -> Any:

@@ -1,4 +1,5 @@
-"""Account pages: set a password from a link, log in and out, ask for a new link, language.
+"""Account pages: set a password from a link, log in and out, ask for a new link, language,
+name.
 
 A set-password link that is tampered, expired or used gets one page that
 offers to mail a fresh link and says nothing about any address. "Send me a
@@ -25,6 +26,7 @@ from maildesk.accounts import (
 )
 from maildesk.config import LANGUAGES
 from maildesk.models import Person
+from maildesk.tickets.service import Tickets
 from maildesk.web.pages import (
     Form,
     client_ip,
@@ -305,3 +307,34 @@ async def set_language(request: web.Request, form: Form) -> web.StreamResponse:
 
     await in_db(save)
     return see_other(request, "/account/language?saved=1")
+
+
+# -- name ------------------------------------------------------------------------------
+
+
+async def name_form(request: web.Request) -> web.StreamResponse:
+    who = await viewer(request)
+    if who is None:
+        return see_other(request, "/login?next=/account/name")
+    context = {"current": who.name, "saved": request.query.get("saved") == "1"}
+    return render(request, "name", context, who=who)
+
+
+@protected
+async def set_name(request: web.Request, form: Form) -> web.StreamResponse:
+    """The name our mail greets them by, typed by the person: no mail replaces it, so a
+    stranger's From (or a client sending none) no longer decides it."""
+    who = await viewer(request)
+    if who is None:
+        return see_other(request, "/login?next=/account/name")
+    typed = str(form.get("name", ""))
+    db = site(request).services.db
+
+    def save() -> None:
+        with db.transaction() as session:
+            person = session.get(Person, who.id)
+            if person is not None:
+                Tickets(session).set_name(person, typed)
+
+    await in_db(save)
+    return see_other(request, "/account/name?saved=1")

@@ -39,6 +39,8 @@ def make_app(services: Services, metrics: Metrics | None = None) -> web.Applicat
     app.router.add_post("/account/forgot", account.forgot)
     app.router.add_get("/account/language", account.language_form)
     app.router.add_post("/account/language", account.set_language)
+    app.router.add_get("/account/name", account.name_form)
+    app.router.add_post("/account/name", account.set_name)
     app.router.add_get("/tickets", portal.ticket_list)
     app.router.add_get("/tickets/{number}", portal.ticket_page)
     app.router.add_get("/tickets/{number}/attachments/{attachment}", portal.attachment)
