@@ -31,6 +31,7 @@ from mailparser.utils import mime_header_view
 
 from maildesk.base64runs import Runs
 from maildesk.html_text import html_to_text
+from maildesk.models import NAME_LENGTH
 from maildesk.outbound.headers import writable
 
 log = logging.getLogger("maildesk.message")
@@ -323,7 +324,8 @@ def _sender(fields: Fields) -> tuple[str, str]:
     written = writable(addr)
     if written is None:  # e.g. a non-ASCII local part: no answer could ever reach it
         raise UnparseableMessage(f"From {addr!r} is no address maildesk can write to")
-    return clean_text(_decoded_value(name)), written
+    # Cut to what a name holds where it is stored: PostgreSQL refused the whole mail.
+    return clean_text(_decoded_value(name))[:NAME_LENGTH].rstrip(), written
 
 
 def _addresses(fields: Fields, name: str) -> tuple[str, ...]:

@@ -184,3 +184,17 @@ def test_a_name_an_admin_set_is_not_replaced_by_any_mail(
     assert (listed["name"], listed["name_source"]) == ("Alice Customer", "set")
 
     _no_mail_renames(services, "Alice Customer")
+
+
+def test_a_display_name_longer_than_a_stored_name_is_cut_not_refused(
+    services: Services,
+) -> None:
+    """A From's display name of 300 characters: PostgreSQL refused the person's row
+    (a name holds 200), so the stranger's mail failed at each attempt and ended in
+    quarantine. It is a ticket, its sender named by the first 200 characters."""
+    long_name = "Ž" * 300
+    receive(services, make_mail(sender=f'"{long_name}" <{ALICE}>', subject="Long name"))
+
+    to, text = _last_mail_to_alice(services)
+    assert to.count("Ž") == 200 and to.endswith(f"<{ALICE}>")
+    assert "Long name" in text
