@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from maildesk.accounts import Accounts, redact_links
+from maildesk.accounts import Accounts
 from maildesk.clock import desk_time
 from maildesk.config import LANGUAGES
 from maildesk.message import ParsedMessage
@@ -36,6 +36,7 @@ from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
 from maildesk.pipeline import quiet
 from maildesk.pipeline.quiet import Notice
+from maildesk.redaction import LINK_SLACK, redact_head
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.cleanup import Flood
 from maildesk.tickets.command_errors import CommandError
@@ -43,6 +44,10 @@ from maildesk.tickets.watchers import Watchers
 from maildesk.web.links import PaidLinks
 
 log = logging.getLogger("maildesk.notices")
+
+# Characters of a mail an agent's notice quotes, as a #show does (console.py): a
+# 20 MB text went whole into each agent's copy; the rest is one #show away.
+MAX_QUOTED = 20_000
 
 
 class Notices:
@@ -251,12 +256,14 @@ class Notices:
 
 
 def quoted(message: ParsedMessage | None, text: str = "") -> Quoted:
-    """What an agent's notice quotes of `message` (or `text` instead of its own), with the
-    links that could act for the customer taken out."""
+    """What an agent's notice quotes of `message` (or `text` instead of its own): its
+    head, with the links that could act for the customer taken out."""
+    whole = text or (message.text if message else "")
     return {
         "from": message.from_addr if message else "",
         "from_name": message.from_name if message else "",
-        "text": redact_links(text or (message.text if message else "")),
+        "text": redact_head(whole, MAX_QUOTED),
+        "cut": max(len(whole) - MAX_QUOTED, 0),
     }
 
 
@@ -277,16 +284,23 @@ def customers_newest(session: Session, ticket: Ticket) -> Quoted:
     """The newest mail of the customer side on `ticket`, quoted for agents; on a ticket
     the customer has not written to (taken by phone), the agent's intake text."""
     customers = Message.kind.in_(("customer", "participant"))
-    ours = select(Message).where(Message.ticket_id == ticket.id, Message.direction == "in")
-    newest = session.scalars(ours.where(customers).order_by(Message.id.desc()).limit(1)).first()
+    # Of a longer text the database hands over only the head a quote needs.
+    ours = select(
+        Message.from_addr,
+        Message.from_name,
+        func.substr(Message.body_text, 1, MAX_QUOTED + LINK_SLACK).label("head"),
+        func.length(Message.body_text).label("length"),
+    ).where(Message.ticket_id == ticket.id, Message.direction == "in")
+    newest = session.execute(ours.where(customers).order_by(Message.id.desc()).limit(1)).first()
     if newest is None:
-        newest = session.scalars(ours.order_by(Message.id).limit(1)).first()
+        newest = session.execute(ours.order_by(Message.id).limit(1)).first()
     if newest is None:
         return NO_MAIL
     return {
         "from": newest.from_addr,
         "from_name": newest.from_name,
-        "text": redact_links(newest.body_text),
+        "text": redact_head(newest.head, MAX_QUOTED),
+        "cut": max(newest.length - MAX_QUOTED, 0),
     }
 
 

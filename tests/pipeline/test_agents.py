@@ -547,3 +547,22 @@ def test_an_agents_notification_proves_nothing_once_its_agent_is_gone(
     relayed = outbox_rows(services)[-1]
     assert "A new driver" in body(parsed(relayed))
     assert relayed.recipients == ["alice@customer.test"]
+
+
+def test_a_long_mail_is_quoted_to_agents_by_its_head(services: Services) -> None:
+    """A customer's (or a stranger's) 2 MB text went whole into the notification of
+    each agent, and again into the alert each agent gets when the ticket turns
+    critical: their mail clients got megabytes for one mail, per agent. Each quotes
+    its first 20,000 characters and says how many it leaves out."""
+    text = "".join(f"line {n:06d} of the log\n" for n in range(100_000)) + "THE END\n"
+    receive(services, make_mail(body=text))
+    [notification] = to_agent(services)
+    agent_reply(services, notification, "#priority critical\nLooking at it.")
+    [alert] = [m for m in to_agent(services) if "CRITICAL" in m["Subject"]]
+
+    stored = len(ticket(services, 1)["messages"][0]["body_text"])
+    for mail in (notification, alert):
+        quoted = body(mail)
+        assert "line 000000 of the log" in quoted and "THE END" not in quoted
+        assert f"[… {stored - 20_000} more characters left out]" in quoted
+        assert len(mail.as_bytes()) < 100_000

@@ -32,8 +32,9 @@ AGENT_EVENTS = tuple(
 ) + ("assigned", "taken")  # agent_mail.py: a colleague's #assign or #take
 
 # The mail that caused a notification; "from" is a keyword, hence this spelling.
-Quoted = TypedDict("Quoted", {"from": str, "from_name": str, "text": str})
-NO_MAIL: Quoted = {"from": "", "from_name": "", "text": ""}  # e.g. a web answer
+# "cut": characters of its text left out of the quote (0: quoted whole).
+Quoted = TypedDict("Quoted", {"from": str, "from_name": str, "text": str, "cut": int})
+NO_MAIL: Quoted = {"from": "", "from_name": "", "text": "", "cut": 0}  # e.g. a web answer
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class AgentNotification(Notification):
             "from": address,
             "from_name": name,
             "text": sample_text(language)["customer"],
+            "cut": 0,
         }
         return [cls(event, quoted) for event in AGENT_EVENTS for quoted in (mail, NO_MAIL)]
 
@@ -88,7 +90,7 @@ class AgentQuiet(Notification):
     def samples(cls, language: str, base_url: str) -> list[Self]:
         name, address = SAMPLE_CUSTOMER
         text = sample_text(language)["customer"]
-        mail: Quoted = {"from": address, "from_name": name, "text": text}
+        mail: Quoted = {"from": address, "from_name": name, "text": text, "cut": 0}
         return [
             cls(address, 10, "", 0, mail),
             cls(address, 10, "2026-01-05 08:30 CET", 2990, mail),
