@@ -135,10 +135,20 @@ def shuffled_archive(seed: int) -> tuple[list[list[Mail]], list[Mail]]:
     return conversations, mails
 
 
-@pytest.mark.parametrize("processes", [1, 3])
+@pytest.mark.parametrize(("processes", "batch_bytes"), [(1, None), (3, None), (1, 4096), (2, 4096)])
 def test_a_shuffled_archive_imports_each_conversation_as_one_ticket(
-    config_file: Path, tmp_path: Path, processes: int
+    config_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    processes: int,
+    batch_bytes: int | None,
 ) -> None:
+    """With `batch_bytes`, batches of about ten messages end inside threads, by their
+    bytes (`importer.BATCH_BYTES`), as batches of `BATCH` messages do in a large archive:
+    batches are cut from the thread-ordered stream, and each is processed before the
+    next (wave) is stored."""
+    if batch_bytes is not None:
+        monkeypatch.setattr(importer, "BATCH_BYTES", batch_bytes)
     assert run(config_file, "init").exit_code == 0
     conversations, mails = shuffled_archive(9)
     archive = write_mbox(tmp_path / "archive.mbox", mails)
@@ -160,27 +170,6 @@ def test_a_shuffled_archive_imports_each_conversation_as_one_ticket(
     assert again.exit_code == 0, again.output
     assert f"0 new, {len(mails)} already imported, 0 processed" in again.output
     assert ticket_of(config_file) == tickets
-
-
-@pytest.mark.parametrize("processes", [1, 2])
-def test_batches_ended_by_their_bytes_keep_each_conversation_one_ticket(
-    config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: int
-) -> None:
-    """A batch that ends at `importer.BATCH_BYTES` ends inside threads, as one of
-    `BATCH` messages does in a large archive: batches are cut from the thread-ordered
-    stream, and each is processed before the next (wave) is stored."""
-    monkeypatch.setattr(importer, "BATCH_BYTES", 4096)  # about ten messages a batch
-    assert run(config_file, "init").exit_code == 0
-    conversations, mails = shuffled_archive(9)
-    archive = write_mbox(tmp_path / "archive.mbox", mails)
-    result = run(config_file, "import", "--processes", str(processes), str(archive))
-    assert result.exit_code == 0, result.output
-    assert f"{len(mails)} new, 0 already imported, {len(mails)} processed" in result.output
-
-    tickets = ticket_of(config_file)
-    assert set(tickets) == {m.message_id for m in mails}
-    assert not [m for m in mails if m.parent and tickets[m.message_id] != tickets[m.parent]]
-    assert len(set(tickets.values())) == len(conversations)
 
 
 @pytest.mark.parametrize(
