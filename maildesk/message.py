@@ -146,8 +146,10 @@ def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
     fields = Fields(msg)
     from_name, from_addr = _sender(fields)
     subject = clean_text(_decoded(fields, "Subject"))
-    text = "\n".join(mail.text_plain)
-    html = "\n".join(mail.text_html)
+    # PostgreSQL's text holds no NUL (SQLite's does): a body with one failed at every
+    # attempt and ended in quarantine. Real mail has them: UTF-16 labelled as ASCII.
+    text = "\n".join(mail.text_plain).replace("\0", "")
+    html = "\n".join(mail.text_html).replace("\0", "")
     if not text and html:
         text = html_to_text(html)
     # Bounce detection runs a dozen heuristic detectors over the whole message: a third

@@ -1,0 +1,58 @@
+"""Text a mail brings that SQLite stores but PostgreSQL refuses: NUL characters, which
+no PostgreSQL text holds. Refused, the mail failed at every attempt and ended in
+quarantine, never part of a ticket. These run on both databases (see conftest.py).
+"""
+
+from __future__ import annotations
+
+from maildesk.services import Services
+from tests.conftest import make_mail
+from tests.helpers import inbound_row, outbox_rows, outbox_text, receive, ticket
+
+ALICE = "alice@customer.test"
+
+
+def _mail(body: bytes, content_type: bytes, encoding: bytes = b"8bit") -> bytes:
+    """make_mail's headers over a body of our own bytes."""
+    head = make_mail(subject="Printer broken").split(b"\r\n\r\n")[0].split(b"\r\n")
+    kept = [line for line in head if not line.lower().startswith((b"content-", b"mime-"))]
+    return b"\r\n".join(
+        [
+            *kept,
+            b"MIME-Version: 1.0",
+            b"Content-Type: " + content_type,
+            b"Content-Transfer-Encoding: " + encoding,
+            b"",
+            body,
+            b"",
+        ]
+    )
+
+
+def _acknowledged(services: Services) -> str:
+    [ack] = [row for row in outbox_rows(services) if row.recipients == [ALICE]]
+    return outbox_text(ack)
+
+
+def test_a_utf16_body_labelled_ascii_becomes_a_ticket(services: Services) -> None:
+    """A client wrote UTF-16 and called it ASCII: a NUL beside each letter. PostgreSQL
+    refused the text; the mail is a ticket, its text the letters without the NULs."""
+    body = "The printer prints blank pages.".encode("utf-16-le")
+    spool_id = receive(services, _mail(body, b"text/plain; charset=us-ascii"))
+
+    assert inbound_row(services, spool_id).state == "done"
+    [message] = ticket(services, 1)["messages"][:1]
+    assert message["body_text"].strip() == "The printer prints blank pages."
+    assert "Printer broken" in _acknowledged(services)
+
+
+def test_an_html_body_with_a_nul_becomes_a_ticket(services: Services) -> None:
+    body = b"<p>The printer prints=00 blank pages.</p>"
+    spool_id = receive(
+        services, _mail(body, b"text/html; charset=utf-8", encoding=b"quoted-printable")
+    )
+
+    assert inbound_row(services, spool_id).state == "done"
+    [message] = ticket(services, 1)["messages"][:1]
+    assert "The printer prints blank pages." in message["body_text"]
+    assert "Printer broken" in _acknowledged(services)
