@@ -39,7 +39,9 @@ log = logging.getLogger("maildesk.message")
 logging.getLogger("mailparser").setLevel(logging.WARNING)
 logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
 
-_MSGID = re.compile(r"<([^<>\s]+)>")
+# No NUL in an id: PostgreSQL's text holds none, and refused the mail that stored or
+# looked up one (at every attempt). An id holding one is no id.
+_MSGID = re.compile(r"<([^<>\s\0]+)>")
 _ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 # C0 and C1 controls plus U+2028/U+2029: every character str.splitlines() breaks on
 # (\x85 and the two separators included), so no clean value can become two header lines.
@@ -471,7 +473,7 @@ def _bounces(msg: EmailMessage) -> tuple[frozenset[str], frozenset[str]]:
     return decode(temporary), decode(permanent)
 
 
-_QUOTED_ID = re.compile(rb"(?im)^message-id:[ \t]*<([^<>\s]{1,900})>")
+_QUOTED_ID = re.compile(rb"(?im)^message-id:[ \t]*<([^<>\s\0]{1,900})>")  # no NUL: see _MSGID
 
 
 def _quoted_ids(raw: bytes) -> tuple[str, ...]:

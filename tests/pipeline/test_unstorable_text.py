@@ -6,8 +6,8 @@ quarantine, never part of a ticket. These run on both databases (see conftest.py
 from __future__ import annotations
 
 from maildesk.services import Services
-from tests.conftest import make_mail
-from tests.helpers import inbound_row, outbox_rows, outbox_text, receive, ticket
+from tests.conftest import eml, make_mail
+from tests.helpers import inbound_row, outbox_rows, outbox_text, receive, ticket, tickets
 
 ALICE = "alice@customer.test"
 
@@ -56,3 +56,42 @@ def test_an_html_body_with_a_nul_becomes_a_ticket(services: Services) -> None:
     [message] = ticket(services, 1)["messages"][:1]
     assert "The printer prints blank pages." in message["body_text"]
     assert "Printer broken" in _acknowledged(services)
+
+
+def test_a_message_id_holding_a_nul_is_no_id(services: Services) -> None:
+    """A Message-ID with a NUL in it: PostgreSQL refused it where it is stored, and
+    where a reply names it the lookup. Such an id is no id: the mail is a ticket,
+    and a reply naming it beside our acknowledgement's id joins that ticket."""
+    first = make_mail().replace(b"Message-ID: <", b"Message-ID: <\0")
+    spool_id = receive(services, first)
+    assert inbound_row(services, spool_id).state == "done"
+    [ack] = [row for row in outbox_rows(services) if row.recipients == [ALICE]]
+
+    reply = make_mail(
+        subject="Re: Printer broken",
+        body="Still broken.",
+        In_Reply_To=ack.message_id,
+        References=f"<x@customer.test> <{ack.message_id}>",
+    ).replace(b"<x@customer.test>", b"<x\0@customer.test>")
+    spool_id = receive(services, reply)
+
+    assert inbound_row(services, spool_id).state == "done"
+    assert len(tickets(services)) == 1
+    assert [m["body_text"].strip() for m in ticket(services, 1)["messages"][2:]] == [
+        "Still broken."
+    ]
+
+
+def test_a_bounce_quoting_an_id_with_a_nul_is_filed(services: Services) -> None:
+    """A bounce of our acknowledgement whose returned headers name a Message-ID with a
+    NUL beside ours: the lookup of the quoted ids failed on PostgreSQL."""
+    receive(services, make_mail())
+    [ack] = [row for row in outbox_rows(services) if row.recipients == [ALICE]]
+    raw = eml("bounce-postfix-dsn.eml").replace(
+        b"{ORIGINAL_ID}>", ack.message_id.encode() + b">\nMessage-ID: <a\0b@customer.test>", 1
+    )
+
+    spool_id = receive(services, raw, mail_from="<>")
+
+    assert inbound_row(services, spool_id).state == "done"
+    assert [m["kind"] for m in ticket(services, 1)["messages"]][-1] == "bounce"
