@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +54,9 @@ log = logging.getLogger("maildesk.spool")
 # quarantines it: a message that kills or hangs the processor is tried this
 # often, and alone after its first failure, never forever.
 MAX_ATTEMPTS = 3
+# What an envelope may bring that no database stores: NUL (PostgreSQL's text holds
+# none) and lone surrogates (aiosmtpd's surrogateescape for bytes that are no UTF-8).
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,12 @@ class Envelope:
     # Importing old mail must not write to customers.
     notify: bool = True
     peer: str = ""  # the SMTP client's IP address
+
+
+def _storable(value: str) -> str:
+    """An envelope's text as every database stores it: the commit holds every mail
+    arriving at once, and one sender's MAIL FROM failed it (a 451) for them all."""
+    return _UNSTORABLE.sub("\ufffd", value)
 
 
 def digest(raw: bytes) -> str:
@@ -233,7 +243,7 @@ class InboundStore:
         return dict(
             received_at=now,
             source=envelope.source,
-            mail_from=envelope.mail_from,
+            mail_from=_storable(envelope.mail_from),
             peer=envelope.peer,
             rcpt_to=list(envelope.rcpt_to),
             size=len(item.raw),
@@ -244,7 +254,7 @@ class InboundStore:
             reason="",
             error="",
             # The turn is given as the row enters the spool (`lanes.assign`).
-            lane=lanes.lane_of(envelope.source, envelope.mail_from, item.raw),
+            lane=_storable(lanes.lane_of(envelope.source, envelope.mail_from, item.raw)),
             turn=0,
         )
 

@@ -5,8 +5,12 @@ quarantine, never part of a ticket. These run on both databases (see conftest.py
 
 from __future__ import annotations
 
+import smtplib
+
+import pytest
+
 from maildesk.services import Services
-from tests.conftest import eml, make_mail
+from tests.conftest import Outbox, RunningDaemon, eml, make_mail
 from tests.helpers import inbound_row, outbox_rows, outbox_text, receive, ticket, tickets
 
 ALICE = "alice@customer.test"
@@ -95,3 +99,43 @@ def test_a_bounce_quoting_an_id_with_a_nul_is_filed(services: Services) -> None:
 
     assert inbound_row(services, spool_id).state == "done"
     assert [m["kind"] for m in ticket(services, 1)["messages"]][-1] == "bounce"
+
+
+# -- the envelope ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mail_from",
+    [b'<"mallory\x00"@evil.test>', b'<"mallory\xff"@evil.test> SMTPUTF8'],
+    ids=["nul", "not-utf8"],
+)
+def test_a_mail_from_of_unstorable_text_is_accepted(
+    daemon: RunningDaemon, outbox: Outbox, mail_from: bytes
+) -> None:
+    """The envelope sender is stored with the mail as it is accepted, in one commit with
+    every other mail arriving then. A NUL (refused by PostgreSQL) or bytes that are no
+    UTF-8 (a lone surrogate, refused by both databases) failed that commit: a 451 for
+    this mail, at every try, and for the others in its commit."""
+    smtp = daemon.services.settings.smtp
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+        client.ehlo()
+        client.send(b"MAIL FROM:" + mail_from + b"\r\n")
+        assert client.getreply()[0] == 250
+        assert client.rcpt("support@example.test")[0] == 250
+        code, _ = client.data(make_mail())
+    assert code == 250
+
+    [ack] = outbox.wait(1)
+    assert ack["To"].addresses[0].addr_spec == ALICE
+    assert tickets(daemon.services)[0]["subject"] == "Printer broken"
+
+
+def test_a_return_path_with_a_nul_in_polled_mail_is_stored(services: Services) -> None:
+    """Mail polled from a mailbox has no envelope of ours: its Return-Path names the
+    sender's lane (inbound/lanes.py), and a NUL in it failed the store on PostgreSQL."""
+    raw = b'Return-Path: <"mallory\x00"@evil.test>\r\n' + make_mail()
+
+    spool_id = receive(services, raw, mail_from="", source="imap")
+
+    assert inbound_row(services, spool_id).state == "done"
+    assert "Printer broken" in _acknowledged(services)
