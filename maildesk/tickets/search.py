@@ -65,6 +65,11 @@ from maildesk.tickets.visibility import PUBLIC, Scope
 MAX_WORDS = 8
 MAX_WORD_CHARS = 64
 MAX_INDEXED_CHARS = 200_000
+# PostgreSQL refuses a tsvector whose distinct words pass 1 MB of UTF-8 ("string is too
+# long for tsvector"): 200,000 characters of distinct words of another script (Hangul
+# grows threefold in NFKD) failed the mail at every attempt. Words past it go unindexed,
+# on both engines alike.
+MAX_DOCUMENT_BYTES = 1_000_000
 MAX_LIMIT = 200
 CHUNK = 100
 MAX_CHUNK = 5000
@@ -108,7 +113,25 @@ def document(subject: str, body: str) -> str:
     """The folded, tokenized text the index holds for one message. Never a link's token:
     prefix searches (`eyjw`, `eyjwi`, …) would read its words back, case aside, to anyone
     who may search the ticket."""
-    return " ".join(words(f"{redact_links(subject)}\n{redact_head(body, MAX_INDEXED_CHARS)}"))
+    found = words(f"{redact_links(subject)}\n{redact_head(body, MAX_INDEXED_CHARS)}")
+    joined = " ".join(found)
+    # All words' bytes bound the distinct words' bytes: most mail is counted no further.
+    if len(joined) * 4 <= MAX_DOCUMENT_BYTES or len(joined.encode()) <= MAX_DOCUMENT_BYTES:
+        return joined
+    return " ".join(_within_bytes(found))
+
+
+def _within_bytes(found: list[str]) -> list[str]:
+    """`found` up to the word whose distinct words would pass `MAX_DOCUMENT_BYTES`."""
+    seen: set[str] = set()
+    size = 0
+    for at, word in enumerate(found):
+        if word not in seen:
+            size += len(word.encode())
+            if size > MAX_DOCUMENT_BYTES:
+                return found[:at]
+            seen.add(word)
+    return found
 
 
 def indexed(direction: str, kind: str) -> bool:

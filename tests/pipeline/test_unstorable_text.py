@@ -1,15 +1,18 @@
 """Text a mail brings that SQLite stores but PostgreSQL refuses: NUL characters, which
-no PostgreSQL text holds. Refused, the mail failed at every attempt and ended in
-quarantine, never part of a ticket. These run on both databases (see conftest.py).
+no PostgreSQL text holds, and search documents past what a tsvector holds. Refused,
+the mail failed at every attempt and ended in quarantine, never part of a ticket.
+These run on both databases (see conftest.py).
 """
 
 from __future__ import annotations
 
+import random
 import smtplib
 
 import pytest
 
 from maildesk.services import Services
+from maildesk.tickets import search
 from tests.conftest import Outbox, RunningDaemon, eml, make_mail
 from tests.helpers import inbound_row, outbox_rows, outbox_text, receive, ticket, tickets
 
@@ -139,3 +142,22 @@ def test_a_return_path_with_a_nul_in_polled_mail_is_stored(services: Services) -
 
     assert inbound_row(services, spool_id).state == "done"
     assert "Printer broken" in _acknowledged(services)
+
+
+# -- the search index -----------------------------------------------------------------
+
+
+def test_a_mail_of_a_megabyte_of_distinct_words_is_a_ticket(services: Services) -> None:
+    """9,000 distinct Hangul words: decomposed as the index folds them, 1.7 MB of distinct
+    words, which PostgreSQL refused as a tsvector (it holds 1 MB). The mail is a ticket,
+    found by its first words."""
+    rnd = random.Random(1)
+    syllables = [
+        "".join(chr(0xAC00 + rnd.randrange(11172)) for _ in range(21)) for _ in range(9000)
+    ]
+    spool_id = receive(services, make_mail(body=" ".join(syllables)))
+
+    assert inbound_row(services, spool_id).state == "done"
+    assert "Printer broken" in _acknowledged(services)
+    with services.db.transaction() as session:
+        assert [hit.ticket.id for hit in search.search(session, syllables[0])] == [1]
