@@ -26,6 +26,7 @@ from maildesk.accounts import (
 )
 from maildesk.config import LANGUAGES
 from maildesk.models import Person
+from maildesk.outbound.headers import writable
 from maildesk.tickets.service import Tickets
 from maildesk.web.pages import (
     Form,
@@ -180,7 +181,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 
 @protected
 async def login(request: web.Request, form: Form) -> web.StreamResponse:
-    email = str(form.get("email", "")).strip().lower()[:_MAX_EMAIL]
+    email = _typed_address(form)
     password = str(form.get("password", ""))
     target = _safe_next(str(form.get("next", "")))
     here = site(request)
@@ -239,7 +240,7 @@ async def forgot_form(request: web.Request) -> web.StreamResponse:
 
 @protected
 async def forgot(request: web.Request, form: Form) -> web.StreamResponse:
-    email = str(form.get("email", "")).strip().lower()[:_MAX_EMAIL]
+    email = _typed_address(form)
     here = site(request)
     guard, ip, services = here.limits.forgot, client_ip(request), here.services
     if wait := guard.blocked(ip):
@@ -262,6 +263,13 @@ async def forgot(request: web.Request, form: Form) -> web.StreamResponse:
         # anyone who is a customer here.
         _in_background(send, "queuing a set-password link")
     return render(request, "forgot_sent", {}, who=None)
+
+
+def _typed_address(form: Form) -> str:
+    """The address typed in a form, as people's addresses are stored; "" when it is
+    none we could store (PostgreSQL refused a NUL in the lookup: a 500 for anyone)."""
+    typed = str(form.get("email", "")).strip().lower()[:_MAX_EMAIL]
+    return writable(typed) or ""
 
 
 def _in_background(work: Callable[[], None], what: str) -> None:
