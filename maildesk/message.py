@@ -121,12 +121,12 @@ class ThreadHeaders:
     date: datetime | None
 
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+HEADER_END = re.compile(rb"\r?\n\r?\n")  # where `thread_headers` ends a header block
 
 
 def thread_headers(raw: bytes) -> ThreadHeaders:
     """The ids and date of `raw`, read as `parse` reads them (import orders an archive)."""
-    end = _HEADER_END.search(raw)
+    end = HEADER_END.search(raw)
     head = raw[: end.start()] if end else raw
     msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
     fields = Fields(msg)

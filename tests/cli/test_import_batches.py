@@ -126,3 +126,38 @@ def test_a_batch_ends_at_its_bytes_and_a_larger_message_is_a_batch_alone(
         wave_of = {raw: wave for wave, raw in stream}
         for wave, batch in batches:
             assert {wave_of[raw] for raw in batch} == {wave}
+
+
+@pytest.mark.parametrize("kind", ["mbox", "maildir"])
+def test_the_first_pass_reads_heads_and_the_second_the_exact_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The first pass reads a message's head a chunk at a time (a 25 MB body is not
+    read twice), here 7 bytes, so the blank line that ends a head falls across a
+    seam in one message or another; a reply still comes after the parent its
+    References name, and each message is stored as the archive holds it."""
+    monkeypatch.setattr(importer, "HEAD_CHUNK", 7)
+    parent = make_mail(message_id="<parent@archive.test>", body="first\r\n" * 50)
+    reply = make_mail(
+        message_id="<reply@archive.test>",
+        subject="Re: Printer broken",
+        References="<parent@archive.test>",
+        body="second\n\nthird\r\n\r\n",
+    )
+    if kind == "mbox":
+        archive: mailbox.Mailbox = mailbox.mbox(str(tmp_path / "a.mbox"))
+    else:
+        archive = mailbox.Maildir(str(tmp_path / "a"), create=True)
+    archive.add(reply)
+    archive.add(parent)
+    archive.flush()
+    archive.close()
+    path = tmp_path / ("a.mbox" if kind == "mbox" else "a")
+
+    with contextlib.closing(importer.open_archive(path)) as box:
+        as_held = {box.get_bytes(key) for key in box.iterkeys()}
+        stream = [raw for _wave, raw in importer.read_waves(box, by_wave=False)]
+
+    assert set(stream) == as_held and len(stream) == 2
+    assert b"<parent@archive.test>" in stream[0].split(b"\n\n")[0]
+    assert b"Message-ID: <reply@archive.test>" in stream[1]
