@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from maildesk.models import Ticket
+from maildesk.models import Person, Ticket
 from tests.conftest import Outbox, RunningDaemon, make_mail, wait_for
 from tests.helpers import ticket, tickets
 
@@ -146,6 +147,19 @@ def test_a_customer_sets_a_password_and_replies_from_the_browser(
     )
     page.reload()
     assert REPLY in page.inner_text("main")
+
+    # The name our mail greets her by, typed by herself: no mail changes it now.
+    page.click("header >> text=Name")
+    page.wait_for_url("**/account/name")
+    assert fits_the_screen(page)
+    page.fill("#name", "Alice Nováková")
+    page.click("button[type=submit]:has-text('Save')")
+    page.wait_for_url("**/account/name?saved=1")
+    assert "Saved." in page.inner_text("main")
+    assert page.input_value("#name") == "Alice Nováková"
+    with services.db.transaction() as session:
+        alice = session.scalars(select(Person).where(Person.email == ALICE)).one()
+        assert (alice.name, alice.name_source) == ("Alice Nováková", "set")
 
     # The link worked once.
     page.goto(link)
