@@ -21,6 +21,7 @@ from maildesk.config import LANGUAGES
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Message, Person, Ticket
 from maildesk.outbound.catalogue import (
+    ATTACHED_BYTES,
     NO_MAIL,
     Acknowledgement,
     AgentClosedAll,
@@ -28,6 +29,7 @@ from maildesk.outbound.catalogue import (
     AgentNotification,
     AgentQuiet,
     Invitation,
+    NotAttached,
     PaidNotice,
     Quoted,
     StatusNotice,
@@ -178,19 +180,23 @@ class Notices:
             # The owner, and the colleagues who asked to follow the ticket (#watch).
             watching = [a for a in Watchers(session).of(ticket) if a.id != ticket.owner.id]
             agents = [ticket.owner, *watching]
-        attachments: tuple[Attachment, ...] = ()
-        if message is not None:
-            attachments = tuple(
-                Attachment(a.filename, a.content_type, a.data) for a in message.attachments
-            )
-        note = AgentNotification(event, quoted(message, text))
+        attachments: list[Attachment] = []
+        not_attached: list[NotAttached] = []
+        left = ATTACHED_BYTES
+        for file in message.attachments if message is not None else ():
+            if len(file.data) <= left:
+                attachments.append(Attachment(file.filename, file.content_type, file.data))
+                left -= len(file.data)
+            else:
+                not_attached.append({"filename": file.filename, "size": len(file.data)})
+        note = AgentNotification(event, quoted(message, text), tuple(not_attached))
         return self.notifier.notify_each(
             session,
             note,
             [Recipient.of_agent(agent) for agent in agents],
             ticket=ticket,
             answering=InReplyTo(message.message_id) if message else None,
-            attachments=attachments,
+            attachments=tuple(attachments),
         )
 
     def assigned(self, session: Session, ticket: Ticket) -> int:

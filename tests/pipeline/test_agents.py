@@ -566,3 +566,26 @@ def test_a_long_mail_is_quoted_to_agents_by_its_head(services: Services) -> None
         assert "line 000000 of the log" in quoted and "THE END" not in quoted
         assert f"[… {stored - 20_000} more characters left out]" in quoted
         assert len(mail.as_bytes()) < 100_000
+
+
+def test_a_notification_carries_ten_megabytes_of_files_and_names_the_rest(
+    services: Services,
+) -> None:
+    """A customer's files went whole into each agent's notification: 13 MB of them are
+    18 MB in base64, and a 25 MB one is past what many agents' mail servers take, so
+    the notification bounced and the agent never heard of the ticket. It carries the
+    mail's files in their order while they fit in 10 MB, and names the others."""
+    files = {"a.log": 4, "disk.img": 8, "b.log": 1}  # MB each
+    msg = email.message_from_bytes(make_mail(), policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    for name, megabytes in files.items():
+        data = bytes([len(name)]) * (megabytes * 1024 * 1024)
+        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+    receive(services, msg.as_bytes(policy=email.policy.SMTP))
+
+    [notification] = to_agent(services)
+    carried = [part.get_filename() for part in notification.iter_attachments()]
+    assert carried == ["a.log", "b.log"]
+    assert f"disk.img ({8 * 1024 * 1024} bytes)" in body(notification)
+    assert "Not attached (a notification carries 10 MB of files):" in body(notification)
+    assert len(ticket(services, 1)["messages"][0]["attachments"]) == 3  # the ticket has all

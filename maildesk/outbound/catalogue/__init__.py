@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from maildesk.outbound.catalogue.agents import (
     AGENT_EVENTS,
+    ATTACHED_BYTES,
     NO_MAIL,
     AgentClosedAll,
     AgentDigest,
@@ -20,6 +21,7 @@ from maildesk.outbound.catalogue.agents import (
     AgentSla,
     DigestGroup,
     DigestRow,
+    NotAttached,
     Quoted,
     SlaState,
 )
@@ -83,6 +85,7 @@ KINDS: dict[str, type[Notification]] = {
 
 __all__ = [
     "AGENT_EVENTS",
+    "ATTACHED_BYTES",
     "BASE_NAMES",
     "KINDS",
     "NO_MAIL",
@@ -107,6 +110,7 @@ __all__ = [
     "Invitation",
     "LanguageRule",
     "ListRow",
+    "NotAttached",
     "Notification",
     "PaidNotice",
     "Quoted",

@@ -35,6 +35,15 @@ AGENT_EVENTS = tuple(
 # "cut": characters of its text left out of the quote (0: quoted whole).
 Quoted = TypedDict("Quoted", {"from": str, "from_name": str, "text": str, "cut": int})
 NO_MAIL: Quoted = {"from": "", "from_name": "", "text": "", "cut": 0}  # e.g. a web answer
+# The files one notification carries at most, in the mail's order; the rest are only
+# named. A 25 MB attachment is 34 MB in base64, past what many agents' mail servers
+# take (Gmail: 25 MB): the notification bounced, and its agent never heard of the mail.
+ATTACHED_BYTES = 10 * 1024 * 1024
+
+
+class NotAttached(TypedDict):
+    filename: str
+    size: int  # bytes
 
 
 @dataclass(frozen=True)
@@ -48,10 +57,18 @@ class AgentNotification(Notification):
 
     event: str  # one of AGENT_EVENTS
     message: Quoted
+    # The mail's files past what one notification carries (`ATTACHED_BYTES`), named.
+    not_attached: tuple[NotAttached, ...] = ()
 
     def variables(self, language: str) -> dict[str, Any]:
         help_text = commands.help_text(language)
-        return {"event": self.event, "message": self.message, "commands_help": help_text}
+        return {
+            "event": self.event,
+            "message": self.message,
+            "not_attached": list(self.not_attached),
+            "attach_limit": f"{ATTACHED_BYTES // (1024 * 1024)} MB",
+            "commands_help": help_text,
+        }
 
     @classmethod
     def samples(cls, language: str, base_url: str) -> list[Self]:
@@ -62,7 +79,11 @@ class AgentNotification(Notification):
             "text": sample_text(language)["customer"],
             "cut": 0,
         }
-        return [cls(event, quoted) for event in AGENT_EVENTS for quoted in (mail, NO_MAIL)]
+        large: NotAttached = {"filename": "disk-image.zip", "size": 24_117_248}
+        return [
+            *(cls(event, quoted) for event in AGENT_EVENTS for quoted in (mail, NO_MAIL)),
+            cls("new_ticket", mail, (large,)),
+        ]
 
 
 @dataclass(frozen=True)
