@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Self, TypedDict
 
 from maildesk.i18n import names
-from maildesk.outbound.catalogue.agents import named
+from maildesk.outbound.catalogue.agents import ATTACHED_BYTES, named
 from maildesk.outbound.catalogue.base import (
     SAMPLE_AGENT,
     SAMPLE_CUSTOMER,
@@ -77,8 +77,9 @@ class AgentList(Notification):
         ]
 
 
-# The files one #show carries at most, newest first; the rest are only named.
-SHOW_ATTACHED_BYTES = 10 * 1024 * 1024
+# The files one #show carries at most, newest first; the rest are only named. As a
+# notification: what one mail of ours may carry and still reach an agent.
+SHOW_ATTACHED_BYTES = ATTACHED_BYTES
 
 
 class Attached(TypedDict):
