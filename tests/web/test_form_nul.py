@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import RunningDaemon
-from tests.web.portal_client import Client, base_url, customer, logged_in
+from tests.web.portal_client import PASSWORD, Client, base_url, customer, logged_in
 
 ALICE = "alice@customer.test"
 
@@ -62,3 +62,15 @@ def test_a_nul_in_a_query_is_no_server_error(daemon: RunningDaemon, query: str) 
     client = logged_in(daemon, ALICE)
     answer = client.get(f"/tickets?{query}")
     assert answer.status < 500, answer.text
+
+
+def test_an_address_with_a_unicode_domain_logs_in_as_it_is_stored(
+    daemon: RunningDaemon,
+) -> None:
+    """Mail from a Unicode domain is stored under its A-label; typed as the customer
+    knows it, the address finds that account."""
+    customer(daemon.services, "alice@xn--k-cia6w.cz")
+    client = Client(base_url(daemon))
+    client.get("/login")
+    answer = client.post("/login", {"email": "Alice@čšk.cz", "password": PASSWORD})
+    assert answer.status == 303, answer.text
