@@ -65,6 +65,7 @@ from maildesk.outbound.notify import InReplyTo, Recipient
 from maildesk.pipeline.agent_mail import AgentFlow, acting, agent_name
 from maildesk.pipeline.authenticity import Sender
 from maildesk.pipeline.loops import classify
+from maildesk.pipeline.notices import MAX_QUOTED
 from maildesk.pipeline.threader import Match
 from maildesk.redaction import redact_head, redact_links
 from maildesk.replies import agrees
@@ -81,7 +82,7 @@ PER_HOUR = 30  # console requests answered per agent per hour
 CONFIRM_HOURS = 24  # how long a confirmation mail's reply address and button work
 MAX_READS = 5  # read-only commands answered from one mail
 MAX_SHOWN = 100  # messages of a #show, the newest ones
-MAX_BODY = 20_000  # characters of one message body in a #show
+MAX_BODY = MAX_QUOTED  # characters of one message body in a #show, as a notice quotes
 PREVIEW = 90  # characters of each canned reply `#replies` shows
 # What an unproven mail may ask for, pending confirmation (and a proven one may run here).
 CHANGING = frozenset(

@@ -47,8 +47,8 @@ from maildesk.web.links import PaidLinks
 
 log = logging.getLogger("maildesk.notices")
 
-# Characters of a mail an agent's notice quotes, as a #show does (console.py): a
-# 20 MB text went whole into each agent's copy; the rest is one #show away.
+# Characters of a mail an agent's notice quotes, and a #show of each message
+# (console.py): a 20 MB text went whole into each agent's copy.
 MAX_QUOTED = 20_000
 
 
