@@ -391,24 +391,25 @@ def _import_in_waves(
     processes: int,
     progress: Callable[[int], None],
 ) -> tuple[int, int, int]:
-    """Store the archive wave by wave (`importer.waves`) and process it in `processes`
-    processes: each wave is processed before the next is stored."""
+    """Store the archive round by round (`importer.rounds`: a wave, or small waves
+    for one process) and process it in `processes` processes: each round is processed
+    before the next is stored."""
     from maildesk.inbound import importer
     from maildesk.inbound.import_pool import DrainPool
 
     store = ctx.services.store
     stored = 0
-    current = 0
+    current: importer.Round | None = None
     with DrainPool(ctx.settings, processes) as pool:
         _begin(ctx, box, pool)
-        for wave, batch in importer.read_batches(box):
-            if wave != current:
-                pool.wait()
-                current = wave
+        for turn, batch in importer.read_batches(box):
+            if current is not None and turn != current:
+                pool.wait(alone=current.alone)
+            current = turn
             new = importer.store_batch(store, batch, notify)
             if new:
                 stored += new
-                pool.start()
+                pool.start(alone=turn.alone)
             progress(len(batch))
-        pool.wait()
+        pool.wait(alone=bool(current and current.alone))
         return stored, pool.processed, pool.stuck

@@ -100,8 +100,9 @@ def test_a_batch_ends_at_its_bytes_and_a_larger_message_is_a_batch_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_wave: bool
 ) -> None:
     """Batches cut the one stream `read_waves` gives, in its order; with `by_wave`, a
-    batch never holds two waves."""
+    batch never holds two rounds (here each wave is one: none is small)."""
     monkeypatch.setattr(importer, "BATCH_BYTES", 4096)
+    monkeypatch.setattr(importer, "SMALL_WAVE", 1)
     raws = [make_mail(message_id=f"<m{n}@archive.test>", body="x" * 900) for n in range(12)]
     raws.insert(5, make_mail(message_id="<large@archive.test>", body="y" * 8000))
     raws.append(make_mail(message_id="<reply@archive.test>", In_Reply_To="<m0@archive.test>"))
@@ -121,11 +122,13 @@ def test_a_batch_ends_at_its_bytes_and_a_larger_message_is_a_batch_alone(
     for _wave, batch in batches:
         assert len(batch) == 1 or sum(map(len, batch)) <= 4096
     large = next(raw for _wave, raw in stream if b"<large@archive.test>" in raw)
-    assert (0, [large]) in batches
+    first = importer.Round(0, alone=not by_wave)
+    assert (first, [large]) in batches
     if by_wave:
         wave_of = {raw: wave for wave, raw in stream}
         for wave, batch in batches:
             assert {wave_of[raw] for raw in batch} == {wave}
+        assert {wave for wave, _batch in batches} == {first, importer.Round(1, alone=False)}
 
 
 @pytest.mark.parametrize("kind", ["mbox", "maildir"])

@@ -135,20 +135,27 @@ def shuffled_archive(seed: int) -> tuple[list[list[Mail]], list[Mail]]:
     return conversations, mails
 
 
-@pytest.mark.parametrize(("processes", "batch_bytes"), [(1, None), (3, None), (1, 4096), (2, 4096)])
+@pytest.mark.parametrize(
+    ("processes", "batch_bytes", "small_wave"),
+    [(1, None, None), (3, None, None), (3, None, 1), (1, 4096, None), (2, 4096, None)],
+)
 def test_a_shuffled_archive_imports_each_conversation_as_one_ticket(
     config_file: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     processes: int,
     batch_bytes: int | None,
+    small_wave: int | None,
 ) -> None:
     """With `batch_bytes`, batches of about ten messages end inside threads, by their
     bytes (`importer.BATCH_BYTES`), as batches of `BATCH` messages do in a large archive:
     batches are cut from the thread-ordered stream, and each is processed before the
-    next (wave) is stored."""
+    next round is stored. The archive's first wave is shared by the processes and its
+    small last waves go to one of them; with `small_wave` 1, every wave is shared."""
     if batch_bytes is not None:
         monkeypatch.setattr(importer, "BATCH_BYTES", batch_bytes)
+    if small_wave is not None:
+        monkeypatch.setattr(importer, "SMALL_WAVE", small_wave)
     assert run(config_file, "init").exit_code == 0
     conversations, mails = shuffled_archive(9)
     archive = write_mbox(tmp_path / "archive.mbox", mails)
@@ -196,10 +203,12 @@ def test_import_uses_the_cores_the_workers_are_given(
 
 
 def test_copies_of_one_message_id_in_an_archive_make_one_message_with_processes(
-    config_file: Path, tmp_path: Path
+    config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A list archive holds the same message twice (two deliveries, other Received
-    headers): processed side by side, both copies would race for one Message-ID."""
+    headers): processed side by side, both copies would race for one Message-ID.
+    (Every wave shared by the processes, as a large archive's are.)"""
+    monkeypatch.setattr(importer, "SMALL_WAVE", 1)
     assert run(config_file, "init").exit_code == 0
     mails = split_prone_thread()
     copies = [
@@ -214,6 +223,45 @@ def test_copies_of_one_message_id_in_an_archive_make_one_message_with_processes(
     tickets = ticket_of(config_file)
     assert set(tickets) == {m.message_id for m in mails}
     assert len(set(tickets.values())) == 1, tickets
+
+
+def test_a_long_conversation_is_one_ticket_in_its_order_with_processes(
+    config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60 mails, each answering the one before, in random order in the file: 60 waves
+    of one mail, which one process takes in their order (one round, stored in batches
+    of 10 here), beside a first wave of 40 other requests that two processes share."""
+    monkeypatch.setattr(importer, "BATCH", 10)
+    assert run(config_file, "init").exit_code == 0
+    rng = random.Random(3)
+    start = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)
+    long = conversation(99, 60, start, rng)
+    others = [conversation(n, 1, start + timedelta(hours=n), rng)[0] for n in range(40)]
+    mails = [*long, *others]
+    rng.shuffle(mails)
+    result = run(
+        config_file, "import", "--processes", "2", str(write_mbox(tmp_path / "a.mbox", mails))
+    )
+    assert result.exit_code == 0, result.output
+    assert "100 new, 0 already imported, 100 processed" in result.output
+
+    tickets = ticket_of(config_file)
+    assert {tickets[m.message_id] for m in long} == {tickets[long[0].message_id]}
+    assert len(set(tickets.values())) == 41
+
+
+def test_rounds_share_large_waves_and_give_small_ones_in_a_row_to_one_process() -> None:
+    small = importer.SMALL_WAVE - 1
+    sizes = [importer.SMALL_WAVE, small, 1, importer.SMALL_WAVE + 5, 1]
+    wave = [number for number, size in enumerate(sizes) for _ in range(size)]
+    assert importer.rounds(wave) == [
+        importer.Round(0, alone=False),
+        importer.Round(1, alone=True),
+        importer.Round(1, alone=True),
+        importer.Round(2, alone=False),
+        importer.Round(3, alone=True),
+    ]
+    assert importer.rounds([]) == []
 
 
 def test_a_re_run_with_processes_finishes_what_an_interrupted_import_stored(
