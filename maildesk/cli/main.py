@@ -100,6 +100,7 @@ def main(ctx: click.Context, config_path: str | None, verbose: bool, debug: bool
     logs.configure("debug" if verbose or debug else "info")
     heap.give_back_large_buffers()  # a large message's memory is freed with it
     ctx.obj = Context(config_path)
+    ctx.call_on_close(ctx.obj.close)
     ctx.obj.verbose = verbose or debug
     ctx.obj.debug = debug
 

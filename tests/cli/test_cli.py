@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import mailbox
 import os
@@ -121,6 +122,27 @@ def test_import_mbox_is_quiet_and_idempotent(config_file: Path, tmp_path: Path) 
     assert [t["subject"] for t in listed] == [f"Old issue {i}" for i in range(5)]
     assert all(t["message_count"] == 1 for t in listed)  # no acknowledgements
     assert json.loads(run(config_file, "outbox", "list", "--json", "--all").output) == []
+
+
+def test_commands_leave_no_file_open_in_the_calling_process(
+    config_file: Path, tmp_path: Path
+) -> None:
+    """A process that runs commands one after another (a script calling `main`, this
+    test suite) kept each one's database connections and lock files open, eight file
+    descriptors a command, until `select` and then the process ran out of them."""
+    init(config_file)
+    mbox = _mbox(tmp_path / "old.mbox", 3)
+    assert run(config_file, "import", "--processes", "2", str(mbox)).exit_code == 0
+
+    def open_files() -> int:
+        gc.collect()  # what earlier tests left for the collector closes now, not midway
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_files()
+    for args in (("deliver",), ("import", "--processes", "2", str(mbox)), ("tickets", "list")):
+        result = run(config_file, *args, stdin=make_mail() if args == ("deliver",) else None)
+        assert result.exit_code == 0, result.output
+    assert open_files() <= before
 
 
 def test_import_with_notify_acknowledges(config_file: Path, tmp_path: Path) -> None:
