@@ -245,7 +245,7 @@ class InboundStore:
             source=envelope.source,
             mail_from=_storable(envelope.mail_from),
             peer=envelope.peer,
-            rcpt_to=list(envelope.rcpt_to),
+            rcpt_to=[_storable(rcpt) for rcpt in envelope.rcpt_to],
             size=len(item.raw),
             digest=item.digest,
             notify=envelope.notify,

@@ -21,6 +21,8 @@ from maildesk import config
 from maildesk.cli import EX_DATAERR, EX_TEMPFAIL, main
 from maildesk.config import Settings
 from maildesk.db import Database
+from maildesk.models import Inbound
+from maildesk.services import build
 from tests.conftest import make_mail, toml
 
 
@@ -84,6 +86,38 @@ def test_deliver_stores_and_exits_zero(config_file: Path) -> None:
     result = run(config_file, "deliver", "--sender", "alice@customer.test", stdin=make_mail())
     assert result.exit_code == 0, result.output
     assert "stored as 1" in result.output
+
+
+def test_deliver_stores_an_envelope_of_bytes_that_are_no_utf8(config_file: Path) -> None:
+    """An MTA's pipe passes the envelope as it came: bytes that are no UTF-8 reach
+    `deliver` as lone surrogates (Python's argv), which no database stores as text."""
+    init(config_file)
+    result = run(
+        config_file,
+        "deliver",
+        "--sender",
+        "al\udcffice@customer.test",
+        "--recipient",
+        "support+\udcfe@example.test",
+        stdin=make_mail(),
+    )
+    assert result.exit_code == 0, result.output
+    assert "stored as 1" in result.output
+
+    services = build(config.load(config_file))
+    try:
+        assert services.processor.process_pending().processed == 1
+        with services.db.reading() as session:
+            row = session.get(Inbound, 1)
+            assert row is not None and row.state == "done"
+            assert (row.mail_from, row.rcpt_to) == (
+                "al\ufffdice@customer.test",
+                ["support+\ufffd@example.test"],
+            )
+    finally:
+        services.db.dispose()
+    [ticket] = json.loads(run(config_file, "tickets", "list", "--json").output)
+    assert ticket["subject"] == "Printer broken"
 
 
 def test_deliver_exits_75_when_it_cannot_store(
