@@ -260,3 +260,22 @@ def test_the_agents_signature_is_not_relayed_below_the_text(
 
     [_, relay] = mail_to(outbox, ALICE, 2)
     assert relay.text == f"{GREETING}\n\n{SIGNATURE}"
+
+
+def test_a_nul_in_an_agents_reply_is_dropped_and_its_commands_still_run(
+    daemon: RunningDaemon, outbox: Outbox, config_file: Path
+) -> None:
+    """A NUL in the agent's text (a client's UTF-16 pasted as 8-bit text): PostgreSQL
+    refuses it in any text column, so it went to quarantine there. It is dropped as
+    any mail's is, on both databases; the command runs and the rest is relayed."""
+    opened = open_ticket(daemon, outbox)
+    top = commands_top("#status resolved", text=GREETING.replace("driver", "dri\0ver"))
+    raw = client_reply(GMAIL_EN, opened.notification, opened.reply_to, top=top)
+    assert b"\0" in raw or b"=00" in raw
+    agent_sends(daemon, raw, opened.reply_to)
+
+    [_, relay] = mail_to(outbox, ALICE, 2)
+    assert relay.text == f"{GREETING}\n\n{RESOLVED_PARAGRAPH}{SIGNATURE}"
+    state = show(config_file)
+    assert state["status"] == "resolved"
+    assert state["messages"][2]["body_text"] == GREETING
