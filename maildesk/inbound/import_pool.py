@@ -4,9 +4,9 @@ Each is a fresh interpreter (multiprocessing's spawn: no database connection or
 lock crosses a fork) that builds its own services from the import's settings,
 then waits for orders on a pipe. `DrainPool.start` asks every idle process to
 process what is due; `DrainPool.wait` returns once every process found nothing
-more due. The importer stores one wave at a time and waits between waves
-(`importer.waves`), so the processes never hold a reply whose parent another
-process has not committed yet.
+more due. The importer stores one round at a time and waits between rounds
+(`importer.rounds`: a wave, or small waves in a row for one process), so the
+processes never hold a reply whose parent another process has not committed yet.
 
 A process claims a whole stored batch at a time (`CLAIM`), so the processes take
 the batches in turns; the claims are the spool's ordinary claims with leases, so
@@ -37,11 +37,11 @@ log = logging.getLogger("maildesk.import")
 
 # Rows a process claims at a time: a batch as the importer stores it. Each claim is a
 # transaction with a commit (an fsync) at SQLite's one writer, taken in turns: with
-# claims of 16 the processes waited a fifth of their time for each other's commits
-# (10,000 messages in 12.6-13.1 s; 9.8-10.4 s now). Nor are shares of a batch as
-# fast (100 each of 200, 11.0-11.5 s): processes that claim at once prepare at once,
-# then wait for each other's write, where whole batches leave one preparing while the
-# other writes. A wave's last batch is processed by one process alone.
+# claims of 16 the processes waited a fifth of their time for each other's commits,
+# and an import took a quarter longer. Nor are even shares of a batch as fast:
+# processes that claim at once prepare at once, then wait for each other's write,
+# where whole batches leave one preparing while the other writes. A wave's last
+# batch is processed by one process alone.
 CLAIM = BATCH
 
 _STOP = "stop"

@@ -74,7 +74,7 @@ def count(path: Path) -> int:
         return len(box)
 
 
-def read_waves(box: mailbox.Mailbox, by_wave: bool = True) -> Iterator[tuple[Round, bytes]]:
+def read_rounds(box: mailbox.Mailbox, by_wave: bool = True) -> Iterator[tuple[Round, bytes]]:
     """(round, message) of each message of the archive, round by round (`rounds`).
 
     In wave order, each wave in `thread_order`; with `by_wave` off, in `thread_order`
@@ -140,13 +140,13 @@ def _whole(box: mailbox.Mailbox, key: str) -> bytes:
 
 
 def read_batches(box: mailbox.Mailbox, by_wave: bool = True) -> Iterator[tuple[Round, list[bytes]]]:
-    """(round, messages) to store at once, in `read_waves`'s order, each batch of one
+    """(round, messages) to store at once, in `read_rounds`'s order, each batch of one
     round. Holds one batch and the message that begins the next: a batch's list is
     emptied when the next is asked for, so a caller's name for it keeps no bytes."""
     batch: list[bytes] = []
     size = 0
     current = Round(0, alone=True)
-    for turn, raw in read_waves(box, by_wave):
+    for turn, raw in read_rounds(box, by_wave):
         ends = len(batch) >= BATCH or size + len(raw) > BATCH_BYTES or turn != current
         if batch and ends:
             yield current, batch

@@ -99,7 +99,7 @@ def test_an_archive_of_large_messages_is_imported_within_150_mb_a_process(
 def test_a_batch_ends_at_its_bytes_and_a_larger_message_is_a_batch_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_wave: bool
 ) -> None:
-    """Batches cut the one stream `read_waves` gives, in its order; with `by_wave`, a
+    """Batches cut the one stream `read_rounds` gives, in its order; with `by_wave`, a
     batch never holds two rounds (here each wave is one: none is small)."""
     monkeypatch.setattr(importer, "BATCH_BYTES", 4096)
     monkeypatch.setattr(importer, "SMALL_WAVE", 1)
@@ -113,7 +113,7 @@ def test_a_batch_ends_at_its_bytes_and_a_larger_message_is_a_batch_alone(
     box.close()
 
     with contextlib.closing(importer.open_archive(tmp_path / "a.mbox")) as box:
-        stream = list(importer.read_waves(box, by_wave))
+        stream = list(importer.read_rounds(box, by_wave))
     with contextlib.closing(importer.open_archive(tmp_path / "a.mbox")) as box:
         batches = [(wave, list(batch)) for wave, batch in importer.read_batches(box, by_wave)]
 
@@ -159,7 +159,7 @@ def test_the_first_pass_reads_heads_and_the_second_the_exact_bytes(
 
     with contextlib.closing(importer.open_archive(path)) as box:
         as_held = {box.get_bytes(key) for key in box.iterkeys()}
-        stream = [raw for _wave, raw in importer.read_waves(box, by_wave=False)]
+        stream = [raw for _wave, raw in importer.read_rounds(box, by_wave=False)]
 
     assert set(stream) == as_held and len(stream) == 2
     assert b"<parent@archive.test>" in stream[0].split(b"\n\n")[0]

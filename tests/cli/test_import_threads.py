@@ -275,7 +275,7 @@ def test_a_re_run_with_processes_finishes_what_an_interrupted_import_stored(
     services = build(config.load(config_file))
     try:
         with contextlib.closing(importer.open_archive(archive)) as box:
-            raws = [raw for _wave, raw in importer.read_waves(box, by_wave=False)]
+            raws = [raw for _wave, raw in importer.read_rounds(box, by_wave=False)]
         stored = importer.store_batch(services.store, raws, notify=False)
     finally:
         services.db.dispose()
