@@ -396,7 +396,7 @@ def _import_in_waves(
     for one process) and process it in `processes` processes: each round is processed
     before the next is stored."""
     from maildesk.inbound import importer
-    from maildesk.inbound.import_pool import DrainPool
+    from maildesk.inbound.import_pool import DrainPool, claim_for
 
     store = ctx.services.store
     stored = 0
@@ -410,7 +410,8 @@ def _import_in_waves(
             new = importer.store_batch(store, batch, notify)
             if new:
                 stored += new
-                pool.start(alone=turn.alone)
+                share = 1 if turn.alone else processes
+                pool.start(alone=turn.alone, claim=claim_for(turn.size, share))
             progress(len(batch))
         pool.wait(alone=bool(current and current.alone))
         return stored, pool.processed, pool.stuck

@@ -9,7 +9,8 @@ more due. The importer stores one round at a time and waits between rounds
 processes never hold a reply whose parent another process has not committed yet.
 
 A process claims a whole stored batch at a time (`CLAIM`), so the processes take
-the batches in turns; the claims are the spool's ordinary claims with leases, so
+the batches in turns, or its even share of a round too small to give each process
+batches (`claim_for`); the claims are the spool's ordinary claims with leases, so
 a process that dies leaves its rows due again for whoever processes next.
 
 The import's own process processes nothing: an archive is a stranger's mail, and
@@ -38,11 +39,18 @@ log = logging.getLogger("maildesk.import")
 # Rows a process claims at a time: a batch as the importer stores it. Each claim is a
 # transaction with a commit (an fsync) at SQLite's one writer, taken in turns: with
 # claims of 16 the processes waited a fifth of their time for each other's commits,
-# and an import took a quarter longer. Nor are even shares of a batch as fast:
+# and an import took a quarter longer. Nor are even shares of each batch as fast:
 # processes that claim at once prepare at once, then wait for each other's write,
-# where whole batches leave one preparing while the other writes. A wave's last
-# batch is processed by one process alone.
+# where whole batches leave one preparing while the other writes.
 CLAIM = BATCH
+
+
+def claim_for(round_size: int, processes: int) -> int:
+    """What each of `processes` claims at a time in a round of `round_size` messages:
+    whole batches, or its even share of a round smaller than a batch each, which one
+    claim of a whole batch would leave to a single process."""
+    return max(1, min(CLAIM, -(-round_size // processes)))
+
 
 _STOP = "stop"
 _DRAIN = "drain"
@@ -55,10 +63,10 @@ class ImportFailed(Exception):
     """A processing process failed or died; what it said is the message."""
 
 
-def drain(process_pending: Callable[[int], int]) -> int:
-    """Claim and process `CLAIM` rows at a time until none is due; how many were."""
+def drain(process_pending: Callable[[int], int], claim: int) -> int:
+    """Claim and process `claim` rows at a time until none is due; how many were."""
     done = 0
-    while processed := process_pending(CLAIM):
+    while processed := process_pending(claim):
         done += processed
     return done
 
@@ -78,9 +86,9 @@ def _serve(settings: Settings, log_level: str, orders: Connection) -> None:
         return processed
 
     try:
-        while orders.recv() == _DRAIN:
+        while (order := orders.recv())[0] == _DRAIN:
             try:
-                drain(process_pending)
+                drain(process_pending, order[1])
             except Exception as exc:  # told to the importer, which stops
                 orders.send(f"{type(exc).__name__}: {exc}")
                 return
@@ -98,6 +106,7 @@ class DrainPool:
         self._pipes: list[Connection] = []
         self._procs: list[BaseProcess] = []
         self._busy: list[bool] = []
+        self.claim = CLAIM  # rows a process claims at a time (`start`)
         self.processed = 0
         self.stuck = 0  # processes that ended themselves, stuck on a message
 
@@ -129,15 +138,19 @@ class DrainPool:
         theirs.close()
         return ours, proc
 
-    def start(self, alone: bool = False) -> None:
+    def start(self, alone: bool = False, claim: int | None = None) -> None:
         """Ask each process that is not processing already to process what is due;
-        `alone`: only the first one (rows that must go in their order)."""
+        `alone`: only the first one (rows that must go in their order). `claim`: rows
+        a process claims at a time from now on (`claim_for`); one processing already
+        keeps what it was given."""
         if not self.started:
             self._spawn()
+        if claim is not None:
+            self.claim = claim
         for slot, _pipe in enumerate(self._pipes[:1] if alone else self._pipes):
             self._answer(slot, block=False)
             if not self._busy[slot]:
-                self._pipes[slot].send(_DRAIN)
+                self._pipes[slot].send((_DRAIN, self.claim))
                 self._busy[slot] = True
 
     def wait(self, alone: bool = False) -> None:
@@ -204,7 +217,7 @@ class DrainPool:
             try:
                 if self._busy[slot]:
                     self._answer(slot, replace=False)
-                pipe.send(_STOP)
+                pipe.send((_STOP, 0))
             except (OSError, EOFError, ImportFailed):
                 pass  # it is gone already
             pipe.close()

@@ -63,10 +63,12 @@ SMALL_WAVE = 32
 
 class Round(NamedTuple):
     """Messages processed before any message after them is stored: one wave, taken by
-    every process, or small waves one after the other, taken by one (`alone`) in order."""
+    every process, or small waves one after the other, taken by one (`alone`) in order.
+    `size`: how many messages it holds."""
 
     number: int
     alone: bool
+    size: int
 
 
 def count(path: Path) -> int:
@@ -91,7 +93,7 @@ def read_rounds(box: mailbox.Mailbox, by_wave: bool = True) -> Iterator[tuple[Ro
         round_of = rounds(wave)
         turns = [round_of[wave[index]] for index in order]
     else:
-        turns = [Round(0, alone=True)] * len(order)
+        turns = [Round(0, alone=True, size=len(order))] * len(order)
     for turn, index in zip(turns, order, strict=True):
         yield turn, _whole(box, keys[index])
 
@@ -104,13 +106,18 @@ def rounds(wave: Sequence[int]) -> list[Round]:
     sizes = [0] * (max(wave, default=-1) + 1)
     for number in wave:
         sizes[number] += 1
-    result: list[Round] = []
-    for size in sizes:
+    groups: list[list[int]] = []  # the waves of each round
+    for number, size in enumerate(sizes):
         small = size < SMALL_WAVE
-        if result and small and result[-1].alone:
-            result.append(result[-1])
+        if groups and small and sizes[groups[-1][-1]] < SMALL_WAVE:
+            groups[-1].append(number)
         else:
-            result.append(Round(result[-1].number + 1 if result else 0, alone=small))
+            groups.append([number])
+    result: list[Round] = []
+    for count, group in enumerate(groups):
+        size = sum(sizes[number] for number in group)
+        turn = Round(count, alone=sizes[group[0]] < SMALL_WAVE, size=size)
+        result.extend(turn for _ in group)
     return result
 
 
@@ -145,17 +152,17 @@ def read_batches(box: mailbox.Mailbox, by_wave: bool = True) -> Iterator[tuple[R
     emptied when the next is asked for, so a caller's name for it keeps no bytes."""
     batch: list[bytes] = []
     size = 0
-    current = Round(0, alone=True)
+    current: Round | None = None
     for turn, raw in read_rounds(box, by_wave):
         ends = len(batch) >= BATCH or size + len(raw) > BATCH_BYTES or turn != current
-        if batch and ends:
+        if batch and ends and current is not None:
             yield current, batch
             batch.clear()
             size = 0
         batch.append(raw)
         size += len(raw)
         current = turn
-    if batch:
+    if batch and current is not None:
         yield current, batch
 
 

@@ -24,7 +24,7 @@ from click.testing import CliRunner, Result
 
 from maildesk import config
 from maildesk.cli import main
-from maildesk.inbound import importer
+from maildesk.inbound import import_pool, importer
 from maildesk.services import build
 from tests.conftest import make_mail, toml
 
@@ -255,11 +255,11 @@ def test_rounds_share_large_waves_and_give_small_ones_in_a_row_to_one_process() 
     sizes = [importer.SMALL_WAVE, small, 1, importer.SMALL_WAVE + 5, 1]
     wave = [number for number, size in enumerate(sizes) for _ in range(size)]
     assert importer.rounds(wave) == [
-        importer.Round(0, alone=False),
-        importer.Round(1, alone=True),
-        importer.Round(1, alone=True),
-        importer.Round(2, alone=False),
-        importer.Round(3, alone=True),
+        importer.Round(0, alone=False, size=importer.SMALL_WAVE),
+        importer.Round(1, alone=True, size=importer.SMALL_WAVE),
+        importer.Round(1, alone=True, size=importer.SMALL_WAVE),
+        importer.Round(2, alone=False, size=importer.SMALL_WAVE + 5),
+        importer.Round(3, alone=True, size=1),
     ]
     assert importer.rounds([]) == []
 
@@ -288,3 +288,10 @@ def test_a_re_run_with_processes_finishes_what_an_interrupted_import_stored(
     assert set(tickets) == {m.message_id for m in mails}
     assert len(set(tickets.values())) == len(conversations)
     assert not [m for m in mails if m.parent and tickets[m.message_id] != tickets[m.parent]]
+
+
+def test_each_process_claims_whole_batches_or_its_share_of_a_small_round() -> None:
+    assert import_pool.claim_for(10_000, 2) == importer.BATCH
+    assert import_pool.claim_for(300, 2) == 150
+    assert import_pool.claim_for(33, 4) == 9
+    assert import_pool.claim_for(1, 2) == 1
