@@ -410,8 +410,8 @@ def _import_in_waves(
             new = importer.store_batch(store, batch, notify)
             if new:
                 stored += new
-                share = 1 if turn.alone else processes
-                pool.start(alone=turn.alone, claim=claim_for(turn.size, share))
+                sharing = 1 if turn.alone else processes
+                pool.start(alone=turn.alone, claim=claim_for(turn.size, sharing))
             progress(len(batch))
         pool.wait(alone=bool(current and current.alone))
         return stored, pool.processed, pool.stuck

@@ -106,10 +106,9 @@ def rounds(wave: Sequence[int]) -> list[Round]:
     sizes = [0] * (max(wave, default=-1) + 1)
     for number in wave:
         sizes[number] += 1
-    groups: list[list[int]] = []  # the waves of each round
+    groups: list[list[int]] = []  # the wave numbers of each round
     for number, size in enumerate(sizes):
-        small = size < SMALL_WAVE
-        if groups and small and sizes[groups[-1][-1]] < SMALL_WAVE:
+        if groups and size < SMALL_WAVE and sizes[groups[-1][-1]] < SMALL_WAVE:
             groups[-1].append(number)
         else:
             groups.append([number])
