@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from maildesk.clock import ManualClock
-from maildesk.pipeline import console
+from maildesk.outbound.catalogue import agents as agents_catalogue
 from tests.conftest import Outbox, RunningDaemon
 from tests.mailclient import (
     AGENT,
@@ -293,7 +293,7 @@ def test_a_request_in_the_subject_or_above_a_signature_is_answered_not_opened(
 def test_show_carries_the_tickets_files_up_to_its_limit(
     daemon: RunningDaemon, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(console, "SHOW_ATTACHED_BYTES", 1000)
+    monkeypatch.setattr(agents_catalogue, "ATTACHED_BYTES", 1000)  # what `fitting` allows
     raw = customer_mail("en", message_id=f"<{uuid.uuid4().hex}@customer.test>")
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(msg, EmailMessage)

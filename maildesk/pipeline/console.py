@@ -58,8 +58,8 @@ from maildesk.outbound.catalogue import (
     ShownMessage,
     SlaClock,
     Target,
+    fitting,
 )
-from maildesk.outbound.catalogue.console import SHOW_ATTACHED_BYTES
 from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import InReplyTo, Recipient
 from maildesk.pipeline.agent_mail import AgentFlow, acting, agent_name
@@ -401,14 +401,10 @@ class Console:
 
     @staticmethod
     def _files(session: Session, messages: list[Message]) -> tuple[list[Attachment], set[int]]:
-        """The files a #show carries, the newest messages' first, up to SHOW_ATTACHED_BYTES
-        in all; and the ids of the attachments they are."""
-        chosen, left = [], SHOW_ATTACHED_BYTES
-        for message in reversed(messages):
-            for attachment in message.attachments:
-                if attachment.size <= left:
-                    chosen.append(attachment)
-                    left -= attachment.size
+        """The files a #show carries, the newest messages' first, as many as one mail of
+        ours carries (`fitting`); and the ids of the attachments they are."""
+        newest_first = (a for message in reversed(messages) for a in message.attachments)
+        chosen, _named = fitting(newest_first, lambda attachment: attachment.size)
         chosen.reverse()  # in the order of the thread
         wanted = {a.blob_sha256 for a in chosen}
         rows = session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(wanted)))

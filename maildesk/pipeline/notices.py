@@ -21,7 +21,6 @@ from maildesk.config import LANGUAGES
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Message, Person, Ticket
 from maildesk.outbound.catalogue import (
-    ATTACHED_BYTES,
     NO_MAIL,
     Acknowledgement,
     AgentClosedAll,
@@ -33,6 +32,7 @@ from maildesk.outbound.catalogue import (
     PaidNotice,
     Quoted,
     StatusNotice,
+    fitting,
 )
 from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
@@ -180,16 +180,13 @@ class Notices:
             # The owner, and the colleagues who asked to follow the ticket (#watch).
             watching = [a for a in Watchers(session).of(ticket) if a.id != ticket.owner.id]
             agents = [ticket.owner, *watching]
-        attachments: list[Attachment] = []
-        not_attached: list[NotAttached] = []
-        left = ATTACHED_BYTES
-        for file in message.attachments if message is not None else ():
-            if len(file.data) <= left:
-                attachments.append(Attachment(file.filename, file.content_type, file.data))
-                left -= len(file.data)
-            else:
-                not_attached.append({"filename": file.filename, "size": len(file.data)})
-        note = AgentNotification(event, quoted(message, text), tuple(not_attached))
+        files = message.attachments if message is not None else ()
+        attached, named = fitting(files, lambda file: len(file.data))
+        not_attached = tuple(
+            NotAttached(filename=file.filename, size=len(file.data)) for file in named
+        )
+        attachments = [Attachment(f.filename, f.content_type, f.data) for f in attached]
+        note = AgentNotification(event, quoted(message, text), not_attached)
         return self.notifier.notify_each(
             session,
             note,

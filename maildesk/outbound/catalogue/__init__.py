@@ -24,6 +24,7 @@ from maildesk.outbound.catalogue.agents import (
     NotAttached,
     Quoted,
     SlaState,
+    fitting,
 )
 from maildesk.outbound.catalogue.base import (
     BASE_NAMES,
@@ -110,6 +111,7 @@ __all__ = [
     "Invitation",
     "LanguageRule",
     "ListRow",
+    "fitting",
     "NotAttached",
     "Notification",
     "PaidNotice",

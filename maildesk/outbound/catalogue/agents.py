@@ -7,8 +7,9 @@ from that language in `variables`, never passed in by the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Self, TypedDict
+from typing import Any, Self, TypedDict, TypeVar
 
 from maildesk.config import LANGUAGES
 from maildesk.i18n import names
@@ -39,6 +40,25 @@ NO_MAIL: Quoted = {"from": "", "from_name": "", "text": "", "cut": 0}  # e.g. a 
 # named. A 25 MB attachment is 34 MB in base64, past what many agents' mail servers
 # take (Gmail: 25 MB): the notification bounced, and its agent never heard of the mail.
 ATTACHED_BYTES = 10 * 1024 * 1024
+
+_File = TypeVar("_File")
+
+
+def fitting(
+    files: Iterable[_File], size: Callable[[_File], int]
+) -> tuple[list[_File], list[_File]]:
+    """(attached, only named): `files` in their order while they fit in `ATTACHED_BYTES`
+    together, a later smaller one still where a larger one did not fit."""
+    attached: list[_File] = []
+    named: list[_File] = []
+    left = ATTACHED_BYTES
+    for file in files:
+        if size(file) <= left:
+            attached.append(file)
+            left -= size(file)
+        else:
+            named.append(file)
+    return attached, named
 
 
 class NotAttached(TypedDict):
