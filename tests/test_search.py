@@ -18,11 +18,13 @@ from sqlalchemy import select, text
 
 from maildesk import folding
 from maildesk.cli import main
+from maildesk.clock import ManualClock
 from maildesk.db import Database
 from maildesk.models import Message, Person, Ticket
-from maildesk.schema import alembic_config
+from maildesk.schema import alembic_config, upgrade
 from maildesk.services import Services
-from maildesk.tickets.search import MAX_WORD_CHARS, fold, search, words
+from maildesk.signing import signed_serializer
+from maildesk.tickets.search import MAX_WORD_CHARS, fold, index_rows, indexed, search, words
 from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.visibility import Scope
 from tests.conftest import make_mail
@@ -209,6 +211,79 @@ def test_the_migration_indexes_messages_stored_before_it(tmp_path: Path, db_url:
         assert [h.ticket.id for h in search(session, "uzaverka", 5)] == [1]
         assert [h.ticket.id for h in search(session, "stara zadost", 5)] == [1]
     db.dispose()
+
+
+def test_the_upgrade_drops_link_tokens_an_older_index_holds(db_url: str) -> None:
+    """Before 27f6a86 a quoted set-password link's token was indexed word by word, and a
+    prefix search read it back to anyone who may search the ticket (a colleague in the
+    portal could rebuild it, case aside). Migration 0020 makes every document again."""
+    token = signed_serializer("k", "maildesk.invitation", ManualClock()).dumps(
+        {"p": 1007, "n": "hal22SDW8pPi191HTmipGA"}  # as accounts.py makes them
+    )
+    link = f"https://help.example.test/account/set-password?token={token}"
+    now = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+    messages = [  # (id, direction, kind, subject, body)
+        (1, "in", "customer", "Heslo", f"Kolega mi přeposlal tohle:\n> {link}\n"),
+        (2, "out", "acknowledgement", "[#1] Heslo", "Potvrzujeme přijetí požadavku."),
+        (3, "out", "agent_reply", "Re: Heslo", "Odkaz už neplatí, posíláme nový."),
+    ]
+    db = Database(db_url)
+    upgrade(db, "0019")
+    with db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO people (id, email, name, created_at, session_version) "
+                "VALUES (1, 'carol@customer.test', '', :now, 0)"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO tickets (id, subject, status, priority, requester_id, language, "
+                "created_at, updated_at, channel, paid_note, paid_round) "
+                "VALUES (1, 'Heslo', 'new', 'normal', 1, 'cs', :now, :now, 'email', '', 0)"
+            ),
+            {"now": now},
+        )
+        for pk, direction, kind, subject, body in messages:
+            connection.execute(
+                text(
+                    "INSERT INTO messages (id, ticket_id, message_id, direction, kind, "
+                    "from_addr, from_name, to_addrs, cc_addrs, subject, body_text, body_html, "
+                    "created_at, internal, flag, proof) VALUES (:pk, 1, :mid, :direction, "
+                    ":kind, 'carol@customer.test', '', '[]', '[]', :subject, :body, '', :now, "
+                    "false, '', '')"
+                ),
+                {"pk": pk, "mid": f"m{pk}@x", "direction": direction, "kind": kind}
+                | {"subject": subject, "body": body, "now": now},
+            )
+            if indexed(direction, kind):  # as the code before 27f6a86 indexed it
+                old = " ".join(words(f"{subject}\n{body}"))
+                index_rows(connection, [(pk, old)])
+    stem = words(token)[0][:12]  # a colleague's prefix search, case aside
+    assert len(stem) == 12 and stem.startswith("eyj")
+    with db.reading() as session:
+        assert [h.ticket.id for h in search(session, stem, 5)] == [1]
+    db.dispose()
+
+    upgrade(db)  # `maildesk init` after installing the new version
+    with db.reading() as session:
+        found = {
+            w: [h.ticket.id for h in search(session, w, 5)]
+            for w in (stem, stem[:4], "password", "preposlal", "neplati", "potvrzujeme")
+        }
+    db.dispose()
+    assert (
+        found
+        == {
+            stem: [],  # the token's words are gone, whole and as prefixes
+            stem[:4]: [],
+            "password": [1],  # the rest of the customer's message is still found
+            "preposlal": [1],
+            "neplati": [1],  # an agent's answer is indexed as before
+            "potvrzujeme": [],  # our templated mail never was
+        }
+    )
 
 
 def test_cli_search_prints_json(services: Services, config_file: Path) -> None:

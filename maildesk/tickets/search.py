@@ -174,6 +174,33 @@ def index_rows(db: Session | Connection, rows: Iterable[tuple[int, str]]) -> Non
     insert.run_many(connection, params)
 
 
+def rebuild(connection: Connection, batch: int = 1000) -> int:
+    """Empty the index and index every stored message again, as `index_message` does
+    now, in batches of `batch` messages; returns how many it indexed. For a migration
+    whose rules change what a document holds: the index keeps no text to re-read (on
+    SQLite it is contentless), so each document is made again from its message."""
+    if connection.dialect.name == "sqlite":
+        connection.execute(
+            text("INSERT INTO message_search (message_search) VALUES ('delete-all')")
+        )
+    else:
+        connection.execute(text("DELETE FROM message_search"))
+    stored = select(
+        Message.id, Message.direction, Message.kind, Message.subject, Message.body_text
+    ).order_by(Message.id)
+    count = last = 0
+    while rows := connection.execute(stored.where(Message.id > last).limit(batch)).all():
+        found = [
+            (pk, document(subject, body))
+            for pk, direction, kind, subject, body in rows
+            if indexed(direction, kind)
+        ]
+        index_rows(connection, found)
+        count += len(found)
+        last = rows[-1][0]
+    return count
+
+
 def _dialect(db: Session | Connection) -> str:
     return db.dialect.name if isinstance(db, Connection) else db.get_bind().dialect.name
 
