@@ -138,23 +138,38 @@ def people_language(ctx: Context, email: str, language: str) -> None:
 
 @people.command("name")
 @click.argument("email")
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option(
+    "--from-mail",
+    is_flag=True,
+    help="Let their next mail that proves its sender name them again, instead of NAME.",
+)
 @pass_context
-def people_name(ctx: Context, email: str, name: str) -> None:
+def people_name(ctx: Context, email: str, name: str | None, from_mail: bool) -> None:
     """Set the name our mail greets EMAIL by ('' for none), as the portal's name page does.
-    No mail changes it afterwards, not even their own."""
+    No mail changes it afterwards, not even their own, until `--from-mail` hands it back:
+    the name stays until mail that proves its sender brings another."""
     from sqlalchemy import select
 
     from maildesk.models import Person
     from maildesk.tickets.service import Tickets
 
+    if from_mail == (name is not None):
+        raise click.UsageError("give either NAME or --from-mail")
     with ctx.db.transaction() as session:
         person = session.scalar(select(Person).where(Person.email == email.lower()))
         if person is not None:
-            name = Tickets(session).set_name(person, name)
+            if name is None:
+                Tickets(session).name_from_mail(person)
+                kept = person.name
+            else:
+                name = Tickets(session).set_name(person, name)
     if person is None:
         raise click.ClickException(f"no person {email}")
-    click.echo(f"{email.lower()} is named {name!r}", err=True)
+    if name is None:
+        click.echo(f"{email.lower()} is named {kept!r} until proven mail names them", err=True)
+    else:
+        click.echo(f"{email.lower()} is named {name!r}", err=True)
 
 
 @people.command("list")

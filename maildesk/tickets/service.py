@@ -243,6 +243,12 @@ class Tickets:
         person.name, person.name_source = cleaned, NameSource.SET.value
         return cleaned
 
+    def name_from_mail(self, person: Person) -> None:
+        """Hand `person`'s name back to mail (`maildesk people name --from-mail`): it stays
+        as it is until mail that proves its sender brings another, as a name that
+        unproven mail gave does."""
+        person.name_source = NameSource.UNPROVEN.value
+
     def _loaded_person(self, email: str, row: tuple[Any, ...]) -> Person:
         """The session's `Person` for `row`, made as if the ORM had loaded it.
 

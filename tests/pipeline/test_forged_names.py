@@ -186,6 +186,41 @@ def test_a_name_an_admin_set_is_not_replaced_by_any_mail(
     _no_mail_renames(services, "Alice Customer")
 
 
+def test_an_admin_hands_a_set_name_back_to_proven_mail(
+    services: Services, config_file: Path
+) -> None:
+    """An admin typed a wrong name (`people name`); `people name --from-mail` hands it
+    back: it stays until Alice's signed mail brings hers, and Mallory's forged mail
+    still names nobody."""
+
+    def run(*args: str, code: int = 0) -> str:
+        done = CliRunner().invoke(main, ["--config", str(config_file), "people", *args])
+        assert done.exit_code == code, done.output
+        return done.output
+
+    def named() -> tuple[str, str]:
+        [listed] = json.loads(run("list", "--json"))
+        return listed["name"], listed["name_source"]
+
+    proven(services, f"Alice Customer <{ALICE}>")
+    run("name", ALICE, "Alice Wrong")
+    assert "either NAME or --from-mail" in run("name", ALICE, code=2)
+    assert "either NAME or --from-mail" in run("name", ALICE, "X", "--from-mail", code=2)
+    assert named() == ("Alice Wrong", "set")
+
+    assert "until proven mail names them" in run("name", ALICE, "--from-mail")
+    assert named() == ("Alice Wrong", "unproven")
+    forged(services)  # a stranger's From still names nobody
+    assert named() == ("Alice Wrong", "unproven")
+    to, text = _last_mail_to_alice(services)
+    assert to == f"Alice Wrong <{ALICE}>" and "Hello Alice Wrong," in text
+
+    proven(services, f"Alice Nováková <{ALICE}>")
+    assert named() == ("Alice Nováková", "proven")
+    to, text = _last_mail_to_alice(services)
+    assert to == f"Alice Nováková <{ALICE}>" and "Hello Alice Nováková," in text
+
+
 def test_a_display_name_longer_than_a_stored_name_is_cut_not_refused(
     services: Services,
 ) -> None:
