@@ -145,6 +145,10 @@ class TrustSettings:
     # "host" or "host:port" of DNS servers for that check; empty: the system's resolver.
     dns_servers: tuple[str, ...] = ()
     dns_timeout: float = 3.0
+    # Whether the acknowledgement of a ticket opened by mail that proved nothing repeats
+    # its subject and its sender's display name: a stranger's words, in mail our domain
+    # signs, to whatever address the stranger wrote in From (pipeline/notices.py).
+    echo_unproven: bool = False
 
 
 @dataclass(frozen=True)

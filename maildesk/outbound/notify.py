@@ -163,6 +163,7 @@ class Notifier:
             sender_name=sender_name,
             attachments=attachments,
             reply_to=reply_to,
+            topic="" if note.withholds() else None,
         )
 
     def _render(
@@ -233,10 +234,12 @@ class Notifier:
         sender_name: str | None = None,
         attachments: Sequence[Attachment] = (),
         reply_to: str | None = None,
+        topic: str | None = None,
     ) -> Queued:
         """Compose `rendered` as mail from the support address and write its outbox row
         (and, for a customer's ticket, its message), all in the caller's transaction.
 
+        `topic`: its Thread-Topic when not the ticket's subject ("": none).
         Returns what identifies the queued mail.
         """
         values, pieces = self._outbox_row(
@@ -251,6 +254,7 @@ class Notifier:
             sender_name=sender_name,
             attachments=attachments,
             reply_to=reply_to,
+            topic=topic,
         )
         # A Core insert: an ORM object per queued mail cost more than composing it.
         pk = _INSERT_OUTBOX.scalar(session.connection(), values)
@@ -274,6 +278,7 @@ class Notifier:
         attachments: Sequence[Attachment] = (),
         reply_to: str | None = None,
         bodies: dict[Rendered, Body] | None = None,
+        topic: str | None = None,
     ) -> tuple[dict[str, Any], tuple[bytes, ...]]:
         """The composed mail: its outbox row's values and its bytes, in pieces (its ticket
         message, if any, is written now). `bodies`: content composed for earlier mails,
@@ -313,7 +318,9 @@ class Notifier:
             references=references,
             auto_submitted="auto-replied" if automatic else None,
             suppress_auto_replies=automatic or for_agents,
-            thread_topic=ticket.subject if ticket is not None else "",
+            thread_topic=(
+                topic if topic is not None else ticket.subject if ticket is not None else ""
+            ),
             thread_index=(
                 thread_index(ticket.created_at, f"{ticket.id}@{support.domain}".encode(), now)
                 if ticket is not None
@@ -379,6 +386,10 @@ class Notifier:
         if ticket is not None:
             base["ticket"] = self._ticket(ticket, language)
             base["customer"] = {"email": ticket.requester.email, "name": ticket.requester.name}
+            if note is not None and note.withholds():
+                # The caller named `to` as far as proof allows (Notices.acknowledge).
+                base["ticket"]["subject"] = ""
+                base["ticket"]["requester_name"] = base["customer"]["name"] = to.name
         return {**base, **(note.variables(language) if note is not None else {})}
 
     def _ticket(self, ticket: Ticket, language: str) -> dict[str, Any]:

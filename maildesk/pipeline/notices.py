@@ -9,6 +9,7 @@ from them, the answer to a paid-work notice, and errors in their commands.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -39,6 +40,7 @@ from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
 from maildesk.pipeline import quiet
 from maildesk.pipeline.quiet import Notice
 from maildesk.redaction import LINK_SLACK, redact_head
+from maildesk.states import NameSource
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.cleanup import Flood
 from maildesk.tickets.command_errors import CommandError
@@ -65,15 +67,27 @@ class Notices:
 
     # -- to the customer -----------------------------------------------------
 
-    def acknowledge(self, session: Session, ticket: Ticket, answering: InReplyTo | None) -> int:
-        """The acknowledgement; a person's first one offers an account."""
+    def acknowledge(
+        self, session: Session, ticket: Ticket, answering: InReplyTo | None, proven: bool = True
+    ) -> int:
+        """The acknowledgement; a person's first one offers an account.
+
+        `proven`: the mail that opened the ticket proved its sender (pipeline/trust.py).
+        Mail that did not may be anyone's, From the address of someone who never wrote:
+        unless `[trust] echo_unproven`, the acknowledgement then repeats neither its
+        subject nor its display name, so that a stranger cannot have our domain sign
+        and send words of their choosing to any address (a spam relay)."""
         requester = ticket.requester
         offer = requester.password_hash is None and requester.invited_at is None
+        withheld = not proven and not self.notifier.settings.trust.echo_unproven
         note = Acknowledgement(
             invitation_url=self.accounts(session).invitation_url(requester) if offer else "",
             has_account=requester.password_hash is not None,
+            withheld=withheld,
         )
         to = Recipient.of_person(requester)
+        if withheld and requester.name_source == NameSource.UNPROVEN:
+            to = dataclasses.replace(to, name="")  # a name that mail without proof gave
         self.notifier.notify(session, note, to, ticket=ticket, answering=answering)
         return 1
 

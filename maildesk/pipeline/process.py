@@ -620,7 +620,7 @@ class Processor:
         if opened:
             if self._may_acknowledge(session, row, message, verdict, auth) and not forged:
                 answering = InReplyTo(message.message_id, message.references)
-                queued += self.notices.acknowledge(session, ticket, answering)
+                queued += self.notices.acknowledge(session, ticket, answering, trust.verified)
             if row.notify:
                 queued += self.notices.new_ticket(session, ticket, message)
             return queued

@@ -49,6 +49,11 @@ class Notification:
     tie: ClassVar[Tie] = Tie.TICKET
     usual_status: ClassVar[str] = TicketStatus.ACCEPTED  # the sample ticket's status in previews
 
+    def withholds(self) -> bool:
+        """Whether this mail repeats none of the words of the mail it answers (its
+        subject, its sender's display name): they may be a stranger's."""
+        return False
+
     def variables(self, language: str) -> dict[str, Any]:
         """The template's own variables for a reader of `language`."""
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -32,6 +32,13 @@ class Acknowledgement(Notification):
 
     invitation_url: str  # "" unless this acknowledgement offers an account
     has_account: bool
+    # The ticket was opened by mail that proved nothing (and `[trust] echo_unproven` is
+    # off): the mail goes to whatever address its From named, so it repeats neither its
+    # subject nor its sender's display name; templates get `ticket.subject` empty.
+    withheld: bool = False
+
+    def withholds(self) -> bool:
+        return self.withheld
 
     @classmethod
     def samples(cls, language: str, base_url: str) -> list[Self]:
@@ -39,6 +46,7 @@ class Acknowledgement(Notification):
             cls(_invitation_url(base_url), False),  # a person's first acknowledgement
             cls("", True),
             cls("", False),  # offered before, no account yet
+            cls(_invitation_url(base_url), False, withheld=True),  # opened by unproven mail
         ]
 
 
