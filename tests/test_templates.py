@@ -332,6 +332,23 @@ def test_sample_context_is_what_the_notifier_passes(settings: config.Settings) -
     )
 
 
+def test_no_shipped_text_leaves_two_blank_lines_where_a_part_is_empty(
+    settings: config.Settings,
+) -> None:
+    """A paragraph left out (no account offered, no service level) left its blank line
+    beside the next one: an acknowledgement ended in two empty lines before the
+    signature. Every sample of every shipped template, in each language."""
+    notifier = templates_admin.sample_notifier(settings)
+    renderer = Renderer(PACKAGE_TEMPLATES, "en", strict=True)
+    gaps = set()
+    for name in KINDS:
+        for language in LANGUAGES:
+            for context in templates_admin.contexts(notifier, name, language):
+                if "\n\n\n" in renderer.render(name, language, context).text:
+                    gaps.add((name, language))
+    assert not gaps
+
+
 def test_recipient_of_agent_templates_is_an_agent() -> None:
     ticket = templates_admin.sample_ticket("new", "en")
     assert templates_admin.recipient_for("agent_digest", ticket).agent_id is not None
