@@ -338,7 +338,8 @@ class Outbox(Base):
     sender: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[list[str]] = mapped_column(JSON)
     # Automatic replies count against the per-recipient hourly cap (RFC 3834):
-    # auto_to is the recipient of an automatic reply, "" for anything else.
+    # auto_to is the recipient's mailbox (caps.mailbox: lower case, no sub-address) of
+    # an automatic reply, "" for anything else.
     auto_to: Mapped[str] = mapped_column(String(320), default="")
     # pending -> sent | failed; sent -> bounced
     state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING)

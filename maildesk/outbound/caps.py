@@ -87,6 +87,15 @@ class _Counter(threading.local):
 _counter = _Counter()
 
 
+def mailbox(address: str) -> str:
+    """The mailbox `address` reaches, as the cap to one recipient counts it: lower case,
+    without a sub-address. At providers that offer them `victim+anything@…` reaches
+    victim@…, so a stranger who varied the tag multiplied the cap on one mailbox."""
+    local, at, domain = address.lower().rpartition("@")
+    base = local.split("+", 1)[0]
+    return f"{base}@{domain}" if at and base else address.lower()
+
+
 def minute_of(moment: datetime) -> int:
     """Unix minutes: the `auto_reply_minutes` row an automatic reply at `moment` counts in."""
     return int(moment.timestamp() // 60)
@@ -113,11 +122,11 @@ class Caps:
 def caps_reached(
     session: Session, recipient: str, sender_cap: int, total_cap: int, since: datetime
 ) -> Caps:
-    """Whether `sender_cap` automatic replies to `recipient`, and `total_cap` to anyone,
-    were queued after `since` (a cap of 0 or less is always reached)."""
+    """Whether `sender_cap` automatic replies to `recipient`'s mailbox, and `total_cap` to
+    anyone, were queued after `since` (a cap of 0 or less is always reached)."""
     since_minute = minute_of(since)
     values = {
-        "recipient": recipient.lower(),
+        "recipient": mailbox(recipient),
         "since": since,
         "since_minute": since_minute,
         "next_minute": datetime.fromtimestamp((since_minute + 1) * 60, UTC),

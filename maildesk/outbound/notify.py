@@ -362,7 +362,7 @@ class Notifier:
             "kind": kind,
             "sender": support.address,
             "recipients": [r.email for r in recipients],
-            "auto_to": first.email.lower() if counted else "",
+            "auto_to": caps.mailbox(first.email) if counted else "",
             "state": OutboxState.PENDING,
             "attempts": 0,
             "next_attempt_at": now,

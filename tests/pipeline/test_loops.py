@@ -303,3 +303,18 @@ def test_sixth_new_ticket_within_an_hour_gets_no_acknowledgement(
     last = acks(services)[-1]
     assert (last.ticket_id, last.recipients) == (8, [ALICE])
     assert [row.ticket_id for row in mail_to(services, ALICE)] == [1, 2, 3, 4, 5, 8]
+
+
+def test_sub_addresses_of_one_mailbox_share_its_cap(services: Services) -> None:
+    """`alice+1@…` to `alice+7@…` all reach Alice's mailbox where sub-addresses exist:
+    counted apart, a stranger writing From each in turn had us send Alice 5 an hour
+    per tag. They share her cap now; another mailbox keeps its own."""
+    for n in range(1, 8):
+        receive(services, make_mail(subject=f"Problem {n}", sender=f"alice+{n}@customer.test"))
+    receive(services, make_mail(subject="Scanner broken", sender="ALICE.B@customer.test"))
+
+    assert len(tickets(services)) == 8
+    assert [row.recipients for row in acks(services)] == [
+        *([f"alice+{n}@customer.test"] for n in range(1, 6)),
+        ["alice.b@customer.test"],
+    ]
