@@ -185,11 +185,13 @@ def rebuild(connection: Connection, batch: int = 1000) -> int:
         )
     else:
         connection.execute(text("DELETE FROM message_search"))
-    stored = select(
-        Message.id, Message.direction, Message.kind, Message.subject, Message.body_text
-    ).order_by(Message.id)
+    # The table as it stands at migration 0020, not the model: a later migration may
+    # change the model, and this still runs on a database on its way past 0020.
+    messages = table("messages", *map(column, ("id", "direction", "kind", "subject", "body_text")))
+    ids = messages.c.id
+    stored = select(*messages.c).order_by(ids)
     count = last = 0
-    while rows := connection.execute(stored.where(Message.id > last).limit(batch)).all():
+    while rows := connection.execute(stored.where(ids > last).limit(batch)).all():
         found = [
             (pk, document(subject, body))
             for pk, direction, kind, subject, body in rows
