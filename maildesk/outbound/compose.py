@@ -273,6 +273,9 @@ def _text_part(text: str, subtype: str) -> _Part:
     return _Part(fields, (body,))
 
 
+_SAMPLE_LINES = 10
+
+
 def _encoded_text(text: str) -> tuple[str, bytes]:
     """`text` in UTF-8 and a 7-bit transfer encoding, CRLF lines: (the encoding, the body).
 
@@ -283,12 +286,18 @@ def _encoded_text(text: str) -> tuple[str, bytes]:
     lines = text.encode("utf-8").splitlines()
     if all(len(line) <= h.FOLD_AT and line.isascii() for line in lines):
         return "7bit", b"\r\n".join(lines) + b"\r\n"
-    sample = b"\r\n".join(lines[:10]) + b"\r\n"
-    if len(base64.encodebytes(sample)) < len(_quoted_printable(sample)):
+    # The first lines choose between quoted-printable and base64.
+    head = b"\r\n".join(lines[:_SAMPLE_LINES]) + b"\r\n"
+    encoded = _quoted_printable(head)
+    if len(base64.encodebytes(head)) < len(encoded):
         # Text is encoded in its canonical form, CRLF lines (RFC 2045 6.8).
         data = b"\r\n".join(lines) + b"\r\n"
         return "base64", base64.encodebytes(data).replace(b"\n", b"\r\n")
-    return "quoted-printable", _quoted_printable(b"\r\n".join(lines) + b"\r\n")
+    if len(lines) > _SAMPLE_LINES:
+        # Quoted-printable encodes each line on its own, so the first lines' encoding
+        # begins the whole text's: only the lines after them are encoded now.
+        encoded += _quoted_printable(b"\r\n".join(lines[_SAMPLE_LINES:]) + b"\r\n")
+    return "quoted-printable", encoded
 
 
 def _quoted_printable(data: bytes) -> bytes:

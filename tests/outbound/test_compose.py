@@ -180,6 +180,23 @@ def test_lines_are_crlf_ascii_and_short(html: str | None) -> None:
     assert max(len(line) for line in header_block(data).split(b"\r\n")) <= 78
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_text_of_many_lines_comes_back_as_written(seed: int) -> None:
+    """Texts past the lines that choose the encoding: Czech and Cyrillic, spaces and tabs
+    at line ends, "=" and dots at line starts, lines past 76 characters, blank lines."""
+    rng = random.Random(seed)
+    pieces = ["Řádek", "ok", "Привет", "=3D", ".", " ", "\t", "x" * 90, "a=b", "€", ""]
+    lines = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(30)]
+    text = "\n".join(lines[: rng.randint(1, 30)]) + "\n"
+    data = compose(make_mail(text=text, html=text.replace("\n", "<br>\n")))
+    message = parse(data)
+    assert text_of(message.get_body(("plain",))) == text
+    assert text_of(message.get_body(("html",))) == text.replace("\n", "<br>\n")
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76  # RFC 2045's limit
+    assert not any(part.defects for part in message.walk())
+
+
 HOSTILE_SUBJECTS = [
     "Hi\r\nBcc: evil@x.test",
     "Hi\nBcc: evil@x.test",
