@@ -19,6 +19,15 @@ from maildesk.models import Inbound, Outbox, Ticket
 from maildesk.services import Services
 from maildesk.tickets import views
 
+# The authserv-id of the MTA that pipes mail into the tests' desk with `maildesk deliver`
+# (a desk trusts it with `[trust] authserv_ids`), and what it stamps on mail whose
+# `domain` signature it verified: proof of a From in that domain (mailauth.py).
+OUR_MTA = "mx.example.test"
+
+
+def verified_by_our_mta(domain: str) -> str:
+    return f"{OUR_MTA}; dkim=pass header.d={domain}"
+
 
 def receive(
     services: Services,

@@ -21,19 +21,24 @@ from sqlalchemy import select
 from maildesk.models import Ticket
 from maildesk.services import Services
 from tests.conftest import make_mail
-from tests.helpers import outbox_mail, outbox_rows, outbox_text, receive
+from tests.helpers import (
+    OUR_MTA,
+    outbox_mail,
+    outbox_rows,
+    outbox_text,
+    receive,
+    verified_by_our_mta,
+)
 
 VICTIM = "victim@customer.test"
 LURE = "Your account is locked, call +1 555 0100"
 LURE_NAME = "Security Team: call +1 555 0100"
-# What our MTA (mx.example.test, piping in with `maildesk deliver`) stamps on mail
-# whose customer.test signature it verified: proof of the From (mailauth.py).
-SIGNED = "mx.example.test; dkim=pass header.d=customer.test"
+SIGNED = verified_by_our_mta("customer.test")
 
 
 @pytest.fixture
 def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
-    config_values["trust"]["authserv_ids"] = ["mx.example.test"]
+    config_values["trust"]["authserv_ids"] = [OUR_MTA]
     config_values["trust"]["echo_unproven"] = False  # the default (the suite's is True)
     return config_values
 

@@ -21,19 +21,24 @@ from maildesk.clock import ManualClock
 from maildesk.config import Settings
 from maildesk.services import Services
 from tests.conftest import make_mail, running_daemon
-from tests.helpers import outbox_mail, outbox_rows, outbox_text, receive
+from tests.helpers import (
+    OUR_MTA,
+    outbox_mail,
+    outbox_rows,
+    outbox_text,
+    receive,
+    verified_by_our_mta,
+)
 from tests.web.portal_client import customer, logged_in
 
 ALICE = "alice@customer.test"
 FORGED_NAME = "URGENT call +1 555 0100 to keep your account"
-# What our MTA (mx.example.test, piping in with `maildesk deliver`) stamps on mail
-# whose customer.test signature it verified: proof of Alice's From (mailauth.py).
-SIGNED_BY_HER_DOMAIN = "mx.example.test; dkim=pass header.d=customer.test"
+SIGNED_BY_HER_DOMAIN = verified_by_our_mta("customer.test")
 
 
 @pytest.fixture
 def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
-    config_values["trust"]["authserv_ids"] = ["mx.example.test"]
+    config_values["trust"]["authserv_ids"] = [OUR_MTA]
     config_values["support"]["base_url"] = f"http://127.0.0.1:{config_values['web']['port']}"
     return config_values
 
