@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, event, insert, select, text
 from sqlalchemy.orm import selectinload
 
 from maildesk.inbound.store import Envelope
-from maildesk.models import Inbound, Outbox, Ticket
+from maildesk.models import Inbound, Outbox, Participant, Person, Ticket
 from maildesk.services import Services
 from maildesk.tickets import views
 
@@ -48,6 +48,17 @@ def ticket(services: Services, number: int) -> dict[str, Any]:
         found = session.get(Ticket, number)
         assert found is not None, f"no ticket {number}"
         return views.detail(found)
+
+
+def participants(services: Services, number: int) -> set[str]:
+    """Who may write into (and read, in the portal) ticket `number`."""
+    with services.db.reading() as session:
+        query = (
+            select(Person.email)
+            .join(Participant, Participant.person_id == Person.id)
+            .where(Participant.ticket_id == number)
+        )
+        return set(session.scalars(query))
 
 
 def tickets(services: Services) -> list[dict[str, Any]]:

@@ -24,11 +24,11 @@ from sqlalchemy import select
 from maildesk.clock import ManualClock
 from maildesk.config import from_mapping
 from maildesk.inbound.store import Envelope
-from maildesk.models import Inbound, Outbox, Participant, Person, Ticket
+from maildesk.models import Inbound, Outbox, Ticket
 from maildesk.services import Services
 from tests.conftest import RunningDaemon, make_mail, running_daemon, wait_for
 from tests.dns_server import DkimKey, dns_server, make_key
-from tests.helpers import outbox_rows, outbox_text, ticket
+from tests.helpers import outbox_rows, outbox_text, participants, ticket
 
 AGENT = "agent@example.test"
 ALICE = "alice@customer.test"
@@ -87,17 +87,6 @@ def _processed(services: Services) -> int:
     with services.db.transaction() as session:
         rows = session.scalars(select(Inbound.state)).all()
         return sum(1 for state in rows if state != "pending")
-
-
-def participants(services: Services, number: int) -> set[str]:
-    """Who may write into (and read, in the portal) ticket `number`."""
-    with services.db.transaction() as session:
-        query = (
-            select(Person.email)
-            .join(Participant, Participant.person_id == Person.id)
-            .where(Participant.ticket_id == number)
-        )
-        return set(session.scalars(query))
 
 
 def sent_to(services: Services, address: str) -> list[Outbox]:

@@ -16,14 +16,11 @@ sweep picks it up within seconds.
 
 from __future__ import annotations
 
-import email.policy
-import email.utils
+import dataclasses
 import logging
 import re
 from datetime import datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -37,6 +34,8 @@ from maildesk.inbound.room import NoRoom
 from maildesk.inbound.store import Envelope
 from maildesk.message import clean_text
 from maildesk.models import STATUS_LABELS, Attachment, Blob, Message, Person, Ticket
+from maildesk.outbound.compose import Address, HeaderError, OutgoingMail, compose
+from maildesk.outbound.headers import is_valid_msg_id
 from maildesk.redaction import LINK_SLACK, redact_head
 from maildesk.states import TicketStatus
 from maildesk.tickets.lifecycle import OPEN_STATUSES
@@ -44,6 +43,9 @@ from maildesk.tickets.search import search
 from maildesk.tickets.visibility import PUBLIC, Scope
 from maildesk.web.pages import Form, Viewer, in_db, language, protected, render, see_other, site
 from maildesk.web.pages import viewer as current_viewer
+
+if TYPE_CHECKING:
+    from maildesk.services import Services
 
 log = logging.getLogger("maildesk.web")
 
@@ -353,6 +355,33 @@ def content_disposition(filename: str) -> str:
 # -- the reply -----------------------------------------------------------------------
 
 
+def _portal_mail(
+    services: Services, who: Viewer, number: int, subject: str, last: str | None, text: str
+) -> bytes:
+    """A portal reply as the mail the pipeline reads: composed by the outbound composer,
+    like all our mail, and never by the stdlib's writer, which on this Python turns an
+    encoded word in a value into a real line break (CVE-2024-6923). The ticket's
+    subject is a stranger's text: with it, a forged ticket's subject once wrote a Cc
+    into the customer's own reply, and the Cc became a participant of her ticket."""
+    support = services.settings.support
+    answering = last if last and is_valid_msg_id(last) else None
+    mail = OutgoingMail(
+        message_id=f"web.{new_token(16)}@{support.domain}",
+        sender=Address(who.email, who.name),
+        to=(Address(support.address, support.name),),
+        subject=f"Re: [{support.tag_prefix}{number}] {subject}",
+        text=text,
+        date=services.clock.now(),
+        in_reply_to=answering,
+        references=(answering,) if answering else (),
+    )
+    try:
+        return compose(mail)
+    except HeaderError:
+        # A name no header can carry: the address alone, as a client would send it.
+        return compose(dataclasses.replace(mail, sender=Address(who.email, "")))
+
+
 @protected
 async def reply(request: web.Request, form: Form) -> web.StreamResponse:
     who = await current_viewer(request)
@@ -360,7 +389,6 @@ async def reply(request: web.Request, form: Form) -> web.StreamResponse:
         return await _login_first(request)
     text = str(form.get("text", "")).replace("\r\n", "\n").replace("\r", "\n")
     services = site(request).services
-    support = services.settings.support
 
     def load() -> tuple[int, str, str | None] | None:
         with services.db.transaction() as session:
@@ -381,20 +409,12 @@ async def reply(request: web.Request, form: Form) -> web.StreamResponse:
     number, subject, last = found
     if not text.strip() or len(text) > MAX_REPLY_CHARS:
         return see_other(request, f"/tickets/{number}")
-    message = EmailMessage()
     try:
-        message["From"] = Address(display_name=clean_text(who.name), addr_spec=who.email)
-    except (ValueError, IndexError):
-        message["From"] = who.email
-    message["To"] = Address(display_name=clean_text(support.name), addr_spec=support.address)
-    message["Subject"] = f"Re: [{support.tag_prefix}{number}] {clean_text(subject)}"
-    message["Date"] = email.utils.format_datetime(services.clock.now())
-    message["Message-ID"] = f"<web.{new_token(16)}@{support.domain}>"
-    if last:
-        message["In-Reply-To"] = f"<{last}>"
-        message["References"] = f"<{last}>"
-    message.set_content(text)
-    raw = message.as_bytes(policy=email.policy.SMTP)
+        raw = _portal_mail(services, who, number, subject, last, text)
+    except HeaderError as exc:
+        # Our own stored values (the customer's address) that no mail can carry.
+        log.error("a portal reply to ticket %d cannot be written as mail: %s", number, exc)
+        return await _ticket_view(request, who, {"unsent": text}, status=500)
     # The ticket's signed reply address: the portal already checked this customer may
     # write here, and the token is what proves it to the pipeline (README "Trust").
     reply_address = services.notifier.tokens.address(number)

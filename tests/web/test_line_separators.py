@@ -1,4 +1,4 @@
-"""Unicode line separators in a subject or a name never break a header we write (issue 7, #9).
+"""A stranger's subject or name never breaks a header we write, nor adds one (issue 7, #9).
 
 str.splitlines() breaks on more than CR and LF: VT, FF, FS/GS/RS, U+0085,
 U+2028 and U+2029. A subject holding one used to pass the inbound clean-up,
@@ -20,11 +20,12 @@ from maildesk.outbound import headers
 from maildesk.outbound.compose import verify_header_block
 from maildesk.outbound.headers import HeaderError
 from tests.conftest import Outbox, RunningDaemon, wait_for
-from tests.helpers import ticket, tickets
+from tests.helpers import participants, ticket, tickets
 from tests.web.portal_client import customer, logged_in
 
 ALICE = "alice@customer.test"
 AGENT = "agent@example.test"
+MALLORY = "mallory@evil.test"
 SEPARATORS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
 
@@ -83,6 +84,44 @@ def test_a_portal_reply_works_on_a_ticket_whose_subject_holds_line_separators(
         what="the agent's notification of the reply",
     )
     assert not any(ch in str(told[0]["Subject"]) for ch in SEPARATORS)
+
+
+def test_a_forged_subject_writes_no_header_into_the_customers_portal_reply(
+    daemon: RunningDaemon,
+) -> None:
+    """Mallory opens a ticket in Alice's name whose subject decodes to an encoded word of
+    a line break and a Cc of his. The stdlib's writer, on this Python, turned that into
+    a real Cc of Alice's portal reply (CVE-2024-6923); and as the reply carries the
+    ticket's signed address, the pipeline believed it and made him a participant."""
+    services = daemon.services
+    forged = (
+        f"From: Alice Customer <{ALICE}>\r\n"
+        "To: support@example.test\r\n"
+        f"Subject: {encoded(f'Your invoice =?UTF-8?Q?=0D=0A?=Cc: {MALLORY}')}\r\n"
+        "Message-ID: <forged-1@evil.test>\r\n"
+        "Date: Mon, 30 Nov 2026 10:00:00 +0100\r\n"
+        "\r\n"
+        "Please see the attached invoice.\r\n"
+    ).encode()
+    daemon.send(forged, sender=MALLORY)
+    wait_for(lambda: tickets(services), what="ticket 1")
+    subject = ticket(services, 1)["subject"]
+    assert subject == f"Your invoice =?UTF-8?Q?=0D=0A?=Cc: {MALLORY}"  # text, as written
+
+    customer(services, ALICE)
+    alice = logged_in(daemon, ALICE)
+    alice.get("/tickets/1")
+    page = alice.post("/tickets/1/reply", {"text": "I did not send this."})
+    assert (page.status, page.location) == (303, "/tickets/1?sent=1"), page.text
+    reply = wait_for(
+        lambda: next(
+            (m for m in ticket(services, 1)["messages"] if "did not" in m["body_text"]), None
+        ),
+        what="Alice's portal reply in ticket 1",
+    )
+    assert reply["cc"] == [] and reply["to"] == ["support@example.test"]
+    assert reply["subject"] == f"Re: [#1] {subject}"
+    assert participants(services, 1) == {ALICE}
 
 
 @pytest.mark.parametrize("separator", list(SEPARATORS + "\r\n\0"))
