@@ -60,6 +60,17 @@ def body_hash(
     return bytes(digest.digest())
 
 
+def longer_than(raw: bytes, start: int, relaxed: bool, length: int, size: int = SLICE) -> bool:
+    """Whether the canonical body `raw[start:]` is longer than `length` bytes: what a
+    signature's `l=` leaves unsigned, where anyone may have added text."""
+    seen = 0
+    for piece in _canonical(_slices(raw, start, size), relaxed):
+        seen += len(piece)
+        if seen > length:
+            return True
+    return False
+
+
 def pieces_hash(
     pieces: Iterable[bytes | memoryview],
     relaxed: bool,

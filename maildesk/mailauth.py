@@ -22,16 +22,19 @@ nothing and fails nothing. Nothing here knows tickets.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import NamedTuple
 
 import dkim
+import dkim.util
 import dns.exception
 import dns.resolver
 from publicsuffixlist import PublicSuffixList
@@ -51,6 +54,30 @@ _MAX_SIGNATURES = 5
 # regular expressions that are quadratic in a run of whitespace (31 KB of folding
 # in each of five fields cost 12 s of CPU, before any DNS lookup).
 MAX_SIGNATURE_FIELD = 4096
+# Fields RFC 5322 allows once. DKIM signs a field's instances from the bottom up
+# (RFC 6376 §5.4.2) and a reader reads the top one, so an instance added above a
+# signed one is a stranger's words under a good signature: a replayed mail of a
+# customer's, with a Subject tag and a Cc of his own on top, joined her ticket as
+# her proven mail and made him a participant. A mail with two proves nothing.
+_ONCE = frozenset(
+    {
+        b"from",
+        b"sender",
+        b"reply-to",
+        b"to",
+        b"cc",
+        b"bcc",
+        b"subject",
+        b"date",
+        b"message-id",
+        b"in-reply-to",
+        b"references",
+    }
+)
+# The fields whose words grant something when proven: a Cc of proven mail becomes a
+# participant. A signature vouches for them only when its h= covers each instance
+# (Microsoft 365 signs no Cc, and a replay can add one).
+VOUCHED = (b"cc",)
 # The property naming the domain each method's result is about (RFC 8601 §2.7).
 _RESULT_DOMAIN = {"dkim": "header.d", "dmarc": "header.from"}
 # Authentication-Results outside a comment: white space, a comment's start, a quoted
@@ -79,10 +106,17 @@ class Authentication:
     method: str = ""
     # The From domain asks receivers to distrust this message (DMARC fail).
     dmarc_failed: bool = False
+    # Fields of `VOUCHED` the message holds that no proving signature covers: anyone
+    # may have written them, proof or not.
+    unsigned: frozenset[str] = frozenset()
 
     @property
     def proven(self) -> bool:
         return bool(self.method)
+
+    def vouches_for(self, field: str) -> bool:
+        """Whether the proof covers the message's `field` (lower case) too."""
+        return self.proven and field not in self.unsigned
 
 
 def organizational_domain(domain: str) -> str:
@@ -144,14 +178,23 @@ class MailAuth:
         if via_our_mta and self._authserv_ids:
             stamped = self._from_mta(authentication_results, from_domain)
             if stamped is not None:
-                return stamped
+                if not stamped.proven:
+                    return stamped
+                # Which signature our MTA checked, it does not say: the h= that every
+                # aligned one in the mail names is what it covers.
+                fields = _fields(dkimbody.split(raw)[0])
+                aligned_h = [h for d, h in _signatures(fields) if aligned(d, from_domain)]
+                return _as_read(stamped, fields, _common(aligned_h))
         if not self._settings.verify_dkim:
             return Authentication()
         # All lookups of one message share one `dns_timeout`: a sender's slow DNS
         # server (or five signatures pointing at it) delays its own mail that long, once.
         lookup = _Lookup(self._resolver, time.monotonic() + self._settings.dns_timeout)
-        if any(aligned(d, from_domain) for d in self._verified_dkim_domains(raw, lookup)):
-            return Authentication("dkim")
+        verified = self._verified_dkim_signatures(raw, lookup)
+        proving = [h for d, h in verified if aligned(d, from_domain)]
+        if proving:
+            fields = _fields(dkimbody.split(raw)[0])
+            return _as_read(Authentication("dkim"), fields, _either(proving))
         policy = self._dmarc_policy(from_domain, lookup)
         return Authentication(dmarc_failed=policy in ("quarantine", "reject"))
 
@@ -183,7 +226,8 @@ class MailAuth:
 
     # -- our own check ------------------------------------------------------
 
-    def _verified_dkim_domains(self, raw: bytes, lookup: _Lookup) -> list[str]:
+    def _verified_dkim_signatures(self, raw: bytes, lookup: _Lookup) -> list[_Signed]:
+        """The signatures that verify: each one's d= and the fields its h= names."""
         head, body_start = dkimbody.split(raw)
         count = _count_signatures(head)
         if not count:
@@ -204,10 +248,13 @@ class MailAuth:
                 )
                 continue
             try:
-                if _verify(checker, index, raw, body_start, lookup):
-                    domains.append(checker.domain.decode("ascii", "replace"))
+                include_headers = _verify(checker, index, raw, body_start, lookup)
             except Exception as exc:  # a bad signature is only a signature that failed
                 log.info("DKIM signature %d does not verify: %s", index, type(exc).__name__)
+                continue
+            if include_headers is not None:
+                domain = checker.domain.decode("ascii", "replace")
+                domains.append(_Signed(domain, Counter(include_headers)))
         return domains
 
     def _dmarc_policy(self, from_domain: str, lookup: _Lookup) -> str:
@@ -249,29 +296,102 @@ class _Lookup:
         return None
 
 
-def _verify(checker: dkim.DKIM, index: int, raw: bytes, body_start: int, lookup: _Lookup) -> bool:
+def _verify(
+    checker: dkim.DKIM, index: int, raw: bytes, body_start: int, lookup: _Lookup
+) -> list[bytes] | None:
     """dkimpy's `verify` of signature `index`, but for the body hash, which
-    `dkimbody` computes from `raw` (dkimpy holds the header block only)."""
+    `dkimbody` computes from `raw` (dkimpy holds the header block only): the fields
+    its h= names (lower case, each as often as named) when it verifies, else None."""
     prepared = checker.verify_headerprep(index)
     if not prepared:
-        return False
+        return None
     sig, include_headers, signatures = prepared
     policy = dkim.CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
     length = int(sig[b"l"]) if b"l" in sig else None
+    relaxed = policy.body_algorithm.name == b"relaxed"
+    if length is not None and dkimbody.longer_than(raw, body_start, relaxed, length):
+        # Text after the signed part may be anyone's (a "Thanks, solved" appended to
+        # a replayed mail): such a signature proves nothing (RFC 6376 §8.2).
+        log.info("DKIM signature %d signs only the first %d bytes of the body", index, length)
+        return None
     digest = dkimbody.body_hash(
         raw,
         body_start,
-        policy.body_algorithm.name == b"relaxed",
+        relaxed,
         dkim.HASH_ALGORITHMS[sig[b"a"]],
         length,
     )
     if digest != base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"])):
         log.info("DKIM signature %d: the body hash does not match", index)
-        return False
+        return None
     # Without bh=, dkimpy checks the header signature only (the header it hashes
     # is the DKIM-Signature field as written, bh= included).
     header_only = {tag: value for tag, value in sig.items() if tag != b"bh"}
-    return bool(checker.verify_sig(header_only, include_headers, signatures[index], lookup.txt))
+    if not checker.verify_sig(header_only, include_headers, signatures[index], lookup.txt):
+        return None
+    return [name.lower() for name in include_headers]
+
+
+class _Signed(NamedTuple):
+    domain: str  # d=
+    fields: Counter[bytes]  # h=, lower case: how many instances of each it covers
+
+
+def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The header block's fields, (lower-case name, value), top first."""
+    try:
+        fields, _ = dkim.rfc822_parse(head)
+    except Exception:  # dkimpy's parser refuses some malformed blocks
+        return []
+    return [(name.lower(), value) for name, value in fields]
+
+
+def _signatures(fields: list[tuple[bytes, bytes]]) -> Iterator[_Signed]:
+    """The d= and h= of each DKIM-Signature field we would check, verified or not."""
+    for name, value in fields:
+        if name != b"dkim-signature" or len(value) > MAX_SIGNATURE_FIELD:
+            continue
+        try:
+            tags = dkim.util.parse_tag_value(value)
+        except Exception as exc:  # an unreadable signature covers nothing
+            log.info("a DKIM-Signature field cannot be read: %s", type(exc).__name__)
+            continue
+        domain = tags.get(b"d", b"").decode("ascii", "replace").strip()
+        names = re.split(rb"\s*:\s*", tags.get(b"h", b"").strip().lower())
+        yield _Signed(domain, Counter(name for name in names if name))
+
+
+def _common(signed: list[Counter[bytes]]) -> Counter[bytes]:
+    """What every one of `signed` covers (none of them: nothing)."""
+    if not signed:
+        return Counter()
+    covered = signed[0]
+    for other in signed[1:]:
+        covered &= other
+    return covered
+
+
+def _either(signed: list[Counter[bytes]]) -> Counter[bytes]:
+    """What any one of `signed` covers: each is a proof of its own."""
+    covered: Counter[bytes] = Counter()
+    for other in signed:
+        covered |= other
+    return covered
+
+
+def _as_read(
+    proof: Authentication, fields: list[tuple[bytes, bytes]], covered: Counter[bytes]
+) -> Authentication:
+    """`proof`, as far as it holds for the message as maildesk reads it (top fields
+    first): none when a field allowed once is there twice, and without the fields of
+    `VOUCHED` that it does not cover, instance by instance."""
+    counts = Counter(name for name, _ in fields)
+    repeated = sorted(name.decode() for name in _ONCE if counts[name] > 1)
+    if repeated:
+        log.info("%s more than once: the signature proves nothing of this mail", repeated)
+        return Authentication()
+    unsigned = frozenset(name.decode() for name in VOUCHED if counts[name] > covered[name])
+    return dataclasses.replace(proof, unsigned=unsigned)
 
 
 @dataclass(frozen=True)

@@ -39,14 +39,21 @@ class DkimKey:
     def record(self) -> str:
         return f"v=DKIM1; k=rsa; p={self.public_der_b64}"
 
-    def sign(self, raw: bytes) -> bytes:
-        headers = [b"from", b"to", b"subject", b"date", b"message-id", b"cc"]
+    def sign(
+        self,
+        raw: bytes,
+        headers: tuple[str, ...] = ("from", "to", "subject", "date", "message-id", "cc"),
+        length: bool = False,
+    ) -> bytes:
+        """`raw` with a DKIM-Signature on top whose h= is `headers` (Microsoft 365's
+        names no To or Cc) and, with `length`, an l= of the body's length."""
         signature = dkim.sign(
             raw,
             self.selector.encode(),
             self.domain.encode(),
             self.private_pem,
-            include_headers=headers,
+            include_headers=[name.encode() for name in headers],
+            length=length,
         )
         return signature + raw
 

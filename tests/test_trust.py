@@ -28,11 +28,12 @@ from maildesk.models import Inbound, Outbox, Ticket
 from maildesk.services import Services
 from tests.conftest import RunningDaemon, make_mail, running_daemon, wait_for
 from tests.dns_server import DkimKey, dns_server, make_key
-from tests.helpers import outbox_rows, outbox_text, participants, ticket
+from tests.helpers import OUR_MTA, outbox_rows, outbox_text, participants, ticket
 
 AGENT = "agent@example.test"
 ALICE = "alice@customer.test"
 MALLORY = "mallory@evil.test"
+BOB = "Bob <bob@customer.test>"
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +244,95 @@ def test_an_altered_signed_mail_proves_nothing(
     assert ticket(services, 1)["messages"][0]["proof"] == ""
     # p=none: an unproven mail from customer.test is still answered.
     assert len(sent_to(services, ALICE)) == 1
+
+
+def test_a_signed_mail_replayed_with_a_subject_and_cc_on_top_proves_nothing(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """Mallory has a signed mail Alice once sent him, and puts a Subject naming her
+    ticket and a Cc of his own above her signed ones: the signature still verifies
+    (DKIM covers the bottom-most instances), but we read the top ones."""
+    services = desk.services
+    alice_opens_a_ticket(desk)
+    lunch = make_mail(subject="Lunch on Friday?", to=MALLORY, cc="Bob <bob@customer.test>")
+    replayed = b"Subject: Re: [#1] Printer broken\r\nCc: Mallory <mallory@evil.test>\r\n" + keys[
+        "customer.test"
+    ].sign(lunch)
+
+    send(desk, replayed, mail_from=MALLORY)
+
+    assert (last_inbound(services, 1)["proof"], last_inbound(services, 1)["flag"]) == (
+        "",
+        "unverified",
+    )
+    assert participants(services, 1) == {ALICE}
+
+
+def test_a_cc_her_signature_does_not_cover_copies_nobody_in(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """A signature that names no Cc (as Microsoft 365's) proves Alice's From, not
+    whom her mail copies: a Cc added to it by whoever relays it joins nobody."""
+    services = desk.services
+    alice_opens_a_ticket(desk)
+    reply = make_mail(subject="Re: [#1] Printer broken", body="It prints blank again.")
+    signed = keys["customer.test"].sign(reply, headers=("from", "subject", "date", "message-id"))
+    with_cc = signed.replace(b"\r\nSubject:", b"\r\nCc: Mallory <mallory@evil.test>\r\nSubject:")
+
+    send(desk, with_cc, mail_from=MALLORY)
+
+    assert last_inbound(services, 1)["proof"] == "dkim"  # her From is still proven
+    assert participants(services, 1) == {ALICE}
+    # Where her signature covers the Cc, the colleague she copies joins.
+    covered = keys["customer.test"].sign(make_mail(subject="Re: [#1] Printer broken", cc=BOB))
+    send(desk, covered)
+    assert participants(services, 1) == {ALICE, "bob@customer.test"}
+
+
+def test_text_appended_past_a_signatures_body_length_proves_nothing(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """l= signs the first bytes of a body only: a "Thanks, solved" appended to a
+    replayed mail of Alice's would otherwise close her ticket as her own word."""
+    services = desk.services
+    alice_opens_a_ticket(desk)
+    with services.db.transaction() as session:
+        found = session.get(Ticket, 1)
+        assert found is not None
+        found.status = "resolved"
+    signed = keys["customer.test"].sign(
+        make_mail(subject="Re: [#1] Printer broken", body="Hello,"), length=True
+    )
+
+    send(desk, signed + b"\r\nThanks, all solved!\r\n", mail_from=MALLORY)
+
+    assert last_inbound(services, 1)["proof"] == ""
+    assert ticket(services, 1)["status"] == "resolved"
+
+
+def test_our_mtas_verdict_vouches_only_for_what_the_signature_covers(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """Our MTA says `dkim=pass` for customer.test; the signature it checked names no
+    Cc, so the Cc on the mail is nobody's word. Two Subjects: nothing is proven."""
+    services = desk.services
+    alice_opens_a_ticket(desk)
+    stamped = f"Authentication-Results: {OUR_MTA}; dkim=pass header.d=customer.test\r\n"
+    reply = make_mail(subject="Re: [#1] Printer broken", cc="Mallory <mallory@evil.test>")
+    signed = keys["customer.test"].sign(reply, headers=("from", "subject", "date"))
+
+    send(desk, stamped.encode() + signed, source_ip="127.0.0.1")
+
+    assert last_inbound(services, 1)["proof"] == "mta-dkim"
+    assert participants(services, 1) == {ALICE}
+
+    twice = b"Subject: Re: [#1] Printer broken\r\n" + keys["customer.test"].sign(
+        make_mail(subject="Lunch?", cc=BOB)
+    )
+    send(desk, stamped.encode() + twice, source_ip="127.0.0.1")
+
+    assert last_inbound(services, 1)["proof"] == ""
+    assert participants(services, 1) == {ALICE}
 
 
 def test_a_neighbours_signature_does_not_prove_a_customer(

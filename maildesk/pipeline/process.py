@@ -608,7 +608,7 @@ class Processor:
             ),
         )
         if trust.verified:
-            self._add_participants(tickets, ticket, message, now)
+            self._add_participants(tickets, ticket, message, now, copies=trust.copies)
         log.info(
             "inbound %d -> ticket %d (%s)",
             row.id,
@@ -672,14 +672,28 @@ class Processor:
         return "customer" if ticket.requester.email == message.from_addr else "participant"
 
     def _add_participants(
-        self, tickets: Tickets, ticket: Ticket, message: ParsedMessage, now: datetime
+        self,
+        tickets: Tickets,
+        ticket: Ticket,
+        message: ParsedMessage,
+        now: datetime,
+        *,
+        copies: bool,
     ) -> None:
-        """The sender and the people they copied may write into this ticket from now on."""
+        """The sender, and with `copies` the people they copied, may write into this
+        ticket from now on."""
         ourselves = {self.settings.support.address.lower()}
         ourselves.update(a.email for a in Agents(tickets.session).active())
         # The sender's name is their own word (verified): it may rename them; a Cc's is not.
         people: list[tuple[str, str | None]] = [(message.from_addr, message.from_name)]
-        people += [(addr, None) for addr in message.cc]
+        if copies:
+            people += [(addr, None) for addr in message.cc]
+        elif message.cc:
+            log.info(
+                "the Cc of ticket %d's new message is not covered by the signature that"
+                " proves its sender: nobody it copies joins the ticket",
+                ticket.id,
+            )
         wanted = [
             (addr, name)
             for addr, name in people

@@ -9,7 +9,8 @@ A verified message may add its sender and the people it copies as participants,
 approve or decline paid work, confirm, dispute, reopen. An unverified one changes
 nothing and adds no one: its text joins the ticket it names, marked for the agents
 (never dropped, and a customer who only forgot to quote still reaches the agents).
-A new ticket belongs to whoever opened it; only a proven sender's Cc join it.
+A new ticket belongs to whoever opened it; only a proven sender's Cc join it, and
+of a From proven by a signature, only a Cc the signature covers (mailauth.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ UNVERIFIED_FLAG = "unverified"
 @dataclass(frozen=True)
 class Standing:
     proof: str  # stored on the message; "" = unverified
+    # The people the message copies (Cc) may join the ticket: what proves the sender
+    # proves the Cc too. A secret or an import does; a signature only if it covers it.
+    copies: bool = False
 
     @property
     def verified(self) -> bool:
@@ -34,9 +38,9 @@ class Standing:
 def standing(match: Match, auth: Authentication, source: str, takes_part: bool) -> Standing:
     """`takes_part`: the sender is the matched ticket's requester or a participant."""
     if source == "import":
-        return Standing("import")
+        return Standing("import", copies=True)
     if match.ticket is not None and match.secret:
-        return Standing("reply_token" if match.rule == "reply_token" else "message_id")
+        return Standing("reply_token" if match.rule == "reply_token" else "message_id", True)
     if auth.proven and (match.ticket is None or takes_part):
-        return Standing(auth.method)
+        return Standing(auth.method, copies=auth.vouches_for("cc"))
     return Standing("")
