@@ -145,14 +145,17 @@ class Notices:
 
     # -- to agents -------------------------------------------------------------
 
-    def new_ticket(self, session: Session, ticket: Ticket, message: ParsedMessage) -> int:
+    def new_ticket(
+        self, session: Session, ticket: Ticket, message: ParsedMessage, event: str = "new_ticket"
+    ) -> int:
         """A ticket opened by mail: the agents hear of it, unless its sender has opened more
-        than `[limits] new_ticket_notices_per_hour` this hour (`quiet.py`)."""
+        than `[limits] new_ticket_notices_per_hour` this hour (`quiet.py`). `event`:
+        "forged" for unproven mail from an agent's address, which they are warned of."""
         settings, now = self.notifier.settings, self.notifier.clock.now()
         cap = settings.limits.new_ticket_notices_per_hour
         decision = quiet.decide(session, ticket, cap, now)
         if decision.notice is Notice.EACH:
-            return self.to_agents(session, ticket, "new_ticket", message)
+            return self.to_agents(session, ticket, event, message)
         if decision.notice is Notice.NONE:
             ticket.filed_quietly = True  # its service-level notices are not mailed either
             return 0

@@ -622,7 +622,8 @@ class Processor:
                 answering = InReplyTo(message.message_id, message.references)
                 queued += self.notices.acknowledge(session, ticket, answering, trust.verified)
             if row.notify:
-                queued += self.notices.new_ticket(session, ticket, message)
+                event = "forged" if forged else "new_ticket"
+                queued += self.notices.new_ticket(session, ticket, message, event)
             return queued
         if kind == "auto" or not row.notify:
             return queued

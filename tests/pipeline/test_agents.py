@@ -472,6 +472,27 @@ def test_phone_intake_opens_a_ticket_for_the_customer(
     assert "[#1] Server down" in ack["Subject"]
 
 
+def test_an_unproven_phone_intake_opens_no_ticket_for_the_customer_and_warns(
+    services: Services,
+) -> None:
+    """`#customer` from an agent's address that nothing proves (no DKIM, no MTA verdict)
+    runs no command: the mail opens a ticket of that address, and the agents are
+    warned that it came unproven, not told of an ordinary new ticket."""
+    intake = make_mail(
+        subject="Server down",
+        sender="agent@example.test",
+        body="#customer bob@customer.test\nBob called: the server is down.",
+    )
+    receive(services, intake, mail_from=AGENT)
+
+    state = ticket(services, 1)
+    assert (state["requester"], state["messages"][0]["flag"]) == (AGENT, "forged-agent")
+    assert to_customer(services, "bob@customer.test") == []
+    [warning] = to_agent(services)
+    assert "Unverified mail from an agent address" in warning["Subject"]
+    assert "no command in it was run" in body(warning)
+
+
 def test_a_quoted_set_password_link_never_reaches_the_agents(
     services: Services, opened: EmailMessage
 ) -> None:
