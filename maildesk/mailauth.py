@@ -75,9 +75,11 @@ _ONCE = frozenset(
     }
 )
 # The fields whose words grant something when proven: a Cc of proven mail becomes a
-# participant. A signature vouches for them only when its h= covers each instance
-# (Microsoft 365 signs no Cc, and a replay can add one).
-VOUCHED = (b"cc",)
+# participant, and a Subject tag, In-Reply-To, References or Message-ID name the
+# ticket it acts on. A signature vouches for them only when its h= covers each
+# instance (Microsoft 365 signs no Cc, In-Reply-To or References: a replay can add
+# them).
+VOUCHED = (b"cc", b"subject", b"in-reply-to", b"references", b"message-id")
 # The property naming the domain each method's result is about (RFC 8601 §2.7).
 _RESULT_DOMAIN = {"dkim": "header.d", "dmarc": "header.from"}
 # Authentication-Results outside a comment: white space, a comment's start, a quoted

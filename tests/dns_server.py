@@ -42,11 +42,14 @@ class DkimKey:
     def sign(
         self,
         raw: bytes,
-        headers: tuple[str, ...] = ("from", "to", "subject", "date", "message-id", "cc"),
+        headers: tuple[str, ...] = (
+            *("from", "to", "cc", "subject", "date"),
+            *("message-id", "in-reply-to", "references"),
+        ),
         length: bool = False,
     ) -> bytes:
-        """`raw` with a DKIM-Signature on top whose h= is `headers` (Microsoft 365's
-        names no To or Cc) and, with `length`, an l= of the body's length."""
+        """`raw` with a DKIM-Signature on top whose h= is `headers` (as Gmail's; Microsoft
+        365's names no To, Cc, In-Reply-To or References) and, with `length`, an l=."""
         signature = dkim.sign(
             raw,
             self.selector.encode(),

@@ -289,6 +289,39 @@ def test_a_cc_her_signature_does_not_cover_copies_nobody_in(
     assert participants(services, 1) == {ALICE, "bob@customer.test"}
 
 
+def test_a_thread_link_her_signature_does_not_cover_acts_on_no_ticket(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """Mallory has Alice's signed "Thanks, all solved!" (to him, signed as Microsoft 365
+    signs: no In-Reply-To) and adds an In-Reply-To naming her first mail of ticket 1.
+    The mail joins ticket 1, but as nobody's proven word: the ticket stays resolved."""
+    services = desk.services
+    alice_opens_a_ticket(desk)
+    with services.db.transaction() as session:
+        found = session.get(Ticket, 1)
+        assert found is not None
+        found.status = "resolved"
+    thanks = make_mail(subject="Re: our lunch", to=MALLORY, body="Thanks, all solved!")
+    signed = keys["customer.test"].sign(thanks, headers=("from", "subject", "date", "message-id"))
+    linked = b"In-Reply-To: <alice-1@customer.test>\r\n" + signed
+
+    send(desk, linked, mail_from=MALLORY)
+
+    last = last_inbound(services, 1)
+    assert (last["thread_rule"], last["proof"], last["flag"]) == ("references", "", "unverified")
+    assert ticket(services, 1)["status"] == "resolved"
+    # Signed with the link, the same words are hers, and confirm the resolution.
+    covered = keys["customer.test"].sign(
+        make_mail(
+            subject="Re: our lunch",
+            body="Thanks, all solved!",
+            In_Reply_To="<alice-1@customer.test>",
+        )
+    )
+    send(desk, covered)
+    assert (last_inbound(services, 1)["proof"], ticket(services, 1)["status"]) == ("dkim", "closed")
+
+
 def test_text_appended_past_a_signatures_body_length_proves_nothing(
     desk: RunningDaemon, keys: dict[str, DkimKey]
 ) -> None:

@@ -31,6 +31,9 @@ class Match:
     ticket: Ticket | None
     rule: str  # references | reply_token | subject_tag | new
     secret: bool = False
+    # The header fields whose words named the ticket (a signature must cover them for
+    # a proven From to act on it: trust.py); a reply token is its own proof.
+    named_by: tuple[str, ...] = ()
 
 
 class Threader:
@@ -57,10 +60,11 @@ class Threader:
         key = tickets.thread_key(message.thread_ids, message.from_addr)
         if key is not None:
             secret = key.minted or key.ticket_id in secrets
-            return Match(tickets.get(key.ticket_id), "references", secret)
+            return Match(tickets.get(key.ticket_id), "references", secret, _THREAD_FIELDS)
         answered = tickets.referencing(message.message_id, message.from_addr)
         if answered is not None:
-            return Match(tickets.get(answered), "references", answered in secrets)
+            referenced = tickets.get(answered)
+            return Match(referenced, "references", answered in secrets, ("message-id",))
         for token in signed:
             if (ticket := tickets.get(token.ticket)) is not None:
                 return Match(ticket, "reply_token", secret=token.ticket in secrets)
@@ -69,5 +73,8 @@ class Threader:
             if ticket is not None and (
                 proven_agent is not None or tickets.is_participant(ticket.id, message.from_addr)
             ):
-                return Match(ticket, "subject_tag")
+                return Match(ticket, "subject_tag", named_by=("subject",))
         return Match(None, "new")
+
+
+_THREAD_FIELDS = ("in-reply-to", "references")

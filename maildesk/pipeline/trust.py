@@ -9,8 +9,9 @@ A verified message may add its sender and the people it copies as participants,
 approve or decline paid work, confirm, dispute, reopen. An unverified one changes
 nothing and adds no one: its text joins the ticket it names, marked for the agents
 (never dropped, and a customer who only forgot to quote still reaches the agents).
-A new ticket belongs to whoever opened it; only a proven sender's Cc join it, and
-of a From proven by a signature, only a Cc the signature covers (mailauth.py).
+A new ticket belongs to whoever opened it; only a proven sender's Cc join it. A From
+proven by a signature acts only where the signature covers the fields that named the
+ticket, and copies in only a Cc it covers (mailauth.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def standing(match: Match, auth: Authentication, source: str, takes_part: bool) 
         return Standing("import", copies=True)
     if match.ticket is not None and match.secret:
         return Standing("reply_token" if match.rule == "reply_token" else "message_id", True)
-    if auth.proven and (match.ticket is None or takes_part):
+    if auth.proven and (match.ticket is None or (takes_part and _names_it(match, auth))):
         return Standing(auth.method, copies=auth.vouches_for("cc"))
     return Standing("")
+
+
+def _names_it(match: Match, auth: Authentication) -> bool:
+    """Whether the proof covers the fields that named the ticket: a replayed mail of a
+    participant's, with a References of someone else's choosing, acts on no ticket."""
+    return all(auth.vouches_for(field) for field in match.named_by)
