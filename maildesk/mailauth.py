@@ -120,6 +120,9 @@ class Authentication:
         """Whether the proof covers the message's `field` (lower case) too."""
         return self.proven and field not in self.unsigned
 
+    def vouches_for_all(self, fields: Iterable[str]) -> bool:
+        return all(self.vouches_for(field) for field in fields)
+
 
 def organizational_domain(domain: str) -> str:
     """The registrable part of a domain, for DMARC's relaxed alignment (RFC 7489 §3.2).
@@ -183,10 +186,11 @@ class MailAuth:
                 if not stamped.proven:
                     return stamped
                 # Which signature our MTA checked, it does not say: the h= that every
-                # aligned one in the mail names is what it covers.
+                # aligned one in the mail names is what it covers. With none, its
+                # verdict rests on SPF: the domain's own server sent the whole mail.
                 fields = _fields(dkimbody.split(raw)[0])
                 aligned_h = [h for d, h in _signatures(fields) if aligned(d, from_domain)]
-                return _as_read(stamped, fields, _common(aligned_h))
+                return _as_read(stamped, fields, _common(aligned_h) if aligned_h else None)
         if not self._settings.verify_dkim:
             return Authentication()
         # All lookups of one message share one `dns_timeout`: a sender's slow DNS
@@ -382,16 +386,18 @@ def _either(signed: list[Counter[bytes]]) -> Counter[bytes]:
 
 
 def _as_read(
-    proof: Authentication, fields: list[tuple[bytes, bytes]], covered: Counter[bytes]
+    proof: Authentication, fields: list[tuple[bytes, bytes]], covered: Counter[bytes] | None
 ) -> Authentication:
     """`proof`, as far as it holds for the message as maildesk reads it (top fields
     first): none when a field allowed once is there twice, and without the fields of
-    `VOUCHED` that it does not cover, instance by instance."""
+    `VOUCHED` that `covered` does not cover, instance by instance (None: all)."""
     counts = Counter(name for name, _ in fields)
     repeated = sorted(name.decode() for name in _ONCE if counts[name] > 1)
     if repeated:
         log.info("%s more than once: the signature proves nothing of this mail", repeated)
         return Authentication()
+    if covered is None:
+        return proof
     unsigned = frozenset(name.decode() for name in VOUCHED if counts[name] > covered[name])
     return dataclasses.replace(proof, unsigned=unsigned)
 

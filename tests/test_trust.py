@@ -39,7 +39,7 @@ BOB = "Bob <bob@customer.test>"
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DkimKey]:
     folder = tmp_path_factory.mktemp("keys")
-    domains = ("customer.test", "evil.test", "evil.uk.com")
+    domains = ("customer.test", "evil.test", "evil.uk.com", "example.test")
     return {domain: make_key(folder, domain) for domain in domains}
 
 
@@ -320,6 +320,27 @@ def test_a_thread_link_her_signature_does_not_cover_acts_on_no_ticket(
     )
     send(desk, covered)
     assert (last_inbound(services, 1)["proof"], ticket(services, 1)["status"]) == ("dkim", "closed")
+
+
+def test_an_agents_signature_runs_no_command_on_a_ticket_an_unsigned_subject_names(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """The agent's signed mail proves the agent, but its signature names no Subject:
+    Mallory writes one tagged with Alice's ticket, and its command must not run there."""
+    services = desk.services
+    alice_opens_a_ticket(desk)
+    command = make_mail(sender=AGENT, subject="Lunch", to=MALLORY, body="#status closed\nDone.")
+    signed = keys["example.test"].sign(command, headers=("from", "date", "message-id"))
+
+    send(desk, signed.replace(b"Subject: Lunch", b"Subject: Re: [#1] Printer broken"))
+
+    assert ticket(services, 1)["status"] == "new"
+    # Unproven there, it is a stranger's mail (to no ticket it takes part in: a new one).
+    assert ticket(services, 2)["messages"][0]["flag"] == "forged-agent"
+    # Its signature covering the Subject, the agent's command is the agent's.
+    covered = make_mail(sender=AGENT, subject="Re: [#1] Printer broken", body="#status closed")
+    send(desk, keys["example.test"].sign(covered), mail_from=AGENT)
+    assert ticket(services, 1)["status"] == "closed"
 
 
 def test_text_appended_past_a_signatures_body_length_proves_nothing(

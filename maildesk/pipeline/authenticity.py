@@ -4,7 +4,8 @@ Mail from an agent's address is trusted as the agent only with proof:
 - it is sent to the signed reply address maildesk gave that agent for a ticket, or
 - it answers a Message-ID that only that agent received from maildesk, or
 - its From domain is proven (maildesk's own DKIM check, or our MTA's
-  Authentication-Results: see maildesk/mailauth.py).
+  Authentication-Results: see maildesk/mailauth.py), for a ticket that fields the
+  signature covers name.
 The first two prove the agent only for the ticket the token or the Message-ID
 belongs to: a token of ticket 6 does not let a mail act on ticket 1.
 Without proof the message is handled as a customer's and flagged.
@@ -32,14 +33,19 @@ class Sender:
     proof: str = ""  # reply_token | message_id | dkim | mta-dkim | mta-dmarc
     # The ticket a reply_token or message_id proof belongs to; None: any ticket.
     ticket_id: int | None = None
+    # A proven From (dkim, mta-*): it holds for the fields its signature covers.
+    signature: Authentication | None = None
 
     @property
     def forged(self) -> bool:
         return self.claimed_agent and self.agent is None
 
-    def proves_for(self, ticket: Ticket | None) -> bool:
-        """Does the proof hold for mail that threads into `ticket`?"""
-        return self.ticket_id is None or (ticket is not None and ticket.id == self.ticket_id)
+    def proves_for(self, ticket: Ticket | None, named_by: tuple[str, ...] = ()) -> bool:
+        """Does the proof hold for mail that threads into `ticket` by the header fields
+        `named_by` (a signature that does not cover them proves nothing there)?"""
+        if self.ticket_id is not None:
+            return ticket is not None and ticket.id == self.ticket_id
+        return self.signature is None or self.signature.vouches_for_all(named_by)
 
     def unproven(self) -> Sender:
         return Sender(None, self.claimed_agent)
@@ -63,7 +69,7 @@ def identify(
     if ticket_id is not None:
         return Sender(agent, True, "message_id", ticket_id)
     if authentication.proven:
-        return Sender(agent, True, authentication.method)
+        return Sender(agent, True, authentication.method, signature=authentication)
     return Sender(None, claimed_agent=True)
 
 

@@ -42,12 +42,10 @@ def standing(match: Match, auth: Authentication, source: str, takes_part: bool) 
         return Standing("import", copies=True)
     if match.ticket is not None and match.secret:
         return Standing("reply_token" if match.rule == "reply_token" else "message_id", True)
-    if auth.proven and (match.ticket is None or (takes_part and _names_it(match, auth))):
+    # The proof must cover the fields that named the ticket: a replayed mail of a
+    # participant's, with a References of someone else's choosing, acts on no ticket.
+    if auth.proven and (
+        match.ticket is None or (takes_part and auth.vouches_for_all(match.named_by))
+    ):
         return Standing(auth.method, copies=auth.vouches_for("cc"))
     return Standing("")
-
-
-def _names_it(match: Match, auth: Authentication) -> bool:
-    """Whether the proof covers the fields that named the ticket: a replayed mail of a
-    participant's, with a References of someone else's choosing, acts on no ticket."""
-    return all(auth.vouches_for(field) for field in match.named_by)
