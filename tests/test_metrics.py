@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -161,11 +162,20 @@ def test_metrics_on_their_own_listener_with_a_bearer_token(
         status, body = fetch(url)
         assert status == 401 and "maildesk" not in body
         assert fetch(url, "wrong")[0] == 401
+        assert _status_line(port, b"Authorization: Bearer \xff\xfe") == b"HTTP/1.1 401 Unauthorized"
         samples = scrape(url, "s3cret-scrape")
         assert value(samples, "maildesk_database_up") == 1
         assert fetch(f"http://127.0.0.1:{port}/healthz")[0] == 200
         # Not on the public listener.
         assert fetch(web_url(running, "/metrics"))[0] == 404
+
+
+def _status_line(port: int, header: bytes) -> bytes:
+    """GET /metrics with `header` written as raw bytes (no client sends non-UTF-8)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        sock.sendall(request + header + b"\r\n\r\n")
+        return sock.recv(200).split(b"\r\n")[0]
 
 
 def test_access_log_has_route_status_and_client_but_no_query_string(

@@ -184,7 +184,9 @@ async def metrics_page(request: web.Request) -> web.Response:
     token = request.app[TOKEN]
     if token:
         given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        # surrogateescape: header bytes that are no UTF-8 are a wrong token, not a 500.
+        presented = given.encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(presented, f"Bearer {token}".encode()):
             return web.Response(
                 status=401,
                 text="a bearer token is required\n",

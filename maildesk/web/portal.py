@@ -116,7 +116,9 @@ async def ticket_list(request: web.Request) -> web.StreamResponse:
                 people = session.execute(
                     select(Person.email, Person.name)
                     .where(Person.id.in_(scope.colleagues()))
-                    .where(Person.id.in_(select(Ticket.requester_id)))
+                    # Requesters of tickets the viewer sees: a hidden one's requester
+                    # is a stranger's word (a forged colleague, a phishing name).
+                    .where(Person.id.in_(select(Ticket.requester_id).where(scope.condition())))
                     .order_by(Person.email)
                 )
                 creators = [{"email": e, "name": n} for e, n in people]

@@ -278,12 +278,16 @@ def test_a_forged_colleagues_ticket_is_shown_to_nobody_else_until_proven(
     services = daemon.services
     with services.db.transaction() as session:
         services.accounts(session).add_organization("acme.test", "Acme", services.clock.now())
-    phishing = mail_in(daemon, "CEO <ceo@acme.test>", "Urgent: new payroll portal",
+    phishing = mail_in(daemon, '"Payroll: log in at evil.example/acme" <ceo@acme.test>',
+                       "Urgent: new payroll portal",
                        body="Log in at https://evil.example/acme today.")  # fmt: skip
     customer(services, "bob@acme.test")
     bob = logged_in(daemon, "bob@acme.test")
 
-    assert f"/tickets/{phishing}" not in bob.get("/tickets").text
+    listed = bob.get("/tickets").text
+    assert f"/tickets/{phishing}" not in listed
+    # Nor is its requester offered in the "Created by" filter, with the forger's name.
+    assert "ceo@acme.test" not in listed and "evil.example" not in listed
     assert bob.get(f"/tickets/{phishing}").status == 404
     assert "evil.example" not in bob.get("/tickets?q=payroll").text
 
