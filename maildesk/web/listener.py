@@ -15,6 +15,14 @@ connection for good. Its form is read before the handler runs, against that
 deadline (trickled bytes do not renew it either); one too slow is answered
 408 and its connection closed at once.
 
+A client that asks and never reads the answer (requests pipelined by the
+thousand, or an attachment download it stops reading) held its connection for
+good: aiohttp writes a response with no deadline, and a few such clients kept
+every slot under the caps below, so everyone else got 503. When the client
+reads nothing of what waits for it (our write buffer stays full) for
+`[web] body_timeout`, its connection is dropped; a client that reads slowly
+keeps it.
+
 `[web] max_connections` caps open connections: one more is answered 503 and
 closed at once, before any parsing, so a flood cannot exhaust memory or file
 descriptors and the listener stays responsive when they go. So does
@@ -88,6 +96,8 @@ class _Counted(asyncio.Protocol):
         self._inner, self._gate = inner, gate
         self._client: str | None = None  # counted per address; None: refused, or a proxy
         self._refused = False
+        self._transport: asyncio.Transport | None = None
+        self._unread: asyncio.TimerHandle | None = None  # drops a client that reads nothing
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The peer is known only now, after the gate let the connection in.
@@ -97,9 +107,12 @@ class _Counted(asyncio.Protocol):
             self._refused = True
             _Busy().connection_made(transport)
             return
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._reading()
         self._gate.leave(self._client)
         if not self._refused:
             self._inner.connection_lost(exc)
@@ -112,10 +125,20 @@ class _Counted(asyncio.Protocol):
         return None if self._refused else self._inner.eof_received()
 
     def pause_writing(self) -> None:
+        # Our write buffer is full: the client has read nothing of it for now.
+        if self._unread is None and self._transport is not None:
+            loop = asyncio.get_running_loop()
+            self._unread = loop.call_later(self._gate.send_timeout, self._transport.abort)
         self._inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self._reading()
         self._inner.resume_writing()
+
+    def _reading(self) -> None:
+        if self._unread is not None:
+            self._unread.cancel()
+            self._unread = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -125,6 +148,7 @@ class _Gate:
     def __init__(self, server: web.Server, settings: WebSettings) -> None:
         self.server, self.limit, self.open = server, settings.max_connections, 0
         self.per_client = settings.max_connections_per_ip
+        self.send_timeout = settings.body_timeout
         self.proxies = ClientAddress(settings.trusted_proxies)
         self.clients: dict[str, int] = {}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import selectors
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -184,3 +185,52 @@ class TestSlowBodies:
             else:
                 pytest.fail("the server kept a trickling body open for 30 s")
             assert answer(sock, within=30).startswith(b"HTTP/1.1 408 ")
+
+
+class TestUnreadAnswers:
+    @pytest.fixture
+    def config_values(self, config_values: dict[str, Any]) -> dict[str, Any]:
+        config_values["web"].update(
+            body_timeout=1.0, header_timeout=120.0, max_connections=6, max_connections_per_ip=2
+        )
+        return config_values
+
+    def test_clients_that_never_read_their_answers_lose_their_connections(
+        self, daemon: RunningDaemon
+    ) -> None:
+        """Three addresses each ask for 3,000 pages at once on both of their connections
+        and read none: every slot is theirs, while our answers wait. Once they have read
+        nothing for `body_timeout`, the slots come back to everyone else."""
+        with ExitStack() as stack:
+            for attacker in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+                for _ in range(2):
+                    sock = stack.enter_context(unread(daemon, attacker))
+                    sock.sendall(KEEP_ALIVE * 3000)
+            wait_for(lambda: status_of(daemon) == b"HTTP/1.1 200 OK", 30, "a slot back")
+
+    def test_a_client_that_reads_slowly_keeps_its_connection(self, daemon: RunningDaemon) -> None:
+        """Reading a little at a time, for longer than `body_timeout` in all, is reading."""
+        with connect(daemon) as sock:
+            sock.sendall(KEEP_ALIVE * 100)
+            received = b""
+            started = time.monotonic()
+            while received.count(b"HTTP/1.1 200 OK") < 100:
+                chunk = sock.recv(16384)
+                assert chunk, "the server dropped a client that was reading"
+                received += chunk
+                time.sleep(0.05)  # the client's pace: about 300 kB a second at most
+            assert time.monotonic() - started > 1.0  # longer than the deadline in all
+
+
+# A request that keeps its connection open for the next one (pipelined).
+KEEP_ALIVE = b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def unread(daemon: RunningDaemon, source: str) -> socket.socket:
+    """A connection from `source` whose receive buffer is small: it fills at once."""
+    web = daemon.services.settings.web
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((source, 0))
+    sock.connect((web.host, web.port))
+    return sock
