@@ -67,6 +67,13 @@ class AgentFlow:
         self.default_language = default_language
         self.canned = CannedReplies(lambda: notifier.renderer.path)
 
+    def file(self, session: Session, mail: AgentMail, now: datetime) -> int:
+        """Record an agent's mail in its ticket and do nothing it asks: a quiet import's
+        history (its commands ran, or did not, when it was written). Queues nothing."""
+        assert mail.ticket is not None
+        self._record(Tickets(session), mail.ticket, mail, commands.parse(mail.text), now)
+        return 0
+
     def handle(self, session: Session, mail: AgentMail, now: datetime) -> int:
         """Apply one agent mail; returns the number of outbound messages queued."""
         if not classify(mail.message, mail.row.mail_from).may_reply:

@@ -8,7 +8,8 @@ Mail from an agent's address is trusted as the agent only with proof:
   signature covers name.
 The first two prove the agent only for the ticket the token or the Message-ID
 belongs to: a token of ticket 6 does not let a mail act on ticket 1.
-Without proof the message is handled as a customer's and flagged.
+Without proof the message is handled as a customer's and flagged, and so is one
+whose From the agent's domain disowns (DMARC fail), whatever address of ours it holds.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Sender:
     ticket_id: int | None = None
     # A proven From (dkim, mta-*): it holds for the fields its signature covers.
     signature: Authentication | None = None
+    # The From's domain says this mail is not theirs (DMARC fail): no address or
+    # Message-ID of ours it carries makes it the agent's, nor a confirmation.
+    disproven: bool = False
 
     @property
     def forged(self) -> bool:
@@ -61,6 +65,10 @@ def identify(
     agent = Agents(session).by_email(message.from_addr)
     if agent is None:
         return Sender(None, claimed_agent=False)
+    if authentication.dmarc_failed:
+        # Our signed addresses are bearer secrets, and a forwarded notification gives
+        # one away: a From its own domain disowns is not the agent who received it.
+        return Sender(None, claimed_agent=True, disproven=True)
     for address in (*rcpt_to, *message.to, *message.cc):
         token = tokens.parse(address)
         if token is not None and token.agent == agent.id:

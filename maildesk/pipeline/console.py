@@ -130,7 +130,8 @@ class Console:
         confirm = next((t for t in found if t.kind == "confirm"), None)
         automatic = not classify(message, row.mail_from).may_reply
         if confirm is not None and (
-            automatic or self._from_its_agent(session, confirm.number, message)
+            automatic
+            or (not sender.disproven and self._from_its_agent(session, confirm.number, message))
         ):
             # Only the agent received this address: holding it is the proof.
             empty = commands.Commands((), (), "")

@@ -513,15 +513,26 @@ class Processor:
             # In-Reply-To) proves nothing here.
             sender = sender.unproven()
             match = self.threader.match(tickets, message, row.rcpt_to)
+        # A quiet import (no --notify) is the archive's history: an agent's mail in it
+        # asks nothing of us now. No command runs, nothing is answered or relayed.
+        quiet = not row.notify
         # `#list`, `#show`, … and commands from an unproven mail: answered to the
         # agent's registered address only (pipeline/console.py).
-        request = self.console.route(session, row, message, sender, match, prepared.text)
+        request = None if quiet else self.console.route(session, row, message, sender, match,
+                                                        prepared.text)  # fmt: skip
         if request is not None:
             return InboundState.DONE, self.console.handle(session, request, self.clock.now())
         if sender.agent is not None:
             mail = AgentMail(row, message, sender.agent, match.ticket, match.rule, prepared.text)
             log.info("inbound %d from agent %s (%s)", row.id, sender.agent.email, sender.proof)
-            return InboundState.DONE, self.agent_flow.handle(session, mail, self.clock.now())
+            if not quiet:
+                return InboundState.DONE, self.agent_flow.handle(session, mail, self.clock.now())
+            if match.ticket is not None:
+                return InboundState.DONE, self.agent_flow.file(session, mail, self.clock.now())
+            # Console requests, confirmations, a phone intake: orders of the past, for no
+            # ticket. Filed nowhere (the archive keeps them), rather than opened as tickets.
+            log.info("inbound %d: an imported agent's mail for no ticket; not filed", row.id)
+            return InboundState.DONE, 0
         if sender.forged:
             log.warning("inbound %d claims agent %s without proof", row.id, message.from_addr)
         return InboundState.DONE, self._record(

@@ -14,7 +14,7 @@ from maildesk.services import Services
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.service import Tickets
 from tests.conftest import make_mail
-from tests.helpers import inbound_row, outbox_rows, receive, ticket
+from tests.helpers import inbound_row, outbox_rows, participants, receive, ticket
 
 AGENT = "agent@example.test"
 
@@ -164,6 +164,83 @@ def behind_our_mta(
     services.prepare()
     receive(services, make_mail(message_id="<alice1@customer.test>"))
     return services
+
+
+FAILED_DMARC = "mx.example.test; dkim=none; dmarc=fail (p=reject) header.from=example.test"
+
+
+def test_a_forwarded_reply_address_does_not_make_a_disowned_from_the_agent(
+    config_values: dict[str, Any], tmp_path: Any, clock: Any
+) -> None:
+    """Mallory got the agent's notification forwarded (its Reply-To with it) and writes
+    From the agent to that address; our MTA says example.test disowns the From. The
+    address is a bearer secret, but a From its own domain disowns is not the agent."""
+    services = behind_our_mta(config_values, tmp_path, clock)
+    [notification] = to_agent(services)
+    token = notification["Reply-To"].addresses[0].addr_spec
+    forged = make_mail(
+        subject="Re: [#1] Printer broken",
+        sender=AGENT,
+        to=token,
+        body="#cc mallory@evil.test\nPlease send the invoice to my colleague.",
+        Authentication_Results=FAILED_DMARC,
+    )
+    receive(services, forged, mail_from="mallory@evil.test", rcpt_to=(token,), source="deliver")
+
+    state = ticket(services, 1)
+    assert state["messages"][-1]["flag"] == "forged-agent"
+    assert participants(services, 1) == {"alice@customer.test"}
+    assert len(to_customer(services)) == 1  # the acknowledgement: nothing was relayed
+
+
+def test_a_disowned_from_confirms_no_console_request(
+    config_values: dict[str, Any], tmp_path: Any, clock: Any
+) -> None:
+    """A forged `#cc` waits for the agent's mailbox to confirm; Mallory, given that
+    confirmation (forwarded: "did you send this?"), answers Yes From the agent."""
+    services = behind_our_mta(config_values, tmp_path, clock)
+    request = make_mail(subject="[#1] Printer broken", sender=AGENT, body="#cc mallory@evil.test",
+                        Authentication_Results=FAILED_DMARC)  # fmt: skip
+    receive(services, request, mail_from="mallory@evil.test", source="deliver")
+    confirmation = to_agent(services)[-1]
+    address = confirmation["Reply-To"].addresses[0].addr_spec
+    yes = make_mail(subject=f"Re: {confirmation['Subject']}", sender=AGENT, to=address,
+                    body="Yes", Authentication_Results=FAILED_DMARC)  # fmt: skip
+    receive(services, yes, mail_from="mallory@evil.test", rcpt_to=(address,), source="deliver")
+
+    assert participants(services, 1) == {"alice@customer.test"}
+
+
+def test_a_quiet_import_files_an_agents_reply_and_runs_nothing_in_it(
+    services: Services, opened: EmailMessage
+) -> None:
+    """`maildesk import` without --notify sends no mail: an archived agent reply, with its
+    signed reply address, is the ticket's history, not an order to relay and resolve."""
+    token = opened["Reply-To"].addresses[0].addr_spec
+    archived = make_mail(
+        subject=f"Re: {opened['Subject']}",
+        sender=f"Agnes Agent <{AGENT}>",
+        to=token,
+        body="#status resolved\nHello Alice, this is done.",
+    )
+    before = len(outbox_rows(services))
+    receive(services, archived, mail_from=AGENT, rcpt_to=(token,), source="import", notify=False)
+
+    assert outbox_rows(services)[before:] == []
+    state = ticket(services, 1)
+    assert state["status"] == "new"
+    last = state["messages"][-1]
+    assert (last["from"], last["kind"], last["body_text"]) == (
+        AGENT,
+        "agent",
+        "Hello Alice, this is done.",
+    )
+    # An archived console request is answered by no one (unproven here: no token, no
+    # DKIM, so it is filed as any mail from an agent's address without proof is).
+    listing = make_mail(subject="#list", sender=AGENT, body="#list")
+    receive(services, listing, mail_from=AGENT, source="import", notify=False)
+    assert outbox_rows(services)[before:] == []
+    assert ticket(services, 2)["messages"][0]["flag"] == "forged-agent"
 
 
 def test_a_neighbours_signature_stamped_by_our_mta_does_not_prove_an_agent(
