@@ -418,3 +418,54 @@ def test_an_address_header_of_thousands_of_parentheses_is_read_at_once() -> None
     assert parsed.text.startswith("Still readable.")
     with pytest.raises(UnparseableMessage, match="nested too deep"):
         parse(mail(nested, "bob@customer.test"))
+
+
+# -- containers marked as attachments --------------------------------------------------
+
+
+def _nested_multiparts(depth: int) -> bytes:
+    """One 40 KB text file inside `depth` multiparts, each marked as an attachment."""
+    part = b"Content-Type: text/plain\nContent-Disposition: attachment; filename=a.txt\n\n"
+    part += b"x" * 76 * 500 + b"\n"
+    for i in range(depth):
+        boundary = b"B%d" % i
+        part = (b"Content-Type: multipart/mixed; boundary=" + boundary
+                + b"\nContent-Disposition: attachment; filename=c%d.zip\n\n" % i
+                + b"--" + boundary + b"\n" + part + b"\n--" + boundary + b"--\n")  # fmt: skip
+    return b"From: mallory@evil.test\nSubject: nested\nMIME-Version: 1.0\n" + part
+
+
+def _forwarded(depth: int) -> bytes:
+    """A mail with a PDF, forwarded as an attachment `depth` times over."""
+    mail = (b"From: a@customer.test\nSubject: leaf\nMIME-Version: 1.0\n"
+            b"Content-Type: multipart/mixed; boundary=L\n\n--L\nContent-Type: text/plain\n\nhi\n"
+            b"--L\nContent-Type: application/pdf\nContent-Disposition: attachment; filename=x.pdf"
+            b"\n\n" + b"y" * 76 * 500 + b"\n--L--\n")  # fmt: skip
+    for i in range(depth):
+        b = b"M%d" % i
+        mail = (b"From: a@customer.test\nSubject: fwd\nMIME-Version: 1.0\n"
+                b"Content-Type: multipart/mixed; boundary=" + b + b"\n\n--" + b
+                + b"\nContent-Type: text/plain\n\nsee attached\n--" + b
+                + b"\nContent-Type: message/rfc822\nContent-Disposition: attachment; "
+                + b"filename=f%d.eml\n\n" % i + mail + b"\n--" + b + b"--\n")  # fmt: skip
+    return mail
+
+
+def test_multiparts_marked_as_attachments_are_not_stored_as_files() -> None:
+    """mail-parser gives each such container as a file of text beside the parts in it:
+    19 nested made a 4 MB mail store 80 MB. The file inside is the one file."""
+    raw = _nested_multiparts(19)
+    files = parse(raw).attachments
+    assert [(f.filename, f.content_type) for f in files] == [("a.txt", "text/plain")]
+
+
+def test_a_forwarded_mail_is_kept_with_its_files_but_not_copied_once_per_forward() -> None:
+    once = parse(_forwarded(1)).attachments
+    assert [(f.filename, f.content_type) for f in once] == [
+        ("f0.eml", "message/rfc822"),
+        ("x.pdf", "application/pdf"),
+    ]
+    raw = _forwarded(6)
+    files = parse(raw).attachments
+    assert [f.filename for f in files] == ["f5.eml", "x.pdf"]  # the outermost, and the file
+    assert sum(len(f.data) for f in files) < 2.1 * len(raw)
