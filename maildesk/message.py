@@ -242,11 +242,18 @@ def _message(raw: bytes) -> tuple[EmailMessage, Runs]:
 # body labelled `charset=punycode` took 156 s of CPU, and ended its worker), idna's
 # costs 150 times UTF-8's. No mail client writes a body in either.
 _SLOW_CODECS = frozenset({"punycode", "idna"})
+# What a Content-Type naming one of them holds (RFC 2231's `charset*=` may spell it in
+# %-escapes): most mail has none, and is spared parsing its parameters (a tenth of a
+# parse).
+_MAYBE_SLOW = re.compile(r"puny|idna|\*", re.IGNORECASE)
 
 
 def _no_slow_charset(part: EmailMessage) -> None:
     """A part labelled with a slow codec is read as UTF-8 (with replacements), as a
     charset we do not know would be: the label is the sender's word, the cost ours."""
+    value = part.get("content-type")
+    if value is None or not _MAYBE_SLOW.search(str(value)):
+        return
     charset = part.get_content_charset()
     if charset is None:
         return
