@@ -248,6 +248,9 @@ class Message(Base):
     # How the sender of an inbound message was proven: reply_token | message_id |
     # dkim | mta-dkim | mta-dmarc | agent | import | legacy; "" = not proven.
     proof: Mapped[str] = mapped_column(String(16), default="")
+    # Another sender's mail came with this Message-ID too: either may have chosen it
+    # to lead mail astray, so it threads nothing (`Tickets.thread_key`).
+    contested: Mapped[bool] = mapped_column(Boolean, default=False)
 
     ticket: Mapped[Ticket] = relationship(back_populates="messages")
     attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id")

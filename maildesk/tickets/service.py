@@ -139,6 +139,7 @@ def _thread_keys(count: int) -> tuple[Hot, Hot]:
         .where(
             Message.message_id.in_(ids),
             Message.kind != "bounce",
+            Message.contested.is_(False),
             or_(
                 Message.direction == "out",
                 Message.proof != "",
@@ -366,6 +367,12 @@ class Tickets:
         row = _STORED_AS.first(self._rows, {"mid": message_id})
         return None if row is None else StoredAs(row[0], row[1], row[2])
 
+    def contest(self, message_id: str) -> None:
+        """Another sender's mail came with `message_id`: it threads nothing from now on."""
+        self.session.execute(
+            update(Message).where(Message.message_id == message_id).values(contested=True)
+        )
+
     def stored_text(self, message_id: str) -> str:
         """The text stored for the message with this Message-ID ("" if none)."""
         text = self.session.scalar(
@@ -481,6 +488,7 @@ class Tickets:
             "internal": new.internal,
             "flag": new.flag,
             "proof": new.proof,
+            "contested": False,
         }
         pk = int(_INSERT_MESSAGE.scalar(self._rows, values))
         # The search index is written in the same transaction: it never lags the messages.

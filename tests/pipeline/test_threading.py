@@ -214,6 +214,39 @@ def test_a_message_id_sent_ahead_in_the_senders_name_does_not_drop_the_real_mail
     assert len(texts) == 2
 
 
+def test_a_message_id_sent_ahead_leads_no_later_mail_to_the_strangers_ticket(
+    services: Services,
+) -> None:
+    """Her mail no longer dropped, the id Eve sent ahead still led to Eve's ticket:
+    Alice's follow-up to her own mail, and her colleague's reply-all, went there, and
+    the agents answering them wrote to Eve. An id two senders used leads nowhere."""
+    eve = make_mail(sender="Eve <eve@evil.test>", subject="Hello", body="eve's text",
+                    message_id="<alice-3@customer.test>")  # fmt: skip
+    receive(services, eve, mail_from="eve@evil.test")
+    alice = make_mail(body="My invoice is wrong.", message_id="<alice-3@customer.test>")
+    receive(services, alice)
+    answering = {"In_Reply_To": "<alice-3@customer.test>", "References": "<alice-3@customer.test>"}
+    receive(services, make_mail(subject="Re: Printer broken", body="Contract 4711.",
+                                message_id="<alice-4@customer.test>", **answering))  # fmt: skip
+    bob = make_mail(sender="Bob <bob@customer.test>", subject="Re: Printer broken",
+                    body="Same on floor 3.", message_id="<bob-1@customer.test>",
+                    **answering)  # fmt: skip
+    receive(services, bob, mail_from="bob@customer.test")
+
+    [eves] = [t for t in tickets(services) if t["requester"] == "eve@evil.test"]
+    texts = [m["body_text"].strip() for m in ticket(services, eves["number"])["messages"]]
+    assert "eve's text" in texts
+    assert not any(t.startswith(("Contract", "Same on")) for t in texts)
+    # Each went where its own sender's mail goes: Alice's to hers, Bob's to one of his.
+    requesters = sorted(t["requester"] for t in tickets(services))
+    assert requesters == [
+        "alice@customer.test",
+        "alice@customer.test",
+        "bob@customer.test",
+        "eve@evil.test",
+    ]
+
+
 def test_mail_to_a_closed_ticket_reopens_it_within_reopen_days(
     services: Services, clock: ManualClock
 ) -> None:
