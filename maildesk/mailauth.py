@@ -108,6 +108,9 @@ class Authentication:
     method: str = ""
     # The From domain asks receivers to distrust this message (DMARC fail).
     dmarc_failed: bool = False
+    # Our MTA evaluated DMARC, SPF included, and it failed: the From's domain disowns
+    # the mail. (Our own check does no SPF: its `dmarc_failed` cannot say so.)
+    disowned: bool = False
     # Fields of `VOUCHED` the message holds that no proving signature covers: anyone
     # may have written them, proof or not.
     unsigned: frozenset[str] = frozenset()
@@ -227,7 +230,9 @@ class MailAuth:
                     proof = proof or f"mta-{result.method}"
             # The MTA's DMARC verdict on the From domain outweighs a DKIM pass we call
             # aligned: its suffix list and ours may differ, and it saw the whole message.
-            return Authentication(dmarc_failed=True) if failed else Authentication(proof)
+            if failed:
+                return Authentication(dmarc_failed=True, disowned=True)
+            return Authentication(proof)
         return None
 
     # -- our own check ------------------------------------------------------

@@ -448,10 +448,11 @@ def _attachments(
     """The files of the message. mail-parser also gives each container marked as an
     attachment (a multipart, a forwarded message/rfc822) as text, beside the parts in
     it: 19 such containers nested made a 4 MB mail store 80 MB. A multipart is no file
-    anyone sent, and is left out; forwarded messages are kept, outermost first, while
-    their copies come to no more than the mail itself."""
+    anyone sent, and is left out. Forwarded messages are kept, outermost first: the
+    first always (read back, it may be larger than it was in the mail), the ones
+    after it while all their copies come to no more than the mail itself."""
     result = []
-    copies_left = raw_size  # bytes forwarded messages' copies may still take
+    copies_left: int | None = None  # bytes later forwarded messages may still take
     for item in items:
         content_type = clean_text(str(item.get("mail_content_type") or "application/octet-stream"))
         container = content_type.lower()
@@ -469,10 +470,13 @@ def _attachments(
         else:
             data = runs.restore(payload).encode("utf-8", "surrogateescape")
         if container.startswith("message/"):
-            if len(data) > copies_left:
+            if copies_left is None:
+                copies_left = raw_size - len(data)
+            elif len(data) > copies_left:
                 log.info("a forwarded message inside another is not kept twice")
                 continue
-            copies_left -= len(data)
+            else:
+                copies_left -= len(data)
         filename = clean_text(str(item.get("filename") or "attachment"))[:255]
         result.append(ParsedAttachment(filename or "attachment", content_type[:255], data))
     return result

@@ -469,3 +469,17 @@ def test_a_forwarded_mail_is_kept_with_its_files_but_not_copied_once_per_forward
     files = parse(raw).attachments
     assert [f.filename for f in files] == ["f5.eml", "x.pdf"]  # the outermost, and the file
     assert sum(len(f.data) for f in files) < 2.1 * len(raw)
+
+
+def test_a_forwarded_mail_of_czech_text_is_kept() -> None:
+    """Read back, a forwarded mail in 8-bit UTF-8 is larger than it was in the mail: a
+    cap on copies at the mail's own size dropped the one forward a customer sent."""
+    text = "Příliš žluťoučký kůň úpěl ďábelské ódy.\n".encode() * 600
+    inner = (b"From: a@customer.test\nSubject: p\xc5\x99\xc3\xadloha\nMIME-Version: 1.0\n"
+             b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+             + text)  # fmt: skip
+    raw = (b"From: b@customer.test\nSubject: fwd\nMIME-Version: 1.0\n"
+           b"Content-Type: multipart/mixed; boundary=M\n\n--M\nContent-Type: text/plain\n\nsee\n"
+           b"--M\nContent-Type: message/rfc822\nContent-Disposition: attachment; filename=o.eml"
+           b"\n\n" + inner + b"\n--M--\n")  # fmt: skip
+    assert [f.filename for f in parse(raw).attachments] == ["o.eml"]

@@ -49,6 +49,9 @@ def dns(keys: dict[str, DkimKey]) -> Iterator[str]:
     # customer.test signs but asks nothing of receivers; bank.test rejects what fails.
     records["_dmarc.customer.test"] = "v=DMARC1; p=none"
     records["_dmarc.bank.test"] = "v=DMARC1; p=reject"
+    # The desk's own domain asks receivers to quarantine unaligned mail, as a Microsoft
+    # 365 tenant that signs as *.onmicrosoft.com and passes DMARC by SPF does.
+    records["_dmarc.example.test"] = "v=DMARC1; p=quarantine"
     with dns_server(records) as address:
         yield address
 
@@ -341,6 +344,25 @@ def test_an_agents_signature_runs_no_command_on_a_ticket_an_unsigned_subject_nam
     covered = make_mail(sender=AGENT, subject="Re: [#1] Printer broken", body="#status closed")
     send(desk, keys["example.test"].sign(covered), mail_from=AGENT)
     assert ticket(services, 1)["status"] == "closed"
+
+
+def test_an_agent_answering_their_reply_address_is_the_agent_without_dkim(
+    desk: RunningDaemon,
+) -> None:
+    """The agent's domain publishes p=quarantine and signs nothing aligned (it passes
+    DMARC by SPF, which our own check does not do): our check finds no aligned DKIM,
+    but that disowns nothing. Only our MTA's dmarc=fail does."""
+    services = desk.services
+    alice_opens_a_ticket(desk)
+    [notification] = [m for m in sent_to(services, AGENT)][:1]
+    reply_to = email.message_from_bytes(notification.raw, policy=email.policy.default)["Reply-To"]
+    token = reply_to.addresses[0].addr_spec
+    reply = make_mail(sender=AGENT, to=token, subject="Re: [#1] Printer broken", body="On it.")
+
+    send(desk, reply, mail_from=AGENT, rcpt=token)
+
+    assert last_inbound(services, 1)["flag"] == ""
+    assert [r.kind for r in sent_to(services, ALICE)][-1] == "agent_reply"
 
 
 def test_text_appended_past_a_signatures_body_length_proves_nothing(

@@ -9,7 +9,8 @@ Mail from an agent's address is trusted as the agent only with proof:
 The first two prove the agent only for the ticket the token or the Message-ID
 belongs to: a token of ticket 6 does not let a mail act on ticket 1.
 Without proof the message is handled as a customer's and flagged, and so is one
-whose From the agent's domain disowns (DMARC fail), whatever address of ours it holds.
+whose From the agent's domain disowns (our MTA's DMARC fail), whatever address of
+ours it holds.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def identify(
     agent = Agents(session).by_email(message.from_addr)
     if agent is None:
         return Sender(None, claimed_agent=False)
-    if authentication.dmarc_failed:
+    if authentication.disowned:
         # Our signed addresses are bearer secrets, and a forwarded notification gives
         # one away: a From its own domain disowns is not the agent who received it.
         return Sender(None, claimed_agent=True, disproven=True)

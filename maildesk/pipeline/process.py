@@ -475,9 +475,11 @@ class Processor:
         own = dataclasses.replace(message, message_id=f"{digest[:40]}@taken-id.maildesk.invalid")
         if tickets.message_exists(own.message_id):
             return None  # this mail with the taken id, again
-        # Which of the two chose the id, nothing tells: it leads to neither ticket now,
-        # or the first could take the second's follow-ups (and a colleague's answers).
-        tickets.contest(message.message_id)
+        if stored.sender != message.from_addr:
+            # Which of the two chose the id, nothing tells: it leads to neither ticket
+            # now, or the first could take the second's follow-ups (and a colleague's
+            # answers). One sender's two texts (a list's copy with its footer) lead on.
+            tickets.contest(message.message_id)
         log.warning("inbound %d: <%s> was first used by %s, with another text; stored as <%s>",
                     row.id, message.message_id, stored.sender, own.message_id)  # fmt: skip
         return own

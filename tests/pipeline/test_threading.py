@@ -247,6 +247,27 @@ def test_a_message_id_sent_ahead_leads_no_later_mail_to_the_strangers_ticket(
     ]
 
 
+def test_a_lists_copy_of_her_mail_leaves_her_message_id_leading_to_her_ticket(
+    services: Services,
+) -> None:
+    """The copy of Alice's mail through a list she copied (her From, her id, a footer
+    added) is kept beside it, and is no contest: Bob's reply-all joins her ticket."""
+    receive(services, make_mail(body="My invoice is wrong.", message_id="<alice-5@customer.test>"))
+    copy = make_mail(body="My invoice is wrong.\n--\nteam mailing list",
+                     message_id="<alice-5@customer.test>",
+                     List_Id="<team.customer.test>")  # fmt: skip
+    receive(services, copy)
+    answering = {"In_Reply_To": "<alice-5@customer.test>", "References": "<alice-5@customer.test>"}
+    bob = make_mail(sender="Bob <bob@customer.test>", subject="Re: Printer broken",
+                    body="Same on floor 3.", message_id="<bob-2@customer.test>",
+                    **answering)  # fmt: skip
+    receive(services, bob, mail_from="bob@customer.test")
+
+    assert {t["requester"] for t in tickets(services)} == {"alice@customer.test"}
+    [bobs] = [m for m in ticket(services, 1)["messages"] if m["from"] == "bob@customer.test"]
+    assert bobs["thread_rule"] == "references"
+
+
 def test_mail_to_a_closed_ticket_reopens_it_within_reopen_days(
     services: Services, clock: ManualClock
 ) -> None:
