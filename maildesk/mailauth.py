@@ -188,21 +188,18 @@ class MailAuth:
             if stamped is not None:
                 if not stamped.proven:
                     return stamped
-                # Which signature our MTA checked, it does not say: the h= that every
-                # aligned one in the mail names is what it covers. With none, its
-                # verdict rests on SPF: the domain's own server sent the whole mail.
-                fields = _fields(dkimbody.split(raw)[0])
-                aligned_h = [h for d, h in _signatures(fields) if aligned(d, from_domain)]
-                return _as_read(stamped, fields, _common(aligned_h) if aligned_h else None)
+                return _as_read_by_mta(stamped, raw, from_domain)
         if not self._settings.verify_dkim:
             return Authentication()
         # All lookups of one message share one `dns_timeout`: a sender's slow DNS
         # server (or five signatures pointing at it) delays its own mail that long, once.
         lookup = _Lookup(self._resolver, time.monotonic() + self._settings.dns_timeout)
         verified = self._verified_dkim_signatures(raw, lookup)
-        proving = [h for d, h in verified if aligned(d, from_domain)]
+        proving = [signed.fields for signed in verified if aligned(signed.domain, from_domain)]
         if proving:
             fields = _fields(dkimbody.split(raw)[0])
+            if fields is None:
+                return Authentication()
             return _as_read(Authentication("dkim"), fields, _either(proving))
         policy = self._dmarc_policy(from_domain, lookup)
         return Authentication(dmarc_failed=policy in ("quarantine", "reject"))
@@ -346,30 +343,64 @@ def _verify(
 class _Signed(NamedTuple):
     domain: str  # d=
     fields: Counter[bytes]  # h=, lower case: how many instances of each it covers
+    length: int | None = None  # l=: the body bytes it signs, when not all
+    relaxed: bool = False  # its body canonicalization (c=)
 
 
-def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
-    """The header block's fields, (lower-case name, value), top first."""
+def _fields(head: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The header block's fields, (lower-case name, value), top first; None when
+    dkimpy cannot read it (what a verifier read of it, we cannot tell)."""
     try:
         fields, _ = dkim.rfc822_parse(head)
-    except Exception:  # dkimpy's parser refuses some malformed blocks
-        return []
+    except Exception as exc:  # dkimpy's parser refuses some malformed blocks
+        log.info("the header block cannot be read for its signatures: %s", type(exc).__name__)
+        return None
     return [(name.lower(), value) for name, value in fields]
 
 
-def _signatures(fields: list[tuple[bytes, bytes]]) -> Iterator[_Signed]:
-    """The d= and h= of each DKIM-Signature field we would check, verified or not."""
-    for name, value in fields:
-        if name != b"dkim-signature" or len(value) > MAX_SIGNATURE_FIELD:
-            continue
-        try:
-            tags = dkim.util.parse_tag_value(value)
-        except Exception as exc:  # an unreadable signature covers nothing
-            log.info("a DKIM-Signature field cannot be read: %s", type(exc).__name__)
-            continue
-        domain = tags.get(b"d", b"").decode("ascii", "replace").strip()
-        names = re.split(rb"\s*:\s*", tags.get(b"h", b"").strip().lower())
-        yield _Signed(domain, Counter(name for name in names if name))
+def _signature(value: bytes) -> _Signed | None:
+    """The d=, h=, l= and c= of a DKIM-Signature field, verified or not; None if unread."""
+    if len(value) > MAX_SIGNATURE_FIELD:
+        return None
+    try:
+        tags = dkim.util.parse_tag_value(value)
+        length = int(tags[b"l"]) if b"l" in tags else None
+    except Exception as exc:
+        log.info("a DKIM-Signature field cannot be read: %s", type(exc).__name__)
+        return None
+    domain = tags.get(b"d", b"").decode("ascii", "replace").strip()
+    names = re.split(rb"\s*:\s*", tags.get(b"h", b"").strip().lower())
+    body = tags.get(b"c", b"simple/simple").partition(b"/")[2].strip().lower()
+    return _Signed(domain, Counter(name for name in names if name), length, body == b"relaxed")
+
+
+def _as_read_by_mta(stamped: Authentication, raw: bytes, from_domain: str) -> Authentication:
+    """Our MTA's proof, as far as the signatures in the mail say it holds.
+
+    Which one it checked, it does not say: what every aligned one covers is what the
+    proof covers, and one that signs only part of the body proves nothing. With no
+    signature in the mail at all, the verdict rests on SPF: the domain's own server
+    sent all of it. A signature or a header block we cannot read covers nothing.
+    """
+    if not stamped.proven:
+        return stamped
+    head, body_start = dkimbody.split(raw)
+    fields = _fields(head)
+    if fields is None:
+        return Authentication()
+    signatures = [_signature(value) for name, value in fields if name == b"dkim-signature"]
+    if not signatures:
+        return _as_read(stamped, fields, None)
+    if any(signed is None for signed in signatures):
+        return _as_read(stamped, fields, Counter())
+    ours = [s for s in signatures if s is not None and aligned(s.domain, from_domain)]
+    for signed in ours:
+        if signed.length is not None and dkimbody.longer_than(
+            raw, body_start, signed.relaxed, signed.length
+        ):
+            log.info("a signature of %s signs only the start of the body", signed.domain)
+            return Authentication()
+    return _as_read(stamped, fields, _common([s.fields for s in ours]) if ours else None)
 
 
 def _common(signed: list[Counter[bytes]]) -> Counter[bytes]:

@@ -122,7 +122,7 @@ def test_a_neighbours_signature_proves_nothing() -> None:
         "mx.example.test; dkim=pass header.d=evil.uk.com header.s=s1; "
         "dmarc=fail (p=reject dis=none) header.from=firm.uk.com"
     )
-    assert mta_verdict(header) == Authentication(dmarc_failed=True)
+    assert mta_verdict(header) == Authentication(dmarc_failed=True, disowned=True)
     assert mta_verdict("mx.example.test; dkim=pass header.d=evil.uk.com").method == ""
 
 
@@ -135,7 +135,7 @@ def test_our_mtas_dmarc_fail_outweighs_a_signature_we_call_aligned() -> None:
         "mx.example.test; dmarc=fail (p=reject) header.from=firm.uk.com; "
         "dkim=pass header.d=firm.uk.com",
     ):
-        assert mta_verdict(header) == Authentication(dmarc_failed=True)
+        assert mta_verdict(header) == Authentication(dmarc_failed=True, disowned=True)
 
 
 # -- text the sender chose, copied by our MTA into its header ---------------------------------

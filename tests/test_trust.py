@@ -346,6 +346,46 @@ def test_an_agents_signature_runs_no_command_on_a_ticket_an_unsigned_subject_nam
     assert ticket(services, 1)["status"] == "closed"
 
 
+def test_our_mtas_verdict_on_a_signature_that_signs_part_of_the_body_proves_nothing(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    services = desk.services
+    alice_opens_a_ticket(desk)
+    with services.db.transaction() as session:
+        found = session.get(Ticket, 1)
+        assert found is not None
+        found.status = "resolved"
+    stamped = f"Authentication-Results: {OUR_MTA}; dkim=pass header.d=customer.test\r\n"
+    signed = keys["customer.test"].sign(
+        make_mail(subject="Re: [#1] Printer broken", body="Hello,"), length=True
+    )
+
+    send(desk, stamped.encode() + signed + b"\r\nThanks, all solved!\r\n", source_ip="127.0.0.1")
+
+    assert last_inbound(services, 1)["proof"] == ""
+    assert ticket(services, 1)["status"] == "resolved"
+
+
+def test_a_header_block_dkimpy_cannot_read_leaves_our_mtas_verdict_unproven(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """`X-Junk : y` (obsolete syntax an MTA may accept) is a block dkimpy refuses: what
+    the signature covers, we cannot tell, so the verdict proves nothing here."""
+    services = desk.services
+    alice_opens_a_ticket(desk)
+    stamped = f"Authentication-Results: {OUR_MTA}; dkim=pass header.d=customer.test\r\n"
+    reply = make_mail(subject="Re: [#1] Printer broken", body="more")
+    head, _, body = (
+        keys["customer.test"].sign(reply, headers=("from", "subject")).partition(b"\r\n\r\n")
+    )
+    forged = b"Cc: Mallory <mallory@evil.test>\r\n" + head + b"\r\nX-Junk : y\r\n\r\n" + body
+
+    send(desk, stamped.encode() + forged, mail_from=MALLORY, source_ip="127.0.0.1")
+
+    assert last_inbound(services, 1)["proof"] == ""
+    assert participants(services, 1) == {ALICE}
+
+
 def test_an_agent_answering_their_reply_address_is_the_agent_without_dkim(
     desk: RunningDaemon,
 ) -> None:
