@@ -405,6 +405,28 @@ def test_an_agent_answering_their_reply_address_is_the_agent_without_dkim(
     assert [r.kind for r in sent_to(services, ALICE)][-1] == "agent_reply"
 
 
+def test_her_signed_subject_tag_proves_a_reply_whose_thread_link_is_unsigned(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """Alice (Microsoft 365: no In-Reply-To signed) answers her own first mail, with
+    the ticket's tag in her signed Subject: that names the ticket as well, and her
+    "solved" is hers."""
+    services = desk.services
+    alice_opens_a_ticket(desk)
+    with services.db.transaction() as session:
+        found = session.get(Ticket, 1)
+        assert found is not None
+        found.status = "resolved"
+    mail = make_mail(subject="Re: [#1] Printer broken", body="Thanks, all solved!",
+                     In_Reply_To="<alice-1@customer.test>")  # fmt: skip
+
+    send(desk, keys["customer.test"].sign(mail, headers=("from", "subject", "date")))
+
+    last = last_inbound(services, 1)
+    assert (last["thread_rule"], last["proof"]) == ("references", "dkim")
+    assert ticket(services, 1)["status"] == "closed"
+
+
 def test_text_appended_past_a_signatures_body_length_proves_nothing(
     desk: RunningDaemon, keys: dict[str, DkimKey]
 ) -> None:

@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from maildesk.mailauth import Authentication
 from maildesk.message import ParsedMessage
-from maildesk.models import Agent, Outbox, Ticket
+from maildesk.models import Agent, Outbox
+from maildesk.pipeline.threader import Match
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.tokens import ReplyTokens
 
@@ -45,12 +46,12 @@ class Sender:
     def forged(self) -> bool:
         return self.claimed_agent and self.agent is None
 
-    def proves_for(self, ticket: Ticket | None, named_by: tuple[str, ...] = ()) -> bool:
-        """Does the proof hold for mail that threads into `ticket` by the header fields
-        `named_by` (a signature that does not cover them proves nothing there)?"""
+    def proves_for(self, match: Match) -> bool:
+        """Does the proof hold for mail that `match` threads into its ticket (a signature
+        that covers no way the mail names it proves nothing there)?"""
         if self.ticket_id is not None:
-            return ticket is not None and ticket.id == self.ticket_id
-        return self.signature is None or self.signature.vouches_for_all(named_by)
+            return match.ticket is not None and match.ticket.id == self.ticket_id
+        return self.signature is None or match.named_under(self.signature)
 
     def unproven(self) -> Sender:
         return Sender(None, self.claimed_agent)

@@ -153,8 +153,9 @@ class Console:
             if parsed.body.strip() and (match.ticket is not None or not only_reads):
                 return None  # text for a ticket: a reply, or a new ticket's first mail
         target = match.ticket or self._tagged(session, message.subject)
-        named_by = match.named_by if match.ticket is not None else ("subject",)
-        proven = sender.agent is not None and sender.proves_for(target, named_by)
+        if match.ticket is None:
+            match = Match(target, "subject_tag", named_by=("subject",))
+        proven = sender.agent is not None and sender.proves_for(match)
         if show is None and proven and match.ticket is not None and not parsed.read_only:
             return None  # a proven reply on its ticket: the agent flow records it there
         return ConsoleMail(mid, subject, agent, sender.proof if proven else "", target, parsed)

@@ -513,7 +513,7 @@ class Processor:
             return InboundState.HELD, 0
         sender = identify(session, message, row.rcpt_to, self.threader.tokens, auth)
         match = self.threader.match(tickets, message, row.rcpt_to, proven_agent=sender.agent)
-        if sender.agent is not None and not sender.proves_for(match.ticket, match.named_by):
+        if sender.agent is not None and not sender.proves_for(match):
             # Proof for another ticket (a reply token of ticket 6 beside a ticket-1
             # In-Reply-To) proves nothing here.
             sender = sender.unproven()

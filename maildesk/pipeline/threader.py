@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from maildesk.mailauth import Authentication
 from maildesk.message import ParsedMessage
 from maildesk.models import Ticket
 from maildesk.tickets.service import Tickets
@@ -34,6 +35,15 @@ class Match:
     # The header fields whose words named the ticket (a signature must cover them for
     # a proven From to act on it: trust.py); a reply token is its own proof.
     named_by: tuple[str, ...] = ()
+    # The Subject's tag names the same ticket: another way the mail names it.
+    tagged: bool = False
+
+    def named_under(self, proof: Authentication) -> bool:
+        """Whether `proof` covers a way the mail names its ticket: the fields that
+        matched, or the Subject's tag (Microsoft 365 signs a Subject, no In-Reply-To)."""
+        if proof.vouches_for_all(self.named_by):
+            return True
+        return self.tagged and proof.vouches_for("subject")
 
 
 class Threader:
@@ -60,11 +70,14 @@ class Threader:
         key = tickets.thread_key(message.thread_ids, message.from_addr)
         if key is not None:
             secret = key.minted or key.ticket_id in secrets
-            return Match(tickets.get(key.ticket_id), "references", secret, _THREAD_FIELDS)
+            tagged = self._tags(message.subject, key.ticket_id)
+            keyed = tickets.get(key.ticket_id)
+            return Match(keyed, "references", secret, _THREAD_FIELDS, tagged)
         answered = tickets.referencing(message.message_id, message.from_addr)
         if answered is not None:
             referenced = tickets.get(answered)
-            return Match(referenced, "references", answered in secrets, ("message-id",))
+            tagged = self._tags(message.subject, answered)
+            return Match(referenced, "references", answered in secrets, ("message-id",), tagged)
         for token in signed:
             if (ticket := tickets.get(token.ticket)) is not None:
                 return Match(ticket, "reply_token", secret=token.ticket in secrets)
@@ -75,6 +88,9 @@ class Threader:
             ):
                 return Match(ticket, "subject_tag", named_by=("subject",))
         return Match(None, "new")
+
+    def _tags(self, subject: str, ticket_id: int) -> bool:
+        return any(int(found.group(1)) == ticket_id for found in self.tag.finditer(subject[:1000]))
 
 
 _THREAD_FIELDS = ("in-reply-to", "references")

@@ -44,8 +44,6 @@ def standing(match: Match, auth: Authentication, source: str, takes_part: bool) 
         return Standing("reply_token" if match.rule == "reply_token" else "message_id", True)
     # The proof must cover the fields that named the ticket: a replayed mail of a
     # participant's, with a References of someone else's choosing, acts on no ticket.
-    if auth.proven and (
-        match.ticket is None or (takes_part and auth.vouches_for_all(match.named_by))
-    ):
+    if auth.proven and (match.ticket is None or (takes_part and match.named_under(auth))):
         return Standing(auth.method, copies=auth.vouches_for("cc"))
     return Standing("")
