@@ -34,6 +34,8 @@ AGENT = "agent@example.test"
 ALICE = "alice@customer.test"
 MALLORY = "mallory@evil.test"
 BOB = "Bob <bob@customer.test>"
+# Our MTA's verdict on a customer.test signature (delivered from its address, 127.0.0.1).
+STAMPED = f"Authentication-Results: {OUR_MTA}; dkim=pass header.d=customer.test\r\n".encode()
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +110,14 @@ def alice_opens_a_ticket(desk: RunningDaemon) -> Outbox:
     wait_for(lambda: [r.state for r in sent_to(desk.services, ALICE)] == ["sent"], 10, "ack")
     [ack] = sent_to(desk.services, ALICE)
     return ack
+
+
+def resolve(services: Services, number: int) -> None:
+    """An agent resolved ticket `number` (its customer may now confirm or dispute)."""
+    with services.db.transaction() as session:
+        found = session.get(Ticket, number)
+        assert found is not None
+        found.status = "resolved"
 
 
 def last_inbound(services: Services, number: int) -> dict[str, Any]:
@@ -187,10 +197,7 @@ def test_a_spoofed_customer_can_neither_copy_people_in_nor_close_the_ticket(
 ) -> None:
     services = desk.services
     alice_opens_a_ticket(desk)
-    with services.db.transaction() as session:
-        found = session.get(Ticket, 1)
-        assert found is not None
-        found.status = "resolved"
+    resolve(services, 1)
 
     spoof = make_mail(
         subject="Re: [#1] Printer broken",
@@ -300,10 +307,7 @@ def test_a_thread_link_her_signature_does_not_cover_acts_on_no_ticket(
     The mail joins ticket 1, but as nobody's proven word: the ticket stays resolved."""
     services = desk.services
     alice_opens_a_ticket(desk)
-    with services.db.transaction() as session:
-        found = session.get(Ticket, 1)
-        assert found is not None
-        found.status = "resolved"
+    resolve(services, 1)
     thanks = make_mail(subject="Re: our lunch", to=MALLORY, body="Thanks, all solved!")
     signed = keys["customer.test"].sign(thanks, headers=("from", "subject", "date", "message-id"))
     linked = b"In-Reply-To: <alice-1@customer.test>\r\n" + signed
@@ -351,16 +355,12 @@ def test_our_mtas_verdict_on_a_signature_that_signs_part_of_the_body_proves_noth
 ) -> None:
     services = desk.services
     alice_opens_a_ticket(desk)
-    with services.db.transaction() as session:
-        found = session.get(Ticket, 1)
-        assert found is not None
-        found.status = "resolved"
-    stamped = f"Authentication-Results: {OUR_MTA}; dkim=pass header.d=customer.test\r\n"
+    resolve(services, 1)
     signed = keys["customer.test"].sign(
         make_mail(subject="Re: [#1] Printer broken", body="Hello,"), length=True
     )
 
-    send(desk, stamped.encode() + signed + b"\r\nThanks, all solved!\r\n", source_ip="127.0.0.1")
+    send(desk, STAMPED + signed + b"\r\nThanks, all solved!\r\n", source_ip="127.0.0.1")
 
     assert last_inbound(services, 1)["proof"] == ""
     assert ticket(services, 1)["status"] == "resolved"
@@ -373,14 +373,13 @@ def test_a_header_block_dkimpy_cannot_read_leaves_our_mtas_verdict_unproven(
     the signature covers, we cannot tell, so the verdict proves nothing here."""
     services = desk.services
     alice_opens_a_ticket(desk)
-    stamped = f"Authentication-Results: {OUR_MTA}; dkim=pass header.d=customer.test\r\n"
     reply = make_mail(subject="Re: [#1] Printer broken", body="more")
     head, _, body = (
         keys["customer.test"].sign(reply, headers=("from", "subject")).partition(b"\r\n\r\n")
     )
     forged = b"Cc: Mallory <mallory@evil.test>\r\n" + head + b"\r\nX-Junk : y\r\n\r\n" + body
 
-    send(desk, stamped.encode() + forged, mail_from=MALLORY, source_ip="127.0.0.1")
+    send(desk, STAMPED + forged, mail_from=MALLORY, source_ip="127.0.0.1")
 
     assert last_inbound(services, 1)["proof"] == ""
     assert participants(services, 1) == {ALICE}
@@ -413,10 +412,7 @@ def test_her_signed_subject_tag_proves_a_reply_whose_thread_link_is_unsigned(
     "solved" is hers."""
     services = desk.services
     alice_opens_a_ticket(desk)
-    with services.db.transaction() as session:
-        found = session.get(Ticket, 1)
-        assert found is not None
-        found.status = "resolved"
+    resolve(services, 1)
     mail = make_mail(subject="Re: [#1] Printer broken", body="Thanks, all solved!",
                      In_Reply_To="<alice-1@customer.test>")  # fmt: skip
 
@@ -434,10 +430,7 @@ def test_text_appended_past_a_signatures_body_length_proves_nothing(
     replayed mail of Alice's would otherwise close her ticket as her own word."""
     services = desk.services
     alice_opens_a_ticket(desk)
-    with services.db.transaction() as session:
-        found = session.get(Ticket, 1)
-        assert found is not None
-        found.status = "resolved"
+    resolve(services, 1)
     signed = keys["customer.test"].sign(
         make_mail(subject="Re: [#1] Printer broken", body="Hello,"), length=True
     )
@@ -455,11 +448,10 @@ def test_our_mtas_verdict_vouches_only_for_what_the_signature_covers(
     Cc, so the Cc on the mail is nobody's word. Two Subjects: nothing is proven."""
     services = desk.services
     alice_opens_a_ticket(desk)
-    stamped = f"Authentication-Results: {OUR_MTA}; dkim=pass header.d=customer.test\r\n"
     reply = make_mail(subject="Re: [#1] Printer broken", cc="Mallory <mallory@evil.test>")
     signed = keys["customer.test"].sign(reply, headers=("from", "subject", "date"))
 
-    send(desk, stamped.encode() + signed, source_ip="127.0.0.1")
+    send(desk, STAMPED + signed, source_ip="127.0.0.1")
 
     assert last_inbound(services, 1)["proof"] == "mta-dkim"
     assert participants(services, 1) == {ALICE}
@@ -467,7 +459,7 @@ def test_our_mtas_verdict_vouches_only_for_what_the_signature_covers(
     twice = b"Subject: Re: [#1] Printer broken\r\n" + keys["customer.test"].sign(
         make_mail(subject="Lunch?", cc=BOB)
     )
-    send(desk, stamped.encode() + twice, source_ip="127.0.0.1")
+    send(desk, STAMPED + twice, source_ip="127.0.0.1")
 
     assert last_inbound(services, 1)["proof"] == ""
     assert participants(services, 1) == {ALICE}
@@ -568,10 +560,7 @@ def test_a_customer_who_only_answers_our_mail_needs_no_setup(desk: RunningDaemon
     """No DKIM, no account: replying to our acknowledgement proves enough to resolve."""
     services = desk.services
     ack = alice_opens_a_ticket(desk)
-    with services.db.transaction() as session:
-        found = session.get(Ticket, 1)
-        assert found is not None
-        found.status = "resolved"
+    resolve(services, 1)
     send(
         desk,
         make_mail(
