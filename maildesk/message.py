@@ -54,6 +54,9 @@ _MAX_REFERENCES = 100
 # block would otherwise hold some 30,000 ids, and every one is a threading lookup's
 # bound parameter (and, per count, a compiled statement: tickets/service.py).
 _MAX_IN_REPLY_TO = 10
+# What auto-responders write instead of RFC 3834's Auto-Submitted (and what help
+# desks and procmail recipes put on their own mail, X-Loop).
+_AUTO_FIELDS = ("X-Autoreply", "X-Autorespond", "X-Loop")
 _LIST_FIELDS = (
     "List-Unsubscribe",
     "List-Post",
@@ -96,6 +99,7 @@ class ParsedMessage:
     # The RFC 2369 List-* fields present (List-Unsubscribe, List-Post, ...): mailing lists
     # and bulk senders' newsletters.
     list_fields: tuple[str, ...] = ()
+    auto_fields: tuple[str, ...] = ()  # X-Autoreply, X-Autorespond, X-Loop present
     is_delivery_report: bool = False
     bounced_recipients: frozenset[str] = frozenset()  # permanent failures
     delayed_recipients: frozenset[str] = frozenset()  # "still trying" warnings
@@ -182,6 +186,7 @@ def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
         precedence=_plain(fields, "Precedence").lower(),
         list_id=_plain(fields, "List-Id"),
         list_fields=tuple(name for name in _LIST_FIELDS if name in fields),
+        auto_fields=tuple(name for name in _AUTO_FIELDS if name in fields),
         is_delivery_report=content_type == "multipart/report",
         bounced_recipients=permanent,
         delayed_recipients=temporary,

@@ -14,6 +14,7 @@ rich and loguru into the daemon for a protocol of a dozen lines.
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ PROTOCOL = b"SPAMC/1.5"
 
 class SpamdUnavailable(Exception):
     """spamd could not score the message; the text says why (never the message)."""
+
+
+class SpamdAnswerUnusable(SpamdUnavailable):
+    """spamd answered, but nothing we can use: it is up, and this message goes unscored
+    (one message's odd answer must not rest spamd for everyone's mail)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ def _read(sock: socket.socket, deadline: float) -> bytes:
             return b"".join(chunks)
         size += len(chunk)
         if size > MAX_RESPONSE:
-            raise SpamdUnavailable(f"answer larger than {MAX_RESPONSE} bytes")
+            raise SpamdAnswerUnusable(f"answer larger than {MAX_RESPONSE} bytes")
         chunks.append(chunk)
 
 
@@ -83,11 +89,11 @@ def parse_response(answer: bytes) -> SpamdResult:
     lines = head.decode("ascii", "replace").split("\r\n")
     status = lines[0].split(None, 2)
     if len(status) < 2 or not status[0].startswith("SPAMD/"):
-        raise SpamdUnavailable("not a spamd answer")
+        raise SpamdAnswerUnusable("not a spamd answer")
     if status[1] != "0":
-        raise SpamdUnavailable(f"spamd answered {' '.join(status[1:])[:200]}")
+        raise SpamdAnswerUnusable(f"spamd answered {' '.join(status[1:])[:200]}")
     if not sep:
-        raise SpamdUnavailable("spamd's answer ended early")
+        raise SpamdAnswerUnusable("spamd's answer ended early")
     score = threshold = None
     for line in lines[1:]:
         name, _, value = line.partition(":")
@@ -97,9 +103,12 @@ def parse_response(answer: bytes) -> SpamdResult:
             try:
                 score, threshold = float(numbers[0]), float(numbers[1])
             except (IndexError, ValueError):
-                raise SpamdUnavailable("unreadable Spam header") from None
+                raise SpamdAnswerUnusable("unreadable Spam header") from None
+            # "nan" compares as no spam at any threshold: no score at all.
+            if not (math.isfinite(score) and math.isfinite(threshold)):
+                raise SpamdAnswerUnusable("a Spam header without a finite score")
     if score is None or threshold is None:
-        raise SpamdUnavailable("spamd's answer has no Spam header")
+        raise SpamdAnswerUnusable("spamd's answer has no Spam header")
     text = body.decode("ascii", "replace")
     rules = tuple(r.strip() for r in text.split(",") if r.strip())
     return SpamdResult(score, threshold, rules)

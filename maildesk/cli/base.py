@@ -114,7 +114,11 @@ def print_json(data: Any) -> None:
 
 
 def table(headers: list[str], rows: Iterable[list[Any]]) -> None:
-    rows = [[str(c) for c in row] for row in rows]
+    from maildesk.message import clean_text  # not for --help (cli/main.py)
+
+    # Cells hold strangers' words (envelope senders, subjects, reasons): a control
+    # character would move the terminal's cursor or start a forged row.
+    rows = [[clean_text(str(c)) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [min(max(w, len(c)), 60) for w, c in zip(widths, row, strict=True)]

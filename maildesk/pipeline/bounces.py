@@ -6,8 +6,9 @@ mail system that really received our mail knows one. A report naming a failed
 address and nothing of ours is not filed anywhere (it goes to quarantine), and a
 bounce's own Message-ID and References never become threading keys, so a forged
 report cannot lead anyone into a customer's ticket. A permanent failure marks
-that outbox row `bounced`; a delay warning ("Action: delayed") is filed but
-changes nothing, since the MTA is still trying.
+that outbox row `bounced` if it was sent (never one still to send); a delay
+warning ("Action: delayed") is filed but changes nothing, since the MTA is still
+trying.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def record_bounce(
     ticket = tickets.get(outbox.ticket_id) if outbox and outbox.ticket_id else None
     if outbox is None or ticket is None:
         return False
-    if message.bounced_recipients:
+    # Only mail that went out can have bounced: a report naming a row still waiting
+    # (a forged one, or a real one for an attempt being retried) filed it `bounced`,
+    # and it was never sent. Its ids are in every later mail's References.
+    if message.bounced_recipients and outbox.state == OutboxState.SENT:
         outbox.state = OutboxState.BOUNCED
         outbox.last_error = "bounced: " + ", ".join(sorted(message.bounced_recipients))
     tickets.add_message(

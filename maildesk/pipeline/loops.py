@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from maildesk.message import ParsedMessage
 
 _SYSTEM_SENDERS = ("mailer-daemon", "postmaster")
-_BULK = ("bulk", "junk", "list")
+# "auto_reply": vacation programs that predate RFC 3834 (cPanel, Exim's) say so here.
+_BULK = ("bulk", "junk", "list", "auto_reply")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ def classify(message: ParsedMessage, envelope_sender: str) -> Verdict:
         (bool(message.list_id), "List-Id present"),
         # As RFC 5230 (Sieve vacation) advises: any RFC 2369 List-* field means a list.
         (bool(message.list_fields), f"{', '.join(message.list_fields)} present"),
+        # Auto-responders and other help desks that write no Auto-Submitted mark their
+        # answers so; without this, one and we answered each other at the caps' pace.
+        (bool(message.auto_fields), f"{', '.join(message.auto_fields)} present"),
     ]
     reason = next((why for hit, why in reasons if hit), "")
     return Verdict(is_bounce=bounce, no_reply_reason=reason)

@@ -88,6 +88,10 @@ class Notices:
         to = Recipient.of_person(requester)
         if withheld and requester.name_source == NameSource.UNPROVEN:
             to = dataclasses.replace(to, name="")  # a name that mail without proof gave
+        if withheld:
+            # Its Message-ID and References are words too: "<Your.account.is.locked.
+            # call.1-555-0100@…>" went back in In-Reply-To and References.
+            answering = None
         self.notifier.notify(session, note, to, ticket=ticket, answering=answering)
         return 1
 

@@ -17,11 +17,13 @@ makes the row pending again, and this stage then lets it through unchecked.
 Held mail nobody releases is purged after `[retention] spam_days` (retention.py).
 
 A spamd that is down, slow or garbled never holds mail: the message goes on
-unscored, with a WARNING, and `unscored` counts it. spamd is then left alone
-for `SPAMD_REST`, so a silent one delays the queue by one timeout, not one per
-message. A helpdesk that stopped
-answering its customers whenever a filter broke would fail worse than one that
-briefly lets spam through, and the caps on automatic replies (per sender and in
+unscored, with a WARNING, and `unscored` counts it. A spamd that cannot be
+reached or does not answer in time is then left alone for `SPAMD_REST`, so a
+silent one delays the queue by one timeout, not one per message; one that
+answers something unusable for one message (too long, an error status, no
+finite score) is not, or one crafted message would let everyone's spam through.
+A helpdesk that stopped answering its customers whenever a filter broke would fail
+worse than one that briefly lets spam through, and the caps on automatic replies (per sender and in
 total) bound what such a gap can cost.
 
 Mail typed in the portal (a logged-in customer) and `maildesk import` (the
@@ -44,7 +46,7 @@ from maildesk.clock import Clock
 from maildesk.config import SpamSettings
 from maildesk.message import ParsedMessage
 from maildesk.models import Inbound, SpamHold
-from maildesk.spamc import Spamd, SpamdUnavailable
+from maildesk.spamc import Spamd, SpamdAnswerUnusable, SpamdUnavailable
 from maildesk.states import InboundState
 
 log = logging.getLogger("maildesk.spam")
@@ -112,6 +114,12 @@ class SpamCheck:
             return NOT_SCORED
         try:
             result = self.spamd.symbols(raw)
+        except SpamdAnswerUnusable as exc:
+            # spamd is up: only this message goes unscored. Resting here let one crafted
+            # message send everyone's spam through unscored for SPAMD_REST.
+            self._count_unscored()
+            log.warning("inbound %d goes on unscored: %s", row_id, exc)
+            return NOT_SCORED
         except SpamdUnavailable as exc:
             self._count_unscored()
             self._spamd_resting_until = now + SPAMD_REST

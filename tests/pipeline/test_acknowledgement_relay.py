@@ -136,3 +136,17 @@ class TestWhenTheDeskEchoesUnprovenMail:
         mail, text, _ = _acknowledgement(services)
         assert mail["Subject"] == f"[#1] {LURE}"
         assert f"Hello {LURE_NAME}," in text
+
+
+def test_a_withheld_acknowledgement_repeats_no_id_of_the_mail(services: Services) -> None:
+    """A Message-ID and References are words the stranger chose too: written as
+    "<Your.account.is.locked.call.1-555-0100@…>", they went back in In-Reply-To and
+    References of the acknowledgement, under our signature."""
+    lure = "<Your.account.is.locked.call.1-555-0100.now@evil.test>"
+    refs = " ".join(f"<Visit.evil-bank.example.step{n}@evil.test>" for n in range(20))
+    raw = make_mail(sender=VICTIM, subject=LURE, message_id=lure, References=refs)
+    receive(services, raw, mail_from="mallory@evil.test")
+
+    mail, _text, seen = _acknowledgement(services)
+    assert mail["In-Reply-To"] is None and mail["References"] is None
+    assert "1-555-0100" not in seen and "evil-bank" not in seen

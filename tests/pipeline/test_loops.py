@@ -67,6 +67,12 @@ AUTOMATIC = {
     "precedence-bulk": (eml("precedence-bulk.eml"), "bounces+1234567@em.vendor.test"),
     "precedence-junk": (make_mail(Precedence="junk"), ALICE),
     "precedence-list": (make_mail(Precedence="list"), ALICE),
+    # Vacation programs and help desks that write no Auto-Submitted (RFC 3834) say so
+    # otherwise; each answered the other at the caps' pace, forever.
+    "precedence-auto-reply": (make_mail(Precedence="auto_reply"), ALICE),
+    "x-autoreply": (make_mail(X_Autoreply="yes"), ALICE),
+    "x-autorespond": (make_mail(X_Autorespond="Out of office"), ALICE),
+    "x-loop-of-another-desk": (make_mail(X_Loop="support@other-desk.test"), ALICE),
     "mailing-list-id": (eml("mailing-list-post.eml"), "printers-users-bounces@lists.vendor.test"),
     # A bulk sender's newsletter: RFC 2369/8058 List-Unsubscribe, but no Precedence, no List-Id.
     "list-unsubscribe-newsletter": (
@@ -255,6 +261,23 @@ def test_customer_forwarding_a_bounce_they_got_is_a_customer_not_a_bounce(
     assert "printer on floor 2 prints only blank pages" in message["body_text"]
     [ack] = acks(services)
     assert ack.recipients == [ALICE]
+
+
+def test_a_bounce_naming_mail_not_sent_yet_leaves_it_to_be_sent(services: Services) -> None:
+    """Our ids are in the References of every later mail of the ticket, so anyone copied
+    can name a row still waiting (and a real report can name one being retried): it was
+    marked bounced, and never sent to anyone. The report is filed, the row goes out."""
+    receive(services, make_mail(message_id="<waiting@customer.test>"))
+    [ack] = acks(services)
+    assert ack.state == "pending"
+    dsn = eml("bounce-postfix-dsn.eml").replace(b"{ORIGINAL_ID}", ack.message_id.encode())
+
+    receive(services, dsn, mail_from="<>")
+
+    assert [m["kind"] for m in inbound_messages(services, 1)] == ["customer", "bounce"]
+    assert send_outbox(services) == 1
+    [ack] = acks(services)
+    assert ack.state == "sent"
 
 
 def test_delay_warning_is_filed_and_never_answered(services: Services) -> None:

@@ -173,6 +173,21 @@ def cli_config(tmp_path: Path, settings: Settings) -> Path:
     return path
 
 
+def test_an_envelope_sender_writes_nothing_but_text_into_the_list(
+    services: Services, cli_config: Path
+) -> None:
+    """The envelope sender is a stranger's: `deliver -f` stores it as given, and the
+    table printed its control characters raw (a terminal title, then a forged row)."""
+    hostile = "x@y.test\x1b]0;pwned\x07\r\n42  2026-01-01  smtp  ceo@example.test  forged"
+    receive(services, eml("unparseable-from-no-address.eml"), mail_from=hostile)
+
+    listed = CliRunner().invoke(main, ["--config", str(cli_config), "quarantine", "list"])
+
+    assert listed.exit_code == 0, listed.output
+    assert "\x1b" not in listed.stdout and "\x07" not in listed.stdout
+    assert len(listed.stdout.splitlines()) == 2  # the head, and one row
+
+
 def test_cli_lists_held_messages_and_retries_one(services: Services, cli_config: Path) -> None:
     smuggled = receive(services, eml("smtp-smuggling-bare-lf.eml"), mail_from="mallory@evil.test")
     receive(services, make_mail())  # processed normally: not listed

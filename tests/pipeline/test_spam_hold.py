@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from maildesk.cli import main
 from maildesk.clock import ManualClock
 from maildesk.inbound.store import Envelope
 from maildesk.models import Inbound
-from maildesk.pipeline.spam import mta_verdict
+from maildesk.pipeline.spam import SpamCheck, mta_verdict
 from maildesk.services import Services, build
 from tests.conftest import free_port, make_mail, running_daemon, toml, wait_for
 from tests.helpers import outbox_rows, tickets
@@ -272,3 +273,54 @@ def test_messages_scored_side_by_side_keep_their_own_verdicts_and_order(
         ]
     finally:
         services.db.dispose()
+
+
+class ScriptedSpamd:
+    """A peer that answers as no real spamd can be made to (a 70 KB symbol list, a
+    score of nan): the one part of these tests that is not the real spamd."""
+
+    def __init__(self, answers: dict[bytes, bytes]) -> None:
+        self.answers, self.asked = answers, 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def _serve(self) -> None:
+        while True:
+            connection, _ = self.sock.accept()
+            with connection:
+                self.asked += 1
+                request = b""
+                while chunk := connection.recv(65536):
+                    request += chunk
+                word = next((w for w in self.answers if w in request), b"")
+                connection.sendall(self.answers[word])
+
+
+SPAMMY = b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 20.0 / 5.0\r\n\r\nGTUBE"
+
+
+def test_one_messages_unusable_answer_does_not_rest_spamd_for_everyone() -> None:
+    """spamd rests after it fails, so that a silent one costs one timeout, not one a
+    message. An answer too long for us to read is one message's, not spamd's, failure:
+    resting then let every spam of the next 30 s through unscored."""
+    huge = b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 90.0 / 5.0\r\n\r\n" + b"RULE_X," * 12_000
+    nan = b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; nan / 5.0\r\n\r\nGTUBE"
+    spamd = ScriptedSpamd({b"HUGE": huge, b"NAN": nan, b"": SPAMMY})
+    spam = SpamCheck(
+        config.SpamSettings(spamd_host="127.0.0.1", spamd_port=spamd.port, spamd_timeout=5),
+        ManualClock(),
+    )
+    ordinary = b"From: a@b.test\r\nSubject: buy\r\n\r\nbuy now\r\n"
+
+    assert spam.score(1, "smtp", ordinary).spam
+    assert not spam.score(2, "smtp", b"Subject: x\r\n\r\nHUGE\r\n").spam
+    assert not spam.score(3, "smtp", b"Subject: x\r\n\r\nNAN\r\n").spam  # no score: nan
+    assert spam.unscored == 2
+    assert spam.score(4, "smtp", ordinary).spam  # spamd was asked, and held it
+    assert spamd.asked == 4
