@@ -475,14 +475,25 @@ class Processor:
         own = dataclasses.replace(message, message_id=f"{digest[:40]}@taken-id.maildesk.invalid")
         if tickets.message_exists(own.message_id):
             return None  # this mail with the taken id, again
-        if stored.sender != message.from_addr:
-            # Which of the two chose the id, nothing tells: it leads to neither ticket
-            # now, or the first could take the second's follow-ups (and a colleague's
-            # answers). One sender's two texts (a list's copy with its footer) lead on.
-            tickets.contest(message.message_id)
         log.warning("inbound %d: <%s> was first used by %s, with another text; stored as <%s>",
                     row.id, message.message_id, stored.sender, own.message_id)  # fmt: skip
         return own
+
+    @staticmethod
+    def _contest(tickets: Tickets, message: ParsedMessage, prepared: ParsedMessage) -> None:
+        """`message` took another's id (`_own_id`) and will be kept in a ticket.
+
+        Which of the two senders chose the id, nothing tells: it leads to neither
+        ticket now, or the first could take the second's follow-ups (and a colleague's
+        answers). One sender's two texts (a list's copy with its footer) lead on. Held
+        spam and bounces contest nothing: they join no ticket, and a spam run reusing a
+        customer's id would otherwise split her thread without ever being seen.
+        """
+        if message.message_id == prepared.message_id:
+            return
+        stored = tickets.stored_as(prepared.message_id)
+        if stored is not None and stored.sender != message.from_addr:
+            tickets.contest(prepared.message_id)
 
     def _lost_deadlock(self, row: Inbound, trace: str) -> None:
         log.info("inbound %d: lost a deadlock to another transaction; due again", row.id)
@@ -511,6 +522,7 @@ class Processor:
             return InboundState.DONE, 0
         if self.spam.hold_if_spam(session, row, message, spam, self.clock.now()):
             return InboundState.HELD, 0
+        self._contest(tickets, message, prepared.message)
         sender = identify(session, message, row.rcpt_to, self.threader.tokens, auth)
         match = self.threader.match(tickets, message, row.rcpt_to, proven_agent=sender.agent)
         if sender.agent is not None and not sender.proves_for(match):

@@ -28,7 +28,7 @@ from maildesk.models import Inbound
 from maildesk.pipeline.spam import SpamCheck, mta_verdict
 from maildesk.services import Services, build
 from tests.conftest import free_port, make_mail, running_daemon, toml, wait_for
-from tests.helpers import outbox_rows, tickets
+from tests.helpers import outbox_rows, ticket, tickets
 from tests.spamd import GTUBE, SPAMD, SpamdServer
 
 AGENT = "agent@example.test"
@@ -136,6 +136,39 @@ def test_the_trusted_mta_verdict_holds_mail_only_when_trusted(
             ("mta", 12.3, ["BAYES_99", "URIBL_BLACK"])
         ]
         assert outbox_rows(daemon.services) == []
+
+
+def test_held_spam_with_her_message_id_leaves_her_thread_whole(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    """A spam run that reuses a customer's Message-ID is held and joins no ticket;
+    it contested her id all the same, and her follow-up answering her own mail
+    opened a ticket of its own instead of joining hers."""
+    trusting = build_settings(dict(config_values), tmp_path, trust_mta_headers=True)
+    first = "<alice-9@customer.test>"
+    with running_daemon(trusting, clock) as daemon:
+        services = daemon.services
+        daemon.send(make_mail(message_id=first), sender="alice@customer.test")
+        wait_for(lambda: len(tickets(services)) == 1, 20, "her ticket")
+        spam = make_mail("Re: Printer broken", sender="Mallory <mallory@spam.test>",
+                         message_id=first, X_Spam_Flag="YES")  # fmt: skip
+        daemon.send(spam, sender="mallory@spam.test")
+        assert processed(services, "mallory@spam.test") == "held"
+        follow_up = make_mail("Re: Printer broken", body="Contract 4711.",
+                              In_Reply_To=first, References=first)  # fmt: skip
+        daemon.send(follow_up, sender="alice@customer.test")
+        wait_for(
+            lambda: all(state != "pending" for state in states_all(services)), 20, "processed"
+        )
+        [hers] = tickets(services)
+        assert hers["requester"] == "alice@customer.test"
+        texts = [m["body_text"] for m in ticket(services, hers["number"])["messages"]]
+        assert any(text.startswith("Contract 4711.") for text in texts)
+
+
+def states_all(services: Services) -> list[str]:
+    with services.db.transaction() as session:
+        return list(session.scalars(select(Inbound.state)))
 
 
 def test_mta_headers_are_ignored_unless_trusted(
