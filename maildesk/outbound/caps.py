@@ -14,6 +14,7 @@ are one statement on the driver's cursor (`hotsql.py`), built once.
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 from dataclasses import dataclass
@@ -87,13 +88,36 @@ class _Counter(threading.local):
 _counter = _Counter()
 
 
+# Providers whose mailboxes ignore dots in the local part: `a.l.i.c.e@gmail.com` is
+# alice@gmail.com, and googlemail.com is the same mail system.
+_DOTLESS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
 def mailbox(address: str) -> str:
-    """The mailbox `address` reaches, as the cap to one recipient counts it: lower case,
-    without a sub-address. At providers that offer them `victim+anything@…` reaches
-    victim@…, so a stranger who varied the tag multiplied the cap on one mailbox."""
+    """The mailbox `address` reaches, as the cap to one recipient counts it.
+
+    Every spelling that reaches one mailbox must share its cap, or a stranger writing
+    From each spelling in turn has us send the victim the cap's replies per spelling:
+    lower case; no sub-address after `+` or `-` (Postfix's and qmail's delimiters,
+    either may be configured; a `mary-ann` counted with `mary` costs a replies cap at
+    most); no quotes around a local part; a domain without its root dot and in its
+    ASCII form; at Gmail, no dots.
+    """
     local, at, domain = address.lower().rpartition("@")
-    base = local.split("+", 1)[0]
-    return f"{base}@{domain}" if at and base else address.lower()
+    if not at:
+        return address.lower()
+    if len(local) > 1 and local[0] == local[-1] == '"':
+        local = local[1:-1]
+    base = re.split(r"[+-]", local, maxsplit=1)[0] or local
+    domain = domain.rstrip(".")
+    if not domain.isascii() and len(domain) <= 253:  # punycode is quadratic in a label
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass  # not a name that resolves: kept as written
+    if domain in _DOTLESS:
+        base, domain = base.replace(".", "") or base, _DOTLESS[domain]
+    return f"{base}@{domain}"
 
 
 def minute_of(moment: datetime) -> int:

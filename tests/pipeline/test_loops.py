@@ -16,6 +16,7 @@ import pytest
 
 from maildesk.clock import ManualClock
 from maildesk.models import Outbox, Ticket
+from maildesk.outbound import caps
 from maildesk.services import Services
 from maildesk.tickets.lifecycle import Lifecycle
 from tests.conftest import eml, make_mail
@@ -341,3 +342,45 @@ def test_sub_addresses_of_one_mailbox_share_its_cap(services: Services) -> None:
         *([f"alice+{n}@customer.test"] for n in range(1, 6)),
         ["alice.b@customer.test"],
     ]
+
+
+def test_every_spelling_of_one_gmail_mailbox_shares_its_cap(services: Services) -> None:
+    """Gmail ignores dots, googlemail.com is gmail.com, and a `-` tag is a sub-address
+    where the MTA is set up so: each spelling had a cap of its own, so a stranger had
+    us send one mailbox five replies an hour per spelling."""
+    spellings = [
+        "alice.smith@gmail.com",
+        "alicesmith@gmail.com",
+        "a.l.i.c.e.s.m.i.t.h@gmail.com",
+        "Alice.Smith+x@googlemail.com",
+        "alicesmith-y@gmail.com",
+        "alice.smith@GMAIL.COM",
+        "al.icesmith@googlemail.com",
+    ]
+    for n, sender in enumerate(spellings):
+        receive(services, make_mail(subject=f"Problem {n}", sender=sender))
+    receive(services, make_mail(subject="Scanner broken", sender="bob.smith@gmail.com"))
+
+    assert len(tickets(services)) == 8
+    assert [row.recipients for row in acks(services)] == [
+        *([sender.lower()] for sender in spellings[:5]),
+        ["bob.smith@gmail.com"],
+    ]
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "ALICE@customer.test",
+        "alice+tag@customer.test",
+        "alice-tag@customer.test",
+        '"alice"@customer.test',
+        "alice@customer.test.",
+    ],
+)
+def test_the_cap_counts_spellings_of_a_mailbox_as_that_mailbox(spelling: str) -> None:
+    assert caps.mailbox(spelling) == "alice@customer.test"
+    assert caps.mailbox(spelling.replace("customer.test", "bücher.test")) == (
+        "alice@xn--bcher-kva.test"
+    )
+    assert caps.mailbox("alice@xn--bcher-kva.test") == "alice@xn--bcher-kva.test"
