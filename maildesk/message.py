@@ -107,6 +107,9 @@ class ParsedMessage:
     authentication_results: tuple[str, ...] = ()
     # Message-IDs quoted inside the body (a bounce names the mail it bounces).
     quoted_message_ids: tuple[str, ...] = field(default=())
+    # The Message-ID the mail gave, when it is kept under one of its own because
+    # another mail had it first (pipeline/process.py, `_own_id`); None otherwise.
+    claimed_id: str | None = None
 
     @property
     def thread_ids(self) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -251,9 +252,23 @@ class Message(Base):
     # Another sender's mail came with this Message-ID too: either may have chosen it
     # to lead mail astray, so it threads nothing (`Tickets.thread_key`).
     contested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The Message-ID the mail gave, when it is stored under one of its own because
+    # another mail had it first (`Processor._own_id`): its sender's follow-ups that
+    # name it still find this message's ticket (`Tickets.thread_key`).
+    claimed_id: Mapped[str | None] = mapped_column(String(998), nullable=True)
 
     ticket: Mapped[Ticket] = relationship(back_populates="messages")
     attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id")
+
+    # Partial: nearly every message claims nothing, and its insert then touches no index.
+    __table_args__ = (
+        Index(
+            "ix_messages_claimed_id",
+            "claimed_id",
+            sqlite_where=text("claimed_id IS NOT NULL"),
+            postgresql_where=text("claimed_id IS NOT NULL"),
+        ),
+    )
 
 
 class MessageRef(Base):

@@ -265,6 +265,7 @@ class AgentFlow:
             ticket,
             NewMessage(
                 message_id=message.message_id,
+                claimed_id=message.claimed_id,
                 direction="in",
                 kind="note" if internal(parsed) else "agent",
                 from_addr=message.from_addr,

@@ -472,7 +472,11 @@ class Processor:
             return None
         key = f"{message.from_addr}\0{message.message_id}\0{message.text}"
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        own = dataclasses.replace(message, message_id=f"{digest[:40]}@taken-id.maildesk.invalid")
+        own = dataclasses.replace(
+            message,
+            message_id=f"{digest[:40]}@taken-id.maildesk.invalid",
+            claimed_id=message.message_id,
+        )
         if tickets.message_exists(own.message_id):
             return None  # this mail with the taken id, again
         log.warning("inbound %d: <%s> was first used by %s, with another text; stored as <%s>",
@@ -480,20 +484,22 @@ class Processor:
         return own
 
     @staticmethod
-    def _contest(tickets: Tickets, message: ParsedMessage, prepared: ParsedMessage) -> None:
-        """`message` took another's id (`_own_id`) and will be kept in a ticket.
+    def _contest(tickets: Tickets, message: ParsedMessage) -> None:
+        """`message` gave an id another sender's mail had first (`_own_id`), and will be
+        kept in a ticket.
 
-        Which of the two senders chose the id, nothing tells: it leads to neither
-        ticket now, or the first could take the second's follow-ups (and a colleague's
-        answers). One sender's two texts (a list's copy with its footer) lead on. Held
-        spam and bounces contest nothing: they join no ticket, and a spam run reusing a
-        customer's id would otherwise split her thread without ever being seen.
+        Which of the two chose the id, nothing tells: from now on it leads only each
+        sender's own mail, to that sender's message (`Tickets.thread_key`), or the first
+        could take the second's follow-ups (and a colleague's answers). One sender's two
+        texts (a list's copy with its footer) lead on as before. Held spam and bounces
+        contest nothing: they join no ticket, and a spam run reusing a customer's id
+        would otherwise take her colleagues' answers from her thread unseen.
         """
-        if message.message_id == prepared.message_id:
+        if message.claimed_id is None:
             return
-        stored = tickets.stored_as(prepared.message_id)
+        stored = tickets.stored_as(message.claimed_id)
         if stored is not None and stored.sender != message.from_addr:
-            tickets.contest(prepared.message_id)
+            tickets.contest(message.claimed_id)
 
     def _lost_deadlock(self, row: Inbound, trace: str) -> None:
         log.info("inbound %d: lost a deadlock to another transaction; due again", row.id)
@@ -522,7 +528,7 @@ class Processor:
             return InboundState.DONE, 0
         if self.spam.hold_if_spam(session, row, message, spam, self.clock.now()):
             return InboundState.HELD, 0
-        self._contest(tickets, message, prepared.message)
+        self._contest(tickets, message)
         sender = identify(session, message, row.rcpt_to, self.threader.tokens, auth)
         match = self.threader.match(tickets, message, row.rcpt_to, proven_agent=sender.agent)
         if sender.agent is not None and not sender.proves_for(match):
@@ -614,6 +620,7 @@ class Processor:
             ticket,
             NewMessage(
                 message_id=message.message_id,
+                claimed_id=message.claimed_id,
                 direction="in",
                 kind=kind,
                 from_addr=message.from_addr,

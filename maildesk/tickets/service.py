@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, insert, or_, select, text, update
+from sqlalchemy import Connection, Table, and_, bindparam, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
@@ -124,8 +124,8 @@ _PARTICIPANTS = Hot(
 
 
 @functools.lru_cache(maxsize=256)
-def _thread_keys(count: int) -> tuple[Hot, Hot]:
-    """The two lookups of `Tickets.thread_key` for `count` ids (`id0` …), hot: an
+def _thread_keys(count: int) -> tuple[Hot, Hot, Hot]:
+    """The three lookups of `Tickets.thread_key` for `count` ids (`id0` …), hot: an
     expanding IN would be compiled anew for each message. A message names at most
     110 ids (message.py caps In-Reply-To and References), so at most 110 are kept."""
     ids: list[BindParameter[str]] = [bindparam(f"id{i}") for i in range(count)]
@@ -139,16 +139,26 @@ def _thread_keys(count: int) -> tuple[Hot, Hot]:
         .where(
             Message.message_id.in_(ids),
             Message.kind != "bounce",
-            Message.contested.is_(False),
             or_(
-                Message.direction == "out",
-                Message.proof != "",
+                # A contested id leads only the mail of whoever used it, to their message.
                 Message.from_addr == bindparam("sender"),
-                Message.from_addr == Person.email,
+                and_(
+                    Message.contested.is_(False),
+                    or_(
+                        Message.direction == "out",
+                        Message.proof != "",
+                        Message.from_addr == Person.email,
+                    ),
+                ),
             ),
         )
     )
-    return Hot(minted), Hot(stored)
+    claimed = select(Message.claimed_id, Message.ticket_id).where(
+        Message.claimed_id.in_(ids),
+        Message.kind != "bounce",
+        Message.from_addr == bindparam("sender"),
+    )
+    return Hot(minted), Hot(stored), Hot(claimed)
 
 
 @dataclass(frozen=True)
@@ -188,6 +198,8 @@ class NewMessage:
     # search.document(subject, body_text), when it was made ahead, outside the
     # write transaction (pipeline/prepare.py); None: made here.
     search_document: str | None = None
+    # The Message-ID the mail gave, when it is stored under one of its own (`Message`).
+    claimed_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -387,18 +399,24 @@ class Tickets:
         and those of stored messages whose sender was proven, or who is the same
         person writing now, or who is the ticket's requester. A bounce's own
         Message-ID, or a stranger's, is never a key: whoever chose it could
-        otherwise lead mail into someone else's ticket.
+        otherwise lead mail into someone else's ticket. An id two senders used
+        (`contested`, or `claimed_id` by the one stored under an id of its own) leads
+        only each one's own mail, to that one's message.
         """
         if not ids:
             return None
         found: dict[str, ThreadKey] = {}
-        minted, stored = _thread_keys(len(ids))
+        minted, stored, claimed = _thread_keys(len(ids))
         values = {f"id{i}": mid for i, mid in enumerate(ids)}
-        for mid, tid, direction in stored.all(self._rows, {**values, "sender": sender.lower()}):
+        sending = {**values, "sender": sender.lower()}
+        for mid, tid, direction in stored.all(self._rows, sending):
             found.setdefault(mid, ThreadKey(tid, minted=direction == "out"))
         # Mail we sent to agents is only in the outbox; replies to it thread too.
         for mid, tid in minted.all(self._rows, values):
             if tid is not None:
+                found.setdefault(mid, ThreadKey(tid, minted=False))
+        if ids[0] not in found:  # a reply to our mail, the usual case, needs no more
+            for mid, tid in claimed.all(self._rows, sending):
                 found.setdefault(mid, ThreadKey(tid, minted=False))
         return next((found[mid] for mid in ids if mid in found), None)
 
@@ -489,6 +507,7 @@ class Tickets:
             "flag": new.flag,
             "proof": new.proof,
             "contested": False,
+            "claimed_id": new.claimed_id,
         }
         pk = int(_INSERT_MESSAGE.scalar(self._rows, values))
         # The search index is written in the same transaction: it never lags the messages.

@@ -157,9 +157,7 @@ def test_held_spam_with_her_message_id_leaves_her_thread_whole(
         follow_up = make_mail("Re: Printer broken", body="Contract 4711.",
                               In_Reply_To=first, References=first)  # fmt: skip
         daemon.send(follow_up, sender="alice@customer.test")
-        wait_for(
-            lambda: all(state != "pending" for state in states_all(services)), 20, "processed"
-        )
+        wait_for(lambda: all(state != "pending" for state in states_all(services)), 20, "processed")
         [hers] = tickets(services)
         assert hers["requester"] == "alice@customer.test"
         texts = [m["body_text"] for m in ticket(services, hers["number"])["messages"]]

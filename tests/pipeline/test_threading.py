@@ -219,7 +219,8 @@ def test_a_message_id_sent_ahead_leads_no_later_mail_to_the_strangers_ticket(
 ) -> None:
     """Her mail no longer dropped, the id Eve sent ahead still led to Eve's ticket:
     Alice's follow-up to her own mail, and her colleague's reply-all, went there, and
-    the agents answering them wrote to Eve. An id two senders used leads nowhere."""
+    the agents answering them wrote to Eve. An id two senders used leads each one's
+    own mail only: Alice's follow-up joins her ticket, Bob's reply-all neither."""
     eve = make_mail(sender="Eve <eve@evil.test>", subject="Hello", body="eve's text",
                     message_id="<alice-3@customer.test>")  # fmt: skip
     receive(services, eve, mail_from="eve@evil.test")
@@ -237,14 +238,43 @@ def test_a_message_id_sent_ahead_leads_no_later_mail_to_the_strangers_ticket(
     texts = [m["body_text"].strip() for m in ticket(services, eves["number"])["messages"]]
     assert "eve's text" in texts
     assert not any(t.startswith(("Contract", "Same on")) for t in texts)
-    # Each went where its own sender's mail goes: Alice's to hers, Bob's to one of his.
+    # Alice's follow-up joined her ticket; whose mail Bob answered, nothing tells.
     requesters = sorted(t["requester"] for t in tickets(services))
-    assert requesters == [
+    assert requesters == ["alice@customer.test", "bob@customer.test", "eve@evil.test"]
+    [alices] = [t for t in tickets(services) if t["requester"] == "alice@customer.test"]
+    texts = [m["body_text"].strip() for m in ticket(services, alices["number"])["messages"]]
+    assert "My invoice is wrong." in texts and "Contract 4711." in texts
+
+
+def test_an_id_taken_after_hers_leaves_her_follow_ups_in_her_ticket(
+    services: Services,
+) -> None:
+    """Anyone Alice copied knows her Message-ID and can send mail with it after hers:
+    her follow-ups answering only her own mail then opened a ticket of their own each.
+    Each sender's mail still follows the id to that sender's own message."""
+    first = "<alice-6@customer.test>"
+    receive(services, make_mail(body="My invoice is wrong.", message_id=first))
+    eve = make_mail(sender="Eve <eve@evil.test>", subject="Hello", body="eve's text",
+                    message_id=first)  # fmt: skip
+    receive(services, eve, mail_from="eve@evil.test")
+    answering = {"In_Reply_To": first, "References": first}
+    receive(services, make_mail(subject="Re: Printer broken", body="Contract 4711.",
+                                **answering))  # fmt: skip
+    receive(services, make_mail(sender="Eve <eve@evil.test>", subject="Re: Hello",
+                                body="eve again", **answering),
+            mail_from="eve@evil.test")  # fmt: skip
+
+    assert sorted(t["requester"] for t in tickets(services)) == [
         "alice@customer.test",
-        "alice@customer.test",
-        "bob@customer.test",
         "eve@evil.test",
     ]
+    for requester, texts in (
+        ("alice@customer.test", {"My invoice is wrong.", "Contract 4711."}),
+        ("eve@evil.test", {"eve's text", "eve again"}),
+    ):
+        [number] = [t["number"] for t in tickets(services) if t["requester"] == requester]
+        stored = ticket(services, number)["messages"]
+        assert {m["body_text"].strip() for m in stored if m["direction"] == "in"} == texts
 
 
 def test_a_lists_copy_of_her_mail_leaves_her_message_id_leading_to_her_ticket(
