@@ -530,12 +530,15 @@ class Processor:
             return InboundState.HELD, 0
         self._contest(tickets, message)
         sender = identify(session, message, row.rcpt_to, self.threader.tokens, auth)
-        match = self.threader.match(tickets, message, row.rcpt_to, proven_agent=sender.agent)
+        archive = row.source == "import"
+        match = self.threader.match(
+            tickets, message, row.rcpt_to, proven_agent=sender.agent, archive=archive
+        )
         if sender.agent is not None and not sender.proves_for(match):
             # Proof for another ticket (a reply token of ticket 6 beside a ticket-1
             # In-Reply-To) proves nothing here.
             sender = sender.unproven()
-            match = self.threader.match(tickets, message, row.rcpt_to)
+            match = self.threader.match(tickets, message, row.rcpt_to, archive=archive)
         # A quiet import (no --notify) is the archive's history: an agent's mail in it
         # asks nothing of us now. No command runs, nothing is answered or relayed.
         quiet = not row.notify

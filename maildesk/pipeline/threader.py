@@ -3,7 +3,8 @@
 1. references  — In-Reply-To/References name a threading key of a ticket (a
                  Message-ID maildesk minted, or one its proven correspondents sent:
                  see `Tickets.thread_key`), or such a stored message names this one
-                 (the reply came first);
+                 (the reply came first), written by this mail's sender into her own
+                 ticket or by someone this mail was addressed to;
 2. reply_token — a recipient is a valid signed reply address of a ticket;
 3. subject_tag — "[#N]" in the subject, only from a participant of N or an agent:
                  a guessed number must not let a stranger into someone's ticket;
@@ -57,7 +58,11 @@ class Threader:
         message: ParsedMessage,
         rcpt_to: Iterable[str],
         proven_agent: object | None = None,
+        *,
+        archive: bool = False,
     ) -> Match:
+        """`archive`: the mail is from an archive ops import, whose replies may come
+        before their originals in any order: any stored reply leads its original."""
         signed = [
             token
             for address in (*rcpt_to, *message.to, *message.cc)
@@ -73,7 +78,10 @@ class Threader:
             tagged = self._tags(message.subject, key.ticket_id)
             keyed = tickets.get(key.ticket_id)
             return Match(keyed, "references", secret, _THREAD_FIELDS, tagged)
-        answered = tickets.referencing(message.message_id, message.from_addr)
+        addressed = (*message.to, *message.cc)
+        answered = tickets.referencing(
+            message.message_id, message.from_addr, addressed, any_writer=archive
+        )
         if answered is not None:
             referenced = tickets.get(answered)
             tagged = self._tags(message.subject, answered)

@@ -52,16 +52,21 @@ _STORED_AS = Hot(
         Message.message_id == bindparam("mid")
     )
 )
+# Stored messages that name an arriving one, read to find one it may join: more are
+# a thread that named it often, and the first few tell as much as all of them.
+_REFERENCING_ROWS = 20
 _REFERENCING = Hot(
-    select(Message.ticket_id)
+    select(Message.ticket_id, Message.from_addr, Person.email)
     .join(MessageRef, MessageRef.message_pk == Message.id)
+    .join(Ticket, Ticket.id == Message.ticket_id)
+    .join(Person, Person.id == Ticket.requester_id)
     .where(
         MessageRef.ref_id == bindparam("mid"),
         Message.kind != "bounce",
         or_(Message.proof != "", Message.from_addr == bindparam("sender")),
     )
     .order_by(Message.id)
-    .limit(1)
+    .limit(_REFERENCING_ROWS)
 )
 # The person's columns a processed message reads; `created_at` loads if something
 # reads it (`_loaded_person`).
@@ -420,15 +425,32 @@ class Tickets:
                 found.setdefault(mid, ThreadKey(tid, minted=False))
         return next((found[mid] for mid in ids if mid in found), None)
 
-    def referencing(self, message_id: str, sender: str) -> int | None:
+    def referencing(
+        self,
+        message_id: str,
+        sender: str,
+        addressed: Iterable[str] = (),
+        *,
+        any_writer: bool = False,
+    ) -> int | None:
         """The ticket of a stored message that answers `message_id` (it arrived first).
 
-        Only a message that could itself be a key counts (see `thread_key`), so a
-        stranger cannot lay a trap for a Message-ID they expect to arrive.
+        Only a message that could itself be a key counts (see `thread_key`), and only
+        one that could answer this mail: its ticket is the sender's own (her follow-up
+        came first), or it is from someone this mail was addressed to (`addressed`:
+        its To and Cc; a colleague's reply-all came first). A proof is its writer's,
+        for the writer's own ticket: a stranger who wrote `In-Reply-To: <the id he
+        expects>` to his own ticket's reply address took the victim's mail, when it
+        came, into his ticket, and the agents' answers to her went to him.
+        `any_writer`: an imported archive's reply leads its original, whoever wrote it.
         """
-        values = {"mid": message_id, "sender": sender.lower()}
-        found: int | None = _REFERENCING.scalar(self._rows, values)
-        return found
+        sender = sender.lower()
+        recipients = {address.lower() for address in addressed}
+        values = {"mid": message_id, "sender": sender}
+        for ticket_id, writer, requester in _REFERENCING.all(self._rows, values):
+            if any_writer or requester == sender or writer in recipients:
+                return int(ticket_id)
+        return None
 
     # -- changes ------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from maildesk.models import Participant, Person, Ticket
 from maildesk.services import Services, build
 from maildesk.tickets.agents import Agents
 from tests.conftest import make_mail
-from tests.helpers import outbox_rows, receive, ticket, tickets
+from tests.helpers import OUR_MTA, outbox_rows, receive, ticket, tickets, verified_by_our_mta
 
 
 def ack_headers(services: Services, index: int = 0) -> email.message.EmailMessage:
@@ -435,3 +435,46 @@ def test_a_reply_naming_thousands_of_parents_threads_by_its_first_few(
 
     [only] = tickets(services)
     assert only["message_count"] == 3  # the mail, our acknowledgement, the reply
+
+
+def test_a_stranger_cannot_lay_a_trap_for_a_message_id_he_expects(services: Services) -> None:
+    """A reply stored before its original leads the original, when it comes, into the
+    reply's ticket. Mallory wrote to his own ticket's reply address (his proof, for
+    his ticket) with `In-Reply-To:` the id he expected the CEO's next mail to carry:
+    her mail joined his ticket, she got no acknowledgement, and the agents' answers
+    to her went to him. Only her own ticket, or the reply of someone she wrote to,
+    takes her mail now."""
+    receive(services, make_mail(subject="Hello", sender="mallory@evil.test"),
+            mail_from="mallory@evil.test")  # fmt: skip
+    secret = _reply_address(services)
+    trap = make_mail(subject="Re: Hello", sender="mallory@evil.test", to=secret,
+                     In_Reply_To="<payroll-2026-05@victim.test>")  # fmt: skip
+    receive(services, trap, mail_from="mallory@evil.test", rcpt_to=(secret,))
+    assert len(ticket(services, 1)["messages"]) == 3  # his, our acknowledgement, the trap
+
+    receive(services, make_mail(subject="Payroll export fails", sender="ceo@victim.test",
+                                message_id="<payroll-2026-05@victim.test>"),
+            mail_from="ceo@victim.test")  # fmt: skip
+
+    assert [t["requester"] for t in tickets(services)] == ["mallory@evil.test", "ceo@victim.test"]
+    assert "ceo@victim.test" in [row.recipients[0] for row in outbox_rows(services)]
+
+
+def test_a_colleagues_reply_all_that_comes_first_still_leads_the_original(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    """Bob, copied on Alice's mail, answers everyone from his signed mailbox; his reply
+    arrives first. Alice wrote to him: her mail joins the ticket his reply opened."""
+    config_values["trust"]["authserv_ids"] = [OUR_MTA]
+    services = build(from_mapping(config_values, base_dir=tmp_path), clock)
+    services.prepare()
+    reply = make_mail(subject="Re: Printer broken", sender="bob@customer.test",
+                      body="Same on floor 3.", In_Reply_To="<alice-7@customer.test>",
+                      References="<alice-7@customer.test>",
+                      Authentication_Results=verified_by_our_mta("customer.test"))  # fmt: skip
+    receive(services, reply, mail_from="bob@customer.test", source="deliver")
+    receive(services, make_mail(message_id="<alice-7@customer.test>", Cc="bob@customer.test"))
+
+    assert len(tickets(services)) == 1
+    [alices] = [m for m in ticket(services, 1)["messages"] if m["from"] == "alice@customer.test"]
+    assert alices["thread_rule"] == "references"
