@@ -206,19 +206,35 @@ class Keeper:
             for row_id in ids:
                 self._held.pop(row_id, None)
 
+    @property
+    def every(self) -> timedelta:
+        """The time between two renewals: a live holder's lease has more left than this."""
+        return timedelta(seconds=self._every)
+
     def renew(self) -> None:
         now = self._clock.now()
         with self._lock:
             ids = [i for i, until in self._held.items() if until is None or now < until]
-        if not ids:
-            return
+        if ids:
+            self.renew_now(ids)
+
+    def renew_now(self, ids: list[int]) -> set[int]:
+        """Renew these rows' leases at once; the ids of those still ours (the others
+        are no longer held: another worker claimed them, or they were retried)."""
         model = self._model
         with self._db.transaction() as session:
-            session.execute(
-                update(model)
-                .where(model.id.in_(ids), model.claim == self._token, model.state == PENDING)
-                .values(next_attempt_at=now + _length)
+            renewed = set(
+                session.scalars(
+                    update(model)
+                    .where(model.id.in_(ids), model.claim == self._token, model.state == PENDING)
+                    .values(next_attempt_at=self._clock.now() + _length)
+                    .returning(model.id)
+                )
             )
+        lost = [row_id for row_id in ids if row_id not in renewed]
+        if lost:
+            self.drop(lost)
+        return renewed
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):

@@ -6,7 +6,8 @@ traceback (`maildesk --debug` keeps it). The exit code follows sysexits(3):
 - 78 EX_CONFIG: the configuration is wrong (a bad value, a folder maildesk may
   not write, missing or broken templates, a port below 1024 without the right);
 - 69 EX_UNAVAILABLE: a service maildesk needs does not answer (the database);
-- 75 EX_TEMPFAIL: a port is in use, often by an instance still stopping; a
+- 75 EX_TEMPFAIL: a port is in use, often by an instance still stopping, or the
+  clock disagrees with PostgreSQL's (NTP may not have synced yet after a boot); a
   later restart may well succeed (systemd's `Restart=on-failure` retries).
 """
 
@@ -18,6 +19,7 @@ import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from maildesk.clock import Clock
     from maildesk.config import Settings
 
 EX_UNAVAILABLE = 69
@@ -102,6 +104,47 @@ def check_database(url: str) -> None:
         engine.dispose()
 
 
+def check_clock(settings: Settings, wall: Clock | None = None) -> None:
+    """On PostgreSQL, this machine's clock agrees with the database's.
+
+    Each instance stamps and judges leases by its own clock: one running ahead by
+    most of a lease took a live instance's claims and sent its mail again. Clocks
+    must agree within a renewal's interval (a third of `[workers] lease_seconds`);
+    one that does not is a start-up error, as NTP is the fix, not maildesk.
+    `wall`: the clock leases use here (the system's).
+    """
+    if not settings.database.url.startswith("postgresql"):
+        return  # SQLite: one machine, one clock
+    from sqlalchemy import text
+
+    from maildesk.clock import SystemClock
+    from maildesk.db import make_engine
+
+    wall = wall or SystemClock()
+    engine = make_engine(settings.database.url)
+    try:
+        with engine.connect() as conn:
+            before = wall.now()
+            theirs = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+            after = wall.now()
+    except Exception as exc:
+        raise database_failure(settings.database.url, exc) from exc
+    finally:
+        engine.dispose()
+    ours = before + (after - before) / 2
+    skew = (ours - theirs).total_seconds()
+    allowed = settings.workers.lease_seconds / 3
+    if abs(skew) > allowed:
+        way = "ahead of" if skew > 0 else "behind"
+        raise StartupError(
+            f"this machine's clock is {abs(skew):.1f} s {way} the database's; instances "
+            f"judge each other's leases by their own clocks, so they must agree within "
+            f"{allowed:.0f} s (a third of [workers] lease_seconds): keep them in time "
+            "with NTP (systemd-timesyncd, chrony)",
+            EX_TEMPFAIL,
+        )
+
+
 def check_templates(settings: Settings) -> None:
     """Every template maildesk sends exists, and every template compiles."""
     from maildesk import templates_admin
@@ -131,6 +174,7 @@ def check_all(settings: Settings) -> None:
     check_database_folder(settings)
     check_templates(settings)
     check_database(settings.database.url)
+    check_clock(settings)
 
 
 def _user() -> str:

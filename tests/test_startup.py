@@ -7,13 +7,17 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from maildesk import config
+from maildesk.clock import ManualClock
 from maildesk.config import PACKAGE_TEMPLATES
-from tests.conftest import free_port, toml
+from maildesk.startup import EX_TEMPFAIL, StartupError, check_clock
+from tests.conftest import PG_URL, free_port, toml
 from tests.service_process import MAILDESK
 
 
@@ -161,3 +165,32 @@ def test_no_signing_key_says_to_run_init(
     result = run(config_values, tmp_path, "serve")
     assert result.returncode == 78
     assert "run `maildesk init` first" in one_line(result)
+
+
+@pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (MAILDESK_TEST_DATABASE_URL)")
+@pytest.mark.parametrize(("offset", "way"), [(25, "ahead of"), (-25, "behind")])
+def test_a_clock_off_the_databases_by_most_of_a_lease_stops_the_start(
+    config_values: dict[str, Any], tmp_path: Path, offset: int, way: str
+) -> None:
+    """Instances judge each other's leases by their own clocks: one 25 s ahead took a
+    live instance's claims 9 s after they were made, and sent its mail again. No
+    machine's clock can be set wrong here, so the clock leases use is passed in."""
+    config_values["database"]["url"] = PG_URL
+    settings = config.from_mapping(config_values, base_dir=tmp_path)
+    skewed = ManualClock(datetime.now(UTC) + timedelta(seconds=offset))
+    with pytest.raises(StartupError) as refused:
+        check_clock(settings, skewed)
+    assert refused.value.exit_code == EX_TEMPFAIL  # NTP may sync it: a later restart may start
+    assert "clock is 25." in str(refused.value) or "clock is 24.9" in str(refused.value)
+    assert way in str(refused.value) and "NTP" in str(refused.value)
+
+    check_clock(settings)  # this machine's own clock agrees with its PostgreSQL
+    check_clock(settings, ManualClock(datetime.now(UTC) + timedelta(seconds=9)))
+
+
+def test_sqlite_has_no_other_clock_to_agree_with(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    config_values["database"]["url"] = f"sqlite:///{tmp_path / 'maildesk.db'}"
+    settings = config.from_mapping(config_values, base_dir=tmp_path)
+    check_clock(settings, ManualClock(datetime.now(UTC) + timedelta(hours=3)))

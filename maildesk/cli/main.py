@@ -218,7 +218,7 @@ def worker(ctx: Context, under_serve: bool) -> None:
     """
     from maildesk.sdnotify import Notifier
     from maildesk.services import build
-    from maildesk.startup import StartupError, check_database
+    from maildesk.startup import StartupError, check_clock, check_database
     from maildesk.supervisor import Supervisor
     from maildesk.worker import OrderPipe, run_at_niceness, run_process
 
@@ -231,6 +231,7 @@ def worker(ctx: Context, under_serve: bool) -> None:
     run_at_niceness(settings.workers.nice)
     try:
         check_database(settings.database.url)
+        check_clock(settings)
     except StartupError as exc:
         fail(ctx, exc)
     services = build(settings)

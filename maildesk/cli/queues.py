@@ -79,7 +79,11 @@ def outbox_retry(ctx: Context, outbox_id: int) -> None:
     from maildesk.clock import SystemClock
     from maildesk.outbound import outbox as outbox_module
 
-    if not outbox_module.retry(ctx.db, SystemClock(), outbox_id):
+    try:
+        queued = outbox_module.retry(ctx.db, SystemClock(), outbox_id)
+    except outbox_module.Sending as exc:
+        raise click.ClickException(f"{exc}; nothing changed") from exc
+    if not queued:
         raise click.ClickException(f"no unsent outbox message {outbox_id}")
     click.echo(f"outbox {outbox_id} queued", err=True)
 

@@ -40,6 +40,7 @@ from maildesk import leases
 from maildesk.clock import Clock, as_utc
 from maildesk.config import OutboundSettings
 from maildesk.db import Database, rare
+from maildesk.hotsql import Hot
 from maildesk.inbound import rawbytes
 from maildesk.logs import log_context
 from maildesk.models import Outbox
@@ -66,6 +67,14 @@ _FINISH = (
         last_error=bindparam("error"),
         claim=None,
         sent_at=bindparam("at"),
+    )
+)
+
+
+# The lease a sender holds on one row, if it still holds it (`_still_ours`).
+_HELD = Hot(
+    select(Outbox.next_attempt_at).where(
+        leases.owned_of(Outbox, [bindparam("id")], bindparam("token"))
     )
 )
 
@@ -224,6 +233,9 @@ class OutboxSender:
             keeper.hold([row.id for row in claimed])
             delivered: list[int] = []  # sent, not yet marked: still held
             for row in claimed:
+                if not self._still_ours(reader, keeper, row.id, token):
+                    keeper.drop([row.id])
+                    continue
                 if self._send(reader, row, token):
                     delivered.append(row.id)
                 else:
@@ -258,6 +270,29 @@ class OutboxSender:
         with self.db.transaction() as session:
             ids = [row.id for row in batch.rows]
             leases.give_back(session, Outbox, ids, batch.token, self.clock.now())
+
+    def _still_ours(
+        self, reader: Connection, keeper: leases.Keeper, outbox_id: int, token: str
+    ) -> bool:
+        """Whether the row is still claimed under `token`, with more lease left than a
+        renewal's interval (renewed now, if not), before a conversation about it starts.
+
+        A sender whose process stalled (SIGSTOP, a paused VM, a starved CPU) past its
+        lease found, when it resumed, rows another sender had claimed and sent since,
+        and sent them again: only the message on the wire during the stall may go out
+        twice (SMTP's own window), never one not yet begun.
+        """
+        try:
+            found = _HELD.first(reader, {"id": outbox_id, "token": token})
+        finally:
+            rawbytes.end_reads(reader)
+        if found is not None and as_utc(found[0]) - self.clock.now() > keeper.every:
+            return True
+        if found is not None and outbox_id in keeper.renew_now([outbox_id]):
+            return True
+        log.warning("outbox %d: no longer ours (our lease ran out); left to its new owner",
+                    outbox_id)  # fmt: skip
+        return False
 
     def _raw(self, reader: Connection, outbox_id: int) -> bytes:
         try:
@@ -422,14 +457,24 @@ def counts(session: Session, states: Sequence[OutboxState] = tuple(OutboxState))
     )
 
 
+class Sending(Exception):
+    """`retry` of a row a sender holds right now: it may be on the wire."""
+
+
 def retry(db: Database, clock: Clock, outbox_id: int) -> bool:
-    """Queue a failed (or deferred) row to go out now. False when there is no such row."""
+    """Queue a failed (or deferred) row to go out now. False when there is no such row;
+    `Sending` when a sender holds it: cleared, its claim let the relay's 250 find the
+    row no longer the sender's, left due, and sent again."""
     with db.transaction() as session:
         row = session.get(Outbox, outbox_id)
         if row is None or row.state == OutboxState.SENT:
             return False
+        now = clock.now()
+        if row.state == OutboxState.PENDING and row.claim is not None:
+            if row.next_attempt_at is not None and as_utc(row.next_attempt_at) > now:
+                raise Sending(f"outbox {outbox_id} is being sent right now")
         row.state = OutboxState.PENDING
-        row.next_attempt_at = clock.now()
+        row.next_attempt_at = now
         row.claim = None
         row.last_error = ""
         return True

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from maildesk.clock import ManualClock, as_utc
 from maildesk.leases import LEASE
 from maildesk.models import Outbox
+from maildesk.outbound import outbox as outbox_module
 from maildesk.outbound.outbox import OutboxSender
 from maildesk.outbound.transport import Transport, open_transport
 from maildesk.services import Services
@@ -239,3 +240,97 @@ def test_a_claim_reads_no_more_of_a_backlog_than_it_takes(
     )
     claim = [plan for plan, statement in plans if statement.lstrip().startswith("SELECT")]
     assert claim and all(due_order.fullmatch(plan) for plan in claim), plans
+
+
+# --- a sender that stalled, and an operator's retry ---------------------------------------
+
+
+def test_a_sender_that_lost_its_lease_starts_no_conversation_about_a_row_it_lost(
+    services: Services, second: Services, clock: ManualClock, sink: SmtpSink
+) -> None:
+    """Sender A claims two rows; during its first conversation its process stalls past
+    the lease (SIGSTOP, a paused VM, a starved CPU): nothing renews. Sender B claims
+    both, sends and marks them. A resumes: its first message was on the wire (SMTP's
+    own window), but it went on to send the second, which it had lost a lease ago."""
+    first, second_row = queue_acknowledgements(services, 2)
+    settings = services.settings.outbound
+    with SmtpSink() as other_relay:
+        a = OutboxSender(services.db, open_transport(sink.url, HOSTNAME), clock, settings)
+        b = OutboxSender(second.db, open_transport(other_relay.url, HOSTNAME), clock, settings)
+        b_sent: list[int] = []
+
+        def stall_then_rival() -> None:
+            sink.on_data = None  # at A's first DATA only
+            clock.advance(LEASE + timedelta(seconds=1))
+            b_sent.append(b.send_due())
+
+        sink.on_data = stall_then_rival
+        assert a.send_due() == 2
+        a.transport.close()
+        b.transport.close()
+        sent = sent_ids(sink) + sent_ids(other_relay)
+
+    assert b_sent == [2]
+    assert [r.state for r in outbox_rows(services)] == ["sent", "sent"]
+    assert sent == Counter({first: 2, second_row: 1})  # only the one on the wire, twice
+
+
+def test_a_sender_whose_lease_ran_out_unclaimed_renews_it_and_sends(
+    services: Services, clock: ManualClock, sink: SmtpSink
+) -> None:
+    """Stalled past its lease with nobody claiming meanwhile, a sender keeps its rows: it
+    renews the lease before its next conversation, so no rival can take the row then."""
+    queued = queue_acknowledgements(services, 2)
+    settings = services.settings.outbound
+    sender = OutboxSender(services.db, open_transport(sink.url, HOSTNAME), clock, settings)
+
+    def stall() -> None:
+        sink.on_data = None
+        clock.advance(LEASE + timedelta(seconds=1))
+
+    sink.on_data = stall
+    assert sender.send_due() == 2
+    sender.transport.close()
+
+    assert sent_ids(sink) == Counter({mid: 1 for mid in queued})
+    assert [(r.state, r.attempts) for r in outbox_rows(services)] == [("sent", 1)] * 2
+
+
+def test_an_operators_retry_of_a_row_on_the_wire_changes_nothing(
+    services: Services, clock: ManualClock, sink: SmtpSink
+) -> None:
+    """`maildesk outbox retry ID` of a deferred row whose next attempt is on the wire: the
+    retry cleared its claim, the relay's 250 then found the row no longer the sender's
+    and left it due, and the same sender sent it again. The retry is refused now."""
+    [queued] = queue_acknowledgements(services, 1)
+    settings = services.settings.outbound
+    sender = OutboxSender(services.db, open_transport(sink.url, HOSTNAME), clock, settings)
+    sink.reply = "451 4.3.0 try later"
+    assert sender.send_due() == 1  # deferred: pending, with its error
+    sink.reply = None
+    [row] = outbox_rows(services)
+    clock.advance(timedelta(minutes=5))  # its retry is due; the sender claims it
+
+    refused: list[str] = []
+
+    def operator_retries() -> None:  # the relay is slow: `outbox list` shows it deferred
+        sink.on_data = None
+        with pytest.raises(outbox_module.Sending) as caught:
+            outbox_module.retry(services.db, clock, row.id)
+        refused.append(str(caught.value))
+
+    sink.on_data = operator_retries
+    assert sender.send_due() == 1
+    assert sender.send_due() == 0  # the sender's next round finds nothing due
+    sender.transport.close()
+
+    assert refused == [f"outbox {row.id} is being sent right now"]
+    assert sent_ids(sink) == Counter({queued: 1})
+    assert [r.state for r in outbox_rows(services)] == ["sent"]
+    # Once its lease has run out (its sender died), a claimed row is retried as ever.
+    with services.db.transaction() as session:
+        session.execute(
+            update(Outbox).values(state="pending", claim="dead", next_attempt_at=clock.now())
+        )
+    clock.advance(timedelta(seconds=1))
+    assert outbox_module.retry(services.db, clock, row.id)
