@@ -158,7 +158,28 @@ class JsonFormatter(logging.Formatter):
         elif record.exc_text:
             data["exc"] = redact(record.exc_text)
         # Redacted before encoding: JSON's escaping would hide quotes from the patterns.
-        return json.dumps(data, ensure_ascii=False, default=str)
+        return json_text(data, default=str)
+
+
+# C0 (but a tab), DEL, C1 and Unicode's line separators, which some terminals and
+# readers take for line breaks.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_TERMINAL_UNSAFE_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+# What JSON with non-ASCII text kept readable still leaves raw: DEL, C1 controls (CSI
+# to a terminal that obeys them) and the line separators `str.splitlines` splits at.
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def json_text(data: Any, **options: Any) -> str:
+    """`json.dumps` keeping non-ASCII text readable, with nothing a terminal or a line
+    reader would act on left raw (json.dumps escapes C0 only)."""
+    text = json.dumps(data, ensure_ascii=False, **options)
+    return _JSON_UNSAFE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 class ReadableFormatter(logging.Formatter):
@@ -176,8 +197,12 @@ class ReadableFormatter(logging.Formatter):
         extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         if extra:
             line = f"{line}  {extra}"
+        # Strangers' words (a Message-ID, a subject) are in messages: a control
+        # character would retitle or clear the terminal, a line break forge a line.
+        line = _TERMINAL_UNSAFE.sub(_escaped, line)
         if record.exc_info:
-            line = f"{line}\n{self.formatException(record.exc_info)}"
+            trace = self.formatException(record.exc_info)
+            line = f"{line}\n{_TERMINAL_UNSAFE_BUT_LINES.sub(_escaped, trace)}"
         return redact(line)
 
 

@@ -315,7 +315,12 @@ def _mime_view(msg: EmailMessage) -> EmailMessage:
 
 def clean_text(value: str) -> str:
     """Fold control characters and Unicode line separators to single spaces."""
-    return _CONTROL.sub(" ", value).strip()
+    return fold_controls(value).strip()
+
+
+def fold_controls(value: str) -> str:
+    """`clean_text` without the strip: a line's indentation stays."""
+    return _CONTROL.sub(" ", value)
 
 
 def _plain(fields: Fields, name: str) -> str:

@@ -8,7 +8,6 @@ commands that read); `Context.services` builds every part (for commands that act
 from __future__ import annotations
 
 import importlib
-import json
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -110,7 +109,18 @@ class LazyChoice(click.Choice):
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    from maildesk.logs import json_text
+
+    click.echo(json_text(data, indent=2))
+
+
+def printable(value: object) -> str:
+    """`value` with its control characters folded to spaces, for a line the commands
+    print: strangers' words (a body line, a subject, a filename) would otherwise move
+    the terminal's cursor, retitle it, or forge a line. One line of text only."""
+    from maildesk.message import fold_controls
+
+    return fold_controls(str(value))
 
 
 def table(headers: list[str], rows: Iterable[list[Any]]) -> None:

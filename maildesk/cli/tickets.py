@@ -6,13 +6,20 @@ commands, so listing the commands imports nothing of the daemon.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import click
 
-from maildesk.cli.base import EMAIL, Context, LazyChoice, pass_context, print_json, table
+from maildesk.cli.base import (
+    EMAIL,
+    Context,
+    LazyChoice,
+    pass_context,
+    print_json,
+    printable,
+    table,
+)
 from maildesk.cli.main import main
 
 STATUSES = LazyChoice("maildesk.models:STATUSES")
@@ -81,12 +88,13 @@ def _add_sla(ctx: Context, session: Any, rows: list[dict[str, Any]]) -> None:
 @pass_context
 def tickets_search(ctx: Context, words: tuple[str, ...], limit: int, as_json: bool) -> None:
     """Tickets whose subject or messages hold every one of WORDS (diacritics optional)."""
+    from maildesk.redaction import redact_links
     from maildesk.tickets import views
     from maildesk.tickets.search import search
 
     with ctx.db.reading() as session:
         rows = [
-            {**views.summary(hit.ticket, 0), "snippet": hit.snippet}
+            {**views.summary(hit.ticket, 0), "snippet": redact_links(hit.snippet)}
             for hit in search(session, " ".join(words), limit)
         ]
     for row in rows:
@@ -120,26 +128,29 @@ def tickets_show(ctx: Context, number: int, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    click.echo(f"Ticket #{data['number']}: {data['subject']}")
-    click.echo(
+    # Each line through `printable`: subjects, names, filenames and bodies are
+    # strangers' words.
+    say = [f"Ticket #{data['number']}: {data['subject']}"]
+    say.append(
         f"status {data['status']}, type {data['type'] or '-'}, priority {data['priority']}, "
         f"requester {data['requester']}"
     )
     for event in data["events"]:
-        click.echo(
+        say.append(
             f"  {event['at']} {event['field']}: {event['old'] or '-'} -> {event['new'] or '-'}"
             f" by {event['actor']} ({event['via']})"
         )
     for m in data["messages"]:
-        click.echo("")
+        say.append("")
         arrow = "<-" if m["direction"] == "in" else "->"
         rule = f" [{m['thread_rule']}]" if m["thread_rule"] else ""
-        click.echo(f"{arrow} {m['created_at']} {m['kind']} from {m['from']}{rule}")
-        click.echo(f"   Subject: {m['subject']}")
+        say.append(f"{arrow} {m['created_at']} {m['kind']} from {m['from']}{rule}")
+        say.append(f"   Subject: {m['subject']}")
         for a in m["attachments"]:
-            click.echo(f"   Attachment: {a['filename']} ({a['content_type']}, {a['size']} bytes)")
-        for line in m["body_text"].splitlines():
-            click.echo(f"   {line}")
+            say.append(f"   Attachment: {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+        say += (f"   {line}" for line in m["body_text"].splitlines())
+    for line in say:
+        click.echo(printable(line))
 
 
 @tickets.command("create")
@@ -207,6 +218,7 @@ def tickets_close(ctx: Context, requester: str, dry_run: bool, as_json: bool) ->
 @pass_context
 def tickets_export(ctx: Context, attachments: bool) -> None:
     """Every ticket with its messages, one JSON object per line."""
+    from maildesk.logs import json_text
     from maildesk.tickets import views
 
     # A read: an export of every ticket takes minutes, and must not hold the write lock.
@@ -214,4 +226,4 @@ def tickets_export(ctx: Context, attachments: bool) -> None:
         for record in views.export(session):
             if attachments:
                 views.add_attachment_contents(session, record)
-            click.echo(json.dumps(record, ensure_ascii=False))
+            click.echo(json_text(record))

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from maildesk.clock import as_utc
 from maildesk.models import Blob, Event, Message, Ticket
+from maildesk.redaction import redact_links
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -48,7 +49,9 @@ def message_view(message: Message) -> dict[str, Any]:
         "to": list(message.to_addrs),
         "cc": list(message.cc_addrs),
         "subject": message.subject,
-        "body_text": message.body_text,
+        # Our acknowledgement's set-password link is stored as sent: shown, printed or
+        # exported, it would let whoever reads it take the customer's account.
+        "body_text": redact_links(message.body_text),
         "created_at": iso(message.created_at),
         "attachments": [
             {
