@@ -59,6 +59,15 @@ class Health:
     def ok(self) -> bool:
         return self.status == OK
 
+    def summary(self) -> dict[str, Any]:
+        """What anyone may see: the status and its reasons without the counts each puts
+        in parentheses (a count of waiting mail moves with one person's mail)."""
+        return {
+            "status": self.status,
+            "reasons": [reason.split(" (", 1)[0] for reason in self.reasons],
+            "database": "ok" if self.database else "unreachable",
+        }
+
     def as_json(self) -> dict[str, Any]:
         """The /healthz body: status, reasons and the figures behind them."""
         body: dict[str, Any] = {

@@ -33,6 +33,7 @@ from maildesk.clock import ManualClock
 from maildesk.services import Services, build
 
 PG_URL = os.environ.get("MAILDESK_TEST_DATABASE_URL", "")
+METRICS_TOKEN = "test-metrics-token"
 DATA = Path(__file__).parent / "data" / "mail"
 
 
@@ -111,6 +112,8 @@ def config_values(tmp_path: Path, db_url: str) -> dict[str, Any]:
         # A nearly full disk must not fail every test: the reserve for new mail has
         # tests of its own (tests/inbound/test_room.py).
         "limits": {"accept_min_free_mb": 0},
+        # /healthz gives its figures, and /metrics answers, only with it.
+        "metrics": {"bearer_token": METRICS_TOKEN},
     }
 
 

@@ -99,8 +99,10 @@ class DaemonProcess:
 
     def health(self) -> dict[str, Any] | None:
         url = f"http://{self.settings.web.host}:{self.settings.web.port}/healthz"
+        request = urllib.request.Request(url)
+        request.add_header("Authorization", f"Bearer {self.settings.metrics.bearer_token}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(request, timeout=2) as response:
                 data: dict[str, Any] = json.loads(response.read())
                 return data
         except OSError:

@@ -39,15 +39,25 @@ from tests.conftest import (
     toml,
     wait_for,
 )
-from tests.helpers import history_with_waiting_rows, inbound_table_locked, sqlite_plans
+from tests.helpers import (
+    history_with_waiting_rows,
+    inbound_table_locked,
+    outbox_rows,
+    sqlite_plans,
+)
 from tests.smtp_sink import closed_port
+from tests.web.portal_client import Client, customer
 
 
-def get_health(running: RunningDaemon) -> tuple[int, dict[str, Any]]:
+def get_health(running: RunningDaemon, token: str = "") -> tuple[int, dict[str, Any]]:
+    """/healthz on the public listener; with the metrics `token`, with its figures."""
     web = running.services.settings.web
     wait_for(lambda: _listening(web.host, web.port), what="the web listener")
+    request = urllib.request.Request(f"http://{web.host}:{web.port}/healthz")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"http://{web.host}:{web.port}/healthz", timeout=10) as r:
+        with urllib.request.urlopen(request, timeout=10) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
@@ -66,23 +76,32 @@ def test_relay_down_longer_than_the_threshold_degrades_health(
     config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
 ) -> None:
     config_values["health"] = {"outbox_failing_minutes": 30, "outbox_backlog_minutes": 120}
+    config_values["metrics"] = {"bearer_token": "ops-only"}
     with closed_port() as relay_port:
         config_values["outbound"] = {"url": f"smtp://127.0.0.1:{relay_port}"}
         with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
             running.send(make_mail())
             wait_for(lambda: deferred(running), what="the acknowledgement to be deferred")
 
-            status, body = get_health(running)
+            status, body = get_health(running, token="ops-only")
             assert (status, body["status"], body["reasons"]) == (200, "ok", [])
             assert body["outbox_deferred"] == 1
 
             clock.advance(timedelta(minutes=29))
             assert get_health(running)[0] == 200
             clock.advance(timedelta(minutes=2))
-            status, body = get_health(running)
+            status, body = get_health(running, token="ops-only")
             assert (status, body["status"]) == (503, "degraded")
             [reason] = body["reasons"]
-            assert reason.startswith("outbox failing for 31 min")
+            assert (
+                reason
+                == "outbox failing for 31 min (1 messages waiting to retry; threshold 30 min)"
+            )
+            # Without the token: the status and why, not how many wait.
+            assert get_health(running) == (
+                503,
+                {"status": "degraded", "reasons": ["outbox failing for 31 min"], "database": "ok"},
+            )
 
 
 def test_a_database_that_is_gone_degrades_health_and_status(
@@ -133,8 +152,9 @@ def test_free_disk_below_the_threshold_degrades_health(
 ) -> None:
     free_mb = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize // (1024 * 1024)
     config_values["health"] = {"min_free_disk_mb": free_mb + 10_000_000}
+    config_values["metrics"] = {"bearer_token": "ops-only"}
     with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
-        status, body = get_health(running)
+        status, body = get_health(running, token="ops-only")
     assert status == 503
     assert any(r.startswith("free disk") for r in body["reasons"])
     # /healthz is public: it names what a disk holds, never where the files are.
@@ -235,3 +255,28 @@ def test_requests_during_a_check_share_it_and_the_next_request_starts_a_fresh_on
         assert shared.join(start) is not first and len(started) == 2
 
     asyncio.run(scenario())
+
+
+def test_public_healthz_does_not_tell_who_has_an_account(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    """ "Send me a new link" answers the same whether or not the address is a customer's;
+    /healthz, public on the portal's listener, counted the outbox, where a known
+    address's invitation waited as long as the relay took (long, while it is down)."""
+    config_values["metrics"] = {"bearer_token": "ops-only"}
+    with closed_port() as relay_port:
+        config_values["outbound"] = {"url": f"smtp://127.0.0.1:{relay_port}"}
+        with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+            customer(running.services, "ceo@victim.test")
+            web = running.services.settings.web
+            portal = Client(f"http://{web.host}:{web.port}")
+            portal.get("/account/forgot")
+            before = get_health(running)
+            portal.post("/account/forgot", {"email": "nobody@victim.test"})
+            unknown = get_health(running)
+            portal.post("/account/forgot", {"email": "ceo@victim.test"})
+            wait_for(lambda: outbox_rows(running.services), what="the invitation queued")
+
+            assert get_health(running) == unknown == before
+            assert get_health(running, token="ops-only")[1]["outbox_pending"] == 1
+            assert get_health(running, token="wrong")[1] == before[1]

@@ -30,6 +30,7 @@ from maildesk.metrics import DatabaseCollector
 from maildesk.models import Inbound, Outbox, Ticket
 from maildesk.services import Services
 from tests.conftest import (
+    METRICS_TOKEN,
     PG_URL,
     RunningDaemon,
     _listening,
@@ -53,7 +54,7 @@ from tests.inbound.test_smtp_limits import connect
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def fetch(url: str, token: str = "") -> tuple[int, str]:
+def fetch(url: str, token: str = METRICS_TOKEN) -> tuple[int, str]:
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -64,7 +65,7 @@ def fetch(url: str, token: str = "") -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def scrape(url: str, token: str = "") -> Samples:
+def scrape(url: str, token: str = METRICS_TOKEN) -> Samples:
     status, body = fetch(url, token)
     assert status == 200, body
     return {

@@ -279,7 +279,9 @@ def test_a_restarted_worker_runs_the_code_serve_runs_whatever_lies_in_its_direct
 
 def scrape(serve: DaemonProcess) -> str:
     web = serve.settings.web
-    with urllib.request.urlopen(f"http://{web.host}:{web.port}/metrics", timeout=10) as response:
+    request = urllib.request.Request(f"http://{web.host}:{web.port}/metrics")
+    request.add_header("Authorization", f"Bearer {serve.settings.metrics.bearer_token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
         return str(response.read().decode())
 
 

@@ -3,7 +3,10 @@
 - `/healthz` answers 200 `{"status": "ok", …}` or 503 `{"status": "degraded",
   "reasons": [...], …}` from `maildesk/health.py` (the same answer as
   `maildesk status`). A database that does not answer within
-  `[health] database_timeout` seconds is a reason, not a hung probe.
+  `[health] database_timeout` seconds is a reason, not a hung probe. On the
+  public listener the figures (queue counts, free disk) go only to a client
+  with the metrics bearer token: the outbox's count rose by one for a known
+  address's "send me a new link", and told strangers who has an account.
 - `/metrics` is the Prometheus text format from `maildesk/metrics.py`. With
   `[metrics] bearer_token` (or `bearer_token_file`) set it needs
   `Authorization: Bearer <token>`. With `[metrics] port` set it is served
@@ -59,8 +62,9 @@ def install(app: web.Application, metrics: Metrics) -> None:
     app[HEALTH_CHECK] = Shared()
     app[SCRAPE] = Shared()
     app.router.add_get("/healthz", healthz)
+    app[TOKEN] = bearer_token(services.settings.metrics)
+    app[FIGURES_NEED_TOKEN] = True
     if services.settings.metrics.enabled and not services.settings.metrics.port:
-        app[TOKEN] = bearer_token(services.settings.metrics)
         app.router.add_get("/metrics", metrics_page)
 
 
@@ -162,6 +166,8 @@ class Shared(Generic[T]):
 
 
 HEALTH_CHECK = web.AppKey("health_check", Shared[health.Health])
+# The public listener's /healthz: its figures only for the bearer of the metrics token.
+FIGURES_NEED_TOKEN = web.AppKey("figures_need_token", bool)
 SCRAPE = web.AppKey("metrics_scrape", Shared[bytes])
 
 
@@ -177,16 +183,24 @@ async def healthz(request: web.Request) -> web.Response:
     )
     if result is None:
         result = health.unreachable(f"no answer within {timeout:g} s")
-    return web.json_response(result.as_json(), status=200 if result.ok else 503)
+    figures = not request.app.get(FIGURES_NEED_TOKEN, False) or _bears_token(request)
+    body = result.as_json() if figures else result.summary()
+    return web.json_response(body, status=200 if result.ok else 503)
+
+
+def _bears_token(request: web.Request) -> bool:
+    """Whether the request carries the metrics bearer token (False when none is set)."""
+    token = request.app[TOKEN]
+    if not token:
+        return False
+    # surrogateescape: header bytes that are no UTF-8 are a wrong token, not a 500.
+    presented = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(presented, f"Bearer {token}".encode())
 
 
 async def metrics_page(request: web.Request) -> web.Response:
-    token = request.app[TOKEN]
-    if token:
-        given = request.headers.get("Authorization", "")
-        # surrogateescape: header bytes that are no UTF-8 are a wrong token, not a 500.
-        presented = given.encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(presented, f"Bearer {token}".encode()):
+    if request.app[TOKEN]:
+        if not _bears_token(request):
             return web.Response(
                 status=401,
                 text="a bearer token is required\n",

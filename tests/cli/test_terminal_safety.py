@@ -71,9 +71,7 @@ def test_the_cli_prints_no_live_set_password_token(
     account."""
     daemon.send(make_mail(subject="Printer broken"))
     wait_for(lambda: len(tickets(daemon.services)) == 1, what="the ticket")
-    wait_for(
-        lambda: ticket(daemon.services, 1)["message_count"] == 2, what="the acknowledgement"
-    )
+    wait_for(lambda: ticket(daemon.services, 1)["message_count"] == 2, what="the acknowledgement")
 
     outputs = {}
     for command in (("tickets", "show", "1"), ("tickets", "export")):
