@@ -114,9 +114,9 @@ class Daemon:
                 listener = await start_server(settings.smtp, handler, hostname)
             except OSError as exc:
                 raise bind_failure("smtp", settings.smtp.host, settings.smtp.port, exc) from exc
-            limiter = listener.limiter
-            if limiter is not None:
-                self.metrics.watch_sessions(lambda: limiter.active)
+            limiter, budget = listener.limiter, listener.budget
+            if limiter is not None and budget is not None:
+                self.metrics.watch_sessions(lambda: limiter.active, lambda: budget.held)
             listeners.append(listener)
             kind = "LMTP" if settings.smtp.lmtp else "SMTP"
             log.info("listening for %s on %s", kind, listener.address)

@@ -69,6 +69,8 @@ class SmtpSettings:
     max_recipients: int = 100
     # Seconds a client may take to send a whole command line or DATA line (slowloris).
     timeout: float = 60.0
+    # Megabytes all sessions' unfinished DATA may hold at once; past it, 452.
+    data_memory_mb: int = 256
 
 
 @dataclass(frozen=True)
@@ -508,6 +510,10 @@ def _check_ops(settings: Settings) -> None:
             raise ConfigError(f"[smtp] {key} must be at least 1")
     if smtp.timeout <= 0:
         raise ConfigError("[smtp] timeout must be a positive number of seconds")
+    if smtp.data_memory_mb * 1024 * 1024 < smtp.max_message_size:
+        raise ConfigError(
+            "[smtp] data_memory_mb must hold at least one message of max_message_size"
+        )
     for key in ("max_connections", "max_connections_per_ip"):
         if getattr(settings.web, key) < 1:
             raise ConfigError(f"[web] {key} must be at least 1")

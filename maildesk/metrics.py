@@ -76,6 +76,11 @@ class Metrics:
         self.smtp_sessions = Gauge(
             "maildesk_smtp_sessions", "SMTP/LMTP sessions open now.", registry=self.own
         )
+        self.smtp_data_held = Gauge(
+            "maildesk_smtp_data_held_bytes",
+            "Bytes of SMTP/LMTP DATA not yet ended, held in memory now ([smtp] data_memory_mb).",
+            registry=self.own,
+        )
         self.imap_polls = Counter(
             "maildesk_imap_polls", "IMAP polls of the mailbox.", registry=self.own
         )
@@ -133,8 +138,9 @@ class Metrics:
         method = method if method in HTTP_METHODS else "other"
         self.http_requests.labels(route, method, str(status)).inc()
 
-    def watch_sessions(self, count: Callable[[], int]) -> None:
+    def watch_sessions(self, count: Callable[[], int], held: Callable[[], int]) -> None:
         self.smtp_sessions.set_function(lambda: float(count()))
+        self.smtp_data_held.set_function(lambda: float(held()))
 
     def watch_workers(
         self, running: Callable[[], int], restarts: Callable[[], int], stuck: Callable[[], int]

@@ -24,7 +24,7 @@ from maildesk.inbound.recipients import Recipients
 from maildesk.inbound.room import NoRoom
 from maildesk.inbound.sessions import SessionLimiter, limited
 from maildesk.inbound.smtpaddress import parsed_once
-from maildesk.inbound.smtpdata import one_buffer
+from maildesk.inbound.smtpdata import DataBudget, one_buffer
 from maildesk.inbound.store import Envelope, InboundStore
 
 log = logging.getLogger("maildesk.inbound.smtp")
@@ -187,6 +187,7 @@ class Listener:
         # Weak: a finished session drops out by itself.
         self.sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self.limiter: SessionLimiter | None = None
+        self.budget: DataBudget | None = None
 
     @property
     def address(self) -> str:
@@ -253,10 +254,14 @@ async def start_server(settings: SmtpSettings, handler: InboundHandler, hostname
     """Listen on the configured address; returns the running listener."""
     listener = Listener()
     listener.limiter = SessionLimiter(settings.max_sessions, settings.max_sessions_per_ip)
+    listener.budget = DataBudget(settings.data_memory_mb * 1024 * 1024)
     # DATA read into one buffer (smtpdata.py): a large message costs its size, not 4x.
     # Addresses parsed without a class per command (smtpaddress.py).
     protocol = limited(
-        one_buffer(parsed_once(LMTP if settings.lmtp else SMTP)),
+        one_buffer(
+            parsed_once(LMTP if settings.lmtp else SMTP),
+            listener.budget,
+        ),
         listener.limiter,
         handler.on_refused,
     )

@@ -20,7 +20,13 @@ sent, so the replies are the same; commands are read with aiosmtpd's limit,
 as before.
 
 Unlike aiosmtpd, a session whose connection is gone before the final dot never
-calls the handler: only a message ended by its dot is stored. Written against
+calls the handler: only a message ended by its dot is stored.
+
+What every session's unfinished DATA holds together is bounded by a `DataBudget`
+(`[smtp] data_memory_mb`): a message that would take it past the budget is read to
+its dot and answered 452 (try later), its bytes not kept. Sessions that each sent
+most of `max_message_size` and then one line a minute (each line resets the
+timeout) held 2.6 GB of serve's memory for as long as they liked. Written against
 aiosmtpd 1.4.6 (it uses its `_reader`, `_writer`, `_call_handler_hook` and
 `_set_post_data_state`): tests/inbound/test_smtp*.py cover it on an upgrade.
 """
@@ -39,6 +45,7 @@ log = logging.getLogger("maildesk.inbound.smtp")
 START = "354 End data with <CR><LF>.<CR><LF>"
 TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 TOO_MUCH = "552 Error: Too much mail data"
+FULL = "452 4.3.1 Too much mail arriving at once, try again later"
 DOT_LINE = b".\r\n"
 END = b"\r\n" + DOT_LINE  # a line of a dot alone, after another line
 # What the reader may hold during DATA before it stops reading the socket (twice
@@ -46,8 +53,26 @@ END = b"\r\n" + DOT_LINE  # a line of a dot alone, after another line
 DATA_BUFFER = 64 * 1024
 
 
-def one_buffer(protocol: type[SMTP]) -> type[SMTP]:
-    """`protocol` (SMTP or LMTP) reading DATA into one bytearray."""
+class DataBudget:
+    """Bytes that DATA not yet ended holds, over all sessions of one listener (one
+    event loop: no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+def one_buffer(protocol: type[SMTP], budget: DataBudget) -> type[SMTP]:
+    """`protocol` (SMTP or LMTP) reading DATA into one bytearray, within `budget`."""
 
     lmtp = issubclass(protocol, LMTP)
 
@@ -55,6 +80,7 @@ def one_buffer(protocol: type[SMTP]) -> type[SMTP]:
         # The message being read: bytes on the wire so far, and the refusal it earned.
         _md_size = 0
         _md_refusal: str | None = None
+        _md_held = 0  # bytes of it counted in `budget`
 
         async def smtp_DATA(self, arg: str) -> None:
             if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -74,6 +100,14 @@ def one_buffer(protocol: type[SMTP]) -> type[SMTP]:
                 content = await self._read_data()
             finally:
                 reader._limit = self.line_length_limit
+            try:
+                await self._answer(content)
+            finally:
+                budget.give(self._md_held)  # stored by now, or never to be
+                self._md_held = 0
+
+        async def _answer(self, content: bytearray | str | None) -> None:
+            assert self.envelope is not None
             if content is None:  # the connection went away before the final dot
                 return
             if isinstance(content, str):  # refused: every byte was read, nothing kept
@@ -143,14 +177,22 @@ def one_buffer(protocol: type[SMTP]) -> type[SMTP]:
                 self._refuse(content, TOO_MUCH if limit and earlier > limit else TOO_LONG)
             elif limit and self._md_size > limit:
                 self._refuse(content, TOO_MUCH)
-            elif lines.startswith(b".") or b"\r\n." in lines:
-                content += b"\r\n".join(line[1:] if line[:1] == b"." else line for line in split)
+            elif not budget.take(len(lines)):
+                self._refuse(content, FULL)
             else:
-                content += lines
+                self._md_held += len(lines)
+                if lines.startswith(b".") or b"\r\n." in lines:
+                    content += b"\r\n".join(
+                        line[1:] if line[:1] == b"." else line for line in split
+                    )
+                else:
+                    content += lines
 
         def _refuse(self, content: bytearray, refusal: str) -> None:
             """The first refusal is the one sent; nothing more is kept."""
             self._md_refusal = self._md_refusal or refusal
             content.clear()  # give the memory back at once
+            budget.give(self._md_held)
+            self._md_held = 0
 
     return OneBuffer

@@ -12,7 +12,9 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from maildesk.config import from_mapping
+import pytest
+
+from maildesk.config import ConfigError, from_mapping
 from maildesk.tickets.tokens import ReplyTokens
 from tests.conftest import RunningDaemon, make_mail, running_daemon, wait_for
 from tests.helpers import tickets
@@ -243,3 +245,63 @@ def test_recipients_over_the_cap_get_452_and_the_mail_is_taken_for_the_rest(
         registry = running.daemon.metrics.registry
         refused = {"reason": "too_many_recipients"}
         assert registry.get_sample_value("maildesk_smtp_refused_total", refused) == 2
+
+
+def test_unfinished_data_of_all_sessions_is_held_within_a_budget(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any
+) -> None:
+    """Each session's DATA is kept in memory until its final dot. Sessions that each sent
+    most of `max_message_size`, then a line a minute (each line resets the timeout),
+    held their sum in serve's memory for as long as they liked: 2.6 GB from 100 of
+    them. Past `[smtp] data_memory_mb`, a message is read to its dot, nothing of it
+    kept, and answered 452: its sender tries again later, and gets in."""
+    config_values["smtp"].update(max_message_size=700_000, data_memory_mb=1)
+    line = b"y" * 76 + b"\r\n"
+    lines = line * (560_000 // len(line))
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        registry = running.daemon.metrics.registry
+
+        def held() -> float:
+            return registry.get_sample_value("maildesk_smtp_data_held_bytes") or 0.0
+
+        slow = _in_data(running, "slow@customer.test")
+        slow.sock.sendall(
+            b"From: slow@customer.test\r\nSubject: slow\r\n\r\n" + lines
+        )  # and no final dot, yet
+        # All but its last line's end, which the reader keeps until more comes.
+        wait_for(lambda: held() > len(lines) - 1000, what="the slow session's lines held")
+
+        fast = _in_data(running, "fast@customer.test")
+        fast.sock.sendall(b"From: fast@customer.test\r\nSubject: fast\r\n\r\n" + lines + b".\r\n")
+        assert fast.reply().startswith("452 4.3.1")
+        assert held() < len(lines) + 100_000  # none of the refused message was kept
+
+        slow.sock.sendall(b".\r\n")
+        assert slow.reply().startswith("250")
+        wait_for(lambda: held() == 0, what="the budget given back")
+        assert fast.command("MAIL FROM:<fast@customer.test>").startswith("250")
+        assert fast.command("RCPT TO:<support@example.test>").startswith("250")
+        assert fast.command("DATA").startswith("354")
+        fast.sock.sendall(b"From: fast@customer.test\r\nSubject: fast\r\n\r\n" + lines + b".\r\n")
+        assert fast.reply().startswith("250")
+        for client in (slow, fast):
+            client.close()
+        wait_for(lambda: len(tickets(running.services)) == 2, what="both tickets")
+
+
+def _in_data(running: RunningDaemon, sender: str) -> RawSmtp:
+    client = connect(running)
+    assert client.reply().startswith("220")
+    assert client.command("EHLO client.test").startswith("250")
+    assert client.command(f"MAIL FROM:<{sender}>").startswith("250")
+    assert client.command("RCPT TO:<support@example.test>").startswith("250")
+    assert client.command("DATA").startswith("354")
+    return client
+
+
+def test_a_data_budget_smaller_than_one_message_is_refused_when_the_config_loads(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    config_values["smtp"].update(max_message_size=30 * 1024 * 1024, data_memory_mb=16)
+    with pytest.raises(ConfigError, match="data_memory_mb must hold at least one message"):
+        from_mapping(config_values, base_dir=tmp_path)
