@@ -86,6 +86,7 @@ def test_a_size_that_would_cross_the_reserve_is_refused_at_mail_and_data_is_chec
     # Room for 2.5 GB: a declared 5 GB does not fit, a small message does, with
     # gigabytes to spare for whatever else writes to the disk meanwhile.
     config_values["smtp"]["max_message_size"] = 10 * 1024 * MB
+    config_values["smtp"]["data_memory_mb"] = 10 * 1024  # one such message may be held
     config_values["limits"] = {"accept_min_free_mb": max(free_mb(tmp_path) - 2560, 1)}
     small = make_mail(message_id="<small@customer.test>")
     settings = from_mapping({**config_values, "workers": {"count": 0}}, base_dir=tmp_path)
