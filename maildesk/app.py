@@ -218,7 +218,13 @@ class Daemon:
         def put(raw: bytes) -> int:
             return store.put(raw, Envelope(source="imap"))
 
-        poller = ImapPoller(imap, put, on_poll=self.metrics.imap_polled, fits=store.fits)
+        poller = ImapPoller(
+            imap,
+            put,
+            on_poll=self.metrics.imap_polled,
+            fits=store.fits,
+            max_size=self.settings.smtp.max_message_size,
+        )
         # One instance polls a mailbox at a time (several instances on one PostgreSQL).
         mailbox = f"maildesk:imap:{imap.username}@{imap.host}:{imap.port}/{imap.folder}"
 

@@ -82,6 +82,8 @@ class ImapSettings:
     password: str = field(default="", repr=False)
     folder: str = "INBOX"
     processed_folder: str = "Processed"
+    # Messages over [smtp] max_message_size are moved here unfetched.
+    too_large_folder: str = "Too-large"
     idle: bool = True
     poll_interval: float = 60.0
 

@@ -7,6 +7,10 @@ where it is and is fetched again on the next poll, while the rest of the batch
 goes ahead. If the connection drops between store and move, the message is
 stored twice; that is the price of never losing one, and the store dedupes.
 
+A message over `max_size` (`[smtp] max_message_size`, the limit SMTP answers 552
+to) is moved to `too_large_folder` without being fetched, with a warning: fetched,
+a 200 MB message cost the poller 236 MB and was stored whole, to be quarantined.
+
 `run` loops: poll, then IDLE until the server reports a change (or the refresh
 interval passes), or sleep `poll_interval` when IDLE is off or not offered.
 Connection errors reconnect with exponential back-off. The password is never
@@ -72,9 +76,12 @@ class ImapPoller:
         backoff_max: float = 300.0,
         wait: Callable[[float], bool] | None = None,
         fits: Callable[[int], bool] = lambda size: True,
+        max_size: int = 0,
     ) -> None:
         self._settings = settings
         self._store = store
+        self._max_size = max_size  # 0: no limit
+        self._too_large: list[int] = []  # this poll's UIDs over it
         # Whether a message of this size leaves the disk's reserve (inbound/room.py): one
         # that does not is left on the server, not even fetched.
         self._fits = fits
@@ -100,9 +107,12 @@ class ImapPoller:
             uids = self._waiting(client)
             stored = failed = 0
             self._skipped = self._no_room = 0
+            self._too_large = []
             for batch in self._batches(client, uids):
                 ok, bad = self._process_batch(client, batch)
                 stored, failed = stored + ok, failed + bad
+            if self._too_large:
+                self._move(client, self._too_large, self._settings.too_large_folder)
             failed += self._skipped
         except CONNECTION_ERRORS:
             self._on_poll(True)
@@ -113,12 +123,13 @@ class ImapPoller:
         # An empty poll every interval is routine; only polls that found mail are INFO.
         log.log(
             logging.INFO if uids else logging.DEBUG,
-            "imap poll %s: %d found, %d stored, %d left for retry%s",
+            "imap poll %s: %d found, %d stored, %d left for retry%s%s",
             self._settings.folder,
             len(uids),
             stored,
             failed,
             f" ({self._no_room} for want of disk room)" if self._no_room else "",
+            f", {len(self._too_large)} too large" if self._too_large else "",
         )
         return stored
 
@@ -177,8 +188,9 @@ class ImapPoller:
         client = IMAPClient(s.host, port=s.port, ssl=s.ssl, use_uid=True, timeout=SOCKET_TIMEOUT)
         try:
             client.login(s.username, s.password)
-            if not client.folder_exists(s.processed_folder):
-                client.create_folder(s.processed_folder)
+            for folder in (s.processed_folder, s.too_large_folder):
+                if not client.folder_exists(folder):
+                    client.create_folder(folder)
             client.select_folder(s.folder)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -221,6 +233,17 @@ class ImapPoller:
         batch: dict[int, int] = {}
         total = 0
         for uid, size in self._sizes(client, uids):
+            if self._max_size and size > self._max_size:
+                log.warning(
+                    "imap uid %d is %d bytes, over [smtp] max_message_size (%d): moved to %s "
+                    "unfetched",
+                    uid,
+                    size,
+                    self._max_size,
+                    self._settings.too_large_folder,
+                )
+                self._too_large.append(uid)
+                continue
             if not self._fits(total + size):
                 self._skipped += 1
                 self._no_room += 1
@@ -289,11 +312,10 @@ class ImapPoller:
             stored.append(uid)
         if stored:
             self._notify()
-            self._move(client, stored)
+            self._move(client, stored, self._settings.processed_folder)
         return len(stored), failed
 
-    def _move(self, client: IMAPClient, uids: list[int]) -> None:
-        target = self._settings.processed_folder
+    def _move(self, client: IMAPClient, uids: list[int], target: str) -> None:
         if client.has_capability("MOVE"):
             client.move(uids, target)
             return

@@ -493,3 +493,23 @@ def test_a_folder_of_thousands_is_polled_whole(monkeypatch: pytest.MonkeyPatch) 
             poller.close()
         assert dovecot.messages("INBOX") == []
     assert store.stored == sent  # in the order they came
+
+
+def test_a_message_over_the_size_limit_is_moved_aside_unfetched(dovecot: Dovecot) -> None:
+    """SMTP answers 552 to a message over `[smtp] max_message_size`; IMAP fetched it whole
+    (a 200 MB one cost the poller 236 MB), stored it, and it was quarantined later."""
+    large = message(2) + b"x" * 76 * 2000
+    sent = [message(1), large, message(3)]
+    for raw in sent:
+        dovecot.append("INBOX", raw)
+    store = Recorder()
+    poller = ImapPoller(dovecot.settings(), store, max_size=100_000)
+    try:
+        assert poller.poll_once() == 2
+    finally:
+        poller.close()
+    assert len(large) > 100_000
+    assert store.stored == [message(1), message(3)]
+    assert dovecot.messages("INBOX") == []
+    assert dovecot.messages("Too-large") == [large]  # nothing lost: ops find it there
+    assert [SEEN in f for f in flags(dovecot, "Too-large")] == [False]
