@@ -280,14 +280,18 @@ class OutboxSender:
         A sender whose process stalled (SIGSTOP, a paused VM, a starved CPU) past its
         lease found, when it resumed, rows another sender had claimed and sent since,
         and sent them again: only the message on the wire during the stall may go out
-        twice (SMTP's own window), never one not yet begun.
+        twice (SMTP's own window), never one not yet begun. When it is ours, the read
+        stays open for the row's bytes (`_raw` ends it): a read of its own cost more
+        than the check.
         """
         try:
             found = _HELD.first(reader, {"id": outbox_id, "token": token})
-        finally:
+        except BaseException:
             rawbytes.end_reads(reader)
+            raise
         if found is not None and as_utc(found[0]) - self.clock.now() > keeper.every:
             return True
+        rawbytes.end_reads(reader)
         if found is not None and outbox_id in keeper.renew_now([outbox_id]):
             return True
         log.warning("outbox %d: no longer ours (our lease ran out); left to its new owner",
