@@ -315,7 +315,7 @@ def _mime_view(msg: EmailMessage) -> EmailMessage:
 
 def clean_text(value: str) -> str:
     """Fold control characters and Unicode line separators to single spaces."""
-    return fold_controls(value).strip()
+    return _CONTROL.sub(" ", value).strip()
 
 
 def fold_controls(value: str) -> str:

@@ -14,7 +14,6 @@ are one statement on the driver's cursor (`hotsql.py`), built once.
 
 from __future__ import annotations
 
-import re
 import secrets
 import threading
 from dataclasses import dataclass
@@ -108,7 +107,7 @@ def mailbox(address: str) -> str:
         return address.lower()
     if len(local) > 1 and local[0] == local[-1] == '"':
         local = local[1:-1]
-    base = re.split(r"[+-]", local, maxsplit=1)[0] or local
+    base = local.partition("+")[0].partition("-")[0] or local  # before the first of either
     domain = domain.rstrip(".")
     if not domain.isascii() and len(domain) <= 253:  # punycode is quadratic in a label
         try:
