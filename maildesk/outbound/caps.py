@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.hotsql import Hot
 from maildesk.models import AutoReplyMinute, Outbox
+from maildesk.outbound import headers
 
 
 def _count_up_to_cap(cap: str, *where: ColumnElement[bool]) -> ScalarSelect[Any]:
@@ -109,9 +110,9 @@ def mailbox(address: str) -> str:
         local = local[1:-1]
     base = local.partition("+")[0].partition("-")[0] or local  # before the first of either
     domain = domain.rstrip(".")
-    if not domain.isascii() and len(domain) <= 253:  # punycode is quadratic in a label
+    if not domain.isascii():
         try:
-            domain = domain.encode("idna").decode("ascii")
+            domain = headers.a_label(domain)
         except UnicodeError:
             pass  # not a name that resolves: kept as written
     if domain in _DOTLESS:

@@ -23,6 +23,8 @@ import string
 import unicodedata
 from collections.abc import Sequence
 
+import idna
+
 FOLD_AT = 78
 MAX_LINE = 998
 MAX_WORD = 75  # RFC 2047's limit for one encoded word
@@ -81,7 +83,7 @@ def check_address(header: str, value: str) -> str:
     local, at, domain = value.rpartition("@")
     if at and domain and not domain.isascii():
         try:
-            domain = domain.encode("idna").decode("ascii")
+            domain = a_label(domain)
         except UnicodeError:
             raise HeaderError(f"{header}: unusable domain in {value!r}") from None
     address = f"{local}@{domain}"
@@ -89,6 +91,16 @@ def check_address(header: str, value: str) -> str:
     if not _ADDRESS.fullmatch(address) or "=?" in local or len(local) > 64 or len(address) > 254:
         raise HeaderError(f"{header}: not a plain address: {value!r}")
     return address
+
+
+def a_label(domain: str) -> str:
+    """A Unicode domain's ASCII form, as IDNA 2008 (with UTS #46 mapping) writes it;
+    UnicodeError if it has none. Python's own "idna" codec is IDNA 2003, which maps
+    `straße.de` to `strasse.de`, another domain: an account, a cap, a reply would be
+    someone else's."""
+    if len(domain) > 253:  # no name is longer, and punycode is quadratic in a label
+        raise UnicodeError("domain too long")
+    return idna.encode(domain, uts46=True).decode("ascii")
 
 
 def writable(value: str) -> str | None:

@@ -335,6 +335,9 @@ def test_huge_subject_is_cut_not_refused() -> None:
 def test_unicode_domain_is_written_as_a_label() -> None:
     message = parse(compose(make_mail(to=(Address("info@příklad.cz"),))))
     assert [a.addr_spec for a in message["To"].addresses] == ["info@xn--pklad-zsa96e.cz"]
+    # IDNA 2008: ß is a letter of its own, not "ss" (IDNA 2003, Python's codec).
+    message = parse(compose(make_mail(to=(Address("info@straße.de"),))))
+    assert [a.addr_spec for a in message["To"].addresses] == ["info@xn--strae-oqa.de"]
 
 
 def test_verify_header_block_catches_an_extra_header() -> None:

@@ -74,3 +74,20 @@ def test_an_address_with_a_unicode_domain_logs_in_as_it_is_stored(
     client.get("/login")
     answer = client.post("/login", {"email": "Alice@čšk.cz", "password": PASSWORD})
     assert answer.status == 303, answer.text
+
+
+def test_a_domain_that_idna_2003_maps_away_reaches_only_its_own_account(
+    daemon: RunningDaemon,
+) -> None:
+    """Python's "idna" codec is IDNA 2003: `straße.de` became `strasse.de`, another
+    domain, and the customer of one typed her way into the other's account (and its
+    set-password links went there)."""
+    customer(daemon.services, "alice@strasse.de")
+    client = Client(base_url(daemon))
+    client.get("/login")
+    answer = client.post("/login", {"email": "alice@straße.de", "password": PASSWORD})
+    assert answer.status != 303
+    customer(daemon.services, "alice@xn--strae-oqa.de")
+    client.get("/login")
+    answer = client.post("/login", {"email": "alice@straße.de", "password": PASSWORD})
+    assert answer.status == 303, answer.text
