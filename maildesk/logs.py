@@ -199,11 +199,12 @@ class ReadableFormatter(logging.Formatter):
             line = f"{line}  {extra}"
         # Strangers' words (a Message-ID, a subject) are in messages: a control
         # character would retitle or clear the terminal, a line break forge a line.
-        line = _TERMINAL_UNSAFE.sub(_escaped, line)
+        # Redacted first: a link wrapped or quoted across lines is found by its breaks.
+        line = _TERMINAL_UNSAFE.sub(_escaped, redact(line))
         if record.exc_info:
-            trace = self.formatException(record.exc_info)
+            trace = redact(self.formatException(record.exc_info))
             line = f"{line}\n{_TERMINAL_UNSAFE_BUT_LINES.sub(_escaped, trace)}"
-        return redact(line)
+        return line
 
 
 class _JournalPrefix(logging.Formatter):

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from maildesk import logs
+from maildesk.logs import JsonFormatter, ReadableFormatter
+from tests.test_redaction import SHAPES, TOKEN
 
 
 def test_json_lines_off_a_terminal_with_context_and_the_traceback_inside(
@@ -165,3 +167,16 @@ def test_a_block_that_logs_without_end_holds_a_bounded_number_of_lines(
         assert len(stream.getvalue().splitlines()) == logs.MOST_HELD  # written at the cap
     lines = [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
     assert lines == [f"line {n}" for n in range(logs.MOST_HELD + 5)]
+
+
+@pytest.mark.parametrize("shape", ["qp soft breaks", "wrapped", "wrapped three times"])
+def test_the_readable_log_redacts_a_link_cut_across_lines(shape: str) -> None:
+    """The readable log escaped line breaks before it redacted: a link wrapped or
+    quoted across lines was no longer found, and its token's tail was logged."""
+    text = SHAPES[shape]
+    record = logging.LogRecord("maildesk.test", logging.WARNING, __file__, 1,
+                               "body excerpt: %s", (text,), None)  # fmt: skip
+    json_line = JsonFormatter(timestamps=False).format(record)
+    assert TOKEN[-20:] not in json_line  # the JSON log redacts it (before encoding)
+    line = ReadableFormatter(timestamps=False).format(record)
+    assert TOKEN[-20:] not in line, line

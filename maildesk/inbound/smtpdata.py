@@ -97,13 +97,15 @@ def one_buffer(protocol: type[SMTP], budget: DataBudget) -> type[SMTP]:
             reader = self._reader
             reader._limit = DATA_BUFFER
             try:
-                content = await self._read_data()
-            finally:
-                reader._limit = self.line_length_limit
-            try:
+                try:
+                    content = await self._read_data()
+                finally:
+                    reader._limit = self.line_length_limit
                 await self._answer(content)
             finally:
-                budget.give(self._md_held)  # stored by now, or never to be
+                # Stored by now, or never to be: the client hung up, timed out (both
+                # cancel this task), or the handler failed.
+                budget.give(self._md_held)
                 self._md_held = 0
 
         async def _answer(self, content: bytearray | str | None) -> None:

@@ -289,6 +289,54 @@ def test_unfinished_data_of_all_sessions_is_held_within_a_budget(
         wait_for(lambda: len(tickets(running.services)) == 2, what="both tickets")
 
 
+def test_a_message_cut_off_mid_data_gives_its_budget_back(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any
+) -> None:
+    """A hang-up or a timeout cancels DATA's task: its bytes stayed counted, and after
+    256 MB of them every message was answered 452 until serve restarted."""
+    config_values["smtp"].update(max_message_size=700_000, data_memory_mb=1)
+    line = b"y" * 76 + b"\r\n"
+    lines = line * (560_000 // len(line))
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        registry = running.daemon.metrics.registry
+
+        def held() -> float:
+            return registry.get_sample_value("maildesk_smtp_data_held_bytes") or 0.0
+
+        cut = _in_data(running, "cut@customer.test")
+        cut.sock.sendall(b"From: cut@customer.test\r\nSubject: cut\r\n\r\n" + lines)
+        wait_for(lambda: held() > len(lines) - 1000, what="the lines held")
+        cut.close()  # the connection goes away before the final dot
+        no_sessions(running)
+        # Nothing of the lost message is held any more ...
+        wait_for(lambda: held() == 0, what="the budget given back")
+        # ... and the next message of the same size is taken, not answered 452.
+        ok = _in_data(running, "next@customer.test")
+        ok.sock.sendall(b"From: next@customer.test\r\nSubject: next\r\n\r\n" + lines + b".\r\n")
+        assert ok.reply().startswith("250")
+        ok.close()
+
+
+def test_a_session_that_times_out_mid_data_gives_its_budget_back(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any
+) -> None:
+    config_values["smtp"].update(max_message_size=700_000, data_memory_mb=1, timeout=0.5)
+    line = b"y" * 76 + b"\r\n"
+    lines = line * (560_000 // len(line))
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        registry = running.daemon.metrics.registry
+
+        def held() -> float:
+            return registry.get_sample_value("maildesk_smtp_data_held_bytes") or 0.0
+
+        slow = _in_data(running, "slow@customer.test")
+        slow.sock.sendall(b"From: slow@customer.test\r\nSubject: slow\r\n\r\n" + lines)
+        assert slow.closed_by_server()  # hung up on for its silence
+        slow.close()
+        no_sessions(running)
+        wait_for(lambda: held() == 0, what="the budget given back")
+
+
 def _in_data(running: RunningDaemon, sender: str) -> RawSmtp:
     client = connect(running)
     assert client.reply().startswith("220")
