@@ -13,7 +13,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, insert, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
@@ -28,6 +40,7 @@ from maildesk.models import (
     Agent,
     Attachment,
     Blob,
+    Inbound,
     Message,
     MessageRef,
     Outbox,
@@ -52,22 +65,46 @@ _STORED_AS = Hot(
         Message.message_id == bindparam("mid")
     )
 )
-# Stored messages that name an arriving one, read to find one it may join: more are
-# a thread that named it often, and the first few tell as much as all of them.
-_REFERENCING_ROWS = 20
-_REFERENCING = Hot(
-    select(Message.ticket_id, Message.from_addr, Person.email)
-    .join(MessageRef, MessageRef.message_pk == Message.id)
+
+
+def _referencing(*where: ColumnElement[bool]) -> Select[Any]:
+    """The ticket of the first stored message naming `mid` that could itself be a key
+    (see `Tickets.thread_key`), and meets `where`."""
+    return (
+        select(Message.ticket_id)
+        .join(MessageRef, MessageRef.message_pk == Message.id)
+        .where(
+            MessageRef.ref_id == bindparam("mid"),
+            Message.kind != "bounce",
+            or_(Message.proof != "", Message.from_addr == bindparam("sender")),
+            *where,
+        )
+        .order_by(Message.id)
+        .limit(1)
+    )
+
+
+# In the sender's own ticket: her follow-up came first.
+_REFERENCING_OWN = Hot(
+    _referencing(Person.email == bindparam("sender"))
     .join(Ticket, Ticket.id == Message.ticket_id)
     .join(Person, Person.id == Ticket.requester_id)
-    .where(
-        MessageRef.ref_id == bindparam("mid"),
-        Message.kind != "bounce",
-        or_(Message.proof != "", Message.from_addr == bindparam("sender")),
-    )
-    .order_by(Message.id)
-    .limit(_REFERENCING_ROWS)
 )
+# Of an imported archive: any writer's reply leads its original.
+_REFERENCING_ARCHIVE = Hot(
+    _referencing(Inbound.source == "import").join(Inbound, Inbound.id == Message.inbound_id)
+)
+# The addresses of an arriving mail's To and Cc that a reply that came first is looked
+# up from: a colleague answering everyone is among the first of them.
+_ADDRESSED = 100
+
+
+@functools.lru_cache(maxsize=128)
+def _referencing_from(count: int) -> Hot:
+    """From one of `count` addresses (`a0` …) the arriving mail was sent to."""
+    return Hot(_referencing(Message.from_addr.in_([bindparam(f"a{i}") for i in range(count)])))
+
+
 # The person's columns a processed message reads; `created_at` loads if something
 # reads it (`_loaded_person`).
 _PERSON_COLUMNS = (
@@ -442,15 +479,24 @@ class Tickets:
         for the writer's own ticket: a stranger who wrote `In-Reply-To: <the id he
         expects>` to his own ticket's reply address took the victim's mail, when it
         came, into his ticket, and the agents' answers to her went to him.
-        `any_writer`: an imported archive's reply leads its original, whoever wrote it.
+        `any_writer`: an imported archive's reply leads its original, whoever wrote it
+        (replies imported only: not a stranger's trap laid by live mail).
         """
-        sender = sender.lower()
-        recipients = {address.lower() for address in addressed}
-        values = {"mid": message_id, "sender": sender}
-        for ticket_id, writer, requester in _REFERENCING.all(self._rows, values):
-            if any_writer or requester == sender or writer in recipients:
-                return int(ticket_id)
-        return None
+        values = {"mid": message_id, "sender": sender.lower()}
+        if any_writer:
+            found: int | None = _REFERENCING_ARCHIVE.scalar(self._rows, values)
+            if found is not None:
+                return found
+        found = _REFERENCING_OWN.scalar(self._rows, values)
+        if found is not None:
+            return found
+        recipients = list(dict.fromkeys(address.lower() for address in addressed))
+        recipients = recipients[:_ADDRESSED]
+        if not recipients:
+            return None
+        those = {f"a{i}": address for i, address in enumerate(recipients)}
+        found = _referencing_from(len(recipients)).scalar(self._rows, {**values, **those})
+        return found
 
     # -- changes ------------------------------------------------------------
 

@@ -478,3 +478,36 @@ def test_a_colleagues_reply_all_that_comes_first_still_leads_the_original(
     assert len(tickets(services)) == 1
     [alices] = [m for m in ticket(services, 1)["messages"] if m["from"] == "alice@customer.test"]
     assert alices["thread_rule"] == "references"
+
+
+ORIGINAL_9 = "<alice-orig-9@customer.test>"
+
+
+@pytest.mark.parametrize("traps", [0, 20])
+def test_her_own_early_follow_up_leads_her_original_whatever_strangers_wrote(
+    services: Services, traps: int
+) -> None:
+    """Mallory writes `In-Reply-To: <the id he expects>` to his own ticket's reply address
+    (proof: reply_token), twenty times. Alice's follow-up then arrives before her
+    original (a slow relay), opening her ticket. Her original joins her ticket, as it
+    does without Mallory's mail: his traps were filtered out after a LIMIT of 20 rows
+    had cut hers off."""
+    receive(services, make_mail(subject="Hello", sender="mallory@evil.test"),
+            mail_from="mallory@evil.test")  # fmt: skip
+    secret = _reply_address(services)
+    for n in range(traps):
+        trap = make_mail(subject="Re: Hello", sender="mallory@evil.test", to=secret,
+                         body=f"trap {n}", message_id=f"<trap-{n}@evil.test>",
+                         In_Reply_To=ORIGINAL_9)  # fmt: skip
+        receive(services, trap, mail_from="mallory@evil.test", rcpt_to=(secret,))
+    assert len(ticket(services, 1)["messages"]) == 2 + traps
+
+    follow_up = make_mail(subject="Re: Printer broken", body="Contract 4711.",
+                          message_id="<alice-follow-9@customer.test>",
+                          In_Reply_To=ORIGINAL_9, References=ORIGINAL_9)  # fmt: skip
+    receive(services, follow_up)
+    receive(services, make_mail(subject="Printer broken", body="It jams.",
+                                message_id=ORIGINAL_9))  # fmt: skip
+
+    alices = [t for t in tickets(services) if t["requester"] == "alice@customer.test"]
+    assert len(alices) == 1, alices  # her original joined the ticket her follow-up opened
