@@ -18,6 +18,7 @@ password). All times come from the injected clock.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -60,11 +61,12 @@ class Health:
         return self.status == OK
 
     def summary(self) -> dict[str, Any]:
-        """What anyone may see: the status and its reasons without the counts each puts
-        in parentheses (a count of waiting mail moves with one person's mail)."""
+        """What anyone may see: the status and its reasons without a figure (a count of
+        waiting or quarantined mail moves with one person's mail; a disk's size is
+        nobody's business)."""
         return {
             "status": self.status,
-            "reasons": [reason.split(" (", 1)[0] for reason in self.reasons],
+            "reasons": [_without_figures(reason) for reason in self.reasons],
             "database": "ok" if self.database else "unreachable",
         }
 
@@ -79,6 +81,15 @@ class Health:
         if self.backlog is not None:
             body.update(asdict(self.backlog))
         return body
+
+
+def _without_figures(reason: str) -> str:
+    """`reason` without its parentheses, each number an "N"."""
+    return _NUMBER.sub("N", _PARENTHESES.sub("", reason))
+
+
+_PARENTHESES = re.compile(r"\s*\([^)]*\)")
+_NUMBER = re.compile(r"\d[\d.,]*")
 
 
 def check(settings: Settings, db: Database | None, clock: Clock) -> Health:

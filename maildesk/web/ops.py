@@ -4,9 +4,10 @@
   "reasons": [...], …}` from `maildesk/health.py` (the same answer as
   `maildesk status`). A database that does not answer within
   `[health] database_timeout` seconds is a reason, not a hung probe. On the
-  public listener the figures (queue counts, free disk) go only to a client
-  with the metrics bearer token: the outbox's count rose by one for a known
-  address's "send me a new link", and told strangers who has an account.
+  public listener the figures (queue counts, free disk, a reason's numbers) go
+  only to a client with the metrics bearer token: the outbox's count rose by one
+  for a known address's "send me a new link", and told strangers who has an
+  account.
 - `/metrics` is the Prometheus text format from `maildesk/metrics.py`. With
   `[metrics] bearer_token` (or `bearer_token_file`) set it needs
   `Authorization: Bearer <token>`. With `[metrics] port` set it is served
@@ -62,7 +63,10 @@ def install(app: web.Application, metrics: Metrics) -> None:
     app[HEALTH_CHECK] = Shared()
     app[SCRAPE] = Shared()
     app.router.add_get("/healthz", healthz)
-    app[TOKEN] = bearer_token(services.settings.metrics)
+    # With metrics off, no token is read (a missing token file stops nothing), and the
+    # figures are `maildesk status`'s only.
+    metrics_on = services.settings.metrics.enabled
+    app[TOKEN] = bearer_token(services.settings.metrics) if metrics_on else ""
     app[FIGURES_NEED_TOKEN] = True
     if services.settings.metrics.enabled and not services.settings.metrics.port:
         app.router.add_get("/metrics", metrics_page)
