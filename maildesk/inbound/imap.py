@@ -112,7 +112,7 @@ class ImapPoller:
                 ok, bad = self._process_batch(client, batch)
                 stored, failed = stored + ok, failed + bad
             if self._too_large:
-                self._move(client, self._too_large, self._settings.too_large_folder)
+                self._move_aside(client, self._too_large)
             failed += self._skipped
         except CONNECTION_ERRORS:
             self._on_poll(True)
@@ -188,9 +188,8 @@ class ImapPoller:
         client = IMAPClient(s.host, port=s.port, ssl=s.ssl, use_uid=True, timeout=SOCKET_TIMEOUT)
         try:
             client.login(s.username, s.password)
-            for folder in (s.processed_folder, s.too_large_folder):
-                if not client.folder_exists(folder):
-                    client.create_folder(folder)
+            if not client.folder_exists(s.processed_folder):
+                client.create_folder(s.processed_folder)
             client.select_folder(s.folder)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -314,6 +313,20 @@ class ImapPoller:
             self._notify()
             self._move(client, stored, self._settings.processed_folder)
         return len(stored), failed
+
+    def _move_aside(self, client: IMAPClient, uids: list[int]) -> None:
+        """Move messages too large to fetch into `too_large_folder`, made when first
+        needed. A server that refuses it (one whose folders must be under `INBOX.`)
+        leaves them where they are, with an error: the rest of the mail still comes in."""
+        folder = self._settings.too_large_folder
+        try:
+            if not client.folder_exists(folder):
+                client.create_folder(folder)
+            self._move(client, uids, folder)
+        except IMAPClientError as exc:
+            log.error("imap: %d messages too large to fetch left in %s: cannot move them to "
+                      "%s ([imap] too_large_folder): %s", len(uids), self._settings.folder,
+                      folder, exc)  # fmt: skip
 
     def _move(self, client: IMAPClient, uids: list[int], target: str) -> None:
         if client.has_capability("MOVE"):

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from imapclient import SEEN, IMAPClient
+from imapclient.exceptions import IMAPClientError
 
 from maildesk.config import ImapSettings
 from maildesk.inbound import imap
@@ -513,3 +514,67 @@ def test_a_message_over_the_size_limit_is_moved_aside_unfetched(dovecot: Dovecot
     assert dovecot.messages("INBOX") == []
     assert dovecot.messages("Too-large") == [large]  # nothing lost: ops find it there
     assert [SEEN in f for f in flags(dovecot, "Too-large")] == [False]
+
+
+# Courier-style: every folder lives under INBOX. (a common hosting setup). An existing
+# install has processed_folder = "INBOX.Processed"; the new default too_large_folder
+# "Too-large" cannot be created there.
+_NAMESPACE = """
+namespace inbox {
+  prefix = INBOX.
+  separator = .
+  inbox = yes
+}
+"""
+
+
+class PrefixedDovecot(Dovecot):
+    def _write_config(self) -> None:
+        super()._write_config()
+        assert self._base is not None
+        conf = self._base / "dovecot.conf"
+        conf.write_text(conf.read_text() + _NAMESPACE)
+
+
+@pytest.fixture
+def prefixed() -> Iterator[PrefixedDovecot]:
+    with PrefixedDovecot() as server:
+        yield server
+
+
+def test_a_too_large_folder_the_server_will_not_create_does_not_stop_all_intake(
+    prefixed: PrefixedDovecot,
+) -> None:
+    """The folder was made at every connect, mail or no mail too large: where the server
+    refuses it, the poller never connected, and no mail came in after an upgrade."""
+    with prefixed.client() as client:
+        with pytest.raises(IMAPClientError):
+            client.create_folder("Too-large")  # the server's rule, not ours
+    sent = [message(1), message(2)]
+    for raw in sent:
+        prefixed.append("INBOX", raw)
+    store = Recorder()
+    poller = ImapPoller(
+        prefixed.settings(processed_folder="INBOX.Processed"), store, max_size=25 * 1024 * 1024
+    )
+    try:
+        stored = poller.poll_once()
+    finally:
+        poller.close()
+    # Nothing is too large: ordinary mail must still come in.
+    assert stored == 2
+    assert store.stored == sent
+
+    # One too large is left where it is, said in the log, and the rest still comes in.
+    large = message(3) + b"x" * 76 * 2000
+    prefixed.append("INBOX", large)
+    prefixed.append("INBOX", message(4))
+    poller = ImapPoller(
+        prefixed.settings(processed_folder="INBOX.Processed"), store, max_size=100_000
+    )
+    try:
+        assert poller.poll_once() == 1
+    finally:
+        poller.close()
+    assert store.stored == [*sent, message(4)]
+    assert prefixed.messages("INBOX") == [large]
