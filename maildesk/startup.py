@@ -108,9 +108,10 @@ def check_clock(settings: Settings, wall: Clock | None = None) -> None:
     """On PostgreSQL, this machine's clock agrees with the database's.
 
     Each instance stamps and judges leases by its own clock: one running ahead by
-    most of a lease took a live instance's claims and sent its mail again. Clocks
-    must agree within a renewal's interval (a third of `[workers] lease_seconds`);
-    one that does not is a start-up error, as NTP is the fix, not maildesk.
+    most of a lease took a live instance's claims and sent its mail again. A live
+    holder's lease has at least two thirds of `[workers] lease_seconds` left, so any
+    two instances must agree within a third: each within a sixth of the database's.
+    One that does not is a start-up error, as NTP is the fix, not maildesk.
     `wall`: the clock leases use here (the system's).
     """
     if not settings.database.url.startswith("postgresql"):
@@ -133,13 +134,13 @@ def check_clock(settings: Settings, wall: Clock | None = None) -> None:
         engine.dispose()
     ours = before + (after - before) / 2
     skew = (ours - theirs).total_seconds()
-    allowed = settings.workers.lease_seconds / 3
+    allowed = settings.workers.lease_seconds / 6
     if abs(skew) > allowed:
         way = "ahead of" if skew > 0 else "behind"
         raise StartupError(
             f"this machine's clock is {abs(skew):.1f} s {way} the database's; instances "
             f"judge each other's leases by their own clocks, so they must agree within "
-            f"{allowed:.0f} s (a third of [workers] lease_seconds): keep them in time "
+            f"{allowed:.0f} s (a sixth of [workers] lease_seconds): keep them in time "
             "with NTP (systemd-timesyncd, chrony)",
             EX_TEMPFAIL,
         )

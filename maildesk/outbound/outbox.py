@@ -292,8 +292,12 @@ class OutboxSender:
         if found is not None and as_utc(found[0]) - self.clock.now() > keeper.every:
             return True
         rawbytes.end_reads(reader)
-        if found is not None and outbox_id in keeper.renew_now([outbox_id]):
-            return True
+        try:
+            if found is not None and outbox_id in keeper.renew_now([outbox_id]):
+                return True
+        except Exception:  # the database: this row waits out its lease, the batch goes on
+            log.exception("outbox %d: renewing its lease failed; left for later", outbox_id)
+            return False
         log.warning("outbox %d: no longer ours (our lease ran out); left to its new owner",
                     outbox_id)  # fmt: skip
         return False
