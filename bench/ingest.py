@@ -55,7 +55,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -298,16 +297,11 @@ class MaildeskFigures:
     serve_cpu: ServerCpu  # serve's own, while SMTP was loaded (not its workers)
 
 
-def healthz(web_port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=5) as resp:
-        return dict(json.loads(resp.read()))
-
-
 def healthy(web_port: int, proc: subprocess.Popen[bytes]) -> bool:
     if proc.poll() is not None:
         raise RuntimeError(f"maildesk serve exited {proc.returncode}")
     try:
-        return healthz(web_port).get("status") == "ok"
+        return common.healthz(web_port).get("status") == "ok"
     except OSError:
         return False
 
@@ -387,7 +381,7 @@ def wait_processed(web_port: int, messages: int, proc: subprocess.Popen[bytes]) 
     def done() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"maildesk serve exited {proc.returncode}")
-        counts = healthz(web_port)
+        counts = common.healthz(web_port)
         return counts.get("inbound_pending") == 0 and counts.get("outbox_pending") == 0
 
     common.wait_for(done, 120 + messages / 20, "inbound and outbox to drain", interval=0.05)

@@ -50,7 +50,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -133,6 +132,7 @@ def values(
         # One acknowledgement per new ticket, however many a sender opens.
         "limits": {"auto_replies_per_hour": 10_000_000, "auto_replies_per_hour_total": 10_000_000},
         "trust": {"verify_dkim": False},
+        "metrics": {"bearer_token": common.HEALTH_TOKEN},  # /healthz's queue counts
     }
     if workers is not None:  # else serve's default: one worker process per core
         table["workers"] = {"count": workers}
@@ -158,10 +158,8 @@ class Instance:
     proc: subprocess.Popen[bytes] | None = None
 
     def health(self) -> dict[str, Any] | None:
-        url = f"http://127.0.0.1:{self.web_port}/healthz"
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return dict(json.loads(response.read()))
+            return common.healthz(self.web_port)
         except OSError:
             return None
 
