@@ -9,6 +9,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ from maildesk.tickets.tokens import ReplyTokens
 from tests.conftest import RunningDaemon, make_mail, running_daemon, wait_for
 from tests.helpers import tickets
 from tests.smtp_sink import self_signed_cert
+
+# Most of a 700,000-byte message: whole lines, no final dot.
+LINES = (b"y" * 76 + b"\r\n") * (560_000 // 78)
 
 
 class RawSmtp:
@@ -256,25 +260,19 @@ def test_unfinished_data_of_all_sessions_is_held_within_a_budget(
     them. Past `[smtp] data_memory_mb`, a message is read to its dot, nothing of it
     kept, and answered 452: its sender tries again later, and gets in."""
     config_values["smtp"].update(max_message_size=700_000, data_memory_mb=1)
-    line = b"y" * 76 + b"\r\n"
-    lines = line * (560_000 // len(line))
     with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
-        registry = running.daemon.metrics.registry
-
-        def held() -> float:
-            return registry.get_sample_value("maildesk_smtp_data_held_bytes") or 0.0
-
+        held = data_held(running)
         slow = _in_data(running, "slow@customer.test")
         slow.sock.sendall(
-            b"From: slow@customer.test\r\nSubject: slow\r\n\r\n" + lines
+            b"From: slow@customer.test\r\nSubject: slow\r\n\r\n" + LINES
         )  # and no final dot, yet
         # All but its last line's end, which the reader keeps until more comes.
-        wait_for(lambda: held() > len(lines) - 1000, what="the slow session's lines held")
+        wait_for(lambda: held() > len(LINES) - 1000, what="the slow session's lines held")
 
         fast = _in_data(running, "fast@customer.test")
-        fast.sock.sendall(b"From: fast@customer.test\r\nSubject: fast\r\n\r\n" + lines + b".\r\n")
+        fast.sock.sendall(b"From: fast@customer.test\r\nSubject: fast\r\n\r\n" + LINES + b".\r\n")
         assert fast.reply().startswith("452 4.3.1")
-        assert held() < len(lines) + 100_000  # none of the refused message was kept
+        assert held() < len(LINES) + 100_000  # none of the refused message was kept
 
         slow.sock.sendall(b".\r\n")
         assert slow.reply().startswith("250")
@@ -282,7 +280,7 @@ def test_unfinished_data_of_all_sessions_is_held_within_a_budget(
         assert fast.command("MAIL FROM:<fast@customer.test>").startswith("250")
         assert fast.command("RCPT TO:<support@example.test>").startswith("250")
         assert fast.command("DATA").startswith("354")
-        fast.sock.sendall(b"From: fast@customer.test\r\nSubject: fast\r\n\r\n" + lines + b".\r\n")
+        fast.sock.sendall(b"From: fast@customer.test\r\nSubject: fast\r\n\r\n" + LINES + b".\r\n")
         assert fast.reply().startswith("250")
         for client in (slow, fast):
             client.close()
@@ -295,24 +293,18 @@ def test_a_message_cut_off_mid_data_gives_its_budget_back(
     """A hang-up or a timeout cancels DATA's task: its bytes stayed counted, and after
     256 MB of them every message was answered 452 until serve restarted."""
     config_values["smtp"].update(max_message_size=700_000, data_memory_mb=1)
-    line = b"y" * 76 + b"\r\n"
-    lines = line * (560_000 // len(line))
     with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
-        registry = running.daemon.metrics.registry
-
-        def held() -> float:
-            return registry.get_sample_value("maildesk_smtp_data_held_bytes") or 0.0
-
+        held = data_held(running)
         cut = _in_data(running, "cut@customer.test")
-        cut.sock.sendall(b"From: cut@customer.test\r\nSubject: cut\r\n\r\n" + lines)
-        wait_for(lambda: held() > len(lines) - 1000, what="the lines held")
+        cut.sock.sendall(b"From: cut@customer.test\r\nSubject: cut\r\n\r\n" + LINES)
+        wait_for(lambda: held() > len(LINES) - 1000, what="the lines held")
         cut.close()  # the connection goes away before the final dot
         no_sessions(running)
         # Nothing of the lost message is held any more ...
         wait_for(lambda: held() == 0, what="the budget given back")
         # ... and the next message of the same size is taken, not answered 452.
         ok = _in_data(running, "next@customer.test")
-        ok.sock.sendall(b"From: next@customer.test\r\nSubject: next\r\n\r\n" + lines + b".\r\n")
+        ok.sock.sendall(b"From: next@customer.test\r\nSubject: next\r\n\r\n" + LINES + b".\r\n")
         assert ok.reply().startswith("250")
         ok.close()
 
@@ -321,20 +313,20 @@ def test_a_session_that_times_out_mid_data_gives_its_budget_back(
     config_values: dict[str, Any], tmp_path: Path, clock: Any
 ) -> None:
     config_values["smtp"].update(max_message_size=700_000, data_memory_mb=1, timeout=0.5)
-    line = b"y" * 76 + b"\r\n"
-    lines = line * (560_000 // len(line))
     with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
-        registry = running.daemon.metrics.registry
-
-        def held() -> float:
-            return registry.get_sample_value("maildesk_smtp_data_held_bytes") or 0.0
-
+        held = data_held(running)
         slow = _in_data(running, "slow@customer.test")
-        slow.sock.sendall(b"From: slow@customer.test\r\nSubject: slow\r\n\r\n" + lines)
+        slow.sock.sendall(b"From: slow@customer.test\r\nSubject: slow\r\n\r\n" + LINES)
         assert slow.closed_by_server()  # hung up on for its silence
         slow.close()
         no_sessions(running)
         wait_for(lambda: held() == 0, what="the budget given back")
+
+
+def data_held(running: RunningDaemon) -> Callable[[], float]:
+    """The bytes of unfinished DATA serve holds now, as /metrics tells them."""
+    registry = running.daemon.metrics.registry
+    return lambda: registry.get_sample_value("maildesk_smtp_data_held_bytes") or 0.0
 
 
 def _in_data(running: RunningDaemon, sender: str) -> RawSmtp:
