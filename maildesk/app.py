@@ -229,7 +229,7 @@ class Daemon:
         mailbox = f"maildesk:imap:{imap.username}@{imap.host}:{imap.port}/{imap.folder}"
 
         def poll() -> None:
-            while_holding(self.services.db, mailbox, stop, lambda: poller.run(stop))
+            while_holding(self.services.db, mailbox, stop, poller.run)
 
         thread = threading.Thread(target=poll, name="imap", daemon=True)
         thread.start()
