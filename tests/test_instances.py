@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from maildesk import config, leases
 from maildesk.db import Database
 from maildesk.models import Inbound
 from tests.conftest import PG_URL, free_port, make_mail, toml, wait_for
+from tests.dovecot import Dovecot
 from tests.smtp_sink import SmtpSink
 from tests.test_crash import MAILDESK, DaemonProcess
 
@@ -247,3 +248,75 @@ def test_instances_one_killed_and_restarted_every_250_in_one_ticket_one_ack_each
     assert repeats <= senders_killed, (repeats, senders_killed)
     # Ticket numbers are unique: one per conversation.
     assert len({t["number"] for t in tickets}) == len(tickets) == len(opened)
+
+
+def test_imap_polling_stops_where_the_lock_session_ended_and_goes_on_once(
+    config_values: dict[str, Any], tmp_path: Path, relay: SmtpSink
+) -> None:
+    """Two instances poll one mailbox; PostgreSQL ends the session holding its lock
+    (a restart, a terminated backend) under the live holder. The holder must stop
+    polling, not poll beside the instance that takes the lock next: each mail is
+    fetched and stored once, and the intake goes on without a restart."""
+    with Dovecot() as dovecot:
+        imap = dovecot.settings()
+        config_values["imap"] = {
+            "host": imap.host,
+            "port": imap.port,
+            "ssl": False,
+            "username": imap.username,
+            "password": imap.password,
+        }
+        config_values["outbound"]["url"] = relay.url
+        config_values["workers"] = {"count": 1}
+        both = [instance(name, config_values, tmp_path) for name in "ab"]
+        run_init_at_once(both)
+        try:
+            for each in both:
+                each.daemon.start()
+            for n in range(2):
+                dovecot.append("INBOX", make_mail(subject=f"Before {n}", sender=f"b{n}@c.test"))
+            wait_for(lambda: len(dovecot.messages("Processed")) == 2, 60, "the first two")
+            holder = next(e for e in both if "this instance does it now" in e.daemon.log())
+            mailbox = f"maildesk:imap:{imap.username}@{imap.host}:{imap.port}/INBOX"
+            assert end_lock_session(holder.settings.database.url, mailbox)
+            wait_for(lambda: "lost the lock" in holder.daemon.log(), 30, "the holder to stop")
+            for n in range(2):
+                dovecot.append("INBOX", make_mail(subject=f"After {n}", sender=f"a{n}@c.test"))
+            wait_for(lambda: len(dovecot.messages("Processed")) == 4, 60, "the next two")
+            wait_for(lambda: idle(both), 60, "the queues to empty")
+            db = Database(holder.settings.database.url)
+            try:
+                with db.reading() as session:
+                    states = Counter(session.scalars(select(Inbound.state)))
+            finally:
+                db.dispose()
+            assert states == {"done": 4}, states  # no mail stored twice
+            # One acknowledgement each, at the relay.
+            subjects = sorted(
+                str(parse(m.content)["Subject"]).partition("] ")[2] for m in relay.messages
+            )
+            assert subjects == ["After 0", "After 1", "Before 0", "Before 1"]
+            assert all(e.daemon.health() for e in both), "an instance stopped"
+        finally:
+            for each in both:
+                each.daemon.kill()
+
+
+def end_lock_session(url: str, name: str) -> bool:
+    """Terminate the backend holding the advisory lock `name` of this schema."""
+    db = Database(url)
+    try:
+        with db.engine.connect() as conn:
+            key = conn.execute(_LOCK_KEY, {"name": name}).scalar_one()
+            high, low = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+            return bool(conn.execute(_END_HOLDER, {"high": high, "low": low}).scalar())
+    finally:
+        db.dispose()
+
+
+_LOCK_KEY = text("SELECT hashtextextended(current_schema() || '/' || :name, 0)")
+_END_HOLDER = text(
+    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND classid = :high AND objid = :low AND objsubid = 1"
+)
