@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -87,8 +88,9 @@ class _Child:
         self.restarts = 0
         self.stuck = 0  # times its process ended itself, stuck on a message (watchdog.py)
         self.heartbeat: int | None = None  # serve's end of its heartbeat pipe
-        self.ran_at = 0.0  # when it was last seen running: a heartbeat, or CPU spent
-        self.cpu: int | None = None  # its CPU time then (clock ticks; None: unknown)
+        self.beaten = False  # a heartbeat came since the last check
+        self.cpu: int | None = None  # its CPU time at the last check (clock ticks)
+        self.quiet = 0  # checks in a row that saw it neither beat nor spend CPU
         self.frozen = False  # ended by serve for not running (not killed twice)
 
 
@@ -144,8 +146,8 @@ class WorkerPool:
         finally:
             os.close(beat_end)
         self._listen(child, heartbeat)
-        child.started = child.ran_at = self._now()
-        child.cpu, child.frozen = None, False
+        child.started = self._now()
+        child.beaten, child.cpu, child.quiet, child.frozen = False, None, 0, False
         # The settings in force, not the file: it may hold an edit serve has not accepted.
         assert child.proc.stdin is not None
         child.proc.stdin.write(frame(self.settings()))
@@ -166,7 +168,7 @@ class WorkerPool:
         except OSError:
             data = b""
         if data:
-            child.ran_at = self._now()
+            child.beaten = True
         elif child.heartbeat == heartbeat:  # end of file: that process is gone
             self._forget_heartbeat(child)
 
@@ -180,18 +182,24 @@ class WorkerPool:
         """Kill each child that stopped running (see "Frozen" above): serve restarts it."""
         while True:
             await asyncio.sleep(FROZEN_CHECK_SECONDS)
+            lease = self.settings().workers.lease_seconds
             for child in self._children:
-                self._end_if_frozen(child, self.settings().workers.lease_seconds)
+                self._end_if_frozen(child, math.ceil(lease / FROZEN_CHECK_SECONDS))
 
-    def _end_if_frozen(self, child: _Child, limit: float) -> None:
+    def _end_if_frozen(self, child: _Child, checks: int) -> None:
+        """Kill `child` once `checks` checks in a row found it silent and idle. Checks,
+        not seconds: a paused machine stops serve too, and when it resumes, its workers
+        may run a moment after serve's first check."""
         proc = child.proc
         if proc is None or proc.returncode is not None or child.frozen:
             return
-        now, cpu = self._now(), _cpu_ticks(proc.pid)
-        if cpu != child.cpu:  # it runs, if only in C code: its own watchdog's to judge
-            child.cpu, child.ran_at = cpu, now
+        cpu = _cpu_ticks(proc.pid)
+        # Spending CPU without beating (C code holding the GIL) is its watchdog's to judge.
+        if child.beaten or cpu != child.cpu:
+            child.beaten, child.cpu, child.quiet = False, cpu, 0
             return
-        if now - child.ran_at < limit:
+        child.quiet += 1
+        if child.quiet < checks:
             return
         log.error(
             "worker %d (pid %d) has not run for %.0f s (stopped or frozen: SIGSTOP, a "
@@ -199,7 +207,7 @@ class WorkerPool:
             "write lock every other worker waits for",
             child.slot,
             proc.pid,
-            now - child.ran_at,
+            child.quiet * FROZEN_CHECK_SECONDS,
         )
         child.frozen = True
         proc.kill()

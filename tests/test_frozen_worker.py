@@ -174,3 +174,32 @@ def test_a_worker_frozen_holding_the_write_lock_is_ended_and_the_mail_goes_on(
     # Every message that got its 250 answered once: nothing lost, nothing twice.
     assert answered(relay) == Counter(stream.accepted)
     assert serve.terminate() == 0, serve.log()
+
+
+def test_a_paused_machine_ends_no_worker_when_it_resumes(
+    serve: DaemonProcess, relay: SmtpSink
+) -> None:
+    """A paused VM stops serve and its workers together, for longer than a lease. Serve
+    may run again a moment before its workers do: it must not take them for frozen."""
+    serve.start()
+    assert serve.proc is not None
+    workers = wait_for(lambda: len(serve.workers()) == 2 and serve.workers(), 60)
+    wait_for(lambda: serve.log_path.read_text().count("ready: processing and sending") == 2, 60)
+    everyone = [serve.proc.pid, *workers]
+    for pid in everyone:
+        os.kill(pid, signal.SIGSTOP)
+    for pid in everyone:
+        wait_for(partial(stopped, pid), 10, f"process {pid} to stop")
+    # The pause itself: a lease and more of wall time with nothing running.
+    threading.Event().wait(LEASE_SECONDS + 2)
+    os.kill(serve.proc.pid, signal.SIGCONT)
+    wait_for(serve.health, 30, "serve to answer again")
+    for pid in workers:
+        os.kill(pid, signal.SIGCONT)
+
+    with smtplib.SMTP("127.0.0.1", serve.settings.smtp.port, timeout=60) as client:
+        Stream(serve.settings.smtp.port).send(client, "after-the-pause", "late@customer.test")
+    wait_for(lambda: answered(relay)["after-the-pause@customer.test"], 60, "the answer")
+    assert serve.workers() == workers
+    assert "has not run for" not in serve.log_path.read_text()
+    assert serve.terminate() == 0, serve.log()
