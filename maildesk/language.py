@@ -82,6 +82,10 @@ def _model(folder: Path | None = None) -> TwoLanguages:
         return _derived(packed, name)
     try:
         model = _derived(packed, name, folder)
+    except (OSError, RuntimeError) as exc:  # e.g. its disk is full: the temp folder may not be
+        log.warning("language model: cannot keep it in %s (%s): a private copy", folder, exc)
+        return _derived(packed, name)
+    try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".language-") as fresh:
             model.save(fresh)
             fresh.flush()

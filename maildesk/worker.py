@@ -63,6 +63,10 @@ WAKE = b"w"  # new mail is stored: claim now
 DRAIN = b"d"  # the listeners are closed: process what is due, then exit
 RELOAD = b"r"  # followed by a frame: the settings serve applied at a reload
 _LENGTH = 8  # bytes of a frame's length prefix
+# The environment variable naming the pipe a worker under serve writes its heartbeat
+# on, and how often it does (serve ends a worker silent and idle for a lease).
+HEARTBEAT_FD = "MAILDESK_HEARTBEAT_FD"
+HEARTBEAT_SECONDS = 1.0
 
 
 def frame(settings: Settings) -> bytes:
@@ -124,6 +128,28 @@ class OrderPipe:
         if not data:
             _parent_gone()
         self._buffer += data
+
+
+def beat_for_serve() -> None:
+    """Under serve: tell it that this process runs, one byte a second from a thread of
+    its own, on the pipe serve handed over (`workerpool.py` ends a worker that falls
+    silent and spends no CPU for a lease: stopped or frozen). No pipe: nothing to do."""
+    fd = os.environ.pop(HEARTBEAT_FD, "")
+    if not fd.isdigit():
+        return
+    os.set_blocking(int(fd), False)  # serve behind in reading never blocks the beat
+    threading.Thread(target=_beat, args=(int(fd),), name="heartbeat", daemon=True).start()
+
+
+def _beat(fd: int) -> None:
+    while True:
+        try:
+            os.write(fd, b".")
+        except BlockingIOError:
+            pass  # serve has not read the last beats yet: it knows we ran
+        except OSError:
+            return  # serve is gone: the order pipe's end of file ends this process
+        time.sleep(HEARTBEAT_SECONDS)
 
 
 def _parent_gone() -> NoReturn:

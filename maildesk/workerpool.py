@@ -16,6 +16,14 @@ Each worker is `maildesk --config PATH worker --under-serve`, a child of serve
   back-off (1 s, doubling up to 30 s while it keeps dying within a minute),
   and the log says so. Its claims are due again after one lease
   (`[workers] lease_seconds`), whoever claims them next.
+- **Frozen**: each child writes a byte every second on a pipe of its own (its
+  heartbeat, `worker.beat_for_serve`). A child that sent none and spent no CPU
+  for a whole lease is not running (SIGSTOP, a debugger left attached, a frozen
+  cgroup) and is SIGKILLed, then restarted as above: its claims are lost by then
+  anyway, and on SQLite one frozen inside a write transaction kept the write lock,
+  so every other worker's claims and serve's jobs failed until someone killed it.
+  A child that spends CPU without beating (C code holding the GIL) is its own
+  watchdog's to judge, in CPU time.
 - **Settings**: a child gets the settings serve runs with through the pipe,
   first thing, not from the config file: one restarted after someone edited
   the file, before serve accepted the edit, runs what serve runs.
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -42,7 +51,7 @@ from pathlib import Path
 
 from maildesk.config import Settings
 from maildesk.watchdog import STUCK_EXIT, ended_itself
-from maildesk.worker import DRAIN, RELOAD, WAKE, frame
+from maildesk.worker import DRAIN, HEARTBEAT_FD, RELOAD, WAKE, frame
 
 log = logging.getLogger("maildesk.workers")
 
@@ -50,6 +59,8 @@ FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 # A child that lived this long before dying starts the back-off afresh.
 STABLE_SECONDS = 60.0
+# How often serve looks for children that stopped running (see "Frozen" above).
+FROZEN_CHECK_SECONDS = 1.0
 # Environment a child must not inherit: it is not the service systemd watches.
 _NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID")
 
@@ -76,6 +87,11 @@ class _Child:
         self.backoff = FIRST_BACKOFF_SECONDS
         self.restarts = 0
         self.stuck = 0  # times its process ended itself, stuck on a message (watchdog.py)
+        self.heartbeat: int | None = None  # serve's end of its heartbeat pipe
+        self.beaten = False  # a heartbeat came since the last check
+        self.cpu: int | None = None  # its CPU time at the last check (clock ticks)
+        self.quiet = 0  # checks in a row that saw it neither beat nor spend CPU
+        self.frozen = False  # ended by serve for not running (not killed twice)
 
 
 class WorkerPool:
@@ -110,20 +126,91 @@ class WorkerPool:
         for child in self._children:
             await self._spawn(child)
             self._watchers.append(asyncio.create_task(self._watch(child)))
+        self._watchers.append(asyncio.create_task(self._end_frozen()))
         log.info("started %d worker processes: %s", len(self._children), self.pids())
 
     async def _spawn(self, child: _Child) -> None:
         env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
         env["MAILDESK_SERVE_PID"] = str(os.getpid())
-        # Spawned from the event loop's thread: PR_SET_PDEATHSIG in the child fires when
-        # the thread that forked it ends, and this one lives as long as serve.
-        child.proc = await asyncio.create_subprocess_exec(
-            *self.command, stdin=asyncio.subprocess.PIPE, env=env
-        )
+        heartbeat, beat_end = os.pipe()
+        env[HEARTBEAT_FD] = str(beat_end)
+        try:
+            # Spawned from the event loop's thread: PR_SET_PDEATHSIG in the child fires
+            # when the thread that forked it ends, and this one lives as long as serve.
+            child.proc = await asyncio.create_subprocess_exec(
+                *self.command, stdin=asyncio.subprocess.PIPE, env=env, pass_fds=(beat_end,)
+            )
+        except BaseException:
+            os.close(heartbeat)
+            raise
+        finally:
+            os.close(beat_end)
+        self._listen(child, heartbeat)
         child.started = self._now()
+        child.beaten, child.cpu, child.quiet, child.frozen = False, None, 0, False
         # The settings in force, not the file: it may hold an edit serve has not accepted.
         assert child.proc.stdin is not None
         child.proc.stdin.write(frame(self.settings()))
+
+    def _listen(self, child: _Child, heartbeat: int) -> None:
+        """Note each heartbeat `child` writes on the pipe `heartbeat` (serve's end)."""
+        assert self._loop is not None
+        self._forget_heartbeat(child)
+        os.set_blocking(heartbeat, False)
+        child.heartbeat = heartbeat
+        self._loop.add_reader(heartbeat, self._beat, child, heartbeat)
+
+    def _beat(self, child: _Child, heartbeat: int) -> None:
+        try:
+            data = os.read(heartbeat, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            child.beaten = True
+        elif child.heartbeat == heartbeat:  # end of file: that process is gone
+            self._forget_heartbeat(child)
+
+    def _forget_heartbeat(self, child: _Child) -> None:
+        if child.heartbeat is not None and self._loop is not None:
+            self._loop.remove_reader(child.heartbeat)
+            os.close(child.heartbeat)
+        child.heartbeat = None
+
+    async def _end_frozen(self) -> None:
+        """Kill each child that stopped running (see "Frozen" above): serve restarts it."""
+        while True:
+            await asyncio.sleep(FROZEN_CHECK_SECONDS)
+            lease = self.settings().workers.lease_seconds
+            for child in self._children:
+                self._end_if_frozen(child, math.ceil(lease / FROZEN_CHECK_SECONDS))
+
+    def _end_if_frozen(self, child: _Child, checks: int) -> None:
+        """Kill `child` once `checks` checks in a row found it silent and idle. Checks,
+        not seconds: a paused machine stops serve too, and when it resumes, its workers
+        may run a moment after serve's first check."""
+        proc = child.proc
+        if proc is None or proc.returncode is not None or child.frozen:
+            return
+        cpu = _cpu_ticks(proc.pid)
+        # Spending CPU without beating (C code holding the GIL) is its watchdog's to judge.
+        if child.beaten or cpu != child.cpu:
+            child.beaten, child.cpu, child.quiet = False, cpu, 0
+            return
+        child.quiet += 1
+        if child.quiet < checks:
+            return
+        log.error(
+            "worker %d (pid %d) has not run for %.0f s (stopped or frozen: SIGSTOP, a "
+            "debugger?); killing it, as its claims ran out and on SQLite it may hold the "
+            "write lock every other worker waits for",
+            child.slot,
+            proc.pid,
+            child.quiet * FROZEN_CHECK_SECONDS,
+        )
+        child.frozen = True
+        proc.kill()
 
     async def _watch(self, child: _Child) -> None:
         while True:
@@ -216,11 +303,25 @@ class WorkerPool:
             proc.kill()
         for proc in late:
             await proc.wait()
+        for child in self._children:
+            self._forget_heartbeat(child)
         log.info("worker processes stopped")
 
     def _now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """The CPU time process `pid` has spent (user and system, clock ticks), from /proc;
+    None where there is no such file (then its heartbeat alone tells that it runs)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # pid (comm) state ...: utime and stime are the 14th and 15th fields, after comm.
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def _describe(code: int) -> str:

@@ -6,9 +6,12 @@ in the Maildir outbox is read as the customer would read it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import lzma
 import random
+import subprocess
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -304,6 +307,37 @@ def test_a_kept_model_cut_short_is_derived_again(tmp_path: Path) -> None:
     assert Detector(tmp_path).guess(CZECH) == guessed
     assert guessed.language == "cs"
     new_process()
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a small tmpfs with not a byte left (needs the right to mount)."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        with (folder / "filler").open("wb", buffering=0) as filler:
+            with contextlib.suppress(OSError):  # ENOSPC: the disk is full now
+                while True:
+                    filler.write(b"x" * 4096)
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_state_folder_on_a_full_disk_still_gets_a_guess(full_disk: Path) -> None:
+    """Deriving the model in a state folder whose disk is full failed, and the worker
+    guessed no language until a restart: Czech customers got English mail from it. It
+    derives a copy of its own elsewhere, as for a folder it cannot write."""
+    new_process()
+    try:
+        assert Detector(full_disk).guess(CZECH).language == "cs"
+    finally:
+        new_process()
 
 
 def counting_otherwise() -> bytes:

@@ -220,10 +220,12 @@ def worker(ctx: Context, under_serve: bool) -> None:
     from maildesk.services import build
     from maildesk.startup import StartupError, check_clock, check_database
     from maildesk.supervisor import Supervisor
-    from maildesk.worker import OrderPipe, run_at_niceness, run_process
+    from maildesk.worker import OrderPipe, beat_for_serve, run_at_niceness, run_process
 
     # Under serve: the settings serve runs with come first on stdin, not from the file.
     pipe = OrderPipe() if under_serve else None
+    if pipe is not None:
+        beat_for_serve()  # from the start: serve ends a worker that stops running
     settings = pipe.settings() if pipe is not None else ctx.settings
     if not ctx.verbose:
         logs.set_level(settings.log.level)
