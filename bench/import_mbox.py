@@ -229,7 +229,8 @@ def profile_under_py_spy(profile: Path) -> None:
     if not binary:
         raise RuntimeError("--profile needs py-spy on PATH or in $PY_SPY")
     base = " ".join(common.maildesk_command())
-    os.environ["MAILDESK_CMD"] = f"{binary} record --subprocesses --format raw --rate 250 -o {profile} -- {base}"
+    record = f"{binary} record --subprocesses --format raw --rate 250 -o {profile}"
+    os.environ["MAILDESK_CMD"] = f"{record} -- {base}"
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
