@@ -20,6 +20,8 @@ processing (not of the storing) and prints its top entries. `--instructions` run
 the whole script again under valgrind's callgrind and prints the instructions of the
 processing per message (`--count sending`: of the sending of its outbox, per
 row): a figure the machine's drifting speed does not move (`instructions.py`).
+`--corpus spamassassin` processes the first `--messages` of the SpamAssassin public
+corpus instead (real mail: lists, HTML, spam; `corpus.py`), as live SMTP mail.
 Nothing is asserted: the script prints figures and the target.
 """
 
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import common
+import corpus
 import instructions
 from import_mbox import conversations
 from sqlalchemy import Engine, create_engine, event, text
@@ -113,14 +116,24 @@ def settings(
     )
 
 
-def store(services: Services, args: argparse.Namespace) -> int:
+def raw_messages(args: argparse.Namespace) -> Iterator[bytes]:
+    """The messages to store, CRLF-terminated as SMTP delivers them."""
+    if args.corpus:
+        for _name, raw in corpus.messages(args.corpus)[: args.messages]:
+            yield re.sub(rb"\r?\n", b"\r\n", raw)
+        return
     run_id = f"proc{os.getpid()}x{int(time.time())}"
+    for item in conversations(args.messages, args.size, args.replies, run_id):
+        yield item.raw.replace(b"\n", b"\r\n")
+
+
+def store(services: Services, args: argparse.Namespace) -> int:
     batch: list[bytes] = []
     stored = 0
     # One envelope sender for all: the generated authors are only a handful anyway.
     envelope = Envelope("smtp", "customer@customer0.test", (common.SUPPORT,), peer="192.0.2.1")
-    for item in conversations(args.messages, args.size, args.replies, run_id):
-        batch.append(item.raw.replace(b"\n", b"\r\n"))
+    for raw in raw_messages(args):
+        batch.append(raw)
         if len(batch) >= STORE_BATCH:
             stored += len(services.store.put_many(batch, envelope))
             batch = []
@@ -364,6 +377,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--size", type=int, default=4096, help="approximate bytes per message")
+    parser.add_argument(
+        "--corpus",
+        choices=corpus.NAMES,
+        help="real mail instead of generated (corpus.py; the first --messages of it)",
+    )
     parser.add_argument("--replies", type=float, default=0.3, help="share of replies (0..1)")
     parser.add_argument("--database-url", default="", help="PostgreSQL URL (default: SQLite)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the processing here")
