@@ -4,7 +4,9 @@ What ops of a busy support address expect: the daemon rides it out by itself,
 loses no mail, sends nothing twice, and needs no restart. The daemon (a real
 `maildesk serve` with its worker process) reaches the real PostgreSQL through
 a TCP hop the test can take away (`tests/pg_proxy.py`): a restart cuts every
-connection and refuses new ones for a while. The relay is a real SMTP sink.
+connection and refuses new ones for a while. A stall is a real lock on one of
+the daemon's tables, held by the test's own connection. The relay is a real
+SMTP sink.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from maildesk import leases
@@ -105,3 +108,55 @@ def test_an_acknowledgement_the_relay_took_while_postgresql_restarts_is_sent_onc
     health = wait_for(lambda: idle(daemon), 60 + leases.LEASE.total_seconds(), "empty queues")
     assert health["quarantined"] == 0, health
     assert len(relay.messages) == 1, "the acknowledgement went to the customer twice"
+
+
+@pytest.fixture
+def postgres() -> Iterator[Engine]:
+    """The test's own connections to PostgreSQL, not through the hop."""
+    engine = create_engine(PG_URL)
+    yield engine
+    engine.dispose()
+
+
+def waiting_on_lock(postgres: Engine, table: str, seconds: float) -> int:
+    """Backends that have waited `seconds` for a lock, reading `table`: a transaction's
+    view of pg_stat_activity is frozen, so each look is a transaction of its own."""
+    with postgres.connect() as conn:
+        found = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query ILIKE :reads AND now() - state_change > make_interval(secs => :s)"
+            ),
+            {"reads": f"%FROM {table}%", "s": seconds},
+        )
+        return int(found.scalar() or 0)
+
+
+def test_mail_processed_while_postgresql_stalls_past_the_budget_is_not_quarantined(
+    config_values: dict[str, Any],
+    tmp_path: Path,
+    relay: SmtpSink,
+    hop: PgProxy,
+    daemons: list[DaemonProcess],
+    postgres: Engine,
+) -> None:
+    """PostgreSQL stops answering the worker's write for longer than a message's
+    processing budget (a failover, a commit waiting for a synchronous standby, an
+    exclusive lock such as VACUUM FULL's). The wait is the database's, not the
+    message's: once it answers, the mail becomes a ticket and is acknowledged."""
+    daemon = serve(config_values, tmp_path, relay, hop, message_seconds=1)
+    daemons.append(daemon.start())
+    wait_for(daemon.workers, 60, "serve's worker process")
+    schema = daemon.settings.database.url.rpartition("search_path%3D")[2]
+    with postgres.connect() as stall:
+        stall.execute(text(f"LOCK TABLE {schema}.messages IN ACCESS EXCLUSIVE MODE"))
+        send(daemon, "Printer broken")  # stored: the spool is not locked
+        # Twice the message's budget, spent waiting in its database stages.
+        stalled = lambda: waiting_on_lock(postgres, "messages", 2)  # noqa: E731
+        wait_for(stalled, 60, "the worker to wait 2 s for the database")
+        stall.rollback()
+
+    health = wait_for(lambda: idle(daemon), 60, "empty queues")
+    assert health["quarantined"] == 0, daemon.log()
+    [ack] = relay.wait_for(1, 10)
+    assert b"Printer broken" in ack.content
