@@ -22,6 +22,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from maildesk import leases
+from maildesk.db import LOCK_TIMEOUT_SECONDS
 from tests.conftest import PG_URL, make_mail, wait_for
 from tests.pg_proxy import PgProxy
 from tests.smtp_sink import SmtpSink
@@ -159,4 +160,38 @@ def test_mail_processed_while_postgresql_stalls_past_the_budget_is_not_quarantin
     health = wait_for(lambda: idle(daemon), 60, "empty queues")
     assert health["quarantined"] == 0, daemon.log()
     [ack] = relay.wait_for(1, 10)
+    assert b"Printer broken" in ack.content
+
+
+def test_mail_arriving_while_postgresql_does_not_answer_gets_a_temporary_failure(
+    config_values: dict[str, Any],
+    tmp_path: Path,
+    relay: SmtpSink,
+    hop: PgProxy,
+    daemons: list[DaemonProcess],
+    postgres: Engine,
+) -> None:
+    """PostgreSQL takes the connection and never answers the commit (a failover whose
+    old primary is gone with its address, a synchronous standby away, a lock): the
+    client is told 451 to come back later, within SQLite's own writer wait, instead
+    of waiting as long as the database does. Once it answers, mail is taken again."""
+    daemon = serve(config_values, tmp_path, relay, hop)
+    daemons.append(daemon.start())
+    schema = daemon.settings.database.url.rpartition("search_path%3D")[2]
+    smtp = daemon.settings.smtp
+    raw = make_mail(subject="Printer broken")
+    with postgres.connect() as stall:
+        stall.execute(text(f"LOCK TABLE {schema}.inbound IN ACCESS EXCLUSIVE MODE"))
+        with smtplib.SMTP(smtp.host, smtp.port, timeout=LOCK_TIMEOUT_SECONDS + 15) as client:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail(CUSTOMER, [SUPPORT], raw)
+        assert refused.value.smtp_code == 451
+        stall.rollback()
+
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=30) as client:
+        client.sendmail(CUSTOMER, [SUPPORT], raw)  # the client comes back, as told
+    health = wait_for(lambda: idle(daemon), 60, "empty queues")
+    assert health["quarantined"] == 0, health
+    # The first try may have been stored once the lock went: the same mail, once.
+    [ack] = relay.messages
     assert b"Printer broken" in ack.content
