@@ -140,6 +140,12 @@ class InboundHandler:
         except NoRoom:  # logged by the room when refusing starts, not per message
             self.on_refused("disk_full")
             return self._reply(NO_ROOM, envelope)
+        except TimeoutError:
+            log.error(
+                "could not store a message from %s: the database did not answer in time",
+                session.peer,
+            )
+            return self._reply(TEMPORARY_FAILURE, envelope)
         except Exception:
             log.exception("could not store a message from %s", session.peer)
             return self._reply(TEMPORARY_FAILURE, envelope)

@@ -40,7 +40,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk import leases
 from maildesk.clock import Clock, as_utc
-from maildesk.db import Database, rare
+from maildesk.db import LOCK_TIMEOUT_SECONDS, Database, rare
 from maildesk.hotsql import Hot
 from maildesk.inbound import landing, lanes, rawbytes
 from maildesk.inbound.groupcommit import GroupCommit, Waiting
@@ -176,7 +176,13 @@ class InboundStore:
         else:
             hashed = digest(raw)
         incoming = _Incoming(raw, envelope, hashed)
-        return await self._door.submit_async(incoming, len(raw))
+        # A database that takes the commit and never answers (a failover, a lock) must
+        # not hold the client for as long: SQLite's writer gives up after this long too.
+        # Past it the commit may still land; the client, told to retry, sends the same
+        # mail again, a duplicate the processor recognizes.
+        return await asyncio.wait_for(
+            self._door.submit_async(incoming, len(raw)), LOCK_TIMEOUT_SECONDS
+        )
 
     def _commit_waiting(self, take: Callable[[], list[Waiting[_Incoming]]]) -> list[int]:
         # Urgent: someone is waiting for a 250. The batch is taken once the lock is ours,

@@ -31,9 +31,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, case, func, select, update
+from sqlalchemy import Connection, CursorResult, Table, bindparam, case, func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from maildesk import leases
@@ -56,6 +57,9 @@ LEASE = leases.LEASE
 # A message the relay has refused for this long is an ERROR (someone must look), not
 # a WARNING (a relay restarting, a greylisting pause).
 FAILING_IS_AN_ERROR = timedelta(hours=1)
+# Between two tries to record what the relay said while the database is away
+# (`_record`).
+RECORD_PAUSE = 0.5
 
 
 # Built once: an ORM update compiled for every row sent cost more than the send.
@@ -398,11 +402,9 @@ class OutboxSender:
 
     def _finish(self, ids: list[int], token: str, state: OutboxState, reason: str) -> None:
         sent_at = self.clock.now() if state == OutboxState.SENT else None
-        with self.db.transaction() as session:
-            done = session.connection().execute(
-                _FINISH,
-                {"ids": ids, "token": token, "new_state": state, "error": reason, "at": sent_at},
-            )
+        done = self._record(
+            ids, {"ids": ids, "token": token, "new_state": state, "error": reason, "at": sent_at}
+        )
         if getattr(done, "rowcount", len(ids)) < len(ids):
             # Our lease ran out mid-send (a relay slower than a lease with renewals failing):
             # the new owner sends it again under the same key and Message-ID.
@@ -410,6 +412,33 @@ class OutboxSender:
                 "outbox %s: lost its lease while sending; left to its new owner",
                 ", ".join(map(str, ids)),
             )
+
+    def _record(self, ids: list[int], values: dict[str, object]) -> CursorResult[Any]:
+        """Write what the relay said (`_FINISH`), trying again while the database is away
+        (a restart, a failover), for one lease at most.
+
+        Only this sender knows the relay took the mail: a row left claimed was sent
+        again once its lease ran out, though the daemon never stopped. Past the lease,
+        another sender may have claimed it, and the token makes a late write a no-op.
+        """
+        deadline = time.monotonic() + leases.length().total_seconds()
+        first = True
+        while True:
+            try:
+                with self.db.transaction() as session:
+                    return session.connection().execute(_FINISH, values)
+            except (OperationalError, InterfaceError) as exc:
+                if time.monotonic() + RECORD_PAUSE > deadline:
+                    raise
+                if first:
+                    log.warning(
+                        "outbox %s: the database is away (%s); recording what the relay "
+                        "said once it is back",
+                        ", ".join(map(str, ids)),
+                        type(exc.orig).__name__,
+                    )
+                first = False
+            time.sleep(RECORD_PAUSE)
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ class BatchResult:
 class _Failure:
     reason: str
     trace: str
-    permanent: bool  # hostile or unparseable input, or past its deadline: no retry
+    permanent: bool  # hostile or unparseable input, or past its deadline preparing: no retry
 
 
 @dataclass(frozen=True)
@@ -433,7 +433,11 @@ class Processor:
             if not savepoint:
                 raise _FailedInGroup(row.id, trace, _lost_to_another_transaction(exc)) from exc
             self._stage_failures += 1
-            if isinstance(exc, (HostileInput, UnparseableMessage, Quarantine, DeadlineExceeded)):
+            if isinstance(exc, DeadlineExceeded):
+                # The time may have been the database's (a failover, a lock), not this
+                # message's: tried again, held for a human after MAX_ATTEMPTS.
+                self._fail(row, _Failure(exc.reason, exc.reason, False))
+            elif isinstance(exc, (HostileInput, UnparseableMessage, Quarantine)):
                 reason = getattr(exc, "reason", None) or str(exc)
                 self.store.quarantine(row, reason, "", now)
             elif _lost_to_another_transaction(exc):
@@ -510,7 +514,12 @@ class Processor:
         if failure.permanent or row.attempts >= MAX_ATTEMPTS:
             self.store.quarantine(row, failure.reason, failure.trace, now)
         else:
-            log.warning("inbound %d failed (attempt %d), will retry", row.id, row.attempts)
+            log.warning(
+                "inbound %d failed (attempt %d), will retry: %s",
+                row.id,
+                row.attempts,
+                failure.reason,
+            )
             self.store.retry_later(row, failure.trace, now)
 
     def _stages(self, session: Session, row: Inbound, work: _Work) -> tuple[InboundState, int]:

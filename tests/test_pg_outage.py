@@ -1,0 +1,197 @@
+"""PostgreSQL restarts, fails over or stalls under a running `maildesk serve`.
+
+What ops of a busy support address expect: the daemon rides it out by itself,
+loses no mail, sends nothing twice, and needs no restart. The daemon (a real
+`maildesk serve` with its worker process) reaches the real PostgreSQL through
+a TCP hop the test can take away (`tests/pg_proxy.py`): a restart cuts every
+connection and refuses new ones for a while. A stall is a real lock on one of
+the daemon's tables, held by the test's own connection. The relay is a real
+SMTP sink.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from maildesk import leases
+from maildesk.db import LOCK_TIMEOUT_SECONDS
+from tests.conftest import PG_URL, make_mail, wait_for
+from tests.pg_proxy import PgProxy
+from tests.smtp_sink import SmtpSink
+from tests.test_crash import DaemonProcess
+from tests.test_workers import initialized
+
+pytestmark = pytest.mark.skipif(not PG_URL, reason="a PostgreSQL outage needs PostgreSQL")
+
+SUPPORT = "support@example.test"
+CUSTOMER = "alice@customer.test"
+
+
+@pytest.fixture
+def relay() -> Iterator[SmtpSink]:
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def hop() -> Iterator[PgProxy]:
+    with PgProxy(make_url(PG_URL).port or 5432) as running:
+        yield running
+
+
+def serve(
+    config_values: dict[str, Any], tmp_path: Path, relay: SmtpSink, hop: PgProxy, **workers: Any
+) -> DaemonProcess:
+    """serve with one worker process, its database through `hop`, its mail to `relay`."""
+    values = json.loads(json.dumps(config_values))
+    values["database"]["url"] = hop.url(values["database"]["url"])
+    values["outbound"]["url"] = relay.url
+    values["workers"] = {"count": 1, **workers}
+    path, settings = initialized(values, tmp_path)
+    return DaemonProcess(path, tmp_path / "serve.log", settings)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+def send(daemon: DaemonProcess, subject: str) -> None:
+    smtp = daemon.settings.smtp
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=30) as client:
+        client.sendmail(CUSTOMER, [SUPPORT], make_mail(subject=subject))
+
+
+def idle(daemon: DaemonProcess) -> dict[str, Any] | None:
+    """The daemon's health once nothing waits in either queue."""
+    health = daemon.health()
+    if health is None or health["inbound_pending"] or health["outbox_pending"]:
+        return None
+    return health
+
+
+def test_an_acknowledgement_the_relay_took_while_postgresql_restarts_is_sent_once(
+    config_values: dict[str, Any],
+    tmp_path: Path,
+    relay: SmtpSink,
+    hop: PgProxy,
+    daemons: list[DaemonProcess],
+) -> None:
+    """The relay says 250 to our acknowledgement just as PostgreSQL goes down: the
+    sender cannot mark the row sent. The daemon lives on and knows it was sent, so once
+    the database is back the row is marked, not sent again when its lease runs out."""
+    daemon = serve(config_values, tmp_path, relay, hop)
+    daemons.append(daemon.start())
+    wait_for(daemon.workers, 60, "serve's worker process")
+
+    def restart_postgresql() -> None:  # the relay holds our mail, not yet answered
+        relay.on_data = None
+        hop.down()
+
+    relay.on_data = restart_postgresql
+    send(daemon, "Printer broken")
+    relay.wait_for(1, 60)
+    # The sender tries to mark the row the moment the relay answers.
+    wait_for(lambda: hop.refused, 30, "the daemon to find PostgreSQL gone")
+    hop.up()
+
+    health = wait_for(lambda: idle(daemon), 60 + leases.LEASE.total_seconds(), "empty queues")
+    assert health["quarantined"] == 0, health
+    assert len(relay.messages) == 1, "the acknowledgement went to the customer twice"
+
+
+@pytest.fixture
+def postgres() -> Iterator[Engine]:
+    """The test's own connections to PostgreSQL, not through the hop."""
+    engine = create_engine(PG_URL)
+    yield engine
+    engine.dispose()
+
+
+def waiting_on_lock(postgres: Engine, table: str, seconds: float) -> int:
+    """Backends that have waited `seconds` for a lock, reading `table`: a transaction's
+    view of pg_stat_activity is frozen, so each look is a transaction of its own."""
+    with postgres.connect() as conn:
+        found = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query ILIKE :reads AND now() - state_change > make_interval(secs => :s)"
+            ),
+            {"reads": f"%FROM {table}%", "s": seconds},
+        )
+        return int(found.scalar() or 0)
+
+
+def test_mail_processed_while_postgresql_stalls_past_the_budget_is_not_quarantined(
+    config_values: dict[str, Any],
+    tmp_path: Path,
+    relay: SmtpSink,
+    hop: PgProxy,
+    daemons: list[DaemonProcess],
+    postgres: Engine,
+) -> None:
+    """PostgreSQL stops answering the worker's write for longer than a message's
+    processing budget (a failover, a commit waiting for a synchronous standby, an
+    exclusive lock such as VACUUM FULL's). The wait is the database's, not the
+    message's: once it answers, the mail becomes a ticket and is acknowledged."""
+    daemon = serve(config_values, tmp_path, relay, hop, message_seconds=1)
+    daemons.append(daemon.start())
+    wait_for(daemon.workers, 60, "serve's worker process")
+    schema = daemon.settings.database.url.rpartition("search_path%3D")[2]
+    with postgres.connect() as stall:
+        stall.execute(text(f"LOCK TABLE {schema}.messages IN ACCESS EXCLUSIVE MODE"))
+        send(daemon, "Printer broken")  # stored: the spool is not locked
+        # Twice the message's budget, spent waiting in its database stages.
+        stalled = lambda: waiting_on_lock(postgres, "messages", 2)  # noqa: E731
+        wait_for(stalled, 60, "the worker to wait 2 s for the database")
+        stall.rollback()
+
+    health = wait_for(lambda: idle(daemon), 60, "empty queues")
+    assert health["quarantined"] == 0, daemon.log()
+    [ack] = relay.wait_for(1, 10)
+    assert b"Printer broken" in ack.content
+
+
+def test_mail_arriving_while_postgresql_does_not_answer_gets_a_temporary_failure(
+    config_values: dict[str, Any],
+    tmp_path: Path,
+    relay: SmtpSink,
+    hop: PgProxy,
+    daemons: list[DaemonProcess],
+    postgres: Engine,
+) -> None:
+    """PostgreSQL takes the connection and never answers the commit (a failover whose
+    old primary is gone with its address, a synchronous standby away, a lock): the
+    client is told 451 to come back later, within SQLite's own writer wait, instead
+    of waiting as long as the database does. Once it answers, mail is taken again."""
+    daemon = serve(config_values, tmp_path, relay, hop)
+    daemons.append(daemon.start())
+    schema = daemon.settings.database.url.rpartition("search_path%3D")[2]
+    smtp = daemon.settings.smtp
+    raw = make_mail(subject="Printer broken")
+    with postgres.connect() as stall:
+        stall.execute(text(f"LOCK TABLE {schema}.inbound IN ACCESS EXCLUSIVE MODE"))
+        with smtplib.SMTP(smtp.host, smtp.port, timeout=LOCK_TIMEOUT_SECONDS + 15) as client:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail(CUSTOMER, [SUPPORT], raw)
+        assert refused.value.smtp_code == 451
+        stall.rollback()
+
+    with smtplib.SMTP(smtp.host, smtp.port, timeout=30) as client:
+        client.sendmail(CUSTOMER, [SUPPORT], raw)  # the client comes back, as told
+    health = wait_for(lambda: idle(daemon), 60, "empty queues")
+    assert health["quarantined"] == 0, health
+    # The first try may have been stored once the lock went: the same mail, once.
+    [ack] = relay.messages
+    assert b"Printer broken" in ack.content
