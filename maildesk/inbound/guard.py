@@ -50,6 +50,11 @@ _CD_NEXT = re.compile(rb"\ncontent-disposition:", re.I)
 # Python's parameter parser (email.message._parseparam) is quadratic in the number of ";"
 # in one value: a 30 KB Content-Type of semicolons costs ~0.4 s per part. Real mail has a few.
 MAX_PARAMETERS = 100
+# The header blocks of the parts (and of forwarded messages) have no cap in bytes of their
+# own: the parser reads them a line at a time in Python, and mail-parser looks fields up by
+# scanning them all, some 30 times a part (8 MB of `X-A: b` lines in one part cost 3 s and
+# 250 MB). Real mail has a few lines a part, a forwarded message a few hundred.
+MAX_PART_HEADER_LINES = 20_000
 _FIELD_END = re.compile(rb"\n(?![ \t])")
 # One parameter up to its ';'. Like email.message._parseparam, a '"' after '\' is no quote.
 _PARAM = re.compile(rb'((?:[^;"\\]+|\\"?|"(?:[^"\\]+|\\"?)*"?)*)(?:;|\Z)')
@@ -154,6 +159,7 @@ class _Walk:
         self.stack: list[tuple[bytes | None, bytes]] = []
         self.index: tuple[dict[bytes, int], int | None] | None = None  # see levels()
         self.parts = 0
+        self.header_lines = 0  # of the header blocks below the top one
 
     def run(self) -> None:
         pos = self.enter(0, in_digest=False)
@@ -257,6 +263,8 @@ class _Walk:
         while True:
             end, body = self.split(pos)
             _check_fields(raw, pos, end, nl, self.limits.max_header_line)
+            if pos:  # the top block's cap is `max_header_bytes`
+                self.count_header_lines(pos, end)
             value = _content_type(raw, pos, end)
             disposition = _content_type(raw, pos, end, _CD_FIRST, _CD_NEXT)
             for name, field in ((b"Content-Type", value), (b"Content-Disposition", disposition)):
@@ -294,6 +302,14 @@ class _Walk:
         if self.parts > self.limits.max_mime_parts:
             limit = self.limits.max_mime_parts
             raise HostileInput(f"MIME part count reaches {self.parts} (limit {limit})")
+
+    def count_header_lines(self, start: int, end: int) -> None:
+        self.header_lines += self.raw.count(self.nl, start, end) + (end > start)
+        if self.header_lines > MAX_PART_HEADER_LINES:
+            raise HostileInput(
+                f"header lines of the parts reach {self.header_lines} "
+                f"(limit {MAX_PART_HEADER_LINES})"
+            )
 
     def pop(self, level: int) -> None:
         del self.stack[level:]

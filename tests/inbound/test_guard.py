@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.inbound.guard import HostileInput, Limits, check
+from maildesk.inbound.guard import MAX_PART_HEADER_LINES, HostileInput, Limits, check
 
 CORPUS = sorted((Path(sysconfig.get_paths()["stdlib"]) / "test/test_email/data").glob("msg_*.txt"))
 LIMITS = Limits()
@@ -104,6 +104,42 @@ def test_header_field_counts_its_continuation_lines() -> None:
 def test_header_field_cap_applies_to_nested_parts() -> None:
     raw = many_parts(1).replace(b"Content-Type: text/plain", b"X-Big: " + b"a" * 40000)
     assert refused(raw) == "header field X-Big is 40007 bytes unfolded (limit 32768)"
+
+
+def fields_below_the_top(raw: bytes) -> int:
+    """The header fields the parser builds for the parts and forwarded messages."""
+    msg = email.message_from_bytes(raw)
+    return sum(len(part) for part in msg.walk() if part is not msg)
+
+
+def test_header_lines_of_the_parts_are_capped_in_all() -> None:
+    """No byte cap holds a part's header block, and the parser reads it a line at a time
+    while mail-parser scans its fields at each lookup: 8 MB of `X-A: b` lines in one part
+    cost 3 s of CPU and 250 MB, 25 MB would cost three times that."""
+    lines = b"X-A: b\n" * (MAX_PART_HEADER_LINES - 1) + b"Content-Type: text/plain\n"
+    one_part = many_parts(1).replace(b"Content-Type: text/plain\n", lines)
+    assert fields_below_the_top(one_part) == MAX_PART_HEADER_LINES
+    check(one_part, LIMITS)
+    longer = one_part.replace(b"X-A", b"X-A: b\nX-A", 1)
+    assert refused(longer) == "header lines of the parts reach 20001 (limit 20000)"
+    hostile = many_parts(1).replace(b"\n\nx", b"\n" + b"X-A: b\n" * 1_000_000 + b"\nx")
+    assert refused(hostile) == "header lines of the parts reach 1000001 (limit 20000)"
+
+
+def test_header_lines_of_the_parts_count_together_folded_lines_too() -> None:
+    per_part = MAX_PART_HEADER_LINES // 400
+    folded = b"X-A: b\n" + b" c\n" * (per_part - 2) + b"Content-Type: text/plain\n"
+    spread = many_parts(400).replace(b"Content-Type: text/plain\n", folded)
+    check(spread, LIMITS)
+    over = spread.replace(b"X-A: b\n", b"X-A: b\nX-B: b\n", 1)
+    assert refused(over) == "header lines of the parts reach 20001 (limit 20000)"
+    # A forwarded message's header block is read by the parser as one more.
+    forwarded = (
+        b"From: a@example.test\nContent-Type: message/rfc822\n\n"
+        + b"Received: x\n" * MAX_PART_HEADER_LINES
+        + b"Subject: fwd\n\nhi\n"
+    )
+    assert refused(forwarded) == "header lines of the parts reach 20001 (limit 20000)"
 
 
 def test_encoded_word_subject_of_600_kb() -> None:
