@@ -16,6 +16,7 @@ import email.policy
 import hashlib
 import re
 import time
+import tracemalloc
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 from maildesk import dkimbody
 from maildesk.base64runs import long_runs
 from maildesk.config import TrustSettings
-from maildesk.html_text import html_to_text
+from maildesk.html_text import SLICE, html_to_text
 from maildesk.mailauth import MailAuth, parse_authentication_results
 from maildesk.message import parse
 from maildesk.redaction import redact_links
@@ -183,6 +184,48 @@ def test_html_to_text_keeps_quotes_paragraphs_and_drops_markup() -> None:
 def test_html_past_the_tag_budget_is_still_read_as_text() -> None:
     html = "<br>" * 150_000 + "<p>Tail &amp; end</p>"
     assert html_to_text(html).endswith("Tail & end")
+
+
+# Long text of short pieces (lines, runs of white space, references): each step over a text
+# made a Python object of some 50 bytes per piece, so 16 MB of `<pre>ab` lines held 890 MB.
+HTML_MEMORY_SHAPES: dict[str, Shape] = {
+    "<pre> lines": lambda n: "<pre>" + "ab\n" * (n // 3),
+    "<pre> lines ending in a space": lambda n: "<pre>" + "ab \n" * (n // 4),
+    "<pre> references": lambda n: "<pre>" + "ab&lt;" * (n // 6),
+    "lines": lambda n: "ab\n" * (n // 3),
+    "vertical tabs": lambda n: "ab\x0b" * (n // 3),
+    "references": lambda n: "ab&lt;" * (n // 6),
+    "blank lines": lambda n: "ab\n\n<br><br>" * (n // 12),
+}
+
+
+def peak_bytes(stage: Callable[[str], object], text: str) -> int:
+    """The most memory Python held at once while `stage` ran: allocations, counted the same
+    on any machine (tracemalloc), unlike a process's RSS."""
+    tracemalloc.start()
+    try:
+        stage(text)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("name", sorted(HTML_MEMORY_SHAPES))
+def test_html_to_text_holds_a_few_times_its_input(name: str) -> None:
+    html = HTML_MEMORY_SHAPES[name](1 << 20)
+    ratio = peak_bytes(html_to_text, html) / len(html)
+    assert ratio < 6, f"{name}: {ratio:.1f} bytes held per character of HTML"
+
+
+def test_html_to_text_in_slices_reads_as_in_one_piece() -> None:
+    """Long text is converted a slice at a time (`SLICE` characters), cut where no step can
+    tell: white space runs, quoted lines and references across the cuts read as before."""
+    words = "Dobrý&nbsp;den, \u2028 tiskárna\x0b  &amp; " * (SLICE // 8)
+    assert html_to_text(words) == ("Dobrý den, tiskárna & " * (SLICE // 8)).strip()
+    quoted = "<blockquote><pre>" + ("  x\n" + " " * SLICE + "&#32;y\n \n") * 3
+    assert html_to_text(quoted) == "\n".join(["> x", "> y", ">"] * 3)
+    lines = "<pre>" + "a  \n\n\n" * SLICE
+    assert html_to_text(lines) == "\n\n".join(["a"] * SLICE)
 
 
 # -- reply text, thanks and approval words -----------------------------------------------
