@@ -363,3 +363,30 @@ def test_content_type_and_disposition_fields_are_capped_in_all() -> None:
     assert refused(named_parts(490, escapes)).startswith("Content-Type and Content-Disposition")
     # Long real names pass: 500 attachments named in 1 KB each.
     check(named_parts(499, '"' + "=?utf-8?q?P=C5=99=C3=ADloha?= " * 34 + '"'), LIMITS)
+
+
+def forwarded(levels: int, body: bytes) -> bytes:
+    """A mail forwarding as an attachment a mail that forwards one, and so on, `levels` deep."""
+    mail = b"From: a@example.test\nSubject: first\n\n" + body
+    attached = b"Content-Type: message/rfc822\nContent-Disposition: attachment\n\n"
+    for _ in range(levels):
+        mail = b"From: a@example.test\n" + attached + mail
+    return mail
+
+
+def test_containers_marked_as_attachments_are_flattened_a_bounded_number_of_times() -> None:
+    """mail-parser flattens each container marked as an attachment to text, the ones inside it
+    included: 19 forwarded mails, each inside the one before, in 16 MB cost 8.9 s and 392 MB.
+    Each container's bytes count once for each such container it is in."""
+    limits = Limits(max_message_size=100_000)
+    body = b"printer log, line 1\n" * 1_450
+    assert 6 * len(body) < 2 * limits.max_message_size < 7 * len(body)
+    check(forwarded(6, body), limits)
+    reason = refused(forwarded(7, body), limits)
+    assert reason.startswith("containers marked as attachments hold ")
+    assert reason.endswith(" bytes, counted once for each one they are in (limit 200000)")
+    # Side by side, each forwarded mail counts once.
+    part = b"--b\nContent-Type: message/rfc822\nContent-Disposition: attachment\n\n"
+    mail = b"Subject: x\n\n" + body
+    side = b'Content-Type: multipart/mixed; boundary="b"\n\n' + (part + mail) * 3 + b"--b--\n"
+    check(side, limits)
