@@ -12,12 +12,18 @@ and the content of `<script>`, `<style>` and `<head>`, which is dropped. Every s
 consumes what it reads or reaches the end of the input and stops, so no byte is read more than
 a fixed number of times. Past `MAX_TAGS` tags (a long newsletter has a few thousand) the rest
 is turned into text in one pass of tag stripping, so the Python loop per tag stays bounded too.
+
+Memory is linear with a small factor as well: every regular expression and split over a long
+text makes a Python object per piece it finds, and a piece can be two characters long (16 MB of
+`<pre>ab` lines held 890 MB). So long text is worked on in slices of `SLICE` characters, cut
+where no step's match can span the cut, and each call of `emit` adds one string to the output.
 """
 
 from __future__ import annotations
 
 import html as html_lib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 # Tags handled one by one; the rest of a larger document is stripped in bulk.
@@ -45,6 +51,17 @@ _BLANK_LINES = re.compile(r"\n\s*\n+")
 # Bulk stripping past MAX_TAGS: a tag cannot contain "<", so each match ends at the next one.
 _ANY_TAG = re.compile(r"<[^<>]*+>")
 
+# Characters of text worked on at once (see the module's docstring).
+SLICE = 1 << 12
+# Where a slice of text may start: at white space or a reference's "&", so no reference is cut.
+# The white space is `\s` (str.isspace) spelled out: read twice as fast as the category.
+_TEXT_CUT = re.compile("[&\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+# Where a slice of the output may start: at a line break, for the lines' trailing white space;
+# at the end of a line with text on it, for runs of blank lines.
+_LINE_BREAK = re.compile(r"\n")
+_LINE_END = re.compile(r"\n(?<=\S\n)")  # the line break first: it is searched for fast
+_TAG_CUT = re.compile(r"<")
+
 _BREAKS = frozenset({"p", "br", "div", "li", "tr", "h1", "h2", "h3", "h4", "blockquote"})
 _PARAGRAPHS = frozenset({"p", "h1", "h2", "h3", "h4"})
 _SKIPPED = frozenset({"script", "style", "head"})
@@ -62,17 +79,19 @@ class _Writer:
 
     def emit(self, text: str) -> None:
         prefix = "> " * min(self.quote, MAX_QUOTE_DEPTH)
+        pieces = []
         for piece in _NEWLINE.split(text):
             if not piece:
                 continue
             if piece == "\n":
-                self.parts.append("\n")
+                pieces.append("\n")
                 self.line_start = True
                 continue
             if self.line_start and prefix:
                 piece = prefix + piece.lstrip()
-            self.parts.append(piece)
+            pieces.append(piece)
             self.line_start = False
+        self.parts.append("".join(pieces))
 
     def start(self, tag: str) -> None:
         if tag in _SKIPPED:
@@ -98,13 +117,42 @@ class _Writer:
     def data(self, raw: str) -> None:
         if self.skip or not raw:
             return
-        data = html_lib.unescape(_HUGE_CHARREF.sub("&#xFFFD", raw))
-        if not self.pre:  # outside <pre>, a line break in the source is just a space
-            data = _WHITESPACE.sub(" ", data)
+        if self.pre:
+            self._preformatted(raw)
+            return
+        spaced = False  # the slice before ended in a run of white space, now one space
+        for piece in _slices(raw, _TEXT_CUT):
+            data = _WHITESPACE.sub(" ", _unescape(piece))  # a line break is just a space
+            if spaced and data.startswith(" "):  # the rest of that run
+                data = data[1:]
             if self.line_start:
                 data = data.lstrip()
-        if data:
-            self.emit(data)
+            spaced = data.endswith(" ") or (spaced and not data)
+            if data:
+                self.emit(data)
+
+    def _preformatted(self, raw: str) -> None:
+        """Text inside <pre>, as written. `emit` replaces a quoted line's leading white space
+        with its "> ", so white space that may lead a line is held back until a slice shows
+        what follows it: text (it goes), a line break or the end (the line had only that)."""
+        held = False
+        for piece in _slices(raw, _TEXT_CUT):
+            data = _unescape(piece)
+            if held and data.startswith("\n"):
+                self.emit(" ")
+            tail = data[data.rfind("\n") + 1 :]  # the last line's part
+            at_start = len(tail) < len(data) or self.line_start
+            held = self.quote > 0 and tail.isspace() and at_start
+            if held:
+                data = data[: len(data) - len(tail)]
+            if data:
+                self.emit(data)
+        if held:
+            self.emit(" ")
+
+
+def _unescape(text: str) -> str:
+    return html_lib.unescape(_HUGE_CHARREF.sub("&#xFFFD", text))
 
 
 def html_to_text(html: str) -> str:
@@ -112,9 +160,27 @@ def html_to_text(html: str) -> str:
     writer = _Writer()
     rest = _tokenize(html, writer)
     if rest < len(html):
-        writer.data(_ANY_TAG.sub(" ", html[rest:]))
-    text = "\n".join(line.rstrip() for line in "".join(writer.parts).split("\n"))
-    return _BLANK_LINES.sub("\n\n", text).strip()
+        writer.data("".join(_ANY_TAG.sub(" ", piece) for piece in _slices(html, _TAG_CUT, rest)))
+    text = "".join(writer.parts)
+    del writer
+    text = "".join(map(_rstrip_lines, _slices(text, _LINE_BREAK)))
+    return "".join(_BLANK_LINES.sub("\n\n", piece) for piece in _slices(text, _LINE_END)).strip()
+
+
+def _rstrip_lines(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.split("\n"))
+
+
+def _slices(text: str, cut: re.Pattern[str], start: int = 0) -> Iterator[str]:
+    """text[start:] in pieces of about `SLICE` characters, each but the first starting where
+    `cut` matches."""
+    while len(text) - start > SLICE:
+        found = cut.search(text, start + SLICE)
+        if found is None:
+            break
+        yield text[start : found.start()]
+        start = found.start()
+    yield text[start:]
 
 
 def _tokenize(html: str, writer: _Writer) -> int:

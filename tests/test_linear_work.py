@@ -16,21 +16,24 @@ import email.policy
 import hashlib
 import re
 import time
+import tracemalloc
 from collections.abc import Callable
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
 from maildesk import dkimbody
 from maildesk.base64runs import long_runs
 from maildesk.config import TrustSettings
-from maildesk.html_text import html_to_text
+from maildesk.html_text import SLICE, html_to_text
 from maildesk.mailauth import MailAuth, parse_authentication_results
 from maildesk.message import parse
 from maildesk.redaction import redact_links
 from maildesk.replies import MAX_TEXT, TRUNCATED, has_word, is_only_thanks, new_text
 from maildesk.tickets import search
 from tests.conftest import RunningDaemon, eml, make_mail, wait_for
+from tests.dns_server import dns_server, make_key
 from tests.helpers import ticket, tickets
 
 FACTOR = 8  # the large input is FACTOR times the small one
@@ -181,6 +184,48 @@ def test_html_to_text_keeps_quotes_paragraphs_and_drops_markup() -> None:
 def test_html_past_the_tag_budget_is_still_read_as_text() -> None:
     html = "<br>" * 150_000 + "<p>Tail &amp; end</p>"
     assert html_to_text(html).endswith("Tail & end")
+
+
+# Long text of short pieces (lines, runs of white space, references): each step over a text
+# made a Python object of some 50 bytes per piece, so 16 MB of `<pre>ab` lines held 890 MB.
+HTML_MEMORY_SHAPES: dict[str, Shape] = {
+    "<pre> lines": lambda n: "<pre>" + "ab\n" * (n // 3),
+    "<pre> lines ending in a space": lambda n: "<pre>" + "ab \n" * (n // 4),
+    "<pre> references": lambda n: "<pre>" + "ab&lt;" * (n // 6),
+    "lines": lambda n: "ab\n" * (n // 3),
+    "vertical tabs": lambda n: "ab\x0b" * (n // 3),
+    "references": lambda n: "ab&lt;" * (n // 6),
+    "blank lines": lambda n: "ab\n\n<br><br>" * (n // 12),
+}
+
+
+def peak_bytes(stage: Callable[[str], object], text: str) -> int:
+    """The most memory Python held at once while `stage` ran: allocations, counted the same
+    on any machine (tracemalloc), unlike a process's RSS."""
+    tracemalloc.start()
+    try:
+        stage(text)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("name", sorted(HTML_MEMORY_SHAPES))
+def test_html_to_text_holds_a_few_times_its_input(name: str) -> None:
+    html = HTML_MEMORY_SHAPES[name](1 << 20)
+    ratio = peak_bytes(html_to_text, html) / len(html)
+    assert ratio < 6, f"{name}: {ratio:.1f} bytes held per character of HTML"
+
+
+def test_html_to_text_in_slices_reads_as_in_one_piece() -> None:
+    """Long text is converted a slice at a time (`SLICE` characters), cut where no step can
+    tell: white space runs, quoted lines and references across the cuts read as before."""
+    words = "Dobrý&nbsp;den, \u2028 tiskárna\x0b  &amp; " * (SLICE // 8)
+    assert html_to_text(words) == ("Dobrý den, tiskárna & " * (SLICE // 8)).strip()
+    quoted = "<blockquote><pre>" + ("  x\n" + " " * SLICE + "&#32;y\n \n") * 3
+    assert html_to_text(quoted) == "\n".join(["> x", "> y", ">"] * 3)
+    lines = "<pre>" + "a  \n\n\n" * SLICE
+    assert html_to_text(lines) == "\n\n".join(["a"] * SLICE)
 
 
 # -- reply text, thanks and approval words -----------------------------------------------
@@ -355,6 +400,40 @@ def test_reading_a_dkim_signature_grows_linearly() -> None:
     ratio = growth(check, _signed, 3_000)
     assert ratio < GROWTH_BOUND, f"time(8n)/time(n) = {ratio:.1f}"
     assert not check(_signed(30_000)).proven
+
+
+def _naming(names: str, fields: int) -> bytes:
+    """A mail of `fields` header fields and a signature whose h= is `names`: its body hash
+    right, its b= anything (the fields are hashed before b= is read)."""
+    body = b"hi\r\n"
+    digest = dkimbody.body_hash(b"\r\n" + body, 2, True, hashlib.sha256)
+    return (
+        "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=evil.test; s=sel;\r\n"
+        f" h=from:{names}; bh={base64.b64encode(digest).decode()}; b={'A' * 344}\r\n"
+        "From: x@evil.test\r\nSubject: hi\r\n" + "a:\r\n" * fields + "\r\n" + body.decode()
+    ).encode()
+
+
+def test_a_signature_naming_many_fields_costs_little_more_than_an_ordinary_one(
+    tmp_path: Path,
+) -> None:
+    """dkimpy scans the header block from the bottom for each distinct field h= names, with
+    the sender's own key in DNS: 700 names over 60,000 fields (256 KB) cost 5.6 s of CPU for
+    one signature (`mailauth.MAX_FIELD_SCANS`). A real signature still proves its mail."""
+    key = make_key(tmp_path, "evil.test")
+    with dns_server({key.record_name: key.record}) as address:
+        auth = MailAuth(TrustSettings(dns_servers=(address,), dns_timeout=5.0))
+
+        def cpu(raw: bytes) -> float:
+            check = lambda _: auth.check(raw, "x@evil.test", (), False)  # noqa: E731
+            return min(_cpu(check, "", 1) for _ in range(3))
+
+        hostile = _naming(":".join(f"x{i}" for i in range(600)), 16_000)
+        ratio = cpu(hostile) / cpu(_naming("subject", 16_000))
+        assert ratio < 4, f"the signature naming 600 fields cost {ratio:.1f} times an ordinary one"
+        many = _mail("hi").replace("Subject: hi\n", "Subject: hi\n" + "a: b\n" * 5_000)
+        signed = key.sign(many.replace("alice@customer.test", "x@evil.test").encode())
+        assert auth.check(signed, "x@evil.test", (), False).proven
 
 
 def _returned(original: bytes) -> bytes:

@@ -50,6 +50,21 @@ _CD_NEXT = re.compile(rb"\ncontent-disposition:", re.I)
 # Python's parameter parser (email.message._parseparam) is quadratic in the number of ";"
 # in one value: a 30 KB Content-Type of semicolons costs ~0.4 s per part. Real mail has a few.
 MAX_PARAMETERS = 100
+# The header blocks of the parts (and of forwarded messages) have no cap in bytes of their
+# own: the parser reads them a line at a time in Python, and mail-parser looks fields up by
+# scanning them all, some 30 times a part (8 MB of `X-A: b` lines in one part cost 3 s and
+# 250 MB). Real mail has a few lines a part, a forwarded message a few hundred.
+MAX_PART_HEADER_LINES = 20_000
+# mail-parser decodes each part's filename from these two fields a few times over, in
+# Python: 490 filenames of 30 KB of encoded words cost 5.8 s, of RFC 2231 %-escapes 3.5 s.
+# Real ones hold a type, a boundary and a name: a few hundred bytes a part.
+MAX_MIME_FIELD_BYTES = 1 << 20
+# mail-parser flattens each container (multipart/*, message/*) marked as an attachment to
+# text, the containers inside it included: 19 forwarded mails, each attached to the one before,
+# in 16 MB cost 8.9 s and 392 MB. A container's bytes, counted once for each attached
+# container it is in, may come to this many times `max_message_size`: one mail forwarded in
+# another, each as large as a mail may be.
+MAX_FLATTENED = 2
 _FIELD_END = re.compile(rb"\n(?![ \t])")
 # One parameter up to its ';'. Like email.message._parseparam, a '"' after '\' is no quote.
 _PARAM = re.compile(rb'((?:[^;"\\]+|\\"?|"(?:[^"\\]+|\\"?)*"?)*)(?:;|\Z)')
@@ -154,6 +169,12 @@ class _Walk:
         self.stack: list[tuple[bytes | None, bytes]] = []
         self.index: tuple[dict[bytes, int], int | None] | None = None  # see levels()
         self.parts = 0
+        self.header_lines = 0  # of the header blocks below the top one
+        self.mime_field_bytes = 0  # of every block's Content-Type and Content-Disposition
+        # Where each open container starts when it is marked as an attachment (else None),
+        # beside `stack`; and the bytes of the closed ones, each counted at every such level.
+        self.attached: list[int | None] = []
+        self.flattened = 0
 
     def run(self) -> None:
         pos = self.enter(0, in_digest=False)
@@ -162,11 +183,11 @@ class _Walk:
             pos, level, close = event
             boundary, kind = self.stack[level]
             if close:  # this multipart, and whatever is still open inside it, ends
-                self.pop(level)
+                self.pop(level, pos)
                 if not self.stack and root is not None:
                     pos, root = self.epilogue(pos, root), None
                 continue
-            self.pop(level + 1)
+            self.pop(level + 1, pos)
             if kind == _DSN:  # a blank line ends a block; another follows unless the DSN ends
                 nxt = self.owner(pos) if pos < len(self.raw) else None
                 if pos >= len(self.raw) or (nxt and nxt[1] < level):
@@ -175,6 +196,7 @@ class _Walk:
             if boundary is not None:
                 pos = self.skip_repeats(pos, level, boundary)
             pos = self.enter(pos, in_digest=kind == b"multipart/digest")
+        self.pop(0, len(self.raw))
 
     def levels(self) -> tuple[dict[bytes, int], int | None]:
         """Each open boundary's outermost level, and the outermost DSN's level."""
@@ -257,25 +279,24 @@ class _Walk:
         while True:
             end, body = self.split(pos)
             _check_fields(raw, pos, end, nl, self.limits.max_header_line)
+            if pos:  # the top block's cap is `max_header_bytes`
+                self.count_header_lines(pos, end)
             value = _content_type(raw, pos, end)
             disposition = _content_type(raw, pos, end, _CD_FIRST, _CD_NEXT)
-            for name, field in ((b"Content-Type", value), (b"Content-Disposition", disposition)):
-                if field is not None and field.count(b";") > MAX_PARAMETERS:
-                    raise HostileInput(
-                        f"{name.decode()} has {field.count(b';')} parameters "
-                        f"(limit {MAX_PARAMETERS})"
-                    )
+            self.check_mime_fields(value, disposition)
+            kind = b"" if disposition is None else disposition.partition(b";")[0]
+            start = pos if kind.strip(_WS).lower() == b"attachment" else None
             ctype = default if value is None else value.partition(b";")[0].strip(_WS).lower()
             ctype = ctype if ctype.count(b"/") == 1 else b"text/plain"
             if ctype.startswith(b"multipart/"):
                 boundary = None if value is None else _boundary(value)
                 if boundary is not None:  # without one the parser reads the body as text
-                    self.push(boundary, ctype)
+                    self.push(boundary, ctype, start)
                 return body
             if not ctype.startswith(b"message/"):
                 return body
             # The body is a message, or for a DSN blocks of headers each parsed as a message.
-            self.push(None, ctype)
+            self.push(None, ctype, start)
             pos, default = body, b"text/plain"
             if ctype == _DSN:
                 self.count_part()  # its first block
@@ -295,12 +316,44 @@ class _Walk:
             limit = self.limits.max_mime_parts
             raise HostileInput(f"MIME part count reaches {self.parts} (limit {limit})")
 
-    def pop(self, level: int) -> None:
-        del self.stack[level:]
+    def check_mime_fields(self, value: bytes | None, disposition: bytes | None) -> None:
+        for name, field in ((b"Content-Type", value), (b"Content-Disposition", disposition)):
+            if field is None:
+                continue
+            if field.count(b";") > MAX_PARAMETERS:
+                raise HostileInput(
+                    f"{name.decode()} has {field.count(b';')} parameters (limit {MAX_PARAMETERS})"
+                )
+            self.mime_field_bytes += len(field)
+        if self.mime_field_bytes > MAX_MIME_FIELD_BYTES:
+            raise HostileInput(
+                f"Content-Type and Content-Disposition fields reach {self.mime_field_bytes} "
+                f"bytes (limit {MAX_MIME_FIELD_BYTES})"
+            )
+
+    def count_header_lines(self, start: int, end: int) -> None:
+        self.header_lines += self.raw.count(self.nl, start, end) + (end > start)
+        if self.header_lines > MAX_PART_HEADER_LINES:
+            raise HostileInput(
+                f"header lines of the parts reach {self.header_lines} "
+                f"(limit {MAX_PART_HEADER_LINES})"
+            )
+
+    def pop(self, level: int, end: int) -> None:
+        """Close the containers from `level` in, which end at `end`."""
+        self.flattened += sum(end - start for start in self.attached[level:] if start is not None)
+        limit = MAX_FLATTENED * self.limits.max_message_size
+        if self.flattened > limit:
+            raise HostileInput(
+                f"containers marked as attachments hold {self.flattened} bytes, counted once "
+                f"for each one they are in (limit {limit})"
+            )
+        del self.stack[level:], self.attached[level:]
         self.index = None
 
-    def push(self, boundary: bytes | None, ctype: bytes) -> None:
+    def push(self, boundary: bytes | None, ctype: bytes, attached: int | None) -> None:
         self.stack.append((boundary, ctype))
+        self.attached.append(attached)
         self.index = None
         if len(self.stack) > self.limits.max_mime_depth:
             limit = self.limits.max_mime_depth

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.inbound.guard import HostileInput, Limits, check
+from maildesk.inbound.guard import (
+    MAX_MIME_FIELD_BYTES,
+    MAX_PART_HEADER_LINES,
+    HostileInput,
+    Limits,
+    check,
+)
 
 CORPUS = sorted((Path(sysconfig.get_paths()["stdlib"]) / "test/test_email/data").glob("msg_*.txt"))
 LIMITS = Limits()
@@ -104,6 +110,42 @@ def test_header_field_counts_its_continuation_lines() -> None:
 def test_header_field_cap_applies_to_nested_parts() -> None:
     raw = many_parts(1).replace(b"Content-Type: text/plain", b"X-Big: " + b"a" * 40000)
     assert refused(raw) == "header field X-Big is 40007 bytes unfolded (limit 32768)"
+
+
+def fields_below_the_top(raw: bytes) -> int:
+    """The header fields the parser builds for the parts and forwarded messages."""
+    msg = email.message_from_bytes(raw)
+    return sum(len(part) for part in msg.walk() if part is not msg)
+
+
+def test_header_lines_of_the_parts_are_capped_in_all() -> None:
+    """No byte cap holds a part's header block, and the parser reads it a line at a time
+    while mail-parser scans its fields at each lookup: 8 MB of `X-A: b` lines in one part
+    cost 3 s of CPU and 250 MB, 25 MB would cost three times that."""
+    lines = b"X-A: b\n" * (MAX_PART_HEADER_LINES - 1) + b"Content-Type: text/plain\n"
+    one_part = many_parts(1).replace(b"Content-Type: text/plain\n", lines)
+    assert fields_below_the_top(one_part) == MAX_PART_HEADER_LINES
+    check(one_part, LIMITS)
+    longer = one_part.replace(b"X-A", b"X-A: b\nX-A", 1)
+    assert refused(longer) == "header lines of the parts reach 20001 (limit 20000)"
+    hostile = many_parts(1).replace(b"\n\nx", b"\n" + b"X-A: b\n" * 1_000_000 + b"\nx")
+    assert refused(hostile) == "header lines of the parts reach 1000001 (limit 20000)"
+
+
+def test_header_lines_of_the_parts_count_together_folded_lines_too() -> None:
+    per_part = MAX_PART_HEADER_LINES // 400
+    folded = b"X-A: b\n" + b" c\n" * (per_part - 2) + b"Content-Type: text/plain\n"
+    spread = many_parts(400).replace(b"Content-Type: text/plain\n", folded)
+    check(spread, LIMITS)
+    over = spread.replace(b"X-A: b\n", b"X-A: b\nX-B: b\n", 1)
+    assert refused(over) == "header lines of the parts reach 20001 (limit 20000)"
+    # A forwarded message's header block is read by the parser as one more.
+    forwarded = (
+        b"From: a@example.test\nContent-Type: message/rfc822\n\n"
+        + b"Received: x\n" * MAX_PART_HEADER_LINES
+        + b"Subject: fwd\n\nhi\n"
+    )
+    assert refused(forwarded) == "header lines of the parts reach 20001 (limit 20000)"
 
 
 def test_encoded_word_subject_of_600_kb() -> None:
@@ -299,3 +341,52 @@ def test_too_many_content_type_parameters_are_refused() -> None:
     ).encode()
     with pytest.raises(HostileInput, match="Content-Disposition has"):
         check(disposition, Limits())
+
+
+def named_parts(count: int, filename: str) -> bytes:
+    part = (
+        "--b\nContent-Type: application/octet-stream\n"
+        f"Content-Disposition: attachment; filename={filename}\n\nQUJD\n"
+    )
+    head = 'From: a@example.test\nContent-Type: multipart/mixed; boundary="b"\n\n'
+    return (head + part * count + "--b--\n").encode()
+
+
+def test_content_type_and_disposition_fields_are_capped_in_all() -> None:
+    """mail-parser decodes a part's filename (encoded words, RFC 2231 %-escapes) a few times,
+    in Python: 490 filenames of 30 KB of encoded words cost 5.8 s, of %-escapes 3.5 s."""
+    words = '"' + "=?utf-8?q?a=C3=A1?= " * 1_500 + '"'
+    reason = refused(named_parts(490, words))
+    assert reason.startswith("Content-Type and Content-Disposition fields reach ")
+    assert reason.endswith(f" bytes (limit {MAX_MIME_FIELD_BYTES})")
+    escapes = "; ".join(f"filename*{i}*=" + "%C3%A1" * 50 for i in range(99))
+    assert refused(named_parts(490, escapes)).startswith("Content-Type and Content-Disposition")
+    # Long real names pass: 500 attachments named in 1 KB each.
+    check(named_parts(499, '"' + "=?utf-8?q?P=C5=99=C3=ADloha?= " * 34 + '"'), LIMITS)
+
+
+def forwarded(levels: int, body: bytes) -> bytes:
+    """A mail forwarding as an attachment a mail that forwards one, and so on, `levels` deep."""
+    mail = b"From: a@example.test\nSubject: first\n\n" + body
+    attached = b"Content-Type: message/rfc822\nContent-Disposition: attachment\n\n"
+    for _ in range(levels):
+        mail = b"From: a@example.test\n" + attached + mail
+    return mail
+
+
+def test_containers_marked_as_attachments_are_flattened_a_bounded_number_of_times() -> None:
+    """mail-parser flattens each container marked as an attachment to text, the ones inside it
+    included: 19 forwarded mails, each inside the one before, in 16 MB cost 8.9 s and 392 MB.
+    Each container's bytes count once for each such container it is in."""
+    limits = Limits(max_message_size=100_000)
+    body = b"printer log, line 1\n" * 1_450
+    assert 6 * len(body) < 2 * limits.max_message_size < 7 * len(body)
+    check(forwarded(6, body), limits)
+    reason = refused(forwarded(7, body), limits)
+    assert reason.startswith("containers marked as attachments hold ")
+    assert reason.endswith(" bytes, counted once for each one they are in (limit 200000)")
+    # Side by side, each forwarded mail counts once.
+    part = b"--b\nContent-Type: message/rfc822\nContent-Disposition: attachment\n\n"
+    mail = b"Subject: x\n\n" + body
+    side = b'Content-Type: multipart/mixed; boundary="b"\n\n' + (part + mail) * 3 + b"--b--\n"
+    check(side, limits)
