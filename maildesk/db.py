@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -61,9 +61,32 @@ READ_ONLY = "maildesk_read_only"
 LOCK_TIMEOUT_SECONDS = 30.0
 
 
+# libpq's TCP settings for PostgreSQL, where the URL sets none of its own. A server
+# that vanishes without a word (its machine lost, a failover to another address, a cut
+# network) leaves each statement in flight, and each pre-ping, waiting for the kernel's
+# retransmissions to give up: about 15 minutes, while SMTP answers 451 (and a new
+# connection waits out the SYN's retries, about 2 minutes). With these, a statement whose
+# bytes go unacknowledged fails after 20 s, an idle connection to nowhere is found after
+# 10 + 3 × 5 s, a connection that cannot be made fails after 10 s, and the pool then
+# connects afresh.
+POSTGRES_TCP: dict[str, int] = {
+    "connect_timeout": 10,  # seconds
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,  # milliseconds
+}
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url, **kwargs)
+    parsed = make_url(url)
+    if parsed.get_driver_name() in ("psycopg", "psycopg2"):  # both libpq
+        given = kwargs.pop("connect_args", {})
+        defaults = {k: v for k, v in POSTGRES_TCP.items() if k not in parsed.query}
+        kwargs["connect_args"] = {**defaults, **given}
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 

@@ -12,7 +12,11 @@ SMTP sink.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import smtplib
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +24,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from maildesk import leases
-from maildesk.db import LOCK_TIMEOUT_SECONDS
+from maildesk.db import LOCK_TIMEOUT_SECONDS, POSTGRES_TCP, Database
 from tests.conftest import PG_URL, make_mail, wait_for
 from tests.pg_proxy import PgProxy
 from tests.smtp_sink import SmtpSink
@@ -195,3 +200,84 @@ def test_mail_arriving_while_postgresql_does_not_answer_gets_a_temporary_failure
     # The first try may have been stored once the lock went: the same mail, once.
     [ack] = relay.messages
     assert b"Printer broken" in ack.content
+
+
+class BlackHole:
+    """Drops every packet to and from one port on this machine (nftables), as a server
+    whose machine is gone, or the network to it cut: nothing answers, not even a reset."""
+
+    def __init__(self, port: int) -> None:
+        self.table = f"maildesk_test_{port}"
+        self.port = port
+
+    def __enter__(self) -> BlackHole:
+        rules = (
+            f"add table inet {self.table}\n"
+            f"add chain inet {self.table} out {{ type filter hook output priority 0; }}\n"
+            f"add rule inet {self.table} out tcp dport {self.port} drop\n"
+            f"add rule inet {self.table} out tcp sport {self.port} drop\n"
+        )
+        subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["nft", "delete", "table", "inet", self.table], check=True)
+
+
+def _can_black_hole() -> bool:
+    if shutil.which("nft") is None or os.geteuid() != 0:
+        return False
+    probe = f"maildesk_probe_{os.getpid()}"
+    made = subprocess.run(["nft", "add", "table", "inet", probe], capture_output=True)
+    if made.returncode != 0:
+        return False
+    subprocess.run(["nft", "delete", "table", "inet", probe], check=True)
+    return True
+
+
+@pytest.mark.skipif(not _can_black_hole(), reason="needs root and nftables (Debian: nftables)")
+def test_a_statement_to_a_server_that_vanished_fails_in_seconds_not_minutes(
+    hop: PgProxy,
+) -> None:
+    """PostgreSQL's machine is lost (or the network to it cut): no reset ever comes. A
+    statement in flight must fail after the TCP timeout maildesk gives libpq, so the
+    pool connects afresh once the server is back (a failover), not wait out the
+    kernel's retransmissions for about 15 minutes while every 250 becomes a 451."""
+    db = Database(hop.url(PG_URL))
+    try:
+        with db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))  # connected: from here on, nothing answers
+            outcome: list[BaseException | None] = []
+
+            def ask() -> None:
+                try:
+                    conn.execute(text("SELECT 1"))
+                    outcome.append(None)
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            with BlackHole(hop.port):
+                asking = threading.Thread(target=ask, daemon=True)
+                asking.start()
+                asking.join(POSTGRES_TCP["tcp_user_timeout"] / 1000 + 30)
+                assert outcome, "the statement still waits for a server that is gone"
+                assert isinstance(outcome[0], OperationalError), outcome
+                # A new connection to it gives up too, not after the SYN's retries.
+                connecting = threading.Thread(target=connect_once, args=(db, outcome))
+                connecting.start()
+                connecting.join(POSTGRES_TCP["connect_timeout"] + 30)
+                assert len(outcome) == 2, "a new connection still waits for the server"
+                assert isinstance(outcome[1], OperationalError), outcome
+        # The server is reachable again: the next statement takes a new connection.
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        db.dispose()
+
+
+def connect_once(db: Database, outcome: list[BaseException | None]) -> None:
+    try:
+        with db.engine.connect():
+            outcome.append(None)
+    except BaseException as exc:
+        outcome.append(exc)
