@@ -31,6 +31,7 @@ from maildesk import config
 from maildesk.app import DRAIN_SECONDS, Daemon
 from maildesk.clock import ManualClock
 from maildesk.services import Services, build
+from tests.smtp_sink import SmtpSink
 
 PG_URL = os.environ.get("MAILDESK_TEST_DATABASE_URL", "")
 METRICS_TOKEN = "test-metrics-token"
@@ -148,6 +149,13 @@ def config_file(config_values: dict[str, Any], tmp_path: Path) -> Path:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+@pytest.fixture
+def relay() -> Iterator[SmtpSink]:
+    """A real SMTP server standing in for the desk's relay: what it received, in order."""
+    with SmtpSink() as sink:
+        yield sink
 
 
 @pytest.fixture

@@ -235,17 +235,19 @@ class Dovecot:
         parts = [self._base / "dovecot.out", self._base / "dovecot.log"]
         return "\n".join(p.read_text(errors="replace") for p in parts if p.exists())
 
-    def settings(self, **overrides: Any) -> ImapSettings:
-        """`ImapSettings` pointing at this server (plain IMAP, no TLS)."""
-        values: dict[str, Any] = {
+    def config(self) -> dict[str, Any]:
+        """The `[imap]` table of a config polling this server (plain IMAP, no TLS)."""
+        return {
             "host": self.host,
             "port": self.port,
             "ssl": False,
             "username": self.username,
             "password": self.password,
         }
-        values.update(overrides)
-        return ImapSettings(**values)
+
+    def settings(self, **overrides: Any) -> ImapSettings:
+        """`ImapSettings` pointing at this server (plain IMAP, no TLS)."""
+        return ImapSettings(**{**self.config(), **overrides})
 
     def client(self) -> IMAPClient:
         """A logged-in client; use it as a context manager."""

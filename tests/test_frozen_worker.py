@@ -109,12 +109,6 @@ class Stream:
 
 
 @pytest.fixture
-def relay() -> Iterator[SmtpSink]:
-    with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
 def serve(
     config_values: dict[str, Any], tmp_path: Path, relay: SmtpSink
 ) -> Iterator[DaemonProcess]:

@@ -71,12 +71,6 @@ def instance(name: str, values: dict[str, Any], tmp_path: Path) -> Instance:
     return Instance(name, path, settings, DaemonProcess(path, folder / "daemon.log", settings))
 
 
-@pytest.fixture
-def relay() -> Iterator[SmtpSink]:
-    with SmtpSink() as sink:
-        yield sink
-
-
 @pytest.fixture(params=[2, 3], ids=["two", "three"])
 def instances(
     request: pytest.FixtureRequest, config_values: dict[str, Any], tmp_path: Path, relay: SmtpSink
@@ -149,6 +143,16 @@ def idle(instances: list[Instance]) -> bool:
         if health is None or health["inbound_pending"] or health["outbox_pending"]:
             return False
     return True
+
+
+def inbound_states(each: Instance) -> Counter[str]:
+    """How many stored messages are in each state (the instances share one database)."""
+    db = Database(each.settings.database.url)
+    try:
+        with db.reading() as session:
+            return Counter(session.scalars(select(Inbound.state)))
+    finally:
+        db.dispose()
 
 
 def export(each: Instance) -> list[dict[str, Any]]:
@@ -230,12 +234,7 @@ def test_instances_one_killed_and_restarted_every_250_in_one_ticket_one_ack_each
     assert set(where) <= attempted | {"multi-reply@customer.test"}
     assert where["multi-reply@customer.test"] == where[first]
 
-    db = Database(a.settings.database.url)
-    try:
-        with db.reading() as session:
-            states = Counter(session.scalars(select(Inbound.state)))
-    finally:
-        db.dispose()
+    states = inbound_states(a)
     # A message stored by A just before the kill and sent again to B is a duplicate.
     assert set(states) <= {"done", "duplicate"}, states
 
@@ -259,13 +258,7 @@ def test_imap_polling_stops_where_the_lock_session_ended_and_goes_on_once(
     fetched and stored once, and the intake goes on without a restart."""
     with Dovecot() as dovecot:
         imap = dovecot.settings()
-        config_values["imap"] = {
-            "host": imap.host,
-            "port": imap.port,
-            "ssl": False,
-            "username": imap.username,
-            "password": imap.password,
-        }
+        config_values["imap"] = dovecot.config()
         config_values["outbound"]["url"] = relay.url
         config_values["workers"] = {"count": 1}
         both = [instance(name, config_values, tmp_path) for name in "ab"]
@@ -284,12 +277,7 @@ def test_imap_polling_stops_where_the_lock_session_ended_and_goes_on_once(
                 dovecot.append("INBOX", make_mail(subject=f"After {n}", sender=f"a{n}@c.test"))
             wait_for(lambda: len(dovecot.messages("Processed")) == 4, 60, "the next two")
             wait_for(lambda: idle(both), 60, "the queues to empty")
-            db = Database(holder.settings.database.url)
-            try:
-                with db.reading() as session:
-                    states = Counter(session.scalars(select(Inbound.state)))
-            finally:
-                db.dispose()
+            states = inbound_states(holder)
             assert states == {"done": 4}, states  # no mail stored twice
             # One acknowledgement each, at the relay.
             subjects = sorted(

@@ -41,12 +41,6 @@ CUSTOMER = "alice@customer.test"
 
 
 @pytest.fixture
-def relay() -> Iterator[SmtpSink]:
-    with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
 def hop() -> Iterator[PgProxy]:
     with PgProxy(make_url(PG_URL).port or 5432) as running:
         yield running

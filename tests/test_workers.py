@@ -93,12 +93,6 @@ def initialized(values: dict[str, Any], tmp_path: Path) -> tuple[Path, config.Se
 
 
 @pytest.fixture
-def relay() -> Iterator[SmtpSink]:
-    with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
 def serve(
     config_values: dict[str, Any], tmp_path: Path, relay: SmtpSink
 ) -> Iterator[DaemonProcess]:
@@ -348,14 +342,7 @@ def test_mail_serve_fetches_by_imap_is_answered_by_its_workers(
     """IMAP polling stays in serve; what it stores wakes the worker processes."""
     with Dovecot() as dovecot:
         values = json.loads(json.dumps(config_values))
-        imap = dovecot.settings()
-        values["imap"] = {
-            "host": imap.host,
-            "port": imap.port,
-            "ssl": False,
-            "username": imap.username,
-            "password": imap.password,
-        }
+        values["imap"] = dovecot.config()
         values["workers"] = {"count": 2}
         path, settings = initialized(values, tmp_path)
         serve = DaemonProcess(path, tmp_path / "serve.log", settings).start()
