@@ -193,7 +193,9 @@ class Outbox:
             for p in self.files()
         ]
 
-    def wait(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
+    def wait(self, count: int, timeout: float = 30.0) -> list[EmailMessage]:
+        # A guard against a hang, not a speed check: a daemon whose worker processes
+        # start beside a loaded suite took more than 10 s for its first mail (CI).
         wait_for(lambda: len(self.files()) >= count, timeout, f"{count} outbound messages")
         return self.messages()
 
