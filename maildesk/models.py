@@ -308,7 +308,8 @@ class Attachment(Base):
 
 
 class Event(Base):
-    """One change of a ticket's status, type, priority, owner or payment: who, when, how."""
+    """One change of a ticket's status, type, priority, owner, requester or payment: who,
+    when, how."""
 
     __tablename__ = "events"
 

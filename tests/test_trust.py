@@ -28,7 +28,15 @@ from maildesk.models import Inbound, Outbox, Ticket
 from maildesk.services import Services
 from tests.conftest import RunningDaemon, make_mail, running_daemon, wait_for
 from tests.dns_server import DkimKey, dns_server, make_key
-from tests.helpers import OUR_MTA, outbox_rows, outbox_text, participants, ticket
+from tests.helpers import (
+    OUR_MTA,
+    outbox_mail,
+    outbox_rows,
+    outbox_text,
+    participants,
+    ticket,
+)
+from tests.helpers import tickets as desk_tickets
 
 AGENT = "agent@example.test"
 ALICE = "alice@customer.test"
@@ -41,7 +49,7 @@ STAMPED = f"Authentication-Results: {OUR_MTA}; dkim=pass header.d=customer.test\
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DkimKey]:
     folder = tmp_path_factory.mktemp("keys")
-    domains = ("customer.test", "evil.test", "evil.uk.com", "example.test")
+    domains = ("customer.test", "evil.test", "evil.uk.com", "example.test", "partner.test")
     return {domain: make_key(folder, domain) for domain in domains}
 
 
@@ -240,6 +248,85 @@ def test_a_dkim_proven_customer_copies_a_colleague_in(
 
     assert participants(services, 1) == {ALICE, "bob@customer.test"}
     assert ticket(services, 1)["messages"][0]["proof"] == "dkim"
+
+
+ORIGINAL = "<printer-7@customer.test>"
+BOB_ELSEWHERE = "bob@partner.test"
+
+
+def her_original(keys: dict[str, DkimKey], signed: bool = True) -> bytes:
+    """Alice writes to us and copies Bob, who works elsewhere."""
+    mail = make_mail(message_id=ORIGINAL, cc=f"Bob <{BOB_ELSEWHERE}>")
+    return keys["customer.test"].sign(mail) if signed else mail
+
+
+def his_reply_all(keys: dict[str, DkimKey], to: str = ALICE, cc: str = "") -> bytes:
+    """Bob answers everyone from his signed mailbox, before Alice's mail reaches us."""
+    reply = make_mail(subject="Re: Printer broken", sender=f"Bob <{BOB_ELSEWHERE}>", to=to,
+                      cc=cc or "support@example.test", body="Ours prints blank pages too.",
+                      In_Reply_To=ORIGINAL, References=ORIGINAL)  # fmt: skip
+    return keys["partner.test"].sign(reply)
+
+
+def test_her_original_after_the_reply_all_of_someone_she_copied_makes_the_ticket_hers(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """Bob's reply opened ticket 1. Alice's own mail, which it answers, came later: she
+    asked, so the ticket is hers. She gets the acknowledgement with the ticket's number,
+    the agents' answers go to her, and Bob, whom she copied, stays in it. (It joined
+    his ticket marked unverified; she heard nothing and the answers went to him.)"""
+    services = desk.services
+    send(desk, his_reply_all(keys), mail_from=BOB_ELSEWHERE)
+    assert ticket(services, 1)["requester"] == BOB_ELSEWHERE
+
+    send(desk, her_original(keys))
+
+    opened = ticket(services, 1)
+    assert len(desk_tickets(services)) == 1
+    assert opened["requester"] == ALICE
+    assert participants(services, 1) == {ALICE, BOB_ELSEWHERE}
+    hers = last_inbound(services, 1)
+    assert (hers["from"], hers["kind"], hers["proof"], hers["flag"]) == (
+        ALICE, "customer", "dkim", "")  # fmt: skip
+    [change] = [e for e in opened["events"] if e["field"] == "requester"]
+    assert (change["old"], change["new"]) == (BOB_ELSEWHERE, ALICE)
+    [ack] = [row for row in sent_to(services, ALICE) if row.kind == "acknowledgement"]
+    assert "[#1]" in outbox_mail(ack)["Subject"]
+    assert "/account/set-password" in outbox_text(ack)  # her first mail to us
+    [notice] = sent_to(services, AGENT)[1:]
+    assert "Requester changed" in outbox_mail(notice)["Subject"]
+
+
+def test_an_unproven_original_leaves_the_ticket_with_whoever_opened_it(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """Anyone can write Alice's From on a mail with the id Bob answered: without proof
+    it changes no one's ticket, and its text is marked for the agents."""
+    services = desk.services
+    send(desk, his_reply_all(keys), mail_from=BOB_ELSEWHERE)
+
+    send(desk, her_original(keys, signed=False))
+
+    assert ticket(services, 1)["requester"] == BOB_ELSEWHERE
+    assert last_inbound(services, 1)["flag"] == "unverified"
+    assert sent_to(services, ALICE) == []
+
+
+def test_someone_the_reply_only_copied_cannot_claim_to_have_written_what_it_answered(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """Mallory, in the Cc of Bob's reply, signs a mail of her own under the id it
+    answers (its author, to whom the reply was written, never wrote to us). She is
+    not whom Bob answered: the ticket stays his."""
+    services = desk.services
+    send(desk, his_reply_all(keys, cc=f"support@example.test, {MALLORY}"),
+         mail_from=BOB_ELSEWHERE)  # fmt: skip
+    claim = make_mail(sender=MALLORY, message_id=ORIGINAL, cc=f"Bob <{BOB_ELSEWHERE}>")
+
+    send(desk, keys["evil.test"].sign(claim), mail_from=MALLORY)
+
+    assert ticket(services, 1)["requester"] == BOB_ELSEWHERE
+    assert sent_to(services, MALLORY) == []
 
 
 def test_an_altered_signed_mail_proves_nothing(

@@ -606,7 +606,13 @@ class Processor:
         lifecycle = Lifecycle(session, now)
         ticket, rule = match.ticket, match.rule
         takes_part = ticket is not None and tickets.is_participant(ticket.id, message.from_addr)
-        trust = standing(match, auth, row.source, takes_part)
+        original = not forged and self._answered_by_opener(tickets, match, message, row)
+        trust = standing(match, auth, row.source, takes_part or original)
+        # Her mail came after a reply to it that opened the ticket: she asked, she is
+        # the requester. Proven only: anyone the reply was written to knows its id.
+        handed_over = original and auth.proven and match.named_under(auth)
+        if ticket is not None and handed_over:
+            self._hand_over(tickets, lifecycle, ticket, message, now)
         # Only a person with something to say reopens a ticket: an out-of-office
         # answering our "closed" notice is filed with the closed ticket, and so are
         # unverified mail and a "Thanks!" (which opened a new ticket after reopen_days).
@@ -664,11 +670,13 @@ class Processor:
             extra={"ticket": ticket.id, "message_id": message.message_id},
         )
         queued = 0
-        if opened:
+        if opened or handed_over:
             if self._may_acknowledge(session, row, message, verdict, auth) and not forged:
                 answering = InReplyTo(message.message_id, message.references)
                 queued += self.notices.acknowledge(session, ticket, answering, trust.verified)
-            if row.notify:
+            if row.notify and handed_over:
+                queued += self.notices.to_agents(session, ticket, "original", message, text=text)
+            elif row.notify:
                 event = "forged" if forged else "new_ticket"
                 queued += self.notices.new_ticket(session, ticket, message, event)
             return queued
@@ -685,6 +693,44 @@ class Processor:
         if outcome == "confirmed":
             queued += self.notices.status_notice(session, ticket)
         return queued + self.notices.to_agents(session, ticket, outcome, message, text=text)
+
+    def _answered_by_opener(
+        self, tickets: Tickets, match: Match, message: ParsedMessage, row: Inbound
+    ) -> bool:
+        """Whether this mail is the one that the reply which opened its ticket answered,
+        written To its sender (mail is not delivered in order: someone she copied can
+        answer everyone before her own mail reaches us)."""
+        ticket = match.ticket
+        if ticket is None or not match.reply_came_first or row.source == "import":
+            return False
+        sender = message.from_addr
+        if ticket.status == TicketStatus.CLOSED or ticket.requester.email == sender:
+            return False
+        if sender == self.settings.support.address.lower():
+            return False
+        if Agents(tickets.session).by_email(sender) is not None:
+            return False
+        return tickets.opened_answering(ticket, message.message_id, sender)
+
+    def _hand_over(
+        self,
+        tickets: Tickets,
+        lifecycle: Lifecycle,
+        ticket: Ticket,
+        message: ParsedMessage,
+        now: datetime,
+    ) -> None:
+        before = ticket.requester.email
+        person = tickets.person(message.from_addr, message.from_name, now, proven=True)
+        tickets.hand_over(ticket, person)
+        ticket.sender_proven = True  # her own mail proved her: the ticket is hers
+        lifecycle.record(ticket, "requester", before, person.email, person.email, "mail")
+        log.info(
+            "ticket %d: the mail its first message answered arrived; its proven sender"
+            " is the requester now, the one before stays in it",
+            ticket.id,
+            extra={"ticket": ticket.id, "message_id": message.message_id},
+        )
 
     @staticmethod
     def _flag(opened: bool, trust: Standing, forged: bool) -> str:

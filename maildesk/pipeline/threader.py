@@ -38,6 +38,8 @@ class Match:
     named_by: tuple[str, ...] = ()
     # The Subject's tag names the same ticket: another way the mail names it.
     tagged: bool = False
+    # A reply to this mail was stored first and led it to the reply's ticket.
+    reply_came_first: bool = False
 
     def named_under(self, proof: Authentication) -> bool:
         """Whether `proof` covers a way the mail names its ticket: the fields that
@@ -85,7 +87,9 @@ class Threader:
         if answered is not None:
             referenced = tickets.get(answered)
             tagged = self._tags(message.subject, answered)
-            return Match(referenced, "references", answered in secrets, ("message-id",), tagged)
+            secret = answered in secrets
+            named_by = ("message-id",)
+            return Match(referenced, "references", secret, named_by, tagged, True)
         for token in signed:
             if (ticket := tickets.get(token.ticket)) is not None:
                 return Match(ticket, "reply_token", secret=token.ticket in secrets)

@@ -3,7 +3,10 @@
 - A secret — our signed reply address of this ticket, or a Message-ID maildesk
   minted for it — proves the sender received our mail about this ticket.
 - A proven From (aligned DKIM, or our MTA's verdict: maildesk/mailauth.py) of
-  someone who already takes part in the ticket (its requester or a participant).
+  someone who already takes part in the ticket (its requester or a participant), or
+  who wrote the mail that the reply which opened the ticket answered, To her: she
+  copied someone who answered everyone before her own mail reached us, and she
+  becomes the requester (pipeline/process.py).
 - An archive imported by the operator (`maildesk import`) is vouched for by them.
 A verified message may add its sender and the people it copies as participants,
 approve or decline paid work, confirm, dispute, reopen. An unverified one changes
@@ -37,7 +40,8 @@ class Standing:
 
 
 def standing(match: Match, auth: Authentication, source: str, takes_part: bool) -> Standing:
-    """`takes_part`: the sender is the matched ticket's requester or a participant."""
+    """`takes_part`: the sender is the matched ticket's requester or a participant, or
+    wrote the mail that the ticket's first message answered."""
     if source == "import":
         return Standing("import", copies=True)
     if match.ticket is not None and match.secret:

@@ -97,6 +97,12 @@ class Lifecycle:
                 ticket.paid_round = (ticket.paid_round or 0) + 1
         else:  # pragma: no cover - a programming error, not input
             raise ValueError(f"unknown ticket field {field}")
+        return self.record(ticket, field, old, new, actor, via)
+
+    def record(
+        self, ticket: Ticket, field: str, old: str | None, new: str | None, actor: str, via: str
+    ) -> Change:
+        """Record a change made to `ticket` (by `change`, or by `Tickets.hand_over`)."""
         ticket.updated_at = self.now
         self.session.add(
             Event(
@@ -104,8 +110,9 @@ class Lifecycle:
                 at=self.now,
                 actor=actor,
                 field=field,
-                old=old,
-                new=new,
+                # An address may be longer than the column: the event names it, cut.
+                old=None if old is None else old[:200],
+                new=None if new is None else new[:200],
                 via=via,
             )
         )

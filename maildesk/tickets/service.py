@@ -380,6 +380,34 @@ class Tickets:
                 existing.add(person.id)
         return left_out
 
+    def hand_over(self, ticket: Ticket, to: Person) -> None:
+        """Make `to` the requester of `ticket`; the requester before stays in it (cc)."""
+        previous = ticket.requester
+        roles = {
+            person_id: role
+            for person_id, role in self.session.execute(
+                select(Participant.person_id, Participant.role).where(
+                    Participant.ticket_id == ticket.id
+                )
+            )
+        }
+        self.session.execute(
+            update(Participant)
+            .where(Participant.ticket_id == ticket.id, Participant.person_id == previous.id)
+            .values(role="cc")
+        )
+        if to.id in roles:
+            self.session.execute(
+                update(Participant)
+                .where(Participant.ticket_id == ticket.id, Participant.person_id == to.id)
+                .values(role="requester")
+            )
+        else:
+            _INSERT_PARTICIPANT.run(
+                self._rows, {"ticket_id": ticket.id, "person_id": to.id, "role": "requester"}
+            )
+        ticket.requester = to
+
     # -- lookup -------------------------------------------------------------
 
     def get(self, number: int) -> Ticket | None:
@@ -497,6 +525,24 @@ class Tickets:
         those = {f"a{i}": address for i, address in enumerate(recipients)}
         found = _referencing_from(len(recipients)).scalar(self._rows, {**values, **those})
         return found
+
+    def opened_answering(self, ticket: Ticket, message_id: str, sender: str) -> bool:
+        """Whether `ticket` was opened by its requester's reply to `message_id`,
+        written To `sender`: the mail `sender` wrote, which the reply answered."""
+        first = self.session.execute(
+            select(Message.id, Message.from_addr, Message.to_addrs)
+            .where(Message.ticket_id == ticket.id, Message.direction == "in")
+            .order_by(Message.id)
+            .limit(1)
+        ).first()
+        if first is None or first.from_addr.lower() != ticket.requester.email:
+            return False
+        if sender.lower() not in {address.lower() for address in first.to_addrs or ()}:
+            return False
+        named = select(MessageRef.message_pk).where(
+            MessageRef.message_pk == first.id, MessageRef.ref_id == message_id
+        )
+        return self.session.execute(named).first() is not None
 
     # -- changes ------------------------------------------------------------
 
