@@ -93,6 +93,7 @@ def test_agent_reply_from_each_client_reaches_the_customer_clean(
     assert relay.msg["Reply-To"] == opened.ack.msg["Reply-To"]  # the customer's, not agent's
     assert "Auto-Submitted" not in relay.msg  # a person wrote it
     assert "X-Auto-Response-Suppress" not in relay.msg  # the customer's away notice may come
+    assert "X-Loop" not in relay.msg  # nor is it a help desk's automatic mail
     expected_files = [(PDF_NAME, "application/pdf", PDF)] if client.rich else []
     assert attachments(relay.msg) == expected_files
 

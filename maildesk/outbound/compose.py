@@ -58,6 +58,9 @@ class OutgoingMail:
     # Ask Exchange/Outlook not to answer with an out-of-office or auto-reply (they
     # ignore Auto-Submitted): for our automatic mail and everything sent to agents.
     suppress_auto_replies: bool = False
+    # X-Loop: our address, on the same mail: help desks and procmail recipes that read
+    # no Auto-Submitted know by it that the mail is automatic, and whose it is.
+    loop_address: str = ""
     thread_topic: str = ""  # Outlook's Thread-Topic (subject without Re:/tags)
     thread_index: str = ""  # Outlook's Thread-Index (base64), see thread_index()
     attachments: tuple[Attachment, ...] = ()
@@ -150,6 +153,8 @@ def compose_pieces(mail: OutgoingMail, body: Body | None = None) -> tuple[bytes,
         fields.append(("Auto-Submitted", value))
     if mail.suppress_auto_replies:
         fields.append(("X-Auto-Response-Suppress", _SUPPRESS_FIELD))
+    if mail.loop_address:
+        fields.append(("X-Loop", _addresses("X-Loop", (("", mail.loop_address),))))
     if h.clean_text(mail.thread_topic):
         fields.append(("Thread-Topic", _unstructured("Thread-Topic", mail.thread_topic)))
     if mail.thread_index:

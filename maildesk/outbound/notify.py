@@ -318,6 +318,7 @@ class Notifier:
             references=references,
             auto_submitted="auto-replied" if automatic else None,
             suppress_auto_replies=automatic or for_agents,
+            loop_address=support.address if automatic or for_agents else "",
             thread_topic=(
                 topic if topic is not None else ticket.subject if ticket is not None else ""
             ),

@@ -76,6 +76,7 @@ def test_new_ticket_notifies_the_agent_with_the_customers_text(
     assert reply_to.startswith("support+t1a")
     # An agent's out-of-office must not answer it (Exchange ignores Auto-Submitted).
     assert opened["X-Auto-Response-Suppress"] == "OOF, AutoReply"
+    assert opened["X-Loop"] == "support@example.test"
 
 
 def test_agent_reply_is_relayed_from_the_support_address(

@@ -40,6 +40,8 @@ def test_new_mail_opens_a_ticket_and_queues_an_acknowledgement(services: Service
     assert "[#1]" in ack["Subject"]
     assert ack["Auto-Submitted"] == "auto-replied"
     assert ack["X-Auto-Response-Suppress"] == "OOF, AutoReply"
+    # For help desks that read X-Loop, not Auto-Submitted: automatic, and ours.
+    assert ack.get_all("X-Loop") == ["support@example.test"]
     assert ticket(services, 1)["messages"][0]["thread_rule"] == "new"
 
 
