@@ -202,7 +202,7 @@ class Processor:
     # -- claiming -----------------------------------------------------------
 
     def release_leases(self) -> None:
-        """At start-up of the only instance (SQLite): rows a crash left claimed are due now."""
+        """At serve's start on SQLite: rows whose claimant has ended (a crash) are due now."""
         self.store.release()
 
     # -- processing ---------------------------------------------------------
