@@ -90,7 +90,8 @@ class Daemon:
             raise database_failure(settings.database.url, exc) from exc
         await loop.run_in_executor(None, self.metrics.database.start)
         if services.db.is_sqlite:
-            # The only instance: whatever a crash left claimed is due now.
+            # One machine: what a crashed process left claimed is due now; what a live
+            # one holds (a `maildesk worker` unit beside serve) stays its own.
             services.processor.release_leases()
             outbox.release_leases(services.db, services.clock)
         hostname = socket.getfqdn()

@@ -10,15 +10,22 @@ lease_seconds`, 30 s by default), and whoever claims them next gets a new
 token. Every finishing write names the token it holds
 (`owned`), so a worker that lost its lease (it hung, or the clock jumped) can
 never commit over the new owner's work.
+
+A token also names the process that claimed (`claim_token`), so that a serve
+starting on SQLite frees at once the claims of processes that have ended (a
+crash), and only those: a `maildesk worker` running beside it as a unit of its
+own keeps what it holds (`release_dead`).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Integer, Table, and_, bindparam, or_, select, update
@@ -86,7 +93,7 @@ def take(session: Session, model: Queue, ids: list[int], now: datetime) -> Claim
     A Core update on the session's connection: a claiming transaction holds no ORM
     object of its queue to keep in step, and the ORM's update cost a claim of a few
     rows a fifth of its time."""
-    token = new_token()
+    token = claim_token()
     if ids:
         values = {"ids": ids, "until": now + _length, "token": token}
         session.connection().execute(_take(model), values)
@@ -150,17 +157,126 @@ def give_back(session: Session, model: Queue, ids: list[int], token: str, now: d
         )
 
 
-def release_all(session: Session, model: Queue, now: datetime) -> int:
-    """At start-up of the only instance (SQLite): whatever a crash left leased is due now.
+def release_dead(session: Session, model: Queue, now: datetime) -> int:
+    """At serve's start on SQLite: the claims of processes that have ended (a crash) are
+    due now, instead of after their lease; the others stay their holders'.
 
-    Rows waiting out a back-off after a failure keep it (they carry no claim token).
+    A live process's claim (a `maildesk worker` unit beside serve, an orphan that
+    outlived its serve) is never freed: another worker would then send or process
+    the same row while it still works on it. Rows waiting out a back-off after a
+    failure keep it (they carry no claim token).
     """
+    held = rare(model.state == PENDING)
+    claimed = select(model.claim).where(held, model.claim.is_not(None)).distinct()
+    dead: list[str] = []
+    live: list[str] = []
+    for token in session.scalars(claimed):
+        if token is not None:
+            (dead if _holder_ended(token) else live).append(token)
+    if live:
+        pids = sorted({int(p) for t in live if (p := t.partition(".")[0]).isdigit()})
+        log.info(
+            "%s: claims left to their holders, which may still run: pids %s",
+            cast(Table, model.__table__).name,
+            ", ".join(map(str, pids)) or "not named",
+        )
+    if not dead:
+        return 0
     result = session.execute(
-        update(model)
-        .where(rare(model.state == PENDING), model.claim.is_not(None))
-        .values(next_attempt_at=now, claim=None)
+        update(model).where(held, model.claim.in_(dead)).values(next_attempt_at=now, claim=None)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# -- who holds a claim ---------------------------------------------------------------
+#
+# A token is `pid.start.pidns.random`: the claiming process's pid, its start time
+# (clock ticks since boot, from /proc/<pid>/stat: a pid used again by another
+# process has another) and its PID namespace (the inode of /proc/self/ns/pid: a pid
+# means nothing in another namespace, such as another container's), both in base 36.
+# Whatever cannot be judged (no /proc, another namespace, a process /proc hides, a
+# token from before this format) counts as alive: its lease decides, as on PostgreSQL.
+
+# The claim columns' width (models.py: String(32)); the random part fills the rest.
+TOKEN_LENGTH = 32
+_MIN_RANDOM = 6  # characters: the random part tells apart one process's claims
+_this: tuple[int, str | None] | None = None  # (pid, claimant): a new process computes its own
+
+
+def claim_token() -> str:
+    """A fresh claim token naming this process (`new_token` alone without /proc)."""
+    global _this
+    pid = os.getpid()
+    if _this is None or _this[0] != pid:
+        _this = (pid, claimant(pid))
+    me = _this[1]
+    random = new_token()
+    if me is None or len(me) + 1 + _MIN_RANDOM > TOKEN_LENGTH:
+        return random
+    return f"{me}.{random}"[:TOKEN_LENGTH]
+
+
+def claimant(pid: int) -> str | None:
+    """How a token names process `pid` of this PID namespace (`pid.start.pidns`); None
+    when /proc does not tell."""
+    stat, namespace = _stat(pid), _namespace()
+    if stat is None or namespace is None:
+        return None
+    return f"{pid}.{_base36(stat[1])}.{namespace}"
+
+
+def _holder_ended(token: str) -> bool:
+    """Whether the process that took the claim `token` has surely ended."""
+    parts = token.split(".")
+    if len(parts) != 4 or not parts[0].isdigit() or int(parts[0]) <= 0:
+        return False
+    pid, start, namespace = int(parts[0]), parts[1], parts[2]
+    if namespace != _namespace():
+        return False
+    try:
+        os.kill(pid, 0)  # hidepid= hides other users' processes in /proc, not here
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists: another user's
+    stat = _stat(pid)
+    if stat is None:
+        return False  # /proc hides it, or it ended this moment: its lease decides
+    state, ticks = stat
+    # A zombie has ended; another start time is another process under the same pid.
+    return state in ("Z", "X") or _base36(ticks) != start
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """Process `pid`'s state and start time (clock ticks since boot), from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # pid (comm) state ...: the comm may hold anything, so read after its last ')'.
+    # The state is the 3rd field, the start time the 22nd.
+    fields = stat.rpartition(")")[2].split()
+    try:
+        return fields[0], int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _namespace() -> str | None:
+    try:
+        return _base36(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return None
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while True:
+        n, rest = divmod(n, 36)
+        text = digits[rest] + text
+        if not n:
+            return text
 
 
 class Keeper:

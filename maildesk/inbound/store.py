@@ -444,9 +444,9 @@ class InboundStore:
             leases.give_back(session, Inbound, list(ids), batch.claim.token, self._clock.now())
 
     def release(self) -> int:
-        """At start-up of the only instance (SQLite): rows a crash left leased are due now."""
+        """At serve's start on SQLite: rows whose claimant has ended (a crash) are due now."""
         with self._db.transaction() as session:
-            return leases.release_all(session, Inbound, self._clock.now())
+            return leases.release_dead(session, Inbound, self._clock.now())
 
     def counts(
         self,

@@ -518,12 +518,12 @@ def retry(db: Database, clock: Clock, outbox_id: int) -> bool:
 
 
 def release_leases(db: Database, clock: Clock) -> int:
-    """At start-up of the only instance (SQLite): rows a crash left claimed are due now.
+    """At serve's start on SQLite: rows claimed by a process that has ended (a crash)
+    are due now; a live sender's (a `maildesk worker` beside serve) stay its own.
 
-    Safe because no other process can be sending them, and a row sent twice
-    under its key is written once by the Maildir transport. Rows deferred after
-    a failure carry no claim and keep their back-off. (On PostgreSQL another
-    instance may be sending them: their leases run out within `LEASE` instead.)
+    Rows deferred after a failure carry no claim and keep their back-off. (On
+    PostgreSQL another machine's instance may be sending them: their leases run
+    out within `LEASE` instead.)
     """
     with db.transaction() as session:
-        return leases.release_all(session, Outbox, clock.now())
+        return leases.release_dead(session, Outbox, clock.now())

@@ -128,6 +128,26 @@ class _Work:
 
 
 @dataclass(frozen=True)
+class _Routed:
+    """Where a message went (`inbound N -> ticket M (rule)`): logged once committed."""
+
+    inbound_id: int
+    ticket_id: int
+    rule: str
+    message_id: str
+
+    def log(self) -> None:
+        with log_context(inbound_id=self.inbound_id):
+            log.info(
+                "inbound %d -> ticket %d (%s)",
+                self.inbound_id,
+                self.ticket_id,
+                self.rule,
+                extra={"ticket": self.ticket_id, "message_id": self.message_id},
+            )
+
+
+@dataclass(frozen=True)
 class _VouchedImports:
     """Imported rows whose DKIM/DMARC check (DNS lookups) would change nothing.
 
@@ -179,6 +199,10 @@ class Processor:
         # (`_write`); messages that failed in the database stages, counted.
         self._careful = False
         self._stage_failures = 0
+        # Where the messages of the transaction being written went: told once it
+        # committed, as a rolled-back one names tickets that never were (and whose
+        # numbers the next ticket gets).
+        self._routed: list[_Routed] = []
         # This process's sender, when a worker runs both: the transaction that queues
         # mail also claims due mail for it (outbound/outbox.py, `Handoff`).
         self.handoff: Handoff | None = None
@@ -202,7 +226,7 @@ class Processor:
     # -- claiming -----------------------------------------------------------
 
     def release_leases(self) -> None:
-        """At start-up of the only instance (SQLite): rows a crash left claimed are due now."""
+        """At serve's start on SQLite: rows whose claimant has ended (a crash) are due now."""
         self.store.release()
 
     # -- processing ---------------------------------------------------------
@@ -345,6 +369,8 @@ class Processor:
         while left:
             careful = failed is not None or self._careful
             failures = self._stage_failures
+            routed: list[_Routed] = []
+            self._routed = routed
             try:
                 with self.db.transaction() as session:
                     written, queued_now = self._write_some(session, left, token, careful, failed)
@@ -362,6 +388,8 @@ class Processor:
             # After a failure the next messages go in savepoints until some pass without
             # one: a flood of failing mail (a backscatter storm) is not written twice.
             self._careful = careful and (failed is not None or self._stage_failures > failures)
+            for route in routed:
+                route.log()
             if handoff is not None:
                 handoff.put(handed)
             queued += queued_now
@@ -422,6 +450,7 @@ class Processor:
             self._fail(row, work.failure)
             return 0
         work.budget.start()
+        routed = len(self._routed)
         try:
             with session.begin_nested() if savepoint else nullcontext():
                 state, queued = self._stages(session, row, work)
@@ -429,6 +458,7 @@ class Processor:
                 self.store.finish(row, state, now)
                 return queued
         except Exception as exc:
+            del self._routed[routed:]  # rolled back: the ticket it named is not there
             trace = traceback.format_exc()
             if not savepoint:
                 raise _FailedInGroup(row.id, trace, _lost_to_another_transaction(exc)) from exc
@@ -662,13 +692,7 @@ class Processor:
         )
         if trust.verified:
             self._add_participants(tickets, ticket, message, now, copies=trust.copies)
-        log.info(
-            "inbound %d -> ticket %d (%s)",
-            row.id,
-            ticket.id,
-            rule,
-            extra={"ticket": ticket.id, "message_id": message.message_id},
-        )
+        self._routed.append(_Routed(row.id, ticket.id, rule, message.message_id))
         queued = 0
         if opened or handed_over:
             if self._may_acknowledge(session, row, message, verdict, auth) and not forged:
