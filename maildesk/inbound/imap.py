@@ -11,22 +11,33 @@ A message over `max_size` (`[smtp] max_message_size`, the limit SMTP answers 552
 to) is moved to `too_large_folder` without being fetched, with a warning: fetched,
 a 200 MB message cost the poller 236 MB and was stored whole, to be quarantined.
 
+No response may bring more than was asked for. imaplib reads a literal `{N}` whole,
+N as the server says, before we see it: a server that announced 1,000 bytes and sent
+a 200 MB literal made the poller allocate 650 MB. So a message's literal may exceed
+the size the server announced by `allowed_size`'s slack only, and never `max_size`;
+any other literal is at most `SMALL_LITERAL`, and a line at most imaplib's 1 MB.
+Past that the connection is dropped unread, with an error naming the message; a
+batch is then fetched one message at a time to find it, and that one goes to
+`too_large_folder` unfetched at the next poll.
+
 `run` loops: poll, then IDLE until the server reports a change (or the refresh
 interval passes), or sleep `poll_interval` when IDLE is off or not offered.
-Connection errors reconnect with exponential back-off. The password is never
+Connection errors reconnect with exponential back-off, except after a poll cut
+short by such a lie, which found out something and retries after the first. The password is never
 logged (nor `ImapSettings`, whose repr holds it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import imaplib
 import io
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 
-from imapclient import DELETED, IMAPClient
+from imapclient import DELETED, IMAPClient, imap4, tls
 from imapclient.exceptions import IMAPClientError
 
 from maildesk.config import ImapSettings
@@ -57,9 +68,79 @@ IDLE_CHECK_SECONDS = 1.0
 # Polls in a row, each storing mail, before the poller waits (IDLE or the interval).
 MAX_REPOLLS = 20
 SOCKET_TIMEOUT = 120.0
+# The largest literal in a response that carries no message: LIST's folder names are
+# the only ones expected, and they are short.
+SMALL_LITERAL = 64 * 1024
 # imapclient raises IMAPClientError (and its abort subclass) for protocol trouble, OSError for
 # the socket; either way the connection is no longer trusted.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (IMAPClientError, OSError)
+
+
+def allowed_size(size: int) -> int:
+    """The most a message the server announced as `size` bytes may turn out to be. The
+    slack is for a server that counts a bare LF where it sends CRLF (one byte a line:
+    an eighth covers lines of 8 bytes or more); a lie of more is refused unread."""
+    return size + size // 8 + 64 * 1024
+
+
+class _Bounded(imaplib.IMAP4):
+    """imaplib's reads, refusing a literal over `literal_limit` before reading (or
+    allocating) it, and recording in `overrun` what the server broke. imaplib wraps
+    the abort raised here in one of its own, so `overrun` is how the poller knows."""
+
+    literal_limit = SMALL_LITERAL
+    sent_before = 0  # of the message, in earlier slices: for the error's text
+    overrun: str | None = None
+
+    def read(self, size: int) -> bytes:
+        if size > self.literal_limit:
+            after = f" after {self.sent_before}" if self.sent_before else ""
+            limit = self.literal_limit
+            self.overrun = f"a literal of {size} bytes{after} (at most {limit} expected)"
+            raise self.abort(f"refused {self.overrun}; connection dropped")
+        return super().read(size)
+
+    def readline(self) -> bytes:
+        try:
+            return super().readline()
+        except self.error as exc:  # over imaplib's _MAXLINE; imapclient keeps its 1 MB
+            self.overrun = f"a line too long ({exc})"
+            raise self.abort(f"refused {self.overrun}; connection dropped") from exc
+
+
+class _PlainIMAP4(_Bounded, imap4.IMAP4WithTimeout):
+    pass
+
+
+class _TlsIMAP4(_Bounded, tls.IMAP4_TLS):
+    pass
+
+
+class _Client(IMAPClient):
+    """An IMAPClient on a `_Bounded` imaplib connection."""
+
+    def _create_IMAP4(self) -> _Bounded:  # noqa: N802 (imapclient's name)
+        timeout = self._timeout.connect
+        if self.ssl:
+            # imapclient has no type hints: mypy sees imaplib.IMAP4's __init__ here.
+            return _TlsIMAP4(self.host, self.port, self.ssl_context, timeout)  # type: ignore[call-arg]
+        return _PlainIMAP4(self.host, self.port, timeout)
+
+    @property
+    def overrun(self) -> str | None:
+        """What the server sent past a limit since the last `allowing`, if it did."""
+        bounded: _Bounded = self._imap
+        return bounded.overrun
+
+    @contextlib.contextmanager
+    def allowing(self, limit: int, sent_before: int = 0) -> Iterator[None]:
+        """Literals up to `limit` bytes for the commands within; `SMALL_LITERAL` after."""
+        bounded: _Bounded = self._imap
+        bounded.literal_limit, bounded.sent_before, bounded.overrun = limit, sent_before, None
+        try:
+            yield
+        finally:
+            bounded.literal_limit, bounded.sent_before = SMALL_LITERAL, 0
 
 
 class ImapPoller:
@@ -93,18 +174,29 @@ class ImapPoller:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._wait = wait
-        self._client: IMAPClient | None = None
+        self._client: _Client | None = None
         # Messages the last poll could not store; they wait no longer than poll_interval.
         self._left = 0
+        # UIDs of messages the server sent more of than it announced: moved aside
+        # unfetched. And UIDs fetched together when that happened: fetched alone to find
+        # which it was. Both only of UIDs still in the folder, under this UIDVALIDITY.
+        self._liars: set[int] = set()
+        self._suspects: set[int] = set()
+        self._uidvalidity: object = None
+        # Whether this poll failed on such a message, now marked: progress, no back-off.
+        self._caught = False
 
     def poll_once(self) -> int:
         """Store and move every message now in the folder; return how many were stored.
 
         Raises a connection error (after dropping the connection) if the server is unreachable.
         """
+        self._caught = False
         try:
             client = self._connected()
             uids = self._waiting(client)
+            self._liars.intersection_update(uids)
+            self._suspects.intersection_update(uids)
             stored = failed = 0
             self._skipped = self._no_room = 0
             self._too_large = []
@@ -166,7 +258,8 @@ class ImapPoller:
                         log.exception("imap poller failed; reconnecting in %.1fs", delay)
                     if wait(delay):
                         return
-                    delay = min(delay * 2, self._backoff_max)
+                    if not self._caught:
+                        delay = min(delay * 2, self._backoff_max)
         finally:
             self.close()
 
@@ -181,11 +274,11 @@ class ImapPoller:
             with contextlib.suppress(OSError):
                 client.shutdown()
 
-    def _connected(self) -> IMAPClient:
+    def _connected(self) -> _Client:
         if self._client is not None:
             return self._client
         s = self._settings
-        client = IMAPClient(s.host, port=s.port, ssl=s.ssl, use_uid=True, timeout=SOCKET_TIMEOUT)
+        client = _Client(s.host, port=s.port, ssl=s.ssl, use_uid=True, timeout=SOCKET_TIMEOUT)
         try:
             client.login(s.username, s.password)
             if not client.folder_exists(s.processed_folder):
@@ -217,7 +310,13 @@ class ImapPoller:
         # Selecting again syncs (Dovecot shows new mail only after a command such as NOOP
         # or SELECT; SEARCH alone does not), tells how many messages there are, and
         # checks that a kept-open connection still answers.
-        exists = int(client.select_folder(self._settings.folder).get(b"EXISTS", 0))
+        selected = client.select_folder(self._settings.folder)
+        if selected.get(b"UIDVALIDITY") != self._uidvalidity:
+            # The folder's UIDs were renumbered: the ones we marked name other messages.
+            self._uidvalidity = selected.get(b"UIDVALIDITY")
+            self._liars.clear()
+            self._suspects.clear()
+        exists = int(selected.get(b"EXISTS", 0))
         uids: set[int] = set()
         for low in range(1, exists + 1, SEARCH_WINDOW):
             # A window past the end (someone expunged meanwhile) finds what is there.
@@ -232,6 +331,11 @@ class ImapPoller:
         batch: dict[int, int] = {}
         total = 0
         for uid, size in self._sizes(client, uids):
+            if uid in self._liars:
+                log.warning("imap uid %d moved to %s unfetched: the server sent more of it "
+                            "than it announced", uid, self._settings.too_large_folder)  # fmt: skip
+                self._too_large.append(uid)
+                continue
             if self._max_size and size > self._max_size:
                 log.warning(
                     "imap uid %d is %d bytes, over [smtp] max_message_size (%d): moved to %s "
@@ -248,10 +352,16 @@ class ImapPoller:
                 self._no_room += 1
                 continue
             if batch and (
-                len(batch) >= FETCH_BATCH or total + size > FETCH_BATCH_BYTES or size > FETCH_SLICE
+                len(batch) >= FETCH_BATCH
+                or total + size > FETCH_BATCH_BYTES
+                or size > FETCH_SLICE
+                or uid in self._suspects
             ):
                 yield batch
                 batch, total = {}, 0
+            if uid in self._suspects:
+                yield {uid: size}
+                continue
             batch[uid] = size
             total += size
         if batch:
@@ -267,11 +377,16 @@ class ImapPoller:
             for uid in chunk:
                 yield uid, int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0))
 
-    def _fetched(self, client: IMAPClient, batch: dict[int, int]) -> dict[int, bytes]:
+    def _fetched(self, client: _Client, batch: dict[int, int]) -> dict[int, bytes]:
         """The messages' bytes, by UID; one expunged by someone else meanwhile is missing.
         PEEK: nothing is marked \\Seen on the server before it is stored here."""
+        limit = allowed_size(max(batch.values()))
+        if self._max_size:
+            # More than this is refused at SMTP with 552, and moved aside when announced.
+            limit = min(limit, self._max_size)
         if len(batch) > 1 or max(batch.values()) <= FETCH_SLICE:
-            fetched = client.fetch(list(batch), ["BODY.PEEK[]"])
+            with client.allowing(limit):
+                fetched = client.fetch(list(batch), ["BODY.PEEK[]"])
             found = {uid: data.get(b"BODY[]") for uid, data in fetched.items()}
             return {uid: raw for uid, raw in found.items() if raw is not None}
         [(uid, size)] = batch.items()
@@ -279,7 +394,10 @@ class ImapPoller:
         while True:
             offset = buffer.tell()
             part = f"BODY.PEEK[]<{offset}.{FETCH_SLICE}>"
-            reply = client.fetch([uid], [part]).get(uid, {})
+            # Each slice is of its size, and all of them together within the limit: a
+            # server that sends full slices past it would otherwise never be done.
+            with client.allowing(min(FETCH_SLICE, limit - offset), sent_before=offset):
+                reply = client.fetch([uid], [part]).get(uid, {})
             piece = reply.get(f"BODY[]<{offset}>".encode())
             if piece is None:
                 return {}
@@ -290,8 +408,14 @@ class ImapPoller:
         raw = buffer.getvalue()
         return {uid: raw if buffer.tell() == len(raw) else raw[: buffer.tell()]}
 
-    def _process_batch(self, client: IMAPClient, batch: dict[int, int]) -> tuple[int, int]:
-        fetched = self._fetched(client, batch)
+    def _process_batch(self, client: _Client, batch: dict[int, int]) -> tuple[int, int]:
+        try:
+            fetched = self._fetched(client, batch)
+        except CONNECTION_ERRORS:
+            if client.overrun is not None:
+                self._caught_lying(batch, client.overrun)
+            raise
+        self._suspects.difference_update(batch)
         stored: list[int] = []
         failed = 0
         for uid in batch:
@@ -314,6 +438,21 @@ class ImapPoller:
             self._move(client, stored, self._settings.processed_folder)
         return len(stored), failed
 
+    def _caught_lying(self, batch: dict[int, int], overrun: str) -> None:
+        """The server sent more for `batch` than it announced; the poll ends on it."""
+        self._caught = True
+        if len(batch) == 1:
+            [(uid, size)] = batch.items()
+            self._liars.add(uid)
+            log.error("imap uid %d announced %d bytes (RFC822.SIZE) but the server sent %s: "
+                      "connection dropped unread; it goes to %s unfetched", uid, size, overrun,
+                      self._settings.too_large_folder)  # fmt: skip
+            return
+        self._suspects.update(batch)
+        log.error("imap uids %s, announced at most %d bytes each (RFC822.SIZE): the server "
+                  "sent %s: connection dropped unread; fetching them one at a time to find "
+                  "which", ",".join(map(str, batch)), max(batch.values()), overrun)  # fmt: skip
+
     def _move_aside(self, client: IMAPClient, uids: list[int]) -> None:
         """Move messages too large to fetch into `too_large_folder`, made when first
         needed. A server that refuses it (one whose folders must be under `INBOX.`)
@@ -323,6 +462,7 @@ class ImapPoller:
             if not client.folder_exists(folder):
                 client.create_folder(folder)
             self._move(client, uids, folder)
+            self._liars.difference_update(uids)
         except IMAPClientError as exc:
             log.error("imap: %d messages too large to fetch left in %s: cannot move them to "
                       "%s ([imap] too_large_folder): %s", len(uids), self._settings.folder,
