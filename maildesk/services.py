@@ -82,7 +82,7 @@ def build(settings: Settings, clock: Clock | None = None) -> Services:
     leases.use_length(timedelta(seconds=settings.workers.lease_seconds))
     db = Database(settings.database.url)
     tokens = ReplyTokens(settings.support.address, settings.secret_key())
-    renderer = Renderer(settings.templates.path, settings.support.language)
+    renderer = Renderer(settings.templates.path, settings.support.language, clock=clock)
     signer = signer_from_settings(settings)
     notifier = Notifier(settings, renderer, tokens, clock)
     links = PaidLinks(settings.support.base_url, settings.secret_key(), clock)

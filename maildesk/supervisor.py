@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from maildesk import logs
+from maildesk import logs, template_files
 from maildesk.inbound.room import for_settings
 from maildesk.sdnotify import Notifier
 
@@ -192,6 +192,9 @@ class Supervisor:
             self.services.store.room = room
         if new.templates != old.templates:
             self.services.renderer.use_path(new.templates.path)
+        # The templates were just checked: the next mail has the admin's edit, not
+        # the version a look up to a second old found (template_files.py).
+        template_files.look_again()
         if new.agents.addresses != old.agents.addresses:
             with self.services.db.transaction() as session:
                 Agents(session).seed(new.agents.addresses, self.services.clock.now())

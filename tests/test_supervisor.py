@@ -64,6 +64,39 @@ def test_reload_applies_templates_and_log_level_and_names_what_needs_a_restart(
     assert sent["Subject"] == "[#1] NEW After reload"
 
 
+@pytest.fixture
+def own_templates(tmp_path: Path, config_values: dict[str, Any]) -> Path:
+    """A copy of the shipped templates, configured as the admin's own."""
+    path = tmp_path / "templates"
+    shutil.copytree(PACKAGE_TEMPLATES, path)
+    config_values["templates"] = {"path": str(path)}
+    return path
+
+
+def test_reload_applies_an_edited_template_to_the_next_mail_within_the_second(
+    own_templates: Path, services: Services, config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    """A template is looked at once a second; `systemctl reload` need not wait for it.
+    The test's clock stands still throughout."""
+    path = tmp_path / "maildesk.toml"
+    path.write_text(toml(config_values))
+    receive(services, make_mail(subject="Before the edit"))
+    ack = own_templates / "en" / "acknowledgement.txt.j2"
+    ack.write_text(ack.read_text().replace("{{ ticket.tag }} {{", "{{ ticket.tag }} NEW {{", 1))
+    receive(services, make_mail(subject="Within the second"))
+    assert asyncio.run(Supervisor(services, path, Notifier({})).reload()) is True
+    receive(services, make_mail(subject="After the reload"))
+    subjects = [
+        email.message_from_bytes(row.raw, policy=email.policy.default)["Subject"]
+        for row in outbox_rows(services)
+    ]
+    assert subjects == [
+        "[#1] Before the edit",
+        "[#2] Within the second",
+        "[#3] NEW After the reload",
+    ]
+
+
 def test_reload_refuses_a_missing_template_folder(
     services: Services, config_values: dict[str, Any], tmp_path: Path
 ) -> None:

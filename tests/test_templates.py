@@ -63,42 +63,109 @@ def closed(renderer: Renderer, settings: config.Settings) -> str:
 
 # -- hot reload --------------------------------------------------------------
 
+# What README promises an admin: an edit is used within a second. The renderers
+# here run on the test's ManualClock, so "a second later" is a clock.advance.
+SECOND = timedelta(seconds=1)
+
+
+@pytest.fixture
+def renderer(own_templates: Path, clock: ManualClock) -> Renderer:
+    return Renderer(own_templates, "en", clock=clock)
+
 
 def test_a_valid_edit_shows_up_without_a_restart(
-    own_templates: Path, settings: config.Settings
+    renderer: Renderer, own_templates: Path, settings: config.Settings, clock: ManualClock
 ) -> None:
-    renderer = Renderer(own_templates, "en")
     assert "Thank you for working with us" in closed(renderer, settings)
     edit(own_templates / "en/closed.txt.j2", "Thank you for", "Many thanks for")
+    clock.advance(SECOND)
     assert "Many thanks for working with us" in closed(renderer, settings)
 
 
+def test_an_edit_is_used_once_a_second_has_passed_and_not_before(
+    own_templates: Path, services: Services, settings: config.Settings, clock: ManualClock
+) -> None:
+    file = own_templates / "en/closed.txt.j2"
+    assert "Thank you for working" in closed(services.renderer, settings)
+    edit(file, "Thank you for", "Many thanks for")
+    clock.advance(SECOND - timedelta(milliseconds=1))
+    # Within the second of its last look the file is not read again: no stat per mail.
+    assert "Thank you for working" in closed(services.renderer, settings)
+    clock.advance(timedelta(milliseconds=1))
+    assert "Many thanks for working" in closed(services.renderer, settings)
+    assert "Many thanks for working" in closed(services.renderer, settings)
+
+
+def test_a_second_save_with_the_same_timestamp_and_size_is_used(
+    own_templates: Path, services: Services, settings: config.Settings, clock: ManualClock
+) -> None:
+    file = own_templates / "en/closed.txt.j2"
+    stamp = file.stat().st_mtime_ns
+    assert "Thank you for working" in closed(services.renderer, settings)
+    # Saved again within the file system's timestamp granularity (a second on some),
+    # same length: the modification time and size say nothing changed.
+    text = file.read_text(encoding="utf-8")
+    file.write_text(text.replace("Thank you for", "THANK YOU FOR"), encoding="utf-8")
+    os.utime(file, ns=(stamp, stamp))
+    assert file.stat().st_size == len(text.encode())
+    clock.advance(SECOND)
+    assert "THANK YOU FOR working" in closed(services.renderer, settings)
+
+
+def test_a_deleted_template_goes_within_a_second_and_comes_back(
+    own_templates: Path, services: Services, settings: config.Settings, clock: ManualClock
+) -> None:
+    notifier = templates_admin.sample_notifier(settings)
+    context = templates_admin.sample_context(notifier, "closed", "cs")
+    czech = own_templates / "cs/closed.txt.j2"
+    source = czech.read_text(encoding="utf-8")
+    assert services.renderer.render("closed", "cs", context).language == "cs"
+    czech.unlink()
+    assert services.renderer.render("closed", "cs", context).language == "cs"  # in memory
+    clock.advance(SECOND)
+    # Gone: the mail goes out in the default language instead.
+    assert services.renderer.render("closed", "cs", context).language == "en"
+    czech.write_text(source.replace("Děkujeme", "Díky"), encoding="utf-8")
+    clock.advance(SECOND)
+    rendered = services.renderer.render("closed", "cs", context)
+    assert rendered.language == "cs" and "Díky" in rendered.text
+
+
 def test_a_syntax_error_keeps_the_last_good_version_and_is_logged(
-    own_templates: Path, settings: config.Settings, caplog: pytest.LogCaptureFixture
+    renderer: Renderer,
+    own_templates: Path,
+    settings: config.Settings,
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.ERROR, logger="maildesk.templates")
-    renderer = Renderer(own_templates, "en")
     file = own_templates / "en/closed.txt.j2"
     assert "Thank you for working" in closed(renderer, settings)
 
     edit(file, "Thank you for", "{% if %}Many thanks for")
+    clock.advance(SECOND)
     assert "Thank you for working" in closed(renderer, settings)
     [record] = [r for r in caplog.records if r.name == "maildesk.templates"]
     assert f"{file}:6: Expected an expression" in record.getMessage()
     assert "last good version" in record.getMessage()
 
     edit(file, "{% if %}Many thanks for", "Many thanks for")
+    clock.advance(SECOND)
     assert "Many thanks for working" in closed(renderer, settings)
 
 
 def test_a_render_error_keeps_the_last_good_version_and_is_logged(
-    own_templates: Path, settings: config.Settings, caplog: pytest.LogCaptureFixture
+    renderer: Renderer,
+    own_templates: Path,
+    settings: config.Settings,
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.ERROR, logger="maildesk.templates")
-    renderer = Renderer(own_templates, "en")
     file = own_templates / "en/closed.txt.j2"
     closed(renderer, settings)
     edit(file, "Thank you for", "{{ ticket.no_such_field }} Thank you for")
+    clock.advance(SECOND)
     assert "\nThank you for working" in closed(renderer, settings)
     assert f"{file}:6: 'dict object' has no attribute 'no_such_field'" in caplog.text
 
@@ -133,22 +200,27 @@ def test_a_strict_renderer_raises_instead(own_templates: Path, settings: config.
 
 
 def test_an_html_part_is_picked_up_and_dropped_without_a_restart(
-    own_templates: Path, settings: config.Settings
+    renderer: Renderer, own_templates: Path, settings: config.Settings, clock: ManualClock
 ) -> None:
-    renderer = Renderer(own_templates, "en")
     notifier = templates_admin.sample_notifier(settings)
     context = templates_admin.sample_context(notifier, "closed", "en")
     assert renderer.render("closed", "en", context).html is None
     html = own_templates / "en/closed.html.j2"
     html.write_text('{% block body %}<p>{{ ticket.tag ~ " & done" }}</p>{% endblock %}')
+    # A part found missing is not looked for again within the second.
+    assert renderer.render("closed", "en", context).html is None
+    clock.advance(SECOND)
     assert renderer.render("closed", "en", context).html == "<p>[#42] &amp; done</p>"
     html.unlink()
+    clock.advance(SECOND)
     assert renderer.render("closed", "en", context).html is None
     # A broken HTML part with no good version to fall back on: the text goes alone.
     html.write_text("{% block body %}{{ ticket.nope }}{% endblock %}")
+    clock.advance(SECOND)
     rendered = renderer.render("closed", "en", context)
     assert rendered.html is None and "Thank you for working" in rendered.text
     html.unlink()
+    clock.advance(SECOND)
     assert renderer.render("closed", "en", context).html is None
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from jinja2 import TemplateNotFound, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
+from maildesk.clock import Clock
 from maildesk.models import STATUS_LABELS, Ticket
 from maildesk.outbound.render import Problem, describe, error_location, make_environment
 from maildesk.tickets.command_errors import Code, CommandError, error
@@ -89,14 +90,16 @@ def context(ticket: Ticket, agent: AgentInfo, support: dict[str, str]) -> dict[s
 class CannedReplies:
     """Renders canned replies from the templates folder `path()` names (it may change on reload)."""
 
-    def __init__(self, path: Callable[[], Path | str]) -> None:
+    def __init__(self, path: Callable[[], Path | str], clock: Clock | None = None) -> None:
         self._path = path
+        self._clock = clock
         self._envs: dict[str, SandboxedEnvironment] = {}
 
     def _env(self) -> SandboxedEnvironment:
         key = str(self._path())
         if key not in self._envs:
-            self._envs[key] = make_environment(key)  # checks file times: edits apply at once
+            # Kept: it looks for edits itself, within a second (template_files.py).
+            self._envs[key] = make_environment(key, self._clock)
         return self._envs[key]
 
     def names(self, language: str) -> list[str]:

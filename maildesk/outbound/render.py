@@ -4,8 +4,8 @@ A notification is `templates/<language>/<name>.txt.j2` with two blocks,
 `subject` and `body`, and optionally `<name>.html.j2` with a `body` block,
 which is autoescaped. Templates get plain data (dicts and strings) only.
 
-This module also decides what happens when an admin's edit is broken. Jinja2
-checks file modification times, so edits apply without a restart; the
+This module also decides what happens when an admin's edit is broken. Edits
+apply without a restart, within a second (maildesk/template_files.py); the
 Renderer keeps the last version of each file that rendered, and when a newer
 one fails to compile or to render it logs `file:line: message` to
 `maildesk.templates` and renders with that last good version instead (or,
@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jinja2 import (
-    FileSystemLoader,
     StrictUndefined,
     Template,
     TemplateNotFound,
@@ -39,7 +38,9 @@ from jinja2 import (
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
+from maildesk.clock import Clock, SystemClock
 from maildesk.config import LANGUAGES, PACKAGE_TEMPLATES
+from maildesk.template_files import FreshLoader
 
 log = logging.getLogger("maildesk.templates")
 
@@ -87,10 +88,11 @@ class MissingBlock(TemplateRuntimeError):
         self.lineno = 1
 
 
-def make_environment(path: Path | str) -> SandboxedEnvironment:
-    """The one Jinja2 setup for notifications, shared by the daemon and the admin commands."""
+def make_environment(path: Path | str, clock: Clock | None = None) -> SandboxedEnvironment:
+    """The one Jinja2 setup for notifications, shared by the daemon and the admin commands.
+    `clock` times the looks for edits (template_files.py)."""
     return _Environment(
-        loader=FileSystemLoader(str(path)),
+        loader=FreshLoader(str(path), clock or SystemClock()),
         undefined=StrictUndefined,
         autoescape=lambda name: bool(name and name.endswith(".html.j2")),
         auto_reload=True,
@@ -100,23 +102,31 @@ def make_environment(path: Path | str) -> SandboxedEnvironment:
 
 
 class Renderer:
-    def __init__(self, path: Path | str, default_language: str, *, strict: bool = False) -> None:
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: Path | str,
+        default_language: str,
+        *,
+        strict: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
         self.default_language = default_language
         self.strict = strict
-        self.env = make_environment(self.path)
-        # Template name -> the last compiled version that rendered without error.
-        self._good: dict[str, Template] = {}
-        shipped = PACKAGE_TEMPLATES.resolve() != self.path.resolve()
-        self._shipped = make_environment(PACKAGE_TEMPLATES) if shipped and not strict else None
+        self.clock = clock or SystemClock()
+        self.use_path(path)
 
     def use_path(self, path: Path | str) -> None:
         """Render from another folder from now on (a reload changed `[templates] path`)."""
         self.path = Path(path)
-        self.env = make_environment(self.path)
-        self._good = {}
+        self.env = make_environment(self.path, self.clock)
+        assert isinstance(self.env.loader, FreshLoader)
+        self._loader = self.env.loader
+        # Template name -> the last compiled version that rendered without error.
+        self._good: dict[str, Template] = {}
         shipped = PACKAGE_TEMPLATES.resolve() != self.path.resolve()
-        self._shipped = make_environment(PACKAGE_TEMPLATES) if shipped and not self.strict else None
+        self._shipped = (
+            make_environment(PACKAGE_TEMPLATES, self.clock) if shipped and not self.strict else None
+        )
 
     def _languages(self, language: str | None) -> list[str]:
         wanted = [language, self.default_language, *LANGUAGES]
@@ -158,6 +168,8 @@ class Renderer:
 
     def _use(self, name: str, render: Callable[[Template], T]) -> T | None:
         """`render` the current version of `name`, else its last good one; None if absent."""
+        if self._loader.missing(name):  # e.g. an HTML part nobody wrote: spares an exception
+            return None
         try:
             current: Template | None = self.env.get_template(name)
         except TemplateNotFound:

@@ -65,7 +65,7 @@ class AgentFlow:
         self.notifier = notifier
         self.notices = notices
         self.default_language = default_language
-        self.canned = CannedReplies(lambda: notifier.renderer.path)
+        self.canned = CannedReplies(lambda: notifier.renderer.path, notifier.clock)
 
     def file(self, session: Session, mail: AgentMail, now: datetime) -> int:
         """Record an agent's mail in its ticket and do nothing it asks: a quiet import's

@@ -4,8 +4,9 @@ Pages are `templates/<language>/web/NAME.html.j2`, rendered in Jinja2's
 sandbox with StrictUndefined and autoescaping, from plain data only. An
 admin's copy in `[templates] path` wins; a page missing there, or an edit
 that fails to render, falls back to the shipped one (and logs why) so a typo
-never takes the portal down. The language is the person's own setting, else
-the browser's Accept-Language, else `[support] language`.
+never takes the portal down. An edited page, or one added or removed, is used
+within a second (maildesk/template_files.py). The language is the person's
+own setting, else the browser's Accept-Language, else `[support] language`.
 
 Every page is `no-store`, `Referrer-Policy: no-referrer` (several carry a
 token in their URL) and framed by nobody; a logged-in page renews the session.
@@ -23,8 +24,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from jinja2 import (
-    ChoiceLoader,
-    FileSystemLoader,
     StrictUndefined,
     Template,
     TemplateError,
@@ -33,8 +32,10 @@ from jinja2 import (
 from jinja2.sandbox import SandboxedEnvironment
 from multidict import MultiDictProxy
 
+from maildesk.clock import Clock
 from maildesk.config import LANGUAGES, PACKAGE_TEMPLATES
 from maildesk.models import Person
+from maildesk.template_files import FreshLoader
 from maildesk.web.clientip import ClientAddress
 from maildesk.web.csrf import FIELD, Csrf
 from maildesk.web.keys import SERVICES
@@ -86,8 +87,8 @@ class Site:
         self.limits = RateLimits(services.clock)
         self.clients = ClientAddress(settings.web.trusted_proxies)
         paths = list(dict.fromkeys([settings.templates.path, str(PACKAGE_TEMPLATES)]))
-        self.env = _environment(paths)
-        self.shipped = _environment([str(PACKAGE_TEMPLATES)])
+        self.env = _environment(paths, services.clock)
+        self.shipped = _environment([str(PACKAGE_TEMPLATES)], services.clock)
 
     def template(self, name: str, language: str) -> tuple[Template, Template | None]:
         """The page template (admin's first) and the shipped one to fall back to."""
@@ -108,9 +109,11 @@ class Site:
         raise TemplateNotFound(f"web/{name}.html.j2")
 
 
-def _environment(paths: list[str]) -> SandboxedEnvironment:
+def _environment(paths: list[str], clock: Clock) -> SandboxedEnvironment:
     return SandboxedEnvironment(
-        loader=ChoiceLoader([FileSystemLoader(path) for path in paths]),
+        # One loader over both folders, not one per folder: its look for edits also
+        # notices an admin's page added in front of the shipped one it shadows.
+        loader=FreshLoader(paths, clock),
         undefined=StrictUndefined,
         autoescape=True,
         auto_reload=True,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from maildesk.clock import ManualClock
 from maildesk.config import PACKAGE_TEMPLATES
 from tests.conftest import RunningDaemon
 from tests.web.portal_client import Client, base_url
@@ -23,11 +24,14 @@ def config_values(config_values: dict[str, Any], tmp_path: Path) -> dict[str, An
     return config_values
 
 
-def edit(path: Path, text: str, age: int) -> None:
-    """Write a template with a distinct mtime, so the reload never depends on timing."""
+# An admin's edit is used within a second (README); the daemon runs on the test's clock.
+SECOND = timedelta(seconds=1)
+
+
+def edit(path: Path, text: str, clock: ManualClock) -> None:
+    """Save a page, then let the second pass after which the daemon uses it."""
     path.write_text(text)
-    stamp = path.stat().st_mtime + age
-    os.utime(path, (stamp, stamp))
+    clock.advance(SECOND)
 
 
 def test_pages_follow_the_browsers_language_and_send_safe_headers(daemon: RunningDaemon) -> None:
@@ -47,22 +51,38 @@ def test_pages_follow_the_browsers_language_and_send_safe_headers(daemon: Runnin
     assert 'name="viewport"' in english.text
 
 
-def test_an_admins_edit_applies_at_once_and_a_broken_one_falls_back(
-    daemon: RunningDaemon,
+def test_an_admins_edit_applies_within_a_second_and_a_broken_one_falls_back(
+    daemon: RunningDaemon, clock: ManualClock
 ) -> None:
     web = Path(daemon.services.settings.templates.path) / "en" / "web"
     client = Client(base_url(daemon))
     assert "Send me a new link" in client.get("/account/forgot").text
 
     forgot = (web / "forgot.html.j2").read_text()
-    edit(web / "forgot.html.j2", forgot.replace("Send me a new link", "Mail me a link"), 10)
+    edit(web / "forgot.html.j2", forgot.replace("Send me a new link", "Mail me a link"), clock)
     page = client.get("/account/forgot")
     assert page.status == 200 and "Mail me a link" in page.text  # no restart
 
-    edit(web / "login.html.j2", '{% extends "en/web/base.html.j2" %}{% block content %}{{ x', 10)
+    login = '{% extends "en/web/base.html.j2" %}'
+    edit(web / "login.html.j2", login + "{% block content %}{{ x", clock)
     assert "Log in" in client.get("/login").text  # a syntax error: the shipped page
     undefined = "{% block content %}{{ no_such_name }}{% endblock %}"
-    edit(web / "login.html.j2", '{% extends "en/web/base.html.j2" %}' + undefined, 20)
+    edit(web / "login.html.j2", login + undefined, clock)
     assert "Log in" in client.get("/login").text  # an undefined name: the shipped page
     (web / "forgot.html.j2").unlink()
+    clock.advance(SECOND)
     assert "Send me a new link" in client.get("/account/forgot").text  # missing: the shipped one
+
+
+def test_a_page_an_admin_adds_in_front_of_the_shipped_one_is_used_within_a_second(
+    daemon: RunningDaemon, clock: ManualClock
+) -> None:
+    forgot = Path(daemon.services.settings.templates.path) / "en" / "web" / "forgot.html.j2"
+    source = forgot.read_text()
+    forgot.unlink()  # the admin's folder lacks the page: the shipped one is served
+    client = Client(base_url(daemon))
+    assert "Send me a new link" in client.get("/account/forgot").text
+    forgot.write_text(source.replace("Send me a new link", "Mail me a link"))
+    assert "Send me a new link" in client.get("/account/forgot").text  # within the second
+    clock.advance(SECOND)
+    assert "Mail me a link" in client.get("/account/forgot").text
