@@ -692,7 +692,9 @@ class Processor:
         )
         if trust.verified:
             self._add_participants(tickets, ticket, message, now, copies=trust.copies)
-        self._routed.append(_Routed(row.id, ticket.id, rule, message.message_id))
+        # Logged once committed, as where it went: the answered mail made the ticket hers.
+        told = f"{rule}, the original: its sender is the requester now" if handed_over else rule
+        self._routed.append(_Routed(row.id, ticket.id, told, message.message_id))
         queued = 0
         if opened or handed_over:
             if self._may_acknowledge(session, row, message, verdict, auth) and not forged:
@@ -749,12 +751,6 @@ class Processor:
         tickets.hand_over(ticket, person)
         ticket.sender_proven = True  # her own mail proved her: the ticket is hers
         lifecycle.record(ticket, "requester", before, person.email, person.email, "mail")
-        log.info(
-            "ticket %d: the mail its first message answered arrived; its proven sender"
-            " is the requester now, the one before stays in it",
-            ticket.id,
-            extra={"ticket": ticket.id, "message_id": message.message_id},
-        )
 
     @staticmethod
     def _flag(opened: bool, trust: Standing, forged: bool) -> str:
