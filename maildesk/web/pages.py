@@ -86,12 +86,20 @@ class Site:
         self.csrf = Csrf(secret, base_url)
         self.limits = RateLimits(services.clock)
         self.clients = ClientAddress(settings.web.trusted_proxies)
-        paths = list(dict.fromkeys([settings.templates.path, str(PACKAGE_TEMPLATES)]))
-        self.env = _environment(paths, services.clock)
         self.shipped = _environment([str(PACKAGE_TEMPLATES)], services.clock)
+        self._folder = settings.templates.path
+        self.env = _pages(self._folder, services.clock)
+
+    def _pages_for(self, folder: str) -> SandboxedEnvironment:
+        """The pages of the admin's `folder`; made anew when a reload moved
+        `[templates] path` (supervisor.py), as the mail's templates are."""
+        if folder != self._folder:
+            self.env, self._folder = _pages(folder, self.services.clock), folder
+        return self.env
 
     def template(self, name: str, language: str) -> tuple[Template, Template | None]:
         """The page template (admin's first) and the shipped one to fall back to."""
+        env = self._pages_for(self.services.settings.templates.path)
         for lang in dict.fromkeys([language, self.services.settings.support.language, *LANGUAGES]):
             path = f"{lang}/web/{name}.html.j2"
             try:
@@ -99,7 +107,7 @@ class Site:
             except TemplateNotFound:
                 shipped = None
             try:
-                return self.env.get_template(path), shipped
+                return env.get_template(path), shipped
             except TemplateNotFound:
                 continue
             except TemplateError:
@@ -107,6 +115,11 @@ class Site:
                 if shipped is not None:
                     return shipped, None
         raise TemplateNotFound(f"web/{name}.html.j2")
+
+
+def _pages(folder: str, clock: Clock) -> SandboxedEnvironment:
+    """The admin's `folder` in front of the shipped pages."""
+    return _environment(list(dict.fromkeys([folder, str(PACKAGE_TEMPLATES)])), clock)
 
 
 def _environment(paths: list[str], clock: Clock) -> SandboxedEnvironment:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -11,7 +12,9 @@ import pytest
 
 from maildesk.clock import ManualClock
 from maildesk.config import PACKAGE_TEMPLATES
-from tests.conftest import RunningDaemon
+from maildesk.sdnotify import Notifier
+from maildesk.supervisor import Supervisor
+from tests.conftest import RunningDaemon, toml
 from tests.web.portal_client import Client, base_url
 
 
@@ -85,4 +88,23 @@ def test_a_page_an_admin_adds_in_front_of_the_shipped_one_is_used_within_a_secon
     forgot.write_text(source.replace("Send me a new link", "Mail me a link"))
     assert "Send me a new link" in client.get("/account/forgot").text  # within the second
     clock.advance(SECOND)
+    assert "Mail me a link" in client.get("/account/forgot").text
+
+
+def test_a_reload_that_moves_the_template_folder_moves_the_pages_too(
+    daemon: RunningDaemon, config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    """`[templates] path` applies at a reload (README): the mail's templates moved to
+    the new folder, while the portal kept serving the old one's pages until a restart."""
+    moved = tmp_path / "templates-2"
+    shutil.copytree(PACKAGE_TEMPLATES, moved)
+    forgot = moved / "en" / "web" / "forgot.html.j2"
+    forgot.write_text(forgot.read_text().replace("Send me a new link", "Mail me a link"))
+    client = Client(base_url(daemon))
+    assert "Send me a new link" in client.get("/account/forgot").text
+    config = tmp_path / "maildesk.toml"
+    config.write_text(toml({**config_values, "templates": {"path": str(moved)}}))
+
+    assert asyncio.run(Supervisor(daemon.services, config, Notifier({})).reload()) is True
+
     assert "Mail me a link" in client.get("/account/forgot").text
