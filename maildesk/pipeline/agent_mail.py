@@ -181,9 +181,10 @@ class AgentFlow:
                 problems.append(exc.error)
         support = self.notifier.settings.support.address.lower()
         tokens = self.notifier.tokens
-        for cc in parsed.all("cc"):
-            if cc.arg == support or tokens.accepts(cc.arg) or Agents(session).by_email(cc.arg):
-                problems.append(error(Code.CC_OURS, f"#cc {cc.arg}"))
+        for named in (*parsed.all("cc"), *parsed.all("requester")):
+            address = named.arg
+            if address == support or tokens.accepts(address) or Agents(session).by_email(address):
+                problems.append(error(Code.CC_OURS, f"#{named.name} {address}"))
         return problems
 
     def canned_text(self, ticket: Ticket, agent: Agent, name: str, shown_name: str) -> str:
@@ -231,6 +232,14 @@ class AgentFlow:
         added: list[tuple[str, str | None]] = [(cc.arg, None) for cc in parsed.all("cc")]
         if added:
             Tickets(session).add_participants(ticket, added, now)
+        wanted = parsed.get("requester")
+        if wanted is not None and wanted.arg != ticket.requester.email:
+            # The customer the ticket is for (an original that proved nothing, a
+            # colleague taking the case over); the one before stays in it, in Cc.
+            tickets, before = Tickets(session), ticket.requester.email
+            tickets.hand_over(ticket, tickets.person(wanted.arg, "", now))
+            record = lifecycle.record
+            changes.append(record(ticket, "requester", before, wanted.arg, agent.email, "command"))
         queued = 0
         if ticket.priority == "critical" and old_priority != "critical":
             queued += self.notices.critical(session, ticket)

@@ -86,7 +86,8 @@ MAX_BODY = MAX_QUOTED  # characters of one message body in a #show, as a notice 
 PREVIEW = 90  # characters of each canned reply `#replies` shows
 # What an unproven mail may ask for, pending confirmation (and a proven one may run here).
 CHANGING = frozenset(
-    {"assign", "watch", "unwatch", "cc", "status", "type", "priority", "lang", "reply", "closeall"}
+    {"assign", "watch", "unwatch", "cc", "requester", "status", "type", "priority", "lang"}
+    | {"reply", "closeall"}
 )
 
 

@@ -39,6 +39,7 @@ In a reply to a ticket:
 #assign me|EMAIL      (#take: the same as #assign me)
 #watch / #unwatch     (get this ticket's notifications too, or no longer)
 #cc EMAIL             (a customer-side participant: gets the replies, may write in)
+#requester EMAIL      (the customer the ticket is for; the one before stays in Cc)
 #reply NAME           (a canned reply above your text; #replies lists them)
 #paid PRICE TEXT      (modification tickets: the customer approves before work starts)
 #note                 (the whole reply stays internal)
@@ -63,6 +64,7 @@ V odpovědi k tiketu:
 #assign me|E-MAIL     (#take: totéž co #assign me)
 #watch / #unwatch     (dostávat upozornění k tiketu také, nebo už ne)
 #cc E-MAIL            (účastník na straně zákazníka: dostává odpovědi, smí psát)
+#requester E-MAIL     (zákazník, pro kterého tiket je; dosavadní zůstává v kopii)
 #reply NÁZEV          (připravená odpověď nad vaším textem; #replies je vypíše)
 #paid CENA TEXT       (úpravy: zákazník schválí, než se začne pracovat)
 #note                 (celá odpověď zůstane interní)
@@ -160,7 +162,10 @@ def parse(text: str) -> Commands:
 _NAMED = ("status", "type", "priority")
 CANONICAL = {"take": "assign"}
 REPEATABLE = READ_ONLY | {"cc"}  # `#show 1` `#show 2`; one participant per `#cc` line
-_LOWERED = {"status", "type", "priority", "lang", "assign", "customer", "cc", "reply", "list"}
+_LOWERED = {
+    *("status", "type", "priority", "lang", "assign", "customer", "cc", "requester"),
+    *("reply", "list"),
+}
 _NO_ARGUMENT = {"note", "take", "watch", "unwatch", "help", "replies", "closeall"}
 
 
@@ -184,7 +189,7 @@ def _check(name: str, arg: str) -> CommandError | None:
         return None if arg else error(Code.PAID_PRICE)
     if name in _NO_ARGUMENT:
         return None if name == "note" or not arg else error(Code.NO_ARGUMENT)
-    if name == "cc":
+    if name in ("cc", "requester"):
         return None if _sendable(value) else error(Code.CC_ADDRESS)
     if name == "reply":
         return None if _REPLY_NAME.match(value) else error(Code.REPLY_NAME)

@@ -688,3 +688,31 @@ def test_a_notification_carries_ten_megabytes_of_files_and_names_the_rest(
     assert f"disk.img ({8 * 1024 * 1024} bytes)" in body(notification)
     assert "Not attached (a notification carries 10 MB of files):" in body(notification)
     assert len(ticket(services, 1)["messages"][0]["attachments"]) == 3  # the ticket has all
+
+
+def test_requester_gives_the_ticket_to_the_customer_it_is_for(
+    services: Services, opened: EmailMessage
+) -> None:
+    """Alice wrote for her colleague Carol, whose mail proved nothing of its own (or
+    an agent opened it for the wrong person): `#requester` makes it Carol's. The reply
+    goes to Carol, Alice stays in it, and the ticket's history says who changed what."""
+    agent_reply(services, opened, "#requester carol@customer.test\nCarol, we are on it.")
+
+    state = ticket(services, 1)
+    assert state["requester"] == "carol@customer.test"
+    assert participants(services, 1) == {"alice@customer.test", "carol@customer.test"}
+    [change] = [e for e in state["events"] if e["field"] == "requester"]
+    assert (change["old"], change["new"], change["actor"], change["via"]) == (
+        "alice@customer.test", "carol@customer.test", AGENT, "command")  # fmt: skip
+    [relayed] = to_customer(services, "carol@customer.test")
+    assert relayed["To"].addresses[0].addr_spec == "carol@customer.test"
+    assert "Carol, we are on it." in body(relayed)
+
+
+def test_requester_may_not_name_an_address_of_ours(
+    services: Services, opened: EmailMessage
+) -> None:
+    agent_reply(services, opened, "#requester support@example.test\nMoving it.")
+
+    assert ticket(services, 1)["requester"] == "alice@customer.test"
+    assert "an address of ours" in body(to_agent(services)[-1])
