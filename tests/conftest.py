@@ -12,6 +12,7 @@ import email.policy
 import json
 import logging
 import os
+import shutil
 import smtplib
 import socket
 import threading
@@ -116,6 +117,15 @@ def config_values(tmp_path: Path, db_url: str) -> dict[str, Any]:
         # /healthz gives its figures, and /metrics answers, only with it.
         "metrics": {"bearer_token": METRICS_TOKEN},
     }
+
+
+@pytest.fixture
+def own_templates(tmp_path: Path, config_values: dict[str, Any]) -> Path:
+    """A copy of the shipped templates, configured as the admin's own."""
+    path = tmp_path / "templates"
+    shutil.copytree(config.PACKAGE_TEMPLATES, path)
+    config_values["templates"] = {"path": str(path)}
+    return path
 
 
 @pytest.fixture

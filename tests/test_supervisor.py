@@ -64,15 +64,6 @@ def test_reload_applies_templates_and_log_level_and_names_what_needs_a_restart(
     assert sent["Subject"] == "[#1] NEW After reload"
 
 
-@pytest.fixture
-def own_templates(tmp_path: Path, config_values: dict[str, Any]) -> Path:
-    """A copy of the shipped templates, configured as the admin's own."""
-    path = tmp_path / "templates"
-    shutil.copytree(PACKAGE_TEMPLATES, path)
-    config_values["templates"] = {"path": str(path)}
-    return path
-
-
 def test_reload_applies_an_edited_template_to_the_next_mail_within_the_second(
     own_templates: Path, services: Services, config_values: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -8,12 +8,10 @@ import email.policy
 import json
 import logging
 import os
-import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -35,15 +33,6 @@ README = PACKAGE_TEMPLATES / "README.md"
 
 def run(config_file: Path, *args: str) -> Result:
     return CliRunner().invoke(main, ["--config", str(config_file), *args])
-
-
-@pytest.fixture
-def own_templates(tmp_path: Path, config_values: dict[str, Any]) -> Path:
-    """A copy of the shipped templates, configured as the admin's own."""
-    path = tmp_path / "templates"
-    shutil.copytree(PACKAGE_TEMPLATES, path)
-    config_values["templates"] = {"path": str(path)}
-    return path
 
 
 def edit(path: Path, old: str, new: str) -> None:
