@@ -71,6 +71,7 @@ class _State:
     folders: dict[str, list[_Entry]] = field(default_factory=lambda: {"INBOX": []})
     next_uid: int = 1
     uidvalidity: int = 7
+    chatter: int = 0  # small untagged lines to send, once, before the next SEARCH's answer
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -141,6 +142,12 @@ class LyingImap:
             self._state.folders = {"INBOX": []}
             self._state.next_uid, self._state.uidvalidity = 1, uidvalidity
 
+    def chatter(self, lines: int) -> None:
+        """The next SEARCH answer comes after `lines` small untagged responses (each a
+        16 bytes, as a server stuck in a loop might send)."""
+        with self._state.lock:
+            self._state.chatter = lines
+
     def uids(self, folder: str) -> list[int]:
         with self._state.lock:
             return [entry.uid for entry in self._state.folders.get(folder, [])]
@@ -148,6 +155,15 @@ class LyingImap:
 
 _TOKEN = re.compile(rb'"((?:[^"\\]|\\.)*)"|(\S+)')
 _PARTIAL = re.compile(rb"BODY\.PEEK\[\]<(\d+)\.(\d+)>")
+
+
+def _repeated(line: bytes, count: int) -> Iterator[bytes]:
+    """`line` `count` times, a chunk at a time."""
+    per_chunk = CHUNK // len(line)
+    while count > 0:
+        n = min(per_chunk, count)
+        yield line * n
+        count -= n
 
 
 def _uid_set(spec: bytes, uids: list[int]) -> set[int]:
@@ -227,6 +243,9 @@ class _Session:
         return self._state.folders[self._selected]
 
     def _uid_search(self, args: list[bytes], line: bytes) -> None:
+        if self._state.chatter:
+            lines, self._state.chatter = self._state.chatter, 0
+            self._send(_repeated(b"* 70000 RECENT\r\n", lines))
         entries = self._entries()
         numbers = _uid_set(args[0], list(range(1, len(entries) + 1)))
         found = [entries[n - 1].uid for n in sorted(numbers) if n <= len(entries)]

@@ -15,8 +15,9 @@ No response may bring more than was asked for. imaplib reads a literal `{N}` who
 N as the server says, before we see it: a server that announced 1,000 bytes and sent
 a 200 MB literal made the poller allocate 650 MB. So a message's literal may exceed
 the size the server announced by `allowed_size`'s slack only, and never `max_size`;
-any other literal is at most `SMALL_LITERAL`, and a line at most imaplib's 1 MB.
-Past that the connection is dropped unread, with an error naming the message; a
+any other literal is at most `SMALL_LITERAL`, a line at most imaplib's 1 MB, and the
+whole answer to a command at most its literals and `ANSWER_BYTES` more. Past that the
+connection is dropped unread, with an error naming the message, if there is one; a
 batch is then fetched one message at a time to find it, and that one goes to
 `too_large_folder` unfetched at the next poll.
 
@@ -36,6 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 from imapclient import DELETED, IMAPClient, imap4, tls
 from imapclient.exceptions import IMAPClientError
@@ -71,6 +73,14 @@ SOCKET_TIMEOUT = 120.0
 # The largest literal in a response that carries no message: LIST's folder names are
 # the only ones expected, and they are short.
 SMALL_LITERAL = 64 * 1024
+# What one command's answer may hold besides the literals it asked for: a SEARCH of
+# `SEARCH_WINDOW` UIDs is 220 KB, the sizes of `SIZES_PER_FETCH` messages 50 KB, a LIST
+# of ten thousand folders 1 MB. imaplib keeps every untagged line until its command
+# ends, and a line costs the poller a Python object and some 40 µs however short it
+# is: each counts as at least `LINE_COST` bytes. (A server looping on "* 1 RECENT" made
+# the poller spend 68 s and 66 MB on one SEARCH.)
+ANSWER_BYTES = 4 * 1024 * 1024
+LINE_COST = 64
 # imapclient raises IMAPClientError (and its abort subclass) for protocol trouble, OSError for
 # the socket; either way the connection is no longer trusted.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (IMAPClientError, OSError)
@@ -85,27 +95,45 @@ def allowed_size(size: int) -> int:
 
 class _Bounded(imaplib.IMAP4):
     """imaplib's reads, refusing a literal over `literal_limit` before reading (or
-    allocating) it, and recording in `overrun` what the server broke. imaplib wraps
-    the abort raised here in one of its own, so `overrun` is how the poller knows."""
+    allocating) it, and an answer to one command past `answer_limit` (the literals it
+    allows and `ANSWER_BYTES` more), recording in `overrun` what the server broke.
+    imaplib wraps the abort raised here in one of its own, so `overrun` is how the
+    poller knows. An IDLE's responses count as the answer to the IDLE command."""
 
     literal_limit = SMALL_LITERAL
+    answer_limit = ANSWER_BYTES
+    answered = 0  # bytes (lines at `LINE_COST` at least) since the command was sent
     sent_before = 0  # of the message, in earlier slices: for the error's text
     overrun: str | None = None
+
+    def _command(self, name: str, *args: Any) -> Any:
+        self.answered = 0
+        return super()._command(name, *args)  # type: ignore[misc]
 
     def read(self, size: int) -> bytes:
         if size > self.literal_limit:
             after = f" after {self.sent_before}" if self.sent_before else ""
             limit = self.literal_limit
-            self.overrun = f"a literal of {size} bytes{after} (at most {limit} expected)"
-            raise self.abort(f"refused {self.overrun}; connection dropped")
+            self._refuse(f"a literal of {size} bytes{after} (at most {limit} expected)")
+        self._count(size)
         return super().read(size)
 
     def readline(self) -> bytes:
         try:
-            return super().readline()
+            line = super().readline()
         except self.error as exc:  # over imaplib's _MAXLINE; imapclient keeps its 1 MB
-            self.overrun = f"a line too long ({exc})"
-            raise self.abort(f"refused {self.overrun}; connection dropped") from exc
+            self._refuse(f"a line too long ({exc})", exc)
+        self._count(max(len(line), LINE_COST))
+        return line
+
+    def _count(self, size: int) -> None:
+        self.answered += size
+        if self.answered > self.answer_limit:
+            self._refuse(f"more than {self.answer_limit} bytes in answer to one command")
+
+    def _refuse(self, overrun: str, cause: Exception | None = None) -> NoReturn:
+        self.overrun = overrun
+        raise self.abort(f"refused {overrun}; connection dropped") from cause
 
 
 class _PlainIMAP4(_Bounded, imap4.IMAP4WithTimeout):
@@ -133,14 +161,17 @@ class _Client(IMAPClient):
         return bounded.overrun
 
     @contextlib.contextmanager
-    def allowing(self, limit: int, sent_before: int = 0) -> Iterator[None]:
-        """Literals up to `limit` bytes for the commands within; `SMALL_LITERAL` after."""
+    def allowing(self, limit: int, sent_before: int = 0, count: int = 1) -> Iterator[None]:
+        """Literals up to `limit` bytes for the commands within, `count` of them in an
+        answer; `SMALL_LITERAL` after."""
         bounded: _Bounded = self._imap
         bounded.literal_limit, bounded.sent_before, bounded.overrun = limit, sent_before, None
+        bounded.answer_limit = ANSWER_BYTES + limit * count
         try:
             yield
         finally:
             bounded.literal_limit, bounded.sent_before = SMALL_LITERAL, 0
+            bounded.answer_limit = ANSWER_BYTES
 
 
 class ImapPoller:
@@ -385,7 +416,7 @@ class ImapPoller:
             # More than this is refused at SMTP with 552, and moved aside when announced.
             limit = min(limit, self._max_size)
         if len(batch) > 1 or max(batch.values()) <= FETCH_SLICE:
-            with client.allowing(limit):
+            with client.allowing(limit, count=len(batch)):
                 fetched = client.fetch(list(batch), ["BODY.PEEK[]"])
             found = {uid: data.get(b"BODY[]") for uid, data in fetched.items()}
             return {uid: raw for uid, raw in found.items() if raw is not None}

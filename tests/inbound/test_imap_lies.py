@@ -155,3 +155,25 @@ def test_a_liars_uid_names_another_message_once_the_mailbox_is_renumbered(
         poller.close()
     assert stored == [message(5)]
     assert server.uids("Too-large") == []
+
+
+def test_a_flood_of_small_responses_to_one_command_is_refused(
+    server: LyingImap, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A million and a half untagged lines of 16 bytes before a SEARCH's answer: each line
+    passes the limits on a literal and a line, but imaplib keeps every one of them
+    until the command ends. The poller drops the connection once a command's answer
+    is past what any honest one needs, says so, and the mail comes in at the retry."""
+    server.deliver(message(1))
+    server.chatter(1_500_000)
+    stored: list[bytes] = []
+    stop = threading.Event()
+    waits = Waits(server, stop)
+    poller = ImapPoller(server.settings(poll_interval=60.0), stored.append, wait=waits)
+
+    peak = run_measured(poller, stop)
+
+    assert peak < PEAK_BOUND, f"peak {peak / 2**20:.0f} MB"
+    assert stored == [message(1), message(4)]
+    assert waits.seen == [1.0, 60.0, 60.0]
+    assert "more than" in caplog.text and "in answer to one command" in caplog.text
