@@ -11,6 +11,7 @@ tag, no ticket Reply-To and no ticket message.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from maildesk.hotsql import Hot
 from maildesk.i18n import names
 from maildesk.inbound import rawbytes
 from maildesk.models import STATUS_LABELS, Agent, Outbox, Person, Ticket
-from maildesk.outbound import caps
+from maildesk.outbound import caps, strangers_words
 from maildesk.outbound.catalogue import Audience, LanguageRule, Notification, Tie
 from maildesk.outbound.compose import (
     Address,
@@ -150,7 +151,16 @@ class Notifier:
         go to the support address.
         """
         recipients = (to,) if isinstance(to, Recipient) else tuple(to)
-        rendered = self._render(note, recipients[0], ticket)
+        withheld = self._withholds(session, note, ticket)
+        if withheld and ticket is not None:
+            recipients = tuple(
+                dataclasses.replace(r, name="")
+                if strangers_words.unproven_name(ticket, r.email)
+                else r
+                for r in recipients
+            )
+            answering = self._our_own(session, ticket, answering)
+        rendered = self._render(note, recipients[0], ticket, withheld=withheld)
         return self.queue(
             session,
             note.template,
@@ -163,17 +173,44 @@ class Notifier:
             sender_name=sender_name,
             attachments=attachments,
             reply_to=reply_to,
-            topic="" if note.withholds() else None,
+            topic="" if withheld else None,
         )
 
+    def _withholds(self, session: Session, note: Notification, ticket: Ticket | None) -> bool:
+        """Whether `note` repeats none of the words of the mail that opened `ticket`
+        (`strangers_words.py`)."""
+        if note.withholds():
+            return True
+        if ticket is None or note.audience is not Audience.CUSTOMER:
+            return False
+        return not self.settings.trust.echo_unproven and strangers_words.words_unproven(
+            session, ticket
+        )
+
+    @staticmethod
+    def _our_own(session: Session, ticket: Ticket, answering: InReplyTo | None) -> InReplyTo | None:
+        """`answering` with only the Message-IDs of our own mail: the others are words."""
+        if answering is None:
+            return None
+        ids = strangers_words.our_own(
+            session, ticket, [answering.message_id, *answering.references]
+        )
+        return InReplyTo(ids[-1], tuple(ids[:-1])) if ids else None
+
     def _render(
-        self, note: Notification, to: Recipient, ticket: Ticket | None, language: str | None = None
+        self,
+        note: Notification,
+        to: Recipient,
+        ticket: Ticket | None,
+        language: str | None = None,
+        *,
+        withheld: bool = False,
     ) -> Rendered:
         """`note` for `to` in `language`, else the language its rule picks."""
         if (ticket is None) != (note.tie is Tie.UNTIED) and note.tie is not Tie.EITHER:
             raise ValueError(f"{note.template} is sent {note.tie}, ticket={ticket}")
         language = language or self.language(note, to, ticket)
-        context = self.context(note, ticket, to, language)
+        context = self.context(note, ticket, to, language, withheld=withheld or note.withholds())
         return self.renderer.render(note.template, language, context)
 
     def notify_each(
@@ -373,11 +410,20 @@ class Notifier:
         return values, pieces
 
     def context(
-        self, note: Notification | None, ticket: Ticket | None, to: Recipient, language: str
+        self,
+        note: Notification | None,
+        ticket: Ticket | None,
+        to: Recipient,
+        language: str,
+        *,
+        withheld: bool | None = None,
     ) -> dict[str, Any]:
         """What a template renders with: the base context, then `note`'s own variables.
 
-        Without a ticket, `ticket` is None and there is no `customer`."""
+        Without a ticket, `ticket` is None and there is no `customer`. `withheld`: the
+        mail repeats no word of the ticket's unproven first mail (None: as `note` says)."""
+        if withheld is None:
+            withheld = note is not None and note.withholds()
         support = self.settings.support
         base: dict[str, Any] = {
             "ticket": None,
@@ -387,8 +433,8 @@ class Notifier:
         if ticket is not None:
             base["ticket"] = self._ticket(ticket, language)
             base["customer"] = {"email": ticket.requester.email, "name": ticket.requester.name}
-            if note is not None and note.withholds():
-                # The caller named `to` as far as proof allows (Notices.acknowledge).
+            if withheld:
+                # `to` is named as far as proof allows (`notify`).
                 base["ticket"]["subject"] = ""
                 base["ticket"]["requester_name"] = base["customer"]["name"] = to.name
         return {**base, **(note.variables(language) if note is not None else {})}

@@ -56,7 +56,7 @@ from maildesk.pipeline.notices import Notices
 from maildesk.pipeline.prepare import Budget, DeadlineExceeded, Prepared, hold_for, prepare
 from maildesk.pipeline.spam import CHECKED_SOURCES, NOT_SCORED, SpamCheck, SpamVerdict
 from maildesk.pipeline.threader import Match, Threader
-from maildesk.pipeline.trust import UNVERIFIED_FLAG, Standing, standing
+from maildesk.pipeline.trust import UNVERIFIED_FLAG, Standing, proves_requester, standing
 from maildesk.states import InboundState, TicketStatus
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle, only_agrees
@@ -711,8 +711,17 @@ class Processor:
         if forged:
             outcome = "forged"
         else:
+            # Only paid work is the requester's alone to answer: looked up when it is asked.
+            by_requester = ticket.paid_state == "pending" and proves_requester(
+                trust, message.from_addr, ticket.requester.email, tickets.others_take_part(ticket)
+            )
             outcome = lifecycle.customer_replied(
-                ticket, text, message.from_addr, message.thread_ids, trust.verified
+                ticket,
+                text,
+                message.from_addr,
+                message.thread_ids,
+                trust.verified,
+                by_requester=by_requester,
             )
             if not trust.verified:
                 outcome = "unverified"  # the agents' notice says what it could not do

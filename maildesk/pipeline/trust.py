@@ -15,6 +15,11 @@ nothing and adds no one: its text joins the ticket it names, marked for the agen
 A new ticket belongs to whoever opened it; only a proven sender's Cc join it. A From
 proven by a signature acts only where the signature covers the fields that named the
 ticket, and copies in only a Cc it covers (mailauth.py).
+
+A secret proves that someone we wrote to about the ticket wrote, not which of them:
+every participant holds the ticket's reply address, and may write the requester's
+From above it. What is the requester's alone (answering paid work) needs a proof of
+the writer (`Standing.names_writer`), or a ticket nobody else takes part in.
 """
 
 from __future__ import annotations
@@ -33,21 +38,34 @@ class Standing:
     # The people the message copies (Cc) may join the ticket: what proves the sender
     # proves the Cc too. A secret or an import does; a signature only if it covers it.
     copies: bool = False
+    # The proof is of the writer's own address, not only a secret that everyone we wrote
+    # to about the ticket holds: her From's signature, the portal's login, an import.
+    names_writer: bool = False
 
     @property
     def verified(self) -> bool:
         return bool(self.proof)
 
 
+def proves_requester(trust: Standing, sender: str, requester: str, others_take_part: bool) -> bool:
+    """Whether the mail is the requester's own word, for what is hers alone (answering paid
+    work): her From, proven as hers, or proven by a secret that only she was sent."""
+    if not trust.verified or sender.lower() != requester.lower():
+        return False
+    return trust.names_writer or not others_take_part
+
+
 def standing(match: Match, auth: Authentication, source: str, takes_part: bool) -> Standing:
     """`takes_part`: the sender is the matched ticket's requester or a participant, or
     wrote the mail that the ticket's first message answered."""
     if source == "import":
-        return Standing("import", copies=True)
+        return Standing("import", copies=True, names_writer=True)
     if match.ticket is not None and match.secret:
-        return Standing("reply_token" if match.rule == "reply_token" else "message_id", True)
+        proof = "reply_token" if match.rule == "reply_token" else "message_id"
+        # The portal writes the From of whoever logged in (web/portal.py).
+        return Standing(proof, True, names_writer=auth.proven or source == "web")
     # The proof must cover the fields that named the ticket: a replayed mail of a
     # participant's, with a References of someone else's choosing, acts on no ticket.
     if auth.proven and (match.ticket is None or (takes_part and match.named_under(auth))):
-        return Standing(auth.method, copies=auth.vouches_for("cc"))
+        return Standing(auth.method, copies=auth.vouches_for("cc"), names_writer=True)
     return Standing("")

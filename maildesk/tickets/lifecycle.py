@@ -137,6 +137,8 @@ class Lifecycle:
         actor: str,
         answers: Sequence[str] = (),
         verified: bool = True,
+        *,
+        by_requester: bool = False,
     ) -> str:
         """Move the ticket for a customer's reply; returns what the reply meant.
 
@@ -147,10 +149,12 @@ class Lifecycle:
         dispute a resolution or end a wait, never approve, decline or confirm. Paid
         work is the requester's to approve or decline: the notice went to them alone,
         and a participant's (or an organization colleague's) APPROVE is only a reply.
+        `by_requester`: the mail proves the requester wrote it (`trust.proves_requester`):
+        her From written above the ticket's reply address, which every participant
+        holds, is not proof of that.
         """
         paid_question = ticket.paid_state == "pending"
-        theirs = actor.lower() == ticket.requester.email.lower()
-        if verified and theirs and paid_question and self.answers_current_round(ticket, answers):
+        if by_requester and paid_question and self.answers_current_round(ticket, answers):
             if has_word(text, APPROVE_WORDS):
                 return self.answer_paid(ticket, True, actor, "mail")
             if has_word(text, DECLINE_WORDS):

@@ -342,6 +342,13 @@ class Tickets:
         values = {"ticket_id": ticket_id, "email": email.lower()}
         return _IS_PARTICIPANT.first(self._rows, values) is not None
 
+    def others_take_part(self, ticket: Ticket) -> bool:
+        """Whether anyone besides the requester takes part in `ticket` (was sent its mail)."""
+        others = select(Participant.person_id).where(
+            Participant.ticket_id == ticket.id, Participant.person_id != ticket.requester_id
+        )
+        return self.session.execute(others.limit(1)).first() is not None
+
     def add_participants(
         self,
         ticket: Ticket,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, or_, select, union
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from maildesk.models import Message, Participant, Person, Ticket
 
@@ -64,3 +64,12 @@ def _proven() -> ColumnElement[bool]:
         Message.proof != "",
     )
     return or_(Ticket.sender_proven.is_(True), theirs)
+
+
+def requester_proved(session: Session, ticket: Ticket) -> bool:
+    """Whether `ticket` is proven its requester's (`_proven`): by its first mail, or one of
+    hers since."""
+    if ticket.sender_proven:
+        return True
+    found = session.execute(select(Ticket.id).where(Ticket.id == ticket.id, _proven())).first()
+    return found is not None

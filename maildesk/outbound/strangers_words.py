@@ -1,0 +1,53 @@
+"""Whose words a customer's mail may repeat: never those of mail that proved nothing.
+
+Our mail to a ticket's customer goes to the address in its first mail's From,
+whoever wrote it. When that mail proved nothing (no DKIM, no MTA verdict),
+its subject, its display name and its Message-ID are a stranger's words: "Your
+account is locked, call +1 555 0100" as the subject, "Call +1 555 0100" as
+the name. The acknowledgement withheld them; the mails after it (an agent's
+`#status closed` on what looked like spam, an answer, a paid-work notice)
+repeated them to the victim, signed by our domain. They are withheld from
+every mail to the customer until the ticket's words are its requester's: the
+first mail proved its From, or she has written in the ticket with proof since
+(as an organization's colleagues see it: `tickets/visibility.py`), unless
+`[trust] echo_unproven`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.models import Message, Ticket
+from maildesk.states import NameSource
+from maildesk.tickets.visibility import requester_proved
+
+
+def words_unproven(session: Session, ticket: Ticket) -> bool:
+    """Whether `ticket`'s subject and its requester's name may be a stranger's words."""
+    return not requester_proved(session, ticket)
+
+
+def unproven_name(ticket: Ticket, email: str) -> bool:
+    """Whether the name we hold for `email` in `ticket` is one mail without proof gave."""
+    requester = ticket.requester
+    return email == requester.email and requester.name_source == NameSource.UNPROVEN
+
+
+def our_own(session: Session, ticket: Ticket, ids: Sequence[str]) -> list[str]:
+    """Those of `ids` that are Message-IDs of our own mail in `ticket`, in their order
+    (a stranger's Message-ID is a word of theirs too: `<Call.1-555-0100@…>`)."""
+    if not ids:
+        return []
+    ours = set(
+        session.scalars(
+            select(Message.message_id).where(
+                Message.ticket_id == ticket.id,
+                Message.direction == "out",
+                Message.message_id.in_(ids),
+            )
+        )
+    )
+    return [mid for mid in ids if mid in ours]

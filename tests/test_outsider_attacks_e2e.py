@@ -1,0 +1,97 @@
+"""Attacks of someone other than the ticket's customer, end to end over real SMTP.
+
+Each test is an attack that worked until the commit that added it: who tries it,
+with what they hold (a ticket's signed reply address that reached them, a From
+anyone can write), and what they get now. Waits are deadlines on the outbox or
+the database, never sleeps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.client_replies import OUTLOOK_EN, agent_sends, client_reply, commands_top
+from tests.conftest import Outbox, RunningDaemon, make_mail
+from tests.helpers import participants, ticket
+from tests.mailclient import (
+    AGENT,
+    ALICE,
+    ALICE_FROM,
+    desk_config,
+    mail,
+    mail_to,
+    mails_to,
+    open_ticket,
+    processed,
+    reply_to,
+)
+
+COLLEAGUE = "carol@partner.test"  # someone Alice copies in: a participant of her ticket
+VICTIM = "victim@bank.test"  # whose From a stranger writes
+SPAM = "Your account is locked, call +1 555 0100"
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+    # The shipped default: unproven mail's words are not repeated (conftest echoes them).
+    config_values["trust"]["echo_unproven"] = False
+    return desk_config(config_values, AGENT)
+
+
+def test_a_participant_forging_the_requesters_from_cannot_approve_paid_work(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """Paid work is the requester's to approve. Carol, whom Alice copied, holds the
+    ticket's signed reply address (it was in the To of Alice's mail): with Alice's From
+    written above it, her APPROVE was taken for Alice's, and Alice was to pay."""
+    opened = open_ticket(daemon, outbox)
+    token = reply_to(opened.ack)
+    text = "Carol from our partner will follow this too."
+    subject = "Re: [#1] Printer broken"
+    copying = mail(ALICE_FROM, text, subject=subject, to=token, extra={"Cc": COLLEAGUE})
+    daemon.send(copying, sender=ALICE, recipients=(token,))
+    processed(daemon, 2)
+    assert COLLEAGUE in participants(daemon.services, 1)
+    top = commands_top("#type modification", "#paid 4 hours, 6 000 CZK", text="Hello Alice,")
+    paid = client_reply(OUTLOOK_EN, opened.notification, opened.reply_to, top=top)
+    agent_sends(daemon, paid, opened.reply_to)
+    mails_to(outbox, ALICE, "[#1] Paid work")
+    assert ticket(daemon.services, 1)["paid"] == "pending"
+
+    forged = mail(ALICE_FROM, "APPROVE", subject="Re: [#1] Paid work", to=token)
+    daemon.send(forged, sender=COLLEAGUE, recipients=(token,))
+    processed(daemon, 4)
+
+    state = ticket(daemon.services, 1)
+    assert (state["paid"], state["status"]) == ("pending", "waiting_customer")
+    told = mail_to(outbox, AGENT, 3)[-1]
+    assert "APPROVED" not in told.subject
+
+
+def test_a_strangers_words_in_a_forged_ticket_never_reach_its_victim_in_our_later_mail(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """The acknowledgement of unproven mail repeats none of its words, so that nobody
+    has our domain sign and deliver their text to any address. The mails after it did:
+    an agent answering what looked like spam, or closing it, sent the victim "[#1]
+    Closed: Your account is locked, call +1 555 0100", greeting "Call +1 555 0100"."""
+    lure = make_mail(SPAM, f'"Call +1 555 0100" <{VICTIM}>', body=f"{SPAM}.",
+                     message_id="<Your.account.is.locked.call.1-555-0100@bank.test>")  # fmt: skip
+    daemon.send(lure, sender="x@stranger.test")
+    [notification] = mail_to(outbox, AGENT)
+    [ack] = mail_to(outbox, VICTIM)
+    token = reply_to(notification)
+    answer = commands_top(text="We have no account of yours; please ignore this.")
+    agent_sends(daemon, client_reply(OUTLOOK_EN, notification, token, top=answer), token)
+    mails_to(outbox, VICTIM, "Re: [#1]")
+    closing = commands_top("#status closed", text="")
+    agent_sends(daemon, client_reply(OUTLOOK_EN, notification, token, top=closing), token)
+    mails_to(outbox, VICTIM, "[#1] Closed")
+
+    for sent in mail_to(outbox, VICTIM, 3):
+        words = "\n".join(f"{name}: {value}" for name, value in sent.msg.items())
+        assert "555" not in words and "locked" not in words.lower(), words
+        assert "555" not in sent.text, sent.text
+    assert ack.subject == "[#1] Your request"
