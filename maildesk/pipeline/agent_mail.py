@@ -27,6 +27,7 @@ from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import Notifier, Recipient
 from maildesk.pipeline.loops import classify
 from maildesk.pipeline.notices import Notices, customer_thread
+from maildesk.pipeline.own_addresses import OwnAddresses
 from maildesk.states import TicketStatus
 from maildesk.tickets import cleanup, commands
 from maildesk.tickets.agents import Agents
@@ -65,6 +66,7 @@ class AgentFlow:
         self.notifier = notifier
         self.notices = notices
         self.default_language = default_language
+        self.own = OwnAddresses(notifier.settings.support)
         self.canned = CannedReplies(lambda: notifier.renderer.path, notifier.clock)
 
     def file(self, session: Session, mail: AgentMail, now: datetime) -> int:
@@ -179,12 +181,9 @@ class AgentFlow:
                 self.canned_text(ticket, agent, canned.arg, agent.name or agent.email)
             except CannedReplyError as exc:
                 problems.append(exc.error)
-        support = self.notifier.settings.support.address.lower()
-        tokens = self.notifier.tokens
         for named in (*parsed.all("cc"), *parsed.all("requester")):
-            address = named.arg
-            if address == support or tokens.accepts(address) or Agents(session).by_email(address):
-                problems.append(error(Code.CC_OURS, f"#{named.name} {address}"))
+            if self.own.include(session, named.arg):
+                problems.append(error(Code.CC_OURS, f"#{named.name} {named.arg}"))
         return problems
 
     def canned_text(self, ticket: Ticket, agent: Agent, name: str, shown_name: str) -> str:

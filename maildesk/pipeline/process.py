@@ -53,6 +53,7 @@ from maildesk.pipeline.bounces import record_bounce
 from maildesk.pipeline.console import Console
 from maildesk.pipeline.loops import Verdict, classify
 from maildesk.pipeline.notices import Notices
+from maildesk.pipeline.own_addresses import OwnAddresses
 from maildesk.pipeline.prepare import Budget, DeadlineExceeded, Prepared, hold_for, prepare
 from maildesk.pipeline.spam import CHECKED_SOURCES, NOT_SCORED, SpamCheck, SpamVerdict
 from maildesk.pipeline.threader import Match, Threader
@@ -182,6 +183,7 @@ class Processor:
         self.notices = notices
         self.notifier = notices.notifier
         self.threader = threader
+        self.own = OwnAddresses(settings.support)
         self.mailauth = MailAuth(settings.trust, settings.agents.trusted_authserv_ids)
         self.spam = SpamCheck(settings.spam, clock)
         self.agent_flow = AgentFlow(self.notifier, notices, settings.support.language)
@@ -741,9 +743,7 @@ class Processor:
         sender = message.from_addr
         if ticket.status == TicketStatus.CLOSED or ticket.requester.email == sender:
             return False
-        if sender == self.settings.support.address.lower():
-            return False
-        if Agents(tickets.session).by_email(sender) is not None:
+        if self.own.include(tickets.session, sender):
             return False
         return tickets.opened_answering(ticket, message.message_id, sender)
 
@@ -805,8 +805,6 @@ class Processor:
     ) -> None:
         """The sender, and with `copies` the people they copied, may write into this
         ticket from now on."""
-        ourselves = {self.settings.support.address.lower()}
-        ourselves.update(a.email for a in Agents(tickets.session).active())
         # The sender's name is their own word (verified): it may rename them; a Cc's is not.
         people: list[tuple[str, str | None]] = [(message.from_addr, message.from_name)]
         if copies:
@@ -817,11 +815,8 @@ class Processor:
                 " proves its sender: nobody it copies joins the ticket",
                 ticket.id,
             )
-        wanted = [
-            (addr, name)
-            for addr, name in people
-            if addr not in ourselves and self.threader.tokens.ticket_number(addr) is None
-        ]
+        session = tickets.session
+        wanted = [(addr, name) for addr, name in people if not self.own.include(session, addr)]
         limit = self.settings.limits.participants_per_ticket
         left_out = tickets.add_participants(ticket, wanted, now, limit=limit)
         if left_out:
@@ -847,9 +842,7 @@ class Processor:
             log.info("no acknowledgement to %s: the mail fails DMARC", message.from_addr)
             return False
         sender = message.from_addr
-        if sender == self.settings.support.address.lower():
-            return False
-        if Agents(session).by_email(sender) is not None:
+        if self.own.include(session, sender):
             return False
         cap = self.settings.limits.auto_replies_per_hour
         total = self.settings.limits.auto_replies_per_hour_total

@@ -1,0 +1,89 @@
+"""Addresses of ours never become a ticket's recipients (pipeline/own_addresses.py).
+
+Our aliases and any sub-address of the support address (or of an alias) are ours as
+much as the support address: a customer copying one, mail from one, or an agent's
+`#cc` naming one would have sent the ticket's mail back to us or to an address our
+listener refuses, at each answer.
+"""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from maildesk.services import Services
+from tests.conftest import make_mail
+from tests.helpers import outbox_rows, participants, receive, ticket
+from tests.pipeline.test_agents import AGENT, agent_reply, body, parsed, to_agent, to_customer
+
+ALIAS = "help@example.test"
+OURS = (ALIAS, "support+sales@example.test", "Help+Desk@Example.test")
+
+
+@pytest.fixture
+def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+    config_values["agents"]["addresses"] = [AGENT]
+    config_values["support"]["aliases"] = [ALIAS]
+    return config_values
+
+
+def everyone_mailed(services: Services) -> set[str]:
+    return {address.lower() for row in outbox_rows(services) for address in row.recipients}
+
+
+def test_a_customer_who_copies_our_addresses_makes_none_of_them_a_participant(
+    services: Services,
+) -> None:
+    """Alice answers our acknowledgement (its signed Reply-To proves her, and her Cc)
+    and copies Bob, our alias and two sub-addresses of ours: only Bob joins, and the
+    agent's answer goes to the two of them."""
+    receive(services, make_mail(message_id="<alice1@customer.test>"))
+    [ack] = to_customer(services)
+    reply_to = ack["Reply-To"].addresses[0].addr_spec
+    answer = make_mail(
+        subject=f"Re: {ack['Subject']}",
+        to=reply_to,
+        cc=", ".join(("bob@customer.test", *OURS)),
+        body="Bob should hear about this too.",
+        In_Reply_To=ack["Message-ID"],
+    )
+    receive(services, answer, rcpt_to=(reply_to,))
+    assert participants(services, 1) == {"alice@customer.test", "bob@customer.test"}
+
+    agent_reply(services, to_agent(services)[-1], "We are on it.")
+
+    [relayed] = [m for m in to_customer(services) if "We are on it." in body(m)]
+    assert {a.addr_spec for a in relayed["To"].addresses} == {
+        "alice@customer.test",
+        "bob@customer.test",
+    }
+    assert not everyone_mailed(services) & {a.lower() for a in OURS}
+
+
+@pytest.mark.parametrize("sender", OURS)
+def test_mail_from_an_address_of_ours_gets_no_acknowledgement(
+    services: Services, sender: str
+) -> None:
+    """Mail our alias forwards in its own name (or a sub-address's auto-forward) opens a
+    ticket for the agents; the acknowledgement would only come back to us."""
+    receive(services, make_mail(sender=sender), mail_from=sender)
+
+    assert ticket(services, 1)["requester"] == sender.lower()
+    assert [parsed(row)["To"] for row in outbox_rows(services)] == [AGENT]
+
+
+@pytest.mark.parametrize("command", ["cc", "requester"])
+@pytest.mark.parametrize("address", OURS)
+def test_an_agent_cannot_name_an_address_of_ours(
+    services: Services, command: str, address: str
+) -> None:
+    receive(services, make_mail(message_id="<alice1@customer.test>"))
+    notification: EmailMessage = to_agent(services)[0]
+
+    agent_reply(services, notification, f"#{command} {address}\nMoving it.")
+
+    assert "an address of ours" in body(to_agent(services)[-1])
+    assert ticket(services, 1)["requester"] == "alice@customer.test"
+    assert participants(services, 1) == {"alice@customer.test"}
