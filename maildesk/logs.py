@@ -10,8 +10,9 @@ Decides three things:
   `<N>` syslog priority prefix journald reads as the entry's level
   (`journalctl -p warning` then works).
 - **What never appears.** A redacting pass over the finished line removes
-  `token=`, `password=`, `secret=`, cookies, `Authorization:` values and URL
-  passwords, whatever logged them (a message, an argument or an exception).
+  `token=`, `password=`, `secret=`, cookies, `Authorization:` values, URL
+  passwords and the Message-IDs of our mail (a secret of its ticket: README
+  "Trust"), whatever logged them (a message, an argument or an exception).
 
 Context: `extra={"ticket": 42}` on one call, or `with log_context(inbound_id=7):`
 around a piece of work (a contextvar, so it follows the asyncio task and does not
@@ -104,6 +105,9 @@ _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"""(?i)((?:set-)?cookie['"]?\s*[:=]\s*)[^\r\n]+"""), r"\1[redacted]"),
     # scheme://user:password@host
     (re.compile(r"(://[^/:@\s]*:)[^@/\s]+@"), r"\1[redacted]@"),
+    # The Message-ID of our mail (`md.<token>@…`, outbound/notify.py), in a relay's
+    # answer or a Maildir file's name: it lets whoever answers it into the ticket.
+    (re.compile(r"(?<![A-Za-z0-9.])md\.[A-Za-z0-9]{16}@"), "md.[redacted]@"),
 )
 
 

@@ -8,13 +8,17 @@ the database, never sleeps.
 
 from __future__ import annotations
 
+import io
+import re
 from typing import Any
 
 import pytest
 
+from maildesk import logs
+from maildesk.states import OutboxState
 from tests.client_replies import OUTLOOK_EN, agent_sends, client_reply, commands_top
-from tests.conftest import Outbox, RunningDaemon, make_mail
-from tests.helpers import participants, ticket
+from tests.conftest import Outbox, RunningDaemon, make_mail, wait_for
+from tests.helpers import outbox_rows, participants, ticket
 from tests.mailclient import (
     AGENT,
     ALICE,
@@ -95,3 +99,36 @@ def test_a_strangers_words_in_a_forged_ticket_never_reach_its_victim_in_our_late
         assert "555" not in words and "locked" not in words.lower(), words
         assert "555" not in sent.text, sent.text
     assert ack.subject == "[#1] Your request"
+
+
+def test_the_log_holds_no_message_id_of_our_mail_that_would_let_its_reader_into_the_ticket(
+    daemon: RunningDaemon, outbox: Outbox, restore_logging: None
+) -> None:
+    """A Message-ID we minted for a customer's mail is a secret of her ticket: whoever
+    answers it writes as a proven correspondent (README "Trust"). Every mail sent logged
+    it ("outbox 2 sent md.…@example.test to alice@…"), so anyone who reads the journal
+    (the adm group, a log shipper) could answer any customer's mail, From any address:
+    he became a participant, got every later answer, and with the portal's "send me a
+    new link" read the whole thread. The outbox's number says which mail it was."""
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    opened = open_ticket(daemon, outbox)
+    answer = commands_top(text="Hello Alice, we are on it.")
+    agent_sends(
+        daemon,
+        client_reply(OUTLOOK_EN, opened.notification, opened.reply_to, top=answer),
+        opened.reply_to,
+    )
+    mails_to(outbox, ALICE, "Re: [#1]")
+
+    def all_sent() -> list[Any] | None:
+        rows = outbox_rows(daemon.services)
+        return rows if all(row.state == OutboxState.SENT for row in rows) else None
+
+    rows = wait_for(all_sent, what="every mail marked sent")
+    written = stream.getvalue()
+    assert len(rows) >= 3
+    for row in rows:
+        assert row.message_id not in written, row.message_id
+        assert re.search(rf"outbox {row.id} sent\b", written), written
+    assert not re.search(r"md\.[A-Za-z0-9]+@", written), written

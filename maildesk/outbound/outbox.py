@@ -339,7 +339,10 @@ class OutboxSender:
     def _send(self, reader: Connection, row: Claimed, token: str) -> bool:
         """Hand `row` to the transport, its bytes read through `reader`; True if it took
         it (the row is not marked yet)."""
-        with log_context(outbox_id=row.id, message_id=row.message_id):
+        # Not its Message-ID: one of a customer's mail is a secret of her ticket (whoever
+        # answers it writes as her correspondent), and a log has more readers than that.
+        # `outbox list --all --json` says which mail outbox N is.
+        with log_context(outbox_id=row.id):
             return self._send_logged(reader, row, token)
 
     def _send_logged(self, reader: Connection, row: Claimed, token: str) -> bool:
@@ -356,7 +359,7 @@ class OutboxSender:
             log.exception("outbox %d: unexpected error", row.id)
             self._temporary(row, token, f"{type(exc).__name__}: {exc}")
         else:
-            log.info("outbox %d sent %s to %s", row.id, row.message_id, ", ".join(row.recipients))
+            log.info("outbox %d sent to %s", row.id, ", ".join(row.recipients))
             return True
         return False
 
