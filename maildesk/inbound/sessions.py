@@ -2,7 +2,9 @@
 
 Decided before any handler hook runs:
 - caps on concurrent sessions, in all (`[smtp] max_sessions`) and per client
-  address (`max_sessions_per_ip`). Over either, the client gets
+  address (`max_sessions_per_ip`; an IPv6 client by its /64, `peers.py`: counted
+  by address, one host with a /64 held every session, and everyone else's mail
+  got 421 for as long as it liked). Over either, the client gets
   `421 4.7.0` and the connection is closed (RFC 5321 3.8: a server may
   refuse a session it cannot serve; a real MTA retries later).
 - the slowloris bound (`[smtp] timeout`): a command line, and each line of
@@ -19,6 +21,8 @@ import logging
 from collections.abc import Callable
 
 from aiosmtpd.smtp import SMTP
+
+from maildesk.peers import key, parse
 
 log = logging.getLogger("maildesk.inbound.smtp")
 
@@ -55,8 +59,11 @@ class SessionLimiter:
 
 
 def _ip(transport: asyncio.BaseTransport) -> str:
+    """The client a session counts for: its address, or its /64 for IPv6."""
     peer = transport.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+    text = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+    address = parse(text)
+    return text if address is None else key(address)
 
 
 def limited(

@@ -15,32 +15,12 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+from maildesk.peers import Address, key, parse
+
+__all__ = ["Address", "ClientAddress", "key", "parse"]
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_HOPS = 20
-
-
-def parse(text: str) -> Address | None:
-    """An address from a peer or an X-Forwarded-For entry (`[v6]:port` and `v4:port` too)."""
-    text = text.strip()
-    if text.startswith("[") and "]" in text:
-        text = text[1 : text.index("]")]
-    elif text.count(":") == 1:
-        text = text.split(":")[0]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
-
-
-def key(address: Address) -> str:
-    """The rate-limit key of an address: itself, or its /64 for IPv6."""
-    if isinstance(address, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 class ClientAddress:

@@ -111,6 +111,7 @@ async def ticket_list(request: web.Request) -> web.StreamResponse:
             scope = scope_of(session, request, who)
             if query_text:
                 return {"tickets": _found(session, scope, query_text, lang), "creators": []}
+            visible = Ticket.id.in_(scope.ticket_ids())
             creators: list[dict[str, str]] = []
             if scope.org_domain is not None:
                 people = session.execute(
@@ -118,22 +119,23 @@ async def ticket_list(request: web.Request) -> web.StreamResponse:
                     .where(Person.id.in_(scope.colleagues()))
                     # Requesters of tickets the viewer sees: a hidden one's requester
                     # is a stranger's word (a forged colleague, a phishing name).
-                    .where(Person.id.in_(select(Ticket.requester_id).where(scope.condition())))
+                    .where(Person.id.in_(select(Ticket.requester_id).where(visible)))
                     .order_by(Person.email)
                 )
                 creators = [{"email": e, "name": n} for e, n in people]
             chosen = creator if creator in {c["email"] for c in creators} else ""
+            # Of the viewer's tickets only, each read by its own messages: grouping every
+            # public message of the desk, and testing every ticket against the viewer, cost
+            # each load 75 ms of CPU at 100,000 messages, growing with the history.
             last = (
-                select(Message.ticket_id, func.max(Message.created_at).label("at"))
-                .where(PUBLIC)
-                .group_by(Message.ticket_id)
-                .subquery()
+                select(func.max(Message.created_at))
+                .where(Message.ticket_id == Ticket.id, PUBLIC)
+                .scalar_subquery()
             )
-            activity = func.coalesce(last.c.at, Ticket.created_at)
+            activity = func.coalesce(last, Ticket.created_at)
             query = (
                 select(Ticket, activity)
-                .outerjoin(last, last.c.ticket_id == Ticket.id)
-                .where(scope.condition())
+                .where(visible)
                 .order_by(activity.desc(), Ticket.id.desc())
                 .limit(MAX_LISTED)
             )

@@ -6,9 +6,13 @@ required, sessions over the caps, and a client that trickles a line (slowloris).
 
 from __future__ import annotations
 
+import os
+import shutil
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -345,3 +349,40 @@ def test_a_data_budget_smaller_than_one_message_is_refused_when_the_config_loads
     config_values["smtp"].update(max_message_size=30 * 1024 * 1024, data_memory_mb=16)
     with pytest.raises(ConfigError, match="data_memory_mb must hold at least one message"):
         from_mapping(config_values, base_dir=tmp_path)
+
+
+def _in_network_namespace(module: str) -> subprocess.CompletedProcess[str]:
+    """`python -m module` in a network namespace of its own, whose loopback also holds
+    2001:db8::1-4 (one /64) and 2001:db8:1::2 (another)."""
+    hosts = [f"2001:db8::{n}" for n in range(1, 5)] + ["2001:db8:1::2"]
+    addresses = "; ".join(f"ip -6 addr add {host}/64 dev lo nodad" for host in hosts)
+    script = f"ip link set lo up; {addresses}; exec {sys.executable} -m {module}"
+    return subprocess.run(
+        ["unshare", "--map-root-user", "--net", "sh", "-ec", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent.parent,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def _can_unshare_a_network() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    probe = ["unshare", "--map-root-user", "--net", "ip", "link", "set", "lo", "up"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_unshare_a_network(), reason="needs unshare -rn and ip")
+def test_an_ipv6_clients_sessions_count_by_its_64() -> None:
+    """A host with an IPv6 /64 (what a provider hands any server) has 2^64 addresses.
+    Counted one address at a time, it opened `max_sessions` sessions from as many of
+    them, each kept with a NOOP a minute, and every other sender got 421 for as long
+    as it liked: the mail of the whole desk waited. Its /64 counts as one client now,
+    as on the web listener; another /64 is another client."""
+    ran = _in_network_namespace("tests.netns_sessions")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    codes = [line[:3] for line in ran.stdout.splitlines()]
+    # Three clients of one /64 (the third refused), then one of another /64.
+    assert codes == ["220", "220", "421", "220"], ran.stdout
