@@ -372,15 +372,16 @@ class Database:
         """A session whose work commits on success and rolls back on any error.
 
         `urgent`: a commit someone waits on at the door (a 250): on SQLite it takes the
-        write lock ahead of processing work (`_WriterQueue`).
+        write lock ahead of processing work (`_WriterQueue`). What it did is logged once
+        it committed, and not if it rolled back (`logs.after_commit`).
         """
         if self._writers is None:
-            with self._sessions() as session, session.begin():
+            with logs.after_commit(), self._sessions() as session, session.begin():
                 yield session
             return
         # Log lines are written once the lock is let go (logs.held).
-        with logs.held(), self._writers.turn(urgent), self._sessions() as session:
-            with session.begin():
+        with logs.after_commit(), logs.held(), self._writers.turn(urgent):
+            with self._sessions() as session, session.begin():
                 yield session
 
     @contextmanager
@@ -389,11 +390,12 @@ class Database:
         commit): the session's unit of work and state machine cost more CPU than the
         statements of a commit of a few messages. Same order, same BEGIN IMMEDIATE."""
         if self._writers is None:
-            with self.engine.begin() as connection:
+            with logs.after_commit(), self.engine.begin() as connection:
                 yield connection
             return
-        with logs.held(), self._writers.turn(urgent), self.engine.begin() as connection:
-            yield connection
+        with logs.after_commit(), logs.held(), self._writers.turn(urgent):
+            with self.engine.begin() as connection:
+                yield connection
 
     @contextmanager
     def turn(self, urgent: bool = False) -> Iterator[None]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import random
 import re
 import sys
@@ -38,7 +37,7 @@ from sqlalchemy import Connection, Dialect, Integer, String, bindparam, func, in
 from sqlalchemy.orm import Session, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from maildesk import leases
+from maildesk import leases, logs
 from maildesk.clock import Clock, as_utc
 from maildesk.db import LOCK_TIMEOUT_SECONDS, Database, rare
 from maildesk.hotsql import Hot
@@ -48,7 +47,8 @@ from maildesk.inbound.room import Room
 from maildesk.models import Inbound
 from maildesk.states import InboundState
 
-log = logging.getLogger("maildesk.spool")
+# What it did is logged once its transaction committed (logs.transactional).
+log = logs.transactional("maildesk.spool")
 
 # Claims of one row that may end without finishing it before the next claim
 # quarantines it: a message that kills or hangs the processor is tried this
