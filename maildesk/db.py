@@ -49,6 +49,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -87,7 +88,37 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         given = kwargs.pop("connect_args", {})
         defaults = {k: v for k, v in POSTGRES_TCP.items() if k not in parsed.query}
         kwargs["connect_args"] = {**defaults, **given}
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # The pool's rollback of a returned connection is ours (`_reset_postgresql`).
+    engine = create_engine(url, pool_pre_ping=True, pool_reset_on_return=None, **kwargs)
+    event.listen(engine, "reset", _reset_postgresql)
+    return engine
+
+
+def _reset_postgresql(
+    dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState
+) -> None:
+    """What SQLAlchemy's pool does to a connection given back (roll back whatever it
+    began), but a connection that cannot be rolled back is dropped with one line.
+
+    When PostgreSQL restarts or a backend is terminated, a connection whose statement
+    failed on the driver's own cursor (the raw bytes are read and written there,
+    `inbound/rawbytes.py`) reaches the pool without SQLAlchemy knowing it is dead. The
+    pool's rollback then fails, and it logged an ERROR with two tracebacks for each such
+    connection, beside the failure its user had reported already. The connection is
+    dropped either way; the next checkout connects afresh.
+    """
+    if state.transaction_was_reset or not state.asyncio_safe:
+        return
+    try:
+        dbapi_connection.rollback()
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        log.warning(
+            "a database connection was lost (%s: %s); dropped, the next use connects afresh",
+            type(exc).__name__,
+            first_line,
+        )
+        record.invalidate(exc)
 
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
@@ -372,15 +403,16 @@ class Database:
         """A session whose work commits on success and rolls back on any error.
 
         `urgent`: a commit someone waits on at the door (a 250): on SQLite it takes the
-        write lock ahead of processing work (`_WriterQueue`).
+        write lock ahead of processing work (`_WriterQueue`). What it did is logged once
+        it committed, and not if it rolled back (`logs.after_commit`).
         """
         if self._writers is None:
-            with self._sessions() as session, session.begin():
+            with logs.after_commit(), self._sessions() as session, session.begin():
                 yield session
             return
         # Log lines are written once the lock is let go (logs.held).
-        with logs.held(), self._writers.turn(urgent), self._sessions() as session:
-            with session.begin():
+        with logs.after_commit(), logs.held(), self._writers.turn(urgent):
+            with self._sessions() as session, session.begin():
                 yield session
 
     @contextmanager
@@ -389,11 +421,12 @@ class Database:
         commit): the session's unit of work and state machine cost more CPU than the
         statements of a commit of a few messages. Same order, same BEGIN IMMEDIATE."""
         if self._writers is None:
-            with self.engine.begin() as connection:
+            with logs.after_commit(), self.engine.begin() as connection:
                 yield connection
             return
-        with logs.held(), self._writers.turn(urgent), self.engine.begin() as connection:
-            yield connection
+        with logs.after_commit(), logs.held(), self._writers.turn(urgent):
+            with self.engine.begin() as connection:
+                yield connection
 
     @contextmanager
     def turn(self, urgent: bool = False) -> Iterator[None]:

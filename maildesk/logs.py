@@ -24,6 +24,16 @@ writing a line cost a tenth of a processing transaction, all of it while SQLite'
 one write lock was held, and a stream that blocks (a journal that pushes back)
 stalled every writer. The price: a process killed inside the block loses the lines
 of a transaction that did not commit either.
+
+Whether: a line that says what a transaction did (`inbound 7 -> ticket 3`, `inbound 8
+is a duplicate`, `confirmation 4 asked of …`) is true only once it committed. The
+loggers of such lines are made with `transactional()`; inside `after_commit()` (every
+`Database.transaction()` and `writing()`, `db.py`) their records are kept, written
+once the block ends without an error, and dropped when it raises (rolled back: the
+ticket the line named is not there, and the next one gets its number). A savepoint's
+records go with it (`undone_on_error()`). An error, or any record with a traceback,
+is written at once: a failure is true whatever becomes of the transaction, and
+wanted most when it rolls back. Other loggers write as they always did.
 """
 
 from __future__ import annotations
@@ -303,9 +313,7 @@ class _HoldingHandler(logging.Handler):
             return bool(self.inner.handle(record))
         if len(records) >= MOST_HELD:
             _write(records)
-        record.msg, record.args = record.getMessage(), None
-        for name, value in (_context.get() or {}).items():
-            record.__dict__.setdefault(name, value)
+        _finish(record)
         records.append((self.inner, record))
         return True
 
@@ -336,3 +344,83 @@ def set_level(level: str) -> None:
     logging.getLogger().setLevel(numeric)
     for name in NOISY:
         logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
+
+
+# -- what a transaction did: told once it committed ----------------------------------
+
+_unsettled: contextvars.ContextVar[list[logging.LogRecord] | None] = contextvars.ContextVar(
+    "maildesk_log_unsettled", default=None
+)
+# Set on a record written after its commit, which the filter then lets pass.
+_SETTLED = "maildesk_settled"
+
+
+class _UntilCommitted(logging.Filter):
+    """Keeps the records logged inside an `after_commit()` block for its end, but
+    errors and tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kept = _unsettled.get()
+        if kept is None or record.levelno >= logging.ERROR or record.exc_info:
+            return True
+        if record.__dict__.get(_SETTLED):
+            return True
+        _finish(record)
+        kept.append(record)
+        return False
+
+
+_UNTIL_COMMITTED = _UntilCommitted()
+
+
+def transactional(name: str) -> logging.Logger:
+    """The logger `name`, whose records logged inside an `after_commit()` block (a
+    write transaction) are written only once that transaction committed."""
+    logger = logging.getLogger(name)
+    if _UNTIL_COMMITTED not in logger.filters:
+        logger.addFilter(_UNTIL_COMMITTED)
+    return logger
+
+
+@contextmanager
+def after_commit() -> Iterator[None]:
+    """Around a transaction: the `transactional` loggers' records logged inside are
+    written when the block ends without an error (after the commit, in their order),
+    and dropped when it raises. A block inside another keeps its own: a transaction
+    of its own commits or not by itself."""
+    kept: list[logging.LogRecord] = []
+    token = _unsettled.set(kept)
+    try:
+        yield
+    finally:
+        _unsettled.reset(token)
+    for record in kept:
+        record.__dict__[_SETTLED] = True
+        logging.getLogger(record.name).handle(record)
+
+
+@contextmanager
+def undone_on_error() -> Iterator[None]:
+    """Around a savepoint inside `after_commit()`: the records logged in the block are
+    dropped when it raises (what they tell was rolled back); the transaction's other
+    records stay."""
+    kept = _unsettled.get()
+    mark = len(kept) if kept is not None else 0
+    try:
+        yield
+    except BaseException:
+        if kept is not None:
+            del kept[mark:]
+        raise
+
+
+def _finish(record: logging.LogRecord) -> None:
+    """A record kept for later, finished now: its message formatted (its arguments may
+    change or belong to a closed session by then) and the context of the moment copied
+    in."""
+    try:
+        record.msg, record.args = record.getMessage(), None
+    except Exception:  # noqa: S110 (a handler reports it, when it formats the record)
+        pass
+    for name, value in (_context.get() or {}).items():
+        record.__dict__.setdefault(name, value)

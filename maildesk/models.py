@@ -91,6 +91,24 @@ class InboundRaw(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class QuarantineRetry(Base):
+    """A quarantine that `maildesk quarantine retry` ended: why the message was held
+    then. A retry clears the row's reason and traceback for its next attempts; a
+    message held again still shows why it was held before (`quarantine show`)."""
+
+    __tablename__ = "quarantine_retries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    inbound_id: Mapped[int] = mapped_column(
+        ForeignKey("inbound.id", ondelete="CASCADE"), index=True
+    )
+    quarantined_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str] = mapped_column(Text, default="")  # the traceback, if any
+    retried_at: Mapped[datetime] = mapped_column(Timestamp)
+    retried_by: Mapped[str] = mapped_column(String(64), default="")  # $USER of the retry
+
+
 class Person(Base):
     """A customer (or anyone who wrote in). An account is optional: a password set."""
 

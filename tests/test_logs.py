@@ -173,6 +173,43 @@ def test_a_block_that_logs_without_end_holds_a_bounded_number_of_lines(
     assert lines == [f"line {n}" for n in range(logs.MOST_HELD + 5)]
 
 
+def test_a_transactions_lines_wait_for_its_commit_and_go_with_its_rollback(
+    restore_logging: None,
+) -> None:
+    """`logs.after_commit()` is what `Database.transaction()` wraps a transaction in."""
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    told = logs.transactional("maildesk.test.told")
+    other = logging.getLogger("maildesk.test.other")
+
+    def written() -> list[str]:
+        return [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
+
+    with logs.after_commit():
+        with logs.log_context(inbound_id=7):
+            told.info("inbound %d -> ticket %d", 7, 1)
+        with pytest.raises(RuntimeError), logs.undone_on_error():  # a savepoint rolled back
+            told.info("inbound 8 -> ticket 2")
+            raise RuntimeError("rolled back")
+        other.info("not a transaction's word: written at once")
+        told.error("a failure is written at once")
+        with logs.after_commit():  # a transaction of its own, committed
+            told.info("inner committed")
+        assert written() == [
+            "not a transaction's word: written at once",
+            "a failure is written at once",
+            "inner committed",
+        ]
+    assert written()[3:] == ["inbound 7 -> ticket 1"]
+    assert json.loads(stream.getvalue().splitlines()[3])["inbound_id"] == 7
+
+    with pytest.raises(RuntimeError), logs.after_commit():
+        told.warning("inbound 9 quarantined")
+        raise RuntimeError("the commit failed")
+    told.info("outside any transaction")
+    assert written()[4:] == ["outside any transaction"]
+
+
 @pytest.mark.parametrize("shape", ["qp soft breaks", "wrapped", "wrapped three times"])
 def test_the_readable_log_redacts_a_link_cut_across_lines(shape: str) -> None:
     """The readable log escaped line breaks before it redacted: a link wrapped or

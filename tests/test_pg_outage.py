@@ -12,6 +12,7 @@ SMTP sink.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import smtplib
@@ -21,13 +22,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from maildesk import leases
 from maildesk.db import LOCK_TIMEOUT_SECONDS, POSTGRES_TCP, Database
+from maildesk.inbound import rawbytes
+from maildesk.inbound.store import Envelope
+from maildesk.services import Services
 from tests.conftest import PG_URL, make_mail, wait_for
 from tests.pg_proxy import PgProxy
 from tests.smtp_sink import SmtpSink
@@ -160,6 +165,46 @@ def test_mail_processed_while_postgresql_stalls_past_the_budget_is_not_quarantin
     assert health["quarantined"] == 0, daemon.log()
     [ack] = relay.wait_for(1, 10)
     assert b"Printer broken" in ack.content
+
+
+def terminate(postgres: Engine, connection: Connection) -> None:
+    """PostgreSQL ends the backend of `connection` (a restart, `pg_terminate_backend`),
+    and the call returns once it has ended."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    with postgres.connect() as admin:
+        ended = admin.execute(
+            text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": driver.info.backend_pid}
+        )
+        assert ended.scalar() is True
+
+
+def test_a_connection_whose_backend_ended_is_dropped_with_one_line_and_no_traceback(
+    services: Services, postgres: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The raw bytes are read on the driver's own cursor, where SQLAlchemy does not see a
+    connection die. Its pool then failed to roll the returned connection back and
+    logged an ERROR with two tracebacks, for each connection a PostgreSQL restart took
+    (`serve.log` of a flood under restarts: one per connection lost), beside the failure
+    the reader had reported already. One warning now, and the next use connects afresh."""
+    spool_id = services.store.put(make_mail(), Envelope("smtp", CUSTOMER, (SUPPORT,)))
+    with services.db.reading_connection() as connection:
+        raw = rawbytes.read(connection, spool_id)
+        rawbytes.end_reads(connection)
+
+    with caplog.at_level(logging.WARNING):
+        # A reader (the processor loading a message) whose backend ends between reads.
+        with services.db.reading_connection() as connection:
+            assert rawbytes.read(connection, spool_id) == raw  # the driver's transaction
+            terminate(postgres, connection)
+            with pytest.raises(psycopg.OperationalError):
+                rawbytes.read(connection, spool_id)
+
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.exc_info] == []
+    [lost] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert (lost.name, lost.levelno) == ("maildesk.db", logging.WARNING)
+    assert lost.getMessage().startswith("a database connection was lost (")
+    assert services.store.load(spool_id).raw == raw
 
 
 def test_mail_arriving_while_postgresql_does_not_answer_gets_a_temporary_failure(

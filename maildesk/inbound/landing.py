@@ -28,7 +28,6 @@ PostgreSQL has no such landing: it locks rows, and the group commit writes to
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -41,12 +40,14 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, MetaData, Select, bindparam, func, inspect, select, text
 from sqlalchemy.exc import NoSuchTableError
 
+from maildesk import logs
 from maildesk.clock import as_utc
 from maildesk.db import Database
 from maildesk.inbound import lanes, rawbytes
 from maildesk.models import Inbound, InboundRaw
 
-log = logging.getLogger("maildesk.spool")
+# What it did is logged once its transaction committed (logs.transactional).
+log = logs.transactional("maildesk.spool")
 
 # One move copies at most this much: its transaction holds the main database's write
 # lock. A larger message moves alone.

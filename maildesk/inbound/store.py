@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import random
 import re
 import sys
@@ -38,17 +37,18 @@ from sqlalchemy import Connection, Dialect, Integer, String, bindparam, func, in
 from sqlalchemy.orm import Session, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from maildesk import leases
+from maildesk import leases, logs
 from maildesk.clock import Clock, as_utc
 from maildesk.db import LOCK_TIMEOUT_SECONDS, Database, rare
 from maildesk.hotsql import Hot
 from maildesk.inbound import landing, lanes, rawbytes
 from maildesk.inbound.groupcommit import GroupCommit, Waiting
 from maildesk.inbound.room import Room
-from maildesk.models import Inbound
+from maildesk.models import Inbound, QuarantineRetry
 from maildesk.states import InboundState
 
-log = logging.getLogger("maildesk.spool")
+# What it did is logged once its transaction committed (logs.transactional).
+log = logs.transactional("maildesk.spool")
 
 # Claims of one row that may end without finishing it before the next claim
 # quarantines it: a message that kills or hangs the processor is tried this
@@ -277,12 +277,24 @@ class InboundStore:
             found |= self._landing.known_digests(digests)
         return found
 
-    def requeue(self, inbound_id: int) -> bool:
-        """Send a quarantined message through the pipeline again, with fresh attempts."""
+    def requeue(self, inbound_id: int, by: str = "") -> bool:
+        """Send a quarantined message through the pipeline again, with fresh attempts.
+        Why it was held is kept (`QuarantineRetry`, with `by`, who asked): should it be
+        held again, its new reason does not hide the first."""
         with self._db.transaction() as session:
-            row = session.get(Inbound, inbound_id)
+            row = session.get(Inbound, inbound_id, with_for_update=True)
             if row is None or row.state != InboundState.QUARANTINED:
                 return False
+            session.add(
+                QuarantineRetry(
+                    inbound_id=row.id,
+                    quarantined_at=row.processed_at,
+                    reason=row.reason,
+                    error=row.error,
+                    retried_at=self._clock.now(),
+                    retried_by=by[:64],
+                )
+            )
             row.state = InboundState.PENDING
             row.attempts = 0
             row.next_attempt_at = None

@@ -10,7 +10,6 @@ agent gets the errors back instead. Automatic mail from the agent's mailbox
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +17,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from maildesk import logs
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Inbound, Message, Participant, Person, Ticket
 from maildesk.outbound import canned
@@ -36,7 +36,8 @@ from maildesk.tickets.lifecycle import Change, Lifecycle
 from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.watchers import Watchers
 
-log = logging.getLogger("maildesk.agents")
+# What it did is logged once its transaction committed (logs.transactional).
+log = logs.transactional("maildesk.agents")
 
 _CONTENT_LINE = 12  # note lines shorter than this are too common to count as leaks
 

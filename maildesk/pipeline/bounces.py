@@ -13,18 +13,19 @@ trying.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from maildesk import logs
 from maildesk.message import ParsedMessage
 from maildesk.models import Outbox
 from maildesk.states import OutboxState
 from maildesk.tickets.service import NewMessage, Tickets
 
-log = logging.getLogger("maildesk.pipeline")
+# What it did is logged once its transaction committed (logs.transactional).
+log = logs.transactional("maildesk.pipeline")
 
 
 def bounced_mail(session: Session, message: ParsedMessage) -> Outbox | None:

@@ -33,7 +33,6 @@ What a request may do:
 from __future__ import annotations
 
 import hmac
-import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,6 +41,7 @@ from urllib.parse import urlencode
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from maildesk import logs
 from maildesk.clock import as_utc, desk_time
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Blob, Confirmation, ConsoleRequest, Inbound, Message, Ticket
@@ -76,7 +76,8 @@ from maildesk.tickets.lifecycle import Lifecycle
 from maildesk.tickets.search import search
 from maildesk.tickets.watchers import Watchers
 
-log = logging.getLogger("maildesk.console")
+# What it did is logged once its transaction committed (logs.transactional).
+log = logs.transactional("maildesk.console")
 
 PER_HOUR = 30  # console requests answered per agent per hour
 CONFIRM_HOURS = 24  # how long a confirmation mail's reply address and button work

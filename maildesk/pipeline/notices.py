@@ -10,12 +10,12 @@ from them, the answer to a paid-work notice, and errors in their commands.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from maildesk import logs
 from maildesk.accounts import Accounts
 from maildesk.clock import desk_time
 from maildesk.config import LANGUAGES
@@ -47,7 +47,8 @@ from maildesk.tickets.command_errors import CommandError
 from maildesk.tickets.watchers import Watchers
 from maildesk.web.links import PaidLinks
 
-log = logging.getLogger("maildesk.notices")
+# What it did is logged once its transaction committed (logs.transactional).
+log = logs.transactional("maildesk.notices")
 
 # Characters of a mail an agent's notice quotes, and a #show of each message
 # (console.py): a 20 MB text went whole into each agent's copy.

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import traceback
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -33,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from maildesk import folding, leases
+from maildesk import folding, leases, logs
 from maildesk.clock import Clock
 from maildesk.config import Settings
 from maildesk.db import Database
@@ -64,7 +63,8 @@ from maildesk.tickets.lifecycle import Lifecycle, only_agrees
 from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.watchdog import Watchdog
 
-log = logging.getLogger("maildesk.pipeline")
+# What it did is logged once its transaction committed (logs.transactional).
+log = logs.transactional("maildesk.pipeline")
 
 LEASE = leases.LEASE
 # Prepared messages written per transaction: one fsync for several, and a
@@ -129,26 +129,6 @@ class _Work:
 
 
 @dataclass(frozen=True)
-class _Routed:
-    """Where a message went (`inbound N -> ticket M (rule)`): logged once committed."""
-
-    inbound_id: int
-    ticket_id: int
-    rule: str
-    message_id: str
-
-    def log(self) -> None:
-        with log_context(inbound_id=self.inbound_id):
-            log.info(
-                "inbound %d -> ticket %d (%s)",
-                self.inbound_id,
-                self.ticket_id,
-                self.rule,
-                extra={"ticket": self.ticket_id, "message_id": self.message_id},
-            )
-
-
-@dataclass(frozen=True)
 class _VouchedImports:
     """Imported rows whose DKIM/DMARC check (DNS lookups) would change nothing.
 
@@ -201,10 +181,6 @@ class Processor:
         # (`_write`); messages that failed in the database stages, counted.
         self._careful = False
         self._stage_failures = 0
-        # Where the messages of the transaction being written went: told once it
-        # committed, as a rolled-back one names tickets that never were (and whose
-        # numbers the next ticket gets).
-        self._routed: list[_Routed] = []
         # This process's sender, when a worker runs both: the transaction that queues
         # mail also claims due mail for it (outbound/outbox.py, `Handoff`).
         self.handoff: Handoff | None = None
@@ -363,7 +339,9 @@ class Processor:
         each message (then merge the pieces: 0.3 ms a message) and cost SQLAlchemy's
         session bookkeeping. When one fails, the transaction is rolled back and the
         same messages are written again, each in its savepoint (`_process_row`), so
-        that the failure is that message's alone, as before.
+        that the failure is that message's alone, as before. What a try logged is
+        written only once it committed (`logs.after_commit`, in `Database.transaction`):
+        a group written again tells each message's fate once.
         """
         queued = 0
         left = list(group)
@@ -371,8 +349,6 @@ class Processor:
         while left:
             careful = failed is not None or self._careful
             failures = self._stage_failures
-            routed: list[_Routed] = []
-            self._routed = routed
             try:
                 with self.db.transaction() as session:
                     written, queued_now = self._write_some(session, left, token, careful, failed)
@@ -390,8 +366,6 @@ class Processor:
             # After a failure the next messages go in savepoints until some pass without
             # one: a flood of failing mail (a backscatter storm) is not written twice.
             self._careful = careful and (failed is not None or self._stage_failures > failures)
-            for route in routed:
-                route.log()
             if handoff is not None:
                 handoff.put(handed)
             queued += queued_now
@@ -452,15 +426,15 @@ class Processor:
             self._fail(row, work.failure)
             return 0
         work.budget.start()
-        routed = len(self._routed)
         try:
-            with session.begin_nested() if savepoint else nullcontext():
+            # What the stages logged is written once the transaction committed, and not
+            # at all when this message is rolled back (logs.transactional).
+            with logs.undone_on_error(), session.begin_nested() if savepoint else nullcontext():
                 state, queued = self._stages(session, row, work)
                 work.budget.check("the database stages")
                 self.store.finish(row, state, now)
                 return queued
         except Exception as exc:
-            del self._routed[routed:]  # rolled back: the ticket it named is not there
             trace = traceback.format_exc()
             if not savepoint:
                 raise _FailedInGroup(row.id, trace, _lost_to_another_transaction(exc)) from exc
@@ -694,9 +668,10 @@ class Processor:
         )
         if trust.verified:
             self._add_participants(tickets, ticket, message, now, copies=trust.copies)
-        # Logged once committed, as where it went: the answered mail made the ticket hers.
+        # Where it went (written once committed): the answered mail made the ticket hers.
         told = f"{rule}, the original: its sender is the requester now" if handed_over else rule
-        self._routed.append(_Routed(row.id, ticket.id, told, message.message_id))
+        log.info("inbound %d -> ticket %d (%s)", row.id, ticket.id, told,
+                 extra={"ticket": ticket.id, "message_id": message.message_id})  # fmt: skip
         queued = 0
         if opened or handed_over:
             if self._may_acknowledge(session, row, message, verdict, auth) and not forged:

@@ -32,7 +32,6 @@ operator's own archive) are not checked: only the routes strangers can write to.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from email.policy import compat32
 
 from sqlalchemy.orm import Session
 
+from maildesk import logs
 from maildesk.clock import Clock
 from maildesk.config import SpamSettings
 from maildesk.message import ParsedMessage
@@ -49,7 +49,8 @@ from maildesk.models import Inbound, SpamHold
 from maildesk.spamc import Spamd, SpamdAnswerUnusable, SpamdUnavailable
 from maildesk.states import InboundState
 
-log = logging.getLogger("maildesk.spam")
+# What it did is logged once its transaction committed (logs.transactional).
+log = logs.transactional("maildesk.spam")
 
 CHECKED_SOURCES = frozenset({"smtp", "lmtp", "imap", "deliver"})
 # rspamd's actions that mean "this is spam" (greylist and soft reject are not verdicts).

@@ -24,16 +24,21 @@ from tests.helpers import inbound_row, outbox_rows, receive, ticket, tickets
 SUPPORT = "support@example.test"
 
 
-def mail_loop(hops: int = 2500) -> bytes:
-    """A message two misconfigured relays bounced between until the headers grew huge."""
-    received = b"".join(
+def received(hops: int = 2500) -> bytes:
+    """The Received fields of two misconfigured relays that bounced a message between
+    them until the headers grew huge."""
+    return b"".join(
         b"Received: from relay%d.customer.test (relay%d.customer.test [198.51.100.%d])\n"
         b"\tby relay%d.customer.test (Postfix) with ESMTP id 4dK9%06dQ\n"
         b"\tfor <support@example.test>; Mon,  5 Jan 2026 10:00:00 +0100 (CET)\n"
         % (hop % 2, hop % 2, hop % 2 + 10, 1 - hop % 2, hop)
         for hop in range(hops)
     )
-    return received + make_mail(subject="Invoice question").replace(b"\r\n", b"\n")
+
+
+def mail_loop(hops: int = 2500) -> bytes:
+    """A message two misconfigured relays bounced between until the headers grew huge."""
+    return received(hops) + make_mail(subject="Invoice question").replace(b"\r\n", b"\n")
 
 
 def deep_mime(depth: int = 3000) -> bytes:
@@ -228,3 +233,92 @@ def test_cli_retry_of_an_unknown_id_is_a_clear_error(services: Services, cli_con
         assert result.exit_code != 0
         assert f"no quarantined message {bad_id}" in result.stderr
     assert inbound_row(services, done).state == "done"
+
+
+def raised_header_cap(settings: Settings, services: Services) -> Services:
+    """The desk after ops raised `[limits] max_header_bytes` to 1 MB."""
+    limits = dataclasses.replace(settings.limits, max_header_bytes=1024 * 1024)
+    return build(dataclasses.replace(settings, limits=limits), services.clock)
+
+
+def test_a_message_held_again_after_a_retry_still_shows_why_it_was_held_first(
+    services: Services, settings: Settings, cli_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ops raise the header cap a mail loop was held for and retry it; it is held again,
+    now for its MIME nesting. The retry used to clear the first reason: the list showed
+    only the second, and nothing told why the message had been held to begin with."""
+    spool_id = receive(services, received() + deep_mime(30))
+    first = inbound_row(services, spool_id).reason
+    assert "header block" in first
+    monkeypatch.setenv("USER", "anna")
+    runner = CliRunner()
+    config = ["--config", str(cli_config)]
+
+    retried = runner.invoke(main, [*config, "quarantine", "retry", str(spool_id)])
+    assert retried.exit_code == 0, retried.output
+    raised = raised_header_cap(settings, services)
+    try:
+        raised.drain_inbound()
+    finally:
+        raised.db.dispose()
+
+    listed = runner.invoke(main, [*config, "quarantine", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    [held] = json.loads(listed.stdout)
+    assert held["id"] == spool_id
+    assert "MIME nesting depth" in held["reason"]
+    [before] = held["earlier"]
+    assert (before["reason"], before["retried_by"]) == (first, "anna")
+    assert before["quarantined_at"] and before["retried_at"]
+
+    table = runner.invoke(main, [*config, "quarantine", "list"])
+    head, row = table.stdout.splitlines()
+    assert head.split()[5] == "retried"
+    assert row.split()[5] == "1"
+
+    shown = runner.invoke(main, [*config, "quarantine", "show", str(spool_id)])
+    assert shown.exit_code == 0, shown.output
+    text = shown.stdout
+    assert text.startswith(f"message {spool_id}: quarantined\n")
+    # In their order: the first reason, the retry, the reason it is held for now.
+    assert text.index(first) < text.index("retried ") < text.index("MIME nesting depth")
+    assert "by anna" in text
+
+    as_json = runner.invoke(main, [*config, "quarantine", "show", str(spool_id), "--json"])
+    detail = json.loads(as_json.stdout)
+    assert [b["reason"] for b in detail["earlier"]] == [first]
+    assert "MIME nesting depth" in detail["reason"]
+
+
+def test_a_retried_message_that_went_through_shows_why_it_had_been_held(
+    services: Services, settings: Settings, cli_config: Path
+) -> None:
+    spool_id = receive(services, mail_loop())
+    first = inbound_row(services, spool_id).reason
+    runner = CliRunner()
+    config = ["--config", str(cli_config)]
+    assert runner.invoke(main, [*config, "quarantine", "retry", str(spool_id)]).exit_code == 0
+    raised = raised_header_cap(settings, services)
+    try:
+        raised.drain_inbound()
+    finally:
+        raised.db.dispose()
+
+    listed = runner.invoke(main, [*config, "quarantine", "list", "--json"])
+    assert json.loads(listed.stdout) == []
+    shown = runner.invoke(main, [*config, "quarantine", "show", str(spool_id), "--json"])
+    assert shown.exit_code == 0, shown.output
+    detail = json.loads(shown.stdout)
+    assert (detail["state"], detail["reason"]) == ("done", "")
+    assert [b["reason"] for b in detail["earlier"]] == [first]
+
+
+def test_show_of_a_message_never_held_is_a_clear_error(
+    services: Services, cli_config: Path
+) -> None:
+    done = receive(services, make_mail())
+    result = CliRunner().invoke(
+        main, ["--config", str(cli_config), "quarantine", "show", str(done)]
+    )
+    assert result.exit_code != 0
+    assert f"no quarantined message {done}" in result.stderr
