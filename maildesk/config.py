@@ -240,6 +240,9 @@ class LimitSettings:
     # New tickets from one sender in an hour that agents are told of one by one; past it,
     # one notice says the rest are filed quietly (pipeline/quiet.py). 0: every one.
     new_ticket_notices_per_hour: int = 10
+    # Customers' mails into one ticket in an hour that agents are told of one by one; past
+    # it, one notice says the rest of the hour's are filed unsaid (pipeline/busy.py). 0: all.
+    reply_notices_per_ticket_hour: int = 10
     # New mail is refused for now (SMTP 452) while it would leave less free space than
     # this on the SQLite database's disk: room kept for processing and sending (0: off).
     accept_min_free_mb: int = 200
@@ -542,6 +545,8 @@ def _check_ops(settings: Settings) -> None:
         )
     if settings.limits.new_ticket_notices_per_hour < 0:
         raise ConfigError("[limits] new_ticket_notices_per_hour must be 0 (no cap) or more")
+    if settings.limits.reply_notices_per_ticket_hour < 0:
+        raise ConfigError("[limits] reply_notices_per_ticket_hour must be 0 (no cap) or more")
     retention = settings.retention
     for key in ("inbound_raw_days", "outbox_body_days", "spam_days", "console_days"):
         if getattr(retention, key) < 1:

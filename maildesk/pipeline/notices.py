@@ -17,13 +17,14 @@ from sqlalchemy.orm import Session
 
 from maildesk import logs
 from maildesk.accounts import Accounts
-from maildesk.clock import desk_time
+from maildesk.clock import as_utc, desk_time
 from maildesk.config import LANGUAGES
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Message, Person, Ticket
 from maildesk.outbound.catalogue import (
     NO_MAIL,
     Acknowledgement,
+    AgentBusy,
     AgentClosedAll,
     AgentError,
     AgentNotification,
@@ -37,7 +38,8 @@ from maildesk.outbound.catalogue import (
 )
 from maildesk.outbound.compose import Attachment
 from maildesk.outbound.notify import InReplyTo, Notifier, Recipient
-from maildesk.pipeline import quiet
+from maildesk.pipeline import busy, quiet
+from maildesk.pipeline.busy import Told
 from maildesk.pipeline.quiet import Notice
 from maildesk.redaction import LINK_SLACK, redact_head
 from maildesk.states import NameSource
@@ -53,6 +55,9 @@ log = logs.transactional("maildesk.notices")
 # Characters of a mail an agent's notice quotes, and a #show of each message
 # (console.py): a 20 MB text went whole into each agent's copy.
 MAX_QUOTED = 20_000
+# What a customer's mail meant that the ticket's hourly cap counts (`busy.py`): the
+# rest change the ticket or warn, and are told whatever the count.
+PLAIN_REPLIES = frozenset({"reply", "unverified"})
 
 
 class Notices:
@@ -186,6 +191,34 @@ class Notices:
         answering = InReplyTo(message.message_id)
         return self.notifier.notify_each(session, note, agents, ticket=ticket, answering=answering)
 
+    def replied(
+        self, session: Session, ticket: Ticket, outcome: str, message: ParsedMessage, text: str
+    ) -> int:
+        """A customer's mail joined `ticket` and meant `outcome` (Lifecycle.customer_replied):
+        the agents hear of it, unless it is a plain reply past the ticket's hourly cap
+        (`busy.py`)."""
+        if outcome not in PLAIN_REPLIES:
+            return self.to_agents(session, ticket, outcome, message, text=text)
+        settings, now = self.notifier.settings, self.notifier.clock.now()
+        cap = settings.limits.reply_notices_per_ticket_hour
+        told, began = busy.count(session, ticket, cap, now)
+        if told is Told.EACH:
+            return self.to_agents(session, ticket, outcome, message, text=text)
+        if told is Told.NONE:
+            return 0
+        log.warning(
+            "more than %d mails into ticket %d within an hour: agents are told once, and the"
+            " rest of the hour's are filed without a notice",
+            cap,
+            ticket.id,
+            extra={"ticket": ticket.id},
+        )
+        until = desk_time(as_utc(began) + busy.WINDOW, settings.sla.timezone)
+        note = AgentBusy(cap, until, quoted(message, text))
+        agents = [Recipient.of_agent(agent) for agent in self._listeners(session, ticket)]
+        answering = InReplyTo(message.message_id)
+        return self.notifier.notify_each(session, note, agents, ticket=ticket, answering=answering)
+
     def to_agents(
         self,
         session: Session,
@@ -197,11 +230,7 @@ class Notices:
         text: str = "",
     ) -> int:
         """Notify the owner (or every agent) about `event`; returns how many mails were queued."""
-        agents = Agents(session).active()
-        if not everyone and ticket.owner is not None and ticket.owner.active:
-            # The owner, and the colleagues who asked to follow the ticket (#watch).
-            watching = [a for a in Watchers(session).of(ticket) if a.id != ticket.owner.id]
-            agents = [ticket.owner, *watching]
+        agents = Agents(session).active() if everyone else self._listeners(session, ticket)
         files = message.attachments if message is not None else ()
         attached, named = fitting(files, lambda file: len(file.data))
         not_attached = tuple(
@@ -217,6 +246,15 @@ class Notices:
             answering=InReplyTo(message.message_id) if message else None,
             attachments=tuple(attachments),
         )
+
+    @staticmethod
+    def _listeners(session: Session, ticket: Ticket) -> list[Agent]:
+        """Who hears of what happens to `ticket`: its owner and the colleagues who asked
+        to follow it (#watch), or every agent while nobody owns it."""
+        if ticket.owner is None or not ticket.owner.active:
+            return Agents(session).active()
+        watching = [a for a in Watchers(session).of(ticket) if a.id != ticket.owner.id]
+        return [ticket.owner, *watching]
 
     def assigned(self, session: Session, ticket: Ticket) -> int:
         """A colleague gave `ticket` to its owner (`#assign EMAIL`): the owner hears of it,

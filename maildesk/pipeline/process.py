@@ -704,7 +704,7 @@ class Processor:
                 outcome = "unverified"  # the agents' notice says what it could not do
         if outcome == "confirmed":
             queued += self.notices.status_notice(session, ticket)
-        return queued + self.notices.to_agents(session, ticket, outcome, message, text=text)
+        return queued + self.notices.replied(session, ticket, outcome, message, text)
 
     def _answered_by_opener(
         self, tickets: Tickets, match: Match, message: ParsedMessage, row: Inbound

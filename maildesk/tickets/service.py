@@ -584,6 +584,8 @@ class Tickets:
             "paid_round": 0,
             "filed_quietly": False,
             "sender_proven": sender_proven,
+            "reply_window_at": None,
+            "replies_in_window": 0,
         }
         # A Core insert, then the ORM is handed the row as if it had loaded it: a new
         # ticket per message through the unit of work cost more than the statement.

@@ -141,6 +141,31 @@ class AgentQuiet(Notification):
 
 
 @dataclass(frozen=True)
+class AgentBusy(Notification):
+    """A ticket got more customers' mails within an hour than agents are told of one by
+    one: this one, and the rest of the hour's are filed unsaid (pipeline/busy.py)."""
+
+    template = "agent_busy"
+    audience = Audience.AGENT
+    language_rule = LanguageRule.AGENT
+    usual_status = TicketStatus.ACCEPTED
+
+    cap: int  # `[limits] reply_notices_per_ticket_hour`
+    until: str  # when the hour ends (desk's time)
+    message: Quoted  # the mail past the cap
+
+    def variables(self, language: str) -> dict[str, Any]:
+        return {**super().variables(language), "commands_help": commands.help_text(language)}
+
+    @classmethod
+    def samples(cls, language: str, base_url: str) -> list[Self]:
+        name, address = SAMPLE_CUSTOMER
+        text = sample_text(language)["customer"]
+        mail: Quoted = {"from": address, "from_name": name, "text": text, "cut": 0}
+        return [cls(10, "2026-01-05 10:30 CET", mail), cls(10, "2026-01-05 10:30 CET", NO_MAIL)]
+
+
+@dataclass(frozen=True)
 class AgentClosedAll(Notification):
     """What an agent's `#closeall` closed, and what it kept open (tickets/cleanup.py)."""
 
