@@ -21,11 +21,14 @@ measures the IMAP poller alone, fetching the messages from a real Dovecot.
 is argon2id's 64 MiB); `--serve --downloads N` then logs the customer in to the portal
 and has N clients download the first message's attachment at once, each reading about
 6 MB/s. Serve's RSS is sampled while they run.
+`--uuencode` sends the attachment uuencoded (`Content-Transfer-Encoding: x-uuencode`,
+as some older mail clients write a file) instead of in base64.
 """
 
 from __future__ import annotations
 
 import argparse
+import binascii
 import html
 import http.cookiejar
 import os
@@ -99,16 +102,31 @@ SENTENCE = (
 SHORT = "Logs attached."
 
 
-def big_mail(number: int, size_mb: float, text: str = SENTENCE) -> bytes:
+def big_mail(number: int, size_mb: float, text: str = SENTENCE, uuencode: bool = False) -> bytes:
     mail = EmailMessage()
     mail["From"] = f"customer{number}@customer.test"
     mail["To"] = "support@example.test"
     mail["Subject"] = f"Logs {number}"
     mail["Message-ID"] = f"<big{number}@customer.test>"
     mail.set_content(text)
-    data = os.urandom(int(size_mb * 1024 * 1024 * 3 / 4))  # base64 makes it size_mb
-    mail.add_attachment(data, maintype="application", subtype="octet-stream", filename="logs.bin")
-    return mail.as_bytes()
+    if uuencode:  # 45 bytes a 62-byte line, as GNU uuencode writes them
+        data = os.urandom(int(size_mb * 1024 * 1024 * 45 / 62))
+        lines = (
+            binascii.b2a_uu(data[at : at + 45], backtick=True) for at in range(0, len(data), 45)
+        )
+        mail.add_attachment(
+            b"", maintype="application", subtype="octet-stream", filename="logs.bin"
+        )
+        mail.get_payload()[1].replace_header("Content-Transfer-Encoding", "x-uuencode")
+        mail.get_payload()[1].set_payload("begin 644 logs.bin\n{lines}`\nend\n")
+        raw = mail.as_bytes().replace(b"{lines}", b"".join(lines))
+    else:
+        data = os.urandom(int(size_mb * 1024 * 1024 * 3 / 4))  # base64 makes it size_mb
+        mail.add_attachment(
+            data, maintype="application", subtype="octet-stream", filename="logs.bin"
+        )
+        raw = mail.as_bytes()
+    return raw
 
 
 def peak_mb() -> float:
@@ -157,6 +175,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--short", action="store_true", help="a body too short to guess its language from"
+    )
+    parser.add_argument(
+        "--uuencode", action="store_true", help="the attachment uuencoded, not in base64"
     )
     parser.add_argument("--process", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--dns", default="", help=argparse.SUPPRESS)
@@ -209,7 +230,8 @@ def run(args: argparse.Namespace) -> None:
     desk = services(folder, agents=args.agents, database=args.database)
     for number in range(args.messages):
         text = SHORT if args.short else SENTENCE
-        mail = big_mail(number, args.size_mb, text).replace(b"\n", b"\r\n")
+        mail = big_mail(number, args.size_mb, text, args.uuencode)
+        mail = mail.replace(b"\n", b"\r\n")
         if key is not None:
             mail = key.sign(mail)
         desk.store.put(mail, Envelope("smtp", "c@customer.test", ("support@example.test",)))
