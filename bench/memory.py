@@ -22,7 +22,9 @@ is argon2id's 64 MiB); `--serve --downloads N` then logs the customer in to the 
 and has N clients download the first message's attachment at once, each reading about
 6 MB/s. Serve's RSS is sampled while they run.
 `--uuencode` sends the attachment uuencoded (`Content-Transfer-Encoding: x-uuencode`,
-as some older mail clients write a file) instead of in base64.
+as some older mail clients write a file) instead of in base64. `--forwarded N` sends
+the mail forwarded N times, each forward attaching the one before as message/rfc822;
+the whole stays about `--size-mb`.
 """
 
 from __future__ import annotations
@@ -102,7 +104,9 @@ SENTENCE = (
 SHORT = "Logs attached."
 
 
-def big_mail(number: int, size_mb: float, text: str = SENTENCE, uuencode: bool = False) -> bytes:
+def big_mail(
+    number: int, size_mb: float, text: str = SENTENCE, uuencode: bool = False, forwarded: int = 0
+) -> bytes:
     mail = EmailMessage()
     mail["From"] = f"customer{number}@customer.test"
     mail["To"] = "support@example.test"
@@ -126,6 +130,17 @@ def big_mail(number: int, size_mb: float, text: str = SENTENCE, uuencode: bool =
             data, maintype="application", subtype="octet-stream", filename="logs.bin"
         )
         raw = mail.as_bytes()
+    for depth in range(forwarded):  # each forward attaches the mail before it
+        head = (
+            f"From: customer{number}@customer.test\nTo: support@example.test\n"
+            f"Subject: Fwd: Logs {number}\nMessage-ID: <fwd{depth}.{number}@customer.test>\n"
+            f"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=fwd{depth}\n\n"
+            f"--fwd{depth}\nContent-Type: text/plain; charset=utf-8\n"
+            f"Content-Transfer-Encoding: 8bit\n\n{text}\n--fwd{depth}\n"
+            "Content-Type: message/rfc822\n"
+            "Content-Disposition: attachment; filename=fwd.eml\n\n"
+        )
+        raw = head.encode() + raw + f"\n--fwd{depth}--\n".encode()
     return raw
 
 
@@ -179,6 +194,9 @@ def main() -> None:
     parser.add_argument(
         "--uuencode", action="store_true", help="the attachment uuencoded, not in base64"
     )
+    parser.add_argument(
+        "--forwarded", type=int, default=0, help="the mail forwarded this many times, nested"
+    )
     parser.add_argument("--process", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--dns", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -230,7 +248,7 @@ def run(args: argparse.Namespace) -> None:
     desk = services(folder, agents=args.agents, database=args.database)
     for number in range(args.messages):
         text = SHORT if args.short else SENTENCE
-        mail = big_mail(number, args.size_mb, text, args.uuencode)
+        mail = big_mail(number, args.size_mb, text, args.uuencode, args.forwarded)
         mail = mail.replace(b"\n", b"\r\n")
         if key is not None:
             mail = key.sign(mail)

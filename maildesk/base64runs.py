@@ -7,7 +7,9 @@ the parser one marker line in place of each long run of such lines, and
 remembers where the run sits in the raw bytes. After the parse, `restore_tree`
 puts every run back as text where something reads it as text, except in the
 leaves the caller names, whose runs are read straight from the raw buffer:
-`decode` (base64, or a uuencoded body `hold` took) and `uudecode`.
+`decode` (base64, or a uuencoded body `hold` took), `uudecode`, and
+`flattened` for the text mail-parser makes of a container marked as an
+attachment, which holds the markers of the leaves in it.
 
 The parse itself is unchanged. A run holds whole lines only: of letters,
 digits, `+`, `/` and `=`, or of the characters uuencode writes (space to
@@ -33,7 +35,7 @@ from email.message import Message
 # Runs shorter than this stay in the parse: only large bodies are worth it, and
 # a message smaller than this is fed as it is (no scan).
 MIN_RUN = 1 << 20
-# Bytes of a run copied at a time to split it into lines.
+# Bytes of a run copied at a time to undo its line ends or split it into lines.
 _SLICE = 1 << 16
 # Bytes fed to the parser at a time: `message_from_bytes` decodes the whole message
 # to one str and wraps it in a StringIO (4 bytes per character).
@@ -81,12 +83,12 @@ class Runs:
     def restore_tree(
         self,
         message: Message,
-        keep: Callable[[Message], bool],
+        keep: Callable[[Message, bool], bool],
         as_text: Callable[[Message], bool],
     ) -> None:
-        """Put the runs back as text in every part, but in the leaves `keep` names (it is
-        asked of each leaf holding a marker) outside the containers `as_text` names, which
-        are read as text, the leaves in them included."""
+        """Put the runs back as text in every part, but in the leaves `keep` names: it is
+        asked of each leaf holding a marker, and told whether the leaf is inside a container
+        `as_text` names (whose text, leaves and all, is read through `flattened`)."""
         if not self._spans:
             return
         stack = [(message, False)]
@@ -101,7 +103,7 @@ class Runs:
                 inside = inside or as_text(part)
                 stack.extend((child, inside) for child in payload)
             elif isinstance(payload, str) and self._prefix in payload:
-                if inside or not keep(part):
+                if not keep(part, inside):
                     part.set_payload(self.restore(payload))
 
     def restore(self, text: str) -> str:
@@ -111,8 +113,32 @@ class Runs:
             return text
         return "".join(
             piece if isinstance(piece, str) else str(self._raw[piece[0] : piece[1]], "ascii")
-            for piece in self._pieces(text)
+            for piece in self._pieces(text, flat=False)
         )
+
+    def flattened(self, text: str) -> bytes:
+        """The bytes of `text`, a container flattened to text with markers in its leaves
+        (`Message.as_string`, which writes every line ending as `\\n`), as they would have
+        been had the leaves held their runs: encoded as UTF-8 with surrogateescape."""
+        out = io.BytesIO()
+        for piece in self._pieces(text, flat=True):
+            if isinstance(piece, str):
+                out.write(piece.encode("utf-8", "surrogateescape"))
+                continue
+            for start, end in _slices(self._bytes, *piece):
+                out.write(self._raw[start:end].tobytes().replace(b"\r\n", b"\n"))
+        return out.getvalue()  # shares the buffer: no copy
+
+    def flattened_size(self, text: str) -> int:
+        """len(self.flattened(text)), without making it."""
+        size = 0
+        for piece in self._pieces(text, flat=True):
+            if isinstance(piece, str):
+                size += len(piece if piece.isascii() else piece.encode("utf-8", "surrogateescape"))
+            else:
+                start, end = piece
+                size += end - start - self._bytes.count(b"\r\n", start, end)
+        return size
 
     def is_run(self, payload: str) -> bool:
         """Is the body one run (a marker and whitespace), which `decode` reads as base64?"""
@@ -157,14 +183,14 @@ class Runs:
                 _bytes_of(piece, escape)
                 if isinstance(piece, str)
                 else self._raw[piece[0] : piece[1]].tobytes()
-                for piece in self._pieces(text)
+                for piece in self._pieces(text, flat=False)
             )
 
     def _uudecoded(self, text: str, escape: bool) -> bytes:
         """email.message._decode_uu, over the lines of text and runs in turn."""
         out = io.BytesIO()
         begun = False
-        for piece in self._pieces(text):
+        for piece in self._pieces(text, flat=False):
             if isinstance(piece, str):
                 chunks: Iterable[list[bytes]] = [_bytes_of(piece, escape).splitlines()]
             elif not begun:
@@ -205,10 +231,10 @@ class Runs:
             raise ValueError("`begin` line not found")
         return out.getvalue()
 
-    def _pieces(self, text: str) -> Iterator[str | tuple[int, int]]:
+    def _pieces(self, text: str, flat: bool) -> Iterator[str | tuple[int, int]]:
         """`text` cut at its markers: the text between them, and for each marker the span
         of the raw bytes it stands for, with its last line ending when the text still
-        has the marker's."""
+        has the marker's (`flat`: as a flattened container writes it, `\\n`)."""
         position = 0
         for found in _MARKER.finditer(text):
             if found.group(1) != self._nonce:
@@ -217,14 +243,15 @@ class Runs:
                 yield text[position : found.start()]
             position = found.end()
             if found.group(2) == "U":
-                yield from self._pieces(self._held[int(found.group(3))])
+                yield from self._pieces(self._held[int(found.group(3))], flat)
                 continue
             start, end = self._spans[int(found.group(3))]
-            ending = "\r\n" if self._raw[end - 2 : end] == b"\r\n" else "\n"
+            raw_ending = "\r\n" if self._raw[end - 2 : end] == b"\r\n" else "\n"
+            ending = "\n" if flat else raw_ending
             if text.startswith(ending, position):
                 position += len(ending)
             else:  # the parser cut the run's last line ending off
-                end -= len(ending)
+                end -= len(raw_ending)
             yield start, end
         if position < len(text):
             yield text[position:]

@@ -30,7 +30,7 @@ import mailparser
 from flufl.bounce import all_failures
 from mailparser.utils import mime_header_view
 
-from maildesk.base64runs import UUENCODE, Runs
+from maildesk.base64runs import UUENCODE, Runs, has_surrogates
 from maildesk.html_text import html_to_text
 from maildesk.models import NAME_LENGTH
 from maildesk.outbound.headers import writable
@@ -240,7 +240,9 @@ def _message(raw: bytes) -> tuple[EmailMessage, Runs]:
     runs = Runs(raw)
     runs.feed(parser)
     msg = parser.close()
-    runs.restore_tree(msg, keep=lambda part: _keeps_runs(part, runs), as_text=_flattened)
+    runs.restore_tree(
+        msg, keep=lambda part, inside: _keeps_runs(part, inside, runs), as_text=_flattened
+    )
     for part in msg.walk():
         _no_slow_charset(part)
     return msg, runs
@@ -274,23 +276,29 @@ def _no_slow_charset(part: EmailMessage) -> None:
         part.set_param("charset", "utf-8")
 
 
-def _keeps_runs(part: EmailMessage, runs: Runs) -> bool:
+def _keeps_runs(part: EmailMessage, inside: bool, runs: Runs) -> bool:
     """May the markers in this leaf's body stay, each read from the raw bytes when read?
 
     A long base64 body, when mail-parser takes it as base64 text and never reads it
     any other way: not a text body (only text/plain and text/html become body text),
     the transfer encoding base64 in mail-parser's own view of the headers and in the
     part's (stdlib's `get_payload` reads that one), and its whole body one run. A
-    uuencoded body, whatever reads it (`_Uuencoded`). Never inside a container that
-    mail-parser flattens to text as an attachment of its own (`_flattened`).
+    uuencoded body, whatever reads it (`_Uuencoded`). `inside` a container that
+    mail-parser flattens to text as an attachment of its own, only a leaf that the
+    stdlib writes line by line: `_attachments` puts each run back into that text.
     """
     body: str = part._payload  # type: ignore[attr-defined]
+    if inside and (
+        part.get_content_maintype() in ("multipart", "message")
+        or has_surrogates(body)  # as_string would encode it again, markers and all
+    ):
+        return False
     if str(part.get("content-transfer-encoding", "")).lower() in UUENCODE:
-        # Nobody writes it out again: mail-parser reads it as base64, a marker.
         part.__class__ = _Uuencoded
         cast(_Uuencoded, part).runs = runs
-        part.replace_header("Content-Transfer-Encoding", "base64")
-        part.set_payload(runs.hold(body))
+        if not inside:  # nobody writes it out again: mail-parser reads it as base64, a marker
+            part.replace_header("Content-Transfer-Encoding", "base64")
+            part.set_payload(runs.hold(body))
         return True
     if part.get_content_subtype() in ("plain", "html"):
         return False
@@ -310,10 +318,10 @@ def _flattened(container: EmailMessage) -> bool:
 class _Uuencoded(EmailMessage):
     """A uuencoded leaf whose body holds long runs: decoded from the raw bytes a line at
     a time, to the same bytes as the stdlib's decoding (which held 146 MB at once for a
-    24 MB file: a bytes object per line, encoded and decoded, and their join). Its body
-    is one marker, which mail-parser hands on as base64 text (its Content-Transfer-Encoding
-    says so) and `_attachments` decodes with `Runs.decode`, or which mail-parser decodes as
-    a text body through `get_payload`."""
+    24 MB file: a bytes object per line, encoded and decoded, and their join). Outside a
+    flattened container its body is one marker, which mail-parser hands on as base64
+    text (its Content-Transfer-Encoding says so) and `_attachments` decodes with
+    `Runs.decode`, or which mail-parser decodes as a text body through `get_payload`."""
 
     runs: Runs
 
@@ -501,6 +509,7 @@ def _attachments(
         if container.startswith("multipart/"):
             continue
         payload = str(item.get("payload") or "")
+        data: bytes | None = None
         if item.get("binary"):
             try:
                 # A long body is decoded from the raw bytes (it was never a str);
@@ -509,16 +518,19 @@ def _attachments(
                 data = binascii.a2b_base64(payload) if found is None else found
             except ValueError:
                 data = runs.restore(payload).encode("utf-8", "surrogateescape")
-        else:
-            data = runs.restore(payload).encode("utf-8", "surrogateescape")
+            size = len(data)
+        else:  # a container flattened to text, the markers of the leaves in it kept
+            size = runs.flattened_size(payload)
         if container.startswith("message/"):
             if copies_left is None:
-                copies_left = raw_size - len(data)
-            elif len(data) > copies_left:
+                copies_left = raw_size - size
+            elif size > copies_left:
                 log.info("a forwarded message inside another is not kept twice")
                 continue
             else:
-                copies_left -= len(data)
+                copies_left -= size
+        if data is None:
+            data = runs.flattened(payload)
         filename = clean_text(str(item.get("filename") or "attachment"))[:255]
         result.append(ParsedAttachment(filename or "attachment", content_type[:255], data))
     return result
@@ -550,7 +562,7 @@ def _bounce_view(raw: bytes, msg: EmailMessage, runs: Runs) -> EmailMessage:
     """What the bounce detectors read: the message, or its start when it is large."""
     if len(raw) > BOUNCE_SCAN_BYTES:
         return email.message_from_bytes(raw[:BOUNCE_SCAN_BYTES], policy=email.policy.compat32)
-    runs.restore_tree(msg, keep=lambda part: False, as_text=lambda part: False)
+    runs.restore_tree(msg, keep=lambda part, inside: False, as_text=lambda part: False)
     return msg
 
 
