@@ -21,11 +21,16 @@ measures the IMAP poller alone, fetching the messages from a real Dovecot.
 is argon2id's 64 MiB); `--serve --downloads N` then logs the customer in to the portal
 and has N clients download the first message's attachment at once, each reading about
 6 MB/s. Serve's RSS is sampled while they run.
+`--uuencode` sends the attachment uuencoded (`Content-Transfer-Encoding: x-uuencode`,
+as some older mail clients write a file) instead of in base64. `--forwarded N` sends
+the mail forwarded N times, each forward attaching the one before as message/rfc822;
+the whole stays about `--size-mb`.
 """
 
 from __future__ import annotations
 
 import argparse
+import binascii
 import html
 import http.cookiejar
 import os
@@ -99,16 +104,44 @@ SENTENCE = (
 SHORT = "Logs attached."
 
 
-def big_mail(number: int, size_mb: float, text: str = SENTENCE) -> bytes:
+def big_mail(
+    number: int, size_mb: float, text: str = SENTENCE, uuencode: bool = False, forwarded: int = 0
+) -> bytes:
     mail = EmailMessage()
     mail["From"] = f"customer{number}@customer.test"
     mail["To"] = "support@example.test"
     mail["Subject"] = f"Logs {number}"
     mail["Message-ID"] = f"<big{number}@customer.test>"
     mail.set_content(text)
-    data = os.urandom(int(size_mb * 1024 * 1024 * 3 / 4))  # base64 makes it size_mb
-    mail.add_attachment(data, maintype="application", subtype="octet-stream", filename="logs.bin")
-    return mail.as_bytes()
+    if uuencode:  # 45 bytes a 62-byte line, as GNU uuencode writes them
+        data = os.urandom(int(size_mb * 1024 * 1024 * 45 / 62))
+        lines = (
+            binascii.b2a_uu(data[at : at + 45], backtick=True) for at in range(0, len(data), 45)
+        )
+        mail.add_attachment(
+            b"", maintype="application", subtype="octet-stream", filename="logs.bin"
+        )
+        mail.get_payload()[1].replace_header("Content-Transfer-Encoding", "x-uuencode")
+        mail.get_payload()[1].set_payload("begin 644 logs.bin\n{lines}`\nend\n")
+        raw = mail.as_bytes().replace(b"{lines}", b"".join(lines))
+    else:
+        data = os.urandom(int(size_mb * 1024 * 1024 * 3 / 4))  # base64 makes it size_mb
+        mail.add_attachment(
+            data, maintype="application", subtype="octet-stream", filename="logs.bin"
+        )
+        raw = mail.as_bytes()
+    for depth in range(forwarded):  # each forward attaches the mail before it
+        head = (
+            f"From: customer{number}@customer.test\nTo: support@example.test\n"
+            f"Subject: Fwd: Logs {number}\nMessage-ID: <fwd{depth}.{number}@customer.test>\n"
+            f"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=fwd{depth}\n\n"
+            f"--fwd{depth}\nContent-Type: text/plain; charset=utf-8\n"
+            f"Content-Transfer-Encoding: 8bit\n\n{text}\n--fwd{depth}\n"
+            "Content-Type: message/rfc822\n"
+            "Content-Disposition: attachment; filename=fwd.eml\n\n"
+        )
+        raw = head.encode() + raw + f"\n--fwd{depth}--\n".encode()
+    return raw
 
 
 def peak_mb() -> float:
@@ -157,6 +190,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--short", action="store_true", help="a body too short to guess its language from"
+    )
+    parser.add_argument(
+        "--uuencode", action="store_true", help="the attachment uuencoded, not in base64"
+    )
+    parser.add_argument(
+        "--forwarded", type=int, default=0, help="the mail forwarded this many times, nested"
     )
     parser.add_argument("--process", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--dns", default="", help=argparse.SUPPRESS)
@@ -209,7 +248,8 @@ def run(args: argparse.Namespace) -> None:
     desk = services(folder, agents=args.agents, database=args.database)
     for number in range(args.messages):
         text = SHORT if args.short else SENTENCE
-        mail = big_mail(number, args.size_mb, text).replace(b"\n", b"\r\n")
+        mail = big_mail(number, args.size_mb, text, args.uuencode, args.forwarded)
+        mail = mail.replace(b"\n", b"\r\n")
         if key is not None:
             mail = key.sign(mail)
         desk.store.put(mail, Envelope("smtp", "c@customer.test", ("support@example.test",)))

@@ -24,13 +24,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message as EmailMessage
-from typing import Any
+from typing import Any, cast
 
 import mailparser
 from flufl.bounce import all_failures
 from mailparser.utils import mime_header_view
 
-from maildesk.base64runs import Runs
+from maildesk.base64runs import UUENCODE, Runs, has_surrogates
 from maildesk.html_text import html_to_text
 from maildesk.models import NAME_LENGTH
 from maildesk.outbound.headers import writable
@@ -234,13 +234,15 @@ class Fields:
 
 def _message(raw: bytes) -> tuple[EmailMessage, Runs]:
     """The stdlib's compat32 parse of `raw` (what `email.message_from_bytes` returns),
-    but for the long base64 bodies of attachments: those stay markers in the parsed
-    tree until `_attachments` decodes them from `raw` (see `base64runs.py`)."""
+    but for the long base64 bodies of attachments and uuencoded bodies: those stay
+    markers in the parsed tree, decoded from `raw` when read (see `base64runs.py`)."""
     parser = email.feedparser.BytesFeedParser()
     runs = Runs(raw)
     runs.feed(parser)
     msg = parser.close()
-    runs.restore_tree(msg, keep=_attachment_body)
+    runs.restore_tree(
+        msg, keep=lambda part, inside: _keeps_runs(part, inside, runs), as_text=_flattened
+    )
     for part in msg.walk():
         _no_slow_charset(part)
     return msg, runs
@@ -274,24 +276,59 @@ def _no_slow_charset(part: EmailMessage) -> None:
         part.set_param("charset", "utf-8")
 
 
-def _attachment_body(part: EmailMessage) -> bool:
-    """May this part's long base64 body stay a marker until `_attachments`?
+def _keeps_runs(part: EmailMessage, inside: bool, runs: Runs) -> bool:
+    """May the markers in this leaf's body stay, each read from the raw bytes when read?
 
-    Only when mail-parser takes it as base64 text and never reads it any other
-    way: not a text body (only text/plain and text/html become body text), the
-    transfer encoding base64 in mail-parser's own view of the headers and in the
-    part's (stdlib's `get_payload` reads that one), and not inside a container
-    mail-parser flattens to text as an attachment of its own.
+    A long base64 body, when mail-parser takes it as base64 text and never reads it
+    any other way: not a text body (only text/plain and text/html become body text),
+    the transfer encoding base64 in mail-parser's own view of the headers and in the
+    part's (stdlib's `get_payload` reads that one), and its whole body one run. A
+    uuencoded body, whatever reads it (`_Uuencoded`). `inside` a container that
+    mail-parser flattens to text as an attachment of its own, only a leaf that the
+    stdlib writes line by line: `_attachments` puts each run back into that text.
     """
-    view, _defects = mime_header_view(part)
-    if part.is_multipart():
-        return str(view.get_content_disposition() or "").lower() != "attachment"
+    body: str = part._payload  # type: ignore[attr-defined]
+    if inside and (
+        part.get_content_maintype() in ("multipart", "message")
+        or has_surrogates(body)  # as_string would encode it again, markers and all
+    ):
+        return False
+    if str(part.get("content-transfer-encoding", "")).lower() in UUENCODE:
+        part.__class__ = _Uuencoded
+        cast(_Uuencoded, part).runs = runs
+        if not inside:  # nobody writes it out again: mail-parser reads it as base64, a marker
+            part.replace_header("Content-Transfer-Encoding", "base64")
+            part.set_payload(runs.hold(body))
+        return True
     if part.get_content_subtype() in ("plain", "html"):
         return False
-    return all(
+    view, _defects = mime_header_view(part)
+    return runs.is_run(body) and all(
         str(headers.get("content-transfer-encoding", "")).strip().lower() == "base64"
         for headers in (part, view)
     )
+
+
+def _flattened(container: EmailMessage) -> bool:
+    """Does mail-parser flatten this container to text, as an attachment of its own?"""
+    view, _defects = mime_header_view(container)
+    return str(view.get_content_disposition() or "").lower() == "attachment"
+
+
+class _Uuencoded(EmailMessage):
+    """A uuencoded leaf whose body holds long runs: decoded from the raw bytes a line at
+    a time, to the same bytes as the stdlib's decoding (which held 146 MB at once for a
+    24 MB file: a bytes object per line, encoded and decoded, and their join). Outside a
+    flattened container its body is one marker, which mail-parser hands on as base64
+    text (its Content-Transfer-Encoding says so) and `_attachments` decodes with
+    `Runs.decode`, or which mail-parser decodes as a text body through `get_payload`."""
+
+    runs: Runs
+
+    def get_payload(self, i: int | None = None, decode: bool = False) -> Any:
+        if decode and i is None:
+            return self.runs.uudecode(self._payload)  # type: ignore[attr-defined]
+        return super().get_payload(i, decode)  # type: ignore[call-overload]
 
 
 def _mime_view(msg: EmailMessage) -> EmailMessage:
@@ -472,6 +509,7 @@ def _attachments(
         if container.startswith("multipart/"):
             continue
         payload = str(item.get("payload") or "")
+        data: bytes | None = None
         if item.get("binary"):
             try:
                 # A long body is decoded from the raw bytes (it was never a str);
@@ -480,16 +518,19 @@ def _attachments(
                 data = binascii.a2b_base64(payload) if found is None else found
             except ValueError:
                 data = runs.restore(payload).encode("utf-8", "surrogateescape")
-        else:
-            data = runs.restore(payload).encode("utf-8", "surrogateescape")
+            size = len(data)
+        else:  # a container flattened to text, the markers of the leaves in it kept
+            size = runs.flattened_size(payload)
         if container.startswith("message/"):
             if copies_left is None:
-                copies_left = raw_size - len(data)
-            elif len(data) > copies_left:
+                copies_left = raw_size - size
+            elif size > copies_left:
                 log.info("a forwarded message inside another is not kept twice")
                 continue
             else:
-                copies_left -= len(data)
+                copies_left -= size
+        if data is None:
+            data = runs.flattened(payload)
         filename = clean_text(str(item.get("filename") or "attachment"))[:255]
         result.append(ParsedAttachment(filename or "attachment", content_type[:255], data))
     return result
@@ -521,7 +562,7 @@ def _bounce_view(raw: bytes, msg: EmailMessage, runs: Runs) -> EmailMessage:
     """What the bounce detectors read: the message, or its start when it is large."""
     if len(raw) > BOUNCE_SCAN_BYTES:
         return email.message_from_bytes(raw[:BOUNCE_SCAN_BYTES], policy=email.policy.compat32)
-    runs.restore_tree(msg, keep=lambda part: False)  # the detectors read any part
+    runs.restore_tree(msg, keep=lambda part, inside: False, as_text=lambda part: False)
     return msg
 
 

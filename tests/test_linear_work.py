@@ -346,17 +346,22 @@ def test_a_body_in_a_slow_charset_is_read_as_utf8(charset: str, body: bytes) -> 
     assert parse(raw.encode()).text.strip() == body.decode()
 
 
-# Runs of base64 lines: looked for in every message over 1 MiB (maildesk/base64runs.py).
+# Runs of base64 or uuencoded lines: looked for in every message over 1 MiB
+# (maildesk/base64runs.py).
 BASE64_SHAPES: dict[str, Shape] = {
     "short lines between dashes": lambda n: "QUJD\n-\n" * (n // 7),
     "one long line that is almost base64": lambda n: "Q" * n + " \n",
     "lines ending in a lone CR": lambda n: "QUJD\r" * (n // 5),
     "long runs of short lines": lambda n: ("QQ==\n" * 1000 + "\n") * (n // 5001),
+    "one long line that is almost uuencode": lambda n: "M!" * (n // 2) + "a\n",
+    "one long line of what a header starts with": lambda n: "M" * n + "\n",
+    "header-like lines, each no run's start": lambda n: "M:\n" * (n // 3),
+    "uuencoded lines between boundary lines": lambda n: "M!\n--\n" * (n // 6),
 }
 
 
 @pytest.mark.parametrize("name", sorted(BASE64_SHAPES))
-def test_the_base64_run_scan_grows_linearly(name: str) -> None:
+def test_the_run_scan_grows_linearly(name: str) -> None:
     ratio = growth(lambda text: list(long_runs(text.encode())), BASE64_SHAPES[name], 256_000)
     assert ratio < GROWTH_BOUND, f"{name}: time(8n)/time(n) = {ratio:.1f}"
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email
 import email.policy
 import hashlib
+import random
 import tracemalloc
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -15,7 +18,7 @@ import mailparser
 import pytest
 from sqlalchemy import func, select
 
-from maildesk import config
+from maildesk import base64runs, config
 from maildesk.clock import ManualClock
 from maildesk.message import UnparseableMessage, parse
 from maildesk.models import Attachment, Blob, Inbound, Message
@@ -358,6 +361,210 @@ def test_a_forwarded_mail_with_a_large_attachment_keeps_both() -> None:
     inner = reference.get_content().as_bytes().replace(b"\r\n", b"\n")
     assert inner.split(b"\n\n", 1)[1] in rfc822.data.replace(b"\r\n", b"\n")
     assert (logs.filename, logs.data) == ("logs.bin", data)
+
+
+def uuencoded(data: bytes, name: bytes = b"logs.bin") -> bytes:
+    """`data` as uuencode writes a file: a begin line, 45 bytes a line, an end line."""
+    lines = (binascii.b2a_uu(data[at : at + 45], backtick=True) for at in range(0, len(data), 45))
+    return b"begin 644 " + name + b"\n" + b"".join(lines) + b"`\nend\n"
+
+
+def uuencoded_mail(data: bytes) -> bytes:
+    """A mail with a file attached uuencoded, as some older mail clients attach one."""
+    return (
+        b"From: alice@customer.test\nTo: support@example.test\nSubject: Logy z tiskarny\n"
+        b"Message-ID: <uuencoded-logs@customer.test>\nMIME-Version: 1.0\n"
+        b"Content-Type: multipart/mixed; boundary=B\n\n--B\n"
+        b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+        + "Dobrý den, posílám logy z tiskárny.\n".encode()
+        + b"--B\nContent-Type: application/octet-stream; name=logs.bin\n"
+        b"Content-Transfer-Encoding: x-uuencode\n\n" + uuencoded(data) + b"--B--\n"
+    ).replace(b"\n", b"\r\n")
+
+
+def test_a_large_uuencoded_attachment_reaches_the_agent_and_costs_the_file_once(
+    with_agent: Services,
+) -> None:
+    """The stdlib decodes a uuencoded body as a list of lines, each decoded to an object of
+    its own, then joined; mail-parser encoded the result in base64 again for maildesk to
+    decode: a 24 MB mail held 163 MB at once while it was parsed, its worker 266 MB
+    (`bench/memory.py --uuencode`). It is decoded from the raw bytes a line at a time now."""
+    services = with_agent
+    data = hashlib.shake_256(b"uuencoded logs").digest(3 * 1024 * 1024)
+    raw = uuencoded_mail(data)
+
+    # The file once and a little: it was 9.8 times the file.
+    assert _peak_bytes_of_parse(raw) < 1.5 * len(data)
+
+    receive(services, raw)
+    [message] = [m for m in ticket(services, 1)["messages"] if m["direction"] == "in"]
+    assert message["body_text"].startswith("Dobrý den, posílám logy")
+    [attachment] = message["attachments"]
+    assert attachment == {
+        "filename": "logs.bin",
+        "content_type": "application/octet-stream",
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    assert blob(services, attachment["sha256"]) == data
+    [notice] = [row for row in outbox_rows(services) if row.recipients == [AGENT]]
+    [forwarded] = stdlib_parts(notice.raw)
+    assert forwarded.get_filename() == "logs.bin"
+    assert forwarded.get_payload(decode=True) == data
+
+
+def forwarded_large_mail(data: bytes, times: int) -> bytes:
+    """`large_mail(data)` forwarded as an attachment `times` times over, each forward
+    attaching the one before."""
+    raw = large_mail(data).replace(b"\r\n", b"\n")
+    for n in range(times):
+        raw = (
+            (
+                b"From: bob@customer.test\nTo: support@example.test\nSubject: Fwd: Logy\n"
+                b"Message-ID: <forward%d@customer.test>\nMIME-Version: 1.0\n"
+                b"Content-Type: multipart/mixed; boundary=F%d\n\n--F%d\n"
+                b"Content-Type: text/plain\n\nThe logs, see below.\n--F%d\n"
+                b"Content-Type: message/rfc822\nContent-Disposition: attachment; filename=fwd%d.eml"
+                b"\n\n" % (n, n, n, n, n)
+            )
+            + raw
+            + b"\n--F%d--\n" % n
+        )
+    return raw.replace(b"\n", b"\r\n")
+
+
+def test_a_mail_forwarded_inside_a_forward_costs_little_more_than_its_files(
+    with_agent: Services,
+) -> None:
+    """mail-parser flattens each forwarded mail marked as an attachment to text, the ones
+    inside it too (the guard lets two such levels through: MAX_FLATTENED), and the file's
+    long base64 was put back as text in each first: a 24 MB mail forwarded inside another
+    held 140 MB at once while it was parsed, its worker 242 MB (`bench/memory.py
+    --forwarded 2`). The flattened text holds the file's marker now, and only the copy
+    kept is put back together, as bytes, from the raw bytes."""
+    services = with_agent
+    data = hashlib.shake_256(b"forwarded logs").digest(3 * 1024 * 1024)
+    raw = forwarded_large_mail(data, 2)
+
+    parsed = parse(raw)
+    outer, logs = parsed.attachments
+    assert (outer.filename, outer.content_type) == ("fwd1.eml", "message/rfc822")
+    # The forwarded mail byte for byte as the stdlib writes it out (compat32: \n line ends).
+    attached = email.message_from_bytes(raw).get_payload()[1].get_payload(0)
+    assert outer.data == attached.as_string().encode("utf-8", "surrogateescape")
+    assert (logs.filename, logs.data) == ("logs.bin", data)
+    # About the files it keeps: it was 3.5 times as much.
+    assert _peak_bytes_of_parse(raw) < 1.25 * (len(outer.data) + len(logs.data))
+
+    receive(services, raw)
+    [message] = [m for m in ticket(services, 1)["messages"] if m["direction"] == "in"]
+    assert [(a["filename"], a["size"]) for a in message["attachments"]] == [
+        ("fwd1.eml", len(outer.data)),
+        ("logs.bin", len(data)),
+    ]
+    assert blob(services, message["attachments"][1]["sha256"]) == data
+    [notice] = [row for row in outbox_rows(services) if row.recipients == [AGENT]]
+    files = {part.get_filename(): part for part in stdlib_parts(notice.raw)}
+    assert files["logs.bin"].get_payload(decode=True) == data
+    assert "fwd1.eml" in files
+
+
+def _mixed(*parts: bytes, boundary: bytes = b"B") -> bytes:
+    body = b"".join(b"--" + boundary + b"\n" + part for part in parts)
+    return (
+        b"From: alice@customer.test\nSubject: logs\nMIME-Version: 1.0\n"
+        b"Content-Type: multipart/mixed; boundary=" + boundary + b"\n\n" + body
+        + b"--" + boundary + b"--\n"
+    )  # fmt: skip
+
+
+def _attached(mail: bytes, n: int = 0) -> bytes:
+    return _mixed(
+        b"Content-Type: text/plain\n\nsee\n",
+        b"Content-Type: message/rfc822\nContent-Disposition: attachment; filename=f.eml\n\n"
+        + mail + b"\n",
+        boundary=b"F%d" % n,
+    )  # fmt: skip
+
+
+_FILE = hashlib.shake_256(b"run shapes").digest(3000)
+_UU = (
+    b"Content-Type: application/octet-stream; name=a.bin\nContent-Transfer-Encoding: x-uuencode\n\n"
+)
+_BASE64 = (
+    b"Content-Type: application/pdf\nContent-Disposition: attachment; filename=a.pdf\n"
+    b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(_FILE)
+)
+_TEXT = b"Content-Type: text/plain; charset=utf-8\n\nP\xc5\x99\xc3\xadloha\n"
+_LOG = "".join(f"Tiskárna hlásí chybu 0x{b:02x} na řádku {n}.\n" for n, b in enumerate(_FILE[:150]))
+# Each shape's runs are far above the lowered MIN_RUN; the stdlib path is the reference.
+RUN_SHAPES = {
+    "a uuencoded file": _mixed(_TEXT, _UU + uuencoded(_FILE)),
+    "a uuencoded text body": _mixed(
+        b"Content-Type: text/plain\nContent-Transfer-Encoding: x-uuencode\n\n"
+        + uuencoded(_LOG.encode())
+    ),
+    "uuencode with spaces for zero, a name in 8 bits": _mixed(
+        _UU + uuencoded(_FILE, "l\u00f3gs.bin".encode()).replace(b"`", b" ")
+    ),
+    "uuencode without a begin line": _mixed(_UU + uuencoded(_FILE).split(b"\n", 1)[1]),
+    "uuencode without an end line": _mixed(_UU + uuencoded(_FILE)[: -len(b"`\nend\n")]),
+    "uuencode with a blank line": _mixed(_UU + uuencoded(_FILE).replace(b"\nM", b"\n\nM", 1)),
+    "uuencode with broken lines": _mixed(_UU + uuencoded(_FILE).replace(b"\nM", b"\nMXXXX", 3)),
+    "uuencode as X-UUE, and as x-uuencode with a space": _mixed(
+        _UU.replace(b"x-uuencode", b"X-UUE") + uuencoded(_FILE),
+        _UU.replace(b"x-uuencode", b"x-uuencode ") + uuencoded(_FILE),
+    ),
+    "uuencode after headers with no blank line": _mixed(
+        _UU[:-1] + b"M:not a header\n" + uuencoded(_FILE)
+    ),
+    "a uuencoded file in a forwarded mail": _attached(_mixed(_TEXT, _UU + uuencoded(_FILE))),
+    "a file in a forward in a forward": _attached(_attached(_mixed(_TEXT, _BASE64), 1)),
+    "a file in 8 bits in a forward": _attached(_mixed(_BASE64.replace(b"\n\n", b"\n\n\xc3\xa1\n"))),
+    "a file in a multipart marked as an attachment": _mixed(
+        b"Content-Type: multipart/mixed; boundary=Z\nContent-Disposition: attachment\n\n"
+        + b"--Z\n"
+        + _BASE64
+        + b"--Z\n"
+        + _UU
+        + uuencoded(_FILE)
+        + b"--Z--\n"
+    ),
+    "uuencoded lines in a preamble and an epilogue": (
+        b"From: alice@customer.test\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=B"
+        + b"\n\n"
+        + uuencoded(_FILE)
+        + b"--B\n"
+        + _TEXT
+        + b"--B--\n"
+        + uuencoded(_FILE)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUN_SHAPES))
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_long_runs_read_as_the_stdlib_parser_reads_them(
+    monkeypatch: pytest.MonkeyPatch, name: str, newline: bytes
+) -> None:
+    """Markers for long runs of base64 or uuencoded lines (`base64runs.py`) change nothing a
+    reader gets: with runs of 200 bytes and more read from the raw bytes, each shape parses
+    to what the stdlib's own parse and decoding make of it."""
+    raw = RUN_SHAPES[name].replace(b"\n", newline)
+    monkeypatch.setattr(base64runs, "MIN_RUN", 200)
+    assert list(base64runs.long_runs(raw))
+
+    def parsed(min_run: int) -> object:
+        monkeypatch.setattr(base64runs, "MIN_RUN", min_run)
+        random.seed(0)  # mail-parser names an unnamed file at random
+        try:
+            return parse(raw)
+        except UnparseableMessage as exc:
+            return str(exc)
+
+    with_runs = parsed(200)
+    assert with_runs == parsed(1 << 40)
+    assert not isinstance(with_runs, str)
 
 
 def test_a_marker_written_by_the_sender_stays_their_text() -> None:
