@@ -320,3 +320,37 @@ def connect_once(db: Database, outcome: list[BaseException | None]) -> None:
             outcome.append(None)
     except BaseException as exc:
         outcome.append(exc)
+
+
+def test_mail_refused_while_postgresql_is_away_logs_one_traceback_not_one_per_message(
+    config_values: dict[str, Any],
+    tmp_path: Path,
+    relay: SmtpSink,
+    hop: PgProxy,
+    daemons: list[DaemonProcess],
+) -> None:
+    """PostgreSQL is away: every message is answered 451, each in a commit of its own
+    that fails. The log holds the first failure's traceback, then a line per message,
+    and says when storing works again; before, each message logged two tracebacks."""
+    daemon = serve(config_values, tmp_path, relay, hop)
+    daemons.append(daemon.start())
+    wait_for(daemon.workers, 60, "serve's worker process")
+    hop.down()
+    smtp = daemon.settings.smtp
+    for n in range(3):
+        with smtplib.SMTP(smtp.host, smtp.port, timeout=60) as client:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail(CUSTOMER, [SUPPORT], make_mail(subject=f"Away {n}"))
+        assert refused.value.smtp_code == 451
+    hop.up()
+    send(daemon, "Back again")
+
+    lines = daemon.log_path.read_text(errors="replace").splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    storing = [r for r in records if r["logger"] in ("maildesk.spool", "maildesk.inbound.smtp")]
+    assert sum("exc" in r for r in storing) == 1, storing
+    failed = [r["msg"] for r in storing if r["msg"].startswith("storing 1 messages failed")]
+    assert len(failed) == 3 and "again (3 commits in a row)" in failed[-1], failed
+    said = [r for r in storing if r["msg"].startswith("could not store a message from")]
+    assert len(said) == 3 and all(r["level"] == "warning" for r in said), said
+    assert any(r["msg"] == "storing works again, after 3 failed commits" for r in storing)

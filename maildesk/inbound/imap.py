@@ -43,6 +43,7 @@ from imapclient import DELETED, IMAPClient, imap4, tls
 from imapclient.exceptions import IMAPClientError
 
 from maildesk.config import ImapSettings
+from maildesk.inbound import groupcommit
 from maildesk.inbound.room import NoRoom
 
 log = logging.getLogger(__name__)
@@ -459,9 +460,13 @@ class ImapPoller:
                 failed += 1
                 self._no_room += 1
                 continue
-            except Exception:
+            except Exception as exc:
                 failed += 1
-                log.exception("imap uid %d not stored; left in %s", uid, self._settings.folder)
+                if groupcommit.logged(exc):  # a failed commit, whose traceback is logged once
+                    log.warning("imap uid %d not stored (%s); left in %s", uid,
+                                groupcommit.describe(exc), self._settings.folder)  # fmt: skip
+                else:
+                    log.exception("imap uid %d not stored; left in %s", uid, self._settings.folder)
                 continue
             stored.append(uid)
         if stored:

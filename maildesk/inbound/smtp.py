@@ -20,6 +20,7 @@ from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from maildesk.config import SmtpSettings
+from maildesk.inbound import groupcommit
 from maildesk.inbound.recipients import Recipients
 from maildesk.inbound.room import NoRoom
 from maildesk.inbound.sessions import SessionLimiter, limited
@@ -146,8 +147,12 @@ class InboundHandler:
                 session.peer,
             )
             return self._reply(TEMPORARY_FAILURE, envelope)
-        except Exception:
-            log.exception("could not store a message from %s", session.peer)
+        except Exception as exc:
+            if groupcommit.logged(exc):  # its traceback is in the log once, not per session
+                log.warning("could not store a message from %s (%s): answered 451",
+                            session.peer, groupcommit.describe(exc))  # fmt: skip
+            else:
+                log.exception("could not store a message from %s", session.peer)
             return self._reply(TEMPORARY_FAILURE, envelope)
         # The store's own listeners (InboundStore.on_stored) wake the workers.
         return self._reply(OK_QUEUED.format(id=spool_id), envelope)
