@@ -38,6 +38,7 @@ from maildesk.web.pages import (
     render,
     see_other,
     site,
+    too_many,
     viewer,
 )
 from maildesk.web.ratelimit import PASSWORD_QUEUE_RETRY_SECONDS
@@ -65,12 +66,6 @@ def _rules() -> dict[str, int]:
 def _problem_codes(problems: list[str]) -> list[str]:
     """accounts.password_problems speaks English; the page names each rule in its language."""
     return ["too_short" if "characters" in p else "common" for p in problems]
-
-
-def _too_many(request: web.Request, seconds: int) -> web.Response:
-    response = render(request, "ratelimited", {"minutes": -(-seconds // 60)}, who=None, status=429)
-    response.headers["Retry-After"] = str(seconds)
-    return response
 
 
 def _link_invalid(request: web.Request) -> web.Response:
@@ -105,7 +100,7 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
     here = site(request)
     services, guard, ip = here.services, here.limits.set_password, client_ip(request)
     if wait := guard.blocked(ip):
-        return _too_many(request, wait)
+        return too_many(request, wait)
 
     def read() -> str | None:
         with services.db.reading() as session:
@@ -114,10 +109,10 @@ async def set_password(request: web.Request, form: Form) -> web.StreamResponse:
 
     email = await in_db(read)
     if wait := guard.blocked(ip, email or ""):
-        return _too_many(request, wait)
+        return too_many(request, wait)
     queue = here.limits.password_queue
     if queue.full(ip):
-        return _too_many(request, PASSWORD_QUEUE_RETRY_SECONDS)
+        return too_many(request, PASSWORD_QUEUE_RETRY_SECONDS)
     guard.hit(ip, email or "")
     if email is None:
         return _link_invalid(request)
@@ -187,10 +182,10 @@ async def login(request: web.Request, form: Form) -> web.StreamResponse:
     here = site(request)
     guard, ip, services = here.limits.login, client_ip(request), here.services
     if wait := guard.blocked(ip, email):
-        return _too_many(request, wait)
+        return too_many(request, wait)
     queue = here.limits.password_queue
     if queue.full(ip):
-        return _too_many(request, PASSWORD_QUEUE_RETRY_SECONDS)
+        return too_many(request, PASSWORD_QUEUE_RETRY_SECONDS)
     # Counted before the check, which waits its turn: a burst must meet the limits too.
     guard.hit(ip, email)
 
@@ -244,7 +239,7 @@ async def forgot(request: web.Request, form: Form) -> web.StreamResponse:
     here = site(request)
     guard, ip, services = here.limits.forgot, client_ip(request), here.services
     if wait := guard.blocked(ip):
-        return _too_many(request, wait)
+        return too_many(request, wait)
     if guard.account_blocked(email):
         # Enough links went to this address this hour; the newest one in its mailbox works.
         # The same page as always: it neither reveals the address nor blocks its owner.

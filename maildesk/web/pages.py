@@ -272,6 +272,13 @@ def protected(
     return checked
 
 
+def too_many(request: web.Request, seconds: int, who: Viewer | None = None) -> web.Response:
+    """429, with how long to wait: a limit of `ratelimit.py` was reached."""
+    response = render(request, "ratelimited", {"minutes": -(-seconds // 60)}, who=who, status=429)
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
 def client_ip(request: web.Request) -> str:
     """The client's address: X-Forwarded-For counts only from `[web] trusted_proxies`."""
     return site(request).clients.of(request)

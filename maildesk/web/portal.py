@@ -41,7 +41,18 @@ from maildesk.states import TicketStatus
 from maildesk.tickets.lifecycle import OPEN_STATUSES
 from maildesk.tickets.search import search
 from maildesk.tickets.visibility import PUBLIC, Scope
-from maildesk.web.pages import Form, Viewer, in_db, language, protected, render, see_other, site
+from maildesk.web.pages import (
+    Form,
+    Viewer,
+    client_ip,
+    in_db,
+    language,
+    protected,
+    render,
+    see_other,
+    site,
+    too_many,
+)
 from maildesk.web.pages import viewer as current_viewer
 
 if TYPE_CHECKING:
@@ -105,6 +116,11 @@ async def ticket_list(request: web.Request) -> web.StreamResponse:
     show = show if show in SHOW else "all"
     creator = request.query.get("creator", "").strip().lower()
     query_text = request.query.get("q", "").strip()[:MAX_QUERY_CHARS]
+    if query_text:
+        guard, ip = site(request).limits.search, client_ip(request)
+        if wait := guard.blocked(ip, who.email):
+            return too_many(request, wait, who)
+        guard.hit(ip, who.email)
 
     def load() -> dict[str, Any]:
         with site(request).services.db.reading() as session:

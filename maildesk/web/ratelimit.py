@@ -1,4 +1,5 @@
-"""How often anyone may try a password, a set-password link or a "new link" request.
+"""How often anyone may try a password, a set-password link or a "new link" request,
+and search in the portal.
 
 In memory, per daemon. Two kinds of limit:
 - per IP, a sliding window of attempt times (the IP is the client's real
@@ -253,6 +254,12 @@ SET_PASSWORD_PER_IP = 30
 # "Send me a new link": each may send mail, so fewer.
 FORGOT_PER_ACCOUNT = 3
 FORGOT_PER_IP = 10
+# Searches in the portal per 10 minutes. Each reads the search index: up to a tenth of a
+# second of CPU on a desk of 100,000 messages (a word found nowhere, read as a prefix),
+# so a script on one account could keep the web's threads busy. A person searches far
+# less; people behind one address together, more.
+SEARCHES_PER_ACCOUNT = 30
+SEARCHES_PER_IP = 120
 # Password checks (login, set-password) in line for the password thread, per client and
 # in all; more get 429 and this Retry-After. Each takes tens to hundreds of milliseconds,
 # so the last in a full line waits seconds, not minutes.
@@ -267,6 +274,7 @@ class RateLimits:
     login: Guard = field(init=False)
     set_password: Guard = field(init=False)
     forgot: Guard = field(init=False)
+    search: Guard = field(init=False)
     password_queue: PasswordQueue = field(init=False)
 
     def __post_init__(self) -> None:
@@ -277,6 +285,7 @@ class RateLimits:
         )
         self.set_password = self._guard(SET_PASSWORD_PER_IP, SET_PASSWORD_PER_ACCOUNT, quarter)
         self.forgot = self._guard(FORGOT_PER_IP, FORGOT_PER_ACCOUNT, hour)
+        self.search = self._guard(SEARCHES_PER_IP, SEARCHES_PER_ACCOUNT, timedelta(minutes=10))
         self.password_queue = PasswordQueue(PASSWORD_QUEUE_PER_IP, PASSWORD_QUEUE_TOTAL)
 
     def _guard(self, per_ip: int, per_account: int, window: timedelta) -> Guard:
