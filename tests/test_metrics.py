@@ -388,3 +388,35 @@ def test_a_flood_of_new_tickets_shows_as_a_sender_filed_quietly(
     assert value(collected(collector), "maildesk_senders_filed_quietly") == 1
     clock.advance(timedelta(minutes=61))
     assert value(collected(collector), "maildesk_senders_filed_quietly") == 0
+
+
+def _get(url: str, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.mark.parametrize("proxies", [[], ["127.0.0.1"]])
+def test_without_a_token_the_portals_listener_serves_metrics_to_no_one_a_proxy_relays(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any, proxies: list[str]
+) -> None:
+    """The outbox's counts rise by one for a known address's "send me a new link": a
+    proxy that passed /metrics on told strangers who has an account. Without a token, a
+    scraper that reaches the listener directly still gets it; a relayed request is 404."""
+    config_values["metrics"] = {}
+    config_values["web"]["trusted_proxies"] = proxies
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        url = web_url(running, "/metrics")
+        relayed = [
+            {"X-Forwarded-For": "203.0.113.9"},
+            {"Forwarded": "for=203.0.113.9;proto=https"},
+        ]
+        for headers in relayed:
+            assert _get(url, headers) == 404
+        # Our own proxy's peer address is a relayed request even without the headers.
+        assert _get(url, {}) == (404 if proxies else 200)
+        if not proxies:
+            assert value(scrape(url, ""), "maildesk_database_up") == 1

@@ -10,8 +10,10 @@
   account.
 - `/metrics` is the Prometheus text format from `maildesk/metrics.py`. With
   `[metrics] bearer_token` (or `bearer_token_file`) set it needs
-  `Authorization: Bearer <token>`. With `[metrics] port` set it is served
-  on a listener of its own (with /healthz), and not on the public one. A
+  `Authorization: Bearer <token>`. Without one, the public listener answers it
+  only to a client that reaches it directly, never through a proxy (`_relayed`).
+  With `[metrics] port` set it is served on a listener of its own (with
+  /healthz), and not on the public one. A
   database that does not answer within `[health] database_timeout` gets this
   process's own series and `maildesk_database_up 0`.
 - The access log (logger `maildesk.http`, INFO): method, path, status,
@@ -37,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from maildesk import health
 from maildesk.config import MetricsSettings
 from maildesk.metrics import Metrics
-from maildesk.web.clientip import ClientAddress
+from maildesk.web.clientip import ClientAddress, parse
 from maildesk.web.keys import SERVICES
 
 if TYPE_CHECKING:
@@ -192,6 +194,17 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if result.ok else 503)
 
 
+def _relayed(request: web.Request) -> bool:
+    """Whether a proxy relayed the request: its peer is one of `[web] trusted_proxies`,
+    or it carries a proxy's Forwarded / X-Forwarded-For. A proxy that passed /metrics on
+    without a token told the world the outbox's counts, which rise by one for a known
+    address's "send me a new link": who has an account here."""
+    if "Forwarded" in request.headers or "X-Forwarded-For" in request.headers:
+        return True
+    peer = parse(request.remote or "")
+    return peer is not None and request.app[CLIENTS].is_proxy(peer)
+
+
 def _bears_token(request: web.Request) -> bool:
     """Whether the request carries the metrics bearer token (False when none is set)."""
     token = request.app[TOKEN]
@@ -210,6 +223,9 @@ async def metrics_page(request: web.Request) -> web.Response:
                 text="a bearer token is required\n",
                 headers={"WWW-Authenticate": 'Bearer realm="maildesk metrics"'},
             )
+    elif request.app.get(FIGURES_NEED_TOKEN, False) and _relayed(request):
+        # The portal's listener without a token: only a scraper that reaches it directly.
+        raise web.HTTPNotFound()
     metrics = request.app[METRICS]
     loop = asyncio.get_running_loop()
     timeout = request.app[SERVICES].settings.health.database_timeout
