@@ -151,6 +151,7 @@ def test_a_group_rolled_back_for_one_message_logs_only_where_the_others_were_fil
     carol = store(services, "carol@customer.test")
     refuse_mail_to(services, "bob@customer.test")
 
+    caplog.clear()  # what the set-up logged (at INFO after a CLI test) is not counted
     with caplog.at_level(logging.INFO, logger="maildesk"):
         assert services.processor.process_pending().processed == 3
 
@@ -179,6 +180,7 @@ def test_a_group_written_again_tells_each_messages_fate_once(
     bob = store(services, "bob@customer.test")
     refuse_mail_to(services, "bob@customer.test")
 
+    caplog.clear()  # what the set-up logged (at INFO after a CLI test) is not counted
     with caplog.at_level(logging.INFO, logger="maildesk"):
         assert services.processor.process_pending().processed == 4
 
@@ -204,6 +206,7 @@ def test_a_console_request_rolled_back_in_its_savepoint_names_no_confirmation(
     carol = store(services, "carol@customer.test")
     refuse_mail(services, "NEW.kind = 'agent_confirm'")  # the request's, not carol's
 
+    caplog.clear()  # what the set-up logged (at INFO after a CLI test) is not counted
     with caplog.at_level(logging.INFO, logger="maildesk"):
         assert services.processor.process_pending().processed == 2
 
@@ -241,6 +244,7 @@ def test_a_commit_that_fails_logs_no_ticket_and_the_retry_logs_them(
     ids = [store(services, f"{name}@customer.test") for name in ("alice", "bob")]
     fail_commits_that_open_tickets(services)
 
+    caplog.clear()  # what the set-up logged (at INFO after a CLI test) is not counted
     with caplog.at_level(logging.INFO, logger="maildesk"):
         with pytest.raises(DBAPIError):
             services.processor.process_pending()
