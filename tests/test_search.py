@@ -24,7 +24,15 @@ from maildesk.models import Message, Person, Ticket
 from maildesk.schema import alembic_config, upgrade
 from maildesk.services import Services
 from maildesk.signing import signed_serializer
-from maildesk.tickets.search import MAX_WORD_CHARS, fold, index_rows, indexed, search, words
+from maildesk.tickets.search import (
+    MAX_WORD_CHARS,
+    _newest_per_ticket,
+    fold,
+    index_rows,
+    indexed,
+    search,
+    words,
+)
 from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.tickets.visibility import Scope
 from tests.conftest import make_mail
@@ -262,8 +270,8 @@ def test_the_upgrade_drops_link_tokens_an_older_index_holds(db_url: str) -> None
                 index_rows(connection, [(pk, old)])
     stem = words(token)[0][:12]  # a colleague's prefix search, case aside
     assert len(stem) == 12 and stem.startswith("eyj")
-    with db.reading() as session:
-        assert [h.ticket.id for h in search(session, stem, 5)] == [1]
+    with db.reading() as session:  # the index alone: today's tickets have columns 0019 lacks
+        assert list(_newest_per_ticket(session, [stem], 5, None, prefix=True)) == [1]
     db.dispose()
 
     upgrade(db)  # `maildesk init` after installing the new version
