@@ -293,6 +293,25 @@ def large_mail(data: bytes, forwarded: bool = False) -> bytes:
 AGENT = "agent@example.test"
 
 
+def logs_arrived(services: Services, data: bytes) -> None:
+    """The mail of `large_mail` is in ticket 1 with `data` as logs.bin, intact, and the
+    agent's notice carries the file."""
+    [message] = [m for m in ticket(services, 1)["messages"] if m["direction"] == "in"]
+    assert message["body_text"].startswith("Dobrý den, posílám logy")
+    [attachment] = message["attachments"]
+    assert attachment == {
+        "filename": "logs.bin",
+        "content_type": "application/octet-stream",
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    assert blob(services, attachment["sha256"]) == data
+    [notice] = [row for row in outbox_rows(services) if row.recipients == [AGENT]]
+    [forwarded] = stdlib_parts(notice.raw)
+    assert forwarded.get_filename() == "logs.bin"
+    assert forwarded.get_payload(decode=True) == data
+
+
 @pytest.fixture
 def with_agent(
     config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
@@ -314,20 +333,7 @@ def test_a_large_attachment_arrives_byte_identical_and_reaches_the_agent(
     data = hashlib.shake_256(b"printer logs").digest(3 * 1024 * 1024)
     receive(services, large_mail(data))
 
-    [message] = [m for m in ticket(services, 1)["messages"] if m["direction"] == "in"]
-    assert message["body_text"].startswith("Dobrý den, posílám logy")
-    [attachment] = message["attachments"]
-    assert attachment == {
-        "filename": "logs.bin",
-        "content_type": "application/octet-stream",
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-    assert blob(services, attachment["sha256"]) == data
-    [notice] = [row for row in outbox_rows(services) if row.recipients == [AGENT]]
-    [forwarded] = stdlib_parts(notice.raw)
-    assert forwarded.get_filename() == "logs.bin"
-    assert forwarded.get_payload(decode=True) == data
+    logs_arrived(services, data)
 
 
 def test_a_large_text_body_in_base64_reads_as_text() -> None:
@@ -397,20 +403,7 @@ def test_a_large_uuencoded_attachment_reaches_the_agent_and_costs_the_file_once(
     assert _peak_bytes_of_parse(raw) < 1.5 * len(data)
 
     receive(services, raw)
-    [message] = [m for m in ticket(services, 1)["messages"] if m["direction"] == "in"]
-    assert message["body_text"].startswith("Dobrý den, posílám logy")
-    [attachment] = message["attachments"]
-    assert attachment == {
-        "filename": "logs.bin",
-        "content_type": "application/octet-stream",
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-    assert blob(services, attachment["sha256"]) == data
-    [notice] = [row for row in outbox_rows(services) if row.recipients == [AGENT]]
-    [forwarded] = stdlib_parts(notice.raw)
-    assert forwarded.get_filename() == "logs.bin"
-    assert forwarded.get_payload(decode=True) == data
+    logs_arrived(services, data)
 
 
 def forwarded_large_mail(data: bytes, times: int) -> bytes:

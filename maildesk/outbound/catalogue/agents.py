@@ -66,6 +66,12 @@ class NotAttached(TypedDict):
     size: int  # bytes
 
 
+def _sample_mail(language: str) -> Quoted:
+    """The sample customer's mail, quoted, for the samples `templates check` renders."""
+    name, address = SAMPLE_CUSTOMER
+    return {"from": address, "from_name": name, "text": sample_text(language)["customer"], "cut": 0}
+
+
 @dataclass(frozen=True)
 class AgentNotification(Notification):
     """Something happened to a ticket: the owner and watchers (or every agent) hear of it."""
@@ -92,13 +98,7 @@ class AgentNotification(Notification):
 
     @classmethod
     def samples(cls, language: str, base_url: str) -> list[Self]:
-        name, address = SAMPLE_CUSTOMER
-        mail: Quoted = {
-            "from": address,
-            "from_name": name,
-            "text": sample_text(language)["customer"],
-            "cut": 0,
-        }
+        mail = _sample_mail(language)
         large: NotAttached = {"filename": "disk-image.zip", "size": 24_117_248}
         return [
             *(cls(event, quoted) for event in AGENT_EVENTS for quoted in (mail, NO_MAIL)),
@@ -129,9 +129,7 @@ class AgentQuiet(Notification):
 
     @classmethod
     def samples(cls, language: str, base_url: str) -> list[Self]:
-        name, address = SAMPLE_CUSTOMER
-        text = sample_text(language)["customer"]
-        mail: Quoted = {"from": address, "from_name": name, "text": text, "cut": 0}
+        address, mail = SAMPLE_CUSTOMER[1], _sample_mail(language)
         return [
             cls(address, 10, "", 0, mail),
             cls(address, 10, "2026-01-05 08:30 CET", 2990, mail),
@@ -159,9 +157,7 @@ class AgentBusy(Notification):
 
     @classmethod
     def samples(cls, language: str, base_url: str) -> list[Self]:
-        name, address = SAMPLE_CUSTOMER
-        text = sample_text(language)["customer"]
-        mail: Quoted = {"from": address, "from_name": name, "text": text, "cut": 0}
+        mail = _sample_mail(language)
         return [cls(10, "2026-01-05 10:30 CET", mail), cls(10, "2026-01-05 10:30 CET", NO_MAIL)]
 
 
