@@ -81,6 +81,11 @@ POSTGRES_TCP: dict[str, int] = {
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    # A database error's text leaves out the statement's parameters: they are mail
+    # (addresses, bodies, the Message-IDs of our mail, a secret of its ticket) and
+    # password hashes, and the text goes to the log, an inbound row's error and the
+    # quarantine's reason. The statement itself stays.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         return _sqlite_engine(url, **kwargs)
     parsed = make_url(url)

@@ -104,7 +104,12 @@ def _execute(
         return cursor.fetchone() if fetch else None
     except connection.dialect.loaded_dbapi.Error as exc:
         raise DBAPIError.instance(
-            sql, parameters, exc, connection.dialect.loaded_dbapi.Error, dialect=connection.dialect
+            sql,
+            parameters,
+            exc,
+            connection.dialect.loaded_dbapi.Error,
+            hide_parameters=connection.engine.hide_parameters,
+            dialect=connection.dialect,
         ) from exc
     finally:
         cursor.close()

@@ -266,3 +266,23 @@ def test_a_commit_that_fails_logs_no_ticket_and_the_retry_logs_them(
         {key: n for key, n in where.items() if key[0] != earlier}
     ), "the log does not say where the mail was filed"
     assert logged(caplog, "duplicate") == Counter([again])
+
+
+def test_a_database_error_names_its_statement_but_none_of_the_mails_values(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error a refused insert raised quoted its parameters: bob's address, and the
+    Message-ID of our acknowledgement, a secret of his ticket (whoever answers it
+    writes as his correspondent). Its text goes to the log and to the row's error."""
+    bob = store(services, "bob@customer.test")
+    refuse_mail_to(services, "bob@customer.test")
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="maildesk"):
+        services.processor.process_pending()
+
+    error = inbound_row(services, bob).error
+    assert "refused by the test" in error and "INSERT INTO outbox" in error
+    for told in (error, caplog.text):
+        assert "bob@customer.test" not in told.split("refused by the test", 1)[1]
+        assert "md." not in told
