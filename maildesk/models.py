@@ -205,9 +205,12 @@ class Ticket(Base):
     sender_proven: Mapped[bool] = mapped_column(Boolean, default=False)
     # The hour of customers' mail counted against `[limits] reply_notices_per_ticket_hour`
     # (pipeline/busy.py): when it began, and how many of its mails would have reached the
-    # agents. Written by one UPDATE of its own, never through this object.
+    # agents; mail that proved nothing apart. Written by an UPDATE of its own, never
+    # through this object.
     reply_window_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     replies_in_window: Mapped[int] = mapped_column(Integer, default=0)
+    unproven_window_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    unproven_in_window: Mapped[int] = mapped_column(Integer, default=0)
     # Paid modifications: None, or pending -> approved | declined.
     paid_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     paid_note: Mapped[str] = mapped_column(Text, default="")

@@ -12,7 +12,10 @@ reach no agent's inbox. They are in the ticket as always (`#show`, the portal).
 The hour is a fixed window: the first counted mail after the last window ended opens
 the next, so a flood that goes on is told once an hour, after that hour's first ones.
 The count is one UPDATE of the ticket's row, which workers and instances take turns
-at, so each mail is counted once and the notice goes once. Only plain replies count:
+at, so each mail is counted once and the notice goes once. Mail that proved its
+sender and mail that did not are counted apart: anyone can write the customer's From
+and the ticket's tag, and a stranger's unproven mail past the cap silenced her own
+replies for the hour. Only plain replies count:
 a mail that changes the ticket (a confirmation, a dispute, an answer to paid work)
 and a warning (unproven mail From an agent's address) are told whatever the count.
 """
@@ -21,9 +24,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, case, or_, update
+from sqlalchemy import Column, Table, bindparam, case, or_, update
 from sqlalchemy.orm import Session
 
 from maildesk.hotsql import Hot
@@ -32,22 +35,30 @@ from maildesk.models import Ticket, Timestamp
 WINDOW = timedelta(hours=1)
 
 _TICKETS = cast(Table, Ticket.__table__)
-_OPENS = or_(
-    _TICKETS.c.reply_window_at.is_(None),
-    _TICKETS.c.reply_window_at <= bindparam("window_ended", type_=Timestamp),
-)
-# The mail's place in its ticket's hour, this mail counted.
-_COUNT = Hot(
-    update(_TICKETS)
-    .where(_TICKETS.c.id == bindparam("ticket"))
-    .values(
-        reply_window_at=case(
-            (_OPENS, bindparam("now", type_=Timestamp)), else_=_TICKETS.c.reply_window_at
-        ),
-        replies_in_window=case((_OPENS, 1), else_=_TICKETS.c.replies_in_window + 1),
+
+
+def _counter(began: Column[Any], counted: Column[Any]) -> Hot:
+    """The mail's place in its ticket's hour (`began`, `counted`), this mail counted."""
+    opens = or_(began.is_(None), began <= bindparam("window_ended", type_=Timestamp))
+    return Hot(
+        update(_TICKETS)
+        .where(_TICKETS.c.id == bindparam("ticket"))
+        .values(
+            {
+                began: case((opens, bindparam("now", type_=Timestamp)), else_=began),
+                counted: case((opens, 1), else_=counted + 1),
+            }
+        )
+        .returning(counted, began)
     )
-    .returning(_TICKETS.c.replies_in_window, _TICKETS.c.reply_window_at)
-)
+
+
+# By whether the mail proved its sender: anyone can write the customer's From and the
+# ticket's tag, and a stranger's few mails an hour must not silence her own.
+_COUNTERS = {
+    True: _counter(_TICKETS.c.reply_window_at, _TICKETS.c.replies_in_window),
+    False: _counter(_TICKETS.c.unproven_window_at, _TICKETS.c.unproven_in_window),
+}
 
 
 class Told(StrEnum):
@@ -56,12 +67,15 @@ class Told(StrEnum):
     NONE = "none"  # past it, and the agents were told
 
 
-def count(session: Session, ticket: Ticket, cap: int, now: datetime) -> tuple[Told, datetime]:
-    """Count a customer's plain reply into `ticket`: what the agents get for it, and when
-    its ticket's hour began. A cap of 0 tells them of every one (and counts nothing)."""
+def count(
+    session: Session, ticket: Ticket, cap: int, now: datetime, *, proven: bool
+) -> tuple[Told, datetime]:
+    """Count a customer's plain reply into `ticket` (`proven`: the mail proved its
+    sender): what the agents get for it, and when the hour it is counted in began. A
+    cap of 0 tells them of every one (and counts nothing)."""
     if cap <= 0:
         return Told.EACH, now
-    row = _COUNT.first(
+    row = _COUNTERS[proven].first(
         session.connection(), {"ticket": ticket.id, "now": now, "window_ended": now - WINDOW}
     )
     assert row is not None, f"ticket {ticket.id} is gone"

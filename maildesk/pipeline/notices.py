@@ -201,7 +201,8 @@ class Notices:
             return self.to_agents(session, ticket, outcome, message, text=text)
         settings, now = self.notifier.settings, self.notifier.clock.now()
         cap = settings.limits.reply_notices_per_ticket_hour
-        told, began = busy.count(session, ticket, cap, now)
+        proven = outcome != "unverified"
+        told, began = busy.count(session, ticket, cap, now, proven=proven)
         if told is Told.EACH:
             return self.to_agents(session, ticket, outcome, message, text=text)
         if told is Told.NONE:
@@ -214,7 +215,7 @@ class Notices:
             extra={"ticket": ticket.id},
         )
         until = desk_time(as_utc(began) + busy.WINDOW, settings.sla.timezone)
-        note = AgentBusy(cap, until, quoted(message, text))
+        note = AgentBusy(cap, until, quoted(message, text), proven=proven)
         agents = [Recipient.of_agent(agent) for agent in self._listeners(session, ticket)]
         answering = InReplyTo(message.message_id)
         return self.notifier.notify_each(session, note, agents, ticket=ticket, answering=answering)

@@ -586,6 +586,8 @@ class Tickets:
             "sender_proven": sender_proven,
             "reply_window_at": None,
             "replies_in_window": 0,
+            "unproven_window_at": None,
+            "unproven_in_window": 0,
         }
         # A Core insert, then the ORM is handed the row as if it had loaded it: a new
         # ticket per message through the unit of work cost more than the statement.

@@ -119,3 +119,24 @@ def test_a_cap_of_zero_tells_of_every_mail(
         assert not any("Busy:" in s for s in subjects(services))
     finally:
         services.db.dispose()
+
+
+def test_a_strangers_unproven_flood_does_not_silence_the_customers_own_mail(
+    services: Services,
+) -> None:
+    """Anyone can write Alice's From and the ticket's tag: such mail joins her ticket
+    unverified. Counted with hers, a stranger's few mails an hour would have kept the
+    agents from hearing of Alice's own. The two are counted apart."""
+    ack = opened(services)
+    for n in range(CAP + 3):
+        forged = make_mail(subject="Re: [#1] Printer broken", body=f"Forged {n}.")
+        receive(services, forged)
+    flagged = [m["flag"] for m in ticket(services, 1)["messages"] if "Forged" in m["body_text"]]
+    assert flagged == ["unverified"] * (CAP + 3)
+    [busy] = [m for m in to_agent(services) if "Busy:" in m["Subject"]]  # the forger's own
+    assert "did not prove their sender" in body(busy)
+
+    reply(services, ack, 1, text="The printer works again, thank you.")
+
+    last = to_agent(services)[-1]
+    assert "The printer works again" in body(last) and "Busy:" not in last["Subject"]

@@ -2,8 +2,9 @@
 
 A stranger's (or a broken script's) replies into one ticket cost every agent who
 hears of it one mail each. `tickets.reply_window_at` and `replies_in_window` count
-the mails of the ticket's current hour (pipeline/busy.py); existing tickets start
-with none counted.
+the mails of the ticket's current hour (pipeline/busy.py), and `unproven_window_at`
+and `unproven_in_window` those that proved nothing (anyone's, counted apart so that a
+stranger's cannot silence the customer's own); existing tickets start with none.
 
 Revision ID: 0024
 Revises: 0023
@@ -19,15 +20,21 @@ branch_labels = None
 depends_on = None
 
 
+# Mail that proved its sender, and mail that did not (anyone's): counted apart.
+WINDOWS = (("reply_window_at", "replies_in_window"), ("unproven_window_at", "unproven_in_window"))
+
+
 def upgrade() -> None:
     with op.batch_alter_table("tickets", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("reply_window_at", sa.DateTime(timezone=True), nullable=True))
-        batch_op.add_column(
-            sa.Column("replies_in_window", sa.Integer(), nullable=False, server_default="0")
-        )
+        for began, counted in WINDOWS:
+            batch_op.add_column(sa.Column(began, sa.DateTime(timezone=True), nullable=True))
+            batch_op.add_column(
+                sa.Column(counted, sa.Integer(), nullable=False, server_default="0")
+            )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("tickets", schema=None) as batch_op:
-        batch_op.drop_column("replies_in_window")
-        batch_op.drop_column("reply_window_at")
+        for began, counted in reversed(WINDOWS):
+            batch_op.drop_column(counted)
+            batch_op.drop_column(began)

@@ -151,6 +151,8 @@ class AgentBusy(Notification):
     cap: int  # `[limits] reply_notices_per_ticket_hour`
     until: str  # when the hour ends (desk's time)
     message: Quoted  # the mail past the cap
+    # Whether the mails proved their sender: those that did not are counted, and told, apart.
+    proven: bool = True
 
     def variables(self, language: str) -> dict[str, Any]:
         return {**super().variables(language), "commands_help": commands.help_text(language)}
@@ -158,7 +160,8 @@ class AgentBusy(Notification):
     @classmethod
     def samples(cls, language: str, base_url: str) -> list[Self]:
         mail = _sample_mail(language)
-        return [cls(10, "2026-01-05 10:30 CET", mail), cls(10, "2026-01-05 10:30 CET", NO_MAIL)]
+        until = "2026-01-05 10:30 CET"
+        return [cls(10, until, mail), cls(10, until, NO_MAIL), cls(10, until, mail, proven=False)]
 
 
 @dataclass(frozen=True)
