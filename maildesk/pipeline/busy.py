@@ -15,9 +15,10 @@ The count is one UPDATE of the ticket's row, which workers and instances take tu
 at, so each mail is counted once and the notice goes once. Mail that proved its
 sender and mail that did not are counted apart: anyone can write the customer's From
 and the ticket's tag, and a stranger's unproven mail past the cap silenced her own
-replies for the hour. Only plain replies count:
-a mail that changes the ticket (a confirmation, a dispute, an answer to paid work)
-and a warning (unproven mail From an agent's address) are told whatever the count.
+replies for the hour. Counted are plain replies, mail that proved nothing, and
+unproven mail From an agent's address (a warning each, which a stranger could send in
+a loop); mail that changes the ticket (a confirmation, a dispute, an answer to paid
+work) is told whatever the count.
 """
 
 from __future__ import annotations

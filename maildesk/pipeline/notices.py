@@ -55,9 +55,11 @@ log = logs.transactional("maildesk.notices")
 # Characters of a mail an agent's notice quotes, and a #show of each message
 # (console.py): a 20 MB text went whole into each agent's copy.
 MAX_QUOTED = 20_000
-# What a customer's mail meant that the ticket's hourly cap counts (`busy.py`): the
-# rest change the ticket or warn, and are told whatever the count.
-PLAIN_REPLIES = frozenset({"reply", "unverified"})
+# What a customer's mail meant that the ticket's hourly cap counts (`busy.py`), by
+# whether it proved its sender: a plain reply, mail that proved nothing, and unproven
+# mail From an agent's address (a warning each, until a stranger sends a loop of them).
+# The rest change the ticket, and are told whatever the count.
+COUNTED = {"reply": True, "unverified": False, "forged": False}
 
 
 class Notices:
@@ -195,13 +197,13 @@ class Notices:
         self, session: Session, ticket: Ticket, outcome: str, message: ParsedMessage, text: str
     ) -> int:
         """A customer's mail joined `ticket` and meant `outcome` (Lifecycle.customer_replied):
-        the agents hear of it, unless it is a plain reply past the ticket's hourly cap
+        the agents hear of it, unless it is one `COUNTED` past the ticket's hourly cap
         (`busy.py`)."""
-        if outcome not in PLAIN_REPLIES:
+        if outcome not in COUNTED:
             return self.to_agents(session, ticket, outcome, message, text=text)
         settings, now = self.notifier.settings, self.notifier.clock.now()
         cap = settings.limits.reply_notices_per_ticket_hour
-        proven = outcome != "unverified"
+        proven = COUNTED[outcome]
         told, began = busy.count(session, ticket, cap, now, proven=proven)
         if told is Told.EACH:
             return self.to_agents(session, ticket, outcome, message, text=text)

@@ -140,3 +140,26 @@ def test_a_strangers_unproven_flood_does_not_silence_the_customers_own_mail(
 
     last = to_agent(services)[-1]
     assert "The printer works again" in body(last) and "Busy:" not in last["Subject"]
+
+
+def test_a_flood_of_mail_forged_from_an_agent_is_told_once_past_the_cap(
+    services: Services,
+) -> None:
+    """Each unproven mail From an agent's address into a ticket warned every agent: a
+    stranger's loop of them was a mail per mail. They count with the ticket's unproven
+    mail; the customer's own replies still reach the agents."""
+    ack = opened(services)
+    for n in range(CAP + 5):
+        forged = make_mail(
+            subject="Re: [#1] Printer broken",
+            sender=AGENT,
+            body=f"#status closed\nForged {n}.",
+            In_Reply_To="<alice1@customer.test>",
+        )
+        receive(services, forged, mail_from=AGENT)
+
+    warned = [s for s in subjects(services) if "Unverified mail from an agent address" in s]
+    assert len(warned) == CAP
+    assert sum("Busy:" in s for s in subjects(services)) == 1
+    reply(services, ack, 1, text="Any news about the printer?")
+    assert "Any news about the printer?" in body(to_agent(services)[-1])
