@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.clock import Clock
 from maildesk.db import Database
-from maildesk.models import Organization, Person, WebSession
+from maildesk.models import Organization, Person, WebSession, email_domain
 from maildesk.redaction import redact_links
 from maildesk.signing import signed_serializer
 
@@ -118,7 +118,7 @@ class Accounts:
     # -- organizations ---------------------------------------------------------
 
     def organization_of(self, person: Person) -> Organization | None:
-        domain = person.email.rpartition("@")[2]
+        domain = email_domain(person.email)
         if domain in FREE_MAIL_DOMAINS:
             return None
         return self.session.scalar(select(Organization).where(Organization.domain == domain))

@@ -52,6 +52,9 @@ def test_names_from_before_the_upgrade_give_way_to_proven_mail_only(
         with services.db.engine.connect() as connection:
             stored = connection.execute(text("SELECT name_source FROM people ORDER BY id"))
             assert [source for (source,) in stored] == ["unproven", "unproven"]
+            # Migration 0025 gives the people of before it their domain.
+            domains = connection.execute(text("SELECT domain FROM people ORDER BY id"))
+            assert domains.scalars().all() == ["customer.test", "customer.test"]
         signed = "mx.example.test; dkim=pass header.d=customer.test"
         mail = make_mail(
             sender="Alice Customer <alice@customer.test>", Authentication_Results=signed

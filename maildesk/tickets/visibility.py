@@ -51,8 +51,7 @@ class Scope:
     def colleagues(self) -> Select[Any]:
         # An alias, so the subquery never correlates with a Person of the outer query.
         person = aliased(Person)
-        domain = "@" + (self.org_domain or "")
-        return select(person.id).where(person.email.endswith(domain, autoescape=True))
+        return select(person.id).where(person.domain == (self.org_domain or ""))
 
 
 def _proven() -> ColumnElement[bool]:

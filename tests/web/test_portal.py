@@ -286,6 +286,30 @@ def test_the_list_reads_the_customers_own_tickets_never_the_whole_desk(
     assert not [plan for plan, _ in plans if plan.startswith("MATERIALIZE")], plans
 
 
+@pytest.mark.skipif(bool(PG_URL), reason="reads SQLite's query plans")
+def test_an_organization_members_pages_find_colleagues_without_reading_everyone(
+    daemon: RunningDaemon,
+) -> None:
+    """A member of an organization sees her colleagues' tickets: they were found by
+    `email LIKE '%@acme.test'`, which read every person the desk ever heard from at
+    each of her page loads (10 ms at 100,000 people, growing with the desk)."""
+    services = daemon.services
+    with services.db.transaction() as session:
+        services.accounts(session).add_organization("acme.test", "Acme", services.clock.now())
+    bobs = mail_in(daemon, "Bob <bob@acme.test>", "Bob's laptop")
+    carols = mail_in(daemon, "Carol <carol@acme.test>", "Carol's VPN")
+    answers_our_mail(daemon, "carol@acme.test", carols)
+    other_customers_history(daemon)
+    customer(services, "bob@acme.test")
+    bob = logged_in(daemon, "bob@acme.test")
+    pages: list[str] = []
+
+    plans = sqlite_plans(services, lambda: pages.append(bob.get("/tickets").text), "people")
+
+    assert f"/tickets/{bobs}" in pages[0] and f"/tickets/{carols}" in pages[0]
+    assert not [(plan, sql) for plan, sql in plans if re.match(r"SCAN people", plan)], plans
+
+
 def test_portal_pages_are_read_without_the_write_lock(daemon: RunningDaemon) -> None:
     """Pages are reads: with SQLite's one write lock held elsewhere (the processor
     writing a batch of mail), the list, a ticket, a search and a set-password form
