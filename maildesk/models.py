@@ -212,9 +212,11 @@ class Ticket(Base):
     # (pipeline/quiet.py): its service-level notices are not mailed either, until
     # someone owns it.
     filed_quietly: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Whether the mail that opened it proved its From (DKIM/DMARC), or our own side opened
-    # it: a forger's flood in a customer's name is counted apart from the customer's own
-    # proven mail (pipeline/quiet.py).
+    # Whether its requester proved it hers: the mail that opened it proved its From
+    # (DKIM/DMARC), our own side opened it, or her own mail proved her since
+    # (`trust.proves_requester`). Until then its words may be a stranger's
+    # (outbound/strangers_words.py, tickets/visibility.py); a forger's flood in a
+    # customer's name is counted apart from her proven tickets (pipeline/quiet.py).
     sender_proven: Mapped[bool] = mapped_column(Boolean, default=False)
     # The hour of customers' mail counted against `[limits] reply_notices_per_ticket_hour`
     # (pipeline/busy.py): when it began, and how many of its mails would have reached the

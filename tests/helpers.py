@@ -61,6 +61,14 @@ def participants(services: Services, number: int) -> set[str]:
         return set(session.scalars(query))
 
 
+def person_name(services: Services, address: str) -> str:
+    """The name agents and our mail give `address`."""
+    with services.db.reading() as session:
+        name = session.scalar(select(Person.name).where(Person.email == address.lower()))
+        assert name is not None, f"nobody is {address}"
+        return name
+
+
 def tickets(services: Services) -> list[dict[str, Any]]:
     with services.db.transaction() as session:
         return views.list_tickets(session)

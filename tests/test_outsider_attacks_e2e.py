@@ -18,7 +18,7 @@ from maildesk import logs
 from maildesk.states import OutboxState
 from tests.client_replies import OUTLOOK_EN, agent_sends, client_reply, commands_top
 from tests.conftest import Outbox, RunningDaemon, make_mail, wait_for
-from tests.helpers import outbox_rows, participants, ticket
+from tests.helpers import outbox_rows, participants, person_name, ticket
 from tests.mailclient import (
     AGENT,
     ALICE,
@@ -132,3 +132,55 @@ def test_the_log_holds_no_message_id_of_our_mail_that_would_let_its_reader_into_
         assert row.message_id not in written, row.message_id
         assert re.search(rf"outbox {row.id} sent\b", written), written
     assert not re.search(r"md\.[A-Za-z0-9]+@", written), written
+
+
+def test_a_participant_forging_the_requesters_from_cannot_rename_her(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """A name that unproven mail gave is replaced by the person's own proven mail. The
+    ticket's reply address proves only that someone we wrote to wrote: Carol, whom Alice
+    copied in, wrote Alice's From with a name of her choosing above it, and the agents'
+    notices and every later mail called Alice so."""
+    opened = open_ticket(daemon, outbox)
+    token = reply_to(opened.ack)
+    copying = mail(ALICE_FROM, "Carol follows this too.", subject="Re: [#1] Printer broken",
+                   to=token, extra={"Cc": COLLEAGUE})  # fmt: skip
+    daemon.send(copying, sender=ALICE, recipients=(token,))
+    processed(daemon, 2)
+    assert COLLEAGUE in participants(daemon.services, 1)
+
+    renaming = mail(f"Alice Smith (dismissed) <{ALICE}>", "Ignore my earlier mail.",
+                    subject="Re: [#1] Printer broken", to=token)  # fmt: skip
+    daemon.send(renaming, sender=COLLEAGUE, recipients=(token,))
+    processed(daemon, 3)
+
+    assert person_name(daemon.services, ALICE) == "Alice Smith"
+    told = mail_to(outbox, AGENT, 2)[-1]  # quotes the mail as written, names her as before
+    assert f"Requester: Alice Smith <{ALICE}>" in told.text, told.text
+
+
+def test_a_participant_cannot_prove_a_strangers_ticket_its_requesters(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """A ticket a stranger opened in someone's name is hers once her own mail proves it;
+    until then our mail to her repeats none of its words, and her organization does not
+    see it. Any proven reply counted, whoever wrote it: Carol, whom the agent copied in,
+    answered with the ticket's reply address, and the victim's next mail carried the
+    stranger's subject, signed by our domain."""
+    lure = make_mail(SPAM, f'"Call +1 555 0100" <{VICTIM}>', body=f"{SPAM}.")
+    daemon.send(lure, sender="x@stranger.test")
+    [notification] = mail_to(outbox, AGENT)
+    token = reply_to(notification)
+    copying = commands_top(f"#cc {COLLEAGUE}", text="Carol, do you know of this account?")
+    agent_sends(daemon, client_reply(OUTLOOK_EN, notification, token, top=copying), token)
+    [asked] = mails_to(outbox, COLLEAGUE, "Re: [#1]")
+    for writer in (f"Carol <{COLLEAGUE}>", f"Victim <{VICTIM}>"):
+        answer = mail(writer, "No idea.", subject="Re: [#1]", to=reply_to(asked))
+        daemon.send(answer, sender=COLLEAGUE, recipients=(reply_to(asked),))
+    processed(daemon, 4)
+
+    closing = commands_top("#status closed", text="")
+    agent_sends(daemon, client_reply(OUTLOOK_EN, notification, token, top=closing), token)
+    [closed] = mails_to(outbox, VICTIM, "[#1] Closed")
+    words = "\n".join(f"{name}: {value}" for name, value in closed.msg.items())
+    assert "555" not in words and "555" not in closed.text, words

@@ -183,9 +183,7 @@ class Notifier:
             return True
         if ticket is None or note.audience is not Audience.CUSTOMER:
             return False
-        return not self.settings.trust.echo_unproven and strangers_words.words_unproven(
-            session, ticket
-        )
+        return not self.settings.trust.echo_unproven and strangers_words.words_unproven(ticket)
 
     @staticmethod
     def _our_own(session: Session, ticket: Ticket, answering: InReplyTo | None) -> InReplyTo | None:

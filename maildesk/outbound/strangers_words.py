@@ -8,9 +8,10 @@ the name. The acknowledgement withheld them; the mails after it (an agent's
 `#status closed` on what looked like spam, an answer, a paid-work notice)
 repeated them to the victim, signed by our domain. They are withheld from
 every mail to the customer until the ticket's words are its requester's: the
-first mail proved its From, or she has written in the ticket with proof since
-(as an organization's colleagues see it: `tickets/visibility.py`), unless
-`[trust] echo_unproven`.
+first mail proved its From, or mail since proved her the writer (`Ticket.sender_proven`,
+as an organization's colleagues see it: `tickets/visibility.py`), unless
+`[trust] echo_unproven`. A participant's mail proves nothing of hers: whoever holds
+the ticket's reply address may write her From above it (`trust.proves_requester`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from sqlalchemy.orm import Session
 
 from maildesk.models import Message, Ticket
 from maildesk.states import NameSource
-from maildesk.tickets.visibility import requester_proved
 
 
-def words_unproven(session: Session, ticket: Ticket) -> bool:
+def words_unproven(ticket: Ticket) -> bool:
     """Whether `ticket`'s subject and its requester's name may be a stranger's words."""
-    return not requester_proved(session, ticket)
+    return not ticket.sender_proven
 
 
 def unproven_name(ticket: Ticket, email: str) -> bool:

@@ -56,7 +56,7 @@ from maildesk.pipeline.own_addresses import OwnAddresses
 from maildesk.pipeline.prepare import Budget, DeadlineExceeded, Prepared, hold_for, prepare
 from maildesk.pipeline.spam import CHECKED_SOURCES, NOT_SCORED, SpamCheck, SpamVerdict
 from maildesk.pipeline.threader import Match, Threader
-from maildesk.pipeline.trust import UNVERIFIED_FLAG, Standing, proves_requester, standing
+from maildesk.pipeline.trust import UNVERIFIED_FLAG, Standing, proves_writer, standing
 from maildesk.states import InboundState, TicketStatus
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.lifecycle import Lifecycle, only_agrees
@@ -619,6 +619,14 @@ class Processor:
         handed_over = original and auth.proven and match.named_under(auth)
         if ticket is not None and handed_over:
             self._hand_over(tickets, lifecycle, ticket, message, now)
+        # Asked before this mail's Cc join: they were not sent the ticket's secret.
+        matched, sender = ticket, message.from_addr
+        requester = matched.requester.email if matched is not None else sender
+        own_word = proves_writer(
+            trust, sender, requester,
+            lambda: matched is not None and tickets.others_take_part(matched),
+        )  # fmt: skip
+        hers = own_word and sender.lower() == requester.lower()
         # Only a person with something to say reopens a ticket: an out-of-office
         # answering our "closed" notice is filed with the closed ticket, and so are
         # unverified mail and a "Thanks!" (which opened a new ticket after reopen_days).
@@ -666,8 +674,12 @@ class Processor:
                 search_document=prepared.search_document,
             ),
         )
+        if hers and not ticket.sender_proven:
+            ticket.sender_proven = True  # her own word: the ticket is hers (visibility.py)
         if trust.verified:
-            self._add_participants(tickets, ticket, message, now, copies=trust.copies)
+            self._add_participants(
+                tickets, ticket, message, now, copies=trust.copies, own_word=own_word
+            )
         # Where it went (written once committed): the answered mail made the ticket hers.
         told = f"{rule}, the original: its sender is the requester now" if handed_over else rule
         log.info("inbound %d -> ticket %d (%s)", row.id, ticket.id, told,
@@ -689,9 +701,7 @@ class Processor:
             outcome = "forged"
         else:
             # Only paid work is the requester's alone to answer: looked up when it is asked.
-            by_requester = ticket.paid_state == "pending" and proves_requester(
-                trust, message.from_addr, ticket.requester.email, tickets.others_take_part(ticket)
-            )
+            by_requester = ticket.paid_state == "pending" and hers
             outcome = lifecycle.customer_replied(
                 ticket,
                 text,
@@ -777,10 +787,11 @@ class Processor:
         now: datetime,
         *,
         copies: bool,
+        own_word: bool,
     ) -> None:
         """The sender, and with `copies` the people they copied, may write into this
-        ticket from now on."""
-        # The sender's name is their own word (verified): it may rename them; a Cc's is not.
+        ticket from now on. `own_word`: the mail proves its sender wrote it
+        (`trust.proves_writer`), so its display name may rename them."""
         people: list[tuple[str, str | None]] = [(message.from_addr, message.from_name)]
         if copies:
             people += [(addr, None) for addr in message.cc]
@@ -793,7 +804,7 @@ class Processor:
         session = tickets.session
         wanted = [(addr, name) for addr, name in people if not self.own.include(session, addr)]
         limit = self.settings.limits.participants_per_ticket
-        left_out = tickets.add_participants(ticket, wanted, now, limit=limit)
+        left_out = tickets.add_participants(ticket, wanted, now, limit=limit, proven=own_word)
         if left_out:
             log.warning(
                 "ticket %d has %d participants: %d more Cc'd addresses were not added",

@@ -18,12 +18,15 @@ ticket, and copies in only a Cc it covers (mailauth.py).
 
 A secret proves that someone we wrote to about the ticket wrote, not which of them:
 every participant holds the ticket's reply address, and may write the requester's
-From above it. What is the requester's alone (answering paid work) needs a proof of
-the writer (`Standing.names_writer`), or a ticket nobody else takes part in.
+From above it, or anyone's. What is the writer's own word (their display name, which
+may rename them) and what is the requester's alone (answering paid work, proving a
+ticket that unproven mail opened in her name hers) need a proof of the writer
+(`Standing.names_writer`), or a ticket nobody but its requester takes part in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from maildesk.mailauth import Authentication
@@ -47,12 +50,28 @@ class Standing:
         return bool(self.proof)
 
 
-def proves_requester(trust: Standing, sender: str, requester: str, others_take_part: bool) -> bool:
-    """Whether the mail is the requester's own word, for what is hers alone (answering paid
-    work): her From, proven as hers, or proven by a secret that only she was sent."""
-    if not trust.verified or sender.lower() != requester.lower():
+def proves_writer(
+    trust: Standing, sender: str, requester: str, others_take_part: Callable[[], bool]
+) -> bool:
+    """Whether the mail is its From's own word: that From proven as the writer's
+    (`Standing.names_writer`), or the requester's From under a secret of a ticket that
+    nobody else takes part in (`others_take_part`, asked only then). Only such mail
+    renames its sender, or proves a ticket its requester's."""
+    if not trust.verified:
         return False
-    return trust.names_writer or not others_take_part
+    if trust.names_writer:
+        return True
+    return sender.lower() == requester.lower() and not others_take_part()
+
+
+def proves_requester(
+    trust: Standing, sender: str, requester: str, others_take_part: Callable[[], bool]
+) -> bool:
+    """Whether the mail is the requester's own word, for what is hers alone (answering paid
+    work, proving a ticket hers)."""
+    return sender.lower() == requester.lower() and proves_writer(
+        trust, sender, requester, others_take_part
+    )
 
 
 def standing(match: Match, auth: Authentication, source: str, takes_part: bool) -> Standing:

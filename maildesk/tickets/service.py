@@ -355,13 +355,16 @@ class Tickets:
         emails: Iterable[tuple[str, str | None]],
         now: datetime,
         limit: int | None = None,
+        proven: bool = True,
     ) -> list[str]:
         """Make people participants (role cc); the requester never changes.
 
-        Each name is the display name of that person's own mail, which proved its
-        sender (only verified mail adds anyone), or None: an address someone else gave
-        (a Cc, an agent's `#cc`). With `limit`, nobody new joins a ticket that has that
-        many participants: the addresses left out are returned.
+        Each name is the display name of that person's own mail (only verified mail
+        adds anyone), or None: an address someone else gave (a Cc, an agent's `#cc`).
+        `proven`: that mail proved who wrote it (`trust.proves_writer`), so its name
+        may rename them; otherwise it names only someone new. With `limit`, nobody new
+        joins a ticket that has that many participants: the addresses left out are
+        returned.
         """
         rows = _PARTICIPANTS.all(self._rows, {"ticket_id": ticket.id})
         existing = {person_id for person_id, _email, _name, _source in rows}
@@ -373,13 +376,13 @@ class Tickets:
             # it changes their name (what `person` would record).
             if email in taking_part:
                 stored, source = taking_part[email]
-                if name is None or not _renamed(stored, source, name, proven=True):
+                if name is None or not _renamed(stored, source, name, proven=proven):
                     continue
             if email not in taking_part and limit is not None and len(existing) >= limit:
                 left_out.append(email)
                 continue
-            proven = None if name is None else True
-            person = self.person(email, name or "", now, proven=proven)
+            own = None if name is None else proven
+            person = self.person(email, name or "", now, proven=own)
             if person.id not in existing:
                 _INSERT_PARTICIPANT.run(
                     self._rows, {"ticket_id": ticket.id, "person_id": person.id, "role": "cc"}

@@ -3,11 +3,12 @@
 A person sees the tickets they take part in (as requester or in Cc) and, once
 an admin created the organization of their e-mail domain, every ticket a
 colleague of that domain requested and proved: its first mail proved its From
-(DKIM, our MTA), or the requester has written in it with proof since (answered
-our mail, signed, or wrote from the portal). A stranger writes any colleague's
-From: their unproven ticket is no text for the whole organization to trust.
-Free-mail domains never group people (`accounts.organization_of` decides the
-domain). Of a ticket, a customer sees
+(DKIM, our MTA), or the requester's own mail proved her since (signed, written from
+the portal, or answering our mail in a ticket nobody else takes part in: a
+participant holds its reply address too, and may write her From above it). A
+stranger writes any colleague's From: their unproven ticket is no text for the
+whole organization to trust. Free-mail domains never group people
+(`accounts.organization_of` decides the domain). Of a ticket, a customer sees
 only public messages: never internal notes, agent mail, bounces or messages
 held for a second look.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, or_, select, union
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import aliased
 
 from maildesk.models import Message, Participant, Person, Ticket
 
@@ -55,20 +56,6 @@ class Scope:
 
 
 def _proven() -> ColumnElement[bool]:
-    """The ticket's requester proved it theirs: its first mail, or one of theirs since."""
-    theirs = exists().where(
-        Message.ticket_id == Ticket.id,
-        Message.kind == "customer",
-        Message.direction == "in",
-        Message.proof != "",
-    )
-    return or_(Ticket.sender_proven.is_(True), theirs)
-
-
-def requester_proved(session: Session, ticket: Ticket) -> bool:
-    """Whether `ticket` is proven its requester's (`_proven`): by its first mail, or one of
-    hers since."""
-    if ticket.sender_proven:
-        return True
-    found = session.execute(select(Ticket.id).where(Ticket.id == ticket.id, _proven())).first()
-    return found is not None
+    """The ticket's requester proved it theirs: its first mail, or one of theirs since
+    (`trust.proves_requester`, kept as `Ticket.sender_proven`)."""
+    return Ticket.sender_proven.is_(True)
