@@ -33,6 +33,7 @@ from typing import NoReturn
 
 from maildesk import config
 from maildesk.config import Settings
+from maildesk.outages import Outage
 from maildesk.outbound.outbox import Handoff
 from maildesk.services import Services
 
@@ -212,6 +213,7 @@ class Worker:
     def _process_loop(self) -> None:
         processor = self.services.processor
         processor.warm_up()
+        failing = Outage(log, "processing")  # a database away fails every sweep
         while True:
             self._inbound.clear()  # a wake from now on is seen by the wait below
             if self._stop.is_set() and not (
@@ -220,15 +222,16 @@ class Worker:
                 return
             try:
                 result = processor.process_pending(self.claim_batch)
-            except Exception:
+            except Exception as exc:
                 if self._stop.is_set():
                     # Stopping, and the database fails: what is accepted stays stored
                     # for the next start, so waiting out the drain time gains nothing.
                     log.exception("processing failed while stopping; the rest waits for a restart")
                     return
-                log.exception("processing batch failed; retrying shortly")
+                failing.failed(exc)
                 self._inbound.wait(SWEEP_SECONDS)
                 continue
+            failing.succeeded()
             if result.queued_outbound:
                 self._outbox.set()
             if not result.processed:
@@ -244,6 +247,7 @@ class Worker:
             return
         handoff = sender.handoff = self._handoff
         self.services.processor.handoff = handoff
+        failing = Outage(log, "sending")
         try:
             while not self._stop.is_set():
                 self._outbox.clear()
@@ -254,9 +258,11 @@ class Worker:
                 try:
                     handled = sender.send_due(SEND_BATCH, claim=not fed)
                     due = None if handled or fed else sender.next_due()
-                except Exception:
-                    log.exception("sending failed; retrying shortly")
+                except Exception as exc:
+                    failing.failed(exc)
                     handled, due = 0, None
+                else:
+                    failing.succeeded()
                 if not handled:
                     self._outbox.wait(fed or self._seconds_until(due))
         finally:

@@ -354,3 +354,45 @@ def test_mail_refused_while_postgresql_is_away_logs_one_traceback_not_one_per_me
     said = [r for r in storing if r["msg"].startswith("could not store a message from")]
     assert len(said) == 3 and all(r["level"] == "warning" for r in said), said
     assert any(r["msg"] == "storing works again, after 3 failed commits" for r in storing)
+
+
+def test_a_worker_waiting_out_an_outage_logs_one_traceback_and_when_it_works_again(
+    config_values: dict[str, Any],
+    tmp_path: Path,
+    relay: SmtpSink,
+    hop: PgProxy,
+    daemons: list[DaemonProcess],
+) -> None:
+    """PostgreSQL is away while a worker waits for mail: its processing and its sending
+    each fail every sweep. Ops read the first failure whole, a line for each one after
+    it, and when it works again; before, every sweep logged a traceback (two every two
+    seconds, hundreds in a ten-minute failover)."""
+    daemon = serve(config_values, tmp_path, relay, hop)
+    daemons.append(daemon.start())
+    send(daemon, "Printer broken")
+    wait_for(lambda: relay.messages, 60, "the acknowledgement: the worker at work")
+    hop.down()
+
+    def worker_records() -> list[dict[str, Any]]:
+        written = daemon.log_path.read_text(errors="replace")
+        lines = written[: written.rfind("\n") + 1].splitlines()  # a line being written waits
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        return [r for r in records if r["logger"] == "maildesk.worker"]
+
+    def failed(what: str) -> list[dict[str, Any]]:
+        return [r for r in worker_records() if r["level"] == "error" and what in r["msg"]]
+
+    wait_for(lambda: len(failed("processing")) >= 3, 60, "three failed processing sweeps")
+    wait_for(lambda: len(failed("sending")) >= 3, 60, "three failed sending sweeps")
+    hop.up()
+    send(daemon, "Back again")
+    wait_for(lambda: len(relay.messages) == 2, 60, "the second acknowledgement")
+
+    for what in ("processing", "sending"):
+        said = failed(what)
+        assert sum("exc" in r for r in said) == 1, said
+        assert said[2]["msg"].startswith(f"{what} failed again (3 tries in a row): "), said
+    records = worker_records()
+    back = [r["msg"] for r in records if "works again" in r["msg"]]
+    assert any(m.startswith("processing works again, after") for m in back), records
+    assert any(m.startswith("sending works again, after") for m in back), records

@@ -30,6 +30,8 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from maildesk.outages import Outage
+
 log = logging.getLogger("maildesk.spool")
 # The note a failed commit's error carries once it is logged (`logged`).
 LOGGED = "logged by the group commit"
@@ -67,7 +69,7 @@ class GroupCommit(Generic[T]):
         self._running = False
         self._pending = 0  # bytes submitted and not yet committed (or failed)
         self.commits = 0  # transactions committed (fewer than messages under load)
-        self._failures = 0  # commits failed in a row (only the writer thread counts them)
+        self._outage = Outage(log, "storing", "commits")  # only the writer thread counts
 
     @property
     def waiting(self) -> int:
@@ -137,9 +139,7 @@ class GroupCommit(Generic[T]):
             self._failed(exc, max(len(taken), 1))
             outcome = exc
         else:
-            if self._failures:
-                log.warning("storing works again, after %d failed commits", self._failures)
-                self._failures = 0
+            self._outage.succeeded()
             self.commits += 1
             if len(outcome) != len(taken):
                 outcome = RuntimeError(f"{len(outcome)} ids for {len(taken)} messages")
@@ -148,15 +148,9 @@ class GroupCommit(Generic[T]):
         _answer(taken or [first], outcome)
 
     def _failed(self, exc: BaseException, count: int) -> None:
-        """Log a failed commit: whole the first time, in a line while the failures go on
-        (a database away for a minute failed a commit per message, each with the same
-        traceback). Its sessions, which answer 451, log no traceback of their own."""
-        self._failures += 1
-        if self._failures == 1:
-            log.exception("storing %d messages failed; each is answered 451", count)
-        else:
-            log.error("storing %d messages failed again (%d commits in a row): %s",
-                      count, self._failures, describe(exc))  # fmt: skip
+        """Log a failed commit (`outages.Outage`). Its sessions, which answer 451, log no
+        traceback of their own."""
+        self._outage.failed(exc, f"storing {count} messages", then="each is answered 451")
         if not logged(exc):
             exc.add_note(LOGGED)
 
@@ -164,12 +158,6 @@ class GroupCommit(Generic[T]):
 def logged(exc: BaseException) -> bool:
     """Whether the group commit logged `exc` (a failed commit) already."""
     return LOGGED in getattr(exc, "__notes__", ())
-
-
-def describe(exc: BaseException) -> str:
-    """`exc` in one line: its type and its message's first line."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _answer(taken: Sequence[Waiting[T]], outcome: Outcome) -> None:

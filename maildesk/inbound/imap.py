@@ -45,6 +45,7 @@ from imapclient.exceptions import IMAPClientError
 from maildesk.config import ImapSettings
 from maildesk.inbound import groupcommit
 from maildesk.inbound.room import NoRoom
+from maildesk.outages import describe
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +465,7 @@ class ImapPoller:
                 failed += 1
                 if groupcommit.logged(exc):  # a failed commit, whose traceback is logged once
                     log.warning("imap uid %d not stored (%s); left in %s", uid,
-                                groupcommit.describe(exc), self._settings.folder)  # fmt: skip
+                                describe(exc), self._settings.folder)  # fmt: skip
                 else:
                     log.exception("imap uid %d not stored; left in %s", uid, self._settings.folder)
                 continue

@@ -27,6 +27,7 @@ from maildesk.inbound.sessions import SessionLimiter, limited
 from maildesk.inbound.smtpaddress import parsed_once
 from maildesk.inbound.smtpdata import DataBudget, one_buffer
 from maildesk.inbound.store import Envelope, InboundStore
+from maildesk.outages import describe
 
 log = logging.getLogger("maildesk.inbound.smtp")
 
@@ -150,7 +151,7 @@ class InboundHandler:
         except Exception as exc:
             if groupcommit.logged(exc):  # its traceback is in the log once, not per session
                 log.warning("could not store a message from %s (%s): answered 451",
-                            session.peer, groupcommit.describe(exc))  # fmt: skip
+                            session.peer, describe(exc))  # fmt: skip
             else:
                 log.exception("could not store a message from %s", session.peer)
             return self._reply(TEMPORARY_FAILURE, envelope)
