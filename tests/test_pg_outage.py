@@ -18,7 +18,7 @@ import shutil
 import smtplib
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +64,27 @@ def serve(
 
 
 @pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
+def start(
+    config_values: dict[str, Any], tmp_path: Path, relay: SmtpSink, hop: PgProxy
+) -> Iterator[Callable[..., DaemonProcess]]:
+    """Starts `serve` (see `serve`); each is killed at the test's end."""
     started: list[DaemonProcess] = []
-    yield started
+
+    def starting(**workers: Any) -> DaemonProcess:
+        daemon = serve(config_values, tmp_path, relay, hop, **workers)
+        started.append(daemon.start())
+        return daemon
+
+    yield starting
     for daemon in started:
         daemon.kill()
+
+
+def log_records(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    """The JSON lines `daemon` has written whole so far."""
+    written = daemon.log_path.read_text(errors="replace")
+    lines = written[: written.rfind("\n") + 1].splitlines()  # a line being written waits
+    return [json.loads(line) for line in lines if line.startswith("{")]
 
 
 def send(daemon: DaemonProcess, subject: str) -> None:
@@ -86,17 +102,14 @@ def idle(daemon: DaemonProcess) -> dict[str, Any] | None:
 
 
 def test_an_acknowledgement_the_relay_took_while_postgresql_restarts_is_sent_once(
-    config_values: dict[str, Any],
-    tmp_path: Path,
     relay: SmtpSink,
     hop: PgProxy,
-    daemons: list[DaemonProcess],
+    start: Callable[..., DaemonProcess],
 ) -> None:
     """The relay says 250 to our acknowledgement just as PostgreSQL goes down: the
     sender cannot mark the row sent. The daemon lives on and knows it was sent, so once
     the database is back the row is marked, not sent again when its lease runs out."""
-    daemon = serve(config_values, tmp_path, relay, hop)
-    daemons.append(daemon.start())
+    daemon = start()
     wait_for(daemon.workers, 60, "serve's worker process")
 
     def restart_postgresql() -> None:  # the relay holds our mail, not yet answered
@@ -138,19 +151,15 @@ def waiting_on_lock(postgres: Engine, table: str, seconds: float) -> int:
 
 
 def test_mail_processed_while_postgresql_stalls_past_the_budget_is_not_quarantined(
-    config_values: dict[str, Any],
-    tmp_path: Path,
     relay: SmtpSink,
-    hop: PgProxy,
-    daemons: list[DaemonProcess],
     postgres: Engine,
+    start: Callable[..., DaemonProcess],
 ) -> None:
     """PostgreSQL stops answering the worker's write for longer than a message's
     processing budget (a failover, a commit waiting for a synchronous standby, an
     exclusive lock such as VACUUM FULL's). The wait is the database's, not the
     message's: once it answers, the mail becomes a ticket and is acknowledged."""
-    daemon = serve(config_values, tmp_path, relay, hop, message_seconds=1)
-    daemons.append(daemon.start())
+    daemon = start(message_seconds=1)
     wait_for(daemon.workers, 60, "serve's worker process")
     schema = daemon.settings.database.url.rpartition("search_path%3D")[2]
     with postgres.connect() as stall:
@@ -208,19 +217,15 @@ def test_a_connection_whose_backend_ended_is_dropped_with_one_line_and_no_traceb
 
 
 def test_mail_arriving_while_postgresql_does_not_answer_gets_a_temporary_failure(
-    config_values: dict[str, Any],
-    tmp_path: Path,
     relay: SmtpSink,
-    hop: PgProxy,
-    daemons: list[DaemonProcess],
     postgres: Engine,
+    start: Callable[..., DaemonProcess],
 ) -> None:
     """PostgreSQL takes the connection and never answers the commit (a failover whose
     old primary is gone with its address, a synchronous standby away, a lock): the
     client is told 451 to come back later, within SQLite's own writer wait, instead
     of waiting as long as the database does. Once it answers, mail is taken again."""
-    daemon = serve(config_values, tmp_path, relay, hop)
-    daemons.append(daemon.start())
+    daemon = start()
     schema = daemon.settings.database.url.rpartition("search_path%3D")[2]
     smtp = daemon.settings.smtp
     raw = make_mail(subject="Printer broken")
@@ -323,17 +328,13 @@ def connect_once(db: Database, outcome: list[BaseException | None]) -> None:
 
 
 def test_mail_refused_while_postgresql_is_away_logs_one_traceback_not_one_per_message(
-    config_values: dict[str, Any],
-    tmp_path: Path,
-    relay: SmtpSink,
     hop: PgProxy,
-    daemons: list[DaemonProcess],
+    start: Callable[..., DaemonProcess],
 ) -> None:
     """PostgreSQL is away: every message is answered 451, each in a commit of its own
     that fails. The log holds the first failure's traceback, then a line per message,
     and says when storing works again; before, each message logged two tracebacks."""
-    daemon = serve(config_values, tmp_path, relay, hop)
-    daemons.append(daemon.start())
+    daemon = start()
     wait_for(daemon.workers, 60, "serve's worker process")
     hop.down()
     smtp = daemon.settings.smtp
@@ -345,9 +346,9 @@ def test_mail_refused_while_postgresql_is_away_logs_one_traceback_not_one_per_me
     hop.up()
     send(daemon, "Back again")
 
-    lines = daemon.log_path.read_text(errors="replace").splitlines()
-    records = [json.loads(line) for line in lines if line.startswith("{")]
-    storing = [r for r in records if r["logger"] in ("maildesk.spool", "maildesk.inbound.smtp")]
+    storing = [
+        r for r in log_records(daemon) if r["logger"] in ("maildesk.spool", "maildesk.inbound.smtp")
+    ]
     assert sum("exc" in r for r in storing) == 1, storing
     failed = [r["msg"] for r in storing if r["msg"].startswith("storing 1 messages failed")]
     assert len(failed) == 3 and "again (3 commits in a row)" in failed[-1], failed
@@ -357,27 +358,21 @@ def test_mail_refused_while_postgresql_is_away_logs_one_traceback_not_one_per_me
 
 
 def test_a_worker_waiting_out_an_outage_logs_one_traceback_and_when_it_works_again(
-    config_values: dict[str, Any],
-    tmp_path: Path,
     relay: SmtpSink,
     hop: PgProxy,
-    daemons: list[DaemonProcess],
+    start: Callable[..., DaemonProcess],
 ) -> None:
     """PostgreSQL is away while a worker waits for mail: its processing and its sending
     each fail every sweep. Ops read the first failure whole, a line for each one after
     it, and when it works again; before, every sweep logged a traceback (two every two
     seconds, hundreds in a ten-minute failover)."""
-    daemon = serve(config_values, tmp_path, relay, hop)
-    daemons.append(daemon.start())
+    daemon = start()
     send(daemon, "Printer broken")
     wait_for(lambda: relay.messages, 60, "the acknowledgement: the worker at work")
     hop.down()
 
     def worker_records() -> list[dict[str, Any]]:
-        written = daemon.log_path.read_text(errors="replace")
-        lines = written[: written.rfind("\n") + 1].splitlines()  # a line being written waits
-        records = [json.loads(line) for line in lines if line.startswith("{")]
-        return [r for r in records if r["logger"] == "maildesk.worker"]
+        return [r for r in log_records(daemon) if r["logger"] == "maildesk.worker"]
 
     def failed(what: str) -> list[dict[str, Any]]:
         return [r for r in worker_records() if r["level"] == "error" and what in r["msg"]]
