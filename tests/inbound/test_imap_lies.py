@@ -12,6 +12,7 @@ import logging
 import threading
 import tracemalloc
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from imapclient.exceptions import IMAPClientAbortError
@@ -53,14 +54,27 @@ class Waits:
         return self._stop.is_set()
 
 
-def run_measured(poller: ImapPoller, stop: threading.Event) -> int:
-    """Run the poller to its end; return the peak of Python's allocations meanwhile."""
+@dataclass
+class Run:
+    stored: list[bytes]  # the messages the poller handed on, in order
+    waits: list[float]  # each wait between polls (`Waits`)
+    peak: int  # the peak of Python's allocations while it ran
+
+
+def poll_to_the_end(server: LyingImap, max_size: int = MAX_SIZE) -> Run:
+    """Run a poller of `server`'s INBOX (polling every 60 s) until `Waits` stops it."""
+    stored: list[bytes] = []
+    stop = threading.Event()
+    waits = Waits(server, stop)
+    settings = server.settings(poll_interval=60.0)
+    poller = ImapPoller(settings, stored.append, wait=waits, max_size=max_size)
     tracemalloc.start()
     try:
         poller.run(stop)
-        return tracemalloc.get_traced_memory()[1]
+        peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+    return Run(stored, waits.seen, peak)
 
 
 HEAD = message(2)
@@ -87,23 +101,16 @@ def test_a_message_larger_than_announced_is_moved_aside_unread(
     server.deliver(message(1))
     liar = server.deliver(LIES[lie])
     server.deliver(message(3))
-    stored: list[bytes] = []
-    stop = threading.Event()
-    waits = Waits(server, stop)
-    settings = server.settings(poll_interval=60.0)
-    max_size = 100_000 if lie == "past max_size" else MAX_SIZE
-    poller = ImapPoller(settings, stored.append, wait=waits, max_size=max_size)
+    run = poll_to_the_end(server, max_size=100_000 if lie == "past max_size" else MAX_SIZE)
 
-    peak = run_measured(poller, stop)
-
-    assert peak < PEAK_BOUND, f"peak {peak / 2**20:.0f} MB"
+    assert run.peak < PEAK_BOUND, f"peak {run.peak / 2**20:.0f} MB"
     # Mail before and after it in the folder, and mail that came later, all came in.
-    assert stored == [message(1), message(3), message(4)]
+    assert run.stored == [message(1), message(3), message(4)]
     assert server.uids("INBOX") == []
     assert server.uids("Too-large") == [liar]  # not lost: ops find it there
     # Fetched together, then one at a time to find the liar, then set aside; each
     # retry after the first back-off, not a doubled one; then polling as usual.
-    assert waits.seen == [1.0, 1.0, 60.0, 60.0]
+    assert run.waits == [1.0, 1.0, 60.0, 60.0]
     errors = [
         r.getMessage()
         for r in caplog.records
@@ -125,16 +132,11 @@ def test_a_literal_where_no_message_is_expected_is_refused(
     server.deliver(message(1))
     size = len(message(2))
     server.deliver(Liar(message(2), announced=size, length=size, sizes_literal=HUGE))
-    stored: list[bytes] = []
-    stop = threading.Event()
-    waits = Waits(server, stop)
-    poller = ImapPoller(server.settings(poll_interval=60.0), stored.append, wait=waits)
+    run = poll_to_the_end(server)
 
-    peak = run_measured(poller, stop)
-
-    assert peak < PEAK_BOUND, f"peak {peak / 2**20:.0f} MB"
-    assert stored == [message(1), message(2), message(4)]
-    assert waits.seen == [1.0, 60.0, 60.0]
+    assert run.peak < PEAK_BOUND, f"peak {run.peak / 2**20:.0f} MB"
+    assert run.stored == [message(1), message(2), message(4)]
+    assert run.waits == [1.0, 60.0, 60.0]
     assert f"a literal of {HUGE} bytes" in caplog.text
 
 
@@ -166,14 +168,9 @@ def test_a_flood_of_small_responses_to_one_command_is_refused(
     is past what any honest one needs, says so, and the mail comes in at the retry."""
     server.deliver(message(1))
     server.chatter(1_500_000)
-    stored: list[bytes] = []
-    stop = threading.Event()
-    waits = Waits(server, stop)
-    poller = ImapPoller(server.settings(poll_interval=60.0), stored.append, wait=waits)
+    run = poll_to_the_end(server)
 
-    peak = run_measured(poller, stop)
-
-    assert peak < PEAK_BOUND, f"peak {peak / 2**20:.0f} MB"
-    assert stored == [message(1), message(4)]
-    assert waits.seen == [1.0, 60.0, 60.0]
+    assert run.peak < PEAK_BOUND, f"peak {run.peak / 2**20:.0f} MB"
+    assert run.stored == [message(1), message(4)]
+    assert run.waits == [1.0, 60.0, 60.0]
     assert "more than" in caplog.text and "in answer to one command" in caplog.text

@@ -235,10 +235,21 @@ def test_cli_retry_of_an_unknown_id_is_a_clear_error(services: Services, cli_con
     assert inbound_row(services, done).state == "done"
 
 
-def raised_header_cap(settings: Settings, services: Services) -> Services:
-    """The desk after ops raised `[limits] max_header_bytes` to 1 MB."""
+def retry_with_raised_header_cap(
+    spool_id: int, settings: Settings, services: Services, cli_config: Path
+) -> None:
+    """Ops retry the message (`quarantine retry`) and raise `[limits] max_header_bytes`
+    to 1 MB; the desk then processes it."""
+    retried = CliRunner().invoke(
+        main, ["--config", str(cli_config), "quarantine", "retry", str(spool_id)]
+    )
+    assert retried.exit_code == 0, retried.output
     limits = dataclasses.replace(settings.limits, max_header_bytes=1024 * 1024)
-    return build(dataclasses.replace(settings, limits=limits), services.clock)
+    raised = build(dataclasses.replace(settings, limits=limits), services.clock)
+    try:
+        raised.drain_inbound()
+    finally:
+        raised.db.dispose()
 
 
 def test_a_message_held_again_after_a_retry_still_shows_why_it_was_held_first(
@@ -251,16 +262,9 @@ def test_a_message_held_again_after_a_retry_still_shows_why_it_was_held_first(
     first = inbound_row(services, spool_id).reason
     assert "header block" in first
     monkeypatch.setenv("USER", "anna")
+    retry_with_raised_header_cap(spool_id, settings, services, cli_config)
     runner = CliRunner()
     config = ["--config", str(cli_config)]
-
-    retried = runner.invoke(main, [*config, "quarantine", "retry", str(spool_id)])
-    assert retried.exit_code == 0, retried.output
-    raised = raised_header_cap(settings, services)
-    try:
-        raised.drain_inbound()
-    finally:
-        raised.db.dispose()
 
     listed = runner.invoke(main, [*config, "quarantine", "list", "--json"])
     assert listed.exit_code == 0, listed.output
@@ -295,14 +299,9 @@ def test_a_retried_message_that_went_through_shows_why_it_had_been_held(
 ) -> None:
     spool_id = receive(services, mail_loop())
     first = inbound_row(services, spool_id).reason
+    retry_with_raised_header_cap(spool_id, settings, services, cli_config)
     runner = CliRunner()
     config = ["--config", str(cli_config)]
-    assert runner.invoke(main, [*config, "quarantine", "retry", str(spool_id)]).exit_code == 0
-    raised = raised_header_cap(settings, services)
-    try:
-        raised.drain_inbound()
-    finally:
-        raised.db.dispose()
 
     listed = runner.invoke(main, [*config, "quarantine", "list", "--json"])
     assert json.loads(listed.stdout) == []
