@@ -24,7 +24,9 @@ and has N clients download the first message's attachment at once, each reading 
 `--uuencode` sends the attachment uuencoded (`Content-Transfer-Encoding: x-uuencode`,
 as some older mail clients write a file) instead of in base64. `--forwarded N` sends
 the mail forwarded N times, each forward attaching the one before as message/rfc822;
-the whole stays about `--size-mb`.
+the whole stays about `--size-mb`. `--eightbit` attaches a log file as text in 8-bit
+UTF-8 (`Content-Transfer-Encoding: 8bit`) instead; `--eightbit body` pastes it into
+the mail's text.
 """
 
 from __future__ import annotations
@@ -105,7 +107,12 @@ SHORT = "Logs attached."
 
 
 def big_mail(
-    number: int, size_mb: float, text: str = SENTENCE, uuencode: bool = False, forwarded: int = 0
+    number: int,
+    size_mb: float,
+    text: str = SENTENCE,
+    uuencode: bool = False,
+    forwarded: int = 0,
+    eightbit: str = "",
 ) -> bytes:
     mail = EmailMessage()
     mail["From"] = f"customer{number}@customer.test"
@@ -124,6 +131,15 @@ def big_mail(
         mail.get_payload()[1].replace_header("Content-Transfer-Encoding", "x-uuencode")
         mail.get_payload()[1].set_payload("begin 644 logs.bin\n{lines}`\nend\n")
         raw = mail.as_bytes().replace(b"{lines}", b"".join(lines))
+    elif eightbit:  # a log file as 8-bit UTF-8 text, as mail clients attach text
+        line = "2026-12-03 10:00:%02d tiskárna: stránka %07d prázdná, žádný toner\n"
+        per_line = len((line % (0, 0)).encode())
+        lines = (line % (n % 60, n) for n in range(int(size_mb * 1024 * 1024 / per_line)))
+        if eightbit == "body":  # pasted into the mail instead
+            mail.set_content(text + "\n" + "".join(lines), cte="8bit")
+        else:
+            mail.add_attachment("".join(lines), subtype="plain", cte="8bit", filename="logs.txt")
+        raw = mail.as_bytes()
     else:
         data = os.urandom(int(size_mb * 1024 * 1024 * 3 / 4))  # base64 makes it size_mb
         mail.add_attachment(
@@ -197,6 +213,14 @@ def main() -> None:
     parser.add_argument(
         "--forwarded", type=int, default=0, help="the mail forwarded this many times, nested"
     )
+    parser.add_argument(
+        "--eightbit",
+        nargs="?",
+        const="file",
+        default="",
+        choices=["file", "body"],
+        help="a log in 8-bit UTF-8: attached as a text file, or (body) as the mail's text",
+    )
     parser.add_argument("--process", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--dns", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -248,7 +272,7 @@ def run(args: argparse.Namespace) -> None:
     desk = services(folder, agents=args.agents, database=args.database)
     for number in range(args.messages):
         text = SHORT if args.short else SENTENCE
-        mail = big_mail(number, args.size_mb, text, args.uuencode, args.forwarded)
+        mail = big_mail(number, args.size_mb, text, args.uuencode, args.forwarded, args.eightbit)
         mail = mail.replace(b"\n", b"\r\n")
         if key is not None:
             mail = key.sign(mail)

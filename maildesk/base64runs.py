@@ -1,4 +1,4 @@
-"""Long runs of base64 and uuencoded lines kept out of the stdlib parser's line lists.
+"""Long runs of lines kept out of the stdlib parser's line lists.
 
 The stdlib's feedparser keeps a leaf body as one str per line until the part
 ends, then joins them: a 24 MB attachment cost 42 MB of line objects and the
@@ -7,19 +7,27 @@ the parser one marker line in place of each long run of such lines, and
 remembers where the run sits in the raw bytes. After the parse, `restore_tree`
 puts every run back as text where something reads it as text, except in the
 leaves the caller names, whose runs are read straight from the raw buffer:
-`decode` (base64, or a uuencoded body `hold` took), `uudecode`, and
-`flattened` for the text mail-parser makes of a container marked as an
-attachment, which holds the markers of the leaves in it.
+`decode` (base64, or a body `hold` took: uuencoded, or in 7bit or 8bit and
+handed on as it came, `as_is`), `uudecode`, and `flattened` for the text
+mail-parser makes of a container marked as an attachment, which holds the
+markers of the leaves in it.
 
 The parse itself is unchanged. A run holds whole lines only: of letters,
 digits, `+`, `/` and `=`, or of the characters uuencode writes (space to
-backtick, no lower case). None is a blank line or a boundary line (`--`
-first), and a run never starts at a line the parser could take for a header
-(`X:`, a leading blank): the run's first line ends a header block as the
-marker does, and every later line is body. The marker is such a line too, so
-the parser splits parts and headers exactly as it would have; the restored
-text is the stdlib's own payload, byte for byte. The marker carries a random
-nonce per parse, so no sender can write one.
+backtick, no lower case), or, between such runs, of any text (8-bit text keeps
+one str per line too, each with a surrogate per 8-bit byte: a 23 MB log file
+in UTF-8 cost 119 MB to parse). None is a boundary line (`--` first), and only
+a text run holds blank lines. A run of base64 or uuencode never starts at a
+line the parser could take for a header (`X:`, a leading blank): the run's
+first line ends a header block as the marker does, and every later line is
+body. The marker is such a line too, so the parser splits parts and headers
+exactly as it would have; the restored text is the stdlib's own payload, byte
+for byte. A text run also starts at a line that reads as a field after a blank
+line (a log's every line may read `10:00: …`): where its marker ended a header
+block, the parser was reading fields, not body (a forwarded mail's), and where
+a part is a delivery report, blank lines part its blocks of fields; either way
+the message is parsed again without text runs (`message._message`). The marker
+carries a random nonce per parse, so no sender can write one.
 """
 
 from __future__ import annotations
@@ -48,10 +56,19 @@ _RUN = re.compile(
     rb"(?m)^(?:(?:[A-Za-z0-9+/=]++\r?\n)++"
     rb"|(?![\x21-\x39\x3b-\x7e]*:)(?:(?!--)[\x21-\x60][\x20-\x60]*+\r?\n)++)"
 )
-# A marker: its parse's nonce, then N and a run's index, or U and the index of a body `hold`
-# took. One pattern for every parse (compiling one per message cost a tenth of parsing it);
-# a match counts only with this parse's nonce.
-_MARKER = re.compile(r"MaildeskRun([0-9a-f]{32})([NU])(\d+)")
+# Whole lines of any text, 8-bit and blank ones too, looked for between the runs above:
+# with no line starting `--` (a boundary) and no lone CR (a line end to the parser); from
+# a line that is not blank, and either reads as no header field (`email.feedparser`'s
+# headerRE fails) or follows a blank line (a body's first, a log's `10:00: …`, or a
+# forwarded mail's first field: `starts_text_run` finds out after the parse).
+_TEXT_RUN = re.compile(
+    rb"(?m)^(?:(?<=\n\n)|(?<=\n\r\n)|(?!From |[\x21-\x39\x3b-\x7e]*:|[\t ]))"
+    rb"(?!--)[^\r\n]++\r?\n(?:(?!--)[^\r\n]*+\r?\n)*+"
+)
+# A marker: its parse's nonce, then N and a run's index, or U or R and the index of a body
+# `hold` took (uuencoded, or handed on as it is). One pattern for every parse (compiling
+# one per message cost a tenth of parsing it); a match counts only with this parse's nonce.
+_MARKER = re.compile(r"MaildeskRun([0-9a-f]{32})([NUR])(\d+)")
 # What Message.get_payload(decode=True) decodes as uuencode (the value lower-cased, not stripped).
 UUENCODE = ("x-uuencode", "uuencode", "uue", "x-uue")
 
@@ -59,26 +76,71 @@ UUENCODE = ("x-uuencode", "uuencode", "uue", "x-uue")
 class Runs:
     """The long runs of one message, and the markers that stand for them."""
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, text: bool = True) -> None:
+        """`text`: also runs of any text (`_TEXT_RUN`), not only of base64 and uuencode."""
         self._bytes = raw
         self._raw = memoryview(raw)
         self._nonce = secrets.token_hex(16)
         self._prefix = f"MaildeskRun{self._nonce}"
         self._spans: list[tuple[int, int]] = []  # start, end of each run in `raw`
-        self._held: list[str] = []  # the uuencoded bodies `hold` took, markers in them
+        self._text_runs: set[int] = set()  # which of them are runs of any text
+        self._with_text = text
+        self._held: list[str] = []  # the bodies `hold` took, markers in them
+
+    @property
+    def text_runs(self) -> bool:
+        return bool(self._text_runs)
 
     def feed(self, parser: BytesFeedParser) -> None:
         """Feed the raw bytes to `parser`, each long run as one marker line."""
         raw = self._raw
         position = 0
         if len(raw) >= MIN_RUN:
-            for start, end in long_runs(raw):
+            for start, end, text in self.find():
                 _feed(parser, raw[position:start])
                 ending = b"\r\n" if raw[end - 2 : end] == b"\r\n" else b"\n"
+                if text:
+                    self._text_runs.add(len(self._spans))
                 parser.feed(f"{self._prefix}N{len(self._spans)}".encode("ascii") + ending)
                 self._spans.append((start, end))
                 position = end
         _feed(parser, raw[position:])
+
+    def find(self) -> Iterator[tuple[int, int, bool]]:
+        """The runs of base64 and uuencode, and with `text` the runs of any text between
+        them, in order: start, end, whether a run of any text."""
+        position = 0
+        for start, end in long_runs(self._bytes):
+            yield from self._long_text_runs(position, start)
+            yield start, end, False
+            position = end
+        yield from self._long_text_runs(position, len(self._bytes))
+
+    def _long_text_runs(self, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+        if not self._with_text:
+            return
+        for found in _TEXT_RUN.finditer(self._bytes, start, end):
+            if found.end() - found.start() >= MIN_RUN:
+                yield found.start(), found.end(), True
+
+    def starts_text_run(self, text: str) -> bool:
+        """Does `text` start with the marker of a run of any text?"""
+        found = _MARKER.match(text)
+        return bool(
+            found
+            and found.group(1) == self._nonce
+            and found.group(2) == "N"
+            and int(found.group(3)) in self._text_runs
+        )
+
+    def holds_text(self, payload: str) -> bool:
+        """Does `payload` hold a marker of a run of any text?"""
+        return any(
+            found.group(1) == self._nonce
+            and found.group(2) == "N"
+            and int(found.group(3)) in self._text_runs
+            for found in _MARKER.finditer(payload)
+        )
 
     def restore_tree(
         self,
@@ -111,8 +173,21 @@ class Runs:
         have left it (the line ending before a boundary is the boundary's)."""
         if self._prefix not in text:
             return text
+        # As the parser decodes every line: ASCII, any other byte a surrogate.
         return "".join(
-            piece if isinstance(piece, str) else str(self._raw[piece[0] : piece[1]], "ascii")
+            piece
+            if isinstance(piece, str)
+            else str(self._raw[piece[0] : piece[1]], "ascii", "surrogateescape")
+            for piece in self._pieces(text, flat=False)
+        )
+
+    def as_is(self, text: str) -> bytes:
+        """The bytes of the body `text` (markers in it), as `Message.get_payload(decode=True)`
+        returns a body in 7bit, 8bit or binary: its lines as they came."""
+        return b"".join(
+            piece.encode("ascii", "surrogateescape")
+            if isinstance(piece, str)
+            else self._raw[piece[0] : piece[1]].tobytes()
             for piece in self._pieces(text, flat=False)
         )
 
@@ -143,19 +218,26 @@ class Runs:
     def is_run(self, payload: str) -> bool:
         """Is the body one run (a marker and whitespace), which `decode` reads as base64?"""
         found = _MARKER.fullmatch(payload.strip())
-        return bool(found and found.group(1) == self._nonce and found.group(2) == "N")
+        return bool(
+            found
+            and found.group(1) == self._nonce
+            and found.group(2) == "N"
+            and int(found.group(3)) not in self._text_runs
+        )
 
-    def hold(self, text: str) -> str:
-        """A marker standing for the uuencoded body `text`: `decode` gives its bytes."""
+    def hold(self, text: str, as_is: bool = False) -> str:
+        """A marker standing for the body `text`, uuencoded or (`as_is`) in 7bit, 8bit or
+        binary: `decode` gives its bytes."""
         self._held.append(text)
-        return f"{self._prefix}U{len(self._held) - 1}"
+        return f"{self._prefix}{'R' if as_is else 'U'}{len(self._held) - 1}"
 
     def decode(self, payload: str) -> bytes | None:
         """The decoded bytes of a body kept as a marker; None for any other text.
 
         A run: the same bytes as `binascii.a2b_base64` of the restored body (what
         surrounds the marker is whitespace, which base64 decoding skips), raising
-        ValueError as that call would. A body `hold` took: `uudecode` of it.
+        ValueError as that call would. A body `hold` took: `uudecode` of it, or its
+        bytes as they are (`as_is`).
         """
         found = _MARKER.fullmatch(payload.strip())
         if found is None or found.group(1) != self._nonce:
@@ -163,6 +245,10 @@ class Runs:
         index = int(found.group(3))
         if found.group(2) == "U":
             return self.uudecode(found.group(0))
+        if found.group(2) == "R":
+            return self.as_is(self._held[index])
+        if index in self._text_runs:
+            return None  # never a body alone: its leaf had it put back, or held
         start, end = self._spans[index]
         return binascii.a2b_base64(self._raw[start:end])
 
@@ -242,7 +328,7 @@ class Runs:
             if found.start() > position:
                 yield text[position : found.start()]
             position = found.end()
-            if found.group(2) == "U":
+            if found.group(2) in "UR":
                 yield from self._pieces(self._held[int(found.group(3))], flat)
                 continue
             start, end = self._spans[int(found.group(3))]

@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import mailparser
 from flufl.bounce import all_failures
-from mailparser.utils import mime_header_view
+from mailparser.utils import decode_header_part, mime_header_view
 
 from maildesk.base64runs import UUENCODE, Runs, has_surrogates
 from maildesk.html_text import html_to_text
@@ -240,6 +240,11 @@ def _message(raw: bytes) -> tuple[EmailMessage, Runs]:
     runs = Runs(raw)
     runs.feed(parser)
     msg = parser.close()
+    if runs.text_runs and any(_misread(part, runs) for part in msg.walk()):
+        parser = email.feedparser.BytesFeedParser()
+        runs = Runs(raw, text=False)
+        runs.feed(parser)
+        msg = parser.close()
     runs.restore_tree(
         msg, keep=lambda part, inside: _keeps_runs(part, inside, runs), as_text=_flattened
     )
@@ -276,6 +281,23 @@ def _no_slow_charset(part: EmailMessage) -> None:
         part.set_param("charset", "utf-8")
 
 
+def _misread(part: EmailMessage, runs: Runs) -> bool:
+    """Could a run of any text have changed how the parser read `part`? Where its marker
+    ended a header block, the lines it stands for were fields (a continuation, a `From `
+    line, `10:00: …`); a delivery report's blank lines part its blocks of fields."""
+    if part.get_content_type() == "message/delivery-status":
+        return True
+    if not any(isinstance(d, email.errors.MissingHeaderBodySeparatorDefect) for d in part.defects):
+        return False
+    # The line that ended the fields is the first of the body (of a multipart, its preamble).
+    body = part._payload if isinstance(part._payload, str) else part.preamble  # type: ignore[attr-defined]
+    return isinstance(body, str) and runs.starts_text_run(body)
+
+
+# Transfer encodings whose body `get_payload(decode=True)` returns as it came.
+_AS_IS = frozenset({"", "7bit", "8bit", "binary"})
+
+
 def _keeps_runs(part: EmailMessage, inside: bool, runs: Runs) -> bool:
     """May the markers in this leaf's body stay, each read from the raw bytes when read?
 
@@ -288,6 +310,8 @@ def _keeps_runs(part: EmailMessage, inside: bool, runs: Runs) -> bool:
     stdlib writes line by line: `_attachments` puts each run back into that text.
     """
     body: str = part._payload  # type: ignore[attr-defined]
+    if runs.holds_text(body):
+        return not inside and _file_as_it_came(part, runs, body)
     if inside and (
         part.get_content_maintype() in ("multipart", "message")
         or has_surrogates(body)  # as_string would encode it again, markers and all
@@ -307,6 +331,31 @@ def _keeps_runs(part: EmailMessage, inside: bool, runs: Runs) -> bool:
         str(headers.get("content-transfer-encoding", "")).strip().lower() == "base64"
         for headers in (part, view)
     )
+
+
+def _file_as_it_came(part: EmailMessage, runs: Runs, body: str) -> bool:
+    """A leaf with runs of any text that mail-parser reads as a file alone (no body text),
+    in a transfer encoding that leaves its bytes as they came: it hands the file on as
+    base64 it makes of them. Here its body becomes one marker and its transfer encoding
+    base64, so mail-parser hands the marker on and `_attachments` reads the bytes from
+    the raw buffer (`Runs.as_is`): a 23 MB log file cost 119 MB to parse, as lines, the
+    text they make, its bytes, their base64 and that as text."""
+    view, _defects = mime_header_view(part)
+    encodings = (
+        part.get("content-transfer-encoding", ""),
+        view.get("content-transfer-encoding", ""),
+    )
+    if any(str(value).strip().lower() not in _AS_IS for value in encodings):
+        return False
+    # mail-parser's own test: a file, named or disposed as one, and not inline text.
+    disposition = str(view.get_content_disposition() or "").lower()
+    named = disposition == "attachment" or decode_header_part(view.get_filename(), defects=[])
+    if disposition == "inline" or not named:
+        return False
+    del part["Content-Transfer-Encoding"]
+    part["Content-Transfer-Encoding"] = "base64"
+    part.set_payload(runs.hold(body, as_is=True))
+    return True
 
 
 def _flattened(container: EmailMessage) -> bool:

@@ -406,6 +406,40 @@ def test_a_large_uuencoded_attachment_reaches_the_agent_and_costs_the_file_once(
     logs_arrived(services, data)
 
 
+def test_a_large_text_file_in_8_bits_reaches_the_agent_as_it_came_and_costs_it_once(
+    with_agent: Services,
+) -> None:
+    """A log file attached as text in 8-bit UTF-8 (as mail clients attach text): the stdlib
+    kept it as a str per line, joined them, encoded that, and mail-parser made base64 of
+    the bytes for maildesk to decode: 5 times the file while parsed, a worker 213 MB for a
+    23 MB file (`bench/memory.py --eightbit`). Its bytes are read from the raw mail now."""
+    services = with_agent
+    lines = (f"10:00:{n % 60:02d} tiskárna: stránka {n} prázdná\r\n" for n in range(70_000))
+    data = "".join(lines).encode()
+    raw = (
+        b"From: alice@customer.test\r\nTo: support@example.test\r\nSubject: Logy\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        + "Dobrý den, posílám logy z tiskárny.\r\n".encode()
+        + b"--B\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit"
+        b"\r\nContent-Disposition: attachment; filename=logs.txt\r\n\r\n" + data + b"\r\n--B--\r\n"
+    )
+    assert len(data) > 2 * base64runs.MIN_RUN
+
+    # The file once and a little: it was 5.2 times the file.
+    assert _peak_bytes_of_parse(raw) < 1.5 * len(data)
+
+    receive(services, raw)
+    [message] = [m for m in ticket(services, 1)["messages"] if m["direction"] == "in"]
+    assert message["body_text"].startswith("Dobrý den, posílám logy")
+    [attachment] = message["attachments"]
+    assert (attachment["filename"], attachment["size"]) == ("logs.txt", len(data))
+    assert blob(services, attachment["sha256"]) == data  # its CRLF line ends and all
+    [notice] = [row for row in outbox_rows(services) if row.recipients == [AGENT]]
+    [sent] = stdlib_parts(notice.raw)
+    assert (sent.get_filename(), sent.get_payload(decode=True)) == ("logs.txt", data)
+
+
 def forwarded_large_mail(data: bytes, times: int) -> bytes:
     """`large_mail(data)` forwarded as an attachment `times` times over, each forward
     attaching the one before."""
@@ -490,8 +524,93 @@ _BASE64 = (
 )
 _TEXT = b"Content-Type: text/plain; charset=utf-8\n\nP\xc5\x99\xc3\xadloha\n"
 _LOG = "".join(f"Tiskárna hlásí chybu 0x{b:02x} na řádku {n}.\n" for n, b in enumerate(_FILE[:150]))
+# Text lines of every kind a run of any text meets: blank ones, 8-bit ones, one that
+# starts `From `, a field, an indented one, a rule of dashes and a lone CR (which the
+# parser reads as a line end: no run goes past it).
+_NOTES = "\n".join(
+    [_LOG[:2000], "", "From the printer's log:", "Status: jammed", "  indented", "",
+     _LOG[2000:4000], "-- cut here --", _LOG[4000:], "a lone\rCR", _LOG[:3000]]
+).encode()  # fmt: skip
+
+
+# A log whose every line reads as a header field (`10:00: …`).
+_FIELDS = "".join(f"10:00:{n % 60:02d} tiskárna: řádek {n}\n" for n in range(80)).encode()
+
+
+def _text_file(headers: bytes, body: bytes = _NOTES) -> bytes:
+    return b"Content-Type: text/plain; charset=utf-8\n" + headers + b"\n" + body
+
+
+_NAMED_TEXT = (
+    b"Content-Disposition: attachment; filename=notes.txt\nContent-Transfer-Encoding: 8bit\n"
+)
 # Each shape's runs are far above the lowered MIN_RUN; the stdlib path is the reference.
 RUN_SHAPES = {
+    "a text file in 8 bits": _mixed(_TEXT, _text_file(_NAMED_TEXT)),
+    "a text file named only, in no transfer encoding": _mixed(
+        b"Content-Type: text/x-log; name=notes.log\n\n" + _NOTES
+    ),
+    "a text file whose name decodes to nothing": _mixed(
+        _text_file(b"Content-Disposition: foo; filename==?utf-8?q??=\n")
+    ),
+    "a text file inline, read as text too": _mixed(
+        _text_file(b"Content-Disposition: inline; filename=notes.txt\n")
+    ),
+    "a text file in latin-2, in binary": _mixed(
+        _text_file(
+            _NAMED_TEXT.replace(b"8bit", b"binary"),
+            _NOTES.decode().encode("iso-8859-2", "replace"),
+        ).replace(b"utf-8", b"iso-8859-2")
+    ),
+    "a text file that is no UTF-8": _mixed(
+        _text_file(_NAMED_TEXT, _NOTES.replace(b"\xc5", b"\xff"))
+    ),
+    "a text file in quoted-printable": _mixed(
+        _text_file(_NAMED_TEXT.replace(b"8bit", b"quoted-printable"))
+    ),
+    "a text file ending in blank lines": _mixed(_text_file(_NAMED_TEXT, _NOTES + b"\n\n\n")),
+    "a text file right after its fields": _mixed(_text_file(_NAMED_TEXT[:-1] + b"\n", _NOTES)),
+    "an HTML file and a text file": _mixed(
+        b"Content-Type: text/html\nContent-Disposition: attachment; filename=a.html\n\n<p>"
+        + _NOTES
+        + b"</p>\n",
+        _text_file(_NAMED_TEXT),
+    ),
+    "a log whose every line reads as a field": _mixed(_text_file(_NAMED_TEXT, _FIELDS)),
+    "such a log in a forwarded mail": _attached(_mixed(_text_file(_NAMED_TEXT, _FIELDS))),
+    "such a log right after its part's fields, then a file": _mixed(
+        _text_file(_NAMED_TEXT[:-1], _FIELDS), _text_file(_NAMED_TEXT)
+    ),
+    "such a log as a mail's fields": _mixed(b"Content-Type: message/rfc822\n\n" + _FIELDS),
+    "a long text body in 8 bits": (
+        b"From: alice@customer.test\nSubject: logs\nMIME-Version: 1.0\n"
+        b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n" + _NOTES
+    ),
+    "a text body and a preamble of text": (
+        b"From: alice@customer.test\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=B"
+        + b"\n\n"
+        + _NOTES
+        + b"\n--B\n"
+        + _text_file(b"")
+        + b"--B--\n"
+        + _NOTES
+    ),
+    "a text file in a forwarded mail": _attached(_mixed(_TEXT, _text_file(_NAMED_TEXT))),
+    "a text file before a base64 file": _mixed(_text_file(_NAMED_TEXT), _BASE64),
+    "text and base64 in one body": _mixed(
+        b"Content-Type: application/octet-stream; name=a.bin\nContent-Transfer-Encoding: base64\n\n"
+        + _NOTES
+        + b"\n"
+        + base64.encodebytes(_FILE)
+    ),
+    "a delivery report with long text": _mixed(
+        _TEXT,
+        b"Content-Type: message/delivery-status\n\nReporting-MTA: dns; mx.test\n\n"
+        + _NOTES
+        + b"\n\nFinal-Recipient: rfc822; bob@customer.test\nAction: failed\n\n"
+        + _NOTES,
+        boundary=b"R",
+    ).replace(b"multipart/mixed", b"multipart/report; report-type=delivery-status"),
     "a uuencoded file": _mixed(_TEXT, _UU + uuencoded(_FILE)),
     "a uuencoded text body": _mixed(
         b"Content-Type: text/plain\nContent-Transfer-Encoding: x-uuencode\n\n"
@@ -545,7 +664,7 @@ def test_long_runs_read_as_the_stdlib_parser_reads_them(
     to what the stdlib's own parse and decoding make of it."""
     raw = RUN_SHAPES[name].replace(b"\n", newline)
     monkeypatch.setattr(base64runs, "MIN_RUN", 200)
-    assert list(base64runs.long_runs(raw))
+    assert list(base64runs.Runs(raw).find())
 
     def parsed(min_run: int) -> object:
         monkeypatch.setattr(base64runs, "MIN_RUN", min_run)
