@@ -26,6 +26,7 @@ from tests.mailclient import (
     ALICE,
     ALICE_FROM,
     STRANGER,
+    alice_replies,
     desk_config,
     mail,
     mail_to,
@@ -224,3 +225,30 @@ def test_a_subject_full_of_ticket_tags_costs_a_few_lookups(
 
     assert len(lookups) <= MAX_TAGS, lookups
     assert [t["requester"] for t in tickets(daemon.services)] == [ALICE, STRANGER]
+
+
+def test_a_strangers_message_id_in_her_ticket_is_not_repeated_in_our_mail_to_her(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """A Message-ID is words its writer chose (`<Your.account.is.locked…@…>`). Mallory
+    writes Alice's From and her ticket's tag: his mail joins her ticket marked
+    unverified, and the portal never shows it her. Our next mails to her named it in
+    their In-Reply-To and References all the same, signed by our domain (once her own
+    mail had proven the ticket hers, nothing filtered them)."""
+    opened = open_ticket(daemon, outbox)
+    alice_replies(daemon, outbox, "It is the HP on floor 2.")  # proves the ticket hers
+    processed(daemon, 2)
+    lure = "<Your.account.is.locked.call.1-555-0100@bank.test>"
+    forged = make_mail("Re: [#1] Printer broken", ALICE_FROM, body="Call us.", message_id=lure)
+    daemon.send(forged, sender=STRANGER)
+    processed(daemon, 3)
+    assert ticket(daemon.services, 1)["messages"][-1]["flag"] == "unverified"
+
+    answer = commands_top(text="Hello Alice, a technician comes today.")
+    reply = client_reply(OUTLOOK_EN, opened.notification, opened.reply_to, top=answer)
+    agent_sends(daemon, reply, opened.reply_to)
+    [relayed] = mails_to(outbox, ALICE, "Re: [#1]")
+
+    threading = f"{relayed.msg['In-Reply-To']} {relayed.msg['References']}"
+    assert "555" not in threading and "locked" not in threading, threading
+    assert opened.customer_message_id in threading, threading
