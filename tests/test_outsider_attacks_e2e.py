@@ -252,3 +252,34 @@ def test_a_strangers_message_id_in_her_ticket_is_not_repeated_in_our_mail_to_her
     threading = f"{relayed.msg['In-Reply-To']} {relayed.msg['References']}"
     assert "555" not in threading and "locked" not in threading, threading
     assert opened.customer_message_id in threading, threading
+
+
+def test_a_name_a_stranger_gave_someone_new_is_not_repeated_when_they_are_copied_in(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """Mail that proves nothing names only someone new, and our mail to the ticket it
+    opened withholds that name. Mallory wrote `"Call +1 555 0100" <carol@…>` before
+    Carol ever wrote to us; when Alice later copied Carol into her own ticket, the
+    agent's answer went To `"Call +1 555 0100" <carol@…>`, to both of them, signed by
+    our domain."""
+    lure = make_mail("Hello", f'"Call +1 555 0100" <{COLLEAGUE}>', body="Hello.")
+    daemon.send(lure, sender=STRANGER)
+    mail_to(outbox, COLLEAGUE)  # the acknowledgement of ticket 1, which names nobody
+    daemon.send(make_mail(sender=ALICE_FROM))  # ticket 2
+    notification = mail_to(outbox, AGENT, 2)[-1]
+    [ack] = mail_to(outbox, ALICE)
+    token = reply_to(ack)
+    copying = mail(ALICE_FROM, "Carol follows this too.", subject="Re: [#2] Printer broken",
+                   to=token, extra={"Cc": COLLEAGUE})  # fmt: skip
+    daemon.send(copying, sender=ALICE, recipients=(token,))
+    processed(daemon, 3)
+    assert COLLEAGUE in participants(daemon.services, 2)
+
+    answer = commands_top(text="Hello Alice, a technician comes today.")
+    agent_sends(daemon, client_reply(OUTLOOK_EN, notification, reply_to(notification),
+                                     top=answer), reply_to(notification))  # fmt: skip
+    [relayed] = mails_to(outbox, ALICE, "Re: [#2]")
+
+    words = "\n".join(f"{name}: {value}" for name, value in relayed.msg.items())
+    assert COLLEAGUE in relayed.to, words
+    assert "555" not in words and "555" not in relayed.text, words

@@ -12,6 +12,8 @@ first mail proved its From, or mail since proved her the writer (`Ticket.sender_
 as an organization's colleagues see it: `tickets/visibility.py`), unless
 `[trust] echo_unproven`. A participant's mail proves nothing of hers: whoever holds
 the ticket's reply address may write her From above it (`trust.proves_requester`).
+Nor does any mail to a ticket's customers name someone by a name that mail without
+proof gave them (`unproven_names`), whichever ticket that mail opened.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maildesk.models import Message, Ticket
+from maildesk.models import Message, Person, Ticket
 from maildesk.states import NameSource
 
 
@@ -34,6 +36,27 @@ def unproven_name(ticket: Ticket, email: str) -> bool:
     """Whether the name we hold for `email` in `ticket` is one mail without proof gave."""
     requester = ticket.requester
     return email == requester.email and requester.name_source == NameSource.UNPROVEN
+
+
+def unproven_names(session: Session, ticket: Ticket, emails: Sequence[str]) -> set[str]:
+    """Those of `emails` (of `ticket`'s people) whose name we hold is one mail without
+    proof gave: the requester's, or anyone's. A stranger who writes first From someone
+    new names them (`Tickets.person`), and the name stays until their own mail proves
+    them: when she was copied into another customer's ticket later, our mail to it went
+    To `"Call +1 555 0100" <carol@…>`, to her and to that customer."""
+    found = {email for email in emails if unproven_name(ticket, email)}
+    others = [email for email in emails if email != ticket.requester.email]
+    if others:
+        found.update(
+            session.scalars(
+                select(Person.email).where(
+                    Person.email.in_(others),
+                    Person.name_source == NameSource.UNPROVEN,
+                    Person.name != "",
+                )
+            )
+        )
+    return found
 
 
 def our_own(session: Session, ticket: Ticket, ids: Sequence[str]) -> list[str]:
