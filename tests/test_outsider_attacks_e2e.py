@@ -283,3 +283,28 @@ def test_a_name_a_stranger_gave_someone_new_is_not_repeated_when_they_are_copied
     words = "\n".join(f"{name}: {value}" for name, value in relayed.msg.items())
     assert COLLEAGUE in relayed.to, words
     assert "555" not in words and "555" not in relayed.text, words
+
+
+def test_nor_is_it_repeated_when_an_agent_makes_them_the_requester(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """The same name, when an agent hands Alice's ticket (proven hers) over to Carol with
+    `#requester`: the status notice greeted her "Hello Call +1 555 0100,"."""
+    lure = make_mail("Hello", f'"Call +1 555 0100" <{COLLEAGUE}>', body="Hello.")
+    daemon.send(lure, sender=STRANGER)
+    mail_to(outbox, COLLEAGUE)  # the acknowledgement of ticket 1, which names nobody
+    daemon.send(make_mail(sender=ALICE_FROM))  # ticket 2
+    notification = mail_to(outbox, AGENT, 2)[-1]
+    alice_replies_to = reply_to(mail_to(outbox, ALICE)[0])
+    answer = mail(ALICE_FROM, "It is the HP.", subject="Re: [#2] Printer broken",
+                  to=alice_replies_to)  # fmt: skip
+    daemon.send(answer, sender=ALICE, recipients=(alice_replies_to,))  # proves it hers
+    processed(daemon, 3)
+
+    handing = commands_top(f"#requester {COLLEAGUE}", "#status resolved", text="")
+    token = reply_to(notification)
+    agent_sends(daemon, client_reply(OUTLOOK_EN, notification, token, top=handing), token)
+    [resolved] = mails_to(outbox, COLLEAGUE, "[#2]")
+
+    words = "\n".join(f"{name}: {value}" for name, value in resolved.msg.items())
+    assert "555" not in words and "555" not in resolved.text, f"{words}\n\n{resolved.text}"

@@ -441,6 +441,13 @@ class Notifier:
                 # `to` is named as far as proof allows (`notify`).
                 base["ticket"]["subject"] = ""
                 base["ticket"]["requester_name"] = base["customer"]["name"] = to.name
+            elif (
+                note is not None
+                and self._names_withheld(note)
+                and strangers_words.unproven_name(ticket, ticket.requester.email)
+            ):
+                # A proven ticket handed to someone (`#requester`) whom a stranger named.
+                base["ticket"]["requester_name"] = base["customer"]["name"] = ""
         return {**base, **(note.variables(language) if note is not None else {})}
 
     def _ticket(self, ticket: Ticket, language: str) -> dict[str, Any]:
