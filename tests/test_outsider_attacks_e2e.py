@@ -308,3 +308,23 @@ def test_nor_is_it_repeated_when_an_agent_makes_them_the_requester(
 
     words = "\n".join(f"{name}: {value}" for name, value in resolved.msg.items())
     assert "555" not in words and "555" not in resolved.text, f"{words}\n\n{resolved.text}"
+
+
+def test_a_canned_reply_repeats_none_of_a_forged_tickets_words(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """Our mail to a ticket's customer repeats none of its unproven first mail's words.
+    A canned reply did: an agent's routine `#reply need-details` to a vague request sent
+    the victim 'Hello Call +1 555 0100, thank you for your message about "Your account
+    is locked, call +1 555 0100"', signed by our domain."""
+    lure = make_mail(SPAM, f'"Call +1 555 0100" <{VICTIM}>', body=f"{SPAM}.")
+    daemon.send(lure, sender="x@stranger.test")
+    [notification] = mail_to(outbox, AGENT)
+    token = reply_to(notification)
+    asking = commands_top("#reply need-details", text="")
+    agent_sends(daemon, client_reply(OUTLOOK_EN, notification, token, top=asking), token)
+    [answer] = mails_to(outbox, VICTIM, "Re: [#1]")
+
+    assert answer.text.startswith("Hello,"), answer.text
+    assert "thank you for your message" in answer.text, answer.text
+    assert "555" not in answer.text and "locked" not in answer.text.lower(), answer.text
