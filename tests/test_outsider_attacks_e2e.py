@@ -35,6 +35,7 @@ from tests.mailclient import (
     processed,
     reply_to,
 )
+from tests.web.portal_client import Client
 
 COLLEAGUE = "carol@partner.test"  # someone Alice copies in: a participant of her ticket
 VICTIM = "victim@bank.test"  # whose From a stranger writes
@@ -328,3 +329,22 @@ def test_a_canned_reply_repeats_none_of_a_forged_tickets_words(
     assert answer.text.startswith("Hello,"), answer.text
     assert "thank you for your message" in answer.text, answer.text
     assert "555" not in answer.text and "locked" not in answer.text.lower(), answer.text
+
+
+def test_a_name_a_stranger_gave_is_not_in_the_link_anyone_may_have_us_send(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """Anyone may ask the portal to mail a known address a new set-password link. With
+    a forged mail first naming the victim, the link came To `"Call +1 555 0100"
+    <victim@…>`, greeting "Hello Call +1 555 0100,", signed by our domain."""
+    lure = make_mail("Hello", f'"Call +1 555 0100" <{VICTIM}>', body="Hello.")
+    daemon.send(lure, sender=STRANGER)
+    mail_to(outbox, VICTIM)  # the acknowledgement, which names nobody
+    web = daemon.services.settings.web
+    portal = Client(f"http://{web.host}:{web.port}")
+    portal.get("/account/forgot")
+    portal.post("/account/forgot", {"email": VICTIM})
+    [link] = mails_to(outbox, VICTIM, "Your account at")
+
+    words = "\n".join(f"{name}: {value}" for name, value in link.msg.items())
+    assert "555" not in words and "555" not in link.text, f"{words}\n\n{link.text}"

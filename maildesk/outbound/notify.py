@@ -152,7 +152,7 @@ class Notifier:
         """
         recipients = (to,) if isinstance(to, Recipient) else tuple(to)
         withheld = self._withholds(session, note, ticket)
-        if ticket is not None and (withheld or self._names_withheld(note)):
+        if (withheld and ticket is not None) or self._names_withheld(note):
             # Named as far as proof allows: a name unproven mail gave is a stranger's words.
             unproven = strangers_words.unproven_names(
                 session, ticket, [r.email for r in recipients]

@@ -38,14 +38,16 @@ def unproven_name(ticket: Ticket, email: str) -> bool:
     return email == requester.email and requester.name_source == NameSource.UNPROVEN
 
 
-def unproven_names(session: Session, ticket: Ticket, emails: Sequence[str]) -> set[str]:
-    """Those of `emails` (of `ticket`'s people) whose name we hold is one mail without
-    proof gave: the requester's, or anyone's. A stranger who writes first From someone
-    new names them (`Tickets.person`), and the name stays until their own mail proves
-    them: when she was copied into another customer's ticket later, our mail to it went
-    To `"Call +1 555 0100" <carol@…>`, to her and to that customer."""
-    found = {email for email in emails if unproven_name(ticket, email)}
-    others = [email for email in emails if email != ticket.requester.email]
+def unproven_names(session: Session, ticket: Ticket | None, emails: Sequence[str]) -> set[str]:
+    """Those of `emails` (of `ticket`'s people, if the mail is about one) whose name we
+    hold is one mail without proof gave. A stranger who writes first From someone new
+    names them (`Tickets.person`), and the name stays until their own mail proves them:
+    when she was copied into another customer's ticket later, our mail to it went To
+    `"Call +1 555 0100" <carol@…>`, to her and to that customer; and the set-password
+    link anyone may have the portal mail her greeted her so."""
+    found = {email for email in emails if ticket is not None and unproven_name(ticket, email)}
+    requester = ticket.requester.email if ticket is not None else None
+    others = [email for email in emails if email != requester]
     if others:
         found.update(
             session.scalars(
