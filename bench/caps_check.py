@@ -64,10 +64,11 @@ def main() -> None:
         queued = size
         since = now - timedelta(hours=1)
         with services.db.reading() as session:
-            caps.caps_reached(session, "c1@customer.test", CAP, CAP, since)  # compiled once
+            # compiled once
+            caps.caps_reached(session, "c1@customer.test", CAP, CAP, since, proven=False)
             started = time.perf_counter()
             for _ in range(50):
-                caps.caps_reached(session, "c1@customer.test", CAP, CAP, since)
+                caps.caps_reached(session, "c1@customer.test", CAP, CAP, since, proven=False)
             took = (time.perf_counter() - started) / 50 * 1000
         print(f"{size} automatic replies in the hour: {took:.3f} ms per check")
     services.db.dispose()

@@ -50,9 +50,11 @@ def canned_contexts(language: str, base: str) -> list[dict[str, Any]]:
     support = {"name": "Example Support", "address": "support@example.test", "url": base}
     agent = canned.AgentInfo("Eva Svobodová", "eva@example.test")
     return [
-        canned.context(sample_ticket(status, language, named), agent, support)
+        canned.context(sample_ticket(status, language, named), agent, support, withheld=withheld)
         for status in STATUSES
         for named in (True, False)
+        # A ticket whose words may be a stranger's: its subject is "" (canned.context).
+        for withheld in (False, True)
     ]
 
 

@@ -13,16 +13,20 @@ import re
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from maildesk import logs
+from maildesk.pipeline.threader import MAX_TAGS
 from maildesk.states import OutboxState
 from tests.client_replies import OUTLOOK_EN, agent_sends, client_reply, commands_top
 from tests.conftest import Outbox, RunningDaemon, make_mail, wait_for
-from tests.helpers import outbox_rows, participants, person_name, ticket
+from tests.helpers import outbox_rows, participants, person_name, ticket, tickets
 from tests.mailclient import (
     AGENT,
     ALICE,
     ALICE_FROM,
+    STRANGER,
+    alice_replies,
     desk_config,
     mail,
     mail_to,
@@ -31,6 +35,7 @@ from tests.mailclient import (
     processed,
     reply_to,
 )
+from tests.web.portal_client import Client
 
 COLLEAGUE = "carol@partner.test"  # someone Alice copies in: a participant of her ticket
 VICTIM = "victim@bank.test"  # whose From a stranger writes
@@ -184,3 +189,162 @@ def test_a_participant_cannot_prove_a_strangers_ticket_its_requesters(
     [closed] = mails_to(outbox, VICTIM, "[#1] Closed")
     words = "\n".join(f"{name}: {value}" for name, value in closed.msg.items())
     assert "555" not in words and "555" not in closed.text, words
+
+
+# The statements that read one ticket, or whether someone takes part in it, by its number.
+_BY_NUMBER = re.compile(
+    r"FROM tickets JOIN people ON .*WHERE tickets\.id = "
+    r"|FROM participants JOIN people ON .*WHERE participants\.ticket_id = ",
+    re.DOTALL,
+)
+
+
+def test_a_subject_full_of_ticket_tags_costs_a_few_lookups(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """`[#N]` in a subject names ticket N for its participants only. Each tag of a
+    stranger's subject was read ticket by ticket (on PostgreSQL locked until the write
+    ended) before asking whether he takes part: `[#1][#2]…` in 1,000 characters made
+    185 lookups inside the write transaction, five times the cost of a whole mail, and
+    held every ticket it named. Now the first few tags are asked about, by number, no
+    ticket he takes no part in is read, and his mail opens a ticket of its own."""
+    open_ticket(daemon, outbox)
+    lookups: list[str] = []
+
+    def note(_c: Any, _cur: Any, statement: str, _p: Any, _ctx: Any, _many: bool) -> None:
+        if _BY_NUMBER.search(statement):
+            lookups.append(statement)
+
+    engine = daemon.services.db.engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        tags = "".join(f"[#{n}]" for n in range(1, 300))[:1000]
+        daemon.send(make_mail(tags, "Mallory <mallory@stranger.test>"), sender=STRANGER)
+        processed(daemon, 2)
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+
+    assert len(lookups) <= MAX_TAGS, lookups
+    assert [t["requester"] for t in tickets(daemon.services)] == [ALICE, STRANGER]
+
+
+def test_a_strangers_message_id_in_her_ticket_is_not_repeated_in_our_mail_to_her(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """A Message-ID is words its writer chose (`<Your.account.is.locked…@…>`). Mallory
+    writes Alice's From and her ticket's tag: his mail joins her ticket marked
+    unverified, and the portal never shows it her. Our next mails to her named it in
+    their In-Reply-To and References all the same, signed by our domain (once her own
+    mail had proven the ticket hers, nothing filtered them)."""
+    opened = open_ticket(daemon, outbox)
+    alice_replies(daemon, outbox, "It is the HP on floor 2.")  # proves the ticket hers
+    processed(daemon, 2)
+    lure = "<Your.account.is.locked.call.1-555-0100@bank.test>"
+    forged = make_mail("Re: [#1] Printer broken", ALICE_FROM, body="Call us.", message_id=lure)
+    daemon.send(forged, sender=STRANGER)
+    processed(daemon, 3)
+    assert ticket(daemon.services, 1)["messages"][-1]["flag"] == "unverified"
+
+    answer = commands_top(text="Hello Alice, a technician comes today.")
+    reply = client_reply(OUTLOOK_EN, opened.notification, opened.reply_to, top=answer)
+    agent_sends(daemon, reply, opened.reply_to)
+    [relayed] = mails_to(outbox, ALICE, "Re: [#1]")
+
+    threading = f"{relayed.msg['In-Reply-To']} {relayed.msg['References']}"
+    assert "555" not in threading and "locked" not in threading, threading
+    assert opened.customer_message_id in threading, threading
+
+
+def test_a_name_a_stranger_gave_someone_new_is_not_repeated_when_they_are_copied_in(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """Mail that proves nothing names only someone new, and our mail to the ticket it
+    opened withholds that name. Mallory wrote `"Call +1 555 0100" <carol@…>` before
+    Carol ever wrote to us; when Alice later copied Carol into her own ticket, the
+    agent's answer went To `"Call +1 555 0100" <carol@…>`, to both of them, signed by
+    our domain."""
+    lure = make_mail("Hello", f'"Call +1 555 0100" <{COLLEAGUE}>', body="Hello.")
+    daemon.send(lure, sender=STRANGER)
+    mail_to(outbox, COLLEAGUE)  # the acknowledgement of ticket 1, which names nobody
+    daemon.send(make_mail(sender=ALICE_FROM))  # ticket 2
+    notification = mail_to(outbox, AGENT, 2)[-1]
+    [ack] = mail_to(outbox, ALICE)
+    token = reply_to(ack)
+    copying = mail(ALICE_FROM, "Carol follows this too.", subject="Re: [#2] Printer broken",
+                   to=token, extra={"Cc": COLLEAGUE})  # fmt: skip
+    daemon.send(copying, sender=ALICE, recipients=(token,))
+    processed(daemon, 3)
+    assert COLLEAGUE in participants(daemon.services, 2)
+
+    answer = commands_top(text="Hello Alice, a technician comes today.")
+    agent_sends(daemon, client_reply(OUTLOOK_EN, notification, reply_to(notification),
+                                     top=answer), reply_to(notification))  # fmt: skip
+    [relayed] = mails_to(outbox, ALICE, "Re: [#2]")
+
+    words = "\n".join(f"{name}: {value}" for name, value in relayed.msg.items())
+    assert COLLEAGUE in relayed.to, words
+    assert "555" not in words and "555" not in relayed.text, words
+
+
+def test_nor_is_it_repeated_when_an_agent_makes_them_the_requester(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """The same name, when an agent hands Alice's ticket (proven hers) over to Carol with
+    `#requester`: the status notice greeted her "Hello Call +1 555 0100,"."""
+    lure = make_mail("Hello", f'"Call +1 555 0100" <{COLLEAGUE}>', body="Hello.")
+    daemon.send(lure, sender=STRANGER)
+    mail_to(outbox, COLLEAGUE)  # the acknowledgement of ticket 1, which names nobody
+    daemon.send(make_mail(sender=ALICE_FROM))  # ticket 2
+    notification = mail_to(outbox, AGENT, 2)[-1]
+    alice_replies_to = reply_to(mail_to(outbox, ALICE)[0])
+    answer = mail(ALICE_FROM, "It is the HP.", subject="Re: [#2] Printer broken",
+                  to=alice_replies_to)  # fmt: skip
+    daemon.send(answer, sender=ALICE, recipients=(alice_replies_to,))  # proves it hers
+    processed(daemon, 3)
+
+    handing = commands_top(f"#requester {COLLEAGUE}", "#status resolved", text="")
+    token = reply_to(notification)
+    agent_sends(daemon, client_reply(OUTLOOK_EN, notification, token, top=handing), token)
+    [resolved] = mails_to(outbox, COLLEAGUE, "[#2]")
+
+    words = "\n".join(f"{name}: {value}" for name, value in resolved.msg.items())
+    assert "555" not in words and "555" not in resolved.text, f"{words}\n\n{resolved.text}"
+
+
+def test_a_canned_reply_repeats_none_of_a_forged_tickets_words(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """Our mail to a ticket's customer repeats none of its unproven first mail's words.
+    A canned reply did: an agent's routine `#reply need-details` to a vague request sent
+    the victim 'Hello Call +1 555 0100, thank you for your message about "Your account
+    is locked, call +1 555 0100"', signed by our domain."""
+    lure = make_mail(SPAM, f'"Call +1 555 0100" <{VICTIM}>', body=f"{SPAM}.")
+    daemon.send(lure, sender="x@stranger.test")
+    [notification] = mail_to(outbox, AGENT)
+    token = reply_to(notification)
+    asking = commands_top("#reply need-details", text="")
+    agent_sends(daemon, client_reply(OUTLOOK_EN, notification, token, top=asking), token)
+    [answer] = mails_to(outbox, VICTIM, "Re: [#1]")
+
+    assert answer.text.startswith("Hello,"), answer.text
+    assert "thank you for your message" in answer.text, answer.text
+    assert "555" not in answer.text and "locked" not in answer.text.lower(), answer.text
+
+
+def test_a_name_a_stranger_gave_is_not_in_the_link_anyone_may_have_us_send(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """Anyone may ask the portal to mail a known address a new set-password link. With
+    a forged mail first naming the victim, the link came To `"Call +1 555 0100"
+    <victim@…>`, greeting "Hello Call +1 555 0100,", signed by our domain."""
+    lure = make_mail("Hello", f'"Call +1 555 0100" <{VICTIM}>', body="Hello.")
+    daemon.send(lure, sender=STRANGER)
+    mail_to(outbox, VICTIM)  # the acknowledgement, which names nobody
+    web = daemon.services.settings.web
+    portal = Client(f"http://{web.host}:{web.port}")
+    portal.get("/account/forgot")
+    portal.post("/account/forgot", {"email": VICTIM})
+    [link] = mails_to(outbox, VICTIM, "Your account at")
+
+    words = "\n".join(f"{name}: {value}" for name, value in link.msg.items())
+    assert "555" not in words and "555" not in link.text, f"{words}\n\n{link.text}"

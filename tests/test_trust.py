@@ -802,6 +802,30 @@ def test_a_forged_flood_in_a_customers_name_does_not_quiet_her_signed_mail(
     assert ticket(services, 12)["messages"][0]["proof"] == "dkim"
 
 
+def test_forged_mail_in_a_customers_name_does_not_use_up_her_acknowledgements(
+    desk: RunningDaemon, keys: dict[str, DkimKey]
+) -> None:
+    """A mailbox gets at most 5 acknowledgements an hour (`[limits] auto_replies_per_hour`).
+    Unproven mail and mail that proves its From are counted apart, as for the agents'
+    notices: Mallory's 5 unsigned mails From Alice used up her hour, and her own signed
+    request after them was opened without its acknowledgement (its number, its reply
+    address). A 6th forged one still gets none."""
+    services = desk.services
+    for n in range(1, 6):
+        send(desk, make_mail(subject=f"Urgent {n}"), mail_from=MALLORY)
+    assert [row.ticket_id for row in acks_to(services, ALICE)] == [1, 2, 3, 4, 5]
+
+    send(desk, keys["customer.test"].sign(make_mail(subject="Printer broken")))
+    send(desk, make_mail(subject="Urgent 6"), mail_from=MALLORY)
+
+    assert ticket(services, 6)["messages"][0]["proof"] == "dkim"
+    assert [row.ticket_id for row in acks_to(services, ALICE)] == [1, 2, 3, 4, 5, 6]
+
+
+def acks_to(services: Services, address: str) -> list[Outbox]:
+    return [row for row in sent_to(services, address) if row.kind == "acknowledgement"]
+
+
 def test_her_own_signed_flood_after_a_forged_one_is_still_told_to_the_agents(
     desk: RunningDaemon, keys: dict[str, DkimKey]
 ) -> None:

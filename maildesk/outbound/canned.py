@@ -69,19 +69,35 @@ def languages_of(path: Path | str) -> dict[str, list[str]]:
     return dict(sorted(found.items()))
 
 
-def context(ticket: Ticket, agent: AgentInfo, support: dict[str, str]) -> dict[str, Any]:
-    """What a canned reply is rendered with (plain data only)."""
+def context(
+    ticket: Ticket,
+    agent: AgentInfo,
+    support: dict[str, str],
+    *,
+    withheld: bool = False,
+    name_withheld: bool = False,
+) -> dict[str, Any]:
+    """What a canned reply is rendered with (plain data only).
+
+    `withheld`: the ticket's words may be a stranger's (`strangers_words.py`), so its
+    subject is `""`, as in every other mail to its customer; `name_withheld`: so may be
+    the requester's name (`""`). A canned reply goes out in the agent's answer: an
+    agent's routine `#reply need-details` to a forged ticket sent its victim "thank you
+    for your message about" the forger's subject, signed by our domain."""
     labels = STATUS_LABELS.get(ticket.language, STATUS_LABELS["en"])
     return {
         "ticket": {
             "number": ticket.id,
-            "subject": ticket.subject,
+            "subject": "" if withheld else ticket.subject,
             "status": ticket.status,
             "status_label": labels.get(ticket.status, ticket.status),
             "type": ticket.type or "",
             "priority": ticket.priority,
         },
-        "customer": {"email": ticket.requester.email, "name": ticket.requester.name},
+        "customer": {
+            "email": ticket.requester.email,
+            "name": "" if withheld or name_withheld else ticket.requester.name,
+        },
         "agent": {"name": agent.name, "email": agent.email},
         "support": support,
     }

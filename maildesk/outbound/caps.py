@@ -1,7 +1,8 @@
 """RFC 3834 politeness: whether the hourly caps on automatic replies are reached.
 
-To one recipient: their rows of the last hour are counted from an index alone
-(`ix_outbox_auto_to`), and the count stops at the cap. To anyone: every queued
+To one recipient: their rows of the last hour are found by an index
+(`ix_outbox_auto_to`), each one's ticket read by its key for its proof (below),
+and the count stops at the cap. To anyone: every queued
 automatic reply also counts in its minute's row of `auto_reply_minutes` (one
 row per minute and counting thread, written in the same transaction), and the
 check sums the whole minutes of the hour, plus the outbox rows of its first,
@@ -10,6 +11,13 @@ hour of minutes and one minute of rows, however high the cap: counting the
 hour's rows up to the cap cost 1.2 ms per new ticket inside the write
 transaction after 10,000 replies in the hour, and grew with them. Both counts
 are one statement on the driver's cursor (`hotsql.py`), built once.
+
+The cap to one recipient counts mail about tickets whose From was proven apart
+from mail about tickets whose From was not (`tickets.sender_proven`), as the
+agents' notices are counted (pipeline/quiet.py): anyone can write a customer's
+From, and five forged mails an hour in her name used up her cap, so her own
+signed request came without its acknowledgement. The forger still gets at most
+the cap's replies an hour sent to her.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from sqlalchemy import (
     ScalarSelect,
     Select,
     bindparam,
+    exists,
     func,
     literal_column,
     select,
@@ -34,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from maildesk.hotsql import Hot
-from maildesk.models import AutoReplyMinute, Outbox
+from maildesk.models import AutoReplyMinute, Outbox, Ticket
 from maildesk.outbound import headers
 
 
@@ -50,6 +59,11 @@ _COUNTS = Hot(
             "sender_cap",
             Outbox.auto_to == bindparam("recipient"),
             Outbox.created_at > bindparam("since"),
+            # Of the same proof: a ticket's row by its key, for each of at most the
+            # cap's rows of each proof an hour.
+            exists().where(
+                Ticket.id == Outbox.ticket_id, Ticket.sender_proven == bindparam("proven")
+            ),
         ),
         # The whole minutes after `since`'s own …
         select(func.coalesce(func.sum(AutoReplyMinute.count), 0))
@@ -144,13 +158,21 @@ class Caps:
 
 
 def caps_reached(
-    session: Session, recipient: str, sender_cap: int, total_cap: int, since: datetime
+    session: Session,
+    recipient: str,
+    sender_cap: int,
+    total_cap: int,
+    since: datetime,
+    *,
+    proven: bool,
 ) -> Caps:
-    """Whether `sender_cap` automatic replies to `recipient`'s mailbox, and `total_cap` to
-    anyone, were queued after `since` (a cap of 0 or less is always reached)."""
+    """Whether `sender_cap` automatic replies to `recipient`'s mailbox about tickets of
+    this proof (`proven`: its From was proven, `tickets.sender_proven`), and `total_cap`
+    to anyone, were queued after `since` (a cap of 0 or less is always reached)."""
     since_minute = minute_of(since)
     values = {
         "recipient": mailbox(recipient),
+        "proven": proven,
         "since": since,
         "since_minute": since_minute,
         "next_minute": datetime.fromtimestamp((since_minute + 1) * 60, UTC),

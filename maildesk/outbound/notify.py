@@ -152,13 +152,15 @@ class Notifier:
         """
         recipients = (to,) if isinstance(to, Recipient) else tuple(to)
         withheld = self._withholds(session, note, ticket)
-        if withheld and ticket is not None:
-            recipients = tuple(
-                dataclasses.replace(r, name="")
-                if strangers_words.unproven_name(ticket, r.email)
-                else r
-                for r in recipients
+        if (withheld and ticket is not None) or self._names_withheld(note):
+            # Named as far as proof allows: a name unproven mail gave is a stranger's words.
+            unproven = strangers_words.unproven_names(
+                session, ticket, [r.email for r in recipients]
             )
+            recipients = tuple(
+                dataclasses.replace(r, name="") if r.email in unproven else r for r in recipients
+            )
+        if withheld and ticket is not None:
             answering = self._our_own(session, ticket, answering)
         rendered = self._render(note, recipients[0], ticket, withheld=withheld)
         return self.queue(
@@ -184,6 +186,10 @@ class Notifier:
         if ticket is None or note.audience is not Audience.CUSTOMER:
             return False
         return not self.settings.trust.echo_unproven and strangers_words.words_unproven(ticket)
+
+    def _names_withheld(self, note: Notification) -> bool:
+        """Whether `note` names its customers only by names that proof gave them."""
+        return note.audience is Audience.CUSTOMER and not self.settings.trust.echo_unproven
 
     @staticmethod
     def _our_own(session: Session, ticket: Ticket, answering: InReplyTo | None) -> InReplyTo | None:
@@ -435,6 +441,13 @@ class Notifier:
                 # `to` is named as far as proof allows (`notify`).
                 base["ticket"]["subject"] = ""
                 base["ticket"]["requester_name"] = base["customer"]["name"] = to.name
+            elif (
+                note is not None
+                and self._names_withheld(note)
+                and strangers_words.unproven_name(ticket, ticket.requester.email)
+            ):
+                # A proven ticket handed to someone (`#requester`) whom a stranger named.
+                base["ticket"]["requester_name"] = base["customer"]["name"] = ""
         return {**base, **(note.variables(language) if note is not None else {})}
 
     def _ticket(self, ticket: Ticket, language: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from maildesk import logs
 from maildesk.message import ParsedMessage
 from maildesk.models import Agent, Inbound, Message, Participant, Person, Ticket
-from maildesk.outbound import canned
+from maildesk.outbound import canned, strangers_words
 from maildesk.outbound.canned import CannedReplies, CannedReplyError
 from maildesk.outbound.catalogue import AgentReply
 from maildesk.outbound.compose import Attachment
@@ -189,11 +189,16 @@ class AgentFlow:
 
     def canned_text(self, ticket: Ticket, agent: Agent, name: str, shown_name: str) -> str:
         """The canned reply `name` in the ticket's language (raises CannedReplyError)."""
-        support = self.notifier.settings.support
+        settings = self.notifier.settings
+        support, echo = settings.support, settings.trust.echo_unproven
+        # As the rest of the mail to the customer: none of a stranger's words (notify.py).
         values = canned.context(
             ticket,
             canned.AgentInfo(shown_name, agent.email),
             {"name": support.name, "address": support.address, "url": support.base_url},
+            withheld=not echo and strangers_words.words_unproven(ticket),
+            name_withheld=not echo
+            and strangers_words.unproven_name(ticket, ticket.requester.email),
         )
         return self.canned.render(name, ticket.language, values)
 

@@ -46,6 +46,7 @@ from maildesk.states import NameSource
 from maildesk.tickets.agents import Agents
 from maildesk.tickets.cleanup import Flood
 from maildesk.tickets.command_errors import CommandError
+from maildesk.tickets.visibility import PUBLIC
 from maildesk.tickets.watchers import Watchers
 from maildesk.web.links import PaidLinks
 
@@ -371,11 +372,16 @@ def customers_newest(session: Session, ticket: Ticket) -> Quoted:
 
 
 def customer_thread(session: Session, ticket: Ticket) -> InReplyTo | None:
-    """The customer-visible thread, newest last, so a reply keeps the customer's thread."""
+    """The customer-visible thread, newest last, so a reply keeps the customer's thread.
+
+    What a customer may see of the ticket (`visibility.PUBLIC`), no more: a Message-ID is
+    words its writer chose, and a stranger's mail filed in her ticket unverified
+    (`<Your.account.is.locked.call.1-555-0100@…>`) went out in the In-Reply-To and
+    References of our next mails to her, signed by our domain, as did a bounce's."""
     ids = list(
         session.scalars(
             select(Message.message_id)
-            .where(Message.ticket_id == ticket.id, Message.internal.is_(False))
+            .where(Message.ticket_id == ticket.id, PUBLIC)
             .order_by(Message.id)
         )
     )

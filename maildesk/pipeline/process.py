@@ -686,7 +686,7 @@ class Processor:
                  extra={"ticket": ticket.id, "message_id": message.message_id})  # fmt: skip
         queued = 0
         if opened or handed_over:
-            if self._may_acknowledge(session, row, message, verdict, auth) and not forged:
+            if self._may_acknowledge(session, row, message, verdict, auth, ticket) and not forged:
                 answering = InReplyTo(message.message_id, message.references)
                 queued += self.notices.acknowledge(session, ticket, answering, trust.verified)
             if row.notify and handed_over:
@@ -820,7 +820,10 @@ class Processor:
         message: ParsedMessage,
         verdict: Verdict,
         auth: Authentication,
+        ticket: Ticket,
     ) -> bool:
+        """`ticket`: the one the acknowledgement is about; its proof picks the cap it
+        counts in (`caps.py`: a forger's mail in her name uses up none of hers)."""
         if not row.notify or not verdict.may_reply:
             return False
         if auth.dmarc_failed:
@@ -833,9 +836,13 @@ class Processor:
         cap = self.settings.limits.auto_replies_per_hour
         total = self.settings.limits.auto_replies_per_hour_total
         hour_ago = self.clock.now() - timedelta(hours=1)
-        reached = caps_reached(session, sender, cap, total, hour_ago)
+        reached = caps_reached(
+            session, sender, cap, total, hour_ago, proven=bool(ticket.sender_proven)
+        )
         if reached.sender:
-            log.info("no acknowledgement to %s: %d automatic replies this hour", sender, cap)
+            proof = "proven" if ticket.sender_proven else "unproven"
+            log.info("no acknowledgement to %s: %d automatic replies about %s mail this hour",
+                     sender, cap, proof)  # fmt: skip
             return False
         if reached.total:
             log.warning(
