@@ -75,6 +75,10 @@ MAX_REPLY_CHARS = 100_000
 # and reloaded by its sender, held the loop about 150 ms a load.
 MAX_SHOWN_MESSAGES = 200
 MAX_SHOWN_CHARS = 100_000
+# And of all of them together, newest first: 200 messages of 100,000 `"` each (anyone
+# who mails in has an account, and may fill her own ticket) made each load of the page
+# 100 MB of HTML, rendered on that loop (1.2 s) and held in memory until sent.
+MAX_PAGE_CHARS = 500_000
 MAX_LISTED = 500
 MAX_FOUND = 50
 MAX_QUERY_CHARS = 200
@@ -220,26 +224,40 @@ def _shown_messages(
     session: Session, ticket_id: int, support_name: str
 ) -> tuple[list[dict[str, Any]], int]:
     """A ticket's public messages as its page shows them, oldest first, and how many
-    earlier ones it leaves out. Of a longer text the database hands over only its head
-    (and `LINK_SLACK` more, so a link the cut crosses is still recognized and removed)."""
+    earlier ones it leaves out. The newest are shown until `MAX_PAGE_CHARS` are, each
+    at most `MAX_SHOWN_CHARS`; the last one shown may be cut to what is left. Of a longer
+    text the database hands over only its head (and `LINK_SLACK` more, so a link the cut
+    crosses is still recognized and removed)."""
     public = (Message.ticket_id == ticket_id, PUBLIC)
     total = session.scalar(select(func.count()).select_from(Message).where(*public)) or 0
-    rows = session.execute(
+    newest = session.execute(
         select(
             Message.id,
             Message.direction,
             Message.from_name,
             Message.from_addr,
             Message.created_at,
-            func.substr(Message.body_text, 1, MAX_SHOWN_CHARS + LINK_SLACK).label("head"),
             func.length(Message.body_text).label("length"),
         )
         .where(*public)
         .order_by(Message.id.desc())
         .limit(MAX_SHOWN_MESSAGES)
-    ).all()[::-1]
+    ).all()
+    shown: dict[int, int] = {}  # message id: how many of its characters are shown
+    left = MAX_PAGE_CHARS
+    for row in newest:
+        if left <= 0:
+            break
+        shown[row.id] = min(row.length or 0, MAX_SHOWN_CHARS, left)
+        left -= shown[row.id]
+    rows = [row for row in newest if row.id in shown][::-1]
+    heads: dict[int, str] = {}
     files: dict[int, list[dict[str, Any]]] = {row.id: [] for row in rows}
-    if files:
+    if shown:
+        # A message shown whole is read whole; only the one cut is read past its share.
+        head = func.substr(Message.body_text, 1, MAX_SHOWN_CHARS + LINK_SLACK)
+        found = session.execute(select(Message.id, head).where(Message.id.in_(list(shown))))
+        heads = {pk: text for pk, text in found}
         for attachment in session.execute(
             select(Attachment.id, Attachment.message_pk, Attachment.filename, Attachment.size)
             .where(Attachment.message_pk.in_(list(files)))
@@ -253,9 +271,9 @@ def _shown_messages(
             "ours": row.direction == "out",
             "from": (row.from_name or row.from_addr) if row.direction == "in" else support_name,
             "at": when(row.created_at),
-            "text": redact_head(row.head, MAX_SHOWN_CHARS),
+            "text": redact_head(heads.get(row.id) or "", shown[row.id]),
             # Characters left out of a long text (0: shown whole).
-            "cut": max(row.length - MAX_SHOWN_CHARS, 0),
+            "cut": max((row.length or 0) - shown[row.id], 0),
             "attachments": files[row.id],
         }
         for row in rows

@@ -19,6 +19,7 @@ from sqlalchemy import insert, select, text
 from maildesk.inbound import rawbytes
 from maildesk.inbound.room import Room
 from maildesk.models import Inbound, Message, Participant, Person, Ticket
+from maildesk.tickets.service import NewMessage, Tickets
 from maildesk.web import portal
 from tests.conftest import PG_URL, Outbox, RunningDaemon, make_mail, wait_for
 from tests.helpers import outbox_mail, outbox_rows, sqlite_plans, ticket, tickets
@@ -523,3 +524,31 @@ def test_a_long_thread_shows_its_newest_messages(
     assert shown == ["2", "3", "4"]
     assert "The printer on floor 2 prints only blank pages." not in page
     assert re.search(r"\d earlier messages of this ticket are not shown here", page)
+
+
+def test_a_thread_of_long_messages_fits_one_page(daemon: RunningDaemon) -> None:
+    """Red team, web: each message was cut to its first 100,000 characters, and a page
+    showed up to 200 of them. A customer (anyone who mails in gets an account) mailed
+    200 replies of 100,000 `"` into her own ticket: each load of its page was 100 MB of
+    HTML (a `"` is escaped as `&#34;`), rendered on serve's event loop (a /healthz sent
+    meanwhile waited 1.2 s) and held whole in memory until sent. Now a page shows the
+    newest messages up to a budget of characters; older ones are left to the mailbox."""
+    number = mail_in(daemon, ALICE, "Printer broken")
+    with daemon.services.db.transaction() as session:
+        found = session.get(Ticket, number)
+        assert found is not None
+        for n in range(30):
+            text = f"Reply {n:02d}. " + '"' * portal.MAX_SHOWN_CHARS
+            new = NewMessage(message_id=f"long-{n}@customer.test", direction="in",
+                             kind="customer", from_addr=ALICE, from_name="", subject="",
+                             body_text=text, created_at=daemon.services.clock.now())  # fmt: skip
+            Tickets(session).add_message(found, new)
+    customer(daemon.services, ALICE)
+
+    page = logged_in(daemon, ALICE).get(f"/tickets/{number}")
+    assert page.status == 200
+    assert len(page.text) < 6 * portal.MAX_PAGE_CHARS + 20_000  # `"`: 5 characters more
+    assert "Reply 29." in page.text  # the newest, and its first characters
+    assert '"' * 100 in page.text.replace("&#34;", '"')
+    assert "Reply 00." not in page.text
+    assert re.search(r"\d+ earlier messages of this ticket are not shown here", page.text)
