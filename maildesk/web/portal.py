@@ -77,8 +77,11 @@ MAX_SHOWN_MESSAGES = 200
 MAX_SHOWN_CHARS = 100_000
 # And of all of them together, newest first: 200 messages of 100,000 `"` each (anyone
 # who mails in has an account, and may fill her own ticket) made each load of the page
-# 100 MB of HTML, rendered on that loop (1.2 s) and held in memory until sent.
+# 100 MB of HTML, rendered on that loop (1.2 s) and held in memory until sent. Names of
+# attachments count too, each with `LISTED_FILE_CHARS` for its link: 500 parts a mail,
+# each named with 255 `"`, were as much.
 MAX_PAGE_CHARS = 500_000
+LISTED_FILE_CHARS = 100
 MAX_LISTED = 500
 MAX_FOUND = 50
 MAX_QUERY_CHARS = 200
@@ -224,10 +227,11 @@ def _shown_messages(
     session: Session, ticket_id: int, support_name: str
 ) -> tuple[list[dict[str, Any]], int]:
     """A ticket's public messages as its page shows them, oldest first, and how many
-    earlier ones it leaves out. The newest are shown until `MAX_PAGE_CHARS` are, each
-    at most `MAX_SHOWN_CHARS`; the last one shown may be cut to what is left. Of a longer
-    text the database hands over only its head (and `LINK_SLACK` more, so a link the cut
-    crosses is still recognized and removed)."""
+    earlier ones it leaves out. The newest are shown until `MAX_PAGE_CHARS` are (text,
+    and the names of attachments), each text at most `MAX_SHOWN_CHARS`; the last one
+    shown may be cut to what is left. Of a longer text the database hands over only its
+    head (and `LINK_SLACK` more, so a link the cut crosses is still recognized and
+    removed)."""
     public = (Message.ticket_id == ticket_id, PUBLIC)
     total = session.scalar(select(func.count()).select_from(Message).where(*public)) or 0
     newest = session.execute(
@@ -243,12 +247,15 @@ def _shown_messages(
         .order_by(Message.id.desc())
         .limit(MAX_SHOWN_MESSAGES)
     ).all()
+    listing = _listing_chars(session, [row.id for row in newest])
     shown: dict[int, int] = {}  # message id: how many of its characters are shown
     left = MAX_PAGE_CHARS
     for row in newest:
-        if left <= 0:
+        names = listing.get(row.id, 0)
+        if shown and (left <= 0 or names > left):  # the newest is always shown
             break
-        shown[row.id] = min(row.length or 0, MAX_SHOWN_CHARS, left)
+        left -= names
+        shown[row.id] = min(row.length or 0, MAX_SHOWN_CHARS, max(left, 0))
         left -= shown[row.id]
     rows = [row for row in newest if row.id in shown][::-1]
     heads: dict[int, str] = {}
@@ -279,6 +286,21 @@ def _shown_messages(
         for row in rows
     ]
     return thread, total - len(rows)
+
+
+def _listing_chars(session: Session, message_ids: list[int]) -> dict[int, int]:
+    """What listing its attachments adds to a page, per message that has any."""
+    if not message_ids:
+        return {}
+    found = session.execute(
+        select(
+            Attachment.message_pk,
+            func.count() * LISTED_FILE_CHARS + func.sum(func.length(Attachment.filename)),
+        )
+        .where(Attachment.message_pk.in_(message_ids))
+        .group_by(Attachment.message_pk)
+    )
+    return {pk: int(chars or 0) for pk, chars in found}
 
 
 async def ticket_page(request: web.Request) -> web.StreamResponse:

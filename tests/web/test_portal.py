@@ -552,3 +552,35 @@ def test_a_thread_of_long_messages_fits_one_page(daemon: RunningDaemon) -> None:
     assert '"' * 100 in page.text.replace("&#34;", '"')
     assert "Reply 00." not in page.text
     assert re.search(r"\d+ earlier messages of this ticket are not shown here", page.text)
+
+
+def test_a_thread_of_many_attachments_fits_one_page(daemon: RunningDaemon) -> None:
+    """The same, with file names: a mail may carry 500 parts (`[limits] max_mime_parts`),
+    each named with 255 `"`. 200 such mails made the page about 140 MB of links, whatever
+    the characters of text it showed. Their names count against the page's budget too."""
+    number = mail_in(daemon, ALICE, "Printer broken")
+    name = '"' * 255
+    files = tuple(
+        (name, "text/plain", b"x") for _ in range(daemon.services.settings.limits.max_mime_parts)
+    )
+    with daemon.services.db.transaction() as session:
+        found = session.get(Ticket, number)
+        assert found is not None
+        for n in range(10):
+            new = NewMessage(message_id=f"files-{n}@customer.test", direction="in",
+                             kind="customer", from_addr=ALICE, from_name="", subject="",
+                             body_text=f"Reply {n:02d}.", created_at=daemon.services.clock.now(),
+                             attachments=files)  # fmt: skip
+            Tickets(session).add_message(found, new)
+    customer(daemon.services, ALICE)
+
+    alice = logged_in(daemon, ALICE)
+    page = alice.get(f"/tickets/{number}")
+    assert page.status == 200
+    assert len(page.text) < 6 * portal.MAX_PAGE_CHARS + 20_000
+    assert "Reply 09." in page.text and "Reply 00." not in page.text
+    listed = re.findall(rf'href="(/tickets/{number}/attachments/\d+)"', page.text)
+    assert len(listed) >= len(files)  # the newest message's files, each downloadable
+    status, data, _ = alice.get_bytes(listed[-1])
+    assert (status, data) == (200, b"x")
+    assert re.search(r"\d+ earlier messages of this ticket are not shown here", page.text)
