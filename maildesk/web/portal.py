@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from maildesk.accounts import redact_links
 from maildesk.clock import as_utc, new_token
@@ -83,6 +83,10 @@ MAX_SHOWN_CHARS = 100_000
 MAX_PAGE_CHARS = 500_000
 LISTED_FILE_CHARS = 100
 MAX_LISTED = 500
+# Characters of a subject a list (and the search's results) shows: a subject is stored
+# whole, up to one header field (32 KB), and 500 of them made a list of up to 80 MB of
+# HTML a load. A ticket's own page names it whole.
+MAX_LISTED_SUBJECT = 200
 MAX_FOUND = 50
 MAX_QUERY_CHARS = 200
 # Attachments are always downloaded; only these types keep their own Content-Type.
@@ -156,8 +160,10 @@ async def ticket_list(request: web.Request) -> web.StreamResponse:
                 .scalar_subquery()
             )
             activity = func.coalesce(last, Ticket.created_at)
+            head = func.substr(Ticket.subject, 1, MAX_LISTED_SUBJECT + 1)
             query = (
-                select(Ticket, activity)
+                select(Ticket, activity, head)
+                .options(defer(Ticket.subject))
                 .where(visible)
                 .order_by(activity.desc(), Ticket.id.desc())
                 .limit(MAX_LISTED)
@@ -171,14 +177,14 @@ async def ticket_list(request: web.Request) -> web.StreamResponse:
             rows = [
                 {
                     "number": t.id,
-                    "subject": t.subject,
+                    "subject": listed(subject),
                     "type": TYPE_LABELS[lang].get(t.type or "", ""),
                     "status": t.status,
                     "status_label": STATUS_LABELS[lang][t.status],
                     "creator": t.requester.email,
                     "last_activity": when(at),
                 }
-                for t, at in session.execute(query)
+                for t, at, subject in session.execute(query)
             ]
             return {"tickets": rows, "creators": creators, "creator": chosen}
 
@@ -189,12 +195,19 @@ async def ticket_list(request: web.Request) -> web.StreamResponse:
     )
 
 
+def listed(subject: str | None) -> str:
+    """A subject as a list shows it: its first `MAX_LISTED_SUBJECT` characters."""
+    subject = subject or ""
+    cut = len(subject) > MAX_LISTED_SUBJECT
+    return subject[:MAX_LISTED_SUBJECT] + "…" if cut else subject
+
+
 def _found(session: Session, scope: Scope, words: str, lang: str) -> list[dict[str, Any]]:
     """The search box: this person's tickets whose public messages hold the words."""
     return [
         {
             "number": hit.ticket.id,
-            "subject": hit.ticket.subject,
+            "subject": listed(hit.ticket.subject),
             "type": TYPE_LABELS[lang].get(hit.ticket.type or "", ""),
             "status": hit.ticket.status,
             "status_label": STATUS_LABELS[lang][hit.ticket.status],

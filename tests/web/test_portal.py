@@ -584,3 +584,36 @@ def test_a_thread_of_many_attachments_fits_one_page(daemon: RunningDaemon) -> No
     status, data, _ = alice.get_bytes(listed[-1])
     assert (status, data) == (200, b"x")
     assert re.search(r"\d+ earlier messages of this ticket are not shown here", page.text)
+
+
+def test_a_list_of_long_subjects_fits_one_page(daemon: RunningDaemon) -> None:
+    """Red team, web: a subject is stored whole, up to one header field's 32 KB
+    (`[limits] max_header_line`), and the list showed up to 500 of them whole. A customer
+    who opened 100 tickets with subjects of 15,000 `" ` got a list of 9 MB of HTML each
+    load (500 such tickets: 45 MB), rendered on serve's event loop; the search results
+    showed 50 of them the same way. A list now shows the first characters of each."""
+    long = ('" ' * 15_000).strip()
+    number = mail_in(daemon, ALICE, long)  # mail carries such a subject, stored whole
+    assert len(ticket(daemon.services, number)["subject"]) >= len(long)
+    with daemon.services.db.transaction() as session:
+        alice = Tickets(session).person(ALICE, "", daemon.services.clock.now())
+        for n in range(99):
+            opened = Tickets(session).open(
+                alice, f"{n:02d} {long}", "en", daemon.services.clock.now()
+            )
+            Tickets(session).add_message(opened, NewMessage(message_id=f"long-{n}@customer.test",
+                                         direction="in", kind="customer", from_addr=ALICE,
+                                         from_name="", subject=opened.subject, body_text="printer",
+                                         created_at=daemon.services.clock.now()))  # fmt: skip
+    customer(daemon.services, ALICE)
+    client = logged_in(daemon, ALICE)
+
+    listed = client.get("/tickets")
+    assert listed.status == 200
+    assert listed.text.count('href="/tickets/') >= 100
+    assert len(listed.text) < 100 * 2_000 + 20_000
+    found = client.get("/tickets?q=printer")
+    assert found.status == 200 and found.text.count('href="/tickets/') >= 50
+    assert len(found.text) < 50 * 2_000 + 20_000
+    page = client.get(f"/tickets/{number}")  # one ticket's own page names it whole
+    assert page.text.count("&#34;") >= 2 * 15_000  # in its title and its heading
