@@ -66,7 +66,7 @@ def handler_options(settings: WebSettings) -> dict[str, Any]:
 
 def body_deadline(seconds: float) -> Middleware:
     """A POST's form, read whole within `seconds` of its headers, or 408; a body that is
-    no form of ours (`_our_form`), 415 unread."""
+    no form of ours (`_our_form`), 415 unread; one that is no UTF-8, 400."""
 
     @web.middleware
     async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -78,6 +78,10 @@ def body_deadline(seconds: float) -> Middleware:
                     await request.post()  # kept: the handler's own post() returns it
             except TimeoutError:
                 return await _refused(request, 408)
+            except UnicodeDecodeError:
+                # Bytes that are no UTF-8 (not percent-encoded): anyone's form was a 500,
+                # and a traceback in the log each time.
+                return await _refused(request, 400)
         return await handler(request)
 
     return deadline

@@ -78,3 +78,13 @@ def test_our_own_forms_are_still_read(daemon: RunningDaemon, charset: str) -> No
         headers={"Content-Type": FORM + charset},
     )
     assert page.status == 303, page.text
+
+
+@pytest.mark.parametrize("path", ["/login", "/paid", "/account/forgot"])
+def test_a_form_that_is_no_utf8_is_refused_without_a_server_error(
+    daemon: RunningDaemon, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bytes that are no UTF-8 in a urlencoded body (not percent-encoded): aiohttp's
+    decoding raised, and anyone's POST was answered 500 with a traceback in the log."""
+    assert post(daemon, path, FORM, b"token=\xed\xb3\xbf&email=\xff") == 400
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
