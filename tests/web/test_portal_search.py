@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -133,3 +135,32 @@ def test_a_script_searching_without_end_is_told_to_wait(
 
     clock.advance(timedelta(minutes=10))
     assert "Printer" in search(alice, "blank")
+
+
+def test_a_search_reads_only_the_head_of_each_message_it_finds(daemon: RunningDaemon) -> None:
+    """Red team, web: a result's snippet is made from its message's first few thousand
+    characters, but the whole text of each of the 50 results was read for it. A
+    customer whose tickets hold long mail (20 MB each is accepted) searched for a word
+    they all begin with: 50 x 20 MB, a gigabyte in serve's memory per search, up to six
+    at once on the web's threads. Measured here with 10 messages of 3 MB."""
+    with daemon.services.db.transaction() as session:
+        alice = Tickets(session).person(ALICE, "", daemon.services.clock.now())
+        for n in range(10):
+            opened = Tickets(session).open(alice, f"Log {n}", "en", daemon.services.clock.now())
+            body = "zebra crossing report " + "x" * 3_000_000
+            Tickets(session).add_message(opened, NewMessage(message_id=f"log-{n}@customer.test",
+                                         direction="in", kind="customer", from_addr=ALICE,
+                                         from_name="", subject=opened.subject, body_text=body,
+                                         created_at=daemon.services.clock.now()))  # fmt: skip
+    customer(daemon.services, ALICE)
+    alice_client = logged_in(daemon, ALICE)
+    gc.collect()
+
+    tracemalloc.start()
+    try:
+        found = search(alice_client, "zebra")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found.count("zebra crossing report") == 10
+    assert peak < 10_000_000, f"{peak:,} bytes at the peak"
