@@ -348,3 +348,23 @@ def test_a_name_a_stranger_gave_is_not_in_the_link_anyone_may_have_us_send(
 
     words = "\n".join(f"{name}: {value}" for name, value in link.msg.items())
     assert "555" not in words and "555" not in link.text, f"{words}\n\n{link.text}"
+
+
+def test_her_own_proven_mail_lets_our_mail_name_her_again(
+    daemon: RunningDaemon, outbox: Outbox
+) -> None:
+    """The other side of withholding names that unproven mail gave: once Alice's own mail
+    proves her (her answer to our mail, in a ticket nobody else takes part in), the name
+    it carries is hers, the same as before or not. Her first mail's name was kept as
+    unproven for good when her proven mail repeated it, and our mail never named her."""
+    opened = open_ticket(daemon, outbox)
+    alice_answers = mail(ALICE_FROM, "It is the one on floor 2.", subject="Re: [#1] Your request",
+                         to=reply_to(opened.ack))  # fmt: skip
+    daemon.send(alice_answers, sender=ALICE, recipients=(reply_to(opened.ack),))
+    processed(daemon, 2)
+
+    answer = commands_top(text="Hello Alice, a technician comes today.")
+    agent_sends(daemon, client_reply(OUTLOOK_EN, opened.notification, opened.reply_to,
+                                     top=answer), opened.reply_to)  # fmt: skip
+    [relayed] = mails_to(outbox, ALICE, "Re: [#1]")
+    assert str(relayed.msg["To"]) == ALICE_FROM

@@ -678,8 +678,9 @@ class Processor:
             ticket.sender_proven = True  # her own word: the ticket is hers (visibility.py)
         if trust.verified:
             self._add_participants(
-                tickets, ticket, message, now, copies=trust.copies, own_word=own_word
-            )
+                tickets, ticket, message, now,
+                copies=trust.copies, own_word=own_word, source=row.source,
+            )  # fmt: skip
         # Where it went (written once committed): the answered mail made the ticket hers.
         told = f"{rule}, the original: its sender is the requester now" if handed_over else rule
         log.info("inbound %d -> ticket %d (%s)", row.id, ticket.id, told,
@@ -788,11 +789,14 @@ class Processor:
         *,
         copies: bool,
         own_word: bool,
+        source: str,
     ) -> None:
         """The sender, and with `copies` the people they copied, may write into this
         ticket from now on. `own_word`: the mail proves its sender wrote it
-        (`trust.proves_writer`), so its display name may rename them."""
-        people: list[tuple[str, str | None]] = [(message.from_addr, message.from_name)]
+        (`trust.proves_writer`), so its display name may rename them, or prove the name
+        they have theirs. A portal reply's name is the one we hold: not their word."""
+        name = None if source == "web" else message.from_name
+        people: list[tuple[str, str | None]] = [(message.from_addr, name)]
         if copies:
             people += [(addr, None) for addr in message.cc]
         elif message.cc:

@@ -681,15 +681,17 @@ def _renamed(stored: str, source: str, said: str, *, proven: bool) -> bool:
     """Does mail From a known person, whose display name is `said`, replace their name
     `stored` (from `source`)? Unproven mail never does: anyone can write a From. Proven
     mail replaces a name from unproven mail, even with none (a forger's first mail
-    named them, and their own client sends no name), and fills in an empty one from
-    proven mail; it never replaces one from proven mail (which the holder of a ticket's
-    secret, say a colleague in Cc, could otherwise rename), nor one typed by the person
-    or an admin. A portal reply carries the stored name: it vouches for nothing."""
-    if not proven or said == stored:
+    named them, and their own client sends no name), or with the same one (now proven
+    theirs: our mail names nobody by a name only unproven mail gave), and fills in an
+    empty one from proven mail; it never replaces one from proven mail (which the holder
+    of a ticket's secret, say a colleague in Cc, could otherwise rename), nor one typed
+    by the person or an admin. A portal reply carries the stored name: it vouches for
+    nothing."""
+    if not proven:
         return False
     if source == NameSource.UNPROVEN:
         return True
-    return source == NameSource.PROVEN and not stored
+    return source == NameSource.PROVEN and not stored and said != stored
 
 
 def _insert_ignoring_duplicate(session: Session, model: type[Person], unique: str) -> Any:

@@ -15,18 +15,22 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from maildesk.cli import main
 from maildesk.clock import ManualClock
 from maildesk.config import Settings
+from maildesk.models import Person
 from maildesk.services import Services
-from tests.conftest import make_mail, running_daemon
+from maildesk.states import NameSource
+from tests.conftest import make_mail, running_daemon, wait_for
 from tests.helpers import (
     OUR_MTA,
     outbox_mail,
     outbox_rows,
     outbox_text,
     receive,
+    ticket,
     verified_by_our_mta,
 )
 from tests.web.portal_client import customer, logged_in
@@ -238,3 +242,26 @@ def test_a_display_name_longer_than_a_stored_name_is_cut_not_refused(
     to, text = _last_mail_to_alice(services)
     assert to.count("Ž") == 200 and to.endswith(f"<{ALICE}>")
     assert "Long name" in text
+
+
+def test_a_portal_reply_does_not_make_the_name_a_forger_gave_her_hers(
+    settings: Settings, clock: ManualClock, services: Services
+) -> None:
+    """Proven mail that repeats the name we hold makes it hers. A portal reply is proven
+    (she logged in) but written From the name we hold, not one she gave: it made
+    Mallory's name hers, and every later mail of ours named her by it."""
+    forged(services)
+    customer(services, ALICE)
+    with running_daemon(settings, clock) as daemon:
+        alice = logged_in(daemon, ALICE)
+        alice.get("/tickets/1")
+        assert alice.post("/tickets/1/reply", {"text": "I never wrote this."}).status == 303
+
+        def replied() -> bool:
+            return any("I never wrote" in m["body_text"] for m in ticket(services, 1)["messages"])
+
+        wait_for(replied, what="the portal reply in ticket 1")
+
+    with services.db.reading() as session:
+        source = session.scalar(select(Person.name_source).where(Person.email == ALICE))
+    assert source == NameSource.UNPROVEN
