@@ -26,6 +26,7 @@ from tests.mailclient import (
     ALICE,
     ALICE_FROM,
     STRANGER,
+    Sent,
     alice_replies,
     desk_config,
     mail,
@@ -40,6 +41,15 @@ from tests.web.portal_client import Client
 COLLEAGUE = "carol@partner.test"  # someone Alice copies in: a participant of her ticket
 VICTIM = "victim@bank.test"  # whose From a stranger writes
 SPAM = "Your account is locked, call +1 555 0100"
+
+
+def fields(sent: Sent) -> str:
+    return "\n".join(f"{name}: {value}" for name, value in sent.msg.items())
+
+
+def repeats_no_lure(sent: Sent) -> None:
+    """Neither `sent`'s header fields nor its text repeat the stranger's phone number."""
+    assert "555" not in fields(sent) and "555" not in sent.text, f"{fields(sent)}\n\n{sent.text}"
 
 
 @pytest.fixture
@@ -100,9 +110,8 @@ def test_a_strangers_words_in_a_forged_ticket_never_reach_its_victim_in_our_late
     mails_to(outbox, VICTIM, "[#1] Closed")
 
     for sent in mail_to(outbox, VICTIM, 3):
-        words = "\n".join(f"{name}: {value}" for name, value in sent.msg.items())
-        assert "555" not in words and "locked" not in words.lower(), words
-        assert "555" not in sent.text, sent.text
+        repeats_no_lure(sent)
+        assert "locked" not in fields(sent).lower(), fields(sent)
     assert ack.subject == "[#1] Your request"
 
 
@@ -187,8 +196,7 @@ def test_a_participant_cannot_prove_a_strangers_ticket_its_requesters(
     closing = commands_top("#status closed", text="")
     agent_sends(daemon, client_reply(OUTLOOK_EN, notification, token, top=closing), token)
     [closed] = mails_to(outbox, VICTIM, "[#1] Closed")
-    words = "\n".join(f"{name}: {value}" for name, value in closed.msg.items())
-    assert "555" not in words and "555" not in closed.text, words
+    repeats_no_lure(closed)
 
 
 # The statements that read one ticket, or whether someone takes part in it, by its number.
@@ -281,9 +289,8 @@ def test_a_name_a_stranger_gave_someone_new_is_not_repeated_when_they_are_copied
                                      top=answer), reply_to(notification))  # fmt: skip
     [relayed] = mails_to(outbox, ALICE, "Re: [#2]")
 
-    words = "\n".join(f"{name}: {value}" for name, value in relayed.msg.items())
-    assert COLLEAGUE in relayed.to, words
-    assert "555" not in words and "555" not in relayed.text, words
+    assert COLLEAGUE in relayed.to, fields(relayed)
+    repeats_no_lure(relayed)
 
 
 def test_nor_is_it_repeated_when_an_agent_makes_them_the_requester(
@@ -307,8 +314,7 @@ def test_nor_is_it_repeated_when_an_agent_makes_them_the_requester(
     agent_sends(daemon, client_reply(OUTLOOK_EN, notification, token, top=handing), token)
     [resolved] = mails_to(outbox, COLLEAGUE, "[#2]")
 
-    words = "\n".join(f"{name}: {value}" for name, value in resolved.msg.items())
-    assert "555" not in words and "555" not in resolved.text, f"{words}\n\n{resolved.text}"
+    repeats_no_lure(resolved)
 
 
 def test_a_canned_reply_repeats_none_of_a_forged_tickets_words(
@@ -346,8 +352,7 @@ def test_a_name_a_stranger_gave_is_not_in_the_link_anyone_may_have_us_send(
     portal.post("/account/forgot", {"email": VICTIM})
     [link] = mails_to(outbox, VICTIM, "Your account at")
 
-    words = "\n".join(f"{name}: {value}" for name, value in link.msg.items())
-    assert "555" not in words and "555" not in link.text, f"{words}\n\n{link.text}"
+    repeats_no_lure(link)
 
 
 def test_her_own_proven_mail_lets_our_mail_name_her_again(
