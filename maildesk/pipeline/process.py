@@ -630,6 +630,7 @@ class Processor:
         # Only a person with something to say reopens a ticket: an out-of-office
         # answering our "closed" notice is filed with the closed ticket, and so are
         # unverified mail and a "Thanks!" (which opened a new ticket after reopen_days).
+        opened = ticket is None
         if (
             ticket is not None
             and ticket.status == TicketStatus.CLOSED
@@ -641,10 +642,9 @@ class Processor:
                 ticket = self._open(
                     tickets, message, language, now, auth, trust.verified, previous=ticket
                 )
-                rule = "new"
+                rule, opened = "new", True  # acknowledged, and told to agents, as new
             else:
                 lifecycle.change(ticket, "status", TicketStatus.ACCEPTED, message.from_addr, "mail")
-        opened = ticket is None
         if ticket is None:
             ticket = self._open(tickets, message, language, now, auth, trust.verified)
         kind = self._kind(ticket, message, verdict)

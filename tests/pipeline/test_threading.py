@@ -18,7 +18,15 @@ from maildesk.models import Participant, Person, Ticket
 from maildesk.services import Services, build
 from maildesk.tickets.agents import Agents
 from tests.conftest import make_mail
-from tests.helpers import OUR_MTA, outbox_rows, receive, ticket, tickets, verified_by_our_mta
+from tests.helpers import (
+    OUR_MTA,
+    outbox_mail,
+    outbox_rows,
+    receive,
+    ticket,
+    tickets,
+    verified_by_our_mta,
+)
 
 
 def ack_headers(services: Services, index: int = 0) -> email.message.EmailMessage:
@@ -328,6 +336,9 @@ def test_mail_to_a_long_closed_ticket_opens_a_linked_new_one(
     assert new["previous"] == 1
     assert new["status"] == "new"
     assert ticket(services, 1)["status"] == "closed"
+    # She is told the new ticket's number, as for any new ticket: she heard nothing.
+    acks = [outbox_mail(r) for r in outbox_rows(services) if r.kind == "acknowledgement"]
+    assert [str(m["Subject"]).split()[0] for m in acks] == ["[#1]", "[#2]"]
 
 
 @pytest.mark.parametrize("days", [1, 30])
