@@ -47,6 +47,10 @@ _ADDR_SPEC = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A
 # C0 and C1 controls plus U+2028/U+2029: every character str.splitlines() breaks on
 # (\x85 and the two separators included), so no clean value can become two header lines.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# Bidi embeddings, overrides and isolates: `invoice<U+202E>fdp.exe` shows as the PDF
+# `invoiceexe.pdf` to an agent, and a name or subject may be turned around the same way.
+# Text in Hebrew or Arabic runs right to left without them.
+_BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]+")
 # RFC 3834's auto-submitted value: [CFWS] keyword [CFWS] *(";" parameter); comments not nested.
 _KEYWORD = re.compile(r"\s*(?:\([^()]*\)\s*)*([^\s();]*)")
 _MAX_REFERENCES = 100
@@ -400,8 +404,9 @@ def _mime_view(msg: EmailMessage) -> EmailMessage:
 
 
 def clean_text(value: str) -> str:
-    """Fold control characters and Unicode line separators to single spaces."""
-    return _CONTROL.sub(" ", value).strip()
+    """Fold control characters and Unicode line separators to single spaces, and drop
+    the bidi controls that reorder what a one-line value shows."""
+    return _BIDI_CONTROL.sub("", _CONTROL.sub(" ", value)).strip()
 
 
 def fold_controls(value: str) -> str:

@@ -184,6 +184,23 @@ def test_attachment_comes_back_byte_identical_with_its_czech_name(
     assert blob(services, attachment["sha256"]) == data
 
 
+def test_a_file_name_turned_around_by_bidi_controls_shows_its_real_extension() -> None:
+    """A right-to-left override in a file's name showed `invoice<U+202E>fdp.exe` to an
+    agent as `invoiceexe.pdf`: a program dressed as a PDF. Names and subjects could be
+    turned around the same way. The controls are dropped; the letters stay in order."""
+    mail = EmailMessage()
+    mail["From"] = "\u202eecilA <alice@customer.test>"
+    mail["Subject"] = "Invoice \u2067overdue\u2069 \u202dnow"
+    mail.set_content("The invoice.")
+    mail.add_attachment(b"MZ\x90\x00", maintype="application", subtype="octet-stream",
+                        filename="invoice\u202efdp.exe")  # fmt: skip
+
+    parsed = parse(mail.as_bytes())
+
+    assert [a.filename for a in parsed.attachments] == ["invoicefdp.exe"]
+    assert (parsed.from_name, parsed.subject) == ("ecilA", "Invoice overdue now")
+
+
 def test_the_same_attachment_in_two_messages_is_stored_once(services: Services) -> None:
     first = eml("attachment-pdf-czech-filename.eml")
     # Alice sends the invoice again a day later, as a new mail.
