@@ -701,7 +701,7 @@ class Processor:
         if forged:
             outcome = "forged"
         else:
-            # Only paid work is the requester's alone to answer: looked up when it is asked.
+            # Only paid work is the requester's alone to answer (`hers`, above).
             by_requester = ticket.paid_state == "pending" and hers
             outcome = lifecycle.customer_replied(
                 ticket,
@@ -795,8 +795,8 @@ class Processor:
         ticket from now on. `own_word`: the mail proves its sender wrote it
         (`trust.proves_writer`), so its display name may rename them, or prove the name
         they have theirs. A portal reply's name is the one we hold: not their word."""
-        name = None if source == "web" else message.from_name
-        people: list[tuple[str, str | None]] = [(message.from_addr, name)]
+        said = None if source == "web" else message.from_name
+        people: list[tuple[str, str | None]] = [(message.from_addr, said)]
         if copies:
             people += [(addr, None) for addr in message.cc]
         elif message.cc:
