@@ -183,13 +183,15 @@ class Runs:
 
     def as_is(self, text: str) -> bytes:
         """The bytes of the body `text` (markers in it), as `Message.get_payload(decode=True)`
-        returns a body in 7bit, 8bit or binary: its lines as they came."""
-        return b"".join(
-            piece.encode("ascii", "surrogateescape")
-            if isinstance(piece, str)
-            else self._raw[piece[0] : piece[1]].tobytes()
-            for piece in self._pieces(text, flat=False)
-        )
+        returns a body in 7bit, 8bit or binary: its lines as they came. Each run is copied
+        once, into the result (a join would hold a copy of every piece besides)."""
+        out = io.BytesIO()
+        for piece in self._pieces(text, flat=False):
+            if isinstance(piece, str):
+                out.write(piece.encode("ascii", "surrogateescape"))
+            else:
+                out.write(self._raw[piece[0] : piece[1]])
+        return out.getvalue()  # shares the buffer: no copy
 
     def flattened(self, text: str) -> bytes:
         """The bytes of `text`, a container flattened to text with markers in its leaves

@@ -19,6 +19,7 @@ import email.parser
 import email.policy
 import email.utils
 import hashlib
+import io
 import logging
 import re
 from dataclasses import dataclass, field
@@ -153,17 +154,18 @@ def thread_headers(raw: bytes) -> ThreadHeaders:
 def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
     """Parse `raw`; `null_sender` says the envelope sender was `<>` (a bounce's mark)."""
     try:
-        msg, runs = _message(raw)
+        msg, runs, bodies = _message(raw)
         mail = _BodiesOnly(_mime_view(msg))
     except Exception as exc:  # RecursionError (deep MIME nesting) and friends
         raise UnparseableMessage(f"mail-parser failed: {type(exc).__name__}: {exc}") from exc
     fields = Fields(msg)
     from_name, from_addr = _sender(fields)
     subject = clean_text(_decoded(fields, "Subject"))
+    text, whole_text = bodies.read("\n".join(mail.text_plain))
+    html, whole_html = bodies.read("\n".join(mail.text_html))
     # PostgreSQL's text holds no NUL (SQLite's does): a body with one failed at every
     # attempt and ended in quarantine. Real mail has them: UTF-16 labelled as ASCII.
-    text = "\n".join(mail.text_plain).replace("\0", "")
-    html = "\n".join(mail.text_html).replace("\0", "")
+    text, html = text.replace("\0", ""), html.replace("\0", "")
     if not text and html:
         text = html_to_text(html)
     # Bounce detection runs a dozen heuristic detectors over the whole message: a third
@@ -173,7 +175,10 @@ def parse(raw: bytes, null_sender: bool = False) -> ParsedMessage:
         temporary, permanent = _bounces(_bounce_view(raw, msg, runs))
     else:
         temporary = permanent = frozenset()
-    attachments = tuple(_attachments(mail.attachments, runs, len(raw)))
+    # A text too long to keep as text is kept whole as a file, before the mail's own.
+    wholes = (("message.txt", "text/plain", whole_text), ("message.html", "text/html", whole_html))
+    kept = tuple(ParsedAttachment(name, kind, data) for name, kind, data in wholes if data)
+    attachments = (*kept, *_attachments(mail.attachments, runs, len(raw)))
     return ParsedMessage(
         message_id=_message_id(fields)
         or _synthetic_id(fields, from_addr, subject, text, attachments),
@@ -236,10 +241,11 @@ class Fields:
         return name.lower() in self._index
 
 
-def _message(raw: bytes) -> tuple[EmailMessage, Runs]:
+def _message(raw: bytes) -> tuple[EmailMessage, Runs, _TextBodies]:
     """The stdlib's compat32 parse of `raw` (what `email.message_from_bytes` returns),
-    but for the long base64 bodies of attachments and uuencoded bodies: those stay
-    markers in the parsed tree, decoded from `raw` when read (see `base64runs.py`)."""
+    but for the long base64 bodies of attachments and uuencoded bodies, and long text
+    bodies in 7bit or 8bit: those stay markers in the parsed tree, decoded from `raw`
+    when read (see `base64runs.py`; the text bodies by `_TextBodies.read`)."""
     parser = email.feedparser.BytesFeedParser()
     runs = Runs(raw)
     runs.feed(parser)
@@ -249,12 +255,13 @@ def _message(raw: bytes) -> tuple[EmailMessage, Runs]:
         runs = Runs(raw, text=False)
         runs.feed(parser)
         msg = parser.close()
+    bodies = _TextBodies(runs)
     runs.restore_tree(
-        msg, keep=lambda part, inside: _keeps_runs(part, inside, runs), as_text=_flattened
+        msg, keep=lambda part, inside: _keeps_runs(part, inside, runs, bodies), as_text=_flattened
     )
     for part in msg.walk():
         _no_slow_charset(part)
-    return msg, runs
+    return msg, runs, bodies
 
 
 # Text codecs Python writes in Python, not C: decoding punycode is quadratic (a 5 MB
@@ -302,20 +309,22 @@ def _misread(part: EmailMessage, runs: Runs) -> bool:
 _AS_IS = frozenset({"", "7bit", "8bit", "binary"})
 
 
-def _keeps_runs(part: EmailMessage, inside: bool, runs: Runs) -> bool:
+def _keeps_runs(part: EmailMessage, inside: bool, runs: Runs, bodies: _TextBodies) -> bool:
     """May the markers in this leaf's body stay, each read from the raw bytes when read?
 
     A long base64 body, when mail-parser takes it as base64 text and never reads it
     any other way: not a text body (only text/plain and text/html become body text),
     the transfer encoding base64 in mail-parser's own view of the headers and in the
     part's (stdlib's `get_payload` reads that one), and its whole body one run. A
-    uuencoded body, whatever reads it (`_Uuencoded`). `inside` a container that
+    uuencoded body, whatever reads it (`_Uuencoded`). A leaf with runs of any text, when
+    mail-parser reads it as a file (`_file_as_it_came`) or as body text (`_TextBodies`)
+    alone and as it came. `inside` a container that
     mail-parser flattens to text as an attachment of its own, only a leaf that the
     stdlib writes line by line: `_attachments` puts each run back into that text.
     """
     body: str = part._payload  # type: ignore[attr-defined]
     if runs.holds_text(body):
-        return not inside and _file_as_it_came(part, runs, body)
+        return not inside and (_file_as_it_came(part, runs, body) or bodies.hold(part, body))
     if inside and (
         part.get_content_maintype() in ("multipart", "message")
         or has_surrogates(body)  # as_string would encode it again, markers and all
@@ -360,6 +369,116 @@ def _file_as_it_came(part: EmailMessage, runs: Runs, body: str) -> bool:
     part["Content-Transfer-Encoding"] = "base64"
     part.set_payload(runs.hold(body, as_is=True))
     return True
+
+
+class _TextBodies:
+    """Long text bodies in 7bit or 8bit (a log pasted into a mail), each decoded once
+    from the raw bytes. Otherwise the body is a str with a surrogate per 8-bit byte
+    (two bytes a character), which mail-parser encodes back to bytes and decodes
+    again, beside the stdlib's checks of it, each a whole copy: a 23 MB body cost
+    173 MB to parse. mail-parser reads a held body's marker as its text (ASCII, in 7bit
+    or 8bit: as it is), and `read` puts the text mail-parser would have made of the
+    body in its place."""
+
+    def __init__(self, runs: Runs) -> None:
+        self._runs = runs
+        self._held: dict[str, EmailMessage] = {}  # marker: its part, whose charset reads it
+
+    def hold(self, part: EmailMessage, body: str) -> bool:
+        """Hold `body`, when mail-parser reads `part` as body text alone and as it came."""
+        if part.get_content_subtype() not in ("plain", "html"):
+            return False  # mail-parser keeps the text of any other part apart: not ours
+        encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+        if encoding not in ("", "7bit", "8bit"):
+            return False
+        # mail-parser's test for a file: named, or disposed as an attachment.
+        view, _defects = mime_header_view(part)
+        disposition = str(view.get_content_disposition() or "").lower()
+        if disposition == "attachment" or decode_header_part(view.get_filename(), defects=[]):
+            return False
+        marker = self._runs.hold(body, as_is=True)
+        part.set_payload(marker)
+        self._held[marker] = part
+        return True
+
+    def read(self, joined: str) -> tuple[str, bytes | None]:
+        """The text of `joined`, mail-parser's bodies of one kind joined, held ones put
+        back; past `MAX_TEXT_CHARS` its head, and then the whole text in UTF-8 besides.
+        A held body alone (most such mail) is decoded a slice at a time, never whole."""
+        if joined in self._held:
+            return self._decoded(joined)
+        text = joined
+        if self._held:
+            text = _HELD.sub(
+                lambda found: self._whole(found[0]) if found[0] in self._held else found[0],
+                joined,
+            )
+        if len(text) <= MAX_TEXT_CHARS:
+            return text, None
+        return text[:MAX_TEXT_CHARS], text.encode("utf-8", "replace")
+
+    def _whole(self, marker: str) -> str:
+        head, whole = self._decoded(marker)
+        return head if whole is None else whole.decode("utf-8")
+
+    def _decoded(self, marker: str) -> tuple[str, bytes | None]:
+        """What mail-parser makes of a held body (`MailParser._decode_body_payload`): read
+        in its charset, else as UTF-8, else as UTF-8 with replacements; a body without
+        8-bit bytes as the stdlib left it. Its head and whole, as `read` returns them."""
+        data = self._runs.decode(marker)
+        assert data is not None
+        charset = "ascii"
+        if not data.isascii():
+            view, _defects = mime_header_view(self._held[marker])
+            charset = view.get_content_charset("utf-8")
+        for encoding, errors in ((charset, "strict"), ("utf-8", "strict")):
+            try:
+                return _decoded_in_slices(data, encoding, errors)
+            except (LookupError, UnicodeError):
+                continue
+        return _decoded_in_slices(data, "utf-8", "replace")
+
+
+# Characters of a body's text kept as its text (the text and the HTML each). Past them,
+# the whole text is kept as a file of the message besides (`message.txt`, `message.html`):
+# nobody reads that much as a mail's text (the portal shows 100,000 characters, the
+# search reads 200,000), and storing it as text cost its worker a copy in UTF-8 three
+# bytes a character long, next to the text's own two.
+MAX_TEXT_CHARS = 1_000_000
+_DECODE_SLICE = 1 << 20  # bytes decoded at a time
+
+
+def _decoded_in_slices(data: bytes, encoding: str, errors: str) -> tuple[str, bytes | None]:
+    """`data.decode(encoding, errors)`, failing where it fails, and any lone surrogate
+    that makes failing too; cut as `_TextBodies.read` cuts it."""
+    if len(data) <= MAX_TEXT_CHARS:  # a character takes a byte at least
+        text = data.decode(encoding, errors)
+        if codecs.lookup(encoding).name != "utf-8":  # UTF-8 decodes to no lone surrogate
+            text.encode("utf-8")
+        return text, None
+    # Read strictly as UTF-8 (or ASCII), the bytes are the whole text's UTF-8 already.
+    as_they_are = errors == "strict" and codecs.lookup(encoding).name in ("utf-8", "ascii")
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    head: list[str] = []
+    kept = 0
+    whole = io.BytesIO()
+    for start in range(0, len(data), _DECODE_SLICE):
+        piece = decoder.decode(
+            data[start : start + _DECODE_SLICE], start + _DECODE_SLICE >= len(data)
+        )
+        if not as_they_are:
+            whole.write(piece.encode("utf-8"))
+        if kept <= MAX_TEXT_CHARS:
+            head.append(piece)
+            kept += len(piece)
+    text = "".join(head)
+    if kept <= MAX_TEXT_CHARS:  # a charset of more than a byte a character
+        return text, None
+    return text[:MAX_TEXT_CHARS], data if as_they_are else whole.getvalue()
+
+
+# A held body's marker (`Runs.hold`), as mail-parser hands it on inside joined bodies.
+_HELD = re.compile(r"MaildeskRun[0-9a-f]{32}R\d+")
 
 
 def _flattened(container: EmailMessage) -> bool:

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from maildesk import base64runs, config
 from maildesk.clock import ManualClock
-from maildesk.message import UnparseableMessage, parse
+from maildesk.message import ParsedAttachment, UnparseableMessage, parse
 from maildesk.models import Attachment, Blob, Inbound, Message
 from maildesk.services import Services, build
 from tests.conftest import DATA, eml
@@ -364,8 +364,9 @@ def test_a_large_text_body_in_base64_reads_as_text() -> None:
 
     parsed = parse(mail.as_bytes().replace(b"\n", b"\r\n"))
 
-    assert parsed.text == text
-    assert parsed.attachments == ()
+    # Past a million characters the text is its head, and the whole is kept as a file.
+    assert parsed.text == text[:1_000_000]
+    assert parsed.attachments == (ParsedAttachment("message.txt", "text/plain", text.encode()),)
 
 
 def test_a_forwarded_mail_with_a_large_attachment_keeps_both() -> None:
@@ -603,6 +604,25 @@ RUN_SHAPES = {
         b"From: alice@customer.test\nSubject: logs\nMIME-Version: 1.0\n"
         b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n" + _NOTES
     ),
+    "a long text body in latin-2": (
+        b"From: alice@customer.test\nSubject: logs\nMIME-Version: 1.0\n"
+        b"Content-Type: text/plain; charset=iso-8859-2\nContent-Transfer-Encoding: 8bit\n\n"
+        + _NOTES.decode().encode("iso-8859-2", "replace")
+    ),
+    "a long text body that is no UTF-8": (
+        b"From: alice@customer.test\nSubject: logs\nMIME-Version: 1.0\n"
+        b"Content-Type: text/plain; charset=utf-8\n\n" + _NOTES.replace(b"\xc5", b"\xff")
+    ),
+    "a long text body in a charset nobody knows, and in UTF-16": _mixed(
+        b"Content-Type: text/plain; charset=x-unknown\nContent-Transfer-Encoding: 8bit\n\n"
+        + _NOTES,
+        b"Content-Type: text/plain; charset=utf-16\nContent-Transfer-Encoding: 8bit\n\n" + _NOTES,
+    ),
+    "a long text body in 7bit ASCII, and a long HTML body": _mixed(
+        b"Content-Type: text/plain\nContent-Transfer-Encoding: 7bit\n\n"
+        + _NOTES.decode().encode("ascii", "replace"),
+        b"Content-Type: text/html; charset=utf-8\n\n<p>" + _NOTES + b"</p>\n",
+    ),
     "a text body and a preamble of text": (
         b"From: alice@customer.test\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=B"
         + b"\n\n"
@@ -673,14 +693,21 @@ RUN_SHAPES = {
 
 @pytest.mark.parametrize("name", sorted(RUN_SHAPES))
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("cut", [False, True])
 def test_long_runs_read_as_the_stdlib_parser_reads_them(
-    monkeypatch: pytest.MonkeyPatch, name: str, newline: bytes
+    monkeypatch: pytest.MonkeyPatch, name: str, newline: bytes, cut: bool
 ) -> None:
     """Markers for long runs of base64 or uuencoded lines (`base64runs.py`) change nothing a
     reader gets: with runs of 200 bytes and more read from the raw bytes, each shape parses
-    to what the stdlib's own parse and decoding make of it."""
+    to what the stdlib's own parse and decoding make of it. `cut`: with texts cut at 500
+    characters, a held text body decoded 7 bytes at a time (multi-byte characters split)."""
+    from maildesk import message
+
     raw = RUN_SHAPES[name].replace(b"\n", newline)
     monkeypatch.setattr(base64runs, "MIN_RUN", 200)
+    if cut:
+        monkeypatch.setattr(message, "MAX_TEXT_CHARS", 500)
+        monkeypatch.setattr(message, "_DECODE_SLICE", 7)
     assert list(base64runs.Runs(raw).find())
 
     def parsed(min_run: int) -> object:
@@ -724,7 +751,7 @@ def test_mail_parser_reads_the_same_bodies_without_its_summary(name: str) -> Non
     mail-parser that renamed the step would build it again, unnoticed otherwise)."""
     from maildesk import message
 
-    msg, _runs = message._message(eml(name))
+    msg, _runs, _bodies = message._message(eml(name))
     ours = message._BodiesOnly(message._mime_view(msg))
     theirs = mailparser.MailParser(message._mime_view(msg))
 

@@ -652,7 +652,9 @@ def test_a_long_mail_is_quoted_to_agents_by_its_head(services: Services) -> None
     """A customer's (or a stranger's) 2 MB text went whole into the notification of
     each agent, and again into the alert each agent gets when the ticket turns
     critical: their mail clients got megabytes for one mail, per agent. Each quotes
-    its first 20,000 characters and says how many it leaves out."""
+    its first 20,000 characters and says how many it leaves out. A text past a million
+    characters is kept whole as a file (`message.txt`), which the notification carries
+    as it carries the mail's files, and the alert does not."""
     text = "".join(f"line {n:06d} of the log\n" for n in range(100_000)) + "THE END\n"
     receive(services, make_mail(body=text))
     [notification] = to_agent(services)
@@ -660,11 +662,16 @@ def test_a_long_mail_is_quoted_to_agents_by_its_head(services: Services) -> None
     [alert] = [m for m in to_agent(services) if "CRITICAL" in m["Subject"]]
 
     stored = len(ticket(services, 1)["messages"][0]["body_text"])
+    assert stored == 1_000_000
     for mail in (notification, alert):
         quoted = body(mail)
         assert "line 000000 of the log" in quoted and "THE END" not in quoted
         assert f"[… {stored - 20_000} more characters left out]" in quoted
-        assert len(mail.as_bytes()) < 100_000
+        assert len(quoted) < 100_000
+    [whole] = notification.iter_attachments()
+    assert whole.get_filename() == "message.txt"
+    assert whole.get_payload(decode=True).decode().splitlines() == text.splitlines()
+    assert len(alert.as_bytes()) < 100_000
 
 
 def test_a_notification_carries_ten_megabytes_of_files_and_names_the_rest(
