@@ -9,6 +9,7 @@ file that holds them, so a config works from whatever directory it is run in.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -194,6 +195,10 @@ class MetricsSettings:
     # When set, a scrape must send "Authorization: Bearer <token>".
     bearer_token: str = field(default="", repr=False)
     bearer_token_file: str = ""
+    # Without a token, the web listener's /metrics answers only these TCP peers (addresses
+    # or CIDRs), and never a request a proxy relays: it answered any client that sent no
+    # proxy header, so a bare nginx `proxy_pass` published it to the Internet.
+    allow_without_token: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -527,6 +532,13 @@ def _check_ops(settings: Settings) -> None:
     metrics_port = settings.metrics.port
     if not 0 <= metrics_port < 65536:
         raise ConfigError(f"[metrics] port must be between 0 and 65535, not {metrics_port}")
+    for entry in settings.metrics.allow_without_token:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"[metrics] allow_without_token: not an address or CIDR: {entry!r}"
+            ) from None
     workers = settings.workers
     if workers.count < 0:
         raise ConfigError(f"[workers] count must be 0 or more, not {workers.count}")
