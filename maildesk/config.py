@@ -248,6 +248,10 @@ class LimitSettings:
     # Customers' mails into one ticket in an hour that agents are told of one by one; past
     # it, one notice says the rest of the hour's are filed unsaid (pipeline/busy.py). 0: all.
     reply_notices_per_ticket_hour: int = 10
+    # Replies one customer account may post through the portal in an hour (each becomes
+    # mail to the desk and agents' notices); past it, 429 and the text given back. 0: no
+    # limit. A script, or a stolen session, posted thousands.
+    portal_replies_per_hour: int = 20
     # New mail is refused for now (SMTP 452) while it would leave less free space than
     # this on the SQLite database's disk: room kept for processing and sending (0: off).
     accept_min_free_mb: int = 200
@@ -559,6 +563,8 @@ def _check_ops(settings: Settings) -> None:
         raise ConfigError("[limits] new_ticket_notices_per_hour must be 0 (no cap) or more")
     if settings.limits.reply_notices_per_ticket_hour < 0:
         raise ConfigError("[limits] reply_notices_per_ticket_hour must be 0 (no cap) or more")
+    if settings.limits.portal_replies_per_hour < 0:
+        raise ConfigError("[limits] portal_replies_per_hour must be 0 (no limit) or more")
     retention = settings.retention
     for key in ("inbound_raw_days", "outbox_body_days", "spam_days", "console_days"):
         if getattr(retention, key) < 1:

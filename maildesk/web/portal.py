@@ -482,6 +482,27 @@ async def reply(request: web.Request, form: Form) -> web.StreamResponse:
     number, subject, last = found
     if not text.strip() or len(text) > MAX_REPLY_CHARS:
         return see_other(request, f"/tickets/{number}")
+    # Per account: each reply is a stored mail and notices to agents, and a script (or
+    # a stolen session) posted thousands. Counted before the store, given back if it fails.
+    limit, account = site(request).limits.replies, str(who.id)
+    if limit is not None:
+        if wait := limit.retry_after(account):
+            log.info("portal replies of person %d over the hourly limit", who.id)
+            limited = {"unsent": text, "wait_minutes": -(-wait // 60)}
+            page = await _ticket_view(request, who, limited, status=429)
+            page.headers["Retry-After"] = str(wait)
+            return page
+        limit.hit(account)
+    response = await _store_reply(request, who, number, subject, last, text)
+    if limit is not None and response.status != 303:
+        limit.refund(account)  # not stored: the text went back to be sent again
+    return response
+
+
+async def _store_reply(
+    request: web.Request, who: Viewer, number: int, subject: str, last: str | None, text: str
+) -> web.StreamResponse:
+    services = site(request).services
     try:
         raw = _portal_mail(services, who, number, subject, last, text)
     except HeaderError as exc:
