@@ -464,7 +464,9 @@ async def reply(request: web.Request, form: Form) -> web.StreamResponse:
     services = site(request).services
 
     def load() -> tuple[int, str, str | None] | None:
-        with services.db.transaction() as session:
+        # A read: a write transaction here took SQLite's one write lock for every POST,
+        # even one refused (empty, over the limit), and the mail's writes waited.
+        with services.db.reading() as session:
             ticket = _visible_ticket(session, request, who)
             if ticket is None:
                 return None

@@ -494,6 +494,23 @@ def test_a_script_posting_replies_is_stopped_at_the_hourly_limit(
     assert sorted(found) == ["Reply 0", "Reply 1", "Reply 2", "Reply 4"]
 
 
+@pytest.mark.parametrize("config_values", [{"portal_replies_per_hour": 1}], indirect=True)
+def test_a_refused_reply_never_takes_the_write_lock(daemon: RunningDaemon) -> None:
+    """Each reply POST opened a write transaction to find its ticket, before anything
+    was refused: a session posting empty or over-limit replies took SQLite's one write
+    lock each time, and held incoming mail behind it; with the lock held elsewhere, the
+    POST waited for it. Now they are answered at once with the lock held."""
+    number = mail_in(daemon, ALICE, "Printer broken")
+    customer(daemon.services, ALICE)
+    alice = logged_in(daemon, ALICE)
+    alice.get(f"/tickets/{number}")
+    assert alice.post(f"/tickets/{number}/reply", {"text": "First"}).status == 303
+    with daemon.services.db.transaction():  # holds the write lock (SQLite) meanwhile
+        empty = alice.post(f"/tickets/{number}/reply", {"text": "  "})
+        assert (empty.status, empty.location) == (303, f"/tickets/{number}")
+        assert alice.post(f"/tickets/{number}/reply", {"text": "Second"}).status == 429
+
+
 def test_a_colleagues_web_reply_is_proven_by_the_portal(daemon: RunningDaemon) -> None:
     """Bob sees Carol's ticket through his organization; his web reply counts as verified."""
     services = daemon.services
