@@ -183,6 +183,9 @@ class Shared(Generic[T]):
             return None
 
 
+# The answers depend on the Authorization header: a cache in front (nginx's proxy_cache
+# keys on the URL alone) kept the token bearer's figures and gave them to anyone.
+NO_STORE = {"Cache-Control": "no-store"}
 HEALTH_CHECK = web.AppKey("health_check", Shared[health.Health])
 # The public listener's /healthz: its figures only for the bearer of the metrics token.
 FIGURES_NEED_TOKEN = web.AppKey("figures_need_token", bool)
@@ -203,7 +206,7 @@ async def healthz(request: web.Request) -> web.Response:
         result = health.unreachable(f"no answer within {timeout:g} s")
     figures = not request.app.get(FIGURES_NEED_TOKEN, False) or _bears_token(request)
     body = result.as_json() if figures else result.summary()
-    return web.json_response(body, status=200 if result.ok else 503)
+    return web.json_response(body, status=200 if result.ok else 503, headers=NO_STORE)
 
 
 def _relayed(request: web.Request) -> bool:
@@ -257,7 +260,7 @@ async def metrics_page(request: web.Request) -> web.Response:
     )
     if body is None:  # a hung database: what this process knows, and that it did not answer
         body = metrics.without_database()
-    response = web.Response(body=body)
+    response = web.Response(body=body, headers=NO_STORE)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"
     return response
