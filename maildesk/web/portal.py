@@ -11,7 +11,9 @@ A web reply is not written to the ticket here: it becomes an RFC 5322 message
 from the customer to the support address, answering the ticket's last public
 message, and enters the inbound store like any e-mail. The pipeline threads
 it, moves the status and notifies agents exactly as for mail; the daemon's
-sweep picks it up within seconds.
+sweep picks it up within seconds. One account may post `[limits]
+portal_replies_per_hour` of them in any hour (`ratelimit.py`); past it the
+page answers 429 and gives the text back.
 """
 
 from __future__ import annotations
