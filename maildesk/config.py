@@ -9,6 +9,7 @@ file that holds them, so a config works from whatever directory it is run in.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -194,6 +195,10 @@ class MetricsSettings:
     # When set, a scrape must send "Authorization: Bearer <token>".
     bearer_token: str = field(default="", repr=False)
     bearer_token_file: str = ""
+    # Without a token, the web listener's /metrics answers only these TCP peers (addresses
+    # or CIDRs), and never a request a proxy relays: it answered any client that sent no
+    # proxy header, so a bare nginx `proxy_pass` published it to the Internet.
+    allow_without_token: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -243,6 +248,10 @@ class LimitSettings:
     # Customers' mails into one ticket in an hour that agents are told of one by one; past
     # it, one notice says the rest of the hour's are filed unsaid (pipeline/busy.py). 0: all.
     reply_notices_per_ticket_hour: int = 10
+    # Replies one customer account may post through the portal in an hour (each becomes
+    # mail to the desk and agents' notices); past it, 429 and the text given back. 0: no
+    # limit. A script, or a stolen session, posted thousands.
+    portal_replies_per_hour: int = 20
     # New mail is refused for now (SMTP 452) while it would leave less free space than
     # this on the SQLite database's disk: room kept for processing and sending (0: off).
     accept_min_free_mb: int = 200
@@ -527,6 +536,13 @@ def _check_ops(settings: Settings) -> None:
     metrics_port = settings.metrics.port
     if not 0 <= metrics_port < 65536:
         raise ConfigError(f"[metrics] port must be between 0 and 65535, not {metrics_port}")
+    for entry in settings.metrics.allow_without_token:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"[metrics] allow_without_token: not an address or CIDR: {entry!r}"
+            ) from None
     workers = settings.workers
     if workers.count < 0:
         raise ConfigError(f"[workers] count must be 0 or more, not {workers.count}")
@@ -547,6 +563,8 @@ def _check_ops(settings: Settings) -> None:
         raise ConfigError("[limits] new_ticket_notices_per_hour must be 0 (no cap) or more")
     if settings.limits.reply_notices_per_ticket_hour < 0:
         raise ConfigError("[limits] reply_notices_per_ticket_hour must be 0 (no cap) or more")
+    if settings.limits.portal_replies_per_hour < 0:
+        raise ConfigError("[limits] portal_replies_per_hour must be 0 (no limit) or more")
     retention = settings.retention
     for key in ("inbound_raw_days", "outbox_body_days", "spam_days", "console_days"):
         if getattr(retention, key) < 1:

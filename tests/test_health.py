@@ -288,3 +288,20 @@ def test_public_healthz_does_not_tell_who_has_an_account(
             assert get_health(running) == unknown == before
             assert get_health(running, token="ops-only")[1]["outbox_pending"] == 1
             assert get_health(running, token="wrong")[1] == before[1]
+
+
+def test_health_and_metrics_answers_are_never_stored_by_a_cache(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock
+) -> None:
+    """/healthz gives its figures, and /metrics answers, only to the token's bearer; the
+    answers said nothing about caching, so a cache in front of the portal that keys on
+    the URL (nginx's proxy_cache does) could keep ops' answer and hand it to anyone."""
+    config_values["metrics"] = {"bearer_token": "ops-only"}
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        web = running.services.settings.web
+        wait_for(lambda: _listening(web.host, web.port), what="the web listener")
+        for path in ("/healthz", "/metrics"):
+            request = urllib.request.Request(f"http://{web.host}:{web.port}{path}")
+            request.add_header("Authorization", "Bearer ops-only")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.headers["Cache-Control"] == "no-store", path

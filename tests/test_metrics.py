@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, insert, select, update
 
 from maildesk.clock import ManualClock
-from maildesk.config import from_mapping
+from maildesk.config import ConfigError, from_mapping
 from maildesk.growing import RECOUNT, SETTLE
 from maildesk.inbound import landing
 from maildesk.inbound.store import Envelope
@@ -399,14 +399,56 @@ def _get(url: str, headers: dict[str, str]) -> int:
         return err.code
 
 
+def test_without_a_token_the_portals_listener_serves_metrics_to_no_client_ops_did_not_name(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any
+) -> None:
+    """A bare nginx `proxy_pass` sends no proxy header, and its peer is the machine's own
+    address, which no config names as a proxy: /metrics answered it 200, and so the
+    whole Internet (the outbox's counts rise by one for a known address's "send me a new
+    link": who has an account here). Without a token it now answers no one by default."""
+    config_values["metrics"] = {}
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        url = web_url(running, "/metrics")
+        status, body = fetch(url, "")
+        assert status == 404 and "maildesk_" not in body
+        # /healthz still answers, without its figures.
+        assert fetch(web_url(running, "/healthz"), "")[0] == 200
+
+
+def test_ops_scrape_without_a_token_where_they_said_so(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any
+) -> None:
+    """The documented setups keep working: a scraper named in `allow_without_token`
+    reaching the listener directly, and a `[metrics] port` of its own without a token."""
+    port = free_port()
+    config_values["metrics"] = {"allow_without_token": ["127.0.0.0/8"]}
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        url = web_url(running, "/metrics")
+        assert value(scrape(url, ""), "maildesk_database_up") == 1
+        assert _get(url, {"X-Forwarded-For": "203.0.113.9"}) == 404  # relayed: never
+    config_values["metrics"] = {"port": port}
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
+        wait_for(lambda: _listening("127.0.0.1", port), what="the metrics listener")
+        assert value(scrape(f"http://127.0.0.1:{port}/metrics", ""), "maildesk_database_up") == 1
+
+
+def test_a_wrong_allow_without_token_entry_stops_the_start(
+    config_values: dict[str, Any], tmp_path: Path
+) -> None:
+    config_values["metrics"] = {"allow_without_token": ["prometheus.internal"]}
+    with pytest.raises(ConfigError, match="allow_without_token"):
+        from_mapping(config_values, base_dir=tmp_path)
+
+
 @pytest.mark.parametrize("proxies", [[], ["127.0.0.1"]])
 def test_without_a_token_the_portals_listener_serves_metrics_to_no_one_a_proxy_relays(
     config_values: dict[str, Any], tmp_path: Path, clock: Any, proxies: list[str]
 ) -> None:
     """The outbox's counts rise by one for a known address's "send me a new link": a
     proxy that passed /metrics on told strangers who has an account. Without a token, a
-    scraper that reaches the listener directly still gets it; a relayed request is 404."""
-    config_values["metrics"] = {}
+    scraper ops named that reaches the listener directly still gets it; a relayed request
+    is 404."""
+    config_values["metrics"] = {"allow_without_token": ["127.0.0.1"]}
     config_values["web"]["trusted_proxies"] = proxies
     with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock) as running:
         url = web_url(running, "/metrics")

@@ -12,6 +12,13 @@ hour's rows up to the cap cost 1.2 ms per new ticket inside the write
 transaction after 10,000 replies in the hour, and grew with them. Both counts
 are one statement on the driver's cursor (`hotsql.py`), built once.
 
+The portal's "send me a new link" counts to anyone too, each request one, in
+the minutes' rows only (`count_automatic`), whether or not the address is a
+customer's and a link is mailed: a count that rose for known addresses alone
+would tell anyone who can fill the cap who is a customer. No link is mailed
+while the cap is reached; asked for address after address, they were
+automatic mail outside every cap.
+
 The cap to one recipient counts mail about tickets whose From was proven apart
 from mail about tickets whose From was not (`tickets.sender_proven`), as the
 agents' notices are counted (pipeline/quiet.py): anyone can write a customer's
@@ -188,3 +195,9 @@ def caps_reached(
         sender=sender_cap <= 0 or (to_sender or 0) >= sender_cap,
         total=total_cap <= 0 or to_all >= total_cap,
     )
+
+
+def total_reached(session: Session, total_cap: int, since: datetime) -> bool:
+    """Whether `total_cap` automatic mails to anyone were queued after `since`: the
+    desk-wide cap alone, for automatic mail about no ticket (a set-password link)."""
+    return caps_reached(session, "", 0, total_cap, since, proven=False).total

@@ -4,7 +4,8 @@ name.
 A set-password link that is tampered, expired or used gets one page that
 offers to mail a fresh link and says nothing about any address. "Send me a
 new link" answers the same page for every address; only a known one gets
-mail (a fresh invitation, which also ends every older link). Tokens and
+mail (a fresh invitation, which also ends every older link), and only within
+the desk-wide cap on automatic mail, in which it counts. Tokens and
 passwords are never logged. All database work runs off the event loop.
 """
 
@@ -14,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from aiohttp import web
 from sqlalchemy import select
@@ -26,6 +28,7 @@ from maildesk.accounts import (
 )
 from maildesk.config import LANGUAGES
 from maildesk.models import Person
+from maildesk.outbound import caps
 from maildesk.outbound.headers import writable
 from maildesk.tickets.service import Tickets
 from maildesk.web.pages import (
@@ -248,6 +251,17 @@ async def forgot(request: web.Request, form: Form) -> web.StreamResponse:
 
     def send() -> None:
         with services.db.transaction() as session:
+            # Automatic mail: within the desk-wide cap, and counted in it (caps.py); a
+            # client asking address after address sent mail outside every cap. Every
+            # request counts, known address or not, so the count tells nobody who is.
+            total = services.settings.limits.auto_replies_per_hour_total
+            now = services.clock.now()
+            if caps.total_reached(session, total, now - timedelta(hours=1)):
+                log.warning(
+                    "no set-password link mailed: %d automatic mails to all this hour", total
+                )
+                return
+            caps.count_automatic(session.connection(), now)
             person = session.scalar(select(Person).where(Person.email == email))
             if person is not None:
                 services.notices.invitation(session, person)

@@ -17,17 +17,20 @@ from aiohttp import web
 
 from maildesk.peers import Address, key, parse
 
-__all__ = ["Address", "ClientAddress", "key", "parse"]
+__all__ = ["Address", "ClientAddress", "Network", "key", "networks", "parse"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_HOPS = 20
 
 
+def networks(entries: Sequence[str]) -> list[Network]:
+    """Addresses or CIDRs as written in the config (an address is a network of one)."""
+    return [ipaddress.ip_network(entry.strip(), strict=False) for entry in entries]
+
+
 class ClientAddress:
     def __init__(self, trusted_proxies: Sequence[str]) -> None:
-        self.trusted: list[Network] = [
-            ipaddress.ip_network(entry.strip(), strict=False) for entry in trusted_proxies
-        ]
+        self.trusted: list[Network] = networks(trusted_proxies)
 
     def is_proxy(self, address: Address) -> bool:
         return any(address in network for network in self.trusted)

@@ -11,7 +11,10 @@
 - `/metrics` is the Prometheus text format from `maildesk/metrics.py`. With
   `[metrics] bearer_token` (or `bearer_token_file`) set it needs
   `Authorization: Bearer <token>`. Without one, the public listener answers it
-  only to a client that reaches it directly, never through a proxy (`_relayed`).
+  only to a peer in `[metrics] allow_without_token` that reaches it directly, never
+  through a proxy (`_relayed`), and 404 to anyone else: answering every client that
+  sent no proxy header published it through a bare nginx `proxy_pass` (the outbox's
+  counts tell who has an account).
   With `[metrics] port` set it is served on a listener of its own (with
   /healthz), and not on the public one. A
   database that does not answer within `[health] database_timeout` gets this
@@ -39,18 +42,21 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from maildesk import health
 from maildesk.config import MetricsSettings
 from maildesk.metrics import Metrics
-from maildesk.web.clientip import ClientAddress, parse
+from maildesk.web.clientip import ClientAddress, Network, networks, parse
 from maildesk.web.keys import SERVICES
 
 if TYPE_CHECKING:
     from maildesk.services import Services
 
 access_log = logging.getLogger("maildesk.http")
+log = logging.getLogger("maildesk.web")
 T = TypeVar("T")
 
 METRICS = web.AppKey("metrics", Metrics)
 TOKEN = web.AppKey("metrics_token", str)
 CLIENTS = web.AppKey("access_log_clients", ClientAddress)
+# Peers the public listener serves /metrics without a token (`[metrics] allow_without_token`).
+TOKENLESS = web.AppKey("metrics_without_token", list[Network])
 MAX_LOGGED_PATH = 200
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -70,8 +76,14 @@ def install(app: web.Application, metrics: Metrics) -> None:
     metrics_on = services.settings.metrics.enabled
     app[TOKEN] = bearer_token(services.settings.metrics) if metrics_on else ""
     app[FIGURES_NEED_TOKEN] = True
+    app[TOKENLESS] = networks(services.settings.metrics.allow_without_token)
     if services.settings.metrics.enabled and not services.settings.metrics.port:
         app.router.add_get("/metrics", metrics_page)
+        if not app[TOKEN] and not app[TOKENLESS]:
+            log.warning(
+                "/metrics on the web listener answers 404 to everyone: set [metrics]"
+                " bearer_token, a port of its own, or allow_without_token"
+            )
 
 
 async def start_metrics_listener(services: Services, metrics: Metrics) -> web.AppRunner | None:
@@ -171,6 +183,9 @@ class Shared(Generic[T]):
             return None
 
 
+# The answers depend on the Authorization header: a cache in front (nginx's proxy_cache
+# keys on the URL alone) kept the token bearer's figures and gave them to anyone.
+NO_STORE = {"Cache-Control": "no-store"}
 HEALTH_CHECK = web.AppKey("health_check", Shared[health.Health])
 # The public listener's /healthz: its figures only for the bearer of the metrics token.
 FIGURES_NEED_TOKEN = web.AppKey("figures_need_token", bool)
@@ -191,7 +206,7 @@ async def healthz(request: web.Request) -> web.Response:
         result = health.unreachable(f"no answer within {timeout:g} s")
     figures = not request.app.get(FIGURES_NEED_TOKEN, False) or _bears_token(request)
     body = result.as_json() if figures else result.summary()
-    return web.json_response(body, status=200 if result.ok else 503)
+    return web.json_response(body, status=200 if result.ok else 503, headers=NO_STORE)
 
 
 def _relayed(request: web.Request) -> bool:
@@ -203,6 +218,17 @@ def _relayed(request: web.Request) -> bool:
         return True
     peer = parse(request.remote or "")
     return peer is not None and request.app[CLIENTS].is_proxy(peer)
+
+
+def _tokenless_scraper(request: web.Request) -> bool:
+    """Whether the public listener may answer /metrics without a token: the peer is one
+    ops named in `[metrics] allow_without_token`, and no proxy relayed the request. A
+    client that merely sent no proxy header is not enough: nginx's bare `proxy_pass`
+    sends none, and its peer is the machine's own address."""
+    peer = parse(request.remote or "")
+    if peer is None or _relayed(request):
+        return False
+    return any(peer in network for network in request.app[TOKENLESS])
 
 
 def _bears_token(request: web.Request) -> bool:
@@ -223,8 +249,8 @@ async def metrics_page(request: web.Request) -> web.Response:
                 text="a bearer token is required\n",
                 headers={"WWW-Authenticate": 'Bearer realm="maildesk metrics"'},
             )
-    elif request.app.get(FIGURES_NEED_TOKEN, False) and _relayed(request):
-        # The portal's listener without a token: only a scraper that reaches it directly.
+    elif request.app.get(FIGURES_NEED_TOKEN, False) and not _tokenless_scraper(request):
+        # The portal's listener without a token: only a scraper ops named, directly.
         raise web.HTTPNotFound()
     metrics = request.app[METRICS]
     loop = asyncio.get_running_loop()
@@ -234,7 +260,7 @@ async def metrics_page(request: web.Request) -> web.Response:
     )
     if body is None:  # a hung database: what this process knows, and that it did not answer
         body = metrics.without_database()
-    response = web.Response(body=body)
+    response = web.Response(body=body, headers=NO_STORE)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"
     return response

@@ -84,7 +84,7 @@ class Site:
         self.services = services
         self.sessions = Sessions(services.clock, base_url, settings.web.session_days)
         self.csrf = Csrf(secret, base_url)
-        self.limits = RateLimits(services.clock)
+        self.limits = RateLimits(services.clock, settings.limits.portal_replies_per_hour)
         self.clients = ClientAddress(settings.web.trusted_proxies)
         self.shipped = _environment([str(PACKAGE_TEMPLATES)], services.clock)
         self._folder = settings.templates.path

@@ -11,7 +11,9 @@ A web reply is not written to the ticket here: it becomes an RFC 5322 message
 from the customer to the support address, answering the ticket's last public
 message, and enters the inbound store like any e-mail. The pipeline threads
 it, moves the status and notifies agents exactly as for mail; the daemon's
-sweep picks it up within seconds.
+sweep picks it up within seconds. One account may post `[limits]
+portal_replies_per_hour` of them in any hour (`ratelimit.py`); past it the
+page answers 429 and gives the text back.
 """
 
 from __future__ import annotations
@@ -464,7 +466,9 @@ async def reply(request: web.Request, form: Form) -> web.StreamResponse:
     services = site(request).services
 
     def load() -> tuple[int, str, str | None] | None:
-        with services.db.transaction() as session:
+        # A read: a write transaction here took SQLite's one write lock for every POST,
+        # even one refused (empty, over the limit), and the mail's writes waited.
+        with services.db.reading() as session:
             ticket = _visible_ticket(session, request, who)
             if ticket is None:
                 return None
@@ -482,6 +486,27 @@ async def reply(request: web.Request, form: Form) -> web.StreamResponse:
     number, subject, last = found
     if not text.strip() or len(text) > MAX_REPLY_CHARS:
         return see_other(request, f"/tickets/{number}")
+    # Per account: each reply is a stored mail and notices to agents, and a script (or
+    # a stolen session) posted thousands. Counted before the store, given back if it fails.
+    limit, account = site(request).limits.replies, str(who.id)
+    if limit is not None:
+        if wait := limit.retry_after(account):
+            log.info("portal replies of person %d over the hourly limit", who.id)
+            limited = {"unsent": text, "wait_minutes": -(-wait // 60)}
+            page = await _ticket_view(request, who, limited, status=429)
+            page.headers["Retry-After"] = str(wait)
+            return page
+        limit.hit(account)
+    response = await _store_reply(request, who, number, subject, last, text)
+    if limit is not None and response.status != 303:
+        limit.refund(account)  # not stored: the text went back to be sent again
+    return response
+
+
+async def _store_reply(
+    request: web.Request, who: Viewer, number: int, subject: str, last: str | None, text: str
+) -> web.StreamResponse:
+    services = site(request).services
     try:
         raw = _portal_mail(services, who, number, subject, last, text)
     except HeaderError as exc:

@@ -1,5 +1,5 @@
 """How often anyone may try a password, a set-password link or a "new link" request,
-and search in the portal.
+search in the portal, and reply there.
 
 In memory, per daemon. Two kinds of limit:
 - per IP, a sliding window of attempt times (the IP is the client's real
@@ -271,10 +271,14 @@ PASSWORD_QUEUE_RETRY_SECONDS = 5
 @dataclass
 class RateLimits:
     clock: Clock
+    # `[limits] portal_replies_per_hour` (0: no limit).
+    replies_per_hour: int = 0
     login: Guard = field(init=False)
     set_password: Guard = field(init=False)
     forgot: Guard = field(init=False)
     search: Guard = field(init=False)
+    # Portal replies per account: each becomes a stored mail and notices to agents.
+    replies: SlidingWindow | None = field(init=False)
     password_queue: PasswordQueue = field(init=False)
 
     def __post_init__(self) -> None:
@@ -286,6 +290,11 @@ class RateLimits:
         self.set_password = self._guard(SET_PASSWORD_PER_IP, SET_PASSWORD_PER_ACCOUNT, quarter)
         self.forgot = self._guard(FORGOT_PER_IP, FORGOT_PER_ACCOUNT, hour)
         self.search = self._guard(SEARCHES_PER_IP, SEARCHES_PER_ACCOUNT, timedelta(minutes=10))
+        self.replies = (
+            SlidingWindow(self.clock, self.replies_per_hour, hour)
+            if self.replies_per_hour > 0
+            else None
+        )
         self.password_queue = PasswordQueue(PASSWORD_QUEUE_PER_IP, PASSWORD_QUEUE_TOTAL)
 
     def _guard(self, per_ip: int, per_account: int, window: timedelta) -> Guard:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select, text
 
+from maildesk.clock import ManualClock
 from maildesk.inbound import rawbytes
 from maildesk.inbound.room import Room
 from maildesk.models import Inbound, Message, Participant, Person, Ticket
@@ -30,8 +31,9 @@ ALICE = "alice@customer.test"
 
 
 @pytest.fixture
-def config_values(config_values: dict[str, Any]) -> dict[str, Any]:
+def config_values(config_values: dict[str, Any], request: pytest.FixtureRequest) -> dict[str, Any]:
     config_values["agents"]["addresses"] = [AGENT]
+    config_values["limits"].update(getattr(request, "param", {}))
     config_values["support"]["base_url"] = f"http://127.0.0.1:{config_values['web']['port']}"
     return config_values
 
@@ -454,6 +456,59 @@ def test_a_web_reply_without_disk_room_is_given_back_and_taken_later(
         ),
         what="the reply in the ticket",
     )
+
+
+@pytest.mark.parametrize("config_values", [{"portal_replies_per_hour": 3}], indirect=True)
+def test_a_script_posting_replies_is_stopped_at_the_hourly_limit(
+    daemon: RunningDaemon, clock: ManualClock
+) -> None:
+    """A logged-in session (a script, a stolen cookie) posted replies without end, each a
+    stored mail and a notice to agents. Past `[limits] portal_replies_per_hour` it gets
+    429 with Retry-After, its text given back, and nothing is stored; an hour on, the
+    customer writes again. The limit here is 3 (20 by default)."""
+    number = mail_in(daemon, "Alice Customer <alice@customer.test>", "Printer broken")
+    customer(daemon.services, ALICE)
+    alice = logged_in(daemon, ALICE)
+    alice.get(f"/tickets/{number}")
+    for n in range(3):
+        sent = alice.post(f"/tickets/{number}/reply", {"text": f"Reply {n}"})
+        assert (sent.status, sent.location) == (303, f"/tickets/{number}?sent=1")
+
+    refused = alice.post(f"/tickets/{number}/reply", {"text": "Reply 3 <b>& more</b>"})
+    assert refused.status == 429
+    assert 0 < int(refused.headers["Retry-After"]) <= 3601  # the hour, rounded up
+    assert "many replies in the last hour" in refused.text
+    assert "Reply 3 &lt;b&gt;&amp; more&lt;/b&gt;</textarea>" in refused.text
+
+    clock.advance(timedelta(hours=1))
+    alice.get(f"/tickets/{number}")
+    sent = alice.post(f"/tickets/{number}/reply", {"text": "Reply 4"})
+    assert (sent.status, sent.location) == (303, f"/tickets/{number}?sent=1")
+
+    def replies() -> list[str]:
+        texts = [m["body_text"] for m in ticket(daemon.services, number)["messages"]]
+        return [t.strip() for t in texts if t.startswith("Reply")]
+
+    # The refused one was never stored: the ticket holds the others, and it never came.
+    found = wait_for(lambda: len(replies()) >= 4 and replies(), what="the replies")
+    assert sorted(found) == ["Reply 0", "Reply 1", "Reply 2", "Reply 4"]
+
+
+@pytest.mark.parametrize("config_values", [{"portal_replies_per_hour": 1}], indirect=True)
+def test_a_refused_reply_never_takes_the_write_lock(daemon: RunningDaemon) -> None:
+    """Each reply POST opened a write transaction to find its ticket, before anything
+    was refused: a session posting empty or over-limit replies took SQLite's one write
+    lock each time, and held incoming mail behind it; with the lock held elsewhere, the
+    POST waited for it. Now they are answered at once with the lock held."""
+    number = mail_in(daemon, ALICE, "Printer broken")
+    customer(daemon.services, ALICE)
+    alice = logged_in(daemon, ALICE)
+    alice.get(f"/tickets/{number}")
+    assert alice.post(f"/tickets/{number}/reply", {"text": "First"}).status == 303
+    with daemon.services.db.transaction():  # holds the write lock (SQLite) meanwhile
+        empty = alice.post(f"/tickets/{number}/reply", {"text": "  "})
+        assert (empty.status, empty.location) == (303, f"/tickets/{number}")
+        assert alice.post(f"/tickets/{number}/reply", {"text": "Second"}).status == 429
 
 
 def test_a_colleagues_web_reply_is_proven_by_the_portal(daemon: RunningDaemon) -> None:
