@@ -19,12 +19,14 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from maildesk.config import SupportSettings
+from maildesk.outbound.headers import as_stored
 from maildesk.tickets.agents import Agents
 
 
 class OwnAddresses:
     def __init__(self, support: SupportSettings) -> None:
-        self._exact = frozenset(a.strip().lower() for a in (support.address, *support.aliases))
+        # As mail names them: a Unicode domain in the config as its A-label.
+        self._exact = frozenset(as_stored(a) for a in (support.address, *support.aliases))
 
     def __contains__(self, address: str) -> bool:
         """Whether `address` is the support address, an alias, or a sub-address of one."""
@@ -41,7 +43,7 @@ class OwnAddresses:
 def _spellings(address: str) -> list[str]:
     """`address` in lower case, then without each sub-address it may have: each "+" may
     end the base (`help+desk@` is an address of its own, `help@`'s sub-address or not)."""
-    normalized = address.strip().lower()
+    normalized = as_stored(address)
     local, _, domain = normalized.rpartition("@")
     bases = (local[:at] for at, char in enumerate(local) if char == "+")
     return [normalized, *(f"{base}@{domain}" for base in bases)]

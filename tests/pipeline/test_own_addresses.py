@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
+from maildesk.config import SupportSettings
+from maildesk.pipeline.own_addresses import OwnAddresses
 from maildesk.services import Services
+from maildesk.tickets.agents import Agents
 from tests.conftest import make_mail
 from tests.helpers import outbox_rows, participants, receive, ticket
 from tests.pipeline.test_agents import AGENT, agent_reply, body, parsed, to_agent, to_customer
@@ -137,3 +140,41 @@ def test_mail_from_an_agents_sub_address_is_no_agents_and_gets_no_acknowledgemen
     assert ticket(services, 2)["requester"] == forged
     assert forged not in everyone_mailed(services)
     assert [m["Subject"] for m in to_agent(services)][-1].startswith("[#2]")
+
+
+def test_an_agent_configured_under_a_unicode_domain_is_the_agent_her_mail_names(
+    services: Services,
+) -> None:
+    """`[agents] addresses` names Jana as `Jana@Příklad.cz`; mail names her as it is
+    sent, `jana@xn--pklad-zsa96e.cz`. She was kept as configured, so Alice copying her
+    made her a customer participant (sent the customer's mail) and she was never
+    recognized as the agent. She is kept in the mail's form: copied, she joins
+    nobody's ticket, and she is told of new tickets at that address."""
+    jana = "jana@xn--pklad-zsa96e.cz"
+    with services.db.transaction() as session:
+        Agents(session).seed(["Jana@Příklad.cz"], services.clock.now())
+    receive(services, make_mail(message_id="<alice1@customer.test>"))
+    [ack] = to_customer(services)
+    reply_to = ack["Reply-To"].addresses[0].addr_spec
+    answer = make_mail(
+        subject=f"Re: {ack['Subject']}",
+        to=reply_to,
+        cc=jana,
+        body="Jana knows this printer.",
+        In_Reply_To=ack["Message-ID"],
+    )
+    receive(services, answer, rcpt_to=(reply_to,))
+
+    assert participants(services, 1) == {"alice@customer.test"}
+    told = [row.recipients for row in outbox_rows(services) if row.kind == "agent_notification"]
+    assert [jana] in told
+
+
+def test_an_alias_configured_under_a_unicode_domain_is_ours_as_mail_names_it() -> None:
+    """`[support] aliases` written as `Pomoc@Příklad.cz`: a Cc of it, or of a
+    sub-address of it, names it `pomoc…@xn--pklad-zsa96e.cz`, and was no address of
+    ours (it became a participant, sent every answer back to us)."""
+    own = OwnAddresses(SupportSettings(aliases=("Pomoc@Příklad.cz",)))
+    assert "pomoc@xn--pklad-zsa96e.cz" in own
+    assert "pomoc+faktury@xn--pklad-zsa96e.cz" in own
+    assert "pomoc@xn--pklad-zsa96e.com" not in own
