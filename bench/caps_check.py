@@ -60,15 +60,17 @@ def main() -> None:
         with services.db.transaction() as session:
             session.execute(insert(Outbox), rows)
             for row in rows:
-                caps.count_automatic(session.connection(), row["created_at"])
+                caps.count_automatic(session.connection(), row["created_at"], "")
         queued = size
         since = now - timedelta(hours=1)
         with services.db.reading() as session:
             # compiled once
-            caps.caps_reached(session, "c1@customer.test", CAP, CAP, since, proven=False)
+            caps.caps_reached(session, "c1@customer.test", CAP, CAP, since, proven=False, share=CAP)
             started = time.perf_counter()
             for _ in range(50):
-                caps.caps_reached(session, "c1@customer.test", CAP, CAP, since, proven=False)
+                caps.caps_reached(
+                    session, "c1@customer.test", CAP, CAP, since, proven=False, share=CAP
+                )
             took = (time.perf_counter() - started) / 50 * 1000
         print(f"{size} automatic replies in the hour: {took:.3f} ms per check")
     services.db.dispose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,10 +27,13 @@ from sqlalchemy.orm import Session
 from maildesk.clock import Clock
 from maildesk.db import Database
 from maildesk.models import Organization, Person, WebSession, email_domain
+from maildesk.outbound.headers import a_label
 from maildesk.redaction import redact_links
 from maildesk.signing import signed_serializer
 
 MIN_PASSWORD_LENGTH = 12
+# A domain as addresses are stored: lower-case ASCII labels (a Unicode one as its A-label).
+_STORED_DOMAIN = re.compile(r"(?:[a-z0-9_-]{1,63}\.)+[a-z0-9-]{1,63}")
 # Domains of public mail providers: sharing one never makes people colleagues.
 FREE_MAIL_DOMAINS = frozenset(
     (Path(__file__).parent / "data" / "free-mail-domains.txt").read_text().split()
@@ -124,7 +128,9 @@ class Accounts:
         return self.session.scalar(select(Organization).where(Organization.domain == domain))
 
     def add_organization(self, domain: str, name: str, now: datetime) -> Organization:
-        domain = domain.strip().lower()
+        """Add (or rename) the organization of `domain`, kept as addresses are stored
+        (`organization_domain`); ValueError for no domain or a public mail provider's."""
+        domain = organization_domain(domain)
         if domain in FREE_MAIL_DOMAINS:
             raise ValueError(f"{domain} is a public mail provider: it never groups people")
         org = self.session.scalar(select(Organization).where(Organization.domain == domain))
@@ -135,6 +141,23 @@ class Accounts:
             org.name = name
         self.session.flush()
         return org
+
+
+def organization_domain(written: str) -> str:
+    """`written` as the domains of stored addresses are (`people.domain`), which is what
+    an organization is matched with: lower case, no root dot or leading `@`, and a
+    Unicode domain in its ASCII form (IDNA 2008, `headers.a_label`). An organization
+    added as `příklad.cz` was kept so, while its people's addresses are kept as
+    `xn--pklad-zsa96e.cz`: it never matched anyone. ValueError if it is no domain."""
+    domain = written.strip().lower().removeprefix("@").removesuffix(".")
+    if not domain.isascii():
+        try:
+            domain = a_label(domain)
+        except UnicodeError:
+            raise ValueError(f"{written!r} is not a domain name") from None
+    if len(domain) > 253 or not _STORED_DOMAIN.fullmatch(domain):
+        raise ValueError(f"{written!r} is not a domain name")
+    return domain
 
 
 def password_problems(password: str, email: str = "") -> list[str]:

@@ -239,6 +239,13 @@ class LimitSettings:
     auto_replies_per_hour: int = 5
     # ... and to everyone together, so forged senders cannot turn us into a backscatter source.
     auto_replies_per_hour_total: int = 200
+    # Shares of that total (percent), so that nobody's flood silences everyone
+    # (outbound/caps.py): mail that proves no sender (anyone may forge it) may use at
+    # most this much of it, leaving the rest to mail that proves its sender ...
+    auto_replies_unproven_percent: int = 50
+    # ... and mail proven for one organizational domain (the recipient's) at most this
+    # much, so a stranger signing with a domain of his own cannot use up the others'.
+    auto_replies_domain_percent: int = 25
     # People a customer's Cc may make participants of one ticket (each gets every answer):
     # past it, further Cc'd addresses are left out. Agents' #cc is not capped.
     participants_per_ticket: int = 20
@@ -488,6 +495,10 @@ def _finish(settings: Settings, base_dir: Path) -> Settings:
     digest = settings.agents.digest_time
     if digest and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", digest):
         raise ConfigError(f"[agents] digest_time must be HH:MM, not {digest!r}")
+    limits = settings.limits
+    for key in ("auto_replies_unproven_percent", "auto_replies_domain_percent"):
+        if not 0 <= getattr(limits, key) <= 100:
+            raise ConfigError(f"[limits] {key} must be between 0 and 100")
     url = settings.database.url
     scheme = urlsplit(url).scheme.split("+", 1)[0]
     if scheme not in ("sqlite", "postgresql"):

@@ -376,13 +376,15 @@ class JobRun(Base):
 
 class AutoReplyMinute(Base):
     """Automatic replies queued in one minute (unix minutes) by one thread (`shard`, a
-    random number of its own: no two threads update one row), written with them
-    (outbound/caps.py)."""
+    random number of its own: no two threads update one row) in one lane (`lane`: ""
+    for tickets whose From is unproven, else the recipient's organizational domain),
+    written with them (outbound/caps.py)."""
 
     __tablename__ = "auto_reply_minutes"
 
     minute: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    lane: Mapped[str] = mapped_column(String(253), primary_key=True)
     count: Mapped[int] = mapped_column(Integer)
 
 

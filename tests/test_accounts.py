@@ -114,6 +114,11 @@ def test_organizations_group_by_domain_but_never_free_mail(config_file: Path) ->
         main, ["--config", str(config_file), "orgs", "add", "gmail.com", "--name", "Google"]
     )
     assert refused.exit_code != 0 and "public mail provider" in refused.output
+    # Written another way, it is still the provider's (before, "GMAIL.com." was added).
+    refused = runner.invoke(
+        main, ["--config", str(config_file), "orgs", "add", " GMAIL.com.", "--name", "Google"]
+    )
+    assert refused.exit_code != 0 and "public mail provider" in refused.output
     run("people", "invite", "alice@customer.test")
     run("people", "invite", "carol@gmail.com")
     people = {p["email"]: p for p in json.loads(run("people", "list", "--json"))}

@@ -8,12 +8,14 @@ Sender proof by DKIM runs against dnsmasq serving real keys (tests/dns_server.py
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email
 import email.message
 import email.policy
 import smtplib
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,14 @@ def dns(keys: dict[str, DkimKey]) -> Iterator[str]:
 
 @pytest.fixture
 def desk(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock, dns: str
+) -> Iterator[RunningDaemon]:
+    with running_desk(config_values, tmp_path, clock, dns) as daemon:
+        yield daemon
+
+
+@contextlib.contextmanager
+def running_desk(
     config_values: dict[str, Any], tmp_path: Path, clock: ManualClock, dns: str
 ) -> Iterator[RunningDaemon]:
     config_values["agents"]["addresses"] = [AGENT]
@@ -824,6 +834,42 @@ def test_forged_mail_in_a_customers_name_does_not_use_up_her_acknowledgements(
 
 def acks_to(services: Services, address: str) -> list[Outbox]:
     return [row for row in sent_to(services, address) if row.kind == "acknowledgement"]
+
+
+def test_forged_senders_and_one_signing_domain_leave_the_others_their_acknowledgements(
+    config_values: dict[str, Any], tmp_path: Path, clock: ManualClock, dns: str,
+    keys: dict[str, DkimKey],
+) -> None:  # fmt: skip
+    """The desk sends at most `auto_replies_per_hour_total` automatic replies an hour
+    (8 here). Mallory wrote 8 unsigned mails From 8 forged senders, which used it all
+    up: Alice's signed request, and every other customer's, was opened without its
+    acknowledgement for the rest of the hour. Now unproven mail may use half of the
+    total (`auto_replies_unproven_percent`), and mail proven for one domain a quarter
+    (`auto_replies_domain_percent`): Mallory signing with his own evil.test, from
+    mailboxes and subdomains of it, gets 2, and Bob at partner.test is still answered.
+    Every mail is still its ticket, and an hour later unproven mail is answered again."""
+    config_values["limits"]["auto_replies_per_hour_total"] = 8
+    with running_desk(config_values, tmp_path, clock, dns) as desk:
+        services = desk.services
+        forged = [f"victim{n}@forged{n}.test" for n in range(8)]
+        for sender in forged:
+            send(desk, make_mail(sender=sender), mail_from=sender)
+        send(desk, keys["customer.test"].sign(make_mail(subject="Printer broken")))
+        own = ["m1@evil.test", "m2@evil.test", "m3@x1.evil.test", "m4@x2.evil.test"]
+        for sender in own:
+            send(desk, keys["evil.test"].sign(make_mail(sender=sender)), mail_from=sender)
+        bob = "bob@partner.test"
+        send(desk, keys["partner.test"].sign(make_mail(sender=bob)), mail_from=bob)
+
+        answered = [row.recipients[0] for row in outbox_rows(services)
+                    if row.kind == "acknowledgement"]  # fmt: skip
+        assert answered == [*forged[:4], ALICE, *own[:2], bob]
+        assert len(desk_tickets(services)) == 8 + 1 + 4 + 1
+        assert ticket(services, 9)["messages"][0]["proof"] == "dkim"
+
+        clock.advance(timedelta(hours=1, minutes=1))
+        send(desk, make_mail(sender="late@forged.test"), mail_from="late@forged.test")
+        assert acks_to(services, "late@forged.test")
 
 
 def test_her_own_signed_flood_after_a_forged_one_is_still_told_to_the_agents(

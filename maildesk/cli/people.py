@@ -231,10 +231,11 @@ def orgs_add(ctx: Context, domain: str, name: str) -> None:
     services = ctx.services
     try:
         with services.db.transaction() as session:
-            services.accounts(session).add_organization(domain, name, services.clock.now())
+            org = services.accounts(session).add_organization(domain, name, services.clock.now())
+            added = org.domain  # as stored: a Unicode domain in its ASCII form
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"organization {domain.lower()} added", err=True)
+    click.echo(f"organization {added} added", err=True)
 
 
 @orgs.command("list")

@@ -13,10 +13,11 @@ transaction after 10,000 replies in the hour, and grew with them. Both counts
 are one statement on the driver's cursor (`hotsql.py`), built once.
 
 The portal's "send me a new link" counts to anyone too, each request one, in
-the minutes' rows only (`count_automatic`), whether or not the address is a
-customer's and a link is mailed: a count that rose for known addresses alone
-would tell anyone who can fill the cap who is a customer. No link is mailed
-while the cap is reached; asked for address after address, they were
+the minutes' rows only (`count_automatic`), in unproven mail's lane (anyone may
+ask one for any address), whether or not the address is a customer's and a link
+is mailed: a count that rose for known addresses alone would tell anyone who can
+fill the cap who is a customer. No link is mailed while the total or that lane's
+share is reached (`link_refused`); asked for address after address, they were
 automatic mail outside every cap.
 
 The cap to one recipient counts mail about tickets whose From was proven apart
@@ -25,6 +26,18 @@ agents' notices are counted (pipeline/quiet.py): anyone can write a customer's
 From, and five forged mails an hour in her name used up her cap, so her own
 signed request came without its acknowledgement. The forger still gets at most
 the cap's replies an hour sent to her.
+
+The total cap is shared out in lanes, each minute row counting in one (`lane`):
+mail about tickets whose From was not proven (""), and mail about proven tickets
+by the recipient's organizational domain (`lane_of`). Unproven mail may use at most
+`auto_replies_unproven_percent` of the total, and one proven domain at most
+`auto_replies_domain_percent`: before, 200 mails an hour from forged senders used up
+the whole total, and no customer heard from us until the hour was over, the ones
+whose mail proved its sender included; a stranger signing with a domain of his own
+(from any number of mailboxes or subdomains of it) now uses up only that domain's
+share. A lane counts whole minutes, the first minute of the hour included: its
+share may hold a reply back for one minute more than the total would (a share of
+100 percent is no share: then the total alone counts, to the second).
 """
 
 from __future__ import annotations
@@ -49,7 +62,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from maildesk.config import LimitSettings
 from maildesk.hotsql import Hot
+from maildesk.mailauth import organizational_domain
 from maildesk.models import AutoReplyMinute, Outbox, Ticket
 from maildesk.outbound import headers
 
@@ -83,13 +98,21 @@ _COUNTS = Hot(
             Outbox.created_at < bindparam("next_minute"),
             Outbox.auto_to != "",
         ),
+        # This lane's replies, in whole minutes from `since`'s own on.
+        select(func.coalesce(func.sum(AutoReplyMinute.count), 0))
+        .where(
+            AutoReplyMinute.lane == bindparam("lane"),
+            AutoReplyMinute.minute >= bindparam("since_minute"),
+        )
+        .scalar_subquery(),
     )
 )
 # One more automatic reply in this minute, by this process.
 _COUNT_ONE = Hot(
     text(
-        "INSERT INTO auto_reply_minutes (minute, shard, count) VALUES (:minute, :shard, :n)"
-        " ON CONFLICT (minute, shard) DO UPDATE SET count = auto_reply_minutes.count + :n"
+        "INSERT INTO auto_reply_minutes (minute, shard, lane, count)"
+        " VALUES (:minute, :shard, :lane, :n)"
+        " ON CONFLICT (minute, shard, lane) DO UPDATE SET count = auto_reply_minutes.count + :n"
     )
 )
 # A counter's minutes older than the window (two hours: clocks of instances drift).
@@ -141,16 +164,26 @@ def mailbox(address: str) -> str:
     return f"{base}@{domain}"
 
 
+def lane_of(recipient: str, *, proven: bool) -> str:
+    """The lane of the total cap an automatic reply to `recipient` counts in: "" about a
+    ticket whose From is unproven (anyone may have written it), else the organizational
+    domain of the recipient's mailbox (`mail.firm.test` and `firm.test` share one)."""
+    if not proven:
+        return ""
+    domain = mailbox(recipient).rpartition("@")[2]
+    return organizational_domain(domain) or domain or "@"
+
+
 def minute_of(moment: datetime) -> int:
     """Unix minutes: the `auto_reply_minutes` row an automatic reply at `moment` counts in."""
     return int(moment.timestamp() // 60)
 
 
-def count_automatic(connection: Connection, at: datetime, replies: int = 1) -> None:
-    """Count `replies` automatic replies queued at `at`, in the caller's transaction (the
-    one that writes their outbox rows)."""
+def count_automatic(connection: Connection, at: datetime, lane: str, replies: int = 1) -> None:
+    """Count `replies` automatic replies queued at `at` in `lane` (`lane_of`), in the
+    caller's transaction (the one that writes their outbox rows)."""
     minute, shard = minute_of(at), _counter.shard
-    _COUNT_ONE.run(connection, {"minute": minute, "shard": shard, "n": replies})
+    _COUNT_ONE.run(connection, {"minute": minute, "shard": shard, "lane": lane, "n": replies})
     if minute != _counter.last_minute:
         _counter.last_minute = minute
         _FORGET.run(connection, {"shard": shard, "before": minute - 120})
@@ -162,6 +195,12 @@ class Caps:
 
     sender: bool  # `auto_replies_per_hour` to this recipient
     total: bool  # `auto_replies_per_hour_total` to anyone at all
+    lane: bool  # the share of that total this recipient's lane may use (`lane_of`)
+
+
+def lane_cap(total_cap: int, percent: int) -> int:
+    """A lane's share of `total_cap`: `percent` of it, rounded down (0: none)."""
+    return max(total_cap, 0) * percent // 100
 
 
 def caps_reached(
@@ -172,14 +211,17 @@ def caps_reached(
     since: datetime,
     *,
     proven: bool,
+    share: int,
 ) -> Caps:
     """Whether `sender_cap` automatic replies to `recipient`'s mailbox about tickets of
-    this proof (`proven`: its From was proven, `tickets.sender_proven`), and `total_cap`
-    to anyone, were queued after `since` (a cap of 0 or less is always reached)."""
+    this proof (`proven`: its From was proven, `tickets.sender_proven`), `total_cap`
+    to anyone, and `share` in the recipient's lane (`lane_of`) were queued after `since`
+    (a cap of 0 or less is always reached)."""
     since_minute = minute_of(since)
     values = {
         "recipient": mailbox(recipient),
         "proven": proven,
+        "lane": lane_of(recipient, proven=proven),
         "since": since,
         "since_minute": since_minute,
         "next_minute": datetime.fromtimestamp((since_minute + 1) * 60, UTC),
@@ -189,15 +231,21 @@ def caps_reached(
     # Outbox rows are written with Core (notify.py): nothing to flush before counting.
     row = _COUNTS.first(session.connection(), values)
     assert row is not None  # a select of counts has one row
-    to_sender, whole_minutes, first_minute = row
+    to_sender, whole_minutes, first_minute, in_lane = row
     to_all = int(whole_minutes or 0) + int(first_minute or 0)
     return Caps(
         sender=sender_cap <= 0 or (to_sender or 0) >= sender_cap,
         total=total_cap <= 0 or to_all >= total_cap,
+        # A share of the whole total adds nothing (and would count a minute more).
+        lane=share < total_cap and (share <= 0 or int(in_lane or 0) >= share),
     )
 
 
-def total_reached(session: Session, total_cap: int, since: datetime) -> bool:
-    """Whether `total_cap` automatic mails to anyone were queued after `since`: the
-    desk-wide cap alone, for automatic mail about no ticket (a set-password link)."""
-    return caps_reached(session, "", 0, total_cap, since, proven=False).total
+def link_refused(session: Session, limits: LimitSettings, since: datetime) -> bool:
+    """Whether a set-password link ("send me a new link") may not be mailed: `total_cap`
+    automatic mails to anyone were queued after `since`, or unproven mail's share of
+    them. Anyone may ask one for any address: it counts as mail that proves nobody."""
+    total = limits.auto_replies_per_hour_total
+    share = lane_cap(total, limits.auto_replies_unproven_percent)
+    reached = caps_reached(session, "", 0, total, since, proven=False, share=share)
+    return reached.total or reached.lane

@@ -103,6 +103,19 @@ def a_label(domain: str) -> str:
     return idna.encode(domain, uts46=True).decode("ascii")
 
 
+def as_stored(address: str) -> str:
+    """`address` as addresses from mail are kept, to compare one typed into the config
+    or a command with them: lower case, a Unicode domain as its A-label (left as written
+    when it has none: it then matches nothing from mail)."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    if at and not domain.isascii():
+        try:
+            domain = a_label(domain)
+        except UnicodeError:
+            pass
+    return f"{local}{at}{domain}"
+
+
 def writable(value: str) -> str | None:
     """`value` as `check_address` writes it, or None when it cannot be written: the
     gate for an address from mail to become someone we write to, so that no stored

@@ -299,7 +299,6 @@ class Notifier:
         )
         # A Core insert: an ORM object per queued mail cost more than composing it.
         pk = _INSERT_OUTBOX.scalar(session.connection(), values)
-        _count_automatic(session, (values,))
         raw = b"".join(pieces)  # what the caller gets (joined, as compose() does)
         rawbytes.write(session, [(pk, raw)], rawbytes.OUTBOX)
         return Queued(pk, values["message_id"], raw)
@@ -411,6 +410,11 @@ class Notifier:
             "last_error": "",
             "created_at": now,
         }
+        if counted and ticket is not None:
+            # Towards the hourly total cap, in its lane, in the transaction that writes
+            # the row (the row itself may be written a few mails later: `notify_each`).
+            lane = caps.lane_of(first.email, proven=bool(ticket.sender_proven))
+            caps.count_automatic(session.connection(), now, lane)
         return values, pieces
 
     def context(
@@ -476,16 +480,7 @@ def _insert_rows(session: Session, rows: list[tuple[dict[str, Any], rawbytes.Raw
     count = len(rows)
     if rows:
         _INSERT_OUTBOX_ROWS.run_many(session.connection(), [values for values, _ in rows])
-        _count_automatic(session, [values for values, _ in rows])
         named = [(values["message_id"], raw) for values, raw in rows]
         rawbytes.write_named(session, named, rawbytes.OUTBOX)
         rows.clear()
     return count
-
-
-def _count_automatic(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """The automatic replies among outbox rows just written count towards the hourly
-    total cap (`caps.count_automatic`), in the same transaction."""
-    for values in rows:
-        if values["auto_to"]:
-            caps.count_automatic(session.connection(), values["created_at"])

@@ -43,7 +43,7 @@ from maildesk.logs import log_context
 from maildesk.mailauth import Authentication, MailAuth
 from maildesk.message import ParsedMessage, UnparseableMessage
 from maildesk.models import Inbound, Ticket
-from maildesk.outbound.caps import caps_reached
+from maildesk.outbound.caps import caps_reached, lane_cap
 from maildesk.outbound.notify import InReplyTo
 from maildesk.outbound.outbox import Handoff
 from maildesk.pipeline.agent_mail import AgentFlow, AgentMail
@@ -837,14 +837,19 @@ class Processor:
         sender = message.from_addr
         if self.own.include(session, sender):
             return False
-        cap = self.settings.limits.auto_replies_per_hour
-        total = self.settings.limits.auto_replies_per_hour_total
-        hour_ago = self.clock.now() - timedelta(hours=1)
-        reached = caps_reached(
-            session, sender, cap, total, hour_ago, proven=bool(ticket.sender_proven)
+        limits = self.settings.limits
+        cap, total = limits.auto_replies_per_hour, limits.auto_replies_per_hour_total
+        proven = bool(ticket.sender_proven)
+        # Unproven mail (anyone may forge it) and each proven domain get a share of the
+        # total, so that no flood of either silences the rest (caps.py).
+        percent = (
+            limits.auto_replies_domain_percent if proven else limits.auto_replies_unproven_percent
         )
+        share = lane_cap(total, percent)
+        hour_ago = self.clock.now() - timedelta(hours=1)
+        reached = caps_reached(session, sender, cap, total, hour_ago, proven=proven, share=share)
+        proof = "proven" if proven else "unproven"
         if reached.sender:
-            proof = "proven" if ticket.sender_proven else "unproven"
             log.info("no acknowledgement to %s: %d automatic replies about %s mail this hour",
                      sender, cap, proof)  # fmt: skip
             return False
@@ -852,6 +857,11 @@ class Processor:
             log.warning(
                 "no acknowledgement to %s: %d automatic replies to all this hour", sender, total
             )
+            return False
+        if reached.lane:
+            lane = "its domain's" if proven else "unproven mail's"
+            log.warning("no acknowledgement to %s: %s share of %d automatic replies this hour"
+                        " is used up", sender, lane, share)  # fmt: skip
             return False
         return True
 

@@ -1,4 +1,10 @@
-"""The agents: who may answer tickets by mail. Seeded from `[agents] addresses`."""
+"""The agents: who may answer tickets by mail. Seeded from `[agents] addresses`.
+
+An agent's address is kept, and looked up, as addresses from mail are
+(`headers.as_stored`: a Unicode domain as its A-label). One configured as
+`jana@příklad.cz` was kept so, and her own mail, From `jana@xn--pklad-zsa96e.cz`,
+was never hers: a customer who copied her made her a customer participant.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.models import Agent
+from maildesk.outbound.headers import as_stored
 
 _CACHE = "maildesk.active_agents"
 
@@ -29,14 +36,14 @@ class Agents:
 
     def by_email(self, email: str) -> Agent | None:
         """The active agent with this address, if any."""
-        return self._by_email().get(email.lower())
+        return self._by_email().get(as_stored(email))
 
     def active(self) -> list[Agent]:
         return list(self._by_email().values())
 
     def add(self, email: str, name: str, now: datetime, language: str | None = None) -> Agent:
         """Add (or re-activate and rename) an agent; `language` None keeps theirs."""
-        email = email.lower()
+        email = as_stored(email)
         agent = self.session.scalar(select(Agent).where(Agent.email == email))
         if agent is None:
             agent = Agent(email=email, name=name, active=True, created_at=now, language=language)
@@ -69,7 +76,7 @@ class Agents:
     def seed(self, addresses: Iterable[str], now: datetime) -> None:
         """Make sure every configured address is an agent (never re-adds a removed one)."""
         for address in addresses:
-            email = address.lower()
+            email = as_stored(address)
             if self.session.scalar(select(Agent.id).where(Agent.email == email)) is None:
                 self.session.add(Agent(email=email, name="", active=True, created_at=now))
         self.session.info.pop(_CACHE, None)

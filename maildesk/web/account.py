@@ -254,14 +254,11 @@ async def forgot(request: web.Request, form: Form) -> web.StreamResponse:
             # Automatic mail: within the desk-wide cap, and counted in it (caps.py); a
             # client asking address after address sent mail outside every cap. Every
             # request counts, known address or not, so the count tells nobody who is.
-            total = services.settings.limits.auto_replies_per_hour_total
             now = services.clock.now()
-            if caps.total_reached(session, total, now - timedelta(hours=1)):
-                log.warning(
-                    "no set-password link mailed: %d automatic mails to all this hour", total
-                )
+            if caps.link_refused(session, services.settings.limits, now - timedelta(hours=1)):
+                log.warning("no set-password link mailed: the hour's automatic mail is used up")
                 return
-            caps.count_automatic(session.connection(), now)
+            caps.count_automatic(session.connection(), now, lane=caps.lane_of("", proven=False))
             person = session.scalar(select(Person).where(Person.email == email))
             if person is not None:
                 services.notices.invitation(session, person)

@@ -38,13 +38,13 @@ def queue_automatic(services: Services, at: datetime, recipient: str) -> None:
                 "created_at": at,
             },
         )
-        caps.count_automatic(connection, at)
+        caps.count_automatic(connection, at, "")
 
 
 def total_reached(services: Services, cap: int) -> bool:
     with services.db.reading() as session:
         return caps.caps_reached(
-            session, "someone@customer.test", 100, cap, SINCE, proven=False
+            session, "someone@customer.test", 100, cap, SINCE, proven=False, share=cap
         ).total
 
 
@@ -58,7 +58,7 @@ def test_the_total_cap_counts_the_hour_to_the_second_and_every_process(
     # Another worker's two replies at 10:20: a row of its own for that minute.
     with services.db.transaction() as session:
         minute = caps.minute_of(SINCE + timedelta(minutes=20))
-        session.add(AutoReplyMinute(minute=minute, shard=1, count=2))
+        session.add(AutoReplyMinute(minute=minute, shard=1, lane="", count=2))
     assert total_reached(services, 5)
     assert not total_reached(services, 6)
     # The minute rows sum what the outbox holds, however the minutes were counted.
@@ -82,7 +82,7 @@ def test_the_purge_forgets_the_minutes_of_threads_that_ended(services: Services)
     with services.db.transaction() as session:
         for hours_ago, shard in ((4, 7), (1, 7), (0, 8)):
             minute = caps.minute_of(now - timedelta(hours=hours_ago))
-            session.add(AutoReplyMinute(minute=minute, shard=shard, count=1))
+            session.add(AutoReplyMinute(minute=minute, shard=shard, lane="", count=1))
     purged = retention.purge(services.db, services.settings, now)
     assert purged.counts["reply_minutes"] == 1
     with services.db.reading() as session:

@@ -282,7 +282,9 @@ def _invitations(services: Any) -> list[Any]:
 
 
 @pytest.mark.parametrize(
-    "config_values", [{"limits": {"auto_replies_per_hour_total": 3}}], indirect=True
+    "config_values",
+    [{"limits": {"auto_replies_per_hour_total": 3, "auto_replies_unproven_percent": 100}}],
+    indirect=True,
 )
 def test_new_links_count_in_the_desk_wide_cap_of_automatic_mail_and_stop_at_it(
     daemon: RunningDaemon, caplog: pytest.LogCaptureFixture
