@@ -6,13 +6,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Table, func, insert, select, text
 
-from maildesk import retention
+from maildesk import config, retention
+from maildesk.clock import ManualClock
 from maildesk.models import AutoReplyMinute, Outbox
 from maildesk.outbound import caps
-from maildesk.services import Services
+from maildesk.schema import downgrade
+from maildesk.services import Services, build
 from maildesk.states import OutboxState
+from tests.conftest import make_mail
+from tests.helpers import receive
 
 OUTBOX = cast(Table, Outbox.__table__)
 SINCE = datetime(2026, 11, 30, 10, 0, 30, tzinfo=UTC)  # half a minute into 10:00
@@ -88,3 +92,33 @@ def test_the_purge_forgets_the_minutes_of_threads_that_ended(services: Services)
     with services.db.reading() as session:
         left = session.scalars(select(AutoReplyMinute.minute).order_by(AutoReplyMinute.minute))
         assert list(left) == [caps.minute_of(now - timedelta(hours=1)), caps.minute_of(now)]
+
+
+def test_the_hours_automatic_replies_still_count_after_the_lanes_upgrade(
+    settings: config.Settings, clock: ManualClock
+) -> None:
+    """Migration 0027 gave each minute's count a lane (the key changed, so the table is
+    made again): the hour's replies counted before it still count after it, in the
+    unproven lane, and a downgrade sums the lanes back. On SQLite, and on PostgreSQL
+    when MAILDESK_TEST_DATABASE_URL is set."""
+    services = build(settings, clock)
+    services.prepare()
+    try:
+        receive(services, make_mail("Printer broken", "Alice <alice@customer.test>"))
+        receive(services, make_mail("Scanner broken", "Bob <bob@customer.test>"))
+
+        def counted(columns: str) -> list[tuple[object, ...]]:
+            with services.db.engine.connect() as connection:
+                found = connection.execute(text(f"SELECT {columns} FROM auto_reply_minutes"))
+                return [tuple(row) for row in found]
+
+        assert counted("lane, count") == [("", 2)]  # two acknowledgements, nothing proven
+        downgrade(services.db, "0026")
+        assert counted("count") == [(2,)]
+        services.prepare()  # `maildesk init` after installing the new version
+        assert counted("lane, count") == [("", 2)]
+        with services.db.transaction() as session:
+            hour_ago = clock.now() - timedelta(hours=1)
+            assert caps.caps_reached(session, "", 0, 2, hour_ago, proven=False, share=2).total
+    finally:
+        services.db.dispose()
