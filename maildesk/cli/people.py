@@ -26,14 +26,18 @@ def agents() -> None:
 @pass_context
 def agents_add(ctx: Context, email: str, name: str, language: str | None) -> None:
     """Make EMAIL an agent (again, if it was removed)."""
+    from maildesk.outbound.headers import as_stored
     from maildesk.tickets.agents import Agents
 
-    if not EMAIL.match(email):
+    # Checked as it is kept, as `[agents] addresses` are: `jana@příklad.cz` is
+    # `jana@xn--pklad-zsa96e.cz`, the address her mail comes from.
+    stored = as_stored(email)
+    if not EMAIL.match(stored):
         raise click.ClickException(f"not an e-mail address: {email}")
     services = ctx.services
     with services.db.transaction() as session:
-        Agents(session).add(email, name, services.clock.now(), language)
-    click.echo(f"agent {email.lower()} added", err=True)
+        Agents(session).add(stored, name, services.clock.now(), language)
+    click.echo(f"agent {stored} added", err=True)
 
 
 @agents.command("language")

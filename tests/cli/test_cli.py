@@ -311,6 +311,25 @@ def test_agents_add_list_remove(config_file: Path) -> None:
     assert run(config_file, "agents", "add", "not-an-address").exit_code != 0
 
 
+def test_agents_add_takes_a_unicode_domain_as_the_config_does(
+    config_values: dict[str, Any], config_file: Path
+) -> None:
+    """`agents add jana@příklad.cz` answered "not an e-mail address", though the config
+    takes her: she is kept as her mail names her, `jana@xn--pklad-zsa96e.cz`, and the
+    command and the config find the one agent."""
+    config_values["agents"] = {"addresses": ["jana@příklad.cz"]}
+    config_file.write_text(toml(config_values))
+    init(config_file)
+    added = run(config_file, "agents", "add", "Jana@Příklad.cz", "--name", "Jana")
+    assert added.exit_code == 0, added.output
+    assert "agent jana@xn--pklad-zsa96e.cz added" in added.output
+    listed = json.loads(run(config_file, "agents", "list", "--json").output)
+    assert [(a["email"], a["name"]) for a in listed] == [("jana@xn--pklad-zsa96e.cz", "Jana")]
+    init(config_file)  # the config seeds her again at every start: still one agent
+    assert len(json.loads(run(config_file, "agents", "list", "--json").output)) == 1
+    assert run(config_file, "agents", "add", "jana@příklad").exit_code != 0
+
+
 def test_agents_have_a_language(config_file: Path) -> None:
     init(config_file)
     added = run(config_file, "agents", "add", "agnes@example.test", "--language", "en")
