@@ -42,6 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from maildesk import health
 from maildesk.config import MetricsSettings
 from maildesk.metrics import Metrics
+from maildesk.web import framing
 from maildesk.web.clientip import ClientAddress, Network, networks, parse
 from maildesk.web.keys import SERVICES
 
@@ -93,6 +94,7 @@ async def start_metrics_listener(services: Services, metrics: Metrics) -> web.Ap
         return None
     app = web.Application()
     app[SERVICES] = services
+    framing.install(app)
     app[METRICS] = metrics
     app[TOKEN] = bearer_token(settings)
     app[CLIENTS] = ClientAddress(services.settings.web.trusted_proxies)

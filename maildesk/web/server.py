@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from maildesk.metrics import Metrics
-from maildesk.web import account, confirm, listener, ops, paid, portal
+from maildesk.web import account, confirm, framing, listener, ops, paid, portal
 from maildesk.web.keys import SERVICES
 
 if TYPE_CHECKING:
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 def make_app(services: Services, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[SERVICES] = services
+    # Every answer, whoever makes it (an unknown path's 404 too): framed by nobody, never sniffed.
+    framing.install(app)
     # /healthz, /metrics (unless on their own listener) and the access log.
     ops.install(app, metrics or Metrics(services.db, services.clock))
     # Inside ops' middleware, so a 408 is logged and counted like any answer.
