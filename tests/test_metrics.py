@@ -171,6 +171,36 @@ def test_metrics_on_their_own_listener_with_a_bearer_token(
         assert fetch(web_url(running, "/metrics"))[0] == 404
 
 
+def test_a_tokenless_metrics_listener_off_loopback_is_warned_of_at_start(
+    config_values: dict[str, Any], tmp_path: Path, clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`[metrics] port` without a bearer token on an address other machines reach gives
+    /metrics and /healthz's figures to anyone there; nothing said so. One warning at
+    start names the settings; a loopback listener or one with a token gets none."""
+    caplog.set_level(logging.WARNING, logger="maildesk.web")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "[metrics] port" in r.getMessage()]
+
+    port = free_port()
+    config_values["metrics"] = {"host": "0.0.0.0", "port": port}
+    with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock):
+        wait_for(lambda: _listening("127.0.0.1", port), what="the metrics listener")
+        status, body = fetch(f"http://127.0.0.1:{port}/healthz", token="")
+        assert status == 200 and "inbound_pending" in body  # the figures, to anyone
+    [warning] = warnings()
+    assert f"port {port} on 0.0.0.0" in warning and "bearer_token" in warning
+
+    caplog.clear()
+    for metrics in ({"host": "127.0.0.1"}, {"host": "0.0.0.0", "bearer_token": "s3cret"}):
+        port = free_port()
+        config_values["metrics"] = {**metrics, "port": port}
+        with running_daemon(from_mapping(config_values, base_dir=tmp_path), clock):
+            wait_for(lambda p=port: _listening("127.0.0.1", p), what="the metrics listener")
+        assert warnings() == [], metrics
+    assert all("s3cret" not in r.getMessage() for r in caplog.records)
+
+
 def _status_line(port: int, header: bytes) -> bytes:
     """GET /metrics with `header` written as raw bytes (no client sends non-UTF-8)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -103,10 +104,31 @@ async def start_metrics_listener(services: Services, metrics: Metrics) -> web.Ap
     app[SCRAPE] = Shared()
     app[HEALTH_CHECK] = Shared()
     app.router.add_get("/healthz", healthz)
+    if not app[TOKEN] and not _loopback(settings.host):
+        # Warned, not refused: an internal interface only the Prometheus host can reach is
+        # a sound setup that desks run, and refusing would stop them at the upgrade.
+        log.warning(
+            "[metrics] port %d on %s answers /metrics and /healthz, with their figures"
+            " (the outbox's counts tell who has an account), to anyone who can reach it:"
+            " set [metrics] bearer_token (or bearer_token_file), or host = 127.0.0.1",
+            settings.port,
+            settings.host or "every address",
+        )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     return runner
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine alone. A name other than localhost
+    is not: what it resolves to can change."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, or "" (every address)
+        return False
 
 
 def bearer_token(settings: MetricsSettings) -> str:
