@@ -36,9 +36,9 @@ from maildesk.clock import Clock
 from maildesk.config import LANGUAGES, PACKAGE_TEMPLATES
 from maildesk.models import Person
 from maildesk.template_files import FreshLoader
-from maildesk.web.clientip import ClientAddress
 from maildesk.web.csrf import FIELD, Csrf
 from maildesk.web.keys import SERVICES
+from maildesk.web.ops import CLIENTS
 from maildesk.web.ratelimit import RateLimits
 from maildesk.web.session import Claim, Sessions
 
@@ -85,7 +85,6 @@ class Site:
         self.sessions = Sessions(services.clock, base_url, settings.web.session_days)
         self.csrf = Csrf(secret, base_url)
         self.limits = RateLimits(services.clock, settings.limits.portal_replies_per_hour)
-        self.clients = ClientAddress(settings.web.trusted_proxies)
         self.shipped = _environment([str(PACKAGE_TEMPLATES)], services.clock)
         self._folder = settings.templates.path
         self.env = _pages(self._folder, services.clock)
@@ -280,5 +279,7 @@ def too_many(request: web.Request, seconds: int, who: Viewer | None = None) -> w
 
 
 def client_ip(request: web.Request) -> str:
-    """The client's address: X-Forwarded-For counts only from `[web] trusted_proxies`."""
-    return site(request).clients.of(request)
+    """The client's address: X-Forwarded-For counts only from `[web] trusted_proxies`.
+    The application's one ClientAddress (the access log's), so that a proxy missing
+    from them is warned of once, not once by each of two."""
+    return request.app[CLIENTS].of(request)

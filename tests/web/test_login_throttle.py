@@ -10,6 +10,7 @@ with a set-password link from "send me a new link".
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -150,6 +151,35 @@ def test_without_trusted_proxies_the_header_is_ignored(daemon: RunningDaemon) ->
     for n in range(ratelimit.LOGIN_FAILURES_PER_IP):
         assert attempt(client, f"c{n}@customer.test", WRONG, f"198.51.100.{n + 1}") == 400
     assert attempt(client, "c99@customer.test", WRONG, "203.0.113.200") == 429
+
+
+def test_a_proxy_missing_from_trusted_proxies_is_warned_of_once(
+    daemon: RunningDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Behind a reverse proxy that `[web] trusted_proxies` does not name, every client is
+    the proxy's address: ten customers asking "send me a new link" stopped the eleventh,
+    and nothing told ops why. The first request that a peer we do not trust relays with
+    X-Forwarded-For (or Forwarded) gets one WARNING naming the setting; no more after."""
+    caplog.set_level(logging.WARNING, logger="maildesk.web")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "trusted_proxies" in r.getMessage()]
+
+    client = Client(base_url(daemon))
+    client.get("/account/forgot")
+    assert client.post("/account/forgot", {"email": "c0@customer.test"}).status == 200
+    assert warnings() == []  # a client reaching us directly: nothing to say
+    for n in range(1, ratelimit.FORGOT_PER_IP):
+        relayed = {"X-Forwarded-For": f"198.51.100.{n}"}
+        page = client.post("/account/forgot", {"email": f"c{n}@customer.test"}, headers=relayed)
+        assert page.status == 200
+    forwarded = {"Forwarded": "for=198.51.100.99"}
+    late = client.post("/account/forgot", {"email": "late@customer.test"}, headers=forwarded)
+    assert late.status == 429  # another customer behind the proxy, refused for the others'
+
+    [warning] = warnings()
+    assert "127.0.0.1 is not in [web] trusted_proxies" in warning
+    assert "198.51.100" not in warning  # what the client wrote is not repeated
 
 
 def test_failures_cost_growing_waits_and_the_owner_gets_in_by_a_mailed_link(
