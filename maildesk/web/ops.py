@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -43,7 +44,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from maildesk import health
 from maildesk.config import MetricsSettings
 from maildesk.metrics import Metrics
-from maildesk.web import framing
+from maildesk.web import framing, listener
 from maildesk.web.clientip import ClientAddress, Network, networks, parse
 from maildesk.web.keys import SERVICES
 
@@ -114,9 +115,14 @@ async def start_metrics_listener(services: Services, metrics: Metrics) -> web.Ap
             settings.port,
             settings.host or "every address",
         )
-    runner = web.AppRunner(app, access_log=None)
+    # The web listener's guards (listener.py): `[web] header_timeout` as a deadline for
+    # headers, and `[web] max_connections` (and per address) on this port's own count.
+    # Without them, whoever reached this port held each connection for aiohttp's 75 s,
+    # as many as it opened: file descriptors of serve, which also takes the mail.
+    guarded = dataclasses.replace(services.settings.web, host=settings.host, port=settings.port)
+    runner = web.AppRunner(app, access_log=None, **listener.handler_options(guarded))
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
+    await listener.CappedSite(runner, guarded).start()
     return runner
 
 

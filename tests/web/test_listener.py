@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningDaemon, wait_for
+from tests.conftest import RunningDaemon, free_port, wait_for
 
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 # A login form promising 100 kB, of which only its first field comes.
@@ -152,6 +152,50 @@ class TestConnectionsPerAddress:
             for _ in range(5):
                 stack.enter_context(connect_from(daemon, "127.0.0.3"))
             assert status_from(daemon, "127.0.0.3") == b"HTTP/1.1 200 OK"
+
+
+class TestTheMetricsListener:
+    """`[metrics] port`'s listener had none of these guards: a client that could reach it
+    held each connection for aiohttp's 75 s, as many as it opened (file descriptors of
+    serve, which takes the mail too). It has the web listener's deadline for headers
+    and caps, counted on its own."""
+
+    @pytest.fixture
+    def config_values(self, config_values: dict[str, Any]) -> dict[str, Any]:
+        config_values["metrics"]["port"] = free_port()
+        config_values["web"].update(max_connections_per_ip=3, header_timeout=1.0)
+        return config_values
+
+    def test_it_closes_idle_connections_and_caps_them_per_address(
+        self, daemon: RunningDaemon
+    ) -> None:
+        metrics = daemon.services.settings.metrics
+        wait_for(lambda: _answers(metrics.port, "127.0.0.1"), what="the metrics listener")
+        with socket.create_connection((metrics.host, metrics.port), timeout=10) as sock:
+            assert hung_up(sock, within=10)  # sent nothing: closed after the 1 s deadline
+        with ExitStack() as stack:
+            for _ in range(3):
+                stack.enter_context(
+                    socket.create_connection(
+                        (metrics.host, metrics.port), timeout=10, source_address=("127.0.0.2", 0)
+                    )
+                )
+            assert _status(metrics.port, "127.0.0.2") == b"HTTP/1.1 503 Service Unavailable"
+            assert _status(metrics.port, "127.0.0.1") == b"HTTP/1.1 200 OK"
+
+
+def _status(port: int, source: str) -> bytes:
+    address = ("127.0.0.1", port)
+    with socket.create_connection(address, timeout=10, source_address=(source, 0)) as sock:
+        sock.sendall(REQUEST)
+        return sock.recv(64).split(b"\r\n")[0]
+
+
+def _answers(port: int, source: str) -> bool:
+    try:
+        return _status(port, source) == b"HTTP/1.1 200 OK"
+    except OSError:
+        return False
 
 
 class TestSlowBodies:
