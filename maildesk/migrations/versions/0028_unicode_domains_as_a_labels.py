@@ -75,7 +75,7 @@ def _a_label(domain: str) -> str:
 def _stored_address(address: str) -> str:
     """As `headers.as_stored`."""
     local, at, domain = address.strip().lower().rpartition("@")
-    return f"{local}{at}{_a_label(domain)}"
+    return f"{local}{at}{_a_label(domain) if at else domain}"
 
 
 def _stored_domain(domain: str) -> str:
