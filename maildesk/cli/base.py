@@ -23,6 +23,21 @@ if TYPE_CHECKING:
 
 EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
+
+def stored_address(value: str) -> str:
+    """`value` as addresses from mail are kept (`headers.as_stored`: lower case, a Unicode
+    domain as its A-label, so `petr@příklad.cz` is `petr@xn--pklad-zsa96e.cz`), checked
+    against EMAIL in that form; ClickException when it is no e-mail address. Checked
+    as typed, a Unicode domain was "not an e-mail address", and looked up as typed, it
+    matched nobody: every address from mail is kept in the A-label form."""
+    from maildesk.outbound.headers import as_stored
+
+    stored = as_stored(value)
+    if not EMAIL.match(stored):
+        raise click.ClickException(f"not an e-mail address: {value}")
+    return stored
+
+
 EX_DATAERR = 65
 EX_TEMPFAIL = 75  # sysexits.h: the MTA keeps the message and retries
 EX_CONFIG = 78  # sysexits.h: the configuration is wrong

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from maildesk.cli.base import EMAIL, Context, pass_context, print_json, table
+from maildesk.cli.base import Context, pass_context, print_json, stored_address, table
 from maildesk.cli.main import main
 from maildesk.config import LANGUAGES
 
@@ -26,14 +26,9 @@ def agents() -> None:
 @pass_context
 def agents_add(ctx: Context, email: str, name: str, language: str | None) -> None:
     """Make EMAIL an agent (again, if it was removed)."""
-    from maildesk.outbound.headers import as_stored
     from maildesk.tickets.agents import Agents
 
-    # Checked as it is kept, as `[agents] addresses` are: `jana@příklad.cz` is
-    # `jana@xn--pklad-zsa96e.cz`, the address her mail comes from.
-    stored = as_stored(email)
-    if not EMAIL.match(stored):
-        raise click.ClickException(f"not an e-mail address: {email}")
+    stored = stored_address(email)  # as `[agents] addresses` are kept
     services = ctx.services
     with services.db.transaction() as session:
         Agents(session).add(stored, name, services.clock.now(), language)
@@ -111,13 +106,12 @@ def people_invite(ctx: Context, email: str) -> None:
     """Mail EMAIL a fresh set-password link (older links stop working)."""
     from maildesk.tickets.service import Tickets
 
-    if not EMAIL.match(email):
-        raise click.ClickException(f"not an e-mail address: {email}")
+    stored = stored_address(email)
     services = ctx.services
     with services.db.transaction() as session:
-        person = Tickets(session).person(email, "", services.clock.now())
+        person = Tickets(session).person(stored, "", services.clock.now())
         services.notices.invitation(session, person)
-    click.echo(f"invitation queued for {email.lower()}", err=True)
+    click.echo(f"invitation queued for {stored}", err=True)
 
 
 @people.command("language")
@@ -130,14 +124,15 @@ def people_language(ctx: Context, email: str, language: str) -> None:
     from sqlalchemy import select
 
     from maildesk.models import Person
+    from maildesk.outbound.headers import as_stored
 
     with ctx.db.transaction() as session:
-        person = session.scalar(select(Person).where(Person.email == email.lower()))
+        person = session.scalar(select(Person).where(Person.email == as_stored(email)))
         if person is not None:
             person.language = None if language == "default" else language
     if person is None:
         raise click.ClickException(f"no person {email}")
-    click.echo(f"{email.lower()} gets mail in {language}", err=True)
+    click.echo(f"{as_stored(email)} gets mail in {language}", err=True)
 
 
 @people.command("name")
@@ -156,12 +151,13 @@ def people_name(ctx: Context, email: str, name: str | None, from_mail: bool) -> 
     from sqlalchemy import select
 
     from maildesk.models import Person
+    from maildesk.outbound.headers import as_stored
     from maildesk.tickets.service import Tickets
 
     if from_mail == (name is not None):
         raise click.UsageError("give either NAME or --from-mail")
     with ctx.db.transaction() as session:
-        person = session.scalar(select(Person).where(Person.email == email.lower()))
+        person = session.scalar(select(Person).where(Person.email == as_stored(email)))
         if person is not None:
             if name is None:
                 Tickets(session).name_from_mail(person)
@@ -171,9 +167,9 @@ def people_name(ctx: Context, email: str, name: str | None, from_mail: bool) -> 
     if person is None:
         raise click.ClickException(f"no person {email}")
     if name is None:
-        click.echo(f"{email.lower()} is named {kept!r} until proven mail names them", err=True)
+        click.echo(f"{as_stored(email)} is named {kept!r} until proven mail names them", err=True)
     else:
-        click.echo(f"{email.lower()} is named {name!r}", err=True)
+        click.echo(f"{as_stored(email)} is named {name!r}", err=True)
 
 
 @people.command("list")

@@ -12,12 +12,12 @@ from typing import Any
 import click
 
 from maildesk.cli.base import (
-    EMAIL,
     Context,
     LazyChoice,
     pass_context,
     print_json,
     printable,
+    stored_address,
     table,
 )
 from maildesk.cli.main import main
@@ -166,11 +166,10 @@ def tickets_create(
     """Open a ticket on a customer's behalf; they get the acknowledgement."""
     from maildesk.intake import create_ticket
 
-    if not EMAIL.match(customer):
-        raise click.ClickException(f"not an e-mail address: {customer}")
+    customer = stored_address(customer)
     number = create_ticket(
         ctx.services,
-        customer.lower(),
+        customer,
         subject,
         priority=priority,
         channel=channel,
@@ -191,8 +190,7 @@ def tickets_close(ctx: Context, requester: str, dry_run: bool, as_json: bool) ->
     from maildesk.clock import SystemClock
     from maildesk.tickets import cleanup
 
-    if not EMAIL.match(requester):
-        raise click.ClickException(f"not an e-mail address: {requester}")
+    requester = stored_address(requester)
     if dry_run:
         with ctx.db.reading() as session:
             numbers = [t.id for t in cleanup.open_tickets_of(session, requester)]
@@ -206,9 +204,7 @@ def tickets_close(ctx: Context, requester: str, dry_run: bool, as_json: bool) ->
         return
     verb = "would close" if dry_run else "closed"
     listed = " ".join(f"#{n}" for n in numbers[:20]) + (" …" if len(numbers) > 20 else "")
-    click.echo(
-        f"{verb} {len(numbers)} tickets of {requester.lower()}{': ' if numbers else ''}{listed}"
-    )
+    click.echo(f"{verb} {len(numbers)} tickets of {requester}{': ' if numbers else ''}{listed}")
 
 
 @tickets.command("export")

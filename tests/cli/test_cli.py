@@ -349,6 +349,33 @@ def test_agents_have_a_language(config_file: Path) -> None:
     assert missing.exit_code == 1 and "no agent nobody@example.test" in missing.output
 
 
+def test_customer_commands_take_a_unicode_domain_as_mail_names_it(
+    config_file: Path, tmp_path: Path
+) -> None:
+    """Petr writes from `petr@xn--pklad-zsa96e.cz`, the form mail names him in. Typed
+    as `petr@příklad.cz`, `tickets create --for` and `people invite` answered "not an
+    e-mail address", and `people language` "no person": each now means the Petr of his
+    mail, and `tickets close --from` closes his tickets."""
+    init(config_file)
+    petr = "petr@xn--pklad-zsa96e.cz"
+    mbox = mailbox.mbox(tmp_path / "in.mbox")
+    mbox.add(make_mail("Invoice", f"Petr <{petr}>"))
+    mbox.flush()
+    assert run(config_file, "import", str(tmp_path / "in.mbox")).exit_code == 0
+
+    opened = run(config_file, "tickets", "create", "--for", "Petr@Příklad.cz", "--subject", "Call")
+    assert opened.exit_code == 0, opened.output
+    shown = json.loads(run(config_file, "tickets", "show", "2", "--json").output)
+    assert shown["requester"] == petr
+    invited = run(config_file, "people", "invite", "petr@příklad.cz")
+    assert invited.exit_code == 0 and f"invitation queued for {petr}" in invited.output
+    assert run(config_file, "people", "language", "petr@příklad.cz", "en").exit_code == 0
+    people = json.loads(run(config_file, "people", "list", "--json").output)
+    assert [(p["email"], p["language"]) for p in people] == [(petr, "en")]
+    closed = run(config_file, "tickets", "close", "--from", "petr@příklad.cz", "--json")
+    assert json.loads(closed.output)["closed"] == [1, 2]
+
+
 def test_tickets_create_for_a_phone_call(config_file: Path) -> None:
     init(config_file)
     result = run(
