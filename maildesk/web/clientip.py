@@ -59,7 +59,8 @@ class ClientAddress:
                     " %(peer)s is not in [web] trusted_proxies: the header is ignored. If"
                     " %(peer)s is a reverse proxy of yours, every client behind it counts as"
                     ' that one address for the per-address limits (logins, "send me a new'
-                    ' link", connections): add it to [web] trusted_proxies. Said once.',
+                    ' link", connections): add it to [web] trusted_proxies, and have it send'
+                    " X-Forwarded-For (the header read from a trusted proxy). Said once.",
                     {"peer": str(peer)},
                 )
             return key(peer)
