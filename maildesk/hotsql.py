@@ -24,9 +24,11 @@ filled in: `Hot` does not run Python-side column defaults.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.dialects.sqlite import DATETIME as SQLiteDateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
@@ -115,6 +117,45 @@ def _execute(
         cursor.close()
 
 
+def _bind_processor(type_: Any, dialect: Dialect) -> BindProcessor:
+    """SQLAlchemy's bind processor of `type_` for `dialect`; SQLite's datetime text is
+    made the same way at half the cost (`_sqlite_datetime`)."""
+    impl = type_.dialect_impl(dialect)
+    process = impl.bind_processor(dialect)
+    if isinstance(impl, SQLiteDateTime) and impl._storage_format == _SQLITE_DATETIME_FORMAT:
+        return _sqlite_datetime(process)
+    return process
+
+
+# SQLite's DATETIME stores this text (SQLAlchemy's default storage format), which its
+# bind processor fills from a dict of seven fields: 18,000 instructions a value, about
+# seventeen values a processed message. The same text from a tuple: 10,600.
+_SQLITE_DATETIME_FORMAT = (
+    "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
+)
+_SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+
+
+def _sqlite_datetime(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`process` (SQLAlchemy's), its text made faster for a `datetime`."""
+    form = _SQLITE_DATETIME
+
+    def faster(value: Any) -> Any:
+        if type(value) is datetime:
+            return form % (
+                value.year,
+                value.month,
+                value.day,
+                value.hour,
+                value.minute,
+                value.second,
+                value.microsecond,
+            )
+        return process(value)
+
+    return faster
+
+
 class _Form:
     """The statement compiled for one dialect and set of given parameters: its SQL, and
     how given parameters become the driver's (in order, through bind processors)."""
@@ -134,8 +175,7 @@ class _Form:
         binds = {name: bind for bind, name in compiled.bind_names.items()}  # as rendered
         self.names = list(compiled.positiontup or ()) if compiled.positional else list(binds)
         self.processors: list[tuple[str, BindProcessor]] = [
-            (name, binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-            for name in self.names
+            (name, _bind_processor(binds[name].type, dialect)) for name in self.names
         ]
         results = [
             entry.type.dialect_impl(dialect).result_processor(dialect, None)
