@@ -31,10 +31,38 @@ from sqlalchemy import Connection
 from sqlalchemy.dialects.sqlite import DATETIME as SQLiteDateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 BindProcessor = Callable[[Any], Any] | None  # SQLAlchemy's, per type and dialect
+
+
+_HELD = "maildesk.hotsql.connection"  # the key of `connection_of`'s memory in `Session.info`
+
+
+def connection_of(session: Session) -> Connection:
+    """`session.connection()`, remembered for the transaction it belongs to.
+
+    SQLAlchemy's answer walks its transaction's state machinery each time (some 2 µs);
+    a processed message asks for it about seventeen times. The connection found is
+    given again while the same transaction (and the same savepoint, if any) is active
+    in `session`; any other time, and first, the session is asked.
+    """
+    held: tuple[Any, Any, Connection] | None = session.info.get(_HELD)
+    if held is not None:
+        root, nested, connection = held
+        if (
+            root is not None
+            and root.is_active
+            and (nested is None or nested.is_active)
+            and root is session.get_transaction()
+            and nested is session.get_nested_transaction()
+        ):
+            return connection
+    connection = session.connection()
+    session.info[_HELD] = (session.get_transaction(), session.get_nested_transaction(), connection)
+    return connection
 
 
 class Hot:

@@ -14,7 +14,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maildesk.hotsql import Hot, _bind_processor
+from maildesk.hotsql import Hot, _bind_processor, connection_of
 from maildesk.models import Outbox, Person, Ticket
 from maildesk.services import Services
 from maildesk.states import OutboxState, TicketStatus
@@ -270,3 +270,24 @@ def test_a_datetime_is_bound_as_sqlalchemys_text(value: Any) -> None:
         theirs = type_.dialect_impl(dialect).bind_processor(dialect)
         assert ours is not None and theirs is not None
         assert ours(value) == theirs(value)
+
+
+def test_the_connection_is_remembered_for_its_transaction_only(services: Services) -> None:
+    """`connection_of` gives what `session.connection()` gives: the same connection all
+    through one transaction and its savepoints, the session's new one after a commit
+    or a rollback."""
+    session = services.db._sessions()
+    try:
+        first = connection_of(session)
+        assert first is session.connection() and connection_of(session) is first
+        with session.begin_nested():
+            assert connection_of(session) is session.connection() is first
+        session.commit()
+        second = connection_of(session)
+        assert second is session.connection() and second is not first
+        assert not first.in_transaction() and second.in_transaction()
+        session.rollback()
+        third = connection_of(session)
+        assert third is session.connection() and third is not second
+    finally:
+        session.close()

@@ -33,7 +33,7 @@ from sqlalchemy.orm.util import identity_key
 from sqlalchemy.sql.elements import BindParameter
 
 from maildesk.clock import as_utc
-from maildesk.hotsql import Hot
+from maildesk.hotsql import Hot, connection_of
 from maildesk.inbound import rawbytes
 from maildesk.models import (
     NAME_LENGTH,
@@ -262,7 +262,7 @@ class Tickets:
         """The session's connection, for Core inserts of rows no ORM object stands for:
         they need none of the ORM's execution machinery (nor a flush before them, as
         what they refer to is written already)."""
-        return self.session.connection()
+        return connection_of(self.session)
 
     # -- people -------------------------------------------------------------
 
