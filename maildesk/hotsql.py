@@ -24,15 +24,45 @@ filled in: `Hot` does not run Python-side column defaults.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.dialects.sqlite import DATETIME as SQLiteDateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 BindProcessor = Callable[[Any], Any] | None  # SQLAlchemy's, per type and dialect
+
+
+_HELD = "maildesk.hotsql.connection"  # the key of `connection_of`'s memory in `Session.info`
+
+
+def connection_of(session: Session) -> Connection:
+    """`session.connection()`, remembered for the transaction it belongs to.
+
+    SQLAlchemy's answer walks its transaction's state machinery each time (some 2 µs);
+    a processed message asks for it about seventeen times. The connection found is
+    given again while the same transaction (and the same savepoint, if any) is active
+    in `session`; any other time, and first, the session is asked.
+    """
+    held: tuple[Any, Any, Connection] | None = session.info.get(_HELD)
+    if held is not None:
+        root, nested, connection = held
+        if (
+            root is not None
+            and root.is_active
+            and (nested is None or nested.is_active)
+            and root is session.get_transaction()
+            and nested is session.get_nested_transaction()
+        ):
+            return connection
+    connection = session.connection()
+    session.info[_HELD] = (session.get_transaction(), session.get_nested_transaction(), connection)
+    return connection
 
 
 class Hot:
@@ -115,6 +145,45 @@ def _execute(
         cursor.close()
 
 
+def _bind_processor(type_: Any, dialect: Dialect) -> BindProcessor:
+    """SQLAlchemy's bind processor of `type_` for `dialect`; SQLite's datetime text is
+    made the same way at half the cost (`_sqlite_datetime`)."""
+    impl = type_.dialect_impl(dialect)
+    process = impl.bind_processor(dialect)
+    if isinstance(impl, SQLiteDateTime) and impl._storage_format == _SQLITE_DATETIME_FORMAT:
+        return _sqlite_datetime(process)
+    return process
+
+
+# SQLite's DATETIME stores this text (SQLAlchemy's default storage format), which its
+# bind processor fills from a dict of seven fields: 18,000 instructions a value, about
+# seventeen values a processed message. The same text from a tuple: 10,600.
+_SQLITE_DATETIME_FORMAT = (
+    "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
+)
+_SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+
+
+def _sqlite_datetime(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`process` (SQLAlchemy's), its text made faster for a `datetime`."""
+    form = _SQLITE_DATETIME
+
+    def faster(value: Any) -> Any:
+        if type(value) is datetime:
+            return form % (
+                value.year,
+                value.month,
+                value.day,
+                value.hour,
+                value.minute,
+                value.second,
+                value.microsecond,
+            )
+        return process(value)
+
+    return faster
+
+
 class _Form:
     """The statement compiled for one dialect and set of given parameters: its SQL, and
     how given parameters become the driver's (in order, through bind processors)."""
@@ -134,8 +203,7 @@ class _Form:
         binds = {name: bind for bind, name in compiled.bind_names.items()}  # as rendered
         self.names = list(compiled.positiontup or ()) if compiled.positional else list(binds)
         self.processors: list[tuple[str, BindProcessor]] = [
-            (name, binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-            for name in self.names
+            (name, _bind_processor(binds[name].type, dialect)) for name in self.names
         ]
         results = [
             entry.type.dialect_impl(dialect).result_processor(dialect, None)

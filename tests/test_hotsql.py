@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, bindparam, event, insert, select
+from sqlalchemy import DateTime, Table, bindparam, event, insert, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maildesk.hotsql import Hot
+from maildesk.hotsql import Hot, _bind_processor, connection_of
 from maildesk.models import Outbox, Person, Ticket
 from maildesk.services import Services
 from maildesk.states import OutboxState, TicketStatus
@@ -248,3 +249,45 @@ def test_a_ticket_is_looked_up_without_the_orm_and_acts_as_loaded(services: Serv
             assert statements == []
     with services.db.transaction() as session:
         assert session.get(Ticket, numbers[0]).status == TicketStatus.ACCEPTED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        WHEN,
+        datetime(2026, 1, 2, 3, 4, 5),  # naive, whole second
+        datetime(1, 1, 1, tzinfo=UTC),  # the smallest year, padded
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-7))),
+        date(2026, 1, 2),  # a date: SQLAlchemy's own text, midnight
+        None,
+    ],
+)
+def test_a_datetime_is_bound_as_sqlalchemys_text(value: Any) -> None:
+    """SQLite's datetime text is made without SQLAlchemy's processor, to the same text."""
+    dialect = sqlite.dialect()
+    for type_ in (DateTime(), DateTime(timezone=True)):
+        ours = _bind_processor(type_, dialect)
+        theirs = type_.dialect_impl(dialect).bind_processor(dialect)
+        assert ours is not None and theirs is not None
+        assert ours(value) == theirs(value)
+
+
+def test_the_connection_is_remembered_for_its_transaction_only(services: Services) -> None:
+    """`connection_of` gives what `session.connection()` gives: the same connection all
+    through one transaction and its savepoints, the session's new one after a commit
+    or a rollback."""
+    session = services.db._sessions()
+    try:
+        first = connection_of(session)
+        assert first is session.connection() and connection_of(session) is first
+        with session.begin_nested():
+            assert connection_of(session) is session.connection() is first
+        session.commit()
+        second = connection_of(session)
+        assert second is session.connection() and second is not first
+        assert not first.in_transaction() and second.in_transaction()
+        session.rollback()
+        third = connection_of(session)
+        assert third is session.connection() and third is not second
+    finally:
+        session.close()

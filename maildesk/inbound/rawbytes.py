@@ -38,6 +38,8 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
+from maildesk.hotsql import connection_of
+
 SLICE = 1 << 20
 # A message as one bytes object, or as pieces to store one after the other (a composed
 # mail's header block and the content it shares with other mails: never joined here).
@@ -86,7 +88,7 @@ def write(
     Bytes that fit in one slice are bound as parameters, all in one statement: their
     copy costs no more memory than a slice, and a stream per row cost more CPU than
     the rest of queueing a notification."""
-    connection = session.connection() if isinstance(session, Session) else session
+    connection = connection_of(session) if isinstance(session, Session) else session
     if connection.dialect.name == "sqlite":
         driver = connection.connection.driver_connection
         assert driver is not None
@@ -114,7 +116,7 @@ def write_named(session: Session, bodies: Sequence[tuple[str, Raw]], where: Stor
     """`write` for rows named by `where.named` (the outbox's Message-ID) instead of their
     id: an executemany that returned the ids of the rows it inserted cost more CPU than
     the insert itself, and these inserts find the id on their own."""
-    connection = session.connection()
+    connection = connection_of(session)
     small = [(_whole(raw), name) for name, raw in bodies if size(raw) <= SLICE]
     if small and _executemany(connection, where.named_rows, small) != len(small):
         raise LookupError(f"{where.table}: a row named for bytes is missing")

@@ -40,7 +40,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from maildesk import leases, logs
 from maildesk.clock import Clock, as_utc
 from maildesk.db import LOCK_TIMEOUT_SECONDS, Database, rare
-from maildesk.hotsql import Hot
+from maildesk.hotsql import Hot, connection_of
 from maildesk.inbound import landing, lanes, rawbytes
 from maildesk.inbound.groupcommit import GroupCommit, Waiting
 from maildesk.inbound.room import Room
@@ -424,7 +424,7 @@ class InboundStore:
         message's savepoint run a flush."""
         session = object_session(row)
         assert session is not None
-        _FINISH.run(session.connection(), {"row_id": row.id, "to_state": state, "at": now})
+        _FINISH.run(connection_of(session), {"row_id": row.id, "to_state": state, "at": now})
         values = {"state": state, "processed_at": now, "next_attempt_at": None, "claim": None}
         for name, value in values.items():
             set_committed_value(row, name, value)

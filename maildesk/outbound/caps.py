@@ -63,7 +63,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from maildesk.config import LimitSettings
-from maildesk.hotsql import Hot
+from maildesk.hotsql import Hot, connection_of
 from maildesk.mailauth import organizational_domain
 from maildesk.models import AutoReplyMinute, Outbox, Ticket
 from maildesk.outbound import headers
@@ -229,7 +229,7 @@ def caps_reached(
         "total_cap": max(total_cap, 0),
     }
     # Outbox rows are written with Core (notify.py): nothing to flush before counting.
-    row = _COUNTS.first(session.connection(), values)
+    row = _COUNTS.first(connection_of(session), values)
     assert row is not None  # a select of counts has one row
     to_sender, whole_minutes, first_minute, in_lane = row
     to_all = int(whole_minutes or 0) + int(first_minute or 0)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.clock import Clock, new_token
 from maildesk.config import Settings
-from maildesk.hotsql import Hot
+from maildesk.hotsql import Hot, connection_of
 from maildesk.i18n import names
 from maildesk.inbound import rawbytes
 from maildesk.models import STATUS_LABELS, Agent, Outbox, Person, Ticket
@@ -298,7 +298,7 @@ class Notifier:
             topic=topic,
         )
         # A Core insert: an ORM object per queued mail cost more than composing it.
-        pk = _INSERT_OUTBOX.scalar(session.connection(), values)
+        pk = _INSERT_OUTBOX.scalar(connection_of(session), values)
         raw = b"".join(pieces)  # what the caller gets (joined, as compose() does)
         rawbytes.write(session, [(pk, raw)], rawbytes.OUTBOX)
         return Queued(pk, values["message_id"], raw)
@@ -414,7 +414,7 @@ class Notifier:
             # Towards the hourly total cap, in its lane, in the transaction that writes
             # the row (the row itself may be written a few mails later: `notify_each`).
             lane = caps.lane_of(first.email, proven=bool(ticket.sender_proven))
-            caps.count_automatic(session.connection(), now, lane)
+            caps.count_automatic(connection_of(session), now, lane)
         return values, pieces
 
     def context(
@@ -479,7 +479,7 @@ def _insert_rows(session: Session, rows: list[tuple[dict[str, Any], rawbytes.Raw
     """Write and forget `rows`, (values, bytes) each (as `Notifier.queue` does); how many."""
     count = len(rows)
     if rows:
-        _INSERT_OUTBOX_ROWS.run_many(session.connection(), [values for values, _ in rows])
+        _INSERT_OUTBOX_ROWS.run_many(connection_of(session), [values for values, _ in rows])
         named = [(values["message_id"], raw) for values, raw in rows]
         rawbytes.write_named(session, named, rawbytes.OUTBOX)
         rows.clear()

@@ -30,7 +30,7 @@ from typing import Any, cast
 from sqlalchemy import Column, Table, bindparam, case, or_, update
 from sqlalchemy.orm import Session
 
-from maildesk.hotsql import Hot
+from maildesk.hotsql import Hot, connection_of
 from maildesk.models import Ticket, Timestamp
 
 WINDOW = timedelta(hours=1)
@@ -77,7 +77,7 @@ def count(
     if cap <= 0:
         return Told.EACH, now
     row = _COUNTERS[proven].first(
-        session.connection(), {"ticket": ticket.id, "now": now, "window_ended": now - WINDOW}
+        connection_of(session), {"ticket": ticket.id, "now": now, "window_ended": now - WINDOW}
     )
     assert row is not None, f"ticket {ticket.id} is gone"
     counted, began = row
