@@ -451,6 +451,10 @@ _DECODE_SLICE = 1 << 20  # bytes decoded at a time
 def _decoded_in_slices(data: bytes, encoding: str, errors: str) -> tuple[str, bytes | None]:
     """`data.decode(encoding, errors)`, failing where it fails, and any lone surrogate
     that makes failing too; cut as `_TextBodies.read` cuts it."""
+    if not getattr(codecs.lookup(encoding), "_is_text_encoding", True):
+        # What bytes.decode refuses, and an incremental decoder would run: a body labelled
+        # `charset=zlib_codec` would be inflated (a bomb), `hex` would give bytes.
+        raise LookupError(f"{encoding!r} is not a text encoding")
     if len(data) <= MAX_TEXT_CHARS:  # a character takes a byte at least
         text = data.decode(encoding, errors)
         if codecs.lookup(encoding).name != "utf-8":  # UTF-8 decodes to no lone surrogate

@@ -618,6 +618,13 @@ RUN_SHAPES = {
         + _NOTES,
         b"Content-Type: text/plain; charset=utf-16\nContent-Transfer-Encoding: 8bit\n\n" + _NOTES,
     ),
+    "long text bodies labelled with codecs that are no text encodings": _mixed(
+        *(
+            b"Content-Type: text/plain; charset=%s\nContent-Transfer-Encoding: 8bit\n\n" % codec
+            + body
+            for codec, body in ((b"zlib_codec", _NOTES), (b"hex", _NOTES), (b"rot13", _NOTES))
+        )
+    ),
     "a long text body in 7bit ASCII, and a long HTML body": _mixed(
         b"Content-Type: text/plain\nContent-Transfer-Encoding: 7bit\n\n"
         + _NOTES.decode().encode("ascii", "replace"),
