@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from maildesk.clock import ManualClock
 from maildesk.web import pages, ratelimit
@@ -180,6 +181,14 @@ def test_a_proxy_missing_from_trusted_proxies_is_warned_of_once(
     [warning] = warnings()
     assert "127.0.0.1 is not in [web] trusted_proxies" in warning
     assert "198.51.100" not in warning  # what the client wrote is not repeated
+
+    def counted() -> int:  # each request let in counts in the hour's automatic mail
+        with daemon.services.db.engine.connect() as connection:
+            found = connection.execute(text("SELECT SUM(count) FROM auto_reply_minutes"))
+            return int(found.scalar() or 0)
+
+    # The links are queued after each answer: done before the daemon (and its schema) go.
+    wait_for(lambda: counted() == ratelimit.FORGOT_PER_IP, what="every request counted")
 
 
 def test_failures_cost_growing_waits_and_the_owner_gets_in_by_a_mailed_link(
